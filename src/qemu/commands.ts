@@ -1,0 +1,113 @@
+// The QMP commands Ferry uses, typed (QEMU 7.2 shapes; see shared/QEMU-NOTES.md).
+// Only what we call is listed; `QmpClient.executeRaw` is the escape hatch.
+
+export type RunState =
+  | 'running' | 'paused' | 'prelaunch' | 'inmigrate' | 'postmigrate' | 'finish-migrate' | 'shutdown'
+  | 'suspended' | 'internal-error' | 'io-error' | 'restore-vm' | 'save-vm' | 'debug' | 'guest-panicked'
+  | 'watchdog' | 'colo';
+
+export type MigrationStatus =
+  | 'none' | 'setup' | 'cancelling' | 'cancelled' | 'active' | 'postcopy-active' | 'postcopy-paused'
+  | 'postcopy-recover' | 'completed' | 'failed' | 'colo' | 'pre-switchover' | 'device' | 'wait-unplug';
+
+export interface MigrationRamStats {
+  transferred: number; remaining: number; total: number; duplicate: number; skipped: number; normal: number;
+  'normal-bytes': number; 'dirty-pages-rate': number; mbps: number; 'dirty-sync-count': number;
+  'postcopy-requests': number; 'page-size': number; 'multifd-bytes': number; 'pages-per-second': number;
+  'precopy-bytes'?: number; 'downtime-bytes'?: number; 'postcopy-bytes'?: number;
+}
+
+export interface MigrationInfo {
+  status?: MigrationStatus;
+  'setup-time'?: number; 'total-time'?: number; 'expected-downtime'?: number; downtime?: number;
+  'cpu-throttle-percentage'?: number; 'error-desc'?: string;
+  ram?: MigrationRamStats;
+  'socket-address'?: Array<{ type: string; host?: string; port?: string; path?: string }>;
+}
+
+export type MigrationCapability =
+  | 'xbzrle' | 'rdma-pin-all' | 'auto-converge' | 'zero-blocks' | 'compress' | 'events' | 'postcopy-ram'
+  | 'x-colo' | 'release-ram' | 'block' | 'return-path' | 'pause-before-switchover' | 'multifd'
+  | 'dirty-bitmaps' | 'postcopy-blocktime' | 'late-block-activate' | 'x-ignore-shared' | 'validate-uuid'
+  | 'background-snapshot' | 'zero-copy-send' | 'postcopy-preempt';
+
+export interface MigrationParameters {
+  'max-bandwidth'?: number; 'downtime-limit'?: number; 'multifd-channels'?: number;
+  'xbzrle-cache-size'?: number; 'cpu-throttle-initial'?: number; 'cpu-throttle-increment'?: number;
+  'max-cpu-throttle'?: number; 'throttle-trigger-threshold'?: number; 'max-postcopy-bandwidth'?: number;
+  'tls-creds'?: string; 'tls-hostname'?: string; 'tls-authz'?: string; 'multifd-compression'?: 'none' | 'zlib' | 'zstd';
+}
+
+export interface JobInfo {
+  id: string; type: string; status: string; 'current-progress': number; 'total-progress': number; error?: string;
+}
+
+export interface BlockInfo {
+  device: string; qdev?: string; locked: boolean; removable: boolean;
+  inserted?: { file: string; 'node-name'?: string; drv: string; ro: boolean; image: { filename: string; format: string; 'virtual-size': number } };
+}
+
+type NoArgs = Record<string, never> | undefined;
+
+/** command name → { args, ret } */
+export interface QmpCommands {
+  qmp_capabilities: { args: NoArgs; ret: Record<string, never> };
+  'query-status': { args: NoArgs; ret: { running: boolean; singlestep?: boolean; status: RunState } };
+  'query-version': { args: NoArgs; ret: { qemu: { major: number; minor: number; micro: number }; package: string } };
+  'query-name': { args: NoArgs; ret: { name?: string } };
+  'query-kvm': { args: NoArgs; ret: { enabled: boolean; present: boolean } };
+  stop: { args: NoArgs; ret: Record<string, never> };
+  cont: { args: NoArgs; ret: Record<string, never> };
+  system_powerdown: { args: NoArgs; ret: Record<string, never> };
+  system_reset: { args: NoArgs; ret: Record<string, never> };
+  quit: { args: NoArgs; ret: Record<string, never> };
+  pmemsave: { args: { val: number; size: number; filename: string; 'cpu-index'?: number }; ret: Record<string, never> };
+  'query-migrate': { args: NoArgs; ret: MigrationInfo };
+  'query-migrate-parameters': { args: NoArgs; ret: MigrationParameters };
+  'migrate-set-capabilities': { args: { capabilities: Array<{ capability: MigrationCapability; state: boolean }> }; ret: Record<string, never> };
+  'migrate-set-parameters': { args: MigrationParameters; ret: Record<string, never> };
+  migrate: { args: { uri: string; resume?: boolean; detach?: boolean }; ret: Record<string, never> };
+  'migrate-incoming': { args: { uri: string }; ret: Record<string, never> };
+  migrate_cancel: { args: NoArgs; ret: Record<string, never> };
+  'migrate-continue': { args: { state: MigrationStatus }; ret: Record<string, never> };
+  'migrate-start-postcopy': { args: NoArgs; ret: Record<string, never> };
+  'migrate-pause': { args: NoArgs; ret: Record<string, never> };
+  'migrate-recover': { args: { uri: string }; ret: Record<string, never> };
+  'query-block': { args: NoArgs; ret: BlockInfo[] };
+  'query-named-block-nodes': { args: { flat?: boolean } | undefined; ret: Array<{ 'node-name': string; file: string; drv: string; ro: boolean }> };
+  'query-jobs': { args: NoArgs; ret: JobInfo[] };
+  'blockdev-add': { args: Record<string, unknown> & { 'node-name': string; driver: string }; ret: Record<string, never> };
+  'blockdev-del': { args: { 'node-name': string }; ret: Record<string, never> };
+  'blockdev-create': { args: { 'job-id': string; options: Record<string, unknown> }; ret: Record<string, never> };
+  'blockdev-mirror': {
+    args: {
+      'job-id': string; device: string; target: string; sync: 'full' | 'top' | 'none';
+      speed?: number; 'auto-finalize'?: boolean; 'auto-dismiss'?: boolean; 'copy-mode'?: 'background' | 'write-blocking';
+      'granularity'?: number; 'buf-size'?: number;
+    };
+    ret: Record<string, never>;
+  };
+  'block-job-cancel': { args: { device: string; force?: boolean }; ret: Record<string, never> };
+  'block-job-complete': { args: { device: string }; ret: Record<string, never> };
+  'block-job-set-speed': { args: { device: string; speed: number }; ret: Record<string, never> };
+  'job-dismiss': { args: { id: string }; ret: Record<string, never> };
+  'nbd-server-start': { args: { addr: Record<string, unknown>; 'tls-creds'?: string; 'tls-authz'?: string }; ret: Record<string, never> };
+  'nbd-server-stop': { args: NoArgs; ret: Record<string, never> };
+  'block-export-add': { args: { type: 'nbd'; id: string; 'node-name': string; name?: string; writable?: boolean }; ret: Record<string, never> };
+  'block-export-del': { args: { id: string; mode?: 'safe' | 'hard' }; ret: Record<string, never> };
+  'object-add': { args: Record<string, unknown> & { 'qom-type': string; id: string }; ret: Record<string, never> };
+  'object-del': { args: { id: string }; ret: Record<string, never> };
+  'human-monitor-command': { args: { 'command-line': string }; ret: string };
+}
+
+export type QmpCommandName = keyof QmpCommands;
+export type QmpArgs<K extends QmpCommandName> = QmpCommands[K]['args'];
+export type QmpReturn<K extends QmpCommandName> = QmpCommands[K]['ret'];
+
+export interface QmpEvent {
+  event: string;
+  data?: Record<string, unknown>;
+  timestamp?: { seconds: number; microseconds: number };
+  /** Position in this connection's event history (0-based), for "since" searches. */
+  index: number;
+}

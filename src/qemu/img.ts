@@ -1,0 +1,97 @@
+// qemu-img wrapper: the four disk formats Ferry supports, all through QEMU's block layer.
+import { run, type RunOptions } from '../util/exec.js';
+import { InvalidInputError } from '../errors.js';
+
+export const IMAGE_FORMATS = ['qcow2', 'raw', 'vhdx', 'vpc'] as const;
+export type ImageFormat = (typeof IMAGE_FORMATS)[number];
+
+export function isImageFormat(s: string): s is ImageFormat {
+  return (IMAGE_FORMATS as readonly string[]).includes(s);
+}
+
+export function assertImageFormat(s: string, field = 'format'): ImageFormat {
+  if (!isImageFormat(s)) {
+    throw new InvalidInputError(`Cannot use disk format '${s}' (${field}): unknown format; use one of ${IMAGE_FORMATS.join(', ')}`, { field, value: s });
+  }
+  return s;
+}
+
+export interface ImageInfo {
+  filename: string;
+  format: ImageFormat | string;
+  virtualSizeBytes: number;
+  actualSizeBytes: number;
+  backingFile?: string;
+  backingFormat?: string;
+  dirty: boolean;
+}
+
+export interface ImgOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {}
+
+/** Creates an image. vpc rounds sizes to its CHS geometry unless force_size is on; we always keep the exact size. */
+export async function createImage(path: string, format: ImageFormat, sizeBytes: number, opts: ImgOptions & { backing?: { path: string; format: ImageFormat } } = {}): Promise<void> {
+  const args = ['create', '-q', '-f', format];
+  const o: string[] = [];
+  if (format === 'vpc') o.push('force_size=on', 'subformat=dynamic');
+  if (format === 'vhdx') o.push('subformat=dynamic');
+  if (o.length) args.push('-o', o.join(','));
+  if (opts.backing) args.push('-b', opts.backing.path, '-F', opts.backing.format);
+  args.push(path);
+  if (!opts.backing || sizeBytes > 0) args.push(String(sizeBytes));
+  await run('qemu-img', args, opts);
+}
+
+interface RawInfo {
+  filename: string; format: string; 'virtual-size': number; 'actual-size'?: number;
+  'backing-filename'?: string; 'backing-filename-format'?: string; 'dirty-flag'?: boolean;
+}
+
+/** Image facts as JSON. `forceShare` (-U) reads an image a running QEMU holds locked. */
+export async function imageInfo(path: string, opts: ImgOptions & { forceShare?: boolean; format?: ImageFormat } = {}): Promise<ImageInfo> {
+  const args = ['info', '--output=json'];
+  if (opts.forceShare) args.push('-U');
+  if (opts.format) args.push('-f', opts.format);
+  args.push(path);
+  const { stdout } = await run('qemu-img', args, opts);
+  const j = JSON.parse(stdout) as RawInfo;
+  return {
+    filename: j.filename,
+    format: j.format,
+    virtualSizeBytes: j['virtual-size'],
+    actualSizeBytes: j['actual-size'] ?? 0,
+    ...(j['backing-filename'] ? { backingFile: j['backing-filename'] } : {}),
+    ...(j['backing-filename-format'] ? { backingFormat: j['backing-filename-format'] } : {}),
+    dirty: j['dirty-flag'] ?? false,
+  };
+}
+
+/** Copies/converts an image. Zero regions stay sparse in the output. */
+export async function convertImage(src: string, dst: string, opts: ImgOptions & { srcFormat?: ImageFormat; dstFormat: ImageFormat; forceShare?: boolean }): Promise<void> {
+  const args = ['convert', '-q'];
+  if (opts.forceShare) args.push('-U');
+  if (opts.srcFormat) args.push('-f', opts.srcFormat);
+  args.push('-O', opts.dstFormat);
+  if (opts.dstFormat === 'vpc') args.push('-o', 'force_size=on');
+  args.push(src, dst);
+  await run('qemu-img', args, { timeoutMs: 30 * 60_000, ...opts });
+}
+
+export interface CheckResult { ok: boolean; corruptions: number; leaks: number; raw: unknown }
+
+/** Consistency check; formats without metadata to check (raw, vpc) report ok. */
+export async function checkImage(path: string, opts: ImgOptions & { format?: ImageFormat; forceShare?: boolean } = {}): Promise<CheckResult> {
+  const args = ['check', '--output=json'];
+  if (opts.forceShare) args.push('-U');
+  if (opts.format) args.push('-f', opts.format);
+  args.push(path);
+  try {
+    const { stdout } = await run('qemu-img', args, opts);
+    const j = JSON.parse(stdout) as { corruptions?: number; leaks?: number };
+    return { ok: !(j.corruptions ?? 0), corruptions: j.corruptions ?? 0, leaks: j.leaks ?? 0, raw: j };
+  } catch (err) {
+    // qemu-img check exits 63 for "format does not support checks": nothing to check is not a failure.
+    const stderr = String((err as { context?: { stderr?: string } }).context?.stderr ?? '');
+    if (/does not support checks/i.test(stderr)) return { ok: true, corruptions: 0, leaks: 0, raw: null };
+    throw err;
+  }
+}

@@ -1,0 +1,213 @@
+// VM lifecycle on one host: create (validate everything first, then create, rolling back
+// on failure), start, stop (ACPI power-down, then force), pause, resume, remove.
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
+import { buildArgv, type SwitchBackend } from '../qemu/argv.js';
+import { createImage, type ImageFormat } from '../qemu/img.js';
+import { QemuProcess, type ExitInfo } from '../qemu/process.js';
+import type { Accelerator } from '../qemu/accel.js';
+import type { RunState } from '../qemu/commands.js';
+import { parseVmSpec, resolveVmFile, type DiskSpec, type VmSpec } from './spec.js';
+import { configFile, exists, saveVm } from './folder.js';
+
+export interface VmRuntimePaths {
+  runDir: string;
+  qmpSocket: string;
+  serialLog: string;
+  pidFile: string;
+}
+
+/** Per-VM runtime files on this host (sockets, pid, serial log): not part of the VM's folder. */
+export function runtimePaths(runDir: string): VmRuntimePaths {
+  return {
+    runDir,
+    qmpSocket: path.join(runDir, 'qmp.sock'),
+    serialLog: path.join(runDir, 'serial.log'),
+    pidFile: path.join(runDir, 'qemu.pid'),
+  };
+}
+
+export interface CreateVmOptions {
+  /** Disks to create empty: disk id → virtual size in bytes. Other disks must exist. */
+  createDisks?: Record<string, number>;
+  /** Files copied into the VM folder before it is checked (e.g. a guest kernel). */
+  copyIn?: Array<{ from: string; to: string }>;
+  /** Extra bytes written into the VM folder (e.g. a generated boot image): relative name → content. */
+  writeIn?: Record<string, Buffer>;
+  signal?: AbortSignal;
+}
+
+/**
+ * Creates a VM: its folder, vm.json, and any new disks. Everything is checked before the
+ * first file is written; a failure part-way removes what this call created.
+ */
+export async function createVm(input: unknown, opts: CreateVmOptions = {}): Promise<VmSpec> {
+  const spec = parseVmSpec(input, 'create the VM');
+  const create = opts.createDisks ?? {};
+  for (const id of Object.keys(create)) {
+    if (!spec.disks.some((d) => d.id === id)) throw new InvalidInputError(`Cannot create the VM '${spec.name}': no disk with id '${id}' to create`, { disk: id });
+    const size = create[id]!;
+    if (!Number.isSafeInteger(size) || size < 512 || size % 512 !== 0) {
+      throw new InvalidInputError(`Cannot create disk '${id}' of VM '${spec.name}': size ${size} is not a positive multiple of 512 bytes; give a size such as 64M or 10G`, { disk: id, size });
+    }
+  }
+  if (await exists(configFile(spec.configPath))) {
+    throw new FerryError('E_VM_EXISTS', `Cannot create the VM '${spec.name}': ${spec.configPath} already holds a VM; choose another --path or remove that VM`, { context: { configPath: spec.configPath }, userError: true });
+  }
+  const inFolder = new Set([...(opts.copyIn ?? []).map((c) => resolveVmFile(spec, c.to)), ...Object.keys(opts.writeIn ?? {}).map((n) => resolveVmFile(spec, n))]);
+  for (const d of spec.disks) {
+    const isNew = d.id in create;
+    const there = inFolder.has(d.path) || (await exists(d.path));
+    if (isNew && there) throw new InvalidInputError(`Cannot create disk '${d.id}' of VM '${spec.name}': ${d.path} already exists; choose another path or attach it instead`, { disk: d.id, path: d.path });
+    if (!isNew && !there) throw new NotFoundError('E_DISK_NOT_FOUND', `Cannot create the VM '${spec.name}': disk image ${d.path} does not exist; create it or fix the path`, { disk: d.id, path: d.path });
+  }
+  for (const c of opts.copyIn ?? []) {
+    if (!(await exists(c.from))) throw new NotFoundError('E_FILE_NOT_FOUND', `Cannot create the VM '${spec.name}': ${c.from} does not exist; run scripts/setup to build the test guests or fix the path`, { path: c.from });
+  }
+  await checkBootFiles(spec, inFolder);
+
+  const created: string[] = [];
+  const folderExisted = await exists(spec.configPath);
+  try {
+    await fsp.mkdir(spec.configPath, { recursive: true });
+    if (!folderExisted) created.push(spec.configPath);
+    for (const c of opts.copyIn ?? []) {
+      const to = resolveVmFile(spec, c.to);
+      await fsp.copyFile(c.from, to);
+      created.push(to);
+    }
+    for (const [name, data] of Object.entries(opts.writeIn ?? {})) {
+      const to = resolveVmFile(spec, name);
+      await fsp.writeFile(to, data);
+      created.push(to);
+    }
+    for (const d of spec.disks) {
+      const size = create[d.id];
+      if (size === undefined) continue;
+      await fsp.mkdir(path.dirname(d.path), { recursive: true });
+      created.push(d.path);
+      await createImage(d.path, d.format as ImageFormat, size, { signal: opts.signal });
+    }
+    await saveVm(spec);
+    return spec;
+  } catch (err) {
+    for (const p of created.reverse()) await fsp.rm(p, { recursive: true, force: true });
+    await fsp.rm(configFile(spec.configPath), { force: true });
+    throw err;
+  }
+}
+
+async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void> {
+  if (spec.boot.kind !== 'kernel') return;
+  for (const [field, p] of [['boot.kernel', spec.boot.kernel], ['boot.initrd', spec.boot.initrd]] as const) {
+    if (!p) continue;
+    const abs = resolveVmFile(spec, p);
+    if (!planned.has(abs) && !(await exists(abs))) {
+      throw new NotFoundError('E_FILE_NOT_FOUND', `Cannot use ${field} of VM '${spec.name}': ${abs} does not exist; fix the path (relative paths are inside the VM folder)`, { field, path: abs });
+    }
+  }
+}
+
+/** Whether the file system under `file` accepts O_DIRECT (tmpfs does not). */
+export function supportsDirectIo(file: string): boolean {
+  let fd: number | undefined;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_DIRECT);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code !== 'EINVAL';
+  } finally {
+    if (fd !== undefined) fs.closeSync(fd);
+  }
+}
+
+export interface StartVmOptions {
+  runDir: string;
+  accel: Accelerator;
+  incoming?: boolean;
+  paused?: boolean;
+  switches?: (nicId: string, switchName: string) => SwitchBackend;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
+
+/** Starts QEMU for a VM. Files are checked first so a missing disk or kernel is named. */
+export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuProcess> {
+  for (const d of spec.disks) {
+    if (!(await exists(d.path))) {
+      throw new NotFoundError('E_DISK_NOT_FOUND', `Cannot start VM '${spec.name}': disk '${d.id}' image ${d.path} does not exist; restore it or remove the disk from the VM`, { disk: d.id, path: d.path });
+    }
+  }
+  await checkBootFiles(spec, new Set());
+  const paths = runtimePaths(opts.runDir);
+  await fsp.mkdir(opts.runDir, { recursive: true });
+  // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
+  if (!opts.incoming && (await exists(paths.serialLog))) await fsp.rename(paths.serialLog, paths.serialLog + '.1');
+  const argv = buildArgv(spec, {
+    accel: opts.accel, paths, incoming: opts.incoming, paused: opts.paused, switches: opts.switches,
+    directIo: (d: DiskSpec) => supportsDirectIo(d.path),
+  });
+  await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
+  return QemuProcess.spawn(argv, { vm: spec.name, runDir: opts.runDir, qmpSocket: paths.qmpSocket, pidFile: paths.pidFile, signal: opts.signal, timeoutMs: opts.timeoutMs });
+}
+
+export interface StopVmOptions {
+  /** Power off at once (QMP quit: QEMU flushes and exits) instead of an ACPI power-down. */
+  force?: boolean;
+  /** How long the guest gets to power itself off before it is forced (default 30 s). */
+  timeoutMs?: number;
+  signal?: AbortSignal;
+}
+
+export async function stopVm(proc: QemuProcess, opts: StopVmOptions = {}): Promise<{ graceful: boolean; exit: ExitInfo }> {
+  if (!opts.force && !proc.hasExited) {
+    try {
+      const st = await proc.qmp.execute('query-status', undefined, { signal: opts.signal, timeoutMs: 5000 });
+      if (!st.running) await proc.qmp.execute('cont', undefined, { signal: opts.signal, timeoutMs: 5000 });
+      await proc.qmp.execute('system_powerdown', undefined, { signal: opts.signal, timeoutMs: 5000 });
+      const exit = await proc.waitExit(opts.timeoutMs ?? 30_000, opts.signal);
+      return { graceful: true, exit };
+    } catch (err) {
+      if (opts.signal?.aborted) throw err;
+      // Did not power off in time: fall through to a forced stop.
+    }
+  }
+  return { graceful: false, exit: await proc.quit({ timeoutMs: 10_000 }) };
+}
+
+export async function pauseVm(proc: QemuProcess, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  await proc.qmp.execute('stop', undefined, opts);
+}
+
+export async function resumeVm(proc: QemuProcess, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  await proc.qmp.execute('cont', undefined, opts);
+}
+
+export type VmState = 'running' | 'paused' | 'stopped' | 'migrating';
+
+/** The VM's state as users see it, from QEMU's run state. */
+export async function vmState(proc: QemuProcess | null, opts: { signal?: AbortSignal } = {}): Promise<{ state: VmState; qemu: RunState | null }> {
+  if (!proc || proc.hasExited || proc.qmp.isClosed) return { state: 'stopped', qemu: null };
+  const st = await proc.qmp.execute('query-status', undefined, { signal: opts.signal, timeoutMs: 5000 });
+  const map: Partial<Record<RunState, VmState>> = {
+    running: 'running', inmigrate: 'migrating', 'finish-migrate': 'migrating', postmigrate: 'paused', shutdown: 'stopped',
+  };
+  return { state: map[st.status] ?? (st.running ? 'running' : 'paused'), qemu: st.status };
+}
+
+/**
+ * Removes a stopped VM: vm.json and the guest files inside its folder; its disk images only
+ * with `deleteDisks`. Folders are removed only when empty, so user data is never swept away.
+ */
+export async function removeVm(spec: VmSpec, opts: { deleteDisks?: boolean } = {}): Promise<void> {
+  if (opts.deleteDisks) for (const d of spec.disks) await fsp.rm(d.path, { force: true });
+  if (spec.boot.kind === 'kernel') {
+    for (const p of [spec.boot.kernel, spec.boot.initrd]) if (p && !path.isAbsolute(p)) await fsp.rm(resolveVmFile(spec, p), { force: true });
+  }
+  await fsp.rm(configFile(spec.configPath), { force: true });
+  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
+    try { await fsp.rmdir(dir); } catch { /* not empty or gone: leave it */ }
+  }
+}

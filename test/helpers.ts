@@ -1,0 +1,37 @@
+// Shared test helpers: temp folders that are always removed, serial-log polling, the
+// accelerator every integration test uses.
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { TestContext } from 'node:test';
+import { detectAccelerator, type Accelerator } from '../src/qemu/accel.js';
+import { sleep } from '../src/util/exec.js';
+
+/** A temp folder removed when the test ends, pass or fail. */
+export async function tempDir(t: TestContext, prefix = 'ferry-test-'): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+let accel: Promise<Accelerator> | null = null;
+export function testAccel(): Promise<Accelerator> {
+  accel ??= detectAccelerator().then((r) => r.accel);
+  return accel;
+}
+
+/** Polls a file until `pred(text)` is true; throws with the file's tail on timeout. */
+export async function waitForFile(file: string, pred: (text: string) => boolean, opts: { timeoutMs?: number; what?: string } = {}): Promise<string> {
+  const until = Date.now() + (opts.timeoutMs ?? 60_000);
+  let text = '';
+  while (Date.now() < until) {
+    text = await fsp.readFile(file, 'utf8').catch(() => '');
+    if (pred(text)) return text;
+    await sleep(100);
+  }
+  throw new Error(`timed out waiting for ${opts.what ?? 'a condition'} in ${file}; last lines:\n${text.split('\n').slice(-10).join('\n')}`);
+}
+
+export function count(text: string, re: RegExp): number {
+  return (text.match(new RegExp(re.source, re.flags.includes('g') ? re.flags : re.flags + 'g')) ?? []).length;
+}

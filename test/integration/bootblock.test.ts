@@ -1,0 +1,39 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { createVm, startVm, stopVm, runtimePaths } from '../../src/vm/lifecycle.js';
+import { bootblockVm } from '../../src/vm/guests.js';
+import { verifyGuestMemory, checkPattern, PATTERN_START, PATTERN_END, PAGE } from '../../guest/bootblock.js';
+import { tempDir, testAccel, waitForFile } from '../helpers.js';
+
+test('bootblock guest: memory pattern verifies on a running guest, a corrupted dump fails', async (t) => {
+  const dir = await tempDir(t);
+  const g = bootblockVm({ name: 'bb', configPath: path.join(dir, 'bb') });
+  const spec = await createVm(g.spec, g.create);
+  const runDir = path.join(dir, 'run');
+  const proc = await startVm(spec, { runDir, accel: await testAccel() });
+  t.after(() => proc.kill());
+  const serial = runtimePaths(runDir).serialLog;
+  await waitForFile(serial, (s) => s.startsWith('A') && s.includes('B'), { timeoutMs: 30_000, what: "the guest's A and B" });
+
+  const report = await verifyGuestMemory(proc.qmp, path.join(dir, 'dump.bin'));
+  assert.equal(report.ok, true, `bad pages: ${report.badPages.slice(0, 5).join(',')}`);
+  assert.equal(report.pages, (PATTERN_END - PATTERN_START) / PAGE);
+
+  // The same check on a real dump with one page changed must fail and name the page.
+  await proc.qmp.execute('stop');
+  const dumpFile = path.join(dir, 'dump2.bin');
+  await proc.qmp.execute('pmemsave', { val: PATTERN_START, size: PATTERN_END - PATTERN_START, filename: dumpFile });
+  const dump = await fsp.readFile(dumpFile);
+  assert.equal(checkPattern(dump).ok, true);
+  const page = 5000;
+  dump[page * PAGE] = (dump[page * PAGE]! + 7) & 0xff;
+  const bad = checkPattern(dump);
+  assert.equal(bad.ok, false);
+  assert.ok(bad.badPages.includes(page) || bad.badPages.includes(page + 1), `page ${page} reported: ${bad.badPages.join(',')}`);
+
+  await proc.qmp.execute('cont');
+  const stopped = await stopVm(proc, { force: true });
+  assert.equal(stopped.graceful, false);
+});
