@@ -1,0 +1,23 @@
+// Entry point of bin/ferry: run the program, map errors to the contract's exit codes, and
+// never show a stack trace for a user error (FERRY_DEBUG=1 shows them for bugs).
+import { CommanderError } from 'commander';
+import { FerryError } from '../errors.js';
+import { buildProgram } from './program.js';
+import { exitCodeFor, EXIT } from './exit.js';
+
+const program = buildProgram();
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode === 0 ? 0 : EXIT.usage;
+  } else if (err instanceof FerryError) {
+    process.stderr.write(`ferry: ${err.message}\n`);
+    if (process.env.FERRY_DEBUG && !err.userError) process.stderr.write(`${err.stack}\n`);
+    process.exitCode = exitCodeFor(err);
+  } else {
+    process.stderr.write(`ferry: internal error: ${err instanceof Error ? err.message : String(err)}\n`);
+    if (process.env.FERRY_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+    process.exitCode = EXIT.failed;
+  }
+}
