@@ -2,6 +2,9 @@
 import { Command } from '@commander-js/extra-typings';
 import { readFileSync } from 'node:fs';
 import { registerGuest } from './commands/guest.js';
+import { registerVm } from './commands/vm.js';
+import { registerHost } from './commands/host.js';
+import { registerAdmin } from './commands/admin.js';
 
 export function buildProgram(): Command {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -9,7 +12,12 @@ export function buildProgram(): Command {
     .description('Move running virtual machines between Linux hosts (QEMU/KVM)')
     .version(pkg.version)
     .exitOverride()
+    .option('--lab <dir>', 'talk to the local lab in DIR (or set FERRY_LAB)')
+    .option('--context <file>', 'endpoints and credentials of real hosts (JSON)')
     .configureOutput({ outputError: (s, write) => write(`ferry: ${s.replace(/^error: /, '')}`) });
+  registerVm(program);
+  registerHost(program);
+  registerAdmin(program);
   registerGuest(program);
   return program;
 }

@@ -1,0 +1,56 @@
+// The agent's configuration: flags, plus DATA/agent.json for what a lab or an installer
+// writes once (extra pools). Everything else the agent keeps in its registry.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { z } from 'zod';
+import { InvalidInputError } from '../errors.js';
+import { Name } from '../api/schemas.js';
+
+export const AgentFile = z.object({
+  pools: z.array(z.object({ name: Name, kind: z.enum(['local', 'shared']), path: z.string().refine((p) => path.isAbsolute(p)) }).strict()).default([]),
+  /** Switches created on first start. */
+  switches: z.array(z.object({ name: Name, kind: z.enum(['user', 'bridge']), bridge: z.string().nullable().default(null) }).strict()).default([]),
+}).strict();
+
+export interface AgentConfig {
+  name: string;
+  dataDir: string;
+  listen: { host: string; port: number };
+  /** Address the destination listens on for migration streams. */
+  migrationAddress: string;
+  tls: { ca: string; cert: string; key: string };
+  pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
+  switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
+}
+
+export function parseListen(s: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(s);
+  const port = Number(m?.[2]);
+  if (!m || port > 65535) throw new InvalidInputError(`Cannot listen on '${s}': expected ADDRESS:PORT such as 127.0.0.1:7443`, { listen: s });
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+export async function loadAgentConfig(flags: { name: string; data: string; listen: string; migrationAddress?: string; tlsDir?: string }): Promise<AgentConfig> {
+  if (!Name.safeParse(flags.name).success) throw new InvalidInputError(`Cannot start an agent named '${flags.name}': use letters, digits, dot, dash or underscore`, { name: flags.name });
+  const dataDir = path.resolve(flags.data);
+  const listen = parseListen(flags.listen);
+  let file: z.infer<typeof AgentFile> = { pools: [], switches: [] };
+  try {
+    const raw = JSON.parse(await fsp.readFile(path.join(dataDir, 'agent.json'), 'utf8')) as unknown;
+    const r = AgentFile.safeParse(raw);
+    if (!r.success) throw new InvalidInputError(`Cannot read ${path.join(dataDir, 'agent.json')}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    file = r.data;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+  const tlsDir = flags.tlsDir ? path.resolve(flags.tlsDir) : path.join(dataDir, 'tls');
+  return {
+    name: flags.name,
+    dataDir,
+    listen,
+    migrationAddress: flags.migrationAddress ?? listen.host,
+    tls: { ca: path.join(tlsDir, 'ca.crt'), cert: path.join(tlsDir, 'host.crt'), key: path.join(tlsDir, 'host.key') },
+    pools: [{ name: 'local', kind: 'local', path: path.join(dataDir, 'pools', 'local') }, ...file.pools],
+    switches: file.switches,
+  };
+}

@@ -1,0 +1,390 @@
+// The engine: every action of this host, whatever asked for it (HTTP route, later the
+// migration protocol). It owns the map of running QEMU processes, serialises operations per
+// VM, and emits events. It never stops a VM when the agent itself stops.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { FerryError, InvalidInputError, NotFoundError, messageOf } from '../errors.js';
+import type { AgentConfig } from './config.js';
+import { Registry } from './registry.js';
+import { EventBus } from './events.js';
+import { cpuInfo, memoryInfo, qemuInfo } from './capabilities.js';
+import { detectAccelerator, type AccelProbe } from '../qemu/accel.js';
+import { QemuProcess } from '../qemu/process.js';
+import { imageInfo, isImageFormat, type ImageFormat } from '../qemu/img.js';
+import type { SwitchBackend } from '../qemu/argv.js';
+import { loadVm } from '../vm/folder.js';
+import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtimePaths } from '../vm/lifecycle.js';
+import { probeVm, bootblockVm } from '../vm/guests.js';
+import { newMac, newVmId, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
+import type { CreateVmOptions } from '../vm/lifecycle.js';
+import { assertInUsablePool, findPool, poolStatus, setGrant, type PoolDef } from '../storage/pools.js';
+import type { HostView, VmView, VmCreateBody, SwitchView, PoolView, MigrationSettings } from '../api/schemas.js';
+import { HostSetBody } from '../api/schemas.js';
+import type { z } from 'zod';
+
+const AGENT_VERSION = '0.1.0';
+
+export class Engine {
+  readonly events = new EventBus();
+  readonly registry: Registry;
+  private procs = new Map<string, QemuProcess>();
+  private locks = new Map<string, Promise<unknown>>();
+  private accel: AccelProbe | null = null;
+
+  constructor(readonly cfg: AgentConfig, readonly domainId: string) {
+    this.registry = new Registry(path.join(cfg.dataDir, 'ferry.db'));
+  }
+
+  get name(): string { return this.cfg.name; }
+
+  /** Prepares pools and switches, probes the accelerator, re-attaches to running QEMUs. */
+  async init(opts: { signal?: AbortSignal } = {}): Promise<void> {
+    for (const p of this.cfg.pools) {
+      this.registry.upsertPool(p);
+      if (p.kind === 'local') await fsp.mkdir(p.path, { recursive: true });
+    }
+    const have = new Set(this.registry.listSwitches().map((s) => s.name));
+    for (const s of this.cfg.switches) if (!have.has(s.name)) this.registry.addSwitch(s);
+    this.accel = await detectAccelerator({ signal: opts.signal });
+    for (const rec of this.registry.listVms()) {
+      const runDir = this.runDir(rec.id);
+      const paths = runtimePaths(runDir);
+      try {
+        await fsp.access(paths.pidFile);
+      } catch { continue; }
+      try {
+        const proc = await QemuProcess.attach({ vm: rec.name, runDir, qmpSocket: paths.qmpSocket, pidFile: paths.pidFile, signal: opts.signal, timeoutMs: 5000 });
+        this.track(rec.name, proc);
+        this.events.emit('vm.reattached', { vm: rec.name, pid: proc.pid });
+      } catch {
+        await fsp.rm(paths.pidFile, { force: true }); // stale: the VM stopped while the agent was down
+      }
+    }
+  }
+
+  /** Detaches from every QEMU (they keep running) and closes the registry. */
+  async close(): Promise<void> {
+    for (const p of this.procs.values()) p.qmp.close();
+    this.procs.clear();
+    this.registry.close();
+  }
+
+  runDir(vmId: string): string { return path.join(this.cfg.dataDir, 'run', vmId); }
+
+  private pools(): PoolDef[] { return this.registry.listPools(); }
+
+  /** Runs `fn` with the VM's lock held, so two operations on one VM never interleave. */
+  private async withVmLock<T>(name: string, fn: () => Promise<T>): Promise<T> {
+    const prev = this.locks.get(name) ?? Promise.resolve();
+    const next = prev.catch(() => undefined).then(fn);
+    this.locks.set(name, next);
+    try {
+      return await next;
+    } finally {
+      if (this.locks.get(name) === next) this.locks.delete(name);
+    }
+  }
+
+  private track(name: string, proc: QemuProcess): void {
+    this.procs.set(name, proc);
+    void proc.exited.then(() => {
+      if (this.procs.get(name) === proc) {
+        this.procs.delete(name);
+        this.events.emit('vm.state', { vm: name, state: 'stopped' });
+      }
+    });
+  }
+
+  // ---- host ----
+
+  async hostView(): Promise<HostView> {
+    const [cpu, mem, qemu] = await Promise.all([cpuInfo(), memoryInfo(), qemuInfo()]);
+    const vms = this.registry.listVms();
+    let vmBytes = 0;
+    for (const rec of vms) {
+      if (!this.procs.has(rec.name)) continue;
+      try { vmBytes += (await loadVm(rec.configPath)).memoryMiB * 1024 * 1024; } catch { /* config unreadable: not counted */ }
+    }
+    return {
+      name: this.name, domainId: this.domainId, agentVersion: AGENT_VERSION, cpu,
+      accelerator: { name: this.accel?.accel ?? 'tcg', reason: this.accel?.reason ?? 'not probed' },
+      qemu, memory: { ...mem, vmBytes },
+      pools: await this.listPools(), switches: this.listSwitches(), migration: this.migrationSettings(), vms: vms.length,
+    };
+  }
+
+  migrationSettings(): MigrationSettings {
+    const s = this.registry.getSetting<Partial<MigrationSettings>>('migration', {});
+    return { enabled: s.enabled ?? true, maxLive: s.maxLive ?? 2, maxStorage: s.maxStorage ?? 2, networks: s.networks ?? [], tls: s.tls ?? true, address: this.cfg.migrationAddress };
+  }
+
+  async hostSet(body: z.infer<typeof HostSetBody>): Promise<HostView> {
+    const cur = this.migrationSettings();
+    const next: MigrationSettings = {
+      ...cur,
+      ...(body.maxLive !== undefined ? { maxLive: body.maxLive } : {}),
+      ...(body.maxStorage !== undefined ? { maxStorage: body.maxStorage } : {}),
+      ...(body.migrationNetworks !== undefined ? { networks: body.migrationNetworks } : {}),
+      ...(body.tls !== undefined ? { tls: body.tls } : {}),
+      ...(body.enabled !== undefined ? { enabled: body.enabled } : {}),
+    };
+    const { address: _a, ...stored } = next;
+    this.registry.setSetting('migration', stored);
+    this.events.emit('host.changed', { migration: next });
+    return this.hostView();
+  }
+
+  // ---- switches and pools ----
+
+  listSwitches(): SwitchView[] { return this.registry.listSwitches(); }
+
+  createSwitch(s: { name: string; kind: 'user' | 'bridge'; bridge?: string | undefined }): SwitchView {
+    if (this.registry.listSwitches().some((x) => x.name === s.name)) {
+      throw new FerryError('E_SWITCH_EXISTS', `Cannot create switch '${s.name}' on host '${this.name}': it already exists; choose another name`, { context: { switch: s.name }, userError: true });
+    }
+    const view: SwitchView = { name: s.name, kind: s.kind, bridge: s.bridge ?? null };
+    this.registry.addSwitch(view);
+    this.events.emit('switch.created', { switch: s.name });
+    return view;
+  }
+
+  async removeSwitch(name: string): Promise<void> {
+    if (!this.registry.listSwitches().some((x) => x.name === name)) throw this.noSwitch(name);
+    for (const rec of this.registry.listVms()) {
+      const spec = await loadVm(rec.configPath).catch(() => null);
+      if (spec?.nics.some((n) => n.switch === name)) {
+        throw new FerryError('E_SWITCH_IN_USE', `Cannot remove switch '${name}' from host '${this.name}': VM '${rec.name}' is connected to it; remove the VM or its NIC first`, { context: { switch: name, vm: rec.name }, userError: true });
+      }
+    }
+    this.registry.removeSwitch(name);
+    this.events.emit('switch.removed', { switch: name });
+  }
+
+  private noSwitch(name: string): NotFoundError {
+    return new NotFoundError('E_SWITCH_NOT_FOUND', `Cannot find switch '${name}' on host '${this.name}'; create it with 'ferry switch new ${name} --host ${this.name} --user'`, { switch: name });
+  }
+
+  async listPools(): Promise<PoolView[]> {
+    return Promise.all(this.pools().map((p) => poolStatus(p, this.name)));
+  }
+
+  async grantPool(name: string, host: string, granted: boolean): Promise<PoolView> {
+    const pool = findPool(this.pools(), name, this.name);
+    await setGrant(pool, host, granted);
+    this.events.emit('pool.changed', { pool: name });
+    return poolStatus(pool, this.name);
+  }
+
+  // ---- VMs ----
+
+  private record(name: string): { name: string; id: string; configPath: string } {
+    const rec = this.registry.getVm(name);
+    if (!rec) throw new NotFoundError('E_VM_NOT_FOUND', `Cannot find VM '${name}' on host '${this.name}'; 'ferry vm list' shows the VMs`, { vm: name, host: this.name });
+    return rec;
+  }
+
+  async listVms(): Promise<VmView[]> {
+    const out: VmView[] = [];
+    for (const rec of this.registry.listVms()) {
+      try { out.push(await this.view(rec.name)); } catch { /* config unreadable: skip */ }
+    }
+    return out;
+  }
+
+  async showVm(name: string): Promise<VmView> { return this.view(name); }
+
+  private async view(name: string): Promise<VmView> {
+    const rec = this.record(name);
+    const spec = await loadVm(rec.configPath);
+    const proc = this.procs.get(name) ?? null;
+    let st: Awaited<ReturnType<typeof vmState>> = { state: 'stopped', qemu: null };
+    try { st = await vmState(proc); } catch { /* monitor busy or gone: report stopped/unknown below */ }
+    const disks = await Promise.all(spec.disks.map(async (d) => ({
+      id: d.id, path: d.path, format: d.format, pool: d.pool ?? null,
+      virtualSizeBytes: await imageInfo(d.path, { forceShare: true, format: d.format, timeoutMs: 10_000 }).then((i) => i.virtualSizeBytes, () => 0),
+    })));
+    return {
+      name: spec.name, id: spec.id, host: this.name, state: st.state, qemuState: st.qemu, pid: st.state === 'stopped' ? null : proc?.pid ?? null,
+      memoryMiB: spec.memoryMiB, cpus: spec.cpus, cpuModel: spec.cpuModel, machine: spec.machine, guest: spec.guest,
+      configPath: spec.configPath, checkpointPath: spec.checkpointPath, pagingPath: spec.pagingPath,
+      disks, nics: spec.nics, switches: [...new Set(spec.nics.map((n) => n.switch))], ha: spec.ha,
+    };
+  }
+
+  async createVm(body: VmCreateBody, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.withVmLock(body.name, async () => {
+      if (this.registry.getVm(body.name)) {
+        throw new FerryError('E_VM_EXISTS', `Cannot create VM '${body.name}' on host '${this.name}': a VM with that name exists; choose another name or remove it`, { context: { vm: body.name }, userError: true });
+      }
+      const pools = this.pools();
+      const local = pools.find((p) => p.kind === 'local')!;
+      const folder = path.resolve(body.path ?? path.join(local.path, body.name));
+      const folderPool = await assertInUsablePool(pools, this.name, folder, 'VM folder');
+      const switches = this.listSwitches();
+      for (const s of body.switches) if (!switches.some((x) => x.name === s)) throw this.noSwitch(s);
+
+      // Disks: where each goes, checked before anything is created.
+      const disks: Array<DiskSpec & { createBytes?: number }> = [];
+      for (const [i, d] of body.disks.entries()) {
+        const id = `disk${i}`;
+        if (d.attach) {
+          const pool = await assertInUsablePool(pools, this.name, d.attach, `disk image ${d.attach}`);
+          const info = await imageInfo(d.attach, { timeoutMs: 10_000 }).catch((err: unknown) => {
+            throw new NotFoundError('E_DISK_NOT_FOUND', `Cannot attach ${d.attach} to VM '${body.name}': ${messageOf(err)}; give an existing disk image`, { path: d.attach });
+          });
+          if (!isImageFormat(info.format)) throw new InvalidInputError(`Cannot attach ${d.attach}: format '${info.format}' is not supported; convert it to qcow2, raw, vhdx or vpc`, { path: d.attach });
+          if (d.format && d.format !== info.format) throw new InvalidInputError(`Cannot attach ${d.attach} as ${d.format}: the image is ${info.format}; drop format= or convert it`, { path: d.attach });
+          disks.push({ id, path: d.attach, format: info.format, bus: 'virtio', readOnly: false, cache: 'none', pool: pool.name });
+        } else {
+          const format: ImageFormat = d.format ?? 'qcow2';
+          const dir = d.pool ? path.join(findPool(pools, d.pool, this.name).path, body.name) : folder;
+          const p = path.join(dir, `${id}.${format}`);
+          const pool = await assertInUsablePool(pools, this.name, p, `disk ${id}`);
+          disks.push({ id, path: p, format, bus: 'virtio', readOnly: false, cache: 'none', pool: pool.name, createBytes: d.sizeBytes! });
+        }
+      }
+      const nics = body.switches.map((s, i) => ({ id: `nic${i}`, switch: s, mac: newMac() }));
+
+      let built: { spec: VmSpecInput; create: CreateVmOptions };
+      const base = { name: body.name, configPath: folder, memoryMiB: body.memoryMiB, cpus: body.cpus };
+      if (body.guest === 'probe') {
+        const [first, ...rest] = disks;
+        built = probeVm({ ...base, probe: body.probe, dataDisk: first ? { path: first.path, format: first.format, sizeBytes: first.createBytes, existing: first.createBytes === undefined, pool: first.pool } : { pool: folderPool.name } });
+        built.spec.disks = [...(built.spec.disks ?? []), ...rest.map((d, i) => strip({ ...d, id: `disk${i + 1}` }))];
+        for (const [i, d] of rest.entries()) if (d.createBytes) built.create.createDisks![`disk${i + 1}`] = d.createBytes;
+      } else if (body.guest === 'bootblock') {
+        built = bootblockVm(base);
+        built.spec.disks = [...(built.spec.disks ?? []), ...disks.map(strip)];
+        built.create.createDisks = Object.fromEntries(disks.filter((d) => d.createBytes).map((d) => [d.id, d.createBytes!]));
+      } else {
+        const copyIn: Array<{ from: string; to: string }> = [];
+        if (body.kernel) copyIn.push({ from: body.kernel, to: 'vmlinuz' });
+        if (body.initrd) copyIn.push({ from: body.initrd, to: 'initrd.img' });
+        if (!body.kernel && (body.initrd || body.append)) throw new InvalidInputError(`Cannot create VM '${body.name}': --initrd and --append need --kernel`, {});
+        if (!body.kernel && disks.length === 0) throw new InvalidInputError(`Cannot create VM '${body.name}': it has nothing to boot; give --disk/--attach with a bootable image, --kernel, or --guest probe|bootblock`, {});
+        built = {
+          spec: {
+            name: body.name, id: newVmId(), memoryMiB: body.memoryMiB, cpus: body.cpus, disks: disks.map(strip),
+            boot: body.kernel ? { kind: 'kernel', kernel: 'vmlinuz', ...(body.initrd ? { initrd: 'initrd.img' } : {}), append: body.append ?? 'console=ttyS0' } : { kind: 'disk' },
+            guest: 'custom', configPath: folder, checkpointPath: folder, pagingPath: folder,
+          },
+          create: { copyIn, createDisks: Object.fromEntries(disks.filter((d) => d.createBytes).map((d) => [d.id, d.createBytes!])) },
+        };
+      }
+      built.spec.nics = nics;
+      built.spec.ha = body.ha;
+      if (body.cpu) built.spec.cpuModel = body.cpu;
+      const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
+      try {
+        this.registry.addVm({ name: spec.name, id: spec.id, configPath: spec.configPath, createdAt: new Date().toISOString() });
+      } catch (err) {
+        await removeVm(spec, { deleteDisks: true });
+        throw err;
+      }
+      this.events.emit('vm.created', { vm: spec.name });
+      if (body.start) await this.startLocked(spec.name, opts);
+      return this.view(spec.name);
+    });
+  }
+
+  async startVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.withVmLock(name, async () => {
+      await this.startLocked(name, opts);
+      return this.view(name);
+    });
+  }
+
+  private async startLocked(name: string, opts: { signal?: AbortSignal }): Promise<void> {
+    const rec = this.record(name);
+    const running = this.procs.get(name);
+    if (running && !running.hasExited) {
+      throw new FerryError('E_VM_RUNNING', `Cannot start VM '${name}': it is already running on host '${this.name}'`, { context: { vm: name }, userError: true });
+    }
+    const spec = await loadVm(rec.configPath);
+    await this.checkVmStorage(spec);
+    const proc = await startVm(spec, {
+      runDir: this.runDir(spec.id), accel: this.accel?.accel ?? 'tcg', signal: opts.signal,
+      switches: (_nic, sw) => this.switchBackend(sw),
+    });
+    this.track(name, proc);
+    this.events.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
+  }
+
+  /** Every file of the VM must be in a pool this host may use (a revoked grant stops a start). */
+  private async checkVmStorage(spec: VmSpec): Promise<void> {
+    const pools = this.pools();
+    for (const d of spec.disks) await assertInUsablePool(pools, this.name, d.path, `disk ${d.id} of VM '${spec.name}'`);
+  }
+
+  switchBackend(name: string): SwitchBackend {
+    const s = this.listSwitches().find((x) => x.name === name);
+    if (!s) throw this.noSwitch(name);
+    if (s.kind === 'user') return { kind: 'user' };
+    throw new FerryError('E_UNSUPPORTED', `Cannot attach to bridge switch '${name}' yet: tap devices come with the network-namespace lab; use a user switch`, { context: { switch: name }, userError: true });
+  }
+
+  private running(name: string): QemuProcess {
+    this.record(name);
+    const proc = this.procs.get(name);
+    if (!proc || proc.hasExited) throw new FerryError('E_VM_NOT_RUNNING', `Cannot do that to VM '${name}': it is not running on host '${this.name}'; start it first`, { context: { vm: name }, userError: true });
+    return proc;
+  }
+
+  async stopVm(name: string, opts: { force: boolean; timeoutMs: number; signal?: AbortSignal }): Promise<VmView> {
+    return this.withVmLock(name, async () => {
+      const proc = this.running(name);
+      this.events.emit('vm.state', { vm: name, state: 'stopping', force: opts.force });
+      await stopVm(proc, opts);
+      this.procs.delete(name);
+      this.events.emit('vm.state', { vm: name, state: 'stopped' });
+      return this.view(name);
+    });
+  }
+
+  async pauseVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.withVmLock(name, async () => {
+      await pauseVm(this.running(name), opts);
+      this.events.emit('vm.state', { vm: name, state: 'paused' });
+      return this.view(name);
+    });
+  }
+
+  async resumeVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.withVmLock(name, async () => {
+      await resumeVm(this.running(name), opts);
+      this.events.emit('vm.state', { vm: name, state: 'running' });
+      return this.view(name);
+    });
+  }
+
+  async removeVm(name: string, opts: { deleteDisks: boolean }): Promise<void> {
+    return this.withVmLock(name, async () => {
+      const rec = this.record(name);
+      const proc = this.procs.get(name);
+      if (proc && !proc.hasExited) {
+        throw new FerryError('E_VM_RUNNING', `Cannot remove VM '${name}': it is running on host '${this.name}'; stop it first ('ferry vm stop ${name}')`, { context: { vm: name }, userError: true });
+      }
+      const spec = await loadVm(rec.configPath).catch(() => null);
+      if (spec) await removeVm(spec, { deleteDisks: opts.deleteDisks });
+      await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
+      this.registry.removeVm(name);
+      this.events.emit('vm.removed', { vm: name });
+    });
+  }
+
+  /** The serial log file of a VM on this host (for the console route). */
+  consoleFile(name: string): string {
+    const rec = this.record(name);
+    return runtimePaths(this.runDir(rec.id)).serialLog;
+  }
+
+  isRunning(name: string): boolean {
+    const p = this.procs.get(name);
+    return !!p && !p.hasExited;
+  }
+}
+
+function strip(d: DiskSpec & { createBytes?: number }): DiskSpec {
+  const { createBytes: _c, ...rest } = d;
+  return rest;
+}

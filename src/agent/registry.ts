@@ -1,0 +1,62 @@
+// The agent's own state that survives restarts (better-sqlite3): which VMs this host owns
+// and where their folders are, switches, pools and settings. A VM's config itself is its
+// vm.json; QEMU's run state is read live, never stored.
+import Database from 'better-sqlite3';
+import type { PoolDef, PoolKind } from '../storage/pools.js';
+import type { SwitchView } from '../api/schemas.js';
+
+export interface VmRecord { name: string; id: string; configPath: string; createdAt: string }
+
+export class Registry {
+  private db: Database.Database;
+
+  constructor(file: string) {
+    this.db = new Database(file);
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = FULL');
+    this.db.exec(`
+      CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, config_path TEXT NOT NULL, created_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS switches (name TEXT PRIMARY KEY, kind TEXT NOT NULL, bridge TEXT);
+      CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    `);
+  }
+
+  close(): void { this.db.close(); }
+
+  listVms(): VmRecord[] {
+    return (this.db.prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms ORDER BY name').all() as VmRecord[]);
+  }
+  getVm(name: string): VmRecord | undefined {
+    return this.db.prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE name = ?').get(name) as VmRecord | undefined;
+  }
+  getVmById(id: string): VmRecord | undefined {
+    return this.db.prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE id = ?').get(id) as VmRecord | undefined;
+  }
+  addVm(r: VmRecord): void {
+    this.db.prepare('INSERT INTO vms (name, id, config_path, created_at) VALUES (?, ?, ?, ?)').run(r.name, r.id, r.configPath, r.createdAt);
+  }
+  updateVmPath(name: string, configPath: string): void {
+    this.db.prepare('UPDATE vms SET config_path = ? WHERE name = ?').run(configPath, name);
+  }
+  removeVm(name: string): void { this.db.prepare('DELETE FROM vms WHERE name = ?').run(name); }
+
+  listSwitches(): SwitchView[] {
+    return this.db.prepare('SELECT name, kind, bridge FROM switches ORDER BY name').all() as SwitchView[];
+  }
+  addSwitch(s: SwitchView): void { this.db.prepare('INSERT INTO switches (name, kind, bridge) VALUES (?, ?, ?)').run(s.name, s.kind, s.bridge); }
+  removeSwitch(name: string): void { this.db.prepare('DELETE FROM switches WHERE name = ?').run(name); }
+
+  listPools(): PoolDef[] { return this.db.prepare('SELECT name, kind, path FROM pools ORDER BY name').all() as PoolDef[]; }
+  upsertPool(p: { name: string; kind: PoolKind; path: string }): void {
+    this.db.prepare('INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path').run(p.name, p.kind, p.path);
+  }
+
+  getSetting<T>(key: string, fallback: T): T {
+    const row = this.db.prepare('SELECT value FROM settings WHERE key = ?').get(key) as { value: string } | undefined;
+    return row ? (JSON.parse(row.value) as T) : fallback;
+  }
+  setSetting(key: string, value: unknown): void {
+    this.db.prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, JSON.stringify(value));
+  }
+}

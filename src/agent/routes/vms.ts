@@ -1,0 +1,52 @@
+import fsp from 'node:fs/promises';
+import type { FastifyInstance } from 'fastify';
+import { actions } from '../../api/actions.js';
+import { registerAction } from '../server.js';
+import type { Engine } from '../engine.js';
+import { sleep } from '../../util/exec.js';
+
+export function vmRoutes(app: FastifyInstance, engine: Engine): void {
+  registerAction(app, actions.vmList, async () => engine.listVms());
+  registerAction(app, actions.vmCreate, async ({ body, signal }) => engine.createVm(body, { signal }));
+  registerAction(app, actions.vmShow, async ({ params }) => engine.showVm(params.name));
+  registerAction(app, actions.vmStart, async ({ params }) => engine.startVm(params.name));
+  registerAction(app, actions.vmStop, async ({ params, body }) => engine.stopVm(params.name, body));
+  registerAction(app, actions.vmPause, async ({ params }) => engine.pauseVm(params.name));
+  registerAction(app, actions.vmResume, async ({ params }) => engine.resumeVm(params.name));
+  registerAction(app, actions.vmRemove, async ({ params, query }) => { await engine.removeVm(params.name, { deleteDisks: query.deleteDisks }); return { ok: true as const }; });
+
+  // The serial console: the tail of the log, then (follow=true) whatever the guest prints
+  // next, until the client disconnects.
+  registerAction(app, actions.vmConsole, async ({ params, query, signal }, _req, reply) => {
+    const file = engine.consoleFile(params.name);
+    const size = await fsp.stat(file).then((s) => s.size, () => 0);
+    let pos = Math.max(0, size - query.tail);
+    const readFrom = async (): Promise<Buffer> => {
+      const fh = await fsp.open(file, 'r').catch(() => null);
+      if (!fh) return Buffer.alloc(0);
+      try {
+        const st = await fh.stat();
+        if (st.size < pos) pos = 0; // log rotated by a restart
+        const buf = Buffer.alloc(Math.min(st.size - pos, 4 * 1024 * 1024));
+        const { bytesRead } = await fh.read(buf, 0, buf.length, pos);
+        pos += bytesRead;
+        return buf.subarray(0, bytesRead);
+      } finally {
+        await fh.close();
+      }
+    };
+    if (!query.follow) {
+      void reply.type('text/plain; charset=utf-8');
+      return (await readFrom()).toString('utf8');
+    }
+    reply.hijack();
+    reply.raw.writeHead(200, { 'content-type': 'text/plain; charset=utf-8', 'cache-control': 'no-store' });
+    while (!signal.aborted && !reply.raw.destroyed) {
+      const chunk = await readFrom();
+      if (chunk.length) reply.raw.write(chunk);
+      await sleep(200, signal).catch(() => undefined);
+    }
+    reply.raw.end();
+    return undefined;
+  });
+}

@@ -1,0 +1,135 @@
+// The agent's HTTP layer: HTTPS with mutual TLS, where a request only parses into a typed
+// action (zod) and the engine does the work. Nothing here decides anything about VMs.
+import fs from 'node:fs';
+import type { TLSSocket } from 'node:tls';
+import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import swagger from '@fastify/swagger';
+import {
+  serializerCompiler, validatorCompiler, jsonSchemaTransform, hasZodFastifySchemaValidationErrors, type ZodTypeProvider,
+} from 'fastify-type-provider-zod';
+import type { z } from 'zod';
+import { FerryError } from '../errors.js';
+import { identityFromSubject, type PeerIdentity, type Role } from '../domain/ca.js';
+import type { Action, Out } from '../api/action.js';
+import { ErrorBody } from '../api/schemas.js';
+import type { AgentConfig } from './config.js';
+import type { Engine } from './engine.js';
+import type pino from 'pino';
+
+declare module 'fastify' {
+  interface FastifyRequest { peer?: PeerIdentity }
+  interface FastifyContextConfig { roles?: readonly Role[] }
+}
+
+export type Handler<A> = A extends Action<infer P, infer Q, infer B, infer R>
+  ? (input: { params: Out<P>; query: Out<Q>; body: Out<B>; signal: AbortSignal }, req: FastifyRequest, reply: FastifyReply) => Promise<z.input<R> | undefined>
+  : never;
+
+/** Registers one typed action as a route. */
+export function registerAction<A extends Action>(app: FastifyInstance, a: A, handler: Handler<A>): void {
+  app.withTypeProvider<ZodTypeProvider>().route({
+    method: a.method,
+    url: a.path,
+    config: { roles: a.roles },
+    schema: {
+      summary: a.summary,
+      operationId: a.name,
+      ...(a.params ? { params: a.params } : {}),
+      ...(a.query ? { querystring: a.query } : {}),
+      ...(a.body ? { body: a.body } : {}),
+      response: { 200: a.response, '4xx': ErrorBody, '5xx': ErrorBody },
+    },
+    handler: async (req, reply) => {
+      const ac = new AbortController();
+      // The response closing before it finished means the client went away.
+      reply.raw.once('close', () => { if (!reply.raw.writableFinished) ac.abort(new Error('client went away')); });
+      return (handler as (i: unknown, r: FastifyRequest, rp: FastifyReply) => Promise<unknown>)({ params: req.params, query: req.query, body: req.body, signal: ac.signal }, req, reply);
+    },
+  });
+}
+
+export function statusFor(err: FerryError): number {
+  const c = err.code;
+  if (c === 'E_INVALID_INPUT' || c === 'E_USAGE') return 400;
+  if (c === 'E_UNAUTHENTICATED') return 401;
+  if (c === 'E_FORBIDDEN' || c === 'E_POOL_NOT_GRANTED') return 403;
+  if (c.endsWith('_NOT_FOUND')) return 404;
+  if (c.endsWith('_EXISTS') || c.endsWith('_RUNNING') || c.endsWith('_NOT_RUNNING') || c.endsWith('_IN_USE') || c === 'E_VM_BUSY' || c === 'E_INCOMPATIBLE') return 409;
+  if (c === 'E_UNSUPPORTED') return 422;
+  if (c === 'E_TIMEOUT') return 504;
+  return err.userError ? 400 : 500;
+}
+
+function validationMessage(err: { validation?: Array<{ instancePath?: string; message?: string }>; validationContext?: string }): string {
+  const where = err.validationContext === 'querystring' ? 'query' : err.validationContext ?? 'request';
+  const parts = (err.validation ?? []).slice(0, 5).map((v) => {
+    const field = (v.instancePath ?? '').replace(/^\//, '').replace(/\//g, '.');
+    return field ? `field '${field}' ${v.message?.replace(/^Invalid input: /, '')}` : `${v.message}`;
+  });
+  return `Cannot accept the ${where}: ${parts.join('; ')}; fix the value and try again`;
+}
+
+export interface ServerOptions { cfg: AgentConfig; engine: Engine; logger: pino.Logger; domainId: string }
+
+export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
+  const app = Fastify({
+    loggerInstance: o.logger,
+    https: {
+      key: fs.readFileSync(o.cfg.tls.key),
+      cert: fs.readFileSync(o.cfg.tls.cert),
+      ca: fs.readFileSync(o.cfg.tls.ca),
+      // Mutual TLS: a client without a certificate from our CA fails the handshake.
+      requestCert: true,
+      rejectUnauthorized: true,
+      minVersion: 'TLSv1.2',
+    },
+    bodyLimit: 1024 * 1024,
+    disableRequestLogging: true,
+  });
+  app.setValidatorCompiler(validatorCompiler);
+  app.setSerializerCompiler(serializerCompiler);
+  await app.register(swagger, {
+    openapi: { info: { title: 'Ferry agent API', version: '1' }, components: {} },
+    transform: jsonSchemaTransform,
+  });
+
+  // Who is calling: the verified client certificate says role and name.
+  app.addHook('onRequest', async (req) => {
+    const sock = req.raw.socket as TLSSocket;
+    const cert = sock.getPeerCertificate?.();
+    const id = cert && Object.keys(cert).length ? identityFromSubject(cert.subject as unknown as Record<string, string>) : null;
+    if (!sock.authorized || !id) {
+      throw new FerryError('E_UNAUTHENTICATED', 'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain', { userError: true });
+    }
+    if (id.domainId !== o.domainId) {
+      throw new FerryError('E_FORBIDDEN', `Cannot serve the request: the certificate belongs to another domain; use one issued by domain ${o.domainId}`, { userError: true });
+    }
+    req.peer = id;
+    const roles = req.routeOptions.config.roles ?? ['admin'];
+    if (id.role !== 'admin' && !roles.includes(id.role)) {
+      throw new FerryError('E_FORBIDDEN', `Cannot serve ${req.method} ${req.routeOptions.url}: the ${id.role} certificate of '${id.name}' may not call it; use an admin certificate`, { userError: true });
+    }
+  });
+
+  app.setErrorHandler((err, req, reply) => {
+    if (hasZodFastifySchemaValidationErrors(err)) {
+      return reply.code(400).send({ error: { code: 'E_INVALID_INPUT', message: validationMessage(err as never) } });
+    }
+    if (err instanceof FerryError) {
+      const status = statusFor(err);
+      if (status >= 500) req.log.error({ err }, 'request failed');
+      return reply.code(status).send({ error: { code: err.code, message: err.message, context: err.context } });
+    }
+    const e = err as { statusCode?: number; message?: string; code?: string };
+    if (e.statusCode && e.statusCode < 500) {
+      return reply.code(e.statusCode).send({ error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API` } });
+    }
+    req.log.error({ err }, 'internal error');
+    return reply.code(500).send({ error: { code: 'E_INTERNAL', message: `Cannot serve the request: internal error (${e.message}); see the agent log` } });
+  });
+
+  app.setNotFoundHandler((req, reply) => {
+    void reply.code(404).send({ error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json` } });
+  });
+  return app as unknown as FastifyInstance;
+}

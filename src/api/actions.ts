@@ -1,0 +1,37 @@
+// Every action of the agent's API. Admins may call all of them; hosts only those that
+// list 'host' (what a peer needs during a migration).
+import { z } from 'zod';
+import { action } from './action.js';
+import {
+  ConsoleQuery, HostSetBody, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
+  VmCreateBody, VmRemoveQuery, VmStopBody, VmView, Name,
+} from './schemas.js';
+
+const admin = ['admin'] as const;
+const peer = ['admin', 'host'] as const;
+
+export const actions = {
+  hostShow: action({ name: 'host.show', method: 'GET', path: '/v1/host', summary: 'Host capabilities, limits, pools, switches', response: HostView, roles: peer }),
+  hostSet: action({ name: 'host.set', method: 'PATCH', path: '/v1/host', summary: 'Change migration settings', body: HostSetBody, response: HostView, roles: admin }),
+
+  vmList: action({ name: 'vm.list', method: 'GET', path: '/v1/vms', summary: 'VMs on this host', response: z.array(VmView), roles: admin }),
+  vmCreate: action({ name: 'vm.create', method: 'POST', path: '/v1/vms', summary: 'Create a VM (optionally start it)', body: VmCreateBody, response: VmView, roles: admin }),
+  vmShow: action({ name: 'vm.show', method: 'GET', path: '/v1/vms/:name', summary: 'One VM', params: NameParams, response: VmView, roles: admin }),
+  vmStart: action({ name: 'vm.start', method: 'POST', path: '/v1/vms/:name/start', summary: 'Start a stopped VM', params: NameParams, response: VmView, roles: admin }),
+  vmStop: action({ name: 'vm.stop', method: 'POST', path: '/v1/vms/:name/stop', summary: 'Shut down (ACPI, then forced after the timeout) or power off (force)', params: NameParams, body: VmStopBody, response: VmView, roles: admin }),
+  vmPause: action({ name: 'vm.pause', method: 'POST', path: '/v1/vms/:name/pause', summary: 'Pause the vCPUs', params: NameParams, response: VmView, roles: admin }),
+  vmResume: action({ name: 'vm.resume', method: 'POST', path: '/v1/vms/:name/resume', summary: 'Resume the vCPUs', params: NameParams, response: VmView, roles: admin }),
+  vmRemove: action({ name: 'vm.remove', method: 'DELETE', path: '/v1/vms/:name', summary: 'Remove a stopped VM (and its disks unless deleteDisks=false)', params: NameParams, query: VmRemoveQuery, response: Ok, roles: admin }),
+  vmConsole: action({ name: 'vm.console', method: 'GET', path: '/v1/vms/:name/console', summary: "The guest's serial output (text; follow=true streams)", params: NameParams, query: ConsoleQuery, response: z.string(), roles: admin }),
+
+  switchList: action({ name: 'switch.list', method: 'GET', path: '/v1/switches', summary: 'Virtual switches', response: z.array(SwitchView), roles: peer }),
+  switchCreate: action({ name: 'switch.create', method: 'POST', path: '/v1/switches', summary: 'Create a switch', body: SwitchCreateBody, response: SwitchView, roles: admin }),
+  switchRemove: action({ name: 'switch.remove', method: 'DELETE', path: '/v1/switches/:name', summary: 'Remove a switch no VM uses', params: NameParams, response: Ok, roles: admin }),
+
+  poolList: action({ name: 'pool.list', method: 'GET', path: '/v1/pools', summary: 'Storage pools', response: z.array(PoolView), roles: peer }),
+  poolGrant: action({ name: 'pool.grant', method: 'POST', path: '/v1/pools/:name/grant', summary: 'Grant a host access to a shared pool', params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
+  poolRevoke: action({ name: 'pool.revoke', method: 'POST', path: '/v1/pools/:name/revoke', summary: "Revoke a host's access to a shared pool", params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
+} as const;
+
+export type Actions = typeof actions;
+export { Name };

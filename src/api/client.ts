@@ -1,0 +1,118 @@
+// The one typed client of the agent API (CLI, lab, later the console and peer agents):
+// mutual TLS with a domain certificate; errors come back as FerryErrors with the agent's
+// stable code and message.
+import https from 'node:https';
+import fs from 'node:fs';
+import { FerryError, TimeoutError, AbortedError } from '../errors.js';
+import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
+
+export interface Credentials { ca: string; cert: string; key: string }
+
+export interface ClientOptions {
+  /** https://ADDR:PORT */
+  endpoint: string;
+  /** The host's name: its certificate must say so. */
+  host: string;
+  credentials: Credentials;
+}
+
+export class AgentUnreachableError extends FerryError {
+  constructor(host: string, endpoint: string, cause: unknown) {
+    const msg = (cause as Error)?.message ?? String(cause);
+    super('E_AGENT_UNREACHABLE', `Cannot reach the agent of host '${host}' at ${endpoint}: ${msg}; check that it runs ('ferry lab status' in a lab)`, { context: { host, endpoint }, cause });
+  }
+}
+
+export class AgentClient {
+  readonly host: string;
+  readonly endpoint: string;
+  private agent: https.Agent;
+
+  constructor(o: ClientOptions) {
+    this.host = o.host;
+    this.endpoint = o.endpoint.replace(/\/$/, '');
+    this.agent = new https.Agent({
+      ca: fs.readFileSync(o.credentials.ca), cert: fs.readFileSync(o.credentials.cert), key: fs.readFileSync(o.credentials.key),
+      keepAlive: true, maxSockets: 8,
+      // The address may be anything (lab: 127.0.0.1); the certificate must name the host we meant.
+      checkServerIdentity: (_name, cert) => {
+        const cn = Array.isArray(cert.subject?.CN) ? cert.subject.CN[0] : cert.subject?.CN;
+        return cn === o.host ? undefined : new Error(`the certificate is for '${cn}', not '${o.host}'`);
+      },
+    });
+  }
+
+  close(): void { this.agent.destroy(); }
+
+  async call<A extends Action>(a: A, input: CallInput<A>, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<ActionOutput<A>> {
+    const i = input as { params?: Record<string, string>; query?: Record<string, unknown>; body?: unknown };
+    let url = actionUrl(a, i.params ?? {});
+    const q = Object.entries(i.query ?? {}).filter(([, v]) => v !== undefined);
+    if (q.length) url += '?' + new URLSearchParams(q.map(([k, v]) => [k, String(v)])).toString();
+    const res = await this.request(a.method, url, i.body, opts);
+    return res as ActionOutput<A>;
+  }
+
+  /** Raw request; JSON in, JSON or text out. */
+  request(method: string, url: string, body: unknown, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<unknown> {
+    const timeoutMs = opts.timeoutMs ?? 120_000;
+    const what = `call ${method} ${url} on host '${this.host}'`;
+    return new Promise((resolve, reject) => {
+      if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
+      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const req = https.request(this.endpoint + url, {
+        method, agent: this.agent, signal: opts.signal,
+        headers: { accept: 'application/json', ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}) },
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          clearTimeout(timer);
+          const text = Buffer.concat(chunks).toString('utf8');
+          const isJson = (res.headers['content-type'] ?? '').includes('json');
+          let data: unknown = text;
+          if (isJson) { try { data = JSON.parse(text); } catch { /* leave as text */ } }
+          if ((res.statusCode ?? 500) >= 400) {
+            const e = (data as { error?: { code?: string; message?: string; context?: Record<string, unknown> } })?.error;
+            return reject(new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `Cannot ${what}: HTTP ${res.statusCode}`, {
+              context: { ...(e?.context ?? {}), host: this.host, status: res.statusCode }, userError: (res.statusCode ?? 500) < 500,
+            }));
+          }
+          resolve(data);
+        });
+        res.on('error', (err) => { clearTimeout(timer); reject(new AgentUnreachableError(this.host, this.endpoint, err)); });
+      });
+      const timer = setTimeout(() => { req.destroy(); reject(new TimeoutError(what, timeoutMs, { host: this.host })); }, timeoutMs);
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
+        else reject(new AgentUnreachableError(this.host, this.endpoint, err));
+      });
+      req.end(payload);
+    });
+  }
+
+  /** A streaming GET (console --follow, events): calls onData for each chunk until aborted. */
+  stream(url: string, onData: (chunk: string) => void, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const req = https.request(this.endpoint + url, { method: 'GET', agent: this.agent, signal: opts.signal }, (res) => {
+        if ((res.statusCode ?? 500) >= 400) {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            let e: { code?: string; message?: string } | undefined;
+            try { e = (JSON.parse(Buffer.concat(chunks).toString()) as { error?: typeof e }).error; } catch { /* text */ }
+            reject(new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `HTTP ${res.statusCode}`, { userError: true }));
+          });
+          return;
+        }
+        res.setEncoding('utf8');
+        res.on('data', onData);
+        res.on('end', resolve);
+        res.on('error', () => resolve());
+      });
+      req.on('error', (err) => (opts.signal?.aborted ? resolve() : reject(new AgentUnreachableError(this.host, this.endpoint, err))));
+      req.end();
+    });
+  }
+}

@@ -1,0 +1,115 @@
+// `ferry host`, `ferry switch`, `ferry pool`: what each host offers.
+import { Option, type Command } from '@commander-js/extra-typings';
+import { InvalidArgumentError } from '@commander-js/extra-typings';
+import { actions } from '../../api/actions.js';
+import type { HostView } from '../../api/schemas.js';
+import { withClients, type GlobalOpts } from '../context.js';
+import { printJson, printTable, bytes } from '../output.js';
+import { collect, name, nonNegativeInt } from '../parse.js';
+import { InvalidInputError } from '../../errors.js';
+
+type Cmd = { optsWithGlobals(): GlobalOpts };
+
+function printHost(h: HostView): void {
+  const m = h.migration;
+  const rows: Array<[string, string]> = [
+    ['name', h.name], ['cpu', `${h.cpu.count} × ${h.cpu.model} (${h.cpu.vendor}, ${h.cpu.flags.length} flags)`],
+    ['accelerator', `${h.accelerator.name} — ${h.accelerator.reason}`], ['qemu', `${h.qemu.version} (${h.qemu.machineTypes.length} machine types)`],
+    ['memory', `${bytes(h.memory.freeBytes)} free of ${bytes(h.memory.totalBytes)}; running VMs use ${bytes(h.memory.vmBytes)}`],
+    ['vms', String(h.vms)],
+    ['migration', `${m.enabled ? 'enabled' : 'disabled'}, max live ${m.maxLive}, max storage ${m.maxStorage}, tls ${m.tls ? 'on' : 'off'}, address ${m.address}, networks ${m.networks.join(' ') || 'any'}`],
+    ...h.pools.map((p): [string, string] => [`pool ${p.name}`, `${p.kind} ${p.path} — ${bytes(p.freeBytes)} free${p.usable ? '' : ' (not usable here)'}`]),
+    ...h.switches.map((s): [string, string] => [`switch ${s.name}`, s.kind === 'bridge' ? `bridge ${s.bridge}` : 'user networking']),
+  ];
+  const w = Math.max(...rows.map((r) => r[0].length));
+  for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}
+
+function onOff(s: string): boolean {
+  if (s === 'on') return true;
+  if (s === 'off') return false;
+  throw new InvalidArgumentError(`Cannot use --tls '${s}': write on or off`);
+}
+
+export function registerHost(program: Command): void {
+  const host = program.command('host').description('hosts: capabilities and migration settings');
+  host.command('show').argument('<host>').option('--json', 'JSON').description('capabilities, limits, migration networks, free memory')
+    .action(async (h, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const v = await c.host(h).call(actions.hostShow, {});
+        if (o.json) printJson(v); else printHost(v);
+      });
+    });
+  host.command('set').argument('<host>').description('change migration settings')
+    .option('--max-live <n>', 'simultaneous live migrations', nonNegativeInt('--max-live', 64))
+    .option('--max-storage <n>', 'simultaneous storage migrations', nonNegativeInt('--max-storage', 64))
+    .option('--migration-network <cidr>', 'network for migration traffic (repeatable)', collect)
+    .option('--tls <on|off>', 'TLS for migration streams', onOff)
+    .addOption(new Option('--migrations <on|off>', 'accept and send migrations at all').argParser(onOff))
+    .option('--json', 'JSON')
+    .action(async (h, o, cmd) => {
+      const body = {
+        ...(o.maxLive !== undefined ? { maxLive: o.maxLive } : {}),
+        ...(o.maxStorage !== undefined ? { maxStorage: o.maxStorage } : {}),
+        ...(o.migrationNetwork ? { migrationNetworks: o.migrationNetwork } : {}),
+        ...(o.tls !== undefined ? { tls: o.tls } : {}),
+        ...(o.migrations !== undefined ? { enabled: o.migrations } : {}),
+      };
+      if (!Object.keys(body).length) throw new InvalidInputError('Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, --tls or --migrations');
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const v = await c.host(h).call(actions.hostSet, { body });
+        if (o.json) printJson(v); else printHost(v);
+      });
+    });
+
+  const sw = program.command('switch').description('virtual switches');
+  sw.command('new').argument('<name>', 'switch name', name('NAME')).requiredOption('--host <host>', 'host')
+    .option('--bridge <br>', 'attach NICs to this Linux bridge').option('--user', 'QEMU user networking (default)').option('--json', 'JSON')
+    .description('create a switch')
+    .action(async (n, o, cmd) => {
+      if (o.bridge && o.user) throw new InvalidInputError('Cannot create the switch: give --bridge BR or --user, not both');
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const v = await c.host(o.host).call(actions.switchCreate, { body: o.bridge ? { name: n, kind: 'bridge', bridge: o.bridge } : { name: n, kind: 'user' } });
+        if (o.json) printJson(v); else process.stdout.write(`switch ${v.name} created on ${o.host}\n`);
+      });
+    });
+  sw.command('list').option('--host <host>', 'only this host').option('--json', 'JSON').description('switches of every host')
+    .action(async (o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const clients = o.host ? [c.host(o.host)] : c.all();
+        const rows = (await Promise.all(clients.map(async (cl) => (await cl.call(actions.switchList, {})).map((s) => ({ host: cl.host, ...s }))))).flat();
+        if (o.json) printJson(rows); else printTable(['HOST', 'NAME', 'KIND', 'BRIDGE'], rows.map((r) => [r.host, r.name, r.kind, r.bridge]));
+      });
+    });
+  sw.command('rm').argument('<name>').requiredOption('--host <host>', 'host').description('remove a switch no VM uses')
+    .action(async (n, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        await c.host(o.host).call(actions.switchRemove, { params: { name: n } });
+        process.stdout.write(`switch ${n} removed from ${o.host}\n`);
+      });
+    });
+
+  const pool = program.command('pool').description('storage pools');
+  pool.command('list').option('--host <host>', 'only this host').option('--json', 'JSON').description('pools of every host')
+    .action(async (o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const clients = o.host ? [c.host(o.host)] : c.all();
+        const rows = (await Promise.all(clients.map(async (cl) => (await cl.call(actions.poolList, {})).map((p) => ({ host: cl.host, ...p }))))).flat();
+        if (o.json) printJson(rows);
+        else printTable(['HOST', 'POOL', 'KIND', 'PATH', 'FREE', 'GRANTED', 'USABLE'], rows.map((r) => [r.host, r.name, r.kind, r.path, bytes(r.freeBytes), r.kind === 'shared' ? r.granted.join(',') || 'none' : '-', r.usable ? 'yes' : 'no']));
+      });
+    });
+  for (const verb of ['grant', 'revoke'] as const) {
+    pool.command(verb).argument('<pool>').requiredOption('--host <host>', 'the host to grant or revoke').option('--json', 'JSON')
+      .description(verb === 'grant' ? 'let a host use a shared pool' : "take a host's access to a shared pool away")
+      .action(async (p, o, cmd) => {
+        await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+          c.host(o.host); // the host must exist in this context
+          // Any agent that sees the pool can change its grants (they live on the share).
+          const via = c.all()[0]!;
+          const v = await via.call(verb === 'grant' ? actions.poolGrant : actions.poolRevoke, { params: { name: p }, body: { host: o.host } });
+          if (o.json) printJson(v); else process.stdout.write(`pool ${p}: granted to ${v.granted.join(', ') || 'no host'}\n`);
+        });
+      });
+  }
+}

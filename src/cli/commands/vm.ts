@@ -1,0 +1,153 @@
+// `ferry vm ...`: create and run VMs on the hosts of a lab or context.
+import { Option, type Command } from '@commander-js/extra-typings';
+import { actions } from '../../api/actions.js';
+import type { VmView } from '../../api/schemas.js';
+import { withClients, type GlobalOpts } from '../context.js';
+import { printJson, printTable, bytes } from '../output.js';
+import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt } from '../parse.js';
+import path from 'node:path';
+import { InvalidInputError } from '../../errors.js';
+
+type Cmd = { optsWithGlobals(): GlobalOpts };
+
+function printVm(v: VmView): void {
+  const rows: Array<[string, string]> = [
+    ['name', v.name], ['id', v.id], ['host', v.host], ['state', v.state + (v.pid ? ` (pid ${v.pid})` : '')],
+    ['memory', `${v.memoryMiB} MiB`], ['cpus', `${v.cpus} × ${v.cpuModel}`], ['machine', v.machine], ['guest', v.guest],
+    ['config', v.configPath], ['checkpoints', v.checkpointPath], ['paging', v.pagingPath],
+    ...v.disks.map((d): [string, string] => [d.id, `${d.path} (${d.format}, ${bytes(d.virtualSizeBytes)}${d.pool ? `, pool ${d.pool}` : ''})`]),
+    ...v.nics.map((n): [string, string] => [n.id, `switch ${n.switch}, ${n.mac}`]),
+    ['ha', v.ha ? 'yes' : 'no'],
+  ];
+  const w = Math.max(...rows.map((r) => r[0].length));
+  for (const [k, val] of rows) process.stdout.write(`${k.padEnd(w)}  ${val}\n`);
+}
+
+export function registerVm(program: Command): void {
+  const vm = program.command('vm').description('virtual machines');
+
+  vm.command('new').description('create a VM on a host')
+    .argument('<name>', 'VM name', name('NAME'))
+    .requiredOption('--host <host>', 'host to create it on')
+    .option('--memory <size>', 'memory, e.g. 256M or 1G', memoryMiB('--memory'), 256)
+    .option('--cpus <n>', 'virtual CPUs', positiveInt('--cpus', 255), 1)
+    .option('--cpu <model>', 'QEMU CPU model (default qemu64)')
+    .option('--path <dir>', "the VM's folder (default: the host's local pool)")
+    .option('--disk <spec>', 'new disk SIZE[,format=qcow2|raw|vhdx|vpc][,pool=P] (repeatable)', diskFlag)
+    .option('--attach <file>', 'attach an existing disk image (repeatable)', collect)
+    .addOption(new Option('--guest <kind>', 'test guest').choices(['probe', 'bootblock'] as const))
+    .option('--kernel <file>', 'boot this kernel (copied into the VM folder)')
+    .option('--initrd <file>', 'initrd for --kernel')
+    .option('--append <cmdline>', 'kernel command line for --kernel')
+    .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
+    .option('--ha', 'highly available (clustered VM)', false)
+    .option('--start', 'start it once created', false)
+    .option('--probe-dirty <spec>', 'probe guest: dirty MIB of memory [at MIBPS]', dirtyFlag)
+    .option('--probe-no-writer', 'probe guest: no disk writer', false)
+    .option('--json', 'print the VM as JSON')
+    .action(async (vmName, o, cmd) => {
+      const g = (cmd as Cmd).optsWithGlobals();
+      const abs = (p: string | undefined, flag: string): string | undefined => {
+        if (p === undefined) return undefined;
+        if (!p) throw new InvalidInputError(`Cannot use ${flag} '': give a path`);
+        return path.resolve(p);
+      };
+      if ((o.probeDirty || o.probeNoWriter) && o.guest !== 'probe') throw new InvalidInputError('Cannot use --probe-dirty or --probe-no-writer without --guest probe');
+      if (o.guest && o.kernel) throw new InvalidInputError('Cannot use --kernel with --guest: the test guests bring their own kernel; drop one of them');
+      const body = {
+        name: vmName, memoryMiB: o.memory, cpus: o.cpus, ...(o.cpu ? { cpu: o.cpu } : {}),
+        ...(o.path ? { path: abs(o.path, '--path') } : {}),
+        disks: [...(o.disk ?? []), ...(o.attach ?? []).map((f) => ({ attach: abs(f, '--attach')! }))],
+        guest: (o.guest ?? 'custom') as 'probe' | 'bootblock' | 'custom',
+        ...(o.kernel ? { kernel: abs(o.kernel, '--kernel') } : {}),
+        ...(o.initrd ? { initrd: abs(o.initrd, '--initrd') } : {}),
+        ...(o.append !== undefined ? { append: o.append } : {}),
+        switches: o.switch ?? [], ha: o.ha, start: o.start,
+        ...(o.guest === 'probe' ? { probe: { ...(o.probeDirty ? { dirty: o.probeDirty } : {}), ...(o.probeNoWriter ? { noWriter: true } : {}) } } : {}),
+      };
+      await withClients(g, async (c) => {
+        const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs: 180_000 });
+        if (o.json) printJson(v); else printVm(v);
+      });
+    });
+
+  vm.command('list').description('VMs on every host (or one)')
+    .option('--host <host>', 'only this host')
+    .option('--json', 'JSON array')
+    .action(async (o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        let vms: VmView[];
+        let unreachable: string[] = [];
+        if (o.host) vms = await c.host(o.host).call(actions.vmList, {});
+        else ({ vms, unreachable } = await c.allVms());
+        if (o.json) return printJson(vms);
+        printTable(['NAME', 'HOST', 'STATE', 'MEMORY', 'CPUS', 'GUEST', 'CONFIG'], vms.map((v) => [v.name, v.host, v.state, `${v.memoryMiB}M`, v.cpus, v.guest, v.configPath]));
+        for (const h of unreachable) process.stderr.write(`warning: host ${h} did not answer\n`);
+      });
+    });
+
+  vm.command('show').description('one VM').argument('<name>').option('--json', 'JSON')
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { vm: v } = await c.locate(vmName);
+        if (o.json) printJson(v); else printVm(v);
+      });
+    });
+
+  const simple = (verb: 'start' | 'pause' | 'resume', desc: string): void => {
+    vm.command(verb).description(desc).argument('<name>').option('--json', 'print the VM as JSON')
+      .action(async (vmName, o, cmd) => {
+        await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+          const { client } = await c.locate(vmName);
+          const a = verb === 'start' ? actions.vmStart : verb === 'pause' ? actions.vmPause : actions.vmResume;
+          const v = await client.call(a, { params: { name: vmName } }, { timeoutMs: 120_000 });
+          if (o.json) printJson(v); else process.stdout.write(`${v.name}: ${v.state} on ${v.host}\n`);
+        });
+      });
+  };
+  simple('start', 'start a stopped VM');
+  simple('pause', "pause a VM's vCPUs");
+  simple('resume', "resume a paused VM's vCPUs");
+
+  vm.command('stop').description('shut a VM down (ACPI; forced after --timeout), or power it off with --force')
+    .argument('<name>')
+    .option('--force', 'power off at once', false)
+    .option('--timeout <seconds>', 'how long the guest gets to shut down', positiveInt('--timeout', 600), 30)
+    .option('--json', 'print the VM as JSON')
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await c.locate(vmName);
+        const v = await client.call(actions.vmStop, { params: { name: vmName }, body: { force: o.force, timeoutMs: o.timeout * 1000 } }, { timeoutMs: o.timeout * 1000 + 60_000 });
+        if (o.json) printJson(v); else process.stdout.write(`${v.name}: ${v.state}\n`);
+      });
+    });
+
+  vm.command('rm').description('remove a stopped VM and its disks').argument('<name>')
+    .option('--keep-disks', 'keep the disk images', false)
+    .option('--json', 'print {"removed": NAME}')
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await c.locate(vmName);
+        await client.call(actions.vmRemove, { params: { name: vmName }, query: { deleteDisks: o.keepDisks ? 'false' : 'true' } });
+        if (o.json) printJson({ removed: vmName }); else process.stdout.write(`${vmName}: removed\n`);
+      });
+    });
+
+  vm.command('console').description("the guest's serial output on its current host").argument('<name>')
+    .option('--follow', 'keep printing until interrupted', false)
+    .option('--tail <bytes>', 'show at most the last BYTES of the log', positiveInt('--tail', 64 * 1024 * 1024), 65536)
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await c.locate(vmName);
+        const url = `/v1/vms/${encodeURIComponent(vmName)}/console?tail=${o.tail}&follow=${o.follow}`;
+        if (!o.follow) {
+          process.stdout.write(String(await client.request('GET', url, undefined)));
+          return;
+        }
+        const ac = new AbortController();
+        process.once('SIGINT', () => ac.abort());
+        process.once('SIGTERM', () => ac.abort());
+        await client.stream(url, (s) => process.stdout.write(s), { signal: ac.signal });
+      });
+    });
+}

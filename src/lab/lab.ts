@@ -1,0 +1,226 @@
+// The local lab: several Ferry hosts on one machine, each with its own data folder and
+// agent on loopback, one domain, and DIR/shared as the shared pool `shared` granted to
+// every lab host. `up` is idempotent (starts what is not running); `down` stops exactly
+// what the lab started, also after a crash (pids are checked against their command line).
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { z } from 'zod';
+import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
+import { initDomain, issueCert, loadDomain } from '../domain/ca.js';
+import { AgentClient, type Credentials } from '../api/client.js';
+import { actions } from '../api/actions.js';
+import { sleep } from '../util/exec.js';
+import { isQemuAlive } from '../qemu/process.js';
+import { REPO_ROOT } from '../../guest/paths.js';
+
+const LabHost = z.object({ name: z.string(), port: z.number().int(), dataDir: z.string(), agentPid: z.number().int().nullable() });
+const LabFile = z.object({ version: z.literal(1), dir: z.string(), hosts: z.array(LabHost), cluster: z.boolean().default(false) });
+type LabFile = z.infer<typeof LabFile>;
+
+export interface LabHostStatus { name: string; endpoint: string; dataDir: string; agentPid: number | null; up: boolean }
+export interface LabStatus { dir: string; hosts: LabHostStatus[]; etcd: Array<{ name: string; endpoint: string; pid: number }> }
+
+export function hostName(i: number): string { return `host-${String.fromCharCode(97 + i)}`; }
+
+const labFile = (dir: string): string => path.join(dir, 'lab.json');
+
+export async function readLab(dir: string): Promise<LabFile> {
+  let text: string;
+  try {
+    text = await fsp.readFile(labFile(dir), 'utf8');
+  } catch {
+    throw new NotFoundError('E_LAB_NOT_FOUND', `Cannot find a lab in ${dir}: there is no lab.json; create one with 'ferry lab up --dir ${dir}'`, { dir });
+  }
+  return LabFile.parse(JSON.parse(text));
+}
+
+async function writeLab(lab: LabFile): Promise<void> {
+  const tmp = labFile(lab.dir) + '.tmp';
+  await fsp.writeFile(tmp, JSON.stringify(lab, null, 2) + '\n');
+  await fsp.rename(tmp, labFile(lab.dir));
+}
+
+export function labCredentials(dir: string): Credentials {
+  const d = path.join(dir, 'domain');
+  return { ca: path.join(d, 'ca.crt'), cert: path.join(d, 'admins', 'admin.crt'), key: path.join(d, 'admins', 'admin.key') };
+}
+
+export function labEndpoint(h: { port: number }): string { return `https://127.0.0.1:${h.port}`; }
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const port = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+function cmdlineOf(pid: number): string {
+  try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' '); } catch { return ''; }
+}
+
+/** Is `pid` still this host's agent (not a recycled pid)? */
+export function isLabAgent(pid: number | null, dataDir: string): boolean {
+  if (!pid) return false;
+  try { process.kill(pid, 0); } catch { return false; }
+  const cmd = cmdlineOf(pid);
+  return cmd.includes(' agent ') && cmd.includes(dataDir);
+}
+
+/** QEMU processes of one lab host, from the pidfiles under its data folder. */
+export async function hostQemuPids(dataDir: string): Promise<number[]> {
+  const runRoot = path.join(dataDir, 'run');
+  const out: number[] = [];
+  for (const d of await fsp.readdir(runRoot).catch(() => [] as string[])) {
+    const pid = Number((await fsp.readFile(path.join(runRoot, d, 'qemu.pid'), 'utf8').catch(() => '')).trim());
+    if (pid > 0 && isQemuAlive(pid) && cmdlineOf(pid).includes(runRoot)) out.push(pid);
+  }
+  return out;
+}
+
+export interface UpOptions { dir: string; hosts?: number; cluster?: boolean; netns?: boolean; signal?: AbortSignal; timeoutMs?: number; log?: (s: string) => void }
+
+export async function labUp(o: UpOptions): Promise<LabStatus> {
+  if (o.netns) throw new FerryError('E_UNSUPPORTED', 'Cannot start the lab with --netns yet: network-namespace hosts are not built; run without --netns', { userError: true });
+  if (o.cluster) throw new FerryError('E_UNSUPPORTED', 'Cannot start the lab with --cluster yet: the etcd cluster is not built; run without --cluster', { userError: true });
+  const n = o.hosts ?? 2;
+  if (!Number.isInteger(n) || n < 1 || n > 26) throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
+  const dir = path.resolve(o.dir);
+  await fsp.mkdir(dir, { recursive: true });
+  let lab: LabFile;
+  try {
+    lab = await readLab(dir);
+  } catch {
+    lab = { version: 1, dir, hosts: [], cluster: false };
+  }
+  const domainDir = path.join(dir, 'domain');
+  const domain = await loadDomain(domainDir).catch(() => initDomain(domainDir, { name: 'lab' }));
+  const creds = labCredentials(dir);
+  if (!fs.existsSync(creds.cert)) await issueCert(domain, 'admin', 'admin');
+  const shared = path.join(dir, 'shared');
+  await fsp.mkdir(shared, { recursive: true });
+  for (let i = lab.hosts.length; i < n; i++) {
+    const name = hostName(i);
+    lab.hosts.push({ name, port: await freePort(), dataDir: path.join(dir, 'hosts', name, 'data'), agentPid: null });
+  }
+  // The shared pool's grants live on the share: every lab host is granted.
+  const grantsFile = path.join(shared, '.ferry-pool.json');
+  const granted = new Set<string>(JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')).granted as string[]);
+  for (const h of lab.hosts) granted.add(h.name);
+  await fsp.writeFile(grantsFile, JSON.stringify({ name: 'shared', granted: [...granted].sort() }, null, 2) + '\n');
+
+  for (const h of lab.hosts) {
+    const tls = path.join(h.dataDir, 'tls');
+    if (!fs.existsSync(path.join(tls, 'host.crt'))) {
+      await fsp.mkdir(tls, { recursive: true });
+      const c = await issueCert(domain, 'host', h.name);
+      await fsp.copyFile(c.ca, path.join(tls, 'ca.crt'));
+      await fsp.copyFile(c.cert, path.join(tls, 'host.crt'));
+      await fsp.copyFile(c.key, path.join(tls, 'host.key'));
+    }
+    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify({
+      pools: [{ name: 'shared', kind: 'shared', path: shared }],
+      switches: [{ name: 'lab', kind: 'user', bridge: null }],
+    }, null, 2) + '\n');
+    if (isLabAgent(h.agentPid, h.dataDir)) continue;
+    const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
+    const fd = fs.openSync(logFile, 'a');
+    const child = spawn(process.execPath, [
+      '--import', `file://${path.join(REPO_ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')}`,
+      path.join(REPO_ROOT, 'src', 'cli', 'main.ts'),
+      'agent', '--name', h.name, '--data', h.dataDir, '--listen', `127.0.0.1:${h.port}`,
+    ], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
+    fs.closeSync(fd);
+    child.unref();
+    h.agentPid = child.pid ?? null;
+    o.log?.(`started agent ${h.name} (pid ${h.agentPid}) on ${labEndpoint(h)}`);
+  }
+  await writeLab(lab);
+  await waitAgents(lab, creds, o.timeoutMs ?? 90_000, o.signal);
+  return labStatus(dir);
+}
+
+async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, signal?: AbortSignal): Promise<void> {
+  const until = Date.now() + timeoutMs;
+  for (const h of lab.hosts) {
+    const client = new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: creds });
+    try {
+      for (;;) {
+        try {
+          await client.call(actions.hostShow, {}, { timeoutMs: 5000, signal });
+          break;
+        } catch (err) {
+          if (!isLabAgent(h.agentPid, h.dataDir)) {
+            const log = await fsp.readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
+            throw new FerryError('E_AGENT_START', `Cannot start the agent of ${h.name}: it exited; its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`, { cause: err });
+          }
+          if (Date.now() > until) throw new FerryError('E_TIMEOUT', `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; see ${lab.dir}/hosts/${h.name}/agent.log`, { cause: err });
+          await sleep(200, signal);
+        }
+      }
+    } finally {
+      client.close();
+    }
+  }
+}
+
+export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): Promise<LabStatus> {
+  const dir = path.resolve(dirIn);
+  const lab = await readLab(dir);
+  const creds = labCredentials(dir);
+  const hosts = await Promise.all(lab.hosts.map(async (h) => {
+    let up = isLabAgent(h.agentPid, h.dataDir);
+    if (up && opts.probe !== false) {
+      const client = new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: creds });
+      up = await client.call(actions.hostShow, {}, { timeoutMs: 5000 }).then(() => true, () => false);
+      client.close();
+    }
+    return { name: h.name, endpoint: labEndpoint(h), dataDir: h.dataDir, agentPid: h.agentPid, up };
+  }));
+  return { dir, hosts, etcd: [] };
+}
+
+async function waitGone(pids: number[], ms: number): Promise<number[]> {
+  const until = Date.now() + ms;
+  let alive = pids;
+  while (alive.length && Date.now() < until) {
+    await sleep(100);
+    alive = alive.filter((p) => { try { process.kill(p, 0); return !fs.readFileSync(`/proc/${p}/stat`, 'utf8').includes(') Z '); } catch { return false; } });
+  }
+  return alive;
+}
+
+/** Power loss of one host: SIGKILL its agent and its QEMUs at once. */
+export async function labKill(dirIn: string, host: string): Promise<{ killed: number[] }> {
+  const lab = await readLab(path.resolve(dirIn));
+  const h = lab.hosts.find((x) => x.name === host);
+  if (!h) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot kill host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`, { host });
+  const pids = [...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []), ...(await hostQemuPids(h.dataDir))];
+  for (const p of pids) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  await waitGone(pids, 5000);
+  return { killed: pids };
+}
+
+/** Stops every agent and QEMU the lab started; the lab's files stay for the next `up`. */
+export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
+  const dir = path.resolve(dirIn);
+  const lab = await readLab(dir);
+  const agents = lab.hosts.filter((h) => isLabAgent(h.agentPid, h.dataDir)).map((h) => h.agentPid!);
+  for (const p of agents) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
+  let left = await waitGone(agents, 10_000);
+  for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  const qemus = (await Promise.all(lab.hosts.map((h) => hostQemuPids(h.dataDir)))).flat();
+  for (const p of qemus) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } } // QEMU flushes and exits on SIGTERM
+  left = await waitGone(qemus, 10_000);
+  for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  await waitGone(left, 5000);
+  for (const h of lab.hosts) h.agentPid = null;
+  await writeLab(lab);
+  return { stopped: [...agents, ...qemus] };
+}
