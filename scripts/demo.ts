@@ -1,49 +1,59 @@
-// `npm run demo`: boots the probe guest, shows its heartbeat and disk acknowledgements for a
-// few seconds, stops it and checks that every acknowledged write is on its disk.
-import fsp from 'node:fs/promises';
-import os from 'node:os';
+// `npm run demo`: the tour. A 2-host lab on this machine, a probe VM on host-a whose
+// console shows its heartbeat and disk acknowledgements, then what to try next.
+// The lab stays up in .cache/demo-lab for you to explore; `bin/ferry lab down` stops it.
+import { spawn } from 'node:child_process';
 import path from 'node:path';
-import { createVm, startVm, stopVm, runtimePaths } from '../src/vm/lifecycle.js';
-import { probeVm } from '../src/vm/guests.js';
-import { detectAccelerator } from '../src/qemu/accel.js';
-import { parseSerial, verifyDiskImage } from '../guest/records.js';
+import { REPO_ROOT } from '../guest/paths.js';
+import { parseSerial } from '../guest/records.js';
 import { sleep } from '../src/util/exec.js';
 
-const seconds = Number(process.env.FERRY_DEMO_SECONDS ?? 6);
-const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-demo-'));
-const say = (s: string): void => { process.stdout.write(s + '\n'); };
-let proc: Awaited<ReturnType<typeof startVm>> | null = null;
-try {
-  const accel = await detectAccelerator();
-  say(`accelerator: ${accel.accel} (${accel.reason})`);
-  const g = probeVm({ name: 'demo', configPath: path.join(dir, 'demo') });
-  const spec = await createVm(g.spec, g.create);
-  const runDir = path.join(dir, 'run');
-  const t0 = Date.now();
-  proc = await startVm(spec, { runDir, accel: accel.accel });
-  say(`started VM 'demo' (QEMU pid ${proc.pid}), waiting for the guest…`);
-  const log = runtimePaths(runDir).serialLog;
-  let firstHb = 0;
-  for (let i = 0; i < 600 && !firstHb; i++) {
-    if (parseSerial(await fsp.readFile(log, 'utf8').catch(() => '')).heartbeats.length) firstHb = Date.now() - t0;
-    else await sleep(100);
-  }
-  if (!firstHb) throw new Error('the guest printed no heartbeat within 60 s');
-  say(`first heartbeat ${firstHb} ms after start; console for ${seconds} s:`);
-  for (let s = 1; s <= seconds; s++) {
-    await sleep(1000);
-    const r = parseSerial(await fsp.readFile(log, 'utf8'));
-    const hb = r.heartbeats.at(-1);
-    say(`  t+${s}s  ferry-hb ${hb?.seq} ${hb?.guestMs}   ferry-ack ${r.highestAck ?? '-'}   (${r.heartbeats.length} heartbeats, ${r.acks.length} records acknowledged)`);
-  }
-  const stopped = await stopVm(proc, { timeoutMs: 30_000 });
-  say(`stopped (${stopped.graceful ? 'guest powered off' : 'forced'})`);
-  const r = parseSerial(await fsp.readFile(log, 'utf8'));
-  const report = await verifyDiskImage(spec.disks[0]!.path, { format: 'qcow2', highestAck: r.highestAck ?? undefined });
-  say(`disk check: ${report.ok ? 'every acknowledged record is on the disk' : 'FAILED: ' + report.problems.join('; ')} (acked ${r.highestAck}, on disk up to ${report.highestContiguous})`);
-  say('\nNext: npm test runs the suites; bin/ferry --help lists the commands.');
-  if (!report.ok) process.exitCode = 1;
-} finally {
-  if (proc && !proc.hasExited) await proc.kill();
-  await fsp.rm(dir, { recursive: true, force: true });
+const lab = process.env.FERRY_DEMO_LAB ?? path.join(REPO_ROOT, '.cache', 'demo-lab');
+const bin = path.join(REPO_ROOT, 'bin', 'ferry');
+const seconds = Number(process.env.FERRY_DEMO_SECONDS ?? 5);
+
+function ferry(args: string[], show = true): Promise<{ code: number; out: string }> {
+  if (show) process.stdout.write(`\n$ ferry ${args.join(' ')}\n`);
+  return new Promise((resolve) => {
+    const child = spawn(bin, args, { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => { out += d; if (show) process.stdout.write(d); });
+    child.on('exit', (code) => resolve({ code: code ?? 1, out }));
+  });
 }
+
+async function must(args: string[], show = true): Promise<string> {
+  const r = await ferry(args, show);
+  if (r.code !== 0) { process.stderr.write(`demo: 'ferry ${args.join(' ')}' failed (exit ${r.code})\n`); process.exit(1); }
+  return r.out;
+}
+
+await must(['lab', 'up', '--dir', lab, '--hosts', '2']);
+if ((await ferry(['vm', 'show', 'demo'], false)).code === 0) {
+  await ferry(['vm', 'stop', 'demo', '--force'], false);
+  await must(['vm', 'rm', 'demo'], false);
+}
+const t0 = Date.now();
+await must(['vm', 'new', 'demo', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'demo'), '--start']);
+let firstHb = 0;
+while (!firstHb && Date.now() - t0 < 60_000) {
+  const text = (await ferry(['vm', 'console', 'demo'], false)).out;
+  if (parseSerial(text).heartbeats.length) firstHb = Date.now() - t0;
+  else await sleep(200);
+}
+process.stdout.write(`\nfirst heartbeat ${firstHb} ms after 'vm new --start'; the console for ${seconds} s (the last line each second):\n`);
+for (let s = 0; s < seconds; s++) {
+  await sleep(1000);
+  const r = parseSerial((await ferry(['vm', 'console', 'demo', '--tail', '4000'], false)).out);
+  const hb = r.heartbeats.at(-1);
+  process.stdout.write(`  ferry-hb ${hb?.seq} ${hb?.guestMs}   ferry-ack ${r.highestAck}\n`);
+}
+await must(['vm', 'list']);
+process.stdout.write(`
+The lab keeps running. Try:
+  export FERRY_LAB=${lab}
+  bin/ferry vm console demo --follow        # Ctrl-C to stop following
+  bin/ferry vm pause demo; bin/ferry vm resume demo
+  bin/ferry host show host-b
+  bin/ferry vm new web1 --host host-b --guest bootblock --start
+  bin/ferry lab down                         # stops every agent and VM of the lab
+`);
