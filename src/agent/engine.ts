@@ -15,14 +15,21 @@ import type { SwitchBackend } from '../qemu/argv.js';
 import { loadVm } from '../vm/folder.js';
 import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtimePaths } from '../vm/lifecycle.js';
 import { probeVm, bootblockVm } from '../vm/guests.js';
-import { newMac, newVmId, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
+import { newMac, newVmId, parseVmSpec, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
 import type { CreateVmOptions } from '../vm/lifecycle.js';
 import { assertInUsablePool, findPool, poolStatus, setGrant, type PoolDef } from '../storage/pools.js';
 import type { HostView, VmView, VmCreateBody, SwitchView, PoolView, MigrationSettings } from '../api/schemas.js';
 import { HostSetBody } from '../api/schemas.js';
 import type { z } from 'zod';
+import { SlotQueue } from '../migration/queue.js';
+import { IncomingManager } from '../migration/incoming.js';
+import { MigrationManager } from '../migration/manager.js';
+import { usableCpuModels, type CpuModelInfo } from '../qemu/cpu-models.js';
+import type { Accelerator } from '../qemu/accel.js';
 
 const AGENT_VERSION = '0.1.0';
+/** Memory kept for the host itself when counting what VMs may use. */
+const HOST_RESERVE_BYTES = 512 * 1024 * 1024;
 
 export class Engine {
   readonly events = new EventBus();
@@ -30,6 +37,12 @@ export class Engine {
   private procs = new Map<string, QemuProcess>();
   private locks = new Map<string, Promise<unknown>>();
   private accel: AccelProbe | null = null;
+  /** VM name → the migration holding it (other operations are refused meanwhile). */
+  private busy = new Map<string, string>();
+  /** Live-migration slots of this host: outgoing and incoming count alike. */
+  readonly slots = new SlotQueue(() => this.migrationSettings().maxLive);
+  readonly incoming = new IncomingManager(this);
+  readonly migrations = new MigrationManager(this);
 
   constructor(readonly cfg: AgentConfig, readonly domainId: string) {
     this.registry = new Registry(path.join(cfg.dataDir, 'ferry.db'));
@@ -64,6 +77,7 @@ export class Engine {
 
   /** Detaches from every QEMU (they keep running) and closes the registry. */
   async close(): Promise<void> {
+    this.migrations.shutdown();
     for (const p of this.procs.values()) p.qmp.close();
     this.procs.clear();
     this.registry.close();
@@ -108,7 +122,9 @@ export class Engine {
     return {
       name: this.name, domainId: this.domainId, agentVersion: AGENT_VERSION, cpu,
       accelerator: { name: this.accel?.accel ?? 'tcg', reason: this.accel?.reason ?? 'not probed' },
-      qemu, memory: { ...mem, vmBytes },
+      // Free for VMs: what the kernel has available, but never more than what is not already
+      // assigned to running VMs (QEMU allocates guest RAM lazily; a guest may touch all of it).
+      qemu, memory: { totalBytes: mem.totalBytes, freeBytes: Math.max(0, Math.min(mem.freeBytes, mem.totalBytes - HOST_RESERVE_BYTES - vmBytes)), vmBytes },
       pools: await this.listPools(), switches: this.listSwitches(), migration: this.migrationSettings(), vms: vms.length,
     };
   }
@@ -131,6 +147,7 @@ export class Engine {
     const { address: _a, ...stored } = next;
     this.registry.setSetting('migration', stored);
     this.events.emit('host.changed', { migration: next });
+    this.slots.pump();
     return this.hostView();
   }
 
@@ -177,7 +194,7 @@ export class Engine {
 
   // ---- VMs ----
 
-  private record(name: string): { name: string; id: string; configPath: string } {
+  vmRecord(name: string): { name: string; id: string; configPath: string } {
     const rec = this.registry.getVm(name);
     if (!rec) throw new NotFoundError('E_VM_NOT_FOUND', `Cannot find VM '${name}' on host '${this.name}'; 'ferry vm list' shows the VMs`, { vm: name, host: this.name });
     return rec;
@@ -194,11 +211,12 @@ export class Engine {
   async showVm(name: string): Promise<VmView> { return this.view(name); }
 
   private async view(name: string): Promise<VmView> {
-    const rec = this.record(name);
+    const rec = this.vmRecord(name);
     const spec = await loadVm(rec.configPath);
     const proc = this.procs.get(name) ?? null;
     let st: Awaited<ReturnType<typeof vmState>> = { state: 'stopped', qemu: null };
     try { st = await vmState(proc); } catch { /* monitor busy or gone: report stopped/unknown below */ }
+    if (this.busy.has(name) && st.state !== 'stopped') st = { ...st, state: 'migrating' };
     const disks = await Promise.all(spec.disks.map(async (d) => ({
       id: d.id, path: d.path, format: d.format, pool: d.pool ?? null,
       virtualSizeBytes: await imageInfo(d.path, { forceShare: true, format: d.format, timeoutMs: 10_000 }).then((i) => i.virtualSizeBytes, () => 0),
@@ -289,13 +307,14 @@ export class Engine {
 
   async startVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
     return this.withVmLock(name, async () => {
+      this.assertNotBusy(name);
       await this.startLocked(name, opts);
       return this.view(name);
     });
   }
 
   private async startLocked(name: string, opts: { signal?: AbortSignal }): Promise<void> {
-    const rec = this.record(name);
+    const rec = this.vmRecord(name);
     const running = this.procs.get(name);
     if (running && !running.hasExited) {
       throw new FerryError('E_VM_RUNNING', `Cannot start VM '${name}': it is already running on host '${this.name}'`, { context: { vm: name }, userError: true });
@@ -311,7 +330,7 @@ export class Engine {
   }
 
   /** Every file of the VM must be in a pool this host may use (a revoked grant stops a start). */
-  private async checkVmStorage(spec: VmSpec): Promise<void> {
+  async checkVmStorage(spec: VmSpec): Promise<void> {
     const pools = this.pools();
     for (const d of spec.disks) await assertInUsablePool(pools, this.name, d.path, `disk ${d.id} of VM '${spec.name}'`);
   }
@@ -324,7 +343,7 @@ export class Engine {
   }
 
   private running(name: string): QemuProcess {
-    this.record(name);
+    this.vmRecord(name);
     const proc = this.procs.get(name);
     if (!proc || proc.hasExited) throw new FerryError('E_VM_NOT_RUNNING', `Cannot do that to VM '${name}': it is not running on host '${this.name}'; start it first`, { context: { vm: name }, userError: true });
     return proc;
@@ -332,6 +351,7 @@ export class Engine {
 
   async stopVm(name: string, opts: { force: boolean; timeoutMs: number; signal?: AbortSignal }): Promise<VmView> {
     return this.withVmLock(name, async () => {
+      this.assertNotBusy(name);
       const proc = this.running(name);
       this.events.emit('vm.state', { vm: name, state: 'stopping', force: opts.force });
       await stopVm(proc, opts);
@@ -343,6 +363,7 @@ export class Engine {
 
   async pauseVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
     return this.withVmLock(name, async () => {
+      this.assertNotBusy(name);
       await pauseVm(this.running(name), opts);
       this.events.emit('vm.state', { vm: name, state: 'paused' });
       return this.view(name);
@@ -351,6 +372,7 @@ export class Engine {
 
   async resumeVm(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
     return this.withVmLock(name, async () => {
+      this.assertNotBusy(name);
       await resumeVm(this.running(name), opts);
       this.events.emit('vm.state', { vm: name, state: 'running' });
       return this.view(name);
@@ -359,7 +381,8 @@ export class Engine {
 
   async removeVm(name: string, opts: { deleteDisks: boolean }): Promise<void> {
     return this.withVmLock(name, async () => {
-      const rec = this.record(name);
+      this.assertNotBusy(name);
+      const rec = this.vmRecord(name);
       const proc = this.procs.get(name);
       if (proc && !proc.hasExited) {
         throw new FerryError('E_VM_RUNNING', `Cannot remove VM '${name}': it is running on host '${this.name}'; stop it first ('ferry vm stop ${name}')`, { context: { vm: name }, userError: true });
@@ -374,13 +397,66 @@ export class Engine {
 
   /** The serial log file of a VM on this host (for the console route). */
   consoleFile(name: string): string {
-    const rec = this.record(name);
+    const rec = this.vmRecord(name);
     return runtimePaths(this.runDir(rec.id)).serialLog;
   }
 
   isRunning(name: string): boolean {
     const p = this.procs.get(name);
     return !!p && !p.hasExited;
+  }
+
+  // ---- migration support ----
+
+  accelerator(): Accelerator { return this.accel?.accel ?? 'tcg'; }
+
+  cpuModels(): Promise<CpuModelInfo[]> { return usableCpuModels(this.accelerator()); }
+
+  assertNotBusy(name: string): void {
+    const job = this.busy.get(name);
+    if (job) throw new FerryError('E_VM_BUSY', `Cannot change VM '${name}' now: it is migrating (migration ${job}); wait for it or cancel it with 'ferry migration cancel ${job}'`, { context: { vm: name, migration: job }, userError: true });
+  }
+  markBusy(name: string, jobId: string): void { this.busy.set(name, jobId); }
+  clearBusy(name: string, jobId: string): void { if (this.busy.get(name) === jobId) this.busy.delete(name); }
+
+  runningProc(name: string): QemuProcess | null {
+    const p = this.procs.get(name);
+    return p && !p.hasExited ? p : null;
+  }
+
+  /** The VM now runs elsewhere: quit our QEMU (stopped at postmigrate) and forget the VM. */
+  async releaseMigratedVm(name: string, proc: QemuProcess | null): Promise<void> {
+    const rec = this.registry.getVm(name);
+    if (proc) {
+      this.procs.delete(name);
+      await proc.quit({ timeoutMs: 10_000 });
+    }
+    this.registry.removeVm(name);
+    if (rec) for (const f of ['qmp.sock', 'qmp-admin.sock', 'qemu.pid']) await fsp.rm(path.join(this.runDir(rec.id), f), { force: true });
+    this.events.emit('vm.left', { vm: name });
+  }
+
+  /** A VM that arrived by live migration: register it and track its QEMU. */
+  adoptRunning(spec: VmSpec, proc: QemuProcess): void {
+    this.registry.addVm({ name: spec.name, id: spec.id, configPath: spec.configPath, createdAt: new Date().toISOString() });
+    this.track(spec.name, proc);
+    this.events.emit('vm.arrived', { vm: spec.name, pid: proc.pid });
+    this.events.emit('vm.state', { vm: spec.name, state: 'running', pid: proc.pid });
+  }
+
+  /** A stopped VM whose files this host sees moves here: check and register it. */
+  async adoptStopped(specIn: unknown): Promise<void> {
+    const spec = parseVmSpec(specIn, 'accept the VM');
+    if (!this.migrationSettings().enabled) throw new FerryError('E_MIGRATION_DISABLED', `Cannot receive VM '${spec.name}' on host '${this.name}': migrations are disabled here`, { userError: true });
+    if (this.registry.getVm(spec.name) || this.registry.getVmById(spec.id)) throw new FerryError('E_NAME_EXISTS', `Cannot receive VM '${spec.name}' on host '${this.name}': a VM with that name or id is already here`, { userError: true });
+    await this.checkVmStorage(spec);
+    this.registry.addVm({ name: spec.name, id: spec.id, configPath: spec.configPath, createdAt: new Date().toISOString() });
+    this.events.emit('vm.arrived', { vm: spec.name });
+  }
+
+  /** Names and ids here, arriving ones included (for the destination's name check). */
+  vmIds(): Array<{ name: string; id: string }> {
+    return [...this.registry.listVms().map((r) => ({ name: r.name, id: r.id })), ...this.incoming.arriving()];
   }
 }
 

@@ -14,6 +14,7 @@ import { switchRoutes } from './routes/switches.js';
 import { poolRoutes } from './routes/pools.js';
 import { eventRoutes } from './routes/events.js';
 import { metaRoutes } from './routes/meta.js';
+import { migrationRoutes, peerRoutes } from './routes/migrations.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface AgentFlags { name: string; data: string; listen: string; migrationAddress?: string; tlsDir?: string }
@@ -39,6 +40,8 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   poolRoutes(app, engine);
   eventRoutes(app, engine);
   metaRoutes(app, engine);
+  migrationRoutes(app, engine);
+  peerRoutes(app, engine);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {

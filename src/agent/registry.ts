@@ -4,6 +4,7 @@
 import Database from 'better-sqlite3';
 import type { PoolDef, PoolKind } from '../storage/pools.js';
 import type { SwitchView } from '../api/schemas.js';
+import type { MigrationRecord } from '../migration/schemas.js';
 
 export interface VmRecord { name: string; id: string; configPath: string; createdAt: string }
 
@@ -19,6 +20,7 @@ export class Registry {
       CREATE TABLE IF NOT EXISTS switches (name TEXT PRIMARY KEY, kind TEXT NOT NULL, bridge TEXT);
       CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS migrations (id TEXT PRIMARY KEY, vm TEXT NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL, created_at TEXT NOT NULL);
     `);
   }
 
@@ -58,5 +60,17 @@ export class Registry {
   }
   setSetting(key: string, value: unknown): void {
     this.db.prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, JSON.stringify(value));
+  }
+
+  saveMigration(r: MigrationRecord): void {
+    this.db.prepare('INSERT INTO migrations (id, vm, state, record, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record')
+      .run(r.id, r.vm, r.state, JSON.stringify(r), r.createdAt);
+  }
+  getMigration(id: string): MigrationRecord | undefined {
+    const row = this.db.prepare('SELECT record FROM migrations WHERE id = ?').get(id) as { record: string } | undefined;
+    return row ? (JSON.parse(row.record) as MigrationRecord) : undefined;
+  }
+  listMigrations(limit: number): MigrationRecord[] {
+    return (this.db.prepare('SELECT record FROM migrations ORDER BY created_at DESC LIMIT ?').all(limit) as Array<{ record: string }>).map((r) => JSON.parse(r.record) as MigrationRecord).reverse();
   }
 }

@@ -5,6 +5,7 @@ import { registerGuest } from './commands/guest.js';
 import { registerVm } from './commands/vm.js';
 import { registerHost } from './commands/host.js';
 import { registerAdmin } from './commands/admin.js';
+import { registerMove } from './commands/move.js';
 
 export function buildProgram(): Command {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
@@ -17,6 +18,7 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (s, write) => write(`ferry: ${s.replace(/^error: /, '')}`) });
   registerVm(program);
   registerHost(program);
+  registerMove(program);
   registerAdmin(program);
   registerGuest(program);
   return program;

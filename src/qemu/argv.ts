@@ -7,6 +7,8 @@ import type { Accelerator } from './accel.js';
 
 export interface RuntimePaths {
   qmpSocket: string;
+  /** A second monitor for people and tests (the agent holds the first). */
+  adminSocket?: string;
   serialLog: string;
   pidFile: string;
 }
@@ -47,6 +49,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
     '-smp', String(spec.cpus),
     '-rtc', 'base=utc',
     '-qmp', `unix:${opts.paths.qmpSocket},server=on,wait=off`,
+    ...(opts.paths.adminSocket ? ['-qmp', `unix:${opts.paths.adminSocket},server=on,wait=off`] : []),
     '-chardev', `file,id=serial0,path=${opts.paths.serialLog},append=on`,
     '-serial', 'chardev:serial0',
     '-pidfile', opts.paths.pidFile,

@@ -15,6 +15,7 @@ import { configFile, exists, saveVm } from './folder.js';
 export interface VmRuntimePaths {
   runDir: string;
   qmpSocket: string;
+  adminSocket: string;
   serialLog: string;
   pidFile: string;
 }
@@ -24,6 +25,7 @@ export function runtimePaths(runDir: string): VmRuntimePaths {
   return {
     runDir,
     qmpSocket: path.join(runDir, 'qmp.sock'),
+    adminSocket: path.join(runDir, 'qmp-admin.sock'),
     serialLog: path.join(runDir, 'serial.log'),
     pidFile: path.join(runDir, 'qemu.pid'),
   };

@@ -1,6 +1,8 @@
 // `ferry vm ...`: create and run VMs on the hosts of a lab or context.
 import { Option, type Command } from '@commander-js/extra-typings';
 import { actions } from '../../api/actions.js';
+import { peerActions } from '../../api/peer-actions.js';
+import { chooseBaseline, usableModelNames } from '../../qemu/cpu-models.js';
 import type { VmView } from '../../api/schemas.js';
 import { withClients, type GlobalOpts } from '../context.js';
 import { printJson, printTable, bytes } from '../output.js';
@@ -31,7 +33,7 @@ export function registerVm(program: Command): void {
     .requiredOption('--host <host>', 'host to create it on')
     .option('--memory <size>', 'memory, e.g. 256M or 1G', memoryMiB('--memory'), 256)
     .option('--cpus <n>', 'virtual CPUs', positiveInt('--cpus', 255), 1)
-    .option('--cpu <model>', 'QEMU CPU model (default qemu64)')
+    .option('--cpu <model>', "QEMU CPU model (default qemu64); 'compat': the newest model every host supports")
     .option('--path <dir>', "the VM's folder (default: the host's local pool)")
     .option('--disk <spec>', 'new disk SIZE[,format=qcow2|raw|vhdx|vpc][,pool=P] (repeatable)', diskFlag)
     .option('--attach <file>', 'attach an existing disk image (repeatable)', collect)
@@ -55,7 +57,7 @@ export function registerVm(program: Command): void {
       if ((o.probeDirty || o.probeNoWriter) && o.guest !== 'probe') throw new InvalidInputError('Cannot use --probe-dirty or --probe-no-writer without --guest probe');
       if (o.guest && o.kernel) throw new InvalidInputError('Cannot use --kernel with --guest: the test guests bring their own kernel; drop one of them');
       const body = {
-        name: vmName, memoryMiB: o.memory, cpus: o.cpus, ...(o.cpu ? { cpu: o.cpu } : {}),
+        name: vmName, memoryMiB: o.memory, cpus: o.cpus, cpu: o.cpu as string | undefined,
         ...(o.path ? { path: abs(o.path, '--path') } : {}),
         disks: [...(o.disk ?? []), ...(o.attach ?? []).map((f) => ({ attach: abs(f, '--attach')! }))],
         guest: (o.guest ?? 'custom') as 'probe' | 'bootblock' | 'custom',
@@ -66,6 +68,12 @@ export function registerVm(program: Command): void {
         ...(o.guest === 'probe' ? { probe: { ...(o.probeDirty ? { dirty: o.probeDirty } : {}), ...(o.probeNoWriter ? { noWriter: true } : {}) } } : {}),
       };
       await withClients(g, async (c) => {
+        if (o.cpu === 'compat') {
+          // Processor compatibility: a baseline model usable on every host of the lab/cluster.
+          const perHost = await Promise.all(c.all().map(async (cl) => usableModelNames(await cl.call(peerActions.cpuModels, {}, { timeoutMs: 60_000 }))));
+          body.cpu = chooseBaseline(perHost);
+          process.stderr.write(`--cpu compat: ${body.cpu} (usable on ${c.all().map((x) => x.host).join(', ')})\n`);
+        }
         const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs: 180_000 });
         if (o.json) printJson(v); else printVm(v);
       });

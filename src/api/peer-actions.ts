@@ -1,0 +1,36 @@
+// Host-to-host actions of the migration protocol (a host certificate may call these).
+import { z } from 'zod';
+import { action } from './action.js';
+import { Name } from './schemas.js';
+import { IdParams } from '../migration/schemas.js';
+
+const peer = ['admin', 'host'] as const;
+
+export const IncomingRequest = z.object({
+  jobId: z.string().regex(/^[A-Za-z0-9-]{1,64}$/),
+  source: Name,
+  /** The VM's spec as the source runs it (vm.json). */
+  spec: z.record(z.string(), z.unknown()),
+  tls: z.boolean(),
+  postcopy: z.boolean(),
+}).strict();
+export type IncomingRequest = z.infer<typeof IncomingRequest>;
+
+export const IncomingView = z.object({
+  jobId: z.string(), vm: z.string(),
+  state: z.enum(['prepared', 'running', 'failed', 'gone']),
+  uri: z.string().nullable(), tlsHostname: z.string(), reason: z.string().nullable(),
+});
+export type IncomingView = z.infer<typeof IncomingView>;
+
+export const AdoptRequest = z.object({ source: Name, spec: z.record(z.string(), z.unknown()) }).strict();
+
+export const peerActions = {
+  vms: action({ name: 'peer.vms', method: 'GET', path: '/v1/peer/vms', summary: 'Names and ids of the VMs on this host', response: z.array(z.object({ name: z.string(), id: z.string() })), roles: peer }),
+  cpuModels: action({ name: 'peer.cpu-models', method: 'GET', path: '/v1/peer/cpu-models', summary: 'CPU models and their unavailable features under this host\'s accelerator', response: z.array(z.object({ name: z.string(), unavailableFeatures: z.array(z.string()), migrationSafe: z.boolean() })), roles: peer }),
+  prepare: action({ name: 'peer.incoming.prepare', method: 'POST', path: '/v1/peer/incoming', summary: 'Prepare to receive a VM: start QEMU waiting for the stream', body: IncomingRequest, response: IncomingView, roles: peer }),
+  status: action({ name: 'peer.incoming.status', method: 'GET', path: '/v1/peer/incoming/:id', summary: 'State of an incoming VM', params: IdParams, response: IncomingView, roles: peer }),
+  finish: action({ name: 'peer.incoming.finish', method: 'POST', path: '/v1/peer/incoming/:id/finish', summary: 'The source completed and confirms: run the VM here', params: IdParams, response: IncomingView, roles: peer }),
+  abort: action({ name: 'peer.incoming.abort', method: 'POST', path: '/v1/peer/incoming/:id/abort', summary: 'Abandon an incoming VM: kill its QEMU, remove what was created', params: IdParams, response: z.object({ ok: z.literal(true) }), roles: peer }),
+  adopt: action({ name: 'peer.adopt', method: 'POST', path: '/v1/peer/adopt', summary: 'Register a stopped VM whose files this host already sees', body: AdoptRequest, response: z.object({ ok: z.literal(true) }), roles: peer }),
+} as const;

@@ -1,0 +1,215 @@
+// `ferry compare-vm`, `ferry move-vm`, `ferry migration ...`.
+import path from 'node:path';
+import { Option, type Command } from '@commander-js/extra-typings';
+import { InvalidArgumentError } from '@commander-js/extra-typings';
+import { actions } from '../../api/actions.js';
+import { FerryError, InvalidInputError, NotFoundError } from '../../errors.js';
+import type { AgentClient } from '../../api/client.js';
+import type { Incompatibility, MigrationRecord, MoveOptions } from '../../migration/schemas.js';
+import { TERMINAL } from '../../migration/schemas.js';
+import { withClients, type Clients, type GlobalOpts } from '../context.js';
+import { printJson, printTable, bytes } from '../output.js';
+import { collect, positiveInt } from '../parse.js';
+import { ProgressRenderer, describe } from '../progress.js';
+import { sleep } from '../../util/exec.js';
+import { EXIT } from '../exit.js';
+
+type Cmd = { optsWithGlobals(): GlobalOpts };
+
+interface MoveFlags {
+  includeStorage?: boolean; storagePath?: string; vhd?: string[]; configPath?: string; checkpointPath?: string; pagingPath?: string; retainSource?: boolean;
+}
+
+function addMoveOptions<C extends Command<any, any>>(c: C): C {
+  return c
+    .option('--include-storage', 'copy the disks too (shared nothing)')
+    .option('--storage-path <dir>', 'put every file of the VM in this folder on the destination')
+    .option('--vhd <src=dst>', 'put one disk at a destination path (repeatable)', collect)
+    .option('--config-path <dir>', "destination folder for the VM's config")
+    .option('--checkpoint-path <dir>', 'destination folder for checkpoints')
+    .option('--paging-path <dir>', 'destination folder for paging files')
+    .option('--retain-source', 'keep the source copies of the disks') as C;
+}
+
+function moveOptions(f: MoveFlags): MoveOptions {
+  const vhd: Record<string, string> = {};
+  for (const v of f.vhd ?? []) {
+    const i = v.indexOf('=');
+    if (i <= 0 || i === v.length - 1) throw new InvalidInputError(`Cannot use --vhd '${v}': write SRC=DST with two paths`);
+    vhd[path.resolve(v.slice(0, i))] = path.resolve(v.slice(i + 1));
+  }
+  const anyStorage = f.storagePath || f.vhd?.length || f.configPath || f.checkpointPath || f.pagingPath;
+  if (anyStorage && !f.includeStorage) throw new InvalidInputError('Cannot use --storage-path, --vhd or --*-path without --include-storage: they say where copied files go; add --include-storage');
+  return {
+    includeStorage: Boolean(f.includeStorage),
+    ...(f.storagePath ? { storagePath: path.resolve(f.storagePath) } : {}),
+    ...(f.vhd?.length ? { vhd } : {}),
+    ...(f.configPath ? { configPath: path.resolve(f.configPath) } : {}),
+    ...(f.checkpointPath ? { checkpointPath: path.resolve(f.checkpointPath) } : {}),
+    ...(f.pagingPath ? { pagingPath: path.resolve(f.pagingPath) } : {}),
+    retainSource: Boolean(f.retainSource),
+  };
+}
+
+function destination(c: Clients, name: string): { name: string; endpoint: string } {
+  const h = c.ctx.hosts.find((x) => x.name === name);
+  if (!h) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot find host '${name}': known hosts are ${c.ctx.hosts.map((x) => x.name).join(', ')}`, { host: name });
+  return h;
+}
+
+function printReport(incs: Incompatibility[]): void {
+  for (const i of incs) process.stderr.write(`  ${i.code}  ${i.field}: ${i.message}\n`);
+}
+
+function printRecord(r: MigrationRecord): void {
+  const rows: Array<[string, string]> = [
+    ['migration', r.id], ['vm', r.vm], ['kind', r.kind], ['from → to', `${r.source} → ${r.destination}`], ['state', r.state],
+    ['progress', `${Math.floor(r.progress * 100)}%`],
+    ['downtime', r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`], ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
+    ['transferred', `${bytes(r.bytesTransferred)} in ${r.passes} pass(es)`],
+  ];
+  if (r.error) rows.push(['error', `${r.error.code}: ${r.error.message}`]);
+  const w = Math.max(...rows.map((x) => x[0].length));
+  for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}
+
+/** Finds which host holds migration ID (the VM's source at the time). */
+async function locateMigration(c: Clients, id: string): Promise<{ client: AgentClient; record: MigrationRecord }> {
+  for (const client of c.all()) {
+    try {
+      return { client, record: await client.call(actions.migrationShow, { params: { id } }, { timeoutMs: 10_000 }) };
+    } catch (err) {
+      if ((err as FerryError).code === 'E_INVALID_INPUT') throw err;
+    }
+  }
+  throw new NotFoundError('E_MIGRATION_NOT_FOUND', `Cannot find migration ${id} on any host; 'ferry migration list --all' shows them`, { id });
+}
+
+/** Follows a migration to its end, rendering progress on stderr; returns the final record. */
+export async function follow(client: AgentClient, id: string, quiet = false): Promise<MigrationRecord> {
+  const render = quiet ? null : new ProgressRenderer();
+  let detached = false;
+  const onSig = (): void => { detached = true; };
+  process.once('SIGINT', onSig);
+  try {
+    for (;;) {
+      const r = await client.call(actions.migrationShow, { params: { id } }, { timeoutMs: 30_000 });
+      render?.update(r);
+      if (TERMINAL.includes(r.state)) return r;
+      if (detached) {
+        render?.stop();
+        process.stderr.write(`\ndetached; the migration goes on: 'ferry migration wait ${id}' or 'ferry migration cancel ${id}'\n`);
+        process.exit(EXIT.cancelled);
+      }
+      await sleep(300);
+    }
+  } finally {
+    render?.stop();
+    process.off('SIGINT', onSig);
+  }
+}
+
+function exitFor(r: MigrationRecord): void {
+  if (r.state === 'failed') process.exitCode = r.error?.code === 'E_INCOMPATIBLE' ? EXIT.incompatible : EXIT.failed;
+  if (r.state === 'cancelled') process.exitCode = EXIT.cancelled;
+}
+
+const priority = (s: string): 'high' | 'normal' | 'low' => {
+  if (s === 'high' || s === 'normal' || s === 'low') return s;
+  throw new InvalidArgumentError(`Cannot use --priority '${s}': write high, normal or low`);
+};
+
+export function registerMove(program: Command): void {
+  addMoveOptions(program.command('compare-vm').description('check whether a VM can move to a host (exit 0 compatible, 3 not)')
+    .argument('<name>').requiredOption('--to <host>', 'destination host').option('--json', 'JSON report'))
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const to = destination(c, o.to);
+        const { client } = await c.locate(vmName);
+        const rep = await client.call(actions.compare, { body: { vm: vmName, to, options: moveOptions(o as MoveFlags) } }, { timeoutMs: 120_000 });
+        if (o.json) printJson(rep);
+        else if (rep.compatible) process.stdout.write(`VM ${vmName} can move to ${o.to}\n`);
+        else { process.stdout.write(`VM ${vmName} cannot move to ${o.to}:\n`); for (const i of rep.incompatibilities) process.stdout.write(`  ${i.code}  ${i.field}: ${i.message}\n`); }
+        if (!rep.compatible) process.exitCode = EXIT.incompatible;
+      });
+    });
+
+  addMoveOptions(program.command('move-vm').description('move a running (or stopped) VM to another host')
+    .argument('<name>').requiredOption('--to <host>', 'destination host'))
+    .option('--max-downtime <ms>', 'longest acceptable pause at switch-over (default 300)', positiveInt('--max-downtime', 600_000))
+    .option('--finish-within <seconds>', 'give up (or go post-copy) after this long (default: 60 s + 30 s per GiB)', positiveInt('--finish-within', 86_400))
+    .addOption(new Option('--priority <p>', 'queue priority: high, normal or low').argParser(priority))
+    .option('--bandwidth <mibps>', 'cap the transfer rate (MiB/s)', positiveInt('--bandwidth', 1_000_000))
+    .option('--allow-postcopy', 'switch to post-copy when pre-copy cannot finish in time')
+    .option('--no-wait', 'return the migration id at once')
+    .option('--json', 'print the migration record as JSON')
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const to = destination(c, o.to);
+        const { client } = await c.locate(vmName);
+        let rec: MigrationRecord;
+        try {
+          rec = await client.call(actions.migrationCreate, { body: {
+            vm: vmName, to, options: moveOptions(o as MoveFlags),
+            policy: {
+              ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}), ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
+              ...(o.priority ? { priority: o.priority } : {}), ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}), allowPostcopy: Boolean(o.allowPostcopy),
+            },
+          } }, { timeoutMs: 180_000 });
+        } catch (err) {
+          const fe = err as FerryError;
+          if (fe.code === 'E_INCOMPATIBLE') {
+            const incs = (fe.context.incompatibilities ?? []) as Incompatibility[];
+            if (o.json) printJson({ compatible: false, incompatibilities: incs });
+            process.stderr.write(`ferry: Cannot move VM '${vmName}' to '${o.to}': the pre-flight check failed:\n`);
+            printReport(incs);
+            process.exitCode = EXIT.incompatible;
+            return;
+          }
+          throw err;
+        }
+        if (!o.wait) {
+          if (o.json) printJson(rec); else process.stdout.write(`${rec.id}\n`);
+          return;
+        }
+        const final = await follow(client, rec.id, false);
+        if (o.json) printJson(final); else printRecord(final);
+        exitFor(final);
+      });
+    });
+
+  const mig = program.command('migration').description('migration jobs');
+  mig.command('list').option('--all', 'include finished ones').option('--json', 'JSON array').description('active and queued migrations of every host')
+    .action(async (o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const lists = await Promise.all(c.all().map((cl) => cl.call(actions.migrationList, { query: { all: o.all ? 'true' : 'false' } }).catch(() => [] as MigrationRecord[])));
+        const all = lists.flat().sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+        if (o.json) return printJson(all);
+        printTable(['ID', 'VM', 'KIND', 'FROM', 'TO', 'STATE', 'POS', 'PROGRESS', 'DOWNTIME'], all.map((r) => [r.id, r.vm, r.kind, r.source, r.destination, r.state, r.queuePosition, `${Math.floor(r.progress * 100)}%`, r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`]));
+      });
+    });
+  mig.command('show').argument('<id>').option('--json', 'JSON').description('one migration')
+    .action(async (id, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { record } = await locateMigration(c, id);
+        if (o.json) printJson(record); else { printRecord(record); process.stdout.write(`\n${describe(record)}\n`); for (const e of record.events) process.stdout.write(`  ${e.at}  ${e.message}\n`); }
+      });
+    });
+  mig.command('wait').argument('<id>').option('--json', 'JSON').description('follow a migration until it ends')
+    .action(async (id, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await locateMigration(c, id);
+        const final = await follow(client, id);
+        if (o.json) printJson(final); else printRecord(final);
+        exitFor(final);
+      });
+    });
+  mig.command('cancel').argument('<id>').option('--json', 'JSON').description('cancel a migration before its switch-over')
+    .action(async (id, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await locateMigration(c, id);
+        const r = await client.call(actions.migrationCancel, { params: { id } }, { timeoutMs: 120_000 });
+        if (o.json) printJson(r); else process.stdout.write(`migration ${id}: ${r.state}\n`);
+      });
+    });
+}

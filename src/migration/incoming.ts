@@ -1,0 +1,132 @@
+// The destination's half of the protocol (shared/DESIGN.md §4): Prepare starts QEMU with
+// `-S -incoming defer` listening on this host's migration address, on a port opened for
+// this one migration; Finish runs the VM only after the source completed and confirmed
+// (two-phase: the VM never runs on both hosts); Abort removes everything Prepare created.
+import fsp from 'node:fs/promises';
+import { FerryError, messageOf } from '../errors.js';
+import type { QemuProcess } from '../qemu/process.js';
+import { startVm } from '../vm/lifecycle.js';
+import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import type { Engine } from '../agent/engine.js';
+import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
+import { addTlsCreds, qemuTlsDir } from './tls.js';
+import { sleep } from '../util/exec.js';
+
+interface Incoming {
+  jobId: string;
+  spec: VmSpec;
+  source: string;
+  proc: QemuProcess | null;
+  state: IncomingView['state'];
+  uri: string | null;
+  reason: string | null;
+  createdRunDir: boolean;
+}
+
+export class IncomingManager {
+  private items = new Map<string, Incoming>();
+  constructor(private engine: Engine) {}
+
+  view(jobId: string): IncomingView {
+    const i = this.items.get(jobId);
+    if (!i) return { jobId, vm: '', state: 'gone', uri: null, tlsHostname: this.engine.name, reason: 'no such incoming migration on this host' };
+    if (i.state === 'prepared' && i.proc?.hasExited) { i.state = 'failed'; i.reason ??= 'the destination QEMU exited'; }
+    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason };
+  }
+
+  /** Names of VMs arriving here (they count as present for name checks). */
+  arriving(): Array<{ name: string; id: string }> {
+    return [...this.items.values()].filter((i) => i.state === 'prepared').map((i) => ({ name: i.spec.name, id: i.spec.id }));
+  }
+
+  async prepare(req: IncomingRequest, opts: { signal?: AbortSignal } = {}): Promise<IncomingView> {
+    const e = this.engine;
+    const spec = parseVmSpec(req.spec, 'accept the incoming VM');
+    const settings = e.migrationSettings();
+    if (!settings.enabled) throw new FerryError('E_MIGRATION_DISABLED', `Cannot receive VM '${spec.name}' on host '${e.name}': migrations are disabled here; run 'ferry host set ${e.name} --migrations on'`, { userError: true });
+    if (e.registry.getVm(spec.name) || e.registry.getVmById(spec.id) || this.arriving().some((a) => a.name === spec.name)) {
+      throw new FerryError('E_NAME_EXISTS', `Cannot receive VM '${spec.name}' on host '${e.name}': a VM with that name or id is already here`, { userError: true });
+    }
+    await e.checkVmStorage(spec);
+    if (!e.slots.tryAcquire(req.jobId)) {
+      throw new FerryError('E_HOST_BUSY', `Cannot receive VM '${spec.name}' on host '${e.name}' now: ${settings.maxLive} live migrations are already running here (max live); it stays queued`, { userError: true });
+    }
+    const runDir = e.runDir(spec.id);
+    const item: Incoming = { jobId: req.jobId, spec, source: req.source, proc: null, state: 'prepared', uri: null, reason: null, createdRunDir: false };
+    this.items.set(req.jobId, item);
+    try {
+      item.createdRunDir = !(await fsp.access(runDir).then(() => true, () => false));
+      const proc = await startVm(spec, { runDir, accel: e.accelerator(), incoming: true, switches: (_n, sw) => e.switchBackend(sw), signal: opts.signal });
+      item.proc = proc;
+      const caps = [{ capability: 'events' as const, state: true }, { capability: 'late-block-activate' as const, state: true }];
+      if (req.postcopy) caps.push({ capability: 'postcopy-ram' as never, state: true });
+      await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, opts);
+      if (req.tls) {
+        await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
+        await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls' }, opts);
+      }
+      const addr = e.cfg.migrationAddress;
+      const host = addr.includes(':') ? `[${addr}]` : addr;
+      await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:0` }, opts);
+      const info = await proc.qmp.execute('query-migrate', undefined, opts);
+      const port = info['socket-address']?.[0]?.port;
+      if (!port) throw new FerryError('E_PREPARE', `Cannot receive VM '${spec.name}': QEMU did not report its listening port`);
+      item.uri = `tcp:${host}:${port}`;
+      e.events.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
+      // A failed incoming migration makes QEMU exit: note why, from its stderr.
+      void proc.exited.then(async () => {
+        if (item.state === 'prepared') { item.state = 'failed'; item.reason = (await proc.stderrText()) || 'the destination QEMU exited'; }
+      });
+      return this.view(req.jobId);
+    } catch (err) {
+      await this.abort(req.jobId).catch(() => undefined);
+      throw new FerryError('E_PREPARE', `Cannot prepare host '${e.name}' to receive VM '${spec.name}': ${messageOf(err)}`, { cause: err });
+    }
+  }
+
+  /** The source completed and confirms: wait for the stream's end here, then run the VM. */
+  async finish(jobId: string, opts: { signal?: AbortSignal } = {}): Promise<IncomingView> {
+    const e = this.engine;
+    const i = this.items.get(jobId);
+    if (!i) throw new FerryError('E_INCOMING_NOT_FOUND', `Cannot finish incoming migration ${jobId} on host '${e.name}': it is not here (aborted or never prepared)`, { userError: true });
+    if (i.state === 'running') return this.view(jobId);
+    const proc = i.proc;
+    if (!proc || proc.hasExited || i.state !== 'prepared') throw new FerryError('E_INCOMING_FAILED', `Cannot finish incoming VM '${i.spec.name}' on host '${e.name}': ${i.reason ?? 'its QEMU is gone'}`);
+    // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
+    const until = Date.now() + 30_000;
+    for (;;) {
+      const st = await proc.qmp.execute('query-migrate', undefined, { signal: opts.signal, timeoutMs: 10_000 });
+      if (st.status === 'completed') break;
+      if (st.status === 'postcopy-active' || st.status === 'postcopy-paused' || st.status === 'postcopy-recover') {
+        const run = await proc.qmp.execute('query-status', undefined, opts);
+        if (run.running) break; // post-copy: the VM already runs here, pages still arrive
+      }
+      if (st.status === 'failed') throw new FerryError('E_INCOMING_FAILED', `Cannot finish incoming VM '${i.spec.name}': the stream failed on host '${e.name}'`);
+      if (Date.now() > until) throw new FerryError('E_TIMEOUT', `Cannot finish incoming VM '${i.spec.name}' on host '${e.name}': the stream did not complete within 30 s`);
+      await sleep(20, opts.signal);
+    }
+    const run = await proc.qmp.execute('query-status', undefined, opts);
+    if (!run.running) await proc.qmp.execute('cont', undefined, opts);
+    i.state = 'running';
+    e.adoptRunning(i.spec, proc);
+    e.slots.release(jobId);
+    e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
+    this.items.delete(jobId);
+    return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: e.name, reason: null };
+  }
+
+  /** Kills the incoming QEMU and removes what Prepare created. Idempotent. */
+  async abort(jobId: string): Promise<void> {
+    const e = this.engine;
+    const i = this.items.get(jobId);
+    if (!i) return;
+    if (i.state === 'running') throw new FerryError('E_INCOMING_RUNNING', `Cannot abort incoming VM '${i.spec.name}': it already runs on host '${e.name}'`);
+    this.items.delete(jobId);
+    if (i.proc) await i.proc.kill();
+    const runDir = e.runDir(i.spec.id);
+    if (i.createdRunDir) await fsp.rm(runDir, { recursive: true, force: true });
+    else for (const f of ['qmp.sock', 'qmp-admin.sock', 'qemu.pid', 'argv.json']) await fsp.rm(`${runDir}/${f}`, { force: true });
+    e.slots.release(jobId);
+    e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
+  }
+}

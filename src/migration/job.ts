@@ -1,0 +1,59 @@
+// One migration job on its source host: the record users see (shared/CLI.md), an
+// AbortController for cancel, and the events it emits as it goes (Xen Orchestra's task
+// objects: progress events in, renderers out).
+import { randomUUID } from 'node:crypto';
+import type { EventBus } from '../agent/events.js';
+import { TERMINAL, type MigrationRecord, type MigrationState, type MoveOptions, type PolicyInput } from './schemas.js';
+
+export class Job {
+  record: MigrationRecord;
+  readonly ac = new AbortController();
+  /** False from switch-over on (and during post-copy): cancel is refused. */
+  cancellable = true;
+  private lastEmit = 0;
+
+  constructor(init: { vm: string; kind: MigrationRecord['kind']; source: string; destination: string; policy: PolicyInput; options: MoveOptions }, private bus: EventBus, private persist: (r: MigrationRecord) => void) {
+    this.record = {
+      id: randomUUID(), vm: init.vm, kind: init.kind, source: init.source, destination: init.destination,
+      state: 'queued', priority: init.policy.priority, queuePosition: null, progress: 0, etaSeconds: null, verdict: null,
+      downtimeMs: null, totalMs: null, bytesTransferred: 0, passes: 0, rate: { transferBps: 0, dirtyBps: 0 },
+      remainingBytes: null, downtimeLimitMs: null, throttlePct: 0, policy: init.policy, options: init.options, error: null,
+      createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, events: [], incompatibilities: [],
+    };
+  }
+
+  get id(): string { return this.record.id; }
+  get done(): boolean { return TERMINAL.includes(this.record.state); }
+  get signal(): AbortSignal { return this.ac.signal; }
+
+  setState(state: MigrationState, message?: string): void {
+    if (this.done) return;
+    this.record.state = state;
+    if (state !== 'queued') this.record.queuePosition = null;
+    if (!this.record.startedAt && state !== 'queued') this.record.startedAt = new Date().toISOString();
+    if (TERMINAL.includes(state)) {
+      this.record.finishedAt = new Date().toISOString();
+      this.record.totalMs = this.record.startedAt ? Date.parse(this.record.finishedAt) - Date.parse(this.record.startedAt) : 0;
+      this.record.etaSeconds = state === 'completed' ? 0 : null;
+      if (state === 'completed') this.record.progress = 1;
+    }
+    this.log(message ?? `state ${state}`);
+    this.flush(true);
+  }
+
+  log(message: string): void {
+    this.record.events.push({ at: new Date().toISOString(), message });
+    if (this.record.events.length > 200) this.record.events.splice(0, this.record.events.length - 200);
+  }
+
+  /** Publishes the record (throttled to ~4/s unless forced) and saves it. */
+  flush(force = false): void {
+    const now = Date.now();
+    if (!force && now - this.lastEmit < 250) return;
+    this.lastEmit = now;
+    this.persist(this.record);
+    this.bus.emit('migration', { vm: this.record.vm, migration: this.snapshot() });
+  }
+
+  snapshot(): MigrationRecord { return structuredClone(this.record); }
+}

@@ -1,0 +1,246 @@
+// The source's half of a live migration with shared storage (shared/DESIGN.md §4,
+// QEMU-NOTES §A): Prepare on the destination, copy memory under the convergence policy,
+// stop at pre-switchover, complete, confirm (two-phase), finish. Every failure before the
+// switch-over ends with the VM running on the source and the destination cleaned up.
+import { FerryError, AbortedError, messageOf } from '../errors.js';
+import type { QemuProcess } from '../qemu/process.js';
+import type { MigrationInfo, MigrationStatus } from '../qemu/commands.js';
+import type { AgentClient } from '../api/client.js';
+import { peerActions } from '../api/peer-actions.js';
+import type { VmSpec } from '../vm/spec.js';
+import { sleep } from '../util/exec.js';
+import { ConvergencePolicy, defaultFinishWithinMs } from './policy.js';
+import { newProgress, sampleFrom, update } from './progress.js';
+import { addTlsCreds, qemuTlsDir } from './tls.js';
+import type { Job } from './job.js';
+
+export interface LiveContext {
+  job: Job;
+  spec: VmSpec;
+  proc: QemuProcess;
+  dest: AgentClient;
+  sourceName: string;
+  tls: boolean;
+  tlsFiles: { ca: string; cert: string; key: string };
+  dataDir: string;
+  /** Called once the VM runs on the destination: the source forgets it and quits QEMU. */
+  onSwitched: () => Promise<void>;
+}
+
+const POLL_MS = 250;
+const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
+
+export class MigrationFailedError extends FerryError {
+  constructor(code: string, message: string, cause?: unknown) { super(code, message, { cause }); }
+}
+
+export async function runLive(ctx: LiveContext): Promise<void> {
+  const { job, spec, proc, dest } = ctx;
+  const qmp = proc.qmp;
+  const r = job.record;
+  const signal = job.signal;
+  const policy = new ConvergencePolicy({
+    maxDowntimeMs: r.policy.maxDowntimeMs,
+    finishWithinMs: (r.policy.finishWithinS ?? defaultFinishWithinMs(spec.memoryMiB) / 1000) * 1000,
+    ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
+    allowPostcopy: r.policy.allowPostcopy,
+  });
+  r.downtimeLimitMs = policy.downtimeMs;
+  const wasRunning = (await qmp.execute('query-status', undefined, { signal })).running;
+  let prepared = false;
+  let migrateStarted = false;
+  const tlsId = `ferry-tls-${job.id.slice(0, 8)}`;
+
+  try {
+    // 2. Prepare on the destination.
+    job.setState('preparing', `preparing ${r.destination}`);
+    let prep;
+    for (;;) {
+      try {
+        prep = await dest.call(peerActions.prepare, { body: { jobId: job.id, source: ctx.sourceName, spec: spec as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: r.policy.allowPostcopy } }, { signal, timeoutMs: 60_000 });
+        break;
+      } catch (err) {
+        if ((err as FerryError).code !== 'E_HOST_BUSY') throw err;
+        // The destination is at its own limit: stay queued until it has a free slot.
+        if (r.state !== 'queued') job.setState('queued', `waiting: ${r.destination} is at its migration limit`);
+        await sleep(1000, signal);
+      }
+    }
+    if (r.state === 'queued') job.setState('preparing', `preparing ${r.destination}`);
+    prepared = true;
+    if (!prep.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': the destination gave no stream address`);
+    r.progress = 0.02;
+
+    // 4. Copy memory.
+    const caps: Array<{ capability: 'events' | 'pause-before-switchover' | 'auto-converge' | 'postcopy-ram'; state: boolean }> = [
+      { capability: 'events', state: true }, { capability: 'pause-before-switchover', state: true }, { capability: 'auto-converge', state: true },
+      { capability: 'postcopy-ram', state: r.policy.allowPostcopy },
+    ];
+    await qmp.execute('migrate-set-capabilities', { capabilities: caps }, { signal });
+    if (ctx.tls) {
+      await addTlsCreds(qmp, tlsId, 'client', await qemuTlsDir(ctx.tlsFiles, ctx.dataDir), signal);
+      await qmp.execute('migrate-set-parameters', { 'tls-creds': tlsId, 'tls-hostname': prep.tlsHostname }, { signal });
+    } else {
+      await qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' }, { signal });
+    }
+    await qmp.execute('migrate-set-parameters', policy.initialParameters(), { signal });
+    job.setState('copying-memory', `copying memory to ${r.destination} (${ctx.tls ? 'TLS' : 'no TLS'}, downtime limit ${policy.downtimeMs} ms${r.policy.bandwidthMiBps ? `, ${r.policy.bandwidthMiBps} MiB/s` : ''})`);
+    const t0 = Date.now();
+    await qmp.execute('migrate', { uri: prep.uri }, { signal });
+    migrateStarted = true;
+
+    let progress = newProgress();
+    let info: MigrationInfo = {};
+    for (;;) {
+      if (signal.aborted && job.cancellable) throw new AbortedError(`move VM '${spec.name}'`, signal.reason);
+      const mark = qmp.eventMark;
+      info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+      const st = info.status ?? 'none';
+      const s = sampleFrom(info, Date.now());
+      if (s) {
+        progress = update(progress, s, [0.05, 0.97]);
+        Object.assign(r, {
+          progress: progress.progress, etaSeconds: progress.etaSeconds, verdict: progress.verdict,
+          bytesTransferred: s.transferredBytes, passes: s.pass, remainingBytes: s.remainingBytes,
+          rate: { transferBps: Math.round(s.bandwidthBps), dirtyBps: Math.round(s.dirtyBps) }, throttlePct: s.throttlePct,
+        });
+        for (const d of policy.onSample(s, progress.verdict, Date.now() - t0)) {
+          if (d.kind === 'set-parameters') {
+            await qmp.execute('migrate-set-parameters', d.params, { timeoutMs: 10_000 });
+            r.downtimeLimitMs = policy.downtimeMs;
+            job.log(d.reason);
+          } else if (d.kind === 'start-postcopy') {
+            job.log(d.reason);
+            job.cancellable = false;
+            await qmp.execute('migrate-start-postcopy', undefined, { timeoutMs: 10_000 });
+          } else {
+            throw new MigrationFailedError('E_NOT_CONVERGING', `Cannot move VM '${spec.name}' to '${r.destination}': ${d.reason}`);
+          }
+        }
+        job.flush();
+      }
+      if (st === 'pre-switchover') break;
+      if (st === 'completed') break; // post-copy ends here directly
+      if (st === 'postcopy-active') job.cancellable = false;
+      if (st === 'failed') throw new MigrationFailedError('E_MIGRATION_FAILED', `Cannot move VM '${spec.name}' to '${r.destination}': the stream failed (${info['error-desc'] ?? 'no reason given'})${await destReason(ctx)}`);
+      if (st === 'cancelled' || st === 'cancelling') throw new AbortedError(`move VM '${spec.name}'`);
+      if (!ACTIVE.includes(st) && st !== 'postcopy-active' && st !== 'postcopy-paused' && st !== 'postcopy-recover') {
+        throw new MigrationFailedError('E_MIGRATION_FAILED', `Cannot move VM '${spec.name}': unexpected migration state '${st}'`);
+      }
+      // Wake on the next MIGRATION event (pre-switchover must be answered at once: the
+      // guest is paused there) or after the sampling interval.
+      await qmp.waitEvent((ev) => ev.event === 'MIGRATION', { since: mark, timeoutMs: POLL_MS }).catch(() => undefined);
+    }
+
+    // 5. Switch over: from here on the move is not cancellable.
+    job.cancellable = false;
+    job.setState('switching-over', 'switching over (source paused)');
+    if (info.status === 'pre-switchover') {
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
+      const until = Date.now() + 60_000;
+      for (;;) {
+        info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+        if (info.status === 'completed') break;
+        if (info.status === 'failed' || info.status === 'cancelled') throw new MigrationFailedError('E_MIGRATION_FAILED', `Cannot move VM '${spec.name}': the stream failed at switch-over (${info['error-desc'] ?? info.status})${await destReason(ctx)}`);
+        if (Date.now() > until) throw new MigrationFailedError('E_TIMEOUT', `Cannot move VM '${spec.name}': switch-over did not complete within 60 s`);
+        await sleep(10);
+      }
+    }
+    r.downtimeMs = info.downtime ?? null;
+    if (info.ram) { r.bytesTransferred = info.ram.transferred; r.passes = info.ram['dirty-sync-count']; r.remainingBytes = 0; }
+    // Two-phase: the destination runs the VM only now, after the source completed.
+    await confirm(ctx);
+    await ctx.onSwitched();
+    await qmp.execute('object-del', { id: tlsId }).catch(() => undefined);
+  } catch (err) {
+    if (!job.cancellable && migrateStarted && (await sourceCompleted(proc))) {
+      // The source completed but the confirmation failed: resolve who runs the VM.
+      await resolveAfterCompleted(ctx, err);
+      return;
+    }
+    await rollback(ctx, { prepared, migrateStarted, wasRunning, tlsId });
+    throw err;
+  }
+}
+
+async function destReason(ctx: LiveContext): Promise<string> {
+  try {
+    const v = await ctx.dest.call(peerActions.status, { params: { id: ctx.job.id } }, { timeoutMs: 5000 });
+    return v.reason ? `; on ${ctx.job.record.destination}: ${v.reason}` : '';
+  } catch {
+    return `; ${ctx.job.record.destination} did not answer`;
+  }
+}
+
+async function sourceCompleted(proc: QemuProcess): Promise<boolean> {
+  try {
+    const st = await proc.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+    return st.status === 'completed';
+  } catch {
+    return false;
+  }
+}
+
+async function confirm(ctx: LiveContext): Promise<void> {
+  await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+}
+
+/**
+ * The source completed but the destination did not confirm it runs the VM. Ask it; if it
+ * does not know, try to run the source again: with shared images QEMU's lock refuses that
+ * while the destination holds them, so the VM can never run twice.
+ */
+async function resolveAfterCompleted(ctx: LiveContext, err: unknown): Promise<void> {
+  const { job, proc, dest } = ctx;
+  for (let i = 0; i < 5; i++) {
+    try {
+      const v = await dest.call(peerActions.status, { params: { id: job.id } }, { timeoutMs: 5000 });
+      if (v.state === 'running') { job.log('the destination confirmed it runs the VM'); await ctx.onSwitched(); return; }
+      if (v.state === 'prepared') {
+        try { await confirm(ctx); await ctx.onSwitched(); return; } catch { /* fall through to rollback */ }
+      }
+      break; // failed or gone: the destination will not run it
+    } catch {
+      await sleep(1000);
+    }
+  }
+  try {
+    await proc.qmp.execute('cont', undefined, { timeoutMs: 10_000 });
+    job.log('switch-over failed on the destination; the VM runs on the source again');
+    await dest.call(peerActions.abort, { params: { id: job.id } }, { timeoutMs: 10_000 }).catch(() => undefined);
+  } catch (contErr) {
+    if (/lock/i.test(messageOf(contErr))) { job.log('the destination holds the disks: it runs the VM'); await ctx.onSwitched(); return; }
+    throw new MigrationFailedError('E_SWITCHOVER', `Cannot confirm where VM '${job.record.vm}' runs after switch-over: ${messageOf(err)}; the source could not resume it (${messageOf(contErr)})`, err);
+  }
+  throw new MigrationFailedError('E_SWITCHOVER', `Cannot move VM '${job.record.vm}': the destination failed at switch-over (${messageOf(err)}); the VM runs on the source again`, err);
+}
+
+/** Abort path: cancel the stream, resume the source if we paused it, clean the destination. */
+async function rollback(ctx: LiveContext, s: { prepared: boolean; migrateStarted: boolean; wasRunning: boolean; tlsId: string }): Promise<void> {
+  const { job, proc, dest } = ctx;
+  const qmp = proc.qmp;
+  if (s.migrateStarted && !proc.hasExited) {
+    try {
+      const st = await qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+      if (st.status && !['completed', 'failed', 'cancelled', 'none'].includes(st.status) && !st.status.startsWith('postcopy')) {
+        await qmp.execute('migrate_cancel', undefined, { timeoutMs: 10_000 });
+        const until = Date.now() + 30_000;
+        while (Date.now() < until) {
+          const x = await qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+          if (x.status === 'cancelled' || x.status === 'failed' || x.status === 'completed') break;
+          await sleep(50);
+        }
+      }
+    } catch (err) { job.log(`cancelling the stream: ${messageOf(err)}`); }
+  }
+  if (!proc.hasExited && s.wasRunning) {
+    try {
+      const st = await qmp.execute('query-status', undefined, { timeoutMs: 5000 });
+      if (!st.running) await qmp.execute('cont', undefined, { timeoutMs: 5000 });
+    } catch (err) { job.log(`resuming the source: ${messageOf(err)}`); }
+  }
+  if (!proc.hasExited) await qmp.execute('object-del', { id: s.tlsId }, { timeoutMs: 5000 }).catch(() => undefined);
+  if (s.prepared) {
+    try { await dest.call(peerActions.abort, { params: { id: job.id } }, { timeoutMs: 30_000 }); } catch (err) { job.log(`cleaning up ${job.record.destination}: ${messageOf(err)}`); }
+  }
+}

@@ -1,0 +1,93 @@
+// Convergence from intent: the user says how much downtime is acceptable and how long the
+// move may take; the policy turns that into QEMU settings and escalates step by step when
+// the copy stops converging. Pure logic: the driver applies the decisions.
+//
+// The ladder:
+//   0. plain pre-copy at full bandwidth, a small downtime limit (min(20 ms, max)), auto-converge
+//      armed but only for a guest that dirties faster than the link carries (trigger 100 %);
+//   1. verdict stalled/not-converging at a pass end → raise the downtime limit (×2 each step,
+//      or to QEMU's expected downtime) up to --max-downtime;
+//   2. at --max-downtime and still not converging → throttle the guest's vCPUs (auto-converge
+//      trigger down to 50 %, the throttle grows each pass);
+//   3. the --finish-within budget is spent → post-copy if --allow-postcopy, else abort and
+//      say why (dirty rate against bandwidth). Never cancel once post-copy has started.
+import type { MigrationParameters } from '../qemu/commands.js';
+import type { Sample, Verdict } from './progress.js';
+
+export interface PolicyOptions {
+  maxDowntimeMs: number;
+  finishWithinMs: number;
+  /** bytes/s; undefined = as fast as the link goes */
+  bandwidthBps?: number;
+  allowPostcopy: boolean;
+}
+
+export const UNLIMITED_BANDWIDTH = 100 * 1024 ** 3; // QEMU caps at its own maximum
+export const START_DOWNTIME_MS = 20;
+
+export function defaultFinishWithinMs(memoryMiB: number): number {
+  // A minute, plus 30 s per GiB of RAM: generous for a LAN, bounded for a stuck guest.
+  return Math.round(60_000 + (memoryMiB / 1024) * 30_000);
+}
+
+export type Decision =
+  | { kind: 'set-parameters'; params: MigrationParameters; reason: string }
+  | { kind: 'start-postcopy'; reason: string }
+  | { kind: 'abort'; reason: string };
+
+export class ConvergencePolicy {
+  readonly opts: PolicyOptions;
+  downtimeMs: number;
+  throttling = false;
+  postcopy = false;
+  step = 0;
+  private lastPassJudged = -1;
+  private abortedOrPostcopy = false;
+
+  constructor(opts: PolicyOptions) {
+    this.opts = opts;
+    this.downtimeMs = Math.min(START_DOWNTIME_MS, opts.maxDowntimeMs);
+  }
+
+  /** Parameters for the start of the copy. */
+  initialParameters(): MigrationParameters {
+    return {
+      'max-bandwidth': Math.round(this.opts.bandwidthBps ?? UNLIMITED_BANDWIDTH),
+      'downtime-limit': this.downtimeMs,
+      'cpu-throttle-initial': 20,
+      'cpu-throttle-increment': 10,
+      'max-cpu-throttle': 99,
+      'throttle-trigger-threshold': 100,
+    };
+  }
+
+  /** One decision per pass end at most (passes are where a trend can be judged). */
+  onSample(s: Sample, verdict: Verdict | null, elapsedMs: number): Decision[] {
+    if (this.abortedOrPostcopy) return [];
+    if (elapsedMs >= this.opts.finishWithinMs) {
+      this.abortedOrPostcopy = true;
+      const why = `the guest dirties memory at ${mib(s.dirtyBps)} MiB/s against ${mib(s.bandwidthBps)} MiB/s of bandwidth, ${mib(s.remainingBytes)} MiB still to copy`;
+      if (this.opts.allowPostcopy) {
+        this.postcopy = true;
+        return [{ kind: 'start-postcopy', reason: `budget of ${Math.round(this.opts.finishWithinMs / 1000)} s spent: ${why}; switching to post-copy` }];
+      }
+      return [{ kind: 'abort', reason: `it did not converge within ${Math.round(this.opts.finishWithinMs / 1000)} s (--finish-within): ${why}; raise --max-downtime or --finish-within, give it more --bandwidth, or allow post-copy with --allow-postcopy` }];
+    }
+    if (s.pass === this.lastPassJudged || verdict === null || verdict === 'converging') return [];
+    this.lastPassJudged = s.pass;
+    if (this.downtimeMs < this.opts.maxDowntimeMs) {
+      const wanted = Math.max(this.downtimeMs * 2, Math.min(s.expectedDowntimeMs ?? 0, this.opts.maxDowntimeMs));
+      this.downtimeMs = Math.min(this.opts.maxDowntimeMs, wanted);
+      this.step++;
+      return [{ kind: 'set-parameters', params: { 'downtime-limit': this.downtimeMs }, reason: `${verdict}: downtime limit raised to ${this.downtimeMs} ms` }];
+    }
+    if (!this.throttling) {
+      this.throttling = true;
+      this.step++;
+      return [{ kind: 'set-parameters', params: { 'throttle-trigger-threshold': 50 }, reason: `${verdict} at the maximum downtime: throttling the guest's vCPUs (auto-converge)` }];
+    }
+    return [];
+  }
+}
+
+function mib(bps: number): string { return (bps / 1024 / 1024).toFixed(1); }

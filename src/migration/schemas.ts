@@ -1,0 +1,83 @@
+// Migration records and requests: the contract of shared/CLI.md ("A migration record").
+import { z } from 'zod';
+import { Name } from '../api/schemas.js';
+
+export const MIGRATION_STATES = ['queued', 'preparing', 'copying-storage', 'copying-memory', 'switching-over', 'completed', 'failed', 'cancelled'] as const;
+export type MigrationState = (typeof MIGRATION_STATES)[number];
+export const TERMINAL: readonly MigrationState[] = ['completed', 'failed', 'cancelled'];
+
+export const Incompatibility = z.object({ code: z.string(), message: z.string(), field: z.string() });
+export type Incompatibility = z.infer<typeof Incompatibility>;
+export const CompareReport = z.object({ compatible: z.boolean(), incompatibilities: z.array(Incompatibility) });
+export type CompareReport = z.infer<typeof CompareReport>;
+
+const AbsPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
+
+export const MoveOptions = z.object({
+  includeStorage: z.boolean().default(false),
+  storagePath: AbsPath.optional(),
+  vhd: z.record(AbsPath, AbsPath).optional(),
+  configPath: AbsPath.optional(),
+  checkpointPath: AbsPath.optional(),
+  pagingPath: AbsPath.optional(),
+  retainSource: z.boolean().default(false),
+}).strict();
+export type MoveOptions = z.infer<typeof MoveOptions>;
+
+export const PolicyInput = z.object({
+  maxDowntimeMs: z.number().int().min(1).max(600_000).default(300),
+  finishWithinS: z.number().int().min(1).max(86_400).optional(),
+  priority: z.enum(['high', 'normal', 'low']).default('normal'),
+  bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+  allowPostcopy: z.boolean().default(false),
+}).strict();
+export type PolicyInput = z.infer<typeof PolicyInput>;
+
+export const Destination = z.object({ name: Name, endpoint: z.string().url().refine((u) => u.startsWith('https://'), { message: 'must be an https:// endpoint' }) }).strict();
+export type Destination = z.infer<typeof Destination>;
+
+export const MoveRequest = z.object({
+  vm: Name,
+  to: Destination,
+  options: MoveOptions.default({ includeStorage: false, retainSource: false }),
+  policy: PolicyInput.default({ maxDowntimeMs: 300, priority: 'normal', allowPostcopy: false }),
+}).strict();
+export type MoveRequest = z.infer<typeof MoveRequest>;
+
+export const CompareRequest = MoveRequest.pick({ vm: true, to: true, options: true });
+
+export const MigrationEvent = z.object({ at: z.string(), message: z.string() });
+
+export const MigrationRecord = z.object({
+  id: z.string(),
+  vm: z.string(),
+  kind: z.enum(['live', 'shared-nothing', 'storage', 'offline']),
+  source: z.string(),
+  destination: z.string(),
+  state: z.enum(MIGRATION_STATES),
+  priority: z.enum(['high', 'normal', 'low']),
+  queuePosition: z.number().nullable(),
+  progress: z.number(),
+  etaSeconds: z.number().nullable(),
+  verdict: z.enum(['converging', 'stalled', 'not-converging']).nullable(),
+  downtimeMs: z.number().nullable(),
+  totalMs: z.number().nullable(),
+  bytesTransferred: z.number(),
+  passes: z.number(),
+  rate: z.object({ transferBps: z.number(), dirtyBps: z.number() }),
+  remainingBytes: z.number().nullable(),
+  downtimeLimitMs: z.number().nullable(),
+  throttlePct: z.number(),
+  policy: PolicyInput,
+  options: MoveOptions,
+  error: z.object({ code: z.string(), message: z.string() }).nullable(),
+  createdAt: z.string(),
+  startedAt: z.string().nullable(),
+  finishedAt: z.string().nullable(),
+  events: z.array(MigrationEvent),
+  incompatibilities: z.array(Incompatibility),
+});
+export type MigrationRecord = z.infer<typeof MigrationRecord>;
+
+export const ListQuery = z.object({ all: z.enum(['true', 'false']).default('false').transform((v) => v === 'true') });
+export const IdParams = z.object({ id: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, { message: 'must be a migration id' }) });
