@@ -48,12 +48,25 @@ for (let s = 0; s < seconds; s++) {
   process.stdout.write(`  ferry-hb ${hb?.seq} ${hb?.guestMs}   ferry-ack ${r.highestAck}\n`);
 }
 await must(['vm', 'list']);
+
+// Live migration with shared storage: host-a → host-b → host-a while the guest keeps printing.
+for (const to of ['host-b', 'host-a']) {
+  const before = parseSerial((await ferry(['vm', 'console', 'demo', '--tail', '4000'], false)).out).heartbeats.at(-1);
+  await must(['move-vm', 'demo', '--to', to]);
+  await sleep(1000);
+  const after = parseSerial((await ferry(['vm', 'console', 'demo', '--tail', '4000'], false)).out).heartbeats.at(-1);
+  process.stdout.write(`  heartbeat before the move: ferry-hb ${before?.seq}; one second after, on ${to}: ferry-hb ${after?.seq}\n`);
+}
+await must(['migration', 'list', '--all']);
 process.stdout.write(`
 The lab keeps running. Try:
   export FERRY_LAB=${lab}
   bin/ferry vm console demo --follow        # Ctrl-C to stop following
   bin/ferry vm pause demo; bin/ferry vm resume demo
   bin/ferry host show host-b
+  bin/ferry compare-vm demo --to host-b
+  bin/ferry move-vm demo --to host-b --bandwidth 8      # watch the progress bar, ETA and verdict
+  bin/ferry migration list --all
   bin/ferry vm new web1 --host host-b --guest bootblock --start
   bin/ferry lab down                         # stops every agent and VM of the lab
 `);
