@@ -71,7 +71,7 @@ export function update(state: ProgressState, s: Sample, span: [number, number] =
   const prev = state.last;
   // A new dirty-sync count means the previous pass ended: record what it left behind.
   if (prev && s.pass > prev.pass) {
-    passes.push({ pass: prev.pass, remainingBytes: s.remainingBytes, dirtyBps: s.dirtyBps || prev.dirtyBps, bandwidthBps: s.bandwidthBps || prev.bandwidthBps });
+    passes.push({ pass: prev.pass, remainingBytes: s.remainingBytes, dirtyBps: s.dirtyBps, bandwidthBps: s.bandwidthBps || prev.bandwidthBps });
   }
   const denom = s.transferredBytes + s.remainingBytes;
   const raw = denom > 0 ? s.transferredBytes / denom : 0;

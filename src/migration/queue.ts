@@ -35,6 +35,7 @@ export class SlotQueue {
   /** Waits for a slot; rejects when `signal` aborts (the request leaves the queue). */
   acquire(id: string, priority: Priority, signal?: AbortSignal): Promise<void> {
     if (this.active.has(id)) return Promise.resolve();
+    if (signal?.aborted) return Promise.reject(new AbortedError('wait for a migration slot', signal.reason));
     if (this.active.size < this.limitFn() && !this.waiting.length) {
       this.active.add(id);
       return Promise.resolve();
@@ -42,11 +43,13 @@ export class SlotQueue {
     return new Promise((resolve, reject) => {
       if (signal?.aborted) return reject(new AbortedError('wait for a migration slot', signal.reason));
       const w: Waiter = { id, priority, seq: this.seq++, resolve, reject };
-      this.waiting.push(w);
-      signal?.addEventListener('abort', () => {
+      const onAbort = (): void => {
         const i = this.waiting.indexOf(w);
-        if (i >= 0) { this.waiting.splice(i, 1); reject(new AbortedError('wait for a migration slot', signal.reason)); }
-      }, { once: true });
+        if (i >= 0) { this.waiting.splice(i, 1); reject(new AbortedError('wait for a migration slot', signal?.reason)); }
+      };
+      w.resolve = () => { signal?.removeEventListener('abort', onAbort); resolve(); };
+      this.waiting.push(w);
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 
