@@ -41,6 +41,8 @@ export class Engine {
   private busy = new Map<string, string>();
   /** Live-migration slots of this host: outgoing and incoming count alike. */
   readonly slots = new SlotQueue(() => this.migrationSettings().maxLive);
+  /** Storage-migration slots (max storage). */
+  readonly storageSlots = new SlotQueue(() => this.migrationSettings().maxStorage);
   readonly incoming = new IncomingManager(this);
   readonly migrations = new MigrationManager(this);
 
@@ -148,6 +150,7 @@ export class Engine {
     this.registry.setSetting('migration', stored);
     this.events.emit('host.changed', { migration: next });
     this.slots.pump();
+    this.storageSlots.pump();
     return this.hostView();
   }
 
@@ -183,6 +186,15 @@ export class Engine {
 
   async listPools(): Promise<PoolView[]> {
     return Promise.all(this.pools().map((p) => poolStatus(p, this.name)));
+  }
+
+  async addPool(p: { name: string; kind: 'local' | 'shared'; path: string }): Promise<PoolView> {
+    if (this.pools().some((x) => x.name === p.name)) throw new FerryError('E_POOL_EXISTS', `Cannot add pool '${p.name}' to host '${this.name}': it exists; choose another name`, { userError: true });
+    const st = await fsp.stat(p.path).catch(() => null);
+    if (!st?.isDirectory()) throw new InvalidInputError(`Cannot add pool '${p.name}': ${p.path} is not a folder on host '${this.name}'; create or mount it first`, { path: p.path });
+    this.registry.upsertPool(p);
+    this.events.emit('pool.changed', { pool: p.name });
+    return poolStatus(p, this.name);
   }
 
   async grantPool(name: string, host: string, granted: boolean): Promise<PoolView> {

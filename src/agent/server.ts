@@ -31,6 +31,7 @@ export function registerAction<A extends Action>(app: FastifyInstance, a: A, han
     method: a.method,
     url: a.path,
     config: { roles: a.roles },
+    ...(a.bodyLimit ? { bodyLimit: a.bodyLimit } : {}),
     schema: {
       summary: a.summary,
       operationId: a.name,

@@ -18,6 +18,8 @@ export interface Action<P extends Schema = Schema, Q extends Schema = Schema, B 
   response: R;
   /** Roles allowed; admins may call everything. */
   roles: readonly Role[];
+  /** Largest request body in bytes (default 1 MiB). */
+  bodyLimit?: number;
 }
 
 export function action<P extends Schema = undefined, Q extends Schema = undefined, B extends Schema = undefined, R extends z.ZodType = z.ZodType>(a: Action<P, Q, B, R>): Action<P, Q, B, R> {

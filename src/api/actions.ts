@@ -3,10 +3,10 @@
 import { z } from 'zod';
 import { action } from './action.js';
 import {
-  ConsoleQuery, HostSetBody, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
+  ConsoleQuery, HostSetBody, PoolAddBody, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
   VmCreateBody, VmRemoveQuery, VmStopBody, VmView, Name,
 } from './schemas.js';
-import { CompareReport, CompareRequest, IdParams, ListQuery, MigrationRecord, MoveRequest } from '../migration/schemas.js';
+import { CompareReport, CompareRequest, IdParams, ListQuery, MigrationRecord, MoveRequest, StorageMoveRequest } from '../migration/schemas.js';
 
 const admin = ['admin'] as const;
 const peer = ['admin', 'host'] as const;
@@ -30,11 +30,13 @@ export const actions = {
   switchRemove: action({ name: 'switch.remove', method: 'DELETE', path: '/v1/switches/:name', summary: 'Remove a switch no VM uses', params: NameParams, response: Ok, roles: admin }),
 
   poolList: action({ name: 'pool.list', method: 'GET', path: '/v1/pools', summary: 'Storage pools', response: z.array(PoolView), roles: peer }),
+  poolAdd: action({ name: 'pool.add', method: 'POST', path: '/v1/pools', summary: 'Add a storage pool (a folder; shared pools are mounted on every host)', body: PoolAddBody, response: PoolView, roles: admin }),
   poolGrant: action({ name: 'pool.grant', method: 'POST', path: '/v1/pools/:name/grant', summary: 'Grant a host access to a shared pool', params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
   poolRevoke: action({ name: 'pool.revoke', method: 'POST', path: '/v1/pools/:name/revoke', summary: "Revoke a host's access to a shared pool", params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
 
   compare: action({ name: 'migration.compare', method: 'POST', path: '/v1/compare', summary: 'Can this VM move there? (Compare-VM)', body: CompareRequest, response: CompareReport, roles: admin }),
   migrationCreate: action({ name: 'migration.create', method: 'POST', path: '/v1/migrations', summary: 'Move a VM to another host (queued when the host is at its limit)', body: MoveRequest, response: MigrationRecord, roles: admin }),
+  storageMove: action({ name: 'migration.storage', method: 'POST', path: '/v1/storage-moves', summary: "Move a VM's storage on its host (running or stopped)", body: StorageMoveRequest, response: MigrationRecord, roles: admin }),
   migrationList: action({ name: 'migration.list', method: 'GET', path: '/v1/migrations', summary: 'Active and queued migrations (all=true: history too)', query: ListQuery, response: z.array(MigrationRecord), roles: admin }),
   migrationShow: action({ name: 'migration.show', method: 'GET', path: '/v1/migrations/:id', summary: 'One migration', params: IdParams, response: MigrationRecord, roles: admin }),
   migrationCancel: action({ name: 'migration.cancel', method: 'POST', path: '/v1/migrations/:id/cancel', summary: 'Cancel a queued or running migration before switch-over', params: IdParams, response: MigrationRecord, roles: admin }),

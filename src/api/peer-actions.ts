@@ -13,6 +13,12 @@ export const IncomingRequest = z.object({
   spec: z.record(z.string(), z.unknown()),
   tls: z.boolean(),
   postcopy: z.boolean(),
+  /** Shared nothing: create these here and receive their contents over NBD. */
+  storage: z.object({
+    disks: z.array(z.object({ id: z.string(), path: z.string(), format: z.enum(['qcow2', 'raw', 'vhdx', 'vpc']), virtualSizeBytes: z.number().int().positive(), allocatedBytes: z.number().int().min(0) }).strict()),
+    dirs: z.array(z.string()),
+    files: z.array(z.object({ path: z.string(), base64: z.string() }).strict()),
+  }).strict().optional(),
 }).strict();
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
@@ -20,6 +26,7 @@ export const IncomingView = z.object({
   jobId: z.string(), vm: z.string(),
   state: z.enum(['prepared', 'running', 'failed', 'gone']),
   uri: z.string().nullable(), tlsHostname: z.string(), reason: z.string().nullable(),
+  nbd: z.object({ host: z.string(), port: z.number() }).nullable(),
 });
 export type IncomingView = z.infer<typeof IncomingView>;
 
@@ -28,7 +35,7 @@ export const AdoptRequest = z.object({ source: Name, spec: z.record(z.string(), 
 export const peerActions = {
   vms: action({ name: 'peer.vms', method: 'GET', path: '/v1/peer/vms', summary: 'Names and ids of the VMs on this host', response: z.array(z.object({ name: z.string(), id: z.string() })), roles: peer }),
   cpuModels: action({ name: 'peer.cpu-models', method: 'GET', path: '/v1/peer/cpu-models', summary: 'CPU models and their unavailable features under this host\'s accelerator', response: z.array(z.object({ name: z.string(), unavailableFeatures: z.array(z.string()), migrationSafe: z.boolean() })), roles: peer }),
-  prepare: action({ name: 'peer.incoming.prepare', method: 'POST', path: '/v1/peer/incoming', summary: 'Prepare to receive a VM: start QEMU waiting for the stream', body: IncomingRequest, response: IncomingView, roles: peer }),
+  prepare: action({ name: 'peer.incoming.prepare', method: 'POST', path: '/v1/peer/incoming', summary: 'Prepare to receive a VM: start QEMU waiting for the stream', body: IncomingRequest, response: IncomingView, roles: peer, bodyLimit: 512 * 1024 * 1024 }),
   status: action({ name: 'peer.incoming.status', method: 'GET', path: '/v1/peer/incoming/:id', summary: 'State of an incoming VM', params: IdParams, response: IncomingView, roles: peer }),
   finish: action({ name: 'peer.incoming.finish', method: 'POST', path: '/v1/peer/incoming/:id/finish', summary: 'The source completed and confirms: run the VM here', params: IdParams, response: IncomingView, roles: peer }),
   abort: action({ name: 'peer.incoming.abort', method: 'POST', path: '/v1/peer/incoming/:id/abort', summary: 'Abandon an incoming VM: kill its QEMU, remove what was created', params: IdParams, response: z.object({ ok: z.literal(true) }), roles: peer }),

@@ -86,6 +86,7 @@ export const PoolView = z.object({
   granted: z.array(z.string()), usable: z.boolean(),
 });
 export type PoolView = z.infer<typeof PoolView>;
+export const PoolAddBody = z.object({ name: Name, kind: z.enum(['local', 'shared']), path: AbsPath }).strict();
 export const PoolGrantBody = z.object({ host: Name }).strict();
 
 export const MigrationSettings = z.object({

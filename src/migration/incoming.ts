@@ -3,6 +3,11 @@
 // this one migration; Finish runs the VM only after the source completed and confirmed
 // (two-phase: the VM never runs on both hosts); Abort removes everything Prepare created.
 import fsp from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import { createImage } from '../qemu/img.js';
+import { saveVm, configFile, exists } from '../vm/folder.js';
+import { assertInUsablePool, poolStatus } from '../storage/pools.js';
 import { FerryError, messageOf } from '../errors.js';
 import type { QemuProcess } from '../qemu/process.js';
 import { startVm } from '../vm/lifecycle.js';
@@ -21,6 +26,10 @@ interface Incoming {
   uri: string | null;
   reason: string | null;
   createdRunDir: boolean;
+  /** Files and folders Prepare created for a shared-nothing move (removed on abort). */
+  createdFiles: string[];
+  createdDirs: string[];
+  nbd: { host: string; port: number } | null;
 }
 
 export class IncomingManager {
@@ -29,9 +38,9 @@ export class IncomingManager {
 
   view(jobId: string): IncomingView {
     const i = this.items.get(jobId);
-    if (!i) return { jobId, vm: '', state: 'gone', uri: null, tlsHostname: this.engine.name, reason: 'no such incoming migration on this host' };
+    if (!i) return { jobId, vm: '', state: 'gone', uri: null, tlsHostname: this.engine.name, reason: 'no such incoming migration on this host', nbd: null };
     if (i.state === 'prepared' && i.proc?.hasExited) { i.state = 'failed'; i.reason ??= 'the destination QEMU exited'; }
-    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason };
+    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason, nbd: i.nbd };
   }
 
   /** Names of VMs arriving here (they count as present for name checks). */
@@ -47,15 +56,17 @@ export class IncomingManager {
     if (e.registry.getVm(spec.name) || e.registry.getVmById(spec.id) || this.arriving().some((a) => a.name === spec.name)) {
       throw new FerryError('E_NAME_EXISTS', `Cannot receive VM '${spec.name}' on host '${e.name}': a VM with that name or id is already here`, { userError: true });
     }
+    if (req.storage) await this.checkStorage(spec, req.storage);
     await e.checkVmStorage(spec);
     if (!e.slots.tryAcquire(req.jobId)) {
       throw new FerryError('E_HOST_BUSY', `Cannot receive VM '${spec.name}' on host '${e.name}' now: ${settings.maxLive} live migrations are already running here (max live); it stays queued`, { userError: true });
     }
     const runDir = e.runDir(spec.id);
-    const item: Incoming = { jobId: req.jobId, spec, source: req.source, proc: null, state: 'prepared', uri: null, reason: null, createdRunDir: false };
+    const item: Incoming = { jobId: req.jobId, spec, source: req.source, proc: null, state: 'prepared', uri: null, reason: null, createdRunDir: false, createdFiles: [], createdDirs: [], nbd: null };
     this.items.set(req.jobId, item);
     try {
       item.createdRunDir = !(await fsp.access(runDir).then(() => true, () => false));
+      if (req.storage) await this.createStorage(item, req.storage, opts.signal);
       const proc = await startVm(spec, { runDir, accel: e.accelerator(), incoming: true, switches: (_n, sw) => e.switchBackend(sw), signal: opts.signal });
       item.proc = proc;
       const caps = [{ capability: 'events' as const, state: true }, { capability: 'late-block-activate' as const, state: true }];
@@ -67,6 +78,15 @@ export class IncomingManager {
       }
       const addr = e.cfg.migrationAddress;
       const host = addr.includes(':') ? `[${addr}]` : addr;
+      if (req.storage) {
+        // NBD exports of the new, empty disks on the migration address, for the source's mirrors.
+        const port = await freePort(addr);
+        await proc.qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: addr, port: String(port) } }, ...(req.tls ? { 'tls-creds': 'ferry-tls' } : {}) }, opts);
+        for (const d of req.storage.disks) {
+          await proc.qmp.execute('block-export-add', { type: 'nbd', id: `exp-${d.id}`, 'node-name': d.id, name: d.id, writable: true }, opts);
+        }
+        item.nbd = { host: addr, port };
+      }
       await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:0` }, opts);
       const info = await proc.qmp.execute('query-migrate', undefined, opts);
       const port = info['socket-address']?.[0]?.port;
@@ -105,6 +125,7 @@ export class IncomingManager {
       if (Date.now() > until) throw new FerryError('E_TIMEOUT', `Cannot finish incoming VM '${i.spec.name}' on host '${e.name}': the stream did not complete within 30 s`);
       await sleep(20, opts.signal);
     }
+    if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
     const run = await proc.qmp.execute('query-status', undefined, opts);
     if (!run.running) await proc.qmp.execute('cont', undefined, opts);
     i.state = 'running';
@@ -112,7 +133,7 @@ export class IncomingManager {
     e.slots.release(jobId);
     e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
     this.items.delete(jobId);
-    return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: e.name, reason: null };
+    return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: e.name, reason: null, nbd: null };
   }
 
   /** Kills the incoming QEMU and removes what Prepare created. Idempotent. */
@@ -126,7 +147,57 @@ export class IncomingManager {
     const runDir = e.runDir(i.spec.id);
     if (i.createdRunDir) await fsp.rm(runDir, { recursive: true, force: true });
     else for (const f of ['qmp.sock', 'qmp-admin.sock', 'qemu.pid', 'argv.json']) await fsp.rm(`${runDir}/${f}`, { force: true });
+    for (const f of i.createdFiles) await fsp.rm(f, { force: true });
+    for (const d of [...i.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
     e.slots.release(jobId);
     e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
   }
+
+  /** Every destination path inside a pool this host may use, not taken, with room for the data. */
+  private async checkStorage(spec: VmSpec, st: NonNullable<IncomingRequest['storage']>): Promise<void> {
+    const e = this.engine;
+    const pools = e.registry.listPools();
+    const need = new Map<string, number>();
+    for (const d of st.disks) {
+      const pool = await assertInUsablePool(pools, e.name, d.path, `destination of disk ${d.id}`);
+      if (await exists(d.path)) throw new FerryError('E_DEST_PATH', `Cannot receive disk '${d.id}' of VM '${spec.name}' at ${d.path} on host '${e.name}': a file is already there; choose another path`, { userError: true });
+      need.set(pool.name, (need.get(pool.name) ?? 0) + d.allocatedBytes);
+    }
+    for (const dir of st.dirs) await assertInUsablePool(pools, e.name, dir, 'destination folder');
+    if (await exists(configFile(spec.configPath))) throw new FerryError('E_DEST_PATH', `Cannot receive VM '${spec.name}' on host '${e.name}': ${spec.configPath} already holds a VM; choose another --config-path or --storage-path`, { userError: true });
+    for (const [name, bytes] of need) {
+      const status = await poolStatus(pools.find((p) => p.name === name)!, e.name);
+      if (bytes > status.freeBytes) {
+        throw new FerryError('E_DEST_SPACE', `Cannot receive VM '${spec.name}' on host '${e.name}': its disks hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(status.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`, { userError: true });
+      }
+    }
+  }
+
+  private async createStorage(item: Incoming, st: NonNullable<IncomingRequest['storage']>, signal?: AbortSignal): Promise<void> {
+    for (const dir of [...new Set([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))])]) {
+      const missing: string[] = [];
+      for (let p = dir; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
+      await fsp.mkdir(dir, { recursive: true });
+      item.createdDirs.push(...missing);
+    }
+    for (const f of st.files) {
+      item.createdFiles.push(f.path);
+      await fsp.writeFile(f.path, Buffer.from(f.base64, 'base64'), { flag: 'wx' });
+    }
+    for (const d of st.disks) {
+      item.createdFiles.push(d.path);
+      await createImage(d.path, d.format, d.virtualSizeBytes, { signal });
+    }
+    await saveVm(item.spec);
+    item.createdFiles.push(configFile(item.spec.configPath));
+  }
+}
+
+/** A free TCP port on `host` for this one NBD server. */
+function freePort(host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, host, () => { const port = (s.address() as net.AddressInfo).port; s.close(() => resolve(port)); });
+  });
 }

@@ -18,7 +18,7 @@ export class Job {
       state: 'queued', priority: init.policy.priority, queuePosition: null, progress: 0, etaSeconds: null, verdict: null,
       downtimeMs: null, totalMs: null, bytesTransferred: 0, passes: 0, rate: { transferBps: 0, dirtyBps: 0 },
       remainingBytes: null, downtimeLimitMs: null, throttlePct: 0, policy: init.policy, options: init.options, error: null,
-      createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, events: [], incompatibilities: [],
+      createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, events: [], incompatibilities: [], disks: [],
     };
   }
 

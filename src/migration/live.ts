@@ -12,6 +12,8 @@ import { sleep } from '../util/exec.js';
 import { ConvergencePolicy, defaultFinishWithinMs } from './policy.js';
 import { newProgress, sampleFrom, update } from './progress.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
+import type { IncomingRequest } from '../api/peer-actions.js';
+import { abandonMirrors, checkMirrors, delNode, finishMirrors, rootNode, startMirror, waitMirrorsReady, type MirrorSpec } from './block.js';
 import type { Job } from './job.js';
 
 export interface LiveContext {
@@ -25,6 +27,11 @@ export interface LiveContext {
   dataDir: string;
   /** Called once the VM runs on the destination: the source forgets it and quits QEMU. */
   onSwitched: () => Promise<void>;
+  /** Shared nothing: what the destination creates and receives over NBD. */
+  storage?: {
+    destSpec: VmSpec;
+    request: NonNullable<IncomingRequest['storage']>;
+  };
 }
 
 const POLL_MS = 250;
@@ -50,14 +57,23 @@ export async function runLive(ctx: LiveContext): Promise<void> {
   let prepared = false;
   let migrateStarted = false;
   const tlsId = `ferry-tls-${job.id.slice(0, 8)}`;
+  let tlsAdded = false;
+  const mirrors: MirrorSpec[] = [];
+  const nbdNodes: string[] = [];
+  const memBytes = spec.memoryMiB * 1024 * 1024;
+  let memSpan: [number, number] = [0.05, 0.97];
 
   try {
     // 2. Prepare on the destination.
     job.setState('preparing', `preparing ${r.destination}`);
+    if (ctx.tls) { await addTlsCreds(qmp, tlsId, 'client', await qemuTlsDir(ctx.tlsFiles, ctx.dataDir), signal); tlsAdded = true; }
     let prep;
     for (;;) {
       try {
-        prep = await dest.call(peerActions.prepare, { body: { jobId: job.id, source: ctx.sourceName, spec: spec as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: r.policy.allowPostcopy } }, { signal, timeoutMs: 60_000 });
+        prep = await dest.call(peerActions.prepare, { body: {
+          jobId: job.id, source: ctx.sourceName, spec: (ctx.storage?.destSpec ?? spec) as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: r.policy.allowPostcopy,
+          ...(ctx.storage ? { storage: ctx.storage.request } : {}),
+        } }, { signal, timeoutMs: 120_000 });
         break;
       } catch (err) {
         if ((err as FerryError).code !== 'E_HOST_BUSY') throw err;
@@ -71,6 +87,49 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     if (!prep.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': the destination gave no stream address`);
     r.progress = 0.02;
 
+    // 3. Copy storage (shared nothing): mirror each disk into the destination's NBD export;
+    // once every mirror is READY, each guest write goes to both copies.
+    if (ctx.storage) {
+      if (!prep.nbd) throw new MigrationFailedError('E_PREPARE', `Cannot move the disks of VM '${spec.name}': the destination gave no NBD address`);
+      job.setState('copying-storage', `copying ${ctx.storage.request.disks.length} disk(s) to ${r.destination}`);
+      const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
+      for (const d of ctx.storage.request.disks) {
+        const node = `mig-${d.id}`;
+        await qmp.execute('blockdev-add', {
+          driver: 'nbd', 'node-name': node, export: d.id, 'read-only': false,
+          server: { type: 'inet', host: prep.nbd.host, port: String(prep.nbd.port) },
+          ...(ctx.tls ? { 'tls-creds': tlsId } : {}),
+        }, { signal });
+        nbdNodes.push(node);
+        const m = { jobId: `mirror-${d.id}`, diskId: d.id, device: await rootNode(qmp, d.id, signal), target: node };
+        await startMirror(qmp, m, speed, signal);
+        mirrors.push(m);
+      }
+      const t0 = Date.now();
+      let split = 0.5;
+      await waitMirrorsReady(qmp, mirrors, (ps) => {
+        let done = 0;
+        let total = 0;
+        for (const p of ps) {
+          const disk = r.disks.find((x) => x.id === p.diskId);
+          if (disk) { disk.bytesDone = p.done; disk.bytesTotal = p.total; }
+          done += p.done; total += p.total;
+        }
+        split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
+        const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
+        r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
+        r.remainingBytes = total - done;
+        r.bytesTransferred = done;
+        r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
+        // One ETA across the phases: the rest of the disks, then memory, at the rate seen.
+        r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;
+        job.flush();
+      }, { signal, timeoutMs: 6 * 3600_000 });
+      memSpan = [split, 0.97];
+      job.log('every disk is mirrored (writes now go to both copies)');
+    }
+    const storageBytes = r.bytesTransferred;
+
     // 4. Copy memory.
     const caps: Array<{ capability: 'events' | 'pause-before-switchover' | 'auto-converge' | 'postcopy-ram'; state: boolean }> = [
       { capability: 'events', state: true }, { capability: 'pause-before-switchover', state: true }, { capability: 'auto-converge', state: true },
@@ -78,7 +137,6 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     ];
     await qmp.execute('migrate-set-capabilities', { capabilities: caps }, { signal });
     if (ctx.tls) {
-      await addTlsCreds(qmp, tlsId, 'client', await qemuTlsDir(ctx.tlsFiles, ctx.dataDir), signal);
       await qmp.execute('migrate-set-parameters', { 'tls-creds': tlsId, 'tls-hostname': prep.tlsHostname }, { signal });
     } else {
       await qmp.execute('migrate-set-parameters', { 'tls-creds': '', 'tls-hostname': '' }, { signal });
@@ -98,10 +156,10 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       const st = info.status ?? 'none';
       const s = sampleFrom(info, Date.now());
       if (s) {
-        progress = update(progress, s, [0.05, 0.97]);
+        progress = update(progress, s, memSpan);
         Object.assign(r, {
-          progress: progress.progress, etaSeconds: progress.etaSeconds, verdict: progress.verdict,
-          bytesTransferred: s.transferredBytes, passes: s.pass, remainingBytes: s.remainingBytes,
+          progress: Math.max(r.progress, progress.progress), etaSeconds: progress.etaSeconds, verdict: progress.verdict,
+          bytesTransferred: storageBytes + s.transferredBytes, passes: s.pass, remainingBytes: s.remainingBytes,
           rate: { transferBps: Math.round(s.bandwidthBps), dirtyBps: Math.round(s.dirtyBps) }, throttlePct: s.throttlePct,
         });
         for (const d of policy.onSample(s, progress.verdict, Date.now() - t0)) {
@@ -119,6 +177,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
         }
         job.flush();
       }
+      await checkMirrors(qmp, mirrors);
       if (st === 'pre-switchover') break;
       if (st === 'completed') break; // post-copy ends here directly
       if (st === 'postcopy-active') job.cancellable = false;
@@ -136,6 +195,12 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     job.cancellable = false;
     job.setState('switching-over', 'switching over (source paused)');
     if (info.status === 'pre-switchover') {
+      if (mirrors.length) {
+        // The guest is paused: finish the copies (identical now) before device state moves.
+        await finishMirrors(qmp, mirrors, false);
+        mirrors.length = 0;
+        for (const n of nbdNodes.splice(0)) await delNode(qmp, n);
+      }
       await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
       const until = Date.now() + 60_000;
       for (;;) {
@@ -147,7 +212,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       }
     }
     r.downtimeMs = info.downtime ?? null;
-    if (info.ram) { r.bytesTransferred = info.ram.transferred; r.passes = info.ram['dirty-sync-count']; r.remainingBytes = 0; }
+    if (info.ram) { r.bytesTransferred = storageBytes + info.ram.transferred; r.passes = info.ram['dirty-sync-count']; r.remainingBytes = 0; }
     // Two-phase: the destination runs the VM only now, after the source completed.
     await confirm(ctx);
     await ctx.onSwitched();
@@ -158,7 +223,8 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       await resolveAfterCompleted(ctx, err);
       return;
     }
-    await rollback(ctx, { prepared, migrateStarted, wasRunning, tlsId });
+    if (!proc.hasExited) await abandonMirrors(qmp, mirrors, nbdNodes);
+    await rollback(ctx, { prepared, migrateStarted, wasRunning, tlsId: tlsAdded ? tlsId : '' });
     throw err;
   }
 }
@@ -239,7 +305,7 @@ async function rollback(ctx: LiveContext, s: { prepared: boolean; migrateStarted
       if (!st.running) await qmp.execute('cont', undefined, { timeoutMs: 5000 });
     } catch (err) { job.log(`resuming the source: ${messageOf(err)}`); }
   }
-  if (!proc.hasExited) await qmp.execute('object-del', { id: s.tlsId }, { timeoutMs: 5000 }).catch(() => undefined);
+  if (!proc.hasExited && s.tlsId) await qmp.execute('object-del', { id: s.tlsId }, { timeoutMs: 5000 }).catch(() => undefined);
   if (s.prepared) {
     try { await dest.call(peerActions.abort, { params: { id: job.id } }, { timeoutMs: 30_000 }); } catch (err) { job.log(`cleaning up ${job.record.destination}: ${messageOf(err)}`); }
   }

@@ -10,8 +10,19 @@ import { loadVm } from '../vm/folder.js';
 import { compareVm, type Incompatibility } from './compare.js';
 import { Job } from './job.js';
 import { runLive } from './live.js';
-import type { CompareReport, Destination, MigrationRecord, MoveOptions, MoveRequest } from './schemas.js';
+import type { CompareReport, Destination, MigrationRecord, MoveOptions, MoveRequest, StorageMoveRequest } from './schemas.js';
 import { sleep } from '../util/exec.js';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { InvalidInputError } from '../errors.js';
+import { imageInfo } from '../qemu/img.js';
+import { configFile, exists } from '../vm/folder.js';
+import type { VmSpec } from '../vm/spec.js';
+import type { HostView } from '../api/schemas.js';
+import type { IncomingRequest } from '../api/peer-actions.js';
+import { assertInUsablePool, isInside, poolOf, poolStatus } from '../storage/pools.js';
+import { planDestPaths } from './compare.js';
+import { folderFiles, runStorageMove, type StoragePlan } from './storage.js';
 
 export class MigrationManager {
   private jobs = new Map<string, Job>();
@@ -24,33 +35,48 @@ export class MigrationManager {
 
   /** The pre-flight check (Compare-VM), run by `compare-vm` and before every move. */
   async compare(vmName: string, to: Destination, options: MoveOptions, opts: { signal?: AbortSignal } = {}): Promise<CompareReport> {
+    return (await this.gather(vmName, to, options, opts)).report;
+  }
+
+  /** Shared nothing without paths: the VM goes to a folder named after it in the destination's local pool. */
+  private withDefaults(options: MoveOptions, vmName: string, destView: HostView): MoveOptions {
+    if (!options.includeStorage || options.storagePath || options.configPath || options.vhd) return options;
+    const local = destView.pools.find((p) => p.kind === 'local');
+    return local ? { ...options, storagePath: path.join(local.path, vmName) } : options;
+  }
+
+  private async gather(vmName: string, to: Destination, optionsIn: MoveOptions, opts: { signal?: AbortSignal } = {}): Promise<{ report: CompareReport; destView: HostView | null; options: MoveOptions }> {
     const e = this.engine;
     const rec = e.vmRecord(vmName);
     const spec = await loadVm(rec.configPath);
     const dest = this.destClient(to);
     try {
-      let destView;
+      let destView: HostView;
       try {
         destView = await dest.call(actions.hostShow, {}, { signal: opts.signal, timeoutMs: 30_000 });
       } catch (err) {
         const m = messageOf(err);
         if (/certificate|self.signed|verify|handshake|alert/i.test(m)) {
-          return report([{ code: 'E_DOMAIN', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': it is not in this host's domain (its TLS certificate is not from our CA: ${m}); join it to the domain with a host certificate from 'ferry domain issue host ${to.name}'` }]);
+          return { destView: null, options: optionsIn, report: report([{ code: 'E_DOMAIN', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': it is not in this host's domain (its TLS certificate is not from our CA: ${m}); join it to the domain with a host certificate from 'ferry domain issue host ${to.name}'` }]) };
         }
-        return report([{ code: 'E_DEST_UNREACHABLE', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': its agent does not answer at ${to.endpoint} (${m}); start it or check the address` }]);
+        return { destView: null, options: optionsIn, report: report([{ code: 'E_DEST_UNREACHABLE', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': its agent does not answer at ${to.endpoint} (${m}); start it or check the address` }]) };
       }
+      const options = this.withDefaults(optionsIn, vmName, destView);
       const [destVms, destCpuModels, source] = await Promise.all([
         dest.call(peerActions.vms, {}, { signal: opts.signal, timeoutMs: 30_000 }),
         dest.call(peerActions.cpuModels, {}, { signal: opts.signal, timeoutMs: 60_000 }),
         e.hostView(),
       ]);
-      const incompatibilities = compareVm({
-        spec, running: e.isRunning(vmName), source, dest: destView, destVms, destCpuModels, options,
-      });
+      const diskSizes: Record<string, number> = {};
       if (options.includeStorage) {
-        incompatibilities.push({ code: 'E_UNSUPPORTED', field: 'includeStorage', message: `Cannot move VM '${vmName}' with its storage yet: shared-nothing migration is not built; put its disks on a shared pool and move the VM only` });
+        for (const d of spec.disks) diskSizes[d.path] = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes, () => 0);
       }
-      return report(incompatibilities);
+      const running = e.isRunning(vmName);
+      const incompatibilities = compareVm({ spec, running, source, dest: destView, destVms, destCpuModels, options, diskSizes });
+      if (options.includeStorage && !running) {
+        incompatibilities.push({ code: 'E_UNSUPPORTED', field: 'state', message: `Cannot move stopped VM '${vmName}' with its storage yet: start it and move it live, or move its storage to a shared pool with 'ferry move-storage' first` });
+      }
+      return { report: report(incompatibilities), destView, options };
     } finally {
       dest.close();
     }
@@ -66,7 +92,7 @@ export class MigrationManager {
         context: { incompatibilities: rep.incompatibilities }, userError: true,
       });
     }
-    const kind = e.isRunning(req.vm) ? 'live' : 'offline';
+    const kind = e.isRunning(req.vm) ? (req.options.includeStorage ? 'shared-nothing' : 'live') : 'offline';
     const job = new Job({ vm: req.vm, kind, source: e.name, destination: req.to.name, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
     this.jobs.set(job.id, job);
     e.markBusy(req.vm, job.id);
@@ -88,7 +114,9 @@ export class MigrationManager {
       }
       slot = true;
       // Begin: check again, conditions may have changed while queued.
-      const rep = await this.compare(r.vm, to, r.options, { signal: job.signal });
+      const g = await this.gather(r.vm, to, r.options, { signal: job.signal });
+      const rep = g.report;
+      r.options = g.options;
       if (!rep.compatible) {
         r.incompatibilities = rep.incompatibilities;
         throw new FerryError('E_INCOMPATIBLE', `Cannot move VM '${r.vm}' to '${to.name}': ${rep.incompatibilities.map((i) => i.message).join(' | ')}`);
@@ -101,6 +129,19 @@ export class MigrationManager {
           job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir,
           onSwitched: async () => { await e.releaseMigratedVm(r.vm, proc); },
         });
+      } else if (r.kind === 'shared-nothing') {
+        const proc = e.runningProc(r.vm);
+        if (!proc) throw new FerryError('E_VM_NOT_RUNNING', `Cannot live-migrate VM '${r.vm}': it stopped before the move began`);
+        const storage = await this.sharedNothingPlan(spec, r.options, g.destView!);
+        r.disks = storage.request.disks.map((d) => ({ id: d.id, source: spec.disks.find((x) => x.id === d.id)!.path, destination: d.path, bytesDone: 0, bytesTotal: d.allocatedBytes }));
+        await runLive({
+          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, storage,
+          onSwitched: async () => {
+            await e.releaseMigratedVm(r.vm, proc);
+            if (r.options.retainSource) job.log('source files kept (--retain-source)');
+            else { await deleteVmFiles(spec, storage.files); job.log('source files deleted'); }
+          },
+        });
       } else {
         job.setState('preparing', `registering ${r.vm} on ${to.name}`);
         await dest.call(peerActions.adopt, { body: { source: e.name, spec: spec as unknown as Record<string, unknown> } }, { signal: job.signal });
@@ -110,19 +151,134 @@ export class MigrationManager {
       }
       job.setState('completed', `completed: ${r.vm} now on ${to.name}` + (r.downtimeMs !== null ? ` (downtime ${r.downtimeMs} ms)` : ''));
     } catch (err) {
-      if (err instanceof AbortedError || job.signal.aborted) {
-        r.error = { code: 'E_CANCELLED', message: `Move of VM '${r.vm}' to '${to.name}' was cancelled; the VM stays on ${e.name}` };
-        job.setState('cancelled', 'cancelled: the VM stays on the source');
-      } else {
-        const fe = err instanceof FerryError ? err : null;
-        r.error = { code: fe?.code ?? 'E_MIGRATION_FAILED', message: messageOf(err) };
-        job.setState('failed', `failed: ${messageOf(err)}`);
-      }
+      this.fail(job, err, `the VM stays on ${e.name}`);
     } finally {
       if (slot) e.slots.release(job.id);
       e.clearBusy(r.vm, job.id);
       dest.close();
       job.flush(true);
+    }
+  }
+
+  /** Where every file goes on the destination, and what the destination must create. */
+  private async sharedNothingPlan(spec: VmSpec, options: MoveOptions, destView: HostView): Promise<{ destSpec: VmSpec; request: NonNullable<IncomingRequest['storage']>; files: string[] }> {
+    const plan = planDestPaths(spec, options);
+    const destPools = destView.pools.map((p) => ({ name: p.name, kind: p.kind, path: p.path }));
+    const destSpec: VmSpec = structuredClone(spec);
+    destSpec.configPath = plan.configPath;
+    destSpec.checkpointPath = plan.checkpointPath;
+    destSpec.pagingPath = plan.pagingPath;
+    const disks: NonNullable<IncomingRequest['storage']>['disks'] = [];
+    for (const pd of plan.disks) {
+      const d = destSpec.disks[pd.index]!;
+      const info = await imageInfo(d.path, { forceShare: true, format: d.format });
+      d.path = pd.dest;
+      const pool = poolOf(destPools, pd.dest);
+      if (pool) d.pool = pool.name; else delete d.pool;
+      disks.push({ id: d.id, path: pd.dest, format: d.format, virtualSizeBytes: info.virtualSizeBytes, allocatedBytes: info.actualSizeBytes });
+    }
+    const files = await folderFiles(spec);
+    const request = {
+      disks,
+      dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
+      files: await Promise.all(files.map(async (f) => ({ path: path.join(plan.configPath, f), base64: (await fsp.readFile(path.join(spec.configPath, f))).toString('base64') }))),
+    };
+    return { destSpec, request, files };
+  }
+
+  /** `ferry move-storage`: a VM's files to new places on this host, running or stopped. */
+  async createStorageMove(req: StorageMoveRequest): Promise<MigrationRecord> {
+    const e = this.engine;
+    const rec = e.vmRecord(req.vm);
+    e.assertNotBusy(req.vm);
+    const spec = await loadVm(rec.configPath);
+    const plan = await this.storagePlan(spec, req);
+    const policy = { maxDowntimeMs: 300, priority: req.priority, allowPostcopy: false, ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}) };
+    const job = new Job({ vm: req.vm, kind: 'storage', source: e.name, destination: e.name, policy, options: { includeStorage: true, retainSource: false } }, e.events, (r) => e.registry.saveMigration(r));
+    this.jobs.set(job.id, job);
+    e.markBusy(req.vm, job.id);
+    job.log(`requested: move storage of ${req.vm}`);
+    job.flush(true);
+    void this.runStorage(job, plan);
+    return this.view(job);
+  }
+
+  /** Destination of every item, checked before anything starts: inside a usable pool, free, with room. */
+  private async storagePlan(spec: VmSpec, req: StorageMoveRequest): Promise<StoragePlan> {
+    const e = this.engine;
+    const pools = e.registry.listPools();
+    const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
+    const configPath = req.configPath ?? req.path ?? spec.configPath;
+    const follow = (p: string, explicit?: string): string => explicit ?? (inFolder(p) ? path.join(configPath, path.relative(spec.configPath, p)) : (req.path ?? p));
+    const plan: StoragePlan = { configPath, checkpointPath: follow(spec.checkpointPath, req.checkpointPath), pagingPath: follow(spec.pagingPath, req.pagingPath), disks: {} };
+    for (const src of Object.keys(req.vhd ?? {})) {
+      if (!spec.disks.some((d) => path.resolve(d.path) === path.resolve(src))) {
+        throw new InvalidInputError(`Cannot move storage of VM '${spec.name}': --vhd names ${src}, which is not one of its disks (${spec.disks.map((d) => d.path).join(', ')})`);
+      }
+    }
+    for (const d of spec.disks) {
+      const dest = req.vhd?.[d.path] ?? (req.path ? path.join(req.path, path.basename(d.path)) : undefined);
+      if (dest && path.resolve(dest) !== path.resolve(d.path)) plan.disks[d.id] = path.resolve(dest);
+    }
+    const dests = Object.values(plan.disks);
+    if (new Set(dests).size !== dests.length) throw new InvalidInputError(`Cannot move storage of VM '${spec.name}': two disks would go to the same file; give each its own --vhd destination`);
+    if (!dests.length && path.resolve(configPath) === path.resolve(spec.configPath) && plan.checkpointPath === spec.checkpointPath && plan.pagingPath === spec.pagingPath) {
+      throw new InvalidInputError(`Cannot move storage of VM '${spec.name}': everything is already there; give a new --path, --vhd or --config-path`);
+    }
+    const need = new Map<string, number>();
+    for (const [id, dest] of Object.entries(plan.disks)) {
+      const pool = await assertInUsablePool(pools, e.name, dest, `destination of disk ${id}`);
+      if (await exists(dest)) throw new InvalidInputError(`Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`, { path: dest });
+      const d = spec.disks.find((x) => x.id === id)!;
+      const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
+      need.set(pool.name, (need.get(pool.name) ?? 0) + size);
+    }
+    for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])) await assertInUsablePool(pools, e.name, dir, 'destination folder');
+    if (path.resolve(configPath) !== path.resolve(spec.configPath) && (await exists(configFile(configPath)))) {
+      throw new InvalidInputError(`Cannot move the config of VM '${spec.name}' to ${configPath}: that folder already holds a VM; choose another --config-path`);
+    }
+    for (const [name, bytes] of need) {
+      const st = await poolStatus(pools.find((p) => p.name === name)!, e.name);
+      if (bytes > st.freeBytes) throw new FerryError('E_DEST_SPACE', `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(st.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`, { userError: true });
+    }
+    return plan;
+  }
+
+  private async runStorage(job: Job, plan: StoragePlan): Promise<void> {
+    const e = this.engine;
+    const r = job.record;
+    let slot = false;
+    try {
+      if (!e.storageSlots.tryAcquire(job.id)) {
+        job.setState('queued', `queued: ${e.name} runs ${e.migrationSettings().maxStorage} storage migrations (max storage)`);
+        await e.storageSlots.acquire(job.id, r.priority, job.signal);
+      }
+      slot = true;
+      const spec = await loadVm(e.vmRecord(r.vm).configPath);
+      await runStorageMove({
+        job, spec, proc: e.runningProc(r.vm), plan, pools: e.registry.listPools(),
+        ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
+        onConfigMoved: (next) => { e.registry.updateVmPath(r.vm, next.configPath); },
+      });
+      job.setState('completed', `completed: storage of ${r.vm} moved`);
+    } catch (err) {
+      this.fail(job, err, `the VM keeps its files where they were`);
+    } finally {
+      if (slot) e.storageSlots.release(job.id);
+      e.clearBusy(r.vm, job.id);
+      job.flush(true);
+    }
+  }
+
+  private fail(job: Job, err: unknown, cancelNote: string): void {
+    const r = job.record;
+    if (err instanceof AbortedError || job.signal.aborted) {
+      r.error = { code: 'E_CANCELLED', message: `${r.kind === 'storage' ? 'Storage move' : 'Move'} of VM '${r.vm}' was cancelled; ${cancelNote}` };
+      job.setState('cancelled', `cancelled: ${cancelNote}`);
+    } else {
+      const fe = err instanceof FerryError ? err : null;
+      r.error = { code: fe?.code ?? 'E_MIGRATION_FAILED', message: `${messageOf(err)}${r.state === 'copying-storage' ? ' (while copying storage)' : r.state === 'copying-memory' ? ' (while copying memory)' : ''}` };
+      job.setState('failed', `failed in ${r.state}: ${messageOf(err)}`);
     }
   }
 
@@ -169,6 +325,14 @@ export class MigrationManager {
   shutdown(): void {
     for (const j of this.jobs.values()) if (!j.done && j.cancellable) j.ac.abort(new Error('agent stopping'));
   }
+}
+
+/** Deletes a VM's disks and the files of its folder (after it left with copies of them). */
+async function deleteVmFiles(spec: VmSpec, files: string[]): Promise<void> {
+  for (const d of spec.disks) await fsp.rm(d.path, { force: true });
+  await fsp.rm(configFile(spec.configPath), { force: true });
+  for (const f of files) await fsp.rm(path.join(spec.configPath, f), { force: true });
+  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) await fsp.rmdir(dir).catch(() => undefined);
 }
 
 function report(incompatibilities: Incompatibility[]): CompareReport {

@@ -46,6 +46,20 @@ export type MoveRequest = z.infer<typeof MoveRequest>;
 
 export const CompareRequest = MoveRequest.pick({ vm: true, to: true, options: true });
 
+export const StorageMoveRequest = z.object({
+  vm: Name,
+  /** Everything to one folder… */
+  path: AbsPath.optional(),
+  /** …or per item. */
+  vhd: z.record(AbsPath, AbsPath).optional(),
+  configPath: AbsPath.optional(),
+  checkpointPath: AbsPath.optional(),
+  pagingPath: AbsPath.optional(),
+  priority: z.enum(['high', 'normal', 'low']).default('normal'),
+  bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+}).strict().refine((r) => r.path || r.vhd || r.configPath || r.checkpointPath || r.pagingPath, { message: 'needs --path, --vhd, --config-path, --checkpoint-path or --paging-path' });
+export type StorageMoveRequest = z.infer<typeof StorageMoveRequest>;
+
 export const MigrationEvent = z.object({ at: z.string(), message: z.string() });
 
 export const MigrationRecord = z.object({
@@ -75,6 +89,8 @@ export const MigrationRecord = z.object({
   startedAt: z.string().nullable(),
   finishedAt: z.string().nullable(),
   events: z.array(MigrationEvent),
+  /** Per disk, for moves that copy storage. */
+  disks: z.array(z.object({ id: z.string(), source: z.string(), destination: z.string(), bytesDone: z.number(), bytesTotal: z.number() })),
   incompatibilities: z.array(Incompatibility),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecord>;

@@ -7,6 +7,7 @@ import type { Engine } from '../engine.js';
 export function migrationRoutes(app: FastifyInstance, engine: Engine): void {
   registerAction(app, actions.compare, async ({ body, signal }) => engine.migrations.compare(body.vm, body.to, body.options, { signal }));
   registerAction(app, actions.migrationCreate, async ({ body }) => engine.migrations.create(body));
+  registerAction(app, actions.storageMove, async ({ body }) => engine.migrations.createStorageMove(body));
   registerAction(app, actions.migrationList, async ({ query }) => engine.migrations.list(query.all));
   registerAction(app, actions.migrationShow, async ({ params }) => engine.migrations.get(params.id));
   registerAction(app, actions.migrationCancel, async ({ params }) => engine.migrations.cancel(params.id));

@@ -7,6 +7,7 @@ import { withClients, type GlobalOpts } from '../context.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, name, nonNegativeInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
+import path from 'node:path';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
@@ -97,6 +98,15 @@ export function registerHost(program: Command): void {
         const rows = (await Promise.all(clients.map(async (cl) => (await cl.call(actions.poolList, {})).map((p) => ({ host: cl.host, ...p }))))).flat();
         if (o.json) printJson(rows);
         else printTable(['HOST', 'POOL', 'KIND', 'PATH', 'FREE', 'GRANTED', 'USABLE'], rows.map((r) => [r.host, r.name, r.kind, r.path, bytes(r.freeBytes), r.kind === 'shared' ? r.granted.join(',') || 'none' : '-', r.usable ? 'yes' : 'no']));
+      });
+    });
+  pool.command('add').argument('<pool>', 'pool name', name('POOL')).requiredOption('--host <host>', 'host').requiredOption('--path <dir>', 'the folder (mounted already)')
+    .option('--shared', 'a shared pool (every host mounts the same path); grant hosts with pool grant').option('--json', 'JSON')
+    .description('add a storage pool to a host')
+    .action(async (p, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const v = await c.host(o.host).call(actions.poolAdd, { body: { name: p, kind: o.shared ? 'shared' : 'local', path: path.resolve(o.path) } });
+        if (o.json) printJson(v); else process.stdout.write(`pool ${p} (${v.kind}) added to ${o.host}: ${v.path}\n`);
       });
     });
   for (const verb of ['grant', 'revoke'] as const) {

@@ -178,6 +178,39 @@ export function registerMove(program: Command): void {
       });
     });
 
+  program.command('move-storage').description("move a VM's storage to new places on its host (running or stopped)")
+    .argument('<name>')
+    .option('--path <dir>', 'everything (disks, config, checkpoints, paging) to this folder')
+    .option('--vhd <src=dst>', 'one disk to a new path (repeatable)', collect)
+    .option('--config-path <dir>', "new folder for the VM's config")
+    .option('--checkpoint-path <dir>', 'new folder for checkpoints')
+    .option('--paging-path <dir>', 'new folder for paging files')
+    .addOption(new Option('--priority <p>', 'queue priority: high, normal or low').argParser(priority))
+    .option('--bandwidth <mibps>', 'cap the copy rate (MiB/s)', positiveInt('--bandwidth', 1_000_000))
+    .option('--no-wait', 'return the migration id at once')
+    .option('--json', 'print the migration record as JSON')
+    .action(async (vmName, o, cmd) => {
+      const mo = moveOptions({ includeStorage: true, ...(o.vhd ? { vhd: o.vhd } : {}) });
+      if (!o.path && !o.vhd && !o.configPath && !o.checkpointPath && !o.pagingPath) {
+        throw new InvalidInputError(`Cannot move the storage of VM '${vmName}': say where to; give --path DIR, --vhd SRC=DST, or --config-path/--checkpoint-path/--paging-path`);
+      }
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await c.locate(vmName);
+        const rec = await client.call(actions.storageMove, { body: {
+          vm: vmName,
+          ...(o.path ? { path: path.resolve(o.path) } : {}), ...(mo.vhd ? { vhd: mo.vhd } : {}),
+          ...(o.configPath ? { configPath: path.resolve(o.configPath) } : {}),
+          ...(o.checkpointPath ? { checkpointPath: path.resolve(o.checkpointPath) } : {}),
+          ...(o.pagingPath ? { pagingPath: path.resolve(o.pagingPath) } : {}),
+          ...(o.priority ? { priority: o.priority } : {}), ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+        } }, { timeoutMs: 120_000 });
+        if (!o.wait) { if (o.json) printJson(rec); else process.stdout.write(`${rec.id}\n`); return; }
+        const final = await follow(client, rec.id);
+        if (o.json) printJson(final); else printRecord(final);
+        exitFor(final);
+      });
+    });
+
   const mig = program.command('migration').description('migration jobs');
   mig.command('list').option('--all', 'include finished ones').option('--json', 'JSON array').description('active and queued migrations of every host')
     .action(async (o, cmd) => {
