@@ -48,6 +48,7 @@ export const COMPARE_CODES = {
   MEMORY: 'E_MEMORY',
   SWITCH_MISSING: 'E_SWITCH_MISSING',
   PASSTHROUGH_DISK: 'E_PASSTHROUGH_DISK',
+  FORMAT_NOT_MIGRATABLE: 'E_FORMAT_NOT_MIGRATABLE',
   STORAGE_NOT_SHARED: 'E_STORAGE_NOT_SHARED',
   POOL_NOT_GRANTED: 'E_POOL_NOT_GRANTED',
   POOL_UNAVAILABLE: 'E_POOL_UNAVAILABLE',
@@ -168,6 +169,17 @@ export function compareVm(input: CompareInput): Incompatibility[] {
         `detach it, or convert it to an image first ('qemu-img convert -O qcow2 ${d.path} /POOL/${d.id}.qcow2') and attach the image`);
     }
   });
+
+  // QEMU 7.2 puts a migration blocker on vhdx and vpc nodes: a running VM with such a disk
+  // cannot move live (its storage can still move on the same host, and a stopped VM moves).
+  if (input.running) {
+    spec.disks.forEach((d, i) => {
+      if (d.format === 'vhdx' || d.format === 'vpc') {
+        add(COMPARE_CODES.FORMAT_NOT_MIGRATABLE, `disks.${i}.format`, `disk '${d.id}' is ${d.format}, a format QEMU cannot live-migrate`,
+          `stop the VM before moving it, or keep it where it is and convert the disk to qcow2 or raw ('qemu-img convert -O qcow2' while stopped)`);
+      }
+    });
+  }
 
   if (options.includeStorage) checkDestStorage(input, add);
   else checkSharedStorage(input, add);
