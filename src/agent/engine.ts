@@ -457,11 +457,11 @@ export class Engine {
   }
 
   /** A stopped VM whose files this host sees moves here: check and register it. */
-  async adoptStopped(specIn: unknown): Promise<void> {
+  async adoptStopped(specIn: unknown, opts: { skipStorageCheck?: boolean } = {}): Promise<void> {
     const spec = parseVmSpec(specIn, 'accept the VM');
-    if (!this.migrationSettings().enabled) throw new FerryError('E_MIGRATION_DISABLED', `Cannot receive VM '${spec.name}' on host '${this.name}': migrations are disabled here`, { userError: true });
+    if (!opts.skipStorageCheck && !this.migrationSettings().enabled) throw new FerryError('E_MIGRATION_DISABLED', `Cannot receive VM '${spec.name}' on host '${this.name}': migrations are disabled here`, { userError: true });
     if (this.registry.getVm(spec.name) || this.registry.getVmById(spec.id)) throw new FerryError('E_NAME_EXISTS', `Cannot receive VM '${spec.name}' on host '${this.name}': a VM with that name or id is already here`, { userError: true });
-    await this.checkVmStorage(spec);
+    if (!opts.skipStorageCheck) await this.checkVmStorage(spec);
     this.registry.addVm({ name: spec.name, id: spec.id, configPath: spec.configPath, createdAt: new Date().toISOString() });
     this.events.emit('vm.arrived', { vm: spec.name });
   }

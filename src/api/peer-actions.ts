@@ -13,6 +13,8 @@ export const IncomingRequest = z.object({
   spec: z.record(z.string(), z.unknown()),
   tls: z.boolean(),
   postcopy: z.boolean(),
+  /** A stopped VM: only its disks are received (QEMU runs paused, just to serve NBD). */
+  stopped: z.boolean().default(false),
   /** Shared nothing: create these here and receive their contents over NBD. */
   storage: z.object({
     disks: z.array(z.object({ id: z.string(), path: z.string(), format: z.enum(['qcow2', 'raw', 'vhdx', 'vpc']), virtualSizeBytes: z.number().int().positive(), allocatedBytes: z.number().int().min(0) }).strict()),

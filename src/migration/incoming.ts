@@ -30,6 +30,7 @@ interface Incoming {
   createdFiles: string[];
   createdDirs: string[];
   nbd: { host: string; port: number } | null;
+  stopped: boolean;
 }
 
 export class IncomingManager {
@@ -62,19 +63,21 @@ export class IncomingManager {
       throw new FerryError('E_HOST_BUSY', `Cannot receive VM '${spec.name}' on host '${e.name}' now: ${settings.maxLive} live migrations are already running here (max live); it stays queued`, { userError: true });
     }
     const runDir = e.runDir(spec.id);
-    const item: Incoming = { jobId: req.jobId, spec, source: req.source, proc: null, state: 'prepared', uri: null, reason: null, createdRunDir: false, createdFiles: [], createdDirs: [], nbd: null };
+    const item: Incoming = { jobId: req.jobId, spec, source: req.source, proc: null, state: 'prepared', uri: null, reason: null, createdRunDir: false, createdFiles: [], createdDirs: [], nbd: null, stopped: req.stopped };
     this.items.set(req.jobId, item);
     try {
       item.createdRunDir = !(await fsp.access(runDir).then(() => true, () => false));
       if (req.storage) await this.createStorage(item, req.storage, opts.signal);
+      // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
+      // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
       const proc = await startVm(spec, { runDir, accel: e.accelerator(), incoming: true, switches: (_n, sw) => e.switchBackend(sw), signal: opts.signal });
       item.proc = proc;
-      const caps = [{ capability: 'events' as const, state: true }, { capability: 'late-block-activate' as const, state: true }];
-      if (req.postcopy) caps.push({ capability: 'postcopy-ram' as never, state: true });
-      await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, opts);
-      if (req.tls) {
-        await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
-        await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls' }, opts);
+      if (req.tls) await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
+      if (!req.stopped) {
+        const caps = [{ capability: 'events' as const, state: true }, { capability: 'late-block-activate' as const, state: true }];
+        if (req.postcopy) caps.push({ capability: 'postcopy-ram' as never, state: true });
+        await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, opts);
+        if (req.tls) await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls' }, opts);
       }
       const addr = e.cfg.migrationAddress;
       const host = addr.includes(':') ? `[${addr}]` : addr;
@@ -87,11 +90,13 @@ export class IncomingManager {
         }
         item.nbd = { host: addr, port };
       }
-      await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:0` }, opts);
-      const info = await proc.qmp.execute('query-migrate', undefined, opts);
-      const port = info['socket-address']?.[0]?.port;
-      if (!port) throw new FerryError('E_PREPARE', `Cannot receive VM '${spec.name}': QEMU did not report its listening port`);
-      item.uri = `tcp:${host}:${port}`;
+      if (!req.stopped) {
+        await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:0` }, opts);
+        const info = await proc.qmp.execute('query-migrate', undefined, opts);
+        const port = info['socket-address']?.[0]?.port;
+        if (!port) throw new FerryError('E_PREPARE', `Cannot receive VM '${spec.name}': QEMU did not report its listening port`);
+        item.uri = `tcp:${host}:${port}`;
+      }
       e.events.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
       // A failed incoming migration makes QEMU exit: note why, from its stderr.
       void proc.exited.then(async () => {
@@ -112,6 +117,16 @@ export class IncomingManager {
     if (i.state === 'running') return this.view(jobId);
     const proc = i.proc;
     if (!proc || proc.hasExited || i.state !== 'prepared') throw new FerryError('E_INCOMING_FAILED', `Cannot finish incoming VM '${i.spec.name}' on host '${e.name}': ${i.reason ?? 'its QEMU is gone'}`);
+    if (i.stopped) {
+      // A stopped VM's disks arrived: stop serving them, flush and quit, register the VM.
+      await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
+      await proc.quit({ timeoutMs: 10_000 });
+      i.state = 'running';
+      await e.adoptStopped(i.spec, { skipStorageCheck: true });
+      e.slots.release(jobId);
+      this.items.delete(jobId);
+      return { jobId, vm: i.spec.name, state: 'running', uri: null, tlsHostname: e.name, reason: null, nbd: null };
+    }
     // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
     const until = Date.now() + 30_000;
     for (;;) {

@@ -23,6 +23,7 @@ import type { IncomingRequest } from '../api/peer-actions.js';
 import { assertInUsablePool, isInside, poolOf, poolStatus } from '../storage/pools.js';
 import { planDestPaths } from './compare.js';
 import { folderFiles, runStorageMove, type StoragePlan } from './storage.js';
+import { runOfflineCopy } from './offline.js';
 
 export class MigrationManager {
   private jobs = new Map<string, Job>();
@@ -73,9 +74,6 @@ export class MigrationManager {
       }
       const running = e.isRunning(vmName);
       const incompatibilities = compareVm({ spec, running, source, dest: destView, destVms, destCpuModels, options, diskSizes });
-      if (options.includeStorage && !running) {
-        incompatibilities.push({ code: 'E_UNSUPPORTED', field: 'state', message: `Cannot move stopped VM '${vmName}' with its storage yet: start it and move it live, or move its storage to a shared pool with 'ferry move-storage' first` });
-      }
       return { report: report(incompatibilities), destView, options };
     } finally {
       dest.close();
@@ -92,7 +90,7 @@ export class MigrationManager {
         context: { incompatibilities: rep.incompatibilities }, userError: true,
       });
     }
-    const kind = e.isRunning(req.vm) ? (req.options.includeStorage ? 'shared-nothing' : 'live') : 'offline';
+    const kind = req.options.includeStorage ? 'shared-nothing' : e.isRunning(req.vm) ? 'live' : 'offline';
     const job = new Job({ vm: req.vm, kind, source: e.name, destination: req.to.name, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
     this.jobs.set(job.id, job);
     e.markBusy(req.vm, job.id);
@@ -131,16 +129,24 @@ export class MigrationManager {
         });
       } else if (r.kind === 'shared-nothing') {
         const proc = e.runningProc(r.vm);
-        if (!proc) throw new FerryError('E_VM_NOT_RUNNING', `Cannot live-migrate VM '${r.vm}': it stopped before the move began`);
         const storage = await this.sharedNothingPlan(spec, r.options, g.destView!);
         r.disks = storage.request.disks.map((d) => ({ id: d.id, source: spec.disks.find((x) => x.id === d.id)!.path, destination: d.path, bytesDone: 0, bytesTotal: d.allocatedBytes }));
+        const cleanup = async (): Promise<void> => {
+          if (r.options.retainSource) job.log('source files kept (--retain-source)');
+          else { await deleteVmFiles(spec, storage.files); job.log('source files deleted'); }
+        };
+        if (!proc) {
+          // A stopped VM: copy its disks, then the destination registers it.
+          await runOfflineCopy({
+            job, spec, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, storage,
+            onDone: async () => { await e.releaseMigratedVm(r.vm, null); await cleanup(); },
+          });
+          job.setState('completed', `completed: ${r.vm} (stopped) and its disks now on ${to.name}`);
+          return;
+        }
         await runLive({
           job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, storage,
-          onSwitched: async () => {
-            await e.releaseMigratedVm(r.vm, proc);
-            if (r.options.retainSource) job.log('source files kept (--retain-source)');
-            else { await deleteVmFiles(spec, storage.files); job.log('source files deleted'); }
-          },
+          onSwitched: async () => { await e.releaseMigratedVm(r.vm, proc); await cleanup(); },
         });
       } else {
         job.setState('preparing', `registering ${r.vm} on ${to.name}`);

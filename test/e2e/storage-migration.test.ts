@@ -114,7 +114,7 @@ test('storage move of a running VM between two folders while the writer runs, th
   await ferryOk(['vm', 'rm', 'st1'], { lab: L.lab });
 });
 
-test('every format moves: qcow2 and raw live with their VM; all four by storage migration, running or stopped', async () => {
+test('every format moves: qcow2 and raw live with their VM; all four by storage migration and by a stopped VM\'s move', async () => {
   const vm = await ferryOk<VmView>(['vm', 'new', 'fmt1', '--host', 'host-a', '--guest', 'bootblock',
     '--disk', '16M,format=qcow2', '--disk', '16M,format=raw', '--disk', '16M,format=vhdx', '--disk', '16M,format=vpc', '--start', '--json'], { lab: L.lab });
   assert.deepEqual(vm.disks.map((d) => d.format), ['raw', 'qcow2', 'raw', 'vhdx', 'vpc']);
@@ -142,6 +142,15 @@ test('every format moves: qcow2 and raw live with their VM; all four by storage 
   assert.deepEqual(v.disks.map((d) => d.format), ['raw', 'qcow2', 'raw', 'vhdx', 'vpc']);
   assert.ok(v.disks.every((d) => d.path.startsWith(local('host-a', 'fmt1-b') + '/')));
   assert.equal(fs.existsSync(shared), false);
+  // Stopped, it also moves to another host with its disks in every format (qemu-img into NBD).
+  const r4 = await ferryOk<MigrationRecord>(['move-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
+  assert.equal(r4.state, 'completed', JSON.stringify(r4.error));
+  assert.equal(r4.kind, 'shared-nothing');
+  v = await show('fmt1');
+  assert.equal(v.host, 'host-b');
+  assert.deepEqual(v.disks.map((d) => d.format), ['raw', 'qcow2', 'raw', 'vhdx', 'vpc']);
+  for (const d of v.disks) assert.equal((await imageInfo(d.path)).format, d.format);
+  assert.equal(fs.existsSync(local('host-a', 'fmt1-b')), false, 'source files deleted');
   assert.equal((await ferryOk<VmView>(['vm', 'start', 'fmt1', '--json'], { lab: L.lab })).state, 'running');
 
   // qcow2 and raw disks move live with their VM (shared nothing).
