@@ -28,9 +28,11 @@ async function must(args: string[], show = true): Promise<string> {
 }
 
 await must(['lab', 'up', '--dir', lab, '--hosts', '2']);
-if ((await ferry(['vm', 'show', 'demo'], false)).code === 0) {
-  await ferry(['vm', 'stop', 'demo', '--force'], false);
-  await must(['vm', 'rm', 'demo'], false);
+for (const vm of ['demo', 'demo-local']) {
+  if ((await ferry(['vm', 'show', vm], false)).code === 0) {
+    await ferry(['vm', 'stop', vm, '--force'], false);
+    await must(['vm', 'rm', vm], false);
+  }
 }
 const t0 = Date.now();
 await must(['vm', 'new', 'demo', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'demo'), '--start']);
@@ -57,6 +59,14 @@ for (const to of ['host-b', 'host-a']) {
   const after = parseSerial((await ferry(['vm', 'console', 'demo', '--tail', '4000'], false)).out).heartbeats.at(-1);
   process.stdout.write(`  heartbeat before the move: ferry-hb ${before?.seq}; one second after, on ${to}: ferry-hb ${after?.seq}\n`);
 }
+
+// Shared nothing: a VM on host-a's local disk moves with its disk to host-b; then a storage
+// move puts its files on the shared pool, while it runs.
+await must(['vm', 'new', 'demo-local', '--host', 'host-a', '--guest', 'probe', '--start']);
+await sleep(3000);
+await must(['move-vm', 'demo-local', '--to', 'host-b', '--include-storage']);
+await must(['move-storage', 'demo-local', '--path', path.join(lab, 'shared', 'demo-local')]);
+await must(['vm', 'list']);
 await must(['migration', 'list', '--all']);
 process.stdout.write(`
 The lab keeps running. Try:
