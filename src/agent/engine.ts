@@ -12,6 +12,7 @@ import { detectAccelerator, type AccelProbe } from '../qemu/accel.js';
 import { QemuProcess } from '../qemu/process.js';
 import { imageInfo, isImageFormat, type ImageFormat } from '../qemu/img.js';
 import type { SwitchBackend } from '../qemu/argv.js';
+import { bridgeExists, createTap, deleteTap, tapName } from '../vm/network.js';
 import { loadVm } from '../vm/folder.js';
 import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtimePaths } from '../vm/lifecycle.js';
 import { probeVm, bootblockVm } from '../vm/guests.js';
@@ -158,7 +159,10 @@ export class Engine {
 
   listSwitches(): SwitchView[] { return this.registry.listSwitches(); }
 
-  createSwitch(s: { name: string; kind: 'user' | 'bridge'; bridge?: string | undefined }): SwitchView {
+  async createSwitch(s: { name: string; kind: 'user' | 'bridge'; bridge?: string | undefined }): Promise<SwitchView> {
+    if (s.kind === 'bridge' && !(await bridgeExists(s.bridge!))) {
+      throw new FerryError('E_BRIDGE_NOT_FOUND', `Cannot create switch '${s.name}' on host '${this.name}': there is no Linux bridge '${s.bridge}'; create it first (ip link add ${s.bridge} type bridge) or use --user`, { context: { bridge: s.bridge }, userError: true });
+    }
     if (this.registry.listSwitches().some((x) => x.name === s.name)) {
       throw new FerryError('E_SWITCH_EXISTS', `Cannot create switch '${s.name}' on host '${this.name}': it already exists; choose another name`, { context: { switch: s.name }, userError: true });
     }
@@ -333,10 +337,15 @@ export class Engine {
     }
     const spec = await loadVm(rec.configPath);
     await this.checkVmStorage(spec);
-    const proc = await startVm(spec, {
-      runDir: this.runDir(spec.id), accel: this.accel?.accel ?? 'tcg', signal: opts.signal,
-      switches: (_nic, sw) => this.switchBackend(sw),
-    });
+    const switches = await this.prepareNics(spec);
+    let proc: QemuProcess;
+    try {
+      proc = await startVm(spec, { runDir: this.runDir(spec.id), accel: this.accelerator(), signal: opts.signal, switches });
+    } catch (err) {
+      await this.releaseNics(spec);
+      throw err;
+    }
+    void proc.exited.then(() => this.releaseNics(spec));
     this.track(name, proc);
     this.events.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
   }
@@ -347,11 +356,33 @@ export class Engine {
     for (const d of spec.disks) await assertInUsablePool(pools, this.name, d.path, `disk ${d.id} of VM '${spec.name}'`);
   }
 
-  switchBackend(name: string): SwitchBackend {
-    const s = this.listSwitches().find((x) => x.name === name);
-    if (!s) throw this.noSwitch(name);
-    if (s.kind === 'user') return { kind: 'user' };
-    throw new FerryError('E_UNSUPPORTED', `Cannot attach to bridge switch '${name}' yet: tap devices come with the network-namespace lab; use a user switch`, { context: { switch: name }, userError: true });
+  /**
+   * Makes each NIC's switch real on this host (a tap on the bridge for bridge switches) and
+   * returns the resolver QEMU's command line is built with.
+   */
+  async prepareNics(spec: VmSpec): Promise<(nicId: string, switchName: string) => SwitchBackend> {
+    const backends = new Map<string, SwitchBackend>();
+    try {
+      for (const [i, nic] of spec.nics.entries()) {
+        const s = this.listSwitches().find((x) => x.name === nic.switch);
+        if (!s) throw this.noSwitch(nic.switch);
+        if (s.kind === 'user') { backends.set(nic.id, { kind: 'user' }); continue; }
+        const tap = tapName(spec.id, this.name, i);
+        await createTap(tap, s.bridge!);
+        backends.set(nic.id, { kind: 'bridge', bridge: s.bridge!, tap });
+      }
+    } catch (err) {
+      await this.releaseNics(spec);
+      throw err;
+    }
+    return (nicId) => backends.get(nicId) ?? { kind: 'user' };
+  }
+
+  async releaseNics(spec: VmSpec): Promise<void> {
+    for (const [i, nic] of spec.nics.entries()) {
+      const s = this.listSwitches().find((x) => x.name === nic.switch);
+      if (s?.kind === 'bridge') await deleteTap(tapName(spec.id, this.name, i));
+    }
   }
 
   private running(name: string): QemuProcess {

@@ -70,7 +70,9 @@ export class IncomingManager {
       if (req.storage) await this.createStorage(item, req.storage, opts.signal);
       // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
       // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
-      const proc = await startVm(spec, { runDir, accel: e.accelerator(), incoming: true, switches: (_n, sw) => e.switchBackend(sw), signal: opts.signal });
+      const switches = await e.prepareNics(spec);
+      const proc = await startVm(spec, { runDir, accel: e.accelerator(), incoming: true, switches, signal: opts.signal }).catch(async (err: unknown) => { await e.releaseNics(spec); throw err; });
+      void proc.exited.then(() => e.releaseNics(spec));
       item.proc = proc;
       if (req.tls) await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
       if (!req.stopped) {

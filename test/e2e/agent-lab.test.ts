@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
+import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
@@ -70,6 +71,31 @@ test('switches and pools', async () => {
   await ferryOk(['switch', 'rm', 'prod', '--host', 'host-b'], { lab });
   const gone = await ferry(['switch', 'rm', 'prod', '--host', 'host-b'], { lab });
   assert.equal(gone.code, 4);
+
+  // A bridge switch: each NIC gets a tap on the bridge while its VM runs.
+  const br = 'fytestbr0';
+  execFileSync('ip', ['link', 'add', br, 'type', 'bridge']);
+  try {
+    const noBr = await ferry(['switch', 'new', 'lan2', '--host', 'host-a', '--bridge', 'nosuchbr9'], { lab });
+    assert.equal(noBr.code, 4);
+    assert.match(noBr.stderr, /no Linux bridge 'nosuchbr9'/);
+    await ferryOk(['switch', 'new', 'lan', '--host', 'host-a', '--bridge', br], { lab });
+    const v = await ferryOk<VmView>(['vm', 'new', 'nic1', '--host', 'host-a', '--guest', 'bootblock', '--switch', 'lan', '--switch', 'lab', '--start', '--json'], { lab });
+    assert.deepEqual(v.switches, ['lan', 'lab']);
+    const ports = (): string[] => (JSON.parse(execFileSync('ip', ['-j', 'link', 'show', 'master', br]).toString()) as Array<{ ifname: string }>).map((l) => l.ifname);
+    assert.equal(ports().length, 1, 'one tap on the bridge');
+    assert.match(ports()[0]!, /^fy[0-9a-f]{10}n0$/);
+    const inUse = await ferry(['switch', 'rm', 'lan', '--host', 'host-a'], { lab });
+    assert.equal(inUse.code, 1);
+    assert.match(inUse.stderr, /VM 'nic1' is connected/);
+    await ferryOk(['vm', 'stop', 'nic1', '--force'], { lab });
+    for (let i = 0; i < 50 && ports().length; i++) await sleep(100);
+    assert.deepEqual(ports(), [], 'the tap is removed when the VM stops');
+    await ferryOk(['vm', 'rm', 'nic1'], { lab });
+    await ferryOk(['switch', 'rm', 'lan', '--host', 'host-a'], { lab });
+  } finally {
+    execFileSync('ip', ['link', 'del', br]);
+  }
 
   const revoked = await ferryOk<{ granted: string[] }>(['pool', 'revoke', 'shared', '--host', 'host-b', '--json'], { lab });
   assert.deepEqual(revoked.granted, ['host-a']);

@@ -1,0 +1,42 @@
+// Host side of a VM's NICs: a bridge switch gives each NIC a tap device enslaved to the
+// Linux bridge, created before QEMU starts and removed when it exits.
+import { createHash } from 'node:crypto';
+import { run } from '../util/exec.js';
+import { FerryError, messageOf } from '../errors.js';
+
+/**
+ * Short (≤ 15 chars) tap name for NIC `index` of VM `vmId` on `host`: the host is part of it
+ * because lab hosts share one kernel, where source and destination taps coexist for a while.
+ */
+export function tapName(vmId: string, host: string, index: number): string {
+  const h = createHash('sha1').update(host).digest('hex').slice(0, 3);
+  return `fy${vmId.replace(/-/g, '').slice(0, 7)}${h}n${index}`;
+}
+
+export async function bridgeExists(bridge: string): Promise<boolean> {
+  try {
+    const { stdout } = await run('ip', ['-j', 'link', 'show', 'dev', bridge, 'type', 'bridge'], { timeoutMs: 5000 });
+    return (JSON.parse(stdout) as unknown[]).length > 0;
+  } catch {
+    return false;
+  }
+}
+
+export async function createTap(tap: string, bridge: string): Promise<void> {
+  if (!(await bridgeExists(bridge))) {
+    throw new FerryError('E_BRIDGE_NOT_FOUND', `Cannot connect to bridge '${bridge}': there is no such Linux bridge on this host; create it (ip link add ${bridge} type bridge) or fix the switch`, { userError: true });
+  }
+  await deleteTap(tap); // a stale one from a crash
+  try {
+    await run('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 5000 });
+    await run('ip', ['link', 'set', 'dev', tap, 'master', bridge], { timeoutMs: 5000 });
+    await run('ip', ['link', 'set', 'dev', tap, 'up'], { timeoutMs: 5000 });
+  } catch (err) {
+    await deleteTap(tap);
+    throw new FerryError('E_TAP', `Cannot create tap ${tap} on bridge '${bridge}': ${messageOf(err)}; the agent needs CAP_NET_ADMIN`, { cause: err });
+  }
+}
+
+export async function deleteTap(tap: string): Promise<void> {
+  await run('ip', ['link', 'del', 'dev', tap], { timeoutMs: 5000 }).catch(() => undefined);
+}
