@@ -2,6 +2,7 @@
 // migration protocol). It owns the map of running QEMU processes, serialises operations per
 // VM, and emits events. It never stops a VM when the agent itself stops.
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError, messageOf } from '../errors.js';
 import type { AgentConfig } from './config.js';
@@ -453,6 +454,19 @@ export class Engine {
 
   accelerator(): Accelerator { return this.accel?.accel ?? 'tcg'; }
 
+  /**
+   * Where this host listens for migration streams: an address of its own inside the
+   * configured migration networks, else the agent's --migration-address.
+   */
+  migrationListenAddress(): string {
+    const nets = this.migrationSettings().networks;
+    if (!nets.length) return this.cfg.migrationAddress;
+    for (const list of Object.values(os.networkInterfaces())) {
+      for (const a of list ?? []) if (a.family === 'IPv4' && nets.some((n) => inCidr(a.address, n))) return a.address;
+    }
+    throw new FerryError('E_MIGRATION_NETWORK', `Cannot receive a migration on host '${this.name}': none of its addresses is in its migration networks (${nets.join(', ')}); fix them with 'ferry host set ${this.name} --migration-network CIDR'`, { userError: true });
+  }
+
   cpuModels(): Promise<CpuModelInfo[]> { return usableCpuModels(this.accelerator()); }
 
   assertNotBusy(name: string): void {
@@ -501,6 +515,13 @@ export class Engine {
   vmIds(): Array<{ name: string; id: string }> {
     return [...this.registry.listVms().map((r) => ({ name: r.name, id: r.id })), ...this.incoming.arriving()];
   }
+}
+
+function inCidr(ip: string, cidr: string): boolean {
+  const [base, bits] = cidr.split('/');
+  const n = (a: string): number => a.split('.').reduce((acc, o) => (acc << 8) + Number(o), 0) >>> 0;
+  const mask = Number(bits) === 0 ? 0 : (~0 << (32 - Number(bits))) >>> 0;
+  return ((n(ip) & mask) >>> 0) === ((n(base!) & mask) >>> 0);
 }
 
 function strip(d: DiskSpec & { createBytes?: number }): DiskSpec {

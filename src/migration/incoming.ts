@@ -81,7 +81,7 @@ export class IncomingManager {
         await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, opts);
         if (req.tls) await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls' }, opts);
       }
-      const addr = e.cfg.migrationAddress;
+      const addr = e.migrationListenAddress();
       const host = addr.includes(':') ? `[${addr}]` : addr;
       if (req.storage) {
         // NBD exports of the new, empty disks on the migration address, for the source's mirrors.

@@ -98,7 +98,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
         await qmp.execute('blockdev-add', {
           driver: 'nbd', 'node-name': node, export: d.id, 'read-only': false,
           server: { type: 'inet', host: prep.nbd.host, port: String(prep.nbd.port) },
-          ...(ctx.tls ? { 'tls-creds': tlsId } : {}),
+          ...(ctx.tls ? { 'tls-creds': tlsId, 'tls-hostname': prep.tlsHostname } : {}),
         }, { signal });
         nbdNodes.push(node);
         const m = { jobId: `mirror-${d.id}`, diskId: d.id, device: await rootNode(qmp, d.id, signal), target: node };

@@ -52,7 +52,7 @@ export async function runOfflineCopy(ctx: OfflineContext): Promise<void> {
     const t0 = Date.now();
     for (const d of ctx.storage.request.disks) {
       const src = spec.disks.find((x) => x.id === d.id)!;
-      const target = [`driver=nbd`, `server.type=inet`, `server.host=${prep.nbd.host}`, `server.port=${prep.nbd.port}`, `export=${d.id}`, ...(tlsDir ? ['tls-creds=tls0'] : [])].join(',');
+      const target = [`driver=nbd`, `server.type=inet`, `server.host=${prep.nbd.host}`, `server.port=${prep.nbd.port}`, `export=${d.id}`, ...(tlsDir ? ['tls-creds=tls0', `tls-hostname=${prep.tlsHostname}`] : [])].join(',');
       const args = ['convert', '-p', '-n', '--target-is-zero', '-f', src.format, ...(tlsDir ? ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${tlsDir}`] : []), src.path, '--target-image-opts', target];
       await qemuImgWithProgress(args, signal, (pct) => {
         const disk = r.disks.find((x) => x.id === d.id);
