@@ -16,6 +16,8 @@ const NOTABLE_RE = /Oops|BUG:|Kernel panic|ferry-workload-exit|ferry-probe-error
 export class HeartbeatTail {
   readonly beats: HbArrival[] = [];
   readonly notable: Array<{ t: number; file: string; line: string }> = [];
+  /** Times the heartbeat sequence went down (the guest rebooted: panic=-1 reboots at once). */
+  readonly resets: Array<{ t: number; fromSeq: number; toSeq: number }> = [];
   private files = new Map<string, Tailed>();
   private timer: NodeJS.Timeout | null = null;
 
@@ -66,7 +68,12 @@ export class HeartbeatTail {
         for (const raw of lines) {
           const line = raw.replace(/\r/g, '');
           const m = HB_RE.exec(line);
-          if (m) this.beats.push({ seq: Number(m[1]), guestMs: Number(m[2]), t: now, file });
+          if (m) {
+            const seq = Number(m[1]);
+            const last = this.beats.at(-1);
+            if (last && seq < last.seq) this.resets.push({ t: now, fromSeq: last.seq, toSeq: seq });
+            this.beats.push({ seq, guestMs: Number(m[2]), t: now, file });
+          }
           else if (NOTABLE_RE.test(line)) this.notable.push({ t: now, file, line: line.slice(0, 200) });
         }
       } catch { /* the file went away between stat and read: next poll */ } finally {
@@ -86,6 +93,24 @@ export class HeartbeatTail {
       }
       await new Promise((r) => setTimeout(r, 10));
     }
+  }
+
+  /** Waits until `n` heartbeats arrived after host time `t` (performance.now()). */
+  async waitBeatsAfter(t: number, n: number, timeoutMs: number): Promise<void> {
+    const until = performance.now() + timeoutMs;
+    const count = (): number => { let c = 0; for (let i = this.beats.length - 1; i >= 0 && this.beats[i]!.t > t; i--) c++; return c; };
+    while (count() < n) {
+      if (performance.now() > until) throw new Error(`${this.label}: only ${count()} of ${n} heartbeats within ${timeoutMs} ms after the move (guest stalled or dead?)`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  }
+
+  /** Did the guest reboot (sequence reset) or print a kernel oops between t0 and t1? */
+  trouble(t0: number, t1: number): string | null {
+    const r = this.resets.find((x) => x.t >= t0 && x.t <= t1);
+    const o = this.notable.find((x) => x.t >= t0 && x.t <= t1);
+    if (!r && !o) return null;
+    return [o ? `guest console: ${o.line.replace(/^\[\s*[\d.]+\]\s*/, '')}` : '', r ? `heartbeat seq reset ${r.fromSeq}→${r.toSeq} (guest rebooted)` : ''].filter(Boolean).join('; ');
   }
 
   /**

@@ -15,6 +15,7 @@ import type { HeartbeatTail } from './heartbeat-tail.js';
 export const RAW_MAX_BANDWIDTH = 100 * 1024 ** 3;
 export const RAW_DOWNTIME_LIMIT_MS = 300;
 
+
 export interface RawMoveResult {
   ok: boolean;
   error: string | null;
@@ -28,6 +29,8 @@ export interface RawMoveResult {
   qemuTotalMs: number | null;
   bytesTransferred: number | null;
   passes: number | null;
+  /** The first `completed` reply had total-time 0 / downtime 0 (QEMU 7.2 race) and was asked again. */
+  statsRequeried: boolean;
   /** performance.now() at the start and end of wallMs, for the heartbeat window. */
   t0: number;
   t1: number;
@@ -35,6 +38,7 @@ export interface RawMoveResult {
 
 /** Every QEMU this module starts, so the benchmark can kill them on any exit path. */
 export const rawProcesses = new Set<QemuProcess>();
+let stopping = false;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -43,9 +47,10 @@ export class RawVm {
   current: QemuProcess | null = null;
   side: 'A' | 'B' = 'A';
 
-  constructor(readonly spec: VmSpec, readonly accel: Accelerator, readonly runRoot: string, readonly tail: HeartbeatTail) {}
+  constructor(readonly spec: VmSpec, readonly accel: Accelerator, readonly runRoot: string, readonly tail: HeartbeatTail, readonly downtimeLimitMs = RAW_DOWNTIME_LIMIT_MS) {}
 
   private async spawn(incoming: boolean): Promise<QemuProcess> {
+    if (stopping) throw new Error('the benchmark is stopping');
     const runDir = path.join(this.runRoot, `qemu-${String(++this.seq).padStart(2, '0')}${incoming ? '-in' : ''}`);
     await fsp.mkdir(runDir, { recursive: true });
     const paths = { qmpSocket: path.join(runDir, 'qmp.sock'), serialLog: path.join(runDir, 'serial.log'), pidFile: path.join(runDir, 'qemu.pid') };
@@ -54,6 +59,7 @@ export class RawVm {
     this.tail.add(paths.serialLog, true);
     const proc = await QemuProcess.spawn(argv, { vm: `${this.spec.name}#${this.seq}`, runDir, qmpSocket: paths.qmpSocket, pidFile: paths.pidFile, timeoutMs: 20_000 });
     rawProcesses.add(proc);
+    if (stopping) { await proc.kill(); throw new Error('the benchmark is stopping'); }
     void proc.exited.then(() => rawProcesses.delete(proc));
     return proc;
   }
@@ -71,7 +77,7 @@ export class RawVm {
   /** One move to a fresh destination process: QEMU-NOTES §A, polled every 10 ms. */
   async move(): Promise<RawMoveResult> {
     const src = this.current;
-    const res: RawMoveResult = { ok: false, error: null, wallMs: NaN, destSpawnMs: NaN, sourceQuitMs: NaN, downtimeMs: null, qemuTotalMs: null, bytesTransferred: null, passes: null, t0: NaN, t1: NaN };
+    const res: RawMoveResult = { ok: false, error: null, wallMs: NaN, destSpawnMs: NaN, sourceQuitMs: NaN, downtimeMs: null, qemuTotalMs: null, bytesTransferred: null, passes: null, statsRequeried: false, t0: NaN, t1: NaN };
     if (!src || src.hasExited) { res.error = 'the source QEMU is not running'; return res; }
     const s0 = performance.now();
     let dst: QemuProcess | null = null;
@@ -91,7 +97,7 @@ export class RawVm {
       const port = (await dst.qmp.execute('query-migrate', undefined, o))['socket-address']?.[0]?.port;
       if (!port) throw new Error('the destination did not report its listening port');
       await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, o);
-      await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': RAW_MAX_BANDWIDTH, 'downtime-limit': RAW_DOWNTIME_LIMIT_MS }, o);
+      await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': RAW_MAX_BANDWIDTH, 'downtime-limit': this.downtimeLimitMs }, o);
       await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` }, o);
       started = true;
       let info: MigrationInfo = {};
@@ -115,6 +121,13 @@ export class RawVm {
       await dst.qmp.execute('cont', undefined, o);
       res.t1 = performance.now();
       res.wallMs = res.t1 - res.t0;
+      // QEMU 7.2 reports `completed` a moment before it fills in total-time and downtime
+      // (both read 0 then): ask again until they are set, now that the guest runs.
+      for (let i = 0; i < 200 && !(info['total-time'] ?? 0); i++) {
+        await sleep(10);
+        info = await src.qmp.execute('query-migrate', undefined, o);
+        res.statsRequeried = true;
+      }
       res.downtimeMs = info.downtime ?? null;
       res.qemuTotalMs = info['total-time'] ?? null;
       res.bytesTransferred = info.ram?.transferred ?? null;
@@ -148,7 +161,9 @@ export class RawVm {
   }
 }
 
-export async function killAllRaw(): Promise<void> {
+/** Kills every raw QEMU; with `final`, no new one may start afterwards. */
+export async function killAllRaw(final = false): Promise<void> {
+  if (final) stopping = true;
   await Promise.all([...rawProcesses].map((p) => p.kill().catch(() => undefined)));
   rawProcesses.clear();
 }

@@ -26,6 +26,7 @@ import type { z } from 'zod';
 import { SlotQueue } from '../migration/queue.js';
 import { IncomingManager } from '../migration/incoming.js';
 import { MigrationManager } from '../migration/manager.js';
+import { recoverSource } from '../migration/recovery.js';
 import { usableCpuModels, type CpuModelInfo } from '../qemu/cpu-models.js';
 import type { Accelerator } from '../qemu/accel.js';
 
@@ -77,6 +78,9 @@ export class Engine {
         await fsp.rm(paths.pidFile, { force: true }); // stale: the VM stopped while the agent was down
       }
     }
+    // Moves a previous life of this agent left unfinished: finish or roll back.
+    await this.incoming.recover();
+    await recoverSource(this);
   }
 
   /** Detaches from every QEMU (they keep running) and closes the registry. */

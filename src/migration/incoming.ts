@@ -9,7 +9,7 @@ import { createImage } from '../qemu/img.js';
 import { saveVm, configFile, exists } from '../vm/folder.js';
 import { assertInUsablePool, poolStatus } from '../storage/pools.js';
 import { FerryError, messageOf } from '../errors.js';
-import type { QemuProcess } from '../qemu/process.js';
+import { isQemuAlive, type QemuProcess } from '../qemu/process.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import type { Engine } from '../agent/engine.js';
@@ -33,9 +33,57 @@ interface Incoming {
   stopped: boolean;
 }
 
+interface Journal { jobId: string; vmId: string; vmName: string; createdRunDir: boolean; createdFiles: string[]; createdDirs: string[] }
+
 export class IncomingManager {
   private items = new Map<string, Incoming>();
   constructor(private engine: Engine) {}
+
+  private journalDir(): string { return path.join(this.engine.cfg.dataDir, 'incoming'); }
+
+  /** Written before each step of Prepare, so an agent that dies can remove what it created. */
+  private async journal(i: Incoming): Promise<void> {
+    const j: Journal = { jobId: i.jobId, vmId: i.spec.id, vmName: i.spec.name, createdRunDir: i.createdRunDir, createdFiles: i.createdFiles, createdDirs: i.createdDirs };
+    await fsp.mkdir(this.journalDir(), { recursive: true });
+    const f = path.join(this.journalDir(), `${i.jobId}.json`);
+    await fsp.writeFile(f + '.tmp', JSON.stringify(j));
+    await fsp.rename(f + '.tmp', f);
+  }
+
+  private async dropJournal(jobId: string): Promise<void> {
+    await fsp.rm(path.join(this.journalDir(), `${jobId}.json`), { force: true });
+  }
+
+  /**
+   * Agent start: incoming VMs of a previous life never finished (or their finish was not
+   * recorded). Kill their QEMU and remove what Prepare created; a VM that did finish is
+   * registered and is left alone.
+   */
+  async recover(): Promise<string[]> {
+    const e = this.engine;
+    const done: string[] = [];
+    for (const f of await fsp.readdir(this.journalDir()).catch(() => [] as string[])) {
+      if (!f.endsWith('.json')) continue;
+      let j: Journal;
+      try { j = JSON.parse(await fsp.readFile(path.join(this.journalDir(), f), 'utf8')) as Journal; } catch { await fsp.rm(path.join(this.journalDir(), f), { force: true }); continue; }
+      const registered = e.registry.getVmById(j.vmId);
+      if (!registered) {
+        const runDir = e.runDir(j.vmId);
+        const pid = Number((await fsp.readFile(path.join(runDir, 'qemu.pid'), 'utf8').catch(() => '')).trim());
+        if (pid > 0 && isQemuAlive(pid)) {
+          try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+          for (let k = 0; k < 50 && isQemuAlive(pid); k++) await sleep(100);
+        }
+        for (const p of j.createdFiles) await fsp.rm(p, { force: true });
+        for (const d of [...j.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
+        if (j.createdRunDir) await fsp.rm(runDir, { recursive: true, force: true });
+        e.events.emit('migration.incoming', { vm: j.vmName, jobId: j.jobId, state: 'recovered', note: 'an unfinished incoming VM was removed after an agent restart' });
+        done.push(j.jobId);
+      }
+      await this.dropJournal(j.jobId);
+    }
+    return done;
+  }
 
   view(jobId: string): IncomingView {
     const i = this.items.get(jobId);
@@ -67,7 +115,9 @@ export class IncomingManager {
     this.items.set(req.jobId, item);
     try {
       item.createdRunDir = !(await fsp.access(runDir).then(() => true, () => false));
+      await this.journal(item);
       if (req.storage) await this.createStorage(item, req.storage, opts.signal);
+      await this.journal(item);
       // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
       // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
       const switches = await e.prepareNics(spec);
@@ -102,7 +152,11 @@ export class IncomingManager {
       e.events.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
       // A failed incoming migration makes QEMU exit: note why, from its stderr.
       void proc.exited.then(async () => {
-        if (item.state === 'prepared') { item.state = 'failed'; item.reason = (await proc.stderrText()) || 'the destination QEMU exited'; }
+        if (item.state !== 'prepared') return;
+        item.state = 'failed';
+        item.reason = (await proc.stderrText()) || 'the destination QEMU exited';
+        // The source normally aborts us; if it does not within a minute, clean up anyway.
+        setTimeout(() => { if (this.items.get(req.jobId) === item) void this.abort(req.jobId).catch(() => undefined); }, 60_000).unref();
       });
       return this.view(req.jobId);
     } catch (err) {
@@ -125,6 +179,7 @@ export class IncomingManager {
       await proc.quit({ timeoutMs: 10_000 });
       i.state = 'running';
       await e.adoptStopped(i.spec, { skipStorageCheck: true });
+      await this.dropJournal(jobId);
       e.slots.release(jobId);
       this.items.delete(jobId);
       return { jobId, vm: i.spec.name, state: 'running', uri: null, tlsHostname: e.name, reason: null, nbd: null };
@@ -147,6 +202,7 @@ export class IncomingManager {
     if (!run.running) await proc.qmp.execute('cont', undefined, opts);
     i.state = 'running';
     e.adoptRunning(i.spec, proc);
+    await this.dropJournal(jobId);
     e.slots.release(jobId);
     e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
     this.items.delete(jobId);
@@ -167,6 +223,7 @@ export class IncomingManager {
     for (const f of i.createdFiles) await fsp.rm(f, { force: true });
     for (const d of [...i.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
     e.slots.release(jobId);
+    await this.dropJournal(jobId);
     e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
   }
 
@@ -181,6 +238,9 @@ export class IncomingManager {
       need.set(pool.name, (need.get(pool.name) ?? 0) + d.allocatedBytes);
     }
     for (const dir of st.dirs) await assertInUsablePool(pools, e.name, dir, 'destination folder');
+    for (const f of st.files) {
+      if (await exists(f.path)) throw new FerryError('E_DEST_PATH', `Cannot receive VM '${spec.name}' on host '${e.name}': ${f.path} already exists; choose another --config-path or --storage-path`, { userError: true });
+    }
     if (await exists(configFile(spec.configPath))) throw new FerryError('E_DEST_PATH', `Cannot receive VM '${spec.name}' on host '${e.name}': ${spec.configPath} already holds a VM; choose another --config-path or --storage-path`, { userError: true });
     for (const [name, bytes] of need) {
       const status = await poolStatus(pools.find((p) => p.name === name)!, e.name);
@@ -194,19 +254,16 @@ export class IncomingManager {
     for (const dir of [...new Set([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))])]) {
       const missing: string[] = [];
       for (let p = dir; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
-      await fsp.mkdir(dir, { recursive: true });
       item.createdDirs.push(...missing);
+      await this.journal(item);
+      await fsp.mkdir(dir, { recursive: true });
     }
-    for (const f of st.files) {
-      item.createdFiles.push(f.path);
-      await fsp.writeFile(f.path, Buffer.from(f.base64, 'base64'), { flag: 'wx' });
-    }
-    for (const d of st.disks) {
-      item.createdFiles.push(d.path);
-      await createImage(d.path, d.format, d.virtualSizeBytes, { signal });
-    }
+    // Journal every path first (none exists yet: checked by checkStorage), then create.
+    item.createdFiles.push(...st.files.map((f) => f.path), ...st.disks.map((d) => d.path), configFile(item.spec.configPath));
+    await this.journal(item);
+    for (const f of st.files) await fsp.writeFile(f.path, Buffer.from(f.base64, 'base64'), { flag: 'wx' });
+    for (const d of st.disks) await createImage(d.path, d.format, d.virtualSizeBytes, { signal });
     await saveVm(item.spec);
-    item.createdFiles.push(configFile(item.spec.configPath));
   }
 }
 

@@ -9,7 +9,7 @@ import type { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
 import { sleep } from '../util/exec.js';
-import { ConvergencePolicy, defaultFinishWithinMs } from './policy.js';
+import { ConvergencePolicy, defaultFinishWithinMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { newProgress, sampleFrom, update } from './progress.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import type { IncomingRequest } from '../api/peer-actions.js';
@@ -25,6 +25,7 @@ export interface LiveContext {
   tls: boolean;
   tlsFiles: { ca: string; cert: string; key: string };
   dataDir: string;
+  accel: 'kvm' | 'tcg';
   /** Called once the VM runs on the destination: the source forgets it and quits QEMU. */
   onSwitched: () => Promise<void>;
   /** Shared nothing: what the destination creates and receives over NBD. */
@@ -51,6 +52,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     finishWithinMs: (r.policy.finishWithinS ?? defaultFinishWithinMs(spec.memoryMiB) / 1000) * 1000,
     ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
     allowPostcopy: r.policy.allowPostcopy,
+    startDowntimeMs: ctx.accel === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
   });
   r.downtimeLimitMs = policy.downtimeMs;
   const wasRunning = (await qmp.execute('query-status', undefined, { signal })).running;
@@ -211,6 +213,8 @@ export async function runLive(ctx: LiveContext): Promise<void> {
         await sleep(10);
       }
     }
+    // 7.2 may report "completed" a moment before it fills in the times.
+    for (let i = 0; i < 20 && !info['total-time']; i++) { await sleep(10); info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 }); }
     r.downtimeMs = info.downtime ?? null;
     if (info.ram) { r.bytesTransferred = storageBytes + info.ram.transferred; r.passes = info.ram['dirty-sync-count']; r.remainingBytes = 0; }
     // Two-phase: the destination runs the VM only now, after the source completed.
@@ -258,9 +262,13 @@ async function confirm(ctx: LiveContext): Promise<void> {
  */
 async function resolveAfterCompleted(ctx: LiveContext, err: unknown): Promise<void> {
   const { job, proc, dest } = ctx;
-  for (let i = 0; i < 5; i++) {
+  // Shared nothing has no image lock to guard the source: ask the destination for longer.
+  const tries = ctx.storage ? 60 : 5;
+  let answered = false;
+  for (let i = 0; i < tries; i++) {
     try {
       const v = await dest.call(peerActions.status, { params: { id: job.id } }, { timeoutMs: 5000 });
+      answered = true;
       if (v.state === 'running') { job.log('the destination confirmed it runs the VM'); await ctx.onSwitched(); return; }
       if (v.state === 'prepared') {
         try { await confirm(ctx); await ctx.onSwitched(); return; } catch { /* fall through to rollback */ }
@@ -269,6 +277,9 @@ async function resolveAfterCompleted(ctx: LiveContext, err: unknown): Promise<vo
     } catch {
       await sleep(1000);
     }
+  }
+  if (!answered && ctx.storage) {
+    throw new MigrationFailedError('E_SWITCHOVER', `Cannot confirm whether '${job.record.destination}' runs VM '${job.record.vm}' (it does not answer: ${messageOf(err)}); the VM stays paused on '${job.record.source}' so it never runs twice; once '${job.record.destination}' answers, run 'ferry vm resume ${job.record.vm}' only if it does not run there`, err);
   }
   try {
     await proc.qmp.execute('cont', undefined, { timeoutMs: 10_000 });

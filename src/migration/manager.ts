@@ -91,7 +91,7 @@ export class MigrationManager {
       });
     }
     const kind = req.options.includeStorage ? 'shared-nothing' : e.isRunning(req.vm) ? 'live' : 'offline';
-    const job = new Job({ vm: req.vm, kind, source: e.name, destination: req.to.name, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
+    const job = new Job({ vm: req.vm, kind, source: e.name, destination: req.to.name, destinationEndpoint: req.to.endpoint, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
     this.jobs.set(job.id, job);
     e.markBusy(req.vm, job.id);
     job.log(`requested: move to ${req.to.name} (${kind})`);
@@ -124,7 +124,7 @@ export class MigrationManager {
         const proc = e.runningProc(r.vm);
         if (!proc) throw new FerryError('E_VM_NOT_RUNNING', `Cannot live-migrate VM '${r.vm}': it stopped before the move began; move it again (a stopped VM moves offline)`);
         await runLive({
-          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir,
+          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, accel: e.accelerator(),
           onSwitched: async () => { await e.releaseMigratedVm(r.vm, proc); },
         });
       } else if (r.kind === 'shared-nothing') {
@@ -145,7 +145,7 @@ export class MigrationManager {
           return;
         }
         await runLive({
-          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, storage,
+          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, accel: e.accelerator(), storage,
           onSwitched: async () => { await e.releaseMigratedVm(r.vm, proc); await cleanup(); },
         });
       } else {

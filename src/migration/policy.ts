@@ -20,10 +20,17 @@ export interface PolicyOptions {
   /** bytes/s; undefined = as fast as the link goes */
   bandwidthBps?: number;
   allowPostcopy: boolean;
+  /** First downtime limit (default START_DOWNTIME_MS, capped at maxDowntimeMs). */
+  startDowntimeMs?: number;
 }
 
 export const UNLIMITED_BANDWIDTH = 100 * 1024 ** 3; // QEMU caps at its own maximum
 export const START_DOWNTIME_MS = 20;
+/**
+ * Under TCG, QEMU 7.2 corrupts a busy Linux guest's kernel after long multi-pass moves
+ * (shared/QEMU-NOTES §E); fewer, longer passes avoid it, so TCG starts at QEMU's 300 ms.
+ */
+export const TCG_START_DOWNTIME_MS = 300;
 
 export function defaultFinishWithinMs(memoryMiB: number): number {
   // A minute, plus 30 s per GiB of RAM: generous for a LAN, bounded for a stuck guest.
@@ -46,7 +53,7 @@ export class ConvergencePolicy {
 
   constructor(opts: PolicyOptions) {
     this.opts = opts;
-    this.downtimeMs = Math.min(START_DOWNTIME_MS, opts.maxDowntimeMs);
+    this.downtimeMs = Math.min(opts.startDowntimeMs ?? START_DOWNTIME_MS, opts.maxDowntimeMs);
   }
 
   /** Parameters for the start of the copy. */

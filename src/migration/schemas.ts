@@ -68,6 +68,8 @@ export const MigrationRecord = z.object({
   kind: z.enum(['live', 'shared-nothing', 'storage', 'offline']),
   source: z.string(),
   destination: z.string(),
+  /** Where the destination's agent answers (kept so a restarted source can finish or roll back). */
+  destinationEndpoint: z.string().nullable(),
   state: z.enum(MIGRATION_STATES),
   priority: z.enum(['high', 'normal', 'low']),
   queuePosition: z.number().nullable(),

@@ -3,6 +3,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { QmpClient } from '../qemu/qmp.js';
+import { run } from '../util/exec.js';
 
 export async function qemuTlsDir(tls: { ca: string; cert: string; key: string }, dataDir: string): Promise<string> {
   const dir = path.join(dataDir, 'tls', 'qemu');
@@ -13,6 +14,12 @@ export async function qemuTlsDir(tls: { ca: string; cert: string; key: string },
   for (const [from, to] of files) {
     await fsp.copyFile(from, path.join(dir, to));
     if (to.endsWith('key.pem')) await fsp.chmod(path.join(dir, to), 0o600);
+  }
+  // Without DH parameters QEMU's TLS server computes them at every migration (up to 0.5 s):
+  // use the standard RFC 7919 group.
+  const dh = path.join(dir, 'dh-params.pem');
+  if (!(await fsp.access(dh).then(() => true, () => false))) {
+    await run('openssl', ['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048', '-out', dh], { timeoutMs: 30_000 });
   }
   return dir;
 }
