@@ -19,7 +19,7 @@ import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtim
 import { probeVm, bootblockVm } from '../vm/guests.js';
 import { newMac, newVmId, parseVmSpec, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
 import type { CreateVmOptions } from '../vm/lifecycle.js';
-import { assertInUsablePool, findPool, poolStatus, setGrant, type PoolDef } from '../storage/pools.js';
+import { assertInUsablePool, findPool, isInside, poolStatus, realPathLoose, setGrant, type PoolDef } from '../storage/pools.js';
 import type { HostView, VmView, VmCreateBody, SwitchView, PoolView, MigrationSettings } from '../api/schemas.js';
 import { HostSetBody } from '../api/schemas.js';
 import type { z } from 'zod';
@@ -195,6 +195,27 @@ export class Engine {
 
   async listPools(): Promise<PoolView[]> {
     return Promise.all(this.pools().map((p) => poolStatus(p, this.name)));
+  }
+
+  /** Lists a folder inside a pool; the path may not leave the pool (symlinks resolved). */
+  async browsePool(name: string, rel: string): Promise<{ pool: string; root: string; path: string; absolute: string; entries: Array<{ name: string; kind: 'dir' | 'file'; sizeBytes: number }> }> {
+    const pool = findPool(this.pools(), name, this.name);
+    const abs = path.resolve(pool.path, rel.replace(/^\/+/, ''));
+    if (!isInside(realPathLoose(abs), realPathLoose(pool.path))) {
+      throw new InvalidInputError(`Cannot browse '${rel}' in pool '${name}': it leads outside the pool; give a path inside it`, { path: rel });
+    }
+    const ents = await fsp.readdir(abs, { withFileTypes: true }).catch(() => {
+      throw new NotFoundError('E_PATH_NOT_FOUND', `Cannot browse '${rel}' in pool '${name}': no such folder`, { path: rel });
+    });
+    const entries = [];
+    for (const d of ents) {
+      if (d.name.startsWith('.')) continue;
+      const st = await fsp.stat(path.join(abs, d.name)).catch(() => null);
+      if (!st) continue;
+      entries.push({ name: d.name, kind: st.isDirectory() ? 'dir' as const : 'file' as const, sizeBytes: st.isDirectory() ? 0 : st.size });
+    }
+    entries.sort((a, b) => (a.kind === b.kind ? a.name.localeCompare(b.name) : a.kind === 'dir' ? -1 : 1));
+    return { pool: name, root: pool.path, path: path.relative(pool.path, abs), absolute: abs, entries };
   }
 
   async addPool(p: { name: string; kind: 'local' | 'shared'; path: string }): Promise<PoolView> {

@@ -2,7 +2,7 @@
 // registers routes from these; the CLI and the console's client call them — one
 // definition for route, client and OpenAPI.
 import type { z } from 'zod';
-import type { Role } from '../domain/ca.js';
+import type { Role } from './common.js';
 
 type Schema = z.ZodType | undefined;
 

@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { action } from './action.js';
 import {
-  ConsoleQuery, HostSetBody, PoolAddBody, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
+  ConsoleQuery, HostSetBody, PoolAddBody, PoolBrowseQuery, PoolBrowseView, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
   VmCreateBody, VmRemoveQuery, VmStopBody, VmView, Name,
 } from './schemas.js';
 import { CompareReport, CompareRequest, IdParams, ListQuery, MigrationRecord, MoveRequest, StorageMoveRequest } from '../migration/schemas.js';
@@ -30,6 +30,7 @@ export const actions = {
   switchRemove: action({ name: 'switch.remove', method: 'DELETE', path: '/v1/switches/:name', summary: 'Remove a switch no VM uses', params: NameParams, response: Ok, roles: admin }),
 
   poolList: action({ name: 'pool.list', method: 'GET', path: '/v1/pools', summary: 'Storage pools', response: z.array(PoolView), roles: peer }),
+  poolBrowse: action({ name: 'pool.browse', method: 'GET', path: '/v1/pools/:name/browse', summary: 'Folders and files inside a pool (path relative to the pool)', params: NameParams, query: PoolBrowseQuery, response: PoolBrowseView, roles: admin }),
   poolAdd: action({ name: 'pool.add', method: 'POST', path: '/v1/pools', summary: 'Add a storage pool (a folder; shared pools are mounted on every host)', body: PoolAddBody, response: PoolView, roles: admin }),
   poolGrant: action({ name: 'pool.grant', method: 'POST', path: '/v1/pools/:name/grant', summary: 'Grant a host access to a shared pool', params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
   poolRevoke: action({ name: 'pool.revoke', method: 'POST', path: '/v1/pools/:name/revoke', summary: "Revoke a host's access to a shared pool", params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),

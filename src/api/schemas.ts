@@ -1,7 +1,6 @@
 // Request and response schemas of the agent's API (shared by routes, client and OpenAPI).
 import { z } from 'zod';
-import { NAME_RE } from '../vm/spec.js';
-import { IMAGE_FORMATS } from '../qemu/img.js';
+import { NAME_RE, IMAGE_FORMATS } from './common.js';
 
 export const Name = z.string().regex(NAME_RE, { message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit' });
 const AbsPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
@@ -86,6 +85,11 @@ export const PoolView = z.object({
   granted: z.array(z.string()), usable: z.boolean(),
 });
 export type PoolView = z.infer<typeof PoolView>;
+export const PoolBrowseQuery = z.object({ path: z.string().max(4096).default('') });
+export const PoolBrowseView = z.object({
+  pool: z.string(), root: z.string(), path: z.string(), absolute: z.string(),
+  entries: z.array(z.object({ name: z.string(), kind: z.enum(['dir', 'file']), sizeBytes: z.number() })),
+});
 export const PoolAddBody = z.object({ name: Name, kind: z.enum(['local', 'shared']), path: AbsPath }).strict();
 export const PoolGrantBody = z.object({ host: Name }).strict();
 

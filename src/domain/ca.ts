@@ -9,7 +9,8 @@ import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { run } from '../util/exec.js';
 import { NAME_RE } from '../vm/spec.js';
 
-export type Role = 'host' | 'admin';
+import type { Role } from '../api/common.js';
+export type { Role };
 
 export interface DomainInfo { dir: string; id: string; name: string; caCert: string; caKey: string }
 export interface IssuedCert { cert: string; key: string; ca: string; name: string; role: Role }

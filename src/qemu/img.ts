@@ -2,8 +2,8 @@
 import { run, type RunOptions } from '../util/exec.js';
 import { InvalidInputError } from '../errors.js';
 
-export const IMAGE_FORMATS = ['qcow2', 'raw', 'vhdx', 'vpc'] as const;
-export type ImageFormat = (typeof IMAGE_FORMATS)[number];
+import { IMAGE_FORMATS, type ImageFormat } from '../api/common.js';
+export { IMAGE_FORMATS, type ImageFormat };
 
 export function isImageFormat(s: string): s is ImageFormat {
   return (IMAGE_FORMATS as readonly string[]).includes(s);

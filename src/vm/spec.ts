@@ -7,7 +7,8 @@ import { z } from 'zod';
 import { InvalidInputError } from '../errors.js';
 import { IMAGE_FORMATS } from '../qemu/img.js';
 
-export const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
+import { NAME_RE } from '../api/common.js';
+export { NAME_RE };
 const nameHelp = '1–63 letters, digits, dot, dash or underscore, starting with a letter or digit';
 
 const absPath = z.string().min(1).refine((p) => path.isAbsolute(p), { message: 'must be an absolute path' })
