@@ -92,6 +92,35 @@ export class AgentClient {
     });
   }
 
+  /**
+   * Forwards one HTTP request to the agent and pipes its answer back unchanged (the web
+   * console's proxy: the browser never holds a certificate).
+   */
+  forward(method: string, url: string, body: Buffer | undefined, contentType: string | undefined, res: import('node:http').ServerResponse, signal?: AbortSignal): Promise<void> {
+    return new Promise((resolve) => {
+      const req = https.request(this.endpoint + url, {
+        method, agent: this.agent, signal,
+        headers: { accept: 'application/json, text/event-stream, text/plain', ...(body?.length ? { 'content-type': contentType ?? 'application/json', 'content-length': body.length } : {}) },
+      }, (up) => {
+        const headers: Record<string, string> = {};
+        for (const h of ['content-type', 'cache-control']) if (up.headers[h]) headers[h] = String(up.headers[h]);
+        res.writeHead(up.statusCode ?? 502, headers);
+        up.pipe(res);
+        up.on('end', () => resolve());
+        up.on('error', () => resolve());
+        res.on('close', () => { up.destroy(); resolve(); });
+      });
+      req.on('error', (err) => {
+        if (!res.headersSent) {
+          res.writeHead(502, { 'content-type': 'application/json' });
+          res.end(JSON.stringify({ error: { code: 'E_AGENT_UNREACHABLE', message: new AgentUnreachableError(this.host, this.endpoint, err).message } }));
+        } else res.end();
+        resolve();
+      });
+      req.end(body?.length ? body : undefined);
+    });
+  }
+
   /** A streaming GET (console --follow, events): calls onData for each chunk until aborted. */
   stream(url: string, onData: (chunk: string) => void, opts: { signal?: AbortSignal } = {}): Promise<void> {
     return new Promise((resolve, reject) => {

@@ -1,0 +1,62 @@
+// Session gate (login page until GET /api/session answers) and the page shell.
+import { useCallback, useEffect, useState } from 'react';
+import { ApiError, errorText, logout, onUnauthorized, session, type HostRef } from './client.js';
+import { SessionContext } from './session.js';
+import { LoginPage } from './LoginPage.js';
+import { NavBar, type Page } from './NavBar.js';
+import { HostsPage } from './HostsPage.js';
+import { VmsPage } from './VmsPage.js';
+import { MigrationsPage } from './MigrationsPage.js';
+import { ClusterPage } from './ClusterPage.js';
+
+const PAGES: readonly Page[] = ['vms', 'hosts', 'migrations', 'cluster'];
+
+function pageFromHash(): Page {
+  const p = window.location.hash.replace(/^#\/?/, '');
+  return (PAGES as readonly string[]).includes(p) ? (p as Page) : 'vms';
+}
+
+type Auth = { kind: 'checking' } | { kind: 'out'; error?: string } | { kind: 'in'; hosts: HostRef[] };
+
+export function App() {
+  const [auth, setAuth] = useState<Auth>({ kind: 'checking' });
+  const [page, setPage] = useState<Page>(pageFromHash);
+
+  const check = useCallback(async () => {
+    try {
+      setAuth({ kind: 'in', hosts: await session() });
+    } catch (err) {
+      setAuth(err instanceof ApiError && err.status === 401 ? { kind: 'out' } : { kind: 'out', error: errorText(err) });
+    }
+  }, []);
+
+  useEffect(() => {
+    onUnauthorized(() => setAuth({ kind: 'out', error: 'Your session has ended; log in again.' }));
+    void check();
+    const onHash = (): void => setPage(pageFromHash());
+    window.addEventListener('hashchange', onHash);
+    return () => window.removeEventListener('hashchange', onHash);
+  }, [check]);
+
+  const doLogout = async (): Promise<void> => {
+    try { await logout(); } catch { /* the session is dropped either way */ }
+    setAuth({ kind: 'out' });
+  };
+
+  if (auth.kind === 'checking') return <div className="splash" data-testid="loading">Loading…</div>;
+  if (auth.kind === 'out') return <LoginPage error={auth.error} onLoggedIn={check} />;
+
+  return (
+    <SessionContext.Provider value={{ hosts: auth.hosts }}>
+      <div className="shell">
+        <NavBar page={page} onLogout={doLogout} />
+        <main className="content" data-testid={`page-${page}`}>
+          {page === 'hosts' && <HostsPage />}
+          {page === 'vms' && <VmsPage />}
+          {page === 'migrations' && <MigrationsPage />}
+          {page === 'cluster' && <ClusterPage />}
+        </main>
+      </div>
+    </SessionContext.Provider>
+  );
+}

@@ -1,0 +1,44 @@
+import { Fragment } from 'react';
+import type { VmView } from '../../../src/api/schemas.js';
+import { changedItems, type Choices } from './state.js';
+
+const OPTION_LABEL = {
+  single: "Move all the VM's data to a single location",
+  items: "Move the VM's data to different locations",
+  vmonly: 'Move only the virtual machine',
+} as const;
+
+export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: Choices; request: unknown }) {
+  const items = changedItems(vm, c);
+  const running = vm.state === 'running' || vm.state === 'paused';
+  const to = c.type === 'storage' ? vm.host : c.dest;
+  let what: string;
+  if (c.type === 'storage') {
+    what = `The VM's files are copied to their new places on ${vm.host}${running ? ' while the VM keeps running (writes go to both copies), then it switches to the new copies' : ''}; the old files are deleted.`;
+  } else if (c.option === 'vmonly') {
+    what = `${running ? "The VM's memory and device state are copied to" : 'The VM is registered on'} ${to}; its disks stay where they are. It then runs on ${to}${running ? ' after a short pause at switch-over' : ''}.`;
+  } else {
+    what = `The VM's disks and configuration are copied to ${to}${running ? ' while the VM keeps running, then its memory moves and it switches over with a short pause' : ''}; the source copies are deleted once it is on ${to}.`;
+  }
+  return (
+    <div data-testid="wizard-summary">
+      <p>{what}</p>
+      <dl className="facts">
+        <dt>Virtual machine</dt><dd>{vm.name} <span className="muted">({vm.state})</span></dd>
+        <dt>Move type</dt><dd data-testid="summary-type">{c.type === 'storage' ? "Move the virtual machine's storage" : 'Move the virtual machine'}</dd>
+        <dt>From</dt><dd>{vm.host}</dd>
+        <dt>To</dt><dd data-testid="summary-destination">{to}</dd>
+        <dt>Option</dt><dd data-testid="summary-option">{c.option ? OPTION_LABEL[c.option] : '–'}</dd>
+        {c.option === 'single' && <><dt>Folder</dt><dd className="path" data-testid="summary-path">{c.storagePath}</dd></>}
+        {c.option === 'items' && (
+          <>
+            {Object.entries(items.vhd ?? {}).map(([s, d]) => <Fragment key={s}><dt>Disk</dt><dd className="path">{s} → {d}</dd></Fragment>)}
+            {items.configPath && <><dt>Configuration</dt><dd className="path">{vm.configPath} → {items.configPath}</dd></>}
+            {!items.vhd && !items.configPath && <><dt>Items</dt><dd className="muted">no new place given{c.type === 'vm' ? ` (the agent puts them in ${to}'s local pool)` : ''}</dd></>}
+          </>
+        )}
+      </dl>
+      <details><summary className="small">Request</summary><pre className="small">{JSON.stringify(request, null, 2)}</pre></details>
+    </div>
+  );
+}

@@ -1,0 +1,70 @@
+// The Move wizard's choices and the requests they become. The browser only turns the
+// user's choices into a request; the agents judge them (compare-vm, path checks).
+import type { z } from 'zod';
+import type { VmView } from '../../../src/api/schemas.js';
+import type { MoveOptions, StorageMoveRequest } from '../../../src/migration/schemas.js';
+
+export type MoveType = 'vm' | 'storage';
+export type MoveOption = 'single' | 'items' | 'vmonly';
+
+export interface Choices {
+  type: MoveType | null;
+  /** Destination host name (VM moves). */
+  dest: string;
+  option: MoveOption | null;
+  /** "Move all the VM's data to a single location". */
+  storagePath: string;
+  /** Per disk: source path → destination path. */
+  vhd: Record<string, string>;
+  configPath: string;
+}
+
+export const STEP_TITLES: Record<number, string> = {
+  1: 'Choose move type',
+  2: 'Specify destination',
+  3: 'Choose move options',
+  4: 'Choose a new location',
+  5: 'Check compatibility',
+  6: 'Summary',
+  7: 'Progress',
+};
+
+export function initialChoices(vm: VmView): Choices {
+  return {
+    type: null, dest: '', option: null, storagePath: '',
+    vhd: Object.fromEntries(vm.disks.map((d) => [d.path, d.path])),
+    configPath: vm.configPath,
+  };
+}
+
+/** The pages this move goes through, in order (fixed numbers: wizard-step-N). */
+export function stepsFor(c: Choices): number[] {
+  const out = [1];
+  if (c.type !== 'storage') out.push(2);
+  out.push(3);
+  if (c.option !== 'vmonly') out.push(4);
+  if (c.type !== 'storage') out.push(5);
+  out.push(6, 7);
+  return out;
+}
+
+/** Items the user gave a new place (unchanged ones are left out). */
+export function changedItems(vm: VmView, c: Choices): { vhd?: Record<string, string>; configPath?: string } {
+  const vhd = Object.fromEntries(Object.entries(c.vhd).map(([s, d]) => [s, d.trim()] as const).filter(([s, d]) => d && d !== s));
+  const cfg = c.configPath.trim();
+  return {
+    ...(Object.keys(vhd).length ? { vhd } : {}),
+    ...(cfg && cfg !== vm.configPath ? { configPath: cfg } : {}),
+  };
+}
+
+export function moveOptions(vm: VmView, c: Choices): z.input<typeof MoveOptions> {
+  if (c.option === 'vmonly' || c.option === null) return { includeStorage: false };
+  if (c.option === 'single') return { includeStorage: true, storagePath: c.storagePath.trim() };
+  return { includeStorage: true, ...changedItems(vm, c) };
+}
+
+export function storageMoveBody(vm: VmView, c: Choices): z.input<typeof StorageMoveRequest> {
+  if (c.option === 'single') return { vm: vm.name, path: c.storagePath.trim() };
+  return { vm: vm.name, ...changedItems(vm, c) };
+}
