@@ -1,0 +1,160 @@
+// The web console in Debian's Chromium (playwright-core), against a real 2-host lab.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { ferry, ferryOk } from '../e2e/cli.js';
+import { REPO_ROOT } from '../../guest/paths.js';
+import { sleep } from '../../src/util/exec.js';
+import type { VmView } from '../../src/api/schemas.js';
+import type { LabStatus } from '../../src/lab/lab.js';
+
+const CHROMIUM = '/usr/bin/chromium';
+const TOKEN = 'test-token-' + Math.random().toString(36).slice(2);
+// FERRY_SCREENSHOTS=docs/screenshots refreshes the committed ones; otherwise they go to a temp folder.
+let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
+let dir = '';
+let lab = '';
+let consoleProc: ChildProcess | null = null;
+let url = '';
+let browser: Browser | null = null;
+let page: Page;
+
+before(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fui-'));
+  lab = path.join(dir, 'lab');
+  shots ||= path.join(dir, 'screenshots');
+  await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);
+  await ferryOk(['vm', 'new', 'web1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'web1'), '--start'], { lab });
+  await ferryOk(['vm', 'new', 'local1', '--host', 'host-a', '--guest', 'probe', '--start'], { lab });
+  consoleProc = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['console', '--listen', '127.0.0.1:0', '--token', TOKEN], { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', 'inherit'] });
+  url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const t = setTimeout(() => reject(new Error(`console did not start: ${out}`)), 30_000);
+    consoleProc!.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
+      if (m) { clearTimeout(t); resolve(m[1]!); }
+    });
+  });
+  browser = await chromium.launch({
+    executablePath: CHROMIUM, headless: true,
+    // playwright gives every launch a fresh, empty user-data dir.
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  await fsp.mkdir(shots, { recursive: true });
+});
+
+after(async () => {
+  await browser?.close().catch(() => undefined);
+  consoleProc?.kill('SIGTERM');
+  await ferry(['lab', 'down', '--dir', lab]);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+const tid = (id: string): string => `[data-testid="${id}"]`;
+
+test('nothing without logging in; a wrong token is refused; the right one opens the console', async () => {
+  const res = await fetch(`${url}api/hosts/host-a/v1/vms`);
+  assert.equal(res.status, 401, 'the API needs a session');
+  await page.goto(url);
+  await page.fill(tid('login-token'), 'wrong');
+  await page.click(tid('login-submit'));
+  await page.waitForSelector(tid('login-error'));
+  await page.fill(tid('login-token'), TOKEN);
+  await page.click(tid('login-submit'));
+  await page.waitForSelector(tid('vm-row-web1'), { timeout: 30_000 });
+  await page.click(tid('nav-hosts'));
+  await page.waitForSelector(tid('host-card-host-b'));
+  assert.equal(await page.textContent(tid('host-state-host-b')), 'up');
+  await page.screenshot({ path: path.join(shots, 'hosts.png') });
+  await page.click(tid('nav-vms'));
+});
+
+async function openWizard(vm: string): Promise<void> {
+  await page.click(tid('nav-vms'));
+  await page.waitForSelector(tid(`move-${vm}`));
+  await page.click(tid(`move-${vm}`));
+  await page.waitForSelector(tid('move-wizard'));
+}
+
+test('the Move wizard live-migrates a VM (move only the VM) and shows it complete', async () => {
+  await openWizard('web1');
+  await page.click(tid('move-type-vm'));
+  await page.click(tid('wizard-next'));
+  await page.selectOption(tid('wizard-destination'), 'host-b');
+  await page.click(tid('wizard-next'));
+  await page.click(tid('move-option-vmonly'));
+  await page.click(tid('wizard-next'));
+  const report = await page.waitForSelector(`${tid('compat-report')}[data-compatible="true"]`, { timeout: 60_000 });
+  assert.ok(report);
+  await page.click(tid('wizard-next'));
+  await page.waitForSelector(tid('wizard-summary'));
+  await page.screenshot({ path: path.join(shots, 'wizard-summary.png') });
+  await page.click(tid('wizard-finish'));
+  await page.waitForSelector(`${tid('migration-state')}:has-text("completed")`, { timeout: 90_000 });
+  await page.screenshot({ path: path.join(shots, 'wizard-progress.png') });
+  await page.click(tid('wizard-close'));
+  const v = await ferryOk<VmView>(['vm', 'show', 'web1', '--json'], { lab });
+  assert.equal(v.host, 'host-b');
+  assert.equal(v.state, 'running');
+});
+
+test('a compare failure is shown in the wizard (VM on local storage, move only the VM)', async () => {
+  await openWizard('local1');
+  await page.click(tid('move-type-vm'));
+  await page.click(tid('wizard-next'));
+  await page.selectOption(tid('wizard-destination'), 'host-b');
+  await page.click(tid('wizard-next'));
+  await page.click(tid('move-option-vmonly'));
+  await page.click(tid('wizard-next'));
+  await page.waitForSelector(`${tid('compat-report')}[data-compatible="false"]`, { timeout: 60_000 });
+  const codes = await page.$$eval(tid('compat-item'), (els) => els.map((e) => e.getAttribute('data-code')));
+  assert.ok(codes.includes('E_STORAGE_NOT_SHARED'), codes.join(','));
+  assert.equal(await page.isDisabled(tid('wizard-next')), true, 'cannot go on while incompatible');
+  await page.screenshot({ path: path.join(shots, 'wizard-compatibility.png') });
+  await page.click(tid('wizard-close'));
+});
+
+test('the wizard moves storage (all to one folder) while the VM runs', async () => {
+  await openWizard('local1');
+  await page.click(tid('move-type-storage'));
+  await page.click(tid('wizard-next'));
+  await page.click(tid('move-option-single'));
+  await page.click(tid('wizard-next'));
+  const to = path.join(lab, 'shared', 'local1-moved');
+  await page.fill(tid('wizard-path-storage'), to);
+  await page.click(tid('wizard-next'));
+  await page.waitForSelector(tid('wizard-summary'));
+  await page.click(tid('wizard-finish'));
+  await page.waitForSelector(`${tid('migration-state')}:has-text("completed")`, { timeout: 90_000 });
+  await page.click(tid('wizard-close'));
+  const v = await ferryOk<VmView>(['vm', 'show', 'local1', '--json'], { lab });
+  assert.equal(v.configPath, to);
+  assert.equal(v.disks[0]!.path, path.join(to, 'data.qcow2'));
+  assert.equal(v.state, 'running');
+});
+
+test('the migration view shows a live move with its chart, and Cancel cancels it', async () => {
+  const id = (await ferryOk(['move-vm', 'web1', '--to', 'host-a', '--bandwidth', '2', '--no-wait'], { lab }) as string).trim();
+  await page.click(tid('nav-migrations'));
+  const card = tid(`migration-${id}`);
+  await page.waitForSelector(`${card}[data-state="copying-memory"]`, { timeout: 60_000 });
+  await sleep(2500); // a few samples for the chart
+  await page.waitForSelector(`${card} ${tid('migration-chart')}`);
+  await page.screenshot({ path: path.join(shots, 'migration-view.png') });
+  await page.click(`${card} ${tid('migration-cancel')}`);
+  await page.waitForSelector(`${tid(`history-row-${id}`)}[data-state="cancelled"]`, { timeout: 60_000 });
+  const v = await ferryOk<VmView>(['vm', 'show', 'web1', '--json'], { lab });
+  assert.equal(v.host, 'host-b', 'the VM stays where it was');
+  assert.equal(v.state, 'running');
+  await page.click(tid('nav-cluster'));
+  await page.waitForSelector(tid('cluster-node-host-a'));
+  await page.screenshot({ path: path.join(shots, 'cluster.png') });
+  assert.ok(fs.existsSync(path.join(shots, 'migration-view.png')));
+});
