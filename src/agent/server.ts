@@ -86,6 +86,11 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     },
     bodyLimit: 1024 * 1024,
     disableRequestLogging: true,
+    maxParamLength: 1000,
+    // Errors the router raises before any route runs (too long a path, bad URL encoding).
+    frameworkErrors: (err, _req, reply) => {
+      void (reply as unknown as FastifyReply).code(400).send({ error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` } });
+    },
   });
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);

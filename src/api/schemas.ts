@@ -64,12 +64,12 @@ export const VmCreateBody = z.object({
 export type VmCreateBody = z.infer<typeof VmCreateBody>;
 
 export const VmStopBody = z.object({ force: z.boolean().default(false), timeoutMs: z.number().int().min(0).max(600_000).default(30_000) }).strict();
-export const VmRemoveQuery = z.object({ deleteDisks: z.enum(['true', 'false']).default('true').transform((v) => v === 'true') });
+export const VmRemoveQuery = z.object({ deleteDisks: z.enum(['true', 'false']).default('true').transform((v) => v === 'true') }).strict();
 export const ConsoleQuery = z.object({
   follow: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
   /** Only the last N bytes of the log (default 64 KiB). */
   tail: z.coerce.number().int().min(0).max(64 * 1024 * 1024).default(65536),
-});
+}).strict();
 
 export const SwitchView = z.object({ name: z.string(), kind: z.enum(['user', 'bridge']), bridge: z.string().nullable() });
 export type SwitchView = z.infer<typeof SwitchView>;
@@ -85,7 +85,7 @@ export const PoolView = z.object({
   granted: z.array(z.string()), usable: z.boolean(),
 });
 export type PoolView = z.infer<typeof PoolView>;
-export const PoolBrowseQuery = z.object({ path: z.string().max(4096).default('') });
+export const PoolBrowseQuery = z.object({ path: z.string().max(4096).default('') }).strict();
 export const PoolBrowseView = z.object({
   pool: z.string(), root: z.string(), path: z.string(), absolute: z.string(),
   entries: z.array(z.object({ name: z.string(), kind: z.enum(['dir', 'file']), sizeBytes: z.number() })),

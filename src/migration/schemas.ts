@@ -97,5 +97,5 @@ export const MigrationRecord = z.object({
 });
 export type MigrationRecord = z.infer<typeof MigrationRecord>;
 
-export const ListQuery = z.object({ all: z.enum(['true', 'false']).default('false').transform((v) => v === 'true') });
+export const ListQuery = z.object({ all: z.enum(['true', 'false']).default('false').transform((v) => v === 'true') }).strict();
 export const IdParams = z.object({ id: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, { message: 'must be a migration id' }) });
