@@ -124,19 +124,23 @@ export class IncomingManager {
       const proc = await startVm(spec, { runDir, accel: e.accelerator(), incoming: true, switches, signal: opts.signal }).catch(async (err: unknown) => { await e.releaseNics(spec); throw err; });
       void proc.exited.then(() => e.releaseNics(spec));
       item.proc = proc;
-      if (req.tls) await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
+      if (req.tls) {
+        await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
+        // Only the source host's certificate may connect to this VM's stream and NBD exports.
+        await proc.qmp.execute('object-add', { 'qom-type': 'authz-simple', id: 'ferry-authz', identity: peerDn(req.source, e.domainId) }, opts);
+      }
       if (!req.stopped) {
         const caps = [{ capability: 'events' as const, state: true }, { capability: 'late-block-activate' as const, state: true }];
         if (req.postcopy) caps.push({ capability: 'postcopy-ram' as never, state: true });
         await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, opts);
-        if (req.tls) await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls' }, opts);
+        if (req.tls) await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' }, opts);
       }
       const addr = e.migrationListenAddress();
       const host = addr.includes(':') ? `[${addr}]` : addr;
       if (req.storage) {
         // NBD exports of the new, empty disks on the migration address, for the source's mirrors.
         const port = await freePort(addr);
-        await proc.qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: addr, port: String(port) } }, ...(req.tls ? { 'tls-creds': 'ferry-tls' } : {}) }, opts);
+        await proc.qmp.execute('nbd-server-start', { addr: { type: 'inet', data: { host: addr, port: String(port) } }, ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}) }, opts);
         for (const d of req.storage.disks) {
           await proc.qmp.execute('block-export-add', { type: 'nbd', id: `exp-${d.id}`, 'node-name': d.id, name: d.id, writable: true }, opts);
         }
@@ -274,4 +278,9 @@ function freePort(host: string): Promise<number> {
     s.once('error', reject);
     s.listen(0, host, () => { const port = (s.address() as net.AddressInfo).port; s.close(() => resolve(port)); });
   });
+}
+
+/** The distinguished name QEMU (gnutls) reads from a host certificate of our domain. */
+export function peerDn(host: string, domainId: string): string {
+  return `O=ferry-domain-${domainId},OU=ferry-host,CN=${host}`;
 }

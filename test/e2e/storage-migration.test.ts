@@ -240,3 +240,40 @@ test('a 10 GiB sparse disk with about 100 MiB written copies about 100 MiB', asy
   await ferryOk(['vm', 'stop', 'sp1', '--force'], { lab: L.lab });
   await ferryOk(['vm', 'rm', 'sp1'], { lab: L.lab });
 });
+
+test("the destination's NBD port refuses every certificate but the source host's", async () => {
+  const { AgentClient } = await import('../../src/api/client.js');
+  const { peerActions } = await import('../../src/api/peer-actions.js');
+  const { issueCert, loadDomain } = await import('../../src/domain/ca.js');
+  const { qemuTlsDir } = await import('../../src/migration/tls.js');
+  const vm = await ferryOk<VmView>(['vm', 'new', 'nbd1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], { lab: L.lab });
+  await waitProbe(L, vm, 5);
+  const id = (await ferryOk(['move-vm', 'nbd1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], { lab: L.lab }) as string).trim();
+  await waitState(id, ['copying-storage']);
+  const d = path.join(L.lab, 'domain');
+  const client = new AgentClient({ endpoint: L.status.hosts[1]!.endpoint, host: 'host-b', credentials: { ca: path.join(d, 'ca.crt'), cert: path.join(d, 'admins', 'admin.crt'), key: path.join(d, 'admins', 'admin.key') } });
+  const st = await client.call(peerActions.status, { params: { id } });
+  client.close();
+  assert.ok(st.nbd, 'the destination serves NBD');
+  const probe = (tlsDir: string): { ok: boolean; out: string } => {
+    try {
+      const out = execFileSync('qemu-img', ['info', '--object', `tls-creds-x509,id=t0,endpoint=client,dir=${tlsDir}`, '--image-opts',
+        `driver=nbd,server.type=inet,server.host=${st.nbd!.host},server.port=${st.nbd!.port},export=disk0,tls-creds=t0,tls-hostname=host-b`], { stdio: 'pipe', timeout: 20_000 }).toString();
+      return { ok: true, out };
+    } catch (err) {
+      return { ok: false, out: String((err as { stderr?: Buffer }).stderr ?? err) };
+    }
+  };
+  const domain = await loadDomain(d);
+  const other = await issueCert(domain, 'host', 'host-z', { outDir: path.join(L.dir, 'hz') });
+  const otherDir = await qemuTlsDir({ ca: domain.caCert, cert: other.cert, key: other.key }, path.join(L.dir, 'hz-data'));
+  const denied = probe(otherDir);
+  assert.equal(denied.ok, false, 'another host of the domain is refused');
+  const sourceDir = path.join(hostData(L, 'host-a'), 'tls', 'qemu');
+  const allowed = probe(sourceDir);
+  assert.equal(allowed.ok, true, `the source host is let in: ${allowed.out}`);
+  const r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
+  assert.equal(r.state, 'cancelled');
+  await ferryOk(['vm', 'stop', 'nbd1', '--force'], { lab: L.lab });
+  await ferryOk(['vm', 'rm', 'nbd1'], { lab: L.lab });
+});
