@@ -1,6 +1,8 @@
 // The commander program: one file per command group under commands/.
 import { Command } from '@commander-js/extra-typings';
 import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { REPO_ROOT } from '../../guest/paths.js';
 import { registerGuest } from './commands/guest.js';
 import { registerVm } from './commands/vm.js';
 import { registerHost } from './commands/host.js';
@@ -8,7 +10,7 @@ import { registerAdmin } from './commands/admin.js';
 import { registerMove } from './commands/move.js';
 
 export function buildProgram(): Command {
-  const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
+  const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
   const program = new Command('ferry')
     .description('Move running virtual machines between Linux hosts (QEMU/KVM)')
     .version(pkg.version)

@@ -14,7 +14,7 @@ import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
-import { REPO_ROOT } from '../../guest/paths.js';
+import { cliCommand } from '../../guest/paths.js';
 
 const LabHost = z.object({ name: z.string(), port: z.number().int(), dataDir: z.string(), agentPid: z.number().int().nullable() });
 const LabFile = z.object({ version: z.literal(1), dir: z.string(), hosts: z.array(LabHost), cluster: z.boolean().default(false) });
@@ -131,9 +131,9 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
     const fd = fs.openSync(logFile, 'a');
-    const child = spawn(process.execPath, [
-      '--import', `file://${path.join(REPO_ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')}`,
-      path.join(REPO_ROOT, 'src', 'cli', 'main.ts'),
+    const [node, ...cli] = cliCommand();
+    const child = spawn(node!, [
+      ...cli,
       'agent', '--name', h.name, '--data', h.dataDir, '--listen', `127.0.0.1:${h.port}`,
     ], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);

@@ -1,7 +1,6 @@
 // `ferry agent`, `ferry domain`, `ferry lab`.
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import { runAgent } from '../../agent/main.js';
 import { initDomain, issueCert, loadDomain } from '../../domain/ca.js';
 import { labDown, labKill, labStatus, labUp } from '../../lab/lab.js';
 import { printJson, printTable } from '../output.js';
@@ -25,6 +24,7 @@ export function registerAdmin(program: Command): void {
     .option('--migration-address <addr>', 'address for migration streams (default: the API address)')
     .option('--tls-dir <dir>', 'folder with ca.crt, host.crt, host.key (default DATA/tls)')
     .action(async (o) => {
+      const { runAgent } = await import('../../agent/main.js'); // fastify, sqlite: only the agent needs them
       await runAgent({ name: o.name, data: o.data, listen: o.listen, ...(o.migrationAddress ? { migrationAddress: o.migrationAddress } : {}), ...(o.tlsDir ? { tlsDir: o.tlsDir } : {}) });
     });
 
