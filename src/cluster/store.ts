@@ -285,6 +285,17 @@ const noRetry = {
   execute: <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
 } as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 
+type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
+/**
+ * Watch reconnects: 100 ms doubling to 2 s. etcd3's default grows to 30 s, and its watch
+ * manager also arms that timer when the last watcher is cancelled or the client closes,
+ * which kept a finished process alive for up to 30 s.
+ */
+function backoffFrom(ms: number): WatchBackoff {
+  return { duration: ms, next: () => backoffFrom(Math.min(ms * 2, 2000)) } as unknown as WatchBackoff;
+}
+const watchBackoff = { duration: 0, next: () => backoffFrom(100) } as unknown as WatchBackoff;
+
 const ELECTION = 'election';
 
 export class EtcdStore implements ClusterStore {
@@ -318,7 +329,7 @@ export class EtcdStore implements ClusterStore {
       // Per attempt; EtcdStore.call bounds the whole call. Streams (watch, keepalive) have none.
       // Short enough that a frozen member costs one attempt, not the whole call.
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + Math.max(1000, Math.min(callTimeoutMs / 3, 3000)) }),
-      faultHandling: { global: noRetry },
+      faultHandling: { global: noRetry, watchBackoff },
       // HTTP/2 pings find a frozen member under a watch or keepalive stream; etcd's server
       // refuses pings more often than every 5 s (--grpc-keepalive-min-time) and without a stream.
       grpcOptions: { 'grpc.keepalive_time_ms': 5000, 'grpc.keepalive_timeout_ms': 2000, 'grpc.keepalive_permit_without_calls': 0 },

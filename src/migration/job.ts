@@ -3,6 +3,13 @@
 // objects: progress events in, renderers out).
 import { randomUUID } from 'node:crypto';
 import type { EventBus } from '../agent/events.js';
+import type { FerryError } from '../errors.js';
+import type { AgentClient } from '../api/client.js';
+import { peerActions, IncomingRequest, type IncomingView } from '../api/peer-actions.js';
+import { sleep } from '../util/exec.js';
+import type { z } from 'zod';
+
+type IncomingRequestInput = z.input<typeof IncomingRequest>;
 import { TERMINAL, type MigrationRecord, type MigrationState, type MoveOptions, type PolicyInput } from './schemas.js';
 
 export class Job {
@@ -56,4 +63,40 @@ export class Job {
   }
 
   snapshot(): MigrationRecord { return structuredClone(this.record); }
+}
+
+/**
+ * Asks the destination to prepare, waiting in state `queued` while it is at its own
+ * migration limit (E_HOST_BUSY) — the move stays queued until it has a free slot.
+ */
+export async function prepareWhenFree(job: Job, dest: AgentClient, body: IncomingRequestInput): Promise<IncomingView> {
+  const r = job.record;
+  for (;;) {
+    try {
+      const v = await dest.call(peerActions.prepare, { body }, { signal: job.signal, timeoutMs: 120_000 });
+      if (r.state === 'queued') job.setState('preparing', `preparing ${r.destination}`);
+      return v;
+    } catch (err) {
+      if ((err as FerryError).code !== 'E_HOST_BUSY') throw err;
+      if (r.state !== 'queued') job.setState('queued', `waiting: ${r.destination} is at its migration limit`);
+      await sleep(1000, job.signal);
+    }
+  }
+}
+
+/** Folds mirror progress into the record (per disk and in total); returns done and total bytes. */
+export function foldMirrorProgress(r: MigrationRecord, ps: Array<{ diskId: string; done: number; total: number }>, startedAt: number): { done: number; total: number; rate: number } {
+  let done = 0;
+  let total = 0;
+  for (const p of ps) {
+    const disk = r.disks.find((x) => x.id === p.diskId);
+    if (disk) { disk.bytesDone = p.done; disk.bytesTotal = p.total; }
+    done += p.done;
+    total += p.total;
+  }
+  const rate = done / Math.max(0.001, (Date.now() - startedAt) / 1000);
+  r.bytesTransferred = done;
+  r.remainingBytes = total - done;
+  r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
+  return { done, total, rate };
 }

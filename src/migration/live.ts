@@ -14,7 +14,7 @@ import { newProgress, sampleFrom, update } from './progress.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import type { IncomingRequest } from '../api/peer-actions.js';
 import { abandonMirrors, checkMirrors, delNode, finishMirrors, rootNode, startMirror, waitMirrorsReady, type MirrorSpec } from './block.js';
-import type { Job } from './job.js';
+import { foldMirrorProgress, prepareWhenFree, type Job } from './job.js';
 
 export interface LiveContext {
   job: Job;
@@ -69,22 +69,10 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     // 2. Prepare on the destination.
     job.setState('preparing', `preparing ${r.destination}`);
     if (ctx.tls) { await addTlsCreds(qmp, tlsId, 'client', await qemuTlsDir(ctx.tlsFiles, ctx.dataDir), signal); tlsAdded = true; }
-    let prep;
-    for (;;) {
-      try {
-        prep = await dest.call(peerActions.prepare, { body: {
-          jobId: job.id, source: ctx.sourceName, spec: (ctx.storage?.destSpec ?? spec) as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: r.policy.allowPostcopy,
-          ...(ctx.storage ? { storage: ctx.storage.request } : {}),
-        } }, { signal, timeoutMs: 120_000 });
-        break;
-      } catch (err) {
-        if ((err as FerryError).code !== 'E_HOST_BUSY') throw err;
-        // The destination is at its own limit: stay queued until it has a free slot.
-        if (r.state !== 'queued') job.setState('queued', `waiting: ${r.destination} is at its migration limit`);
-        await sleep(1000, signal);
-      }
-    }
-    if (r.state === 'queued') job.setState('preparing', `preparing ${r.destination}`);
+    const prep = await prepareWhenFree(job, dest, {
+      jobId: job.id, source: ctx.sourceName, spec: (ctx.storage?.destSpec ?? spec) as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: r.policy.allowPostcopy,
+      ...(ctx.storage ? { storage: ctx.storage.request } : {}),
+    });
     prepared = true;
     if (!prep.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': the destination gave no stream address`);
     r.progress = 0.02;
@@ -110,18 +98,8 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       const t0 = Date.now();
       let split = 0.5;
       await waitMirrorsReady(qmp, mirrors, (ps) => {
-        let done = 0;
-        let total = 0;
-        for (const p of ps) {
-          const disk = r.disks.find((x) => x.id === p.diskId);
-          if (disk) { disk.bytesDone = p.done; disk.bytesTotal = p.total; }
-          done += p.done; total += p.total;
-        }
+        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
         split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
-        const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
-        r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
-        r.remainingBytes = total - done;
-        r.bytesTransferred = done;
         r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
         // One ETA across the phases: the rest of the disks, then memory, at the rate seen.
         r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;

@@ -9,7 +9,7 @@ import { peerActions, type IncomingRequest } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
 import { sleep } from '../util/exec.js';
 import { qemuTlsDir } from './tls.js';
-import type { Job } from './job.js';
+import { prepareWhenFree, type Job } from './job.js';
 
 export interface OfflineContext {
   job: Job;
@@ -30,19 +30,9 @@ export async function runOfflineCopy(ctx: OfflineContext): Promise<void> {
   let prepared = false;
   try {
     job.setState('preparing', `preparing ${r.destination} to receive the disks`);
-    let prep;
-    for (;;) {
-      try {
-        prep = await dest.call(peerActions.prepare, { body: {
-          jobId: job.id, source: ctx.sourceName, spec: ctx.storage.destSpec as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: false, stopped: true, storage: ctx.storage.request,
-        } }, { signal, timeoutMs: 120_000 });
-        break;
-      } catch (err) {
-        if ((err as FerryError).code !== 'E_HOST_BUSY') throw err;
-        if (r.state !== 'queued') job.setState('queued', `waiting: ${r.destination} is at its migration limit`);
-        await sleep(1000, signal);
-      }
-    }
+    const prep = await prepareWhenFree(job, dest, {
+      jobId: job.id, source: ctx.sourceName, spec: ctx.storage.destSpec as unknown as Record<string, unknown>, tls: ctx.tls, postcopy: false, stopped: true, storage: ctx.storage.request,
+    });
     prepared = true;
     if (!prep.nbd) throw new FerryError('E_PREPARE', `Cannot copy the disks of VM '${spec.name}': the destination gave no NBD address`);
     job.setState('copying-storage', `copying ${ctx.storage.request.disks.length} disk(s) to ${r.destination}`);

@@ -14,7 +14,7 @@ import type { PoolDef } from '../storage/pools.js';
 import { poolOf } from '../storage/pools.js';
 import { addImageNode, abandonMirrors, delNode, finishMirrors, rootNode, startMirror, waitMirrorsReady, type MirrorSpec } from './block.js';
 import { copyEta } from './progress.js';
-import type { Job } from './job.js';
+import { foldMirrorProgress, type Job } from './job.js';
 
 export interface StoragePlan {
   configPath: string;
@@ -87,17 +87,7 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
       }
       const t0 = Date.now();
       await waitMirrorsReady(proc.qmp, mirrors, (ps) => {
-        let done = 0;
-        let total = 0;
-        for (const p of ps) {
-          const disk = r.disks.find((x) => x.id === p.diskId);
-          if (disk) { disk.bytesDone = p.done; disk.bytesTotal = p.total; }
-          done += p.done; total += p.total;
-        }
-        r.bytesTransferred = done;
-        r.remainingBytes = total - done;
-        const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
-        r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
+        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
         r.progress = Math.max(r.progress, Math.min(0.95, total ? 0.05 + 0.9 * (done / total) : 0.05));
         r.etaSeconds = copyEta(total - done, rate);
         job.flush();

@@ -7,6 +7,7 @@ import { before, after } from 'node:test';
 import { ferry, ferryOk } from './cli.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import type { VmView } from '../../src/api/schemas.js';
+import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { parseSerial } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
 
@@ -62,4 +63,18 @@ export function heartbeatContinuity(logs: string[]): { first: number; last: numb
   const missing: number[] = [];
   for (let s = first; s <= last && missing.length < 50; s++) if (!seqs.has(s)) missing.push(s);
   return { first, last, missing, total: sorted.length };
+}
+
+/** Polls a migration record until it reaches one of `states`. */
+export async function waitMigration(l: TestLab, id: string, states: string[], timeoutMs = 90_000): Promise<MigrationRecord> {
+  const until = Date.now() + timeoutMs;
+  for (;;) {
+    const r = await ferry(['migration', 'show', id, '--json'], { lab: l.lab });
+    if (r.code === 0) {
+      const rec = JSON.parse(r.stdout) as MigrationRecord;
+      if (states.includes(rec.state)) return rec;
+    }
+    if (Date.now() > until) throw new Error(`migration ${id} did not reach ${states.join('/')}`);
+    await sleep(150);
+  }
 }

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity } from './lab.js';
+import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { verifyGuestMemory } from '../../guest/bootblock.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
@@ -18,15 +18,7 @@ const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const size = (f: string): number => fs.statSync(f).size;
 
-async function waitState(id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await ferryOk<MigrationRecord>(['migration', 'show', id, '--json'], { lab: L.lab });
-    if (states.includes(r.state)) return r;
-    if (Date.now() > until) throw new Error(`migration ${id} stayed ${r.state}`);
-    await sleep(200);
-  }
-}
+const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> => waitMigration(L, id, states, timeoutMs);
 
 /** Nothing of the VM left on a host: no QEMU, not registered. */
 async function assertGoneFrom(host: string, vm: VmView): Promise<void> {

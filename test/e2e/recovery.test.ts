@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, serialLog, waitProbe } from './lab.js';
+import { useLab, hostData, serialLog, waitProbe, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { sleep } from '../../src/util/exec.js';
@@ -15,18 +15,7 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
-async function waitState(id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await ferry(['migration', 'show', id, '--json'], { lab: L.lab });
-    if (r.code === 0) {
-      const rec = JSON.parse(r.stdout) as MigrationRecord;
-      if (states.includes(rec.state)) return rec;
-    }
-    if (Date.now() > until) throw new Error(`migration ${id} did not reach ${states.join('/')}`);
-    await sleep(200);
-  }
-}
+const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> => waitMigration(L, id, states, timeoutMs);
 
 async function killAgent(host: string): Promise<void> {
   const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', L.lab, '--json']);

@@ -6,7 +6,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity } from './lab.js';
+import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
 import { createImage, imageInfo } from '../../src/qemu/img.js';
@@ -18,15 +18,7 @@ const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const local = (host: string, ...p: string[]): string => path.join(hostData(L, host), 'pools', 'local', ...p);
 
-async function waitState(id: string, states: string[], timeoutMs = 90_000): Promise<MigrationRecord> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const r = await ferryOk<MigrationRecord>(['migration', 'show', id, '--json'], { lab: L.lab });
-    if (states.includes(r.state)) return r;
-    if (Date.now() > until) throw new Error(`migration ${id} stayed ${r.state}`);
-    await sleep(100);
-  }
-}
+const waitState = (id: string, states: string[], timeoutMs = 90_000): Promise<MigrationRecord> => waitMigration(L, id, states, timeoutMs);
 
 /** Stops the VM and checks every record it acknowledged (on any host) is on its disk. */
 async function stopAndVerify(vm: VmView): Promise<void> {
