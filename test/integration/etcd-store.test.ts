@@ -55,16 +55,11 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
   });
 
   after(async () => {
-    const T0 = Date.now(); process.on('exit', () => console.error('EXIT at', Date.now() - T0));
     for (const s of stores) await s.close().catch(() => undefined);
-    console.error('closed', Date.now() - T0);
     // From DIR/etcd.json: also members of a start that failed half-way, or a restarted one.
     if (dir) await stopLabMembers(dir, { graceMs: 5000 });
     for (const m of members) if (isMemberAlive(m.pid, m.dataDir)) await killMember(m);
     if (dir) await fsp.rm(dir, { recursive: true, force: true });
-    console.error('after done', Date.now() - T0);
-    const dump = () => console.error('HANDLES', process.getActiveResourcesInfo().join(','));
-    dump(); setTimeout(() => (globalThis as any).__dumpTimers(), 1000).unref();
   });
 
   test('members: one per host, TLS files from the domain, etcd.json, health', async (t) => {
