@@ -8,6 +8,8 @@ import { Name } from '../api/schemas.js';
 
 export const AgentFile = z.object({
   pools: z.array(z.object({ name: Name, kind: z.enum(['local', 'shared']), path: z.string().refine((p) => path.isAbsolute(p)) }).strict()).default([]),
+  /** The cluster this host belongs to (etcd client URLs). */
+  cluster: z.object({ name: Name, endpoints: z.array(z.string().url()).min(1) }).strict().optional(),
   /** Switches created on first start. */
   switches: z.array(z.object({ name: Name, kind: z.enum(['user', 'bridge']), bridge: z.string().nullable().default(null) }).strict()).default([]),
 }).strict();
@@ -21,6 +23,7 @@ export interface AgentConfig {
   tls: { ca: string; cert: string; key: string };
   pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
   switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
+  cluster?: { name: string; endpoints: string[] };
 }
 
 export function parseListen(s: string): { host: string; port: number } {
@@ -34,7 +37,7 @@ export async function loadAgentConfig(flags: { name: string; data: string; liste
   if (!Name.safeParse(flags.name).success) throw new InvalidInputError(`Cannot start an agent named '${flags.name}': use letters, digits, dot, dash or underscore`, { name: flags.name });
   const dataDir = path.resolve(flags.data);
   const listen = parseListen(flags.listen);
-  let file: z.infer<typeof AgentFile> = { pools: [], switches: [] };
+  let file: z.infer<typeof AgentFile> = { pools: [], switches: [] } as z.infer<typeof AgentFile>;
   try {
     const raw = JSON.parse(await fsp.readFile(path.join(dataDir, 'agent.json'), 'utf8')) as unknown;
     const r = AgentFile.safeParse(raw);
@@ -52,5 +55,6 @@ export async function loadAgentConfig(flags: { name: string; data: string; liste
     tls: { ca: path.join(tlsDir, 'ca.crt'), cert: path.join(tlsDir, 'host.crt'), key: path.join(tlsDir, 'host.key') },
     pools: [{ name: 'local', kind: 'local', path: path.join(dataDir, 'pools', 'local') }, ...file.pools],
     switches: file.switches,
+    ...(file.cluster ? { cluster: file.cluster } : {}),
   };
 }

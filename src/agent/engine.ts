@@ -27,6 +27,7 @@ import { SlotQueue } from '../migration/queue.js';
 import { IncomingManager } from '../migration/incoming.js';
 import { MigrationManager } from '../migration/manager.js';
 import { recoverSource } from '../migration/recovery.js';
+import { Membership } from '../cluster/membership.js';
 import { usableCpuModels, type CpuModelInfo } from '../qemu/cpu-models.js';
 import type { Accelerator } from '../qemu/accel.js';
 
@@ -48,6 +49,8 @@ export class Engine {
   readonly storageSlots = new SlotQueue(() => this.migrationSettings().maxStorage);
   readonly incoming = new IncomingManager(this);
   readonly migrations = new MigrationManager(this);
+  /** Set when this host belongs to a cluster. */
+  membership: Membership | null = null;
 
   constructor(readonly cfg: AgentConfig, readonly domainId: string) {
     this.registry = new Registry(path.join(cfg.dataDir, 'ferry.db'));
@@ -86,6 +89,7 @@ export class Engine {
   /** Detaches from every QEMU (they keep running) and closes the registry. */
   async close(): Promise<void> {
     this.migrations.shutdown();
+    await this.membership?.stop();
     for (const p of this.procs.values()) p.qmp.close();
     this.procs.clear();
     this.registry.close();

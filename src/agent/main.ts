@@ -15,6 +15,8 @@ import { poolRoutes } from './routes/pools.js';
 import { eventRoutes } from './routes/events.js';
 import { metaRoutes } from './routes/meta.js';
 import { migrationRoutes, peerRoutes } from './routes/migrations.js';
+import { clusterRoutes } from './routes/cluster.js';
+import { Membership } from '../cluster/membership.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface AgentFlags { name: string; data: string; listen: string; migrationAddress?: string; tlsDir?: string }
@@ -42,7 +44,13 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   metaRoutes(app, engine);
   migrationRoutes(app, engine);
   peerRoutes(app, engine);
+  clusterRoutes(app, engine);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
+  if (cfg.cluster) {
+    const host = cfg.listen.host.includes(':') ? `[${cfg.listen.host}]` : cfg.listen.host;
+    engine.membership = new Membership(cfg.cluster, { name: cfg.name, endpoint: `https://${host}:${cfg.listen.port}` }, cfg.tls, engine.events);
+    await engine.membership.start();
+  }
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {
     app, engine,

@@ -3,7 +3,7 @@
 import { z } from 'zod';
 import { action } from './action.js';
 import {
-  ConsoleQuery, HostSetBody, PoolAddBody, PoolBrowseQuery, PoolBrowseView, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
+  ClusterView, ConsoleQuery, HostSetBody, PoolAddBody, PoolBrowseQuery, PoolBrowseView, HostView, NameParams, Ok, PoolGrantBody, PoolView, SwitchCreateBody, SwitchView,
   VmCreateBody, VmRemoveQuery, VmStopBody, VmView, Name,
 } from './schemas.js';
 import { CompareReport, CompareRequest, IdParams, ListQuery, MigrationRecord, MoveRequest, StorageMoveRequest } from '../migration/schemas.js';
@@ -35,6 +35,7 @@ export const actions = {
   poolGrant: action({ name: 'pool.grant', method: 'POST', path: '/v1/pools/:name/grant', summary: 'Grant a host access to a shared pool', params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
   poolRevoke: action({ name: 'pool.revoke', method: 'POST', path: '/v1/pools/:name/revoke', summary: "Revoke a host's access to a shared pool", params: NameParams, body: PoolGrantBody, response: PoolView, roles: admin }),
 
+  clusterStatus: action({ name: 'cluster.status', method: 'GET', path: '/v1/cluster', summary: "The cluster this host belongs to: nodes and their state", response: ClusterView, roles: ['admin', 'host'] }),
   compare: action({ name: 'migration.compare', method: 'POST', path: '/v1/compare', summary: 'Can this VM move there? (Compare-VM)', body: CompareRequest, response: CompareReport, roles: admin }),
   migrationCreate: action({ name: 'migration.create', method: 'POST', path: '/v1/migrations', summary: 'Move a VM to another host (queued when the host is at its limit)', body: MoveRequest, response: MigrationRecord, roles: admin }),
   storageMove: action({ name: 'migration.storage', method: 'POST', path: '/v1/storage-moves', summary: "Move a VM's storage on its host (running or stopped)", body: StorageMoveRequest, response: MigrationRecord, roles: admin }),

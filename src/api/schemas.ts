@@ -129,3 +129,8 @@ export const EventView = z.object({ seq: z.number(), at: z.string(), type: z.str
 export type EventView = z.infer<typeof EventView>;
 
 export const Ok = z.object({ ok: z.literal(true) });
+
+export const ClusterView = z.object({
+  name: z.string(),
+  nodes: z.array(z.object({ name: z.string(), endpoint: z.string(), state: z.enum(['up', 'down']), since: z.string().nullable() })),
+});

@@ -8,6 +8,7 @@ import { registerVm } from './commands/vm.js';
 import { registerHost } from './commands/host.js';
 import { registerAdmin } from './commands/admin.js';
 import { registerMove } from './commands/move.js';
+import { registerCluster } from './commands/cluster.js';
 
 export function buildProgram(): Command {
   const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
@@ -21,6 +22,7 @@ export function buildProgram(): Command {
   registerVm(program);
   registerHost(program);
   registerMove(program);
+  registerCluster(program);
   registerAdmin(program);
   registerGuest(program);
   return program;

@@ -14,6 +14,7 @@ import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
+import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
 import { cliCommand } from '../../guest/paths.js';
 
 const LabHost = z.object({ name: z.string(), port: z.number().int(), dataDir: z.string(), agentPid: z.number().int().nullable() });
@@ -88,7 +89,6 @@ export interface UpOptions { dir: string; hosts?: number; cluster?: boolean; net
 
 export async function labUp(o: UpOptions): Promise<LabStatus> {
   if (o.netns) throw new FerryError('E_UNSUPPORTED', 'Cannot start the lab with --netns yet: network-namespace hosts are not built; run without --netns', { userError: true });
-  if (o.cluster) throw new FerryError('E_UNSUPPORTED', 'Cannot start the lab with --cluster yet: the etcd cluster is not built; run without --cluster', { userError: true });
   const n = o.hosts ?? 2;
   if (!Number.isInteger(n) || n < 1 || n > 26) throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
   const dir = path.resolve(o.dir);
@@ -99,6 +99,10 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   } catch {
     lab = { version: 1, dir, hosts: [], cluster: false };
   }
+  if (o.cluster && !lab.cluster && lab.hosts.length) {
+    throw new FerryError('E_LAB_EXISTS', `Cannot turn the lab in ${dir} into a cluster: it was created without --cluster; use a new --dir`, { userError: true });
+  }
+  lab.cluster = lab.cluster || Boolean(o.cluster);
   const domainDir = path.join(dir, 'domain');
   const domain = await loadDomain(domainDir).catch(() => initDomain(domainDir, { name: 'lab' }));
   const creds = labCredentials(dir);
@@ -115,6 +119,8 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   for (const h of lab.hosts) granted.add(h.name);
   await fsp.writeFile(grantsFile, JSON.stringify({ name: 'shared', granted: [...granted].sort() }, null, 2) + '\n');
 
+  // A cluster lab: one etcd member per host (a 3-host lab survives the loss of one).
+  const members = lab.cluster ? await startMembers({ labDir: dir, hosts: lab.hosts.map((h) => h.name), domainDir, ...(o.signal ? { signal: o.signal } : {}), ...(o.log ? { log: o.log } : {}) }) : [];
   for (const h of lab.hosts) {
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) {
@@ -127,6 +133,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify({
       pools: [{ name: 'shared', kind: 'shared', path: shared }],
       switches: [{ name: 'lab', kind: 'user', bridge: null }],
+      ...(lab.cluster ? { cluster: { name: 'lab', endpoints: members.map((m) => m.clientUrl) } } : {}),
     }, null, 2) + '\n');
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
@@ -183,7 +190,8 @@ export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): 
     }
     return { name: h.name, endpoint: labEndpoint(h), dataDir: h.dataDir, agentPid: h.agentPid, up };
   }));
-  return { dir, hosts, etcd: [] };
+  const etcd = lab.cluster ? (await loadMembers(dir).catch(() => [])).filter((m) => isMemberAlive(m.pid, m.dataDir)).map((m) => ({ name: m.name, endpoint: m.clientUrl, pid: m.pid })) : [];
+  return { dir, hosts, etcd };
 }
 
 async function waitGone(pids: number[], ms: number): Promise<number[]> {
@@ -201,7 +209,8 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
   const lab = await readLab(path.resolve(dirIn));
   const h = lab.hosts.find((x) => x.name === host);
   if (!h) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot kill host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`, { host });
-  const pids = [...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []), ...(await hostQemuPids(h.dataDir))];
+  const member = lab.cluster ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir)) : undefined;
+  const pids = [...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []), ...(await hostQemuPids(h.dataDir)), ...(member ? [member.pid] : [])];
   for (const p of pids) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
   await waitGone(pids, 5000);
   return { killed: pids };
@@ -220,6 +229,7 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
   left = await waitGone(qemus, 10_000);
   for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
   await waitGone(left, 5000);
+  if (lab.cluster) await stopLabMembers(dir);
   for (const h of lab.hosts) h.agentPid = null;
   await writeLab(lab);
   return { stopped: [...agents, ...qemus] };
