@@ -1,5 +1,6 @@
-// Nodes (the hosts: up when /v1/host answers) and the migration queue of every host.
-// Drain and resume need the cluster, which is not built yet.
+// Nodes and the migration queue of every host. In a cluster, a node's state is the
+// cluster's (its lease in etcd); otherwise whether its agent answers. Drain and resume come
+// with the rest of the cluster.
 import { actions } from '../../src/api/actions.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { call, eachHost } from './client.js';
@@ -11,6 +12,14 @@ import { ErrorMessage } from './ErrorMessage.js';
 export function ClusterPage() {
   const { hosts } = useSession();
   const nodes = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })), 3000, [hosts]);
+  // Any host answers for the whole cluster (E_CLUSTER_NOT_FOUND: these hosts are not in one).
+  const cluster = usePoll(async (signal) => {
+    for (const h of hosts) {
+      try { return await call(h.name, actions.clusterStatus, {}, { signal }); } catch { /* next host */ }
+    }
+    return null;
+  }, 2000, [hosts]);
+  const clusterState = (name: string): 'up' | 'down' | undefined => cluster.data?.nodes.find((n) => n.name === name)?.state;
   const queue = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.migrationList, { query: { all: 'false' } }, { signal })), 1000, [hosts]);
 
   const queued: MigrationRecord[] = (queue.data ?? []).flatMap((r) => r.data ?? []).filter((r) => r.state === 'queued')
@@ -19,7 +28,10 @@ export function ClusterPage() {
   return (
     <section>
       <h2>Cluster</h2>
-      <p className="note" data-testid="cluster-note">Drain and resume need a cluster (not built yet).</p>
+      <p className="note" data-testid="cluster-note">
+        {cluster.data ? `Cluster '${cluster.data.name}': node state from the cluster's leases.` : 'These hosts are not in a cluster: a node is up when its agent answers.'}
+        {' '}Drain and resume are not built yet.
+      </p>
       <h3>Nodes</h3>
       <table className="table" data-testid="cluster-nodes">
         <thead><tr><th>Node</th><th>State</th><th>VMs</th><th>Free memory</th><th /></tr></thead>
@@ -29,7 +41,10 @@ export function ClusterPage() {
               <td className="strong">{n.host.name}</td>
               <td>
                 {!nodes.data ? <span className="muted">…</span>
-                  : <span className={`badge ${n.data ? 'ok' : 'bad'}`} data-testid={`cluster-node-state-${n.host.name}`}>{n.data ? 'up' : 'unreachable'}</span>}
+                  : (() => {
+                    const st = clusterState(n.host.name) ?? (n.data ? 'up' : 'unreachable');
+                    return <span className={`badge ${st === 'up' ? 'ok' : 'bad'}`} data-testid={`cluster-node-state-${n.host.name}`}>{st}</span>;
+                  })()}
                 {n.error && <ErrorMessage error={n.error} />}
               </td>
               <td>{n.data?.vms ?? '–'}</td>
