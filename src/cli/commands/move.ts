@@ -66,7 +66,7 @@ function printRecord(r: MigrationRecord): void {
     ['migration', r.id], ['vm', r.vm], ['kind', r.kind], ['from → to', `${r.source} → ${r.destination}`], ['state', r.state],
     ['progress', `${Math.floor(r.progress * 100)}%`],
     ['downtime', r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`], ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
-    ['transferred', `${bytes(r.bytesTransferred)} in ${r.passes} pass(es)`],
+    ['transferred', `${bytes(r.bytesTransferred)}${r.passes ? ` in ${r.passes} pass(es)` : ''}`],
   ];
   if (r.error) rows.push(['error', `${r.error.code}: ${r.error.message}`]);
   const w = Math.max(...rows.map((x) => x[0].length));
