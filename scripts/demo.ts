@@ -14,7 +14,7 @@ const seconds = Number(process.env.FERRY_DEMO_SECONDS ?? 5);
 function ferry(args: string[], show = true): Promise<{ code: number; out: string }> {
   if (show) process.stdout.write(`\n$ ferry ${args.join(' ')}\n`);
   return new Promise((resolve) => {
-    const child = spawn(bin, args, { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', 'inherit'] });
+    const child = spawn(bin, args, { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', show ? 'inherit' : 'ignore'] });
     let out = '';
     child.stdout.on('data', (d: Buffer) => { out += d; if (show) process.stdout.write(d); });
     child.on('exit', (code) => resolve({ code: code ?? 1, out }));
