@@ -83,14 +83,19 @@ async function openWizard(vm: string): Promise<void> {
   await page.waitForSelector(tid('move-wizard'));
 }
 
-test('the Move wizard live-migrates a VM (move only the VM) and shows it complete', async () => {
-  await openWizard('web1');
+/** Wizard pages 1–3 for "move only the virtual machine" to `dest`; ends on the compatibility page. */
+async function wizardToCompatibility(vm: string, dest: string): Promise<void> {
+  await openWizard(vm);
   await page.click(tid('move-type-vm'));
   await page.click(tid('wizard-next'));
-  await page.selectOption(tid('wizard-destination'), 'host-b');
+  await page.selectOption(tid('wizard-destination'), dest);
   await page.click(tid('wizard-next'));
   await page.click(tid('move-option-vmonly'));
   await page.click(tid('wizard-next'));
+}
+
+test('the Move wizard live-migrates a VM (move only the VM) and shows it complete', async () => {
+  await wizardToCompatibility('web1', 'host-b');
   const report = await page.waitForSelector(`${tid('compat-report')}[data-compatible="true"]`, { timeout: 60_000 });
   assert.ok(report);
   await page.click(tid('wizard-next'));
@@ -106,13 +111,7 @@ test('the Move wizard live-migrates a VM (move only the VM) and shows it complet
 });
 
 test('a compare failure is shown in the wizard (VM on local storage, move only the VM)', async () => {
-  await openWizard('local1');
-  await page.click(tid('move-type-vm'));
-  await page.click(tid('wizard-next'));
-  await page.selectOption(tid('wizard-destination'), 'host-b');
-  await page.click(tid('wizard-next'));
-  await page.click(tid('move-option-vmonly'));
-  await page.click(tid('wizard-next'));
+  await wizardToCompatibility('local1', 'host-b');
   await page.waitForSelector(`${tid('compat-report')}[data-compatible="false"]`, { timeout: 60_000 });
   const codes = await page.$$eval(tid('compat-item'), (els) => els.map((e) => e.getAttribute('data-code')));
   assert.ok(codes.includes('E_STORAGE_NOT_SHARED'), codes.join(','));
