@@ -28,6 +28,7 @@ import { IncomingManager } from '../migration/incoming.js';
 import { MigrationManager } from '../migration/manager.js';
 import { recoverSource } from '../migration/recovery.js';
 import { Membership } from '../cluster/membership.js';
+import { putHaRecord } from '../cluster/ha.js';
 import { usableCpuModels, type CpuModelInfo } from '../qemu/cpu-models.js';
 import type { Accelerator } from '../qemu/accel.js';
 
@@ -378,6 +379,7 @@ export class Engine {
     void proc.exited.then(() => this.releaseNics(spec));
     this.track(name, proc);
     this.events.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
+    await this.recordHa(spec);
   }
 
   /** Every file of the VM must be in a pool this host may use (a revoked grant stops a start). */
@@ -429,6 +431,8 @@ export class Engine {
       this.events.emit('vm.state', { vm: name, state: 'stopping', force: opts.force });
       await stopVm(proc, opts);
       this.procs.delete(name);
+      // Stopped on purpose: the cluster must not restart it elsewhere.
+      await this.membership?.store?.delete(`vms/${name}`).catch(() => undefined);
       this.events.emit('vm.state', { vm: name, state: 'stopped' });
       return this.view(name);
     });
@@ -464,6 +468,7 @@ export class Engine {
       if (spec) await removeVm(spec, { deleteDisks: opts.deleteDisks });
       await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
       this.registry.removeVm(name);
+      if (spec?.ha) await this.membership?.store?.delete(`vms/${name}`).catch(() => undefined);
       this.events.emit('vm.removed', { vm: name });
     });
   }
@@ -522,8 +527,64 @@ export class Engine {
     this.events.emit('vm.left', { vm: name });
   }
 
+  // ---- cluster (HA) ----
+
+  /** Keeps the cluster's record of an HA VM pointing at this node. */
+  async recordHa(spec: VmSpec): Promise<void> {
+    if (!spec.ha || !this.membership?.store) return;
+    await putHaRecord(this.membership.store, { name: spec.name, id: spec.id, configPath: spec.configPath, owner: this.name, memoryMiB: spec.memoryMiB, spec: spec as unknown as Record<string, unknown> })
+      .catch((err: unknown) => this.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
+  }
+
+  /** HA restart decided by the leader: register the VM here (its files are shared) and boot it. */
+  async haStart(specIn: unknown, generation: number): Promise<void> {
+    const spec = parseVmSpec(specIn, 'restart the HA VM');
+    await this.withVmLock(spec.name, async () => {
+      if (!this.registry.getVm(spec.name)) await this.adoptStopped(spec, { skipStorageCheck: false });
+      if (!this.isRunning(spec.name)) await this.startLocked(spec.name, {});
+      this.events.emit('vm.ha-started', { vm: spec.name, generation });
+    });
+  }
+
+  /** Self-fence: stop every HA VM here at once (the cluster will run them elsewhere). */
+  async fenceHaVms(): Promise<void> {
+    for (const rec of this.registry.listVms()) {
+      const spec = await loadVm(rec.configPath).catch(() => null);
+      const proc = this.procs.get(rec.name);
+      if (spec?.ha && proc && !proc.hasExited) {
+        this.procs.delete(rec.name);
+        await proc.kill();
+        this.events.emit('vm.fenced', { vm: rec.name });
+      }
+    }
+  }
+
+  /**
+   * After (re)joining: HA VMs the cluster now gives to another node are forgotten here (their
+   * files stay: they are the VM's, on shared storage), and stopped if somehow running.
+   */
+  async reconcileHa(): Promise<void> {
+    const store = this.membership?.store;
+    if (!store) return;
+    for (const rec of this.registry.listVms()) {
+      const spec = await loadVm(rec.configPath).catch(() => null);
+      if (!spec?.ha) continue;
+      const raw = await store.get(`vms/${spec.name}`).catch(() => null);
+      const owner = raw ? (JSON.parse(raw) as { owner: string }).owner : null;
+      if (owner && owner !== this.name) {
+        const proc = this.procs.get(rec.name);
+        if (proc && !proc.hasExited) { this.procs.delete(rec.name); await proc.kill(); }
+        this.registry.removeVm(rec.name);
+        this.events.emit('vm.left', { vm: rec.name, reason: `HA: now owned by ${owner}` });
+      } else if (!owner) {
+        await this.recordHa(spec);
+      }
+    }
+  }
+
   /** A VM that arrived by live migration: register it and track its QEMU. */
   adoptRunning(spec: VmSpec, proc: QemuProcess): void {
+    void this.recordHa(spec);
     this.registry.addVm({ name: spec.name, id: spec.id, configPath: spec.configPath, createdAt: new Date().toISOString() });
     this.track(spec.name, proc);
     this.events.emit('vm.arrived', { vm: spec.name, pid: proc.pid });

@@ -49,7 +49,9 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   if (cfg.cluster) {
     const host = cfg.listen.host.includes(':') ? `[${cfg.listen.host}]` : cfg.listen.host;
     engine.membership = new Membership(cfg.cluster, { name: cfg.name, endpoint: `https://${host}:${cfg.listen.port}` }, cfg.tls, engine.events);
+    engine.membership.onFence = () => engine.fenceHaVms();
     await engine.membership.start();
+    await engine.reconcileHa();
   }
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {

@@ -41,5 +41,6 @@ export const peerActions = {
   status: action({ name: 'peer.incoming.status', method: 'GET', path: '/v1/peer/incoming/:id', summary: 'State of an incoming VM', params: IdParams, response: IncomingView, roles: peer }),
   finish: action({ name: 'peer.incoming.finish', method: 'POST', path: '/v1/peer/incoming/:id/finish', summary: 'The source completed and confirms: run the VM here', params: IdParams, response: IncomingView, roles: peer }),
   abort: action({ name: 'peer.incoming.abort', method: 'POST', path: '/v1/peer/incoming/:id/abort', summary: 'Abandon an incoming VM: kill its QEMU, remove what was created', params: IdParams, response: z.object({ ok: z.literal(true) }), roles: peer }),
+  haStart: action({ name: 'peer.ha-start', method: 'POST', path: '/v1/peer/ha-start', summary: 'HA: register and cold-boot a VM whose node is down (the leader decided, with a fencing generation)', body: z.object({ spec: z.record(z.string(), z.unknown()), generation: z.number().int().min(1), from: Name }).strict(), response: z.object({ ok: z.literal(true) }), roles: peer }),
   adopt: action({ name: 'peer.adopt', method: 'POST', path: '/v1/peer/adopt', summary: 'Register a stopped VM whose files this host already sees', body: AdoptRequest, response: z.object({ ok: z.literal(true) }), roles: peer }),
 } as const;

@@ -4,6 +4,7 @@
 import { EtcdStore, type ClusterStore, type Lease } from './store.js';
 import { FerryError, messageOf } from '../errors.js';
 import type { EventBus } from '../agent/events.js';
+import { HaMonitor } from './ha.js';
 
 export interface ClusterConfig { name: string; endpoints: string[] }
 export interface NodeView { name: string; endpoint: string; state: 'up' | 'down'; since: string | null }
@@ -13,7 +14,10 @@ export interface ClusterView { name: string; nodes: NodeView[] }
 export const NODE_TTL_S = 5;
 
 export class Membership {
-  private store: ClusterStore | null = null;
+  store: ClusterStore | null = null;
+  private ha: HaMonitor | null = null;
+  /** Called when this node's lease is lost: stop HA VMs before the cluster restarts them elsewhere. */
+  onFence: () => Promise<void> = async () => undefined;
   private lease: Lease | null = null;
   private stopped = false;
 
@@ -23,6 +27,8 @@ export class Membership {
     this.store = await EtcdStore.connect({ endpoints: this.cfg.endpoints, tls: this.tls, prefix: `/ferry/clusters/${this.cfg.name}/`, dialTimeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) });
     await this.store.put(`members/${this.node.name}`, JSON.stringify({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }));
     await this.heartbeat();
+    this.ha = new HaMonitor(this.store, { name: this.node.name, tls: this.tls, events: this.events });
+    this.ha.start();
   }
 
   /** (Re)grants the node's lease and puts its node key; retried while the agent runs. */
@@ -31,7 +37,8 @@ export class Membership {
     this.lease = await store.grantLease(NODE_TTL_S, {
       onLost: (err) => {
         this.events.emit('cluster.lease-lost', { node: this.node.name, reason: err.message });
-        if (!this.stopped) void this.rejoin();
+        // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
+        if (!this.stopped) void this.onFence().finally(() => this.rejoin());
       },
     });
     await store.put(`nodes/${this.node.name}`, JSON.stringify({ endpoint: this.node.endpoint, since: new Date().toISOString() }), { lease: this.lease });
@@ -63,6 +70,7 @@ export class Membership {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.ha?.stop();
     await this.store?.close();
   }
 }

@@ -21,5 +21,6 @@ export function peerRoutes(app: FastifyInstance, engine: Engine): void {
   registerAction(app, peerActions.status, async ({ params }) => engine.incoming.view(params.id));
   registerAction(app, peerActions.finish, async ({ params }) => engine.incoming.finish(params.id));
   registerAction(app, peerActions.abort, async ({ params }) => { await engine.incoming.abort(params.id); return { ok: true as const }; });
+  registerAction(app, peerActions.haStart, async ({ body }) => { await engine.haStart(body.spec, body.generation); return { ok: true as const }; });
   registerAction(app, peerActions.adopt, async ({ body }) => { await engine.adoptStopped(body.spec); return { ok: true as const }; });
 }

@@ -1,0 +1,103 @@
+// High availability: every clustered (HA) VM has a record in etcd naming its owner node and
+// a fencing generation. One agent, elected leader through etcd, watches the nodes; when a
+// node's lease expires it restarts that node's HA VMs on the other nodes (cold boot from
+// shared storage), each decision an etcd transaction that bumps the generation, so a new
+// leader never acts twice. An agent that loses its own lease stops its HA VMs (self-fence);
+// QEMU's image locks are the last guard.
+import { AgentClient } from '../api/client.js';
+import { peerActions } from '../api/peer-actions.js';
+import { messageOf } from '../errors.js';
+import type { ClusterStore, Leadership } from './store.js';
+import type { EventBus } from '../agent/events.js';
+
+export interface HaRecord { name: string; id: string; configPath: string; owner: string; memoryMiB: number; generation: number; spec: Record<string, unknown> }
+
+export const vmKey = (name: string): string => `vms/${name}`;
+
+export async function putHaRecord(store: ClusterStore, rec: Omit<HaRecord, 'generation'>): Promise<void> {
+  const cur = await store.get(vmKey(rec.name));
+  const generation = cur ? (JSON.parse(cur) as HaRecord).generation : 0;
+  await store.put(vmKey(rec.name), JSON.stringify({ ...rec, generation }));
+}
+
+export interface HaHost {
+  name: string;
+  tls: { ca: string; cert: string; key: string };
+  events: EventBus;
+}
+
+/** Runs for the life of the agent: campaign, and while leader, fail VMs over. */
+export class HaMonitor {
+  private leadership: Leadership | null = null;
+  private stopWatch: (() => Promise<void>) | null = null;
+  private ac = new AbortController();
+  private busy = Promise.resolve();
+
+  constructor(private store: ClusterStore, private host: HaHost) {}
+
+  start(): void { void this.campaignLoop(); }
+
+  async stop(): Promise<void> {
+    this.ac.abort();
+    await this.stopWatch?.().catch(() => undefined);
+  }
+
+  private async campaignLoop(): Promise<void> {
+    while (!this.ac.signal.aborted) {
+      try {
+        this.leadership = await this.store.campaign('leader', this.host.name, { signal: this.ac.signal, ttlSeconds: 5 });
+        this.host.events.emit('cluster.leader', { node: this.host.name });
+        const lost = new Promise<void>((resolve) => this.leadership!.onLost(() => resolve()));
+        this.stopWatch = await this.store.watchPrefix('nodes/', (ev) => {
+          if (ev.type === 'delete') this.busy = this.busy.then(() => this.failover(ev.key.slice('nodes/'.length))).catch(() => undefined);
+        });
+        // Nodes that died while nobody was leader.
+        this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
+        await lost;
+        await this.stopWatch?.().catch(() => undefined);
+      } catch {
+        if (this.ac.signal.aborted) return;
+        await new Promise((r) => setTimeout(r, 1000));
+      }
+    }
+  }
+
+  private async sweep(): Promise<void> {
+    const nodes = await this.store.getPrefix('nodes/');
+    const vms = await this.store.getPrefix('vms/');
+    const owners = new Set(Object.values(vms).map((v) => (JSON.parse(v) as HaRecord).owner));
+    for (const o of owners) if (!nodes[`nodes/${o}`]) await this.failover(o);
+  }
+
+  /** Restarts the HA VMs of a node that is down on the nodes that are up. */
+  private async failover(dead: string): Promise<void> {
+    const leadership = this.leadership;
+    if (!leadership || leadership.lost) return;
+    const nodes = await this.store.getPrefix('nodes/');
+    if (nodes[`nodes/${dead}`]) return; // it came back
+    const up = Object.entries(nodes).map(([k, v]) => ({ name: k.slice('nodes/'.length), endpoint: (JSON.parse(v) as { endpoint: string }).endpoint }))
+      .filter((n) => n.name !== dead).sort((a, b) => a.name.localeCompare(b.name));
+    const vms = Object.values(await this.store.getPrefix('vms/')).map((v) => JSON.parse(v) as HaRecord).filter((r) => r.owner === dead);
+    let i = 0;
+    for (const rec of vms) {
+      const target = up[i++ % Math.max(1, up.length)];
+      if (!target) { this.host.events.emit('cluster.ha', { vm: rec.name, result: 'no node up to restart it' }); continue; }
+      const next: HaRecord = { ...rec, owner: target.name, generation: rec.generation + 1 };
+      // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
+      const ok = await this.store.txn({
+        compare: [{ key: leadership.key, value: this.host.name }, { key: vmKey(rec.name), value: JSON.stringify(rec) }],
+        success: [{ type: 'put', key: vmKey(rec.name), value: JSON.stringify(next) }],
+      });
+      if (!ok) continue;
+      const client = new AgentClient({ endpoint: target.endpoint, host: target.name, credentials: this.host.tls });
+      try {
+        await client.call(peerActions.haStart, { body: { spec: rec.spec, generation: next.generation, from: dead } }, { timeoutMs: 60_000 });
+        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation });
+      } catch (err) {
+        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, error: messageOf(err) });
+      } finally {
+        client.close();
+      }
+    }
+  }
+}
