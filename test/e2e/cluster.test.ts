@@ -69,6 +69,8 @@ test('HA: a host dies (agent, QEMUs and etcd member at once); its HA VM runs on 
   let s = parseSerial('');
   while (Date.now() - t0 < 60_000 && !s.heartbeats.length) { await sleep(200); s = parseSerial(await fsp.readFile(logOf(where), 'utf8').catch(() => '')); }
   const failoverMs = Date.now() - t0;
+  // The writer reports where it resumes once it has scanned its disk (after the first heartbeats).
+  while (Date.now() - t0 < 90_000 && s.writerStart === null) { await sleep(200); s = parseSerial(await fsp.readFile(logOf(where), 'utf8').catch(() => '')); }
   process.stderr.write(`HA: host-a killed → heartbeat on ${where} after ${failoverMs} ms\n`);
   assert.ok(s.heartbeats.length > 0, 'heartbeat on the new node');
   assert.ok((s.writerStart ?? 0) > ackA, 'the writer continues after every record acknowledged on host-a');
