@@ -50,8 +50,20 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
     const host = cfg.listen.host.includes(':') ? `[${cfg.listen.host}]` : cfg.listen.host;
     engine.membership = new Membership(cfg.cluster, { name: cfg.name, endpoint: `https://${host}:${cfg.listen.port}` }, cfg.tls, engine.events);
     engine.membership.onFence = () => engine.fenceHaVms();
-    await engine.membership.start();
-    await engine.reconcileHa();
+    // Joining needs a quorum of etcd; until then the host works standalone and keeps trying.
+    const membership = engine.membership;
+    void (async () => {
+      for (let attempt = 0; !membership.stopped; attempt++) {
+        try {
+          await membership.start();
+          await engine.reconcileHa();
+          return;
+        } catch (err) {
+          if (attempt === 0) logger.warn({ err: (err as Error).message }, 'cannot join the cluster yet; retrying');
+          await new Promise((r) => setTimeout(r, 2000));
+        }
+      }
+    })();
   }
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {

@@ -19,16 +19,19 @@ export class Membership {
   /** Called when this node's lease is lost: stop HA VMs before the cluster restarts them elsewhere. */
   onFence: () => Promise<void> = async () => undefined;
   private lease: Lease | null = null;
-  private stopped = false;
+  stopped = false;
 
   constructor(private cfg: ClusterConfig, private node: { name: string; endpoint: string }, private tls: { ca: string; cert: string; key: string }, private events: EventBus) {}
 
   async start(opts: { signal?: AbortSignal } = {}): Promise<void> {
-    this.store = await EtcdStore.connect({ endpoints: this.cfg.endpoints, tls: this.tls, prefix: `/ferry/clusters/${this.cfg.name}/`, dialTimeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) });
+    if (this.stopped) throw new FerryError('E_STORE_CLOSED', 'Cannot join the cluster: the agent is stopping');
+    this.store ??= await EtcdStore.connect({ endpoints: this.cfg.endpoints, tls: this.tls, prefix: `/ferry/clusters/${this.cfg.name}/`, dialTimeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) });
     await this.store.put(`members/${this.node.name}`, JSON.stringify({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }));
     await this.heartbeat();
-    this.ha = new HaMonitor(this.store, { name: this.node.name, tls: this.tls, events: this.events });
-    this.ha.start();
+    if (!this.ha) {
+      this.ha = new HaMonitor(this.store, { name: this.node.name, tls: this.tls, events: this.events });
+      this.ha.start();
+    }
   }
 
   /** (Re)grants the node's lease and puts its node key; retried while the agent runs. */

@@ -161,6 +161,11 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
       for (;;) {
         try {
           await client.call(actions.hostShow, {}, { timeoutMs: 5000, signal });
+          // In a cluster lab, up means joined: the node holds its lease.
+          if (lab.cluster) {
+            const c = await client.call(actions.clusterStatus, {}, { timeoutMs: 5000, signal });
+            if (c.nodes.find((n) => n.name === h.name)?.state !== 'up') throw new FerryError('E_CLUSTER_JOINING', `${h.name} has not joined the cluster yet`);
+          }
           break;
         } catch (err) {
           if (!isLabAgent(h.agentPid, h.dataDir)) {

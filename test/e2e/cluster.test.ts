@@ -81,10 +81,14 @@ test('HA: a host dies (agent, QEMUs and etcd member at once); its HA VM runs on 
   assert.equal(v.state, 'running');
   // host-a comes back: it must not run or claim the VM any more.
   await ferryOk(['lab', 'up', '--dir', lab]);
-  await sleep(1500);
+  let owners: string[] = [];
+  for (let i = 0; i < 60; i++) {
+    owners = (await ferryOk<Array<{ name: string; host: string }>>(['vm', 'list', '--json'], { lab })).filter((x) => x.name === 'ha1').map((x) => x.host);
+    if (owners.length === 1) break;
+    await sleep(250); // host-a rejoins the cluster and forgets the VM
+  }
+  assert.deepEqual(owners, [where], 'exactly one host has the VM');
   assert.deepEqual(await hostQemuPids(path.join(lab, 'hosts', 'host-a', 'data')), []);
-  const list = await ferryOk<Array<{ name: string; host: string }>>(['vm', 'list', '--json'], { lab });
-  assert.deepEqual(list.filter((x) => x.name === 'ha1').map((x) => x.host), [where], 'exactly one host has the VM');
   await ferryOk(['vm', 'stop', 'ha1'], { lab });
   const ack = Math.max(ackA, parseSerial(await fsp.readFile(logOf(where), 'utf8')).highestAck ?? 0);
   const report = await verifyDiskImage(vm.disks[0]!.path, { format: 'qcow2', highestAck: ack });
