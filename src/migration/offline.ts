@@ -7,7 +7,6 @@ import { FerryError, AbortedError } from '../errors.js';
 import type { AgentClient } from '../api/client.js';
 import { peerActions, type IncomingRequest } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
-import { sleep } from '../util/exec.js';
 import { qemuTlsDir } from './tls.js';
 import { prepareWhenFree, type Job } from './job.js';
 
