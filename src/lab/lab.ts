@@ -2,6 +2,7 @@
 // agent on loopback, one domain, and DIR/shared as the shared pool `shared` granted to
 // every lab host. `up` is idempotent (starts what is not running); `down` stops exactly
 // what the lab started, also after a crash (pids are checked against their command line).
+// With --netns each host runs in its own network namespace (see netns.ts).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -16,12 +17,24 @@ import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
 import { cliCommand } from '../../guest/paths.js';
+import { AGENT_PORT, ensureNetns, linkStates, migrationNetwork, netnsHost, planNetns, removeNetns, setLink, type LinkKind } from './netns.js';
 
-const LabHost = z.object({ name: z.string(), port: z.number().int(), dataDir: z.string(), agentPid: z.number().int().nullable() });
-const LabFile = z.object({ version: z.literal(1), dir: z.string(), hosts: z.array(LabHost), cluster: z.boolean().default(false) });
+const LabHost = z.object({
+  name: z.string(), port: z.number().int(), dataDir: z.string(), agentPid: z.number().int().nullable(),
+  // --netns: the host's namespace, management and migration addresses.
+  netns: z.string().optional(), address: z.string().optional(), migrationAddress: z.string().optional(),
+});
+const LabFile = z.object({
+  version: z.literal(1), dir: z.string(), hosts: z.array(LabHost), cluster: z.boolean().default(false),
+  netns: z.object({ id: z.string(), subnet: z.number().int() }).nullable().default(null),
+});
 type LabFile = z.infer<typeof LabFile>;
 
-export interface LabHostStatus { name: string; endpoint: string; dataDir: string; agentPid: number | null; up: boolean }
+export interface LabHostStatus {
+  name: string; endpoint: string; dataDir: string; agentPid: number | null; up: boolean;
+  /** --netns only: namespace, migration address, and which links are up (false = cut). */
+  netns?: string; migrationAddress?: string; links?: Record<LinkKind, boolean>;
+}
 export interface LabStatus { dir: string; hosts: LabHostStatus[]; etcd: Array<{ name: string; endpoint: string; pid: number }> }
 
 export function hostName(i: number): string { return `host-${String.fromCharCode(97 + i)}`; }
@@ -49,7 +62,7 @@ export function labCredentials(dir: string): Credentials {
   return { ca: path.join(d, 'ca.crt'), cert: path.join(d, 'admins', 'admin.crt'), key: path.join(d, 'admins', 'admin.key') };
 }
 
-export function labEndpoint(h: { port: number }): string { return `https://127.0.0.1:${h.port}`; }
+export function labEndpoint(h: { port: number; address?: string | undefined }): string { return `https://${h.address ?? '127.0.0.1'}:${h.port}`; }
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -88,7 +101,6 @@ export async function hostQemuPids(dataDir: string): Promise<number[]> {
 export interface UpOptions { dir: string; hosts?: number; cluster?: boolean; netns?: boolean; signal?: AbortSignal; timeoutMs?: number; log?: (s: string) => void }
 
 export async function labUp(o: UpOptions): Promise<LabStatus> {
-  if (o.netns) throw new FerryError('E_UNSUPPORTED', 'Cannot start the lab with --netns yet: network-namespace hosts are not built; run without --netns', { userError: true });
   const n = o.hosts ?? 2;
   if (!Number.isInteger(n) || n < 1 || n > 26) throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
   const dir = path.resolve(o.dir);
@@ -97,8 +109,16 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   try {
     lab = await readLab(dir);
   } catch {
-    lab = { version: 1, dir, hosts: [], cluster: false };
+    lab = { version: 1, dir, hosts: [], cluster: false, netns: null };
   }
+  if (o.netns && !lab.netns && lab.hosts.length) {
+    throw new FerryError('E_LAB_EXISTS', `Cannot put the lab in ${dir} into network namespaces: it was created without --netns; use a new --dir`, { userError: true });
+  }
+  // The etcd members listen on loopback in the root namespace, out of the hosts' reach.
+  if ((o.netns || lab.netns) && (o.cluster || lab.cluster)) {
+    throw new FerryError('E_UNSUPPORTED', 'Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts\' namespaces yet; use one of them', { userError: true });
+  }
+  if (o.netns && !lab.netns) lab.netns = await planNetns(dir);
   if (o.cluster && !lab.cluster && lab.hosts.length) {
     throw new FerryError('E_LAB_EXISTS', `Cannot turn the lab in ${dir} into a cluster: it was created without --cluster; use a new --dir`, { userError: true });
   }
@@ -111,7 +131,13 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   await fsp.mkdir(shared, { recursive: true });
   for (let i = lab.hosts.length; i < n; i++) {
     const name = hostName(i);
-    lab.hosts.push({ name, port: await freePort(), dataDir: path.join(dir, 'hosts', name, 'data'), agentPid: null });
+    const dataDir = path.join(dir, 'hosts', name, 'data');
+    if (lab.netns) lab.hosts.push({ name, port: AGENT_PORT, dataDir, agentPid: null, ...netnsHost(lab.netns, i) });
+    else lab.hosts.push({ name, port: await freePort(), dataDir, agentPid: null });
+  }
+  if (lab.netns) {
+    await writeLab(lab); // before the links exist, so `down` finds the lab whatever fails next
+    await ensureNetns(lab.netns, lab.hosts.length, o.signal);
   }
   // The shared pool's grants live on the share: every lab host is granted.
   const grantsFile = path.join(shared, '.ferry-pool.json');
@@ -125,7 +151,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) {
       await fsp.mkdir(tls, { recursive: true });
-      const c = await issueCert(domain, 'host', h.name);
+      const c = await issueCert(domain, 'host', h.name, { ips: [h.address, h.migrationAddress].filter((x): x is string => !!x) });
       await fsp.copyFile(c.ca, path.join(tls, 'ca.crt'));
       await fsp.copyFile(c.cert, path.join(tls, 'host.crt'));
       await fsp.copyFile(c.key, path.join(tls, 'host.key'));
@@ -139,10 +165,12 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
     const fd = fs.openSync(logFile, 'a');
     const [node, ...cli] = cliCommand();
-    const child = spawn(node!, [
-      ...cli,
-      'agent', '--name', h.name, '--data', h.dataDir, '--listen', `127.0.0.1:${h.port}`,
-    ], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
+    const agentArgs = [...cli, 'agent', '--name', h.name, '--data', h.dataDir, '--listen', `${h.address ?? '127.0.0.1'}:${h.port}`,
+      ...(h.migrationAddress ? ['--migration-address', h.migrationAddress] : [])];
+    // `ip netns exec` execs the agent in place: the pid we get is the agent's.
+    const child = h.netns
+      ? spawn('ip', ['netns', 'exec', h.netns, node!, ...agentArgs], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } })
+      : spawn(node!, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);
     child.unref();
     h.agentPid = child.pid ?? null;
@@ -150,6 +178,13 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   }
   await writeLab(lab);
   await waitAgents(lab, creds, o.timeoutMs ?? 90_000, o.signal);
+  if (lab.netns) {
+    // Migration streams and NBD exports go over the private network only.
+    for (const h of lab.hosts) {
+      const client = new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: creds });
+      try { await client.call(actions.hostSet, { body: { migrationNetworks: [migrationNetwork(lab.netns)] } }, { timeoutMs: 10_000, ...(o.signal ? { signal: o.signal } : {}) }); } finally { client.close(); }
+    }
+  }
   return labStatus(dir);
 }
 
@@ -193,7 +228,11 @@ export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): 
       up = await client.call(actions.hostShow, {}, { timeoutMs: 5000 }).then(() => true, () => false);
       client.close();
     }
-    return { name: h.name, endpoint: labEndpoint(h), dataDir: h.dataDir, agentPid: h.agentPid, up };
+    const index = lab.hosts.indexOf(h);
+    return {
+      name: h.name, endpoint: labEndpoint(h), dataDir: h.dataDir, agentPid: h.agentPid, up,
+      ...(lab.netns && h.netns ? { netns: h.netns, migrationAddress: h.migrationAddress!, links: await linkStates(lab.netns, index) } : {}),
+    };
   }));
   const etcd = lab.cluster ? (await loadMembers(dir).catch(() => [])).filter((m) => isMemberAlive(m.pid, m.dataDir)).map((m) => ({ name: m.name, endpoint: m.clientUrl, pid: m.pid })) : [];
   return { dir, hosts, etcd };
@@ -224,7 +263,13 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
 /** Stops every agent and QEMU the lab started; the lab's files stay for the next `up`. */
 export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
   const dir = path.resolve(dirIn);
-  const lab = await readLab(dir);
+  let lab: LabFile;
+  try {
+    lab = await readLab(dir);
+  } catch (err) {
+    await removeNetns(dir).catch(() => undefined); // leftovers of a lab whose lab.json is gone
+    throw err;
+  }
   const agents = lab.hosts.filter((h) => isLabAgent(h.agentPid, h.dataDir)).map((h) => h.agentPid!);
   for (const p of agents) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
   let left = await waitGone(agents, 10_000);
@@ -235,7 +280,19 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
   for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
   await waitGone(left, 5000);
   if (lab.cluster) await stopLabMembers(dir);
+  // Namespaces, veths and bridges go too (by name prefix, so also a crashed run's leftovers).
+  await removeNetns(dir).catch(() => undefined);
   for (const h of lab.hosts) h.agentPid = null;
   await writeLab(lab);
   return { stopped: [...agents, ...qemus] };
+}
+
+/** Cuts (`up` false) or restores one link of one host of a --netns lab. */
+export async function labLink(dirIn: string, host: string, link: LinkKind, up: boolean): Promise<Record<LinkKind, boolean>> {
+  const lab = await readLab(path.resolve(dirIn));
+  const i = lab.hosts.findIndex((x) => x.name === host);
+  if (i < 0) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`, { host });
+  if (!lab.netns) throw new FerryError('E_UNSUPPORTED', `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; create one with 'ferry lab up --netns'`, { userError: true });
+  await setLink(lab.netns, i, link, up);
+  return linkStates(lab.netns, i);
 }

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { initDomain, issueCert, loadDomain } from '../../domain/ca.js';
-import { labDown, labKill, labStatus, labUp } from '../../lab/lab.js';
+import { labDown, labKill, labLink, labStatus, labUp } from '../../lab/lab.js';
 import { printJson, printTable } from '../output.js';
 import { collect, name, positiveInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
@@ -82,13 +82,28 @@ export function registerAdmin(program: Command): void {
   lab.command('status').option('--dir <dir>', 'lab folder').option('--json', 'JSON').description('hosts and their agents')
     .action(async (o, cmd) => {
       const st = await labStatus(labDir(o, cmd as Cmd));
-      if (o.json) printJson(st); else printTable(['HOST', 'ENDPOINT', 'AGENT PID', 'UP', 'DATA'], st.hosts.map((h) => [h.name, h.endpoint, h.agentPid, h.up ? 'yes' : 'no', h.dataDir]));
+      if (o.json) printJson(st);
+      else if (st.hosts.some((h) => h.netns)) {
+        const link = (v: boolean | undefined): string => (v ? 'up' : 'cut');
+        printTable(['HOST', 'ENDPOINT', 'AGENT PID', 'UP', 'NETNS', 'MIGRATION ADDRESS', 'MGMT LINK', 'MIGRATION LINK'], st.hosts.map((h) => [h.name, h.endpoint, h.agentPid, h.up ? 'yes' : 'no', h.netns, h.migrationAddress, link(h.links?.management), link(h.links?.migration)]));
+      } else printTable(['HOST', 'ENDPOINT', 'AGENT PID', 'UP', 'DATA'], st.hosts.map((h) => [h.name, h.endpoint, h.agentPid, h.up ? 'yes' : 'no', h.dataDir]));
     });
   lab.command('kill').argument('<host>').option('--dir <dir>', 'lab folder').description("power loss: SIGKILL a host's agent and its QEMUs")
     .action(async (h, o, cmd) => {
       const r = await labKill(labDir(o, cmd as Cmd), h);
       process.stdout.write(`${h}: killed ${r.killed.length} process(es)\n`);
     });
+  // --netns labs: pull and plug one host's cable (the root-namespace end of its veth).
+  for (const [verb, up] of [['cut', false], ['restore', true]] as const) {
+    lab.command(verb).argument('<host>').option('--dir <dir>', 'lab folder')
+      .option('--link <link>', 'management or migration', 'migration')
+      .description(up ? "restore a link cut with 'lab cut'" : "cut one link of one host of a --netns lab (its traffic stalls, as with a pulled cable)")
+      .action(async (h, o, cmd) => {
+        if (o.link !== 'management' && o.link !== 'migration') throw new InvalidInputError(`Cannot ${verb} link '${o.link}': use --link management or --link migration`);
+        const st = await labLink(labDir(o, cmd as Cmd), h, o.link, up);
+        process.stdout.write(`${h}: management ${st.management ? 'up' : 'cut'}, migration ${st.migration ? 'up' : 'cut'}\n`);
+      });
+  }
   lab.command('down').option('--dir <dir>', 'lab folder').description('stop everything the lab started')
     .action(async (o, cmd) => {
       const r = await labDown(labDir(o, cmd as Cmd));
