@@ -9,7 +9,7 @@ import type { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
 import { sleep } from '../util/exec.js';
-import { ConvergencePolicy, defaultFinishWithinMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
+import { ConvergencePolicy, defaultFinishWithinMs, StallWatchdog, stallTimeoutMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { newProgress, sampleFrom, update } from './progress.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import type { IncomingRequest } from '../api/peer-actions.js';
@@ -42,6 +42,11 @@ export class MigrationFailedError extends FerryError {
   constructor(code: string, message: string, cause?: unknown) { super(code, message, { cause }); }
 }
 
+/** No bytes moved for the watchdog's time: most likely the migration network is down. */
+export function stalledError(vm: string, dest: string, ms: number, what = 'no data moved'): MigrationFailedError {
+  return new MigrationFailedError('E_MIGRATION_STALLED', `Cannot move VM '${vm}' to '${dest}': ${what} for ${Math.round(ms / 1000)} s (the migration network may be down); check the link and retry`);
+}
+
 export async function runLive(ctx: LiveContext): Promise<void> {
   const { job, spec, proc, dest } = ctx;
   const qmp = proc.qmp;
@@ -64,6 +69,8 @@ export async function runLive(ctx: LiveContext): Promise<void> {
   const nbdNodes: string[] = [];
   const memBytes = spec.memoryMiB * 1024 * 1024;
   let memSpan: [number, number] = [0.05, 0.97];
+  const stallMs = stallTimeoutMs();
+  const watchdog = new StallWatchdog(stallMs);
 
   try {
     // 2. Prepare on the destination.
@@ -97,8 +104,10 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       }
       const t0 = Date.now();
       let split = 0.5;
+      watchdog.reset(t0);
       await waitMirrorsReady(qmp, mirrors, (ps) => {
         const { done, total, rate } = foldMirrorProgress(r, ps, t0);
+        if (watchdog.feed(done, Date.now())) throw stalledError(spec.name, r.destination, stallMs, 'no disk data moved');
         split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
         r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
         // One ETA across the phases: the rest of the disks, then memory, at the rate seen.
@@ -126,6 +135,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     const t0 = Date.now();
     await qmp.execute('migrate', { uri: prep.uri }, { signal });
     migrateStarted = true;
+    watchdog.reset(Date.now());
 
     let progress = newProgress();
     let info: MigrationInfo = {};
@@ -134,6 +144,10 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       const mark = qmp.eventMark;
       info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
       const st = info.status ?? 'none';
+      // Post-copy cannot be cancelled (the destination already runs the guest): no watchdog there.
+      if (job.cancellable && ACTIVE.includes(st) && watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {
+        throw stalledError(spec.name, r.destination, stallMs);
+      }
       const s = sampleFrom(info, Date.now());
       if (s) {
         progress = update(progress, s, memSpan);
@@ -183,9 +197,14 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       }
       await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
       const until = Date.now() + 60_000;
+      watchdog.reset(Date.now());
       for (;;) {
         info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
         if (info.status === 'completed') break;
+        // The source is paused here: give up as soon as the stream stops moving. The catch
+        // below resumes the source only if QEMU did not complete (the destination cannot
+        // run a VM whose stream did not end, and is told to abort).
+        if (watchdog.feed(info.ram?.transferred ?? 0, Date.now())) throw stalledError(spec.name, r.destination, stallMs, 'no data moved during switch-over');
         if (info.status === 'failed' || info.status === 'cancelled') throw new MigrationFailedError('E_MIGRATION_FAILED', `Cannot move VM '${spec.name}': the stream failed at switch-over (${info['error-desc'] ?? info.status})${await destReason(ctx)}`);
         if (Date.now() > until) throw new MigrationFailedError('E_TIMEOUT', `Cannot move VM '${spec.name}': switch-over did not complete within 60 s`);
         await sleep(10);

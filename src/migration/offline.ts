@@ -9,6 +9,8 @@ import { peerActions, type IncomingRequest } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
 import { qemuTlsDir } from './tls.js';
 import { prepareWhenFree, type Job } from './job.js';
+import { stallTimeoutMs } from './policy.js';
+import { stalledError } from './live.js';
 
 export interface OfflineContext {
   job: Job;
@@ -43,7 +45,9 @@ export async function runOfflineCopy(ctx: OfflineContext): Promise<void> {
       const src = spec.disks.find((x) => x.id === d.id)!;
       const target = [`driver=nbd`, `server.type=inet`, `server.host=${prep.nbd.host}`, `server.port=${prep.nbd.port}`, `export=${d.id}`, ...(tlsDir ? ['tls-creds=tls0', `tls-hostname=${prep.tlsHostname}`] : [])].join(',');
       const args = ['convert', '-p', '-n', '--target-is-zero', '-f', src.format, ...(tlsDir ? ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${tlsDir}`] : []), src.path, '--target-image-opts', target];
-      await qemuImgWithProgress(args, signal, (pct) => {
+      // qemu-img reports whole percents only: allow a few watchdog periods between them.
+      const stallMs = 4 * stallTimeoutMs();
+      await qemuImgWithProgress(args, signal, stallMs, () => stalledError(spec.name, r.destination, stallMs, 'no disk data moved'), (pct) => {
         const disk = r.disks.find((x) => x.id === d.id);
         if (disk) disk.bytesDone = Math.round((pct / 100) * disk.bytesTotal);
         const done = before + (pct / 100) * d.allocatedBytes;
@@ -67,19 +71,30 @@ export async function runOfflineCopy(ctx: OfflineContext): Promise<void> {
 }
 
 /** Runs qemu-img with -p, reporting its percentage; killed when `signal` aborts. */
-function qemuImgWithProgress(args: string[], signal: AbortSignal, onPct: (pct: number) => void): Promise<void> {
+function qemuImgWithProgress(args: string[], signal: AbortSignal, stallMs: number, stalled: () => Error, onPct: (pct: number) => void): Promise<void> {
   return new Promise((resolve, reject) => {
     const child = spawn('qemu-img', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     let err = '';
+    // Over a cut link qemu-img waits on TCP for many minutes: kill it when the percentage stops.
+    let stalledErr: Error | null = null;
+    let lastPct = -1;
+    let watch = setTimeout(() => { stalledErr = stalled(); child.kill('SIGKILL'); }, stallMs);
     child.stdout.on('data', (b: Buffer) => {
       const m = [...b.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)].at(-1);
+      if (m && Number(m[1]) !== lastPct) {
+        lastPct = Number(m[1]);
+        clearTimeout(watch);
+        watch = setTimeout(() => { stalledErr = stalled(); child.kill('SIGKILL'); }, stallMs);
+      }
       if (m) onPct(Number(m[1]));
     });
     child.stderr.on('data', (b: Buffer) => { err += b.toString(); });
     const onAbort = (): void => { child.kill('SIGKILL'); };
     signal.addEventListener('abort', onAbort, { once: true });
     child.on('exit', (code) => {
+      clearTimeout(watch);
       signal.removeEventListener('abort', onAbort);
+      if (stalledErr) return reject(stalledErr);
       if (signal.aborted) return reject(new AbortedError('copy the disks', signal.reason));
       if (code === 0) return resolve();
       reject(new FerryError('E_COPY_FAILED', `Cannot copy a disk: qemu-img failed (${err.trim().split('\n').slice(-2).join(' / ') || `exit ${code}`})`));

@@ -98,3 +98,27 @@ export class ConvergencePolicy {
 }
 
 function mib(bps: number): string { return (bps / 1024 / 1024).toFixed(1); }
+
+/**
+ * How long a copy may move no data before it is given up. TCP over a cut link does not
+ * fail, it waits (for minutes); without this a move would hang with the guest's pages or
+ * disks half copied. FERRY_MIGRATION_STALL_S (read by the agent) changes it, e.g. for tests.
+ */
+export const DEFAULT_STALL_MS = 15_000;
+export function stallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
+  const s = Number(env.FERRY_MIGRATION_STALL_S);
+  return Number.isFinite(s) && s >= 1 ? Math.round(s * 1000) : DEFAULT_STALL_MS;
+}
+
+/** Watches a byte counter: stalled once it has not grown for `ms`. Pure: the caller feeds it. */
+export class StallWatchdog {
+  private last = -1;
+  private since = 0;
+  constructor(readonly ms: number) {}
+  /** Feed the bytes moved so far; true when nothing moved for `ms`. */
+  feed(bytes: number, now: number): boolean {
+    if (bytes !== this.last) { this.last = bytes; this.since = now; return false; }
+    return now - this.since >= this.ms;
+  }
+  reset(now: number): void { this.last = -1; this.since = now; }
+}
