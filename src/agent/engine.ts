@@ -5,6 +5,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError, messageOf } from '../errors.js';
+import { sleep } from '../util/exec.js';
 import type { AgentConfig } from './config.js';
 import { Registry } from './registry.js';
 import { EventBus } from './events.js';
@@ -14,12 +15,12 @@ import { QemuProcess } from '../qemu/process.js';
 import { imageInfo, isImageFormat, type ImageFormat } from '../qemu/img.js';
 import type { SwitchBackend } from '../qemu/argv.js';
 import { bridgeExists, createTap, deleteTap, tapName } from '../vm/network.js';
-import { loadVm } from '../vm/folder.js';
+import { loadVm, saveVm } from '../vm/folder.js';
 import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtimePaths } from '../vm/lifecycle.js';
 import { probeVm, bootblockVm } from '../vm/guests.js';
 import { newMac, newVmId, parseVmSpec, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
 import type { CreateVmOptions } from '../vm/lifecycle.js';
-import { assertInUsablePool, findPool, isInside, poolStatus, realPathLoose, setGrant, type PoolDef } from '../storage/pools.js';
+import { assertInUsablePool, findPool, poolOf, isInside, poolStatus, realPathLoose, setGrant, type PoolDef } from '../storage/pools.js';
 import type { HostView, VmView, VmCreateBody, SwitchView, PoolView, MigrationSettings } from '../api/schemas.js';
 import { HostSetBody } from '../api/schemas.js';
 import type { z } from 'zod';
@@ -29,6 +30,9 @@ import { MigrationManager } from '../migration/manager.js';
 import { recoverSource } from '../migration/recovery.js';
 import { Membership } from '../cluster/membership.js';
 import { putHaRecord } from '../cluster/ha.js';
+import { DEFAULT_POLICY, type ClusterPolicy } from '../cluster/model.js';
+import { EtcdStore } from '../cluster/store.js';
+import type { ClusterView } from '../api/schemas.js';
 import { usableCpuModels, type CpuModelInfo } from '../qemu/cpu-models.js';
 import type { Accelerator } from '../qemu/accel.js';
 
@@ -338,6 +342,10 @@ export class Engine {
       }
       built.spec.nics = nics;
       built.spec.ha = body.ha;
+      if (body.cluster) {
+        if (!body.ha) throw new InvalidInputError(`Cannot create VM '${body.name}': a priority, preferred owners or anti-affinity apply to clustered VMs; add --ha`, {});
+        built.spec.cluster = body.cluster;
+      }
       if (body.cpu) built.spec.cpuModel = body.cpu;
       const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
       try {
@@ -529,11 +537,111 @@ export class Engine {
 
   // ---- cluster (HA) ----
 
+  /** This agent's URL as other nodes reach it. */
+  endpoint(): string {
+    const host = this.cfg.listen.host.includes(':') ? `[${this.cfg.listen.host}]` : this.cfg.listen.host;
+    return `https://${host}:${this.cfg.listen.port}`;
+  }
+
+  /**
+   * Joins the cluster in the background: joining needs a quorum of etcd, and until then the
+   * host works standalone and keeps trying. Resolves once joined (or the agent stops).
+   */
+  enableCluster(cluster: { name: string; endpoints: string[] }, opts: { onRetry?: (err: unknown) => void } = {}): Promise<void> {
+    const membership = new Membership(cluster, { name: this.name, endpoint: this.endpoint() }, this.cfg.tls, this.events);
+    membership.onFence = () => this.fenceHaVms();
+    this.membership = membership;
+    this.cfg.cluster = cluster;
+    return (async () => {
+      for (let attempt = 0; !membership.stopped; attempt++) {
+        try {
+          await membership.start();
+          await this.reconcileHa();
+          return;
+        } catch (err) {
+          if (attempt === 0) opts.onRetry?.(err);
+          await sleep(2000);
+        }
+      }
+    })();
+  }
+
+  /**
+   * `ferry cluster create|join`: checks the etcd endpoints answer with this domain's
+   * certificates, records the cluster in DATA/agent.json, and joins.
+   */
+  async joinCluster(body: { name: string; endpoints: string[]; create: boolean }, opts: { signal?: AbortSignal } = {}): Promise<ClusterView> {
+    if (this.membership) {
+      if (this.cfg.cluster?.name === body.name) return this.membership.view();
+      throw new FerryError('E_CLUSTER_EXISTS', `Cannot join cluster '${body.name}': host '${this.name}' is in cluster '${this.cfg.cluster?.name}'; a host belongs to one cluster`, { userError: true });
+    }
+    let members: Record<string, string>;
+    const probe = await EtcdStore.connect({ endpoints: body.endpoints, tls: this.cfg.tls, prefix: `/ferry/clusters/${body.name}/`, dialTimeoutMs: 10_000, ...(opts.signal ? { signal: opts.signal } : {}) })
+      .catch((err: unknown) => { throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot join cluster '${body.name}': etcd does not answer at ${body.endpoints.join(', ')} (${messageOf(err)}); start etcd with certificates of this domain and check the URLs`, { userError: true, cause: err }); });
+    try { members = await probe.getPrefix('members/'); } finally { await probe.close(); }
+    const count = Object.keys(members).length;
+    if (body.create && count) throw new FerryError('E_CLUSTER_EXISTS', `Cannot create cluster '${body.name}': it exists (${count} members); join it with 'ferry cluster join ${body.name}'`, { userError: true });
+    if (!body.create && !count) throw new NotFoundError('E_CLUSTER_NOT_FOUND', `Cannot join cluster '${body.name}': it has no members at ${body.endpoints.join(', ')}; create it first with 'ferry cluster create ${body.name}'`, {});
+    const file = path.join(this.cfg.dataDir, 'agent.json');
+    const cur = await fsp.readFile(file, 'utf8').then((t) => JSON.parse(t) as Record<string, unknown>, () => ({}));
+    await fsp.writeFile(`${file}.tmp`, JSON.stringify({ ...cur, cluster: { name: body.name, endpoints: body.endpoints } }, null, 2));
+    await fsp.rename(`${file}.tmp`, file);
+    await this.enableCluster({ name: body.name, endpoints: body.endpoints });
+    return this.membership!.view();
+  }
+
   /** Keeps the cluster's record of an HA VM pointing at this node. */
   async recordHa(spec: VmSpec): Promise<void> {
     if (!spec.ha || !this.membership?.store) return;
     await putHaRecord(this.membership.store, { name: spec.name, id: spec.id, configPath: spec.configPath, owner: this.name, memoryMiB: spec.memoryMiB, spec: spec as unknown as Record<string, unknown> })
       .catch((err: unknown) => this.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
+  }
+
+  /**
+   * `ferry cluster add-vm`: the VM becomes clustered (HA) with this policy. Its files must be
+   * on shared storage, or no other node could restart it. Asking again updates the policy.
+   */
+  async addClusterVm(name: string, policy: Partial<ClusterPolicy>): Promise<VmView> {
+    const m = this.membership;
+    if (!m) throw new NotFoundError('E_CLUSTER_NOT_FOUND', `Cannot add VM '${name}' to a cluster: host '${this.name}' is not in one; join it with 'ferry cluster join'`, {});
+    m.need(`add VM '${name}' to the cluster`);
+    return this.withVmLock(name, async () => {
+      this.assertNotBusy(name);
+      const spec = await loadVm(this.vmRecord(name).configPath);
+      const pools = this.pools();
+      const files = [...spec.disks.map((d) => ({ what: `disk ${d.id}`, path: d.path })), { what: 'its folder', path: spec.configPath }];
+      for (const f of files) {
+        const pool = poolOf(pools, f.path);
+        if (pool?.kind !== 'shared') {
+          throw new FerryError('E_STORAGE_NOT_SHARED', `Cannot add VM '${name}' to cluster '${m.name}': ${f.what} (${f.path}) is ${pool ? `in local pool '${pool.name}'` : 'in no pool'}, so no other node could restart it; move it to a shared pool first ('ferry move-storage ${name} --path /shared/...')`, { userError: true, context: { vm: name, path: f.path } });
+        }
+      }
+      spec.ha = true;
+      spec.cluster = { ...DEFAULT_POLICY, ...(spec.cluster ?? {}), ...Object.fromEntries(Object.entries(policy).filter(([, v]) => v !== undefined)) };
+      await saveVm(spec);
+      if (this.isRunning(name)) await this.recordHa(spec);
+      this.events.emit('vm.changed', { vm: name, ha: true });
+      return this.view(name);
+    });
+  }
+
+  /** `ferry cluster remove-vm`: the VM stays where it is, no longer highly available. */
+  async removeClusterVm(name: string): Promise<VmView> {
+    const m = this.membership;
+    if (!m) throw new NotFoundError('E_CLUSTER_NOT_FOUND', `Cannot remove VM '${name}' from a cluster: host '${this.name}' is not in one`, {});
+    const store = m.need(`remove VM '${name}' from the cluster`);
+    return this.withVmLock(name, async () => {
+      this.assertNotBusy(name);
+      const spec = await loadVm(this.vmRecord(name).configPath);
+      if (!spec.ha) throw new FerryError('E_NOT_CLUSTERED', `Cannot remove VM '${name}' from cluster '${m.name}': it is not clustered`, { userError: true });
+      // The record goes first: once it is gone, no leader restarts the VM elsewhere.
+      await store.delete(`vms/${name}`);
+      spec.ha = false;
+      delete spec.cluster;
+      await saveVm(spec);
+      this.events.emit('vm.changed', { vm: name, ha: false });
+      return this.view(name);
+    });
   }
 
   /** HA restart decided by the leader: register the VM here (its files are shared) and boot it. */

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import pino from 'pino';
-import { FerryError } from '../errors.js';
+import { FerryError, messageOf } from '../errors.js';
 import { domainIdOfCa } from '../domain/ca.js';
 import { loadAgentConfig } from './config.js';
 import { Engine } from './engine.js';
@@ -16,7 +16,6 @@ import { eventRoutes } from './routes/events.js';
 import { metaRoutes } from './routes/meta.js';
 import { migrationRoutes, peerRoutes } from './routes/migrations.js';
 import { clusterRoutes } from './routes/cluster.js';
-import { Membership } from '../cluster/membership.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface AgentFlags { name: string; data: string; listen: string; migrationAddress?: string; tlsDir?: string }
@@ -46,25 +45,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   peerRoutes(app, engine);
   clusterRoutes(app, engine);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
-  if (cfg.cluster) {
-    const host = cfg.listen.host.includes(':') ? `[${cfg.listen.host}]` : cfg.listen.host;
-    engine.membership = new Membership(cfg.cluster, { name: cfg.name, endpoint: `https://${host}:${cfg.listen.port}` }, cfg.tls, engine.events);
-    engine.membership.onFence = () => engine.fenceHaVms();
-    // Joining needs a quorum of etcd; until then the host works standalone and keeps trying.
-    const membership = engine.membership;
-    void (async () => {
-      for (let attempt = 0; !membership.stopped; attempt++) {
-        try {
-          await membership.start();
-          await engine.reconcileHa();
-          return;
-        } catch (err) {
-          if (attempt === 0) logger.warn({ err: (err as Error).message }, 'cannot join the cluster yet; retrying');
-          await new Promise((r) => setTimeout(r, 2000));
-        }
-      }
-    })();
-  }
+  if (cfg.cluster) engine.enableCluster(cfg.cluster, { onRetry: (err) => logger.warn({ err: messageOf(err) }, 'cannot join the cluster yet; retrying') });
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {
     app, engine,

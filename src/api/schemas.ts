@@ -54,6 +54,8 @@ export const VmCreateBody = z.object({
   append: z.string().max(4096).optional(),
   switches: z.array(Name).max(8).default([]),
   ha: z.boolean().default(false),
+  /** How the cluster treats it (with ha). */
+  cluster: z.object({ priority: z.enum(['high', 'normal', 'low']).default('normal'), preferredOwners: z.array(Name).max(16).default([]), antiAffinity: z.array(Name).max(8).default([]) }).strict().optional(),
   start: z.boolean().default(false),
   probe: z.object({
     dirty: z.object({ mib: z.number().int().min(1).max(1 << 20), mibps: z.number().int().min(1).max(1 << 20).optional() }).strict().optional(),
@@ -130,7 +132,57 @@ export type EventView = z.infer<typeof EventView>;
 
 export const Ok = z.object({ ok: z.literal(true) });
 
+const Prio = z.enum(['high', 'normal', 'low']);
+export const NodeView = z.object({ name: z.string(), endpoint: z.string(), state: z.enum(['up', 'paused', 'down']), since: z.string().nullable() });
+export type NodeView = z.infer<typeof NodeView>;
+export const BatchView = z.object({
+  node: z.string(), kind: z.enum(['drain', 'failback']), state: z.enum(['running', 'completed', 'failed', 'aborted']),
+  startedAt: z.string(), finishedAt: z.string().nullable(),
+  items: z.array(z.object({
+    vm: z.string(), from: z.string(), priority: Prio, to: z.string().nullable(),
+    state: z.enum(['pending', 'moving', 'moved', 'failed', 'blocked', 'cancelled']), migrationId: z.string().nullable(), attempts: z.number(), reason: z.string().nullable(),
+  })),
+});
+export type BatchView = z.infer<typeof BatchView>;
 export const ClusterView = z.object({
   name: z.string(),
-  nodes: z.array(z.object({ name: z.string(), endpoint: z.string(), state: z.enum(['up', 'down']), since: z.string().nullable() })),
+  leader: z.string().nullable(),
+  nodes: z.array(NodeView),
+  /** Clustered (HA) VMs and their owner. */
+  vms: z.array(z.object({ name: z.string(), owner: z.string(), generation: z.number(), memoryMiB: z.number(), priority: Prio, preferredOwners: z.array(z.string()), antiAffinity: z.array(z.string()) })),
+  /** The cluster-wide migration queue: admitted moves hold a slot, queued ones wait in position order. */
+  queue: z.array(z.object({ id: z.string(), vm: z.string(), from: z.string(), to: z.string(), priority: Prio, state: z.enum(['queued', 'admitted']), position: z.number().nullable(), batch: z.string().nullable() })),
+  limits: z.object({ maxOutgoing: z.number(), maxIncoming: z.number(), maxTotal: z.number() }),
+  /** The last drain or fail-back of each node. */
+  batches: z.array(BatchView),
 });
+export type ClusterView = z.infer<typeof ClusterView>;
+
+export const DrainBody = z.object({ dryRun: z.boolean().default(false) }).strict();
+export const DrainPlanView = z.object({
+  node: z.string(), movable: z.number(), blocked: z.number(),
+  items: z.array(z.object({
+    vm: z.string(), state: z.enum(VM_STATES), memoryMiB: z.number(), priority: Prio, clustered: z.boolean(),
+    to: z.string().nullable(), kind: z.enum(['live', 'offline']).nullable(),
+    blockers: z.array(z.object({ code: z.string(), message: z.string() })), warnings: z.array(z.string()),
+  })),
+});
+export const DrainResult = z.object({ plan: DrainPlanView, batch: BatchView.nullable() });
+export const ResumeBody = z.object({ failback: z.boolean().default(false) }).strict();
+export const ClusterPolicyBody = z.object({
+  priority: Prio.optional(),
+  preferredOwners: z.array(Name).max(16).optional(),
+  antiAffinity: z.array(Name).max(8).optional(),
+}).strict();
+export const AddVmBody = z.object({ vm: Name }).merge(ClusterPolicyBody).strict();
+export const LimitsBody = z.object({
+  maxOutgoing: z.number().int().min(1).max(64).optional(),
+  maxIncoming: z.number().int().min(1).max(64).optional(),
+  maxTotal: z.number().int().min(1).max(1024).optional(),
+}).strict().refine((b) => Object.keys(b).length > 0, { message: 'needs at least one of maxOutgoing, maxIncoming, maxTotal' });
+export const ClusterJoinBody = z.object({
+  name: Name,
+  /** True: a new cluster (refused if it has members); false: join an existing one. */
+  create: z.boolean().default(false),
+  endpoints: z.array(z.string().url().refine((u) => u.startsWith('https://'), { message: 'must be an https:// etcd client URL' })).min(1).max(9),
+}).strict();

@@ -9,6 +9,9 @@ import { peerActions } from '../api/peer-actions.js';
 import { messageOf } from '../errors.js';
 import type { ClusterStore, Leadership } from './store.js';
 import type { EventBus } from '../agent/events.js';
+import { Scheduler } from './queue.js';
+import { BatchRunner, placementNodes, policyOf, readNodes } from './drain.js';
+import { place } from './placement.js';
 
 export interface HaRecord { name: string; id: string; configPath: string; owner: string; memoryMiB: number; generation: number; spec: Record<string, unknown> }
 
@@ -26,12 +29,14 @@ export interface HaHost {
   events: EventBus;
 }
 
-/** Runs for the life of the agent: campaign, and while leader, fail VMs over. */
+/** Runs for the life of the agent: campaign, and while leader, fail VMs over, schedule the queue and run drains. */
 export class HaMonitor {
   private leadership: Leadership | null = null;
   private stopWatch: (() => Promise<void>) | null = null;
   private ac = new AbortController();
   private busy = Promise.resolve();
+  /** The leader's services while this agent leads (for metrics and the benchmark). */
+  current: { scheduler: Scheduler; batches: BatchRunner } | null = null;
 
   constructor(private store: ClusterStore, private host: HaHost) {}
 
@@ -48,12 +53,21 @@ export class HaMonitor {
         this.leadership = await this.store.campaign('leader', this.host.name, { signal: this.ac.signal, ttlSeconds: 5 });
         this.host.events.emit('cluster.leader', { node: this.host.name });
         const lost = new Promise<void>((resolve) => this.leadership!.onLost(() => resolve()));
+        const emit = (name: string, data: Record<string, unknown>): void => { this.host.events.emit(name, data); };
+        const scheduler = new Scheduler(this.store, this.leadership, emit);
+        const batches = new BatchRunner({ store: this.store, self: this.host.name, tls: this.host.tls }, this.leadership, emit);
+        this.current = { scheduler, batches };
         this.stopWatch = await this.store.watchPrefix('nodes/', (ev) => {
           if (ev.type === 'delete') this.busy = this.busy.then(() => this.failover(ev.key.slice('nodes/'.length))).catch(() => undefined);
+          void scheduler.pass();
+          void batches.pass();
         });
         // Nodes that died while nobody was leader.
         this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
-        await lost;
+        await Promise.all([scheduler.start(), batches.start()]).catch(() => undefined);
+        await Promise.race([lost, new Promise<void>((resolve) => this.ac.signal.addEventListener('abort', () => resolve(), { once: true }))]);
+        this.current = null;
+        await Promise.all([scheduler.stop(), batches.stop()]);
         await this.stopWatch?.().catch(() => undefined);
       } catch {
         if (this.ac.signal.aborted) return;
@@ -69,19 +83,26 @@ export class HaMonitor {
     for (const o of owners) if (!nodes[`nodes/${o}`]) await this.failover(o);
   }
 
-  /** Restarts the HA VMs of a node that is down on the nodes that are up. */
+  /**
+   * Restarts the HA VMs of a node that is down on the nodes that are up and not paused: high
+   * priority first, where memory fits, keeping anti-affinity classes apart when possible.
+   */
   private async failover(dead: string): Promise<void> {
     const leadership = this.leadership;
     if (!leadership || leadership.lost) return;
-    const nodes = await this.store.getPrefix('nodes/');
-    if (nodes[`nodes/${dead}`]) return; // it came back
-    const up = Object.entries(nodes).map(([k, v]) => ({ name: k.slice('nodes/'.length), endpoint: (JSON.parse(v) as { endpoint: string }).endpoint }))
-      .filter((n) => n.name !== dead).sort((a, b) => a.name.localeCompare(b.name));
-    const vms = Object.values(await this.store.getPrefix('vms/')).map((v) => JSON.parse(v) as HaRecord).filter((r) => r.owner === dead);
-    let i = 0;
-    for (const rec of vms) {
-      const target = up[i++ % Math.max(1, up.length)];
-      if (!target) { this.host.events.emit('cluster.ha', { vm: rec.name, result: 'no node up to restart it' }); continue; }
+    const nodes = await readNodes(this.store);
+    if (nodes.up[dead]) return; // it came back
+    const all = Object.values(await this.store.getPrefix('vms/')).map((v) => JSON.parse(v) as HaRecord);
+    const vms = all.filter((r) => r.owner === dead);
+    if (!vms.length) return;
+    const ctx = { store: this.store, self: this.host.name, tls: this.host.tls };
+    const pnodes = await placementNodes(ctx, nodes);
+    const plan = place(pnodes, all.filter((r) => r.owner !== dead).map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
+      vms.map((r) => { const p = policyOf(r.spec); return { name: r.name, memoryMiB: r.memoryMiB, priority: p.priority, preferredOwners: p.preferredOwners, antiAffinity: p.antiAffinity, exclude: [dead] }; }));
+    for (const p of plan) {
+      const rec = vms.find((r) => r.name === p.vm)!;
+      const target = p.to ? { name: p.to, endpoint: nodes.up[p.to]!.endpoint } : null;
+      if (!target) { this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, result: `cannot restart: ${p.reason}` }); continue; }
       const next: HaRecord = { ...rec, owner: target.name, generation: rec.generation + 1 };
       // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
       const ok = await this.store.txn({
@@ -92,7 +113,7 @@ export class HaMonitor {
       const client = new AgentClient({ endpoint: target.endpoint, host: target.name, credentials: this.host.tls });
       try {
         await client.call(peerActions.haStart, { body: { spec: rec.spec, generation: next.generation, from: dead } }, { timeoutMs: 60_000 });
-        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation });
+        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation, priority: policyOf(rec.spec).priority });
       } catch (err) {
         this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, error: messageOf(err) });
       } finally {

@@ -4,18 +4,29 @@
 import { EtcdStore, type ClusterStore, type Lease } from './store.js';
 import { FerryError, messageOf } from '../errors.js';
 import type { EventBus } from '../agent/events.js';
-import { HaMonitor } from './ha.js';
+import { HaMonitor, type HaRecord } from './ha.js';
+import { ClusterQueue, readQueue } from './queue.js';
+import { positions } from './schedule.js';
+import { keys, parseLimits, type Batch } from './model.js';
+import { policyOf, readNodes } from './drain.js';
+import type { ClusterView, NodeView } from '../api/schemas.js';
 
 export interface ClusterConfig { name: string; endpoints: string[] }
-export interface NodeView { name: string; endpoint: string; state: 'up' | 'down'; since: string | null }
-export interface ClusterView { name: string; nodes: NodeView[] }
+export type { ClusterView, NodeView };
 
 /** Failure detection: a node is down at most this long after it stops renewing. */
 export const NODE_TTL_S = 5;
+/**
+ * An agent that has not renewed its lease for this long stops its HA VMs: well before etcd
+ * can expire the lease (NODE_TTL_S after the last renewal etcd saw) and the leader restarts
+ * them elsewhere, so a VM never runs twice.
+ */
+export const FENCE_AFTER_MS = 3000;
 
 export class Membership {
   store: ClusterStore | null = null;
-  private ha: HaMonitor | null = null;
+  queue: ClusterQueue | null = null;
+  ha: HaMonitor | null = null;
   /** Called when this node's lease is lost: stop HA VMs before the cluster restarts them elsewhere. */
   onFence: () => Promise<void> = async () => undefined;
   private lease: Lease | null = null;
@@ -28,6 +39,10 @@ export class Membership {
     this.store ??= await EtcdStore.connect({ endpoints: this.cfg.endpoints, tls: this.tls, prefix: `/ferry/clusters/${this.cfg.name}/`, dialTimeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) });
     await this.store.put(`members/${this.node.name}`, JSON.stringify({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }));
     await this.heartbeat();
+    if (!this.queue) {
+      this.queue = new ClusterQueue(this.store, this.node.name, () => this.lease);
+      await this.queue.start();
+    }
     if (!this.ha) {
       this.ha = new HaMonitor(this.store, { name: this.node.name, tls: this.tls, events: this.events });
       this.ha.start();
@@ -38,6 +53,7 @@ export class Membership {
   private async heartbeat(): Promise<void> {
     const store = this.store!;
     this.lease = await store.grantLease(NODE_TTL_S, {
+      lossAfterMs: FENCE_AFTER_MS,
       onLost: (err) => {
         this.events.emit('cluster.lease-lost', { node: this.node.name, reason: err.message });
         // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
@@ -54,18 +70,38 @@ export class Membership {
     }
   }
 
+  /** The store, or a clear error while this agent has not joined yet. */
+  need(what: string): ClusterStore {
+    if (!this.store) throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot ${what}: this agent is not connected to cluster '${this.cfg.name}' yet; wait a few seconds and retry, or check its etcd (ferry lab status)`);
+    return this.store;
+  }
+
+  get name(): string { return this.cfg.name; }
+  get currentLease(): Lease | null { return this.lease; }
+
   async view(): Promise<ClusterView> {
-    if (!this.store) throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot read cluster '${this.cfg.name}': this agent is not connected to its store yet`);
+    const store = this.need(`read cluster '${this.cfg.name}'`);
     try {
-      const members = await this.store.getPrefix('members/');
-      const nodes = await this.store.getPrefix('nodes/');
-      const out: NodeView[] = Object.entries(members).map(([k, v]) => {
-        const name = k.slice('members/'.length);
-        const live = nodes[`nodes/${name}`];
-        const m = JSON.parse(v) as { endpoint: string };
-        return { name, endpoint: m.endpoint, state: live ? 'up' : 'down', since: live ? (JSON.parse(live) as { since: string }).since : null };
+      const [nodes, vmsRaw, items, batchesRaw, limitsRaw, leader] = await Promise.all([
+        readNodes(store), store.getPrefix('vms/'), readQueue(store), store.getPrefix('batches/'), store.get(keys.config), store.leader('leader'),
+      ]);
+      const out: NodeView[] = Object.entries(nodes.members).map(([name, m]) => {
+        const live = nodes.up[name];
+        const state = !live ? 'down' : nodes.paused.has(name) ? 'paused' : 'up';
+        return { name, endpoint: m.endpoint, state, since: live?.since ?? null };
       });
-      return { name: this.cfg.name, nodes: out.sort((a, b) => a.name.localeCompare(b.name)) };
+      const pos = positions(items);
+      return {
+        name: this.cfg.name,
+        leader,
+        nodes: out.sort((a, b) => a.name.localeCompare(b.name)),
+        vms: Object.values(vmsRaw).map((v) => JSON.parse(v) as HaRecord).map((r) => ({ name: r.name, owner: r.owner, generation: r.generation, memoryMiB: r.memoryMiB, ...policyOf(r.spec) }))
+          .sort((a, b) => a.name.localeCompare(b.name)),
+        queue: items.map((i) => ({ id: i.id, vm: i.vm, from: i.from, to: i.to, priority: i.priority, state: i.state, position: pos.get(i.id) ?? null, batch: i.batch ?? null }))
+          .sort((a, b) => (a.position ?? 0) - (b.position ?? 0) || a.vm.localeCompare(b.vm)),
+        limits: parseLimits(limitsRaw),
+        batches: Object.values(batchesRaw).map((v) => JSON.parse(v) as Batch).sort((a, b) => a.node.localeCompare(b.node)),
+      };
     } catch (err) {
       throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot read cluster '${this.cfg.name}': ${messageOf(err)}`, { cause: err });
     }
@@ -73,6 +109,7 @@ export class Membership {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    await this.queue?.stop();
     await this.ha?.stop();
     await this.store?.close();
   }

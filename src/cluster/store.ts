@@ -96,7 +96,7 @@ export interface ClusterStore {
   /** Atomic compare-and-swap; true when the compares held (and `success` ran). */
   txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean>;
   /** A lease kept alive until revoked, released or lost; `onLost` runs once when it is lost or cannot be renewed. */
-  grantLease(ttlSeconds: number, opts?: StoreCallOptions & { onLost?: (err: FerryError) => void }): Promise<Lease>;
+  grantLease(ttlSeconds: number, opts?: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number }): Promise<Lease>;
   /** Calls `cb` for every change under `prefix` from now on; resolves to a cancel function. */
   watchPrefix(prefix: string, cb: (ev: WatchEvent) => void, opts?: StoreCallOptions & { onError?: (err: FerryError) => void }): Promise<() => Promise<void>>;
   /** Resolves when `candidateId` is the leader of `election`; waits until then (or until `signal` aborts). */
@@ -176,12 +176,17 @@ class LeaseKeeper {
   private watchdog: NodeJS.Timeout;
   private done = false;
 
-  constructor(private readonly inner: Etcd3Lease, private readonly ttlMs: number, grantedAt: number, private readonly onLoss: (err: FerryError) => void) {
+  /**
+   * `lossAfterMs` (default: the TTL) is how long without a successful keepalive counts as
+   * lost. Shorter than the TTL gives a holder time to act (self-fence) before etcd can
+   * expire the lease and others act on it.
+   */
+  constructor(private readonly inner: Etcd3Lease, private readonly ttlMs: number, grantedAt: number, private readonly onLoss: (err: FerryError) => void, lossAfterMs = ttlMs) {
     this.lastOk = grantedAt;
     inner.on('lost', (err) => this.lose(storeError('keep the lease alive', err)));
     this.watchdog = setInterval(() => {
       const silent = Date.now() - this.lastOk;
-      if (silent > this.ttlMs) {
+      if (silent > lossAfterMs) {
         this.lose(new FerryError('E_STORE_LEASE_LOST', `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms (TTL ${this.ttlMs} ms); ${STORE_HINT}`));
       }
     }, Math.min(250, Math.max(50, this.ttlMs / 8)));
@@ -236,12 +241,12 @@ class EtcdLease implements Lease {
   constructor(readonly id: string, readonly ttlSeconds: number, private readonly inner: Etcd3Lease, private readonly store: EtcdStore) {}
 
   /** @internal */
-  watch(grantedAt: number, onLost?: (err: FerryError) => void): void {
+  watch(grantedAt: number, onLost?: (err: FerryError) => void, lossAfterMs?: number): void {
     this.guard = new LeaseKeeper(this.inner, this.ttlSeconds * 1000, grantedAt, (err) => {
       this.lostFlag = true;
       this.store.forget(this);
       onLost?.(err);
-    });
+    }, lossAfterMs);
   }
 
   get lost(): boolean { return this.lostFlag; }
@@ -437,13 +442,13 @@ export class EtcdStore implements ClusterStore {
     if (lease?.lost) throw new FerryError('E_STORE_LEASE_LOST', `Cannot ${what}: lease ${lease.id} is lost; grant a new lease and put the keys again`, { context: { lease: lease.id } });
   }
 
-  async grantLease(ttlSeconds: number, opts: StoreCallOptions & { onLost?: (err: FerryError) => void } = {}): Promise<Lease> {
+  async grantLease(ttlSeconds: number, opts: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number } = {}): Promise<Lease> {
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new InvalidInputError(`Cannot grant a lease of ${ttlSeconds} s: the TTL is a whole number of seconds ≥ 1`, { ttlSeconds });
-    const { lease } = await this.newLease(ttlSeconds, opts, opts.onLost);
+    const { lease } = await this.newLease(ttlSeconds, opts, opts.onLost, opts.lossAfterMs);
     return lease;
   }
 
-  private async newLease(ttlSeconds: number, opts: StoreCallOptions, onLost?: (err: FerryError) => void): Promise<{ lease: EtcdLease }> {
+  private async newLease(ttlSeconds: number, opts: StoreCallOptions, onLost?: (err: FerryError) => void, lossAfterMs?: number): Promise<{ lease: EtcdLease }> {
     if (this.closed) throw new FerryError('E_STORE_CLOSED', 'Cannot grant a lease: the store connection is closed; connect again');
     const sentAt = Date.now();
     // etcd3 sends the grant when the Lease is constructed; a failed grant emits 'lost' (handled) and rejects grant().
@@ -457,7 +462,7 @@ export class EtcdStore implements ClusterStore {
       throw err;
     }
     const lease = new EtcdLease(id, ttlSeconds, inner, this);
-    lease.watch(sentAt, onLost);
+    lease.watch(sentAt, onLost, lossAfterMs);
     this.leases.add(lease);
     return { lease };
   }

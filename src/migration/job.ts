@@ -19,9 +19,9 @@ export class Job {
   cancellable = true;
   private lastEmit = 0;
 
-  constructor(init: { vm: string; kind: MigrationRecord['kind']; source: string; destination: string; destinationEndpoint?: string; policy: PolicyInput; options: MoveOptions }, private bus: EventBus, private persist: (r: MigrationRecord) => void) {
+  constructor(init: { id?: string; vm: string; kind: MigrationRecord['kind']; source: string; destination: string; destinationEndpoint?: string; policy: PolicyInput; options: MoveOptions }, private bus: EventBus, private persist: (r: MigrationRecord) => void) {
     this.record = {
-      id: randomUUID(), vm: init.vm, kind: init.kind, source: init.source, destination: init.destination, destinationEndpoint: init.destinationEndpoint ?? null,
+      id: init.id ?? randomUUID(), vm: init.vm, kind: init.kind, source: init.source, destination: init.destination, destinationEndpoint: init.destinationEndpoint ?? null,
       state: 'queued', priority: init.policy.priority, queuePosition: null, progress: 0, etaSeconds: null, verdict: null,
       downtimeMs: null, totalMs: null, bytesTransferred: 0, passes: 0, rate: { transferBps: 0, dirtyBps: 0 },
       remainingBytes: null, downtimeLimitMs: null, throttlePct: 0, policy: init.policy, options: init.options, error: null,

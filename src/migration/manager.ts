@@ -24,9 +24,12 @@ import { assertInUsablePool, isInside, poolOf, poolStatus } from '../storage/poo
 import { planDestPaths } from './compare.js';
 import { folderFiles, runStorageMove, type StoragePlan } from './storage.js';
 import { runOfflineCopy } from './offline.js';
+import type { ClusterQueue } from '../cluster/queue.js';
 
 export class MigrationManager {
   private jobs = new Map<string, Job>();
+  /** Jobs that went through the cluster queue (their position is the cluster's). */
+  private clustered = new Set<string>();
   constructor(private engine: Engine) {}
 
   private destClient(to: Destination): AgentClient {
@@ -74,6 +77,11 @@ export class MigrationManager {
       }
       const running = e.isRunning(vmName);
       const incompatibilities = compareVm({ spec, running, source, dest: destView, destVms, destCpuModels, options, diskSizes });
+      // In a cluster, a paused (drained) node takes no VMs.
+      const store = e.membership?.store;
+      if (store && (await store.get(`paused/${to.name}`).catch(() => null))) {
+        incompatibilities.push({ code: 'E_NODE_PAUSED', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${e.membership!.name}' (drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'` });
+      }
       return { report: report(incompatibilities), destView, options };
     } finally {
       dest.close();
@@ -82,6 +90,8 @@ export class MigrationManager {
 
   async create(req: MoveRequest): Promise<MigrationRecord> {
     const e = this.engine;
+    // Idempotent with a caller's id: asking again returns the move already made.
+    if (req.id && (this.jobs.has(req.id) || e.registry.getMigration(req.id))) return this.get(req.id);
     e.vmRecord(req.vm);
     e.assertNotBusy(req.vm);
     const rep = await this.compare(req.vm, req.to, req.options);
@@ -91,21 +101,41 @@ export class MigrationManager {
       });
     }
     const kind = req.options.includeStorage ? 'shared-nothing' : e.isRunning(req.vm) ? 'live' : 'offline';
-    const job = new Job({ vm: req.vm, kind, source: e.name, destination: req.to.name, destinationEndpoint: req.to.endpoint, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
+    const job = new Job({ ...(req.id ? { id: req.id } : {}), vm: req.vm, kind, source: e.name, destination: req.to.name, destinationEndpoint: req.to.endpoint, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
     this.jobs.set(job.id, job);
     e.markBusy(req.vm, job.id);
     job.log(`requested: move to ${req.to.name} (${kind})`);
     job.flush(true);
-    void this.run(job, req.to);
+    void this.run(job, req.to, req.batch);
     return this.view(job);
   }
 
-  private async run(job: Job, to: Destination): Promise<void> {
+  /** Moves between two nodes of this host's cluster wait in the cluster's queue. */
+  private async clusterQueueFor(to: string): Promise<ClusterQueue | null> {
+    const m = this.engine.membership;
+    if (!m?.store || !m.queue) return null;
+    const member = await m.store.get(`members/${to}`).catch(() => null);
+    return member ? m.queue : null;
+  }
+
+  private async run(job: Job, to: Destination, batch?: string): Promise<void> {
     const e = this.engine;
     const r = job.record;
     const dest = this.destClient(to);
     let slot = false;
+    let cq: ClusterQueue | null = null;
     try {
+      cq = await this.clusterQueueFor(to.name);
+      if (cq) {
+        const queue = cq;
+        this.clustered.add(job.id);
+        job.setState('queued', `queued in cluster '${e.membership!.name}'${batch ? ` (${batch.replace(':', ' of ')})` : ''}`);
+        await queue.enter({ id: job.id, vm: r.vm, from: e.name, to: to.name, priority: r.priority, ...(batch ? { batch } : {}) }, {
+          signal: job.signal,
+          onPosition: (p) => { r.queuePosition = p; job.flush(true); },
+        });
+        job.log('admitted by the cluster scheduler');
+      }
       if (!e.slots.tryAcquire(job.id)) {
         job.setState('queued', `queued: ${e.name} runs ${e.migrationSettings().maxLive} live migrations (max live)`);
         await e.slots.acquire(job.id, r.priority, job.signal);
@@ -160,6 +190,8 @@ export class MigrationManager {
       this.fail(job, err, `the VM stays on ${e.name}`);
     } finally {
       if (slot) e.slots.release(job.id);
+      if (cq) await cq.leave(job.id).catch(() => undefined);
+      this.clustered.delete(job.id);
       e.clearBusy(r.vm, job.id);
       dest.close();
       job.flush(true);
@@ -290,7 +322,7 @@ export class MigrationManager {
 
   private view(job: Job): MigrationRecord {
     const rec = job.snapshot();
-    if (rec.state === 'queued') rec.queuePosition = this.engine.slots.position(job.id);
+    if (rec.state === 'queued') rec.queuePosition = this.clustered.has(job.id) ? (this.engine.membership?.queue?.position(job.id) ?? rec.queuePosition) : this.engine.slots.position(job.id);
     return rec;
   }
 

@@ -37,6 +37,10 @@ export const Destination = z.object({ name: Name, endpoint: z.string().url().ref
 export type Destination = z.infer<typeof Destination>;
 
 export const MoveRequest = z.object({
+  /** Chosen by the caller to make the request idempotent (the cluster's drains do). */
+  id: z.string().regex(/^[A-Za-z0-9-]{8,64}$/, { message: 'must be 8–64 letters, digits or dashes' }).optional(),
+  /** The drain or fail-back this move belongs to (shown in the cluster queue). */
+  batch: z.string().regex(/^(drain|failback):[A-Za-z0-9._-]{1,63}$/).optional(),
   vm: Name,
   to: Destination,
   options: MoveOptions.default({ includeStorage: false, retainSource: false }),

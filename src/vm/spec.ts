@@ -4,6 +4,7 @@
 import { randomUUID, randomBytes } from 'node:crypto';
 import path from 'node:path';
 import { z } from 'zod';
+import { ClusterPolicy } from '../cluster/model.js';
 import { InvalidInputError } from '../errors.js';
 import { IMAGE_FORMATS } from '../qemu/img.js';
 
@@ -70,6 +71,8 @@ export const VmSpec = z.object({
   checkpointPath: absPath,
   pagingPath: absPath,
   ha: z.boolean().default(false),
+  /** Priority, preferred owners and anti-affinity classes in the failover cluster (with ha). */
+  cluster: ClusterPolicy.optional(),
 }).strict().superRefine((s, ctx) => {
   const seen = new Set<string>();
   for (const [i, d] of s.disks.entries()) {

@@ -3,10 +3,43 @@ import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
 import { NotFoundError } from '../../errors.js';
 import type { Engine } from '../engine.js';
+import type { Membership } from '../../cluster/membership.js';
+import { planDrain, resumeNode, startDrain } from '../../cluster/drain.js';
+import { keys, parseLimits } from '../../cluster/model.js';
 
 export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
-  registerAction(app, actions.clusterStatus, async () => {
-    if (!engine.membership) throw new NotFoundError('E_CLUSTER_NOT_FOUND', `Cannot show the cluster: host '${engine.name}' is not in one; start the lab with 'ferry lab up --cluster'`, {});
-    return engine.membership.view();
+  const member = (what: string): Membership => {
+    if (!engine.membership) throw new NotFoundError('E_CLUSTER_NOT_FOUND', `Cannot ${what}: host '${engine.name}' is not in a cluster; start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'`, {});
+    return engine.membership;
+  };
+  const ctx = (what: string) => ({ store: member(what).need(what), self: engine.name, tls: engine.cfg.tls });
+
+  registerAction(app, actions.clusterStatus, async () => member('show the cluster').view());
+
+  registerAction(app, actions.clusterDrain, async ({ params, body, signal }) => {
+    const c = ctx(`drain node '${params.name}'`);
+    const plan = await planDrain(c, params.name, { signal });
+    if (body.dryRun) return { plan, batch: null };
+    return { plan, batch: await startDrain(c, plan) };
   });
+
+  registerAction(app, actions.clusterResume, async ({ params, body, signal }) => ({
+    batch: await resumeNode(ctx(`resume node '${params.name}'`), params.name, { failback: body.failback, signal }),
+  }));
+
+  registerAction(app, actions.clusterAddVm, async ({ body }) => {
+    const { vm, ...policy } = body;
+    return engine.addClusterVm(vm, policy);
+  });
+  registerAction(app, actions.clusterRemoveVm, async ({ params }) => engine.removeClusterVm(params.name));
+
+  registerAction(app, actions.clusterLimits, async ({ body, signal }) => {
+    const store = ctx('change the cluster limits').store;
+    const cur = parseLimits(await store.get(keys.config, { signal }));
+    const next = { ...cur, ...Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined)) };
+    await store.put(keys.config, JSON.stringify(next), { signal });
+    return next;
+  });
+
+  registerAction(app, actions.clusterJoin, async ({ body, signal }) => engine.joinCluster(body, { signal }));
 }

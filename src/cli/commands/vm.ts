@@ -43,6 +43,9 @@ export function registerVm(program: Command): void {
     .option('--append <cmdline>', 'kernel command line for --kernel')
     .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
     .option('--ha', 'highly available (clustered VM)', false)
+    .addOption(new Option('--priority <p>', 'with --ha: restart and drain order').choices(['high', 'normal', 'low'] as const))
+    .option('--preferred-owner <node>', 'with --ha: preferred node, in order (repeatable or comma-separated)', collect)
+    .option('--anti-affinity <class>', 'with --ha: keep apart from VMs of this class (repeatable)', collect)
     .option('--start', 'start it once created', false)
     .option('--probe-dirty <spec>', 'probe guest: dirty MIB of memory [at MIBPS]', dirtyFlag)
     .option('--probe-no-writer', 'probe guest: no disk writer', false)
@@ -55,6 +58,10 @@ export function registerVm(program: Command): void {
         return path.resolve(p);
       };
       if ((o.probeDirty || o.probeNoWriter) && o.guest !== 'probe') throw new InvalidInputError('Cannot use --probe-dirty or --probe-no-writer without --guest probe');
+      const split = (v: string[] | undefined): string[] | undefined => v?.flatMap((x) => x.split(',')).map((x) => x.trim()).filter(Boolean);
+      const pref = split(o.preferredOwner);
+      const anti = split(o.antiAffinity);
+      if ((o.priority || pref || anti) && !o.ha) throw new InvalidInputError('Cannot use --priority, --preferred-owner or --anti-affinity without --ha: they apply to clustered VMs; add --ha');
       if (o.guest && o.kernel) throw new InvalidInputError('Cannot use --kernel with --guest: the test guests bring their own kernel; drop one of them');
       const body = {
         name: vmName, memoryMiB: o.memory, cpus: o.cpus, cpu: o.cpu as string | undefined,
@@ -65,6 +72,7 @@ export function registerVm(program: Command): void {
         ...(o.initrd ? { initrd: abs(o.initrd, '--initrd') } : {}),
         ...(o.append !== undefined ? { append: o.append } : {}),
         switches: o.switch ?? [], ha: o.ha, start: o.start,
+        ...(o.priority || pref || anti ? { cluster: { priority: o.priority ?? 'normal', preferredOwners: pref ?? [], antiAffinity: anti ?? [] } } : {}),
         ...(o.guest === 'probe' ? { probe: { ...(o.probeDirty ? { dirty: o.probeDirty } : {}), ...(o.probeNoWriter ? { noWriter: true } : {}) } } : {}),
       };
       await withClients(g, async (c) => {
