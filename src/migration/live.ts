@@ -9,7 +9,7 @@ import type { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
 import { sleep } from '../util/exec.js';
-import { ConvergencePolicy, defaultFinishWithinMs, StallWatchdog, stallTimeoutMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
+import { ConvergencePolicy, defaultFinishWithinMs, StallWatchdog, stallTimeoutMs, testHold, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { newProgress, sampleFrom, update } from './progress.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import type { IncomingRequest } from '../api/peer-actions.js';
@@ -81,6 +81,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       ...(ctx.storage ? { storage: ctx.storage.request } : {}),
     });
     prepared = true;
+    await testHold('preparing', (m) => job.log(m), signal);
     if (!prep.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': the destination gave no stream address`);
     r.progress = 0.02;
 
@@ -188,6 +189,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     // 5. Switch over: from here on the move is not cancellable.
     job.cancellable = false;
     job.setState('switching-over', 'switching over (source paused)');
+    await testHold('switching-over', (m) => job.log(m));
     if (info.status === 'pre-switchover') {
       if (mirrors.length) {
         // The guest is paused: finish the copies (identical now) before device state moves.

@@ -122,3 +122,23 @@ export class StallWatchdog {
   }
   reset(now: number): void { this.last = -1; this.since = now; }
 }
+
+/**
+ * Test hook for the fault matrix (test/faults): with FERRY_TEST_HOLD_DIR set in the agent's
+ * environment, a move waits at the start of `phase` while the file DIR/<phase> exists
+ * (at most 2 min), so a test can inject a fault in a phase that otherwise lasts
+ * milliseconds. Without the variable this returns at once.
+ */
+export async function testHold(phase: string, log: (m: string) => void, signal?: AbortSignal): Promise<void> {
+  const dir = process.env.FERRY_TEST_HOLD_DIR;
+  if (!dir) return;
+  const { existsSync } = await import('node:fs');
+  const file = `${dir}/${phase}`;
+  if (!existsSync(file)) return;
+  log(`test hold in ${phase}`);
+  const until = Date.now() + 120_000;
+  while (existsSync(file) && Date.now() < until) {
+    if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('aborted');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}

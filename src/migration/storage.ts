@@ -15,6 +15,7 @@ import { poolOf } from '../storage/pools.js';
 import { addImageNode, abandonMirrors, delNode, finishMirrors, rootNode, startMirror, waitMirrorsReady, type MirrorSpec } from './block.js';
 import { copyEta } from './progress.js';
 import { foldMirrorProgress, type Job } from './job.js';
+import { testHold } from './policy.js';
 
 export interface StoragePlan {
   configPath: string;
@@ -59,6 +60,7 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
   const configMoves = path.resolve(plan.configPath) !== path.resolve(spec.configPath);
   try {
     job.setState('preparing', `planning: ${moving.length} disk(s)${configMoves ? ' and the config folder' : ''} to move`);
+    await testHold('preparing', (m) => job.log(m), job.signal);
     for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath, ...moving.map((d) => path.dirname(plan.disks[d.id]!))])) {
       if (!(await exists(dir))) { await fsp.mkdir(dir, { recursive: true }); createdDirs.push(dir); }
     }
@@ -95,6 +97,7 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
       // Switch the guest to the copies: no cancel from here on.
       job.cancellable = false;
       job.setState('switching-over', 'all copies ready: switching the disks over');
+      await testHold('switching-over', (m) => job.log(m));
       await finishMirrors(proc.qmp, mirrors, true);
       mirrors.length = 0;
       // The guest writes to the new files now: they are never removed on a later failure.
