@@ -275,7 +275,8 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
       await waitProbe(l, v2, 10, 60_000).catch(() => undefined);
       await assertRuns(l, v2, guest);
       // Every acknowledged record is on the disk; no heartbeat lost across the hosts.
-      await ferryOk(['vm', 'stop', name], { lab: l.lab, timeoutMs: 120_000 });
+      // A forced stop is QMP 'quit': QEMU flushes; acknowledged records were written O_DSYNC anyway.
+      await ferryOk(['vm', 'stop', name, '--force'], { lab: l.lab, timeoutMs: 120_000 });
       mark('stopped');
       const logs = await Promise.all(['host-a', 'host-b'].map((h) => fsp.readFile(serialLog(l, h, vm.id), 'utf8').catch(() => '')));
       const ack = Math.max(...logs.map((t) => parseSerial(t).highestAck ?? 0));
@@ -312,3 +313,20 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
 }
 
 const dst0 = (kind: Kind): string => (kind === 'storage' ? 'host-a' : 'host-b');
+
+/**
+ * Declares one node test per cell of a kind. FERRY_FAULTS_ONLY=substr[,substr...] runs only
+ * the cells whose "kind phase fault" contains one of them (the rest are skipped, saying so).
+ */
+export function matrixTests(kind: Kind, register: (name: string, opts: { skip?: string; timeout: number }, fn: () => Promise<void>) => void): void {
+  const L = useFaultLab();
+  const only = process.env.FERRY_FAULTS_ONLY?.split(',').map((x) => x.trim()).filter(Boolean);
+  for (const phase of PHASES) {
+    for (const fault of FAULTS) {
+      const na = notApplicable(kind, phase, fault);
+      const picked = !only || only.some((o) => `${kind} ${phase} ${fault}`.includes(o));
+      const skip = na ? `n/a: ${na}` : picked ? null : 'not in FERRY_FAULTS_ONLY';
+      register(`${kind} × ${phase} × ${fault}`, { ...(skip ? { skip } : {}), timeout: 600_000 }, async () => { await runCell(L, kind, phase, fault); });
+    }
+  }
+}

@@ -1,14 +1,5 @@
 // Fault matrix, shared-nothing live migration: every phase × every fault (npm run test:faults).
 import { test } from 'node:test';
-import { FAULTS, PHASES, notApplicable, runCell, useFaultLab } from './harness.js';
+import { matrixTests } from './harness.js';
 
-const L = useFaultLab();
-const only = process.env.FERRY_FAULTS_ONLY; // e.g. "copying-memory" or "migration-net-cut" to run a slice
-
-for (const phase of PHASES) {
-  for (const fault of FAULTS) {
-    const na = notApplicable('shared-nothing', phase, fault);
-    const skip = na ?? (only && !`shared-nothing ${phase} ${fault}`.includes(only) ? `not in FERRY_FAULTS_ONLY=${only}` : null);
-    test(`shared-nothing × ${phase} × ${fault}`, { ...(skip ? { skip } : {}), timeout: 600_000 }, async () => { await runCell(L, 'shared-nothing', phase, fault); });
-  }
-}
+matrixTests('shared-nothing', test);
