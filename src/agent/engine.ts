@@ -54,6 +54,8 @@ export class Engine {
   readonly storageSlots = new SlotQueue(() => this.migrationSettings().maxStorage);
   readonly incoming = new IncomingManager(this);
   readonly migrations = new MigrationManager(this);
+  /** HA VMs this agent stopped because it lost its cluster lease (self-fence). */
+  private fenced = new Set<string>();
   /** Set when this host belongs to a cluster. */
   membership: Membership | null = null;
 
@@ -550,6 +552,7 @@ export class Engine {
   enableCluster(cluster: { name: string; endpoints: string[] }, opts: { onRetry?: (err: unknown) => void } = {}): Promise<void> {
     const membership = new Membership(cluster, { name: this.name, endpoint: this.endpoint() }, this.cfg.tls, this.events);
     membership.onFence = () => this.fenceHaVms();
+    membership.onRejoined = () => this.reconcileHa();
     this.membership = membership;
     this.cfg.cluster = cluster;
     return (async () => {
@@ -662,6 +665,7 @@ export class Engine {
       if (spec?.ha && proc && !proc.hasExited) {
         this.procs.delete(rec.name);
         await proc.kill();
+        this.fenced.add(rec.name);
         this.events.emit('vm.fenced', { vm: rec.name });
       }
     }
@@ -685,8 +689,18 @@ export class Engine {
         this.registry.removeVm(rec.name);
         this.events.emit('vm.left', { vm: rec.name, reason: `HA: now owned by ${owner}` });
       } else if (!owner) {
-        await this.recordHa(spec);
+        // A running HA VM the cluster lost track of (a deliberately stopped one has no record).
+        if (this.isRunning(rec.name)) await this.recordHa(spec);
+      } else if (this.fenced.has(rec.name) && !this.isRunning(rec.name)) {
+        // Fenced, but the cluster did not give it to another node (we were back before our
+        // lease expired): run it here again, claiming it with a new fencing generation.
+        const next = { ...(JSON.parse(raw!) as { generation: number }), generation: (JSON.parse(raw!) as { generation: number }).generation + 1 };
+        if (await store.txn({ compare: [{ key: `vms/${spec.name}`, value: raw! }], success: [{ type: 'put', key: `vms/${spec.name}`, value: JSON.stringify(next) }] }).catch(() => false)) {
+          await this.withVmLock(rec.name, () => this.startLocked(rec.name, {})).catch((err: unknown) => this.events.emit('cluster.error', { vm: rec.name, message: `cannot restart after fencing: ${messageOf(err)}` }));
+          this.events.emit('vm.ha-started', { vm: rec.name, generation: next.generation, reason: 'restarted after self-fence' });
+        }
       }
+      this.fenced.delete(rec.name);
     }
   }
 

@@ -122,8 +122,16 @@ export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: 
     const blockers: DrainPlanItem['blockers'] = [];
     if (!p.to) {
       // Say why every candidate was refused; when none had a compatibility problem, the placement's reason.
-      const seen = new Set<string>();
-      for (const [, bs] of per) for (const b of bs) if (!seen.has(b.message)) { seen.add(b.message); blockers.push(b); }
+      // One line per problem: the first node's wording, naming the other nodes that said the same.
+      const byCode = new Map<string, { message: string; nodes: string[] }>();
+      for (const [n, bs] of per) {
+        for (const b of bs) {
+          const cur = byCode.get(b.code);
+          if (!cur) byCode.set(b.code, { message: b.message, nodes: [n] });
+          else if (!cur.nodes.includes(n)) cur.nodes.push(n);
+        }
+      }
+      for (const [code, b] of byCode) blockers.push({ code, message: b.nodes.length > 1 ? `${b.message} (also for ${b.nodes.slice(1).join(', ')})` : b.message });
       if (!blockers.length) blockers.push({ code: p.reason?.startsWith('needs') ? 'E_NO_FIT' : 'E_NO_NODE', message: `Cannot move VM '${vm.name}' off '${node}': ${p.reason}` });
     }
     return {
@@ -316,7 +324,8 @@ export class BatchRunner {
     let cur = await this.write(key, raw, b);
     if (!cur) return; // changed meanwhile (resume, or another leader): the next pass reads it again
     if (!starts.length) return;
-    for (const it of starts) {
+    // All at once: the cluster queue orders them by priority and holds them to the limits.
+    await Promise.all(starts.map(async (it) => {
       const from = nodes.up[it.from]!;
       const to = nodes.up[it.to!];
       try {
@@ -327,13 +336,13 @@ export class BatchRunner {
         this.onEvent('cluster.batch-move', { node: b.node, vm: it.vm, to: it.to, migration: it.migrationId });
       } catch (err) {
         const code = (err as FerryError).code;
-        if (code === 'E_VM_NOT_FOUND') { it.state = 'moved'; it.reason = `not on ${it.from} any more`; continue; }
+        if (code === 'E_VM_NOT_FOUND') { it.state = 'moved'; it.reason = `not on ${it.from} any more`; return; }
         const retry = it.attempts < MAX_ATTEMPTS && code !== 'E_INCOMPATIBLE';
         it.state = retry ? 'pending' : 'failed';
         it.reason = messageOf(err);
         it.migrationId = null;
       }
-    }
+    }));
     cur = await this.write(key, cur, b);
     if (cur) void cur;
   }
@@ -358,7 +367,7 @@ export class BatchRunner {
     if (rec.state === 'cancelled') { it.state = 'cancelled'; it.reason = rec.error?.message ?? 'cancelled'; return; }
     const retry = it.attempts < MAX_ATTEMPTS && b.state === 'running' && rec.error?.code !== 'E_INCOMPATIBLE';
     it.state = retry ? 'pending' : 'failed';
-    it.reason = rec.error?.message ?? 'failed';
+    it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${rec.error?.message ?? 'failed'}`;
     if (retry && !nodes.up[it.to ?? '']) it.to = null;
   }
 }

@@ -29,6 +29,8 @@ export class Membership {
   ha: HaMonitor | null = null;
   /** Called when this node's lease is lost: stop HA VMs before the cluster restarts them elsewhere. */
   onFence: () => Promise<void> = async () => undefined;
+  /** Called after the node got a new lease following a loss (reconcile what the cluster decided meanwhile). */
+  onRejoined: () => Promise<void> = async () => undefined;
   private lease: Lease | null = null;
   stopped = false;
 
@@ -66,7 +68,11 @@ export class Membership {
 
   private async rejoin(): Promise<void> {
     while (!this.stopped) {
-      try { await this.heartbeat(); return; } catch { await new Promise((r) => setTimeout(r, 1000)); }
+      try {
+        await this.heartbeat();
+        await this.onRejoined().catch(() => undefined);
+        return;
+      } catch { await new Promise((r) => setTimeout(r, 1000)); }
     }
   }
 

@@ -1,0 +1,78 @@
+// The console's cluster page in Debian's Chromium against a real 2-node cluster lab (etcd):
+// drain a node from its plan, watch it paused and emptied, then resume with fail-back.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { chromium, type Browser, type Page } from 'playwright-core';
+import { ferry, ferryOk } from '../e2e/cli.js';
+import { REPO_ROOT } from '../../guest/paths.js';
+import type { VmView } from '../../src/api/schemas.js';
+
+const TOKEN = 'test-token-' + Math.random().toString(36).slice(2);
+let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
+let dir = '';
+let lab = '';
+let consoleProc: ChildProcess | null = null;
+let browser: Browser | null = null;
+let page: Page;
+let url = '';
+
+before(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fuc-'));
+  lab = path.join(dir, 'lab');
+  shots ||= path.join(dir, 'screenshots');
+  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2', '--cluster']);
+  await ferryOk(['vm', 'new', 'c1', '--host', 'host-b', '--guest', 'probe', '--probe-no-writer', '--memory', '128', '--ha', '--priority', 'high', '--path', path.join(lab, 'shared', 'c1'), '--start'], { lab });
+  consoleProc = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['console', '--listen', '127.0.0.1:0', '--token', TOKEN], { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', 'inherit'] });
+  url = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const t = setTimeout(() => reject(new Error(`console did not start: ${out}`)), 30_000);
+    consoleProc!.stdout!.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
+      if (m) { clearTimeout(t); resolve(m[1]!); }
+    });
+  });
+  browser = await chromium.launch({
+    executablePath: '/usr/bin/chromium', headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  await fsp.mkdir(shots, { recursive: true });
+});
+
+after(async () => {
+  await browser?.close().catch(() => undefined);
+  consoleProc?.kill('SIGTERM');
+  await ferry(['lab', 'down', '--dir', lab]);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+const tid = (id: string): string => `[data-testid="${id}"]`;
+const where = async (): Promise<string[]> => (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).filter((v) => v.name === 'c1').map((v) => v.host);
+
+test('cluster page: drain a node from its plan, see it paused and empty, resume with fail-back', async () => {
+  await page.goto(url);
+  await page.fill(tid('login-token'), TOKEN);
+  await page.click(tid('login-submit'));
+  await page.waitForSelector(tid('nav-cluster'));
+  await page.click(tid('nav-cluster'));
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'up', tid('cluster-node-state-host-b'), { timeout: 30_000 });
+  await page.click(tid('cluster-drain-host-b'));
+  await page.waitForSelector(tid('drain-plan'), { timeout: 60_000 });
+  assert.equal(await page.textContent(tid('drain-plan-to-c1')), 'host-a');
+  await page.screenshot({ path: path.join(shots, 'cluster-drain-plan.png') });
+  await page.click(tid('drain-confirm'));
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'paused', tid('cluster-node-state-host-b'), { timeout: 30_000 });
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'completed', tid('cluster-batch-state-host-b'), { timeout: 180_000 });
+  await page.screenshot({ path: path.join(shots, 'cluster-drained.png') });
+  assert.deepEqual(await where(), ['host-a']);
+  await page.click(tid('cluster-failback-host-b'));
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'up', tid('cluster-node-state-host-b'), { timeout: 30_000 });
+  await page.waitForFunction(() => /Fail-back of host-b/.test(document.body.textContent ?? '') , undefined, { timeout: 30_000 });
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'completed', tid('cluster-batch-state-host-b'), { timeout: 180_000 });
+  assert.deepEqual(await where(), ['host-b']);
+});
