@@ -87,6 +87,9 @@ export async function checkMirrors(qmp: QmpClient, mirrors: MirrorSpec[]): Promi
  * READY mirror: shared-nothing at pre-switchover). Waits for each to conclude cleanly.
  */
 export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot: boolean): Promise<void> {
+  // A mirror that broke since READY (e.g. its target filled up) must say so, not fail
+  // later with QEMU's "cannot accept command verb".
+  await checkMirrors(qmp, mirrors);
   const mark = qmp.eventMark;
   for (const m of mirrors) {
     if (pivot) await qmp.execute('block-job-complete', { device: m.jobId }, { timeoutMs: 10_000 });

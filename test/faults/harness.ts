@@ -58,14 +58,16 @@ export function useFaultLab(): FaultLab {
     l.tiny = path.join(l.dir, 'tiny');
     await fsp.mkdir(l.holds);
     l.env = { FERRY_TEST_HOLD_DIR: l.holds, FERRY_MIGRATION_STALL_S: process.env.FERRY_MIGRATION_STALL_S ?? '8' };
-    l.status = await labUp(l);
-    // A small pool on each host that a test can fill up (48 MiB tmpfs per host).
+    // A small pool on each host that a test can fill up (64 MiB tmpfs per host), mounted
+    // before the agents start: `ip netns exec` gives each agent its own mount namespace,
+    // which does not see later mounts when / is not a shared mount.
     for (const h of ['host-a', 'host-b']) {
       const d = path.join(l.tiny, h);
       await fsp.mkdir(d, { recursive: true });
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', d]);
-      await ferryOk(['pool', 'add', 'tiny', '--host', h, '--path', d], { lab: l.lab });
+      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', d]);
     }
+    l.status = await labUp(l);
+    for (const h of ['host-a', 'host-b']) await ferryOk(['pool', 'add', 'tiny', '--host', h, '--path', path.join(l.tiny, h)], { lab: l.lab });
   });
   after(async () => {
     await ferry(['lab', 'down', '--dir', l.lab]);
@@ -123,6 +125,8 @@ export interface CellResult {
   ok: boolean; state: string | null; code: string | null; message: string | null; cancelExit?: number; seconds: number; problem?: string;
   /** Seconds from the cell's start at each step, to see where the time goes. */
   marks: Record<string, number>;
+  /** The record's log (without progress lines): what the move said happened. */
+  events?: string[];
 }
 
 /** Where the cell results go (one JSON line each), for docs/fault-matrix.md. */
@@ -186,8 +190,17 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
   let filler: string | null = null;
   let cut = false;
   try {
+    // Disk copies get a second disk with 20 MiB of real data: the copy then writes for ~20 s
+    // at 1 MiB/s (the probe's own disk is mostly unallocated, which a mirror skips at once).
+    const filled = kind !== 'live' && (phase === 'copying-storage' || fault === 'dest-disk-full');
+    const fillDisk = path.join(hostData(l, 'host-a'), 'pools', 'local', `${name}-fill.qcow2`);
+    if (filled) {
+      execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', fillDisk, '32M']);
+      execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 20M', fillDisk], { stdio: 'ignore' });
+    }
     const vm = await ferryOk<VmView>(['vm', 'new', name, '--host', 'host-a', '--guest', guest,
-      ...(kind === 'live' ? ['--path', path.join(l.lab, 'shared', name)] : []), '--start', '--json'], { lab: l.lab });
+      ...(kind === 'live' ? ['--path', path.join(l.lab, 'shared', name)] : []),
+      ...(filled ? (guest === 'probe' ? ['--disk', '64M', '--attach', fillDisk] : ['--attach', fillDisk]) : []), '--start', '--json'], { lab: l.lab });
     if (guest === 'probe') await waitProbe(l, vm, 10, 90_000); else await sleep(2000);
     const [src, dst] = kind === 'storage' ? ['host-a', 'host-a'] : ['host-a', 'host-b'];
     // Copy phases are slowed so the fault hits a running copy; held phases run at full speed.
@@ -223,6 +236,7 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
         break;
       case 'dest-disk-full':
         filler = await fill(path.join(l.tiny, dst));
+        if (holdFile) await sleep(3000); // let the running guest's mirrored writes meet the full pool
         break;
       case 'cancel': {
         const c = await ferry(['migration', 'cancel', id], { lab: l.lab });
@@ -241,14 +255,17 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
     const end = await waitRecord(l, id, TERMINAL, 240_000);
     mark('ended');
     res.state = end.state; res.code = end.error?.code ?? null; res.message = end.error?.message ?? null;
+    res.events = end.events.map((e) => `${e.at.slice(11, 21)} ${e.message}`).filter((m) => !/\d+%/.test(m)).slice(-8);
     if (cut) { await ferryOk(['lab', 'restore', dst, '--link', 'migration'], { lab: l.lab }); cut = false; }
     if (filler) { await fsp.rm(filler, { force: true }); filler = null; }
 
     // The record says what happened.
+    if (fault === 'dest-disk-full') assert.equal(end.state, 'failed', 'a full destination fails the move');
     if (fault === 'cancel' && phase !== 'switching-over') assert.equal(end.state, 'cancelled', JSON.stringify(end.error));
     else if (end.state !== 'completed') {
       assert.equal(end.state, 'failed');
       assert.ok(end.error?.code && end.error.message.length > 20, 'the record names the error');
+      if (fault === 'dest-disk-full') assert.match(end.error.message, /no space|not enough space|full/i, 'the record names the full disk');
       if (fault === 'migration-net-cut') assert.equal(end.error.code, 'E_MIGRATION_STALLED', end.error.message);
       if (fault === 'source-agent-killed') assert.match(end.error.code, /E_AGENT_RESTARTED|E_RECOVERY/, end.error.message);
     }
