@@ -1,5 +1,6 @@
 // `npm run demo`: the tour. A 2-host lab on this machine, a probe VM on host-a whose
-// console shows its heartbeat and disk acknowledgements, then what to try next.
+// console shows its heartbeat and disk acknowledgements, live, shared-nothing and storage
+// moves; then a 3-host cluster lab: drain, fail-back, and HA after `lab kill`.
 // The lab stays up in .cache/demo-lab for you to explore; `bin/ferry lab down` stops it.
 import { spawn } from 'node:child_process';
 import path from 'node:path';
@@ -68,7 +69,41 @@ await must(['move-vm', 'demo-local', '--to', 'host-b', '--include-storage']);
 await must(['move-storage', 'demo-local', '--path', path.join(lab, 'shared', 'demo-local')]);
 await must(['vm', 'list']);
 await must(['migration', 'list', '--all']);
+
+// The failover cluster: a 3-host lab with etcd. Drain host-c (its VMs move by priority through
+// the cluster queue; the node stays paused), resume it with fail-back, then kill the host that
+// runs the HA VM and watch the cluster restart it on another node.
+const clab = process.env.FERRY_DEMO_CLUSTER_LAB ?? path.join(REPO_ROOT, '.cache', 'demo-cluster');
+const cl = (args: string[]): Promise<string> => must(['--lab', clab, ...args]);
+await must(['lab', 'up', '--dir', clab, '--hosts', '3', '--cluster']);
+for (const vm of ['ha1', 'c2', 'c3']) {
+  if ((await ferry(['--lab', clab, 'vm', 'show', vm], false)).code === 0) {
+    await ferry(['--lab', clab, 'vm', 'stop', vm, '--force'], false);
+    await must(['--lab', clab, 'vm', 'rm', vm], false);
+  }
+}
+await cl(['vm', 'new', 'ha1', '--host', 'host-c', '--guest', 'probe', '--ha', '--priority', 'high', '--path', path.join(clab, 'shared', 'ha1'), '--start']);
+for (const vm of ['c2', 'c3']) await cl(['vm', 'new', vm, '--host', 'host-c', '--guest', 'probe', '--probe-no-writer', '--memory', '128', '--ha', '--priority', 'low', '--path', path.join(clab, 'shared', vm), '--start']);
+await sleep(5000);
+await cl(['cluster', 'drain', 'host-c', '--dry-run']);
+await cl(['cluster', 'drain', 'host-c']);
+await cl(['cluster', 'status']);
+await cl(['cluster', 'resume', 'host-c', '--failback']);
+const ha = JSON.parse(await must(['--lab', clab, 'vm', 'show', 'ha1', '--json'], false)) as { host: string; id: string };
+await cl(['lab', 'kill', ha.host, '--dir', clab]);
+const killedAt = Date.now();
+let where = '';
+while (!where && Date.now() - killedAt < 60_000) {
+  const r = await ferry(['--lab', clab, 'vm', 'show', 'ha1', '--json'], false);
+  if (r.code === 0) { const v = JSON.parse(r.out) as { host: string; state: string }; if (v.host !== ha.host && v.state === 'running') where = v.host; }
+  if (!where) await sleep(250);
+}
+process.stdout.write(`\nHA: ${ha.host} killed (agent, QEMUs, etcd member); ha1 running on ${where || '(not yet)'} after ${Date.now() - killedAt} ms\n`);
+await cl(['cluster', 'status']);
+await cl(['lab', 'up', '--dir', clab]);
+
 process.stdout.write(`
+Cluster lab: export FERRY_LAB=${clab}; bin/ferry cluster status; bin/ferry lab down --dir ${clab}
 The lab keeps running. Try:
   export FERRY_LAB=${lab}
   bin/ferry vm console demo --follow        # Ctrl-C to stop following

@@ -9,7 +9,11 @@ import { Name } from '../api/schemas.js';
 export const AgentFile = z.object({
   pools: z.array(z.object({ name: Name, kind: z.enum(['local', 'shared']), path: z.string().refine((p) => path.isAbsolute(p)) }).strict()).default([]),
   /** The cluster this host belongs to (etcd client URLs). */
-  cluster: z.object({ name: Name, endpoints: z.array(z.string().url()).min(1) }).strict().optional(),
+  cluster: z.object({
+    name: Name, endpoints: z.array(z.string().url()).min(1),
+    /** Failure detection: a node is down this long after it stops renewing its lease (default 5 s). */
+    leaseSeconds: z.number().int().min(2).max(60).optional(),
+  }).strict().optional(),
   /** Switches created on first start. */
   switches: z.array(z.object({ name: Name, kind: z.enum(['user', 'bridge']), bridge: z.string().nullable().default(null) }).strict()).default([]),
 }).strict();
@@ -23,7 +27,7 @@ export interface AgentConfig {
   tls: { ca: string; cert: string; key: string };
   pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
   switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
-  cluster?: { name: string; endpoints: string[] };
+  cluster?: { name: string; endpoints: string[]; leaseSeconds?: number };
 }
 
 export function parseListen(s: string): { host: string; port: number } {

@@ -549,7 +549,7 @@ export class Engine {
    * Joins the cluster in the background: joining needs a quorum of etcd, and until then the
    * host works standalone and keeps trying. Resolves once joined (or the agent stops).
    */
-  enableCluster(cluster: { name: string; endpoints: string[] }, opts: { onRetry?: (err: unknown) => void } = {}): Promise<void> {
+  enableCluster(cluster: { name: string; endpoints: string[]; leaseSeconds?: number }, opts: { onRetry?: (err: unknown) => void } = {}): Promise<void> {
     const membership = new Membership(cluster, { name: this.name, endpoint: this.endpoint() }, this.cfg.tls, this.events);
     membership.onFence = () => this.fenceHaVms();
     membership.onRejoined = () => this.reconcileHa();

@@ -45,6 +45,10 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   peerRoutes(app, engine);
   clusterRoutes(app, engine);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
+  // Cluster decisions and fencing go to the log too: they are what an operator reads after an incident.
+  engine.events.subscribe((e) => {
+    if (e.type.startsWith('cluster.') || e.type === 'vm.fenced' || e.type === 'vm.ha-started') logger.info({ event: e }, e.type);
+  });
   if (cfg.cluster) engine.enableCluster(cfg.cluster, { onRetry: (err) => logger.warn({ err: messageOf(err) }, 'cannot join the cluster yet; retrying') });
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {

@@ -100,24 +100,34 @@ export class HaMonitor {
     const plan = place(pnodes, all.filter((r) => r.owner !== dead).map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
       vms.map((r) => { const p = policyOf(r.spec); return { name: r.name, memoryMiB: r.memoryMiB, priority: p.priority, preferredOwners: p.preferredOwners, antiAffinity: p.antiAffinity, exclude: [dead] }; }));
     for (const p of plan) {
-      const rec = vms.find((r) => r.name === p.vm)!;
-      const target = p.to ? { name: p.to, endpoint: nodes.up[p.to]!.endpoint } : null;
-      if (!target) { this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, result: `cannot restart: ${p.reason}` }); continue; }
-      const next: HaRecord = { ...rec, owner: target.name, generation: rec.generation + 1 };
-      // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
-      const ok = await this.store.txn({
-        compare: [{ key: leadership.key, value: this.host.name }, { key: vmKey(rec.name), value: JSON.stringify(rec) }],
-        success: [{ type: 'put', key: vmKey(rec.name), value: JSON.stringify(next) }],
-      });
-      if (!ok) continue;
-      const client = new AgentClient({ endpoint: target.endpoint, host: target.name, credentials: this.host.tls });
-      try {
-        await client.call(peerActions.haStart, { body: { spec: rec.spec, generation: next.generation, from: dead } }, { timeoutMs: 60_000 });
-        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation, priority: policyOf(rec.spec).priority });
-      } catch (err) {
-        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, error: messageOf(err) });
-      } finally {
-        client.close();
+      let rec = vms.find((r) => r.name === p.vm)!;
+      let to = p.to;
+      const tried: string[] = [dead];
+      if (!to) { this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, result: `cannot restart: ${p.reason}` }); continue; }
+      // A node that cannot start it (its agent fails, the disk is locked…): the next candidate.
+      while (to) {
+        const target = { name: to, endpoint: nodes.up[to]!.endpoint };
+        const next: HaRecord = { ...rec, owner: target.name, generation: rec.generation + 1 };
+        // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
+        const ok = await this.store.txn({
+          compare: [{ key: leadership.key, value: this.host.name }, { key: vmKey(rec.name), value: JSON.stringify(rec) }],
+          success: [{ type: 'put', key: vmKey(rec.name), value: JSON.stringify(next) }],
+        });
+        if (!ok) break;
+        const client = new AgentClient({ endpoint: target.endpoint, host: target.name, credentials: this.host.tls });
+        try {
+          await client.call(peerActions.haStart, { body: { spec: rec.spec, generation: next.generation, from: dead } }, { timeoutMs: 60_000 });
+          this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation, priority: policyOf(rec.spec).priority });
+          break;
+        } catch (err) {
+          this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation, error: messageOf(err) });
+          tried.push(target.name);
+          rec = next;
+          const again = place(pnodes, [], [{ name: rec.name, memoryMiB: rec.memoryMiB, priority: policyOf(rec.spec).priority, preferredOwners: policyOf(rec.spec).preferredOwners, antiAffinity: [], exclude: tried }]);
+          to = again[0]?.to ?? null;
+        } finally {
+          client.close();
+        }
       }
     }
   }

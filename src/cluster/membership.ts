@@ -11,7 +11,7 @@ import { keys, parseLimits, type Batch } from './model.js';
 import { policyOf, readNodes } from './drain.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
-export interface ClusterConfig { name: string; endpoints: string[] }
+export interface ClusterConfig { name: string; endpoints: string[]; leaseSeconds?: number }
 export type { ClusterView, NodeView };
 
 /** Failure detection: a node is down at most this long after it stops renewing. */
@@ -54,8 +54,10 @@ export class Membership {
   /** (Re)grants the node's lease and puts its node key; retried while the agent runs. */
   private async heartbeat(): Promise<void> {
     const store = this.store!;
-    this.lease = await store.grantLease(NODE_TTL_S, {
-      lossAfterMs: FENCE_AFTER_MS,
+    const ttl = this.cfg.leaseSeconds ?? NODE_TTL_S;
+    this.lease = await store.grantLease(ttl, {
+      // Fence with a margin: 3 s of a 5 s lease (60 %), whatever the TTL.
+      lossAfterMs: Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000))),
       onLost: (err) => {
         this.events.emit('cluster.lease-lost', { node: this.node.name, reason: err.message });
         // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
