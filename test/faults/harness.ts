@@ -335,15 +335,17 @@ const dst0 = (kind: Kind): string => (kind === 'storage' ? 'host-a' : 'host-b');
  * Declares one node test per cell of a kind. FERRY_FAULTS_ONLY=substr[,substr...] runs only
  * the cells whose "kind phase fault" contains one of them (the rest are skipped, saying so).
  */
-export function matrixTests(kind: Kind, register: (name: string, opts: { skip?: string; timeout: number }, fn: () => Promise<void>) => void): void {
+export function matrixTests(kind: Kind, register: (name: string, opts: { skip?: string; timeout: number }, fn: () => Promise<void>) => void,
+  o: { guest?: Guest; phases?: Phase[]; faults?: Fault[] } = {}): void {
   const L = useFaultLab();
+  const guest = o.guest ?? 'probe';
   const only = process.env.FERRY_FAULTS_ONLY?.split(',').map((x) => x.trim()).filter(Boolean);
-  for (const phase of PHASES) {
-    for (const fault of FAULTS) {
+  for (const phase of o.phases ?? PHASES) {
+    for (const fault of o.faults ?? FAULTS) {
       const na = notApplicable(kind, phase, fault);
-      const picked = !only || only.some((o) => `${kind} ${phase} ${fault}`.includes(o));
+      const picked = !only || only.some((x) => `${kind} ${phase} ${fault}`.includes(x));
       const skip = na ? `n/a: ${na}` : picked ? null : 'not in FERRY_FAULTS_ONLY';
-      register(`${kind} × ${phase} × ${fault}`, { ...(skip ? { skip } : {}), timeout: 600_000 }, async () => { await runCell(L, kind, phase, fault); });
+      register(`${kind} × ${phase} × ${fault}${guest === 'bootblock' ? ' (bootblock: memory pattern)' : ''}`, { ...(skip ? { skip } : {}), timeout: 600_000 }, async () => { await runCell(L, kind, phase, fault, guest); });
     }
   }
 }
