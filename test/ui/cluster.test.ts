@@ -68,6 +68,7 @@ test('cluster page: drain a node from its plan, see it paused and empty, resume 
   await page.click(tid('drain-confirm'));
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'paused', tid('cluster-node-state-host-b'), { timeout: 30_000 });
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'completed', tid('cluster-batch-state-host-b'), { timeout: 180_000 });
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === '0', tid('cluster-node-vms-host-b'), { timeout: 30_000 });
   await page.screenshot({ path: path.join(shots, 'cluster-drained.png') });
   assert.deepEqual(await where(), ['host-a']);
   await page.click(tid('cluster-failback-host-b'));

@@ -26,7 +26,7 @@ async function anyHost<T>(hosts: readonly HostRef[], fn: (h: HostRef) => Promise
 
 export function ClusterPage() {
   const { hosts } = useSession();
-  const nodes = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })), 3000, [hosts]);
+  const nodes = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })), 1000, [hosts]);
   const cluster = usePoll(async (signal): Promise<Cluster | null> => {
     for (const h of hosts) {
       try { return await call(h.name, actions.clusterStatus, {}, { signal }); } catch { /* next host (or not a cluster) */ }
@@ -80,7 +80,7 @@ export function ClusterPage() {
                   {running && <span className="badge state-migrating" data-testid={`cluster-node-batch-${name}`}> {running.kind}ing</span>}
                   {n.error && <ErrorMessage error={n.error} />}
                 </td>
-                <td>{n.data?.vms ?? '–'}</td>
+                <td data-testid={`cluster-node-vms-${name}`}>{n.data?.vms ?? '–'}</td>
                 <td>{n.data ? bytes(n.data.memory.freeBytes) : '–'}</td>
                 <td className="actions">
                   <button type="button" disabled={!c || st !== 'up' || !!busy} title={c ? 'Plan a drain: where each VM would go' : 'needs a cluster'} onClick={() => void dryRun(name)} data-testid={`cluster-drain-${name}`}>Drain…</button>
