@@ -2,6 +2,7 @@
 // QEMU-NOTES §A): Prepare on the destination, copy memory under the convergence policy,
 // stop at pre-switchover, complete, confirm (two-phase), finish. Every failure before the
 // switch-over ends with the VM running on the source and the destination cleaned up.
+import net from 'node:net';
 import { FerryError, AbortedError, messageOf } from '../errors.js';
 import type { QemuProcess } from '../qemu/process.js';
 import type { MigrationInfo, MigrationStatus } from '../qemu/commands.js';
@@ -91,6 +92,11 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       if (!prep.nbd) throw new MigrationFailedError('E_PREPARE', `Cannot move the disks of VM '${spec.name}': the destination gave no NBD address`);
       job.setState('copying-storage', `copying ${ctx.storage.request.disks.length} disk(s) to ${r.destination}`);
       const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
+      // QEMU 7.2 connects an NBD node synchronously, holding its main loop: over a cut link
+      // that freezes the guest for the kernel's SYN timeout (~2 min). Try the address first.
+      if (!(await reachable(prep.nbd.host, prep.nbd.port, Math.min(stallMs, 10_000), signal))) {
+        throw stalledError(spec.name, r.destination, Math.min(stallMs, 10_000), `no connection to its disk export at ${prep.nbd.host}:${prep.nbd.port}`);
+      }
       for (const d of ctx.storage.request.disks) {
         const node = `mig-${d.id}`;
         await qmp.execute('blockdev-add', {
@@ -230,6 +236,17 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     await rollback(ctx, { prepared, migrateStarted, wasRunning, tlsId: tlsAdded ? tlsId : '' });
     throw err;
   }
+}
+
+/** Can this host open a TCP connection to host:port within `ms`? (The agent shares its QEMUs' network namespace.) */
+function reachable(host: string, port: number, ms: number, signal?: AbortSignal): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port, timeout: ms, ...(signal ? { signal } : {}) });
+    const done = (ok: boolean): void => { sock.destroy(); resolve(ok); };
+    sock.once('connect', () => done(true));
+    sock.once('timeout', () => done(false));
+    sock.once('error', () => done(false));
+  });
 }
 
 async function destReason(ctx: LiveContext): Promise<string> {
