@@ -44,7 +44,7 @@ function ferry(a: string[], lab: string): string {
 const json = <T>(a: string[], lab: string): T => JSON.parse(ferry([...a, '--json'], lab)) as T;
 
 async function failover(dir: string): Promise<string> {
-  const lab = path.join(dir, 'failover');
+  const lab = path.join(dir, 'fo');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
     const vm = json<{ id: string; host: string }>(['vm', 'new', 'ha1', '--host', 'host-a', '--guest', 'probe', '--probe-no-writer', '--ha', '--path', path.join(lab, 'shared', 'ha1'), '--start'], lab);
@@ -83,7 +83,7 @@ async function failover(dir: string): Promise<string> {
 }
 
 async function drain(dir: string): Promise<string> {
-  const lab = path.join(dir, 'drain');
+  const lab = path.join(dir, 'dr');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
     const names = Array.from({ length: NVMS }, (_, i) => `d${i + 1}`);
@@ -178,7 +178,7 @@ async function queue(dir: string): Promise<string> {
   }
 }
 
-const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-bench-cluster-'));
+const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fbc-'));
 let failed = false;
 try {
   process.stdout.write(`bench/cluster on ${os.cpus().length} CPUs (TCG guests), ${new Date().toISOString()}\n\n`);

@@ -110,6 +110,19 @@ export class MigrationManager {
     return this.view(job);
   }
 
+  /**
+   * A clustered VM that moved to a host outside the cluster leaves it: its record goes, so no
+   * leader restarts it from the cluster's copy while it runs there.
+   */
+  private async leftCluster(job: Job, spec: VmSpec, to: string): Promise<void> {
+    const store = this.engine.membership?.store;
+    if (!spec.ha || !store) return;
+    const member = await store.get(`members/${to}`).catch(() => 'unknown');
+    if (member !== null) return;
+    await store.delete(`vms/${spec.name}`).catch(() => undefined);
+    job.log(`${spec.name} left cluster '${this.engine.membership!.name}': ${to} is not a member`);
+  }
+
   /** Moves between two nodes of this host's cluster wait in the cluster's queue. */
   private async clusterQueueFor(to: string): Promise<ClusterQueue | null> {
     const m = this.engine.membership;
@@ -171,6 +184,7 @@ export class MigrationManager {
             job, spec, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, storage,
             onDone: async () => { await e.releaseMigratedVm(r.vm, null); await cleanup(); },
           });
+          await this.leftCluster(job, spec, to.name);
           job.setState('completed', `completed: ${r.vm} (stopped) and its disks now on ${to.name}`);
           return;
         }
@@ -185,6 +199,7 @@ export class MigrationManager {
         job.setState('switching-over', 'the destination registered the VM');
         await e.releaseMigratedVm(r.vm, null);
       }
+      await this.leftCluster(job, spec, to.name);
       job.setState('completed', `completed: ${r.vm} now on ${to.name}` + (r.downtimeMs !== null ? ` (downtime ${r.downtimeMs} ms)` : ''));
     } catch (err) {
       this.fail(job, err, `the VM stays on ${e.name}`);

@@ -53,6 +53,25 @@ test('cluster create on one host, join on another, with clear refusals', async (
   const other = await ferry(['cluster', 'join', 'other', '--host', 'host-b', '--etcd', url], { lab });
   assert.notEqual(other.code, 0);
   assert.match(other.stderr, /is in cluster 'prod'; a host belongs to one cluster/);
+  // add-vm: refused for a VM on local storage (no other node could run it); a VM on the
+  // shared pool joins with its policy, remove-vm takes it out (it keeps running).
+  await ferryOk(['vm', 'new', 'loc', '--host', 'host-a', '--guest', 'bootblock'], { lab });
+  const refused = await ferry(['cluster', 'add-vm', 'loc'], { lab });
+  assert.notEqual(refused.code, 0);
+  assert.match(refused.stderr, /Cannot add VM 'loc' to cluster 'prod': .* local pool 'local'.*move it to a shared pool first/);
+  await ferryOk(['vm', 'new', 'sh', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(lab, 'shared', 'sh'), '--start'], { lab });
+  await ferryOk(['cluster', 'add-vm', 'sh', '--priority', 'high', '--preferred-owner', 'host-b,host-a', '--anti-affinity', 'web'], { lab });
+  let rec = (await ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab })).vms.find((x) => x.name === 'sh');
+  assert.deepEqual(rec && { owner: rec.owner, priority: rec.priority, pref: rec.preferredOwners, anti: rec.antiAffinity }, { owner: 'host-a', priority: 'high', pref: ['host-b', 'host-a'], anti: ['web'] });
+  assert.equal((await ferryOk<{ ha: boolean }>(['vm', 'show', 'sh', '--json'], { lab })).ha, true);
+  const badPrio = await ferry(['vm', 'new', 'x', '--host', 'host-a', '--guest', 'bootblock', '--priority', 'high'], { lab });
+  assert.equal(badPrio.code, 2);
+  assert.match(badPrio.stderr, /without --ha/);
+  await ferryOk(['cluster', 'remove-vm', 'sh'], { lab });
+  rec = (await ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab })).vms.find((x) => x.name === 'sh');
+  assert.equal(rec, undefined);
+  const after = await ferryOk<{ ha: boolean; state: string; host: string }>(['vm', 'show', 'sh', '--json'], { lab });
+  assert.deepEqual([after.ha, after.state, after.host], [false, 'running', 'host-a']);
   // The membership is on disk: the agent's agent.json names the cluster.
   const cfg = JSON.parse(await fsp.readFile(path.join(lab, 'hosts', 'host-b', 'data', 'agent.json'), 'utf8')) as { cluster?: { name: string } };
   assert.equal(cfg.cluster?.name, 'prod');
