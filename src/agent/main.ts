@@ -2,6 +2,7 @@
 // the API over mutual TLS, and on SIGTERM stops serving without stopping any VM.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import path from 'node:path';
 import pino from 'pino';
 import { FerryError, messageOf } from '../errors.js';
 import { domainIdOfCa } from '../domain/ca.js';
@@ -30,6 +31,11 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   }
   const domainId = domainIdOfCa(await fsp.readFile(cfg.tls.ca, 'utf8'));
   if (!domainId) throw new FerryError('E_TLS_MISSING', `Cannot start agent '${cfg.name}': ${cfg.tls.ca} is not a Ferry domain CA`, { userError: true });
+  // QEMU's QMP sockets live in DATA/run/<vm id>/; a Unix socket path has at most 107 bytes.
+  const longest = path.join(cfg.dataDir, 'run', '00000000-0000-0000-0000-000000000000', 'qmp-admin.sock');
+  if (Buffer.byteLength(longest) > 107) {
+    throw new FerryError('E_DATA_PATH_TOO_LONG', `Cannot start agent '${cfg.name}': its data folder ${cfg.dataDir} is too long for QEMU's control sockets (${Buffer.byteLength(longest)} of 107 bytes); use a shorter --data path`, { userError: true });
+  }
   await fsp.mkdir(cfg.dataDir, { recursive: true });
   const logger = pino({ level: opts.logLevel ?? process.env.FERRY_LOG_LEVEL ?? 'info', base: { host: cfg.name } });
   const engine = new Engine(cfg, domainId);
