@@ -99,16 +99,19 @@ export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: 
   const byName = new Map(records.map((r) => [r.name, r]));
   // Compatibility of every VM with every candidate, asked of the node that runs it.
   const blockersOf = new Map<string, Map<string, Array<{ code: string; message: string }>>>();
+  for (const vm of vms) blockersOf.set(vm.name, new Map());
+  const pairs = vms.flatMap((vm) => candidates.map((n) => ({ vm, n })));
   await withClient(ctx, node, src.endpoint, async (c) => {
-    for (const vm of vms) {
-      const per = new Map<string, Array<{ code: string; message: string }>>();
-      for (const n of candidates) {
+    // A few at a time: each compare asks the candidate for its VMs, CPU models and pools.
+    const next = async (): Promise<void> => {
+      for (let p = pairs.shift(); p; p = pairs.shift()) {
+        const { vm, n } = p;
         const rep = await c.call(actions.compare, { body: { vm: vm.name, to: { name: n.name, endpoint: nodes.up[n.name]!.endpoint }, options: { includeStorage: false, retainSource: false } } }, { timeoutMs: 60_000, ...sig })
           .catch((err: unknown) => ({ compatible: false, incompatibilities: [{ code: (err as FerryError).code ?? 'E_COMPARE_FAILED', field: 'destination', message: messageOf(err) }] }));
-        per.set(n.name, rep.incompatibilities.map((i) => ({ code: i.code, message: i.message })));
+        blockersOf.get(vm.name)!.set(n.name, rep.incompatibilities.map((i) => ({ code: i.code, message: i.message })));
       }
-      blockersOf.set(vm.name, per);
-    }
+    };
+    await Promise.all([next(), next(), next(), next()]);
   });
   const toPlace = vms.map((vm) => {
     const pol = policyOf(byName.get(vm.name)?.spec);
