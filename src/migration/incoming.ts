@@ -89,7 +89,11 @@ export class IncomingManager {
     const i = this.items.get(jobId);
     if (!i) return { jobId, vm: '', state: 'gone', uri: null, tlsHostname: this.engine.name, reason: 'no such incoming migration on this host', nbd: null };
     if (i.state === 'prepared' && i.proc?.hasExited) { i.state = 'failed'; i.reason ??= 'the destination QEMU exited'; }
-    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason, nbd: i.nbd };
+    // A write to an NBD export that fails for lack of space does not fail: QEMU holds it
+    // (its default for ENOSPC is to stop and retry), so the source only sees a stall. Say why.
+    const ioErr = i.state === 'prepared' && i.proc && !i.proc.hasExited ? [...i.proc.qmp.history].reverse().find((e) => e.event === 'BLOCK_IO_ERROR') : undefined;
+    const ioReason = ioErr ? `disk '${String(ioErr.data?.device || ioErr.data?.['node-name'] || '?')}' cannot be written (${String(ioErr.data?.reason ?? 'I/O error')}${ioErr.data?.nospace ? ': the destination pool is full' : ''})` : null;
+    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason ?? ioReason, nbd: i.nbd };
   }
 
   /** Names of VMs arriving here (they count as present for name checks). */

@@ -44,9 +44,13 @@ export class MigrationFailedError extends FerryError {
 }
 
 /** No bytes moved for the watchdog's time: most likely the migration network is down. */
-export function stalledError(vm: string, dest: string, ms: number, what = 'no data moved'): MigrationFailedError {
+export function stalledError(vm: string, dest: string, ms: number, what = 'no data moved', destSays = ''): MigrationFailedError {
+  // The destination knows better when it is the cause (e.g. its pool is full).
+  if (destSays && !/did not answer/.test(destSays)) return new MigrationFailedError('E_MIGRATION_STALLED', `Cannot move VM '${vm}' to '${dest}': ${what} for ${Math.round(ms / 1000)} s${destSays}; fix that and retry`);
   return new MigrationFailedError('E_MIGRATION_STALLED', `Cannot move VM '${vm}' to '${dest}': ${what} for ${Math.round(ms / 1000)} s (the migration network may be down); check the link and retry`);
 }
+
+class StallSignal extends Error {}
 
 export async function runLive(ctx: LiveContext): Promise<void> {
   const { job, spec, proc, dest } = ctx;
@@ -111,16 +115,21 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       }
       const t0 = Date.now();
       let split = 0.5;
+      let stalled = false;
       watchdog.reset(t0);
       await waitMirrorsReady(qmp, mirrors, (ps) => {
         const { done, total, rate } = foldMirrorProgress(r, ps, t0);
-        if (watchdog.feed(done, Date.now())) throw stalledError(spec.name, r.destination, stallMs, 'no disk data moved');
+        if (watchdog.feed(done, Date.now())) stalled = true;
         split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
         r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
         // One ETA across the phases: the rest of the disks, then memory, at the rate seen.
         r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;
         job.flush();
-      }, { signal, timeoutMs: 6 * 3600_000 });
+        if (stalled) throw new StallSignal();
+      }, { signal, timeoutMs: 6 * 3600_000 }).catch(async (err: unknown) => {
+        if (!(err instanceof StallSignal)) throw err;
+        throw stalledError(spec.name, r.destination, stallMs, 'no disk data moved', await destReason(ctx));
+      });
       memSpan = [split, 0.97];
       job.log('every disk is mirrored (writes now go to both copies)');
     }
@@ -153,7 +162,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       const st = info.status ?? 'none';
       // Post-copy cannot be cancelled (the destination already runs the guest): no watchdog there.
       if (job.cancellable && ACTIVE.includes(st) && watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {
-        throw stalledError(spec.name, r.destination, stallMs);
+        throw stalledError(spec.name, r.destination, stallMs, 'no data moved', await destReason(ctx));
       }
       const s = sampleFrom(info, Date.now());
       if (s) {
@@ -197,6 +206,14 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     job.setState('switching-over', 'switching over (source paused)');
     await testHold('switching-over', (m) => job.log(m));
     if (info.status === 'pre-switchover') {
+      // Completing holds QEMU's main lock while it writes the device state: over a dead link
+      // that write blocks for the kernel's TCP timeout (~15 min) with the guest paused and
+      // QMP silent. So check the destination still answers on the migration network first
+      // (a refused connection is an answer too); the move is still cancellable here.
+      const to = /^tcp:(.+):(\d+)$/.exec(prep.uri);
+      if (to && !(await reachable(to[1]!.replace(/^\[|\]$/g, ''), Number(to[2]), Math.min(stallMs, 10_000), undefined, true))) {
+        throw stalledError(spec.name, r.destination, Math.min(stallMs, 10_000), `'${r.destination}' did not answer on the migration network before switch-over`);
+      }
       if (mirrors.length) {
         // The guest is paused: finish the copies (identical now) before device state moves.
         await finishMirrors(qmp, mirrors, false);
@@ -239,13 +256,13 @@ export async function runLive(ctx: LiveContext): Promise<void> {
 }
 
 /** Can this host open a TCP connection to host:port within `ms`? (The agent shares its QEMUs' network namespace.) */
-function reachable(host: string, port: number, ms: number, signal?: AbortSignal): Promise<boolean> {
+function reachable(host: string, port: number, ms: number, signal?: AbortSignal, refusedIsAnswer = false): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = net.connect({ host, port, timeout: ms, ...(signal ? { signal } : {}) });
     const done = (ok: boolean): void => { sock.destroy(); resolve(ok); };
     sock.once('connect', () => done(true));
     sock.once('timeout', () => done(false));
-    sock.once('error', () => done(false));
+    sock.once('error', (e: NodeJS.ErrnoException) => done(refusedIsAnswer && e.code === 'ECONNREFUSED'));
   });
 }
 
