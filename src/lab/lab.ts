@@ -159,7 +159,9 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify({
       pools: [{ name: 'shared', kind: 'shared', path: shared }],
       switches: [{ name: 'lab', kind: 'user', bridge: null }],
-      ...(lab.cluster ? { cluster: { name: 'lab', endpoints: members.map((m) => m.clientUrl) } } : {}),
+      // Each agent talks to its own host's etcd member (as a stacked control plane does), so
+      // a host cut from etcd is cut, and fences itself.
+      ...(lab.cluster ? { cluster: { name: 'lab', endpoints: (members.some((m) => m.name === h.name) ? members.filter((m) => m.name === h.name) : members).map((m) => m.clientUrl) } } : {}),
     }, null, 2) + '\n');
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
@@ -199,7 +201,7 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
           // In a cluster lab, up means joined: the node holds its lease.
           if (lab.cluster) {
             const c = await client.call(actions.clusterStatus, {}, { timeoutMs: 5000, signal });
-            if (c.nodes.find((n) => n.name === h.name)?.state !== 'up') throw new FerryError('E_CLUSTER_JOINING', `${h.name} has not joined the cluster yet`);
+            if ((c.nodes.find((n) => n.name === h.name)?.state ?? 'down') === 'down') throw new FerryError('E_CLUSTER_JOINING', `${h.name} has not joined the cluster yet`);
           }
           break;
         } catch (err) {
