@@ -190,6 +190,9 @@ export async function resumeNode(ctx: ClusterCtx, node: string, opts: { failback
           if (rec?.state === 'queued') {
             await withClient(ctx, it.from, from!.endpoint, (c) => c.call(actions.migrationCancel, { params: { id: it.migrationId! } }, { timeoutMs: 60_000 })).catch(() => null);
             it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}' while queued`;
+          } else if (rec?.state === 'cancelled') {
+            // Cancelled by an earlier round of this loop (the batch changed under us).
+            it.state = 'cancelled'; it.reason = rec.error?.message ?? `drain stopped by 'ferry cluster resume ${node}'`;
           }
         }
       }
