@@ -9,7 +9,7 @@ import type { MigrationInfo, MigrationStatus } from '../qemu/commands.js';
 import type { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import type { VmSpec } from '../vm/spec.js';
-import { sleep } from '../util/exec.js';
+import { run, sleep } from '../util/exec.js';
 import { ConvergencePolicy, defaultFinishWithinMs, StallWatchdog, stallTimeoutMs, testHold, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { newProgress, sampleFrom, update } from './progress.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
@@ -72,6 +72,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
   let tlsAdded = false;
   const mirrors: MirrorSpec[] = [];
   const nbdNodes: string[] = [];
+  let prep0: { uri: string | null; nbd: { host: string; port: number } | null } | null = null;
   const memBytes = spec.memoryMiB * 1024 * 1024;
   let memSpan: [number, number] = [0.05, 0.97];
   const stallMs = stallTimeoutMs();
@@ -86,6 +87,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
       ...(ctx.storage ? { storage: ctx.storage.request } : {}),
     });
     prepared = true;
+    prep0 = prep;
     await testHold('preparing', (m) => job.log(m), signal);
     if (!prep.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': the destination gave no stream address`);
     r.progress = 0.02;
@@ -244,6 +246,7 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     await ctx.onSwitched();
     await qmp.execute('object-del', { id: tlsId }).catch(() => undefined);
   } catch (err) {
+    if ((err as FerryError).code === 'E_MIGRATION_STALLED' && prep0) await dropConnections(prep0);
     if (!job.cancellable && migrateStarted && (await sourceCompleted(proc))) {
       // The source completed but the confirmation failed: resolve who runs the VM.
       await resolveAfterCompleted(ctx, err);
@@ -253,6 +256,18 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     await rollback(ctx, { prepared, migrateStarted, wasRunning, tlsId: tlsAdded ? tlsId : '' });
     throw err;
   }
+}
+
+/**
+ * A stalled copy's TCP connections wait for the kernel's retransmission timeout (~15 min):
+ * QEMU's NBD client keeps its requests (a mirror then cannot be cancelled nor its node
+ * deleted) and its migration thread its write. Closing them (`ss -K`, in this agent's
+ * network namespace, which its QEMUs share) makes QEMU see the failure now.
+ */
+async function dropConnections(prep: { uri: string | null; nbd: { host: string; port: number } | null }): Promise<void> {
+  const to = prep.uri ? /^tcp:(.+):(\d+)$/.exec(prep.uri) : null;
+  const peers = [...(to ? [{ host: to[1]!.replace(/^\[|\]$/g, ''), port: Number(to[2]) }] : []), ...(prep.nbd ? [prep.nbd] : [])];
+  for (const p of peers) await run('ss', ['-K', 'dst', p.host, 'dport', '=', String(p.port)], { timeoutMs: 5000 }).catch(() => undefined);
 }
 
 /** Can this host open a TCP connection to host:port within `ms`? (The agent shares its QEMUs' network namespace.) */
