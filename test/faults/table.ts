@@ -1,5 +1,5 @@
 // Prints the fault matrix as a markdown table from a run's results (one JSON line per
-// cell, see harness.ts RESULTS): `npx tsx test/faults/table.ts [results.jsonl]`.
+// cell, see harness.ts RESULTS): `npx tsx test/faults/table.ts [.cache/fault-results.jsonl]`.
 import fs from 'node:fs';
 import { FAULTS, KINDS, PHASES, RESULTS, notApplicable, type CellResult, type Fault, type Kind, type Phase } from './harness.js';
 
@@ -11,7 +11,7 @@ export const CI_CELLS: Array<[Kind, Phase, Fault]> = [
   ['storage', 'copying-storage', 'dest-disk-full'],
 ];
 
-const file = process.argv[2] ?? RESULTS;
+const file = process.argv[2] ?? (RESULTS || '.cache/fault-results.jsonl');
 const results = fs.readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as CellResult);
 const last = new Map<string, CellResult>();
 for (const r of results) if (r.guest === 'probe') last.set(`${r.kind}|${r.phase}|${r.fault}`, r);
