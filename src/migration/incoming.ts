@@ -2,6 +2,7 @@
 // `-S -incoming defer` listening on this host's migration address, on a port opened for
 // this one migration; Finish runs the VM only after the source completed and confirmed
 // (two-phase: the VM never runs on both hosts); Abort removes everything Prepare created.
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -93,7 +94,10 @@ export class IncomingManager {
     // (its default for ENOSPC is to stop and retry), so the source only sees a stall. Say why.
     const ioErr = i.state === 'prepared' && i.proc && !i.proc.hasExited ? [...i.proc.qmp.history].reverse().find((e) => e.event === 'BLOCK_IO_ERROR') : undefined;
     const ioReason = ioErr ? `disk '${String(ioErr.data?.device || ioErr.data?.['node-name'] || '?')}' cannot be written (${String(ioErr.data?.reason ?? 'I/O error')}${ioErr.data?.nospace ? ': the destination pool is full' : ''})` : null;
-    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason ?? ioReason, nbd: i.nbd };
+    const full = i.state === 'prepared' && !ioReason ? [...new Set(i.createdFiles.map((f) => path.dirname(f)))].find((d) => {
+      try { const st = fs.statfsSync(d); return st.bavail * st.bsize < 1024 * 1024; } catch { return false; }
+    }) : undefined;
+    return { jobId, vm: i.spec.name, state: i.state, uri: i.uri, tlsHostname: this.engine.name, reason: i.reason ?? ioReason ?? (full ? `no space left in ${full} (the destination pool is full)` : null), nbd: i.nbd };
   }
 
   /** Names of VMs arriving here (they count as present for name checks). */
