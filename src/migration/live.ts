@@ -246,7 +246,10 @@ export async function runLive(ctx: LiveContext): Promise<void> {
     await ctx.onSwitched();
     await qmp.execute('object-del', { id: tlsId }).catch(() => undefined);
   } catch (err) {
-    if ((err as FerryError).code === 'E_MIGRATION_STALLED' && prep0) await dropConnections(prep0);
+    // A stall, or a QEMU that stopped answering during switch-over (its completion write
+    // blocked on a link that died after the check above): close the stream so QEMU fails it.
+    const code = (err as FerryError).code;
+    if (prep0 && (code === 'E_MIGRATION_STALLED' || (code === 'E_TIMEOUT' && r.state === 'switching-over'))) await dropConnections(prep0);
     if (!job.cancellable && migrateStarted && (await sourceCompleted(proc))) {
       // The source completed but the confirmation failed: resolve who runs the VM.
       await resolveAfterCompleted(ctx, err);

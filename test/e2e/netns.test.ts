@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { ferry, ferryOk } from './cli.js';
-import { runCell, useFaultLab } from '../faults/harness.js';
+import { labUp, runCell, useFaultLab } from '../faults/harness.js';
 import { labNetId } from '../../src/lab/netns.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import type { HostView } from '../../src/api/schemas.js';
@@ -39,6 +39,10 @@ test('each host runs in its own namespace: agents on the management network, str
   assert.deepEqual((await status()).hosts.map((h) => h.links?.migration), [true, true]);
   const bad = await ferry(['lab', 'cut', 'host-b', '--link', 'storage'], { lab: L.lab });
   assert.equal(bad.code, 2);
+  // Power loss of one namespaced host, and back.
+  await ferryOk(['lab', 'kill', 'host-b', '--dir', L.lab]);
+  assert.deepEqual((await status()).hosts.map((h) => h.up), [true, false]);
+  assert.deepEqual((await labUp(L)).hosts.map((h) => h.up), [true, true]);
 });
 
 // CI's share of the matrix: one cell per kind and the two the issue names.
