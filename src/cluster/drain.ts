@@ -178,36 +178,50 @@ export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batc
 export async function resumeNode(ctx: ClusterCtx, node: string, opts: { failback: boolean; signal?: AbortSignal }): Promise<Batch | null> {
   const nodes = await readNodes(ctx.store, opts);
   if (!nodes.members[node]) throw new NotFoundError('E_NODE_NOT_FOUND', `Cannot resume node '${node}': it is not a member of the cluster; 'ferry cluster status' lists the nodes`, { node });
-  for (let attempt = 0; attempt < 5; attempt++) {
+  // First the decision, atomically: the drain is aborted and the node takes VMs again. The
+  // leader stops starting moves of an aborted batch; only then are queued moves cancelled.
+  let batch: Batch | null = null;
+  let aborted = false;
+  for (let attempt = 0; ; attempt++) {
+    if (attempt === 5) throw new FerryError('E_CLUSTER_BUSY', `Cannot resume node '${node}': its drain kept changing while we tried; try again`, { userError: true });
     const raw = await ctx.store.get(keys.batch(node), opts);
-    const batch = raw ? (JSON.parse(raw) as Batch) : null;
-    if (batch?.state === 'running') {
-      for (const it of batch.items) {
-        if (it.state === 'pending') { it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}'`; }
-        if (it.state === 'moving' && it.migrationId) {
-          const from = nodes.up[it.from];
-          const rec = from ? await withClient(ctx, it.from, from.endpoint, (c) => c.call(actions.migrationShow, { params: { id: it.migrationId! } }, { timeoutMs: 15_000 })).catch(() => null) : null;
-          if (rec?.state === 'queued') {
-            await withClient(ctx, it.from, from!.endpoint, (c) => c.call(actions.migrationCancel, { params: { id: it.migrationId! } }, { timeoutMs: 60_000 })).catch(() => null);
-            it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}' while queued`;
-          } else if (rec?.state === 'cancelled') {
-            // Cancelled by an earlier round of this loop (the batch changed under us).
-            it.state = 'cancelled'; it.reason = rec.error?.message ?? `drain stopped by 'ferry cluster resume ${node}'`;
-          }
-        }
-      }
+    batch = raw ? (JSON.parse(raw) as Batch) : null;
+    aborted = batch?.state === 'running' && batch.kind === 'drain';
+    if (batch && aborted) {
+      for (const it of batch.items) if (it.state === 'pending') { it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}'`; }
       batch.state = 'aborted';
       batch.finishedAt = new Date().toISOString();
     }
     const ok = await ctx.store.txn({
       compare: [raw ? { key: keys.batch(node), value: raw } : { key: keys.batch(node), version: 0 }],
-      success: [{ type: 'delete', key: keys.paused(node) }, ...(batch && raw ? [{ type: 'put' as const, key: keys.batch(node), value: JSON.stringify(batch) }] : [])],
+      success: [{ type: 'delete', key: keys.paused(node) }, ...(batch && aborted ? [{ type: 'put' as const, key: keys.batch(node), value: JSON.stringify(batch) }] : [])],
     });
-    if (!ok) continue;
-    if (!opts.failback) return batch;
-    return startFailback(ctx, node, batch, opts);
+    if (ok) break;
   }
-  throw new FerryError('E_CLUSTER_BUSY', `Cannot resume node '${node}': its drain kept changing while we tried; try again`, { userError: true });
+  if (batch && aborted) {
+    const cancelled = new Set<string>();
+    for (const it of batch.items) {
+      if (it.state !== 'moving' || !it.migrationId) continue;
+      const from = nodes.up[it.from];
+      if (!from) continue;
+      const rec = await withClient(ctx, it.from, from.endpoint, (c) => c.call(actions.migrationShow, { params: { id: it.migrationId! } }, { timeoutMs: 15_000 })).catch(() => null);
+      if (rec?.state !== 'queued') continue;
+      const after = await withClient(ctx, it.from, from.endpoint, (c) => c.call(actions.migrationCancel, { params: { id: it.migrationId! } }, { timeoutMs: 60_000 })).catch(() => null);
+      if (after?.state === 'cancelled') cancelled.add(it.migrationId);
+    }
+    // Record them now (the leader would also see them cancelled when it follows them).
+    for (let attempt = 0; attempt < 5 && cancelled.size; attempt++) {
+      const raw = await ctx.store.get(keys.batch(node), opts);
+      if (!raw) break;
+      const cur = JSON.parse(raw) as Batch;
+      for (const it of cur.items) {
+        if (it.migrationId && cancelled.has(it.migrationId) && it.state === 'moving') { it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}' while queued`; }
+      }
+      if (await ctx.store.txn({ compare: [{ key: keys.batch(node), value: raw }], success: [{ type: 'put', key: keys.batch(node), value: JSON.stringify(cur) }] })) { batch = cur; break; }
+    }
+  }
+  if (!opts.failback) return batch;
+  return startFailback(ctx, node, batch, opts);
 }
 
 async function startFailback(ctx: ClusterCtx, node: string, last: Batch | null, opts: { signal?: AbortSignal }): Promise<Batch> {
