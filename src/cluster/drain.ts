@@ -319,9 +319,14 @@ export class BatchRunner {
     const starts: BatchItem[] = [];
     let pnodes: PlacementNode[] | null = null;
     for (const it of b.items) {
+      if ((it.state === 'moving' || it.state === 'pending') && !nodes.up[it.from]) {
+        // Its host died (lease expired): nothing will move from there; HA restarts its clustered VMs.
+        it.state = 'failed';
+        it.reason = `${it.from} went down during the ${b.kind}; its clustered VMs restart on other nodes (HA)`;
+        continue;
+      }
       if (it.state === 'moving') await this.follow(b, it, nodes);
       if (it.state === 'pending' && b.state === 'running') {
-        if (!nodes.up[it.from]) continue; // its host is down: wait (HA acts if it stays down)
         if (!it.to || !nodes.up[it.to] || (nodes.paused.has(it.to) && b.kind === 'drain')) {
           pnodes ??= await placementNodes(this.ctx, nodes);
           const rec = (await readHaRecords(this.ctx.store)).find((r) => r.name === it.vm);
