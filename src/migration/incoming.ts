@@ -88,7 +88,7 @@ export class IncomingManager {
 
   view(jobId: string): IncomingView {
     const i = this.items.get(jobId);
-    if (!i) return { jobId, vm: '', state: 'gone', uri: null, tlsHostname: this.engine.name, reason: 'no such incoming migration on this host', nbd: null };
+    if (!i) return { jobId, vm: '', state: 'gone', uri: null, tlsHostname: this.engine.name, reason: 'it has no such incoming move (its agent restarted and removed it, or it was aborted)', nbd: null };
     if (i.state === 'prepared' && i.proc?.hasExited) { i.state = 'failed'; i.reason ??= 'the destination QEMU exited'; }
     // A write to an NBD export that fails for lack of space does not fail: QEMU holds it
     // (its default for ENOSPC is to stop and retry), so the source only sees a stall. Say why.
@@ -166,7 +166,8 @@ export class IncomingManager {
       void proc.exited.then(async () => {
         if (item.state !== 'prepared') return;
         item.state = 'failed';
-        item.reason = (await proc.stderrText()) || 'the destination QEMU exited';
+        // (The source's reachability probe of the NBD export leaves a harmless negotiation line.)
+        item.reason = (await proc.stderrText()).split('\n').filter((l) => l.trim() && !/option negotiation failed/.test(l)).join('\n') || 'the destination QEMU exited';
         // The source normally aborts us; if it does not within a minute, clean up anyway.
         setTimeout(() => { if (this.items.get(req.jobId) === item) void this.abort(req.jobId).catch(() => undefined); }, 60_000).unref();
       });
