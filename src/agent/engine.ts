@@ -659,16 +659,17 @@ export class Engine {
 
   /** Self-fence: stop every HA VM here at once (the cluster will run them elsewhere). */
   async fenceHaVms(): Promise<void> {
-    for (const rec of this.registry.listVms()) {
-      const spec = await loadVm(rec.configPath).catch(() => null);
+    // All at once: the lease is about to expire and the cluster to restart them elsewhere.
+    await Promise.all(this.registry.listVms().map(async (rec) => {
       const proc = this.procs.get(rec.name);
-      if (spec?.ha && proc && !proc.hasExited) {
-        this.procs.delete(rec.name);
-        await proc.kill();
-        this.fenced.add(rec.name);
-        this.events.emit('vm.fenced', { vm: rec.name });
-      }
-    }
+      if (!proc || proc.hasExited) return;
+      const spec = await loadVm(rec.configPath).catch(() => null);
+      if (!spec?.ha) return;
+      this.procs.delete(rec.name);
+      await proc.kill();
+      this.fenced.add(rec.name);
+      this.events.emit('vm.fenced', { vm: rec.name });
+    }));
   }
 
   /**

@@ -260,6 +260,16 @@ async function startFailback(ctx: ClusterCtx, node: string, last: Batch | null, 
 }
 
 const MAX_ATTEMPTS = 3;
+
+/**
+ * Worth another attempt: anything but a real incompatibility. A compare that failed only
+ * because the destination did not answer (its agent restarting) or was paused is passing;
+ * the move is then placed again.
+ */
+function passing(code: string | undefined, incompatibilities: Array<{ code: string }> | undefined): boolean {
+  if (code !== 'E_INCOMPATIBLE') return true;
+  return !!incompatibilities?.length && incompatibilities.every((i) => i.code === 'E_DEST_UNREACHABLE' || i.code === 'E_NODE_PAUSED');
+}
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
 /** The leader's side: runs every batch to its end. */
@@ -362,10 +372,12 @@ export class BatchRunner {
       } catch (err) {
         const code = (err as FerryError).code;
         if (code === 'E_VM_NOT_FOUND') { it.state = 'moved'; it.reason = `not on ${it.from} any more`; return; }
-        const retry = it.attempts < MAX_ATTEMPTS && code !== 'E_INCOMPATIBLE';
+        const incompat = ((err as FerryError).context as { incompatibilities?: Array<{ code: string }> } | undefined)?.incompatibilities;
+        const retry = it.attempts < MAX_ATTEMPTS && passing(code, incompat);
         it.state = retry ? 'pending' : 'failed';
-        it.reason = messageOf(err);
+        it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${messageOf(err)}`;
         it.migrationId = null;
+        if (retry && code === 'E_INCOMPATIBLE') it.to = null; // placed again
       }
     }));
     cur = await this.write(key, cur, b);
@@ -390,9 +402,9 @@ export class BatchRunner {
     if (!TERMINAL.has(rec.state)) return;
     if (rec.state === 'completed') { it.state = 'moved'; it.reason = rec.downtimeMs !== null ? `downtime ${rec.downtimeMs} ms` : null; return; }
     if (rec.state === 'cancelled') { it.state = 'cancelled'; it.reason = rec.error?.message ?? 'cancelled'; return; }
-    const retry = it.attempts < MAX_ATTEMPTS && b.state === 'running' && rec.error?.code !== 'E_INCOMPATIBLE';
+    const retry = it.attempts < MAX_ATTEMPTS && b.state === 'running' && passing(rec.error?.code, rec.incompatibilities);
     it.state = retry ? 'pending' : 'failed';
     it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${rec.error?.message ?? 'failed'}`;
-    if (retry && !nodes.up[it.to ?? '']) it.to = null;
+    if (retry && (!nodes.up[it.to ?? ''] || rec.error?.code === 'E_INCOMPATIBLE')) it.to = null;
   }
 }
