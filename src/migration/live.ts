@@ -130,7 +130,8 @@ export async function runLive(ctx: LiveContext): Promise<void> {
         if (stalled) throw new StallSignal();
       }, { signal, timeoutMs: 6 * 3600_000 }).catch(async (err: unknown) => {
         if (!(err instanceof StallSignal)) throw err;
-        throw stalledError(spec.name, r.destination, stallMs, 'no disk data moved', await destReason(ctx));
+        const stuck = r.disks.filter((d) => d.bytesDone < d.bytesTotal).map((d) => `'${d.id}'`);
+        throw stalledError(spec.name, r.destination, stallMs, stuck.length ? `no data of disk ${stuck.join(', ')} moved` : 'no disk data moved', await destReason(ctx));
       });
       memSpan = [split, 0.97];
       job.log('every disk is mirrored (writes now go to both copies)');
