@@ -337,6 +337,7 @@ export class BatchRunner {
       }
       if (it.state === 'moving') await this.follow(b, it, nodes);
       if (it.state === 'pending' && b.state === 'running') {
+        if (b.kind === 'failback' && !nodes.up[b.node]) { it.state = 'failed'; it.reason = `${b.node} is down`; continue; }
         if (!it.to || !nodes.up[it.to] || (nodes.paused.has(it.to) && b.kind === 'drain')) {
           pnodes ??= await placementNodes(this.ctx, nodes);
           const rec = (await readHaRecords(this.ctx.store)).find((r) => r.name === it.vm);
@@ -356,7 +357,7 @@ export class BatchRunner {
       b.finishedAt = new Date().toISOString();
       this.onEvent('cluster.batch', { node: b.node, kind: b.kind, state: b.state });
     }
-    let cur = await this.write(key, raw, b);
+    const cur = await this.write(key, raw, b);
     if (!cur) return; // changed meanwhile (resume, or another leader): the next pass reads it again
     if (!starts.length) return;
     // All at once: the cluster queue orders them by priority and holds them to the limits.
@@ -380,8 +381,7 @@ export class BatchRunner {
         if (retry && code === 'E_INCOMPATIBLE') it.to = null; // placed again
       }
     }));
-    cur = await this.write(key, cur, b);
-    if (cur) void cur;
+    await this.write(key, cur, b); // if it changed meanwhile, the next pass follows the moves by their ids
   }
 
   /** A move in progress: read its record on the source host. */
