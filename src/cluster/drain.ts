@@ -13,6 +13,7 @@ import type { MigrationRecord } from '../migration/schemas.js';
 import type { ClusterStore, Leadership } from './store.js';
 import { DEFAULT_POLICY, keys, type Batch, type BatchItem, type ClusterPolicy, type NodeRecord, type Priority } from './model.js';
 import { place, type PlacedVm, type PlacementNode } from './placement.js';
+import { coalesced } from '../util/coalesce.js';
 import type { HaRecord } from './ha.js';
 
 export interface ClusterCtx {
@@ -276,8 +277,6 @@ const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 export class BatchRunner {
   private stopWatch: (() => Promise<void>) | null = null;
   private timer: NodeJS.Timeout | null = null;
-  private running: Promise<void> | null = null;
-  private again = false;
 
   constructor(private ctx: ClusterCtx, private leadership: Leadership, private onEvent: (name: string, data: Record<string, unknown>) => void) {}
 
@@ -293,25 +292,17 @@ export class BatchRunner {
     await this.stopWatch?.().catch(() => undefined);
   }
 
-  pass(): Promise<void> {
-    if (this.running) { this.again = true; return this.running; }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        if (this.leadership.lost) break;
-        try {
-          for (const [k, raw] of Object.entries(await this.ctx.store.getPrefix('batches/'))) {
-            const b = JSON.parse(raw) as Batch;
-            if (b.state === 'running' || b.items.some((i) => i.state === 'moving')) await this.step(k, raw, b);
-          }
-        } catch (err) {
-          this.onEvent('cluster.batch-error', { message: messageOf(err) });
-        }
-      } while (this.again);
-      this.running = null;
-    })();
-    return this.running;
-  }
+  readonly pass = coalesced(async () => {
+    if (this.leadership.lost) return;
+    try {
+      for (const [k, raw] of Object.entries(await this.ctx.store.getPrefix('batches/'))) {
+        const b = JSON.parse(raw) as Batch;
+        if (b.state === 'running' || b.items.some((i) => i.state === 'moving')) await this.step(k, raw, b);
+      }
+    } catch (err) {
+      this.onEvent('cluster.batch-error', { message: messageOf(err) });
+    }
+  });
 
   private fence(key: string, raw: string): Array<{ key: string; value: string }> {
     return [{ key: this.leadership.key, value: this.leadership.candidateId }, { key, value: raw }];

@@ -7,6 +7,7 @@ import { AbortedError, FerryError, messageOf } from '../errors.js';
 import type { ClusterStore, Lease, Leadership } from './store.js';
 import { keys, parseLimits, type QueueItem } from './model.js';
 import { positions, schedule } from './schedule.js';
+import { coalesced } from '../util/coalesce.js';
 
 const admitKey = (id: string): string => `admit/${id}`;
 
@@ -33,8 +34,6 @@ export class ClusterQueue {
   private pos = new Map<string, number>();
   private wake = new Set<() => void>();
   private stops: Array<() => Promise<void>> = [];
-  private refreshing: Promise<void> | null = null;
-  private again = false;
 
   constructor(private store: ClusterStore, private node: string, private lease: () => Lease | null) {}
 
@@ -47,22 +46,14 @@ export class ClusterQueue {
     for (const s of this.stops.splice(0)) await s().catch(() => undefined);
   }
 
-  /** Coalesces bursts of watch events into one read. */
-  refresh(): Promise<void> {
-    if (this.refreshing) { this.again = true; return this.refreshing; }
-    this.refreshing = (async () => {
-      do {
-        this.again = false;
-        try {
-          this.snapshot = await readQueue(this.store);
-          this.pos = positions(this.snapshot);
-        } catch { /* next event or poll retries */ }
-      } while (this.again);
-      this.refreshing = null;
-      for (const w of this.wake) w();
-    })();
-    return this.refreshing;
-  }
+  /** Re-reads the queue (bursts of watch events coalesce into one read) and wakes the waiters. */
+  readonly refresh = coalesced(async () => {
+    try {
+      this.snapshot = await readQueue(this.store);
+      this.pos = positions(this.snapshot);
+    } catch { /* the next event or poll retries */ }
+    for (const w of this.wake) w();
+  });
 
   items(): QueueItem[] { return this.snapshot; }
   position(id: string): number | null { return this.pos.get(id) ?? null; }
@@ -115,8 +106,6 @@ export class ClusterQueue {
 /** The leader's side: admits queued moves whenever the queue, the limits or the nodes change. */
 export class Scheduler {
   private stops: Array<() => Promise<void>> = [];
-  private running: Promise<void> | null = null;
-  private again = false;
   private timer: NodeJS.Timeout | null = null;
   /** Milliseconds the last decision took (read + decide + write), for the benchmark and metrics. */
   lastDecisionMs = 0;
@@ -136,18 +125,10 @@ export class Scheduler {
     for (const s of this.stops.splice(0)) await s().catch(() => undefined);
   }
 
-  pass(): Promise<void> {
-    if (this.running) { this.again = true; return this.running; }
-    this.running = (async () => {
-      do {
-        this.again = false;
-        if (this.leadership.lost) break;
-        try { await this.decide(); } catch (err) { this.onEvent('cluster.scheduler-error', { message: messageOf(err) }); }
-      } while (this.again);
-      this.running = null;
-    })();
-    return this.running;
-  }
+  readonly pass = coalesced(async () => {
+    if (this.leadership.lost) return;
+    try { await this.decide(); } catch (err) { this.onEvent('cluster.scheduler-error', { message: messageOf(err) }); }
+  });
 
   private async decide(): Promise<void> {
     const t0 = performance.now();

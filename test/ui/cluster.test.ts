@@ -2,11 +2,12 @@
 // drain a node from its plan, watch it paused and emptied, then resume with fail-back.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium, startConsole, tid } from './harness.js';
 import { ferry, ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import type { VmView } from '../../src/api/schemas.js';
@@ -26,20 +27,8 @@ before(async () => {
   shots ||= path.join(dir, 'screenshots');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2', '--cluster']);
   await ferryOk(['vm', 'new', 'c1', '--host', 'host-b', '--guest', 'probe', '--probe-no-writer', '--memory', '128', '--ha', '--priority', 'high', '--path', path.join(lab, 'shared', 'c1'), '--start'], { lab });
-  consoleProc = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['console', '--listen', '127.0.0.1:0', '--token', TOKEN], { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', 'inherit'] });
-  url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const t = setTimeout(() => reject(new Error(`console did not start: ${out}`)), 30_000);
-    consoleProc!.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-      if (m) { clearTimeout(t); resolve(m[1]!); }
-    });
-  });
-  browser = await chromium.launch({
-    executablePath: '/usr/bin/chromium', headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
   await fsp.mkdir(shots, { recursive: true });
 });
@@ -51,7 +40,6 @@ after(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-const tid = (id: string): string => `[data-testid="${id}"]`;
 const where = async (): Promise<string[]> => (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).filter((v) => v.name === 'c1').map((v) => v.host);
 
 test('cluster page: drain a node from its plan, see it paused and empty, resume with fail-back', async () => {

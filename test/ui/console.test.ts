@@ -1,19 +1,19 @@
 // The web console in Debian's Chromium (playwright-core), against a real 2-host lab.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { chromium, type Browser, type Page } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
+import { launchChromium, startConsole, tid } from './harness.js';
 import { ferry, ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 
-const CHROMIUM = '/usr/bin/chromium';
 const TOKEN = 'test-token-' + Math.random().toString(36).slice(2);
 // FERRY_SCREENSHOTS=docs/screenshots refreshes the committed ones; otherwise they go to a temp folder.
 let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
@@ -31,21 +31,8 @@ before(async () => {
   await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);
   await ferryOk(['vm', 'new', 'web1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'web1'), '--start'], { lab });
   await ferryOk(['vm', 'new', 'local1', '--host', 'host-a', '--guest', 'probe', '--start'], { lab });
-  consoleProc = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['console', '--listen', '127.0.0.1:0', '--token', TOKEN], { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', 'inherit'] });
-  url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const t = setTimeout(() => reject(new Error(`console did not start: ${out}`)), 30_000);
-    consoleProc!.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /(http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-      if (m) { clearTimeout(t); resolve(m[1]!); }
-    });
-  });
-  browser = await chromium.launch({
-    executablePath: CHROMIUM, headless: true,
-    // playwright gives every launch a fresh, empty user-data dir.
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
+  browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   await fsp.mkdir(shots, { recursive: true });
 });
@@ -57,7 +44,6 @@ after(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-const tid = (id: string): string => `[data-testid="${id}"]`;
 
 test('nothing without logging in; a wrong token is refused; the right one opens the console', async () => {
   const res = await fetch(`${url}api/hosts/host-a/v1/vms`);

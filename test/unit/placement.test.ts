@@ -47,3 +47,16 @@ test('schedule: priority before arrival, and a blocked item does not block other
   const busyA = [item('0', 'a', 'z', { state: 'admitted' }), item('9', 'a', 'y', { state: 'admitted' }), item('1', 'a', 'b', { priority: 'high' }), item('2', 'c', 'd', { priority: 'low' })];
   assert.deepEqual(schedule(busyA, limits), ['2']);
 });
+
+test('coalesced: calls during a run ask for one more run, not one each', async () => {
+  const { coalesced } = await import('../../src/util/coalesce.js');
+  let runs = 0;
+  let release: () => void = () => undefined;
+  const f = coalesced(async () => { runs++; if (runs === 1) await new Promise<void>((r) => { release = r; }); });
+  const a = f(); const b = f(); const c = f();
+  release();
+  await Promise.all([a, b, c]);
+  assert.equal(runs, 2);
+  await f();
+  assert.equal(runs, 3);
+});
