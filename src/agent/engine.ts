@@ -695,7 +695,8 @@ export class Engine {
       } else if (this.fenced.has(rec.name) && !this.isRunning(rec.name)) {
         // Fenced, but the cluster did not give it to another node (we were back before our
         // lease expired): run it here again, claiming it with a new fencing generation.
-        const next = { ...(JSON.parse(raw!) as { generation: number }), generation: (JSON.parse(raw!) as { generation: number }).generation + 1 };
+        const cur = JSON.parse(raw!) as { generation: number };
+        const next = { ...cur, generation: cur.generation + 1 };
         if (await store.txn({ compare: [{ key: `vms/${spec.name}`, value: raw! }], success: [{ type: 'put', key: `vms/${spec.name}`, value: JSON.stringify(next) }] }).catch(() => false)) {
           await this.withVmLock(rec.name, () => this.startLocked(rec.name, {})).catch((err: unknown) => this.events.emit('cluster.error', { vm: rec.name, message: `cannot restart after fencing: ${messageOf(err)}` }));
           this.events.emit('vm.ha-started', { vm: rec.name, generation: next.generation, reason: 'restarted after self-fence' });

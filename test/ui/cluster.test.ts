@@ -7,8 +7,8 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium, startConsole, tid } from './harness.js';
-import { ferry, ferryOk } from '../e2e/cli.js';
+import { launchChromium, startConsole, stopAll, tid } from './harness.js';
+import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import type { VmView } from '../../src/api/schemas.js';
 
@@ -33,12 +33,7 @@ before(async () => {
   await fsp.mkdir(shots, { recursive: true });
 });
 
-after(async () => {
-  await browser?.close().catch(() => undefined);
-  consoleProc?.kill('SIGTERM');
-  await ferry(['lab', 'down', '--dir', lab]);
-  await fsp.rm(dir, { recursive: true, force: true });
-});
+after(() => stopAll({ browser, consoleProc, lab, dir }));
 
 const where = async (): Promise<string[]> => (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).filter((v) => v.name === 'c1').map((v) => v.host);
 

@@ -7,8 +7,8 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium, startConsole, tid } from './harness.js';
-import { ferry, ferryOk } from '../e2e/cli.js';
+import { launchChromium, startConsole, stopAll, tid } from './harness.js';
+import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
@@ -37,12 +37,7 @@ before(async () => {
   await fsp.mkdir(shots, { recursive: true });
 });
 
-after(async () => {
-  await browser?.close().catch(() => undefined);
-  consoleProc?.kill('SIGTERM');
-  await ferry(['lab', 'down', '--dir', lab]);
-  await fsp.rm(dir, { recursive: true, force: true });
-});
+after(() => stopAll({ browser, consoleProc, lab, dir }));
 
 
 test('nothing without logging in; a wrong token is refused; the right one opens the console', async () => {

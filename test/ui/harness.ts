@@ -1,6 +1,8 @@
 // What every browser test needs: `ferry console` on a lab (its URL once it listens) and
 // Debian's Chromium through playwright-core, headless, with a fresh profile.
 import { spawn, type ChildProcess } from 'node:child_process';
+import fsp from 'node:fs/promises';
+import { ferry } from '../e2e/cli.js';
 import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { REPO_ROOT } from '../../guest/paths.js';
@@ -28,4 +30,12 @@ export function launchChromium(): Promise<Browser> {
     // playwright gives every launch a fresh, empty user-data dir.
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
   });
+}
+
+/** Tears down what a browser test started, whatever state it got to. */
+export async function stopAll(o: { browser: Browser | null; consoleProc: ChildProcess | null; lab: string; dir: string }): Promise<void> {
+  await o.browser?.close().catch(() => undefined);
+  o.consoleProc?.kill('SIGTERM');
+  if (o.lab) await ferry(['lab', 'down', '--dir', o.lab]);
+  if (o.dir) await fsp.rm(o.dir, { recursive: true, force: true });
 }
