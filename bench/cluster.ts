@@ -28,7 +28,10 @@ import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
 
 const args = process.argv.slice(2);
-const opt = (name: string, def: string): string => { const i = args.indexOf(`--${name}`); return i >= 0 ? args[i + 1]! : def; };
+const opt = (name: string, def: string): string => {
+  const i = args.indexOf(`--${name}`);
+  return i >= 0 ? args[i + 1]! : def;
+};
 const RUNS = Number(opt('runs', '3'));
 const NVMS = Number(opt('vms', '10'));
 const ONLY = new Set(opt('only', 'failover,drain,queue').split(','));
@@ -47,15 +50,40 @@ async function failover(dir: string): Promise<string> {
   const lab = path.join(dir, 'fo');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
-    const vm = json<{ id: string; host: string }>(['vm', 'new', 'ha1', '--host', 'host-a', '--guest', 'probe', '--probe-no-writer', '--ha', '--path', path.join(lab, 'shared', 'ha1'), '--start'], lab);
+    const vm = json<{ id: string; host: string }>(
+      [
+        'vm',
+        'new',
+        'ha1',
+        '--host',
+        'host-a',
+        '--guest',
+        'probe',
+        '--probe-no-writer',
+        '--ha',
+        '--path',
+        path.join(lab, 'shared', 'ha1'),
+        '--start',
+      ],
+      lab,
+    );
     const log = (h: string): string => path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log');
     const rows: string[][] = [];
     const times: number[] = [];
     let host = 'host-a';
     for (let run = 1; run <= RUNS; run++) {
-      for (let i = 0; i < 150 && !parseSerial(await fsp.readFile(log(host), 'utf8').catch(() => '')).heartbeats.length; i++) await sleep(200);
+      for (
+        let i = 0;
+        i < 150 && !parseSerial(await fsp.readFile(log(host), 'utf8').catch(() => '')).heartbeats.length;
+        i++
+      )
+        await sleep(200);
       const leader = json<{ leader: string | null }>(['cluster', 'status'], lab).leader;
-      const sizes = Object.fromEntries(await Promise.all(HOSTS.map(async (h) => [h, (await fsp.stat(log(h)).catch(() => ({ size: 0 }))).size] as const)));
+      const sizes = Object.fromEntries(
+        await Promise.all(
+          HOSTS.map(async (h) => [h, (await fsp.stat(log(h)).catch(() => ({ size: 0 }))).size] as const),
+        ),
+      );
       const t0 = performance.now();
       ferry(['lab', 'kill', host, '--dir', lab], lab);
       let next = '';
@@ -72,11 +100,14 @@ async function failover(dir: string): Promise<string> {
       rows.push([String(run), host, leader === host ? 'yes' : 'no', next || 'none', fmt(next ? ms : null)]);
       ferry(['lab', 'up', '--dir', lab], lab); // the killed node comes back (and forgets the VM)
       host = next || host;
-      for (let i = 0; i < 100 && (await hostQemuPids(path.join(lab, 'hosts', host, 'data'))).length === 0; i++) await sleep(100);
+      for (let i = 0; i < 100 && (await hostQemuPids(path.join(lab, 'hosts', host, 'data'))).length === 0; i++)
+        await sleep(100);
     }
-    return `Failover (lab kill → first heartbeat on the new node), ${RUNS} runs:\n`
-      + table(['run', 'killed', 'held leadership', 'restarted on', 'ms'], rows)
-      + `\nmedian ${fmt(median(times))} ms, max ${fmt(max(times))} ms (node lease TTL 5 s; the VM boots under TCG in ~2.5 s)\n`;
+    return (
+      `Failover (lab kill → first heartbeat on the new node), ${RUNS} runs:\n` +
+      table(['run', 'killed', 'held leadership', 'restarted on', 'ms'], rows) +
+      `\nmedian ${fmt(median(times))} ms, max ${fmt(max(times))} ms (node lease TTL 5 s; the VM boots under TCG in ~2.5 s)\n`
+    );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);
   }
@@ -87,7 +118,25 @@ async function drain(dir: string): Promise<string> {
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
     const names = Array.from({ length: NVMS }, (_, i) => `d${i + 1}`);
-    for (const n of names) ferry(['vm', 'new', n, '--host', 'host-c', '--guest', 'probe', '--probe-no-writer', '--memory', '96', '--path', path.join(lab, 'shared', n), '--start'], lab);
+    for (const n of names)
+      ferry(
+        [
+          'vm',
+          'new',
+          n,
+          '--host',
+          'host-c',
+          '--guest',
+          'probe',
+          '--probe-no-writer',
+          '--memory',
+          '96',
+          '--path',
+          path.join(lab, 'shared', n),
+          '--start',
+        ],
+        lab,
+      );
     await sleep(15_000); // let them boot
     const limit = json<{ limits: { maxOutgoing: number } }>(['cluster', 'status'], lab).limits.maxOutgoing;
     // Baseline: each VM moved alone (host-c → host-a and back), one after the other.
@@ -106,15 +155,20 @@ async function drain(dir: string): Promise<string> {
     const b = json<{ state: string; items: Array<{ state: string }> }>(['cluster', 'drain', 'host-c'], lab);
     const wall = performance.now() - t0;
     const base = sum / limit;
-    return `Drain of ${NVMS} probe VMs (96 MiB, idle) with ${limit} moves out of a node at once:\n`
-      + table(['measure', 'ms'], [
-        ['sum of single moves (record total: copy only)', fmt(sum)],
-        [`baseline A: that sum ÷ ${limit}`, fmt(base)],
-        ['sum of single moves (move-vm wall: CLI, compare, copy)', fmt(sumWall)],
-        [`baseline B: that sum ÷ ${limit}`, fmt(sumWall / limit)],
-        ['cluster drain (wall: plan with compares, queue, copies)', fmt(wall)],
-      ])
-      + `\nratio drain / baseline A = ${fmt(wall / base, 2)}, / baseline B = ${fmt(wall / (sumWall / limit), 2)}; drain ${b.state}, ${b.items.filter((i) => i.state === 'moved').length}/${NVMS} moved\n`;
+    return (
+      `Drain of ${NVMS} probe VMs (96 MiB, idle) with ${limit} moves out of a node at once:\n` +
+      table(
+        ['measure', 'ms'],
+        [
+          ['sum of single moves (record total: copy only)', fmt(sum)],
+          [`baseline A: that sum ÷ ${limit}`, fmt(base)],
+          ['sum of single moves (move-vm wall: CLI, compare, copy)', fmt(sumWall)],
+          [`baseline B: that sum ÷ ${limit}`, fmt(sumWall / limit)],
+          ['cluster drain (wall: plan with compares, queue, copies)', fmt(wall)],
+        ],
+      ) +
+      `\nratio drain / baseline A = ${fmt(wall / base, 2)}, / baseline B = ${fmt(wall / (sumWall / limit), 2)}; drain ${b.state}, ${b.items.filter((i) => i.state === 'moved').length}/${NVMS} moved\n`
+    );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);
   }
@@ -124,20 +178,48 @@ async function queue(dir: string): Promise<string> {
   const d = path.join(dir, 'etcd');
   await initDomain(path.join(d, 'domain'), { name: 'bench' });
   const members = await startMembers({ labDir: d, hosts: HOSTS, domainDir: path.join(d, 'domain'), timeoutMs: 60_000 });
-  const store = await EtcdStore.connect({ endpoints: members.map((m) => m.clientUrl), tls: members[0]!.tls, prefix: '/ferry/clusters/bench/', dialTimeoutMs: 10_000 });
+  const store = await EtcdStore.connect({
+    endpoints: members.map((m) => m.clientUrl),
+    tls: members[0]!.tls,
+    prefix: '/ferry/clusters/bench/',
+    dialTimeoutMs: 10_000,
+  });
   try {
     const NODES = 100;
     const PER = 50;
     const nodes = Array.from({ length: NODES }, (_, i) => `n${String(i).padStart(3, '0')}`);
     const t0 = performance.now();
     const ops: Array<Promise<void>> = [];
-    const put = async (k: string, v: string): Promise<void> => { await store.put(k, v); };
+    const put = async (k: string, v: string): Promise<void> => {
+      await store.put(k, v);
+    };
     for (const n of nodes) {
       ops.push(put(`members/${n}`, JSON.stringify({ endpoint: `https://10.0.0.1:7443` })));
-      ops.push(put(`nodes/${n}`, JSON.stringify({ endpoint: `https://10.0.0.1:7443`, since: new Date().toISOString() })));
+      ops.push(
+        put(`nodes/${n}`, JSON.stringify({ endpoint: `https://10.0.0.1:7443`, since: new Date().toISOString() })),
+      );
       for (let v = 0; v < PER; v++) {
         const name = `${n}-vm${v}`;
-        ops.push(put(`vms/${name}`, JSON.stringify({ name, id: name, configPath: `/shared/${name}`, owner: n, memoryMiB: 1024, generation: 0, spec: { cluster: { priority: (['high', 'normal', 'low'] as const)[v % 3], preferredOwners: [], antiAffinity: v % 10 === 0 ? ['db'] : [] } } })));
+        ops.push(
+          put(
+            `vms/${name}`,
+            JSON.stringify({
+              name,
+              id: name,
+              configPath: `/shared/${name}`,
+              owner: n,
+              memoryMiB: 1024,
+              generation: 0,
+              spec: {
+                cluster: {
+                  priority: (['high', 'normal', 'low'] as const)[v % 3],
+                  preferredOwners: [],
+                  antiAffinity: v % 10 === 0 ? ['db'] : [],
+                },
+              },
+            }),
+          ),
+        );
       }
       if (ops.length > 400) await Promise.all(ops.splice(0));
     }
@@ -148,7 +230,15 @@ async function queue(dir: string): Promise<string> {
     for (let i = 0; i < 500; i++) {
       const from = nodes[i % NODES]!;
       const to = nodes[(i * 7 + 3) % NODES]!;
-      const it: QueueItem = { id: `m${String(i).padStart(4, '0')}-0000-0000`, vm: `${from}-vm${i % PER}`, from, to, priority: (['high', 'normal', 'low'] as const)[i % 3]!, seq: i, state: 'queued' };
+      const it: QueueItem = {
+        id: `m${String(i).padStart(4, '0')}-0000-0000`,
+        vm: `${from}-vm${i % PER}`,
+        from,
+        to,
+        priority: (['high', 'normal', 'low'] as const)[i % 3]!,
+        seq: i,
+        state: 'queued',
+      };
       items.push(it);
       const { state: _s, ...rest } = it;
       ops.push(put(`queue/${it.id}`, JSON.stringify(rest)));
@@ -158,26 +248,50 @@ async function queue(dir: string): Promise<string> {
     const sched = new Scheduler(store, leadership, () => undefined);
     const passes: number[] = [];
     // First pass admits what the limits allow; later passes (nothing to admit) are the steady state.
-    for (let i = 0; i < 5; i++) { await (sched as unknown as { decide(): Promise<void> }).decide(); passes.push(sched.lastDecisionMs); }
+    for (let i = 0; i < 5; i++) {
+      await (sched as unknown as { decide(): Promise<void> }).decide();
+      passes.push(sched.lastDecisionMs);
+    }
     const admitted = Object.keys(await store.getPrefix('admit/')).length;
     // Pure decision and placement alone.
     const p0 = performance.now();
     for (let i = 0; i < 100; i++) schedule(items, parseLimits(null));
     const pureMs = (performance.now() - p0) / 100;
     const pn = nodes.map((name) => ({ name, up: name !== 'n000', paused: false, freeMiB: 64 * 1024 }));
-    const existing = nodes.slice(1).flatMap((n) => Array.from({ length: PER }, (_, v) => ({ vm: `${n}-vm${v}`, node: n, antiAffinity: v % 10 === 0 ? ['db'] : [] })));
-    const dead = Array.from({ length: PER }, (_, v) => ({ name: `n000-vm${v}`, memoryMiB: 1024, priority: (['high', 'normal', 'low'] as const)[v % 3]!, preferredOwners: [], antiAffinity: v % 10 === 0 ? ['db'] : [], exclude: ['n000'] }));
+    const existing = nodes
+      .slice(1)
+      .flatMap((n) =>
+        Array.from({ length: PER }, (_, v) => ({
+          vm: `${n}-vm${v}`,
+          node: n,
+          antiAffinity: v % 10 === 0 ? ['db'] : [],
+        })),
+      );
+    const dead = Array.from({ length: PER }, (_, v) => ({
+      name: `n000-vm${v}`,
+      memoryMiB: 1024,
+      priority: (['high', 'normal', 'low'] as const)[v % 3]!,
+      preferredOwners: [],
+      antiAffinity: v % 10 === 0 ? ['db'] : [],
+      exclude: ['n000'],
+    }));
     const q0 = performance.now();
     for (let i = 0; i < 20; i++) place(pn, existing, dead);
     const placeMs = (performance.now() - q0) / 20;
     await leadership.resign().catch(() => undefined);
-    return `Queue decision with ${NODES} nodes × ${PER} clustered VMs (${NODES * PER} records) and 500 queued moves in a 3-member etcd (filled in ${fmt(fillMs)} ms):\n`
-      + table(['measure', 'ms'], [
-        ['scheduler pass, first (read + decide + ' + admitted + ' admissions by txn)', fmt(passes[0]!, 1)],
-        ['scheduler pass, steady (read + decide, nothing to admit), median of 4', fmt(median(passes.slice(1)), 1)],
-        ['decision alone (pure, 500 items)', fmt(pureMs, 3)],
-        [`fail-over placement of ${PER} VMs over ${NODES - 1} nodes (${existing.length} placed)`, fmt(placeMs, 2)],
-      ]) + '\n';
+    return (
+      `Queue decision with ${NODES} nodes × ${PER} clustered VMs (${NODES * PER} records) and 500 queued moves in a 3-member etcd (filled in ${fmt(fillMs)} ms):\n` +
+      table(
+        ['measure', 'ms'],
+        [
+          ['scheduler pass, first (read + decide + ' + admitted + ' admissions by txn)', fmt(passes[0]!, 1)],
+          ['scheduler pass, steady (read + decide, nothing to admit), median of 4', fmt(median(passes.slice(1)), 1)],
+          ['decision alone (pure, 500 items)', fmt(pureMs, 3)],
+          [`fail-over placement of ${PER} VMs over ${NODES - 1} nodes (${existing.length} placed)`, fmt(placeMs, 2)],
+        ],
+      ) +
+      '\n'
+    );
   } finally {
     await store.close().catch(() => undefined);
     await stopLabMembers(d, { graceMs: 5000 }).catch(() => undefined);
@@ -188,9 +302,9 @@ const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fbc-'));
 let failed = false;
 try {
   process.stdout.write(`bench/cluster on ${os.cpus().length} CPUs (TCG guests), ${new Date().toISOString()}\n\n`);
-  if (ONLY.has('queue')) process.stdout.write(await queue(dir) + '\n');
-  if (ONLY.has('failover')) process.stdout.write(await failover(dir) + '\n');
-  if (ONLY.has('drain')) process.stdout.write(await drain(dir) + '\n');
+  if (ONLY.has('queue')) process.stdout.write((await queue(dir)) + '\n');
+  if (ONLY.has('failover')) process.stdout.write((await failover(dir)) + '\n');
+  if (ONLY.has('drain')) process.stdout.write((await drain(dir)) + '\n');
 } catch (err) {
   failed = true;
   process.stderr.write(`bench/cluster failed: ${(err as Error).stack}\n`);

@@ -68,10 +68,16 @@ const WORKLOADS: Record<Workload, { dirty: string | null; describe: string }> = 
 
 const GAP_BEFORE_MS = 300;
 /** How long to wait for a heartbeat: 15 s, or 3 s once a guest has been silent for 10 s (dead: don't stall the run). */
-const waitMs = (tail: HeartbeatTail): number => (performance.now() - (tail.beats.at(-1)?.t ?? performance.now()) > 10_000 ? 3000 : 15_000);
+const waitMs = (tail: HeartbeatTail): number =>
+  performance.now() - (tail.beats.at(-1)?.t ?? performance.now()) > 10_000 ? 3000 : 15_000;
 const GAP_AFTER_MS = 1000;
 
-function parseArgs(argv: string[]): { rounds: number; workloads: Workload[]; keep: boolean; rawDowntimeLimitMs: number } {
+function parseArgs(argv: string[]): {
+  rounds: number;
+  workloads: Workload[];
+  keep: boolean;
+  rawDowntimeLimitMs: number;
+} {
   let rounds = 3;
   let rawDowntimeLimitMs = RAW_DOWNTIME_LIMIT_MS;
   let workloads: Workload[] = ['idle', 'dirty'];
@@ -85,25 +91,38 @@ function parseArgs(argv: string[]): { rounds: number; workloads: Workload[]; kee
     };
     if (a === '--rounds' || a.startsWith('--rounds=')) {
       rounds = Number(val());
-      if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50) throw new Error('--rounds must be an integer from 1 to 50');
+      if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50)
+        throw new Error('--rounds must be an integer from 1 to 50');
     } else if (a === '--workloads' || a.startsWith('--workloads=')) {
-      const w = val().split(',').map((s) => s.trim()).filter(Boolean);
-      if (!w.length || w.some((x) => x !== 'idle' && x !== 'dirty')) throw new Error('--workloads takes idle, dirty or idle,dirty');
+      const w = val()
+        .split(',')
+        .map((s) => s.trim())
+        .filter(Boolean);
+      if (!w.length || w.some((x) => x !== 'idle' && x !== 'dirty'))
+        throw new Error('--workloads takes idle, dirty or idle,dirty');
       workloads = w as Workload[];
     } else if (a === '--raw-downtime-limit' || a.startsWith('--raw-downtime-limit=')) {
       rawDowntimeLimitMs = Number(val());
-      if (!Number.isInteger(rawDowntimeLimitMs) || rawDowntimeLimitMs < 1 || rawDowntimeLimitMs > 60_000) throw new Error('--raw-downtime-limit must be an integer number of ms from 1 to 60000');
+      if (!Number.isInteger(rawDowntimeLimitMs) || rawDowntimeLimitMs < 1 || rawDowntimeLimitMs > 60_000)
+        throw new Error('--raw-downtime-limit must be an integer number of ms from 1 to 60000');
     } else if (a === '--keep') keep = true;
     else if (a === '--help' || a === '-h') {
-      process.stdout.write('usage: npx tsx bench/live-migration.ts [--rounds N] [--workloads idle,dirty] [--raw-downtime-limit MS] [--keep]\n');
+      process.stdout.write(
+        'usage: npx tsx bench/live-migration.ts [--rounds N] [--workloads idle,dirty] [--raw-downtime-limit MS] [--keep]\n',
+      );
       process.exit(0);
-    } else throw new Error(`unknown argument '${a}'; use --rounds N, --workloads idle,dirty, --raw-downtime-limit MS or --keep`);
+    } else
+      throw new Error(
+        `unknown argument '${a}'; use --rounds N, --workloads idle,dirty, --raw-downtime-limit MS or --keep`,
+      );
   }
   return { rounds, workloads, keep, rawDowntimeLimitMs };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-const log = (s: string): void => { process.stderr.write(`[${new Date().toISOString().slice(11, 23)}] ${s}\n`); };
+const log = (s: string): void => {
+  process.stderr.write(`[${new Date().toISOString().slice(11, 23)}] ${s}\n`);
+};
 const msg = (e: unknown): string => (e instanceof Error ? e.message : String(e));
 
 function foreignQemuCount(ownDir: string): number {
@@ -113,7 +132,9 @@ function foreignQemuCount(ownDir: string): number {
     try {
       const cmd = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8');
       if (cmd.includes('qemu-system') && !cmd.includes(ownDir)) n++;
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return n;
 }
@@ -152,7 +173,8 @@ async function main(): Promise<void> {
     cleaned = true;
     for (const t of tails) t.stop();
     await killAllRaw(true);
-    if (labStarted || fs.existsSync(path.join(lab.lab, 'lab.json'))) log(await lab.down().catch((e) => `lab down failed: ${msg(e)}`));
+    if (labStarted || fs.existsSync(path.join(lab.lab, 'lab.json')))
+      log(await lab.down().catch((e) => `lab down failed: ${msg(e)}`));
     if (!opts.keep) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     else log(`kept ${dir}`);
     await killAllRaw(true);
@@ -169,7 +191,9 @@ async function main(): Promise<void> {
   let accel: Accelerator = 'tcg';
   try {
     accel = (await detectAccelerator()).accel;
-    log(`temp dir ${dir}; accelerator ${accel}; ${os.cpus().length} cpus; load ${loadStart.map((x) => x.toFixed(2)).join(' ')}`);
+    log(
+      `temp dir ${dir}; accelerator ${accel}; ${os.cpus().length} cpus; load ${loadStart.map((x) => x.toFixed(2)).join(' ')}`,
+    );
     await lab.up();
     labStarted = true;
     log('lab up (host-a, host-b)');
@@ -201,11 +225,22 @@ async function main(): Promise<void> {
       // The raw VM: the same hardware (copied from Ferry's vm.json), its own folder and disk.
       const ferrySpec = parseVmSpec(JSON.parse(await fsp.readFile(path.join(vm.configPath, 'vm.json'), 'utf8')));
       const rawDir = path.join(dir, 'raw', name);
-      const built = probeVm({ name: `raw-${wl}`, configPath: rawDir, memoryMiB: ferrySpec.memoryMiB, cpus: ferrySpec.cpus, ...(cfg.dirty ? { probe: { dirty: { mib: 64, mibps: 16 } } } : {}) });
-      const spec: VmSpec = await createVm({
-        ...built.spec, cpuModel: ferrySpec.cpuModel, machine: ferrySpec.machine,
-        boot: ferrySpec.boot.kind === 'kernel' ? { ...ferrySpec.boot } : built.spec.boot,
-      }, built.create);
+      const built = probeVm({
+        name: `raw-${wl}`,
+        configPath: rawDir,
+        memoryMiB: ferrySpec.memoryMiB,
+        cpus: ferrySpec.cpus,
+        ...(cfg.dirty ? { probe: { dirty: { mib: 64, mibps: 16 } } } : {}),
+      });
+      const spec: VmSpec = await createVm(
+        {
+          ...built.spec,
+          cpuModel: ferrySpec.cpuModel,
+          machine: ferrySpec.machine,
+          boot: ferrySpec.boot.kind === 'kernel' ? { ...ferrySpec.boot } : built.spec.boot,
+        },
+        built.create,
+      );
       raw = new RawVm(spec, accel, path.join(dir, 'raw', `${name}-run`), rawTail, opts.rawDowntimeLimitMs);
       await raw.boot();
       await ferryTail.waitBeats(0, 25, 60_000);
@@ -219,17 +254,32 @@ async function main(): Promise<void> {
       // Only the VM being moved runs; the other is paused so they do not share the 2 cores.
       const activate = async (which: 'ferry' | 'raw'): Promise<void> => {
         if (which === 'ferry') {
-          if (!rawPaused) { await raw!.pause().catch((e) => log(`pausing raw: ${msg(e)}`)); rawPaused = true; }
-          if (ferryPaused) { await lab.resume(name); ferryPaused = false; }
+          if (!rawPaused) {
+            await raw!.pause().catch((e) => log(`pausing raw: ${msg(e)}`));
+            rawPaused = true;
+          }
+          if (ferryPaused) {
+            await lab.resume(name);
+            ferryPaused = false;
+          }
         } else {
-          if (!ferryPaused) { await lab.pause(name).catch((e) => log(`pausing ferry VM: ${msg(e)}`)); ferryPaused = true; }
-          if (rawPaused) { await raw!.resume(); rawPaused = false; }
+          if (!ferryPaused) {
+            await lab.pause(name).catch((e) => log(`pausing ferry VM: ${msg(e)}`));
+            ferryPaused = true;
+          }
+          if (rawPaused) {
+            await raw!.resume();
+            rawPaused = false;
+          }
         }
         const t = which === 'ferry' ? ferryTail : rawTail;
         await t.waitBeats(t.count, 25, waitMs(t)).catch((e) => log(`after resume: ${msg(e)}`));
       };
 
-      const base = (): Pick<Sample, 'load1' | 'foreignQemus'> => ({ load1: os.loadavg()[0]!, foreignQemus: foreignQemuCount(dir) });
+      const base = (): Pick<Sample, 'load1' | 'foreignQemus'> => ({
+        load1: os.loadavg()[0]!,
+        foreignQemus: foreignQemuCount(dir),
+      });
 
       const ferryMove = async (round: number, tls: boolean): Promise<void> => {
         await activate('ferry');
@@ -243,20 +293,40 @@ async function main(): Promise<void> {
         const rec = r.record;
         const zero = rec?.downtimeMs === 0;
         const s: Sample = {
-          workload: wl, round, path: tls ? 'ferry-tls' : 'ferry-notls', direction: `${ferryHost}→${to}`, ok: r.error === null, error: r.error, guestTrouble: stall,
-          wallMs: r.cli.wallMs, totalMs: rec?.totalMs ?? null, downtimeMs: zero ? null : rec?.downtimeMs ?? null, downtimeZeroInRecord: zero, downtimeLimitMs: rec?.downtimeLimitMs ?? null,
-          hbGapMs: gap?.maxGapMs ?? null, hbGapSeqs: gap ? `${gap.fromSeq}→${gap.toSeq}` : null, hbLostSeqs: gap?.lostSeqs ?? null,
-          passes: rec?.passes ?? null, bytesTransferred: rec?.bytesTransferred ?? null,
-          phases: rec && r.error === null ? phasesOf(rec, r.cli) : null, ...b,
+          workload: wl,
+          round,
+          path: tls ? 'ferry-tls' : 'ferry-notls',
+          direction: `${ferryHost}→${to}`,
+          ok: r.error === null,
+          error: r.error,
+          guestTrouble: stall,
+          wallMs: r.cli.wallMs,
+          totalMs: rec?.totalMs ?? null,
+          downtimeMs: zero ? null : (rec?.downtimeMs ?? null),
+          downtimeZeroInRecord: zero,
+          downtimeLimitMs: rec?.downtimeLimitMs ?? null,
+          hbGapMs: gap?.maxGapMs ?? null,
+          hbGapSeqs: gap ? `${gap.fromSeq}→${gap.toSeq}` : null,
+          hbLostSeqs: gap?.lostSeqs ?? null,
+          passes: rec?.passes ?? null,
+          bytesTransferred: rec?.bytesTransferred ?? null,
+          phases: rec && r.error === null ? phasesOf(rec, r.cli) : null,
+          ...b,
         };
         samples.push(s);
         if (r.error === null) ferryHost = to;
         else {
           log(`ferry move ${s.direction} FAILED: ${r.error}`);
-          try { ferryHost = (await lab.show(name)).host; } catch (e) { log(`vm show: ${msg(e)}`); }
+          try {
+            ferryHost = (await lab.show(name)).host;
+          } catch (e) {
+            log(`vm show: ${msg(e)}`);
+          }
         }
         if (stall) log(`ferry ${s.direction}: ${stall}`);
-        log(`round ${round} ${s.path.padEnd(11)} ${s.direction}  wall ${fmt(s.wallMs)} ms  total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`);
+        log(
+          `round ${round} ${s.path.padEnd(11)} ${s.direction}  wall ${fmt(s.wallMs)} ms  total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
+        );
       };
 
       const rawMove = async (round: number): Promise<void> => {
@@ -269,10 +339,26 @@ async function main(): Promise<void> {
         const stall = await settle(rawTail, tStart, tEnd);
         const gap = r.ok ? rawTail.gap(r.t0 - GAP_BEFORE_MS, r.t1 + GAP_AFTER_MS, r.t1 - 1) : null;
         const s: Sample = {
-          workload: wl, round, path: 'raw', direction: dirLabel, ok: r.ok, error: r.error, guestTrouble: stall,
-          wallMs: r.ok ? r.wallMs : null, totalMs: r.qemuTotalMs, downtimeMs: r.downtimeMs, downtimeLimitMs: raw!.downtimeLimitMs, statsRequeried: r.statsRequeried,
-          hbGapMs: gap?.maxGapMs ?? null, hbGapSeqs: gap ? `${gap.fromSeq}→${gap.toSeq}` : null, hbLostSeqs: gap?.lostSeqs ?? null,
-          passes: r.passes, bytesTransferred: r.bytesTransferred, destSpawnMs: r.destSpawnMs, sourceQuitMs: r.sourceQuitMs, ...b,
+          workload: wl,
+          round,
+          path: 'raw',
+          direction: dirLabel,
+          ok: r.ok,
+          error: r.error,
+          guestTrouble: stall,
+          wallMs: r.ok ? r.wallMs : null,
+          totalMs: r.qemuTotalMs,
+          downtimeMs: r.downtimeMs,
+          downtimeLimitMs: raw!.downtimeLimitMs,
+          statsRequeried: r.statsRequeried,
+          hbGapMs: gap?.maxGapMs ?? null,
+          hbGapSeqs: gap ? `${gap.fromSeq}→${gap.toSeq}` : null,
+          hbLostSeqs: gap?.lostSeqs ?? null,
+          passes: r.passes,
+          bytesTransferred: r.bytesTransferred,
+          destSpawnMs: r.destSpawnMs,
+          sourceQuitMs: r.sourceQuitMs,
+          ...b,
         };
         samples.push(s);
         if (!r.ok) {
@@ -284,15 +370,29 @@ async function main(): Promise<void> {
           }
         }
         if (stall) log(`raw ${dirLabel}: ${stall}`);
-        log(`round ${round} raw         ${dirLabel}      wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms  hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`);
+        log(
+          `round ${round} raw         ${dirLabel}      wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms  hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
+        );
       };
 
       for (let round = 1; round <= opts.rounds; round++) {
         for (const tls of [true, false]) {
-          try { await lab.setTls(tls); } catch (e) { log(`host set --tls: ${msg(e)}`); }
+          try {
+            await lab.setTls(tls);
+          } catch (e) {
+            log(`host set --tls: ${msg(e)}`);
+          }
           for (let leg = 0; leg < 2; leg++) {
-            try { await ferryMove(round, tls); } catch (e) { log(`ferry move: ${msg(e)}`); }
-            try { await rawMove(round); } catch (e) { log(`raw move: ${msg(e)}`); }
+            try {
+              await ferryMove(round, tls);
+            } catch (e) {
+              log(`ferry move: ${msg(e)}`);
+            }
+            try {
+              await rawMove(round);
+            } catch (e) {
+              log(`raw move: ${msg(e)}`);
+            }
           }
         }
       }
@@ -306,13 +406,20 @@ async function main(): Promise<void> {
         floor.show!.push((await ferry(['vm', 'show', name, '--json'], { lab: lab.lab })).wallMs);
         floor.compare!.push((await ferry(['compare-vm', name, '--to', other, '--json'], { lab: lab.lab })).wallMs);
       }
-      cliFloor[wl] = { helpMs: median(floor.help!) ?? NaN, vmShowMs: median(floor.show!) ?? NaN, compareVmMs: median(floor.compare!) ?? NaN };
+      cliFloor[wl] = {
+        helpMs: median(floor.help!) ?? NaN,
+        vmShowMs: median(floor.show!) ?? NaN,
+        compareVmMs: median(floor.compare!) ?? NaN,
+      };
     } catch (e) {
       log(`workload ${wl} aborted: ${msg(e)}`);
     } finally {
       ferryTail.stop();
       rawTail.stop();
-      for (const [t, vmName] of [[ferryTail, name], [rawTail, `raw-${wl}`]] as const) {
+      for (const [t, vmName] of [
+        [ferryTail, name],
+        [rawTail, `raw-${wl}`],
+      ] as const) {
         for (const n of t.notable) notable.push({ workload: wl, vm: vmName, line: n.line });
       }
       await raw?.shutdown().catch(() => undefined);
@@ -321,18 +428,46 @@ async function main(): Promise<void> {
     }
   }
 
-  report(samples, notable, cliFloor, { rounds: opts.rounds, workloads: opts.workloads, rawDowntimeLimitMs: opts.rawDowntimeLimitMs, loadStart, loadEnd: os.loadavg(), elapsedS: (Date.now() - started) / 1000 });
+  report(samples, notable, cliFloor, {
+    rounds: opts.rounds,
+    workloads: opts.workloads,
+    rawDowntimeLimitMs: opts.rawDowntimeLimitMs,
+    loadStart,
+    loadEnd: os.loadavg(),
+    elapsedS: (Date.now() - started) / 1000,
+  });
 }
 
-interface CliFloor { helpMs: number; vmShowMs: number; compareVmMs: number }
+interface CliFloor {
+  helpMs: number;
+  vmShowMs: number;
+  compareVmMs: number;
+}
 
-function report(samples: Sample[], notable: Array<{ workload: Workload; vm: string; line: string }>, cliFloor: Partial<Record<Workload, CliFloor>>, meta: { rounds: number; workloads: Workload[]; rawDowntimeLimitMs: number; loadStart: number[]; loadEnd: number[]; elapsedS: number }): void {
+function report(
+  samples: Sample[],
+  notable: Array<{ workload: Workload; vm: string; line: string }>,
+  cliFloor: Partial<Record<Workload, CliFloor>>,
+  meta: {
+    rounds: number;
+    workloads: Workload[];
+    rawDowntimeLimitMs: number;
+    loadStart: number[];
+    loadEnd: number[];
+    elapsedS: number;
+  },
+): void {
   const out: string[] = [];
-  const label: Record<PathName, string> = { 'ferry-tls': 'Ferry (TLS)', 'ferry-notls': 'Ferry (no TLS)', raw: 'raw QMP' };
+  const label: Record<PathName, string> = {
+    'ferry-tls': 'Ferry (TLS)',
+    'ferry-notls': 'Ferry (no TLS)',
+    raw: 'raw QMP',
+  };
   for (const wl of meta.workloads) {
     const of = (p: PathName): Sample[] => samples.filter((s) => s.workload === wl && s.path === p);
     const okOf = (p: PathName): Sample[] => of(p).filter((s) => s.ok);
-    const vals = (xs: Sample[], f: (s: Sample) => number | null | undefined): number[] => xs.map(f).filter((x): x is number => typeof x === 'number');
+    const vals = (xs: Sample[], f: (s: Sample) => number | null | undefined): number[] =>
+      xs.map(f).filter((x): x is number => typeof x === 'number');
     const rawWall = median(vals(okOf('raw'), (s) => s.wallMs));
     const rawWallSpawn = median(vals(okOf('raw'), (s) => (s.wallMs ?? NaN) + (s.destSpawnMs ?? NaN)));
     const rows: string[][] = [];
@@ -340,50 +475,128 @@ function report(samples: Sample[], notable: Array<{ workload: Workload; vm: stri
       const ok = okOf(p);
       const wall = median(vals(ok, (s) => s.wallMs));
       rows.push([
-        label[p], `${ok.length}/${of(p).length}`, medMax(vals(ok, (s) => s.wallMs)),
-        medMax(vals(ok, (s) => s.totalMs)), medMax(vals(ok, (s) => s.downtimeMs)), fmt(median(vals(ok, (s) => s.downtimeLimitMs))),
-        medMax(vals(ok.filter((s) => !s.guestTrouble), (s) => s.hbGapMs)), `${ok.filter((s) => !s.guestTrouble).length}/${ok.length}`,
-        fmt(median(vals(ok, (s) => s.passes))), fmt((median(vals(ok, (s) => s.bytesTransferred)) ?? NaN) / 1048576),
+        label[p],
+        `${ok.length}/${of(p).length}`,
+        medMax(vals(ok, (s) => s.wallMs)),
+        medMax(vals(ok, (s) => s.totalMs)),
+        medMax(vals(ok, (s) => s.downtimeMs)),
+        fmt(median(vals(ok, (s) => s.downtimeLimitMs))),
+        medMax(
+          vals(
+            ok.filter((s) => !s.guestTrouble),
+            (s) => s.hbGapMs,
+          ),
+        ),
+        `${ok.filter((s) => !s.guestTrouble).length}/${ok.length}`,
+        fmt(median(vals(ok, (s) => s.passes))),
+        fmt((median(vals(ok, (s) => s.bytesTransferred)) ?? NaN) / 1048576),
         p === 'raw' ? '1.00' : wall !== null && rawWall ? (wall / rawWall).toFixed(2) : '-',
         wall !== null && rawWallSpawn ? (wall / rawWallSpawn).toFixed(2) : '-',
       ]);
     }
-    rows.push(['raw + dest spawn', `${okOf('raw').length}/${of('raw').length}`, medMax(vals(okOf('raw'), (s) => (s.wallMs ?? NaN) + (s.destSpawnMs ?? NaN))), '', '', '', '', '', '', '', '', '1.00']);
+    rows.push([
+      'raw + dest spawn',
+      `${okOf('raw').length}/${of('raw').length}`,
+      medMax(vals(okOf('raw'), (s) => (s.wallMs ?? NaN) + (s.destSpawnMs ?? NaN))),
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '',
+      '1.00',
+    ]);
     out.push(`\n== workload ${wl}: ${WORKLOADS[wl].describe}; ${meta.rounds} round(s) ==`);
-    out.push('(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; "hb gap" only over moves after which the guest ran on ("guest ok"))');
-    out.push(table(['path', 'ok', 'wall', 'total', 'QEMU downtime', 'dt limit', 'hb gap', 'guest ok', 'passes', 'MiB sent', 'wall/raw', 'wall/(raw+spawn)'], rows));
+    out.push(
+      '(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; "hb gap" only over moves after which the guest ran on ("guest ok"))',
+    );
+    out.push(
+      table(
+        [
+          'path',
+          'ok',
+          'wall',
+          'total',
+          'QEMU downtime',
+          'dt limit',
+          'hb gap',
+          'guest ok',
+          'passes',
+          'MiB sent',
+          'wall/raw',
+          'wall/(raw+spawn)',
+        ],
+        rows,
+      ),
+    );
     const zeros = samples.filter((s) => s.workload === wl && s.downtimeZeroInRecord).length;
     const requeried = samples.filter((s) => s.workload === wl && s.statsRequeried).length;
-    if (zeros) out.push(`  ${zeros} Ferry record(s) said downtimeMs 0: read before QEMU 7.2 filled it in; left out of the downtime column`);
-    if (requeried) out.push(`  ${requeried} raw move(s) first saw completed with total-time/downtime 0 (same QEMU race); asked again`);
+    if (zeros)
+      out.push(
+        `  ${zeros} Ferry record(s) said downtimeMs 0: read before QEMU 7.2 filled it in; left out of the downtime column`,
+      );
+    if (requeried)
+      out.push(
+        `  ${requeried} raw move(s) first saw completed with total-time/downtime 0 (same QEMU race); asked again`,
+      );
     const f = cliFloor[wl];
-    if (f) out.push(`  CLI floor (medians of 3): 'ferry --help' ${fmt(f.helpMs)} ms, 'vm show --json' ${fmt(f.vmShowMs)} ms, 'compare-vm --json' ${fmt(f.compareVmMs)} ms`);
+    if (f)
+      out.push(
+        `  CLI floor (medians of 3): 'ferry --help' ${fmt(f.helpMs)} ms, 'vm show --json' ${fmt(f.vmShowMs)} ms, 'compare-vm --json' ${fmt(f.compareVmMs)} ms`,
+      );
     const phaseRows: string[][] = [];
     for (const p of ['ferry-tls', 'ferry-notls'] as PathName[]) {
-      const ph = okOf(p).map((s) => s.phases).filter((x): x is FerryPhases => !!x);
+      const ph = okOf(p)
+        .map((s) => s.phases)
+        .filter((x): x is FerryPhases => !!x);
       if (!ph.length) continue;
-      const keys: Array<keyof FerryPhases> = ['cliAndPreflightMs', 'recheckMs', 'prepareMs', 'copyMs', 'switchoverMs', 'tailMs'];
+      const keys: Array<keyof FerryPhases> = [
+        'cliAndPreflightMs',
+        'recheckMs',
+        'prepareMs',
+        'copyMs',
+        'switchoverMs',
+        'tailMs',
+      ];
       phaseRows.push([label[p], ...keys.map((k) => fmt(median(ph.map((x) => x[k]))))]);
     }
     if (phaseRows.length) {
-      out.push('\nwhere a Ferry move\'s wall time goes (medians, ms; from the record\'s events and the CLI\'s clock):');
-      out.push(table(['path', 'CLI+preflight', 're-check', 'prepare dest', 'pre-copy', 'switch-over+confirm', 'poll+exit'], phaseRows));
+      out.push("\nwhere a Ferry move's wall time goes (medians, ms; from the record's events and the CLI's clock):");
+      out.push(
+        table(
+          ['path', 'CLI+preflight', 're-check', 'prepare dest', 'pre-copy', 'switch-over+confirm', 'poll+exit'],
+          phaseRows,
+        ),
+      );
     }
     const failed = samples.filter((s) => s.workload === wl && (!s.ok || s.guestTrouble));
-    for (const s of failed) out.push(`  ! ${s.path} round ${s.round} ${s.direction}: ${s.ok ? 'moved, but ' : `FAILED: ${s.error}; `}${s.guestTrouble ?? ''}`);
+    for (const s of failed)
+      out.push(
+        `  ! ${s.path} round ${s.round} ${s.direction}: ${s.ok ? 'moved, but ' : `FAILED: ${s.error}; `}${s.guestTrouble ?? ''}`,
+      );
     const loads = samples.filter((s) => s.workload === wl);
-    if (loads.length) out.push(`machine during the moves: load1 ${fmt(median(loads.map((s) => s.load1)), 2)} (max ${fmt(max(loads.map((s) => s.load1)), 2)}), QEMUs of other runs: max ${fmt(max(loads.map((s) => s.foreignQemus)))}`);
+    if (loads.length)
+      out.push(
+        `machine during the moves: load1 ${fmt(median(loads.map((s) => s.load1)), 2)} (max ${fmt(max(loads.map((s) => s.load1)), 2)}), QEMUs of other runs: max ${fmt(max(loads.map((s) => s.foreignQemus)))}`,
+      );
   }
   if (notable.length) {
     out.push('\nnotable guest console lines:');
     for (const n of notable.slice(0, 20)) out.push(`  ${n.workload} ${n.vm}: ${n.line}`);
   }
-  out.push(`\nelapsed ${meta.elapsedS.toFixed(0)} s; load average at start ${meta.loadStart.map((x) => x.toFixed(2)).join(' ')}, at end ${meta.loadEnd.map((x) => x.toFixed(2)).join(' ')}`);
+  out.push(
+    `\nelapsed ${meta.elapsedS.toFixed(0)} s; load average at start ${meta.loadStart.map((x) => x.toFixed(2)).join(' ')}, at end ${meta.loadEnd.map((x) => x.toFixed(2)).join(' ')}`,
+  );
   process.stdout.write(out.join('\n') + '\n');
   process.stdout.write('\n' + JSON.stringify({ meta, cliFloor, samples, notable }, null, 2) + '\n');
 }
 
-main().then(() => process.exit(0), (err) => {
-  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
-  process.exit(1);
-});
+main().then(
+  () => process.exit(0),
+  (err) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+    process.exit(1);
+  },
+);

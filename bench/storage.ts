@@ -25,7 +25,19 @@ import { performance } from 'node:perf_hooks';
 import type { MigrationRecord } from '../src/migration/schemas.js';
 import type { VmView } from '../src/api/schemas.js';
 import type { LabStatus } from '../src/lab/lab.js';
-import { FerryCli, MiB, fmt, imgFacts, machineLoad, median, oneLine, phasesOf, pidsUnder, runOk, table } from './lib/storage-util.js';
+import {
+  FerryCli,
+  MiB,
+  fmt,
+  imgFacts,
+  machineLoad,
+  median,
+  oneLine,
+  phasesOf,
+  pidsUnder,
+  runOk,
+  table,
+} from './lib/storage-util.js';
 
 type PathName = 'qemu-img' | 'qemu-img-direct' | 'shared-nothing-tls' | 'shared-nothing-notls' | 'move-storage';
 type CaseName = 'dense' | 'sparse';
@@ -60,7 +72,14 @@ interface Sample {
   foreignQemus: number;
 }
 
-interface Args { sizeMiB: number; rounds: number; sparseGiB: number; sparseWrittenMiB: number; sparse: boolean; keep: boolean }
+interface Args {
+  sizeMiB: number;
+  rounds: number;
+  sparseGiB: number;
+  sparseWrittenMiB: number;
+  sparse: boolean;
+  keep: boolean;
+}
 
 function parseArgs(argv: string[]): Args {
   const a: Args = { sizeMiB: 512, rounds: 2, sparseGiB: 10, sparseWrittenMiB: 100, sparse: true, keep: false };
@@ -80,15 +99,20 @@ function parseArgs(argv: string[]): Args {
     else if (name === '--no-sparse') a.sparse = false;
     else if (name === '--keep') a.keep = true;
     else if (name === '--help' || name === '-h') {
-      process.stdout.write('npx tsx bench/storage.ts [--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep]\n');
+      process.stdout.write(
+        'npx tsx bench/storage.ts [--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep]\n',
+      );
       process.exit(0);
     } else throw new Error(`unknown argument ${arg}`);
   }
-  if (a.sparseWrittenMiB >= a.sparseGiB * 1024 - 1024) throw new Error('--sparse-written-mib must fit after the 1 GiB offset');
+  if (a.sparseWrittenMiB >= a.sparseGiB * 1024 - 1024)
+    throw new Error('--sparse-written-mib must fit after the 1 GiB offset');
   return a;
 }
 
-const log = (s: string): void => { process.stderr.write(`[bench ${new Date().toISOString().slice(11, 23)}] ${s}\n`); };
+const log = (s: string): void => {
+  process.stderr.write(`[bench ${new Date().toISOString().slice(11, 23)}] ${s}\n`);
+};
 const MOVE_TIMEOUT_MS = 300_000;
 const IMG_TIMEOUT_MS = 300_000;
 
@@ -113,11 +137,30 @@ async function main(): Promise<void> {
     if (r.code !== 0) log(`lab down exited ${r.code}: ${oneLine(r.stderr || r.stdout)}`);
     // Whatever still runs from our folder (a QEMU the lab lost track of): ours, by pid.
     let left = pidsUnder(root);
-    for (const p of left) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
-    for (let i = 0; i < 30 && left.length; i++) { await new Promise((res) => setTimeout(res, 100)); left = pidsUnder(root); }
-    for (const p of left) { try { process.kill(p, 'SIGKILL'); log(`killed leftover pid ${p}`); } catch { /* gone */ } }
+    for (const p of left) {
+      try {
+        process.kill(p, 'SIGTERM');
+      } catch {
+        /* gone */
+      }
+    }
+    for (let i = 0; i < 30 && left.length; i++) {
+      await new Promise((res) => setTimeout(res, 100));
+      left = pidsUnder(root);
+    }
+    for (const p of left) {
+      try {
+        process.kill(p, 'SIGKILL');
+        log(`killed leftover pid ${p}`);
+      } catch {
+        /* gone */
+      }
+    }
     if (args.keep) log(`kept ${root}`);
-    else await fsp.rm(root, { recursive: true, force: true }).catch((err: unknown) => log(`cannot remove ${root}: ${String(err)}`));
+    else
+      await fsp
+        .rm(root, { recursive: true, force: true })
+        .catch((err: unknown) => log(`cannot remove ${root}: ${String(err)}`));
   };
   const onSignal = (sig: NodeJS.Signals): void => {
     log(`${sig}: stopping`);
@@ -128,17 +171,33 @@ async function main(): Promise<void> {
 
   try {
     log(`lab up in ${labDir}`);
-    const status = JSON.parse((await cli.ok(['lab', 'up', '--dir', labDir, '--hosts', '2', '--json'], 180_000)).stdout) as LabStatus;
-    const dataDir = (h: string): string => status.hosts.find((x) => x.name === h)?.dataDir ?? path.join(labDir, 'hosts', h, 'data');
+    const status = JSON.parse(
+      (await cli.ok(['lab', 'up', '--dir', labDir, '--hosts', '2', '--json'], 180_000)).stdout,
+    ) as LabStatus;
+    const dataDir = (h: string): string =>
+      status.hosts.find((x) => x.name === h)?.dataDir ?? path.join(labDir, 'hosts', h, 'data');
     const local = (h: string, ...p: string[]): string => path.join(dataDir(h), 'pools', 'local', ...p);
     const show = (name: string): Promise<VmView> => cli.json<VmView>(['vm', 'show', name], 30_000);
     const other = (h: string): string => (h === 'host-a' ? 'host-b' : 'host-a');
 
     /** Runs one measurement; a failure is recorded with its reason and the run goes on. */
-    const attempt = async (base: Pick<Sample, 'case' | 'round' | 'path' | 'dataMiB'>, fn: (s: Sample) => Promise<void>): Promise<Sample> => {
+    const attempt = async (
+      base: Pick<Sample, 'case' | 'round' | 'path' | 'dataMiB'>,
+      fn: (s: Sample) => Promise<void>,
+    ): Promise<Sample> => {
       const s: Sample = {
-        ...base, direction: null, ok: false, error: null, wallMs: null, totalMs: null, copyMs: null, mibpsCopy: null, mibpsTotal: null,
-        destActualMiB: null, destVirtualGiB: null, ...machineLoad(root),
+        ...base,
+        direction: null,
+        ok: false,
+        error: null,
+        wallMs: null,
+        totalMs: null,
+        copyMs: null,
+        mibpsCopy: null,
+        mibpsTotal: null,
+        destActualMiB: null,
+        destVirtualGiB: null,
+        ...machineLoad(root),
       };
       log(`${base.case} r${base.round} ${base.path}…`);
       try {
@@ -146,7 +205,9 @@ async function main(): Promise<void> {
         s.ok = true;
         if (s.copyMs) s.mibpsCopy = s.dataMiB / (s.copyMs / 1000);
         if (s.totalMs) s.mibpsTotal = s.dataMiB / (s.totalMs / 1000);
-        log(`  ${base.path}: copy ${fmt(s.copyMs, 0)} ms (${fmt(s.mibpsCopy)} MiB/s), total ${fmt(s.totalMs, 0)} ms, dest ${fmt(s.destActualMiB)} MiB allocated`);
+        log(
+          `  ${base.path}: copy ${fmt(s.copyMs, 0)} ms (${fmt(s.mibpsCopy)} MiB/s), total ${fmt(s.totalMs, 0)} ms, dest ${fmt(s.destActualMiB)} MiB allocated`,
+        );
       } catch (err) {
         s.error = oneLine(err instanceof Error ? err.message : String(err), 600);
         log(`  ${base.path} FAILED: ${s.error}`);
@@ -159,7 +220,11 @@ async function main(): Promise<void> {
       attempt({ case: c, round, path: direct ? 'qemu-img-direct' : 'qemu-img', dataMiB }, async (s) => {
         const dst = path.join(work, `convert-${c}-${round}${direct ? '-direct' : ''}.qcow2`);
         try {
-          const r = await runOk('qemu-img', ['convert', ...(direct ? ['-t', 'none', '-T', 'none'] : []), '-f', 'qcow2', '-O', 'qcow2', src, dst], IMG_TIMEOUT_MS);
+          const r = await runOk(
+            'qemu-img',
+            ['convert', ...(direct ? ['-t', 'none', '-T', 'none'] : []), '-f', 'qcow2', '-O', 'qcow2', src, dst],
+            IMG_TIMEOUT_MS,
+          );
           s.wallMs = s.totalMs = s.copyMs = r.ms;
           s.direction = 'local → local';
           const f = await imgFacts(dst);
@@ -189,19 +254,33 @@ async function main(): Promise<void> {
         s.destActualMiB = f.actualBytes / MiB;
         s.destVirtualGiB = f.virtualBytes / 1024 ** 3;
       }
-      if (ph.copyMs === null) throw new Error(`no copy phase in the events of ${record.id}: ${record.events.map((e) => e.message).join(' | ')}`);
+      if (ph.copyMs === null)
+        throw new Error(
+          `no copy phase in the events of ${record.id}: ${record.events.map((e) => e.message).join(' | ')}`,
+        );
     };
 
-    const sharedNothing = (c: CaseName, round: number, dataMiB: number, vm: string, file: string, tls: boolean): Promise<Sample> =>
+    const sharedNothing = (
+      c: CaseName,
+      round: number,
+      dataMiB: number,
+      vm: string,
+      file: string,
+      tls: boolean,
+    ): Promise<Sample> =>
       attempt({ case: c, round, path: tls ? 'shared-nothing-tls' : 'shared-nothing-notls', dataMiB }, async (s) => {
         const from = (await show(vm)).host;
         const to = other(from);
         const hosts = [from, to];
         if (!tls) for (const h of hosts) await cli.ok(['host', 'set', h, '--tls', 'off'], 30_000);
         try {
-          const { record, wallMs } = await cli.move(['move-vm', vm, '--to', to, '--include-storage', '--max-downtime', '5000'], MOVE_TIMEOUT_MS);
+          const { record, wallMs } = await cli.move(
+            ['move-vm', vm, '--to', to, '--include-storage', '--max-downtime', '5000'],
+            MOVE_TIMEOUT_MS,
+          );
           await fromRecord(s, record, wallMs, file);
-          if (!record.events.some((e) => (tls ? /\(TLS,/ : /\(no TLS,/).test(e.message))) notes.push(`${record.id}: the record does not say TLS ${tls ? 'on' : 'off'}`);
+          if (!record.events.some((e) => (tls ? /\(TLS,/ : /\(no TLS,/).test(e.message)))
+            notes.push(`${record.id}: the record does not say TLS ${tls ? 'on' : 'off'}`);
         } finally {
           if (!tls) {
             for (const h of hosts) {
@@ -223,11 +302,20 @@ async function main(): Promise<void> {
 
     /** A bootblock VM on host-a with a copy of `master` attached; removed (with its disks) after `fn`. */
     /** (If the VM cannot be made, each of `planned` is recorded as failed with the reason.) */
-    const withVm = async (vm: string, master: string, file: string, planned: Array<Pick<Sample, 'case' | 'round' | 'path' | 'dataMiB'>>, fn: () => Promise<void>): Promise<void> => {
+    const withVm = async (
+      vm: string,
+      master: string,
+      file: string,
+      planned: Array<Pick<Sample, 'case' | 'round' | 'path' | 'dataMiB'>>,
+      fn: () => Promise<void>,
+    ): Promise<void> => {
       const img = local('host-a', file);
       try {
         await fsp.copyFile(master, img);
-        await cli.json<VmView>(['vm', 'new', vm, '--host', 'host-a', '--guest', 'bootblock', '--attach', img, '--start'], 90_000);
+        await cli.json<VmView>(
+          ['vm', 'new', vm, '--host', 'host-a', '--guest', 'bootblock', '--attach', img, '--start'],
+          90_000,
+        );
       } catch (err) {
         const msg = oneLine(err instanceof Error ? err.message : String(err));
         log(`cannot create VM ${vm}: ${msg}`);
@@ -256,7 +344,9 @@ async function main(): Promise<void> {
       await convert('dense', r, args.sizeMiB, dense, false);
       const vm = `dense${r}`;
       const file = `dense${r}.qcow2`;
-      const planned = (['shared-nothing-tls', 'qemu-img-direct', 'move-storage', 'shared-nothing-notls'] as const).map((p) => ({ case: 'dense' as const, round: r, path: p, dataMiB: args.sizeMiB }));
+      const planned = (['shared-nothing-tls', 'qemu-img-direct', 'move-storage', 'shared-nothing-notls'] as const).map(
+        (p) => ({ case: 'dense' as const, round: r, path: p, dataMiB: args.sizeMiB }),
+      );
       await withVm(vm, dense, file, planned, async () => {
         await sharedNothing('dense', r, args.sizeMiB, vm, file, true);
         await convert('dense', r, args.sizeMiB, dense, true);
@@ -275,7 +365,12 @@ async function main(): Promise<void> {
       await runOk('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 1G ${w}M`, sparse], IMG_TIMEOUT_MS);
       await convert('sparse', 1, w, sparse, false);
       await convert('sparse', 1, w, sparse, true);
-      const planned = (['shared-nothing-tls', 'move-storage'] as const).map((p) => ({ case: 'sparse' as const, round: 1, path: p, dataMiB: w }));
+      const planned = (['shared-nothing-tls', 'move-storage'] as const).map((p) => ({
+        case: 'sparse' as const,
+        round: 1,
+        path: p,
+        dataMiB: w,
+      }));
       await withVm('sparse1', sparse, 'sparse1.qcow2', planned, async () => {
         await sharedNothing('sparse', 1, w, 'sparse1', 'sparse1.qcow2', true);
         await moveStorage('sparse', 1, w, 'sparse1', 'sparse1.qcow2');
@@ -299,47 +394,121 @@ async function main(): Promise<void> {
 function report(args: Args, samples: Sample[], notes: string[], elapsedMs: number): void {
   const out: string[] = [];
   const dense = samples.filter((s) => s.case === 'dense');
-  const baseOf = (round: number, p: PathName): number | null => dense.find((s) => s.round === round && s.path === p && s.ok)?.mibpsCopy ?? null;
+  const baseOf = (round: number, p: PathName): number | null =>
+    dense.find((s) => s.round === round && s.path === p && s.ok)?.mibpsCopy ?? null;
   const ratio = (a: number | null, b: number | null): string => (a && b ? `${(a / b).toFixed(2)}×` : '—');
 
-  out.push(`\nDense: ${args.sizeMiB} MiB qcow2, fully written; ${args.rounds} round(s); ${os.cpus().length} cores, QEMU TCG; MiB/s = ${args.sizeMiB} MiB / elapsed`);
-  out.push('copy = disk-copy phase (Ferry: from the record events; qemu-img: its run time); move = record totalMs (incl. prepare, memory, switch-over);');
+  out.push(
+    `\nDense: ${args.sizeMiB} MiB qcow2, fully written; ${args.rounds} round(s); ${os.cpus().length} cores, QEMU TCG; MiB/s = ${args.sizeMiB} MiB / elapsed`,
+  );
+  out.push(
+    'copy = disk-copy phase (Ferry: from the record events; qemu-img: its run time); move = record totalMs (incl. prepare, memory, switch-over);',
+  );
   out.push('cli = wall time of the bin/ferry call (adds CLI start-up and polling)');
-  out.push('vs img = Ferry copy MiB/s ÷ the same round\'s qemu-img convert (default caches); vs direct = ÷ qemu-img -t none -T none\n');
-  out.push(table(
-    ['round', 'path', 'direction', 'copy s', 'copy MiB/s', 'move s', 'move MiB/s', 'cli s', 'vs img', 'vs direct', 'load1', 'error'],
-    dense.map((s) => {
-      const ferry = !s.path.startsWith('qemu-img');
-      return [String(s.round), s.path, s.direction ?? '', fmt(s.copyMs && s.copyMs / 1000, 2), fmt(s.mibpsCopy), fmt(s.totalMs && s.totalMs / 1000, 2), fmt(s.mibpsTotal),
-        ferry ? fmt(s.wallMs && s.wallMs / 1000, 2) : '', ferry ? ratio(s.mibpsCopy, baseOf(s.round, 'qemu-img')) : '', ferry ? ratio(s.mibpsCopy, baseOf(s.round, 'qemu-img-direct')) : '',
-        fmt(s.load1, 2), s.ok ? '' : (s.error ?? 'failed').slice(0, 80)];
-    }),
-  ));
-  const paths: PathName[] = ['qemu-img', 'qemu-img-direct', 'shared-nothing-tls', 'shared-nothing-notls', 'move-storage'];
-  const med = (p: PathName, k: 'mibpsCopy' | 'mibpsTotal'): number | null => median(dense.filter((s) => s.path === p && s.ok && s[k] !== null).map((s) => s[k]!));
+  out.push(
+    "vs img = Ferry copy MiB/s ÷ the same round's qemu-img convert (default caches); vs direct = ÷ qemu-img -t none -T none\n",
+  );
+  out.push(
+    table(
+      [
+        'round',
+        'path',
+        'direction',
+        'copy s',
+        'copy MiB/s',
+        'move s',
+        'move MiB/s',
+        'cli s',
+        'vs img',
+        'vs direct',
+        'load1',
+        'error',
+      ],
+      dense.map((s) => {
+        const ferry = !s.path.startsWith('qemu-img');
+        return [
+          String(s.round),
+          s.path,
+          s.direction ?? '',
+          fmt(s.copyMs && s.copyMs / 1000, 2),
+          fmt(s.mibpsCopy),
+          fmt(s.totalMs && s.totalMs / 1000, 2),
+          fmt(s.mibpsTotal),
+          ferry ? fmt(s.wallMs && s.wallMs / 1000, 2) : '',
+          ferry ? ratio(s.mibpsCopy, baseOf(s.round, 'qemu-img')) : '',
+          ferry ? ratio(s.mibpsCopy, baseOf(s.round, 'qemu-img-direct')) : '',
+          fmt(s.load1, 2),
+          s.ok ? '' : (s.error ?? 'failed').slice(0, 80),
+        ];
+      }),
+    ),
+  );
+  const paths: PathName[] = [
+    'qemu-img',
+    'qemu-img-direct',
+    'shared-nothing-tls',
+    'shared-nothing-notls',
+    'move-storage',
+  ];
+  const med = (p: PathName, k: 'mibpsCopy' | 'mibpsTotal'): number | null =>
+    median(dense.filter((s) => s.path === p && s.ok && s[k] !== null).map((s) => s[k]!));
   out.push('\nDense, medians over rounds:\n');
-  out.push(table(['path', 'copy MiB/s', 'move MiB/s', 'copy vs img', 'copy vs direct', 'ok/runs'], paths.map((p) => [
-    p, fmt(med(p, 'mibpsCopy')), fmt(med(p, 'mibpsTotal')), ratio(med(p, 'mibpsCopy'), med('qemu-img', 'mibpsCopy')), ratio(med(p, 'mibpsCopy'), med('qemu-img-direct', 'mibpsCopy')),
-    `${dense.filter((s) => s.path === p && s.ok).length}/${dense.filter((s) => s.path === p).length}`,
-  ])));
+  out.push(
+    table(
+      ['path', 'copy MiB/s', 'move MiB/s', 'copy vs img', 'copy vs direct', 'ok/runs'],
+      paths.map((p) => [
+        p,
+        fmt(med(p, 'mibpsCopy')),
+        fmt(med(p, 'mibpsTotal')),
+        ratio(med(p, 'mibpsCopy'), med('qemu-img', 'mibpsCopy')),
+        ratio(med(p, 'mibpsCopy'), med('qemu-img-direct', 'mibpsCopy')),
+        `${dense.filter((s) => s.path === p && s.ok).length}/${dense.filter((s) => s.path === p).length}`,
+      ]),
+    ),
+  );
 
   const sparse = samples.filter((s) => s.case === 'sparse');
   if (sparse.length) {
     out.push(`\nSparse: ${args.sparseGiB} GiB qcow2, ${args.sparseWrittenMiB} MiB written at 1 GiB\n`);
-    out.push(table(['path', 'direction', 'copy s', 'move s', 'dest allocated MiB', 'dest virtual GiB', 'mirror total MiB', 'error'], sparse.map((s) => [
-      s.path, s.direction ?? '', fmt(s.copyMs && s.copyMs / 1000, 2), fmt(s.totalMs && s.totalMs / 1000, 2), fmt(s.destActualMiB), fmt(s.destVirtualGiB, 0),
-      s.mirrorBytesTotal != null ? fmt(s.mirrorBytesTotal / MiB) : '', s.ok ? '' : (s.error ?? 'failed').slice(0, 80),
-    ])));
+    out.push(
+      table(
+        [
+          'path',
+          'direction',
+          'copy s',
+          'move s',
+          'dest allocated MiB',
+          'dest virtual GiB',
+          'mirror total MiB',
+          'error',
+        ],
+        sparse.map((s) => [
+          s.path,
+          s.direction ?? '',
+          fmt(s.copyMs && s.copyMs / 1000, 2),
+          fmt(s.totalMs && s.totalMs / 1000, 2),
+          fmt(s.destActualMiB),
+          fmt(s.destVirtualGiB, 0),
+          s.mirrorBytesTotal != null ? fmt(s.mirrorBytesTotal / MiB) : '',
+          s.ok ? '' : (s.error ?? 'failed').slice(0, 80),
+        ]),
+      ),
+    );
   }
   const load = samples.map((s) => s.foreignQemus);
-  if (load.some((n) => n > 0)) out.push(`\nNote: other QEMUs were running on this machine during ${load.filter((n) => n > 0).length} of ${samples.length} measurements (see foreignQemus/load1 in the JSON).`);
+  if (load.some((n) => n > 0))
+    out.push(
+      `\nNote: other QEMUs were running on this machine during ${load.filter((n) => n > 0).length} of ${samples.length} measurements (see foreignQemus/load1 in the JSON).`,
+    );
   for (const n of notes) out.push(`Note: ${n}`);
   out.push(`\nRun took ${(elapsedMs / 1000).toFixed(0)} s.\n`);
   process.stdout.write(`${out.join('\n')}\n`);
-  process.stdout.write(`${JSON.stringify({ args, machine: { cores: os.cpus().length, accel: 'lab default (TCG here)' }, samples, notes }, null, 2)}\n`);
+  process.stdout.write(
+    `${JSON.stringify({ args, machine: { cores: os.cpus().length, accel: 'lab default (TCG here)' }, samples, notes }, null, 2)}\n`,
+  );
 }
 
 void main().catch((err: unknown) => {
-  process.stderr.write(`bench/storage: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
+  process.stderr.write(`bench/storage: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   process.exitCode = 1;
 });

@@ -19,7 +19,9 @@ const ORG = 0x7c00;
 export function bootblockBytes(): Buffer {
   const b = Buffer.alloc(512, 0);
   let pc = 0;
-  const emit = (...bytes: number[]): void => { for (const x of bytes) b[pc++] = x & 0xff; };
+  const emit = (...bytes: number[]): void => {
+    for (const x of bytes) b[pc++] = x & 0xff;
+  };
   const u16 = (v: number): number[] => [v & 0xff, (v >> 8) & 0xff];
   const u32 = (v: number): number[] => [v & 0xff, (v >> 8) & 0xff, (v >> 16) & 0xff, (v >>> 24) & 0xff];
   const rel8 = (target: number): number => {
@@ -33,34 +35,37 @@ export function bootblockBytes(): Buffer {
   const PM = 0x20;
 
   // 16-bit real mode at 0x7c00
-  emit(0xfa);                                   // cli
+  emit(0xfa); // cli
   emit(0x0f, 0x01, 0x16, ...u16(ORG + GDTDESC)); // lgdt [gdtdesc]
-  emit(0x66, 0xb8, ...u32(1));                  // mov eax, 1
-  emit(0x0f, 0x22, 0xc0);                       // mov cr0, eax  (protected mode on)
+  emit(0x66, 0xb8, ...u32(1)); // mov eax, 1
+  emit(0x0f, 0x22, 0xc0); // mov cr0, eax  (protected mode on)
   emit(0x66, 0xea, ...u32(ORG + PM), ...u16(8)); // ljmp 0x08:pm (32-bit offset)
 
   // 32-bit protected mode
   pc = PM;
-  emit(0xe4, 0x92, 0x0c, 0x02, 0xe6, 0x92);     // in al,0x92; or al,2; out 0x92,al  (A20 on)
-  emit(0xb8, ...u32(16));                       // mov eax, 16 (data selector)
-  emit(0x8e, 0xd8);                             // mov ds, eax
-  emit(0xb0, 0x41);                             // mov al, 'A'
-  emit(0x66, 0xba, ...u16(0x3f8));              // mov dx, COM1
-  emit(0xee);                                   // out dx, al
-  emit(0xb3, 0x00);                             // mov bl, 0 (sweep counter)
+  emit(0xe4, 0x92, 0x0c, 0x02, 0xe6, 0x92); // in al,0x92; or al,2; out 0x92,al  (A20 on)
+  emit(0xb8, ...u32(16)); // mov eax, 16 (data selector)
+  emit(0x8e, 0xd8); // mov ds, eax
+  emit(0xb0, 0x41); // mov al, 'A'
+  emit(0x66, 0xba, ...u16(0x3f8)); // mov dx, COM1
+  emit(0xee); // out dx, al
+  emit(0xb3, 0x00); // mov bl, 0 (sweep counter)
   const mainloop = pc;
-  emit(0xb8, ...u32(PATTERN_START));            // mov eax, 1 MiB
+  emit(0xb8, ...u32(PATTERN_START)); // mov eax, 1 MiB
   const inner = pc;
-  emit(0xfe, 0x00);                             // inc byte [eax]
-  emit(0x05, ...u32(PAGE));                     // add eax, 4096
-  emit(0x3d, ...u32(PATTERN_END));              // cmp eax, 100 MiB
-  emit(0x7c); emit(rel8(inner));                // jl inner
-  emit(0xfe, 0xc3);                             // inc bl
-  emit(0x75); emit(rel8(mainloop));             // jnz mainloop
-  emit(0xb0, 0x42);                             // mov al, 'B'
-  emit(0x66, 0xba, ...u16(0x3f8));              // mov dx, COM1
-  emit(0xee);                                   // out dx, al
-  emit(0xeb); emit(rel8(mainloop));             // jmp mainloop
+  emit(0xfe, 0x00); // inc byte [eax]
+  emit(0x05, ...u32(PAGE)); // add eax, 4096
+  emit(0x3d, ...u32(PATTERN_END)); // cmp eax, 100 MiB
+  emit(0x7c);
+  emit(rel8(inner)); // jl inner
+  emit(0xfe, 0xc3); // inc bl
+  emit(0x75);
+  emit(rel8(mainloop)); // jnz mainloop
+  emit(0xb0, 0x42); // mov al, 'B'
+  emit(0x66, 0xba, ...u16(0x3f8)); // mov dx, COM1
+  emit(0xee); // out dx, al
+  emit(0xeb);
+  emit(rel8(mainloop)); // jmp mainloop
   if (pc > GDT) throw new Error('bootblock: code overlaps the GDT');
 
   // Flat GDT: null, code (base 0, limit 4 GiB, exec/read), data (read/write)
@@ -70,7 +75,8 @@ export function bootblockBytes(): Buffer {
   emit(0xff, 0xff, 0x00, 0x00, 0x00, 0x92, 0xcf, 0x00);
   pc = GDTDESC;
   emit(...u16(23), ...u32(ORG + GDT));
-  b[510] = 0x55; b[511] = 0xaa;
+  b[510] = 0x55;
+  b[511] = 0xaa;
   return b;
 }
 
@@ -112,11 +118,19 @@ export function checkPattern(dump: Buffer): PatternReport {
  * Stops the guest, dumps the pattern range with pmemsave and checks it. The guest is left
  * stopped when `resume` is false (the caller decides).
  */
-export async function verifyGuestMemory(qmp: QmpClient, dumpFile: string, opts: { signal?: AbortSignal; resume?: boolean } = {}): Promise<PatternReport> {
+export async function verifyGuestMemory(
+  qmp: QmpClient,
+  dumpFile: string,
+  opts: { signal?: AbortSignal; resume?: boolean } = {},
+): Promise<PatternReport> {
   const st = await qmp.execute('query-status', undefined, { signal: opts.signal });
   if (st.running) await qmp.execute('stop', undefined, { signal: opts.signal });
   try {
-    await qmp.execute('pmemsave', { val: PATTERN_START, size: PATTERN_END - PATTERN_START, filename: dumpFile }, { signal: opts.signal, timeoutMs: 60_000 });
+    await qmp.execute(
+      'pmemsave',
+      { val: PATTERN_START, size: PATTERN_END - PATTERN_START, filename: dumpFile },
+      { signal: opts.signal, timeoutMs: 60_000 },
+    );
     const dump = await fsp.readFile(dumpFile);
     return checkPattern(dump);
   } finally {

@@ -54,7 +54,8 @@ function payloadOk(b: Buffer, seq: number): boolean {
 /** Record `seq` of a log with `nslots` slots, byte for byte as the guest writes it. */
 export function makeRecord(seq: number, nslots: number): Buffer {
   if (!Number.isSafeInteger(seq) || seq < 1) throw new RangeError(`record seq must be a positive integer, not ${seq}`);
-  if (!Number.isInteger(nslots) || nslots < 1 || nslots >= TWO32) throw new RangeError(`nslots must be a positive u32, not ${nslots}`);
+  if (!Number.isInteger(nslots) || nslots < 1 || nslots >= TWO32)
+    throw new RangeError(`nslots must be a positive u32, not ${nslots}`);
   const b = Buffer.alloc(RECORD_SIZE);
   MAGIC.copy(b, 0);
   b.writeBigUInt64LE(BigInt(seq), 8);
@@ -136,7 +137,11 @@ export function verifyLog(raw: Buffer, opts: { highestAck?: number } = {}): Reco
   }
   let nslots = 0;
   let best = 0;
-  for (const [n, count] of votes) if (count > best || (count === best && n > nslots)) { nslots = n; best = count; }
+  for (const [n, count] of votes)
+    if (count > best || (count === best && n > nslots)) {
+      nslots = n;
+      best = count;
+    }
   if (votes.size > 1) {
     const all = [...votes].map(([n, c]) => `${c} record(s) for ${n} slots`).join(', ');
     problems.push(`records disagree on the log size: ${all}; using ${nslots} slots`);
@@ -175,20 +180,27 @@ export function verifyLog(raw: Buffer, opts: { highestAck?: number } = {}): Reco
     if (highestAck !== null && s <= highestAck) {
       ackBadTotal++;
       if (ackBad.length < NAMED_CAP) {
-        ackBad.push(c.kind === 'missing'
-          ? `record ${s} acknowledged but missing from the disk`
-          : `record ${s} acknowledged but corrupt on the disk (${c.why})`);
+        ackBad.push(
+          c.kind === 'missing'
+            ? `record ${s} acknowledged but missing from the disk`
+            : `record ${s} acknowledged but corrupt on the disk (${c.why})`,
+        );
       }
     }
   }
   problems.push(...ackBad);
-  if (ackBadTotal > ackBad.length) problems.push(`... and ${ackBadTotal - ackBad.length} more acknowledged records missing or corrupt`);
-  if (missingTotal > missing.length) problems.push(`missing list truncated: ${missingTotal} records missing, first ${LIST_CAP} listed`);
-  if (corruptTotal > corrupt.length) problems.push(`corrupt list truncated: ${corruptTotal} records corrupt, first ${LIST_CAP} listed`);
+  if (ackBadTotal > ackBad.length)
+    problems.push(`... and ${ackBadTotal - ackBad.length} more acknowledged records missing or corrupt`);
+  if (missingTotal > missing.length)
+    problems.push(`missing list truncated: ${missingTotal} records missing, first ${LIST_CAP} listed`);
+  if (corruptTotal > corrupt.length)
+    problems.push(`corrupt list truncated: ${corruptTotal} records corrupt, first ${LIST_CAP} listed`);
   if (highestAck !== null && highestAck > highestSeq) {
-    problems.push(highestSeq === 0
-      ? `record ${highestAck} acknowledged but the disk holds no valid records`
-      : `record ${highestAck} acknowledged but the highest record on the disk is ${highestSeq}`);
+    problems.push(
+      highestSeq === 0
+        ? `record ${highestAck} acknowledged but the disk holds no valid records`
+        : `record ${highestAck} acknowledged but the highest record on the disk is ${highestSeq}`,
+    );
   }
   const ok = highestAck === null || highestAck <= highestContiguous;
   return { nslots, highestSeq, lowestExpected, highestContiguous, missing, corrupt, highestAck, ok, problems };
@@ -234,7 +246,10 @@ export async function verifyDiskImage(path: string, opts: VerifyDiskOptions = {}
   }
 }
 
-export interface Heartbeat { seq: number; guestMs: number }
+export interface Heartbeat {
+  seq: number;
+  guestMs: number;
+}
 
 export interface SerialSummary {
   heartbeats: Heartbeat[];
@@ -294,7 +309,10 @@ export function heartbeatGaps(hbs: readonly Heartbeat[]): { resets: number; maxS
   for (let i = 1; i < hbs.length; i++) {
     const a = hbs[i - 1]!;
     const b = hbs[i]!;
-    if (b.seq < a.seq) { resets++; continue; }
+    if (b.seq < a.seq) {
+      resets++;
+      continue;
+    }
     maxSeqGap = Math.max(maxSeqGap, b.seq - a.seq - 1);
     maxGuestGapMs = Math.max(maxGuestGapMs, b.guestMs - a.guestMs);
   }

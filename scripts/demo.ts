@@ -15,16 +15,25 @@ const seconds = Number(process.env.FERRY_DEMO_SECONDS ?? 5);
 function ferry(args: string[], show = true): Promise<{ code: number; out: string }> {
   if (show) process.stdout.write(`\n$ ferry ${args.join(' ')}\n`);
   return new Promise((resolve) => {
-    const child = spawn(bin, args, { env: { ...process.env, FERRY_LAB: lab }, stdio: ['ignore', 'pipe', show ? 'inherit' : 'ignore'] });
+    const child = spawn(bin, args, {
+      env: { ...process.env, FERRY_LAB: lab },
+      stdio: ['ignore', 'pipe', show ? 'inherit' : 'ignore'],
+    });
     let out = '';
-    child.stdout.on('data', (d: Buffer) => { out += d; if (show) process.stdout.write(d); });
+    child.stdout.on('data', (d: Buffer) => {
+      out += d;
+      if (show) process.stdout.write(d);
+    });
     child.on('exit', (code) => resolve({ code: code ?? 1, out }));
   });
 }
 
 async function must(args: string[], show = true): Promise<string> {
   const r = await ferry(args, show);
-  if (r.code !== 0) { process.stderr.write(`demo: 'ferry ${args.join(' ')}' failed (exit ${r.code})\n`); process.exit(1); }
+  if (r.code !== 0) {
+    process.stderr.write(`demo: 'ferry ${args.join(' ')}' failed (exit ${r.code})\n`);
+    process.exit(1);
+  }
   return r.out;
 }
 
@@ -36,14 +45,27 @@ for (const vm of ['demo', 'demo-local']) {
   }
 }
 const t0 = Date.now();
-await must(['vm', 'new', 'demo', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'demo'), '--start']);
+await must([
+  'vm',
+  'new',
+  'demo',
+  '--host',
+  'host-a',
+  '--guest',
+  'probe',
+  '--path',
+  path.join(lab, 'shared', 'demo'),
+  '--start',
+]);
 let firstHb = 0;
 while (!firstHb && Date.now() - t0 < 60_000) {
   const text = (await ferry(['vm', 'console', 'demo'], false)).out;
   if (parseSerial(text).heartbeats.length) firstHb = Date.now() - t0;
   else await sleep(200);
 }
-process.stdout.write(`\nfirst heartbeat ${firstHb} ms after 'vm new --start'; the console for ${seconds} s (the last line each second):\n`);
+process.stdout.write(
+  `\nfirst heartbeat ${firstHb} ms after 'vm new --start'; the console for ${seconds} s (the last line each second):\n`,
+);
 for (let s = 0; s < seconds; s++) {
   await sleep(1000);
   const r = parseSerial((await ferry(['vm', 'console', 'demo', '--tail', '4000'], false)).out);
@@ -58,7 +80,9 @@ for (const to of ['host-b', 'host-a']) {
   await must(['move-vm', 'demo', '--to', to]);
   await sleep(1000);
   const after = parseSerial((await ferry(['vm', 'console', 'demo', '--tail', '4000'], false)).out).heartbeats.at(-1);
-  process.stdout.write(`  heartbeat before the move: ferry-hb ${before?.seq}; one second after, on ${to}: ferry-hb ${after?.seq}\n`);
+  process.stdout.write(
+    `  heartbeat before the move: ferry-hb ${before?.seq}; one second after, on ${to}: ferry-hb ${after?.seq}\n`,
+  );
 }
 
 // Shared nothing: a VM on host-a's local disk moves with its disk to host-b; then a storage
@@ -82,23 +106,63 @@ for (const vm of ['ha1', 'c2', 'c3']) {
     await must(['--lab', clab, 'vm', 'rm', vm], false);
   }
 }
-await cl(['vm', 'new', 'ha1', '--host', 'host-c', '--guest', 'probe', '--ha', '--priority', 'high', '--path', path.join(clab, 'shared', 'ha1'), '--start']);
-for (const vm of ['c2', 'c3']) await cl(['vm', 'new', vm, '--host', 'host-c', '--guest', 'probe', '--probe-no-writer', '--memory', '128', '--ha', '--priority', 'low', '--path', path.join(clab, 'shared', vm), '--start']);
+await cl([
+  'vm',
+  'new',
+  'ha1',
+  '--host',
+  'host-c',
+  '--guest',
+  'probe',
+  '--ha',
+  '--priority',
+  'high',
+  '--path',
+  path.join(clab, 'shared', 'ha1'),
+  '--start',
+]);
+for (const vm of ['c2', 'c3'])
+  await cl([
+    'vm',
+    'new',
+    vm,
+    '--host',
+    'host-c',
+    '--guest',
+    'probe',
+    '--probe-no-writer',
+    '--memory',
+    '128',
+    '--ha',
+    '--priority',
+    'low',
+    '--path',
+    path.join(clab, 'shared', vm),
+    '--start',
+  ]);
 await sleep(5000);
 await cl(['cluster', 'drain', 'host-c', '--dry-run']);
 await cl(['cluster', 'drain', 'host-c']);
 await cl(['cluster', 'status']);
 await cl(['cluster', 'resume', 'host-c', '--failback']);
-const ha = JSON.parse(await must(['--lab', clab, 'vm', 'show', 'ha1', '--json'], false)) as { host: string; id: string };
+const ha = JSON.parse(await must(['--lab', clab, 'vm', 'show', 'ha1', '--json'], false)) as {
+  host: string;
+  id: string;
+};
 await cl(['lab', 'kill', ha.host, '--dir', clab]);
 const killedAt = Date.now();
 let where = '';
 while (!where && Date.now() - killedAt < 60_000) {
   const r = await ferry(['--lab', clab, 'vm', 'show', 'ha1', '--json'], false);
-  if (r.code === 0) { const v = JSON.parse(r.out) as { host: string; state: string }; if (v.host !== ha.host && v.state === 'running') where = v.host; }
+  if (r.code === 0) {
+    const v = JSON.parse(r.out) as { host: string; state: string };
+    if (v.host !== ha.host && v.state === 'running') where = v.host;
+  }
   if (!where) await sleep(250);
 }
-process.stdout.write(`\nHA: ${ha.host} killed (agent, QEMUs, etcd member); ha1 running on ${where || '(not yet)'} after ${Date.now() - killedAt} ms\n`);
+process.stdout.write(
+  `\nHA: ${ha.host} killed (agent, QEMUs, etcd member); ha1 running on ${where || '(not yet)'} after ${Date.now() - killedAt} ms\n`,
+);
 await cl(['cluster', 'status']);
 await cl(['lab', 'up', '--dir', clab]);
 

@@ -10,7 +10,11 @@ export class FerryError extends Error {
   /** A user error (bad input, not found): print the message, never the stack. */
   readonly userError: boolean;
 
-  constructor(code: string, message: string, opts: { context?: ErrorContext; cause?: unknown; userError?: boolean } = {}) {
+  constructor(
+    code: string,
+    message: string,
+    opts: { context?: ErrorContext; cause?: unknown; userError?: boolean } = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = new.target.name;
     this.code = code;
@@ -38,9 +42,13 @@ export class NotFoundError extends FerryError {
 
 export class TimeoutError extends FerryError {
   constructor(what: string, ms: number, context: ErrorContext = {}) {
-    super('E_TIMEOUT', `Cannot ${what}: no answer within ${ms} ms; check that the process is alive and not stopped, or raise the timeout`, {
-      context: { ...context, timeoutMs: ms },
-    });
+    super(
+      'E_TIMEOUT',
+      `Cannot ${what}: no answer within ${ms} ms; check that the process is alive and not stopped, or raise the timeout`,
+      {
+        context: { ...context, timeoutMs: ms },
+      },
+    );
   }
 }
 

@@ -21,7 +21,11 @@ export function testAccel(): Promise<Accelerator> {
 }
 
 /** Polls a file until `pred(text)` is true; throws with the file's tail on timeout. */
-export async function waitForFile(file: string, pred: (text: string) => boolean, opts: { timeoutMs?: number; what?: string } = {}): Promise<string> {
+export async function waitForFile(
+  file: string,
+  pred: (text: string) => boolean,
+  opts: { timeoutMs?: number; what?: string } = {},
+): Promise<string> {
   const until = Date.now() + (opts.timeoutMs ?? 60_000);
   let text = '';
   while (Date.now() < until) {
@@ -29,7 +33,9 @@ export async function waitForFile(file: string, pred: (text: string) => boolean,
     if (pred(text)) return text;
     await sleep(100);
   }
-  throw new Error(`timed out waiting for ${opts.what ?? 'a condition'} in ${file}; last lines:\n${text.split('\n').slice(-10).join('\n')}`);
+  throw new Error(
+    `timed out waiting for ${opts.what ?? 'a condition'} in ${file}; last lines:\n${text.split('\n').slice(-10).join('\n')}`,
+  );
 }
 
 export function count(text: string, re: RegExp): number {

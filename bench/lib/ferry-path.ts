@@ -6,27 +6,52 @@ import { REPO_ROOT } from '../../guest/paths.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import type { VmView } from '../../src/api/schemas.js';
 
-export interface CliResult { code: number; stdout: string; stderr: string; wallMs: number; startEpoch: number; endEpoch: number }
+export interface CliResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  wallMs: number;
+  startEpoch: number;
+  endEpoch: number;
+}
 
 export function ferry(args: string[], opts: { lab?: string; timeoutMs?: number } = {}): Promise<CliResult> {
   return new Promise((resolve) => {
     const startEpoch = Date.now();
     const t0 = performance.now();
-    execFile(path.join(REPO_ROOT, 'bin', 'ferry'), args, {
-      timeout: opts.timeoutMs ?? 120_000, killSignal: 'SIGKILL', maxBuffer: 32 * 1024 * 1024,
-      env: { ...process.env, ...(opts.lab ? { FERRY_LAB: opts.lab } : {}) },
-    }, (err, stdout, stderr) => {
-      const wallMs = performance.now() - t0;
-      const e = err as (NodeJS.ErrnoException & { killed?: boolean }) | null;
-      const code = e ? (typeof e.code === 'number' ? e.code : e.killed ? 124 : 1) : 0;
-      resolve({ code, stdout, stderr: e?.killed ? `${stderr}\n(killed after ${opts.timeoutMs ?? 120_000} ms)` : stderr, wallMs, startEpoch, endEpoch: Date.now() });
-    });
+    execFile(
+      path.join(REPO_ROOT, 'bin', 'ferry'),
+      args,
+      {
+        timeout: opts.timeoutMs ?? 120_000,
+        killSignal: 'SIGKILL',
+        maxBuffer: 32 * 1024 * 1024,
+        env: { ...process.env, ...(opts.lab ? { FERRY_LAB: opts.lab } : {}) },
+      },
+      (err, stdout, stderr) => {
+        const wallMs = performance.now() - t0;
+        const e = err as (NodeJS.ErrnoException & { killed?: boolean }) | null;
+        const code = e ? (typeof e.code === 'number' ? e.code : e.killed ? 124 : 1) : 0;
+        resolve({
+          code,
+          stdout,
+          stderr: e?.killed ? `${stderr}\n(killed after ${opts.timeoutMs ?? 120_000} ms)` : stderr,
+          wallMs,
+          startEpoch,
+          endEpoch: Date.now(),
+        });
+      },
+    );
   });
 }
 
-export async function ferryOk<T = unknown>(args: string[], opts: { lab?: string; timeoutMs?: number } = {}): Promise<T> {
+export async function ferryOk<T = unknown>(
+  args: string[],
+  opts: { lab?: string; timeoutMs?: number } = {},
+): Promise<T> {
   const r = await ferry(args, opts);
-  if (r.code !== 0) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 600)}`);
+  if (r.code !== 0)
+    throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${(r.stderr || r.stdout).trim().slice(0, 600)}`);
   return (args.includes('--json') ? JSON.parse(r.stdout) : r.stdout) as T;
 }
 
@@ -69,9 +94,13 @@ export function phasesOf(rec: MigrationRecord, cli: CliResult): FerryPhases | nu
 
 export class FerryLab {
   readonly lab: string;
-  constructor(readonly dir: string) { this.lab = path.join(dir, 'lab'); }
+  constructor(readonly dir: string) {
+    this.lab = path.join(dir, 'lab');
+  }
 
-  get shared(): string { return path.join(this.lab, 'shared'); }
+  get shared(): string {
+    return path.join(this.lab, 'shared');
+  }
 
   serialLog(host: string, vmId: string): string {
     return path.join(this.lab, 'hosts', host, 'data', 'run', vmId, 'serial.log');
@@ -87,16 +116,39 @@ export class FerryLab {
   }
 
   async setTls(on: boolean): Promise<void> {
-    for (const h of ['host-a', 'host-b']) await ferryOk(['host', 'set', h, '--tls', on ? 'on' : 'off', '--json'], { lab: this.lab });
+    for (const h of ['host-a', 'host-b'])
+      await ferryOk(['host', 'set', h, '--tls', on ? 'on' : 'off', '--json'], { lab: this.lab });
   }
 
   async newProbe(name: string, dirty: string | null): Promise<VmView> {
-    return ferryOk<VmView>(['vm', 'new', name, '--host', 'host-a', '--guest', 'probe', '--path', path.join(this.shared, name), '--start', ...(dirty ? ['--probe-dirty', dirty] : []), '--json'], { lab: this.lab, timeoutMs: 180_000 });
+    return ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        name,
+        '--host',
+        'host-a',
+        '--guest',
+        'probe',
+        '--path',
+        path.join(this.shared, name),
+        '--start',
+        ...(dirty ? ['--probe-dirty', dirty] : []),
+        '--json',
+      ],
+      { lab: this.lab, timeoutMs: 180_000 },
+    );
   }
 
-  show(name: string): Promise<VmView> { return ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: this.lab }); }
-  pause(name: string): Promise<VmView> { return ferryOk<VmView>(['vm', 'pause', name, '--json'], { lab: this.lab }); }
-  resume(name: string): Promise<VmView> { return ferryOk<VmView>(['vm', 'resume', name, '--json'], { lab: this.lab }); }
+  show(name: string): Promise<VmView> {
+    return ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: this.lab });
+  }
+  pause(name: string): Promise<VmView> {
+    return ferryOk<VmView>(['vm', 'pause', name, '--json'], { lab: this.lab });
+  }
+  resume(name: string): Promise<VmView> {
+    return ferryOk<VmView>(['vm', 'resume', name, '--json'], { lab: this.lab });
+  }
 
   async remove(name: string): Promise<void> {
     await ferry(['vm', 'stop', name, '--force'], { lab: this.lab, timeoutMs: 60_000 });
@@ -104,14 +156,23 @@ export class FerryLab {
   }
 
   /** `move-vm NAME --to HOST --json`: the record (also when the move failed) and the CLI timing. */
-  async move(name: string, to: string): Promise<{ cli: CliResult; record: MigrationRecord | null; error: string | null }> {
+  async move(
+    name: string,
+    to: string,
+  ): Promise<{ cli: CliResult; record: MigrationRecord | null; error: string | null }> {
     const cli = await ferry(['move-vm', name, '--to', to, '--json'], { lab: this.lab, timeoutMs: 180_000 });
     let record: MigrationRecord | null = null;
-    try { record = JSON.parse(cli.stdout) as MigrationRecord; } catch { /* no JSON: the error is on stderr */ }
+    try {
+      record = JSON.parse(cli.stdout) as MigrationRecord;
+    } catch {
+      /* no JSON: the error is on stderr */
+    }
     if (record && !('state' in record)) record = null;
     let error: string | null = null;
     if (cli.code !== 0 || !record || record.state !== 'completed') {
-      error = record?.error ? `${record.error.code}: ${record.error.message}` : `exit ${cli.code}: ${(cli.stderr || cli.stdout).trim().split('\n').slice(-3).join(' / ').slice(0, 600)}`;
+      error = record?.error
+        ? `${record.error.code}: ${record.error.message}`
+        : `exit ${cli.code}: ${(cli.stderr || cli.stdout).trim().split('\n').slice(-3).join(' / ').slice(0, 600)}`;
     }
     return { cli, record, error };
   }

@@ -5,9 +5,18 @@
 import fs from 'node:fs';
 import { performance } from 'node:perf_hooks';
 
-export interface HbArrival { seq: number; guestMs: number; t: number; file: string }
+export interface HbArrival {
+  seq: number;
+  guestMs: number;
+  t: number;
+  file: string;
+}
 
-interface Tailed { pos: number; ino: number | null; partial: string }
+interface Tailed {
+  pos: number;
+  ino: number | null;
+  partial: string;
+}
 
 const HB_RE = /ferry-hb (\d+) (\d+)\s*$/;
 /** Lines worth reporting: the probe giving up, or the kernel complaining (QEMU-NOTES §E). */
@@ -21,7 +30,10 @@ export class HeartbeatTail {
   private files = new Map<string, Tailed>();
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(readonly label: string, private pollMs = 3) {}
+  constructor(
+    readonly label: string,
+    private pollMs = 3,
+  ) {}
 
   /**
    * Follows `file`. fromStart=false skips what is already there (a file that does not
@@ -32,7 +44,13 @@ export class HeartbeatTail {
     let pos = 0;
     let ino: number | null = null;
     if (!fromStart) {
-      try { const st = fs.statSync(file); pos = st.size; ino = st.ino; } catch { /* not there yet */ }
+      try {
+        const st = fs.statSync(file);
+        pos = st.size;
+        ino = st.ino;
+      } catch {
+        /* not there yet */
+      }
     }
     this.files.set(file, { pos, ino, partial: '' });
   }
@@ -51,8 +69,15 @@ export class HeartbeatTail {
     const now = performance.now();
     for (const [file, f] of this.files) {
       let st: fs.Stats;
-      try { st = fs.statSync(file); } catch { continue; }
-      if ((f.ino !== null && st.ino !== f.ino) || st.size < f.pos) { f.pos = 0; f.partial = ''; }
+      try {
+        st = fs.statSync(file);
+      } catch {
+        continue;
+      }
+      if ((f.ino !== null && st.ino !== f.ino) || st.size < f.pos) {
+        f.pos = 0;
+        f.partial = '';
+      }
       f.ino = st.ino;
       if (st.size <= f.pos) continue;
       let fd: number | null = null;
@@ -73,23 +98,28 @@ export class HeartbeatTail {
             const last = this.beats.at(-1);
             if (last && seq < last.seq) this.resets.push({ t: now, fromSeq: last.seq, toSeq: seq });
             this.beats.push({ seq, guestMs: Number(m[2]), t: now, file });
-          }
-          else if (NOTABLE_RE.test(line)) this.notable.push({ t: now, file, line: line.slice(0, 200) });
+          } else if (NOTABLE_RE.test(line)) this.notable.push({ t: now, file, line: line.slice(0, 200) });
         }
-      } catch { /* the file went away between stat and read: next poll */ } finally {
+      } catch {
+        /* the file went away between stat and read: next poll */
+      } finally {
         if (fd !== null) fs.closeSync(fd);
       }
     }
   }
 
-  get count(): number { return this.beats.length; }
+  get count(): number {
+    return this.beats.length;
+  }
 
   /** Waits until `n` heartbeats arrived after index `from` (or throws after `timeoutMs`). */
   async waitBeats(from: number, n: number, timeoutMs: number): Promise<void> {
     const until = performance.now() + timeoutMs;
     while (this.beats.length - from < n) {
       if (performance.now() > until) {
-        throw new Error(`${this.label}: only ${this.beats.length - from} of ${n} heartbeats within ${timeoutMs} ms (guest stalled or dead?)`);
+        throw new Error(
+          `${this.label}: only ${this.beats.length - from} of ${n} heartbeats within ${timeoutMs} ms (guest stalled or dead?)`,
+        );
       }
       await new Promise((r) => setTimeout(r, 10));
     }
@@ -98,9 +128,16 @@ export class HeartbeatTail {
   /** Waits until `n` heartbeats arrived after host time `t` (performance.now()). */
   async waitBeatsAfter(t: number, n: number, timeoutMs: number): Promise<void> {
     const until = performance.now() + timeoutMs;
-    const count = (): number => { let c = 0; for (let i = this.beats.length - 1; i >= 0 && this.beats[i]!.t > t; i--) c++; return c; };
+    const count = (): number => {
+      let c = 0;
+      for (let i = this.beats.length - 1; i >= 0 && this.beats[i]!.t > t; i--) c++;
+      return c;
+    };
     while (count() < n) {
-      if (performance.now() > until) throw new Error(`${this.label}: only ${count()} of ${n} heartbeats within ${timeoutMs} ms after the move (guest stalled or dead?)`);
+      if (performance.now() > until)
+        throw new Error(
+          `${this.label}: only ${count()} of ${n} heartbeats within ${timeoutMs} ms after the move (guest stalled or dead?)`,
+        );
       await new Promise((r) => setTimeout(r, 10));
     }
   }
@@ -110,7 +147,12 @@ export class HeartbeatTail {
     const r = this.resets.find((x) => x.t >= t0 && x.t <= t1);
     const o = this.notable.find((x) => x.t >= t0 && x.t <= t1);
     if (!r && !o) return null;
-    return [o ? `guest console: ${o.line.replace(/^\[\s*[\d.]+\]\s*/, '')}` : '', r ? `heartbeat seq reset ${r.fromSeq}→${r.toSeq} (guest rebooted)` : ''].filter(Boolean).join('; ');
+    return [
+      o ? `guest console: ${o.line.replace(/^\[\s*[\d.]+\]\s*/, '')}` : '',
+      r ? `heartbeat seq reset ${r.fromSeq}→${r.toSeq} (guest rebooted)` : '',
+    ]
+      .filter(Boolean)
+      .join('; ');
   }
 
   /**
@@ -118,7 +160,11 @@ export class HeartbeatTail {
    * plus what it spans. null when the window holds fewer than two heartbeats or none after
    * `mustFollow` (the guest never came back).
    */
-  gap(t0: number, t1: number, mustFollow?: number): { maxGapMs: number; fromSeq: number; toSeq: number; lostSeqs: number } | null {
+  gap(
+    t0: number,
+    t1: number,
+    mustFollow?: number,
+  ): { maxGapMs: number; fromSeq: number; toSeq: number; lostSeqs: number } | null {
     const w = this.beats.filter((b) => b.t >= t0 && b.t <= t1).sort((a, b) => a.t - b.t || a.seq - b.seq);
     if (w.length < 2) return null;
     if (mustFollow !== undefined && !w.some((b) => b.t > mustFollow)) return null;

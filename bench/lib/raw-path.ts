@@ -15,7 +15,6 @@ import type { HeartbeatTail } from './heartbeat-tail.js';
 export const RAW_MAX_BANDWIDTH = 100 * 1024 ** 3;
 export const RAW_DOWNTIME_LIMIT_MS = 300;
 
-
 export interface RawMoveResult {
   ok: boolean;
   error: string | null;
@@ -47,19 +46,43 @@ export class RawVm {
   current: QemuProcess | null = null;
   side: 'A' | 'B' = 'A';
 
-  constructor(readonly spec: VmSpec, readonly accel: Accelerator, readonly runRoot: string, readonly tail: HeartbeatTail, readonly downtimeLimitMs = RAW_DOWNTIME_LIMIT_MS) {}
+  constructor(
+    readonly spec: VmSpec,
+    readonly accel: Accelerator,
+    readonly runRoot: string,
+    readonly tail: HeartbeatTail,
+    readonly downtimeLimitMs = RAW_DOWNTIME_LIMIT_MS,
+  ) {}
 
   private async spawn(incoming: boolean): Promise<QemuProcess> {
     if (stopping) throw new Error('the benchmark is stopping');
     const runDir = path.join(this.runRoot, `qemu-${String(++this.seq).padStart(2, '0')}${incoming ? '-in' : ''}`);
     await fsp.mkdir(runDir, { recursive: true });
-    const paths = { qmpSocket: path.join(runDir, 'qmp.sock'), serialLog: path.join(runDir, 'serial.log'), pidFile: path.join(runDir, 'qemu.pid') };
-    const argv = buildArgv(this.spec, { accel: this.accel, paths, incoming, directIo: (d) => supportsDirectIo(d.path) });
+    const paths = {
+      qmpSocket: path.join(runDir, 'qmp.sock'),
+      serialLog: path.join(runDir, 'serial.log'),
+      pidFile: path.join(runDir, 'qemu.pid'),
+    };
+    const argv = buildArgv(this.spec, {
+      accel: this.accel,
+      paths,
+      incoming,
+      directIo: (d) => supportsDirectIo(d.path),
+    });
     await fsp.writeFile(path.join(runDir, 'argv.json'), JSON.stringify(argv));
     this.tail.add(paths.serialLog, true);
-    const proc = await QemuProcess.spawn(argv, { vm: `${this.spec.name}#${this.seq}`, runDir, qmpSocket: paths.qmpSocket, pidFile: paths.pidFile, timeoutMs: 20_000 });
+    const proc = await QemuProcess.spawn(argv, {
+      vm: `${this.spec.name}#${this.seq}`,
+      runDir,
+      qmpSocket: paths.qmpSocket,
+      pidFile: paths.pidFile,
+      timeoutMs: 20_000,
+    });
     rawProcesses.add(proc);
-    if (stopping) { await proc.kill(); throw new Error('the benchmark is stopping'); }
+    if (stopping) {
+      await proc.kill();
+      throw new Error('the benchmark is stopping');
+    }
     void proc.exited.then(() => rawProcesses.delete(proc));
     return proc;
   }
@@ -71,14 +94,34 @@ export class RawVm {
     await this.tail.waitBeats(from, 25, 60_000);
   }
 
-  async pause(): Promise<void> { await this.current?.qmp.execute('stop', undefined, { timeoutMs: 10_000 }); }
-  async resume(): Promise<void> { await this.current?.qmp.execute('cont', undefined, { timeoutMs: 10_000 }); }
+  async pause(): Promise<void> {
+    await this.current?.qmp.execute('stop', undefined, { timeoutMs: 10_000 });
+  }
+  async resume(): Promise<void> {
+    await this.current?.qmp.execute('cont', undefined, { timeoutMs: 10_000 });
+  }
 
   /** One move to a fresh destination process: QEMU-NOTES §A, polled every 10 ms. */
   async move(): Promise<RawMoveResult> {
     const src = this.current;
-    const res: RawMoveResult = { ok: false, error: null, wallMs: NaN, destSpawnMs: NaN, sourceQuitMs: NaN, downtimeMs: null, qemuTotalMs: null, bytesTransferred: null, passes: null, statsRequeried: false, t0: NaN, t1: NaN };
-    if (!src || src.hasExited) { res.error = 'the source QEMU is not running'; return res; }
+    const res: RawMoveResult = {
+      ok: false,
+      error: null,
+      wallMs: NaN,
+      destSpawnMs: NaN,
+      sourceQuitMs: NaN,
+      downtimeMs: null,
+      qemuTotalMs: null,
+      bytesTransferred: null,
+      passes: null,
+      statsRequeried: false,
+      t0: NaN,
+      t1: NaN,
+    };
+    if (!src || src.hasExited) {
+      res.error = 'the source QEMU is not running';
+      return res;
+    }
     const s0 = performance.now();
     let dst: QemuProcess | null = null;
     try {
@@ -92,12 +135,25 @@ export class RawVm {
     let started = false;
     try {
       res.t0 = performance.now();
-      await dst.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }, { capability: 'late-block-activate', state: true }] }, o);
+      await dst.qmp.execute(
+        'migrate-set-capabilities',
+        {
+          capabilities: [
+            { capability: 'events', state: true },
+            { capability: 'late-block-activate', state: true },
+          ],
+        },
+        o,
+      );
       await dst.qmp.execute('migrate-incoming', { uri: 'tcp:127.0.0.1:0' }, o);
       const port = (await dst.qmp.execute('query-migrate', undefined, o))['socket-address']?.[0]?.port;
       if (!port) throw new Error('the destination did not report its listening port');
       await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, o);
-      await src.qmp.execute('migrate-set-parameters', { 'max-bandwidth': RAW_MAX_BANDWIDTH, 'downtime-limit': this.downtimeLimitMs }, o);
+      await src.qmp.execute(
+        'migrate-set-parameters',
+        { 'max-bandwidth': RAW_MAX_BANDWIDTH, 'downtime-limit': this.downtimeLimitMs },
+        o,
+      );
       await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` }, o);
       started = true;
       let info: MigrationInfo = {};
@@ -105,8 +161,12 @@ export class RawVm {
       for (;;) {
         info = await src.qmp.execute('query-migrate', undefined, o);
         if (info.status === 'completed') break;
-        if (info.status === 'failed' || info.status === 'cancelled') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? 'no reason'}; dest: ${await dst.stderrText()}`);
-        if (performance.now() > until) throw new Error(`not completed within 120 s (status ${info.status}, pass ${info.ram?.['dirty-sync-count']})`);
+        if (info.status === 'failed' || info.status === 'cancelled')
+          throw new Error(
+            `migration ${info.status}: ${info['error-desc'] ?? 'no reason'}; dest: ${await dst.stderrText()}`,
+          );
+        if (performance.now() > until)
+          throw new Error(`not completed within 120 s (status ${info.status}, pass ${info.ram?.['dirty-sync-count']})`);
         await sleep(10);
       }
       // Never cont an incoming VM before its side has completed too (QEMU-NOTES §E).
@@ -139,11 +199,14 @@ export class RawVm {
       try {
         if (started) {
           const st = await src.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
-          if (st.status && !['completed', 'failed', 'cancelled'].includes(st.status)) await src.qmp.execute('migrate_cancel', undefined, { timeoutMs: 5000 });
+          if (st.status && !['completed', 'failed', 'cancelled'].includes(st.status))
+            await src.qmp.execute('migrate_cancel', undefined, { timeoutMs: 5000 });
         }
         const run = await src.qmp.execute('query-status', undefined, { timeoutMs: 5000 });
         if (!run.running) await src.qmp.execute('cont', undefined, { timeoutMs: 5000 });
-      } catch (e) { res.error += `; resuming the source: ${(e as Error).message}`; }
+      } catch (e) {
+        res.error += `; resuming the source: ${(e as Error).message}`;
+      }
       await dst.kill();
       return res;
     }

@@ -11,19 +11,40 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const MiB = 1024 * 1024;
 
-export interface RunResult { code: number; stdout: string; stderr: string; ms: number; timedOut: boolean }
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+  ms: number;
+  timedOut: boolean;
+}
 
 /** Runs a program (no shell); never throws; kills it after `timeoutMs`. */
-export function run(cmd: string, args: string[], opts: { timeoutMs: number; env?: NodeJS.ProcessEnv }): Promise<RunResult> {
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { timeoutMs: number; env?: NodeJS.ProcessEnv },
+): Promise<RunResult> {
   return new Promise((resolve) => {
     const t0 = performance.now();
-    execFile(cmd, args, { timeout: opts.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 64 * MiB, env: { ...process.env, ...opts.env } }, (err, stdout, stderr) => {
-      const ms = performance.now() - t0;
-      const e = err as (NodeJS.ErrnoException & { killed?: boolean; code?: number | string }) | null;
-      const timedOut = Boolean(e?.killed);
-      const code = e ? (typeof e.code === 'number' ? e.code : 1) : 0;
-      resolve({ code, stdout: String(stdout), stderr: String(stderr) + (timedOut ? `\n(killed after ${opts.timeoutMs} ms)` : ''), ms, timedOut });
-    });
+    execFile(
+      cmd,
+      args,
+      { timeout: opts.timeoutMs, killSignal: 'SIGKILL', maxBuffer: 64 * MiB, env: { ...process.env, ...opts.env } },
+      (err, stdout, stderr) => {
+        const ms = performance.now() - t0;
+        const e = err as (NodeJS.ErrnoException & { killed?: boolean; code?: number | string }) | null;
+        const timedOut = Boolean(e?.killed);
+        const code = e ? (typeof e.code === 'number' ? e.code : 1) : 0;
+        resolve({
+          code,
+          stdout: String(stdout),
+          stderr: String(stderr) + (timedOut ? `\n(killed after ${opts.timeoutMs} ms)` : ''),
+          ms,
+          timedOut,
+        });
+      },
+    );
   });
 }
 
@@ -60,14 +81,24 @@ export class FerryCli {
   async move(args: string[], timeoutMs: number): Promise<{ record: MigrationRecord; wallMs: number }> {
     const r = await this.run([...args, '--json'], timeoutMs);
     let record: MigrationRecord | null = null;
-    try { record = JSON.parse(r.stdout) as MigrationRecord; } catch { /* not JSON: a usage error or a timeout */ }
+    try {
+      record = JSON.parse(r.stdout) as MigrationRecord;
+    } catch {
+      /* not JSON: a usage error or a timeout */
+    }
     if (!record?.id) throw new Error(`ferry ${args.join(' ')} exited ${r.code}: ${oneLine(r.stderr || r.stdout)}`);
-    if (record.state !== 'completed') throw new Error(`ferry ${args.join(' ')}: ${record.state}: ${record.error?.code ?? ''} ${record.error?.message ?? ''}`);
+    if (record.state !== 'completed')
+      throw new Error(
+        `ferry ${args.join(' ')}: ${record.state}: ${record.error?.code ?? ''} ${record.error?.message ?? ''}`,
+      );
     return { record, wallMs: r.ms };
   }
 }
 
-export interface ImgFacts { virtualBytes: number; actualBytes: number }
+export interface ImgFacts {
+  virtualBytes: number;
+  actualBytes: number;
+}
 
 export async function imgFacts(file: string): Promise<ImgFacts> {
   const r = await runOk('qemu-img', ['info', '-U', '--output=json', file], 30_000);
@@ -76,7 +107,11 @@ export async function imgFacts(file: string): Promise<ImgFacts> {
 }
 
 /** Phase times (ms) from a record's event log. */
-export interface Phases { copyMs: number | null; afterCopyMs: number | null; beforeCopyMs: number | null }
+export interface Phases {
+  copyMs: number | null;
+  afterCopyMs: number | null;
+  beforeCopyMs: number | null;
+}
 
 export function phasesOf(r: MigrationRecord): Phases {
   const at = (re: RegExp): number | null => {
@@ -85,8 +120,8 @@ export function phasesOf(r: MigrationRecord): Phases {
   };
   const start = at(/^copying \d+ disk\(s\)/);
   const end = at(/^every disk is mirrored|^all copies ready/);
-  const first = r.startedAt ? Date.parse(r.startedAt) : (r.events[0] ? Date.parse(r.events[0].at) : null);
-  const last = r.finishedAt ? Date.parse(r.finishedAt) : (r.events.at(-1) ? Date.parse(r.events.at(-1)!.at) : null);
+  const first = r.startedAt ? Date.parse(r.startedAt) : r.events[0] ? Date.parse(r.events[0].at) : null;
+  const last = r.finishedAt ? Date.parse(r.finishedAt) : r.events.at(-1) ? Date.parse(r.events.at(-1)!.at) : null;
   return {
     copyMs: start !== null && end !== null ? end - start : null,
     beforeCopyMs: start !== null && first !== null ? start - first : null,
@@ -100,8 +135,14 @@ export function machineLoad(mine: string): { load1: number; foreignQemus: number
   for (const p of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(p)) continue;
     let cmd = '';
-    try { cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8'); } catch { continue; }
-    if (cmd.startsWith('qemu-system') || cmd.includes('/qemu-system')) { if (!cmd.includes(mine)) foreign++; }
+    try {
+      cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
+    } catch {
+      continue;
+    }
+    if (cmd.startsWith('qemu-system') || cmd.includes('/qemu-system')) {
+      if (!cmd.includes(mine)) foreign++;
+    }
   }
   return { load1: Math.round(os.loadavg()[0]! * 100) / 100, foreignQemus: foreign };
 }
@@ -111,7 +152,11 @@ export function pidsUnder(dir: string): number[] {
   const out: number[] = [];
   for (const p of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(p) || Number(p) === process.pid) continue;
-    try { if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir)) out.push(Number(p)); } catch { /* gone */ }
+    try {
+      if (fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(dir)) out.push(Number(p));
+    } catch {
+      /* gone */
+    }
   }
   return out;
 }

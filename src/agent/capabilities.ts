@@ -4,13 +4,23 @@ import os from 'node:os';
 import { run } from '../util/exec.js';
 import { QEMU_BINARY } from '../qemu/process.js';
 
-export interface CpuInfo { vendor: string; model: string; flags: string[]; count: number }
+export interface CpuInfo {
+  vendor: string;
+  model: string;
+  flags: string[];
+  count: number;
+}
 
 export async function cpuInfo(): Promise<CpuInfo> {
   const text = await fsp.readFile('/proc/cpuinfo', 'utf8').catch(() => '');
   const first = text.split('\n\n')[0] ?? '';
   const field = (k: string): string => new RegExp(`^${k}\\s*:\\s*(.*)$`, 'm').exec(first)?.[1]?.trim() ?? '';
-  return { vendor: field('vendor_id') || 'unknown', model: field('model name') || 'unknown', flags: field('flags').split(/\s+/).filter(Boolean), count: os.cpus().length };
+  return {
+    vendor: field('vendor_id') || 'unknown',
+    model: field('model name') || 'unknown',
+    flags: field('flags').split(/\s+/).filter(Boolean),
+    count: os.cpus().length,
+  };
 }
 
 export async function memoryInfo(): Promise<{ totalBytes: number; freeBytes: number }> {
@@ -27,9 +37,15 @@ export function qemuInfo(): Promise<{ version: string; machineTypes: string[] }>
     const v = await run(QEMU_BINARY, ['--version'], { timeoutMs: 10_000 });
     const version = /version (\S+)/.exec(v.stdout)?.[1] ?? 'unknown';
     const m = await run(QEMU_BINARY, ['-machine', 'help'], { timeoutMs: 10_000 });
-    const machineTypes = m.stdout.split('\n').slice(1).map((l) => l.trim().split(/\s+/)[0] ?? '').filter((x) => /^(pc|q35|pc-)/.test(x));
+    const machineTypes = m.stdout
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/)[0] ?? '')
+      .filter((x) => /^(pc|q35|pc-)/.test(x));
     return { version, machineTypes };
   })();
-  qemuCache.catch(() => { qemuCache = null; });
+  qemuCache.catch(() => {
+    qemuCache = null;
+  });
   return qemuCache;
 }

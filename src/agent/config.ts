@@ -6,17 +6,35 @@ import { z } from 'zod';
 import { InvalidInputError } from '../errors.js';
 import { Name } from '../api/schemas.js';
 
-export const AgentFile = z.object({
-  pools: z.array(z.object({ name: Name, kind: z.enum(['local', 'shared']), path: z.string().refine((p) => path.isAbsolute(p)) }).strict()).default([]),
-  /** The cluster this host belongs to (etcd client URLs). */
-  cluster: z.object({
-    name: Name, endpoints: z.array(z.string().url()).min(1),
-    /** Failure detection: a node is down this long after it stops renewing its lease (default 5 s). */
-    leaseSeconds: z.number().int().min(2).max(60).optional(),
-  }).strict().optional(),
-  /** Switches created on first start. */
-  switches: z.array(z.object({ name: Name, kind: z.enum(['user', 'bridge']), bridge: z.string().nullable().default(null) }).strict()).default([]),
-}).strict();
+export const AgentFile = z
+  .object({
+    pools: z
+      .array(
+        z
+          .object({ name: Name, kind: z.enum(['local', 'shared']), path: z.string().refine((p) => path.isAbsolute(p)) })
+          .strict(),
+      )
+      .default([]),
+    /** The cluster this host belongs to (etcd client URLs). */
+    cluster: z
+      .object({
+        name: Name,
+        endpoints: z.array(z.string().url()).min(1),
+        /** Failure detection: a node is down this long after it stops renewing its lease (default 5 s). */
+        leaseSeconds: z.number().int().min(2).max(60).optional(),
+      })
+      .strict()
+      .optional(),
+    /** Switches created on first start. */
+    switches: z
+      .array(
+        z
+          .object({ name: Name, kind: z.enum(['user', 'bridge']), bridge: z.string().nullable().default(null) })
+          .strict(),
+      )
+      .default([]),
+  })
+  .strict();
 
 export interface AgentConfig {
   name: string;
@@ -33,19 +51,33 @@ export interface AgentConfig {
 export function parseListen(s: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(s);
   const port = Number(m?.[2]);
-  if (!m || port > 65535) throw new InvalidInputError(`Cannot listen on '${s}': expected ADDRESS:PORT such as 127.0.0.1:7443`, { listen: s });
+  if (!m || port > 65535)
+    throw new InvalidInputError(`Cannot listen on '${s}': expected ADDRESS:PORT such as 127.0.0.1:7443`, { listen: s });
   return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
-export async function loadAgentConfig(flags: { name: string; data: string; listen: string; migrationAddress?: string; tlsDir?: string }): Promise<AgentConfig> {
-  if (!Name.safeParse(flags.name).success) throw new InvalidInputError(`Cannot start an agent named '${flags.name}': use letters, digits, dot, dash or underscore`, { name: flags.name });
+export async function loadAgentConfig(flags: {
+  name: string;
+  data: string;
+  listen: string;
+  migrationAddress?: string;
+  tlsDir?: string;
+}): Promise<AgentConfig> {
+  if (!Name.safeParse(flags.name).success)
+    throw new InvalidInputError(
+      `Cannot start an agent named '${flags.name}': use letters, digits, dot, dash or underscore`,
+      { name: flags.name },
+    );
   const dataDir = path.resolve(flags.data);
   const listen = parseListen(flags.listen);
   let file: z.infer<typeof AgentFile> = { pools: [], switches: [] } as z.infer<typeof AgentFile>;
   try {
     const raw = JSON.parse(await fsp.readFile(path.join(dataDir, 'agent.json'), 'utf8')) as unknown;
     const r = AgentFile.safeParse(raw);
-    if (!r.success) throw new InvalidInputError(`Cannot read ${path.join(dataDir, 'agent.json')}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    if (!r.success)
+      throw new InvalidInputError(
+        `Cannot read ${path.join(dataDir, 'agent.json')}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+      );
     file = r.data;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;

@@ -3,13 +3,21 @@
 // console all render these same events.
 import { EventEmitter } from 'node:events';
 
-export interface FerryEvent { seq: number; at: string; type: string; vm?: string; [k: string]: unknown }
+export interface FerryEvent {
+  seq: number;
+  at: string;
+  type: string;
+  vm?: string;
+  [k: string]: unknown;
+}
 
 export class EventBus {
   private ring: FerryEvent[] = [];
   private seq = 0;
   private emitter = new EventEmitter();
-  constructor(private readonly keep = 2000) { this.emitter.setMaxListeners(0); }
+  constructor(private readonly keep = 2000) {
+    this.emitter.setMaxListeners(0);
+  }
 
   emit(type: string, fields: Record<string, unknown> = {}): FerryEvent {
     const e: FerryEvent = { ...fields, seq: ++this.seq, at: new Date().toISOString(), type };
@@ -19,9 +27,13 @@ export class EventBus {
     return e;
   }
 
-  since(seq: number): FerryEvent[] { return this.ring.filter((e) => e.seq > seq); }
+  since(seq: number): FerryEvent[] {
+    return this.ring.filter((e) => e.seq > seq);
+  }
 
-  get lastSeq(): number { return this.seq; }
+  get lastSeq(): number {
+    return this.seq;
+  }
 
   subscribe(fn: (e: FerryEvent) => void): () => void {
     this.emitter.on('event', fn);

@@ -6,7 +6,12 @@ import type { PoolDef, PoolKind } from '../storage/pools.js';
 import type { SwitchView } from '../api/schemas.js';
 import type { MigrationRecord } from '../migration/schemas.js';
 
-export interface VmRecord { name: string; id: string; configPath: string; createdAt: string }
+export interface VmRecord {
+  name: string;
+  id: string;
+  configPath: string;
+  createdAt: string;
+}
 
 export class Registry {
   private db: Database.Database;
@@ -24,34 +29,56 @@ export class Registry {
     `);
   }
 
-  close(): void { this.db.close(); }
+  close(): void {
+    this.db.close();
+  }
 
   listVms(): VmRecord[] {
-    return (this.db.prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms ORDER BY name').all() as VmRecord[]);
+    return this.db
+      .prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms ORDER BY name')
+      .all() as VmRecord[];
   }
   getVm(name: string): VmRecord | undefined {
-    return this.db.prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE name = ?').get(name) as VmRecord | undefined;
+    return this.db
+      .prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE name = ?')
+      .get(name) as VmRecord | undefined;
   }
   getVmById(id: string): VmRecord | undefined {
-    return this.db.prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE id = ?').get(id) as VmRecord | undefined;
+    return this.db
+      .prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE id = ?')
+      .get(id) as VmRecord | undefined;
   }
   addVm(r: VmRecord): void {
-    this.db.prepare('INSERT INTO vms (name, id, config_path, created_at) VALUES (?, ?, ?, ?)').run(r.name, r.id, r.configPath, r.createdAt);
+    this.db
+      .prepare('INSERT INTO vms (name, id, config_path, created_at) VALUES (?, ?, ?, ?)')
+      .run(r.name, r.id, r.configPath, r.createdAt);
   }
   updateVmPath(name: string, configPath: string): void {
     this.db.prepare('UPDATE vms SET config_path = ? WHERE name = ?').run(configPath, name);
   }
-  removeVm(name: string): void { this.db.prepare('DELETE FROM vms WHERE name = ?').run(name); }
+  removeVm(name: string): void {
+    this.db.prepare('DELETE FROM vms WHERE name = ?').run(name);
+  }
 
   listSwitches(): SwitchView[] {
     return this.db.prepare('SELECT name, kind, bridge FROM switches ORDER BY name').all() as SwitchView[];
   }
-  addSwitch(s: SwitchView): void { this.db.prepare('INSERT INTO switches (name, kind, bridge) VALUES (?, ?, ?)').run(s.name, s.kind, s.bridge); }
-  removeSwitch(name: string): void { this.db.prepare('DELETE FROM switches WHERE name = ?').run(name); }
+  addSwitch(s: SwitchView): void {
+    this.db.prepare('INSERT INTO switches (name, kind, bridge) VALUES (?, ?, ?)').run(s.name, s.kind, s.bridge);
+  }
+  removeSwitch(name: string): void {
+    this.db.prepare('DELETE FROM switches WHERE name = ?').run(name);
+  }
 
-  listPools(): PoolDef[] { return this.db.prepare('SELECT name, kind, path FROM pools ORDER BY name').all() as PoolDef[]; }
+  listPools(): PoolDef[] {
+    return this.db.prepare('SELECT name, kind, path FROM pools ORDER BY name').all() as PoolDef[];
+  }
   upsertPool(p: { name: string; kind: PoolKind; path: string }): void {
-    this.db.prepare('INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path').run(p.name, p.kind, p.path);
+    this.db
+      .prepare(
+        'INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path',
+      )
+      .run(p.name, p.kind, p.path);
   }
 
   getSetting<T>(key: string, fallback: T): T {
@@ -59,11 +86,16 @@ export class Registry {
     return row ? (JSON.parse(row.value) as T) : fallback;
   }
   setSetting(key: string, value: unknown): void {
-    this.db.prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value').run(key, JSON.stringify(value));
+    this.db
+      .prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value')
+      .run(key, JSON.stringify(value));
   }
 
   saveMigration(r: MigrationRecord): void {
-    this.db.prepare('INSERT INTO migrations (id, vm, state, record, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record')
+    this.db
+      .prepare(
+        'INSERT INTO migrations (id, vm, state, record, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record',
+      )
       .run(r.id, r.vm, r.state, JSON.stringify(r), r.createdAt);
   }
   getMigration(id: string): MigrationRecord | undefined {
@@ -71,6 +103,12 @@ export class Registry {
     return row ? (JSON.parse(row.record) as MigrationRecord) : undefined;
   }
   listMigrations(limit: number): MigrationRecord[] {
-    return (this.db.prepare('SELECT record FROM migrations ORDER BY created_at DESC LIMIT ?').all(limit) as Array<{ record: string }>).map((r) => JSON.parse(r.record) as MigrationRecord).reverse();
+    return (
+      this.db.prepare('SELECT record FROM migrations ORDER BY created_at DESC LIMIT ?').all(limit) as Array<{
+        record: string;
+      }>
+    )
+      .map((r) => JSON.parse(r.record) as MigrationRecord)
+      .reverse();
   }
 }

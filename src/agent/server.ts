@@ -5,7 +5,11 @@ import type { TLSSocket } from 'node:tls';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import {
-  serializerCompiler, validatorCompiler, jsonSchemaTransform, hasZodFastifySchemaValidationErrors, type ZodTypeProvider,
+  serializerCompiler,
+  validatorCompiler,
+  jsonSchemaTransform,
+  hasZodFastifySchemaValidationErrors,
+  type ZodTypeProvider,
 } from 'fastify-type-provider-zod';
 import type { z } from 'zod';
 import { FerryError } from '../errors.js';
@@ -17,13 +21,22 @@ import type { Engine } from './engine.js';
 import type pino from 'pino';
 
 declare module 'fastify' {
-  interface FastifyRequest { peer?: PeerIdentity }
-  interface FastifyContextConfig { roles?: readonly Role[] }
+  interface FastifyRequest {
+    peer?: PeerIdentity;
+  }
+  interface FastifyContextConfig {
+    roles?: readonly Role[];
+  }
 }
 
-export type Handler<A> = A extends Action<infer P, infer Q, infer B, infer R>
-  ? (input: { params: Out<P>; query: Out<Q>; body: Out<B>; signal: AbortSignal }, req: FastifyRequest, reply: FastifyReply) => Promise<z.input<R> | undefined>
-  : never;
+export type Handler<A> =
+  A extends Action<infer P, infer Q, infer B, infer R>
+    ? (
+        input: { params: Out<P>; query: Out<Q>; body: Out<B>; signal: AbortSignal },
+        req: FastifyRequest,
+        reply: FastifyReply,
+      ) => Promise<z.input<R> | undefined>
+    : never;
 
 /** Registers one typed action as a route. */
 export function registerAction<A extends Action>(app: FastifyInstance, a: A, handler: Handler<A>): void {
@@ -43,8 +56,14 @@ export function registerAction<A extends Action>(app: FastifyInstance, a: A, han
     handler: async (req, reply) => {
       const ac = new AbortController();
       // The response closing before it finished means the client went away.
-      reply.raw.once('close', () => { if (!reply.raw.writableFinished) ac.abort(new Error('client went away')); });
-      return (handler as (i: unknown, r: FastifyRequest, rp: FastifyReply) => Promise<unknown>)({ params: req.params, query: req.query, body: req.body, signal: ac.signal }, req, reply);
+      reply.raw.once('close', () => {
+        if (!reply.raw.writableFinished) ac.abort(new Error('client went away'));
+      });
+      return (handler as (i: unknown, r: FastifyRequest, rp: FastifyReply) => Promise<unknown>)(
+        { params: req.params, query: req.query, body: req.body, signal: ac.signal },
+        req,
+        reply,
+      );
     },
   });
 }
@@ -55,14 +74,25 @@ export function statusFor(err: FerryError): number {
   if (c === 'E_UNAUTHENTICATED') return 401;
   if (c === 'E_FORBIDDEN' || c === 'E_POOL_NOT_GRANTED') return 403;
   if (c.endsWith('_NOT_FOUND')) return 404;
-  if (c.endsWith('_EXISTS') || c.endsWith('_RUNNING') || c.endsWith('_NOT_RUNNING') || c.endsWith('_IN_USE') || c === 'E_VM_BUSY' || c === 'E_INCOMPATIBLE') return 409;
+  if (
+    c.endsWith('_EXISTS') ||
+    c.endsWith('_RUNNING') ||
+    c.endsWith('_NOT_RUNNING') ||
+    c.endsWith('_IN_USE') ||
+    c === 'E_VM_BUSY' ||
+    c === 'E_INCOMPATIBLE'
+  )
+    return 409;
   if (c === 'E_UNSUPPORTED') return 422;
   if (c === 'E_TIMEOUT') return 504;
   return err.userError ? 400 : 500;
 }
 
-function validationMessage(err: { validation?: Array<{ instancePath?: string; message?: string }>; validationContext?: string }): string {
-  const where = err.validationContext === 'querystring' ? 'query' : err.validationContext ?? 'request';
+function validationMessage(err: {
+  validation?: Array<{ instancePath?: string; message?: string }>;
+  validationContext?: string;
+}): string {
+  const where = err.validationContext === 'querystring' ? 'query' : (err.validationContext ?? 'request');
   const parts = (err.validation ?? []).slice(0, 5).map((v) => {
     const field = (v.instancePath ?? '').replace(/^\//, '').replace(/\//g, '.');
     return field ? `field '${field}' ${v.message?.replace(/^Invalid input: /, '')}` : `${v.message}`;
@@ -70,7 +100,12 @@ function validationMessage(err: { validation?: Array<{ instancePath?: string; me
   return `Cannot accept the ${where}: ${parts.join('; ')}; fix the value and try again`;
 }
 
-export interface ServerOptions { cfg: AgentConfig; engine: Engine; logger: pino.Logger; domainId: string }
+export interface ServerOptions {
+  cfg: AgentConfig;
+  engine: Engine;
+  logger: pino.Logger;
+  domainId: string;
+}
 
 export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -89,7 +124,11 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     maxParamLength: 1000,
     // Errors the router raises before any route runs (too long a path, bad URL encoding).
     frameworkErrors: (err, _req, reply) => {
-      void (reply as unknown as FastifyReply).code(400).send({ error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` } });
+      void (reply as unknown as FastifyReply)
+        .code(400)
+        .send({
+          error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` },
+        });
     },
   });
   app.setValidatorCompiler(validatorCompiler);
@@ -103,17 +142,30 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   app.addHook('onRequest', async (req) => {
     const sock = req.raw.socket as TLSSocket;
     const cert = sock.getPeerCertificate?.();
-    const id = cert && Object.keys(cert).length ? identityFromSubject(cert.subject as unknown as Record<string, string>) : null;
+    const id =
+      cert && Object.keys(cert).length ? identityFromSubject(cert.subject as unknown as Record<string, string>) : null;
     if (!sock.authorized || !id) {
-      throw new FerryError('E_UNAUTHENTICATED', 'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain', { userError: true });
+      throw new FerryError(
+        'E_UNAUTHENTICATED',
+        'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain',
+        { userError: true },
+      );
     }
     if (id.domainId !== o.domainId) {
-      throw new FerryError('E_FORBIDDEN', `Cannot serve the request: the certificate belongs to another domain; use one issued by domain ${o.domainId}`, { userError: true });
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot serve the request: the certificate belongs to another domain; use one issued by domain ${o.domainId}`,
+        { userError: true },
+      );
     }
     req.peer = id;
     const roles = req.routeOptions.config.roles ?? ['admin'];
     if (id.role !== 'admin' && !roles.includes(id.role)) {
-      throw new FerryError('E_FORBIDDEN', `Cannot serve ${req.method} ${req.routeOptions.url}: the ${id.role} certificate of '${id.name}' may not call it; use an admin certificate`, { userError: true });
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot serve ${req.method} ${req.routeOptions.url}: the ${id.role} certificate of '${id.name}' may not call it; use an admin certificate`,
+        { userError: true },
+      );
     }
   });
 
@@ -128,14 +180,35 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     }
     const e = err as { statusCode?: number; message?: string; code?: string };
     if (e.statusCode && e.statusCode < 500) {
-      return reply.code(e.statusCode).send({ error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API` } });
+      return reply
+        .code(e.statusCode)
+        .send({
+          error: {
+            code: 'E_INVALID_INPUT',
+            message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API`,
+          },
+        });
     }
     req.log.error({ err }, 'internal error');
-    return reply.code(500).send({ error: { code: 'E_INTERNAL', message: `Cannot serve the request: internal error (${e.message}); see the agent log` } });
+    return reply
+      .code(500)
+      .send({
+        error: {
+          code: 'E_INTERNAL',
+          message: `Cannot serve the request: internal error (${e.message}); see the agent log`,
+        },
+      });
   });
 
   app.setNotFoundHandler((req, reply) => {
-    void reply.code(404).send({ error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json` } });
+    void reply
+      .code(404)
+      .send({
+        error: {
+          code: 'E_ROUTE_NOT_FOUND',
+          message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json`,
+        },
+      });
   });
   return app as unknown as FastifyInstance;
 }

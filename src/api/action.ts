@@ -6,7 +6,12 @@ import type { Role } from './common.js';
 
 type Schema = z.ZodType | undefined;
 
-export interface Action<P extends Schema = Schema, Q extends Schema = Schema, B extends Schema = Schema, R extends z.ZodType = z.ZodType> {
+export interface Action<
+  P extends Schema = Schema,
+  Q extends Schema = Schema,
+  B extends Schema = Schema,
+  R extends z.ZodType = z.ZodType,
+> {
   name: string;
   method: 'GET' | 'POST' | 'PATCH' | 'PUT' | 'DELETE';
   /** fastify-style path, e.g. /v1/vms/:name */
@@ -22,7 +27,12 @@ export interface Action<P extends Schema = Schema, Q extends Schema = Schema, B 
   bodyLimit?: number;
 }
 
-export function action<P extends Schema = undefined, Q extends Schema = undefined, B extends Schema = undefined, R extends z.ZodType = z.ZodType>(a: Action<P, Q, B, R>): Action<P, Q, B, R> {
+export function action<
+  P extends Schema = undefined,
+  Q extends Schema = undefined,
+  B extends Schema = undefined,
+  R extends z.ZodType = z.ZodType,
+>(a: Action<P, Q, B, R>): Action<P, Q, B, R> {
   return a;
 }
 
@@ -30,11 +40,12 @@ export type In<T> = T extends z.ZodType ? z.input<T> : undefined;
 export type Out<T> = T extends z.ZodType ? z.output<T> : undefined;
 
 /** What a caller passes: the inputs of the schemas the action has. */
-export type CallInput<A> = A extends Action<infer P, infer Q, infer B, z.ZodType>
-  ? (P extends z.ZodType ? { params: z.input<P> } : { params?: undefined })
-    & (Q extends z.ZodType ? { query?: Partial<z.input<Q>> } : { query?: undefined })
-    & (B extends z.ZodType ? { body: z.input<B> } : { body?: undefined })
-  : never;
+export type CallInput<A> =
+  A extends Action<infer P, infer Q, infer B, z.ZodType>
+    ? (P extends z.ZodType ? { params: z.input<P> } : { params?: undefined }) &
+        (Q extends z.ZodType ? { query?: Partial<z.input<Q>> } : { query?: undefined }) &
+        (B extends z.ZodType ? { body: z.input<B> } : { body?: undefined })
+    : never;
 
 export type ActionOutput<A> = A extends Action<Schema, Schema, Schema, infer R> ? z.output<R> : never;
 

@@ -6,7 +6,11 @@ import fs from 'node:fs';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
 
-export interface Credentials { ca: string; cert: string; key: string }
+export interface Credentials {
+  ca: string;
+  cert: string;
+  key: string;
+}
 
 export interface ClientOptions {
   /** https://ADDR:PORT */
@@ -19,7 +23,11 @@ export interface ClientOptions {
 export class AgentUnreachableError extends FerryError {
   constructor(host: string, endpoint: string, cause: unknown) {
     const msg = (cause as Error)?.message ?? String(cause);
-    super('E_AGENT_UNREACHABLE', `Cannot reach the agent of host '${host}' at ${endpoint}: ${msg}; check that it runs ('ferry lab status' in a lab)`, { context: { host, endpoint }, cause });
+    super(
+      'E_AGENT_UNREACHABLE',
+      `Cannot reach the agent of host '${host}' at ${endpoint}: ${msg}; check that it runs ('ferry lab status' in a lab)`,
+      { context: { host, endpoint }, cause },
+    );
   }
 }
 
@@ -32,8 +40,11 @@ export class AgentClient {
     this.host = o.host;
     this.endpoint = o.endpoint.replace(/\/$/, '');
     this.agent = new https.Agent({
-      ca: fs.readFileSync(o.credentials.ca), cert: fs.readFileSync(o.credentials.cert), key: fs.readFileSync(o.credentials.key),
-      keepAlive: true, maxSockets: 8,
+      ca: fs.readFileSync(o.credentials.ca),
+      cert: fs.readFileSync(o.credentials.cert),
+      key: fs.readFileSync(o.credentials.key),
+      keepAlive: true,
+      maxSockets: 8,
       // The address may be anything (lab: 127.0.0.1); the certificate must name the host we meant.
       checkServerIdentity: (_name, cert) => {
         const cn = Array.isArray(cert.subject?.CN) ? cert.subject.CN[0] : cert.subject?.CN;
@@ -42,9 +53,15 @@ export class AgentClient {
     });
   }
 
-  close(): void { this.agent.destroy(); }
+  close(): void {
+    this.agent.destroy();
+  }
 
-  async call<A extends Action>(a: A, input: CallInput<A>, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<ActionOutput<A>> {
+  async call<A extends Action>(
+    a: A,
+    input: CallInput<A>,
+    opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+  ): Promise<ActionOutput<A>> {
     const i = input as { params?: Record<string, string>; query?: Record<string, unknown>; body?: unknown };
     let url = actionUrl(a, i.params ?? {});
     const q = Object.entries(i.query ?? {}).filter(([, v]) => v !== undefined);
@@ -54,35 +71,65 @@ export class AgentClient {
   }
 
   /** Raw request; JSON in, JSON or text out. */
-  request(method: string, url: string, body: unknown, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<unknown> {
+  request(
+    method: string,
+    url: string,
+    body: unknown,
+    opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+  ): Promise<unknown> {
     const timeoutMs = opts.timeoutMs ?? 120_000;
     const what = `call ${method} ${url} on host '${this.host}'`;
     return new Promise((resolve, reject) => {
       if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
       const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
-      const req = https.request(this.endpoint + url, {
-        method, agent: this.agent, signal: opts.signal,
-        headers: { accept: 'application/json', ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}) },
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          clearTimeout(timer);
-          const text = Buffer.concat(chunks).toString('utf8');
-          const isJson = (res.headers['content-type'] ?? '').includes('json');
-          let data: unknown = text;
-          if (isJson) { try { data = JSON.parse(text); } catch { /* leave as text */ } }
-          if ((res.statusCode ?? 500) >= 400) {
-            const e = (data as { error?: { code?: string; message?: string; context?: Record<string, unknown> } })?.error;
-            return reject(new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `Cannot ${what}: HTTP ${res.statusCode}`, {
-              context: { ...(e?.context ?? {}), host: this.host, status: res.statusCode }, userError: (res.statusCode ?? 500) < 500,
-            }));
-          }
-          resolve(data);
-        });
-        res.on('error', (err) => { clearTimeout(timer); reject(new AgentUnreachableError(this.host, this.endpoint, err)); });
-      });
-      const timer = setTimeout(() => { req.destroy(); reject(new TimeoutError(what, timeoutMs, { host: this.host })); }, timeoutMs);
+      const req = https.request(
+        this.endpoint + url,
+        {
+          method,
+          agent: this.agent,
+          signal: opts.signal,
+          headers: {
+            accept: 'application/json',
+            ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            clearTimeout(timer);
+            const text = Buffer.concat(chunks).toString('utf8');
+            const isJson = (res.headers['content-type'] ?? '').includes('json');
+            let data: unknown = text;
+            if (isJson) {
+              try {
+                data = JSON.parse(text);
+              } catch {
+                /* leave as text */
+              }
+            }
+            if ((res.statusCode ?? 500) >= 400) {
+              const e = (data as { error?: { code?: string; message?: string; context?: Record<string, unknown> } })
+                ?.error;
+              return reject(
+                new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `Cannot ${what}: HTTP ${res.statusCode}`, {
+                  context: { ...(e?.context ?? {}), host: this.host, status: res.statusCode },
+                  userError: (res.statusCode ?? 500) < 500,
+                }),
+              );
+            }
+            resolve(data);
+          });
+          res.on('error', (err) => {
+            clearTimeout(timer);
+            reject(new AgentUnreachableError(this.host, this.endpoint, err));
+          });
+        },
+      );
+      const timer = setTimeout(() => {
+        req.destroy();
+        reject(new TimeoutError(what, timeoutMs, { host: this.host }));
+      }, timeoutMs);
       req.on('error', (err) => {
         clearTimeout(timer);
         if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
@@ -96,24 +143,52 @@ export class AgentClient {
    * Forwards one HTTP request to the agent and pipes its answer back unchanged (the web
    * console's proxy: the browser never holds a certificate).
    */
-  forward(method: string, url: string, body: Buffer | undefined, contentType: string | undefined, res: import('node:http').ServerResponse, signal?: AbortSignal): Promise<void> {
+  forward(
+    method: string,
+    url: string,
+    body: Buffer | undefined,
+    contentType: string | undefined,
+    res: import('node:http').ServerResponse,
+    signal?: AbortSignal,
+  ): Promise<void> {
     return new Promise((resolve) => {
-      const req = https.request(this.endpoint + url, {
-        method, agent: this.agent, signal,
-        headers: { accept: 'application/json, text/event-stream, text/plain', ...(body?.length ? { 'content-type': contentType ?? 'application/json', 'content-length': body.length } : {}) },
-      }, (up) => {
-        const headers: Record<string, string> = {};
-        for (const h of ['content-type', 'cache-control']) if (up.headers[h]) headers[h] = String(up.headers[h]);
-        res.writeHead(up.statusCode ?? 502, headers);
-        up.pipe(res);
-        up.on('end', () => resolve());
-        up.on('error', () => resolve());
-        res.on('close', () => { up.destroy(); resolve(); });
-      });
+      const req = https.request(
+        this.endpoint + url,
+        {
+          method,
+          agent: this.agent,
+          signal,
+          headers: {
+            accept: 'application/json, text/event-stream, text/plain',
+            ...(body?.length
+              ? { 'content-type': contentType ?? 'application/json', 'content-length': body.length }
+              : {}),
+          },
+        },
+        (up) => {
+          const headers: Record<string, string> = {};
+          for (const h of ['content-type', 'cache-control']) if (up.headers[h]) headers[h] = String(up.headers[h]);
+          res.writeHead(up.statusCode ?? 502, headers);
+          up.pipe(res);
+          up.on('end', () => resolve());
+          up.on('error', () => resolve());
+          res.on('close', () => {
+            up.destroy();
+            resolve();
+          });
+        },
+      );
       req.on('error', (err) => {
         if (!res.headersSent) {
           res.writeHead(502, { 'content-type': 'application/json' });
-          res.end(JSON.stringify({ error: { code: 'E_AGENT_UNREACHABLE', message: new AgentUnreachableError(this.host, this.endpoint, err).message } }));
+          res.end(
+            JSON.stringify({
+              error: {
+                code: 'E_AGENT_UNREACHABLE',
+                message: new AgentUnreachableError(this.host, this.endpoint, err).message,
+              },
+            }),
+          );
         } else res.end();
         resolve();
       });
@@ -124,23 +199,33 @@ export class AgentClient {
   /** A streaming GET (console --follow, events): calls onData for each chunk until aborted. */
   stream(url: string, onData: (chunk: string) => void, opts: { signal?: AbortSignal } = {}): Promise<void> {
     return new Promise((resolve, reject) => {
-      const req = https.request(this.endpoint + url, { method: 'GET', agent: this.agent, signal: opts.signal }, (res) => {
-        if ((res.statusCode ?? 500) >= 400) {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('end', () => {
-            let e: { code?: string; message?: string } | undefined;
-            try { e = (JSON.parse(Buffer.concat(chunks).toString()) as { error?: typeof e }).error; } catch { /* text */ }
-            reject(new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `HTTP ${res.statusCode}`, { userError: true }));
-          });
-          return;
-        }
-        res.setEncoding('utf8');
-        res.on('data', onData);
-        res.on('end', resolve);
-        res.on('error', () => resolve());
-      });
-      req.on('error', (err) => (opts.signal?.aborted ? resolve() : reject(new AgentUnreachableError(this.host, this.endpoint, err))));
+      const req = https.request(
+        this.endpoint + url,
+        { method: 'GET', agent: this.agent, signal: opts.signal },
+        (res) => {
+          if ((res.statusCode ?? 500) >= 400) {
+            const chunks: Buffer[] = [];
+            res.on('data', (c: Buffer) => chunks.push(c));
+            res.on('end', () => {
+              let e: { code?: string; message?: string } | undefined;
+              try {
+                e = (JSON.parse(Buffer.concat(chunks).toString()) as { error?: typeof e }).error;
+              } catch {
+                /* text */
+              }
+              reject(new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `HTTP ${res.statusCode}`, { userError: true }));
+            });
+            return;
+          }
+          res.setEncoding('utf8');
+          res.on('data', onData);
+          res.on('end', resolve);
+          res.on('error', () => resolve());
+        },
+      );
+      req.on('error', (err) =>
+        opts.signal?.aborted ? resolve() : reject(new AgentUnreachableError(this.host, this.endpoint, err)),
+      );
       req.end();
     });
   }

@@ -6,28 +6,46 @@ import { IdParams } from '../migration/schemas.js';
 
 const peer = ['admin', 'host'] as const;
 
-export const IncomingRequest = z.object({
-  jobId: z.string().regex(/^[A-Za-z0-9-]{1,64}$/),
-  source: Name,
-  /** The VM's spec as the source runs it (vm.json). */
-  spec: z.record(z.string(), z.unknown()),
-  tls: z.boolean(),
-  postcopy: z.boolean(),
-  /** A stopped VM: only its disks are received (QEMU runs paused, just to serve NBD). */
-  stopped: z.boolean().default(false),
-  /** Shared nothing: create these here and receive their contents over NBD. */
-  storage: z.object({
-    disks: z.array(z.object({ id: z.string(), path: z.string(), format: z.enum(['qcow2', 'raw', 'vhdx', 'vpc']), virtualSizeBytes: z.number().int().positive(), allocatedBytes: z.number().int().min(0) }).strict()),
-    dirs: z.array(z.string()),
-    files: z.array(z.object({ path: z.string(), base64: z.string() }).strict()),
-  }).strict().optional(),
-}).strict();
+export const IncomingRequest = z
+  .object({
+    jobId: z.string().regex(/^[A-Za-z0-9-]{1,64}$/),
+    source: Name,
+    /** The VM's spec as the source runs it (vm.json). */
+    spec: z.record(z.string(), z.unknown()),
+    tls: z.boolean(),
+    postcopy: z.boolean(),
+    /** A stopped VM: only its disks are received (QEMU runs paused, just to serve NBD). */
+    stopped: z.boolean().default(false),
+    /** Shared nothing: create these here and receive their contents over NBD. */
+    storage: z
+      .object({
+        disks: z.array(
+          z
+            .object({
+              id: z.string(),
+              path: z.string(),
+              format: z.enum(['qcow2', 'raw', 'vhdx', 'vpc']),
+              virtualSizeBytes: z.number().int().positive(),
+              allocatedBytes: z.number().int().min(0),
+            })
+            .strict(),
+        ),
+        dirs: z.array(z.string()),
+        files: z.array(z.object({ path: z.string(), base64: z.string() }).strict()),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
 export const IncomingView = z.object({
-  jobId: z.string(), vm: z.string(),
+  jobId: z.string(),
+  vm: z.string(),
   state: z.enum(['prepared', 'running', 'failed', 'gone']),
-  uri: z.string().nullable(), tlsHostname: z.string(), reason: z.string().nullable(),
+  uri: z.string().nullable(),
+  tlsHostname: z.string(),
+  reason: z.string().nullable(),
   nbd: z.object({ host: z.string(), port: z.number() }).nullable(),
 });
 export type IncomingView = z.infer<typeof IncomingView>;
@@ -35,12 +53,79 @@ export type IncomingView = z.infer<typeof IncomingView>;
 export const AdoptRequest = z.object({ source: Name, spec: z.record(z.string(), z.unknown()) }).strict();
 
 export const peerActions = {
-  vms: action({ name: 'peer.vms', method: 'GET', path: '/v1/peer/vms', summary: 'Names and ids of the VMs on this host', response: z.array(z.object({ name: z.string(), id: z.string() })), roles: peer }),
-  cpuModels: action({ name: 'peer.cpu-models', method: 'GET', path: '/v1/peer/cpu-models', summary: 'CPU models and their unavailable features under this host\'s accelerator', response: z.array(z.object({ name: z.string(), unavailableFeatures: z.array(z.string()), migrationSafe: z.boolean() })), roles: peer }),
-  prepare: action({ name: 'peer.incoming.prepare', method: 'POST', path: '/v1/peer/incoming', summary: 'Prepare to receive a VM: start QEMU waiting for the stream', body: IncomingRequest, response: IncomingView, roles: peer, bodyLimit: 512 * 1024 * 1024 }),
-  status: action({ name: 'peer.incoming.status', method: 'GET', path: '/v1/peer/incoming/:id', summary: 'State of an incoming VM', params: IdParams, response: IncomingView, roles: peer }),
-  finish: action({ name: 'peer.incoming.finish', method: 'POST', path: '/v1/peer/incoming/:id/finish', summary: 'The source completed and confirms: run the VM here', params: IdParams, response: IncomingView, roles: peer }),
-  abort: action({ name: 'peer.incoming.abort', method: 'POST', path: '/v1/peer/incoming/:id/abort', summary: 'Abandon an incoming VM: kill its QEMU, remove what was created', params: IdParams, response: z.object({ ok: z.literal(true) }), roles: peer }),
-  haStart: action({ name: 'peer.ha-start', method: 'POST', path: '/v1/peer/ha-start', summary: 'HA: register and cold-boot a VM whose node is down (the leader decided, with a fencing generation)', body: z.object({ spec: z.record(z.string(), z.unknown()), generation: z.number().int().min(1), from: Name }).strict(), response: z.object({ ok: z.literal(true) }), roles: peer }),
-  adopt: action({ name: 'peer.adopt', method: 'POST', path: '/v1/peer/adopt', summary: 'Register a stopped VM whose files this host already sees', body: AdoptRequest, response: z.object({ ok: z.literal(true) }), roles: peer }),
+  vms: action({
+    name: 'peer.vms',
+    method: 'GET',
+    path: '/v1/peer/vms',
+    summary: 'Names and ids of the VMs on this host',
+    response: z.array(z.object({ name: z.string(), id: z.string() })),
+    roles: peer,
+  }),
+  cpuModels: action({
+    name: 'peer.cpu-models',
+    method: 'GET',
+    path: '/v1/peer/cpu-models',
+    summary: "CPU models and their unavailable features under this host's accelerator",
+    response: z.array(
+      z.object({ name: z.string(), unavailableFeatures: z.array(z.string()), migrationSafe: z.boolean() }),
+    ),
+    roles: peer,
+  }),
+  prepare: action({
+    name: 'peer.incoming.prepare',
+    method: 'POST',
+    path: '/v1/peer/incoming',
+    summary: 'Prepare to receive a VM: start QEMU waiting for the stream',
+    body: IncomingRequest,
+    response: IncomingView,
+    roles: peer,
+    bodyLimit: 512 * 1024 * 1024,
+  }),
+  status: action({
+    name: 'peer.incoming.status',
+    method: 'GET',
+    path: '/v1/peer/incoming/:id',
+    summary: 'State of an incoming VM',
+    params: IdParams,
+    response: IncomingView,
+    roles: peer,
+  }),
+  finish: action({
+    name: 'peer.incoming.finish',
+    method: 'POST',
+    path: '/v1/peer/incoming/:id/finish',
+    summary: 'The source completed and confirms: run the VM here',
+    params: IdParams,
+    response: IncomingView,
+    roles: peer,
+  }),
+  abort: action({
+    name: 'peer.incoming.abort',
+    method: 'POST',
+    path: '/v1/peer/incoming/:id/abort',
+    summary: 'Abandon an incoming VM: kill its QEMU, remove what was created',
+    params: IdParams,
+    response: z.object({ ok: z.literal(true) }),
+    roles: peer,
+  }),
+  haStart: action({
+    name: 'peer.ha-start',
+    method: 'POST',
+    path: '/v1/peer/ha-start',
+    summary: 'HA: register and cold-boot a VM whose node is down (the leader decided, with a fencing generation)',
+    body: z
+      .object({ spec: z.record(z.string(), z.unknown()), generation: z.number().int().min(1), from: Name })
+      .strict(),
+    response: z.object({ ok: z.literal(true) }),
+    roles: peer,
+  }),
+  adopt: action({
+    name: 'peer.adopt',
+    method: 'POST',
+    path: '/v1/peer/adopt',
+    summary: 'Register a stopped VM whose files this host already sees',
+    body: AdoptRequest,
+    response: z.object({ ok: z.literal(true) }),
+    roles: peer,
+  }),
 } as const;

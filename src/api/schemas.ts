@@ -2,8 +2,16 @@
 import { z } from 'zod';
 import { NAME_RE, IMAGE_FORMATS } from './common.js';
 
-export const Name = z.string().regex(NAME_RE, { message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit' });
-const AbsPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
+export const Name = z
+  .string()
+  .regex(NAME_RE, {
+    message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit',
+  });
+const AbsPath = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
 
 export const NameParams = z.object({ name: Name });
 
@@ -14,14 +22,28 @@ export const ErrorBody = z.object({
 export const VM_STATES = ['running', 'paused', 'stopped', 'migrating'] as const;
 
 export const DiskView = z.object({
-  id: z.string(), path: z.string(), format: z.string(), virtualSizeBytes: z.number(), pool: z.string().nullable(),
+  id: z.string(),
+  path: z.string(),
+  format: z.string(),
+  virtualSizeBytes: z.number(),
+  pool: z.string().nullable(),
 });
 
 export const VmView = z.object({
-  name: z.string(), id: z.string(), host: z.string(),
-  state: z.enum(VM_STATES), qemuState: z.string().nullable(), pid: z.number().nullable(),
-  memoryMiB: z.number(), cpus: z.number(), cpuModel: z.string(), machine: z.string(), guest: z.string(),
-  configPath: z.string(), checkpointPath: z.string(), pagingPath: z.string(),
+  name: z.string(),
+  id: z.string(),
+  host: z.string(),
+  state: z.enum(VM_STATES),
+  qemuState: z.string().nullable(),
+  pid: z.number().nullable(),
+  memoryMiB: z.number(),
+  cpus: z.number(),
+  cpuModel: z.string(),
+  machine: z.string(),
+  guest: z.string(),
+  configPath: z.string(),
+  checkpointPath: z.string(),
+  pagingPath: z.string(),
   disks: z.array(DiskView),
   nics: z.array(z.object({ id: z.string(), switch: z.string(), mac: z.string() })),
   switches: z.array(z.string()),
@@ -29,88 +51,187 @@ export const VmView = z.object({
 });
 export type VmView = z.infer<typeof VmView>;
 
-export const DiskRequest = z.object({
-  /** New empty disk of this size… */
-  sizeBytes: z.number().int().min(512).max(64 * 2 ** 40, { message: 'must be at most 64 TiB' }).multipleOf(512, { message: 'must be a multiple of 512 bytes' }).optional(),
-  format: z.enum(IMAGE_FORMATS).optional(),
-  /** …placed in this pool (else the VM folder)… */
-  pool: Name.optional(),
-  /** …or an existing image attached as it is. */
-  attach: AbsPath.optional(),
-}).strict().refine((d) => (d.sizeBytes === undefined) !== (d.attach === undefined), { message: 'needs either a size (new disk) or attach (existing image), not both' });
+export const DiskRequest = z
+  .object({
+    /** New empty disk of this size… */
+    sizeBytes: z
+      .number()
+      .int()
+      .min(512)
+      .max(64 * 2 ** 40, { message: 'must be at most 64 TiB' })
+      .multipleOf(512, { message: 'must be a multiple of 512 bytes' })
+      .optional(),
+    format: z.enum(IMAGE_FORMATS).optional(),
+    /** …placed in this pool (else the VM folder)… */
+    pool: Name.optional(),
+    /** …or an existing image attached as it is. */
+    attach: AbsPath.optional(),
+  })
+  .strict()
+  .refine((d) => (d.sizeBytes === undefined) !== (d.attach === undefined), {
+    message: 'needs either a size (new disk) or attach (existing image), not both',
+  });
 export type DiskRequest = z.infer<typeof DiskRequest>;
 
-export const VmCreateBody = z.object({
-  name: Name,
-  memoryMiB: z.number().int().min(16, { message: 'must be at least 16 MiB' }).max(1024 * 1024).default(256),
-  cpus: z.number().int().min(1).max(255).default(1),
-  cpu: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/).optional(),
-  /** The VM's folder; default: the host's local pool, folder named after the VM. */
-  path: AbsPath.optional(),
-  disks: z.array(DiskRequest).max(16).default([]),
-  guest: z.enum(['probe', 'bootblock', 'custom']).default('custom'),
-  kernel: AbsPath.optional(),
-  initrd: AbsPath.optional(),
-  append: z.string().max(4096).optional(),
-  switches: z.array(Name).max(8).default([]),
-  ha: z.boolean().default(false),
-  /** How the cluster treats it (with ha). */
-  cluster: z.object({ priority: z.enum(['high', 'normal', 'low']).default('normal'), preferredOwners: z.array(Name).max(16).default([]), antiAffinity: z.array(Name).max(8).default([]) }).strict().optional(),
-  start: z.boolean().default(false),
-  probe: z.object({
-    dirty: z.object({ mib: z.number().int().min(1).max(1 << 20), mibps: z.number().int().min(1).max(1 << 20).optional() }).strict().optional(),
-    noWriter: z.boolean().optional(),
-    writerIntervalMs: z.number().int().min(0).max(60_000).optional(),
-  }).strict().optional(),
-}).strict();
+export const VmCreateBody = z
+  .object({
+    name: Name,
+    memoryMiB: z
+      .number()
+      .int()
+      .min(16, { message: 'must be at least 16 MiB' })
+      .max(1024 * 1024)
+      .default(256),
+    cpus: z.number().int().min(1).max(255).default(1),
+    cpu: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/)
+      .optional(),
+    /** The VM's folder; default: the host's local pool, folder named after the VM. */
+    path: AbsPath.optional(),
+    disks: z.array(DiskRequest).max(16).default([]),
+    guest: z.enum(['probe', 'bootblock', 'custom']).default('custom'),
+    kernel: AbsPath.optional(),
+    initrd: AbsPath.optional(),
+    append: z.string().max(4096).optional(),
+    switches: z.array(Name).max(8).default([]),
+    ha: z.boolean().default(false),
+    /** How the cluster treats it (with ha). */
+    cluster: z
+      .object({
+        priority: z.enum(['high', 'normal', 'low']).default('normal'),
+        preferredOwners: z.array(Name).max(16).default([]),
+        antiAffinity: z.array(Name).max(8).default([]),
+      })
+      .strict()
+      .optional(),
+    start: z.boolean().default(false),
+    probe: z
+      .object({
+        dirty: z
+          .object({
+            mib: z
+              .number()
+              .int()
+              .min(1)
+              .max(1 << 20),
+            mibps: z
+              .number()
+              .int()
+              .min(1)
+              .max(1 << 20)
+              .optional(),
+          })
+          .strict()
+          .optional(),
+        noWriter: z.boolean().optional(),
+        writerIntervalMs: z.number().int().min(0).max(60_000).optional(),
+      })
+      .strict()
+      .optional(),
+  })
+  .strict();
 export type VmCreateBody = z.infer<typeof VmCreateBody>;
 
-export const VmStopBody = z.object({ force: z.boolean().default(false), timeoutMs: z.number().int().min(0).max(600_000).default(30_000) }).strict();
-export const VmRemoveQuery = z.object({ deleteDisks: z.enum(['true', 'false']).default('true').transform((v) => v === 'true') }).strict();
-export const ConsoleQuery = z.object({
-  follow: z.enum(['true', 'false']).default('false').transform((v) => v === 'true'),
-  /** Only the last N bytes of the log (default 64 KiB). */
-  tail: z.coerce.number().int().min(0).max(64 * 1024 * 1024).default(65536),
-}).strict();
+export const VmStopBody = z
+  .object({ force: z.boolean().default(false), timeoutMs: z.number().int().min(0).max(600_000).default(30_000) })
+  .strict();
+export const VmRemoveQuery = z
+  .object({
+    deleteDisks: z
+      .enum(['true', 'false'])
+      .default('true')
+      .transform((v) => v === 'true'),
+  })
+  .strict();
+export const ConsoleQuery = z
+  .object({
+    follow: z
+      .enum(['true', 'false'])
+      .default('false')
+      .transform((v) => v === 'true'),
+    /** Only the last N bytes of the log (default 64 KiB). */
+    tail: z.coerce
+      .number()
+      .int()
+      .min(0)
+      .max(64 * 1024 * 1024)
+      .default(65536),
+  })
+  .strict();
 
-export const SwitchView = z.object({ name: z.string(), kind: z.enum(['user', 'bridge']), bridge: z.string().nullable() });
-export type SwitchView = z.infer<typeof SwitchView>;
-export const SwitchCreateBody = z.object({
-  name: Name,
+export const SwitchView = z.object({
+  name: z.string(),
   kind: z.enum(['user', 'bridge']),
-  bridge: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/, { message: 'must be a Linux interface name (at most 15 characters)' }).optional(),
-}).strict().refine((s) => (s.kind === 'bridge') === (s.bridge !== undefined), { message: "a bridge switch needs 'bridge' (the Linux bridge), a user switch must not have one" });
+  bridge: z.string().nullable(),
+});
+export type SwitchView = z.infer<typeof SwitchView>;
+export const SwitchCreateBody = z
+  .object({
+    name: Name,
+    kind: z.enum(['user', 'bridge']),
+    bridge: z
+      .string()
+      .regex(/^[A-Za-z0-9_.-]{1,15}$/, { message: 'must be a Linux interface name (at most 15 characters)' })
+      .optional(),
+  })
+  .strict()
+  .refine((s) => (s.kind === 'bridge') === (s.bridge !== undefined), {
+    message: "a bridge switch needs 'bridge' (the Linux bridge), a user switch must not have one",
+  });
 
 export const PoolView = z.object({
-  name: z.string(), kind: z.enum(['local', 'shared']), path: z.string(),
-  totalBytes: z.number(), freeBytes: z.number(),
-  granted: z.array(z.string()), usable: z.boolean(),
+  name: z.string(),
+  kind: z.enum(['local', 'shared']),
+  path: z.string(),
+  totalBytes: z.number(),
+  freeBytes: z.number(),
+  granted: z.array(z.string()),
+  usable: z.boolean(),
 });
 export type PoolView = z.infer<typeof PoolView>;
 export const PoolBrowseQuery = z.object({ path: z.string().max(4096).default('') }).strict();
 export const PoolBrowseView = z.object({
-  pool: z.string(), root: z.string(), path: z.string(), absolute: z.string(),
+  pool: z.string(),
+  root: z.string(),
+  path: z.string(),
+  absolute: z.string(),
   entries: z.array(z.object({ name: z.string(), kind: z.enum(['dir', 'file']), sizeBytes: z.number() })),
 });
 export const PoolAddBody = z.object({ name: Name, kind: z.enum(['local', 'shared']), path: AbsPath }).strict();
 export const PoolGrantBody = z.object({ host: Name }).strict();
 
 export const MigrationSettings = z.object({
-  enabled: z.boolean(), maxLive: z.number().int(), maxStorage: z.number().int(),
-  networks: z.array(z.string()), tls: z.boolean(), address: z.string(),
+  enabled: z.boolean(),
+  maxLive: z.number().int(),
+  maxStorage: z.number().int(),
+  networks: z.array(z.string()),
+  tls: z.boolean(),
+  address: z.string(),
 });
 export type MigrationSettings = z.infer<typeof MigrationSettings>;
 
-const Cidr = z.string().regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, { message: 'must be an IPv4 CIDR such as 10.0.0.0/24' })
-  .refine((c) => c.split('/')[0]!.split('.').every((o) => Number(o) <= 255) && Number(c.split('/')[1]) <= 32, { message: 'must be a valid IPv4 CIDR' });
+const Cidr = z
+  .string()
+  .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, { message: 'must be an IPv4 CIDR such as 10.0.0.0/24' })
+  .refine(
+    (c) =>
+      c
+        .split('/')[0]!
+        .split('.')
+        .every((o) => Number(o) <= 255) && Number(c.split('/')[1]) <= 32,
+    { message: 'must be a valid IPv4 CIDR' },
+  );
 
-export const HostSetBody = z.object({
-  maxLive: z.number().int().min(0).max(64).optional(),
-  maxStorage: z.number().int().min(0).max(64).optional(),
-  migrationNetworks: z.array(Cidr).max(16).optional(),
-  tls: z.boolean().optional(),
-  enabled: z.boolean().optional(),
-}).strict();
+export const HostSetBody = z
+  .object({
+    maxLive: z.number().int().min(0).max(64).optional(),
+    maxStorage: z.number().int().min(0).max(64).optional(),
+    migrationNetworks: z.array(Cidr).max(16).optional(),
+    tls: z.boolean().optional(),
+    enabled: z.boolean().optional(),
+  })
+  .strict();
 
 export const HostView = z.object({
   name: z.string(),
@@ -127,21 +248,39 @@ export const HostView = z.object({
 });
 export type HostView = z.infer<typeof HostView>;
 
-export const EventView = z.object({ seq: z.number(), at: z.string(), type: z.string(), vm: z.string().optional() }).passthrough();
+export const EventView = z
+  .object({ seq: z.number(), at: z.string(), type: z.string(), vm: z.string().optional() })
+  .passthrough();
 export type EventView = z.infer<typeof EventView>;
 
 export const Ok = z.object({ ok: z.literal(true) });
 
 const Prio = z.enum(['high', 'normal', 'low']);
-export const NodeView = z.object({ name: z.string(), endpoint: z.string(), state: z.enum(['up', 'paused', 'down']), since: z.string().nullable() });
+export const NodeView = z.object({
+  name: z.string(),
+  endpoint: z.string(),
+  state: z.enum(['up', 'paused', 'down']),
+  since: z.string().nullable(),
+});
 export type NodeView = z.infer<typeof NodeView>;
 export const BatchView = z.object({
-  node: z.string(), kind: z.enum(['drain', 'failback']), state: z.enum(['running', 'completed', 'failed', 'aborted']),
-  startedAt: z.string(), finishedAt: z.string().nullable(),
-  items: z.array(z.object({
-    vm: z.string(), from: z.string(), priority: Prio, to: z.string().nullable(),
-    state: z.enum(['pending', 'moving', 'moved', 'failed', 'blocked', 'cancelled']), migrationId: z.string().nullable(), attempts: z.number(), reason: z.string().nullable(),
-  })),
+  node: z.string(),
+  kind: z.enum(['drain', 'failback']),
+  state: z.enum(['running', 'completed', 'failed', 'aborted']),
+  startedAt: z.string(),
+  finishedAt: z.string().nullable(),
+  items: z.array(
+    z.object({
+      vm: z.string(),
+      from: z.string(),
+      priority: Prio,
+      to: z.string().nullable(),
+      state: z.enum(['pending', 'moving', 'moved', 'failed', 'blocked', 'cancelled']),
+      migrationId: z.string().nullable(),
+      attempts: z.number(),
+      reason: z.string().nullable(),
+    }),
+  ),
 });
 export type BatchView = z.infer<typeof BatchView>;
 export const ClusterView = z.object({
@@ -149,9 +288,30 @@ export const ClusterView = z.object({
   leader: z.string().nullable(),
   nodes: z.array(NodeView),
   /** Clustered (HA) VMs and their owner. */
-  vms: z.array(z.object({ name: z.string(), owner: z.string(), generation: z.number(), memoryMiB: z.number(), priority: Prio, preferredOwners: z.array(z.string()), antiAffinity: z.array(z.string()) })),
+  vms: z.array(
+    z.object({
+      name: z.string(),
+      owner: z.string(),
+      generation: z.number(),
+      memoryMiB: z.number(),
+      priority: Prio,
+      preferredOwners: z.array(z.string()),
+      antiAffinity: z.array(z.string()),
+    }),
+  ),
   /** The cluster-wide migration queue: admitted moves hold a slot, queued ones wait in position order. */
-  queue: z.array(z.object({ id: z.string(), vm: z.string(), from: z.string(), to: z.string(), priority: Prio, state: z.enum(['queued', 'admitted']), position: z.number().nullable(), batch: z.string().nullable() })),
+  queue: z.array(
+    z.object({
+      id: z.string(),
+      vm: z.string(),
+      from: z.string(),
+      to: z.string(),
+      priority: Prio,
+      state: z.enum(['queued', 'admitted']),
+      position: z.number().nullable(),
+      batch: z.string().nullable(),
+    }),
+  ),
   limits: z.object({ maxOutgoing: z.number(), maxIncoming: z.number(), maxTotal: z.number() }),
   /** The last drain or fail-back of each node. */
   batches: z.array(BatchView),
@@ -160,29 +320,54 @@ export type ClusterView = z.infer<typeof ClusterView>;
 
 export const DrainBody = z.object({ dryRun: z.boolean().default(false) }).strict();
 export const DrainPlanView = z.object({
-  node: z.string(), movable: z.number(), blocked: z.number(),
-  items: z.array(z.object({
-    vm: z.string(), state: z.enum(VM_STATES), memoryMiB: z.number(), priority: Prio, clustered: z.boolean(),
-    to: z.string().nullable(), kind: z.enum(['live', 'offline']).nullable(),
-    blockers: z.array(z.object({ code: z.string(), message: z.string() })), warnings: z.array(z.string()),
-  })),
+  node: z.string(),
+  movable: z.number(),
+  blocked: z.number(),
+  items: z.array(
+    z.object({
+      vm: z.string(),
+      state: z.enum(VM_STATES),
+      memoryMiB: z.number(),
+      priority: Prio,
+      clustered: z.boolean(),
+      to: z.string().nullable(),
+      kind: z.enum(['live', 'offline']).nullable(),
+      blockers: z.array(z.object({ code: z.string(), message: z.string() })),
+      warnings: z.array(z.string()),
+    }),
+  ),
 });
 export const DrainResult = z.object({ plan: DrainPlanView, batch: BatchView.nullable() });
 export const ResumeBody = z.object({ failback: z.boolean().default(false) }).strict();
-export const ClusterPolicyBody = z.object({
-  priority: Prio.optional(),
-  preferredOwners: z.array(Name).max(16).optional(),
-  antiAffinity: z.array(Name).max(8).optional(),
-}).strict();
+export const ClusterPolicyBody = z
+  .object({
+    priority: Prio.optional(),
+    preferredOwners: z.array(Name).max(16).optional(),
+    antiAffinity: z.array(Name).max(8).optional(),
+  })
+  .strict();
 export const AddVmBody = z.object({ vm: Name }).merge(ClusterPolicyBody).strict();
-export const LimitsBody = z.object({
-  maxOutgoing: z.number().int().min(1).max(64).optional(),
-  maxIncoming: z.number().int().min(1).max(64).optional(),
-  maxTotal: z.number().int().min(1).max(1024).optional(),
-}).strict().refine((b) => Object.keys(b).length > 0, { message: 'needs at least one of maxOutgoing, maxIncoming, maxTotal' });
-export const ClusterJoinBody = z.object({
-  name: Name,
-  /** True: a new cluster (refused if it has members); false: join an existing one. */
-  create: z.boolean().default(false),
-  endpoints: z.array(z.string().url().refine((u) => u.startsWith('https://'), { message: 'must be an https:// etcd client URL' })).min(1).max(9),
-}).strict();
+export const LimitsBody = z
+  .object({
+    maxOutgoing: z.number().int().min(1).max(64).optional(),
+    maxIncoming: z.number().int().min(1).max(64).optional(),
+    maxTotal: z.number().int().min(1).max(1024).optional(),
+  })
+  .strict()
+  .refine((b) => Object.keys(b).length > 0, { message: 'needs at least one of maxOutgoing, maxIncoming, maxTotal' });
+export const ClusterJoinBody = z
+  .object({
+    name: Name,
+    /** True: a new cluster (refused if it has members); false: join an existing one. */
+    create: z.boolean().default(false),
+    endpoints: z
+      .array(
+        z
+          .string()
+          .url()
+          .refine((u) => u.startsWith('https://'), { message: 'must be an https:// etcd client URL' }),
+      )
+      .min(1)
+      .max(9),
+  })
+  .strict();

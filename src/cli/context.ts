@@ -9,7 +9,11 @@ import { actions } from '../api/actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/lab.js';
 import type { VmView } from '../api/schemas.js';
 
-export interface GlobalOpts { lab?: string; context?: string; json?: boolean }
+export interface GlobalOpts {
+  lab?: string;
+  context?: string;
+  json?: boolean;
+}
 
 export interface Context {
   hosts: Array<{ name: string; endpoint: string }>;
@@ -18,7 +22,9 @@ export interface Context {
 }
 
 const ContextFile = z.object({
-  ca: z.string(), cert: z.string(), key: z.string(),
+  ca: z.string(),
+  cert: z.string(),
+  key: z.string(),
   hosts: z.array(z.object({ name: z.string(), endpoint: z.string().url() })).min(1),
 });
 
@@ -26,18 +32,42 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
   if (o.context) {
     const file = path.resolve(o.context);
     let raw: unknown;
-    try { raw = JSON.parse(await fsp.readFile(file, 'utf8')); } catch (err) {
-      throw new NotFoundError('E_CONTEXT_NOT_FOUND', `Cannot read context file ${file}: ${(err as Error).message}; give a JSON file with ca, cert, key and hosts`, { file });
+    try {
+      raw = JSON.parse(await fsp.readFile(file, 'utf8'));
+    } catch (err) {
+      throw new NotFoundError(
+        'E_CONTEXT_NOT_FOUND',
+        `Cannot read context file ${file}: ${(err as Error).message}; give a JSON file with ca, cert, key and hosts`,
+        { file },
+      );
     }
     const r = ContextFile.safeParse(raw);
-    if (!r.success) throw new FerryError('E_INVALID_INPUT', `Cannot use context file ${file}: ${r.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`, { userError: true });
+    if (!r.success)
+      throw new FerryError(
+        'E_INVALID_INPUT',
+        `Cannot use context file ${file}: ${r.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`,
+        { userError: true },
+      );
     const rel = (p: string): string => path.resolve(path.dirname(file), p);
-    return { hosts: r.data.hosts, credentials: { ca: rel(r.data.ca), cert: rel(r.data.cert), key: rel(r.data.key) }, source: file };
+    return {
+      hosts: r.data.hosts,
+      credentials: { ca: rel(r.data.ca), cert: rel(r.data.cert), key: rel(r.data.key) },
+      source: file,
+    };
   }
   const dir = o.lab ?? process.env.FERRY_LAB;
-  if (!dir) throw new FerryError('E_USAGE', 'Cannot find any Ferry host: give --lab DIR (or set FERRY_LAB) for a local lab, or --context FILE for real hosts', { userError: true });
+  if (!dir)
+    throw new FerryError(
+      'E_USAGE',
+      'Cannot find any Ferry host: give --lab DIR (or set FERRY_LAB) for a local lab, or --context FILE for real hosts',
+      { userError: true },
+    );
   const lab = await readLab(path.resolve(dir));
-  return { hosts: lab.hosts.map((h) => ({ name: h.name, endpoint: labEndpoint(h) })), credentials: labCredentials(lab.dir), source: lab.dir };
+  return {
+    hosts: lab.hosts.map((h) => ({ name: h.name, endpoint: labEndpoint(h) })),
+    credentials: labCredentials(lab.dir),
+    source: lab.dir,
+  };
 }
 
 export class Clients {
@@ -46,19 +76,35 @@ export class Clients {
 
   host(name: string): AgentClient {
     const h = this.ctx.hosts.find((x) => x.name === name);
-    if (!h) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot find host '${name}': known hosts are ${this.ctx.hosts.map((x) => x.name).join(', ')}`, { host: name });
+    if (!h)
+      throw new NotFoundError(
+        'E_HOST_NOT_FOUND',
+        `Cannot find host '${name}': known hosts are ${this.ctx.hosts.map((x) => x.name).join(', ')}`,
+        { host: name },
+      );
     let c = this.cache.get(name);
-    if (!c) { c = new AgentClient({ endpoint: h.endpoint, host: h.name, credentials: this.ctx.credentials }); this.cache.set(name, c); }
+    if (!c) {
+      c = new AgentClient({ endpoint: h.endpoint, host: h.name, credentials: this.ctx.credentials });
+      this.cache.set(name, c);
+    }
     return c;
   }
 
-  all(): AgentClient[] { return this.ctx.hosts.map((h) => this.host(h.name)); }
+  all(): AgentClient[] {
+    return this.ctx.hosts.map((h) => this.host(h.name));
+  }
 
   /** Every VM on every reachable host (unreachable hosts are reported, not fatal). */
   async allVms(): Promise<{ vms: VmView[]; unreachable: string[] }> {
-    const res = await Promise.all(this.all().map(async (c) => {
-      try { return { vms: await c.call(actions.vmList, {}, { timeoutMs: 30_000 }), down: null }; } catch { return { vms: [] as VmView[], down: c.host }; }
-    }));
+    const res = await Promise.all(
+      this.all().map(async (c) => {
+        try {
+          return { vms: await c.call(actions.vmList, {}, { timeoutMs: 30_000 }), down: null };
+        } catch {
+          return { vms: [] as VmView[], down: c.host };
+        }
+      }),
+    );
     return { vms: res.flatMap((r) => r.vms), unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
   }
 
@@ -68,16 +114,26 @@ export class Clients {
     const vm = vms.find((v) => v.name === name);
     if (!vm) {
       const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
-      throw new NotFoundError('E_VM_NOT_FOUND', `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`, { vm: name });
+      throw new NotFoundError(
+        'E_VM_NOT_FOUND',
+        `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
+        { vm: name },
+      );
     }
     return { client: this.host(vm.host), vm };
   }
 
-  close(): void { for (const c of this.cache.values()) c.close(); }
+  close(): void {
+    for (const c of this.cache.values()) c.close();
+  }
 }
 
 /** Runs a command body with clients, always closing them. */
 export async function withClients<T>(o: GlobalOpts, fn: (c: Clients) => Promise<T>): Promise<T> {
   const clients = new Clients(await loadContext(o));
-  try { return await fn(clients); } finally { clients.close(); }
+  try {
+    return await fn(clients);
+  } finally {
+    clients.close();
+  }
 }

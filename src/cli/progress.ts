@@ -6,9 +6,17 @@ import type { MigrationRecord } from '../migration/schemas.js';
 const mibs = (bps: number): string => `${(bps / 1024 / 1024).toFixed(1)} MiB/s`;
 
 export function describe(r: MigrationRecord): string {
-  const parts = [`${r.state}${r.state === 'queued' && r.queuePosition ? ` #${r.queuePosition}` : ''}`, `${Math.floor(r.progress * 100)}%`];
+  const parts = [
+    `${r.state}${r.state === 'queued' && r.queuePosition ? ` #${r.queuePosition}` : ''}`,
+    `${Math.floor(r.progress * 100)}%`,
+  ];
   if (r.state === 'copying-memory' || r.state === 'copying-storage') {
-    parts.push(`${mibs(r.rate.transferBps)}`, `dirty ${mibs(r.rate.dirtyBps)}`, `ETA ${r.etaSeconds === null ? '?' : `${Math.ceil(r.etaSeconds)}s`}`, r.verdict ?? '');
+    parts.push(
+      `${mibs(r.rate.transferBps)}`,
+      `dirty ${mibs(r.rate.dirtyBps)}`,
+      `ETA ${r.etaSeconds === null ? '?' : `${Math.ceil(r.etaSeconds)}s`}`,
+      r.verdict ?? '',
+    );
     if (r.passes > 1) parts.push(`pass ${r.passes}`);
   }
   return parts.filter(Boolean).join('  ');
@@ -24,7 +32,15 @@ export class ProgressRenderer {
   update(r: MigrationRecord): void {
     if (this.tty) {
       if (!this.bar) {
-        this.bar = new cliProgress.SingleBar({ format: `${r.vm} → ${r.destination} |{bar}| {info}`, stream: process.stderr, hideCursor: true, barsize: 30 }, cliProgress.Presets.shades_classic);
+        this.bar = new cliProgress.SingleBar(
+          {
+            format: `${r.vm} → ${r.destination} |{bar}| {info}`,
+            stream: process.stderr,
+            hideCursor: true,
+            barsize: 30,
+          },
+          cliProgress.Presets.shades_classic,
+        );
         this.bar.start(100, 0, { info: '' });
       }
       this.bar.update(Math.floor(r.progress * 100), { info: describe(r) });
@@ -40,5 +56,8 @@ export class ProgressRenderer {
     }
   }
 
-  stop(): void { this.bar?.stop(); this.bar = null; }
+  stop(): void {
+    this.bar?.stop();
+    this.bar = null;
+  }
 }

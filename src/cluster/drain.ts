@@ -11,7 +11,15 @@ import { FerryError, NotFoundError, messageOf } from '../errors.js';
 import type { VmView } from '../api/schemas.js';
 import type { MigrationRecord } from '../migration/schemas.js';
 import type { ClusterStore, Leadership } from './store.js';
-import { DEFAULT_POLICY, keys, type Batch, type BatchItem, type ClusterPolicy, type NodeRecord, type Priority } from './model.js';
+import {
+  DEFAULT_POLICY,
+  keys,
+  type Batch,
+  type BatchItem,
+  type ClusterPolicy,
+  type NodeRecord,
+  type Priority,
+} from './model.js';
 import { place, type PlacedVm, type PlacementNode } from './placement.js';
 import { coalesced } from '../util/coalesce.js';
 import type { HaRecord } from './ha.js';
@@ -33,7 +41,12 @@ export interface DrainPlanItem {
   blockers: Array<{ code: string; message: string }>;
   warnings: string[];
 }
-export interface DrainPlan { node: string; items: DrainPlanItem[]; movable: number; blocked: number }
+export interface DrainPlan {
+  node: string;
+  items: DrainPlanItem[];
+  movable: number;
+  blocked: number;
+}
 
 export interface ClusterNodes {
   members: Record<string, { endpoint: string }>;
@@ -42,7 +55,11 @@ export interface ClusterNodes {
 }
 
 export async function readNodes(store: ClusterStore, opts: { signal?: AbortSignal } = {}): Promise<ClusterNodes> {
-  const [m, n, p] = await Promise.all([store.getPrefix('members/', opts), store.getPrefix('nodes/', opts), store.getPrefix('paused/', opts)]);
+  const [m, n, p] = await Promise.all([
+    store.getPrefix('members/', opts),
+    store.getPrefix('nodes/', opts),
+    store.getPrefix('paused/', opts),
+  ]);
   const members: ClusterNodes['members'] = {};
   for (const [k, v] of Object.entries(m)) members[k.slice('members/'.length)] = JSON.parse(v) as { endpoint: string };
   const up: ClusterNodes['up'] = {};
@@ -54,7 +71,9 @@ export async function readHaRecords(store: ClusterStore, opts: { signal?: AbortS
   return Object.values(await store.getPrefix('vms/', opts)).map((v) => JSON.parse(v) as HaRecord);
 }
 
-export function policyOf(spec: { cluster?: Partial<ClusterPolicy> } | Record<string, unknown> | undefined): ClusterPolicy {
+export function policyOf(
+  spec: { cluster?: Partial<ClusterPolicy> } | Record<string, unknown> | undefined,
+): ClusterPolicy {
   const c = (spec as { cluster?: Partial<ClusterPolicy> } | undefined)?.cluster;
   return { ...DEFAULT_POLICY, ...(c ?? {}) };
 }
@@ -63,33 +82,70 @@ export function clientFor(ctx: ClusterCtx, name: string, endpoint: string): Agen
   return new AgentClient({ endpoint, host: name, credentials: ctx.tls });
 }
 
-async function withClient<T>(ctx: ClusterCtx, name: string, endpoint: string, fn: (c: AgentClient) => Promise<T>): Promise<T> {
+async function withClient<T>(
+  ctx: ClusterCtx,
+  name: string,
+  endpoint: string,
+  fn: (c: AgentClient) => Promise<T>,
+): Promise<T> {
   const c = clientFor(ctx, name, endpoint);
-  try { return await fn(c); } finally { c.close(); }
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
 }
 
 /** Nodes as placement sees them: up, paused, free memory (asked of each up node). */
-export async function placementNodes(ctx: ClusterCtx, nodes: ClusterNodes, opts: { signal?: AbortSignal } = {}): Promise<PlacementNode[]> {
-  return Promise.all(Object.keys(nodes.members).sort().map(async (name) => {
-    const up = nodes.up[name];
-    if (!up) return { name, up: false, paused: nodes.paused.has(name), freeMiB: 0 };
-    const freeMiB = await withClient(ctx, name, up.endpoint, (c) => c.call(actions.hostShow, {}, { timeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) }))
-      .then((h) => Math.floor(h.memory.freeBytes / 1048576), () => -1);
-    // A node that does not answer is not a place to go.
-    return { name, up: freeMiB >= 0, paused: nodes.paused.has(name), freeMiB: Math.max(0, freeMiB) };
-  }));
+export async function placementNodes(
+  ctx: ClusterCtx,
+  nodes: ClusterNodes,
+  opts: { signal?: AbortSignal } = {},
+): Promise<PlacementNode[]> {
+  return Promise.all(
+    Object.keys(nodes.members)
+      .sort()
+      .map(async (name) => {
+        const up = nodes.up[name];
+        if (!up) return { name, up: false, paused: nodes.paused.has(name), freeMiB: 0 };
+        const freeMiB = await withClient(ctx, name, up.endpoint, (c) =>
+          c.call(actions.hostShow, {}, { timeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) }),
+        ).then(
+          (h) => Math.floor(h.memory.freeBytes / 1048576),
+          () => -1,
+        );
+        // A node that does not answer is not a place to go.
+        return { name, up: freeMiB >= 0, paused: nodes.paused.has(name), freeMiB: Math.max(0, freeMiB) };
+      }),
+  );
 }
 
 function existingPlacements(records: HaRecord[], without: Set<string>): PlacedVm[] {
-  return records.filter((r) => !without.has(r.name)).map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity }));
+  return records
+    .filter((r) => !without.has(r.name))
+    .map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity }));
 }
 
 /** What a drain of `node` would do: every VM's destination or the reasons it cannot move. */
-export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: AbortSignal } = {}): Promise<DrainPlan> {
+export async function planDrain(
+  ctx: ClusterCtx,
+  node: string,
+  opts: { signal?: AbortSignal } = {},
+): Promise<DrainPlan> {
   const nodes = await readNodes(ctx.store, opts);
-  if (!nodes.members[node]) throw new NotFoundError('E_NODE_NOT_FOUND', `Cannot drain node '${node}': it is not a member of the cluster; 'ferry cluster status' lists the nodes`, { node });
+  if (!nodes.members[node])
+    throw new NotFoundError(
+      'E_NODE_NOT_FOUND',
+      `Cannot drain node '${node}': it is not a member of the cluster; 'ferry cluster status' lists the nodes`,
+      { node },
+    );
   const src = nodes.up[node];
-  if (!src) throw new FerryError('E_NODE_DOWN', `Cannot drain node '${node}': it is down; its HA VMs restart on the other nodes by themselves, and the rest wait until it is back`, { userError: true, context: { node } });
+  if (!src)
+    throw new FerryError(
+      'E_NODE_DOWN',
+      `Cannot drain node '${node}': it is down; its HA VMs restart on the other nodes by themselves, and the rest wait until it is back`,
+      { userError: true, context: { node } },
+    );
   const sig = opts.signal ? { signal: opts.signal } : {};
   const [vms, records, pnodes] = await Promise.all([
     withClient(ctx, node, src.endpoint, (c) => c.call(actions.vmList, {}, { timeoutMs: 30_000, ...sig })),
@@ -107,9 +163,28 @@ export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: 
     const next = async (): Promise<void> => {
       for (let p = pairs.shift(); p; p = pairs.shift()) {
         const { vm, n } = p;
-        const rep = await c.call(actions.compare, { body: { vm: vm.name, to: { name: n.name, endpoint: nodes.up[n.name]!.endpoint }, options: { includeStorage: false, retainSource: false } } }, { timeoutMs: 60_000, ...sig })
-          .catch((err: unknown) => ({ compatible: false, incompatibilities: [{ code: (err as FerryError).code ?? 'E_COMPARE_FAILED', field: 'destination', message: messageOf(err) }] }));
-        blockersOf.get(vm.name)!.set(n.name, rep.incompatibilities.map((i) => ({ code: i.code, message: i.message })));
+        const rep = await c
+          .call(
+            actions.compare,
+            {
+              body: {
+                vm: vm.name,
+                to: { name: n.name, endpoint: nodes.up[n.name]!.endpoint },
+                options: { includeStorage: false, retainSource: false },
+              },
+            },
+            { timeoutMs: 60_000, ...sig },
+          )
+          .catch((err: unknown) => ({
+            compatible: false,
+            incompatibilities: [
+              { code: (err as FerryError).code ?? 'E_COMPARE_FAILED', field: 'destination', message: messageOf(err) },
+            ],
+          }));
+        blockersOf.get(vm.name)!.set(
+          n.name,
+          rep.incompatibilities.map((i) => ({ code: i.code, message: i.message })),
+        );
       }
     };
     await Promise.all([next(), next(), next(), next()]);
@@ -117,7 +192,14 @@ export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: 
   const toPlace = vms.map((vm) => {
     const pol = policyOf(byName.get(vm.name)?.spec);
     const bad = [...blockersOf.get(vm.name)!].filter(([, b]) => b.length).map(([n]) => n);
-    return { name: vm.name, memoryMiB: vm.state === 'stopped' ? 0 : vm.memoryMiB, priority: pol.priority, preferredOwners: pol.preferredOwners, antiAffinity: pol.antiAffinity, exclude: [node, ...bad] };
+    return {
+      name: vm.name,
+      memoryMiB: vm.state === 'stopped' ? 0 : vm.memoryMiB,
+      priority: pol.priority,
+      preferredOwners: pol.preferredOwners,
+      antiAffinity: pol.antiAffinity,
+      exclude: [node, ...bad],
+    };
   });
   const placed = place(pnodes, existingPlacements(records, new Set(vms.map((v) => v.name))), toPlace);
   const items: DrainPlanItem[] = placed.map((p) => {
@@ -135,12 +217,27 @@ export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: 
           else if (!cur.nodes.includes(n)) cur.nodes.push(n);
         }
       }
-      for (const [code, b] of byCode) blockers.push({ code, message: b.nodes.length > 1 ? `${b.message} (also for ${b.nodes.slice(1).join(', ')})` : b.message });
-      if (!blockers.length) blockers.push({ code: p.reason?.startsWith('needs') ? 'E_NO_FIT' : 'E_NO_NODE', message: `Cannot move VM '${vm.name}' off '${node}': ${p.reason}` });
+      for (const [code, b] of byCode)
+        blockers.push({
+          code,
+          message: b.nodes.length > 1 ? `${b.message} (also for ${b.nodes.slice(1).join(', ')})` : b.message,
+        });
+      if (!blockers.length)
+        blockers.push({
+          code: p.reason?.startsWith('needs') ? 'E_NO_FIT' : 'E_NO_NODE',
+          message: `Cannot move VM '${vm.name}' off '${node}': ${p.reason}`,
+        });
     }
     return {
-      vm: vm.name, state: vm.state, memoryMiB: vm.memoryMiB, priority: toPlace.find((t) => t.name === vm.name)!.priority, clustered: vm.ha,
-      to: p.to, kind: p.to ? (vm.state === 'stopped' ? 'offline' : 'live') : null, blockers, warnings: p.warnings,
+      vm: vm.name,
+      state: vm.state,
+      memoryMiB: vm.memoryMiB,
+      priority: toPlace.find((t) => t.name === vm.name)!.priority,
+      clustered: vm.ha,
+      to: p.to,
+      kind: p.to ? (vm.state === 'stopped' ? 'offline' : 'live') : null,
+      blockers,
+      warnings: p.warnings,
     };
   });
   return { node, items, movable: items.filter((i) => i.to).length, blocked: items.filter((i) => !i.to).length };
@@ -149,16 +246,33 @@ export async function planDrain(ctx: ClusterCtx, node: string, opts: { signal?: 
 /** Records a drain: the node is paused and the leader will run the batch. */
 export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batch> {
   const batch: Batch = {
-    node: plan.node, kind: 'drain', state: 'running', startedAt: new Date().toISOString(), finishedAt: null,
+    node: plan.node,
+    kind: 'drain',
+    state: 'running',
+    startedAt: new Date().toISOString(),
+    finishedAt: null,
     items: plan.items.map((i) => ({
-      vm: i.vm, from: plan.node, priority: i.priority, to: i.to, state: i.to ? 'pending' : 'blocked', migrationId: null, attempts: 0,
+      vm: i.vm,
+      from: plan.node,
+      priority: i.priority,
+      to: i.to,
+      state: i.to ? 'pending' : 'blocked',
+      migrationId: null,
+      attempts: 0,
       reason: i.to ? null : i.blockers.map((b) => b.message).join(' | '),
     })),
   };
-  if (!batch.items.some((i) => i.state === 'pending')) { batch.state = batch.items.length ? 'failed' : 'completed'; batch.finishedAt = batch.startedAt; }
+  if (!batch.items.some((i) => i.state === 'pending')) {
+    batch.state = batch.items.length ? 'failed' : 'completed';
+    batch.finishedAt = batch.startedAt;
+  }
   const cur = await ctx.store.get(keys.batch(plan.node));
   if (cur && (JSON.parse(cur) as Batch).state === 'running') {
-    throw new FerryError('E_DRAIN_RUNNING', `Cannot drain node '${plan.node}': a ${(JSON.parse(cur) as Batch).kind} of it is running; wait for it ('ferry cluster status') or stop it with 'ferry cluster resume ${plan.node}'`, { userError: true });
+    throw new FerryError(
+      'E_DRAIN_RUNNING',
+      `Cannot drain node '${plan.node}': a ${(JSON.parse(cur) as Batch).kind} of it is running; wait for it ('ferry cluster status') or stop it with 'ferry cluster resume ${plan.node}'`,
+      { userError: true },
+    );
   }
   const ok = await ctx.store.txn({
     compare: [cur ? { key: keys.batch(plan.node), value: cur } : { key: keys.batch(plan.node), version: 0 }],
@@ -167,7 +281,12 @@ export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batc
       { type: 'put', key: keys.batch(plan.node), value: JSON.stringify(batch) },
     ],
   });
-  if (!ok) throw new FerryError('E_DRAIN_RUNNING', `Cannot drain node '${plan.node}': another drain or fail-back of it started just now; see 'ferry cluster status'`, { userError: true });
+  if (!ok)
+    throw new FerryError(
+      'E_DRAIN_RUNNING',
+      `Cannot drain node '${plan.node}': another drain or fail-back of it started just now; see 'ferry cluster status'`,
+      { userError: true },
+    );
   return batch;
 }
 
@@ -176,26 +295,47 @@ export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batc
  * moves are cancelled, moves already copying finish). With failback, the VMs that prefer this
  * node, or that its last drain moved away, come back.
  */
-export async function resumeNode(ctx: ClusterCtx, node: string, opts: { failback: boolean; signal?: AbortSignal }): Promise<Batch | null> {
+export async function resumeNode(
+  ctx: ClusterCtx,
+  node: string,
+  opts: { failback: boolean; signal?: AbortSignal },
+): Promise<Batch | null> {
   const nodes = await readNodes(ctx.store, opts);
-  if (!nodes.members[node]) throw new NotFoundError('E_NODE_NOT_FOUND', `Cannot resume node '${node}': it is not a member of the cluster; 'ferry cluster status' lists the nodes`, { node });
+  if (!nodes.members[node])
+    throw new NotFoundError(
+      'E_NODE_NOT_FOUND',
+      `Cannot resume node '${node}': it is not a member of the cluster; 'ferry cluster status' lists the nodes`,
+      { node },
+    );
   // First the decision, atomically: the drain is aborted and the node takes VMs again. The
   // leader stops starting moves of an aborted batch; only then are queued moves cancelled.
   let batch: Batch | null = null;
   let aborted = false;
   for (let attempt = 0; ; attempt++) {
-    if (attempt === 5) throw new FerryError('E_CLUSTER_BUSY', `Cannot resume node '${node}': its drain kept changing while we tried; try again`, { userError: true });
+    if (attempt === 5)
+      throw new FerryError(
+        'E_CLUSTER_BUSY',
+        `Cannot resume node '${node}': its drain kept changing while we tried; try again`,
+        { userError: true },
+      );
     const raw = await ctx.store.get(keys.batch(node), opts);
     batch = raw ? (JSON.parse(raw) as Batch) : null;
     aborted = batch?.state === 'running' && batch.kind === 'drain';
     if (batch && aborted) {
-      for (const it of batch.items) if (it.state === 'pending') { it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}'`; }
+      for (const it of batch.items)
+        if (it.state === 'pending') {
+          it.state = 'cancelled';
+          it.reason = `drain stopped by 'ferry cluster resume ${node}'`;
+        }
       batch.state = 'aborted';
       batch.finishedAt = new Date().toISOString();
     }
     const ok = await ctx.store.txn({
       compare: [raw ? { key: keys.batch(node), value: raw } : { key: keys.batch(node), version: 0 }],
-      success: [{ type: 'delete', key: keys.paused(node) }, ...(batch && aborted ? [{ type: 'put' as const, key: keys.batch(node), value: JSON.stringify(batch) }] : [])],
+      success: [
+        { type: 'delete', key: keys.paused(node) },
+        ...(batch && aborted ? [{ type: 'put' as const, key: keys.batch(node), value: JSON.stringify(batch) }] : []),
+      ],
     });
     if (ok) break;
   }
@@ -205,9 +345,13 @@ export async function resumeNode(ctx: ClusterCtx, node: string, opts: { failback
       if (it.state !== 'moving' || !it.migrationId) continue;
       const from = nodes.up[it.from];
       if (!from) continue;
-      const rec = await withClient(ctx, it.from, from.endpoint, (c) => c.call(actions.migrationShow, { params: { id: it.migrationId! } }, { timeoutMs: 15_000 })).catch(() => null);
+      const rec = await withClient(ctx, it.from, from.endpoint, (c) =>
+        c.call(actions.migrationShow, { params: { id: it.migrationId! } }, { timeoutMs: 15_000 }),
+      ).catch(() => null);
       if (rec?.state !== 'queued') continue;
-      const after = await withClient(ctx, it.from, from.endpoint, (c) => c.call(actions.migrationCancel, { params: { id: it.migrationId! } }, { timeoutMs: 60_000 })).catch(() => null);
+      const after = await withClient(ctx, it.from, from.endpoint, (c) =>
+        c.call(actions.migrationCancel, { params: { id: it.migrationId! } }, { timeoutMs: 60_000 }),
+      ).catch(() => null);
       if (after?.state === 'cancelled') cancelled.add(it.migrationId);
     }
     // Record them now (the leader would also see them cancelled when it follows them).
@@ -216,25 +360,46 @@ export async function resumeNode(ctx: ClusterCtx, node: string, opts: { failback
       if (!raw) break;
       const cur = JSON.parse(raw) as Batch;
       for (const it of cur.items) {
-        if (it.migrationId && cancelled.has(it.migrationId) && it.state === 'moving') { it.state = 'cancelled'; it.reason = `drain stopped by 'ferry cluster resume ${node}' while queued`; }
+        if (it.migrationId && cancelled.has(it.migrationId) && it.state === 'moving') {
+          it.state = 'cancelled';
+          it.reason = `drain stopped by 'ferry cluster resume ${node}' while queued`;
+        }
       }
-      if (await ctx.store.txn({ compare: [{ key: keys.batch(node), value: raw }], success: [{ type: 'put', key: keys.batch(node), value: JSON.stringify(cur) }] })) { batch = cur; break; }
+      if (
+        await ctx.store.txn({
+          compare: [{ key: keys.batch(node), value: raw }],
+          success: [{ type: 'put', key: keys.batch(node), value: JSON.stringify(cur) }],
+        })
+      ) {
+        batch = cur;
+        break;
+      }
     }
   }
   if (!opts.failback) return batch;
   return startFailback(ctx, node, batch, opts);
 }
 
-async function startFailback(ctx: ClusterCtx, node: string, last: Batch | null, opts: { signal?: AbortSignal }): Promise<Batch> {
+async function startFailback(
+  ctx: ClusterCtx,
+  node: string,
+  last: Batch | null,
+  opts: { signal?: AbortSignal },
+): Promise<Batch> {
   const nodes = await readNodes(ctx.store, opts);
-  if (!nodes.up[node]) throw new FerryError('E_NODE_DOWN', `Cannot fail back to node '${node}': it is down; start it first`, { userError: true });
+  if (!nodes.up[node])
+    throw new FerryError('E_NODE_DOWN', `Cannot fail back to node '${node}': it is down; start it first`, {
+      userError: true,
+    });
   const records = await readHaRecords(ctx.store, opts);
   const want = new Map<string, { from: string; priority: Priority }>();
   // VMs the last drain moved away, wherever they are now…
   const where = new Map<string, string>();
   for (const [name, n] of Object.entries(nodes.up)) {
     if (name === node) continue;
-    const vms = await withClient(ctx, name, n.endpoint, (c) => c.call(actions.vmList, {}, { timeoutMs: 30_000 })).catch(() => [] as VmView[]);
+    const vms = await withClient(ctx, name, n.endpoint, (c) => c.call(actions.vmList, {}, { timeoutMs: 30_000 })).catch(
+      () => [] as VmView[],
+    );
     for (const v of vms) where.set(v.name, name);
   }
   for (const it of last?.kind === 'drain' ? last.items : []) {
@@ -244,19 +409,38 @@ async function startFailback(ctx: ClusterCtx, node: string, last: Batch | null, 
   // …and clustered VMs whose first preferred owner is this node.
   for (const r of records) {
     const pol = policyOf(r.spec);
-    if (pol.preferredOwners[0] === node && r.owner !== node && where.get(r.name) === r.owner) want.set(r.name, { from: r.owner, priority: pol.priority });
+    if (pol.preferredOwners[0] === node && r.owner !== node && where.get(r.name) === r.owner)
+      want.set(r.name, { from: r.owner, priority: pol.priority });
   }
   const now = new Date().toISOString();
   const batch: Batch = {
-    node, kind: 'failback', state: want.size ? 'running' : 'completed', startedAt: now, finishedAt: want.size ? null : now,
-    items: [...want].map(([vm, w]) => ({ vm, from: w.from, priority: w.priority, to: node, state: 'pending', migrationId: null, attempts: 0, reason: null })),
+    node,
+    kind: 'failback',
+    state: want.size ? 'running' : 'completed',
+    startedAt: now,
+    finishedAt: want.size ? null : now,
+    items: [...want].map(([vm, w]) => ({
+      vm,
+      from: w.from,
+      priority: w.priority,
+      to: node,
+      state: 'pending',
+      migrationId: null,
+      attempts: 0,
+      reason: null,
+    })),
   };
   const cur = await ctx.store.get(keys.batch(node));
   const ok = await ctx.store.txn({
     compare: [cur ? { key: keys.batch(node), value: cur } : { key: keys.batch(node), version: 0 }],
     success: [{ type: 'put', key: keys.batch(node), value: JSON.stringify(batch) }],
   });
-  if (!ok) throw new FerryError('E_CLUSTER_BUSY', `Cannot fail back to node '${node}': its batch changed meanwhile; try again`, { userError: true });
+  if (!ok)
+    throw new FerryError(
+      'E_CLUSTER_BUSY',
+      `Cannot fail back to node '${node}': its batch changed meanwhile; try again`,
+      { userError: true },
+    );
   return batch;
 }
 
@@ -269,7 +453,10 @@ const MAX_ATTEMPTS = 3;
  */
 function passing(code: string | undefined, incompatibilities: Array<{ code: string }> | undefined): boolean {
   if (code !== 'E_INCOMPATIBLE') return true;
-  return !!incompatibilities?.length && incompatibilities.every((i) => i.code === 'E_DEST_UNREACHABLE' || i.code === 'E_NODE_PAUSED');
+  return (
+    !!incompatibilities?.length &&
+    incompatibilities.every((i) => i.code === 'E_DEST_UNREACHABLE' || i.code === 'E_NODE_PAUSED')
+  );
 }
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
 
@@ -278,7 +465,11 @@ export class BatchRunner {
   private stopWatch: (() => Promise<void>) | null = null;
   private timer: NodeJS.Timeout | null = null;
 
-  constructor(private ctx: ClusterCtx, private leadership: Leadership, private onEvent: (name: string, data: Record<string, unknown>) => void) {}
+  constructor(
+    private ctx: ClusterCtx,
+    private leadership: Leadership,
+    private onEvent: (name: string, data: Record<string, unknown>) => void,
+  ) {}
 
   async start(): Promise<void> {
     this.stopWatch = await this.ctx.store.watchPrefix('batches/', () => void this.pass());
@@ -305,13 +496,19 @@ export class BatchRunner {
   });
 
   private fence(key: string, raw: string): Array<{ key: string; value: string }> {
-    return [{ key: this.leadership.key, value: this.leadership.candidateId }, { key, value: raw }];
+    return [
+      { key: this.leadership.key, value: this.leadership.candidateId },
+      { key, value: raw },
+    ];
   }
 
   private async write(key: string, raw: string, b: Batch): Promise<string | null> {
     const next = JSON.stringify(b);
     if (next === raw) return raw;
-    const ok = await this.ctx.store.txn({ compare: this.fence(key, raw), success: [{ type: 'put', key, value: next }] });
+    const ok = await this.ctx.store.txn({
+      compare: this.fence(key, raw),
+      success: [{ type: 'put', key, value: next }],
+    });
     return ok ? next : null;
   }
 
@@ -328,13 +525,34 @@ export class BatchRunner {
       }
       if (it.state === 'moving') await this.follow(b, it, nodes);
       if (it.state === 'pending' && b.state === 'running') {
-        if (b.kind === 'failback' && !nodes.up[b.node]) { it.state = 'failed'; it.reason = `${b.node} is down`; continue; }
+        if (b.kind === 'failback' && !nodes.up[b.node]) {
+          it.state = 'failed';
+          it.reason = `${b.node} is down`;
+          continue;
+        }
         if (!it.to || !nodes.up[it.to] || (nodes.paused.has(it.to) && b.kind === 'drain')) {
           pnodes ??= await placementNodes(this.ctx, nodes);
           const rec = (await readHaRecords(this.ctx.store)).find((r) => r.name === it.vm);
           const pol = policyOf(rec?.spec);
-          const [p] = place(pnodes, [], [{ name: it.vm, memoryMiB: 0, priority: it.priority, preferredOwners: pol.preferredOwners, antiAffinity: [], exclude: [it.from] }]);
-          if (!p?.to) { it.state = 'failed'; it.reason = p?.reason ?? 'no node to go to'; continue; }
+          const [p] = place(
+            pnodes,
+            [],
+            [
+              {
+                name: it.vm,
+                memoryMiB: 0,
+                priority: it.priority,
+                preferredOwners: pol.preferredOwners,
+                antiAffinity: [],
+                exclude: [it.from],
+              },
+            ],
+          );
+          if (!p?.to) {
+            it.state = 'failed';
+            it.reason = p?.reason ?? 'no node to go to';
+            continue;
+          }
           it.to = p.to;
         }
         it.state = 'moving';
@@ -352,26 +570,46 @@ export class BatchRunner {
     if (!cur) return; // changed meanwhile (resume, or another leader): the next pass reads it again
     if (!starts.length) return;
     // All at once: the cluster queue orders them by priority and holds them to the limits.
-    await Promise.all(starts.map(async (it) => {
-      const from = nodes.up[it.from]!;
-      const to = nodes.up[it.to!];
-      try {
-        if (!to) throw new FerryError('E_NODE_DOWN', `node '${it.to}' went down`);
-        await withClient(this.ctx, it.from, from.endpoint, (c) => c.call(actions.migrationCreate, {
-          body: { id: it.migrationId!, batch: `${b.kind}:${b.node}`, vm: it.vm, to: { name: it.to!, endpoint: to.endpoint }, options: { includeStorage: false, retainSource: false }, policy: { maxDowntimeMs: 300, priority: it.priority, allowPostcopy: false } },
-        }, { timeoutMs: 120_000 }));
-        this.onEvent('cluster.batch-move', { node: b.node, vm: it.vm, to: it.to, migration: it.migrationId });
-      } catch (err) {
-        const code = (err as FerryError).code;
-        if (code === 'E_VM_NOT_FOUND') { it.state = 'moved'; it.reason = `not on ${it.from} any more`; return; }
-        const incompat = ((err as FerryError).context as { incompatibilities?: Array<{ code: string }> } | undefined)?.incompatibilities;
-        const retry = it.attempts < MAX_ATTEMPTS && passing(code, incompat);
-        it.state = retry ? 'pending' : 'failed';
-        it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${messageOf(err)}`;
-        it.migrationId = null;
-        if (retry && code === 'E_INCOMPATIBLE') it.to = null; // placed again
-      }
-    }));
+    await Promise.all(
+      starts.map(async (it) => {
+        const from = nodes.up[it.from]!;
+        const to = nodes.up[it.to!];
+        try {
+          if (!to) throw new FerryError('E_NODE_DOWN', `node '${it.to}' went down`);
+          await withClient(this.ctx, it.from, from.endpoint, (c) =>
+            c.call(
+              actions.migrationCreate,
+              {
+                body: {
+                  id: it.migrationId!,
+                  batch: `${b.kind}:${b.node}`,
+                  vm: it.vm,
+                  to: { name: it.to!, endpoint: to.endpoint },
+                  options: { includeStorage: false, retainSource: false },
+                  policy: { maxDowntimeMs: 300, priority: it.priority, allowPostcopy: false },
+                },
+              },
+              { timeoutMs: 120_000 },
+            ),
+          );
+          this.onEvent('cluster.batch-move', { node: b.node, vm: it.vm, to: it.to, migration: it.migrationId });
+        } catch (err) {
+          const code = (err as FerryError).code;
+          if (code === 'E_VM_NOT_FOUND') {
+            it.state = 'moved';
+            it.reason = `not on ${it.from} any more`;
+            return;
+          }
+          const incompat = ((err as FerryError).context as { incompatibilities?: Array<{ code: string }> } | undefined)
+            ?.incompatibilities;
+          const retry = it.attempts < MAX_ATTEMPTS && passing(code, incompat);
+          it.state = retry ? 'pending' : 'failed';
+          it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${messageOf(err)}`;
+          it.migrationId = null;
+          if (retry && code === 'E_INCOMPATIBLE') it.to = null; // placed again
+        }
+      }),
+    );
     await this.write(key, cur, b); // if it changed meanwhile, the next pass follows the moves by their ids
   }
 
@@ -381,7 +619,9 @@ export class BatchRunner {
     if (!from) return;
     let rec: MigrationRecord;
     try {
-      rec = await withClient(this.ctx, it.from, from.endpoint, (c) => c.call(actions.migrationShow, { params: { id: it.migrationId! } }, { timeoutMs: 15_000 }));
+      rec = await withClient(this.ctx, it.from, from.endpoint, (c) =>
+        c.call(actions.migrationShow, { params: { id: it.migrationId! } }, { timeoutMs: 15_000 }),
+      );
     } catch (err) {
       if ((err as FerryError).code === 'E_MIGRATION_NOT_FOUND') {
         // Recorded as started, never reached the host (the old leader died in between).
@@ -391,9 +631,18 @@ export class BatchRunner {
       return;
     }
     if (!TERMINAL.has(rec.state)) return;
-    if (rec.state === 'completed') { it.state = 'moved'; it.reason = rec.downtimeMs !== null ? `downtime ${rec.downtimeMs} ms` : null; return; }
-    if (rec.state === 'cancelled') { it.state = 'cancelled'; it.reason = rec.error?.message ?? 'cancelled'; return; }
-    const retry = it.attempts < MAX_ATTEMPTS && b.state === 'running' && passing(rec.error?.code, rec.incompatibilities);
+    if (rec.state === 'completed') {
+      it.state = 'moved';
+      it.reason = rec.downtimeMs !== null ? `downtime ${rec.downtimeMs} ms` : null;
+      return;
+    }
+    if (rec.state === 'cancelled') {
+      it.state = 'cancelled';
+      it.reason = rec.error?.message ?? 'cancelled';
+      return;
+    }
+    const retry =
+      it.attempts < MAX_ATTEMPTS && b.state === 'running' && passing(rec.error?.code, rec.incompatibilities);
     it.state = retry ? 'pending' : 'failed';
     it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${rec.error?.message ?? 'failed'}`;
     if (retry && (!nodes.up[it.to ?? ''] || rec.error?.code === 'E_INCOMPATIBLE')) it.to = null;

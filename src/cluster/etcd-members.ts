@@ -21,7 +21,11 @@ import { AbortedError } from '../errors.js';
 
 export const ETCD_BIN = '/usr/bin/etcd';
 
-export interface MemberTls { ca: string; cert: string; key: string }
+export interface MemberTls {
+  ca: string;
+  cert: string;
+  key: string;
+}
 
 export interface EtcdMember {
   name: string;
@@ -55,7 +59,15 @@ export const etcdFile = (labDir: string): string => path.join(labDir, 'etcd.json
 const url = (port: number): string => `https://127.0.0.1:${port}`;
 
 function toMember(r: MemberRecord): EtcdMember {
-  return { name: r.name, clientUrl: url(r.clientPort), peerUrl: url(r.peerPort), pid: r.pid ?? 0, dataDir: r.dataDir, logFile: r.logFile, tls: r.tls };
+  return {
+    name: r.name,
+    clientUrl: url(r.clientPort),
+    peerUrl: url(r.peerPort),
+    pid: r.pid ?? 0,
+    dataDir: r.dataDir,
+    logFile: r.logFile,
+    tls: r.tls,
+  };
 }
 
 async function readEtcdFile(labDir: string): Promise<EtcdFile | null> {
@@ -68,7 +80,11 @@ async function readEtcdFile(labDir: string): Promise<EtcdFile | null> {
   try {
     return EtcdFile.parse(JSON.parse(text));
   } catch (err) {
-    throw new FerryError('E_ETCD_STATE', `Cannot read ${etcdFile(labDir)}: it is not a valid etcd member file (${messageOf(err)}); stop the members and remove the file and the hosts' etcd folders to start a new cluster`, { cause: err, context: { labDir } });
+    throw new FerryError(
+      'E_ETCD_STATE',
+      `Cannot read ${etcdFile(labDir)}: it is not a valid etcd member file (${messageOf(err)}); stop the members and remove the file and the hosts' etcd folders to start a new cluster`,
+      { cause: err, context: { labDir } },
+    );
   }
 }
 
@@ -93,12 +109,19 @@ async function freePort(exclude: Set<number>): Promise<number> {
         s.close(() => resolve(p));
       });
     });
-    if (!exclude.has(port)) { exclude.add(port); return port; }
+    if (!exclude.has(port)) {
+      exclude.add(port);
+      return port;
+    }
   }
 }
 
 function argvOf(pid: number): string[] {
-  try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0'); } catch { return []; }
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+  } catch {
+    return [];
+  }
 }
 
 function isZombie(pid: number): boolean {
@@ -113,7 +136,11 @@ function isZombie(pid: number): boolean {
 /** Is `pid` still the etcd member whose data folder is `dataDir` (not a recycled pid, not a zombie)? */
 export function isMemberAlive(pid: number | null | undefined, dataDir: string): boolean {
   if (!pid || pid <= 0) return false;
-  try { process.kill(pid, 0); } catch { return false; }
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
   const argv = argvOf(pid);
   if (!argv[0] || path.basename(argv[0]) !== 'etcd') return false;
   if (!argv.includes(`--data-dir=${dataDir}`)) return false;
@@ -130,7 +157,10 @@ async function waitGone(pid: number, dataDir: string, ms: number): Promise<boole
 }
 
 async function exists(p: string): Promise<boolean> {
-  return fsp.access(p).then(() => true, () => false);
+  return fsp.access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 async function logTail(file: string, lines = 3): Promise<string> {
@@ -142,7 +172,7 @@ async function logTail(file: string, lines = 3): Promise<string> {
 async function ensureTls(labDir: string, domainDir: string, name: string, signal?: AbortSignal): Promise<MemberTls> {
   const dir = path.join(labDir, 'hosts', name, 'etcd', 'tls');
   const tls = { ca: path.join(dir, 'ca.crt'), cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
-  if (await exists(tls.cert) && await exists(tls.key) && await exists(tls.ca)) return tls;
+  if ((await exists(tls.cert)) && (await exists(tls.key)) && (await exists(tls.ca))) return tls;
   const domain = await loadDomain(domainDir);
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
   const c = await issueCert(domain, 'host', name, { outDir: dir, signal });
@@ -169,12 +199,25 @@ export interface StartMembersOptions {
 export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]> {
   const labDir = path.resolve(o.labDir);
   const timeoutMs = o.timeoutMs ?? 30_000;
-  if (o.hosts.length === 0) throw new InvalidInputError('Cannot start an etcd cluster of no hosts: name at least one host', { hosts: o.hosts });
+  if (o.hosts.length === 0)
+    throw new InvalidInputError('Cannot start an etcd cluster of no hosts: name at least one host', { hosts: o.hosts });
   for (const h of o.hosts) {
-    if (!NAME_RE.test(h)) throw new InvalidInputError(`Cannot start an etcd member for '${h}': the name must be letters, digits, dot, dash or underscore`, { host: h });
+    if (!NAME_RE.test(h))
+      throw new InvalidInputError(
+        `Cannot start an etcd member for '${h}': the name must be letters, digits, dot, dash or underscore`,
+        { host: h },
+      );
   }
-  if (new Set(o.hosts).size !== o.hosts.length) throw new InvalidInputError(`Cannot start etcd members for ${o.hosts.join(', ')}: a host is named twice`, { hosts: o.hosts });
-  if (!await exists(ETCD_BIN)) throw new FerryError('E_ETCD_MISSING', `Cannot start etcd members: ${ETCD_BIN} is not installed; run scripts/setup (Debian package etcd-server)`, { userError: true });
+  if (new Set(o.hosts).size !== o.hosts.length)
+    throw new InvalidInputError(`Cannot start etcd members for ${o.hosts.join(', ')}: a host is named twice`, {
+      hosts: o.hosts,
+    });
+  if (!(await exists(ETCD_BIN)))
+    throw new FerryError(
+      'E_ETCD_MISSING',
+      `Cannot start etcd members: ${ETCD_BIN} is not installed; run scripts/setup (Debian package etcd-server)`,
+      { userError: true },
+    );
   await fsp.mkdir(labDir, { recursive: true });
 
   const hosts = [...o.hosts];
@@ -190,14 +233,22 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   const recorded = new Set(file.members.map((m) => m.name));
   const added = hosts.filter((h) => !recorded.has(h));
   if (existing.length && added.length) {
-    throw new FerryError('E_ETCD_MEMBERSHIP', `Cannot add etcd members ${added.join(', ')}: the cluster of ${file.members.map((m) => m.name).join(', ')} already holds data and growing it is not supported; start the cluster with its hosts, or stop it and remove ${etcdFile(labDir)} and the hosts' etcd folders`, { context: { added, existing } });
+    throw new FerryError(
+      'E_ETCD_MEMBERSHIP',
+      `Cannot add etcd members ${added.join(', ')}: the cluster of ${file.members.map((m) => m.name).join(', ')} already holds data and growing it is not supported; start the cluster with its hosts, or stop it and remove ${etcdFile(labDir)} and the hosts' etcd folders`,
+      { context: { added, existing } },
+    );
   }
   const used = new Set(file.members.flatMap((m) => [m.clientPort, m.peerPort]));
   for (const h of added) {
     const dataDir = path.join(labDir, 'hosts', h, 'etcd');
     file.members.push({
-      name: h, clientPort: await freePort(used), peerPort: await freePort(used), pid: null,
-      dataDir, logFile: path.join(labDir, 'hosts', h, 'etcd.log'),
+      name: h,
+      clientPort: await freePort(used),
+      peerPort: await freePort(used),
+      pid: null,
+      dataDir,
+      logFile: path.join(labDir, 'hosts', h, 'etcd.log'),
       tls: { ca: '', cert: '', key: '' },
     });
   }
@@ -218,19 +269,35 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
     const args = [
       `--name=${m.name}`,
       `--data-dir=${m.dataDir}`,
-      `--listen-client-urls=${url(m.clientPort)}`, `--advertise-client-urls=${url(m.clientPort)}`,
-      `--listen-peer-urls=${url(m.peerPort)}`, `--initial-advertise-peer-urls=${url(m.peerPort)}`,
-      `--initial-cluster=${initialCluster}`, `--initial-cluster-token=${file.token}`, `--initial-cluster-state=${state}`,
-      `--cert-file=${m.tls.cert}`, `--key-file=${m.tls.key}`, `--trusted-ca-file=${m.tls.ca}`, '--client-cert-auth',
-      `--peer-cert-file=${m.tls.cert}`, `--peer-key-file=${m.tls.key}`, `--peer-trusted-ca-file=${m.tls.ca}`, '--peer-client-cert-auth',
-      '--logger=zap', '--log-outputs=stderr',
-      '--heartbeat-interval=100', '--election-timeout=1000', '--pre-vote=true',
-      '--auto-compaction-mode=revision', '--auto-compaction-retention=10000',
+      `--listen-client-urls=${url(m.clientPort)}`,
+      `--advertise-client-urls=${url(m.clientPort)}`,
+      `--listen-peer-urls=${url(m.peerPort)}`,
+      `--initial-advertise-peer-urls=${url(m.peerPort)}`,
+      `--initial-cluster=${initialCluster}`,
+      `--initial-cluster-token=${file.token}`,
+      `--initial-cluster-state=${state}`,
+      `--cert-file=${m.tls.cert}`,
+      `--key-file=${m.tls.key}`,
+      `--trusted-ca-file=${m.tls.ca}`,
+      '--client-cert-auth',
+      `--peer-cert-file=${m.tls.cert}`,
+      `--peer-key-file=${m.tls.key}`,
+      `--peer-trusted-ca-file=${m.tls.ca}`,
+      '--peer-client-cert-auth',
+      '--logger=zap',
+      '--log-outputs=stderr',
+      '--heartbeat-interval=100',
+      '--election-timeout=1000',
+      '--pre-vote=true',
+      '--auto-compaction-mode=revision',
+      '--auto-compaction-retention=10000',
     ];
     const fd = fs.openSync(m.logFile, 'a');
     try {
       const child = spawn(ETCD_BIN, args, { detached: true, stdio: ['ignore', fd, fd], env });
-      child.on('error', () => { /* reported through the health wait (the member is not alive) */ });
+      child.on('error', () => {
+        /* reported through the health wait (the member is not alive) */
+      });
       child.unref();
       m.pid = child.pid ?? null;
     } finally {
@@ -247,7 +314,11 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
 function clientFor(endpoints: string[], tls: MemberTls, callMs: number): Etcd3 {
   return new Etcd3({
     hosts: endpoints,
-    credentials: { rootCertificate: fs.readFileSync(tls.ca), certChain: fs.readFileSync(tls.cert), privateKey: fs.readFileSync(tls.key) },
+    credentials: {
+      rootCertificate: fs.readFileSync(tls.ca),
+      certChain: fs.readFileSync(tls.cert),
+      privateKey: fs.readFileSync(tls.key),
+    },
     dialTimeout: callMs,
     defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + callMs }),
   });
@@ -258,7 +329,10 @@ function clientFor(endpoints: string[], tls: MemberTls, callMs: number): Etcd3 {
  * a leader) and a write through the cluster succeeds. Throws with the log's tail when a
  * member exits, and with E_TIMEOUT at the deadline.
  */
-export async function waitHealthy(members: EtcdMember[], o: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<void> {
+export async function waitHealthy(
+  members: EtcdMember[],
+  o: { timeoutMs?: number; signal?: AbortSignal } = {},
+): Promise<void> {
   const timeoutMs = o.timeoutMs ?? 30_000;
   const stop = deadline(timeoutMs, o.signal);
   const pending = new Set(members.map((m) => m.name));
@@ -270,14 +344,24 @@ export async function waitHealthy(members: EtcdMember[], o: { timeoutMs?: number
       for (const m of members) {
         if (!isMemberAlive(m.pid, m.dataDir)) {
           await sleep(100); // let the log be flushed
-          throw new FerryError('E_ETCD_START', `Cannot start etcd member ${m.name}: it exited; its log (${m.logFile}) ends with: ${await logTail(m.logFile)}`, { context: { member: m.name, logFile: m.logFile } });
+          throw new FerryError(
+            'E_ETCD_START',
+            `Cannot start etcd member ${m.name}: it exited; its log (${m.logFile}) ends with: ${await logTail(m.logFile)}`,
+            { context: { member: m.name, logFile: m.logFile } },
+          );
         }
       }
       for (const m of members) {
         const c = clients.get(m.name)!;
         try {
-          if (pending.has(m.name)) { await c.get('/ferry/health').string(); pending.delete(m.name); }
-          if (!wrote && !pending.has(m.name)) { await c.put('/ferry/health').value(new Date().toISOString()); wrote = true; }
+          if (pending.has(m.name)) {
+            await c.get('/ferry/health').string();
+            pending.delete(m.name);
+          }
+          if (!wrote && !pending.has(m.name)) {
+            await c.put('/ferry/health').value(new Date().toISOString());
+            wrote = true;
+          }
         } catch (err) {
           lastErr = err;
         }
@@ -285,7 +369,11 @@ export async function waitHealthy(members: EtcdMember[], o: { timeoutMs?: number
       if (!pending.size && wrote) break;
       if (stop.aborted) {
         if (o.signal?.aborted) throw new AbortedError('wait for the etcd cluster', o.signal.reason);
-        throw new FerryError('E_TIMEOUT', `Cannot start the etcd cluster: ${[...pending].join(', ') || 'the cluster'} did not answer within ${timeoutMs} ms (${messageOf(lastErr)}); see ${members.map((m) => m.logFile).join(', ')}`, { cause: lastErr, context: { timeoutMs, pending: [...pending] } });
+        throw new FerryError(
+          'E_TIMEOUT',
+          `Cannot start the etcd cluster: ${[...pending].join(', ') || 'the cluster'} did not answer within ${timeoutMs} ms (${messageOf(lastErr)}); see ${members.map((m) => m.logFile).join(', ')}`,
+          { cause: lastErr, context: { timeoutMs, pending: [...pending] } },
+        );
       }
       await sleep(100, o.signal);
     }
@@ -303,9 +391,17 @@ export async function waitHealthy(members: EtcdMember[], o: { timeoutMs?: number
 export async function stopMembers(members: EtcdMember[], opts: { graceMs?: number } = {}): Promise<void> {
   for (const m of members) {
     if (!isMemberAlive(m.pid, m.dataDir)) continue;
-    try { process.kill(m.pid, 'SIGTERM'); } catch { /* gone */ }
+    try {
+      process.kill(m.pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
     if (await waitGone(m.pid, m.dataDir, opts.graceMs ?? 10_000)) continue;
-    try { process.kill(m.pid, 'SIGKILL'); } catch { /* gone */ }
+    try {
+      process.kill(m.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
     await waitGone(m.pid, m.dataDir, 5000);
   }
 }
@@ -313,9 +409,17 @@ export async function stopMembers(members: EtcdMember[], opts: { graceMs?: numbe
 /** Power loss of one member: SIGKILL, then wait until the process is gone. */
 export async function killMember(member: EtcdMember): Promise<void> {
   if (!isMemberAlive(member.pid, member.dataDir)) return;
-  try { process.kill(member.pid, 'SIGKILL'); } catch { /* gone */ }
-  if (!await waitGone(member.pid, member.dataDir, 5000)) {
-    throw new FerryError('E_ETCD_KILL', `Cannot kill etcd member ${member.name} (pid ${member.pid}): it is still running 5 s after SIGKILL; check the process state (D state, ptrace)`, { context: { member: member.name, pid: member.pid } });
+  try {
+    process.kill(member.pid, 'SIGKILL');
+  } catch {
+    /* gone */
+  }
+  if (!(await waitGone(member.pid, member.dataDir, 5000))) {
+    throw new FerryError(
+      'E_ETCD_KILL',
+      `Cannot kill etcd member ${member.name} (pid ${member.pid}): it is still running 5 s after SIGKILL; check the process state (D state, ptrace)`,
+      { context: { member: member.name, pid: member.pid } },
+    );
   }
 }
 

@@ -13,7 +13,15 @@ import { Scheduler } from './queue.js';
 import { BatchRunner, placementNodes, policyOf, readNodes } from './drain.js';
 import { place } from './placement.js';
 
-export interface HaRecord { name: string; id: string; configPath: string; owner: string; memoryMiB: number; generation: number; spec: Record<string, unknown> }
+export interface HaRecord {
+  name: string;
+  id: string;
+  configPath: string;
+  owner: string;
+  memoryMiB: number;
+  generation: number;
+  spec: Record<string, unknown>;
+}
 
 export const vmKey = (name: string): string => `vms/${name}`;
 
@@ -38,9 +46,14 @@ export class HaMonitor {
   /** The leader's services while this agent leads (for metrics and the benchmark). */
   current: { scheduler: Scheduler; batches: BatchRunner } | null = null;
 
-  constructor(private store: ClusterStore, private host: HaHost) {}
+  constructor(
+    private store: ClusterStore,
+    private host: HaHost,
+  ) {}
 
-  start(): void { void this.campaignLoop(); }
+  start(): void {
+    void this.campaignLoop();
+  }
 
   async stop(): Promise<void> {
     this.ac.abort();
@@ -50,22 +63,35 @@ export class HaMonitor {
   private async campaignLoop(): Promise<void> {
     while (!this.ac.signal.aborted) {
       try {
-        this.leadership = await this.store.campaign('leader', this.host.name, { signal: this.ac.signal, ttlSeconds: 5 });
+        this.leadership = await this.store.campaign('leader', this.host.name, {
+          signal: this.ac.signal,
+          ttlSeconds: 5,
+        });
         this.host.events.emit('cluster.leader', { node: this.host.name });
         const lost = new Promise<void>((resolve) => this.leadership!.onLost(() => resolve()));
-        const emit = (name: string, data: Record<string, unknown>): void => { this.host.events.emit(name, data); };
+        const emit = (name: string, data: Record<string, unknown>): void => {
+          this.host.events.emit(name, data);
+        };
         const scheduler = new Scheduler(this.store, this.leadership, emit);
-        const batches = new BatchRunner({ store: this.store, self: this.host.name, tls: this.host.tls }, this.leadership, emit);
+        const batches = new BatchRunner(
+          { store: this.store, self: this.host.name, tls: this.host.tls },
+          this.leadership,
+          emit,
+        );
         this.current = { scheduler, batches };
         this.stopWatch = await this.store.watchPrefix('nodes/', (ev) => {
-          if (ev.type === 'delete') this.busy = this.busy.then(() => this.failover(ev.key.slice('nodes/'.length))).catch(() => undefined);
+          if (ev.type === 'delete')
+            this.busy = this.busy.then(() => this.failover(ev.key.slice('nodes/'.length))).catch(() => undefined);
           void scheduler.pass();
           void batches.pass();
         });
         // Nodes that died while nobody was leader.
         this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
         await Promise.all([scheduler.start(), batches.start()]).catch(() => undefined);
-        await Promise.race([lost, new Promise<void>((resolve) => this.ac.signal.addEventListener('abort', () => resolve(), { once: true }))]);
+        await Promise.race([
+          lost,
+          new Promise<void>((resolve) => this.ac.signal.addEventListener('abort', () => resolve(), { once: true })),
+        ]);
         this.current = null;
         await Promise.all([scheduler.stop(), batches.stop()]);
         await this.stopWatch?.().catch(() => undefined);
@@ -97,33 +123,83 @@ export class HaMonitor {
     if (!vms.length) return;
     const ctx = { store: this.store, self: this.host.name, tls: this.host.tls };
     const pnodes = await placementNodes(ctx, nodes);
-    const plan = place(pnodes, all.filter((r) => r.owner !== dead).map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
-      vms.map((r) => { const p = policyOf(r.spec); return { name: r.name, memoryMiB: r.memoryMiB, priority: p.priority, preferredOwners: p.preferredOwners, antiAffinity: p.antiAffinity, exclude: [dead] }; }));
+    const plan = place(
+      pnodes,
+      all
+        .filter((r) => r.owner !== dead)
+        .map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
+      vms.map((r) => {
+        const p = policyOf(r.spec);
+        return {
+          name: r.name,
+          memoryMiB: r.memoryMiB,
+          priority: p.priority,
+          preferredOwners: p.preferredOwners,
+          antiAffinity: p.antiAffinity,
+          exclude: [dead],
+        };
+      }),
+    );
     for (const p of plan) {
       let rec = vms.find((r) => r.name === p.vm)!;
       let to = p.to;
       const tried: string[] = [dead];
-      if (!to) { this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, result: `cannot restart: ${p.reason}` }); continue; }
+      if (!to) {
+        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, result: `cannot restart: ${p.reason}` });
+        continue;
+      }
       // A node that cannot start it (its agent fails, the disk is locked…): the next candidate.
       while (to) {
         const target = { name: to, endpoint: nodes.up[to]!.endpoint };
         const next: HaRecord = { ...rec, owner: target.name, generation: rec.generation + 1 };
         // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
         const ok = await this.store.txn({
-          compare: [{ key: leadership.key, value: this.host.name }, { key: vmKey(rec.name), value: JSON.stringify(rec) }],
+          compare: [
+            { key: leadership.key, value: this.host.name },
+            { key: vmKey(rec.name), value: JSON.stringify(rec) },
+          ],
           success: [{ type: 'put', key: vmKey(rec.name), value: JSON.stringify(next) }],
         });
         if (!ok) break;
         const client = new AgentClient({ endpoint: target.endpoint, host: target.name, credentials: this.host.tls });
         try {
-          await client.call(peerActions.haStart, { body: { spec: rec.spec, generation: next.generation, from: dead } }, { timeoutMs: 60_000 });
-          this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation, priority: policyOf(rec.spec).priority });
+          await client.call(
+            peerActions.haStart,
+            { body: { spec: rec.spec, generation: next.generation, from: dead } },
+            { timeoutMs: 60_000 },
+          );
+          this.host.events.emit('cluster.ha', {
+            vm: rec.name,
+            from: dead,
+            to: target.name,
+            generation: next.generation,
+            priority: policyOf(rec.spec).priority,
+          });
           break;
         } catch (err) {
-          this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, to: target.name, generation: next.generation, error: messageOf(err) });
+          this.host.events.emit('cluster.ha', {
+            vm: rec.name,
+            from: dead,
+            to: target.name,
+            generation: next.generation,
+            error: messageOf(err),
+          });
           tried.push(target.name);
           rec = next;
-          const again = place(pnodes, [], [{ name: rec.name, memoryMiB: rec.memoryMiB, priority: policyOf(rec.spec).priority, preferredOwners: policyOf(rec.spec).preferredOwners, antiAffinity: [], exclude: tried }]);
+          const again = place(
+            pnodes,
+            [],
+            [
+              {
+                name: rec.name,
+                memoryMiB: rec.memoryMiB,
+                priority: policyOf(rec.spec).priority,
+                preferredOwners: policyOf(rec.spec).preferredOwners,
+                antiAffinity: [],
+                exclude: tried,
+              },
+            ],
+          );
           to = again[0]?.to ?? null;
         } finally {
           client.close();

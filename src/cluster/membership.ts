@@ -11,7 +11,11 @@ import { keys, parseLimits, type Batch } from './model.js';
 import { policyOf, readNodes } from './drain.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
-export interface ClusterConfig { name: string; endpoints: string[]; leaseSeconds?: number }
+export interface ClusterConfig {
+  name: string;
+  endpoints: string[];
+  leaseSeconds?: number;
+}
 export type { ClusterView, NodeView };
 
 /** Failure detection: a node is down at most this long after it stops renewing. */
@@ -34,12 +38,26 @@ export class Membership {
   private lease: Lease | null = null;
   stopped = false;
 
-  constructor(private cfg: ClusterConfig, private node: { name: string; endpoint: string }, private tls: { ca: string; cert: string; key: string }, private events: EventBus) {}
+  constructor(
+    private cfg: ClusterConfig,
+    private node: { name: string; endpoint: string },
+    private tls: { ca: string; cert: string; key: string },
+    private events: EventBus,
+  ) {}
 
   async start(opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.stopped) throw new FerryError('E_STORE_CLOSED', 'Cannot join the cluster: the agent is stopping');
-    this.store ??= await EtcdStore.connect({ endpoints: this.cfg.endpoints, tls: this.tls, prefix: `/ferry/clusters/${this.cfg.name}/`, dialTimeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) });
-    await this.store.put(`members/${this.node.name}`, JSON.stringify({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }));
+    this.store ??= await EtcdStore.connect({
+      endpoints: this.cfg.endpoints,
+      tls: this.tls,
+      prefix: `/ferry/clusters/${this.cfg.name}/`,
+      dialTimeoutMs: 15_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    });
+    await this.store.put(
+      `members/${this.node.name}`,
+      JSON.stringify({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }),
+    );
     await this.heartbeat();
     if (!this.queue) {
       this.queue = new ClusterQueue(this.store, this.node.name, () => this.lease);
@@ -64,7 +82,11 @@ export class Membership {
         if (!this.stopped) void this.onFence().finally(() => this.rejoin());
       },
     });
-    await store.put(`nodes/${this.node.name}`, JSON.stringify({ endpoint: this.node.endpoint, since: new Date().toISOString() }), { lease: this.lease });
+    await store.put(
+      `nodes/${this.node.name}`,
+      JSON.stringify({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
+      { lease: this.lease },
+    );
     this.events.emit('cluster.joined', { node: this.node.name, cluster: this.cfg.name });
   }
 
@@ -74,24 +96,39 @@ export class Membership {
         await this.heartbeat();
         await this.onRejoined().catch(() => undefined);
         return;
-      } catch { await new Promise((r) => setTimeout(r, 1000)); }
+      } catch {
+        await new Promise((r) => setTimeout(r, 1000));
+      }
     }
   }
 
   /** The store, or a clear error while this agent has not joined yet. */
   need(what: string): ClusterStore {
-    if (!this.store) throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot ${what}: this agent is not connected to cluster '${this.cfg.name}' yet; wait a few seconds and retry, or check its etcd (ferry lab status)`);
+    if (!this.store)
+      throw new FerryError(
+        'E_CLUSTER_UNAVAILABLE',
+        `Cannot ${what}: this agent is not connected to cluster '${this.cfg.name}' yet; wait a few seconds and retry, or check its etcd (ferry lab status)`,
+      );
     return this.store;
   }
 
-  get name(): string { return this.cfg.name; }
-  get currentLease(): Lease | null { return this.lease; }
+  get name(): string {
+    return this.cfg.name;
+  }
+  get currentLease(): Lease | null {
+    return this.lease;
+  }
 
   async view(): Promise<ClusterView> {
     const store = this.need(`read cluster '${this.cfg.name}'`);
     try {
       const [nodes, vmsRaw, items, batchesRaw, limitsRaw, leader] = await Promise.all([
-        readNodes(store), store.getPrefix('vms/'), readQueue(store), store.getPrefix('batches/'), store.get(keys.config), store.leader('leader'),
+        readNodes(store),
+        store.getPrefix('vms/'),
+        readQueue(store),
+        store.getPrefix('batches/'),
+        store.get(keys.config),
+        store.leader('leader'),
       ]);
       const out: NodeView[] = Object.entries(nodes.members).map(([name, m]) => {
         const live = nodes.up[name];
@@ -103,15 +140,37 @@ export class Membership {
         name: this.cfg.name,
         leader,
         nodes: out.sort((a, b) => a.name.localeCompare(b.name)),
-        vms: Object.values(vmsRaw).map((v) => JSON.parse(v) as HaRecord).map((r) => ({ name: r.name, owner: r.owner, generation: r.generation, memoryMiB: r.memoryMiB, ...policyOf(r.spec) }))
+        vms: Object.values(vmsRaw)
+          .map((v) => JSON.parse(v) as HaRecord)
+          .map((r) => ({
+            name: r.name,
+            owner: r.owner,
+            generation: r.generation,
+            memoryMiB: r.memoryMiB,
+            ...policyOf(r.spec),
+          }))
           .sort((a, b) => a.name.localeCompare(b.name)),
-        queue: items.map((i) => ({ id: i.id, vm: i.vm, from: i.from, to: i.to, priority: i.priority, state: i.state, position: pos.get(i.id) ?? null, batch: i.batch ?? null }))
+        queue: items
+          .map((i) => ({
+            id: i.id,
+            vm: i.vm,
+            from: i.from,
+            to: i.to,
+            priority: i.priority,
+            state: i.state,
+            position: pos.get(i.id) ?? null,
+            batch: i.batch ?? null,
+          }))
           .sort((a, b) => (a.position ?? 0) - (b.position ?? 0) || a.vm.localeCompare(b.vm)),
         limits: parseLimits(limitsRaw),
-        batches: Object.values(batchesRaw).map((v) => JSON.parse(v) as Batch).sort((a, b) => a.node.localeCompare(b.node)),
+        batches: Object.values(batchesRaw)
+          .map((v) => JSON.parse(v) as Batch)
+          .sort((a, b) => a.node.localeCompare(b.node)),
       };
     } catch (err) {
-      throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot read cluster '${this.cfg.name}': ${messageOf(err)}`, { cause: err });
+      throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot read cluster '${this.cfg.name}': ${messageOf(err)}`, {
+        cause: err,
+      });
     }
   }
 

@@ -14,27 +14,41 @@ export type Priority = (typeof PRIORITIES)[number];
 export const RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
 
 /** How the cluster treats one clustered VM (Hyper-V: priority, preferred owners, anti-affinity class names). */
-export const ClusterPolicy = z.object({
-  priority: z.enum(PRIORITIES).default('normal'),
-  preferredOwners: z.array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/)).max(16).default([]),
-  antiAffinity: z.array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/)).max(8).default([]),
-}).strict();
+export const ClusterPolicy = z
+  .object({
+    priority: z.enum(PRIORITIES).default('normal'),
+    preferredOwners: z
+      .array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/))
+      .max(16)
+      .default([]),
+    antiAffinity: z
+      .array(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/))
+      .max(8)
+      .default([]),
+  })
+  .strict();
 export type ClusterPolicy = z.infer<typeof ClusterPolicy>;
 export const DEFAULT_POLICY: ClusterPolicy = { priority: 'normal', preferredOwners: [], antiAffinity: [] };
 
-export const Limits = z.object({
-  /** Moves leaving one node at once. */
-  maxOutgoing: z.number().int().min(1).max(64),
-  /** Moves arriving on one node at once. */
-  maxIncoming: z.number().int().min(1).max(64),
-  /** Moves in the whole cluster at once. */
-  maxTotal: z.number().int().min(1).max(1024),
-}).strict();
+export const Limits = z
+  .object({
+    /** Moves leaving one node at once. */
+    maxOutgoing: z.number().int().min(1).max(64),
+    /** Moves arriving on one node at once. */
+    maxIncoming: z.number().int().min(1).max(64),
+    /** Moves in the whole cluster at once. */
+    maxTotal: z.number().int().min(1).max(1024),
+  })
+  .strict();
 export type Limits = z.infer<typeof Limits>;
 export const DEFAULT_LIMITS: Limits = { maxOutgoing: 2, maxIncoming: 2, maxTotal: 8 };
 
 export interface QueueItem {
-  id: string; vm: string; from: string; to: string; priority: Priority;
+  id: string;
+  vm: string;
+  from: string;
+  to: string;
+  priority: Priority;
   /** Order within a priority: when it was queued (ms), then id. */
   seq: number;
   state: 'queued' | 'admitted';
@@ -64,8 +78,14 @@ export interface Batch {
   items: BatchItem[];
 }
 
-export interface NodeRecord { endpoint: string; since: string }
-export interface PauseRecord { reason: 'drain' | 'admin'; at: string }
+export interface NodeRecord {
+  endpoint: string;
+  since: string;
+}
+export interface PauseRecord {
+  reason: 'drain' | 'admin';
+  at: string;
+}
 
 export const keys = {
   member: (n: string) => `members/${n}`,

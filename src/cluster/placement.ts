@@ -6,14 +6,32 @@
 // their order; then the node with the most free memory.
 import { RANK, type Priority } from './model.js';
 
-export interface PlacementNode { name: string; up: boolean; paused: boolean; freeMiB: number }
-export interface PlacedVm { vm: string; node: string; antiAffinity: string[] }
+export interface PlacementNode {
+  name: string;
+  up: boolean;
+  paused: boolean;
+  freeMiB: number;
+}
+export interface PlacedVm {
+  vm: string;
+  node: string;
+  antiAffinity: string[];
+}
 export interface VmToPlace {
-  name: string; memoryMiB: number; priority: Priority; preferredOwners: string[]; antiAffinity: string[];
+  name: string;
+  memoryMiB: number;
+  priority: Priority;
+  preferredOwners: string[];
+  antiAffinity: string[];
   /** Nodes it must not go to (its current node, nodes where the compatibility check failed). */
   exclude?: string[];
 }
-export interface Placement { vm: string; to: string | null; reason: string | null; warnings: string[] }
+export interface Placement {
+  vm: string;
+  to: string | null;
+  reason: string | null;
+  warnings: string[];
+}
 
 export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPlace[]): Placement[] {
   const free = new Map(nodes.map((n) => [n.name, n.freeMiB]));
@@ -24,22 +42,40 @@ export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPla
   for (const vm of order) {
     const open = nodes.filter((n) => n.up && !n.paused && !(vm.exclude ?? []).includes(n.name));
     if (!open.length) {
-      out.push({ vm: vm.name, to: null, reason: 'no other node is up and not paused; resume or add a node', warnings: [] });
+      out.push({
+        vm: vm.name,
+        to: null,
+        reason: 'no other node is up and not paused; resume or add a node',
+        warnings: [],
+      });
       continue;
     }
     const fit = open.filter((n) => free.get(n.name)! >= vm.memoryMiB);
     if (!fit.length) {
       const best = Math.max(...open.map((n) => free.get(n.name)!));
-      out.push({ vm: vm.name, to: null, reason: `needs ${vm.memoryMiB} MiB of memory but the most free on an eligible node is ${Math.max(0, Math.floor(best))} MiB; free memory or add a node`, warnings: [] });
+      out.push({
+        vm: vm.name,
+        to: null,
+        reason: `needs ${vm.memoryMiB} MiB of memory but the most free on an eligible node is ${Math.max(0, Math.floor(best))} MiB; free memory or add a node`,
+        warnings: [],
+      });
       continue;
     }
     const conflicts = (n: PlacementNode): boolean => vm.antiAffinity.some((c) => classes.get(n.name)!.has(c));
     const clean = fit.filter((n) => !conflicts(n));
     const pool = clean.length ? clean : fit;
-    const pref = (n: PlacementNode): number => { const i = vm.preferredOwners.indexOf(n.name); return i < 0 ? Infinity : i; };
+    const pref = (n: PlacementNode): number => {
+      const i = vm.preferredOwners.indexOf(n.name);
+      return i < 0 ? Infinity : i;
+    };
     pool.sort((a, b) => pref(a) - pref(b) || free.get(b.name)! - free.get(a.name)! || a.name.localeCompare(b.name));
     const to = pool[0]!;
-    const warnings = clean.length || !vm.antiAffinity.length ? [] : [`anti-affinity (${vm.antiAffinity.join(', ')}) cannot be kept: every eligible node already runs a VM of that class`];
+    const warnings =
+      clean.length || !vm.antiAffinity.length
+        ? []
+        : [
+            `anti-affinity (${vm.antiAffinity.join(', ')}) cannot be kept: every eligible node already runs a VM of that class`,
+          ];
     free.set(to.name, free.get(to.name)! - vm.memoryMiB);
     for (const c of vm.antiAffinity) classes.get(to.name)!.add(c);
     out.push({ vm: vm.name, to: to.name, reason: null, warnings });

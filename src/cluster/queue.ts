@@ -16,14 +16,16 @@ export async function readQueue(store: ClusterStore): Promise<QueueItem[]> {
   return (await readQueueRaw(store)).items;
 }
 
-async function readQueueRaw(store: ClusterStore): Promise<{ items: QueueItem[]; raw: Map<string, string>; admits: Record<string, string> }> {
+async function readQueueRaw(
+  store: ClusterStore,
+): Promise<{ items: QueueItem[]; raw: Map<string, string>; admits: Record<string, string> }> {
   const [q, admits] = await Promise.all([store.getPrefix('queue/'), store.getPrefix('admit/')]);
   const raw = new Map<string, string>();
   const items = Object.entries(q).map(([k, v]) => {
     const id = k.slice('queue/'.length);
     raw.set(id, v);
     const item = JSON.parse(v) as QueueItem;
-    return { ...item, id, state: admits[admitKey(id)] ? 'admitted' as const : 'queued' as const };
+    return { ...item, id, state: admits[admitKey(id)] ? ('admitted' as const) : ('queued' as const) };
   });
   return { items, raw, admits };
 }
@@ -35,7 +37,11 @@ export class ClusterQueue {
   private wake = new Set<() => void>();
   private stops: Array<() => Promise<void>> = [];
 
-  constructor(private store: ClusterStore, private node: string, private lease: () => Lease | null) {}
+  constructor(
+    private store: ClusterStore,
+    private node: string,
+    private lease: () => Lease | null,
+  ) {}
 
   async start(): Promise<void> {
     for (const p of ['queue/', 'admit/']) this.stops.push(await this.store.watchPrefix(p, () => void this.refresh()));
@@ -51,20 +57,33 @@ export class ClusterQueue {
     try {
       this.snapshot = await readQueue(this.store);
       this.pos = positions(this.snapshot);
-    } catch { /* the next event or poll retries */ }
+    } catch {
+      /* the next event or poll retries */
+    }
     for (const w of this.wake) w();
   });
 
-  items(): QueueItem[] { return this.snapshot; }
-  position(id: string): number | null { return this.pos.get(id) ?? null; }
+  items(): QueueItem[] {
+    return this.snapshot;
+  }
+  position(id: string): number | null {
+    return this.pos.get(id) ?? null;
+  }
 
   /**
    * Queues a move and resolves once the leader admitted it. `onPosition` hears the place in
    * line whenever it changes. Aborting the signal leaves the queue.
    */
-  async enter(item: Omit<QueueItem, 'state' | 'seq'>, opts: { signal: AbortSignal; onPosition?: (p: number | null) => void }): Promise<void> {
+  async enter(
+    item: Omit<QueueItem, 'state' | 'seq'>,
+    opts: { signal: AbortSignal; onPosition?: (p: number | null) => void },
+  ): Promise<void> {
     const lease = this.lease();
-    if (!lease || lease.lost) throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot queue the move of VM '${item.vm}': node '${this.node}' does not hold its cluster lease now; wait until it rejoins (ferry cluster status) and retry`);
+    if (!lease || lease.lost)
+      throw new FerryError(
+        'E_CLUSTER_UNAVAILABLE',
+        `Cannot queue the move of VM '${item.vm}': node '${this.node}' does not hold its cluster lease now; wait until it rejoins (ferry cluster status) and retry`,
+      );
     const value = JSON.stringify({ ...item, seq: Date.now() });
     await this.store.put(keys.queue(item.id), value, { lease, signal: opts.signal });
     let last: number | null = -1;
@@ -76,16 +95,28 @@ export class ClusterQueue {
         if (!mine) {
           // Gone without admission: our lease was lost (the node was cut from the cluster).
           const again = await this.store.get(keys.queue(item.id), { signal: opts.signal }).catch(() => null);
-          if (!again) throw new FerryError('E_CLUSTER_QUEUE', `Cannot move VM '${item.vm}': it lost its place in the cluster queue (node '${this.node}' lost its lease); retry the move`);
+          if (!again)
+            throw new FerryError(
+              'E_CLUSTER_QUEUE',
+              `Cannot move VM '${item.vm}': it lost its place in the cluster queue (node '${this.node}' lost its lease); retry the move`,
+            );
         } else if (mine.state === 'admitted') {
           return;
         }
         const p = this.position(item.id);
-        if (p !== last) { last = p; opts.onPosition?.(p); }
+        if (p !== last) {
+          last = p;
+          opts.onPosition?.(p);
+        }
         // Woken by the watch; a slow poll covers a missed event.
         await new Promise<void>((resolve) => {
           const t = setTimeout(done, 2000);
-          function done(): void { clearTimeout(t); waker.delete(done); opts.signal.removeEventListener('abort', done); resolve(); }
+          function done(): void {
+            clearTimeout(t);
+            waker.delete(done);
+            opts.signal.removeEventListener('abort', done);
+            resolve();
+          }
           const waker = this.wake;
           waker.add(done);
           opts.signal.addEventListener('abort', done, { once: true });
@@ -99,7 +130,13 @@ export class ClusterQueue {
 
   /** The move ended (or never started): free its place. */
   async leave(id: string): Promise<void> {
-    await this.store.txn({ compare: [], success: [{ type: 'delete', key: keys.queue(id) }, { type: 'delete', key: admitKey(id) }] });
+    await this.store.txn({
+      compare: [],
+      success: [
+        { type: 'delete', key: keys.queue(id) },
+        { type: 'delete', key: admitKey(id) },
+      ],
+    });
   }
 }
 
@@ -110,10 +147,15 @@ export class Scheduler {
   /** Milliseconds the last decision took (read + decide + write), for the benchmark and metrics. */
   lastDecisionMs = 0;
 
-  constructor(private store: ClusterStore, private leadership: Leadership, private onEvent: (name: string, data: Record<string, unknown>) => void) {}
+  constructor(
+    private store: ClusterStore,
+    private leadership: Leadership,
+    private onEvent: (name: string, data: Record<string, unknown>) => void,
+  ) {}
 
   async start(): Promise<void> {
-    for (const p of ['queue/', 'admit/', keys.config]) this.stops.push(await this.store.watchPrefix(p, () => void this.pass()));
+    for (const p of ['queue/', 'admit/', keys.config])
+      this.stops.push(await this.store.watchPrefix(p, () => void this.pass()));
     // A missed watch event must not stall the queue.
     this.timer = setInterval(() => void this.pass(), 3000);
     this.timer.unref();
@@ -127,22 +169,37 @@ export class Scheduler {
 
   readonly pass = coalesced(async () => {
     if (this.leadership.lost) return;
-    try { await this.decide(); } catch (err) { this.onEvent('cluster.scheduler-error', { message: messageOf(err) }); }
+    try {
+      await this.decide();
+    } catch (err) {
+      this.onEvent('cluster.scheduler-error', { message: messageOf(err) });
+    }
   });
 
   private async decide(): Promise<void> {
     const t0 = performance.now();
-    const [{ items, raw, admits }, limitsRaw] = await Promise.all([readQueueRaw(this.store), this.store.get(keys.config)]);
+    const [{ items, raw, admits }, limitsRaw] = await Promise.all([
+      readQueueRaw(this.store),
+      this.store.get(keys.config),
+    ]);
     const ids = new Set(items.map((i) => i.id));
     // Admissions of moves whose source went away (its lease took queue/<id> with it).
     for (const k of Object.keys(admits)) {
-      if (!ids.has(k.slice('admit/'.length))) await this.store.txn({ compare: [{ key: this.leadership.key, value: this.leadership.candidateId }], success: [{ type: 'delete', key: k }] });
+      if (!ids.has(k.slice('admit/'.length)))
+        await this.store.txn({
+          compare: [{ key: this.leadership.key, value: this.leadership.candidateId }],
+          success: [{ type: 'delete', key: k }],
+        });
     }
     const admit = schedule(items, parseLimits(limitsRaw));
     for (const id of admit) {
       const item = items.find((i) => i.id === id)!;
       const ok = await this.store.txn({
-        compare: [{ key: this.leadership.key, value: this.leadership.candidateId }, { key: admitKey(id), version: 0 }, { key: keys.queue(id), value: raw.get(id)! }],
+        compare: [
+          { key: this.leadership.key, value: this.leadership.candidateId },
+          { key: admitKey(id), version: 0 },
+          { key: keys.queue(id), value: raw.get(id)! },
+        ],
         success: [{ type: 'put', key: admitKey(id), value: JSON.stringify({ at: new Date().toISOString() }) }],
       });
       if (ok) this.onEvent('cluster.admitted', { migration: id, vm: item.vm, from: item.from, to: item.to });

@@ -5,7 +5,9 @@
 import { RANK, type Limits, type QueueItem } from './model.js';
 
 export function queueOrder(items: QueueItem[]): QueueItem[] {
-  return items.filter((i) => i.state === 'queued').sort((a, b) => RANK[a.priority] - RANK[b.priority] || a.seq - b.seq || a.id.localeCompare(b.id));
+  return items
+    .filter((i) => i.state === 'queued')
+    .sort((a, b) => RANK[a.priority] - RANK[b.priority] || a.seq - b.seq || a.id.localeCompare(b.id));
 }
 
 /** Position of each queued item (1 = next), in queue order. */

@@ -24,9 +24,18 @@
 //    so etcd3's Election.leader()/observe() read it) on the primitives below.
 import fsp from 'node:fs/promises';
 import {
-  Etcd3, Namespace, Watcher, type IOptions, type IKeyValue,
-  GRPCUnavailableError, GRPCDeadlineExceededError, GRPCCancelledError, GRPCUnauthenticatedError,
-  EtcdLeaseInvalidError, EtcdPermissionDeniedError, ClientClosedError,
+  Etcd3,
+  Namespace,
+  Watcher,
+  type IOptions,
+  type IKeyValue,
+  GRPCUnavailableError,
+  GRPCDeadlineExceededError,
+  GRPCCancelledError,
+  GRPCUnauthenticatedError,
+  EtcdLeaseInvalidError,
+  EtcdPermissionDeniedError,
+  ClientClosedError,
 } from 'etcd3';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
@@ -53,16 +62,26 @@ export interface Lease {
   release(): void;
 }
 
-export type Op =
-  | { type: 'put'; key: string; value: string; lease?: Lease }
-  | { type: 'delete'; key: string };
+export type Op = { type: 'put'; key: string; value: string; lease?: Lease } | { type: 'delete'; key: string };
 
 /** Compare on a key: `version` (0 = the key is absent) and/or `value`; all must hold. */
-export interface Compare { key: string; version?: number; value?: string }
+export interface Compare {
+  key: string;
+  version?: number;
+  value?: string;
+}
 
-export interface TxnRequest { compare: Compare[]; success: Op[]; failure?: Op[] }
+export interface TxnRequest {
+  compare: Compare[];
+  success: Op[];
+  failure?: Op[];
+}
 
-export interface WatchEvent { type: 'put' | 'delete'; key: string; value: string | null }
+export interface WatchEvent {
+  type: 'put' | 'delete';
+  key: string;
+  value: string | null;
+}
 
 export interface Leadership {
   readonly election: string;
@@ -96,9 +115,16 @@ export interface ClusterStore {
   /** Atomic compare-and-swap; true when the compares held (and `success` ran). */
   txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean>;
   /** A lease kept alive until revoked, released or lost; `onLost` runs once when it is lost or cannot be renewed. */
-  grantLease(ttlSeconds: number, opts?: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number }): Promise<Lease>;
+  grantLease(
+    ttlSeconds: number,
+    opts?: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number },
+  ): Promise<Lease>;
   /** Calls `cb` for every change under `prefix` from now on; resolves to a cancel function. */
-  watchPrefix(prefix: string, cb: (ev: WatchEvent) => void, opts?: StoreCallOptions & { onError?: (err: FerryError) => void }): Promise<() => Promise<void>>;
+  watchPrefix(
+    prefix: string,
+    cb: (ev: WatchEvent) => void,
+    opts?: StoreCallOptions & { onError?: (err: FerryError) => void },
+  ): Promise<() => Promise<void>>;
   /** Resolves when `candidateId` is the leader of `election`; waits until then (or until `signal` aborts). */
   campaign(election: string, candidateId: string, opts?: CampaignOptions): Promise<Leadership>;
   /** The current leader's candidate id, or null. */
@@ -115,40 +141,63 @@ export interface ClusterStore {
 
 type CallKind = 'read' | 'idempotent' | 'txn';
 
-const STORE_HINT = 'check that a quorum of etcd members runs and is reachable at the endpoints (ferry lab status), and that the certificate belongs to the domain';
+const STORE_HINT =
+  'check that a quorum of etcd members runs and is reachable at the endpoints (ferry lab status), and that the certificate belongs to the domain';
 
 /** True when the request certainly did not reach etcd (so even a write may be retried). */
 function notSent(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   if (isBrokenCircuit(err)) return true; // cockatiel: the host was skipped, nothing sent
   if (!(err instanceof GRPCUnavailableError)) return false;
-  return /No connection established|ECONNREFUSED|failed to connect|there is no (address|connection) available|no leader/i.test(err.message);
+  return /No connection established|ECONNREFUSED|failed to connect|there is no (address|connection) available|no leader/i.test(
+    err.message,
+  );
 }
 
 function transient(err: unknown): boolean {
-  return err instanceof GRPCUnavailableError || err instanceof GRPCDeadlineExceededError || err instanceof GRPCCancelledError
-    || isBrokenCircuit(err);
+  return (
+    err instanceof GRPCUnavailableError ||
+    err instanceof GRPCDeadlineExceededError ||
+    err instanceof GRPCCancelledError ||
+    isBrokenCircuit(err)
+  );
 }
 
 /** cockatiel's BrokenCircuitError (etcd3's per-member circuit breaker is open). */
 function isBrokenCircuit(err: unknown): boolean {
-  return typeof err === 'object' && err !== null && (err as { isBrokenCircuitError?: unknown }).isBrokenCircuitError === true;
+  return (
+    typeof err === 'object' && err !== null && (err as { isBrokenCircuitError?: unknown }).isBrokenCircuitError === true
+  );
 }
 
 export function storeError(what: string, err: unknown, context: Record<string, unknown> = {}): FerryError {
   if (err instanceof FerryError) return err;
   const detail = messageOf(err).replace(/\s+Please report this error at \S+/, '');
   if (err instanceof ClientClosedError) {
-    return new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`, { cause: err, context });
+    return new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`, {
+      cause: err,
+      context,
+    });
   }
   if (err instanceof EtcdLeaseInvalidError) {
-    return new FerryError('E_STORE_LEASE_LOST', `Cannot ${what}: the lease expired or was revoked; grant a new lease and put the keys again`, { cause: err, context });
+    return new FerryError(
+      'E_STORE_LEASE_LOST',
+      `Cannot ${what}: the lease expired or was revoked; grant a new lease and put the keys again`,
+      { cause: err, context },
+    );
   }
   if (err instanceof EtcdPermissionDeniedError || err instanceof GRPCUnauthenticatedError) {
-    return new FerryError('E_STORE_DENIED', `Cannot ${what}: etcd refused the request (${detail}); use a certificate of the cluster's domain`, { cause: err, context });
+    return new FerryError(
+      'E_STORE_DENIED',
+      `Cannot ${what}: etcd refused the request (${detail}); use a certificate of the cluster's domain`,
+      { cause: err, context },
+    );
   }
   if (err instanceof GRPCDeadlineExceededError) {
-    return new FerryError('E_STORE_TIMEOUT', `Cannot ${what}: etcd did not answer in time (${detail}); ${STORE_HINT}`, { cause: err, context });
+    return new FerryError('E_STORE_TIMEOUT', `Cannot ${what}: etcd did not answer in time (${detail}); ${STORE_HINT}`, {
+      cause: err,
+      context,
+    });
   }
   if (transient(err)) {
     return new FerryError('E_STORE_UNAVAILABLE', `Cannot ${what}: ${detail}; ${STORE_HINT}`, { cause: err, context });
@@ -181,20 +230,36 @@ class LeaseKeeper {
    * lost. Shorter than the TTL gives a holder time to act (self-fence) before etcd can
    * expire the lease and others act on it.
    */
-  constructor(private readonly inner: Etcd3Lease, private readonly ttlMs: number, grantedAt: number, private readonly onLoss: (err: FerryError) => void, lossAfterMs = ttlMs) {
+  constructor(
+    private readonly inner: Etcd3Lease,
+    private readonly ttlMs: number,
+    grantedAt: number,
+    private readonly onLoss: (err: FerryError) => void,
+    lossAfterMs = ttlMs,
+  ) {
     this.lastOk = grantedAt;
     inner.on('lost', (err) => this.lose(storeError('keep the lease alive', err)));
-    this.watchdog = setInterval(() => {
-      const silent = Date.now() - this.lastOk;
-      if (silent > lossAfterMs) {
-        this.lose(new FerryError('E_STORE_LEASE_LOST', `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms (TTL ${this.ttlMs} ms); ${STORE_HINT}`));
-      }
-    }, Math.min(250, Math.max(50, this.ttlMs / 8)));
+    this.watchdog = setInterval(
+      () => {
+        const silent = Date.now() - this.lastOk;
+        if (silent > lossAfterMs) {
+          this.lose(
+            new FerryError(
+              'E_STORE_LEASE_LOST',
+              `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms (TTL ${this.ttlMs} ms); ${STORE_HINT}`,
+            ),
+          );
+        }
+      },
+      Math.min(250, Math.max(50, this.ttlMs / 8)),
+    );
     this.watchdog.unref();
     this.schedule(this.ttlMs / 3);
   }
 
-  get lost(): boolean { return this.done; }
+  get lost(): boolean {
+    return this.done;
+  }
 
   private schedule(ms: number): void {
     if (this.done) return;
@@ -209,7 +274,9 @@ class LeaseKeeper {
       await Promise.race([
         this.inner.keepaliveOnce({ deadline: sentAt + attemptMs }),
         // keepaliveOnce waits for 'data' or 'error' only; a stream that just ends would hang it.
-        sleep(attemptMs + 250).then(() => { throw new GRPCDeadlineExceededError('keepalive: no answer'); }),
+        sleep(attemptMs + 250).then(() => {
+          throw new GRPCDeadlineExceededError('keepalive: no answer');
+        }),
       ]);
       this.lastOk = Math.max(this.lastOk, sentAt);
       this.schedule(Math.max(0, this.ttlMs / 3 - (Date.now() - sentAt)));
@@ -222,7 +289,11 @@ class LeaseKeeper {
   private lose(err: FerryError): void {
     if (this.done) return;
     this.stop();
-    try { this.onLoss(err); } catch { /* a callback's failure is its own */ }
+    try {
+      this.onLoss(err);
+    } catch {
+      /* a callback's failure is its own */
+    }
   }
 
   /** Stops the keepalives without reporting (revoke, release, resign, close, loss). */
@@ -238,18 +309,31 @@ class EtcdLease implements Lease {
   private lostFlag = false;
   private guard!: LeaseKeeper;
 
-  constructor(readonly id: string, readonly ttlSeconds: number, private readonly inner: Etcd3Lease, private readonly store: EtcdStore) {}
+  constructor(
+    readonly id: string,
+    readonly ttlSeconds: number,
+    private readonly inner: Etcd3Lease,
+    private readonly store: EtcdStore,
+  ) {}
 
   /** @internal */
   watch(grantedAt: number, onLost?: (err: FerryError) => void, lossAfterMs?: number): void {
-    this.guard = new LeaseKeeper(this.inner, this.ttlSeconds * 1000, grantedAt, (err) => {
-      this.lostFlag = true;
-      this.store.forget(this);
-      onLost?.(err);
-    }, lossAfterMs);
+    this.guard = new LeaseKeeper(
+      this.inner,
+      this.ttlSeconds * 1000,
+      grantedAt,
+      (err) => {
+        this.lostFlag = true;
+        this.store.forget(this);
+        onLost?.(err);
+      },
+      lossAfterMs,
+    );
   }
 
-  get lost(): boolean { return this.lostFlag; }
+  get lost(): boolean {
+    return this.lostFlag;
+  }
 
   async revoke(opts: StoreCallOptions = {}): Promise<void> {
     this.guard.stop();
@@ -287,7 +371,8 @@ async function pem(v: string): Promise<Buffer> {
 
 /** A global policy that never retries: retries are decided per call by EtcdStore. */
 const noRetry = {
-  execute: <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> => Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
+  execute: <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T): Promise<T> =>
+    Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
 } as unknown as NonNullable<NonNullable<IOptions['faultHandling']>['global']>;
 
 type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBackoff']>;
@@ -309,23 +394,47 @@ export class EtcdStore implements ClusterStore {
   private readonly watchers = new Set<Watcher>();
   private closed = false;
 
-  private constructor(private readonly client: Etcd3, private readonly ns: Namespace, readonly prefix: string, private readonly callTimeoutMs: number) {}
+  private constructor(
+    private readonly client: Etcd3,
+    private readonly ns: Namespace,
+    readonly prefix: string,
+    private readonly callTimeoutMs: number,
+  ) {}
 
   static async connect(o: ConnectOptions): Promise<EtcdStore> {
-    if (!o.endpoints.length) throw new InvalidInputError('Cannot connect to etcd: no endpoint given; pass the members\' client URLs', {});
+    if (!o.endpoints.length)
+      throw new InvalidInputError("Cannot connect to etcd: no endpoint given; pass the members' client URLs", {});
     for (const e of o.endpoints) {
-      if (!/^https?:\/\/[^/\s]+:\d+\/?$/.test(e)) throw new InvalidInputError(`Cannot connect to etcd at '${e}': an endpoint is http(s)://HOST:PORT`, { endpoint: e });
-      if (o.tls && !e.startsWith('https://')) throw new InvalidInputError(`Cannot connect to etcd at '${e}' with TLS: use https:// endpoints`, { endpoint: e });
+      if (!/^https?:\/\/[^/\s]+:\d+\/?$/.test(e))
+        throw new InvalidInputError(`Cannot connect to etcd at '${e}': an endpoint is http(s)://HOST:PORT`, {
+          endpoint: e,
+        });
+      if (o.tls && !e.startsWith('https://'))
+        throw new InvalidInputError(`Cannot connect to etcd at '${e}' with TLS: use https:// endpoints`, {
+          endpoint: e,
+        });
     }
-    if (!o.prefix.startsWith('/')) throw new InvalidInputError(`Cannot use the store prefix '${o.prefix}': it must start with '/' (e.g. /ferry/clusters/lab/)`, { prefix: o.prefix });
+    if (!o.prefix.startsWith('/'))
+      throw new InvalidInputError(
+        `Cannot use the store prefix '${o.prefix}': it must start with '/' (e.g. /ferry/clusters/lab/)`,
+        { prefix: o.prefix },
+      );
     const callTimeoutMs = o.callTimeoutMs ?? 5000;
     const dialTimeoutMs = o.dialTimeoutMs ?? 5000;
     let credentials: IOptions['credentials'];
     if (o.tls) {
       try {
-        credentials = { rootCertificate: await pem(o.tls.ca), certChain: await pem(o.tls.cert), privateKey: await pem(o.tls.key) };
+        credentials = {
+          rootCertificate: await pem(o.tls.ca),
+          certChain: await pem(o.tls.cert),
+          privateKey: await pem(o.tls.key),
+        };
       } catch (err) {
-        throw new FerryError('E_STORE_TLS', `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); check the paths of the CA, certificate and key`, { cause: err, userError: true });
+        throw new FerryError(
+          'E_STORE_TLS',
+          `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); check the paths of the CA, certificate and key`,
+          { cause: err, userError: true },
+        );
       }
     }
     const client = new Etcd3({
@@ -333,15 +442,23 @@ export class EtcdStore implements ClusterStore {
       credentials,
       // Per attempt; EtcdStore.call bounds the whole call. Streams (watch, keepalive) have none.
       // Short enough that a frozen member costs one attempt, not the whole call.
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + Math.max(1000, Math.min(callTimeoutMs / 3, 3000)) }),
+      defaultCallOptions: (ctx) =>
+        ctx.isStream ? {} : { deadline: Date.now() + Math.max(1000, Math.min(callTimeoutMs / 3, 3000)) },
       faultHandling: { global: noRetry, watchBackoff },
       // HTTP/2 pings find a frozen member under a watch or keepalive stream; etcd's server
       // refuses pings more often than every 5 s (--grpc-keepalive-min-time) and without a stream.
-      grpcOptions: { 'grpc.keepalive_time_ms': 5000, 'grpc.keepalive_timeout_ms': 2000, 'grpc.keepalive_permit_without_calls': 0 },
+      grpcOptions: {
+        'grpc.keepalive_time_ms': 5000,
+        'grpc.keepalive_timeout_ms': 2000,
+        'grpc.keepalive_permit_without_calls': 0,
+      },
     });
     const store = new EtcdStore(client, client.namespace(o.prefix), o.prefix, callTimeoutMs);
     try {
-      await store.call(`connect to etcd at ${o.endpoints.join(', ')}`, 'read', () => store.ns.get('.probe').exec(), { timeoutMs: dialTimeoutMs, signal: o.signal });
+      await store.call(`connect to etcd at ${o.endpoints.join(', ')}`, 'read', () => store.ns.get('.probe').exec(), {
+        timeoutMs: dialTimeoutMs,
+        signal: o.signal,
+      });
     } catch (err) {
       client.close();
       throw err;
@@ -355,7 +472,8 @@ export class EtcdStore implements ClusterStore {
    * @internal
    */
   async call<T>(what: string, kind: CallKind, fn: () => Promise<T>, opts: StoreCallOptions = {}): Promise<T> {
-    if (this.closed) throw new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`);
+    if (this.closed)
+      throw new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`);
     const timeoutMs = opts.timeoutMs ?? this.callTimeoutMs;
     const until = Date.now() + timeoutMs;
     let lastErr: unknown;
@@ -376,7 +494,10 @@ export class EtcdStore implements ClusterStore {
         ]);
       } catch (err) {
         if (err instanceof AbortedError) throw err;
-        if (err instanceof StoreTimeout) { lastErr = lastErr ?? err; break; }
+        if (err instanceof StoreTimeout) {
+          lastErr = lastErr ?? err;
+          break;
+        }
         lastErr = err;
         const retry = kind === 'txn' ? notSent(err) : transient(err);
         if (!retry || this.closed) throw storeError(what, err);
@@ -387,11 +508,17 @@ export class EtcdStore implements ClusterStore {
       }
     }
     const outcome = kind === 'txn' ? 'the outcome is unknown, read the keys before retrying; ' : '';
-    throw new FerryError('E_STORE_TIMEOUT', `Cannot ${what}: no answer within ${timeoutMs} ms${lastErr && !(lastErr instanceof StoreTimeout) ? ` (last error: ${messageOf(lastErr)})` : ''}; ${outcome}${STORE_HINT}`, { cause: lastErr, context: { timeoutMs } });
+    throw new FerryError(
+      'E_STORE_TIMEOUT',
+      `Cannot ${what}: no answer within ${timeoutMs} ms${lastErr && !(lastErr instanceof StoreTimeout) ? ` (last error: ${messageOf(lastErr)})` : ''}; ${outcome}${STORE_HINT}`,
+      { cause: lastErr, context: { timeoutMs } },
+    );
   }
 
   /** @internal */
-  forget(lease: EtcdLease): void { this.leases.delete(lease); }
+  forget(lease: EtcdLease): void {
+    this.leases.delete(lease);
+  }
 
   async get(key: string, opts?: StoreCallOptions): Promise<string | null> {
     return this.call(`get ${key}`, 'read', () => this.ns.get(key).string(), opts);
@@ -403,10 +530,15 @@ export class EtcdStore implements ClusterStore {
 
   async put(key: string, value: string, opts: StoreCallOptions & { lease?: Lease } = {}): Promise<void> {
     this.checkLease(`put ${key}`, opts.lease);
-    await this.call(`put ${key}`, 'idempotent', () => {
-      const b = this.ns.put(key).value(value);
-      return (opts.lease ? b.lease(opts.lease.id) : b).exec();
-    }, opts);
+    await this.call(
+      `put ${key}`,
+      'idempotent',
+      () => {
+        const b = this.ns.put(key).value(value);
+        return (opts.lease ? b.lease(opts.lease.id) : b).exec();
+      },
+      opts,
+    );
   }
 
   async delete(key: string, opts?: StoreCallOptions): Promise<void> {
@@ -416,40 +548,78 @@ export class EtcdStore implements ClusterStore {
   async txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean> {
     const what = `commit a transaction on ${[...new Set([...req.compare, ...req.success, ...(req.failure ?? [])].map((x) => x.key))].join(', ')}`;
     for (const c of req.compare) {
-      if (c.version === undefined && c.value === undefined) throw new InvalidInputError(`Cannot ${what}: the compare on '${c.key}' names neither a version nor a value`, { key: c.key });
-      if (c.version !== undefined && (!Number.isInteger(c.version) || c.version < 0)) throw new InvalidInputError(`Cannot ${what}: version ${c.version} of '${c.key}' is not a whole number ≥ 0`, { key: c.key });
+      if (c.version === undefined && c.value === undefined)
+        throw new InvalidInputError(`Cannot ${what}: the compare on '${c.key}' names neither a version nor a value`, {
+          key: c.key,
+        });
+      if (c.version !== undefined && (!Number.isInteger(c.version) || c.version < 0))
+        throw new InvalidInputError(`Cannot ${what}: version ${c.version} of '${c.key}' is not a whole number ≥ 0`, {
+          key: c.key,
+        });
     }
     for (const op of [...req.success, ...(req.failure ?? [])]) if (op.type === 'put') this.checkLease(what, op.lease);
-    const toOp = (op: Op) => (op.type === 'put'
-      ? (op.lease ? this.ns.put(op.key).value(op.value).lease(op.lease.id) : this.ns.put(op.key).value(op.value))
-      : this.ns.delete().key(op.key));
-    const res = await this.call(what, 'txn', () => {
-      const checks: Array<[string, 'Version' | 'Value', string | number]> = [];
-      for (const c of req.compare) {
-        if (c.version !== undefined) checks.push([c.key, 'Version', c.version]);
-        if (c.value !== undefined) checks.push([c.key, 'Value', c.value]);
-      }
-      // No compare: an always-true one (every key's version is > -1), so the ops still run atomically.
-      const [first, ...rest] = checks.length ? checks : [[req.success[0]?.key ?? '', 'Version', -1] as [string, 'Version', number]];
-      let b = checks.length ? this.ns.if(first![0], first![1], '==', first![2]) : this.ns.if(first![0], 'Version', '>', -1);
-      for (const [k, t, v] of rest) b = b.and(k, t, '==', v);
-      return b.then(...req.success.map(toOp)).else(...(req.failure ?? []).map(toOp)).commit();
-    }, opts);
+    const toOp = (op: Op) =>
+      op.type === 'put'
+        ? op.lease
+          ? this.ns.put(op.key).value(op.value).lease(op.lease.id)
+          : this.ns.put(op.key).value(op.value)
+        : this.ns.delete().key(op.key);
+    const res = await this.call(
+      what,
+      'txn',
+      () => {
+        const checks: Array<[string, 'Version' | 'Value', string | number]> = [];
+        for (const c of req.compare) {
+          if (c.version !== undefined) checks.push([c.key, 'Version', c.version]);
+          if (c.value !== undefined) checks.push([c.key, 'Value', c.value]);
+        }
+        // No compare: an always-true one (every key's version is > -1), so the ops still run atomically.
+        const [first, ...rest] = checks.length
+          ? checks
+          : [[req.success[0]?.key ?? '', 'Version', -1] as [string, 'Version', number]];
+        let b = checks.length
+          ? this.ns.if(first![0], first![1], '==', first![2])
+          : this.ns.if(first![0], 'Version', '>', -1);
+        for (const [k, t, v] of rest) b = b.and(k, t, '==', v);
+        return b
+          .then(...req.success.map(toOp))
+          .else(...(req.failure ?? []).map(toOp))
+          .commit();
+      },
+      opts,
+    );
     return res.succeeded;
   }
 
   private checkLease(what: string, lease: Lease | undefined): void {
-    if (lease?.lost) throw new FerryError('E_STORE_LEASE_LOST', `Cannot ${what}: lease ${lease.id} is lost; grant a new lease and put the keys again`, { context: { lease: lease.id } });
+    if (lease?.lost)
+      throw new FerryError(
+        'E_STORE_LEASE_LOST',
+        `Cannot ${what}: lease ${lease.id} is lost; grant a new lease and put the keys again`,
+        { context: { lease: lease.id } },
+      );
   }
 
-  async grantLease(ttlSeconds: number, opts: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number } = {}): Promise<Lease> {
-    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1) throw new InvalidInputError(`Cannot grant a lease of ${ttlSeconds} s: the TTL is a whole number of seconds ≥ 1`, { ttlSeconds });
+  async grantLease(
+    ttlSeconds: number,
+    opts: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number } = {},
+  ): Promise<Lease> {
+    if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
+      throw new InvalidInputError(`Cannot grant a lease of ${ttlSeconds} s: the TTL is a whole number of seconds ≥ 1`, {
+        ttlSeconds,
+      });
     const { lease } = await this.newLease(ttlSeconds, opts, opts.onLost, opts.lossAfterMs);
     return lease;
   }
 
-  private async newLease(ttlSeconds: number, opts: StoreCallOptions, onLost?: (err: FerryError) => void, lossAfterMs?: number): Promise<{ lease: EtcdLease }> {
-    if (this.closed) throw new FerryError('E_STORE_CLOSED', 'Cannot grant a lease: the store connection is closed; connect again');
+  private async newLease(
+    ttlSeconds: number,
+    opts: StoreCallOptions,
+    onLost?: (err: FerryError) => void,
+    lossAfterMs?: number,
+  ): Promise<{ lease: EtcdLease }> {
+    if (this.closed)
+      throw new FerryError('E_STORE_CLOSED', 'Cannot grant a lease: the store connection is closed; connect again');
     const sentAt = Date.now();
     // etcd3 sends the grant when the Lease is constructed; a failed grant emits 'lost' (handled) and rejects grant().
     const inner = this.ns.lease(ttlSeconds, { autoKeepAlive: false });
@@ -467,29 +637,48 @@ export class EtcdStore implements ClusterStore {
     return { lease };
   }
 
-  async watchPrefix(prefix: string, cb: (ev: WatchEvent) => void, opts: StoreCallOptions & { onError?: (err: FerryError) => void } = {}): Promise<() => Promise<void>> {
+  async watchPrefix(
+    prefix: string,
+    cb: (ev: WatchEvent) => void,
+    opts: StoreCallOptions & { onError?: (err: FerryError) => void } = {},
+  ): Promise<() => Promise<void>> {
     const what = `watch ${prefix}`;
     const watcher = this.ns.watch().prefix(prefix).watcher();
     this.watchers.add(watcher);
     const emit = (ev: WatchEvent): void => {
-      try { cb(ev); } catch { /* etcd3 would rethrow it from setImmediate and crash the process */ }
+      try {
+        cb(ev);
+      } catch {
+        /* etcd3 would rethrow it from setImmediate and crash the process */
+      }
     };
     watcher.on('put', (kv: IKeyValue) => emit({ type: 'put', key: kv.key.toString(), value: kv.value.toString() }));
     watcher.on('delete', (kv: IKeyValue) => emit({ type: 'delete', key: kv.key.toString(), value: null }));
     watcher.on('disconnected', () => undefined); // etcd3 reconnects and resumes from the last revision
-    watcher.on('error', (err) => { // unrecoverable (e.g. compacted revision): the watch has ended
+    watcher.on('error', (err) => {
+      // unrecoverable (e.g. compacted revision): the watch has ended
       this.watchers.delete(watcher);
-      try { opts.onError?.(storeError(what, err)); } catch { /* its own */ }
+      try {
+        opts.onError?.(storeError(what, err));
+      } catch {
+        /* its own */
+      }
     });
     const cancel = async (): Promise<void> => {
       if (!this.watchers.delete(watcher)) return;
       await Promise.race([watcher.cancel().catch(() => undefined), sleep(2000)]);
     };
     try {
-      await this.call(what, 'read', () => new Promise<void>((resolve, reject) => {
-        watcher.once('connected', () => resolve());
-        watcher.once('error', reject);
-      }), opts);
+      await this.call(
+        what,
+        'read',
+        () =>
+          new Promise<void>((resolve, reject) => {
+            watcher.once('connected', () => resolve());
+            watcher.once('error', reject);
+          }),
+        opts,
+      );
     } catch (err) {
       await cancel();
       throw err;
@@ -498,14 +687,21 @@ export class EtcdStore implements ClusterStore {
   }
 
   async leader(election: string, opts?: StoreCallOptions): Promise<string | null> {
-    const res = await this.call(`find the leader of ${election}`, 'read',
-      () => this.ns.getAll().prefix(`${ELECTION}/${election}/`).sort('Create', 'Ascend').limit(1).exec(), opts);
+    const res = await this.call(
+      `find the leader of ${election}`,
+      'read',
+      () => this.ns.getAll().prefix(`${ELECTION}/${election}/`).sort('Create', 'Ascend').limit(1).exec(),
+      opts,
+    );
     return res.kvs[0]?.value.toString() ?? null;
   }
 
   async campaign(election: string, candidateId: string, opts: CampaignOptions = {}): Promise<Leadership> {
     const what = `campaign for leadership of ${election} as ${candidateId}`;
-    if (!/^[A-Za-z0-9._-]+$/.test(election)) throw new InvalidInputError(`Cannot ${what}: an election name is letters, digits, dot, dash or underscore`, { election });
+    if (!/^[A-Za-z0-9._-]+$/.test(election))
+      throw new InvalidInputError(`Cannot ${what}: an election name is letters, digits, dot, dash or underscore`, {
+        election,
+      });
     const ttl = opts.ttlSeconds ?? 5;
     if (opts.signal?.aborted) throw new AbortedError(what, opts.signal.reason);
     const pfx = `${ELECTION}/${election}/`;
@@ -521,10 +717,17 @@ export class EtcdStore implements ClusterStore {
     try {
       // Same algorithm as etcd's Go client (concurrency.Election.Campaign).
       // Idempotent: a retry after a lost answer finds our own key (the else branch).
-      const res = await this.call(what, 'idempotent', () => this.ns.if(key, 'Create', '==', 0)
-        .then(this.ns.put(key).value(candidateId).lease(lease.id))
-        .else(this.ns.get(key))
-        .commit(), { signal: stop.signal });
+      const res = await this.call(
+        what,
+        'idempotent',
+        () =>
+          this.ns
+            .if(key, 'Create', '==', 0)
+            .then(this.ns.put(key).value(candidateId).lease(lease.id))
+            .else(this.ns.get(key))
+            .commit(),
+        { signal: stop.signal },
+      );
       let myRev = BigInt(res.header.revision);
       if (!res.succeeded) {
         const kv = res.responses[0]?.response_range?.kvs[0];
@@ -533,8 +736,19 @@ export class EtcdStore implements ClusterStore {
       }
       // Wait until no key of this election was created before ours.
       for (;;) {
-        const prev = await this.call(what, 'read', () => this.ns.getAll().prefix(pfx).maxCreateRevision(String(myRev - 1n))
-          .sort('Create', 'Descend').limit(1).exec(), { signal: stop.signal });
+        const prev = await this.call(
+          what,
+          'read',
+          () =>
+            this.ns
+              .getAll()
+              .prefix(pfx)
+              .maxCreateRevision(String(myRev - 1n))
+              .sort('Create', 'Descend')
+              .limit(1)
+              .exec(),
+          { signal: stop.signal },
+        );
         const kv = prev.kvs[0];
         if (!kv) break;
         await this.waitDeleted(kv.key.toString(), BigInt(prev.header.revision) + 1n, stop.signal, what);
@@ -574,8 +788,16 @@ export class EtcdStore implements ClusterStore {
   /** @internal Watches a leader's own key: deleted by anyone → leadership lost. */
   async watchKeyDeleted(key: string, onDeleted: () => void, signal: AbortSignal): Promise<() => Promise<void>> {
     const rev = await this.call(`watch ${key}`, 'read', () => this.ns.get(key).exec(), { signal });
-    if (!rev.kvs.length) { onDeleted(); return async () => undefined; }
-    const watcher = this.ns.watch().key(key).startRevision(String(BigInt(rev.header.revision) + 1n)).only('delete').watcher();
+    if (!rev.kvs.length) {
+      onDeleted();
+      return async () => undefined;
+    }
+    const watcher = this.ns
+      .watch()
+      .key(key)
+      .startRevision(String(BigInt(rev.header.revision) + 1n))
+      .only('delete')
+      .watcher();
     this.watchers.add(watcher);
     watcher.on('delete', () => onDeleted());
     watcher.on('disconnected', () => undefined);
@@ -588,7 +810,10 @@ export class EtcdStore implements ClusterStore {
 
   async close(): Promise<void> {
     if (this.closed) return;
-    const closedErr = new FerryError('E_STORE_CLOSED', 'Cannot campaign for leadership: the store connection was closed; connect again');
+    const closedErr = new FerryError(
+      'E_STORE_CLOSED',
+      'Cannot campaign for leadership: the store connection was closed; connect again',
+    );
     for (const c of [...this.campaigns]) c.abort(closedErr);
     for (const l of [...this.leases]) l.release();
     this.leases.clear();
@@ -613,22 +838,45 @@ class EtcdLeadership implements Leadership {
   /** @internal set while campaigning: a loss then fails the campaign. */
   onLostWhileWaiting: ((err: FerryError) => void) | undefined;
 
-  constructor(private readonly store: EtcdStore, readonly election: string, readonly candidateId: string, onLost?: (err: FerryError) => void) {
+  constructor(
+    private readonly store: EtcdStore,
+    readonly election: string,
+    readonly candidateId: string,
+    onLost?: (err: FerryError) => void,
+  ) {
     if (onLost) this.callbacks.push(onLost);
   }
 
-  get lost(): boolean { return this.lostFlag; }
+  get lost(): boolean {
+    return this.lostFlag;
+  }
 
-  attach(lease: Lease, key: string): void { this.lease = lease; this.key = key; }
+  attach(lease: Lease, key: string): void {
+    this.lease = lease;
+    this.key = key;
+  }
 
   async elected(signal: AbortSignal): Promise<void> {
-    this.unwatch = await this.store.watchKeyDeleted(this.key, () => this.fail(new FerryError('E_STORE_LEADERSHIP_LOST',
-      `Cannot stay leader of ${this.election}: the election key ${this.key} was deleted; campaign again`)), signal);
+    this.unwatch = await this.store.watchKeyDeleted(
+      this.key,
+      () =>
+        this.fail(
+          new FerryError(
+            'E_STORE_LEADERSHIP_LOST',
+            `Cannot stay leader of ${this.election}: the election key ${this.key} was deleted; campaign again`,
+          ),
+        ),
+      signal,
+    );
     this.isLeader = true;
   }
 
   onLost(cb: (err: FerryError) => void): void {
-    if (this.lostFlag && this.lastErr) { const e = this.lastErr; queueMicrotask(() => cb(e)); return; }
+    if (this.lostFlag && this.lastErr) {
+      const e = this.lastErr;
+      queueMicrotask(() => cb(e));
+      return;
+    }
     this.callbacks.push(cb);
   }
 
@@ -637,8 +885,14 @@ class EtcdLeadership implements Leadership {
   /** @internal */
   fail(err: FerryError): void {
     if (this.lostFlag || this.resigned) return;
-    const e = err.code === 'E_STORE_LEADERSHIP_LOST' ? err
-      : new FerryError('E_STORE_LEADERSHIP_LOST', `Cannot stay leader of ${this.election}: ${err.message.replace(/^Cannot [^:]*: /, '')}`, { cause: err });
+    const e =
+      err.code === 'E_STORE_LEADERSHIP_LOST'
+        ? err
+        : new FerryError(
+            'E_STORE_LEADERSHIP_LOST',
+            `Cannot stay leader of ${this.election}: ${err.message.replace(/^Cannot [^:]*: /, '')}`,
+            { cause: err },
+          );
     this.lostFlag = true;
     this.lastErr = e;
     this.onLostWhileWaiting?.(e);
@@ -646,7 +900,13 @@ class EtcdLeadership implements Leadership {
     // Give the key up (if it still exists), so the next candidate does not wait for the TTL.
     if (this.lease && !this.lease.lost) void this.lease.revoke({ timeoutMs: 2000 }).catch(() => this.lease?.release());
     if (!this.isLeader) return;
-    for (const cb of this.callbacks) { try { cb(e); } catch { /* its own */ } }
+    for (const cb of this.callbacks) {
+      try {
+        cb(e);
+      } catch {
+        /* its own */
+      }
+    }
   }
 
   async resign(opts: StoreCallOptions = {}): Promise<void> {

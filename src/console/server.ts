@@ -13,16 +13,30 @@ import { REPO_ROOT } from '../../guest/paths.js';
 const COOKIE = 'ferry_session';
 const SESSION_MS = 12 * 3600_000;
 const TYPES: Record<string, string> = {
-  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.css': 'text/css; charset=utf-8',
-  '.svg': 'image/svg+xml', '.png': 'image/png', '.json': 'application/json', '.ico': 'image/x-icon', '.map': 'application/json',
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.json': 'application/json',
+  '.ico': 'image/x-icon',
+  '.map': 'application/json',
 };
 
-export interface ConsoleOptions { context: Context; token: string; webDir?: string }
+export interface ConsoleOptions {
+  context: Context;
+  token: string;
+  webDir?: string;
+}
 
 export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> {
   const webDir = o.webDir ?? path.join(REPO_ROOT, 'web', 'dist');
   if (!fs.existsSync(path.join(webDir, 'index.html'))) {
-    throw new FerryError('E_WEB_NOT_BUILT', `Cannot serve the console: the web app is not built in ${webDir}; run scripts/setup (it builds it)`, { userError: true });
+    throw new FerryError(
+      'E_WEB_NOT_BUILT',
+      `Cannot serve the console: the web app is not built in ${webDir}; run scripts/setup (it builds it)`,
+      { userError: true },
+    );
   }
   const clients = new Clients(o.context);
   const sessions = new Map<string, number>();
@@ -38,16 +52,35 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     const exp = m ? sessions.get(m[1]!) : undefined;
     return exp !== undefined && exp > Date.now();
   };
-  const deny = (reply: FastifyReply): FastifyReply => reply.code(401).send({ error: { code: 'E_UNAUTHENTICATED', message: 'Cannot serve the request: not logged in; log in with the token ferry console printed' } });
+  const deny = (reply: FastifyReply): FastifyReply =>
+    reply
+      .code(401)
+      .send({
+        error: {
+          code: 'E_UNAUTHENTICATED',
+          message: 'Cannot serve the request: not logged in; log in with the token ferry console printed',
+        },
+      });
 
   app.post('/api/login', async (req, reply) => {
     let token = '';
-    try { token = String((JSON.parse(String(req.body ?? '{}')) as { token?: unknown }).token ?? ''); } catch { /* bad JSON: empty token */ }
+    try {
+      token = String((JSON.parse(String(req.body ?? '{}')) as { token?: unknown }).token ?? '');
+    } catch {
+      /* bad JSON: empty token */
+    }
     const a = crypto.createHash('sha256').update(token).digest();
     const b = crypto.createHash('sha256').update(o.token).digest();
     if (!token || !crypto.timingSafeEqual(a, b)) {
       await new Promise((r) => setTimeout(r, 300)); // slow down guessing
-      return reply.code(401).send({ error: { code: 'E_UNAUTHENTICATED', message: 'Cannot log in: wrong token; use the token ferry console printed at start' } });
+      return reply
+        .code(401)
+        .send({
+          error: {
+            code: 'E_UNAUTHENTICATED',
+            message: 'Cannot log in: wrong token; use the token ferry console printed at start',
+          },
+        });
     }
     const id = crypto.randomBytes(24).toString('base64url');
     sessions.set(id, Date.now() + SESSION_MS);
@@ -66,18 +99,36 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     if (!session(req)) return deny(reply);
     const { host } = req.params as { host: string };
     let client;
-    try { client = clients.host(host); } catch (err) {
+    try {
+      client = clients.host(host);
+    } catch (err) {
       return reply.code(404).send({ error: { code: 'E_HOST_NOT_FOUND', message: (err as Error).message } });
     }
     const rest = req.url.slice(`/api/hosts/${encodeURIComponent(host)}`.length);
-    if (!rest.startsWith('/v1/')) return reply.code(404).send({ error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot proxy ${rest}: only /v1/ agent routes are served` } });
+    if (!rest.startsWith('/v1/'))
+      return reply
+        .code(404)
+        .send({
+          error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot proxy ${rest}: only /v1/ agent routes are served` },
+        });
     reply.hijack();
     const ac = new AbortController();
     reply.raw.on('close', () => ac.abort());
-    await client.forward(req.method, rest, req.body as Buffer | undefined, req.headers['content-type'], reply.raw, ac.signal);
+    await client.forward(
+      req.method,
+      rest,
+      req.body as Buffer | undefined,
+      req.headers['content-type'],
+      reply.raw,
+      ac.signal,
+    );
     return reply;
   });
-  app.all('/api/*', async (req, reply) => (session(req) ? reply.code(404).send({ error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot serve ${req.url}` } }) : deny(reply)));
+  app.all('/api/*', async (req, reply) =>
+    session(req)
+      ? reply.code(404).send({ error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot serve ${req.url}` } })
+      : deny(reply),
+  );
 
   // The app's files; unknown paths get index.html (client-side routes).
   app.get('/*', async (req, reply) => {
@@ -93,4 +144,6 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
   return app;
 }
 
-export function newToken(): string { return crypto.randomBytes(18).toString('base64url'); }
+export function newToken(): string {
+  return crypto.randomBytes(18).toString('base64url');
+}

@@ -17,27 +17,57 @@ import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
 import { cliCommand } from '../../guest/paths.js';
-import { AGENT_PORT, ensureNetns, linkStates, migrationNetwork, netnsHost, planNetns, removeNetns, setLink, type LinkKind } from './netns.js';
+import {
+  AGENT_PORT,
+  ensureNetns,
+  linkStates,
+  migrationNetwork,
+  netnsHost,
+  planNetns,
+  removeNetns,
+  setLink,
+  type LinkKind,
+} from './netns.js';
 
 const LabHost = z.object({
-  name: z.string(), port: z.number().int(), dataDir: z.string(), agentPid: z.number().int().nullable(),
+  name: z.string(),
+  port: z.number().int(),
+  dataDir: z.string(),
+  agentPid: z.number().int().nullable(),
   // --netns: the host's namespace, management and migration addresses.
-  netns: z.string().optional(), address: z.string().optional(), migrationAddress: z.string().optional(),
+  netns: z.string().optional(),
+  address: z.string().optional(),
+  migrationAddress: z.string().optional(),
 });
 const LabFile = z.object({
-  version: z.literal(1), dir: z.string(), hosts: z.array(LabHost), cluster: z.boolean().default(false),
+  version: z.literal(1),
+  dir: z.string(),
+  hosts: z.array(LabHost),
+  cluster: z.boolean().default(false),
   netns: z.object({ id: z.string(), subnet: z.number().int() }).nullable().default(null),
 });
 type LabFile = z.infer<typeof LabFile>;
 
 export interface LabHostStatus {
-  name: string; endpoint: string; dataDir: string; agentPid: number | null; up: boolean;
+  name: string;
+  endpoint: string;
+  dataDir: string;
+  agentPid: number | null;
+  up: boolean;
   /** --netns only: namespace, migration address, and which links are up (false = cut). */
-  netns?: string; migrationAddress?: string; links?: Record<LinkKind, boolean>;
+  netns?: string;
+  migrationAddress?: string;
+  links?: Record<LinkKind, boolean>;
 }
-export interface LabStatus { dir: string; hosts: LabHostStatus[]; etcd: Array<{ name: string; endpoint: string; pid: number }> }
+export interface LabStatus {
+  dir: string;
+  hosts: LabHostStatus[];
+  etcd: Array<{ name: string; endpoint: string; pid: number }>;
+}
 
-export function hostName(i: number): string { return `host-${String.fromCharCode(97 + i)}`; }
+export function hostName(i: number): string {
+  return `host-${String.fromCharCode(97 + i)}`;
+}
 
 const labFile = (dir: string): string => path.join(dir, 'lab.json');
 
@@ -46,7 +76,11 @@ export async function readLab(dir: string): Promise<LabFile> {
   try {
     text = await fsp.readFile(labFile(dir), 'utf8');
   } catch {
-    throw new NotFoundError('E_LAB_NOT_FOUND', `Cannot find a lab in ${dir}: there is no lab.json; create one with 'ferry lab up --dir ${dir}'`, { dir });
+    throw new NotFoundError(
+      'E_LAB_NOT_FOUND',
+      `Cannot find a lab in ${dir}: there is no lab.json; create one with 'ferry lab up --dir ${dir}'`,
+      { dir },
+    );
   }
   return LabFile.parse(JSON.parse(text));
 }
@@ -59,10 +93,16 @@ async function writeLab(lab: LabFile): Promise<void> {
 
 export function labCredentials(dir: string): Credentials {
   const d = path.join(dir, 'domain');
-  return { ca: path.join(d, 'ca.crt'), cert: path.join(d, 'admins', 'admin.crt'), key: path.join(d, 'admins', 'admin.key') };
+  return {
+    ca: path.join(d, 'ca.crt'),
+    cert: path.join(d, 'admins', 'admin.crt'),
+    key: path.join(d, 'admins', 'admin.key'),
+  };
 }
 
-export function labEndpoint(h: { port: number; address?: string | undefined }): string { return `https://${h.address ?? '127.0.0.1'}:${h.port}`; }
+export function labEndpoint(h: { port: number; address?: string | undefined }): string {
+  return `https://${h.address ?? '127.0.0.1'}:${h.port}`;
+}
 
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -76,13 +116,21 @@ async function freePort(): Promise<number> {
 }
 
 function cmdlineOf(pid: number): string {
-  try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' '); } catch { return ''; }
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
 }
 
 /** Is `pid` still this host's agent (not a recycled pid)? */
 export function isLabAgent(pid: number | null, dataDir: string): boolean {
   if (!pid) return false;
-  try { process.kill(pid, 0); } catch { return false; }
+  try {
+    process.kill(pid, 0);
+  } catch {
+    return false;
+  }
   const cmd = cmdlineOf(pid);
   return cmd.includes(' agent ') && cmd.includes(dataDir);
 }
@@ -98,11 +146,20 @@ export async function hostQemuPids(dataDir: string): Promise<number[]> {
   return out;
 }
 
-export interface UpOptions { dir: string; hosts?: number; cluster?: boolean; netns?: boolean; signal?: AbortSignal; timeoutMs?: number; log?: (s: string) => void }
+export interface UpOptions {
+  dir: string;
+  hosts?: number;
+  cluster?: boolean;
+  netns?: boolean;
+  signal?: AbortSignal;
+  timeoutMs?: number;
+  log?: (s: string) => void;
+}
 
 export async function labUp(o: UpOptions): Promise<LabStatus> {
   const n = o.hosts ?? 2;
-  if (!Number.isInteger(n) || n < 1 || n > 26) throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
+  if (!Number.isInteger(n) || n < 1 || n > 26)
+    throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
   const dir = path.resolve(o.dir);
   await fsp.mkdir(dir, { recursive: true });
   let lab: LabFile;
@@ -112,15 +169,27 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     lab = { version: 1, dir, hosts: [], cluster: false, netns: null };
   }
   if (o.netns && !lab.netns && lab.hosts.length) {
-    throw new FerryError('E_LAB_EXISTS', `Cannot put the lab in ${dir} into network namespaces: it was created without --netns; use a new --dir`, { userError: true });
+    throw new FerryError(
+      'E_LAB_EXISTS',
+      `Cannot put the lab in ${dir} into network namespaces: it was created without --netns; use a new --dir`,
+      { userError: true },
+    );
   }
   // The etcd members listen on loopback in the root namespace, out of the hosts' reach.
   if ((o.netns || lab.netns) && (o.cluster || lab.cluster)) {
-    throw new FerryError('E_UNSUPPORTED', 'Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts\' namespaces yet; use one of them', { userError: true });
+    throw new FerryError(
+      'E_UNSUPPORTED',
+      "Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts' namespaces yet; use one of them",
+      { userError: true },
+    );
   }
   if (o.netns && !lab.netns) lab.netns = await planNetns(dir);
   if (o.cluster && !lab.cluster && lab.hosts.length) {
-    throw new FerryError('E_LAB_EXISTS', `Cannot turn the lab in ${dir} into a cluster: it was created without --cluster; use a new --dir`, { userError: true });
+    throw new FerryError(
+      'E_LAB_EXISTS',
+      `Cannot turn the lab in ${dir} into a cluster: it was created without --cluster; use a new --dir`,
+      { userError: true },
+    );
   }
   lab.cluster = lab.cluster || Boolean(o.cluster);
   const domainDir = path.join(dir, 'domain');
@@ -141,37 +210,79 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   }
   // The shared pool's grants live on the share: every lab host is granted.
   const grantsFile = path.join(shared, '.ferry-pool.json');
-  const granted = new Set<string>(JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')).granted as string[]);
+  const granted = new Set<string>(
+    JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')).granted as string[],
+  );
   for (const h of lab.hosts) granted.add(h.name);
   await fsp.writeFile(grantsFile, JSON.stringify({ name: 'shared', granted: [...granted].sort() }, null, 2) + '\n');
 
   // A cluster lab: one etcd member per host (a 3-host lab survives the loss of one).
-  const members = lab.cluster ? await startMembers({ labDir: dir, hosts: lab.hosts.map((h) => h.name), domainDir, ...(o.signal ? { signal: o.signal } : {}), ...(o.log ? { log: o.log } : {}) }) : [];
+  const members = lab.cluster
+    ? await startMembers({
+        labDir: dir,
+        hosts: lab.hosts.map((h) => h.name),
+        domainDir,
+        ...(o.signal ? { signal: o.signal } : {}),
+        ...(o.log ? { log: o.log } : {}),
+      })
+    : [];
   for (const h of lab.hosts) {
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) {
       await fsp.mkdir(tls, { recursive: true });
-      const c = await issueCert(domain, 'host', h.name, { ips: [h.address, h.migrationAddress].filter((x): x is string => !!x) });
+      const c = await issueCert(domain, 'host', h.name, {
+        ips: [h.address, h.migrationAddress].filter((x): x is string => !!x),
+      });
       await fsp.copyFile(c.ca, path.join(tls, 'ca.crt'));
       await fsp.copyFile(c.cert, path.join(tls, 'host.crt'));
       await fsp.copyFile(c.key, path.join(tls, 'host.key'));
     }
-    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify({
-      pools: [{ name: 'shared', kind: 'shared', path: shared }],
-      switches: [{ name: 'lab', kind: 'user', bridge: null }],
-      // Each agent talks to its own host's etcd member (as a stacked control plane does), so
-      // a host cut from etcd is cut, and fences itself.
-      ...(lab.cluster ? { cluster: { name: 'lab', endpoints: (members.some((m) => m.name === h.name) ? members.filter((m) => m.name === h.name) : members).map((m) => m.clientUrl) } } : {}),
-    }, null, 2) + '\n');
+    await fsp.writeFile(
+      path.join(h.dataDir, 'agent.json'),
+      JSON.stringify(
+        {
+          pools: [{ name: 'shared', kind: 'shared', path: shared }],
+          switches: [{ name: 'lab', kind: 'user', bridge: null }],
+          // Each agent talks to its own host's etcd member (as a stacked control plane does), so
+          // a host cut from etcd is cut, and fences itself.
+          ...(lab.cluster
+            ? {
+                cluster: {
+                  name: 'lab',
+                  endpoints: (members.some((m) => m.name === h.name)
+                    ? members.filter((m) => m.name === h.name)
+                    : members
+                  ).map((m) => m.clientUrl),
+                },
+              }
+            : {}),
+        },
+        null,
+        2,
+      ) + '\n',
+    );
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
     const fd = fs.openSync(logFile, 'a');
     const [node, ...cli] = cliCommand();
-    const agentArgs = [...cli, 'agent', '--name', h.name, '--data', h.dataDir, '--listen', `${h.address ?? '127.0.0.1'}:${h.port}`,
-      ...(h.migrationAddress ? ['--migration-address', h.migrationAddress] : [])];
+    const agentArgs = [
+      ...cli,
+      'agent',
+      '--name',
+      h.name,
+      '--data',
+      h.dataDir,
+      '--listen',
+      `${h.address ?? '127.0.0.1'}:${h.port}`,
+      ...(h.migrationAddress ? ['--migration-address', h.migrationAddress] : []),
+    ];
     // `ip netns exec` execs the agent in place: the pid we get is the agent's.
     const child = h.netns
-      ? spawn('ip', ['netns', 'exec', h.netns, node!, ...agentArgs], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } })
+      ? spawn('ip', ['netns', 'exec', h.netns, node!, ...agentArgs], {
+          detached: true,
+          stdio: ['ignore', fd, fd],
+          env: { ...process.env },
+        })
       : spawn(node!, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);
     child.unref();
@@ -184,7 +295,15 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     // Migration streams and NBD exports go over the private network only.
     for (const h of lab.hosts) {
       const client = new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: creds });
-      try { await client.call(actions.hostSet, { body: { migrationNetworks: [migrationNetwork(lab.netns)] } }, { timeoutMs: 10_000, ...(o.signal ? { signal: o.signal } : {}) }); } finally { client.close(); }
+      try {
+        await client.call(
+          actions.hostSet,
+          { body: { migrationNetworks: [migrationNetwork(lab.netns)] } },
+          { timeoutMs: 10_000, ...(o.signal ? { signal: o.signal } : {}) },
+        );
+      } finally {
+        client.close();
+      }
     }
   }
   return labStatus(dir);
@@ -201,15 +320,25 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
           // In a cluster lab, up means joined: the node holds its lease.
           if (lab.cluster) {
             const c = await client.call(actions.clusterStatus, {}, { timeoutMs: 5000, signal });
-            if ((c.nodes.find((n) => n.name === h.name)?.state ?? 'down') === 'down') throw new FerryError('E_CLUSTER_JOINING', `${h.name} has not joined the cluster yet`);
+            if ((c.nodes.find((n) => n.name === h.name)?.state ?? 'down') === 'down')
+              throw new FerryError('E_CLUSTER_JOINING', `${h.name} has not joined the cluster yet`);
           }
           break;
         } catch (err) {
           if (!isLabAgent(h.agentPid, h.dataDir)) {
             const log = await fsp.readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
-            throw new FerryError('E_AGENT_START', `Cannot start the agent of ${h.name}: it exited; its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`, { cause: err });
+            throw new FerryError(
+              'E_AGENT_START',
+              `Cannot start the agent of ${h.name}: it exited; its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`,
+              { cause: err },
+            );
           }
-          if (Date.now() > until) throw new FerryError('E_TIMEOUT', `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; see ${lab.dir}/hosts/${h.name}/agent.log`, { cause: err });
+          if (Date.now() > until)
+            throw new FerryError(
+              'E_TIMEOUT',
+              `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; see ${lab.dir}/hosts/${h.name}/agent.log`,
+              { cause: err },
+            );
           await sleep(200, signal);
         }
       }
@@ -223,20 +352,35 @@ export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): 
   const dir = path.resolve(dirIn);
   const lab = await readLab(dir);
   const creds = labCredentials(dir);
-  const hosts = await Promise.all(lab.hosts.map(async (h) => {
-    let up = isLabAgent(h.agentPid, h.dataDir);
-    if (up && opts.probe !== false) {
-      const client = new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: creds });
-      up = await client.call(actions.hostShow, {}, { timeoutMs: 5000 }).then(() => true, () => false);
-      client.close();
-    }
-    const index = lab.hosts.indexOf(h);
-    return {
-      name: h.name, endpoint: labEndpoint(h), dataDir: h.dataDir, agentPid: h.agentPid, up,
-      ...(lab.netns && h.netns ? { netns: h.netns, migrationAddress: h.migrationAddress!, links: await linkStates(lab.netns, index) } : {}),
-    };
-  }));
-  const etcd = lab.cluster ? (await loadMembers(dir).catch(() => [])).filter((m) => isMemberAlive(m.pid, m.dataDir)).map((m) => ({ name: m.name, endpoint: m.clientUrl, pid: m.pid })) : [];
+  const hosts = await Promise.all(
+    lab.hosts.map(async (h) => {
+      let up = isLabAgent(h.agentPid, h.dataDir);
+      if (up && opts.probe !== false) {
+        const client = new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: creds });
+        up = await client.call(actions.hostShow, {}, { timeoutMs: 5000 }).then(
+          () => true,
+          () => false,
+        );
+        client.close();
+      }
+      const index = lab.hosts.indexOf(h);
+      return {
+        name: h.name,
+        endpoint: labEndpoint(h),
+        dataDir: h.dataDir,
+        agentPid: h.agentPid,
+        up,
+        ...(lab.netns && h.netns
+          ? { netns: h.netns, migrationAddress: h.migrationAddress!, links: await linkStates(lab.netns, index) }
+          : {}),
+      };
+    }),
+  );
+  const etcd = lab.cluster
+    ? (await loadMembers(dir).catch(() => []))
+        .filter((m) => isMemberAlive(m.pid, m.dataDir))
+        .map((m) => ({ name: m.name, endpoint: m.clientUrl, pid: m.pid }))
+    : [];
   return { dir, hosts, etcd };
 }
 
@@ -245,7 +389,14 @@ async function waitGone(pids: number[], ms: number): Promise<number[]> {
   let alive = pids;
   while (alive.length && Date.now() < until) {
     await sleep(100);
-    alive = alive.filter((p) => { try { process.kill(p, 0); return !fs.readFileSync(`/proc/${p}/stat`, 'utf8').includes(') Z '); } catch { return false; } });
+    alive = alive.filter((p) => {
+      try {
+        process.kill(p, 0);
+        return !fs.readFileSync(`/proc/${p}/stat`, 'utf8').includes(') Z ');
+      } catch {
+        return false;
+      }
+    });
   }
   return alive;
 }
@@ -254,10 +405,27 @@ async function waitGone(pids: number[], ms: number): Promise<number[]> {
 export async function labKill(dirIn: string, host: string): Promise<{ killed: number[] }> {
   const lab = await readLab(path.resolve(dirIn));
   const h = lab.hosts.find((x) => x.name === host);
-  if (!h) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot kill host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`, { host });
-  const member = lab.cluster ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir)) : undefined;
-  const pids = [...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []), ...(await hostQemuPids(h.dataDir)), ...(member ? [member.pid] : [])];
-  for (const p of pids) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  if (!h)
+    throw new NotFoundError(
+      'E_HOST_NOT_FOUND',
+      `Cannot kill host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`,
+      { host },
+    );
+  const member = lab.cluster
+    ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
+    : undefined;
+  const pids = [
+    ...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []),
+    ...(await hostQemuPids(h.dataDir)),
+    ...(member ? [member.pid] : []),
+  ];
+  for (const p of pids) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
   await waitGone(pids, 5000);
   return { killed: pids };
 }
@@ -273,13 +441,37 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     throw err;
   }
   const agents = lab.hosts.filter((h) => isLabAgent(h.agentPid, h.dataDir)).map((h) => h.agentPid!);
-  for (const p of agents) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } }
+  for (const p of agents) {
+    try {
+      process.kill(p, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+  }
   let left = await waitGone(agents, 10_000);
-  for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  for (const p of left) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
   const qemus = (await Promise.all(lab.hosts.map((h) => hostQemuPids(h.dataDir)))).flat();
-  for (const p of qemus) { try { process.kill(p, 'SIGTERM'); } catch { /* gone */ } } // QEMU flushes and exits on SIGTERM
+  for (const p of qemus) {
+    try {
+      process.kill(p, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
+  } // QEMU flushes and exits on SIGTERM
   left = await waitGone(qemus, 10_000);
-  for (const p of left) { try { process.kill(p, 'SIGKILL'); } catch { /* gone */ } }
+  for (const p of left) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
   await waitGone(left, 5000);
   if (lab.cluster) await stopLabMembers(dir);
   // Namespaces, veths and bridges go too (by name prefix, so also a crashed run's leftovers).
@@ -290,11 +482,26 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
 }
 
 /** Cuts (`up` false) or restores one link of one host of a --netns lab. */
-export async function labLink(dirIn: string, host: string, link: LinkKind, up: boolean): Promise<Record<LinkKind, boolean>> {
+export async function labLink(
+  dirIn: string,
+  host: string,
+  link: LinkKind,
+  up: boolean,
+): Promise<Record<LinkKind, boolean>> {
   const lab = await readLab(path.resolve(dirIn));
   const i = lab.hosts.findIndex((x) => x.name === host);
-  if (i < 0) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`, { host });
-  if (!lab.netns) throw new FerryError('E_UNSUPPORTED', `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; create one with 'ferry lab up --netns'`, { userError: true });
+  if (i < 0)
+    throw new NotFoundError(
+      'E_HOST_NOT_FOUND',
+      `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`,
+      { host },
+    );
+  if (!lab.netns)
+    throw new FerryError(
+      'E_UNSUPPORTED',
+      `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; create one with 'ferry lab up --netns'`,
+      { userError: true },
+    );
   await setLink(lab.netns, i, link, up);
   return linkStates(lab.netns, i);
 }

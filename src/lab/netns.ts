@@ -16,7 +16,10 @@ import { run } from '../util/exec.js';
 
 export type LinkKind = 'management' | 'migration';
 
-export interface NetnsPlan { id: string; subnet: number }
+export interface NetnsPlan {
+  id: string;
+  subnet: number;
+}
 
 export interface NetnsHost {
   /** The namespace the host's agent (and its QEMUs) run in. */
@@ -29,30 +32,48 @@ export interface NetnsHost {
 
 export const AGENT_PORT = 7443;
 
-export function labNetId(dir: string): string { return crypto.createHash('sha256').update(dir).digest('hex').slice(0, 6); }
+export function labNetId(dir: string): string {
+  return crypto.createHash('sha256').update(dir).digest('hex').slice(0, 6);
+}
 
 const nsPrefix = (id: string): string => `ferry-${id}-`;
 const linkPrefix = (id: string): string => `fy${id}`;
 const bridge = (id: string, kind: LinkKind): string => `${linkPrefix(id)}${kind === 'management' ? 'm' : 'g'}`;
 /** The root-namespace end of a host's veth pair (≤ 15 characters: fy + 6 + letter + m|g). */
-export const rootVeth = (id: string, index: number, kind: LinkKind): string => `${linkPrefix(id)}${String.fromCharCode(97 + index)}${kind === 'management' ? 'm' : 'g'}`;
+export const rootVeth = (id: string, index: number, kind: LinkKind): string =>
+  `${linkPrefix(id)}${String.fromCharCode(97 + index)}${kind === 'management' ? 'm' : 'g'}`;
 const insideName = (kind: LinkKind): string => (kind === 'management' ? 'mgmt0' : 'mig0');
 
-export function managementNetwork(p: NetnsPlan): string { return `10.241.${p.subnet}.0/24`; }
-export function migrationNetwork(p: NetnsPlan): string { return `10.242.${p.subnet}.0/24`; }
-
-export function netnsHost(p: NetnsPlan, index: number): NetnsHost {
-  return { netns: `${nsPrefix(p.id)}${String.fromCharCode(97 + index)}`, address: `10.241.${p.subnet}.${10 + index}`, migrationAddress: `10.242.${p.subnet}.${10 + index}` };
+export function managementNetwork(p: NetnsPlan): string {
+  return `10.241.${p.subnet}.0/24`;
+}
+export function migrationNetwork(p: NetnsPlan): string {
+  return `10.242.${p.subnet}.0/24`;
 }
 
-const ip = async (args: string[], signal?: AbortSignal): Promise<string> => (await run('ip', args, { timeoutMs: 15_000, ...(signal ? { signal } : {}) })).stdout;
+export function netnsHost(p: NetnsPlan, index: number): NetnsHost {
+  return {
+    netns: `${nsPrefix(p.id)}${String.fromCharCode(97 + index)}`,
+    address: `10.241.${p.subnet}.${10 + index}`,
+    migrationAddress: `10.242.${p.subnet}.${10 + index}`,
+  };
+}
+
+const ip = async (args: string[], signal?: AbortSignal): Promise<string> =>
+  (await run('ip', args, { timeoutMs: 15_000, ...(signal ? { signal } : {}) })).stdout;
 
 async function namespaces(): Promise<string[]> {
-  return (await ip(['netns', 'list'])).split('\n').map((l) => l.trim().split(/\s+/)[0] ?? '').filter(Boolean);
+  return (await ip(['netns', 'list']))
+    .split('\n')
+    .map((l) => l.trim().split(/\s+/)[0] ?? '')
+    .filter(Boolean);
 }
 
 async function links(): Promise<string[]> {
-  return (await ip(['-o', 'link', 'show'])).split('\n').map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1] ?? '').filter(Boolean);
+  return (await ip(['-o', 'link', 'show']))
+    .split('\n')
+    .map((l) => /^\d+:\s+([^:@\s]+)/.exec(l)?.[1] ?? '')
+    .filter(Boolean);
 }
 
 /**
@@ -61,13 +82,19 @@ async function links(): Promise<string[]> {
  */
 export async function planNetns(dir: string): Promise<NetnsPlan> {
   const id = labNetId(dir);
-  const used = new Set([...(await ip(['-o', '-4', 'addr', 'show'])).matchAll(/inet (10\.24[12])\.(\d+)\./g)].map((m) => Number(m[2])));
+  const used = new Set(
+    [...(await ip(['-o', '-4', 'addr', 'show'])).matchAll(/inet (10\.24[12])\.(\d+)\./g)].map((m) => Number(m[2])),
+  );
   const start = parseInt(id, 16) % 250;
   for (let k = 0; k < 250; k++) {
     const s = ((start + k) % 250) + 1;
     if (!used.has(s)) return { id, subnet: s };
   }
-  throw new FerryError('E_LAB_NETWORK', 'Cannot start the lab with --netns: every subnet 10.241.1-250.0/24 is in use; stop other labs first', { userError: true });
+  throw new FerryError(
+    'E_LAB_NETWORK',
+    'Cannot start the lab with --netns: every subnet 10.241.1-250.0/24 is in use; stop other labs first',
+    { userError: true },
+  );
 }
 
 /** Creates whatever of the lab's namespaces, bridges and veths is missing (idempotent). */
@@ -103,7 +130,13 @@ export async function ensureNetns(p: NetnsPlan, hosts: number, signal?: AbortSig
 }
 
 /** Cuts (down) or restores (up) one link of one host at its root-namespace end: a pulled cable. */
-export async function setLink(p: NetnsPlan, index: number, kind: LinkKind, up: boolean, signal?: AbortSignal): Promise<void> {
+export async function setLink(
+  p: NetnsPlan,
+  index: number,
+  kind: LinkKind,
+  up: boolean,
+  signal?: AbortSignal,
+): Promise<void> {
   await ip(['link', 'set', rootVeth(p.id, index, kind), up ? 'up' : 'down'], signal);
 }
 

@@ -9,14 +9,27 @@ import { sleep } from '../util/exec.js';
 /** The node a guest disk currently reads and writes (it changes after a storage move's pivot). */
 export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSignal): Promise<string> {
   const blocks = await qmp.execute('query-block', undefined, { signal });
-  const b = blocks.find((x) => x.qdev === diskId || x.qdev === `/machine/peripheral/${diskId}/virtio-backend` || x.qdev?.startsWith(`/machine/peripheral/${diskId}/`));
+  const b = blocks.find(
+    (x) =>
+      x.qdev === diskId ||
+      x.qdev === `/machine/peripheral/${diskId}/virtio-backend` ||
+      x.qdev?.startsWith(`/machine/peripheral/${diskId}/`),
+  );
   const node = b?.inserted?.['node-name'];
-  if (!node) throw new FerryError('E_BLOCK', `Cannot find the block node of disk '${diskId}' in QEMU`, { context: { diskId } });
+  if (!node)
+    throw new FerryError('E_BLOCK', `Cannot find the block node of disk '${diskId}' in QEMU`, { context: { diskId } });
   return node;
 }
 
 /** Adds file + format nodes for an image (`<base>-file`, `<base>`). */
-export async function addImageNode(qmp: QmpClient, base: string, file: string, format: string, direct: boolean, signal?: AbortSignal): Promise<void> {
+export async function addImageNode(
+  qmp: QmpClient,
+  base: string,
+  file: string,
+  format: string,
+  direct: boolean,
+  signal?: AbortSignal,
+): Promise<void> {
   const cache = { direct, 'no-flush': false };
   await qmp.execute('blockdev-add', { driver: 'file', filename: file, 'node-name': `${base}-file`, cache }, { signal });
   try {
@@ -31,42 +44,89 @@ export async function delNode(qmp: QmpClient, node: string): Promise<void> {
   await qmp.execute('blockdev-del', { 'node-name': node }, { timeoutMs: 10_000 }).catch(() => undefined);
 }
 
-export interface MirrorSpec { jobId: string; diskId: string; device: string; target: string }
-
-export async function startMirror(qmp: QmpClient, m: MirrorSpec, speedBps: number | undefined, signal?: AbortSignal): Promise<void> {
-  await qmp.execute('blockdev-mirror', {
-    'job-id': m.jobId, device: m.device, target: m.target, sync: 'full',
-    'auto-finalize': true, 'auto-dismiss': false, ...(speedBps ? { speed: Math.round(speedBps) } : {}),
-  }, { signal });
+export interface MirrorSpec {
+  jobId: string;
+  diskId: string;
+  device: string;
+  target: string;
 }
 
-export interface MirrorProgress { jobId: string; diskId: string; done: number; total: number; ready: boolean }
+export async function startMirror(
+  qmp: QmpClient,
+  m: MirrorSpec,
+  speedBps: number | undefined,
+  signal?: AbortSignal,
+): Promise<void> {
+  await qmp.execute(
+    'blockdev-mirror',
+    {
+      'job-id': m.jobId,
+      device: m.device,
+      target: m.target,
+      sync: 'full',
+      'auto-finalize': true,
+      'auto-dismiss': false,
+      ...(speedBps ? { speed: Math.round(speedBps) } : {}),
+    },
+    { signal },
+  );
+}
+
+export interface MirrorProgress {
+  jobId: string;
+  diskId: string;
+  done: number;
+  total: number;
+  ready: boolean;
+}
 
 /**
  * Waits until every mirror is READY (from then on every guest write goes to both copies),
  * reporting progress; throws naming the disk if a job fails.
  */
-export async function waitMirrorsReady(qmp: QmpClient, mirrors: MirrorSpec[], onProgress: (p: MirrorProgress[]) => void, opts: { signal?: AbortSignal; timeoutMs: number }): Promise<void> {
+export async function waitMirrorsReady(
+  qmp: QmpClient,
+  mirrors: MirrorSpec[],
+  onProgress: (p: MirrorProgress[]) => void,
+  opts: { signal?: AbortSignal; timeoutMs: number },
+): Promise<void> {
   const until = Date.now() + opts.timeoutMs;
   for (;;) {
-    if (opts.signal?.aborted) throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('E_ABORTED', 'cancelled');
+    if (opts.signal?.aborted)
+      throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('E_ABORTED', 'cancelled');
     const jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
     const ps = mirrors.map((m) => {
       const j = jobs.find((x) => x.id === m.jobId);
       if (!j) throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${m.diskId}': its mirror job vanished`);
       failIfBroken(j, m);
-      return { jobId: m.jobId, diskId: m.diskId, done: j['current-progress'], total: j['total-progress'], ready: j.status === 'ready' };
+      return {
+        jobId: m.jobId,
+        diskId: m.diskId,
+        done: j['current-progress'],
+        total: j['total-progress'],
+        ready: j.status === 'ready',
+      };
     });
     onProgress(ps);
     if (ps.every((p) => p.ready)) return;
-    if (Date.now() > until) throw new FerryError('E_TIMEOUT', `Cannot copy the disks within ${Math.round(opts.timeoutMs / 1000)} s`);
-    await qmp.waitEvent((e) => e.event === 'BLOCK_JOB_READY' || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_ERROR', { since: qmp.eventMark, timeoutMs: 250 }).catch(() => undefined);
+    if (Date.now() > until)
+      throw new FerryError('E_TIMEOUT', `Cannot copy the disks within ${Math.round(opts.timeoutMs / 1000)} s`);
+    await qmp
+      .waitEvent(
+        (e) => e.event === 'BLOCK_JOB_READY' || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_ERROR',
+        { since: qmp.eventMark, timeoutMs: 250 },
+      )
+      .catch(() => undefined);
   }
 }
 
 export function failIfBroken(j: JobInfo, m: MirrorSpec): void {
   if (j.error || j.status === 'concluded' || j.status === 'aborting' || j.status === 'null') {
-    throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${m.diskId}': its mirror stopped (${j.error ?? j.status})`, { context: { disk: m.diskId, error: j.error } });
+    throw new FerryError(
+      'E_MIRROR_FAILED',
+      `Cannot copy disk '${m.diskId}': its mirror stopped (${j.error ?? j.status})`,
+      { context: { disk: m.diskId, error: j.error } },
+    );
   }
 }
 
@@ -96,9 +156,16 @@ export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot
     else await qmp.execute('block-job-cancel', { device: m.jobId, force: false }, { timeoutMs: 10_000 });
   }
   for (const m of mirrors) {
-    const e = await qmp.waitEvent((ev) => (ev.event === 'BLOCK_JOB_COMPLETED' || ev.event === 'BLOCK_JOB_CANCELLED') && ev.data?.device === m.jobId, { since: mark, timeoutMs: 60_000 });
+    const e = await qmp.waitEvent(
+      (ev) => (ev.event === 'BLOCK_JOB_COMPLETED' || ev.event === 'BLOCK_JOB_CANCELLED') && ev.data?.device === m.jobId,
+      { since: mark, timeoutMs: 60_000 },
+    );
     if (e.event === 'BLOCK_JOB_CANCELLED' || e.data?.error) {
-      throw new FerryError('E_MIRROR_FAILED', `Cannot finish copying disk '${m.diskId}': ${String(e.data?.error ?? 'the job was cancelled')}`, { context: { disk: m.diskId } });
+      throw new FerryError(
+        'E_MIRROR_FAILED',
+        `Cannot finish copying disk '${m.diskId}': ${String(e.data?.error ?? 'the job was cancelled')}`,
+        { context: { disk: m.diskId } },
+      );
     }
     await qmp.execute('job-dismiss', { id: m.jobId }, { timeoutMs: 10_000 }).catch(() => undefined);
   }
@@ -107,14 +174,26 @@ export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot
 /** Abort path: force-cancel whatever is left of the jobs, dismiss them, delete target nodes. */
 export async function abandonMirrors(qmp: QmpClient, mirrors: MirrorSpec[], targets: string[]): Promise<void> {
   let jobs: JobInfo[] = [];
-  try { jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 }); } catch { return; }
+  try {
+    jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
+  } catch {
+    return;
+  }
   const mark = qmp.eventMark;
   for (const m of mirrors) {
     const j = jobs.find((x) => x.id === m.jobId);
     if (!j) continue;
     if (j.status !== 'concluded' && j.status !== 'null') {
-      await qmp.execute('block-job-cancel', { device: m.jobId, force: true }, { timeoutMs: 10_000 }).catch(() => undefined);
-      await qmp.waitEvent((ev) => (ev.event === 'BLOCK_JOB_CANCELLED' || ev.event === 'BLOCK_JOB_COMPLETED') && ev.data?.device === m.jobId, { since: mark, timeoutMs: 30_000 }).catch(() => undefined);
+      await qmp
+        .execute('block-job-cancel', { device: m.jobId, force: true }, { timeoutMs: 10_000 })
+        .catch(() => undefined);
+      await qmp
+        .waitEvent(
+          (ev) =>
+            (ev.event === 'BLOCK_JOB_CANCELLED' || ev.event === 'BLOCK_JOB_COMPLETED') && ev.data?.device === m.jobId,
+          { since: mark, timeoutMs: 30_000 },
+        )
+        .catch(() => undefined);
     }
     for (let i = 0; i < 50; i++) {
       try {

@@ -8,7 +8,11 @@ import type { CpuModelInfo } from '../qemu/cpu-models.js';
 import { chooseBaseline, usableModelNames } from '../qemu/cpu-models.js';
 import { isInside } from '../storage/pools.js';
 
-export interface Incompatibility { code: string; message: string; field: string }
+export interface Incompatibility {
+  code: string;
+  message: string;
+  field: string;
+}
 
 export interface CompareOptions {
   includeStorage: boolean;
@@ -64,8 +68,19 @@ const MiB = 1024 * 1024;
 /** CPU models that expose the host CPU (under KVM) instead of a fixed feature set. */
 const PASSTHROUGH_MODELS = new Set(['host', 'max']);
 
-export interface PlannedDisk { index: number; id: string; source: string; dest: string; field: string }
-export interface DestPlan { configPath: string; checkpointPath: string; pagingPath: string; disks: PlannedDisk[] }
+export interface PlannedDisk {
+  index: number;
+  id: string;
+  source: string;
+  dest: string;
+  field: string;
+}
+export interface DestPlan {
+  configPath: string;
+  checkpointPath: string;
+  pagingPath: string;
+  disks: PlannedDisk[];
+}
 
 /**
  * Where each file goes in a shared-nothing move: `--vhd SRC=DST` first, then
@@ -76,13 +91,23 @@ export function planDestPaths(spec: VmSpec, options: CompareOptions): DestPlan {
   const sp = options.storagePath;
   const configPath = options.configPath ?? sp ?? spec.configPath;
   const follow = (p: string): string => {
-    if (isInside(path.resolve(p), path.resolve(spec.configPath))) return path.join(configPath, path.relative(path.resolve(spec.configPath), path.resolve(p)));
+    if (isInside(path.resolve(p), path.resolve(spec.configPath)))
+      return path.join(configPath, path.relative(path.resolve(spec.configPath), path.resolve(p)));
     return sp ?? p;
   };
-  const disks = spec.disks.flatMap((d, index): PlannedDisk[] => (isPassthrough(d.path) ? [] : [{
-    index, id: d.id, source: d.path, field: `disks.${index}.path`,
-    dest: options.vhd?.[d.path] ?? (sp !== undefined ? path.join(sp, path.basename(d.path)) : d.path),
-  }]));
+  const disks = spec.disks.flatMap((d, index): PlannedDisk[] =>
+    isPassthrough(d.path)
+      ? []
+      : [
+          {
+            index,
+            id: d.id,
+            source: d.path,
+            field: `disks.${index}.path`,
+            dest: options.vhd?.[d.path] ?? (sp !== undefined ? path.join(sp, path.basename(d.path)) : d.path),
+          },
+        ],
+  );
   return { configPath, checkpointPath: follow(spec.checkpointPath), pagingPath: follow(spec.pagingPath), disks };
 }
 
@@ -94,49 +119,81 @@ export function compareVm(input: CompareInput): Incompatibility[] {
   };
 
   if (source.name === dest.name) {
-    add(COMPARE_CODES.SAME_HOST, 'host', `it already runs on host '${dest.name}'`,
-      `to move its storage on this host use 'ferry move-storage ${spec.name} --path DIR' (or --vhd SRC=DST), or choose another host with --to`);
+    add(
+      COMPARE_CODES.SAME_HOST,
+      'host',
+      `it already runs on host '${dest.name}'`,
+      `to move its storage on this host use 'ferry move-storage ${spec.name} --path DIR' (or --vhd SRC=DST), or choose another host with --to`,
+    );
     return out;
   }
 
   // Hosts: migration switched on, one domain.
   if (!source.migration.enabled) {
-    add(COMPARE_CODES.MIGRATION_DISABLED, 'migration.enabled', `migrations are turned off on the source host '${source.name}'`,
-      `run 'ferry host set ${source.name} --migrations on'`);
+    add(
+      COMPARE_CODES.MIGRATION_DISABLED,
+      'migration.enabled',
+      `migrations are turned off on the source host '${source.name}'`,
+      `run 'ferry host set ${source.name} --migrations on'`,
+    );
   }
   if (!dest.migration.enabled) {
-    add(COMPARE_CODES.MIGRATION_DISABLED, 'migration.enabled', `migrations are turned off on '${dest.name}'`,
-      `run 'ferry host set ${dest.name} --migrations on'`);
+    add(
+      COMPARE_CODES.MIGRATION_DISABLED,
+      'migration.enabled',
+      `migrations are turned off on '${dest.name}'`,
+      `run 'ferry host set ${dest.name} --migrations on'`,
+    );
   }
   if (dest.domainId !== source.domainId) {
-    add(COMPARE_CODES.DOMAIN, 'domainId', `'${dest.name}' is in domain '${dest.domainId}', but '${source.name}' is in domain '${source.domainId}', so they do not trust each other`,
-      `issue '${dest.name}' a host certificate from the domain of '${source.name}' ('ferry domain issue host ${dest.name}') and restart its agent with it`);
+    add(
+      COMPARE_CODES.DOMAIN,
+      'domainId',
+      `'${dest.name}' is in domain '${dest.domainId}', but '${source.name}' is in domain '${source.domainId}', so they do not trust each other`,
+      `issue '${dest.name}' a host certificate from the domain of '${source.name}' ('ferry domain issue host ${dest.name}') and restart its agent with it`,
+    );
   }
 
   // Identity on the destination.
   const sameName = input.destVms.find((v) => v.name === spec.name);
   if (sameName) {
-    add(COMPARE_CODES.NAME_EXISTS, 'name', `a VM named '${spec.name}' is already registered there (id ${sameName.id})`,
-      `remove it ('ferry vm rm ${spec.name}' on '${dest.name}') or move the VM to another host`);
+    add(
+      COMPARE_CODES.NAME_EXISTS,
+      'name',
+      `a VM named '${spec.name}' is already registered there (id ${sameName.id})`,
+      `remove it ('ferry vm rm ${spec.name}' on '${dest.name}') or move the VM to another host`,
+    );
   }
   const sameId = input.destVms.find((v) => v.id === spec.id);
   if (sameId) {
-    add(COMPARE_CODES.ID_EXISTS, 'id', `a VM with the same id ${spec.id} is already registered there${sameId.name !== spec.name ? ` as '${sameId.name}'` : ''} (a leftover of an earlier move?)`,
-      `remove that copy ('ferry vm rm ${sameId.name} --keep-disks' on '${dest.name}') and try again`);
+    add(
+      COMPARE_CODES.ID_EXISTS,
+      'id',
+      `a VM with the same id ${spec.id} is already registered there${sameId.name !== spec.name ? ` as '${sameId.name}'` : ''} (a leftover of an earlier move?)`,
+      `remove that copy ('ferry vm rm ${sameId.name} --keep-disks' on '${dest.name}') and try again`,
+    );
   }
 
   // Board.
   if (!dest.qemu.machineTypes.includes(spec.machine)) {
     const versioned = dest.qemu.machineTypes.filter((m) => /^pc-(i440fx|q35)-\d+\.\d+$/.test(m)).sort(compareMachine);
     const newest = versioned.at(-1);
-    add(COMPARE_CODES.MACHINE_TYPE, 'machine', `its machine type '${spec.machine}' is not supported by QEMU ${dest.qemu.version} there${newest ? ` (newest: '${newest}')` : ''}`,
-      `upgrade QEMU on '${dest.name}' to at least the version of '${source.name}' (${source.qemu.version}), or move it to a host that supports '${spec.machine}'`);
+    add(
+      COMPARE_CODES.MACHINE_TYPE,
+      'machine',
+      `its machine type '${spec.machine}' is not supported by QEMU ${dest.qemu.version} there${newest ? ` (newest: '${newest}')` : ''}`,
+      `upgrade QEMU on '${dest.name}' to at least the version of '${source.name}' (${source.qemu.version}), or move it to a host that supports '${spec.machine}'`,
+    );
   }
 
   // Accelerator: QEMU cannot carry a running guest's state between KVM and TCG.
   if (input.running && source.accelerator.name !== dest.accelerator.name) {
-    add(COMPARE_CODES.ACCELERATOR, 'accelerator', `it runs under ${source.accelerator.name} on '${source.name}' but '${dest.name}' uses ${dest.accelerator.name} (${dest.accelerator.reason}), and QEMU cannot move a running VM between accelerators`,
-      `choose a host with the ${source.accelerator.name} accelerator, or stop the VM ('ferry vm stop ${spec.name}') and move it stopped`);
+    add(
+      COMPARE_CODES.ACCELERATOR,
+      'accelerator',
+      `it runs under ${source.accelerator.name} on '${source.name}' but '${dest.name}' uses ${dest.accelerator.name} (${dest.accelerator.reason}), and QEMU cannot move a running VM between accelerators`,
+      `choose a host with the ${source.accelerator.name} accelerator, or stop the VM ('ferry vm stop ${spec.name}') and move it stopped`,
+    );
   }
 
   checkCpu(input, add);
@@ -146,8 +203,12 @@ export function compareVm(input: CompareInput): Incompatibility[] {
     const need = spec.memoryMiB * MiB;
     const avail = dest.memory.freeBytes - MEMORY_RESERVE_BYTES;
     if (need > avail) {
-      add(COMPARE_CODES.MEMORY, 'memoryMiB', `it needs ${spec.memoryMiB} MiB of memory but '${dest.name}' has ${mib(dest.memory.freeBytes)} MiB free, ${mib(Math.max(0, avail))} MiB after its ${mib(MEMORY_RESERVE_BYTES)} MiB reserve`,
-        `free at least ${Math.ceil((need - avail) / MiB)} MiB on '${dest.name}' (stop or move VMs away: 'ferry vm list --host ${dest.name}'), or choose another host with --to`);
+      add(
+        COMPARE_CODES.MEMORY,
+        'memoryMiB',
+        `it needs ${spec.memoryMiB} MiB of memory but '${dest.name}' has ${mib(dest.memory.freeBytes)} MiB free, ${mib(Math.max(0, avail))} MiB after its ${mib(MEMORY_RESERVE_BYTES)} MiB reserve`,
+        `free at least ${Math.ceil((need - avail) / MiB)} MiB on '${dest.name}' (stop or move VMs away: 'ferry vm list --host ${dest.name}'), or choose another host with --to`,
+      );
     }
   }
 
@@ -156,17 +217,26 @@ export function compareVm(input: CompareInput): Incompatibility[] {
   spec.nics.forEach((n, i) => {
     if (!destSwitches.has(n.switch)) {
       const src = source.switches.find((s) => s.name === n.switch);
-      const how = src?.kind === 'bridge' && src.bridge ? ` --bridge ${src.bridge}` : src?.kind === 'user' ? ' --user' : '';
-      add(COMPARE_CODES.SWITCH_MISSING, `nics.${i}.switch`, `switch '${n.switch}' (NIC ${n.id}) does not exist on '${dest.name}'`,
-        `create it with 'ferry switch new ${n.switch} --host ${dest.name}${how}'`);
+      const how =
+        src?.kind === 'bridge' && src.bridge ? ` --bridge ${src.bridge}` : src?.kind === 'user' ? ' --user' : '';
+      add(
+        COMPARE_CODES.SWITCH_MISSING,
+        `nics.${i}.switch`,
+        `switch '${n.switch}' (NIC ${n.id}) does not exist on '${dest.name}'`,
+        `create it with 'ferry switch new ${n.switch} --host ${dest.name}${how}'`,
+      );
     }
   });
 
   // Disks that are host devices cannot move at all.
   spec.disks.forEach((d, i) => {
     if (isPassthrough(d.path)) {
-      add(COMPARE_CODES.PASSTHROUGH_DISK, `disks.${i}.path`, `disk '${d.id}' is the host block device ${d.path}, which stays with '${source.name}'`,
-        `detach it, or convert it to an image first ('qemu-img convert -O qcow2 ${d.path} /POOL/${d.id}.qcow2') and attach the image`);
+      add(
+        COMPARE_CODES.PASSTHROUGH_DISK,
+        `disks.${i}.path`,
+        `disk '${d.id}' is the host block device ${d.path}, which stays with '${source.name}'`,
+        `detach it, or convert it to an image first ('qemu-img convert -O qcow2 ${d.path} /POOL/${d.id}.qcow2') and attach the image`,
+      );
     }
   });
 
@@ -175,8 +245,12 @@ export function compareVm(input: CompareInput): Incompatibility[] {
   if (input.running) {
     spec.disks.forEach((d, i) => {
       if (d.format === 'vhdx' || d.format === 'vpc') {
-        add(COMPARE_CODES.FORMAT_NOT_MIGRATABLE, `disks.${i}.format`, `disk '${d.id}' is ${d.format}, a format QEMU cannot live-migrate`,
-          `stop the VM before moving it, or keep it where it is and convert the disk to qcow2 or raw ('qemu-img convert -O qcow2' while stopped)`);
+        add(
+          COMPARE_CODES.FORMAT_NOT_MIGRATABLE,
+          `disks.${i}.format`,
+          `disk '${d.id}' is ${d.format}, a format QEMU cannot live-migrate`,
+          `stop the VM before moving it, or keep it where it is and convert the disk to qcow2 or raw ('qemu-img convert -O qcow2' while stopped)`,
+        );
       }
     });
   }
@@ -197,25 +271,41 @@ function checkCpu(input: CompareInput, add: Add): void {
   // Pass-through models show the host's own CPU under KVM: vendor and flags must match.
   if (PASSTHROUGH_MODELS.has(model) && usesKvm) {
     if (source.cpu.vendor !== dest.cpu.vendor) {
-      add(COMPARE_CODES.CPU_VENDOR, 'cpu.vendor', `its CPU model '${model}' passes the host CPU through, and '${source.name}' has a ${source.cpu.vendor} CPU but '${dest.name}' a ${dest.cpu.vendor} one`,
-        `${compat}, or move it to a host with a ${source.cpu.vendor} CPU`);
+      add(
+        COMPARE_CODES.CPU_VENDOR,
+        'cpu.vendor',
+        `its CPU model '${model}' passes the host CPU through, and '${source.name}' has a ${source.cpu.vendor} CPU but '${dest.name}' a ${dest.cpu.vendor} one`,
+        `${compat}, or move it to a host with a ${source.cpu.vendor} CPU`,
+      );
     }
     const destFlags = new Set(dest.cpu.flags);
     const missing = source.cpu.flags.filter((f) => !destFlags.has(f));
     if (missing.length > 0) {
-      add(COMPARE_CODES.CPU_FEATURES, 'cpu.flags', `its CPU model '${model}' passes the host CPU through, and the CPU of '${dest.name}' lacks ${listOf(missing)} that '${source.name}' has`,
-        `${compat}, or move it to a host with the same CPU`);
+      add(
+        COMPARE_CODES.CPU_FEATURES,
+        'cpu.flags',
+        `its CPU model '${model}' passes the host CPU through, and the CPU of '${dest.name}' lacks ${listOf(missing)} that '${source.name}' has`,
+        `${compat}, or move it to a host with the same CPU`,
+      );
     }
   }
 
   const info = input.destCpuModels.find((m) => m.name === model);
   const newest = chooseBaseline([usableModelNames(input.destCpuModels)]);
   if (!info) {
-    add(COMPARE_CODES.CPU_FEATURES, 'cpuModel', `its CPU model '${model}' is unknown to QEMU on '${dest.name}'`,
-      `${compat}, or use a model both hosts know (newest usable on '${dest.name}': '${newest}')`);
+    add(
+      COMPARE_CODES.CPU_FEATURES,
+      'cpuModel',
+      `its CPU model '${model}' is unknown to QEMU on '${dest.name}'`,
+      `${compat}, or use a model both hosts know (newest usable on '${dest.name}': '${newest}')`,
+    );
   } else if (info.unavailableFeatures.length > 0) {
-    add(COMPARE_CODES.CPU_FEATURES, 'cpuModel', `its CPU model '${model}' needs ${listOf(info.unavailableFeatures)}, which '${dest.name}' (${dest.accelerator.name}) cannot provide`,
-      `${compat}, or use a model both hosts support (newest usable on '${dest.name}': '${newest}')`);
+    add(
+      COMPARE_CODES.CPU_FEATURES,
+      'cpuModel',
+      `its CPU model '${model}' needs ${listOf(info.unavailableFeatures)}, which '${dest.name}' (${dest.accelerator.name}) cannot provide`,
+      `${compat}, or use a model both hosts support (newest usable on '${dest.name}': '${newest}')`,
+    );
   }
 }
 
@@ -223,29 +313,57 @@ function checkCpu(input: CompareInput, add: Add): void {
 function checkSharedStorage(input: CompareInput, add: Add): void {
   const { spec, source, dest } = input;
   const items: Array<{ p: string; field: string; label: string }> = [];
-  spec.disks.forEach((d, i) => { if (!isPassthrough(d.path)) items.push({ p: d.path, field: `disks.${i}.path`, label: `disk '${d.id}'` }); });
+  spec.disks.forEach((d, i) => {
+    if (!isPassthrough(d.path)) items.push({ p: d.path, field: `disks.${i}.path`, label: `disk '${d.id}'` });
+  });
   items.push({ p: spec.configPath, field: 'configPath', label: 'its configuration folder' });
   const cfg = path.resolve(spec.configPath);
-  if (!isInside(path.resolve(spec.checkpointPath), cfg)) items.push({ p: spec.checkpointPath, field: 'checkpointPath', label: 'its checkpoint folder' });
-  if (!isInside(path.resolve(spec.pagingPath), cfg) && path.resolve(spec.pagingPath) !== path.resolve(spec.checkpointPath)) {
+  if (!isInside(path.resolve(spec.checkpointPath), cfg))
+    items.push({ p: spec.checkpointPath, field: 'checkpointPath', label: 'its checkpoint folder' });
+  if (
+    !isInside(path.resolve(spec.pagingPath), cfg) &&
+    path.resolve(spec.pagingPath) !== path.resolve(spec.checkpointPath)
+  ) {
     items.push({ p: spec.pagingPath, field: 'pagingPath', label: 'its paging folder' });
   }
 
   for (const it of items) {
     const r = path.resolve(it.p);
     const srcPool = innermostPool(source.pools, r);
-    const dstPool = innermostPool(dest.pools.filter((p) => p.kind === 'shared'), r);
-    const notShared = (why: string): void => add(COMPARE_CODES.STORAGE_NOT_SHARED, it.field, `${it.label} (${it.p}) ${why}`,
-      `add --include-storage to copy it ('ferry move-vm ${spec.name} --to ${dest.name} --include-storage'), or first move it into a shared pool ('ferry move-storage ${spec.name} --path /SHARED/${spec.name}')`);
-    if (srcPool?.kind === 'local') { notShared(`is in local pool '${srcPool.name}' of '${source.name}', which '${dest.name}' cannot see`); continue; }
-    if (!dstPool) { notShared(`is not in a shared pool that '${dest.name}' sees at the same path`); continue; }
+    const dstPool = innermostPool(
+      dest.pools.filter((p) => p.kind === 'shared'),
+      r,
+    );
+    const notShared = (why: string): void =>
+      add(
+        COMPARE_CODES.STORAGE_NOT_SHARED,
+        it.field,
+        `${it.label} (${it.p}) ${why}`,
+        `add --include-storage to copy it ('ferry move-vm ${spec.name} --to ${dest.name} --include-storage'), or first move it into a shared pool ('ferry move-storage ${spec.name} --path /SHARED/${spec.name}')`,
+      );
+    if (srcPool?.kind === 'local') {
+      notShared(`is in local pool '${srcPool.name}' of '${source.name}', which '${dest.name}' cannot see`);
+      continue;
+    }
+    if (!dstPool) {
+      notShared(`is not in a shared pool that '${dest.name}' sees at the same path`);
+      continue;
+    }
     if (dstPool.usable) continue;
     if (!dstPool.granted.includes(dest.name)) {
-      add(COMPARE_CODES.POOL_NOT_GRANTED, it.field, `${it.label} (${it.p}) is in shared pool '${dstPool.name}', which '${dest.name}' is not granted`,
-        `run 'ferry pool grant ${dstPool.name} --host ${dest.name}'`);
+      add(
+        COMPARE_CODES.POOL_NOT_GRANTED,
+        it.field,
+        `${it.label} (${it.p}) is in shared pool '${dstPool.name}', which '${dest.name}' is not granted`,
+        `run 'ferry pool grant ${dstPool.name} --host ${dest.name}'`,
+      );
     } else {
-      add(COMPARE_CODES.POOL_UNAVAILABLE, it.field, `${it.label} (${it.p}) is in shared pool '${dstPool.name}' (${dstPool.path}), which is not reachable on '${dest.name}'`,
-        `mount the share at ${dstPool.path} on '${dest.name}' ('ferry pool list --host ${dest.name}' shows its state)`);
+      add(
+        COMPARE_CODES.POOL_UNAVAILABLE,
+        it.field,
+        `${it.label} (${it.p}) is in shared pool '${dstPool.name}' (${dstPool.path}), which is not reachable on '${dest.name}'`,
+        `mount the share at ${dstPool.path} on '${dest.name}' ('ferry pool list --host ${dest.name}' shows its state)`,
+      );
     }
   }
 }
@@ -258,8 +376,12 @@ function checkDestStorage(input: CompareInput, add: Add): void {
 
   for (const src of Object.keys(options.vhd ?? {})) {
     if (!spec.disks.some((d) => d.path === src)) {
-      add(COMPARE_CODES.DEST_PATH, `vhd.${src}`, `--vhd names '${src}', which is not a disk of the VM (disks: ${spec.disks.map((d) => d.path).join(', ') || 'none'})`,
-        `use the source path of one of its disks ('ferry vm show ${spec.name}')`);
+      add(
+        COMPARE_CODES.DEST_PATH,
+        `vhd.${src}`,
+        `--vhd names '${src}', which is not a disk of the VM (disks: ${spec.disks.map((d) => d.path).join(', ') || 'none'})`,
+        `use the source path of one of its disks ('ferry vm show ${spec.name}')`,
+      );
     }
   }
 
@@ -268,8 +390,12 @@ function checkDestStorage(input: CompareInput, add: Add): void {
     { p: plan.configPath, field: 'configPath', label: 'the configuration folder' },
   ];
   const cfg = path.resolve(plan.configPath);
-  if (!isInside(path.resolve(plan.checkpointPath), cfg)) targets.push({ p: plan.checkpointPath, field: 'checkpointPath', label: 'the checkpoint folder' });
-  if (!isInside(path.resolve(plan.pagingPath), cfg) && path.resolve(plan.pagingPath) !== path.resolve(plan.checkpointPath)) {
+  if (!isInside(path.resolve(plan.checkpointPath), cfg))
+    targets.push({ p: plan.checkpointPath, field: 'checkpointPath', label: 'the checkpoint folder' });
+  if (
+    !isInside(path.resolve(plan.pagingPath), cfg) &&
+    path.resolve(plan.pagingPath) !== path.resolve(plan.checkpointPath)
+  ) {
     targets.push({ p: plan.pagingPath, field: 'pagingPath', label: 'the paging folder' });
   }
 
@@ -284,28 +410,48 @@ function checkDestStorage(input: CompareInput, add: Add): void {
     if (t.source !== undefined) {
       const other = seen.get(r);
       if (other) {
-        add(COMPARE_CODES.DEST_PATH, t.field, `${t.label} and ${other} would both be copied to ${r}`, `give each disk its own destination with --vhd SRC=DST`);
+        add(
+          COMPARE_CODES.DEST_PATH,
+          t.field,
+          `${t.label} and ${other} would both be copied to ${r}`,
+          `give each disk its own destination with --vhd SRC=DST`,
+        );
         continue;
       }
       seen.set(r, t.label);
     }
     const pool = innermostPool(dest.pools, r);
     if (!pool) {
-      add(COMPARE_CODES.DEST_PATH, t.field, `the destination of ${t.label} (${t.p}) is outside every storage pool of '${dest.name}'`, fixPath);
+      add(
+        COMPARE_CODES.DEST_PATH,
+        t.field,
+        `the destination of ${t.label} (${t.p}) is outside every storage pool of '${dest.name}'`,
+        fixPath,
+      );
       continue;
     }
     if (!pool.usable) {
-      const fix = pool.kind === 'shared' && !pool.granted.includes(dest.name)
-        ? `run 'ferry pool grant ${pool.name} --host ${dest.name}', or ${fixPath}`
-        : `mount pool '${pool.name}' at ${pool.path} on '${dest.name}', or ${fixPath}`;
-      add(COMPARE_CODES.DEST_PATH, t.field, `the destination of ${t.label} (${t.p}) is in pool '${pool.name}', which '${dest.name}' cannot use${pool.kind === 'shared' && !pool.granted.includes(dest.name) ? ' (not granted)' : ' (not reachable)'}`, fix);
+      const fix =
+        pool.kind === 'shared' && !pool.granted.includes(dest.name)
+          ? `run 'ferry pool grant ${pool.name} --host ${dest.name}', or ${fixPath}`
+          : `mount pool '${pool.name}' at ${pool.path} on '${dest.name}', or ${fixPath}`;
+      add(
+        COMPARE_CODES.DEST_PATH,
+        t.field,
+        `the destination of ${t.label} (${t.p}) is in pool '${pool.name}', which '${dest.name}' cannot use${pool.kind === 'shared' && !pool.granted.includes(dest.name) ? ' (not granted)' : ' (not reachable)'}`,
+        fix,
+      );
       continue;
     }
     if (t.source !== undefined) {
       const srcPool = innermostPool(source.pools, path.resolve(t.source));
       if (r === path.resolve(t.source) && pool.kind === 'shared' && srcPool?.kind === 'shared') {
-        add(COMPARE_CODES.DEST_PATH, t.field, `the destination of ${t.label} (${t.p}) is the source file itself, on shared pool '${pool.name}'`,
-          `drop --include-storage (the disk is already shared), or give another path with --vhd ${t.source}=DST`);
+        add(
+          COMPARE_CODES.DEST_PATH,
+          t.field,
+          `the destination of ${t.label} (${t.p}) is the source file itself, on shared pool '${pool.name}'`,
+          `drop --include-storage (the disk is already shared), or give another path with --vhd ${t.source}=DST`,
+        );
         continue;
       }
       const size = input.diskSizes?.[t.source];
@@ -320,8 +466,12 @@ function checkDestStorage(input: CompareInput, add: Add): void {
 
   for (const { pool, bytes, disks } of perPool.values()) {
     if (bytes > pool.freeBytes) {
-      add(COMPARE_CODES.DEST_SPACE, 'disks', `${disks.join(', ')} need ${gib(bytes)} GiB in pool '${pool.name}' (${pool.path}) but it has ${gib(pool.freeBytes)} GiB free`,
-        `free space in '${pool.name}' on '${dest.name}', or send the disks to a larger pool with --storage-path DIR or --vhd SRC=DST`);
+      add(
+        COMPARE_CODES.DEST_SPACE,
+        'disks',
+        `${disks.join(', ')} need ${gib(bytes)} GiB in pool '${pool.name}' (${pool.path}) but it has ${gib(pool.freeBytes)} GiB free`,
+        `free space in '${pool.name}' on '${dest.name}', or send the disks to a larger pool with --storage-path DIR or --vhd SRC=DST`,
+      );
     }
   }
 }
@@ -358,5 +508,9 @@ function compareMachine(a: string, b: string): number {
   return a1 - b1 || a2 - b2 || a.localeCompare(b);
 }
 
-function mib(bytes: number): number { return Math.floor(bytes / MiB); }
-function gib(bytes: number): string { return (bytes / 2 ** 30).toFixed(1); }
+function mib(bytes: number): number {
+  return Math.floor(bytes / MiB);
+}
+function gib(bytes: number): string {
+  return (bytes / 2 ** 30).toFixed(1);
+}

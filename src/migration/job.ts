@@ -19,19 +19,62 @@ export class Job {
   cancellable = true;
   private lastEmit = 0;
 
-  constructor(init: { id?: string; vm: string; kind: MigrationRecord['kind']; source: string; destination: string; destinationEndpoint?: string; policy: PolicyInput; options: MoveOptions }, private bus: EventBus, private persist: (r: MigrationRecord) => void) {
+  constructor(
+    init: {
+      id?: string;
+      vm: string;
+      kind: MigrationRecord['kind'];
+      source: string;
+      destination: string;
+      destinationEndpoint?: string;
+      policy: PolicyInput;
+      options: MoveOptions;
+    },
+    private bus: EventBus,
+    private persist: (r: MigrationRecord) => void,
+  ) {
     this.record = {
-      id: init.id ?? randomUUID(), vm: init.vm, kind: init.kind, source: init.source, destination: init.destination, destinationEndpoint: init.destinationEndpoint ?? null,
-      state: 'queued', priority: init.policy.priority, queuePosition: null, progress: 0, etaSeconds: null, verdict: null,
-      downtimeMs: null, totalMs: null, bytesTransferred: 0, passes: 0, rate: { transferBps: 0, dirtyBps: 0 },
-      remainingBytes: null, downtimeLimitMs: null, throttlePct: 0, policy: init.policy, options: init.options, error: null,
-      createdAt: new Date().toISOString(), startedAt: null, finishedAt: null, events: [], incompatibilities: [], disks: [],
+      id: init.id ?? randomUUID(),
+      vm: init.vm,
+      kind: init.kind,
+      source: init.source,
+      destination: init.destination,
+      destinationEndpoint: init.destinationEndpoint ?? null,
+      state: 'queued',
+      priority: init.policy.priority,
+      queuePosition: null,
+      progress: 0,
+      etaSeconds: null,
+      verdict: null,
+      downtimeMs: null,
+      totalMs: null,
+      bytesTransferred: 0,
+      passes: 0,
+      rate: { transferBps: 0, dirtyBps: 0 },
+      remainingBytes: null,
+      downtimeLimitMs: null,
+      throttlePct: 0,
+      policy: init.policy,
+      options: init.options,
+      error: null,
+      createdAt: new Date().toISOString(),
+      startedAt: null,
+      finishedAt: null,
+      events: [],
+      incompatibilities: [],
+      disks: [],
     };
   }
 
-  get id(): string { return this.record.id; }
-  get done(): boolean { return TERMINAL.includes(this.record.state); }
-  get signal(): AbortSignal { return this.ac.signal; }
+  get id(): string {
+    return this.record.id;
+  }
+  get done(): boolean {
+    return TERMINAL.includes(this.record.state);
+  }
+  get signal(): AbortSignal {
+    return this.ac.signal;
+  }
 
   setState(state: MigrationState, message?: string): void {
     if (this.done) return;
@@ -40,7 +83,9 @@ export class Job {
     if (!this.record.startedAt && state !== 'queued') this.record.startedAt = new Date().toISOString();
     if (TERMINAL.includes(state)) {
       this.record.finishedAt = new Date().toISOString();
-      this.record.totalMs = this.record.startedAt ? Date.parse(this.record.finishedAt) - Date.parse(this.record.startedAt) : 0;
+      this.record.totalMs = this.record.startedAt
+        ? Date.parse(this.record.finishedAt) - Date.parse(this.record.startedAt)
+        : 0;
       this.record.etaSeconds = state === 'completed' ? 0 : null;
       if (state === 'completed') this.record.progress = 1;
     }
@@ -62,7 +107,9 @@ export class Job {
     this.bus.emit('migration', { vm: this.record.vm, migration: this.snapshot() });
   }
 
-  snapshot(): MigrationRecord { return structuredClone(this.record); }
+  snapshot(): MigrationRecord {
+    return structuredClone(this.record);
+  }
 }
 
 /**
@@ -85,12 +132,19 @@ export async function prepareWhenFree(job: Job, dest: AgentClient, body: Incomin
 }
 
 /** Folds mirror progress into the record (per disk and in total); returns done and total bytes. */
-export function foldMirrorProgress(r: MigrationRecord, ps: Array<{ diskId: string; done: number; total: number }>, startedAt: number): { done: number; total: number; rate: number } {
+export function foldMirrorProgress(
+  r: MigrationRecord,
+  ps: Array<{ diskId: string; done: number; total: number }>,
+  startedAt: number,
+): { done: number; total: number; rate: number } {
   let done = 0;
   let total = 0;
   for (const p of ps) {
     const disk = r.disks.find((x) => x.id === p.diskId);
-    if (disk) { disk.bytesDone = p.done; disk.bytesTotal = p.total; }
+    if (disk) {
+      disk.bytesDone = p.done;
+      disk.bytesTotal = p.total;
+    }
     done += p.done;
     total += p.total;
   }

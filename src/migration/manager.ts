@@ -10,7 +10,14 @@ import { loadVm } from '../vm/folder.js';
 import { compareVm, type Incompatibility } from './compare.js';
 import { Job } from './job.js';
 import { runLive } from './live.js';
-import type { CompareReport, Destination, MigrationRecord, MoveOptions, MoveRequest, StorageMoveRequest } from './schemas.js';
+import type {
+  CompareReport,
+  Destination,
+  MigrationRecord,
+  MoveOptions,
+  MoveRequest,
+  StorageMoveRequest,
+} from './schemas.js';
 import { sleep } from '../util/exec.js';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -34,11 +41,20 @@ export class MigrationManager {
 
   private destClient(to: Destination): AgentClient {
     const t = this.engine.cfg.tls;
-    return new AgentClient({ endpoint: to.endpoint, host: to.name, credentials: { ca: t.ca, cert: t.cert, key: t.key } });
+    return new AgentClient({
+      endpoint: to.endpoint,
+      host: to.name,
+      credentials: { ca: t.ca, cert: t.cert, key: t.key },
+    });
   }
 
   /** The pre-flight check (Compare-VM), run by `compare-vm` and before every move. */
-  async compare(vmName: string, to: Destination, options: MoveOptions, opts: { signal?: AbortSignal } = {}): Promise<CompareReport> {
+  async compare(
+    vmName: string,
+    to: Destination,
+    options: MoveOptions,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<CompareReport> {
     return (await this.gather(vmName, to, options, opts)).report;
   }
 
@@ -49,7 +65,12 @@ export class MigrationManager {
     return local ? { ...options, storagePath: path.join(local.path, vmName) } : options;
   }
 
-  private async gather(vmName: string, to: Destination, optionsIn: MoveOptions, opts: { signal?: AbortSignal } = {}): Promise<{ report: CompareReport; destView: HostView | null; options: MoveOptions }> {
+  private async gather(
+    vmName: string,
+    to: Destination,
+    optionsIn: MoveOptions,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<{ report: CompareReport; destView: HostView | null; options: MoveOptions }> {
     const e = this.engine;
     const rec = e.vmRecord(vmName);
     const spec = await loadVm(rec.configPath);
@@ -61,9 +82,29 @@ export class MigrationManager {
       } catch (err) {
         const m = messageOf(err);
         if (/certificate|self.signed|verify|handshake|alert/i.test(m)) {
-          return { destView: null, options: optionsIn, report: report([{ code: 'E_DOMAIN', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': it is not in this host's domain (its TLS certificate is not from our CA: ${m}); join it to the domain with a host certificate from 'ferry domain issue host ${to.name}'` }]) };
+          return {
+            destView: null,
+            options: optionsIn,
+            report: report([
+              {
+                code: 'E_DOMAIN',
+                field: 'destination',
+                message: `Cannot move VM '${vmName}' to '${to.name}': it is not in this host's domain (its TLS certificate is not from our CA: ${m}); join it to the domain with a host certificate from 'ferry domain issue host ${to.name}'`,
+              },
+            ]),
+          };
         }
-        return { destView: null, options: optionsIn, report: report([{ code: 'E_DEST_UNREACHABLE', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': its agent does not answer at ${to.endpoint} (${m}); start it or check the address` }]) };
+        return {
+          destView: null,
+          options: optionsIn,
+          report: report([
+            {
+              code: 'E_DEST_UNREACHABLE',
+              field: 'destination',
+              message: `Cannot move VM '${vmName}' to '${to.name}': its agent does not answer at ${to.endpoint} (${m}); start it or check the address`,
+            },
+          ]),
+        };
       }
       const options = this.withDefaults(optionsIn, vmName, destView);
       const [destVms, destCpuModels, source] = await Promise.all([
@@ -73,14 +114,31 @@ export class MigrationManager {
       ]);
       const diskSizes: Record<string, number> = {};
       if (options.includeStorage) {
-        for (const d of spec.disks) diskSizes[d.path] = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes, () => 0);
+        for (const d of spec.disks)
+          diskSizes[d.path] = await imageInfo(d.path, { forceShare: true, format: d.format }).then(
+            (i) => i.actualSizeBytes,
+            () => 0,
+          );
       }
       const running = e.isRunning(vmName);
-      const incompatibilities = compareVm({ spec, running, source, dest: destView, destVms, destCpuModels, options, diskSizes });
+      const incompatibilities = compareVm({
+        spec,
+        running,
+        source,
+        dest: destView,
+        destVms,
+        destCpuModels,
+        options,
+        diskSizes,
+      });
       // In a cluster, a paused (drained) node takes no VMs.
       const store = e.membership?.store;
       if (store && (await store.get(`paused/${to.name}`).catch(() => null))) {
-        incompatibilities.push({ code: 'E_NODE_PAUSED', field: 'destination', message: `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${e.membership!.name}' (drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'` });
+        incompatibilities.push({
+          code: 'E_NODE_PAUSED',
+          field: 'destination',
+          message: `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${e.membership!.name}' (drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
+        });
       }
       return { report: report(incompatibilities), destView, options };
     } finally {
@@ -96,12 +154,30 @@ export class MigrationManager {
     e.assertNotBusy(req.vm);
     const rep = await this.compare(req.vm, req.to, req.options);
     if (!rep.compatible) {
-      throw new FerryError('E_INCOMPATIBLE', `Cannot move VM '${req.vm}' to '${req.to.name}': ${rep.incompatibilities.map((i) => i.message.replace(/^Cannot move VM '[^']*' to '[^']*': /, '')).join(' | ')}`, {
-        context: { incompatibilities: rep.incompatibilities }, userError: true,
-      });
+      throw new FerryError(
+        'E_INCOMPATIBLE',
+        `Cannot move VM '${req.vm}' to '${req.to.name}': ${rep.incompatibilities.map((i) => i.message.replace(/^Cannot move VM '[^']*' to '[^']*': /, '')).join(' | ')}`,
+        {
+          context: { incompatibilities: rep.incompatibilities },
+          userError: true,
+        },
+      );
     }
     const kind = req.options.includeStorage ? 'shared-nothing' : e.isRunning(req.vm) ? 'live' : 'offline';
-    const job = new Job({ ...(req.id ? { id: req.id } : {}), vm: req.vm, kind, source: e.name, destination: req.to.name, destinationEndpoint: req.to.endpoint, policy: req.policy, options: req.options }, e.events, (r) => e.registry.saveMigration(r));
+    const job = new Job(
+      {
+        ...(req.id ? { id: req.id } : {}),
+        vm: req.vm,
+        kind,
+        source: e.name,
+        destination: req.to.name,
+        destinationEndpoint: req.to.endpoint,
+        policy: req.policy,
+        options: req.options,
+      },
+      e.events,
+      (r) => e.registry.saveMigration(r),
+    );
     this.jobs.set(job.id, job);
     e.markBusy(req.vm, job.id);
     job.log(`requested: move to ${req.to.name} (${kind})`);
@@ -142,11 +218,20 @@ export class MigrationManager {
       if (cq) {
         const queue = cq;
         this.clustered.add(job.id);
-        job.setState('queued', `queued in cluster '${e.membership!.name}'${batch ? ` (${batch.replace(':', ' of ')})` : ''}`);
-        await queue.enter({ id: job.id, vm: r.vm, from: e.name, to: to.name, priority: r.priority, ...(batch ? { batch } : {}) }, {
-          signal: job.signal,
-          onPosition: (p) => { r.queuePosition = p; job.flush(true); },
-        });
+        job.setState(
+          'queued',
+          `queued in cluster '${e.membership!.name}'${batch ? ` (${batch.replace(':', ' of ')})` : ''}`,
+        );
+        await queue.enter(
+          { id: job.id, vm: r.vm, from: e.name, to: to.name, priority: r.priority, ...(batch ? { batch } : {}) },
+          {
+            signal: job.signal,
+            onPosition: (p) => {
+              r.queuePosition = p;
+              job.flush(true);
+            },
+          },
+        );
         job.log('admitted by the cluster scheduler');
       }
       if (!e.slots.tryAcquire(job.id)) {
@@ -160,47 +245,102 @@ export class MigrationManager {
       r.options = g.options;
       if (!rep.compatible) {
         r.incompatibilities = rep.incompatibilities;
-        throw new FerryError('E_INCOMPATIBLE', `Cannot move VM '${r.vm}' to '${to.name}': ${rep.incompatibilities.map((i) => i.message).join(' | ')}`);
+        throw new FerryError(
+          'E_INCOMPATIBLE',
+          `Cannot move VM '${r.vm}' to '${to.name}': ${rep.incompatibilities.map((i) => i.message).join(' | ')}`,
+        );
       }
       const spec = await loadVm(e.vmRecord(r.vm).configPath);
       if (r.kind === 'live') {
         const proc = e.runningProc(r.vm);
-        if (!proc) throw new FerryError('E_VM_NOT_RUNNING', `Cannot live-migrate VM '${r.vm}': it stopped before the move began; move it again (a stopped VM moves offline)`);
+        if (!proc)
+          throw new FerryError(
+            'E_VM_NOT_RUNNING',
+            `Cannot live-migrate VM '${r.vm}': it stopped before the move began; move it again (a stopped VM moves offline)`,
+          );
         await runLive({
-          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, accel: e.accelerator(),
-          onSwitched: async () => { await e.releaseMigratedVm(r.vm, proc); },
+          job,
+          spec,
+          proc,
+          dest,
+          sourceName: e.name,
+          tls: e.migrationSettings().tls,
+          tlsFiles: e.cfg.tls,
+          dataDir: e.cfg.dataDir,
+          accel: e.accelerator(),
+          onSwitched: async () => {
+            await e.releaseMigratedVm(r.vm, proc);
+          },
         });
       } else if (r.kind === 'shared-nothing') {
         const proc = e.runningProc(r.vm);
         const storage = await this.sharedNothingPlan(spec, r.options, g.destView!);
-        r.disks = storage.request.disks.map((d) => ({ id: d.id, source: spec.disks.find((x) => x.id === d.id)!.path, destination: d.path, bytesDone: 0, bytesTotal: d.allocatedBytes }));
+        r.disks = storage.request.disks.map((d) => ({
+          id: d.id,
+          source: spec.disks.find((x) => x.id === d.id)!.path,
+          destination: d.path,
+          bytesDone: 0,
+          bytesTotal: d.allocatedBytes,
+        }));
         const cleanup = async (): Promise<void> => {
           if (r.options.retainSource) job.log('source files kept (--retain-source)');
-          else { await deleteVmFiles(spec, storage.files); job.log('source files deleted'); }
+          else {
+            await deleteVmFiles(spec, storage.files);
+            job.log('source files deleted');
+          }
         };
         if (!proc) {
           // A stopped VM: copy its disks, then the destination registers it.
           await runOfflineCopy({
-            job, spec, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, storage,
-            onDone: async () => { await e.releaseMigratedVm(r.vm, null); await cleanup(); },
+            job,
+            spec,
+            dest,
+            sourceName: e.name,
+            tls: e.migrationSettings().tls,
+            tlsFiles: e.cfg.tls,
+            dataDir: e.cfg.dataDir,
+            storage,
+            onDone: async () => {
+              await e.releaseMigratedVm(r.vm, null);
+              await cleanup();
+            },
           });
           await this.leftCluster(job, spec, to.name);
           job.setState('completed', `completed: ${r.vm} (stopped) and its disks now on ${to.name}`);
           return;
         }
         await runLive({
-          job, spec, proc, dest, sourceName: e.name, tls: e.migrationSettings().tls, tlsFiles: e.cfg.tls, dataDir: e.cfg.dataDir, accel: e.accelerator(), storage,
-          onSwitched: async () => { await e.releaseMigratedVm(r.vm, proc); await cleanup(); },
+          job,
+          spec,
+          proc,
+          dest,
+          sourceName: e.name,
+          tls: e.migrationSettings().tls,
+          tlsFiles: e.cfg.tls,
+          dataDir: e.cfg.dataDir,
+          accel: e.accelerator(),
+          storage,
+          onSwitched: async () => {
+            await e.releaseMigratedVm(r.vm, proc);
+            await cleanup();
+          },
         });
       } else {
         job.setState('preparing', `registering ${r.vm} on ${to.name}`);
-        await dest.call(peerActions.adopt, { body: { source: e.name, spec: spec as unknown as Record<string, unknown> } }, { signal: job.signal });
+        await dest.call(
+          peerActions.adopt,
+          { body: { source: e.name, spec: spec as unknown as Record<string, unknown> } },
+          { signal: job.signal },
+        );
         job.cancellable = false;
         job.setState('switching-over', 'the destination registered the VM');
         await e.releaseMigratedVm(r.vm, null);
       }
       await this.leftCluster(job, spec, to.name);
-      job.setState('completed', `completed: ${r.vm} now on ${to.name}` + (r.downtimeMs !== null ? ` (downtime ${r.downtimeMs} ms)` : ''));
+      job.setState(
+        'completed',
+        `completed: ${r.vm} now on ${to.name}` + (r.downtimeMs !== null ? ` (downtime ${r.downtimeMs} ms)` : ''),
+      );
     } catch (err) {
       this.fail(job, err, `the VM stays on ${e.name}`);
     } finally {
@@ -214,7 +354,11 @@ export class MigrationManager {
   }
 
   /** Where every file goes on the destination, and what the destination must create. */
-  private async sharedNothingPlan(spec: VmSpec, options: MoveOptions, destView: HostView): Promise<{ destSpec: VmSpec; request: NonNullable<IncomingRequest['storage']>; files: string[] }> {
+  private async sharedNothingPlan(
+    spec: VmSpec,
+    options: MoveOptions,
+    destView: HostView,
+  ): Promise<{ destSpec: VmSpec; request: NonNullable<IncomingRequest['storage']>; files: string[] }> {
     const plan = planDestPaths(spec, options);
     const destPools = destView.pools.map((p) => ({ name: p.name, kind: p.kind, path: p.path }));
     const destSpec: VmSpec = structuredClone(spec);
@@ -227,14 +371,26 @@ export class MigrationManager {
       const info = await imageInfo(d.path, { forceShare: true, format: d.format });
       d.path = pd.dest;
       const pool = poolOf(destPools, pd.dest);
-      if (pool) d.pool = pool.name; else delete d.pool;
-      disks.push({ id: d.id, path: pd.dest, format: d.format, virtualSizeBytes: info.virtualSizeBytes, allocatedBytes: info.actualSizeBytes });
+      if (pool) d.pool = pool.name;
+      else delete d.pool;
+      disks.push({
+        id: d.id,
+        path: pd.dest,
+        format: d.format,
+        virtualSizeBytes: info.virtualSizeBytes,
+        allocatedBytes: info.actualSizeBytes,
+      });
     }
     const files = await folderFiles(spec);
     const request = {
       disks,
       dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
-      files: await Promise.all(files.map(async (f) => ({ path: path.join(plan.configPath, f), base64: (await fsp.readFile(path.join(spec.configPath, f))).toString('base64') }))),
+      files: await Promise.all(
+        files.map(async (f) => ({
+          path: path.join(plan.configPath, f),
+          base64: (await fsp.readFile(path.join(spec.configPath, f))).toString('base64'),
+        })),
+      ),
     };
     return { destSpec, request, files };
   }
@@ -246,8 +402,24 @@ export class MigrationManager {
     e.assertNotBusy(req.vm);
     const spec = await loadVm(rec.configPath);
     const plan = await this.storagePlan(spec, req);
-    const policy = { maxDowntimeMs: 300, priority: req.priority, allowPostcopy: false, ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}) };
-    const job = new Job({ vm: req.vm, kind: 'storage', source: e.name, destination: e.name, policy, options: { includeStorage: true, retainSource: false } }, e.events, (r) => e.registry.saveMigration(r));
+    const policy = {
+      maxDowntimeMs: 300,
+      priority: req.priority,
+      allowPostcopy: false,
+      ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}),
+    };
+    const job = new Job(
+      {
+        vm: req.vm,
+        kind: 'storage',
+        source: e.name,
+        destination: e.name,
+        policy,
+        options: { includeStorage: true, retainSource: false },
+      },
+      e.events,
+      (r) => e.registry.saveMigration(r),
+    );
     this.jobs.set(job.id, job);
     e.markBusy(req.vm, job.id);
     job.log(`requested: move storage of ${req.vm}`);
@@ -262,11 +434,19 @@ export class MigrationManager {
     const pools = e.registry.listPools();
     const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
     const configPath = req.configPath ?? req.path ?? spec.configPath;
-    const follow = (p: string, explicit?: string): string => explicit ?? (inFolder(p) ? path.join(configPath, path.relative(spec.configPath, p)) : (req.path ?? p));
-    const plan: StoragePlan = { configPath, checkpointPath: follow(spec.checkpointPath, req.checkpointPath), pagingPath: follow(spec.pagingPath, req.pagingPath), disks: {} };
+    const follow = (p: string, explicit?: string): string =>
+      explicit ?? (inFolder(p) ? path.join(configPath, path.relative(spec.configPath, p)) : (req.path ?? p));
+    const plan: StoragePlan = {
+      configPath,
+      checkpointPath: follow(spec.checkpointPath, req.checkpointPath),
+      pagingPath: follow(spec.pagingPath, req.pagingPath),
+      disks: {},
+    };
     for (const src of Object.keys(req.vhd ?? {})) {
       if (!spec.disks.some((d) => path.resolve(d.path) === path.resolve(src))) {
-        throw new InvalidInputError(`Cannot move storage of VM '${spec.name}': --vhd names ${src}, which is not one of its disks (${spec.disks.map((d) => d.path).join(', ')})`);
+        throw new InvalidInputError(
+          `Cannot move storage of VM '${spec.name}': --vhd names ${src}, which is not one of its disks (${spec.disks.map((d) => d.path).join(', ')})`,
+        );
       }
     }
     for (const d of spec.disks) {
@@ -274,25 +454,50 @@ export class MigrationManager {
       if (dest && path.resolve(dest) !== path.resolve(d.path)) plan.disks[d.id] = path.resolve(dest);
     }
     const dests = Object.values(plan.disks);
-    if (new Set(dests).size !== dests.length) throw new InvalidInputError(`Cannot move storage of VM '${spec.name}': two disks would go to the same file; give each its own --vhd destination`);
-    if (!dests.length && path.resolve(configPath) === path.resolve(spec.configPath) && plan.checkpointPath === spec.checkpointPath && plan.pagingPath === spec.pagingPath) {
-      throw new InvalidInputError(`Cannot move storage of VM '${spec.name}': everything is already there; give a new --path, --vhd or --config-path`);
+    if (new Set(dests).size !== dests.length)
+      throw new InvalidInputError(
+        `Cannot move storage of VM '${spec.name}': two disks would go to the same file; give each its own --vhd destination`,
+      );
+    if (
+      !dests.length &&
+      path.resolve(configPath) === path.resolve(spec.configPath) &&
+      plan.checkpointPath === spec.checkpointPath &&
+      plan.pagingPath === spec.pagingPath
+    ) {
+      throw new InvalidInputError(
+        `Cannot move storage of VM '${spec.name}': everything is already there; give a new --path, --vhd or --config-path`,
+      );
     }
     const need = new Map<string, number>();
     for (const [id, dest] of Object.entries(plan.disks)) {
       const pool = await assertInUsablePool(pools, e.name, dest, `destination of disk ${id}`);
-      if (await exists(dest)) throw new InvalidInputError(`Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`, { path: dest });
+      if (await exists(dest))
+        throw new InvalidInputError(
+          `Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`,
+          { path: dest },
+        );
       const d = spec.disks.find((x) => x.id === id)!;
       const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
       need.set(pool.name, (need.get(pool.name) ?? 0) + size);
     }
-    for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])) await assertInUsablePool(pools, e.name, dir, 'destination folder');
+    for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath]))
+      await assertInUsablePool(pools, e.name, dir, 'destination folder');
     if (path.resolve(configPath) !== path.resolve(spec.configPath) && (await exists(configFile(configPath)))) {
-      throw new InvalidInputError(`Cannot move the config of VM '${spec.name}' to ${configPath}: that folder already holds a VM; choose another --config-path`);
+      throw new InvalidInputError(
+        `Cannot move the config of VM '${spec.name}' to ${configPath}: that folder already holds a VM; choose another --config-path`,
+      );
     }
     for (const [name, bytes] of need) {
-      const st = await poolStatus(pools.find((p) => p.name === name)!, e.name);
-      if (bytes > st.freeBytes) throw new FerryError('E_DEST_SPACE', `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(st.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`, { userError: true });
+      const st = await poolStatus(
+        pools.find((p) => p.name === name)!,
+        e.name,
+      );
+      if (bytes > st.freeBytes)
+        throw new FerryError(
+          'E_DEST_SPACE',
+          `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(st.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`,
+          { userError: true },
+        );
     }
     return plan;
   }
@@ -303,15 +508,24 @@ export class MigrationManager {
     let slot = false;
     try {
       if (!e.storageSlots.tryAcquire(job.id)) {
-        job.setState('queued', `queued: ${e.name} runs ${e.migrationSettings().maxStorage} storage migrations (max storage)`);
+        job.setState(
+          'queued',
+          `queued: ${e.name} runs ${e.migrationSettings().maxStorage} storage migrations (max storage)`,
+        );
         await e.storageSlots.acquire(job.id, r.priority, job.signal);
       }
       slot = true;
       const spec = await loadVm(e.vmRecord(r.vm).configPath);
       await runStorageMove({
-        job, spec, proc: e.runningProc(r.vm), plan, pools: e.registry.listPools(),
+        job,
+        spec,
+        proc: e.runningProc(r.vm),
+        plan,
+        pools: e.registry.listPools(),
         ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
-        onConfigMoved: (next) => { e.registry.updateVmPath(r.vm, next.configPath); },
+        onConfigMoved: (next) => {
+          e.registry.updateVmPath(r.vm, next.configPath);
+        },
       });
       job.setState('completed', `completed: storage of ${r.vm} moved`);
     } catch (err) {
@@ -326,18 +540,27 @@ export class MigrationManager {
   private fail(job: Job, err: unknown, cancelNote: string): void {
     const r = job.record;
     if (err instanceof AbortedError || job.signal.aborted) {
-      r.error = { code: 'E_CANCELLED', message: `${r.kind === 'storage' ? 'Storage move' : 'Move'} of VM '${r.vm}' was cancelled; ${cancelNote}` };
+      r.error = {
+        code: 'E_CANCELLED',
+        message: `${r.kind === 'storage' ? 'Storage move' : 'Move'} of VM '${r.vm}' was cancelled; ${cancelNote}`,
+      };
       job.setState('cancelled', `cancelled: ${cancelNote}`);
     } else {
       const fe = err instanceof FerryError ? err : null;
-      r.error = { code: fe?.code ?? 'E_MIGRATION_FAILED', message: `${messageOf(err)}${r.state === 'copying-storage' ? ' (while copying storage)' : r.state === 'copying-memory' ? ' (while copying memory)' : ''}` };
+      r.error = {
+        code: fe?.code ?? 'E_MIGRATION_FAILED',
+        message: `${messageOf(err)}${r.state === 'copying-storage' ? ' (while copying storage)' : r.state === 'copying-memory' ? ' (while copying memory)' : ''}`,
+      };
       job.setState('failed', `failed in ${r.state}: ${messageOf(err)}`);
     }
   }
 
   private view(job: Job): MigrationRecord {
     const rec = job.snapshot();
-    if (rec.state === 'queued') rec.queuePosition = this.clustered.has(job.id) ? (this.engine.membership?.queue?.position(job.id) ?? rec.queuePosition) : this.engine.slots.position(job.id);
+    if (rec.state === 'queued')
+      rec.queuePosition = this.clustered.has(job.id)
+        ? (this.engine.membership?.queue?.position(job.id) ?? rec.queuePosition)
+        : this.engine.slots.position(job.id);
     return rec;
   }
 
@@ -345,7 +568,12 @@ export class MigrationManager {
     const job = this.jobs.get(id);
     if (job) return this.view(job);
     const saved = this.engine.registry.getMigration(id);
-    if (!saved) throw new NotFoundError('E_MIGRATION_NOT_FOUND', `Cannot find migration ${id} on host '${this.engine.name}'; 'ferry migration list --all' shows them`, { id });
+    if (!saved)
+      throw new NotFoundError(
+        'E_MIGRATION_NOT_FOUND',
+        `Cannot find migration ${id} on host '${this.engine.name}'; 'ferry migration list --all' shows them`,
+        { id },
+      );
     return saved;
   }
 
@@ -353,19 +581,29 @@ export class MigrationManager {
     const live = [...this.jobs.values()].filter((j) => all || !j.done).map((j) => this.view(j));
     if (!all) return live;
     const ids = new Set(live.map((r) => r.id));
-    return [...live, ...this.engine.registry.listMigrations(500).filter((r) => !ids.has(r.id))]
-      .sort((a, b) => a.createdAt.localeCompare(b.createdAt));
+    return [...live, ...this.engine.registry.listMigrations(500).filter((r) => !ids.has(r.id))].sort((a, b) =>
+      a.createdAt.localeCompare(b.createdAt),
+    );
   }
 
   async cancel(id: string): Promise<MigrationRecord> {
     const job = this.jobs.get(id);
     if (!job) {
       const rec = this.get(id);
-      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${rec.state}`, { userError: true });
+      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${rec.state}`, {
+        userError: true,
+      });
     }
-    if (job.done) throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${job.record.state}`, { userError: true });
+    if (job.done)
+      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${job.record.state}`, {
+        userError: true,
+      });
     if (!job.cancellable) {
-      throw new FerryError('E_CANNOT_CANCEL', `Cannot cancel migration ${id} of VM '${job.record.vm}': it is ${job.record.state === 'switching-over' ? 'switching over' : 'in post-copy'}, the VM is already moving to ${job.record.destination}; wait for it to finish`, { userError: true });
+      throw new FerryError(
+        'E_CANNOT_CANCEL',
+        `Cannot cancel migration ${id} of VM '${job.record.vm}': it is ${job.record.state === 'switching-over' ? 'switching over' : 'in post-copy'}, the VM is already moving to ${job.record.destination}; wait for it to finish`,
+        { userError: true },
+      );
     }
     job.log('cancel requested');
     job.ac.abort(new Error('cancelled by the user'));
@@ -385,7 +623,8 @@ async function deleteVmFiles(spec: VmSpec, files: string[]): Promise<void> {
   for (const d of spec.disks) await fsp.rm(d.path, { force: true });
   await fsp.rm(configFile(spec.configPath), { force: true });
   for (const f of files) await fsp.rm(path.join(spec.configPath, f), { force: true });
-  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) await fsp.rmdir(dir).catch(() => undefined);
+  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath]))
+    await fsp.rmdir(dir).catch(() => undefined);
 }
 
 function report(incompatibilities: Incompatibility[]): CompareReport {

@@ -76,9 +76,19 @@ export class ConvergencePolicy {
       const why = `the guest dirties memory at ${mib(s.dirtyBps)} MiB/s against ${mib(s.bandwidthBps)} MiB/s of bandwidth, ${mib(s.remainingBytes)} MiB still to copy`;
       if (this.opts.allowPostcopy) {
         this.postcopy = true;
-        return [{ kind: 'start-postcopy', reason: `budget of ${Math.round(this.opts.finishWithinMs / 1000)} s spent: ${why}; switching to post-copy` }];
+        return [
+          {
+            kind: 'start-postcopy',
+            reason: `budget of ${Math.round(this.opts.finishWithinMs / 1000)} s spent: ${why}; switching to post-copy`,
+          },
+        ];
       }
-      return [{ kind: 'abort', reason: `it did not converge within ${Math.round(this.opts.finishWithinMs / 1000)} s (--finish-within): ${why}; raise --max-downtime or --finish-within, give it more --bandwidth, or allow post-copy with --allow-postcopy` }];
+      return [
+        {
+          kind: 'abort',
+          reason: `it did not converge within ${Math.round(this.opts.finishWithinMs / 1000)} s (--finish-within): ${why}; raise --max-downtime or --finish-within, give it more --bandwidth, or allow post-copy with --allow-postcopy`,
+        },
+      ];
     }
     if (s.pass === this.lastPassJudged || verdict === null || verdict === 'converging') return [];
     this.lastPassJudged = s.pass;
@@ -86,18 +96,32 @@ export class ConvergencePolicy {
       const wanted = Math.max(this.downtimeMs * 2, Math.min(s.expectedDowntimeMs ?? 0, this.opts.maxDowntimeMs));
       this.downtimeMs = Math.min(this.opts.maxDowntimeMs, wanted);
       this.step++;
-      return [{ kind: 'set-parameters', params: { 'downtime-limit': this.downtimeMs }, reason: `${verdict}: downtime limit raised to ${this.downtimeMs} ms` }];
+      return [
+        {
+          kind: 'set-parameters',
+          params: { 'downtime-limit': this.downtimeMs },
+          reason: `${verdict}: downtime limit raised to ${this.downtimeMs} ms`,
+        },
+      ];
     }
     if (!this.throttling) {
       this.throttling = true;
       this.step++;
-      return [{ kind: 'set-parameters', params: { 'throttle-trigger-threshold': 50 }, reason: `${verdict} at the maximum downtime: throttling the guest's vCPUs (auto-converge)` }];
+      return [
+        {
+          kind: 'set-parameters',
+          params: { 'throttle-trigger-threshold': 50 },
+          reason: `${verdict} at the maximum downtime: throttling the guest's vCPUs (auto-converge)`,
+        },
+      ];
     }
     return [];
   }
 }
 
-function mib(bps: number): string { return (bps / 1024 / 1024).toFixed(1); }
+function mib(bps: number): string {
+  return (bps / 1024 / 1024).toFixed(1);
+}
 
 /**
  * How long a copy may move no data before it is given up. TCP over a cut link does not
@@ -117,10 +141,17 @@ export class StallWatchdog {
   constructor(readonly ms: number) {}
   /** Feed the bytes moved so far; true when nothing moved for `ms`. */
   feed(bytes: number, now: number): boolean {
-    if (bytes !== this.last) { this.last = bytes; this.since = now; return false; }
+    if (bytes !== this.last) {
+      this.last = bytes;
+      this.since = now;
+      return false;
+    }
     return now - this.since >= this.ms;
   }
-  reset(now: number): void { this.last = -1; this.since = now; }
+  reset(now: number): void {
+    this.last = -1;
+    this.since = now;
+  }
 }
 
 /**

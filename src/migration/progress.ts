@@ -36,7 +36,12 @@ export function sampleFrom(info: MigrationInfo, atMs: number): Sample | null {
   };
 }
 
-export interface PassEnd { pass: number; remainingBytes: number; dirtyBps: number; bandwidthBps: number }
+export interface PassEnd {
+  pass: number;
+  remainingBytes: number;
+  dirtyBps: number;
+  bandwidthBps: number;
+}
 
 export interface ProgressState {
   progress: number;
@@ -71,15 +76,27 @@ export function update(state: ProgressState, s: Sample, span: [number, number] =
   const prev = state.last;
   // A new dirty-sync count means the previous pass ended: record what it left behind.
   if (prev && s.pass > prev.pass) {
-    passes.push({ pass: prev.pass, remainingBytes: s.remainingBytes, dirtyBps: s.dirtyBps, bandwidthBps: s.bandwidthBps || prev.bandwidthBps });
+    passes.push({
+      pass: prev.pass,
+      remainingBytes: s.remainingBytes,
+      dirtyBps: s.dirtyBps,
+      bandwidthBps: s.bandwidthBps || prev.bandwidthBps,
+    });
   }
   const denom = s.transferredBytes + s.remainingBytes;
   const raw = denom > 0 ? s.transferredBytes / denom : 0;
   const mapped = span[0] + (span[1] - span[0]) * Math.min(1, raw);
   const progress = Math.min(0.99, Math.max(state.progress, mapped));
-  const verdict = passes.length ? judge(passes) : (s.bandwidthBps > 0 && s.dirtyBps >= s.bandwidthBps ? 'not-converging' : 'converging');
+  const verdict = passes.length
+    ? judge(passes)
+    : s.bandwidthBps > 0 && s.dirtyBps >= s.bandwidthBps
+      ? 'not-converging'
+      : 'converging';
   const net = s.bandwidthBps - s.dirtyBps;
-  const etaSeconds = verdict === 'not-converging' || net <= 0 || s.bandwidthBps <= 0 ? null : Math.max(0, Math.round((s.remainingBytes / net) * 10) / 10);
+  const etaSeconds =
+    verdict === 'not-converging' || net <= 0 || s.bandwidthBps <= 0
+      ? null
+      : Math.max(0, Math.round((s.remainingBytes / net) * 10) / 10);
   return { progress, etaSeconds, verdict, passes, last: s };
 }
 

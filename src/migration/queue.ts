@@ -6,7 +6,13 @@ import { AbortedError } from '../errors.js';
 export type Priority = 'high' | 'normal' | 'low';
 const RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
 
-interface Waiter { id: string; priority: Priority; seq: number; resolve: () => void; reject: (e: unknown) => void }
+interface Waiter {
+  id: string;
+  priority: Priority;
+  seq: number;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
 
 export class SlotQueue {
   private active = new Set<string>();
@@ -14,10 +20,14 @@ export class SlotQueue {
   private seq = 0;
   constructor(private limitFn: () => number) {}
 
-  get running(): string[] { return [...this.active]; }
+  get running(): string[] {
+    return [...this.active];
+  }
 
   /** Queue order: ids waiting, first to start first. */
-  get queued(): string[] { return this.sorted().map((w) => w.id); }
+  get queued(): string[] {
+    return this.sorted().map((w) => w.id);
+  }
 
   position(id: string): number | null {
     const i = this.sorted().findIndex((w) => w.id === id);
@@ -45,9 +55,15 @@ export class SlotQueue {
       const w: Waiter = { id, priority, seq: this.seq++, resolve, reject };
       const onAbort = (): void => {
         const i = this.waiting.indexOf(w);
-        if (i >= 0) { this.waiting.splice(i, 1); reject(new AbortedError('wait for a migration slot', signal?.reason)); }
+        if (i >= 0) {
+          this.waiting.splice(i, 1);
+          reject(new AbortedError('wait for a migration slot', signal?.reason));
+        }
       };
-      w.resolve = () => { signal?.removeEventListener('abort', onAbort); resolve(); };
+      w.resolve = () => {
+        signal?.removeEventListener('abort', onAbort);
+        resolve();
+      };
       this.waiting.push(w);
       signal?.addEventListener('abort', onAbort, { once: true });
     });

@@ -17,14 +17,19 @@ const ACTIVE = ['setup', 'active', 'pre-switchover', 'device', 'wait-unplug', 'c
 export async function recoverSource(e: Engine): Promise<void> {
   const open = e.registry.listMigrations(1000).filter((r) => !TERMINAL.includes(r.state) && r.source === e.name);
   for (const r of open) {
-    const log = (m: string): void => { r.events.push({ at: new Date().toISOString(), message: m }); };
+    const log = (m: string): void => {
+      r.events.push({ at: new Date().toISOString(), message: m });
+    };
     log('the source agent restarted during this move: recovering');
     try {
       if (r.kind === 'storage') await recoverStorage(e, r, log);
       else await recoverMove(e, r, log);
     } catch (err) {
       r.state = 'failed';
-      r.error = { code: 'E_RECOVERY', message: `Cannot recover the interrupted move of VM '${r.vm}': ${messageOf(err)}; check where it runs with 'ferry vm list'` };
+      r.error = {
+        code: 'E_RECOVERY',
+        message: `Cannot recover the interrupted move of VM '${r.vm}': ${messageOf(err)}; check where it runs with 'ferry vm list'`,
+      };
     }
     r.finishedAt = new Date().toISOString();
     r.totalMs = r.startedAt ? Date.parse(r.finishedAt) - Date.parse(r.startedAt) : 0;
@@ -35,22 +40,35 @@ export async function recoverSource(e: Engine): Promise<void> {
 
 function rolledBack(r: MigrationRecord, why: string): void {
   r.state = 'failed';
-  r.error = { code: 'E_AGENT_RESTARTED', message: `The move of VM '${r.vm}' to '${r.destination}' was interrupted by a restart of the agent on '${r.source}' and rolled back (${why}); the VM stays on ${r.source}; move it again` };
+  r.error = {
+    code: 'E_AGENT_RESTARTED',
+    message: `The move of VM '${r.vm}' to '${r.destination}' was interrupted by a restart of the agent on '${r.source}' and rolled back (${why}); the VM stays on ${r.source}; move it again`,
+  };
 }
 
 async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => void): Promise<void> {
   const dest = r.destinationEndpoint
-    ? new AgentClient({ endpoint: r.destinationEndpoint, host: r.destination, credentials: { ca: e.cfg.tls.ca, cert: e.cfg.tls.cert, key: e.cfg.tls.key } })
+    ? new AgentClient({
+        endpoint: r.destinationEndpoint,
+        host: r.destination,
+        credentials: { ca: e.cfg.tls.ca, cert: e.cfg.tls.cert, key: e.cfg.tls.key },
+      })
     : null;
   try {
     const status = async (): Promise<string> => {
       if (!dest) return 'unknown';
       for (let i = 0; i < 10; i++) {
-        try { return (await dest.call(peerActions.status, { params: { id: r.id } }, { timeoutMs: 5000 })).state; } catch { await sleep(1000); }
+        try {
+          return (await dest.call(peerActions.status, { params: { id: r.id } }, { timeoutMs: 5000 })).state;
+        } catch {
+          await sleep(1000);
+        }
       }
       return 'unreachable';
     };
-    const abortDest = async (): Promise<void> => { await dest?.call(peerActions.abort, { params: { id: r.id } }, { timeoutMs: 30_000 }).catch(() => undefined); };
+    const abortDest = async (): Promise<void> => {
+      await dest?.call(peerActions.abort, { params: { id: r.id } }, { timeoutMs: 30_000 }).catch(() => undefined);
+    };
     const proc = e.runningProc(r.vm);
     if (!proc) {
       // A stopped VM's move: did the destination register it?
@@ -60,7 +78,9 @@ async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => vo
         await e.releaseMigratedVm(r.vm, null);
         r.state = 'completed';
         r.progress = 1;
-        log(`${r.destination} had registered the VM: the move is complete (source files kept; remove them once checked)`);
+        log(
+          `${r.destination} had registered the VM: the move is complete (source files kept; remove them once checked)`,
+        );
         return;
       }
       await abortDest();
@@ -70,18 +90,27 @@ async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => vo
     const st = (await proc.qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 })).status ?? 'none';
     if (st.startsWith('postcopy')) {
       r.state = 'failed';
-      r.error = { code: 'E_RECOVERY', message: `VM '${r.vm}' was in post-copy when the agent restarted; it cannot be rolled back: check it on ${r.destination}` };
+      r.error = {
+        code: 'E_RECOVERY',
+        message: `VM '${r.vm}' was in post-copy when the agent restarted; it cannot be rolled back: check it on ${r.destination}`,
+      };
       return;
     }
     if (st === 'completed') {
       const d = await status();
       let runsThere = d === 'running';
       if (d === 'prepared' && dest) {
-        runsThere = await dest.call(peerActions.finish, { params: { id: r.id } }, { timeoutMs: 60_000 }).then(() => true, () => false);
+        runsThere = await dest.call(peerActions.finish, { params: { id: r.id } }, { timeoutMs: 60_000 }).then(
+          () => true,
+          () => false,
+        );
       }
       if (!runsThere && d === 'unreachable' && r.kind === 'shared-nothing') {
         r.state = 'failed';
-        r.error = { code: 'E_RECOVERY', message: `VM '${r.vm}' finished copying to ${r.destination}, which does not answer: it stays paused on ${r.source} so it can never run twice; once ${r.destination} answers, run 'ferry vm resume ${r.vm}' only if it does not run there` };
+        r.error = {
+          code: 'E_RECOVERY',
+          message: `VM '${r.vm}' finished copying to ${r.destination}, which does not answer: it stays paused on ${r.source} so it can never run twice; once ${r.destination} answers, run 'ferry vm resume ${r.vm}' only if it does not run there`,
+        };
         return;
       }
       if (!runsThere) {
@@ -99,11 +128,14 @@ async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => vo
       await e.releaseMigratedVm(r.vm, proc);
       r.state = 'completed';
       r.progress = 1;
-      log(`${r.destination} runs the VM: the move is complete${r.kind === 'shared-nothing' ? ' (source files kept; remove them once checked)' : ''}`);
+      log(
+        `${r.destination} runs the VM: the move is complete${r.kind === 'shared-nothing' ? ' (source files kept; remove them once checked)' : ''}`,
+      );
       return;
     }
     if (ACTIVE.includes(st)) {
-      if (st !== 'cancelling') await proc.qmp.execute('migrate_cancel', undefined, { timeoutMs: 10_000 }).catch(() => undefined);
+      if (st !== 'cancelling')
+        await proc.qmp.execute('migrate_cancel', undefined, { timeoutMs: 10_000 }).catch(() => undefined);
       for (let i = 0; i < 100; i++) {
         const x = (await proc.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 })).status;
         if (x !== 'cancelling' && !ACTIVE.includes(x ?? '')) break;
@@ -124,9 +156,15 @@ async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => vo
 async function dropBlockLeftovers(proc: QemuProcess): Promise<void> {
   const jobs = await proc.qmp.execute('query-jobs', undefined, { timeoutMs: 5000 }).catch(() => []);
   for (const j of jobs) {
-    if (j.status !== 'concluded') await proc.qmp.execute('block-job-cancel', { device: j.id, force: true }, { timeoutMs: 5000 }).catch(() => undefined);
+    if (j.status !== 'concluded')
+      await proc.qmp
+        .execute('block-job-cancel', { device: j.id, force: true }, { timeoutMs: 5000 })
+        .catch(() => undefined);
     for (let i = 0; i < 50; i++) {
-      try { await proc.qmp.execute('job-dismiss', { id: j.id }, { timeoutMs: 5000 }); break; } catch (err) {
+      try {
+        await proc.qmp.execute('job-dismiss', { id: j.id }, { timeoutMs: 5000 });
+        break;
+      } catch (err) {
         if (!/cannot accept/i.test(messageOf(err))) break;
         await sleep(100);
       }
@@ -148,9 +186,12 @@ async function recoverStorage(e: Engine, r: MigrationRecord, log: (m: string) =>
       if (id && b.inserted) inUse.set(id, b.inserted.file);
     }
     // Nodes of copies that never became the guest's disk.
-    const nodes = await proc.qmp.execute('query-named-block-nodes', { flat: true }, { timeoutMs: 5000 }).catch(() => []);
+    const nodes = await proc.qmp
+      .execute('query-named-block-nodes', { flat: true }, { timeoutMs: 5000 })
+      .catch(() => []);
     const used = new Set([...inUse.values()]);
-    for (const n of nodes) if (/-m[0-9a-z]+(-file)?$/.test(n['node-name']) && !used.has(n.file)) await delNode(proc.qmp, n['node-name']);
+    for (const n of nodes)
+      if (/-m[0-9a-z]+(-file)?$/.test(n['node-name']) && !used.has(n.file)) await delNode(proc.qmp, n['node-name']);
   }
   let changed = false;
   for (const d of r.disks) {
@@ -168,5 +209,8 @@ async function recoverStorage(e: Engine, r: MigrationRecord, log: (m: string) =>
   }
   if (changed) await saveVm(spec);
   r.state = 'failed';
-  r.error = { code: 'E_AGENT_RESTARTED', message: `The storage move of VM '${r.vm}' was interrupted by an agent restart; ${changed ? 'disks that had switched keep their new place, the others stay where they were' : 'its files stay where they were'}; move it again` };
+  r.error = {
+    code: 'E_AGENT_RESTARTED',
+    message: `The storage move of VM '${r.vm}' was interrupted by an agent restart; ${changed ? 'disks that had switched keep their new place, the others stay where they were' : 'its files stay where they were'}; move it again`,
+  };
 }

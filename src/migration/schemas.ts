@@ -2,7 +2,16 @@
 import { z } from 'zod';
 import { Name } from '../api/schemas.js';
 
-export const MIGRATION_STATES = ['queued', 'preparing', 'copying-storage', 'copying-memory', 'switching-over', 'completed', 'failed', 'cancelled'] as const;
+export const MIGRATION_STATES = [
+  'queued',
+  'preparing',
+  'copying-storage',
+  'copying-memory',
+  'switching-over',
+  'completed',
+  'failed',
+  'cancelled',
+] as const;
 export type MigrationState = (typeof MIGRATION_STATES)[number];
 export const TERMINAL: readonly MigrationState[] = ['completed', 'failed', 'cancelled'];
 
@@ -11,57 +20,86 @@ export type Incompatibility = z.infer<typeof Incompatibility>;
 export const CompareReport = z.object({ compatible: z.boolean(), incompatibilities: z.array(Incompatibility) });
 export type CompareReport = z.infer<typeof CompareReport>;
 
-const AbsPath = z.string().min(1).max(4096).refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
+const AbsPath = z
+  .string()
+  .min(1)
+  .max(4096)
+  .refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
 
-export const MoveOptions = z.object({
-  includeStorage: z.boolean().default(false),
-  storagePath: AbsPath.optional(),
-  vhd: z.record(AbsPath, AbsPath).optional(),
-  configPath: AbsPath.optional(),
-  checkpointPath: AbsPath.optional(),
-  pagingPath: AbsPath.optional(),
-  retainSource: z.boolean().default(false),
-}).strict();
+export const MoveOptions = z
+  .object({
+    includeStorage: z.boolean().default(false),
+    storagePath: AbsPath.optional(),
+    vhd: z.record(AbsPath, AbsPath).optional(),
+    configPath: AbsPath.optional(),
+    checkpointPath: AbsPath.optional(),
+    pagingPath: AbsPath.optional(),
+    retainSource: z.boolean().default(false),
+  })
+  .strict();
 export type MoveOptions = z.infer<typeof MoveOptions>;
 
-export const PolicyInput = z.object({
-  maxDowntimeMs: z.number().int().min(1).max(600_000).default(300),
-  finishWithinS: z.number().int().min(1).max(86_400).optional(),
-  priority: z.enum(['high', 'normal', 'low']).default('normal'),
-  bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
-  allowPostcopy: z.boolean().default(false),
-}).strict();
+export const PolicyInput = z
+  .object({
+    maxDowntimeMs: z.number().int().min(1).max(600_000).default(300),
+    finishWithinS: z.number().int().min(1).max(86_400).optional(),
+    priority: z.enum(['high', 'normal', 'low']).default('normal'),
+    bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+    allowPostcopy: z.boolean().default(false),
+  })
+  .strict();
 export type PolicyInput = z.infer<typeof PolicyInput>;
 
-export const Destination = z.object({ name: Name, endpoint: z.string().url().refine((u) => u.startsWith('https://'), { message: 'must be an https:// endpoint' }) }).strict();
+export const Destination = z
+  .object({
+    name: Name,
+    endpoint: z
+      .string()
+      .url()
+      .refine((u) => u.startsWith('https://'), { message: 'must be an https:// endpoint' }),
+  })
+  .strict();
 export type Destination = z.infer<typeof Destination>;
 
-export const MoveRequest = z.object({
-  /** Chosen by the caller to make the request idempotent (the cluster's drains do). */
-  id: z.string().regex(/^[A-Za-z0-9-]{8,64}$/, { message: 'must be 8–64 letters, digits or dashes' }).optional(),
-  /** The drain or fail-back this move belongs to (shown in the cluster queue). */
-  batch: z.string().regex(/^(drain|failback):[A-Za-z0-9._-]{1,63}$/).optional(),
-  vm: Name,
-  to: Destination,
-  options: MoveOptions.default({ includeStorage: false, retainSource: false }),
-  policy: PolicyInput.default({ maxDowntimeMs: 300, priority: 'normal', allowPostcopy: false }),
-}).strict();
+export const MoveRequest = z
+  .object({
+    /** Chosen by the caller to make the request idempotent (the cluster's drains do). */
+    id: z
+      .string()
+      .regex(/^[A-Za-z0-9-]{8,64}$/, { message: 'must be 8–64 letters, digits or dashes' })
+      .optional(),
+    /** The drain or fail-back this move belongs to (shown in the cluster queue). */
+    batch: z
+      .string()
+      .regex(/^(drain|failback):[A-Za-z0-9._-]{1,63}$/)
+      .optional(),
+    vm: Name,
+    to: Destination,
+    options: MoveOptions.default({ includeStorage: false, retainSource: false }),
+    policy: PolicyInput.default({ maxDowntimeMs: 300, priority: 'normal', allowPostcopy: false }),
+  })
+  .strict();
 export type MoveRequest = z.infer<typeof MoveRequest>;
 
 export const CompareRequest = MoveRequest.pick({ vm: true, to: true, options: true });
 
-export const StorageMoveRequest = z.object({
-  vm: Name,
-  /** Everything to one folder… */
-  path: AbsPath.optional(),
-  /** …or per item. */
-  vhd: z.record(AbsPath, AbsPath).optional(),
-  configPath: AbsPath.optional(),
-  checkpointPath: AbsPath.optional(),
-  pagingPath: AbsPath.optional(),
-  priority: z.enum(['high', 'normal', 'low']).default('normal'),
-  bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
-}).strict().refine((r) => r.path || r.vhd || r.configPath || r.checkpointPath || r.pagingPath, { message: 'needs --path, --vhd, --config-path, --checkpoint-path or --paging-path' });
+export const StorageMoveRequest = z
+  .object({
+    vm: Name,
+    /** Everything to one folder… */
+    path: AbsPath.optional(),
+    /** …or per item. */
+    vhd: z.record(AbsPath, AbsPath).optional(),
+    configPath: AbsPath.optional(),
+    checkpointPath: AbsPath.optional(),
+    pagingPath: AbsPath.optional(),
+    priority: z.enum(['high', 'normal', 'low']).default('normal'),
+    bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+  })
+  .strict()
+  .refine((r) => r.path || r.vhd || r.configPath || r.checkpointPath || r.pagingPath, {
+    message: 'needs --path, --vhd, --config-path, --checkpoint-path or --paging-path',
+  });
 export type StorageMoveRequest = z.infer<typeof StorageMoveRequest>;
 
 export const MigrationEvent = z.object({ at: z.string(), message: z.string() });
@@ -96,10 +134,27 @@ export const MigrationRecord = z.object({
   finishedAt: z.string().nullable(),
   events: z.array(MigrationEvent),
   /** Per disk, for moves that copy storage. */
-  disks: z.array(z.object({ id: z.string(), source: z.string(), destination: z.string(), bytesDone: z.number(), bytesTotal: z.number() })),
+  disks: z.array(
+    z.object({
+      id: z.string(),
+      source: z.string(),
+      destination: z.string(),
+      bytesDone: z.number(),
+      bytesTotal: z.number(),
+    }),
+  ),
   incompatibilities: z.array(Incompatibility),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecord>;
 
-export const ListQuery = z.object({ all: z.enum(['true', 'false']).default('false').transform((v) => v === 'true') }).strict();
-export const IdParams = z.object({ id: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, { message: 'must be a migration id' }) });
+export const ListQuery = z
+  .object({
+    all: z
+      .enum(['true', 'false'])
+      .default('false')
+      .transform((v) => v === 'true'),
+  })
+  .strict();
+export const IdParams = z.object({
+  id: z.string().regex(/^[A-Za-z0-9-]{1,64}$/, { message: 'must be a migration id' }),
+});

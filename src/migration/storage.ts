@@ -12,7 +12,16 @@ import { supportsDirectIo } from '../vm/lifecycle.js';
 import { resolveVmFile, type VmSpec } from '../vm/spec.js';
 import type { PoolDef } from '../storage/pools.js';
 import { poolOf } from '../storage/pools.js';
-import { addImageNode, abandonMirrors, delNode, finishMirrors, rootNode, startMirror, waitMirrorsReady, type MirrorSpec } from './block.js';
+import {
+  addImageNode,
+  abandonMirrors,
+  delNode,
+  finishMirrors,
+  rootNode,
+  startMirror,
+  waitMirrorsReady,
+  type MirrorSpec,
+} from './block.js';
 import { copyEta } from './progress.js';
 import { foldMirrorProgress, type Job } from './job.js';
 import { testHold } from './policy.js';
@@ -42,7 +51,8 @@ export async function folderFiles(spec: VmSpec): Promise<string[]> {
   const out: string[] = [];
   for (const ent of await fsp.readdir(spec.configPath, { withFileTypes: true }).catch(() => [])) {
     const p = path.join(spec.configPath, ent.name);
-    if (ent.isFile() && ent.name !== 'vm.json' && !ent.name.startsWith('vm.json.tmp') && !disks.has(p)) out.push(ent.name);
+    if (ent.isFile() && ent.name !== 'vm.json' && !ent.name.startsWith('vm.json.tmp') && !disks.has(p))
+      out.push(ent.name);
   }
   return out;
 }
@@ -59,15 +69,31 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
   const oldNodes: Record<string, string> = {};
   const configMoves = path.resolve(plan.configPath) !== path.resolve(spec.configPath);
   try {
-    job.setState('preparing', `planning: ${moving.length} disk(s)${configMoves ? ' and the config folder' : ''} to move`);
+    job.setState(
+      'preparing',
+      `planning: ${moving.length} disk(s)${configMoves ? ' and the config folder' : ''} to move`,
+    );
     await testHold('preparing', (m) => job.log(m), job.signal);
-    for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath, ...moving.map((d) => path.dirname(plan.disks[d.id]!))])) {
-      if (!(await exists(dir))) { await fsp.mkdir(dir, { recursive: true }); createdDirs.push(dir); }
+    for (const dir of new Set([
+      plan.configPath,
+      plan.checkpointPath,
+      plan.pagingPath,
+      ...moving.map((d) => path.dirname(plan.disks[d.id]!)),
+    ])) {
+      if (!(await exists(dir))) {
+        await fsp.mkdir(dir, { recursive: true });
+        createdDirs.push(dir);
+      }
     }
     r.disks = [];
     for (const d of moving) {
       const dest = plan.disks[d.id]!;
-      if (await exists(dest)) throw new FerryError('E_DEST_PATH', `Cannot move disk '${d.id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path or remove it`, { userError: true });
+      if (await exists(dest))
+        throw new FerryError(
+          'E_DEST_PATH',
+          `Cannot move disk '${d.id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path or remove it`,
+          { userError: true },
+        );
       const info = await imageInfo(d.path, { forceShare: true, format: d.format });
       r.disks.push({ id: d.id, source: d.path, destination: dest, bytesDone: 0, bytesTotal: info.actualSizeBytes });
     }
@@ -88,12 +114,17 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
         mirrors.push(m);
       }
       const t0 = Date.now();
-      await waitMirrorsReady(proc.qmp, mirrors, (ps) => {
-        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
-        r.progress = Math.max(r.progress, Math.min(0.95, total ? 0.05 + 0.9 * (done / total) : 0.05));
-        r.etaSeconds = copyEta(total - done, rate);
-        job.flush();
-      }, { signal: job.signal, timeoutMs: 6 * 3600_000 });
+      await waitMirrorsReady(
+        proc.qmp,
+        mirrors,
+        (ps) => {
+          const { done, total, rate } = foldMirrorProgress(r, ps, t0);
+          r.progress = Math.max(r.progress, Math.min(0.95, total ? 0.05 + 0.9 * (done / total) : 0.05));
+          r.etaSeconds = copyEta(total - done, rate);
+          job.flush();
+        },
+        { signal: job.signal, timeoutMs: 6 * 3600_000 },
+      );
       // Switch the guest to the copies: no cancel from here on.
       job.cancellable = false;
       job.setState('switching-over', 'all copies ready: switching the disks over');
@@ -103,12 +134,19 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
       // The guest writes to the new files now: they are never removed on a later failure.
       for (const d of moving) created.splice(created.indexOf(plan.disks[d.id]!), 1);
       targets.length = 0;
-      for (const d of moving) { await delNode(proc.qmp, oldNodes[d.id]!); await delNode(proc.qmp, `${oldNodes[d.id]!}-file`); }
+      for (const d of moving) {
+        await delNode(proc.qmp, oldNodes[d.id]!);
+        await delNode(proc.qmp, `${oldNodes[d.id]!}-file`);
+      }
     } else {
       for (const [i, d] of moving.entries()) {
         const dest = plan.disks[d.id]!;
         created.push(dest);
-        await convertImage(d.path, dest, { srcFormat: d.format as ImageFormat, dstFormat: d.format as ImageFormat, signal: job.signal });
+        await convertImage(d.path, dest, {
+          srcFormat: d.format as ImageFormat,
+          dstFormat: d.format as ImageFormat,
+          signal: job.signal,
+        });
         const disk = r.disks[i]!;
         disk.bytesDone = disk.bytesTotal;
         r.bytesTransferred += disk.bytesTotal;
@@ -126,19 +164,25 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
       if (dest && moving.some((m) => m.id === d.id)) {
         d.path = dest;
         const pool = poolOf(ctx.pools, dest);
-        if (pool) d.pool = pool.name; else delete d.pool;
+        if (pool) d.pool = pool.name;
+        else delete d.pool;
       }
     }
     next.configPath = plan.configPath;
     next.checkpointPath = plan.checkpointPath;
     next.pagingPath = plan.pagingPath;
     const oldFiles = configMoves ? await folderFiles(spec) : [];
-    for (const f of oldFiles) { const to = path.join(plan.configPath, f); await fsp.copyFile(path.join(spec.configPath, f), to); created.push(to); }
+    for (const f of oldFiles) {
+      const to = path.join(plan.configPath, f);
+      await fsp.copyFile(path.join(spec.configPath, f), to);
+      created.push(to);
+    }
     if (configMoves && spec.boot.kind === 'kernel') {
       // Relative kernel paths follow the folder; absolute ones inside it are rewritten.
       for (const k of ['kernel', 'initrd'] as const) {
         const p = next.boot.kind === 'kernel' ? next.boot[k] : undefined;
-        if (p && path.isAbsolute(p) && p.startsWith(spec.configPath + '/')) (next.boot as Record<string, unknown>)[k] = path.relative(spec.configPath, p);
+        if (p && path.isAbsolute(p) && p.startsWith(spec.configPath + '/'))
+          (next.boot as Record<string, unknown>)[k] = path.relative(spec.configPath, p);
       }
     }
     await saveVm(next);
@@ -152,7 +196,8 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
       for (const f of oldFiles) await fsp.rm(resolveVmFile(spec, f), { force: true });
     }
     for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
-      if (![next.configPath, next.checkpointPath, next.pagingPath].includes(dir)) await fsp.rmdir(dir).catch(() => undefined);
+      if (![next.configPath, next.checkpointPath, next.pagingPath].includes(dir))
+        await fsp.rmdir(dir).catch(() => undefined);
     }
     r.progress = 1;
   } catch (err) {

@@ -9,7 +9,11 @@ export async function qemuTlsDir(tls: { ca: string; cert: string; key: string },
   const dir = path.join(dataDir, 'tls', 'qemu');
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
   const files: Array<[string, string]> = [
-    [tls.ca, 'ca-cert.pem'], [tls.cert, 'server-cert.pem'], [tls.key, 'server-key.pem'], [tls.cert, 'client-cert.pem'], [tls.key, 'client-key.pem'],
+    [tls.ca, 'ca-cert.pem'],
+    [tls.cert, 'server-cert.pem'],
+    [tls.key, 'server-key.pem'],
+    [tls.cert, 'client-cert.pem'],
+    [tls.key, 'client-key.pem'],
   ];
   for (const [from, to] of files) {
     await fsp.copyFile(from, path.join(dir, to));
@@ -18,13 +22,26 @@ export async function qemuTlsDir(tls: { ca: string; cert: string; key: string },
   // Without DH parameters QEMU's TLS server computes them at every migration (up to 0.5 s):
   // use the standard RFC 7919 group.
   const dh = path.join(dir, 'dh-params.pem');
-  if (!(await fsp.access(dh).then(() => true, () => false))) {
-    await run('openssl', ['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048', '-out', dh], { timeoutMs: 30_000 });
+  if (
+    !(await fsp.access(dh).then(
+      () => true,
+      () => false,
+    ))
+  ) {
+    await run('openssl', ['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048', '-out', dh], {
+      timeoutMs: 30_000,
+    });
   }
   return dir;
 }
 
 /** Adds a tls-creds-x509 object (server on the destination, client on the source). */
-export async function addTlsCreds(qmp: QmpClient, id: string, endpoint: 'server' | 'client', dir: string, signal?: AbortSignal): Promise<void> {
+export async function addTlsCreds(
+  qmp: QmpClient,
+  id: string,
+  endpoint: 'server' | 'client',
+  dir: string,
+  signal?: AbortSignal,
+): Promise<void> {
   await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, endpoint, dir, 'verify-peer': true }, { signal });
 }

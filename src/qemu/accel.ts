@@ -13,28 +13,51 @@ import { probeGuestFiles } from '../../guest/paths.js';
 
 export type Accelerator = 'kvm' | 'tcg';
 
-export interface AccelProbe { accel: Accelerator; reason: string; probedAt: string; bootId: string; cached: boolean }
+export interface AccelProbe {
+  accel: Accelerator;
+  reason: string;
+  probedAt: string;
+  bootId: string;
+  cached: boolean;
+}
 
-const CACHE_DIR = process.env.FERRY_RUN_DIR ?? (fs.existsSync('/run') && process.getuid?.() === 0 ? '/run/ferry' : path.join(os.tmpdir(), 'ferry-run'));
+const CACHE_DIR =
+  process.env.FERRY_RUN_DIR ??
+  (fs.existsSync('/run') && process.getuid?.() === 0 ? '/run/ferry' : path.join(os.tmpdir(), 'ferry-run'));
 const CACHE_FILE = path.join(CACHE_DIR, 'accel.json');
 
 function bootId(): string {
-  try { return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim(); } catch { return 'unknown'; }
+  try {
+    return fs.readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+  } catch {
+    return 'unknown';
+  }
 }
 
 /** The accelerator to use on this host. FERRY_ACCEL=kvm|tcg overrides the probe. */
-export async function detectAccelerator(opts: { signal?: AbortSignal; timeoutMs?: number; fresh?: boolean } = {}): Promise<AccelProbe> {
+export async function detectAccelerator(
+  opts: { signal?: AbortSignal; timeoutMs?: number; fresh?: boolean } = {},
+): Promise<AccelProbe> {
   const forced = process.env.FERRY_ACCEL;
   const id = bootId();
-  if (forced === 'kvm' || forced === 'tcg') return { accel: forced, reason: 'FERRY_ACCEL', probedAt: new Date().toISOString(), bootId: id, cached: false };
+  if (forced === 'kvm' || forced === 'tcg')
+    return { accel: forced, reason: 'FERRY_ACCEL', probedAt: new Date().toISOString(), bootId: id, cached: false };
   if (!opts.fresh) {
     try {
       const c = JSON.parse(await fsp.readFile(CACHE_FILE, 'utf8')) as AccelProbe;
       if (c.bootId === id && (c.accel === 'kvm' || c.accel === 'tcg')) return { ...c, cached: true };
-    } catch { /* no cache yet */ }
+    } catch {
+      /* no cache yet */
+    }
   }
   const r = await probeKvm(opts);
-  const result: AccelProbe = { accel: r.ok ? 'kvm' : 'tcg', reason: r.reason, probedAt: new Date().toISOString(), bootId: id, cached: false };
+  const result: AccelProbe = {
+    accel: r.ok ? 'kvm' : 'tcg',
+    reason: r.reason,
+    probedAt: new Date().toISOString(),
+    bootId: id,
+    cached: false,
+  };
   await fsp.mkdir(CACHE_DIR, { recursive: true });
   await fsp.writeFile(CACHE_FILE + '.tmp', JSON.stringify(result));
   await fsp.rename(CACHE_FILE + '.tmp', CACHE_FILE);
@@ -57,7 +80,16 @@ async function probeKvm(opts: { signal?: AbortSignal; timeoutMs?: number }): Pro
   let args: string[];
   let marker: string;
   if (guest) {
-    args = ['-m', '256M', '-kernel', guest.kernel, '-initrd', guest.initrd, '-append', 'console=ttyS0 quiet ferry.mode=accel'];
+    args = [
+      '-m',
+      '256M',
+      '-kernel',
+      guest.kernel,
+      '-initrd',
+      guest.initrd,
+      '-append',
+      'console=ttyS0 quiet ferry.mode=accel',
+    ];
     marker = 'ferry-accel-ok';
   } else {
     const img = path.join(dir, 'bootblock.img');
@@ -65,21 +97,45 @@ async function probeKvm(opts: { signal?: AbortSignal; timeoutMs?: number }): Pro
     args = ['-m', '128M', '-drive', `file=${img},format=raw,if=ide`];
     marker = 'AB';
   }
-  const child = spawn(QEMU_BINARY, ['-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc-i440fx-7.2', '-accel', 'kvm',
-    '-cpu', 'qemu64', '-no-reboot', '-serial', `file:${serial}`, ...args], { stdio: 'ignore' });
+  const child = spawn(
+    QEMU_BINARY,
+    [
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-machine',
+      'pc-i440fx-7.2',
+      '-accel',
+      'kvm',
+      '-cpu',
+      'qemu64',
+      '-no-reboot',
+      '-serial',
+      `file:${serial}`,
+      ...args,
+    ],
+    { stdio: 'ignore' },
+  );
   let exited = false;
-  child.once('exit', () => { exited = true; });
+  child.once('exit', () => {
+    exited = true;
+  });
   const timeoutMs = opts.timeoutMs ?? 15_000;
   const until = Date.now() + timeoutMs;
   try {
     while (Date.now() < until && !opts.signal?.aborted) {
       const wasExited = exited;
       const out = await fsp.readFile(serial, 'utf8').catch(() => '');
-      if (out.includes(marker)) return { ok: true, reason: `KVM ran the ${guest ? 'Linux probe' : 'bootblock'} guest to its marker` };
+      if (out.includes(marker))
+        return { ok: true, reason: `KVM ran the ${guest ? 'Linux probe' : 'bootblock'} guest to its marker` };
       if (wasExited) return { ok: false, reason: 'QEMU with -accel kvm exited before the guest ran' };
       await sleep(100);
     }
-    return { ok: false, reason: `KVM did not run the ${guest ? 'Linux probe' : 'bootblock'} guest to its serial marker within ${timeoutMs} ms` };
+    return {
+      ok: false,
+      reason: `KVM did not run the ${guest ? 'Linux probe' : 'bootblock'} guest to its serial marker within ${timeoutMs} ms`,
+    };
   } finally {
     if (!exited) {
       child.kill('SIGKILL');

@@ -39,44 +39,80 @@ export function nodeNames(disk: Pick<DiskSpec, 'id'>): { file: string; format: s
 
 export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
   const a: string[] = [
-    '-name', `guest=${spec.name},debug-threads=on`,
-    '-uuid', spec.id,
-    '-nodefaults', '-no-user-config', '-display', 'none',
-    '-machine', spec.machine,
-    '-accel', opts.accel,
-    '-cpu', spec.cpuModel,
-    '-m', `${spec.memoryMiB}M`,
-    '-smp', String(spec.cpus),
-    '-rtc', 'base=utc',
-    '-qmp', `unix:${opts.paths.qmpSocket},server=on,wait=off`,
+    '-name',
+    `guest=${spec.name},debug-threads=on`,
+    '-uuid',
+    spec.id,
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-machine',
+    spec.machine,
+    '-accel',
+    opts.accel,
+    '-cpu',
+    spec.cpuModel,
+    '-m',
+    `${spec.memoryMiB}M`,
+    '-smp',
+    String(spec.cpus),
+    '-rtc',
+    'base=utc',
+    '-qmp',
+    `unix:${opts.paths.qmpSocket},server=on,wait=off`,
     ...(opts.paths.adminSocket ? ['-qmp', `unix:${opts.paths.adminSocket},server=on,wait=off`] : []),
-    '-chardev', `file,id=serial0,path=${opts.paths.serialLog},append=on`,
-    '-serial', 'chardev:serial0',
-    '-pidfile', opts.paths.pidFile,
-    '-msg', 'timestamp=on',
+    '-chardev',
+    `file,id=serial0,path=${opts.paths.serialLog},append=on`,
+    '-serial',
+    'chardev:serial0',
+    '-pidfile',
+    opts.paths.pidFile,
+    '-msg',
+    'timestamp=on',
   ];
   let ide = 0;
   spec.disks.forEach((d, i) => {
     const n = nodeNames(d);
     const direct = d.cache === 'none' && (opts.directIo?.(d) ?? true);
     const cache = { direct, 'no-flush': false };
-    a.push('-blockdev', JSON.stringify({ driver: 'file', filename: d.path, 'node-name': n.file, cache, 'read-only': d.readOnly, 'auto-read-only': false }));
-    a.push('-blockdev', JSON.stringify({ driver: d.format, file: n.file, 'node-name': n.format, cache, 'read-only': d.readOnly }));
+    a.push(
+      '-blockdev',
+      JSON.stringify({
+        driver: 'file',
+        filename: d.path,
+        'node-name': n.file,
+        cache,
+        'read-only': d.readOnly,
+        'auto-read-only': false,
+      }),
+    );
+    a.push(
+      '-blockdev',
+      JSON.stringify({ driver: d.format, file: n.file, 'node-name': n.format, cache, 'read-only': d.readOnly }),
+    );
     const boot = spec.boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
     if (d.bus === 'ide') {
       a.push('-device', `ide-hd,drive=${n.format},id=${d.id},bus=ide.${Math.floor(ide / 2)},unit=${ide % 2}${boot}`);
       ide++;
     } else {
-      a.push('-device', `virtio-blk-pci,drive=${n.format},id=${d.id},bus=pci.0,addr=0x${(DISK_SLOT_BASE + i).toString(16)}${boot}`);
+      a.push(
+        '-device',
+        `virtio-blk-pci,drive=${n.format},id=${d.id},bus=pci.0,addr=0x${(DISK_SLOT_BASE + i).toString(16)}${boot}`,
+      );
     }
   });
   spec.nics.forEach((nic, i) => {
     const be = opts.switches?.(nic.id, nic.switch) ?? { kind: 'user' as const };
-    const netdev = be.kind === 'user'
-      ? `user,id=net-${nic.id},restrict=on`
-      : `tap,id=net-${nic.id},ifname=${be.tap},script=no,downscript=no`;
+    const netdev =
+      be.kind === 'user'
+        ? `user,id=net-${nic.id},restrict=on`
+        : `tap,id=net-${nic.id},ifname=${be.tap},script=no,downscript=no`;
     a.push('-netdev', netdev);
-    a.push('-device', `virtio-net-pci,netdev=net-${nic.id},id=${nic.id},mac=${nic.mac},bus=pci.0,addr=0x${(NIC_SLOT_BASE + i).toString(16)}`);
+    a.push(
+      '-device',
+      `virtio-net-pci,netdev=net-${nic.id},id=${nic.id},mac=${nic.mac},bus=pci.0,addr=0x${(NIC_SLOT_BASE + i).toString(16)}`,
+    );
   });
   if (spec.boot.kind === 'kernel') {
     a.push('-kernel', resolveVmFile(spec, spec.boot.kernel));

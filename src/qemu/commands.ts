@@ -2,49 +2,131 @@
 // Only what we call is listed; `QmpClient.executeRaw` is the escape hatch.
 
 export type RunState =
-  | 'running' | 'paused' | 'prelaunch' | 'inmigrate' | 'postmigrate' | 'finish-migrate' | 'shutdown'
-  | 'suspended' | 'internal-error' | 'io-error' | 'restore-vm' | 'save-vm' | 'debug' | 'guest-panicked'
-  | 'watchdog' | 'colo';
+  | 'running'
+  | 'paused'
+  | 'prelaunch'
+  | 'inmigrate'
+  | 'postmigrate'
+  | 'finish-migrate'
+  | 'shutdown'
+  | 'suspended'
+  | 'internal-error'
+  | 'io-error'
+  | 'restore-vm'
+  | 'save-vm'
+  | 'debug'
+  | 'guest-panicked'
+  | 'watchdog'
+  | 'colo';
 
 export type MigrationStatus =
-  | 'none' | 'setup' | 'cancelling' | 'cancelled' | 'active' | 'postcopy-active' | 'postcopy-paused'
-  | 'postcopy-recover' | 'completed' | 'failed' | 'colo' | 'pre-switchover' | 'device' | 'wait-unplug';
+  | 'none'
+  | 'setup'
+  | 'cancelling'
+  | 'cancelled'
+  | 'active'
+  | 'postcopy-active'
+  | 'postcopy-paused'
+  | 'postcopy-recover'
+  | 'completed'
+  | 'failed'
+  | 'colo'
+  | 'pre-switchover'
+  | 'device'
+  | 'wait-unplug';
 
 export interface MigrationRamStats {
-  transferred: number; remaining: number; total: number; duplicate: number; skipped: number; normal: number;
-  'normal-bytes': number; 'dirty-pages-rate': number; mbps: number; 'dirty-sync-count': number;
-  'postcopy-requests': number; 'page-size': number; 'multifd-bytes': number; 'pages-per-second': number;
-  'precopy-bytes'?: number; 'downtime-bytes'?: number; 'postcopy-bytes'?: number;
+  transferred: number;
+  remaining: number;
+  total: number;
+  duplicate: number;
+  skipped: number;
+  normal: number;
+  'normal-bytes': number;
+  'dirty-pages-rate': number;
+  mbps: number;
+  'dirty-sync-count': number;
+  'postcopy-requests': number;
+  'page-size': number;
+  'multifd-bytes': number;
+  'pages-per-second': number;
+  'precopy-bytes'?: number;
+  'downtime-bytes'?: number;
+  'postcopy-bytes'?: number;
 }
 
 export interface MigrationInfo {
   status?: MigrationStatus;
-  'setup-time'?: number; 'total-time'?: number; 'expected-downtime'?: number; downtime?: number;
-  'cpu-throttle-percentage'?: number; 'error-desc'?: string;
+  'setup-time'?: number;
+  'total-time'?: number;
+  'expected-downtime'?: number;
+  downtime?: number;
+  'cpu-throttle-percentage'?: number;
+  'error-desc'?: string;
   ram?: MigrationRamStats;
   'socket-address'?: Array<{ type: string; host?: string; port?: string; path?: string }>;
 }
 
 export type MigrationCapability =
-  | 'xbzrle' | 'rdma-pin-all' | 'auto-converge' | 'zero-blocks' | 'compress' | 'events' | 'postcopy-ram'
-  | 'x-colo' | 'release-ram' | 'block' | 'return-path' | 'pause-before-switchover' | 'multifd'
-  | 'dirty-bitmaps' | 'postcopy-blocktime' | 'late-block-activate' | 'x-ignore-shared' | 'validate-uuid'
-  | 'background-snapshot' | 'zero-copy-send' | 'postcopy-preempt';
+  | 'xbzrle'
+  | 'rdma-pin-all'
+  | 'auto-converge'
+  | 'zero-blocks'
+  | 'compress'
+  | 'events'
+  | 'postcopy-ram'
+  | 'x-colo'
+  | 'release-ram'
+  | 'block'
+  | 'return-path'
+  | 'pause-before-switchover'
+  | 'multifd'
+  | 'dirty-bitmaps'
+  | 'postcopy-blocktime'
+  | 'late-block-activate'
+  | 'x-ignore-shared'
+  | 'validate-uuid'
+  | 'background-snapshot'
+  | 'zero-copy-send'
+  | 'postcopy-preempt';
 
 export interface MigrationParameters {
-  'max-bandwidth'?: number; 'downtime-limit'?: number; 'multifd-channels'?: number;
-  'xbzrle-cache-size'?: number; 'cpu-throttle-initial'?: number; 'cpu-throttle-increment'?: number;
-  'max-cpu-throttle'?: number; 'throttle-trigger-threshold'?: number; 'max-postcopy-bandwidth'?: number;
-  'tls-creds'?: string; 'tls-hostname'?: string; 'tls-authz'?: string; 'multifd-compression'?: 'none' | 'zlib' | 'zstd';
+  'max-bandwidth'?: number;
+  'downtime-limit'?: number;
+  'multifd-channels'?: number;
+  'xbzrle-cache-size'?: number;
+  'cpu-throttle-initial'?: number;
+  'cpu-throttle-increment'?: number;
+  'max-cpu-throttle'?: number;
+  'throttle-trigger-threshold'?: number;
+  'max-postcopy-bandwidth'?: number;
+  'tls-creds'?: string;
+  'tls-hostname'?: string;
+  'tls-authz'?: string;
+  'multifd-compression'?: 'none' | 'zlib' | 'zstd';
 }
 
 export interface JobInfo {
-  id: string; type: string; status: string; 'current-progress': number; 'total-progress': number; error?: string;
+  id: string;
+  type: string;
+  status: string;
+  'current-progress': number;
+  'total-progress': number;
+  error?: string;
 }
 
 export interface BlockInfo {
-  device: string; qdev?: string; locked: boolean; removable: boolean;
-  inserted?: { file: string; 'node-name'?: string; drv: string; ro: boolean; image: { filename: string; format: string; 'virtual-size': number } };
+  device: string;
+  qdev?: string;
+  locked: boolean;
+  removable: boolean;
+  inserted?: {
+    file: string;
+    'node-name'?: string;
+    drv: string;
+    ro: boolean;
+    image: { filename: string; format: string; 'virtual-size': number };
+  };
 }
 
 type NoArgs = Record<string, never> | undefined;
@@ -64,7 +146,10 @@ export interface QmpCommands {
   pmemsave: { args: { val: number; size: number; filename: string; 'cpu-index'?: number }; ret: Record<string, never> };
   'query-migrate': { args: NoArgs; ret: MigrationInfo };
   'query-migrate-parameters': { args: NoArgs; ret: MigrationParameters };
-  'migrate-set-capabilities': { args: { capabilities: Array<{ capability: MigrationCapability; state: boolean }> }; ret: Record<string, never> };
+  'migrate-set-capabilities': {
+    args: { capabilities: Array<{ capability: MigrationCapability; state: boolean }> };
+    ret: Record<string, never>;
+  };
   'migrate-set-parameters': { args: MigrationParameters; ret: Record<string, never> };
   migrate: { args: { uri: string; resume?: boolean; detach?: boolean }; ret: Record<string, never> };
   'migrate-incoming': { args: { uri: string }; ret: Record<string, never> };
@@ -74,16 +159,29 @@ export interface QmpCommands {
   'migrate-pause': { args: NoArgs; ret: Record<string, never> };
   'migrate-recover': { args: { uri: string }; ret: Record<string, never> };
   'query-block': { args: NoArgs; ret: BlockInfo[] };
-  'query-named-block-nodes': { args: { flat?: boolean } | undefined; ret: Array<{ 'node-name': string; file: string; drv: string; ro: boolean }> };
+  'query-named-block-nodes': {
+    args: { flat?: boolean } | undefined;
+    ret: Array<{ 'node-name': string; file: string; drv: string; ro: boolean }>;
+  };
   'query-jobs': { args: NoArgs; ret: JobInfo[] };
-  'blockdev-add': { args: Record<string, unknown> & { 'node-name': string; driver: string }; ret: Record<string, never> };
+  'blockdev-add': {
+    args: Record<string, unknown> & { 'node-name': string; driver: string };
+    ret: Record<string, never>;
+  };
   'blockdev-del': { args: { 'node-name': string }; ret: Record<string, never> };
   'blockdev-create': { args: { 'job-id': string; options: Record<string, unknown> }; ret: Record<string, never> };
   'blockdev-mirror': {
     args: {
-      'job-id': string; device: string; target: string; sync: 'full' | 'top' | 'none';
-      speed?: number; 'auto-finalize'?: boolean; 'auto-dismiss'?: boolean; 'copy-mode'?: 'background' | 'write-blocking';
-      'granularity'?: number; 'buf-size'?: number;
+      'job-id': string;
+      device: string;
+      target: string;
+      sync: 'full' | 'top' | 'none';
+      speed?: number;
+      'auto-finalize'?: boolean;
+      'auto-dismiss'?: boolean;
+      'copy-mode'?: 'background' | 'write-blocking';
+      granularity?: number;
+      'buf-size'?: number;
     };
     ret: Record<string, never>;
   };
@@ -91,9 +189,15 @@ export interface QmpCommands {
   'block-job-complete': { args: { device: string }; ret: Record<string, never> };
   'block-job-set-speed': { args: { device: string; speed: number }; ret: Record<string, never> };
   'job-dismiss': { args: { id: string }; ret: Record<string, never> };
-  'nbd-server-start': { args: { addr: Record<string, unknown>; 'tls-creds'?: string; 'tls-authz'?: string }; ret: Record<string, never> };
+  'nbd-server-start': {
+    args: { addr: Record<string, unknown>; 'tls-creds'?: string; 'tls-authz'?: string };
+    ret: Record<string, never>;
+  };
   'nbd-server-stop': { args: NoArgs; ret: Record<string, never> };
-  'block-export-add': { args: { type: 'nbd'; id: string; 'node-name': string; name?: string; writable?: boolean }; ret: Record<string, never> };
+  'block-export-add': {
+    args: { type: 'nbd'; id: string; 'node-name': string; name?: string; writable?: boolean };
+    ret: Record<string, never>;
+  };
   'block-export-del': { args: { id: string; mode?: 'safe' | 'hard' }; ret: Record<string, never> };
   'object-add': { args: Record<string, unknown> & { 'qom-type': string; id: string }; ret: Record<string, never> };
   'object-del': { args: { id: string }; ret: Record<string, never> };

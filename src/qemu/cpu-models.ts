@@ -26,7 +26,11 @@ export interface CpuModelInfo {
 
 const DEFAULT_TIMEOUT_MS = 20_000;
 
-interface CacheEntry { promise: Promise<CpuModelInfo[]>; controller: AbortController; waiters: number }
+interface CacheEntry {
+  promise: Promise<CpuModelInfo[]>;
+  controller: AbortController;
+  waiters: number;
+}
 const cache = new Map<'kvm' | 'tcg', CacheEntry>();
 
 /**
@@ -35,9 +39,18 @@ const cache = new Map<'kvm' | 'tcg', CacheEntry>();
  * or cancelled probe is not cached. `signal` stops this caller's wait; the probe's QEMU is
  * killed when every caller waiting for it has given up.
  */
-export function usableCpuModels(accel: 'kvm' | 'tcg', opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<CpuModelInfo[]> {
+export function usableCpuModels(
+  accel: 'kvm' | 'tcg',
+  opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+): Promise<CpuModelInfo[]> {
   if (accel !== 'kvm' && accel !== 'tcg') {
-    return Promise.reject(new FerryError('E_INVALID_INPUT', `Cannot list CPU models for accelerator '${String(accel)}': unknown accelerator; use 'kvm' or 'tcg'`, { userError: true }));
+    return Promise.reject(
+      new FerryError(
+        'E_INVALID_INPUT',
+        `Cannot list CPU models for accelerator '${String(accel)}': unknown accelerator; use 'kvm' or 'tcg'`,
+        { userError: true },
+      ),
+    );
   }
   const what = `list the CPU models of QEMU under ${accel}`;
   if (opts.signal?.aborted) return Promise.reject(new AbortedError(what, opts.signal.reason));
@@ -47,7 +60,9 @@ export function usableCpuModels(accel: 'kvm' | 'tcg', opts: { signal?: AbortSign
     const promise = probeCpuModels(accel, controller.signal, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const e: CacheEntry = { promise, controller, waiters: 0 };
     cache.set(accel, e);
-    promise.catch(() => { if (cache.get(accel) === e) cache.delete(accel); });
+    promise.catch(() => {
+      if (cache.get(accel) === e) cache.delete(accel);
+    });
     entry = e;
   }
   const e = entry;
@@ -73,14 +88,20 @@ export function usableCpuModels(accel: 'kvm' | 'tcg', opts: { signal?: AbortSign
     };
     signal?.addEventListener('abort', onAbort, { once: true });
     e.promise.then(
-      (v) => { if (leave()) resolve(copyModels(v)); },
-      (err) => { if (leave()) reject(err); },
+      (v) => {
+        if (leave()) resolve(copyModels(v));
+      },
+      (err) => {
+        if (leave()) reject(err);
+      },
     );
   });
 }
 
 /** Forgets cached answers (tests; after a QEMU upgrade). */
-export function clearCpuModelCache(): void { cache.clear(); }
+export function clearCpuModelCache(): void {
+  cache.clear();
+}
 
 /** Names of the models with no unavailable feature. */
 export function usableModelNames(models: readonly CpuModelInfo[]): string[] {
@@ -95,17 +116,35 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
   const what = `list the CPU models of QEMU under ${accel}`;
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-cpu-models-'));
   const sock = path.join(dir, 'q.sock');
-  const argv = ['-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'none', '-accel', accel,
-    '-qmp', `unix:${sock},server=on,wait=off`];
+  const argv = [
+    '-nodefaults',
+    '-no-user-config',
+    '-display',
+    'none',
+    '-machine',
+    'none',
+    '-accel',
+    accel,
+    '-qmp',
+    `unix:${sock},server=on,wait=off`,
+  ];
   let stderr = '';
   let exited = false;
   const child = spawn(QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
-    child.once('exit', (code, sig) => { exited = true; resolve({ code, signal: sig }); });
-    child.once('error', (error) => { exited = true; resolve({ code: null, signal: null, error }); });
+    child.once('exit', (code, sig) => {
+      exited = true;
+      resolve({ code, signal: sig });
+    });
+    child.once('error', (error) => {
+      exited = true;
+      resolve({ code: null, signal: null, error });
+    });
   });
   child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', (s: string) => { if (stderr.length < 8192) stderr += s; });
+  child.stderr?.on('data', (s: string) => {
+    if (stderr.length < 8192) stderr += s;
+  });
   // Stop connecting when QEMU dies at start (e.g. -accel kvm without /dev/kvm), on abort, or at the deadline.
   const early = new AbortController();
   void exit.then(() => early.abort(new Error('QEMU exited')));
@@ -120,14 +159,30 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
       if (signal.aborted) throw new AbortedError(what, signal.reason);
       if (exited || early.signal.aborted) {
         const e = await exit;
-        const reason = stderr.trim().split('\n').filter(Boolean).slice(-3).map((l) => l.replace(/^qemu-system-\S+: /, '')).join(' / ')
-          || (e.error ? messageOf(e.error) : `exit code ${e.code}${e.signal ? `, signal ${e.signal}` : ''}`);
-        throw new FerryError('E_CPU_MODELS', `Cannot ${what}: QEMU exited at start-up: ${reason}; ${accel === 'kvm' ? "check /dev/kvm, or use 'tcg'" : 'check the QEMU installation (scripts/setup)'}`, {
-          context: { accel, argv, stderr }, cause: err,
-        });
+        const reason =
+          stderr
+            .trim()
+            .split('\n')
+            .filter(Boolean)
+            .slice(-3)
+            .map((l) => l.replace(/^qemu-system-\S+: /, ''))
+            .join(' / ') ||
+          (e.error ? messageOf(e.error) : `exit code ${e.code}${e.signal ? `, signal ${e.signal}` : ''}`);
+        throw new FerryError(
+          'E_CPU_MODELS',
+          `Cannot ${what}: QEMU exited at start-up: ${reason}; ${accel === 'kvm' ? "check /dev/kvm, or use 'tcg'" : 'check the QEMU installation (scripts/setup)'}`,
+          {
+            context: { accel, argv, stderr },
+            cause: err,
+          },
+        );
       }
       if (err instanceof FerryError) throw err;
-      throw new FerryError('E_CPU_MODELS', `Cannot ${what}: ${messageOf(err)}; check the QEMU installation (scripts/setup)`, { context: { accel }, cause: err });
+      throw new FerryError(
+        'E_CPU_MODELS',
+        `Cannot ${what}: ${messageOf(err)}; check the QEMU installation (scripts/setup)`,
+        { context: { accel }, cause: err },
+      );
     }
   } finally {
     qmp?.close();
@@ -141,13 +196,22 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
 
 function parseDefinitions(raw: unknown, accel: string): CpuModelInfo[] {
   if (!Array.isArray(raw)) {
-    throw new FerryError('E_CPU_MODELS', `Cannot list the CPU models of QEMU under ${accel}: query-cpu-definitions returned ${typeof raw}, not a list; check the QEMU version`);
+    throw new FerryError(
+      'E_CPU_MODELS',
+      `Cannot list the CPU models of QEMU under ${accel}: query-cpu-definitions returned ${typeof raw}, not a list; check the QEMU version`,
+    );
   }
   const out: CpuModelInfo[] = [];
   for (const d of raw as Array<Record<string, unknown>>) {
     if (!d || typeof d.name !== 'string') continue;
-    const unavailable = Array.isArray(d['unavailable-features']) ? (d['unavailable-features'] as unknown[]).filter((f): f is string => typeof f === 'string') : [];
-    const m: CpuModelInfo = { name: d.name, unavailableFeatures: unavailable, migrationSafe: d['migration-safe'] === true };
+    const unavailable = Array.isArray(d['unavailable-features'])
+      ? (d['unavailable-features'] as unknown[]).filter((f): f is string => typeof f === 'string')
+      : [];
+    const m: CpuModelInfo = {
+      name: d.name,
+      unavailableFeatures: unavailable,
+      migrationSafe: d['migration-safe'] === true,
+    };
     if (typeof d['alias-of'] === 'string') m.aliasOf = d['alias-of'];
     out.push(m);
   }
@@ -160,15 +224,21 @@ function parseDefinitions(raw: unknown, accel: string): CpuModelInfo[] {
  */
 export const CPU_BASELINE_PREFERENCE: string[] = [
   'EPYC-Milan',
-  'Icelake-Server', 'Icelake-Server-noTSX',
+  'Icelake-Server',
+  'Icelake-Server-noTSX',
   'Cooperlake',
   'EPYC-Rome',
-  'Cascadelake-Server', 'Cascadelake-Server-noTSX',
+  'Cascadelake-Server',
+  'Cascadelake-Server-noTSX',
   'EPYC',
-  'Skylake-Server', 'Skylake-Server-noTSX-IBRS',
-  'Skylake-Client', 'Skylake-Client-noTSX-IBRS',
-  'Broadwell', 'Broadwell-noTSX',
-  'Haswell', 'Haswell-noTSX',
+  'Skylake-Server',
+  'Skylake-Server-noTSX-IBRS',
+  'Skylake-Client',
+  'Skylake-Client-noTSX-IBRS',
+  'Broadwell',
+  'Broadwell-noTSX',
+  'Haswell',
+  'Haswell-noTSX',
   'Opteron_G5',
   'IvyBridge',
   'Opteron_G4',

@@ -11,7 +11,10 @@ export function isImageFormat(s: string): s is ImageFormat {
 
 export function assertImageFormat(s: string, field = 'format'): ImageFormat {
   if (!isImageFormat(s)) {
-    throw new InvalidInputError(`Cannot use disk format '${s}' (${field}): unknown format; use one of ${IMAGE_FORMATS.join(', ')}`, { field, value: s });
+    throw new InvalidInputError(
+      `Cannot use disk format '${s}' (${field}): unknown format; use one of ${IMAGE_FORMATS.join(', ')}`,
+      { field, value: s },
+    );
   }
   return s;
 }
@@ -29,7 +32,12 @@ export interface ImageInfo {
 export interface ImgOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {}
 
 /** Creates an image. vpc rounds sizes to its CHS geometry unless force_size is on; we always keep the exact size. */
-export async function createImage(path: string, format: ImageFormat, sizeBytes: number, opts: ImgOptions & { backing?: { path: string; format: ImageFormat } } = {}): Promise<void> {
+export async function createImage(
+  path: string,
+  format: ImageFormat,
+  sizeBytes: number,
+  opts: ImgOptions & { backing?: { path: string; format: ImageFormat } } = {},
+): Promise<void> {
   const args = ['create', '-q', '-f', format];
   const o: string[] = [];
   if (format === 'vpc') o.push('force_size=on', 'subformat=dynamic');
@@ -42,12 +50,20 @@ export async function createImage(path: string, format: ImageFormat, sizeBytes: 
 }
 
 interface RawInfo {
-  filename: string; format: string; 'virtual-size': number; 'actual-size'?: number;
-  'backing-filename'?: string; 'backing-filename-format'?: string; 'dirty-flag'?: boolean;
+  filename: string;
+  format: string;
+  'virtual-size': number;
+  'actual-size'?: number;
+  'backing-filename'?: string;
+  'backing-filename-format'?: string;
+  'dirty-flag'?: boolean;
 }
 
 /** Image facts as JSON. `forceShare` (-U) reads an image a running QEMU holds locked. */
-export async function imageInfo(path: string, opts: ImgOptions & { forceShare?: boolean; format?: ImageFormat } = {}): Promise<ImageInfo> {
+export async function imageInfo(
+  path: string,
+  opts: ImgOptions & { forceShare?: boolean; format?: ImageFormat } = {},
+): Promise<ImageInfo> {
   const args = ['info', '--output=json'];
   if (opts.forceShare) args.push('-U');
   if (opts.format) args.push('-f', opts.format);
@@ -66,7 +82,11 @@ export async function imageInfo(path: string, opts: ImgOptions & { forceShare?: 
 }
 
 /** Copies/converts an image. Zero regions stay sparse in the output. */
-export async function convertImage(src: string, dst: string, opts: ImgOptions & { srcFormat?: ImageFormat; dstFormat: ImageFormat; forceShare?: boolean }): Promise<void> {
+export async function convertImage(
+  src: string,
+  dst: string,
+  opts: ImgOptions & { srcFormat?: ImageFormat; dstFormat: ImageFormat; forceShare?: boolean },
+): Promise<void> {
   const args = ['convert', '-q'];
   if (opts.forceShare) args.push('-U');
   if (opts.srcFormat) args.push('-f', opts.srcFormat);
@@ -76,10 +96,18 @@ export async function convertImage(src: string, dst: string, opts: ImgOptions & 
   await run('qemu-img', args, { timeoutMs: 30 * 60_000, ...opts });
 }
 
-export interface CheckResult { ok: boolean; corruptions: number; leaks: number; raw: unknown }
+export interface CheckResult {
+  ok: boolean;
+  corruptions: number;
+  leaks: number;
+  raw: unknown;
+}
 
 /** Consistency check; formats without metadata to check (raw, vpc) report ok. */
-export async function checkImage(path: string, opts: ImgOptions & { format?: ImageFormat; forceShare?: boolean } = {}): Promise<CheckResult> {
+export async function checkImage(
+  path: string,
+  opts: ImgOptions & { format?: ImageFormat; forceShare?: boolean } = {},
+): Promise<CheckResult> {
   const args = ['check', '--output=json'];
   if (opts.forceShare) args.push('-U');
   if (opts.format) args.push('-f', opts.format);

@@ -12,13 +12,21 @@ export const QEMU_BINARY = process.env.FERRY_QEMU ?? 'qemu-system-x86_64';
 
 export class QemuStartError extends FerryError {
   constructor(vm: string, reason: string, context: Record<string, unknown> = {}, cause?: unknown) {
-    super('E_QEMU_START', `Cannot start VM '${vm}': QEMU exited at start-up: ${reason}; fix the cause above and start it again`, {
-      context: { vm, ...context }, cause,
-    });
+    super(
+      'E_QEMU_START',
+      `Cannot start VM '${vm}': QEMU exited at start-up: ${reason}; fix the cause above and start it again`,
+      {
+        context: { vm, ...context },
+        cause,
+      },
+    );
   }
 }
 
-export interface ExitInfo { code: number | null; signal: NodeJS.Signals | null }
+export interface ExitInfo {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+}
 
 export interface SpawnOptions {
   vm: string;
@@ -40,14 +48,24 @@ export class QemuProcess {
   private exitInfo: ExitInfo | null = null;
 
   private constructor(vm: string, pid: number, qmp: QmpClient, stderrPath: string, exited: Promise<ExitInfo>) {
-    this.vm = vm; this.pid = pid; this.qmp = qmp; this.stderrPath = stderrPath;
-    this.childExit = exited.then((e) => { this.exitInfo = e; return e; });
+    this.vm = vm;
+    this.pid = pid;
+    this.qmp = qmp;
+    this.stderrPath = stderrPath;
+    this.childExit = exited.then((e) => {
+      this.exitInfo = e;
+      return e;
+    });
   }
 
   /** Resolves when the process is gone (child exit, or a re-attached pid that vanished). */
-  get exited(): Promise<ExitInfo> { return this.awaitGone(); }
+  get exited(): Promise<ExitInfo> {
+    return this.awaitGone();
+  }
 
-  get hasExited(): boolean { return this.exitInfo !== null || !isQemuAlive(this.pid); }
+  get hasExited(): boolean {
+    return this.exitInfo !== null || !isQemuAlive(this.pid);
+  }
 
   static async spawn(argv: string[], opts: SpawnOptions): Promise<QemuProcess> {
     await fsp.mkdir(opts.runDir, { recursive: true });
@@ -65,21 +83,40 @@ export class QemuProcess {
     const pid = child.pid;
     if (pid === undefined) {
       const e = await exited;
-      throw new QemuStartError(opts.vm, `${QEMU_BINARY} could not be run (exit ${e.code}); install qemu-system-x86 (scripts/setup)`);
+      throw new QemuStartError(
+        opts.vm,
+        `${QEMU_BINARY} could not be run (exit ${e.code}); install qemu-system-x86 (scripts/setup)`,
+      );
     }
     // Race QMP against an early exit: a missing image or a bad option ends QEMU at once.
     const ac = new AbortController();
     const sig = opts.signal ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal;
-    const early = exited.then((e) => { ac.abort(); return e; });
+    const early = exited.then((e) => {
+      ac.abort();
+      return e;
+    });
     try {
-      const qmp = await QmpClient.connect(opts.qmpSocket, { vm: opts.vm, signal: sig, timeoutMs: opts.timeoutMs ?? 20_000 });
+      const qmp = await QmpClient.connect(opts.qmpSocket, {
+        vm: opts.vm,
+        signal: sig,
+        timeoutMs: opts.timeoutMs ?? 20_000,
+      });
       return new QemuProcess(opts.vm, pid, qmp, stderrPath, exited);
     } catch (err) {
       if (ac.signal.aborted) {
         const e = await early;
-        throw new QemuStartError(opts.vm, await stderrReason(stderrPath) || `exit code ${e.code}${e.signal ? `, signal ${e.signal}` : ''}`, { exit: e, argv }, err);
+        throw new QemuStartError(
+          opts.vm,
+          (await stderrReason(stderrPath)) || `exit code ${e.code}${e.signal ? `, signal ${e.signal}` : ''}`,
+          { exit: e, argv },
+          err,
+        );
       }
-      try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* already gone */
+      }
       if (opts.signal?.aborted) throw new AbortedError(`start VM '${opts.vm}'`, opts.signal.reason);
       throw new QemuStartError(opts.vm, `${messageOf(err)}; ${await stderrReason(stderrPath)}`, { argv }, err);
     }
@@ -89,9 +126,17 @@ export class QemuProcess {
   static async attach(opts: SpawnOptions): Promise<QemuProcess> {
     const pid = Number((await fsp.readFile(opts.pidFile, 'utf8')).trim());
     if (!Number.isInteger(pid) || pid <= 0 || !isQemuAlive(pid)) {
-      throw new FerryError('E_QEMU_GONE', `Cannot re-attach to VM '${opts.vm}': its QEMU (pid file ${opts.pidFile}) is not running`, { context: { vm: opts.vm, pid } });
+      throw new FerryError(
+        'E_QEMU_GONE',
+        `Cannot re-attach to VM '${opts.vm}': its QEMU (pid file ${opts.pidFile}) is not running`,
+        { context: { vm: opts.vm, pid } },
+      );
     }
-    const qmp = await QmpClient.connect(opts.qmpSocket, { vm: opts.vm, signal: opts.signal, timeoutMs: opts.timeoutMs ?? 10_000 });
+    const qmp = await QmpClient.connect(opts.qmpSocket, {
+      vm: opts.vm,
+      signal: opts.signal,
+      timeoutMs: opts.timeoutMs ?? 10_000,
+    });
     const exited = (async (): Promise<ExitInfo> => {
       // Not our child: poll until the pid is gone (the closed monitor is the usual first sign).
       await qmp.closed;
@@ -105,7 +150,11 @@ export class QemuProcess {
   async quit(opts: { timeoutMs?: number; signal?: AbortSignal } = {}): Promise<ExitInfo> {
     const timeoutMs = opts.timeoutMs ?? 10_000;
     if (!this.hasExited) {
-      try { await this.qmp.execute('quit', undefined, { timeoutMs, signal: opts.signal }); } catch { /* closed while quitting is success */ }
+      try {
+        await this.qmp.execute('quit', undefined, { timeoutMs, signal: opts.signal });
+      } catch {
+        /* closed while quitting is success */
+      }
     }
     return this.waitExit(timeoutMs, opts.signal).catch(() => this.kill());
   }
@@ -113,7 +162,11 @@ export class QemuProcess {
   /** SIGKILL and wait for the process to be gone. */
   async kill(): Promise<ExitInfo> {
     if (!this.hasExited) {
-      try { process.kill(this.pid, 'SIGKILL'); } catch { /* gone */ }
+      try {
+        process.kill(this.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     }
     this.qmp.close();
     return this.awaitGone();
@@ -125,24 +178,39 @@ export class QemuProcess {
    */
   private awaitGone(): Promise<ExitInfo> {
     if (this.exitInfo) return Promise.resolve(this.exitInfo);
-    return Promise.race([this.childExit, (async (): Promise<ExitInfo> => {
-      while (isQemuAlive(this.pid)) await sleep(50);
-      return this.exitInfo ?? { code: null, signal: null };
-    })()]);
+    return Promise.race([
+      this.childExit,
+      (async (): Promise<ExitInfo> => {
+        while (isQemuAlive(this.pid)) await sleep(50);
+        return this.exitInfo ?? { code: null, signal: null };
+      })(),
+    ]);
   }
 
   /** Waits for the process to exit on its own (guest power-off). */
   waitExit(timeoutMs: number, signal?: AbortSignal): Promise<ExitInfo> {
     return new Promise((resolve, reject) => {
-      const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); reject(new FerryError('E_TIMEOUT', `VM '${this.vm}' did not exit within ${timeoutMs} ms`)); }, timeoutMs);
-      const onAbort = (): void => { clearTimeout(t); reject(new AbortedError(`wait for VM '${this.vm}' to exit`)); };
+      const t = setTimeout(() => {
+        signal?.removeEventListener('abort', onAbort);
+        reject(new FerryError('E_TIMEOUT', `VM '${this.vm}' did not exit within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const onAbort = (): void => {
+        clearTimeout(t);
+        reject(new AbortedError(`wait for VM '${this.vm}' to exit`));
+      };
       signal?.addEventListener('abort', onAbort, { once: true });
-      void this.awaitGone().then((e) => { clearTimeout(t); signal?.removeEventListener('abort', onAbort); resolve(e); });
+      void this.awaitGone().then((e) => {
+        clearTimeout(t);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(e);
+      });
     });
   }
 
   /** QEMU's stderr (its own reason for failures). */
-  stderrText(): Promise<string> { return stderrReason(this.stderrPath); }
+  stderrText(): Promise<string> {
+    return stderrReason(this.stderrPath);
+  }
 }
 
 export function isQemuAlive(pid: number): boolean {
@@ -165,8 +233,13 @@ async function stderrReason(p: string): Promise<string> {
   try {
     const text = await fsp.readFile(p, 'utf8');
     // Drop the -msg timestamp prefix; keep QEMU's last few lines.
-    return text.trim().split('\n').filter(Boolean).slice(-4)
-      .map((l) => l.replace(/^\S+T\S+ /, '').replace(/^qemu-system-x86_64: /, '')).join(' / ');
+    return text
+      .trim()
+      .split('\n')
+      .filter(Boolean)
+      .slice(-4)
+      .map((l) => l.replace(/^\S+T\S+ /, '').replace(/^qemu-system-x86_64: /, ''))
+      .join(' / ');
   } catch {
     return '';
   }

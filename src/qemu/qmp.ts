@@ -6,7 +6,10 @@ import { FerryError, AbortedError, TimeoutError, messageOf } from '../errors.js'
 import { sleep } from '../util/exec.js';
 import type { QmpArgs, QmpCommandName, QmpEvent, QmpReturn } from './commands.js';
 
-export interface CallOptions { signal?: AbortSignal; timeoutMs?: number }
+export interface CallOptions {
+  signal?: AbortSignal;
+  timeoutMs?: number;
+}
 
 export class QmpError extends FerryError {
   readonly qemuClass: string;
@@ -22,14 +25,28 @@ export class QmpError extends FerryError {
 
 export class QmpClosedError extends FerryError {
   constructor(vm: string, command?: string, cause?: unknown) {
-    super('E_QMP_CLOSED', `Cannot ${command ? `run QMP '${command}'` : 'talk QMP'} on VM '${vm}': the QEMU monitor connection is closed (QEMU exited or was killed)`, {
-      context: { vm, command }, cause,
-    });
+    super(
+      'E_QMP_CLOSED',
+      `Cannot ${command ? `run QMP '${command}'` : 'talk QMP'} on VM '${vm}': the QEMU monitor connection is closed (QEMU exited or was killed)`,
+      {
+        context: { vm, command },
+        cause,
+      },
+    );
   }
 }
 
-interface Pending { command: string; resolve: (v: unknown) => void; reject: (e: unknown) => void; cleanup: () => void }
-interface Waiter { pred: (e: QmpEvent) => boolean; resolve: (e: QmpEvent) => void; reject: (e: unknown) => void }
+interface Pending {
+  command: string;
+  resolve: (v: unknown) => void;
+  reject: (e: unknown) => void;
+  cleanup: () => void;
+}
+interface Waiter {
+  pred: (e: QmpEvent) => boolean;
+  resolve: (e: QmpEvent) => void;
+  reject: (e: unknown) => void;
+}
 
 const HISTORY_LIMIT = 20_000;
 const DEFAULT_TIMEOUT_MS = 30_000;
@@ -53,13 +70,20 @@ export class QmpClient {
   private constructor(socket: net.Socket, vm: string) {
     this.vm = vm;
     this.socket = socket;
-    this.greeting = new Promise((r) => { this.greetingResolve = r; });
+    this.greeting = new Promise((r) => {
+      this.greetingResolve = r;
+    });
     socket.setEncoding('utf8');
     socket.on('data', (chunk: string) => this.onData(chunk));
     this.closed = new Promise((resolve) => {
-      socket.once('close', () => { this.onClose(); resolve(); });
+      socket.once('close', () => {
+        this.onClose();
+        resolve();
+      });
     });
-    socket.on('error', (err) => { this.closedErr ??= err; });
+    socket.on('error', (err) => {
+      this.closedErr ??= err;
+    });
   }
 
   /**
@@ -76,13 +100,24 @@ export class QmpClient {
       try {
         const socket = await new Promise<net.Socket>((resolve, reject) => {
           const s = net.createConnection(path);
-          s.once('connect', () => { s.removeAllListeners('error'); resolve(s); });
+          s.once('connect', () => {
+            s.removeAllListeners('error');
+            resolve(s);
+          });
           s.once('error', reject);
         });
         const client = new QmpClient(socket, vm);
         try {
-          await client.withDeadline(client.greeting, 'read the QMP greeting', Math.max(1000, until - Date.now()), opts.signal);
-          await client.execute('qmp_capabilities', undefined, { signal: opts.signal, timeoutMs: Math.max(1000, until - Date.now()) });
+          await client.withDeadline(
+            client.greeting,
+            'read the QMP greeting',
+            Math.max(1000, until - Date.now()),
+            opts.signal,
+          );
+          await client.execute('qmp_capabilities', undefined, {
+            signal: opts.signal,
+            timeoutMs: Math.max(1000, until - Date.now()),
+          });
         } catch (err) {
           client.close();
           throw err;
@@ -93,16 +128,23 @@ export class QmpClient {
         const code = (err as NodeJS.ErrnoException).code;
         if (err instanceof FerryError || (code !== 'ENOENT' && code !== 'ECONNREFUSED')) throw err;
         if (Date.now() >= until) {
-          throw new FerryError('E_QMP_CONNECT', `Cannot connect to the QMP socket of VM '${vm}' at ${path}: ${messageOf(lastErr)}; check that QEMU is running`, {
-            context: { vm, path }, cause: lastErr,
-          });
+          throw new FerryError(
+            'E_QMP_CONNECT',
+            `Cannot connect to the QMP socket of VM '${vm}' at ${path}: ${messageOf(lastErr)}; check that QEMU is running`,
+            {
+              context: { vm, path },
+              cause: lastErr,
+            },
+          );
         }
         await sleep(50, opts.signal);
       }
     }
   }
 
-  get isClosed(): boolean { return this.socket.destroyed; }
+  get isClosed(): boolean {
+    return this.socket.destroyed;
+  }
 
   /** Sends a typed command and resolves with its `return` value. */
   execute<K extends QmpCommandName>(command: K, args?: QmpArgs<K>, opts: CallOptions = {}): Promise<QmpReturn<K>> {
@@ -117,8 +159,14 @@ export class QmpClient {
     const id = `ferry-${this.nextId++}`;
     const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => { done(); reject(new TimeoutError(what, timeoutMs, { vm: this.vm, command })); }, timeoutMs);
-      const onAbort = (): void => { done(); reject(new AbortedError(what, opts.signal?.reason)); };
+      const timer = setTimeout(() => {
+        done();
+        reject(new TimeoutError(what, timeoutMs, { vm: this.vm, command }));
+      }, timeoutMs);
+      const onAbort = (): void => {
+        done();
+        reject(new AbortedError(what, opts.signal?.reason));
+      };
       const done = (): void => {
         clearTimeout(timer);
         opts.signal?.removeEventListener('abort', onAbort);
@@ -133,35 +181,65 @@ export class QmpClient {
   }
 
   /** Resolves with the first event in history at or after `since` matching `pred`, else the next one to arrive. */
-  waitEvent(pred: (e: QmpEvent) => boolean, opts: CallOptions & { since?: number; what?: string } = {}): Promise<QmpEvent> {
+  waitEvent(
+    pred: (e: QmpEvent) => boolean,
+    opts: CallOptions & { since?: number; what?: string } = {},
+  ): Promise<QmpEvent> {
     const since = opts.since ?? 0;
     const found = this.history.find((e) => e.index >= since && pred(e));
     if (found) return Promise.resolve(found);
     const what = opts.what ?? `wait for a QMP event on VM '${this.vm}'`;
     if (this.socket.destroyed) return Promise.reject(new QmpClosedError(this.vm, undefined, this.closedErr));
-    return this.withDeadline(new Promise<QmpEvent>((resolve, reject) => {
-      const w: Waiter = { pred, resolve: (e) => { this.waiters.delete(w); resolve(e); }, reject: (e) => { this.waiters.delete(w); reject(e); } };
-      this.waiters.add(w);
-    }), what, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS, opts.signal, () => {
-      for (const w of this.waiters) if (w.pred === pred) this.waiters.delete(w);
-    });
+    return this.withDeadline(
+      new Promise<QmpEvent>((resolve, reject) => {
+        const w: Waiter = {
+          pred,
+          resolve: (e) => {
+            this.waiters.delete(w);
+            resolve(e);
+          },
+          reject: (e) => {
+            this.waiters.delete(w);
+            reject(e);
+          },
+        };
+        this.waiters.add(w);
+      }),
+      what,
+      opts.timeoutMs ?? DEFAULT_TIMEOUT_MS,
+      opts.signal,
+      () => {
+        for (const w of this.waiters) if (w.pred === pred) this.waiters.delete(w);
+      },
+    );
   }
 
   /** Index the next event will get: pass it as `since` to ignore older events. */
-  get eventMark(): number { return this.eventCount; }
+  get eventMark(): number {
+    return this.eventCount;
+  }
 
   /** Live events as an async iterator; ends when the connection closes or `signal` aborts. */
   async *events(opts: { signal?: AbortSignal } = {}): AsyncGenerator<QmpEvent> {
     const queue: (QmpEvent | null)[] = [];
     let wake: (() => void) | null = null;
-    const listener = (e: QmpEvent | null): void => { queue.push(e); wake?.(); };
-    const onAbort = (): void => { queue.push(null); wake?.(); };
+    const listener = (e: QmpEvent | null): void => {
+      queue.push(e);
+      wake?.();
+    };
+    const onAbort = (): void => {
+      queue.push(null);
+      wake?.();
+    };
     this.listeners.add(listener);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     if (this.socket.destroyed) queue.push(null);
     try {
       for (;;) {
-        while (queue.length === 0) await new Promise<void>((r) => { wake = r; });
+        while (queue.length === 0)
+          await new Promise<void>((r) => {
+            wake = r;
+          });
         wake = null;
         const e = queue.shift();
         if (!e) return;
@@ -173,16 +251,44 @@ export class QmpClient {
     }
   }
 
-  close(): void { this.socket.destroy(); }
+  close(): void {
+    this.socket.destroy();
+  }
 
-  private withDeadline<T>(p: Promise<T>, what: string, ms: number, signal?: AbortSignal, onCancel?: () => void): Promise<T> {
+  private withDeadline<T>(
+    p: Promise<T>,
+    what: string,
+    ms: number,
+    signal?: AbortSignal,
+    onCancel?: () => void,
+  ): Promise<T> {
     return new Promise<T>((resolve, reject) => {
-      const timer = setTimeout(() => { finish(); onCancel?.(); reject(new TimeoutError(what, ms, { vm: this.vm })); }, ms);
-      const onAbort = (): void => { finish(); onCancel?.(); reject(new AbortedError(what, signal?.reason)); };
-      const finish = (): void => { clearTimeout(timer); signal?.removeEventListener('abort', onAbort); };
+      const timer = setTimeout(() => {
+        finish();
+        onCancel?.();
+        reject(new TimeoutError(what, ms, { vm: this.vm }));
+      }, ms);
+      const onAbort = (): void => {
+        finish();
+        onCancel?.();
+        reject(new AbortedError(what, signal?.reason));
+      };
+      const finish = (): void => {
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+      };
       if (signal?.aborted) return onAbort();
       signal?.addEventListener('abort', onAbort, { once: true });
-      p.then((v) => { finish(); resolve(v); }, (e) => { finish(); reject(e); });
+      p.then(
+        (v) => {
+          finish();
+          resolve(v);
+        },
+        (e) => {
+          finish();
+          reject(e);
+        },
+      );
     });
   }
 
@@ -194,13 +300,20 @@ export class QmpClient {
       this.buf = this.buf.slice(nl + 1);
       if (!line) continue;
       let msg: Record<string, unknown>;
-      try { msg = JSON.parse(line) as Record<string, unknown>; } catch { continue; }
+      try {
+        msg = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
       this.onMessage(msg);
     }
   }
 
   private onMessage(msg: Record<string, unknown>): void {
-    if ('QMP' in msg) { this.greetingResolve(msg.QMP); return; }
+    if ('QMP' in msg) {
+      this.greetingResolve(msg.QMP);
+      return;
+    }
     if (typeof msg.event === 'string') {
       const e: QmpEvent = { event: msg.event, index: this.eventCount++ };
       if (msg.data) e.data = msg.data as Record<string, unknown>;
@@ -224,7 +337,10 @@ export class QmpClient {
   }
 
   private onClose(): void {
-    for (const p of [...this.pending.values()]) { p.cleanup(); p.reject(new QmpClosedError(this.vm, p.command, this.closedErr)); }
+    for (const p of [...this.pending.values()]) {
+      p.cleanup();
+      p.reject(new QmpClosedError(this.vm, p.command, this.closedErr));
+    }
     for (const w of [...this.waiters]) w.reject(new QmpClosedError(this.vm, undefined, this.closedErr));
     for (const l of this.listeners) l(null);
   }

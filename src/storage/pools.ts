@@ -9,12 +9,24 @@ import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 
 export type PoolKind = 'local' | 'shared';
-export interface PoolDef { name: string; kind: PoolKind; path: string }
-export interface PoolStatus extends PoolDef { totalBytes: number; freeBytes: number; granted: string[]; usable: boolean }
+export interface PoolDef {
+  name: string;
+  kind: PoolKind;
+  path: string;
+}
+export interface PoolStatus extends PoolDef {
+  totalBytes: number;
+  freeBytes: number;
+  granted: string[];
+  usable: boolean;
+}
 
 const GRANTS_FILE = '.ferry-pool.json';
 
-interface GrantsDoc { name: string; granted: string[] }
+interface GrantsDoc {
+  name: string;
+  granted: string[];
+}
 
 export async function readGrants(pool: PoolDef): Promise<string[]> {
   if (pool.kind === 'local') return [];
@@ -35,7 +47,10 @@ async function writeGrants(pool: PoolDef, granted: string[]): Promise<void> {
 
 export async function setGrant(pool: PoolDef, host: string, granted: boolean): Promise<string[]> {
   if (pool.kind !== 'shared') {
-    throw new InvalidInputError(`Cannot change access to pool '${pool.name}': it is a local pool, only its own host uses it; grant access to a shared pool instead`, { pool: pool.name });
+    throw new InvalidInputError(
+      `Cannot change access to pool '${pool.name}': it is a local pool, only its own host uses it; grant access to a shared pool instead`,
+      { pool: pool.name },
+    );
   }
   const cur = await readGrants(pool);
   const next = granted ? [...cur, host] : cur.filter((h) => h !== host);
@@ -50,10 +65,18 @@ export async function poolStatus(pool: PoolDef, host: string): Promise<PoolStatu
     const st = await fsp.statfs(pool.path);
     totalBytes = st.blocks * st.bsize;
     freeBytes = st.bavail * st.bsize;
-  } catch { /* missing path: shown as 0 and not usable */ }
+  } catch {
+    /* missing path: shown as 0 and not usable */
+  }
   const granted = await readGrants(pool);
   const exists = totalBytes > 0;
-  return { ...pool, totalBytes, freeBytes, granted, usable: exists && (pool.kind === 'local' || granted.includes(host)) };
+  return {
+    ...pool,
+    totalBytes,
+    freeBytes,
+    granted,
+    usable: exists && (pool.kind === 'local' || granted.includes(host)),
+  };
 }
 
 /**
@@ -96,22 +119,43 @@ export function poolOf(pools: PoolDef[], p: string): PoolDef | null {
  * path in the error ("VM folder", "disk disk0").
  */
 export async function assertInUsablePool(pools: PoolDef[], host: string, p: string, what: string): Promise<PoolDef> {
-  if (!path.isAbsolute(p) || p.includes('\0')) throw new InvalidInputError(`Cannot use ${what} '${p}': not an absolute path; give a full path inside a storage pool`, { path: p });
+  if (!path.isAbsolute(p) || p.includes('\0'))
+    throw new InvalidInputError(
+      `Cannot use ${what} '${p}': not an absolute path; give a full path inside a storage pool`,
+      { path: p },
+    );
   const pool = poolOf(pools, p);
   if (!pool) {
     const list = pools.map((x) => `${x.name} (${x.path})`).join(', ');
-    throw new InvalidInputError(`Cannot use ${what} '${p}': it is outside every storage pool of host '${host}'; put it under one of: ${list}`, { path: p, pools: pools.map((x) => x.path) });
+    throw new InvalidInputError(
+      `Cannot use ${what} '${p}': it is outside every storage pool of host '${host}'; put it under one of: ${list}`,
+      { path: p, pools: pools.map((x) => x.path) },
+    );
   }
   const st = await poolStatus(pool, host);
   if (!st.usable) {
-    if (st.totalBytes === 0) throw new FerryError('E_POOL_UNAVAILABLE', `Cannot use ${what} '${p}': pool '${pool.name}' (${pool.path}) is not reachable from host '${host}'; mount it or fix the pool path`, { context: { pool: pool.name } });
-    throw new FerryError('E_POOL_NOT_GRANTED', `Cannot use ${what} '${p}': host '${host}' is not granted access to shared pool '${pool.name}'; run 'ferry pool grant ${pool.name} --host ${host}'`, { context: { pool: pool.name, host }, userError: true });
+    if (st.totalBytes === 0)
+      throw new FerryError(
+        'E_POOL_UNAVAILABLE',
+        `Cannot use ${what} '${p}': pool '${pool.name}' (${pool.path}) is not reachable from host '${host}'; mount it or fix the pool path`,
+        { context: { pool: pool.name } },
+      );
+    throw new FerryError(
+      'E_POOL_NOT_GRANTED',
+      `Cannot use ${what} '${p}': host '${host}' is not granted access to shared pool '${pool.name}'; run 'ferry pool grant ${pool.name} --host ${host}'`,
+      { context: { pool: pool.name, host }, userError: true },
+    );
   }
   return pool;
 }
 
 export function findPool(pools: PoolDef[], name: string, host: string): PoolDef {
   const pool = pools.find((x) => x.name === name);
-  if (!pool) throw new NotFoundError('E_POOL_NOT_FOUND', `Cannot find storage pool '${name}' on host '${host}'; 'ferry pool list --host ${host}' shows its pools`, { pool: name, host });
+  if (!pool)
+    throw new NotFoundError(
+      'E_POOL_NOT_FOUND',
+      `Cannot find storage pool '${name}' on host '${host}'; 'ferry pool list --host ${host}' shows its pools`,
+      { pool: name, host },
+    );
   return pool;
 }

@@ -5,10 +5,16 @@ export function coalesced(fn: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | null = null;
   let again = false;
   return () => {
-    if (running) { again = true; return running; }
+    if (running) {
+      again = true;
+      return running;
+    }
     running = (async () => {
       try {
-        do { again = false; await fn(); } while (again);
+        do {
+          again = false;
+          await fn();
+        } while (again);
       } finally {
         running = null;
       }

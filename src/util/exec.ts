@@ -9,11 +9,23 @@ export interface RunOptions {
   env?: NodeJS.ProcessEnv;
 }
 
-export interface RunResult { stdout: string; stderr: string }
+export interface RunResult {
+  stdout: string;
+  stderr: string;
+}
 
 export class CommandFailedError extends FerryError {
-  constructor(cmd: string, args: readonly string[], detail: string, cause?: unknown, extra: Record<string, unknown> = {}) {
-    super('E_COMMAND_FAILED', `Cannot run ${cmd} ${args.join(' ')}: ${detail}`, { context: { cmd, args, ...extra }, cause });
+  constructor(
+    cmd: string,
+    args: readonly string[],
+    detail: string,
+    cause?: unknown,
+    extra: Record<string, unknown> = {},
+  ) {
+    super('E_COMMAND_FAILED', `Cannot run ${cmd} ${args.join(' ')}: ${detail}`, {
+      context: { cmd, args, ...extra },
+      cause,
+    });
   }
 }
 
@@ -23,18 +35,29 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
   const what = `run ${cmd}`;
   if (opts.signal?.aborted) return Promise.reject(new AbortedError(what, opts.signal.reason));
   return new Promise((resolve, reject) => {
-    const child = execFile(cmd, args, {
-      cwd: opts.cwd, env: opts.env, timeout: timeoutMs, killSignal: 'SIGKILL',
-      maxBuffer: 64 * 1024 * 1024, signal: opts.signal, encoding: 'utf8',
-    }, (err, stdout, stderr) => {
-      if (!err) return resolve({ stdout, stderr });
-      const e = err as NodeJS.ErrnoException & { killed?: boolean; code?: unknown };
-      if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
-      if (e.killed) return reject(new TimeoutError(what, timeoutMs, { cmd, args }));
-      if (e.code === 'ENOENT') return reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
-      const detail = (stderr || stdout || e.message).trim().split('\n').slice(-5).join(' / ');
-      reject(new CommandFailedError(cmd, args, detail, err, { exitCode: e.code, stderr }));
-    });
+    const child = execFile(
+      cmd,
+      args,
+      {
+        cwd: opts.cwd,
+        env: opts.env,
+        timeout: timeoutMs,
+        killSignal: 'SIGKILL',
+        maxBuffer: 64 * 1024 * 1024,
+        signal: opts.signal,
+        encoding: 'utf8',
+      },
+      (err, stdout, stderr) => {
+        if (!err) return resolve({ stdout, stderr });
+        const e = err as NodeJS.ErrnoException & { killed?: boolean; code?: unknown };
+        if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
+        if (e.killed) return reject(new TimeoutError(what, timeoutMs, { cmd, args }));
+        if (e.code === 'ENOENT')
+          return reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
+        const detail = (stderr || stdout || e.message).trim().split('\n').slice(-5).join(' / ');
+        reject(new CommandFailedError(cmd, args, detail, err, { exitCode: e.code, stderr }));
+      },
+    );
     child.stdin?.end();
   });
 }
@@ -49,8 +72,14 @@ export function deadline(ms: number, signal?: AbortSignal): AbortSignal {
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) return reject(new AbortedError('wait', signal.reason));
-    const t = setTimeout(() => { signal?.removeEventListener('abort', onAbort); resolve(); }, ms);
-    const onAbort = (): void => { clearTimeout(t); reject(new AbortedError('wait', signal?.reason)); };
+    const t = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    const onAbort = (): void => {
+      clearTimeout(t);
+      reject(new AbortedError('wait', signal?.reason));
+    };
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }

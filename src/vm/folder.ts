@@ -6,7 +6,9 @@ import { parseVmSpec, type VmSpec } from './spec.js';
 
 export const CONFIG_FILE = 'vm.json';
 
-export function configFile(configPath: string): string { return path.join(configPath, CONFIG_FILE); }
+export function configFile(configPath: string): string {
+  return path.join(configPath, CONFIG_FILE);
+}
 
 export async function loadVm(configPath: string): Promise<VmSpec> {
   const file = configFile(configPath);
@@ -15,7 +17,11 @@ export async function loadVm(configPath: string): Promise<VmSpec> {
     text = await fsp.readFile(file, 'utf8');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') {
-      throw new NotFoundError('E_VM_NOT_FOUND', `Cannot load VM from ${configPath}: there is no ${CONFIG_FILE}; check the path`, { configPath });
+      throw new NotFoundError(
+        'E_VM_NOT_FOUND',
+        `Cannot load VM from ${configPath}: there is no ${CONFIG_FILE}; check the path`,
+        { configPath },
+      );
     }
     throw err;
   }
@@ -23,7 +29,11 @@ export async function loadVm(configPath: string): Promise<VmSpec> {
   try {
     json = JSON.parse(text);
   } catch (err) {
-    throw new FerryError('E_VM_CONFIG_CORRUPT', `Cannot load VM from ${file}: not valid JSON (${messageOf(err)}); restore it from a backup`, { context: { file }, cause: err });
+    throw new FerryError(
+      'E_VM_CONFIG_CORRUPT',
+      `Cannot load VM from ${file}: not valid JSON (${messageOf(err)}); restore it from a backup`,
+      { context: { file }, cause: err },
+    );
   }
   return parseVmSpec(json, `load VM config ${file}`);
 }
@@ -43,5 +53,10 @@ export async function saveVm(spec: VmSpec): Promise<void> {
 }
 
 export async function exists(p: string): Promise<boolean> {
-  try { await fsp.access(p); return true; } catch { return false; }
+  try {
+    await fsp.access(p);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -35,19 +35,33 @@ export function probeAppend(p: ProbeOptions = {}): string {
 /** The Linux probe guest: kernel + initrd copied into the VM folder, a data disk for the writer. */
 export function probeVm(input: GuestVmInput): { spec: VmSpecInput; create: CreateVmOptions } {
   const files = probeGuestFiles();
-  if (!files) throw new NotFoundError('E_GUEST_NOT_BUILT', 'Cannot create a probe VM: the probe guest is not built; run scripts/setup', {});
+  if (!files)
+    throw new NotFoundError(
+      'E_GUEST_NOT_BUILT',
+      'Cannot create a probe VM: the probe guest is not built; run scripts/setup',
+      {},
+    );
   const disk = input.dataDisk ?? {};
   const format = disk.format ?? 'qcow2';
   const diskPath = disk.path ?? path.join(input.configPath, `data.${format}`);
   return {
     spec: {
-      name: input.name, id: newVmId(), memoryMiB: input.memoryMiB ?? 256, cpus: input.cpus ?? 1,
+      name: input.name,
+      id: newVmId(),
+      memoryMiB: input.memoryMiB ?? 256,
+      cpus: input.cpus ?? 1,
       disks: [{ id: 'disk0', path: diskPath, format, ...(disk.pool ? { pool: disk.pool } : {}) }],
       boot: { kind: 'kernel', kernel: 'vmlinuz', initrd: 'initrd.img', append: probeAppend(input.probe) },
-      guest: 'probe', configPath: input.configPath, checkpointPath: input.configPath, pagingPath: input.configPath,
+      guest: 'probe',
+      configPath: input.configPath,
+      checkpointPath: input.configPath,
+      pagingPath: input.configPath,
     },
     create: {
-      copyIn: [{ from: files.kernel, to: 'vmlinuz' }, { from: files.initrd, to: 'initrd.img' }],
+      copyIn: [
+        { from: files.kernel, to: 'vmlinuz' },
+        { from: files.initrd, to: 'initrd.img' },
+      ],
       createDisks: disk.existing ? {} : { disk0: disk.sizeBytes ?? 64 * 1024 * 1024 },
     },
   };
@@ -59,10 +73,16 @@ export function bootblockVm(input: GuestVmInput): { spec: VmSpecInput; create: C
   bootblockBytes().copy(img);
   return {
     spec: {
-      name: input.name, id: newVmId(), memoryMiB: Math.max(input.memoryMiB ?? BOOTBLOCK_MIN_MEMORY_MIB, BOOTBLOCK_MIN_MEMORY_MIB), cpus: input.cpus ?? 1,
+      name: input.name,
+      id: newVmId(),
+      memoryMiB: Math.max(input.memoryMiB ?? BOOTBLOCK_MIN_MEMORY_MIB, BOOTBLOCK_MIN_MEMORY_MIB),
+      cpus: input.cpus ?? 1,
       disks: [{ id: 'boot0', path: path.join(input.configPath, 'boot.img'), format: 'raw' }],
-      boot: { kind: 'disk' }, guest: 'bootblock',
-      configPath: input.configPath, checkpointPath: input.configPath, pagingPath: input.configPath,
+      boot: { kind: 'disk' },
+      guest: 'bootblock',
+      configPath: input.configPath,
+      checkpointPath: input.configPath,
+      pagingPath: input.configPath,
     },
     create: { writeIn: { 'boot.img': img } },
   };

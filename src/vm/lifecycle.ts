@@ -49,24 +49,51 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
   const spec = parseVmSpec(input, 'create the VM');
   const create = opts.createDisks ?? {};
   for (const id of Object.keys(create)) {
-    if (!spec.disks.some((d) => d.id === id)) throw new InvalidInputError(`Cannot create the VM '${spec.name}': no disk with id '${id}' to create`, { disk: id });
+    if (!spec.disks.some((d) => d.id === id))
+      throw new InvalidInputError(`Cannot create the VM '${spec.name}': no disk with id '${id}' to create`, {
+        disk: id,
+      });
     const size = create[id]!;
     if (!Number.isSafeInteger(size) || size < 512 || size % 512 !== 0) {
-      throw new InvalidInputError(`Cannot create disk '${id}' of VM '${spec.name}': size ${size} is not a positive multiple of 512 bytes; give a size such as 64M or 10G`, { disk: id, size });
+      throw new InvalidInputError(
+        `Cannot create disk '${id}' of VM '${spec.name}': size ${size} is not a positive multiple of 512 bytes; give a size such as 64M or 10G`,
+        { disk: id, size },
+      );
     }
   }
   if (await exists(configFile(spec.configPath))) {
-    throw new FerryError('E_VM_EXISTS', `Cannot create the VM '${spec.name}': ${spec.configPath} already holds a VM; choose another --path or remove that VM`, { context: { configPath: spec.configPath }, userError: true });
+    throw new FerryError(
+      'E_VM_EXISTS',
+      `Cannot create the VM '${spec.name}': ${spec.configPath} already holds a VM; choose another --path or remove that VM`,
+      { context: { configPath: spec.configPath }, userError: true },
+    );
   }
-  const inFolder = new Set([...(opts.copyIn ?? []).map((c) => resolveVmFile(spec, c.to)), ...Object.keys(opts.writeIn ?? {}).map((n) => resolveVmFile(spec, n))]);
+  const inFolder = new Set([
+    ...(opts.copyIn ?? []).map((c) => resolveVmFile(spec, c.to)),
+    ...Object.keys(opts.writeIn ?? {}).map((n) => resolveVmFile(spec, n)),
+  ]);
   for (const d of spec.disks) {
     const isNew = d.id in create;
     const there = inFolder.has(d.path) || (await exists(d.path));
-    if (isNew && there) throw new InvalidInputError(`Cannot create disk '${d.id}' of VM '${spec.name}': ${d.path} already exists; choose another path or attach it instead`, { disk: d.id, path: d.path });
-    if (!isNew && !there) throw new NotFoundError('E_DISK_NOT_FOUND', `Cannot create the VM '${spec.name}': disk image ${d.path} does not exist; create it or fix the path`, { disk: d.id, path: d.path });
+    if (isNew && there)
+      throw new InvalidInputError(
+        `Cannot create disk '${d.id}' of VM '${spec.name}': ${d.path} already exists; choose another path or attach it instead`,
+        { disk: d.id, path: d.path },
+      );
+    if (!isNew && !there)
+      throw new NotFoundError(
+        'E_DISK_NOT_FOUND',
+        `Cannot create the VM '${spec.name}': disk image ${d.path} does not exist; create it or fix the path`,
+        { disk: d.id, path: d.path },
+      );
   }
   for (const c of opts.copyIn ?? []) {
-    if (!(await exists(c.from))) throw new NotFoundError('E_FILE_NOT_FOUND', `Cannot create the VM '${spec.name}': ${c.from} does not exist; run scripts/setup to build the test guests or fix the path`, { path: c.from });
+    if (!(await exists(c.from)))
+      throw new NotFoundError(
+        'E_FILE_NOT_FOUND',
+        `Cannot create the VM '${spec.name}': ${c.from} does not exist; run scripts/setup to build the test guests or fix the path`,
+        { path: c.from },
+      );
   }
   await checkBootFiles(spec, inFolder);
 
@@ -103,11 +130,18 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
 
 async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void> {
   if (spec.boot.kind !== 'kernel') return;
-  for (const [field, p] of [['boot.kernel', spec.boot.kernel], ['boot.initrd', spec.boot.initrd]] as const) {
+  for (const [field, p] of [
+    ['boot.kernel', spec.boot.kernel],
+    ['boot.initrd', spec.boot.initrd],
+  ] as const) {
     if (!p) continue;
     const abs = resolveVmFile(spec, p);
     if (!planned.has(abs) && !(await exists(abs))) {
-      throw new NotFoundError('E_FILE_NOT_FOUND', `Cannot use ${field} of VM '${spec.name}': ${abs} does not exist; fix the path (relative paths are inside the VM folder)`, { field, path: abs });
+      throw new NotFoundError(
+        'E_FILE_NOT_FOUND',
+        `Cannot use ${field} of VM '${spec.name}': ${abs} does not exist; fix the path (relative paths are inside the VM folder)`,
+        { field, path: abs },
+      );
     }
   }
 }
@@ -139,7 +173,11 @@ export interface StartVmOptions {
 export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuProcess> {
   for (const d of spec.disks) {
     if (!(await exists(d.path))) {
-      throw new NotFoundError('E_DISK_NOT_FOUND', `Cannot start VM '${spec.name}': disk '${d.id}' image ${d.path} does not exist; restore it or remove the disk from the VM`, { disk: d.id, path: d.path });
+      throw new NotFoundError(
+        'E_DISK_NOT_FOUND',
+        `Cannot start VM '${spec.name}': disk '${d.id}' image ${d.path} does not exist; restore it or remove the disk from the VM`,
+        { disk: d.id, path: d.path },
+      );
     }
   }
   await checkBootFiles(spec, new Set());
@@ -148,11 +186,22 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
   // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
   if (!opts.incoming && (await exists(paths.serialLog))) await fsp.rename(paths.serialLog, paths.serialLog + '.1');
   const argv = buildArgv(spec, {
-    accel: opts.accel, paths, incoming: opts.incoming, paused: opts.paused, switches: opts.switches,
+    accel: opts.accel,
+    paths,
+    incoming: opts.incoming,
+    paused: opts.paused,
+    switches: opts.switches,
     directIo: (d: DiskSpec) => supportsDirectIo(d.path),
   });
   await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
-  return QemuProcess.spawn(argv, { vm: spec.name, runDir: opts.runDir, qmpSocket: paths.qmpSocket, pidFile: paths.pidFile, signal: opts.signal, timeoutMs: opts.timeoutMs });
+  return QemuProcess.spawn(argv, {
+    vm: spec.name,
+    runDir: opts.runDir,
+    qmpSocket: paths.qmpSocket,
+    pidFile: paths.pidFile,
+    signal: opts.signal,
+    timeoutMs: opts.timeoutMs,
+  });
 }
 
 export interface StopVmOptions {
@@ -163,7 +212,10 @@ export interface StopVmOptions {
   signal?: AbortSignal;
 }
 
-export async function stopVm(proc: QemuProcess, opts: StopVmOptions = {}): Promise<{ graceful: boolean; exit: ExitInfo }> {
+export async function stopVm(
+  proc: QemuProcess,
+  opts: StopVmOptions = {},
+): Promise<{ graceful: boolean; exit: ExitInfo }> {
   if (!opts.force && !proc.hasExited) {
     try {
       const st = await proc.qmp.execute('query-status', undefined, { signal: opts.signal, timeoutMs: 5000 });
@@ -190,11 +242,18 @@ export async function resumeVm(proc: QemuProcess, opts: { signal?: AbortSignal }
 export type VmState = 'running' | 'paused' | 'stopped' | 'migrating';
 
 /** The VM's state as users see it, from QEMU's run state. */
-export async function vmState(proc: QemuProcess | null, opts: { signal?: AbortSignal } = {}): Promise<{ state: VmState; qemu: RunState | null }> {
+export async function vmState(
+  proc: QemuProcess | null,
+  opts: { signal?: AbortSignal } = {},
+): Promise<{ state: VmState; qemu: RunState | null }> {
   if (!proc || proc.hasExited || proc.qmp.isClosed) return { state: 'stopped', qemu: null };
   const st = await proc.qmp.execute('query-status', undefined, { signal: opts.signal, timeoutMs: 5000 });
   const map: Partial<Record<RunState, VmState>> = {
-    running: 'running', inmigrate: 'migrating', 'finish-migrate': 'migrating', postmigrate: 'paused', shutdown: 'stopped',
+    running: 'running',
+    inmigrate: 'migrating',
+    'finish-migrate': 'migrating',
+    postmigrate: 'paused',
+    shutdown: 'stopped',
   };
   return { state: map[st.status] ?? (st.running ? 'running' : 'paused'), qemu: st.status };
 }
@@ -206,10 +265,15 @@ export async function vmState(proc: QemuProcess | null, opts: { signal?: AbortSi
 export async function removeVm(spec: VmSpec, opts: { deleteDisks?: boolean } = {}): Promise<void> {
   if (opts.deleteDisks) for (const d of spec.disks) await fsp.rm(d.path, { force: true });
   if (spec.boot.kind === 'kernel') {
-    for (const p of [spec.boot.kernel, spec.boot.initrd]) if (p && !path.isAbsolute(p)) await fsp.rm(resolveVmFile(spec, p), { force: true });
+    for (const p of [spec.boot.kernel, spec.boot.initrd])
+      if (p && !path.isAbsolute(p)) await fsp.rm(resolveVmFile(spec, p), { force: true });
   }
   await fsp.rm(configFile(spec.configPath), { force: true });
   for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
-    try { await fsp.rmdir(dir); } catch { /* not empty or gone: leave it */ }
+    try {
+      await fsp.rmdir(dir);
+    } catch {
+      /* not empty or gone: leave it */
+    }
   }
 }

@@ -24,7 +24,11 @@ export async function bridgeExists(bridge: string): Promise<boolean> {
 
 export async function createTap(tap: string, bridge: string): Promise<void> {
   if (!(await bridgeExists(bridge))) {
-    throw new FerryError('E_BRIDGE_NOT_FOUND', `Cannot connect to bridge '${bridge}': there is no such Linux bridge on this host; create it (ip link add ${bridge} type bridge) or fix the switch`, { userError: true });
+    throw new FerryError(
+      'E_BRIDGE_NOT_FOUND',
+      `Cannot connect to bridge '${bridge}': there is no such Linux bridge on this host; create it (ip link add ${bridge} type bridge) or fix the switch`,
+      { userError: true },
+    );
   }
   await deleteTap(tap); // a stale one from a crash
   try {
@@ -33,7 +37,11 @@ export async function createTap(tap: string, bridge: string): Promise<void> {
     await run('ip', ['link', 'set', 'dev', tap, 'up'], { timeoutMs: 5000 });
   } catch (err) {
     await deleteTap(tap);
-    throw new FerryError('E_TAP', `Cannot create tap ${tap} on bridge '${bridge}': ${messageOf(err)}; the agent needs CAP_NET_ADMIN`, { cause: err });
+    throw new FerryError(
+      'E_TAP',
+      `Cannot create tap ${tap} on bridge '${bridge}': ${messageOf(err)}; the agent needs CAP_NET_ADMIN`,
+      { cause: err },
+    );
   }
 }
 

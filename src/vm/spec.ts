@@ -12,87 +12,137 @@ import { NAME_RE } from '../api/common.js';
 export { NAME_RE };
 const nameHelp = '1–63 letters, digits, dot, dash or underscore, starting with a letter or digit';
 
-const absPath = z.string().min(1).refine((p) => path.isAbsolute(p), { message: 'must be an absolute path' })
+const absPath = z
+  .string()
+  .min(1)
+  .refine((p) => path.isAbsolute(p), { message: 'must be an absolute path' })
   .refine((p) => !p.includes('\0'), { message: 'must not contain NUL bytes' });
 /** Kernel/initrd: absolute, or relative to the VM's folder (so they move with it). */
-const filePath = z.string().min(1).refine((p) => !p.includes('\0'), { message: 'must not contain NUL bytes' })
-  .refine((p) => path.isAbsolute(p) || !path.normalize(p).startsWith('..'), { message: 'must stay inside the VM folder when relative' });
+const filePath = z
+  .string()
+  .min(1)
+  .refine((p) => !p.includes('\0'), { message: 'must not contain NUL bytes' })
+  .refine((p) => path.isAbsolute(p) || !path.normalize(p).startsWith('..'), {
+    message: 'must stay inside the VM folder when relative',
+  });
 
-export const DiskSpec = z.object({
-  /** Stable id: the guest device id and the base of the QEMU node names (disk0 → disk0-file, disk0). */
-  id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/, { message: 'must be lowercase letters and digits, starting with a letter, at most 16' }),
-  path: absPath,
-  format: z.enum(IMAGE_FORMATS),
-  bus: z.enum(['virtio', 'ide']).default('virtio'),
-  readOnly: z.boolean().default(false),
-  /** none = host page cache bypassed (cache.direct), required for safe migration on shared storage. */
-  cache: z.enum(['none', 'writeback']).default('none'),
-  /** Storage pool the disk lives in, when known. */
-  pool: z.string().optional(),
-}).strict();
+export const DiskSpec = z
+  .object({
+    /** Stable id: the guest device id and the base of the QEMU node names (disk0 → disk0-file, disk0). */
+    id: z
+      .string()
+      .regex(/^[a-z][a-z0-9]{0,15}$/, {
+        message: 'must be lowercase letters and digits, starting with a letter, at most 16',
+      }),
+    path: absPath,
+    format: z.enum(IMAGE_FORMATS),
+    bus: z.enum(['virtio', 'ide']).default('virtio'),
+    readOnly: z.boolean().default(false),
+    /** none = host page cache bypassed (cache.direct), required for safe migration on shared storage. */
+    cache: z.enum(['none', 'writeback']).default('none'),
+    /** Storage pool the disk lives in, when known. */
+    pool: z.string().optional(),
+  })
+  .strict();
 export type DiskSpec = z.infer<typeof DiskSpec>;
 
-export const NicSpec = z.object({
-  id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/),
-  switch: z.string().regex(NAME_RE, { message: `must be a switch name (${nameHelp})` }),
-  mac: z.string().regex(/^52:54:00(:[0-9a-f]{2}){3}$/, { message: 'must be a locally administered MAC 52:54:00:xx:xx:xx in lowercase' }),
-}).strict();
+export const NicSpec = z
+  .object({
+    id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/),
+    switch: z.string().regex(NAME_RE, { message: `must be a switch name (${nameHelp})` }),
+    mac: z
+      .string()
+      .regex(/^52:54:00(:[0-9a-f]{2}){3}$/, {
+        message: 'must be a locally administered MAC 52:54:00:xx:xx:xx in lowercase',
+      }),
+  })
+  .strict();
 export type NicSpec = z.infer<typeof NicSpec>;
 
 export const BootSpec = z.discriminatedUnion('kind', [
   z.object({ kind: z.literal('disk') }).strict(),
-  z.object({
-    kind: z.literal('kernel'),
-    kernel: filePath,
-    initrd: filePath.optional(),
-    append: z.string().max(4096).default(''),
-  }).strict(),
+  z
+    .object({
+      kind: z.literal('kernel'),
+      kernel: filePath,
+      initrd: filePath.optional(),
+      append: z.string().max(4096).default(''),
+    })
+    .strict(),
 ]);
 export type BootSpec = z.infer<typeof BootSpec>;
 
 export const GUEST_KINDS = ['probe', 'bootblock', 'custom'] as const;
 
-export const VmSpec = z.object({
-  version: z.literal(1).default(1),
-  name: z.string().regex(NAME_RE, { message: `must be ${nameHelp}` }),
-  id: z.uuid({ message: 'must be a UUID' }),
-  memoryMiB: z.number().int().min(16, { message: 'must be at least 16' }).max(1024 * 1024, { message: 'must be at most 1 TiB' }),
-  cpus: z.number().int().min(1).max(255),
-  /** A named QEMU CPU model every involved host supports ('host' only pins a VM to identical hosts). */
-  cpuModel: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/).default('qemu64'),
-  /** Versioned machine type, so both ends of a migration emulate the same board. */
-  machine: z.string().regex(/^(pc-i440fx|pc-q35)-\d+\.\d+$/, { message: "must be a versioned machine type such as 'pc-i440fx-7.2'" }).default('pc-i440fx-7.2'),
-  disks: z.array(DiskSpec).max(16).default([]),
-  nics: z.array(NicSpec).max(8).default([]),
-  boot: BootSpec,
-  guest: z.enum(GUEST_KINDS).default('custom'),
-  /** The VM's folder (holds vm.json). Checkpoint and paging folders default to it. */
-  configPath: absPath,
-  checkpointPath: absPath,
-  pagingPath: absPath,
-  ha: z.boolean().default(false),
-  /** Priority, preferred owners and anti-affinity classes in the failover cluster (with ha). */
-  cluster: ClusterPolicy.optional(),
-}).strict().superRefine((s, ctx) => {
-  const seen = new Set<string>();
-  for (const [i, d] of s.disks.entries()) {
-    if (seen.has(d.id)) ctx.addIssue({ code: 'custom', path: ['disks', i, 'id'], message: `duplicates disk id '${d.id}'; give each disk its own id` });
-    seen.add(d.id);
-  }
-  const paths = new Set<string>();
-  for (const [i, d] of s.disks.entries()) {
-    if (paths.has(d.path)) ctx.addIssue({ code: 'custom', path: ['disks', i, 'path'], message: 'is used by another disk of this VM; a disk image can be attached once' });
-    paths.add(d.path);
-  }
-  const nicIds = new Set<string>();
-  for (const [i, n] of s.nics.entries()) {
-    if (nicIds.has(n.id)) ctx.addIssue({ code: 'custom', path: ['nics', i, 'id'], message: `duplicates NIC id '${n.id}'` });
-    nicIds.add(n.id);
-  }
-  if (s.boot.kind === 'disk' && s.disks.length === 0) {
-    ctx.addIssue({ code: 'custom', path: ['boot'], message: "is 'disk' but the VM has no disk; add a disk or boot a kernel" });
-  }
-});
+export const VmSpec = z
+  .object({
+    version: z.literal(1).default(1),
+    name: z.string().regex(NAME_RE, { message: `must be ${nameHelp}` }),
+    id: z.uuid({ message: 'must be a UUID' }),
+    memoryMiB: z
+      .number()
+      .int()
+      .min(16, { message: 'must be at least 16' })
+      .max(1024 * 1024, { message: 'must be at most 1 TiB' }),
+    cpus: z.number().int().min(1).max(255),
+    /** A named QEMU CPU model every involved host supports ('host' only pins a VM to identical hosts). */
+    cpuModel: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/)
+      .default('qemu64'),
+    /** Versioned machine type, so both ends of a migration emulate the same board. */
+    machine: z
+      .string()
+      .regex(/^(pc-i440fx|pc-q35)-\d+\.\d+$/, { message: "must be a versioned machine type such as 'pc-i440fx-7.2'" })
+      .default('pc-i440fx-7.2'),
+    disks: z.array(DiskSpec).max(16).default([]),
+    nics: z.array(NicSpec).max(8).default([]),
+    boot: BootSpec,
+    guest: z.enum(GUEST_KINDS).default('custom'),
+    /** The VM's folder (holds vm.json). Checkpoint and paging folders default to it. */
+    configPath: absPath,
+    checkpointPath: absPath,
+    pagingPath: absPath,
+    ha: z.boolean().default(false),
+    /** Priority, preferred owners and anti-affinity classes in the failover cluster (with ha). */
+    cluster: ClusterPolicy.optional(),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    const seen = new Set<string>();
+    for (const [i, d] of s.disks.entries()) {
+      if (seen.has(d.id))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['disks', i, 'id'],
+          message: `duplicates disk id '${d.id}'; give each disk its own id`,
+        });
+      seen.add(d.id);
+    }
+    const paths = new Set<string>();
+    for (const [i, d] of s.disks.entries()) {
+      if (paths.has(d.path))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['disks', i, 'path'],
+          message: 'is used by another disk of this VM; a disk image can be attached once',
+        });
+      paths.add(d.path);
+    }
+    const nicIds = new Set<string>();
+    for (const [i, n] of s.nics.entries()) {
+      if (nicIds.has(n.id))
+        ctx.addIssue({ code: 'custom', path: ['nics', i, 'id'], message: `duplicates NIC id '${n.id}'` });
+      nicIds.add(n.id);
+    }
+    if (s.boot.kind === 'disk' && s.disks.length === 0) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['boot'],
+        message: "is 'disk' but the VM has no disk; add a disk or boot a kernel",
+      });
+    }
+  });
 export type VmSpec = z.infer<typeof VmSpec>;
 export type VmSpecInput = z.input<typeof VmSpec>;
 
@@ -102,13 +152,18 @@ export function specError(what: string, err: z.ZodError, input: unknown): Invali
     const field = iss.path.map(String).join('.') || '(spec)';
     const value = valueAt(input, iss.path as (string | number)[]);
     const shown = value === undefined ? 'missing' : JSON.stringify(value)?.slice(0, 80);
-    if (iss.code === 'unrecognized_keys') return `unknown field(s) ${(iss as { keys: string[] }).keys.map((k) => `'${field === '(spec)' ? k : `${field}.${k}`}'`).join(', ')}; remove them`;
+    if (iss.code === 'unrecognized_keys')
+      return `unknown field(s) ${(iss as { keys: string[] }).keys.map((k) => `'${field === '(spec)' ? k : `${field}.${k}`}'`).join(', ')}; remove them`;
     return `field '${field}' (${shown}) ${iss.message.replace(/^Invalid input: /, '')}`;
   });
   const more = err.issues.length > 5 ? ` (and ${err.issues.length - 5} more)` : '';
-  return new InvalidInputError(`Cannot ${what}: ${parts.join('; ')}${more}`, {
-    issues: err.issues.map((i) => ({ field: i.path.map(String).join('.'), message: i.message })),
-  }, err);
+  return new InvalidInputError(
+    `Cannot ${what}: ${parts.join('; ')}${more}`,
+    {
+      issues: err.issues.map((i) => ({ field: i.path.map(String).join('.'), message: i.message })),
+    },
+    err,
+  );
 }
 
 function valueAt(obj: unknown, p: (string | number)[]): unknown {
@@ -126,7 +181,9 @@ export function parseVmSpec(input: unknown, what = 'accept the VM spec'): VmSpec
   return r.data;
 }
 
-export function newVmId(): string { return randomUUID(); }
+export function newVmId(): string {
+  return randomUUID();
+}
 
 /** A MAC in QEMU's locally administered range. */
 export function newMac(): string {

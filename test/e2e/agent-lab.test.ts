@@ -30,27 +30,50 @@ after(async () => {
   await fsp.rm(dir, { recursive: true, force: true });
 });
 
-const pidAlive = (pid: number): boolean => { try { process.kill(pid, 0); return !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z '); } catch { return false; } };
+const pidAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').includes(') Z ');
+  } catch {
+    return false;
+  }
+};
 
 test('lab status and host show give the contract JSON', async () => {
   assert.equal(status.hosts.length, 2);
-  assert.deepEqual(status.hosts.map((h) => h.name), ['host-a', 'host-b']);
+  assert.deepEqual(
+    status.hosts.map((h) => h.name),
+    ['host-a', 'host-b'],
+  );
   for (const h of status.hosts) {
     assert.match(h.endpoint, /^https:\/\/127\.0\.0\.1:\d+$/);
     assert.equal(h.up, true);
     assert.ok(h.agentPid && pidAlive(h.agentPid));
   }
   const again = await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--json']);
-  assert.deepEqual(again.hosts.map((h) => h.agentPid), status.hosts.map((h) => h.agentPid), 'up on a running lab starts nothing');
+  assert.deepEqual(
+    again.hosts.map((h) => h.agentPid),
+    status.hosts.map((h) => h.agentPid),
+    'up on a running lab starts nothing',
+  );
   const host = await ferryOk<HostView>(['host', 'show', 'host-a', '--json'], { lab });
   assert.equal(host.name, 'host-a');
   assert.ok(['kvm', 'tcg'].includes(host.accelerator.name));
   assert.ok(host.qemu.machineTypes.includes('pc-i440fx-7.2'));
   assert.ok(host.memory.totalBytes > 0 && host.cpu.flags.length > 0);
-  assert.deepEqual(host.pools.map((p) => [p.name, p.kind, p.usable]), [['local', 'local', true], ['shared', 'shared', true]]);
+  assert.deepEqual(
+    host.pools.map((p) => [p.name, p.kind, p.usable]),
+    [
+      ['local', 'local', true],
+      ['shared', 'shared', true],
+    ],
+  );
   assert.equal(host.pools[1]!.path, path.join(lab, 'shared'));
   assert.deepEqual(host.migration.maxLive, 2);
-  const set = await ferryOk<HostView>(['host', 'set', 'host-a', '--max-live', '3', '--migration-network', '127.0.0.0/8', '--tls', 'off', '--json'], { lab });
+  const set = await ferryOk<HostView>(
+    ['host', 'set', 'host-a', '--max-live', '3', '--migration-network', '127.0.0.0/8', '--tls', 'off', '--json'],
+    { lab },
+  );
   assert.equal(set.migration.maxLive, 3);
   assert.deepEqual(set.migration.networks, ['127.0.0.0/8']);
   assert.equal(set.migration.tls, false);
@@ -61,7 +84,9 @@ test('lab status and host show give the contract JSON', async () => {
 });
 
 test('switches and pools', async () => {
-  const sw = await ferryOk<{ name: string }>(['switch', 'new', 'prod', '--host', 'host-b', '--user', '--json'], { lab });
+  const sw = await ferryOk<{ name: string }>(['switch', 'new', 'prod', '--host', 'host-b', '--user', '--json'], {
+    lab,
+  });
   assert.equal(sw.name, 'prod');
   const list = await ferryOk<Array<{ host: string; name: string }>>(['switch', 'list', '--json'], { lab });
   assert.deepEqual(list.map((s) => `${s.host}/${s.name}`).sort(), ['host-a/lab', 'host-b/lab', 'host-b/prod']);
@@ -80,9 +105,29 @@ test('switches and pools', async () => {
     assert.equal(noBr.code, 4);
     assert.match(noBr.stderr, /no Linux bridge 'nosuchbr9'/);
     await ferryOk(['switch', 'new', 'lan', '--host', 'host-a', '--bridge', br], { lab });
-    const v = await ferryOk<VmView>(['vm', 'new', 'nic1', '--host', 'host-a', '--guest', 'bootblock', '--switch', 'lan', '--switch', 'lab', '--start', '--json'], { lab });
+    const v = await ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        'nic1',
+        '--host',
+        'host-a',
+        '--guest',
+        'bootblock',
+        '--switch',
+        'lan',
+        '--switch',
+        'lab',
+        '--start',
+        '--json',
+      ],
+      { lab },
+    );
     assert.deepEqual(v.switches, ['lan', 'lab']);
-    const ports = (): string[] => (JSON.parse(execFileSync('ip', ['-j', 'link', 'show', 'master', br]).toString()) as Array<{ ifname: string }>).map((l) => l.ifname);
+    const ports = (): string[] =>
+      (
+        JSON.parse(execFileSync('ip', ['-j', 'link', 'show', 'master', br]).toString()) as Array<{ ifname: string }>
+      ).map((l) => l.ifname);
     assert.equal(ports().length, 1, 'one tap on the bridge');
     assert.match(ports()[0]!, /^fy[0-9a-f]{10}n0$/);
     const inUse = await ferry(['switch', 'rm', 'lan', '--host', 'host-a'], { lab });
@@ -97,29 +142,76 @@ test('switches and pools', async () => {
     execFileSync('ip', ['link', 'del', br]);
   }
 
-  const revoked = await ferryOk<{ granted: string[] }>(['pool', 'revoke', 'shared', '--host', 'host-b', '--json'], { lab });
+  const revoked = await ferryOk<{ granted: string[] }>(['pool', 'revoke', 'shared', '--host', 'host-b', '--json'], {
+    lab,
+  });
   assert.deepEqual(revoked.granted, ['host-a']);
-  const pools = await ferryOk<Array<{ host: string; name: string; usable: boolean }>>(['pool', 'list', '--json'], { lab });
+  const pools = await ferryOk<Array<{ host: string; name: string; usable: boolean }>>(['pool', 'list', '--json'], {
+    lab,
+  });
   assert.equal(pools.find((p) => p.host === 'host-b' && p.name === 'shared')!.usable, false);
-  const refused = await ferry(['vm', 'new', 'nogrant', '--host', 'host-b', '--path', path.join(lab, 'shared', 'nogrant'), '--guest', 'bootblock'], { lab });
+  const refused = await ferry(
+    ['vm', 'new', 'nogrant', '--host', 'host-b', '--path', path.join(lab, 'shared', 'nogrant'), '--guest', 'bootblock'],
+    { lab },
+  );
   assert.equal(refused.code, 1);
-  assert.match(refused.stderr, /not granted access to shared pool 'shared'; run 'ferry pool grant shared --host host-b'/);
+  assert.match(
+    refused.stderr,
+    /not granted access to shared pool 'shared'; run 'ferry pool grant shared --host host-b'/,
+  );
   await ferryOk(['pool', 'grant', 'shared', '--host', 'host-b'], { lab });
   assert.equal(fs.existsSync(path.join(lab, 'shared', 'nogrant')), false);
 });
 
 test('a probe VM: new --start, show/list JSON, console, pause/resume, agent restart keeps it running, stop, start, rm', async () => {
   const shared = path.join(lab, 'shared', 'p1');
-  const v = await ferryOk<VmView>(['vm', 'new', 'p1', '--host', 'host-a', '--guest', 'probe', '--path', shared, '--memory', '256M', '--start', '--json'], { lab });
-  for (const k of ['name', 'id', 'host', 'state', 'memoryMiB', 'cpus', 'configPath', 'checkpointPath', 'pagingPath', 'disks', 'switches', 'ha']) assert.ok(k in v, `vm show has ${k}`);
+  const v = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'p1',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--path',
+      shared,
+      '--memory',
+      '256M',
+      '--start',
+      '--json',
+    ],
+    { lab },
+  );
+  for (const k of [
+    'name',
+    'id',
+    'host',
+    'state',
+    'memoryMiB',
+    'cpus',
+    'configPath',
+    'checkpointPath',
+    'pagingPath',
+    'disks',
+    'switches',
+    'ha',
+  ])
+    assert.ok(k in v, `vm show has ${k}`);
   assert.equal(v.state, 'running');
   assert.equal(v.host, 'host-a');
   assert.equal(v.memoryMiB, 256);
   assert.equal(v.configPath, shared);
-  assert.deepEqual(v.disks.map((d) => [d.format, d.virtualSizeBytes]), [['qcow2', 64 * 1024 * 1024]]);
+  assert.deepEqual(
+    v.disks.map((d) => [d.format, d.virtualSizeBytes]),
+    [['qcow2', 64 * 1024 * 1024]],
+  );
 
   const list = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab });
-  assert.deepEqual(list.map((x) => x.name), ['p1']);
+  assert.deepEqual(
+    list.map((x) => x.name),
+    ['p1'],
+  );
 
   let text = '';
   for (let i = 0; i < 100 && parseSerial(text).heartbeats.length < 20; i++) {
@@ -151,7 +243,9 @@ test('a probe VM: new --start, show/list JSON, console, pause/resume, agent rest
 
   const stopped = await ferryOk<VmView>(['vm', 'stop', 'p1', '--json'], { lab });
   assert.equal(stopped.state, 'stopped');
-  const serial = parseSerial(await fsp.readFile(path.join(lab, 'hosts', 'host-a', 'data', 'run', v.id, 'serial.log'), 'utf8'));
+  const serial = parseSerial(
+    await fsp.readFile(path.join(lab, 'hosts', 'host-a', 'data', 'run', v.id, 'serial.log'), 'utf8'),
+  );
   const report = await verifyDiskImage(v.disks[0]!.path, { format: 'qcow2', highestAck: serial.highestAck! });
   assert.equal(report.ok, true, report.problems.join('; '));
 
@@ -171,8 +265,26 @@ test('bad input: clear messages, the right exit codes, nothing created', async (
     [['vm', 'show', 'nope'], 4, /Cannot find VM 'nope'/],
     [['vm', 'new', 'x1', '--host', 'host-a', '--memory', '12X', '--guest', 'bootblock'], 2, /--memory '12X'.*256M/],
     [['vm', 'new', 'x1', '--host', 'host-z', '--guest', 'bootblock'], 4, /host 'host-z'.*host-a, host-b/],
-    [['vm', 'new', 'x1', '--host', 'host-a', '--guest', 'bootblock', '--path', '/etc/x1'], 2, /outside every storage pool.*local.*shared/],
-    [['vm', 'new', 'x1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(lab, 'shared', '..', '..', 'escape')], 2, /outside every storage pool/],
+    [
+      ['vm', 'new', 'x1', '--host', 'host-a', '--guest', 'bootblock', '--path', '/etc/x1'],
+      2,
+      /outside every storage pool.*local.*shared/,
+    ],
+    [
+      [
+        'vm',
+        'new',
+        'x1',
+        '--host',
+        'host-a',
+        '--guest',
+        'bootblock',
+        '--path',
+        path.join(lab, 'shared', '..', '..', 'escape'),
+      ],
+      2,
+      /outside every storage pool/,
+    ],
     [['vm', 'new', 'x1', '--host', 'host-a', '--disk', '10Q'], 2, /--disk '10Q'/],
     [['vm', 'new', 'x1', '--host', 'host-a', '--guest', 'bootblock', '--switch', 'nosuch'], 4, /switch 'nosuch'/],
     [['vm', 'new', 'x1', '--host', 'host-a', '--attach', '/nonexistent.qcow2'], 2, /outside every storage pool/],
@@ -182,7 +294,21 @@ test('bad input: clear messages, the right exit codes, nothing created', async (
   ];
   // A symlink inside the pool that leads out of it is outside too.
   fs.symlinkSync('/tmp', path.join(lab, 'shared', 'link-out'));
-  cases.push([['vm', 'new', 'x1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(lab, 'shared', 'link-out', 'x1')], 2, /outside every storage pool/]);
+  cases.push([
+    [
+      'vm',
+      'new',
+      'x1',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--path',
+      path.join(lab, 'shared', 'link-out', 'x1'),
+    ],
+    2,
+    /outside every storage pool/,
+  ]);
   const before = await fsp.readdir(path.join(lab, 'shared'));
   for (const [args, code, re] of cases) {
     const r = await ferry(args, { lab });
@@ -194,7 +320,10 @@ test('bad input: clear messages, the right exit codes, nothing created', async (
   const dup = await ferry(['vm', 'new', 'dup', '--host', 'host-a', '--guest', 'bootblock'], { lab });
   assert.equal(dup.code, 1);
   assert.match(dup.stderr, /VM 'dup'.*exists/);
-  assert.deepEqual((await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).map((v) => v.name), ['dup']);
+  assert.deepEqual(
+    (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).map((v) => v.name),
+    ['dup'],
+  );
   assert.deepEqual(await fsp.readdir(path.join(lab, 'shared')), before);
   assert.equal(fs.existsSync('/etc/x1'), false);
   await ferryOk(['vm', 'rm', 'dup'], { lab });
@@ -203,7 +332,13 @@ test('bad input: clear messages, the right exit codes, nothing created', async (
 
 function get(port: number, opts: https.RequestOptions): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port, path: '/v1/vms', method: 'GET', rejectUnauthorized: false, ...opts }, (res) => { res.resume(); resolve(res.statusCode ?? 0); });
+    const req = https.request(
+      { host: '127.0.0.1', port, path: '/v1/vms', method: 'GET', rejectUnauthorized: false, ...opts },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
     req.on('error', reject);
     req.end();
   });
@@ -216,7 +351,10 @@ test('only certificates of this domain get in, and a host certificate is not an 
 
   const other = await initDomain(path.join(dir, 'other-domain'), { name: 'other' });
   const stranger = await issueCert(other, 'admin', 'admin');
-  await assert.rejects(get(port, { ca, cert: fs.readFileSync(stranger.cert), key: fs.readFileSync(stranger.key) }), 'another domain → refused');
+  await assert.rejects(
+    get(port, { ca, cert: fs.readFileSync(stranger.cert), key: fs.readFileSync(stranger.key) }),
+    'another domain → refused',
+  );
 
   const domain = await loadDomain(path.join(lab, 'domain'));
   const hostCert = await issueCert(domain, 'host', 'host-z', { outDir: path.join(dir, 'hz') });
@@ -224,7 +362,11 @@ test('only certificates of this domain get in, and a host certificate is not an 
   assert.equal(await get(port, { ...hc, path: '/v1/vms/nosuch' }), 403, 'a host certificate on an admin-only route');
   assert.equal(await get(port, hc), 200, 'hosts may list VMs (a cluster leader plans drains with it)');
   assert.equal(await get(port, { ...hc, path: '/v1/host' }), 200, 'hosts may read capabilities');
-  const admin = { ca, cert: fs.readFileSync(path.join(lab, 'domain', 'admins', 'admin.crt')), key: fs.readFileSync(path.join(lab, 'domain', 'admins', 'admin.key')) };
+  const admin = {
+    ca,
+    cert: fs.readFileSync(path.join(lab, 'domain', 'admins', 'admin.crt')),
+    key: fs.readFileSync(path.join(lab, 'domain', 'admins', 'admin.key')),
+  };
   assert.equal(await get(port, admin), 200);
   assert.equal(await get(port, { ...admin, path: '/openapi.json' }), 200);
   assert.equal(await get(port, { ...admin, path: '/metrics' }), 200);
@@ -238,5 +380,8 @@ test('lab down stops every process the lab started', async () => {
   for (const h of st.hosts) assert.equal(pidAlive(h.agentPid!), false, `${h.name} agent gone`);
   assert.equal(pidAlive(vm.pid!), false, 'QEMU gone');
   const after = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
-  assert.deepEqual(after.hosts.map((h) => h.up), [false, false]);
+  assert.deepEqual(
+    after.hosts.map((h) => h.up),
+    [false, false],
+  );
 });

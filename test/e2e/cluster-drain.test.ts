@@ -27,7 +27,13 @@ before(async () => {
 after(async () => {
   // A stopped etcd member would keep `lab down` waiting: continue it first.
   const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']).catch(() => null);
-  for (const m of st?.etcd ?? []) { try { process.kill(m.pid, 'SIGCONT'); } catch { /* gone */ } }
+  for (const m of st?.etcd ?? []) {
+    try {
+      process.kill(m.pid, 'SIGCONT');
+    } catch {
+      /* gone */
+    }
+  }
   await ferry(['lab', 'down', '--dir', lab]);
   await fsp.rm(dir, { recursive: true, force: true });
 });
@@ -36,7 +42,8 @@ const status = (): Promise<ClusterView> => ferryOk<ClusterView>(['cluster', 'sta
 const vms = (): Promise<VmView[]> => ferryOk<VmView[]>(['vm', 'list', '--json'], { lab });
 const shared = (name: string): string => path.join(lab, 'shared', name);
 const logOf = (host: string, id: string): string => path.join(lab, 'hosts', host, 'data', 'run', id, 'serial.log');
-const logs = async (id: string): Promise<string[]> => Promise.all(HOSTS.map((h) => fsp.readFile(logOf(h, id), 'utf8').catch(() => '')));
+const logs = async (id: string): Promise<string[]> =>
+  Promise.all(HOSTS.map((h) => fsp.readFile(logOf(h, id), 'utf8').catch(() => '')));
 
 async function waitBatch(node: string, pred: (b: BatchView) => boolean, timeoutMs = 240_000): Promise<BatchView> {
   const until = Date.now() + timeoutMs;
@@ -50,11 +57,19 @@ async function waitBatch(node: string, pred: (b: BatchView) => boolean, timeoutM
 }
 
 async function newProbe(name: string, host: string, extra: string[] = []): Promise<VmView> {
-  return ferryOk<VmView>(['vm', 'new', name, '--host', host, '--guest', 'probe', '--path', shared(name), '--start', '--json', ...extra], { lab });
+  return ferryOk<VmView>(
+    ['vm', 'new', name, '--host', host, '--guest', 'probe', '--path', shared(name), '--start', '--json', ...extra],
+    { lab },
+  );
 }
 
 async function waitAcks(id: string, host: string, n: number): Promise<void> {
-  for (let i = 0; i < 300 && parseSerial(await fsp.readFile(logOf(host, id), 'utf8').catch(() => '')).acks.length < n; i++) await sleep(200);
+  for (
+    let i = 0;
+    i < 300 && parseSerial(await fsp.readFile(logOf(host, id), 'utf8').catch(() => '')).acks.length < n;
+    i++
+  )
+    await sleep(200);
 }
 
 /** Every VM on exactly one host, as every host's inventory says. */
@@ -73,15 +88,30 @@ test('drain: dry run shows the plan and a blocker; a real drain moves 4 VMs by p
   await ferryOk(['cluster', 'set', '--max-outgoing', '2', '--max-incoming', '2'], { lab });
   w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high']);
   for (const n of ['p2', 'p3']) await newProbe(n, 'host-c', ['--probe-no-writer', '--memory', '128']);
-  await newProbe('p4', 'host-c', ['--probe-no-writer', '--memory', '128', '--ha', '--priority', 'low', '--anti-affinity', 'grp']);
+  await newProbe('p4', 'host-c', [
+    '--probe-no-writer',
+    '--memory',
+    '128',
+    '--ha',
+    '--priority',
+    'low',
+    '--anti-affinity',
+    'grp',
+  ]);
   // A stopped VM on host-c's local storage: nobody else can run it.
   await ferryOk(['vm', 'new', 'loc1', '--host', 'host-c', '--guest', 'bootblock', '--json'], { lab });
   await waitAcks(w1.id, 'host-c', 15);
 
-  const plan = await ferryOk<{ items: Array<{ vm: string; to: string | null; priority: string; blockers: Array<{ code: string }> }>; blocked: number }>(['cluster', 'drain', 'host-c', '--dry-run', '--json'], { lab });
+  const plan = await ferryOk<{
+    items: Array<{ vm: string; to: string | null; priority: string; blockers: Array<{ code: string }> }>;
+    blocked: number;
+  }>(['cluster', 'drain', 'host-c', '--dry-run', '--json'], { lab });
   const loc = plan.items.find((i) => i.vm === 'loc1')!;
   assert.equal(loc.to, null);
-  assert.ok(loc.blockers.some((b) => b.code === 'E_STORAGE_NOT_SHARED'), JSON.stringify(loc.blockers));
+  assert.ok(
+    loc.blockers.some((b) => b.code === 'E_STORAGE_NOT_SHARED'),
+    JSON.stringify(loc.blockers),
+  );
   assert.equal(plan.blocked, 1);
   for (const n of ['w1', 'p2', 'p3', 'p4']) assert.match(plan.items.find((i) => i.vm === n)!.to ?? '', /^host-[ab]$/);
   assert.equal(plan.items[0]!.vm, 'w1', 'high priority first');
@@ -100,12 +130,19 @@ test('drain: dry run shows the plan and a blocker; a real drain moves 4 VMs by p
   const watcher = (async () => {
     while (watching) {
       const [s, list] = await Promise.all([
-        clients.host('host-a').call(actions.clusterStatus, {}, { timeoutMs: 10_000 }).catch(() => null),
-        clients.host('host-c').call(actions.migrationList, { query: { all: 'false' } }, { timeoutMs: 10_000 }).catch(() => []),
+        clients
+          .host('host-a')
+          .call(actions.clusterStatus, {}, { timeoutMs: 10_000 })
+          .catch(() => null),
+        clients
+          .host('host-c')
+          .call(actions.migrationList, { query: { all: 'false' } }, { timeoutMs: 10_000 })
+          .catch(() => []),
       ]);
       if (s) {
         maxMoving = Math.max(maxMoving, s.queue.filter((q) => q.state === 'admitted' && q.from === 'host-c').length);
-        if (s.queue.some((q) => q.state === 'queued' && q.position === 1 && q.batch === 'drain:host-c')) sawQueued = true;
+        if (s.queue.some((q) => q.state === 'queued' && q.position === 1 && q.batch === 'drain:host-c'))
+          sawQueued = true;
       }
       if (list.some((m) => m.state === 'queued' && (m.queuePosition ?? 0) >= 1)) sawPosition = true;
       await sleep(100);
@@ -122,7 +159,9 @@ test('drain: dry run shows the plan and a blocker; a real drain moves 4 VMs by p
     await watcher;
     for (const c of clients.all()) c.close();
   }
-  process.stderr.write(`drain of 4 VMs (limit 2): ${Date.now() - t0} ms; ${b.items.map((i) => `${i.vm}→${i.to} ${i.state} (${i.attempts})`).join(', ')}\n`);
+  process.stderr.write(
+    `drain of 4 VMs (limit 2): ${Date.now() - t0} ms; ${b.items.map((i) => `${i.vm}→${i.to} ${i.state} (${i.attempts})`).join(', ')}\n`,
+  );
   assert.equal(b.state, 'completed', JSON.stringify(b.items));
   assert.ok(sawQueued, 'a queued move with position 1 was visible in cluster status');
   assert.ok(sawPosition, 'migration list showed a queued move with its position');
@@ -163,14 +202,18 @@ test('resume during a drain aborts it: queued moves are cancelled, each VM runs 
   await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
   const r = await ferryOk<{ batch: BatchView }>(['cluster', 'resume', 'host-c', '--json'], { lab });
   assert.equal(r.batch.state, 'aborted');
-  assert.ok(r.batch.items.some((i) => i.state === 'cancelled'), JSON.stringify(r.batch.items));
+  assert.ok(
+    r.batch.items.some((i) => i.state === 'cancelled'),
+    JSON.stringify(r.batch.items),
+  );
   const b = await waitBatch('host-c', (x) => !x.items.some((i) => i.state === 'moving'), 120_000);
   assert.equal(b.state, 'aborted');
   const s = await status();
   assert.equal(s.nodes.find((n) => n.name === 'host-c')!.state, 'up');
   assert.equal(s.queue.length, 0, 'nothing left in the queue');
   const where = await placement();
-  for (const i of b.items) assert.equal(where[i.vm], i.state === 'moved' ? i.to : 'host-c', `${i.vm} (${i.state}) is where its result says`);
+  for (const i of b.items)
+    assert.equal(where[i.vm], i.state === 'moved' ? i.to : 'host-c', `${i.vm} (${i.state}) is where its result says`);
   for (const v of await vms()) assert.equal(v.state, 'running');
   await ferryOk(['cluster', 'set', '--max-outgoing', '2'], { lab });
   // Put everything back on host-c for the next test.
@@ -193,7 +236,9 @@ test("the leader's agent killed mid-drain: another node leads and the drain comp
   await ferryOk(['lab', 'up', '--dir', lab]);
   const b = await waitBatch('host-c', (x) => x.state !== 'running', 400_000);
   const s = await status();
-  process.stderr.write(`leader ${leader} killed mid-drain of host-c; leader now ${s.leader}; ${b.items.map((i) => `${i.vm} ${i.state} (${i.attempts})`).join(', ')}\n`);
+  process.stderr.write(
+    `leader ${leader} killed mid-drain of host-c; leader now ${s.leader}; ${b.items.map((i) => `${i.vm} ${i.state} (${i.attempts})`).join(', ')}\n`,
+  );
   assert.equal(b.state, 'completed', JSON.stringify(b.items));
   const where = await placement();
   for (const i of b.items) assert.notEqual(where[i.vm], 'host-c');
@@ -210,7 +255,14 @@ test('a node cut from etcd (its member stopped) fences its HA VM; the VM restart
   const gen0 = (await status()).vms.find((v) => v.name === 'w1')!.generation;
   const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
   const member = st.etcd.find((m) => m.name === host)!;
-  const alive = (pid: number): boolean => { try { process.kill(pid, 0); return true; } catch { return false; } };
+  const alive = (pid: number): boolean => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   await waitAcks(w1.id, host, 5);
   const since = Date.now();
   process.kill(member.pid, 'SIGSTOP');
@@ -224,15 +276,23 @@ test('a node cut from etcd (its member stopped) fences its HA VM; the VM restart
       for (const h of HOSTS) {
         if (h === host || restartAt) continue;
         const text = await fsp.readFile(logOf(h, w1.id), 'utf8').catch(() => '');
-        const m = await fsp.stat(logOf(h, w1.id)).then((x) => x.mtimeMs, () => 0);
-        if (m > since && parseSerial(text).heartbeats.length > 0) { newHost = h; restartAt = Date.now() - t0; }
+        const m = await fsp.stat(logOf(h, w1.id)).then(
+          (x) => x.mtimeMs,
+          () => 0,
+        );
+        if (m > since && parseSerial(text).heartbeats.length > 0) {
+          newHost = h;
+          restartAt = Date.now() - t0;
+        }
       }
       await sleep(100);
     }
   } finally {
     process.kill(member.pid, 'SIGCONT');
   }
-  process.stderr.write(`isolation of ${host}: HA VM fenced after ${fencedAt} ms, heartbeat on ${newHost} after ${restartAt} ms\n`);
+  process.stderr.write(
+    `isolation of ${host}: HA VM fenced after ${fencedAt} ms, heartbeat on ${newHost} after ${restartAt} ms\n`,
+  );
   assert.ok(fencedAt > 0, 'the isolated node stopped its HA VM');
   assert.ok(fencedAt < 5000, `…before its lease could expire (${fencedAt} ms)`);
   assert.ok(restartAt > fencedAt, 'the VM ran elsewhere only after it stopped here: never two copies');
@@ -246,16 +306,29 @@ test('a node cut from etcd (its member stopped) fences its HA VM; the VM restart
   assert.deepEqual(owners, [newHost]);
   const rec = (await status()).vms.find((v) => v.name === 'w1')!;
   assert.equal(rec.owner, newHost);
-  assert.ok(rec.generation > gen0, `the restart claimed the VM with a new fencing generation (${gen0} → ${rec.generation})`);
+  assert.ok(
+    rec.generation > gen0,
+    `the restart claimed the VM with a new fencing generation (${gen0} → ${rec.generation})`,
+  );
   // Exactly once: no other node booted it since the cut.
   for (const h of HOSTS) {
     if (h === newHost || h === host) continue;
-    const m = await fsp.stat(logOf(h, w1.id)).then((x) => x.mtimeMs, () => 0);
+    const m = await fsp.stat(logOf(h, w1.id)).then(
+      (x) => x.mtimeMs,
+      () => 0,
+    );
     assert.ok(m <= since, `${h} did not run w1 after the cut`);
   }
-  assert.equal((await hostQemuPids(path.join(lab, 'hosts', host, 'data'))).length, (await vms()).filter((v) => v.host === host && v.state === 'running').length, 'no stray QEMU on the isolated node');
+  assert.equal(
+    (await hostQemuPids(path.join(lab, 'hosts', host, 'data'))).length,
+    (await vms()).filter((v) => v.host === host && v.state === 'running').length,
+    'no stray QEMU on the isolated node',
+  );
   let s2 = parseSerial('');
-  for (let i = 0; i < 300 && s2.writerStart === null; i++) { await sleep(200); s2 = parseSerial(await fsp.readFile(logOf(newHost, w1.id), 'utf8').catch(() => '')); }
+  for (let i = 0; i < 300 && s2.writerStart === null; i++) {
+    await sleep(200);
+    s2 = parseSerial(await fsp.readFile(logOf(newHost, w1.id), 'utf8').catch(() => ''));
+  }
   const ackedBefore = parseSerial(await fsp.readFile(logOf(host, w1.id), 'utf8')).highestAck ?? 0;
   assert.ok((s2.writerStart ?? 0) > ackedBefore, 'the writer continues after every record acknowledged before the cut');
   await ferryOk(['vm', 'stop', 'w1'], { lab });

@@ -23,7 +23,12 @@ test('cluster create on one host, join on another, with clear refusals', async (
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fjn-'));
   const lab = path.join(dir, 'lab');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2']);
-  const [m] = await startMembers({ labDir: path.join(dir, 'etcd'), hosts: ['etcd1'], domainDir: path.join(lab, 'domain'), timeoutMs: 60_000 });
+  const [m] = await startMembers({
+    labDir: path.join(dir, 'etcd'),
+    hosts: ['etcd1'],
+    domainDir: path.join(lab, 'domain'),
+    timeoutMs: 60_000,
+  });
   const url = m!.clientUrl;
 
   const notYet = await ferry(['cluster', 'status'], { lab });
@@ -32,11 +37,16 @@ test('cluster create on one host, join on another, with clear refusals', async (
   const noSuch = await ferry(['cluster', 'join', 'prod', '--host', 'host-b', '--etcd', url], { lab });
   assert.notEqual(noSuch.code, 0);
   assert.match(noSuch.stderr, /Cannot join cluster 'prod': it has no members .* create it first/);
-  const badUrl = await ferry(['cluster', 'create', 'prod', '--host', 'host-a', '--etcd', 'http://127.0.0.1:1'], { lab });
+  const badUrl = await ferry(['cluster', 'create', 'prod', '--host', 'host-a', '--etcd', 'http://127.0.0.1:1'], {
+    lab,
+  });
   assert.equal(badUrl.code, 2, badUrl.stderr);
   assert.match(badUrl.stderr, /https/);
 
-  const created = await ferryOk<ClusterView>(['cluster', 'create', 'prod', '--host', 'host-a', '--etcd', url, '--json'], { lab });
+  const created = await ferryOk<ClusterView>(
+    ['cluster', 'create', 'prod', '--host', 'host-a', '--etcd', url, '--json'],
+    { lab },
+  );
   assert.equal(created.name, 'prod');
   const again = await ferry(['cluster', 'create', 'prod', '--host', 'host-b', '--etcd', url], { lab });
   assert.notEqual(again.code, 0);
@@ -48,7 +58,10 @@ test('cluster create on one host, join on another, with clear refusals', async (
     if (v.nodes.length === 2 && v.nodes.every((n) => n.state === 'up') && v.leader) break;
     await sleep(250);
   }
-  assert.deepEqual(v!.nodes.map((n) => `${n.name}:${n.state}`), ['host-a:up', 'host-b:up']);
+  assert.deepEqual(
+    v!.nodes.map((n) => `${n.name}:${n.state}`),
+    ['host-a:up', 'host-b:up'],
+  );
   assert.ok(v!.leader);
   const other = await ferry(['cluster', 'join', 'other', '--host', 'host-b', '--etcd', url], { lab });
   assert.notEqual(other.code, 0);
@@ -58,13 +71,38 @@ test('cluster create on one host, join on another, with clear refusals', async (
   await ferryOk(['vm', 'new', 'loc', '--host', 'host-a', '--guest', 'bootblock'], { lab });
   const refused = await ferry(['cluster', 'add-vm', 'loc'], { lab });
   assert.notEqual(refused.code, 0);
-  assert.match(refused.stderr, /Cannot add VM 'loc' to cluster 'prod': .* local pool 'local'.*move it to a shared pool first/);
-  await ferryOk(['vm', 'new', 'sh', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(lab, 'shared', 'sh'), '--start'], { lab });
-  await ferryOk(['cluster', 'add-vm', 'sh', '--priority', 'high', '--preferred-owner', 'host-b,host-a', '--anti-affinity', 'web'], { lab });
+  assert.match(
+    refused.stderr,
+    /Cannot add VM 'loc' to cluster 'prod': .* local pool 'local'.*move it to a shared pool first/,
+  );
+  await ferryOk(
+    [
+      'vm',
+      'new',
+      'sh',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--path',
+      path.join(lab, 'shared', 'sh'),
+      '--start',
+    ],
+    { lab },
+  );
+  await ferryOk(
+    ['cluster', 'add-vm', 'sh', '--priority', 'high', '--preferred-owner', 'host-b,host-a', '--anti-affinity', 'web'],
+    { lab },
+  );
   let rec = (await ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab })).vms.find((x) => x.name === 'sh');
-  assert.deepEqual(rec && { owner: rec.owner, priority: rec.priority, pref: rec.preferredOwners, anti: rec.antiAffinity }, { owner: 'host-a', priority: 'high', pref: ['host-b', 'host-a'], anti: ['web'] });
+  assert.deepEqual(
+    rec && { owner: rec.owner, priority: rec.priority, pref: rec.preferredOwners, anti: rec.antiAffinity },
+    { owner: 'host-a', priority: 'high', pref: ['host-b', 'host-a'], anti: ['web'] },
+  );
   assert.equal((await ferryOk<{ ha: boolean }>(['vm', 'show', 'sh', '--json'], { lab })).ha, true);
-  const badPrio = await ferry(['vm', 'new', 'x', '--host', 'host-a', '--guest', 'bootblock', '--priority', 'high'], { lab });
+  const badPrio = await ferry(['vm', 'new', 'x', '--host', 'host-a', '--guest', 'bootblock', '--priority', 'high'], {
+    lab,
+  });
   assert.equal(badPrio.code, 2);
   assert.match(badPrio.stderr, /without --ha/);
   await ferryOk(['cluster', 'remove-vm', 'sh'], { lab });
@@ -73,6 +111,8 @@ test('cluster create on one host, join on another, with clear refusals', async (
   const after = await ferryOk<{ ha: boolean; state: string; host: string }>(['vm', 'show', 'sh', '--json'], { lab });
   assert.deepEqual([after.ha, after.state, after.host], [false, 'running', 'host-a']);
   // The membership is on disk: the agent's agent.json names the cluster.
-  const cfg = JSON.parse(await fsp.readFile(path.join(lab, 'hosts', 'host-b', 'data', 'agent.json'), 'utf8')) as { cluster?: { name: string } };
+  const cfg = JSON.parse(await fsp.readFile(path.join(lab, 'hosts', 'host-b', 'data', 'agent.json'), 'utf8')) as {
+    cluster?: { name: string };
+  };
   assert.equal(cfg.cluster?.name, 'prod');
 });

@@ -17,39 +17,77 @@ import type { z } from 'zod';
 
 const L = useLab(1);
 
-interface Resp { status: number; body: string }
+interface Resp {
+  status: number;
+  body: string;
+}
 
 function request(agent: https.Agent, port: number, method: string, url: string, body?: string): Promise<Resp> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port, method, path: url, agent, headers: body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } }, (res) => {
-      let b = '';
-      res.on('data', (c: Buffer) => { b += c; });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
-    });
+    const req = https.request(
+      {
+        host: '127.0.0.1',
+        port,
+        method,
+        path: url,
+        agent,
+        headers:
+          body === undefined ? {} : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) },
+      },
+      (res) => {
+        let b = '';
+        res.on('data', (c: Buffer) => {
+          b += c;
+        });
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
+      },
+    );
     req.on('error', reject);
     req.end(body);
   });
 }
 
 /** Values that no field of ours accepts in their place. */
-const BAD_STRINGS = ['', '../../etc', '/../../etc/passwd', 'a'.repeat(100_000), 'nul\u0000byte', '😀'.repeat(500), ' leading-space', 'x'.repeat(64)];
+const BAD_STRINGS = [
+  '',
+  '../../etc',
+  '/../../etc/passwd',
+  'a'.repeat(100_000),
+  'nul\u0000byte',
+  '😀'.repeat(500),
+  ' leading-space',
+  'x'.repeat(64),
+];
 const BAD_VALUES: unknown[] = [null, -1, 1e308, 1.5, true, [], {}, ...BAD_STRINGS];
 
 /** A valid body per mutating action, so each mutation changes one thing. */
 function template(a: Action, lab: string): Record<string, unknown> | undefined {
   const shared = path.join(lab, 'shared');
   switch (a.name) {
-    case 'host.set': return { maxLive: 2 };
-    case 'vm.create': return { name: 'fz', memoryMiB: 128, guest: 'bootblock', path: path.join(shared, 'fz') };
-    case 'vm.stop': return { force: true };
-    case 'switch.create': return { name: 'fzsw', kind: 'user' };
-    case 'pool.add': return { name: 'fzpool', kind: 'local', path: shared };
-    case 'pool.grant': case 'pool.revoke': return { host: 'host-a' };
-    case 'migration.compare': case 'migration.create': return { vm: 'nosuchvm', to: { name: 'host-a', endpoint: 'https://127.0.0.1:1' } };
-    case 'migration.storage': return { vm: 'nosuchvm', path: path.join(shared, 'x') };
-    case 'peer.incoming.prepare': return { jobId: 'j1', source: 'host-z', spec: {}, tls: true, postcopy: false };
-    case 'peer.adopt': return { source: 'host-z', spec: {} };
-    default: return a.body ? {} : undefined;
+    case 'host.set':
+      return { maxLive: 2 };
+    case 'vm.create':
+      return { name: 'fz', memoryMiB: 128, guest: 'bootblock', path: path.join(shared, 'fz') };
+    case 'vm.stop':
+      return { force: true };
+    case 'switch.create':
+      return { name: 'fzsw', kind: 'user' };
+    case 'pool.add':
+      return { name: 'fzpool', kind: 'local', path: shared };
+    case 'pool.grant':
+    case 'pool.revoke':
+      return { host: 'host-a' };
+    case 'migration.compare':
+    case 'migration.create':
+      return { vm: 'nosuchvm', to: { name: 'host-a', endpoint: 'https://127.0.0.1:1' } };
+    case 'migration.storage':
+      return { vm: 'nosuchvm', path: path.join(shared, 'x') };
+    case 'peer.incoming.prepare':
+      return { jobId: 'j1', source: 'host-z', spec: {}, tls: true, postcopy: false };
+    case 'peer.adopt':
+      return { source: 'host-z', spec: {} };
+    default:
+      return a.body ? {} : undefined;
   }
 }
 
@@ -78,24 +116,39 @@ async function snapshot(lab: string): Promise<string> {
   };
   const vms = await ferryOk(['vm', 'list', '--json'], { lab });
   const sws = await ferryOk(['switch', 'list', '--json'], { lab });
-  const pools = (await ferryOk<Array<{ name: string; granted: string[] }>>(['pool', 'list', '--json'], { lab })).map((p) => [p.name, p.granted]);
+  const pools = (await ferryOk<Array<{ name: string; granted: string[] }>>(['pool', 'list', '--json'], { lab })).map(
+    (p) => [p.name, p.granted],
+  );
   const host = await ferryOk<{ migration: unknown }>(['host', 'show', 'host-a', '--json'], { lab });
   return JSON.stringify({ vms, sws, pools, migration: host.migration, files: (await list(lab)).sort() });
 }
 
 test('every route answers hostile input with a 4xx and a clear message, and changes nothing', async () => {
   const lab = L.lab;
-  await ferryOk(['vm', 'new', 'keep1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(lab, 'shared', 'keep1')], { lab });
+  await ferryOk(
+    ['vm', 'new', 'keep1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(lab, 'shared', 'keep1')],
+    { lab },
+  );
   const port = Number(new URL(L.status.hosts[0]!.endpoint).port);
   const d = path.join(lab, 'domain');
-  const agent = new https.Agent({ keepAlive: true, ca: fs.readFileSync(path.join(d, 'ca.crt')), cert: fs.readFileSync(path.join(d, 'admins', 'admin.crt')), key: fs.readFileSync(path.join(d, 'admins', 'admin.key')), checkServerIdentity: () => undefined });
+  const agent = new https.Agent({
+    keepAlive: true,
+    ca: fs.readFileSync(path.join(d, 'ca.crt')),
+    cert: fs.readFileSync(path.join(d, 'admins', 'admin.crt')),
+    key: fs.readFileSync(path.join(d, 'admins', 'admin.key')),
+    checkServerIdentity: () => undefined,
+  });
   const before = await snapshot(lab);
   let cases = 0;
   const failures: string[] = [];
   const check = (what: string, r: Resp): void => {
     cases++;
     let body: { error?: { code?: string; message?: string } } = {};
-    try { body = JSON.parse(r.body) as typeof body; } catch { /* checked below */ }
+    try {
+      body = JSON.parse(r.body) as typeof body;
+    } catch {
+      /* checked below */
+    }
     const msg = body.error?.message ?? '';
     if (r.status < 400 || r.status >= 500 || !body.error?.code || !/^Cannot /.test(msg) || /\n\s+at /.test(r.body)) {
       failures.push(`${what} → ${r.status} ${r.body.slice(0, 200)}`);
@@ -103,10 +156,20 @@ test('every route answers hostile input with a 4xx and a clear message, and chan
   };
   const all = [...Object.values(actions), ...Object.values(peerActions)] as Action[];
   for (const a of all) {
-    const params = a.path.includes(':name') ? ['keep1', 'shared'] : a.path.includes(':id') ? ['00000000-0000-0000-0000-000000000000'] : [''];
+    const params = a.path.includes(':name')
+      ? ['keep1', 'shared']
+      : a.path.includes(':id')
+        ? ['00000000-0000-0000-0000-000000000000']
+        : [''];
     // Bad path parameters.
     if (a.path.includes(':')) {
-      for (const bad of ['..%2F..%2Fetc', encodeURIComponent('😀'.repeat(20)), 'a'.repeat(300), '%00x', encodeURIComponent('../x')]) {
+      for (const bad of [
+        '..%2F..%2Fetc',
+        encodeURIComponent('😀'.repeat(20)),
+        'a'.repeat(300),
+        '%00x',
+        encodeURIComponent('../x'),
+      ]) {
         const url = a.path.replace(/:([A-Za-z]+)/, bad);
         const t = template(a, lab);
         check(`${a.method} ${url}`, await request(agent, port, a.method, url, t ? JSON.stringify(t) : undefined));
@@ -128,10 +191,18 @@ test('every route answers hostile input with a 4xx and a clear message, and chan
     }
     // Bad query strings.
     if (a.query) {
-      for (const q of ['all=maybe', 'tail=-1', 'tail=1e99', 'follow=yes', 'path=..%2F..%2Fetc', 'path=' + 'a'.repeat(5000)]) {
+      for (const q of [
+        'all=maybe',
+        'tail=-1',
+        'tail=1e99',
+        'follow=yes',
+        'path=..%2F..%2Fetc',
+        'path=' + 'a'.repeat(5000),
+      ]) {
         const url = a.path.replace(/:([A-Za-z]+)/, params[0]!) + '?' + q;
         const r = await request(agent, port, a.method, url);
-        if (r.status >= 400) check(`${a.method} ${url.slice(0, 80)}`, r); else cases++;
+        if (r.status >= 400) check(`${a.method} ${url.slice(0, 80)}`, r);
+        else cases++;
         if (r.status >= 500) failures.push(`${a.method} ${url} → ${r.status}`);
       }
     }
@@ -143,7 +214,8 @@ test('every route answers hostile input with a 4xx and a clear message, and chan
     { name: 'fz2', guest: 'bootblock', path: path.join(lab, 'shared', 'etc-link', 'fz2') },
     { name: 'fz3', disks: [{ attach: '/etc/passwd' }] },
     { name: 'fz4', disks: [{ attach: path.join(lab, 'shared', 'etc-link', 'passwd') }] },
-  ]) check(`POST /v1/vms ${JSON.stringify(body)}`, await request(agent, port, 'POST', '/v1/vms', JSON.stringify(body)));
+  ])
+    check(`POST /v1/vms ${JSON.stringify(body)}`, await request(agent, port, 'POST', '/v1/vms', JSON.stringify(body)));
   check('GET browse ../..', await request(agent, port, 'GET', '/v1/pools/shared/browse?path=..%2F..%2F..%2Fetc'));
   check('GET browse symlink', await request(agent, port, 'GET', '/v1/pools/shared/browse?path=etc-link'));
   fs.unlinkSync(path.join(lab, 'shared', 'etc-link'));
@@ -156,7 +228,13 @@ test('every route answers hostile input with a 4xx and a clear message, and chan
 
 function get(port: number, opts: https.RequestOptions): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = https.request({ host: '127.0.0.1', port, path: '/v1/host', method: 'GET', rejectUnauthorized: false, ...opts }, (res) => { res.resume(); resolve(res.statusCode ?? 0); });
+    const req = https.request(
+      { host: '127.0.0.1', port, path: '/v1/host', method: 'GET', rejectUnauthorized: false, ...opts },
+      (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      },
+    );
     req.on('error', reject);
     req.end();
   });

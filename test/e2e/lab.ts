@@ -11,7 +11,11 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { parseSerial } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
 
-export interface TestLab { dir: string; lab: string; status: LabStatus }
+export interface TestLab {
+  dir: string;
+  lab: string;
+  status: LabStatus;
+}
 
 export function useLab(hosts = 2): TestLab {
   const l: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
@@ -27,10 +31,14 @@ export function useLab(hosts = 2): TestLab {
   return l;
 }
 
-export function hostData(l: TestLab, host: string): string { return path.join(l.lab, 'hosts', host, 'data'); }
+export function hostData(l: TestLab, host: string): string {
+  return path.join(l.lab, 'hosts', host, 'data');
+}
 
 /** The serial log of a VM on a host (each host keeps its own). */
-export function serialLog(l: TestLab, host: string, vmId: string): string { return path.join(hostData(l, host), 'run', vmId, 'serial.log'); }
+export function serialLog(l: TestLab, host: string, vmId: string): string {
+  return path.join(hostData(l, host), 'run', vmId, 'serial.log');
+}
 
 export async function readLogs(l: TestLab, vmId: string): Promise<string[]> {
   const out: string[] = [];
@@ -66,7 +74,12 @@ export function heartbeatContinuity(logs: string[]): { first: number; last: numb
 }
 
 /** Polls a migration record until it reaches one of `states`. */
-export async function waitMigration(l: TestLab, id: string, states: string[], timeoutMs = 90_000): Promise<MigrationRecord> {
+export async function waitMigration(
+  l: TestLab,
+  id: string,
+  states: string[],
+  timeoutMs = 90_000,
+): Promise<MigrationRecord> {
   const until = Date.now() + timeoutMs;
   for (;;) {
     const r = await ferry(['migration', 'show', id, '--json'], { lab: l.lab });

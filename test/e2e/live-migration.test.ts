@@ -18,7 +18,8 @@ const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const size = (f: string): number => fs.statSync(f).size;
 
-const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> => waitMigration(L, id, states, timeoutMs);
+const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> =>
+  waitMigration(L, id, states, timeoutMs);
 
 /** Nothing of the VM left on a host: no QEMU, not registered. */
 async function assertGoneFrom(host: string, vm: VmView): Promise<void> {
@@ -28,7 +29,22 @@ async function assertGoneFrom(host: string, vm: VmView): Promise<void> {
 }
 
 test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every acked record intact', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'web1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(L.lab, 'shared', 'web1'), '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'web1',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--path',
+      path.join(L.lab, 'shared', 'web1'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   await waitProbe(L, vm, 30);
   const logA = serialLog(L, 'host-a', vm.id);
   const logB = serialLog(L, 'host-b', vm.id);
@@ -37,7 +53,10 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
   assert.equal(there.state, 'completed', JSON.stringify(there.error));
   assert.equal(there.kind, 'live');
   assert.equal(there.progress, 1);
-  assert.ok(there.downtimeMs !== null && there.downtimeMs >= 0 && there.downtimeMs < 1000, `downtime ${there.downtimeMs}`);
+  assert.ok(
+    there.downtimeMs !== null && there.downtimeMs >= 0 && there.downtimeMs < 1000,
+    `downtime ${there.downtimeMs}`,
+  );
   assert.ok(there.bytesTransferred > 0 && there.totalMs! > 0);
   const atB = await show('web1');
   assert.equal(atB.host, 'host-b');
@@ -58,10 +77,14 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
   assert.deepEqual(c.missing, [], 'no heartbeat lost across two moves');
   assert.ok(c.total > 60);
   const hbs = parseSerial(stitched).heartbeats;
-  for (let i = 1; i < hbs.length; i++) assert.equal(hbs[i]!.seq, hbs[i - 1]!.seq + 1, 'the sequence never resets or jumps');
+  for (let i = 1; i < hbs.length; i++)
+    assert.equal(hbs[i]!.seq, hbs[i - 1]!.seq + 1, 'the sequence never resets or jumps');
 
   const history = await ferryOk<MigrationRecord[]>(['migration', 'list', '--all', '--json'], { lab: L.lab });
-  assert.deepEqual(history.filter((r) => r.vm === 'web1').map((r) => `${r.source}>${r.destination}:${r.state}`), ['host-a>host-b:completed', 'host-b>host-a:completed']);
+  assert.deepEqual(
+    history.filter((r) => r.vm === 'web1').map((r) => `${r.source}>${r.destination}:${r.state}`),
+    ['host-a>host-b:completed', 'host-b>host-a:completed'],
+  );
 
   await ferryOk(['vm', 'stop', 'web1'], { lab: L.lab });
   const ack = parseSerial(stitched + (await fsp.readFile(logA, 'utf8')).slice(a.length)).highestAck!;
@@ -72,9 +95,26 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
 });
 
 test('the bootblock memory pattern is intact on the destination', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'bb1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(L.lab, 'shared', 'bb1'), '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'bb1',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--path',
+      path.join(L.lab, 'shared', 'bb1'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   await sleep(2000);
-  const r = await ferryOk<MigrationRecord>(['move-vm', 'bb1', '--to', 'host-b', '--max-downtime', '5000', '--json'], { lab: L.lab });
+  const r = await ferryOk<MigrationRecord>(['move-vm', 'bb1', '--to', 'host-b', '--max-downtime', '5000', '--json'], {
+    lab: L.lab,
+  });
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
   const qmp = await QmpClient.connect(path.join(hostData(L, 'host-b'), 'run', vm.id, 'qmp-admin.sock'), { vm: 'bb1' });
   try {
@@ -88,9 +128,26 @@ test('the bootblock memory pattern is intact on the destination', async () => {
 });
 
 test('cancel during copying-memory: the VM keeps running on A, nothing is left on B', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'slow1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(L.lab, 'shared', 'slow1'), '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'slow1',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--path',
+      path.join(L.lab, 'shared', 'slow1'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   await waitProbe(L, vm, 10);
-  const id = (await ferryOk(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab }) as string).trim();
+  const id = (
+    (await ferryOk(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })) as string
+  ).trim();
   const copying = await waitState(id, ['copying-memory']);
   assert.equal(copying.state, 'copying-memory');
   assert.equal((await show('slow1')).state, 'migrating');
@@ -108,13 +165,18 @@ test('cancel during copying-memory: the VM keeps running on A, nothing is left o
   assert.equal(fs.existsSync(path.join(hostData(L, 'host-b'), 'run', vm.id)), false, "B's run folder removed");
   const before = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).heartbeats.length;
   await sleep(1500);
-  assert.ok(parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).heartbeats.length > before + 20, 'still running on A');
+  assert.ok(
+    parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).heartbeats.length > before + 20,
+    'still running on A',
+  );
   const again = await ferry(['migration', 'cancel', id], { lab: L.lab });
   assert.equal(again.code, 1);
   assert.match(again.stderr, /is cancelled/);
 
   // The destination QEMU dies mid-copy: same outcome, and the record says why.
-  const id2 = (await ferryOk(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab }) as string).trim();
+  const id2 = (
+    (await ferryOk(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })) as string
+  ).trim();
   await waitState(id2, ['copying-memory']);
   await sleep(500);
   const [destPid] = await hostQemuPids(hostData(L, 'host-b'));
@@ -132,7 +194,10 @@ test('cancel during copying-memory: the VM keeps running on A, nothing is left o
   const ok = await ferryOk<MigrationRecord>(['move-vm', 'slow1', '--to', 'host-b', '--json'], { lab: L.lab });
   assert.equal(ok.state, 'completed');
   await ferryOk(['vm', 'stop', 'slow1'], { lab: L.lab });
-  const logs = [await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'), await fsp.readFile(serialLog(L, 'host-b', vm.id), 'utf8')];
+  const logs = [
+    await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'),
+    await fsp.readFile(serialLog(L, 'host-b', vm.id), 'utf8'),
+  ];
   const ack = Math.max(...logs.map((t) => parseSerial(t).highestAck ?? 0));
   assert.equal((await verifyDiskImage(vm.disks[0]!.path, { format: 'qcow2', highestAck: ack })).ok, true);
   await ferryOk(['vm', 'rm', 'slow1'], { lab: L.lab });
@@ -140,10 +205,33 @@ test('cancel during copying-memory: the VM keeps running on A, nothing is left o
 
 test('three moves with max-live 2: one waits in the queue, then all complete', async () => {
   const names = ['q1', 'q2', 'q3'];
-  for (const n of names) await ferryOk(['vm', 'new', n, '--host', 'host-a', '--guest', 'probe', '--memory', '128M', '--probe-no-writer', '--path', path.join(L.lab, 'shared', n), '--start'], { lab: L.lab });
+  for (const n of names)
+    await ferryOk(
+      [
+        'vm',
+        'new',
+        n,
+        '--host',
+        'host-a',
+        '--guest',
+        'probe',
+        '--memory',
+        '128M',
+        '--probe-no-writer',
+        '--path',
+        path.join(L.lab, 'shared', n),
+        '--start',
+      ],
+      { lab: L.lab },
+    );
   await sleep(3000);
   const ids: string[] = [];
-  for (const n of names) ids.push((await ferryOk(['move-vm', n, '--to', 'host-b', '--bandwidth', '8', '--no-wait'], { lab: L.lab }) as string).trim());
+  for (const n of names)
+    ids.push(
+      (
+        (await ferryOk(['move-vm', n, '--to', 'host-b', '--bandwidth', '8', '--no-wait'], { lab: L.lab })) as string
+      ).trim(),
+    );
   const list = await ferryOk<MigrationRecord[]>(['migration', 'list', '--json'], { lab: L.lab });
   const queued = list.filter((r) => r.state === 'queued');
   assert.equal(queued.length, 1, `states: ${list.map((r) => r.state).join(',')}`);
@@ -161,23 +249,74 @@ test('three moves with max-live 2: one waits in the queue, then all complete', a
 });
 
 test('a guest dirtying faster than --bandwidth: the ladder completes it, or a too-small --finish-within aborts cleanly', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'hot1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(L.lab, 'shared', 'hot1'), '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'hot1',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--path',
+      path.join(L.lab, 'shared', 'hot1'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   await sleep(1500);
-  const fail = await ferry(['move-vm', 'hot1', '--to', 'host-b', '--bandwidth', '16', '--max-downtime', '50', '--finish-within', '6', '--json'], { lab: L.lab, timeoutMs: 60_000 });
+  const fail = await ferry(
+    [
+      'move-vm',
+      'hot1',
+      '--to',
+      'host-b',
+      '--bandwidth',
+      '16',
+      '--max-downtime',
+      '50',
+      '--finish-within',
+      '6',
+      '--json',
+    ],
+    { lab: L.lab, timeoutMs: 60_000 },
+  );
   assert.equal(fail.code, 1);
   const fr = JSON.parse(fail.stdout) as MigrationRecord;
   assert.equal(fr.state, 'failed');
   assert.equal(fr.error?.code, 'E_NOT_CONVERGING');
-  assert.match(fr.error!.message, /dirties memory at [\d.]+ MiB\/s against [\d.]+ MiB\/s of bandwidth.*--finish-within/);
+  assert.match(
+    fr.error!.message,
+    /dirties memory at [\d.]+ MiB\/s against [\d.]+ MiB\/s of bandwidth.*--finish-within/,
+  );
   assert.ok(fr.totalMs! < 30_000, 'aborted near its budget, never hangs');
   assert.equal((await show('hot1')).host, 'host-a');
   assert.equal((await show('hot1')).state, 'running');
   await assertGoneFrom('host-b', vm);
 
-  const ok = await ferry(['move-vm', 'hot1', '--to', 'host-b', '--bandwidth', '16', '--max-downtime', '20000', '--finish-within', '90', '--json'], { lab: L.lab, timeoutMs: 150_000 });
+  const ok = await ferry(
+    [
+      'move-vm',
+      'hot1',
+      '--to',
+      'host-b',
+      '--bandwidth',
+      '16',
+      '--max-downtime',
+      '20000',
+      '--finish-within',
+      '90',
+      '--json',
+    ],
+    { lab: L.lab, timeoutMs: 150_000 },
+  );
   const okr = JSON.parse(ok.stdout) as MigrationRecord;
   assert.equal(okr.state, 'completed', JSON.stringify(okr.error));
-  assert.ok(okr.events.some((e) => /downtime limit raised/.test(e.message)), 'the ladder raised the downtime limit');
+  assert.ok(
+    okr.events.some((e) => /downtime limit raised/.test(e.message)),
+    'the ladder raised the downtime limit',
+  );
   const qmp = await QmpClient.connect(path.join(hostData(L, 'host-b'), 'run', vm.id, 'qmp-admin.sock'), { vm: 'hot1' });
   try {
     assert.equal((await verifyGuestMemory(qmp, path.join(L.dir, 'hot1.dump'))).ok, true);
@@ -207,30 +346,92 @@ test('compare-vm: each incompatibility from a real setup, and move-vm refuses wi
 
   const sh = (n: string): string => path.join(L.lab, 'shared', n);
   await ferryOk(['switch', 'new', 'prod', '--host', 'host-a', '--user'], { lab: L.lab });
-  await ferryOk(['vm', 'new', 'sw1', '--host', 'host-a', '--guest', 'bootblock', '--switch', 'prod', '--path', sh('sw1')], { lab: L.lab });
+  await ferryOk(
+    ['vm', 'new', 'sw1', '--host', 'host-a', '--guest', 'bootblock', '--switch', 'prod', '--path', sh('sw1')],
+    { lab: L.lab },
+  );
   const sw = await cmp('sw1');
   assert.deepEqual(codes(sw), ['E_SWITCH_MISSING']);
   assert.match(sw.incompatibilities[0]!.message, /ferry switch new prod --host host-b/);
 
-  await ferryOk(['vm', 'new', 'cpu1', '--host', 'host-a', '--guest', 'bootblock', '--cpu', 'Skylake-Server', '--path', sh('cpu1')], { lab: L.lab });
+  await ferryOk(
+    ['vm', 'new', 'cpu1', '--host', 'host-a', '--guest', 'bootblock', '--cpu', 'Skylake-Server', '--path', sh('cpu1')],
+    { lab: L.lab },
+  );
   assert.ok(codes(await cmp('cpu1')).includes('E_CPU_FEATURES'));
-  const compat = await ferry(['vm', 'new', 'cpu2', '--host', 'host-a', '--guest', 'bootblock', '--cpu', 'compat', '--path', sh('cpu2'), '--json'], { lab: L.lab });
+  const compat = await ferry(
+    [
+      'vm',
+      'new',
+      'cpu2',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--cpu',
+      'compat',
+      '--path',
+      sh('cpu2'),
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   assert.equal(compat.code, 0, compat.stderr);
   assert.notEqual((JSON.parse(compat.stdout) as VmView).cpuModel, 'compat');
   assert.deepEqual(codes(await cmp('cpu2')), []);
 
   // Memory: a big VM already assigned on host-b leaves too little for another.
-  const free = (await ferryOk<{ memory: { freeBytes: number } }>(['host', 'show', 'host-b', '--json'], { lab: L.lab })).memory.freeBytes;
+  const free = (await ferryOk<{ memory: { freeBytes: number } }>(['host', 'show', 'host-b', '--json'], { lab: L.lab }))
+    .memory.freeBytes;
   // 60 % each: still too much for two when other tests free some memory meanwhile.
   const bigMiB = Math.floor((free * 0.6) / 1024 / 1024);
-  await ferryOk(['vm', 'new', 'big-b', '--host', 'host-b', '--guest', 'bootblock', '--memory', `${bigMiB}M`, '--path', sh('big-b'), '--start'], { lab: L.lab });
-  await ferryOk(['vm', 'new', 'big-a', '--host', 'host-a', '--guest', 'bootblock', '--memory', `${bigMiB}M`, '--path', sh('big-a'), '--start'], { lab: L.lab });
+  await ferryOk(
+    [
+      'vm',
+      'new',
+      'big-b',
+      '--host',
+      'host-b',
+      '--guest',
+      'bootblock',
+      '--memory',
+      `${bigMiB}M`,
+      '--path',
+      sh('big-b'),
+      '--start',
+    ],
+    { lab: L.lab },
+  );
+  await ferryOk(
+    [
+      'vm',
+      'new',
+      'big-a',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--memory',
+      `${bigMiB}M`,
+      '--path',
+      sh('big-a'),
+      '--start',
+    ],
+    { lab: L.lab },
+  );
   assert.deepEqual(codes(await cmp('big-a')), ['E_MEMORY']);
-  for (const n of ['big-a', 'big-b']) { await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab }); await ferryOk(['vm', 'rm', n], { lab: L.lab }); }
+  for (const n of ['big-a', 'big-b']) {
+    await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab });
+    await ferryOk(['vm', 'rm', n], { lab: L.lab });
+  }
 
   // Name taken on the destination.
-  await ferryOk(['vm', 'new', 'dupe', '--host', 'host-a', '--guest', 'bootblock', '--path', sh('dupe')], { lab: L.lab });
-  const dupB = await ferry(['vm', 'new', 'dupe', '--host', 'host-b', '--guest', 'bootblock', '--path', sh('dupe-b')], { lab: L.lab });
+  await ferryOk(['vm', 'new', 'dupe', '--host', 'host-a', '--guest', 'bootblock', '--path', sh('dupe')], {
+    lab: L.lab,
+  });
+  const dupB = await ferry(['vm', 'new', 'dupe', '--host', 'host-b', '--guest', 'bootblock', '--path', sh('dupe-b')], {
+    lab: L.lab,
+  });
   assert.equal(dupB.code, 0, dupB.stderr);
   assert.ok(codes(await cmp('dupe')).includes('E_NAME_EXISTS'));
 
@@ -241,19 +442,38 @@ test('compare-vm: each incompatibility from a real setup, and move-vm refuses wi
   await ferryOk(['pool', 'revoke', 'shared', '--host', 'host-b'], { lab: L.lab });
   const ng = await cmp('cpu2');
   assert.ok(codes(ng).includes('E_POOL_NOT_GRANTED'));
-  assert.match(ng.incompatibilities.find((i) => i.code === 'E_POOL_NOT_GRANTED')!.message, /ferry pool grant shared --host host-b/);
+  assert.match(
+    ng.incompatibilities.find((i) => i.code === 'E_POOL_NOT_GRANTED')!.message,
+    /ferry pool grant shared --host host-b/,
+  );
   await ferryOk(['pool', 'grant', 'shared', '--host', 'host-b'], { lab: L.lab });
 
   // A host of another domain: its certificate is not from our CA.
   const other = path.join(L.dir, 'other');
-  const st = await ferryOk<{ hosts: Array<{ endpoint: string }> }>(['lab', 'up', '--dir', other, '--hosts', '1', '--json']);
+  const st = await ferryOk<{ hosts: Array<{ endpoint: string }> }>([
+    'lab',
+    'up',
+    '--dir',
+    other,
+    '--hosts',
+    '1',
+    '--json',
+  ]);
   try {
     const ctx = path.join(L.dir, 'ctx.json');
     const d = path.join(L.lab, 'domain');
-    await fsp.writeFile(ctx, JSON.stringify({
-      ca: path.join(d, 'ca.crt'), cert: path.join(d, 'admins', 'admin.crt'), key: path.join(d, 'admins', 'admin.key'),
-      hosts: [{ name: 'host-a', endpoint: L.status.hosts[0]!.endpoint }, { name: 'host-a2', endpoint: st.hosts[0]!.endpoint }],
-    }));
+    await fsp.writeFile(
+      ctx,
+      JSON.stringify({
+        ca: path.join(d, 'ca.crt'),
+        cert: path.join(d, 'admins', 'admin.crt'),
+        key: path.join(d, 'admins', 'admin.key'),
+        hosts: [
+          { name: 'host-a', endpoint: L.status.hosts[0]!.endpoint },
+          { name: 'host-a2', endpoint: st.hosts[0]!.endpoint },
+        ],
+      }),
+    );
     const r = await ferry(['compare-vm', 'cpu2', '--to', 'host-a2', '--json', '--context', ctx]);
     assert.equal(r.code, 3);
     assert.deepEqual(codes(JSON.parse(r.stdout) as CompareReport), ['E_DOMAIN']);
@@ -264,7 +484,10 @@ test('compare-vm: each incompatibility from a real setup, and move-vm refuses wi
 });
 
 test('a stopped VM moves by registration only', async () => {
-  await ferryOk(['vm', 'new', 'off1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(L.lab, 'shared', 'off1')], { lab: L.lab });
+  await ferryOk(
+    ['vm', 'new', 'off1', '--host', 'host-a', '--guest', 'bootblock', '--path', path.join(L.lab, 'shared', 'off1')],
+    { lab: L.lab },
+  );
   const r = await ferryOk<MigrationRecord>(['move-vm', 'off1', '--to', 'host-b', '--json'], { lab: L.lab });
   assert.equal(r.state, 'completed');
   assert.equal(r.kind, 'offline');

@@ -15,7 +15,8 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
-const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> => waitMigration(L, id, states, timeoutMs);
+const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> =>
+  waitMigration(L, id, states, timeoutMs);
 
 async function killAgent(host: string): Promise<void> {
   const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', L.lab, '--json']);
@@ -29,16 +30,28 @@ async function assertOnAOnly(vm: VmView): Promise<void> {
   assert.equal(v.state, 'running');
   assert.equal((await hostQemuPids(hostData(L, 'host-a'))).length, 1);
   assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), [], 'no QEMU left on host-b');
-  assert.deepEqual((await ferryOk<VmView[]>(['vm', 'list', '--host', 'host-b', '--json'], { lab: L.lab })).map((x) => x.name), []);
+  assert.deepEqual(
+    (await ferryOk<VmView[]>(['vm', 'list', '--host', 'host-b', '--json'], { lab: L.lab })).map((x) => x.name),
+    [],
+  );
   const before = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).heartbeats.length;
   await sleep(1000);
-  assert.ok(parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).heartbeats.length > before + 10, 'the guest runs');
+  assert.ok(
+    parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).heartbeats.length > before + 10,
+    'the guest runs',
+  );
 }
 
 test('the source agent killed during the memory copy: after its restart the move is rolled back', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'r1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(['vm', 'new', 'r1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
   await waitProbe(L, vm, 10);
-  const id = (await ferryOk(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--bandwidth', '2', '--no-wait'], { lab: L.lab }) as string).trim();
+  const id = (
+    (await ferryOk(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--bandwidth', '2', '--no-wait'], {
+      lab: L.lab,
+    })) as string
+  ).trim();
   await waitState(id, ['copying-memory']);
   await killAgent('host-a');
   await sleep(2000); // the stream goes on without its agent
@@ -50,20 +63,29 @@ test('the source agent killed during the memory copy: after its restart the move
   await assertOnAOnly(vm);
   assert.equal(fs.existsSync(`${hostData(L, 'host-b')}/pools/local/r1`), false, "host-b's half-written copy is gone");
   // A retry succeeds.
-  const ok = await ferryOk<MigrationRecord>(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
+  const ok = await ferryOk<MigrationRecord>(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--json'], {
+    lab: L.lab,
+  });
   assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
   await ferryOk(['vm', 'stop', 'r1'], { lab: L.lab });
   const v = await show('r1');
-  const logs = await Promise.all(['host-a', 'host-b'].map((h) => fsp.readFile(serialLog(L, h, vm.id), 'utf8').catch(() => '')));
+  const logs = await Promise.all(
+    ['host-a', 'host-b'].map((h) => fsp.readFile(serialLog(L, h, vm.id), 'utf8').catch(() => '')),
+  );
   const ack = Math.max(...logs.map((t) => parseSerial(t).highestAck ?? 0));
   assert.equal((await verifyDiskImage(v.disks[0]!.path, { format: 'qcow2', highestAck: ack })).ok, true);
   await ferryOk(['vm', 'rm', 'r1'], { lab: L.lab });
 });
 
 test('the destination agent killed during the memory copy: the VM stays on the source, the destination cleans up when it restarts', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'r2', '--host', 'host-a', '--guest', 'probe', '--path', `${L.lab}/shared/r2`, '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(
+    ['vm', 'new', 'r2', '--host', 'host-a', '--guest', 'probe', '--path', `${L.lab}/shared/r2`, '--start', '--json'],
+    { lab: L.lab },
+  );
   await waitProbe(L, vm, 10);
-  const id = (await ferryOk(['move-vm', 'r2', '--to', 'host-b', '--bandwidth', '4', '--no-wait'], { lab: L.lab }) as string).trim();
+  const id = (
+    (await ferryOk(['move-vm', 'r2', '--to', 'host-b', '--bandwidth', '4', '--no-wait'], { lab: L.lab })) as string
+  ).trim();
   await waitState(id, ['copying-memory']);
   await killAgent('host-b');
   const r = await waitState(id, ['failed', 'cancelled', 'completed'], 120_000);

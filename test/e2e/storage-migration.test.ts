@@ -18,13 +18,16 @@ const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const local = (host: string, ...p: string[]): string => path.join(hostData(L, host), 'pools', 'local', ...p);
 
-const waitState = (id: string, states: string[], timeoutMs = 90_000): Promise<MigrationRecord> => waitMigration(L, id, states, timeoutMs);
+const waitState = (id: string, states: string[], timeoutMs = 90_000): Promise<MigrationRecord> =>
+  waitMigration(L, id, states, timeoutMs);
 
 /** Stops the VM and checks every record it acknowledged (on any host) is on its disk. */
 async function stopAndVerify(vm: VmView): Promise<void> {
   await ferryOk(['vm', 'stop', vm.name], { lab: L.lab });
   const now = await show(vm.name);
-  const logs = await Promise.all(L.status.hosts.map((h) => fsp.readFile(serialLog(L, h.name, vm.id), 'utf8').catch(() => '')));
+  const logs = await Promise.all(
+    L.status.hosts.map((h) => fsp.readFile(serialLog(L, h.name, vm.id), 'utf8').catch(() => '')),
+  );
   const ack = Math.max(...logs.map((t) => parseSerial(t).highestAck ?? 0));
   assert.ok(ack > 0);
   const d = now.disks[0]!;
@@ -33,10 +36,14 @@ async function stopAndVerify(vm: VmView): Promise<void> {
 }
 
 test('shared nothing A→B under the disk writer: acked records on B, heartbeat continuous, source files gone', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'sn1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(['vm', 'new', 'sn1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
   await waitProbe(L, vm, 30);
   const logA = serialLog(L, 'host-a', vm.id);
-  const r = await ferryOk<MigrationRecord>(['move-vm', 'sn1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
+  const r = await ferryOk<MigrationRecord>(['move-vm', 'sn1', '--to', 'host-b', '--include-storage', '--json'], {
+    lab: L.lab,
+  });
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
   assert.equal(r.kind, 'shared-nothing');
   assert.equal(r.disks.length, 1);
@@ -49,7 +56,8 @@ test('shared nothing A→B under the disk writer: acked records on B, heartbeat 
   assert.equal(fs.existsSync(vm.disks[0]!.path), false, 'the source disk is gone');
   const endA = fs.statSync(logA).size;
   await waitProbe(L, atB, 20);
-  const stitched = (await fsp.readFile(logA, 'utf8')).slice(0, endA) + (await fsp.readFile(serialLog(L, 'host-b', vm.id), 'utf8'));
+  const stitched =
+    (await fsp.readFile(logA, 'utf8')).slice(0, endA) + (await fsp.readFile(serialLog(L, 'host-b', vm.id), 'utf8'));
   assert.deepEqual(heartbeatContinuity([stitched]).missing, []);
   await stopAndVerify(atB);
   assert.deepEqual(await hostQemuPids(hostData(L, 'host-a')), []);
@@ -57,18 +65,57 @@ test('shared nothing A→B under the disk writer: acked records on B, heartbeat 
 });
 
 test('--retain-source keeps the source files; per-item placement puts each file where asked', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'sn2', '--host', 'host-a', '--guest', 'probe', '--disk', '64M', '--disk', '32M,format=raw', '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'sn2',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--disk',
+      '64M',
+      '--disk',
+      '32M,format=raw',
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   await waitProbe(L, vm, 10);
   const [d0, d1] = vm.disks;
   const cfg = local('host-b', 'cfg-sn2');
   const vhd0 = local('host-b', 'disks', 'sn2-data.qcow2');
   const vhd1 = path.join(L.lab, 'shared', 'sn2-extra.raw');
-  const r = await ferryOk<MigrationRecord>(['move-vm', 'sn2', '--to', 'host-b', '--include-storage', '--retain-source', '--config-path', cfg,
-    '--vhd', `${d0!.path}=${vhd0}`, '--vhd', `${d1!.path}=${vhd1}`, '--json'], { lab: L.lab });
+  const r = await ferryOk<MigrationRecord>(
+    [
+      'move-vm',
+      'sn2',
+      '--to',
+      'host-b',
+      '--include-storage',
+      '--retain-source',
+      '--config-path',
+      cfg,
+      '--vhd',
+      `${d0!.path}=${vhd0}`,
+      '--vhd',
+      `${d1!.path}=${vhd1}`,
+      '--json',
+    ],
+    { lab: L.lab },
+  );
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
   const v = await show('sn2');
   assert.equal(v.configPath, cfg);
-  assert.deepEqual(v.disks.map((d) => [d.path, d.format]), [[vhd0, 'qcow2'], [vhd1, 'raw']]);
+  assert.deepEqual(
+    v.disks.map((d) => [d.path, d.format]),
+    [
+      [vhd0, 'qcow2'],
+      [vhd1, 'raw'],
+    ],
+  );
   assert.ok(fs.existsSync(path.join(cfg, 'vm.json')) && fs.existsSync(path.join(cfg, 'vmlinuz')));
   assert.ok(fs.existsSync(d0!.path) && fs.existsSync(d1!.path), 'source disks kept');
   await stopAndVerify(v);
@@ -77,7 +124,9 @@ test('--retain-source keeps the source files; per-item placement puts each file 
 });
 
 test('storage move of a running VM between two folders while the writer runs, then of a stopped VM', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'st1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(['vm', 'new', 'st1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
   await waitProbe(L, vm, 20);
   const to = path.join(L.lab, 'shared', 'st1');
   const r = await ferryOk<MigrationRecord>(['move-storage', 'st1', '--path', to, '--json'], { lab: L.lab });
@@ -106,15 +155,42 @@ test('storage move of a running VM between two folders while the writer runs, th
   await ferryOk(['vm', 'rm', 'st1'], { lab: L.lab });
 });
 
-test('every format moves: qcow2 and raw live with their VM; all four by storage migration and by a stopped VM\'s move', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'fmt1', '--host', 'host-a', '--guest', 'bootblock',
-    '--disk', '16M,format=qcow2', '--disk', '16M,format=raw', '--disk', '16M,format=vhdx', '--disk', '16M,format=vpc', '--start', '--json'], { lab: L.lab });
-  assert.deepEqual(vm.disks.map((d) => d.format), ['raw', 'qcow2', 'raw', 'vhdx', 'vpc']);
+test("every format moves: qcow2 and raw live with their VM; all four by storage migration and by a stopped VM's move", async () => {
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'fmt1',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--disk',
+      '16M,format=qcow2',
+      '--disk',
+      '16M,format=raw',
+      '--disk',
+      '16M,format=vhdx',
+      '--disk',
+      '16M,format=vpc',
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
+  assert.deepEqual(
+    vm.disks.map((d) => d.format),
+    ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
+  );
   // QEMU refuses to live-migrate vhdx and vpc: the pre-flight check says so, naming both disks.
   const cmp = await ferry(['compare-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
   assert.equal(cmp.code, 3);
-  const incs = (JSON.parse(cmp.stdout) as { incompatibilities: Array<{ code: string; field: string }> }).incompatibilities;
-  assert.deepEqual(incs.map((i) => `${i.code} ${i.field}`), ['E_FORMAT_NOT_MIGRATABLE disks.3.format', 'E_FORMAT_NOT_MIGRATABLE disks.4.format']);
+  const incs = (JSON.parse(cmp.stdout) as { incompatibilities: Array<{ code: string; field: string }> })
+    .incompatibilities;
+  assert.deepEqual(
+    incs.map((i) => `${i.code} ${i.field}`),
+    ['E_FORMAT_NOT_MIGRATABLE disks.3.format', 'E_FORMAT_NOT_MIGRATABLE disks.4.format'],
+  );
 
   // Running: storage migration moves every format.
   const shared = path.join(L.lab, 'shared', 'fmt1');
@@ -128,35 +204,73 @@ test('every format moves: qcow2 and raw live with their VM; all four by storage 
   }
   // Stopped: qemu-img copies every format, then the VM moves to host-b by registration.
   await ferryOk(['vm', 'stop', 'fmt1', '--force'], { lab: L.lab });
-  const r2 = await ferryOk<MigrationRecord>(['move-storage', 'fmt1', '--path', local('host-a', 'fmt1-b'), '--json'], { lab: L.lab });
+  const r2 = await ferryOk<MigrationRecord>(['move-storage', 'fmt1', '--path', local('host-a', 'fmt1-b'), '--json'], {
+    lab: L.lab,
+  });
   assert.equal(r2.state, 'completed', JSON.stringify(r2.error));
   v = await show('fmt1');
-  assert.deepEqual(v.disks.map((d) => d.format), ['raw', 'qcow2', 'raw', 'vhdx', 'vpc']);
+  assert.deepEqual(
+    v.disks.map((d) => d.format),
+    ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
+  );
   assert.ok(v.disks.every((d) => d.path.startsWith(local('host-a', 'fmt1-b') + '/')));
   assert.equal(fs.existsSync(shared), false);
   // Stopped, it also moves to another host with its disks in every format (qemu-img into NBD).
-  const r4 = await ferryOk<MigrationRecord>(['move-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
+  const r4 = await ferryOk<MigrationRecord>(['move-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], {
+    lab: L.lab,
+  });
   assert.equal(r4.state, 'completed', JSON.stringify(r4.error));
   assert.equal(r4.kind, 'shared-nothing');
   v = await show('fmt1');
   assert.equal(v.host, 'host-b');
-  assert.deepEqual(v.disks.map((d) => d.format), ['raw', 'qcow2', 'raw', 'vhdx', 'vpc']);
+  assert.deepEqual(
+    v.disks.map((d) => d.format),
+    ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
+  );
   for (const d of v.disks) assert.equal((await imageInfo(d.path)).format, d.format);
   assert.equal(fs.existsSync(local('host-a', 'fmt1-b')), false, 'source files deleted');
   assert.equal((await ferryOk<VmView>(['vm', 'start', 'fmt1', '--json'], { lab: L.lab })).state, 'running');
 
   // qcow2 and raw disks move live with their VM (shared nothing).
-  const vm2 = await ferryOk<VmView>(['vm', 'new', 'fmt2', '--host', 'host-a', '--guest', 'bootblock', '--disk', '16M,format=qcow2', '--disk', '16M,format=raw', '--start', '--json'], { lab: L.lab });
-  const r3 = await ferryOk<MigrationRecord>(['move-vm', 'fmt2', '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--json'], { lab: L.lab });
+  const vm2 = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'fmt2',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--disk',
+      '16M,format=qcow2',
+      '--disk',
+      '16M,format=raw',
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
+  const r3 = await ferryOk<MigrationRecord>(
+    ['move-vm', 'fmt2', '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--json'],
+    { lab: L.lab },
+  );
   assert.equal(r3.state, 'completed', JSON.stringify(r3.error));
   const v2 = await show('fmt2');
-  assert.deepEqual(v2.disks.map((d) => d.format), vm2.disks.map((d) => d.format));
+  assert.deepEqual(
+    v2.disks.map((d) => d.format),
+    vm2.disks.map((d) => d.format),
+  );
   assert.ok(v2.disks.every((d) => d.path.startsWith(local('host-b', 'fmt2') + '/')));
-  for (const n of ['fmt1', 'fmt2']) { await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab }); await ferryOk(['vm', 'rm', n], { lab: L.lab }); }
+  for (const n of ['fmt1', 'fmt2']) {
+    await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab });
+    await ferryOk(['vm', 'rm', n], { lab: L.lab });
+  }
 });
 
 test('failures leave the source running and whole: cancel in storage and memory copy, destination QEMU killed, destination disk full', async (t) => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'f1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(['vm', 'new', 'f1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
   await waitProbe(L, vm, 10);
   const destDir = local('host-b', 'f1');
   const assertClean = async (): Promise<void> => {
@@ -169,21 +283,33 @@ test('failures leave the source running and whole: cancel in storage and memory 
   };
 
   // Cancel during the storage copy.
-  let id = (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], { lab: L.lab }) as string).trim();
+  let id = (
+    (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
+      lab: L.lab,
+    })) as string
+  ).trim();
   await waitState(id, ['copying-storage']);
   let r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
   assert.equal(r.state, 'cancelled');
   await assertClean();
 
   // Cancel during the memory copy (storage copied fast, memory slow).
-  id = (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--no-wait', '--bandwidth', '3'], { lab: L.lab }) as string).trim();
+  id = (
+    (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--no-wait', '--bandwidth', '3'], {
+      lab: L.lab,
+    })) as string
+  ).trim();
   await waitState(id, ['copying-memory'], 120_000);
   r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
   assert.equal(r.state, 'cancelled');
   await assertClean();
 
   // The destination QEMU dies during the mirror.
-  id = (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], { lab: L.lab }) as string).trim();
+  id = (
+    (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
+      lab: L.lab,
+    })) as string
+  ).trim();
   await waitState(id, ['copying-storage']);
   const [pid] = await hostQemuPids(hostData(L, 'host-b'));
   process.kill(pid!, 'SIGKILL');
@@ -196,9 +322,31 @@ test('failures leave the source running and whole: cancel in storage and memory 
   const tiny = path.join(L.dir, 'tiny');
   await fsp.mkdir(tiny);
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', tiny]);
-  t.after(() => { try { execFileSync('umount', ['-l', tiny]); } catch { /* gone */ } });
+  t.after(() => {
+    try {
+      execFileSync('umount', ['-l', tiny]);
+    } catch {
+      /* gone */
+    }
+  });
   await ferryOk(['pool', 'add', 'tiny', '--host', 'host-b', '--path', tiny], { lab: L.lab });
-  id = (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--storage-path', path.join(tiny, 'f1'), '--bandwidth', '1', '--no-wait'], { lab: L.lab }) as string).trim();
+  id = (
+    (await ferryOk(
+      [
+        'move-vm',
+        'f1',
+        '--to',
+        'host-b',
+        '--include-storage',
+        '--storage-path',
+        path.join(tiny, 'f1'),
+        '--bandwidth',
+        '1',
+        '--no-wait',
+      ],
+      { lab: L.lab },
+    )) as string
+  ).trim();
   await waitState(id, ['copying-storage']);
   const free = (await fsp.statfs(tiny)).bavail * (await fsp.statfs(tiny)).bsize;
   await fsp.writeFile(path.join(tiny, 'filler'), Buffer.alloc(free, 1)).catch(() => undefined);
@@ -210,7 +358,9 @@ test('failures leave the source running and whole: cancel in storage and memory 
   assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
 
   // And after all that, a retry succeeds and every acknowledged write is there.
-  r = await ferryOk<MigrationRecord>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
+  r = await ferryOk<MigrationRecord>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--json'], {
+    lab: L.lab,
+  });
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
   await stopAndVerify(await show('f1'));
   await ferryOk(['vm', 'rm', 'f1'], { lab: L.lab });
@@ -220,14 +370,21 @@ test('a 10 GiB sparse disk with about 100 MiB written copies about 100 MiB', asy
   const img = path.join(L.lab, 'shared', 'sparse.qcow2');
   await createImage(img, 'qcow2', 10 * 1024 ** 3);
   execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 1G 100M', img], { stdio: 'ignore' });
-  await ferryOk(['vm', 'new', 'sp1', '--host', 'host-a', '--guest', 'bootblock', '--attach', img, '--start'], { lab: L.lab });
-  const r = await ferryOk<MigrationRecord>(['move-vm', 'sp1', '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--json'], { lab: L.lab });
+  await ferryOk(['vm', 'new', 'sp1', '--host', 'host-a', '--guest', 'bootblock', '--attach', img, '--start'], {
+    lab: L.lab,
+  });
+  const r = await ferryOk<MigrationRecord>(
+    ['move-vm', 'sp1', '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--json'],
+    { lab: L.lab },
+  );
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
   const moved = (await show('sp1')).disks[1]!;
   const info = await imageInfo(moved.path, { forceShare: true });
   assert.equal(info.virtualSizeBytes, 10 * 1024 ** 3);
   const mib = info.actualSizeBytes / 1024 / 1024;
-  process.stderr.write(`sparse 10 GiB disk: ${mib.toFixed(1)} MiB allocated on the destination; the move took ${r.totalMs} ms\n`);
+  process.stderr.write(
+    `sparse 10 GiB disk: ${mib.toFixed(1)} MiB allocated on the destination; the move took ${r.totalMs} ms\n`,
+  );
   assert.ok(mib > 95 && mib < 130, `about 100 MiB copied, got ${mib.toFixed(1)} MiB`);
   await ferryOk(['vm', 'stop', 'sp1', '--force'], { lab: L.lab });
   await ferryOk(['vm', 'rm', 'sp1'], { lab: L.lab });
@@ -238,19 +395,42 @@ test("the destination's NBD port refuses every certificate but the source host's
   const { peerActions } = await import('../../src/api/peer-actions.js');
   const { issueCert, loadDomain } = await import('../../src/domain/ca.js');
   const { qemuTlsDir } = await import('../../src/migration/tls.js');
-  const vm = await ferryOk<VmView>(['vm', 'new', 'nbd1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], { lab: L.lab });
+  const vm = await ferryOk<VmView>(['vm', 'new', 'nbd1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
   await waitProbe(L, vm, 5);
-  const id = (await ferryOk(['move-vm', 'nbd1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], { lab: L.lab }) as string).trim();
+  const id = (
+    (await ferryOk(['move-vm', 'nbd1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
+      lab: L.lab,
+    })) as string
+  ).trim();
   await waitState(id, ['copying-storage']);
   const d = path.join(L.lab, 'domain');
-  const client = new AgentClient({ endpoint: L.status.hosts[1]!.endpoint, host: 'host-b', credentials: { ca: path.join(d, 'ca.crt'), cert: path.join(d, 'admins', 'admin.crt'), key: path.join(d, 'admins', 'admin.key') } });
+  const client = new AgentClient({
+    endpoint: L.status.hosts[1]!.endpoint,
+    host: 'host-b',
+    credentials: {
+      ca: path.join(d, 'ca.crt'),
+      cert: path.join(d, 'admins', 'admin.crt'),
+      key: path.join(d, 'admins', 'admin.key'),
+    },
+  });
   const st = await client.call(peerActions.status, { params: { id } });
   client.close();
   assert.ok(st.nbd, 'the destination serves NBD');
   const probe = (tlsDir: string): { ok: boolean; out: string } => {
     try {
-      const out = execFileSync('qemu-img', ['info', '--object', `tls-creds-x509,id=t0,endpoint=client,dir=${tlsDir}`, '--image-opts',
-        `driver=nbd,server.type=inet,server.host=${st.nbd!.host},server.port=${st.nbd!.port},export=disk0,tls-creds=t0,tls-hostname=host-b`], { stdio: 'pipe', timeout: 20_000 }).toString();
+      const out = execFileSync(
+        'qemu-img',
+        [
+          'info',
+          '--object',
+          `tls-creds-x509,id=t0,endpoint=client,dir=${tlsDir}`,
+          '--image-opts',
+          `driver=nbd,server.type=inet,server.host=${st.nbd!.host},server.port=${st.nbd!.port},export=disk0,tls-creds=t0,tls-hostname=host-b`,
+        ],
+        { stdio: 'pipe', timeout: 20_000 },
+      ).toString();
       return { ok: true, out };
     } catch (err) {
       return { ok: false, out: String((err as { stderr?: Buffer }).stderr ?? err) };
@@ -258,7 +438,10 @@ test("the destination's NBD port refuses every certificate but the source host's
   };
   const domain = await loadDomain(d);
   const other = await issueCert(domain, 'host', 'host-z', { outDir: path.join(L.dir, 'hz') });
-  const otherDir = await qemuTlsDir({ ca: domain.caCert, cert: other.cert, key: other.key }, path.join(L.dir, 'hz-data'));
+  const otherDir = await qemuTlsDir(
+    { ca: domain.caCert, cert: other.cert, key: other.key },
+    path.join(L.dir, 'hz-data'),
+  );
   const denied = probe(otherDir);
   assert.equal(denied.ok, false, 'another host of the domain is refused');
   const sourceDir = path.join(hostData(L, 'host-a'), 'tls', 'qemu');

@@ -25,28 +25,56 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 
 export type Kind = 'live' | 'shared-nothing' | 'storage';
 export type Phase = 'preparing' | 'copying-storage' | 'copying-memory' | 'switching-over';
-export type Fault = 'dest-qemu-killed' | 'dest-agent-killed' | 'source-agent-killed' | 'migration-net-cut' | 'dest-disk-full' | 'cancel';
+export type Fault =
+  'dest-qemu-killed' | 'dest-agent-killed' | 'source-agent-killed' | 'migration-net-cut' | 'dest-disk-full' | 'cancel';
 export type Guest = 'probe' | 'bootblock';
 
 export const KINDS: Kind[] = ['live', 'shared-nothing', 'storage'];
 export const PHASES: Phase[] = ['preparing', 'copying-storage', 'copying-memory', 'switching-over'];
-export const FAULTS: Fault[] = ['dest-qemu-killed', 'dest-agent-killed', 'source-agent-killed', 'migration-net-cut', 'dest-disk-full', 'cancel'];
+export const FAULTS: Fault[] = [
+  'dest-qemu-killed',
+  'dest-agent-killed',
+  'source-agent-killed',
+  'migration-net-cut',
+  'dest-disk-full',
+  'cancel',
+];
 
 /** Why a cell does not apply, or null when it does. */
 export function notApplicable(kind: Kind, phase: Phase, fault: Fault): string | null {
   if (kind === 'live' && phase === 'copying-storage') return 'shared storage: no disk is copied';
   if (kind === 'storage' && phase === 'copying-memory') return 'a storage move copies no memory';
-  if (kind === 'live' && fault === 'dest-disk-full') return 'the disks stay on the shared pool: the destination writes none';
-  if (kind === 'storage' && (fault === 'dest-qemu-killed' || fault === 'dest-agent-killed')) return 'a storage move has one host: no destination QEMU or agent';
+  if (kind === 'live' && fault === 'dest-disk-full')
+    return 'the disks stay on the shared pool: the destination writes none';
+  if (kind === 'storage' && (fault === 'dest-qemu-killed' || fault === 'dest-agent-killed'))
+    return 'a storage move has one host: no destination QEMU or agent';
   if (kind === 'storage' && fault === 'migration-net-cut') return 'a storage move stays on one host: no network';
-  if (kind === 'shared-nothing' && phase === 'switching-over' && fault === 'dest-disk-full') return 'the guest is paused during switch-over and writes nothing; a pool that fills later is the guest\'s I/O error, not the move\'s';
+  if (kind === 'shared-nothing' && phase === 'switching-over' && fault === 'dest-disk-full')
+    return "the guest is paused during switch-over and writes nothing; a pool that fills later is the guest's I/O error, not the move's";
   return null;
 }
 
-const ab = { live: 'lv', 'shared-nothing': 'sn', storage: 'st', preparing: 'pr', 'copying-storage': 'cs', 'copying-memory': 'cm', 'switching-over': 'so',
-  'dest-qemu-killed': 'dq', 'dest-agent-killed': 'da', 'source-agent-killed': 'sa', 'migration-net-cut': 'nc', 'dest-disk-full': 'df', cancel: 'cx' } as const;
+const ab = {
+  live: 'lv',
+  'shared-nothing': 'sn',
+  storage: 'st',
+  preparing: 'pr',
+  'copying-storage': 'cs',
+  'copying-memory': 'cm',
+  'switching-over': 'so',
+  'dest-qemu-killed': 'dq',
+  'dest-agent-killed': 'da',
+  'source-agent-killed': 'sa',
+  'migration-net-cut': 'nc',
+  'dest-disk-full': 'df',
+  cancel: 'cx',
+} as const;
 
-export interface FaultLab extends TestLab { holds: string; tiny: string; env: NodeJS.ProcessEnv }
+export interface FaultLab extends TestLab {
+  holds: string;
+  tiny: string;
+  env: NodeJS.ProcessEnv;
+}
 
 /** A 2-host --netns lab for one test file, with the test hooks on; removed whatever happens. */
 export function useFaultLab(): FaultLab {
@@ -67,11 +95,18 @@ export function useFaultLab(): FaultLab {
       execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', d]);
     }
     l.status = await labUp(l);
-    for (const h of ['host-a', 'host-b']) await ferryOk(['pool', 'add', 'tiny', '--host', h, '--path', path.join(l.tiny, h)], { lab: l.lab });
+    for (const h of ['host-a', 'host-b'])
+      await ferryOk(['pool', 'add', 'tiny', '--host', h, '--path', path.join(l.tiny, h)], { lab: l.lab });
   });
   after(async () => {
     await ferry(['lab', 'down', '--dir', l.lab]);
-    for (const h of ['host-a', 'host-b']) { try { execFileSync('umount', ['-l', path.join(l.tiny, h)]); } catch { /* not mounted */ } }
+    for (const h of ['host-a', 'host-b']) {
+      try {
+        execFileSync('umount', ['-l', path.join(l.tiny, h)]);
+      } catch {
+        /* not mounted */
+      }
+    }
     await fsp.rm(l.dir, { recursive: true, force: true });
   });
   return l;
@@ -84,11 +119,12 @@ export async function labUp(l: FaultLab): Promise<LabStatus> {
   return JSON.parse(r.stdout) as LabStatus;
 }
 
-const show = (l: TestLab, name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: l.lab });
+const show = (l: TestLab, name: string): Promise<VmView> =>
+  ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: l.lab });
 
 async function record(l: TestLab, id: string): Promise<MigrationRecord | null> {
   const r = await ferry(['migration', 'show', id, '--json'], { lab: l.lab });
-  return r.code === 0 ? JSON.parse(r.stdout) as MigrationRecord : null; // null: the source agent is down
+  return r.code === 0 ? (JSON.parse(r.stdout) as MigrationRecord) : null; // null: the source agent is down
 }
 
 const TERMINAL = ['completed', 'failed', 'cancelled'];
@@ -100,8 +136,12 @@ async function waitRecord(l: TestLab, id: string, states: string[], timeoutMs: n
     const r = await record(l, id);
     if (r) last = r;
     if (r && states.includes(r.state)) return r;
-    if (r && TERMINAL.includes(r.state)) throw new Error(`migration ended ${r.state} before reaching ${states.join('/')}: ${JSON.stringify(r.error)}`);
-    if (Date.now() > until) throw new Error(`migration ${id} did not reach ${states.join('/')} within ${timeoutMs} ms (last: ${last?.state})`);
+    if (r && TERMINAL.includes(r.state))
+      throw new Error(`migration ended ${r.state} before reaching ${states.join('/')}: ${JSON.stringify(r.error)}`);
+    if (Date.now() > until)
+      throw new Error(
+        `migration ${id} did not reach ${states.join('/')} within ${timeoutMs} ms (last: ${last?.state})`,
+      );
     await sleep(150);
   }
 }
@@ -121,13 +161,22 @@ async function fill(dir: string): Promise<string> {
 }
 
 export interface CellResult {
-  kind: Kind; phase: Phase; fault: Fault; guest: Guest;
-  ok: boolean; state: string | null; code: string | null; message: string | null; cancelExit?: number; seconds: number; problem?: string;
+  kind: Kind;
+  phase: Phase;
+  fault: Fault;
+  guest: Guest;
+  ok: boolean;
+  state: string | null;
+  code: string | null;
+  message: string | null;
+  cancelExit?: number;
+  seconds: number;
+  problem?: string;
   /** Seconds from the cell's start at each step, to see where the time goes. */
   marks: Record<string, number>;
   /** Heartbeat lines split between the hosts' consoles by a switch-over (see runCell). */
   splitLines?: number;
-    /** The record's log (without progress lines): what the move said happened. */
+  /** The record's log (without progress lines): what the move said happened. */
   events?: string[];
 }
 
@@ -135,10 +184,29 @@ export interface CellResult {
 export const RESULTS = process.env.FERRY_FAULTS_RESULTS ?? '';
 
 /** The move's command line for a kind (and its slow-down for copy phases). */
-function moveArgs(l: FaultLab, kind: Kind, vm: string, from: string, to: string, o: { bandwidth?: number; tiny?: boolean; n: number; guest: Guest }): string[] {
-  const extra = [...(o.bandwidth ? ['--bandwidth', String(o.bandwidth)] : []), ...(o.guest === 'bootblock' && kind !== 'storage' ? ['--max-downtime', '5000'] : [])];
+function moveArgs(
+  l: FaultLab,
+  kind: Kind,
+  vm: string,
+  from: string,
+  to: string,
+  o: { bandwidth?: number; tiny?: boolean; n: number; guest: Guest },
+): string[] {
+  const extra = [
+    ...(o.bandwidth ? ['--bandwidth', String(o.bandwidth)] : []),
+    ...(o.guest === 'bootblock' && kind !== 'storage' ? ['--max-downtime', '5000'] : []),
+  ];
   if (kind === 'live') return ['move-vm', vm, '--to', to, ...extra];
-  if (kind === 'shared-nothing') return ['move-vm', vm, '--to', to, '--include-storage', ...(o.tiny ? ['--storage-path', path.join(l.tiny, to, vm)] : []), ...extra];
+  if (kind === 'shared-nothing')
+    return [
+      'move-vm',
+      vm,
+      '--to',
+      to,
+      '--include-storage',
+      ...(o.tiny ? ['--storage-path', path.join(l.tiny, to, vm)] : []),
+      ...extra,
+    ];
   const dest = o.tiny ? path.join(l.tiny, from, vm) : path.join(hostData(l, from), 'pools', 'local', `${vm}-${o.n}`);
   return ['move-storage', vm, '--path', dest, ...extra];
 }
@@ -152,10 +220,19 @@ async function assertOnOneHost(l: FaultLab, vm: VmView): Promise<VmView> {
     const other = v.host === 'host-a' ? 'host-b' : 'host-a';
     const otherPids = await hostQemuPids(hostData(l, other));
     const otherList = await ferry(['vm', 'list', '--host', other, '--json'], { lab: l.lab });
-    const registeredThere = otherList.code === 0 && (JSON.parse(otherList.stdout) as VmView[]).some((x) => x.name === vm.name);
+    const registeredThere =
+      otherList.code === 0 && (JSON.parse(otherList.stdout) as VmView[]).some((x) => x.name === vm.name);
     const herePids = await hostQemuPids(hostData(l, v.host));
-    problem = v.state !== 'running' ? `state ${v.state} on ${v.host}`
-      : otherPids.length ? `a QEMU is left on ${other}` : registeredThere ? `also registered on ${other}` : herePids.length !== 1 ? `${herePids.length} QEMUs on ${v.host}` : '';
+    problem =
+      v.state !== 'running'
+        ? `state ${v.state} on ${v.host}`
+        : otherPids.length
+          ? `a QEMU is left on ${other}`
+          : registeredThere
+            ? `also registered on ${other}`
+            : herePids.length !== 1
+              ? `${herePids.length} QEMUs on ${v.host}`
+              : '';
     if (!problem) return v;
     if (Date.now() > until) assert.fail(`the VM is not on exactly one host: ${problem}`);
     await sleep(500);
@@ -183,11 +260,30 @@ async function checkMemory(l: FaultLab, v: VmView): Promise<void> {
 }
 
 /** Runs one cell end to end; throws (test failure) when an expected outcome does not hold. */
-export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Fault, guest: Guest = 'probe'): Promise<CellResult> {
+export async function runCell(
+  l: FaultLab,
+  kind: Kind,
+  phase: Phase,
+  fault: Fault,
+  guest: Guest = 'probe',
+): Promise<CellResult> {
   const t0 = Date.now();
   const name = `${ab[kind]}-${ab[phase]}-${ab[fault]}${guest === 'bootblock' ? '-bb' : ''}`;
-  const res: CellResult = { kind, phase, fault, guest, ok: false, state: null, code: null, message: null, seconds: 0, marks: {} };
-  const mark = (k: string): void => { res.marks[k] = Math.round((Date.now() - t0) / 100) / 10; };
+  const res: CellResult = {
+    kind,
+    phase,
+    fault,
+    guest,
+    ok: false,
+    state: null,
+    code: null,
+    message: null,
+    seconds: 0,
+    marks: {},
+  };
+  const mark = (k: string): void => {
+    res.marks[k] = Math.round((Date.now() - t0) / 100) / 10;
+  };
   const holdFile = phase === 'preparing' || phase === 'switching-over' ? path.join(l.holds, phase) : null;
   let filler: string | null = null;
   let cut = false;
@@ -200,16 +296,43 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
       execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', fillDisk, '32M']);
       execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 20M', fillDisk], { stdio: 'ignore' });
     }
-    const vm = await ferryOk<VmView>(['vm', 'new', name, '--host', 'host-a', '--guest', guest,
-      ...(kind === 'live' ? ['--path', path.join(l.lab, 'shared', name)] : []),
-      ...(filled ? (guest === 'probe' ? ['--disk', '64M', '--attach', fillDisk] : ['--attach', fillDisk]) : []), '--start', '--json'], { lab: l.lab });
-    if (guest === 'probe') await waitProbe(l, vm, 10, 90_000); else await sleep(2000);
+    const vm = await ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        name,
+        '--host',
+        'host-a',
+        '--guest',
+        guest,
+        ...(kind === 'live' ? ['--path', path.join(l.lab, 'shared', name)] : []),
+        ...(filled ? (guest === 'probe' ? ['--disk', '64M', '--attach', fillDisk] : ['--attach', fillDisk]) : []),
+        '--start',
+        '--json',
+      ],
+      { lab: l.lab },
+    );
+    if (guest === 'probe') await waitProbe(l, vm, 10, 90_000);
+    else await sleep(2000);
     const [src, dst] = kind === 'storage' ? ['host-a', 'host-a'] : ['host-a', 'host-b'];
     // Copy phases are slowed so the fault hits a running copy; held phases run at full speed.
     const bandwidth = phase === 'copying-storage' ? 1 : phase === 'copying-memory' ? 2 : undefined;
     mark('booted');
     if (holdFile) await fsp.writeFile(holdFile, name);
-    const id = (await ferryOk([...moveArgs(l, kind, name, src, dst, { ...(bandwidth ? { bandwidth } : {}), tiny: fault === 'dest-disk-full', n: 1, guest }), '--no-wait'], { lab: l.lab }) as string).trim();
+    const id = (
+      (await ferryOk(
+        [
+          ...moveArgs(l, kind, name, src, dst, {
+            ...(bandwidth ? { bandwidth } : {}),
+            tiny: fault === 'dest-disk-full',
+            n: 1,
+            guest,
+          }),
+          '--no-wait',
+        ],
+        { lab: l.lab },
+      )) as string
+    ).trim();
     await waitRecord(l, id, [phase], 180_000);
     if (phase !== 'preparing' && phase !== 'switching-over') await sleep(700); // well inside the copy
 
@@ -256,33 +379,60 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
     }
     const end = await waitRecord(l, id, TERMINAL, 240_000);
     mark('ended');
-    res.state = end.state; res.code = end.error?.code ?? null; res.message = end.error?.message ?? null;
-    res.events = end.events.map((e) => `${e.at.slice(11, 21)} ${e.message}`).filter((m) => !/\d+%/.test(m)).slice(-8);
-    if (cut) { await ferryOk(['lab', 'restore', dst, '--link', 'migration'], { lab: l.lab }); cut = false; }
-    if (filler) { await fsp.rm(filler, { force: true }); filler = null; }
+    res.state = end.state;
+    res.code = end.error?.code ?? null;
+    res.message = end.error?.message ?? null;
+    res.events = end.events
+      .map((e) => `${e.at.slice(11, 21)} ${e.message}`)
+      .filter((m) => !/\d+%/.test(m))
+      .slice(-8);
+    if (cut) {
+      await ferryOk(['lab', 'restore', dst, '--link', 'migration'], { lab: l.lab });
+      cut = false;
+    }
+    if (filler) {
+      await fsp.rm(filler, { force: true });
+      filler = null;
+    }
 
     // The record says what happened.
     if (fault === 'dest-disk-full') assert.equal(end.state, 'failed', 'a full destination fails the move');
-    if (fault === 'cancel' && phase !== 'switching-over') assert.equal(end.state, 'cancelled', JSON.stringify(end.error));
+    if (fault === 'cancel' && phase !== 'switching-over')
+      assert.equal(end.state, 'cancelled', JSON.stringify(end.error));
     else if (end.state !== 'completed') {
       assert.equal(end.state, 'failed');
       assert.ok(end.error?.code && end.error.message.length > 20, 'the record names the error');
-      if (fault === 'dest-disk-full') assert.match(end.error.message, /no space|not enough space|full/i, 'the record names the full disk');
+      if (fault === 'dest-disk-full')
+        assert.match(end.error.message, /no space|not enough space|full/i, 'the record names the full disk');
       // A stall, or (no stream yet) a connection the kernel gives up on: both name the network.
-      if (fault === 'migration-net-cut') assert.ok(end.error.code === 'E_MIGRATION_STALLED' || /no route to host|unreachable|timed out/i.test(end.error.message), end.error.message);
-      if (fault === 'source-agent-killed') assert.match(end.error.code, /E_AGENT_RESTARTED|E_RECOVERY/, end.error.message);
+      if (fault === 'migration-net-cut')
+        assert.ok(
+          end.error.code === 'E_MIGRATION_STALLED' || /no route to host|unreachable|timed out/i.test(end.error.message),
+          end.error.message,
+        );
+      if (fault === 'source-agent-killed')
+        assert.match(end.error.code, /E_AGENT_RESTARTED|E_RECOVERY/, end.error.message);
     }
     // Exactly one host; it is the source unless the move completed.
     const v = await assertOnOneHost(l, vm);
     assert.equal(v.host, end.state === 'completed' ? dst : src, `the VM is on ${v.host}`);
-    if (kind === 'storage' && end.state !== 'completed') assert.deepEqual(v.disks.map((d) => d.path), vm.disks.map((d) => d.path), 'the disks stay where they were');
+    if (kind === 'storage' && end.state !== 'completed')
+      assert.deepEqual(
+        v.disks.map((d) => d.path),
+        vm.disks.map((d) => d.path),
+        'the disks stay where they were',
+      );
     await assertRuns(l, v, guest);
     if (guest === 'bootblock') await checkMemory(l, v);
 
     mark('checked');
     // A retry succeeds (back to the source if the move completed after all).
-    const [rFrom, rTo] = kind === 'storage' ? ['host-a', 'host-a'] : [v.host, v.host === 'host-a' ? 'host-b' : 'host-a'];
-    const retry = await ferry([...moveArgs(l, kind, name, rFrom, rTo, { n: 2, guest }), '--json'], { lab: l.lab, timeoutMs: 300_000 });
+    const [rFrom, rTo] =
+      kind === 'storage' ? ['host-a', 'host-a'] : [v.host, v.host === 'host-a' ? 'host-b' : 'host-a'];
+    const retry = await ferry([...moveArgs(l, kind, name, rFrom, rTo, { n: 2, guest }), '--json'], {
+      lab: l.lab,
+      timeoutMs: 300_000,
+    });
     assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
     const rr = JSON.parse(retry.stdout) as MigrationRecord;
     assert.equal(rr.state, 'completed', `retry: ${JSON.stringify(rr.error)}`);
@@ -298,7 +448,9 @@ export async function runCell(l: FaultLab, kind: Kind, phase: Phase, fault: Faul
       // A forced stop is QMP 'quit': QEMU flushes; acknowledged records were written O_DSYNC anyway.
       await ferryOk(['vm', 'stop', name, '--force'], { lab: l.lab, timeoutMs: 120_000 });
       mark('stopped');
-      const logs = await Promise.all(['host-a', 'host-b'].map((h) => fsp.readFile(serialLog(l, h, vm.id), 'utf8').catch(() => '')));
+      const logs = await Promise.all(
+        ['host-a', 'host-b'].map((h) => fsp.readFile(serialLog(l, h, vm.id), 'utf8').catch(() => '')),
+      );
       const ack = Math.max(...logs.map((t) => parseSerial(t).highestAck ?? 0));
       assert.ok(ack > 0, 'the guest acknowledged records');
       const disk = (await show(l, name)).disks[0]!;
@@ -343,17 +495,28 @@ const dst0 = (kind: Kind): string => (kind === 'storage' ? 'host-a' : 'host-b');
  * Declares one node test per cell of a kind. FERRY_FAULTS_ONLY=substr[,substr...] runs only
  * the cells whose "kind phase fault" contains one of them (the rest are skipped, saying so).
  */
-export function matrixTests(kind: Kind, register: (name: string, opts: { skip?: string; timeout: number }, fn: () => Promise<void>) => void,
-  o: { guest?: Guest; phases?: Phase[]; faults?: Fault[] } = {}): void {
+export function matrixTests(
+  kind: Kind,
+  register: (name: string, opts: { skip?: string; timeout: number }, fn: () => Promise<void>) => void,
+  o: { guest?: Guest; phases?: Phase[]; faults?: Fault[] } = {},
+): void {
   const L = useFaultLab();
   const guest = o.guest ?? 'probe';
-  const only = process.env.FERRY_FAULTS_ONLY?.split(',').map((x) => x.trim()).filter(Boolean);
+  const only = process.env.FERRY_FAULTS_ONLY?.split(',')
+    .map((x) => x.trim())
+    .filter(Boolean);
   for (const phase of o.phases ?? PHASES) {
     for (const fault of o.faults ?? FAULTS) {
       const na = notApplicable(kind, phase, fault);
       const picked = !only || only.some((x) => `${kind} ${phase} ${fault}`.includes(x));
       const skip = na ? `n/a: ${na}` : picked ? null : 'not in FERRY_FAULTS_ONLY';
-      register(`${kind} × ${phase} × ${fault}${guest === 'bootblock' ? ' (bootblock: memory pattern)' : ''}`, { ...(skip ? { skip } : {}), timeout: 600_000 }, async () => { await runCell(L, kind, phase, fault, guest); });
+      register(
+        `${kind} × ${phase} × ${fault}${guest === 'bootblock' ? ' (bootblock: memory pattern)' : ''}`,
+        { ...(skip ? { skip } : {}), timeout: 600_000 },
+        async () => {
+          await runCell(L, kind, phase, fault, guest);
+        },
+      );
     }
   }
 }

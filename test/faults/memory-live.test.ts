@@ -4,4 +4,8 @@
 import { test } from 'node:test';
 import { matrixTests } from './harness.js';
 
-matrixTests('live', test, { guest: 'bootblock', phases: ['copying-memory', 'switching-over'], faults: ['dest-agent-killed', 'source-agent-killed', 'migration-net-cut'] });
+matrixTests('live', test, {
+  guest: 'bootblock',
+  phases: ['copying-memory', 'switching-over'],
+  faults: ['dest-agent-killed', 'source-agent-killed', 'migration-net-cut'],
+});

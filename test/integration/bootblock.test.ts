@@ -15,7 +15,10 @@ test('bootblock guest: memory pattern verifies on a running guest, a corrupted d
   const proc = await startVm(spec, { runDir, accel: await testAccel() });
   t.after(() => proc.kill());
   const serial = runtimePaths(runDir).serialLog;
-  await waitForFile(serial, (s) => s.startsWith('A') && s.includes('B'), { timeoutMs: 30_000, what: "the guest's A and B" });
+  await waitForFile(serial, (s) => s.startsWith('A') && s.includes('B'), {
+    timeoutMs: 30_000,
+    what: "the guest's A and B",
+  });
 
   const report = await verifyGuestMemory(proc.qmp, path.join(dir, 'dump.bin'));
   assert.equal(report.ok, true, `bad pages: ${report.badPages.slice(0, 5).join(',')}`);
@@ -31,7 +34,10 @@ test('bootblock guest: memory pattern verifies on a running guest, a corrupted d
   dump[page * PAGE] = (dump[page * PAGE]! + 7) & 0xff;
   const bad = checkPattern(dump);
   assert.equal(bad.ok, false);
-  assert.ok(bad.badPages.includes(page) || bad.badPages.includes(page + 1), `page ${page} reported: ${bad.badPages.join(',')}`);
+  assert.ok(
+    bad.badPages.includes(page) || bad.badPages.includes(page + 1),
+    `page ${page} reported: ${bad.badPages.join(',')}`,
+  );
 
   await proc.qmp.execute('cont');
   const stopped = await stopVm(proc, { force: true });

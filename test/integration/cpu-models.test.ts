@@ -12,7 +12,9 @@ function probeQemus(): number[] {
     try {
       const cmd = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8');
       if (cmd.includes('qemu-system') && cmd.includes('ferry-cpu-models-')) out.push(Number(d));
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return out;
 }
@@ -36,7 +38,10 @@ test('usableCpuModels(tcg): real query-cpu-definitions, cached, no QEMU left beh
     assert.deepEqual(by.get(name)?.unavailableFeatures, [], `${name} is usable under TCG`);
   }
   const sky = by.get('Skylake-Server');
-  assert.ok(sky && sky.unavailableFeatures.includes('avx512f'), `Skylake-Server lacks avx512f under TCG: ${JSON.stringify(sky)}`);
+  assert.ok(
+    sky && sky.unavailableFeatures.includes('avx512f'),
+    `Skylake-Server lacks avx512f under TCG: ${JSON.stringify(sky)}`,
+  );
   const epyc = by.get('EPYC');
   assert.ok(epyc && epyc.unavailableFeatures.length > 0, 'EPYC is not usable under TCG');
   assert.deepEqual(by.get('SandyBridge')?.unavailableFeatures, ['x2apic', 'tsc-deadline']);
@@ -69,14 +74,24 @@ test('usableCpuModels: an aborted wait rejects at once and kills the probe', asy
   assert.deepEqual(probeQemus(), []);
 });
 
-test('usableCpuModels(kvm) without a working /dev/kvm fails with QEMU\'s reason, leaving nothing behind', async (t) => {
+test("usableCpuModels(kvm) without a working /dev/kvm fails with QEMU's reason, leaving nothing behind", async (t) => {
   let kvmOk = true;
-  try { fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK); } catch { kvmOk = false; }
-  if (kvmOk) { t.skip('/dev/kvm is accessible here'); return; }
+  try {
+    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
+  } catch {
+    kvmOk = false;
+  }
+  if (kvmOk) {
+    t.skip('/dev/kvm is accessible here');
+    return;
+  }
   clearCpuModelCache();
   await assert.rejects(usableCpuModels('kvm', { timeoutMs: 10_000 }), (e: FerryError) => {
     assert.equal(e.code, 'E_CPU_MODELS');
-    assert.match(e.message, /^Cannot list the CPU models of QEMU under kvm: QEMU exited at start-up: .+; check \/dev\/kvm/);
+    assert.match(
+      e.message,
+      /^Cannot list the CPU models of QEMU under kvm: QEMU exited at start-up: .+; check \/dev\/kvm/,
+    );
     return true;
   });
   assert.deepEqual(probeQemus(), []);

@@ -7,7 +7,14 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { initDomain } from '../../src/domain/ca.js';
-import { startMembers, stopLabMembers, killMember, isMemberAlive, loadMembers, type EtcdMember } from '../../src/cluster/etcd-members.js';
+import {
+  startMembers,
+  stopLabMembers,
+  killMember,
+  isMemberAlive,
+  loadMembers,
+  type EtcdMember,
+} from '../../src/cluster/etcd-members.js';
 import { EtcdStore, type WatchEvent, type Leadership } from '../../src/cluster/store.js';
 import { FerryError } from '../../src/errors.js';
 import { sleep } from '../../src/util/exec.js';
@@ -21,7 +28,12 @@ let startMs = 0;
 const stores: EtcdStore[] = [];
 
 async function connect(ms: EtcdMember[] = members, prefix = PREFIX): Promise<EtcdStore> {
-  const s = await EtcdStore.connect({ endpoints: ms.map((m) => m.clientUrl), tls: members[0]!.tls, dialTimeoutMs: 10_000, prefix });
+  const s = await EtcdStore.connect({
+    endpoints: ms.map((m) => m.clientUrl),
+    tls: members[0]!.tls,
+    dialTimeoutMs: 10_000,
+    prefix,
+  });
   stores.push(s);
   return s;
 }
@@ -39,7 +51,12 @@ async function until<T>(what: string, fn: () => T | Promise<T>, ms = 15_000): Pr
 async function within<T>(ms: number, p: Promise<T>, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   try {
-    return await Promise.race([p, new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms); })]);
+    return await Promise.race([
+      p,
+      new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+      }),
+    ]);
   } finally {
     clearTimeout(timer);
   }
@@ -64,7 +81,10 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
 
   test('members: one per host, TLS files from the domain, etcd.json, health', async (t) => {
     t.diagnostic(`3 members started and healthy in ${startMs} ms`);
-    assert.deepEqual(members.map((m) => m.name), HOSTS);
+    assert.deepEqual(
+      members.map((m) => m.name),
+      HOSTS,
+    );
     for (const m of members) {
       assert.ok(isMemberAlive(m.pid, m.dataDir), `${m.name} runs`);
       assert.equal(m.dataDir, path.join(dir, 'hosts', m.name, 'etcd'));
@@ -72,15 +92,23 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
       await fsp.access(path.join(m.dataDir, 'tls', `${m.name}.crt`));
       await fsp.access(path.join(dir, 'hosts', m.name, 'etcd.log'));
     }
-    assert.deepEqual((await loadMembers(dir)).map((m) => m.pid), members.map((m) => m.pid));
+    assert.deepEqual(
+      (await loadMembers(dir)).map((m) => m.pid),
+      members.map((m) => m.pid),
+    );
     assert.equal(isMemberAlive(members[0]!.pid, '/elsewhere'), false, 'a pid is only ours with our data dir');
     assert.equal(isMemberAlive(process.pid, members[0]!.dataDir), false, 'a recycled pid is not a member');
     // Idempotent: a second start leaves running members alone.
     const again = await startMembers({ labDir: dir, hosts: HOSTS, domainDir: path.join(dir, 'domain') });
-    assert.deepEqual(again.map((m) => m.pid), members.map((m) => m.pid));
+    assert.deepEqual(
+      again.map((m) => m.pid),
+      members.map((m) => m.pid),
+    );
     // Plain http and a client without a certificate are refused.
-    await assert.rejects(EtcdStore.connect({ endpoints: [members[0]!.clientUrl], prefix: PREFIX, dialTimeoutMs: 1500 }),
-      (e: FerryError) => e instanceof FerryError && e.code.startsWith('E_STORE_'));
+    await assert.rejects(
+      EtcdStore.connect({ endpoints: [members[0]!.clientUrl], prefix: PREFIX, dialTimeoutMs: 1500 }),
+      (e: FerryError) => e instanceof FerryError && e.code.startsWith('E_STORE_'),
+    );
   });
 
   test('get, put, getPrefix, delete; keys are namespaced by the prefix', async () => {
@@ -91,7 +119,10 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     await s.put('nodes/host-b', '{"state":"up"}');
     await s.put('vms/web1', 'host-a');
     assert.equal(await s.get('nodes/host-a'), '{"state":"up"}');
-    assert.deepEqual(await s.getPrefix('nodes/'), { 'nodes/host-a': '{"state":"up"}', 'nodes/host-b': '{"state":"up"}' });
+    assert.deepEqual(await s.getPrefix('nodes/'), {
+      'nodes/host-a': '{"state":"up"}',
+      'nodes/host-b': '{"state":"up"}',
+    });
     assert.equal(await other.get('nodes/host-a'), null, 'another prefix does not see these keys');
     assert.deepEqual(await other.getPrefix(''), {});
     await s.delete('nodes/host-b');
@@ -101,23 +132,65 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
 
   test('txn: compare-and-swap on version (0 = absent) and value', async () => {
     const s = await connect();
-    const create = { compare: [{ key: 'locks/vm1', version: 0 }], success: [{ type: 'put' as const, key: 'locks/vm1', value: 'host-a' }], failure: [{ type: 'put' as const, key: 'locks/vm1.loser', value: 'host-b' }] };
+    const create = {
+      compare: [{ key: 'locks/vm1', version: 0 }],
+      success: [{ type: 'put' as const, key: 'locks/vm1', value: 'host-a' }],
+      failure: [{ type: 'put' as const, key: 'locks/vm1.loser', value: 'host-b' }],
+    };
     assert.equal(await s.txn(create), true);
     assert.equal(await s.txn({ ...create, success: [{ type: 'put', key: 'locks/vm1', value: 'host-b' }] }), false);
     assert.equal(await s.get('locks/vm1'), 'host-a', 'the failed CAS changed nothing');
     assert.equal(await s.get('locks/vm1.loser'), 'host-b', 'the failure branch ran');
     // Version 1 now; a put makes it 2.
-    assert.equal(await s.txn({ compare: [{ key: 'locks/vm1', version: 1, value: 'host-a' }], success: [{ type: 'put', key: 'locks/vm1', value: 'host-c' }, { type: 'delete', key: 'locks/vm1.loser' }] }), true);
+    assert.equal(
+      await s.txn({
+        compare: [{ key: 'locks/vm1', version: 1, value: 'host-a' }],
+        success: [
+          { type: 'put', key: 'locks/vm1', value: 'host-c' },
+          { type: 'delete', key: 'locks/vm1.loser' },
+        ],
+      }),
+      true,
+    );
     assert.equal(await s.get('locks/vm1'), 'host-c');
     assert.equal(await s.get('locks/vm1.loser'), null);
-    assert.equal(await s.txn({ compare: [{ key: 'locks/vm1', version: 1 }], success: [{ type: 'delete', key: 'locks/vm1' }] }), false, 'stale version');
-    assert.equal(await s.txn({ compare: [{ key: 'locks/vm1', value: 'host-a' }], success: [{ type: 'delete', key: 'locks/vm1' }] }), false, 'stale value');
-    assert.equal(await s.txn({ compare: [{ key: 'locks/vm1', version: 2, value: 'host-c' }], success: [{ type: 'delete', key: 'locks/vm1' }] }), true);
+    assert.equal(
+      await s.txn({ compare: [{ key: 'locks/vm1', version: 1 }], success: [{ type: 'delete', key: 'locks/vm1' }] }),
+      false,
+      'stale version',
+    );
+    assert.equal(
+      await s.txn({
+        compare: [{ key: 'locks/vm1', value: 'host-a' }],
+        success: [{ type: 'delete', key: 'locks/vm1' }],
+      }),
+      false,
+      'stale value',
+    );
+    assert.equal(
+      await s.txn({
+        compare: [{ key: 'locks/vm1', version: 2, value: 'host-c' }],
+        success: [{ type: 'delete', key: 'locks/vm1' }],
+      }),
+      true,
+    );
     assert.equal(await s.get('locks/vm1'), null);
     // No compare: the ops still run atomically.
-    assert.equal(await s.txn({ compare: [], success: [{ type: 'put', key: 'x/1', value: 'a' }, { type: 'put', key: 'x/2', value: 'b' }] }), true);
+    assert.equal(
+      await s.txn({
+        compare: [],
+        success: [
+          { type: 'put', key: 'x/1', value: 'a' },
+          { type: 'put', key: 'x/2', value: 'b' },
+        ],
+      }),
+      true,
+    );
     assert.deepEqual(await s.getPrefix('x/'), { 'x/1': 'a', 'x/2': 'b' });
-    await assert.rejects(s.txn({ compare: [{ key: 'k' }], success: [] }), (e: FerryError) => e.code === 'E_INVALID_INPUT');
+    await assert.rejects(
+      s.txn({ compare: [{ key: 'k' }], success: [] }),
+      (e: FerryError) => e.code === 'E_INVALID_INPUT',
+    );
   });
 
   test('watchPrefix: put and delete events in order, nothing after cancel', async () => {
@@ -144,18 +217,27 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     const s = await connect();
     const watcher = await connect();
     let lostCalls = 0;
-    const lease = await s.grantLease(2, { onLost: () => { lostCalls++; } });
+    const lease = await s.grantLease(2, {
+      onLost: () => {
+        lostCalls++;
+      },
+    });
     await s.put('members/host-a', 'alive', { lease });
-    await s.txn({ compare: [{ key: 'members/host-a.meta', version: 0 }], success: [{ type: 'put', key: 'members/host-a.meta', value: 'm', lease }] });
+    await s.txn({
+      compare: [{ key: 'members/host-a.meta', version: 0 }],
+      success: [{ type: 'put', key: 'members/host-a.meta', value: 'm', lease }],
+    });
     await sleep(4500);
     assert.equal(await s.get('members/host-a'), 'alive', 'keepalive holds the key past 2×TTL');
     assert.equal(lease.lost, false);
 
     let deletedAt = 0;
-    const cancel = await watcher.watchPrefix('members/', (ev) => { if (ev.type === 'delete' && ev.key === 'members/host-a') deletedAt = Date.now(); });
+    const cancel = await watcher.watchPrefix('members/', (ev) => {
+      if (ev.type === 'delete' && ev.key === 'members/host-a') deletedAt = Date.now();
+    });
     const releasedAt = Date.now();
     lease.release(); // as if the host died: no more keepalives
-    await until('the lease\'s key to vanish', () => deletedAt, 10_000);
+    await until("the lease's key to vanish", () => deletedAt, 10_000);
     const detect = deletedAt - releasedAt;
     t.diagnostic(`lease (TTL 2 s) released: its key deleted after ${detect} ms`);
     assert.ok(detect <= 4000, `expired within TTL + lease-check slack (${detect} ms)`);
@@ -176,7 +258,10 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     assert.equal(await s.leader('scheduler'), 'host-a');
     assert.equal(await s.get(a.key), 'host-a');
     let bLeader: Leadership | null = null;
-    const bP = s.campaign('scheduler', 'host-b', { ttlSeconds: 2 }).then((l) => { bLeader = l; return l; });
+    const bP = s.campaign('scheduler', 'host-b', { ttlSeconds: 2 }).then((l) => {
+      bLeader = l;
+      return l;
+    });
     // Queue order is creation order: let host-b's key exist before host-c campaigns.
     await until('host-b to queue', async () => Object.keys(await s.getPrefix('election/scheduler/')).length === 2);
     const ac = new AbortController();
@@ -185,16 +270,33 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     await sleep(500);
     assert.equal(bLeader, null, 'host-b waits while host-a leads');
     // A decision fenced on leadership: only the leader's transaction passes.
-    assert.equal(await s.txn({ compare: [{ key: a.key, value: 'host-a' }], success: [{ type: 'put', key: 'decisions/1', value: 'by host-a' }] }), true);
+    assert.equal(
+      await s.txn({
+        compare: [{ key: a.key, value: 'host-a' }],
+        success: [{ type: 'put', key: 'decisions/1', value: 'by host-a' }],
+      }),
+      true,
+    );
     const resignedAt = Date.now();
     await a.resign();
     const b = await within(10_000, bP, 'host-b to be elected');
     t.diagnostic(`resign → next leader elected in ${Date.now() - resignedAt} ms`);
     assert.equal(await s.leader('scheduler'), 'host-b');
-    assert.equal(await s.txn({ compare: [{ key: a.key, value: 'host-a' }], success: [{ type: 'put', key: 'decisions/2', value: 'by host-a' }] }), false, 'the old leader is fenced off');
+    assert.equal(
+      await s.txn({
+        compare: [{ key: a.key, value: 'host-a' }],
+        success: [{ type: 'put', key: 'decisions/2', value: 'by host-a' }],
+      }),
+      false,
+      'the old leader is fenced off',
+    );
     ac.abort();
     await assert.rejects(cP, (e: FerryError) => e.code === 'E_ABORTED');
-    assert.deepEqual(Object.values(await s.getPrefix('election/scheduler/')), ['host-b'], 'the aborted candidate left no key');
+    assert.deepEqual(
+      Object.values(await s.getPrefix('election/scheduler/')),
+      ['host-b'],
+      'the aborted candidate left no key',
+    );
     await b.resign();
     assert.equal(await s.leader('scheduler'), null);
 
@@ -204,14 +306,27 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     const isolated = await connect([c]);
     let lostAt = 0;
     let lostErr: FerryError | null = null;
-    const x = await isolated.campaign('ha', 'host-c', { ttlSeconds: 2, onLost: (e) => { lostAt = Date.now(); lostErr = e; } });
+    const x = await isolated.campaign('ha', 'host-c', {
+      ttlSeconds: 2,
+      onLost: (e) => {
+        lostAt = Date.now();
+        lostErr = e;
+      },
+    });
     let plainLost = 0;
-    const plain = await isolated.grantLease(2, { onLost: () => { plainLost = Date.now(); } });
+    const plain = await isolated.grantLease(2, {
+      onLost: () => {
+        plainLost = Date.now();
+      },
+    });
     await isolated.put('members/host-c', 'alive', { lease: plain });
     let yAt = 0;
     // TTL 5 s on the healthy side: if the dead member was etcd's raft leader, keepalives
     // stall for the re-election (1-2 s), which a 2 s lease would not survive.
-    const yP = s.campaign('ha', 'host-a', { ttlSeconds: 5 }).then((l) => { yAt = Date.now(); return l; });
+    const yP = s.campaign('ha', 'host-a', { ttlSeconds: 5 }).then((l) => {
+      yAt = Date.now();
+      return l;
+    });
     await sleep(300);
     assert.equal(yAt, 0, 'host-a waits while host-c leads');
     const killedAt = Date.now();
@@ -220,14 +335,19 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
       const y = await within(20_000, yP, 'host-a to be elected');
       await until('onLost of the old leader', () => lostAt, 10_000);
       await until('onLost of the lease on the dead member', () => plainLost, 10_000);
-      t.diagnostic(`leader's etcd member killed: its onLost after ${lostAt - killedAt} ms, its lease's onLost after ${plainLost - killedAt} ms, new leader elected after ${yAt - killedAt} ms`);
+      t.diagnostic(
+        `leader's etcd member killed: its onLost after ${lostAt - killedAt} ms, its lease's onLost after ${plainLost - killedAt} ms, new leader elected after ${yAt - killedAt} ms`,
+      );
       assert.equal(x.lost, true);
       assert.equal(plain.lost, true);
       assert.equal(lostErr!.code, 'E_STORE_LEADERSHIP_LOST');
       assert.ok(lostAt - killedAt <= 3000, 'the old leader learns within the TTL');
       assert.equal(await s.leader('ha'), 'host-a');
-      assert.equal(await s.get('members/host-c'), null, 'the dead host\'s membership key expired');
-      await assert.rejects(isolated.put('members/host-c', 'again', { lease: plain }), (e: FerryError) => e.code === 'E_STORE_LEASE_LOST');
+      assert.equal(await s.get('members/host-c'), null, "the dead host's membership key expired");
+      await assert.rejects(
+        isolated.put('members/host-c', 'again', { lease: plain }),
+        (e: FerryError) => e.code === 'E_STORE_LEASE_LOST',
+      );
       await y.resign();
     } finally {
       // Bring host-c's member back (with its data) for the next test.
@@ -250,7 +370,13 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     t.diagnostic(`first write after SIGKILL of ${victim.name} took ${Date.now() - killedAt} ms`);
     assert.equal(await s.get('q/before'), '1');
     assert.equal(await s.get('q/after'), '2');
-    assert.equal(await s.txn({ compare: [{ key: 'q/after', version: 1 }], success: [{ type: 'put', key: 'q/after', value: '3' }] }), true);
+    assert.equal(
+      await s.txn({
+        compare: [{ key: 'q/after', version: 1 }],
+        success: [{ type: 'put', key: 'q/after', value: '3' }],
+      }),
+      true,
+    );
     assert.deepEqual(await s.getPrefix('q/'), { 'q/before': '1', 'q/after': '3' });
     await until('watch events across the kill', () => events.some((e) => e.key === 'q/after' && e.value === '3'));
     const fresh = await connect(members.slice(1));
@@ -265,7 +391,10 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     const restarted = await startMembers({ labDir: dir, hosts: HOSTS, domainDir: path.join(dir, 'domain') });
     const again = restarted.find((m) => m.name === victim.name)!;
     assert.notEqual(again.pid, victim.pid);
-    assert.deepEqual(restarted.filter((m) => m.name !== victim.name).map((m) => m.pid), members.slice(1).map((m) => m.pid));
+    assert.deepEqual(
+      restarted.filter((m) => m.name !== victim.name).map((m) => m.pid),
+      members.slice(1).map((m) => m.pid),
+    );
     members = restarted;
     assert.match(await fsp.readFile(again.logFile, 'utf8'), /"initial-cluster-state":"existing"/);
     const only = await connect([again]);

@@ -1,7 +1,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { IMAGE_FORMATS, createImage, imageInfo, convertImage, checkImage, assertImageFormat } from '../../src/qemu/img.js';
+import {
+  IMAGE_FORMATS,
+  createImage,
+  imageInfo,
+  convertImage,
+  checkImage,
+  assertImageFormat,
+} from '../../src/qemu/img.js';
 import { tempDir } from '../helpers.js';
 
 test('qemu-img: create, info, convert and check in all four formats', async (t) => {

@@ -25,21 +25,51 @@ interface Guest {
 }
 
 function boot(disk: string, log: string): Guest {
-  const child = spawn('qemu-system-x86_64', [
-    '-accel', 'tcg', '-nodefaults', '-display', 'none',
-    '-machine', 'pc-i440fx-7.2', '-cpu', 'qemu64', '-m', '256M',
-    '-kernel', join(guestDir, 'vmlinuz'), '-initrd', join(guestDir, 'initrd.img'),
-    '-append', 'console=ttyS0 quiet',
-    '-blockdev', JSON.stringify({ driver: 'file', filename: disk, 'node-name': 'd0-file', cache: { direct: true } }),
-    '-blockdev', JSON.stringify({ driver: 'qcow2', file: 'd0-file', 'node-name': 'd0' }),
-    '-device', 'virtio-blk-pci,drive=d0,id=disk0',
-    '-serial', `file:${log}`, '-no-reboot',
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(
+    'qemu-system-x86_64',
+    [
+      '-accel',
+      'tcg',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-machine',
+      'pc-i440fx-7.2',
+      '-cpu',
+      'qemu64',
+      '-m',
+      '256M',
+      '-kernel',
+      join(guestDir, 'vmlinuz'),
+      '-initrd',
+      join(guestDir, 'initrd.img'),
+      '-append',
+      'console=ttyS0 quiet',
+      '-blockdev',
+      JSON.stringify({ driver: 'file', filename: disk, 'node-name': 'd0-file', cache: { direct: true } }),
+      '-blockdev',
+      JSON.stringify({ driver: 'qcow2', file: 'd0-file', 'node-name': 'd0' }),
+      '-device',
+      'virtio-blk-pci,drive=d0,id=disk0',
+      '-serial',
+      `file:${log}`,
+      '-no-reboot',
+    ],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   const g: Guest = { child, log, startedAt: Date.now(), exitInfo: null, stderr: '', exited: Promise.resolve() };
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => { g.stderr += d; });
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+    g.stderr += d;
+  });
   g.exited = new Promise((res) => {
-    child.on('exit', (code, sig) => { g.exitInfo = `exit code ${code} signal ${sig}`; res(); });
-    child.on('error', (err) => { g.exitInfo = `spawn error: ${err.message}`; res(); });
+    child.on('exit', (code, sig) => {
+      g.exitInfo = `exit code ${code} signal ${sig}`;
+      res();
+    });
+    child.on('error', (err) => {
+      g.exitInfo = `spawn error: ${err.message}`;
+      res();
+    });
   });
   return g;
 }
@@ -50,7 +80,11 @@ async function kill(g: Guest): Promise<void> {
 }
 
 async function readLog(path: string): Promise<string> {
-  try { return await readFile(path, 'utf8'); } catch { return ''; }
+  try {
+    return await readFile(path, 'utf8');
+  } catch {
+    return '';
+  }
 }
 
 /** Polls the serial log until `done` holds; fails if QEMU exits or the deadline passes. */
@@ -60,7 +94,10 @@ async function waitFor(g: Guest, what: string, done: (s: SerialSummary) => boole
     const text = await readLog(g.log);
     const s = parseSerial(text);
     if (done(s)) return s;
-    if (g.exitInfo !== null) assert.fail(`QEMU exited (${g.exitInfo}) before ${what}; stderr: ${g.stderr.trim()}; serial tail: ${text.slice(-500)}`);
+    if (g.exitInfo !== null)
+      assert.fail(
+        `QEMU exited (${g.exitInfo}) before ${what}; stderr: ${g.stderr.trim()}; serial tail: ${text.slice(-500)}`,
+      );
     if (Date.now() > end) assert.fail(`no ${what} within ${DEADLINE_MS / 1000} s; serial tail: ${text.slice(-500)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -88,7 +125,9 @@ test('probe guest: heartbeats, acknowledged records on disk, resume after reboot
   const s1 = await waitFor(g1, '50 heartbeats and 20 acks', (s) => s.heartbeats.length >= 50 && s.acks.length >= 20);
   await kill(g1);
   const final1 = parseSerial(await readLog(g1.log));
-  t.diagnostic(`boot to first heartbeat: ${bootMs} ms; heartbeats ${final1.heartbeats.length}, acks ${final1.acks.length}`);
+  t.diagnostic(
+    `boot to first heartbeat: ${bootMs} ms; heartbeats ${final1.heartbeats.length}, acks ${final1.acks.length}`,
+  );
   assert.ok(first.heartbeats[0]!.seq === 1, 'heartbeats start at 1');
   assert.equal(s1.writerStart, 1, 'a fresh disk starts at record 1');
   assert.equal(final1.ready, true);
@@ -98,7 +137,10 @@ test('probe guest: heartbeats, acknowledged records on disk, resume after reboot
   const ack1 = final1.highestAck;
   assert.ok(ack1 !== null && ack1 >= 20);
   // Acks are consecutive from the start.
-  assert.deepEqual(final1.acks, Array.from({ length: final1.acks.length }, (_, i) => i + 1));
+  assert.deepEqual(
+    final1.acks,
+    Array.from({ length: final1.acks.length }, (_, i) => i + 1),
+  );
 
   const r1 = await verifyDiskImage(disk, { format: 'qcow2', highestAck: ack1 });
   assert.equal(r1.ok, true, r1.problems.join('; '));
@@ -111,7 +153,9 @@ test('probe guest: heartbeats, acknowledged records on disk, resume after reboot
   guests.push(g2);
   const s2 = await waitFor(g2, 'writer start and 5 acks', (s) => s.writerStart !== null && s.acks.length >= 5);
   await kill(g2);
-  t.diagnostic(`second boot: writer start=${s2.writerStart} (first boot: highest ack ${ack1}, highest record ${r1.highestSeq})`);
+  t.diagnostic(
+    `second boot: writer start=${s2.writerStart} (first boot: highest ack ${ack1}, highest record ${r1.highestSeq})`,
+  );
   assert.ok(s2.writerStart! > ack1, `writer start ${s2.writerStart} is above the previous highest ack ${ack1}`);
   assert.equal(s2.writerStart, r1.highestSeq + 1);
 

@@ -2,7 +2,16 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { createVm, startVm, stopVm, pauseVm, resumeVm, vmState, removeVm, runtimePaths } from '../../src/vm/lifecycle.js';
+import {
+  createVm,
+  startVm,
+  stopVm,
+  pauseVm,
+  resumeVm,
+  vmState,
+  removeVm,
+  runtimePaths,
+} from '../../src/vm/lifecycle.js';
 import { loadVm } from '../../src/vm/folder.js';
 import { probeVm } from '../../src/vm/guests.js';
 import { parseSerial, heartbeatGaps, verifyDiskImage } from '../../guest/records.js';
@@ -18,7 +27,10 @@ test('probe VM: heartbeat, pause stops it and resume continues the sequence, ack
   const proc = await startVm(spec, { runDir, accel: await testAccel() });
   t.after(() => proc.kill());
   const log = runtimePaths(runDir).serialLog;
-  await waitForFile(log, (s) => parseSerial(s).heartbeats.length >= 25 && parseSerial(s).acks.length >= 10, { timeoutMs: 60_000, what: 'heartbeats and acks' });
+  await waitForFile(log, (s) => parseSerial(s).heartbeats.length >= 25 && parseSerial(s).acks.length >= 10, {
+    timeoutMs: 60_000,
+    what: 'heartbeats and acks',
+  });
 
   await pauseVm(proc);
   assert.equal((await vmState(proc)).state, 'paused');
@@ -29,7 +41,10 @@ test('probe VM: heartbeat, pause stops it and resume continues the sequence, ack
   assert.equal(stillPaused, atPause, 'no heartbeat while paused');
 
   await resumeVm(proc);
-  await waitForFile(log, (s) => parseSerial(s).heartbeats.length >= atPause + 25, { timeoutMs: 30_000, what: 'heartbeats after resume' });
+  await waitForFile(log, (s) => parseSerial(s).heartbeats.length >= atPause + 25, {
+    timeoutMs: 30_000,
+    what: 'heartbeats after resume',
+  });
   const hbs = parseSerial(await fsp.readFile(log, 'utf8')).heartbeats;
   const gaps = heartbeatGaps(hbs);
   assert.equal(gaps.resets, 0, 'the sequence never resets');

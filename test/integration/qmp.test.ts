@@ -12,7 +12,14 @@ test('QMP: typed calls, pause/resume state, a stopped QEMU times out, abort retu
   const g = bootblockVm({ name: 'qmp-vm', configPath: path.join(dir, 'vm') });
   const spec = await createVm(g.spec, g.create);
   const proc = await startVm(spec, { runDir: path.join(dir, 'run'), accel: await testAccel() });
-  t.after(async () => { try { process.kill(proc.pid, 'SIGCONT'); } catch { /* gone */ } await proc.kill(); });
+  t.after(async () => {
+    try {
+      process.kill(proc.pid, 'SIGCONT');
+    } catch {
+      /* gone */
+    }
+    await proc.kill();
+  });
 
   const v = await proc.qmp.execute('query-version');
   assert.equal(v.qemu.major >= 7, true);
@@ -37,7 +44,10 @@ test('QMP: typed calls, pause/resume state, a stopped QEMU times out, abort retu
 
   process.kill(proc.pid, 'SIGSTOP');
   const t0 = Date.now();
-  await assert.rejects(proc.qmp.execute('query-status', undefined, { timeoutMs: 500 }), (e: FerryError) => e.code === 'E_TIMEOUT');
+  await assert.rejects(
+    proc.qmp.execute('query-status', undefined, { timeoutMs: 500 }),
+    (e: FerryError) => e.code === 'E_TIMEOUT',
+  );
   assert.ok(Date.now() - t0 < 2000);
 
   const ac = new AbortController();
@@ -62,16 +72,31 @@ test('QMP: typed calls, pause/resume state, a stopped QEMU times out, abort retu
 test('QEMU that exits at start-up reports its own reason', async (t) => {
   const dir = await tempDir(t);
   const run = path.join(dir, 'run');
-  await assert.rejects(QemuProcess.spawn([
-    '-nodefaults', '-display', 'none', '-accel', 'tcg', '-qmp', `unix:${run}/qmp.sock,server=on,wait=off`, '-pidfile', `${run}/pid`,
-    '-blockdev', JSON.stringify({ driver: 'file', filename: path.join(dir, 'missing.qcow2'), 'node-name': 'f' }),
-  ], { vm: 'early', runDir: run, qmpSocket: `${run}/qmp.sock`, pidFile: `${run}/pid`, timeoutMs: 10_000 }), (e: unknown) => {
-    assert.ok(e instanceof QemuStartError);
-    assert.equal(e.code, 'E_QEMU_START');
-    assert.match(e.message, /missing\.qcow2/);
-    assert.match(e.message, /No such file or directory/);
-    return true;
-  });
+  await assert.rejects(
+    QemuProcess.spawn(
+      [
+        '-nodefaults',
+        '-display',
+        'none',
+        '-accel',
+        'tcg',
+        '-qmp',
+        `unix:${run}/qmp.sock,server=on,wait=off`,
+        '-pidfile',
+        `${run}/pid`,
+        '-blockdev',
+        JSON.stringify({ driver: 'file', filename: path.join(dir, 'missing.qcow2'), 'node-name': 'f' }),
+      ],
+      { vm: 'early', runDir: run, qmpSocket: `${run}/qmp.sock`, pidFile: `${run}/pid`, timeoutMs: 10_000 },
+    ),
+    (e: unknown) => {
+      assert.ok(e instanceof QemuStartError);
+      assert.equal(e.code, 'E_QEMU_START');
+      assert.match(e.message, /missing\.qcow2/);
+      assert.match(e.message, /No such file or directory/);
+      return true;
+    },
+  );
 });
 
 test('starting a VM whose disk image is gone names the disk, before QEMU runs', async (t) => {

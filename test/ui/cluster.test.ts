@@ -26,7 +26,27 @@ before(async () => {
   lab = path.join(dir, 'lab');
   shots ||= path.join(dir, 'screenshots');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2', '--cluster']);
-  await ferryOk(['vm', 'new', 'c1', '--host', 'host-b', '--guest', 'probe', '--probe-no-writer', '--memory', '128', '--ha', '--priority', 'high', '--path', path.join(lab, 'shared', 'c1'), '--start'], { lab });
+  await ferryOk(
+    [
+      'vm',
+      'new',
+      'c1',
+      '--host',
+      'host-b',
+      '--guest',
+      'probe',
+      '--probe-no-writer',
+      '--memory',
+      '128',
+      '--ha',
+      '--priority',
+      'high',
+      '--path',
+      path.join(lab, 'shared', 'c1'),
+      '--start',
+    ],
+    { lab },
+  );
   ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
   browser = await launchChromium();
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
@@ -35,7 +55,8 @@ before(async () => {
 
 after(() => stopAll({ browser, consoleProc, lab, dir }));
 
-const where = async (): Promise<string[]> => (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).filter((v) => v.name === 'c1').map((v) => v.host);
+const where = async (): Promise<string[]> =>
+  (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).filter((v) => v.name === 'c1').map((v) => v.host);
 
 test('cluster page: drain a node from its plan, see it paused and empty, resume with fail-back', async () => {
   await page.goto(url);
@@ -43,20 +64,46 @@ test('cluster page: drain a node from its plan, see it paused and empty, resume 
   await page.click(tid('login-submit'));
   await page.waitForSelector(tid('nav-cluster'));
   await page.click(tid('nav-cluster'));
-  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'up', tid('cluster-node-state-host-b'), { timeout: 30_000 });
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === 'up',
+    tid('cluster-node-state-host-b'),
+    { timeout: 30_000 },
+  );
   await page.click(tid('cluster-drain-host-b'));
   await page.waitForSelector(tid('drain-plan'), { timeout: 60_000 });
   assert.equal(await page.textContent(tid('drain-plan-to-c1')), 'host-a');
   await page.screenshot({ path: path.join(shots, 'cluster-drain-plan.png') });
   await page.click(tid('drain-confirm'));
-  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'paused', tid('cluster-node-state-host-b'), { timeout: 30_000 });
-  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'completed', tid('cluster-batch-state-host-b'), { timeout: 180_000 });
-  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === '0', tid('cluster-node-vms-host-b'), { timeout: 30_000 });
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === 'paused',
+    tid('cluster-node-state-host-b'),
+    { timeout: 30_000 },
+  );
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === 'completed',
+    tid('cluster-batch-state-host-b'),
+    { timeout: 180_000 },
+  );
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === '0',
+    tid('cluster-node-vms-host-b'),
+    { timeout: 30_000 },
+  );
   await page.screenshot({ path: path.join(shots, 'cluster-drained.png') });
   assert.deepEqual(await where(), ['host-a']);
   await page.click(tid('cluster-failback-host-b'));
-  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'up', tid('cluster-node-state-host-b'), { timeout: 30_000 });
-  await page.waitForFunction(() => /Fail-back of host-b/.test(document.body.textContent ?? '') , undefined, { timeout: 30_000 });
-  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent === 'completed', tid('cluster-batch-state-host-b'), { timeout: 180_000 });
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === 'up',
+    tid('cluster-node-state-host-b'),
+    { timeout: 30_000 },
+  );
+  await page.waitForFunction(() => /Fail-back of host-b/.test(document.body.textContent ?? ''), undefined, {
+    timeout: 30_000,
+  });
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent === 'completed',
+    tid('cluster-batch-state-host-b'),
+    { timeout: 180_000 },
+  );
   assert.deepEqual(await where(), ['host-b']);
 });

@@ -29,7 +29,21 @@ before(async () => {
   lab = path.join(dir, 'lab');
   shots ||= path.join(dir, 'screenshots');
   await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);
-  await ferryOk(['vm', 'new', 'web1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'web1'), '--start'], { lab });
+  await ferryOk(
+    [
+      'vm',
+      'new',
+      'web1',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--path',
+      path.join(lab, 'shared', 'web1'),
+      '--start',
+    ],
+    { lab },
+  );
   await ferryOk(['vm', 'new', 'local1', '--host', 'host-a', '--guest', 'probe', '--start'], { lab });
   ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
   browser = await launchChromium();
@@ -38,7 +52,6 @@ before(async () => {
 });
 
 after(() => stopAll({ browser, consoleProc, lab, dir }));
-
 
 test('nothing without logging in; a wrong token is refused; the right one opens the console', async () => {
   const res = await fetch(`${url}api/hosts/host-a/v1/vms`);
@@ -121,7 +134,9 @@ test('the wizard moves storage (all to one folder) while the VM runs', async () 
 });
 
 test('the migration view shows a live move with its chart, and Cancel cancels it', async () => {
-  const id = (await ferryOk(['move-vm', 'web1', '--to', 'host-a', '--bandwidth', '2', '--no-wait'], { lab }) as string).trim();
+  const id = (
+    (await ferryOk(['move-vm', 'web1', '--to', 'host-a', '--bandwidth', '2', '--no-wait'], { lab })) as string
+  ).trim();
   await page.click(tid('nav-migrations'));
   const card = tid(`migration-${id}`);
   await page.waitForSelector(`${card}[data-state="copying-memory"]`, { timeout: 60_000 });

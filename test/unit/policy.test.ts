@@ -1,6 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ConvergencePolicy, defaultFinishWithinMs, UNLIMITED_BANDWIDTH, START_DOWNTIME_MS, type Decision, type PolicyOptions } from '../../src/migration/policy.js';
+import {
+  ConvergencePolicy,
+  defaultFinishWithinMs,
+  UNLIMITED_BANDWIDTH,
+  START_DOWNTIME_MS,
+  type Decision,
+  type PolicyOptions,
+} from '../../src/migration/policy.js';
 import { sampleFrom, newProgress, update, type Sample, type Verdict } from '../../src/migration/progress.js';
 import type { MigrationInfo, MigrationRamStats } from '../../src/qemu/commands.js';
 
@@ -12,9 +19,23 @@ function ram(over: Partial<MigrationRamStats> = {}): MigrationRamStats {
   const transferred = over.transferred ?? 27002302;
   const normal = Math.floor(transferred / pageSize);
   return {
-    transferred, remaining: 106889216, total: 134750208, duplicate: 1, skipped: 0, normal, 'normal-bytes': normal * pageSize,
-    'dirty-pages-rate': 0, mbps: 240.0, 'dirty-sync-count': 1, 'postcopy-requests': 0, 'page-size': pageSize, 'multifd-bytes': 0,
-    'pages-per-second': 7312, 'precopy-bytes': transferred, 'downtime-bytes': 0, 'postcopy-bytes': 0,
+    transferred,
+    remaining: 106889216,
+    total: 134750208,
+    duplicate: 1,
+    skipped: 0,
+    normal,
+    'normal-bytes': normal * pageSize,
+    'dirty-pages-rate': 0,
+    mbps: 240.0,
+    'dirty-sync-count': 1,
+    'postcopy-requests': 0,
+    'page-size': pageSize,
+    'multifd-bytes': 0,
+    'pages-per-second': 7312,
+    'precopy-bytes': transferred,
+    'downtime-bytes': 0,
+    'postcopy-bytes': 0,
     ...over,
   };
 }
@@ -25,7 +46,19 @@ function active(r: Partial<MigrationRamStats> = {}, extra: Partial<MigrationInfo
 
 /** A sample of pass `pass` of a busy guest: 240 Mbit/s link, 6000 pages/s dirtied. */
 function at(pass: number, over: Partial<MigrationRamStats> = {}, extra: Partial<MigrationInfo> = {}): Sample {
-  const s = sampleFrom(active({ 'dirty-sync-count': pass, 'dirty-pages-rate': 6000, remaining: 24 * MiB, transferred: 134_000_000 + pass * 24 * MiB, ...over }, extra), pass * 1000);
+  const s = sampleFrom(
+    active(
+      {
+        'dirty-sync-count': pass,
+        'dirty-pages-rate': 6000,
+        remaining: 24 * MiB,
+        transferred: 134_000_000 + pass * 24 * MiB,
+        ...over,
+      },
+      extra,
+    ),
+    pass * 1000,
+  );
   assert.ok(s);
   return s;
 }
@@ -84,7 +117,8 @@ test('ladder: stalled at each pass end doubles the downtime up to the max, then 
   const p = policy({ maxDowntimeMs: 300 });
   const limits: Array<number | undefined> = [];
   // expected-downtime below 2× the limit, so plain doubling applies
-  for (let pass = 2; pass <= 5; pass++) limits.push(downtimeOf(only(p.onSample(at(pass, {}, { 'expected-downtime': 30 }), 'stalled', pass * 1000))));
+  for (let pass = 2; pass <= 5; pass++)
+    limits.push(downtimeOf(only(p.onSample(at(pass, {}, { 'expected-downtime': 30 }), 'stalled', pass * 1000))));
   assert.deepEqual(limits, [40, 80, 160, 300]);
   assert.equal(p.downtimeMs, 300);
   assert.equal(p.step, 4);
@@ -108,12 +142,16 @@ test('ladder: stalled at each pass end doubles the downtime up to the max, then 
 test('ladder: the decision reason names the verdict and the new limit', () => {
   const p = policy();
   const d = only(p.onSample(at(2, {}, { 'expected-downtime': 25 }), 'not-converging', 2000));
-  assert.deepEqual(d, { kind: 'set-parameters', params: { 'downtime-limit': 40 }, reason: 'not-converging: downtime limit raised to 40 ms' });
+  assert.deepEqual(d, {
+    kind: 'set-parameters',
+    params: { 'downtime-limit': 40 },
+    reason: 'not-converging: downtime limit raised to 40 ms',
+  });
   const d2 = only(p.onSample(at(3, {}, { 'expected-downtime': 25 }), 'stalled', 3000));
   assert.equal(d2.reason, 'stalled: downtime limit raised to 80 ms');
 });
 
-test('ladder: jumps straight to QEMU\'s expected downtime when that is more than doubling', () => {
+test("ladder: jumps straight to QEMU's expected downtime when that is more than doubling", () => {
   const p = policy({ maxDowntimeMs: 300 });
   assert.equal(downtimeOf(only(p.onSample(at(2, {}, { 'expected-downtime': 250 }), 'stalled', 2000))), 250);
   assert.equal(p.downtimeMs, 250);
@@ -158,7 +196,8 @@ test('ladder: already at the max downtime (max ≤ 20 ms) → the first stalled 
 test('ladder: one decision per pass, however many samples that pass has', () => {
   const p = policy({ maxDowntimeMs: 5000 });
   assert.equal(only(p.onSample(at(2, { remaining: 24 * MiB }), 'stalled', 2000)).kind, 'set-parameters');
-  for (let i = 0; i < 10; i++) assert.deepEqual(p.onSample(at(2, { remaining: (20 - i) * MiB }), 'stalled', 2100 + i * 250), []);
+  for (let i = 0; i < 10; i++)
+    assert.deepEqual(p.onSample(at(2, { remaining: (20 - i) * MiB }), 'stalled', 2100 + i * 250), []);
   assert.equal(p.downtimeMs, 50); // QEMU's expected-downtime of the sample
   assert.equal(p.step, 1);
   // the next pass may decide again
@@ -208,11 +247,14 @@ test('ladder: driven by real progress verdicts over a stalled guest', () => {
   }
   assert.equal(verdicts[2], 'converging'); // first pass end: nothing to compare
   assert.equal(verdicts[3], 'stalled');
-  assert.deepEqual(decisions.map((d) => d.kind === 'set-parameters' ? d.params : d.kind), [
-    { 'downtime-limit': 60 }, // pass 3: jump to expected 60 (> 2×20)
-    { 'downtime-limit': 100 }, // pass 4: 120 capped at 100
-    { 'throttle-trigger-threshold': 50 }, // pass 5
-  ]);
+  assert.deepEqual(
+    decisions.map((d) => (d.kind === 'set-parameters' ? d.params : d.kind)),
+    [
+      { 'downtime-limit': 60 }, // pass 3: jump to expected 60 (> 2×20)
+      { 'downtime-limit': 100 }, // pass 4: 120 capped at 100
+      { 'throttle-trigger-threshold': 50 }, // pass 5
+    ],
+  );
 });
 
 // ---------------------------------------------------------------- the budget
@@ -227,7 +269,8 @@ test('budget: past finishWithinMs → abort naming the dirty rate, the bandwidth
   assert.match(d.reason, /28\.6 MiB\/s of bandwidth/);
   assert.match(d.reason, /12\.0 MiB still to copy/);
   assert.match(d.reason, /within 90 s/);
-  for (const flag of ['--max-downtime', '--finish-within', '--bandwidth', '--allow-postcopy']) assert.ok(d.reason.includes(flag), `reason names ${flag}: ${d.reason}`);
+  for (const flag of ['--max-downtime', '--finish-within', '--bandwidth', '--allow-postcopy'])
+    assert.ok(d.reason.includes(flag), `reason names ${flag}: ${d.reason}`);
   assert.equal(d.reason.indexOf('29.3') < d.reason.indexOf('28.6'), true, 'dirty rate first, then bandwidth');
   assert.equal(p.postcopy, false);
 });

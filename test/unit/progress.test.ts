@@ -1,6 +1,15 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { sampleFrom, newProgress, update, judge, copyEta, type Sample, type PassEnd, type ProgressState } from '../../src/migration/progress.js';
+import {
+  sampleFrom,
+  newProgress,
+  update,
+  judge,
+  copyEta,
+  type Sample,
+  type PassEnd,
+  type ProgressState,
+} from '../../src/migration/progress.js';
 import type { MigrationInfo, MigrationRamStats } from '../../src/qemu/commands.js';
 
 const MiB = 1024 * 1024;
@@ -109,7 +118,10 @@ test('sampleFrom: cpu-throttle-percentage is carried, absent means 0', () => {
 
 test('sampleFrom: no expected-downtime (e.g. completed reply with `downtime`) gives null', () => {
   const completed: MigrationInfo = {
-    status: 'completed', 'setup-time': 12, 'total-time': 5210, downtime: 37,
+    status: 'completed',
+    'setup-time': 12,
+    'total-time': 5210,
+    downtime: 37,
     ram: ram({ remaining: 0, transferred: 139812864, 'dirty-sync-count': 4 }),
   };
   const s = sampleFrom(completed, 5);
@@ -250,14 +262,29 @@ test('ETA is null when QEMU has not measured a bandwidth yet (mbps 0)', () => {
 function passes(remaining: number[], opts: { dirtyPages?: number; mbps?: number } = {}): Sample[] {
   const dirty = opts.dirtyPages ?? 1200;
   const mbps = opts.mbps ?? 240;
-  const out: Sample[] = [sample({ transferred: 27002302, remaining: 106889216, 'dirty-sync-count': 1, 'dirty-pages-rate': 0, mbps }, 250)];
+  const out: Sample[] = [
+    sample({ transferred: 27002302, remaining: 106889216, 'dirty-sync-count': 1, 'dirty-pages-rate': 0, mbps }, 250),
+  ];
   let sent = 134_000_000;
   let t = 500;
   remaining.forEach((rem, i) => {
     const pass = i + 2;
-    out.push(sample({ transferred: sent, remaining: rem, 'dirty-sync-count': pass, 'dirty-pages-rate': dirty, mbps }, t));
+    out.push(
+      sample({ transferred: sent, remaining: rem, 'dirty-sync-count': pass, 'dirty-pages-rate': dirty, mbps }, t),
+    );
     // later in the same pass: remaining drains
-    out.push(sample({ transferred: sent + Math.floor(rem / 2), remaining: Math.floor(rem / 2), 'dirty-sync-count': pass, 'dirty-pages-rate': dirty, mbps }, t + 250));
+    out.push(
+      sample(
+        {
+          transferred: sent + Math.floor(rem / 2),
+          remaining: Math.floor(rem / 2),
+          'dirty-sync-count': pass,
+          'dirty-pages-rate': dirty,
+          mbps,
+        },
+        t + 250,
+      ),
+    );
     sent += rem;
     t += 500;
   });
@@ -320,7 +347,10 @@ test('verdict: only changes at pass boundaries, not within a pass', () => {
 
 test('verdict: at a pass end a dirty rate of 0 is a real reading; an unmeasured bandwidth keeps the previous one', () => {
   let st = update(newProgress(), sample({ 'dirty-sync-count': 1, 'dirty-pages-rate': 1500, mbps: 240 }));
-  st = update(st, sample({ 'dirty-sync-count': 2, 'dirty-pages-rate': 0, mbps: 0, remaining: 8 * MiB, transferred: 134_000_000 }));
+  st = update(
+    st,
+    sample({ 'dirty-sync-count': 2, 'dirty-pages-rate': 0, mbps: 0, remaining: 8 * MiB, transferred: 134_000_000 }),
+  );
   assert.deepEqual(st.passes, [{ pass: 1, remainingBytes: 8 * MiB, dirtyBps: 0, bandwidthBps: 30e6 }]);
 });
 

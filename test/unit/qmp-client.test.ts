@@ -9,13 +9,18 @@ import path from 'node:path';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import { FerryError } from '../../src/errors.js';
 
-async function fakeQemu(t: import('node:test').TestContext, onCommand: (msg: { execute: string; id: string }, send: (o: unknown) => void) => void): Promise<string> {
+async function fakeQemu(
+  t: import('node:test').TestContext,
+  onCommand: (msg: { execute: string; id: string }, send: (o: unknown) => void) => void,
+): Promise<string> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-qmp-'));
   const sock = path.join(dir, 'qmp.sock');
   const conns: net.Socket[] = [];
   const server = net.createServer((c) => {
     conns.push(c);
-    const send = (o: unknown): void => { c.write(JSON.stringify(o) + '\r\n'); };
+    const send = (o: unknown): void => {
+      c.write(JSON.stringify(o) + '\r\n');
+    };
     send({ QMP: { version: {}, capabilities: [] } });
     let buf = '';
     c.on('data', (d) => {
@@ -30,14 +35,19 @@ async function fakeQemu(t: import('node:test').TestContext, onCommand: (msg: { e
     });
   });
   await new Promise<void>((r) => server.listen(sock, r));
-  t.after(async () => { for (const c of conns) c.destroy(); server.close(); await fsp.rm(dir, { recursive: true, force: true }); });
+  t.after(async () => {
+    for (const c of conns) c.destroy();
+    server.close();
+    await fsp.rm(dir, { recursive: true, force: true });
+  });
   return sock;
 }
 
 test('replies are matched by id even out of order; events before a wait are found in history', async (t) => {
   const held: Array<() => void> = [];
   const sock = await fakeQemu(t, (msg, send) => {
-    if (msg.execute === 'query-status') held.push(() => send({ return: { running: true, status: 'running' }, id: msg.id }));
+    if (msg.execute === 'query-status')
+      held.push(() => send({ return: { running: true, status: 'running' }, id: msg.id }));
     if (msg.execute === 'query-version') {
       send({ event: 'BLOCK_JOB_READY', data: { device: 'copy-disk0' }, timestamp: { seconds: 1, microseconds: 0 } });
       send({ return: { qemu: { major: 7, minor: 2, micro: 0 }, package: '' }, id: msg.id });
@@ -51,19 +61,32 @@ test('replies are matched by id even out of order; events before a wait are foun
   const version = await qmp.execute('query-version');
   assert.equal(version.qemu.major, 7);
   assert.equal((await status).status, 'running');
-  const ready = await qmp.waitEvent((e) => e.event === 'BLOCK_JOB_READY' && e.data?.device === 'copy-disk0', { timeoutMs: 100 });
+  const ready = await qmp.waitEvent((e) => e.event === 'BLOCK_JOB_READY' && e.data?.device === 'copy-disk0', {
+    timeoutMs: 100,
+  });
   assert.equal(ready.index, 0);
-  await assert.rejects(qmp.waitEvent((e) => e.event === 'BLOCK_JOB_READY', { since: qmp.eventMark, timeoutMs: 50 }), (e: FerryError) => e.code === 'E_TIMEOUT');
-  await assert.rejects(qmp.execute('stop'), (e: FerryError) => e.code === 'E_QMP' && e.context.qemuClass === 'GenericError');
+  await assert.rejects(
+    qmp.waitEvent((e) => e.event === 'BLOCK_JOB_READY', { since: qmp.eventMark, timeoutMs: 50 }),
+    (e: FerryError) => e.code === 'E_TIMEOUT',
+  );
+  await assert.rejects(
+    qmp.execute('stop'),
+    (e: FerryError) => e.code === 'E_QMP' && e.context.qemuClass === 'GenericError',
+  );
 });
 
 test('events() yields live events and ends when the connection closes', async (t) => {
   let sendEv: ((o: unknown) => void) | null = null;
-  const sock = await fakeQemu(t, (msg, send) => { sendEv = send; send({ return: {}, id: msg.id }); });
+  const sock = await fakeQemu(t, (msg, send) => {
+    sendEv = send;
+    send({ return: {}, id: msg.id });
+  });
   const qmp = await QmpClient.connect(sock, { vm: 'fake' });
   await qmp.execute('cont');
   const seen: string[] = [];
-  const done = (async () => { for await (const e of qmp.events()) seen.push(e.event); })();
+  const done = (async () => {
+    for await (const e of qmp.events()) seen.push(e.event);
+  })();
   await new Promise((r) => setTimeout(r, 20));
   sendEv!({ event: 'STOP' });
   sendEv!({ event: 'RESUME' });
@@ -75,5 +98,8 @@ test('events() yields live events and ends when the connection closes', async (t
 });
 
 test('connect gives up with a clear error when nothing listens', async () => {
-  await assert.rejects(QmpClient.connect('/nonexistent/qmp.sock', { vm: 'x', timeoutMs: 300 }), (e: FerryError) => e.code === 'E_QMP_CONNECT' && /VM 'x'/.test(e.message));
+  await assert.rejects(
+    QmpClient.connect('/nonexistent/qmp.sock', { vm: 'x', timeoutMs: 300 }),
+    (e: FerryError) => e.code === 'E_QMP_CONNECT' && /VM 'x'/.test(e.message),
+  );
 });

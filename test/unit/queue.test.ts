@@ -9,16 +9,31 @@ type State = 'pending' | 'resolved' | 'rejected';
 /** Tracks a promise's state so tests can look without awaiting. */
 function track(p: Promise<void>): { readonly state: State; readonly error: unknown; promise: Promise<void> } {
   const t = { state: 'pending' as State, error: undefined as unknown, promise: p };
-  p.then(() => { t.state = 'resolved'; }, (e: unknown) => { t.state = 'rejected'; t.error = e; });
+  p.then(
+    () => {
+      t.state = 'resolved';
+    },
+    (e: unknown) => {
+      t.state = 'rejected';
+      t.error = e;
+    },
+  );
   return t;
 }
 
 /** Lets resolved promises' callbacks run. */
-async function flush(): Promise<void> { await tick(); }
+async function flush(): Promise<void> {
+  await tick();
+}
 
 function queue(limit: number): { q: SlotQueue; setLimit: (n: number) => void } {
   let l = limit;
-  return { q: new SlotQueue(() => l), setLimit: (n) => { l = n; } };
+  return {
+    q: new SlotQueue(() => l),
+    setLimit: (n) => {
+      l = n;
+    },
+  };
 }
 
 /** Fills all slots with ids 'run-1'..'run-n'. */
@@ -61,10 +76,17 @@ test('FIFO within a priority', async () => {
   const { q } = queue(1);
   await fill(q, 1);
   const order: string[] = [];
-  const ps = ['n1', 'n2', 'n3', 'n4'].map((id) => q.acquire(id, 'normal').then(() => { order.push(id); }));
+  const ps = ['n1', 'n2', 'n3', 'n4'].map((id) =>
+    q.acquire(id, 'normal').then(() => {
+      order.push(id);
+    }),
+  );
   assert.deepEqual(q.queued, ['n1', 'n2', 'n3', 'n4']);
   q.release('run-1');
-  for (const id of ['n1', 'n2', 'n3']) { await flush(); q.release(id); }
+  for (const id of ['n1', 'n2', 'n3']) {
+    await flush();
+    q.release(id);
+  }
   await Promise.all(ps);
   assert.deepEqual(order, ['n1', 'n2', 'n3', 'n4']);
 });
@@ -73,8 +95,19 @@ test('high before normal before low, FIFO inside each', async () => {
   const { q } = queue(1);
   await fill(q, 1);
   const order: string[] = [];
-  const reqs: Array<[string, Priority]> = [['low1', 'low'], ['norm1', 'normal'], ['high1', 'high'], ['low2', 'low'], ['norm2', 'normal'], ['high2', 'high']];
-  const ps = reqs.map(([id, pr]) => q.acquire(id, pr).then(() => { order.push(id); }));
+  const reqs: Array<[string, Priority]> = [
+    ['low1', 'low'],
+    ['norm1', 'normal'],
+    ['high1', 'high'],
+    ['low2', 'low'],
+    ['norm2', 'normal'],
+    ['high2', 'high'],
+  ];
+  const ps = reqs.map(([id, pr]) =>
+    q.acquire(id, pr).then(() => {
+      order.push(id);
+    }),
+  );
   assert.deepEqual(q.queued, ['high1', 'high2', 'norm1', 'norm2', 'low1', 'low2']);
   let cur = 'run-1';
   for (let i = 0; i < reqs.length; i++) {
@@ -244,7 +277,13 @@ test('limit raised + pump() starts waiters in queue order up to the new limit', 
   const { q, setLimit } = queue(1);
   await fill(q, 1);
   const ts = new Map<string, ReturnType<typeof track>>();
-  for (const [id, pr] of [['l', 'low'], ['n', 'normal'], ['h', 'high'], ['n2', 'normal']] as Array<[string, Priority]>) ts.set(id, track(q.acquire(id, pr)));
+  for (const [id, pr] of [
+    ['l', 'low'],
+    ['n', 'normal'],
+    ['h', 'high'],
+    ['n2', 'normal'],
+  ] as Array<[string, Priority]>)
+    ts.set(id, track(q.acquire(id, pr)));
   setLimit(3);
   q.pump();
   await flush();

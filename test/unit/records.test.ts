@@ -2,7 +2,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { crc32 } from 'node:zlib';
 import {
-  RECORD_SIZE, MAX_LOG_BYTES, makeRecord, parseRecord, verifyLog, parseSerial, heartbeatGaps, highestAckIn,
+  RECORD_SIZE,
+  MAX_LOG_BYTES,
+  makeRecord,
+  parseRecord,
+  verifyLog,
+  parseSerial,
+  heartbeatGaps,
+  highestAckIn,
 } from '../../guest/records.js';
 
 /** A log of `nslots` slots holding records 1..count (later records overwrite earlier ones). */
@@ -31,7 +38,9 @@ test('makeRecord has the documented layout', () => {
   assert.equal(r.readUInt32LE(20), 0);
   // First payload word: xorshift32 step from the seed seq ^ (seq >> 32) ^ 0x9E3779B9.
   let x = (7 ^ 0x9e3779b9) >>> 0;
-  x = (x ^ (x << 13)) >>> 0; x = (x ^ (x >>> 17)) >>> 0; x = (x ^ (x << 5)) >>> 0;
+  x = (x ^ (x << 13)) >>> 0;
+  x = (x ^ (x >>> 17)) >>> 0;
+  x = (x ^ (x << 5)) >>> 0;
   assert.equal(r.readUInt32LE(24), x);
   assert.equal(r.readUInt32LE(4092), crc32(r.subarray(0, 4092)));
   // Large seqs (above 2^32) are fine too.
@@ -39,7 +48,12 @@ test('makeRecord has the documented layout', () => {
 });
 
 test('makeRecord/parseRecord roundtrip', () => {
-  for (const [seq, n] of [[1, 16], [16, 16], [12345, 16384], [2 ** 33 + 5, 64]] as const) {
+  for (const [seq, n] of [
+    [1, 16],
+    [16, 16],
+    [12345, 16384],
+    [2 ** 33 + 5, 64],
+  ] as const) {
     const r = makeRecord(seq, n);
     assert.deepEqual(parseRecord(r, seq % n), { seq, nslots: n });
     assert.deepEqual(parseRecord(r, seq % n, n), { seq, nslots: n });
@@ -48,7 +62,7 @@ test('makeRecord/parseRecord roundtrip', () => {
   }
   assert.equal(parseRecord(Buffer.alloc(4096), 0), null, 'zeros');
   const bad = makeRecord(3, 16);
-  bad[100] = (bad[100]! ^ 1);
+  bad[100] = bad[100]! ^ 1;
   assert.equal(parseRecord(bad, 3), null, 'bad crc');
   // Payload damage with a recomputed CRC is still caught.
   bad.writeUInt32LE(crc32(bad.subarray(0, 4092)), 4092);
@@ -80,7 +94,10 @@ test('verifyLog: a record missing below the ack is not ok', () => {
   assert.deepEqual(r.missing, [20]);
   assert.deepEqual(r.corrupt, []);
   assert.equal(r.highestContiguous, 19);
-  assert.ok(r.problems.some((p) => p.includes('record 20 acknowledged but missing')), r.problems.join('; '));
+  assert.ok(
+    r.problems.some((p) => p.includes('record 20 acknowledged but missing')),
+    r.problems.join('; '),
+  );
 });
 
 test('verifyLog: a corrupt record below the ack is not ok', () => {
@@ -90,7 +107,10 @@ test('verifyLog: a corrupt record below the ack is not ok', () => {
   const r = verifyLog(raw, { highestAck: 50 });
   assert.equal(r.ok, false);
   assert.deepEqual(r.corrupt, [30]);
-  assert.ok(r.problems.some((p) => p.includes('record 30 acknowledged but corrupt')), r.problems.join('; '));
+  assert.ok(
+    r.problems.some((p) => p.includes('record 30 acknowledged but corrupt')),
+    r.problems.join('; '),
+  );
 });
 
 test('verifyLog: a torn record above the ack is ok', () => {
@@ -112,7 +132,10 @@ test('verifyLog: a torn record above the ack is ok', () => {
   // But an ack beyond what the disk holds is not.
   const r3 = verifyLog(raw, { highestAck: 50 });
   assert.equal(r3.ok, false);
-  assert.ok(r3.problems.some((p) => p.includes('record 50 acknowledged')), r3.problems.join('; '));
+  assert.ok(
+    r3.problems.some((p) => p.includes('record 50 acknowledged')),
+    r3.problems.join('; '),
+  );
 });
 
 test('verifyLog: wrap-around with nslots=16 and 40 records', () => {
@@ -131,7 +154,10 @@ test('verifyLog: wrap-around with nslots=16 and 40 records', () => {
   assert.equal(bad.ok, false);
   assert.deepEqual(bad.corrupt, [30]);
   assert.equal(bad.highestContiguous, 29);
-  assert.ok(bad.problems.some((p) => /record 30 acknowledged but corrupt .*holds record 14/.test(p)), bad.problems.join('; '));
+  assert.ok(
+    bad.problems.some((p) => /record 30 acknowledged but corrupt .*holds record 14/.test(p)),
+    bad.problems.join('; '),
+  );
 });
 
 test('verifyLog: empty disk', () => {
@@ -181,7 +207,11 @@ test('parseSerial: kernel noise, \\r and a partial last line', () => {
     'ferry-ack 10', // cut short
   ].join('\n');
   const s = parseSerial(text);
-  assert.deepEqual(s.heartbeats, [{ seq: 1, guestMs: 1870 }, { seq: 2, guestMs: 1890 }, { seq: 3, guestMs: 1910 }]);
+  assert.deepEqual(s.heartbeats, [
+    { seq: 1, guestMs: 1870 },
+    { seq: 2, guestMs: 1890 },
+    { seq: 3, guestMs: 1910 },
+  ]);
   assert.deepEqual(s.acks, [101, 102, 104]);
   assert.equal(s.highestAck, 104);
   assert.equal(s.writerStart, 101);
@@ -194,8 +224,12 @@ test('parseSerial: kernel noise, \\r and a partial last line', () => {
 test('heartbeatGaps', () => {
   assert.deepEqual(heartbeatGaps([]), { resets: 0, maxSeqGap: 0, maxGuestGapMs: 0 });
   const hbs = [
-    { seq: 1, guestMs: 1000 }, { seq: 2, guestMs: 1020 }, { seq: 5, guestMs: 1085 },
-    { seq: 6, guestMs: 1400 }, { seq: 1, guestMs: 900 }, { seq: 2, guestMs: 920 },
+    { seq: 1, guestMs: 1000 },
+    { seq: 2, guestMs: 1020 },
+    { seq: 5, guestMs: 1085 },
+    { seq: 6, guestMs: 1400 },
+    { seq: 1, guestMs: 900 },
+    { seq: 2, guestMs: 920 },
   ];
   assert.deepEqual(heartbeatGaps(hbs), { resets: 1, maxSeqGap: 2, maxGuestGapMs: 315 });
 });

@@ -9,9 +9,16 @@ import { buildArgv } from '../../src/qemu/argv.js';
 import { FerryError } from '../../src/errors.js';
 
 const base = (over: Record<string, unknown> = {}): Record<string, unknown> => ({
-  name: 'web1', id: newVmId(), memoryMiB: 256, cpus: 1,
+  name: 'web1',
+  id: newVmId(),
+  memoryMiB: 256,
+  cpus: 1,
   disks: [{ id: 'disk0', path: '/pool/web1.qcow2', format: 'qcow2' }],
-  boot: { kind: 'disk' }, configPath: '/vms/web1', checkpointPath: '/vms/web1', pagingPath: '/vms/web1', ...over,
+  boot: { kind: 'disk' },
+  configPath: '/vms/web1',
+  checkpointPath: '/vms/web1',
+  pagingPath: '/vms/web1',
+  ...over,
 });
 
 test('a valid spec parses with defaults', () => {
@@ -33,12 +40,15 @@ test('bad fields are named with their value and the fix', () => {
     [base({ id: undefined }), /field 'id' \(missing\)/],
   ];
   for (const [input, re] of cases) {
-    assert.throws(() => parseVmSpec(input), (e: FerryError) => {
-      assert.equal(e.code, 'E_INVALID_INPUT');
-      assert.match(e.message, /^Cannot /);
-      assert.match(e.message, re);
-      return true;
-    });
+    assert.throws(
+      () => parseVmSpec(input),
+      (e: FerryError) => {
+        assert.equal(e.code, 'E_INVALID_INPUT');
+        assert.match(e.message, /^Cannot /);
+        assert.match(e.message, re);
+        return true;
+      },
+    );
   }
 });
 
@@ -46,20 +56,45 @@ test('createVm: a missing kernel, a missing image or a bad size creates nothing'
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-unit-'));
   t.after(() => fsp.rm(dir, { recursive: true, force: true }));
   const cfg = path.join(dir, 'vm');
-  const kernelVm = base({ configPath: cfg, checkpointPath: cfg, pagingPath: cfg, disks: [], boot: { kind: 'kernel', kernel: '/nonexistent/vmlinuz' } });
-  await assert.rejects(createVm(kernelVm), (e: FerryError) => e.code === 'E_FILE_NOT_FOUND' && /boot\.kernel.*\/nonexistent\/vmlinuz/.test(e.message));
-  const imgVm = base({ configPath: cfg, checkpointPath: cfg, pagingPath: cfg, disks: [{ id: 'disk0', path: path.join(dir, 'nope.qcow2'), format: 'qcow2' }] });
-  await assert.rejects(createVm(imgVm), (e: FerryError) => e.code === 'E_DISK_NOT_FOUND' && /nope\.qcow2/.test(e.message));
-  await assert.rejects(createVm(imgVm, { createDisks: { disk0: 1000 } }), (e: FerryError) => e.code === 'E_INVALID_INPUT' && /multiple of 512/.test(e.message));
+  const kernelVm = base({
+    configPath: cfg,
+    checkpointPath: cfg,
+    pagingPath: cfg,
+    disks: [],
+    boot: { kind: 'kernel', kernel: '/nonexistent/vmlinuz' },
+  });
+  await assert.rejects(
+    createVm(kernelVm),
+    (e: FerryError) => e.code === 'E_FILE_NOT_FOUND' && /boot\.kernel.*\/nonexistent\/vmlinuz/.test(e.message),
+  );
+  const imgVm = base({
+    configPath: cfg,
+    checkpointPath: cfg,
+    pagingPath: cfg,
+    disks: [{ id: 'disk0', path: path.join(dir, 'nope.qcow2'), format: 'qcow2' }],
+  });
+  await assert.rejects(
+    createVm(imgVm),
+    (e: FerryError) => e.code === 'E_DISK_NOT_FOUND' && /nope\.qcow2/.test(e.message),
+  );
+  await assert.rejects(
+    createVm(imgVm, { createDisks: { disk0: 1000 } }),
+    (e: FerryError) => e.code === 'E_INVALID_INPUT' && /multiple of 512/.test(e.message),
+  );
   await assert.rejects(createVm({ ...imgVm, memoryMiB: 'lots' }), (e: FerryError) => e.code === 'E_INVALID_INPUT');
   assert.deepEqual(await fsp.readdir(dir), [], 'nothing was created');
 });
 
 test('argv: the same spec gives the same device layout on every host; incoming adds -S -incoming defer', () => {
-  const spec = parseVmSpec(base({
-    disks: [{ id: 'disk0', path: '/pool/a.qcow2', format: 'qcow2' }, { id: 'disk1', path: '/pool/b.raw', format: 'raw', cache: 'writeback' }],
-    nics: [{ id: 'nic0', switch: 'lan', mac: '52:54:00:12:34:56' }],
-  }));
+  const spec = parseVmSpec(
+    base({
+      disks: [
+        { id: 'disk0', path: '/pool/a.qcow2', format: 'qcow2' },
+        { id: 'disk1', path: '/pool/b.raw', format: 'raw', cache: 'writeback' },
+      ],
+      nics: [{ id: 'nic0', switch: 'lan', mac: '52:54:00:12:34:56' }],
+    }),
+  );
   const paths = { qmpSocket: '/run/q.sock', serialLog: '/run/s.log', pidFile: '/run/p' };
   const a = buildArgv(spec, { accel: 'tcg', paths });
   const b = buildArgv(spec, { accel: 'tcg', paths, incoming: true });
@@ -71,7 +106,14 @@ test('argv: the same spec gives the same device layout on every host; incoming a
   assert.match(joined, /virtio-blk-pci,drive=disk1,id=disk1,bus=pci\.0,addr=0x5/);
   assert.match(joined, /virtio-net-pci,netdev=net-nic0,id=nic0,mac=52:54:00:12:34:56,bus=pci\.0,addr=0x14/);
   const blockdevs = a.flatMap((x, i) => (a[i - 1] === '-blockdev' ? [JSON.parse(x) as Record<string, unknown>] : []));
-  assert.deepEqual(blockdevs.map((d) => d['node-name']), ['disk0-file', 'disk0', 'disk1-file', 'disk1']);
-  assert.equal((blockdevs[0]!.cache as { direct: boolean }).direct, true, 'migratable disks bypass the host page cache');
+  assert.deepEqual(
+    blockdevs.map((d) => d['node-name']),
+    ['disk0-file', 'disk0', 'disk1-file', 'disk1'],
+  );
+  assert.equal(
+    (blockdevs[0]!.cache as { direct: boolean }).direct,
+    true,
+    'migratable disks bypass the host page cache',
+  );
   assert.equal((blockdevs[2]!.cache as { direct: boolean }).direct, false);
 });

@@ -39,11 +39,20 @@ export function App() {
   }, [check]);
 
   const doLogout = async (): Promise<void> => {
-    try { await logout(); } catch { /* the session is dropped either way */ }
+    try {
+      await logout();
+    } catch {
+      /* the session is dropped either way */
+    }
     setAuth({ kind: 'out' });
   };
 
-  if (auth.kind === 'checking') return <div className="splash" data-testid="loading">Loading…</div>;
+  if (auth.kind === 'checking')
+    return (
+      <div className="splash" data-testid="loading">
+        Loading…
+      </div>
+    );
   if (auth.kind === 'out') return <LoginPage error={auth.error} onLoggedIn={check} />;
 
   return (

@@ -26,10 +26,23 @@ export function LoginPage({ error, onLoggedIn }: { error?: string; onLoggedIn: (
         <h1>Ferry console</h1>
         <p className="muted">Log in with the console's access token.</p>
         <label htmlFor="token">Access token</label>
-        <input id="token" type="password" autoComplete="current-password" autoFocus value={token}
-          onChange={(e) => setToken(e.target.value)} data-testid="login-token" />
-        {failure && <div className="error" role="alert" data-testid="login-error">{failure}</div>}
-        <button type="submit" disabled={busy || !token} data-testid="login-submit">{busy ? 'Logging in…' : 'Log in'}</button>
+        <input
+          id="token"
+          type="password"
+          autoComplete="current-password"
+          autoFocus
+          value={token}
+          onChange={(e) => setToken(e.target.value)}
+          data-testid="login-token"
+        />
+        {failure && (
+          <div className="error" role="alert" data-testid="login-error">
+            {failure}
+          </div>
+        )}
+        <button type="submit" disabled={busy || !token} data-testid="login-submit">
+          {busy ? 'Logging in…' : 'Log in'}
+        </button>
       </form>
     </div>
   );

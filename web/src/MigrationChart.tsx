@@ -15,11 +15,17 @@ function niceMax(v: number): number {
   return 10 * p;
 }
 
-function fmtAxis(v: number): string { return v >= 100 ? String(Math.round(v)) : v >= 10 ? v.toFixed(0) : v.toFixed(1); }
+function fmtAxis(v: number): string {
+  return v >= 100 ? String(Math.round(v)) : v >= 10 ? v.toFixed(0) : v.toFixed(1);
+}
 
 export function MigrationChart({ samples }: { samples: readonly Sample[] }) {
   if (samples.length < 2) {
-    return <div className="chart-empty muted small" data-testid="migration-chart">Collecting samples…</div>;
+    return (
+      <div className="chart-empty muted small" data-testid="migration-chart">
+        Collecting samples…
+      </div>
+    );
   }
   const t0 = samples[0]!.t;
   const span = Math.max(1, (samples[samples.length - 1]!.t - t0) / 1000);
@@ -27,12 +33,15 @@ export function MigrationChart({ samples }: { samples: readonly Sample[] }) {
   const rateMax = niceMax(Math.max(...samples.map((s) => Math.max(s.transferBps, s.dirtyBps) / MiB)));
   const iw = W - PAD.l - PAD.r;
   const ih = H - PAD.t - PAD.b;
-  const x = (t: number): number => PAD.l + (((t - t0) / 1000) / span) * iw;
+  const x = (t: number): number => PAD.l + ((t - t0) / 1000 / span) * iw;
   const yL = (v: number): number => PAD.t + ih - (v / remMax) * ih;
   const yR = (v: number): number => PAD.t + ih - (v / rateMax) * ih;
-  const line = (pts: Array<[number, number]>): string => pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(' ');
+  const line = (pts: Array<[number, number]>): string =>
+    pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(' ');
   const hasRemaining = samples.some((s) => s.remainingBytes !== null);
-  const remaining = line(samples.filter((s) => s.remainingBytes !== null).map((s) => [x(s.t), yL(s.remainingBytes! / MiB)]));
+  const remaining = line(
+    samples.filter((s) => s.remainingBytes !== null).map((s) => [x(s.t), yL(s.remainingBytes! / MiB)]),
+  );
   const transfer = line(samples.map((s) => [x(s.t), yR(s.transferBps / MiB)]));
   const dirty = line(samples.map((s) => [x(s.t), yR(s.dirtyBps / MiB)]));
   const ticks = [0, 0.25, 0.5, 0.75, 1];
@@ -45,24 +54,59 @@ export function MigrationChart({ samples }: { samples: readonly Sample[] }) {
           return (
             <g key={f}>
               <line x1={PAD.l} x2={W - PAD.r} y1={y} y2={y} className="grid" />
-              {hasRemaining && <text x={PAD.l - 6} y={y + 4} textAnchor="end" className="axis remaining">{fmtAxis(f * remMax)}</text>}
-              <text x={W - PAD.r + 6} y={y + 4} textAnchor="start" className="axis rate">{fmtAxis(f * rateMax)}</text>
+              {hasRemaining && (
+                <text x={PAD.l - 6} y={y + 4} textAnchor="end" className="axis remaining">
+                  {fmtAxis(f * remMax)}
+                </text>
+              )}
+              <text x={W - PAD.r + 6} y={y + 4} textAnchor="start" className="axis rate">
+                {fmtAxis(f * rateMax)}
+              </text>
             </g>
           );
         })}
         {ticks.map((f) => (
-          <text key={`x${f}`} x={PAD.l + f * iw} y={H - 8} textAnchor="middle" className="axis">{`${span < 10 ? (f * span).toFixed(1) : Math.round(f * span)} s`}</text>
+          <text
+            key={`x${f}`}
+            x={PAD.l + f * iw}
+            y={H - 8}
+            textAnchor="middle"
+            className="axis"
+          >{`${span < 10 ? (f * span).toFixed(1) : Math.round(f * span)} s`}</text>
         ))}
-        {hasRemaining && <text x={8} y={PAD.t + 4} className="axis remaining" transform={`rotate(-90 8 ${PAD.t + 4})`} textAnchor="end">MiB</text>}
-        <text x={W - 6} y={PAD.t + 4} className="axis rate" transform={`rotate(90 ${W - 6} ${PAD.t + 4})`}>MiB/s</text>
+        {hasRemaining && (
+          <text
+            x={8}
+            y={PAD.t + 4}
+            className="axis remaining"
+            transform={`rotate(-90 8 ${PAD.t + 4})`}
+            textAnchor="end"
+          >
+            MiB
+          </text>
+        )}
+        <text x={W - 6} y={PAD.t + 4} className="axis rate" transform={`rotate(90 ${W - 6} ${PAD.t + 4})`}>
+          MiB/s
+        </text>
         {hasRemaining && <polyline points={remaining} className="series remaining" />}
         <polyline points={transfer} className="series transfer" />
         <polyline points={dirty} className="series dirty" />
       </svg>
       <figcaption className="legend">
-        {hasRemaining && <span><i className="swatch remaining" />remaining memory (MiB)</span>}
-        <span><i className="swatch transfer" />transfer rate (MiB/s)</span>
-        <span><i className="swatch dirty" />dirty rate (MiB/s)</span>
+        {hasRemaining && (
+          <span>
+            <i className="swatch remaining" />
+            remaining memory (MiB)
+          </span>
+        )}
+        <span>
+          <i className="swatch transfer" />
+          transfer rate (MiB/s)
+        </span>
+        <span>
+          <i className="swatch dirty" />
+          dirty rate (MiB/s)
+        </span>
       </figcaption>
     </figure>
   );

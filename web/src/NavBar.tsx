@@ -13,10 +13,19 @@ export function NavBar({ page, onLogout }: { page: Page; onLogout: () => void })
       <span className="brand">Ferry</span>
       <nav>
         {LINKS.map((l) => (
-          <a key={l.page} href={`#/${l.page}`} className={l.page === page ? 'active' : ''} data-testid={`nav-${l.page}`}>{l.label}</a>
+          <a
+            key={l.page}
+            href={`#/${l.page}`}
+            className={l.page === page ? 'active' : ''}
+            data-testid={`nav-${l.page}`}
+          >
+            {l.label}
+          </a>
         ))}
       </nav>
-      <button type="button" className="secondary" onClick={onLogout} data-testid="logout">Log out</button>
+      <button type="button" className="secondary" onClick={onLogout} data-testid="logout">
+        Log out
+      </button>
     </header>
   );
 }

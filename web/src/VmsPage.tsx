@@ -24,33 +24,66 @@ export function VmsPage() {
         </div>
       ))}
       {!poll.data && poll.loading && <p className="muted">Loading…</p>}
-      {poll.data && vms.length === 0 && <p className="muted" data-testid="vms-empty">No virtual machines on any host.</p>}
+      {poll.data && vms.length === 0 && (
+        <p className="muted" data-testid="vms-empty">
+          No virtual machines on any host.
+        </p>
+      )}
       {vms.length > 0 && (
         <table className="table" data-testid="vm-table">
           <thead>
-            <tr><th>Name</th><th>Host</th><th>State</th><th>Memory</th><th>CPUs</th><th>Disks</th><th /></tr>
+            <tr>
+              <th>Name</th>
+              <th>Host</th>
+              <th>State</th>
+              <th>Memory</th>
+              <th>CPUs</th>
+              <th>Disks</th>
+              <th />
+            </tr>
           </thead>
           <tbody>
             {vms.map((vm) => (
               <tr key={`${vm.host}/${vm.name}`} data-testid={`vm-row-${vm.name}`}>
                 <td className="strong">{vm.name}</td>
                 <td data-testid={`vm-host-${vm.name}`}>{vm.host}</td>
-                <td><span className={`badge state-${vm.state}`} data-testid={`vm-state-${vm.name}`}>{vm.state}</span></td>
+                <td>
+                  <span className={`badge state-${vm.state}`} data-testid={`vm-state-${vm.name}`}>
+                    {vm.state}
+                  </span>
+                </td>
                 <td>{mib(vm.memoryMiB)}</td>
                 <td>{vm.cpus}</td>
                 <td>
                   {vm.disks.length === 0 && <span className="muted">none</span>}
                   {vm.disks.map((d) => (
-                    <div key={d.id} className="path small" title={d.path}>{d.path} <span className="muted">({d.format}, {bytes(d.virtualSizeBytes)})</span></div>
+                    <div key={d.id} className="path small" title={d.path}>
+                      {d.path}{' '}
+                      <span className="muted">
+                        ({d.format}, {bytes(d.virtualSizeBytes)})
+                      </span>
+                    </div>
                   ))}
                 </td>
-                <td><button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>Move…</button></td>
+                <td>
+                  <button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>
+                    Move…
+                  </button>
+                </td>
               </tr>
             ))}
           </tbody>
         </table>
       )}
-      {moving && <MoveWizard vm={moving} onClose={() => { setMoving(null); poll.refresh(); }} />}
+      {moving && (
+        <MoveWizard
+          vm={moving}
+          onClose={() => {
+            setMoving(null);
+            poll.refresh();
+          }}
+        />
+      )}
     </section>
   );
 }

@@ -11,7 +11,9 @@ export function bytes(n: number | null | undefined): string {
   return `${(n / 1024).toFixed(1)} KiB`;
 }
 
-export function mib(n: number): string { return `${n} MiB`; }
+export function mib(n: number): string {
+  return `${n} MiB`;
+}
 
 export function rate(bps: number | null | undefined): string {
   if (bps === null || bps === undefined || !Number.isFinite(bps)) return '–';
@@ -31,7 +33,9 @@ export function ms(v: number | null | undefined): string {
   return v < 1000 ? `${Math.round(v)} ms` : seconds(v / 1000);
 }
 
-export function percent(p: number): string { return `${Math.floor(Math.max(0, Math.min(1, p)) * 100)}%`; }
+export function percent(p: number): string {
+  return `${Math.floor(Math.max(0, Math.min(1, p)) * 100)}%`;
+}
 
 export function time(iso: string | null | undefined): string {
   if (!iso) return '–';
@@ -39,7 +43,9 @@ export function time(iso: string | null | undefined): string {
   return Number.isNaN(d.getTime()) ? iso : d.toLocaleTimeString();
 }
 
-export function basename(p: string): string { return p.replace(/\/+$/, '').split('/').pop() ?? p; }
+export function basename(p: string): string {
+  return p.replace(/\/+$/, '').split('/').pop() ?? p;
+}
 
 export function joinPath(dir: string, name: string): string {
   const n = name.trim().replace(/^\/+/, '');

@@ -2,7 +2,12 @@
 // fetched; kept per migration id for the page's lifetime so the chart survives navigation.
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
-export interface Sample { t: number; remainingBytes: number | null; transferBps: number; dirtyBps: number }
+export interface Sample {
+  t: number;
+  remainingBytes: number | null;
+  transferBps: number;
+  dirtyBps: number;
+}
 
 const store = new Map<string, Sample[]>();
 const MAX = 1200;
@@ -18,4 +23,6 @@ export function addSample(r: MigrationRecord, now = Date.now()): void {
   store.set(r.id, list);
 }
 
-export function samplesFor(id: string): readonly Sample[] { return store.get(id) ?? []; }
+export function samplesFor(id: string): readonly Sample[] {
+  return store.get(id) ?? [];
+}

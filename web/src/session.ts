@@ -2,8 +2,12 @@
 import { createContext, useContext } from 'react';
 import type { HostRef } from './client.js';
 
-export interface Session { hosts: HostRef[] }
+export interface Session {
+  hosts: HostRef[];
+}
 
 export const SessionContext = createContext<Session>({ hosts: [] });
 
-export function useSession(): Session { return useContext(SessionContext); }
+export function useSession(): Session {
+  return useContext(SessionContext);
+}

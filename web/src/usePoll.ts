@@ -2,10 +2,19 @@
 // Runs never overlap; a failing run keeps the last good data and reports its error.
 import { useCallback, useEffect, useRef, useState, type DependencyList } from 'react';
 
-export interface Poll<T> { data: T | undefined; error: Error | undefined; loading: boolean; refresh: () => void }
+export interface Poll<T> {
+  data: T | undefined;
+  error: Error | undefined;
+  loading: boolean;
+  refresh: () => void;
+}
 
 export function usePoll<T>(fn: (signal: AbortSignal) => Promise<T>, intervalMs: number, deps: DependencyList): Poll<T> {
-  const [state, setState] = useState<{ data: T | undefined; error: Error | undefined; loading: boolean }>({ data: undefined, error: undefined, loading: true });
+  const [state, setState] = useState<{ data: T | undefined; error: Error | undefined; loading: boolean }>({
+    data: undefined,
+    error: undefined,
+    loading: true,
+  });
   const [tick, setTick] = useState(0);
   const fnRef = useRef(fn);
   fnRef.current = fn;
@@ -24,7 +33,10 @@ export function usePoll<T>(fn: (signal: AbortSignal) => Promise<T>, intervalMs: 
     };
     setState((s) => ({ ...s, loading: true }));
     void run();
-    return () => { ac.abort(); clearTimeout(timer); };
+    return () => {
+      ac.abort();
+      clearTimeout(timer);
+    };
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [...deps, tick, intervalMs]);
 

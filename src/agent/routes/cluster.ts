@@ -9,7 +9,12 @@ import { keys, parseLimits } from '../../cluster/model.js';
 
 export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
   const member = (what: string): Membership => {
-    if (!engine.membership) throw new NotFoundError('E_CLUSTER_NOT_FOUND', `Cannot ${what}: host '${engine.name}' is not in a cluster; start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'`, {});
+    if (!engine.membership)
+      throw new NotFoundError(
+        'E_CLUSTER_NOT_FOUND',
+        `Cannot ${what}: host '${engine.name}' is not in a cluster; start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'`,
+        {},
+      );
     return engine.membership;
   };
   const ctx = (what: string) => ({ store: member(what).need(what), self: engine.name, tls: engine.cfg.tls });

@@ -9,7 +9,10 @@ export function metaRoutes(app: FastifyInstance, engine: Engine): void {
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, prefix: 'ferry_agent_' });
   new client.Gauge({
-    name: 'ferry_vms', help: 'VMs registered on this host, by state', labelNames: ['state'], registers: [registry],
+    name: 'ferry_vms',
+    help: 'VMs registered on this host, by state',
+    labelNames: ['state'],
+    registers: [registry],
     async collect() {
       const counts: Record<string, number> = { running: 0, paused: 0, stopped: 0, migrating: 0 };
       for (const v of await engine.listVms()) counts[v.state] = (counts[v.state] ?? 0) + 1;
@@ -17,8 +20,12 @@ export function metaRoutes(app: FastifyInstance, engine: Engine): void {
     },
   });
   new client.Gauge({
-    name: 'ferry_events_total', help: 'Events the engine has emitted', registers: [registry],
-    collect() { this.set(engine.events.lastSeq); },
+    name: 'ferry_events_total',
+    help: 'Events the engine has emitted',
+    registers: [registry],
+    collect() {
+      this.set(engine.events.lastSeq);
+    },
   });
   app.get('/metrics', { config: { roles: ['admin', 'host'] }, schema: { hide: true } }, async (_req, reply) => {
     void reply.type(registry.contentType);

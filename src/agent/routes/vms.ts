@@ -13,13 +13,19 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   registerAction(app, actions.vmStop, async ({ params, body }) => engine.stopVm(params.name, body));
   registerAction(app, actions.vmPause, async ({ params }) => engine.pauseVm(params.name));
   registerAction(app, actions.vmResume, async ({ params }) => engine.resumeVm(params.name));
-  registerAction(app, actions.vmRemove, async ({ params, query }) => { await engine.removeVm(params.name, { deleteDisks: query.deleteDisks }); return { ok: true as const }; });
+  registerAction(app, actions.vmRemove, async ({ params, query }) => {
+    await engine.removeVm(params.name, { deleteDisks: query.deleteDisks });
+    return { ok: true as const };
+  });
 
   // The serial console: the tail of the log, then (follow=true) whatever the guest prints
   // next, until the client disconnects.
   registerAction(app, actions.vmConsole, async ({ params, query, signal }, _req, reply) => {
     const file = engine.consoleFile(params.name);
-    const size = await fsp.stat(file).then((s) => s.size, () => 0);
+    const size = await fsp.stat(file).then(
+      (s) => s.size,
+      () => 0,
+    );
     let pos = Math.max(0, size - query.tail);
     const readFrom = async (): Promise<Buffer> => {
       const fh = await fsp.open(file, 'r').catch(() => null);

@@ -24,91 +24,189 @@ async function anyMember<T>(c: Clients, fn: (client: AgentClient) => Promise<T>)
       last = err;
       const code = (err as FerryError).code ?? '';
       // A user error is the same whichever node says it; a host that cannot answer is not.
-      if (code === 'E_CLUSTER_NOT_FOUND' || ((err as FerryError).userError && !/UNAVAILABLE|UNREACHABLE|CONNECT/.test(code))) throw err;
+      if (
+        code === 'E_CLUSTER_NOT_FOUND' ||
+        ((err as FerryError).userError && !/UNAVAILABLE|UNREACHABLE|CONNECT/.test(code))
+      )
+        throw err;
     }
   }
-  throw last instanceof FerryError ? last : new FerryError('E_CLUSTER_UNAVAILABLE', 'Cannot reach the cluster: no host answered; check ferry lab status');
+  throw last instanceof FerryError
+    ? last
+    : new FerryError('E_CLUSTER_UNAVAILABLE', 'Cannot reach the cluster: no host answered; check ferry lab status');
 }
 
 function splitList(v: string[] | undefined): string[] | undefined {
-  return v?.flatMap((x) => x.split(',')).map((x) => x.trim()).filter(Boolean);
+  return v
+    ?.flatMap((x) => x.split(','))
+    .map((x) => x.trim())
+    .filter(Boolean);
 }
 
 export function printStatus(v: ClusterView): void {
-  process.stdout.write(`cluster ${v.name} · leader ${v.leader ?? '(none)'} · limits: ${v.limits.maxOutgoing} out / ${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster\n\n`);
-  printTable(['NODE', 'STATE', 'SINCE', 'ENDPOINT'], v.nodes.map((n) => [n.name, n.state, n.since, n.endpoint]));
+  process.stdout.write(
+    `cluster ${v.name} · leader ${v.leader ?? '(none)'} · limits: ${v.limits.maxOutgoing} out / ${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster\n\n`,
+  );
+  printTable(
+    ['NODE', 'STATE', 'SINCE', 'ENDPOINT'],
+    v.nodes.map((n) => [n.name, n.state, n.since, n.endpoint]),
+  );
   if (v.vms.length) {
     process.stdout.write('\n');
-    printTable(['CLUSTERED VM', 'OWNER', 'PRIORITY', 'PREFERRED', 'ANTI-AFFINITY', 'GEN'], v.vms.map((m) => [m.name, m.owner, m.priority, m.preferredOwners.join(',') || '-', m.antiAffinity.join(',') || '-', m.generation]));
+    printTable(
+      ['CLUSTERED VM', 'OWNER', 'PRIORITY', 'PREFERRED', 'ANTI-AFFINITY', 'GEN'],
+      v.vms.map((m) => [
+        m.name,
+        m.owner,
+        m.priority,
+        m.preferredOwners.join(',') || '-',
+        m.antiAffinity.join(',') || '-',
+        m.generation,
+      ]),
+    );
   }
   process.stdout.write('\n');
-  if (v.queue.length) printTable(['QUEUE', 'VM', 'FROM', 'TO', 'PRIORITY', 'STATE', 'POS', 'FOR'], v.queue.map((q) => [q.id.slice(0, 8), q.vm, q.from, q.to, q.priority, q.state === 'admitted' ? 'moving' : 'queued', q.position ?? '-', q.batch ?? '-']));
+  if (v.queue.length)
+    printTable(
+      ['QUEUE', 'VM', 'FROM', 'TO', 'PRIORITY', 'STATE', 'POS', 'FOR'],
+      v.queue.map((q) => [
+        q.id.slice(0, 8),
+        q.vm,
+        q.from,
+        q.to,
+        q.priority,
+        q.state === 'admitted' ? 'moving' : 'queued',
+        q.position ?? '-',
+        q.batch ?? '-',
+      ]),
+    );
   else process.stdout.write('queue: empty\n');
   for (const b of v.batches) {
-    process.stdout.write(`\n${b.kind} of ${b.node}: ${b.state} (started ${b.startedAt}${b.finishedAt ? `, ended ${b.finishedAt}` : ''})\n`);
+    process.stdout.write(
+      `\n${b.kind} of ${b.node}: ${b.state} (started ${b.startedAt}${b.finishedAt ? `, ended ${b.finishedAt}` : ''})\n`,
+    );
     printBatchItems(b);
   }
 }
 
 function printBatchItems(b: BatchView): void {
-  if (b.items.length) printTable(['VM', 'FROM', 'TO', 'PRIORITY', 'RESULT', 'DETAIL'], b.items.map((i) => [i.vm, i.from, i.to ?? '-', i.priority, i.state, i.reason ?? '']));
+  if (b.items.length)
+    printTable(
+      ['VM', 'FROM', 'TO', 'PRIORITY', 'RESULT', 'DETAIL'],
+      b.items.map((i) => [i.vm, i.from, i.to ?? '-', i.priority, i.state, i.reason ?? '']),
+    );
 }
 
 export function registerCluster(program: Command): void {
   const cluster = program.command('cluster').description('the failover cluster');
 
-  cluster.command('status').option('--json', 'JSON').description('nodes, clustered VMs, the queue, drains')
+  cluster
+    .command('status')
+    .option('--json', 'JSON')
+    .description('nodes, clustered VMs, the queue, drains')
     .action(async (o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const v = await anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 }));
-        if (o.json) printJson(v); else printStatus(v);
+        if (o.json) printJson(v);
+        else printStatus(v);
       });
     });
 
-  cluster.command('drain').argument('<node>').description('move every VM off NODE (by priority, through the cluster queue), then keep it paused')
+  cluster
+    .command('drain')
+    .argument('<node>')
+    .description('move every VM off NODE (by priority, through the cluster queue), then keep it paused')
     .option('--dry-run', 'show the plan and every blocker; change nothing')
     .option('--no-wait', 'return once the drain has started')
     .option('--json', 'JSON')
     .action(async (node, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const r = await anyMember(c, (client) => client.call(actions.clusterDrain, { params: { name: node }, body: { dryRun: Boolean(o.dryRun) } }, { timeoutMs: 300_000 }));
+        const r = await anyMember(c, (client) =>
+          client.call(
+            actions.clusterDrain,
+            { params: { name: node }, body: { dryRun: Boolean(o.dryRun) } },
+            { timeoutMs: 300_000 },
+          ),
+        );
         if (o.dryRun) {
           if (o.json) printJson(r.plan);
           else {
-            printTable(['VM', 'STATE', 'MEMORY', 'PRIORITY', 'TO', 'HOW', 'BLOCKERS / WARNINGS'], r.plan.items.map((i) => [
-              i.vm, i.state, `${i.memoryMiB} MiB`, i.priority, i.to ?? 'BLOCKED', i.kind ?? '-',
-              [...i.blockers.map((b) => `${b.code}: ${b.message}`), ...i.warnings].join(' | ') || '-',
-            ]));
-            process.stdout.write(`\n${r.plan.movable} VM(s) can move, ${r.plan.blocked} blocked; nothing was changed (dry run)\n`);
+            printTable(
+              ['VM', 'STATE', 'MEMORY', 'PRIORITY', 'TO', 'HOW', 'BLOCKERS / WARNINGS'],
+              r.plan.items.map((i) => [
+                i.vm,
+                i.state,
+                `${i.memoryMiB} MiB`,
+                i.priority,
+                i.to ?? 'BLOCKED',
+                i.kind ?? '-',
+                [...i.blockers.map((b) => `${b.code}: ${b.message}`), ...i.warnings].join(' | ') || '-',
+              ]),
+            );
+            process.stdout.write(
+              `\n${r.plan.movable} VM(s) can move, ${r.plan.blocked} blocked; nothing was changed (dry run)\n`,
+            );
           }
           return;
         }
-        if (!o.wait) { if (o.json) printJson(r.batch); else process.stdout.write(`drain of ${node} started: ${r.plan.movable} VM(s) to move, ${r.plan.blocked} blocked; node paused. Follow it with 'ferry cluster status'\n`); return; }
+        if (!o.wait) {
+          if (o.json) printJson(r.batch);
+          else
+            process.stdout.write(
+              `drain of ${node} started: ${r.plan.movable} VM(s) to move, ${r.plan.blocked} blocked; node paused. Follow it with 'ferry cluster status'\n`,
+            );
+          return;
+        }
         const done = await followBatch(c, node, r.batch!, Boolean(o.json));
-        if (o.json) printJson(done); else { printBatchItems(done); process.stdout.write(`drain of ${node}: ${done.state}; ${node} stays paused until 'ferry cluster resume ${node}'\n`); }
+        if (o.json) printJson(done);
+        else {
+          printBatchItems(done);
+          process.stdout.write(
+            `drain of ${node}: ${done.state}; ${node} stays paused until 'ferry cluster resume ${node}'\n`,
+          );
+        }
         if (done.state !== 'completed') process.exitCode = EXIT.failed;
       });
     });
 
-  cluster.command('resume').argument('<node>').description('take VMs on NODE again (cancels what its drain still has queued)')
+  cluster
+    .command('resume')
+    .argument('<node>')
+    .description('take VMs on NODE again (cancels what its drain still has queued)')
     .option('--failback', 'move back the VMs its drain moved away and those that prefer it')
     .option('--no-wait', 'return once the fail-back has started')
     .option('--json', 'JSON')
     .action(async (node, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const r = await anyMember(c, (client) => client.call(actions.clusterResume, { params: { name: node }, body: { failback: Boolean(o.failback) } }, { timeoutMs: 120_000 }));
+        const r = await anyMember(c, (client) =>
+          client.call(
+            actions.clusterResume,
+            { params: { name: node }, body: { failback: Boolean(o.failback) } },
+            { timeoutMs: 120_000 },
+          ),
+        );
         if (!o.failback || !r.batch || !o.wait) {
           if (o.json) printJson(r);
-          else process.stdout.write(`${node} resumed${r.batch?.kind === 'drain' && r.batch.state === 'aborted' ? ' (its drain stopped: queued moves cancelled)' : ''}${o.failback ? `; fail-back ${r.batch?.state ?? 'started'}` : ''}\n`);
+          else
+            process.stdout.write(
+              `${node} resumed${r.batch?.kind === 'drain' && r.batch.state === 'aborted' ? ' (its drain stopped: queued moves cancelled)' : ''}${o.failback ? `; fail-back ${r.batch?.state ?? 'started'}` : ''}\n`,
+            );
           return;
         }
         const done = await followBatch(c, node, r.batch, Boolean(o.json));
-        if (o.json) printJson(done); else { printBatchItems(done); process.stdout.write(`fail-back to ${node}: ${done.state}\n`); }
+        if (o.json) printJson(done);
+        else {
+          printBatchItems(done);
+          process.stdout.write(`fail-back to ${node}: ${done.state}\n`);
+        }
         if (done.state !== 'completed') process.exitCode = EXIT.failed;
       });
     });
 
-  cluster.command('add-vm').argument('<vm>').description('make a VM clustered (highly available); again to change its settings')
+  cluster
+    .command('add-vm')
+    .argument('<vm>')
+    .description('make a VM clustered (highly available); again to change its settings')
     .addOption(new Option('--priority <p>', 'start and drain order').choices(PRIORITY))
     .option('--preferred-owner <node>', 'preferred node, in order (repeatable or comma-separated)', collect)
     .option('--anti-affinity <class>', 'keep apart from VMs of this class (repeatable)', collect)
@@ -118,45 +216,88 @@ export function registerCluster(program: Command): void {
         const { client } = await c.locate(vm);
         const pref = splitList(o.preferredOwner);
         const anti = splitList(o.antiAffinity);
-        const v = await client.call(actions.clusterAddVm, { body: { vm, ...(o.priority ? { priority: o.priority } : {}), ...(pref ? { preferredOwners: pref } : {}), ...(anti ? { antiAffinity: anti } : {}) } }, { timeoutMs: 30_000 });
-        if (o.json) printJson(v); else process.stdout.write(`${vm} is clustered (on ${v.host})\n`);
+        const v = await client.call(
+          actions.clusterAddVm,
+          {
+            body: {
+              vm,
+              ...(o.priority ? { priority: o.priority } : {}),
+              ...(pref ? { preferredOwners: pref } : {}),
+              ...(anti ? { antiAffinity: anti } : {}),
+            },
+          },
+          { timeoutMs: 30_000 },
+        );
+        if (o.json) printJson(v);
+        else process.stdout.write(`${vm} is clustered (on ${v.host})\n`);
       });
     });
 
-  cluster.command('remove-vm').argument('<vm>').description('take a VM out of the cluster (it keeps running where it is)')
+  cluster
+    .command('remove-vm')
+    .argument('<vm>')
+    .description('take a VM out of the cluster (it keeps running where it is)')
     .option('--json', 'JSON')
     .action(async (vm, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await c.locate(vm);
         const v = await client.call(actions.clusterRemoveVm, { params: { name: vm } }, { timeoutMs: 30_000 });
-        if (o.json) printJson(v); else process.stdout.write(`${vm} is no longer clustered (stays on ${v.host})\n`);
+        if (o.json) printJson(v);
+        else process.stdout.write(`${vm} is no longer clustered (stays on ${v.host})\n`);
       });
     });
 
-  cluster.command('set').description('limits of the cluster queue')
+  cluster
+    .command('set')
+    .description('limits of the cluster queue')
     .option('--max-outgoing <n>', 'moves leaving one node at once', positiveInt('--max-outgoing', 64))
     .option('--max-incoming <n>', 'moves arriving on one node at once', positiveInt('--max-incoming', 64))
     .option('--max-total <n>', 'moves in the cluster at once', positiveInt('--max-total', 1024))
     .option('--json', 'JSON')
     .action(async (o, cmd) => {
-      if (o.maxOutgoing === undefined && o.maxIncoming === undefined && o.maxTotal === undefined) throw new InvalidInputError('Cannot change the cluster limits: no limit given; use --max-outgoing, --max-incoming or --max-total');
+      if (o.maxOutgoing === undefined && o.maxIncoming === undefined && o.maxTotal === undefined)
+        throw new InvalidInputError(
+          'Cannot change the cluster limits: no limit given; use --max-outgoing, --max-incoming or --max-total',
+        );
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const body = { ...(o.maxOutgoing !== undefined ? { maxOutgoing: o.maxOutgoing } : {}), ...(o.maxIncoming !== undefined ? { maxIncoming: o.maxIncoming } : {}), ...(o.maxTotal !== undefined ? { maxTotal: o.maxTotal } : {}) };
+        const body = {
+          ...(o.maxOutgoing !== undefined ? { maxOutgoing: o.maxOutgoing } : {}),
+          ...(o.maxIncoming !== undefined ? { maxIncoming: o.maxIncoming } : {}),
+          ...(o.maxTotal !== undefined ? { maxTotal: o.maxTotal } : {}),
+        };
         const v = await anyMember(c, (client) => client.call(actions.clusterLimits, { body }, { timeoutMs: 15_000 }));
-        if (o.json) printJson(v); else process.stdout.write(`limits: ${v.maxOutgoing} out / ${v.maxIncoming} in per node, ${v.maxTotal} in the cluster\n`);
+        if (o.json) printJson(v);
+        else
+          process.stdout.write(
+            `limits: ${v.maxOutgoing} out / ${v.maxIncoming} in per node, ${v.maxTotal} in the cluster\n`,
+          );
       });
     });
 
   for (const create of [true, false]) {
-    cluster.command(create ? 'create' : 'join').argument('<name>')
-      .description(create ? 'create a cluster on etcd with this host as its first node' : 'join this host to an existing cluster')
+    cluster
+      .command(create ? 'create' : 'join')
+      .argument('<name>')
+      .description(
+        create ? 'create a cluster on etcd with this host as its first node' : 'join this host to an existing cluster',
+      )
       .requiredOption('--host <host>', 'the host that joins')
       .requiredOption('--etcd <url>', 'etcd client URL, https (repeatable or comma-separated)', collect)
       .option('--json', 'JSON')
       .action(async (name, o, cmd) => {
         await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-          const v = await c.host(o.host).call(actions.clusterJoin, { body: { name, create, endpoints: splitList(o.etcd) ?? [] } }, { timeoutMs: 60_000 });
-          if (o.json) printJson(v); else process.stdout.write(`${o.host} ${create ? 'created' : 'joined'} cluster ${name} (${v.nodes.length} node(s))\n`);
+          const v = await c
+            .host(o.host)
+            .call(
+              actions.clusterJoin,
+              { body: { name, create, endpoints: splitList(o.etcd) ?? [] } },
+              { timeoutMs: 60_000 },
+            );
+          if (o.json) printJson(v);
+          else
+            process.stdout.write(
+              `${o.host} ${create ? 'created' : 'joined'} cluster ${name} (${v.nodes.length} node(s))\n`,
+            );
         });
       });
   }
@@ -170,13 +311,22 @@ async function followBatch(c: Clients, node: string, first: BatchView, json: boo
   for (;;) {
     for (const i of b.items) {
       const line = `${i.vm}: ${i.state}${i.to ? ` → ${i.to}` : ''}${i.reason ? ` (${i.reason})` : ''}`;
-      if (!json && said.get(i.vm) !== line && i.state !== 'pending') { process.stderr.write(`  ${line}\n`); said.set(i.vm, line); }
+      if (!json && said.get(i.vm) !== line && i.state !== 'pending') {
+        process.stderr.write(`  ${line}\n`);
+        said.set(i.vm, line);
+      }
     }
     if (b.state !== 'running') return b;
     await sleep(500);
-    const v = await anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 })).catch(() => null);
+    const v = await anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 })).catch(
+      () => null,
+    );
     const next = v?.batches.find((x) => x.node === node && x.startedAt === startedAt);
     if (next) b = next;
-    else if (v) throw new FerryError('E_BATCH_GONE', `Cannot follow the ${first.kind} of ${node}: another drain or fail-back replaced it; see 'ferry cluster status'`);
+    else if (v)
+      throw new FerryError(
+        'E_BATCH_GONE',
+        `Cannot follow the ${first.kind} of ${node}: another drain or fail-back replaced it; see 'ferry cluster status'`,
+      );
   }
 }

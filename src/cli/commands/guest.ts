@@ -9,7 +9,8 @@ import { writeBootblockImage } from '../../../guest/bootblock.js';
 
 export function registerGuest(program: Command): void {
   const guest = program.command('guest').description("tools for Ferry's test guests");
-  guest.command('verify-disk')
+  guest
+    .command('verify-disk')
     .description("check a probe guest's data disk: every record it acknowledged on its serial console must be intact")
     .argument('<image>', 'disk image (qcow2, raw, vhdx or vpc)')
     .addOption(new Option('--format <format>', 'image format').choices(IMAGE_FORMATS))
@@ -18,17 +19,26 @@ export function registerGuest(program: Command): void {
     .action(async (image, o) => {
       const logs = await Promise.all((o.serial ?? []).map((f) => fsp.readFile(f, 'utf8')));
       const ack = logs.length ? highestAckIn(logs) : null;
-      const r = await verifyDiskImage(image, { format: o.format as ImageFormat | undefined, highestAck: ack ?? undefined });
+      const r = await verifyDiskImage(image, {
+        format: o.format as ImageFormat | undefined,
+        highestAck: ack ?? undefined,
+      });
       if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       else {
-        process.stdout.write(`records: ${r.lowestExpected}..${r.highestSeq} (${r.nslots} slots), contiguous to ${r.highestContiguous}, highest ack ${r.highestAck ?? '-'}\n`);
+        process.stdout.write(
+          `records: ${r.lowestExpected}..${r.highestSeq} (${r.nslots} slots), contiguous to ${r.highestContiguous}, highest ack ${r.highestAck ?? '-'}\n`,
+        );
         for (const p of r.problems) process.stdout.write(`  ${p}\n`);
         process.stdout.write(r.ok ? 'ok: every acknowledged record is on the disk\n' : 'FAILED\n');
       }
-      if (!r.ok) throw new FerryError('E_DATA_LOST', `Cannot confirm the disk ${image}: ${r.problems[0] ?? 'records missing'}`);
+      if (!r.ok)
+        throw new FerryError('E_DATA_LOST', `Cannot confirm the disk ${image}: ${r.problems[0] ?? 'records missing'}`);
     });
-  guest.command('bootblock')
+  guest
+    .command('bootblock')
     .description('write the 512-byte memory-pattern guest as a bootable raw image')
     .argument('<file>', 'output image')
-    .action(async (file) => { await writeBootblockImage(file); });
+    .action(async (file) => {
+      await writeBootblockImage(file);
+    });
 }

@@ -14,13 +14,27 @@ type Cmd = { optsWithGlobals(): GlobalOpts };
 function printHost(h: HostView): void {
   const m = h.migration;
   const rows: Array<[string, string]> = [
-    ['name', h.name], ['cpu', `${h.cpu.count} × ${h.cpu.model} (${h.cpu.vendor}, ${h.cpu.flags.length} flags)`],
-    ['accelerator', `${h.accelerator.name} — ${h.accelerator.reason}`], ['qemu', `${h.qemu.version} (${h.qemu.machineTypes.length} machine types)`],
-    ['memory', `${bytes(h.memory.freeBytes)} free of ${bytes(h.memory.totalBytes)}; running VMs use ${bytes(h.memory.vmBytes)}`],
+    ['name', h.name],
+    ['cpu', `${h.cpu.count} × ${h.cpu.model} (${h.cpu.vendor}, ${h.cpu.flags.length} flags)`],
+    ['accelerator', `${h.accelerator.name} — ${h.accelerator.reason}`],
+    ['qemu', `${h.qemu.version} (${h.qemu.machineTypes.length} machine types)`],
+    [
+      'memory',
+      `${bytes(h.memory.freeBytes)} free of ${bytes(h.memory.totalBytes)}; running VMs use ${bytes(h.memory.vmBytes)}`,
+    ],
     ['vms', String(h.vms)],
-    ['migration', `${m.enabled ? 'enabled' : 'disabled'}, max live ${m.maxLive}, max storage ${m.maxStorage}, tls ${m.tls ? 'on' : 'off'}, address ${m.address}, networks ${m.networks.join(' ') || 'any'}`],
-    ...h.pools.map((p): [string, string] => [`pool ${p.name}`, `${p.kind} ${p.path} — ${bytes(p.freeBytes)} free${p.usable ? '' : ' (not usable here)'}`]),
-    ...h.switches.map((s): [string, string] => [`switch ${s.name}`, s.kind === 'bridge' ? `bridge ${s.bridge}` : 'user networking']),
+    [
+      'migration',
+      `${m.enabled ? 'enabled' : 'disabled'}, max live ${m.maxLive}, max storage ${m.maxStorage}, tls ${m.tls ? 'on' : 'off'}, address ${m.address}, networks ${m.networks.join(' ') || 'any'}`,
+    ],
+    ...h.pools.map((p): [string, string] => [
+      `pool ${p.name}`,
+      `${p.kind} ${p.path} — ${bytes(p.freeBytes)} free${p.usable ? '' : ' (not usable here)'}`,
+    ]),
+    ...h.switches.map((s): [string, string] => [
+      `switch ${s.name}`,
+      s.kind === 'bridge' ? `bridge ${s.bridge}` : 'user networking',
+    ]),
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
@@ -34,14 +48,22 @@ function onOff(s: string): boolean {
 
 export function registerHost(program: Command): void {
   const host = program.command('host').description('hosts: capabilities and migration settings');
-  host.command('show').argument('<host>').option('--json', 'JSON').description('capabilities, limits, migration networks, free memory')
+  host
+    .command('show')
+    .argument('<host>')
+    .option('--json', 'JSON')
+    .description('capabilities, limits, migration networks, free memory')
     .action(async (h, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const v = await c.host(h).call(actions.hostShow, {});
-        if (o.json) printJson(v); else printHost(v);
+        if (o.json) printJson(v);
+        else printHost(v);
       });
     });
-  host.command('set').argument('<host>').description('change migration settings')
+  host
+    .command('set')
+    .argument('<host>')
+    .description('change migration settings')
     .option('--max-live <n>', 'simultaneous live migrations', nonNegativeInt('--max-live', 64))
     .option('--max-storage <n>', 'simultaneous storage migrations', nonNegativeInt('--max-storage', 64))
     .option('--migration-network <cidr>', 'network for migration traffic (repeatable)', collect)
@@ -56,33 +78,62 @@ export function registerHost(program: Command): void {
         ...(o.tls !== undefined ? { tls: o.tls } : {}),
         ...(o.migrations !== undefined ? { enabled: o.migrations } : {}),
       };
-      if (!Object.keys(body).length) throw new InvalidInputError('Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, --tls or --migrations');
+      if (!Object.keys(body).length)
+        throw new InvalidInputError(
+          'Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, --tls or --migrations',
+        );
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const v = await c.host(h).call(actions.hostSet, { body });
-        if (o.json) printJson(v); else printHost(v);
+        if (o.json) printJson(v);
+        else printHost(v);
       });
     });
 
   const sw = program.command('switch').description('virtual switches');
-  sw.command('new').argument('<name>', 'switch name', name('NAME')).requiredOption('--host <host>', 'host')
-    .option('--bridge <br>', 'attach NICs to this Linux bridge').option('--user', 'QEMU user networking (default)').option('--json', 'JSON')
+  sw.command('new')
+    .argument('<name>', 'switch name', name('NAME'))
+    .requiredOption('--host <host>', 'host')
+    .option('--bridge <br>', 'attach NICs to this Linux bridge')
+    .option('--user', 'QEMU user networking (default)')
+    .option('--json', 'JSON')
     .description('create a switch')
     .action(async (n, o, cmd) => {
-      if (o.bridge && o.user) throw new InvalidInputError('Cannot create the switch: give --bridge BR or --user, not both');
+      if (o.bridge && o.user)
+        throw new InvalidInputError('Cannot create the switch: give --bridge BR or --user, not both');
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const v = await c.host(o.host).call(actions.switchCreate, { body: o.bridge ? { name: n, kind: 'bridge', bridge: o.bridge } : { name: n, kind: 'user' } });
-        if (o.json) printJson(v); else process.stdout.write(`switch ${v.name} created on ${o.host}\n`);
+        const v = await c
+          .host(o.host)
+          .call(actions.switchCreate, {
+            body: o.bridge ? { name: n, kind: 'bridge', bridge: o.bridge } : { name: n, kind: 'user' },
+          });
+        if (o.json) printJson(v);
+        else process.stdout.write(`switch ${v.name} created on ${o.host}\n`);
       });
     });
-  sw.command('list').option('--host <host>', 'only this host').option('--json', 'JSON').description('switches of every host')
+  sw.command('list')
+    .option('--host <host>', 'only this host')
+    .option('--json', 'JSON')
+    .description('switches of every host')
     .action(async (o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const clients = o.host ? [c.host(o.host)] : c.all();
-        const rows = (await Promise.all(clients.map(async (cl) => (await cl.call(actions.switchList, {})).map((s) => ({ host: cl.host, ...s }))))).flat();
-        if (o.json) printJson(rows); else printTable(['HOST', 'NAME', 'KIND', 'BRIDGE'], rows.map((r) => [r.host, r.name, r.kind, r.bridge]));
+        const rows = (
+          await Promise.all(
+            clients.map(async (cl) => (await cl.call(actions.switchList, {})).map((s) => ({ host: cl.host, ...s }))),
+          )
+        ).flat();
+        if (o.json) printJson(rows);
+        else
+          printTable(
+            ['HOST', 'NAME', 'KIND', 'BRIDGE'],
+            rows.map((r) => [r.host, r.name, r.kind, r.bridge]),
+          );
       });
     });
-  sw.command('rm').argument('<name>').requiredOption('--host <host>', 'host').description('remove a switch no VM uses')
+  sw.command('rm')
+    .argument('<name>')
+    .requiredOption('--host <host>', 'host')
+    .description('remove a switch no VM uses')
     .action(async (n, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         await c.host(o.host).call(actions.switchRemove, { params: { name: n } });
@@ -91,34 +142,72 @@ export function registerHost(program: Command): void {
     });
 
   const pool = program.command('pool').description('storage pools');
-  pool.command('list').option('--host <host>', 'only this host').option('--json', 'JSON').description('pools of every host')
+  pool
+    .command('list')
+    .option('--host <host>', 'only this host')
+    .option('--json', 'JSON')
+    .description('pools of every host')
     .action(async (o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const clients = o.host ? [c.host(o.host)] : c.all();
-        const rows = (await Promise.all(clients.map(async (cl) => (await cl.call(actions.poolList, {})).map((p) => ({ host: cl.host, ...p }))))).flat();
+        const rows = (
+          await Promise.all(
+            clients.map(async (cl) => (await cl.call(actions.poolList, {})).map((p) => ({ host: cl.host, ...p }))),
+          )
+        ).flat();
         if (o.json) printJson(rows);
-        else printTable(['HOST', 'POOL', 'KIND', 'PATH', 'FREE', 'GRANTED', 'USABLE'], rows.map((r) => [r.host, r.name, r.kind, r.path, bytes(r.freeBytes), r.kind === 'shared' ? r.granted.join(',') || 'none' : '-', r.usable ? 'yes' : 'no']));
+        else
+          printTable(
+            ['HOST', 'POOL', 'KIND', 'PATH', 'FREE', 'GRANTED', 'USABLE'],
+            rows.map((r) => [
+              r.host,
+              r.name,
+              r.kind,
+              r.path,
+              bytes(r.freeBytes),
+              r.kind === 'shared' ? r.granted.join(',') || 'none' : '-',
+              r.usable ? 'yes' : 'no',
+            ]),
+          );
       });
     });
-  pool.command('add').argument('<pool>', 'pool name', name('POOL')).requiredOption('--host <host>', 'host').requiredOption('--path <dir>', 'the folder (mounted already)')
-    .option('--shared', 'a shared pool (every host mounts the same path); grant hosts with pool grant').option('--json', 'JSON')
+  pool
+    .command('add')
+    .argument('<pool>', 'pool name', name('POOL'))
+    .requiredOption('--host <host>', 'host')
+    .requiredOption('--path <dir>', 'the folder (mounted already)')
+    .option('--shared', 'a shared pool (every host mounts the same path); grant hosts with pool grant')
+    .option('--json', 'JSON')
     .description('add a storage pool to a host')
     .action(async (p, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const v = await c.host(o.host).call(actions.poolAdd, { body: { name: p, kind: o.shared ? 'shared' : 'local', path: path.resolve(o.path) } });
-        if (o.json) printJson(v); else process.stdout.write(`pool ${p} (${v.kind}) added to ${o.host}: ${v.path}\n`);
+        const v = await c
+          .host(o.host)
+          .call(actions.poolAdd, {
+            body: { name: p, kind: o.shared ? 'shared' : 'local', path: path.resolve(o.path) },
+          });
+        if (o.json) printJson(v);
+        else process.stdout.write(`pool ${p} (${v.kind}) added to ${o.host}: ${v.path}\n`);
       });
     });
   for (const verb of ['grant', 'revoke'] as const) {
-    pool.command(verb).argument('<pool>').requiredOption('--host <host>', 'the host to grant or revoke').option('--json', 'JSON')
+    pool
+      .command(verb)
+      .argument('<pool>')
+      .requiredOption('--host <host>', 'the host to grant or revoke')
+      .option('--json', 'JSON')
       .description(verb === 'grant' ? 'let a host use a shared pool' : "take a host's access to a shared pool away")
       .action(async (p, o, cmd) => {
         await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
           c.host(o.host); // the host must exist in this context
           // Any agent that sees the pool can change its grants (they live on the share).
           const via = c.all()[0]!;
-          const v = await via.call(verb === 'grant' ? actions.poolGrant : actions.poolRevoke, { params: { name: p }, body: { host: o.host } });
-          if (o.json) printJson(v); else process.stdout.write(`pool ${p}: granted to ${v.granted.join(', ') || 'no host'}\n`);
+          const v = await via.call(verb === 'grant' ? actions.poolGrant : actions.poolRevoke, {
+            params: { name: p },
+            body: { host: o.host },
+          });
+          if (o.json) printJson(v);
+          else process.stdout.write(`pool ${p}: granted to ${v.granted.join(', ') || 'no host'}\n`);
         });
       });
   }

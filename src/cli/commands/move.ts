@@ -17,7 +17,13 @@ import { EXIT } from '../exit.js';
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
 interface MoveFlags {
-  includeStorage?: boolean; storagePath?: string; vhd?: string[]; configPath?: string; checkpointPath?: string; pagingPath?: string; retainSource?: boolean;
+  includeStorage?: boolean;
+  storagePath?: string;
+  vhd?: string[];
+  configPath?: string;
+  checkpointPath?: string;
+  pagingPath?: string;
+  retainSource?: boolean;
 }
 
 function addMoveOptions<C extends Command<any, any>>(c: C): C {
@@ -35,11 +41,15 @@ function moveOptions(f: MoveFlags): MoveOptions {
   const vhd: Record<string, string> = {};
   for (const v of f.vhd ?? []) {
     const i = v.indexOf('=');
-    if (i <= 0 || i === v.length - 1) throw new InvalidInputError(`Cannot use --vhd '${v}': write SRC=DST with two paths`);
+    if (i <= 0 || i === v.length - 1)
+      throw new InvalidInputError(`Cannot use --vhd '${v}': write SRC=DST with two paths`);
     vhd[path.resolve(v.slice(0, i))] = path.resolve(v.slice(i + 1));
   }
   const anyStorage = f.storagePath || f.vhd?.length || f.configPath || f.checkpointPath || f.pagingPath;
-  if (anyStorage && !f.includeStorage) throw new InvalidInputError('Cannot use --storage-path, --vhd or --*-path without --include-storage: they say where copied files go; add --include-storage');
+  if (anyStorage && !f.includeStorage)
+    throw new InvalidInputError(
+      'Cannot use --storage-path, --vhd or --*-path without --include-storage: they say where copied files go; add --include-storage',
+    );
   return {
     includeStorage: Boolean(f.includeStorage),
     ...(f.storagePath ? { storagePath: path.resolve(f.storagePath) } : {}),
@@ -53,7 +63,12 @@ function moveOptions(f: MoveFlags): MoveOptions {
 
 function destination(c: Clients, name: string): { name: string; endpoint: string } {
   const h = c.ctx.hosts.find((x) => x.name === name);
-  if (!h) throw new NotFoundError('E_HOST_NOT_FOUND', `Cannot find host '${name}': known hosts are ${c.ctx.hosts.map((x) => x.name).join(', ')}`, { host: name });
+  if (!h)
+    throw new NotFoundError(
+      'E_HOST_NOT_FOUND',
+      `Cannot find host '${name}': known hosts are ${c.ctx.hosts.map((x) => x.name).join(', ')}`,
+      { host: name },
+    );
   return h;
 }
 
@@ -63,9 +78,14 @@ function printReport(incs: Incompatibility[]): void {
 
 function printRecord(r: MigrationRecord): void {
   const rows: Array<[string, string]> = [
-    ['migration', r.id], ['vm', r.vm], ['kind', r.kind], ['from → to', `${r.source} → ${r.destination}`], ['state', r.state],
+    ['migration', r.id],
+    ['vm', r.vm],
+    ['kind', r.kind],
+    ['from → to', `${r.source} → ${r.destination}`],
+    ['state', r.state],
     ['progress', `${Math.floor(r.progress * 100)}%`],
-    ['downtime', r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`], ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
+    ['downtime', r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`],
+    ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
     ['transferred', `${bytes(r.bytesTransferred)}${r.passes ? ` in ${r.passes} pass(es)` : ''}`],
   ];
   if (r.error) rows.push(['error', `${r.error.code}: ${r.error.message}`]);
@@ -82,14 +102,20 @@ async function locateMigration(c: Clients, id: string): Promise<{ client: AgentC
       if ((err as FerryError).code === 'E_INVALID_INPUT') throw err;
     }
   }
-  throw new NotFoundError('E_MIGRATION_NOT_FOUND', `Cannot find migration ${id} on any host; 'ferry migration list --all' shows them`, { id });
+  throw new NotFoundError(
+    'E_MIGRATION_NOT_FOUND',
+    `Cannot find migration ${id} on any host; 'ferry migration list --all' shows them`,
+    { id },
+  );
 }
 
 /** Follows a migration to its end, rendering progress on stderr; returns the final record. */
 export async function follow(client: AgentClient, id: string, quiet = false): Promise<MigrationRecord> {
   const render = quiet ? null : new ProgressRenderer();
   let detached = false;
-  const onSig = (): void => { detached = true; };
+  const onSig = (): void => {
+    detached = true;
+  };
   process.once('SIGINT', onSig);
   try {
     for (;;) {
@@ -98,7 +124,9 @@ export async function follow(client: AgentClient, id: string, quiet = false): Pr
       if (TERMINAL.includes(r.state)) return r;
       if (detached) {
         render?.stop();
-        process.stderr.write(`\ndetached; the migration goes on: 'ferry migration wait ${id}' or 'ferry migration cancel ${id}'\n`);
+        process.stderr.write(
+          `\ndetached; the migration goes on: 'ferry migration wait ${id}' or 'ferry migration cancel ${id}'\n`,
+        );
         process.exit(EXIT.cancelled);
       }
       await sleep(300);
@@ -120,24 +148,49 @@ const priority = (s: string): 'high' | 'normal' | 'low' => {
 };
 
 export function registerMove(program: Command): void {
-  addMoveOptions(program.command('compare-vm').description('check whether a VM can move to a host (exit 0 compatible, 3 not)')
-    .argument('<name>').requiredOption('--to <host>', 'destination host').option('--json', 'JSON report'))
-    .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const to = destination(c, o.to);
-        const { client } = await c.locate(vmName);
-        const rep = await client.call(actions.compare, { body: { vm: vmName, to, options: moveOptions(o as MoveFlags) } }, { timeoutMs: 120_000 });
-        if (o.json) printJson(rep);
-        else if (rep.compatible) process.stdout.write(`VM ${vmName} can move to ${o.to}\n`);
-        else { process.stdout.write(`VM ${vmName} cannot move to ${o.to}:\n`); for (const i of rep.incompatibilities) process.stdout.write(`  ${i.code}  ${i.field}: ${i.message}\n`); }
-        if (!rep.compatible) process.exitCode = EXIT.incompatible;
-      });
+  addMoveOptions(
+    program
+      .command('compare-vm')
+      .description('check whether a VM can move to a host (exit 0 compatible, 3 not)')
+      .argument('<name>')
+      .requiredOption('--to <host>', 'destination host')
+      .option('--json', 'JSON report'),
+  ).action(async (vmName, o, cmd) => {
+    await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      const to = destination(c, o.to);
+      const { client } = await c.locate(vmName);
+      const rep = await client.call(
+        actions.compare,
+        { body: { vm: vmName, to, options: moveOptions(o as MoveFlags) } },
+        { timeoutMs: 120_000 },
+      );
+      if (o.json) printJson(rep);
+      else if (rep.compatible) process.stdout.write(`VM ${vmName} can move to ${o.to}\n`);
+      else {
+        process.stdout.write(`VM ${vmName} cannot move to ${o.to}:\n`);
+        for (const i of rep.incompatibilities) process.stdout.write(`  ${i.code}  ${i.field}: ${i.message}\n`);
+      }
+      if (!rep.compatible) process.exitCode = EXIT.incompatible;
     });
+  });
 
-  addMoveOptions(program.command('move-vm').description('move a running (or stopped) VM to another host')
-    .argument('<name>').requiredOption('--to <host>', 'destination host'))
-    .option('--max-downtime <ms>', 'longest acceptable pause at switch-over (default 300)', positiveInt('--max-downtime', 600_000))
-    .option('--finish-within <seconds>', 'give up (or go post-copy) after this long (default: 60 s + 30 s per GiB)', positiveInt('--finish-within', 86_400))
+  addMoveOptions(
+    program
+      .command('move-vm')
+      .description('move a running (or stopped) VM to another host')
+      .argument('<name>')
+      .requiredOption('--to <host>', 'destination host'),
+  )
+    .option(
+      '--max-downtime <ms>',
+      'longest acceptable pause at switch-over (default 300)',
+      positiveInt('--max-downtime', 600_000),
+    )
+    .option(
+      '--finish-within <seconds>',
+      'give up (or go post-copy) after this long (default: 60 s + 30 s per GiB)',
+      positiveInt('--finish-within', 86_400),
+    )
     .addOption(new Option('--priority <p>', 'queue priority: high, normal or low').argParser(priority))
     .option('--bandwidth <mibps>', 'cap the transfer rate (MiB/s)', positiveInt('--bandwidth', 1_000_000))
     .option('--allow-postcopy', 'switch to post-copy when pre-copy cannot finish in time')
@@ -149,13 +202,24 @@ export function registerMove(program: Command): void {
         const { client } = await c.locate(vmName);
         let rec: MigrationRecord;
         try {
-          rec = await client.call(actions.migrationCreate, { body: {
-            vm: vmName, to, options: moveOptions(o as MoveFlags),
-            policy: {
-              ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}), ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
-              ...(o.priority ? { priority: o.priority } : {}), ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}), allowPostcopy: Boolean(o.allowPostcopy),
+          rec = await client.call(
+            actions.migrationCreate,
+            {
+              body: {
+                vm: vmName,
+                to,
+                options: moveOptions(o as MoveFlags),
+                policy: {
+                  ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}),
+                  ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
+                  ...(o.priority ? { priority: o.priority } : {}),
+                  ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+                  allowPostcopy: Boolean(o.allowPostcopy),
+                },
+              },
             },
-          } }, { timeoutMs: 180_000 });
+            { timeoutMs: 180_000 },
+          );
         } catch (err) {
           const fe = err as FerryError;
           if (fe.code === 'E_INCOMPATIBLE') {
@@ -169,16 +233,20 @@ export function registerMove(program: Command): void {
           throw err;
         }
         if (!o.wait) {
-          if (o.json) printJson(rec); else process.stdout.write(`${rec.id}\n`);
+          if (o.json) printJson(rec);
+          else process.stdout.write(`${rec.id}\n`);
           return;
         }
         const final = await follow(client, rec.id, false);
-        if (o.json) printJson(final); else printRecord(final);
+        if (o.json) printJson(final);
+        else printRecord(final);
         exitFor(final);
       });
     });
 
-  program.command('move-storage').description("move a VM's storage to new places on its host (running or stopped)")
+  program
+    .command('move-storage')
+    .description("move a VM's storage to new places on its host (running or stopped)")
     .argument('<name>')
     .option('--path <dir>', 'everything (disks, config, checkpoints, paging) to this folder')
     .option('--vhd <src=dst>', 'one disk to a new path (repeatable)', collect)
@@ -192,57 +260,116 @@ export function registerMove(program: Command): void {
     .action(async (vmName, o, cmd) => {
       const mo = moveOptions({ includeStorage: true, ...(o.vhd ? { vhd: o.vhd } : {}) });
       if (!o.path && !o.vhd && !o.configPath && !o.checkpointPath && !o.pagingPath) {
-        throw new InvalidInputError(`Cannot move the storage of VM '${vmName}': say where to; give --path DIR, --vhd SRC=DST, or --config-path/--checkpoint-path/--paging-path`);
+        throw new InvalidInputError(
+          `Cannot move the storage of VM '${vmName}': say where to; give --path DIR, --vhd SRC=DST, or --config-path/--checkpoint-path/--paging-path`,
+        );
       }
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await c.locate(vmName);
-        const rec = await client.call(actions.storageMove, { body: {
-          vm: vmName,
-          ...(o.path ? { path: path.resolve(o.path) } : {}), ...(mo.vhd ? { vhd: mo.vhd } : {}),
-          ...(o.configPath ? { configPath: path.resolve(o.configPath) } : {}),
-          ...(o.checkpointPath ? { checkpointPath: path.resolve(o.checkpointPath) } : {}),
-          ...(o.pagingPath ? { pagingPath: path.resolve(o.pagingPath) } : {}),
-          ...(o.priority ? { priority: o.priority } : {}), ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
-        } }, { timeoutMs: 120_000 });
-        if (!o.wait) { if (o.json) printJson(rec); else process.stdout.write(`${rec.id}\n`); return; }
+        const rec = await client.call(
+          actions.storageMove,
+          {
+            body: {
+              vm: vmName,
+              ...(o.path ? { path: path.resolve(o.path) } : {}),
+              ...(mo.vhd ? { vhd: mo.vhd } : {}),
+              ...(o.configPath ? { configPath: path.resolve(o.configPath) } : {}),
+              ...(o.checkpointPath ? { checkpointPath: path.resolve(o.checkpointPath) } : {}),
+              ...(o.pagingPath ? { pagingPath: path.resolve(o.pagingPath) } : {}),
+              ...(o.priority ? { priority: o.priority } : {}),
+              ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+            },
+          },
+          { timeoutMs: 120_000 },
+        );
+        if (!o.wait) {
+          if (o.json) printJson(rec);
+          else process.stdout.write(`${rec.id}\n`);
+          return;
+        }
         const final = await follow(client, rec.id);
-        if (o.json) printJson(final); else printRecord(final);
+        if (o.json) printJson(final);
+        else printRecord(final);
         exitFor(final);
       });
     });
 
   const mig = program.command('migration').description('migration jobs');
-  mig.command('list').option('--all', 'include finished ones').option('--json', 'JSON array').description('active and queued migrations of every host')
+  mig
+    .command('list')
+    .option('--all', 'include finished ones')
+    .option('--json', 'JSON array')
+    .description('active and queued migrations of every host')
     .action(async (o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const lists = await Promise.all(c.all().map((cl) => cl.call(actions.migrationList, { query: { all: o.all ? 'true' : 'false' } }).catch(() => [] as MigrationRecord[])));
+        const lists = await Promise.all(
+          c
+            .all()
+            .map((cl) =>
+              cl
+                .call(actions.migrationList, { query: { all: o.all ? 'true' : 'false' } })
+                .catch(() => [] as MigrationRecord[]),
+            ),
+        );
         const all = lists.flat().sort((a, b) => a.createdAt.localeCompare(b.createdAt));
         if (o.json) return printJson(all);
-        printTable(['ID', 'VM', 'KIND', 'FROM', 'TO', 'STATE', 'POS', 'PROGRESS', 'DOWNTIME'], all.map((r) => [r.id, r.vm, r.kind, r.source, r.destination, r.state, r.queuePosition, `${Math.floor(r.progress * 100)}%`, r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`]));
+        printTable(
+          ['ID', 'VM', 'KIND', 'FROM', 'TO', 'STATE', 'POS', 'PROGRESS', 'DOWNTIME'],
+          all.map((r) => [
+            r.id,
+            r.vm,
+            r.kind,
+            r.source,
+            r.destination,
+            r.state,
+            r.queuePosition,
+            `${Math.floor(r.progress * 100)}%`,
+            r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`,
+          ]),
+        );
       });
     });
-  mig.command('show').argument('<id>').option('--json', 'JSON').description('one migration')
+  mig
+    .command('show')
+    .argument('<id>')
+    .option('--json', 'JSON')
+    .description('one migration')
     .action(async (id, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { record } = await locateMigration(c, id);
-        if (o.json) printJson(record); else { printRecord(record); process.stdout.write(`\n${describe(record)}\n`); for (const e of record.events) process.stdout.write(`  ${e.at}  ${e.message}\n`); }
+        if (o.json) printJson(record);
+        else {
+          printRecord(record);
+          process.stdout.write(`\n${describe(record)}\n`);
+          for (const e of record.events) process.stdout.write(`  ${e.at}  ${e.message}\n`);
+        }
       });
     });
-  mig.command('wait').argument('<id>').option('--json', 'JSON').description('follow a migration until it ends')
+  mig
+    .command('wait')
+    .argument('<id>')
+    .option('--json', 'JSON')
+    .description('follow a migration until it ends')
     .action(async (id, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await locateMigration(c, id);
         const final = await follow(client, id);
-        if (o.json) printJson(final); else printRecord(final);
+        if (o.json) printJson(final);
+        else printRecord(final);
         exitFor(final);
       });
     });
-  mig.command('cancel').argument('<id>').option('--json', 'JSON').description('cancel a migration before its switch-over')
+  mig
+    .command('cancel')
+    .argument('<id>')
+    .option('--json', 'JSON')
+    .description('cancel a migration before its switch-over')
     .action(async (id, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await locateMigration(c, id);
         const r = await client.call(actions.migrationCancel, { params: { id } }, { timeoutMs: 120_000 });
-        if (o.json) printJson(r); else process.stdout.write(`migration ${id}: ${r.state}\n`);
+        if (o.json) printJson(r);
+        else process.stdout.write(`migration ${id}: ${r.state}\n`);
       });
     });
 }

@@ -14,10 +14,21 @@ type Cmd = { optsWithGlobals(): GlobalOpts };
 
 function printVm(v: VmView): void {
   const rows: Array<[string, string]> = [
-    ['name', v.name], ['id', v.id], ['host', v.host], ['state', v.state + (v.pid ? ` (pid ${v.pid})` : '')],
-    ['memory', `${v.memoryMiB} MiB`], ['cpus', `${v.cpus} × ${v.cpuModel}`], ['machine', v.machine], ['guest', v.guest],
-    ['config', v.configPath], ['checkpoints', v.checkpointPath], ['paging', v.pagingPath],
-    ...v.disks.map((d): [string, string] => [d.id, `${d.path} (${d.format}, ${bytes(d.virtualSizeBytes)}${d.pool ? `, pool ${d.pool}` : ''})`]),
+    ['name', v.name],
+    ['id', v.id],
+    ['host', v.host],
+    ['state', v.state + (v.pid ? ` (pid ${v.pid})` : '')],
+    ['memory', `${v.memoryMiB} MiB`],
+    ['cpus', `${v.cpus} × ${v.cpuModel}`],
+    ['machine', v.machine],
+    ['guest', v.guest],
+    ['config', v.configPath],
+    ['checkpoints', v.checkpointPath],
+    ['paging', v.pagingPath],
+    ...v.disks.map((d): [string, string] => [
+      d.id,
+      `${d.path} (${d.format}, ${bytes(d.virtualSizeBytes)}${d.pool ? `, pool ${d.pool}` : ''})`,
+    ]),
     ...v.nics.map((n): [string, string] => [n.id, `switch ${n.switch}, ${n.mac}`]),
     ['ha', v.ha ? 'yes' : 'no'],
   ];
@@ -28,7 +39,8 @@ function printVm(v: VmView): void {
 export function registerVm(program: Command): void {
   const vm = program.command('vm').description('virtual machines');
 
-  vm.command('new').description('create a VM on a host')
+  vm.command('new')
+    .description('create a VM on a host')
     .argument('<name>', 'VM name', name('NAME'))
     .requiredOption('--host <host>', 'host to create it on')
     .option('--memory <size>', 'memory, e.g. 256M or 1G', memoryMiB('--memory'), 256)
@@ -43,7 +55,9 @@ export function registerVm(program: Command): void {
     .option('--append <cmdline>', 'kernel command line for --kernel')
     .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
     .option('--ha', 'highly available (clustered VM)', false)
-    .addOption(new Option('--priority <p>', 'with --ha: restart and drain order').choices(['high', 'normal', 'low'] as const))
+    .addOption(
+      new Option('--priority <p>', 'with --ha: restart and drain order').choices(['high', 'normal', 'low'] as const),
+    )
     .option('--preferred-owner <node>', 'with --ha: preferred node, in order (repeatable or comma-separated)', collect)
     .option('--anti-affinity <class>', 'with --ha: keep apart from VMs of this class (repeatable)', collect)
     .option('--start', 'start it once created', false)
@@ -57,37 +71,73 @@ export function registerVm(program: Command): void {
         if (!p) throw new InvalidInputError(`Cannot use ${flag} '': give a path`);
         return path.resolve(p);
       };
-      if ((o.probeDirty || o.probeNoWriter) && o.guest !== 'probe') throw new InvalidInputError('Cannot use --probe-dirty or --probe-no-writer without --guest probe');
-      const split = (v: string[] | undefined): string[] | undefined => v?.flatMap((x) => x.split(',')).map((x) => x.trim()).filter(Boolean);
+      if ((o.probeDirty || o.probeNoWriter) && o.guest !== 'probe')
+        throw new InvalidInputError('Cannot use --probe-dirty or --probe-no-writer without --guest probe');
+      const split = (v: string[] | undefined): string[] | undefined =>
+        v
+          ?.flatMap((x) => x.split(','))
+          .map((x) => x.trim())
+          .filter(Boolean);
       const pref = split(o.preferredOwner);
       const anti = split(o.antiAffinity);
-      if ((o.priority || pref || anti) && !o.ha) throw new InvalidInputError('Cannot use --priority, --preferred-owner or --anti-affinity without --ha: they apply to clustered VMs; add --ha');
-      if (o.guest && o.kernel) throw new InvalidInputError('Cannot use --kernel with --guest: the test guests bring their own kernel; drop one of them');
+      if ((o.priority || pref || anti) && !o.ha)
+        throw new InvalidInputError(
+          'Cannot use --priority, --preferred-owner or --anti-affinity without --ha: they apply to clustered VMs; add --ha',
+        );
+      if (o.guest && o.kernel)
+        throw new InvalidInputError(
+          'Cannot use --kernel with --guest: the test guests bring their own kernel; drop one of them',
+        );
       const body = {
-        name: vmName, memoryMiB: o.memory, cpus: o.cpus, cpu: o.cpu as string | undefined,
+        name: vmName,
+        memoryMiB: o.memory,
+        cpus: o.cpus,
+        cpu: o.cpu as string | undefined,
         ...(o.path ? { path: abs(o.path, '--path') } : {}),
         disks: [...(o.disk ?? []), ...(o.attach ?? []).map((f) => ({ attach: abs(f, '--attach')! }))],
         guest: (o.guest ?? 'custom') as 'probe' | 'bootblock' | 'custom',
         ...(o.kernel ? { kernel: abs(o.kernel, '--kernel') } : {}),
         ...(o.initrd ? { initrd: abs(o.initrd, '--initrd') } : {}),
         ...(o.append !== undefined ? { append: o.append } : {}),
-        switches: o.switch ?? [], ha: o.ha, start: o.start,
-        ...(o.priority || pref || anti ? { cluster: { priority: o.priority ?? 'normal', preferredOwners: pref ?? [], antiAffinity: anti ?? [] } } : {}),
-        ...(o.guest === 'probe' ? { probe: { ...(o.probeDirty ? { dirty: o.probeDirty } : {}), ...(o.probeNoWriter ? { noWriter: true } : {}) } } : {}),
+        switches: o.switch ?? [],
+        ha: o.ha,
+        start: o.start,
+        ...(o.priority || pref || anti
+          ? { cluster: { priority: o.priority ?? 'normal', preferredOwners: pref ?? [], antiAffinity: anti ?? [] } }
+          : {}),
+        ...(o.guest === 'probe'
+          ? {
+              probe: {
+                ...(o.probeDirty ? { dirty: o.probeDirty } : {}),
+                ...(o.probeNoWriter ? { noWriter: true } : {}),
+              },
+            }
+          : {}),
       };
       await withClients(g, async (c) => {
         if (o.cpu === 'compat') {
           // Processor compatibility: a baseline model usable on every host of the lab/cluster.
-          const perHost = await Promise.all(c.all().map(async (cl) => usableModelNames(await cl.call(peerActions.cpuModels, {}, { timeoutMs: 60_000 }))));
+          const perHost = await Promise.all(
+            c
+              .all()
+              .map(async (cl) => usableModelNames(await cl.call(peerActions.cpuModels, {}, { timeoutMs: 60_000 }))),
+          );
           body.cpu = chooseBaseline(perHost);
-          process.stderr.write(`--cpu compat: ${body.cpu} (usable on ${c.all().map((x) => x.host).join(', ')})\n`);
+          process.stderr.write(
+            `--cpu compat: ${body.cpu} (usable on ${c
+              .all()
+              .map((x) => x.host)
+              .join(', ')})\n`,
+          );
         }
         const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs: 180_000 });
-        if (o.json) printJson(v); else printVm(v);
+        if (o.json) printJson(v);
+        else printVm(v);
       });
     });
 
-  vm.command('list').description('VMs on every host (or one)')
+  vm.command('list')
+    .description('VMs on every host (or one)')
     .option('--host <host>', 'only this host')
     .option('--json', 'JSON array')
     .action(async (o, cmd) => {
@@ -97,27 +147,38 @@ export function registerVm(program: Command): void {
         if (o.host) vms = await c.host(o.host).call(actions.vmList, {});
         else ({ vms, unreachable } = await c.allVms());
         if (o.json) return printJson(vms);
-        printTable(['NAME', 'HOST', 'STATE', 'MEMORY', 'CPUS', 'GUEST', 'CONFIG'], vms.map((v) => [v.name, v.host, v.state, `${v.memoryMiB}M`, v.cpus, v.guest, v.configPath]));
+        printTable(
+          ['NAME', 'HOST', 'STATE', 'MEMORY', 'CPUS', 'GUEST', 'CONFIG'],
+          vms.map((v) => [v.name, v.host, v.state, `${v.memoryMiB}M`, v.cpus, v.guest, v.configPath]),
+        );
         for (const h of unreachable) process.stderr.write(`warning: host ${h} did not answer\n`);
       });
     });
 
-  vm.command('show').description('one VM').argument('<name>').option('--json', 'JSON')
+  vm.command('show')
+    .description('one VM')
+    .argument('<name>')
+    .option('--json', 'JSON')
     .action(async (vmName, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { vm: v } = await c.locate(vmName);
-        if (o.json) printJson(v); else printVm(v);
+        if (o.json) printJson(v);
+        else printVm(v);
       });
     });
 
   const simple = (verb: 'start' | 'pause' | 'resume', desc: string): void => {
-    vm.command(verb).description(desc).argument('<name>').option('--json', 'print the VM as JSON')
+    vm.command(verb)
+      .description(desc)
+      .argument('<name>')
+      .option('--json', 'print the VM as JSON')
       .action(async (vmName, o, cmd) => {
         await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
           const { client } = await c.locate(vmName);
           const a = verb === 'start' ? actions.vmStart : verb === 'pause' ? actions.vmPause : actions.vmResume;
           const v = await client.call(a, { params: { name: vmName } }, { timeoutMs: 120_000 });
-          if (o.json) printJson(v); else process.stdout.write(`${v.name}: ${v.state} on ${v.host}\n`);
+          if (o.json) printJson(v);
+          else process.stdout.write(`${v.name}: ${v.state} on ${v.host}\n`);
         });
       });
   };
@@ -125,7 +186,8 @@ export function registerVm(program: Command): void {
   simple('pause', "pause a VM's vCPUs");
   simple('resume', "resume a paused VM's vCPUs");
 
-  vm.command('stop').description('shut a VM down (ACPI; forced after --timeout), or power it off with --force')
+  vm.command('stop')
+    .description('shut a VM down (ACPI; forced after --timeout), or power it off with --force')
     .argument('<name>')
     .option('--force', 'power off at once', false)
     .option('--timeout <seconds>', 'how long the guest gets to shut down', positiveInt('--timeout', 600), 30)
@@ -133,23 +195,36 @@ export function registerVm(program: Command): void {
     .action(async (vmName, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await c.locate(vmName);
-        const v = await client.call(actions.vmStop, { params: { name: vmName }, body: { force: o.force, timeoutMs: o.timeout * 1000 } }, { timeoutMs: o.timeout * 1000 + 60_000 });
-        if (o.json) printJson(v); else process.stdout.write(`${v.name}: ${v.state}\n`);
+        const v = await client.call(
+          actions.vmStop,
+          { params: { name: vmName }, body: { force: o.force, timeoutMs: o.timeout * 1000 } },
+          { timeoutMs: o.timeout * 1000 + 60_000 },
+        );
+        if (o.json) printJson(v);
+        else process.stdout.write(`${v.name}: ${v.state}\n`);
       });
     });
 
-  vm.command('rm').description('remove a stopped VM and its disks').argument('<name>')
+  vm.command('rm')
+    .description('remove a stopped VM and its disks')
+    .argument('<name>')
     .option('--keep-disks', 'keep the disk images', false)
     .option('--json', 'print {"removed": NAME}')
     .action(async (vmName, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await c.locate(vmName);
-        await client.call(actions.vmRemove, { params: { name: vmName }, query: { deleteDisks: o.keepDisks ? 'false' : 'true' } });
-        if (o.json) printJson({ removed: vmName }); else process.stdout.write(`${vmName}: removed\n`);
+        await client.call(actions.vmRemove, {
+          params: { name: vmName },
+          query: { deleteDisks: o.keepDisks ? 'false' : 'true' },
+        });
+        if (o.json) printJson({ removed: vmName });
+        else process.stdout.write(`${vmName}: removed\n`);
       });
     });
 
-  vm.command('console').description("the guest's serial output on its current host").argument('<name>')
+  vm.command('console')
+    .description("the guest's serial output on its current host")
+    .argument('<name>')
     .option('--follow', 'keep printing until interrupted', false)
     .option('--tail <bytes>', 'show at most the last BYTES of the log', positiveInt('--tail', 64 * 1024 * 1024), 65536)
     .action(async (vmName, o, cmd) => {

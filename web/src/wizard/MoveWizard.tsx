@@ -61,31 +61,44 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
     // eslint-disable-next-line react-hooks/exhaustive-deps
   }, [step]);
 
-  const request = c.type === 'storage'
-    ? storageMoveBody(vm, c)
-    : { vm: vm.name, to: to ?? { name: c.dest, endpoint: '' }, options: moveOptions(vm, c), policy: {} };
+  const request =
+    c.type === 'storage'
+      ? storageMoveBody(vm, c)
+      : { vm: vm.name, to: to ?? { name: c.dest, endpoint: '' }, options: moveOptions(vm, c), policy: {} };
 
   const canNext = ((): boolean => {
     switch (step) {
-      case 1: return c.type !== null;
-      case 2: return to !== undefined;
-      case 3: return c.option !== null;
-      case 4: return c.option !== 'single' || c.storagePath.trim() !== '';
-      case 5: return compat.report?.compatible === true && !compat.loading;
-      default: return false;
+      case 1:
+        return c.type !== null;
+      case 2:
+        return to !== undefined;
+      case 3:
+        return c.option !== null;
+      case 4:
+        return c.option !== 'single' || c.storagePath.trim() !== '';
+      case 5:
+        return compat.report?.compatible === true && !compat.loading;
+      default:
+        return false;
     }
   })();
 
   const idx = steps.indexOf(step);
-  const go = (d: number): void => { const s = steps[idx + d]; if (s !== undefined) setStep(s); };
+  const go = (d: number): void => {
+    const s = steps[idx + d];
+    if (s !== undefined) setStep(s);
+  };
 
   const finish = async (): Promise<void> => {
     setFinishing(true);
     setFinishError(null);
     try {
-      const rec = c.type === 'storage'
-        ? await call(vm.host, actions.storageMove, { body: storageMoveBody(vm, c) })
-        : await call(vm.host, actions.migrationCreate, { body: { vm: vm.name, to: to!, options: moveOptions(vm, c), policy: {} } });
+      const rec =
+        c.type === 'storage'
+          ? await call(vm.host, actions.storageMove, { body: storageMoveBody(vm, c) })
+          : await call(vm.host, actions.migrationCreate, {
+              body: { vm: vm.name, to: to!, options: moveOptions(vm, c), policy: {} },
+            });
       addSample(rec);
       setRecord(rec);
       setStep(7);
@@ -96,26 +109,40 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
     }
   };
 
-  const refused = finishError instanceof ApiError && Array.isArray(finishError.context.incompatibilities)
-    ? (finishError.context.incompatibilities as Incompatibility[]) : null;
+  const refused =
+    finishError instanceof ApiError && Array.isArray(finishError.context.incompatibilities)
+      ? (finishError.context.incompatibilities as Incompatibility[])
+      : null;
 
   return (
     <div className="overlay" role="dialog" aria-modal="true" aria-labelledby="wizard-title" data-testid="move-wizard">
       <div className="wizard card">
         <header className="wizard-head">
-          <h2 id="wizard-title">Move “{vm.name}” <span className="muted small">on {vm.host}</span></h2>
-          <button type="button" className="secondary" onClick={onClose} data-testid="wizard-close">{step === 7 ? 'Close' : 'Cancel'}</button>
+          <h2 id="wizard-title">
+            Move “{vm.name}” <span className="muted small">on {vm.host}</span>
+          </h2>
+          <button type="button" className="secondary" onClick={onClose} data-testid="wizard-close">
+            {step === 7 ? 'Close' : 'Cancel'}
+          </button>
         </header>
         <div className="wizard-body">
           <ol className="wizard-steps">
             {steps.map((s) => (
-              <li key={s} className={s === step ? 'current' : steps.indexOf(s) < idx ? 'done' : ''} data-testid={`wizard-nav-${s}`}>{STEP_TITLES[s]}</li>
+              <li
+                key={s}
+                className={s === step ? 'current' : steps.indexOf(s) < idx ? 'done' : ''}
+                data-testid={`wizard-nav-${s}`}
+              >
+                {STEP_TITLES[s]}
+              </li>
             ))}
           </ol>
           <section className="wizard-page" data-testid={`wizard-step-${step}`}>
             <h3>{STEP_TITLES[step]}</h3>
             {step === 1 && <StepMoveType value={c.type} onChange={(type) => update({ type })} />}
-            {step === 2 && <StepDestination hosts={hosts} current={vm.host} value={c.dest} onChange={(d) => update({ dest: d })} />}
+            {step === 2 && (
+              <StepDestination hosts={hosts} current={vm.host} value={c.dest} onChange={(d) => update({ dest: d })} />
+            )}
             {step === 3 && <StepOptions type={c.type} value={c.option} onChange={(option) => update({ option })} />}
             {step === 4 && browseHost && <StepLocations vm={vm} host={browseHost} choices={c} update={update} />}
             {step === 5 && <StepCompatibility state={compat} dest={c.dest} onCheckAgain={() => void runCompare()} />}
@@ -131,10 +158,24 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
         </div>
         {step !== 7 && (
           <footer className="wizard-foot">
-            <button type="button" className="secondary" disabled={idx <= 0 || finishing} onClick={() => go(-1)} data-testid="wizard-back">‹ Back</button>
-            {step === 6
-              ? <button type="button" disabled={finishing} onClick={() => void finish()} data-testid="wizard-finish">{finishing ? 'Starting…' : 'Finish'}</button>
-              : <button type="button" disabled={!canNext} onClick={() => go(1)} data-testid="wizard-next">Next ›</button>}
+            <button
+              type="button"
+              className="secondary"
+              disabled={idx <= 0 || finishing}
+              onClick={() => go(-1)}
+              data-testid="wizard-back"
+            >
+              ‹ Back
+            </button>
+            {step === 6 ? (
+              <button type="button" disabled={finishing} onClick={() => void finish()} data-testid="wizard-finish">
+                {finishing ? 'Starting…' : 'Finish'}
+              </button>
+            ) : (
+              <button type="button" disabled={!canNext} onClick={() => go(1)} data-testid="wizard-next">
+                Next ›
+              </button>
+            )}
           </footer>
         )}
       </div>

@@ -24,21 +24,61 @@ export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: 
     <div data-testid="wizard-summary">
       <p>{what}</p>
       <dl className="facts">
-        <dt>Virtual machine</dt><dd>{vm.name} <span className="muted">({vm.state})</span></dd>
-        <dt>Move type</dt><dd data-testid="summary-type">{c.type === 'storage' ? "Move the virtual machine's storage" : 'Move the virtual machine'}</dd>
-        <dt>From</dt><dd>{vm.host}</dd>
-        <dt>To</dt><dd data-testid="summary-destination">{to}</dd>
-        <dt>Option</dt><dd data-testid="summary-option">{c.option ? OPTION_LABEL[c.option] : '–'}</dd>
-        {c.option === 'single' && <><dt>Folder</dt><dd className="path" data-testid="summary-path">{c.storagePath}</dd></>}
+        <dt>Virtual machine</dt>
+        <dd>
+          {vm.name} <span className="muted">({vm.state})</span>
+        </dd>
+        <dt>Move type</dt>
+        <dd data-testid="summary-type">
+          {c.type === 'storage' ? "Move the virtual machine's storage" : 'Move the virtual machine'}
+        </dd>
+        <dt>From</dt>
+        <dd>{vm.host}</dd>
+        <dt>To</dt>
+        <dd data-testid="summary-destination">{to}</dd>
+        <dt>Option</dt>
+        <dd data-testid="summary-option">{c.option ? OPTION_LABEL[c.option] : '–'}</dd>
+        {c.option === 'single' && (
+          <>
+            <dt>Folder</dt>
+            <dd className="path" data-testid="summary-path">
+              {c.storagePath}
+            </dd>
+          </>
+        )}
         {c.option === 'items' && (
           <>
-            {Object.entries(items.vhd ?? {}).map(([s, d]) => <Fragment key={s}><dt>Disk</dt><dd className="path">{s} → {d}</dd></Fragment>)}
-            {items.configPath && <><dt>Configuration</dt><dd className="path">{vm.configPath} → {items.configPath}</dd></>}
-            {!items.vhd && !items.configPath && <><dt>Items</dt><dd className="muted">no new place given{c.type === 'vm' ? ` (the agent puts them in ${to}'s local pool)` : ''}</dd></>}
+            {Object.entries(items.vhd ?? {}).map(([s, d]) => (
+              <Fragment key={s}>
+                <dt>Disk</dt>
+                <dd className="path">
+                  {s} → {d}
+                </dd>
+              </Fragment>
+            ))}
+            {items.configPath && (
+              <>
+                <dt>Configuration</dt>
+                <dd className="path">
+                  {vm.configPath} → {items.configPath}
+                </dd>
+              </>
+            )}
+            {!items.vhd && !items.configPath && (
+              <>
+                <dt>Items</dt>
+                <dd className="muted">
+                  no new place given{c.type === 'vm' ? ` (the agent puts them in ${to}'s local pool)` : ''}
+                </dd>
+              </>
+            )}
           </>
         )}
       </dl>
-      <details><summary className="small">Request</summary><pre className="small">{JSON.stringify(request, null, 2)}</pre></details>
+      <details>
+        <summary className="small">Request</summary>
+        <pre className="small">{JSON.stringify(request, null, 2)}</pre>
+      </details>
     </div>
   );
 }

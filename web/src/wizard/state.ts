@@ -31,7 +31,10 @@ export const STEP_TITLES: Record<number, string> = {
 
 export function initialChoices(vm: VmView): Choices {
   return {
-    type: null, dest: '', option: null, storagePath: '',
+    type: null,
+    dest: '',
+    option: null,
+    storagePath: '',
     vhd: Object.fromEntries(vm.disks.map((d) => [d.path, d.path])),
     configPath: vm.configPath,
   };
@@ -50,7 +53,11 @@ export function stepsFor(c: Choices): number[] {
 
 /** Items the user gave a new place (unchanged ones are left out). */
 export function changedItems(vm: VmView, c: Choices): { vhd?: Record<string, string>; configPath?: string } {
-  const vhd = Object.fromEntries(Object.entries(c.vhd).map(([s, d]) => [s, d.trim()] as const).filter(([s, d]) => d && d !== s));
+  const vhd = Object.fromEntries(
+    Object.entries(c.vhd)
+      .map(([s, d]) => [s, d.trim()] as const)
+      .filter(([s, d]) => d && d !== s),
+  );
   const cfg = c.configPath.trim();
   return {
     ...(Object.keys(vhd).length ? { vhd } : {}),
