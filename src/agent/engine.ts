@@ -1,6 +1,7 @@
 // The engine: every action of this host, whatever asked for it (HTTP route, later the
 // migration protocol). It owns the map of running QEMU processes, serialises operations per
 // VM, and emits events. It never stops a VM when the agent itself stops.
+import { DEFAULTS } from '../api/defaults.js';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,7 +9,7 @@ import { FerryError, InvalidInputError, NotFoundError, messageOf } from '../erro
 import { sleep } from '../util/exec.js';
 import type { AgentConfig } from './config.js';
 import { Registry } from './registry.js';
-import { EventBus } from './events.js';
+import { EventBus } from '../events/bus.js';
 import { cpuInfo, memoryInfo, qemuInfo } from './capabilities.js';
 import { detectAccelerator, type AccelProbe } from '../qemu/accel.js';
 import { QemuProcess } from '../qemu/process.js';
@@ -194,8 +195,8 @@ export class Engine {
     const s = this.registry.getSetting<Partial<MigrationSettings>>('migration', {});
     return {
       enabled: s.enabled ?? true,
-      maxLive: s.maxLive ?? 2,
-      maxStorage: s.maxStorage ?? 2,
+      maxLive: s.maxLive ?? DEFAULTS.maxLive,
+      maxStorage: s.maxStorage ?? DEFAULTS.maxStorage,
       networks: s.networks ?? [],
       tls: s.tls ?? true,
       address: this.cfg.migrationAddress,
@@ -231,14 +232,14 @@ export class Engine {
       throw new FerryError(
         'E_BRIDGE_NOT_FOUND',
         `Cannot create switch '${s.name}' on host '${this.name}': there is no Linux bridge '${s.bridge}'; create it first (ip link add ${s.bridge} type bridge) or use --user`,
-        { context: { bridge: s.bridge }, userError: true },
+        { context: { bridge: s.bridge } },
       );
     }
     if (this.registry.listSwitches().some((x) => x.name === s.name)) {
       throw new FerryError(
         'E_SWITCH_EXISTS',
         `Cannot create switch '${s.name}' on host '${this.name}': it already exists; choose another name`,
-        { context: { switch: s.name }, userError: true },
+        { context: { switch: s.name } },
       );
     }
     const view: SwitchView = { name: s.name, kind: s.kind, bridge: s.bridge ?? null };
@@ -255,7 +256,7 @@ export class Engine {
         throw new FerryError(
           'E_SWITCH_IN_USE',
           `Cannot remove switch '${name}' from host '${this.name}': VM '${rec.name}' is connected to it; remove the VM or its NIC first`,
-          { context: { switch: name, vm: rec.name }, userError: true },
+          { context: { switch: name, vm: rec.name } },
         );
       }
     }
@@ -319,7 +320,7 @@ export class Engine {
       throw new FerryError(
         'E_POOL_EXISTS',
         `Cannot add pool '${p.name}' to host '${this.name}': it exists; choose another name`,
-        { userError: true },
+        {},
       );
     const st = await fsp.stat(p.path).catch(() => null);
     if (!st?.isDirectory())
@@ -419,7 +420,7 @@ export class Engine {
         throw new FerryError(
           'E_VM_EXISTS',
           `Cannot create VM '${body.name}' on host '${this.name}': a VM with that name exists; choose another name or remove it`,
-          { context: { vm: body.name }, userError: true },
+          { context: { vm: body.name } },
         );
       }
       const pools = this.pools();
@@ -586,7 +587,6 @@ export class Engine {
     if (running && !running.hasExited) {
       throw new FerryError('E_VM_RUNNING', `Cannot start VM '${name}': it is already running on host '${this.name}'`, {
         context: { vm: name },
-        userError: true,
       });
     }
     const spec = await loadVm(rec.configPath);
@@ -655,7 +655,7 @@ export class Engine {
       throw new FerryError(
         'E_VM_NOT_RUNNING',
         `Cannot do that to VM '${name}': it is not running on host '${this.name}'; start it first`,
-        { context: { vm: name }, userError: true },
+        { context: { vm: name } },
       );
     return proc;
   }
@@ -701,7 +701,7 @@ export class Engine {
         throw new FerryError(
           'E_VM_RUNNING',
           `Cannot remove VM '${name}': it is running on host '${this.name}'; stop it first ('ferry vm stop ${name}')`,
-          { context: { vm: name }, userError: true },
+          { context: { vm: name } },
         );
       }
       const spec = await loadVm(rec.configPath).catch(() => null);
@@ -743,7 +743,7 @@ export class Engine {
     throw new FerryError(
       'E_MIGRATION_NETWORK',
       `Cannot receive a migration on host '${this.name}': none of its addresses is in its migration networks (${nets.join(', ')}); fix them with 'ferry host set ${this.name} --migration-network CIDR'`,
-      { userError: true },
+      {},
     );
   }
 
@@ -757,7 +757,7 @@ export class Engine {
       throw new FerryError(
         'E_VM_BUSY',
         `Cannot change VM '${name}' now: it is migrating (migration ${job}); wait for it or cancel it with 'ferry migration cancel ${job}'`,
-        { context: { vm: name, migration: job }, userError: true },
+        { context: { vm: name, migration: job } },
       );
   }
   markBusy(name: string, jobId: string): void {
@@ -839,7 +839,7 @@ export class Engine {
       throw new FerryError(
         'E_CLUSTER_EXISTS',
         `Cannot join cluster '${body.name}': host '${this.name}' is in cluster '${this.cfg.cluster?.name}'; a host belongs to one cluster`,
-        { userError: true },
+        {},
       );
     }
     let members: Record<string, string>;
@@ -853,7 +853,7 @@ export class Engine {
       throw new FerryError(
         'E_CLUSTER_UNAVAILABLE',
         `Cannot join cluster '${body.name}': etcd does not answer at ${body.endpoints.join(', ')} (${messageOf(err)}); start etcd with certificates of this domain and check the URLs`,
-        { userError: true, cause: err },
+        { cause: err },
       );
     });
     try {
@@ -866,7 +866,7 @@ export class Engine {
       throw new FerryError(
         'E_CLUSTER_EXISTS',
         `Cannot create cluster '${body.name}': it exists (${count} members); join it with 'ferry cluster join ${body.name}'`,
-        { userError: true },
+        {},
       );
     if (!body.create && !count)
       throw new NotFoundError(
@@ -928,7 +928,7 @@ export class Engine {
           throw new FerryError(
             'E_STORAGE_NOT_SHARED',
             `Cannot add VM '${name}' to cluster '${m.name}': ${f.what} (${f.path}) is ${pool ? `in local pool '${pool.name}'` : 'in no pool'}, so no other node could restart it; move it to a shared pool first ('ferry move-storage ${name} --path /shared/...')`,
-            { userError: true, context: { vm: name, path: f.path } },
+            { context: { vm: name, path: f.path } },
           );
         }
       }
@@ -962,7 +962,7 @@ export class Engine {
         throw new FerryError(
           'E_NOT_CLUSTERED',
           `Cannot remove VM '${name}' from cluster '${m.name}': it is not clustered`,
-          { userError: true },
+          {},
         );
       // The record goes first: once it is gone, no leader restarts the VM elsewhere.
       await store.delete(`vms/${name}`);
@@ -1075,13 +1075,13 @@ export class Engine {
       throw new FerryError(
         'E_MIGRATION_DISABLED',
         `Cannot receive VM '${spec.name}' on host '${this.name}': migrations are disabled here`,
-        { userError: true },
+        {},
       );
     if (this.registry.getVm(spec.name) || this.registry.getVmById(spec.id))
       throw new FerryError(
         'E_NAME_EXISTS',
         `Cannot receive VM '${spec.name}' on host '${this.name}': a VM with that name or id is already here`,
-        { userError: true },
+        {},
       );
     if (!opts.skipStorageCheck) await this.checkVmStorage(spec);
     this.registry.addVm({

@@ -41,21 +41,23 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
       throw new FerryError(
         'E_TLS_MISSING',
         `Cannot start agent '${cfg.name}': ${f} is missing; issue a host certificate with 'ferry domain issue host ${cfg.name}' and put ca.crt, host.crt and host.key in ${cfg.tls.ca.replace(/\/ca\.crt$/, '')}`,
-        { userError: true },
+        {},
       );
   }
   const domainId = domainIdOfCa(await fsp.readFile(cfg.tls.ca, 'utf8'));
   if (!domainId)
-    throw new FerryError('E_TLS_MISSING', `Cannot start agent '${cfg.name}': ${cfg.tls.ca} is not a Ferry domain CA`, {
-      userError: true,
-    });
+    throw new FerryError(
+      'E_TLS_MISSING',
+      `Cannot start agent '${cfg.name}': ${cfg.tls.ca} is not a Ferry domain CA`,
+      {},
+    );
   // QEMU's QMP sockets live in DATA/run/<vm id>/; a Unix socket path has at most 107 bytes.
   const longest = path.join(cfg.dataDir, 'run', '00000000-0000-0000-0000-000000000000', 'qmp-admin.sock');
   if (Buffer.byteLength(longest) > 107) {
     throw new FerryError(
       'E_DATA_PATH_TOO_LONG',
       `Cannot start agent '${cfg.name}': its data folder ${cfg.dataDir} is too long for QEMU's control sockets (${Buffer.byteLength(longest)} of 107 bytes); use a shorter --data path`,
-      { userError: true },
+      {},
     );
   }
   await fsp.mkdir(cfg.dataDir, { recursive: true });

@@ -69,23 +69,7 @@ export function registerAction<A extends Action>(app: FastifyInstance, a: A, han
 }
 
 export function statusFor(err: FerryError): number {
-  const c = err.code;
-  if (c === 'E_INVALID_INPUT' || c === 'E_USAGE') return 400;
-  if (c === 'E_UNAUTHENTICATED') return 401;
-  if (c === 'E_FORBIDDEN' || c === 'E_POOL_NOT_GRANTED') return 403;
-  if (c.endsWith('_NOT_FOUND')) return 404;
-  if (
-    c.endsWith('_EXISTS') ||
-    c.endsWith('_RUNNING') ||
-    c.endsWith('_NOT_RUNNING') ||
-    c.endsWith('_IN_USE') ||
-    c === 'E_VM_BUSY' ||
-    c === 'E_INCOMPATIBLE'
-  )
-    return 409;
-  if (c === 'E_UNSUPPORTED') return 422;
-  if (c === 'E_TIMEOUT') return 504;
-  return err.userError ? 400 : 500;
+  return err.info.status;
 }
 
 function validationMessage(err: {
@@ -124,11 +108,9 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     maxParamLength: 1000,
     // Errors the router raises before any route runs (too long a path, bad URL encoding).
     frameworkErrors: (err, _req, reply) => {
-      void (reply as unknown as FastifyReply)
-        .code(400)
-        .send({
-          error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` },
-        });
+      void (reply as unknown as FastifyReply).code(400).send({
+        error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` },
+      });
     },
   });
   app.setValidatorCompiler(validatorCompiler);
@@ -148,14 +130,14 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       throw new FerryError(
         'E_UNAUTHENTICATED',
         'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain',
-        { userError: true },
+        {},
       );
     }
     if (id.domainId !== o.domainId) {
       throw new FerryError(
         'E_FORBIDDEN',
         `Cannot serve the request: the certificate belongs to another domain; use one issued by domain ${o.domainId}`,
-        { userError: true },
+        {},
       );
     }
     req.peer = id;
@@ -164,7 +146,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       throw new FerryError(
         'E_FORBIDDEN',
         `Cannot serve ${req.method} ${req.routeOptions.url}: the ${id.role} certificate of '${id.name}' may not call it; use an admin certificate`,
-        { userError: true },
+        {},
       );
     }
   });
@@ -180,35 +162,29 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     }
     const e = err as { statusCode?: number; message?: string; code?: string };
     if (e.statusCode && e.statusCode < 500) {
-      return reply
-        .code(e.statusCode)
-        .send({
-          error: {
-            code: 'E_INVALID_INPUT',
-            message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API`,
-          },
-        });
-    }
-    req.log.error({ err }, 'internal error');
-    return reply
-      .code(500)
-      .send({
+      return reply.code(e.statusCode).send({
         error: {
-          code: 'E_INTERNAL',
-          message: `Cannot serve the request: internal error (${e.message}); see the agent log`,
+          code: 'E_INVALID_INPUT',
+          message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API`,
         },
       });
+    }
+    req.log.error({ err }, 'internal error');
+    return reply.code(500).send({
+      error: {
+        code: 'E_INTERNAL',
+        message: `Cannot serve the request: internal error (${e.message}); see the agent log`,
+      },
+    });
   });
 
   app.setNotFoundHandler((req, reply) => {
-    void reply
-      .code(404)
-      .send({
-        error: {
-          code: 'E_ROUTE_NOT_FOUND',
-          message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json`,
-        },
-      });
+    void reply.code(404).send({
+      error: {
+        code: 'E_ROUTE_NOT_FOUND',
+        message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json`,
+      },
+    });
   });
   return app as unknown as FastifyInstance;
 }

@@ -111,12 +111,9 @@ export class AgentClient {
             if ((res.statusCode ?? 500) >= 400) {
               const e = (data as { error?: { code?: string; message?: string; context?: Record<string, unknown> } })
                 ?.error;
-              return reject(
-                new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `Cannot ${what}: HTTP ${res.statusCode}`, {
-                  context: { ...(e?.context ?? {}), host: this.host, status: res.statusCode },
-                  userError: (res.statusCode ?? 500) < 500,
-                }),
-              );
+              const err = FerryError.fromWire(e, `Cannot ${what}: HTTP ${res.statusCode ?? 500}`);
+              Object.assign(err.context, { host: this.host, status: res.statusCode });
+              return reject(err);
             }
             resolve(data);
           });
@@ -213,7 +210,7 @@ export class AgentClient {
               } catch {
                 /* text */
               }
-              reject(new FerryError(e?.code ?? 'E_HTTP', e?.message ?? `HTTP ${res.statusCode}`, { userError: true }));
+              reject(FerryError.fromWire(e, `HTTP ${res.statusCode ?? 500}`));
             });
             return;
           }

@@ -1,12 +1,11 @@
 // Request and response schemas of the agent's API (shared by routes, client and OpenAPI).
+import { DEFAULTS, PRIORITIES } from './defaults.js';
 import { z } from 'zod';
 import { NAME_RE, IMAGE_FORMATS } from './common.js';
 
-export const Name = z
-  .string()
-  .regex(NAME_RE, {
-    message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit',
-  });
+export const Name = z.string().regex(NAME_RE, {
+  message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit',
+});
 const AbsPath = z
   .string()
   .min(1)
@@ -99,7 +98,7 @@ export const VmCreateBody = z
     /** How the cluster treats it (with ha). */
     cluster: z
       .object({
-        priority: z.enum(['high', 'normal', 'low']).default('normal'),
+        priority: z.enum(PRIORITIES).default(DEFAULTS.priority),
         preferredOwners: z.array(Name).max(16).default([]),
         antiAffinity: z.array(Name).max(8).default([]),
       })
@@ -255,7 +254,7 @@ export type EventView = z.infer<typeof EventView>;
 
 export const Ok = z.object({ ok: z.literal(true) });
 
-const Prio = z.enum(['high', 'normal', 'low']);
+const Prio = z.enum(PRIORITIES);
 export const NodeView = z.object({
   name: z.string(),
   endpoint: z.string(),

@@ -46,7 +46,7 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
       throw new FerryError(
         'E_INVALID_INPUT',
         `Cannot use context file ${file}: ${r.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`,
-        { userError: true },
+        {},
       );
     const rel = (p: string): string => path.resolve(path.dirname(file), p);
     return {
@@ -60,7 +60,7 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
     throw new FerryError(
       'E_USAGE',
       'Cannot find any Ferry host: give --lab DIR (or set FERRY_LAB) for a local lab, or --context FILE for real hosts',
-      { userError: true },
+      {},
     );
   const lab = await readLab(path.resolve(dir));
   return {

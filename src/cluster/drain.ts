@@ -4,6 +4,8 @@
 // cluster queue), follows it to the end, retries moves that failed for a passing reason, and
 // records each VM's result. A batch is only ever changed by transactions that compare its
 // value, so a new leader takes over where the old one stopped, and resume can abort it.
+import type { Emit } from '../api/events.js';
+import { DEFAULTS } from '../api/defaults.js';
 import { randomUUID } from 'node:crypto';
 import { AgentClient } from '../api/client.js';
 import { actions } from '../api/actions.js';
@@ -144,7 +146,7 @@ export async function planDrain(
     throw new FerryError(
       'E_NODE_DOWN',
       `Cannot drain node '${node}': it is down; its HA VMs restart on the other nodes by themselves, and the rest wait until it is back`,
-      { userError: true, context: { node } },
+      { context: { node } },
     );
   const sig = opts.signal ? { signal: opts.signal } : {};
   const [vms, records, pnodes] = await Promise.all([
@@ -271,7 +273,7 @@ export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batc
     throw new FerryError(
       'E_DRAIN_RUNNING',
       `Cannot drain node '${plan.node}': a ${(JSON.parse(cur) as Batch).kind} of it is running; wait for it ('ferry cluster status') or stop it with 'ferry cluster resume ${plan.node}'`,
-      { userError: true },
+      {},
     );
   }
   const ok = await ctx.store.txn({
@@ -285,7 +287,7 @@ export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batc
     throw new FerryError(
       'E_DRAIN_RUNNING',
       `Cannot drain node '${plan.node}': another drain or fail-back of it started just now; see 'ferry cluster status'`,
-      { userError: true },
+      {},
     );
   return batch;
 }
@@ -316,7 +318,7 @@ export async function resumeNode(
       throw new FerryError(
         'E_CLUSTER_BUSY',
         `Cannot resume node '${node}': its drain kept changing while we tried; try again`,
-        { userError: true },
+        {},
       );
     const raw = await ctx.store.get(keys.batch(node), opts);
     batch = raw ? (JSON.parse(raw) as Batch) : null;
@@ -388,9 +390,7 @@ async function startFailback(
 ): Promise<Batch> {
   const nodes = await readNodes(ctx.store, opts);
   if (!nodes.up[node])
-    throw new FerryError('E_NODE_DOWN', `Cannot fail back to node '${node}': it is down; start it first`, {
-      userError: true,
-    });
+    throw new FerryError('E_NODE_DOWN', `Cannot fail back to node '${node}': it is down; start it first`, {});
   const records = await readHaRecords(ctx.store, opts);
   const want = new Map<string, { from: string; priority: Priority }>();
   // VMs the last drain moved away, wherever they are now…
@@ -439,7 +439,7 @@ async function startFailback(
     throw new FerryError(
       'E_CLUSTER_BUSY',
       `Cannot fail back to node '${node}': its batch changed meanwhile; try again`,
-      { userError: true },
+      {},
     );
   return batch;
 }
@@ -468,7 +468,7 @@ export class BatchRunner {
   constructor(
     private ctx: ClusterCtx,
     private leadership: Leadership,
-    private onEvent: (name: string, data: Record<string, unknown>) => void,
+    private onEvent: Emit,
   ) {}
 
   async start(): Promise<void> {
@@ -586,7 +586,7 @@ export class BatchRunner {
                   vm: it.vm,
                   to: { name: it.to!, endpoint: to.endpoint },
                   options: { includeStorage: false, retainSource: false },
-                  policy: { maxDowntimeMs: 300, priority: it.priority, allowPostcopy: false },
+                  policy: { maxDowntimeMs: DEFAULTS.maxDowntimeMs, priority: it.priority, allowPostcopy: false },
                 },
               },
               { timeoutMs: 120_000 },

@@ -216,7 +216,7 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
     throw new FerryError(
       'E_ETCD_MISSING',
       `Cannot start etcd members: ${ETCD_BIN} is not installed; run scripts/setup (Debian package etcd-server)`,
-      { userError: true },
+      {},
     );
   await fsp.mkdir(labDir, { recursive: true });
 

@@ -4,11 +4,12 @@
 // shared storage), each decision an etcd transaction that bumps the generation, so a new
 // leader never acts twice. An agent that loses its own lease stops its HA VMs (self-fence);
 // QEMU's image locks are the last guard.
+import type { Emit } from '../api/events.js';
 import { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import { messageOf } from '../errors.js';
 import type { ClusterStore, Leadership } from './store.js';
-import type { EventBus } from '../agent/events.js';
+import type { EventBus } from '../events/bus.js';
 import { Scheduler } from './queue.js';
 import { BatchRunner, placementNodes, policyOf, readNodes } from './drain.js';
 import { place } from './placement.js';
@@ -69,8 +70,8 @@ export class HaMonitor {
         });
         this.host.events.emit('cluster.leader', { node: this.host.name });
         const lost = new Promise<void>((resolve) => this.leadership!.onLost(() => resolve()));
-        const emit = (name: string, data: Record<string, unknown>): void => {
-          this.host.events.emit(name, data);
+        const emit: Emit = (type, fields) => {
+          this.host.events.emit(type, fields);
         };
         const scheduler = new Scheduler(this.store, this.leadership, emit);
         const batches = new BatchRunner(

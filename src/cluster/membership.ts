@@ -3,7 +3,7 @@
 // CLI and later the leader read the same keys.
 import { EtcdStore, type ClusterStore, type Lease } from './store.js';
 import { FerryError, messageOf } from '../errors.js';
-import type { EventBus } from '../agent/events.js';
+import type { EventBus } from '../events/bus.js';
 import { HaMonitor, type HaRecord } from './ha.js';
 import { ClusterQueue, readQueue } from './queue.js';
 import { positions } from './schedule.js';

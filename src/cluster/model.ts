@@ -7,11 +7,10 @@
 //   batches/<node>     the last drain or fail-back of a node, item by item
 //   config             limits of the queue
 //   election/leader    the leader (runs the scheduler, the HA monitor and the drains)
+import { DEFAULTS, PRIORITIES, type Priority } from '../api/defaults.js';
 import { z } from 'zod';
 
-export const PRIORITIES = ['high', 'normal', 'low'] as const;
-export type Priority = (typeof PRIORITIES)[number];
-export const RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
+export { PRIORITIES, PRIORITY_RANK as RANK, type Priority } from '../api/defaults.js';
 
 /** How the cluster treats one clustered VM (Hyper-V: priority, preferred owners, anti-affinity class names). */
 export const ClusterPolicy = z
@@ -41,7 +40,7 @@ export const Limits = z
   })
   .strict();
 export type Limits = z.infer<typeof Limits>;
-export const DEFAULT_LIMITS: Limits = { maxOutgoing: 2, maxIncoming: 2, maxTotal: 8 };
+export const DEFAULT_LIMITS: Limits = { ...DEFAULTS.cluster };
 
 export interface QueueItem {
   id: string;

@@ -3,6 +3,7 @@
 // the leader's scheduler admits moves by priority within the limits, each admission an etcd
 // transaction guarded by its leadership (admit/<id>); the source removes both keys when the
 // move ends. Any agent reads the queue, so positions show wherever one asks.
+import type { Emit } from '../api/events.js';
 import { AbortedError, FerryError, messageOf } from '../errors.js';
 import type { ClusterStore, Lease, Leadership } from './store.js';
 import { keys, parseLimits, type QueueItem } from './model.js';
@@ -150,7 +151,7 @@ export class Scheduler {
   constructor(
     private store: ClusterStore,
     private leadership: Leadership,
-    private onEvent: (name: string, data: Record<string, unknown>) => void,
+    private onEvent: Emit,
   ) {}
 
   async start(): Promise<void> {

@@ -433,7 +433,7 @@ export class EtcdStore implements ClusterStore {
         throw new FerryError(
           'E_STORE_TLS',
           `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); check the paths of the CA, certificate and key`,
-          { cause: err, userError: true },
+          { cause: err },
         );
       }
     }

@@ -35,7 +35,7 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     throw new FerryError(
       'E_WEB_NOT_BUILT',
       `Cannot serve the console: the web app is not built in ${webDir}; run scripts/setup (it builds it)`,
-      { userError: true },
+      {},
     );
   }
   const clients = new Clients(o.context);
@@ -53,14 +53,12 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     return exp !== undefined && exp > Date.now();
   };
   const deny = (reply: FastifyReply): FastifyReply =>
-    reply
-      .code(401)
-      .send({
-        error: {
-          code: 'E_UNAUTHENTICATED',
-          message: 'Cannot serve the request: not logged in; log in with the token ferry console printed',
-        },
-      });
+    reply.code(401).send({
+      error: {
+        code: 'E_UNAUTHENTICATED',
+        message: 'Cannot serve the request: not logged in; log in with the token ferry console printed',
+      },
+    });
 
   app.post('/api/login', async (req, reply) => {
     let token = '';
@@ -73,14 +71,12 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     const b = crypto.createHash('sha256').update(o.token).digest();
     if (!token || !crypto.timingSafeEqual(a, b)) {
       await new Promise((r) => setTimeout(r, 300)); // slow down guessing
-      return reply
-        .code(401)
-        .send({
-          error: {
-            code: 'E_UNAUTHENTICATED',
-            message: 'Cannot log in: wrong token; use the token ferry console printed at start',
-          },
-        });
+      return reply.code(401).send({
+        error: {
+          code: 'E_UNAUTHENTICATED',
+          message: 'Cannot log in: wrong token; use the token ferry console printed at start',
+        },
+      });
     }
     const id = crypto.randomBytes(24).toString('base64url');
     sessions.set(id, Date.now() + SESSION_MS);
@@ -106,11 +102,9 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     }
     const rest = req.url.slice(`/api/hosts/${encodeURIComponent(host)}`.length);
     if (!rest.startsWith('/v1/'))
-      return reply
-        .code(404)
-        .send({
-          error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot proxy ${rest}: only /v1/ agent routes are served` },
-        });
+      return reply.code(404).send({
+        error: { code: 'E_ROUTE_NOT_FOUND', message: `Cannot proxy ${rest}: only /v1/ agent routes are served` },
+      });
     reply.hijack();
     const ac = new AbortController();
     reply.raw.on('close', () => ac.abort());

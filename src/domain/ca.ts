@@ -45,7 +45,7 @@ export async function initDomain(dir: string, opts: { name?: string; signal?: Ab
     throw new FerryError(
       'E_DOMAIN_EXISTS',
       `Cannot create a domain in ${dir}: it already holds one (ca.key); use that domain or choose another folder`,
-      { context: { dir }, userError: true },
+      { context: { dir } },
     );
   }
   const name = opts.name ?? 'ferry';

@@ -172,7 +172,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     throw new FerryError(
       'E_LAB_EXISTS',
       `Cannot put the lab in ${dir} into network namespaces: it was created without --netns; use a new --dir`,
-      { userError: true },
+      {},
     );
   }
   // The etcd members listen on loopback in the root namespace, out of the hosts' reach.
@@ -180,7 +180,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     throw new FerryError(
       'E_UNSUPPORTED',
       "Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts' namespaces yet; use one of them",
-      { userError: true },
+      {},
     );
   }
   if (o.netns && !lab.netns) lab.netns = await planNetns(dir);
@@ -188,7 +188,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     throw new FerryError(
       'E_LAB_EXISTS',
       `Cannot turn the lab in ${dir} into a cluster: it was created without --cluster; use a new --dir`,
-      { userError: true },
+      {},
     );
   }
   lab.cluster = lab.cluster || Boolean(o.cluster);
@@ -500,7 +500,7 @@ export async function labLink(
     throw new FerryError(
       'E_UNSUPPORTED',
       `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; create one with 'ferry lab up --netns'`,
-      { userError: true },
+      {},
     );
   await setLink(lab.netns, i, link, up);
   return linkStates(lab.netns, i);

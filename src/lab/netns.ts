@@ -93,7 +93,7 @@ export async function planNetns(dir: string): Promise<NetnsPlan> {
   throw new FerryError(
     'E_LAB_NETWORK',
     'Cannot start the lab with --netns: every subnet 10.241.1-250.0/24 is in use; stop other labs first',
-    { userError: true },
+    {},
   );
 }
 

@@ -178,7 +178,7 @@ export class IncomingManager {
       throw new FerryError(
         'E_MIGRATION_DISABLED',
         `Cannot receive VM '${spec.name}' on host '${e.name}': migrations are disabled here; run 'ferry host set ${e.name} --migrations on'`,
-        { userError: true },
+        {},
       );
     if (
       e.registry.getVm(spec.name) ||
@@ -188,7 +188,7 @@ export class IncomingManager {
       throw new FerryError(
         'E_NAME_EXISTS',
         `Cannot receive VM '${spec.name}' on host '${e.name}': a VM with that name or id is already here`,
-        { userError: true },
+        {},
       );
     }
     if (req.storage) await this.checkStorage(spec, req.storage);
@@ -197,7 +197,7 @@ export class IncomingManager {
       throw new FerryError(
         'E_HOST_BUSY',
         `Cannot receive VM '${spec.name}' on host '${e.name}' now: ${settings.maxLive} live migrations are already running here (max live); it stays queued`,
-        { userError: true },
+        {},
       );
     }
     const runDir = e.runDir(spec.id);
@@ -327,7 +327,7 @@ export class IncomingManager {
       throw new FerryError(
         'E_INCOMING_NOT_FOUND',
         `Cannot finish incoming migration ${jobId} on host '${e.name}': it is not here (aborted or never prepared)`,
-        { userError: true },
+        {},
       );
     if (i.state === 'running') return this.view(jobId);
     const proc = i.proc;
@@ -415,7 +415,7 @@ export class IncomingManager {
         throw new FerryError(
           'E_DEST_PATH',
           `Cannot receive disk '${d.id}' of VM '${spec.name}' at ${d.path} on host '${e.name}': a file is already there; choose another path`,
-          { userError: true },
+          {},
         );
       need.set(pool.name, (need.get(pool.name) ?? 0) + d.allocatedBytes);
     }
@@ -425,14 +425,14 @@ export class IncomingManager {
         throw new FerryError(
           'E_DEST_PATH',
           `Cannot receive VM '${spec.name}' on host '${e.name}': ${f.path} already exists; choose another --config-path or --storage-path`,
-          { userError: true },
+          {},
         );
     }
     if (await exists(configFile(spec.configPath)))
       throw new FerryError(
         'E_DEST_PATH',
         `Cannot receive VM '${spec.name}' on host '${e.name}': ${spec.configPath} already holds a VM; choose another --config-path or --storage-path`,
-        { userError: true },
+        {},
       );
     for (const [name, bytes] of need) {
       const status = await poolStatus(
@@ -443,7 +443,7 @@ export class IncomingManager {
         throw new FerryError(
           'E_DEST_SPACE',
           `Cannot receive VM '${spec.name}' on host '${e.name}': its disks hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(status.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`,
-          { userError: true },
+          {},
         );
       }
     }

@@ -3,7 +3,7 @@
 // stop at pre-switchover, complete, confirm (two-phase), finish. Every failure before the
 // switch-over ends with the VM running on the source and the destination cleaned up.
 import net from 'node:net';
-import { FerryError, AbortedError, messageOf } from '../errors.js';
+import { FerryError, AbortedError, messageOf, type ErrorCode } from '../errors.js';
 import type { QemuProcess } from '../qemu/process.js';
 import type { MigrationInfo, MigrationStatus } from '../qemu/commands.js';
 import type { AgentClient } from '../api/client.js';
@@ -57,7 +57,7 @@ const POLL_MS = 250;
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
 
 export class MigrationFailedError extends FerryError {
-  constructor(code: string, message: string, cause?: unknown) {
+  constructor(code: ErrorCode, message: string, cause?: unknown) {
     super(code, message, { cause });
   }
 }

@@ -1,6 +1,7 @@
 // Migrations on their source host: create (pre-flight compare first; refused → E_INCOMPATIBLE
 // with the report), queue by the host's limit, run the protocol of the VM's kind, cancel,
 // and keep the history.
+import { DEFAULTS } from '../api/defaults.js';
 import { FerryError, AbortedError, NotFoundError, messageOf } from '../errors.js';
 import { AgentClient } from '../api/client.js';
 import { actions } from '../api/actions.js';
@@ -159,7 +160,6 @@ export class MigrationManager {
         `Cannot move VM '${req.vm}' to '${req.to.name}': ${rep.incompatibilities.map((i) => i.message.replace(/^Cannot move VM '[^']*' to '[^']*': /, '')).join(' | ')}`,
         {
           context: { incompatibilities: rep.incompatibilities },
-          userError: true,
         },
       );
     }
@@ -403,7 +403,7 @@ export class MigrationManager {
     const spec = await loadVm(rec.configPath);
     const plan = await this.storagePlan(spec, req);
     const policy = {
-      maxDowntimeMs: 300,
+      maxDowntimeMs: DEFAULTS.maxDowntimeMs,
       priority: req.priority,
       allowPostcopy: false,
       ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}),
@@ -496,7 +496,7 @@ export class MigrationManager {
         throw new FerryError(
           'E_DEST_SPACE',
           `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(st.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`,
-          { userError: true },
+          {},
         );
     }
     return plan;
@@ -590,19 +590,15 @@ export class MigrationManager {
     const job = this.jobs.get(id);
     if (!job) {
       const rec = this.get(id);
-      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${rec.state}`, {
-        userError: true,
-      });
+      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${rec.state}`, {});
     }
     if (job.done)
-      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${job.record.state}`, {
-        userError: true,
-      });
+      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${job.record.state}`, {});
     if (!job.cancellable) {
       throw new FerryError(
         'E_CANNOT_CANCEL',
         `Cannot cancel migration ${id} of VM '${job.record.vm}': it is ${job.record.state === 'switching-over' ? 'switching over' : 'in post-copy'}, the VM is already moving to ${job.record.destination}; wait for it to finish`,
-        { userError: true },
+        {},
       );
     }
     job.log('cancel requested');

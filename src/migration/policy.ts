@@ -11,6 +11,7 @@
 //      trigger down to 50 %, the throttle grows each pass);
 //   3. the --finish-within budget is spent → post-copy if --allow-postcopy, else abort and
 //      say why (dirty rate against bandwidth). Never cancel once post-copy has started.
+import { DEFAULTS } from '../api/defaults.js';
 import type { MigrationParameters } from '../qemu/commands.js';
 import type { Sample, Verdict } from './progress.js';
 
@@ -128,7 +129,7 @@ function mib(bps: number): string {
  * fail, it waits (for minutes); without this a move would hang with the guest's pages or
  * disks half copied. FERRY_MIGRATION_STALL_S (read by the agent) changes it, e.g. for tests.
  */
-export const DEFAULT_STALL_MS = 15_000;
+export const DEFAULT_STALL_MS = DEFAULTS.stallSeconds * 1000;
 export function stallTimeoutMs(env: NodeJS.ProcessEnv = process.env): number {
   const s = Number(env.FERRY_MIGRATION_STALL_S);
   return Number.isFinite(s) && s >= 1 ? Math.round(s * 1000) : DEFAULT_STALL_MS;

@@ -3,8 +3,9 @@
 // (cancel) at any time.
 import { AbortedError } from '../errors.js';
 
-export type Priority = 'high' | 'normal' | 'low';
-const RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
+import { PRIORITY_RANK as RANK, type Priority } from '../api/defaults.js';
+
+export type { Priority };
 
 interface Waiter {
   id: string;

@@ -1,4 +1,5 @@
 // Migration records and requests: the contract of shared/CLI.md ("A migration record").
+import { DEFAULTS, PRIORITIES } from '../api/defaults.js';
 import { z } from 'zod';
 import { Name } from '../api/schemas.js';
 
@@ -7,12 +8,15 @@ export const MIGRATION_STATES = [
   'preparing',
   'copying-storage',
   'copying-memory',
+  /** The guest runs on the destination while the rest of its memory arrives (cannot be cancelled). */
+  'post-copy',
   'switching-over',
   'completed',
   'failed',
   'cancelled',
 ] as const;
 export type MigrationState = (typeof MIGRATION_STATES)[number];
+/** States a move ends in (phases.ts has the whole state machine). */
 export const TERMINAL: readonly MigrationState[] = ['completed', 'failed', 'cancelled'];
 
 export const Incompatibility = z.object({ code: z.string(), message: z.string(), field: z.string() });
@@ -41,9 +45,9 @@ export type MoveOptions = z.infer<typeof MoveOptions>;
 
 export const PolicyInput = z
   .object({
-    maxDowntimeMs: z.number().int().min(1).max(600_000).default(300),
+    maxDowntimeMs: z.number().int().min(1).max(600_000).default(DEFAULTS.maxDowntimeMs),
     finishWithinS: z.number().int().min(1).max(86_400).optional(),
-    priority: z.enum(['high', 'normal', 'low']).default('normal'),
+    priority: z.enum(PRIORITIES).default(DEFAULTS.priority),
     bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
     allowPostcopy: z.boolean().default(false),
   })
@@ -76,7 +80,11 @@ export const MoveRequest = z
     vm: Name,
     to: Destination,
     options: MoveOptions.default({ includeStorage: false, retainSource: false }),
-    policy: PolicyInput.default({ maxDowntimeMs: 300, priority: 'normal', allowPostcopy: false }),
+    policy: PolicyInput.default({
+      maxDowntimeMs: DEFAULTS.maxDowntimeMs,
+      priority: DEFAULTS.priority,
+      allowPostcopy: false,
+    }),
   })
   .strict();
 export type MoveRequest = z.infer<typeof MoveRequest>;
@@ -93,7 +101,7 @@ export const StorageMoveRequest = z
     configPath: AbsPath.optional(),
     checkpointPath: AbsPath.optional(),
     pagingPath: AbsPath.optional(),
-    priority: z.enum(['high', 'normal', 'low']).default('normal'),
+    priority: z.enum(PRIORITIES).default(DEFAULTS.priority),
     bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
   })
   .strict()
@@ -113,7 +121,7 @@ export const MigrationRecord = z.object({
   /** Where the destination's agent answers (kept so a restarted source can finish or roll back). */
   destinationEndpoint: z.string().nullable(),
   state: z.enum(MIGRATION_STATES),
-  priority: z.enum(['high', 'normal', 'low']),
+  priority: z.enum(PRIORITIES),
   queuePosition: z.number().nullable(),
   progress: z.number(),
   etaSeconds: z.number().nullable(),

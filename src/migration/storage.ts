@@ -92,7 +92,7 @@ export async function runStorageMove(ctx: StorageContext): Promise<void> {
         throw new FerryError(
           'E_DEST_PATH',
           `Cannot move disk '${d.id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path or remove it`,
-          { userError: true },
+          {},
         );
       const info = await imageInfo(d.path, { forceShare: true, format: d.format });
       r.disks.push({ id: d.id, source: d.path, destination: dest, bytesDone: 0, bytesTotal: info.actualSizeBytes });

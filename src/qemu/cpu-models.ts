@@ -48,7 +48,7 @@ export function usableCpuModels(
       new FerryError(
         'E_INVALID_INPUT',
         `Cannot list CPU models for accelerator '${String(accel)}': unknown accelerator; use 'kvm' or 'tcg'`,
-        { userError: true },
+        {},
       ),
     );
   }

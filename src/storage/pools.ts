@@ -143,7 +143,7 @@ export async function assertInUsablePool(pools: PoolDef[], host: string, p: stri
     throw new FerryError(
       'E_POOL_NOT_GRANTED',
       `Cannot use ${what} '${p}': host '${host}' is not granted access to shared pool '${pool.name}'; run 'ferry pool grant ${pool.name} --host ${host}'`,
-      { context: { pool: pool.name, host }, userError: true },
+      { context: { pool: pool.name, host } },
     );
   }
   return pool;

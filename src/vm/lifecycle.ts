@@ -65,7 +65,7 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
     throw new FerryError(
       'E_VM_EXISTS',
       `Cannot create the VM '${spec.name}': ${spec.configPath} already holds a VM; choose another --path or remove that VM`,
-      { context: { configPath: spec.configPath }, userError: true },
+      { context: { configPath: spec.configPath } },
     );
   }
   const inFolder = new Set([

@@ -27,7 +27,7 @@ export async function createTap(tap: string, bridge: string): Promise<void> {
     throw new FerryError(
       'E_BRIDGE_NOT_FOUND',
       `Cannot connect to bridge '${bridge}': there is no such Linux bridge on this host; create it (ip link add ${bridge} type bridge) or fix the switch`,
-      { userError: true },
+      {},
     );
   }
   await deleteTap(tap); // a stale one from a crash

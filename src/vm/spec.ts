@@ -29,11 +29,9 @@ const filePath = z
 export const DiskSpec = z
   .object({
     /** Stable id: the guest device id and the base of the QEMU node names (disk0 → disk0-file, disk0). */
-    id: z
-      .string()
-      .regex(/^[a-z][a-z0-9]{0,15}$/, {
-        message: 'must be lowercase letters and digits, starting with a letter, at most 16',
-      }),
+    id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/, {
+      message: 'must be lowercase letters and digits, starting with a letter, at most 16',
+    }),
     path: absPath,
     format: z.enum(IMAGE_FORMATS),
     bus: z.enum(['virtio', 'ide']).default('virtio'),
@@ -50,11 +48,9 @@ export const NicSpec = z
   .object({
     id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/),
     switch: z.string().regex(NAME_RE, { message: `must be a switch name (${nameHelp})` }),
-    mac: z
-      .string()
-      .regex(/^52:54:00(:[0-9a-f]{2}){3}$/, {
-        message: 'must be a locally administered MAC 52:54:00:xx:xx:xx in lowercase',
-      }),
+    mac: z.string().regex(/^52:54:00(:[0-9a-f]{2}){3}$/, {
+      message: 'must be a locally administered MAC 52:54:00:xx:xx:xx in lowercase',
+    }),
   })
   .strict();
 export type NicSpec = z.infer<typeof NicSpec>;

@@ -1,5 +1,6 @@
 // `ferry cluster ...`: the failover cluster (state in etcd). Any node answers for the whole
 // cluster, so commands ask the hosts of the context in turn until one does.
+import { PRIORITIES } from '../../api/defaults.js';
 import { Option, type Command } from '@commander-js/extra-typings';
 import { actions } from '../../api/actions.js';
 import type { AgentClient } from '../../api/client.js';
@@ -12,7 +13,7 @@ import { sleep } from '../../util/exec.js';
 import { EXIT } from '../exit.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
-const PRIORITY = ['high', 'normal', 'low'] as const;
+const PRIORITY = PRIORITIES;
 
 /** Runs `fn` against the first host that answers as a cluster member. */
 async function anyMember<T>(c: Clients, fn: (client: AgentClient) => Promise<T>): Promise<T> {

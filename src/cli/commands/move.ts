@@ -1,4 +1,5 @@
 // `ferry compare-vm`, `ferry move-vm`, `ferry migration ...`.
+import { DEFAULTS, PRIORITIES, type Priority } from '../../api/defaults.js';
 import path from 'node:path';
 import { Option, type Command } from '@commander-js/extra-typings';
 import { InvalidArgumentError } from '@commander-js/extra-typings';
@@ -142,9 +143,10 @@ function exitFor(r: MigrationRecord): void {
   if (r.state === 'cancelled') process.exitCode = EXIT.cancelled;
 }
 
-const priority = (s: string): 'high' | 'normal' | 'low' => {
-  if (s === 'high' || s === 'normal' || s === 'low') return s;
-  throw new InvalidArgumentError(`Cannot use --priority '${s}': write high, normal or low`);
+const priority = (s: string): Priority => {
+  const p = PRIORITIES.find((x) => x === s);
+  if (p) return p;
+  throw new InvalidArgumentError(`Cannot use --priority '${s}': write ${PRIORITIES.join(', ')}`);
 };
 
 export function registerMove(program: Command): void {
@@ -183,7 +185,7 @@ export function registerMove(program: Command): void {
   )
     .option(
       '--max-downtime <ms>',
-      'longest acceptable pause at switch-over (default 300)',
+      `longest acceptable pause at switch-over (default ${DEFAULTS.maxDowntimeMs})`,
       positiveInt('--max-downtime', 600_000),
     )
     .option(

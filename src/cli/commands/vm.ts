@@ -1,4 +1,5 @@
 // `ferry vm ...`: create and run VMs on the hosts of a lab or context.
+import { PRIORITIES } from '../../api/defaults.js';
 import { Option, type Command } from '@commander-js/extra-typings';
 import { actions } from '../../api/actions.js';
 import { peerActions } from '../../api/peer-actions.js';
@@ -55,9 +56,7 @@ export function registerVm(program: Command): void {
     .option('--append <cmdline>', 'kernel command line for --kernel')
     .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
     .option('--ha', 'highly available (clustered VM)', false)
-    .addOption(
-      new Option('--priority <p>', 'with --ha: restart and drain order').choices(['high', 'normal', 'low'] as const),
-    )
+    .addOption(new Option('--priority <p>', 'with --ha: restart and drain order').choices(PRIORITIES))
     .option('--preferred-owner <node>', 'with --ha: preferred node, in order (repeatable or comma-separated)', collect)
     .option('--anti-affinity <class>', 'with --ha: keep apart from VMs of this class (repeatable)', collect)
     .option('--start', 'start it once created', false)

@@ -1,15 +1,8 @@
 // The engine's event stream: numbered events kept in a ring, so a client that reconnects
-// with `since` misses nothing recent. The SSE route, the CLI's progress bars and the web
-// console all render these same events.
+// with its last id misses nothing recent. The SSE route, the CLI's progress bars and the web
+// console all render these same events (pnpm's "events in, renderers out").
 import { EventEmitter } from 'node:events';
-
-export interface FerryEvent {
-  seq: number;
-  at: string;
-  type: string;
-  vm?: string;
-  [k: string]: unknown;
-}
+import type { EventFields, EventType, FerryEvent } from '../api/events.js';
 
 export class EventBus {
   private ring: FerryEvent[] = [];
@@ -19,15 +12,18 @@ export class EventBus {
     this.emitter.setMaxListeners(0);
   }
 
-  emit(type: string, fields: Record<string, unknown> = {}): FerryEvent {
-    const e: FerryEvent = { ...fields, seq: ++this.seq, at: new Date().toISOString(), type };
+  emit<T extends EventType>(type: T, fields: EventFields<T>): FerryEvent {
+    const e = { ...fields, type, seq: ++this.seq, at: new Date().toISOString() } as unknown as FerryEvent;
     this.ring.push(e);
     if (this.ring.length > this.keep) this.ring.splice(0, this.ring.length - this.keep);
     this.emitter.emit('event', e);
     return e;
   }
 
-  since(seq: number): FerryEvent[] {
+  /** Events after `seq`, or null when some of them already left the ring (the reader must re-read state). */
+  since(seq: number): FerryEvent[] | null {
+    const first = this.ring[0];
+    if (first && seq < first.seq - 1) return null;
     return this.ring.filter((e) => e.seq > seq);
   }
 

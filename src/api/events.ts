@@ -1,0 +1,72 @@
+// Every event an agent publishes (the engine's stream, `/v1/events`), as one typed union. The
+// CLI's progress, the web console and the logs all read these; no Node imports (the web app
+// bundles this file).
+import { z } from 'zod';
+import { MigrationRecord } from '../migration/schemas.js';
+import { MigrationSettings } from './schemas.js';
+
+const vm = z.string();
+
+export const EventBody = z.discriminatedUnion('type', [
+  z.object({
+    type: z.literal('vm.state'),
+    vm,
+    state: z.enum(['running', 'paused', 'stopping', 'stopped']),
+    pid: z.number().optional(),
+    force: z.boolean().optional(),
+  }),
+  z.object({ type: z.enum(['vm.created', 'vm.removed', 'vm.fenced']), vm }),
+  z.object({ type: z.enum(['vm.reattached', 'vm.arrived']), vm, pid: z.number().optional() }),
+  z.object({ type: z.literal('vm.left'), vm, reason: z.string().optional() }),
+  z.object({ type: z.literal('vm.changed'), vm, ha: z.boolean() }),
+  z.object({ type: z.literal('vm.ha-started'), vm, generation: z.number(), reason: z.string().optional() }),
+  z.object({ type: z.literal('host.changed'), migration: MigrationSettings }),
+  z.object({ type: z.enum(['switch.created', 'switch.removed']), switch: z.string() }),
+  z.object({ type: z.literal('pool.changed'), pool: z.string() }),
+  z.object({ type: z.literal('migration'), vm, migration: MigrationRecord }),
+  z.object({
+    type: z.literal('migration.incoming'),
+    vm,
+    jobId: z.string(),
+    state: z.enum(['prepared', 'running', 'aborted', 'recovered']),
+    source: z.string().optional(),
+    note: z.string().optional(),
+  }),
+  z.object({ type: z.literal('cluster.error'), vm: vm.optional(), message: z.string() }),
+  z.object({ type: z.literal('cluster.leader'), node: z.string() }),
+  z.object({ type: z.literal('cluster.joined'), node: z.string(), cluster: z.string() }),
+  z.object({ type: z.literal('cluster.lease-lost'), node: z.string(), reason: z.string() }),
+  z.object({
+    type: z.literal('cluster.ha'),
+    vm,
+    from: z.string(),
+    to: z.string().optional(),
+    result: z.string().optional(),
+    generation: z.number().optional(),
+    priority: z.string().optional(),
+    error: z.string().optional(),
+  }),
+  z.object({ type: z.enum(['cluster.batch-error', 'cluster.scheduler-error']), message: z.string() }),
+  z.object({ type: z.literal('cluster.batch'), node: z.string(), kind: z.string(), state: z.string() }),
+  z.object({
+    type: z.literal('cluster.batch-move'),
+    node: z.string(),
+    vm,
+    to: z.string().nullable(),
+    migration: z.string().nullable().optional(),
+  }),
+  z.object({ type: z.literal('cluster.admitted'), migration: z.string(), vm, from: z.string(), to: z.string() }),
+]);
+export type EventBody = z.infer<typeof EventBody>;
+export type EventType = EventBody['type'];
+/** The union member that carries event type T (some members carry several types). */
+type MemberOf<T extends EventType, E = EventBody> = E extends { type: infer K } ? (T extends K ? E : never) : never;
+/** The fields of one event type, without its `type`. */
+export type EventFields<T extends EventType> = Omit<MemberOf<T>, 'type'>;
+
+/** Publishes one event (EventBus.emit, or a component's narrow view of it). */
+export type Emit = <T extends EventType>(type: T, fields: EventFields<T>) => void;
+
+/** An event as published: numbered (the SSE id) and timed. */
+export type FerryEvent = EventBody & { seq: number; at: string };
+export const FerryEvent = z.intersection(EventBody, z.object({ seq: z.number(), at: z.string() }));

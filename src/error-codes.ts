@@ -1,0 +1,196 @@
+// Every error code Ferry returns, with what it means for a caller: the HTTP status the agent
+// answers, the CLI's exit code (shared/CLI.md), whether retrying the same request may succeed,
+// and one line of meaning. Server, client, CLI and web console read this one table (it has no
+// Node imports: the web app bundles it).
+
+/** The CLI's exit codes (shared/CLI.md). */
+export const EXIT = { ok: 0, failed: 1, usage: 2, incompatible: 3, notFound: 4, cancelled: 5 } as const;
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+export interface ErrorInfo {
+  status: number;
+  exit: ExitCode;
+  retryable: boolean;
+  meaning: string;
+}
+
+const input = (meaning: string): ErrorInfo => ({ status: 400, exit: EXIT.usage, retryable: false, meaning });
+const notFound = (meaning: string): ErrorInfo => ({ status: 404, exit: EXIT.notFound, retryable: false, meaning });
+const conflict = (meaning: string, retryable = false): ErrorInfo => ({
+  status: 409,
+  exit: EXIT.failed,
+  retryable,
+  meaning,
+});
+/**
+ * An incompatibility found by compare-vm. Thrown on its own (e.g. by the destination) it is a
+ * plain failure; the CLI exits 3 for E_INCOMPATIBLE, the refused move's report.
+ */
+const incompatible = (meaning: string): ErrorInfo => ({
+  status: 409,
+  exit: EXIT.failed,
+  retryable: false,
+  meaning,
+});
+const unavailable = (meaning: string): ErrorInfo => ({ status: 503, exit: EXIT.failed, retryable: true, meaning });
+const failed = (meaning: string, retryable = false): ErrorInfo => ({
+  status: 500,
+  exit: EXIT.failed,
+  retryable,
+  meaning,
+});
+const cancelled = (meaning: string): ErrorInfo => ({ status: 409, exit: EXIT.cancelled, retryable: false, meaning });
+
+export const ERROR_CODES = {
+  // Requests and identity
+  E_INVALID_INPUT: input('a flag, field or body is malformed; nothing was changed'),
+  E_USAGE: input('the command was used wrongly; nothing was changed'),
+  E_UNAUTHENTICATED: { status: 401, exit: EXIT.failed, retryable: false, meaning: 'no valid credential was presented' },
+  E_FORBIDDEN: { status: 403, exit: EXIT.failed, retryable: false, meaning: 'the caller may not do this' },
+  E_ROUTE_NOT_FOUND: notFound('no such API route'),
+  E_HTTP: failed('an HTTP call failed without a Ferry error'),
+  E_BAD_RESPONSE: failed('a peer answered with something that is not the API'),
+  E_INTERNAL: failed('a bug: the agent log has the details'),
+  E_TIMEOUT: { status: 504, exit: EXIT.failed, retryable: true, meaning: 'something did not answer in time' },
+  E_ABORTED: cancelled('the operation was cancelled'),
+  E_CANCELLED: cancelled('the move was cancelled; the VM stayed where it was'),
+  E_TOO_MANY: {
+    status: 429,
+    exit: EXIT.failed,
+    retryable: true,
+    meaning: 'the caller holds too many of something; close some',
+  },
+  E_UNSUPPORTED: { status: 422, exit: EXIT.failed, retryable: false, meaning: 'not supported on this host' },
+
+  // Local set-up
+  E_TLS_MISSING: input('the TLS files of this host or admin are missing or not from a Ferry domain'),
+  E_DATA_PATH_TOO_LONG: input("the agent's data folder is too long for QEMU's control sockets"),
+  E_CONTEXT_NOT_FOUND: notFound('no context file (endpoints and credentials) was found'),
+  E_DOMAIN_EXISTS: conflict('a domain already exists in that folder'),
+  E_DOMAIN_NOT_FOUND: notFound('no domain (CA) in that folder'),
+  E_WEB_NOT_BUILT: input('the web console is not built'),
+  E_GUEST_NOT_BUILT: input('a test guest is not built'),
+  E_COMMAND_FAILED: failed('a helper program failed'),
+  E_FILE_NOT_FOUND: notFound('a file does not exist'),
+  E_PATH_NOT_FOUND: notFound('a folder does not exist'),
+  E_LAB_EXISTS: conflict('a lab already runs in that folder'),
+  E_LAB_NOT_FOUND: notFound('no lab in that folder'),
+  E_LAB_NETWORK: input('the lab network cannot be set up'),
+  E_AGENT_START: failed('an agent did not start'),
+  E_CONSOLE_UNREACHABLE: unavailable('the web console does not answer'),
+
+  // Hosts, agents, pools, switches
+  E_HOST_NOT_FOUND: notFound('no such host in the context'),
+  E_AGENT_UNREACHABLE: unavailable("a host's agent does not answer"),
+  E_HOST_BUSY: conflict('the host is at its migration limit; the move stays queued', true),
+  E_POOL_EXISTS: conflict('a pool with that name exists'),
+  E_POOL_NOT_FOUND: notFound('no such storage pool'),
+  E_POOL_NOT_GRANTED: {
+    status: 403,
+    exit: EXIT.failed,
+    retryable: false,
+    meaning: 'the host may not use that pool',
+  },
+  E_POOL_UNAVAILABLE: incompatible('a pool is not mounted or not readable'),
+  E_SWITCH_EXISTS: conflict('a switch with that name exists'),
+  E_SWITCH_NOT_FOUND: notFound('no such switch'),
+  E_SWITCH_IN_USE: conflict('a VM is connected to the switch'),
+  E_BRIDGE_NOT_FOUND: notFound('no such Linux bridge'),
+  E_TAP: failed('a tap device could not be made'),
+  E_MIGRATION_NETWORK: input('no address of this host is in its migration networks'),
+  E_MIGRATION_DISABLED: incompatible('migrations are disabled on the host'),
+
+  // VMs
+  E_VM_NOT_FOUND: notFound('no such VM on the host'),
+  E_VM_EXISTS: conflict('a VM with that name exists'),
+  E_VM_RUNNING: conflict('the VM runs; stop it first'),
+  E_VM_NOT_RUNNING: conflict('the VM is not running'),
+  E_VM_BUSY: conflict('another operation (a move) holds the VM', true),
+  E_VM_CONFIG_CORRUPT: failed("the VM's vm.json cannot be read"),
+  E_DISK_NOT_FOUND: notFound('a disk image of the VM is missing'),
+  E_QEMU_START: failed('QEMU did not start'),
+  E_QEMU_GONE: failed('the QEMU process is gone'),
+  E_QMP: failed('QEMU refused a QMP command'),
+  E_QMP_CLOSED: failed("QEMU's monitor closed"),
+  E_QMP_CONNECT: failed("QEMU's monitor cannot be reached"),
+  E_BLOCK: failed('a block device of the VM cannot be found in QEMU'),
+  E_CPU_MODELS: failed("QEMU's CPU models cannot be read"),
+  E_DATA_LOST: failed('an acknowledged record is missing from a disk'),
+
+  // Compare-VM: reasons a VM cannot move to a host
+  E_INCOMPATIBLE: { ...incompatible('the VM cannot move there; the report lists why'), exit: EXIT.incompatible },
+  E_CPU_VENDOR: incompatible('the CPU vendors differ'),
+  E_CPU_FEATURES: incompatible("the destination's CPU lacks features the VM uses"),
+  E_ACCELERATOR: incompatible('the accelerators (KVM, TCG) differ'),
+  E_SWITCH_MISSING: incompatible('a switch the VM uses does not exist there'),
+  E_MEMORY: incompatible('not enough free memory there'),
+  E_STORAGE_NOT_SHARED: incompatible('a file of the VM is not on storage the destination sees'),
+  E_DOMAIN: incompatible('the destination is not in this domain'),
+  E_NAME_EXISTS: incompatible('a VM with that name is already there'),
+  E_ID_EXISTS: incompatible('a VM with that id is already there'),
+  E_MACHINE_TYPE: incompatible('the machine type is not available there'),
+  E_PASSTHROUGH_DISK: incompatible('the VM uses a host device'),
+  E_SAME_HOST: incompatible('source and destination are the same host'),
+  E_FORMAT_NOT_MIGRATABLE: incompatible('QEMU cannot live-migrate a disk in that format'),
+  E_NODE_PAUSED: incompatible('the cluster node is paused and takes no VMs'),
+  E_DEST_UNREACHABLE: incompatible("the destination's agent does not answer"),
+  E_DEST_PATH: incompatible('a destination path is taken or not allowed'),
+  E_DEST_SPACE: incompatible('the destination pool has not enough free space'),
+  E_COMPARE_FAILED: failed('the compatibility check itself failed'),
+
+  // Moves
+  E_MIGRATION_NOT_FOUND: notFound('no such migration on the host'),
+  E_MIGRATION_DONE: conflict('the migration has ended'),
+  E_CANNOT_CANCEL: conflict('the move is past the point where it can be cancelled'),
+  E_MIGRATION_FAILED: failed('the move failed; the VM stays on the source', true),
+  E_MIGRATION_STALLED: failed('no data moved for too long; the VM stays on the source', true),
+  E_NOT_CONVERGING: failed('the guest dirties memory faster than the link carries; the VM stays on the source'),
+  E_MIRROR_FAILED: failed('a disk copy failed; the VM stays on the source', true),
+  E_COPY_FAILED: failed('a stopped disk copy failed', true),
+  E_PREPARE: failed('the destination could not prepare to receive the VM', true),
+  E_SWITCHOVER: failed('the switch-over did not finish as planned; the record says where the VM runs'),
+  E_INCOMING_NOT_FOUND: notFound('the destination has no such incoming move'),
+  E_INCOMING_FAILED: failed('the incoming side of a move failed', true),
+  E_INCOMING_RUNNING: conflict('the incoming VM already runs on the destination'),
+  E_AGENT_RESTARTED: failed('an agent restarted during the move, which was rolled back', true),
+  E_RECOVERY: failed('a move interrupted by an agent restart could not be recovered cleanly'),
+
+  // Cluster
+  E_CLUSTER_NOT_FOUND: notFound('the host is not in a cluster, or no such cluster'),
+  E_CLUSTER_EXISTS: conflict('the host or name already belongs to a cluster'),
+  E_CLUSTER_JOINING: unavailable('the host is still joining its cluster'),
+  E_CLUSTER_UNAVAILABLE: unavailable("the cluster's etcd does not answer"),
+  E_CLUSTER_BUSY: conflict('another cluster operation runs on that node', true),
+  E_CLUSTER_QUEUE: failed('the cluster queue refused the move', true),
+  E_NOT_CLUSTERED: conflict('the VM is not clustered'),
+  E_NODE_NOT_FOUND: notFound('no such cluster node'),
+  E_NODE_DOWN: conflict('the cluster node is down'),
+  E_DRAIN_RUNNING: conflict('a drain already runs on that node'),
+  E_BATCH_GONE: notFound('the drain or fail-back record is gone'),
+  E_NO_FIT: conflict('no node can take the VM'),
+  E_NO_NODE: conflict('no other node is up'),
+  E_STORE_CLOSED: failed('the etcd client was closed'),
+  E_STORE_DENIED: { status: 403, exit: EXIT.failed, retryable: false, meaning: 'etcd refused the request' },
+  E_STORE_FAILED: failed('an etcd request failed', true),
+  E_STORE_LEADERSHIP_LOST: conflict('this agent is no longer the cluster leader', true),
+  E_STORE_LEASE_LOST: failed("this node's etcd lease was lost", true),
+  E_STORE_TIMEOUT: { status: 504, exit: EXIT.failed, retryable: true, meaning: 'etcd did not answer in time' },
+  E_STORE_TLS: input("etcd's TLS files are missing or wrong"),
+  E_STORE_UNAVAILABLE: unavailable('etcd has no quorum or does not answer'),
+  E_ETCD_MISSING: input('etcd is not installed'),
+  E_ETCD_START: failed('an etcd member did not start'),
+  E_ETCD_KILL: failed('an etcd member could not be stopped'),
+  E_ETCD_MEMBERSHIP: failed('etcd membership could not be changed'),
+  E_ETCD_STATE: failed("an etcd member's state file is wrong"),
+} as const satisfies Record<string, ErrorInfo>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export function isErrorCode(s: string): s is ErrorCode {
+  return Object.hasOwn(ERROR_CODES, s);
+}
+
+/** What a code means for callers; an unknown code (a newer peer) is a plain failure. */
+export function errorInfo(code: string): ErrorInfo {
+  return isErrorCode(code) ? ERROR_CODES[code] : ERROR_CODES.E_INTERNAL;
+}

@@ -1,0 +1,111 @@
+// What a move needs from the host it runs on, and nothing more. The agent implements this;
+// migration code never imports src/agent/. Keeping it narrow is what lets the move runner be
+// unit-tested with a fake host and lets each concern of the agent change on its own.
+import type { Emit } from '../api/events.js';
+import type { HostView, MigrationSettings } from '../api/schemas.js';
+import type { Accelerator } from '../qemu/accel.js';
+import type { CpuModelInfo } from '../qemu/cpu-models.js';
+import type { QemuProcess } from '../qemu/process.js';
+import type { SwitchBackend } from '../qemu/argv.js';
+import type { PoolDef } from '../storage/pools.js';
+import type { VmSpec } from '../vm/spec.js';
+import type { Priority } from '../api/defaults.js';
+import type { MigrationRecord } from './schemas.js';
+import type { JournalEntry } from './journal.js';
+
+export interface TlsFiles {
+  ca: string;
+  cert: string;
+  key: string;
+}
+
+/** A VM this host owns: its name, id and folder. */
+export interface VmRef {
+  name: string;
+  id: string;
+  configPath: string;
+}
+
+/** The VM inventory, seen from a move. */
+export interface MoveVms {
+  /** The VM's record; throws E_VM_NOT_FOUND. */
+  record(name: string): VmRef;
+  /** Its vm.json. */
+  spec(name: string): Promise<VmSpec>;
+  /** Its QEMU when it runs, else null. */
+  proc(name: string): QemuProcess | null;
+  /** Names and ids registered here. */
+  ids(): Array<{ name: string; id: string }>;
+  /** Takes the VM's phase gate for a move: every other operation on it is refused until `release`. Throws E_VM_BUSY. */
+  hold(name: string, jobId: string): void;
+  release(name: string, jobId: string): void;
+  /** The VM now runs elsewhere: quit our QEMU (if any) and forget it. */
+  movedAway(name: string, proc: QemuProcess | null): Promise<void>;
+  /** A VM arrived by live migration and runs here now. */
+  arrivedRunning(spec: VmSpec, proc: QemuProcess): void;
+  /** A stopped VM whose files this host sees moves here: check (unless told not to) and register it. */
+  arrivedStopped(spec: unknown, opts?: { skipStorageCheck?: boolean }): Promise<void>;
+  /** Every file of the VM is inside a pool this host may use (throws the reason). */
+  checkStorage(spec: VmSpec): Promise<void>;
+  /** The VM's folder moved (storage move). */
+  configMoved(name: string, configPath: string): void;
+  /** Tap devices for the VM's NICs (incoming QEMU), and their removal. */
+  prepareNics(spec: VmSpec): Promise<(nicId: string, switchName: string) => SwitchBackend>;
+  releaseNics(spec: VmSpec): Promise<void>;
+}
+
+/** Where moves and their journals persist (the agent's database). */
+export interface MoveStore {
+  saveMigration(r: MigrationRecord): void;
+  getMigration(id: string): MigrationRecord | undefined;
+  listMigrations(limit: number): MigrationRecord[];
+  /** Appends one journal entry of a move (synchronously durable: written before the step acts). */
+  journalAppend(moveId: string, entry: JournalEntry): void;
+  journalRead(moveId: string): JournalEntry[];
+  /** Moves with a journal (unfinished or not yet cleaned), for recovery. */
+  journalMoves(): string[];
+  journalDrop(moveId: string): void;
+}
+
+/** The cluster this host belongs to, seen from a move (null when standalone). */
+export interface MoveCluster {
+  readonly name: string;
+  /** Is `node` a member of this cluster? */
+  isMember(node: string): Promise<boolean>;
+  /** Is `node` paused (drained): it takes no VMs. */
+  isPaused(node: string): Promise<boolean>;
+  /** Waits in the cluster-wide queue until the leader admits the move. */
+  enterQueue(
+    item: { id: string; vm: string; from: string; to: string; priority: Priority; batch?: string },
+    opts: { signal: AbortSignal; onPosition: (position: number | null) => void },
+  ): Promise<void>;
+  leaveQueue(id: string): Promise<void>;
+  position(id: string): number | null;
+  /** Keeps the cluster's record of an HA VM pointing at this node and its current files. */
+  recordHa(spec: VmSpec): Promise<void>;
+  /** The VM left the cluster (moved to a host outside it): delete its record. */
+  forgetVm(name: string): Promise<void>;
+}
+
+export interface MoveHost {
+  readonly name: string;
+  readonly domainId: string;
+  /** The agent's data folder (QEMU's TLS folder and journals live under it). */
+  readonly dataDir: string;
+  /** This host's certificate, key and the domain's CA (peer calls, QEMU's TLS). */
+  readonly tls: TlsFiles;
+  readonly emit: Emit;
+  readonly vms: MoveVms;
+  readonly store: MoveStore;
+  /** The cluster, when this host is in one and joined. */
+  cluster(): MoveCluster | null;
+  settings(): MigrationSettings;
+  accelerator(): Accelerator;
+  pools(): PoolDef[];
+  hostView(): Promise<HostView>;
+  cpuModels(): Promise<CpuModelInfo[]>;
+  /** Where this host listens for migration streams and NBD exports (an address facing `peer` when given). */
+  migrationListenAddress(peer?: string): string;
+  /** The folder of a VM's runtime files (QMP sockets, pidfile). */
+  runDir(vmId: string): string;
+}
