@@ -44,7 +44,8 @@ export class TimeoutError extends FerryError {
   constructor(what: string, ms: number, context: ErrorContext = {}) {
     super(
       'E_TIMEOUT',
-      `Cannot ${what}: no answer within ${ms} ms; check that the process is alive and not stopped, or raise the timeout`,
+      `Cannot ${what}: no answer within ${ms} ms; ` +
+        'check that the process is alive and not stopped, or raise the timeout',
       {
         context: { ...context, timeoutMs: ms },
       },
@@ -56,6 +57,14 @@ export class AbortedError extends FerryError {
   constructor(what: string, cause?: unknown) {
     super('E_ABORTED', `Cannot ${what}: the operation was cancelled`, { cause });
   }
+}
+
+/**
+ * Any thrown or rejected value as an Error, for passing it on with reject(): an Error is
+ * returned unchanged, anything else is wrapped with its string form as the message.
+ */
+export function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }
 
 /** Message of any thrown value, for wrapping. */
