@@ -29,11 +29,9 @@ const filePath = z
 export const DiskSpec = z
   .object({
     /** Stable id: the guest device id and the base of the QEMU node names (disk0 → disk0-file, disk0). */
-    id: z
-      .string()
-      .regex(/^[a-z][a-z0-9]{0,15}$/, {
-        message: 'must be lowercase letters and digits, starting with a letter, at most 16',
-      }),
+    id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/, {
+      message: 'must be lowercase letters and digits, starting with a letter, at most 16',
+    }),
     path: absPath,
     format: z.enum(IMAGE_FORMATS),
     bus: z.enum(['virtio', 'ide']).default('virtio'),
@@ -50,11 +48,9 @@ export const NicSpec = z
   .object({
     id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/),
     switch: z.string().regex(NAME_RE, { message: `must be a switch name (${nameHelp})` }),
-    mac: z
-      .string()
-      .regex(/^52:54:00(:[0-9a-f]{2}){3}$/, {
-        message: 'must be a locally administered MAC 52:54:00:xx:xx:xx in lowercase',
-      }),
+    mac: z.string().regex(/^52:54:00(:[0-9a-f]{2}){3}$/, {
+      message: 'must be a locally administered MAC 52:54:00:xx:xx:xx in lowercase',
+    }),
   })
   .strict();
 export type NicSpec = z.infer<typeof NicSpec>;
@@ -151,9 +147,12 @@ export function specError(what: string, err: z.ZodError, input: unknown): Invali
   const parts = err.issues.slice(0, 5).map((iss) => {
     const field = iss.path.map(String).join('.') || '(spec)';
     const value = valueAt(input, iss.path as (string | number)[]);
-    const shown = value === undefined ? 'missing' : JSON.stringify(value)?.slice(0, 80);
-    if (iss.code === 'unrecognized_keys')
-      return `unknown field(s) ${(iss as { keys: string[] }).keys.map((k) => `'${field === '(spec)' ? k : `${field}.${k}`}'`).join(', ')}; remove them`;
+    // JSON.stringify gives undefined for a function or a symbol, whatever its type says.
+    const shown = value === undefined ? 'missing' : (JSON.stringify(value) as string | undefined)?.slice(0, 80);
+    if (iss.code === 'unrecognized_keys') {
+      const keys = (iss as { keys: string[] }).keys.map((k) => `'${field === '(spec)' ? k : `${field}.${k}`}'`);
+      return `unknown field(s) ${keys.join(', ')}; remove them`;
+    }
     return `field '${field}' (${shown}) ${iss.message.replace(/^Invalid input: /, '')}`;
   });
   const more = err.issues.length > 5 ? ` (and ${err.issues.length - 5} more)` : '';
