@@ -44,13 +44,13 @@ function ferry(a: string[], lab: string): string {
   if (r.status !== 0) throw new Error(`ferry ${a.join(' ')}: ${r.stderr || r.stdout}`);
   return r.stdout;
 }
-const json = <T>(a: string[], lab: string): T => JSON.parse(ferry([...a, '--json'], lab)) as T;
+const json = (a: string[], lab: string): unknown => JSON.parse(ferry([...a, '--json'], lab));
 
 async function failover(dir: string): Promise<string> {
   const lab = path.join(dir, 'fo');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
-    const vm = json<{ id: string; host: string }>(
+    const vm = json(
       [
         'vm',
         'new',
@@ -66,7 +66,7 @@ async function failover(dir: string): Promise<string> {
         '--start',
       ],
       lab,
-    );
+    ) as { id: string; host: string };
     const log = (h: string): string => path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log');
     const rows: string[][] = [];
     const times: number[] = [];
@@ -78,7 +78,7 @@ async function failover(dir: string): Promise<string> {
         i++
       )
         await sleep(200);
-      const leader = json<{ leader: string | null }>(['cluster', 'status'], lab).leader;
+      const leader = (json(['cluster', 'status'], lab) as { leader: string | null }).leader;
       const sizes = Object.fromEntries(
         await Promise.all(
           HOSTS.map(async (h) => [h, (await fsp.stat(log(h)).catch(() => ({ size: 0 }))).size] as const),
@@ -106,7 +106,8 @@ async function failover(dir: string): Promise<string> {
     return (
       `Failover (lab kill → first heartbeat on the new node), ${RUNS} runs:\n` +
       table(['run', 'killed', 'held leadership', 'restarted on', 'ms'], rows) +
-      `\nmedian ${fmt(median(times))} ms, max ${fmt(max(times))} ms (node lease TTL 5 s; the VM boots under TCG in ~2.5 s)\n`
+      `\nmedian ${fmt(median(times))} ms, max ${fmt(max(times))} ms ` +
+      '(node lease TTL 5 s; the VM boots under TCG in ~2.5 s)\n'
     );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);
@@ -138,13 +139,13 @@ async function drain(dir: string): Promise<string> {
         lab,
       );
     await sleep(15_000); // let them boot
-    const limit = json<{ limits: { maxOutgoing: number } }>(['cluster', 'status'], lab).limits.maxOutgoing;
+    const limit = (json(['cluster', 'status'], lab) as { limits: { maxOutgoing: number } }).limits.maxOutgoing;
     // Baseline: each VM moved alone (host-c → host-a and back), one after the other.
     const single: number[] = [];
     const singleWall: number[] = [];
     for (const n of names) {
       const w0 = performance.now();
-      const rec = json<{ totalMs: number | null }>(['move-vm', n, '--to', 'host-a'], lab);
+      const rec = json(['move-vm', n, '--to', 'host-a'], lab) as { totalMs: number | null };
       singleWall.push(performance.now() - w0);
       single.push(rec.totalMs ?? 0);
       ferry(['move-vm', n, '--to', 'host-c'], lab);
@@ -152,7 +153,7 @@ async function drain(dir: string): Promise<string> {
     const sum = single.reduce((a, b) => a + b, 0);
     const sumWall = singleWall.reduce((a, b) => a + b, 0);
     const t0 = performance.now();
-    const b = json<{ state: string; items: Array<{ state: string }> }>(['cluster', 'drain', 'host-c'], lab);
+    const b = json(['cluster', 'drain', 'host-c'], lab) as { state: string; items: Array<{ state: string }> };
     const wall = performance.now() - t0;
     const base = sum / limit;
     return (
@@ -167,7 +168,8 @@ async function drain(dir: string): Promise<string> {
           ['cluster drain (wall: plan with compares, queue, copies)', fmt(wall)],
         ],
       ) +
-      `\nratio drain / baseline A = ${fmt(wall / base, 2)}, / baseline B = ${fmt(wall / (sumWall / limit), 2)}; drain ${b.state}, ${b.items.filter((i) => i.state === 'moved').length}/${NVMS} moved\n`
+      `\nratio drain / baseline A = ${fmt(wall / base, 2)}, / baseline B = ${fmt(wall / (sumWall / limit), 2)}; ` +
+      `drain ${b.state}, ${b.items.filter((i) => i.state === 'moved').length}/${NVMS} moved\n`
     );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);
@@ -258,15 +260,13 @@ async function queue(dir: string): Promise<string> {
     for (let i = 0; i < 100; i++) schedule(items, parseLimits(null));
     const pureMs = (performance.now() - p0) / 100;
     const pn = nodes.map((name) => ({ name, up: name !== 'n000', paused: false, freeMiB: 64 * 1024 }));
-    const existing = nodes
-      .slice(1)
-      .flatMap((n) =>
-        Array.from({ length: PER }, (_, v) => ({
-          vm: `${n}-vm${v}`,
-          node: n,
-          antiAffinity: v % 10 === 0 ? ['db'] : [],
-        })),
-      );
+    const existing = nodes.slice(1).flatMap((n) =>
+      Array.from({ length: PER }, (_, v) => ({
+        vm: `${n}-vm${v}`,
+        node: n,
+        antiAffinity: v % 10 === 0 ? ['db'] : [],
+      })),
+    );
     const dead = Array.from({ length: PER }, (_, v) => ({
       name: `n000-vm${v}`,
       memoryMiB: 1024,
@@ -280,11 +280,12 @@ async function queue(dir: string): Promise<string> {
     const placeMs = (performance.now() - q0) / 20;
     await leadership.resign().catch(() => undefined);
     return (
-      `Queue decision with ${NODES} nodes × ${PER} clustered VMs (${NODES * PER} records) and 500 queued moves in a 3-member etcd (filled in ${fmt(fillMs)} ms):\n` +
+      `Queue decision with ${NODES} nodes × ${PER} clustered VMs (${NODES * PER} records) ` +
+      `and 500 queued moves in a 3-member etcd (filled in ${fmt(fillMs)} ms):\n` +
       table(
         ['measure', 'ms'],
         [
-          ['scheduler pass, first (read + decide + ' + admitted + ' admissions by txn)', fmt(passes[0]!, 1)],
+          [`scheduler pass, first (read + decide + ${admitted} admissions by txn)`, fmt(passes[0]!, 1)],
           ['scheduler pass, steady (read + decide, nothing to admit), median of 4', fmt(median(passes.slice(1)), 1)],
           ['decision alone (pure, 500 items)', fmt(pureMs, 3)],
           [`fail-over placement of ${PER} VMs over ${NODES - 1} nodes (${existing.length} placed)`, fmt(placeMs, 2)],

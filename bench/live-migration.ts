@@ -108,7 +108,8 @@ function parseArgs(argv: string[]): {
     } else if (a === '--keep') keep = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
-        'usage: npx tsx bench/live-migration.ts [--rounds N] [--workloads idle,dirty] [--raw-downtime-limit MS] [--keep]\n',
+        'usage: npx tsx bench/live-migration.ts ' +
+          '[--rounds N] [--workloads idle,dirty] [--raw-downtime-limit MS] [--keep]\n',
       );
       process.exit(0);
     } else
@@ -174,7 +175,7 @@ async function main(): Promise<void> {
     for (const t of tails) t.stop();
     await killAllRaw(true);
     if (labStarted || fs.existsSync(path.join(lab.lab, 'lab.json')))
-      log(await lab.down().catch((e) => `lab down failed: ${msg(e)}`));
+      log(await lab.down().catch((e: unknown) => `lab down failed: ${msg(e)}`));
     if (!opts.keep) await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
     else log(`kept ${dir}`);
     await killAllRaw(true);
@@ -192,7 +193,8 @@ async function main(): Promise<void> {
   try {
     accel = (await detectAccelerator()).accel;
     log(
-      `temp dir ${dir}; accelerator ${accel}; ${os.cpus().length} cpus; load ${loadStart.map((x) => x.toFixed(2)).join(' ')}`,
+      `temp dir ${dir}; accelerator ${accel}; ${os.cpus().length} cpus; ` +
+        `load ${loadStart.map((x) => x.toFixed(2)).join(' ')}`,
     );
     await lab.up();
     labStarted = true;
@@ -255,7 +257,7 @@ async function main(): Promise<void> {
       const activate = async (which: 'ferry' | 'raw'): Promise<void> => {
         if (which === 'ferry') {
           if (!rawPaused) {
-            await raw!.pause().catch((e) => log(`pausing raw: ${msg(e)}`));
+            await raw!.pause().catch((e: unknown) => log(`pausing raw: ${msg(e)}`));
             rawPaused = true;
           }
           if (ferryPaused) {
@@ -264,7 +266,7 @@ async function main(): Promise<void> {
           }
         } else {
           if (!ferryPaused) {
-            await lab.pause(name).catch((e) => log(`pausing ferry VM: ${msg(e)}`));
+            await lab.pause(name).catch((e: unknown) => log(`pausing ferry VM: ${msg(e)}`));
             ferryPaused = true;
           }
           if (rawPaused) {
@@ -273,7 +275,7 @@ async function main(): Promise<void> {
           }
         }
         const t = which === 'ferry' ? ferryTail : rawTail;
-        await t.waitBeats(t.count, 25, waitMs(t)).catch((e) => log(`after resume: ${msg(e)}`));
+        await t.waitBeats(t.count, 25, waitMs(t)).catch((e: unknown) => log(`after resume: ${msg(e)}`));
       };
 
       const base = (): Pick<Sample, 'load1' | 'foreignQemus'> => ({
@@ -325,7 +327,9 @@ async function main(): Promise<void> {
         }
         if (stall) log(`ferry ${s.direction}: ${stall}`);
         log(
-          `round ${round} ${s.path.padEnd(11)} ${s.direction}  wall ${fmt(s.wallMs)} ms  total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
+          `round ${round} ${s.path.padEnd(11)} ${s.direction}  wall ${fmt(s.wallMs)} ms  ` +
+            `total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  ` +
+            `hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
         );
       };
 
@@ -366,12 +370,15 @@ async function main(): Promise<void> {
           if (!raw!.current || raw!.current.hasExited) {
             log('raw source is gone: booting it again');
             rawPaused = false;
-            await raw!.boot().catch((e) => log(`raw reboot failed: ${msg(e)}`));
+            await raw!.boot().catch((e: unknown) => log(`raw reboot failed: ${msg(e)}`));
           }
         }
         if (stall) log(`raw ${dirLabel}: ${stall}`);
         log(
-          `round ${round} raw         ${dirLabel}      wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms  hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
+          `round ${round} raw         ${dirLabel}      ` +
+            `wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  ` +
+            `qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms  ` +
+            `hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
         );
       };
 
@@ -424,7 +431,7 @@ async function main(): Promise<void> {
       }
       await raw?.shutdown().catch(() => undefined);
       await killAllRaw();
-      if (ferryCreated) await lab.remove(name).catch((e) => log(`removing ${name}: ${msg(e)}`));
+      if (ferryCreated) await lab.remove(name).catch((e: unknown) => log(`removing ${name}: ${msg(e)}`));
     }
   }
 
@@ -510,7 +517,8 @@ function report(
     ]);
     out.push(`\n== workload ${wl}: ${WORKLOADS[wl].describe}; ${meta.rounds} round(s) ==`);
     out.push(
-      '(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; "hb gap" only over moves after which the guest ran on ("guest ok"))',
+      '(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; ' +
+        '"hb gap" only over moves after which the guest ran on ("guest ok"))',
     );
     out.push(
       table(
@@ -535,7 +543,8 @@ function report(
     const requeried = samples.filter((s) => s.workload === wl && s.statsRequeried).length;
     if (zeros)
       out.push(
-        `  ${zeros} Ferry record(s) said downtimeMs 0: read before QEMU 7.2 filled it in; left out of the downtime column`,
+        `  ${zeros} Ferry record(s) said downtimeMs 0: read before QEMU 7.2 filled it in; ` +
+          'left out of the downtime column',
       );
     if (requeried)
       out.push(
@@ -544,7 +553,8 @@ function report(
     const f = cliFloor[wl];
     if (f)
       out.push(
-        `  CLI floor (medians of 3): 'ferry --help' ${fmt(f.helpMs)} ms, 'vm show --json' ${fmt(f.vmShowMs)} ms, 'compare-vm --json' ${fmt(f.compareVmMs)} ms`,
+        `  CLI floor (medians of 3): 'ferry --help' ${fmt(f.helpMs)} ms, ` +
+          `'vm show --json' ${fmt(f.vmShowMs)} ms, 'compare-vm --json' ${fmt(f.compareVmMs)} ms`,
       );
     const phaseRows: string[][] = [];
     for (const p of ['ferry-tls', 'ferry-notls'] as PathName[]) {
@@ -574,12 +584,15 @@ function report(
     const failed = samples.filter((s) => s.workload === wl && (!s.ok || s.guestTrouble));
     for (const s of failed)
       out.push(
-        `  ! ${s.path} round ${s.round} ${s.direction}: ${s.ok ? 'moved, but ' : `FAILED: ${s.error}; `}${s.guestTrouble ?? ''}`,
+        `  ! ${s.path} round ${s.round} ${s.direction}: ` +
+          `${s.ok ? 'moved, but ' : `FAILED: ${s.error}; `}${s.guestTrouble ?? ''}`,
       );
     const loads = samples.filter((s) => s.workload === wl);
     if (loads.length)
       out.push(
-        `machine during the moves: load1 ${fmt(median(loads.map((s) => s.load1)), 2)} (max ${fmt(max(loads.map((s) => s.load1)), 2)}), QEMUs of other runs: max ${fmt(max(loads.map((s) => s.foreignQemus)))}`,
+        `machine during the moves: load1 ${fmt(median(loads.map((s) => s.load1)), 2)} ` +
+          `(max ${fmt(max(loads.map((s) => s.load1)), 2)}), ` +
+          `QEMUs of other runs: max ${fmt(max(loads.map((s) => s.foreignQemus)))}`,
       );
   }
   if (notable.length) {
@@ -587,7 +600,9 @@ function report(
     for (const n of notable.slice(0, 20)) out.push(`  ${n.workload} ${n.vm}: ${n.line}`);
   }
   out.push(
-    `\nelapsed ${meta.elapsedS.toFixed(0)} s; load average at start ${meta.loadStart.map((x) => x.toFixed(2)).join(' ')}, at end ${meta.loadEnd.map((x) => x.toFixed(2)).join(' ')}`,
+    `\nelapsed ${meta.elapsedS.toFixed(0)} s; ` +
+      `load average at start ${meta.loadStart.map((x) => x.toFixed(2)).join(' ')}, ` +
+      `at end ${meta.loadEnd.map((x) => x.toFixed(2)).join(' ')}`,
   );
   process.stdout.write(out.join('\n') + '\n');
   process.stdout.write('\n' + JSON.stringify({ meta, cliFloor, samples, notable }, null, 2) + '\n');
@@ -595,7 +610,7 @@ function report(
 
 main().then(
   () => process.exit(0),
-  (err) => {
+  (err: unknown) => {
     process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
     process.exit(1);
   },

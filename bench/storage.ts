@@ -2,7 +2,8 @@
 // and off) and storage migration of a running VM (`move-storage`) against `qemu-img convert`
 // of the same image, alternating in one run, on a 2-host lab on this machine.
 //
-//   npx tsx bench/storage.ts [--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep]
+//   npx tsx bench/storage.ts [--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N]
+//                            [--no-sparse] [--keep]
 //
 // Dense case: a qcow2 of N MiB (default 512) fully written (qemu-io pattern 0x5a), attached
 // to a bootblock VM. Per round: qemu-img convert (default cache modes) → shared-nothing A→B
@@ -100,7 +101,8 @@ function parseArgs(argv: string[]): Args {
     else if (name === '--keep') a.keep = true;
     else if (name === '--help' || name === '-h') {
       process.stdout.write(
-        'npx tsx bench/storage.ts [--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep]\n',
+        'npx tsx bench/storage.ts ' +
+          '[--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep]\n',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${arg}`);
@@ -206,7 +208,8 @@ async function main(): Promise<void> {
         if (s.copyMs) s.mibpsCopy = s.dataMiB / (s.copyMs / 1000);
         if (s.totalMs) s.mibpsTotal = s.dataMiB / (s.totalMs / 1000);
         log(
-          `  ${base.path}: copy ${fmt(s.copyMs, 0)} ms (${fmt(s.mibpsCopy)} MiB/s), total ${fmt(s.totalMs, 0)} ms, dest ${fmt(s.destActualMiB)} MiB allocated`,
+          `  ${base.path}: copy ${fmt(s.copyMs, 0)} ms (${fmt(s.mibpsCopy)} MiB/s), ` +
+            `total ${fmt(s.totalMs, 0)} ms, dest ${fmt(s.destActualMiB)} MiB allocated`,
         );
       } catch (err) {
         s.error = oneLine(err instanceof Error ? err.message : String(err), 600);
@@ -399,14 +402,17 @@ function report(args: Args, samples: Sample[], notes: string[], elapsedMs: numbe
   const ratio = (a: number | null, b: number | null): string => (a && b ? `${(a / b).toFixed(2)}×` : '—');
 
   out.push(
-    `\nDense: ${args.sizeMiB} MiB qcow2, fully written; ${args.rounds} round(s); ${os.cpus().length} cores, QEMU TCG; MiB/s = ${args.sizeMiB} MiB / elapsed`,
+    `\nDense: ${args.sizeMiB} MiB qcow2, fully written; ${args.rounds} round(s); ` +
+      `${os.cpus().length} cores, QEMU TCG; MiB/s = ${args.sizeMiB} MiB / elapsed`,
   );
   out.push(
-    'copy = disk-copy phase (Ferry: from the record events; qemu-img: its run time); move = record totalMs (incl. prepare, memory, switch-over);',
+    'copy = disk-copy phase (Ferry: from the record events; qemu-img: its run time); ' +
+      'move = record totalMs (incl. prepare, memory, switch-over);',
   );
   out.push('cli = wall time of the bin/ferry call (adds CLI start-up and polling)');
   out.push(
-    "vs img = Ferry copy MiB/s ÷ the same round's qemu-img convert (default caches); vs direct = ÷ qemu-img -t none -T none\n",
+    "vs img = Ferry copy MiB/s ÷ the same round's qemu-img convert (default caches); " +
+      'vs direct = ÷ qemu-img -t none -T none\n',
   );
   out.push(
     table(
@@ -498,14 +504,14 @@ function report(args: Args, samples: Sample[], notes: string[], elapsedMs: numbe
   const load = samples.map((s) => s.foreignQemus);
   if (load.some((n) => n > 0))
     out.push(
-      `\nNote: other QEMUs were running on this machine during ${load.filter((n) => n > 0).length} of ${samples.length} measurements (see foreignQemus/load1 in the JSON).`,
+      `\nNote: other QEMUs were running on this machine during ${load.filter((n) => n > 0).length} ` +
+        `of ${samples.length} measurements (see foreignQemus/load1 in the JSON).`,
     );
   for (const n of notes) out.push(`Note: ${n}`);
   out.push(`\nRun took ${(elapsedMs / 1000).toFixed(0)} s.\n`);
   process.stdout.write(`${out.join('\n')}\n`);
-  process.stdout.write(
-    `${JSON.stringify({ args, machine: { cores: os.cpus().length, accel: 'lab default (TCG here)' }, samples, notes }, null, 2)}\n`,
-  );
+  const machine = { cores: os.cpus().length, accel: 'lab default (TCG here)' };
+  process.stdout.write(`${JSON.stringify({ args, machine, samples, notes }, null, 2)}\n`);
 }
 
 void main().catch((err: unknown) => {

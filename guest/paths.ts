@@ -6,8 +6,11 @@ import { fileURLToPath } from 'node:url';
 // This file runs from guest/ (tsx) or bundled into dist/cli.mjs: both sit one level below the root.
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 
-/** How to run the CLI: the bundle when it is up to date (fast start), else the sources via tsx. */
-export function cliCommand(): string[] {
+/**
+ * How to run the CLI (the program, then its arguments): the bundle when it is up to date
+ * (fast start), else the sources via tsx.
+ */
+export function cliCommand(): [string, ...string[]] {
   const bundle = path.join(REPO_ROOT, 'dist', 'cli.mjs');
   if (
     fs.existsSync(bundle) &&

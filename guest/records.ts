@@ -306,15 +306,16 @@ export function heartbeatGaps(hbs: readonly Heartbeat[]): { resets: number; maxS
   let resets = 0;
   let maxSeqGap = 0;
   let maxGuestGapMs = 0;
-  for (let i = 1; i < hbs.length; i++) {
-    const a = hbs[i - 1]!;
-    const b = hbs[i]!;
-    if (b.seq < a.seq) {
-      resets++;
-      continue;
+  let a: Heartbeat | undefined; // the one before b
+  for (const b of hbs) {
+    if (a) {
+      if (b.seq < a.seq) resets++;
+      else {
+        maxSeqGap = Math.max(maxSeqGap, b.seq - a.seq - 1);
+        maxGuestGapMs = Math.max(maxGuestGapMs, b.guestMs - a.guestMs);
+      }
     }
-    maxSeqGap = Math.max(maxSeqGap, b.seq - a.seq - 1);
-    maxGuestGapMs = Math.max(maxGuestGapMs, b.guestMs - a.guestMs);
+    a = b;
   }
   return { resets, maxSeqGap, maxGuestGapMs };
 }

@@ -21,7 +21,7 @@ function ferry(args: string[], show = true): Promise<{ code: number; out: string
     });
     let out = '';
     child.stdout.on('data', (d: Buffer) => {
-      out += d;
+      out += d.toString();
       if (show) process.stdout.write(d);
     });
     child.on('exit', (code) => resolve({ code: code ?? 1, out }));
@@ -161,7 +161,8 @@ while (!where && Date.now() - killedAt < 60_000) {
   if (!where) await sleep(250);
 }
 process.stdout.write(
-  `\nHA: ${ha.host} killed (agent, QEMUs, etcd member); ha1 running on ${where || '(not yet)'} after ${Date.now() - killedAt} ms\n`,
+  `\nHA: ${ha.host} killed (agent, QEMUs, etcd member); ` +
+    `ha1 running on ${where || '(not yet)'} after ${Date.now() - killedAt} ms\n`,
 );
 await cl(['cluster', 'status']);
 await cl(['lab', 'up', '--dir', clab]);

@@ -59,7 +59,8 @@ export class TimeoutError extends FerryError {
   constructor(what: string, ms: number, context: ErrorContext = {}) {
     super(
       'E_TIMEOUT',
-      `Cannot ${what}: no answer within ${ms} ms; check that the process is alive and not stopped, or raise the timeout`,
+      `Cannot ${what}: no answer within ${ms} ms; ` +
+        'check that the process is alive and not stopped, or raise the timeout',
       { context: { ...context, timeoutMs: ms } },
     );
   }
@@ -79,4 +80,12 @@ export function messageOf(err: unknown): string {
 /** The code of any thrown value (E_INTERNAL for what is not a FerryError). */
 export function codeOf(err: unknown): ErrorCode {
   return err instanceof FerryError ? err.code : 'E_INTERNAL';
+}
+
+/**
+ * Any thrown or rejected value as an Error, for passing it on with reject(): an Error is
+ * returned unchanged, anything else is wrapped with its string form as the message.
+ */
+export function asError(err: unknown): Error {
+  return err instanceof Error ? err : new Error(String(err));
 }

@@ -34,7 +34,8 @@ export async function waitForFile(
     await sleep(100);
   }
   throw new Error(
-    `timed out waiting for ${opts.what ?? 'a condition'} in ${file}; last lines:\n${text.split('\n').slice(-10).join('\n')}`,
+    `timed out waiting for ${opts.what ?? 'a condition'} in ${file}; ` +
+      `last lines:\n${text.split('\n').slice(-10).join('\n')}`,
   );
 }
 

@@ -118,7 +118,8 @@ export class HeartbeatTail {
     while (this.beats.length - from < n) {
       if (performance.now() > until) {
         throw new Error(
-          `${this.label}: only ${this.beats.length - from} of ${n} heartbeats within ${timeoutMs} ms (guest stalled or dead?)`,
+          `${this.label}: only ${this.beats.length - from} of ${n} heartbeats within ${timeoutMs} ms ` +
+            '(guest stalled or dead?)',
         );
       }
       await new Promise((r) => setTimeout(r, 10));
@@ -136,7 +137,8 @@ export class HeartbeatTail {
     while (count() < n) {
       if (performance.now() > until)
         throw new Error(
-          `${this.label}: only ${count()} of ${n} heartbeats within ${timeoutMs} ms after the move (guest stalled or dead?)`,
+          `${this.label}: only ${count()} of ${n} heartbeats within ${timeoutMs} ms after the move ` +
+            '(guest stalled or dead?)',
         );
       await new Promise((r) => setTimeout(r, 10));
     }

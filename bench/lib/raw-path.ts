@@ -38,6 +38,9 @@ export interface RawMoveResult {
 /** Every QEMU this module starts, so the benchmark can kill them on any exit path. */
 export const rawProcesses = new Set<QemuProcess>();
 let stopping = false;
+// Read through a function: after one `if (stopping) throw`, TypeScript would take a second
+// read of the variable (after an await) to be always false.
+const isStopping = (): boolean => stopping;
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
@@ -79,7 +82,7 @@ export class RawVm {
       timeoutMs: 20_000,
     });
     rawProcesses.add(proc);
-    if (stopping) {
+    if (isStopping()) {
       await proc.kill();
       throw new Error('the benchmark is stopping');
     }
@@ -123,7 +126,7 @@ export class RawVm {
       return res;
     }
     const s0 = performance.now();
-    let dst: QemuProcess | null = null;
+    let dst: QemuProcess;
     try {
       dst = await this.spawn(true);
     } catch (err) {

@@ -38,8 +38,8 @@ export function run(
         const code = e ? (typeof e.code === 'number' ? e.code : 1) : 0;
         resolve({
           code,
-          stdout: String(stdout),
-          stderr: String(stderr) + (timedOut ? `\n(killed after ${opts.timeoutMs} ms)` : ''),
+          stdout,
+          stderr: stderr + (timedOut ? `\n(killed after ${opts.timeoutMs} ms)` : ''),
           ms,
           timedOut,
         });
@@ -134,7 +134,7 @@ export function machineLoad(mine: string): { load1: number; foreignQemus: number
   let foreign = 0;
   for (const p of fs.readdirSync('/proc')) {
     if (!/^\d+$/.test(p)) continue;
-    let cmd = '';
+    let cmd: string;
     try {
       cmd = fs.readFileSync(`/proc/${p}/cmdline`, 'utf8');
     } catch {

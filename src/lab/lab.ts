@@ -179,7 +179,8 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   if ((o.netns || lab.netns) && (o.cluster || lab.cluster)) {
     throw new FerryError(
       'E_UNSUPPORTED',
-      "Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts' namespaces yet; use one of them",
+      'Cannot start a lab with both --netns and --cluster: ' +
+        "etcd members do not run in the hosts' namespaces yet; use one of them",
       {},
     );
   }
@@ -211,7 +212,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   // The shared pool's grants live on the share: every lab host is granted.
   const grantsFile = path.join(shared, '.ferry-pool.json');
   const granted = new Set<string>(
-    JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')).granted as string[],
+    (JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')) as { granted: string[] }).granted,
   );
   for (const h of lab.hosts) granted.add(h.name);
   await fsp.writeFile(grantsFile, JSON.stringify({ name: 'shared', granted: [...granted].sort() }, null, 2) + '\n');
@@ -278,12 +279,12 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     ];
     // `ip netns exec` execs the agent in place: the pid we get is the agent's.
     const child = h.netns
-      ? spawn('ip', ['netns', 'exec', h.netns, node!, ...agentArgs], {
+      ? spawn('ip', ['netns', 'exec', h.netns, node, ...agentArgs], {
           detached: true,
           stdio: ['ignore', fd, fd],
           env: { ...process.env },
         })
-      : spawn(node!, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
+      : spawn(node, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);
     child.unref();
     h.agentPid = child.pid ?? null;
@@ -329,14 +330,16 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
             const log = await fsp.readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
             throw new FerryError(
               'E_AGENT_START',
-              `Cannot start the agent of ${h.name}: it exited; its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`,
+              `Cannot start the agent of ${h.name}: it exited; ` +
+                `its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`,
               { cause: err },
             );
           }
           if (Date.now() > until)
             throw new FerryError(
               'E_TIMEOUT',
-              `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; see ${lab.dir}/hosts/${h.name}/agent.log`,
+              `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; ` +
+                `see ${lab.dir}/hosts/${h.name}/agent.log`,
               { cause: err },
             );
           await sleep(200, signal);
@@ -371,7 +374,7 @@ export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): 
         agentPid: h.agentPid,
         up,
         ...(lab.netns && h.netns
-          ? { netns: h.netns, migrationAddress: h.migrationAddress!, links: await linkStates(lab.netns, index) }
+          ? { netns: h.netns, migrationAddress: h.migrationAddress, links: await linkStates(lab.netns, index) }
           : {}),
       };
     }),
@@ -415,7 +418,7 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
     ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
     : undefined;
   const pids = [
-    ...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []),
+    ...(h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : []),
     ...(await hostQemuPids(h.dataDir)),
     ...(member ? [member.pid] : []),
   ];
@@ -440,7 +443,9 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     await removeNetns(dir).catch(() => undefined); // leftovers of a lab whose lab.json is gone
     throw err;
   }
-  const agents = lab.hosts.filter((h) => isLabAgent(h.agentPid, h.dataDir)).map((h) => h.agentPid!);
+  const agents = lab.hosts.flatMap((h) =>
+    h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : [],
+  );
   for (const p of agents) {
     try {
       process.kill(p, 'SIGTERM');
@@ -493,13 +498,15 @@ export async function labLink(
   if (i < 0)
     throw new NotFoundError(
       'E_HOST_NOT_FOUND',
-      `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`,
+      `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': ` +
+        `the lab has ${lab.hosts.map((x) => x.name).join(', ')}`,
       { host },
     );
   if (!lab.netns)
     throw new FerryError(
       'E_UNSUPPORTED',
-      `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; create one with 'ferry lab up --netns'`,
+      `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; ` +
+        "create one with 'ferry lab up --netns'",
       {},
     );
   await setLink(lab.netns, i, link, up);

@@ -44,8 +44,9 @@ export async function detectAccelerator(
     return { accel: forced, reason: 'FERRY_ACCEL', probedAt: new Date().toISOString(), bootId: id, cached: false };
   if (!opts.fresh) {
     try {
-      const c = JSON.parse(await fsp.readFile(CACHE_FILE, 'utf8')) as AccelProbe;
-      if (c.bootId === id && (c.accel === 'kvm' || c.accel === 'tcg')) return { ...c, cached: true };
+      // The file may be from an older Ferry or hand-edited: its accelerator is checked.
+      const c = JSON.parse(await fsp.readFile(CACHE_FILE, 'utf8')) as Omit<AccelProbe, 'accel'> & { accel: unknown };
+      if (c.bootId === id && (c.accel === 'kvm' || c.accel === 'tcg')) return { ...c, accel: c.accel, cached: true };
     } catch {
       /* no cache yet */
     }
@@ -117,15 +118,14 @@ async function probeKvm(opts: { signal?: AbortSignal; timeoutMs?: number }): Pro
     ],
     { stdio: 'ignore' },
   );
-  let exited = false;
-  child.once('exit', () => {
-    exited = true;
-  });
+  // Set once the 'exit' event has been emitted (a flag set in a listener would read as
+  // always false to TypeScript's narrowing).
+  const exited = (): boolean => child.exitCode !== null || child.signalCode !== null;
   const timeoutMs = opts.timeoutMs ?? 15_000;
   const until = Date.now() + timeoutMs;
   try {
     while (Date.now() < until && !opts.signal?.aborted) {
-      const wasExited = exited;
+      const wasExited = exited();
       const out = await fsp.readFile(serial, 'utf8').catch(() => '');
       if (out.includes(marker))
         return { ok: true, reason: `KVM ran the ${guest ? 'Linux probe' : 'bootblock'} guest to its marker` };
@@ -134,10 +134,12 @@ async function probeKvm(opts: { signal?: AbortSignal; timeoutMs?: number }): Pro
     }
     return {
       ok: false,
-      reason: `KVM did not run the ${guest ? 'Linux probe' : 'bootblock'} guest to its serial marker within ${timeoutMs} ms`,
+      reason:
+        `KVM did not run the ${guest ? 'Linux probe' : 'bootblock'} guest ` +
+        `to its serial marker within ${timeoutMs} ms`,
     };
   } finally {
-    if (!exited) {
+    if (!exited()) {
       child.kill('SIGKILL');
       await new Promise((r) => child.once('exit', r));
     }

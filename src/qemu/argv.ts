@@ -109,10 +109,8 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
         ? `user,id=net-${nic.id},restrict=on`
         : `tap,id=net-${nic.id},ifname=${be.tap},script=no,downscript=no`;
     a.push('-netdev', netdev);
-    a.push(
-      '-device',
-      `virtio-net-pci,netdev=net-${nic.id},id=${nic.id},mac=${nic.mac},bus=pci.0,addr=0x${(NIC_SLOT_BASE + i).toString(16)}`,
-    );
+    const slot = (NIC_SLOT_BASE + i).toString(16);
+    a.push('-device', `virtio-net-pci,netdev=net-${nic.id},id=${nic.id},mac=${nic.mac},bus=pci.0,addr=0x${slot}`);
   });
   if (spec.boot.kind === 'kernel') {
     a.push('-kernel', resolveVmFile(spec, spec.boot.kernel));

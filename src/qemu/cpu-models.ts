@@ -11,7 +11,7 @@ import { spawn } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { AbortedError, FerryError, messageOf } from '../errors.js';
+import { AbortedError, FerryError, asError, messageOf } from '../errors.js';
 import { QEMU_BINARY } from './process.js';
 import { QmpClient } from './qmp.js';
 
@@ -43,11 +43,13 @@ export function usableCpuModels(
   accel: 'kvm' | 'tcg',
   opts: { signal?: AbortSignal; timeoutMs?: number } = {},
 ): Promise<CpuModelInfo[]> {
-  if (accel !== 'kvm' && accel !== 'tcg') {
+  // A JavaScript caller or a cast can pass anything: checked at run time.
+  const given: unknown = accel;
+  if (given !== 'kvm' && given !== 'tcg') {
     return Promise.reject(
       new FerryError(
         'E_INVALID_INPUT',
-        `Cannot list CPU models for accelerator '${String(accel)}': unknown accelerator; use 'kvm' or 'tcg'`,
+        `Cannot list CPU models for accelerator '${String(given)}': unknown accelerator; use 'kvm' or 'tcg'`,
         {},
       ),
     );
@@ -91,8 +93,8 @@ export function usableCpuModels(
       (v) => {
         if (leave()) resolve(copyModels(v));
       },
-      (err) => {
-        if (leave()) reject(err);
+      (err: unknown) => {
+        if (leave()) reject(asError(err));
       },
     );
   });
@@ -129,20 +131,22 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
     `unix:${sock},server=on,wait=off`,
   ];
   let stderr = '';
-  let exited = false;
+  // In an object: a plain `let` flag set by the listeners would read as always false to
+  // TypeScript's narrowing.
+  const status = { exited: false };
   const child = spawn(QEMU_BINARY, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   const exit = new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
     child.once('exit', (code, sig) => {
-      exited = true;
+      status.exited = true;
       resolve({ code, signal: sig });
     });
     child.once('error', (error) => {
-      exited = true;
+      status.exited = true;
       resolve({ code: null, signal: null, error });
     });
   });
-  child.stderr?.setEncoding('utf8');
-  child.stderr?.on('data', (s: string) => {
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (s: string) => {
     if (stderr.length < 8192) stderr += s;
   });
   // Stop connecting when QEMU dies at start (e.g. -accel kvm without /dev/kvm), on abort, or at the deadline.
@@ -157,7 +161,7 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
       return parseDefinitions(raw, accel);
     } catch (err) {
       if (signal.aborted) throw new AbortedError(what, signal.reason);
-      if (exited || early.signal.aborted) {
+      if (status.exited || early.signal.aborted) {
         const e = await exit;
         const reason =
           stderr
@@ -170,7 +174,8 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
           (e.error ? messageOf(e.error) : `exit code ${e.code}${e.signal ? `, signal ${e.signal}` : ''}`);
         throw new FerryError(
           'E_CPU_MODELS',
-          `Cannot ${what}: QEMU exited at start-up: ${reason}; ${accel === 'kvm' ? "check /dev/kvm, or use 'tcg'" : 'check the QEMU installation (scripts/setup)'}`,
+          `Cannot ${what}: QEMU exited at start-up: ${reason}; ` +
+            (accel === 'kvm' ? "check /dev/kvm, or use 'tcg'" : 'check the QEMU installation (scripts/setup)'),
           {
             context: { accel, argv, stderr },
             cause: err,
@@ -186,7 +191,7 @@ async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeout
     }
   } finally {
     qmp?.close();
-    if (!exited) {
+    if (!status.exited) {
       child.kill('SIGKILL');
       await exit;
     }
@@ -198,11 +203,12 @@ function parseDefinitions(raw: unknown, accel: string): CpuModelInfo[] {
   if (!Array.isArray(raw)) {
     throw new FerryError(
       'E_CPU_MODELS',
-      `Cannot list the CPU models of QEMU under ${accel}: query-cpu-definitions returned ${typeof raw}, not a list; check the QEMU version`,
+      `Cannot list the CPU models of QEMU under ${accel}: ` +
+        `query-cpu-definitions returned ${typeof raw}, not a list; check the QEMU version`,
     );
   }
   const out: CpuModelInfo[] = [];
-  for (const d of raw as Array<Record<string, unknown>>) {
+  for (const d of raw as Array<Record<string, unknown> | null | undefined>) {
     if (!d || typeof d.name !== 'string') continue;
     const unavailable = Array.isArray(d['unavailable-features'])
       ? (d['unavailable-features'] as unknown[]).filter((f): f is string => typeof f === 'string')

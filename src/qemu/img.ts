@@ -21,7 +21,8 @@ export function assertImageFormat(s: string, field = 'format'): ImageFormat {
 
 export interface ImageInfo {
   filename: string;
-  format: ImageFormat | string;
+  /** An ImageFormat, or any other format qemu-img reports for a file it found. */
+  format: string;
   virtualSizeBytes: number;
   actualSizeBytes: number;
   backingFile?: string;
@@ -29,7 +30,7 @@ export interface ImageInfo {
   dirty: boolean;
 }
 
-export interface ImgOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {}
+export type ImgOptions = Pick<RunOptions, 'signal' | 'timeoutMs'>;
 
 /** Creates an image. vpc rounds sizes to its CHS geometry unless force_size is on; we always keep the exact size. */
 export async function createImage(
@@ -118,7 +119,7 @@ export async function checkImage(
     return { ok: !(j.corruptions ?? 0), corruptions: j.corruptions ?? 0, leaks: j.leaks ?? 0, raw: j };
   } catch (err) {
     // qemu-img check exits 63 for "format does not support checks": nothing to check is not a failure.
-    const stderr = String((err as { context?: { stderr?: string } }).context?.stderr ?? '');
+    const stderr = (err as { context?: { stderr?: string } }).context?.stderr ?? '';
     if (/does not support checks/i.test(stderr)) return { ok: true, corruptions: 0, leaks: 0, raw: null };
     throw err;
   }

@@ -2,7 +2,7 @@
 // history (an event such as BLOCK_JOB_READY may arrive before anyone waits for it), a
 // timeout and an AbortSignal on every call, and a closed socket fails every pending call.
 import net from 'node:net';
-import { FerryError, AbortedError, TimeoutError, messageOf } from '../errors.js';
+import { FerryError, AbortedError, TimeoutError, asError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import type { QmpArgs, QmpCommandName, QmpEvent, QmpReturn } from './commands.js';
 
@@ -27,7 +27,8 @@ export class QmpClosedError extends FerryError {
   constructor(vm: string, command?: string, cause?: unknown) {
     super(
       'E_QMP_CLOSED',
-      `Cannot ${command ? `run QMP '${command}'` : 'talk QMP'} on VM '${vm}': the QEMU monitor connection is closed (QEMU exited or was killed)`,
+      `Cannot ${command ? `run QMP '${command}'` : 'talk QMP'} on VM '${vm}': ` +
+        'the QEMU monitor connection is closed (QEMU exited or was killed)',
       {
         context: { vm, command },
         cause,
@@ -45,7 +46,7 @@ interface Pending {
 interface Waiter {
   pred: (e: QmpEvent) => boolean;
   resolve: (e: QmpEvent) => void;
-  reject: (e: unknown) => void;
+  reject: (e: Error) => void;
 }
 
 const HISTORY_LIMIT = 20_000;
@@ -130,7 +131,8 @@ export class QmpClient {
         if (Date.now() >= until) {
           throw new FerryError(
             'E_QMP_CONNECT',
-            `Cannot connect to the QMP socket of VM '${vm}' at ${path}: ${messageOf(lastErr)}; check that QEMU is running`,
+            `Cannot connect to the QMP socket of VM '${vm}' at ${path}: ${messageOf(lastErr)}; ` +
+              'check that QEMU is running',
             {
               context: { vm, path },
               cause: lastErr,
@@ -277,16 +279,19 @@ export class QmpClient {
         clearTimeout(timer);
         signal?.removeEventListener('abort', onAbort);
       };
-      if (signal?.aborted) return onAbort();
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
       signal?.addEventListener('abort', onAbort, { once: true });
       p.then(
         (v) => {
           finish();
           resolve(v);
         },
-        (e) => {
+        (e: unknown) => {
           finish();
-          reject(e);
+          reject(asError(e));
         },
       );
     });

@@ -48,7 +48,8 @@ async function writeGrants(pool: PoolDef, granted: string[]): Promise<void> {
 export async function setGrant(pool: PoolDef, host: string, granted: boolean): Promise<string[]> {
   if (pool.kind !== 'shared') {
     throw new InvalidInputError(
-      `Cannot change access to pool '${pool.name}': it is a local pool, only its own host uses it; grant access to a shared pool instead`,
+      `Cannot change access to pool '${pool.name}': it is a local pool, only its own host uses it; ` +
+        'grant access to a shared pool instead',
       { pool: pool.name },
     );
   }
@@ -137,12 +138,14 @@ export async function assertInUsablePool(pools: PoolDef[], host: string, p: stri
     if (st.totalBytes === 0)
       throw new FerryError(
         'E_POOL_UNAVAILABLE',
-        `Cannot use ${what} '${p}': pool '${pool.name}' (${pool.path}) is not reachable from host '${host}'; mount it or fix the pool path`,
+        `Cannot use ${what} '${p}': pool '${pool.name}' (${pool.path}) is not reachable from host '${host}'; ` +
+          'mount it or fix the pool path',
         { context: { pool: pool.name } },
       );
     throw new FerryError(
       'E_POOL_NOT_GRANTED',
-      `Cannot use ${what} '${p}': host '${host}' is not granted access to shared pool '${pool.name}'; run 'ferry pool grant ${pool.name} --host ${host}'`,
+      `Cannot use ${what} '${p}': host '${host}' is not granted access to shared pool '${pool.name}'; ` +
+        `run 'ferry pool grant ${pool.name} --host ${host}'`,
       { context: { pool: pool.name, host } },
     );
   }

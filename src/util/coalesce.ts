@@ -3,18 +3,19 @@
 
 export function coalesced(fn: () => Promise<void>): () => Promise<void> {
   let running: Promise<void> | null = null;
-  let again = false;
+  // Calls so far; a run that ends with more calls than it started with runs once more. A
+  // counter rather than an "again" flag, which TypeScript would narrow to false inside the loop.
+  let calls = 0;
   return () => {
-    if (running) {
-      again = true;
-      return running;
-    }
+    calls++;
+    if (running) return running;
     running = (async () => {
       try {
+        let served: number;
         do {
-          again = false;
+          served = calls;
           await fn();
-        } while (again);
+        } while (served !== calls);
       } finally {
         running = null;
       }

@@ -48,14 +48,19 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
         encoding: 'utf8',
       },
       (err, stdout, stderr) => {
-        if (!err) return resolve({ stdout, stderr });
+        if (!err) {
+          resolve({ stdout, stderr });
+          return;
+        }
         const e = err as NodeJS.ErrnoException & { killed?: boolean; code?: unknown };
-        if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
-        if (e.killed) return reject(new TimeoutError(what, timeoutMs, { cmd, args }));
-        if (e.code === 'ENOENT')
-          return reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
-        const detail = (stderr || stdout || e.message).trim().split('\n').slice(-5).join(' / ');
-        reject(new CommandFailedError(cmd, args, detail, err, { exitCode: e.code, stderr }));
+        if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
+        else if (e.killed) reject(new TimeoutError(what, timeoutMs, { cmd, args }));
+        else if (e.code === 'ENOENT')
+          reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
+        else {
+          const detail = (stderr || stdout || e.message).trim().split('\n').slice(-5).join(' / ');
+          reject(new CommandFailedError(cmd, args, detail, err, { exitCode: e.code, stderr }));
+        }
       },
     );
     child.stdin?.end();
@@ -71,7 +76,10 @@ export function deadline(ms: number, signal?: AbortSignal): AbortSignal {
 /** Sleeps, but wakes (rejecting) as soon as `signal` aborts. */
 export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
-    if (signal?.aborted) return reject(new AbortedError('wait', signal.reason));
+    if (signal?.aborted) {
+      reject(new AbortedError('wait', signal.reason));
+      return;
+    }
     const t = setTimeout(() => {
       signal?.removeEventListener('abort', onAbort);
       resolve();

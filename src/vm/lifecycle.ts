@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { buildArgv, type SwitchBackend } from '../qemu/argv.js';
-import { createImage, type ImageFormat } from '../qemu/img.js';
+import { createImage } from '../qemu/img.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { RunState } from '../qemu/commands.js';
@@ -48,15 +48,15 @@ export interface CreateVmOptions {
 export async function createVm(input: unknown, opts: CreateVmOptions = {}): Promise<VmSpec> {
   const spec = parseVmSpec(input, 'create the VM');
   const create = opts.createDisks ?? {};
-  for (const id of Object.keys(create)) {
+  for (const [id, size] of Object.entries(create)) {
     if (!spec.disks.some((d) => d.id === id))
       throw new InvalidInputError(`Cannot create the VM '${spec.name}': no disk with id '${id}' to create`, {
         disk: id,
       });
-    const size = create[id]!;
     if (!Number.isSafeInteger(size) || size < 512 || size % 512 !== 0) {
       throw new InvalidInputError(
-        `Cannot create disk '${id}' of VM '${spec.name}': size ${size} is not a positive multiple of 512 bytes; give a size such as 64M or 10G`,
+        `Cannot create disk '${id}' of VM '${spec.name}': size ${size} is not a positive multiple of 512 bytes; ` +
+          'give a size such as 64M or 10G',
         { disk: id, size },
       );
     }
@@ -64,7 +64,8 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
   if (await exists(configFile(spec.configPath))) {
     throw new FerryError(
       'E_VM_EXISTS',
-      `Cannot create the VM '${spec.name}': ${spec.configPath} already holds a VM; choose another --path or remove that VM`,
+      `Cannot create the VM '${spec.name}': ${spec.configPath} already holds a VM; ` +
+        'choose another --path or remove that VM',
       { context: { configPath: spec.configPath } },
     );
   }
@@ -77,7 +78,8 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
     const there = inFolder.has(d.path) || (await exists(d.path));
     if (isNew && there)
       throw new InvalidInputError(
-        `Cannot create disk '${d.id}' of VM '${spec.name}': ${d.path} already exists; choose another path or attach it instead`,
+        `Cannot create disk '${d.id}' of VM '${spec.name}': ${d.path} already exists; ` +
+          'choose another path or attach it instead',
         { disk: d.id, path: d.path },
       );
     if (!isNew && !there)
@@ -91,7 +93,8 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
     if (!(await exists(c.from)))
       throw new NotFoundError(
         'E_FILE_NOT_FOUND',
-        `Cannot create the VM '${spec.name}': ${c.from} does not exist; run scripts/setup to build the test guests or fix the path`,
+        `Cannot create the VM '${spec.name}': ${c.from} does not exist; ` +
+          'run scripts/setup to build the test guests or fix the path',
         { path: c.from },
       );
   }
@@ -117,7 +120,7 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
       if (size === undefined) continue;
       await fsp.mkdir(path.dirname(d.path), { recursive: true });
       created.push(d.path);
-      await createImage(d.path, d.format as ImageFormat, size, { signal: opts.signal });
+      await createImage(d.path, d.format, size, { signal: opts.signal });
     }
     await saveVm(spec);
     return spec;
@@ -139,7 +142,8 @@ async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void>
     if (!planned.has(abs) && !(await exists(abs))) {
       throw new NotFoundError(
         'E_FILE_NOT_FOUND',
-        `Cannot use ${field} of VM '${spec.name}': ${abs} does not exist; fix the path (relative paths are inside the VM folder)`,
+        `Cannot use ${field} of VM '${spec.name}': ${abs} does not exist; ` +
+          'fix the path (relative paths are inside the VM folder)',
         { field, path: abs },
       );
     }
@@ -175,7 +179,8 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
     if (!(await exists(d.path))) {
       throw new NotFoundError(
         'E_DISK_NOT_FOUND',
-        `Cannot start VM '${spec.name}': disk '${d.id}' image ${d.path} does not exist; restore it or remove the disk from the VM`,
+        `Cannot start VM '${spec.name}': disk '${d.id}' image ${d.path} does not exist; ` +
+          'restore it or remove the disk from the VM',
         { disk: d.id, path: d.path },
       );
     }

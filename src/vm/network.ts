@@ -26,7 +26,8 @@ export async function createTap(tap: string, bridge: string): Promise<void> {
   if (!(await bridgeExists(bridge))) {
     throw new FerryError(
       'E_BRIDGE_NOT_FOUND',
-      `Cannot connect to bridge '${bridge}': there is no such Linux bridge on this host; create it (ip link add ${bridge} type bridge) or fix the switch`,
+      `Cannot connect to bridge '${bridge}': there is no such Linux bridge on this host; ` +
+        `create it (ip link add ${bridge} type bridge) or fix the switch`,
       {},
     );
   }

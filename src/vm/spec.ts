@@ -147,9 +147,12 @@ export function specError(what: string, err: z.ZodError, input: unknown): Invali
   const parts = err.issues.slice(0, 5).map((iss) => {
     const field = iss.path.map(String).join('.') || '(spec)';
     const value = valueAt(input, iss.path as (string | number)[]);
-    const shown = value === undefined ? 'missing' : JSON.stringify(value)?.slice(0, 80);
-    if (iss.code === 'unrecognized_keys')
-      return `unknown field(s) ${(iss as { keys: string[] }).keys.map((k) => `'${field === '(spec)' ? k : `${field}.${k}`}'`).join(', ')}; remove them`;
+    // JSON.stringify gives undefined for a function or a symbol, whatever its type says.
+    const shown = value === undefined ? 'missing' : (JSON.stringify(value) as string | undefined)?.slice(0, 80);
+    if (iss.code === 'unrecognized_keys') {
+      const keys = (iss as { keys: string[] }).keys.map((k) => `'${field === '(spec)' ? k : `${field}.${k}`}'`);
+      return `unknown field(s) ${keys.join(', ')}; remove them`;
+    }
     return `field '${field}' (${shown}) ${iss.message.replace(/^Invalid input: /, '')}`;
   });
   const more = err.issues.length > 5 ? ` (and ${err.issues.length - 5} more)` : '';

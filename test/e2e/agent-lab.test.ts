@@ -163,102 +163,106 @@ test('switches and pools', async () => {
   assert.equal(fs.existsSync(path.join(lab, 'shared', 'nogrant')), false);
 });
 
-test('a probe VM: new --start, show/list JSON, console, pause/resume, agent restart keeps it running, stop, start, rm', async () => {
-  const shared = path.join(lab, 'shared', 'p1');
-  const v = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'p1',
-      '--host',
-      'host-a',
-      '--guest',
-      'probe',
-      '--path',
-      shared,
-      '--memory',
-      '256M',
-      '--start',
-      '--json',
-    ],
-    { lab },
-  );
-  for (const k of [
-    'name',
-    'id',
-    'host',
-    'state',
-    'memoryMiB',
-    'cpus',
-    'configPath',
-    'checkpointPath',
-    'pagingPath',
-    'disks',
-    'switches',
-    'ha',
-  ])
-    assert.ok(k in v, `vm show has ${k}`);
-  assert.equal(v.state, 'running');
-  assert.equal(v.host, 'host-a');
-  assert.equal(v.memoryMiB, 256);
-  assert.equal(v.configPath, shared);
-  assert.deepEqual(
-    v.disks.map((d) => [d.format, d.virtualSizeBytes]),
-    [['qcow2', 64 * 1024 * 1024]],
-  );
+test(
+  'a probe VM: new --start, show/list JSON, console, pause/resume, agent restart keeps it running, ' +
+    'stop, start, rm',
+  async () => {
+    const shared = path.join(lab, 'shared', 'p1');
+    const v = await ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        'p1',
+        '--host',
+        'host-a',
+        '--guest',
+        'probe',
+        '--path',
+        shared,
+        '--memory',
+        '256M',
+        '--start',
+        '--json',
+      ],
+      { lab },
+    );
+    for (const k of [
+      'name',
+      'id',
+      'host',
+      'state',
+      'memoryMiB',
+      'cpus',
+      'configPath',
+      'checkpointPath',
+      'pagingPath',
+      'disks',
+      'switches',
+      'ha',
+    ])
+      assert.ok(k in v, `vm show has ${k}`);
+    assert.equal(v.state, 'running');
+    assert.equal(v.host, 'host-a');
+    assert.equal(v.memoryMiB, 256);
+    assert.equal(v.configPath, shared);
+    assert.deepEqual(
+      v.disks.map((d) => [d.format, d.virtualSizeBytes]),
+      [['qcow2', 64 * 1024 * 1024]],
+    );
 
-  const list = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab });
-  assert.deepEqual(
-    list.map((x) => x.name),
-    ['p1'],
-  );
+    const list = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab });
+    assert.deepEqual(
+      list.map((x) => x.name),
+      ['p1'],
+    );
 
-  let text = '';
-  for (let i = 0; i < 100 && parseSerial(text).heartbeats.length < 20; i++) {
-    await sleep(300);
-    text = (await ferry(['vm', 'console', 'p1', '--tail', '50000000'], { lab })).stdout;
-  }
-  assert.ok(parseSerial(text).heartbeats.length >= 20, 'heartbeat visible on the console');
+    let text = '';
+    for (let i = 0; i < 100 && parseSerial(text).heartbeats.length < 20; i++) {
+      await sleep(300);
+      text = (await ferry(['vm', 'console', 'p1', '--tail', '50000000'], { lab })).stdout;
+    }
+    assert.ok(parseSerial(text).heartbeats.length >= 20, 'heartbeat visible on the console');
 
-  assert.equal((await ferryOk<VmView>(['vm', 'pause', 'p1', '--json'], { lab })).state, 'paused');
-  assert.equal((await ferryOk<VmView>(['vm', 'resume', 'p1', '--json'], { lab })).state, 'running');
+    assert.equal((await ferryOk<VmView>(['vm', 'pause', 'p1', '--json'], { lab })).state, 'paused');
+    assert.equal((await ferryOk<VmView>(['vm', 'resume', 'p1', '--json'], { lab })).state, 'running');
 
-  // Kill the agent (SIGKILL) and start it again: the VM never stops, the agent re-attaches.
-  const agentPid = status.hosts[0]!.agentPid!;
-  process.kill(agentPid, 'SIGKILL');
-  const down = await ferry(['vm', 'show', 'p1', '--json'], { lab });
-  assert.equal(down.code, 4, 'the VM is not found while its host does not answer');
-  await sleep(1000);
-  const restarted = await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--json']);
-  assert.notEqual(restarted.hosts[0]!.agentPid, agentPid);
-  assert.equal(restarted.hosts[1]!.agentPid, status.hosts[1]!.agentPid, 'the other agent was left alone');
-  const after = await ferryOk<VmView>(['vm', 'show', 'p1', '--json'], { lab });
-  assert.equal(after.state, 'running');
-  assert.equal(after.pid, v.pid, 'same QEMU process');
-  await sleep(1500);
-  const hbs = parseSerial((await ferry(['vm', 'console', 'p1', '--tail', '50000000'], { lab })).stdout).heartbeats;
-  const gaps = heartbeatGaps(hbs);
-  assert.equal(gaps.resets, 0, 'the heartbeat sequence never reset');
-  assert.ok(hbs.length > parseSerial(text).heartbeats.length + 40, 'the guest kept running');
+    // Kill the agent (SIGKILL) and start it again: the VM never stops, the agent re-attaches.
+    const agentPid = status.hosts[0]!.agentPid!;
+    process.kill(agentPid, 'SIGKILL');
+    const down = await ferry(['vm', 'show', 'p1', '--json'], { lab });
+    assert.equal(down.code, 4, 'the VM is not found while its host does not answer');
+    await sleep(1000);
+    const restarted = await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--json']);
+    assert.notEqual(restarted.hosts[0]!.agentPid, agentPid);
+    assert.equal(restarted.hosts[1]!.agentPid, status.hosts[1]!.agentPid, 'the other agent was left alone');
+    const after = await ferryOk<VmView>(['vm', 'show', 'p1', '--json'], { lab });
+    assert.equal(after.state, 'running');
+    assert.equal(after.pid, v.pid, 'same QEMU process');
+    await sleep(1500);
+    const hbs = parseSerial((await ferry(['vm', 'console', 'p1', '--tail', '50000000'], { lab })).stdout).heartbeats;
+    const gaps = heartbeatGaps(hbs);
+    assert.equal(gaps.resets, 0, 'the heartbeat sequence never reset');
+    assert.ok(hbs.length > parseSerial(text).heartbeats.length + 40, 'the guest kept running');
 
-  const stopped = await ferryOk<VmView>(['vm', 'stop', 'p1', '--json'], { lab });
-  assert.equal(stopped.state, 'stopped');
-  const serial = parseSerial(
-    await fsp.readFile(path.join(lab, 'hosts', 'host-a', 'data', 'run', v.id, 'serial.log'), 'utf8'),
-  );
-  const report = await verifyDiskImage(v.disks[0]!.path, { format: 'qcow2', highestAck: serial.highestAck! });
-  assert.equal(report.ok, true, report.problems.join('; '));
+    const stopped = await ferryOk<VmView>(['vm', 'stop', 'p1', '--json'], { lab });
+    assert.equal(stopped.state, 'stopped');
+    const serial = parseSerial(
+      await fsp.readFile(path.join(lab, 'hosts', 'host-a', 'data', 'run', v.id, 'serial.log'), 'utf8'),
+    );
+    const report = await verifyDiskImage(v.disks[0]!.path, { format: 'qcow2', highestAck: serial.highestAck! });
+    assert.equal(report.ok, true, report.problems.join('; '));
 
-  assert.equal((await ferryOk<VmView>(['vm', 'start', 'p1', '--json'], { lab })).state, 'running');
-  const rmRunning = await ferry(['vm', 'rm', 'p1'], { lab });
-  assert.equal(rmRunning.code, 1);
-  assert.match(rmRunning.stderr, /stop it first/);
-  await ferryOk(['vm', 'stop', 'p1', '--force'], { lab });
-  await ferryOk(['vm', 'rm', 'p1'], { lab });
-  assert.equal(fs.existsSync(shared), false, 'folder and disk removed');
-  assert.deepEqual(await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab }), []);
-  status = restarted;
-});
+    assert.equal((await ferryOk<VmView>(['vm', 'start', 'p1', '--json'], { lab })).state, 'running');
+    const rmRunning = await ferry(['vm', 'rm', 'p1'], { lab });
+    assert.equal(rmRunning.code, 1);
+    assert.match(rmRunning.stderr, /stop it first/);
+    await ferryOk(['vm', 'stop', 'p1', '--force'], { lab });
+    await ferryOk(['vm', 'rm', 'p1'], { lab });
+    assert.equal(fs.existsSync(shared), false, 'folder and disk removed');
+    assert.deepEqual(await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab }), []);
+    status = restarted;
+  },
+);
 
 test('bad input: clear messages, the right exit codes, nothing created', async () => {
   const cases: Array<[string[], number, RegExp]> = [

@@ -84,102 +84,107 @@ async function placement(): Promise<Record<string, string>> {
 
 let w1: VmView;
 
-test('drain: dry run shows the plan and a blocker; a real drain moves 4 VMs by priority under a limit of 2, the queue shows positions, heartbeats continue, the node stays paused', async () => {
-  await ferryOk(['cluster', 'set', '--max-outgoing', '2', '--max-incoming', '2'], { lab });
-  w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high']);
-  for (const n of ['p2', 'p3']) await newProbe(n, 'host-c', ['--probe-no-writer', '--memory', '128']);
-  await newProbe('p4', 'host-c', [
-    '--probe-no-writer',
-    '--memory',
-    '128',
-    '--ha',
-    '--priority',
-    'low',
-    '--anti-affinity',
-    'grp',
-  ]);
-  // A stopped VM on host-c's local storage: nobody else can run it.
-  await ferryOk(['vm', 'new', 'loc1', '--host', 'host-c', '--guest', 'bootblock', '--json'], { lab });
-  await waitAcks(w1.id, 'host-c', 15);
+test(
+  'drain: dry run shows the plan and a blocker; a real drain moves 4 VMs by priority under a limit ' +
+    'of 2, the queue shows positions, heartbeats continue, the node stays paused',
+  async () => {
+    await ferryOk(['cluster', 'set', '--max-outgoing', '2', '--max-incoming', '2'], { lab });
+    w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high']);
+    for (const n of ['p2', 'p3']) await newProbe(n, 'host-c', ['--probe-no-writer', '--memory', '128']);
+    await newProbe('p4', 'host-c', [
+      '--probe-no-writer',
+      '--memory',
+      '128',
+      '--ha',
+      '--priority',
+      'low',
+      '--anti-affinity',
+      'grp',
+    ]);
+    // A stopped VM on host-c's local storage: nobody else can run it.
+    await ferryOk(['vm', 'new', 'loc1', '--host', 'host-c', '--guest', 'bootblock', '--json'], { lab });
+    await waitAcks(w1.id, 'host-c', 15);
 
-  const plan = await ferryOk<{
-    items: Array<{ vm: string; to: string | null; priority: string; blockers: Array<{ code: string }> }>;
-    blocked: number;
-  }>(['cluster', 'drain', 'host-c', '--dry-run', '--json'], { lab });
-  const loc = plan.items.find((i) => i.vm === 'loc1')!;
-  assert.equal(loc.to, null);
-  assert.ok(
-    loc.blockers.some((b) => b.code === 'E_STORAGE_NOT_SHARED'),
-    JSON.stringify(loc.blockers),
-  );
-  assert.equal(plan.blocked, 1);
-  for (const n of ['w1', 'p2', 'p3', 'p4']) assert.match(plan.items.find((i) => i.vm === n)!.to ?? '', /^host-[ab]$/);
-  assert.equal(plan.items[0]!.vm, 'w1', 'high priority first');
-  assert.equal((await status()).nodes.find((n) => n.name === 'host-c')!.state, 'up', 'a dry run changes nothing');
-  const human = await ferry(['cluster', 'drain', 'host-c', '--dry-run'], { lab });
-  assert.equal(human.code, 0);
-  assert.match(human.stdout, /loc1 .*BLOCKED.*E_STORAGE_NOT_SHARED/);
+    const plan = await ferryOk<{
+      items: Array<{ vm: string; to: string | null; priority: string; blockers: Array<{ code: string }> }>;
+      blocked: number;
+    }>(['cluster', 'drain', 'host-c', '--dry-run', '--json'], { lab });
+    const loc = plan.items.find((i) => i.vm === 'loc1')!;
+    assert.equal(loc.to, null);
+    assert.ok(
+      loc.blockers.some((b) => b.code === 'E_STORAGE_NOT_SHARED'),
+      JSON.stringify(loc.blockers),
+    );
+    assert.equal(plan.blocked, 1);
+    for (const n of ['w1', 'p2', 'p3', 'p4']) assert.match(plan.items.find((i) => i.vm === n)!.to ?? '', /^host-[ab]$/);
+    assert.equal(plan.items[0]!.vm, 'w1', 'high priority first');
+    assert.equal((await status()).nodes.find((n) => n.name === 'host-c')!.state, 'up', 'a dry run changes nothing');
+    const human = await ferry(['cluster', 'drain', 'host-c', '--dry-run'], { lab });
+    assert.equal(human.code, 0);
+    assert.match(human.stdout, /loc1 .*BLOCKED.*E_STORAGE_NOT_SHARED/);
 
-  await ferryOk(['vm', 'rm', 'loc1'], { lab });
-  // Watch the queue through the API (every 100 ms) while the CLI starts the drain.
-  const clients = new Clients(await loadContext({ lab }));
-  let sawQueued = false;
-  let sawPosition = false;
-  let maxMoving = 0;
-  let watching = true;
-  const watcher = (async () => {
-    while (watching) {
-      const [s, list] = await Promise.all([
-        clients
-          .host('host-a')
-          .call(actions.clusterStatus, {}, { timeoutMs: 10_000 })
-          .catch(() => null),
-        clients
-          .host('host-c')
-          .call(actions.migrationList, { query: { all: 'false' } }, { timeoutMs: 10_000 })
-          .catch(() => []),
-      ]);
-      if (s) {
-        maxMoving = Math.max(maxMoving, s.queue.filter((q) => q.state === 'admitted' && q.from === 'host-c').length);
-        if (s.queue.some((q) => q.state === 'queued' && q.position === 1 && q.batch === 'drain:host-c'))
-          sawQueued = true;
+    await ferryOk(['vm', 'rm', 'loc1'], { lab });
+    // Watch the queue through the API (every 100 ms) while the CLI starts the drain.
+    const clients = new Clients(await loadContext({ lab }));
+    let sawQueued = false;
+    let sawPosition = false;
+    let maxMoving = 0;
+    const watching = new AbortController(); // aborted when the drain is over
+    const watcher = (async () => {
+      while (!watching.signal.aborted) {
+        const [s, list] = await Promise.all([
+          clients
+            .host('host-a')
+            .call(actions.clusterStatus, {}, { timeoutMs: 10_000 })
+            .catch(() => null),
+          clients
+            .host('host-c')
+            .call(actions.migrationList, { query: { all: 'false' } }, { timeoutMs: 10_000 })
+            .catch(() => []),
+        ]);
+        if (s) {
+          maxMoving = Math.max(maxMoving, s.queue.filter((q) => q.state === 'admitted' && q.from === 'host-c').length);
+          if (s.queue.some((q) => q.state === 'queued' && q.position === 1 && q.batch === 'drain:host-c'))
+            sawQueued = true;
+        }
+        if (list.some((m) => m.state === 'queued' && (m.queuePosition ?? 0) >= 1)) sawPosition = true;
+        await sleep(100);
       }
-      if (list.some((m) => m.state === 'queued' && (m.queuePosition ?? 0) >= 1)) sawPosition = true;
-      await sleep(100);
+    })();
+    const t0 = Date.now();
+    let b: BatchView;
+    try {
+      const started = await ferry(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
+      assert.equal(started.code, 0, started.stderr);
+      b = await waitBatch('host-c', (x) => x.state !== 'running');
+    } finally {
+      watching.abort();
+      await watcher;
+      for (const c of clients.all()) c.close();
     }
-  })();
-  const t0 = Date.now();
-  let b: BatchView;
-  try {
-    const started = await ferry(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
-    assert.equal(started.code, 0, started.stderr);
-    b = await waitBatch('host-c', (x) => x.state !== 'running');
-  } finally {
-    watching = false;
-    await watcher;
-    for (const c of clients.all()) c.close();
-  }
-  process.stderr.write(
-    `drain of 4 VMs (limit 2): ${Date.now() - t0} ms; ${b.items.map((i) => `${i.vm}→${i.to} ${i.state} (${i.attempts})`).join(', ')}\n`,
-  );
-  assert.equal(b.state, 'completed', JSON.stringify(b.items));
-  assert.ok(sawQueued, 'a queued move with position 1 was visible in cluster status');
-  assert.ok(sawPosition, 'migration list showed a queued move with its position');
-  assert.ok(maxMoving <= 2, `never more than 2 moves out of host-c (saw ${maxMoving})`);
-  const where = await placement();
-  for (const n of ['w1', 'p2', 'p3', 'p4']) assert.match(where[n]!, /^host-[ab]$/, `${n} left host-c`);
-  for (const v of await vms()) assert.equal(v.state, 'running', `${v.name} runs`);
-  const s = await status();
-  assert.equal(s.nodes.find((n) => n.name === 'host-c')!.state, 'paused');
-  assert.equal(s.vms.find((v) => v.name === 'w1')!.owner, where.w1);
-  // A paused node takes no VMs.
-  const refused = await ferry(['move-vm', 'p2', '--to', 'host-c'], { lab });
-  assert.notEqual(refused.code, 0);
-  assert.match(refused.stderr, /paused/);
-  await waitAcks(w1.id, where.w1!, 5);
-  const hb = heartbeatContinuity(await logs(w1.id));
-  assert.deepEqual(hb.missing, [], 'no heartbeat lost across the drain');
-});
+    process.stderr.write(
+      `drain of 4 VMs (limit 2): ${Date.now() - t0} ms; ` +
+        `${b.items.map((i) => `${i.vm}→${i.to} ${i.state} (${i.attempts})`).join(', ')}\n`,
+    );
+    assert.equal(b.state, 'completed', JSON.stringify(b.items));
+    assert.ok(sawQueued, 'a queued move with position 1 was visible in cluster status');
+    assert.ok(sawPosition, 'migration list showed a queued move with its position');
+    assert.ok(maxMoving <= 2, `never more than 2 moves out of host-c (saw ${maxMoving})`);
+    const where = await placement();
+    for (const n of ['w1', 'p2', 'p3', 'p4']) assert.match(where[n]!, /^host-[ab]$/, `${n} left host-c`);
+    for (const v of await vms()) assert.equal(v.state, 'running', `${v.name} runs`);
+    const s = await status();
+    assert.equal(s.nodes.find((n) => n.name === 'host-c')!.state, 'paused');
+    assert.equal(s.vms.find((v) => v.name === 'w1')!.owner, where.w1);
+    // A paused node takes no VMs.
+    const refused = await ferry(['move-vm', 'p2', '--to', 'host-c'], { lab });
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.stderr, /paused/);
+    await waitAcks(w1.id, where.w1!, 5);
+    const hb = heartbeatContinuity(await logs(w1.id));
+    assert.deepEqual(hb.missing, [], 'no heartbeat lost across the drain');
+  },
+);
 
 test('resume --failback brings the drained VMs back to their node', async () => {
   const t0 = Date.now();
@@ -196,30 +201,34 @@ test('resume --failback brings the drained VMs back to their node', async () => 
   assert.deepEqual(hb.missing, []);
 });
 
-test('resume during a drain aborts it: queued moves are cancelled, each VM runs on exactly one host, the node takes VMs again', async () => {
-  await ferryOk(['cluster', 'set', '--max-outgoing', '1'], { lab });
-  // With one move at a time out of host-c, most of the drain is still waiting when resume comes.
-  await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
-  const r = await ferryOk<{ batch: BatchView }>(['cluster', 'resume', 'host-c', '--json'], { lab });
-  assert.equal(r.batch.state, 'aborted');
-  assert.ok(
-    r.batch.items.some((i) => i.state === 'cancelled'),
-    JSON.stringify(r.batch.items),
-  );
-  const b = await waitBatch('host-c', (x) => !x.items.some((i) => i.state === 'moving'), 120_000);
-  assert.equal(b.state, 'aborted');
-  const s = await status();
-  assert.equal(s.nodes.find((n) => n.name === 'host-c')!.state, 'up');
-  assert.equal(s.queue.length, 0, 'nothing left in the queue');
-  const where = await placement();
-  for (const i of b.items)
-    assert.equal(where[i.vm], i.state === 'moved' ? i.to : 'host-c', `${i.vm} (${i.state}) is where its result says`);
-  for (const v of await vms()) assert.equal(v.state, 'running');
-  await ferryOk(['cluster', 'set', '--max-outgoing', '2'], { lab });
-  // Put everything back on host-c for the next test.
-  const back = await ferry(['cluster', 'resume', 'host-c', '--failback'], { lab, timeoutMs: 400_000 });
-  assert.equal(back.code, 0, back.stderr);
-});
+test(
+  'resume during a drain aborts it: queued moves are cancelled, each VM runs on exactly one host, ' +
+    'the node takes VMs again',
+  async () => {
+    await ferryOk(['cluster', 'set', '--max-outgoing', '1'], { lab });
+    // With one move at a time out of host-c, most of the drain is still waiting when resume comes.
+    await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
+    const r = await ferryOk<{ batch: BatchView }>(['cluster', 'resume', 'host-c', '--json'], { lab });
+    assert.equal(r.batch.state, 'aborted');
+    assert.ok(
+      r.batch.items.some((i) => i.state === 'cancelled'),
+      JSON.stringify(r.batch.items),
+    );
+    const b = await waitBatch('host-c', (x) => !x.items.some((i) => i.state === 'moving'), 120_000);
+    assert.equal(b.state, 'aborted');
+    const s = await status();
+    assert.equal(s.nodes.find((n) => n.name === 'host-c')!.state, 'up');
+    assert.equal(s.queue.length, 0, 'nothing left in the queue');
+    const where = await placement();
+    for (const i of b.items)
+      assert.equal(where[i.vm], i.state === 'moved' ? i.to : 'host-c', `${i.vm} (${i.state}) is where its result says`);
+    for (const v of await vms()) assert.equal(v.state, 'running');
+    await ferryOk(['cluster', 'set', '--max-outgoing', '2'], { lab });
+    // Put everything back on host-c for the next test.
+    const back = await ferry(['cluster', 'resume', 'host-c', '--failback'], { lab, timeoutMs: 400_000 });
+    assert.equal(back.code, 0, back.stderr);
+  },
+);
 
 test("the leader's agent killed mid-drain: another node leads and the drain completes", async () => {
   const leader = (await status()).leader!;
@@ -237,7 +246,8 @@ test("the leader's agent killed mid-drain: another node leads and the drain comp
   const b = await waitBatch('host-c', (x) => x.state !== 'running', 400_000);
   const s = await status();
   process.stderr.write(
-    `leader ${leader} killed mid-drain of host-c; leader now ${s.leader}; ${b.items.map((i) => `${i.vm} ${i.state} (${i.attempts})`).join(', ')}\n`,
+    `leader ${leader} killed mid-drain of host-c; leader now ${s.leader}; ` +
+      `${b.items.map((i) => `${i.vm} ${i.state} (${i.attempts})`).join(', ')}\n`,
   );
   assert.equal(b.state, 'completed', JSON.stringify(b.items));
   const where = await placement();
@@ -248,91 +258,98 @@ test("the leader's agent killed mid-drain: another node leads and the drain comp
   await ferryOk(['cluster', 'set', '--max-outgoing', '2'], { lab });
 });
 
-test('a node cut from etcd (its member stopped) fences its HA VM; the VM restarts elsewhere exactly once, every acked record intact', async () => {
-  const v0 = await ferryOk<VmView>(['vm', 'show', 'w1', '--json'], { lab });
-  const host = v0.host;
-  const oldPid = v0.pid!;
-  const gen0 = (await status()).vms.find((v) => v.name === 'w1')!.generation;
-  const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
-  const member = st.etcd.find((m) => m.name === host)!;
-  const alive = (pid: number): boolean => {
-    try {
-      process.kill(pid, 0);
-      return true;
-    } catch {
-      return false;
-    }
-  };
-  await waitAcks(w1.id, host, 5);
-  const since = Date.now();
-  process.kill(member.pid, 'SIGSTOP');
-  const t0 = Date.now();
-  let fencedAt = 0;
-  let restartAt = 0;
-  let newHost = '';
-  try {
-    while (Date.now() - t0 < 60_000 && !restartAt) {
-      if (!fencedAt && !alive(oldPid)) fencedAt = Date.now() - t0;
-      for (const h of HOSTS) {
-        if (h === host || restartAt) continue;
-        const text = await fsp.readFile(logOf(h, w1.id), 'utf8').catch(() => '');
-        const m = await fsp.stat(logOf(h, w1.id)).then(
-          (x) => x.mtimeMs,
-          () => 0,
-        );
-        if (m > since && parseSerial(text).heartbeats.length > 0) {
-          newHost = h;
-          restartAt = Date.now() - t0;
-        }
+test(
+  'a node cut from etcd (its member stopped) fences its HA VM; the VM restarts elsewhere exactly ' +
+    'once, every acked record intact',
+  async () => {
+    const v0 = await ferryOk<VmView>(['vm', 'show', 'w1', '--json'], { lab });
+    const host = v0.host;
+    const oldPid = v0.pid!;
+    const gen0 = (await status()).vms.find((v) => v.name === 'w1')!.generation;
+    const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
+    const member = st.etcd.find((m) => m.name === host)!;
+    const alive = (pid: number): boolean => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
       }
-      await sleep(100);
+    };
+    await waitAcks(w1.id, host, 5);
+    const since = Date.now();
+    process.kill(member.pid, 'SIGSTOP');
+    const t0 = Date.now();
+    let fencedAt = 0;
+    let restartAt = 0;
+    let newHost = '';
+    try {
+      while (Date.now() - t0 < 60_000 && !restartAt) {
+        if (!fencedAt && !alive(oldPid)) fencedAt = Date.now() - t0;
+        for (const h of HOSTS) {
+          if (h === host || restartAt) continue;
+          const text = await fsp.readFile(logOf(h, w1.id), 'utf8').catch(() => '');
+          const m = await fsp.stat(logOf(h, w1.id)).then(
+            (x) => x.mtimeMs,
+            () => 0,
+          );
+          if (m > since && parseSerial(text).heartbeats.length > 0) {
+            newHost = h;
+            restartAt = Date.now() - t0;
+          }
+        }
+        await sleep(100);
+      }
+    } finally {
+      process.kill(member.pid, 'SIGCONT');
     }
-  } finally {
-    process.kill(member.pid, 'SIGCONT');
-  }
-  process.stderr.write(
-    `isolation of ${host}: HA VM fenced after ${fencedAt} ms, heartbeat on ${newHost} after ${restartAt} ms\n`,
-  );
-  assert.ok(fencedAt > 0, 'the isolated node stopped its HA VM');
-  assert.ok(fencedAt < 5000, `…before its lease could expire (${fencedAt} ms)`);
-  assert.ok(restartAt > fencedAt, 'the VM ran elsewhere only after it stopped here: never two copies');
-  // The isolated node comes back: it forgets w1, which runs once, where the cluster put it.
-  let owners: string[] = [];
-  for (let i = 0; i < 120; i++) {
-    owners = (await vms()).filter((v) => v.name === 'w1').map((v) => v.host);
-    if (owners.length === 1 && owners[0] === newHost) break;
-    await sleep(250);
-  }
-  assert.deepEqual(owners, [newHost]);
-  const rec = (await status()).vms.find((v) => v.name === 'w1')!;
-  assert.equal(rec.owner, newHost);
-  assert.ok(
-    rec.generation > gen0,
-    `the restart claimed the VM with a new fencing generation (${gen0} → ${rec.generation})`,
-  );
-  // Exactly once: no other node booted it since the cut.
-  for (const h of HOSTS) {
-    if (h === newHost || h === host) continue;
-    const m = await fsp.stat(logOf(h, w1.id)).then(
-      (x) => x.mtimeMs,
-      () => 0,
+    process.stderr.write(
+      `isolation of ${host}: HA VM fenced after ${fencedAt} ms, heartbeat on ${newHost} after ${restartAt} ms\n`,
     );
-    assert.ok(m <= since, `${h} did not run w1 after the cut`);
-  }
-  assert.equal(
-    (await hostQemuPids(path.join(lab, 'hosts', host, 'data'))).length,
-    (await vms()).filter((v) => v.host === host && v.state === 'running').length,
-    'no stray QEMU on the isolated node',
-  );
-  let s2 = parseSerial('');
-  for (let i = 0; i < 300 && s2.writerStart === null; i++) {
-    await sleep(200);
-    s2 = parseSerial(await fsp.readFile(logOf(newHost, w1.id), 'utf8').catch(() => ''));
-  }
-  const ackedBefore = parseSerial(await fsp.readFile(logOf(host, w1.id), 'utf8')).highestAck ?? 0;
-  assert.ok((s2.writerStart ?? 0) > ackedBefore, 'the writer continues after every record acknowledged before the cut');
-  await ferryOk(['vm', 'stop', 'w1'], { lab });
-  const acked = Math.max(...(await logs(w1.id)).map((t) => parseSerial(t).highestAck ?? 0));
-  const rep = await verifyDiskImage(w1.disks[0]!.path, { format: 'qcow2', highestAck: acked });
-  assert.equal(rep.ok, true, rep.problems.join('; '));
-});
+    assert.ok(fencedAt > 0, 'the isolated node stopped its HA VM');
+    assert.ok(fencedAt < 5000, `…before its lease could expire (${fencedAt} ms)`);
+    assert.ok(restartAt > fencedAt, 'the VM ran elsewhere only after it stopped here: never two copies');
+    // The isolated node comes back: it forgets w1, which runs once, where the cluster put it.
+    let owners: string[] = [];
+    for (let i = 0; i < 120; i++) {
+      owners = (await vms()).filter((v) => v.name === 'w1').map((v) => v.host);
+      if (owners.length === 1 && owners[0] === newHost) break;
+      await sleep(250);
+    }
+    assert.deepEqual(owners, [newHost]);
+    const rec = (await status()).vms.find((v) => v.name === 'w1')!;
+    assert.equal(rec.owner, newHost);
+    assert.ok(
+      rec.generation > gen0,
+      `the restart claimed the VM with a new fencing generation (${gen0} → ${rec.generation})`,
+    );
+    // Exactly once: no other node booted it since the cut.
+    for (const h of HOSTS) {
+      if (h === newHost || h === host) continue;
+      const m = await fsp.stat(logOf(h, w1.id)).then(
+        (x) => x.mtimeMs,
+        () => 0,
+      );
+      assert.ok(m <= since, `${h} did not run w1 after the cut`);
+    }
+    assert.equal(
+      (await hostQemuPids(path.join(lab, 'hosts', host, 'data'))).length,
+      (await vms()).filter((v) => v.host === host && v.state === 'running').length,
+      'no stray QEMU on the isolated node',
+    );
+    let s2 = parseSerial('');
+    for (let i = 0; i < 300 && s2.writerStart === null; i++) {
+      await sleep(200);
+      s2 = parseSerial(await fsp.readFile(logOf(newHost, w1.id), 'utf8').catch(() => ''));
+    }
+    const ackedBefore = parseSerial(await fsp.readFile(logOf(host, w1.id), 'utf8')).highestAck ?? 0;
+    assert.ok(
+      (s2.writerStart ?? 0) > ackedBefore,
+      'the writer continues after every record acknowledged before the cut',
+    );
+    await ferryOk(['vm', 'stop', 'w1'], { lab });
+    const acked = Math.max(...(await logs(w1.id)).map((t) => parseSerial(t).highestAck ?? 0));
+    const rep = await verifyDiskImage(w1.disks[0]!.path, { format: 'qcow2', highestAck: acked });
+    assert.equal(rep.ok, true, rep.problems.join('; '));
+  },
+);

@@ -37,7 +37,7 @@ function request(agent: https.Agent, port: number, method: string, url: string, 
       (res) => {
         let b = '';
         res.on('data', (c: Buffer) => {
-          b += c;
+          b += c.toString();
         });
         res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
       },
@@ -97,7 +97,7 @@ function mutations(a: Action, t: Record<string, unknown>): unknown[] {
   for (const k of Object.keys(t)) {
     const { [k]: _drop, ...without } = t;
     // Leaving out a field is hostile only when the field is required.
-    if (shape[k] && !shape[k]!.safeParse(undefined).success) out.push(JSON.stringify(without));
+    if (shape[k] && !shape[k].safeParse(undefined).success) out.push(JSON.stringify(without));
     for (const v of BAD_VALUES) out.push(JSON.stringify({ ...t, [k]: v }));
   }
   return out;

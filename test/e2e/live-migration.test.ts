@@ -146,7 +146,7 @@ test('cancel during copying-memory: the VM keeps running on A, nothing is left o
   );
   await waitProbe(L, vm, 10);
   const id = (
-    (await ferryOk(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })) as string
+    await ferryOk<string>(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })
   ).trim();
   const copying = await waitState(id, ['copying-memory']);
   assert.equal(copying.state, 'copying-memory');
@@ -175,13 +175,13 @@ test('cancel during copying-memory: the VM keeps running on A, nothing is left o
 
   // The destination QEMU dies mid-copy: same outcome, and the record says why.
   const id2 = (
-    (await ferryOk(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })) as string
+    await ferryOk<string>(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })
   ).trim();
   await waitState(id2, ['copying-memory']);
   await sleep(500);
   const [destPid] = await hostQemuPids(hostData(L, 'host-b'));
   assert.ok(destPid, 'the destination QEMU runs');
-  process.kill(destPid!, 'SIGKILL');
+  process.kill(destPid, 'SIGKILL');
   const failed = await waitState(id2, ['failed', 'completed', 'cancelled']);
   assert.equal(failed.state, 'failed');
   assert.match(failed.error!.message, /stream failed|Broken pipe|reset|closed/i);
@@ -228,9 +228,7 @@ test('three moves with max-live 2: one waits in the queue, then all complete', a
   const ids: string[] = [];
   for (const n of names)
     ids.push(
-      (
-        (await ferryOk(['move-vm', n, '--to', 'host-b', '--bandwidth', '8', '--no-wait'], { lab: L.lab })) as string
-      ).trim(),
+      (await ferryOk<string>(['move-vm', n, '--to', 'host-b', '--bandwidth', '8', '--no-wait'], { lab: L.lab })).trim(),
     );
   const list = await ferryOk<MigrationRecord[]>(['migration', 'list', '--json'], { lab: L.lab });
   const queued = list.filter((r) => r.state === 'queued');
@@ -248,84 +246,90 @@ test('three moves with max-live 2: one waits in the queue, then all complete', a
   }
 });
 
-test('a guest dirtying faster than --bandwidth: the ladder completes it, or a too-small --finish-within aborts cleanly', async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'hot1',
-      '--host',
-      'host-a',
-      '--guest',
-      'bootblock',
-      '--path',
-      path.join(L.lab, 'shared', 'hot1'),
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
-  await sleep(1500);
-  const fail = await ferry(
-    [
-      'move-vm',
-      'hot1',
-      '--to',
-      'host-b',
-      '--bandwidth',
-      '16',
-      '--max-downtime',
-      '50',
-      '--finish-within',
-      '6',
-      '--json',
-    ],
-    { lab: L.lab, timeoutMs: 60_000 },
-  );
-  assert.equal(fail.code, 1);
-  const fr = JSON.parse(fail.stdout) as MigrationRecord;
-  assert.equal(fr.state, 'failed');
-  assert.equal(fr.error?.code, 'E_NOT_CONVERGING');
-  assert.match(
-    fr.error!.message,
-    /dirties memory at [\d.]+ MiB\/s against [\d.]+ MiB\/s of bandwidth.*--finish-within/,
-  );
-  assert.ok(fr.totalMs! < 30_000, 'aborted near its budget, never hangs');
-  assert.equal((await show('hot1')).host, 'host-a');
-  assert.equal((await show('hot1')).state, 'running');
-  await assertGoneFrom('host-b', vm);
+test(
+  'a guest dirtying faster than --bandwidth: the ladder completes it, or a too-small ' +
+    '--finish-within aborts cleanly',
+  async () => {
+    const vm = await ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        'hot1',
+        '--host',
+        'host-a',
+        '--guest',
+        'bootblock',
+        '--path',
+        path.join(L.lab, 'shared', 'hot1'),
+        '--start',
+        '--json',
+      ],
+      { lab: L.lab },
+    );
+    await sleep(1500);
+    const fail = await ferry(
+      [
+        'move-vm',
+        'hot1',
+        '--to',
+        'host-b',
+        '--bandwidth',
+        '16',
+        '--max-downtime',
+        '50',
+        '--finish-within',
+        '6',
+        '--json',
+      ],
+      { lab: L.lab, timeoutMs: 60_000 },
+    );
+    assert.equal(fail.code, 1);
+    const fr = JSON.parse(fail.stdout) as MigrationRecord;
+    assert.equal(fr.state, 'failed');
+    assert.equal(fr.error?.code, 'E_NOT_CONVERGING');
+    assert.match(
+      fr.error.message,
+      /dirties memory at [\d.]+ MiB\/s against [\d.]+ MiB\/s of bandwidth.*--finish-within/,
+    );
+    assert.ok(fr.totalMs! < 30_000, 'aborted near its budget, never hangs');
+    assert.equal((await show('hot1')).host, 'host-a');
+    assert.equal((await show('hot1')).state, 'running');
+    await assertGoneFrom('host-b', vm);
 
-  const ok = await ferry(
-    [
-      'move-vm',
-      'hot1',
-      '--to',
-      'host-b',
-      '--bandwidth',
-      '16',
-      '--max-downtime',
-      '20000',
-      '--finish-within',
-      '90',
-      '--json',
-    ],
-    { lab: L.lab, timeoutMs: 150_000 },
-  );
-  const okr = JSON.parse(ok.stdout) as MigrationRecord;
-  assert.equal(okr.state, 'completed', JSON.stringify(okr.error));
-  assert.ok(
-    okr.events.some((e) => /downtime limit raised/.test(e.message)),
-    'the ladder raised the downtime limit',
-  );
-  const qmp = await QmpClient.connect(path.join(hostData(L, 'host-b'), 'run', vm.id, 'qmp-admin.sock'), { vm: 'hot1' });
-  try {
-    assert.equal((await verifyGuestMemory(qmp, path.join(L.dir, 'hot1.dump'))).ok, true);
-  } finally {
-    qmp.close();
-  }
-  await ferryOk(['vm', 'stop', 'hot1', '--force'], { lab: L.lab });
-  await ferryOk(['vm', 'rm', 'hot1'], { lab: L.lab });
-});
+    const ok = await ferry(
+      [
+        'move-vm',
+        'hot1',
+        '--to',
+        'host-b',
+        '--bandwidth',
+        '16',
+        '--max-downtime',
+        '20000',
+        '--finish-within',
+        '90',
+        '--json',
+      ],
+      { lab: L.lab, timeoutMs: 150_000 },
+    );
+    const okr = JSON.parse(ok.stdout) as MigrationRecord;
+    assert.equal(okr.state, 'completed', JSON.stringify(okr.error));
+    assert.ok(
+      okr.events.some((e) => /downtime limit raised/.test(e.message)),
+      'the ladder raised the downtime limit',
+    );
+    const qmp = await QmpClient.connect(path.join(hostData(L, 'host-b'), 'run', vm.id, 'qmp-admin.sock'), {
+      vm: 'hot1',
+    });
+    try {
+      assert.equal((await verifyGuestMemory(qmp, path.join(L.dir, 'hot1.dump'))).ok, true);
+    } finally {
+      qmp.close();
+    }
+    await ferryOk(['vm', 'stop', 'hot1', '--force'], { lab: L.lab });
+    await ferryOk(['vm', 'rm', 'hot1'], { lab: L.lab });
+  },
+);
 
 test('compare-vm: each incompatibility from a real setup, and move-vm refuses with exit 3', async () => {
   const cmp = async (vm: string, to = 'host-b'): Promise<CompareReport> => {

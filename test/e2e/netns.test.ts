@@ -15,57 +15,60 @@ import type { HostView } from '../../src/api/schemas.js';
 const L = useFaultLab();
 const status = (): Promise<LabStatus> => ferryOk<LabStatus>(['lab', 'status', '--dir', L.lab, '--json']);
 
-test('each host runs in its own namespace: agents on the management network, streams on the migration network', async () => {
-  const st = await status();
-  const id = labNetId(L.lab);
-  assert.deepEqual(
-    st.hosts.map((h) => h.netns),
-    [`ferry-${id}-a`, `ferry-${id}-b`],
-  );
-  for (const h of st.hosts) {
-    assert.equal(h.up, true);
-    assert.match(h.endpoint, /^https:\/\/10\.241\.\d+\.\d+:7443$/);
-    assert.match(h.migrationAddress!, /^10\.242\.\d+\.\d+$/);
-    assert.deepEqual(h.links, { management: true, migration: true });
-    const ns = execFileSync('ip', ['-n', h.netns!, '-o', '-4', 'addr', 'show'], { encoding: 'utf8' });
-    assert.match(ns, /lo\s+inet 127\.0\.0\.1/, 'loopback is up inside');
-    assert.ok(ns.includes(h.migrationAddress!));
-    assert.equal(
-      execFileSync('ip', ['-n', h.netns!, 'route', 'show', 'default'], { encoding: 'utf8' }).trim(),
-      '',
-      'no default route: nothing leaves the machine',
+test(
+  'each host runs in its own namespace: agents on the management network, streams on the migration ' + 'network',
+  async () => {
+    const st = await status();
+    const id = labNetId(L.lab);
+    assert.deepEqual(
+      st.hosts.map((h) => h.netns),
+      [`ferry-${id}-a`, `ferry-${id}-b`],
     );
-    const view = await ferryOk<HostView>(['host', 'show', h.name, '--json'], { lab: L.lab });
-    assert.equal(view.migration.address, h.migrationAddress);
-    assert.deepEqual(view.migration.networks, [h.migrationAddress!.replace(/\.\d+$/, '.0/24')]);
-  }
-  // Cutting one link of one host shows in the status and is undone by restore.
-  await ferryOk(['lab', 'cut', 'host-b', '--link', 'migration'], { lab: L.lab });
-  assert.deepEqual(
-    (await status()).hosts.map((h) => h.links),
-    [
-      { management: true, migration: true },
-      { management: true, migration: false },
-    ],
-  );
-  await ferryOk(['lab', 'restore', 'host-b', '--link', 'migration'], { lab: L.lab });
-  assert.deepEqual(
-    (await status()).hosts.map((h) => h.links?.migration),
-    [true, true],
-  );
-  const bad = await ferry(['lab', 'cut', 'host-b', '--link', 'storage'], { lab: L.lab });
-  assert.equal(bad.code, 2);
-  // Power loss of one namespaced host, and back.
-  await ferryOk(['lab', 'kill', 'host-b', '--dir', L.lab]);
-  assert.deepEqual(
-    (await status()).hosts.map((h) => h.up),
-    [true, false],
-  );
-  assert.deepEqual(
-    (await labUp(L)).hosts.map((h) => h.up),
-    [true, true],
-  );
-});
+    for (const h of st.hosts) {
+      assert.equal(h.up, true);
+      assert.match(h.endpoint, /^https:\/\/10\.241\.\d+\.\d+:7443$/);
+      assert.match(h.migrationAddress!, /^10\.242\.\d+\.\d+$/);
+      assert.deepEqual(h.links, { management: true, migration: true });
+      const ns = execFileSync('ip', ['-n', h.netns!, '-o', '-4', 'addr', 'show'], { encoding: 'utf8' });
+      assert.match(ns, /lo\s+inet 127\.0\.0\.1/, 'loopback is up inside');
+      assert.ok(ns.includes(h.migrationAddress!));
+      assert.equal(
+        execFileSync('ip', ['-n', h.netns!, 'route', 'show', 'default'], { encoding: 'utf8' }).trim(),
+        '',
+        'no default route: nothing leaves the machine',
+      );
+      const view = await ferryOk<HostView>(['host', 'show', h.name, '--json'], { lab: L.lab });
+      assert.equal(view.migration.address, h.migrationAddress);
+      assert.deepEqual(view.migration.networks, [h.migrationAddress!.replace(/\.\d+$/, '.0/24')]);
+    }
+    // Cutting one link of one host shows in the status and is undone by restore.
+    await ferryOk(['lab', 'cut', 'host-b', '--link', 'migration'], { lab: L.lab });
+    assert.deepEqual(
+      (await status()).hosts.map((h) => h.links),
+      [
+        { management: true, migration: true },
+        { management: true, migration: false },
+      ],
+    );
+    await ferryOk(['lab', 'restore', 'host-b', '--link', 'migration'], { lab: L.lab });
+    assert.deepEqual(
+      (await status()).hosts.map((h) => h.links?.migration),
+      [true, true],
+    );
+    const bad = await ferry(['lab', 'cut', 'host-b', '--link', 'storage'], { lab: L.lab });
+    assert.equal(bad.code, 2);
+    // Power loss of one namespaced host, and back.
+    await ferryOk(['lab', 'kill', 'host-b', '--dir', L.lab]);
+    assert.deepEqual(
+      (await status()).hosts.map((h) => h.up),
+      [true, false],
+    );
+    assert.deepEqual(
+      (await labUp(L)).hosts.map((h) => h.up),
+      [true, true],
+    );
+  },
+);
 
 // CI's share of the matrix: one cell per kind and the two the issue names.
 test('live × copying-memory × migration network cut', async () => {

@@ -48,9 +48,9 @@ test('the source agent killed during the memory copy: after its restart the move
   });
   await waitProbe(L, vm, 10);
   const id = (
-    (await ferryOk(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--bandwidth', '2', '--no-wait'], {
+    await ferryOk<string>(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--bandwidth', '2', '--no-wait'], {
       lab: L.lab,
-    })) as string
+    })
   ).trim();
   await waitState(id, ['copying-memory']);
   await killAgent('host-a');
@@ -59,7 +59,7 @@ test('the source agent killed during the memory copy: after its restart the move
   const r = await waitState(id, ['failed', 'cancelled', 'completed']);
   assert.equal(r.state, 'failed');
   assert.equal(r.error?.code, 'E_AGENT_RESTARTED');
-  assert.match(r.error!.message, /rolled back/);
+  assert.match(r.error.message, /rolled back/);
   await assertOnAOnly(vm);
   assert.equal(fs.existsSync(`${hostData(L, 'host-b')}/pools/local/r1`), false, "host-b's half-written copy is gone");
   // A retry succeeds.
@@ -77,27 +77,31 @@ test('the source agent killed during the memory copy: after its restart the move
   await ferryOk(['vm', 'rm', 'r1'], { lab: L.lab });
 });
 
-test('the destination agent killed during the memory copy: the VM stays on the source, the destination cleans up when it restarts', async () => {
-  const vm = await ferryOk<VmView>(
-    ['vm', 'new', 'r2', '--host', 'host-a', '--guest', 'probe', '--path', `${L.lab}/shared/r2`, '--start', '--json'],
-    { lab: L.lab },
-  );
-  await waitProbe(L, vm, 10);
-  const id = (
-    (await ferryOk(['move-vm', 'r2', '--to', 'host-b', '--bandwidth', '4', '--no-wait'], { lab: L.lab })) as string
-  ).trim();
-  await waitState(id, ['copying-memory']);
-  await killAgent('host-b');
-  const r = await waitState(id, ['failed', 'cancelled', 'completed'], 120_000);
-  assert.equal(r.state, 'failed', JSON.stringify(r));
-  const v = await show('r2');
-  assert.equal(v.host, 'host-a');
-  assert.equal(v.state, 'running');
-  await ferryOk(['lab', 'up', '--dir', L.lab]);
-  for (let i = 0; i < 50 && (await hostQemuPids(hostData(L, 'host-b'))).length; i++) await sleep(200);
-  await assertOnAOnly(vm);
-  const ok = await ferryOk<MigrationRecord>(['move-vm', 'r2', '--to', 'host-b', '--json'], { lab: L.lab });
-  assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
-  await ferryOk(['vm', 'stop', 'r2', '--force'], { lab: L.lab });
-  await ferryOk(['vm', 'rm', 'r2'], { lab: L.lab });
-});
+test(
+  'the destination agent killed during the memory copy: the VM stays on the source, the ' +
+    'destination cleans up when it restarts',
+  async () => {
+    const vm = await ferryOk<VmView>(
+      ['vm', 'new', 'r2', '--host', 'host-a', '--guest', 'probe', '--path', `${L.lab}/shared/r2`, '--start', '--json'],
+      { lab: L.lab },
+    );
+    await waitProbe(L, vm, 10);
+    const id = (
+      await ferryOk<string>(['move-vm', 'r2', '--to', 'host-b', '--bandwidth', '4', '--no-wait'], { lab: L.lab })
+    ).trim();
+    await waitState(id, ['copying-memory']);
+    await killAgent('host-b');
+    const r = await waitState(id, ['failed', 'cancelled', 'completed'], 120_000);
+    assert.equal(r.state, 'failed', JSON.stringify(r));
+    const v = await show('r2');
+    assert.equal(v.host, 'host-a');
+    assert.equal(v.state, 'running');
+    await ferryOk(['lab', 'up', '--dir', L.lab]);
+    for (let i = 0; i < 50 && (await hostQemuPids(hostData(L, 'host-b'))).length; i++) await sleep(200);
+    await assertOnAOnly(vm);
+    const ok = await ferryOk<MigrationRecord>(['move-vm', 'r2', '--to', 'host-b', '--json'], { lab: L.lab });
+    assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
+    await ferryOk(['vm', 'stop', 'r2', '--force'], { lab: L.lab });
+    await ferryOk(['vm', 'rm', 'r2'], { lab: L.lab });
+  },
+);

@@ -35,34 +35,40 @@ async function stopAndVerify(vm: VmView): Promise<void> {
   assert.equal(report.ok, true, report.problems.join('; '));
 }
 
-test('shared nothing A→B under the disk writer: acked records on B, heartbeat continuous, source files gone', async () => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'sn1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
-    lab: L.lab,
-  });
-  await waitProbe(L, vm, 30);
-  const logA = serialLog(L, 'host-a', vm.id);
-  const r = await ferryOk<MigrationRecord>(['move-vm', 'sn1', '--to', 'host-b', '--include-storage', '--json'], {
-    lab: L.lab,
-  });
-  assert.equal(r.state, 'completed', JSON.stringify(r.error));
-  assert.equal(r.kind, 'shared-nothing');
-  assert.equal(r.disks.length, 1);
-  assert.equal(r.disks[0]!.destination, local('host-b', 'sn1', 'data.qcow2'));
-  const atB = await show('sn1');
-  assert.equal(atB.host, 'host-b');
-  assert.equal(atB.configPath, local('host-b', 'sn1'));
-  assert.equal(atB.disks[0]!.path, local('host-b', 'sn1', 'data.qcow2'));
-  assert.equal(fs.existsSync(vm.configPath), false, 'the source folder is gone');
-  assert.equal(fs.existsSync(vm.disks[0]!.path), false, 'the source disk is gone');
-  const endA = fs.statSync(logA).size;
-  await waitProbe(L, atB, 20);
-  const stitched =
-    (await fsp.readFile(logA, 'utf8')).slice(0, endA) + (await fsp.readFile(serialLog(L, 'host-b', vm.id), 'utf8'));
-  assert.deepEqual(heartbeatContinuity([stitched]).missing, []);
-  await stopAndVerify(atB);
-  assert.deepEqual(await hostQemuPids(hostData(L, 'host-a')), []);
-  await ferryOk(['vm', 'rm', 'sn1'], { lab: L.lab });
-});
+test(
+  'shared nothing A→B under the disk writer: acked records on B, heartbeat continuous, source ' + 'files gone',
+  async () => {
+    const vm = await ferryOk<VmView>(
+      ['vm', 'new', 'sn1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'],
+      {
+        lab: L.lab,
+      },
+    );
+    await waitProbe(L, vm, 30);
+    const logA = serialLog(L, 'host-a', vm.id);
+    const r = await ferryOk<MigrationRecord>(['move-vm', 'sn1', '--to', 'host-b', '--include-storage', '--json'], {
+      lab: L.lab,
+    });
+    assert.equal(r.state, 'completed', JSON.stringify(r.error));
+    assert.equal(r.kind, 'shared-nothing');
+    assert.equal(r.disks.length, 1);
+    assert.equal(r.disks[0]!.destination, local('host-b', 'sn1', 'data.qcow2'));
+    const atB = await show('sn1');
+    assert.equal(atB.host, 'host-b');
+    assert.equal(atB.configPath, local('host-b', 'sn1'));
+    assert.equal(atB.disks[0]!.path, local('host-b', 'sn1', 'data.qcow2'));
+    assert.equal(fs.existsSync(vm.configPath), false, 'the source folder is gone');
+    assert.equal(fs.existsSync(vm.disks[0]!.path), false, 'the source disk is gone');
+    const endA = fs.statSync(logA).size;
+    await waitProbe(L, atB, 20);
+    const stitched =
+      (await fsp.readFile(logA, 'utf8')).slice(0, endA) + (await fsp.readFile(serialLog(L, 'host-b', vm.id), 'utf8'));
+    assert.deepEqual(heartbeatContinuity([stitched]).missing, []);
+    await stopAndVerify(atB);
+    assert.deepEqual(await hostQemuPids(hostData(L, 'host-a')), []);
+    await ferryOk(['vm', 'rm', 'sn1'], { lab: L.lab });
+  },
+);
 
 test('--retain-source keeps the source files; per-item placement puts each file where asked', async () => {
   const vm = await ferryOk<VmView>(
@@ -155,216 +161,223 @@ test('storage move of a running VM between two folders while the writer runs, th
   await ferryOk(['vm', 'rm', 'st1'], { lab: L.lab });
 });
 
-test("every format moves: qcow2 and raw live with their VM; all four by storage migration and by a stopped VM's move", async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'fmt1',
-      '--host',
-      'host-a',
-      '--guest',
-      'bootblock',
-      '--disk',
-      '16M,format=qcow2',
-      '--disk',
-      '16M,format=raw',
-      '--disk',
-      '16M,format=vhdx',
-      '--disk',
-      '16M,format=vpc',
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
-  assert.deepEqual(
-    vm.disks.map((d) => d.format),
-    ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
-  );
-  // QEMU refuses to live-migrate vhdx and vpc: the pre-flight check says so, naming both disks.
-  const cmp = await ferry(['compare-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
-  assert.equal(cmp.code, 3);
-  const incs = (JSON.parse(cmp.stdout) as { incompatibilities: Array<{ code: string; field: string }> })
-    .incompatibilities;
-  assert.deepEqual(
-    incs.map((i) => `${i.code} ${i.field}`),
-    ['E_FORMAT_NOT_MIGRATABLE disks.3.format', 'E_FORMAT_NOT_MIGRATABLE disks.4.format'],
-  );
-
-  // Running: storage migration moves every format.
-  const shared = path.join(L.lab, 'shared', 'fmt1');
-  const r = await ferryOk<MigrationRecord>(['move-storage', 'fmt1', '--path', shared, '--json'], { lab: L.lab });
-  assert.equal(r.state, 'completed', JSON.stringify(r.error));
-  let v = await show('fmt1');
-  assert.equal(v.state, 'running');
-  for (const d of v.disks) {
-    assert.ok(d.path.startsWith(shared + '/'), d.path);
-    assert.equal((await imageInfo(d.path, { forceShare: true })).format, d.format);
-  }
-  // Stopped: qemu-img copies every format, then the VM moves to host-b by registration.
-  await ferryOk(['vm', 'stop', 'fmt1', '--force'], { lab: L.lab });
-  const r2 = await ferryOk<MigrationRecord>(['move-storage', 'fmt1', '--path', local('host-a', 'fmt1-b'), '--json'], {
-    lab: L.lab,
-  });
-  assert.equal(r2.state, 'completed', JSON.stringify(r2.error));
-  v = await show('fmt1');
-  assert.deepEqual(
-    v.disks.map((d) => d.format),
-    ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
-  );
-  assert.ok(v.disks.every((d) => d.path.startsWith(local('host-a', 'fmt1-b') + '/')));
-  assert.equal(fs.existsSync(shared), false);
-  // Stopped, it also moves to another host with its disks in every format (qemu-img into NBD).
-  const r4 = await ferryOk<MigrationRecord>(['move-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], {
-    lab: L.lab,
-  });
-  assert.equal(r4.state, 'completed', JSON.stringify(r4.error));
-  assert.equal(r4.kind, 'shared-nothing');
-  v = await show('fmt1');
-  assert.equal(v.host, 'host-b');
-  assert.deepEqual(
-    v.disks.map((d) => d.format),
-    ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
-  );
-  for (const d of v.disks) assert.equal((await imageInfo(d.path)).format, d.format);
-  assert.equal(fs.existsSync(local('host-a', 'fmt1-b')), false, 'source files deleted');
-  assert.equal((await ferryOk<VmView>(['vm', 'start', 'fmt1', '--json'], { lab: L.lab })).state, 'running');
-
-  // qcow2 and raw disks move live with their VM (shared nothing).
-  const vm2 = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'fmt2',
-      '--host',
-      'host-a',
-      '--guest',
-      'bootblock',
-      '--disk',
-      '16M,format=qcow2',
-      '--disk',
-      '16M,format=raw',
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
-  const r3 = await ferryOk<MigrationRecord>(
-    ['move-vm', 'fmt2', '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--json'],
-    { lab: L.lab },
-  );
-  assert.equal(r3.state, 'completed', JSON.stringify(r3.error));
-  const v2 = await show('fmt2');
-  assert.deepEqual(
-    v2.disks.map((d) => d.format),
-    vm2.disks.map((d) => d.format),
-  );
-  assert.ok(v2.disks.every((d) => d.path.startsWith(local('host-b', 'fmt2') + '/')));
-  for (const n of ['fmt1', 'fmt2']) {
-    await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab });
-    await ferryOk(['vm', 'rm', n], { lab: L.lab });
-  }
-});
-
-test('failures leave the source running and whole: cancel in storage and memory copy, destination QEMU killed, destination disk full', async (t) => {
-  const vm = await ferryOk<VmView>(['vm', 'new', 'f1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
-    lab: L.lab,
-  });
-  await waitProbe(L, vm, 10);
-  const destDir = local('host-b', 'f1');
-  const assertClean = async (): Promise<void> => {
-    const v = await show('f1');
-    assert.equal(v.host, 'host-a');
-    assert.equal(v.state, 'running');
-    assert.equal(v.disks[0]!.path, vm.disks[0]!.path);
-    assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
-    assert.equal(fs.existsSync(destDir), false, 'half-written destination files removed');
-  };
-
-  // Cancel during the storage copy.
-  let id = (
-    (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
-      lab: L.lab,
-    })) as string
-  ).trim();
-  await waitState(id, ['copying-storage']);
-  let r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
-  assert.equal(r.state, 'cancelled');
-  await assertClean();
-
-  // Cancel during the memory copy (storage copied fast, memory slow).
-  id = (
-    (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--no-wait', '--bandwidth', '3'], {
-      lab: L.lab,
-    })) as string
-  ).trim();
-  await waitState(id, ['copying-memory'], 120_000);
-  r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
-  assert.equal(r.state, 'cancelled');
-  await assertClean();
-
-  // The destination QEMU dies during the mirror.
-  id = (
-    (await ferryOk(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
-      lab: L.lab,
-    })) as string
-  ).trim();
-  await waitState(id, ['copying-storage']);
-  const [pid] = await hostQemuPids(hostData(L, 'host-b'));
-  process.kill(pid!, 'SIGKILL');
-  r = await waitState(id, ['failed', 'completed', 'cancelled']);
-  assert.equal(r.state, 'failed');
-  assert.match(r.error!.message, /disk 'disk0'|while copying storage/);
-  await assertClean();
-
-  // The destination pool fills up mid-copy.
-  const tiny = path.join(L.dir, 'tiny');
-  await fsp.mkdir(tiny);
-  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', tiny]);
-  t.after(() => {
-    try {
-      execFileSync('umount', ['-l', tiny]);
-    } catch {
-      /* gone */
-    }
-  });
-  await ferryOk(['pool', 'add', 'tiny', '--host', 'host-b', '--path', tiny], { lab: L.lab });
-  id = (
-    (await ferryOk(
+test(
+  'every format moves: qcow2 and raw live with their VM; all four by storage migration and by a ' + "stopped VM's move",
+  async () => {
+    const vm = await ferryOk<VmView>(
       [
-        'move-vm',
-        'f1',
-        '--to',
-        'host-b',
-        '--include-storage',
-        '--storage-path',
-        path.join(tiny, 'f1'),
-        '--bandwidth',
-        '1',
-        '--no-wait',
+        'vm',
+        'new',
+        'fmt1',
+        '--host',
+        'host-a',
+        '--guest',
+        'bootblock',
+        '--disk',
+        '16M,format=qcow2',
+        '--disk',
+        '16M,format=raw',
+        '--disk',
+        '16M,format=vhdx',
+        '--disk',
+        '16M,format=vpc',
+        '--start',
+        '--json',
       ],
       { lab: L.lab },
-    )) as string
-  ).trim();
-  await waitState(id, ['copying-storage']);
-  const free = (await fsp.statfs(tiny)).bavail * (await fsp.statfs(tiny)).bsize;
-  await fsp.writeFile(path.join(tiny, 'filler'), Buffer.alloc(free, 1)).catch(() => undefined);
-  r = await waitState(id, ['failed', 'completed', 'cancelled'], 120_000);
-  assert.equal(r.state, 'failed', 'a full destination fails the move');
-  assert.match(r.error!.message, /disk 'disk0'/);
-  assert.deepEqual(await fsp.readdir(tiny), ['filler'], 'nothing of the VM left in the full pool');
-  assert.equal((await show('f1')).host, 'host-a');
-  assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
+    );
+    assert.deepEqual(
+      vm.disks.map((d) => d.format),
+      ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
+    );
+    // QEMU refuses to live-migrate vhdx and vpc: the pre-flight check says so, naming both disks.
+    const cmp = await ferry(['compare-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], { lab: L.lab });
+    assert.equal(cmp.code, 3);
+    const incs = (JSON.parse(cmp.stdout) as { incompatibilities: Array<{ code: string; field: string }> })
+      .incompatibilities;
+    assert.deepEqual(
+      incs.map((i) => `${i.code} ${i.field}`),
+      ['E_FORMAT_NOT_MIGRATABLE disks.3.format', 'E_FORMAT_NOT_MIGRATABLE disks.4.format'],
+    );
 
-  // And after all that, a retry succeeds and every acknowledged write is there.
-  r = await ferryOk<MigrationRecord>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--json'], {
-    lab: L.lab,
-  });
-  assert.equal(r.state, 'completed', JSON.stringify(r.error));
-  await stopAndVerify(await show('f1'));
-  await ferryOk(['vm', 'rm', 'f1'], { lab: L.lab });
-});
+    // Running: storage migration moves every format.
+    const shared = path.join(L.lab, 'shared', 'fmt1');
+    const r = await ferryOk<MigrationRecord>(['move-storage', 'fmt1', '--path', shared, '--json'], { lab: L.lab });
+    assert.equal(r.state, 'completed', JSON.stringify(r.error));
+    let v = await show('fmt1');
+    assert.equal(v.state, 'running');
+    for (const d of v.disks) {
+      assert.ok(d.path.startsWith(shared + '/'), d.path);
+      assert.equal((await imageInfo(d.path, { forceShare: true })).format, d.format);
+    }
+    // Stopped: qemu-img copies every format, then the VM moves to host-b by registration.
+    await ferryOk(['vm', 'stop', 'fmt1', '--force'], { lab: L.lab });
+    const r2 = await ferryOk<MigrationRecord>(['move-storage', 'fmt1', '--path', local('host-a', 'fmt1-b'), '--json'], {
+      lab: L.lab,
+    });
+    assert.equal(r2.state, 'completed', JSON.stringify(r2.error));
+    v = await show('fmt1');
+    assert.deepEqual(
+      v.disks.map((d) => d.format),
+      ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
+    );
+    assert.ok(v.disks.every((d) => d.path.startsWith(local('host-a', 'fmt1-b') + '/')));
+    assert.equal(fs.existsSync(shared), false);
+    // Stopped, it also moves to another host with its disks in every format (qemu-img into NBD).
+    const r4 = await ferryOk<MigrationRecord>(['move-vm', 'fmt1', '--to', 'host-b', '--include-storage', '--json'], {
+      lab: L.lab,
+    });
+    assert.equal(r4.state, 'completed', JSON.stringify(r4.error));
+    assert.equal(r4.kind, 'shared-nothing');
+    v = await show('fmt1');
+    assert.equal(v.host, 'host-b');
+    assert.deepEqual(
+      v.disks.map((d) => d.format),
+      ['raw', 'qcow2', 'raw', 'vhdx', 'vpc'],
+    );
+    for (const d of v.disks) assert.equal((await imageInfo(d.path)).format, d.format);
+    assert.equal(fs.existsSync(local('host-a', 'fmt1-b')), false, 'source files deleted');
+    assert.equal((await ferryOk<VmView>(['vm', 'start', 'fmt1', '--json'], { lab: L.lab })).state, 'running');
+
+    // qcow2 and raw disks move live with their VM (shared nothing).
+    const vm2 = await ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        'fmt2',
+        '--host',
+        'host-a',
+        '--guest',
+        'bootblock',
+        '--disk',
+        '16M,format=qcow2',
+        '--disk',
+        '16M,format=raw',
+        '--start',
+        '--json',
+      ],
+      { lab: L.lab },
+    );
+    const r3 = await ferryOk<MigrationRecord>(
+      ['move-vm', 'fmt2', '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--json'],
+      { lab: L.lab },
+    );
+    assert.equal(r3.state, 'completed', JSON.stringify(r3.error));
+    const v2 = await show('fmt2');
+    assert.deepEqual(
+      v2.disks.map((d) => d.format),
+      vm2.disks.map((d) => d.format),
+    );
+    assert.ok(v2.disks.every((d) => d.path.startsWith(local('host-b', 'fmt2') + '/')));
+    for (const n of ['fmt1', 'fmt2']) {
+      await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab });
+      await ferryOk(['vm', 'rm', n], { lab: L.lab });
+    }
+  },
+);
+
+test(
+  'failures leave the source running and whole: cancel in storage and memory copy, destination ' +
+    'QEMU killed, destination disk full',
+  async (t) => {
+    const vm = await ferryOk<VmView>(['vm', 'new', 'f1', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+      lab: L.lab,
+    });
+    await waitProbe(L, vm, 10);
+    const destDir = local('host-b', 'f1');
+    const assertClean = async (): Promise<void> => {
+      const v = await show('f1');
+      assert.equal(v.host, 'host-a');
+      assert.equal(v.state, 'running');
+      assert.equal(v.disks[0]!.path, vm.disks[0]!.path);
+      assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
+      assert.equal(fs.existsSync(destDir), false, 'half-written destination files removed');
+    };
+
+    // Cancel during the storage copy.
+    let id = (
+      await ferryOk<string>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
+        lab: L.lab,
+      })
+    ).trim();
+    await waitState(id, ['copying-storage']);
+    let r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
+    assert.equal(r.state, 'cancelled');
+    await assertClean();
+
+    // Cancel during the memory copy (storage copied fast, memory slow).
+    id = (
+      await ferryOk<string>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--no-wait', '--bandwidth', '3'], {
+        lab: L.lab,
+      })
+    ).trim();
+    await waitState(id, ['copying-memory'], 120_000);
+    r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
+    assert.equal(r.state, 'cancelled');
+    await assertClean();
+
+    // The destination QEMU dies during the mirror.
+    id = (
+      await ferryOk<string>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
+        lab: L.lab,
+      })
+    ).trim();
+    await waitState(id, ['copying-storage']);
+    const [pid] = await hostQemuPids(hostData(L, 'host-b'));
+    process.kill(pid!, 'SIGKILL');
+    r = await waitState(id, ['failed', 'completed', 'cancelled']);
+    assert.equal(r.state, 'failed');
+    assert.match(r.error!.message, /disk 'disk0'|while copying storage/);
+    await assertClean();
+
+    // The destination pool fills up mid-copy.
+    const tiny = path.join(L.dir, 'tiny');
+    await fsp.mkdir(tiny);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=48m', 'tmpfs', tiny]);
+    t.after(() => {
+      try {
+        execFileSync('umount', ['-l', tiny]);
+      } catch {
+        /* gone */
+      }
+    });
+    await ferryOk(['pool', 'add', 'tiny', '--host', 'host-b', '--path', tiny], { lab: L.lab });
+    id = (
+      await ferryOk<string>(
+        [
+          'move-vm',
+          'f1',
+          '--to',
+          'host-b',
+          '--include-storage',
+          '--storage-path',
+          path.join(tiny, 'f1'),
+          '--bandwidth',
+          '1',
+          '--no-wait',
+        ],
+        { lab: L.lab },
+      )
+    ).trim();
+    await waitState(id, ['copying-storage']);
+    const free = (await fsp.statfs(tiny)).bavail * (await fsp.statfs(tiny)).bsize;
+    await fsp.writeFile(path.join(tiny, 'filler'), Buffer.alloc(free, 1)).catch(() => undefined);
+    r = await waitState(id, ['failed', 'completed', 'cancelled'], 120_000);
+    assert.equal(r.state, 'failed', 'a full destination fails the move');
+    assert.match(r.error!.message, /disk 'disk0'/);
+    assert.deepEqual(await fsp.readdir(tiny), ['filler'], 'nothing of the VM left in the full pool');
+    assert.equal((await show('f1')).host, 'host-a');
+    assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
+
+    // And after all that, a retry succeeds and every acknowledged write is there.
+    r = await ferryOk<MigrationRecord>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--json'], {
+      lab: L.lab,
+    });
+    assert.equal(r.state, 'completed', JSON.stringify(r.error));
+    await stopAndVerify(await show('f1'));
+    await ferryOk(['vm', 'rm', 'f1'], { lab: L.lab });
+  },
+);
 
 test('a 10 GiB sparse disk with about 100 MiB written copies about 100 MiB', async () => {
   const img = path.join(L.lab, 'shared', 'sparse.qcow2');
@@ -400,9 +413,9 @@ test("the destination's NBD port refuses every certificate but the source host's
   });
   await waitProbe(L, vm, 5);
   const id = (
-    (await ferryOk(['move-vm', 'nbd1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
+    await ferryOk<string>(['move-vm', 'nbd1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
       lab: L.lab,
-    })) as string
+    })
   ).trim();
   await waitState(id, ['copying-storage']);
   const d = path.join(L.lab, 'domain');
@@ -427,7 +440,8 @@ test("the destination's NBD port refuses every certificate but the source host's
           '--object',
           `tls-creds-x509,id=t0,endpoint=client,dir=${tlsDir}`,
           '--image-opts',
-          `driver=nbd,server.type=inet,server.host=${st.nbd!.host},server.port=${st.nbd!.port},export=disk0,tls-creds=t0,tls-hostname=host-b`,
+          `driver=nbd,server.type=inet,server.host=${st.nbd!.host},server.port=${st.nbd!.port},` +
+            'export=disk0,tls-creds=t0,tls-hostname=host-b',
         ],
         { stdio: 'pipe', timeout: 20_000 },
       ).toString();

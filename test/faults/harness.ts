@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { before, after } from 'node:test';
+import { before, after, type test } from 'node:test';
 import { ferry, ferryOk } from '../e2e/cli.js';
 import { hostData, serialLog, waitProbe, heartbeatContinuity, type TestLab } from '../e2e/lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
@@ -50,7 +50,10 @@ export function notApplicable(kind: Kind, phase: Phase, fault: Fault): string | 
     return 'a storage move has one host: no destination QEMU or agent';
   if (kind === 'storage' && fault === 'migration-net-cut') return 'a storage move stays on one host: no network';
   if (kind === 'shared-nothing' && phase === 'switching-over' && fault === 'dest-disk-full')
-    return "the guest is paused during switch-over and writes nothing; a pool that fills later is the guest's I/O error, not the move's";
+    return (
+      'the guest is paused during switch-over and writes nothing; ' +
+      "a pool that fills later is the guest's I/O error, not the move's"
+    );
   return null;
 }
 
@@ -150,7 +153,7 @@ async function agentPid(l: TestLab, host: string): Promise<number> {
   const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', l.lab, '--json']);
   const pid = st.hosts.find((h) => h.name === host)?.agentPid;
   assert.ok(pid, `${host}'s agent runs`);
-  return pid!;
+  return pid;
 }
 
 async function fill(dir: string): Promise<string> {
@@ -214,7 +217,6 @@ function moveArgs(
 /** The host the VM runs on, once exactly one host has it (the other's cleanup may lag). */
 async function assertOnOneHost(l: FaultLab, vm: VmView): Promise<VmView> {
   const until = Date.now() + 90_000;
-  let problem = '';
   for (;;) {
     const v = await show(l, vm.name);
     const other = v.host === 'host-a' ? 'host-b' : 'host-a';
@@ -223,7 +225,7 @@ async function assertOnOneHost(l: FaultLab, vm: VmView): Promise<VmView> {
     const registeredThere =
       otherList.code === 0 && (JSON.parse(otherList.stdout) as VmView[]).some((x) => x.name === vm.name);
     const herePids = await hostQemuPids(hostData(l, v.host));
-    problem =
+    const problem =
       v.state !== 'running'
         ? `state ${v.state} on ${v.host}`
         : otherPids.length
@@ -320,7 +322,7 @@ export async function runCell(
     mark('booted');
     if (holdFile) await fsp.writeFile(holdFile, name);
     const id = (
-      (await ferryOk(
+      await ferryOk<string>(
         [
           ...moveArgs(l, kind, name, src, dst, {
             ...(bandwidth ? { bandwidth } : {}),
@@ -331,7 +333,7 @@ export async function runCell(
           '--no-wait',
         ],
         { lab: l.lab },
-      )) as string
+      )
     ).trim();
     await waitRecord(l, id, [phase], 180_000);
     if (phase !== 'preparing' && phase !== 'switching-over') await sleep(700); // well inside the copy
@@ -497,7 +499,7 @@ const dst0 = (kind: Kind): string => (kind === 'storage' ? 'host-a' : 'host-b');
  */
 export function matrixTests(
   kind: Kind,
-  register: (name: string, opts: { skip?: string; timeout: number }, fn: () => Promise<void>) => void,
+  register: typeof test,
   o: { guest?: Guest; phases?: Phase[]; faults?: Fault[] } = {},
 ): void {
   const L = useFaultLab();

@@ -87,7 +87,9 @@ process.stdout.write(lines.join('\n') + '\n\n');
 process.stdout.write(reasons.map((r, i) => `(${String.fromCharCode(97 + i)}) ${r}`).join('  \n') + '\n\n');
 const secs = [...last.values()].reduce((a, r) => a + r.seconds, 0);
 process.stdout.write(
-  `cells: ${KINDS.length * PHASES.length * FAULTS.length} · applicable ${pass + fail + missing} · passed ${pass} · failed ${fail} · not run ${missing} · not applicable ${na} · cell time ${Math.round(secs / 60)} min\n`,
+  `cells: ${KINDS.length * PHASES.length * FAULTS.length} · applicable ${pass + fail + missing} · ` +
+    `passed ${pass} · failed ${fail} · not run ${missing} · not applicable ${na} · ` +
+    `cell time ${Math.round(secs / 60)} min\n`,
 );
 for (const r of last.values())
   if (!r.ok)
@@ -100,7 +102,8 @@ if (mem.size) {
   process.stdout.write('\n| kind | phase | fault | memory pattern (bootblock) |\n|---|---|---|---|\n');
   for (const r of mem.values())
     process.stdout.write(
-      `| ${kindName[r.kind]} | ${r.phase} | ${head[r.fault]} | ${r.ok ? '✔' : '✘'} ${r.state === 'failed' ? r.code : r.state} |\n`,
+      `| ${kindName[r.kind]} | ${r.phase} | ${head[r.fault]} | ` +
+        `${r.ok ? '✔' : '✘'} ${r.state === 'failed' ? r.code : r.state} |\n`,
     );
   const mp = [...mem.values()].filter((r) => r.ok).length;
   process.stdout.write(`\nmemory cells: ${mem.size} · passed ${mp} · failed ${mem.size - mp}\n`);

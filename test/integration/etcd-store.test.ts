@@ -252,152 +252,159 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     assert.equal(await s.get('members/host-b'), null);
   });
 
-  test('campaign: one leader; hand-over on resign; abort while waiting; hand-over when the leader loses its lease', async (t) => {
-    const s = await connect();
-    const a = await s.campaign('scheduler', 'host-a', { ttlSeconds: 2 });
-    assert.equal(await s.leader('scheduler'), 'host-a');
-    assert.equal(await s.get(a.key), 'host-a');
-    let bLeader: Leadership | null = null;
-    const bP = s.campaign('scheduler', 'host-b', { ttlSeconds: 2 }).then((l) => {
-      bLeader = l;
-      return l;
-    });
-    // Queue order is creation order: let host-b's key exist before host-c campaigns.
-    await until('host-b to queue', async () => Object.keys(await s.getPrefix('election/scheduler/')).length === 2);
-    const ac = new AbortController();
-    const cP = s.campaign('scheduler', 'host-c', { ttlSeconds: 2, signal: ac.signal });
-    await until('host-c to queue', async () => Object.keys(await s.getPrefix('election/scheduler/')).length === 3);
-    await sleep(500);
-    assert.equal(bLeader, null, 'host-b waits while host-a leads');
-    // A decision fenced on leadership: only the leader's transaction passes.
-    assert.equal(
-      await s.txn({
-        compare: [{ key: a.key, value: 'host-a' }],
-        success: [{ type: 'put', key: 'decisions/1', value: 'by host-a' }],
-      }),
-      true,
-    );
-    const resignedAt = Date.now();
-    await a.resign();
-    const b = await within(10_000, bP, 'host-b to be elected');
-    t.diagnostic(`resign → next leader elected in ${Date.now() - resignedAt} ms`);
-    assert.equal(await s.leader('scheduler'), 'host-b');
-    assert.equal(
-      await s.txn({
-        compare: [{ key: a.key, value: 'host-a' }],
-        success: [{ type: 'put', key: 'decisions/2', value: 'by host-a' }],
-      }),
-      false,
-      'the old leader is fenced off',
-    );
-    ac.abort();
-    await assert.rejects(cP, (e: FerryError) => e.code === 'E_ABORTED');
-    assert.deepEqual(
-      Object.values(await s.getPrefix('election/scheduler/')),
-      ['host-b'],
-      'the aborted candidate left no key',
-    );
-    await b.resign();
-    assert.equal(await s.leader('scheduler'), null);
-
-    // Leader on a host whose etcd member dies: its lease cannot be renewed, it learns it
-    // lost leadership, and the candidate on another host takes over.
-    const c = members[2]!;
-    const isolated = await connect([c]);
-    let lostAt = 0;
-    let lostErr: FerryError | null = null;
-    const x = await isolated.campaign('ha', 'host-c', {
-      ttlSeconds: 2,
-      onLost: (e) => {
-        lostAt = Date.now();
-        lostErr = e;
-      },
-    });
-    let plainLost = 0;
-    const plain = await isolated.grantLease(2, {
-      onLost: () => {
-        plainLost = Date.now();
-      },
-    });
-    await isolated.put('members/host-c', 'alive', { lease: plain });
-    let yAt = 0;
-    // TTL 5 s on the healthy side: if the dead member was etcd's raft leader, keepalives
-    // stall for the re-election (1-2 s), which a 2 s lease would not survive.
-    const yP = s.campaign('ha', 'host-a', { ttlSeconds: 5 }).then((l) => {
-      yAt = Date.now();
-      return l;
-    });
-    await sleep(300);
-    assert.equal(yAt, 0, 'host-a waits while host-c leads');
-    const killedAt = Date.now();
-    await killMember(c);
-    try {
-      const y = await within(20_000, yP, 'host-a to be elected');
-      await until('onLost of the old leader', () => lostAt, 10_000);
-      await until('onLost of the lease on the dead member', () => plainLost, 10_000);
-      t.diagnostic(
-        `leader's etcd member killed: its onLost after ${lostAt - killedAt} ms, its lease's onLost after ${plainLost - killedAt} ms, new leader elected after ${yAt - killedAt} ms`,
+  test(
+    'campaign: one leader; hand-over on resign; abort while waiting; hand-over when the leader loses ' + 'its lease',
+    async (t) => {
+      const s = await connect();
+      const a = await s.campaign('scheduler', 'host-a', { ttlSeconds: 2 });
+      assert.equal(await s.leader('scheduler'), 'host-a');
+      assert.equal(await s.get(a.key), 'host-a');
+      let bLeader: Leadership | null = null;
+      const bP = s.campaign('scheduler', 'host-b', { ttlSeconds: 2 }).then((l) => {
+        bLeader = l;
+        return l;
+      });
+      // Queue order is creation order: let host-b's key exist before host-c campaigns.
+      await until('host-b to queue', async () => Object.keys(await s.getPrefix('election/scheduler/')).length === 2);
+      const ac = new AbortController();
+      const cP = s.campaign('scheduler', 'host-c', { ttlSeconds: 2, signal: ac.signal });
+      await until('host-c to queue', async () => Object.keys(await s.getPrefix('election/scheduler/')).length === 3);
+      await sleep(500);
+      assert.equal(bLeader, null, 'host-b waits while host-a leads');
+      // A decision fenced on leadership: only the leader's transaction passes.
+      assert.equal(
+        await s.txn({
+          compare: [{ key: a.key, value: 'host-a' }],
+          success: [{ type: 'put', key: 'decisions/1', value: 'by host-a' }],
+        }),
+        true,
       );
-      assert.equal(x.lost, true);
-      assert.equal(plain.lost, true);
-      assert.equal(lostErr!.code, 'E_STORE_LEADERSHIP_LOST');
-      assert.ok(lostAt - killedAt <= 3000, 'the old leader learns within the TTL');
-      assert.equal(await s.leader('ha'), 'host-a');
-      assert.equal(await s.get('members/host-c'), null, "the dead host's membership key expired");
-      await assert.rejects(
-        isolated.put('members/host-c', 'again', { lease: plain }),
-        (e: FerryError) => e.code === 'E_STORE_LEASE_LOST',
+      const resignedAt = Date.now();
+      await a.resign();
+      const b = await within(10_000, bP, 'host-b to be elected');
+      t.diagnostic(`resign → next leader elected in ${Date.now() - resignedAt} ms`);
+      assert.equal(await s.leader('scheduler'), 'host-b');
+      assert.equal(
+        await s.txn({
+          compare: [{ key: a.key, value: 'host-a' }],
+          success: [{ type: 'put', key: 'decisions/2', value: 'by host-a' }],
+        }),
+        false,
+        'the old leader is fenced off',
       );
-      await y.resign();
-    } finally {
-      // Bring host-c's member back (with its data) for the next test.
-      members = await startMembers({ labDir: dir, hosts: HOSTS, domainDir: path.join(dir, 'domain') });
-    }
-    assert.ok(isMemberAlive(members[2]!.pid, members[2]!.dataDir));
-  });
+      ac.abort();
+      await assert.rejects(cP, (e: FerryError) => e.code === 'E_ABORTED');
+      assert.deepEqual(
+        Object.values(await s.getPrefix('election/scheduler/')),
+        ['host-b'],
+        'the aborted candidate left no key',
+      );
+      await b.resign();
+      assert.equal(await s.leader('scheduler'), null);
 
-  test('quorum: the store keeps working when one of three members is SIGKILLed; a restarted member keeps its data', async (t) => {
-    const s = await connect();
-    const events: WatchEvent[] = [];
-    const cancel = await s.watchPrefix('q/', (ev) => events.push(ev));
-    const lease = await s.grantLease(5);
-    await s.put('q/before', '1', { lease });
-    const victim = members[0]!;
-    const killedAt = Date.now();
-    await killMember(victim);
-    assert.equal(isMemberAlive(victim.pid, victim.dataDir), false);
-    await s.put('q/after', '2');
-    t.diagnostic(`first write after SIGKILL of ${victim.name} took ${Date.now() - killedAt} ms`);
-    assert.equal(await s.get('q/before'), '1');
-    assert.equal(await s.get('q/after'), '2');
-    assert.equal(
-      await s.txn({
-        compare: [{ key: 'q/after', version: 1 }],
-        success: [{ type: 'put', key: 'q/after', value: '3' }],
-      }),
-      true,
-    );
-    assert.deepEqual(await s.getPrefix('q/'), { 'q/before': '1', 'q/after': '3' });
-    await until('watch events across the kill', () => events.some((e) => e.key === 'q/after' && e.value === '3'));
-    const fresh = await connect(members.slice(1));
-    const l = await fresh.campaign('after-kill', 'host-b', { ttlSeconds: 2 });
-    await sleep(6000); // > TTL of both leases: keepalives go to the surviving members
-    assert.equal(await s.get('q/before'), '1', 'the 5 s lease is still kept alive');
-    assert.equal(l.lost, false, 'the 2 s leadership lease is still kept alive');
-    await l.resign();
-    await cancel();
+      // Leader on a host whose etcd member dies: its lease cannot be renewed, it learns it
+      // lost leadership, and the candidate on another host takes over.
+      const c = members[2]!;
+      const isolated = await connect([c]);
+      let lostAt = 0;
+      let lostErr: FerryError | null = null;
+      const x = await isolated.campaign('ha', 'host-c', {
+        ttlSeconds: 2,
+        onLost: (e) => {
+          lostAt = Date.now();
+          lostErr = e;
+        },
+      });
+      let plainLost = 0;
+      const plain = await isolated.grantLease(2, {
+        onLost: () => {
+          plainLost = Date.now();
+        },
+      });
+      await isolated.put('members/host-c', 'alive', { lease: plain });
+      let yAt = 0;
+      // TTL 5 s on the healthy side: if the dead member was etcd's raft leader, keepalives
+      // stall for the re-election (1-2 s), which a 2 s lease would not survive.
+      const yP = s.campaign('ha', 'host-a', { ttlSeconds: 5 }).then((l) => {
+        yAt = Date.now();
+        return l;
+      });
+      await sleep(300);
+      assert.equal(yAt, 0, 'host-a waits while host-c leads');
+      const killedAt = Date.now();
+      await killMember(c);
+      try {
+        const y = await within(20_000, yP, 'host-a to be elected');
+        await until('onLost of the old leader', () => lostAt, 10_000);
+        await until('onLost of the lease on the dead member', () => plainLost, 10_000);
+        t.diagnostic(
+          `leader's etcd member killed: its onLost after ${lostAt - killedAt} ms, ` +
+            `its lease's onLost after ${plainLost - killedAt} ms, new leader elected after ${yAt - killedAt} ms`,
+        );
+        assert.equal(x.lost, true);
+        assert.equal(plain.lost, true);
+        assert.equal(lostErr!.code, 'E_STORE_LEADERSHIP_LOST');
+        assert.ok(lostAt - killedAt <= 3000, 'the old leader learns within the TTL');
+        assert.equal(await s.leader('ha'), 'host-a');
+        assert.equal(await s.get('members/host-c'), null, "the dead host's membership key expired");
+        await assert.rejects(
+          isolated.put('members/host-c', 'again', { lease: plain }),
+          (e: FerryError) => e.code === 'E_STORE_LEASE_LOST',
+        );
+        await y.resign();
+      } finally {
+        // Bring host-c's member back (with its data) for the next test.
+        members = await startMembers({ labDir: dir, hosts: HOSTS, domainDir: path.join(dir, 'domain') });
+      }
+      assert.ok(isMemberAlive(members[2]!.pid, members[2]!.dataDir));
+    },
+  );
 
-    // Restart: the member rejoins with its data (--initial-cluster-state existing) and catches up.
-    const restarted = await startMembers({ labDir: dir, hosts: HOSTS, domainDir: path.join(dir, 'domain') });
-    const again = restarted.find((m) => m.name === victim.name)!;
-    assert.notEqual(again.pid, victim.pid);
-    assert.deepEqual(
-      restarted.filter((m) => m.name !== victim.name).map((m) => m.pid),
-      members.slice(1).map((m) => m.pid),
-    );
-    members = restarted;
-    assert.match(await fsp.readFile(again.logFile, 'utf8'), /"initial-cluster-state":"existing"/);
-    const only = await connect([again]);
-    assert.equal(await only.get('q/after'), '3', 'the restarted member has the writes made while it was dead');
-  });
+  test(
+    'quorum: the store keeps working when one of three members is SIGKILLed; a restarted member ' + 'keeps its data',
+    async (t) => {
+      const s = await connect();
+      const events: WatchEvent[] = [];
+      const cancel = await s.watchPrefix('q/', (ev) => events.push(ev));
+      const lease = await s.grantLease(5);
+      await s.put('q/before', '1', { lease });
+      const victim = members[0]!;
+      const killedAt = Date.now();
+      await killMember(victim);
+      assert.equal(isMemberAlive(victim.pid, victim.dataDir), false);
+      await s.put('q/after', '2');
+      t.diagnostic(`first write after SIGKILL of ${victim.name} took ${Date.now() - killedAt} ms`);
+      assert.equal(await s.get('q/before'), '1');
+      assert.equal(await s.get('q/after'), '2');
+      assert.equal(
+        await s.txn({
+          compare: [{ key: 'q/after', version: 1 }],
+          success: [{ type: 'put', key: 'q/after', value: '3' }],
+        }),
+        true,
+      );
+      assert.deepEqual(await s.getPrefix('q/'), { 'q/before': '1', 'q/after': '3' });
+      await until('watch events across the kill', () => events.some((e) => e.key === 'q/after' && e.value === '3'));
+      const fresh = await connect(members.slice(1));
+      const l = await fresh.campaign('after-kill', 'host-b', { ttlSeconds: 2 });
+      await sleep(6000); // > TTL of both leases: keepalives go to the surviving members
+      assert.equal(await s.get('q/before'), '1', 'the 5 s lease is still kept alive');
+      assert.equal(l.lost, false, 'the 2 s leadership lease is still kept alive');
+      await l.resign();
+      await cancel();
+
+      // Restart: the member rejoins with its data (--initial-cluster-state existing) and catches up.
+      const restarted = await startMembers({ labDir: dir, hosts: HOSTS, domainDir: path.join(dir, 'domain') });
+      const again = restarted.find((m) => m.name === victim.name)!;
+      assert.notEqual(again.pid, victim.pid);
+      assert.deepEqual(
+        restarted.filter((m) => m.name !== victim.name).map((m) => m.pid),
+        members.slice(1).map((m) => m.pid),
+      );
+      members = restarted;
+      assert.match(await fsp.readFile(again.logFile, 'utf8'), /"initial-cluster-state":"existing"/);
+      const only = await connect([again]);
+      assert.equal(await only.get('q/after'), '3', 'the restarted member has the writes made while it was dead');
+    },
+  );
 });

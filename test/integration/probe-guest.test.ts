@@ -58,7 +58,7 @@ function boot(disk: string, log: string): Guest {
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   const g: Guest = { child, log, startedAt: Date.now(), exitInfo: null, stderr: '', exited: Promise.resolve() };
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => {
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
     g.stderr += d;
   });
   g.exited = new Promise((res) => {

@@ -435,92 +435,96 @@ test('with --include-storage: local disks are fine when the destination paths ar
   assert.equal(plan.checkpointPath, '/var/lib/ferry/host-b/local/web1');
 });
 
-test('E_DEST_PATH: relative, outside every pool, not granted, duplicate, unknown --vhd source, the source file itself', () => {
-  const local = '/var/lib/ferry/host-a/local/web1';
-  const spec = vm({
-    disks: [
-      { id: 'disk0', path: `${local}/disk0.qcow2`, format: 'qcow2' },
-      { id: 'disk1', path: `${local}/data.raw`, format: 'raw' },
-    ],
-    configPath: local,
-    checkpointPath: local,
-    pagingPath: local,
-  });
-  const dst = '/var/lib/ferry/host-b/local/web1';
+test(
+  'E_DEST_PATH: relative, outside every pool, not granted, duplicate, unknown --vhd source, the ' +
+    'source file itself',
+  () => {
+    const local = '/var/lib/ferry/host-a/local/web1';
+    const spec = vm({
+      disks: [
+        { id: 'disk0', path: `${local}/disk0.qcow2`, format: 'qcow2' },
+        { id: 'disk1', path: `${local}/data.raw`, format: 'raw' },
+      ],
+      configPath: local,
+      checkpointPath: local,
+      pagingPath: local,
+    });
+    const dst = '/var/lib/ferry/host-b/local/web1';
 
-  const rel = compareVm(
-    input({
-      spec,
-      options: {
-        includeStorage: true,
-        configPath: dst,
-        vhd: { [`${local}/disk0.qcow2`]: 'rel/disk0.qcow2', [`${local}/data.raw`]: `${dst}/data.raw` },
-      },
-    }),
-  );
-  const r = only(rel, 'E_DEST_PATH');
-  assertForm(r);
-  assert.equal(r.field, 'disks.0.path');
-  assert.match(r.message, /not an absolute path/);
-
-  const outside = compareVm(input({ spec, options: { includeStorage: true, storagePath: '/opt/vms/web1' } }));
-  assert.deepEqual(
-    outside.map((x) => [x.code, x.field]),
-    [
-      ['E_DEST_PATH', 'disks.0.path'],
-      ['E_DEST_PATH', 'disks.1.path'],
-      ['E_DEST_PATH', 'configPath'],
-    ],
-  );
-  assert.match(outside[0]!.message, /outside every storage pool of 'host-b'.*--storage-path/);
-
-  const d = host('host-b', {
-    pools: [
-      pool({ name: 'local', kind: 'local', path: '/var/lib/ferry/host-b/local' }),
-      pool({ name: 'shared', kind: 'shared', path: '/srv/ferry-shared', granted: ['host-a'], usable: false }),
-    ],
-  });
-  const ng = compareVm(
-    input({
-      spec,
-      dest: d,
-      options: {
-        includeStorage: true,
-        configPath: dst,
-        vhd: {
-          [`${local}/disk0.qcow2`]: '/srv/ferry-shared/web1/disk0.qcow2',
-          [`${local}/data.raw`]: `${dst}/data.raw`,
+    const rel = compareVm(
+      input({
+        spec,
+        options: {
+          includeStorage: true,
+          configPath: dst,
+          vhd: { [`${local}/disk0.qcow2`]: 'rel/disk0.qcow2', [`${local}/data.raw`]: `${dst}/data.raw` },
         },
-      },
-    }),
-  );
-  const n = only(ng, 'E_DEST_PATH');
-  assert.match(n.message, /ferry pool grant shared --host host-b/);
+      }),
+    );
+    const r = only(rel, 'E_DEST_PATH');
+    assertForm(r);
+    assert.equal(r.field, 'disks.0.path');
+    assert.match(r.message, /not an absolute path/);
 
-  const dup = compareVm(
-    input({
-      spec,
-      options: { includeStorage: true, storagePath: dst, vhd: { [`${local}/data.raw`]: `${dst}/disk0.qcow2` } },
-    }),
-  );
-  assert.equal(only(dup, 'E_DEST_PATH').field, 'disks.1.path');
+    const outside = compareVm(input({ spec, options: { includeStorage: true, storagePath: '/opt/vms/web1' } }));
+    assert.deepEqual(
+      outside.map((x) => [x.code, x.field]),
+      [
+        ['E_DEST_PATH', 'disks.0.path'],
+        ['E_DEST_PATH', 'disks.1.path'],
+        ['E_DEST_PATH', 'configPath'],
+      ],
+    );
+    assert.match(outside[0]!.message, /outside every storage pool of 'host-b'.*--storage-path/);
 
-  const unknown = compareVm(
-    input({ spec, options: { includeStorage: true, storagePath: dst, vhd: { '/nope/x.qcow2': `${dst}/x.qcow2` } } }),
-  );
-  assert.equal(only(unknown, 'E_DEST_PATH').field, 'vhd./nope/x.qcow2');
+    const d = host('host-b', {
+      pools: [
+        pool({ name: 'local', kind: 'local', path: '/var/lib/ferry/host-b/local' }),
+        pool({ name: 'shared', kind: 'shared', path: '/srv/ferry-shared', granted: ['host-a'], usable: false }),
+      ],
+    });
+    const ng = compareVm(
+      input({
+        spec,
+        dest: d,
+        options: {
+          includeStorage: true,
+          configPath: dst,
+          vhd: {
+            [`${local}/disk0.qcow2`]: '/srv/ferry-shared/web1/disk0.qcow2',
+            [`${local}/data.raw`]: `${dst}/data.raw`,
+          },
+        },
+      }),
+    );
+    const n = only(ng, 'E_DEST_PATH');
+    assert.match(n.message, /ferry pool grant shared --host host-b/);
 
-  // A disk already on the shared pool, "copied" to the same path: the same file.
-  const same = compareVm(input({ options: { includeStorage: true } }));
-  assert.deepEqual(
-    same.map((x) => [x.code, x.field]),
-    [
-      ['E_DEST_PATH', 'disks.0.path'],
-      ['E_DEST_PATH', 'disks.1.path'],
-    ],
-  );
-  assert.match(same[0]!.message, /source file itself.*drop --include-storage/);
-});
+    const dup = compareVm(
+      input({
+        spec,
+        options: { includeStorage: true, storagePath: dst, vhd: { [`${local}/data.raw`]: `${dst}/disk0.qcow2` } },
+      }),
+    );
+    assert.equal(only(dup, 'E_DEST_PATH').field, 'disks.1.path');
+
+    const unknown = compareVm(
+      input({ spec, options: { includeStorage: true, storagePath: dst, vhd: { '/nope/x.qcow2': `${dst}/x.qcow2` } } }),
+    );
+    assert.equal(only(unknown, 'E_DEST_PATH').field, 'vhd./nope/x.qcow2');
+
+    // A disk already on the shared pool, "copied" to the same path: the same file.
+    const same = compareVm(input({ options: { includeStorage: true } }));
+    assert.deepEqual(
+      same.map((x) => [x.code, x.field]),
+      [
+        ['E_DEST_PATH', 'disks.0.path'],
+        ['E_DEST_PATH', 'disks.1.path'],
+      ],
+    );
+    assert.match(same[0]!.message, /source file itself.*drop --include-storage/);
+  },
+);
 
 test('E_DEST_SPACE: the sum of the disks going to one pool exceeds its free space; skipped without sizes', () => {
   const local = '/var/lib/ferry/host-a/local/web1';

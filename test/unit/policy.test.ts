@@ -73,8 +73,8 @@ function only(ds: Decision[]): Decision {
 }
 
 function downtimeOf(d: Decision): number | undefined {
-  assert.equal(d.kind, 'set-parameters');
-  return d.kind === 'set-parameters' ? d.params['downtime-limit'] : undefined;
+  if (d.kind !== 'set-parameters') assert.fail(`expected set-parameters, got ${d.kind}`);
+  return d.params['downtime-limit'];
 }
 
 // ---------------------------------------------------------------- initialParameters

@@ -345,14 +345,17 @@ test('verdict: only changes at pass boundaries, not within a pass', () => {
   assert.equal(states.at(-1)!.etaSeconds, Math.round((4096 / (30e6 - 1200 * 4096)) * 10) / 10);
 });
 
-test('verdict: at a pass end a dirty rate of 0 is a real reading; an unmeasured bandwidth keeps the previous one', () => {
-  let st = update(newProgress(), sample({ 'dirty-sync-count': 1, 'dirty-pages-rate': 1500, mbps: 240 }));
-  st = update(
-    st,
-    sample({ 'dirty-sync-count': 2, 'dirty-pages-rate': 0, mbps: 0, remaining: 8 * MiB, transferred: 134_000_000 }),
-  );
-  assert.deepEqual(st.passes, [{ pass: 1, remainingBytes: 8 * MiB, dirtyBps: 0, bandwidthBps: 30e6 }]);
-});
+test(
+  'verdict: at a pass end a dirty rate of 0 is a real reading; an unmeasured bandwidth keeps the ' + 'previous one',
+  () => {
+    let st = update(newProgress(), sample({ 'dirty-sync-count': 1, 'dirty-pages-rate': 1500, mbps: 240 }));
+    st = update(
+      st,
+      sample({ 'dirty-sync-count': 2, 'dirty-pages-rate': 0, mbps: 0, remaining: 8 * MiB, transferred: 134_000_000 }),
+    );
+    assert.deepEqual(st.passes, [{ pass: 1, remainingBytes: 8 * MiB, dirtyBps: 0, bandwidthBps: 30e6 }]);
+  },
+);
 
 test('verdict: before any pass end, dirty ≥ bandwidth already gives not-converging', () => {
   const st = update(newProgress(), sample({ 'dirty-sync-count': 1, 'dirty-pages-rate': 9000, mbps: 240 }));
