@@ -11,7 +11,8 @@
 #   p1  1 MiB   BIOS boot partition: GRUB's i386-pc core.img (boot.img in the MBR)
 #   p2  32 MiB  EFI system partition (FAT): GRUB x86_64-efi at EFI/BOOT/BOOTX64.EFI
 #   p3  rest    ext4 root, made with `mkfs.ext4 -d` from an mmdebstrap tree
-# No mounts and no loop devices: the partitions are written into a raw file at their
+# The disk is assembled without mounts or loop devices (mmdebstrap mounts /proc and /dev in
+# its own tree while it installs, and unmounts them): the partitions are written at their
 # offsets (mke2fs -E offset; the FAT made with mkfs.fat and mtools, then dd), and the two GRUB
 # images are patched the way grub-bios-setup would (boot.img's core.img sector and the
 # blocklist at the end of core.img's first sector).

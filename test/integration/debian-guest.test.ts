@@ -8,7 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { debianGuestImage } from '../../guest/paths.js';
+import { debianGuestDir, debianGuestImage } from '../../guest/paths.js';
 import { createImage } from '../../src/qemu/img.js';
 import { buildSeed } from '../../src/vm/cloud-init.js';
 import { createVarsFile, ovmfPaths, pflashArgs } from '../../src/qemu/firmware.js';
@@ -71,7 +71,7 @@ async function bootDebian(t: TestContext, firmware: 'bios' | 'uefi'): Promise<vo
   const image = debianGuestImage();
   if (!image) {
     t.skip(
-      'Debian guest not built in .cache/guests/debian: run scripts/setup (or guest/debian/build.sh .cache/guests/debian)',
+      `Debian guest not built in ${debianGuestDir()}: run scripts/setup (or guest/debian/build.sh ${debianGuestDir()})`,
     );
     return;
   }
