@@ -46,6 +46,18 @@ export function probeGuestFiles(): ProbeGuestFiles | null {
     : null;
 }
 
+/** The built Debian 12 test guest's disk (qcow2, BIOS and UEFI), or null when scripts/setup has not built it. */
+export function debianGuestImage(): string | null {
+  const dir = debianGuestDir();
+  const image = path.join(dir, 'debian.qcow2');
+  return fs.existsSync(image) && fs.existsSync(path.join(dir, 'STAMP')) ? image : null;
+}
+
+/** Where guest/debian/build.sh keeps the Debian guest (FERRY_DEBIAN_GUEST_DIR overrides). */
+export function debianGuestDir(): string {
+  return process.env.FERRY_DEBIAN_GUEST_DIR ?? path.join(guestCacheDir(), 'debian');
+}
+
 /** Is any .ts file under `dirs` newer than `ms`? (a stale bundle must not run edited code) */
 function newerThan(ms: number, dirs: string[]): boolean {
   for (const d of dirs) {

@@ -9,6 +9,7 @@ import { registerHost } from './commands/host.js';
 import { registerAdmin } from './commands/admin.js';
 import { registerMove } from './commands/move.js';
 import { registerCluster } from './commands/cluster.js';
+import { registerImage } from './commands/image.js';
 
 export function buildProgram(): Command {
   const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
@@ -25,5 +26,6 @@ export function buildProgram(): Command {
   registerCluster(program);
   registerAdmin(program);
   registerGuest(program);
+  registerImage(program);
   return program;
 }
