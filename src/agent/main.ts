@@ -40,7 +40,9 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
     if (!fs.existsSync(f))
       throw new FerryError(
         'E_TLS_MISSING',
-        `Cannot start agent '${cfg.name}': ${f} is missing; issue a host certificate with 'ferry domain issue host ${cfg.name}' and put ca.crt, host.crt and host.key in ${cfg.tls.ca.replace(/\/ca\.crt$/, '')}`,
+        `Cannot start agent '${cfg.name}': ${f} is missing; enrol this host: ` +
+          `'ferry host init ${cfg.name} --address ADDR' here, 'ferry domain sign' on the admin machine, ` +
+          "then 'ferry host install-cert' here",
         { userError: true },
       );
   }

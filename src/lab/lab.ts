@@ -10,7 +10,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
-import { initDomain, issueCert, loadDomain } from '../domain/ca.js';
+import { initDomain, loadDomain, type DomainInfo } from '../domain/ca.js';
+import { isEnrolled, issueAdminCredential, signHostRequest } from '../domain/signer.js';
+import { installCertificate, makeRequest } from '../domain/request.js';
 import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { sleep } from '../util/exec.js';
@@ -195,7 +197,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   const domainDir = path.join(dir, 'domain');
   const domain = await loadDomain(domainDir).catch(() => initDomain(domainDir, { name: 'lab' }));
   const creds = labCredentials(dir);
-  if (!fs.existsSync(creds.cert)) await issueCert(domain, 'admin', 'admin');
+  if (!fs.existsSync(creds.cert)) await issueAdminCredential(domain, 'admin');
   const shared = path.join(dir, 'shared');
   await fsp.mkdir(shared, { recursive: true });
   for (let i = lab.hosts.length; i < n; i++) {
@@ -228,15 +230,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     : [];
   for (const h of lab.hosts) {
     const tls = path.join(h.dataDir, 'tls');
-    if (!fs.existsSync(path.join(tls, 'host.crt'))) {
-      await fsp.mkdir(tls, { recursive: true });
-      const c = await issueCert(domain, 'host', h.name, {
-        ips: [h.address, h.migrationAddress].filter((x): x is string => !!x),
-      });
-      await fsp.copyFile(c.ca, path.join(tls, 'ca.crt'));
-      await fsp.copyFile(c.cert, path.join(tls, 'host.crt'));
-      await fsp.copyFile(c.key, path.join(tls, 'host.key'));
-    }
+    if (!fs.existsSync(path.join(tls, 'host.crt'))) await enrolHost(domain, tls, h, o.signal);
     await fsp.writeFile(
       path.join(h.dataDir, 'agent.json'),
       JSON.stringify(
@@ -309,6 +303,34 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   return labStatus(dir);
 }
 
+/**
+ * Enrols a lab host the way a real host is enrolled: its key and request are made in its
+ * own TLS folder, the lab's CA signs the request, and the host installs the certificate.
+ */
+async function enrolHost(
+  domain: DomainInfo,
+  tlsDir: string,
+  h: { name: string; port: number; address?: string | undefined; migrationAddress?: string | undefined },
+  signal?: AbortSignal,
+): Promise<void> {
+  // A key without a certificate is what an interrupted `up` left: start that host again.
+  for (const f of ['host.key', 'host.csr', 'enrol.json']) await fsp.rm(path.join(tlsDir, f), { force: true });
+  const address = h.address ?? '127.0.0.1';
+  const req = await makeRequest({
+    dir: tlsDir,
+    name: h.name,
+    address,
+    port: h.port,
+    extraIps: [...new Set([h.migrationAddress ?? address, '127.0.0.1'])].filter((a) => a !== address),
+    ...(signal ? { signal } : {}),
+  });
+  const signed = await signHostRequest(domain, req.csr, {
+    renew: await isEnrolled(domain, h.name),
+    ...(signal ? { signal } : {}),
+  });
+  await installCertificate(tlsDir, signed.bundle);
+}
+
 async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (const h of lab.hosts) {
@@ -329,14 +351,16 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
             const log = await fsp.readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
             throw new FerryError(
               'E_AGENT_START',
-              `Cannot start the agent of ${h.name}: it exited; its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`,
+              `Cannot start the agent of ${h.name}: it exited; its log ends with: ` +
+                `${log.trim().split('\n').slice(-3).join(' / ')}`,
               { cause: err },
             );
           }
           if (Date.now() > until)
             throw new FerryError(
               'E_TIMEOUT',
-              `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; see ${lab.dir}/hosts/${h.name}/agent.log`,
+              `Cannot start the lab: the agent of ${h.name} did not answer within ${timeoutMs} ms; ` +
+                `see ${lab.dir}/hosts/${h.name}/agent.log`,
               { cause: err },
             );
           await sleep(200, signal);
@@ -493,13 +517,15 @@ export async function labLink(
   if (i < 0)
     throw new NotFoundError(
       'E_HOST_NOT_FOUND',
-      `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': the lab has ${lab.hosts.map((x) => x.name).join(', ')}`,
+      `Cannot ${up ? 'restore' : 'cut'} a link of host '${host}': ` +
+        `the lab has ${lab.hosts.map((x) => x.name).join(', ')}`,
       { host },
     );
   if (!lab.netns)
     throw new FerryError(
       'E_UNSUPPORTED',
-      `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; create one with 'ferry lab up --netns'`,
+      `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; ` +
+        `create one with 'ferry lab up --netns'`,
       { userError: true },
     );
   await setLink(lab.netns, i, link, up);

@@ -7,6 +7,8 @@ export interface RunOptions {
   timeoutMs?: number;
   cwd?: string;
   env?: NodeJS.ProcessEnv;
+  /** Written to the command's stdin (then closed). */
+  input?: string;
 }
 
 export interface RunResult {
@@ -58,7 +60,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
         reject(new CommandFailedError(cmd, args, detail, err, { exitCode: e.code, stderr }));
       },
     );
-    child.stdin?.end();
+    child.stdin?.end(opts.input);
   });
 }
 

@@ -8,6 +8,7 @@ import { printJson, printTable, bytes } from '../output.js';
 import { collect, name, nonNegativeInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
 import path from 'node:path';
+import { registerEnrol } from './enrol.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
@@ -47,7 +48,8 @@ function onOff(s: string): boolean {
 }
 
 export function registerHost(program: Command): void {
-  const host = program.command('host').description('hosts: capabilities and migration settings');
+  const host = program.command('host').description('hosts: capabilities, migration settings, enrolment');
+  registerEnrol(host);
   host
     .command('show')
     .argument('<host>')
@@ -101,11 +103,9 @@ export function registerHost(program: Command): void {
       if (o.bridge && o.user)
         throw new InvalidInputError('Cannot create the switch: give --bridge BR or --user, not both');
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const v = await c
-          .host(o.host)
-          .call(actions.switchCreate, {
-            body: o.bridge ? { name: n, kind: 'bridge', bridge: o.bridge } : { name: n, kind: 'user' },
-          });
+        const v = await c.host(o.host).call(actions.switchCreate, {
+          body: o.bridge ? { name: n, kind: 'bridge', bridge: o.bridge } : { name: n, kind: 'user' },
+        });
         if (o.json) printJson(v);
         else process.stdout.write(`switch ${v.name} created on ${o.host}\n`);
       });
@@ -181,11 +181,9 @@ export function registerHost(program: Command): void {
     .description('add a storage pool to a host')
     .action(async (p, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const v = await c
-          .host(o.host)
-          .call(actions.poolAdd, {
-            body: { name: p, kind: o.shared ? 'shared' : 'local', path: path.resolve(o.path) },
-          });
+        const v = await c.host(o.host).call(actions.poolAdd, {
+          body: { name: p, kind: o.shared ? 'shared' : 'local', path: path.resolve(o.path) },
+        });
         if (o.json) printJson(v);
         else process.stdout.write(`pool ${p} (${v.kind}) added to ${o.host}: ${v.path}\n`);
       });
