@@ -1,6 +1,5 @@
 // The agent's HTTP layer: HTTPS with mutual TLS, where a request only parses into a typed
 // action (zod) and the engine does the work. Nothing here decides anything about VMs.
-import fs from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
@@ -18,6 +17,7 @@ import type { Action, Out } from '../api/action.js';
 import { ErrorBody } from '../api/schemas.js';
 import type { AgentConfig } from './config.js';
 import type { Engine } from './engine.js';
+import type { HostTls } from './tls.js';
 import type pino from 'pino';
 
 declare module 'fastify' {
@@ -103,6 +103,8 @@ function validationMessage(err: {
 export interface ServerOptions {
   cfg: AgentConfig;
   engine: Engine;
+  /** Certificate and CRL, swapped without a restart. */
+  tls: HostTls;
   logger: pino.Logger;
   domainId: string;
 }
@@ -111,9 +113,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: o.logger,
     https: {
-      key: fs.readFileSync(o.cfg.tls.key),
-      cert: fs.readFileSync(o.cfg.tls.cert),
-      ca: fs.readFileSync(o.cfg.tls.ca),
+      ...o.tls.secureOptions(),
       // Mutual TLS: a client without a certificate from our CA fails the handshake.
       requestCert: true,
       rejectUnauthorized: true,
@@ -124,13 +124,16 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     maxParamLength: 1000,
     // Errors the router raises before any route runs (too long a path, bad URL encoding).
     frameworkErrors: (err, _req, reply) => {
-      void (reply as unknown as FastifyReply)
-        .code(400)
-        .send({
-          error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` },
-        });
+      void (reply as unknown as FastifyReply).code(400).send({
+        error: { code: 'E_INVALID_INPUT', message: `Cannot accept the request: ${err.message}; fix the URL` },
+      });
     },
   });
+  // CRLs and certificate bundles travel as PEM documents, not JSON.
+  app.addContentTypeParser('application/x-pem-file', { parseAs: 'string' }, (_req, body, done) => {
+    done(null, body);
+  });
+  o.tls.attach(app.server);
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   await app.register(swagger, {
@@ -180,35 +183,29 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     }
     const e = err as { statusCode?: number; message?: string; code?: string };
     if (e.statusCode && e.statusCode < 500) {
-      return reply
-        .code(e.statusCode)
-        .send({
-          error: {
-            code: 'E_INVALID_INPUT',
-            message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API`,
-          },
-        });
-    }
-    req.log.error({ err }, 'internal error');
-    return reply
-      .code(500)
-      .send({
+      return reply.code(e.statusCode).send({
         error: {
-          code: 'E_INTERNAL',
-          message: `Cannot serve the request: internal error (${e.message}); see the agent log`,
+          code: 'E_INVALID_INPUT',
+          message: `Cannot accept the request: ${e.message}; send a JSON body that matches the API`,
         },
       });
+    }
+    req.log.error({ err }, 'internal error');
+    return reply.code(500).send({
+      error: {
+        code: 'E_INTERNAL',
+        message: `Cannot serve the request: internal error (${e.message}); see the agent log`,
+      },
+    });
   });
 
   app.setNotFoundHandler((req, reply) => {
-    void reply
-      .code(404)
-      .send({
-        error: {
-          code: 'E_ROUTE_NOT_FOUND',
-          message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json`,
-        },
-      });
+    void reply.code(404).send({
+      error: {
+        code: 'E_ROUTE_NOT_FOUND',
+        message: `Cannot serve ${req.method} ${req.url}: no such route; see /openapi.json`,
+      },
+    });
   });
   return app as unknown as FastifyInstance;
 }

@@ -1,21 +1,24 @@
 // `ferry domain …` on the admin machine: the CA, signing hosts' requests (their keys stay
-// on the hosts), join tokens.
+// on the hosts), join tokens, revocation and renewal.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { FerryError, InvalidInputError, messageOf } from '../../errors.js';
+import { actions } from '../../api/actions.js';
+import { AgentClient } from '../../api/client.js';
 import { initDomain, loadDomain, type DomainInfo } from '../../domain/ca.js';
 import {
   createToken,
   currentCrl,
   DEFAULT_HOST_DAYS,
   issueAdminCredential,
+  revokeHost,
   signHostRequest,
   type SignedHost,
 } from '../../domain/signer.js';
 import { readInventory } from '../../domain/store.js';
-import { caFingerprint } from '../../domain/x509.js';
+import { caFingerprint, readCrl } from '../../domain/x509.js';
 import { parseTtl } from '../../domain/token.js';
 import {
   contextFileOf,
@@ -66,6 +69,54 @@ async function addToContext(ctx: Context | null, s: SignedHost): Promise<string 
   );
   await writeContextFile(ctx.file, c);
   return ctx.file;
+}
+
+interface PushResult {
+  host: string;
+  ok: boolean;
+  error?: string;
+}
+
+/** Pushes the CRL to hosts; one failure does not stop the others. */
+async function pushCrl(ctx: Context, hosts: string[], crl: string): Promise<PushResult[]> {
+  return Promise.all(
+    hosts.map(async (h) => {
+      const ep = ctx.hosts.find((x) => x.name === h);
+      if (!ep) return { host: h, ok: false, error: `it is not in ${ctx.source}` };
+      const c = new AgentClient({ endpoint: ep.endpoint, host: h, credentials: ctx.credentials });
+      try {
+        await c.call(actions.domainCrlPut, { body: crl }, { timeoutMs: 20_000 });
+        return { host: h, ok: true };
+      } catch (err) {
+        return { host: h, ok: false, error: messageOf(err) };
+      } finally {
+        c.close();
+      }
+    }),
+  );
+}
+
+function failedPushes(results: PushResult[], what: string): void {
+  const bad = results.filter((r) => !r.ok);
+  const which = bad.map((b) => `${b.host} (${b.error ?? 'failed'})`).join('; ');
+  if (bad.length)
+    throw new FerryError(
+      'E_CRL_NOT_PUSHED',
+      `Cannot push the revocation list to ${which}: ${what}; ` +
+        `run 'ferry domain push-crl' when ${bad.length > 1 ? 'they answer' : 'it answers'}`,
+      { userError: true, context: { hosts: bad.map((b) => b.host) } },
+    );
+}
+
+function needContext(ctx: Context | null, what: string): Context {
+  if (!ctx)
+    throw new FerryError(
+      'E_USAGE',
+      `Cannot ${what}: no context names the hosts; ` +
+        `use the context 'ferry domain init' wrote (or --context FILE, --lab DIR)`,
+      { userError: true },
+    );
+  return ctx;
 }
 
 export function registerDomain(program: Command): void {
@@ -221,6 +272,150 @@ export function registerDomain(program: Command): void {
           `on the host: ferry host join TOKEN > ${n}.csr; here: ferry domain sign ${n}.csr --out ${n}.crt; ` +
           `on the host: ferry host install-cert ${n}.crt\n`,
       );
+    });
+
+  domain
+    .command('revoke')
+    .argument('<host>', 'the host to take out of the domain')
+    .option('--serial <serial>', 'revoke only this certificate (an old key that leaked); the host stays enrolled')
+    .option('--dir <dir>', 'the domain folder')
+    .option('--json', 'JSON')
+    .description("revoke a host's certificate(s) and push the revocation list to every host at once")
+    .action(async (h, o, cmd) => {
+      const g = (cmd as Cmd).optsWithGlobals();
+      const { domain: d, ctx } = await domainOf(o.dir, g);
+      const r = await revokeHost(d, h, { ...(o.serial ? { serial: o.serial } : {}) });
+      let hosts = ctx?.hosts.map((x) => x.name) ?? [];
+      if (ctx?.file && r.host.state === 'revoked') {
+        const c = await readContextFile(ctx.file);
+        c.hosts = c.hosts.filter((x) => x.name !== h);
+        await writeContextFile(ctx.file, c);
+        hosts = hosts.filter((x) => x !== h);
+      }
+      const pushed = ctx ? await pushCrl(ctx, hosts, r.crl) : [];
+      if (o.json) printJson({ host: h, state: r.host.state, serials: r.serials, pushed });
+      else
+        process.stdout.write(
+          `${h}: revoked ${r.serials.length ? r.serials.join(', ') : 'nothing new (revoked already)'}; ` +
+            `revocation list ${path.join(d.dir, 'crl.pem')}\n` +
+            (pushed.length
+              ? `pushed to ${
+                  pushed
+                    .filter((p) => p.ok)
+                    .map((p) => p.host)
+                    .join(', ') || 'no host'
+                }\n`
+              : ''),
+        );
+      failedPushes(pushed, 'they still accept the revoked certificate');
+    });
+
+  domain
+    .command('push-crl')
+    .option('--host <host>', 'only this host')
+    .option('--dir <dir>', 'the domain folder')
+    .description("push the domain's revocation list to every host of the context")
+    .action(async (o, cmd) => {
+      const { domain: d, ctx: c } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
+      const ctx = needContext(c, 'push the revocation list');
+      const hosts = o.host ? [o.host] : ctx.hosts.map((x) => x.name);
+      for (const h of hosts)
+        if (!ctx.hosts.some((x) => x.name === h))
+          throw new FerryError(
+            'E_HOST_NOT_FOUND',
+            `Cannot push the revocation list to '${h}': it is not in ${ctx.source}`,
+            {
+              userError: true,
+            },
+          );
+      const res = await pushCrl(ctx, hosts, await currentCrl(d));
+      process.stdout.write(
+        `revocation list pushed to ${
+          res
+            .filter((r) => r.ok)
+            .map((r) => r.host)
+            .join(', ') || 'no host'
+        }\n`,
+      );
+      failedPushes(res, 'they keep the list they had');
+    });
+
+  domain
+    .command('renew')
+    .option('--host <host>', 'only this host')
+    .option('--force', 'renew now, before 2/3 of the lifetime has passed')
+    .option('--days <n>', `lifetime of the new certificates (default ${DEFAULT_HOST_DAYS})`, positiveInt('--days', 365))
+    .option('--dir <dir>', 'the domain folder')
+    .option('--json', 'JSON')
+    .description("sign the hosts' pending renewal requests and push the certificates (run it from a timer)")
+    .action(async (o, cmd) => {
+      const { domain: d, ctx: c } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
+      const ctx = needContext(c, 'renew certificates');
+      const hosts = o.host ? [o.host] : ctx.hosts.map((x) => x.name);
+      const crl = await currentCrl(d);
+      const caPem = await fsp.readFile(d.caCert, 'utf8');
+      const crlNumber = (await readCrl(crl, caPem)).number;
+      const results = await Promise.all(
+        hosts.map(async (h) => {
+          const ep = ctx.hosts.find((x) => x.name === h);
+          if (!ep) return { host: h, ok: false, error: `it is not in ${ctx.source}` };
+          const cl = new AgentClient({ endpoint: ep.endpoint, host: h, credentials: ctx.credentials });
+          try {
+            let v = await cl.call(actions.domainTls, {}, { timeoutMs: 20_000 });
+            const crlPushed = !v.crl || BigInt(v.crl.number) < crlNumber;
+            if (crlPushed) await cl.call(actions.domainCrlPut, { body: crl }, { timeoutMs: 20_000 });
+            if (!v.renewal && o.force) v = await cl.call(actions.domainRenewal, { body: { force: true } });
+            if (!v.renewal)
+              return {
+                host: h,
+                ok: true,
+                renewed: false,
+                crlPushed,
+                serial: v.certificate.serial,
+                notAfter: v.certificate.notAfter,
+                renewAt: v.certificate.renewAt,
+              };
+            const s = await signHostRequest(d, v.renewal.csr, {
+              renew: true,
+              expectName: h,
+              ...(o.days ? { days: o.days } : {}),
+            });
+            const after = await cl.call(actions.domainCertificatePut, { body: s.bundle }, { timeoutMs: 20_000 });
+            return {
+              host: h,
+              ok: true,
+              renewed: true,
+              crlPushed,
+              oldSerial: v.certificate.serial,
+              serial: after.certificate.serial,
+              notAfter: after.certificate.notAfter,
+              renewAt: after.certificate.renewAt,
+            };
+          } catch (err) {
+            return { host: h, ok: false, error: messageOf(err) };
+          } finally {
+            cl.close();
+          }
+        }),
+      );
+      if (o.json) printJson(results);
+      else
+        for (const r of results) {
+          if (!r.ok) continue;
+          process.stdout.write(
+            r.renewed
+              ? `${r.host}: renewed (serial ${r.oldSerial} → ${r.serial}), valid until ${r.notAfter}\n`
+              : `${r.host}: valid until ${r.notAfter}, renewal from ${r.renewAt}\n`,
+          );
+        }
+      const bad = results.filter((r) => !r.ok);
+      if (bad.length)
+        throw new FerryError(
+          'E_RENEW_FAILED',
+          `Cannot renew ${bad.map((b) => `${b.host} (${b.error ?? 'failed'})`).join('; ')}; the others are done; ` +
+            "run 'ferry domain renew' again when they answer",
+          { userError: true },
+        );
     });
 
   domain

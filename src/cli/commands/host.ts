@@ -36,9 +36,16 @@ function printHost(h: HostView): void {
       `switch ${s.name}`,
       s.kind === 'bridge' ? `bridge ${s.bridge}` : 'user networking',
     ]),
+    ...(h.certificate ? [certificateRow(h.certificate)] : []),
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}
+
+function certificateRow(c: NonNullable<HostView['certificate']>): [string, string] {
+  const days = Math.floor((Date.parse(c.notAfter) - Date.now()) / 86_400_000);
+  const renewal = c.renewalPending ? 'renewal request pending' : `renews from ${c.renewAt}`;
+  return ['certificate', `serial ${c.serial}, valid until ${c.notAfter} (${days} days), ${renewal}`];
 }
 
 function onOff(s: string): boolean {
