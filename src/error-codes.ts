@@ -186,6 +186,23 @@ export const ERROR_CODES = {
   E_ETCD_KILL: failed('an etcd member could not be stopped'),
   E_ETCD_MEMBERSHIP: failed('etcd membership could not be changed'),
   E_ETCD_STATE: failed("an etcd member's state file is wrong"),
+  // Domain enrolment (docs/enrolment.md)
+  E_DOMAIN_STATE: failed('a domain file is not valid; restore it from a backup'),
+  E_DOMAIN_BUSY: conflict('another ferry command holds the domain lock', true),
+  E_CONTEXT_EXISTS: conflict('the CLI context file exists already'),
+  E_HOST_EXISTS: conflict('a host of that name is enrolled already'),
+  E_ADMIN_EXISTS: conflict('an admin credential of that name exists already'),
+  E_CERT_NOT_FOUND: notFound('the host has no certificate with that serial'),
+  E_TOKEN_REFUSED: { status: 403, exit: EXIT.failed, retryable: false, meaning: 'the enrolment token was refused' },
+  E_CRL_NOT_PUSHED: failed('some hosts did not take the revocation list', true),
+  E_RENEW_FAILED: failed('some hosts could not be renewed', true),
+  E_RENEWAL: conflict('the host cannot make a renewal request'),
+  E_RENEWAL_NOT_FOUND: conflict('the host has no pending renewal request'),
+  E_TLS_CRL: input('the revocation list file is not of this domain'),
+  E_HOST_INITIALISED: conflict('this host was initialised already'),
+  E_HOST_NOT_INITIALISED: conflict('this host has no key yet; run ferry host init'),
+  E_REQUEST: failed('openssl could not make a certificate request'),
+  E_ENROL_STATE: failed('an enrolment file is not valid'),
 } as const satisfies Record<string, ErrorInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

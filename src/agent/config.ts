@@ -42,7 +42,8 @@ export interface AgentConfig {
   listen: { host: string; port: number };
   /** Address the destination listens on for migration streams. */
   migrationAddress: string;
-  tls: { ca: string; cert: string; key: string };
+  /** The host's TLS folder: CA, certificate, key, the domain's CRL (when pushed), renewal requests. */
+  tls: { ca: string; cert: string; key: string; crl: string; renewDir: string };
   pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
   switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
   cluster?: { name: string; endpoints: string[]; leaseSeconds?: number };
@@ -88,7 +89,13 @@ export async function loadAgentConfig(flags: {
     dataDir,
     listen,
     migrationAddress: flags.migrationAddress ?? listen.host,
-    tls: { ca: path.join(tlsDir, 'ca.crt'), cert: path.join(tlsDir, 'host.crt'), key: path.join(tlsDir, 'host.key') },
+    tls: {
+      ca: path.join(tlsDir, 'ca.crt'),
+      cert: path.join(tlsDir, 'host.crt'),
+      key: path.join(tlsDir, 'host.key'),
+      crl: path.join(tlsDir, 'ca.crl'),
+      renewDir: path.join(tlsDir, 'renew'),
+    },
     pools: [{ name: 'local', kind: 'local', path: path.join(dataDir, 'pools', 'local') }, ...file.pools],
     switches: file.switches,
     ...(file.cluster ? { cluster: file.cluster } : {}),

@@ -10,6 +10,8 @@ import { loadAgentConfig } from './config.js';
 import { Engine } from './engine.js';
 import { buildServer } from './server.js';
 import { hostRoutes } from './routes/host.js';
+import { domainRoutes } from './routes/domain.js';
+import { HostTls } from './tls.js';
 import { vmRoutes } from './routes/vms.js';
 import { switchRoutes } from './routes/switches.js';
 import { poolRoutes } from './routes/pools.js';
@@ -40,7 +42,9 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
     if (!fs.existsSync(f))
       throw new FerryError(
         'E_TLS_MISSING',
-        `Cannot start agent '${cfg.name}': ${f} is missing; issue a host certificate with 'ferry domain issue host ${cfg.name}' and put ca.crt, host.crt and host.key in ${cfg.tls.ca.replace(/\/ca\.crt$/, '')}`,
+        `Cannot start agent '${cfg.name}': ${f} is missing; enrol this host: ` +
+          `'ferry host init ${cfg.name} --address ADDR' here, 'ferry domain sign' on the admin machine, ` +
+          "then 'ferry host install-cert' here",
         {},
       );
   }
@@ -62,10 +66,12 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   }
   await fsp.mkdir(cfg.dataDir, { recursive: true });
   const logger = pino({ level: opts.logLevel ?? process.env.FERRY_LOG_LEVEL ?? 'info', base: { host: cfg.name } });
+  const tls = await HostTls.open(cfg.tls, { name: cfg.name, port: cfg.listen.port }, logger);
   const engine = new Engine(cfg, domainId);
   await engine.init();
-  const app = await buildServer({ cfg, engine, logger, domainId });
-  hostRoutes(app, engine);
+  const app = await buildServer({ cfg, engine, logger, domainId, tls });
+  hostRoutes(app, engine, tls);
+  domainRoutes(app, tls);
   vmRoutes(app, engine);
   switchRoutes(app, engine);
   poolRoutes(app, engine);
@@ -84,11 +90,13 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
     engine.enableCluster(cfg.cluster, {
       onRetry: (err) => logger.warn({ err: messageOf(err) }, 'cannot join the cluster yet; retrying'),
     });
+  tls.start();
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);
   return {
     app,
     engine,
     async close() {
+      tls.close();
       await app.close();
       await engine.close();
     },

@@ -1,6 +1,5 @@
 // The agent's HTTP layer: HTTPS with mutual TLS, where a request only parses into a typed
 // action (zod) and the engine does the work. Nothing here decides anything about VMs.
-import fs from 'node:fs';
 import type { TLSSocket } from 'node:tls';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
@@ -18,6 +17,7 @@ import type { Action, Out } from '../api/action.js';
 import { ErrorBody } from '../api/schemas.js';
 import type { AgentConfig } from './config.js';
 import type { Engine } from './engine.js';
+import type { HostTls } from './tls.js';
 import type pino from 'pino';
 
 declare module 'fastify' {
@@ -87,6 +87,8 @@ function validationMessage(err: {
 export interface ServerOptions {
   cfg: AgentConfig;
   engine: Engine;
+  /** Certificate and CRL, swapped without a restart. */
+  tls: HostTls;
   logger: pino.Logger;
   domainId: string;
 }
@@ -95,9 +97,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
     loggerInstance: o.logger,
     https: {
-      key: fs.readFileSync(o.cfg.tls.key),
-      cert: fs.readFileSync(o.cfg.tls.cert),
-      ca: fs.readFileSync(o.cfg.tls.ca),
+      ...o.tls.secureOptions(),
       // Mutual TLS: a client without a certificate from our CA fails the handshake.
       requestCert: true,
       rejectUnauthorized: true,
@@ -113,6 +113,11 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       });
     },
   });
+  // CRLs and certificate bundles travel as PEM documents, not JSON.
+  app.addContentTypeParser('application/x-pem-file', { parseAs: 'string' }, (_req, body, done) => {
+    done(null, body);
+  });
+  o.tls.attach(app.server);
   app.setValidatorCompiler(validatorCompiler);
   app.setSerializerCompiler(serializerCompiler);
   await app.register(swagger, {

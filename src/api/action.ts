@@ -25,6 +25,8 @@ export interface Action<
   roles: readonly Role[];
   /** Largest request body in bytes (default 1 MiB). */
   bodyLimit?: number;
+  /** The body is this document type, sent as is (default: JSON). */
+  contentType?: 'application/x-pem-file';
 }
 
 export function action<

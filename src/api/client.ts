@@ -10,6 +10,8 @@ export interface Credentials {
   ca: string;
   cert: string;
   key: string;
+  /** The domain's revocation list, when the holder has one: a revoked peer fails the handshake. */
+  crl?: string;
 }
 
 export interface ClientOptions {
@@ -43,6 +45,7 @@ export class AgentClient {
       ca: fs.readFileSync(o.credentials.ca),
       cert: fs.readFileSync(o.credentials.cert),
       key: fs.readFileSync(o.credentials.key),
+      ...(o.credentials.crl && fs.existsSync(o.credentials.crl) ? { crl: fs.readFileSync(o.credentials.crl) } : {}),
       keepAlive: true,
       maxSockets: 8,
       // The address may be anything (lab: 127.0.0.1); the certificate must name the host we meant.
@@ -66,7 +69,10 @@ export class AgentClient {
     let url = actionUrl(a, i.params ?? {});
     const q = Object.entries(i.query ?? {}).filter(([, v]) => v !== undefined);
     if (q.length) url += '?' + new URLSearchParams(q.map(([k, v]) => [k, String(v)])).toString();
-    const res = await this.request(a.method, url, i.body, opts);
+    const res = await this.request(a.method, url, i.body, {
+      ...opts,
+      ...(a.contentType ? { contentType: a.contentType } : {}),
+    });
     return res as ActionOutput<A>;
   }
 
@@ -75,13 +81,14 @@ export class AgentClient {
     method: string,
     url: string,
     body: unknown,
-    opts: { signal?: AbortSignal; timeoutMs?: number } = {},
+    opts: { signal?: AbortSignal; timeoutMs?: number; contentType?: string } = {},
   ): Promise<unknown> {
     const timeoutMs = opts.timeoutMs ?? 120_000;
     const what = `call ${method} ${url} on host '${this.host}'`;
     return new Promise((resolve, reject) => {
       if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
-      const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+      const raw = opts.contentType !== undefined && typeof body === 'string';
+      const payload = body === undefined ? undefined : Buffer.from(raw ? body : JSON.stringify(body));
       const req = https.request(
         this.endpoint + url,
         {
@@ -90,7 +97,9 @@ export class AgentClient {
           signal: opts.signal,
           headers: {
             accept: 'application/json',
-            ...(payload ? { 'content-type': 'application/json', 'content-length': payload.length } : {}),
+            ...(payload
+              ? { 'content-type': raw ? opts.contentType! : 'application/json', 'content-length': payload.length }
+              : {}),
           },
         },
         (res) => {

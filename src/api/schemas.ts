@@ -232,6 +232,34 @@ export const HostSetBody = z
   })
   .strict();
 
+/** The host's own certificate, as `ferry host show` prints it. */
+export const CertificateView = z.object({
+  serial: z.string(),
+  notBefore: z.string(),
+  notAfter: z.string(),
+  /** When the agent makes its renewal request (2/3 of the lifetime). */
+  renewAt: z.string(),
+  renewalPending: z.boolean(),
+});
+export type CertificateView = z.infer<typeof CertificateView>;
+
+/** The agent's TLS state for the admin: certificate, CRL, a pending renewal request. */
+export const TlsView = z.object({
+  certificate: CertificateView,
+  caFingerprint: z.string(),
+  crl: z
+    .object({ number: z.string(), lastUpdate: z.string(), nextUpdate: z.string().nullable(), revoked: z.number() })
+    .nullable(),
+  renewal: z.object({ csr: z.string(), createdAt: z.string() }).nullable(),
+});
+export type TlsView = z.infer<typeof TlsView>;
+export const RenewalBody = z.object({ force: z.boolean().default(false) }).strict();
+/** A PEM document (CRL, certificate bundle) sent as application/x-pem-file. */
+export const PemBody = z
+  .string()
+  .min(1)
+  .max(1024 * 1024);
+
 export const HostView = z.object({
   name: z.string(),
   domainId: z.string(),
@@ -244,6 +272,7 @@ export const HostView = z.object({
   switches: z.array(SwitchView),
   migration: MigrationSettings,
   vms: z.number(),
+  certificate: CertificateView.optional(),
 });
 export type HostView = z.infer<typeof HostView>;
 

@@ -1,12 +1,17 @@
 // Which hosts the CLI talks to, with which credentials: a lab (--lab DIR / FERRY_LAB) or a
-// context file (--context FILE: {"ca","cert","key","hosts":[{"name","endpoint"}]}).
+// context file (--context FILE, else FERRY_CONTEXT, else ~/.config/ferry/context.json as
+// `ferry domain init` writes it): {"domain","ca","cert","key","hosts":[{"name","endpoint"}]},
+// paths relative to the file.
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { z } from 'zod';
 import { FerryError, NotFoundError } from '../errors.js';
 import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/lab.js';
+import { writeAtomic } from '../domain/request.js';
 import type { VmView } from '../api/schemas.js';
 
 export interface GlobalOpts {
@@ -19,55 +24,102 @@ export interface Context {
   hosts: Array<{ name: string; endpoint: string }>;
   credentials: Credentials;
   source: string;
+  /** The domain (CA) folder, when this machine holds it (the admin machine, a lab). */
+  domainDir?: string;
+  /** The context file, when the context is one (not a lab). */
+  file?: string;
 }
 
-const ContextFile = z.object({
+export const ContextFile = z.object({
+  domain: z.string().optional(),
   ca: z.string(),
   cert: z.string(),
   key: z.string(),
-  hosts: z.array(z.object({ name: z.string(), endpoint: z.string().url() })).min(1),
+  hosts: z.array(z.object({ name: z.string(), endpoint: z.url() })).default([]),
 });
+export type ContextFile = z.infer<typeof ContextFile>;
 
-export async function loadContext(o: GlobalOpts): Promise<Context> {
-  if (o.context) {
-    const file = path.resolve(o.context);
-    let raw: unknown;
-    try {
-      raw = JSON.parse(await fsp.readFile(file, 'utf8'));
-    } catch (err) {
-      throw new NotFoundError(
-        'E_CONTEXT_NOT_FOUND',
-        `Cannot read context file ${file}: ${(err as Error).message}; give a JSON file with ca, cert, key and hosts`,
-        { file },
-      );
-    }
-    const r = ContextFile.safeParse(raw);
-    if (!r.success)
-      throw new FerryError(
-        'E_INVALID_INPUT',
-        `Cannot use context file ${file}: ${r.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`,
-        {},
-      );
-    const rel = (p: string): string => path.resolve(path.dirname(file), p);
-    return {
-      hosts: r.data.hosts,
-      credentials: { ca: rel(r.data.ca), cert: rel(r.data.cert), key: rel(r.data.key) },
-      source: file,
-    };
+/** $XDG_CONFIG_HOME/ferry, else ~/.config/ferry. */
+export function configDir(): string {
+  const base = process.env.XDG_CONFIG_HOME || path.join(os.homedir(), '.config');
+  return path.join(path.resolve(base), 'ferry');
+}
+
+/** The context file used when neither --lab, --context nor FERRY_LAB is given. */
+export function defaultContextFile(): string {
+  return process.env.FERRY_CONTEXT ? path.resolve(process.env.FERRY_CONTEXT) : path.join(configDir(), 'context.json');
+}
+
+export function defaultDomainDir(): string {
+  return path.join(configDir(), 'domain');
+}
+
+export async function readContextFile(file: string): Promise<ContextFile> {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(await fsp.readFile(file, 'utf8'));
+  } catch (err) {
+    throw new NotFoundError(
+      'E_CONTEXT_NOT_FOUND',
+      `Cannot read context file ${file}: ${(err as Error).message}; give a JSON file with ca, cert, ` +
+        `key and hosts, or create one with 'ferry domain init'`,
+      { file },
+    );
   }
-  const dir = o.lab ?? process.env.FERRY_LAB;
-  if (!dir)
+  const r = ContextFile.safeParse(raw);
+  if (!r.success)
     throw new FerryError(
-      'E_USAGE',
-      'Cannot find any Ferry host: give --lab DIR (or set FERRY_LAB) for a local lab, or --context FILE for real hosts',
+      'E_INVALID_INPUT',
+      `Cannot use context file ${file}: ${r.error.issues.map((i) => `${i.path.join('.')} ${i.message}`).join('; ')}`,
       {},
     );
-  const lab = await readLab(path.resolve(dir));
+  return r.data;
+}
+
+export async function writeContextFile(file: string, c: ContextFile): Promise<void> {
+  await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
+  await writeAtomic(file, JSON.stringify(c, null, 2) + '\n', 0o600);
+}
+
+/** Which context file a command means: --context, else FERRY_CONTEXT, else the default. */
+export function contextFileOf(o: GlobalOpts): string {
+  return o.context ? path.resolve(o.context) : defaultContextFile();
+}
+
+async function fromFile(file: string): Promise<Context> {
+  const c = await readContextFile(file);
+  const rel = (p: string): string => path.resolve(path.dirname(file), p);
   return {
-    hosts: lab.hosts.map((h) => ({ name: h.name, endpoint: labEndpoint(h) })),
-    credentials: labCredentials(lab.dir),
-    source: lab.dir,
+    hosts: c.hosts,
+    credentials: { ca: rel(c.ca), cert: rel(c.cert), key: rel(c.key) },
+    source: file,
+    file,
+    ...(c.domain ? { domainDir: rel(c.domain) } : {}),
   };
+}
+
+export async function loadContext(o: GlobalOpts): Promise<Context> {
+  if (o.context) return fromFile(path.resolve(o.context));
+  const dir = o.lab ?? process.env.FERRY_LAB;
+  if (dir) {
+    const lab = await readLab(path.resolve(dir));
+    return {
+      hosts: lab.hosts.map((h) => ({ name: h.name, endpoint: labEndpoint(h) })),
+      credentials: labCredentials(lab.dir),
+      source: lab.dir,
+      domainDir: path.join(lab.dir, 'domain'),
+    };
+  }
+  const file = defaultContextFile();
+  if (!fs.existsSync(file))
+    throw new FerryError(
+      'E_USAGE',
+      `Cannot find any Ferry host: there is no context at ${file}; ` +
+        `create one with 'ferry domain init' (the admin machine), or give --lab DIR (or set FERRY_LAB) ` +
+        `for a local lab, or --context FILE`,
+      {},
+    );
+  return fromFile(file);
 }
 
 export class Clients {
@@ -79,7 +131,10 @@ export class Clients {
     if (!h)
       throw new NotFoundError(
         'E_HOST_NOT_FOUND',
-        `Cannot find host '${name}': known hosts are ${this.ctx.hosts.map((x) => x.name).join(', ')}`,
+        this.ctx.hosts.length
+          ? `Cannot find host '${name}': known hosts are ${this.ctx.hosts.map((x) => x.name).join(', ')}`
+          : `Cannot find host '${name}': ${this.ctx.source} has no hosts yet; ` +
+              "enrol one ('ferry host init' on it, 'ferry domain sign' here)",
         { host: name },
       );
     let c = this.cache.get(name);

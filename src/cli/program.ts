@@ -7,6 +7,7 @@ import { registerGuest } from './commands/guest.js';
 import { registerVm } from './commands/vm.js';
 import { registerHost } from './commands/host.js';
 import { registerAdmin } from './commands/admin.js';
+import { registerDomain } from './commands/domain.js';
 import { registerMove } from './commands/move.js';
 import { registerCluster } from './commands/cluster.js';
 import { registerImage } from './commands/image.js';
@@ -18,13 +19,17 @@ export function buildProgram(): Command {
     .version(pkg.version)
     .exitOverride()
     .option('--lab <dir>', 'talk to the local lab in DIR (or set FERRY_LAB)')
-    .option('--context <file>', 'endpoints and credentials of real hosts (JSON)')
+    .option(
+      '--context <file>',
+      'endpoints and credentials of real hosts (default FERRY_CONTEXT or ~/.config/ferry/context.json)',
+    )
     .configureOutput({ outputError: (s, write) => write(`ferry: ${s.replace(/^error: /, '')}`) });
   registerVm(program);
   registerHost(program);
   registerMove(program);
   registerCluster(program);
   registerAdmin(program);
+  registerDomain(program);
   registerGuest(program);
   registerImage(program);
   return program;

@@ -180,6 +180,9 @@ async function ensureTls(labDir: string, domainDir: string, name: string, signal
   return tls;
 }
 
+/** Where a member's CRL lives: ca.crl beside its CA certificate (a host's TLS folder). */
+export const crlOf = (tls: MemberTls): string => path.join(path.dirname(tls.ca), 'ca.crl');
+
 export interface StartMembersOptions {
   labDir: string;
   hosts: string[];
@@ -284,6 +287,8 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
       `--peer-key-file=${m.tls.key}`,
       `--peer-trusted-ca-file=${m.tls.ca}`,
       '--peer-client-cert-auth',
+      // The domain's revocation list beside the CA, when there is one (etcd reads it at every handshake).
+      ...(fs.existsSync(crlOf(m.tls)) ? [`--client-crl-file=${crlOf(m.tls)}`, `--peer-crl-file=${crlOf(m.tls)}`] : []),
       '--logger=zap',
       '--log-outputs=stderr',
       '--heartbeat-interval=100',

@@ -10,7 +10,9 @@ import net from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
-import { initDomain, issueCert, loadDomain } from '../domain/ca.js';
+import { initDomain, loadDomain, type DomainInfo } from '../domain/ca.js';
+import { isEnrolled, issueAdminCredential, signHostRequest } from '../domain/signer.js';
+import { installCertificate, makeRequest } from '../domain/request.js';
 import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { sleep } from '../util/exec.js';
@@ -179,8 +181,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   if ((o.netns || lab.netns) && (o.cluster || lab.cluster)) {
     throw new FerryError(
       'E_UNSUPPORTED',
-      'Cannot start a lab with both --netns and --cluster: ' +
-        "etcd members do not run in the hosts' namespaces yet; use one of them",
+      "Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts' namespaces yet; use one of them",
       {},
     );
   }
@@ -196,7 +197,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   const domainDir = path.join(dir, 'domain');
   const domain = await loadDomain(domainDir).catch(() => initDomain(domainDir, { name: 'lab' }));
   const creds = labCredentials(dir);
-  if (!fs.existsSync(creds.cert)) await issueCert(domain, 'admin', 'admin');
+  if (!fs.existsSync(creds.cert)) await issueAdminCredential(domain, 'admin');
   const shared = path.join(dir, 'shared');
   await fsp.mkdir(shared, { recursive: true });
   for (let i = lab.hosts.length; i < n; i++) {
@@ -212,7 +213,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   // The shared pool's grants live on the share: every lab host is granted.
   const grantsFile = path.join(shared, '.ferry-pool.json');
   const granted = new Set<string>(
-    (JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')) as { granted: string[] }).granted,
+    JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')).granted as string[],
   );
   for (const h of lab.hosts) granted.add(h.name);
   await fsp.writeFile(grantsFile, JSON.stringify({ name: 'shared', granted: [...granted].sort() }, null, 2) + '\n');
@@ -229,15 +230,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     : [];
   for (const h of lab.hosts) {
     const tls = path.join(h.dataDir, 'tls');
-    if (!fs.existsSync(path.join(tls, 'host.crt'))) {
-      await fsp.mkdir(tls, { recursive: true });
-      const c = await issueCert(domain, 'host', h.name, {
-        ips: [h.address, h.migrationAddress].filter((x): x is string => !!x),
-      });
-      await fsp.copyFile(c.ca, path.join(tls, 'ca.crt'));
-      await fsp.copyFile(c.cert, path.join(tls, 'host.crt'));
-      await fsp.copyFile(c.key, path.join(tls, 'host.key'));
-    }
+    if (!fs.existsSync(path.join(tls, 'host.crt'))) await enrolHost(domain, tls, h, o.signal);
     await fsp.writeFile(
       path.join(h.dataDir, 'agent.json'),
       JSON.stringify(
@@ -279,12 +272,12 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     ];
     // `ip netns exec` execs the agent in place: the pid we get is the agent's.
     const child = h.netns
-      ? spawn('ip', ['netns', 'exec', h.netns, node, ...agentArgs], {
+      ? spawn('ip', ['netns', 'exec', h.netns, node!, ...agentArgs], {
           detached: true,
           stdio: ['ignore', fd, fd],
           env: { ...process.env },
         })
-      : spawn(node, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
+      : spawn(node!, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);
     child.unref();
     h.agentPid = child.pid ?? null;
@@ -310,6 +303,34 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   return labStatus(dir);
 }
 
+/**
+ * Enrols a lab host the way a real host is enrolled: its key and request are made in its
+ * own TLS folder, the lab's CA signs the request, and the host installs the certificate.
+ */
+async function enrolHost(
+  domain: DomainInfo,
+  tlsDir: string,
+  h: { name: string; port: number; address?: string | undefined; migrationAddress?: string | undefined },
+  signal?: AbortSignal,
+): Promise<void> {
+  // A key without a certificate is what an interrupted `up` left: start that host again.
+  for (const f of ['host.key', 'host.csr', 'enrol.json']) await fsp.rm(path.join(tlsDir, f), { force: true });
+  const address = h.address ?? '127.0.0.1';
+  const req = await makeRequest({
+    dir: tlsDir,
+    name: h.name,
+    address,
+    port: h.port,
+    extraIps: [...new Set([h.migrationAddress ?? address, '127.0.0.1'])].filter((a) => a !== address),
+    ...(signal ? { signal } : {}),
+  });
+  const signed = await signHostRequest(domain, req.csr, {
+    renew: await isEnrolled(domain, h.name),
+    ...(signal ? { signal } : {}),
+  });
+  await installCertificate(tlsDir, signed.bundle);
+}
+
 async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, signal?: AbortSignal): Promise<void> {
   const until = Date.now() + timeoutMs;
   for (const h of lab.hosts) {
@@ -330,8 +351,8 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
             const log = await fsp.readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
             throw new FerryError(
               'E_AGENT_START',
-              `Cannot start the agent of ${h.name}: it exited; ` +
-                `its log ends with: ${log.trim().split('\n').slice(-3).join(' / ')}`,
+              `Cannot start the agent of ${h.name}: it exited; its log ends with: ` +
+                `${log.trim().split('\n').slice(-3).join(' / ')}`,
               { cause: err },
             );
           }
@@ -374,7 +395,7 @@ export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): 
         agentPid: h.agentPid,
         up,
         ...(lab.netns && h.netns
-          ? { netns: h.netns, migrationAddress: h.migrationAddress, links: await linkStates(lab.netns, index) }
+          ? { netns: h.netns, migrationAddress: h.migrationAddress!, links: await linkStates(lab.netns, index) }
           : {}),
       };
     }),
@@ -418,7 +439,7 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
     ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
     : undefined;
   const pids = [
-    ...(h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : []),
+    ...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []),
     ...(await hostQemuPids(h.dataDir)),
     ...(member ? [member.pid] : []),
   ];
@@ -443,9 +464,7 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     await removeNetns(dir).catch(() => undefined); // leftovers of a lab whose lab.json is gone
     throw err;
   }
-  const agents = lab.hosts.flatMap((h) =>
-    h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : [],
-  );
+  const agents = lab.hosts.filter((h) => isLabAgent(h.agentPid, h.dataDir)).map((h) => h.agentPid!);
   for (const p of agents) {
     try {
       process.kill(p, 'SIGTERM');
@@ -506,7 +525,7 @@ export async function labLink(
     throw new FerryError(
       'E_UNSUPPORTED',
       `Cannot ${up ? 'restore' : 'cut'} a link of '${host}': the lab in ${lab.dir} has no network namespaces; ` +
-        "create one with 'ferry lab up --netns'",
+        `create one with 'ferry lab up --netns'`,
       {},
     );
   await setLink(lab.netns, i, link, up);

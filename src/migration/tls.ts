@@ -5,7 +5,10 @@ import path from 'node:path';
 import type { QmpClient } from '../qemu/qmp.js';
 import { run } from '../util/exec.js';
 
-export async function qemuTlsDir(tls: { ca: string; cert: string; key: string }, dataDir: string): Promise<string> {
+export async function qemuTlsDir(
+  tls: { ca: string; cert: string; key: string; crl?: string },
+  dataDir: string,
+): Promise<string> {
   const dir = path.join(dataDir, 'tls', 'qemu');
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
   const files: Array<[string, string]> = [
@@ -19,6 +22,15 @@ export async function qemuTlsDir(tls: { ca: string; cert: string; key: string },
     await fsp.copyFile(from, path.join(dir, to));
     if (to.endsWith('key.pem')) await fsp.chmod(path.join(dir, to), 0o600);
   }
+  // The domain's revocation list, when the admin pushed one: GnuTLS refuses a revoked peer.
+  const crl = path.join(dir, 'ca-crl.pem');
+  const copied = tls.crl
+    ? await fsp.copyFile(tls.crl, crl).then(
+        () => true,
+        () => false,
+      )
+    : false;
+  if (!copied) await fsp.rm(crl, { force: true });
   // Without DH parameters QEMU's TLS server computes them at every migration (up to 0.5 s):
   // use the standard RFC 7919 group.
   const dh = path.join(dir, 'dh-params.pem');

@@ -7,6 +7,8 @@ export interface RunOptions {
   timeoutMs?: number;
   cwd?: string;
   env?: NodeJS.ProcessEnv;
+  /** Written to the command's stdin (then closed). */
+  input?: string;
 }
 
 export interface RunResult {
@@ -63,7 +65,7 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
         }
       },
     );
-    child.stdin?.end();
+    child.stdin?.end(opts.input);
   });
 }
 

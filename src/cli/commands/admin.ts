@@ -1,10 +1,9 @@
-// `ferry agent`, `ferry domain`, `ferry lab`.
+// `ferry agent`, `ferry console`, `ferry lab` (`ferry domain` is in domain.ts).
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import { initDomain, issueCert, loadDomain } from '../../domain/ca.js';
 import { labDown, labKill, labLink, labStatus, labUp } from '../../lab/lab.js';
 import { printJson, printTable } from '../output.js';
-import { collect, name, positiveInt } from '../parse.js';
+import { name, positiveInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
 import type { GlobalOpts } from '../context.js';
 
@@ -64,37 +63,6 @@ export function registerAdmin(program: Command): void {
         process.once('SIGTERM', resolve);
       });
       await app.close();
-    });
-
-  const domain = program.command('domain').description('the certificate authority hosts and admins trust');
-  domain
-    .command('init')
-    .argument('<dir>')
-    .option('--name <name>', 'domain name', 'ferry')
-    .description('create a new domain (CA) in DIR')
-    .action(async (dir, o) => {
-      const d = await initDomain(path.resolve(dir), { name: o.name });
-      process.stdout.write(`domain ${d.name} (${d.id}) created in ${d.dir}\n`);
-    });
-  domain
-    .command('issue')
-    .argument('<role>', 'host or admin')
-    .argument('<name>', 'host or admin name', name('NAME'))
-    .option('--dir <dir>', 'the domain folder', '.')
-    .option('--ip <ip>', 'an address the host listens on (repeatable; hosts only)', collect)
-    .option('--dns <name>', 'a DNS name of the host (repeatable; hosts only)', collect)
-    .option('--out <dir>', 'where to write NAME.crt and NAME.key')
-    .description('issue a host or admin certificate')
-    .action(async (role, n, o) => {
-      if (role !== 'host' && role !== 'admin')
-        throw new InvalidInputError(`Cannot issue a '${role}' certificate: the role is host or admin`);
-      const d = await loadDomain(path.resolve(o.dir));
-      const c = await issueCert(d, role, n, {
-        ...(o.out ? { outDir: path.resolve(o.out) } : {}),
-        ips: o.ip ?? [],
-        dnsNames: o.dns ?? [],
-      });
-      process.stdout.write(`${role} certificate for ${n}: ${c.cert} (key ${c.key}, CA ${c.ca})\n`);
     });
 
   const lab = program.command('lab').description('a local multi-host lab on this machine');

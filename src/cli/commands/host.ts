@@ -8,6 +8,7 @@ import { printJson, printTable, bytes } from '../output.js';
 import { collect, name, nonNegativeInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
 import path from 'node:path';
+import { registerEnrol } from './enrol.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
@@ -35,9 +36,16 @@ function printHost(h: HostView): void {
       `switch ${s.name}`,
       s.kind === 'bridge' ? `bridge ${s.bridge}` : 'user networking',
     ]),
+    ...(h.certificate ? [certificateRow(h.certificate)] : []),
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
+}
+
+function certificateRow(c: NonNullable<HostView['certificate']>): [string, string] {
+  const days = Math.floor((Date.parse(c.notAfter) - Date.now()) / 86_400_000);
+  const renewal = c.renewalPending ? 'renewal request pending' : `renews from ${c.renewAt}`;
+  return ['certificate', `serial ${c.serial}, valid until ${c.notAfter} (${days} days), ${renewal}`];
 }
 
 function onOff(s: string): boolean {
@@ -47,7 +55,8 @@ function onOff(s: string): boolean {
 }
 
 export function registerHost(program: Command): void {
-  const host = program.command('host').description('hosts: capabilities and migration settings');
+  const host = program.command('host').description('hosts: capabilities, migration settings, enrolment');
+  registerEnrol(host);
   host
     .command('show')
     .argument('<host>')
