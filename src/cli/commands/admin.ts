@@ -72,6 +72,9 @@ export function registerAdmin(program: Command): void {
           throw new InvalidInputError(err.message, { ...err.context, code: err.code }, err);
         throw err;
       });
+      // Stopped (SIGTERM). The exit watchers of running VMs would keep the process alive, yet
+      // the VMs outlive the agent: leave now, or `systemctl stop` would wait for its timeout.
+      process.exit(0);
     });
 
   // Hidden: which runtime runs this CLI (the package test checks it is /usr/lib/ferry/node).
