@@ -38,7 +38,7 @@ export const HostConfigFile = z
     /** The host's name: its certificate's CN. */
     name: Name,
     listen: Listen.default(`0.0.0.0:${AGENT_PORT}`),
-    data: absPath.default('/var/lib/ferry'),
+    dataDir: absPath.default('/var/lib/ferry'),
     /** Where other hosts connect for migration streams and NBD (default: the address their request came in on). */
     migrationAddress: z
       .string()

@@ -400,6 +400,41 @@ test(
     await m.ok(['systemctl', 'start', 'ferry-agent']);
     await running('the configuration was fixed');
 
+    // This host as an etcd member: Debian's etcd.service with the documented drop-in (the
+    // host's certificate through LoadCredential); the packaged agent creates a cluster on it.
+    await m.ok([
+      'install',
+      '-D',
+      '-m',
+      '0644',
+      '/usr/share/doc/ferry/examples/etcd-ferry.conf',
+      '/etc/systemd/system/etcd.service.d/ferry.conf',
+    ]);
+    const url = (port: number): string => `https://127.0.0.1:${port}`;
+    await fsp.writeFile(
+      path.join(dir, 'sd-etcd'),
+      [
+        'ETCD_NAME=sd-a',
+        'ETCD_DATA_DIR=/var/lib/etcd/ferry',
+        `ETCD_LISTEN_CLIENT_URLS=${url(2379)}`,
+        `ETCD_ADVERTISE_CLIENT_URLS=${url(2379)}`,
+        `ETCD_LISTEN_PEER_URLS=${url(2380)}`,
+        `ETCD_INITIAL_ADVERTISE_PEER_URLS=${url(2380)}`,
+        `ETCD_INITIAL_CLUSTER=sd-a=${url(2380)}`,
+        'ETCD_INITIAL_CLUSTER_STATE=new',
+        '',
+      ].join('\n'),
+    );
+    await m.ok(['install', '-m', '0644', inside(path.join(dir, 'sd-etcd')), '/etc/default/etcd']);
+    await m.ok(['systemctl', 'daemon-reload']);
+    await m.ok(['systemctl', 'start', 'etcd']);
+    await ferry('cluster', 'create', 'sd', '--host', 'sd-a', '--etcd', url(2379));
+    const cluster = JSON.parse(await ferry('cluster', 'status', '--json')) as { nodes: Array<{ name: string }> };
+    assert.deepEqual(
+      cluster.nodes.map((n) => n.name),
+      ['sd-a'],
+    );
+
     // Remove: prerm stops the agent; the VM keeps running.
     const removed = await m.ok(['dpkg', '-r', 'ferry']);
     assert.match(removed, /running VMs keep running/);
@@ -468,7 +503,7 @@ test(
       /field 'migrationPorts' \("7000-8000"\) includes the agent's own port 7443 .*choose a range without it/,
     );
     await bad(
-      { name: 'hv1', data: '/tmp/x', tlsDir: path.join(dir, 'none') },
+      { name: 'hv1', dataDir: '/tmp/x', tlsDir: path.join(dir, 'none') },
       /Cannot start agent 'hv1': .*ca\.crt is missing/,
     );
 
@@ -487,7 +522,7 @@ test(
       JSON.stringify({
         name: 'pkg-a',
         listen: `127.0.0.1:${port}`,
-        data: path.join(dir, 'data'),
+        dataDir: path.join(dir, 'data'),
         tlsDir,
         migrationPorts: '51000-51063',
       }),

@@ -30,7 +30,7 @@ test('a minimal agent.json gets the installed defaults', async (t) => {
   assert.deepEqual(c, {
     name: 'hv1',
     listen: '0.0.0.0:7443',
-    data: '/var/lib/ferry',
+    dataDir: '/var/lib/ferry',
     tlsDir: '/etc/ferry/tls',
     migrationPorts: '49152-49215',
     pools: [],
@@ -67,8 +67,8 @@ test('unknown and malformed fields are refused, naming the field and the fix', a
     /field 'listen' .* must be ADDRESS or ADDRESS:PORT/,
   );
   await refused(
-    await write(dir, { name: 'a', data: 'var/lib' }),
-    /field 'data' \("var\/lib"\) must be an absolute path/,
+    await write(dir, { name: 'a', dataDir: 'var/lib' }),
+    /field 'dataDir' \("var\/lib"\) must be an absolute path/,
   );
   await refused(
     await write(dir, { name: 'a', migrationPorts: '80-90' }),

@@ -43,7 +43,7 @@ export function registerAdmin(program: Command): void {
         const c = await loadHostConfig(path.resolve(o.config));
         flags = {
           name: c.name,
-          data: c.data,
+          data: c.dataDir,
           listen: c.listen,
           tlsDir: c.tlsDir,
           migrationPorts: c.migrationPorts,
