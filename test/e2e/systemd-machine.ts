@@ -137,9 +137,17 @@ export async function bootSystemdMachine(share: string, opts: { timeoutMs?: numb
       pid = Number(procs.split('\n')[0]) || 0;
       if (!pid) await sleep(50);
     }
-    const state = await run(['systemctl', 'is-system-running', '--wait'], { timeoutMs: opts.timeoutMs ?? 30_000 });
+    // PID 1 exists before its control socket does: wait for the socket, then for the boot.
+    let state = await run(['systemctl', 'is-system-running', '--wait'], { timeoutMs: opts.timeoutMs ?? 30_000 });
+    while (/Failed to connect to bus/.test(state.stderr)) {
+      if (Date.now() > until) throw new Error(`systemd does not answer: ${state.stderr}`);
+      await sleep(100);
+      state = await run(['systemctl', 'is-system-running', '--wait'], { timeoutMs: opts.timeoutMs ?? 30_000 });
+    }
     if (state.stdout.trim() !== 'running')
-      throw new Error(`systemd is ${state.stdout.trim()}: ${(await run(['systemctl', '--failed'])).stdout}`);
+      throw new Error(
+        `systemd is ${state.stdout.trim()} ${state.stderr}: ${(await run(['systemctl', '--failed'])).stdout}`,
+      );
     return machine;
   } catch (err) {
     await close();
