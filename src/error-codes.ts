@@ -203,6 +203,14 @@ export const ERROR_CODES = {
   E_HOST_NOT_INITIALISED: conflict('this host has no key yet; run ferry host init'),
   E_REQUEST: failed('openssl could not make a certificate request'),
   E_ENROL_STATE: failed('an enrolment file is not valid'),
+  // Host configuration (docs/install.md)
+  E_MIGRATION_ADDRESS: input('the migration address or port range is not usable on this host'),
+  E_PORTS_EXHAUSTED: {
+    status: 503,
+    exit: EXIT.failed,
+    retryable: true,
+    meaning: 'every port of the migration range is in use',
+  },
 } as const satisfies Record<string, ErrorInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

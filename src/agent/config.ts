@@ -5,13 +5,18 @@ import path from 'node:path';
 import { z } from 'zod';
 import { InvalidInputError } from '../errors.js';
 import { Name } from '../api/schemas.js';
+import { assertExcludes, parsePortRange, type PortRange } from './ports.js';
 
 export const AgentFile = z
   .object({
     pools: z
       .array(
         z
-          .object({ name: Name, kind: z.enum(['local', 'shared']), path: z.string().refine((p) => path.isAbsolute(p)) })
+          .object({
+            name: Name,
+            kind: z.enum(['local', 'shared']),
+            path: z.string().refine((p) => path.isAbsolute(p), { message: 'must be an absolute path' }),
+          })
           .strict(),
       )
       .default([]),
@@ -44,6 +49,8 @@ export interface AgentConfig {
   migrationAddress: string;
   /** The host's TLS folder: CA, certificate, key, the domain's CRL (when pushed), renewal requests. */
   tls: { ca: string; cert: string; key: string; crl: string; renewDir: string };
+  /** Ports for migration streams and NBD exports (null: any free port). */
+  migrationPorts: PortRange | null;
   pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
   switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
   cluster?: { name: string; endpoints: string[]; leaseSeconds?: number };
@@ -63,6 +70,9 @@ export async function loadAgentConfig(flags: {
   listen: string;
   migrationAddress?: string;
   tlsDir?: string;
+  migrationPorts?: string;
+  /** Settings of /etc/ferry/agent.json (`ferry agent --config`), merged with DATA/agent.json. */
+  settings?: Partial<z.infer<typeof AgentFile>>;
 }): Promise<AgentConfig> {
   if (!Name.safeParse(flags.name).success)
     throw new InvalidInputError(
@@ -71,7 +81,9 @@ export async function loadAgentConfig(flags: {
     );
   const dataDir = path.resolve(flags.data);
   const listen = parseListen(flags.listen);
-  let file: z.infer<typeof AgentFile> = { pools: [], switches: [] } as z.infer<typeof AgentFile>;
+  const migrationPorts = flags.migrationPorts ? parsePortRange(flags.migrationPorts, 'migration ports') : null;
+  if (migrationPorts) assertExcludes(migrationPorts, listen.port, 'migration ports');
+  let file: z.infer<typeof AgentFile> = { pools: [], switches: [] };
   try {
     const raw = JSON.parse(await fsp.readFile(path.join(dataDir, 'agent.json'), 'utf8')) as unknown;
     const r = AgentFile.safeParse(raw);
@@ -83,6 +95,13 @@ export async function loadAgentConfig(flags: {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
+  const extra = flags.settings ?? {};
+  if (extra.cluster && file.cluster && extra.cluster.name !== file.cluster.name)
+    throw new InvalidInputError(
+      `Cannot start agent '${flags.name}': its configuration names cluster '${extra.cluster.name}' but ` +
+        `${path.join(dataDir, 'agent.json')} (written by 'ferry cluster join') names '${file.cluster.name}'; ` +
+        'remove one of them',
+    );
   const tlsDir = flags.tlsDir ? path.resolve(flags.tlsDir) : path.join(dataDir, 'tls');
   return {
     name: flags.name,
@@ -96,8 +115,13 @@ export async function loadAgentConfig(flags: {
       crl: path.join(tlsDir, 'ca.crl'),
       renewDir: path.join(tlsDir, 'renew'),
     },
-    pools: [{ name: 'local', kind: 'local', path: path.join(dataDir, 'pools', 'local') }, ...file.pools],
-    switches: file.switches,
-    ...(file.cluster ? { cluster: file.cluster } : {}),
+    migrationPorts,
+    pools: [
+      { name: 'local', kind: 'local', path: path.join(dataDir, 'pools', 'local') },
+      ...(extra.pools ?? []),
+      ...file.pools,
+    ],
+    switches: [...(extra.switches ?? []), ...file.switches],
+    ...((extra.cluster ?? file.cluster) ? { cluster: extra.cluster ?? file.cluster } : {}),
   };
 }

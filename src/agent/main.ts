@@ -19,6 +19,7 @@ import { eventRoutes } from './routes/events.js';
 import { metaRoutes } from './routes/meta.js';
 import { migrationRoutes, peerRoutes } from './routes/migrations.js';
 import { clusterRoutes } from './routes/cluster.js';
+import { notifySystemd } from './systemd.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface AgentFlags {
@@ -27,6 +28,8 @@ export interface AgentFlags {
   listen: string;
   migrationAddress?: string;
   tlsDir?: string;
+  migrationPorts?: string;
+  settings?: Parameters<typeof loadAgentConfig>[0]['settings'];
 }
 
 export interface RunningAgent {
@@ -106,12 +109,14 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
 /** Runs the agent until SIGTERM/SIGINT. */
 export async function runAgent(flags: AgentFlags): Promise<void> {
   const agent = await startAgent(flags);
-  await new Promise<void>((resolve) => {
-    const stop = (): void => {
-      resolve();
-    };
-    process.once('SIGTERM', stop);
-    process.once('SIGINT', stop);
+  const stopped = new Promise<void>((resolve) => {
+    process.once('SIGTERM', resolve);
+    process.once('SIGINT', resolve);
   });
+  await notifySystemd({ READY: '1', STATUS: `serving on ${flags.listen}` }).catch((err: unknown) => {
+    agent.app.log.warn({ err: messageOf(err) }, 'cannot tell systemd the agent is ready');
+  });
+  await stopped;
+  await notifySystemd({ STOPPING: '1' }).catch(() => undefined);
   await agent.close();
 }

@@ -1,8 +1,7 @@
 // The commander program: one file per command group under commands/.
 import { Command } from '@commander-js/extra-typings';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import { REPO_ROOT } from '../../guest/paths.js';
+// Bundled into the CLI at build time, so the installed package (no package.json) knows its version.
+import pkg from '../../package.json' with { type: 'json' };
 import { registerGuest } from './commands/guest.js';
 import { registerVm } from './commands/vm.js';
 import { registerHost } from './commands/host.js';
@@ -13,7 +12,6 @@ import { registerCluster } from './commands/cluster.js';
 import { registerImage } from './commands/image.js';
 
 export function buildProgram(): Command {
-  const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
   const program = new Command('ferry')
     .description('Move running virtual machines between Linux hosts (QEMU/KVM)')
     .version(pkg.version)

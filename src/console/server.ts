@@ -5,6 +5,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { FerryError } from '../errors.js';
 import { Clients, type Context } from '../cli/context.js';
@@ -29,8 +30,18 @@ export interface ConsoleOptions {
   webDir?: string;
 }
 
+/**
+ * The built web app: FERRY_WEB_DIR, else `web` beside the running bundle (the package's
+ * /usr/lib/ferry/web next to /usr/lib/ferry/cli.mjs), else the checkout's web/dist.
+ */
+export function defaultWebDir(): string {
+  if (process.env.FERRY_WEB_DIR) return path.resolve(process.env.FERRY_WEB_DIR);
+  const beside = path.join(path.dirname(fileURLToPath(import.meta.url)), 'web');
+  return fs.existsSync(path.join(beside, 'index.html')) ? beside : path.join(REPO_ROOT, 'web', 'dist');
+}
+
 export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> {
-  const webDir = o.webDir ?? path.join(REPO_ROOT, 'web', 'dist');
+  const webDir = o.webDir ?? defaultWebDir();
   if (!fs.existsSync(path.join(webDir, 'index.html'))) {
     throw new FerryError(
       'E_WEB_NOT_BUILT',

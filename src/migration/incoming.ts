@@ -4,7 +4,6 @@
 // (two-phase: the VM never runs on both hosts); Abort removes everything Prepare created.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { createImage } from '../qemu/img.js';
 import { saveVm, configFile, exists } from '../vm/folder.js';
@@ -17,6 +16,8 @@ import type { Engine } from '../agent/engine.js';
 import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import { sleep } from '../util/exec.js';
+import { portAllocatorFor } from '../agent/ports.js';
+import { advertisedMigrationAddress } from '../agent/migration-address.js';
 
 interface Incoming {
   jobId: string;
@@ -170,7 +171,10 @@ export class IncomingManager {
       .map((i) => ({ name: i.spec.name, id: i.spec.id }));
   }
 
-  async prepare(req: IncomingRequest, opts: { signal?: AbortSignal } = {}): Promise<IncomingView> {
+  async prepare(
+    req: IncomingRequest,
+    opts: { signal?: AbortSignal; localAddress?: string } = {},
+  ): Promise<IncomingView> {
     const e = this.engine;
     const spec = parseVmSpec(req.spec, 'accept the incoming VM');
     const settings = e.migrationSettings();
@@ -262,19 +266,24 @@ export class IncomingManager {
             opts,
           );
       }
-      const addr = e.migrationListenAddress();
+      const addr = advertisedMigrationAddress(e.migrationListenAddress(), opts.localAddress, e.name);
       const host = addr.includes(':') ? `[${addr}]` : addr;
       if (req.storage) {
         // NBD exports of the new, empty disks on the migration address, for the source's mirrors.
-        const port = await freePort(addr);
-        await proc.qmp.execute(
-          'nbd-server-start',
-          {
-            addr: { type: 'inet', data: { host: addr, port: String(port) } },
-            ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
-          },
-          opts,
-        );
+        const nbdPort = await portAllocatorFor(e.cfg).allocate(addr, opts);
+        const port = nbdPort.port;
+        await proc.qmp
+          .execute(
+            'nbd-server-start',
+            {
+              addr: { type: 'inet', data: { host: addr, port: String(port) } },
+              ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
+            },
+            opts,
+          )
+          .finally(() => {
+            nbdPort.release();
+          });
         for (const d of req.storage.disks) {
           await proc.qmp.execute(
             'block-export-add',
@@ -285,7 +294,10 @@ export class IncomingManager {
         item.nbd = { host: addr, port };
       }
       if (!req.stopped) {
-        await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:0` }, opts);
+        const stream = await portAllocatorFor(e.cfg).allocate(addr, opts);
+        await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:${stream.port}` }, opts).finally(() => {
+          stream.release();
+        });
         const info = await proc.qmp.execute('query-migrate', undefined, opts);
         const port = info['socket-address']?.[0]?.port;
         if (!port)
@@ -472,18 +484,6 @@ export class IncomingManager {
     for (const d of st.disks) await createImage(d.path, d.format, d.virtualSizeBytes, { signal });
     await saveVm(item.spec);
   }
-}
-
-/** A free TCP port on `host` for this one NBD server. */
-function freePort(host: string): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, host, () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 /** The distinguished name QEMU (gnutls) reads from a host certificate of our domain. */

@@ -1,5 +1,6 @@
-// One QEMU process: spawn it detached (so an agent restart never stops a VM), detect an
-// early exit and report QEMU's own reason, connect QMP, quit gracefully or kill.
+// One QEMU process: spawn it detached, in its own systemd scope when systemd is init (so an
+// agent restart never stops a VM), detect an early exit and report QEMU's own reason,
+// connect QMP, quit gracefully or kill.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -7,6 +8,7 @@ import path from 'node:path';
 import { FerryError, AbortedError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { QmpClient } from './qmp.js';
+import { qemuLaunchCommand, useScopes } from './scope.js';
 
 export const QEMU_BINARY = process.env.FERRY_QEMU ?? 'qemu-system-x86_64';
 
@@ -73,7 +75,8 @@ export class QemuProcess {
     await fsp.rm(opts.pidFile, { force: true });
     const stderrPath = path.join(opts.runDir, 'qemu.stderr.log');
     const errFd = fs.openSync(stderrPath, 'w');
-    const child = spawn(QEMU_BINARY, argv, { detached: true, stdio: ['ignore', errFd, errFd] });
+    const launch = qemuLaunchCommand(QEMU_BINARY, argv, { vm: opts.vm, useScope: useScopes() });
+    const child = spawn(launch.file, launch.args, { detached: true, stdio: ['ignore', errFd, errFd] });
     fs.closeSync(errFd);
     const exited = new Promise<ExitInfo>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));
@@ -85,7 +88,7 @@ export class QemuProcess {
       const e = await exited;
       throw new QemuStartError(
         opts.vm,
-        `${QEMU_BINARY} could not be run (exit ${e.code}); install qemu-system-x86 (scripts/setup)`,
+        `${launch.file} could not be run (exit ${e.code}); install ${launch.scope ? 'systemd' : 'qemu-system-x86'}`,
       );
     }
     // Race QMP against an early exit: a missing image or a bad option ends QEMU at once.

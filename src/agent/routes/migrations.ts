@@ -25,7 +25,9 @@ export function peerRoutes(app: FastifyInstance, engine: Engine): void {
       migrationSafe: m.migrationSafe,
     })),
   );
-  registerAction(app, peerActions.prepare, async ({ body, signal }) => engine.incoming.prepare(body, { signal }));
+  registerAction(app, peerActions.prepare, async ({ body, signal }, req) =>
+    engine.incoming.prepare(body, { signal, localAddress: req.socket.localAddress }),
+  );
   registerAction(app, peerActions.status, async ({ params }) => engine.incoming.view(params.id));
   registerAction(app, peerActions.finish, async ({ params }) => engine.incoming.finish(params.id));
   registerAction(app, peerActions.abort, async ({ params }) => {

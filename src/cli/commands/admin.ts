@@ -4,7 +4,9 @@ import type { Command } from '@commander-js/extra-typings';
 import { labDown, labKill, labLink, labStatus, labUp } from '../../lab/lab.js';
 import { printJson, printTable } from '../output.js';
 import { name, positiveInt } from '../parse.js';
-import { InvalidInputError } from '../../errors.js';
+import { FerryError, InvalidInputError } from '../../errors.js';
+import { HOST_CONFIG_FILE, loadHostConfig } from '../../agent/host-config.js';
+import type { AgentFlags } from '../../agent/main.js';
 import type { GlobalOpts } from '../context.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
@@ -19,19 +21,78 @@ export function registerAdmin(program: Command): void {
   program
     .command('agent')
     .description('run the host agent (the daemon of one host)')
-    .requiredOption('--name <name>', 'host name (its certificate must say so)', name('--name'))
-    .requiredOption('--data <dir>', 'data folder')
-    .requiredOption('--listen <addr:port>', 'API address')
+    .option('--config <file>', `read the host's settings from this JSON file (installed hosts: ${HOST_CONFIG_FILE})`)
+    .option('--name <name>', 'host name (its certificate must say so)', name('--name'))
+    .option('--data <dir>', 'data folder')
+    .option('--listen <addr:port>', 'API address')
     .option('--migration-address <addr>', 'address for migration streams (default: the API address)')
     .option('--tls-dir <dir>', 'folder with ca.crt, host.crt, host.key (default DATA/tls)')
+    .option('--migration-ports <from-to>', 'ports for migration streams and NBD exports (default: any free port)')
     .action(async (o) => {
       const { runAgent } = await import('../../agent/main.js'); // fastify, sqlite: only the agent needs them
-      await runAgent({
-        name: o.name,
-        data: o.data,
-        listen: o.listen,
-        ...(o.migrationAddress ? { migrationAddress: o.migrationAddress } : {}),
-        ...(o.tlsDir ? { tlsDir: o.tlsDir } : {}),
+      const flagged = [o.name, o.data, o.listen, o.migrationAddress, o.tlsDir, o.migrationPorts].some(
+        (v) => v !== undefined,
+      );
+      let flags: AgentFlags;
+      if (o.config) {
+        if (flagged)
+          throw new InvalidInputError(
+            `Cannot start the agent: give either --config FILE or the --name, --data, --listen flags, not both`,
+          );
+        const c = await loadHostConfig(path.resolve(o.config));
+        flags = {
+          name: c.name,
+          data: c.dataDir,
+          listen: c.listen,
+          tlsDir: c.tlsDir,
+          migrationPorts: c.migrationPorts,
+          ...(c.migrationAddress ? { migrationAddress: c.migrationAddress } : {}),
+          settings: { pools: c.pools, switches: c.switches, ...(c.cluster ? { cluster: c.cluster } : {}) },
+        };
+      } else {
+        if (!o.name || !o.data || !o.listen)
+          throw new InvalidInputError(
+            `Cannot start the agent: give --config FILE (installed hosts: ${HOST_CONFIG_FILE}), ` +
+              'or --name, --data and --listen',
+          );
+        flags = {
+          name: o.name,
+          data: o.data,
+          listen: o.listen,
+          ...(o.migrationAddress ? { migrationAddress: o.migrationAddress } : {}),
+          ...(o.tlsDir ? { tlsDir: o.tlsDir } : {}),
+          ...(o.migrationPorts ? { migrationPorts: o.migrationPorts } : {}),
+        };
+      }
+      // A start-up problem the admin must fix (missing certificate, bad path) exits 2, which
+      // the systemd unit does not restart: no crash loop, one clear line in the journal.
+      await runAgent(flags).catch((err: unknown) => {
+        if (err instanceof FerryError && err.userError && !(err instanceof InvalidInputError))
+          throw new InvalidInputError(err.message, { ...err.context, code: err.code }, err);
+        throw err;
+      });
+      // Stopped (SIGTERM). The exit watchers of running VMs would keep the process alive, yet
+      // the VMs outlive the agent: leave now, or `systemctl stop` would wait for its timeout.
+      process.exit(0);
+    });
+
+  // Hidden: which runtime runs this CLI (the package test checks it is /usr/lib/ferry/node).
+  program
+    .command('debug-runtime', { hidden: true })
+    .description('print the runtime, its native modules and the web app folder as JSON')
+    .action(async () => {
+      const { default: Database } = await import('better-sqlite3');
+      const { defaultWebDir } = await import('../../console/server.js');
+      const db = new Database(':memory:');
+      const sqlite = (db.prepare('SELECT sqlite_version() AS v').get() as { v: string }).v;
+      db.close();
+      printJson({
+        version: program.version() ?? '',
+        execPath: process.execPath,
+        node: process.version,
+        script: process.argv[1],
+        sqlite,
+        webDir: defaultWebDir(),
       });
     });
 
@@ -40,7 +101,10 @@ export function registerAdmin(program: Command): void {
     .description('serve the web console (log in with the token it prints)')
     .option('--listen <addr:port>', 'where to serve it', '127.0.0.1:8080')
     .option('--token <token>', 'login token (default: FERRY_CONSOLE_TOKEN or a new random one)')
-    .option('--web-dir <dir>', 'the built web app (default web/dist)')
+    .option(
+      '--web-dir <dir>',
+      'the built web app (default: FERRY_WEB_DIR, the installed /usr/lib/ferry/web, or web/dist)',
+    )
     .action(async (o, cmd) => {
       const { loadContext } = await import('../context.js');
       const { buildConsole, newToken } = await import('../../console/server.js');
@@ -76,7 +140,7 @@ export function registerAdmin(program: Command): void {
     .description('start the lab (idempotent: starts only what is not running)')
     .action(async (o, cmd) => {
       const st = await labUp({
-        dir: labDir(o, cmd as Cmd),
+        dir: labDir(o, cmd),
         hosts: o.hosts,
         cluster: !!o.cluster,
         netns: !!o.netns,
@@ -97,7 +161,7 @@ export function registerAdmin(program: Command): void {
     .option('--json', 'JSON')
     .description('hosts and their agents')
     .action(async (o, cmd) => {
-      const st = await labStatus(labDir(o, cmd as Cmd));
+      const st = await labStatus(labDir(o, cmd));
       if (o.json) printJson(st);
       else if (st.hosts.some((h) => h.netns)) {
         const link = (v: boolean | undefined): string => (v ? 'up' : 'cut');

@@ -1,0 +1,96 @@
+// Bundles the CLI and agent for the Debian package: one ESM file with every pure-JS
+// dependency inside, native modules left external (they ship in node_modules beside it).
+// Usage: tsx scripts/bundle.ts OUT_DIR  → OUT_DIR/cli.mjs, OUT_DIR/proto/etcd3/*.proto,
+// and on stdout JSON naming the native, optional (absent) and bundled packages (for licences).
+import fs from 'node:fs';
+import { isBuiltin } from 'node:module';
+import path from 'node:path';
+import { build, type Plugin } from 'esbuild';
+
+/** Native modules: loaded from OUT_DIR/node_modules at run time. */
+const NATIVE = ['better-sqlite3'];
+
+const out = process.argv[2];
+if (!out) {
+  process.stderr.write('usage: tsx scripts/bundle.ts OUT_DIR\n');
+  process.exit(2);
+}
+const root = path.resolve(import.meta.dirname, '..');
+
+// etcd3 loads its gRPC definitions from `${__dirname}/../proto/rpc.proto` when it is first
+// imported; in the bundle they sit in proto/etcd3/ beside cli.mjs.
+const etcdProto: Plugin = {
+  name: 'etcd3-proto',
+  setup(b) {
+    b.onLoad({ filter: /[\\/]etcd3[\\/]lib[\\/]connection-pool\.js$/ }, (args) => {
+      const src = fs.readFileSync(args.path, 'utf8');
+      const from = '`${__dirname}/../proto/rpc.proto`';
+      if (!src.includes(from)) throw new Error(`etcd3 changed: ${args.path} no longer loads ${from}`);
+      return { contents: src.replace(from, '`${__ferryDir}/proto/etcd3/rpc.proto`'), loader: 'js' };
+    });
+  },
+};
+
+const result = await build({
+  entryPoints: [path.join(root, 'src/cli/main.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  outfile: path.join(out, 'cli.mjs'),
+  external: NATIVE,
+  plugins: [etcdProto],
+  metafile: true,
+  legalComments: 'none',
+  logLevel: 'warning',
+  // Bundled CommonJS calls require() for Node's own modules; ESM has none, so make one.
+  banner: {
+    js: [
+      "import { createRequire as __ferryCreateRequire } from 'node:module';",
+      "import { fileURLToPath as __ferryFileURLToPath } from 'node:url';",
+      'const require = __ferryCreateRequire(import.meta.url);',
+      "const __ferryDir = __ferryFileURLToPath(new URL('.', import.meta.url));",
+    ].join('\n'),
+  },
+});
+
+const protoDir = path.join(out, 'proto', 'etcd3');
+fs.mkdirSync(protoDir, { recursive: true });
+for (const f of ['rpc.proto', 'kv.proto', 'auth.proto'])
+  fs.copyFileSync(path.join(root, 'node_modules/etcd3/proto', f), path.join(protoDir, f));
+
+const output = Object.values(result.metafile.outputs)[0];
+if (!output) throw new Error('esbuild wrote no output');
+// Every package the bundle still imports must ship in node_modules (NATIVE), or be an
+// optional one that is not installed at all (its callers cope without it, e.g. debug's
+// supports-color): anything else would fail on the host.
+const external = [
+  ...new Set(
+    output.imports
+      .filter((i) => i.external && !isBuiltin(i.path))
+      .map((i) =>
+        i.path.startsWith('@') ? i.path.split('/').slice(0, 2).join('/') : (i.path.split('/')[0] ?? i.path),
+      ),
+  ),
+].sort();
+const optional = external.filter((p) => !NATIVE.includes(p));
+for (const p of optional) {
+  if (fs.existsSync(path.join(root, 'node_modules', p)))
+    throw new Error(`the bundle imports ${p} at run time: bundle it or add it to NATIVE in scripts/bundle.ts`);
+}
+const bundled = new Map<string, string>();
+for (const input of Object.keys(output.inputs)) {
+  const m = /node_modules\/((?:@[^/]+\/)?[^/]+)\//.exec(input);
+  if (!m?.[1] || bundled.has(m[1])) continue;
+  const pj = JSON.parse(
+    fs.readFileSync(path.join(root, input.slice(0, input.indexOf(m[1]) + m[1].length), 'package.json'), 'utf8'),
+  ) as { version?: string; license?: string };
+  bundled.set(m[1], `${pj.version ?? '?'} ${pj.license ?? 'see its package'}`);
+}
+process.stdout.write(
+  JSON.stringify({
+    native: NATIVE,
+    optional,
+    bundled: Object.fromEntries([...bundled].sort(([a], [b]) => a.localeCompare(b))),
+  }) + '\n',
+);
