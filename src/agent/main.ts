@@ -40,7 +40,9 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
     if (!fs.existsSync(f))
       throw new FerryError(
         'E_TLS_MISSING',
-        `Cannot start agent '${cfg.name}': ${f} is missing; issue a host certificate with 'ferry domain issue host ${cfg.name}' and put ca.crt, host.crt and host.key in ${cfg.tls.ca.replace(/\/ca\.crt$/, '')}`,
+        `Cannot start agent '${cfg.name}': ${f} is missing; ` +
+          `issue a host certificate with 'ferry domain issue host ${cfg.name}' ` +
+          `and put ca.crt, host.crt and host.key in ${path.dirname(cfg.tls.ca)}`,
         {},
       );
   }
@@ -56,7 +58,8 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   if (Buffer.byteLength(longest) > 107) {
     throw new FerryError(
       'E_DATA_PATH_TOO_LONG',
-      `Cannot start agent '${cfg.name}': its data folder ${cfg.dataDir} is too long for QEMU's control sockets (${Buffer.byteLength(longest)} of 107 bytes); use a shorter --data path`,
+      `Cannot start agent '${cfg.name}': its data folder ${cfg.dataDir} is too long for QEMU's control sockets ` +
+        `(${Buffer.byteLength(longest)} of 107 bytes); use a shorter --data path`,
       {},
     );
   }
@@ -64,16 +67,16 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   const logger = pino({ level: opts.logLevel ?? process.env.FERRY_LOG_LEVEL ?? 'info', base: { host: cfg.name } });
   const engine = new Engine(cfg, domainId);
   await engine.init();
-  const app = await buildServer({ cfg, engine, logger, domainId });
-  hostRoutes(app, engine);
-  vmRoutes(app, engine);
-  switchRoutes(app, engine);
-  poolRoutes(app, engine);
-  eventRoutes(app, engine);
+  const app = await buildServer({ cfg, logger, domainId });
+  hostRoutes(app, engine.settings);
+  vmRoutes(app, engine.vms);
+  switchRoutes(app, engine.switches);
+  poolRoutes(app, engine.pools);
+  eventRoutes(app, engine.events);
   metaRoutes(app, engine);
-  migrationRoutes(app, engine);
+  migrationRoutes(app, engine.migrations);
   peerRoutes(app, engine);
-  clusterRoutes(app, engine);
+  clusterRoutes(app, engine.cluster);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   // Cluster decisions and fencing go to the log too: they are what an operator reads after an incident.
   engine.events.subscribe((e) => {
@@ -81,7 +84,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
       logger.info({ event: e }, e.type);
   });
   if (cfg.cluster)
-    engine.enableCluster(cfg.cluster, {
+    void engine.cluster.enable(cfg.cluster, {
       onRetry: (err) => logger.warn({ err: messageOf(err) }, 'cannot join the cluster yet; retrying'),
     });
   logger.info({ startMs: Date.now() - t0, listen: cfg.listen }, `agent ${cfg.name} ready`);

@@ -1,9 +1,9 @@
 import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
-import type { Engine } from '../engine.js';
+import type { HostSettings } from '../host-settings.js';
 
-export function hostRoutes(app: FastifyInstance, engine: Engine): void {
-  registerAction(app, actions.hostShow, async () => engine.hostView());
-  registerAction(app, actions.hostSet, async ({ body }) => engine.hostSet(body));
+export function hostRoutes(app: FastifyInstance, settings: HostSettings): void {
+  registerAction(app, actions.hostShow, () => settings.view());
+  registerAction(app, actions.hostSet, ({ body }) => settings.set(body));
 }
