@@ -24,7 +24,7 @@ export const AgentFile = z
     cluster: z
       .object({
         name: Name,
-        endpoints: z.array(z.string().url()).min(1),
+        endpoints: z.array(z.url()).min(1),
         /** Failure detection: a node is down this long after it stops renewing its lease (default 5 s). */
         leaseSeconds: z.number().int().min(2).max(60).optional(),
       })
@@ -58,10 +58,11 @@ export interface AgentConfig {
 
 export function parseListen(s: string): { host: string; port: number } {
   const m = /^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.-]+):(\d{1,5})$/.exec(s);
+  const host = m?.[1];
   const port = Number(m?.[2]);
-  if (!m || port > 65535)
+  if (host === undefined || port > 65535)
     throw new InvalidInputError(`Cannot listen on '${s}': expected ADDRESS:PORT such as 127.0.0.1:7443`, { listen: s });
-  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+  return { host: host.replace(/^\[|\]$/g, ''), port };
 }
 
 export async function loadAgentConfig(flags: {
@@ -89,7 +90,8 @@ export async function loadAgentConfig(flags: {
     const r = AgentFile.safeParse(raw);
     if (!r.success)
       throw new InvalidInputError(
-        `Cannot read ${path.join(dataDir, 'agent.json')}: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`,
+        `Cannot read ${path.join(dataDir, 'agent.json')}: ` +
+          r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; '),
       );
     file = r.data;
   } catch (err) {

@@ -63,7 +63,8 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   if (Buffer.byteLength(longest) > 107) {
     throw new FerryError(
       'E_DATA_PATH_TOO_LONG',
-      `Cannot start agent '${cfg.name}': its data folder ${cfg.dataDir} is too long for QEMU's control sockets (${Buffer.byteLength(longest)} of 107 bytes); use a shorter --data path`,
+      `Cannot start agent '${cfg.name}': its data folder ${cfg.dataDir} is too long for QEMU's control sockets ` +
+        `(${Buffer.byteLength(longest)} of 107 bytes); use a shorter --data path`,
       {},
     );
   }
@@ -72,17 +73,17 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   const tls = await HostTls.open(cfg.tls, { name: cfg.name, port: cfg.listen.port }, logger);
   const engine = new Engine(cfg, domainId);
   await engine.init();
-  const app = await buildServer({ cfg, engine, logger, domainId, tls });
-  hostRoutes(app, engine, tls);
+  const app = await buildServer({ cfg, logger, domainId, tls });
+  hostRoutes(app, engine.settings, tls);
   domainRoutes(app, tls);
-  vmRoutes(app, engine);
-  switchRoutes(app, engine);
-  poolRoutes(app, engine);
-  eventRoutes(app, engine);
+  vmRoutes(app, engine.vms);
+  switchRoutes(app, engine.switches);
+  poolRoutes(app, engine.pools);
+  eventRoutes(app, engine.events);
   metaRoutes(app, engine);
-  migrationRoutes(app, engine);
+  migrationRoutes(app, engine.migrations);
   peerRoutes(app, engine);
-  clusterRoutes(app, engine);
+  clusterRoutes(app, engine.cluster);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   // Cluster decisions and fencing go to the log too: they are what an operator reads after an incident.
   engine.events.subscribe((e) => {
@@ -90,7 +91,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
       logger.info({ event: e }, e.type);
   });
   if (cfg.cluster)
-    engine.enableCluster(cfg.cluster, {
+    void engine.cluster.enable(cfg.cluster, {
       onRetry: (err) => logger.warn({ err: messageOf(err) }, 'cannot join the cluster yet; retrying'),
     });
   tls.start();

@@ -1,10 +1,12 @@
 // The agent's own state that survives restarts (better-sqlite3): which VMs this host owns
-// and where their folders are, switches, pools and settings. A VM's config itself is its
-// vm.json; QEMU's run state is read live, never stored.
+// and where their folders are, switches, pools, settings, migration records and the move
+// journal. A VM's config itself is its vm.json; QEMU's run state is read live, never stored.
+// With synchronous = FULL every write is on disk when the call returns.
 import Database from 'better-sqlite3';
 import type { PoolDef, PoolKind } from '../storage/pools.js';
 import type { SwitchView } from '../api/schemas.js';
 import type { MigrationRecord } from '../migration/schemas.js';
+import { JournalEntry } from '../migration/journal.js';
 
 export interface VmRecord {
   name: string;
@@ -21,11 +23,15 @@ export class Registry {
     this.db.pragma('journal_mode = WAL');
     this.db.pragma('synchronous = FULL');
     this.db.exec(`
-      CREATE TABLE IF NOT EXISTS vms (name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, config_path TEXT NOT NULL, created_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS vms (
+        name TEXT PRIMARY KEY, id TEXT NOT NULL UNIQUE, config_path TEXT NOT NULL, created_at TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS switches (name TEXT PRIMARY KEY, kind TEXT NOT NULL, bridge TEXT);
       CREATE TABLE IF NOT EXISTS pools (name TEXT PRIMARY KEY, kind TEXT NOT NULL, path TEXT NOT NULL);
       CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-      CREATE TABLE IF NOT EXISTS migrations (id TEXT PRIMARY KEY, vm TEXT NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL, created_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS migrations (
+        id TEXT PRIMARY KEY, vm TEXT NOT NULL, state TEXT NOT NULL, record TEXT NOT NULL, created_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS move_journal (
+        move_id TEXT NOT NULL, seq INTEGER NOT NULL, entry TEXT NOT NULL, PRIMARY KEY (move_id, seq));
     `);
   }
 
@@ -76,7 +82,8 @@ export class Registry {
   upsertPool(p: { name: string; kind: PoolKind; path: string }): void {
     this.db
       .prepare(
-        'INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path',
+        'INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ' +
+          'ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path',
       )
       .run(p.name, p.kind, p.path);
   }
@@ -94,7 +101,8 @@ export class Registry {
   saveMigration(r: MigrationRecord): void {
     this.db
       .prepare(
-        'INSERT INTO migrations (id, vm, state, record, created_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record',
+        'INSERT INTO migrations (id, vm, state, record, created_at) VALUES (?, ?, ?, ?, ?) ' +
+          'ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record',
       )
       .run(r.id, r.vm, r.state, JSON.stringify(r), r.createdAt);
   }
@@ -110,5 +118,27 @@ export class Registry {
     )
       .map((r) => JSON.parse(r.record) as MigrationRecord)
       .reverse();
+  }
+
+  /** Appends one entry of a move's journal; a second entry with the same seq is refused (E_CONSTRAINT). */
+  journalAppend(moveId: string, entry: JournalEntry): void {
+    this.db
+      .prepare('INSERT INTO move_journal (move_id, seq, entry) VALUES (?, ?, ?)')
+      .run(moveId, entry.seq, JSON.stringify(entry));
+  }
+  journalRead(moveId: string): JournalEntry[] {
+    const rows = this.db.prepare('SELECT entry FROM move_journal WHERE move_id = ? ORDER BY seq').all(moveId) as Array<{
+      entry: string;
+    }>;
+    return rows.map((r) => JournalEntry.parse(JSON.parse(r.entry)));
+  }
+  journalMoves(): string[] {
+    const rows = this.db.prepare('SELECT DISTINCT move_id FROM move_journal ORDER BY move_id').all() as Array<{
+      move_id: string;
+    }>;
+    return rows.map((r) => r.move_id);
+  }
+  journalDrop(moveId: string): void {
+    this.db.prepare('DELETE FROM move_journal WHERE move_id = ?').run(moveId);
   }
 }

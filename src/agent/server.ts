@@ -1,7 +1,8 @@
 // The agent's HTTP layer: HTTPS with mutual TLS, where a request only parses into a typed
-// action (zod) and the engine does the work. Nothing here decides anything about VMs.
-import type { TLSSocket } from 'node:tls';
-import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+// action (zod) and the agent's parts (VMs, pools, switches, moves…) do the work. Nothing here
+// decides anything about VMs.
+import { TLSSocket } from 'node:tls';
+import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import {
   serializerCompiler,
@@ -16,7 +17,6 @@ import { identityFromSubject, type PeerIdentity, type Role } from '../domain/ca.
 import type { Action, Out } from '../api/action.js';
 import { ErrorBody } from '../api/schemas.js';
 import type { AgentConfig } from './config.js';
-import type { Engine } from './engine.js';
 import type { HostTls } from './tls.js';
 import type pino from 'pino';
 
@@ -84,9 +84,43 @@ function validationMessage(err: {
   return `Cannot accept the ${where}: ${parts.join('; ')}; fix the value and try again`;
 }
 
+/**
+ * Sets `req.peer` from the verified client certificate, or says why the request is refused:
+ * no certificate of our CA, one of another domain, or a role the route does not admit.
+ */
+function checkPeer(req: FastifyRequest, domainId: string): FerryError | null {
+  const sock = req.raw.socket;
+  const cert = sock instanceof TLSSocket ? sock.getPeerCertificate() : null;
+  const id = cert && Object.keys(cert).length ? identityFromSubject(cert.subject) : null;
+  if (!(sock instanceof TLSSocket) || !sock.authorized || !id) {
+    return new FerryError(
+      'E_UNAUTHENTICATED',
+      'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain',
+      {},
+    );
+  }
+  if (id.domainId !== domainId) {
+    return new FerryError(
+      'E_FORBIDDEN',
+      `Cannot serve the request: the certificate belongs to another domain; use one issued by domain ${domainId}`,
+      {},
+    );
+  }
+  req.peer = id;
+  const roles = req.routeOptions.config.roles ?? ['admin'];
+  if (id.role !== 'admin' && !roles.includes(id.role)) {
+    return new FerryError(
+      'E_FORBIDDEN',
+      `Cannot serve ${req.method} ${req.routeOptions.url}: the ${id.role} certificate of '${id.name}' ` +
+        'may not call it; use an admin certificate',
+      {},
+    );
+  }
+  return null;
+}
+
 export interface ServerOptions {
   cfg: AgentConfig;
-  engine: Engine;
   /** Certificate and CRL, swapped without a restart. */
   tls: HostTls;
   logger: pino.Logger;
@@ -104,7 +138,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       minVersion: 'TLSv1.2',
     },
     bodyLimit: 1024 * 1024,
-    disableRequestLogging: true,
+    logController: new LogController({ disableRequestLogging: true }),
     maxParamLength: 1000,
     // Errors the router raises before any route runs (too long a path, bad URL encoding).
     frameworkErrors: (err, _req, reply) => {
@@ -126,39 +160,15 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   });
 
   // Who is calling: the verified client certificate says role and name.
-  app.addHook('onRequest', async (req) => {
-    const sock = req.raw.socket as TLSSocket;
-    const cert = sock.getPeerCertificate?.();
-    const id =
-      cert && Object.keys(cert).length ? identityFromSubject(cert.subject as unknown as Record<string, string>) : null;
-    if (!sock.authorized || !id) {
-      throw new FerryError(
-        'E_UNAUTHENTICATED',
-        'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain',
-        {},
-      );
-    }
-    if (id.domainId !== o.domainId) {
-      throw new FerryError(
-        'E_FORBIDDEN',
-        `Cannot serve the request: the certificate belongs to another domain; use one issued by domain ${o.domainId}`,
-        {},
-      );
-    }
-    req.peer = id;
-    const roles = req.routeOptions.config.roles ?? ['admin'];
-    if (id.role !== 'admin' && !roles.includes(id.role)) {
-      throw new FerryError(
-        'E_FORBIDDEN',
-        `Cannot serve ${req.method} ${req.routeOptions.url}: the ${id.role} certificate of '${id.name}' may not call it; use an admin certificate`,
-        {},
-      );
-    }
+  app.addHook('onRequest', (req, _reply, done) => {
+    const refused = checkPeer(req, o.domainId);
+    if (refused) done(refused);
+    else done();
   });
 
   app.setErrorHandler((err, req, reply) => {
     if (hasZodFastifySchemaValidationErrors(err)) {
-      return reply.code(400).send({ error: { code: 'E_INVALID_INPUT', message: validationMessage(err as never) } });
+      return reply.code(400).send({ error: { code: 'E_INVALID_INPUT', message: validationMessage(err) } });
     }
     if (err instanceof FerryError) {
       const status = statusFor(err);

@@ -12,7 +12,8 @@ import { FerryError, messageOf } from '../errors.js';
 import { isQemuAlive, type QemuProcess } from '../qemu/process.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
-import type { Engine } from '../agent/engine.js';
+import type { MoveHost } from './host.js';
+import type { SlotQueue } from './queue.js';
 import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import { sleep } from '../util/exec.js';
@@ -46,10 +47,13 @@ interface Journal {
 
 export class IncomingManager {
   private items = new Map<string, Incoming>();
-  constructor(private engine: Engine) {}
+  constructor(
+    private host: MoveHost,
+    private slots: SlotQueue,
+  ) {}
 
   private journalDir(): string {
-    return path.join(this.engine.cfg.dataDir, 'incoming');
+    return path.join(this.host.dataDir, 'incoming');
   }
 
   /** Written before each step of Prepare, so an agent that dies can remove what it created. */
@@ -78,7 +82,7 @@ export class IncomingManager {
    * registered and is left alone.
    */
   async recover(): Promise<string[]> {
-    const e = this.engine;
+    const e = this.host;
     const done: string[] = [];
     for (const f of await fsp.readdir(this.journalDir()).catch(() => [] as string[])) {
       if (!f.endsWith('.json')) continue;
@@ -89,7 +93,7 @@ export class IncomingManager {
         await fsp.rm(path.join(this.journalDir(), f), { force: true });
         continue;
       }
-      const registered = e.registry.getVmById(j.vmId);
+      const registered = e.vms.ids().some((v) => v.id === j.vmId);
       if (!registered) {
         const runDir = e.runDir(j.vmId);
         const pid = Number((await fsp.readFile(path.join(runDir, 'qemu.pid'), 'utf8').catch(() => '')).trim());
@@ -104,7 +108,7 @@ export class IncomingManager {
         for (const p of j.createdFiles) await fsp.rm(p, { force: true });
         for (const d of [...j.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
         if (j.createdRunDir) await fsp.rm(runDir, { recursive: true, force: true });
-        e.events.emit('migration.incoming', {
+        e.emit('migration.incoming', {
           vm: j.vmName,
           jobId: j.jobId,
           state: 'recovered',
@@ -125,7 +129,7 @@ export class IncomingManager {
         vm: '',
         state: 'gone',
         uri: null,
-        tlsHostname: this.engine.name,
+        tlsHostname: this.host.name,
         reason: 'it has no such incoming move (its agent restarted and removed it, or it was aborted)',
         nbd: null,
       };
@@ -158,7 +162,7 @@ export class IncomingManager {
       vm: i.spec.name,
       state: i.state,
       uri: i.uri,
-      tlsHostname: this.engine.name,
+      tlsHostname: this.host.name,
       reason: i.reason ?? ioReason ?? (full ? `no space left in ${full} (the destination pool is full)` : null),
       nbd: i.nbd,
     };
@@ -175,9 +179,9 @@ export class IncomingManager {
     req: IncomingRequest,
     opts: { signal?: AbortSignal; localAddress?: string } = {},
   ): Promise<IncomingView> {
-    const e = this.engine;
+    const e = this.host;
     const spec = parseVmSpec(req.spec, 'accept the incoming VM');
-    const settings = e.migrationSettings();
+    const settings = e.settings();
     if (!settings.enabled)
       throw new FerryError(
         'E_MIGRATION_DISABLED',
@@ -185,8 +189,7 @@ export class IncomingManager {
         {},
       );
     if (
-      e.registry.getVm(spec.name) ||
-      e.registry.getVmById(spec.id) ||
+      e.vms.ids().some((v) => v.name === spec.name || v.id === spec.id) ||
       this.arriving().some((a) => a.name === spec.name)
     ) {
       throw new FerryError(
@@ -196,8 +199,8 @@ export class IncomingManager {
       );
     }
     if (req.storage) await this.checkStorage(spec, req.storage);
-    await e.checkVmStorage(spec);
-    if (!e.slots.tryAcquire(req.jobId)) {
+    await e.vms.checkStorage(spec);
+    if (!this.slots.tryAcquire(req.jobId)) {
       throw new FerryError(
         'E_HOST_BUSY',
         `Cannot receive VM '${spec.name}' on host '${e.name}' now: ${settings.maxLive} live migrations are already running here (max live); it stays queued`,
@@ -230,7 +233,7 @@ export class IncomingManager {
       await this.journal(item);
       // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
       // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
-      const switches = await e.prepareNics(spec);
+      const switches = await e.vms.prepareNics(spec);
       const proc = await startVm(spec, {
         runDir,
         accel: e.accelerator(),
@@ -238,13 +241,13 @@ export class IncomingManager {
         switches,
         signal: opts.signal,
       }).catch(async (err: unknown) => {
-        await e.releaseNics(spec);
+        await e.vms.releaseNics(spec);
         throw err;
       });
-      void proc.exited.then(() => e.releaseNics(spec));
+      void proc.exited.then(() => e.vms.releaseNics(spec));
       item.proc = proc;
       if (req.tls) {
-        await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.cfg.tls, e.cfg.dataDir), opts.signal);
+        await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.tls, e.dataDir), opts.signal);
         // Only the source host's certificate may connect to this VM's stream and NBD exports.
         await proc.qmp.execute(
           'object-add',
@@ -304,7 +307,7 @@ export class IncomingManager {
           throw new FerryError('E_PREPARE', `Cannot receive VM '${spec.name}': QEMU did not report its listening port`);
         item.uri = `tcp:${host}:${port}`;
       }
-      e.events.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
+      e.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
       // A failed incoming migration makes QEMU exit: note why, from its stderr.
       void proc.exited.then(async () => {
         if (item.state !== 'prepared') return;
@@ -333,7 +336,7 @@ export class IncomingManager {
 
   /** The source completed and confirms: wait for the stream's end here, then run the VM. */
   async finish(jobId: string, opts: { signal?: AbortSignal } = {}): Promise<IncomingView> {
-    const e = this.engine;
+    const e = this.host;
     const i = this.items.get(jobId);
     if (!i)
       throw new FerryError(
@@ -353,9 +356,9 @@ export class IncomingManager {
       await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
       await proc.quit({ timeoutMs: 10_000 });
       i.state = 'running';
-      await e.adoptStopped(i.spec, { skipStorageCheck: true });
+      await e.vms.arrivedStopped(i.spec, { skipStorageCheck: true });
       await this.dropJournal(jobId);
-      e.slots.release(jobId);
+      this.slots.release(jobId);
       this.items.delete(jobId);
       return { jobId, vm: i.spec.name, state: 'running', uri: null, tlsHostname: e.name, reason: null, nbd: null };
     }
@@ -384,17 +387,17 @@ export class IncomingManager {
     const run = await proc.qmp.execute('query-status', undefined, opts);
     if (!run.running) await proc.qmp.execute('cont', undefined, opts);
     i.state = 'running';
-    e.adoptRunning(i.spec, proc);
+    e.vms.arrivedRunning(i.spec, proc);
     await this.dropJournal(jobId);
-    e.slots.release(jobId);
-    e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
+    this.slots.release(jobId);
+    e.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
     this.items.delete(jobId);
     return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: e.name, reason: null, nbd: null };
   }
 
   /** Kills the incoming QEMU and removes what Prepare created. Idempotent. */
   async abort(jobId: string): Promise<void> {
-    const e = this.engine;
+    const e = this.host;
     const i = this.items.get(jobId);
     if (!i) return;
     if (i.state === 'running')
@@ -411,15 +414,15 @@ export class IncomingManager {
         await fsp.rm(`${runDir}/${f}`, { force: true });
     for (const f of i.createdFiles) await fsp.rm(f, { force: true });
     for (const d of [...i.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
-    e.slots.release(jobId);
+    this.slots.release(jobId);
     await this.dropJournal(jobId);
-    e.events.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
+    e.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
   }
 
   /** Every destination path inside a pool this host may use, not taken, with room for the data. */
   private async checkStorage(spec: VmSpec, st: NonNullable<IncomingRequest['storage']>): Promise<void> {
-    const e = this.engine;
-    const pools = e.registry.listPools();
+    const e = this.host;
+    const pools = e.pools();
     const need = new Map<string, number>();
     for (const d of st.disks) {
       const pool = await assertInUsablePool(pools, e.name, d.path, `destination of disk ${d.id}`);

@@ -2,7 +2,7 @@
 // AbortController for cancel, and the events it emits as it goes (Xen Orchestra's task
 // objects: progress events in, renderers out).
 import { randomUUID } from 'node:crypto';
-import type { EventBus } from '../events/bus.js';
+import type { Emit } from '../api/events.js';
 import type { FerryError } from '../errors.js';
 import type { AgentClient } from '../api/client.js';
 import { peerActions, IncomingRequest, type IncomingView } from '../api/peer-actions.js';
@@ -30,7 +30,7 @@ export class Job {
       policy: PolicyInput;
       options: MoveOptions;
     },
-    private bus: EventBus,
+    private bus: { emit: Emit },
     private persist: (r: MigrationRecord) => void,
   ) {
     this.record = {

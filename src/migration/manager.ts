@@ -2,12 +2,13 @@
 // with the report), queue by the host's limit, run the protocol of the VM's kind, cancel,
 // and keep the history.
 import { DEFAULTS } from '../api/defaults.js';
+import { randomUUID } from 'node:crypto';
 import { FerryError, AbortedError, NotFoundError, messageOf } from '../errors.js';
 import { AgentClient } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { peerActions } from '../api/peer-actions.js';
-import type { Engine } from '../agent/engine.js';
-import { loadVm } from '../vm/folder.js';
+import type { MoveHost } from './host.js';
+import type { SlotQueue } from './queue.js';
 import { compareVm, type Incompatibility } from './compare.js';
 import { Job } from './job.js';
 import { runLive } from './live.js';
@@ -32,16 +33,19 @@ import { assertInUsablePool, isInside, poolOf, poolStatus } from '../storage/poo
 import { planDestPaths } from './compare.js';
 import { folderFiles, runStorageMove, type StoragePlan } from './storage.js';
 import { runOfflineCopy } from './offline.js';
-import type { ClusterQueue } from '../cluster/queue.js';
+import type { MoveCluster } from './host.js';
 
 export class MigrationManager {
   private jobs = new Map<string, Job>();
   /** Jobs that went through the cluster queue (their position is the cluster's). */
   private clustered = new Set<string>();
-  constructor(private engine: Engine) {}
+  constructor(
+    private host: MoveHost,
+    private slots: { live: SlotQueue; storage: SlotQueue },
+  ) {}
 
   private destClient(to: Destination): AgentClient {
-    const t = this.engine.cfg.tls;
+    const t = this.host.tls;
     return new AgentClient({
       endpoint: to.endpoint,
       host: to.name,
@@ -72,9 +76,8 @@ export class MigrationManager {
     optionsIn: MoveOptions,
     opts: { signal?: AbortSignal } = {},
   ): Promise<{ report: CompareReport; destView: HostView | null; options: MoveOptions }> {
-    const e = this.engine;
-    const rec = e.vmRecord(vmName);
-    const spec = await loadVm(rec.configPath);
+    const e = this.host;
+    const spec = await e.vms.spec(vmName);
     const dest = this.destClient(to);
     try {
       let destView: HostView;
@@ -121,7 +124,7 @@ export class MigrationManager {
             () => 0,
           );
       }
-      const running = e.isRunning(vmName);
+      const running = e.vms.proc(vmName) !== null;
       const incompatibilities = compareVm({
         spec,
         running,
@@ -133,12 +136,14 @@ export class MigrationManager {
         diskSizes,
       });
       // In a cluster, a paused (drained) node takes no VMs.
-      const store = e.membership?.store;
-      if (store && (await store.get(`paused/${to.name}`).catch(() => null))) {
+      const cluster = e.cluster();
+      if (cluster && (await cluster.isPaused(to.name).catch(() => false))) {
         incompatibilities.push({
           code: 'E_NODE_PAUSED',
           field: 'destination',
-          message: `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${e.membership!.name}' (drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
+          message:
+            `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${cluster.name}' ` +
+            `(drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
         });
       }
       return { report: report(incompatibilities), destView, options };
@@ -148,13 +153,22 @@ export class MigrationManager {
   }
 
   async create(req: MoveRequest): Promise<MigrationRecord> {
-    const e = this.engine;
+    const e = this.host;
     // Idempotent with a caller's id: asking again returns the move already made.
-    if (req.id && (this.jobs.has(req.id) || e.registry.getMigration(req.id))) return this.get(req.id);
-    e.vmRecord(req.vm);
-    e.assertNotBusy(req.vm);
-    const rep = await this.compare(req.vm, req.to, req.options);
+    if (req.id && (this.jobs.has(req.id) || e.store.getMigration(req.id))) return this.get(req.id);
+    e.vms.record(req.vm);
+    // The VM is held from here on (Begin): other operations are refused while it is checked and moved.
+    const id = req.id ?? randomUUID();
+    e.vms.hold(req.vm, id);
+    let rep: CompareReport;
+    try {
+      rep = await this.compare(req.vm, req.to, req.options);
+    } catch (err) {
+      e.vms.release(req.vm, id);
+      throw err;
+    }
     if (!rep.compatible) {
+      e.vms.release(req.vm, id);
       throw new FerryError(
         'E_INCOMPATIBLE',
         `Cannot move VM '${req.vm}' to '${req.to.name}': ${rep.incompatibilities.map((i) => i.message.replace(/^Cannot move VM '[^']*' to '[^']*': /, '')).join(' | ')}`,
@@ -163,10 +177,10 @@ export class MigrationManager {
         },
       );
     }
-    const kind = req.options.includeStorage ? 'shared-nothing' : e.isRunning(req.vm) ? 'live' : 'offline';
+    const kind = req.options.includeStorage ? 'shared-nothing' : e.vms.proc(req.vm) !== null ? 'live' : 'offline';
     const job = new Job(
       {
-        ...(req.id ? { id: req.id } : {}),
+        id,
         vm: req.vm,
         kind,
         source: e.name,
@@ -175,11 +189,10 @@ export class MigrationManager {
         policy: req.policy,
         options: req.options,
       },
-      e.events,
-      (r) => e.registry.saveMigration(r),
+      { emit: e.emit },
+      (r) => e.store.saveMigration(r),
     );
     this.jobs.set(job.id, job);
-    e.markBusy(req.vm, job.id);
     job.log(`requested: move to ${req.to.name} (${kind})`);
     job.flush(true);
     void this.run(job, req.to, req.batch);
@@ -191,38 +204,34 @@ export class MigrationManager {
    * leader restarts it from the cluster's copy while it runs there.
    */
   private async leftCluster(job: Job, spec: VmSpec, to: string): Promise<void> {
-    const store = this.engine.membership?.store;
-    if (!spec.ha || !store) return;
-    const member = await store.get(`members/${to}`).catch(() => 'unknown');
-    if (member !== null) return;
-    await store.delete(`vms/${spec.name}`).catch(() => undefined);
-    job.log(`${spec.name} left cluster '${this.engine.membership!.name}': ${to} is not a member`);
+    const cluster = this.host.cluster();
+    if (!spec.ha || !cluster) return;
+    // When etcd cannot say, the VM stays clustered.
+    if (await cluster.isMember(to).catch(() => true)) return;
+    await cluster.forgetVm(spec.name).catch(() => undefined);
+    job.log(`${spec.name} left cluster '${cluster.name}': ${to} is not a member`);
   }
 
   /** Moves between two nodes of this host's cluster wait in the cluster's queue. */
-  private async clusterQueueFor(to: string): Promise<ClusterQueue | null> {
-    const m = this.engine.membership;
-    if (!m?.store || !m.queue) return null;
-    const member = await m.store.get(`members/${to}`).catch(() => null);
-    return member ? m.queue : null;
+  private async clusterQueueFor(to: string): Promise<MoveCluster | null> {
+    const cluster = this.host.cluster();
+    if (!cluster) return null;
+    return (await cluster.isMember(to).catch(() => false)) ? cluster : null;
   }
 
   private async run(job: Job, to: Destination, batch?: string): Promise<void> {
-    const e = this.engine;
+    const e = this.host;
     const r = job.record;
     const dest = this.destClient(to);
     let slot = false;
-    let cq: ClusterQueue | null = null;
+    let cq: MoveCluster | null = null;
     try {
       cq = await this.clusterQueueFor(to.name);
       if (cq) {
         const queue = cq;
         this.clustered.add(job.id);
-        job.setState(
-          'queued',
-          `queued in cluster '${e.membership!.name}'${batch ? ` (${batch.replace(':', ' of ')})` : ''}`,
-        );
-        await queue.enter(
+        job.setState('queued', `queued in cluster '${queue.name}'${batch ? ` (${batch.replace(':', ' of ')})` : ''}`);
+        await queue.enterQueue(
           { id: job.id, vm: r.vm, from: e.name, to: to.name, priority: r.priority, ...(batch ? { batch } : {}) },
           {
             signal: job.signal,
@@ -234,9 +243,9 @@ export class MigrationManager {
         );
         job.log('admitted by the cluster scheduler');
       }
-      if (!e.slots.tryAcquire(job.id)) {
-        job.setState('queued', `queued: ${e.name} runs ${e.migrationSettings().maxLive} live migrations (max live)`);
-        await e.slots.acquire(job.id, r.priority, job.signal);
+      if (!this.slots.live.tryAcquire(job.id)) {
+        job.setState('queued', `queued: ${e.name} runs ${e.settings().maxLive} live migrations (max live)`);
+        await this.slots.live.acquire(job.id, r.priority, job.signal);
       }
       slot = true;
       // Begin: check again, conditions may have changed while queued.
@@ -250,9 +259,9 @@ export class MigrationManager {
           `Cannot move VM '${r.vm}' to '${to.name}': ${rep.incompatibilities.map((i) => i.message).join(' | ')}`,
         );
       }
-      const spec = await loadVm(e.vmRecord(r.vm).configPath);
+      const spec = await e.vms.spec(r.vm);
       if (r.kind === 'live') {
-        const proc = e.runningProc(r.vm);
+        const proc = e.vms.proc(r.vm);
         if (!proc)
           throw new FerryError(
             'E_VM_NOT_RUNNING',
@@ -264,16 +273,16 @@ export class MigrationManager {
           proc,
           dest,
           sourceName: e.name,
-          tls: e.migrationSettings().tls,
-          tlsFiles: e.cfg.tls,
-          dataDir: e.cfg.dataDir,
+          tls: e.settings().tls,
+          tlsFiles: e.tls,
+          dataDir: e.dataDir,
           accel: e.accelerator(),
           onSwitched: async () => {
-            await e.releaseMigratedVm(r.vm, proc);
+            await e.vms.movedAway(r.vm, proc);
           },
         });
       } else if (r.kind === 'shared-nothing') {
-        const proc = e.runningProc(r.vm);
+        const proc = e.vms.proc(r.vm);
         const storage = await this.sharedNothingPlan(spec, r.options, g.destView!);
         r.disks = storage.request.disks.map((d) => ({
           id: d.id,
@@ -296,12 +305,12 @@ export class MigrationManager {
             spec,
             dest,
             sourceName: e.name,
-            tls: e.migrationSettings().tls,
-            tlsFiles: e.cfg.tls,
-            dataDir: e.cfg.dataDir,
+            tls: e.settings().tls,
+            tlsFiles: e.tls,
+            dataDir: e.dataDir,
             storage,
             onDone: async () => {
-              await e.releaseMigratedVm(r.vm, null);
+              await e.vms.movedAway(r.vm, null);
               await cleanup();
             },
           });
@@ -315,13 +324,13 @@ export class MigrationManager {
           proc,
           dest,
           sourceName: e.name,
-          tls: e.migrationSettings().tls,
-          tlsFiles: e.cfg.tls,
-          dataDir: e.cfg.dataDir,
+          tls: e.settings().tls,
+          tlsFiles: e.tls,
+          dataDir: e.dataDir,
           accel: e.accelerator(),
           storage,
           onSwitched: async () => {
-            await e.releaseMigratedVm(r.vm, proc);
+            await e.vms.movedAway(r.vm, proc);
             await cleanup();
           },
         });
@@ -334,7 +343,7 @@ export class MigrationManager {
         );
         job.cancellable = false;
         job.setState('switching-over', 'the destination registered the VM');
-        await e.releaseMigratedVm(r.vm, null);
+        await e.vms.movedAway(r.vm, null);
       }
       await this.leftCluster(job, spec, to.name);
       job.setState(
@@ -344,10 +353,10 @@ export class MigrationManager {
     } catch (err) {
       this.fail(job, err, `the VM stays on ${e.name}`);
     } finally {
-      if (slot) e.slots.release(job.id);
-      if (cq) await cq.leave(job.id).catch(() => undefined);
+      if (slot) this.slots.live.release(job.id);
+      if (cq) await cq.leaveQueue(job.id).catch(() => undefined);
       this.clustered.delete(job.id);
-      e.clearBusy(r.vm, job.id);
+      e.vms.release(r.vm, job.id);
       dest.close();
       job.flush(true);
     }
@@ -397,11 +406,18 @@ export class MigrationManager {
 
   /** `ferry move-storage`: a VM's files to new places on this host, running or stopped. */
   async createStorageMove(req: StorageMoveRequest): Promise<MigrationRecord> {
-    const e = this.engine;
-    const rec = e.vmRecord(req.vm);
-    e.assertNotBusy(req.vm);
-    const spec = await loadVm(rec.configPath);
-    const plan = await this.storagePlan(spec, req);
+    const e = this.host;
+    e.vms.record(req.vm);
+    // The VM is held from here on: other operations are refused while its files are checked and moved.
+    const id = randomUUID();
+    e.vms.hold(req.vm, id);
+    let plan: StoragePlan;
+    try {
+      plan = await this.storagePlan(await e.vms.spec(req.vm), req);
+    } catch (err) {
+      e.vms.release(req.vm, id);
+      throw err;
+    }
     const policy = {
       maxDowntimeMs: DEFAULTS.maxDowntimeMs,
       priority: req.priority,
@@ -410,6 +426,7 @@ export class MigrationManager {
     };
     const job = new Job(
       {
+        id,
         vm: req.vm,
         kind: 'storage',
         source: e.name,
@@ -417,11 +434,10 @@ export class MigrationManager {
         policy,
         options: { includeStorage: true, retainSource: false },
       },
-      e.events,
-      (r) => e.registry.saveMigration(r),
+      { emit: e.emit },
+      (r) => e.store.saveMigration(r),
     );
     this.jobs.set(job.id, job);
-    e.markBusy(req.vm, job.id);
     job.log(`requested: move storage of ${req.vm}`);
     job.flush(true);
     void this.runStorage(job, plan);
@@ -430,8 +446,8 @@ export class MigrationManager {
 
   /** Destination of every item, checked before anything starts: inside a usable pool, free, with room. */
   private async storagePlan(spec: VmSpec, req: StorageMoveRequest): Promise<StoragePlan> {
-    const e = this.engine;
-    const pools = e.registry.listPools();
+    const e = this.host;
+    const pools = e.pools();
     const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
     const configPath = req.configPath ?? req.path ?? spec.configPath;
     const follow = (p: string, explicit?: string): string =>
@@ -503,36 +519,33 @@ export class MigrationManager {
   }
 
   private async runStorage(job: Job, plan: StoragePlan): Promise<void> {
-    const e = this.engine;
+    const e = this.host;
     const r = job.record;
     let slot = false;
     try {
-      if (!e.storageSlots.tryAcquire(job.id)) {
-        job.setState(
-          'queued',
-          `queued: ${e.name} runs ${e.migrationSettings().maxStorage} storage migrations (max storage)`,
-        );
-        await e.storageSlots.acquire(job.id, r.priority, job.signal);
+      if (!this.slots.storage.tryAcquire(job.id)) {
+        job.setState('queued', `queued: ${e.name} runs ${e.settings().maxStorage} storage migrations (max storage)`);
+        await this.slots.storage.acquire(job.id, r.priority, job.signal);
       }
       slot = true;
-      const spec = await loadVm(e.vmRecord(r.vm).configPath);
+      const spec = await e.vms.spec(r.vm);
       await runStorageMove({
         job,
         spec,
-        proc: e.runningProc(r.vm),
+        proc: e.vms.proc(r.vm),
         plan,
-        pools: e.registry.listPools(),
+        pools: e.pools(),
         ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
         onConfigMoved: (next) => {
-          e.registry.updateVmPath(r.vm, next.configPath);
+          e.vms.configMoved(r.vm, next.configPath);
         },
       });
       job.setState('completed', `completed: storage of ${r.vm} moved`);
     } catch (err) {
       this.fail(job, err, `the VM keeps its files where they were`);
     } finally {
-      if (slot) e.storageSlots.release(job.id);
-      e.clearBusy(r.vm, job.id);
+      if (slot) this.slots.storage.release(job.id);
+      e.vms.release(r.vm, job.id);
       job.flush(true);
     }
   }
@@ -559,19 +572,19 @@ export class MigrationManager {
     const rec = job.snapshot();
     if (rec.state === 'queued')
       rec.queuePosition = this.clustered.has(job.id)
-        ? (this.engine.membership?.queue?.position(job.id) ?? rec.queuePosition)
-        : this.engine.slots.position(job.id);
+        ? (this.host.cluster()?.position(job.id) ?? rec.queuePosition)
+        : this.slots.live.position(job.id);
     return rec;
   }
 
   get(id: string): MigrationRecord {
     const job = this.jobs.get(id);
     if (job) return this.view(job);
-    const saved = this.engine.registry.getMigration(id);
+    const saved = this.host.store.getMigration(id);
     if (!saved)
       throw new NotFoundError(
         'E_MIGRATION_NOT_FOUND',
-        `Cannot find migration ${id} on host '${this.engine.name}'; 'ferry migration list --all' shows them`,
+        `Cannot find migration ${id} on host '${this.host.name}'; 'ferry migration list --all' shows them`,
         { id },
       );
     return saved;
@@ -581,7 +594,7 @@ export class MigrationManager {
     const live = [...this.jobs.values()].filter((j) => all || !j.done).map((j) => this.view(j));
     if (!all) return live;
     const ids = new Set(live.map((r) => r.id));
-    return [...live, ...this.engine.registry.listMigrations(500).filter((r) => !ids.has(r.id))].sort((a, b) =>
+    return [...live, ...this.host.store.listMigrations(500).filter((r) => !ids.has(r.id))].sort((a, b) =>
       a.createdAt.localeCompare(b.createdAt),
     );
   }

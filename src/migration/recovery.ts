@@ -5,17 +5,17 @@ import fsp from 'node:fs/promises';
 import { messageOf } from '../errors.js';
 import { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
-import type { Engine } from '../agent/engine.js';
+import type { MoveHost } from './host.js';
 import type { QemuProcess } from '../qemu/process.js';
-import { loadVm, saveVm } from '../vm/folder.js';
+import { saveVm } from '../vm/folder.js';
 import { sleep } from '../util/exec.js';
 import { TERMINAL, type MigrationRecord } from './schemas.js';
 import { delNode } from './block.js';
 
 const ACTIVE = ['setup', 'active', 'pre-switchover', 'device', 'wait-unplug', 'cancelling'];
 
-export async function recoverSource(e: Engine): Promise<void> {
-  const open = e.registry.listMigrations(1000).filter((r) => !TERMINAL.includes(r.state) && r.source === e.name);
+export async function recoverSource(e: MoveHost): Promise<void> {
+  const open = e.store.listMigrations(1000).filter((r) => !TERMINAL.includes(r.state) && r.source === e.name);
   for (const r of open) {
     const log = (m: string): void => {
       r.events.push({ at: new Date().toISOString(), message: m });
@@ -33,8 +33,8 @@ export async function recoverSource(e: Engine): Promise<void> {
     }
     r.finishedAt = new Date().toISOString();
     r.totalMs = r.startedAt ? Date.parse(r.finishedAt) - Date.parse(r.startedAt) : 0;
-    e.registry.saveMigration(r);
-    e.events.emit('migration', { vm: r.vm, migration: r });
+    e.store.saveMigration(r);
+    e.emit('migration', { vm: r.vm, migration: r });
   }
 }
 
@@ -46,12 +46,12 @@ function rolledBack(r: MigrationRecord, why: string): void {
   };
 }
 
-async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => void): Promise<void> {
+async function recoverMove(e: MoveHost, r: MigrationRecord, log: (m: string) => void): Promise<void> {
   const dest = r.destinationEndpoint
     ? new AgentClient({
         endpoint: r.destinationEndpoint,
         host: r.destination,
-        credentials: { ca: e.cfg.tls.ca, cert: e.cfg.tls.cert, key: e.cfg.tls.key },
+        credentials: { ca: e.tls.ca, cert: e.tls.cert, key: e.tls.key },
       })
     : null;
   try {
@@ -69,13 +69,13 @@ async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => vo
     const abortDest = async (): Promise<void> => {
       await dest?.call(peerActions.abort, { params: { id: r.id } }, { timeoutMs: 30_000 }).catch(() => undefined);
     };
-    const proc = e.runningProc(r.vm);
+    const proc = e.vms.proc(r.vm);
     if (!proc) {
       // A stopped VM's move: did the destination register it?
       const there = dest ? await dest.call(peerActions.vms, {}, { timeoutMs: 10_000 }).catch(() => null) : null;
-      const spec = e.registry.getVm(r.vm) ? await loadVm(e.vmRecord(r.vm).configPath).catch(() => null) : null;
+      const spec = e.vms.ids().some((v) => v.name === r.vm) ? await e.vms.spec(r.vm).catch(() => null) : null;
       if (there && spec && there.some((v) => v.id === spec.id)) {
-        await e.releaseMigratedVm(r.vm, null);
+        await e.vms.movedAway(r.vm, null);
         r.state = 'completed';
         r.progress = 1;
         log(
@@ -125,7 +125,7 @@ async function recoverMove(e: Engine, r: MigrationRecord, log: (m: string) => vo
           runsThere = true;
         }
       }
-      await e.releaseMigratedVm(r.vm, proc);
+      await e.vms.movedAway(r.vm, proc);
       r.state = 'completed';
       r.progress = 1;
       log(
@@ -175,9 +175,9 @@ async function dropBlockLeftovers(proc: QemuProcess): Promise<void> {
 }
 
 /** A storage move: per disk, keep whichever file the VM really uses; remove the other copy. */
-async function recoverStorage(e: Engine, r: MigrationRecord, log: (m: string) => void): Promise<void> {
-  const spec = await loadVm(e.vmRecord(r.vm).configPath);
-  const proc = e.runningProc(r.vm);
+async function recoverStorage(e: MoveHost, r: MigrationRecord, log: (m: string) => void): Promise<void> {
+  const spec = await e.vms.spec(r.vm);
+  const proc = e.vms.proc(r.vm);
   const inUse = new Map<string, string>();
   if (proc) {
     await dropBlockLeftovers(proc);

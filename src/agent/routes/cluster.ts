@@ -1,50 +1,41 @@
 import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
-import { NotFoundError } from '../../errors.js';
-import type { Engine } from '../engine.js';
-import type { Membership } from '../../cluster/membership.js';
+import type { ClusterNode } from '../../cluster/node.js';
 import { planDrain, resumeNode, startDrain } from '../../cluster/drain.js';
 import { keys, parseLimits } from '../../cluster/model.js';
+import { definedFields } from '../../util/fields.js';
 
-export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
-  const member = (what: string): Membership => {
-    if (!engine.membership)
-      throw new NotFoundError(
-        'E_CLUSTER_NOT_FOUND',
-        `Cannot ${what}: host '${engine.name}' is not in a cluster; start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'`,
-        {},
-      );
-    return engine.membership;
-  };
-  const ctx = (what: string) => ({ store: member(what).need(what), self: engine.name, tls: engine.cfg.tls });
-
-  registerAction(app, actions.clusterStatus, async () => member('show the cluster').view());
+export function clusterRoutes(app: FastifyInstance, cluster: ClusterNode): void {
+  registerAction(app, actions.clusterStatus, () => cluster.need('show the cluster').view());
 
   registerAction(app, actions.clusterDrain, async ({ params, body, signal }) => {
-    const c = ctx(`drain node '${params.name}'`);
+    const c = cluster.context(`drain node '${params.name}'`);
     const plan = await planDrain(c, params.name, { signal });
     if (body.dryRun) return { plan, batch: null };
     return { plan, batch: await startDrain(c, plan) };
   });
 
   registerAction(app, actions.clusterResume, async ({ params, body, signal }) => ({
-    batch: await resumeNode(ctx(`resume node '${params.name}'`), params.name, { failback: body.failback, signal }),
+    batch: await resumeNode(cluster.context(`resume node '${params.name}'`), params.name, {
+      failback: body.failback,
+      signal,
+    }),
   }));
 
-  registerAction(app, actions.clusterAddVm, async ({ body }) => {
+  registerAction(app, actions.clusterAddVm, ({ body }) => {
     const { vm, ...policy } = body;
-    return engine.addClusterVm(vm, policy);
+    return cluster.addVm(vm, policy);
   });
-  registerAction(app, actions.clusterRemoveVm, async ({ params }) => engine.removeClusterVm(params.name));
+  registerAction(app, actions.clusterRemoveVm, ({ params }) => cluster.removeVm(params.name));
 
   registerAction(app, actions.clusterLimits, async ({ body, signal }) => {
-    const store = ctx('change the cluster limits').store;
+    const store = cluster.context('change the cluster limits').store;
     const cur = parseLimits(await store.get(keys.config, { signal }));
-    const next = { ...cur, ...Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined)) };
+    const next = { ...cur, ...definedFields(body) };
     await store.put(keys.config, JSON.stringify(next), { signal });
     return next;
   });
 
-  registerAction(app, actions.clusterJoin, async ({ body, signal }) => engine.joinCluster(body, { signal }));
+  registerAction(app, actions.clusterJoin, ({ body, signal }) => cluster.join(body, { signal }));
 }

@@ -14,7 +14,7 @@ const MAX_BACKLOG = 1000;
 const MAX_STREAMS = 16;
 const PING_MS = 15_000;
 
-export function eventRoutes(app: FastifyInstance, engine: { events: EventBus }): void {
+export function eventRoutes(app: FastifyInstance, events: EventBus): void {
   const open = new Map<string, number>();
   app.get(
     '/v1/events',
@@ -33,8 +33,8 @@ export function eventRoutes(app: FastifyInstance, engine: { events: EventBus }):
         );
       }
       const header = req.headers['last-event-id'];
-      const lastRaw = Number(Array.isArray(header) ? header[0] : (header ?? q.since ?? engine.events.lastSeq));
-      const last = Number.isFinite(lastRaw) && lastRaw >= 0 ? lastRaw : engine.events.lastSeq;
+      const lastRaw = Number(Array.isArray(header) ? header[0] : (header ?? q.since ?? events.lastSeq));
+      const last = Number.isFinite(lastRaw) && lastRaw >= 0 ? lastRaw : events.lastSeq;
       open.set(who, count + 1);
       reply.hijack();
       const res = reply.raw;
@@ -60,10 +60,10 @@ export function eventRoutes(app: FastifyInstance, engine: { events: EventBus }):
         backlog = [];
         for (const t of pending) write(t);
       });
-      const missed = engine.events.since(last);
-      if (missed === null) write(`event: reset\ndata: {"lastSeq":${engine.events.lastSeq}}\n\n`);
+      const missed = events.since(last);
+      if (missed === null) write(`event: reset\ndata: {"lastSeq":${events.lastSeq}}\n\n`);
       for (const e of missed ?? []) write(frame(e));
-      const off = engine.events.subscribe((e) => write(frame(e)));
+      const off = events.subscribe((e) => write(frame(e)));
       const ping = setInterval(() => write(': ping\n\n'), PING_MS);
       req.raw.once('close', () => {
         closed = true;

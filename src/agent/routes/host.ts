@@ -1,16 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
-import type { Engine } from '../engine.js';
+import type { HostSettings } from '../host-settings.js';
 import type { HostTls } from '../tls.js';
 
-export function hostRoutes(app: FastifyInstance, engine: Engine, tls: HostTls): void {
-  registerAction(app, actions.hostShow, async () => ({
-    ...(await engine.hostView()),
-    certificate: tls.certificateView(),
-  }));
+export function hostRoutes(app: FastifyInstance, settings: HostSettings, tls: HostTls): void {
+  registerAction(app, actions.hostShow, async () => ({ ...(await settings.view()), certificate: tls.certificateView() }));
   registerAction(app, actions.hostSet, async ({ body }) => ({
-    ...(await engine.hostSet(body)),
+    ...(await settings.set(body)),
     certificate: tls.certificateView(),
   }));
 }

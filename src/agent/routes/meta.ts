@@ -1,10 +1,13 @@
 // OpenAPI document (generated from the action schemas) and Prometheus metrics.
 import type { FastifyInstance } from 'fastify';
 import client from 'prom-client';
-import type { Engine } from '../engine.js';
+import type { EventBus } from '../../events/bus.js';
+import type { VmInventory } from '../vms.js';
 
-export function metaRoutes(app: FastifyInstance, engine: Engine): void {
-  app.get('/openapi.json', { config: { roles: ['admin', 'host'] }, schema: { hide: true } }, async () => app.swagger());
+export function metaRoutes(app: FastifyInstance, parts: { vms: VmInventory; events: EventBus }): void {
+  app.get('/openapi.json', { config: { roles: ['admin', 'host'] }, schema: { hide: true } }, () =>
+    Promise.resolve(app.swagger()),
+  );
 
   const registry = new client.Registry();
   client.collectDefaultMetrics({ register: registry, prefix: 'ferry_agent_' });
@@ -15,7 +18,7 @@ export function metaRoutes(app: FastifyInstance, engine: Engine): void {
     registers: [registry],
     async collect() {
       const counts: Record<string, number> = { running: 0, paused: 0, stopped: 0, migrating: 0 };
-      for (const v of await engine.listVms()) counts[v.state] = (counts[v.state] ?? 0) + 1;
+      for (const v of await parts.vms.list()) counts[v.state] = (counts[v.state] ?? 0) + 1;
       for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
     },
   });
@@ -24,7 +27,7 @@ export function metaRoutes(app: FastifyInstance, engine: Engine): void {
     help: 'Events the engine has emitted',
     registers: [registry],
     collect() {
-      this.set(engine.events.lastSeq);
+      this.set(parts.events.lastSeq);
     },
   });
   app.get('/metrics', { config: { roles: ['admin', 'host'] }, schema: { hide: true } }, async (_req, reply) => {

@@ -2,44 +2,56 @@ import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { peerActions } from '../../api/peer-actions.js';
 import { registerAction } from '../server.js';
-import type { Engine } from '../engine.js';
+import type { ClusterNode } from '../../cluster/node.js';
+import type { IncomingManager } from '../../migration/incoming.js';
+import type { MigrationManager } from '../../migration/manager.js';
+import type { HostSettings } from '../host-settings.js';
+import type { VmInventory } from '../vms.js';
 
-export function migrationRoutes(app: FastifyInstance, engine: Engine): void {
-  registerAction(app, actions.compare, async ({ body, signal }) =>
-    engine.migrations.compare(body.vm, body.to, body.options, { signal }),
+export function migrationRoutes(app: FastifyInstance, migrations: MigrationManager): void {
+  registerAction(app, actions.compare, ({ body, signal }) =>
+    migrations.compare(body.vm, body.to, body.options, { signal }),
   );
-  registerAction(app, actions.migrationCreate, async ({ body }) => engine.migrations.create(body));
-  registerAction(app, actions.storageMove, async ({ body }) => engine.migrations.createStorageMove(body));
-  registerAction(app, actions.migrationList, async ({ query }) => engine.migrations.list(query.all));
-  registerAction(app, actions.migrationShow, async ({ params }) => engine.migrations.get(params.id));
-  registerAction(app, actions.migrationCancel, async ({ params }) => engine.migrations.cancel(params.id));
+  registerAction(app, actions.migrationCreate, ({ body }) => migrations.create(body));
+  registerAction(app, actions.storageMove, ({ body }) => migrations.createStorageMove(body));
+  registerAction(app, actions.migrationList, ({ query }) => Promise.resolve(migrations.list(query.all)));
+  registerAction(app, actions.migrationShow, ({ params }) => Promise.resolve(migrations.get(params.id)));
+  registerAction(app, actions.migrationCancel, ({ params }) => migrations.cancel(params.id));
 }
 
-/** Host-to-host routes of the migration protocol. */
-export function peerRoutes(app: FastifyInstance, engine: Engine): void {
-  registerAction(app, peerActions.vms, async () => engine.vmIds());
+export interface PeerParts {
+  vms: VmInventory;
+  incoming: IncomingManager;
+  settings: HostSettings;
+  cluster: ClusterNode;
+}
+
+/** Host-to-host routes of the migration protocol (and the leader's HA restarts). */
+export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
+  // Arriving VMs count too: a source must not send a VM whose name or id is on its way here.
+  registerAction(app, peerActions.vms, () => Promise.resolve([...p.vms.ids(), ...p.incoming.arriving()]));
   registerAction(app, peerActions.cpuModels, async () =>
-    (await engine.cpuModels()).map((m) => ({
+    (await p.settings.cpuModels()).map((m) => ({
       name: m.name,
       unavailableFeatures: m.unavailableFeatures,
       migrationSafe: m.migrationSafe,
     })),
   );
-  registerAction(app, peerActions.prepare, async ({ body, signal }, req) =>
-    engine.incoming.prepare(body, { signal, localAddress: req.socket.localAddress }),
+  registerAction(app, peerActions.prepare, ({ body, signal }, req) =>
+    p.incoming.prepare(body, { signal, localAddress: req.socket.localAddress }),
   );
-  registerAction(app, peerActions.status, async ({ params }) => engine.incoming.view(params.id));
-  registerAction(app, peerActions.finish, async ({ params }) => engine.incoming.finish(params.id));
+  registerAction(app, peerActions.status, ({ params }) => Promise.resolve(p.incoming.view(params.id)));
+  registerAction(app, peerActions.finish, ({ params }) => p.incoming.finish(params.id));
   registerAction(app, peerActions.abort, async ({ params }) => {
-    await engine.incoming.abort(params.id);
+    await p.incoming.abort(params.id);
     return { ok: true as const };
   });
   registerAction(app, peerActions.haStart, async ({ body }) => {
-    await engine.haStart(body.spec, body.generation);
+    await p.cluster.haStart(body.spec, body.generation);
     return { ok: true as const };
   });
   registerAction(app, peerActions.adopt, async ({ body }) => {
-    await engine.adoptStopped(body.spec);
+    await p.vms.arrivedStopped(body.spec);
     return { ok: true as const };
   });
 }

@@ -1,13 +1,13 @@
 import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
-import type { Engine } from '../engine.js';
+import type { Switches } from '../switches.js';
 
-export function switchRoutes(app: FastifyInstance, engine: Engine): void {
-  registerAction(app, actions.switchList, async () => engine.listSwitches());
-  registerAction(app, actions.switchCreate, async ({ body }) => engine.createSwitch(body));
+export function switchRoutes(app: FastifyInstance, switches: Switches): void {
+  registerAction(app, actions.switchList, () => Promise.resolve(switches.list()));
+  registerAction(app, actions.switchCreate, ({ body }) => switches.create(body));
   registerAction(app, actions.switchRemove, async ({ params }) => {
-    await engine.removeSwitch(params.name);
+    await switches.remove(params.name);
     return { ok: true as const };
   });
 }

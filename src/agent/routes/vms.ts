@@ -2,26 +2,26 @@ import fsp from 'node:fs/promises';
 import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
-import type { Engine } from '../engine.js';
+import type { VmInventory } from '../vms.js';
 import { sleep } from '../../util/exec.js';
 
-export function vmRoutes(app: FastifyInstance, engine: Engine): void {
-  registerAction(app, actions.vmList, async () => engine.listVms());
-  registerAction(app, actions.vmCreate, async ({ body, signal }) => engine.createVm(body, { signal }));
-  registerAction(app, actions.vmShow, async ({ params }) => engine.showVm(params.name));
-  registerAction(app, actions.vmStart, async ({ params }) => engine.startVm(params.name));
-  registerAction(app, actions.vmStop, async ({ params, body }) => engine.stopVm(params.name, body));
-  registerAction(app, actions.vmPause, async ({ params }) => engine.pauseVm(params.name));
-  registerAction(app, actions.vmResume, async ({ params }) => engine.resumeVm(params.name));
+export function vmRoutes(app: FastifyInstance, vms: VmInventory): void {
+  registerAction(app, actions.vmList, () => vms.list());
+  registerAction(app, actions.vmCreate, ({ body, signal }) => vms.create(body, { signal }));
+  registerAction(app, actions.vmShow, ({ params }) => vms.view(params.name));
+  registerAction(app, actions.vmStart, ({ params }) => vms.start(params.name));
+  registerAction(app, actions.vmStop, ({ params, body }) => vms.stop(params.name, body));
+  registerAction(app, actions.vmPause, ({ params }) => vms.pause(params.name));
+  registerAction(app, actions.vmResume, ({ params }) => vms.resume(params.name));
   registerAction(app, actions.vmRemove, async ({ params, query }) => {
-    await engine.removeVm(params.name, { deleteDisks: query.deleteDisks });
+    await vms.remove(params.name, { deleteDisks: query.deleteDisks });
     return { ok: true as const };
   });
 
   // The serial console: the tail of the log, then (follow=true) whatever the guest prints
   // next, until the client disconnects.
   registerAction(app, actions.vmConsole, async ({ params, query, signal }, _req, reply) => {
-    const file = engine.consoleFile(params.name);
+    const file = vms.consoleFile(params.name);
     const size = await fsp.stat(file).then(
       (s) => s.size,
       () => 0,

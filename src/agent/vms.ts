@@ -1,0 +1,468 @@
+// The VM inventory of this host: which VMs it owns (registry rows), their QEMU processes
+// (re-attached when the agent starts: QEMU runs detached and never stops with the agent),
+// create/start/stop/pause/resume/remove, the views users see, and VMs leaving and arriving
+// by migration. Every operation on a VM passes through its phase gate (vm-gate.ts).
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { FerryError, NotFoundError } from '../errors.js';
+import type { Emit } from '../api/events.js';
+import type { MigrationSettings, VmCreateBody, VmView } from '../api/schemas.js';
+import type { Accelerator } from '../qemu/accel.js';
+import { imageInfo } from '../qemu/img.js';
+import { QemuProcess } from '../qemu/process.js';
+import { loadVm } from '../vm/folder.js';
+import { createVm, pauseVm, removeVm, resumeVm, runtimePaths, startVm, stopVm, vmState } from '../vm/lifecycle.js';
+import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import { assertInUsablePool } from '../storage/pools.js';
+import type { Pools } from './pools.js';
+import type { Registry, VmRecord } from './registry.js';
+import type { NicResolver, Switches } from './switches.js';
+import { buildVm } from './vm-build.js';
+import { VmGate, type GatedOp } from './vm-gate.js';
+
+/** What the VM inventory tells the cluster (a no-op when the host is in none). */
+export interface ClusterHooks {
+  /** A VM started or arrived here: the cluster's record of an HA VM points at this node. */
+  recordHa(spec: VmSpec): Promise<void>;
+  /** A VM was stopped on purpose or removed: the cluster must not restart it elsewhere. */
+  forgetVm(name: string): Promise<void>;
+}
+
+export interface VmInventoryDeps {
+  host: string;
+  dataDir: string;
+  registry: Registry;
+  emit: Emit;
+  pools: Pools;
+  switches: Switches;
+  settings: { accelerator(): Accelerator; migration(): MigrationSettings };
+  cluster: ClusterHooks;
+}
+
+export class VmInventory {
+  private readonly gate = new VmGate();
+  private readonly procs = new Map<string, QemuProcess>();
+
+  constructor(private readonly d: VmInventoryDeps) {}
+
+  /** The folder of a VM's runtime files (QMP sockets, pidfile, serial log). */
+  runDir(vmId: string): string {
+    return path.join(this.d.dataDir, 'run', vmId);
+  }
+
+  /** Agent start: re-attaches to the QEMU of every VM that kept running while the agent was down. */
+  async reattach(opts: { signal?: AbortSignal } = {}): Promise<void> {
+    for (const rec of this.d.registry.listVms()) {
+      const runDir = this.runDir(rec.id);
+      const paths = runtimePaths(runDir);
+      try {
+        await fsp.access(paths.pidFile);
+      } catch {
+        continue;
+      }
+      try {
+        const proc = await QemuProcess.attach({
+          vm: rec.name,
+          runDir,
+          qmpSocket: paths.qmpSocket,
+          pidFile: paths.pidFile,
+          signal: opts.signal,
+          timeoutMs: 5000,
+        });
+        this.track(rec.name, proc);
+        this.d.emit('vm.reattached', { vm: rec.name, pid: proc.pid });
+      } catch {
+        await fsp.rm(paths.pidFile, { force: true }); // stale: the VM stopped while the agent was down
+      }
+    }
+  }
+
+  /** Agent stop: lets go of every QEMU (they keep running). */
+  detachAll(): void {
+    for (const p of this.procs.values()) p.qmp.close();
+    this.procs.clear();
+  }
+
+  private track(name: string, proc: QemuProcess): void {
+    this.procs.set(name, proc);
+    void proc.exited.then(() => {
+      if (this.procs.get(name) === proc) {
+        this.procs.delete(name);
+        this.d.emit('vm.state', { vm: name, state: 'stopped' });
+      }
+    });
+  }
+
+  // ---- reading ----
+
+  /** The VM's registry row; E_VM_NOT_FOUND. */
+  record(name: string): VmRecord {
+    const rec = this.d.registry.getVm(name);
+    if (!rec)
+      throw new NotFoundError(
+        'E_VM_NOT_FOUND',
+        `Cannot find VM '${name}' on host '${this.d.host}'; 'ferry vm list' shows the VMs`,
+        { vm: name, host: this.d.host },
+      );
+    return rec;
+  }
+
+  registered(): VmRecord[] {
+    return this.d.registry.listVms();
+  }
+
+  /** Names and ids registered here. */
+  ids(): Array<{ name: string; id: string }> {
+    return this.registered().map((r) => ({ name: r.name, id: r.id }));
+  }
+
+  spec(name: string): Promise<VmSpec> {
+    return loadVm(this.record(name).configPath);
+  }
+
+  /** Its QEMU while it runs, else null. */
+  proc(name: string): QemuProcess | null {
+    const p = this.procs.get(name);
+    return p && !p.hasExited ? p : null;
+  }
+
+  isRunning(name: string): boolean {
+    return this.proc(name) !== null;
+  }
+
+  private running(name: string): QemuProcess {
+    this.record(name);
+    const proc = this.proc(name);
+    if (!proc)
+      throw new FerryError(
+        'E_VM_NOT_RUNNING',
+        `Cannot do that to VM '${name}': it is not running on host '${this.d.host}'; start it first`,
+        { context: { vm: name } },
+      );
+    return proc;
+  }
+
+  /** For the host view: how many VMs, and the memory of the running ones. */
+  async usage(): Promise<{ count: number; runningBytes: number }> {
+    const vms = this.registered();
+    let runningBytes = 0;
+    for (const rec of vms) {
+      if (!this.procs.has(rec.name)) continue;
+      try {
+        runningBytes += (await loadVm(rec.configPath)).memoryMiB * 1024 * 1024;
+      } catch {
+        /* config unreadable: not counted */
+      }
+    }
+    return { count: vms.length, runningBytes };
+  }
+
+  async list(): Promise<VmView[]> {
+    const out: VmView[] = [];
+    for (const rec of this.registered()) {
+      try {
+        out.push(await this.view(rec.name));
+      } catch {
+        /* config unreadable: skip */
+      }
+    }
+    return out;
+  }
+
+  async view(name: string): Promise<VmView> {
+    const spec = await this.spec(name);
+    const proc = this.procs.get(name) ?? null;
+    let st: Awaited<ReturnType<typeof vmState>> = { state: 'stopped', qemu: null };
+    try {
+      st = await vmState(proc);
+    } catch {
+      /* monitor busy or gone: report stopped/unknown below */
+    }
+    if (this.gate.movingJob(name) !== null && st.state !== 'stopped') st = { ...st, state: 'migrating' };
+    const disks = await Promise.all(
+      spec.disks.map(async (d) => ({
+        id: d.id,
+        path: d.path,
+        format: d.format,
+        pool: d.pool ?? null,
+        virtualSizeBytes: await imageInfo(d.path, { forceShare: true, format: d.format, timeoutMs: 10_000 }).then(
+          (i) => i.virtualSizeBytes,
+          () => 0,
+        ),
+      })),
+    );
+    return {
+      name: spec.name,
+      id: spec.id,
+      host: this.d.host,
+      state: st.state,
+      qemuState: st.qemu,
+      pid: st.state === 'stopped' ? null : (proc?.pid ?? null),
+      memoryMiB: spec.memoryMiB,
+      cpus: spec.cpus,
+      cpuModel: spec.cpuModel,
+      machine: spec.machine,
+      guest: spec.guest,
+      configPath: spec.configPath,
+      checkpointPath: spec.checkpointPath,
+      pagingPath: spec.pagingPath,
+      disks,
+      nics: spec.nics,
+      switches: [...new Set(spec.nics.map((n) => n.switch))],
+      ha: spec.ha,
+    };
+  }
+
+  /** The serial log file of a VM (for the console route). */
+  consoleFile(name: string): string {
+    return runtimePaths(this.runDir(this.record(name).id)).serialLog;
+  }
+
+  // ---- operations (each through the VM's gate) ----
+
+  private gated<T>(name: string, op: GatedOp, fn: () => Promise<T>): Promise<T> {
+    return this.gate.run(name, op, fn);
+  }
+
+  create(body: VmCreateBody, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.gated(body.name, 'create', async () => {
+      if (this.d.registry.getVm(body.name)) {
+        throw new FerryError(
+          'E_VM_EXISTS',
+          `Cannot create VM '${body.name}' on host '${this.d.host}': a VM with that name exists; ` +
+            'choose another name or remove it',
+          { context: { vm: body.name } },
+        );
+      }
+      const built = await buildVm(body, {
+        host: this.d.host,
+        pools: this.d.pools.list(),
+        checkSwitch: (s) => this.d.switches.get(s),
+      });
+      const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
+      try {
+        this.register(spec);
+      } catch (err) {
+        await removeVm(spec, { deleteDisks: true });
+        throw err;
+      }
+      this.d.emit('vm.created', { vm: spec.name });
+      if (body.start) await this.boot(spec.name, opts);
+      return this.view(spec.name);
+    });
+  }
+
+  start(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.gated(name, 'start', async () => {
+      await this.boot(name, opts);
+      return this.view(name);
+    });
+  }
+
+  /** Starts QEMU for a registered VM (the caller holds its gate). */
+  private async boot(name: string, opts: { signal?: AbortSignal }): Promise<void> {
+    const rec = this.record(name);
+    if (this.isRunning(name)) {
+      throw new FerryError(
+        'E_VM_RUNNING',
+        `Cannot start VM '${name}': it is already running on host '${this.d.host}'`,
+        { context: { vm: name } },
+      );
+    }
+    const spec = await loadVm(rec.configPath);
+    await this.checkStorage(spec);
+    const switches = await this.prepareNics(spec);
+    let proc: QemuProcess;
+    try {
+      proc = await startVm(spec, {
+        runDir: this.runDir(spec.id),
+        accel: this.d.settings.accelerator(),
+        signal: opts.signal,
+        switches,
+      });
+    } catch (err) {
+      await this.releaseNics(spec);
+      throw err;
+    }
+    void proc.exited.then(() => this.releaseNics(spec));
+    this.track(name, proc);
+    this.d.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
+    await this.d.cluster.recordHa(spec);
+  }
+
+  stop(name: string, opts: { force: boolean; timeoutMs: number; signal?: AbortSignal }): Promise<VmView> {
+    return this.gated(name, 'stop', async () => {
+      const proc = this.running(name);
+      this.d.emit('vm.state', { vm: name, state: 'stopping', force: opts.force });
+      await stopVm(proc, opts);
+      this.procs.delete(name);
+      // Stopped on purpose: the cluster must not restart it elsewhere.
+      await this.d.cluster.forgetVm(name);
+      this.d.emit('vm.state', { vm: name, state: 'stopped' });
+      return this.view(name);
+    });
+  }
+
+  pause(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.gated(name, 'pause', async () => {
+      await pauseVm(this.running(name), opts);
+      this.d.emit('vm.state', { vm: name, state: 'paused' });
+      return this.view(name);
+    });
+  }
+
+  resume(name: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.gated(name, 'resume', async () => {
+      await resumeVm(this.running(name), opts);
+      this.d.emit('vm.state', { vm: name, state: 'running' });
+      return this.view(name);
+    });
+  }
+
+  remove(name: string, opts: { deleteDisks: boolean }): Promise<void> {
+    return this.gated(name, 'remove', async () => {
+      const rec = this.record(name);
+      if (this.isRunning(name)) {
+        throw new FerryError(
+          'E_VM_RUNNING',
+          `Cannot remove VM '${name}': it is running on host '${this.d.host}'; stop it first ('ferry vm stop ${name}')`,
+          { context: { vm: name } },
+        );
+      }
+      const spec = await loadVm(rec.configPath).catch(() => null);
+      if (spec) await removeVm(spec, { deleteDisks: opts.deleteDisks });
+      await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
+      this.d.registry.removeVm(name);
+      if (spec?.ha) await this.d.cluster.forgetVm(name);
+      this.d.emit('vm.removed', { vm: name });
+    });
+  }
+
+  /** Changes a VM's spec (cluster add-vm/remove-vm): `change` checks, edits and saves it. */
+  configure(name: string, change: (spec: VmSpec) => Promise<void>): Promise<VmView> {
+    return this.gated(name, 'configure', async () => {
+      await change(await this.spec(name));
+      return this.view(name);
+    });
+  }
+
+  /** HA restart decided by the leader: register the VM here unless it is (its files are shared), boot it. */
+  haStart(spec: VmSpec): Promise<void> {
+    return this.gated(spec.name, 'ha-start', async () => {
+      if (!this.d.registry.getVm(spec.name)) await this.adopt(spec, { skipStorageCheck: false });
+      if (!this.isRunning(spec.name)) await this.boot(spec.name, {});
+    });
+  }
+
+  /**
+   * Kills the VM's QEMU at once, whatever its phase (self-fencing cannot wait for an
+   * operation to end). False when it was not running.
+   */
+  async kill(name: string): Promise<boolean> {
+    const proc = this.proc(name);
+    if (!proc) return false;
+    this.procs.delete(name); // forgotten first: its exit is not reported as a stop
+    await proc.kill();
+    return true;
+  }
+
+  /** Forgets a VM another node now owns: its QEMU is killed if it runs; its files stay. */
+  async forget(name: string, reason: string): Promise<void> {
+    await this.kill(name);
+    this.d.registry.removeVm(name);
+    this.d.emit('vm.left', { vm: name, reason });
+  }
+
+  // ---- storage and NICs ----
+
+  /** Every disk of the VM is in a pool this host may use (a revoked grant stops a start). */
+  async checkStorage(spec: VmSpec): Promise<void> {
+    const pools = this.d.pools.list();
+    for (const d of spec.disks)
+      await assertInUsablePool(pools, this.d.host, d.path, `disk ${d.id} of VM '${spec.name}'`);
+  }
+
+  prepareNics(spec: VmSpec): Promise<NicResolver> {
+    return this.d.switches.attach(spec);
+  }
+
+  releaseNics(spec: VmSpec): Promise<void> {
+    return this.d.switches.detach(spec);
+  }
+
+  // ---- moves ----
+
+  /** A move takes the VM: every other operation is refused until `release`. */
+  hold(name: string, jobId: string): void {
+    this.gate.hold(name, jobId);
+  }
+
+  release(name: string, jobId: string): void {
+    this.gate.release(name, jobId);
+  }
+
+  /** The VM now runs elsewhere (the move holding it says so): quit our QEMU, forget the VM. */
+  async movedAway(name: string, proc: QemuProcess | null): Promise<void> {
+    const rec = this.d.registry.getVm(name);
+    if (proc) {
+      this.procs.delete(name);
+      await proc.quit({ timeoutMs: 10_000 });
+    }
+    this.d.registry.removeVm(name);
+    this.gate.vacate(name);
+    if (rec)
+      for (const f of ['qmp.sock', 'qmp-admin.sock', 'qemu.pid'])
+        await fsp.rm(path.join(this.runDir(rec.id), f), { force: true });
+    this.d.emit('vm.left', { vm: name });
+  }
+
+  /** The VM's folder moved (storage move; the move holds the VM). */
+  configMoved(name: string, configPath: string): void {
+    this.d.registry.updateVmPath(name, configPath);
+  }
+
+  /**
+   * A VM that arrived by live migration runs here now: register it and track its QEMU. Not
+   * gated: the incoming move reserved the name and id until now, and nothing can wait here.
+   */
+  arrivedRunning(spec: VmSpec, proc: QemuProcess): void {
+    void this.d.cluster.recordHa(spec);
+    this.register(spec);
+    this.track(spec.name, proc);
+    this.d.emit('vm.arrived', { vm: spec.name, pid: proc.pid });
+    this.d.emit('vm.state', { vm: spec.name, state: 'running', pid: proc.pid });
+  }
+
+  /** A stopped VM whose files this host sees moves here: check (unless told not to) and register it. */
+  arrivedStopped(specIn: unknown, opts: { skipStorageCheck?: boolean } = {}): Promise<void> {
+    const spec = parseVmSpec(specIn, 'accept the VM');
+    return this.gated(spec.name, 'create', () => this.adopt(spec, opts));
+  }
+
+  private async adopt(spec: VmSpec, opts: { skipStorageCheck?: boolean }): Promise<void> {
+    if (!opts.skipStorageCheck && !this.d.settings.migration().enabled)
+      throw new FerryError(
+        'E_MIGRATION_DISABLED',
+        `Cannot receive VM '${spec.name}' on host '${this.d.host}': migrations are disabled here`,
+        {},
+      );
+    if (this.d.registry.getVm(spec.name) || this.d.registry.getVmById(spec.id))
+      throw new FerryError(
+        'E_NAME_EXISTS',
+        `Cannot receive VM '${spec.name}' on host '${this.d.host}': a VM with that name or id is already here`,
+        {},
+      );
+    if (!opts.skipStorageCheck) await this.checkStorage(spec);
+    this.register(spec);
+    this.d.emit('vm.arrived', { vm: spec.name });
+  }
+
+  private register(spec: VmSpec): void {
+    this.d.registry.addVm({
+      name: spec.name,
+      id: spec.id,
+      configPath: spec.configPath,
+      createdAt: new Date().toISOString(),
+    });
+  }
+}

@@ -1,0 +1,391 @@
+// This host as a node of a failover cluster: joining (in the background, until etcd has a
+// quorum), clustered VMs (add-vm, remove-vm, their records in etcd), HA restarts the leader
+// asks of this node, self-fencing when the node's lease is lost, and reconciling with what
+// the cluster decided meanwhile. It reaches the host's VMs only through NodeVms, which it
+// declares here; the agent provides it.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { FerryError, NotFoundError, messageOf } from '../errors.js';
+import type { ClusterView, VmView } from '../api/schemas.js';
+import type { Priority } from '../api/defaults.js';
+import type { EventBus } from '../events/bus.js';
+import { poolOf, type PoolDef } from '../storage/pools.js';
+import { loadVm, saveVm } from '../vm/folder.js';
+import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import { sleep } from '../util/exec.js';
+import { definedFields } from '../util/fields.js';
+import { Membership, type ClusterConfig } from './membership.js';
+import { putHaRecord, type HaRecord } from './ha.js';
+import { DEFAULT_POLICY, keys, type ClusterPolicy } from './model.js';
+import { EtcdStore, type ClusterStore } from './store.js';
+
+/** What the cluster node needs from the host's VM inventory. */
+export interface NodeVms {
+  /** VMs registered on this host. */
+  registered(): Array<{ name: string; configPath: string }>;
+  isRunning(name: string): boolean;
+  /** Changes a VM's spec under its gate (refused while it moves): `change` checks, edits and saves it. */
+  configure(name: string, change: (spec: VmSpec) => Promise<void>): Promise<VmView>;
+  /** Registers the VM unless it is (checking this host may use its files) and boots it unless it runs. */
+  haStart(spec: VmSpec): Promise<void>;
+  start(name: string): Promise<unknown>;
+  /** Kills the VM's QEMU at once, whatever its phase; false when it was not running. */
+  kill(name: string): Promise<boolean>;
+  /** Forgets a VM another node owns now (its QEMU killed if it runs); its files stay. */
+  forget(name: string, reason: string): Promise<void>;
+}
+
+export interface ClusterNodeDeps {
+  name: string;
+  /** This agent's URL as other nodes reach it. */
+  endpoint: string;
+  /** The agent's data folder (agent.json records the cluster it joined). */
+  dataDir: string;
+  tls: { ca: string; cert: string; key: string };
+  events: EventBus;
+  vms: NodeVms;
+  pools: () => PoolDef[];
+}
+
+/** What the drain, resume and limits routes work with. */
+export interface ClusterContext {
+  store: ClusterStore;
+  self: string;
+  tls: { ca: string; cert: string; key: string };
+}
+
+export class ClusterNode {
+  private member: Membership | null = null;
+  private config: ClusterConfig | null = null;
+  /** HA VMs this node stopped because it lost its cluster lease (self-fence). */
+  private fenced = new Set<string>();
+
+  constructor(private readonly d: ClusterNodeDeps) {}
+
+  /** Set once this host belongs to a cluster (joined or still joining). */
+  get membership(): Membership | null {
+    return this.member;
+  }
+
+  /** The membership, or E_CLUSTER_NOT_FOUND when this host is in no cluster. */
+  need(what: string): Membership {
+    if (!this.member)
+      throw new NotFoundError(
+        'E_CLUSTER_NOT_FOUND',
+        `Cannot ${what}: host '${this.d.name}' is not in a cluster; ` +
+          "start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'",
+        {},
+      );
+    return this.member;
+  }
+
+  context(what: string): ClusterContext {
+    return { store: this.need(what).need(what), self: this.d.name, tls: this.d.tls };
+  }
+
+  /**
+   * Joins the cluster in the background: joining needs a quorum of etcd, and until then the
+   * host works standalone and keeps trying. Resolves once joined (or the agent stops).
+   */
+  enable(cluster: ClusterConfig, opts: { onRetry?: (err: unknown) => void } = {}): Promise<void> {
+    const membership = new Membership(
+      cluster,
+      { name: this.d.name, endpoint: this.d.endpoint },
+      this.d.tls,
+      this.d.events,
+    );
+    membership.onFence = () => this.fence();
+    membership.onRejoined = () => this.reconcile();
+    this.member = membership;
+    this.config = cluster;
+    return (async () => {
+      for (let attempt = 0; !membership.stopped; attempt++) {
+        try {
+          await membership.start();
+          await this.reconcile();
+          return;
+        } catch (err) {
+          if (attempt === 0) opts.onRetry?.(err);
+          await sleep(2000);
+        }
+      }
+    })();
+  }
+
+  /**
+   * `ferry cluster create|join`: checks the etcd endpoints answer with this domain's
+   * certificates, records the cluster in DATA/agent.json, and joins.
+   */
+  async join(
+    body: { name: string; endpoints: string[]; create: boolean },
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<ClusterView> {
+    if (this.member) {
+      if (this.config?.name === body.name) return this.member.view();
+      throw new FerryError(
+        'E_CLUSTER_EXISTS',
+        `Cannot join cluster '${body.name}': host '${this.d.name}' is in cluster '${this.member.name}'; ` +
+          'a host belongs to one cluster',
+        {},
+      );
+    }
+    const count = Object.keys(await this.probeMembers(body, opts)).length;
+    if (body.create && count)
+      throw new FerryError(
+        'E_CLUSTER_EXISTS',
+        `Cannot create cluster '${body.name}': it exists (${count} members); ` +
+          `join it with 'ferry cluster join ${body.name}'`,
+        {},
+      );
+    if (!body.create && !count)
+      throw new NotFoundError(
+        'E_CLUSTER_NOT_FOUND',
+        `Cannot join cluster '${body.name}': it has no members at ${body.endpoints.join(', ')}; ` +
+          `create it first with 'ferry cluster create ${body.name}'`,
+        {},
+      );
+    const file = path.join(this.d.dataDir, 'agent.json');
+    const cur = await fsp.readFile(file, 'utf8').then(
+      (t) => JSON.parse(t) as Record<string, unknown>,
+      () => ({}),
+    );
+    await fsp.writeFile(
+      `${file}.tmp`,
+      JSON.stringify({ ...cur, cluster: { name: body.name, endpoints: body.endpoints } }, null, 2),
+    );
+    await fsp.rename(`${file}.tmp`, file);
+    await this.enable({ name: body.name, endpoints: body.endpoints });
+    return this.need(`join cluster '${body.name}'`).view();
+  }
+
+  /** The cluster's members, read with this domain's certificates (E_CLUSTER_UNAVAILABLE if etcd does not answer). */
+  private async probeMembers(
+    body: { name: string; endpoints: string[] },
+    opts: { signal?: AbortSignal },
+  ): Promise<Record<string, string>> {
+    const probe = await EtcdStore.connect({
+      endpoints: body.endpoints,
+      tls: this.d.tls,
+      prefix: `/ferry/clusters/${body.name}/`,
+      dialTimeoutMs: 10_000,
+      ...(opts.signal ? { signal: opts.signal } : {}),
+    }).catch((err: unknown) => {
+      throw new FerryError(
+        'E_CLUSTER_UNAVAILABLE',
+        `Cannot join cluster '${body.name}': etcd does not answer at ${body.endpoints.join(', ')} ` +
+          `(${messageOf(err)}); start etcd with certificates of this domain and check the URLs`,
+        { cause: err },
+      );
+    });
+    try {
+      return await probe.getPrefix('members/');
+    } finally {
+      await probe.close();
+    }
+  }
+
+  async stop(): Promise<void> {
+    await this.member?.stop();
+  }
+
+  // ---- clustered VMs ----
+
+  /** Keeps the cluster's record of an HA VM pointing at this node (errors become cluster.error events). */
+  async recordHa(spec: VmSpec): Promise<void> {
+    const store = this.member?.store;
+    if (!spec.ha || !store) return;
+    await putHaRecord(store, {
+      name: spec.name,
+      id: spec.id,
+      configPath: spec.configPath,
+      owner: this.d.name,
+      memoryMiB: spec.memoryMiB,
+      spec,
+    }).catch((err: unknown) => this.d.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
+  }
+
+  /** The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node restarts it. */
+  async forgetVm(name: string): Promise<void> {
+    await this.member?.store?.delete(keys.vm(name)).catch(() => undefined);
+  }
+
+  /**
+   * `ferry cluster add-vm`: the VM becomes clustered (HA) with this policy. Its files must be
+   * on shared storage, or no other node could restart it. Asking again updates the policy.
+   */
+  addVm(name: string, policy: Partial<ClusterPolicy>): Promise<VmView> {
+    const m = this.need(`add VM '${name}' to a cluster`);
+    m.need(`add VM '${name}' to the cluster`);
+    return this.d.vms.configure(name, async (spec) => {
+      const pools = this.d.pools();
+      const files = [
+        ...spec.disks.map((d) => ({ what: `disk ${d.id}`, path: d.path })),
+        { what: 'its folder', path: spec.configPath },
+      ];
+      for (const f of files) {
+        const pool = poolOf(pools, f.path);
+        if (pool?.kind !== 'shared') {
+          throw new FerryError(
+            'E_STORAGE_NOT_SHARED',
+            `Cannot add VM '${name}' to cluster '${m.name}': ${f.what} (${f.path}) is ` +
+              `${pool ? `in local pool '${pool.name}'` : 'in no pool'}, so no other node could restart it; ` +
+              `move it to a shared pool first ('ferry move-storage ${name} --path /shared/...')`,
+            { context: { vm: name, path: f.path } },
+          );
+        }
+      }
+      spec.ha = true;
+      spec.cluster = {
+        ...DEFAULT_POLICY,
+        ...(spec.cluster ?? {}),
+        ...definedFields(policy),
+      };
+      await saveVm(spec);
+      if (this.d.vms.isRunning(name)) await this.recordHa(spec);
+      this.d.events.emit('vm.changed', { vm: name, ha: true });
+    });
+  }
+
+  /** `ferry cluster remove-vm`: the VM stays where it is, no longer highly available. */
+  removeVm(name: string): Promise<VmView> {
+    const m = this.need(`remove VM '${name}' from a cluster`);
+    const store = m.need(`remove VM '${name}' from the cluster`);
+    return this.d.vms.configure(name, async (spec) => {
+      if (!spec.ha)
+        throw new FerryError(
+          'E_NOT_CLUSTERED',
+          `Cannot remove VM '${name}' from cluster '${m.name}': it is not clustered`,
+          {},
+        );
+      // The record goes first: once it is gone, no leader restarts the VM elsewhere.
+      await store.delete(keys.vm(name));
+      spec.ha = false;
+      delete spec.cluster;
+      await saveVm(spec);
+      this.d.events.emit('vm.changed', { vm: name, ha: false });
+    });
+  }
+
+  /** HA restart decided by the leader: register the VM here (its files are shared) and boot it. */
+  async haStart(specIn: unknown, generation: number): Promise<void> {
+    const spec = parseVmSpec(specIn, 'restart the HA VM');
+    await this.d.vms.haStart(spec);
+    this.d.events.emit('vm.ha-started', { vm: spec.name, generation });
+  }
+
+  /** Self-fence: stop every HA VM here at once (the cluster will run them elsewhere). */
+  async fence(): Promise<void> {
+    // All at once: the lease is about to expire and the cluster to restart them elsewhere.
+    await Promise.all(
+      this.d.vms.registered().map(async (rec) => {
+        if (!this.d.vms.isRunning(rec.name)) return;
+        const spec = await this.specOf(rec.configPath);
+        if (!spec?.ha) return;
+        if (!(await this.d.vms.kill(rec.name))) return;
+        this.fenced.add(rec.name);
+        this.d.events.emit('vm.fenced', { vm: rec.name });
+      }),
+    );
+  }
+
+  /**
+   * After (re)joining: HA VMs the cluster now gives to another node are forgotten here (their
+   * files stay: they are the VM's, on shared storage), and stopped if somehow running.
+   */
+  async reconcile(): Promise<void> {
+    const store = this.member?.store;
+    if (!store) return;
+    for (const rec of this.d.vms.registered()) {
+      const spec = await this.specOf(rec.configPath);
+      if (!spec?.ha) continue;
+      const raw = await store.get(keys.vm(spec.name)).catch(() => null);
+      const record = raw === null ? null : (JSON.parse(raw) as HaRecord);
+      if (record && record.owner !== this.d.name) {
+        await this.d.vms.forget(rec.name, `HA: now owned by ${record.owner}`);
+      } else if (!record) {
+        // A running HA VM the cluster lost track of (a deliberately stopped one has no record).
+        if (this.d.vms.isRunning(rec.name)) await this.recordHa(spec);
+      } else if (raw !== null && this.fenced.has(rec.name) && !this.d.vms.isRunning(rec.name)) {
+        await this.restartFenced(store, rec.name, raw, record);
+      }
+      this.fenced.delete(rec.name);
+    }
+  }
+
+  /**
+   * Fenced, but the cluster did not give the VM to another node (we were back before our
+   * lease expired): run it here again, claiming it with a new fencing generation.
+   */
+  private async restartFenced(store: ClusterStore, name: string, raw: string, record: HaRecord): Promise<void> {
+    const next = { ...record, generation: record.generation + 1 };
+    const claimed = await store
+      .txn({
+        compare: [{ key: keys.vm(name), value: raw }],
+        success: [{ type: 'put', key: keys.vm(name), value: JSON.stringify(next) }],
+      })
+      .catch(() => false);
+    if (!claimed) return;
+    await this.d.vms.start(name).catch((err: unknown) =>
+      this.d.events.emit('cluster.error', {
+        vm: name,
+        message: `cannot restart after fencing: ${messageOf(err)}`,
+      }),
+    );
+    this.d.events.emit('vm.ha-started', {
+      vm: name,
+      generation: next.generation,
+      reason: 'restarted after self-fence',
+    });
+  }
+
+  private specOf(configPath: string): Promise<VmSpec | null> {
+    return loadVm(configPath).catch(() => null);
+  }
+
+  // ---- what a move needs ----
+
+  /** Joined: the store and the queue are there. */
+  get joined(): boolean {
+    return !!this.member?.store && !!this.member.queue;
+  }
+
+  get name(): string {
+    return this.need('use the cluster').name;
+  }
+
+  /** Is `node` a member of this cluster? (Errors from etcd propagate.) */
+  async isMember(node: string): Promise<boolean> {
+    return (await this.need('read the cluster').need('read the cluster').get(keys.member(node))) !== null;
+  }
+
+  /** Is `node` paused (drained): it takes no VMs. (Errors from etcd propagate.) */
+  async isPaused(node: string): Promise<boolean> {
+    return (await this.need('read the cluster').need('read the cluster').get(keys.paused(node))) !== null;
+  }
+
+  /** Waits in the cluster-wide queue until the leader admits the move. */
+  enterQueue(
+    item: { id: string; vm: string; from: string; to: string; priority: Priority; batch?: string },
+    opts: { signal: AbortSignal; onPosition: (position: number | null) => void },
+  ): Promise<void> {
+    return this.queue('queue a move').enter(item, opts);
+  }
+
+  leaveQueue(id: string): Promise<void> {
+    return this.queue('leave the queue').leave(id);
+  }
+
+  position(id: string): number | null {
+    return this.member?.queue?.position(id) ?? null;
+  }
+
+  private queue(what: string): NonNullable<Membership['queue']> {
+    const q = this.need(what).queue;
+    if (!q)
+      throw new FerryError(
+        'E_CLUSTER_UNAVAILABLE',
+        `Cannot ${what}: this agent is not connected to its cluster yet; wait a few seconds and retry`,
+      );
+    return q;
+  }
+}
