@@ -6,12 +6,10 @@ import path from 'node:path';
 import { EventBus } from '../events/bus.js';
 import type { Emit } from '../api/events.js';
 import { ClusterNode } from '../cluster/node.js';
-import { IncomingManager } from '../migration/incoming.js';
 import { MigrationManager } from '../migration/manager.js';
-import { SlotQueue } from '../migration/queue.js';
-import { recoverSource } from '../migration/recovery.js';
 import type { AgentConfig } from './config.js';
 import { HostSettings } from './host-settings.js';
+import { portAllocatorFor } from './ports.js';
 import { AgentMoveHost } from './move-host.js';
 import { Pools } from './pools.js';
 import { Registry } from './registry.js';
@@ -28,9 +26,6 @@ export class Engine {
   readonly cluster: ClusterNode;
   /** What moves see of this host. */
   readonly host: AgentMoveHost;
-  /** Live-migration slots of this host (outgoing and incoming count alike), and storage-migration slots. */
-  readonly slots: { live: SlotQueue; storage: SlotQueue };
-  readonly incoming: IncomingManager;
   readonly migrations: MigrationManager;
 
   constructor(
@@ -84,18 +79,13 @@ export class Engine {
       settings: this.settings,
       pools: this.pools,
       cluster: this.cluster,
+      ports: portAllocatorFor(cfg),
     });
-    this.slots = {
-      live: new SlotQueue(() => this.settings.migration().maxLive),
-      storage: new SlotQueue(() => this.settings.migration().maxStorage),
-    };
+    this.migrations = new MigrationManager(this.host);
     // A higher limit admits queued moves at once.
     this.settings.onChange(() => {
-      this.slots.live.pump();
-      this.slots.storage.pump();
+      this.migrations.settingsChanged();
     });
-    this.incoming = new IncomingManager(this.host, this.slots.live);
-    this.migrations = new MigrationManager(this.host, this.slots);
   }
 
   get name(): string {
@@ -109,8 +99,7 @@ export class Engine {
     await this.settings.probe(opts);
     await this.vms.reattach(opts);
     // Moves a previous life of this agent left unfinished: finish or roll back.
-    await this.incoming.recover();
-    await recoverSource(this.host);
+    await this.migrations.recover();
   }
 
   /** Detaches from every QEMU (they keep running) and closes the registry. */

@@ -4,7 +4,7 @@
 import type { Emit } from '../api/events.js';
 import type { HostView, MigrationSettings } from '../api/schemas.js';
 import type { EventBus } from '../events/bus.js';
-import type { MoveCluster, MoveHost, MoveStore, MoveVms, TlsFiles } from '../migration/host.js';
+import type { MoveCluster, MoveHost, MoveStore, MoveVms, PortLease, TlsFiles } from '../migration/host.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { CpuModelInfo } from '../qemu/cpu-models.js';
 import type { PoolDef } from '../storage/pools.js';
@@ -13,6 +13,8 @@ import type { HostSettings } from './host-settings.js';
 import type { Pools } from './pools.js';
 import type { Registry } from './registry.js';
 import type { VmInventory } from './vms.js';
+import { advertisedMigrationAddress } from './migration-address.js';
+import type { PortAllocator } from './ports.js';
 
 export interface MoveHostParts {
   name: string;
@@ -25,6 +27,7 @@ export interface MoveHostParts {
   settings: HostSettings;
   pools: Pools;
   cluster: ClusterNode;
+  ports: PortAllocator;
 }
 
 export class AgentMoveHost implements MoveHost {
@@ -73,8 +76,12 @@ export class AgentMoveHost implements MoveHost {
     return this.p.settings.cpuModels();
   }
 
-  migrationListenAddress(peer?: string): string {
-    return this.p.settings.migrationListenAddress(peer);
+  migrationListenAddress(peer?: string, localAddress?: string): string {
+    return advertisedMigrationAddress(this.p.settings.migrationListenAddress(peer), localAddress, this.name);
+  }
+
+  migrationPort(address: string, opts: { signal?: AbortSignal }): Promise<PortLease> {
+    return this.p.ports.allocate(address, opts);
   }
 
   runDir(vmId: string): string {

@@ -161,11 +161,10 @@ export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot
       { since: mark, timeoutMs: 60_000 },
     );
     if (e.event === 'BLOCK_JOB_CANCELLED' || e.data?.error) {
-      throw new FerryError(
-        'E_MIRROR_FAILED',
-        `Cannot finish copying disk '${m.diskId}': ${String(e.data?.error ?? 'the job was cancelled')}`,
-        { context: { disk: m.diskId } },
-      );
+      const why = typeof e.data?.error === 'string' ? e.data.error : 'the job was cancelled';
+      throw new FerryError('E_MIRROR_FAILED', `Cannot finish copying disk '${m.diskId}': ${why}`, {
+        context: { disk: m.diskId },
+      });
     }
     await qmp.execute('job-dismiss', { id: m.jobId }, { timeoutMs: 10_000 }).catch(() => undefined);
   }
@@ -173,7 +172,7 @@ export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot
 
 /** Abort path: force-cancel whatever is left of the jobs, dismiss them, delete target nodes. */
 export async function abandonMirrors(qmp: QmpClient, mirrors: MirrorSpec[], targets: string[]): Promise<void> {
-  let jobs: JobInfo[] = [];
+  let jobs: JobInfo[];
   try {
     jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
   } catch {

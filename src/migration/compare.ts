@@ -123,7 +123,8 @@ export function compareVm(input: CompareInput): Incompatibility[] {
       COMPARE_CODES.SAME_HOST,
       'host',
       `it already runs on host '${dest.name}'`,
-      `to move its storage on this host use 'ferry move-storage ${spec.name} --path DIR' (or --vhd SRC=DST), or choose another host with --to`,
+      `to move its storage on this host use 'ferry move-storage ${spec.name} --path DIR' (or --vhd SRC=DST), ` +
+        'or choose another host with --to',
     );
     return out;
   }
@@ -149,8 +150,10 @@ export function compareVm(input: CompareInput): Incompatibility[] {
     add(
       COMPARE_CODES.DOMAIN,
       'domainId',
-      `'${dest.name}' is in domain '${dest.domainId}', but '${source.name}' is in domain '${source.domainId}', so they do not trust each other`,
-      `issue '${dest.name}' a host certificate from the domain of '${source.name}' ('ferry domain issue host ${dest.name}') and restart its agent with it`,
+      `'${dest.name}' is in domain '${dest.domainId}', but '${source.name}' is in domain '${source.domainId}', ` +
+        'so they do not trust each other',
+      `issue '${dest.name}' a host certificate from the domain of '${source.name}' ('ferry domain issue ` +
+        `host ${dest.name}') and restart its agent with it`,
     );
   }
 
@@ -169,7 +172,9 @@ export function compareVm(input: CompareInput): Incompatibility[] {
     add(
       COMPARE_CODES.ID_EXISTS,
       'id',
-      `a VM with the same id ${spec.id} is already registered there${sameId.name !== spec.name ? ` as '${sameId.name}'` : ''} (a leftover of an earlier move?)`,
+      `a VM with the same id ${spec.id} is already registered there` +
+        `${sameId.name !== spec.name ? ` as '${sameId.name}'` : ''} ` +
+        '(a leftover of an earlier move?)',
       `remove that copy ('ferry vm rm ${sameId.name} --keep-disks' on '${dest.name}') and try again`,
     );
   }
@@ -181,8 +186,10 @@ export function compareVm(input: CompareInput): Incompatibility[] {
     add(
       COMPARE_CODES.MACHINE_TYPE,
       'machine',
-      `its machine type '${spec.machine}' is not supported by QEMU ${dest.qemu.version} there${newest ? ` (newest: '${newest}')` : ''}`,
-      `upgrade QEMU on '${dest.name}' to at least the version of '${source.name}' (${source.qemu.version}), or move it to a host that supports '${spec.machine}'`,
+      `its machine type '${spec.machine}' is not supported by QEMU ${dest.qemu.version} there` +
+        (newest ? ` (newest: '${newest}')` : ''),
+      `upgrade QEMU on '${dest.name}' to at least the version of '${source.name}' (${source.qemu.version}), ` +
+        `or move it to a host that supports '${spec.machine}'`,
     );
   }
 
@@ -191,8 +198,10 @@ export function compareVm(input: CompareInput): Incompatibility[] {
     add(
       COMPARE_CODES.ACCELERATOR,
       'accelerator',
-      `it runs under ${source.accelerator.name} on '${source.name}' but '${dest.name}' uses ${dest.accelerator.name} (${dest.accelerator.reason}), and QEMU cannot move a running VM between accelerators`,
-      `choose a host with the ${source.accelerator.name} accelerator, or stop the VM ('ferry vm stop ${spec.name}') and move it stopped`,
+      `it runs under ${source.accelerator.name} on '${source.name}' but '${dest.name}' uses ${dest.accelerator.name} ` +
+        `(${dest.accelerator.reason}), and QEMU cannot move a running VM between accelerators`,
+      `choose a host with the ${source.accelerator.name} accelerator, or stop the VM ('ferry vm stop ` +
+        `${spec.name}') and move it stopped`,
     );
   }
 
@@ -206,8 +215,10 @@ export function compareVm(input: CompareInput): Incompatibility[] {
       add(
         COMPARE_CODES.MEMORY,
         'memoryMiB',
-        `it needs ${spec.memoryMiB} MiB of memory but '${dest.name}' has ${mib(dest.memory.freeBytes)} MiB free, ${mib(Math.max(0, avail))} MiB after its ${mib(MEMORY_RESERVE_BYTES)} MiB reserve`,
-        `free at least ${Math.ceil((need - avail) / MiB)} MiB on '${dest.name}' (stop or move VMs away: 'ferry vm list --host ${dest.name}'), or choose another host with --to`,
+        `it needs ${spec.memoryMiB} MiB of memory but '${dest.name}' has ${mib(dest.memory.freeBytes)} ` +
+          `MiB free, ${mib(Math.max(0, avail))} MiB after its ${mib(MEMORY_RESERVE_BYTES)} MiB reserve`,
+        `free at least ${Math.ceil((need - avail) / MiB)} MiB on '${dest.name}' (stop or move VMs away: ` +
+          `'ferry vm list --host ${dest.name}'), or choose another host with --to`,
       );
     }
   }
@@ -235,7 +246,8 @@ export function compareVm(input: CompareInput): Incompatibility[] {
         COMPARE_CODES.PASSTHROUGH_DISK,
         `disks.${i}.path`,
         `disk '${d.id}' is the host block device ${d.path}, which stays with '${source.name}'`,
-        `detach it, or convert it to an image first ('qemu-img convert -O qcow2 ${d.path} /POOL/${d.id}.qcow2') and attach the image`,
+        `detach it, or convert it to an image first ('qemu-img convert -O qcow2 ${d.path} /POOL/${d.id}.qcow2') ` +
+          'and attach the image',
       );
     }
   });
@@ -249,7 +261,8 @@ export function compareVm(input: CompareInput): Incompatibility[] {
           COMPARE_CODES.FORMAT_NOT_MIGRATABLE,
           `disks.${i}.format`,
           `disk '${d.id}' is ${d.format}, a format QEMU cannot live-migrate`,
-          `stop the VM before moving it, or keep it where it is and convert the disk to qcow2 or raw ('qemu-img convert -O qcow2' while stopped)`,
+          'stop the VM before moving it, or keep it where it is and convert the disk to qcow2 or raw ' +
+            `('qemu-img convert -O qcow2' while stopped)`,
         );
       }
     });
@@ -266,7 +279,8 @@ function checkCpu(input: CompareInput, add: Add): void {
   const { spec, source, dest } = input;
   const model = spec.cpuModel;
   const usesKvm = source.accelerator.name === 'kvm' || dest.accelerator.name === 'kvm';
-  const compat = `recreate the VM with a baseline model every host supports ('ferry vm new ${spec.name} ... --cpu compat')`;
+  const compat =
+    'recreate the VM with a baseline model every host supports ' + `('ferry vm new ${spec.name} ... --cpu compat')`;
 
   // Pass-through models show the host's own CPU under KVM: vendor and flags must match.
   if (PASSTHROUGH_MODELS.has(model) && usesKvm) {
@@ -274,7 +288,8 @@ function checkCpu(input: CompareInput, add: Add): void {
       add(
         COMPARE_CODES.CPU_VENDOR,
         'cpu.vendor',
-        `its CPU model '${model}' passes the host CPU through, and '${source.name}' has a ${source.cpu.vendor} CPU but '${dest.name}' a ${dest.cpu.vendor} one`,
+        `its CPU model '${model}' passes the host CPU through, and '${source.name}' has a ${source.cpu.vendor} ` +
+          `CPU but '${dest.name}' a ${dest.cpu.vendor} one`,
         `${compat}, or move it to a host with a ${source.cpu.vendor} CPU`,
       );
     }
@@ -284,7 +299,9 @@ function checkCpu(input: CompareInput, add: Add): void {
       add(
         COMPARE_CODES.CPU_FEATURES,
         'cpu.flags',
-        `its CPU model '${model}' passes the host CPU through, and the CPU of '${dest.name}' lacks ${listOf(missing)} that '${source.name}' has`,
+        `its CPU model '${model}' passes the host CPU through, ` +
+          `and the CPU of '${dest.name}' lacks ${listOf(missing)} ` +
+          `that '${source.name}' has`,
         `${compat}, or move it to a host with the same CPU`,
       );
     }
@@ -303,7 +320,9 @@ function checkCpu(input: CompareInput, add: Add): void {
     add(
       COMPARE_CODES.CPU_FEATURES,
       'cpuModel',
-      `its CPU model '${model}' needs ${listOf(info.unavailableFeatures)}, which '${dest.name}' (${dest.accelerator.name}) cannot provide`,
+      `its CPU model '${model}' needs ${listOf(info.unavailableFeatures)}, ` +
+        `which '${dest.name}' (${dest.accelerator.name}) ` +
+        'cannot provide',
       `${compat}, or use a model both hosts support (newest usable on '${dest.name}': '${newest}')`,
     );
   }
@@ -339,7 +358,8 @@ function checkSharedStorage(input: CompareInput, add: Add): void {
         COMPARE_CODES.STORAGE_NOT_SHARED,
         it.field,
         `${it.label} (${it.p}) ${why}`,
-        `add --include-storage to copy it ('ferry move-vm ${spec.name} --to ${dest.name} --include-storage'), or first move it into a shared pool ('ferry move-storage ${spec.name} --path /SHARED/${spec.name}')`,
+        `add --include-storage to copy it ('ferry move-vm ${spec.name} --to ${dest.name} --include-storage'), ` +
+          `or first move it into a shared pool ('ferry move-storage ${spec.name} --path /SHARED/${spec.name}')`,
       );
     if (srcPool?.kind === 'local') {
       notShared(`is in local pool '${srcPool.name}' of '${source.name}', which '${dest.name}' cannot see`);
@@ -361,25 +381,32 @@ function checkSharedStorage(input: CompareInput, add: Add): void {
       add(
         COMPARE_CODES.POOL_UNAVAILABLE,
         it.field,
-        `${it.label} (${it.p}) is in shared pool '${dstPool.name}' (${dstPool.path}), which is not reachable on '${dest.name}'`,
+        `${it.label} (${it.p}) is in shared pool '${dstPool.name}' (${dstPool.path}), which is not reachable ` +
+          `on '${dest.name}'`,
         `mount the share at ${dstPool.path} on '${dest.name}' ('ferry pool list --host ${dest.name}' shows its state)`,
       );
     }
   }
 }
 
-/** Shared-nothing: each destination path must be absolute, in a pool the destination may use, with room for the disks. */
+/**
+ * Shared-nothing: each destination path must be absolute, in a pool the destination may use, with room for
+ * the disks.
+ */
 function checkDestStorage(input: CompareInput, add: Add): void {
   const { spec, source, dest, options } = input;
   const plan = planDestPaths(spec, options);
-  const fixPath = `give a path inside a pool of '${dest.name}' with --storage-path DIR, --vhd SRC=DST or --config-path DIR (pools: ${poolList(dest.pools)})`;
+  const fixPath =
+    `give a path inside a pool of '${dest.name}' with --storage-path DIR, --vhd SRC=DST or --config-path ` +
+    `DIR (pools: ${poolList(dest.pools)})`;
 
   for (const src of Object.keys(options.vhd ?? {})) {
     if (!spec.disks.some((d) => d.path === src)) {
       add(
         COMPARE_CODES.DEST_PATH,
         `vhd.${src}`,
-        `--vhd names '${src}', which is not a disk of the VM (disks: ${spec.disks.map((d) => d.path).join(', ') || 'none'})`,
+        `--vhd names '${src}', which is not a disk of the VM ` +
+          `(disks: ${spec.disks.map((d) => d.path).join(', ') || 'none'})`,
         `use the source path of one of its disks ('ferry vm show ${spec.name}')`,
       );
     }
@@ -438,7 +465,8 @@ function checkDestStorage(input: CompareInput, add: Add): void {
       add(
         COMPARE_CODES.DEST_PATH,
         t.field,
-        `the destination of ${t.label} (${t.p}) is in pool '${pool.name}', which '${dest.name}' cannot use${pool.kind === 'shared' && !pool.granted.includes(dest.name) ? ' (not granted)' : ' (not reachable)'}`,
+        `the destination of ${t.label} (${t.p}) is in pool '${pool.name}', which '${dest.name}' cannot ` +
+          `use${pool.kind === 'shared' && !pool.granted.includes(dest.name) ? ' (not granted)' : ' (not reachable)'}`,
         fix,
       );
       continue;
@@ -469,8 +497,10 @@ function checkDestStorage(input: CompareInput, add: Add): void {
       add(
         COMPARE_CODES.DEST_SPACE,
         'disks',
-        `${disks.join(', ')} need ${gib(bytes)} GiB in pool '${pool.name}' (${pool.path}) but it has ${gib(pool.freeBytes)} GiB free`,
-        `free space in '${pool.name}' on '${dest.name}', or send the disks to a larger pool with --storage-path DIR or --vhd SRC=DST`,
+        `${disks.join(', ')} need ${gib(bytes)} GiB in pool '${pool.name}' (${pool.path}) but it has ` +
+          `${gib(pool.freeBytes)} GiB free`,
+        `free space in '${pool.name}' on '${dest.name}', or send the disks to a larger pool with --storage-path ` +
+          'DIR or --vhd SRC=DST',
       );
     }
   }

@@ -17,6 +17,14 @@ export interface TlsFiles {
   ca: string;
   cert: string;
   key: string;
+  /** The domain's revocation list, when the admin pushed one (QEMU's TLS refuses revoked peers). */
+  crl?: string;
+}
+
+/** A port reserved for one listener until QEMU listens on it (or gives up). */
+export interface PortLease {
+  readonly port: number;
+  release(): void;
 }
 
 /** A VM this host owns: its name, id and folder. */
@@ -104,8 +112,13 @@ export interface MoveHost {
   pools(): PoolDef[];
   hostView(): Promise<HostView>;
   cpuModels(): Promise<CpuModelInfo[]>;
-  /** Where this host listens for migration streams and NBD exports (an address facing `peer` when given). */
-  migrationListenAddress(peer?: string): string;
+  /**
+   * Where this host listens for migration streams and NBD exports: an address facing `peer`
+   * when given; on an agent listening on every address, `localAddress` (where the request came in).
+   */
+  migrationListenAddress(peer?: string, localAddress?: string): string;
+  /** A port of the host's migration port range (any free port when none is set). */
+  migrationPort(address: string, opts: { signal?: AbortSignal }): Promise<PortLease>;
   /** The folder of a VM's runtime files (QMP sockets, pidfile). */
   runDir(vmId: string): string;
 }

@@ -1,171 +1,453 @@
-// The destination's half of the protocol (shared/DESIGN.md §4): Prepare starts QEMU with
-// `-S -incoming defer` listening on this host's migration address, on a port opened for
-// this one migration; Finish runs the VM only after the source completed and confirmed
-// (two-phase: the VM never runs on both hosts); Abort removes everything Prepare created.
+// The destination's half of the protocol (shared/DESIGN.md §4). Prepare is a list of journalled
+// steps run by the same runner as the source's (runner.ts): folders, files and disks created
+// exclusively, QEMU started with `-S -incoming defer` listening on this host's migration
+// address on a port opened for this one migration. Finish runs the VM only after the source
+// completed and confirmed (two-phase: the VM never runs on both hosts). Abort — and recovery
+// after an agent restart — undo exactly what Prepare's journal says it created.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { createImage } from '../qemu/img.js';
-import { saveVm, configFile, exists } from '../vm/folder.js';
-import { assertInUsablePool, poolStatus } from '../storage/pools.js';
+import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
 import { FerryError, messageOf } from '../errors.js';
+import { createImage } from '../qemu/img.js';
 import { isQemuAlive, type QemuProcess } from '../qemu/process.js';
+import { assertInUsablePool, poolStatus } from '../storage/pools.js';
+import { configFile, exists, saveVm } from '../vm/folder.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
-import type { MoveHost } from './host.js';
-import type { SlotQueue } from './queue.js';
-import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
-import { addTlsCreds, qemuTlsDir } from './tls.js';
 import { sleep } from '../util/exec.js';
-import { portAllocatorFor } from '../agent/ports.js';
-import { advertisedMigrationAddress } from '../agent/migration-address.js';
+import type { MoveHost } from './host.js';
+import type { JournalEntry } from './journal.js';
+import type { SlotQueue } from './queue.js';
+import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
+import type { MigrationState } from './schemas.js';
+import { addTlsCreds, qemuTlsDir } from './tls.js';
+
+type Storage = NonNullable<IncomingRequest['storage']>;
 
 interface Incoming {
   jobId: string;
   spec: VmSpec;
   source: string;
+  req: IncomingRequest;
   proc: QemuProcess | null;
   state: IncomingView['state'];
   uri: string | null;
   reason: string | null;
-  createdRunDir: boolean;
-  /** Files and folders Prepare created for a shared-nothing move (removed on abort). */
-  createdFiles: string[];
-  createdDirs: string[];
   nbd: { host: string; port: number } | null;
-  stopped: boolean;
+  /** Disk files Prepare created (for the full-pool diagnosis). */
+  disks: string[];
 }
 
-interface Journal {
-  jobId: string;
-  vmId: string;
-  vmName: string;
-  createdRunDir: boolean;
-  createdFiles: string[];
-  createdDirs: string[];
+interface IncomingCtx {
+  host: MoveHost;
+  slots: SlotQueue;
+  item: Incoming;
+  signal?: AbortSignal;
+  /** This host's end of the source's request (the address to advertise on a 0.0.0.0 agent). */
+  localAddress?: string;
+}
+
+const MiB = 1048576;
+const journalId = (jobId: string): string => `in-${jobId}`;
+
+/** Claims `file` exclusively (O_EXCL), so a path another move or VM took is never overwritten. */
+async function claimFile(file: string, what: string): Promise<void> {
+  try {
+    await (await fsp.open(file, 'wx')).close();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw new FerryError(
+      'E_DEST_PATH',
+      `Cannot receive ${what} at ${file}: a file is already there; choose another path`,
+    );
+  }
+}
+
+const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
+
+const slotStep: Step<IncomingCtx> = {
+  name: 'slot',
+  phase: 'preparing',
+  run(ctx) {
+    const { item, host } = ctx;
+    if (!ctx.slots.tryAcquire(item.jobId)) {
+      throw new FerryError(
+        'E_HOST_BUSY',
+        `Cannot receive VM '${item.spec.name}' on host '${host.name}' now: ${host.settings().maxLive} live ` +
+          'migrations are already running here (max live); it stays queued',
+      );
+    }
+    return Promise.resolve({ vm: item.spec.name, vmId: item.spec.id });
+  },
+  undo(ctx) {
+    ctx.slots.release(ctx.item.jobId);
+    return Promise.resolve();
+  },
+};
+
+const runDirStep: Step<IncomingCtx> = {
+  name: 'run-dir',
+  phase: 'preparing',
+  async run(ctx, s) {
+    const runDir = ctx.host.runDir(ctx.item.spec.id);
+    const created = !(await exists(runDir));
+    s.record({ runDir, created });
+    return { runDir, created };
+  },
+  async undo(_ctx, data) {
+    const runDir = typeof data.runDir === 'string' ? data.runDir : null;
+    if (!runDir) return;
+    if (data.created) await fsp.rm(runDir, { recursive: true, force: true });
+    else
+      for (const f of ['qmp.sock', 'qmp-admin.sock', 'qemu.pid', 'argv.json'])
+        await fsp.rm(path.join(runDir, f), { force: true });
+  },
+};
+
+const dirsStep: Step<IncomingCtx> = {
+  name: 'dirs',
+  phase: 'preparing',
+  when: (ctx) => ctx.item.req.storage !== undefined,
+  async run(ctx, s) {
+    const st = ctx.item.req.storage as Storage;
+    const created: string[] = [];
+    for (const dir of new Set([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))])) {
+      const missing: string[] = [];
+      for (let p = dir; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
+      for (const p of missing) {
+        // Made first, then journalled: only folders this move made are ever removed.
+        const made = await fsp.mkdir(p).then(
+          () => true,
+          (err: unknown) => {
+            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+            return false;
+          },
+        );
+        if (made) {
+          created.push(p);
+          s.record({ created });
+        }
+      }
+    }
+    return { created };
+  },
+  async undo(_ctx, data) {
+    for (const d of strings(data.created).reverse()) await fsp.rmdir(d).catch(() => undefined);
+  },
+};
+
+const filesStep: Step<IncomingCtx> = {
+  name: 'files',
+  phase: 'preparing',
+  when: (ctx) => ctx.item.req.storage !== undefined,
+  async run(ctx, s) {
+    const st = ctx.item.req.storage as Storage;
+    const created: string[] = [];
+    for (const f of st.files) {
+      await claimFile(f.path, `a file of VM '${ctx.item.spec.name}'`);
+      created.push(f.path);
+      s.record({ created });
+      await fsp.writeFile(f.path, Buffer.from(f.base64, 'base64'));
+    }
+    return { created };
+  },
+  async undo(_ctx, data) {
+    for (const f of strings(data.created)) await fsp.rm(f, { force: true });
+  },
+};
+
+const disksStep: Step<IncomingCtx> = {
+  name: 'disks',
+  phase: 'preparing',
+  when: (ctx) => ctx.item.req.storage !== undefined,
+  async run(ctx, s) {
+    const { item } = ctx;
+    const st = item.req.storage as Storage;
+    const created: string[] = [];
+    for (const d of st.disks) {
+      await claimFile(d.path, `disk '${d.id}' of VM '${item.spec.name}'`);
+      created.push(d.path);
+      item.disks.push(d.path);
+      s.record({ created });
+      await createImage(d.path, d.format, d.virtualSizeBytes, { ...(ctx.signal ? { signal: ctx.signal } : {}) });
+    }
+    return { created };
+  },
+  async undo(_ctx, data) {
+    for (const f of strings(data.created)) await fsp.rm(f, { force: true });
+  },
+};
+
+const configStep: Step<IncomingCtx> = {
+  name: 'config',
+  phase: 'preparing',
+  when: (ctx) => ctx.item.req.storage !== undefined,
+  async run(ctx, s) {
+    const file = configFile(ctx.item.spec.configPath);
+    await claimFile(file, `the config of VM '${ctx.item.spec.name}'`);
+    s.record({ file });
+    await saveVm(ctx.item.spec);
+    return { file };
+  },
+  async undo(_ctx, data) {
+    if (typeof data.file === 'string') await fsp.rm(data.file, { force: true });
+  },
+};
+
+const qemuStep: Step<IncomingCtx> = {
+  name: 'qemu',
+  phase: 'preparing',
+  async run(ctx, s) {
+    const { host, item } = ctx;
+    const spec = item.spec;
+    // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
+    // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
+    const switches = await host.vms.prepareNics(spec);
+    s.record({ nics: true });
+    const proc = await startVm(spec, {
+      runDir: host.runDir(spec.id),
+      accel: host.accelerator(),
+      incoming: true,
+      switches,
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
+    });
+    item.proc = proc;
+    s.record({ nics: true, pid: proc.pid });
+    void proc.exited.then(() => host.vms.releaseNics(spec));
+    return { nics: true, pid: proc.pid };
+  },
+  async undo(ctx, data) {
+    const proc = ctx.item.proc;
+    if (proc) await proc.kill();
+    else if (typeof data.pid === 'number' && isQemuAlive(data.pid)) {
+      try {
+        process.kill(data.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+      for (let k = 0; k < 50 && isQemuAlive(data.pid); k++) await sleep(100);
+    }
+    if (data.nics) await ctx.host.vms.releaseNics(ctx.item.spec);
+  },
+};
+
+const listenStep: Step<IncomingCtx> = {
+  name: 'listen',
+  phase: 'preparing',
+  async run(ctx) {
+    const { host, item } = ctx;
+    const { req } = item;
+    const proc = item.proc;
+    if (!proc) throw new FerryError('E_QEMU_GONE', `Cannot receive VM '${item.spec.name}': its QEMU is gone`);
+    const o = ctx.signal ? { signal: ctx.signal } : {};
+    if (req.tls) {
+      await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(host.tls, host.dataDir), ctx.signal);
+      // Only the source host's certificate may connect to this VM's stream and NBD exports.
+      await proc.qmp.execute(
+        'object-add',
+        { 'qom-type': 'authz-simple', id: 'ferry-authz', identity: peerDn(req.source, host.domainId) },
+        o,
+      );
+    }
+    if (!req.stopped) {
+      const caps = [
+        { capability: 'events' as const, state: true },
+        { capability: 'late-block-activate' as const, state: true },
+        ...(req.postcopy ? [{ capability: 'postcopy-ram' as const, state: true }] : []),
+      ];
+      await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, o);
+      if (req.tls)
+        await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' }, o);
+    }
+    const addr = host.migrationListenAddress(req.source, ctx.localAddress);
+    const hostPart = addr.includes(':') ? `[${addr}]` : addr;
+    if (req.storage) {
+      // NBD exports of the new, empty disks on the migration address, for the source's mirrors.
+      // A port of the host's migration range, held until QEMU listens on it.
+      const lease = await host.migrationPort(addr, o);
+      const port = lease.port;
+      try {
+        await proc.qmp.execute(
+          'nbd-server-start',
+          {
+            addr: { type: 'inet', data: { host: addr, port: String(port) } },
+            ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
+          },
+          o,
+        );
+      } finally {
+        lease.release();
+      }
+      for (const d of req.storage.disks) {
+        await proc.qmp.execute(
+          'block-export-add',
+          { type: 'nbd', id: `exp-${d.id}`, 'node-name': d.id, name: d.id, writable: true },
+          o,
+        );
+      }
+      item.nbd = { host: addr, port };
+    }
+    if (!req.stopped) {
+      const lease = await host.migrationPort(addr, o);
+      try {
+        await proc.qmp.execute('migrate-incoming', { uri: `tcp:${hostPart}:${String(lease.port)}` }, o);
+      } finally {
+        lease.release();
+      }
+      const info = await proc.qmp.execute('query-migrate', undefined, o);
+      const port = info['socket-address']?.[0]?.port;
+      if (!port)
+        throw new FerryError(
+          'E_PREPARE',
+          `Cannot receive VM '${item.spec.name}': QEMU did not report its listening port`,
+        );
+      item.uri = `tcp:${hostPart}:${port}`;
+    }
+    return undefined;
+  },
+};
+
+const prepareKind: MoveKind<IncomingCtx> = {
+  name: 'incoming',
+  steps: [slotStep, runDirStep, dirsStep, filesStep, disksStep, configStep, qemuStep, listenStep],
+};
+
+/** The destination's bookkeeping of one incoming move, as the runner sees it (always preparing). */
+class IncomingSink implements RunnerSink {
+  readonly phase: MigrationState = 'preparing';
+  private seq = 0;
+  constructor(
+    readonly id: string,
+    private readonly host: MoveHost,
+    readonly signal: AbortSignal,
+  ) {}
+  enter(): void {
+    /* the destination's side has one phase */
+  }
+  log(): void {
+    /* the destination's steps log nothing of their own; its events say what happened */
+  }
+  journal(entry: Omit<JournalEntry, 'seq' | 'at'>): void {
+    this.host.store.journalAppend(journalId(this.id), { ...entry, seq: ++this.seq, at: new Date().toISOString() });
+  }
 }
 
 export class IncomingManager {
   private items = new Map<string, Incoming>();
   constructor(
-    private host: MoveHost,
-    private slots: SlotQueue,
+    private readonly host: MoveHost,
+    private readonly slots: SlotQueue,
   ) {}
 
-  private journalDir(): string {
-    return path.join(this.host.dataDir, 'incoming');
-  }
-
-  /** Written before each step of Prepare, so an agent that dies can remove what it created. */
-  private async journal(i: Incoming): Promise<void> {
-    const j: Journal = {
-      jobId: i.jobId,
-      vmId: i.spec.id,
-      vmName: i.spec.name,
-      createdRunDir: i.createdRunDir,
-      createdFiles: i.createdFiles,
-      createdDirs: i.createdDirs,
-    };
-    await fsp.mkdir(this.journalDir(), { recursive: true });
-    const f = path.join(this.journalDir(), `${i.jobId}.json`);
-    await fsp.writeFile(f + '.tmp', JSON.stringify(j));
-    await fsp.rename(f + '.tmp', f);
-  }
-
-  private async dropJournal(jobId: string): Promise<void> {
-    await fsp.rm(path.join(this.journalDir(), `${jobId}.json`), { force: true });
-  }
-
   /**
-   * Agent start: incoming VMs of a previous life never finished (or their finish was not
-   * recorded). Kill their QEMU and remove what Prepare created; a VM that did finish is
-   * registered and is left alone.
+   * Agent start: incoming VMs of a previous life that never finished are removed (their QEMU
+   * killed, what Prepare created deleted), from the same journal and with the same undo steps
+   * an abort uses; a VM that did finish is registered and is left alone.
    */
   async recover(): Promise<string[]> {
-    const e = this.host;
     const done: string[] = [];
-    for (const f of await fsp.readdir(this.journalDir()).catch(() => [] as string[])) {
-      if (!f.endsWith('.json')) continue;
-      let j: Journal;
-      try {
-        j = JSON.parse(await fsp.readFile(path.join(this.journalDir(), f), 'utf8')) as Journal;
-      } catch {
-        await fsp.rm(path.join(this.journalDir(), f), { force: true });
-        continue;
-      }
-      const registered = e.vms.ids().some((v) => v.id === j.vmId);
-      if (!registered) {
-        const runDir = e.runDir(j.vmId);
-        const pid = Number((await fsp.readFile(path.join(runDir, 'qemu.pid'), 'utf8').catch(() => '')).trim());
-        if (pid > 0 && isQemuAlive(pid)) {
-          try {
-            process.kill(pid, 'SIGKILL');
-          } catch {
-            /* gone */
-          }
-          for (let k = 0; k < 50 && isQemuAlive(pid); k++) await sleep(100);
-        }
-        for (const p of j.createdFiles) await fsp.rm(p, { force: true });
-        for (const d of [...j.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
-        if (j.createdRunDir) await fsp.rm(runDir, { recursive: true, force: true });
-        e.emit('migration.incoming', {
-          vm: j.vmName,
-          jobId: j.jobId,
+    for (const id of this.host.store.journalMoves().filter((x) => x.startsWith('in-'))) {
+      const entries = this.host.store.journalRead(id);
+      const jobId = id.slice(3);
+      const first = entries.find((e) => e.step === 'slot' && e.data)?.data ?? {};
+      const vmId = typeof first.vmId === 'string' ? first.vmId : '';
+      const vmName = typeof first.vm === 'string' ? first.vm : '';
+      if (!this.host.vms.ids().some((v) => v.id === vmId)) {
+        const item = this.stub(jobId, vmName, vmId);
+        const sink = new IncomingSink(jobId, this.host, AbortSignal.timeout(120_000));
+        await undoSteps(
+          prepareKind,
+          { host: this.host, slots: this.slots, item },
+          startedFromJournal(prepareKind, entries),
+          sink,
+          {
+            signal: AbortSignal.timeout(120_000),
+            log: () => undefined,
+          },
+        );
+        this.host.emit('migration.incoming', {
+          vm: vmName,
+          jobId,
           state: 'recovered',
           note: 'an unfinished incoming VM was removed after an agent restart',
         });
-        done.push(j.jobId);
+        done.push(jobId);
       }
-      await this.dropJournal(j.jobId);
+      this.host.store.journalDrop(id);
     }
     return done;
   }
 
+  /** An item standing for a journal's move (recovery has no request, only what was recorded). */
+  private stub(jobId: string, name: string, id: string): Incoming {
+    const spec = { name, id, nics: [], disks: [] } as unknown as VmSpec;
+    return {
+      jobId,
+      spec,
+      source: '',
+      req: {} as IncomingRequest,
+      proc: null,
+      state: 'failed',
+      uri: null,
+      reason: null,
+      nbd: null,
+      disks: [],
+    };
+  }
+
   view(jobId: string): IncomingView {
+    const name = this.host.name;
     const i = this.items.get(jobId);
-    if (!i)
+    if (!i) {
       return {
         jobId,
         vm: '',
         state: 'gone',
         uri: null,
-        tlsHostname: this.host.name,
+        tlsHostname: name,
         reason: 'it has no such incoming move (its agent restarted and removed it, or it was aborted)',
         nbd: null,
       };
+    }
     if (i.state === 'prepared' && i.proc?.hasExited) {
       i.state = 'failed';
       i.reason ??= 'the destination QEMU exited';
     }
-    // A write to an NBD export that fails for lack of space does not fail: QEMU holds it
-    // (its default for ENOSPC is to stop and retry), so the source only sees a stall. Say why.
-    const ioErr =
-      i.state === 'prepared' && i.proc && !i.proc.hasExited
-        ? [...i.proc.qmp.history].reverse().find((e) => e.event === 'BLOCK_IO_ERROR')
-        : undefined;
-    const ioReason = ioErr
-      ? `disk '${String(ioErr.data?.device || ioErr.data?.['node-name'] || '?')}' cannot be written (${String(ioErr.data?.reason ?? 'I/O error')}${ioErr.data?.nospace ? ': the destination pool is full' : ''})`
-      : null;
-    const full =
-      i.state === 'prepared' && !ioReason
-        ? [...new Set(i.createdFiles.map((f) => path.dirname(f)))].find((d) => {
-            try {
-              const st = fs.statfsSync(d);
-              return st.bavail * st.bsize < 1024 * 1024;
-            } catch {
-              return false;
-            }
-          })
-        : undefined;
     return {
       jobId,
       vm: i.spec.name,
       state: i.state,
       uri: i.uri,
-      tlsHostname: this.host.name,
-      reason: i.reason ?? ioReason ?? (full ? `no space left in ${full} (the destination pool is full)` : null),
+      tlsHostname: name,
+      reason: i.reason ?? this.diagnose(i),
       nbd: i.nbd,
     };
+  }
+
+  /**
+   * A write to an NBD export that fails for lack of space does not fail: QEMU holds it (its
+   * default for ENOSPC is to stop and retry), so the source only sees a stall. Say why.
+   */
+  private diagnose(i: Incoming): string | null {
+    if (i.state !== 'prepared' || !i.proc || i.proc.hasExited) return null;
+    const ioErr = [...i.proc.qmp.history].reverse().find((e) => e.event === 'BLOCK_IO_ERROR');
+    if (ioErr) {
+      const d = ioErr.data ?? {};
+      const text = (v: unknown): string | null => (typeof v === 'string' && v ? v : null);
+      const dev = text(d.device) ?? text(d['node-name']) ?? '?';
+      const full = d.nospace ? ': the destination pool is full' : '';
+      return `disk '${dev}' cannot be written (${text(d.reason) ?? 'I/O error'}${full})`;
+    }
+    const full = [...new Set(i.disks.map((f) => path.dirname(f)))].find((d) => {
+      try {
+        const st = fs.statfsSync(d);
+        return st.bavail * st.bsize < MiB;
+      } catch {
+        return false;
+      }
+    });
+    return full ? `no space left in ${full} (the destination pool is full)` : null;
   }
 
   /** Names of VMs arriving here (they count as present for name checks). */
@@ -179,313 +461,215 @@ export class IncomingManager {
     req: IncomingRequest,
     opts: { signal?: AbortSignal; localAddress?: string } = {},
   ): Promise<IncomingView> {
-    const e = this.host;
+    const host = this.host;
     const spec = parseVmSpec(req.spec, 'accept the incoming VM');
-    const settings = e.settings();
-    if (!settings.enabled)
+    if (!host.settings().enabled) {
       throw new FerryError(
         'E_MIGRATION_DISABLED',
-        `Cannot receive VM '${spec.name}' on host '${e.name}': migrations are disabled here; run 'ferry host set ${e.name} --migrations on'`,
-        {},
+        `Cannot receive VM '${spec.name}' on host '${host.name}': migrations are disabled here; ` +
+          `run 'ferry host set ${host.name} --migrations on'`,
       );
-    if (
-      e.vms.ids().some((v) => v.name === spec.name || v.id === spec.id) ||
-      this.arriving().some((a) => a.name === spec.name)
-    ) {
+    }
+    const taken = [...host.vms.ids(), ...this.arriving()];
+    if (this.items.has(req.jobId) || taken.some((v) => v.name === spec.name || v.id === spec.id)) {
       throw new FerryError(
         'E_NAME_EXISTS',
-        `Cannot receive VM '${spec.name}' on host '${e.name}': a VM with that name or id is already here`,
-        {},
+        `Cannot receive VM '${spec.name}' on host '${host.name}': a VM with that name or id is already here`,
       );
     }
     if (req.storage) await this.checkStorage(spec, req.storage);
-    await e.vms.checkStorage(spec);
-    if (!this.slots.tryAcquire(req.jobId)) {
-      throw new FerryError(
-        'E_HOST_BUSY',
-        `Cannot receive VM '${spec.name}' on host '${e.name}' now: ${settings.maxLive} live migrations are already running here (max live); it stays queued`,
-        {},
-      );
-    }
-    const runDir = e.runDir(spec.id);
+    await host.vms.checkStorage(spec);
     const item: Incoming = {
       jobId: req.jobId,
       spec,
       source: req.source,
+      req,
       proc: null,
       state: 'prepared',
       uri: null,
       reason: null,
-      createdRunDir: false,
-      createdFiles: [],
-      createdDirs: [],
       nbd: null,
-      stopped: req.stopped,
+      disks: [],
     };
     this.items.set(req.jobId, item);
-    try {
-      item.createdRunDir = !(await fsp.access(runDir).then(
-        () => true,
-        () => false,
-      ));
-      await this.journal(item);
-      if (req.storage) await this.createStorage(item, req.storage, opts.signal);
-      await this.journal(item);
-      // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
-      // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
-      const switches = await e.vms.prepareNics(spec);
-      const proc = await startVm(spec, {
-        runDir,
-        accel: e.accelerator(),
-        incoming: true,
-        switches,
-        signal: opts.signal,
-      }).catch(async (err: unknown) => {
-        await e.vms.releaseNics(spec);
-        throw err;
-      });
-      void proc.exited.then(() => e.vms.releaseNics(spec));
-      item.proc = proc;
-      if (req.tls) {
-        await addTlsCreds(proc.qmp, 'ferry-tls', 'server', await qemuTlsDir(e.tls, e.dataDir), opts.signal);
-        // Only the source host's certificate may connect to this VM's stream and NBD exports.
-        await proc.qmp.execute(
-          'object-add',
-          { 'qom-type': 'authz-simple', id: 'ferry-authz', identity: peerDn(req.source, e.domainId) },
-          opts,
-        );
-      }
-      if (!req.stopped) {
-        const caps = [
-          { capability: 'events' as const, state: true },
-          { capability: 'late-block-activate' as const, state: true },
-        ];
-        if (req.postcopy) caps.push({ capability: 'postcopy-ram' as never, state: true });
-        await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, opts);
-        if (req.tls)
-          await proc.qmp.execute(
-            'migrate-set-parameters',
-            { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' },
-            opts,
-          );
-      }
-      const addr = advertisedMigrationAddress(e.migrationListenAddress(), opts.localAddress, e.name);
-      const host = addr.includes(':') ? `[${addr}]` : addr;
-      if (req.storage) {
-        // NBD exports of the new, empty disks on the migration address, for the source's mirrors.
-        const nbdPort = await portAllocatorFor(e.cfg).allocate(addr, opts);
-        const port = nbdPort.port;
-        await proc.qmp
-          .execute(
-            'nbd-server-start',
-            {
-              addr: { type: 'inet', data: { host: addr, port: String(port) } },
-              ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
-            },
-            opts,
-          )
-          .finally(() => {
-            nbdPort.release();
-          });
-        for (const d of req.storage.disks) {
-          await proc.qmp.execute(
-            'block-export-add',
-            { type: 'nbd', id: `exp-${d.id}`, 'node-name': d.id, name: d.id, writable: true },
-            opts,
-          );
-        }
-        item.nbd = { host: addr, port };
-      }
-      if (!req.stopped) {
-        const stream = await portAllocatorFor(e.cfg).allocate(addr, opts);
-        await proc.qmp.execute('migrate-incoming', { uri: `tcp:${host}:${stream.port}` }, opts).finally(() => {
-          stream.release();
-        });
-        const info = await proc.qmp.execute('query-migrate', undefined, opts);
-        const port = info['socket-address']?.[0]?.port;
-        if (!port)
-          throw new FerryError('E_PREPARE', `Cannot receive VM '${spec.name}': QEMU did not report its listening port`);
-        item.uri = `tcp:${host}:${port}`;
-      }
-      e.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
-      // A failed incoming migration makes QEMU exit: note why, from its stderr.
-      void proc.exited.then(async () => {
-        if (item.state !== 'prepared') return;
-        item.state = 'failed';
-        // (The source's reachability probe of the NBD export leaves a harmless negotiation line.)
-        item.reason =
-          (await proc.stderrText())
-            .split('\n')
-            .filter((l) => l.trim() && !/option negotiation failed/.test(l))
-            .join('\n') || 'the destination QEMU exited';
-        // The source normally aborts us; if it does not within a minute, clean up anyway.
-        setTimeout(() => {
-          if (this.items.get(req.jobId) === item) void this.abort(req.jobId).catch(() => undefined);
-        }, 60_000).unref();
-      });
-      return this.view(req.jobId);
-    } catch (err) {
-      await this.abort(req.jobId).catch(() => undefined);
+    const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
+    const out = await new StepRunner(
+      prepareKind,
+      {
+        host,
+        slots: this.slots,
+        item,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
+      },
+      sink,
+    ).run();
+    if (out.result !== 'completed') {
+      this.items.delete(req.jobId);
+      host.store.journalDrop(journalId(req.jobId));
+      if (out.error instanceof FerryError && out.error.code === 'E_HOST_BUSY') throw out.error;
       throw new FerryError(
         'E_PREPARE',
-        `Cannot prepare host '${e.name}' to receive VM '${spec.name}': ${messageOf(err)}`,
-        { cause: err },
+        `Cannot prepare host '${host.name}' to receive VM '${spec.name}': ${messageOf(out.error)}`,
+        {
+          cause: out.error,
+        },
       );
     }
+    host.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
+    const proc = item.proc;
+    // A failed incoming migration makes QEMU exit: note why, from its stderr.
+    void proc?.exited.then(async () => {
+      if (item.state !== 'prepared') return;
+      item.state = 'failed';
+      // (The source's reachability probe of the NBD export leaves a harmless negotiation line.)
+      const lines = (await proc.stderrText())
+        .split('\n')
+        .filter((l) => l.trim() && !l.includes('option negotiation failed'));
+      item.reason = lines.join('\n') || 'the destination QEMU exited';
+      // The source normally aborts us; if it does not within a minute, clean up anyway.
+      setTimeout(() => {
+        if (this.items.get(req.jobId) === item) void this.abort(req.jobId).catch(() => undefined);
+      }, 60_000).unref();
+    });
+    return this.view(req.jobId);
   }
 
   /** The source completed and confirms: wait for the stream's end here, then run the VM. */
   async finish(jobId: string, opts: { signal?: AbortSignal } = {}): Promise<IncomingView> {
-    const e = this.host;
+    const host = this.host;
     const i = this.items.get(jobId);
-    if (!i)
+    if (!i) {
       throw new FerryError(
         'E_INCOMING_NOT_FOUND',
-        `Cannot finish incoming migration ${jobId} on host '${e.name}': it is not here (aborted or never prepared)`,
-        {},
+        `Cannot finish incoming migration ${jobId} on host '${host.name}': it is not here (aborted or never prepared)`,
       );
+    }
     if (i.state === 'running') return this.view(jobId);
     const proc = i.proc;
-    if (!proc || proc.hasExited || i.state !== 'prepared')
+    if (!proc || proc.hasExited || i.state !== 'prepared') {
       throw new FerryError(
         'E_INCOMING_FAILED',
-        `Cannot finish incoming VM '${i.spec.name}' on host '${e.name}': ${i.reason ?? 'its QEMU is gone'}`,
+        `Cannot finish incoming VM '${i.spec.name}' on host '${host.name}': ${i.reason ?? 'its QEMU is gone'}`,
       );
-    if (i.stopped) {
+    }
+    if (i.req.stopped) {
       // A stopped VM's disks arrived: stop serving them, flush and quit, register the VM.
       await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
       await proc.quit({ timeoutMs: 10_000 });
       i.state = 'running';
-      await e.vms.arrivedStopped(i.spec, { skipStorageCheck: true });
-      await this.dropJournal(jobId);
-      this.slots.release(jobId);
-      this.items.delete(jobId);
-      return { jobId, vm: i.spec.name, state: 'running', uri: null, tlsHostname: e.name, reason: null, nbd: null };
-    }
-    // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
-    const until = Date.now() + 30_000;
-    for (;;) {
-      const st = await proc.qmp.execute('query-migrate', undefined, { signal: opts.signal, timeoutMs: 10_000 });
-      if (st.status === 'completed') break;
-      if (st.status === 'postcopy-active' || st.status === 'postcopy-paused' || st.status === 'postcopy-recover') {
-        const run = await proc.qmp.execute('query-status', undefined, opts);
-        if (run.running) break; // post-copy: the VM already runs here, pages still arrive
+      await host.vms.arrivedStopped(i.spec, { skipStorageCheck: true });
+    } else {
+      // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
+      const until = Date.now() + 30_000;
+      for (;;) {
+        const st = await proc.qmp.execute('query-migrate', undefined, { signal: opts.signal, timeoutMs: 10_000 });
+        if (st.status === 'completed') break;
+        if (st.status === 'postcopy-active' || st.status === 'postcopy-paused' || st.status === 'postcopy-recover') {
+          const run = await proc.qmp.execute('query-status', undefined, opts);
+          if (run.running) break; // post-copy: the VM already runs here, pages still arrive
+        }
+        if (st.status === 'failed') {
+          throw new FerryError(
+            'E_INCOMING_FAILED',
+            `Cannot finish incoming VM '${i.spec.name}': the stream failed on host '${host.name}'`,
+          );
+        }
+        if (Date.now() > until) {
+          throw new FerryError(
+            'E_TIMEOUT',
+            `Cannot finish incoming VM '${i.spec.name}' on host '${host.name}': the stream did not complete ` +
+              'within 30 s',
+          );
+        }
+        await sleep(20, opts.signal);
       }
-      if (st.status === 'failed')
-        throw new FerryError(
-          'E_INCOMING_FAILED',
-          `Cannot finish incoming VM '${i.spec.name}': the stream failed on host '${e.name}'`,
-        );
-      if (Date.now() > until)
-        throw new FerryError(
-          'E_TIMEOUT',
-          `Cannot finish incoming VM '${i.spec.name}' on host '${e.name}': the stream did not complete within 30 s`,
-        );
-      await sleep(20, opts.signal);
+      if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
+      const run = await proc.qmp.execute('query-status', undefined, opts);
+      if (!run.running) await proc.qmp.execute('cont', undefined, opts);
+      i.state = 'running';
+      host.vms.arrivedRunning(i.spec, proc);
     }
-    if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
-    const run = await proc.qmp.execute('query-status', undefined, opts);
-    if (!run.running) await proc.qmp.execute('cont', undefined, opts);
-    i.state = 'running';
-    e.vms.arrivedRunning(i.spec, proc);
-    await this.dropJournal(jobId);
+    host.store.journalDrop(journalId(jobId));
     this.slots.release(jobId);
-    e.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
+    host.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
     this.items.delete(jobId);
-    return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: e.name, reason: null, nbd: null };
+    return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: host.name, reason: null, nbd: null };
   }
 
-  /** Kills the incoming QEMU and removes what Prepare created. Idempotent. */
+  /** Kills the incoming QEMU and removes what Prepare created (its journal says what). Idempotent. */
   async abort(jobId: string): Promise<void> {
-    const e = this.host;
+    const host = this.host;
     const i = this.items.get(jobId);
     if (!i) return;
-    if (i.state === 'running')
+    if (i.state === 'running') {
       throw new FerryError(
         'E_INCOMING_RUNNING',
-        `Cannot abort incoming VM '${i.spec.name}': it already runs on host '${e.name}'`,
+        `Cannot abort incoming VM '${i.spec.name}': it already runs on host '${host.name}'`,
       );
+    }
     this.items.delete(jobId);
-    if (i.proc) await i.proc.kill();
-    const runDir = e.runDir(i.spec.id);
-    if (i.createdRunDir) await fsp.rm(runDir, { recursive: true, force: true });
-    else
-      for (const f of ['qmp.sock', 'qmp-admin.sock', 'qemu.pid', 'argv.json'])
-        await fsp.rm(`${runDir}/${f}`, { force: true });
-    for (const f of i.createdFiles) await fsp.rm(f, { force: true });
-    for (const d of [...i.createdDirs].reverse()) await fsp.rmdir(d).catch(() => undefined);
-    this.slots.release(jobId);
-    await this.dropJournal(jobId);
-    e.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
+    const id = journalId(jobId);
+    const sink = new IncomingSink(jobId, host, AbortSignal.timeout(120_000));
+    await undoSteps(
+      prepareKind,
+      { host, slots: this.slots, item: i },
+      startedFromJournal(prepareKind, host.store.journalRead(id)),
+      sink,
+      {
+        signal: AbortSignal.timeout(120_000),
+        log: () => undefined,
+      },
+    );
+    host.store.journalDrop(id);
+    host.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
   }
 
   /** Every destination path inside a pool this host may use, not taken, with room for the data. */
-  private async checkStorage(spec: VmSpec, st: NonNullable<IncomingRequest['storage']>): Promise<void> {
-    const e = this.host;
-    const pools = e.pools();
+  private async checkStorage(spec: VmSpec, st: Storage): Promise<void> {
+    const host = this.host;
+    const pools = host.pools();
     const need = new Map<string, number>();
     for (const d of st.disks) {
-      const pool = await assertInUsablePool(pools, e.name, d.path, `destination of disk ${d.id}`);
-      if (await exists(d.path))
+      const pool = await assertInUsablePool(pools, host.name, d.path, `destination of disk ${d.id}`);
+      if (await exists(d.path)) {
         throw new FerryError(
           'E_DEST_PATH',
-          `Cannot receive disk '${d.id}' of VM '${spec.name}' at ${d.path} on host '${e.name}': a file is already there; choose another path`,
-          {},
+          `Cannot receive disk '${d.id}' of VM '${spec.name}' at ${d.path} on host '${host.name}': ` +
+            'a file is already there; choose another path',
         );
+      }
       need.set(pool.name, (need.get(pool.name) ?? 0) + d.allocatedBytes);
     }
-    for (const dir of st.dirs) await assertInUsablePool(pools, e.name, dir, 'destination folder');
+    for (const dir of st.dirs) await assertInUsablePool(pools, host.name, dir, 'destination folder');
     for (const f of st.files) {
-      if (await exists(f.path))
+      if (await exists(f.path)) {
         throw new FerryError(
           'E_DEST_PATH',
-          `Cannot receive VM '${spec.name}' on host '${e.name}': ${f.path} already exists; choose another --config-path or --storage-path`,
-          {},
-        );
-    }
-    if (await exists(configFile(spec.configPath)))
-      throw new FerryError(
-        'E_DEST_PATH',
-        `Cannot receive VM '${spec.name}' on host '${e.name}': ${spec.configPath} already holds a VM; choose another --config-path or --storage-path`,
-        {},
-      );
-    for (const [name, bytes] of need) {
-      const status = await poolStatus(
-        pools.find((p) => p.name === name)!,
-        e.name,
-      );
-      if (bytes > status.freeBytes) {
-        throw new FerryError(
-          'E_DEST_SPACE',
-          `Cannot receive VM '${spec.name}' on host '${e.name}': its disks hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(status.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`,
-          {},
+          `Cannot receive VM '${spec.name}' on host '${host.name}': ${f.path} already exists; ` +
+            'choose another --config-path or --storage-path',
         );
       }
     }
-  }
-
-  private async createStorage(
-    item: Incoming,
-    st: NonNullable<IncomingRequest['storage']>,
-    signal?: AbortSignal,
-  ): Promise<void> {
-    for (const dir of [...new Set([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))])]) {
-      const missing: string[] = [];
-      for (let p = dir; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
-      item.createdDirs.push(...missing);
-      await this.journal(item);
-      await fsp.mkdir(dir, { recursive: true });
+    if (await exists(configFile(spec.configPath))) {
+      throw new FerryError(
+        'E_DEST_PATH',
+        `Cannot receive VM '${spec.name}' on host '${host.name}': ${spec.configPath} already holds a VM; ` +
+          'choose another --config-path or --storage-path',
+      );
     }
-    // Journal every path first (none exists yet: checked by checkStorage), then create.
-    item.createdFiles.push(
-      ...st.files.map((f) => f.path),
-      ...st.disks.map((d) => d.path),
-      configFile(item.spec.configPath),
-    );
-    await this.journal(item);
-    for (const f of st.files) await fsp.writeFile(f.path, Buffer.from(f.base64, 'base64'), { flag: 'wx' });
-    for (const d of st.disks) await createImage(d.path, d.format, d.virtualSizeBytes, { signal });
-    await saveVm(item.spec);
+    for (const [name, bytes] of need) {
+      const pool = pools.find((p) => p.name === name);
+      if (!pool) continue;
+      const status = await poolStatus(pool, host.name);
+      if (bytes > status.freeBytes) {
+        throw new FerryError(
+          'E_DEST_SPACE',
+          `Cannot receive VM '${spec.name}' on host '${host.name}': its disks hold ${(bytes / MiB).toFixed(0)} MiB ` +
+            `but pool '${name}' has ${(status.freeBytes / MiB).toFixed(0)} MiB free; free space or choose another pool`,
+        );
+      }
+    }
   }
 }
 

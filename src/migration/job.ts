@@ -1,37 +1,43 @@
 // One migration job on its source host: the record users see (shared/CLI.md), an
 // AbortController for cancel, and the events it emits as it goes (Xen Orchestra's task
-// objects: progress events in, renderers out).
+// objects: progress events in, renderers out). Its state only changes through `enter`, which
+// follows the state machine of phases.ts; whether it may be cancelled is read from there.
 import { randomUUID } from 'node:crypto';
 import type { Emit } from '../api/events.js';
-import type { FerryError } from '../errors.js';
-import type { AgentClient } from '../api/client.js';
-import { peerActions, IncomingRequest, type IncomingView } from '../api/peer-actions.js';
-import { sleep } from '../util/exec.js';
-import type { z } from 'zod';
+import { FerryError } from '../errors.js';
+import { canTransition, isCancellable, isTerminal } from './phases.js';
+import type { RunnerSink } from './runner.js';
+import type { JournalEntry } from './journal.js';
+import type { MigrationRecord, MigrationState, MoveOptions, PolicyInput } from './schemas.js';
 
-type IncomingRequestInput = z.input<typeof IncomingRequest>;
-import { TERMINAL, type MigrationRecord, type MigrationState, type MoveOptions, type PolicyInput } from './schemas.js';
+/** Publishes at most this often while copying (progress samples are coalesced). */
+const EMIT_EVERY_MS = 250;
+const KEEP_EVENTS = 200;
 
-export class Job {
+export interface JobInit {
+  id?: string;
+  vm: string;
+  kind: MigrationRecord['kind'];
+  source: string;
+  destination: string;
+  destinationEndpoint?: string;
+  policy: PolicyInput;
+  options: MoveOptions;
+}
+
+export class Job implements RunnerSink {
   record: MigrationRecord;
-  readonly ac = new AbortController();
-  /** False from switch-over on (and during post-copy): cancel is refused. */
-  cancellable = true;
+  private readonly ac = new AbortController();
   private lastEmit = 0;
+  private journalSeq = 0;
+  /** The latest data each step recorded (what its undo, or a later step, needs). */
+  private stepData = new Map<string, Record<string, unknown>>();
 
   constructor(
-    init: {
-      id?: string;
-      vm: string;
-      kind: MigrationRecord['kind'];
-      source: string;
-      destination: string;
-      destinationEndpoint?: string;
-      policy: PolicyInput;
-      options: MoveOptions;
-    },
-    private bus: { emit: Emit },
-    private persist: (r: MigrationRecord) => void,
+    init: JobInit,
+    private readonly emit: Emit,
+    private readonly persist: (r: MigrationRecord) => void,
+    private readonly appendJournal: (id: string, e: JournalEntry) => void,
   ) {
     this.record = {
       id: init.id ?? randomUUID(),
@@ -69,88 +75,94 @@ export class Job {
   get id(): string {
     return this.record.id;
   }
+  get phase(): MigrationState {
+    return this.record.state;
+  }
   get done(): boolean {
-    return TERMINAL.includes(this.record.state);
+    return isTerminal(this.record.state);
+  }
+  get cancellable(): boolean {
+    return isCancellable(this.record.state);
   }
   get signal(): AbortSignal {
     return this.ac.signal;
   }
 
-  setState(state: MigrationState, message?: string): void {
+  /** Moves to `state` (the table must allow it); a terminal state also fixes the times. */
+  enter(state: MigrationState, message?: string): void {
+    const r = this.record;
     if (this.done) return;
-    this.record.state = state;
-    if (state !== 'queued') this.record.queuePosition = null;
-    if (!this.record.startedAt && state !== 'queued') this.record.startedAt = new Date().toISOString();
-    if (TERMINAL.includes(state)) {
-      this.record.finishedAt = new Date().toISOString();
-      this.record.totalMs = this.record.startedAt
-        ? Date.parse(this.record.finishedAt) - Date.parse(this.record.startedAt)
-        : 0;
-      this.record.etaSeconds = state === 'completed' ? 0 : null;
-      if (state === 'completed') this.record.progress = 1;
+    if (!canTransition(r.state, state)) {
+      throw new FerryError('E_INTERNAL', `Cannot move migration ${r.id} from ${r.state} to ${state}: not in the table`);
     }
-    this.log(message ?? `state ${state}`);
+    const changed = r.state !== state;
+    r.state = state;
+    if (state !== 'queued') r.queuePosition = null;
+    if (!r.startedAt && state !== 'queued') r.startedAt = new Date().toISOString();
+    if (isTerminal(state)) {
+      r.finishedAt = new Date().toISOString();
+      r.totalMs = r.startedAt ? Date.parse(r.finishedAt) - Date.parse(r.startedAt) : 0;
+      r.etaSeconds = state === 'completed' ? 0 : null;
+      if (state === 'completed') r.progress = 1;
+    }
+    if (changed || message) this.log(message ?? `state ${state}`);
     this.flush(true);
   }
 
-  log(message: string): void {
-    this.record.events.push({ at: new Date().toISOString(), message });
-    if (this.record.events.length > 200) this.record.events.splice(0, this.record.events.length - 200);
+  /**
+   * Asks to cancel: allowed only in a phase the table marks cancellable. The steps see the
+   * signal; the runner then undoes what was done.
+   */
+  cancel(reason: string): void {
+    if (this.done) {
+      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${this.id}: it is ${this.record.state}`);
+    }
+    if (!this.cancellable) {
+      const why = this.record.state === 'post-copy' ? 'in post-copy' : 'switching over';
+      throw new FerryError(
+        'E_CANNOT_CANCEL',
+        `Cannot cancel migration ${this.id} of VM '${this.record.vm}': it is ${why}, ` +
+          `the VM is already moving to ${this.record.destination}; wait for it to finish`,
+      );
+    }
+    this.log(`cancel requested: ${reason}`);
+    this.ac.abort(new Error(reason));
   }
 
-  /** Publishes the record (throttled to ~4/s unless forced) and saves it. */
+  log(message: string): void {
+    const ev = this.record.events;
+    ev.push({ at: new Date().toISOString(), message });
+    if (ev.length > KEEP_EVENTS) ev.splice(0, ev.length - KEEP_EVENTS);
+  }
+
+  journal(entry: Omit<JournalEntry, 'seq' | 'at'>): void {
+    if (entry.data) this.stepData.set(entry.step, entry.data);
+    this.appendJournal(this.id, { ...entry, seq: ++this.journalSeq, at: new Date().toISOString() });
+  }
+
+  /** What step `name` recorded last (empty when it did not run). */
+  journalData(name: string): Record<string, unknown> {
+    return this.stepData.get(name) ?? {};
+  }
+
+  /** Recovery: continue a journal read back from the store. */
+  resumeJournal(entries: JournalEntry[]): void {
+    for (const e of entries) {
+      this.journalSeq = Math.max(this.journalSeq, e.seq);
+      if (e.data) this.stepData.set(e.step, e.data);
+    }
+  }
+
+  /** Publishes the record (coalesced to EMIT_EVERY_MS unless forced) and saves it. */
   flush(force = false): void {
     const now = Date.now();
-    if (!force && now - this.lastEmit < 250) return;
+    if (!force && now - this.lastEmit < EMIT_EVERY_MS) return;
     this.lastEmit = now;
     this.persist(this.record);
-    this.bus.emit('migration', { vm: this.record.vm, migration: this.snapshot() });
+    this.emit('migration', { vm: this.record.vm, migration: this.snapshot() });
   }
 
   snapshot(): MigrationRecord {
     return structuredClone(this.record);
   }
-}
-
-/**
- * Asks the destination to prepare, waiting in state `queued` while it is at its own
- * migration limit (E_HOST_BUSY) — the move stays queued until it has a free slot.
- */
-export async function prepareWhenFree(job: Job, dest: AgentClient, body: IncomingRequestInput): Promise<IncomingView> {
-  const r = job.record;
-  for (;;) {
-    try {
-      const v = await dest.call(peerActions.prepare, { body }, { signal: job.signal, timeoutMs: 120_000 });
-      if (r.state === 'queued') job.setState('preparing', `preparing ${r.destination}`);
-      return v;
-    } catch (err) {
-      if ((err as FerryError).code !== 'E_HOST_BUSY') throw err;
-      if (r.state !== 'queued') job.setState('queued', `waiting: ${r.destination} is at its migration limit`);
-      await sleep(1000, job.signal);
-    }
-  }
-}
-
-/** Folds mirror progress into the record (per disk and in total); returns done and total bytes. */
-export function foldMirrorProgress(
-  r: MigrationRecord,
-  ps: Array<{ diskId: string; done: number; total: number }>,
-  startedAt: number,
-): { done: number; total: number; rate: number } {
-  let done = 0;
-  let total = 0;
-  for (const p of ps) {
-    const disk = r.disks.find((x) => x.id === p.diskId);
-    if (disk) {
-      disk.bytesDone = p.done;
-      disk.bytesTotal = p.total;
-    }
-    done += p.done;
-    total += p.total;
-  }
-  const rate = done / Math.max(0.001, (Date.now() - startedAt) / 1000);
-  r.bytesTransferred = done;
-  r.remainingBytes = total - done;
-  r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
-  return { done, total, rate };
 }

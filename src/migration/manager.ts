@@ -1,17 +1,22 @@
-// Migrations on their source host: create (pre-flight compare first; refused → E_INCOMPATIBLE
-// with the report), queue by the host's limit, run the protocol of the VM's kind, cancel,
-// and keep the history.
+// Moves on this host: compare, create (pre-flight compare first; refused → E_INCOMPATIBLE with
+// the report), run each through its kind's steps (runner.ts), cancel where the phase table
+// allows, keep the history, and after an agent restart finish or undo what a previous life
+// left open, from the same journal with the same steps.
 import { DEFAULTS } from '../api/defaults.js';
-import { randomUUID } from 'node:crypto';
-import { FerryError, AbortedError, NotFoundError, messageOf } from '../errors.js';
-import { AgentClient } from '../api/client.js';
-import { actions } from '../api/actions.js';
-import { peerActions } from '../api/peer-actions.js';
+import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
+import { sleep } from '../util/exec.js';
+import { gather, incompatibleError } from './begin.js';
 import type { MoveHost } from './host.js';
-import type { SlotQueue } from './queue.js';
-import { compareVm, type Incompatibility } from './compare.js';
-import { Job } from './job.js';
-import { runLive } from './live.js';
+import { IncomingManager } from './incoming.js';
+import { Job, type JobInit } from './job.js';
+import { liveKind } from './kinds/live.js';
+import { offlineKind } from './kinds/offline.js';
+import { sharedNothingKind } from './kinds/shared-nothing.js';
+import { storageKind, type StorageCtx } from './kinds/storage.js';
+import { isTerminal, PHASES } from './phases.js';
+import { storagePlan, type StoragePlan } from './plan.js';
+import { SlotQueue } from './queue.js';
+import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunOutcome } from './runner.js';
 import type {
   CompareReport,
   Destination,
@@ -20,560 +25,194 @@ import type {
   MoveRequest,
   StorageMoveRequest,
 } from './schemas.js';
-import { sleep } from '../util/exec.js';
-import fsp from 'node:fs/promises';
-import path from 'node:path';
-import { InvalidInputError } from '../errors.js';
-import { imageInfo } from '../qemu/img.js';
-import { configFile, exists } from '../vm/folder.js';
+import { peerClient, type SourceCtx } from './source.js';
 import type { VmSpec } from '../vm/spec.js';
-import type { HostView } from '../api/schemas.js';
-import type { IncomingRequest } from '../api/peer-actions.js';
-import { assertInUsablePool, isInside, poolOf, poolStatus } from '../storage/pools.js';
-import { planDestPaths } from './compare.js';
-import { folderFiles, runStorageMove, type StoragePlan } from './storage.js';
-import { runOfflineCopy } from './offline.js';
-import type { MoveCluster } from './host.js';
+
+const KINDS: Record<Exclude<MigrationRecord['kind'], 'storage'>, MoveKind<SourceCtx>> = {
+  live: liveKind,
+  'shared-nothing': sharedNothingKind,
+  offline: offlineKind,
+};
 
 export class MigrationManager {
   private jobs = new Map<string, Job>();
-  /** Jobs that went through the cluster queue (their position is the cluster's). */
-  private clustered = new Set<string>();
-  constructor(
-    private host: MoveHost,
-    private slots: { live: SlotQueue; storage: SlotQueue },
-  ) {}
+  /** Live-migration slots of this host: outgoing and incoming count alike. */
+  readonly slots: SlotQueue;
+  /** Storage-migration slots. */
+  readonly storageSlots: SlotQueue;
+  readonly incoming: IncomingManager;
 
-  private destClient(to: Destination): AgentClient {
-    const t = this.host.tls;
-    return new AgentClient({
-      endpoint: to.endpoint,
-      host: to.name,
-      credentials: { ca: t.ca, cert: t.cert, key: t.key },
-    });
+  constructor(private readonly host: MoveHost) {
+    this.slots = new SlotQueue(() => host.settings().maxLive);
+    this.storageSlots = new SlotQueue(() => host.settings().maxStorage);
+    this.incoming = new IncomingManager(host, this.slots);
+  }
+
+  /** The limits changed: start what may start now. */
+  settingsChanged(): void {
+    this.slots.pump();
+    this.storageSlots.pump();
+  }
+
+  /** Names and ids here, arriving ones included (the destination's name check). */
+  vmIds(): Array<{ name: string; id: string }> {
+    return [...this.host.vms.ids(), ...this.incoming.arriving()];
   }
 
   /** The pre-flight check (Compare-VM), run by `compare-vm` and before every move. */
   async compare(
-    vmName: string,
+    vm: string,
     to: Destination,
     options: MoveOptions,
     opts: { signal?: AbortSignal } = {},
   ): Promise<CompareReport> {
-    return (await this.gather(vmName, to, options, opts)).report;
-  }
-
-  /** Shared nothing without paths: the VM goes to a folder named after it in the destination's local pool. */
-  private withDefaults(options: MoveOptions, vmName: string, destView: HostView): MoveOptions {
-    if (!options.includeStorage || options.storagePath || options.configPath || options.vhd) return options;
-    const local = destView.pools.find((p) => p.kind === 'local');
-    return local ? { ...options, storagePath: path.join(local.path, vmName) } : options;
-  }
-
-  private async gather(
-    vmName: string,
-    to: Destination,
-    optionsIn: MoveOptions,
-    opts: { signal?: AbortSignal } = {},
-  ): Promise<{ report: CompareReport; destView: HostView | null; options: MoveOptions }> {
-    const e = this.host;
-    const spec = await e.vms.spec(vmName);
-    const dest = this.destClient(to);
+    this.host.vms.record(vm);
+    const dest = peerClient(this.host, to);
     try {
-      let destView: HostView;
-      try {
-        destView = await dest.call(actions.hostShow, {}, { signal: opts.signal, timeoutMs: 30_000 });
-      } catch (err) {
-        const m = messageOf(err);
-        if (/certificate|self.signed|verify|handshake|alert/i.test(m)) {
-          return {
-            destView: null,
-            options: optionsIn,
-            report: report([
-              {
-                code: 'E_DOMAIN',
-                field: 'destination',
-                message: `Cannot move VM '${vmName}' to '${to.name}': it is not in this host's domain (its TLS certificate is not from our CA: ${m}); join it to the domain with a host certificate from 'ferry domain issue host ${to.name}'`,
-              },
-            ]),
-          };
-        }
-        return {
-          destView: null,
-          options: optionsIn,
-          report: report([
-            {
-              code: 'E_DEST_UNREACHABLE',
-              field: 'destination',
-              message: `Cannot move VM '${vmName}' to '${to.name}': its agent does not answer at ${to.endpoint} (${m}); start it or check the address`,
-            },
-          ]),
-        };
-      }
-      const options = this.withDefaults(optionsIn, vmName, destView);
-      const [destVms, destCpuModels, source] = await Promise.all([
-        dest.call(peerActions.vms, {}, { signal: opts.signal, timeoutMs: 30_000 }),
-        dest.call(peerActions.cpuModels, {}, { signal: opts.signal, timeoutMs: 60_000 }),
-        e.hostView(),
-      ]);
-      const diskSizes: Record<string, number> = {};
-      if (options.includeStorage) {
-        for (const d of spec.disks)
-          diskSizes[d.path] = await imageInfo(d.path, { forceShare: true, format: d.format }).then(
-            (i) => i.actualSizeBytes,
-            () => 0,
-          );
-      }
-      const running = e.vms.proc(vmName) !== null;
-      const incompatibilities = compareVm({
-        spec,
-        running,
-        source,
-        dest: destView,
-        destVms,
-        destCpuModels,
-        options,
-        diskSizes,
-      });
-      // In a cluster, a paused (drained) node takes no VMs.
-      const cluster = e.cluster();
-      if (cluster && (await cluster.isPaused(to.name).catch(() => false))) {
-        incompatibilities.push({
-          code: 'E_NODE_PAUSED',
-          field: 'destination',
-          message:
-            `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${cluster.name}' ` +
-            `(drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
-        });
-      }
-      return { report: report(incompatibilities), destView, options };
+      return (await gather(this.host, dest, vm, to, options, opts)).report;
     } finally {
       dest.close();
     }
+  }
+
+  private newJob(init: JobInit): Job {
+    const store = this.host.store;
+    return new Job(
+      init,
+      this.host.emit,
+      (r) => {
+        store.saveMigration(r);
+      },
+      (id, e) => {
+        store.journalAppend(id, e);
+      },
+    );
   }
 
   async create(req: MoveRequest): Promise<MigrationRecord> {
-    const e = this.host;
+    const host = this.host;
     // Idempotent with a caller's id: asking again returns the move already made.
-    if (req.id && (this.jobs.has(req.id) || e.store.getMigration(req.id))) return this.get(req.id);
-    e.vms.record(req.vm);
-    // The VM is held from here on (Begin): other operations are refused while it is checked and moved.
-    const id = req.id ?? randomUUID();
-    e.vms.hold(req.vm, id);
-    let rep: CompareReport;
-    try {
-      rep = await this.compare(req.vm, req.to, req.options);
-    } catch (err) {
-      e.vms.release(req.vm, id);
-      throw err;
-    }
-    if (!rep.compatible) {
-      e.vms.release(req.vm, id);
-      throw new FerryError(
-        'E_INCOMPATIBLE',
-        `Cannot move VM '${req.vm}' to '${req.to.name}': ${rep.incompatibilities.map((i) => i.message.replace(/^Cannot move VM '[^']*' to '[^']*': /, '')).join(' | ')}`,
-        {
-          context: { incompatibilities: rep.incompatibilities },
-        },
-      );
-    }
-    const kind = req.options.includeStorage ? 'shared-nothing' : e.vms.proc(req.vm) !== null ? 'live' : 'offline';
-    const job = new Job(
-      {
-        id,
-        vm: req.vm,
-        kind,
-        source: e.name,
-        destination: req.to.name,
-        destinationEndpoint: req.to.endpoint,
-        policy: req.policy,
-        options: req.options,
-      },
-      { emit: e.emit },
-      (r) => e.store.saveMigration(r),
-    );
+    if (req.id && (this.jobs.has(req.id) || host.store.getMigration(req.id))) return this.get(req.id);
+    host.vms.record(req.vm);
+    const rep = await this.compare(req.vm, req.to, req.options);
+    if (!rep.compatible) throw incompatibleError(req.vm, req.to.name, rep);
+    const running = host.vms.proc(req.vm) !== null;
+    const kind = req.options.includeStorage ? 'shared-nothing' : running ? 'live' : 'offline';
+    const job = this.newJob({
+      ...(req.id ? { id: req.id } : {}),
+      vm: req.vm,
+      kind,
+      source: host.name,
+      destination: req.to.name,
+      destinationEndpoint: req.to.endpoint,
+      policy: req.policy,
+      options: req.options,
+    });
+    host.vms.hold(req.vm, job.id);
     this.jobs.set(job.id, job);
     job.log(`requested: move to ${req.to.name} (${kind})`);
     job.flush(true);
-    void this.run(job, req.to, req.batch);
+    const ctx = this.sourceCtx(job, req.to, req.batch);
+    void this.drive(job, KINDS[kind], ctx, `the VM stays on ${host.name}`, () => {
+      ctx.dest.close();
+    });
     return this.view(job);
   }
 
-  /**
-   * A clustered VM that moved to a host outside the cluster leaves it: its record goes, so no
-   * leader restarts it from the cluster's copy while it runs there.
-   */
-  private async leftCluster(job: Job, spec: VmSpec, to: string): Promise<void> {
-    const cluster = this.host.cluster();
-    if (!spec.ha || !cluster) return;
-    // When etcd cannot say, the VM stays clustered.
-    if (await cluster.isMember(to).catch(() => true)) return;
-    await cluster.forgetVm(spec.name).catch(() => undefined);
-    job.log(`${spec.name} left cluster '${cluster.name}': ${to} is not a member`);
-  }
-
-  /** Moves between two nodes of this host's cluster wait in the cluster's queue. */
-  private async clusterQueueFor(to: string): Promise<MoveCluster | null> {
-    const cluster = this.host.cluster();
-    if (!cluster) return null;
-    return (await cluster.isMember(to).catch(() => false)) ? cluster : null;
-  }
-
-  private async run(job: Job, to: Destination, batch?: string): Promise<void> {
-    const e = this.host;
-    const r = job.record;
-    const dest = this.destClient(to);
-    let slot = false;
-    let cq: MoveCluster | null = null;
-    try {
-      cq = await this.clusterQueueFor(to.name);
-      if (cq) {
-        const queue = cq;
-        this.clustered.add(job.id);
-        job.setState('queued', `queued in cluster '${queue.name}'${batch ? ` (${batch.replace(':', ' of ')})` : ''}`);
-        await queue.enterQueue(
-          { id: job.id, vm: r.vm, from: e.name, to: to.name, priority: r.priority, ...(batch ? { batch } : {}) },
-          {
-            signal: job.signal,
-            onPosition: (p) => {
-              r.queuePosition = p;
-              job.flush(true);
-            },
-          },
-        );
-        job.log('admitted by the cluster scheduler');
-      }
-      if (!this.slots.live.tryAcquire(job.id)) {
-        job.setState('queued', `queued: ${e.name} runs ${e.settings().maxLive} live migrations (max live)`);
-        await this.slots.live.acquire(job.id, r.priority, job.signal);
-      }
-      slot = true;
-      // Begin: check again, conditions may have changed while queued.
-      const g = await this.gather(r.vm, to, r.options, { signal: job.signal });
-      const rep = g.report;
-      r.options = g.options;
-      if (!rep.compatible) {
-        r.incompatibilities = rep.incompatibilities;
-        throw new FerryError(
-          'E_INCOMPATIBLE',
-          `Cannot move VM '${r.vm}' to '${to.name}': ${rep.incompatibilities.map((i) => i.message).join(' | ')}`,
-        );
-      }
-      const spec = await e.vms.spec(r.vm);
-      if (r.kind === 'live') {
-        const proc = e.vms.proc(r.vm);
-        if (!proc)
-          throw new FerryError(
-            'E_VM_NOT_RUNNING',
-            `Cannot live-migrate VM '${r.vm}': it stopped before the move began; move it again (a stopped VM moves offline)`,
-          );
-        await runLive({
-          job,
-          spec,
-          proc,
-          dest,
-          sourceName: e.name,
-          tls: e.settings().tls,
-          tlsFiles: e.tls,
-          dataDir: e.dataDir,
-          accel: e.accelerator(),
-          onSwitched: async () => {
-            await e.vms.movedAway(r.vm, proc);
-          },
-        });
-      } else if (r.kind === 'shared-nothing') {
-        const proc = e.vms.proc(r.vm);
-        const storage = await this.sharedNothingPlan(spec, r.options, g.destView!);
-        r.disks = storage.request.disks.map((d) => ({
-          id: d.id,
-          source: spec.disks.find((x) => x.id === d.id)!.path,
-          destination: d.path,
-          bytesDone: 0,
-          bytesTotal: d.allocatedBytes,
-        }));
-        const cleanup = async (): Promise<void> => {
-          if (r.options.retainSource) job.log('source files kept (--retain-source)');
-          else {
-            await deleteVmFiles(spec, storage.files);
-            job.log('source files deleted');
-          }
-        };
-        if (!proc) {
-          // A stopped VM: copy its disks, then the destination registers it.
-          await runOfflineCopy({
-            job,
-            spec,
-            dest,
-            sourceName: e.name,
-            tls: e.settings().tls,
-            tlsFiles: e.tls,
-            dataDir: e.dataDir,
-            storage,
-            onDone: async () => {
-              await e.vms.movedAway(r.vm, null);
-              await cleanup();
-            },
-          });
-          await this.leftCluster(job, spec, to.name);
-          job.setState('completed', `completed: ${r.vm} (stopped) and its disks now on ${to.name}`);
-          return;
-        }
-        await runLive({
-          job,
-          spec,
-          proc,
-          dest,
-          sourceName: e.name,
-          tls: e.settings().tls,
-          tlsFiles: e.tls,
-          dataDir: e.dataDir,
-          accel: e.accelerator(),
-          storage,
-          onSwitched: async () => {
-            await e.vms.movedAway(r.vm, proc);
-            await cleanup();
-          },
-        });
-      } else {
-        job.setState('preparing', `registering ${r.vm} on ${to.name}`);
-        await dest.call(
-          peerActions.adopt,
-          { body: { source: e.name, spec: spec as unknown as Record<string, unknown> } },
-          { signal: job.signal },
-        );
-        job.cancellable = false;
-        job.setState('switching-over', 'the destination registered the VM');
-        await e.vms.movedAway(r.vm, null);
-      }
-      await this.leftCluster(job, spec, to.name);
-      job.setState(
-        'completed',
-        `completed: ${r.vm} now on ${to.name}` + (r.downtimeMs !== null ? ` (downtime ${r.downtimeMs} ms)` : ''),
-      );
-    } catch (err) {
-      this.fail(job, err, `the VM stays on ${e.name}`);
-    } finally {
-      if (slot) this.slots.live.release(job.id);
-      if (cq) await cq.leaveQueue(job.id).catch(() => undefined);
-      this.clustered.delete(job.id);
-      e.vms.release(r.vm, job.id);
-      dest.close();
-      job.flush(true);
-    }
-  }
-
-  /** Where every file goes on the destination, and what the destination must create. */
-  private async sharedNothingPlan(
-    spec: VmSpec,
-    options: MoveOptions,
-    destView: HostView,
-  ): Promise<{ destSpec: VmSpec; request: NonNullable<IncomingRequest['storage']>; files: string[] }> {
-    const plan = planDestPaths(spec, options);
-    const destPools = destView.pools.map((p) => ({ name: p.name, kind: p.kind, path: p.path }));
-    const destSpec: VmSpec = structuredClone(spec);
-    destSpec.configPath = plan.configPath;
-    destSpec.checkpointPath = plan.checkpointPath;
-    destSpec.pagingPath = plan.pagingPath;
-    const disks: NonNullable<IncomingRequest['storage']>['disks'] = [];
-    for (const pd of plan.disks) {
-      const d = destSpec.disks[pd.index]!;
-      const info = await imageInfo(d.path, { forceShare: true, format: d.format });
-      d.path = pd.dest;
-      const pool = poolOf(destPools, pd.dest);
-      if (pool) d.pool = pool.name;
-      else delete d.pool;
-      disks.push({
-        id: d.id,
-        path: pd.dest,
-        format: d.format,
-        virtualSizeBytes: info.virtualSizeBytes,
-        allocatedBytes: info.actualSizeBytes,
-      });
-    }
-    const files = await folderFiles(spec);
-    const request = {
-      disks,
-      dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
-      files: await Promise.all(
-        files.map(async (f) => ({
-          path: path.join(plan.configPath, f),
-          base64: (await fsp.readFile(path.join(spec.configPath, f))).toString('base64'),
-        })),
-      ),
+  private sourceCtx(job: Job, to: Destination, batch?: string): SourceCtx {
+    return {
+      host: this.host,
+      job,
+      to,
+      dest: peerClient(this.host, to),
+      slots: this.slots,
+      spec: null,
+      destView: null,
+      options: job.record.options,
+      plan: null,
+      proc: null,
+      prep: null,
+      mirrors: [],
+      memSpan: [0.05, 0.97],
+      ...(batch ? { batch } : {}),
     };
-    return { destSpec, request, files };
   }
 
   /** `ferry move-storage`: a VM's files to new places on this host, running or stopped. */
   async createStorageMove(req: StorageMoveRequest): Promise<MigrationRecord> {
-    const e = this.host;
-    e.vms.record(req.vm);
-    // The VM is held from here on: other operations are refused while its files are checked and moved.
-    const id = randomUUID();
-    e.vms.hold(req.vm, id);
-    let plan: StoragePlan;
-    try {
-      plan = await this.storagePlan(await e.vms.spec(req.vm), req);
-    } catch (err) {
-      e.vms.release(req.vm, id);
-      throw err;
-    }
-    const policy = {
-      maxDowntimeMs: DEFAULTS.maxDowntimeMs,
-      priority: req.priority,
-      allowPostcopy: false,
-      ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}),
-    };
-    const job = new Job(
-      {
-        id,
-        vm: req.vm,
-        kind: 'storage',
-        source: e.name,
-        destination: e.name,
-        policy,
-        options: { includeStorage: true, retainSource: false },
+    const host = this.host;
+    host.vms.record(req.vm);
+    const spec = await host.vms.spec(req.vm);
+    const plan = await storagePlan(host.pools(), host.name, spec, req);
+    const job = this.newJob({
+      vm: req.vm,
+      kind: 'storage',
+      source: host.name,
+      destination: host.name,
+      policy: {
+        maxDowntimeMs: DEFAULTS.maxDowntimeMs,
+        priority: req.priority,
+        allowPostcopy: false,
+        ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}),
       },
-      { emit: e.emit },
-      (r) => e.store.saveMigration(r),
-    );
+      options: { includeStorage: true, retainSource: false },
+    });
+    host.vms.hold(req.vm, job.id);
     this.jobs.set(job.id, job);
     job.log(`requested: move storage of ${req.vm}`);
     job.flush(true);
-    void this.runStorage(job, plan);
+    const ctx: StorageCtx = { host, job, slots: this.storageSlots, plan, spec, proc: host.vms.proc(req.vm) };
+    void this.drive(job, storageKind, ctx, 'the VM keeps its files where they were');
     return this.view(job);
   }
 
-  /** Destination of every item, checked before anything starts: inside a usable pool, free, with room. */
-  private async storagePlan(spec: VmSpec, req: StorageMoveRequest): Promise<StoragePlan> {
-    const e = this.host;
-    const pools = e.pools();
-    const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
-    const configPath = req.configPath ?? req.path ?? spec.configPath;
-    const follow = (p: string, explicit?: string): string =>
-      explicit ?? (inFolder(p) ? path.join(configPath, path.relative(spec.configPath, p)) : (req.path ?? p));
-    const plan: StoragePlan = {
-      configPath,
-      checkpointPath: follow(spec.checkpointPath, req.checkpointPath),
-      pagingPath: follow(spec.pagingPath, req.pagingPath),
-      disks: {},
-    };
-    for (const src of Object.keys(req.vhd ?? {})) {
-      if (!spec.disks.some((d) => path.resolve(d.path) === path.resolve(src))) {
-        throw new InvalidInputError(
-          `Cannot move storage of VM '${spec.name}': --vhd names ${src}, which is not one of its disks (${spec.disks.map((d) => d.path).join(', ')})`,
-        );
-      }
-    }
-    for (const d of spec.disks) {
-      const dest = req.vhd?.[d.path] ?? (req.path ? path.join(req.path, path.basename(d.path)) : undefined);
-      if (dest && path.resolve(dest) !== path.resolve(d.path)) plan.disks[d.id] = path.resolve(dest);
-    }
-    const dests = Object.values(plan.disks);
-    if (new Set(dests).size !== dests.length)
-      throw new InvalidInputError(
-        `Cannot move storage of VM '${spec.name}': two disks would go to the same file; give each its own --vhd destination`,
-      );
-    if (
-      !dests.length &&
-      path.resolve(configPath) === path.resolve(spec.configPath) &&
-      plan.checkpointPath === spec.checkpointPath &&
-      plan.pagingPath === spec.pagingPath
-    ) {
-      throw new InvalidInputError(
-        `Cannot move storage of VM '${spec.name}': everything is already there; give a new --path, --vhd or --config-path`,
-      );
-    }
-    const need = new Map<string, number>();
-    for (const [id, dest] of Object.entries(plan.disks)) {
-      const pool = await assertInUsablePool(pools, e.name, dest, `destination of disk ${id}`);
-      if (await exists(dest))
-        throw new InvalidInputError(
-          `Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`,
-          { path: dest },
-        );
-      const d = spec.disks.find((x) => x.id === id)!;
-      const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
-      need.set(pool.name, (need.get(pool.name) ?? 0) + size);
-    }
-    for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath]))
-      await assertInUsablePool(pools, e.name, dir, 'destination folder');
-    if (path.resolve(configPath) !== path.resolve(spec.configPath) && (await exists(configFile(configPath)))) {
-      throw new InvalidInputError(
-        `Cannot move the config of VM '${spec.name}' to ${configPath}: that folder already holds a VM; choose another --config-path`,
-      );
-    }
-    for (const [name, bytes] of need) {
-      const st = await poolStatus(
-        pools.find((p) => p.name === name)!,
-        e.name,
-      );
-      if (bytes > st.freeBytes)
-        throw new FerryError(
-          'E_DEST_SPACE',
-          `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / 1048576).toFixed(0)} MiB but pool '${name}' has ${(st.freeBytes / 1048576).toFixed(0)} MiB free; free space or choose another pool`,
-          {},
-        );
-    }
-    return plan;
-  }
-
-  private async runStorage(job: Job, plan: StoragePlan): Promise<void> {
-    const e = this.host;
-    const r = job.record;
-    let slot = false;
+  /** Runs a move's steps to its end and records the outcome; the VM's gate is released at the end. */
+  private async drive<C>(job: Job, kind: MoveKind<C>, ctx: C, stays: string, done?: () => void): Promise<void> {
+    let out: RunOutcome;
     try {
-      if (!this.slots.storage.tryAcquire(job.id)) {
-        job.setState('queued', `queued: ${e.name} runs ${e.settings().maxStorage} storage migrations (max storage)`);
-        await this.slots.storage.acquire(job.id, r.priority, job.signal);
-      }
-      slot = true;
-      const spec = await e.vms.spec(r.vm);
-      await runStorageMove({
-        job,
-        spec,
-        proc: e.vms.proc(r.vm),
-        plan,
-        pools: e.pools(),
-        ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
-        onConfigMoved: (next) => {
-          e.vms.configMoved(r.vm, next.configPath);
-        },
-      });
-      job.setState('completed', `completed: storage of ${r.vm} moved`);
+      out = await new StepRunner(kind, ctx, job).run();
     } catch (err) {
-      this.fail(job, err, `the VM keeps its files where they were`);
-    } finally {
-      if (slot) this.slots.storage.release(job.id);
-      e.vms.release(r.vm, job.id);
-      job.flush(true);
+      out = { result: 'failed', error: err };
     }
+    this.finish(job, out, stays);
+    this.host.vms.release(job.record.vm, job.id);
+    done?.();
   }
 
-  private fail(job: Job, err: unknown, cancelNote: string): void {
+  private finish(job: Job, out: RunOutcome, stays: string): void {
     const r = job.record;
-    if (err instanceof AbortedError || job.signal.aborted) {
-      r.error = {
-        code: 'E_CANCELLED',
-        message: `${r.kind === 'storage' ? 'Storage move' : 'Move'} of VM '${r.vm}' was cancelled; ${cancelNote}`,
-      };
-      job.setState('cancelled', `cancelled: ${cancelNote}`);
+    if (out.result === 'completed') {
+      if (out.error) job.log(`recovered from: ${messageOf(out.error)}`);
+      const downtime = r.downtimeMs !== null ? ` (downtime ${r.downtimeMs} ms)` : '';
+      job.enter(
+        'completed',
+        `completed: ${r.vm} ${r.kind === 'storage' ? 'storage moved' : `now on ${r.destination}`}${downtime}`,
+      );
+    } else if (codeOf(out.error) === 'E_ABORTED' && job.signal.aborted) {
+      const what = r.kind === 'storage' ? 'Storage move' : 'Move';
+      r.error = { code: 'E_CANCELLED', message: `${what} of VM '${r.vm}' was cancelled; ${stays}` };
+      job.enter('cancelled', `cancelled: ${stays}`);
     } else {
-      const fe = err instanceof FerryError ? err : null;
+      const where =
+        r.state === 'copying-storage'
+          ? ' (while copying storage)'
+          : r.state === 'copying-memory'
+            ? ' (while copying memory)'
+            : '';
       r.error = {
-        code: fe?.code ?? 'E_MIGRATION_FAILED',
-        message: `${messageOf(err)}${r.state === 'copying-storage' ? ' (while copying storage)' : r.state === 'copying-memory' ? ' (while copying memory)' : ''}`,
+        code: codeOf(out.error) === 'E_INTERNAL' ? 'E_MIGRATION_FAILED' : codeOf(out.error),
+        message: `${messageOf(out.error)}${where}`,
       };
-      job.setState('failed', `failed in ${r.state}: ${messageOf(err)}`);
+      job.enter('failed', `failed in ${r.state}: ${messageOf(out.error)}`);
     }
+    this.host.store.journalDrop(job.id);
   }
 
   private view(job: Job): MigrationRecord {
     const rec = job.snapshot();
-    if (rec.state === 'queued')
-      rec.queuePosition = this.clustered.has(job.id)
-        ? (this.host.cluster()?.position(job.id) ?? rec.queuePosition)
-        : this.slots.live.position(job.id);
+    if (rec.state === 'queued') {
+      rec.queuePosition = this.host.cluster()?.position(job.id) ?? this.slots.position(job.id) ?? rec.queuePosition;
+    }
     return rec;
   }
 
@@ -581,12 +220,13 @@ export class MigrationManager {
     const job = this.jobs.get(id);
     if (job) return this.view(job);
     const saved = this.host.store.getMigration(id);
-    if (!saved)
+    if (!saved) {
       throw new NotFoundError(
         'E_MIGRATION_NOT_FOUND',
         `Cannot find migration ${id} on host '${this.host.name}'; 'ferry migration list --all' shows them`,
         { id },
       );
+    }
     return saved;
   }
 
@@ -599,43 +239,149 @@ export class MigrationManager {
     );
   }
 
-  async cancel(id: string): Promise<MigrationRecord> {
+  /** Cancels a move where the phase table allows it and waits (up to a minute) for its undo. */
+  async cancel(id: string, opts: { signal?: AbortSignal } = {}): Promise<MigrationRecord> {
     const job = this.jobs.get(id);
     if (!job) {
       const rec = this.get(id);
-      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${rec.state}`, {});
+      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${rec.state}`);
     }
-    if (job.done)
-      throw new FerryError('E_MIGRATION_DONE', `Cannot cancel migration ${id}: it is ${job.record.state}`, {});
-    if (!job.cancellable) {
-      throw new FerryError(
-        'E_CANNOT_CANCEL',
-        `Cannot cancel migration ${id} of VM '${job.record.vm}': it is ${job.record.state === 'switching-over' ? 'switching over' : 'in post-copy'}, the VM is already moving to ${job.record.destination}; wait for it to finish`,
-        {},
-      );
-    }
-    job.log('cancel requested');
-    job.ac.abort(new Error('cancelled by the user'));
+    job.cancel('cancelled by the user');
     const until = Date.now() + 60_000;
-    while (!job.done && Date.now() < until) await sleep(50);
+    while (!job.done && Date.now() < until && !opts.signal?.aborted) await sleep(50);
     return this.view(job);
   }
 
-  /** Agent shutdown: abandon running jobs (their VMs stay where they are). */
+  /** Agent shutdown: abandon moves that may still be undone (their VMs stay where they are). */
   shutdown(): void {
-    for (const j of this.jobs.values()) if (!j.done && j.cancellable) j.ac.abort(new Error('agent stopping'));
+    for (const j of this.jobs.values()) if (!j.done && j.cancellable) j.cancel('agent stopping');
   }
-}
 
-/** Deletes a VM's disks and the files of its folder (after it left with copies of them). */
-async function deleteVmFiles(spec: VmSpec, files: string[]): Promise<void> {
-  for (const d of spec.disks) await fsp.rm(d.path, { force: true });
-  await fsp.rm(configFile(spec.configPath), { force: true });
-  for (const f of files) await fsp.rm(path.join(spec.configPath, f), { force: true });
-  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath]))
-    await fsp.rmdir(dir).catch(() => undefined);
-}
+  /**
+   * Agent start: incoming moves a previous life never finished are removed; moves this host
+   * was the source of are finished or undone according to the phase they were in — the same
+   * steps, the same journal, the same rules as a failure while running.
+   */
+  async recover(): Promise<void> {
+    await this.incoming.recover();
+    const open = this.host.store
+      .listMigrations(1000)
+      .filter((r) => !isTerminal(r.state) && r.source === this.host.name);
+    for (const rec of open) {
+      const job = this.newJob({
+        id: rec.id,
+        vm: rec.vm,
+        kind: rec.kind,
+        source: rec.source,
+        destination: rec.destination,
+        ...(rec.destinationEndpoint ? { destinationEndpoint: rec.destinationEndpoint } : {}),
+        policy: rec.policy,
+        options: rec.options,
+      });
+      job.record = rec;
+      const entries = this.host.store.journalRead(rec.id);
+      job.resumeJournal(entries);
+      job.log('the source agent restarted during this move: recovering');
+      let out: RunOutcome;
+      try {
+        out = await this.recoverOne(job, rec, entries);
+      } catch (err) {
+        out = {
+          result: 'failed',
+          error: new FerryError(
+            'E_RECOVERY',
+            `Cannot recover the interrupted move of VM '${rec.vm}': ${messageOf(err)}; check where it ` +
+              `runs with 'ferry vm list'`,
+            { cause: err },
+          ),
+        };
+      }
+      if (out.result === 'undone') {
+        const what =
+          rec.kind === 'storage'
+            ? `The storage move of VM '${rec.vm}'`
+            : `The move of VM '${rec.vm}' to '${rec.destination}'`;
+        out = {
+          result: 'failed',
+          error: new FerryError(
+            'E_AGENT_RESTARTED',
+            `${what} was interrupted by a restart of the agent on '${rec.source}' and rolled back; the VM stays ` +
+              `${rec.kind === 'storage' ? 'with its files where they were' : `on ${rec.source}`}; move it again`,
+          ),
+        };
+      }
+      this.finish(job, out, `the VM stays on ${this.host.name}`);
+    }
+  }
 
-function report(incompatibilities: Incompatibility[]): CompareReport {
-  return { compatible: incompatibilities.length === 0, incompatibilities };
+  private async recoverOne(
+    job: Job,
+    rec: MigrationRecord,
+    entries: ReturnType<MoveHost['store']['journalRead']>,
+  ): Promise<RunOutcome> {
+    const rule = PHASES[rec.state].onFailure;
+    const scope = { signal: AbortSignal.timeout(300_000), log: (m: string) => job.log(m) };
+    const restarted = new FerryError('E_AGENT_RESTARTED', `the agent on '${rec.source}' restarted`);
+    if (rec.kind === 'storage') {
+      const dirs = job.journalData('dirs');
+      const plan = dirs.plan as StoragePlan | undefined;
+      const spec = dirs.spec as VmSpec | undefined;
+      if (!plan || !spec) return { result: 'undone', error: restarted }; // nothing was made yet
+      const ctx: StorageCtx = {
+        host: this.host,
+        job,
+        slots: this.storageSlots,
+        plan,
+        spec,
+        proc: this.host.vms.proc(rec.vm),
+      };
+      return this.applyRule(rule, storageKind, ctx, entries, restarted, scope);
+    }
+    const to = { name: rec.destination, endpoint: rec.destinationEndpoint ?? '' };
+    const ctx = this.sourceCtx(job, to, undefined);
+    try {
+      ctx.proc = this.host.vms.proc(rec.vm);
+      ctx.spec = await this.host.vms.spec(rec.vm).catch(() => null);
+      const compare = job.journalData('compare');
+      const files = compare.files as string[] | undefined;
+      if (ctx.spec && files) ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files };
+      const prep = job.journalData('prepare');
+      if (typeof prep.uri === 'string') {
+        const nbd = (prep.nbd as { host: string; port: number } | null | undefined) ?? null;
+        ctx.prep = { uri: prep.uri, nbd, tlsHostname: rec.destination };
+      }
+      return await this.applyRule(rule, KINDS[rec.kind], ctx, entries, restarted, scope);
+    } finally {
+      ctx.dest.close();
+    }
+  }
+
+  private async applyRule<C>(
+    rule: (typeof PHASES)[keyof typeof PHASES]['onFailure'],
+    kind: MoveKind<C>,
+    ctx: C,
+    entries: ReturnType<MoveHost['store']['journalRead']>,
+    err: FerryError,
+    scope: { signal: AbortSignal; log: (m: string) => void },
+  ): Promise<RunOutcome> {
+    const job = (ctx as { job: Job }).job;
+    const started = startedFromJournal(kind, entries);
+    if (rule === 'resolve' && kind.resolve) {
+      const r = await kind.resolve(ctx, err, scope);
+      if (r === 'completed') return { result: 'completed', error: err };
+      if (r === 'failed') return { result: 'failed', error: err };
+    } else if (rule === 'report') {
+      return {
+        result: 'failed',
+        error: new FerryError(
+          'E_RECOVERY',
+          `VM '${job.record.vm}' was in ${job.record.state} when the agent restarted; it cannot be rolled back: ` +
+            `check it on ${job.record.destination}`,
+        ),
+      };
+    }
+    await undoSteps(kind, ctx, started, job, scope);
+    for (const { step, data } of [...started].reverse()) await step.release?.(ctx, data);
+    return { result: 'undone', error: err };
+  }
 }

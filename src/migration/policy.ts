@@ -74,7 +74,9 @@ export class ConvergencePolicy {
     if (this.abortedOrPostcopy) return [];
     if (elapsedMs >= this.opts.finishWithinMs) {
       this.abortedOrPostcopy = true;
-      const why = `the guest dirties memory at ${mib(s.dirtyBps)} MiB/s against ${mib(s.bandwidthBps)} MiB/s of bandwidth, ${mib(s.remainingBytes)} MiB still to copy`;
+      const why =
+        `the guest dirties memory at ${mib(s.dirtyBps)} MiB/s against ${mib(s.bandwidthBps)} MiB/s of bandwidth, ` +
+        `${mib(s.remainingBytes)} MiB still to copy`;
       if (this.opts.allowPostcopy) {
         this.postcopy = true;
         return [
@@ -87,7 +89,10 @@ export class ConvergencePolicy {
       return [
         {
           kind: 'abort',
-          reason: `it did not converge within ${Math.round(this.opts.finishWithinMs / 1000)} s (--finish-within): ${why}; raise --max-downtime or --finish-within, give it more --bandwidth, or allow post-copy with --allow-postcopy`,
+          reason:
+            `it did not converge within ${Math.round(this.opts.finishWithinMs / 1000)} s (--finish-within): ` +
+            `${why}; raise --max-downtime or --finish-within, give it more --bandwidth, or allow post-copy ` +
+            'with --allow-postcopy',
         },
       ];
     }

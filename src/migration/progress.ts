@@ -2,6 +2,7 @@
 // measured transfer and dirty rates, and a verdict judged at pass boundaries (remaining
 // after each pass against the pass before; dirty rate against bandwidth).
 import type { MigrationInfo } from '../qemu/commands.js';
+import type { MigrationRecord } from './schemas.js';
 
 export type Verdict = 'converging' | 'stalled' | 'not-converging';
 
@@ -103,4 +104,28 @@ export function update(state: ProgressState, s: Sample, span: [number, number] =
 /** ETA of a plain copy of `remaining` bytes at `rateBps`. */
 export function copyEta(remaining: number, rateBps: number): number | null {
   return rateBps > 0 ? Math.round((remaining / rateBps) * 10) / 10 : null;
+}
+
+/** Folds mirror progress into the record (per disk and in total); returns done and total bytes and the rate. */
+export function foldMirrorProgress(
+  r: MigrationRecord,
+  ps: Array<{ diskId: string; done: number; total: number }>,
+  startedAt: number,
+): { done: number; total: number; rate: number } {
+  let done = 0;
+  let total = 0;
+  for (const p of ps) {
+    const disk = r.disks.find((x) => x.id === p.diskId);
+    if (disk) {
+      disk.bytesDone = p.done;
+      disk.bytesTotal = p.total;
+    }
+    done += p.done;
+    total += p.total;
+  }
+  const rate = done / Math.max(0.001, (Date.now() - startedAt) / 1000);
+  r.bytesTransferred = done;
+  r.remainingBytes = total - done;
+  r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
+  return { done, total, rate };
 }

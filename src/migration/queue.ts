@@ -52,7 +52,10 @@ export class SlotQueue {
       return Promise.resolve();
     }
     return new Promise((resolve, reject) => {
-      if (signal?.aborted) return reject(new AbortedError('wait for a migration slot', signal.reason));
+      if (signal?.aborted) {
+        reject(new AbortedError('wait for a migration slot', signal.reason));
+        return;
+      }
       const w: Waiter = { id, priority, seq: this.seq++, resolve, reject };
       const onAbort = (): void => {
         const i = this.waiting.indexOf(w);
@@ -77,8 +80,7 @@ export class SlotQueue {
 
   /** Call after the limit changes. */
   pump(): void {
-    while (this.active.size < this.limitFn() && this.waiting.length) {
-      const next = this.sorted()[0]!;
+    for (let next = this.sorted()[0]; next && this.active.size < this.limitFn(); next = this.sorted()[0]) {
       this.waiting.splice(this.waiting.indexOf(next), 1);
       this.active.add(next.id);
       next.resolve();

@@ -57,10 +57,7 @@ export type PolicyInput = z.infer<typeof PolicyInput>;
 export const Destination = z
   .object({
     name: Name,
-    endpoint: z
-      .string()
-      .url()
-      .refine((u) => u.startsWith('https://'), { message: 'must be an https:// endpoint' }),
+    endpoint: z.url().refine((u) => u.startsWith('https://'), { message: 'must be an https:// endpoint' }),
   })
   .strict();
 export type Destination = z.infer<typeof Destination>;

@@ -1,15 +1,34 @@
 // TLS for migration streams with the domain's host certificates: QEMU's tls-creds-x509
 // reads fixed file names from a folder, so the agent lays its certificate out that way.
+// Several moves may start at once and QEMU reads these files while a move adds its TLS
+// object: a file is only ever replaced by rename (never rewritten in place), and only when
+// its content changed (a renewed certificate), so a reader sees the old or the new file whole.
+import crypto from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { QmpClient } from '../qemu/qmp.js';
 import { run } from '../util/exec.js';
 
-export async function qemuTlsDir(
-  tls: { ca: string; cert: string; key: string; crl?: string },
-  dataDir: string,
-): Promise<string> {
+interface TlsSource {
+  ca: string;
+  cert: string;
+  key: string;
+  /** The domain's revocation list, when the admin pushed one. */
+  crl?: string;
+}
+
+/** One layout at a time per folder: concurrent callers share the same pending work. */
+const pending = new Map<string, Promise<string>>();
+
+export function qemuTlsDir(tls: TlsSource, dataDir: string): Promise<string> {
   const dir = path.join(dataDir, 'tls', 'qemu');
+  const prev = pending.get(dir) ?? Promise.resolve(dir);
+  const next = prev.catch(() => dir).then(() => layout(tls, dir));
+  pending.set(dir, next);
+  return next;
+}
+
+async function layout(tls: TlsSource, dir: string): Promise<string> {
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
   const files: Array<[string, string]> = [
     [tls.ca, 'ca-cert.pem'],
@@ -19,32 +38,39 @@ export async function qemuTlsDir(
     [tls.key, 'client-key.pem'],
   ];
   for (const [from, to] of files) {
-    await fsp.copyFile(from, path.join(dir, to));
-    if (to.endsWith('key.pem')) await fsp.chmod(path.join(dir, to), 0o600);
+    await replaceIfChanged(await fsp.readFile(from), path.join(dir, to), to.endsWith('key.pem') ? 0o600 : 0o644);
   }
   // The domain's revocation list, when the admin pushed one: GnuTLS refuses a revoked peer.
   const crl = path.join(dir, 'ca-crl.pem');
-  const copied = tls.crl
-    ? await fsp.copyFile(tls.crl, crl).then(
-        () => true,
-        () => false,
-      )
-    : false;
-  if (!copied) await fsp.rm(crl, { force: true });
+  const crlContent = tls.crl ? await fsp.readFile(tls.crl).catch(() => null) : null;
+  if (crlContent) await replaceIfChanged(crlContent, crl, 0o644);
+  else await fsp.rm(crl, { force: true });
   // Without DH parameters QEMU's TLS server computes them at every migration (up to 0.5 s):
-  // use the standard RFC 7919 group.
+  // use the standard RFC 7919 group, made once.
   const dh = path.join(dir, 'dh-params.pem');
-  if (
-    !(await fsp.access(dh).then(
-      () => true,
-      () => false,
-    ))
-  ) {
-    await run('openssl', ['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048', '-out', dh], {
+  if (!(await exists(dh))) {
+    const tmp = `${dh}.tmp-${process.pid}`;
+    await run('openssl', ['genpkey', '-genparam', '-algorithm', 'DH', '-pkeyopt', 'group:ffdhe2048', '-out', tmp], {
       timeoutMs: 30_000,
     });
+    await fsp.rename(tmp, dh);
   }
   return dir;
+}
+
+async function replaceIfChanged(content: Buffer, file: string, mode: number): Promise<void> {
+  const cur = await fsp.readFile(file).catch(() => null);
+  if (cur?.equals(content)) return;
+  const tmp = `${file}.tmp-${crypto.randomUUID()}`;
+  await fsp.writeFile(tmp, content, { mode, flag: 'wx' });
+  await fsp.rename(tmp, file);
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fsp.access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** Adds a tls-creds-x509 object (server on the destination, client on the source). */

@@ -11,6 +11,12 @@ export interface CallOptions {
   timeoutMs?: number;
 }
 
+/**
+ * QMP answers almost every failure with class GenericError: this driver reads QEMU's text once,
+ * here, so callers branch on a typed reason instead of matching messages.
+ */
+export type QmpFailure = 'image-locked' | 'job-wrong-state' | 'other';
+
 export class QmpError extends FerryError {
   readonly qemuClass: string;
   readonly desc: string;
@@ -21,6 +27,17 @@ export class QmpError extends FerryError {
     this.qemuClass = qemuClass;
     this.desc = desc;
   }
+
+  get failure(): QmpFailure {
+    if (/Failed to get "(write|shared|consistent read)" lock/.test(this.desc)) return 'image-locked';
+    if (/cannot accept command verb/.test(this.desc)) return 'job-wrong-state';
+    return 'other';
+  }
+}
+
+/** The typed reason of a QMP failure (any other error: 'other'). */
+export function qmpFailure(err: unknown): QmpFailure {
+  return err instanceof QmpError ? err.failure : 'other';
 }
 
 export class QmpClosedError extends FerryError {

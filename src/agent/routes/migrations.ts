@@ -3,7 +3,6 @@ import { actions } from '../../api/actions.js';
 import { peerActions } from '../../api/peer-actions.js';
 import { registerAction } from '../server.js';
 import type { ClusterNode } from '../../cluster/node.js';
-import type { IncomingManager } from '../../migration/incoming.js';
 import type { MigrationManager } from '../../migration/manager.js';
 import type { HostSettings } from '../host-settings.js';
 import type { VmInventory } from '../vms.js';
@@ -21,7 +20,7 @@ export function migrationRoutes(app: FastifyInstance, migrations: MigrationManag
 
 export interface PeerParts {
   vms: VmInventory;
-  incoming: IncomingManager;
+  migrations: MigrationManager;
   settings: HostSettings;
   cluster: ClusterNode;
 }
@@ -29,7 +28,7 @@ export interface PeerParts {
 /** Host-to-host routes of the migration protocol (and the leader's HA restarts). */
 export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
   // Arriving VMs count too: a source must not send a VM whose name or id is on its way here.
-  registerAction(app, peerActions.vms, () => Promise.resolve([...p.vms.ids(), ...p.incoming.arriving()]));
+  registerAction(app, peerActions.vms, () => Promise.resolve([...p.vms.ids(), ...p.migrations.incoming.arriving()]));
   registerAction(app, peerActions.cpuModels, async () =>
     (await p.settings.cpuModels()).map((m) => ({
       name: m.name,
@@ -38,12 +37,12 @@ export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
     })),
   );
   registerAction(app, peerActions.prepare, ({ body, signal }, req) =>
-    p.incoming.prepare(body, { signal, localAddress: req.socket.localAddress }),
+    p.migrations.incoming.prepare(body, { signal, localAddress: req.socket.localAddress }),
   );
-  registerAction(app, peerActions.status, ({ params }) => Promise.resolve(p.incoming.view(params.id)));
-  registerAction(app, peerActions.finish, ({ params }) => p.incoming.finish(params.id));
+  registerAction(app, peerActions.status, ({ params }) => Promise.resolve(p.migrations.incoming.view(params.id)));
+  registerAction(app, peerActions.finish, ({ params }) => p.migrations.incoming.finish(params.id));
   registerAction(app, peerActions.abort, async ({ params }) => {
-    await p.incoming.abort(params.id);
+    await p.migrations.incoming.abort(params.id);
     return { ok: true as const };
   });
   registerAction(app, peerActions.haStart, async ({ body }) => {

@@ -1,0 +1,152 @@
+// Steps several kinds of move share: waiting in the cluster's queue and for a slot, Begin
+// (compare again once the move may start), and Prepare on the destination.
+import { peerActions, type IncomingRequest, type IncomingView } from '../../api/peer-actions.js';
+import { AbortedError, FerryError } from '../../errors.js';
+import { sleep } from '../../util/exec.js';
+import type { z } from 'zod';
+import { gather, incompatibleError } from '../begin.js';
+import { sharedNothingPlan } from '../plan.js';
+import type { Step } from '../runner.js';
+import { abortDestination, type SourceCtx } from '../source.js';
+
+type IncomingRequestInput = z.input<typeof IncomingRequest>;
+
+/** Moves between two nodes of this host's cluster wait in the cluster's queue until the leader admits them. */
+export const clusterQueueStep: Step<SourceCtx> = {
+  name: 'cluster-queue',
+  phase: 'queued',
+  async run(ctx, s) {
+    const cluster = ctx.host.cluster();
+    if (!cluster || !(await cluster.isMember(ctx.to.name).catch(() => false))) return { queued: false };
+    const r = ctx.job.record;
+    s.record({ queued: true });
+    ctx.job.enter(
+      'queued',
+      `queued in cluster '${cluster.name}'${ctx.batch ? ` (${ctx.batch.replace(':', ' of ')})` : ''}`,
+    );
+    await cluster.enterQueue(
+      {
+        id: r.id,
+        vm: r.vm,
+        from: r.source,
+        to: r.destination,
+        priority: r.priority,
+        ...(ctx.batch ? { batch: ctx.batch } : {}),
+      },
+      {
+        signal: s.signal,
+        onPosition: (p) => {
+          r.queuePosition = p;
+          ctx.job.flush(true);
+        },
+      },
+    );
+    s.log('admitted by the cluster scheduler');
+    return { queued: true };
+  },
+  async release(ctx, data) {
+    if (data.queued) await ctx.host.cluster()?.leaveQueue(ctx.job.id);
+  },
+};
+
+/** One of this host's live-migration slots (outgoing and incoming count alike). */
+export const slotStep: Step<SourceCtx> = {
+  name: 'slot',
+  phase: 'queued',
+  async run(ctx, s) {
+    if (!ctx.slots.tryAcquire(ctx.job.id)) {
+      ctx.job.enter(
+        'queued',
+        `queued: ${ctx.host.name} runs ${ctx.host.settings().maxLive} live migrations (max live)`,
+      );
+      await ctx.slots.acquire(ctx.job.id, ctx.job.record.priority, s.signal);
+    }
+    return { held: true };
+  },
+  release(ctx) {
+    ctx.slots.release(ctx.job.id);
+  },
+};
+
+/** Begin: compare again (conditions may have changed while queued); shared nothing: plan every file. */
+export const compareStep: Step<SourceCtx> = {
+  name: 'compare',
+  phase: 'preparing',
+  async run(ctx, s) {
+    const r = ctx.job.record;
+    ctx.job.enter('preparing', `checking ${ctx.to.name} (compare-vm)`);
+    const g = await gather(ctx.host, ctx.dest, r.vm, ctx.to, r.options, { signal: s.signal });
+    r.options = g.options;
+    ctx.options = g.options;
+    ctx.destView = g.destView;
+    if (!g.report.compatible) {
+      r.incompatibilities = g.report.incompatibilities;
+      throw incompatibleError(r.vm, ctx.to.name, g.report);
+    }
+    ctx.spec = await ctx.host.vms.spec(r.vm);
+    ctx.proc = ctx.host.vms.proc(r.vm);
+    if (r.kind === 'shared-nothing' && g.destView) {
+      const spec = ctx.spec;
+      ctx.plan = await sharedNothingPlan(spec, g.options, g.destView);
+      r.disks = ctx.plan.request.disks.map((d) => ({
+        id: d.id,
+        source: spec.disks.find((x) => x.id === d.id)?.path ?? '',
+        destination: d.path,
+        bytesDone: 0,
+        bytesTotal: d.allocatedBytes,
+      }));
+      // What deleting the source's copies needs, should this host restart mid-move.
+      return { files: ctx.plan.files };
+    }
+    return undefined;
+  },
+};
+
+/** How long a move waits, at most, for a destination at its own limit (then it fails, saying so). */
+function queueBudgetMs(ctx: SourceCtx): number {
+  const s = ctx.job.record.policy.finishWithinS;
+  return (s ?? 600) * 1000;
+}
+
+/**
+ * Asks the destination to prepare. A destination at its own limit keeps the move queued; while
+ * it waits the move gives back its own slot, so two hosts moving VMs to each other at their
+ * limits cannot hold each other's slots forever (issue: crossing moves), and it gives up after
+ * its --finish-within with a clear error.
+ */
+export async function prepareDestination(
+  ctx: SourceCtx,
+  body: IncomingRequestInput,
+  signal: AbortSignal,
+): Promise<IncomingView> {
+  const r = ctx.job.record;
+  const until = Date.now() + queueBudgetMs(ctx);
+  for (let attempt = 0; ; attempt++) {
+    try {
+      const v = await ctx.dest.call(peerActions.prepare, { body }, { signal, timeoutMs: 120_000 });
+      if (r.state === 'queued') ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
+      return v;
+    } catch (err) {
+      if (!(err instanceof FerryError) || err.code !== 'E_HOST_BUSY') throw err;
+      if (Date.now() > until) {
+        throw new FerryError(
+          'E_HOST_BUSY',
+          `Cannot move VM '${r.vm}' to '${ctx.to.name}': it stayed at its migration limit for ` +
+            `${Math.round(queueBudgetMs(ctx) / 1000)} s; retry later or raise its limit ('ferry host ` +
+            `set ${ctx.to.name} --max-live N')`,
+        );
+      }
+      if (r.state !== 'queued') ctx.job.enter('queued', `waiting: ${ctx.to.name} is at its migration limit`);
+      // Give our slot back while we wait, then take one again (jittered, so crossing moves settle).
+      ctx.slots.release(r.id);
+      await sleep(500 + Math.floor(Math.random() * 1000) * Math.min(4, attempt + 1), signal);
+      if (signal.aborted) throw new AbortedError(`move VM '${r.vm}'`, signal.reason);
+      await ctx.slots.acquire(r.id, r.priority, signal);
+    }
+  }
+}
+
+/** The destination's abort: the undo of every Prepare (it is idempotent on the destination). */
+export async function undoPrepare(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
+  await abortDestination(ctx, log);
+}

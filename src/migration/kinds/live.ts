@@ -1,0 +1,594 @@
+// A running VM moves to another host (shared/DESIGN.md §4, QEMU-NOTES §A and §B): live with
+// shared storage, or shared nothing (its disks mirrored over NBD first). The steps:
+//   queued          cluster-queue → slot
+//   preparing       compare → tls → prepare
+//   copying-storage reach-nbd → mirror                       (shared nothing)
+//   copying-memory  migrate (the convergence ladder; may enter post-copy)
+//   switching-over  switchover → confirm → release-source
+// Before switch-over a failure undoes the steps newest first: cancel the stream and resume the
+// source, cancel the mirrors, the destination removes what it made. In switch-over `resolve`
+// asks QEMU and the destination who runs the VM (two-phase: it never runs twice).
+import { peerActions } from '../../api/peer-actions.js';
+import { AbortedError, FerryError, codeOf, messageOf } from '../../errors.js';
+import type { MigrationInfo, MigrationStatus } from '../../qemu/commands.js';
+import { qmpFailure } from '../../qemu/qmp.js';
+import { sleep } from '../../util/exec.js';
+import {
+  abandonMirrors,
+  checkMirrors,
+  delNode,
+  finishMirrors,
+  rootNode,
+  startMirror,
+  waitMirrorsReady,
+  type MirrorSpec,
+} from '../block.js';
+import { deleteVmFiles } from '../plan.js';
+import {
+  ConvergencePolicy,
+  defaultFinishWithinMs,
+  StallWatchdog,
+  stallTimeoutMs,
+  testHold,
+  START_DOWNTIME_MS,
+  TCG_START_DOWNTIME_MS,
+} from '../policy.js';
+import { foldMirrorProgress, newProgress, sampleFrom, update } from '../progress.js';
+import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
+import {
+  abortDestination,
+  destReason,
+  dropConnections,
+  MigrationFailedError,
+  needProc,
+  needSpec,
+  reachable,
+  sourceCompleted,
+  stalledError,
+  tcpTarget,
+  type SourceCtx,
+} from '../source.js';
+import { addTlsCreds, qemuTlsDir } from '../tls.js';
+import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
+
+const POLL_MS = 250;
+const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
+const POSTCOPY: MigrationStatus[] = ['postcopy-active', 'postcopy-paused', 'postcopy-recover'];
+
+export const tlsStep: Step<SourceCtx> = {
+  name: 'tls',
+  phase: 'preparing',
+  when: (ctx) => ctx.proc !== null && ctx.host.settings().tls,
+  async run(ctx, s) {
+    const id = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
+    s.record({ id });
+    await addTlsCreds(needProc(ctx).qmp, id, 'client', await qemuTlsDir(ctx.host.tls, ctx.host.dataDir), s.signal);
+    return { id };
+  },
+  async undo(ctx, data, s) {
+    const proc = ctx.proc;
+    if (proc && !proc.hasExited && typeof data.id === 'string') {
+      await proc.qmp
+        .execute('object-del', { id: data.id }, { signal: s.signal, timeoutMs: 5000 })
+        .catch(() => undefined);
+    }
+  },
+};
+
+export const prepareStep: Step<SourceCtx> = {
+  name: 'prepare',
+  phase: 'preparing',
+  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const r = ctx.job.record;
+    ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
+    s.record({ incoming: ctx.job.id });
+    const prep = await prepareDestination(
+      ctx,
+      {
+        jobId: ctx.job.id,
+        source: ctx.host.name,
+        spec: ctx.plan?.destSpec ?? spec,
+        tls: ctx.host.settings().tls,
+        postcopy: r.policy.allowPostcopy,
+        ...(ctx.plan ? { storage: ctx.plan.request } : {}),
+      },
+      s.signal,
+    );
+    ctx.prep = prep;
+    await testHold('preparing', s.log, s.signal);
+    if (!prep.uri) {
+      throw new MigrationFailedError(
+        'E_PREPARE',
+        `Cannot move VM '${spec.name}': the destination gave no stream address`,
+      );
+    }
+    r.progress = Math.max(r.progress, 0.02);
+    return { incoming: ctx.job.id, uri: prep.uri, nbd: prep.nbd };
+  },
+  async undo(ctx, _data, s) {
+    await undoPrepare(ctx, s.log);
+  },
+};
+
+/** QEMU 7.2 connects an NBD node synchronously, holding its main loop: over a cut link that freezes the guest. */
+export const reachNbdStep: Step<SourceCtx> = {
+  name: 'reach-nbd',
+  phase: 'copying-storage',
+  when: (ctx) => ctx.plan !== null && ctx.proc !== null,
+  async run(ctx, s) {
+    const nbd = ctx.prep?.nbd;
+    const spec = needSpec(ctx);
+    if (!nbd) {
+      throw new MigrationFailedError(
+        'E_PREPARE',
+        `Cannot move the disks of VM '${spec.name}': the destination gave no NBD address`,
+      );
+    }
+    ctx.job.enter('copying-storage', `copying ${ctx.plan?.request.disks.length ?? 0} disk(s) to ${ctx.to.name}`);
+    const ms = Math.min(stallTimeoutMs(), 10_000);
+    if (!(await reachable(nbd.host, nbd.port, ms, s.signal))) {
+      throw stalledError(spec.name, ctx.to.name, ms, `no connection to its disk export at ${nbd.host}:${nbd.port}`);
+    }
+    return undefined;
+  },
+};
+
+class StallSignal extends Error {}
+
+export const mirrorStep: Step<SourceCtx> = {
+  name: 'mirror',
+  phase: 'copying-storage',
+  when: (ctx) => ctx.plan !== null && ctx.proc !== null,
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const qmp = needProc(ctx).qmp;
+    const r = ctx.job.record;
+    const nbd = ctx.prep?.nbd;
+    const disks = ctx.plan?.request.disks ?? [];
+    if (!nbd) throw new MigrationFailedError('E_PREPARE', `Cannot move the disks of VM '${spec.name}': no NBD address`);
+    const tls = ctx.host.settings().tls;
+    const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
+    const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
+    const mirrors: MirrorSpec[] = [];
+    const nodes: string[] = [];
+    for (const d of disks) {
+      const node = `mig-${d.id}`;
+      nodes.push(node);
+      s.record({ mirrors, nodes });
+      await qmp.execute(
+        'blockdev-add',
+        {
+          driver: 'nbd',
+          'node-name': node,
+          export: d.id,
+          'read-only': false,
+          server: { type: 'inet', host: nbd.host, port: String(nbd.port) },
+          ...(tls ? { 'tls-creds': tlsId, 'tls-hostname': ctx.prep?.tlsHostname ?? ctx.to.name } : {}),
+        },
+        { signal: s.signal },
+      );
+      const m = { jobId: `mirror-${d.id}`, diskId: d.id, device: await rootNode(qmp, d.id, s.signal), target: node };
+      mirrors.push(m);
+      s.record({ mirrors, nodes });
+      await startMirror(qmp, m, speed, s.signal);
+    }
+    const memBytes = spec.memoryMiB * 1024 * 1024;
+    const stallMs = stallTimeoutMs();
+    const watchdog = new StallWatchdog(stallMs);
+    const t0 = Date.now();
+    let split = 0.5;
+    let stalled = false;
+    watchdog.reset(t0);
+    await waitMirrorsReady(
+      qmp,
+      mirrors,
+      (ps) => {
+        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
+        if (watchdog.feed(done, Date.now())) stalled = true;
+        split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
+        r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
+        // One ETA across the phases: the rest of the disks, then memory, at the rate seen.
+        r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;
+        ctx.job.flush();
+        if (stalled) throw new StallSignal();
+      },
+      { signal: s.signal, timeoutMs: 6 * 3600_000 },
+    ).catch(async (err: unknown) => {
+      if (!(err instanceof StallSignal)) throw err;
+      const stuck = r.disks.filter((d) => d.bytesDone < d.bytesTotal).map((d) => `'${d.id}'`);
+      const what = stuck.length ? `no data of disk ${stuck.join(', ')} moved` : 'no disk data moved';
+      throw stalledError(spec.name, ctx.to.name, stallMs, what, await destReason(ctx));
+    });
+    ctx.memSpan = [split, 0.97];
+    ctx.mirrors = mirrors;
+    s.log('every disk is mirrored (writes now go to both copies)');
+    return { mirrors, nodes };
+  },
+  async undo(ctx, data, _s) {
+    const proc = ctx.proc;
+    if (!proc || proc.hasExited) return;
+    await abandonMirrors(
+      proc.qmp,
+      (data.mirrors as MirrorSpec[] | undefined) ?? [],
+      (data.nodes as string[] | undefined) ?? [],
+    );
+  },
+};
+
+export const migrateStep: Step<SourceCtx> = {
+  name: 'migrate',
+  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  phase: 'copying-memory',
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const proc = needProc(ctx);
+    const qmp = proc.qmp;
+    const r = ctx.job.record;
+    const prep = ctx.prep;
+    if (!prep?.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': no stream address`);
+    const tls = ctx.host.settings().tls;
+    const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
+    const wasRunning = (await qmp.execute('query-status', undefined, { signal: s.signal })).running;
+    s.record({ wasRunning, started: false });
+    const policy = new ConvergencePolicy({
+      maxDowntimeMs: r.policy.maxDowntimeMs,
+      finishWithinMs: (r.policy.finishWithinS ?? defaultFinishWithinMs(spec.memoryMiB) / 1000) * 1000,
+      ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
+      allowPostcopy: r.policy.allowPostcopy,
+      startDowntimeMs: ctx.host.accelerator() === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
+    });
+    r.downtimeLimitMs = policy.downtimeMs;
+    await qmp.execute(
+      'migrate-set-capabilities',
+      {
+        capabilities: [
+          { capability: 'events', state: true },
+          { capability: 'pause-before-switchover', state: true },
+          { capability: 'auto-converge', state: true },
+          { capability: 'postcopy-ram', state: r.policy.allowPostcopy },
+        ],
+      },
+      { signal: s.signal },
+    );
+    await qmp.execute(
+      'migrate-set-parameters',
+      tls ? { 'tls-creds': tlsId, 'tls-hostname': prep.tlsHostname } : { 'tls-creds': '', 'tls-hostname': '' },
+      { signal: s.signal },
+    );
+    await qmp.execute('migrate-set-parameters', policy.initialParameters(), { signal: s.signal });
+    const bw = r.policy.bandwidthMiBps ? `, ${r.policy.bandwidthMiBps} MiB/s` : '';
+    ctx.job.enter(
+      'copying-memory',
+      `copying memory to ${ctx.to.name} (${tls ? 'TLS' : 'no TLS'}, downtime limit ${policy.downtimeMs} ms${bw})`,
+    );
+    const storageBytes = r.bytesTransferred;
+    const memSpan = ctx.memSpan;
+    const stallMs = stallTimeoutMs();
+    const watchdog = new StallWatchdog(stallMs);
+    const t0 = Date.now();
+    s.record({ wasRunning, started: true });
+    await qmp.execute('migrate', { uri: prep.uri }, { signal: s.signal });
+    watchdog.reset(Date.now());
+    const mirrors = ctx.mirrors;
+    let progress = newProgress();
+    for (;;) {
+      // A cancel is honoured only where the phase table allows it (not in post-copy).
+      if (s.signal.aborted && ctx.job.cancellable) throw new AbortedError(`move VM '${spec.name}'`, s.signal.reason);
+      const mark = qmp.eventMark;
+      const info: MigrationInfo = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+      const st = info.status ?? 'none';
+      // Post-copy cannot be cancelled (the destination already runs the guest): no watchdog there.
+      if (ACTIVE.includes(st) && watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {
+        throw stalledError(spec.name, ctx.to.name, stallMs, 'no data moved', await destReason(ctx));
+      }
+      const sample = sampleFrom(info, Date.now());
+      if (sample) {
+        progress = update(progress, sample, memSpan);
+        Object.assign(r, {
+          progress: Math.max(r.progress, progress.progress),
+          etaSeconds: progress.etaSeconds,
+          verdict: progress.verdict,
+          bytesTransferred: storageBytes + sample.transferredBytes,
+          passes: sample.pass,
+          remainingBytes: sample.remainingBytes,
+          rate: { transferBps: Math.round(sample.bandwidthBps), dirtyBps: Math.round(sample.dirtyBps) },
+          throttlePct: sample.throttlePct,
+        });
+        for (const d of policy.onSample(sample, progress.verdict, Date.now() - t0)) {
+          if (d.kind === 'set-parameters') {
+            await qmp.execute('migrate-set-parameters', d.params, { timeoutMs: 10_000 });
+            r.downtimeLimitMs = policy.downtimeMs;
+            s.log(d.reason);
+          } else if (d.kind === 'start-postcopy') {
+            ctx.job.enter('post-copy', d.reason);
+            await qmp.execute('migrate-start-postcopy', undefined, { timeoutMs: 10_000 });
+          } else {
+            throw new MigrationFailedError(
+              'E_NOT_CONVERGING',
+              `Cannot move VM '${spec.name}' to '${ctx.to.name}': ${d.reason}`,
+            );
+          }
+        }
+        ctx.job.flush();
+      }
+      await checkMirrors(qmp, mirrors);
+      if (st === 'pre-switchover' || st === 'completed') return { wasRunning, started: true, status: st };
+      if (POSTCOPY.includes(st) && r.state !== 'post-copy')
+        ctx.job.enter('post-copy', 'post-copy: the guest runs on the destination');
+      if (st === 'failed') {
+        throw new MigrationFailedError(
+          'E_MIGRATION_FAILED',
+          `Cannot move VM '${spec.name}' to '${ctx.to.name}': the stream failed ` +
+            `(${info['error-desc'] ?? 'no reason given'})${await destReason(ctx)}`,
+        );
+      }
+      if (st === 'cancelled' || st === 'cancelling') throw new AbortedError(`move VM '${spec.name}'`);
+      if (!ACTIVE.includes(st) && !POSTCOPY.includes(st)) {
+        throw new MigrationFailedError(
+          'E_MIGRATION_FAILED',
+          `Cannot move VM '${spec.name}': unexpected migration state '${st}'`,
+        );
+      }
+      // Wake on the next MIGRATION event (pre-switchover must be answered at once: the
+      // guest is paused there) or after the sampling interval.
+      await qmp.waitEvent((ev) => ev.event === 'MIGRATION', { since: mark, timeoutMs: POLL_MS }).catch(() => undefined);
+    }
+  },
+  async undo(ctx, data, s) {
+    const proc = ctx.proc;
+    if (!proc || proc.hasExited) return;
+    const qmp = proc.qmp;
+    if (data.started) await cancelStream(ctx, s);
+    if (data.wasRunning !== false) {
+      try {
+        const st = await qmp.execute('query-status', undefined, { timeoutMs: 5000 });
+        if (!st.running) await qmp.execute('cont', undefined, { timeoutMs: 5000 });
+      } catch (err) {
+        s.log(`resuming the source: ${messageOf(err)}`);
+      }
+    }
+  },
+};
+
+/** migrate_cancel and wait until QEMU says the stream ended (not in post-copy: QEMU would lose the guest). */
+async function cancelStream(ctx: SourceCtx, s: UndoScope): Promise<void> {
+  const qmp = ctx.proc?.qmp;
+  if (!qmp) return;
+  try {
+    const st = await qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+    const status = st.status ?? 'none';
+    if (['completed', 'failed', 'cancelled', 'none'].includes(status) || POSTCOPY.includes(status)) return;
+    await qmp.execute('migrate_cancel', undefined, { timeoutMs: 10_000 });
+    const until = Date.now() + 30_000;
+    while (Date.now() < until) {
+      const x = await qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+      if (x.status === 'cancelled' || x.status === 'failed' || x.status === 'completed') break;
+      await sleep(50);
+    }
+  } catch (err) {
+    s.log(`cancelling the stream: ${messageOf(err)}`);
+  }
+}
+
+/** Switch over: the source is paused at pre-switchover; finish the disks, complete the stream. */
+export const switchoverStep: Step<SourceCtx> = {
+  name: 'switchover',
+  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  phase: 'switching-over',
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const proc = needProc(ctx);
+    const qmp = proc.qmp;
+    const r = ctx.job.record;
+    ctx.job.enter('switching-over', 'switching over (source paused)');
+    await testHold('switching-over', s.log);
+    let info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+    const stallMs = stallTimeoutMs();
+    if (info.status === 'pre-switchover') {
+      // Completing holds QEMU's main lock while it writes the device state: over a dead link
+      // that write blocks for the kernel's TCP timeout with the guest paused and QMP silent.
+      // So check the destination still answers on the migration network first (a refused
+      // connection is an answer too); QEMU has not completed, so a failure here is undone.
+      const to = tcpTarget(ctx.prep?.uri ?? null);
+      const ms = Math.min(stallMs, 10_000);
+      if (to && !(await reachable(to.host, to.port, ms, undefined, true))) {
+        throw stalledError(
+          spec.name,
+          ctx.to.name,
+          ms,
+          `'${ctx.to.name}' did not answer on the migration network before switch-over`,
+        );
+      }
+      const mirrors = ctx.mirrors;
+      if (mirrors.length) {
+        // The guest is paused: finish the copies (identical now) before device state moves.
+        await finishMirrors(qmp, mirrors, false);
+        ctx.mirrors = [];
+        for (const m of mirrors) await delNode(qmp, m.target);
+      }
+      await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
+      const until = Date.now() + 60_000;
+      const watchdog = new StallWatchdog(stallMs);
+      watchdog.reset(Date.now());
+      for (;;) {
+        info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+        if (info.status === 'completed') break;
+        // The source is paused here: give up as soon as the stream stops moving; `resolve`
+        // resumes the source only if QEMU did not complete.
+        if (watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {
+          throw stalledError(spec.name, ctx.to.name, stallMs, 'no data moved during switch-over');
+        }
+        if (info.status === 'failed' || info.status === 'cancelled') {
+          throw new MigrationFailedError(
+            'E_MIGRATION_FAILED',
+            `Cannot move VM '${spec.name}': the stream failed at switch-over ` +
+              `(${info['error-desc'] ?? info.status})${await destReason(ctx)}`,
+          );
+        }
+        if (Date.now() > until) {
+          throw new MigrationFailedError(
+            'E_TIMEOUT',
+            `Cannot move VM '${spec.name}': switch-over did not complete within 60 s`,
+          );
+        }
+        await sleep(10);
+      }
+    }
+    // 7.2 may report "completed" a moment before it fills in the times.
+    for (let i = 0; i < 20 && !info['total-time']; i++) {
+      await sleep(10);
+      info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+    }
+    r.downtimeMs = info.downtime ?? null;
+    if (info.ram) {
+      r.bytesTransferred = storageBytesOf(r) + info.ram.transferred;
+      r.passes = info.ram['dirty-sync-count'];
+      r.remainingBytes = 0;
+    }
+    return undefined;
+  },
+};
+
+function storageBytesOf(r: SourceCtx['job']['record']): number {
+  return r.disks.reduce((a, d) => a + d.bytesDone, 0);
+}
+
+/** Two-phase: the destination runs the VM only now, after the source completed. */
+export const confirmStep: Step<SourceCtx> = {
+  name: 'confirm',
+  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  phase: 'switching-over',
+  async run(ctx) {
+    await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+    return undefined;
+  },
+};
+
+export const releaseSourceStep: Step<SourceCtx> = {
+  name: 'release-source',
+  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  phase: 'switching-over',
+  async run(ctx, s) {
+    await finishOnSource(ctx, s.log);
+    return undefined;
+  },
+};
+
+/** The VM runs on the destination: quit our QEMU, forget the VM, delete copies we no longer need. */
+async function finishOnSource(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
+  const spec = needSpec(ctx);
+  const r = ctx.job.record;
+  await ctx.host.vms.movedAway(r.vm, ctx.proc);
+  if (ctx.plan) {
+    if (r.options.retainSource) log('source files kept (--retain-source)');
+    else {
+      await deleteVmFiles(spec, ctx.plan.files);
+      log('source files deleted');
+    }
+  }
+  await leftCluster(ctx, log);
+}
+
+/** A clustered VM moved to a host outside the cluster leaves it (no leader restarts it from the old record). */
+export async function leftCluster(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
+  const cluster = ctx.host.cluster();
+  if (!ctx.spec?.ha || !cluster) return;
+  if (await cluster.isMember(ctx.to.name).catch(() => true)) return;
+  await cluster.forgetVm(ctx.spec.name).catch(() => undefined);
+  log(`${ctx.spec.name} left cluster '${cluster.name}': ${ctx.to.name} is not a member`);
+}
+
+/**
+ * A failure in switch-over. If the source's QEMU did not complete, the destination cannot run
+ * an unfinished stream: undo (resume the source). If it completed, ask the destination; if it
+ * does not know, try to run the source again: with shared images QEMU's lock refuses that while
+ * the destination holds them, so the VM can never run twice. Shared nothing has no image lock
+ * to guard it: without an answer the VM stays paused and the record says what to check.
+ */
+export async function resolveLive(ctx: SourceCtx, err: unknown, s: UndoScope): Promise<Resolution> {
+  const code = codeOf(err);
+  if (code === 'E_MIGRATION_STALLED' || code === 'E_TIMEOUT') await dropConnections(ctx.prep);
+  if (!(await sourceCompleted(ctx.proc))) return 'undo';
+  const r = ctx.job.record;
+  const tries = ctx.plan ? 60 : 5;
+  let answered = false;
+  for (let i = 0; i < tries; i++) {
+    try {
+      const v = await ctx.dest.call(peerActions.status, { params: { id: ctx.job.id } }, { timeoutMs: 5000 });
+      answered = true;
+      if (v.state === 'running') {
+        s.log('the destination confirmed it runs the VM');
+        await finishOnSource(ctx, s.log);
+        return 'completed';
+      }
+      if (v.state === 'prepared') {
+        try {
+          await confirmStep.run(ctx, { signal: s.signal, log: s.log, record: () => undefined });
+          await finishOnSource(ctx, s.log);
+          return 'completed';
+        } catch {
+          /* the destination cannot run it: resume the source below */
+        }
+      }
+      break; // failed or gone: the destination will not run it
+    } catch {
+      await sleep(1000);
+    }
+  }
+  if (!answered && ctx.plan) {
+    throw new MigrationFailedError(
+      'E_SWITCHOVER',
+      `Cannot confirm whether '${r.destination}' runs VM '${r.vm}' (it does not answer: ${messageOf(err)}); ` +
+        `the VM stays paused on '${r.source}' so it never runs twice; once '${r.destination}' answers, ` +
+        `run 'ferry vm resume ${r.vm}' only if it does not run there`,
+      err,
+    );
+  }
+  const proc = ctx.proc;
+  try {
+    if (!proc) throw new FerryError('E_QEMU_GONE', 'the source QEMU is gone');
+    await proc.qmp.execute('cont', undefined, { timeoutMs: 10_000 });
+    s.log('switch-over failed on the destination; the VM runs on the source again');
+    await abortDestination(ctx, s.log);
+  } catch (contErr) {
+    if (qmpFailure(contErr) === 'image-locked') {
+      s.log('the destination holds the disks: it runs the VM');
+      await finishOnSource(ctx, s.log);
+      return 'completed';
+    }
+    throw new MigrationFailedError(
+      'E_SWITCHOVER',
+      `Cannot confirm where VM '${r.vm}' runs after switch-over: ${messageOf(err)}; ` +
+        `the source could not resume it (${messageOf(contErr)})`,
+      err,
+    );
+  }
+  throw new MigrationFailedError(
+    'E_SWITCHOVER',
+    `Cannot move VM '${r.vm}': the destination failed at switch-over (${messageOf(err)}); the VM runs ` +
+      'on the source again',
+    err,
+  );
+}
+
+export const liveKind: MoveKind<SourceCtx> = {
+  name: 'live',
+  steps: [
+    clusterQueueStep,
+    slotStep,
+    compareStep,
+    tlsStep,
+    prepareStep,
+    reachNbdStep,
+    mirrorStep,
+    migrateStep,
+    switchoverStep,
+    confirmStep,
+    releaseSourceStep,
+  ],
+  resolve: resolveLive,
+};
+
+export type { StepData };

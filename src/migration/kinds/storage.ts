@@ -1,0 +1,413 @@
+// Storage migration on one host (QEMU-NOTES §C): a running VM's disks are mirrored to their new
+// place and pivoted, a stopped VM's are copied with qemu-img; then vm.json is updated and the
+// old files deleted. The config, checkpoint and paging folders move too. Steps:
+//   queued          slot
+//   preparing       dirs → check
+//   copying-storage mirror (running) | convert (stopped)
+//   switching-over  pivot (running) → commit → cleanup
+// Destination files are created exclusively (O_EXCL) and only what this move created is ever
+// removed, so two moves into one folder cannot delete each other's files. A failure before
+// switch-over removes the new files; in switch-over `resolve` keeps, per disk, the file the
+// VM really uses (QEMU says which) and makes vm.json say the same.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { FerryError } from '../../errors.js';
+import { convertImage, createImage, imageInfo } from '../../qemu/img.js';
+import type { QemuProcess } from '../../qemu/process.js';
+import { poolOf } from '../../storage/pools.js';
+import { configFile, exists, loadVm, saveVm } from '../../vm/folder.js';
+import { supportsDirectIo } from '../../vm/lifecycle.js';
+import { resolveVmFile, type VmSpec } from '../../vm/spec.js';
+import {
+  abandonMirrors,
+  addImageNode,
+  delNode,
+  finishMirrors,
+  rootNode,
+  startMirror,
+  waitMirrorsReady,
+  type MirrorSpec,
+} from '../block.js';
+import type { MoveHost } from '../host.js';
+import type { Job } from '../job.js';
+import { folderFiles, type StoragePlan } from '../plan.js';
+import { testHold } from '../policy.js';
+import { copyEta, foldMirrorProgress } from '../progress.js';
+import type { SlotQueue } from '../queue.js';
+import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
+
+export interface StorageCtx {
+  host: MoveHost;
+  job: Job;
+  slots: SlotQueue;
+  plan: StoragePlan;
+  spec: VmSpec;
+  proc: QemuProcess | null;
+}
+
+const moving = (ctx: StorageCtx): VmSpec['disks'] =>
+  ctx.spec.disks.filter((d) => {
+    const dest = ctx.plan.disks[d.id];
+    return dest !== undefined && path.resolve(dest) !== path.resolve(d.path);
+  });
+
+const configMoves = (ctx: StorageCtx): boolean =>
+  path.resolve(ctx.plan.configPath) !== path.resolve(ctx.spec.configPath);
+
+/** Creates `file` only if nothing is there (O_EXCL): the path is then this move's to fill. */
+async function claimFile(file: string): Promise<void> {
+  try {
+    await (await fsp.open(file, 'wx')).close();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw new FerryError(
+      'E_DEST_PATH',
+      `Cannot write ${file}: a file is already there (another move?); choose another path`,
+      {
+        context: { path: file },
+      },
+    );
+  }
+}
+
+const slot: Step<StorageCtx> = {
+  name: 'slot',
+  phase: 'queued',
+  async run(ctx, s) {
+    if (!ctx.slots.tryAcquire(ctx.job.id)) {
+      ctx.job.enter(
+        'queued',
+        `queued: ${ctx.host.name} runs ${ctx.host.settings().maxStorage} storage migrations (max storage)`,
+      );
+      await ctx.slots.acquire(ctx.job.id, ctx.job.record.priority, s.signal);
+    }
+    return undefined;
+  },
+  release(ctx) {
+    ctx.slots.release(ctx.job.id);
+  },
+};
+
+/** Every missing folder, one level at a time, each journalled before it is made. */
+const dirs: Step<StorageCtx> = {
+  name: 'dirs',
+  phase: 'preparing',
+  async run(ctx, s) {
+    const m = moving(ctx);
+    ctx.job.enter(
+      'preparing',
+      `planning: ${m.length} disk(s)${configMoves(ctx) ? ' and the config folder' : ''} to move`,
+    );
+    await testHold('preparing', s.log, s.signal);
+    const created: string[] = [];
+    const p = ctx.plan;
+    // The plan and the spec as they were: recovery after a restart works from these.
+    s.record({ plan: p, spec: ctx.spec, created });
+    for (const dir of new Set([
+      p.configPath,
+      p.checkpointPath,
+      p.pagingPath,
+      ...m.map((d) => path.dirname(p.disks[d.id] ?? d.path)),
+    ])) {
+      const missing: string[] = [];
+      for (let x = dir; !(await exists(x)); x = path.dirname(x)) missing.unshift(x);
+      for (const x of missing) {
+        // Made first, then journalled: only folders this move made are ever removed.
+        const made = await fsp.mkdir(x).then(
+          () => true,
+          (err: unknown) => {
+            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+            return false;
+          },
+        );
+        if (made) {
+          created.push(x);
+          s.record({ plan: p, spec: ctx.spec, created });
+        }
+      }
+    }
+    return { plan: p, spec: ctx.spec, created };
+  },
+  async undo(_ctx, data) {
+    for (const d of [...((data.created as string[] | undefined) ?? [])].reverse())
+      await fsp.rmdir(d).catch(() => undefined);
+  },
+};
+
+const check: Step<StorageCtx> = {
+  name: 'check',
+  phase: 'preparing',
+  async run(ctx) {
+    const r = ctx.job.record;
+    r.disks = [];
+    for (const d of moving(ctx)) {
+      const info = await imageInfo(d.path, { forceShare: true, format: d.format });
+      r.disks.push({
+        id: d.id,
+        source: d.path,
+        destination: ctx.plan.disks[d.id] ?? d.path,
+        bytesDone: 0,
+        bytesTotal: info.actualSizeBytes,
+      });
+    }
+    ctx.job.enter('copying-storage', `copying ${r.disks.length} disk(s)`);
+    return undefined;
+  },
+};
+
+async function removeCreated(data: StepData): Promise<void> {
+  for (const f of (data.created as string[] | undefined) ?? []) await fsp.rm(f, { force: true });
+}
+
+const mirror: Step<StorageCtx> = {
+  name: 'mirror',
+  phase: 'copying-storage',
+  when: (ctx) => ctx.proc !== null,
+  async run(ctx, s) {
+    const proc = ctx.proc;
+    if (!proc) throw new FerryError('E_VM_NOT_RUNNING', `Cannot mirror the disks of VM '${ctx.spec.name}': it stopped`);
+    const r = ctx.job.record;
+    const created: string[] = [];
+    const nodes: string[] = [];
+    const mirrors: MirrorSpec[] = [];
+    const olds: Record<string, string> = {};
+    const bandwidth = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
+    for (const d of moving(ctx)) {
+      const dest = ctx.plan.disks[d.id] ?? d.path;
+      await claimFile(dest);
+      created.push(dest);
+      s.record({ created, nodes, mirrors, olds });
+      const info = await imageInfo(d.path, { forceShare: true, format: d.format });
+      await createImage(dest, d.format, info.virtualSizeBytes, { signal: s.signal });
+      const base = `${d.id}-m${Date.now().toString(36)}`;
+      nodes.push(`${base}-file`, base);
+      s.record({ created, nodes, mirrors, olds });
+      await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal);
+      olds[d.id] = await rootNode(proc.qmp, d.id, s.signal);
+      const m = { jobId: `copy-${d.id}`, diskId: d.id, device: olds[d.id] ?? '', target: base };
+      mirrors.push(m);
+      s.record({ created, nodes, mirrors, olds });
+      await startMirror(proc.qmp, m, bandwidth, s.signal);
+    }
+    const t0 = Date.now();
+    await waitMirrorsReady(
+      proc.qmp,
+      mirrors,
+      (ps) => {
+        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
+        r.progress = Math.max(r.progress, Math.min(0.95, total ? 0.05 + 0.9 * (done / total) : 0.05));
+        r.etaSeconds = copyEta(total - done, rate);
+        ctx.job.flush();
+      },
+      { signal: s.signal, timeoutMs: 6 * 3600_000 },
+    );
+    return { created, nodes, mirrors, olds };
+  },
+  async undo(ctx, data) {
+    const proc = ctx.proc;
+    if (proc && !proc.hasExited) {
+      const nodes = [...((data.nodes as string[] | undefined) ?? [])].reverse(); // format node before its file node
+      await abandonMirrors(proc.qmp, (data.mirrors as MirrorSpec[] | undefined) ?? [], nodes);
+    }
+    await removeCreated(data);
+  },
+};
+
+const convert: Step<StorageCtx> = {
+  name: 'convert',
+  phase: 'copying-storage',
+  when: (ctx) => ctx.proc === null,
+  async run(ctx, s) {
+    const r = ctx.job.record;
+    const created: string[] = [];
+    const m = moving(ctx);
+    for (const [i, d] of m.entries()) {
+      const dest = ctx.plan.disks[d.id] ?? d.path;
+      await claimFile(dest);
+      created.push(dest);
+      s.record({ created });
+      await convertImage(d.path, dest, {
+        srcFormat: d.format,
+        dstFormat: d.format,
+        signal: s.signal,
+      });
+      const disk = r.disks[i];
+      if (disk) {
+        disk.bytesDone = disk.bytesTotal;
+        r.bytesTransferred += disk.bytesTotal;
+      }
+      r.progress = Math.max(r.progress, 0.05 + 0.9 * ((i + 1) / m.length));
+      ctx.job.flush();
+    }
+    return { created };
+  },
+  async undo(_ctx, data) {
+    await removeCreated(data);
+  },
+};
+
+/** The guest switches to the copies (block-job-complete); from here the new files are the VM's. */
+const pivot: Step<StorageCtx> = {
+  name: 'pivot',
+  phase: 'switching-over',
+  when: (ctx) => ctx.proc !== null,
+  async run(ctx, s) {
+    const proc = ctx.proc;
+    if (!proc) return undefined;
+    ctx.job.enter('switching-over', 'all copies ready: switching the disks over');
+    await testHold('switching-over', s.log);
+    const started = ctx.job.journalData('mirror');
+    await finishMirrors(proc.qmp, (started.mirrors as MirrorSpec[] | undefined) ?? [], true);
+    for (const old of Object.values((started.olds as Record<string, string> | undefined) ?? {})) {
+      await delNode(proc.qmp, old);
+      await delNode(proc.qmp, `${old}-file`);
+    }
+    return undefined;
+  },
+};
+
+/** The new vm.json: disk paths and pools, folders; folder files copied first. */
+const commit: Step<StorageCtx> = {
+  name: 'commit',
+  phase: 'switching-over',
+  async run(ctx, s) {
+    if (ctx.proc === null) ctx.job.enter('switching-over', 'copies done: switching the config over');
+    const next = nextSpec(ctx, new Set(moving(ctx).map((d) => d.id)));
+    const copied: string[] = [];
+    if (configMoves(ctx)) {
+      for (const f of await folderFiles(ctx.spec)) {
+        const to = path.join(ctx.plan.configPath, f);
+        copied.push(to);
+        s.record({ copied });
+        await fsp.copyFile(path.join(ctx.spec.configPath, f), to, fsp.constants.COPYFILE_EXCL);
+      }
+      if (await exists(configFile(next.configPath))) {
+        throw new FerryError(
+          'E_DEST_PATH',
+          `Cannot move the config of VM '${ctx.spec.name}': ${next.configPath} already holds a VM`,
+        );
+      }
+    }
+    await saveVm(next);
+    ctx.host.vms.configMoved(ctx.spec.name, next.configPath);
+    await ctx.host.cluster()?.recordHa(next);
+    return { copied, committed: true };
+  },
+  async undo(_ctx, data) {
+    for (const f of (data.copied as string[] | undefined) ?? []) await fsp.rm(f, { force: true });
+  },
+};
+
+/** Only now delete what the VM no longer uses. */
+const cleanup: Step<StorageCtx> = {
+  name: 'cleanup',
+  phase: 'switching-over',
+  async run(ctx) {
+    await deleteOld(ctx, new Set(moving(ctx).map((d) => d.id)));
+    ctx.job.record.progress = 1;
+    return undefined;
+  },
+};
+
+function nextSpec(ctx: StorageCtx, moved: Set<string>, folders = true): VmSpec {
+  const { spec, plan } = ctx;
+  const next: VmSpec = structuredClone(spec);
+  for (const d of next.disks) {
+    const dest = plan.disks[d.id];
+    if (dest && moved.has(d.id)) {
+      d.path = dest;
+      const pool = poolOf(ctx.host.pools(), dest);
+      if (pool) d.pool = pool.name;
+      else delete d.pool;
+    }
+  }
+  if (!folders) return next;
+  next.configPath = plan.configPath;
+  next.checkpointPath = plan.checkpointPath;
+  next.pagingPath = plan.pagingPath;
+  if (configMoves(ctx) && spec.boot.kind === 'kernel' && next.boot.kind === 'kernel') {
+    // Relative kernel paths follow the folder; absolute ones inside it are rewritten.
+    const boot = next.boot;
+    for (const k of ['kernel', 'initrd'] as const) {
+      const p = boot[k];
+      if (p && path.isAbsolute(p) && p.startsWith(spec.configPath + '/')) boot[k] = path.relative(spec.configPath, p);
+    }
+  }
+  return next;
+}
+
+async function deleteOld(ctx: StorageCtx, moved: Set<string>): Promise<void> {
+  const { spec, plan } = ctx;
+  for (const d of spec.disks) if (moved.has(d.id)) await fsp.rm(d.path, { force: true });
+  if (configMoves(ctx)) {
+    await fsp.rm(configFile(spec.configPath), { force: true });
+    for (const f of await folderFiles(spec)) await fsp.rm(resolveVmFile(spec, f), { force: true });
+  }
+  const kept = [plan.configPath, plan.checkpointPath, plan.pagingPath];
+  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
+    if (!kept.includes(dir)) await fsp.rmdir(dir).catch(() => undefined);
+  }
+}
+
+/**
+ * A failure in switch-over (or an agent restart there). Per disk, the file the VM really uses
+ * wins: a running VM's QEMU says which; a stopped VM's vm.json does. vm.json is made to say
+ * the same, and the other copy of each disk is deleted.
+ */
+async function resolveStorage(ctx: StorageCtx, _err: unknown, s: UndoScope): Promise<Resolution> {
+  const m = moving(ctx);
+  const pivoted = new Set<string>();
+  if (ctx.proc && !ctx.proc.hasExited) {
+    const qmp = ctx.proc.qmp;
+    const started = ctx.job.journalData('mirror');
+    // Mirrors still READY (not pivoted) are cancelled; pivoted ones are concluded and dismissed.
+    await abandonMirrors(qmp, (started.mirrors as MirrorSpec[] | undefined) ?? [], []).catch(() => undefined);
+    for (const b of await qmp.execute('query-block', undefined, { timeoutMs: 5000 })) {
+      const d = m.find((x) => b.qdev === x.id || b.qdev?.includes(`/${x.id}/`));
+      if (d && b.inserted?.file === ctx.plan.disks[d.id]) pivoted.add(d.id);
+    }
+    // Nodes of copies that never became the guest's disk, and the old nodes of those that did.
+    const olds = (started.olds as Record<string, string> | undefined) ?? {};
+    for (const n of [...((started.nodes as string[] | undefined) ?? [])].reverse()) {
+      if (![...pivoted].some((id) => n.startsWith(`${id}-m`))) await delNode(qmp, n);
+    }
+    for (const id of pivoted) {
+      const old = olds[id];
+      if (old) {
+        await delNode(qmp, old);
+        await delNode(qmp, `${old}-file`);
+      }
+    }
+  } else {
+    const saved = await loadVm(ctx.plan.configPath).catch(() => loadVm(ctx.spec.configPath));
+    for (const d of m) if (saved.disks.find((x) => x.id === d.id)?.path === ctx.plan.disks[d.id]) pivoted.add(d.id);
+    if (pivoted.size === 0) return 'undo';
+  }
+  const committed = ctx.job.journalData('commit').committed === true;
+  if (pivoted.size === m.length && committed) {
+    await deleteOld(ctx, pivoted);
+    s.log('every disk had switched and the config was saved: the move completed');
+    return 'completed';
+  }
+  if (pivoted.size === 0) return 'undo';
+  // Some disks switched: they keep their new place (the guest writes there), the rest stay.
+  const next = nextSpec(ctx, pivoted, false);
+  await saveVm(next);
+  for (const d of m) {
+    if (pivoted.has(d.id)) {
+      await fsp.rm(d.path, { force: true });
+      s.log(`disk ${d.id} had switched to ${ctx.plan.disks[d.id] ?? ''}: kept`);
+    } else {
+      await fsp.rm(ctx.plan.disks[d.id] ?? '', { force: true });
+      s.log(`disk ${d.id}: the copy was removed; it stays at ${d.path}`);
+    }
+  }
+  await ctx.host.cluster()?.recordHa(next);
+  return 'failed';
+}
+
+export const storageKind: MoveKind<StorageCtx> = {
+  name: 'storage',
+  steps: [slot, dirs, check, mirror, convert, pivot, commit, cleanup],
+  resolve: resolveStorage,
+};

@@ -1,0 +1,189 @@
+// Where a moving VM's files go, decided and checked before anything starts: the destination
+// paths of a shared-nothing move (what the destination creates and receives) and of a storage
+// move (inside a usable pool, not taken, with room).
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { FerryError, InvalidInputError } from '../errors.js';
+import type { HostView } from '../api/schemas.js';
+import type { IncomingRequest } from '../api/peer-actions.js';
+import { imageInfo } from '../qemu/img.js';
+import { assertInUsablePool, isInside, poolOf, poolStatus, type PoolDef } from '../storage/pools.js';
+import { configFile, exists } from '../vm/folder.js';
+import type { VmSpec } from '../vm/spec.js';
+import { planDestPaths } from './compare.js';
+import type { MoveOptions, StorageMoveRequest } from './schemas.js';
+
+const MiB = 1048576;
+
+export interface SharedNothingPlan {
+  /** The VM's spec as it will be on the destination. */
+  destSpec: VmSpec;
+  /** What the destination creates and receives. */
+  request: NonNullable<IncomingRequest['storage']>;
+  /** Files of the VM folder besides vm.json and the disks (kernel, initrd, …), by name. */
+  files: string[];
+}
+
+/** Shared nothing without paths: the VM goes to a folder named after it in the destination's local pool. */
+export function withDefaults(options: MoveOptions, vmName: string, destView: HostView): MoveOptions {
+  if (!options.includeStorage || options.storagePath || options.configPath || options.vhd) return options;
+  const local = destView.pools.find((p) => p.kind === 'local');
+  return local ? { ...options, storagePath: path.join(local.path, vmName) } : options;
+}
+
+/** Files of the VM folder that are not disks and not vm.json (kernel, initrd, …). */
+export async function folderFiles(spec: VmSpec): Promise<string[]> {
+  const disks = new Set(spec.disks.map((d) => path.resolve(d.path)));
+  const out: string[] = [];
+  for (const ent of await fsp.readdir(spec.configPath, { withFileTypes: true }).catch(() => [])) {
+    const p = path.join(spec.configPath, ent.name);
+    if (ent.isFile() && ent.name !== 'vm.json' && !ent.name.startsWith('vm.json.tmp') && !disks.has(p)) {
+      out.push(ent.name);
+    }
+  }
+  return out;
+}
+
+/** Where every file goes on the destination, and what the destination must create. */
+export async function sharedNothingPlan(
+  spec: VmSpec,
+  options: MoveOptions,
+  destView: HostView,
+): Promise<SharedNothingPlan> {
+  const plan = planDestPaths(spec, options);
+  const destPools = destView.pools.map((p) => ({ name: p.name, kind: p.kind, path: p.path }));
+  const destSpec: VmSpec = structuredClone(spec);
+  destSpec.configPath = plan.configPath;
+  destSpec.checkpointPath = plan.checkpointPath;
+  destSpec.pagingPath = plan.pagingPath;
+  const disks: SharedNothingPlan['request']['disks'] = [];
+  for (const pd of plan.disks) {
+    const d = destSpec.disks[pd.index];
+    if (!d) continue;
+    const info = await imageInfo(d.path, { forceShare: true, format: d.format });
+    d.path = pd.dest;
+    const pool = poolOf(destPools, pd.dest);
+    if (pool) d.pool = pool.name;
+    else delete d.pool;
+    disks.push({
+      id: d.id,
+      path: pd.dest,
+      format: d.format,
+      virtualSizeBytes: info.virtualSizeBytes,
+      allocatedBytes: info.actualSizeBytes,
+    });
+  }
+  const files = await folderFiles(spec);
+  const request = {
+    disks,
+    dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
+    files: await Promise.all(
+      files.map(async (f) => ({
+        path: path.join(plan.configPath, f),
+        base64: (await fsp.readFile(path.join(spec.configPath, f))).toString('base64'),
+      })),
+    ),
+  };
+  return { destSpec, request, files };
+}
+
+/** Deletes a VM's disks and the files of its folder (after it left with copies of them). */
+export async function deleteVmFiles(spec: VmSpec, files: string[]): Promise<void> {
+  for (const d of spec.disks) await fsp.rm(d.path, { force: true });
+  await fsp.rm(configFile(spec.configPath), { force: true });
+  for (const f of files) await fsp.rm(path.join(spec.configPath, f), { force: true });
+  for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
+    await fsp.rmdir(dir).catch(() => undefined);
+  }
+}
+
+export interface StoragePlan {
+  configPath: string;
+  checkpointPath: string;
+  pagingPath: string;
+  /** disk id → new path (only disks that move) */
+  disks: Record<string, string>;
+}
+
+/** Destination of every item of a storage move, checked before anything starts. */
+export async function storagePlan(
+  pools: PoolDef[],
+  hostName: string,
+  spec: VmSpec,
+  req: StorageMoveRequest,
+): Promise<StoragePlan> {
+  const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
+  const configPath = req.configPath ?? req.path ?? spec.configPath;
+  const follow = (p: string, explicit?: string): string =>
+    explicit ?? (inFolder(p) ? path.join(configPath, path.relative(spec.configPath, p)) : (req.path ?? p));
+  const plan: StoragePlan = {
+    configPath,
+    checkpointPath: follow(spec.checkpointPath, req.checkpointPath),
+    pagingPath: follow(spec.pagingPath, req.pagingPath),
+    disks: {},
+  };
+  for (const src of Object.keys(req.vhd ?? {})) {
+    if (!spec.disks.some((d) => path.resolve(d.path) === path.resolve(src))) {
+      throw new InvalidInputError(
+        `Cannot move storage of VM '${spec.name}': --vhd names ${src}, which is not one of its disks ` +
+          `(${spec.disks.map((d) => d.path).join(', ')})`,
+      );
+    }
+  }
+  for (const d of spec.disks) {
+    const dest = req.vhd?.[d.path] ?? (req.path ? path.join(req.path, path.basename(d.path)) : undefined);
+    if (dest && path.resolve(dest) !== path.resolve(d.path)) plan.disks[d.id] = path.resolve(dest);
+  }
+  const dests = Object.values(plan.disks);
+  if (new Set(dests).size !== dests.length) {
+    throw new InvalidInputError(
+      `Cannot move storage of VM '${spec.name}': two disks would go to the same file; ` +
+        'give each its own --vhd destination',
+    );
+  }
+  if (
+    !dests.length &&
+    path.resolve(configPath) === path.resolve(spec.configPath) &&
+    plan.checkpointPath === spec.checkpointPath &&
+    plan.pagingPath === spec.pagingPath
+  ) {
+    throw new InvalidInputError(
+      `Cannot move storage of VM '${spec.name}': everything is already there; ` +
+        'give a new --path, --vhd or --config-path',
+    );
+  }
+  const need = new Map<PoolDef, number>();
+  for (const [id, dest] of Object.entries(plan.disks)) {
+    const pool = await assertInUsablePool(pools, hostName, dest, `destination of disk ${id}`);
+    if (await exists(dest)) {
+      throw new InvalidInputError(
+        `Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`,
+        { path: dest },
+      );
+    }
+    const d = spec.disks.find((x) => x.id === id);
+    if (!d) continue;
+    const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
+    need.set(pool, (need.get(pool) ?? 0) + size);
+  }
+  for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])) {
+    await assertInUsablePool(pools, hostName, dir, 'destination folder');
+  }
+  if (path.resolve(configPath) !== path.resolve(spec.configPath) && (await exists(configFile(configPath)))) {
+    throw new InvalidInputError(
+      `Cannot move the config of VM '${spec.name}' to ${configPath}: that folder already holds a VM; ` +
+        'choose another --config-path',
+    );
+  }
+  for (const [pool, bytes] of need) {
+    const st = await poolStatus(pool, hostName);
+    if (bytes > st.freeBytes) {
+      throw new FerryError(
+        'E_DEST_SPACE',
+        `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / MiB).toFixed(0)} MiB ` +
+          `but pool '${pool.name}' has ${(st.freeBytes / MiB).toFixed(0)} MiB free; free space or choose another pool`,
+      );
+    }
+  }
+  return plan;
+}

@@ -1,0 +1,162 @@
+// What the source's steps share: the move's context (host, job, VM, destination) and the
+// checks and calls several kinds use (is the destination reachable, did the source's QEMU
+// complete, why does the destination say it failed, drop a stalled stream's connections).
+import net from 'node:net';
+import { FerryError, type ErrorCode } from '../errors.js';
+import { AgentClient } from '../api/client.js';
+import { peerActions } from '../api/peer-actions.js';
+import type { HostView } from '../api/schemas.js';
+import type { QemuProcess } from '../qemu/process.js';
+import type { VmSpec } from '../vm/spec.js';
+import { run } from '../util/exec.js';
+import type { MoveHost } from './host.js';
+import type { Job } from './job.js';
+import type { SlotQueue } from './queue.js';
+import type { Destination, MoveOptions } from './schemas.js';
+import type { SharedNothingPlan } from './plan.js';
+import type { MirrorSpec } from './block.js';
+
+export class MigrationFailedError extends FerryError {
+  constructor(code: ErrorCode, message: string, cause?: unknown) {
+    super(code, message, { cause });
+  }
+}
+
+/** Everything the steps of a move between two hosts read. */
+export interface SourceCtx {
+  host: MoveHost;
+  job: Job;
+  to: Destination;
+  dest: AgentClient;
+  /** This host's live-migration slots (released while the destination keeps the move waiting). */
+  slots: SlotQueue;
+  /** Set by the compare step (Begin). */
+  spec: VmSpec | null;
+  destView: HostView | null;
+  options: MoveOptions;
+  /** Shared nothing: where each file goes on the destination (set by the compare step). */
+  plan: SharedNothingPlan | null;
+  /** The VM's QEMU when it runs (live and shared-nothing of a running VM). */
+  proc: QemuProcess | null;
+  /** What the destination's Prepare answered. */
+  prep: { uri: string | null; nbd: { host: string; port: number } | null; tlsHostname: string } | null;
+  /** The batch (drain, fail-back) this move belongs to. */
+  batch?: string;
+  /** Shared nothing: the disk mirrors, READY until switch-over finishes them. */
+  mirrors: MirrorSpec[];
+  /** Where the memory copy sits on the progress bar (after the disks of a shared-nothing move). */
+  memSpan: [number, number];
+}
+
+export function peerClient(host: MoveHost, to: Destination): AgentClient {
+  return new AgentClient({ endpoint: to.endpoint, host: to.name, credentials: host.tls });
+}
+
+export function needSpec(ctx: SourceCtx): VmSpec {
+  if (!ctx.spec) throw new FerryError('E_INTERNAL', `Cannot move VM '${ctx.job.record.vm}': no spec (compare skipped)`);
+  return ctx.spec;
+}
+
+export function needProc(ctx: SourceCtx): QemuProcess {
+  if (!ctx.proc) {
+    throw new FerryError(
+      'E_VM_NOT_RUNNING',
+      `Cannot live-migrate VM '${ctx.job.record.vm}': it stopped before the move began; ` +
+        'move it again (a stopped VM moves offline)',
+    );
+  }
+  return ctx.proc;
+}
+
+/** No bytes moved for the watchdog's time: most likely the migration network is down. */
+export function stalledError(vm: string, dest: string, ms: number, what = 'no data moved', destSays = ''): FerryError {
+  const s = Math.round(ms / 1000);
+  // The destination knows better when it is the cause (e.g. its pool is full).
+  if (destSays && !destSays.includes('did not answer')) {
+    return new MigrationFailedError(
+      'E_MIGRATION_STALLED',
+      `Cannot move VM '${vm}' to '${dest}': ${what} for ${s} s${destSays}; fix that and retry`,
+    );
+  }
+  return new MigrationFailedError(
+    'E_MIGRATION_STALLED',
+    `Cannot move VM '${vm}' to '${dest}': ${what} for ${s} s (the migration network may be down); ` +
+      'check the link and retry',
+  );
+}
+
+/** Can this host open a TCP connection to host:port within `ms`? (The agent shares its QEMUs' network namespace.) */
+export function reachable(
+  host: string,
+  port: number,
+  ms: number,
+  signal?: AbortSignal,
+  refusedIsAnswer = false,
+): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port, timeout: ms, ...(signal ? { signal } : {}) });
+    const done = (ok: boolean): void => {
+      sock.destroy();
+      resolve(ok);
+    };
+    sock.once('connect', () => {
+      done(true);
+    });
+    sock.once('timeout', () => {
+      done(false);
+    });
+    sock.once('error', (e: NodeJS.ErrnoException) => {
+      done(refusedIsAnswer && e.code === 'ECONNREFUSED');
+    });
+  });
+}
+
+/** host and port of a `tcp:HOST:PORT` stream URI. */
+export function tcpTarget(uri: string | null): { host: string; port: number } | null {
+  const m = uri ? /^tcp:(.+):(\d+)$/.exec(uri) : null;
+  return m?.[1] && m[2] ? { host: m[1].replace(/^\[|\]$/g, ''), port: Number(m[2]) } : null;
+}
+
+/**
+ * A stalled copy's TCP connections wait for the kernel's retransmission timeout (~15 min):
+ * QEMU's NBD client keeps its requests (a mirror then cannot be cancelled nor its node
+ * deleted) and its migration thread its write. Closing them (`ss -K`, in this agent's
+ * network namespace, which its QEMUs share) makes QEMU see the failure now.
+ */
+export async function dropConnections(prep: SourceCtx['prep']): Promise<void> {
+  if (!prep) return;
+  const stream = tcpTarget(prep.uri);
+  for (const p of [...(stream ? [stream] : []), ...(prep.nbd ? [prep.nbd] : [])]) {
+    await run('ss', ['-K', 'dst', p.host, 'dport', '=', String(p.port)], { timeoutMs: 5000 }).catch(() => undefined);
+  }
+}
+
+/** Why the destination says its side failed (appended to our message), or that it did not answer. */
+export async function destReason(ctx: SourceCtx): Promise<string> {
+  try {
+    const v = await ctx.dest.call(peerActions.status, { params: { id: ctx.job.id } }, { timeoutMs: 5000 });
+    return v.reason ? `; on ${ctx.to.name}: ${v.reason}` : '';
+  } catch {
+    return `; ${ctx.to.name} did not answer`;
+  }
+}
+
+/** Has the source's QEMU completed the stream (the destination has the whole VM)? */
+export async function sourceCompleted(proc: QemuProcess | null): Promise<boolean> {
+  if (!proc || proc.hasExited) return false;
+  try {
+    const st = await proc.qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+    return st.status === 'completed';
+  } catch {
+    return false;
+  }
+}
+
+/** Tells the destination to abandon its side (kill its QEMU, remove what it created). Never throws. */
+export async function abortDestination(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
+  try {
+    await ctx.dest.call(peerActions.abort, { params: { id: ctx.job.id } }, { timeoutMs: 30_000 });
+  } catch (err) {
+    log(`cleaning up ${ctx.to.name}: ${(err as Error).message}`);
+  }
+}
