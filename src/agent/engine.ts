@@ -19,6 +19,7 @@ import { bridgeExists, createTap, deleteTap, tapName } from '../vm/network.js';
 import { loadVm, saveVm } from '../vm/folder.js';
 import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtimePaths } from '../vm/lifecycle.js';
 import { probeVm, bootblockVm } from '../vm/guests.js';
+import { hardwareView, isFirmwareBoot, realGuestVm } from '../vm/real-guest.js';
 import { newMac, newVmId, parseVmSpec, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
 import type { CreateVmOptions } from '../vm/lifecycle.js';
 import {
@@ -386,6 +387,7 @@ export class Engine {
         path: d.path,
         format: d.format,
         pool: d.pool ?? null,
+        role: d.role ?? 'data',
         virtualSizeBytes: await imageInfo(d.path, { forceShare: true, format: d.format, timeoutMs: 10_000 }).then(
           (i) => i.virtualSizeBytes,
           () => 0,
@@ -411,6 +413,7 @@ export class Engine {
       nics: spec.nics,
       switches: [...new Set(spec.nics.map((n) => n.switch))],
       ha: spec.ha,
+      ...hardwareView(spec),
     };
   }
 
@@ -507,6 +510,9 @@ export class Engine {
         built.create.createDisks = Object.fromEntries(
           disks.filter((d) => d.createBytes).map((d) => [d.id, d.createBytes!]),
         );
+      } else if (isFirmwareBoot(body)) {
+        const ctx = { host: this.name, pools, folder, disks, machineTypes: (await qemuInfo()).machineTypes };
+        built = await realGuestVm(body, { ...ctx, signal: opts.signal });
       } else {
         const copyIn: Array<{ from: string; to: string }> = [];
         if (body.kernel) copyIn.push({ from: body.kernel, to: 'vmlinuz' });
@@ -692,7 +698,7 @@ export class Engine {
     });
   }
 
-  async removeVm(name: string, opts: { deleteDisks: boolean }): Promise<void> {
+  async removeVm(name: string, opts: { deleteDisks: boolean; deleteExternal?: boolean }): Promise<void> {
     return this.withVmLock(name, async () => {
       this.assertNotBusy(name);
       const rec = this.vmRecord(name);
@@ -705,7 +711,7 @@ export class Engine {
         );
       }
       const spec = await loadVm(rec.configPath).catch(() => null);
-      if (spec) await removeVm(spec, { deleteDisks: opts.deleteDisks });
+      if (spec) await removeVm(spec, opts);
       await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
       this.registry.removeVm(name);
       if (spec?.ha) await this.membership?.store?.delete(`vms/${name}`).catch(() => undefined);

@@ -17,6 +17,7 @@ import { eventRoutes } from './routes/events.js';
 import { metaRoutes } from './routes/meta.js';
 import { migrationRoutes, peerRoutes } from './routes/migrations.js';
 import { clusterRoutes } from './routes/cluster.js';
+import { consoleRoutes } from './routes/consoles.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface AgentFlags {
@@ -74,6 +75,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   migrationRoutes(app, engine);
   peerRoutes(app, engine);
   clusterRoutes(app, engine);
+  consoleRoutes(app, engine);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   // Cluster decisions and fencing go to the log too: they are what an operator reads after an incident.
   engine.events.subscribe((e) => {

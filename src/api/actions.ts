@@ -145,6 +145,15 @@ export const actions = {
     response: z.string(),
     roles: admin,
   }),
+  vmScreenshot: action({
+    name: 'vm.screenshot',
+    method: 'GET',
+    path: '/v1/vms/:name/screenshot',
+    summary: "The VM's screen as a PNG image (a VM with a display); its live view is the websocket /v1/vms/:name/vnc",
+    params: NameParams,
+    response: z.string(),
+    roles: admin,
+  }),
 
   switchList: action({
     name: 'switch.list',

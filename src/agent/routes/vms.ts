@@ -14,7 +14,7 @@ export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   registerAction(app, actions.vmPause, async ({ params }) => engine.pauseVm(params.name));
   registerAction(app, actions.vmResume, async ({ params }) => engine.resumeVm(params.name));
   registerAction(app, actions.vmRemove, async ({ params, query }) => {
-    await engine.removeVm(params.name, { deleteDisks: query.deleteDisks });
+    await engine.removeVm(params.name, query);
     return { ok: true as const };
   });
 
