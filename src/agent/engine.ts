@@ -20,6 +20,7 @@ import { loadVm, saveVm } from '../vm/folder.js';
 import { createVm, startVm, stopVm, pauseVm, resumeVm, removeVm, vmState, runtimePaths } from '../vm/lifecycle.js';
 import { probeVm, bootblockVm } from '../vm/guests.js';
 import { hardwareView, isFirmwareBoot, realGuestVm } from '../vm/real-guest.js';
+import { importedVm } from '../vm/import.js';
 import { newMac, newVmId, parseVmSpec, type VmSpec, type VmSpecInput, type DiskSpec } from '../vm/spec.js';
 import type { CreateVmOptions } from '../vm/lifecycle.js';
 import {
@@ -33,6 +34,7 @@ import {
   type PoolDef,
 } from '../storage/pools.js';
 import type { HostView, VmView, VmCreateBody, SwitchView, PoolView, MigrationSettings } from '../api/schemas.js';
+import type { VmImportBody } from '../api/schemas.js';
 import { HostSetBody } from '../api/schemas.js';
 import type { z } from 'zod';
 import { SlotQueue } from '../migration/queue.js';
@@ -576,6 +578,32 @@ export class Engine {
       this.events.emit('vm.created', { vm: spec.name });
       if (body.start) await this.startLocked(spec.name, opts);
       return this.view(spec.name);
+    });
+  }
+
+  /** `ferry vm import`: a parsed libvirt domain becomes a VM here (src/vm/import.ts builds it). */
+  async importVm(body: VmImportBody, opts: { signal?: AbortSignal } = {}): Promise<{ vm: VmView; notes: string[] }> {
+    const name = body.name ?? body.plan.name;
+    return this.withVmLock(name, async () => {
+      const ctx = { host: this.name, pools: this.pools(), switches: this.listSwitches() };
+      const built = await importedVm(body, { ...ctx, machineTypes: (await qemuInfo()).machineTypes, ...opts });
+      const clash = this.registry.getVm(name) ?? this.registry.getVmById(String(built.spec.id));
+      if (clash)
+        throw new FerryError(
+          'E_VM_EXISTS',
+          `Cannot import VM '${name}' on host '${this.name}': VM '${clash.name}' has that name or UUID; ` +
+            `remove it first, or import under another --name`,
+          { context: { vm: name } },
+        );
+      const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
+      try {
+        this.registry.addVm({ name, id: spec.id, configPath: spec.configPath, createdAt: new Date().toISOString() });
+      } catch (err) {
+        await removeVm(spec, { deleteDisks: true });
+        throw err;
+      }
+      this.events.emit('vm.created', { vm: name });
+      return { vm: await this.view(name), notes: built.notes };
     });
   }
 

@@ -25,6 +25,7 @@ import {
   SwitchCreateBody,
   SwitchView,
   VmCreateBody,
+  VmImportBody,
   VmRemoveQuery,
   VmStopBody,
   VmView,
@@ -77,6 +78,15 @@ export const actions = {
     summary: 'Create a VM (optionally start it)',
     body: VmCreateBody,
     response: VmView,
+    roles: admin,
+  }),
+  vmImport: action({
+    name: 'vm.import',
+    method: 'POST',
+    path: '/v1/vms/import',
+    summary: 'Register a libvirt domain (parsed by the client) as a VM, its disks in place or copied',
+    body: VmImportBody,
+    response: z.object({ vm: VmView, notes: z.array(z.string()) }),
     roles: admin,
   }),
   vmShow: action({

@@ -200,6 +200,78 @@ export const VmCreateBody = z
 
 export type VmCreateBody = z.infer<typeof VmCreateBody>;
 
+// ---- vm.import: a libvirt domain, parsed by the CLI (src/vm/import-libvirt.ts) ----
+
+/** What the agent receives: the parsed plan (the agent never parses XML). */
+export const ImportPlan = z
+  .object({
+    name: z.string().min(1).max(200),
+    uuid: z.string().max(64).optional(),
+    memoryMiB: z
+      .number()
+      .int()
+      .min(16)
+      .max(1024 * 1024),
+    cpus: z.number().int().min(1).max(255),
+    /** A QEMU CPU model name, or undefined for Ferry's default. */
+    cpuModel: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/)
+      .optional(),
+    /** 'pc', 'q35' or a versioned type as the domain named it. */
+    machine: z.string().regex(/^(pc|q35|pc-i440fx-\d+\.\d+|pc-q35-\d+\.\d+)$/),
+    firmware: z.enum(['bios', 'uefi']),
+    /** The domain's UEFI variable store, copied into the VM's folder when it fits Ferry's OVMF. */
+    nvram: z.string().max(4096).optional(),
+    disks: z
+      .array(
+        z
+          .object({
+            target: z.string().max(32),
+            path: z.string().min(1).max(4096),
+            /** The format the XML says (checked against the image itself). */
+            format: z.string().max(32),
+            bus: z.enum(['virtio', 'ide']),
+            readOnly: z.boolean(),
+          })
+          .strict(),
+      )
+      .max(16),
+    cdroms: z.array(z.object({ target: z.string().max(32), path: z.string().min(1).max(4096) }).strict()).max(3),
+    nics: z
+      .array(
+        z
+          .object({
+            kind: z.enum(['bridge', 'network', 'user']),
+            /** The Linux bridge, or the libvirt network's name. */
+            source: z.string().max(64).optional(),
+            mac: z.string().max(32).optional(),
+          })
+          .strict(),
+      )
+      .max(8),
+    /** 'disk', 'cdrom', 'net' or a target (vda, sda) in boot order. */
+    boot: z.array(z.string().max(32)).max(16),
+    display: z.enum(['vga', 'none']),
+    /** Everything in the XML Ferry does not carry over, one line each. */
+    unmapped: z.array(z.string().max(500)).max(200),
+  })
+  .strict();
+export type ImportPlan = z.infer<typeof ImportPlan>;
+
+export const VmImportBody = z
+  .object({
+    plan: ImportPlan,
+    /** The VM's name (default: the domain's). */
+    name: Name.optional(),
+    /** The VM's folder (default: the host's local pool, folder named after the VM). */
+    path: AbsPath.optional(),
+    /** Copy the disks into the VM's folder (as qcow2) instead of using them in place. */
+    copy: z.boolean().default(false),
+  })
+  .strict();
+export type VmImportBody = z.infer<typeof VmImportBody>;
+
 export const VmStopBody = z
   .object({ force: z.boolean().default(false), timeoutMs: z.number().int().min(0).max(600_000).default(30_000) })
   .strict();

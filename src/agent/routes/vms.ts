@@ -8,6 +8,7 @@ import { sleep } from '../../util/exec.js';
 export function vmRoutes(app: FastifyInstance, engine: Engine): void {
   registerAction(app, actions.vmList, async () => engine.listVms());
   registerAction(app, actions.vmCreate, async ({ body, signal }) => engine.createVm(body, { signal }));
+  registerAction(app, actions.vmImport, async ({ body, signal }) => engine.importVm(body, { signal }));
   registerAction(app, actions.vmShow, async ({ params }) => engine.showVm(params.name));
   registerAction(app, actions.vmStart, async ({ params }) => engine.startVm(params.name));
   registerAction(app, actions.vmStop, async ({ params, body }) => engine.stopVm(params.name, body));

@@ -13,6 +13,7 @@ import fsp from 'node:fs/promises';
 import { InvalidInputError, messageOf } from '../../errors.js';
 import { DISPLAYS, FIRMWARES, IMAGE_FORMATS } from '../../api/common.js';
 import { interactiveConsole } from '../serial-console.js';
+import { MAX_DOMAIN_XML_BYTES, parseLibvirtDomain } from '../../vm/import-libvirt.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
@@ -186,6 +187,42 @@ export function registerVm(program: Command): void {
         const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs });
         if (o.json) printJson(v);
         else printVm(v);
+      });
+    });
+
+  vm.command('import')
+    .description(
+      'register a libvirt domain (virsh dumpxml) as a VM: its disks in place (in pools) or copied with --copy; ' +
+        'prints what it did not carry over',
+    )
+    .argument('<domain-xml>', 'the domain XML file')
+    .requiredOption('--host <host>', 'host to register it on (its disks must be in pools there)')
+    .option('--name <name>', "the VM's name (default: the domain's)", name('--name'))
+    .option('--path <dir>', "the VM's folder (default: the host's local pool)")
+    .option('--copy', 'copy the disks into the VM folder as qcow2 instead of using them in place', false)
+    .option('--json', 'print {"vm": VM, "notes": [...]} as JSON')
+    .action(async (file, o, cmd) => {
+      const g = (cmd as Cmd).optsWithGlobals();
+      const st = await fsp.stat(file).catch((err: unknown) => {
+        throw new InvalidInputError(`Cannot read ${file}: ${messageOf(err)}; give a domain XML file`);
+      });
+      if (st.size > MAX_DOMAIN_XML_BYTES)
+        throw new InvalidInputError(`Cannot import ${file}: it is ${st.size} bytes, not a domain XML`);
+      const plan = parseLibvirtDomain(await fsp.readFile(file, 'utf8'));
+      await withClients(g, async (c) => {
+        const body = {
+          plan,
+          copy: o.copy,
+          ...(o.name ? { name: o.name } : {}),
+          ...(o.path ? { path: path.resolve(o.path) } : {}),
+        };
+        const r = await c.host(o.host).call(actions.vmImport, { body }, { timeoutMs: o.copy ? 3600_000 : 180_000 });
+        if (o.json) return printJson(r);
+        printVm(r.vm);
+        if (r.notes.length) {
+          process.stdout.write(`\nnot carried over from domain '${plan.name}':\n`);
+          for (const n of r.notes) process.stdout.write(`  - ${n}\n`);
+        }
       });
     });
 
