@@ -217,7 +217,10 @@ export function registerVm(program: Command): void {
           ...(o.path ? { path: path.resolve(o.path) } : {}),
         };
         const r = await c.host(o.host).call(actions.vmImport, { body }, { timeoutMs: o.copy ? 3600_000 : 180_000 });
-        if (o.json) return printJson(r);
+        if (o.json) {
+          printJson(r);
+          return;
+        }
         printVm(r.vm);
         if (r.notes.length) {
           process.stdout.write(`\nnot carried over from domain '${plan.name}':\n`);
