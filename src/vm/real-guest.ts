@@ -14,11 +14,11 @@ import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
 import { buildSeed, SEED_FILE } from './cloud-init.js';
 import { checkGrow, probeImage } from './image.js';
 import type { CreateVmOptions } from './lifecycle.js';
-import { newVmId, type CdromSpec, type DiskSpec, type VmSpec, type VmSpecInput } from './spec.js';
+import { newVmId, VARS_DISK_ID, type CdromSpec, type DiskSpec, type VmSpec, type VmSpecInput } from './spec.js';
 
 /** The UEFI variable store in the VM's folder, and its disk id. */
 export const VARS_FILE = 'uefi-vars.fd';
-export const VARS_DISK_ID = 'uefivars';
+export { VARS_DISK_ID };
 /** Disk id of the first disk (the copy of --image). */
 const IMAGE_DISK_ID = 'disk0';
 

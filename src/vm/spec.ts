@@ -95,6 +95,9 @@ export const BootSpec = z.discriminatedUnion('kind', [
 ]);
 export type BootSpec = z.infer<typeof BootSpec>;
 
+/** Disk id of a VM's UEFI variable store (its QEMU node names derive from it, as for every disk). */
+export const VARS_DISK_ID = 'uefivars';
+
 export const GUEST_KINDS = ['probe', 'bootblock', 'custom'] as const;
 
 export const VmSpec = z
