@@ -5,7 +5,7 @@ import { FerryError, messageOf } from '../errors.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { JobInfo } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
-import { VARS_QDEV } from '../qemu/argv.js';
+import { isVarsQdev } from '../qemu/argv.js';
 import { VARS_DISK_ID } from '../vm/spec.js';
 
 /** The node a guest disk currently reads and writes (it changes after a storage move's pivot). */
@@ -16,7 +16,7 @@ export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSig
       x.qdev === diskId ||
       x.qdev === `/machine/peripheral/${diskId}/virtio-backend` ||
       x.qdev?.startsWith(`/machine/peripheral/${diskId}/`) ||
-      (diskId === VARS_DISK_ID && x.qdev === VARS_QDEV),
+      (diskId === VARS_DISK_ID && isVarsQdev(x.qdev)),
   );
   const node = b?.inserted?.['node-name'];
   if (!node)

@@ -48,14 +48,9 @@ export function nodeNames(disk: Pick<DiskSpec, 'id'>): { file: string; format: s
   return { file: `${disk.id}-file`, format: disk.id };
 }
 
-/** Where query-block shows the UEFI variable store: flash unit 1 of the board. */
-export const VARS_QDEV = '/machine/system.flash1';
-
-/** QEMU's qdev path of a disk's device, as query-block reports it (the variable store is flash unit 1). */
-export function diskQdev(spec: Pick<VmSpec, 'disks'>, diskId: string): string | null {
-  const d = spec.disks.find((x) => x.id === diskId);
-  if (!d) return null;
-  return d.role === 'uefi-vars' ? VARS_QDEV : diskId;
+/** Is this query-block qdev the board's flash unit 1 (the UEFI variable store, `/machine/system.flash1`)? */
+export function isVarsQdev(qdev: string | undefined): boolean {
+  return /(^|[/.])flash1$/.test(qdev ?? '');
 }
 
 export function isQ35(machine: string): boolean {

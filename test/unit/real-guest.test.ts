@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseVmSpec, newVmId } from '../../src/vm/spec.js';
-import { buildArgv, diskQdev } from '../../src/qemu/argv.js';
+import { buildArgv, isVarsQdev } from '../../src/qemu/argv.js';
 import { chainFilename } from '../../src/vm/image.js';
 import { resolveBootOrder, resolveMachine } from '../../src/vm/real-guest.js';
 
@@ -76,8 +76,7 @@ test('argv: UEFI on q35 — pflash from the spec, root ports at fixed slots, CD-
     /-chardev socket,id=serial0,path=\/run\/vm\/serial\.sock,server=on,wait=off,logfile=\/run\/vm\/serial\.log,logappend=on/,
   );
   assert.doesNotMatch(joined, /tcp:|:59\d\d/, 'no TCP port for the display');
-  assert.equal(diskQdev(uefiQ35(), 'uefivars'), '/machine/system.flash1');
-  assert.equal(diskQdev(uefiQ35(), 'disk0'), 'disk0');
+  assert.ok(isVarsQdev('/machine/system.flash1') && !isVarsQdev('/machine/system.flash0') && !isVarsQdev('disk0'));
 });
 
 test('argv: the same spec gives the same argv (both ends of a move); older specs keep their layout', () => {
