@@ -76,6 +76,8 @@ export const ERROR_CODES = {
   E_FIRMWARE_VARS: conflict("a VM's UEFI variable store cannot be made"),
   E_SEED_FAILED: failed('the cloud-init seed image could not be made'),
   E_FILE_NOT_FOUND: notFound('a file does not exist'),
+  E_IMAGE_UNREADABLE: input('a disk image cannot be read by qemu-img'),
+  E_IMPORT: input('a libvirt domain cannot be imported as it is'),
   E_PATH_NOT_FOUND: notFound('a folder does not exist'),
   E_LAB_EXISTS: conflict('a lab already runs in that folder'),
   E_LAB_NOT_FOUND: notFound('no lab in that folder'),
@@ -120,6 +122,8 @@ export const ERROR_CODES = {
   E_BLOCK: failed('a block device of the VM cannot be found in QEMU'),
   E_CPU_MODELS: failed("QEMU's CPU models cannot be read"),
   E_DATA_LOST: failed('an acknowledged record is missing from a disk'),
+  E_NO_DISPLAY: conflict('the VM has no screen (it was made without a display)'),
+  E_CONSOLE_BUSY: conflict("someone else is attached to the VM's serial console", true),
 
   // Compare-VM: reasons a VM cannot move to a host
   E_INCOMPATIBLE: { ...incompatible('the VM cannot move there; the report lists why'), exit: EXIT.incompatible },

@@ -20,6 +20,7 @@ import { metaRoutes } from './routes/meta.js';
 import { migrationRoutes, peerRoutes } from './routes/migrations.js';
 import { clusterRoutes } from './routes/cluster.js';
 import { notifySystemd } from './systemd.js';
+import { consoleRoutes } from './routes/consoles.js';
 import type { FastifyInstance } from 'fastify';
 
 export interface AgentFlags {
@@ -84,6 +85,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   migrationRoutes(app, engine.migrations);
   peerRoutes(app, engine);
   clusterRoutes(app, engine.cluster);
+  consoleRoutes(app, engine.vms);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   // Cluster decisions and fencing go to the log too: they are what an operator reads after an incident.
   engine.events.subscribe((e) => {

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { InvalidInputError, NotFoundError, messageOf } from '../errors.js';
 import { imageInfo, isImageFormat, type ImageFormat } from '../qemu/img.js';
 import { bootblockVm, probeVm } from '../vm/guests.js';
+import { isFirmwareBoot, realGuestVm } from '../vm/real-guest.js';
 import type { CreateVmOptions } from '../vm/lifecycle.js';
 import { newMac, newVmId, type DiskSpec, type VmSpecInput } from '../vm/spec.js';
 import { assertInUsablePool, findPool, type PoolDef } from '../storage/pools.js';
@@ -15,6 +16,9 @@ export interface BuildContext {
   pools: PoolDef[];
   /** Throws when this host has no switch of that name. */
   checkSwitch(name: string): void;
+  /** Machine types this host's QEMU supports (for firmware-booted guests). */
+  machineTypes(): Promise<string[]>;
+  signal?: AbortSignal;
 }
 
 export interface BuiltVm {
@@ -63,6 +67,15 @@ export async function buildVm(body: VmCreateBody, ctx: BuildContext): Promise<Bu
     built = bootblockVm(base);
     built.spec.disks = [...(built.spec.disks ?? []), ...disks.map((d) => d.disk)];
     built.create.createDisks = sizesOf(disks);
+  } else if (isFirmwareBoot(body)) {
+    built = await realGuestVm(body, {
+      host: ctx.host,
+      pools: ctx.pools,
+      folder,
+      disks: disks.map((d) => ({ ...d.disk, ...(d.createBytes !== undefined ? { createBytes: d.createBytes } : {}) })),
+      machineTypes: await ctx.machineTypes(),
+      ...(ctx.signal ? { signal: ctx.signal } : {}),
+    });
   } else {
     built = customVm(body, folder, disks);
   }

@@ -6,13 +6,16 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, NotFoundError } from '../errors.js';
 import type { Emit } from '../api/events.js';
-import type { MigrationSettings, VmCreateBody, VmView } from '../api/schemas.js';
+import type { MigrationSettings, VmCreateBody, VmImportBody, VmView } from '../api/schemas.js';
 import type { Accelerator } from '../qemu/accel.js';
 import { imageInfo } from '../qemu/img.js';
 import { QemuProcess } from '../qemu/process.js';
 import { loadVm } from '../vm/folder.js';
 import { createVm, pauseVm, removeVm, resumeVm, runtimePaths, startVm, stopVm, vmState } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import { hardwareView } from '../vm/real-guest.js';
+import { importedVm } from '../vm/import.js';
+import { qemuInfo } from './capabilities.js';
 import { assertInUsablePool } from '../storage/pools.js';
 import type { Pools } from './pools.js';
 import type { Registry, VmRecord } from './registry.js';
@@ -44,6 +47,11 @@ export class VmInventory {
   private readonly procs = new Map<string, QemuProcess>();
 
   constructor(private readonly d: VmInventoryDeps) {}
+
+  /** This host's name. */
+  get host(): string {
+    return this.d.host;
+  }
 
   /** The folder of a VM's runtime files (QMP sockets, pidfile, serial log). */
   runDir(vmId: string): string {
@@ -185,6 +193,7 @@ export class VmInventory {
         path: d.path,
         format: d.format,
         pool: d.pool ?? null,
+        role: d.role ?? 'data',
         virtualSizeBytes: await imageInfo(d.path, { forceShare: true, format: d.format, timeoutMs: 10_000 }).then(
           (i) => i.virtualSizeBytes,
           () => 0,
@@ -210,6 +219,7 @@ export class VmInventory {
       nics: spec.nics,
       switches: [...new Set(spec.nics.map((n) => n.switch))],
       ha: spec.ha,
+      ...hardwareView(spec),
     };
   }
 
@@ -238,6 +248,8 @@ export class VmInventory {
         host: this.d.host,
         pools: this.d.pools.list(),
         checkSwitch: (s) => this.d.switches.get(s),
+        machineTypes: async () => (await qemuInfo()).machineTypes,
+        ...(opts.signal ? { signal: opts.signal } : {}),
       });
       const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
       try {
@@ -319,7 +331,38 @@ export class VmInventory {
     });
   }
 
-  remove(name: string, opts: { deleteDisks: boolean }): Promise<void> {
+  /** `ferry vm import`: a parsed libvirt domain becomes a VM here (src/vm/import.ts builds it). */
+  import(body: VmImportBody, opts: { signal?: AbortSignal } = {}): Promise<{ vm: VmView; notes: string[] }> {
+    const name = body.name ?? body.plan.name;
+    return this.gated(name, 'create', async () => {
+      const built = await importedVm(body, {
+        host: this.d.host,
+        pools: this.d.pools.list(),
+        switches: this.d.switches.list(),
+        machineTypes: (await qemuInfo()).machineTypes,
+        ...opts,
+      });
+      const clash = this.d.registry.getVm(name) ?? this.d.registry.getVmById(built.spec.id);
+      if (clash)
+        throw new FerryError(
+          'E_VM_EXISTS',
+          `Cannot import VM '${name}' on host '${this.d.host}': VM '${clash.name}' has that name or UUID; ` +
+            'remove it first, or import under another --name',
+          { context: { vm: name } },
+        );
+      const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
+      try {
+        this.register(spec);
+      } catch (err) {
+        await removeVm(spec, { deleteDisks: true });
+        throw err;
+      }
+      this.d.emit('vm.created', { vm: name });
+      return { vm: await this.view(name), notes: built.notes };
+    });
+  }
+
+  remove(name: string, opts: { deleteDisks: boolean; deleteExternal?: boolean }): Promise<void> {
     return this.gated(name, 'remove', async () => {
       const rec = this.record(name);
       if (this.isRunning(name)) {
@@ -330,7 +373,7 @@ export class VmInventory {
         );
       }
       const spec = await loadVm(rec.configPath).catch(() => null);
-      if (spec) await removeVm(spec, { deleteDisks: opts.deleteDisks });
+      if (spec) await removeVm(spec, opts);
       await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
       this.d.registry.removeVm(name);
       if (spec?.ha) await this.d.cluster.forgetVm(name);

@@ -3,6 +3,7 @@
 // stable code and message.
 import https from 'node:https';
 import fs from 'node:fs';
+import { WebSocket } from 'ws';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
 
@@ -199,6 +200,56 @@ export class AgentClient {
         resolve();
       });
       req.end(body?.length ? body : undefined);
+    });
+  }
+
+  /** A websocket to the agent (a VM's serial console or display), over the same mutual TLS. */
+  websocket(url: string): WebSocket {
+    return new WebSocket(this.endpoint.replace(/^https:/, 'wss:') + url, {
+      agent: this.agent,
+      handshakeTimeout: 15_000,
+      maxPayload: 16 * 1024 * 1024,
+    });
+  }
+
+  /** A GET whose answer is bytes (a screenshot); errors as for `request`. */
+  async bytes(url: string, opts: { signal?: AbortSignal; timeoutMs?: number } = {}): Promise<Buffer> {
+    const what = `download ${url} from host '${this.host}'`;
+    return new Promise((resolve, reject) => {
+      const req = https.request(
+        this.endpoint + url,
+        { method: 'GET', agent: this.agent, signal: opts.signal },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            clearTimeout(timer);
+            const body = Buffer.concat(chunks);
+            if ((res.statusCode ?? 500) < 400) return resolve(body);
+            let e: { code?: string; message?: string } | undefined;
+            try {
+              e = (JSON.parse(body.toString('utf8')) as { error?: typeof e }).error;
+            } catch {
+              /* not JSON */
+            }
+            reject(FerryError.fromWire(e, `Cannot ${what}: HTTP ${res.statusCode ?? 500}`));
+          });
+          res.on('error', (err) => reject(new AgentUnreachableError(this.host, this.endpoint, err)));
+        },
+      );
+      const timer = setTimeout(() => {
+        req.destroy();
+        reject(new TimeoutError(what, opts.timeoutMs ?? 60_000, { host: this.host }));
+      }, opts.timeoutMs ?? 60_000);
+      req.on('error', (err) => {
+        clearTimeout(timer);
+        reject(
+          opts.signal?.aborted
+            ? new AbortedError(what, opts.signal.reason)
+            : new AgentUnreachableError(this.host, this.endpoint, err),
+        );
+      });
+      req.end();
     });
   }
 

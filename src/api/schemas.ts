@@ -1,7 +1,7 @@
 // Request and response schemas of the agent's API (shared by routes, client and OpenAPI).
 import { DEFAULTS, PRIORITIES } from './defaults.js';
 import { z } from 'zod';
-import { NAME_RE, IMAGE_FORMATS } from './common.js';
+import { NAME_RE, IMAGE_FORMATS, FIRMWARES, DISPLAYS } from './common.js';
 
 export const Name = z.string().regex(NAME_RE, {
   message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit',
@@ -26,6 +26,8 @@ export const DiskView = z.object({
   format: z.string(),
   virtualSizeBytes: z.number(),
   pool: z.string().nullable(),
+  /** 'data', or 'uefi-vars' for the VM's UEFI variable store. */
+  role: z.string().default('data'),
 });
 
 export const VmView = z.object({
@@ -44,6 +46,13 @@ export const VmView = z.object({
   checkpointPath: z.string(),
   pagingPath: z.string(),
   disks: z.array(DiskView),
+  firmware: z.enum(FIRMWARES).default('bios'),
+  /** Device ids in boot order (empty: the firmware's default). */
+  bootOrder: z.array(z.string()).default([]),
+  cdroms: z
+    .array(z.object({ id: z.string(), path: z.string(), role: z.string(), pool: z.string().nullable() }))
+    .default([]),
+  display: z.enum(DISPLAYS).default('none'),
   nics: z.array(z.object({ id: z.string(), switch: z.string(), mac: z.string() })),
   switches: z.array(z.string()),
   ha: z.boolean(),
@@ -93,6 +102,51 @@ export const VmCreateBody = z
     kernel: AbsPath.optional(),
     initrd: AbsPath.optional(),
     append: z.string().max(4096).optional(),
+    /** A disk image (any format qemu-img reads, in a pool) copied into the VM's folder as its first disk. */
+    image: AbsPath.optional(),
+    /** Grow the copy of `image` to this virtual size. */
+    diskSizeBytes: z
+      .number()
+      .int()
+      .min(512)
+      .max(64 * 2 ** 40, { message: 'must be at most 64 TiB' })
+      .multipleOf(512, { message: 'must be a multiple of 512 bytes' })
+      .optional(),
+    /** Format of the copy of `image` (default qcow2). */
+    diskFormat: z.enum(IMAGE_FORMATS).optional(),
+    /** ISO images (in pools, used in place) as CD-ROMs, in this order. */
+    cdroms: z.array(AbsPath).max(3).default([]),
+    firmware: z.enum(FIRMWARES).optional(),
+    /** 'pc' or 'q35' (this host's newest version of it), or a versioned machine type. */
+    machine: z
+      .string()
+      .regex(/^(pc|q35|pc-i440fx-\d+\.\d+|pc-q35-\d+\.\d+)$/, {
+        message: "must be 'pc', 'q35' or a versioned machine type such as 'pc-q35-7.2'",
+      })
+      .optional(),
+    /** cloud-init NoCloud seed, made in the VM's folder and attached as a CD-ROM. */
+    cloudInit: z
+      .object({
+        userData: z.string().max(1024 * 1024),
+        networkConfig: z
+          .string()
+          .max(1024 * 1024)
+          .optional(),
+        metaData: z
+          .string()
+          .max(1024 * 1024)
+          .optional(),
+      })
+      .strict()
+      .optional(),
+    /** Boot order: 'disk' (the first disk), 'cdrom' (the CD-ROMs), 'net' (the NICs), or device ids. */
+    boot: z
+      .array(z.string().regex(/^[a-z][a-z0-9]{0,15}$/, { message: "must be 'disk', 'cdrom', 'net' or a device id" }))
+      .min(1)
+      .max(16)
+      .optional(),
+    /** 'vga' (default for VMs that boot from disk or CD): a screen over VNC; 'none': serial only. */
+    display: z.enum(DISPLAYS).optional(),
     switches: z.array(Name).max(8).default([]),
     ha: z.boolean().default(false),
     /** How the cluster treats it (with ha). */
@@ -129,8 +183,94 @@ export const VmCreateBody = z
       .strict()
       .optional(),
   })
-  .strict();
+  .strict()
+  .refine(
+    (b) =>
+      (b.guest === 'custom' && !b.kernel) ||
+      (b.image ?? b.firmware ?? b.machine ?? b.cloudInit ?? b.boot ?? b.display) === undefined,
+    {
+      message:
+        'image, firmware, machine, cloudInit, boot and display apply to VMs that boot from their disks; ' +
+        'drop them, or drop guest and kernel',
+    },
+  )
+  .refine((b) => (b.guest === 'custom' && !b.kernel ? true : b.cdroms.length === 0), {
+    message: 'cdroms apply to VMs that boot from their disks; drop them, or drop guest and kernel',
+  });
+
 export type VmCreateBody = z.infer<typeof VmCreateBody>;
+
+// ---- vm.import: a libvirt domain, parsed by the CLI (src/vm/import-libvirt.ts) ----
+
+/** What the agent receives: the parsed plan (the agent never parses XML). */
+export const ImportPlan = z
+  .object({
+    name: z.string().min(1).max(200),
+    uuid: z.string().max(64).optional(),
+    memoryMiB: z
+      .number()
+      .int()
+      .min(16)
+      .max(1024 * 1024),
+    cpus: z.number().int().min(1).max(255),
+    /** A QEMU CPU model name, or undefined for Ferry's default. */
+    cpuModel: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/)
+      .optional(),
+    /** 'pc', 'q35' or a versioned type as the domain named it. */
+    machine: z.string().regex(/^(pc|q35|pc-i440fx-\d+\.\d+|pc-q35-\d+\.\d+)$/),
+    firmware: z.enum(['bios', 'uefi']),
+    /** The domain's UEFI variable store, copied into the VM's folder when it fits Ferry's OVMF. */
+    nvram: z.string().max(4096).optional(),
+    disks: z
+      .array(
+        z
+          .object({
+            target: z.string().max(32),
+            path: z.string().min(1).max(4096),
+            /** The format the XML says (checked against the image itself). */
+            format: z.string().max(32),
+            bus: z.enum(['virtio', 'ide']),
+            readOnly: z.boolean(),
+          })
+          .strict(),
+      )
+      .max(16),
+    cdroms: z.array(z.object({ target: z.string().max(32), path: z.string().min(1).max(4096) }).strict()).max(3),
+    nics: z
+      .array(
+        z
+          .object({
+            kind: z.enum(['bridge', 'network', 'user']),
+            /** The Linux bridge, or the libvirt network's name. */
+            source: z.string().max(64).optional(),
+            mac: z.string().max(32).optional(),
+          })
+          .strict(),
+      )
+      .max(8),
+    /** 'disk', 'cdrom', 'net' or a target (vda, sda) in boot order. */
+    boot: z.array(z.string().max(32)).max(16),
+    display: z.enum(['vga', 'none']),
+    /** Everything in the XML Ferry does not carry over, one line each. */
+    unmapped: z.array(z.string().max(500)).max(200),
+  })
+  .strict();
+export type ImportPlan = z.infer<typeof ImportPlan>;
+
+export const VmImportBody = z
+  .object({
+    plan: ImportPlan,
+    /** The VM's name (default: the domain's). */
+    name: Name.optional(),
+    /** The VM's folder (default: the host's local pool, folder named after the VM). */
+    path: AbsPath.optional(),
+    /** Copy the disks into the VM's folder (as qcow2) instead of using them in place. */
+    copy: z.boolean().default(false),
+  })
+  .strict();
+export type VmImportBody = z.infer<typeof VmImportBody>;
 
 export const VmStopBody = z
   .object({ force: z.boolean().default(false), timeoutMs: z.number().int().min(0).max(600_000).default(30_000) })
@@ -140,6 +280,11 @@ export const VmRemoveQuery = z
     deleteDisks: z
       .enum(['true', 'false'])
       .default('true')
+      .transform((v) => v === 'true'),
+    /** Also delete images the VM did not make (attached, imported in place). */
+    deleteExternal: z
+      .enum(['true', 'false'])
+      .default('false')
       .transform((v) => v === 'true'),
   })
   .strict();

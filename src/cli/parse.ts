@@ -90,3 +90,15 @@ export function dirtyFlag(s: string): { mib: number; mibps?: number } {
     throw new InvalidArgumentError(`Cannot use --probe-dirty '${s}': write MIB or MIB@MIBPS, such as 64 or 64@16`);
   return { mib: Number(m[1]), ...(m[2] ? { mibps: Number(m[2]) } : {}) };
 }
+
+/** A size in bytes, a multiple of 512: "20G", "512M". */
+export function sizeFlag(flag: string) {
+  return (s: string): number => {
+    const b = parseSize(s);
+    if (b === null || b % 512 !== 0)
+      throw new InvalidArgumentError(
+        `Cannot use ${flag} '${s}': not a size (a multiple of 512 bytes); write it like 20G`,
+      );
+    return b;
+  };
+}

@@ -5,6 +5,8 @@ import { FerryError, messageOf } from '../errors.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import type { JobInfo } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
+import { isVarsQdev } from '../qemu/argv.js';
+import { VARS_DISK_ID } from '../vm/spec.js';
 
 /** The node a guest disk currently reads and writes (it changes after a storage move's pivot). */
 export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSignal): Promise<string> {
@@ -13,7 +15,8 @@ export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSig
     (x) =>
       x.qdev === diskId ||
       x.qdev === `/machine/peripheral/${diskId}/virtio-backend` ||
-      x.qdev?.startsWith(`/machine/peripheral/${diskId}/`),
+      x.qdev?.startsWith(`/machine/peripheral/${diskId}/`) ||
+      (diskId === VARS_DISK_ID && isVarsQdev(x.qdev)),
   );
   const node = b?.inserted?.['node-name'];
   if (!node)

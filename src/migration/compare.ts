@@ -270,7 +270,31 @@ export function compareVm(input: CompareInput): Incompatibility[] {
 
   if (options.includeStorage) checkDestStorage(input, add);
   else checkSharedStorage(input, add);
+  checkCdroms(input, add);
   return out;
+}
+
+/**
+ * ISOs in pools are used in place and never copied (a relative CD-ROM, the cloud-init seed,
+ * is a file of the VM's folder and moves with it): the destination must see each one.
+ */
+function checkCdroms(input: CompareInput, add: Add): void {
+  const { spec, dest } = input;
+  spec.cdroms.forEach((c, i) => {
+    if (!path.isAbsolute(c.path)) return;
+    const pool = innermostPool(
+      dest.pools.filter((p) => p.kind === 'shared' && p.usable),
+      path.resolve(c.path),
+    );
+    if (!pool)
+      add(
+        COMPARE_CODES.STORAGE_NOT_SHARED,
+        `cdroms.${i}.path`,
+        `CD-ROM '${c.id}' (${c.path}) is not in a shared pool '${dest.name}' may use at the same path, ` +
+          'and ISOs are not copied',
+        `put the ISO in a shared pool granted to '${dest.name}' and attach it from there`,
+      );
+  });
 }
 
 type Add = (code: CompareCode, field: string, what: string, fix: string) => void;

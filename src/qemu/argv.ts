@@ -4,12 +4,18 @@
 import type { VmSpec, DiskSpec } from '../vm/spec.js';
 import { resolveVmFile } from '../vm/spec.js';
 import type { Accelerator } from './accel.js';
+import { ovmfPaths, pflashArgs, type OvmfPaths } from './firmware.js';
 
 export interface RuntimePaths {
   qmpSocket: string;
   /** A second monitor for people and tests (the agent holds the first). */
   adminSocket?: string;
+  /** The guest's serial output, kept by QEMU whether or not anyone is attached. */
   serialLog: string;
+  /** With it, the serial port is this Unix socket (read-write console) and QEMU also writes serialLog. */
+  serialSocket?: string;
+  /** The VNC display of a VM with a screen (never a TCP port). */
+  vncSocket?: string;
   pidFile: string;
 }
 
@@ -27,17 +33,39 @@ export interface LaunchOptions {
   directIo?: (disk: DiskSpec) => boolean;
   /** Start with vCPUs stopped (-S) without an incoming migration. */
   paused?: boolean;
+  /** This host's OVMF files (default: Debian's); only read for UEFI VMs. */
+  ovmf?: OvmfPaths;
 }
 
-// Fixed PCI slots: disks from 0x04, NICs from 0x14; i440fx uses 0x00–0x01 itself.
+// Fixed PCI slots: disks from 0x04, NICs from 0x14, the VGA card at 0x02; i440fx uses
+// 0x00–0x01 itself, q35 0x00 and 0x1f. On q35 each device sits behind its own PCIe root
+// port in that slot (bus rpN), so a device keeps its address whatever else is added.
 const DISK_SLOT_BASE = 0x04;
 const NIC_SLOT_BASE = 0x14;
+const VGA_SLOT = 0x02;
 
 export function nodeNames(disk: Pick<DiskSpec, 'id'>): { file: string; format: string } {
   return { file: `${disk.id}-file`, format: disk.id };
 }
 
+/** Is this query-block qdev the board's flash unit 1 (the UEFI variable store, `/machine/system.flash1`)? */
+export function isVarsQdev(qdev: string | undefined): boolean {
+  return /(^|[/.])flash1$/.test(qdev ?? '');
+}
+
+export function isQ35(machine: string): boolean {
+  return machine.startsWith('pc-q35-');
+}
+
 export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
+  const q35 = isQ35(spec.machine);
+  const vars = spec.firmware === 'uefi' ? spec.disks.find((d) => d.role === 'uefi-vars') : undefined;
+  const flash = vars
+    ? pflashArgs(vars.path, opts.ovmf ?? ovmfPaths(), {
+        varsNode: vars.id,
+        direct: vars.cache === 'none' && (opts.directIo?.(vars) ?? true),
+      })
+    : null;
   const a: string[] = [
     '-name',
     `guest=${spec.name},debug-threads=on`,
@@ -48,7 +76,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
     '-display',
     'none',
     '-machine',
-    spec.machine,
+    [spec.machine, ...(flash?.machineProps ?? [])].join(','),
     '-accel',
     opts.accel,
     '-cpu',
@@ -63,16 +91,38 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
     `unix:${opts.paths.qmpSocket},server=on,wait=off`,
     ...(opts.paths.adminSocket ? ['-qmp', `unix:${opts.paths.adminSocket},server=on,wait=off`] : []),
     '-chardev',
-    `file,id=serial0,path=${opts.paths.serialLog},append=on`,
+    opts.paths.serialSocket
+      ? `socket,id=serial0,path=${opts.paths.serialSocket},server=on,wait=off,` +
+        `logfile=${opts.paths.serialLog},logappend=on`
+      : `file,id=serial0,path=${opts.paths.serialLog},append=on`,
     '-serial',
     'chardev:serial0',
     '-pidfile',
     opts.paths.pidFile,
     '-msg',
     'timestamp=on',
+    ...(flash?.blockdevs ?? []),
   ];
+  const bootIndex = bootIndexes(spec);
+  const boot = (id: string): string => (bootIndex.has(id) ? `,bootindex=${bootIndex.get(id)}` : '');
+  /** The bus and address of a PCI device in `slot`: on q35 behind a root port of its own. */
+  const pciAt = (slot: number): string => {
+    const addr = `0x${slot.toString(16)}`;
+    if (!q35) return `bus=pci.0,addr=${addr}`;
+    const port = `rp${slot}`;
+    a.push('-device', `pcie-root-port,id=${port},bus=pcie.0,addr=${addr},chassis=${slot},port=${slot}`);
+    return `bus=${port},addr=0x0`;
+  };
+  // IDE (pc: 2 buses × 2 units) or AHCI (q35: 6 ports × 1 unit): disks on bus ide first, then CD-ROMs.
   let ide = 0;
+  const nextIde = (): string => {
+    const at = q35 ? `bus=ide.${ide},unit=0` : `bus=ide.${Math.floor(ide / 2)},unit=${ide % 2}`;
+    ide++;
+    return at;
+  };
+  if (spec.display === 'vga') a.push('-device', `VGA,id=video0,${q35 ? 'bus=pcie.0' : 'bus=pci.0'},addr=0x${VGA_SLOT}`);
   spec.disks.forEach((d, i) => {
+    if (d.role === 'uefi-vars') return;
     const n = nodeNames(d);
     const direct = d.cache === 'none' && (opts.directIo?.(d) ?? true);
     const cache = { direct, 'no-flush': false };
@@ -91,17 +141,21 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
       '-blockdev',
       JSON.stringify({ driver: d.format, file: n.file, 'node-name': n.format, cache, 'read-only': d.readOnly }),
     );
-    const boot = spec.boot.kind === 'disk' && i === 0 ? ',bootindex=0' : '';
-    if (d.bus === 'ide') {
-      a.push('-device', `ide-hd,drive=${n.format},id=${d.id},bus=ide.${Math.floor(ide / 2)},unit=${ide % 2}${boot}`);
-      ide++;
-    } else {
-      a.push(
-        '-device',
-        `virtio-blk-pci,drive=${n.format},id=${d.id},bus=pci.0,addr=0x${(DISK_SLOT_BASE + i).toString(16)}${boot}`,
-      );
-    }
+    if (d.bus === 'ide') a.push('-device', `ide-hd,drive=${n.format},id=${d.id},${nextIde()}${boot(d.id)}`);
+    else a.push('-device', `virtio-blk-pci,drive=${n.format},id=${d.id},${pciAt(DISK_SLOT_BASE + i)}${boot(d.id)}`);
   });
+  for (const c of spec.cdroms) {
+    const n = nodeNames(c);
+    const file = resolveVmFile(spec, c.path);
+    a.push(
+      '-blockdev',
+      JSON.stringify({ driver: 'file', filename: file, 'node-name': n.file, 'read-only': true }),
+      '-blockdev',
+      JSON.stringify({ driver: 'raw', file: n.file, 'node-name': n.format, 'read-only': true }),
+      '-device',
+      `ide-cd,drive=${n.format},id=${c.id},${nextIde()}${boot(c.id)}`,
+    );
+  }
   spec.nics.forEach((nic, i) => {
     const be = opts.switches?.(nic.id, nic.switch) ?? { kind: 'user' as const };
     const netdev =
@@ -109,9 +163,12 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
         ? `user,id=net-${nic.id},restrict=on`
         : `tap,id=net-${nic.id},ifname=${be.tap},script=no,downscript=no`;
     a.push('-netdev', netdev);
-    const slot = (NIC_SLOT_BASE + i).toString(16);
-    a.push('-device', `virtio-net-pci,netdev=net-${nic.id},id=${nic.id},mac=${nic.mac},bus=pci.0,addr=0x${slot}`);
+    a.push(
+      '-device',
+      `virtio-net-pci,netdev=net-${nic.id},id=${nic.id},mac=${nic.mac},${pciAt(NIC_SLOT_BASE + i)}${boot(nic.id)}`,
+    );
   });
+  if (spec.display === 'vga' && opts.paths.vncSocket) a.push('-vnc', `unix:${opts.paths.vncSocket}`);
   if (spec.boot.kind === 'kernel') {
     a.push('-kernel', resolveVmFile(spec, spec.boot.kernel));
     if (spec.boot.initrd) a.push('-initrd', resolveVmFile(spec, spec.boot.initrd));
@@ -120,4 +177,11 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
   if (opts.incoming) a.push('-S', '-incoming', 'defer');
   else if (opts.paused) a.push('-S');
   return a;
+}
+
+/** Device id → bootindex: the spec's boot order, else (older VMs) the first disk when booting from disk. */
+function bootIndexes(spec: VmSpec): Map<string, number> {
+  if (spec.bootOrder) return new Map(spec.bootOrder.map((id, i): [string, number] => [id, i]));
+  const first = spec.disks.find((d) => d.role !== 'uefi-vars');
+  return new Map<string, number>(spec.boot.kind === 'disk' && first ? [[first.id, 0]] : []);
 }

@@ -201,6 +201,10 @@ export interface QmpCommands {
   'block-export-del': { args: { id: string; mode?: 'safe' | 'hard' }; ret: Record<string, never> };
   'object-add': { args: Record<string, unknown> & { 'qom-type': string; id: string }; ret: Record<string, never> };
   'object-del': { args: { id: string }; ret: Record<string, never> };
+  screendump: {
+    args: { filename: string; device?: string; head?: number; format?: 'ppm' | 'png' };
+    ret: Record<string, never>;
+  };
   'human-monitor-command': { args: { 'command-line': string }; ret: string };
 }
 

@@ -42,7 +42,8 @@ export async function createVarsFile(dest: string, opts: { signal?: AbortSignal 
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EEXIST') {
       throw new InvalidInputError(
-        `Cannot create the UEFI variable store ${dest}: the file exists and holds a VM's settings; remove it first if it is unused`,
+        `Cannot create the UEFI variable store ${dest}: the file exists and holds a VM's settings; ` +
+          'remove it first if it is unused',
         { file: dest },
       );
     }
@@ -62,19 +63,41 @@ export async function createVarsFile(dest: string, opts: { signal?: AbortSignal 
 /**
  * QEMU arguments for OVMF as two pflash block nodes: `blockdevs` go on the command line and
  * `machineProps` are appended to -machine (e.g. `pc-q35-7.2,pflash0=ovmf-code,pflash1=ovmf-vars`).
+ * `varsNode` names the store's nodes (`<name>-file`, `<name>`) as a VM's disk id names a disk's,
+ * so moves find, export and mirror it by that id; `direct` bypasses the host page cache.
  */
 export function pflashArgs(
   varsFile: string,
   paths: OvmfPaths = ovmfPaths(),
+  opts: { varsNode?: string; direct?: boolean } = {},
 ): { blockdevs: string[]; machineProps: string[] } {
-  const node = (name: string, filename: string, readOnly: boolean): string[] => [
+  const node = (name: string, filename: string, readOnly: boolean, cache?: object): string[] => [
     '-blockdev',
-    JSON.stringify({ driver: 'file', filename, 'node-name': `${name}-file`, 'read-only': readOnly }),
+    JSON.stringify({
+      driver: 'file',
+      filename,
+      'node-name': `${name}-file`,
+      'read-only': readOnly,
+      ...(cache ? { cache } : {}),
+    }),
     '-blockdev',
-    JSON.stringify({ driver: 'raw', file: `${name}-file`, 'node-name': name, 'read-only': readOnly }),
+    JSON.stringify({
+      driver: 'raw',
+      file: `${name}-file`,
+      'node-name': name,
+      'read-only': readOnly,
+      ...(cache ? { cache } : {}),
+    }),
   ];
+  const vars = opts.varsNode ?? PFLASH_NODES.vars;
+  const cache = opts.direct === undefined ? undefined : { direct: opts.direct, 'no-flush': false };
   return {
-    blockdevs: [...node(PFLASH_NODES.code, paths.code, true), ...node(PFLASH_NODES.vars, varsFile, false)],
-    machineProps: [`pflash0=${PFLASH_NODES.code}`, `pflash1=${PFLASH_NODES.vars}`],
+    blockdevs: [...node(PFLASH_NODES.code, paths.code, true), ...node(vars, varsFile, false, cache)],
+    machineProps: [`pflash0=${PFLASH_NODES.code}`, `pflash1=${vars}`],
   };
+}
+
+/** Size of the variable store template (a VM's store must keep exactly this size). */
+export async function varsTemplateSize(): Promise<number> {
+  return (await fsp.stat(ovmfPaths().vars)).size;
 }

@@ -105,7 +105,7 @@ export async function buildSeed(opts: SeedOptions): Promise<string> {
   try {
     tmp = await fsp.mkdtemp(path.join(opts.dir, '.seed-'));
     const names = Object.keys(files).sort();
-    for (const name of names) await fsp.writeFile(path.join(tmp, name), files[name]!, { mode: 0o600 });
+    for (const [name, text] of Object.entries(files)) await fsp.writeFile(path.join(tmp, name), text, { mode: 0o600 });
     const iso = path.join(tmp, SEED_FILE);
     // Rock Ridge and Joliet keep the lower-case names with dashes that cloud-init looks for.
     const args = ['-quiet', '-input-charset', 'utf-8', '-output', iso, '-volid', SEED_VOLUME_ID, '-joliet', '-rock'];

@@ -11,12 +11,17 @@ import type { Accelerator } from '../qemu/accel.js';
 import type { RunState } from '../qemu/commands.js';
 import { parseVmSpec, resolveVmFile, type DiskSpec, type VmSpec } from './spec.js';
 import { configFile, exists, saveVm } from './folder.js';
+import { copyImage, type ProbedImage } from './image.js';
 
 export interface VmRuntimePaths {
   runDir: string;
   qmpSocket: string;
   adminSocket: string;
   serialLog: string;
+  /** The serial port (read-write console); QEMU also copies its output to serialLog. */
+  serialSocket: string;
+  /** The VNC display of a VM with a screen. */
+  vncSocket: string;
   pidFile: string;
 }
 
@@ -27,6 +32,8 @@ export function runtimePaths(runDir: string): VmRuntimePaths {
     qmpSocket: path.join(runDir, 'qmp.sock'),
     adminSocket: path.join(runDir, 'qmp-admin.sock'),
     serialLog: path.join(runDir, 'serial.log'),
+    serialSocket: path.join(runDir, 'serial.sock'),
+    vncSocket: path.join(runDir, 'vnc.sock'),
     pidFile: path.join(runDir, 'qemu.pid'),
   };
 }
@@ -38,6 +45,8 @@ export interface CreateVmOptions {
   copyIn?: Array<{ from: string; to: string }>;
   /** Extra bytes written into the VM folder (e.g. a generated boot image): relative name → content. */
   writeIn?: Record<string, Buffer>;
+  /** Disks made as copies of probed images (`--image`): disk id → image, grown to sizeBytes. */
+  importDisks?: Record<string, { image: ProbedImage; sizeBytes?: number }>;
   signal?: AbortSignal;
 }
 
@@ -73,8 +82,9 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
     ...(opts.copyIn ?? []).map((c) => resolveVmFile(spec, c.to)),
     ...Object.keys(opts.writeIn ?? {}).map((n) => resolveVmFile(spec, n)),
   ]);
+  const imported = opts.importDisks ?? {};
   for (const d of spec.disks) {
-    const isNew = d.id in create;
+    const isNew = d.id in create || d.id in imported;
     const there = inFolder.has(d.path) || (await exists(d.path));
     if (isNew && there)
       throw new InvalidInputError(
@@ -117,10 +127,13 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
     }
     for (const d of spec.disks) {
       const size = create[d.id];
-      if (size === undefined) continue;
+      const from = imported[d.id];
+      if (size === undefined && !from) continue;
       await fsp.mkdir(path.dirname(d.path), { recursive: true });
       created.push(d.path);
-      await createImage(d.path, d.format, size, { signal: opts.signal });
+      if (from)
+        await copyImage(from.image, d.path, { format: d.format, sizeBytes: from.sizeBytes, signal: opts.signal });
+      else if (size !== undefined) await createImage(d.path, d.format, size, { signal: opts.signal });
     }
     await saveVm(spec);
     return spec;
@@ -132,11 +145,15 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
 }
 
 async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void> {
-  if (spec.boot.kind !== 'kernel') return;
-  for (const [field, p] of [
-    ['boot.kernel', spec.boot.kernel],
-    ['boot.initrd', spec.boot.initrd],
-  ] as const) {
+  const files: Array<[string, string | undefined]> =
+    spec.boot.kind === 'kernel'
+      ? [
+          ['boot.kernel', spec.boot.kernel],
+          ['boot.initrd', spec.boot.initrd],
+        ]
+      : [];
+  files.push(...spec.cdroms.map((c, i): [string, string] => [`cdroms.${i}.path`, c.path]));
+  for (const [field, p] of files) {
     if (!p) continue;
     const abs = resolveVmFile(spec, p);
     if (!planned.has(abs) && !(await exists(abs))) {
@@ -264,15 +281,22 @@ export async function vmState(
 }
 
 /**
- * Removes a stopped VM: vm.json and the guest files inside its folder; its disk images only
- * with `deleteDisks`. Folders are removed only when empty, so user data is never swept away.
+ * Removes a stopped VM: vm.json and the guest files inside its folder; the disk images it
+ * created only with `deleteDisks`, and images it did not create (attached, imported in place)
+ * only with `deleteExternal`. Folders are removed only when empty, so user data is never swept away.
  */
-export async function removeVm(spec: VmSpec, opts: { deleteDisks?: boolean } = {}): Promise<void> {
-  if (opts.deleteDisks) for (const d of spec.disks) await fsp.rm(d.path, { force: true });
-  if (spec.boot.kind === 'kernel') {
-    for (const p of [spec.boot.kernel, spec.boot.initrd])
-      if (p && !path.isAbsolute(p)) await fsp.rm(resolveVmFile(spec, p), { force: true });
+export async function removeVm(
+  spec: VmSpec,
+  opts: { deleteDisks?: boolean; deleteExternal?: boolean } = {},
+): Promise<void> {
+  for (const d of spec.disks) {
+    // The variable store is the VM's own settings, never shared: it goes with the VM.
+    const del = d.role === 'uefi-vars' || (d.external ? opts.deleteExternal : opts.deleteDisks);
+    if (del) await fsp.rm(d.path, { force: true });
   }
+  const own = [...spec.cdroms.map((c) => c.path)];
+  if (spec.boot.kind === 'kernel') own.push(...[spec.boot.kernel, spec.boot.initrd].flatMap((p) => (p ? [p] : [])));
+  for (const p of own) if (!path.isAbsolute(p)) await fsp.rm(resolveVmFile(spec, p), { force: true });
   await fsp.rm(configFile(spec.configPath), { force: true });
   for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
     try {

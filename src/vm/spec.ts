@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { ClusterPolicy } from '../cluster/model.js';
 import { InvalidInputError } from '../errors.js';
 import { IMAGE_FORMATS } from '../qemu/img.js';
+import { CDROM_ROLES, DISK_ROLES, DISPLAYS, FIRMWARES } from '../api/common.js';
 
 import { NAME_RE } from '../api/common.js';
 export { NAME_RE };
@@ -40,9 +41,35 @@ export const DiskSpec = z
     cache: z.enum(['none', 'writeback']).default('none'),
     /** Storage pool the disk lives in, when known. */
     pool: z.string().optional(),
+    /**
+     * 'uefi-vars': the VM's own UEFI variable store (raw, OVMF's size), mapped as flash unit 1
+     * instead of a guest disk. It is a disk entry so that every move copies, mirrors and
+     * pivots it like one: the firmware writes it while the guest runs. Absent: 'data'.
+     */
+    role: z.enum(DISK_ROLES).optional(),
+    /** Not made by Ferry (attached, imported in place): `vm rm` keeps it unless told to delete it. */
+    external: z.boolean().optional(),
   })
   .strict();
 export type DiskSpec = z.infer<typeof DiskSpec>;
+
+/**
+ * A CD-ROM (read-only ISO image on the IDE/SATA bus). An absolute path is an ISO in a
+ * storage pool, used in place; a relative one is a file of the VM's folder (the cloud-init
+ * seed), which moves with the folder like the kernel of a kernel-booted VM.
+ */
+export const CdromSpec = z
+  .object({
+    id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/, {
+      message: 'must be lowercase letters and digits, starting with a letter, at most 16',
+    }),
+    path: filePath,
+    role: z.enum(CDROM_ROLES).default('media'),
+    /** Storage pool of an absolute path, when known. */
+    pool: z.string().optional(),
+  })
+  .strict();
+export type CdromSpec = z.infer<typeof CdromSpec>;
 
 export const NicSpec = z
   .object({
@@ -68,6 +95,9 @@ export const BootSpec = z.discriminatedUnion('kind', [
 ]);
 export type BootSpec = z.infer<typeof BootSpec>;
 
+/** Disk id of a VM's UEFI variable store (its QEMU node names derive from it, as for every disk). */
+export const VARS_DISK_ID = 'uefivars';
+
 export const GUEST_KINDS = ['probe', 'bootblock', 'custom'] as const;
 
 export const VmSpec = z
@@ -91,9 +121,22 @@ export const VmSpec = z
       .string()
       .regex(/^(pc-i440fx|pc-q35)-\d+\.\d+$/, { message: "must be a versioned machine type such as 'pc-i440fx-7.2'" })
       .default('pc-i440fx-7.2'),
+    /** Firmware: SeaBIOS, or OVMF with the VM's variable store (the disk of role 'uefi-vars'). */
+    firmware: z.enum(FIRMWARES).default('bios'),
     disks: z.array(DiskSpec).max(16).default([]),
+    cdroms: z.array(CdromSpec).max(4).default([]),
     nics: z.array(NicSpec).max(8).default([]),
     boot: BootSpec,
+    /**
+     * Boot order by device id (disks, CD-ROMs, NICs), first tried first. Absent: the first
+     * disk, as VMs made before it existed boot.
+     */
+    bootOrder: z
+      .array(z.string().regex(/^[a-z][a-z0-9]{0,15}$/))
+      .max(16)
+      .optional(),
+    /** 'vga': a standard VGA card shown over VNC (a Unix socket); absent in older VMs: no screen. */
+    display: z.enum(DISPLAYS).default('none'),
     guest: z.enum(GUEST_KINDS).default('custom'),
     /** The VM's folder (holds vm.json). Checkpoint and paging folders default to it. */
     configPath: absPath,
@@ -125,13 +168,56 @@ export const VmSpec = z
         });
       paths.add(d.path);
     }
-    const nicIds = new Set<string>();
-    for (const [i, n] of s.nics.entries()) {
-      if (nicIds.has(n.id))
-        ctx.addIssue({ code: 'custom', path: ['nics', i, 'id'], message: `duplicates NIC id '${n.id}'` });
-      nicIds.add(n.id);
+    // Disks, CD-ROMs and NICs are all QEMU devices: one id space.
+    const deviceIds = new Set(s.disks.map((d) => d.id));
+    for (const [i, c] of s.cdroms.entries()) {
+      if (deviceIds.has(c.id))
+        ctx.addIssue({ code: 'custom', path: ['cdroms', i, 'id'], message: `duplicates device id '${c.id}'` });
+      deviceIds.add(c.id);
     }
-    if (s.boot.kind === 'disk' && s.disks.length === 0) {
+    for (const [i, n] of s.nics.entries()) {
+      if (deviceIds.has(n.id))
+        ctx.addIssue({ code: 'custom', path: ['nics', i, 'id'], message: `duplicates NIC id '${n.id}'` });
+      deviceIds.add(n.id);
+    }
+    const vars = s.disks.filter((d) => d.role === 'uefi-vars');
+    if (s.firmware === 'uefi' && vars.length !== 1)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['firmware'],
+        message: `is 'uefi' but the VM has ${vars.length} disks of role 'uefi-vars'; give it exactly one`,
+      });
+    if (s.firmware === 'bios' && vars.length > 0)
+      ctx.addIssue({
+        code: 'custom',
+        path: ['firmware'],
+        message: "is 'bios' but the VM has a UEFI variable store; use 'uefi' or remove that disk",
+      });
+    for (const [i, d] of s.disks.entries()) {
+      if (d.role === 'uefi-vars' && (d.format !== 'raw' || d.readOnly))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['disks', i],
+          message: 'is a UEFI variable store, which must be a writable raw file',
+        });
+    }
+    const bootable = new Set([
+      ...s.disks.filter((d) => d.role !== 'uefi-vars').map((d) => d.id),
+      ...s.cdroms.filter((c) => c.role === 'media').map((c) => c.id),
+      ...s.nics.map((n) => n.id),
+    ]);
+    for (const [i, id] of (s.bootOrder ?? []).entries()) {
+      if (!bootable.has(id))
+        ctx.addIssue({
+          code: 'custom',
+          path: ['bootOrder', i],
+          message: `names '${id}', which is not a bootable disk, CD-ROM or NIC of this VM`,
+        });
+      if (s.bootOrder?.indexOf(id) !== i)
+        ctx.addIssue({ code: 'custom', path: ['bootOrder', i], message: `names '${id}' twice` });
+    }
+    const media = s.disks.some((d) => d.role !== 'uefi-vars') || s.cdroms.some((c) => c.role === 'media');
+    if (s.boot.kind === 'disk' && !media) {
       ctx.addIssue({
         code: 'custom',
         path: ['boot'],

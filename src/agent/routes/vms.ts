@@ -8,13 +8,14 @@ import { sleep } from '../../util/exec.js';
 export function vmRoutes(app: FastifyInstance, vms: VmInventory): void {
   registerAction(app, actions.vmList, () => vms.list());
   registerAction(app, actions.vmCreate, ({ body, signal }) => vms.create(body, { signal }));
+  registerAction(app, actions.vmImport, ({ body, signal }) => vms.import(body, { signal }));
   registerAction(app, actions.vmShow, ({ params }) => vms.view(params.name));
   registerAction(app, actions.vmStart, ({ params }) => vms.start(params.name));
   registerAction(app, actions.vmStop, ({ params, body }) => vms.stop(params.name, body));
   registerAction(app, actions.vmPause, ({ params }) => vms.pause(params.name));
   registerAction(app, actions.vmResume, ({ params }) => vms.resume(params.name));
   registerAction(app, actions.vmRemove, async ({ params, query }) => {
-    await vms.remove(params.name, { deleteDisks: query.deleteDisks });
+    await vms.remove(params.name, query);
     return { ok: true as const };
   });
 

@@ -7,9 +7,13 @@ import { chooseBaseline, usableModelNames } from '../../qemu/cpu-models.js';
 import type { VmView } from '../../api/schemas.js';
 import { withClients, type GlobalOpts } from '../context.js';
 import { printJson, printTable, bytes } from '../output.js';
-import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt } from '../parse.js';
+import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt, sizeFlag } from '../parse.js';
 import path from 'node:path';
-import { InvalidInputError } from '../../errors.js';
+import fsp from 'node:fs/promises';
+import { InvalidInputError, messageOf } from '../../errors.js';
+import { DISPLAYS, FIRMWARES, IMAGE_FORMATS } from '../../api/common.js';
+import { interactiveConsole } from '../serial-console.js';
+import { MAX_DOMAIN_XML_BYTES, parseLibvirtDomain } from '../../vm/import-libvirt.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
@@ -22,13 +26,21 @@ function printVm(v: VmView): void {
     ['memory', `${v.memoryMiB} MiB`],
     ['cpus', `${v.cpus} × ${v.cpuModel}`],
     ['machine', v.machine],
+    ['firmware', v.firmware === 'uefi' ? 'UEFI (OVMF)' : 'BIOS (SeaBIOS)'],
+    ['boot', v.bootOrder.join(', ') || '(firmware default)'],
+    ['display', v.display === 'vga' ? 'VGA (VNC)' : 'none (serial only)'],
     ['guest', v.guest],
     ['config', v.configPath],
     ['checkpoints', v.checkpointPath],
     ['paging', v.pagingPath],
     ...v.disks.map((d): [string, string] => [
       d.id,
-      `${d.path} (${d.format}, ${bytes(d.virtualSizeBytes)}${d.pool ? `, pool ${d.pool}` : ''})`,
+      `${d.path} (${d.role === 'uefi-vars' ? 'UEFI variable store' : d.format}, ${bytes(d.virtualSizeBytes)}` +
+        `${d.pool ? `, pool ${d.pool}` : ''})`,
+    ]),
+    ...v.cdroms.map((c): [string, string] => [
+      c.id,
+      `${c.path} (${c.role === 'cloud-init' ? 'cloud-init seed' : 'CD-ROM'}${c.pool ? `, pool ${c.pool}` : ''})`,
     ]),
     ...v.nics.map((n): [string, string] => [n.id, `switch ${n.switch}, ${n.mac}`]),
     ['ha', v.ha ? 'yes' : 'no'],
@@ -54,6 +66,19 @@ export function registerVm(program: Command): void {
     .option('--kernel <file>', 'boot this kernel (copied into the VM folder)')
     .option('--initrd <file>', 'initrd for --kernel')
     .option('--append <cmdline>', 'kernel command line for --kernel')
+    .option('--image <file>', 'copy this disk image (qcow2, raw, vmdk, vhdx, vpc, ...; in a pool) as the first disk')
+    .option('--disk-size <size>', 'grow the copy of --image to this size, e.g. 20G', sizeFlag('--disk-size'))
+    .addOption(
+      new Option('--disk-format <format>', 'format of the copy of --image (default qcow2)').choices(IMAGE_FORMATS),
+    )
+    .option('--cdrom <iso>', 'attach an ISO image in a pool as a CD-ROM (repeatable)', collect)
+    .addOption(new Option('--firmware <firmware>', 'bios (SeaBIOS, default) or uefi (OVMF)').choices(FIRMWARES))
+    .option('--machine <type>', "'pc' (default), 'q35', or a versioned type such as pc-q35-7.2")
+    .option('--cloud-init <user-data>', 'a cloud-init user-data file: a NoCloud seed is made in the VM folder')
+    .option('--cloud-init-network <file>', 'cloud-init network-config (version 1 or 2) for --cloud-init')
+    .option('--cloud-init-meta <file>', 'cloud-init meta-data for --cloud-init (default: a generated instance-id)')
+    .option('--boot <order>', 'boot order, e.g. disk,cdrom,net or device ids (default: disk,cdrom)')
+    .addOption(new Option('--display <display>', 'vga (a screen over VNC, default) or none').choices(DISPLAYS))
     .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
     .option('--ha', 'highly available (clustered VM)', false)
     .addOption(new Option('--priority <p>', 'with --ha: restart and drain order').choices(PRIORITIES))
@@ -87,6 +112,17 @@ export function registerVm(program: Command): void {
         throw new InvalidInputError(
           'Cannot use --kernel with --guest: the test guests bring their own kernel; drop one of them',
         );
+      const readText = async (file: string | undefined, flag: string): Promise<string | undefined> => {
+        if (file === undefined) return undefined;
+        return fsp.readFile(file, 'utf8').catch((err: unknown) => {
+          throw new InvalidInputError(`Cannot read ${flag} ${file}: ${messageOf(err)}; give a readable file`);
+        });
+      };
+      if ((o.cloudInitNetwork || o.cloudInitMeta) && !o.cloudInit)
+        throw new InvalidInputError('Cannot use --cloud-init-network or --cloud-init-meta without --cloud-init');
+      const userData = await readText(o.cloudInit, '--cloud-init');
+      const networkConfig = await readText(o.cloudInitNetwork, '--cloud-init-network');
+      const metaData = await readText(o.cloudInitMeta, '--cloud-init-meta');
       const body = {
         name: vmName,
         memoryMiB: o.memory,
@@ -98,6 +134,23 @@ export function registerVm(program: Command): void {
         ...(o.kernel ? { kernel: abs(o.kernel, '--kernel') } : {}),
         ...(o.initrd ? { initrd: abs(o.initrd, '--initrd') } : {}),
         ...(o.append !== undefined ? { append: o.append } : {}),
+        ...(o.image ? { image: abs(o.image, '--image') } : {}),
+        ...(o.diskSize !== undefined ? { diskSizeBytes: o.diskSize } : {}),
+        ...(o.diskFormat ? { diskFormat: o.diskFormat } : {}),
+        cdroms: (o.cdrom ?? []).map((f) => path.resolve(f)),
+        ...(o.firmware ? { firmware: o.firmware } : {}),
+        ...(o.machine ? { machine: o.machine } : {}),
+        ...(userData !== undefined
+          ? {
+              cloudInit: {
+                userData,
+                ...(networkConfig !== undefined ? { networkConfig } : {}),
+                ...(metaData !== undefined ? { metaData } : {}),
+              },
+            }
+          : {}),
+        ...(o.boot ? { boot: split([o.boot]) } : {}),
+        ...(o.display ? { display: o.display } : {}),
         switches: o.switch ?? [],
         ha: o.ha,
         start: o.start,
@@ -129,9 +182,50 @@ export function registerVm(program: Command): void {
               .join(', ')})\n`,
           );
         }
-        const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs: 180_000 });
+        // Copying a large image takes as long as it takes; the agent rolls back if we give up.
+        const timeoutMs = o.image ? 3600_000 : 180_000;
+        const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs });
         if (o.json) printJson(v);
         else printVm(v);
+      });
+    });
+
+  vm.command('import')
+    .description(
+      'register a libvirt domain (virsh dumpxml) as a VM: its disks in place (in pools) or copied with --copy; ' +
+        'prints what it did not carry over',
+    )
+    .argument('<domain-xml>', 'the domain XML file')
+    .requiredOption('--host <host>', 'host to register it on (its disks must be in pools there)')
+    .option('--name <name>', "the VM's name (default: the domain's)", name('--name'))
+    .option('--path <dir>', "the VM's folder (default: the host's local pool)")
+    .option('--copy', 'copy the disks into the VM folder as qcow2 instead of using them in place', false)
+    .option('--json', 'print {"vm": VM, "notes": [...]} as JSON')
+    .action(async (file, o, cmd) => {
+      const g = (cmd as Cmd).optsWithGlobals();
+      const st = await fsp.stat(file).catch((err: unknown) => {
+        throw new InvalidInputError(`Cannot read ${file}: ${messageOf(err)}; give a domain XML file`);
+      });
+      if (st.size > MAX_DOMAIN_XML_BYTES)
+        throw new InvalidInputError(`Cannot import ${file}: it is ${st.size} bytes, not a domain XML`);
+      const plan = parseLibvirtDomain(await fsp.readFile(file, 'utf8'));
+      await withClients(g, async (c) => {
+        const body = {
+          plan,
+          copy: o.copy,
+          ...(o.name ? { name: o.name } : {}),
+          ...(o.path ? { path: path.resolve(o.path) } : {}),
+        };
+        const r = await c.host(o.host).call(actions.vmImport, { body }, { timeoutMs: o.copy ? 3600_000 : 180_000 });
+        if (o.json) {
+          printJson(r);
+          return;
+        }
+        printVm(r.vm);
+        if (r.notes.length) {
+          process.stdout.write(`\nnot carried over from domain '${plan.name}':\n`);
+          for (const n of r.notes) process.stdout.write(`  - ${n}\n`);
+        }
       });
     });
 
@@ -205,16 +299,19 @@ export function registerVm(program: Command): void {
     });
 
   vm.command('rm')
-    .description('remove a stopped VM and its disks')
+    .description('remove a stopped VM and the disks it made (attached and imported images stay)')
     .argument('<name>')
-    .option('--keep-disks', 'keep the disk images', false)
+    .option('--keep-disks', 'keep the disk images it made too', false)
+    .option('--delete-disks', 'delete the images it did not make too (attached, imported in place)', false)
     .option('--json', 'print {"removed": NAME}')
     .action(async (vmName, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        if (o.keepDisks && o.deleteDisks)
+          throw new InvalidInputError('Cannot use --keep-disks with --delete-disks: choose one');
         const { client } = await c.locate(vmName);
         await client.call(actions.vmRemove, {
           params: { name: vmName },
-          query: { deleteDisks: o.keepDisks ? 'false' : 'true' },
+          query: { deleteDisks: o.keepDisks ? 'false' : 'true', deleteExternal: o.deleteDisks ? 'true' : 'false' },
         });
         if (o.json) printJson({ removed: vmName });
         else process.stdout.write(`${vmName}: removed\n`);
@@ -222,12 +319,28 @@ export function registerVm(program: Command): void {
     });
 
   vm.command('console')
-    .description("the guest's serial output on its current host")
+    .description(
+      "the guest's serial output on its current host; --interactive attaches read-write " +
+        '(detach with Ctrl-]; it follows the VM when it moves)',
+    )
     .argument('<name>')
     .option('--follow', 'keep printing until interrupted', false)
+    .option('--interactive', 'read-write: what you type goes to the guest; Ctrl-] detaches', false)
     .option('--tail <bytes>', 'show at most the last BYTES of the log', positiveInt('--tail', 64 * 1024 * 1024), 65536)
     .action(async (vmName, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        if (o.interactive) {
+          const ac = new AbortController();
+          process.once('SIGTERM', () => ac.abort());
+          const why = await interactiveConsole(c, vmName, {
+            input: process.stdin,
+            output: process.stdout,
+            notices: process.stderr,
+            signal: ac.signal,
+          });
+          process.stderr.write(`\r\n[${why}]\r\n`);
+          return;
+        }
         const { client } = await c.locate(vmName);
         const url = `/v1/vms/${encodeURIComponent(vmName)}/console?tail=${o.tail}&follow=${o.follow}`;
         if (!o.follow) {
@@ -238,6 +351,19 @@ export function registerVm(program: Command): void {
         process.once('SIGINT', () => ac.abort());
         process.once('SIGTERM', () => ac.abort());
         await client.stream(url, (s) => process.stdout.write(s), { signal: ac.signal });
+      });
+    });
+
+  vm.command('screenshot')
+    .description("save the VM's screen as a PNG image")
+    .argument('<name>')
+    .requiredOption('--out <file>', 'the PNG file to write')
+    .action(async (vmName, o, cmd) => {
+      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        const { client } = await c.locate(vmName);
+        const png = await client.bytes(`/v1/vms/${encodeURIComponent(vmName)}/screenshot`, { timeoutMs: 30_000 });
+        await fsp.writeFile(o.out, png);
+        process.stdout.write(`${vmName}: screen saved to ${o.out} (${png.length} bytes)\n`);
       });
     });
 }

@@ -1,0 +1,176 @@
+// Disk images brought in by a user (`vm new --image`, `vm import --copy`): any format qemu-img
+// reads. Each file of the image is probed once with `qemu-img info` (which never opens a
+// backing file), every file it refers to (backing chain, vmdk extents, qcow2 data file) must
+// lie in a storage pool this host may use, and the copy then reads exactly the chain that was
+// checked, with each file's probed format pinned (a JSON filename): QEMU never follows a path
+// or guesses a format on its own.
+import path from 'node:path';
+import { FerryError, InvalidInputError, messageOf } from '../errors.js';
+import { run, type RunOptions } from '../util/exec.js';
+import type { ImageFormat } from '../qemu/img.js';
+import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
+
+/** Longest backing chain accepted (QEMU's own limit is 16 too, in its probe of chains). */
+export const MAX_CHAIN = 16;
+/** Formats that need a secret to read; Ferry holds none. */
+const ENCRYPTED_FORMATS = new Set(['luks']);
+
+export interface ChainFile {
+  path: string;
+  /** The format qemu-img probed (any it reads, e.g. vmdk). */
+  format: string;
+  virtualSizeBytes: number;
+  actualSizeBytes: number;
+}
+
+export interface ProbedImage {
+  /** The image itself first, then its backing files. */
+  chain: ChainFile[];
+  virtualSizeBytes: number;
+  /** Bytes a flattened copy may take at most (every file's allocation). */
+  allocatedBytes: number;
+}
+
+interface RawInfo {
+  format: string;
+  'virtual-size': number;
+  'actual-size'?: number;
+  encrypted?: boolean;
+  'backing-filename'?: string;
+  'full-backing-filename'?: string;
+  'backing-filename-format'?: string;
+  'format-specific'?: { type?: string; data?: { extents?: Array<{ filename?: string }>; 'data-file'?: string } };
+}
+
+export interface ProbeOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
+  pools: PoolDef[];
+  host: string;
+  /** Names the image in messages ("image", "disk vda"). */
+  what?: string;
+}
+
+/**
+ * Probes an image and its backing chain, checking every file it refers to against the
+ * pools. Throws a clear error (and has changed nothing) when the image cannot be used.
+ */
+export async function probeImage(file: string, opts: ProbeOptions): Promise<ProbedImage> {
+  const what = opts.what ?? 'image';
+  const chain: ChainFile[] = [];
+  let cur: string | null = path.resolve(file);
+  let pinned: string | undefined;
+  while (cur) {
+    if (chain.length >= MAX_CHAIN)
+      throw new InvalidInputError(
+        `Cannot use ${what} ${file}: its backing chain is longer than ${MAX_CHAIN} files; ` +
+          "flatten it first ('qemu-img convert -O qcow2 IMAGE FLAT.qcow2')",
+        { path: file },
+      );
+    const label: string = chain.length ? `backing file ${cur} of ${what} ${file}` : `${what} ${file}`;
+    await assertInUsablePool(opts.pools, opts.host, cur, chain.length ? `the backing file of ${file}` : what);
+    const info = await readInfo(cur, label, pinned, opts);
+    if (info.encrypted || ENCRYPTED_FORMATS.has(info.format))
+      throw new InvalidInputError(
+        `Cannot use ${label}: it is encrypted and Ferry holds no key for it; decrypt it into a plain image first`,
+        { path: cur },
+      );
+    const refs = [
+      ...(info['format-specific']?.data?.extents ?? []).flatMap((e) => (e.filename ? [e.filename] : [])),
+      ...(info['format-specific']?.data?.['data-file'] ? [info['format-specific'].data['data-file']] : []),
+    ];
+    for (const ref of refs) {
+      if (path.resolve(ref) === cur) continue; // a monolithic vmdk names itself as its extent
+      await assertInUsablePool(opts.pools, opts.host, asFile(ref, cur, label), `a data file of ${file}`);
+    }
+    chain.push({
+      path: cur,
+      format: info.format,
+      virtualSizeBytes: info['virtual-size'],
+      actualSizeBytes: info['actual-size'] ?? 0,
+    });
+    const backing = info['full-backing-filename'] ?? info['backing-filename'];
+    cur = backing ? asFile(backing, cur, label) : null;
+    if (cur && chain.some((c) => c.path === cur))
+      throw new InvalidInputError(`Cannot use ${what} ${file}: its backing chain loops through ${cur}`, { path: cur });
+    pinned = info['backing-filename-format'];
+  }
+  return {
+    chain,
+    virtualSizeBytes: chain[0]?.virtualSizeBytes ?? 0,
+    allocatedBytes: chain.reduce((a, c) => a + c.actualSizeBytes, 0),
+  };
+}
+
+/** A referenced file as an absolute path; anything else (a URL, json:, nbd:) is refused. */
+function asFile(ref: string, from: string, label: string): string {
+  if (/^[a-z][a-z0-9+.-]*:/i.test(ref) && !ref.startsWith('/'))
+    throw new InvalidInputError(
+      `Cannot use ${label}: it refers to '${ref.slice(0, 120)}', which is not a file in a storage pool; ` +
+        'flatten the image into a standalone file first',
+      { path: from, ref },
+    );
+  return path.resolve(path.dirname(from), ref);
+}
+
+async function readInfo(file: string, label: string, format: string | undefined, opts: ProbeOptions): Promise<RawInfo> {
+  const args = ['info', '--output=json', ...(format ? ['-f', format] : []), file];
+  let stdout: string;
+  try {
+    ({ stdout } = await run('qemu-img', args, { signal: opts.signal, timeoutMs: opts.timeoutMs ?? 30_000 }));
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    const detail = ((err as { context?: { stderr?: string } }).context?.stderr ?? messageOf(err))
+      .replace(/^qemu-img: /gm, '')
+      .trim()
+      .split('\n')
+      .slice(-2)
+      .join(' / ');
+    throw new FerryError(
+      'E_IMAGE_UNREADABLE',
+      `Cannot read ${label}: ${detail}; give a disk image qemu-img can read (qcow2, raw, vmdk, vhdx, vpc, ...)`,
+      { context: { path: file }, cause: err },
+    );
+  }
+  return JSON.parse(stdout) as RawInfo;
+}
+
+/** The checked chain as one JSON filename: formats pinned, nothing beyond the last file opened. */
+export function chainFilename(chain: ChainFile[]): string {
+  let below: Record<string, unknown> | null = null;
+  for (const c of [...chain].reverse()) {
+    const n: Record<string, unknown> = { driver: c.format, file: { driver: 'file', filename: c.path } };
+    if (below) n.backing = below;
+    else if (BACKING_FORMATS.has(c.format)) n.backing = null;
+    below = n;
+  }
+  return `json:${JSON.stringify(below)}`;
+}
+/** Formats with a backing-file field, where `backing: null` stops QEMU from opening one. */
+const BACKING_FORMATS = new Set(['qcow2', 'qcow', 'qed', 'vmdk']);
+
+export interface CopyOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
+  format: ImageFormat;
+  /** Grow the copy to this virtual size (at least the image's). */
+  sizeBytes?: number;
+}
+
+/** Copies a probed image into `dest` as a standalone file (the chain flattened), grown if asked. */
+export async function copyImage(img: ProbedImage, dest: string, opts: CopyOptions): Promise<void> {
+  const args = ['convert', '-q', '-O', opts.format];
+  if (opts.format === 'vpc') args.push('-o', 'force_size=on,subformat=dynamic');
+  if (opts.format === 'vhdx') args.push('-o', 'subformat=dynamic');
+  args.push(chainFilename(img.chain), dest);
+  const t = { signal: opts.signal, timeoutMs: opts.timeoutMs ?? 3600_000 };
+  await run('qemu-img', args, t);
+  if (opts.sizeBytes !== undefined && opts.sizeBytes > img.virtualSizeBytes)
+    await run('qemu-img', ['resize', '-q', '-f', opts.format, dest, String(opts.sizeBytes)], t);
+}
+
+/** Checks a requested size against the image before anything is copied. */
+export function checkGrow(img: ProbedImage, sizeBytes: number | undefined, file: string): void {
+  if (sizeBytes !== undefined && sizeBytes < img.virtualSizeBytes)
+    throw new InvalidInputError(
+      `Cannot make the disk from ${file} ${sizeBytes} bytes: the image is ${img.virtualSizeBytes} bytes and ` +
+        `disks only grow; give a --disk-size of at least ${Math.ceil(img.virtualSizeBytes / 1048576)}M`,
+      { path: file, sizeBytes, virtualSizeBytes: img.virtualSizeBytes },
+    );
+}
