@@ -46,7 +46,8 @@ export function name(flag: string) {
   return (s: string): string => {
     if (!NAME_RE.test(s))
       throw new InvalidArgumentError(
-        `Cannot use ${flag} '${s}': names are 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit`,
+        `Cannot use ${flag} '${s}': names are 1–63 letters, digits, dot, dash or underscore, starting ` +
+          'with a letter or digit',
       );
     return s;
   };
@@ -64,7 +65,8 @@ export function diskFlag(s: string, prev: DiskFlag[] = []): DiskFlag[] {
   const bytes = parseSize(size ?? '');
   if (bytes === null || bytes % 512 !== 0)
     throw new InvalidArgumentError(
-      `Cannot use --disk '${s}': '${size}' is not a size (a multiple of 512 bytes); write it like 64M or 10G[,format=qcow2][,pool=shared]`,
+      `Cannot use --disk '${s}': '${size}' is not a size (a multiple of 512 bytes); write it like 64M ` +
+        'or 10G[,format=qcow2][,pool=shared]',
     );
   const d: DiskFlag = { sizeBytes: bytes };
   for (const o of opts) {
@@ -73,7 +75,8 @@ export function diskFlag(s: string, prev: DiskFlag[] = []): DiskFlag[] {
     else if (k === 'pool' && v && NAME_RE.test(v)) d.pool = v;
     else
       throw new InvalidArgumentError(
-        `Cannot use --disk '${s}': '${o}' is not understood; options are format=${IMAGE_FORMATS.join('|')} and pool=NAME`,
+        `Cannot use --disk '${s}': '${o}' is not understood; options are format=${IMAGE_FORMATS.join('|')} ` +
+          'and pool=NAME',
       );
   }
   return [...prev, d];

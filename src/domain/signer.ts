@@ -224,7 +224,8 @@ function checkRequest(csr: CsrInfo, o: SignHostOptions): CheckedRequest {
     const host = u.hostname.replace(/^\[|\]$/g, '');
     if (u.protocol !== 'https:' || u.pathname !== '/' || !u.port || ![...csr.ips, ...csr.dns].includes(host))
       throw new InvalidInputError(
-        `Cannot sign the request for '${name}': its endpoint '${csr.uris[0]}' must be https://ADDRESS:PORT with one of its own addresses`,
+        `Cannot sign the request for '${name}': its endpoint '${csr.uris[0]}' must be https://ADDRESS:PORT ` +
+          'with one of its own addresses',
       );
     address = host;
     port = o.port ?? Number(u.port);

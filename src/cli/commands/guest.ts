@@ -26,7 +26,8 @@ export function registerGuest(program: Command): void {
       if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');
       else {
         process.stdout.write(
-          `records: ${r.lowestExpected}..${r.highestSeq} (${r.nslots} slots), contiguous to ${r.highestContiguous}, highest ack ${r.highestAck ?? '-'}\n`,
+          `records: ${r.lowestExpected}..${r.highestSeq} (${r.nslots} slots), contiguous to ${r.highestContiguous}, ` +
+            `highest ack ${r.highestAck ?? '-'}\n`,
         );
         for (const p of r.problems) process.stdout.write(`  ${p}\n`);
         process.stdout.write(r.ok ? 'ok: every acknowledged record is on the disk\n' : 'FAILED\n');

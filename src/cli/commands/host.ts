@@ -26,7 +26,8 @@ function printHost(h: HostView): void {
     ['vms', String(h.vms)],
     [
       'migration',
-      `${m.enabled ? 'enabled' : 'disabled'}, max live ${m.maxLive}, max storage ${m.maxStorage}, tls ${m.tls ? 'on' : 'off'}, address ${m.address}, networks ${m.networks.join(' ') || 'any'}`,
+      `${m.enabled ? 'enabled' : 'disabled'}, max live ${m.maxLive}, max storage ${m.maxStorage}, tls ` +
+        `${m.tls ? 'on' : 'off'}, address ${m.address}, networks ${m.networks.join(' ') || 'any'}`,
     ],
     ...h.pools.map((p): [string, string] => [
       `pool ${p.name}`,
@@ -89,7 +90,8 @@ export function registerHost(program: Command): void {
       };
       if (!Object.keys(body).length)
         throw new InvalidInputError(
-          'Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, --tls or --migrations',
+          'Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, ' +
+            '--tls or --migrations',
         );
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const v = await c.host(h).call(actions.hostSet, { body });

@@ -106,7 +106,8 @@ export function registerVm(program: Command): void {
       const anti = split(o.antiAffinity);
       if ((o.priority || pref || anti) && !o.ha)
         throw new InvalidInputError(
-          'Cannot use --priority, --preferred-owner or --anti-affinity without --ha: they apply to clustered VMs; add --ha',
+          'Cannot use --priority, --preferred-owner or --anti-affinity without --ha: they apply to clustered ' +
+            'VMs; add --ha',
         );
       if (o.guest && o.kernel)
         throw new InvalidInputError(
