@@ -3,6 +3,7 @@ import { z } from 'zod';
 import { action } from './action.js';
 import { Name } from './schemas.js';
 import { IdParams } from '../migration/schemas.js';
+import { VmSpec } from './vm-spec.js';
 
 const peer = ['admin', 'host'] as const;
 
@@ -10,8 +11,8 @@ export const IncomingRequest = z
   .object({
     jobId: z.string().regex(/^[A-Za-z0-9-]{1,64}$/),
     source: Name,
-    /** The VM's spec as the source runs it (vm.json). */
-    spec: z.record(z.string(), z.unknown()),
+    /** The VM's spec as the source runs it (vm.json), checked field by field on arrival. */
+    spec: VmSpec,
     tls: z.boolean(),
     postcopy: z.boolean(),
     /** A stopped VM: only its disks are received (QEMU runs paused, just to serve NBD). */
@@ -50,7 +51,7 @@ export const IncomingView = z.object({
 });
 export type IncomingView = z.infer<typeof IncomingView>;
 
-export const AdoptRequest = z.object({ source: Name, spec: z.record(z.string(), z.unknown()) }).strict();
+export const AdoptRequest = z.object({ source: Name, spec: VmSpec }).strict();
 
 export const peerActions = {
   vms: action({
@@ -113,9 +114,7 @@ export const peerActions = {
     method: 'POST',
     path: '/v1/peer/ha-start',
     summary: 'HA: register and cold-boot a VM whose node is down (the leader decided, with a fencing generation)',
-    body: z
-      .object({ spec: z.record(z.string(), z.unknown()), generation: z.number().int().min(1), from: Name })
-      .strict(),
+    body: z.object({ spec: VmSpec, generation: z.number().int().min(1), from: Name }).strict(),
     response: z.object({ ok: z.literal(true) }),
     roles: peer,
   }),

@@ -13,6 +13,7 @@ import type { EventBus } from '../events/bus.js';
 import { Scheduler } from './queue.js';
 import { BatchRunner, placementNodes, policyOf, readNodes } from './drain.js';
 import { place } from './placement.js';
+import { parseVmSpec } from '../vm/spec.js';
 
 export interface HaRecord {
   name: string;
@@ -166,7 +167,13 @@ export class HaMonitor {
         try {
           await client.call(
             peerActions.haStart,
-            { body: { spec: rec.spec, generation: next.generation, from: dead } },
+            {
+              body: {
+                spec: parseVmSpec(rec.spec, `restart VM '${rec.name}'`),
+                generation: next.generation,
+                from: dead,
+              },
+            },
             { timeoutMs: 60_000 },
           );
           this.host.events.emit('cluster.ha', {
