@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { FerryError, NotFoundError } from '../errors.js';
 import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
-import { labCredentials, labEndpoint, readLab } from '../lab/lab.js';
+import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
 import type { VmView } from '../api/schemas.js';
 
 export interface GlobalOpts {
@@ -25,7 +25,7 @@ const ContextFile = z.object({
   ca: z.string(),
   cert: z.string(),
   key: z.string(),
-  hosts: z.array(z.object({ name: z.string(), endpoint: z.string().url() })).min(1),
+  hosts: z.array(z.object({ name: z.string(), endpoint: z.url() })).min(1),
 });
 
 export async function loadContext(o: GlobalOpts): Promise<Context> {

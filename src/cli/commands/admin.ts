@@ -1,14 +1,16 @@
 // `ferry agent`, `ferry domain`, `ferry lab`.
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import { initDomain, issueCert, loadDomain } from '../../domain/ca.js';
-import { labDown, labKill, labLink, labStatus, labUp } from '../../lab/lab.js';
 import { printJson, printTable } from '../output.js';
 import { collect, name, positiveInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
 import type { GlobalOpts } from '../context.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
+
+// The lab (etcd, QEMU, processes) and the CA load only in the commands that use them.
+const labModule = () => import('../../lab/lab.js');
+const caModule = () => import('../../domain/ca.js');
 
 function labDir(o: { dir?: string }, cmd: Cmd): string {
   const d = o.dir ?? cmd.optsWithGlobals().lab ?? process.env.FERRY_LAB;
@@ -73,7 +75,7 @@ export function registerAdmin(program: Command): void {
     .option('--name <name>', 'domain name', 'ferry')
     .description('create a new domain (CA) in DIR')
     .action(async (dir, o) => {
-      const d = await initDomain(path.resolve(dir), { name: o.name });
+      const d = await (await caModule()).initDomain(path.resolve(dir), { name: o.name });
       process.stdout.write(`domain ${d.name} (${d.id}) created in ${d.dir}\n`);
     });
   domain
@@ -88,6 +90,7 @@ export function registerAdmin(program: Command): void {
     .action(async (role, n, o) => {
       if (role !== 'host' && role !== 'admin')
         throw new InvalidInputError(`Cannot issue a '${role}' certificate: the role is host or admin`);
+      const { issueCert, loadDomain } = await caModule();
       const d = await loadDomain(path.resolve(o.dir));
       const c = await issueCert(d, role, n, {
         ...(o.out ? { outDir: path.resolve(o.out) } : {}),
@@ -107,8 +110,10 @@ export function registerAdmin(program: Command): void {
     .option('--json', 'print the status as JSON')
     .description('start the lab (idempotent: starts only what is not running)')
     .action(async (o, cmd) => {
-      const st = await labUp({
-        dir: labDir(o, cmd as Cmd),
+      const st = await (
+        await labModule()
+      ).labUp({
+        dir: labDir(o, cmd),
         hosts: o.hosts,
         cluster: !!o.cluster,
         netns: !!o.netns,
@@ -129,7 +134,7 @@ export function registerAdmin(program: Command): void {
     .option('--json', 'JSON')
     .description('hosts and their agents')
     .action(async (o, cmd) => {
-      const st = await labStatus(labDir(o, cmd as Cmd));
+      const st = await (await labModule()).labStatus(labDir(o, cmd));
       if (o.json) printJson(st);
       else if (st.hosts.some((h) => h.netns)) {
         const link = (v: boolean | undefined): string => (v ? 'up' : 'cut');
@@ -158,7 +163,7 @@ export function registerAdmin(program: Command): void {
     .option('--dir <dir>', 'lab folder')
     .description("power loss: SIGKILL a host's agent and its QEMUs")
     .action(async (h, o, cmd) => {
-      const r = await labKill(labDir(o, cmd as Cmd), h);
+      const r = await (await labModule()).labKill(labDir(o, cmd as Cmd), h);
       process.stdout.write(`${h}: killed ${r.killed.length} process(es)\n`);
     });
   // --netns labs: pull and plug one host's cable (the root-namespace end of its veth).
@@ -179,7 +184,7 @@ export function registerAdmin(program: Command): void {
       .action(async (h, o, cmd) => {
         if (o.link !== 'management' && o.link !== 'migration')
           throw new InvalidInputError(`Cannot ${verb} link '${o.link}': use --link management or --link migration`);
-        const st = await labLink(labDir(o, cmd as Cmd), h, o.link, up);
+        const st = await (await labModule()).labLink(labDir(o, cmd as Cmd), h, o.link, up);
         process.stdout.write(
           `${h}: management ${st.management ? 'up' : 'cut'}, migration ${st.migration ? 'up' : 'cut'}\n`,
         );
@@ -190,7 +195,7 @@ export function registerAdmin(program: Command): void {
     .option('--dir <dir>', 'lab folder')
     .description('stop everything the lab started')
     .action(async (o, cmd) => {
-      const r = await labDown(labDir(o, cmd as Cmd));
+      const r = await (await labModule()).labDown(labDir(o, cmd as Cmd));
       process.stdout.write(`lab stopped (${r.stopped.length} process(es))\n`);
     });
 }
