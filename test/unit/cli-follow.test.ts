@@ -382,10 +382,13 @@ test('json renderer: one JSON object per line, unchanged records not repeated, n
 test('bar renderer: stop shows the cursor again and leaves one summary line', () => {
   const s = sink(true);
   const r = new BarRenderer(s.out);
+  const listeners = process.listenerCount('SIGTERM');
   r.record(rec('copying-memory', 0.5, [0]));
   r.note('Ctrl-C: cancelling');
   r.record(rec('completed', 1, [0, 1]));
+  assert.equal(process.listenerCount('SIGTERM'), listeners + 1, 'SIGTERM would show the cursor again');
   r.stop();
+  assert.equal(process.listenerCount('SIGTERM'), listeners);
   const t = s.text();
   assert.ok(t.includes('\x1b[?25l'), 'the bar hid the cursor');
   assert.ok(t.lastIndexOf('\x1b[?25h') > t.lastIndexOf('\x1b[?25l'), 'the cursor is shown again');

@@ -5,9 +5,17 @@ import type { MigrationRecord } from '../../migration/schemas.js';
 import { describe } from './describe.js';
 import type { MoveRenderer } from './types.js';
 
+/** Signals that end the process while a bar hides the cursor (Ctrl-C is the follower's). */
+const FATAL: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP'];
+
 export class BarRenderer implements MoveRenderer {
   private bar: cliProgress.SingleBar | null = null;
   private last: MigrationRecord | null = null;
+  /** Shows the cursor again, then dies of the signal as it would have without us. */
+  private readonly onFatal = (sig: NodeJS.Signals): void => {
+    this.stop();
+    process.kill(process.pid, sig);
+  };
 
   constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
 
@@ -27,23 +35,30 @@ export class BarRenderer implements MoveRenderer {
         cliProgress.Presets.shades_classic,
       );
       this.bar.start(100, 0, { info: '' });
+      for (const sig of FATAL) process.once(sig, this.onFatal);
     }
     this.bar.update(Math.floor(r.progress * 100), { info: describe(r) });
   }
 
   /** Clears the bar, prints the note, and draws the bar again below it. */
   note(text: string): void {
-    this.bar?.stop();
-    this.bar = null;
+    this.clear();
     this.out.write(`${text}\n`);
     if (this.last) this.record(this.last);
   }
 
   /** Replaces the bar with one line saying where the move ended up (the record follows on stdout). */
   stop(): void {
-    if (!this.bar) return;
+    if (!this.clear()) return;
+    if (this.last) this.out.write(`${this.last.vm} → ${this.last.destination}: ${describe(this.last)}\n`);
+  }
+
+  /** Removes the bar (the cursor shows again); false when none was drawn. */
+  private clear(): boolean {
+    if (!this.bar) return false;
+    for (const sig of FATAL) process.off(sig, this.onFatal);
     this.bar.stop();
     this.bar = null;
-    if (this.last) this.out.write(`${this.last.vm} → ${this.last.destination}: ${describe(this.last)}\n`);
+    return true;
   }
 }
