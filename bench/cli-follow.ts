@@ -1,5 +1,5 @@
 // What following one move costs the CLI: `ferry move-vm --json` of a bootblock VM (64 MiB,
-// --bandwidth 8) back and forth in a 2-host lab, counting the HTTP requests the CLI process
+// --bandwidth 32) back and forth in a 2-host lab, counting the HTTP requests the CLI process
 // makes and its own CPU time (both seen from inside it: test/e2e/request-log.ts), and the
 // tail from the record's end (finishedAt) to the CLI's exit.
 //
@@ -66,7 +66,7 @@ try {
     for (const cli of clis) {
       const log = path.join(dir, `requests-${runs.length}.json`);
       const t0 = Date.now();
-      const moveArgs = ['move-vm', 'f1', '--to', to, '--bandwidth', '8', '--max-downtime', '5000', '--json'];
+      const moveArgs = ['move-vm', 'f1', '--to', to, '--bandwidth', '32', '--max-downtime', '5000', '--json'];
       const r = await run([...cli.argv, ...moveArgs], { ...env, ...requestLogEnv(log) });
       const end = Date.now();
       if (r.code !== 0) throw new Error(`${cli.name}: move-vm exited ${r.code}: ${r.stderr.trim()}`);
@@ -93,7 +93,7 @@ try {
 const med = (cli: string, k: keyof Omit<Run, 'cli'>): string =>
   fmt(median(runs.filter((r) => r.cli === cli).map((r) => r[k])));
 process.stdout.write(
-  `\nmove-vm of a 64 MiB bootblock VM at 8 MiB/s, ${rounds} round(s), medians (CPU: the CLI process itself)\n` +
+  `\nmove-vm of a 64 MiB bootblock VM at 32 MiB/s, ${rounds} round(s), medians (CPU: the CLI process itself)\n` +
     table(
       ['CLI', 'requests', 'GETs of the record', 'CPU ms', 'wall ms', 'move ms', 'end→exit ms'],
       clis.map((c) => [
