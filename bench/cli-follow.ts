@@ -53,7 +53,7 @@ async function ferryOk(args: string[], env: NodeJS.ProcessEnv): Promise<string> 
   return r.stdout;
 }
 
-const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-bench-follow-'));
+const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-cf-'));
 const lab = path.join(dir, 'lab');
 const env = { FERRY_LAB: lab };
 const runs: Run[] = [];
