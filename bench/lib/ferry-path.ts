@@ -67,7 +67,7 @@ export interface FerryPhases {
   copyMs: number;
   /** switching over → completed: migrate-continue, completion, confirm (dest cont), source quit. */
   switchoverMs: number;
-  /** completed → CLI exit: the CLI's 300 ms poll of the record, printing, process exit. */
+  /** completed → CLI exit: the CLI receiving the last event, printing, process exit. */
   tailMs: number;
 }
 

@@ -25,10 +25,11 @@ export interface ClientOptions {
 
 export class AgentUnreachableError extends FerryError {
   constructor(host: string, endpoint: string, cause: unknown) {
-    const msg = (cause as Error)?.message ?? String(cause);
+    const msg = cause instanceof Error ? cause.message : String(cause);
     super(
       'E_AGENT_UNREACHABLE',
-      `Cannot reach the agent of host '${host}' at ${endpoint}: ${msg}; check that it runs ('ferry lab status' in a lab)`,
+      `Cannot reach the agent of host '${host}' at ${endpoint}: ${msg}; ` +
+        "check that it runs ('ferry lab status' in a lab)",
       { context: { host, endpoint }, cause },
     );
   }
@@ -51,7 +52,7 @@ export class AgentClient {
       maxSockets: 8,
       // The address may be anything (lab: 127.0.0.1); the certificate must name the host we meant.
       checkServerIdentity: (_name, cert) => {
-        const cn = Array.isArray(cert.subject?.CN) ? cert.subject.CN[0] : cert.subject?.CN;
+        const cn = Array.isArray(cert.subject.CN) ? cert.subject.CN[0] : cert.subject.CN;
         return cn === o.host ? undefined : new Error(`the certificate is for '${cn}', not '${o.host}'`);
       },
     });
@@ -87,7 +88,10 @@ export class AgentClient {
     const timeoutMs = opts.timeoutMs ?? 120_000;
     const what = `call ${method} ${url} on host '${this.host}'`;
     return new Promise((resolve, reject) => {
-      if (opts.signal?.aborted) return reject(new AbortedError(what, opts.signal.reason));
+      if (opts.signal?.aborted) {
+        reject(new AbortedError(what, opts.signal.reason));
+        return;
+      }
       const raw = opts.contentType !== undefined && typeof body === 'string';
       const payload = body === undefined ? undefined : Buffer.from(raw ? body : JSON.stringify(body));
       const req = https.request(
@@ -119,11 +123,12 @@ export class AgentClient {
               }
             }
             if ((res.statusCode ?? 500) >= 400) {
-              const e = (data as { error?: { code?: string; message?: string; context?: Record<string, unknown> } })
-                ?.error;
+              type WireError = { error?: { code?: string; message?: string; context?: Record<string, unknown> } };
+              const e = (data as WireError | null)?.error;
               const err = FerryError.fromWire(e, `Cannot ${what}: HTTP ${res.statusCode ?? 500}`);
               Object.assign(err.context, { host: this.host, status: res.statusCode });
-              return reject(err);
+              reject(err);
+              return;
             }
             resolve(data);
           });
@@ -253,8 +258,15 @@ export class AgentClient {
     });
   }
 
-  /** A streaming GET (console --follow, events): calls onData for each chunk until aborted. */
-  stream(url: string, onData: (chunk: string) => void, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  /**
+   * A streaming GET (console --follow, events): calls onData for each chunk until the agent
+   * ends it or it is aborted; onOpen once the agent answered (for events: it is subscribed).
+   */
+  stream(
+    url: string,
+    onData: (chunk: string) => void,
+    opts: { signal?: AbortSignal; onOpen?: () => void } = {},
+  ): Promise<void> {
     return new Promise((resolve, reject) => {
       const req = https.request(
         this.endpoint + url,
@@ -277,7 +289,9 @@ export class AgentClient {
           res.setEncoding('utf8');
           res.on('data', onData);
           res.on('end', resolve);
+          res.on('close', () => resolve());
           res.on('error', () => resolve());
+          opts.onOpen?.();
         },
       );
       req.on('error', (err) =>

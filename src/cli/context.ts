@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { FerryError, NotFoundError } from '../errors.js';
 import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from '../api/actions.js';
-import { labCredentials, labEndpoint, readLab } from '../lab/lab.js';
+import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
 import { writeAtomic } from '../domain/request.js';
 import type { VmView } from '../api/schemas.js';
 

@@ -8,7 +8,6 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { z } from 'zod';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { initDomain, loadDomain, type DomainInfo } from '../domain/ca.js';
 import { isEnrolled, issueAdminCredential, signHostRequest } from '../domain/signer.js';
@@ -30,25 +29,9 @@ import {
   setLink,
   type LinkKind,
 } from './netns.js';
+import { labCredentials, labEndpoint, labFile, readLab, type LabFile } from './file.js';
 
-const LabHost = z.object({
-  name: z.string(),
-  port: z.number().int(),
-  dataDir: z.string(),
-  agentPid: z.number().int().nullable(),
-  // --netns: the host's namespace, management and migration addresses.
-  netns: z.string().optional(),
-  address: z.string().optional(),
-  migrationAddress: z.string().optional(),
-});
-const LabFile = z.object({
-  version: z.literal(1),
-  dir: z.string(),
-  hosts: z.array(LabHost),
-  cluster: z.boolean().default(false),
-  netns: z.object({ id: z.string(), subnet: z.number().int() }).nullable().default(null),
-});
-type LabFile = z.infer<typeof LabFile>;
+export { readLab, labCredentials, labEndpoint } from './file.js';
 
 export interface LabHostStatus {
   name: string;
@@ -71,39 +54,10 @@ export function hostName(i: number): string {
   return `host-${String.fromCharCode(97 + i)}`;
 }
 
-const labFile = (dir: string): string => path.join(dir, 'lab.json');
-
-export async function readLab(dir: string): Promise<LabFile> {
-  let text: string;
-  try {
-    text = await fsp.readFile(labFile(dir), 'utf8');
-  } catch {
-    throw new NotFoundError(
-      'E_LAB_NOT_FOUND',
-      `Cannot find a lab in ${dir}: there is no lab.json; create one with 'ferry lab up --dir ${dir}'`,
-      { dir },
-    );
-  }
-  return LabFile.parse(JSON.parse(text));
-}
-
 async function writeLab(lab: LabFile): Promise<void> {
   const tmp = labFile(lab.dir) + '.tmp';
   await fsp.writeFile(tmp, JSON.stringify(lab, null, 2) + '\n');
   await fsp.rename(tmp, labFile(lab.dir));
-}
-
-export function labCredentials(dir: string): Credentials {
-  const d = path.join(dir, 'domain');
-  return {
-    ca: path.join(d, 'ca.crt'),
-    cert: path.join(d, 'admins', 'admin.crt'),
-    key: path.join(d, 'admins', 'admin.key'),
-  };
-}
-
-export function labEndpoint(h: { port: number; address?: string | undefined }): string {
-  return `https://${h.address ?? '127.0.0.1'}:${h.port}`;
 }
 
 async function freePort(): Promise<number> {

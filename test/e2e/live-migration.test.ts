@@ -4,7 +4,10 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import { spawn } from 'node:child_process';
 import { ferry, ferryOk } from './cli.js';
+import { readRequestLog, requestLogEnv } from './request-log.js';
+import { REPO_ROOT } from '../../guest/paths.js';
 import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { verifyGuestMemory } from '../../guest/bootblock.js';
@@ -125,6 +128,81 @@ test('the bootblock memory pattern is intact on the destination', async () => {
   }
   await ferryOk(['vm', 'stop', 'bb1', '--force'], { lab: L.lab });
   await ferryOk(['vm', 'rm', 'bb1'], { lab: L.lab });
+});
+
+test('move-vm follows through the event stream (no polling); Ctrl-C cancels the move and exits 5', async () => {
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'ev1',
+      '--host',
+      'host-a',
+      '--guest',
+      'bootblock',
+      '--memory',
+      '64M',
+      '--path',
+      path.join(L.lab, 'shared', 'ev1'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
+  await sleep(1000);
+  // A move of some seconds (32 MiB/s), followed to its end: its progress comes from the one
+  // event stream; the migration record is never fetched (that was a GET every 300 ms).
+  const logFile = path.join(L.dir, 'requests-ev1.json');
+  const r = await ferry(['move-vm', 'ev1', '--to', 'host-b', '--bandwidth', '32', '--max-downtime', '5000', '--json'], {
+    lab: L.lab,
+    env: requestLogEnv(logFile),
+  });
+  assert.equal(r.code, 0, r.stderr);
+  const rec = JSON.parse(r.stdout) as MigrationRecord;
+  assert.equal(rec.state, 'completed', JSON.stringify(rec.error));
+  assert.ok(rec.totalMs! > 1000, `the move lasted ${rec.totalMs} ms`);
+  assert.match(r.stderr, /copying-memory +\d+%/, 'progress lines came from the events');
+  const log = await readRequestLog(logFile);
+  assert.deepEqual(
+    log.requests.filter((q) => q.startsWith('GET /v1/events')),
+    ['GET /v1/events'],
+    log.requests.join(', '),
+  );
+  assert.deepEqual(
+    log.requests.filter((q) => q.includes(`/v1/migrations/${rec.id}`)),
+    [],
+    log.requests.join(', '),
+  );
+  assert.ok(log.requests.length <= 6, `${log.requests.length} requests: ${log.requests.join(', ')}`);
+
+  // Ctrl-C while it copies (back to A, slowly): the move is cancelled, the VM stays on B.
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['move-vm', 'ev1', '--to', 'host-a', '--bandwidth', '1'], {
+    env: { ...process.env, FERRY_LAB: L.lab },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  child.stdout.on('data', (c: Buffer) => (out += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+  const exited = new Promise<number | null>((resolve) => child.once('exit', resolve));
+  try {
+    const until = Date.now() + 60_000;
+    while (!/copying-memory/.test(err) && Date.now() < until) await sleep(100);
+    assert.match(err, /copying-memory/, err);
+    child.kill('SIGINT');
+    const code = await Promise.race([exited, sleep(60_000).then(() => 'timeout' as const)]);
+    assert.equal(code, 5, `exit ${code}: ${err}`);
+  } finally {
+    child.kill('SIGKILL');
+  }
+  assert.match(err, /Ctrl-C: cancelling the move of VM 'ev1'/);
+  assert.match(out, /state +cancelled/);
+  const after = await show('ev1');
+  assert.equal(after.host, 'host-b');
+  assert.equal(after.state, 'running');
+  await assertGoneFrom('host-a', vm);
+  await ferryOk(['vm', 'stop', 'ev1', '--force'], { lab: L.lab });
+  await ferryOk(['vm', 'rm', 'ev1'], { lab: L.lab });
 });
 
 test('cancel during copying-memory: the VM keeps running on A, nothing is left on B', async () => {

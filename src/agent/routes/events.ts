@@ -43,6 +43,9 @@ export function eventRoutes(app: FastifyInstance, events: EventBus): void {
         'cache-control': 'no-store',
         connection: 'keep-alive',
       });
+      // Headers now, not with the first event: a client that sees them knows it is subscribed
+      // (everything below runs before any other request), so it can start a move and miss nothing.
+      res.flushHeaders();
       let backlog: string[] = [];
       let closed = false;
       const frame = (e: FerryEvent): string => `id: ${e.seq}\nevent: ferry\ndata: ${JSON.stringify(e)}\n\n`;

@@ -1,7 +1,6 @@
 // `ferry agent`, `ferry console`, `ferry lab` (`ferry domain` is in domain.ts).
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
-import { labDown, labKill, labLink, labStatus, labUp } from '../../lab/lab.js';
 import { printJson, printTable } from '../output.js';
 import { name, positiveInt } from '../parse.js';
 import { FerryError, InvalidInputError } from '../../errors.js';
@@ -10,6 +9,9 @@ import type { AgentFlags } from '../../agent/main.js';
 import type { GlobalOpts } from '../context.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
+
+// The lab (etcd, QEMU, processes) and the CA load only in the commands that use them.
+const labModule = () => import('../../lab/lab.js');
 
 function labDir(o: { dir?: string }, cmd: Cmd): string {
   const d = o.dir ?? cmd.optsWithGlobals().lab ?? process.env.FERRY_LAB;
@@ -139,7 +141,9 @@ export function registerAdmin(program: Command): void {
     .option('--json', 'print the status as JSON')
     .description('start the lab (idempotent: starts only what is not running)')
     .action(async (o, cmd) => {
-      const st = await labUp({
+      const st = await (
+        await labModule()
+      ).labUp({
         dir: labDir(o, cmd),
         hosts: o.hosts,
         cluster: !!o.cluster,
@@ -161,7 +165,7 @@ export function registerAdmin(program: Command): void {
     .option('--json', 'JSON')
     .description('hosts and their agents')
     .action(async (o, cmd) => {
-      const st = await labStatus(labDir(o, cmd));
+      const st = await (await labModule()).labStatus(labDir(o, cmd));
       if (o.json) printJson(st);
       else if (st.hosts.some((h) => h.netns)) {
         const link = (v: boolean | undefined): string => (v ? 'up' : 'cut');
@@ -190,7 +194,7 @@ export function registerAdmin(program: Command): void {
     .option('--dir <dir>', 'lab folder')
     .description("power loss: SIGKILL a host's agent and its QEMUs")
     .action(async (h, o, cmd) => {
-      const r = await labKill(labDir(o, cmd as Cmd), h);
+      const r = await (await labModule()).labKill(labDir(o, cmd as Cmd), h);
       process.stdout.write(`${h}: killed ${r.killed.length} process(es)\n`);
     });
   // --netns labs: pull and plug one host's cable (the root-namespace end of its veth).
@@ -211,7 +215,7 @@ export function registerAdmin(program: Command): void {
       .action(async (h, o, cmd) => {
         if (o.link !== 'management' && o.link !== 'migration')
           throw new InvalidInputError(`Cannot ${verb} link '${o.link}': use --link management or --link migration`);
-        const st = await labLink(labDir(o, cmd as Cmd), h, o.link, up);
+        const st = await (await labModule()).labLink(labDir(o, cmd as Cmd), h, o.link, up);
         process.stdout.write(
           `${h}: management ${st.management ? 'up' : 'cut'}, migration ${st.migration ? 'up' : 'cut'}\n`,
         );
@@ -222,7 +226,7 @@ export function registerAdmin(program: Command): void {
     .option('--dir <dir>', 'lab folder')
     .description('stop everything the lab started')
     .action(async (o, cmd) => {
-      const r = await labDown(labDir(o, cmd as Cmd));
+      const r = await (await labModule()).labDown(labDir(o, cmd as Cmd));
       process.stdout.write(`lab stopped (${r.stopped.length} process(es))\n`);
     });
 }

@@ -1,18 +1,19 @@
 // `ferry compare-vm`, `ferry move-vm`, `ferry migration ...`.
 import { DEFAULTS, PRIORITIES, type Priority } from '../../api/defaults.js';
 import path from 'node:path';
-import { Option, type Command } from '@commander-js/extra-typings';
+import { Option, type Command, type CommandUnknownOpts } from '@commander-js/extra-typings';
 import { InvalidArgumentError } from '@commander-js/extra-typings';
 import { actions } from '../../api/actions.js';
 import { FerryError, InvalidInputError, NotFoundError } from '../../errors.js';
 import type { AgentClient } from '../../api/client.js';
 import type { Incompatibility, MigrationRecord, MoveOptions } from '../../migration/schemas.js';
-import { TERMINAL } from '../../migration/schemas.js';
 import { withClients, type Clients, type GlobalOpts } from '../context.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
-import { ProgressRenderer, describe } from '../progress.js';
-import { sleep } from '../../util/exec.js';
+import { describe } from '../render/describe.js';
+import { progressRenderer, PROGRESS_MODES, type ProgressMode } from '../render/index.js';
+import { MigrationWatch, type FollowOptions, type FollowOutcome } from '../follow.js';
+import { Interrupts } from '../interrupt.js';
 import { EXIT } from '../exit.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
@@ -27,7 +28,7 @@ interface MoveFlags {
   retainSource?: boolean;
 }
 
-function addMoveOptions<C extends Command<any, any>>(c: C): C {
+function addMoveOptions<C extends CommandUnknownOpts>(c: C): C {
   return c
     .option('--include-storage', 'copy the disks too (shared nothing)')
     .option('--storage-path <dir>', 'put every file of the VM in this folder on the destination')
@@ -49,7 +50,8 @@ function moveOptions(f: MoveFlags): MoveOptions {
   const anyStorage = f.storagePath || f.vhd?.length || f.configPath || f.checkpointPath || f.pagingPath;
   if (anyStorage && !f.includeStorage)
     throw new InvalidInputError(
-      'Cannot use --storage-path, --vhd or --*-path without --include-storage: they say where copied files go; add --include-storage',
+      'Cannot use --storage-path, --vhd or --*-path without --include-storage: they say where copied files go; ' +
+        'add --include-storage',
     );
   return {
     includeStorage: Boolean(f.includeStorage),
@@ -110,33 +112,97 @@ async function locateMigration(c: Clients, id: string): Promise<{ client: AgentC
   );
 }
 
-/** Follows a migration to its end, rendering progress on stderr; returns the final record. */
-export async function follow(client: AgentClient, id: string, quiet = false): Promise<MigrationRecord> {
-  const render = quiet ? null : new ProgressRenderer();
-  let detached = false;
-  const onSig = (): void => {
-    detached = true;
-  };
-  process.once('SIGINT', onSig);
+/**
+ * Follows a migration to its end through its host's event stream (subscribed by `watch`
+ * before the move started), rendering progress on stderr; then prints the record (or, after
+ * Ctrl-C detached, its id) and sets the exit code.
+ */
+async function followAndReport(
+  w: Watching,
+  id: string,
+  o: { json: boolean; progress: ProgressMode; initial?: MigrationRecord },
+  firstInterrupt: FollowOptions['firstInterrupt'],
+): Promise<void> {
+  w.following();
+  const renderer = await progressRenderer(o.progress);
+  let out: FollowOutcome;
   try {
-    for (;;) {
-      const r = await client.call(actions.migrationShow, { params: { id } }, { timeoutMs: 30_000 });
-      render?.update(r);
-      if (TERMINAL.includes(r.state)) return r;
-      if (detached) {
-        render?.stop();
-        process.stderr.write(
-          `\ndetached; the migration goes on: 'ferry migration wait ${id}' or 'ferry migration cancel ${id}'\n`,
-        );
-        process.exit(EXIT.cancelled);
-      }
-      await sleep(300);
+    out = await w.watch.follow(id, {
+      ...(o.initial ? { initial: o.initial } : {}),
+      renderer,
+      interrupts: w.interrupts,
+      firstInterrupt,
+    });
+  } finally {
+    renderer.stop();
+  }
+  const r = out.record;
+  if (out.kind === 'detached') {
+    const cancel = out.cancelRequested ? '' : `, cancel it with 'ferry migration cancel ${r.id}'`;
+    const state = `${r.state}${out.cancelRequested ? ', cancel requested' : ''}`;
+    process.stderr.write(
+      `detached: migration ${r.id} of VM '${r.vm}' goes on (${state}); ` +
+        `follow it with 'ferry migration wait ${r.id}'${cancel}\n`,
+    );
+    if (o.json) printJson(r);
+    else process.stdout.write(`${r.id}\n`);
+    // As before events: a detached wait did not see the move end, so it does not exit 0.
+    process.exitCode = EXIT.cancelled;
+    return;
+  }
+  if (o.json) printJson(r);
+  else printRecord(r);
+  exitFor(r);
+}
+
+interface Watching {
+  watch: MigrationWatch;
+  interrupts: Interrupts;
+  /** Called when following starts: from then on Ctrl-C is the follower's. */
+  following(): void;
+}
+
+/**
+ * Opens the host's event stream before a move starts (so no event of it is missed), and
+ * counts Ctrl-C from then on: a press while the move is still being created is acted on as
+ * soon as it exists.
+ */
+async function watching(client: AgentClient, fn: (w: Watching) => Promise<void>): Promise<void> {
+  const interrupts = new Interrupts();
+  const early = interrupts.listen(() => {
+    process.stderr.write('Ctrl-C: acted on as soon as the move exists (Ctrl-C again to stop waiting for it)\n');
+  });
+  try {
+    const watch = await MigrationWatch.open(client);
+    try {
+      await fn({ watch, interrupts, following: early });
+    } finally {
+      watch.close();
     }
   } finally {
-    render?.stop();
-    process.off('SIGINT', onSig);
+    early();
+    interrupts.dispose();
   }
 }
+
+/** `watching` when the command waits for the move (no --no-wait); else nothing to watch. */
+const watchingIf = (client: AgentClient, wait: boolean, fn: (w: Watching | null) => Promise<void>): Promise<void> =>
+  wait ? watching(client, fn) : fn(null);
+
+const progressOption = (): Option<'--progress <mode>', undefined, 'auto', ProgressMode> =>
+  new Option('--progress <mode>', 'progress on stderr: auto (a bar on a terminal, else lines), bar, lines, json, none')
+    .choices(PROGRESS_MODES)
+    .default('auto' as const);
+
+const INTERRUPT_HELP = `
+Ctrl-C while it waits: the first press cancels the move if its phase still allows it (before
+the switch-over; the VM stays where it was), waits for the rollback and exits 5; past that
+point it says so and keeps following. The next press stops following: the move goes on, its
+id is printed and the exit code is 5 ('ferry migration wait ID' follows it again).`;
+
+const WAIT_INTERRUPT_HELP = `
+Ctrl-C stops following: the migration goes on, the exit code is 5 ('ferry migration cancel ID'
+cancels it).`;
 
 function exitFor(r: MigrationRecord): void {
   if (r.state === 'failed') process.exitCode = r.error?.code === 'E_INCOMPATIBLE' ? EXIT.incompatible : EXIT.failed;
@@ -198,51 +264,52 @@ export function registerMove(program: Command): void {
     .option('--allow-postcopy', 'switch to post-copy when pre-copy cannot finish in time')
     .option('--no-wait', 'return the migration id at once')
     .option('--json', 'print the migration record as JSON')
+    .addOption(progressOption())
+    .addHelpText('after', INTERRUPT_HELP)
     .action(async (vmName, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const to = destination(c, o.to);
         const { client } = await c.locate(vmName);
-        let rec: MigrationRecord;
-        try {
-          rec = await client.call(
-            actions.migrationCreate,
-            {
-              body: {
-                vm: vmName,
-                to,
-                options: moveOptions(o as MoveFlags),
-                policy: {
-                  ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}),
-                  ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
-                  ...(o.priority ? { priority: o.priority } : {}),
-                  ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
-                  allowPostcopy: Boolean(o.allowPostcopy),
+        await watchingIf(client, o.wait, async (w) => {
+          let rec: MigrationRecord;
+          try {
+            rec = await client.call(
+              actions.migrationCreate,
+              {
+                body: {
+                  vm: vmName,
+                  to,
+                  options: moveOptions(o as MoveFlags),
+                  policy: {
+                    ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}),
+                    ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
+                    ...(o.priority ? { priority: o.priority } : {}),
+                    ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+                    allowPostcopy: Boolean(o.allowPostcopy),
+                  },
                 },
               },
-            },
-            { timeoutMs: 180_000 },
-          );
-        } catch (err) {
-          const fe = err as FerryError;
-          if (fe.code === 'E_INCOMPATIBLE') {
-            const incs = (fe.context.incompatibilities ?? []) as Incompatibility[];
-            if (o.json) printJson({ compatible: false, incompatibilities: incs });
-            process.stderr.write(`ferry: Cannot move VM '${vmName}' to '${o.to}': the pre-flight check failed:\n`);
-            printReport(incs);
-            process.exitCode = EXIT.incompatible;
+              { timeoutMs: 180_000 },
+            );
+          } catch (err) {
+            const fe = err as FerryError;
+            if (fe.code === 'E_INCOMPATIBLE') {
+              const incs = (fe.context.incompatibilities ?? []) as Incompatibility[];
+              if (o.json) printJson({ compatible: false, incompatibilities: incs });
+              process.stderr.write(`ferry: Cannot move VM '${vmName}' to '${o.to}': the pre-flight check failed:\n`);
+              printReport(incs);
+              process.exitCode = EXIT.incompatible;
+              return;
+            }
+            throw err;
+          }
+          if (!w) {
+            if (o.json) printJson(rec);
+            else process.stdout.write(`${rec.id}\n`);
             return;
           }
-          throw err;
-        }
-        if (!o.wait) {
-          if (o.json) printJson(rec);
-          else process.stdout.write(`${rec.id}\n`);
-          return;
-        }
-        const final = await follow(client, rec.id, false);
-        if (o.json) printJson(final);
-        else printRecord(final);
-        exitFor(final);
+          await followAndReport(w, rec.id, { json: Boolean(o.json), progress: o.progress, initial: rec }, 'cancel');
+        });
       });
     });
 
@@ -259,40 +326,42 @@ export function registerMove(program: Command): void {
     .option('--bandwidth <mibps>', 'cap the copy rate (MiB/s)', positiveInt('--bandwidth', 1_000_000))
     .option('--no-wait', 'return the migration id at once')
     .option('--json', 'print the migration record as JSON')
+    .addOption(progressOption())
+    .addHelpText('after', INTERRUPT_HELP)
     .action(async (vmName, o, cmd) => {
       const mo = moveOptions({ includeStorage: true, ...(o.vhd ? { vhd: o.vhd } : {}) });
       if (!o.path && !o.vhd && !o.configPath && !o.checkpointPath && !o.pagingPath) {
         throw new InvalidInputError(
-          `Cannot move the storage of VM '${vmName}': say where to; give --path DIR, --vhd SRC=DST, or --config-path/--checkpoint-path/--paging-path`,
+          `Cannot move the storage of VM '${vmName}': say where to; give --path DIR, --vhd SRC=DST, ` +
+            'or --config-path/--checkpoint-path/--paging-path',
         );
       }
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await c.locate(vmName);
-        const rec = await client.call(
-          actions.storageMove,
-          {
-            body: {
-              vm: vmName,
-              ...(o.path ? { path: path.resolve(o.path) } : {}),
-              ...(mo.vhd ? { vhd: mo.vhd } : {}),
-              ...(o.configPath ? { configPath: path.resolve(o.configPath) } : {}),
-              ...(o.checkpointPath ? { checkpointPath: path.resolve(o.checkpointPath) } : {}),
-              ...(o.pagingPath ? { pagingPath: path.resolve(o.pagingPath) } : {}),
-              ...(o.priority ? { priority: o.priority } : {}),
-              ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+        await watchingIf(client, o.wait, async (w) => {
+          const rec = await client.call(
+            actions.storageMove,
+            {
+              body: {
+                vm: vmName,
+                ...(o.path ? { path: path.resolve(o.path) } : {}),
+                ...(mo.vhd ? { vhd: mo.vhd } : {}),
+                ...(o.configPath ? { configPath: path.resolve(o.configPath) } : {}),
+                ...(o.checkpointPath ? { checkpointPath: path.resolve(o.checkpointPath) } : {}),
+                ...(o.pagingPath ? { pagingPath: path.resolve(o.pagingPath) } : {}),
+                ...(o.priority ? { priority: o.priority } : {}),
+                ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+              },
             },
-          },
-          { timeoutMs: 120_000 },
-        );
-        if (!o.wait) {
-          if (o.json) printJson(rec);
-          else process.stdout.write(`${rec.id}\n`);
-          return;
-        }
-        const final = await follow(client, rec.id);
-        if (o.json) printJson(final);
-        else printRecord(final);
-        exitFor(final);
+            { timeoutMs: 120_000 },
+          );
+          if (!w) {
+            if (o.json) printJson(rec);
+            else process.stdout.write(`${rec.id}\n`);
+            return;
+          }
+          await followAndReport(w, rec.id, { json: Boolean(o.json), progress: o.progress, initial: rec }, 'cancel');
+        });
       });
     });
 
@@ -314,7 +383,10 @@ export function registerMove(program: Command): void {
             ),
         );
         const all = lists.flat().sort((a, b) => a.createdAt.localeCompare(b.createdAt));
-        if (o.json) return printJson(all);
+        if (o.json) {
+          printJson(all);
+          return;
+        }
         printTable(
           ['ID', 'VM', 'KIND', 'FROM', 'TO', 'STATE', 'POS', 'PROGRESS', 'DOWNTIME'],
           all.map((r) => [
@@ -351,14 +423,16 @@ export function registerMove(program: Command): void {
     .command('wait')
     .argument('<id>')
     .option('--json', 'JSON')
+    .addOption(progressOption())
+    .addHelpText('after', WAIT_INTERRUPT_HELP)
     .description('follow a migration until it ends')
     .action(async (id, o, cmd) => {
       await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await locateMigration(c, id);
-        const final = await follow(client, id);
-        if (o.json) printJson(final);
-        else printRecord(final);
-        exitFor(final);
+        // Subscribed first, then the record is read once: nothing between the two is missed.
+        await watching(client, (w) =>
+          followAndReport(w, id, { json: Boolean(o.json), progress: o.progress }, 'detach'),
+        );
       });
     });
   mig
