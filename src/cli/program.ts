@@ -9,6 +9,7 @@ import { registerHost } from './commands/host.js';
 import { registerAdmin } from './commands/admin.js';
 import { registerMove } from './commands/move.js';
 import { registerCluster } from './commands/cluster.js';
+import { registerConsole } from './commands/console.js';
 
 export function buildProgram(): Command {
   const pkg = JSON.parse(readFileSync(path.join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
@@ -24,6 +25,7 @@ export function buildProgram(): Command {
   registerMove(program);
   registerCluster(program);
   registerAdmin(program);
+  registerConsole(program);
   registerGuest(program);
   return program;
 }
