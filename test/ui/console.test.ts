@@ -7,14 +7,25 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium, startConsole, stopAll, tid } from './harness.js';
+import {
+  launchChromium,
+  login,
+  request,
+  startConsole,
+  stopAll,
+  tid,
+  watchCsp,
+  type ConsoleUserSpec,
+  type RunningConsole,
+} from './harness.js';
 import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 
-const TOKEN = 'test-token-' + Math.random().toString(36).slice(2);
+const ADMIN: ConsoleUserSpec = { name: 'ada', role: 'admin', password: 'pw-' + Math.random().toString(36).slice(2) };
+const VIEWER: ConsoleUserSpec = { name: 'vee', role: 'viewer', password: 'pw-' + Math.random().toString(36).slice(2) };
 // FERRY_SCREENSHOTS=docs/screenshots refreshes the committed ones; otherwise they go to a temp folder.
 let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
 let dir = '';
@@ -23,6 +34,8 @@ let consoleProc: ChildProcess | null = null;
 let url = '';
 let browser: Browser | null = null;
 let page: Page;
+let con: RunningConsole;
+let csp: string[] = [];
 
 before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fui-'));
@@ -45,24 +58,28 @@ before(async () => {
     { lab },
   );
   await ferryOk(['vm', 'new', 'local1', '--host', 'host-a', '--guest', 'probe', '--start'], { lab });
-  ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
-  browser = await launchChromium();
+  con = await startConsole(lab, [ADMIN, VIEWER]);
+  ({ proc: consoleProc, url } = con);
+  browser = await launchChromium(con.ca);
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  csp = watchCsp(page);
   await fsp.mkdir(shots, { recursive: true });
 });
 
-after(() => stopAll({ browser, consoleProc, lab, dir }));
+after(() => stopAll({ browser, consoles: [consoleProc], lab, dir }));
 
-test('nothing without logging in; a wrong token is refused; the right one opens the console', async () => {
-  const res = await fetch(`${url}api/hosts/host-a/v1/vms`);
+test('nothing without logging in; a wrong password is refused; the right one opens the console', async () => {
+  const res = await request(con, 'GET', '/api/hosts/host-a/v1/vms');
   assert.equal(res.status, 401, 'the API needs a session');
   await page.goto(url);
-  await page.fill(tid('login-token'), 'wrong');
+  await page.fill(tid('login-name'), ADMIN.name);
+  await page.fill(tid('login-password'), 'wrong-password');
   await page.click(tid('login-submit'));
   await page.waitForSelector(tid('login-error'));
-  await page.fill(tid('login-token'), TOKEN);
+  await page.fill(tid('login-password'), ADMIN.password);
   await page.click(tid('login-submit'));
   await page.waitForSelector(tid('vm-row-web1'), { timeout: 30_000 });
+  assert.equal(await page.textContent(tid('whoami')), 'ada (admin)');
   await page.click(tid('nav-hosts'));
   await page.waitForSelector(tid('host-card-host-b'));
   assert.equal(await page.textContent(tid('host-state-host-b')), 'up');
@@ -152,4 +169,22 @@ test('the migration view shows a live move with its chart, and Cancel cancels it
   await page.waitForSelector(tid('cluster-node-host-a'));
   await page.screenshot({ path: path.join(shots, 'cluster.png') });
   assert.ok(fs.existsSync(path.join(shots, 'migration-view.png')));
+  assert.deepEqual(csp, [], 'the pages break no Content-Security-Policy rule');
+});
+
+test('a viewer sees the inventory but no Move, Drain or Cancel', async () => {
+  const ctx = await browser!.newContext({ viewport: { width: 1280, height: 900 } });
+  try {
+    const p = await ctx.newPage();
+    await login(p, url, VIEWER);
+    await p.waitForSelector(tid('vm-row-web1'), { timeout: 30_000 });
+    assert.equal(await p.$(tid('move-web1')), null, 'no Move button for a viewer');
+    await p.click(tid('nav-cluster'));
+    await p.waitForSelector(tid('cluster-node-host-a'));
+    assert.equal(await p.$(tid('cluster-drain-host-a')), null, 'no Drain button for a viewer');
+    await p.click(tid('logout'));
+    await p.waitForSelector(tid('login-form'));
+  } finally {
+    await ctx.close();
+  }
 });

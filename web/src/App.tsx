@@ -1,6 +1,6 @@
 // Session gate (login page until GET /api/session answers) and the page shell.
 import { useCallback, useEffect, useState } from 'react';
-import { ApiError, errorText, logout, onUnauthorized, session, type HostRef } from './client.js';
+import { ApiError, errorText, logout, onUnauthorized, session, type SessionInfo } from './client.js';
 import { SessionContext } from './session.js';
 import { LoginPage } from './LoginPage.js';
 import { NavBar, type Page } from './NavBar.js';
@@ -16,7 +16,7 @@ function pageFromHash(): Page {
   return (PAGES as readonly string[]).includes(p) ? (p as Page) : 'vms';
 }
 
-type Auth = { kind: 'checking' } | { kind: 'out'; error?: string } | { kind: 'in'; hosts: HostRef[] };
+type Auth = { kind: 'checking' } | { kind: 'out'; error?: string } | { kind: 'in'; session: SessionInfo };
 
 export function App() {
   const [auth, setAuth] = useState<Auth>({ kind: 'checking' });
@@ -24,7 +24,7 @@ export function App() {
 
   const check = useCallback(async () => {
     try {
-      setAuth({ kind: 'in', hosts: await session() });
+      setAuth({ kind: 'in', session: await session() });
     } catch (err) {
       setAuth(err instanceof ApiError && err.status === 401 ? { kind: 'out' } : { kind: 'out', error: errorText(err) });
     }
@@ -53,12 +53,13 @@ export function App() {
         Loading…
       </div>
     );
-  if (auth.kind === 'out') return <LoginPage error={auth.error} onLoggedIn={check} />;
+  if (auth.kind === 'out')
+    return <LoginPage error={auth.error} onLoggedIn={(s) => setAuth({ kind: 'in', session: s })} />;
 
   return (
-    <SessionContext.Provider value={{ hosts: auth.hosts }}>
+    <SessionContext.Provider value={auth.session}>
       <div className="shell">
-        <NavBar page={page} onLogout={doLogout} />
+        <NavBar page={page} user={auth.session.user} onLogout={() => void doLogout()} />
         <main className="content" data-testid={`page-${page}`}>
           {page === 'hosts' && <HostsPage />}
           {page === 'vms' && <VmsPage />}

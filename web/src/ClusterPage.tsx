@@ -8,7 +8,7 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 import type { ActionOutput } from '../../src/api/action.js';
 import { call, eachHost, type HostRef } from './client.js';
 import { bytes } from './format.js';
-import { useSession } from './session.js';
+import { useCan, useSession } from './session.js';
 import { usePoll } from './usePoll.js';
 import { ErrorMessage } from './ErrorMessage.js';
 
@@ -36,6 +36,7 @@ async function anyHost<T>(hosts: readonly HostRef[], fn: (h: HostRef) => Promise
 
 export function ClusterPage() {
   const { hosts } = useSession();
+  const can = useCan();
   const nodes = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })), 1000, [
     hosts,
   ]);
@@ -154,33 +155,39 @@ export function ClusterPage() {
                 <td data-testid={`cluster-node-vms-${name}`}>{n.data?.vms ?? '–'}</td>
                 <td>{n.data ? bytes(n.data.memory.freeBytes) : '–'}</td>
                 <td className="actions">
-                  <button
-                    type="button"
-                    disabled={!c || st !== 'up' || !!busy}
-                    title={c ? 'Plan a drain: where each VM would go' : 'needs a cluster'}
-                    onClick={() => void dryRun(name)}
-                    data-testid={`cluster-drain-${name}`}
-                  >
-                    Drain…
-                  </button>
-                  <button
-                    type="button"
-                    disabled={!c || st !== 'paused' || !!busy}
-                    title="Take VMs again (stops a running drain's queued moves)"
-                    onClick={() => void resume(name, false)}
-                    data-testid={`cluster-resume-${name}`}
-                  >
-                    Resume
-                  </button>
-                  <button
-                    type="button"
-                    disabled={!c || st !== 'paused' || !!busy}
-                    title="Resume and move its VMs back"
-                    onClick={() => void resume(name, true)}
-                    data-testid={`cluster-failback-${name}`}
-                  >
-                    Resume + fail back
-                  </button>
+                  {can(actions.clusterDrain) && (
+                    <button
+                      type="button"
+                      disabled={!c || st !== 'up' || !!busy}
+                      title={c ? 'Plan a drain: where each VM would go' : 'needs a cluster'}
+                      onClick={() => void dryRun(name)}
+                      data-testid={`cluster-drain-${name}`}
+                    >
+                      Drain…
+                    </button>
+                  )}
+                  {can(actions.clusterResume) && (
+                    <>
+                      <button
+                        type="button"
+                        disabled={!c || st !== 'paused' || !!busy}
+                        title="Take VMs again (stops a running drain's queued moves)"
+                        onClick={() => void resume(name, false)}
+                        data-testid={`cluster-resume-${name}`}
+                      >
+                        Resume
+                      </button>
+                      <button
+                        type="button"
+                        disabled={!c || st !== 'paused' || !!busy}
+                        title="Resume and move its VMs back"
+                        onClick={() => void resume(name, true)}
+                        data-testid={`cluster-failback-${name}`}
+                      >
+                        Resume + fail back
+                      </button>
+                    </>
+                  )}
                 </td>
               </tr>
             );

@@ -3,13 +3,15 @@ import { actions } from '../../src/api/actions.js';
 import type { VmView } from '../../src/api/schemas.js';
 import { call, eachHost } from './client.js';
 import { bytes, mib } from './format.js';
-import { useSession } from './session.js';
+import { useCan, useSession } from './session.js';
 import { usePoll } from './usePoll.js';
 import { ErrorMessage } from './ErrorMessage.js';
 import { MoveWizard } from './wizard/MoveWizard.js';
 
 export function VmsPage() {
   const { hosts } = useSession();
+  const can = useCan();
+  const mayMove = can(actions.migrationCreate) || can(actions.storageMove);
   const [moving, setMoving] = useState<VmView | null>(null);
   const poll = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.vmList, {}, { signal })), 2000, [hosts]);
   const vms = (poll.data ?? []).flatMap((r) => r.data ?? []).sort((a, b) => a.name.localeCompare(b.name));
@@ -66,9 +68,11 @@ export function VmsPage() {
                   ))}
                 </td>
                 <td>
-                  <button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>
-                    Move…
-                  </button>
+                  {mayMove && (
+                    <button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>
+                      Move…
+                    </button>
+                  )}
                 </td>
               </tr>
             ))}
