@@ -76,6 +76,8 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
   const clients = new Clients(o.context);
   const sessions = new SessionStore({ ...DEFAULT_LIMITS, ...o.limits });
   const sessionOf = new WeakMap<FastifyRequest, Session>();
+  // The decoy hash is made now, so the first login of an unknown name is not slower than the others.
+  await verifyDecoy('');
   let loginsNow = 0;
   const app = Fastify({
     bodyLimit: 1024 * 1024,
@@ -268,9 +270,11 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
       if (typeof last === 'string' && /^\d{1,15}$/.test(last)) headers['last-event-id'] = last;
     } else signals.push(AbortSignal.timeout(FORWARD_TIMEOUT_MS));
     reply.hijack();
+    // The session ended (logout, expiry): its open streams end too.
     const close = (): void => {
       ac.abort();
-      reply.raw.destroy();
+      if (reply.raw.headersSent) reply.raw.end();
+      else reply.raw.destroy();
     };
     s.closers.add(close);
     reply.raw.on('close', () => {

@@ -97,7 +97,7 @@ test('cluster page: drain a node from its plan, see it paused and empty, resume 
     tid('cluster-node-state-host-b'),
     { timeout: 30_000 },
   );
-  await page.waitForFunction(() => /Fail-back of host-b/.test(document.body.textContent ?? ''), undefined, {
+  await page.waitForFunction(() => /Fail-back of host-b/.test(document.body.textContent), undefined, {
     timeout: 30_000,
   });
   await page.waitForFunction(

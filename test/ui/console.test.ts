@@ -152,7 +152,7 @@ test('the wizard moves storage (all to one folder) while the VM runs', async () 
 
 test('the migration view shows a live move with its chart, and Cancel cancels it', async () => {
   const id = (
-    (await ferryOk(['move-vm', 'web1', '--to', 'host-a', '--bandwidth', '2', '--no-wait'], { lab })) as string
+    await ferryOk<string>(['move-vm', 'web1', '--to', 'host-a', '--bandwidth', '2', '--no-wait'], { lab })
   ).trim();
   await page.click(tid('nav-migrations'));
   const card = tid(`migration-${id}`);

@@ -32,13 +32,21 @@ export interface RunningConsole {
 
 export const labCa = (lab: string): string => fs.readFileSync(path.join(lab, 'domain', 'ca.crt'), 'utf8');
 
-/** Adds the users the lab's console does not have yet (password through the environment). */
-export async function addConsoleUsers(lab: string, users: readonly ConsoleUserSpec[]): Promise<void> {
-  const list = await ferry(['console', 'user', 'list', '--json'], { lab });
+/**
+ * Adds the users the lab's console does not have yet (password through the environment);
+ * STATE_ARGS (--state-dir DIR, --users FILE) name another console's users file.
+ */
+export async function addConsoleUsers(
+  lab: string,
+  users: readonly ConsoleUserSpec[],
+  stateArgs: readonly string[] = [],
+): Promise<void> {
+  const list = await ferry(['console', 'user', 'list', '--json', ...stateArgs], { lab });
+  if (list.code !== 0) throw new Error(`console user list failed: ${list.stderr}`);
   const have = new Set((JSON.parse(list.stdout || '[]') as Array<{ name: string }>).map((u) => u.name));
   for (const u of users) {
     if (have.has(u.name)) continue;
-    const r = await ferry(['console', 'user', 'add', u.name, '--role', u.role], {
+    const r = await ferry(['console', 'user', 'add', u.name, '--role', u.role, ...stateArgs], {
       lab,
       env: { FERRY_CONSOLE_PASSWORD: u.password },
     });
@@ -46,13 +54,17 @@ export async function addConsoleUsers(lab: string, users: readonly ConsoleUserSp
   }
 }
 
-/** Starts the console for LAB (HTTPS, certificate from the lab's CA) with these users. */
+/**
+ * Starts the console for LAB (HTTPS, certificate from the lab's CA) with these users; ARGS
+ * go to `ferry console`, and its --state-dir/--users also to the user commands.
+ */
 export async function startConsole(
   lab: string,
   users: readonly ConsoleUserSpec[],
   args: readonly string[] = [],
 ): Promise<RunningConsole> {
-  await addConsoleUsers(lab, users);
+  const stateArgs = args.flatMap((a, i) => (['--state-dir', '--users'].includes(a) ? [a, args[i + 1]!] : []));
+  await addConsoleUsers(lab, users, stateArgs);
   const proc = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['console', '--listen', '127.0.0.1:0', ...args], {
     env: { ...process.env, FERRY_LAB: lab },
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -66,7 +78,7 @@ export async function startConsole(
       clearTimeout(t);
       reject(new Error(`console exited ${code}: ${out}`));
     });
-    proc.stdout!.on('data', (d: Buffer) => {
+    proc.stdout.on('data', (d: Buffer) => {
       out += d.toString();
       const m = /(https:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
       if (m) {
@@ -126,19 +138,27 @@ export interface Answer {
   json: unknown;
 }
 
-/** One HTTPS request trusting the lab's CA, as a script (or a stolen cookie's holder) would send it. */
+/**
+ * One HTTPS request trusting the lab's CA, as a script (or a stolen cookie's holder) would
+ * send it: the path goes out exactly as given (no URL normalisation of dot segments).
+ */
 export function request(
   con: Pick<RunningConsole, 'ca' | 'origin'>,
   method: string,
   pathAndQuery: string,
   o: { headers?: Record<string, string>; body?: string; timeoutMs?: number } = {},
 ): Promise<Answer> {
+  const u = new URL(con.origin);
   return new Promise((resolve, reject) => {
     const req = https.request(
-      con.origin + pathAndQuery,
       {
+        hostname: u.hostname,
+        port: u.port,
+        path: pathAndQuery,
         method,
         ca: con.ca,
+        // A forged Host header must still reach the console (it names another server than the certificate's).
+        ...(o.headers?.host ? { servername: 'localhost', checkServerIdentity: () => undefined } : {}),
         headers: { ...o.headers, ...(o.body !== undefined ? { 'content-length': Buffer.byteLength(o.body) } : {}) },
         timeout: o.timeoutMs ?? 30_000,
       },
@@ -174,10 +194,10 @@ export async function stopAll(o: {
   await Promise.all(
     o.consoles.map(async (p) => {
       if (!p || p.exitCode !== null || p.signalCode !== null) return;
-      const gone = new Promise((r) => p.once('exit', r));
+      const gone = new Promise<boolean>((r) => p.once('exit', () => r(true)));
       p.kill('SIGTERM');
-      await Promise.race([gone, new Promise((r) => setTimeout(r, 5000))]);
-      if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+      if (!(await Promise.race([gone, new Promise<boolean>((r) => setTimeout(() => r(false), 5000))])))
+        p.kill('SIGKILL');
     }),
   );
   if (o.lab) await ferry(['lab', 'down', '--dir', o.lab]);
