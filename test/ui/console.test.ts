@@ -172,6 +172,47 @@ test('the migration view shows a live move with its chart, and Cancel cancels it
   assert.deepEqual(csp, [], 'the pages break no Content-Security-Policy rule');
 });
 
+test('pages follow the event streams: an idle page sends no request for 10 s; a change shows without one', async () => {
+  const sent: string[] = [];
+  const onRequest = (r: { url: () => string; method: () => string }): void => {
+    sent.push(`${r.method()} ${r.url().replace(con.origin, '')}`);
+  };
+  page.on('request', onRequest);
+  try {
+    for (const [nav, ready] of [
+      ['nav-vms', 'vm-row-web1'],
+      ['nav-hosts', 'host-card-host-b'],
+      ['nav-migrations', 'migrations-empty'],
+      ['nav-cluster', 'cluster-node-host-a'],
+    ] as const) {
+      await page.click(tid(nav));
+      await page.waitForSelector(tid(ready), { timeout: 30_000 });
+      await sleep(1500); // the page's first loads and its event streams
+      sent.length = 0;
+      await sleep(10_000);
+      console.log(`${nav}: ${sent.length} requests in 10 s idle`);
+      assert.deepEqual(sent, [], `${nav} idle`);
+    }
+    // A change made elsewhere (the CLI) reaches the VMs page through host-a's event stream.
+    await page.click(tid('nav-vms'));
+    await page.waitForSelector(`${tid('vm-state-local1')}:has-text("running")`);
+    await sleep(1500);
+    sent.length = 0;
+    await ferryOk(['vm', 'pause', 'local1'], { lab });
+    await page.waitForSelector(`${tid('vm-state-local1')}:has-text("paused")`, { timeout: 15_000 });
+    await ferryOk(['vm', 'resume', 'local1'], { lab });
+    await page.waitForSelector(`${tid('vm-state-local1')}:has-text("running")`, { timeout: 15_000 });
+    console.log(`vms page, pause and resume elsewhere: ${sent.length} requests: ${sent.join(', ')}`);
+    assert.ok(
+      sent.every((r) => r === 'GET /api/hosts/host-a/v1/vms' || r === 'GET /api/hosts/host-b/v1/vms'),
+      sent.join(', '),
+    );
+    assert.ok(sent.length <= 8, `one load per change and host: ${sent.join(', ')}`);
+  } finally {
+    page.off('request', onRequest);
+  }
+});
+
 test('a viewer sees the inventory but no Move, Drain or Cancel', async () => {
   const ctx = await browser!.newContext({ viewport: { width: 1280, height: 900 } });
   try {

@@ -1,7 +1,8 @@
 // Session gate (login page until GET /api/session answers) and the page shell.
-import { useCallback, useEffect, useState } from 'react';
+import { useEffect, useState } from 'react';
 import { ApiError, errorText, logout, onUnauthorized, session, type SessionInfo } from './client.js';
 import { SessionContext } from './session.js';
+import { closeAll, onStreamEnded } from './events.js';
 import { LoginPage } from './LoginPage.js';
 import { NavBar, type Page } from './NavBar.js';
 import { HostsPage } from './HostsPage.js';
@@ -22,21 +23,29 @@ export function App() {
   const [auth, setAuth] = useState<Auth>({ kind: 'checking' });
   const [page, setPage] = useState<Page>(pageFromHash);
 
-  const check = useCallback(async () => {
-    try {
-      setAuth({ kind: 'in', session: await session() });
-    } catch (err) {
-      setAuth(err instanceof ApiError && err.status === 401 ? { kind: 'out' } : { kind: 'out', error: errorText(err) });
-    }
-  }, []);
-
   useEffect(() => {
-    onUnauthorized(() => setAuth({ kind: 'out', error: 'Your session has ended; log in again.' }));
-    void check();
+    const ended = (): void => {
+      closeAll();
+      setAuth({ kind: 'out', error: 'Your session has ended; log in again.' });
+    };
+    onUnauthorized(ended);
+    // The console closed an event stream: if the session is gone, the login page says so.
+    onStreamEnded(() => {
+      session().catch((err: unknown) => {
+        if (err instanceof ApiError && err.status === 401) ended();
+      });
+    });
+    session().then(
+      (s) => setAuth({ kind: 'in', session: s }),
+      (err: unknown) =>
+        setAuth(
+          err instanceof ApiError && err.status === 401 ? { kind: 'out' } : { kind: 'out', error: errorText(err) },
+        ),
+    );
     const onHash = (): void => setPage(pageFromHash());
     window.addEventListener('hashchange', onHash);
     return () => window.removeEventListener('hashchange', onHash);
-  }, [check]);
+  }, []);
 
   const doLogout = async (): Promise<void> => {
     try {
@@ -44,6 +53,7 @@ export function App() {
     } catch {
       /* the session is dropped either way */
     }
+    closeAll();
     setAuth({ kind: 'out' });
   };
 

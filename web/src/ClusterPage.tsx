@@ -9,11 +9,22 @@ import type { ActionOutput } from '../../src/api/action.js';
 import { call, eachHost, type HostRef } from './client.js';
 import { bytes } from './format.js';
 import { useCan, useSession } from './session.js';
-import { usePoll } from './usePoll.js';
+import { useLive } from './useLive.js';
+import { changesCluster } from './liveRules.js';
 import { ErrorMessage } from './ErrorMessage.js';
 
 type Cluster = ActionOutput<typeof actions.clusterStatus>;
 type DrainResult = ActionOutput<typeof actions.clusterDrain>;
+type ItemState = NonNullable<DrainResult['batch']>['items'][number]['state'];
+/** The badge colour (a VM or migration state's) of a batch item's state. */
+const ITEM_BADGE: Record<ItemState, string> = {
+  pending: 'queued',
+  moving: 'migrating',
+  moved: 'completed',
+  failed: 'failed',
+  blocked: 'failed',
+  cancelled: 'failed',
+};
 
 /** Any member answers for the whole cluster. */
 async function anyHost<T>(hosts: readonly HostRef[], fn: (h: HostRef) => Promise<T>): Promise<T> {
@@ -37,10 +48,16 @@ async function anyHost<T>(hosts: readonly HostRef[], fn: (h: HostRef) => Promise
 export function ClusterPage() {
   const { hosts } = useSession();
   const can = useCan();
-  const nodes = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })), 1000, [
-    hosts,
-  ]);
-  const cluster = usePoll(
+  const names = hosts.map((h) => h.name);
+  const key = names.join();
+  const reload = (_h: string, e: Parameters<typeof changesCluster>[0]) => (changesCluster(e) ? 'reload' : null);
+  const nodes = useLive(
+    (signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })),
+    key,
+    names,
+    reload,
+  );
+  const cluster = useLive(
     async (signal): Promise<Cluster | null> => {
       for (const h of hosts) {
         try {
@@ -51,13 +68,15 @@ export function ClusterPage() {
       }
       return null;
     },
-    1000,
-    [hosts],
+    key,
+    names,
+    reload,
   );
-  const queue = usePoll(
+  const queue = useLive(
     (signal) => eachHost(hosts, (h) => call(h.name, actions.migrationList, { query: { all: 'false' } }, { signal })),
-    1000,
-    [hosts],
+    key,
+    names,
+    reload,
   );
   const [plan, setPlan] = useState<DrainResult['plan'] | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
@@ -108,7 +127,9 @@ export function ClusterPage() {
       <h2>Cluster</h2>
       <p className="note" data-testid="cluster-note">
         {c
-          ? `Cluster '${c.name}' · leader ${c.leader ?? '(electing)'} · limits ${c.limits.maxOutgoing} out / ${c.limits.maxIncoming} in per node, ${c.limits.maxTotal} in the cluster. Node state comes from the cluster's leases.`
+          ? `Cluster '${c.name}' · leader ${c.leader ?? '(electing)'} · limits ${c.limits.maxOutgoing} out / ` +
+            `${c.limits.maxIncoming} in per node, ${c.limits.maxTotal} in the cluster. ` +
+            "Node state comes from the cluster's leases."
           : 'These hosts are not in a cluster: a node is up when its agent answers; drain and resume need a cluster.'}
       </p>
       {error && <ErrorMessage error={error} />}
@@ -371,11 +392,7 @@ export function ClusterPage() {
                     </td>
                     <td>{i.priority}</td>
                     <td>
-                      <span
-                        className={`badge state-${i.state === 'moved' ? 'completed' : i.state === 'moving' ? 'migrating' : i.state === 'pending' ? 'queued' : 'failed'}`}
-                      >
-                        {i.state}
-                      </span>
+                      <span className={`badge state-${ITEM_BADGE[i.state]}`}>{i.state}</span>
                     </td>
                     <td>{i.reason ?? ''}</td>
                   </tr>

@@ -1,4 +1,4 @@
-import { useState, type FormEvent } from 'react';
+import { useState, type SyntheticEvent } from 'react';
 import { errorText, login, type SessionInfo } from './client.js';
 
 export function LoginPage({ error, onLoggedIn }: { error?: string; onLoggedIn: (s: SessionInfo) => void }) {
@@ -7,7 +7,7 @@ export function LoginPage({ error, onLoggedIn }: { error?: string; onLoggedIn: (
   const [busy, setBusy] = useState(false);
   const [failure, setFailure] = useState<string | undefined>(error);
 
-  const submit = async (e: FormEvent): Promise<void> => {
+  const submit = async (e: SyntheticEvent): Promise<void> => {
     e.preventDefault();
     setBusy(true);
     setFailure(undefined);

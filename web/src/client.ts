@@ -116,9 +116,14 @@ export async function eachHost<T>(
   hosts: readonly HostRef[],
   fn: (h: HostRef) => Promise<T>,
 ): Promise<Array<HostResult<T>>> {
-  const settled = await Promise.allSettled(hosts.map(fn));
-  return settled.map((s, i) =>
-    s.status === 'fulfilled' ? { host: hosts[i]!, data: s.value } : { host: hosts[i]!, error: s.reason as Error },
+  return Promise.all(
+    hosts.map(async (host) => {
+      try {
+        return { host, data: await fn(host) };
+      } catch (err) {
+        return { host, error: err as Error };
+      }
+    }),
   );
 }
 
