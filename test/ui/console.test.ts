@@ -137,6 +137,15 @@ test('the wizard moves storage (all to one folder) while the VM runs', async () 
   await page.click(tid('wizard-next'));
   await page.click(tid('move-option-single'));
   await page.click(tid('wizard-next'));
+  // The folder picker opens at a pool's root on the VM's host; "Use this folder" fills the path in.
+  await page.waitForFunction(
+    (sel) => document.querySelector(sel)?.textContent.startsWith('/'),
+    tid('picker-current'),
+    { timeout: 30_000 },
+  );
+  const root = (await page.textContent(tid('picker-current'))) ?? '';
+  await page.click(tid('picker-use'));
+  assert.equal(await page.inputValue(tid('wizard-path-storage')), root);
   const to = path.join(lab, 'shared', 'local1-moved');
   await page.fill(tid('wizard-path-storage'), to);
   await page.click(tid('wizard-next'));

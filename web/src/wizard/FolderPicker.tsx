@@ -43,11 +43,13 @@ export function FolderPicker({
   start?: string;
 }) {
   const pools = useLive((signal) => call(host, actions.poolList, {}, { signal }), host);
-  // The user's choice; until then START when it is inside a pool, else the first usable pool's root.
+  // The user's choice; until then where the picker opens (openAt).
   const [chosen, setChosen] = useState<{ pool: string; rel: string } | null>(null);
   const [newFolder, setNewFolder] = useState('');
+  // Where it opens is decided once: START as it was when the picker appeared (not each keystroke typed since).
+  const [openStart] = useState(start);
   const opening = chosen === null;
-  const sel = chosen ?? openAt(pools.data, start);
+  const sel = chosen ?? openAt(pools.data, openStart);
   const pool = sel?.pool ?? '';
   const want = sel?.rel ?? '';
   const listing = useLive(async (signal) => {
