@@ -215,6 +215,29 @@ export const ERROR_CODES = {
     retryable: true,
     meaning: 'every port of the migration range is in use',
   },
+  // The web console (docs/console.md)
+  E_CONSOLE_NO_USERS: input('the console has no users yet; add one with ferry console user add'),
+  E_CONSOLE_TLS: input("the console's TLS files are missing or wrong"),
+  E_CONSOLE_INTERNAL: failed('the console failed; its log has the details'),
+  E_CONSOLE_USERS_MODE: input('the console users file is readable by others'),
+  E_CONSOLE_USERS_INVALID: failed('the console users file is not valid'),
+  E_CONSOLE_USER_EXISTS: conflict('a console user of that name exists'),
+  E_CONSOLE_BAD_PATH: input('the console proxies only plain agent paths'),
+  E_CONSOLE_BAD_REQUEST: input('the console could not read the request'),
+  E_LOGIN_BUSY: { status: 429, exit: EXIT.failed, retryable: true, meaning: 'too many logins at once' },
+  E_CONSOLE_CSRF: { status: 403, exit: EXIT.failed, retryable: false, meaning: 'the CSRF token is missing or wrong' },
+  E_CONSOLE_FORBIDDEN: {
+    status: 403,
+    exit: EXIT.failed,
+    retryable: false,
+    meaning: 'the console role may not do this',
+  },
+  E_CONSOLE_HOST: input('the request named a host header the console does not serve'),
+  E_CONSOLE_MEDIA_TYPE: { status: 415, exit: EXIT.usage, retryable: false, meaning: 'the body must be JSON' },
+  E_CONSOLE_METHOD: { status: 405, exit: EXIT.usage, retryable: false, meaning: 'the method is not allowed there' },
+  E_CONSOLE_ORIGIN: { status: 403, exit: EXIT.failed, retryable: false, meaning: 'a cross-site request was refused' },
+  E_CONSOLE_STREAMS: { status: 429, exit: EXIT.failed, retryable: true, meaning: 'too many event streams open' },
+  E_CONSOLE_USER_NOT_FOUND: notFound('no console user of that name'),
 } as const satisfies Record<string, ErrorInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -153,7 +153,8 @@ export class AgentClient {
 
   /**
    * Forwards one HTTP request to the agent and pipes its answer back unchanged (the web
-   * console's proxy: the browser never holds a certificate).
+   * console's proxy: the browser never holds a certificate). `headers` go to the agent as
+   * they are (the console's X-Ferry-Actor, an event stream's Last-Event-ID).
    */
   forward(
     method: string,
@@ -162,6 +163,7 @@ export class AgentClient {
     contentType: string | undefined,
     res: import('node:http').ServerResponse,
     signal?: AbortSignal,
+    headers: Record<string, string> = {},
   ): Promise<void> {
     return new Promise((resolve) => {
       const req = https.request(
@@ -171,6 +173,7 @@ export class AgentClient {
           agent: this.agent,
           signal,
           headers: {
+            ...headers,
             accept: 'application/json, text/event-stream, text/plain',
             ...(body?.length
               ? { 'content-type': contentType ?? 'application/json', 'content-length': body.length }

@@ -70,3 +70,24 @@ export type Emit = <T extends EventType>(type: T, fields: EventFields<T>) => voi
 /** An event as published: numbered (the SSE id) and timed. */
 export type FerryEvent = EventBody & { seq: number; at: string };
 export const FerryEvent = z.intersection(EventBody, z.object({ seq: z.number(), at: z.string() }));
+
+/** An event as a browser reads it from the stream (the web console). */
+export type StreamEvent = FerryEvent;
+export type MigrationEvent = Extract<FerryEvent, { type: 'migration' }>;
+
+/** The SSE event name the agent sends every event under (a `reset` says history was lost). */
+export const SSE_EVENT = 'ferry';
+
+/** One event's `data:` line, or null when it is not an event this client understands (a newer agent's). */
+export function parseEvent(data: string): StreamEvent | null {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(data);
+  } catch {
+    return null;
+  }
+  const r = FerryEvent.safeParse(raw);
+  return r.success ? r.data : null;
+}
+
+export const isMigrationEvent = (e: StreamEvent): e is MigrationEvent => e.type === 'migration';

@@ -10,6 +10,7 @@ import { registerDomain } from './commands/domain.js';
 import { registerMove } from './commands/move.js';
 import { registerCluster } from './commands/cluster.js';
 import { registerImage } from './commands/image.js';
+import { registerConsole } from './commands/console.js';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -28,6 +29,7 @@ export function buildProgram(): Command {
   registerCluster(program);
   registerAdmin(program);
   registerDomain(program);
+  registerConsole(program);
   registerGuest(program);
   registerImage(program);
   return program;

@@ -7,18 +7,19 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium, startConsole, stopAll, tid } from './harness.js';
+import { launchChromium, login, startConsole, stopAll, tid, watchCsp, type ConsoleUserSpec } from './harness.js';
 import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import type { VmView } from '../../src/api/schemas.js';
 
-const TOKEN = 'test-token-' + Math.random().toString(36).slice(2);
+const ADMIN: ConsoleUserSpec = { name: 'ada', role: 'admin', password: 'pw-' + Math.random().toString(36).slice(2) };
 let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
 let dir = '';
 let lab = '';
 let consoleProc: ChildProcess | null = null;
 let browser: Browser | null = null;
 let page: Page;
+let csp: string[] = [];
 let url = '';
 
 before(async () => {
@@ -47,22 +48,21 @@ before(async () => {
     ],
     { lab },
   );
-  ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
-  browser = await launchChromium();
+  const con = await startConsole(lab, [ADMIN]);
+  ({ proc: consoleProc, url } = con);
+  browser = await launchChromium(con.ca);
   page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  csp = watchCsp(page);
   await fsp.mkdir(shots, { recursive: true });
 });
 
-after(() => stopAll({ browser, consoleProc, lab, dir }));
+after(() => stopAll({ browser, consoles: [consoleProc], lab, dir }));
 
 const where = async (): Promise<string[]> =>
   (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab })).filter((v) => v.name === 'c1').map((v) => v.host);
 
 test('cluster page: drain a node from its plan, see it paused and empty, resume with fail-back', async () => {
-  await page.goto(url);
-  await page.fill(tid('login-token'), TOKEN);
-  await page.click(tid('login-submit'));
-  await page.waitForSelector(tid('nav-cluster'));
+  await login(page, url, ADMIN);
   await page.click(tid('nav-cluster'));
   await page.waitForFunction(
     (sel) => document.querySelector(sel)?.textContent === 'up',
@@ -106,4 +106,5 @@ test('cluster page: drain a node from its plan, see it paused and empty, resume 
     { timeout: 180_000 },
   );
   assert.deepEqual(await where(), ['host-b']);
+  assert.deepEqual(csp, [], 'the page breaks no Content-Security-Policy rule');
 });

@@ -7,14 +7,25 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
-import { launchChromium, startConsole, stopAll, tid } from './harness.js';
+import {
+  launchChromium,
+  login,
+  request,
+  startConsole,
+  stopAll,
+  tid,
+  watchCsp,
+  type ConsoleUserSpec,
+  type RunningConsole,
+} from './harness.js';
 import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 
-const TOKEN = 'test-token-' + Math.random().toString(36).slice(2);
+const ADMIN: ConsoleUserSpec = { name: 'ada', role: 'admin', password: 'pw-' + Math.random().toString(36).slice(2) };
+const VIEWER: ConsoleUserSpec = { name: 'vee', role: 'viewer', password: 'pw-' + Math.random().toString(36).slice(2) };
 // FERRY_SCREENSHOTS=docs/screenshots refreshes the committed ones; otherwise they go to a temp folder.
 let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
 let dir = '';
@@ -23,6 +34,8 @@ let consoleProc: ChildProcess | null = null;
 let url = '';
 let browser: Browser | null = null;
 let page: Page;
+let con: RunningConsole;
+let csp: string[] = [];
 
 before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fui-'));
@@ -45,24 +58,28 @@ before(async () => {
     { lab },
   );
   await ferryOk(['vm', 'new', 'local1', '--host', 'host-a', '--guest', 'probe', '--start'], { lab });
-  ({ proc: consoleProc, url } = await startConsole(lab, TOKEN));
-  browser = await launchChromium();
+  con = await startConsole(lab, [ADMIN, VIEWER]);
+  ({ proc: consoleProc, url } = con);
+  browser = await launchChromium(con.ca);
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  csp = watchCsp(page);
   await fsp.mkdir(shots, { recursive: true });
 });
 
-after(() => stopAll({ browser, consoleProc, lab, dir }));
+after(() => stopAll({ browser, consoles: [consoleProc], lab, dir }));
 
-test('nothing without logging in; a wrong token is refused; the right one opens the console', async () => {
-  const res = await fetch(`${url}api/hosts/host-a/v1/vms`);
+test('nothing without logging in; a wrong password is refused; the right one opens the console', async () => {
+  const res = await request(con, 'GET', '/api/hosts/host-a/v1/vms');
   assert.equal(res.status, 401, 'the API needs a session');
   await page.goto(url);
-  await page.fill(tid('login-token'), 'wrong');
+  await page.fill(tid('login-name'), ADMIN.name);
+  await page.fill(tid('login-password'), 'wrong-password');
   await page.click(tid('login-submit'));
   await page.waitForSelector(tid('login-error'));
-  await page.fill(tid('login-token'), TOKEN);
+  await page.fill(tid('login-password'), ADMIN.password);
   await page.click(tid('login-submit'));
   await page.waitForSelector(tid('vm-row-web1'), { timeout: 30_000 });
+  assert.equal(await page.textContent(tid('whoami')), 'ada (admin)');
   await page.click(tid('nav-hosts'));
   await page.waitForSelector(tid('host-card-host-b'));
   assert.equal(await page.textContent(tid('host-state-host-b')), 'up');
@@ -120,6 +137,13 @@ test('the wizard moves storage (all to one folder) while the VM runs', async () 
   await page.click(tid('wizard-next'));
   await page.click(tid('move-option-single'));
   await page.click(tid('wizard-next'));
+  // The folder picker opens at a pool's root on the VM's host; "Use this folder" fills the path in.
+  await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.startsWith('/'), tid('picker-current'), {
+    timeout: 30_000,
+  });
+  const root = (await page.textContent(tid('picker-current'))) ?? '';
+  await page.click(tid('picker-use'));
+  assert.equal(await page.inputValue(tid('wizard-path-storage')), root);
   const to = path.join(lab, 'shared', 'local1-moved');
   await page.fill(tid('wizard-path-storage'), to);
   await page.click(tid('wizard-next'));
@@ -152,4 +176,63 @@ test('the migration view shows a live move with its chart, and Cancel cancels it
   await page.waitForSelector(tid('cluster-node-host-a'));
   await page.screenshot({ path: path.join(shots, 'cluster.png') });
   assert.ok(fs.existsSync(path.join(shots, 'migration-view.png')));
+  assert.deepEqual(csp, [], 'the pages break no Content-Security-Policy rule');
+});
+
+test('pages follow the event streams: an idle page sends no request for 10 s; a change shows without one', async () => {
+  const sent: string[] = [];
+  const onRequest = (r: { url: () => string; method: () => string }): void => {
+    sent.push(`${r.method()} ${r.url().replace(con.origin, '')}`);
+  };
+  page.on('request', onRequest);
+  try {
+    for (const [nav, ready] of [
+      ['nav-vms', 'vm-row-web1'],
+      ['nav-hosts', 'host-card-host-b'],
+      ['nav-migrations', 'migrations-empty'],
+      ['nav-cluster', 'cluster-node-host-a'],
+    ] as const) {
+      await page.click(tid(nav));
+      await page.waitForSelector(tid(ready), { timeout: 30_000 });
+      await sleep(1500); // the page's first loads and its event streams
+      sent.length = 0;
+      await sleep(10_000);
+      console.log(`${nav}: ${sent.length} requests in 10 s idle`);
+      assert.deepEqual(sent, [], `${nav} idle`);
+    }
+    // A change made elsewhere (the CLI) reaches the VMs page through host-a's event stream.
+    await page.click(tid('nav-vms'));
+    await page.waitForSelector(`${tid('vm-state-local1')}:has-text("running")`);
+    await sleep(1500);
+    sent.length = 0;
+    await ferryOk(['vm', 'pause', 'local1'], { lab });
+    await page.waitForSelector(`${tid('vm-state-local1')}:has-text("paused")`, { timeout: 15_000 });
+    await ferryOk(['vm', 'resume', 'local1'], { lab });
+    await page.waitForSelector(`${tid('vm-state-local1')}:has-text("running")`, { timeout: 15_000 });
+    console.log(`vms page, pause and resume elsewhere: ${sent.length} requests: ${sent.join(', ')}`);
+    assert.ok(
+      sent.every((r) => r === 'GET /api/hosts/host-a/v1/vms' || r === 'GET /api/hosts/host-b/v1/vms'),
+      sent.join(', '),
+    );
+    assert.ok(sent.length <= 8, `one load per change and host: ${sent.join(', ')}`);
+  } finally {
+    page.off('request', onRequest);
+  }
+});
+
+test('a viewer sees the inventory but no Move, Drain or Cancel', async () => {
+  const ctx = await browser!.newContext({ viewport: { width: 1280, height: 900 } });
+  try {
+    const p = await ctx.newPage();
+    await login(p, url, VIEWER);
+    await p.waitForSelector(tid('vm-row-web1'), { timeout: 30_000 });
+    assert.equal(await p.$(tid('move-web1')), null, 'no Move button for a viewer');
+    await p.click(tid('nav-cluster'));
+    await p.waitForSelector(tid('cluster-node-host-a'));
+    assert.equal(await p.$(tid('cluster-drain-host-a')), null, 'no Drain button for a viewer');
+    await p.click(tid('logout'));
+    await p.waitForSelector(tid('login-form'));
+  } finally {
+    await ctx.close();
+  }
 });

@@ -1,7 +1,8 @@
 // Session gate (login page until GET /api/session answers) and the page shell.
-import { useCallback, useEffect, useState } from 'react';
-import { ApiError, errorText, logout, onUnauthorized, session, type HostRef } from './client.js';
+import { useEffect, useState } from 'react';
+import { ApiError, errorText, logout, onUnauthorized, session, type SessionInfo } from './client.js';
 import { SessionContext } from './session.js';
+import { closeAll, onStreamEnded } from './events.js';
 import { LoginPage } from './LoginPage.js';
 import { NavBar, type Page } from './NavBar.js';
 import { HostsPage } from './HostsPage.js';
@@ -16,27 +17,35 @@ function pageFromHash(): Page {
   return (PAGES as readonly string[]).includes(p) ? (p as Page) : 'vms';
 }
 
-type Auth = { kind: 'checking' } | { kind: 'out'; error?: string } | { kind: 'in'; hosts: HostRef[] };
+type Auth = { kind: 'checking' } | { kind: 'out'; error?: string } | { kind: 'in'; session: SessionInfo };
 
 export function App() {
   const [auth, setAuth] = useState<Auth>({ kind: 'checking' });
   const [page, setPage] = useState<Page>(pageFromHash);
 
-  const check = useCallback(async () => {
-    try {
-      setAuth({ kind: 'in', hosts: await session() });
-    } catch (err) {
-      setAuth(err instanceof ApiError && err.status === 401 ? { kind: 'out' } : { kind: 'out', error: errorText(err) });
-    }
-  }, []);
-
   useEffect(() => {
-    onUnauthorized(() => setAuth({ kind: 'out', error: 'Your session has ended; log in again.' }));
-    void check();
+    const ended = (): void => {
+      closeAll();
+      setAuth({ kind: 'out', error: 'Your session has ended; log in again.' });
+    };
+    onUnauthorized(ended);
+    // The console closed an event stream: if the session is gone, the login page says so.
+    onStreamEnded(() => {
+      session().catch((err: unknown) => {
+        if (err instanceof ApiError && err.status === 401) ended();
+      });
+    });
+    session().then(
+      (s) => setAuth({ kind: 'in', session: s }),
+      (err: unknown) =>
+        setAuth(
+          err instanceof ApiError && err.status === 401 ? { kind: 'out' } : { kind: 'out', error: errorText(err) },
+        ),
+    );
     const onHash = (): void => setPage(pageFromHash());
     window.addEventListener('hashchange', onHash);
     return () => window.removeEventListener('hashchange', onHash);
-  }, [check]);
+  }, []);
 
   const doLogout = async (): Promise<void> => {
     try {
@@ -44,6 +53,7 @@ export function App() {
     } catch {
       /* the session is dropped either way */
     }
+    closeAll();
     setAuth({ kind: 'out' });
   };
 
@@ -53,12 +63,13 @@ export function App() {
         Loading…
       </div>
     );
-  if (auth.kind === 'out') return <LoginPage error={auth.error} onLoggedIn={check} />;
+  if (auth.kind === 'out')
+    return <LoginPage error={auth.error} onLoggedIn={(s) => setAuth({ kind: 'in', session: s })} />;
 
   return (
-    <SessionContext.Provider value={{ hosts: auth.hosts }}>
+    <SessionContext.Provider value={auth.session}>
       <div className="shell">
-        <NavBar page={page} onLogout={doLogout} />
+        <NavBar page={page} user={auth.session.user} onLogout={() => void doLogout()} />
         <main className="content" data-testid={`page-${page}`}>
           {page === 'hosts' && <HostsPage />}
           {page === 'vms' && <VmsPage />}

@@ -8,12 +8,23 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 import type { ActionOutput } from '../../src/api/action.js';
 import { call, eachHost, type HostRef } from './client.js';
 import { bytes } from './format.js';
-import { useSession } from './session.js';
-import { usePoll } from './usePoll.js';
+import { useCan, useSession } from './session.js';
+import { useLive } from './useLive.js';
+import { changesCluster } from './liveRules.js';
 import { ErrorMessage } from './ErrorMessage.js';
 
 type Cluster = ActionOutput<typeof actions.clusterStatus>;
 type DrainResult = ActionOutput<typeof actions.clusterDrain>;
+type ItemState = NonNullable<DrainResult['batch']>['items'][number]['state'];
+/** The badge colour (a VM or migration state's) of a batch item's state. */
+const ITEM_BADGE: Record<ItemState, string> = {
+  pending: 'queued',
+  moving: 'migrating',
+  moved: 'completed',
+  failed: 'failed',
+  blocked: 'failed',
+  cancelled: 'failed',
+};
 
 /** Any member answers for the whole cluster. */
 async function anyHost<T>(hosts: readonly HostRef[], fn: (h: HostRef) => Promise<T>): Promise<T> {
@@ -36,10 +47,17 @@ async function anyHost<T>(hosts: readonly HostRef[], fn: (h: HostRef) => Promise
 
 export function ClusterPage() {
   const { hosts } = useSession();
-  const nodes = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })), 1000, [
-    hosts,
-  ]);
-  const cluster = usePoll(
+  const can = useCan();
+  const names = hosts.map((h) => h.name);
+  const key = names.join();
+  const reload = (_h: string, e: Parameters<typeof changesCluster>[0]) => (changesCluster(e) ? 'reload' : null);
+  const nodes = useLive(
+    (signal) => eachHost(hosts, (h) => call(h.name, actions.hostShow, {}, { signal })),
+    key,
+    names,
+    reload,
+  );
+  const cluster = useLive(
     async (signal): Promise<Cluster | null> => {
       for (const h of hosts) {
         try {
@@ -50,13 +68,15 @@ export function ClusterPage() {
       }
       return null;
     },
-    1000,
-    [hosts],
+    key,
+    names,
+    reload,
   );
-  const queue = usePoll(
+  const queue = useLive(
     (signal) => eachHost(hosts, (h) => call(h.name, actions.migrationList, { query: { all: 'false' } }, { signal })),
-    1000,
-    [hosts],
+    key,
+    names,
+    reload,
   );
   const [plan, setPlan] = useState<DrainResult['plan'] | null>(null);
   const [busy, setBusy] = useState<string | null>(null);
@@ -107,7 +127,9 @@ export function ClusterPage() {
       <h2>Cluster</h2>
       <p className="note" data-testid="cluster-note">
         {c
-          ? `Cluster '${c.name}' · leader ${c.leader ?? '(electing)'} · limits ${c.limits.maxOutgoing} out / ${c.limits.maxIncoming} in per node, ${c.limits.maxTotal} in the cluster. Node state comes from the cluster's leases.`
+          ? `Cluster '${c.name}' · leader ${c.leader ?? '(electing)'} · limits ${c.limits.maxOutgoing} out / ` +
+            `${c.limits.maxIncoming} in per node, ${c.limits.maxTotal} in the cluster. ` +
+            "Node state comes from the cluster's leases."
           : 'These hosts are not in a cluster: a node is up when its agent answers; drain and resume need a cluster.'}
       </p>
       {error && <ErrorMessage error={error} />}
@@ -154,33 +176,39 @@ export function ClusterPage() {
                 <td data-testid={`cluster-node-vms-${name}`}>{n.data?.vms ?? '–'}</td>
                 <td>{n.data ? bytes(n.data.memory.freeBytes) : '–'}</td>
                 <td className="actions">
-                  <button
-                    type="button"
-                    disabled={!c || st !== 'up' || !!busy}
-                    title={c ? 'Plan a drain: where each VM would go' : 'needs a cluster'}
-                    onClick={() => void dryRun(name)}
-                    data-testid={`cluster-drain-${name}`}
-                  >
-                    Drain…
-                  </button>
-                  <button
-                    type="button"
-                    disabled={!c || st !== 'paused' || !!busy}
-                    title="Take VMs again (stops a running drain's queued moves)"
-                    onClick={() => void resume(name, false)}
-                    data-testid={`cluster-resume-${name}`}
-                  >
-                    Resume
-                  </button>
-                  <button
-                    type="button"
-                    disabled={!c || st !== 'paused' || !!busy}
-                    title="Resume and move its VMs back"
-                    onClick={() => void resume(name, true)}
-                    data-testid={`cluster-failback-${name}`}
-                  >
-                    Resume + fail back
-                  </button>
+                  {can(actions.clusterDrain) && (
+                    <button
+                      type="button"
+                      disabled={!c || st !== 'up' || !!busy}
+                      title={c ? 'Plan a drain: where each VM would go' : 'needs a cluster'}
+                      onClick={() => void dryRun(name)}
+                      data-testid={`cluster-drain-${name}`}
+                    >
+                      Drain…
+                    </button>
+                  )}
+                  {can(actions.clusterResume) && (
+                    <>
+                      <button
+                        type="button"
+                        disabled={!c || st !== 'paused' || !!busy}
+                        title="Take VMs again (stops a running drain's queued moves)"
+                        onClick={() => void resume(name, false)}
+                        data-testid={`cluster-resume-${name}`}
+                      >
+                        Resume
+                      </button>
+                      <button
+                        type="button"
+                        disabled={!c || st !== 'paused' || !!busy}
+                        title="Resume and move its VMs back"
+                        onClick={() => void resume(name, true)}
+                        data-testid={`cluster-failback-${name}`}
+                      >
+                        Resume + fail back
+                      </button>
+                    </>
+                  )}
                 </td>
               </tr>
             );
@@ -364,11 +392,7 @@ export function ClusterPage() {
                     </td>
                     <td>{i.priority}</td>
                     <td>
-                      <span
-                        className={`badge state-${i.state === 'moved' ? 'completed' : i.state === 'moving' ? 'migrating' : i.state === 'pending' ? 'queued' : 'failed'}`}
-                      >
-                        {i.state}
-                      </span>
+                      <span className={`badge state-${ITEM_BADGE[i.state]}`}>{i.state}</span>
                     </td>
                     <td>{i.reason ?? ''}</td>
                   </tr>

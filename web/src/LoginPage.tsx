@@ -1,18 +1,20 @@
-import { useState, type FormEvent } from 'react';
-import { errorText, login } from './client.js';
+import { useState, type SyntheticEvent } from 'react';
+import { errorText, login, type SessionInfo } from './client.js';
 
-export function LoginPage({ error, onLoggedIn }: { error?: string; onLoggedIn: () => void | Promise<void> }) {
-  const [token, setToken] = useState('');
+export function LoginPage({ error, onLoggedIn }: { error?: string; onLoggedIn: (s: SessionInfo) => void }) {
+  const [name, setName] = useState('');
+  const [password, setPassword] = useState('');
   const [busy, setBusy] = useState(false);
   const [failure, setFailure] = useState<string | undefined>(error);
 
-  const submit = async (e: FormEvent): Promise<void> => {
+  const submit = async (e: SyntheticEvent): Promise<void> => {
     e.preventDefault();
     setBusy(true);
     setFailure(undefined);
     try {
-      await login(token);
-      await onLoggedIn();
+      const s = await login(name, password);
+      setPassword('');
+      onLoggedIn(s);
     } catch (err) {
       setFailure(errorText(err));
     } finally {
@@ -22,25 +24,33 @@ export function LoginPage({ error, onLoggedIn }: { error?: string; onLoggedIn: (
 
   return (
     <div className="login">
-      <form className="card login-card" onSubmit={submit} data-testid="login-form">
+      <form className="card login-card" onSubmit={(e) => void submit(e)} data-testid="login-form">
         <h1>Ferry console</h1>
-        <p className="muted">Log in with the console's access token.</p>
-        <label htmlFor="token">Access token</label>
+        <p className="muted">Log in with your console user name and password.</p>
+        <label htmlFor="user">User name</label>
         <input
-          id="token"
+          id="user"
+          autoComplete="username"
+          autoFocus
+          value={name}
+          onChange={(e) => setName(e.target.value)}
+          data-testid="login-name"
+        />
+        <label htmlFor="password">Password</label>
+        <input
+          id="password"
           type="password"
           autoComplete="current-password"
-          autoFocus
-          value={token}
-          onChange={(e) => setToken(e.target.value)}
-          data-testid="login-token"
+          value={password}
+          onChange={(e) => setPassword(e.target.value)}
+          data-testid="login-password"
         />
         {failure && (
           <div className="error" role="alert" data-testid="login-error">
             {failure}
           </div>
         )}
-        <button type="submit" disabled={busy || !token} data-testid="login-submit">
+        <button type="submit" disabled={busy || !name || !password} data-testid="login-submit">
           {busy ? 'Logging in…' : 'Log in'}
         </button>
       </form>

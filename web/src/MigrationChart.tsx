@@ -20,15 +20,17 @@ function fmtAxis(v: number): string {
 }
 
 export function MigrationChart({ samples }: { samples: readonly Sample[] }) {
-  if (samples.length < 2) {
+  const first = samples[0];
+  const last = samples[samples.length - 1];
+  if (samples.length < 2 || !first || !last) {
     return (
       <div className="chart-empty muted small" data-testid="migration-chart">
         Collecting samples…
       </div>
     );
   }
-  const t0 = samples[0]!.t;
-  const span = Math.max(1, (samples[samples.length - 1]!.t - t0) / 1000);
+  const t0 = first.t;
+  const span = Math.max(1, (last.t - t0) / 1000);
   const remMax = niceMax(Math.max(...samples.map((s) => (s.remainingBytes ?? 0) / MiB)));
   const rateMax = niceMax(Math.max(...samples.map((s) => Math.max(s.transferBps, s.dirtyBps) / MiB)));
   const iw = W - PAD.l - PAD.r;
@@ -40,7 +42,9 @@ export function MigrationChart({ samples }: { samples: readonly Sample[] }) {
     pts.map(([a, b]) => `${a.toFixed(1)},${b.toFixed(1)}`).join(' ');
   const hasRemaining = samples.some((s) => s.remainingBytes !== null);
   const remaining = line(
-    samples.filter((s) => s.remainingBytes !== null).map((s) => [x(s.t), yL(s.remainingBytes! / MiB)]),
+    samples.flatMap((s): Array<[number, number]> =>
+      s.remainingBytes === null ? [] : [[x(s.t), yL(s.remainingBytes / MiB)]],
+    ),
   );
   const transfer = line(samples.map((s) => [x(s.t), yR(s.transferBps / MiB)]));
   const dirty = line(samples.map((s) => [x(s.t), yR(s.dirtyBps / MiB)]));

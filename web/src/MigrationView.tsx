@@ -8,6 +8,7 @@ import { bytes, ms, percent, rate, seconds, time } from './format.js';
 import { samplesFor } from './samples.js';
 import { ErrorMessage } from './ErrorMessage.js';
 import { MigrationChart } from './MigrationChart.js';
+import { useCan } from './session.js';
 
 export function MigrationView({
   record: r,
@@ -21,6 +22,7 @@ export function MigrationView({
   const [cancelError, setCancelError] = useState<unknown>(null);
   const [cancelling, setCancelling] = useState(false);
   const done = TERMINAL.includes(r.state);
+  const can = useCan();
 
   const cancel = async (): Promise<void> => {
     setCancelling(true);
@@ -152,12 +154,12 @@ export function MigrationView({
           </ol>
         </details>
       )}
-      {!done && (
+      {!done && can(actions.migrationCancel) && (
         <div className="actions">
           <button
             type="button"
             className="danger"
-            onClick={cancel}
+            onClick={() => void cancel()}
             disabled={cancelling}
             data-testid="migration-cancel"
           >

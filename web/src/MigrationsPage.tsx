@@ -1,17 +1,21 @@
-// Active migrations of every host (polled every 500 ms, with live charts) and the history.
+// Active migrations of every host (each event's record applied as it comes, with live
+// charts) and the history (loaded again when a migration ends).
 import { actions } from '../../src/api/actions.js';
 import { TERMINAL, type MigrationRecord } from '../../src/migration/schemas.js';
 import { call, eachHost } from './client.js';
 import { addSample } from './samples.js';
 import { useSession } from './session.js';
-import { usePoll } from './usePoll.js';
+import { useLive } from './useLive.js';
+import { isMigrationEvent } from '../../src/api/events.js';
+import { endsMigration, upsertRecord } from './liveRules.js';
 import { ErrorMessage } from './ErrorMessage.js';
 import { HistoryTable } from './HistoryTable.js';
 import { MigrationView } from './MigrationView.js';
 
 export function MigrationsPage() {
   const { hosts } = useSession();
-  const active = usePoll(
+  const names = hosts.map((h) => h.name);
+  const active = useLive(
     async (signal) => {
       const res = await eachHost(hosts, (h) =>
         call(h.name, actions.migrationList, { query: { all: 'false' } }, { signal }),
@@ -19,13 +23,20 @@ export function MigrationsPage() {
       for (const r of res) for (const rec of r.data ?? []) addSample(rec);
       return res;
     },
-    500,
-    [hosts],
+    names.join(),
+    names,
+    (host, e) => {
+      if (e === 'connection') return 'reload';
+      if (!isMigrationEvent(e)) return null;
+      addSample(e.migration);
+      return (data) => data.map((r) => (r.host.name === host ? { ...r, data: upsertRecord(r.data, e.migration) } : r));
+    },
   );
-  const history = usePoll(
+  const history = useLive(
     (signal) => eachHost(hosts, (h) => call(h.name, actions.migrationList, { query: { all: 'true' } }, { signal })),
-    3000,
-    [hosts],
+    names.join(),
+    names,
+    (_h, e) => (e === 'connection' || endsMigration(e) ? 'reload' : null),
   );
 
   const running: Array<{ host: string; record: MigrationRecord }> = (active.data ?? [])

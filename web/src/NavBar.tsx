@@ -7,7 +7,15 @@ const LINKS: Array<{ page: Page; label: string }> = [
   { page: 'cluster', label: 'Cluster' },
 ];
 
-export function NavBar({ page, onLogout }: { page: Page; onLogout: () => void }) {
+export function NavBar({
+  page,
+  user,
+  onLogout,
+}: {
+  page: Page;
+  user: { name: string; role: string };
+  onLogout: () => void;
+}) {
   return (
     <header className="topbar">
       <span className="brand">Ferry</span>
@@ -23,6 +31,9 @@ export function NavBar({ page, onLogout }: { page: Page; onLogout: () => void })
           </a>
         ))}
       </nav>
+      <span className="muted small" data-testid="whoami" data-role={user.role}>
+        {user.name} ({user.role})
+      </span>
       <button type="button" className="secondary" onClick={onLogout} data-testid="logout">
         Log out
       </button>

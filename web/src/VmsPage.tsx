@@ -3,17 +3,26 @@ import { actions } from '../../src/api/actions.js';
 import type { VmView } from '../../src/api/schemas.js';
 import { call, eachHost } from './client.js';
 import { bytes, mib } from './format.js';
-import { useSession } from './session.js';
-import { usePoll } from './usePoll.js';
+import { useCan, useSession } from './session.js';
+import { useLive } from './useLive.js';
+import { changesVms } from './liveRules.js';
 import { ErrorMessage } from './ErrorMessage.js';
 import { MoveWizard } from './wizard/MoveWizard.js';
 
 export function VmsPage() {
   const { hosts } = useSession();
+  const can = useCan();
+  const mayMove = can(actions.migrationCreate) || can(actions.storageMove);
   const [moving, setMoving] = useState<VmView | null>(null);
-  const poll = usePoll((signal) => eachHost(hosts, (h) => call(h.name, actions.vmList, {}, { signal })), 2000, [hosts]);
-  const vms = (poll.data ?? []).flatMap((r) => r.data ?? []).sort((a, b) => a.name.localeCompare(b.name));
-  const failed = (poll.data ?? []).filter((r) => r.error);
+  const names = hosts.map((h) => h.name);
+  const live = useLive(
+    (signal) => eachHost(hosts, (h) => call(h.name, actions.vmList, {}, { signal })),
+    names.join(),
+    names,
+    (_h, e) => (changesVms(e) ? 'reload' : null),
+  );
+  const vms = (live.data ?? []).flatMap((r) => r.data ?? []).sort((a, b) => a.name.localeCompare(b.name));
+  const failed = (live.data ?? []).filter((r) => r.error);
 
   return (
     <section>
@@ -23,8 +32,8 @@ export function VmsPage() {
           Host {r.host.name}: <ErrorMessage error={r.error} />
         </div>
       ))}
-      {!poll.data && poll.loading && <p className="muted">Loading…</p>}
-      {poll.data && vms.length === 0 && (
+      {!live.data && live.loading && <p className="muted">Loading…</p>}
+      {live.data && vms.length === 0 && (
         <p className="muted" data-testid="vms-empty">
           No virtual machines on any host.
         </p>
@@ -66,9 +75,11 @@ export function VmsPage() {
                   ))}
                 </td>
                 <td>
-                  <button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>
-                    Move…
-                  </button>
+                  {mayMove && (
+                    <button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>
+                      Move…
+                    </button>
+                  )}
                 </td>
               </tr>
             ))}
@@ -80,7 +91,7 @@ export function VmsPage() {
           vm={moving}
           onClose={() => {
             setMoving(null);
-            poll.refresh();
+            live.refresh();
           }}
         />
       )}

@@ -1,8 +1,10 @@
 // The console's one client. Agent actions go through the console server
-// (/api/hosts/HOST/<action path>), which calls that host's agent with the admin
-// certificate. URLs come from the shared action definitions and every answer is
-// checked against the action's zod response schema. Errors keep the agent's code and
-// message verbatim: the console shows them as they are.
+// (/api/hosts/HOST/<action path>), which calls that host's agent with its admin
+// certificate when the user's role allows the action. URLs come from the shared action
+// definitions and every answer is checked against the action's zod response schema.
+// Errors keep the agent's code and message verbatim: the console shows them as they are.
+// Every state-changing request carries the session's CSRF token (X-Ferry-CSRF), which the
+// server gives with the session and a page from another site cannot read.
 import { actionUrl, type Action, type ActionOutput, type CallInput } from '../../src/api/action.js';
 
 export interface HostRef {
@@ -24,6 +26,7 @@ export class ApiError extends Error {
 }
 
 let unauthorized: () => void = () => {};
+let csrf = '';
 /** Called when the console server says the session is gone (401). */
 export function onUnauthorized(fn: () => void): void {
   unauthorized = fn;
@@ -45,7 +48,11 @@ async function send(
       method,
       credentials: 'same-origin',
       signal: opts.signal,
-      headers: { accept: 'application/json', ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
+      headers: {
+        accept: 'application/json',
+        ...(body !== undefined ? { 'content-type': 'application/json' } : {}),
+        ...(method !== 'GET' && csrf ? { 'x-ferry-csrf': csrf } : {}),
+      },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
@@ -109,33 +116,64 @@ export async function eachHost<T>(
   hosts: readonly HostRef[],
   fn: (h: HostRef) => Promise<T>,
 ): Promise<Array<HostResult<T>>> {
-  const settled = await Promise.allSettled(hosts.map(fn));
-  return settled.map((s, i) =>
-    s.status === 'fulfilled' ? { host: hosts[i]!, data: s.value } : { host: hosts[i]!, error: s.reason as Error },
+  return Promise.all(
+    hosts.map(async (host) => {
+      try {
+        return { host, data: await fn(host) };
+      } catch (err) {
+        return { host, error: err as Error };
+      }
+    }),
   );
 }
 
-export async function login(token: string): Promise<void> {
-  await send('POST', '/api/login', { token }, { authCheck: false });
+export interface SessionInfo {
+  user: { name: string; role: string };
+  hosts: HostRef[];
+  /** Names of the agent actions this user's role may call (the server enforces it). */
+  allowed: string[];
+}
+
+function sessionInfo(data: unknown): SessionInfo {
+  const d = (typeof data === 'object' && data !== null ? data : {}) as Record<string, unknown>;
+  const user = d.user as { name?: unknown; role?: unknown } | undefined;
+  if (
+    !Array.isArray(d.hosts) ||
+    !Array.isArray(d.allowed) ||
+    typeof d.csrf !== 'string' ||
+    typeof user?.name !== 'string' ||
+    typeof user.role !== 'string'
+  )
+    throw new ApiError('E_BAD_RESPONSE', 'The console server sent a session this app does not understand', 200);
+  csrf = d.csrf;
+  return {
+    user: { name: user.name, role: user.role },
+    allowed: d.allowed.filter((a): a is string => typeof a === 'string'),
+    hosts: d.hosts.filter(
+      (h): h is HostRef =>
+        typeof h === 'object' &&
+        h !== null &&
+        typeof (h as HostRef).name === 'string' &&
+        typeof (h as HostRef).endpoint === 'string',
+    ),
+  };
+}
+
+export async function login(name: string, password: string): Promise<SessionInfo> {
+  return sessionInfo(await send('POST', '/api/login', { name, password }, { authCheck: false }));
 }
 
 export async function logout(): Promise<void> {
-  await send('POST', '/api/logout', undefined, { authCheck: false });
+  try {
+    await send('POST', '/api/logout', undefined, { authCheck: false });
+  } finally {
+    csrf = '';
+  }
 }
 
-/** The hosts this console manages; throws ApiError with status 401 when not logged in. */
-export async function session(signal?: AbortSignal): Promise<HostRef[]> {
-  const data = await send('GET', '/api/session', undefined, { signal, authCheck: false });
-  const hosts = (data as { hosts?: unknown }).hosts;
-  if (!Array.isArray(hosts))
-    throw new ApiError('E_BAD_RESPONSE', 'The console server sent a session without a host list', 200);
-  return hosts.filter(
-    (h): h is HostRef =>
-      typeof h === 'object' &&
-      h !== null &&
-      typeof (h as HostRef).name === 'string' &&
-      typeof (h as HostRef).endpoint === 'string',
-  );
+/** The logged-in user and the hosts this console manages; throws ApiError with status 401 when not logged in. */
+export async function session(signal?: AbortSignal): Promise<SessionInfo> {
+  return sessionInfo(await send('GET', '/api/session', undefined, { signal, authCheck: false }));
 }
 
 export function errorText(err: unknown): string {

@@ -1,5 +1,6 @@
 // Samples of each migration's remaining memory and rates, taken whenever a record is
-// fetched; kept per migration id for the page's lifetime so the chart survives navigation.
+// fetched or arrives in an event; kept per migration id for the page's lifetime so the
+// chart survives navigation.
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
 export interface Sample {

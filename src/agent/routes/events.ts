@@ -24,7 +24,11 @@ export function eventRoutes(app: FastifyInstance, events: EventBus): void {
     },
     (req, reply) => {
       const q = req.query as z.infer<typeof Query>;
-      const who = req.peer ? `${req.peer.role}:${req.peer.name}` : 'unknown';
+      // An admin certificate may speak for several people (the web console names its user in
+      // x-ferry-actor): each of them gets the cap, so one busy console user cannot starve others.
+      const actor = req.peer?.role === 'admin' ? req.headers['x-ferry-actor'] : undefined;
+      const who =
+        (req.peer ? `${req.peer.role}:${req.peer.name}` : 'unknown') + (typeof actor === 'string' ? `/${actor}` : '');
       const count = open.get(who) ?? 0;
       if (count >= MAX_STREAMS) {
         throw new FerryError(

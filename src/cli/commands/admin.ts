@@ -98,39 +98,6 @@ export function registerAdmin(program: Command): void {
       });
     });
 
-  program
-    .command('console')
-    .description('serve the web console (log in with the token it prints)')
-    .option('--listen <addr:port>', 'where to serve it', '127.0.0.1:8080')
-    .option('--token <token>', 'login token (default: FERRY_CONSOLE_TOKEN or a new random one)')
-    .option(
-      '--web-dir <dir>',
-      'the built web app (default: FERRY_WEB_DIR, the installed /usr/lib/ferry/web, or web/dist)',
-    )
-    .action(async (o, cmd) => {
-      const { loadContext } = await import('../context.js');
-      const { buildConsole, newToken } = await import('../../console/server.js');
-      const { parseListen } = await import('../../agent/config.js');
-      const listen = parseListen(o.listen);
-      const token = o.token ?? process.env.FERRY_CONSOLE_TOKEN ?? newToken();
-      const app = await buildConsole({
-        context: await loadContext((cmd as Cmd).optsWithGlobals()),
-        token,
-        ...(o.webDir ? { webDir: path.resolve(o.webDir) } : {}),
-      });
-      await app.listen({ host: listen.host, port: listen.port });
-      const addr = app.server.address();
-      const port = typeof addr === 'object' && addr ? addr.port : listen.port;
-      if (!['127.0.0.1', 'localhost', '::1'].includes(listen.host))
-        process.stderr.write('warning: the console serves plain HTTP; keep it on loopback or behind a TLS proxy\n');
-      process.stdout.write(`Ferry console at http://${listen.host}:${port}/\nlogin token: ${token}\n`);
-      await new Promise<void>((resolve) => {
-        process.once('SIGINT', resolve);
-        process.once('SIGTERM', resolve);
-      });
-      await app.close();
-    });
-
   const lab = program.command('lab').description('a local multi-host lab on this machine');
   lab
     .command('up')

@@ -1,6 +1,7 @@
 import type { CompareReport } from '../../../src/migration/schemas.js';
 
 export function CompatReport({ report }: { report: CompareReport }) {
+  const n = report.incompatibilities.length;
   return (
     <div
       className={`compat ${report.compatible ? 'ok' : 'bad'}`}
@@ -10,7 +11,7 @@ export function CompatReport({ report }: { report: CompareReport }) {
       <p className="strong" data-testid="compat-status">
         {report.compatible
           ? '✔ The VM can move: no incompatibility found.'
-          : `✘ The VM cannot move: ${report.incompatibilities.length} incompatibilit${report.incompatibilities.length === 1 ? 'y' : 'ies'}.`}
+          : `✘ The VM cannot move: ${String(n)} incompatibilit${n === 1 ? 'y' : 'ies'}.`}
       </p>
       {report.incompatibilities.length > 0 && (
         <table className="table compact">

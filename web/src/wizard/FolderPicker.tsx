@@ -1,10 +1,10 @@
 // Browses a host's storage pools (GET /v1/pools, GET /v1/pools/:name/browse) to pick a
 // folder, optionally with a new folder name under it.
-import { useEffect, useState } from 'react';
+import { useState } from 'react';
 import { actions } from '../../../src/api/actions.js';
 import { call } from '../client.js';
 import { bytes, joinPath } from '../format.js';
-import { usePoll } from '../usePoll.js';
+import { useLive } from '../useLive.js';
 import { ErrorMessage } from '../ErrorMessage.js';
 
 /** The pool holding ABS (longest root first) and the path inside it. */
@@ -19,6 +19,18 @@ function locate(
   return hit ? { pool: hit.name, rel: abs.slice(root(hit.path).length).replace(/^\/+|\/+$/g, '') } : undefined;
 }
 
+/** Where the picker opens: START when it is inside a pool, else the first usable pool's root. */
+function openAt(
+  pools: ReadonlyArray<{ name: string; path: string; usable: boolean }> | undefined,
+  start: string | undefined,
+): { pool: string; rel: string } | undefined {
+  if (!pools) return undefined;
+  const at = start ? locate(pools, start.trim()) : undefined;
+  if (at) return at;
+  const first = pools.find((p) => p.usable) ?? pools[0];
+  return first ? { pool: first.name, rel: '' } : undefined;
+}
+
 export function FolderPicker({
   host,
   onPick,
@@ -30,44 +42,32 @@ export function FolderPicker({
   title: string;
   start?: string;
 }) {
-  const pools = usePoll((signal) => call(host, actions.poolList, {}, { signal }), 0, [host]);
-  const [pool, setPool] = useState('');
-  const [rel, setRel] = useState('');
-  const [fromStart, setFromStart] = useState(false);
+  const pools = useLive((signal) => call(host, actions.poolList, {}, { signal }), host);
+  // The user's choice; until then where the picker opens (openAt).
+  const [chosen, setChosen] = useState<{ pool: string; rel: string } | null>(null);
   const [newFolder, setNewFolder] = useState('');
-
-  // Open at START when it is inside a pool, else at the root of the first usable pool.
-  useEffect(() => {
-    if (pool || !pools.data?.length) return;
-    const at = start ? locate(pools.data, start.trim()) : undefined;
-    if (at) {
-      setPool(at.pool);
-      setRel(at.rel);
-      setFromStart(at.rel !== '');
-      return;
+  // Where it opens is decided once: START as it was when the picker appeared (not each keystroke typed since).
+  const [openStart] = useState(start);
+  const opening = chosen === null;
+  const sel = chosen ?? openAt(pools.data, openStart);
+  const pool = sel?.pool ?? '';
+  const want = sel?.rel ?? '';
+  const listing = useLive(async (signal) => {
+    if (!pool) return undefined;
+    const browse = (rel: string) =>
+      call(host, actions.poolBrowse, { params: { name: pool }, query: { path: rel } }, { signal });
+    try {
+      return { rel: want, view: await browse(want) };
+    } catch (err) {
+      // The starting folder may not exist yet (a new folder typed earlier): the pool's root.
+      if (!opening || want === '') throw err;
+      return { rel: '', view: await browse('') };
     }
-    setPool((pools.data.find((p) => p.usable) ?? pools.data[0])!.name);
-  }, [pools.data, pool, start]);
+  }, `${host}\n${pool}\n${want}`);
+  const rel = chosen ? chosen.rel : (listing.data?.rel ?? want);
+  const go = (to: string): void => setChosen({ pool, rel: to });
 
-  const listing = usePoll(
-    (signal) =>
-      pool
-        ? call(host, actions.poolBrowse, { params: { name: pool }, query: { path: rel } }, { signal })
-        : Promise.resolve(undefined),
-    0,
-    [host, pool, rel],
-  );
-
-  // The starting folder may not exist yet (a new folder typed earlier): fall back to the pool's root.
-  useEffect(() => {
-    if (fromStart && listing.error) {
-      setFromStart(false);
-      setRel('');
-    }
-    if (fromStart && listing.data) setFromStart(false);
-  }, [fromStart, listing.error, listing.data]);
-
-  const here = listing.data?.absolute;
+  const here = listing.data?.view.absolute;
   const target = here ? joinPath(here, newFolder) : undefined;
 
   return (
@@ -81,11 +81,7 @@ export function FolderPicker({
         <select
           id="picker-pool"
           value={pool}
-          onChange={(e) => {
-            setPool(e.target.value);
-            setRel('');
-            setFromStart(false);
-          }}
+          onChange={(e) => setChosen({ pool: e.target.value, rel: '' })}
           data-testid="picker-pool"
         >
           {(pools.data ?? []).map((p) => (
@@ -100,10 +96,7 @@ export function FolderPicker({
           type="button"
           className="secondary small"
           disabled={!rel}
-          onClick={() => {
-            setFromStart(false);
-            setRel(rel.split('/').slice(0, -1).join('/'));
-          }}
+          onClick={() => go(rel.split('/').slice(0, -1).join('/'))}
           data-testid="picker-up"
         >
           ↑ Up
@@ -114,16 +107,13 @@ export function FolderPicker({
       </div>
       <ErrorMessage error={listing.error} testid="picker-browse-error" />
       <ul className="entries" data-testid="picker-entries">
-        {(listing.data?.entries ?? []).map((e) => (
+        {(listing.data?.view.entries ?? []).map((e) => (
           <li key={e.name}>
             {e.kind === 'dir' ? (
               <button
                 type="button"
                 className="link"
-                onClick={() => {
-                  setFromStart(false);
-                  setRel(rel ? `${rel}/${e.name}` : e.name);
-                }}
+                onClick={() => go(rel ? `${rel}/${e.name}` : e.name)}
                 data-testid={`picker-entry-${e.name}`}
               >
                 📁 {e.name}
@@ -135,7 +125,7 @@ export function FolderPicker({
             )}
           </li>
         ))}
-        {listing.data && listing.data.entries.length === 0 && <li className="muted small">(empty folder)</li>}
+        {listing.data && listing.data.view.entries.length === 0 && <li className="muted small">(empty folder)</li>}
       </ul>
       <div className="row">
         <label htmlFor="picker-new-folder">New folder</label>

@@ -1,6 +1,6 @@
 // Hyper-V's Move wizard: type → destination → options → locations → compatibility →
 // summary → progress. Each page has Back/Next; the agents decide everything.
-import { useEffect, useRef, useState } from 'react';
+import { useRef, useState } from 'react';
 import { actions } from '../../../src/api/actions.js';
 import type { VmView } from '../../../src/api/schemas.js';
 import type { Incompatibility, MigrationRecord } from '../../../src/migration/schemas.js';
@@ -56,11 +56,6 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
     }
   };
 
-  useEffect(() => {
-    if (step === 5 && !compat.report && !compat.loading && !compat.error) void runCompare();
-    // eslint-disable-next-line react-hooks/exhaustive-deps
-  }, [step]);
-
   const request =
     c.type === 'storage'
       ? storageMoveBody(vm, c)
@@ -86,19 +81,24 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
   const idx = steps.indexOf(step);
   const go = (d: number): void => {
     const s = steps[idx + d];
-    if (s !== undefined) setStep(s);
+    if (s === undefined) return;
+    setStep(s);
+    // Arriving at the compatibility page runs the check (unless a result for these choices is there).
+    if (s === 5 && !compat.report && !compat.loading && !compat.error) void runCompare();
   };
 
   const finish = async (): Promise<void> => {
     setFinishing(true);
     setFinishError(null);
     try {
-      const rec =
-        c.type === 'storage'
-          ? await call(vm.host, actions.storageMove, { body: storageMoveBody(vm, c) })
-          : await call(vm.host, actions.migrationCreate, {
-              body: { vm: vm.name, to: to!, options: moveOptions(vm, c), policy: {} },
-            });
+      let rec: MigrationRecord;
+      if (c.type === 'storage') rec = await call(vm.host, actions.storageMove, { body: storageMoveBody(vm, c) });
+      else if (to)
+        rec = await call(vm.host, actions.migrationCreate, {
+          body: { vm: vm.name, to, options: moveOptions(vm, c), policy: {} },
+        });
+      else
+        throw new ApiError('E_NO_DESTINATION', 'Cannot move: no destination host is chosen; go back and pick one', 0);
       addSample(rec);
       setRecord(rec);
       setStep(7);

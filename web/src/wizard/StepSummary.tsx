@@ -14,11 +14,21 @@ export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: 
   const to = c.type === 'storage' ? vm.host : c.dest;
   let what: string;
   if (c.type === 'storage') {
-    what = `The VM's files are copied to their new places on ${vm.host}${running ? ' while the VM keeps running (writes go to both copies), then it switches to the new copies' : ''}; the old files are deleted.`;
+    const live = running
+      ? ' while the VM keeps running (writes go to both copies), then it switches to the new copies'
+      : '';
+    what = `The VM's files are copied to their new places on ${vm.host}${live}; the old files are deleted.`;
   } else if (c.option === 'vmonly') {
-    what = `${running ? "The VM's memory and device state are copied to" : 'The VM is registered on'} ${to}; its disks stay where they are. It then runs on ${to}${running ? ' after a short pause at switch-over' : ''}.`;
+    const how = running ? "The VM's memory and device state are copied to" : 'The VM is registered on';
+    const pause = running ? ' after a short pause at switch-over' : '';
+    what = `${how} ${to}; its disks stay where they are. It then runs on ${to}${pause}.`;
   } else {
-    what = `The VM's disks and configuration are copied to ${to}${running ? ' while the VM keeps running, then its memory moves and it switches over with a short pause' : ''}; the source copies are deleted once it is on ${to}.`;
+    const live = running
+      ? ' while the VM keeps running, then its memory moves and it switches over with a short pause'
+      : '';
+    what =
+      `The VM's disks and configuration are copied to ${to}${live}; ` +
+      `the source copies are deleted once it is on ${to}.`;
   }
   return (
     <div data-testid="wizard-summary">
