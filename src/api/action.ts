@@ -43,7 +43,7 @@ export type Out<T> = T extends z.ZodType ? z.output<T> : undefined;
 
 /** What a caller passes: the inputs of the schemas the action has. */
 export type CallInput<A> =
-  A extends Action<infer P, infer Q, infer B, z.ZodType>
+  A extends Action<infer P, infer Q, infer B>
     ? (P extends z.ZodType ? { params: z.input<P> } : { params?: undefined }) &
         (Q extends z.ZodType ? { query?: Partial<z.input<Q>> } : { query?: undefined }) &
         (B extends z.ZodType ? { body: z.input<B> } : { body?: undefined })

@@ -92,8 +92,10 @@ export class AgentClient {
         reject(new AbortedError(what, opts.signal.reason));
         return;
       }
-      const raw = opts.contentType !== undefined && typeof body === 'string';
-      const payload = body === undefined ? undefined : Buffer.from(raw ? body : JSON.stringify(body));
+      // A caller-given content type applies to a string body sent as it is; anything else is JSON.
+      const rawType = typeof body === 'string' ? opts.contentType : undefined;
+      const text = typeof body === 'string' && rawType !== undefined ? body : JSON.stringify(body);
+      const payload = body === undefined ? undefined : Buffer.from(text);
       const req = https.request(
         this.endpoint + url,
         {
@@ -102,9 +104,7 @@ export class AgentClient {
           signal: opts.signal,
           headers: {
             accept: 'application/json',
-            ...(payload
-              ? { 'content-type': raw ? opts.contentType! : 'application/json', 'content-length': payload.length }
-              : {}),
+            ...(payload ? { 'content-type': rawType ?? 'application/json', 'content-length': payload.length } : {}),
           },
         },
         (res) => {
@@ -233,7 +233,10 @@ export class AgentClient {
           res.on('end', () => {
             clearTimeout(timer);
             const body = Buffer.concat(chunks);
-            if ((res.statusCode ?? 500) < 400) return resolve(body);
+            if ((res.statusCode ?? 500) < 400) {
+              resolve(body);
+              return;
+            }
             let e: { code?: string; message?: string } | undefined;
             try {
               e = (JSON.parse(body.toString('utf8')) as { error?: typeof e }).error;

@@ -359,11 +359,10 @@ const Cidr = z
   .string()
   .regex(/^(\d{1,3}\.){3}\d{1,3}\/\d{1,2}$/, { message: 'must be an IPv4 CIDR such as 10.0.0.0/24' })
   .refine(
-    (c) =>
-      c
-        .split('/')[0]!
-        .split('.')
-        .every((o) => Number(o) <= 255) && Number(c.split('/')[1]) <= 32,
+    (c) => {
+      const [ip, bits] = c.split('/');
+      return ip !== undefined && ip.split('.').every((o) => Number(o) <= 255) && Number(bits) <= 32;
+    },
     { message: 'must be a valid IPv4 CIDR' },
   );
 
@@ -423,7 +422,7 @@ export type HostView = z.infer<typeof HostView>;
 
 export const EventView = z
   .object({ seq: z.number(), at: z.string(), type: z.string(), vm: z.string().optional() })
-  .passthrough();
+  .loose();
 export type EventView = z.infer<typeof EventView>;
 
 export const Ok = z.object({ ok: z.literal(true) });
@@ -519,7 +518,7 @@ export const ClusterPolicyBody = z
     antiAffinity: z.array(Name).max(8).optional(),
   })
   .strict();
-export const AddVmBody = z.object({ vm: Name }).merge(ClusterPolicyBody).strict();
+export const AddVmBody = z.object({ vm: Name }).extend(ClusterPolicyBody.shape).strict();
 export const LimitsBody = z
   .object({
     maxOutgoing: z.number().int().min(1).max(64).optional(),
@@ -534,12 +533,7 @@ export const ClusterJoinBody = z
     /** True: a new cluster (refused if it has members); false: join an existing one. */
     create: z.boolean().default(false),
     endpoints: z
-      .array(
-        z
-          .string()
-          .url()
-          .refine((u) => u.startsWith('https://'), { message: 'must be an https:// etcd client URL' }),
-      )
+      .array(z.url().refine((u) => u.startsWith('https://'), { message: 'must be an https:// etcd client URL' }))
       .min(1)
       .max(9),
   })

@@ -10,8 +10,10 @@ const UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, M: 1024 ** 2, G: 1
 export function parseSize(s: string, bareUnit: 'B' | 'M' = 'B'): number | null {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(s.trim());
   if (!m) return null;
-  const unit = m[2]!.toUpperCase() || (bareUnit === 'M' ? 'M' : '');
-  const v = Math.round(Number(m[1]) * UNITS[unit]!);
+  const unit = (m[2] ?? '').toUpperCase() || (bareUnit === 'M' ? 'M' : '');
+  const factor = UNITS[unit];
+  if (factor === undefined) return null;
+  const v = Math.round(Number(m[1]) * factor);
   return Number.isSafeInteger(v) && v > 0 ? v : null;
 }
 

@@ -135,7 +135,8 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   if ((o.netns || lab.netns) && (o.cluster || lab.cluster)) {
     throw new FerryError(
       'E_UNSUPPORTED',
-      "Cannot start a lab with both --netns and --cluster: etcd members do not run in the hosts' namespaces yet; use one of them",
+      'Cannot start a lab with both --netns and --cluster: ' +
+        "etcd members do not run in the hosts' namespaces yet; use one of them",
       {},
     );
   }
@@ -166,9 +167,10 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   }
   // The shared pool's grants live on the share: every lab host is granted.
   const grantsFile = path.join(shared, '.ferry-pool.json');
-  const granted = new Set<string>(
-    JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')).granted as string[],
-  );
+  const grants = JSON.parse(await fsp.readFile(grantsFile, 'utf8').catch(() => '{"granted":[]}')) as {
+    granted: string[];
+  };
+  const granted = new Set<string>(grants.granted);
   for (const h of lab.hosts) granted.add(h.name);
   await fsp.writeFile(grantsFile, JSON.stringify({ name: 'shared', granted: [...granted].sort() }, null, 2) + '\n');
 
@@ -226,12 +228,12 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     ];
     // `ip netns exec` execs the agent in place: the pid we get is the agent's.
     const child = h.netns
-      ? spawn('ip', ['netns', 'exec', h.netns, node!, ...agentArgs], {
+      ? spawn('ip', ['netns', 'exec', h.netns, node, ...agentArgs], {
           detached: true,
           stdio: ['ignore', fd, fd],
           env: { ...process.env },
         })
-      : spawn(node!, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
+      : spawn(node, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);
     child.unref();
     h.agentPid = child.pid ?? null;
@@ -306,7 +308,7 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
             throw new FerryError(
               'E_AGENT_START',
               `Cannot start the agent of ${h.name}: it exited; its log ends with: ` +
-                `${log.trim().split('\n').slice(-3).join(' / ')}`,
+                log.trim().split('\n').slice(-3).join(' / '),
               { cause: err },
             );
           }
@@ -349,7 +351,11 @@ export async function labStatus(dirIn: string, opts: { probe?: boolean } = {}): 
         agentPid: h.agentPid,
         up,
         ...(lab.netns && h.netns
-          ? { netns: h.netns, migrationAddress: h.migrationAddress!, links: await linkStates(lab.netns, index) }
+          ? {
+              netns: h.netns,
+              ...(h.migrationAddress !== undefined ? { migrationAddress: h.migrationAddress } : {}),
+              links: await linkStates(lab.netns, index),
+            }
           : {}),
       };
     }),
@@ -393,7 +399,7 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
     ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
     : undefined;
   const pids = [
-    ...(isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid!] : []),
+    ...(h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : []),
     ...(await hostQemuPids(h.dataDir)),
     ...(member ? [member.pid] : []),
   ];
@@ -418,7 +424,9 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     await removeNetns(dir).catch(() => undefined); // leftovers of a lab whose lab.json is gone
     throw err;
   }
-  const agents = lab.hosts.filter((h) => isLabAgent(h.agentPid, h.dataDir)).map((h) => h.agentPid!);
+  const agents = lab.hosts.flatMap((h) =>
+    h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : [],
+  );
   for (const p of agents) {
     try {
       process.kill(p, 'SIGTERM');

@@ -43,15 +43,16 @@ export function qemuImgWithProgress(
     child.on('exit', (code) => {
       clearTimeout(watch);
       signal.removeEventListener('abort', onAbort);
-      if (stalledErr) return reject(stalledErr);
-      if (signal.aborted) return reject(new AbortedError('copy the disks', signal.reason));
-      if (code === 0) return resolve();
-      reject(
-        new FerryError(
-          'E_COPY_FAILED',
-          `Cannot copy a disk: qemu-img failed (${err.trim().split('\n').slice(-2).join(' / ') || `exit ${code}`})`,
-        ),
-      );
+      if (stalledErr) reject(stalledErr);
+      else if (signal.aborted) reject(new AbortedError('copy the disks', signal.reason));
+      else if (code === 0) resolve();
+      else
+        reject(
+          new FerryError(
+            'E_COPY_FAILED',
+            `Cannot copy a disk: qemu-img failed (${err.trim().split('\n').slice(-2).join(' / ') || `exit ${code}`})`,
+          ),
+        );
     });
   });
 }

@@ -180,7 +180,7 @@ test('three commands enrol a host into a fresh domain; its agent answers the adm
   // The agent with the signed certificate; the admin's CLI uses the default context.
   const [node, ...cli] = cliCommand();
   agent = spawn(
-    node!,
+    node,
     [...cli, 'agent', '--name', 'h1', '--data', h1.data, '--listen', `127.0.0.1:${port}`, '--tls-dir', h1.tls],
     { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, FERRY_ACCEL: 'tcg' } },
   );

@@ -15,9 +15,10 @@ import { createVarsFile, ovmfPaths, pflashArgs } from '../../src/qemu/firmware.j
 import { testAccel } from '../helpers.js';
 
 const BOOT_DEADLINE_MS = 600_000;
+const MARKER_LOOP = 'n=0; while :; do n=$((n+1)); echo "ferry-marker $n" >/dev/ttyS0; sleep 1; done';
 const USER_DATA = `#cloud-config
 bootcmd:
-  - [systemd-run, --no-block, --unit=ferry-marker, sh, -c, 'n=0; while :; do n=$((n+1)); echo "ferry-marker $n" >/dev/ttyS0; sleep 1; done']
+  - [systemd-run, --no-block, --unit=ferry-marker, sh, -c, '${MARKER_LOOP}']
 `;
 
 interface Vm {
@@ -32,7 +33,7 @@ interface Vm {
 function spawnQemu(args: string[], log: string): Vm {
   const child = spawn('qemu-system-x86_64', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   const vm: Vm = { child, log, startedAt: Date.now(), exitInfo: null, stderr: '', exited: Promise.resolve() };
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (vm.stderr += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (vm.stderr += d));
   vm.exited = new Promise((res) => {
     child.on('exit', (code, sig) => {
       vm.exitInfo = `exit code ${code} signal ${sig}`;
@@ -135,7 +136,8 @@ async function bootDebian(t: TestContext, firmware: 'bios' | 'uefi'): Promise<vo
   const seen = markers(text);
   const secs = (ms: number | null): string => (ms === null ? '-' : `${(ms / 1000).toFixed(1)} s`);
   t.diagnostic(
-    `${firmware} on ${machine.split(',')[0]}: boot to login ${secs(loginMs)}, to the first marker ${secs(firstMarkerMs)}; ` +
+    `${firmware} on ${machine.split(',')[0]}: boot to login ${secs(loginMs)}, ` +
+      `to the first marker ${secs(firstMarkerMs)}; ` +
       `markers ${seen[0]}..${seen.at(-1)}`,
   );
   assert.ok(seen.length >= 3, `at least 3 markers (got ${seen.join(',')})`);

@@ -1,4 +1,5 @@
-// Input checks of the NoCloud seed builder (pure logic; the ISO itself is made in test/integration/cloud-init-seed.test.ts).
+// Input checks of the NoCloud seed builder (pure logic; the ISO itself is made in
+// test/integration/cloud-init-seed.test.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { MAX_SEED_FILE_BYTES, seedFiles } from '../../src/vm/cloud-init.js';

@@ -54,7 +54,10 @@ test('unknown and malformed fields are refused, naming the field and the fix', a
   const dir = await tempDir(t);
   await refused(
     await write(dir, { name: 'hv1', listn: '0.0.0.0' }),
-    /agent-\w+\.json: field 'listn' is not a setting Ferry knows \(known: name, listen, .*\); fix it and start the agent again$/,
+    new RegExp(
+      String.raw`agent-\w+\.json: field 'listn' is not a setting Ferry knows ` +
+        String.raw`\(known: name, listen, .*\); fix it and start the agent again$`,
+    ),
   );
   await refused(
     await write(dir, { name: 'hv1', cluster: { name: 'c', endpoints: ['https://a:2379'], lease: 3 } }),
@@ -76,7 +79,10 @@ test('unknown and malformed fields are refused, naming the field and the fix', a
   );
   await refused(
     await write(dir, { name: 'a', pools: [{ name: 'x', kind: 'nfs', path: 'rel' }] }),
-    /field 'pools\.0\.kind' \("nfs"\) expected one of "local"\|"shared"; field 'pools\.0\.path' \("rel"\) must be an absolute path/,
+    new RegExp(
+      String.raw`field 'pools\.0\.kind' \("nfs"\) expected one of "local"\|"shared"; ` +
+        String.raw`field 'pools\.0\.path' \("rel"\) must be an absolute path`,
+    ),
   );
   await refused(await write(dir, '{"name": "a",'), /is not valid JSON \(.*\); fix it/);
   await refused(
@@ -89,7 +95,10 @@ test("a migration port range overlapping the agent's port is refused", async (t)
   const dir = await tempDir(t);
   await refused(
     await write(dir, { name: 'a', migrationPorts: '7400-7500' }),
-    /field 'migrationPorts' \("7400-7500"\) includes the agent's own port 7443 \(field 'listen'\); choose a range without it, such as 49152-49215/,
+    new RegExp(
+      String.raw`field 'migrationPorts' \("7400-7500"\) includes the agent's own port 7443 \(field 'listen'\); ` +
+        String.raw`choose a range without it, such as 49152-49215`,
+    ),
   );
   await refused(
     await write(dir, { name: 'a', listen: '0.0.0.0:50000', migrationPorts: '49152-50100' }),

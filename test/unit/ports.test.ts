@@ -86,6 +86,9 @@ test('a destination listening on 0.0.0.0 advertises the address the request came
   assert.equal(advertisedMigrationAddress('::', 'fd00::3', 'h'), 'fd00::3');
   assert.throws(
     () => advertisedMigrationAddress('0.0.0.0', undefined, 'host-b'),
-    /Cannot receive a migration on host 'host-b': it listens on 0\.0\.0\.0 and has no migration address; set "migrationAddress"/,
+    new RegExp(
+      String.raw`Cannot receive a migration on host 'host-b': it listens on 0\.0\.0\.0 ` +
+        String.raw`and has no migration address; set "migrationAddress"`,
+    ),
   );
 });

@@ -2,7 +2,7 @@
 import fsp from 'node:fs/promises';
 import type { Command } from '@commander-js/extra-typings';
 import { Option } from '@commander-js/extra-typings';
-import { IMAGE_FORMATS, type ImageFormat } from '../../qemu/img.js';
+import { IMAGE_FORMATS } from '../../qemu/img.js';
 import { FerryError } from '../../errors.js';
 import { verifyDiskImage, highestAckIn } from '../../../guest/records.js';
 import { writeBootblockImage } from '../../../guest/bootblock.js';
@@ -20,7 +20,7 @@ export function registerGuest(program: Command): void {
       const logs = await Promise.all((o.serial ?? []).map((f) => fsp.readFile(f, 'utf8')));
       const ack = logs.length ? highestAckIn(logs) : null;
       const r = await verifyDiskImage(image, {
-        format: o.format as ImageFormat | undefined,
+        format: o.format,
         highestAck: ack ?? undefined,
       });
       if (o.json) process.stdout.write(JSON.stringify(r, null, 2) + '\n');

@@ -206,9 +206,9 @@ export function registerHost(program: Command): void {
       .description(verb === 'grant' ? 'let a host use a shared pool' : "take a host's access to a shared pool away")
       .action(async (p, o, cmd) => {
         await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-          c.host(o.host); // the host must exist in this context
+          const target = c.host(o.host); // the host must exist in this context
           // Any agent that sees the pool can change its grants (they live on the share).
-          const via = c.all()[0]!;
+          const via = c.all()[0] ?? target;
           const v = await via.call(verb === 'grant' ? actions.poolGrant : actions.poolRevoke, {
             params: { name: p },
             body: { host: o.host },

@@ -90,8 +90,7 @@ export function registerVm(program: Command): void {
     .option('--json', 'print the VM as JSON')
     .action(async (vmName, o, cmd) => {
       const g = (cmd as Cmd).optsWithGlobals();
-      const abs = (p: string | undefined, flag: string): string | undefined => {
-        if (p === undefined) return undefined;
+      const abs = (p: string, flag: string): string => {
         if (!p) throw new InvalidInputError(`Cannot use ${flag} '': give a path`);
         return path.resolve(p);
       };
@@ -124,14 +123,15 @@ export function registerVm(program: Command): void {
       const userData = await readText(o.cloudInit, '--cloud-init');
       const networkConfig = await readText(o.cloudInitNetwork, '--cloud-init-network');
       const metaData = await readText(o.cloudInitMeta, '--cloud-init-meta');
+      const guest: 'probe' | 'bootblock' | 'custom' = o.guest ?? 'custom';
       const body = {
         name: vmName,
         memoryMiB: o.memory,
         cpus: o.cpus,
-        cpu: o.cpu as string | undefined,
+        cpu: o.cpu,
         ...(o.path ? { path: abs(o.path, '--path') } : {}),
-        disks: [...(o.disk ?? []), ...(o.attach ?? []).map((f) => ({ attach: abs(f, '--attach')! }))],
-        guest: (o.guest ?? 'custom') as 'probe' | 'bootblock' | 'custom',
+        disks: [...(o.disk ?? []), ...(o.attach ?? []).map((f) => ({ attach: abs(f, '--attach') }))],
+        guest,
         ...(o.kernel ? { kernel: abs(o.kernel, '--kernel') } : {}),
         ...(o.initrd ? { initrd: abs(o.initrd, '--initrd') } : {}),
         ...(o.append !== undefined ? { append: o.append } : {}),
@@ -240,7 +240,10 @@ export function registerVm(program: Command): void {
         let unreachable: string[] = [];
         if (o.host) vms = await c.host(o.host).call(actions.vmList, {});
         else ({ vms, unreachable } = await c.allVms());
-        if (o.json) return printJson(vms);
+        if (o.json) {
+          printJson(vms);
+          return;
+        }
         printTable(
           ['NAME', 'HOST', 'STATE', 'MEMORY', 'CPUS', 'GUEST', 'CONFIG'],
           vms.map((v) => [v.name, v.host, v.state, `${v.memoryMiB}M`, v.cpus, v.guest, v.configPath]),
