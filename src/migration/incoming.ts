@@ -316,12 +316,16 @@ const prepareKind: MoveKind<IncomingCtx> = {
 /** The destination's bookkeeping of one incoming move, as the runner sees it (always preparing). */
 class IncomingSink implements RunnerSink {
   readonly phase: MigrationState = 'preparing';
-  private seq = 0;
+  private seq: number;
+  /** `after`: the journal so far (an abort or a recovery appends to the entries Prepare wrote). */
   constructor(
     readonly id: string,
     private readonly host: MoveHost,
     readonly signal: AbortSignal,
-  ) {}
+    after: JournalEntry[] = [],
+  ) {
+    this.seq = after.reduce((m, e) => Math.max(m, e.seq), 0);
+  }
   enter(): void {
     /* the destination's side has one phase */
   }
@@ -355,7 +359,7 @@ export class IncomingManager {
       const vmName = typeof first.vm === 'string' ? first.vm : '';
       if (!this.host.vms.ids().some((v) => v.id === vmId)) {
         const item = this.stub(jobId, vmName, vmId);
-        const sink = new IncomingSink(jobId, this.host, AbortSignal.timeout(120_000));
+        const sink = new IncomingSink(jobId, this.host, AbortSignal.timeout(120_000), entries);
         await undoSteps(
           prepareKind,
           { host: this.host, slots: this.slots, item },
@@ -610,17 +614,12 @@ export class IncomingManager {
     }
     this.items.delete(jobId);
     const id = journalId(jobId);
-    const sink = new IncomingSink(jobId, host, AbortSignal.timeout(120_000));
-    await undoSteps(
-      prepareKind,
-      { host, slots: this.slots, item: i },
-      startedFromJournal(prepareKind, host.store.journalRead(id)),
-      sink,
-      {
-        signal: AbortSignal.timeout(120_000),
-        log: () => undefined,
-      },
-    );
+    const entries = host.store.journalRead(id);
+    const sink = new IncomingSink(jobId, host, AbortSignal.timeout(120_000), entries);
+    await undoSteps(prepareKind, { host, slots: this.slots, item: i }, startedFromJournal(prepareKind, entries), sink, {
+      signal: AbortSignal.timeout(120_000),
+      log: () => undefined,
+    });
     host.store.journalDrop(id);
     host.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
   }

@@ -158,14 +158,23 @@ export async function undoSteps<C>(
   sink: Pick<RunnerSink, 'log' | 'journal'>,
   scope: UndoScope,
 ): Promise<void> {
+  // Every step's undo runs, whatever an earlier one or the journal did: a journal that cannot
+  // be written must not leave a QEMU, a file or a slot behind.
+  const note = (entry: Omit<JournalEntry, 'seq' | 'at'>): void => {
+    try {
+      sink.journal(entry);
+    } catch (err) {
+      sink.log(`cannot journal '${entry.event}' of ${entry.step}: ${messageOf(err)}`);
+    }
+  };
   for (const { step, data } of [...started].reverse()) {
     if (!step.undo) continue;
     try {
       await step.undo(ctx, data, scope);
-      sink.journal({ step: step.name, event: 'undone' });
+      note({ step: step.name, event: 'undone' });
     } catch (err) {
       sink.log(`undoing ${step.name}: ${messageOf(err)}`);
-      sink.journal({ step: step.name, event: 'failed', message: `undo: ${messageOf(err)}` });
+      note({ step: step.name, event: 'failed', message: `undo: ${messageOf(err)}` });
     }
   }
 }

@@ -257,3 +257,27 @@ test('an undone step is not undone twice after a restart', () => {
     ['queue'],
   );
 });
+
+test('undo runs every step even when the journal cannot be written (no QEMU, file or slot left)', async () => {
+  const { journal } = await runWith(new Map());
+  const started = startedFromJournal(
+    kind,
+    journal.filter((e) => e.step !== 'switch' && e.step !== 'confirm'),
+  );
+  const ctx: Ctx = { calls: [], failAt: new Map(), resolveAs: 'undo' };
+  const logged: string[] = [];
+  await undoSteps(
+    kind,
+    ctx,
+    started,
+    {
+      log: (m) => logged.push(m),
+      journal: () => {
+        throw new Error('UNIQUE constraint failed: move_journal.move_id, move_journal.seq');
+      },
+    },
+    { signal: AbortSignal.timeout(1000), log: () => undefined },
+  );
+  assert.deepEqual(ctx.calls, ['undo migrate migrate', 'undo copy copy', 'undo prepare prepare', 'undo queue queue']);
+  assert.ok(logged.some((m) => m.includes('cannot journal')));
+});
