@@ -142,7 +142,8 @@ export interface ClusterStore {
 type CallKind = 'read' | 'idempotent' | 'txn';
 
 const STORE_HINT =
-  'check that a quorum of etcd members runs and is reachable at the endpoints (ferry lab status), and that the certificate belongs to the domain';
+  'check that a quorum of etcd members runs and is reachable at the endpoints (ferry lab status), ' +
+  'and that the certificate belongs to the domain';
 
 /** True when the request certainly did not reach etcd (so even a write may be retried). */
 function notSent(err: unknown): boolean {
@@ -246,7 +247,8 @@ class LeaseKeeper {
           this.lose(
             new FerryError(
               'E_STORE_LEASE_LOST',
-              `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms (TTL ${this.ttlMs} ms); ${STORE_HINT}`,
+              `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms ` +
+                `(TTL ${this.ttlMs} ms); ${STORE_HINT}`,
             ),
           );
         }
@@ -281,7 +283,10 @@ class LeaseKeeper {
       this.lastOk = Math.max(this.lastOk, sentAt);
       this.schedule(Math.max(0, this.ttlMs / 3 - (Date.now() - sentAt)));
     } catch (err) {
-      if (err instanceof EtcdLeaseInvalidError) return this.lose(storeError('keep the lease alive', err));
+      if (err instanceof EtcdLeaseInvalidError) {
+        this.lose(storeError('keep the lease alive', err));
+        return;
+      }
       this.schedule(100); // another member (etcd3 picks one at random, skipping open circuits)
     }
   }
@@ -382,7 +387,7 @@ type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBac
  * which kept a finished process alive for up to 30 s.
  */
 function backoffFrom(ms: number): WatchBackoff {
-  return { duration: ms, next: () => backoffFrom(Math.min(ms * 2, 2000)) } as unknown as WatchBackoff;
+  return { duration: ms, next: () => backoffFrom(Math.min(ms * 2, 2000)) };
 }
 const watchBackoff = { duration: 0, next: () => backoffFrom(100) } as unknown as WatchBackoff;
 
@@ -432,7 +437,8 @@ export class EtcdStore implements ClusterStore {
       } catch (err) {
         throw new FerryError(
           'E_STORE_TLS',
-          `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); check the paths of the CA, certificate and key`,
+          `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); ` +
+            'check the paths of the CA, certificate and key',
           { cause: err },
         );
       }
@@ -472,8 +478,7 @@ export class EtcdStore implements ClusterStore {
    * @internal
    */
   async call<T>(what: string, kind: CallKind, fn: () => Promise<T>, opts: StoreCallOptions = {}): Promise<T> {
-    if (this.closed)
-      throw new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`);
+    this.assertOpen(what);
     const timeoutMs = opts.timeoutMs ?? this.callTimeoutMs;
     const until = Date.now() + timeoutMs;
     let lastErr: unknown;
@@ -508,11 +513,17 @@ export class EtcdStore implements ClusterStore {
       }
     }
     const outcome = kind === 'txn' ? 'the outcome is unknown, read the keys before retrying; ' : '';
+    const last = lastErr && !(lastErr instanceof StoreTimeout) ? ` (last error: ${messageOf(lastErr)})` : '';
     throw new FerryError(
       'E_STORE_TIMEOUT',
-      `Cannot ${what}: no answer within ${timeoutMs} ms${lastErr && !(lastErr instanceof StoreTimeout) ? ` (last error: ${messageOf(lastErr)})` : ''}; ${outcome}${STORE_HINT}`,
+      `Cannot ${what}: no answer within ${timeoutMs} ms${last}; ${outcome}${STORE_HINT}`,
       { cause: lastErr, context: { timeoutMs } },
     );
+  }
+
+  private assertOpen(what: string): void {
+    if (this.closed)
+      throw new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`);
   }
 
   /** @internal */
@@ -546,7 +557,8 @@ export class EtcdStore implements ClusterStore {
   }
 
   async txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean> {
-    const what = `commit a transaction on ${[...new Set([...req.compare, ...req.success, ...(req.failure ?? [])].map((x) => x.key))].join(', ')}`;
+    const touched = new Set([...req.compare, ...req.success, ...(req.failure ?? [])].map((x) => x.key));
+    const what = `commit a transaction on ${[...touched].join(', ')}`;
     for (const c of req.compare) {
       if (c.version === undefined && c.value === undefined)
         throw new InvalidInputError(`Cannot ${what}: the compare on '${c.key}' names neither a version nor a value`, {
@@ -574,12 +586,10 @@ export class EtcdStore implements ClusterStore {
           if (c.value !== undefined) checks.push([c.key, 'Value', c.value]);
         }
         // No compare: an always-true one (every key's version is > -1), so the ops still run atomically.
-        const [first, ...rest] = checks.length
-          ? checks
-          : [[req.success[0]?.key ?? '', 'Version', -1] as [string, 'Version', number]];
-        let b = checks.length
-          ? this.ns.if(first![0], first![1], '==', first![2])
-          : this.ns.if(first![0], 'Version', '>', -1);
+        const [first, ...rest] = checks;
+        let b = first
+          ? this.ns.if(first[0], first[1], '==', first[2])
+          : this.ns.if(req.success[0]?.key ?? '', 'Version', '>', -1);
         for (const [k, t, v] of rest) b = b.and(k, t, '==', v);
         return b
           .then(...req.success.map(toOp))
@@ -730,7 +740,7 @@ export class EtcdStore implements ClusterStore {
       );
       let myRev = BigInt(res.header.revision);
       if (!res.succeeded) {
-        const kv = res.responses[0]?.response_range?.kvs[0];
+        const kv = res.responses[0]?.response_range.kvs[0]; // the else branch is a get
         if (kv) myRev = BigInt(kv.create_revision);
         await this.put(key, candidateId, { lease, signal: stop.signal });
       }
@@ -773,8 +783,14 @@ export class EtcdStore implements ClusterStore {
     this.watchers.add(watcher);
     try {
       await new Promise<void>((resolve, reject) => {
-        if (signal.aborted) return reject(signal.reason);
-        signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+        const aborted = (): void => {
+          reject(signal.reason instanceof Error ? signal.reason : new AbortedError(what, signal.reason));
+        };
+        if (signal.aborted) {
+          aborted();
+          return;
+        }
+        signal.addEventListener('abort', aborted, { once: true });
         watcher.on('delete', () => resolve());
         watcher.on('disconnected', () => undefined);
         watcher.on('error', (err) => reject(storeError(what, err)));
@@ -790,7 +806,7 @@ export class EtcdStore implements ClusterStore {
     const rev = await this.call(`watch ${key}`, 'read', () => this.ns.get(key).exec(), { signal });
     if (!rev.kvs.length) {
       onDeleted();
-      return async () => undefined;
+      return () => Promise.resolve();
     }
     const watcher = this.ns
       .watch()

@@ -5,19 +5,23 @@ import { NotFoundError } from '../../errors.js';
 import type { Engine } from '../engine.js';
 import type { Membership } from '../../cluster/membership.js';
 import { planDrain, resumeNode, startDrain } from '../../cluster/drain.js';
-import { keys, parseLimits } from '../../cluster/model.js';
+import { writeLimits } from '../../cluster/keys.js';
 
 export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
   const member = (what: string): Membership => {
     if (!engine.membership)
       throw new NotFoundError(
         'E_CLUSTER_NOT_FOUND',
-        `Cannot ${what}: host '${engine.name}' is not in a cluster; start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'`,
+        `Cannot ${what}: host '${engine.name}' is not in a cluster; ` +
+          "start the lab with 'ferry lab up --cluster' or join one with 'ferry cluster join'",
         {},
       );
     return engine.membership;
   };
-  const ctx = (what: string) => ({ store: member(what).need(what), self: engine.name, tls: engine.cfg.tls });
+  const ctx = (what: string) => {
+    const m = member(what);
+    return { store: m.need(what), self: engine.name, tls: engine.cfg.tls, onBad: m.onBad };
+  };
 
   registerAction(app, actions.clusterStatus, async () => member('show the cluster').view());
 
@@ -39,11 +43,8 @@ export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
   registerAction(app, actions.clusterRemoveVm, async ({ params }) => engine.removeClusterVm(params.name));
 
   registerAction(app, actions.clusterLimits, async ({ body, signal }) => {
-    const store = ctx('change the cluster limits').store;
-    const cur = parseLimits(await store.get(keys.config, { signal }));
-    const next = { ...cur, ...Object.fromEntries(Object.entries(body).filter(([, v]) => v !== undefined)) };
-    await store.put(keys.config, JSON.stringify(next), { signal });
-    return next;
+    const c = ctx('change the cluster limits');
+    return writeLimits(c.store, body, c.onBad, { signal });
   });
 
   registerAction(app, actions.clusterJoin, async ({ body, signal }) => engine.joinCluster(body, { signal }));
