@@ -11,7 +11,7 @@ import { FerryError, messageOf } from '../errors.js';
 import type { MigrationRecord } from '../migration/schemas.js';
 import type { Leadership } from './store.js';
 import * as K from './keys.js';
-import { policyOf, type Batch, type BatchItem, type ClusterNodes } from './model.js';
+import { mayLead, policyOf, type Batch, type BatchItem, type ClusterNodes } from './model.js';
 import { place, type PlacementNode } from './placement.js';
 import { placementNodes, withClient, type ClusterCtx } from './context.js';
 import { readHaRecord, readNodes } from './records.js';
@@ -105,7 +105,7 @@ export class BatchRunner {
       }
       if (!it.to || !nodes.up[it.to] || (nodes.paused.has(it.to) && b.kind === 'drain')) {
         pnodes ??= await placementNodes(this.ctx, nodes);
-        const to = await this.placeAgain(it, pnodes);
+        const to = await this.placeAgain(it, pnodes, nodes);
         if (!to.to) {
           it.state = 'failed';
           it.reason = to.reason;
@@ -131,7 +131,11 @@ export class BatchRunner {
     await this.write(key, cur, b); // if it changed meanwhile, the next pass follows the moves by their ids
   }
 
-  private async placeAgain(it: BatchItem, pnodes: PlacementNode[]): Promise<{ to: string | null; reason: string }> {
+  private async placeAgain(
+    it: BatchItem,
+    pnodes: PlacementNode[],
+    nodes: ClusterNodes,
+  ): Promise<{ to: string | null; reason: string }> {
     const rec = await readHaRecord(this.ctx.store, it.vm).catch((err: unknown) => {
       // A bad record: placed by the default policy (the leader's loops must go on).
       this.onEvent('cluster.batch-error', { message: messageOf(err) });
@@ -148,7 +152,8 @@ export class BatchRunner {
           priority: it.priority,
           preferredOwners: pol.preferredOwners,
           antiAffinity: [],
-          exclude: [it.from],
+          // An HA VM (it has a record) goes only where its record may be kept.
+          exclude: [it.from, ...(rec ? Object.keys(nodes.members).filter((n) => !mayLead(nodes, n)) : [])],
         },
       ],
     );

@@ -6,6 +6,7 @@ import type { ClusterStore } from './store.js';
 import type { OnBad } from './keys.js';
 import type { ClusterNodes } from './model.js';
 import type { PlacementNode } from './placement.js';
+import { FerryError } from '../errors.js';
 
 export interface ClusterCtx {
   store: ClusterStore;
@@ -55,4 +56,25 @@ export async function placementNodes(
         return { name, up: freeMiB >= 0, paused: nodes.paused.has(name), freeMiB: Math.max(0, freeMiB) };
       }),
   );
+}
+
+/** etcd refused a cluster decision taken with this node's credential: say who may take it. */
+export function notEligible(self: string, what: string, cause: unknown): FerryError {
+  return new FerryError(
+    'E_CLUSTER_NOT_ELIGIBLE',
+    `Cannot ${what}: node '${self}' may not make cluster decisions (the administrator did not let it lead); ` +
+      `send the command to a leader-eligible node, or let this one lead ('ferry cluster join CLUSTER --host ${self} ` +
+      "--etcd URL')",
+    { cause, context: { node: self } },
+  );
+}
+
+/** Runs a cluster decision (a write only leader-eligible nodes may make); a refusal becomes E_CLUSTER_NOT_ELIGIBLE. */
+export async function decision<T>(self: string, what: string, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    if (err instanceof FerryError && err.code === 'E_STORE_DENIED') throw notEligible(self, what, err);
+    throw err;
+  }
 }

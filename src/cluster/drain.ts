@@ -8,9 +8,9 @@ import { actions } from '../api/actions.js';
 import type { VmView } from '../api/schemas.js';
 import type { Compare } from './store.js';
 import * as K from './keys.js';
-import { policyOf, type Batch, type HaRecord, type Priority } from './model.js';
+import { mayLead, policyOf, type Batch, type HaRecord, type Priority } from './model.js';
 import { place, type PlacedVm } from './placement.js';
-import { placementNodes, withClient, type ClusterCtx } from './context.js';
+import { decision, placementNodes, withClient, type ClusterCtx } from './context.js';
 import { readHaRecords, readNodes } from './records.js';
 
 export type { ClusterCtx } from './context.js';
@@ -163,6 +163,16 @@ export async function planDrain(
     });
   const byName = new Map(records.map((r) => [r.name, r]));
   const blockersOf = await compatibility(ctx, { name: node, endpoint: src.endpoint }, vms, candidates, opts.signal);
+  // An HA VM's record is a cluster decision: only a node that may lead can hold one.
+  for (const vm of vms.filter((v) => v.ha))
+    for (const n of candidates.filter((c) => !mayLead(nodes, c.name)))
+      blockersOf.get(vm.name)?.set(n.name, [
+        ...(blockersOf.get(vm.name)?.get(n.name) ?? []),
+        {
+          code: 'E_CLUSTER_NOT_ELIGIBLE',
+          message: `node '${n.name}' may not hold HA VMs (the administrator did not let it lead)`,
+        },
+      ]);
   const toPlace = vms.map((vm) => {
     const bad = [...(blockersOf.get(vm.name) ?? [])].filter(([, b]) => b.length).map(([n]) => n);
     return {
@@ -195,6 +205,10 @@ export async function planDrain(
 
 /** Records a drain: the node is paused and the leader will run the batch. */
 export async function startDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batch> {
+  return decision(ctx.self, `drain node '${plan.node}'`, () => recordDrain(ctx, plan));
+}
+
+async function recordDrain(ctx: ClusterCtx, plan: DrainPlan): Promise<Batch> {
   const batch: Batch = {
     node: plan.node,
     kind: 'drain',
@@ -283,6 +297,14 @@ async function abortDrain(
  * node, or that its last drain moved away, come back.
  */
 export async function resumeNode(
+  ctx: ClusterCtx,
+  node: string,
+  opts: { failback: boolean; signal?: AbortSignal },
+): Promise<Batch | null> {
+  return decision(ctx.self, `resume node '${node}'`, () => resume(ctx, node, opts));
+}
+
+async function resume(
   ctx: ClusterCtx,
   node: string,
   opts: { failback: boolean; signal?: AbortSignal },

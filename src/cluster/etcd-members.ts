@@ -190,6 +190,11 @@ export interface StartMembersOptions {
   /** How long to wait for a healthy cluster (default 30 s). */
   timeoutMs?: number;
   log?: (line: string) => void;
+  /**
+   * The credential the health check uses (default: each member's own host certificate). Once
+   * etcd's access control is on (auth.ts) a host may not touch the health key: pass the admin's.
+   */
+  clientTls?: MemberTls;
 }
 
 /**
@@ -312,7 +317,7 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   }
   await writeEtcdFile(labDir, file);
   const out = members.map(toMember);
-  await waitHealthy(out, { timeoutMs, signal: o.signal });
+  await waitHealthy(out, { timeoutMs, signal: o.signal, ...(o.clientTls ? { clientTls: o.clientTls } : {}) });
   return out;
 }
 
@@ -336,14 +341,14 @@ function clientFor(endpoints: string[], tls: MemberTls, callMs: number): Etcd3 {
  */
 export async function waitHealthy(
   members: EtcdMember[],
-  o: { timeoutMs?: number; signal?: AbortSignal } = {},
+  o: { timeoutMs?: number; signal?: AbortSignal; clientTls?: MemberTls } = {},
 ): Promise<void> {
   const timeoutMs = o.timeoutMs ?? 30_000;
   const stop = deadline(timeoutMs, o.signal);
   const pending = new Set(members.map((m) => m.name));
   let wrote = false;
   let lastErr: unknown;
-  const clients = new Map(members.map((m) => [m.name, clientFor([m.clientUrl], m.tls, 1000)]));
+  const clients = new Map(members.map((m) => [m.name, clientFor([m.clientUrl], o.clientTls ?? m.tls, 1000)]));
   try {
     while (pending.size || !wrote) {
       for (const m of members) {

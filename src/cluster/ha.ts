@@ -16,10 +16,11 @@ import { BatchRunner } from './batches.js';
 import { placementNodes } from './context.js';
 import { place } from './placement.js';
 import * as K from './keys.js';
-import { policyOf, type HaRecord } from './model.js';
+import { mayLead, policyOf, type HaRecord } from './model.js';
 import { readNodes, swapHaRecord } from './records.js';
 
 export { putHaRecord } from './records.js';
+export type { HaRecord } from './model.js';
 
 export interface HaHost {
   name: string;
@@ -62,6 +63,7 @@ export class HaMonitor {
   private async campaignLoop(): Promise<void> {
     while (!this.ac.signal.aborted) {
       try {
+        await this.untilEligible();
         await this.lead(
           await this.store.campaign(K.election.name, this.host.name, { signal: this.ac.signal, ttlSeconds: 5 }),
         );
@@ -69,6 +71,19 @@ export class HaMonitor {
         // Lost, or etcd unreachable: campaign again shortly (ends at once when stopping).
         await sleep(1000, this.ac.signal).catch(() => undefined);
       }
+    }
+  }
+
+  /**
+   * Waits until the administrator lets this node lead (leaders/<node>): etcd would refuse its
+   * campaign and its decisions otherwise. Taking that away also deletes its election key, which
+   * ends a leadership at once (the campaign loop then waits here again).
+   */
+  private async untilEligible(): Promise<void> {
+    for (;;) {
+      const leaders = new Set((await K.readAll(this.store, K.leaders, this.onBad)).keys());
+      if (mayLead({ leaders }, this.host.name)) return;
+      await sleep(2000, this.ac.signal);
     }
   }
 
@@ -135,12 +150,19 @@ export class HaMonitor {
     if (!vms.length) return;
     const ctx = { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad };
     const pnodes = await placementNodes(ctx, nodes);
+    // Only a node that may lead can keep an HA VM's record (a cluster decision).
+    const barred = Object.keys(nodes.members).filter((n) => !mayLead(nodes, n));
     const plan = place(
       pnodes,
       all
         .filter((e) => e.value.owner !== dead)
         .map(({ value: r }) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
-      vms.map(({ value: r }) => ({ name: r.name, memoryMiB: r.memoryMiB, ...policyOf(r.spec), exclude: [dead] })),
+      vms.map(({ value: r }) => ({
+        name: r.name,
+        memoryMiB: r.memoryMiB,
+        ...policyOf(r.spec),
+        exclude: [dead, ...barred],
+      })),
     );
     for (const p of plan) {
       const entry = vms.find((e) => e.name === p.vm);
@@ -149,7 +171,7 @@ export class HaMonitor {
         this.emit('cluster.ha', { vm: entry.name, from: dead, result: `cannot restart: ${p.reason ?? 'no node'}` });
         continue;
       }
-      await this.restart(leadership, entry, dead, p.to, nodes, pnodes);
+      await this.restart(leadership, entry, [dead, ...barred], p.to, nodes, pnodes);
     }
   }
 
@@ -157,14 +179,15 @@ export class HaMonitor {
   private async restart(
     leadership: Leadership,
     first: K.Entry<HaRecord>,
-    dead: string,
+    exclude: string[],
     firstTo: string,
     nodes: Awaited<ReturnType<typeof readNodes>>,
     pnodes: Awaited<ReturnType<typeof placementNodes>>,
   ): Promise<void> {
     let cur = first;
     let to: string | null = firstTo;
-    const tried: string[] = [dead];
+    const [dead = ''] = exclude;
+    const tried = [...exclude];
     const pol = policyOf(cur.value.spec);
     while (to) {
       const endpoint = nodes.up[to]?.endpoint;

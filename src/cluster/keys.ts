@@ -12,6 +12,7 @@ import {
   ConfigRecord,
   DEFAULT_LIMITS,
   HaRecord,
+  LeaderGrant,
   MemberRecord,
   NodeRecord,
   PauseRecord,
@@ -110,6 +111,7 @@ export const paused = new Family('paused/', 'node', PauseRecord);
 export const vms = new Family('vms/', 'VM', HaRecord);
 export const admits = new Family('admit/', 'migration', AdmitRecord);
 export const batches = new Family('batches/', 'node', Batch);
+export const leaders = new Family('leaders/', 'node', LeaderGrant);
 
 /** queue/<source>/<id>: each source's entries under its own prefix (its etcd role may write only there). */
 export const queue = {
@@ -130,18 +132,6 @@ export const config = { key: 'config', codec: new Codec(ConfigRecord) } as const
 
 /** The leader election (store.campaign('leader', …) keeps its keys under election/leader/). */
 export const election = { name: 'leader', prefix: 'election/' } as const;
-
-/** Every prefix above: what a node's etcd role may read. */
-export const ALL_PREFIXES = [
-  members.prefix,
-  nodes.prefix,
-  paused.prefix,
-  vms.prefix,
-  queue.prefix,
-  admits.prefix,
-  batches.prefix,
-  election.prefix,
-] as const;
 
 // ---------------------------------------------------------------------------------------
 // Reading

@@ -9,6 +9,7 @@
 //   batches/<node>         the last drain or fail-back of a node, item by item
 //   config                 limits of the queue
 //   election/leader/<id>   the leader (runs the scheduler, the HA monitor and the drains)
+//   leaders/<node>         written by the administrator only: the node may lead (auth.ts)
 import { DEFAULTS, PRIORITIES } from '../api/defaults.js';
 import { BatchView } from '../api/schemas.js';
 import { z } from 'zod';
@@ -93,6 +94,10 @@ export type QueueEntry = z.infer<typeof QueueEntry>;
 /** A queue entry with its state (admitted when admit/<id> exists). */
 export type QueueItem = QueueEntry & { state: 'queued' | 'admitted' };
 
+/** leaders/<node>: the administrator lets the node lead (and so hold HA VMs). */
+export const LeaderGrant = z.object({ at: Iso });
+export type LeaderGrant = z.infer<typeof LeaderGrant>;
+
 /** admit/<id>: the leader admitted the move. */
 export const AdmitRecord = z.object({ at: Iso });
 export type AdmitRecord = z.infer<typeof AdmitRecord>;
@@ -102,11 +107,21 @@ export const Batch = BatchView;
 export type Batch = BatchView;
 export type BatchItem = Batch['items'][number];
 
-/** What the leader reads about the nodes: members, those up (with a lease), those paused. */
+/** What the leader reads about the nodes: members, those up (with a lease), paused, leader-eligible. */
 export interface ClusterNodes {
   members: Record<string, MemberRecord>;
   up: Record<string, NodeRecord>;
   paused: Set<string>;
+  /** Nodes the administrator lets lead (leaders/<node>). */
+  leaders: Set<string>;
+}
+
+/**
+ * May `node` lead, and so hold HA VMs (their records are cluster decisions)? A cluster set up
+ * before access control has no leaders/ keys: there every member may.
+ */
+export function mayLead(nodes: Pick<ClusterNodes, 'leaders'>, node: string): boolean {
+  return nodes.leaders.size === 0 || nodes.leaders.has(node);
 }
 
 /** A clustered VM's policy: what its spec says, defaults for the rest. */

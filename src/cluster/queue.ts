@@ -1,8 +1,8 @@
 // The cluster-wide migration queue. A source agent puts every move between two nodes of the
 // cluster under queue/<source>/<id> (on its node lease, so a dead source frees its places) and
 // waits; the leader's scheduler admits moves by priority within the limits, each admission an
-// etcd transaction guarded by its leadership (admit/<id>); the source removes both keys when
-// the move ends. Any agent reads the queue, so positions show wherever one asks.
+// etcd transaction guarded by its leadership (admit/<id>); the source removes its entry when
+// the move ends, and the leader the admission. Any agent reads the queue, so positions show wherever one asks.
 import type { Emit } from '../api/events.js';
 import { AbortedError, FerryError, messageOf } from '../errors.js';
 import type { ClusterStore, Lease, Leadership } from './store.js';
@@ -159,15 +159,9 @@ export class ClusterQueue {
     }
   }
 
-  /** The move ended (or never started): free its place. */
+  /** The move ended (or never started): free its place (the leader then drops its admission). */
   async leave(id: string): Promise<void> {
-    await this.store.txn({
-      compare: [],
-      success: [
-        { type: 'delete', key: K.queue.key(this.node, id) },
-        { type: 'delete', key: K.admits.key(id) },
-      ],
-    });
+    await this.store.delete(K.queue.key(this.node, id));
   }
 }
 

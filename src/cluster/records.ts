@@ -5,22 +5,24 @@ import type { ClusterStore, StoreCallOptions } from './store.js';
 import * as K from './keys.js';
 import { HaSpec, type ClusterNodes, type HaRecord } from './model.js';
 import { InvalidInputError } from '../errors.js';
+import { decision } from './context.js';
 
 export async function readNodes(
   store: ClusterStore,
   onBad: K.OnBad,
   opts: StoreCallOptions = {},
 ): Promise<ClusterNodes> {
-  const [m, n, p] = await Promise.all([
+  const [m, n, p, l] = await Promise.all([
     K.readAll(store, K.members, onBad, opts),
     K.readAll(store, K.nodes, onBad, opts),
     K.readAll(store, K.paused, onBad, opts),
+    K.readAll(store, K.leaders, onBad, opts),
   ]);
   const members: ClusterNodes['members'] = {};
   for (const [name, e] of m) members[name] = e.value;
   const up: ClusterNodes['up'] = {};
   for (const [name, e] of n) up[name] = e.value;
-  return { members, up, paused: new Set(p.keys()) };
+  return { members, up, paused: new Set(p.keys()), leaders: new Set(l.keys()) };
 }
 
 /** Is `node` a member of the cluster? */
@@ -63,7 +65,9 @@ export async function putHaRecord(
   const d = cur === null ? null : K.vms.decode(key, cur);
   // A record that does not parse is replaced: this node runs the VM and knows its spec.
   const generation = d?.ok ? d.value.generation : 0;
-  await store.put(key, K.vms.encode({ ...rec, spec: spec.data, generation }), opts);
+  await decision(rec.owner, `record HA VM '${rec.name}' in the cluster`, () =>
+    store.put(key, K.vms.encode({ ...rec, spec: spec.data, generation }), opts),
+  );
 }
 
 /** The VM is no longer clustered (stopped on purpose, removed, or left the cluster). */

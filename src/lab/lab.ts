@@ -16,6 +16,7 @@ import { actions } from '../api/actions.js';
 import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
+import { enableAuth, grantHost } from '../cluster/auth.js';
 import { cliCommand } from '../../guest/paths.js';
 import {
   AGENT_PORT,
@@ -225,8 +226,15 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
         domainDir,
         ...(o.signal ? { signal: o.signal } : {}),
         ...(o.log ? { log: o.log } : {}),
+        clientTls: creds,
       })
     : [];
+  if (lab.cluster) {
+    // etcd's access control: each host writes only its own keys; every lab host may lead.
+    const endpoints = members.map((m) => m.clientUrl);
+    await enableAuth(endpoints, creds);
+    for (const h of lab.hosts) await grantHost(endpoints, creds, { cluster: 'lab', host: h.name });
+  }
   for (const h of lab.hosts) {
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) {

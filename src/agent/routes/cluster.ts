@@ -6,6 +6,7 @@ import type { Engine } from '../engine.js';
 import type { Membership } from '../../cluster/membership.js';
 import { planDrain, resumeNode, startDrain } from '../../cluster/drain.js';
 import { writeLimits } from '../../cluster/keys.js';
+import { decision } from '../../cluster/context.js';
 
 export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
   const member = (what: string): Membership => {
@@ -44,7 +45,7 @@ export function clusterRoutes(app: FastifyInstance, engine: Engine): void {
 
   registerAction(app, actions.clusterLimits, async ({ body, signal }) => {
     const c = ctx('change the cluster limits');
-    return writeLimits(c.store, body, c.onBad, { signal });
+    return decision(c.self, 'change the cluster limits', () => writeLimits(c.store, body, c.onBad, { signal }));
   });
 
   registerAction(app, actions.clusterJoin, async ({ body, signal }) => engine.joinCluster(body, { signal }));
