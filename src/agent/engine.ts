@@ -810,6 +810,11 @@ export class Engine {
     );
     membership.onFence = () => this.fenceHaVms();
     membership.onRejoined = () => this.reconcileHa();
+    // The fence process (src/cluster/fence.ts) guards the HA VMs when this agent cannot.
+    membership.dataDir = this.cfg.dataDir;
+    membership.onWatchdogFenced = (vms) => {
+      for (const vm of vms) this.fenced.add(vm);
+    };
     this.membership = membership;
     this.cfg.cluster = cluster;
     return (async () => {

@@ -8,6 +8,7 @@ import { HaMonitor } from './ha.js';
 import { ClusterQueue } from './queue.js';
 import * as K from './keys.js';
 import { clusterView } from './view.js';
+import { LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
 export interface ClusterConfig {
@@ -34,7 +35,15 @@ export class Membership {
   onFence: () => Promise<void> = () => Promise.resolve();
   /** Called after the node got a new lease following a loss (reconcile what the cluster decided meanwhile). */
   onRejoined: () => Promise<void> = () => Promise.resolve();
+  /**
+   * The agent's data folder. When set, start() launches the host's fence process (fence.ts)
+   * and each lease renewal is written there for it.
+   */
+  dataDir: string | null = null;
+  /** HA VMs the fence process killed while this agent was away: this node decides whether they run again. */
+  onWatchdogFenced: (vms: string[]) => void = () => undefined;
   private lease: Lease | null = null;
+  private liveness: LivenessWriter | null = null;
   stopped = false;
   /** A value in etcd that does not parse: reported, and left out of every decision. */
   readonly onBad: K.OnBad = (bad) => {
@@ -50,6 +59,14 @@ export class Membership {
 
   async start(opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.stopped) throw new FerryError('E_STORE_CLOSED', 'Cannot join the cluster: the agent is stopping');
+    if (this.dataDir && !this.liveness) {
+      try {
+        ensureFence(this.dataDir);
+      } catch (err) {
+        this.events.emit('cluster.error', { message: `cannot start the fence process: ${messageOf(err)}` });
+      }
+      this.liveness = new LivenessWriter(this.dataDir);
+    }
     this.store ??= await EtcdStore.connect({
       endpoints: this.cfg.endpoints,
       tls: this.tls,
@@ -76,9 +93,29 @@ export class Membership {
   private async heartbeat(): Promise<void> {
     const store = this.need('renew the node lease');
     const ttl = this.cfg.leaseSeconds ?? NODE_TTL_S;
+    // Fence with a margin: 2.5 s of a 5 s lease (half), whatever the TTL.
+    const lossAfterMs = Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000)));
+    let leaseId: string | null = null;
+    let renewedAt = Date.now();
+    const renewed = (at: number): void => {
+      renewedAt = at;
+      if (leaseId !== null)
+        void this.liveness?.write({
+          version: 1,
+          node: this.node.name,
+          cluster: this.cfg.name,
+          endpoints: this.cfg.endpoints,
+          tls: this.tls,
+          leaseId,
+          ttlMs: ttl * 1000,
+          lossAfterMs,
+          renewedAt: at,
+          agentPid: process.pid,
+        });
+    };
     this.lease = await store.grantLease(ttl, {
-      // Fence with a margin: 2.5 s of a 5 s lease (half), whatever the TTL.
-      lossAfterMs: Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000))),
+      lossAfterMs,
+      onRenewed: renewed,
       onLost: (err) => {
         this.events.emit('cluster.lease-lost', { node: this.node.name, reason: err.message });
         // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
@@ -90,6 +127,12 @@ export class Membership {
       K.nodes.encode({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
       { lease: this.lease },
     );
+    leaseId = this.lease.id;
+    renewed(renewedAt);
+    if (this.dataDir) {
+      const fenced = await takeFenceReport(this.dataDir);
+      if (fenced.length) this.onWatchdogFenced(fenced);
+    }
     this.events.emit('cluster.joined', { node: this.node.name, cluster: this.cfg.name });
   }
 

@@ -71,6 +71,14 @@ export interface Compare {
   value?: string;
 }
 
+export interface LeaseWatch {
+  onLost?: (err: FerryError) => void;
+  /** How long without a successful keepalive counts as lost (default: the TTL). */
+  lossAfterMs?: number;
+  /** Called with the time (ms) the grant, then each successful keepalive, was sent. */
+  onRenewed?: (sentAtMs: number) => void;
+}
+
 export interface TxnRequest {
   compare: Compare[];
   success: Op[];
@@ -114,11 +122,11 @@ export interface ClusterStore {
   delete(key: string, opts?: StoreCallOptions): Promise<void>;
   /** Atomic compare-and-swap; true when the compares held (and `success` ran). */
   txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean>;
-  /** A lease kept alive until revoked, released or lost; `onLost` runs once when it is lost or cannot be renewed. */
-  grantLease(
-    ttlSeconds: number,
-    opts?: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number },
-  ): Promise<Lease>;
+  /**
+   * A lease kept alive until revoked, released or lost; `onLost` runs once when it is lost or
+   * cannot be renewed; `onRenewed` hears when the grant and each successful keepalive were sent.
+   */
+  grantLease(ttlSeconds: number, opts?: StoreCallOptions & LeaseWatch): Promise<Lease>;
   /** Calls `cb` for every change under `prefix` from now on; resolves to a cancel function. */
   watchPrefix(
     prefix: string,
@@ -237,8 +245,10 @@ class LeaseKeeper {
     grantedAt: number,
     private readonly onLoss: (err: FerryError) => void,
     lossAfterMs = ttlMs,
+    private readonly onRenewed: (sentAtMs: number) => void = () => undefined,
   ) {
     this.lastOk = grantedAt;
+    this.renewed(grantedAt);
     inner.on('lost', (err) => this.lose(storeError('keep the lease alive', err)));
     this.watchdog = setInterval(
       () => {
@@ -281,6 +291,7 @@ class LeaseKeeper {
         }),
       ]);
       this.lastOk = Math.max(this.lastOk, sentAt);
+      this.renewed(this.lastOk);
       this.schedule(Math.max(0, this.ttlMs / 3 - (Date.now() - sentAt)));
     } catch (err) {
       if (err instanceof EtcdLeaseInvalidError) {
@@ -288,6 +299,14 @@ class LeaseKeeper {
         return;
       }
       this.schedule(100); // another member (etcd3 picks one at random, skipping open circuits)
+    }
+  }
+
+  private renewed(at: number): void {
+    try {
+      this.onRenewed(at);
+    } catch {
+      /* a callback's failure is its own */
     }
   }
 
@@ -322,7 +341,7 @@ class EtcdLease implements Lease {
   ) {}
 
   /** @internal */
-  watch(grantedAt: number, onLost?: (err: FerryError) => void, lossAfterMs?: number): void {
+  watch(grantedAt: number, w: LeaseWatch = {}): void {
     this.guard = new LeaseKeeper(
       this.inner,
       this.ttlSeconds * 1000,
@@ -330,9 +349,10 @@ class EtcdLease implements Lease {
       (err) => {
         this.lostFlag = true;
         this.store.forget(this);
-        onLost?.(err);
+        w.onLost?.(err);
       },
-      lossAfterMs,
+      w.lossAfterMs,
+      w.onRenewed,
     );
   }
 
@@ -610,23 +630,19 @@ export class EtcdStore implements ClusterStore {
       );
   }
 
-  async grantLease(
-    ttlSeconds: number,
-    opts: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number } = {},
-  ): Promise<Lease> {
+  async grantLease(ttlSeconds: number, opts: StoreCallOptions & LeaseWatch = {}): Promise<Lease> {
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
       throw new InvalidInputError(`Cannot grant a lease of ${ttlSeconds} s: the TTL is a whole number of seconds ≥ 1`, {
         ttlSeconds,
       });
-    const { lease } = await this.newLease(ttlSeconds, opts, opts.onLost, opts.lossAfterMs);
+    const { lease } = await this.newLease(ttlSeconds, opts, opts);
     return lease;
   }
 
   private async newLease(
     ttlSeconds: number,
     opts: StoreCallOptions,
-    onLost?: (err: FerryError) => void,
-    lossAfterMs?: number,
+    w: LeaseWatch = {},
   ): Promise<{ lease: EtcdLease }> {
     if (this.closed)
       throw new FerryError('E_STORE_CLOSED', 'Cannot grant a lease: the store connection is closed; connect again');
@@ -642,7 +658,7 @@ export class EtcdStore implements ClusterStore {
       throw err;
     }
     const lease = new EtcdLease(id, ttlSeconds, inner, this);
-    lease.watch(sentAt, onLost, lossAfterMs);
+    lease.watch(sentAt, w);
     this.leases.add(lease);
     return { lease };
   }
@@ -716,7 +732,7 @@ export class EtcdStore implements ClusterStore {
     if (opts.signal?.aborted) throw new AbortedError(what, opts.signal.reason);
     const pfx = `${ELECTION}/${election}/`;
     const leadership = new EtcdLeadership(this, election, candidateId, opts.onLost);
-    const { lease } = await this.newLease(ttl, { signal: opts.signal }, (err) => leadership.fail(err));
+    const { lease } = await this.newLease(ttl, { signal: opts.signal }, { onLost: (err) => leadership.fail(err) });
     leadership.attach(lease, `${pfx}${lease.id}`);
     const key = leadership.key;
     const stop = new AbortController();

@@ -17,6 +17,7 @@ import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
 import { enableAuth, grantHost } from '../cluster/auth.js';
+import { stopFence } from '../cluster/fence.js';
 import { cliCommand } from '../../guest/paths.js';
 import {
   AGENT_PORT,
@@ -425,6 +426,7 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
   const member = lab.cluster
     ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
     : undefined;
+  await stopFence(h.dataDir, 'SIGKILL'); // the host's fence process dies with it
   const pids = [
     ...(h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : []),
     ...(await hostQemuPids(h.dataDir)),
@@ -451,6 +453,8 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     await removeNetns(dir).catch(() => undefined); // leftovers of a lab whose lab.json is gone
     throw err;
   }
+  // The fence processes first: with the agents gone they would kill the HA VMs before QEMU's clean exit.
+  for (const h of lab.hosts) await stopFence(h.dataDir);
   const agents = lab.hosts.flatMap((h) =>
     h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : [],
   );

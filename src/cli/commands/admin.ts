@@ -37,6 +37,19 @@ export function registerAdmin(program: Command): void {
     });
 
   program
+    .command('fence')
+    .description(
+      "guard a cluster host's HA VMs when its agent is gone (started by the agent; see src/cluster/fence.ts)",
+    )
+    .requiredOption('--data <dir>', "the agent's data folder")
+    .action(async (o) => {
+      const { runFence } = await import('../../cluster/fence.js');
+      const ac = new AbortController();
+      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => ac.abort());
+      await runFence({ dataDir: path.resolve(o.data), signal: ac.signal });
+    });
+
+  program
     .command('console')
     .description('serve the web console (log in with the token it prints)')
     .option('--listen <addr:port>', 'where to serve it', '127.0.0.1:8080')
@@ -108,7 +121,7 @@ export function registerAdmin(program: Command): void {
     .description('start the lab (idempotent: starts only what is not running)')
     .action(async (o, cmd) => {
       const st = await labUp({
-        dir: labDir(o, cmd as Cmd),
+        dir: labDir(o, cmd),
         hosts: o.hosts,
         cluster: !!o.cluster,
         netns: !!o.netns,
@@ -129,7 +142,7 @@ export function registerAdmin(program: Command): void {
     .option('--json', 'JSON')
     .description('hosts and their agents')
     .action(async (o, cmd) => {
-      const st = await labStatus(labDir(o, cmd as Cmd));
+      const st = await labStatus(labDir(o, cmd));
       if (o.json) printJson(st);
       else if (st.hosts.some((h) => h.netns)) {
         const link = (v: boolean | undefined): string => (v ? 'up' : 'cut');
