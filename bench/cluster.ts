@@ -22,7 +22,8 @@ import { EtcdStore } from '../src/cluster/store.js';
 import { Scheduler } from '../src/cluster/queue.js';
 import { place } from '../src/cluster/placement.js';
 import { schedule } from '../src/cluster/schedule.js';
-import { parseLimits, type QueueItem } from '../src/cluster/model.js';
+import type { QueueItem } from '../src/cluster/model.js';
+import * as K from '../src/cluster/keys.js';
 import { hostQemuPids } from '../src/lab/lab.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
@@ -196,16 +197,16 @@ async function queue(dir: string): Promise<string> {
       await store.put(k, v);
     };
     for (const n of nodes) {
-      ops.push(put(`members/${n}`, JSON.stringify({ endpoint: `https://10.0.0.1:7443` })));
+      ops.push(put(K.members.key(n), K.members.encode({ endpoint: `https://10.0.0.1:7443` })));
       ops.push(
-        put(`nodes/${n}`, JSON.stringify({ endpoint: `https://10.0.0.1:7443`, since: new Date().toISOString() })),
+        put(K.nodes.key(n), K.nodes.encode({ endpoint: `https://10.0.0.1:7443`, since: new Date().toISOString() })),
       );
       for (let v = 0; v < PER; v++) {
         const name = `${n}-vm${v}`;
         ops.push(
           put(
-            `vms/${name}`,
-            JSON.stringify({
+            K.vms.key(name),
+            K.vms.encode({
               name,
               id: name,
               configPath: `/shared/${name}`,
@@ -213,6 +214,7 @@ async function queue(dir: string): Promise<string> {
               memoryMiB: 1024,
               generation: 0,
               spec: {
+                name,
                 cluster: {
                   priority: (['high', 'normal', 'low'] as const)[v % 3],
                   preferredOwners: [],
@@ -243,7 +245,7 @@ async function queue(dir: string): Promise<string> {
       };
       items.push(it);
       const { state: _s, ...rest } = it;
-      ops.push(put(`queue/${it.id}`, JSON.stringify(rest)));
+      ops.push(put(K.queue.key(from, it.id), K.queue.codec.encode(rest)));
     }
     await Promise.all(ops.splice(0));
     const leadership = await store.campaign('leader', 'bench', { ttlSeconds: 10 });
@@ -254,10 +256,14 @@ async function queue(dir: string): Promise<string> {
       await (sched as unknown as { decide(): Promise<void> }).decide();
       passes.push(sched.lastDecisionMs);
     }
-    const admitted = Object.keys(await store.getPrefix('admit/')).length;
+    const admitted = Object.keys(await store.getPrefix(K.admits.prefix)).length;
     // Pure decision and placement alone.
     const p0 = performance.now();
-    for (let i = 0; i < 100; i++) schedule(items, parseLimits(null));
+    for (let i = 0; i < 100; i++)
+      schedule(
+        items,
+        K.parseLimits(null, () => undefined),
+      );
     const pureMs = (performance.now() - p0) / 100;
     const pn = nodes.map((name) => ({ name, up: name !== 'n000', paused: false, freeMiB: 64 * 1024 }));
     const existing = nodes.slice(1).flatMap((n) =>

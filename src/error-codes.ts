@@ -170,6 +170,13 @@ export const ERROR_CODES = {
   E_CLUSTER_UNAVAILABLE: unavailable("the cluster's etcd does not answer"),
   E_CLUSTER_BUSY: conflict('another cluster operation runs on that node', true),
   E_CLUSTER_QUEUE: failed('the cluster queue refused the move', true),
+  E_CLUSTER_NOT_ELIGIBLE: {
+    status: 403,
+    exit: EXIT.failed,
+    retryable: false,
+    meaning: 'this node may not make cluster decisions (the administrator did not let it lead)',
+  },
+  E_CLUSTER_BAD_VALUE: failed('a value in etcd is not valid (written by a broken or hostile node)'),
   E_NOT_CLUSTERED: conflict('the VM is not clustered'),
   E_NODE_NOT_FOUND: notFound('no such cluster node'),
   E_NODE_DOWN: conflict('the cluster node is down'),

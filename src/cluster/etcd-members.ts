@@ -82,7 +82,8 @@ async function readEtcdFile(labDir: string): Promise<EtcdFile | null> {
   } catch (err) {
     throw new FerryError(
       'E_ETCD_STATE',
-      `Cannot read ${etcdFile(labDir)}: it is not a valid etcd member file (${messageOf(err)}); stop the members and remove the file and the hosts' etcd folders to start a new cluster`,
+      `Cannot read ${etcdFile(labDir)}: it is not a valid etcd member file (${messageOf(err)}); ` +
+        "stop the members and remove the file and the hosts' etcd folders to start a new cluster",
       { cause: err, context: { labDir } },
     );
   }
@@ -192,6 +193,11 @@ export interface StartMembersOptions {
   /** How long to wait for a healthy cluster (default 30 s). */
   timeoutMs?: number;
   log?: (line: string) => void;
+  /**
+   * The credential the health check uses (default: each member's own host certificate). Once
+   * etcd's access control is on (auth.ts) a host may not touch the health key: pass the admin's.
+   */
+  clientTls?: MemberTls;
 }
 
 /**
@@ -238,7 +244,9 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   if (existing.length && added.length) {
     throw new FerryError(
       'E_ETCD_MEMBERSHIP',
-      `Cannot add etcd members ${added.join(', ')}: the cluster of ${file.members.map((m) => m.name).join(', ')} already holds data and growing it is not supported; start the cluster with its hosts, or stop it and remove ${etcdFile(labDir)} and the hosts' etcd folders`,
+      `Cannot add etcd members ${added.join(', ')}: the cluster of ${file.members.map((m) => m.name).join(', ')} ` +
+        'already holds data and growing it is not supported; start the cluster with its hosts, ' +
+        `or stop it and remove ${etcdFile(labDir)} and the hosts' etcd folders`,
       { context: { added, existing } },
     );
   }
@@ -255,7 +263,8 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
       tls: { ca: '', cert: '', key: '' },
     });
   }
-  const members = hosts.map((h) => file.members.find((m) => m.name === h)!);
+  const members = file.members.filter((m) => hosts.includes(m.name));
+  members.sort((a, b) => hosts.indexOf(a.name) - hosts.indexOf(b.name));
   // One at a time: issueCert updates the CA's serial file.
   for (const m of members) {
     await fsp.mkdir(m.dataDir, { recursive: true, mode: 0o700 });
@@ -264,7 +273,8 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   }
   const initialCluster = file.members.map((m) => `${m.name}=${url(m.peerPort)}`).join(',');
   const env: NodeJS.ProcessEnv = {};
-  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('ETCD_')) env[k] = v; // ETCD_* would override our flags
+  // ETCD_* would override our flags.
+  for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('ETCD_')) env[k] = v;
 
   for (const m of members) {
     if (isMemberAlive(m.pid, m.dataDir)) continue;
@@ -312,7 +322,7 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   }
   await writeEtcdFile(labDir, file);
   const out = members.map(toMember);
-  await waitHealthy(out, { timeoutMs, signal: o.signal });
+  await waitHealthy(out, { timeoutMs, signal: o.signal, ...(o.clientTls ? { clientTls: o.clientTls } : {}) });
   return out;
 }
 
@@ -336,14 +346,14 @@ function clientFor(endpoints: string[], tls: MemberTls, callMs: number): Etcd3 {
  */
 export async function waitHealthy(
   members: EtcdMember[],
-  o: { timeoutMs?: number; signal?: AbortSignal } = {},
+  o: { timeoutMs?: number; signal?: AbortSignal; clientTls?: MemberTls } = {},
 ): Promise<void> {
   const timeoutMs = o.timeoutMs ?? 30_000;
   const stop = deadline(timeoutMs, o.signal);
   const pending = new Set(members.map((m) => m.name));
   let wrote = false;
   let lastErr: unknown;
-  const clients = new Map(members.map((m) => [m.name, clientFor([m.clientUrl], m.tls, 1000)]));
+  const clients = new Map(members.map((m) => [m.name, clientFor([m.clientUrl], o.clientTls ?? m.tls, 1000)]));
   try {
     while (pending.size || !wrote) {
       for (const m of members) {
@@ -351,13 +361,15 @@ export async function waitHealthy(
           await sleep(100); // let the log be flushed
           throw new FerryError(
             'E_ETCD_START',
-            `Cannot start etcd member ${m.name}: it exited; its log (${m.logFile}) ends with: ${await logTail(m.logFile)}`,
+            `Cannot start etcd member ${m.name}: it exited; ` +
+              `its log (${m.logFile}) ends with: ${await logTail(m.logFile)}`,
             { context: { member: m.name, logFile: m.logFile } },
           );
         }
       }
       for (const m of members) {
-        const c = clients.get(m.name)!;
+        const c = clients.get(m.name);
+        if (!c) continue;
         try {
           if (pending.has(m.name)) {
             await c.get('/ferry/health').string();
@@ -376,7 +388,8 @@ export async function waitHealthy(
         if (o.signal?.aborted) throw new AbortedError('wait for the etcd cluster', o.signal.reason);
         throw new FerryError(
           'E_TIMEOUT',
-          `Cannot start the etcd cluster: ${[...pending].join(', ') || 'the cluster'} did not answer within ${timeoutMs} ms (${messageOf(lastErr)}); see ${members.map((m) => m.logFile).join(', ')}`,
+          `Cannot start the etcd cluster: ${[...pending].join(', ') || 'the cluster'} did not answer within ` +
+            `${timeoutMs} ms (${messageOf(lastErr)}); see ${members.map((m) => m.logFile).join(', ')}`,
           { cause: lastErr, context: { timeoutMs, pending: [...pending] } },
         );
       }
@@ -422,7 +435,8 @@ export async function killMember(member: EtcdMember): Promise<void> {
   if (!(await waitGone(member.pid, member.dataDir, 5000))) {
     throw new FerryError(
       'E_ETCD_KILL',
-      `Cannot kill etcd member ${member.name} (pid ${member.pid}): it is still running 5 s after SIGKILL; check the process state (D state, ptrace)`,
+      `Cannot kill etcd member ${member.name} (pid ${member.pid}): it is still running 5 s after SIGKILL; ` +
+        'check the process state (D state, ptrace)',
       { context: { member: member.name, pid: member.pid } },
     );
   }

@@ -8,30 +8,20 @@ import type { Emit } from '../api/events.js';
 import { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import { messageOf } from '../errors.js';
+import { sleep } from '../util/exec.js';
 import type { ClusterStore, Leadership } from './store.js';
 import type { EventBus } from '../events/bus.js';
 import { Scheduler } from './queue.js';
-import { BatchRunner, placementNodes, policyOf, readNodes } from './drain.js';
+import { BatchRunner } from './batches.js';
+import { placementNodes } from './context.js';
 import { place } from './placement.js';
 import { parseVmSpec } from '../vm/spec.js';
+import * as K from './keys.js';
+import { mayLead, policyOf, type HaRecord } from './model.js';
+import { readNodes, swapHaRecord } from './records.js';
 
-export interface HaRecord {
-  name: string;
-  id: string;
-  configPath: string;
-  owner: string;
-  memoryMiB: number;
-  generation: number;
-  spec: Record<string, unknown>;
-}
-
-export const vmKey = (name: string): string => `vms/${name}`;
-
-export async function putHaRecord(store: ClusterStore, rec: Omit<HaRecord, 'generation'>): Promise<void> {
-  const cur = await store.get(vmKey(rec.name));
-  const generation = cur ? (JSON.parse(cur) as HaRecord).generation : 0;
-  await store.put(vmKey(rec.name), JSON.stringify({ ...rec, generation }));
-}
+export { putHaRecord } from './records.js';
+export type { HaRecord } from './model.js';
 
 export interface HaHost {
   name: string;
@@ -47,11 +37,20 @@ export class HaMonitor {
   private busy = Promise.resolve();
   /** The leader's services while this agent leads (for metrics and the benchmark). */
   current: { scheduler: Scheduler; batches: BatchRunner } | null = null;
+  private readonly emit: Emit;
+  private readonly onBad: K.OnBad;
 
   constructor(
     private store: ClusterStore,
     private host: HaHost,
-  ) {}
+  ) {
+    this.emit = (type, fields) => {
+      host.events.emit(type, fields);
+    };
+    this.onBad = (bad) => {
+      host.events.emit('cluster.bad-value', bad);
+    };
+  }
 
   start(): void {
     void this.campaignLoop();
@@ -65,50 +64,77 @@ export class HaMonitor {
   private async campaignLoop(): Promise<void> {
     while (!this.ac.signal.aborted) {
       try {
-        this.leadership = await this.store.campaign('leader', this.host.name, {
-          signal: this.ac.signal,
-          ttlSeconds: 5,
-        });
-        this.host.events.emit('cluster.leader', { node: this.host.name });
-        const lost = new Promise<void>((resolve) => this.leadership!.onLost(() => resolve()));
-        const emit: Emit = (type, fields) => {
-          this.host.events.emit(type, fields);
-        };
-        const scheduler = new Scheduler(this.store, this.leadership, emit);
-        const batches = new BatchRunner(
-          { store: this.store, self: this.host.name, tls: this.host.tls },
-          this.leadership,
-          emit,
+        await this.untilEligible();
+        await this.lead(
+          await this.store.campaign(K.election.name, this.host.name, { signal: this.ac.signal, ttlSeconds: 5 }),
         );
-        this.current = { scheduler, batches };
-        this.stopWatch = await this.store.watchPrefix('nodes/', (ev) => {
-          if (ev.type === 'delete')
-            this.busy = this.busy.then(() => this.failover(ev.key.slice('nodes/'.length))).catch(() => undefined);
-          void scheduler.pass();
-          void batches.pass();
-        });
-        // Nodes that died while nobody was leader.
-        this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
-        await Promise.all([scheduler.start(), batches.start()]).catch(() => undefined);
-        await Promise.race([
-          lost,
-          new Promise<void>((resolve) => this.ac.signal.addEventListener('abort', () => resolve(), { once: true })),
-        ]);
-        this.current = null;
-        await Promise.all([scheduler.stop(), batches.stop()]);
-        await this.stopWatch?.().catch(() => undefined);
       } catch {
-        if (this.ac.signal.aborted) return;
-        await new Promise((r) => setTimeout(r, 1000));
+        // Lost, or etcd unreachable: campaign again shortly (ends at once when stopping).
+        await sleep(1000, this.ac.signal).catch(() => undefined);
       }
     }
   }
 
+  /**
+   * Waits until the administrator lets this node lead (leaders/<node>): etcd would refuse its
+   * campaign and its decisions otherwise. Taking that away also deletes its election key, which
+   * ends a leadership at once (the campaign loop then waits here again).
+   */
+  private async untilEligible(): Promise<void> {
+    for (;;) {
+      const leaders = new Set((await K.readAll(this.store, K.leaders, this.onBad)).keys());
+      if (mayLead({ leaders }, this.host.name)) return;
+      await sleep(2000, this.ac.signal);
+    }
+  }
+
+  /** While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains. */
+  private async lead(leadership: Leadership): Promise<void> {
+    this.leadership = leadership;
+    this.emit('cluster.leader', { node: this.host.name });
+    const lost = new Promise<void>((resolve) => {
+      leadership.onLost(() => {
+        resolve();
+      });
+    });
+    const scheduler = new Scheduler(this.store, leadership, this.emit);
+    const batches = new BatchRunner(
+      { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad },
+      leadership,
+      this.emit,
+    );
+    this.current = { scheduler, batches };
+    this.stopWatch = await this.store.watchPrefix(K.nodes.prefix, (ev) => {
+      const dead = ev.type === 'delete' ? K.nodes.nameOf(ev.key) : null;
+      if (dead !== null) this.busy = this.busy.then(() => this.failover(dead)).catch(() => undefined);
+      void scheduler.pass();
+      void batches.pass();
+    });
+    // Nodes that died while nobody was leader.
+    this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
+    await Promise.all([scheduler.start(), batches.start()]).catch(() => undefined);
+    await Promise.race([
+      lost,
+      new Promise<void>((resolve) => {
+        this.ac.signal.addEventListener(
+          'abort',
+          () => {
+            resolve();
+          },
+          { once: true },
+        );
+      }),
+    ]);
+    this.current = null;
+    await Promise.all([scheduler.stop(), batches.stop()]);
+    await this.stopWatch().catch(() => undefined);
+  }
+
   private async sweep(): Promise<void> {
-    const nodes = await this.store.getPrefix('nodes/');
-    const vms = await this.store.getPrefix('vms/');
-    const owners = new Set(Object.values(vms).map((v) => (JSON.parse(v) as HaRecord).owner));
-    for (const o of owners) if (!nodes[`nodes/${o}`]) await this.failover(o);
+    const up = await K.readAll(this.store, K.nodes, this.onBad);
+    const vms = await K.readAll(this.store, K.vms, this.onBad);
+    const owners = new Set([...vms.values()].map((e) => e.value.owner));
+    for (const o of owners) if (!up.has(o)) await this.failover(o);
   }
 
   /**
@@ -118,100 +144,93 @@ export class HaMonitor {
   private async failover(dead: string): Promise<void> {
     const leadership = this.leadership;
     if (!leadership || leadership.lost) return;
-    const nodes = await readNodes(this.store);
+    const nodes = await readNodes(this.store, this.onBad);
     if (nodes.up[dead]) return; // it came back
-    const all = Object.values(await this.store.getPrefix('vms/')).map((v) => JSON.parse(v) as HaRecord);
-    const vms = all.filter((r) => r.owner === dead);
+    const all = [...(await K.readAll(this.store, K.vms, this.onBad)).values()];
+    const vms = all.filter((e) => e.value.owner === dead);
     if (!vms.length) return;
-    const ctx = { store: this.store, self: this.host.name, tls: this.host.tls };
+    const ctx = { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad };
     const pnodes = await placementNodes(ctx, nodes);
+    // Only a node that may lead can keep an HA VM's record (a cluster decision).
+    const barred = Object.keys(nodes.members).filter((n) => !mayLead(nodes, n));
     const plan = place(
       pnodes,
       all
-        .filter((r) => r.owner !== dead)
-        .map((r) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
-      vms.map((r) => {
-        const p = policyOf(r.spec);
-        return {
-          name: r.name,
-          memoryMiB: r.memoryMiB,
-          priority: p.priority,
-          preferredOwners: p.preferredOwners,
-          antiAffinity: p.antiAffinity,
-          exclude: [dead],
-        };
-      }),
+        .filter((e) => e.value.owner !== dead)
+        .map(({ value: r }) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
+      vms.map(({ value: r }) => ({
+        name: r.name,
+        memoryMiB: r.memoryMiB,
+        ...policyOf(r.spec),
+        exclude: [dead, ...barred],
+      })),
     );
     for (const p of plan) {
-      let rec = vms.find((r) => r.name === p.vm)!;
-      let to = p.to;
-      const tried: string[] = [dead];
-      if (!to) {
-        this.host.events.emit('cluster.ha', { vm: rec.name, from: dead, result: `cannot restart: ${p.reason}` });
+      const entry = vms.find((e) => e.name === p.vm);
+      if (!entry) continue;
+      if (!p.to) {
+        this.emit('cluster.ha', { vm: entry.name, from: dead, result: `cannot restart: ${p.reason ?? 'no node'}` });
         continue;
       }
-      // A node that cannot start it (its agent fails, the disk is locked…): the next candidate.
-      while (to) {
-        const target = { name: to, endpoint: nodes.up[to]!.endpoint };
-        const next: HaRecord = { ...rec, owner: target.name, generation: rec.generation + 1 };
-        // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
-        const ok = await this.store.txn({
-          compare: [
-            { key: leadership.key, value: this.host.name },
-            { key: vmKey(rec.name), value: JSON.stringify(rec) },
-          ],
-          success: [{ type: 'put', key: vmKey(rec.name), value: JSON.stringify(next) }],
-        });
-        if (!ok) break;
-        const client = new AgentClient({ endpoint: target.endpoint, host: target.name, credentials: this.host.tls });
-        try {
-          await client.call(
-            peerActions.haStart,
-            {
-              body: {
-                spec: parseVmSpec(rec.spec, `restart VM '${rec.name}'`),
-                generation: next.generation,
-                from: dead,
-              },
+      await this.restart(leadership, entry, [dead, ...barred], p.to, nodes, pnodes);
+    }
+  }
+
+  /** Restarts one VM on `to`, or on the next candidate when a node cannot start it (its agent fails, a lock…). */
+  private async restart(
+    leadership: Leadership,
+    first: K.Entry<HaRecord>,
+    exclude: string[],
+    firstTo: string,
+    nodes: Awaited<ReturnType<typeof readNodes>>,
+    pnodes: Awaited<ReturnType<typeof placementNodes>>,
+  ): Promise<void> {
+    let cur = first;
+    let to: string | null = firstTo;
+    const [dead = ''] = exclude;
+    const tried = [...exclude];
+    const pol = policyOf(cur.value.spec);
+    while (to) {
+      const endpoint = nodes.up[to]?.endpoint;
+      if (!endpoint) break;
+      const next: HaRecord = { ...cur.value, owner: to, generation: cur.value.generation + 1 };
+      // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
+      const fence = { key: leadership.key, value: this.host.name };
+      if (!(await swapHaRecord(this.store, cur, next, fence))) return;
+      const client = new AgentClient({ endpoint, host: to, credentials: this.host.tls });
+      try {
+        await client.call(
+          peerActions.haStart,
+          {
+            body: {
+              // The peer protocol checks the whole spec; a bad one fails this attempt here, named.
+              spec: parseVmSpec(cur.value.spec, `restart VM '${cur.name}' on '${to}'`),
+              generation: next.generation,
+              from: dead,
             },
-            { timeoutMs: 60_000 },
-          );
-          this.host.events.emit('cluster.ha', {
-            vm: rec.name,
-            from: dead,
-            to: target.name,
-            generation: next.generation,
-            priority: policyOf(rec.spec).priority,
-          });
-          break;
-        } catch (err) {
-          this.host.events.emit('cluster.ha', {
-            vm: rec.name,
-            from: dead,
-            to: target.name,
-            generation: next.generation,
-            error: messageOf(err),
-          });
-          tried.push(target.name);
-          rec = next;
-          const again = place(
-            pnodes,
-            [],
-            [
-              {
-                name: rec.name,
-                memoryMiB: rec.memoryMiB,
-                priority: policyOf(rec.spec).priority,
-                preferredOwners: policyOf(rec.spec).preferredOwners,
-                antiAffinity: [],
-                exclude: tried,
-              },
-            ],
-          );
-          to = again[0]?.to ?? null;
-        } finally {
-          client.close();
-        }
+          },
+          { timeoutMs: 60_000 },
+        );
+        this.emit('cluster.ha', {
+          vm: cur.name,
+          from: dead,
+          to,
+          generation: next.generation,
+          priority: pol.priority,
+        });
+        return;
+      } catch (err) {
+        this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation: next.generation, error: messageOf(err) });
+        tried.push(to);
+        cur = { ...cur, raw: K.vms.encode(next), value: next };
+        const again = place(
+          pnodes,
+          [],
+          [{ name: cur.name, memoryMiB: cur.value.memoryMiB, ...pol, antiAffinity: [], exclude: tried }],
+        );
+        to = again[0]?.to ?? null;
+      } finally {
+        client.close();
       }
     }
   }

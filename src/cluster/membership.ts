@@ -4,11 +4,11 @@
 import { EtcdStore, type ClusterStore, type Lease } from './store.js';
 import { FerryError, messageOf } from '../errors.js';
 import type { EventBus } from '../events/bus.js';
-import { HaMonitor, type HaRecord } from './ha.js';
-import { ClusterQueue, readQueue } from './queue.js';
-import { positions } from './schedule.js';
-import { keys, parseLimits, type Batch } from './model.js';
-import { policyOf, readNodes } from './drain.js';
+import { HaMonitor } from './ha.js';
+import { ClusterQueue } from './queue.js';
+import * as K from './keys.js';
+import { clusterView } from './view.js';
+import { LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
 export interface ClusterConfig {
@@ -32,11 +32,23 @@ export class Membership {
   queue: ClusterQueue | null = null;
   ha: HaMonitor | null = null;
   /** Called when this node's lease is lost: stop HA VMs before the cluster restarts them elsewhere. */
-  onFence: () => Promise<void> = async () => undefined;
+  onFence: () => Promise<void> = () => Promise.resolve();
   /** Called after the node got a new lease following a loss (reconcile what the cluster decided meanwhile). */
-  onRejoined: () => Promise<void> = async () => undefined;
+  onRejoined: () => Promise<void> = () => Promise.resolve();
+  /**
+   * The agent's data folder. When set, start() launches the host's fence process (fence.ts)
+   * and each lease renewal is written there for it.
+   */
+  dataDir: string | null = null;
+  /** HA VMs the fence process killed while this agent was away: this node decides whether they run again. */
+  onWatchdogFenced: (vms: string[]) => void = () => undefined;
   private lease: Lease | null = null;
+  private liveness: LivenessWriter | null = null;
   stopped = false;
+  /** A value in etcd that does not parse: reported, and left out of every decision. */
+  readonly onBad: K.OnBad = (bad) => {
+    this.events.emit('cluster.bad-value', bad);
+  };
 
   constructor(
     private cfg: ClusterConfig,
@@ -47,6 +59,14 @@ export class Membership {
 
   async start(opts: { signal?: AbortSignal } = {}): Promise<void> {
     if (this.stopped) throw new FerryError('E_STORE_CLOSED', 'Cannot join the cluster: the agent is stopping');
+    if (this.dataDir && !this.liveness) {
+      try {
+        ensureFence(this.dataDir);
+      } catch (err) {
+        this.events.emit('cluster.error', { message: `cannot start the fence process: ${messageOf(err)}` });
+      }
+      this.liveness = new LivenessWriter(this.dataDir);
+    }
     this.store ??= await EtcdStore.connect({
       endpoints: this.cfg.endpoints,
       tls: this.tls,
@@ -55,12 +75,12 @@ export class Membership {
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
     await this.store.put(
-      `members/${this.node.name}`,
-      JSON.stringify({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }),
+      K.members.key(this.node.name),
+      K.members.encode({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }),
     );
     await this.heartbeat();
     if (!this.queue) {
-      this.queue = new ClusterQueue(this.store, this.node.name, () => this.lease);
+      this.queue = new ClusterQueue(this.store, this.node.name, () => this.lease, this.onBad);
       await this.queue.start();
     }
     if (!this.ha) {
@@ -71,11 +91,31 @@ export class Membership {
 
   /** (Re)grants the node's lease and puts its node key; retried while the agent runs. */
   private async heartbeat(): Promise<void> {
-    const store = this.store!;
+    const store = this.need('renew the node lease');
     const ttl = this.cfg.leaseSeconds ?? NODE_TTL_S;
+    // Fence with a margin: 2.5 s of a 5 s lease (half), whatever the TTL.
+    const lossAfterMs = Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000)));
+    let leaseId: string | null = null;
+    let renewedAt = Date.now();
+    const renewed = (at: number): void => {
+      renewedAt = at;
+      if (leaseId !== null)
+        void this.liveness?.write({
+          version: 1,
+          node: this.node.name,
+          cluster: this.cfg.name,
+          endpoints: this.cfg.endpoints,
+          tls: this.tls,
+          leaseId,
+          ttlMs: ttl * 1000,
+          lossAfterMs,
+          renewedAt: at,
+          agentPid: process.pid,
+        });
+    };
     this.lease = await store.grantLease(ttl, {
-      // Fence with a margin: 2.5 s of a 5 s lease (half), whatever the TTL.
-      lossAfterMs: Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000))),
+      lossAfterMs,
+      onRenewed: renewed,
       onLost: (err) => {
         this.events.emit('cluster.lease-lost', { node: this.node.name, reason: err.message });
         // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
@@ -83,10 +123,16 @@ export class Membership {
       },
     });
     await store.put(
-      `nodes/${this.node.name}`,
-      JSON.stringify({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
+      K.nodes.key(this.node.name),
+      K.nodes.encode({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
       { lease: this.lease },
     );
+    leaseId = this.lease.id;
+    renewed(renewedAt);
+    if (this.dataDir) {
+      const fenced = await takeFenceReport(this.dataDir);
+      if (fenced.length) this.onWatchdogFenced(fenced);
+    }
     this.events.emit('cluster.joined', { node: this.node.name, cluster: this.cfg.name });
   }
 
@@ -107,7 +153,8 @@ export class Membership {
     if (!this.store)
       throw new FerryError(
         'E_CLUSTER_UNAVAILABLE',
-        `Cannot ${what}: this agent is not connected to cluster '${this.cfg.name}' yet; wait a few seconds and retry, or check its etcd (ferry lab status)`,
+        `Cannot ${what}: this agent is not connected to cluster '${this.cfg.name}' yet; ` +
+          'wait a few seconds and retry, or check its etcd (ferry lab status)',
       );
     return this.store;
   }
@@ -122,51 +169,7 @@ export class Membership {
   async view(): Promise<ClusterView> {
     const store = this.need(`read cluster '${this.cfg.name}'`);
     try {
-      const [nodes, vmsRaw, items, batchesRaw, limitsRaw, leader] = await Promise.all([
-        readNodes(store),
-        store.getPrefix('vms/'),
-        readQueue(store),
-        store.getPrefix('batches/'),
-        store.get(keys.config),
-        store.leader('leader'),
-      ]);
-      const out: NodeView[] = Object.entries(nodes.members).map(([name, m]) => {
-        const live = nodes.up[name];
-        const state = !live ? 'down' : nodes.paused.has(name) ? 'paused' : 'up';
-        return { name, endpoint: m.endpoint, state, since: live?.since ?? null };
-      });
-      const pos = positions(items);
-      return {
-        name: this.cfg.name,
-        leader,
-        nodes: out.sort((a, b) => a.name.localeCompare(b.name)),
-        vms: Object.values(vmsRaw)
-          .map((v) => JSON.parse(v) as HaRecord)
-          .map((r) => ({
-            name: r.name,
-            owner: r.owner,
-            generation: r.generation,
-            memoryMiB: r.memoryMiB,
-            ...policyOf(r.spec),
-          }))
-          .sort((a, b) => a.name.localeCompare(b.name)),
-        queue: items
-          .map((i) => ({
-            id: i.id,
-            vm: i.vm,
-            from: i.from,
-            to: i.to,
-            priority: i.priority,
-            state: i.state,
-            position: pos.get(i.id) ?? null,
-            batch: i.batch ?? null,
-          }))
-          .sort((a, b) => (a.position ?? 0) - (b.position ?? 0) || a.vm.localeCompare(b.vm)),
-        limits: parseLimits(limitsRaw),
-        batches: Object.values(batchesRaw)
-          .map((v) => JSON.parse(v) as Batch)
-          .sort((a, b) => a.node.localeCompare(b.node)),
-      };
+      return await clusterView(store, this.cfg.name, this.onBad);
     } catch (err) {
       throw new FerryError('E_CLUSTER_UNAVAILABLE', `Cannot read cluster '${this.cfg.name}': ${messageOf(err)}`, {
         cause: err,

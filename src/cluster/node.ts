@@ -16,7 +16,9 @@ import { sleep } from '../util/exec.js';
 import { definedFields } from '../util/fields.js';
 import { Membership, type ClusterConfig } from './membership.js';
 import { putHaRecord, type HaRecord } from './ha.js';
-import { DEFAULT_POLICY, keys, type ClusterPolicy } from './model.js';
+import { DEFAULT_POLICY, type ClusterPolicy } from './model.js';
+import * as K from './keys.js';
+import type { ClusterCtx } from './context.js';
 import { EtcdStore, type ClusterStore } from './store.js';
 
 /** What the cluster node needs from the host's VM inventory. */
@@ -48,11 +50,7 @@ export interface ClusterNodeDeps {
 }
 
 /** What the drain, resume and limits routes work with. */
-export interface ClusterContext {
-  store: ClusterStore;
-  self: string;
-  tls: { ca: string; cert: string; key: string };
-}
+export type ClusterContext = ClusterCtx;
 
 export class ClusterNode {
   private member: Membership | null = null;
@@ -80,7 +78,8 @@ export class ClusterNode {
   }
 
   context(what: string): ClusterContext {
-    return { store: this.need(what).need(what), self: this.d.name, tls: this.d.tls };
+    const m = this.need(what);
+    return { store: m.need(what), self: this.d.name, tls: this.d.tls, onBad: m.onBad };
   }
 
   /**
@@ -96,6 +95,11 @@ export class ClusterNode {
     );
     membership.onFence = () => this.fence();
     membership.onRejoined = () => this.reconcile();
+    // The fence process (src/cluster/fence.ts) guards the HA VMs when this agent cannot.
+    membership.dataDir = this.d.dataDir;
+    membership.onWatchdogFenced = (vms) => {
+      for (const vm of vms) this.fenced.add(vm);
+    };
     this.member = membership;
     this.config = cluster;
     return (async () => {
@@ -206,7 +210,7 @@ export class ClusterNode {
 
   /** The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node restarts it. */
   async forgetVm(name: string): Promise<void> {
-    await this.member?.store?.delete(keys.vm(name)).catch(() => undefined);
+    await this.member?.store?.delete(K.vms.key(name)).catch(() => undefined);
   }
 
   /**
@@ -258,7 +262,7 @@ export class ClusterNode {
           {},
         );
       // The record goes first: once it is gone, no leader restarts the VM elsewhere.
-      await store.delete(keys.vm(name));
+      await store.delete(K.vms.key(name));
       spec.ha = false;
       delete spec.cluster;
       await saveVm(spec);
@@ -298,8 +302,15 @@ export class ClusterNode {
     for (const rec of this.d.vms.registered()) {
       const spec = await this.specOf(rec.configPath);
       if (!spec?.ha) continue;
-      const raw = await store.get(keys.vm(spec.name)).catch(() => null);
-      const record = raw === null ? null : (JSON.parse(raw) as HaRecord);
+      const key = K.vms.key(spec.name);
+      const raw = await store.get(key).catch(() => null);
+      const decoded = raw === null ? null : K.vms.decode(key, raw);
+      if (decoded && !decoded.ok) {
+        // A record that does not read back is reported, never guessed at.
+        this.member?.onBad(decoded.bad);
+        continue;
+      }
+      const record = decoded?.value ?? null;
       if (record && record.owner !== this.d.name) {
         await this.d.vms.forget(rec.name, `HA: now owned by ${record.owner}`);
       } else if (!record) {
@@ -320,8 +331,8 @@ export class ClusterNode {
     const next = { ...record, generation: record.generation + 1 };
     const claimed = await store
       .txn({
-        compare: [{ key: keys.vm(name), value: raw }],
-        success: [{ type: 'put', key: keys.vm(name), value: JSON.stringify(next) }],
+        compare: [{ key: K.vms.key(name), value: raw }],
+        success: [{ type: 'put', key: K.vms.key(name), value: K.vms.encode(next) }],
       })
       .catch(() => false);
     if (!claimed) return;
@@ -355,12 +366,12 @@ export class ClusterNode {
 
   /** Is `node` a member of this cluster? (Errors from etcd propagate.) */
   async isMember(node: string): Promise<boolean> {
-    return (await this.need('read the cluster').need('read the cluster').get(keys.member(node))) !== null;
+    return (await this.need('read the cluster').need('read the cluster').get(K.members.key(node))) !== null;
   }
 
   /** Is `node` paused (drained): it takes no VMs. (Errors from etcd propagate.) */
   async isPaused(node: string): Promise<boolean> {
-    return (await this.need('read the cluster').need('read the cluster').get(keys.paused(node))) !== null;
+    return (await this.need('read the cluster').need('read the cluster').get(K.paused.key(node))) !== null;
   }
 
   /** Waits in the cluster-wide queue until the leader admits the move. */

@@ -35,7 +35,13 @@ export interface Placement {
 
 export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPlace[]): Placement[] {
   const free = new Map(nodes.map((n) => [n.name, n.freeMiB]));
+  const freeOn = (n: string): number => free.get(n) ?? 0;
   const classes = new Map<string, Set<string>>(nodes.map((n) => [n.name, new Set<string>()]));
+  const classesOn = (n: string): Set<string> => {
+    let c = classes.get(n);
+    if (!c) classes.set(n, (c = new Set<string>()));
+    return c;
+  };
   for (const e of existing) for (const c of e.antiAffinity) classes.get(e.node)?.add(c);
   const order = [...vms].sort((a, b) => RANK[a.priority] - RANK[b.priority] || a.name.localeCompare(b.name));
   const out: Placement[] = [];
@@ -50,34 +56,38 @@ export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPla
       });
       continue;
     }
-    const fit = open.filter((n) => free.get(n.name)! >= vm.memoryMiB);
+    const fit = open.filter((n) => freeOn(n.name) >= vm.memoryMiB);
     if (!fit.length) {
-      const best = Math.max(...open.map((n) => free.get(n.name)!));
+      const best = Math.max(...open.map((n) => freeOn(n.name)));
       out.push({
         vm: vm.name,
         to: null,
-        reason: `needs ${vm.memoryMiB} MiB of memory but the most free on an eligible node is ${Math.max(0, Math.floor(best))} MiB; free memory or add a node`,
+        reason:
+          `needs ${vm.memoryMiB} MiB of memory but the most free on an eligible node is ` +
+          `${Math.max(0, Math.floor(best))} MiB; free memory or add a node`,
         warnings: [],
       });
       continue;
     }
-    const conflicts = (n: PlacementNode): boolean => vm.antiAffinity.some((c) => classes.get(n.name)!.has(c));
+    const conflicts = (n: PlacementNode): boolean => vm.antiAffinity.some((c) => classesOn(n.name).has(c));
     const clean = fit.filter((n) => !conflicts(n));
     const pool = clean.length ? clean : fit;
     const pref = (n: PlacementNode): number => {
       const i = vm.preferredOwners.indexOf(n.name);
       return i < 0 ? Infinity : i;
     };
-    pool.sort((a, b) => pref(a) - pref(b) || free.get(b.name)! - free.get(a.name)! || a.name.localeCompare(b.name));
-    const to = pool[0]!;
+    pool.sort((a, b) => pref(a) - pref(b) || freeOn(b.name) - freeOn(a.name) || a.name.localeCompare(b.name));
+    const [to] = pool;
+    if (!to) continue; // pool is fit or clean, both non-empty here
     const warnings =
       clean.length || !vm.antiAffinity.length
         ? []
         : [
-            `anti-affinity (${vm.antiAffinity.join(', ')}) cannot be kept: every eligible node already runs a VM of that class`,
+            `anti-affinity (${vm.antiAffinity.join(', ')}) cannot be kept: ` +
+              'every eligible node already runs a VM of that class',
           ];
-    free.set(to.name, free.get(to.name)! - vm.memoryMiB);
-    for (const c of vm.antiAffinity) classes.get(to.name)!.add(c);
+    free.set(to.name, freeOn(to.name) - vm.memoryMiB);
+    for (const c of vm.antiAffinity) classesOn(to.name).add(c);
     out.push({ vm: vm.name, to: to.name, reason: null, warnings });
   }
   return out;

@@ -1,34 +1,47 @@
 // The cluster-wide migration queue. A source agent puts every move between two nodes of the
-// cluster under queue/<id> (on its node lease, so a dead source frees its places) and waits;
-// the leader's scheduler admits moves by priority within the limits, each admission an etcd
-// transaction guarded by its leadership (admit/<id>); the source removes both keys when the
-// move ends. Any agent reads the queue, so positions show wherever one asks.
+// cluster under queue/<source>/<id> (on its node lease, so a dead source frees its places) and
+// waits; the leader's scheduler admits moves by priority within the limits, each admission an
+// etcd transaction guarded by its leadership (admit/<id>); the source removes its entry when
+// the move ends, and the leader the admission. Any agent reads the queue, so positions show wherever one asks.
 import type { Emit } from '../api/events.js';
 import { AbortedError, FerryError, messageOf } from '../errors.js';
 import type { ClusterStore, Lease, Leadership } from './store.js';
-import { keys, parseLimits, type QueueItem } from './model.js';
+import * as K from './keys.js';
+import type { QueueEntry, QueueItem } from './model.js';
 import { positions, schedule } from './schedule.js';
 import { coalesced } from '../util/coalesce.js';
 
-const admitKey = (id: string): string => `admit/${id}`;
-
-/** Reads queue/ and admit/ into items with their state. */
-export async function readQueue(store: ClusterStore): Promise<QueueItem[]> {
-  return (await readQueueRaw(store)).items;
+interface QueueRead {
+  items: QueueItem[];
+  /** Stored text and key of each entry, by id (for compare-and-swap). */
+  raw: Map<string, { key: string; raw: string }>;
+  /** Ids with an admission. */
+  admitted: Set<string>;
 }
 
-async function readQueueRaw(
-  store: ClusterStore,
-): Promise<{ items: QueueItem[]; raw: Map<string, string>; admits: Record<string, string> }> {
-  const [q, admits] = await Promise.all([store.getPrefix('queue/'), store.getPrefix('admit/')]);
-  const raw = new Map<string, string>();
-  const items = Object.entries(q).map(([k, v]) => {
-    const id = k.slice('queue/'.length);
-    raw.set(id, v);
-    const item = JSON.parse(v) as QueueItem;
-    return { ...item, id, state: admits[admitKey(id)] ? ('admitted' as const) : ('queued' as const) };
+async function readQueueRaw(store: ClusterStore, onBad: K.OnBad): Promise<QueueRead> {
+  const [entries, admits] = await Promise.all([
+    K.readQueueEntries(store, onBad),
+    // An admission's value is only a time: its key is what counts, so a bad value is still an admission.
+    store.getPrefix(K.admits.prefix),
+  ]);
+  const admitted = new Set<string>();
+  for (const k of Object.keys(admits)) {
+    const id = K.admits.nameOf(k);
+    if (id === null) onBad({ key: k, issue: `not a key of the form ${K.admits.prefix}<migration>` });
+    else admitted.add(id);
+  }
+  const raw = new Map<string, { key: string; raw: string }>();
+  const items = entries.map(({ key, raw: text, entry }) => {
+    raw.set(entry.id, { key, raw: text });
+    return { ...entry, state: admitted.has(entry.id) ? ('admitted' as const) : ('queued' as const) };
   });
-  return { items, raw, admits };
+  return { items, raw, admitted };
+}
+
+/** Reads the queue (every source's entries) and the admissions into items with their state. */
+export async function readQueue(store: ClusterStore, onBad: K.OnBad): Promise<QueueItem[]> {
+  return (await readQueueRaw(store, onBad)).items;
 }
 
 /** The source agent's side: enter the queue, wait for admission, leave. */
@@ -42,10 +55,12 @@ export class ClusterQueue {
     private store: ClusterStore,
     private node: string,
     private lease: () => Lease | null,
+    private onBad: K.OnBad,
   ) {}
 
   async start(): Promise<void> {
-    for (const p of ['queue/', 'admit/']) this.stops.push(await this.store.watchPrefix(p, () => void this.refresh()));
+    for (const p of [K.queue.prefix, K.admits.prefix])
+      this.stops.push(await this.store.watchPrefix(p, () => void this.refresh()));
     await this.refresh();
   }
 
@@ -56,7 +71,7 @@ export class ClusterQueue {
   /** Re-reads the queue (bursts of watch events coalesce into one read) and wakes the waiters. */
   readonly refresh = coalesced(async () => {
     try {
-      this.snapshot = await readQueue(this.store);
+      this.snapshot = await readQueue(this.store, this.onBad);
       this.pos = positions(this.snapshot);
     } catch {
       /* the next event or poll retries */
@@ -76,68 +91,77 @@ export class ClusterQueue {
    * line whenever it changes. Aborting the signal leaves the queue.
    */
   async enter(
-    item: Omit<QueueItem, 'state' | 'seq'>,
+    item: Omit<QueueEntry, 'seq'>,
     opts: { signal: AbortSignal; onPosition?: (p: number | null) => void },
   ): Promise<void> {
     const lease = this.lease();
     if (!lease || lease.lost)
       throw new FerryError(
         'E_CLUSTER_UNAVAILABLE',
-        `Cannot queue the move of VM '${item.vm}': node '${this.node}' does not hold its cluster lease now; wait until it rejoins (ferry cluster status) and retry`,
+        `Cannot queue the move of VM '${item.vm}': node '${this.node}' does not hold its cluster lease now; ` +
+          'wait until it rejoins (ferry cluster status) and retry',
       );
-    const value = JSON.stringify({ ...item, seq: Date.now() });
-    await this.store.put(keys.queue(item.id), value, { lease, signal: opts.signal });
-    let last: number | null = -1;
+    if (item.from !== this.node)
+      throw new FerryError(
+        'E_CLUSTER_QUEUE',
+        `Cannot queue the move of VM '${item.vm}' from '${item.from}': only its source node queues a move`,
+      );
+    const key = K.queue.key(this.node, item.id);
+    await this.store.put(key, K.queue.codec.encode({ ...item, seq: Date.now() }), { lease, signal: opts.signal });
     try {
-      for (;;) {
-        if (opts.signal.aborted) throw new AbortedError('wait in the cluster queue', opts.signal.reason);
-        await this.refresh();
-        const mine = this.snapshot.find((i) => i.id === item.id);
-        if (!mine) {
-          // Gone without admission: our lease was lost (the node was cut from the cluster).
-          const again = await this.store.get(keys.queue(item.id), { signal: opts.signal }).catch(() => null);
-          if (!again)
-            throw new FerryError(
-              'E_CLUSTER_QUEUE',
-              `Cannot move VM '${item.vm}': it lost its place in the cluster queue (node '${this.node}' lost its lease); retry the move`,
-            );
-        } else if (mine.state === 'admitted') {
-          return;
-        }
-        const p = this.position(item.id);
-        if (p !== last) {
-          last = p;
-          opts.onPosition?.(p);
-        }
-        // Woken by the watch; a slow poll covers a missed event.
-        await new Promise<void>((resolve) => {
-          const t = setTimeout(done, 2000);
-          function done(): void {
-            clearTimeout(t);
-            waker.delete(done);
-            opts.signal.removeEventListener('abort', done);
-            resolve();
-          }
-          const waker = this.wake;
-          waker.add(done);
-          opts.signal.addEventListener('abort', done, { once: true });
-        });
-      }
+      await this.waitAdmitted(item, key, opts);
     } catch (err) {
       await this.leave(item.id).catch(() => undefined);
       throw err;
     }
   }
 
-  /** The move ended (or never started): free its place. */
+  private async waitAdmitted(
+    item: Omit<QueueEntry, 'seq'>,
+    key: string,
+    opts: { signal: AbortSignal; onPosition?: (p: number | null) => void },
+  ): Promise<void> {
+    let last: number | null = -1;
+    for (;;) {
+      if (opts.signal.aborted) throw new AbortedError('wait in the cluster queue', opts.signal.reason);
+      await this.refresh();
+      const mine = this.snapshot.find((i) => i.id === item.id);
+      if (!mine) {
+        // Gone without admission: our lease was lost (the node was cut from the cluster).
+        const again = await this.store.get(key, { signal: opts.signal }).catch(() => null);
+        if (!again)
+          throw new FerryError(
+            'E_CLUSTER_QUEUE',
+            `Cannot move VM '${item.vm}': it lost its place in the cluster queue ` +
+              `(node '${this.node}' lost its lease); retry the move`,
+          );
+      } else if (mine.state === 'admitted') {
+        return;
+      }
+      const p = this.position(item.id);
+      if (p !== last) {
+        last = p;
+        opts.onPosition?.(p);
+      }
+      // Woken by the watch; a slow poll covers a missed event.
+      await new Promise<void>((resolve) => {
+        const waker = this.wake;
+        const t = setTimeout(done, 2000);
+        function done(): void {
+          clearTimeout(t);
+          waker.delete(done);
+          opts.signal.removeEventListener('abort', done);
+          resolve();
+        }
+        waker.add(done);
+        opts.signal.addEventListener('abort', done, { once: true });
+      });
+    }
+  }
+
+  /** The move ended (or never started): free its place (the leader then drops its admission). */
   async leave(id: string): Promise<void> {
-    await this.store.txn({
-      compare: [],
-      success: [
-        { type: 'delete', key: keys.queue(id) },
-        { type: 'delete', key: admitKey(id) },
-      ],
-    });
+    await this.store.delete(K.queue.key(this.node, id));
   }
 }
 
@@ -147,15 +171,20 @@ export class Scheduler {
   private timer: NodeJS.Timeout | null = null;
   /** Milliseconds the last decision took (read + decide + write), for the benchmark and metrics. */
   lastDecisionMs = 0;
+  private readonly onBad: K.OnBad;
 
   constructor(
     private store: ClusterStore,
     private leadership: Leadership,
     private onEvent: Emit,
-  ) {}
+  ) {
+    this.onBad = (bad) => {
+      onEvent('cluster.bad-value', bad);
+    };
+  }
 
   async start(): Promise<void> {
-    for (const p of ['queue/', 'admit/', keys.config])
+    for (const p of [K.queue.prefix, K.admits.prefix, K.config.key])
       this.stops.push(await this.store.watchPrefix(p, () => void this.pass()));
     // A missed watch event must not stall the queue.
     this.timer = setInterval(() => void this.pass(), 3000);
@@ -179,29 +208,23 @@ export class Scheduler {
 
   private async decide(): Promise<void> {
     const t0 = performance.now();
-    const [{ items, raw, admits }, limitsRaw] = await Promise.all([
-      readQueueRaw(this.store),
-      this.store.get(keys.config),
+    const [{ items, raw, admitted }, limits] = await Promise.all([
+      readQueueRaw(this.store, this.onBad),
+      K.readLimits(this.store, this.onBad),
     ]);
-    const ids = new Set(items.map((i) => i.id));
-    // Admissions of moves whose source went away (its lease took queue/<id> with it).
-    for (const k of Object.keys(admits)) {
-      if (!ids.has(k.slice('admit/'.length)))
-        await this.store.txn({
-          compare: [{ key: this.leadership.key, value: this.leadership.candidateId }],
-          success: [{ type: 'delete', key: k }],
-        });
+    const fence = { key: this.leadership.key, value: this.leadership.candidateId };
+    // Admissions of moves whose source went away (its lease took queue/<source>/<id> with it).
+    for (const id of admitted) {
+      if (!raw.has(id))
+        await this.store.txn({ compare: [fence], success: [{ type: 'delete', key: K.admits.key(id) }] });
     }
-    const admit = schedule(items, parseLimits(limitsRaw));
-    for (const id of admit) {
-      const item = items.find((i) => i.id === id)!;
+    for (const id of schedule(items, limits)) {
+      const item = items.find((i) => i.id === id);
+      const entry = raw.get(id);
+      if (!item || !entry) continue;
       const ok = await this.store.txn({
-        compare: [
-          { key: this.leadership.key, value: this.leadership.candidateId },
-          { key: admitKey(id), version: 0 },
-          { key: keys.queue(id), value: raw.get(id)! },
-        ],
-        success: [{ type: 'put', key: admitKey(id), value: JSON.stringify({ at: new Date().toISOString() }) }],
+        compare: [fence, { key: K.admits.key(id), version: 0 }, { key: entry.key, value: entry.raw }],
+        success: [{ type: 'put', key: K.admits.key(id), value: K.admits.encode({ at: new Date().toISOString() }) }],
       });
       if (ok) this.onEvent('cluster.admitted', { migration: id, vm: item.vm, from: item.from, to: item.to });
     }

@@ -71,6 +71,14 @@ export interface Compare {
   value?: string;
 }
 
+export interface LeaseWatch {
+  onLost?: (err: FerryError) => void;
+  /** How long without a successful keepalive counts as lost (default: the TTL). */
+  lossAfterMs?: number;
+  /** Called with the time (ms) the grant, then each successful keepalive, was sent. */
+  onRenewed?: (sentAtMs: number) => void;
+}
+
 export interface TxnRequest {
   compare: Compare[];
   success: Op[];
@@ -114,11 +122,11 @@ export interface ClusterStore {
   delete(key: string, opts?: StoreCallOptions): Promise<void>;
   /** Atomic compare-and-swap; true when the compares held (and `success` ran). */
   txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean>;
-  /** A lease kept alive until revoked, released or lost; `onLost` runs once when it is lost or cannot be renewed. */
-  grantLease(
-    ttlSeconds: number,
-    opts?: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number },
-  ): Promise<Lease>;
+  /**
+   * A lease kept alive until revoked, released or lost; `onLost` runs once when it is lost or
+   * cannot be renewed; `onRenewed` hears when the grant and each successful keepalive were sent.
+   */
+  grantLease(ttlSeconds: number, opts?: StoreCallOptions & LeaseWatch): Promise<Lease>;
   /** Calls `cb` for every change under `prefix` from now on; resolves to a cancel function. */
   watchPrefix(
     prefix: string,
@@ -142,16 +150,21 @@ export interface ClusterStore {
 type CallKind = 'read' | 'idempotent' | 'txn';
 
 const STORE_HINT =
-  'check that a quorum of etcd members runs and is reachable at the endpoints (ferry lab status), and that the certificate belongs to the domain';
+  'check that a quorum of etcd members runs and is reachable at the endpoints (ferry lab status), ' +
+  'and that the certificate belongs to the domain';
 
 /** True when the request certainly did not reach etcd (so even a write may be retried). */
+/** gRPC messages of a request that never reached etcd (safe to send again). */
+const NOT_SENT = new RegExp(
+  'No connection established|ECONNREFUSED|failed to connect|there is no (address|connection) available|no leader',
+  'i',
+);
+
 function notSent(err: unknown): boolean {
   if (!(err instanceof Error)) return false;
   if (isBrokenCircuit(err)) return true; // cockatiel: the host was skipped, nothing sent
   if (!(err instanceof GRPCUnavailableError)) return false;
-  return /No connection established|ECONNREFUSED|failed to connect|there is no (address|connection) available|no leader/i.test(
-    err.message,
-  );
+  return NOT_SENT.test(err.message);
 }
 
 function transient(err: unknown): boolean {
@@ -236,8 +249,10 @@ class LeaseKeeper {
     grantedAt: number,
     private readonly onLoss: (err: FerryError) => void,
     lossAfterMs = ttlMs,
+    private readonly onRenewed: (sentAtMs: number) => void = () => undefined,
   ) {
     this.lastOk = grantedAt;
+    this.renewed(grantedAt);
     inner.on('lost', (err) => this.lose(storeError('keep the lease alive', err)));
     this.watchdog = setInterval(
       () => {
@@ -246,7 +261,8 @@ class LeaseKeeper {
           this.lose(
             new FerryError(
               'E_STORE_LEASE_LOST',
-              `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms (TTL ${this.ttlMs} ms); ${STORE_HINT}`,
+              `Cannot keep the lease alive: no keepalive succeeded for ${silent} ms ` +
+                `(TTL ${this.ttlMs} ms); ${STORE_HINT}`,
             ),
           );
         }
@@ -279,10 +295,22 @@ class LeaseKeeper {
         }),
       ]);
       this.lastOk = Math.max(this.lastOk, sentAt);
+      this.renewed(this.lastOk);
       this.schedule(Math.max(0, this.ttlMs / 3 - (Date.now() - sentAt)));
     } catch (err) {
-      if (err instanceof EtcdLeaseInvalidError) return this.lose(storeError('keep the lease alive', err));
+      if (err instanceof EtcdLeaseInvalidError) {
+        this.lose(storeError('keep the lease alive', err));
+        return;
+      }
       this.schedule(100); // another member (etcd3 picks one at random, skipping open circuits)
+    }
+  }
+
+  private renewed(at: number): void {
+    try {
+      this.onRenewed(at);
+    } catch {
+      /* a callback's failure is its own */
     }
   }
 
@@ -317,7 +345,7 @@ class EtcdLease implements Lease {
   ) {}
 
   /** @internal */
-  watch(grantedAt: number, onLost?: (err: FerryError) => void, lossAfterMs?: number): void {
+  watch(grantedAt: number, w: LeaseWatch = {}): void {
     this.guard = new LeaseKeeper(
       this.inner,
       this.ttlSeconds * 1000,
@@ -325,9 +353,10 @@ class EtcdLease implements Lease {
       (err) => {
         this.lostFlag = true;
         this.store.forget(this);
-        onLost?.(err);
+        w.onLost?.(err);
       },
-      lossAfterMs,
+      w.lossAfterMs,
+      w.onRenewed,
     );
   }
 
@@ -382,7 +411,7 @@ type WatchBackoff = NonNullable<NonNullable<IOptions['faultHandling']>['watchBac
  * which kept a finished process alive for up to 30 s.
  */
 function backoffFrom(ms: number): WatchBackoff {
-  return { duration: ms, next: () => backoffFrom(Math.min(ms * 2, 2000)) } as unknown as WatchBackoff;
+  return { duration: ms, next: () => backoffFrom(Math.min(ms * 2, 2000)) };
 }
 const watchBackoff = { duration: 0, next: () => backoffFrom(100) } as unknown as WatchBackoff;
 
@@ -432,7 +461,8 @@ export class EtcdStore implements ClusterStore {
       } catch (err) {
         throw new FerryError(
           'E_STORE_TLS',
-          `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); check the paths of the CA, certificate and key`,
+          `Cannot connect to etcd: cannot read the TLS files (${messageOf(err)}); ` +
+            'check the paths of the CA, certificate and key',
           { cause: err },
         );
       }
@@ -472,8 +502,7 @@ export class EtcdStore implements ClusterStore {
    * @internal
    */
   async call<T>(what: string, kind: CallKind, fn: () => Promise<T>, opts: StoreCallOptions = {}): Promise<T> {
-    if (this.closed)
-      throw new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`);
+    this.assertOpen(what);
     const timeoutMs = opts.timeoutMs ?? this.callTimeoutMs;
     const until = Date.now() + timeoutMs;
     let lastErr: unknown;
@@ -508,11 +537,17 @@ export class EtcdStore implements ClusterStore {
       }
     }
     const outcome = kind === 'txn' ? 'the outcome is unknown, read the keys before retrying; ' : '';
+    const last = lastErr && !(lastErr instanceof StoreTimeout) ? ` (last error: ${messageOf(lastErr)})` : '';
     throw new FerryError(
       'E_STORE_TIMEOUT',
-      `Cannot ${what}: no answer within ${timeoutMs} ms${lastErr && !(lastErr instanceof StoreTimeout) ? ` (last error: ${messageOf(lastErr)})` : ''}; ${outcome}${STORE_HINT}`,
+      `Cannot ${what}: no answer within ${timeoutMs} ms${last}; ${outcome}${STORE_HINT}`,
       { cause: lastErr, context: { timeoutMs } },
     );
+  }
+
+  private assertOpen(what: string): void {
+    if (this.closed)
+      throw new FerryError('E_STORE_CLOSED', `Cannot ${what}: the store connection is closed; connect again`);
   }
 
   /** @internal */
@@ -546,7 +581,8 @@ export class EtcdStore implements ClusterStore {
   }
 
   async txn(req: TxnRequest, opts?: StoreCallOptions): Promise<boolean> {
-    const what = `commit a transaction on ${[...new Set([...req.compare, ...req.success, ...(req.failure ?? [])].map((x) => x.key))].join(', ')}`;
+    const touched = new Set([...req.compare, ...req.success, ...(req.failure ?? [])].map((x) => x.key));
+    const what = `commit a transaction on ${[...touched].join(', ')}`;
     for (const c of req.compare) {
       if (c.version === undefined && c.value === undefined)
         throw new InvalidInputError(`Cannot ${what}: the compare on '${c.key}' names neither a version nor a value`, {
@@ -574,12 +610,10 @@ export class EtcdStore implements ClusterStore {
           if (c.value !== undefined) checks.push([c.key, 'Value', c.value]);
         }
         // No compare: an always-true one (every key's version is > -1), so the ops still run atomically.
-        const [first, ...rest] = checks.length
-          ? checks
-          : [[req.success[0]?.key ?? '', 'Version', -1] as [string, 'Version', number]];
-        let b = checks.length
-          ? this.ns.if(first![0], first![1], '==', first![2])
-          : this.ns.if(first![0], 'Version', '>', -1);
+        const [first, ...rest] = checks;
+        let b = first
+          ? this.ns.if(first[0], first[1], '==', first[2])
+          : this.ns.if(req.success[0]?.key ?? '', 'Version', '>', -1);
         for (const [k, t, v] of rest) b = b.and(k, t, '==', v);
         return b
           .then(...req.success.map(toOp))
@@ -600,23 +634,19 @@ export class EtcdStore implements ClusterStore {
       );
   }
 
-  async grantLease(
-    ttlSeconds: number,
-    opts: StoreCallOptions & { onLost?: (err: FerryError) => void; lossAfterMs?: number } = {},
-  ): Promise<Lease> {
+  async grantLease(ttlSeconds: number, opts: StoreCallOptions & LeaseWatch = {}): Promise<Lease> {
     if (!Number.isInteger(ttlSeconds) || ttlSeconds < 1)
       throw new InvalidInputError(`Cannot grant a lease of ${ttlSeconds} s: the TTL is a whole number of seconds ≥ 1`, {
         ttlSeconds,
       });
-    const { lease } = await this.newLease(ttlSeconds, opts, opts.onLost, opts.lossAfterMs);
+    const { lease } = await this.newLease(ttlSeconds, opts, opts);
     return lease;
   }
 
   private async newLease(
     ttlSeconds: number,
     opts: StoreCallOptions,
-    onLost?: (err: FerryError) => void,
-    lossAfterMs?: number,
+    w: LeaseWatch = {},
   ): Promise<{ lease: EtcdLease }> {
     if (this.closed)
       throw new FerryError('E_STORE_CLOSED', 'Cannot grant a lease: the store connection is closed; connect again');
@@ -632,7 +662,7 @@ export class EtcdStore implements ClusterStore {
       throw err;
     }
     const lease = new EtcdLease(id, ttlSeconds, inner, this);
-    lease.watch(sentAt, onLost, lossAfterMs);
+    lease.watch(sentAt, w);
     this.leases.add(lease);
     return { lease };
   }
@@ -706,7 +736,7 @@ export class EtcdStore implements ClusterStore {
     if (opts.signal?.aborted) throw new AbortedError(what, opts.signal.reason);
     const pfx = `${ELECTION}/${election}/`;
     const leadership = new EtcdLeadership(this, election, candidateId, opts.onLost);
-    const { lease } = await this.newLease(ttl, { signal: opts.signal }, (err) => leadership.fail(err));
+    const { lease } = await this.newLease(ttl, { signal: opts.signal }, { onLost: (err) => leadership.fail(err) });
     leadership.attach(lease, `${pfx}${lease.id}`);
     const key = leadership.key;
     const stop = new AbortController();
@@ -730,7 +760,7 @@ export class EtcdStore implements ClusterStore {
       );
       let myRev = BigInt(res.header.revision);
       if (!res.succeeded) {
-        const kv = res.responses[0]?.response_range?.kvs[0];
+        const kv = res.responses[0]?.response_range.kvs[0]; // the else branch is a get
         if (kv) myRev = BigInt(kv.create_revision);
         await this.put(key, candidateId, { lease, signal: stop.signal });
       }
@@ -773,8 +803,14 @@ export class EtcdStore implements ClusterStore {
     this.watchers.add(watcher);
     try {
       await new Promise<void>((resolve, reject) => {
-        if (signal.aborted) return reject(signal.reason);
-        signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+        const aborted = (): void => {
+          reject(signal.reason instanceof Error ? signal.reason : new AbortedError(what, signal.reason));
+        };
+        if (signal.aborted) {
+          aborted();
+          return;
+        }
+        signal.addEventListener('abort', aborted, { once: true });
         watcher.on('delete', () => resolve());
         watcher.on('disconnected', () => undefined);
         watcher.on('error', (err) => reject(storeError(what, err)));
@@ -790,7 +826,7 @@ export class EtcdStore implements ClusterStore {
     const rev = await this.call(`watch ${key}`, 'read', () => this.ns.get(key).exec(), { signal });
     if (!rev.kvs.length) {
       onDeleted();
-      return async () => undefined;
+      return () => Promise.resolve();
     }
     const watcher = this.ns
       .watch()

@@ -17,6 +17,8 @@ import { actions } from '../api/actions.js';
 import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
+import { enableAuth, grantHost } from '../cluster/auth.js';
+import { stopFence } from '../cluster/fence.js';
 import { cliCommand } from '../../guest/paths.js';
 import {
   AGENT_PORT,
@@ -182,8 +184,15 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
         domainDir,
         ...(o.signal ? { signal: o.signal } : {}),
         ...(o.log ? { log: o.log } : {}),
+        clientTls: creds,
       })
     : [];
+  if (lab.cluster) {
+    // etcd's access control: each host writes only its own keys; every lab host may lead.
+    const endpoints = members.map((m) => m.clientUrl);
+    await enableAuth(endpoints, creds);
+    for (const h of lab.hosts) await grantHost(endpoints, creds, { cluster: 'lab', host: h.name });
+  }
   for (const h of lab.hosts) {
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) await enrolHost(domain, tls, h, o.signal);
@@ -398,6 +407,7 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
   const member = lab.cluster
     ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
     : undefined;
+  await stopFence(h.dataDir, 'SIGKILL'); // the host's fence process dies with it
   const pids = [
     ...(h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : []),
     ...(await hostQemuPids(h.dataDir)),
@@ -424,6 +434,8 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     await removeNetns(dir).catch(() => undefined); // leftovers of a lab whose lab.json is gone
     throw err;
   }
+  // The fence processes first: with the agents gone they would kill the HA VMs before QEMU's clean exit.
+  for (const h of lab.hosts) await stopFence(h.dataDir);
   const agents = lab.hosts.flatMap((h) =>
     h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : [],
   );

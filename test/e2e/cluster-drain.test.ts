@@ -1,6 +1,8 @@
 // The failover cluster's operations on a 3-host lab (real etcd, real QEMU): drain through the
 // cluster queue, dry-run blockers, abort, fail-back, the leader's agent killed mid-drain, and
-// a node isolated from etcd fencing itself.
+// a node isolated from etcd fencing itself. Where a test must act while a drain is running,
+// the moves are held at the start of their preparing phase with the agents' test hook
+// (FERRY_TEST_HOLD_DIR, src/migration/policy.ts), so the drain cannot finish first.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
@@ -18,10 +20,15 @@ import { actions } from '../../src/api/actions.js';
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 let dir = '';
 let lab = '';
+let holds = '';
 
 before(async () => {
   dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fdr-'));
   lab = path.join(dir, 'lab');
+  holds = path.join(dir, 'holds');
+  await fsp.mkdir(holds);
+  // Every agent this file starts (also those `lab up` restarts) gets the hook.
+  process.env.FERRY_TEST_HOLD_DIR = holds;
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster']);
 });
 after(async () => {
@@ -54,6 +61,23 @@ async function waitBatch(node: string, pred: (b: BatchView) => boolean, timeoutM
     await sleep(300);
   }
   throw new Error(`batch of ${node} did not get there: ${JSON.stringify(last)}`);
+}
+
+/** Moves wait at the start of their preparing phase until release() (the hook's limit is 2 min). */
+const hold = (): Promise<void> => fsp.writeFile(path.join(holds, 'preparing'), '');
+const release = (): Promise<void> => fsp.rm(path.join(holds, 'preparing'), { force: true });
+
+/** Waits until the drain of `node` has one move admitted (held) and at least one waiting behind it. */
+async function waitHeldDrain(node: string): Promise<ClusterView> {
+  const until = Date.now() + 120_000;
+  let s: ClusterView | null = null;
+  while (Date.now() < until) {
+    s = await status().catch(() => null);
+    const mine = s?.queue.filter((q) => q.batch === `drain:${node}`) ?? [];
+    if (mine.some((q) => q.state === 'admitted') && mine.some((q) => q.state === 'queued')) return s as ClusterView;
+    await sleep(200);
+  }
+  throw new Error(`the drain of ${node} never had a held move and a queued one: ${JSON.stringify(s?.queue)}`);
 }
 
 async function newProbe(name: string, host: string, extra: string[] = []): Promise<VmView> {
@@ -206,9 +230,17 @@ test(
     'the node takes VMs again',
   async () => {
     await ferryOk(['cluster', 'set', '--max-outgoing', '1'], { lab });
-    // With one move at a time out of host-c, most of the drain is still waiting when resume comes.
-    await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
-    const r = await ferryOk<{ batch: BatchView }>(['cluster', 'resume', 'host-c', '--json'], { lab });
+    // One move at a time out of host-c, held in its preparing phase: the rest of the drain
+    // waits in the cluster queue when resume comes, whatever the speed of this machine.
+    await hold();
+    let r: { batch: BatchView };
+    try {
+      await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
+      await waitHeldDrain('host-c');
+      r = await ferryOk<{ batch: BatchView }>(['cluster', 'resume', 'host-c', '--json'], { lab });
+    } finally {
+      await release();
+    }
     assert.equal(r.batch.state, 'aborted');
     assert.ok(
       r.batch.items.some((i) => i.state === 'cancelled'),
@@ -234,15 +266,21 @@ test("the leader's agent killed mid-drain: another node leads and the drain comp
   const leader = (await status()).leader!;
   assert.ok(leader);
   const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
-  // One move out of host-c at a time, so the drain is still going when the leader dies.
+  // One move out of host-c at a time, held in its preparing phase until the leader is dead
+  // and back: the drain is still going when the leader dies, whatever the speed of this machine.
   await ferryOk(['cluster', 'set', '--max-outgoing', '1'], { lab });
-  await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
-  await sleep(1500); // the first move is under way
-  assert.equal((await status()).batches.find((b) => b.node === 'host-c')?.state, 'running', 'killed mid-drain');
-  process.kill(st.hosts.find((h) => h.name === leader)!.agentPid!, 'SIGKILL');
-  // systemd would restart it; so does the lab, promptly (well within the node's lease).
-  await sleep(500);
-  await ferryOk(['lab', 'up', '--dir', lab]);
+  await hold();
+  try {
+    await ferryOk(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
+    const held = await waitHeldDrain('host-c');
+    assert.equal(held.batches.find((b) => b.node === 'host-c')?.state, 'running', 'killed mid-drain');
+    process.kill(st.hosts.find((h) => h.name === leader)!.agentPid!, 'SIGKILL');
+    // systemd would restart it; so does the lab, promptly (well within the node's lease).
+    await sleep(500);
+    await ferryOk(['lab', 'up', '--dir', lab]);
+  } finally {
+    await release();
+  }
   const b = await waitBatch('host-c', (x) => x.state !== 'running', 400_000);
   const s = await status();
   process.stderr.write(

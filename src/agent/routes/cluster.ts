@@ -3,8 +3,8 @@ import { actions } from '../../api/actions.js';
 import { registerAction } from '../server.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import { planDrain, resumeNode, startDrain } from '../../cluster/drain.js';
-import { keys, parseLimits } from '../../cluster/model.js';
-import { definedFields } from '../../util/fields.js';
+import { writeLimits } from '../../cluster/keys.js';
+import { decision } from '../../cluster/context.js';
 
 export function clusterRoutes(app: FastifyInstance, cluster: ClusterNode): void {
   registerAction(app, actions.clusterStatus, () => cluster.need('show the cluster').view());
@@ -30,11 +30,8 @@ export function clusterRoutes(app: FastifyInstance, cluster: ClusterNode): void 
   registerAction(app, actions.clusterRemoveVm, ({ params }) => cluster.removeVm(params.name));
 
   registerAction(app, actions.clusterLimits, async ({ body, signal }) => {
-    const store = cluster.context('change the cluster limits').store;
-    const cur = parseLimits(await store.get(keys.config, { signal }));
-    const next = { ...cur, ...definedFields(body) };
-    await store.put(keys.config, JSON.stringify(next), { signal });
-    return next;
+    const c = cluster.context('change the cluster limits');
+    return decision(c.self, 'change the cluster limits', () => writeLimits(c.store, body, c.onBad, { signal }));
   });
 
   registerAction(app, actions.clusterJoin, ({ body, signal }) => cluster.join(body, { signal }));

@@ -98,6 +98,19 @@ export function registerAdmin(program: Command): void {
       });
     });
 
+  program
+    .command('fence')
+    .description(
+      "guard a cluster host's HA VMs when its agent is gone (started by the agent; see src/cluster/fence.ts)",
+    )
+    .requiredOption('--data <dir>', "the agent's data folder")
+    .action(async (o) => {
+      const { runFence } = await import('../../cluster/fence.js');
+      const ac = new AbortController();
+      for (const sig of ['SIGTERM', 'SIGINT'] as const) process.once(sig, () => ac.abort());
+      await runFence({ dataDir: path.resolve(o.data), signal: ac.signal });
+    });
+
   const lab = program.command('lab').description('a local multi-host lab on this machine');
   lab
     .command('up')

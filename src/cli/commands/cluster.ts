@@ -11,6 +11,7 @@ import { printJson, printTable } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
 import { sleep } from '../../util/exec.js';
 import { EXIT } from '../exit.js';
+import { prepareJoin } from '../../cluster/auth.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 const PRIORITY = PRIORITIES;
@@ -23,8 +24,10 @@ async function anyMember<T>(c: Clients, fn: (client: AgentClient) => Promise<T>)
       return await fn(client);
     } catch (err) {
       last = err;
-      const code = (err as FerryError).code ?? '';
+      const code = err instanceof FerryError ? err.code : '';
       // A user error is the same whichever node says it; a host that cannot answer is not.
+      // A node that may not make cluster decisions: another one may.
+      if (code === 'E_CLUSTER_NOT_ELIGIBLE') continue;
       if (
         code === 'E_CLUSTER_NOT_FOUND' ||
         ((err as FerryError).userError && !/UNAVAILABLE|UNREACHABLE|CONNECT/.test(code))
@@ -46,7 +49,8 @@ function splitList(v: string[] | undefined): string[] | undefined {
 
 export function printStatus(v: ClusterView): void {
   process.stdout.write(
-    `cluster ${v.name} · leader ${v.leader ?? '(none)'} · limits: ${v.limits.maxOutgoing} out / ${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster\n\n`,
+    `cluster ${v.name} · leader ${v.leader ?? '(none)'} · limits: ${v.limits.maxOutgoing} out / ` +
+      `${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster\n\n`,
   );
   printTable(
     ['NODE', 'STATE', 'SINCE', 'ENDPOINT'],
@@ -154,11 +158,17 @@ export function registerCluster(program: Command): void {
           if (o.json) printJson(r.batch);
           else
             process.stdout.write(
-              `drain of ${node} started: ${r.plan.movable} VM(s) to move, ${r.plan.blocked} blocked; node paused. Follow it with 'ferry cluster status'\n`,
+              `drain of ${node} started: ${r.plan.movable} VM(s) to move, ${r.plan.blocked} blocked; node paused. ` +
+                "Follow it with 'ferry cluster status'\n",
             );
           return;
         }
-        const done = await followBatch(c, node, r.batch!, Boolean(o.json));
+        if (!r.batch)
+          throw new FerryError(
+            'E_BATCH_GONE',
+            `Cannot follow the drain of ${node}: the agent started none; see 'ferry cluster status'`,
+          );
+        const done = await followBatch(c, node, r.batch, Boolean(o.json));
         if (o.json) printJson(done);
         else {
           printBatchItems(done);
@@ -190,7 +200,12 @@ export function registerCluster(program: Command): void {
           if (o.json) printJson(r);
           else
             process.stdout.write(
-              `${node} resumed${r.batch?.kind === 'drain' && r.batch.state === 'aborted' ? ' (its drain stopped: queued moves cancelled)' : ''}${o.failback ? `; fail-back ${r.batch?.state ?? 'started'}` : ''}\n`,
+              `${node} resumed` +
+                (r.batch?.kind === 'drain' && r.batch.state === 'aborted'
+                  ? ' (its drain stopped: queued moves cancelled)'
+                  : '') +
+                (o.failback ? `; fail-back ${r.batch?.state ?? 'started'}` : '') +
+                '\n',
             );
           return;
         }
@@ -284,16 +299,37 @@ export function registerCluster(program: Command): void {
       )
       .requiredOption('--host <host>', 'the host that joins')
       .requiredOption('--etcd <url>', 'etcd client URL, https (repeatable or comma-separated)', collect)
+      .option('--lead', 'the host may lead (make cluster decisions, hold HA VMs); the default for a new host')
+      .option('--no-lead', 'the host may not lead (run again with --lead to change it)')
       .option('--json', 'JSON')
       .action(async (name, o, cmd) => {
         await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+          const endpoints = splitList(o.etcd) ?? [];
+          // A host already in another cluster is refused before anything changes in etcd.
+          const cur = await c
+            .host(o.host)
+            .call(actions.clusterStatus, {}, { timeoutMs: 15_000 })
+            .catch((err: unknown) => {
+              if ((err as Partial<FerryError>).code === 'E_CLUSTER_NOT_FOUND') return null;
+              throw err;
+            });
+          if (cur && cur.name !== name)
+            throw new FerryError(
+              'E_CLUSTER_EXISTS',
+              `Cannot join cluster '${name}': host '${o.host}' is in cluster '${cur.name}'; ` +
+                'a host belongs to one cluster',
+              {},
+            );
+          // With the administrator's credential: etcd's access control, the host's etcd user and role.
+          await prepareJoin(endpoints, c.ctx.credentials, {
+            cluster: name,
+            host: o.host,
+            create,
+            ...(o.lead === undefined ? {} : { lead: o.lead }),
+          });
           const v = await c
             .host(o.host)
-            .call(
-              actions.clusterJoin,
-              { body: { name, create, endpoints: splitList(o.etcd) ?? [] } },
-              { timeoutMs: 60_000 },
-            );
+            .call(actions.clusterJoin, { body: { name, create, endpoints } }, { timeoutMs: 60_000 });
           if (o.json) printJson(v);
           else
             process.stdout.write(
@@ -327,7 +363,8 @@ async function followBatch(c: Clients, node: string, first: BatchView, json: boo
     else if (v)
       throw new FerryError(
         'E_BATCH_GONE',
-        `Cannot follow the ${first.kind} of ${node}: another drain or fail-back replaced it; see 'ferry cluster status'`,
+        `Cannot follow the ${first.kind} of ${node}: another drain or fail-back replaced it; ` +
+          "see 'ferry cluster status'",
       );
   }
 }

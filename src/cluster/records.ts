@@ -1,0 +1,96 @@
+// The cluster's shared records, read and written through keys.ts: nodes (members, up, paused)
+// and the HA records of clustered VMs. Used by the leader (HA, drains), by every node (its own
+// VMs' records) and by the agent's cluster view.
+import type { ClusterStore, StoreCallOptions } from './store.js';
+import * as K from './keys.js';
+import { HaSpec, type ClusterNodes, type HaRecord } from './model.js';
+import { InvalidInputError } from '../errors.js';
+import { decision } from './context.js';
+
+export async function readNodes(
+  store: ClusterStore,
+  onBad: K.OnBad,
+  opts: StoreCallOptions = {},
+): Promise<ClusterNodes> {
+  const [m, n, p, l] = await Promise.all([
+    K.readAll(store, K.members, onBad, opts),
+    K.readAll(store, K.nodes, onBad, opts),
+    K.readAll(store, K.paused, onBad, opts),
+    K.readAll(store, K.leaders, onBad, opts),
+  ]);
+  const members: ClusterNodes['members'] = {};
+  for (const [name, e] of m) members[name] = e.value;
+  const up: ClusterNodes['up'] = {};
+  for (const [name, e] of n) up[name] = e.value;
+  return { members, up, paused: new Set(p.keys()), leaders: new Set(l.keys()) };
+}
+
+/** Is `node` a member of the cluster? */
+export async function isMember(store: ClusterStore, node: string, opts: StoreCallOptions = {}): Promise<boolean> {
+  return (await store.get(K.members.key(node), opts)) !== null;
+}
+
+export async function readHaRecords(
+  store: ClusterStore,
+  onBad: K.OnBad,
+  opts: StoreCallOptions = {},
+): Promise<HaRecord[]> {
+  return [...(await K.readAll(store, K.vms, onBad, opts)).values()].map((e) => e.value);
+}
+
+/** The HA record of one VM (with its stored text, for compare-and-swap), or null. */
+export async function readHaRecord(
+  store: ClusterStore,
+  vm: string,
+  opts: StoreCallOptions = {},
+): Promise<K.Entry<HaRecord> | null> {
+  return K.readOne(store, K.vms, vm, opts);
+}
+
+/** Records (or updates) a clustered VM, keeping its fencing generation. */
+export async function putHaRecord(
+  store: ClusterStore,
+  rec: Omit<HaRecord, 'generation' | 'spec'> & { spec: Record<string, unknown> },
+  opts: StoreCallOptions = {},
+): Promise<void> {
+  const spec = HaSpec.safeParse(rec.spec);
+  if (!spec.success)
+    throw new InvalidInputError(
+      `Cannot record HA VM '${rec.name}' in the cluster: its spec is not valid ` +
+        `(${spec.error.issues[0]?.message ?? 'no details'})`,
+      { vm: rec.name },
+    );
+  const key = K.vms.key(rec.name);
+  const cur = await store.get(key, opts);
+  const d = cur === null ? null : K.vms.decode(key, cur);
+  // A record that does not parse is replaced: this node runs the VM and knows its spec.
+  const generation = d?.ok ? d.value.generation : 0;
+  await decision(rec.owner, `record HA VM '${rec.name}' in the cluster`, () =>
+    store.put(key, K.vms.encode({ ...rec, spec: spec.data, generation }), opts),
+  );
+}
+
+/** The VM is no longer clustered (stopped on purpose, removed, or left the cluster). */
+export async function deleteHaRecord(store: ClusterStore, vm: string, opts: StoreCallOptions = {}): Promise<void> {
+  await store.delete(K.vms.key(vm), opts);
+}
+
+/**
+ * Replaces an HA record only if it is still `cur` (its stored text) and, when `leaderKey` is
+ * given, only while that election key still holds `candidateId`. True when it was written.
+ */
+export async function swapHaRecord(
+  store: ClusterStore,
+  cur: K.Entry<HaRecord>,
+  next: HaRecord,
+  fence?: { key: string; value: string },
+  opts: StoreCallOptions = {},
+): Promise<boolean> {
+  return store.txn(
+    {
+      compare: [...(fence ? [fence] : []), { key: cur.key, value: cur.raw }],
+      success: [{ type: 'put', key: cur.key, value: K.vms.encode(next) }],
+    },
+    opts,
+  );
+}

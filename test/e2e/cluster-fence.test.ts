@@ -1,0 +1,208 @@
+// HA without the agent (issue 18 item 11): a host's agent is SIGKILLed (QEMUs alive), or hung
+// (SIGSTOP: cut off from the cluster while its process and its QEMUs live on). The host's fence
+// process (src/cluster/fence.ts, started by the agent, detached) sees the node lease go
+// unrenewed and kills the HA VM before the lease can expire; the cluster then restarts it on
+// another node: exactly once, every acknowledged record on its disk. The agent, back or woken,
+// never runs it again. While the agent is alive the fence never touches a VM. 3-host cluster
+// lab, real etcd and QEMU, the probe guest's own records.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { ferry, ferryOk } from './cli.js';
+import { sleep } from '../../src/util/exec.js';
+import { parseSerial, verifyDiskImage } from '../../guest/records.js';
+import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
+import { fenceFiles, runningFence } from '../../src/cluster/fence.js';
+import { isQemuAlive } from '../../src/qemu/process.js';
+import type { ClusterView, VmView } from '../../src/api/schemas.js';
+
+const HOSTS = ['host-a', 'host-b', 'host-c'];
+let dir = '';
+let lab = '';
+
+before(async () => {
+  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ffc-'));
+  lab = path.join(dir, 'lab');
+  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster']);
+});
+after(async () => {
+  await ferry(['lab', 'down', '--dir', lab]);
+  await fsp.rm(dir, { recursive: true, force: true });
+});
+
+const status = (): Promise<ClusterView> => ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab });
+const dataOf = (host: string): string => path.join(lab, 'hosts', host, 'data');
+const logOf = (host: string, id: string): string => path.join(dataOf(host), 'run', id, 'serial.log');
+const serial = async (host: string, id: string): Promise<ReturnType<typeof parseSerial>> =>
+  parseSerial(await fsp.readFile(logOf(host, id), 'utf8').catch(() => ''));
+const mtime = (file: string): Promise<number> =>
+  fsp.stat(file).then(
+    (s) => s.mtimeMs,
+    () => 0,
+  );
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** A running HA probe VM on a host that does not lead (the fail-over is decided by a leader that stays). */
+async function haVm(name: string): Promise<{ host: string; vm: VmView; gen0: number }> {
+  const leader = (await status()).leader;
+  const host = HOSTS.find((h) => h !== leader) ?? 'host-b';
+  const vm = await ferryOk<VmView>(
+    ['vm', 'new', name, '--host', host, '--guest', 'probe', '--ha', '--path', path.join(lab, 'shared', name)].concat([
+      '--start',
+      '--json',
+    ]),
+    { lab },
+  );
+  for (let i = 0; i < 300 && (await serial(host, vm.id)).acks.length < 15; i++) await sleep(200);
+  const gen0 = (await status()).vms.find((v) => v.name === name)?.generation ?? -1;
+  return { host, vm, gen0 };
+}
+
+/**
+ * After the agent of `host` stopped renewing at `since`: when the fence stopped the VM's QEMU
+ * and when it beat on another node; that it ran there only after it stopped here, that the
+ * record names that node under a new generation, and that no third node ran it.
+ */
+async function failedOver(
+  name: string,
+  host: string,
+  vm: VmView,
+  gen0: number,
+  since: number,
+  /** Runs once the VM beats elsewhere (or the wait gave up), before the checks. */
+  whenRestarted: () => void = () => undefined,
+): Promise<{ newHost: string; fencedAt: number; restartAt: number }> {
+  const qemuPid = vm.pid ?? 0;
+  assert.ok(qemuPid > 0);
+  const t0 = Date.now();
+  let fencedAt = 0;
+  let restartAt = 0;
+  let newHost = '';
+  while (Date.now() - t0 < 60_000 && !restartAt) {
+    // isQemuAlive: a QEMU killed under a stopped agent stays a zombie until the agent reaps it.
+    if (!fencedAt && !isQemuAlive(qemuPid)) fencedAt = Date.now() - t0;
+    for (const h of HOSTS) {
+      if (h === host || restartAt) continue;
+      if ((await mtime(logOf(h, vm.id))) > since && (await serial(h, vm.id)).heartbeats.length > 0) {
+        newHost = h;
+        restartAt = Date.now() - t0;
+      }
+    }
+    await sleep(100);
+  }
+  whenRestarted();
+  process.stderr.write(
+    `${name}: agent of ${host} stopped; its fence stopped the HA VM after ${fencedAt} ms, ` +
+      `heartbeat on ${newHost} after ${restartAt} ms\n`,
+  );
+  assert.ok(fencedAt > 0, 'the fence stopped the HA VM');
+  assert.ok(fencedAt < 5000, `…before the node's lease could expire (${fencedAt} ms)`);
+  assert.ok(restartAt > fencedAt, 'the VM ran elsewhere only after it stopped here: never two copies');
+  assert.deepEqual(await hostQemuPids(dataOf(host)), [], 'no QEMU left on the host whose agent is gone');
+  const report = JSON.parse(await fsp.readFile(fenceFiles(dataOf(host)).report, 'utf8')) as { vms: string[] };
+  assert.deepEqual(report.vms, [name], 'the fence noted what it stopped, for the agent');
+  // Exactly once: the record names the new node with a new fencing generation, no third node ran it.
+  let rec: ClusterView['vms'][number] | undefined;
+  for (let i = 0; i < 100; i++) {
+    rec = (await status()).vms.find((v) => v.name === name);
+    if (rec?.owner === newHost) break;
+    await sleep(200);
+  }
+  assert.equal(rec?.owner, newHost);
+  assert.ok(rec.generation > gen0, `claimed with a new fencing generation (${gen0} → ${rec.generation})`);
+  for (const h of HOSTS)
+    if (h !== newHost && h !== host) assert.ok((await mtime(logOf(h, vm.id))) <= since, `${h} never ran ${name}`);
+  return { newHost, fencedAt, restartAt };
+}
+
+/** The agent of `host` is back in the cluster (it took the fence's report), and did not run `name` again. */
+async function notRunAgain(name: string, host: string, newHost: string, vm: VmView): Promise<void> {
+  const report = fenceFiles(dataOf(host)).report;
+  for (let i = 0; i < 300 && (await mtime(report)) > 0; i++) await sleep(200);
+  assert.equal(await mtime(report), 0, `the agent of ${host} rejoined and read the fence report`);
+  const stoppedAt = await mtime(logOf(host, vm.id));
+  await sleep(3000); // what it would do next (reconcile) has had time to happen
+  assert.deepEqual(await hostQemuPids(dataOf(host)), [], `${host} did not run ${name} again`);
+  assert.equal(await mtime(logOf(host, vm.id)), stoppedAt, `no new output from ${name} on ${host}`);
+  const shown = await ferryOk<VmView>(['vm', 'show', name, '--json'], { lab });
+  assert.deepEqual([shown.host, shown.state], [newHost, 'running']);
+}
+
+/** Every record acknowledged on any host is on the disk, and the writer went on after them. */
+async function intact(name: string, host: string, newHost: string, vm: VmView): Promise<void> {
+  let s2 = await serial(newHost, vm.id);
+  for (let i = 0; i < 300 && s2.writerStart === null; i++) {
+    await sleep(200);
+    s2 = await serial(newHost, vm.id);
+  }
+  const ackedBefore = (await serial(host, vm.id)).highestAck ?? 0;
+  assert.ok(ackedBefore > 0);
+  assert.ok((s2.writerStart ?? 0) > ackedBefore, 'the writer continues after every acked record');
+  await ferryOk(['vm', 'stop', name], { lab });
+  const acked = Math.max(...(await Promise.all(HOSTS.map((h) => serial(h, vm.id)))).map((p) => p.highestAck ?? 0));
+  const disk = vm.disks[0];
+  assert.ok(disk);
+  const rep = await verifyDiskImage(disk.path, { format: 'qcow2', highestAck: acked });
+  assert.equal(rep.ok, true, rep.problems.join('; '));
+}
+
+test(
+  "an agent SIGKILLed (QEMUs alive): the host's fence kills its HA VM before the lease expires; the VM " +
+    'runs elsewhere exactly once, every acked record intact; the agent, restarted, does not run it again',
+  async () => {
+    const { host, vm, gen0 } = await haVm('f1');
+    // The fence runs apart from the agent, and leaves a healthy agent's VMs alone.
+    const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
+    const agentPid = st.hosts.find((h) => h.name === host)?.agentPid ?? 0;
+    const fencePid = runningFence(dataOf(host));
+    assert.ok(agentPid > 0 && fencePid && fencePid !== agentPid, `a fence process runs for ${host} (pid ${fencePid})`);
+    const hb0 = (await serial(host, vm.id)).heartbeats.length;
+    await sleep(6000);
+    assert.ok(isQemuAlive(vm.pid ?? 0), 'the VM runs on while its agent is healthy');
+    assert.ok((await serial(host, vm.id)).heartbeats.length > hb0, 'and keeps beating');
+    assert.doesNotMatch(await fsp.readFile(fenceFiles(dataOf(host)).log, 'utf8'), /killing [1-9]/);
+
+    const since = Date.now();
+    process.kill(agentPid, 'SIGKILL');
+    const { newHost } = await failedOver('f1', host, vm, gen0, since);
+    assert.ok(alive(fencePid), 'the fence outlives the agent');
+    // systemd would restart the agent: the cluster gave f1 to another node meanwhile.
+    await ferryOk(['lab', 'up', '--dir', lab]);
+    await notRunAgain('f1', host, newHost, vm);
+    await intact('f1', host, newHost, vm);
+  },
+);
+
+test(
+  'an agent hung (SIGSTOP: alive but cut off from the cluster): its fence kills the HA VM, the VM runs ' +
+    'elsewhere exactly once, every acked record intact; the agent, woken, does not run it again',
+  async () => {
+    const { host, vm, gen0 } = await haVm('f2');
+    const agentPid = (await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json'])).hosts.find(
+      (h) => h.name === host,
+    )?.agentPid;
+    assert.ok(agentPid);
+    const since = Date.now();
+    process.kill(agentPid, 'SIGSTOP');
+    // Woken once the VM runs elsewhere (the CLI's status calls then get an answer from every node).
+    const wake = (): void => {
+      if (alive(agentPid)) process.kill(agentPid, 'SIGCONT');
+    };
+    try {
+      const { newHost } = await failedOver('f2', host, vm, gen0, since, wake);
+      await notRunAgain('f2', host, newHost, vm);
+      await intact('f2', host, newHost, vm);
+    } finally {
+      wake(); // never leave a stopped agent behind
+    }
+  },
+);
