@@ -17,6 +17,7 @@ import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { issueCert, loadDomain } from '../domain/ca.js';
 import { NAME_RE } from '../api/common.js';
 import { deadline, sleep } from '../util/exec.js';
+import { tlsServerName } from '../util/tls-name.js';
 import { AbortedError } from '../errors.js';
 
 export const ETCD_BIN = '/usr/bin/etcd';
@@ -316,9 +317,15 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   return out;
 }
 
-function clientFor(endpoints: string[], tls: MemberTls, callMs: number): Etcd3 {
+function clientFor(m: EtcdMember, callMs: number): Etcd3 {
+  const { tls } = m;
   return new Etcd3({
-    hosts: endpoints,
+    hosts: [m.clientUrl],
+    // grpc-js sends the endpoint's host as the TLS server name, an IP address here (Node warns,
+    // DEP0123); the member's certificate also holds its name, so ask for and check that instead.
+    ...(tlsServerName(new URL(m.clientUrl).hostname)
+      ? {}
+      : { grpcOptions: { 'grpc.ssl_target_name_override': m.name } }),
     credentials: {
       rootCertificate: fs.readFileSync(tls.ca),
       certChain: fs.readFileSync(tls.cert),
@@ -343,7 +350,7 @@ export async function waitHealthy(
   const pending = new Set(members.map((m) => m.name));
   let wrote = false;
   let lastErr: unknown;
-  const clients = new Map(members.map((m) => [m.name, clientFor([m.clientUrl], m.tls, 1000)]));
+  const clients = new Map(members.map((m) => [m.name, clientFor(m, 1000)]));
   try {
     while (pending.size || !wrote) {
       for (const m of members) {
