@@ -1,7 +1,7 @@
 // `npm run demo`: the tour. A 2-host lab on this machine, a probe VM on host-a whose
 // console shows its heartbeat and disk acknowledgements, live, shared-nothing and storage
-// moves; then a 3-host cluster lab: drain, fail-back, and HA after `lab kill`.
-// The lab stays up in .cache/demo-lab for you to explore; `bin/ferry lab down` stops it.
+// moves; then a 3-host cluster lab: drain, fail-back, and HA after `lab kill`, stopped at the end.
+// The 2-host lab stays up in .cache/demo-lab for you to explore; `bin/ferry lab down` stops it.
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { REPO_ROOT } from '../guest/paths.js';
@@ -166,10 +166,12 @@ process.stdout.write(
 );
 await cl(['cluster', 'status']);
 await cl(['lab', 'up', '--dir', clab]);
+// One lab stays up to explore (the 2-host one); the cluster's 3 agents, etcd members and VMs stop.
+await must(['lab', 'down', '--dir', clab]);
 
 process.stdout.write(`
-Cluster lab: export FERRY_LAB=${clab}; bin/ferry cluster status; bin/ferry lab down --dir ${clab}
-The lab keeps running. Try:
+The cluster lab is stopped (its files stay in ${clab}; 'bin/ferry lab up --dir ${clab}' starts it again).
+The 2-host lab keeps running (2 agents and the VMs demo and demo-local). Try:
   export FERRY_LAB=${lab}
   bin/ferry vm console demo --follow        # Ctrl-C to stop following
   bin/ferry vm pause demo; bin/ferry vm resume demo

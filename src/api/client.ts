@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import { WebSocket } from 'ws';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
+import { tlsServerName } from '../util/tls-name.js';
 
 export interface Credentials {
   ca: string;
@@ -50,6 +51,7 @@ export class AgentClient {
       ...(o.credentials.crl && fs.existsSync(o.credentials.crl) ? { crl: fs.readFileSync(o.credentials.crl) } : {}),
       keepAlive: true,
       maxSockets: 8,
+      servername: tlsServerName(new URL(this.endpoint).hostname),
       // The address may be anything (lab: 127.0.0.1); the certificate must name the host we meant.
       checkServerIdentity: (_name, cert) => {
         const cn = Array.isArray(cert.subject.CN) ? cert.subject.CN[0] : cert.subject.CN;

@@ -17,6 +17,7 @@ import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { issueCert, loadDomain } from '../domain/ca.js';
 import { NAME_RE } from '../api/common.js';
 import { deadline, sleep } from '../util/exec.js';
+import { tlsServerName } from '../util/tls-name.js';
 import { AbortedError } from '../errors.js';
 
 export const ETCD_BIN = '/usr/bin/etcd';
@@ -326,9 +327,15 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   return out;
 }
 
-function clientFor(endpoints: string[], tls: MemberTls, callMs: number): Etcd3 {
+/** `tls`: whose credentials (the member's own, or the admin's once etcd checks users). */
+function clientFor(m: EtcdMember, callMs: number, tls: EtcdMember['tls'] = m.tls): Etcd3 {
   return new Etcd3({
-    hosts: endpoints,
+    hosts: [m.clientUrl],
+    // grpc-js sends the endpoint's host as the TLS server name, an IP address here (Node warns,
+    // DEP0123); the member's certificate also holds its name, so ask for and check that instead.
+    ...(tlsServerName(new URL(m.clientUrl).hostname)
+      ? {}
+      : { grpcOptions: { 'grpc.ssl_target_name_override': m.name } }),
     credentials: {
       rootCertificate: fs.readFileSync(tls.ca),
       certChain: fs.readFileSync(tls.cert),
@@ -353,7 +360,7 @@ export async function waitHealthy(
   const pending = new Set(members.map((m) => m.name));
   let wrote = false;
   let lastErr: unknown;
-  const clients = new Map(members.map((m) => [m.name, clientFor([m.clientUrl], o.clientTls ?? m.tls, 1000)]));
+  const clients = new Map(members.map((m) => [m.name, clientFor(m, 1000, o.clientTls ?? m.tls)]));
   try {
     while (pending.size || !wrote) {
       for (const m of members) {

@@ -1,37 +1,19 @@
-// OpenAPI document (generated from the action schemas) and Prometheus metrics.
+// OpenAPI document (generated from the action schemas) and Prometheus metrics (metrics.ts).
 import type { FastifyInstance } from 'fastify';
-import client from 'prom-client';
-import type { EventBus } from '../../events/bus.js';
-import type { VmInventory } from '../vms.js';
+import { AgentMetrics, type MetricSources } from '../metrics.js';
 
-export function metaRoutes(app: FastifyInstance, parts: { vms: VmInventory; events: EventBus }): void {
+export function metaRoutes(app: FastifyInstance, parts: MetricSources): void {
   app.get('/openapi.json', { config: { roles: ['admin', 'host'] }, schema: { hide: true } }, () =>
     Promise.resolve(app.swagger()),
   );
 
-  const registry = new client.Registry();
-  client.collectDefaultMetrics({ register: registry, prefix: 'ferry_agent_' });
-  new client.Gauge({
-    name: 'ferry_vms',
-    help: 'VMs registered on this host, by state',
-    labelNames: ['state'],
-    registers: [registry],
-    async collect() {
-      const counts: Record<string, number> = { running: 0, paused: 0, stopped: 0, migrating: 0 };
-      for (const v of await parts.vms.list()) counts[v.state] = (counts[v.state] ?? 0) + 1;
-      for (const [state, n] of Object.entries(counts)) this.set({ state }, n);
-    },
-  });
-  new client.Gauge({
-    name: 'ferry_events_total',
-    help: 'Events the engine has emitted',
-    registers: [registry],
-    collect() {
-      this.set(parts.events.lastSeq);
-    },
+  const metrics = new AgentMetrics(parts);
+  app.addHook('onClose', (_app, done) => {
+    metrics.close();
+    done();
   });
   app.get('/metrics', { config: { roles: ['admin', 'host'] }, schema: { hide: true } }, async (_req, reply) => {
-    void reply.type(registry.contentType);
-    return registry.metrics();
+    void reply.type(metrics.registry.contentType);
+    return metrics.registry.metrics();
   });
 }
