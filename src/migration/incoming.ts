@@ -18,6 +18,7 @@ import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
+import { claimFile, makeFolders, removeFolders } from './claim.js';
 import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
@@ -50,19 +51,6 @@ interface IncomingCtx {
 
 const MiB = 1048576;
 const journalId = (jobId: string): string => `in-${jobId}`;
-
-/** Claims `file` exclusively (O_EXCL), so a path another move or VM took is never overwritten. */
-async function claimFile(file: string, what: string): Promise<void> {
-  try {
-    await (await fsp.open(file, 'wx')).close();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    throw new FerryError(
-      'E_DEST_PATH',
-      `Cannot receive ${what} at ${file}: a file is already there; choose another path`,
-    );
-  }
-}
 
 const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
 
@@ -111,29 +99,13 @@ const dirsStep: Step<IncomingCtx> = {
   when: (ctx) => ctx.item.req.storage !== undefined,
   async run(ctx, s) {
     const st = ctx.item.req.storage as Storage;
-    const created: string[] = [];
-    for (const dir of new Set([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))])) {
-      const missing: string[] = [];
-      for (let p = dir; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
-      for (const p of missing) {
-        // Made first, then journalled: only folders this move made are ever removed.
-        const made = await fsp.mkdir(p).then(
-          () => true,
-          (err: unknown) => {
-            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-            return false;
-          },
-        );
-        if (made) {
-          created.push(p);
-          s.record({ created });
-        }
-      }
-    }
+    const created = await makeFolders([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))], (c) => {
+      s.record({ created: c });
+    });
     return { created };
   },
   async undo(_ctx, data) {
-    for (const d of strings(data.created).reverse()) await fsp.rmdir(d).catch(() => undefined);
+    await removeFolders(strings(data.created));
   },
 };
 
