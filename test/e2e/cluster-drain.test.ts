@@ -16,6 +16,7 @@ import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import type { BatchView, ClusterView, VmView } from '../../src/api/schemas.js';
 import { Clients, loadContext } from '../../src/cli/context.js';
 import { actions } from '../../src/api/actions.js';
+import { readRequestLog, requestLogEnv } from './request-log.js';
 
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 let dir = '';
@@ -178,8 +179,24 @@ test(
     const t0 = Date.now();
     let b: BatchView;
     try {
-      const started = await ferry(['cluster', 'drain', 'host-c', '--no-wait'], { lab });
-      assert.equal(started.code, 0, started.stderr);
+      // The CLI follows the drain to its end through the agents' event streams: no read of the
+      // cluster while events flow (its request log holds the drain's POST and the streams).
+      const log = path.join(dir, 'drain-requests.json');
+      const drained = await ferry(['cluster', 'drain', 'host-c'], {
+        lab,
+        timeoutMs: 400_000,
+        env: requestLogEnv(log),
+      });
+      assert.equal(drained.code, 0, drained.stderr + drained.stdout);
+      assert.match(drained.stdout, /drain of host-c: completed; host-c stays paused/);
+      for (const n of ['w1', 'p2', 'p3', 'p4'])
+        assert.match(drained.stderr, new RegExp(`^  ${n}: moved → host-[ab]`, 'm'));
+      const requests = (await readRequestLog(log)).requests;
+      assert.deepEqual(
+        requests.filter((q) => q.startsWith('GET /v1/cluster')),
+        [],
+        `no read of the cluster while following: ${requests.join(', ')}`,
+      );
       b = await waitBatch('host-c', (x) => x.state !== 'running');
     } finally {
       watching.abort();
@@ -212,8 +229,19 @@ test(
 
 test('resume --failback brings the drained VMs back to their node', async () => {
   const t0 = Date.now();
-  const r = await ferry(['cluster', 'resume', 'host-c', '--failback', '--json'], { lab, timeoutMs: 400_000 });
+  const log = path.join(dir, 'failback-requests.json');
+  const r = await ferry(['cluster', 'resume', 'host-c', '--failback', '--json'], {
+    lab,
+    timeoutMs: 400_000,
+    env: requestLogEnv(log),
+  });
   assert.equal(r.code, 0, r.stderr + r.stdout);
+  const requests = (await readRequestLog(log)).requests;
+  assert.deepEqual(
+    requests.filter((q) => q.startsWith('GET /v1/cluster')),
+    [],
+    `the fail-back is followed through events: ${requests.join(', ')}`,
+  );
   const b = JSON.parse(r.stdout) as BatchView;
   assert.equal(b.kind, 'failback');
   assert.equal(b.state, 'completed', JSON.stringify(b.items));
