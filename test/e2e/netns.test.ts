@@ -79,7 +79,19 @@ test('a move to a host whose migration link is down fails: no fall-back to the m
   const ns = (await status()).hosts.find((h) => h.name === 'host-b')?.netns;
   assert.ok(ns);
   const vm = await ferryOk<VmView>(
-    ['vm', 'new', 'nc0', '--host', 'host-a', '--path', path.join(L.lab, 'shared', 'nc0'), '--start', '--json'],
+    [
+      'vm',
+      'new',
+      'nc0',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--path',
+      path.join(L.lab, 'shared', 'nc0'),
+      '--start',
+      '--json',
+    ],
     { lab: L.lab },
   );
   try {
