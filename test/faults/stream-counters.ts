@@ -28,9 +28,11 @@ export function countersScript(): string {
     ...names.map((n) => `  counter ${n} { }`),
     '  chain prerouting {',
     '    type filter hook prerouting priority -300; policy accept;',
-    ...names.map(
-      (n) => `    iifname "${IFACES[n]}" tcp dport != ${AGENT_PORT} tcp sport != ${AGENT_PORT} counter name "${n}"`,
-    ),
+    // Two accepts (they end this chain only), not `tcp dport != P tcp sport != P`: nft 1.0.6
+    // merges those into one test of both ports, which lets everything but P-to-P through.
+    `    tcp dport ${AGENT_PORT} accept`,
+    `    tcp sport ${AGENT_PORT} accept`,
+    ...names.map((n) => `    iifname "${IFACES[n]}" meta l4proto tcp counter name "${n}"`),
     '  }',
     '}',
     '',
