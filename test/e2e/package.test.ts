@@ -385,7 +385,8 @@ test(
     const u3 = await unit();
     assert.equal(u3.ActiveState, 'active');
     assert.notEqual(u3.MainPID, before, 'the upgrade restarted the agent');
-    assert.equal((await m.ok(['ferry', '--version'])).trim(), next);
+    // The rebuilt package differs only in its control file: dpkg has the new version installed.
+    assert.equal((await m.ok(['dpkg-query', '-W', '-f=${Version}', 'ferry'])).trim(), next);
     await alive('the package upgrade');
     await running('the upgrade');
 
