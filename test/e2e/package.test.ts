@@ -430,7 +430,11 @@ test(
     );
     await m.ok(['install', '-m', '0644', inside(path.join(dir, 'sd-etcd')), '/etc/default/etcd']);
     await m.ok(['systemctl', 'daemon-reload']);
-    await m.ok(['systemctl', 'start', 'etcd']);
+    const etcd = await m.run(['systemctl', 'start', 'etcd']);
+    if (etcd.code !== 0) {
+      const journal = await m.run(['journalctl', '-u', 'etcd', '-n', '25', '--no-pager']);
+      assert.fail(`etcd did not start under the drop-in:\n${journal.stdout}${journal.stderr}`);
+    }
     await ferry('cluster', 'create', 'sd', '--host', 'sd-a', '--etcd', url(2379));
     const cluster = JSON.parse(await ferry('cluster', 'status', '--json')) as { nodes: Array<{ name: string }> };
     assert.deepEqual(
