@@ -372,6 +372,22 @@ export class IncomingManager {
     };
   }
 
+  /**
+   * Refuses a host other than the move's source: a host certificate may prepare, follow, finish
+   * or abort only moves it sends itself (an admin certificate may act on any).
+   */
+  assertSource(jobId: string, caller: { role: string; name: string } | undefined, source?: string): void {
+    if (caller?.role === 'admin') return;
+    const owner = source ?? this.items.get(jobId)?.source;
+    if (owner === undefined) return; // unknown job: the action itself says so
+    if (caller?.name !== owner)
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot act on incoming move ${jobId}: host '${caller?.name ?? '?'}' is not its source '${owner}'; ` +
+          'a host may act only on the moves it sends',
+      );
+  }
+
   view(jobId: string): IncomingView {
     const name = this.host.name;
     const i = this.items.get(jobId);
