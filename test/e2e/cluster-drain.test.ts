@@ -316,7 +316,7 @@ test(LEADER_KILLED, async () => {
   const s = await status();
   process.stderr.write(
     `leader ${leader} killed mid-drain of host-c; leader now ${s.leader}; ` +
-      `${b.items.map((i) => `${i.vm} ${i.state} (${i.attempts})`).join(', ')}\n`,
+      `${b.items.map((i) => `${i.vm} ${i.state} (${i.attempts}${i.reason ? `: ${i.reason}` : ''})`).join(', ')}\n`,
   );
   const where = await placement();
   if (leader === 'host-c') {
@@ -326,7 +326,10 @@ test(LEADER_KILLED, async () => {
     assert.notEqual(b.state, 'running');
     for (const i of b.items) {
       assert.ok(i.state === 'moved' || (i.state === 'failed' && i.reason), JSON.stringify(i));
-      assert.equal(where[i.vm], i.state === 'moved' ? i.to : 'host-c', `${i.vm} (${i.state}) is where it says`);
+      // An agent restart slower than the fence margin stops the node's HA VM (w1) there; the
+      // cluster restarts it, maybe elsewhere, and the item fails with that reason. It runs once.
+      if (i.state === 'failed' && i.vm === 'w1') assert.ok(where[i.vm], `${i.vm} runs: ${i.reason}`);
+      else assert.equal(where[i.vm], i.state === 'moved' ? i.to : 'host-c', `${i.vm} (${i.state}) is where it says`);
     }
   } else {
     assert.equal(b.state, 'completed', JSON.stringify(b.items));
