@@ -152,8 +152,8 @@ export function compareVm(input: CompareInput): Incompatibility[] {
       'domainId',
       `'${dest.name}' is in domain '${dest.domainId}', but '${source.name}' is in domain '${source.domainId}', ` +
         'so they do not trust each other',
-      `issue '${dest.name}' a host certificate from the domain of '${source.name}' ('ferry domain issue ` +
-        `host ${dest.name}') and restart its agent with it`,
+      `enrol '${dest.name}' in the domain of '${source.name}' ('ferry host init ${dest.name}' on it, then ` +
+        `'ferry domain sign REQUEST' with that domain) and restart its agent with the new certificate`,
     );
   }
 

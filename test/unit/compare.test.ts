@@ -196,7 +196,8 @@ test('E_DOMAIN: hosts of different CAs', () => {
   assertForm(r);
   assert.equal(r.field, 'domainId');
   assert.match(r.message, /dom-other/);
-  assert.match(r.message, /ferry domain issue host host-b/);
+  assert.match(r.message, /ferry host init host-b/);
+  assert.match(r.message, /ferry domain sign REQUEST/);
 });
 
 test('E_NAME_EXISTS and E_ID_EXISTS', () => {
