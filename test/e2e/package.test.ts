@@ -404,7 +404,7 @@ test(
     await running('the configuration was fixed');
 
     // This host as an etcd member: Debian's etcd.service with the documented drop-in (the
-    // host's certificate through LoadCredential); the packaged agent creates a cluster on it.
+    // host's certificate copied for the etcd user at each start); the packaged agent creates a cluster on it.
     await m.ok([
       'install',
       '-D',
