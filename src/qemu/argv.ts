@@ -37,12 +37,13 @@ export interface LaunchOptions {
   ovmf?: OvmfPaths;
 }
 
-// Fixed PCI slots: disks from 0x04, NICs from 0x14, the VGA card at 0x02; i440fx uses
-// 0x00–0x01 itself, q35 0x00 and 0x1f. On q35 each device sits behind its own PCIe root
+// Fixed PCI slots: disks from 0x04, NICs from 0x14, the VGA card at 0x02, a q35 VM's
+// cloud-init seed at 0x1c; i440fx uses 0x00–0x01 itself, q35 0x00 and 0x1f. On q35 each device sits behind its own PCIe root
 // port in that slot (bus rpN), so a device keeps its address whatever else is added.
 const DISK_SLOT_BASE = 0x04;
 const NIC_SLOT_BASE = 0x14;
 const VGA_SLOT = 0x02;
+const SEED_SLOT = 0x1c;
 
 export function nodeNames(disk: Pick<DiskSpec, 'id'>): { file: string; format: string } {
   return { file: `${disk.id}-file`, format: disk.id };
@@ -153,7 +154,11 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
       '-blockdev',
       JSON.stringify({ driver: 'raw', file: n.file, 'node-name': n.format, 'read-only': true }),
       '-device',
-      `ide-cd,drive=${n.format},id=${c.id},${nextIde()}${boot(c.id)}`,
+      // q35's CD-ROMs sit on AHCI, which cloud kernels (Debian's cloud-amd64) lack: there the
+      // seed is a read-only virtio disk, which cloud-init finds by its label just the same.
+      q35 && c.role === 'cloud-init'
+        ? `virtio-blk-pci,drive=${n.format},id=${c.id},${pciAt(SEED_SLOT)}`
+        : `ide-cd,drive=${n.format},id=${c.id},${nextIde()}${boot(c.id)}`,
     );
   }
   spec.nics.forEach((nic, i) => {

@@ -43,7 +43,7 @@ const uefiQ35 = (): ReturnType<typeof parseVmSpec> =>
     pagingPath: '/pool/deb',
   });
 
-test('argv: UEFI on q35 — pflash from the spec, root ports at fixed slots, CD-ROMs on AHCI, boot order', () => {
+test('argv: UEFI on q35 — pflash from the spec, root ports at fixed slots, CD-ROMs on AHCI, the seed on virtio, boot order', () => {
   const a = buildArgv(uefiQ35(), { accel: 'tcg', paths, ovmf });
   const joined = a.join(' ');
   assert.match(joined, /-machine pc-q35-7\.2,pflash0=ovmf-code,pflash1=uefivars /);
@@ -63,7 +63,10 @@ test('argv: UEFI on q35 — pflash from the spec, root ports at fixed slots, CD-
   assert.match(joined, /pcie-root-port,id=rp20,bus=pcie\.0,addr=0x14/);
   assert.match(joined, /virtio-net-pci,netdev=net-nic0,id=nic0,mac=52:54:00:12:34:56,bus=rp20,addr=0x0/);
   assert.match(joined, /ide-cd,drive=cd0,id=cd0,bus=ide\.0,unit=0,bootindex=0/);
-  assert.match(joined, /ide-cd,drive=cidata,id=cidata,bus=ide\.1,unit=0( |$)/, 'the seed is not bootable');
+  // Cloud kernels have no AHCI driver: the seed is a read-only virtio disk behind its own port.
+  assert.match(joined, /virtio-blk-pci,drive=cidata,id=cidata,bus=rp28,addr=0x0( |$)/, 'the seed is not bootable');
+  assert.match(joined, /pcie-root-port,id=rp28,bus=pcie\.0,addr=0x1c,/);
+  assert.doesNotMatch(joined, /ide-cd,drive=cidata/);
   assert.ok(
     blockdevs.some((d) => d.filename === '/pool/deb/seed.iso'),
     'relative CD-ROMs live in the VM folder',
