@@ -366,8 +366,20 @@ export async function runCell(
     let restartAgents = false;
     switch (fault) {
       case 'dest-qemu-killed': {
-        const pids = await hostQemuPids(hostData(l, dst));
-        const mine = pids.filter((p) => fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(vm.id));
+        // The record says preparing before the destination has made its disks and started QEMU
+        // (the hold comes after that): wait for it.
+        let mine: number[] = [];
+        for (let i = 0; i < 300 && !mine.length; i++) {
+          if (i) await sleep(100);
+          const pids = await hostQemuPids(hostData(l, dst));
+          mine = pids.filter((p) => {
+            try {
+              return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(vm.id);
+            } catch {
+              return false; // gone meanwhile
+            }
+          });
+        }
         assert.ok(mine.length, 'the destination QEMU runs');
         for (const p of mine) process.kill(p, 'SIGKILL');
         break;
