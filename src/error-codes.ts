@@ -154,6 +154,7 @@ export const ERROR_CODES = {
   E_MIGRATION_STALLED: failed('no data moved for too long; the VM stays on the source', true),
   E_NOT_CONVERGING: failed('the guest dirties memory faster than the link carries; the VM stays on the source'),
   E_MIRROR_FAILED: failed('a disk copy failed; the VM stays on the source', true),
+  E_MIRROR_LEFTOVER: failed("an earlier move's disk copy is still being torn down; the VM stays on the source", true),
   E_COPY_FAILED: failed('a stopped disk copy failed', true),
   E_PREPARE: failed('the destination could not prepare to receive the VM', true),
   E_SWITCHOVER: failed('the switch-over did not finish as planned; the record says where the VM runs'),

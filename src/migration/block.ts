@@ -209,3 +209,33 @@ export async function abandonMirrors(qmp: QmpClient, mirrors: MirrorSpec[], targ
   }
   for (const t of targets) await delNode(qmp, t);
 }
+
+/**
+ * Leftovers of an earlier move of this VM whose clean-up could not finish (a cancelled mirror
+ * waits for its requests to a cut link, so the NBD node stayed in use): its mirror jobs and
+ * NBD nodes are removed before a new move adds its own of the same names. Throws, with the
+ * fix, when they are still busy.
+ */
+export async function sweepMirrorLeftovers(qmp: QmpClient, vm: string, signal?: AbortSignal): Promise<void> {
+  const jobs = await qmp.execute('query-jobs', undefined, { signal, timeoutMs: 10_000 });
+  const stale = jobs.filter((j) => j.id.startsWith('mirror-')).map((j) => j.id);
+  const nodeNames = async (): Promise<string[]> =>
+    (await qmp.execute('query-named-block-nodes', { flat: true }, { signal, timeoutMs: 10_000 }))
+      .map((n) => n['node-name'])
+      .filter((n) => n.startsWith('mig-'));
+  const nodes = await nodeNames();
+  if (!stale.length && !nodes.length) return;
+  await abandonMirrors(
+    qmp,
+    stale.map((jobId) => ({ jobId, diskId: '', device: '', target: '' })),
+    nodes,
+  );
+  const left = await nodeNames();
+  if (left.length)
+    throw new FerryError(
+      'E_MIRROR_LEFTOVER',
+      `Cannot mirror the disks of VM '${vm}': an earlier move's disk copy (${left.join(', ')}) is still ` +
+        'waiting for its cut link; retry the move in a minute',
+      { context: { vm, nodes: left } },
+    );
+}

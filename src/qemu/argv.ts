@@ -38,8 +38,9 @@ export interface LaunchOptions {
 }
 
 // Fixed PCI slots: disks from 0x04, NICs from 0x14, the VGA card at 0x02, a q35 VM's
-// cloud-init seed at 0x1c; i440fx uses 0x00–0x01 itself, q35 0x00 and 0x1f. On q35 each device sits behind its own PCIe root
-// port in that slot (bus rpN), so a device keeps its address whatever else is added.
+// cloud-init seed at 0x1c; i440fx uses 0x00–0x01 itself, q35 0x00 and 0x1f. On q35 each
+// device sits behind its own PCIe root port in that slot (bus rpN), so a device keeps its
+// address whatever else is added.
 const DISK_SLOT_BASE = 0x04;
 const NIC_SLOT_BASE = 0x14;
 const VGA_SLOT = 0x02;

@@ -15,6 +15,7 @@ import { qmpFailure } from '../../qemu/qmp.js';
 import { sleep } from '../../util/exec.js';
 import {
   abandonMirrors,
+  sweepMirrorLeftovers,
   checkMirrors,
   delNode,
   finishMirrors,
@@ -151,6 +152,7 @@ export const mirrorStep: Step<SourceCtx> = {
     const tls = ctx.host.settings().tls;
     const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
     const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
+    await sweepMirrorLeftovers(qmp, spec.name, s.signal);
     const mirrors: MirrorSpec[] = [];
     const nodes: string[] = [];
     for (const d of disks) {
