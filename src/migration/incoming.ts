@@ -15,6 +15,7 @@ import { assertInUsablePool, poolStatus } from '../storage/pools.js';
 import { configFile, exists, saveVm } from '../vm/folder.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import { arrivingSpec, decideArrival } from './arrival.js';
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
@@ -37,6 +38,8 @@ interface Incoming {
   nbd: { host: string; port: number } | null;
   /** Disk files Prepare created (for the full-pool diagnosis). */
   disks: string[];
+  /** Why the VM arrives not HA (it left its cluster); its vm.json is rewritten on arrival. */
+  haNote: string | null;
 }
 
 interface IncomingCtx {
@@ -337,6 +340,14 @@ class IncomingSink implements RunnerSink {
   }
 }
 
+/**
+ * A VM that arrives not HA: its vm.json says so from now on. With shared storage that file is the
+ * one the source ran from (Prepare wrote none), so it is rewritten only once the VM is ours.
+ */
+async function keepArrivalHa(i: Incoming): Promise<void> {
+  if (i.haNote && i.req.storage === undefined) await saveVm(i.spec);
+}
+
 export class IncomingManager {
   private items = new Map<string, Incoming>();
   constructor(
@@ -397,6 +408,7 @@ export class IncomingManager {
       reason: null,
       nbd: null,
       disks: [],
+      haNote: null,
     };
   }
 
@@ -426,6 +438,7 @@ export class IncomingManager {
       tlsHostname: name,
       reason: i.reason ?? this.diagnose(i),
       nbd: i.nbd,
+      ...(i.haNote ? { haNote: i.haNote } : {}),
     };
   }
 
@@ -466,7 +479,9 @@ export class IncomingManager {
     opts: { signal?: AbortSignal; localAddress?: string } = {},
   ): Promise<IncomingView> {
     const host = this.host;
-    const spec = parseVmSpec(req.spec, 'accept the incoming VM');
+    const sent = parseVmSpec(req.spec, 'accept the incoming VM');
+    const arrival = await decideArrival(host.cluster(), sent, req.source);
+    const spec = arrivingSpec(sent, arrival);
     if (!host.settings().enabled) {
       throw new FerryError(
         'E_MIGRATION_DISABLED',
@@ -494,6 +509,7 @@ export class IncomingManager {
       reason: null,
       nbd: null,
       disks: [],
+      haNote: arrival.note,
     };
     this.items.set(req.jobId, item);
     const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
@@ -562,6 +578,7 @@ export class IncomingManager {
       await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
       await proc.quit({ timeoutMs: 10_000 });
       i.state = 'running';
+      await keepArrivalHa(i);
       await host.vms.arrivedStopped(i.spec, { skipStorageCheck: true });
     } else {
       // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
@@ -592,6 +609,7 @@ export class IncomingManager {
       const run = await proc.qmp.execute('query-status', undefined, opts);
       if (!run.running) await proc.qmp.execute('cont', undefined, opts);
       i.state = 'running';
+      await keepArrivalHa(i);
       host.vms.arrivedRunning(i.spec, proc);
     }
     host.store.journalDrop(journalId(jobId));
