@@ -16,6 +16,7 @@ import { configFile, exists, saveVm } from '../vm/folder.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { arrivingSpec, decideArrival } from './arrival.js';
+import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
@@ -494,6 +495,17 @@ export class IncomingManager {
       throw new FerryError(
         'E_NAME_EXISTS',
         `Cannot receive VM '${spec.name}' on host '${host.name}': a VM with that name or id is already here`,
+      );
+    }
+    if (req.storage && spec.ha) {
+      // Shared nothing inside the cluster: the HA VM's new files must be where every node sees them.
+      assertHaStorage(
+        haFiles(spec),
+        host.pools(),
+        `receive HA VM '${spec.name}' on host '${host.name}'`,
+        `give a destination on a shared pool (--storage-path ${sharedPoolHint(host.pools())}), or first make it ` +
+          `not HA ('ferry cluster remove-vm ${spec.name}')`,
+        spec.name,
       );
     }
     if (req.storage) await this.checkStorage(spec, req.storage);
