@@ -7,8 +7,13 @@
 //
 // --baseline runs an older CLI bundle (e.g. one built before the CLI followed events, which
 // polled the record every 300 ms) on the same moves, alternating with this one.
+//
+// Then --latency-rounds moves (default 5) with `--progress lines`: a raw subscriber to the source
+// host's event stream, opened before the move, notes when the move's first event arrives (and
+// its `at`); the bench notes when the CLI's first progress line arrives on its stderr. Issue 12
+// asks for the line within 100 ms of the event.
 // The lab, its QEMUs and the temp folder are removed on every exit path.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -16,12 +21,21 @@ import { parseArgs } from 'node:util';
 import { REPO_ROOT } from '../guest/paths.js';
 import type { MigrationRecord } from '../src/migration/schemas.js';
 import { readRequestLog, requestLogEnv } from '../test/e2e/request-log.js';
-import { fmt, median, table } from './lib/stats.js';
+import { fmt, max, median, table } from './lib/stats.js';
+import { createParser } from 'eventsource-parser';
+import { parseEvent } from '../src/api/events.js';
+import { AgentClient } from '../src/api/client.js';
+import { labCredentials, labEndpoint, readLab } from '../src/lab/file.js';
 
 const { values: args } = parseArgs({
-  options: { rounds: { type: 'string', default: '2' }, baseline: { type: 'string' } },
+  options: {
+    rounds: { type: 'string', default: '2' },
+    baseline: { type: 'string' },
+    'latency-rounds': { type: 'string', default: '5' },
+  },
 });
 const rounds = Number(args.rounds);
+const latencyRounds = Number(args['latency-rounds']);
 const clis: Array<{ name: string; argv: string[] }> = [
   { name: 'events (this)', argv: [path.join(REPO_ROOT, 'bin', 'ferry')] },
   ...(args.baseline ? [{ name: 'baseline', argv: [process.execPath, path.resolve(args.baseline)] }] : []),
@@ -53,10 +67,76 @@ async function ferryOk(args: string[], env: NodeJS.ProcessEnv): Promise<string> 
   return r.stdout;
 }
 
+interface FirstLine {
+  /** The CLI's first progress line, after the move's first event reached the raw subscriber. */
+  afterArrivalMs: number;
+  /** The same line after the event's `at` (the agent's clock: the same machine). */
+  afterAtMs: number;
+  line: string;
+}
+
+/**
+ * One move with `--progress lines`, watched by a raw subscriber to `source`'s event stream:
+ * when the move's first event arrives there, and when the CLI's first progress line arrives.
+ */
+async function firstLine(cli: string[], source: AgentClient, to: string): Promise<FirstLine> {
+  const ac = new AbortController();
+  const t0 = Date.now();
+  let first: { arrival: number; at: number } | null = null;
+  const parser = createParser({
+    onEvent: (m) => {
+      const e = parseEvent(m.data);
+      // This move's: created after the subscriber opened (not a late event of the last one).
+      if (first || e?.type !== 'migration' || e.vm !== 'f1' || Date.parse(e.migration.createdAt) < t0) return;
+      first = { arrival: Date.now(), at: Date.parse(e.at) };
+    },
+  });
+  let opened: () => void = () => undefined;
+  const open = new Promise<void>((resolve) => {
+    opened = resolve;
+  });
+  let failed: unknown = null;
+  const sub = source
+    .stream('/v1/events', (chunk) => parser.feed(chunk), { signal: ac.signal, onOpen: opened })
+    .catch((err: unknown) => {
+      failed = err;
+      opened();
+    });
+  try {
+    await open;
+    if (failed !== null) throw new Error(`the event stream of ${source.host} did not open`, { cause: failed });
+    const moveArgs = ['move-vm', 'f1', '--to', to, '--bandwidth', '32', '--max-downtime', '5000'];
+    const [cmd = '', ...rest] = cli;
+    const child = spawn(cmd, [...rest, ...moveArgs, '--progress', 'lines'], {
+      env: { ...process.env, ...env },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let line: { arrival: number; text: string } | null = null;
+    let err = '';
+    child.stderr.setEncoding('utf8');
+    child.stderr.on('data', (chunk: string) => {
+      const now = Date.now();
+      err += chunk;
+      const l = err.split('\n').find((x) => /^\d\d:\d\d:\d\d /.test(x));
+      if (!line && l) line = { arrival: now, text: l };
+    });
+    const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+    if (code !== 0) throw new Error(`move-vm exited ${String(code)}: ${err.trim()}`);
+    const ev = first as { arrival: number; at: number } | null;
+    const got = line as { arrival: number; text: string } | null;
+    if (!ev || !got) throw new Error(`no ${ev ? 'progress line' : 'event'} seen: ${err.trim()}`);
+    return { afterArrivalMs: got.arrival - ev.arrival, afterAtMs: got.arrival - ev.at, line: got.text };
+  } finally {
+    ac.abort();
+    await sub;
+  }
+}
+
 const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-cf-'));
 const lab = path.join(dir, 'lab');
 const env = { FERRY_LAB: lab };
 const runs: Run[] = [];
+const firsts: FirstLine[] = [];
 try {
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2'], {});
   const vmArgs = ['vm', 'new', 'f1', '--host', 'host-a', '--guest', 'bootblock', '--memory', '64M'];
@@ -85,6 +165,25 @@ try {
       to = to === 'host-b' ? 'host-a' : 'host-b';
     }
   }
+  const labFile = await readLab(lab);
+  const sources = new Map(
+    labFile.hosts.map((h) => [
+      h.name,
+      new AgentClient({ endpoint: labEndpoint(h), host: h.name, credentials: labCredentials(labFile.dir) }),
+    ]),
+  );
+  try {
+    for (let i = 0; i < latencyRounds; i++) {
+      const from = to === 'host-b' ? 'host-a' : 'host-b';
+      const source = sources.get(from);
+      if (!source) throw new Error(`no host ${from} in the lab`);
+      firsts.push(await firstLine(clis[0]!.argv, source, to));
+      process.stderr.write(`first line → ${to}: ${JSON.stringify(firsts.at(-1))}\n`);
+      to = from;
+    }
+  } finally {
+    for (const c of sources.values()) c.close();
+  }
 } finally {
   await run([path.join(REPO_ROOT, 'bin', 'ferry'), 'lab', 'down', '--dir', lab], {});
   await fsp.rm(dir, { recursive: true, force: true });
@@ -108,3 +207,21 @@ process.stdout.write(
     ) +
     '\n',
 );
+if (firsts.length) {
+  const col = (k: 'afterArrivalMs' | 'afterAtMs'): string[] => {
+    const xs = firsts.map((f) => f[k]);
+    return [fmt(median(xs)), fmt(max(xs))];
+  };
+  process.stdout.write(
+    `\nmove-vm --progress lines, ${firsts.length} move(s): ` +
+      "the CLI's first progress line after the move's first event\n" +
+      table(
+        ['measured from', 'median ms', 'max ms'],
+        [
+          ['the event at a raw subscriber', ...col('afterArrivalMs')],
+          ["the event's time (agent)", ...col('afterAtMs')],
+        ],
+      ) +
+      '\n',
+  );
+}

@@ -223,7 +223,7 @@ export const ERROR_CODES = {
     meaning: 'every port of the migration range is in use',
   },
   // The web console (docs/console.md)
-  E_CONSOLE_NO_USERS: input('the console has no users yet; add one with ferry console user add'),
+  E_CONSOLE_NO_USERS: conflict('the console has no users yet; add one with ferry console user add'),
   E_CONSOLE_TLS: input("the console's TLS files are missing or wrong"),
   E_CONSOLE_INTERNAL: failed('the console failed; its log has the details'),
   E_CONSOLE_USERS_MODE: input('the console users file is readable by others'),

@@ -3,7 +3,7 @@
 // bundles this file).
 import { z } from 'zod';
 import { MigrationRecord } from '../migration/schemas.js';
-import { MigrationSettings } from './schemas.js';
+import { BatchView, MigrationSettings } from './schemas.js';
 
 const vm = z.string();
 
@@ -49,7 +49,8 @@ export const EventBody = z.discriminatedUnion('type', [
     error: z.string().optional(),
   }),
   z.object({ type: z.enum(['cluster.batch-error', 'cluster.scheduler-error']), message: z.string() }),
-  z.object({ type: z.literal('cluster.batch'), node: z.string(), kind: z.string(), state: z.string() }),
+  /** A drain or fail-back as the leader read it from etcd: at each change, and all when it starts leading. */
+  z.object({ type: z.literal('cluster.batch'), batch: BatchView }),
   z.object({
     type: z.literal('cluster.batch-move'),
     node: z.string(),

@@ -40,6 +40,8 @@ function codeOf(err: unknown): string | undefined {
 export class BatchRunner {
   private stopWatch: (() => Promise<void>) | null = null;
   private timer: NodeJS.Timeout | null = null;
+  /** The stored text of each batch as last published (key → raw). */
+  private readonly announced = new Map<string, string>();
 
   constructor(
     private ctx: ClusterCtx,
@@ -62,7 +64,9 @@ export class BatchRunner {
   readonly pass = coalesced(async () => {
     if (this.leadership.lost) return;
     try {
-      for (const e of (await K.readAll(this.ctx.store, K.batches, this.ctx.onBad)).values()) {
+      const all = await K.readAll(this.ctx.store, K.batches, this.ctx.onBad);
+      this.announce([...all.values()]);
+      for (const e of all.values()) {
         const b = e.value;
         if (b.state === 'running' || b.items.some((i) => i.state === 'moving')) await this.step(e.key, e.raw, b);
       }
@@ -70,6 +74,21 @@ export class BatchRunner {
       this.onEvent('cluster.batch-error', { message: messageOf(err) });
     }
   });
+
+  /**
+   * Publishes each batch version not yet published by this leader: followers (`ferry cluster
+   * drain`, the web console) render the events instead of reading the cluster again and again.
+   * Every write to batches/ wakes a pass through the watch, so each change is published.
+   */
+  private announce(entries: Array<{ key: string; raw: string; value: Batch }>): void {
+    for (const key of this.announced.keys()) if (!entries.some((e) => e.key === key)) this.announced.delete(key);
+    for (const e of entries) {
+      if (this.announced.get(e.key) === e.raw) continue;
+      this.announced.set(e.key, e.raw);
+      // A copy: step() changes the batch it was given, and the bus keeps the event for replays.
+      this.onEvent('cluster.batch', { batch: structuredClone(e.value) });
+    }
+  }
 
   /** Writes the batch if it is still `raw` and this agent still leads; its new text, or null. */
   private async write(key: string, raw: string, b: Batch): Promise<string | null> {
@@ -121,7 +140,6 @@ export class BatchRunner {
     if (b.state === 'running' && !b.items.some((i) => i.state === 'pending' || i.state === 'moving')) {
       b.state = b.items.every((i) => i.state === 'moved') ? 'completed' : 'failed';
       b.finishedAt = new Date().toISOString();
-      this.onEvent('cluster.batch', { node: b.node, kind: b.kind, state: b.state });
     }
     const cur = await this.write(key, raw, b);
     if (!cur) return; // changed meanwhile (resume, or another leader): the next pass reads it again

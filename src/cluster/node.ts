@@ -263,7 +263,20 @@ export class ClusterNode {
 
   /** HA restart decided by the leader: register the VM here (its files are shared) and boot it. */
   async haStart(specIn: unknown, generation: number): Promise<void> {
-    const spec = parseVmSpec(specIn, 'restart the HA VM');
+    const asked = parseVmSpec(specIn, 'restart the HA VM');
+    // A peer's word is not enough: only the cluster's record (which only a leader may write)
+    // gives a VM to this node, under this generation. The spec run is the record's.
+    const what = `restart HA VM '${asked.name}'`;
+    const key = K.vms.key(asked.name);
+    const raw = await this.need(what).need(what).get(key);
+    const rec = raw === null ? null : K.vms.decode(key, raw);
+    if (!rec?.ok || rec.value.owner !== this.d.name || rec.value.generation !== generation || rec.value.id !== asked.id)
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot ${what} on host '${this.d.name}': the cluster's record does not give it to this host ` +
+          `under generation ${String(generation)}; only a leader's decision starts an HA VM`,
+      );
+    const spec = parseVmSpec(rec.value.spec, what);
     await this.d.vms.haStart(spec);
     this.d.events.emit('vm.ha-started', { vm: spec.name, generation });
   }

@@ -20,6 +20,7 @@ import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
+import { claimFile, makeFolders, removeFolders } from './claim.js';
 import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
@@ -54,19 +55,6 @@ interface IncomingCtx {
 
 const MiB = 1048576;
 const journalId = (jobId: string): string => `in-${jobId}`;
-
-/** Claims `file` exclusively (O_EXCL), so a path another move or VM took is never overwritten. */
-async function claimFile(file: string, what: string): Promise<void> {
-  try {
-    await (await fsp.open(file, 'wx')).close();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    throw new FerryError(
-      'E_DEST_PATH',
-      `Cannot receive ${what} at ${file}: a file is already there; choose another path`,
-    );
-  }
-}
 
 const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
 
@@ -115,29 +103,13 @@ const dirsStep: Step<IncomingCtx> = {
   when: (ctx) => ctx.item.req.storage !== undefined,
   async run(ctx, s) {
     const st = ctx.item.req.storage as Storage;
-    const created: string[] = [];
-    for (const dir of new Set([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))])) {
-      const missing: string[] = [];
-      for (let p = dir; !(await exists(p)); p = path.dirname(p)) missing.unshift(p);
-      for (const p of missing) {
-        // Made first, then journalled: only folders this move made are ever removed.
-        const made = await fsp.mkdir(p).then(
-          () => true,
-          (err: unknown) => {
-            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-            return false;
-          },
-        );
-        if (made) {
-          created.push(p);
-          s.record({ created });
-        }
-      }
-    }
+    const created = await makeFolders([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))], (c) => {
+      s.record({ created: c });
+    });
     return { created };
   },
   async undo(_ctx, data) {
-    for (const d of strings(data.created).reverse()) await fsp.rmdir(d).catch(() => undefined);
+    await removeFolders(strings(data.created));
   },
 };
 
@@ -411,6 +383,22 @@ export class IncomingManager {
       disks: [],
       haNote: null,
     };
+  }
+
+  /**
+   * Refuses a host other than the move's source: a host certificate may prepare, follow, finish
+   * or abort only moves it sends itself (an admin certificate may act on any).
+   */
+  assertSource(jobId: string, caller: { role: string; name: string } | undefined, source?: string): void {
+    if (caller?.role === 'admin') return;
+    const owner = source ?? this.items.get(jobId)?.source;
+    if (owner === undefined) return; // unknown job: the action itself says so
+    if (caller?.name !== owner)
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot act on incoming move ${jobId}: host '${caller?.name ?? '?'}' is not its source '${owner}'; ` +
+          'a host may act only on the moves it sends',
+      );
   }
 
   view(jobId: string): IncomingView {

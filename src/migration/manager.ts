@@ -188,7 +188,10 @@ export class MigrationManager {
         'completed',
         `completed: ${r.vm} ${r.kind === 'storage' ? 'storage moved' : `now on ${r.destination}`}${downtime}`,
       );
-    } else if (codeOf(out.error) === 'E_ABORTED' && job.signal.aborted) {
+    } else if (job.signal.aborted && (out.result === 'undone' || codeOf(out.error) === 'E_ABORTED')) {
+      // Cancelled: whatever error the abort surfaced as in the step that ran (a QMP reply to a
+      // cancelled block job, a closed NBD connection), the move was undone because it was asked to.
+      if (codeOf(out.error) !== 'E_ABORTED') job.log(`the cancel surfaced as: ${messageOf(out.error)}`);
       const what = r.kind === 'storage' ? 'Storage move' : 'Move';
       r.error = { code: 'E_CANCELLED', message: `${what} of VM '${r.vm}' was cancelled; ${stays}` };
       job.enter('cancelled', `cancelled: ${stays}`);

@@ -249,3 +249,52 @@ test('an expired certificate of this domain is refused at the handshake', async 
   const fresh = await issueCert(domain, 'admin', 'fresh-admin', { outDir: path.join(L.dir, 'fresh') });
   assert.equal(await get(port, { ca, cert: fs.readFileSync(fresh.cert), key: fs.readFileSync(fresh.key) }), 200);
 });
+
+test('a host certificate acts only for itself: no move, hand-over or HA start for another host', async () => {
+  const port = Number(new URL(L.status.hosts[0]!.endpoint).port);
+  const domain = await loadDomain(path.join(L.lab, 'domain'));
+  const mallory = await issueCert(domain, 'host', 'mallory', { outDir: path.join(L.dir, 'mallory') });
+  const agent = new https.Agent({
+    ca: fs.readFileSync(domain.caCert),
+    cert: fs.readFileSync(mallory.cert),
+    key: fs.readFileSync(mallory.key),
+  });
+  const spec = {
+    name: 'stolen1',
+    id: '6f1c2d3e-4b5a-4c6d-8e7f-8091a2b3c4d5',
+    memoryMiB: 64,
+    cpus: 1,
+    boot: { kind: 'kernel', kernel: 'vmlinuz' },
+    configPath: '/var/tmp/stolen1',
+    checkpointPath: '/var/tmp/stolen1',
+    pagingPath: '/var/tmp/stolen1',
+  };
+  const before = await ferryOk<Array<{ name: string }>>(['vm', 'list', '--json'], { lab: L.lab });
+  const prepare = await request(
+    agent,
+    port,
+    'POST',
+    '/v1/peer/incoming',
+    JSON.stringify({ jobId: 'mallory-1', source: 'host-b', spec, tls: false, postcopy: false }),
+  );
+  assert.equal(prepare.status, 403, prepare.body);
+  assert.match(prepare.body, /E_FORBIDDEN/);
+  const adopt = await request(agent, port, 'POST', '/v1/peer/adopt', JSON.stringify({ source: 'host-b', spec }));
+  assert.equal(adopt.status, 403, adopt.body);
+  // Not a cluster node here: refused too; on a cluster node only the leader's record starts a VM.
+  const ha = await request(
+    agent,
+    port,
+    'POST',
+    '/v1/peer/ha-start',
+    JSON.stringify({ spec, generation: 1, from: 'host-b' }),
+  );
+  assert.ok(ha.status >= 400 && ha.status < 500, ha.body);
+  const after = await ferryOk<Array<{ name: string }>>(['vm', 'list', '--json'], { lab: L.lab });
+  assert.deepEqual(
+    after.map((v) => v.name),
+    before.map((v) => v.name),
+  );
+  assert.equal(fs.existsSync('/var/tmp/stolen1'), false);
+  agent.destroy();
+});

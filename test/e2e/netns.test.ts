@@ -6,11 +6,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
+import { waitProbe } from './lab.js';
 import { labUp, runCell, useFaultLab } from '../faults/harness.js';
+import { readStreamCounters, startStreamCounters, stopStreamCounters } from '../faults/stream-counters.js';
 import { labNetId } from '../../src/lab/netns.js';
 import type { LabStatus } from '../../src/lab/lab.js';
-import type { HostView } from '../../src/api/schemas.js';
+import type { HostView, VmView } from '../../src/api/schemas.js';
 
 const L = useFaultLab();
 const status = (): Promise<LabStatus> => ferryOk<LabStatus>(['lab', 'status', '--dir', L.lab, '--json']);
@@ -70,7 +73,50 @@ test(
   },
 );
 
-// CI's share of the matrix: one cell per kind and the two the issue names.
+// Before any stream exists: the destination has no address in its migration networks (Node
+// lists only links that are up and running) and must refuse, not listen on its management address.
+test('a move to a host whose migration link is down fails: no fall-back to the management network', async () => {
+  const ns = (await status()).hosts.find((h) => h.name === 'host-b')?.netns;
+  assert.ok(ns);
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'nc0',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--path',
+      path.join(L.lab, 'shared', 'nc0'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
+  try {
+    await waitProbe(L, vm, 5, 90_000);
+    await ferryOk(['lab', 'cut', 'host-b', '--link', 'migration'], { lab: L.lab });
+    await startStreamCounters(ns);
+    const r = await ferry(['move-vm', 'nc0', '--to', 'host-b', '--json'], { lab: L.lab, timeoutMs: 180_000 });
+    assert.notEqual(r.code, 0, 'the move fails');
+    assert.match(r.stdout + r.stderr, /E_MIGRATION_NETWORK|none of its addresses is in its migration networks/);
+    if (r.stdout.trim()) assert.equal((JSON.parse(r.stdout) as { state: string }).state, 'failed');
+    assert.deepEqual(await readStreamCounters(ns), { migration: 0, management: 0, loopback: 0 });
+    const v = await ferryOk<VmView>(['vm', 'show', 'nc0', '--json'], { lab: L.lab });
+    assert.deepEqual([v.host, v.state], ['host-a', 'running']);
+    const there = await ferryOk<VmView[]>(['vm', 'list', '--host', 'host-b', '--json'], { lab: L.lab });
+    assert.ok(!there.some((x) => x.name === 'nc0'), 'nothing left on host-b');
+  } finally {
+    await stopStreamCounters(ns);
+    await ferry(['lab', 'restore', 'host-b', '--link', 'migration'], { lab: L.lab });
+    await ferry(['vm', 'stop', 'nc0', '--force'], { lab: L.lab });
+    await ferry(['vm', 'rm', 'nc0'], { lab: L.lab });
+  }
+});
+
+// CI's share of the matrix: one cell per kind and the two the issue names. The migration network
+// cuts must fail (expect.ts), with no stream byte reaching host-b but on its migration network.
 test('live × copying-memory × migration network cut', async () => {
   await runCell(L, 'live', 'copying-memory', 'migration-net-cut');
 });

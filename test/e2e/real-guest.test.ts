@@ -86,7 +86,11 @@ async function waitLogin(vm: VmView, t0: number): Promise<number> {
   }
 }
 
-/** One move, then the markers across it: the gap is at most the move's downtime + 2 s. */
+/**
+ * One move, then the markers across it: the gap is at most the move's downtime + 3 s (the
+ * guest's 1 s marker interval, and up to 2 s of TCG scheduling on a busy 2-core machine:
+ * a gap of 2.1 s after a 97 ms downtime was seen). A stopped guest would show tens of seconds.
+ */
 async function moveAndCheck(m: Markers, what: string, args: string[], diag: (s: string) => void): Promise<void> {
   await m.waitFor(m.last + 3, 60_000);
   const before = m.last;
@@ -96,7 +100,7 @@ async function moveAndCheck(m: Markers, what: string, args: string[], diag: (s: 
   const { maxGapMs } = m.check(before, m.last);
   const downtime = rec.downtimeMs ?? 0;
   diag(`${what}: total ${rec.totalMs} ms, downtime ${downtime} ms, largest marker gap ${maxGapMs} ms`);
-  assert.ok(maxGapMs <= downtime + 2000, `${what}: marker gap ${maxGapMs} ms > downtime ${downtime} ms + 2 s`);
+  assert.ok(maxGapMs <= downtime + 3000, `${what}: marker gap ${maxGapMs} ms > downtime ${downtime} ms + 3 s`);
 }
 
 async function show(name: string): Promise<VmView> {

@@ -12,6 +12,7 @@ import {
   type Kind,
   type Phase,
 } from './harness.js';
+import { expected } from './expect.js';
 
 /** The cells `npm test` runs (test/e2e/netns.test.ts). */
 export const CI_CELLS: Array<[Kind, Phase, Fault]> = [
@@ -73,7 +74,8 @@ for (const k of KINDS) {
       }
       const what =
         r.state === 'completed' ? 'completed' : r.state === 'cancelled' ? 'cancelled' : (r.code ?? r.state ?? '');
-      if (r.ok) {
+      // A result from before the cells stated their outcomes may pass with a state its cell does not allow.
+      if (r.ok && (expected(k, p, f).outcomes as readonly string[]).includes(r.state ?? '')) {
         pass++;
         return `✔ ${what}${ci}`;
       }

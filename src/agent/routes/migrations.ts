@@ -2,6 +2,7 @@ import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { peerActions } from '../../api/peer-actions.js';
 import { registerAction } from '../server.js';
+import { FerryError } from '../../errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { MigrationManager } from '../../migration/manager.js';
 import type { HostSettings } from '../host-settings.js';
@@ -39,20 +40,35 @@ export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
       migrationSafe: m.migrationSafe,
     })),
   );
-  registerAction(app, peerActions.prepare, ({ body, signal }, req) =>
-    p.migrations.incoming.prepare(body, { signal, localAddress: req.socket.localAddress }),
-  );
-  registerAction(app, peerActions.status, ({ params }) => Promise.resolve(p.migrations.incoming.view(params.id)));
-  registerAction(app, peerActions.finish, ({ params }) => p.migrations.incoming.finish(params.id));
-  registerAction(app, peerActions.abort, async ({ params }) => {
-    await p.migrations.incoming.abort(params.id);
+  const incoming = p.migrations.incoming;
+  registerAction(app, peerActions.prepare, ({ body, signal }, req) => {
+    incoming.assertSource(body.jobId, req.peer, body.source);
+    return incoming.prepare(body, { signal, localAddress: req.socket.localAddress });
+  });
+  registerAction(app, peerActions.status, ({ params }, req) => {
+    incoming.assertSource(params.id, req.peer);
+    return Promise.resolve(incoming.view(params.id));
+  });
+  registerAction(app, peerActions.finish, ({ params }, req) => {
+    incoming.assertSource(params.id, req.peer);
+    return incoming.finish(params.id);
+  });
+  registerAction(app, peerActions.abort, async ({ params }, req) => {
+    incoming.assertSource(params.id, req.peer);
+    await incoming.abort(params.id);
     return { ok: true as const };
   });
   registerAction(app, peerActions.haStart, async ({ body }) => {
     await p.cluster.haStart(body.spec, body.generation);
     return { ok: true as const };
   });
-  registerAction(app, peerActions.adopt, async ({ body }) => {
+  registerAction(app, peerActions.adopt, async ({ body }, req) => {
+    if (req.peer?.role !== 'admin' && req.peer?.name !== body.source)
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot adopt VM '${body.spec.name}': host '${req.peer?.name ?? '?'}' is not its source ` +
+          `'${body.source}'; a host may hand over only its own VMs`,
+      );
     const sent = parseVmSpec(body.spec, 'accept the VM');
     const arrival = await decideArrival(p.cluster.joined ? p.cluster : null, sent, body.source);
     const spec = arrivingSpec(sent, arrival);

@@ -9,9 +9,9 @@ import { FerryError, InvalidInputError } from '../../errors.js';
 import { withClients, type Clients, type GlobalOpts } from '../context.js';
 import { printJson, printTable } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
-import { sleep } from '../../util/exec.js';
 import { EXIT } from '../exit.js';
 import { prepareJoin } from '../../cluster/auth.js';
+import { BatchLines, BatchWatch } from '../batch-follow.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 const PRIORITY = PRIORITIES;
@@ -125,59 +125,61 @@ export function registerCluster(program: Command): void {
     .option('--no-wait', 'return once the drain has started')
     .option('--json', 'JSON')
     .action(async (node, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const r = await anyMember(c, (client) =>
-          client.call(
-            actions.clusterDrain,
-            { params: { name: node }, body: { dryRun: Boolean(o.dryRun) } },
-            { timeoutMs: 300_000 },
-          ),
-        );
-        if (o.dryRun) {
-          if (o.json) printJson(r.plan);
-          else {
-            printTable(
-              ['VM', 'STATE', 'MEMORY', 'PRIORITY', 'TO', 'HOW', 'BLOCKERS / WARNINGS'],
-              r.plan.items.map((i) => [
-                i.vm,
-                i.state,
-                `${i.memoryMiB} MiB`,
-                i.priority,
-                i.to ?? 'BLOCKED',
-                i.kind ?? '-',
-                [...i.blockers.map((b) => `${b.code}: ${b.message}`), ...i.warnings].join(' | ') || '-',
-              ]),
+      await withClients((cmd as Cmd).optsWithGlobals(), (c) =>
+        watchingIf(c, !o.dryRun && o.wait, async (w) => {
+          const r = await anyMember(c, (client) =>
+            client.call(
+              actions.clusterDrain,
+              { params: { name: node }, body: { dryRun: Boolean(o.dryRun) } },
+              { timeoutMs: 300_000 },
+            ),
+          );
+          if (o.dryRun) {
+            if (o.json) printJson(r.plan);
+            else {
+              printTable(
+                ['VM', 'STATE', 'MEMORY', 'PRIORITY', 'TO', 'HOW', 'BLOCKERS / WARNINGS'],
+                r.plan.items.map((i) => [
+                  i.vm,
+                  i.state,
+                  `${i.memoryMiB} MiB`,
+                  i.priority,
+                  i.to ?? 'BLOCKED',
+                  i.kind ?? '-',
+                  [...i.blockers.map((b) => `${b.code}: ${b.message}`), ...i.warnings].join(' | ') || '-',
+                ]),
+              );
+              process.stdout.write(
+                `\n${r.plan.movable} VM(s) can move, ${r.plan.blocked} blocked; nothing was changed (dry run)\n`,
+              );
+            }
+            return;
+          }
+          if (!w) {
+            if (o.json) printJson(r.batch);
+            else
+              process.stdout.write(
+                `drain of ${node} started: ${r.plan.movable} VM(s) to move, ${r.plan.blocked} blocked; node paused. ` +
+                  "Follow it with 'ferry cluster status'\n",
+              );
+            return;
+          }
+          if (!r.batch)
+            throw new FerryError(
+              'E_BATCH_GONE',
+              `Cannot follow the drain of ${node}: the agent started none; see 'ferry cluster status'`,
             );
+          const done = await followBatch(w, r.batch, Boolean(o.json));
+          if (o.json) printJson(done);
+          else {
+            printBatchItems(done);
             process.stdout.write(
-              `\n${r.plan.movable} VM(s) can move, ${r.plan.blocked} blocked; nothing was changed (dry run)\n`,
+              `drain of ${node}: ${done.state}; ${node} stays paused until 'ferry cluster resume ${node}'\n`,
             );
           }
-          return;
-        }
-        if (!o.wait) {
-          if (o.json) printJson(r.batch);
-          else
-            process.stdout.write(
-              `drain of ${node} started: ${r.plan.movable} VM(s) to move, ${r.plan.blocked} blocked; node paused. ` +
-                "Follow it with 'ferry cluster status'\n",
-            );
-          return;
-        }
-        if (!r.batch)
-          throw new FerryError(
-            'E_BATCH_GONE',
-            `Cannot follow the drain of ${node}: the agent started none; see 'ferry cluster status'`,
-          );
-        const done = await followBatch(c, node, r.batch, Boolean(o.json));
-        if (o.json) printJson(done);
-        else {
-          printBatchItems(done);
-          process.stdout.write(
-            `drain of ${node}: ${done.state}; ${node} stays paused until 'ferry cluster resume ${node}'\n`,
-          );
-        }
-        if (done.state !== 'completed') process.exitCode = EXIT.failed;
-      });
+          if (done.state !== 'completed') process.exitCode = EXIT.failed;
+        }),
+      );
     });
 
   cluster
@@ -188,35 +190,37 @@ export function registerCluster(program: Command): void {
     .option('--no-wait', 'return once the fail-back has started')
     .option('--json', 'JSON')
     .action(async (node, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
-        const r = await anyMember(c, (client) =>
-          client.call(
-            actions.clusterResume,
-            { params: { name: node }, body: { failback: Boolean(o.failback) } },
-            { timeoutMs: 120_000 },
-          ),
-        );
-        if (!o.failback || !r.batch || !o.wait) {
-          if (o.json) printJson(r);
-          else
-            process.stdout.write(
-              `${node} resumed` +
-                (r.batch?.kind === 'drain' && r.batch.state === 'aborted'
-                  ? ' (its drain stopped: queued moves cancelled)'
-                  : '') +
-                (o.failback ? `; fail-back ${r.batch?.state ?? 'started'}` : '') +
-                '\n',
-            );
-          return;
-        }
-        const done = await followBatch(c, node, r.batch, Boolean(o.json));
-        if (o.json) printJson(done);
-        else {
-          printBatchItems(done);
-          process.stdout.write(`fail-back to ${node}: ${done.state}\n`);
-        }
-        if (done.state !== 'completed') process.exitCode = EXIT.failed;
-      });
+      await withClients((cmd as Cmd).optsWithGlobals(), (c) =>
+        watchingIf(c, Boolean(o.failback) && o.wait, async (w) => {
+          const r = await anyMember(c, (client) =>
+            client.call(
+              actions.clusterResume,
+              { params: { name: node }, body: { failback: Boolean(o.failback) } },
+              { timeoutMs: 120_000 },
+            ),
+          );
+          if (!w || !r.batch) {
+            if (o.json) printJson(r);
+            else
+              process.stdout.write(
+                `${node} resumed` +
+                  (r.batch?.kind === 'drain' && r.batch.state === 'aborted'
+                    ? ' (its drain stopped: queued moves cancelled)'
+                    : '') +
+                  (o.failback ? `; fail-back ${r.batch?.state ?? 'started'}` : '') +
+                  '\n',
+              );
+            return;
+          }
+          const done = await followBatch(w, r.batch, Boolean(o.json));
+          if (o.json) printJson(done);
+          else {
+            printBatchItems(done);
+            process.stdout.write(`fail-back to ${node}: ${done.state}\n`);
+          }
+          if (done.state !== 'completed') process.exitCode = EXIT.failed;
+        }),
+      );
     });
 
   cluster
@@ -340,31 +344,27 @@ export function registerCluster(program: Command): void {
   }
 }
 
-/** Follows a drain or fail-back to its end, printing each VM's result as it comes. */
-async function followBatch(c: Clients, node: string, first: BatchView, json: boolean): Promise<BatchView> {
-  const said = new Map<string, string>();
-  const startedAt = first.startedAt;
-  let b = first;
-  for (;;) {
-    for (const i of b.items) {
-      const line = `${i.vm}: ${i.state}${i.to ? ` → ${i.to}` : ''}${i.reason ? ` (${i.reason})` : ''}`;
-      if (!json && said.get(i.vm) !== line && i.state !== 'pending') {
-        process.stderr.write(`  ${line}\n`);
-        said.set(i.vm, line);
-      }
-    }
-    if (b.state !== 'running') return b;
-    await sleep(500);
-    const v = await anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 })).catch(
-      () => null,
-    );
-    const next = v?.batches.find((x) => x.node === node && x.startedAt === startedAt);
-    if (next) b = next;
-    else if (v)
-      throw new FerryError(
-        'E_BATCH_GONE',
-        `Cannot follow the ${first.kind} of ${node}: another drain or fail-back replaced it; ` +
-          "see 'ferry cluster status'",
-      );
+/**
+ * Opens the event streams of the context's hosts (when the command waits for a batch) before
+ * `start` runs, so that no event of the batch it starts is missed; closes them after.
+ */
+async function watchingIf<T>(c: Clients, wait: boolean, start: (w: BatchWatch | null) => Promise<T>): Promise<T> {
+  if (!wait) return start(null);
+  const w = await BatchWatch.open({
+    clients: c.all(),
+    readCluster: () => anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 })),
+  });
+  try {
+    return await start(w);
+  } finally {
+    w.close();
   }
+}
+
+/** Follows a drain or fail-back to its end, printing each VM's result as it comes. */
+function followBatch(w: BatchWatch, first: BatchView, json: boolean): Promise<BatchView> {
+  const lines = new BatchLines();
+  return w.follow(first, (b) => {
+    if (!json) lines.batch(b);
+  });
 }

@@ -33,6 +33,7 @@ import type { Job } from '../job.js';
 import { folderFiles, type StoragePlan } from '../plan.js';
 import { testHold } from '../policy.js';
 import { copyEta, foldMirrorProgress } from '../progress.js';
+import { claimFile, makeFolders, removeFolders } from '../claim.js';
 import type { SlotQueue } from '../queue.js';
 import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
 
@@ -53,22 +54,6 @@ const moving = (ctx: StorageCtx): VmSpec['disks'] =>
 
 const configMoves = (ctx: StorageCtx): boolean =>
   path.resolve(ctx.plan.configPath) !== path.resolve(ctx.spec.configPath);
-
-/** Creates `file` only if nothing is there (O_EXCL): the path is then this move's to fill. */
-async function claimFile(file: string): Promise<void> {
-  try {
-    await (await fsp.open(file, 'wx')).close();
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-    throw new FerryError(
-      'E_DEST_PATH',
-      `Cannot write ${file}: a file is already there (another move?); choose another path`,
-      {
-        context: { path: file },
-      },
-    );
-  }
-}
 
 const slot: Step<StorageCtx> = {
   name: 'slot',
@@ -99,38 +84,17 @@ const dirs: Step<StorageCtx> = {
       `planning: ${m.length} disk(s)${configMoves(ctx) ? ' and the config folder' : ''} to move`,
     );
     await testHold('preparing', s.log, s.signal);
-    const created: string[] = [];
     const p = ctx.plan;
     // The plan and the spec as they were: recovery after a restart works from these.
-    s.record({ plan: p, spec: ctx.spec, created });
-    for (const dir of new Set([
-      p.configPath,
-      p.checkpointPath,
-      p.pagingPath,
-      ...m.map((d) => path.dirname(p.disks[d.id] ?? d.path)),
-    ])) {
-      const missing: string[] = [];
-      for (let x = dir; !(await exists(x)); x = path.dirname(x)) missing.unshift(x);
-      for (const x of missing) {
-        // Made first, then journalled: only folders this move made are ever removed.
-        const made = await fsp.mkdir(x).then(
-          () => true,
-          (err: unknown) => {
-            if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
-            return false;
-          },
-        );
-        if (made) {
-          created.push(x);
-          s.record({ plan: p, spec: ctx.spec, created });
-        }
-      }
-    }
+    s.record({ plan: p, spec: ctx.spec, created: [] });
+    const dirs = [p.configPath, p.checkpointPath, p.pagingPath, ...m.map((d) => path.dirname(p.disks[d.id] ?? d.path))];
+    const created = await makeFolders(dirs, (c) => {
+      s.record({ plan: p, spec: ctx.spec, created: c });
+    });
     return { plan: p, spec: ctx.spec, created };
   },
   async undo(_ctx, data) {
-    for (const d of [...((data.created as string[] | undefined) ?? [])].reverse())
-      await fsp.rmdir(d).catch(() => undefined);
+    await removeFolders(Array.isArray(data.created) ? data.created.filter((x) => typeof x === 'string') : []);
   },
 };
 
@@ -174,7 +138,7 @@ const mirror: Step<StorageCtx> = {
     const bandwidth = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
     for (const d of moving(ctx)) {
       const dest = ctx.plan.disks[d.id] ?? d.path;
-      await claimFile(dest);
+      await claimFile(dest, 'a disk of the moved VM');
       created.push(dest);
       s.record({ created, nodes, mirrors, olds });
       const info = await imageInfo(d.path, { forceShare: true, format: d.format });
@@ -223,7 +187,7 @@ const convert: Step<StorageCtx> = {
     const m = moving(ctx);
     for (const [i, d] of m.entries()) {
       const dest = ctx.plan.disks[d.id] ?? d.path;
-      await claimFile(dest);
+      await claimFile(dest, 'a disk of the moved VM');
       created.push(dest);
       s.record({ created });
       await convertImage(d.path, dest, {
