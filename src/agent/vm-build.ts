@@ -10,6 +10,7 @@ import type { CreateVmOptions } from '../vm/lifecycle.js';
 import { newMac, newVmId, type DiskSpec, type VmSpecInput } from '../vm/spec.js';
 import { assertInUsablePool, findPool, type PoolDef } from '../storage/pools.js';
 import type { VmCreateBody } from '../api/schemas.js';
+import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
 
 export interface BuildContext {
   host: string;
@@ -81,6 +82,15 @@ export async function buildVm(body: VmCreateBody, ctx: BuildContext): Promise<Bu
   }
   built.spec.nics = body.switches.map((s, i) => ({ id: `nic${i}`, switch: s, mac: newMac() }));
   built.spec.ha = body.ha;
+  if (body.ha) {
+    assertHaStorage(
+      haFiles({ disks: built.spec.disks ?? [], configPath: folder }),
+      ctx.pools,
+      `create HA VM '${body.name}'`,
+      `put its folder and disks on a shared pool (--path ${sharedPoolHint(ctx.pools)}, --disk SIZE,pool=POOL)`,
+      body.name,
+    );
+  }
   if (body.cluster) {
     if (!body.ha)
       throw new InvalidInputError(

@@ -48,6 +48,8 @@ export const IncomingView = z.object({
   tlsHostname: z.string(),
   reason: z.string().nullable(),
   nbd: z.object({ host: z.string(), port: z.number() }).nullable(),
+  /** The VM arrives not HA here (it left its cluster): why, for the move's log. */
+  haNote: z.string().optional(),
 });
 export type IncomingView = z.infer<typeof IncomingView>;
 
@@ -124,7 +126,7 @@ export const peerActions = {
     path: '/v1/peer/adopt',
     summary: 'Register a stopped VM whose files this host already sees',
     body: AdoptRequest,
-    response: z.object({ ok: z.literal(true) }),
+    response: z.object({ ok: z.literal(true), haNote: z.string().optional() }),
     roles: peer,
   }),
 } as const;

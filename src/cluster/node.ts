@@ -9,13 +9,14 @@ import { FerryError, NotFoundError, messageOf } from '../errors.js';
 import type { ClusterView, VmView } from '../api/schemas.js';
 import type { Priority } from '../api/defaults.js';
 import type { EventBus } from '../events/bus.js';
-import { poolOf, type PoolDef } from '../storage/pools.js';
+import type { PoolDef } from '../storage/pools.js';
 import { loadVm, saveVm } from '../vm/folder.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { sleep } from '../util/exec.js';
 import { definedFields } from '../util/fields.js';
 import { Membership, type ClusterConfig } from './membership.js';
 import { putHaRecord, type HaRecord } from './ha.js';
+import { assertHaStorage, haFiles, sharedPoolHint } from './ha-storage.js';
 import { DEFAULT_POLICY, type ClusterPolicy } from './model.js';
 import * as K from './keys.js';
 import type { ClusterCtx } from './context.js';
@@ -221,23 +222,13 @@ export class ClusterNode {
     const m = this.need(`add VM '${name}' to a cluster`);
     m.need(`add VM '${name}' to the cluster`);
     return this.d.vms.configure(name, async (spec) => {
-      const pools = this.d.pools();
-      const files = [
-        ...spec.disks.map((d) => ({ what: `disk ${d.id}`, path: d.path })),
-        { what: 'its folder', path: spec.configPath },
-      ];
-      for (const f of files) {
-        const pool = poolOf(pools, f.path);
-        if (pool?.kind !== 'shared') {
-          throw new FerryError(
-            'E_STORAGE_NOT_SHARED',
-            `Cannot add VM '${name}' to cluster '${m.name}': ${f.what} (${f.path}) is ` +
-              `${pool ? `in local pool '${pool.name}'` : 'in no pool'}, so no other node could restart it; ` +
-              `move it to a shared pool first ('ferry move-storage ${name} --path /shared/...')`,
-            { context: { vm: name, path: f.path } },
-          );
-        }
-      }
+      assertHaStorage(
+        haFiles(spec),
+        this.d.pools(),
+        `add VM '${name}' to cluster '${m.name}'`,
+        `move it to a shared pool first ('ferry move-storage ${name} --path ${sharedPoolHint(this.d.pools())}')`,
+        name,
+      );
       spec.ha = true;
       spec.cluster = {
         ...DEFAULT_POLICY,

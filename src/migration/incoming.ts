@@ -15,6 +15,8 @@ import { assertInUsablePool, poolStatus } from '../storage/pools.js';
 import { configFile, exists, saveVm } from '../vm/folder.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import { arrivingSpec, decideArrival } from './arrival.js';
+import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
@@ -38,6 +40,8 @@ interface Incoming {
   nbd: { host: string; port: number } | null;
   /** Disk files Prepare created (for the full-pool diagnosis). */
   disks: string[];
+  /** Why the VM arrives not HA (it left its cluster); its vm.json is rewritten on arrival. */
+  haNote: string | null;
 }
 
 interface IncomingCtx {
@@ -309,6 +313,14 @@ class IncomingSink implements RunnerSink {
   }
 }
 
+/**
+ * A VM that arrives not HA: its vm.json says so from now on. With shared storage that file is the
+ * one the source ran from (Prepare wrote none), so it is rewritten only once the VM is ours.
+ */
+async function keepArrivalHa(i: Incoming): Promise<void> {
+  if (i.haNote && i.req.storage === undefined) await saveVm(i.spec);
+}
+
 export class IncomingManager {
   private items = new Map<string, Incoming>();
   constructor(
@@ -369,6 +381,7 @@ export class IncomingManager {
       reason: null,
       nbd: null,
       disks: [],
+      haNote: null,
     };
   }
 
@@ -414,6 +427,7 @@ export class IncomingManager {
       tlsHostname: name,
       reason: i.reason ?? this.diagnose(i),
       nbd: i.nbd,
+      ...(i.haNote ? { haNote: i.haNote } : {}),
     };
   }
 
@@ -454,7 +468,9 @@ export class IncomingManager {
     opts: { signal?: AbortSignal; localAddress?: string } = {},
   ): Promise<IncomingView> {
     const host = this.host;
-    const spec = parseVmSpec(req.spec, 'accept the incoming VM');
+    const sent = parseVmSpec(req.spec, 'accept the incoming VM');
+    const arrival = await decideArrival(host.cluster(), sent, req.source);
+    const spec = arrivingSpec(sent, arrival);
     if (!host.settings().enabled) {
       throw new FerryError(
         'E_MIGRATION_DISABLED',
@@ -467,6 +483,17 @@ export class IncomingManager {
       throw new FerryError(
         'E_NAME_EXISTS',
         `Cannot receive VM '${spec.name}' on host '${host.name}': a VM with that name or id is already here`,
+      );
+    }
+    if (req.storage && spec.ha) {
+      // Shared nothing inside the cluster: the HA VM's new files must be where every node sees them.
+      assertHaStorage(
+        haFiles(spec),
+        host.pools(),
+        `receive HA VM '${spec.name}' on host '${host.name}'`,
+        `give a destination on a shared pool (--storage-path ${sharedPoolHint(host.pools())}), or first make it ` +
+          `not HA ('ferry cluster remove-vm ${spec.name}')`,
+        spec.name,
       );
     }
     if (req.storage) await this.checkStorage(spec, req.storage);
@@ -482,6 +509,7 @@ export class IncomingManager {
       reason: null,
       nbd: null,
       disks: [],
+      haNote: arrival.note,
     };
     this.items.set(req.jobId, item);
     const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
@@ -550,6 +578,7 @@ export class IncomingManager {
       await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
       await proc.quit({ timeoutMs: 10_000 });
       i.state = 'running';
+      await keepArrivalHa(i);
       await host.vms.arrivedStopped(i.spec, { skipStorageCheck: true });
     } else {
       // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
@@ -580,6 +609,7 @@ export class IncomingManager {
       const run = await proc.qmp.execute('query-status', undefined, opts);
       if (!run.running) await proc.qmp.execute('cont', undefined, opts);
       i.state = 'running';
+      await keepArrivalHa(i);
       host.vms.arrivedRunning(i.spec, proc);
     }
     host.store.journalDrop(journalId(jobId));

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { FerryError, InvalidInputError } from '../errors.js';
 import type { HostView } from '../api/schemas.js';
 import type { IncomingRequest } from '../api/peer-actions.js';
+import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
 import { imageInfo } from '../qemu/img.js';
 import { assertInUsablePool, isInside, poolOf, poolStatus, type PoolDef } from '../storage/pools.js';
 import { configFile, exists } from '../vm/folder.js';
@@ -150,6 +151,17 @@ export async function storagePlan(
     throw new InvalidInputError(
       `Cannot move storage of VM '${spec.name}': everything is already there; ` +
         'give a new --path, --vhd or --config-path',
+    );
+  }
+  if (spec.ha) {
+    // Every node of the cluster must see where the HA VM is going, or no fail-over could restart it.
+    assertHaStorage(
+      haFiles({ disks: spec.disks.map((d) => ({ id: d.id, path: plan.disks[d.id] ?? d.path })), configPath }),
+      pools,
+      `move storage of HA VM '${spec.name}'`,
+      `choose a shared pool (--path ${sharedPoolHint(pools)}), or first make it not HA ` +
+        `('ferry cluster remove-vm ${spec.name}')`,
+      spec.name,
     );
   }
   const need = new Map<PoolDef, number>();

@@ -7,6 +7,9 @@ import type { ClusterNode } from '../../cluster/node.js';
 import type { MigrationManager } from '../../migration/manager.js';
 import type { HostSettings } from '../host-settings.js';
 import type { VmInventory } from '../vms.js';
+import { arrivingSpec, decideArrival } from '../../migration/arrival.js';
+import { saveVm } from '../../vm/folder.js';
+import { parseVmSpec } from '../../vm/spec.js';
 
 export function migrationRoutes(app: FastifyInstance, migrations: MigrationManager): void {
   registerAction(app, actions.compare, ({ body, signal }) =>
@@ -66,7 +69,12 @@ export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
         `Cannot adopt VM '${body.spec.name}': host '${req.peer?.name ?? '?'}' is not its source ` +
           `'${body.source}'; a host may hand over only its own VMs`,
       );
-    await p.vms.arrivedStopped(body.spec);
-    return { ok: true as const };
+    const sent = parseVmSpec(body.spec, 'accept the VM');
+    const arrival = await decideArrival(p.cluster.joined ? p.cluster : null, sent, body.source);
+    const spec = arrivingSpec(sent, arrival);
+    await p.vms.arrivedStopped(spec);
+    // Its vm.json (on storage both hosts see) says from now on that it is not HA.
+    if (arrival.note) await saveVm(spec);
+    return { ok: true as const, ...(arrival.note ? { haNote: arrival.note } : {}) };
   });
 }

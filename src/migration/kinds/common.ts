@@ -125,6 +125,7 @@ export async function prepareDestination(
     try {
       const v = await ctx.dest.call(peerActions.prepare, { body }, { signal, timeoutMs: 120_000 });
       if (r.state === 'queued') ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
+      if (v.haNote) ctx.job.log(`${ctx.to.name}: ${v.haNote}`);
       return v;
     } catch (err) {
       if (!(err instanceof FerryError) || err.code !== 'E_HOST_BUSY') throw err;

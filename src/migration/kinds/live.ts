@@ -499,7 +499,10 @@ export async function leftCluster(ctx: SourceCtx, log: (m: string) => void): Pro
   if (!ctx.spec?.ha || !cluster) return;
   if (await cluster.isMember(ctx.to.name).catch(() => true)) return;
   await cluster.forgetVm(ctx.spec.name).catch(() => undefined);
-  log(`${ctx.spec.name} left cluster '${cluster.name}': ${ctx.to.name} is not a member`);
+  log(
+    `${ctx.spec.name} left cluster '${cluster.name}': ${ctx.to.name} is not a member; its HA record was deleted ` +
+      'and it is not HA there (ha: false)',
+  );
 }
 
 /**

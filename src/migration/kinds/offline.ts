@@ -27,8 +27,13 @@ const adoptStep: Step<SourceCtx> = {
       );
     }
     ctx.job.enter('switching-over', `registering ${spec.name} on ${ctx.to.name}`);
-    await ctx.dest.call(peerActions.adopt, { body: { source: ctx.host.name, spec } }, { timeoutMs: 60_000 });
+    const out = await ctx.dest.call(
+      peerActions.adopt,
+      { body: { source: ctx.host.name, spec } },
+      { timeoutMs: 60_000 },
+    );
     ctx.job.log('the destination registered the VM');
+    if (out.haNote) ctx.job.log(`${ctx.to.name}: ${out.haNote}`);
     return undefined;
   },
 };
