@@ -226,6 +226,7 @@ export const ERROR_CODES = {
   // The web console (docs/console.md)
   E_CONSOLE_NO_USERS: conflict('the console has no users yet; add one with ferry console user add'),
   E_CONSOLE_TLS: input("the console's TLS files are missing or wrong"),
+  E_AUDIT_UNREADABLE: failed("the agent's audit log cannot be read; its permissions or the disk need a look"),
   E_CONSOLE_INTERNAL: failed('the console failed; its log has the details'),
   E_CONSOLE_USERS_MODE: input('the console users file is readable by others'),
   E_CONSOLE_USERS_INVALID: failed('the console users file is not valid'),

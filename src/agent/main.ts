@@ -9,6 +9,8 @@ import { domainIdOfCa } from '../domain/ca.js';
 import { loadAgentConfig } from './config.js';
 import { Engine } from './engine.js';
 import { buildServer } from './server.js';
+import { AuditLog } from './audit.js';
+import { auditRoutes } from './routes/audit.js';
 import { hostRoutes } from './routes/host.js';
 import { domainRoutes } from './routes/domain.js';
 import { HostTls } from './tls.js';
@@ -74,7 +76,11 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   const tls = await HostTls.open(cfg.tls, { name: cfg.name, port: cfg.listen.port }, logger);
   const engine = new Engine(cfg, domainId);
   await engine.init();
-  const app = await buildServer({ cfg, logger, domainId, tls });
+  const audit = new AuditLog(path.join(cfg.dataDir, 'audit.log'), {
+    onError: (err) => logger.error({ err: messageOf(err) }, 'cannot append to the audit log'),
+  });
+  const app = await buildServer({ cfg, logger, domainId, tls, audit });
+  auditRoutes(app, audit, cfg.name);
   hostRoutes(app, engine.settings, tls);
   domainRoutes(app, tls);
   vmRoutes(app, engine.vms);
@@ -104,6 +110,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
     async close() {
       tls.close();
       await app.close();
+      await audit.flush();
       await engine.close();
     },
   };

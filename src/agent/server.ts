@@ -1,6 +1,7 @@
 // The agent's HTTP layer: HTTPS with mutual TLS, where a request only parses into a typed
 // action (zod) and the agent's parts (VMs, pools, switches, moves…) do the work. Nothing here
 // decides anything about VMs.
+import crypto from 'node:crypto';
 import { TLSSocket } from 'node:tls';
 import Fastify, { LogController, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
@@ -16,8 +17,10 @@ import { FerryError } from '../errors.js';
 import { identityFromSubject, type PeerIdentity, type Role } from '../domain/ca.js';
 import type { Action, Out } from '../api/action.js';
 import { ErrorBody } from '../api/schemas.js';
+import { ACTOR_HEADER, ACTOR_ROLE_HEADER } from '../api/common.js';
 import type { AgentConfig } from './config.js';
 import type { HostTls } from './tls.js';
+import { actorOf, outcomeOf, targetOf, type AuditLog } from './audit.js';
 import type pino from 'pino';
 
 declare module 'fastify' {
@@ -26,6 +29,8 @@ declare module 'fastify' {
   }
   interface FastifyContextConfig {
     roles?: readonly Role[];
+    /** The action's name, for the audit trail. */
+    action?: string;
   }
 }
 
@@ -43,7 +48,7 @@ export function registerAction<A extends Action>(app: FastifyInstance, a: A, han
   app.withTypeProvider<ZodTypeProvider>().route({
     method: a.method,
     url: a.path,
-    config: { roles: a.roles },
+    config: { roles: a.roles, action: a.name },
     ...(a.bodyLimit ? { bodyLimit: a.bodyLimit } : {}),
     schema: {
       summary: a.summary,
@@ -88,11 +93,16 @@ function validationMessage(err: {
  * Sets `req.peer` from the verified client certificate, or says why the request is refused:
  * no certificate of our CA, one of another domain, or a role the route does not admit.
  */
-function checkPeer(req: FastifyRequest, domainId: string): FerryError | null {
+function certificateOf(req: FastifyRequest): PeerIdentity | null {
   const sock = req.raw.socket;
-  const cert = sock instanceof TLSSocket ? sock.getPeerCertificate() : null;
-  const id = cert && Object.keys(cert).length ? identityFromSubject(cert.subject) : null;
-  if (!(sock instanceof TLSSocket) || !sock.authorized || !id) {
+  if (!(sock instanceof TLSSocket) || !sock.authorized) return null;
+  const cert = sock.getPeerCertificate();
+  return Object.keys(cert).length ? identityFromSubject(cert.subject) : null;
+}
+
+function checkPeer(req: FastifyRequest, domainId: string): FerryError | null {
+  const id = certificateOf(req);
+  if (!id) {
     return new FerryError(
       'E_UNAUTHENTICATED',
       'Cannot serve the request: no valid Ferry certificate was presented; use a certificate issued by this domain',
@@ -125,7 +135,12 @@ export interface ServerOptions {
   tls: HostTls;
   logger: pino.Logger;
   domainId: string;
+  /** Where every state-changing request's outcome is recorded. */
+  audit: AuditLog;
 }
+
+/** Requests that change nothing: the audit trail skips them. */
+const READS = new Set(['GET', 'HEAD', 'OPTIONS']);
 
 export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   const app = Fastify({
@@ -138,6 +153,8 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       minVersion: 'TLSv1.2',
     },
     bodyLimit: 1024 * 1024,
+    // Unique across restarts: the audit trail and the log name requests by it.
+    genReqId: () => crypto.randomUUID(),
     logController: new LogController({ disableRequestLogging: true }),
     maxParamLength: 1000,
     // Errors the router raises before any route runs (too long a path, bad URL encoding).
@@ -160,10 +177,48 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   });
 
   // Who is calling: the verified client certificate says role and name.
-  app.addHook('onRequest', (req, _reply, done) => {
+  app.addHook('onRequest', (req, reply, done) => {
+    void reply.header('x-request-id', req.id);
     const refused = checkPeer(req, o.domainId);
     if (refused) done(refused);
     else done();
+  });
+
+  // The audit trail: one hook sees every state-changing request's answer, whichever route
+  // (or refusal before any route) gave it. Error answers are JSON bodies with error.code.
+  const errorCodes = new WeakMap<FastifyRequest, string>();
+  app.addHook('onSend', (req, reply, payload, done) => {
+    if (reply.statusCode >= 400 && !READS.has(req.method) && typeof payload === 'string') {
+      try {
+        const code = (JSON.parse(payload) as { error?: { code?: unknown } }).error?.code;
+        if (typeof code === 'string') errorCodes.set(req, code);
+      } catch {
+        // Not a Ferry error body: the status alone is recorded.
+      }
+    }
+    done(null, payload);
+  });
+  app.addHook('onResponse', (req, reply, done) => {
+    if (!READS.has(req.method)) {
+      const action = req.routeOptions.config.action ?? null;
+      const entry = {
+        time: new Date().toISOString(),
+        requestId: req.id,
+        host: o.cfg.name,
+        ...actorOf(req.peer ?? certificateOf(req), req.headers[ACTOR_HEADER], req.headers[ACTOR_ROLE_HEADER]),
+        action,
+        method: req.method,
+        path: (req.url.split('?')[0] ?? '').slice(0, 1000),
+        target: action ? targetOf(action, req.params, req.body) : null,
+        outcome: outcomeOf(reply.statusCode),
+        status: reply.statusCode,
+        code: errorCodes.get(req) ?? null,
+        ms: Math.round(reply.elapsedTime),
+      };
+      req.log.info({ audit: entry }, 'audit');
+      void o.audit.append(entry);
+    }
+    done();
   });
 
   app.setErrorHandler((err, req, reply) => {

@@ -5,6 +5,8 @@ import { z } from 'zod';
 import { action } from './action.js';
 import {
   AddVmBody,
+  AuditQuery,
+  AuditView,
   BatchView,
   ClusterJoinBody,
   ClusterView,
@@ -397,6 +399,16 @@ export const actions = {
     params: IdParams,
     response: MigrationRecord,
     roles: peer,
+  }),
+  auditList: action({
+    name: 'audit.list',
+    method: 'GET',
+    path: '/v1/audit',
+    summary: "This host's audit trail: who asked for which change, and what came of it (oldest first)",
+    query: AuditQuery,
+    response: AuditView,
+    // Who did what is for admins only: it names every user and what they touched.
+    roles: admin,
   }),
 } as const;
 

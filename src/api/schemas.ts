@@ -538,3 +538,45 @@ export const ClusterJoinBody = z
       .max(9),
   })
   .strict();
+
+/** One line of an agent's audit trail (src/agent/audit.ts). */
+export const AuditEntry = z.object({
+  time: z.iso.datetime(),
+  /** This request's id (also in the agent log and the response's x-request-id header). */
+  requestId: z.string().max(100),
+  /** The agent that executed (or refused) the request. */
+  host: z.string().max(255),
+  /** A certificate's name (a person's or a host's), or the console user. */
+  who: z.string().max(255),
+  /** admin or host (certificates); viewer, operator or admin (console users). */
+  role: z.string().max(32),
+  via: z.enum(['certificate', 'console']),
+  /** role:name of the certificate that made the connection. */
+  certificate: z.string().max(300),
+  /** The action's name (vm.start, peer.ha-start…), or null for a path that is no action. */
+  action: z.string().max(100).nullable(),
+  method: z.string().max(10),
+  path: z.string().max(1000),
+  /** vm:NAME, move:ID, node:NAME, pool:NAME… */
+  target: z.string().max(300).nullable(),
+  outcome: z.enum(['ok', 'refused', 'failed']),
+  status: z.number().int(),
+  /** The error code of a refusal or failure. */
+  code: z.string().max(100).nullable(),
+  ms: z.number().min(0),
+});
+export type AuditEntry = z.infer<typeof AuditEntry>;
+export const AuditQuery = z
+  .object({
+    since: z.iso.datetime().optional(),
+    who: z.string().min(1).max(255).optional(),
+    limit: z.coerce.number().int().min(1).max(10_000).default(1000),
+  })
+  .strict();
+export type AuditQuery = z.infer<typeof AuditQuery>;
+export const AuditView = z.object({
+  host: z.string(),
+  entries: z.array(AuditEntry),
+  /** Lines that are not entries (cut by a crash, edited by hand). */
+  skipped: z.number().int(),
+});

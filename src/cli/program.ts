@@ -11,6 +11,7 @@ import { registerMove } from './commands/move.js';
 import { registerCluster } from './commands/cluster.js';
 import { registerImage } from './commands/image.js';
 import { registerConsole } from './commands/console.js';
+import { registerAudit } from './commands/audit.js';
 
 export function buildProgram(): Command {
   const program = new Command('ferry')
@@ -30,6 +31,7 @@ export function buildProgram(): Command {
   registerAdmin(program);
   registerDomain(program);
   registerConsole(program);
+  registerAudit(program);
   registerGuest(program);
   registerImage(program);
   return program;

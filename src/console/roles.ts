@@ -52,6 +52,8 @@ export const MIN_ROLE: { readonly [K in keyof Actions]: ConsoleRole } = {
   migrationList: 'viewer',
   migrationShow: 'viewer',
   migrationCancel: 'operator',
+  // It names every user and what they touched.
+  auditList: 'admin',
 };
 
 /** The agent's event stream: every role follows it (it is how pages stay current). */

@@ -3,7 +3,7 @@
 // else, every request shows a Host the console is known by; every state-changing request
 // shows the console's own Origin (or Referer) and, once logged in, the session's CSRF token
 // in a header; the proxy forwards only the actions the user's role may call (roles.ts) and
-// tells the agent who asked (X-Ferry-Actor: console:NAME). The app's files hold no data
+// tells the agent who asked (X-Ferry-Actor: console:NAME, X-Ferry-Actor-Role: ROLE). The app's files hold no data
 // and are served to anyone; nothing else is served without a session.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -21,6 +21,7 @@ import { DEFAULT_LIMITS, SessionStore, type Session, type SessionLimits } from '
 import { UserStore, verifyDecoy, verifyPassword, type ConsoleUser } from './users.js';
 import { allowedOrigins, hostAllowed, requestOrigin, setSecurityHeaders } from './guard.js';
 import type { ConsoleTls } from './tls.js';
+import { ACTOR_HEADER, ACTOR_ROLE_HEADER } from '../api/common.js';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -34,8 +35,6 @@ const TYPES: Record<string, string> = {
 };
 /** The header the app sends the session's CSRF token in. */
 export const CSRF_HEADER = 'x-ferry-csrf';
-/** The header that names the console user to the agent (read by the agent's audit trail). */
-export const ACTOR_HEADER = 'x-ferry-actor';
 const SAFE_METHODS = new Set(['GET', 'HEAD']);
 /** Event streams one session may hold open through the proxy (a page needs one per host). */
 const STREAMS_PER_SESSION = 16;
@@ -266,7 +265,8 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
         `Cannot ${req.method} ${agentPath} on ${host}: ${d.reason}` +
           (d.status === 403 ? '; ask a console admin for a role that may' : ''),
       );
-    const headers: Record<string, string> = { [ACTOR_HEADER]: `console:${s.user}` };
+    // The agent's audit trail records the user and role, not the console's certificate.
+    const headers: Record<string, string> = { [ACTOR_HEADER]: `console:${s.user}`, [ACTOR_ROLE_HEADER]: s.role };
     const ac = new AbortController();
     const signals = [ac.signal];
     if (d.action === 'events') {

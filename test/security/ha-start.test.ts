@@ -1,0 +1,105 @@
+// A hostile cluster node with only its own host certificate: it neither leads nor owns the
+// HA VM, and asks the leader's agent and its own to HA-start that VM with the record's own
+// spec and generation. Both refuse (the cluster's record gives the VM to its owner), no QEMU
+// starts, and the record and the inventory stay as they were. 3-host cluster lab, real etcd.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import { ferry, ferryOk } from '../e2e/cli.js';
+import { hostData, type TestLab } from '../e2e/lab.js';
+import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
+import { configFile } from '../../src/vm/folder.js';
+import { sleep } from '../../src/util/exec.js';
+import type { ClusterView, VmView } from '../../src/api/schemas.js';
+
+const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
+before(async () => {
+  L.dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-sec-ha-'));
+  L.lab = path.join(L.dir, 'lab');
+  L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--hosts', '3', '--cluster', '--json']);
+});
+after(async () => {
+  await ferry(['lab', 'down', '--dir', L.lab]);
+  await fsp.rm(L.dir, { recursive: true, force: true });
+});
+
+function post(
+  agent: https.Agent,
+  endpoint: string,
+  url: string,
+  body: unknown,
+): Promise<{ status: number; body: string }> {
+  const u = new URL(endpoint);
+  const text = JSON.stringify(body);
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: u.hostname,
+        port: Number(u.port),
+        method: 'POST',
+        path: url,
+        agent,
+        timeout: 30_000,
+        headers: { 'content-type': 'application/json' },
+      },
+      (res) => {
+        let b = '';
+        res.on('data', (c: Buffer) => (b += c.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error(`POST ${url} timed out`)));
+    req.on('error', reject);
+    req.end(text);
+  });
+}
+
+test("a non-leader node cannot HA-start a VM the cluster's record does not give the target", async () => {
+  const status = (): Promise<ClusterView> => ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab: L.lab });
+  const leader = (await status()).leader;
+  assert.ok(leader, 'the cluster has a leader');
+  const others = L.status.hosts.map((h) => h.name).filter((h) => h !== leader);
+  const [owner, mallory] = others as [string, string];
+  const folder = path.join(L.lab, 'shared', 'ha1');
+  // The cluster records an HA VM while it runs (a stopped one has no record).
+  await ferryOk(
+    ['vm', 'new', 'ha1', '--host', owner, '--guest', 'probe', '--ha', '--path', folder, '--start', '--json'],
+    { lab: L.lab },
+  );
+  let before = (await status()).vms.find((v) => v.name === 'ha1');
+  for (let i = 0; i < 60 && !before; i++) {
+    await sleep(500);
+    before = (await status()).vms.find((v) => v.name === 'ha1');
+  }
+  assert.ok(before, 'ha1 has a cluster record');
+  assert.equal(before.owner, owner);
+  const spec = JSON.parse(await fsp.readFile(configFile(folder), 'utf8')) as unknown;
+
+  const tls = path.join(hostData(L, mallory), 'tls');
+  const agent = new https.Agent({
+    ca: fs.readFileSync(path.join(tls, 'ca.crt')),
+    cert: fs.readFileSync(path.join(tls, 'host.crt')),
+    key: fs.readFileSync(path.join(tls, 'host.key')),
+  });
+  for (const target of [leader, mallory]) {
+    const endpoint = L.status.hosts.find((h) => h.name === target)!.endpoint;
+    const r = await post(agent, endpoint, '/v1/peer/ha-start', { spec, generation: before.generation, from: owner });
+    assert.equal(r.status, 403, `${target}: ${r.body}`);
+    assert.match(r.body, /E_FORBIDDEN/);
+    assert.match(r.body, /the cluster's record does not give it to this host/);
+  }
+  agent.destroy();
+
+  for (const h of [leader, mallory]) assert.deepEqual(await hostQemuPids(hostData(L, h)), [], `no QEMU on ${h}`);
+  const vms = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab: L.lab });
+  assert.deepEqual(
+    vms.filter((v) => v.name === 'ha1').map((v) => `${v.host}:${v.state}`),
+    [`${owner}:running`],
+  );
+  const after = (await status()).vms.find((v) => v.name === 'ha1');
+  assert.deepEqual([after?.owner, after?.generation], [owner, before.generation], 'the record is unchanged');
+});
