@@ -276,11 +276,14 @@ export async function runFence(o: FenceOptions): Promise<void> {
   const ha = new HaList(log);
   let fencedLease: string | null = null;
   let keeping: Keeping | null = null;
+  let last: Liveness | null = null;
   try {
     while (!o.signal?.aborted) {
       if (!fs.existsSync(o.dataDir)) return;
       try {
-        const l = await readLiveness(files.liveness);
+        // A file that does not parse changes nothing: the last good one stands (a dead agent writes no other).
+        const l: Liveness | null = (await readLiveness(files.liveness)) ?? last;
+        last = l;
         if (l) ha.follow(l);
         const now = Date.now();
         const v = keepVerdict(l, now, l ? processAlive(l.agentPid) : true, fencedLease, keeping);
@@ -313,7 +316,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
 }
 
 const STOP_REASON: Record<Exclude<KeepVerdict, { keep: Keeping }>['why'], string> = {
-  'no-agent-yet': 'the liveness file is gone',
+  'no-agent-yet': 'no agent wrote its lease yet',
   fenced: 'it was fenced',
   'agent-alive': 'an agent process runs again',
   renewed: 'the agent renewed it again',
