@@ -257,7 +257,7 @@ export interface FenceOptions {
   log?: (line: string) => void;
   /** Poll period (default 100 ms). */
   periodMs?: number;
-  /** Exit when the lease has been overdue this long and no QEMU is left (default 60 s). */
+  /** Exit when no QEMU is left and the lease went unrenewed (and nothing was fenced) this long (default 60 s). */
   idleExitMs?: number;
 }
 
@@ -277,6 +277,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
   let fencedLease: string | null = null;
   let keeping: Keeping | null = null;
   let last: Liveness | null = null;
+  let fencedAt = 0;
   try {
     while (!o.signal?.aborted) {
       if (!fs.existsSync(o.dataDir)) return;
@@ -297,10 +298,13 @@ export async function runFence(o: FenceOptions): Promise<void> {
         if (keeping && l) ha.keepAlive(keeping, l);
         if (fenceDue(l, now, fencedLease, keeping) && l) {
           fencedLease = l.leaseId;
+          fencedAt = now;
           await fence(o.dataDir, l, ha, now, lastRenewal(l, keeping), log);
           keeping = null;
         }
-        if (l && now - lastRenewal(l, keeping) > (o.idleExitMs ?? 60_000) && qemusOf(o.dataDir).size === 0) {
+        // From the last renewal or fencing: after a grace that ended, the agent still has a minute to come back.
+        const idleSince = l ? Math.max(lastRenewal(l, keeping), fencedAt) : now;
+        if (now - idleSince > (o.idleExitMs ?? 60_000) && qemusOf(o.dataDir).size === 0) {
           log('the agent is gone and no VM runs here: nothing left to guard');
           return;
         }
