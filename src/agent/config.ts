@@ -27,6 +27,11 @@ export const AgentFile = z
         endpoints: z.array(z.url()).min(1),
         /** Failure detection: a node is down this long after it stops renewing its lease (default 5 s). */
         leaseSeconds: z.number().int().min(2).max(60).optional(),
+        /**
+         * How long the host's fence keeps the node lease while the agent's process is gone (a
+         * restart), so its HA VMs run on (default 120 s; 0: fence as after a lease loss).
+         */
+        restartGraceSeconds: z.number().int().min(0).max(3600).optional(),
       })
       .strict()
       .optional(),
@@ -53,7 +58,7 @@ export interface AgentConfig {
   migrationPorts: PortRange | null;
   pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
   switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
-  cluster?: { name: string; endpoints: string[]; leaseSeconds?: number };
+  cluster?: { name: string; endpoints: string[]; leaseSeconds?: number; restartGraceSeconds?: number };
 }
 
 export function parseListen(s: string): { host: string; port: number } {

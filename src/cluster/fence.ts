@@ -11,6 +11,15 @@
 // this node's HA VM (read from etcd with the host's certificate while it can, the last list
 // otherwise), and notes them in DATA/run/fence-report.json so that the agent, back in time,
 // runs them again. While the lease is renewed it never kills anything.
+//
+// An agent restart (systemctl restart, a crash and Restart=on-failure) must not cost the
+// host its HA VMs: while the agent's process is gone (not merely hung: a stopped or wedged
+// agent still holds its pid and is fenced as above) and etcd answers, the fence keeps the
+// agent's node lease alive itself (one keepalive every TTL/3 from its own connection), for at
+// most a grace window (Liveness.graceMs, 120 s by default), and counts its own successful
+// keepalives as renewals. It stops as soon as a new agent writes another lease (the old one
+// then expires by itself) or the agent renews again; if it cannot renew (a partition) or the
+// grace ends, the margin runs out and it fences, before etcd can expire the lease.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -18,10 +27,13 @@ import path from 'node:path';
 import { z } from 'zod';
 import { cliCommand } from '../../guest/paths.js';
 import { isQemuAlive } from '../qemu/process.js';
-import { messageOf } from '../errors.js';
+import { FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { EtcdStore, type ClusterStore } from './store.js';
 import * as K from './keys.js';
+
+/** How long the fence keeps a gone agent's lease by default: room for a restart, not for an outage. */
+export const DEFAULT_GRACE_MS = 120_000;
 
 export const Liveness = z.object({
   version: z.literal(1),
@@ -37,6 +49,8 @@ export const Liveness = z.object({
   /** When the grant, then the last successful keepalive, was sent (ms since the epoch). */
   renewedAt: z.number(),
   agentPid: z.number().int(),
+  /** How long the fence keeps the lease of an agent whose process is gone (0: never). */
+  graceMs: z.number().int().nonnegative().default(DEFAULT_GRACE_MS),
 });
 export type Liveness = z.infer<typeof Liveness>;
 
@@ -49,9 +63,73 @@ export const fenceFiles = (dataDir: string): { liveness: string; report: string;
   log: path.join(dataDir, 'fence.log'),
 });
 
-/** Is the lease overdue (and not fenced for yet)? Pure: the one rule the fence acts on. */
-export function fenceDue(l: Liveness | null, now: number, fencedLease: string | null): boolean {
-  return l !== null && l.leaseId !== fencedLease && now - l.renewedAt > l.lossAfterMs;
+/** The fence keeping the lease of a gone agent. */
+export interface Keeping {
+  leaseId: string;
+  /** When the fence began (the grace counts from here). */
+  since: number;
+  /** When the fence's last successful keepalive was sent (0: none yet). */
+  renewedAt: number;
+  /** etcd answered that the lease expired: fence at once. */
+  expired: boolean;
+}
+
+/** When the lease was last renewed, by the agent or by the fence on its behalf. */
+export function lastRenewal(l: Liveness, keeping: Keeping | null): number {
+  return keeping?.leaseId === l.leaseId ? Math.max(l.renewedAt, keeping.renewedAt) : l.renewedAt;
+}
+
+/**
+ * Is the lease overdue (and not fenced for yet)? Pure: the one rule the fence acts on. The
+ * fence's own keepalives count as renewals; a keepalive answered "expired" makes it due at once.
+ */
+export function fenceDue(
+  l: Liveness | null,
+  now: number,
+  fencedLease: string | null,
+  keeping: Keeping | null = null,
+): boolean {
+  if (l === null || l.leaseId === fencedLease) return false;
+  if (keeping?.leaseId === l.leaseId && keeping.expired) return true;
+  return now - lastRenewal(l, keeping) > l.lossAfterMs;
+}
+
+export type KeepVerdict =
+  | { keep: Keeping }
+  | { keep: null; why: 'no-agent-yet' | 'fenced' | 'agent-alive' | 'renewed' | 'grace-over' | 'overdue' | 'no-grace' };
+
+/**
+ * Should the fence keep the agent's lease alive now? Pure. Only while the agent's process is
+ * gone, the lease is not overdue, and within the grace; a new lease in the file (a new agent
+ * joined) starts over, so the old lease is dropped and expires by itself.
+ */
+export function keepVerdict(
+  l: Liveness | null,
+  now: number,
+  agentAlive: boolean,
+  fencedLease: string | null,
+  keeping: Keeping | null,
+): KeepVerdict {
+  if (l === null) return { keep: null, why: 'no-agent-yet' };
+  if (l.leaseId === fencedLease) return { keep: null, why: 'fenced' };
+  if (agentAlive) return { keep: null, why: 'agent-alive' };
+  const mine = keeping?.leaseId === l.leaseId ? keeping : null;
+  if (mine && l.renewedAt > mine.since) return { keep: null, why: 'renewed' };
+  if (fenceDue(l, now, fencedLease, mine)) return { keep: null, why: 'overdue' };
+  if (l.graceMs <= 0) return { keep: null, why: 'no-grace' };
+  if (mine && now - mine.since >= l.graceMs) return { keep: null, why: 'grace-over' };
+  return { keep: mine ?? { leaseId: l.leaseId, since: now, renewedAt: 0, expired: false } };
+}
+
+/** Is the agent's process there (a zombie is gone; a stopped or hung one is there)? */
+export function processAlive(pid: number): boolean {
+  if (!Number.isInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+  return !/\) Z /.test(readText(`/proc/${pid}/stat`) ?? '');
 }
 
 async function writeAtomic(file: string, text: string): Promise<void> {
@@ -179,7 +257,7 @@ export interface FenceOptions {
   log?: (line: string) => void;
   /** Poll period (default 100 ms). */
   periodMs?: number;
-  /** Exit when the lease has been overdue this long and no QEMU is left (default 60 s). */
+  /** Exit when no QEMU is left and the lease went unrenewed (and nothing was fenced) this long (default 60 s). */
   idleExitMs?: number;
 }
 
@@ -197,18 +275,36 @@ export async function runFence(o: FenceOptions): Promise<void> {
   log(`fence for ${o.dataDir} (pid ${process.pid})`);
   const ha = new HaList(log);
   let fencedLease: string | null = null;
+  let keeping: Keeping | null = null;
+  let last: Liveness | null = null;
+  let fencedAt = 0;
   try {
     while (!o.signal?.aborted) {
       if (!fs.existsSync(o.dataDir)) return;
       try {
-        const l = await readLiveness(files.liveness);
+        // A file that does not parse changes nothing: the last good one stands (a dead agent writes no other).
+        const l: Liveness | null = (await readLiveness(files.liveness)) ?? last;
+        last = l;
         if (l) ha.follow(l);
         const now = Date.now();
-        if (fenceDue(l, now, fencedLease) && l) {
+        const v = keepVerdict(l, now, l ? processAlive(l.agentPid) : true, fencedLease, keeping);
+        if (v.keep && v.keep !== keeping && l)
+          log(
+            `agent ${l.agentPid} of ${l.node} is gone: keeping its lease ${l.leaseId} alive for it ` +
+              `(for at most ${l.graceMs} ms, until a new agent joins)`,
+          );
+        if (!v.keep && keeping) log(`no longer keeping lease ${keeping.leaseId}: ${STOP_REASON[v.why]}`);
+        keeping = v.keep;
+        if (keeping && l) ha.keepAlive(keeping, l);
+        if (fenceDue(l, now, fencedLease, keeping) && l) {
           fencedLease = l.leaseId;
-          await fence(o.dataDir, l, ha, now, log);
+          fencedAt = now;
+          await fence(o.dataDir, l, ha, now, lastRenewal(l, keeping), log);
+          keeping = null;
         }
-        if (l && now - l.renewedAt > (o.idleExitMs ?? 60_000) && qemusOf(o.dataDir).size === 0) {
+        // From the last renewal or fencing: after a grace that ended, the agent still has a minute to come back.
+        const idleSince = l ? Math.max(lastRenewal(l, keeping), fencedAt) : now;
+        if (now - idleSince > (o.idleExitMs ?? 60_000) && qemusOf(o.dataDir).size === 0) {
           log('the agent is gone and no VM runs here: nothing left to guard');
           return;
         }
@@ -223,6 +319,16 @@ export async function runFence(o: FenceOptions): Promise<void> {
   }
 }
 
+const STOP_REASON: Record<Exclude<KeepVerdict, { keep: Keeping }>['why'], string> = {
+  'no-agent-yet': 'no agent wrote its lease yet',
+  fenced: 'it was fenced',
+  'agent-alive': 'an agent process runs again',
+  renewed: 'the agent renewed it again',
+  'grace-over': 'the grace is over and the agent did not come back; fencing now',
+  overdue: 'the fence could not renew it within the margin (etcd unreachable?)',
+  'no-grace': 'no grace is configured',
+};
+
 async function readLiveness(file: string): Promise<Liveness | null> {
   const text = await fsp.readFile(file, 'utf8').catch(() => null);
   if (text === null) return null;
@@ -234,12 +340,19 @@ async function readLiveness(file: string): Promise<Liveness | null> {
 }
 
 /** Kills this node's HA VMs at once and notes them for the agent. */
-async function fence(dataDir: string, l: Liveness, ha: HaList, now: number, log: (s: string) => void): Promise<void> {
+async function fence(
+  dataDir: string,
+  l: Liveness,
+  ha: HaList,
+  now: number,
+  renewedAt: number,
+  log: (s: string) => void,
+): Promise<void> {
   const ids = ha.ids();
   const qemus = qemusOf(dataDir);
   const victims = [...qemus].filter(([id]) => ids.has(id));
   log(
-    `lease ${l.leaseId} of ${l.node} not renewed for ${now - l.renewedAt} ms (margin ${l.lossAfterMs} ms): ` +
+    `lease ${l.leaseId} of ${l.node} not renewed for ${now - renewedAt} ms (margin ${l.lossAfterMs} ms): ` +
       `killing ${victims.length} HA VM(s)${victims.length ? `: ${victims.map(([id]) => ids.get(id)).join(', ')}` : ''}`,
   );
   for (const [, pid] of victims) {
@@ -259,7 +372,10 @@ async function fence(dataDir: string, l: Liveness, ha: HaList, now: number, log:
   log(`fenced: ${names.join(', ') || 'nothing to stop'}`);
 }
 
-/** This node's HA VMs as the cluster records them (vms/ owned by the node), kept fresh while etcd answers. */
+/**
+ * This node's HA VMs as the cluster records them (vms/ owned by the node), kept fresh while etcd
+ * answers; its connection also keeps a gone agent's lease alive.
+ */
 class HaList {
   private store: ClusterStore | null = null;
   private target = '';
@@ -267,6 +383,9 @@ class HaList {
   private refreshing: Promise<void> | null = null;
   private lastRead = 0;
   private failing = false;
+  private keeping: Promise<void> | null = null;
+  private keepFailing = false;
+  private keepFailedAt = 0;
 
   constructor(private readonly log: (s: string) => void) {}
 
@@ -310,7 +429,47 @@ class HaList {
     }
   }
 
+  /**
+   * Sends one keepalive for the gone agent's lease when one is due (every TTL/3; 100 ms after a
+   * failure), without holding up the fence loop; notes in `k` when each successful one was sent.
+   */
+  keepAlive(k: Keeping, l: Liveness): void {
+    const now = Date.now();
+    if (this.keeping || k.expired || (k.renewedAt && now - k.renewedAt < l.ttlMs / 3) || now - this.keepFailedAt < 100)
+      return;
+    const store = this.store;
+    if (!store) {
+      if (!this.keepFailing) this.log(`cannot keep lease ${k.leaseId} alive: no etcd connection yet`);
+      this.keepFailing = true;
+      this.keepFailedAt = now;
+      return;
+    }
+    // Each attempt short (as the agent's own keepalives): a frozen member costs one attempt, not the margin.
+    const timeoutMs = Math.max(500, Math.min(l.ttlMs / 4, 2000));
+    this.keeping = store
+      .keepAliveOnce(k.leaseId, { timeoutMs })
+      .then((ttl) => {
+        k.renewedAt = Math.max(k.renewedAt, now);
+        this.keepFailing = false;
+        this.log(`kept lease ${k.leaseId} alive (etcd: TTL ${ttl} s)`);
+      })
+      .catch((err: unknown) => {
+        if (err instanceof FerryError && err.code === 'E_STORE_LEASE_LOST') {
+          k.expired = true;
+          this.log(`lease ${k.leaseId} expired in etcd: fencing now`);
+          return;
+        }
+        if (!this.keepFailing) this.log(`cannot keep lease ${k.leaseId} alive (${messageOf(err)}); retrying`);
+        this.keepFailing = true;
+        this.keepFailedAt = Date.now();
+      })
+      .finally(() => {
+        this.keeping = null;
+      });
+  }
+
   async close(): Promise<void> {
+    await this.keeping;
     await this.refreshing;
     await this.store?.close().catch(() => undefined);
   }

@@ -8,13 +8,15 @@ import { HaMonitor } from './ha.js';
 import { ClusterQueue } from './queue.js';
 import * as K from './keys.js';
 import { clusterView } from './view.js';
-import { LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
+import { DEFAULT_GRACE_MS, LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
 export interface ClusterConfig {
   name: string;
   endpoints: string[];
   leaseSeconds?: number;
+  /** How long the host's fence keeps this node's lease while the agent's process is gone (a restart; default 120 s). */
+  restartGraceSeconds?: number;
 }
 export type { ClusterView, NodeView };
 
@@ -95,6 +97,7 @@ export class Membership {
     const ttl = this.cfg.leaseSeconds ?? NODE_TTL_S;
     // Fence with a margin: 2.5 s of a 5 s lease (half), whatever the TTL.
     const lossAfterMs = Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000)));
+    const graceMs = this.cfg.restartGraceSeconds === undefined ? DEFAULT_GRACE_MS : this.cfg.restartGraceSeconds * 1000;
     let leaseId: string | null = null;
     let renewedAt = Date.now();
     const renewed = (at: number): void => {
@@ -111,6 +114,7 @@ export class Membership {
           lossAfterMs,
           renewedAt: at,
           agentPid: process.pid,
+          graceMs,
         });
     };
     this.lease = await store.grantLease(ttl, {

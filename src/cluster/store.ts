@@ -36,6 +36,8 @@ import {
   EtcdLeaseInvalidError,
   EtcdPermissionDeniedError,
   ClientClosedError,
+  castGrpcError,
+  type ILeaseKeepAliveResponse,
 } from 'etcd3';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
@@ -127,6 +129,12 @@ export interface ClusterStore {
    * cannot be renewed; `onRenewed` hears when the grant and each successful keepalive were sent.
    */
   grantLease(ttlSeconds: number, opts?: StoreCallOptions & LeaseWatch): Promise<Lease>;
+  /**
+   * One keepalive for a lease this connection did not grant (the host's fence keeping its dead
+   * agent's node lease): resolves to the TTL etcd restarted, in seconds; E_STORE_LEASE_LOST when
+   * etcd answers that the lease expired or was revoked.
+   */
+  keepAliveOnce(leaseId: string, opts?: StoreCallOptions): Promise<number>;
   /** Calls `cb` for every change under `prefix` from now on; resolves to a cancel function. */
   watchPrefix(
     prefix: string,
@@ -665,6 +673,38 @@ export class EtcdStore implements ClusterStore {
     lease.watch(sentAt, w);
     this.leases.add(lease);
     return { lease };
+  }
+
+  async keepAliveOnce(leaseId: string, opts: StoreCallOptions = {}): Promise<number> {
+    const what = `keep lease ${leaseId} alive`;
+    const timeoutMs = opts.timeoutMs ?? this.callTimeoutMs;
+    const res = await this.call(
+      what,
+      'idempotent',
+      async () => {
+        // A stream (etcd's only keepalive RPC), used for one request; its deadline ends it if etcd never answers.
+        const stream = await this.ns.leaseClient.leaseKeepAlive({ deadline: Date.now() + timeoutMs });
+        try {
+          return await new Promise<ILeaseKeepAliveResponse>((resolve, reject) => {
+            stream.on('data', resolve);
+            stream.on('error', (err: Error) => reject(castGrpcError(err)));
+            stream.on('end', () => reject(new GRPCUnavailableError('keepalive stream ended without an answer')));
+            stream.write({ ID: leaseId });
+          });
+        } finally {
+          stream.end();
+        }
+      },
+      opts,
+    );
+    const ttl = Number(res.TTL);
+    if (!(ttl > 0))
+      throw new FerryError(
+        'E_STORE_LEASE_LOST',
+        `Cannot ${what}: etcd says the lease expired or was revoked; its keys are gone, grant a new lease`,
+        { context: { lease: leaseId } },
+      );
+    return ttl;
   }
 
   async watchPrefix(

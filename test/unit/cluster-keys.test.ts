@@ -23,6 +23,7 @@ function mapStore(kv: Record<string, string>): ClusterStore {
     delete: no,
     txn: no,
     grantLease: no,
+    keepAliveOnce: no,
     watchPrefix: no,
     campaign: no,
     leader: no,

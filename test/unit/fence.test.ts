@@ -1,12 +1,22 @@
 // The fence's rule and files (src/cluster/fence.ts): it fences only when the node lease went
-// unrenewed for the margin, once per lease; the agent's liveness file is written whole, newest
+// unrenewed for the margin, once per lease; it keeps a gone agent's lease (a restart) only while
+// it renews it itself, within the grace, until a new agent joins; the agent's liveness file is written whole, newest
 // last; the fence report is read once. (The fence killing real QEMUs: test/e2e/cluster-fence.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Liveness, LivenessWriter, fenceDue, fenceFiles, takeFenceReport } from '../../src/cluster/fence.js';
+import {
+  Liveness,
+  LivenessWriter,
+  fenceDue,
+  fenceFiles,
+  keepVerdict,
+  processAlive,
+  takeFenceReport,
+  type Keeping,
+} from '../../src/cluster/fence.js';
 
 const live = (renewedAt: number, leaseId = '7'): Liveness => ({
   version: 1,
@@ -19,6 +29,7 @@ const live = (renewedAt: number, leaseId = '7'): Liveness => ({
   lossAfterMs: 2500,
   renewedAt,
   agentPid: 42,
+  graceMs: 120_000,
 });
 
 test('fenceDue: only once the lease went unrenewed for the margin, and once per lease', () => {
@@ -29,6 +40,61 @@ test('fenceDue: only once the lease went unrenewed for the margin, and once per 
   assert.equal(fenceDue(live(t - 2501), t, null), true);
   assert.equal(fenceDue(live(t - 9000), t, '7'), false, 'this lease was fenced already');
   assert.equal(fenceDue(live(t - 9000, '8'), t, '7'), true, 'a later lease is fenced again');
+});
+
+test('keepVerdict: the fence keeps the lease only while the agent process is gone, within the grace', () => {
+  const t = 1_000_000;
+  const l = live(t - 1000);
+  const dead = false;
+  assert.deepEqual(keepVerdict(null, t, dead, null, null), { keep: null, why: 'no-agent-yet' });
+  assert.deepEqual(keepVerdict(l, t, true, null, null), { keep: null, why: 'agent-alive' }, 'a hung agent is fenced');
+  const k = keepVerdict(l, t, dead, null, null).keep;
+  assert.deepEqual(k, { leaseId: '7', since: t, renewedAt: 0, expired: false }, 'a gone agent: keep its lease');
+  assert.ok(k);
+  assert.equal(keepVerdict(l, t + 500, dead, null, k).keep, k, 'the same keeping goes on');
+  assert.deepEqual(keepVerdict(live(t - 2600), t, dead, null, null), { keep: null, why: 'overdue' }, 'too late');
+  assert.deepEqual(keepVerdict({ ...l, graceMs: 0 }, t, dead, null, null), { keep: null, why: 'no-grace' });
+  assert.deepEqual(keepVerdict(l, t, dead, '7', null), { keep: null, why: 'fenced' });
+  // The agent renews again (after the fence began), or a new agent wrote its own lease.
+  assert.deepEqual(keepVerdict(live(t + 100), t + 200, dead, null, k), { keep: null, why: 'renewed' });
+  assert.deepEqual(keepVerdict(live(t + 100, '8'), t + 200, true, null, k), { keep: null, why: 'agent-alive' });
+});
+
+test('fenceDue while the fence keeps the lease: its keepalives count; no renewal, grace over or expired: fence', () => {
+  const t = 1_000_000;
+  const l = live(t);
+  const k: Keeping = { leaseId: '7', since: t + 100, renewedAt: 0, expired: false };
+  assert.equal(fenceDue(l, t + 2501, null, k), true, 'no keepalive of the fence succeeded: fenced as today');
+  // Keepalives sent every TTL/3 and answered: never due, for as long as they succeed.
+  for (let at = t + 100; at < t + 60_000; at += 1667) {
+    k.renewedAt = at;
+    assert.equal(fenceDue(l, at + 2400, null, k), false, `${at - t} ms`);
+    assert.equal(keepVerdict(l, at + 2400, false, null, k).keep, k);
+  }
+  // A partition: the last keepalive that succeeded was sent more than the margin ago.
+  assert.equal(fenceDue(l, k.renewedAt + 2501, null, k), true);
+  assert.deepEqual(keepVerdict(l, k.renewedAt + 2501, false, null, k), { keep: null, why: 'overdue' });
+  // A keepalive of another lease does not count.
+  assert.equal(fenceDue(live(t, '8'), t + 2501, null, { ...k, renewedAt: t + 2000 }), true);
+  // The grace ends: the fence stops keeping, and with its keeping gone the lease is overdue at once.
+  const late = { ...k, renewedAt: t + 120_000 };
+  assert.deepEqual(keepVerdict(l, t + 120_100, false, null, late), { keep: null, why: 'grace-over' });
+  assert.equal(fenceDue(l, t + 120_100, null, null), true);
+  // etcd answered that the lease expired: fence now, once.
+  assert.equal(fenceDue(l, t + 200, null, { ...k, renewedAt: t + 150, expired: true }), true);
+  assert.equal(fenceDue(l, t + 200, '7', { ...k, expired: true }), false);
+});
+
+test('processAlive: this process is; a pid that does not exist is not', () => {
+  assert.equal(processAlive(process.pid), true);
+  assert.equal(processAlive(0), false);
+  assert.equal(processAlive(2 ** 22 + 1), false);
+});
+
+test("liveness file: an older agent's file (no graceMs) gets the default grace", () => {
+  const { graceMs, ...old } = live(1);
+  assert.equal(graceMs, 120_000);
+  assert.equal(Liveness.parse(old).graceMs, 120_000);
 });
 
 test('liveness file: written whole and read back; the last write wins', async (t) => {
