@@ -29,7 +29,7 @@ export const AgentFile = z
         leaseSeconds: z.number().int().min(2).max(60).optional(),
         /**
          * How long the host's fence keeps the node lease while the agent's process is gone (a
-         * restart), so its HA VMs run on (default 120 s; 0: fence as after a lease loss).
+         * restart), so its HA VMs run on (default 60 s; 0: fence as after a lease loss).
          */
         restartGraceSeconds: z.number().int().min(0).max(3600).optional(),
       })

@@ -16,7 +16,7 @@
 // host its HA VMs: while the agent's process is gone (not merely hung: a stopped or wedged
 // agent still holds its pid and is fenced as above) and etcd answers, the fence keeps the
 // agent's node lease alive itself (one keepalive every TTL/3 from its own connection), for at
-// most a grace window (Liveness.graceMs, 120 s by default), and counts its own successful
+// most a grace window (Liveness.graceMs, 60 s by default), and counts its own successful
 // keepalives as renewals. It stops as soon as a new agent writes another lease (the old one
 // then expires by itself) or the agent renews again; if it cannot renew (a partition) or the
 // grace ends, the margin runs out and it fences, before etcd can expire the lease.
@@ -33,7 +33,7 @@ import { EtcdStore, type ClusterStore } from './store.js';
 import * as K from './keys.js';
 
 /** How long the fence keeps a gone agent's lease by default: room for a restart, not for an outage. */
-export const DEFAULT_GRACE_MS = 120_000;
+export const DEFAULT_GRACE_MS = 60_000; // as long as Proxmox's watchdog waits for its HA manager
 
 export const Liveness = z.object({
   version: z.literal(1),

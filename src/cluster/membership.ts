@@ -15,7 +15,7 @@ export interface ClusterConfig {
   name: string;
   endpoints: string[];
   leaseSeconds?: number;
-  /** How long the host's fence keeps this node's lease while the agent's process is gone (a restart; default 120 s). */
+  /** How long the host's fence keeps this node's lease while the agent's process is gone (a restart; default 60 s). */
   restartGraceSeconds?: number;
 }
 export type { ClusterView, NodeView };

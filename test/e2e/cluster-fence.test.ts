@@ -4,7 +4,7 @@
 // unrenewed and kills the HA VM before the lease can expire; the cluster then restarts it on
 // another node: exactly once, every acknowledged record on its disk. The agent, back or woken,
 // never runs it again. While the agent is alive the fence never touches a VM. A dead agent
-// (a restart, issue 13) is not cut off: its fence keeps the node lease for the grace (120 s),
+// (a restart, issue 13) is not cut off: its fence keeps the node lease for the grace (60 s),
 // so an agent back within it finds its HA VMs untouched; one that is not back is fenced then.
 // 3-host cluster lab, real etcd and QEMU, the probe guest's own records.
 import { test, before, after } from 'node:test';
