@@ -93,7 +93,7 @@ test('processAlive: this process is; a pid that does not exist is not', () => {
 
 test("liveness file: an older agent's file (no graceMs) gets the default grace", () => {
   const { graceMs, ...old } = live(1);
-  assert.equal(graceMs, 60_000);
+  assert.equal(graceMs, 120_000);
   assert.equal(Liveness.parse(old).graceMs, 60_000);
 });
 
