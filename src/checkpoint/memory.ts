@@ -44,12 +44,15 @@ export async function saveMemory(
   opts: StreamOptions = {},
 ): Promise<void> {
   await fsp.rm(socketPath, { force: true });
-  const out = fs.createWriteStream(file, { flags: 'wx' });
   const server = net.createServer();
-  let written: Promise<void> = Promise.resolve();
+  // Settles with the write's error (or null) so that a failure before it is awaited is not unhandled.
+  let written: Promise<unknown> = Promise.resolve(null);
   const connected = new Promise<void>((resolve) => {
     server.once('connection', (sock: net.Socket) => {
-      written = pipeline(sock, out);
+      written = pipeline(sock, fs.createWriteStream(file, { flags: 'wx' })).then(
+        () => null,
+        (err: unknown) => err,
+      );
       resolve();
     });
   });
@@ -59,15 +62,35 @@ export async function saveMemory(
   });
   const before = await qmp.execute('query-migrate-parameters', undefined, { signal: opts.signal });
   try {
-    await qmp.execute('migrate-set-parameters', { 'max-bandwidth': SAVE_BANDWIDTH }, { signal: opts.signal });
+    // A move may have left its settings on this QEMU (TLS, a pause before switch-over, post-copy):
+    // none of them fit one plain stream into a socket.
+    await qmp.execute(
+      'migrate-set-capabilities',
+      {
+        capabilities: [
+          { capability: 'pause-before-switchover', state: false },
+          { capability: 'postcopy-ram', state: false },
+          { capability: 'multifd', state: false },
+        ],
+      },
+      { signal: opts.signal },
+    );
+    await qmp.execute(
+      'migrate-set-parameters',
+      { 'max-bandwidth': SAVE_BANDWIDTH, 'tls-creds': '', 'tls-hostname': '' },
+      { signal: opts.signal },
+    );
     await qmp.execute('migrate', { uri: `unix:${socketPath}` }, { signal: opts.signal });
     await waitMigration(qmp, 'save the memory of the VM', opts);
     await connected;
-    await written;
+    const err = await written;
+    if (err)
+      throw new FerryError('E_CHECKPOINT_MEMORY', `Cannot write the memory state to ${file}: ${messageOf(err)}`, {
+        cause: err,
+      });
     const fh = await fsp.open(file, 'r');
     await fh.sync().finally(() => fh.close());
   } catch (err) {
-    out.destroy();
     await fsp.rm(file, { force: true });
     throw err;
   } finally {
