@@ -15,9 +15,13 @@ export const VM_OPS = [
   'remove',
   'configure',
   'ha-start',
+  'checkpoint',
   'move',
 ] as const;
-/** What may be asked of a VM. `configure`: cluster add-vm/remove-vm; `move`: a migration takes the VM. */
+/**
+ * What may be asked of a VM. `configure`: cluster add-vm/remove-vm; `checkpoint`: take, apply or
+ * remove a checkpoint; `move`: a migration takes the VM.
+ */
 export type VmOp = (typeof VM_OPS)[number];
 
 /** Operations that run to completion under the gate (a move holds it instead, until released). */
@@ -32,6 +36,7 @@ const OP_PHASES = {
   remove: 'removing',
   configure: 'configuring',
   'ha-start': 'starting',
+  checkpoint: 'checkpointing',
 } as const satisfies Record<GatedOp, string>;
 
 export type PhaseKind = 'idle' | (typeof OP_PHASES)[GatedOp] | 'migrating';
@@ -50,6 +55,7 @@ const busyRow = (): Record<VmOp, Rule> => ({
   remove: 'wait',
   configure: 'wait',
   'ha-start': 'wait',
+  checkpoint: 'wait',
   // A move takes the VM at once or not at all: it never waits behind a start or a stop.
   move: 'refuse',
 });
@@ -65,6 +71,7 @@ export const GATE_RULES: Record<PhaseKind, Record<VmOp, Rule>> = {
     remove: 'run',
     configure: 'run',
     'ha-start': 'run',
+    checkpoint: 'run',
     move: 'run',
   },
   creating: busyRow(),
@@ -74,6 +81,7 @@ export const GATE_RULES: Record<PhaseKind, Record<VmOp, Rule>> = {
   resuming: busyRow(),
   removing: busyRow(),
   configuring: busyRow(),
+  checkpointing: busyRow(),
   // A move holds the VM: everything else is refused until it releases it.
   migrating: {
     create: 'refuse',
@@ -84,6 +92,7 @@ export const GATE_RULES: Record<PhaseKind, Record<VmOp, Rule>> = {
     remove: 'refuse',
     configure: 'refuse',
     'ha-start': 'refuse',
+    checkpoint: 'refuse',
     move: 'refuse',
   },
 };

@@ -6,7 +6,22 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, NotFoundError } from '../errors.js';
 import type { Emit } from '../api/events.js';
-import type { MigrationSettings, VmCreateBody, VmImportBody, VmView } from '../api/schemas.js';
+import type {
+  CheckpointList,
+  CheckpointView,
+  MigrationSettings,
+  VmCreateBody,
+  VmImportBody,
+  VmView,
+} from '../api/schemas.js';
+import {
+  applyCheckpoint,
+  listCheckpoints,
+  removeCheckpoint,
+  takeCheckpoint,
+  type CheckpointDeps,
+} from '../checkpoint/checkpoints.js';
+import { removeCheckpointFiles } from '../checkpoint/store.js';
 import type { Accelerator } from '../qemu/accel.js';
 import { imageInfo } from '../qemu/img.js';
 import { QemuProcess } from '../qemu/process.js';
@@ -220,6 +235,7 @@ export class VmInventory {
       switches: [...new Set(spec.nics.map((n) => n.switch))],
       ha: spec.ha,
       ...hardwareView(spec),
+      checkpoints: (await listCheckpoints(spec).catch(() => null))?.checkpoints ?? [],
     };
   }
 
@@ -373,6 +389,7 @@ export class VmInventory {
         );
       }
       const spec = await loadVm(rec.configPath).catch(() => null);
+      if (spec && opts.deleteDisks) await removeCheckpointFiles(spec, opts);
       if (spec) await removeVm(spec, opts);
       await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
       this.d.registry.removeVm(name);
@@ -387,6 +404,83 @@ export class VmInventory {
       await change(await this.spec(name));
       return this.view(name);
     });
+  }
+
+  // ---- checkpoints (src/checkpoint) ----
+
+  checkpoints(name: string): Promise<CheckpointList> {
+    return this.spec(name).then((spec) => listCheckpoints(spec));
+  }
+
+  checkpointNew(name: string, checkpoint: string, opts: { signal?: AbortSignal } = {}): Promise<CheckpointView> {
+    return this.gated(name, 'checkpoint', async () => {
+      const c = await takeCheckpoint(await this.spec(name), checkpoint, this.checkpointDeps(name, opts));
+      this.d.emit('vm.checkpoint', { vm: name, checkpoint, action: 'new', pauseMs: c.pauseMs, tookMs: c.tookMs });
+      return c;
+    });
+  }
+
+  checkpointApply(
+    name: string,
+    checkpoint: string,
+    discard: boolean,
+    opts: { signal?: AbortSignal } = {},
+  ): Promise<{ checkpoint: string; branch: string | null; running: boolean; vm: VmView }> {
+    return this.gated(name, 'checkpoint', async () => {
+      const r = await applyCheckpoint(await this.spec(name), checkpoint, discard, this.checkpointDeps(name, opts));
+      this.d.emit('vm.checkpoint', { vm: name, checkpoint, action: 'apply', branch: r.branch });
+      return { ...r, vm: await this.view(name) };
+    });
+  }
+
+  checkpointRemove(name: string, checkpoint: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    return this.gated(name, 'checkpoint', async () => {
+      await removeCheckpoint(await this.spec(name), checkpoint, this.checkpointDeps(name, opts));
+      this.d.emit('vm.checkpoint', { vm: name, checkpoint, action: 'remove' });
+    });
+  }
+
+  /** What a checkpoint operation may do to the VM's QEMU (the caller holds the VM's gate). */
+  private checkpointDeps(name: string, opts: { signal?: AbortSignal }): CheckpointDeps {
+    const rec = this.record(name);
+    return {
+      proc: this.proc(name),
+      runDir: this.runDir(rec.id),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      startIncoming: async (spec) => {
+        await this.checkStorage(spec);
+        const switches = await this.prepareNics(spec);
+        let proc: QemuProcess;
+        try {
+          proc = await startVm(spec, {
+            runDir: this.runDir(spec.id),
+            accel: this.d.settings.accelerator(),
+            incoming: true,
+            switches,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          });
+        } catch (err) {
+          await this.releaseNics(spec);
+          throw err;
+        }
+        void proc.exited.then(() => this.releaseNics(spec));
+        this.track(name, proc);
+        return proc;
+      },
+      resumed: (proc) => {
+        this.d.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
+        void this.loadAndRecordHa(name);
+      },
+      quit: async (proc) => {
+        this.procs.delete(name);
+        await proc.quit({ timeoutMs: 30_000 });
+        this.d.emit('vm.state', { vm: name, state: 'stopped' });
+      },
+    };
+  }
+
+  private async loadAndRecordHa(name: string): Promise<void> {
+    await this.d.cluster.recordHa(await this.spec(name)).catch(() => undefined);
   }
 
   /** HA restart decided by the leader: register the VM here unless it is (its files are shared), boot it. */

@@ -30,6 +30,47 @@ export const DiskView = z.object({
   role: z.string().default('data'),
 });
 
+/** One checkpoint of a VM (`ferry checkpoint list`, `vm show`): files are relative to `folder`. */
+export const CheckpointView = z.object({
+  id: z.string(),
+  name: z.string(),
+  parent: z.string().nullable(),
+  parentName: z.string().nullable(),
+  /** Depth in the tree (0: a first checkpoint). */
+  depth: z.number(),
+  created: z.string(),
+  /** It holds memory state (applying it resumes the VM). */
+  memory: z.boolean(),
+  /** The vCPUs were running when it was taken. */
+  running: z.boolean(),
+  /** The VM's present state derives from it. */
+  current: z.boolean(),
+  /** Bytes its own files take on disk. */
+  sizeBytes: z.number(),
+  files: z.array(z.string()),
+  /** Its disk images that are the VM's own base disks (absolute paths, outside the folder). */
+  baseDisks: z.array(z.string()),
+  /** How long the guest was paused to take it (memory checkpoints), and how long taking it lasted. */
+  pauseMs: z.number().nullable(),
+  tookMs: z.number(),
+});
+export type CheckpointView = z.infer<typeof CheckpointView>;
+
+export const CheckpointList = z.object({
+  vm: z.string(),
+  /** The folder holding the tree (checkpoints.json) and the files. */
+  folder: z.string(),
+  /** The checkpoint the present state derives from. */
+  current: z.string().nullable(),
+  /** Depth first, children by creation time. */
+  checkpoints: z.array(CheckpointView),
+});
+export type CheckpointList = z.infer<typeof CheckpointList>;
+
+/** A checkpoint name is checked by the agent, which says what a valid one is. */
+export const CheckpointNewBody = z.object({ name: z.string().min(1).max(200) }).strict();
+export const CheckpointParams = z.object({ name: Name, checkpoint: z.string().min(1).max(200) });
+export const CheckpointApplyBody = z.object({ discard: z.boolean().default(false) }).strict();
 export const VmView = z.object({
   name: z.string(),
   id: z.string(),
@@ -56,8 +97,18 @@ export const VmView = z.object({
   nics: z.array(z.object({ id: z.string(), switch: z.string(), mac: z.string() })),
   switches: z.array(z.string()),
   ha: z.boolean(),
+  /** Its checkpoints, depth first (`ferry checkpoint list`). */
+  checkpoints: z.array(CheckpointView).default([]),
 });
 export type VmView = z.infer<typeof VmView>;
+
+export const CheckpointApplied = z.object({
+  checkpoint: z.string(),
+  /** The checkpoint that keeps the state the VM left (null with discard). */
+  branch: z.string().nullable(),
+  running: z.boolean(),
+  vm: VmView,
+});
 
 export const DiskRequest = z
   .object({

@@ -4,6 +4,7 @@ import { Command } from '@commander-js/extra-typings';
 import pkg from '../../package.json' with { type: 'json' };
 import { registerGuest } from './commands/guest.js';
 import { registerVm } from './commands/vm.js';
+import { registerCheckpoint } from './commands/checkpoint.js';
 import { registerHost } from './commands/host.js';
 import { registerAdmin } from './commands/admin.js';
 import { registerDomain } from './commands/domain.js';
@@ -25,6 +26,7 @@ export function buildProgram(): Command {
     )
     .configureOutput({ outputError: (s, write) => write(`ferry: ${s.replace(/^error: /, '')}`) });
   registerVm(program);
+  registerCheckpoint(program);
   registerHost(program);
   registerMove(program);
   registerCluster(program);

@@ -30,6 +30,11 @@ export const MIN_ROLE: { readonly [K in keyof Actions]: ConsoleRole } = {
   // The screen shows what the console shows.
   vmScreenshot: 'operator',
   vmImport: 'admin',
+  checkpointList: 'viewer',
+  checkpointNew: 'operator',
+  // Applying throws away the running state unless kept; removing merges data: an admin's call.
+  checkpointApply: 'admin',
+  checkpointRemove: 'admin',
   switchList: 'viewer',
   switchCreate: 'admin',
   switchRemove: 'admin',

@@ -7,6 +7,8 @@ import type { HostView } from '../api/schemas.js';
 import { FerryError, messageOf } from '../errors.js';
 import { imageInfo } from '../qemu/img.js';
 import { compareVm, type Incompatibility } from './compare.js';
+import { hasCheckpoints } from '../checkpoint/store.js';
+import type { VmSpec } from '../vm/spec.js';
 import type { MoveHost } from './host.js';
 import { withDefaults } from './plan.js';
 import type { CompareReport, Destination, MoveOptions } from './schemas.js';
@@ -104,6 +106,8 @@ export async function gather(
     options,
     diskSizes,
   });
+  const withCheckpoints = await checkpointsIncompatibility(spec, `move VM '${vmName}' to '${to.name}'`);
+  if (withCheckpoints) incompatibilities.push(withCheckpoints);
   // In a cluster, a paused (drained) node takes no VMs.
   const cluster = host.cluster();
   if (cluster && (await cluster.isPaused(to.name).catch(() => false))) {
@@ -116,6 +120,21 @@ export async function gather(
     });
   }
   return { report: report(incompatibilities), destView, options };
+}
+
+/**
+ * Moves do not carry checkpoints yet: a VM that has any is refused rather than moved without
+ * them (its overlays and memory files would be left behind or its disk chain broken).
+ */
+export async function checkpointsIncompatibility(spec: VmSpec, what: string): Promise<Incompatibility | null> {
+  if (!(await hasCheckpoints(spec))) return null;
+  return {
+    code: 'E_HAS_CHECKPOINTS',
+    field: 'checkpoints',
+    message:
+      `Cannot ${what}: it has checkpoints, which moves cannot carry yet; ` +
+      `remove them first ('ferry checkpoint list ${spec.name}', 'ferry checkpoint rm ${spec.name} NAME')`,
+  };
 }
 
 /** The refusal of a move whose report is not compatible. */

@@ -185,6 +185,44 @@ export interface QmpCommands {
     };
     ret: Record<string, never>;
   };
+  transaction: {
+    args: {
+      actions: Array<{
+        type: 'blockdev-snapshot-sync';
+        data: {
+          'node-name': string;
+          'snapshot-file': string;
+          'snapshot-node-name'?: string;
+          format?: string;
+          mode?: 'existing' | 'absolute-paths';
+        };
+      }>;
+    };
+    ret: Record<string, never>;
+  };
+  'block-stream': {
+    args: {
+      'job-id': string;
+      device: string;
+      'base-node'?: string;
+      'backing-file'?: string;
+      'auto-finalize'?: boolean;
+      'auto-dismiss'?: boolean;
+    };
+    ret: Record<string, never>;
+  };
+  'block-commit': {
+    args: {
+      'job-id': string;
+      device: string;
+      'top-node'?: string;
+      'base-node'?: string;
+      'backing-file'?: string;
+      'auto-finalize'?: boolean;
+      'auto-dismiss'?: boolean;
+    };
+    ret: Record<string, never>;
+  };
   'block-job-cancel': { args: { device: string; force?: boolean }; ret: Record<string, never> };
   'block-job-complete': { args: { device: string }; ret: Record<string, never> };
   'block-job-set-speed': { args: { device: string; speed: number }; ret: Record<string, never> };

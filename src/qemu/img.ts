@@ -50,6 +50,25 @@ export async function createImage(
   await run('qemu-img', args, opts);
 }
 
+/** Copies an overlay's data into its backing image (`qemu-img commit`); the overlay is left empty. */
+export async function commitImage(path: string, opts: ImgOptions & { format: ImageFormat }): Promise<void> {
+  await run('qemu-img', ['commit', '-q', '-f', opts.format, path], { timeoutMs: 30 * 60_000, ...opts });
+}
+
+/**
+ * Gives an image a new backing file (`qemu-img rebase`). Safe mode (default) first copies into
+ * the image every cluster that differs between the old and the new backing, so what the image
+ * shows stays the same; `unsafe` only rewrites the reference (the two backings hold the same data).
+ */
+export async function rebaseImage(
+  path: string,
+  opts: ImgOptions & { format: ImageFormat; backing: { path: string; format: ImageFormat }; unsafe?: boolean },
+): Promise<void> {
+  const args = ['rebase', '-q', '-f', opts.format, ...(opts.unsafe ? ['-u'] : [])];
+  args.push('-b', opts.backing.path, '-F', opts.backing.format, path);
+  await run('qemu-img', args, { timeoutMs: 30 * 60_000, ...opts });
+}
+
 interface RawInfo {
   filename: string;
   format: string;

@@ -5,7 +5,16 @@ import { GATE_RULES, VM_OPS, VmGate, ruleFor, type GatedOp, type PhaseKind } fro
 import { FerryError } from '../../src/errors.js';
 
 const GATED: GatedOp[] = VM_OPS.filter((op): op is GatedOp => op !== 'move');
-const OP_PHASES: PhaseKind[] = ['creating', 'starting', 'stopping', 'pausing', 'resuming', 'removing', 'configuring'];
+const OP_PHASES: PhaseKind[] = [
+  'creating',
+  'starting',
+  'stopping',
+  'pausing',
+  'resuming',
+  'removing',
+  'configuring',
+  'checkpointing',
+];
 
 /** A promise and the function that settles it. */
 function deferred(): { promise: Promise<void>; resolve: () => void } {

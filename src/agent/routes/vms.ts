@@ -14,6 +14,17 @@ export function vmRoutes(app: FastifyInstance, vms: VmInventory): void {
   registerAction(app, actions.vmStop, ({ params, body }) => vms.stop(params.name, body));
   registerAction(app, actions.vmPause, ({ params }) => vms.pause(params.name));
   registerAction(app, actions.vmResume, ({ params }) => vms.resume(params.name));
+  registerAction(app, actions.checkpointList, ({ params }) => vms.checkpoints(params.name));
+  registerAction(app, actions.checkpointNew, ({ params, body, signal }) =>
+    vms.checkpointNew(params.name, body.name, { signal }),
+  );
+  registerAction(app, actions.checkpointApply, ({ params, body, signal }) =>
+    vms.checkpointApply(params.name, params.checkpoint, body.discard, { signal }),
+  );
+  registerAction(app, actions.checkpointRemove, async ({ params, signal }) => {
+    await vms.checkpointRemove(params.name, params.checkpoint, { signal });
+    return { ok: true as const };
+  });
   registerAction(app, actions.vmRemove, async ({ params, query }) => {
     await vms.remove(params.name, query);
     return { ok: true as const };

@@ -31,7 +31,7 @@ function printVm(v: VmView): void {
     ['display', v.display === 'vga' ? 'VGA (VNC)' : 'none (serial only)'],
     ['guest', v.guest],
     ['config', v.configPath],
-    ['checkpoints', v.checkpointPath],
+    ['checkpoints', `${v.checkpointPath} (${v.checkpoints.length} checkpoint${v.checkpoints.length === 1 ? '' : 's'})`],
     ['paging', v.pagingPath],
     ...v.disks.map((d): [string, string] => [
       d.id,
