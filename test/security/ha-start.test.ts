@@ -87,7 +87,9 @@ test("a non-leader node cannot HA-start a VM the cluster's record does not give 
   });
   for (const target of [leader, mallory]) {
     const endpoint = L.status.hosts.find((h) => h.name === target)!.endpoint;
-    const r = await post(agent, endpoint, '/v1/peer/ha-start', { spec, generation: before.generation, from: owner });
+    // A forged fail-over: the next generation, as a leader's restart decision would carry.
+    const generation = before.generation + 1;
+    const r = await post(agent, endpoint, '/v1/peer/ha-start', { spec, generation, from: owner });
     assert.equal(r.status, 403, `${target}: ${r.body}`);
     assert.match(r.body, /E_FORBIDDEN/);
     assert.match(r.body, /the cluster's record does not give it to this host/);
