@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { qemuLaunchCommand } from '../../src/qemu/scope.js';
+import { AGENT_NICE } from '../../src/lab/lab.js';
 
 type Unit = Record<string, Map<string, string[]>>;
 
@@ -68,4 +69,9 @@ test('a configuration error (exit 2) is not restarted; other failures are', () =
 test('the agent yields CPU to the guests', () => {
   assert.ok(Number(one('CPUWeight')) < 100, 'below a VM scope’s default weight of 100');
   assert.ok(Number(one('Nice')) > 0);
+  // A child inherits its parent's nice level: QEMU, which the agent starts, is put back to 0.
+  const launch = qemuLaunchCommand('qemu-system-x86_64', ['-S'], { vm: 'v', useScope: true, agentNice: 5 });
+  assert.ok(launch.args.includes('--nice=0'));
+  // The lab's agents run at the unit's level.
+  assert.equal(AGENT_NICE, Number(one('Nice')));
 });
