@@ -8,7 +8,10 @@
 // and CPU, and their ratios.
 //
 //   flock /work/wt/.heavy.lock npm run bench:cpu -- [--rounds N] [--startup-rounds N] [--idle-s S]
+//     [--baseline OLD_CLI.mjs]
 //
+// --baseline runs an older CLI bundle too (its --help, and every other move), for a before/after
+// of the CLI in one run; the agents are this checkout's in both.
 // The lab, its QEMUs and the temp folder are removed on every exit path.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -26,12 +29,18 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '4' },
     'startup-rounds': { type: 'string', default: '7' },
     'idle-s': { type: 'string', default: '10' },
+    baseline: { type: 'string' },
   },
 });
 const rounds = Number(args.rounds);
 const startupRounds = Number(args['startup-rounds']);
 const idleS = Number(args['idle-s']);
 const FERRY = path.join(REPO_ROOT, 'bin', 'ferry');
+const baseline = args.baseline ? [process.execPath, path.resolve(args.baseline)] : null;
+const clis: Array<[string, string[]]> = [
+  ['this', [FERRY]],
+  ...(baseline ? [['baseline', baseline] as [string, string[]]] : []),
+];
 const TICK_MS = 1000 / 100; // USER_HZ: /proc's CPU times are in 1/100 s on Linux
 
 /** utime+stime (own) and cutime+cstime (waited-for children) of PID, in ms. */
@@ -87,13 +96,14 @@ function measured(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<Measured
   });
 }
 
-async function ferryOk(a: string[], env: NodeJS.ProcessEnv): Promise<Measured> {
-  const r = await measured([FERRY, ...a], env);
+async function ferryOk(a: string[], env: NodeJS.ProcessEnv, cli = [FERRY]): Promise<Measured> {
+  const r = await measured([...cli, ...a], env);
   if (r.code !== 0) throw new Error(`ferry ${a.join(' ')} exited ${r.code}: ${r.stderr.trim().slice(0, 600)}`);
   return r;
 }
 
 interface Move {
+  cli: string;
   to: string;
   cliMs: number;
   cliWallMs: number;
@@ -119,6 +129,7 @@ try {
     ['node -e 0', [process.execPath, '-e', '0']],
     ['ferry --help', [FERRY, '--help']],
     ['node dist/cli.mjs --help', [process.execPath, path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help']],
+    ...(baseline ? [['baseline --help', [...baseline, '--help']] as [string, string[]]] : []),
   ];
   for (let i = 0; i < startupRounds; i++)
     for (const [name, argv] of startups) {
@@ -149,13 +160,15 @@ try {
   for (let i = 0; i < startupRounds; i++) vmList.push(await ferryOk(['vm', 'list'], env));
 
   let to = 'host-b';
-  for (let i = 0; i < rounds; i++) {
+  for (let i = 0; i < rounds * clis.length; i++) {
+    const [cli, argv] = clis[i % clis.length] ?? ['this', [FERRY]];
     const before = await agentCpu();
-    const r = await ferryOk(['move-vm', 'p1', '--to', to, '--json', '--progress', 'none'], env);
+    const r = await ferryOk(['move-vm', 'p1', '--to', to, '--json', '--progress', 'none'], env, argv);
     const after = await agentCpu();
     const rec = JSON.parse(r.stdout) as MigrationRecord;
     if (rec.state !== 'completed') throw new Error(`move ${i + 1} ended ${rec.state}: ${rec.error?.message ?? ''}`);
     moves.push({
+      cli,
       to,
       cliMs: r.cpuMs,
       cliWallMs: r.wallMs,
@@ -171,7 +184,6 @@ try {
   await fs.rm(dir, { recursive: true, force: true });
 }
 
-const m = (xs: number[]): string => fmt(median(xs));
 const ratio = (a: number | null, b: number | null): string => (a !== null && b ? (a / b).toFixed(2) : '-');
 const nodeCpu = median((startup['node -e 0'] ?? []).map((s) => s.cpuMs));
 const nodeWall = median((startup['node -e 0'] ?? []).map((s) => s.wallMs));
@@ -189,23 +201,26 @@ process.stdout.write(
     '\n',
 );
 const hosts = Object.keys(idle);
-const sumAgents = (mv: Move): number => hosts.reduce((s, h) => s + (mv.agentMs[h] ?? 0), 0);
+const sumAgents = (mv: Move): number => hosts.reduce((sum, h) => sum + (mv.agentMs[h] ?? 0), 0);
+const stat = (f: (xs: number[]) => number | null, ms: Move[]): string[] => [
+  fmt(f(ms.map((x) => x.cliMs))),
+  ...hosts.map((h) => fmt(f(ms.map((x) => x.agentMs[h] ?? 0)))),
+  fmt(f(ms.map(sumAgents))),
+  fmt(f(ms.map((x) => x.cliMs + sumAgents(x)))),
+  fmt(f(ms.map((x) => x.cliWallMs))),
+  fmt(f(ms.map((x) => x.totalMs))),
+];
 process.stdout.write(
   `\nmove-vm of the probe guest (256 MiB, TLS on), ${moves.length} moves back and forth: CPU ms per move\n` +
     table(
-      ['', 'CLI', ...hosts.map((h) => `agent ${h}`), 'agents', 'CLI+agents', 'CLI wall ms', 'record total ms'],
-      [
-        ['median', m(moves.map((x) => x.cliMs)), ...hosts.map((h) => m(moves.map((x) => x.agentMs[h] ?? 0)))]
-          .concat([m(moves.map(sumAgents)), m(moves.map((x) => x.cliMs + sumAgents(x)))])
-          .concat([m(moves.map((x) => x.cliWallMs)), m(moves.map((x) => x.totalMs))]),
-        [
-          'worst',
-          fmt(max(moves.map((x) => x.cliMs))),
-          ...hosts.map((h) => fmt(max(moves.map((x) => x.agentMs[h] ?? 0)))),
-        ]
-          .concat([fmt(max(moves.map(sumAgents))), fmt(max(moves.map((x) => x.cliMs + sumAgents(x))))])
-          .concat([fmt(max(moves.map((x) => x.cliWallMs))), fmt(max(moves.map((x) => x.totalMs)))]),
-      ],
+      ['CLI', '', 'CLI', ...hosts.map((h) => `agent ${h}`), 'agents', 'CLI+agents', 'CLI wall ms', 'record total ms'],
+      clis.flatMap(([cli]) => {
+        const ms = moves.filter((x) => x.cli === cli);
+        return [
+          [cli, 'median', ...stat(median, ms)],
+          [cli, 'worst', ...stat(max, ms)],
+        ];
+      }),
     ) +
     '\nagents idle (a running VM, no request), CPU ms per s: ' +
     `${hosts.map((h) => `${h} ${fmt(idle[h] ?? null, 1)}`).join(', ')}\n`,
