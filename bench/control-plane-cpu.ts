@@ -8,12 +8,10 @@
 // and CPU, and their ratios.
 //
 //   flock /work/wt/.heavy.lock npm run bench:cpu -- [--rounds N] [--startup-rounds N] [--idle-s S]
-//     [--baseline OLD_CLI.mjs] [--agent-profile DIR]
+//     [--baseline OLD_CLI.mjs]
 //
 // --baseline runs an older CLI bundle too (its --help, and every other move), for a before/after
-// of the CLI in one run; the agents are this checkout's in both. --agent-profile DIR starts the
-// lab's agents with node's sampling profiler (every 10 ms: cheap) and prints where their CPU
-// went over their whole life (start-up, idle spell, moves) by function.
+// of the CLI in one run; the agents are this checkout's in both.
 // The lab, its QEMUs and the temp folder are removed on every exit path.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -32,7 +30,6 @@ const { values: args } = parseArgs({
     'startup-rounds': { type: 'string', default: '7' },
     'idle-s': { type: 'string', default: '10' },
     baseline: { type: 'string' },
-    'agent-profile': { type: 'string' },
   },
 });
 const rounds = Number(args.rounds);
@@ -141,11 +138,7 @@ try {
       (startup[name] ??= []).push({ wallMs: r.wallMs, cpuMs: r.cpuMs });
     }
 
-  const profileDir = args['agent-profile'] ? path.resolve(args['agent-profile']) : null;
-  await ferryOk(
-    ['lab', 'up', '--dir', lab, '--hosts', '2'],
-    profileDir ? { NODE_OPTIONS: `--cpu-prof --cpu-prof-dir=${profileDir} --cpu-prof-interval=10000` } : {},
-  );
+  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2'], {});
   await ferryOk(
     ['vm', 'new', 'p1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'p1'), '--start'],
     env,
@@ -232,36 +225,3 @@ process.stdout.write(
     '\nagents idle (a running VM, no request), CPU ms per s: ' +
     `${hosts.map((h) => `${h} ${fmt(idle[h] ?? null, 1)}`).join(', ')}\n`,
 );
-
-interface Profile {
-  nodes: Array<{ id: number; callFrame: { functionName: string; url: string; lineNumber: number } }>;
-  samples: number[];
-  timeDeltas: number[];
-}
-
-/** Self time by function of the largest profiles in DIR (the agents'), top N each. */
-async function printProfiles(dir: string, top = 15): Promise<void> {
-  const files = (await fs.readdir(dir)).filter((f) => f.endsWith('.cpuprofile'));
-  const profiles = await Promise.all(
-    files.map(async (f) => ({ f, p: JSON.parse(await fs.readFile(path.join(dir, f), 'utf8')) as Profile })),
-  );
-  const summaries = profiles.map(({ f, p }) => {
-    const byId = new Map(p.nodes.map((n) => [n.id, n.callFrame]));
-    const self = new Map<string, number>();
-    p.samples.forEach((id, i) => {
-      const c = byId.get(id);
-      if (!c || c.functionName === '(idle)' || c.functionName === '(program)') return;
-      const where = c.url.replace(/^.*\/node_modules\//, '').replace(/^file:\/\/.*\/dist\//, 'dist/');
-      const k = `${c.functionName || '(anonymous)'} ${where}:${c.lineNumber + 1}`;
-      self.set(k, (self.get(k) ?? 0) + (p.timeDeltas[i] ?? 0));
-    });
-    return { f, self, busy: [...self.values()].reduce((a, b) => a + b, 0) };
-  });
-  // The agents are the busiest node processes of the lab (beside `lab up` and the fences).
-  for (const { f, self, busy } of summaries.sort((a, b) => b.busy - a.busy).slice(0, 2)) {
-    process.stdout.write(`\n${f}: ${fmt(busy / 1000)} ms busy (samples every 10 ms), top self time\n`);
-    for (const [k, us] of [...self].sort((a, b) => b[1] - a[1]).slice(0, top))
-      process.stdout.write(`  ${fmt(us / 1000).padStart(6)} ms  ${k}\n`);
-  }
-}
-if (args['agent-profile']) await printProfiles(path.resolve(args['agent-profile']));
