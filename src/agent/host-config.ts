@@ -11,7 +11,7 @@ import { Name } from '../api/schemas.js';
 import { AgentFile, parseListen } from './config.js';
 import { DEFAULT_MIGRATION_PORTS, assertExcludes, parsePortRange } from './ports.js';
 
-export const HOST_CONFIG_FILE = '/etc/ferry/agent.json';
+export { DEFAULT_CONFIG as HOST_CONFIG_FILE } from '../domain/host-paths.js';
 /** The agent's port on installed hosts (open it to admins, consoles and the other hosts). */
 export const AGENT_PORT = 7443;
 

@@ -3,7 +3,7 @@
 // stable code and message.
 import https from 'node:https';
 import fs from 'node:fs';
-import { WebSocket } from 'ws';
+import type { WebSocket } from 'ws';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
 import { tlsServerName } from '../util/tls-name.js';
@@ -213,8 +213,12 @@ export class AgentClient {
     });
   }
 
-  /** A websocket to the agent (a VM's serial console or display), over the same mutual TLS. */
-  websocket(url: string): WebSocket {
+  /**
+   * A websocket to the agent (a VM's serial console or display), over the same mutual TLS.
+   * `ws` loads here, on first use: most commands never open one.
+   */
+  async websocket(url: string): Promise<WebSocket> {
+    const { WebSocket } = await import('ws');
     return new WebSocket(this.endpoint.replace(/^https:/, 'wss:') + url, {
       agent: this.agent,
       handshakeTimeout: 15_000,

@@ -2,7 +2,7 @@
 // what to write instead.
 import { InvalidArgumentError } from '@commander-js/extra-typings';
 import { IMAGE_FORMATS, isImageFormat } from '../qemu/img.js';
-import { NAME_RE } from '../vm/spec.js';
+import { NAME_RE } from '../api/common.js';
 
 const UNITS: Record<string, number> = { '': 1, B: 1, K: 1024, M: 1024 ** 2, G: 1024 ** 3, T: 1024 ** 4 };
 

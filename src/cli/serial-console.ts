@@ -53,7 +53,7 @@ export async function interactiveConsole(c: Clients, name: string, o: Interactiv
     for (;;) {
       const at = await findRunning(c, name, first ? 0 : FOLLOW_MS, done);
       if (typeof at === 'string') return at;
-      const ws = at.client.websocket(`/v1/vms/${encodeURIComponent(name)}/serial`);
+      const ws = await at.client.websocket(`/v1/vms/${encodeURIComponent(name)}/serial`);
       current = ws;
       const ended = await new Promise<{ code: number; reason: string } | Error>((resolve) => {
         ws.on('open', () => {

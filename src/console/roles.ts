@@ -4,9 +4,9 @@
 // added to src/api later — is refused. The table is exhaustive over the agent's actions, so
 // a new action does not type-check until someone decides who may call it from a browser.
 import { actions, type Actions } from '../api/actions.js';
+import { CONSOLE_ROLES, type ConsoleRole } from './role-names.js';
 
-export const CONSOLE_ROLES = ['viewer', 'operator', 'admin'] as const;
-export type ConsoleRole = (typeof CONSOLE_ROLES)[number];
+export { CONSOLE_ROLES, type ConsoleRole };
 
 /** The least role that may call each action through the console. */
 export const MIN_ROLE: { readonly [K in keyof Actions]: ConsoleRole } = {

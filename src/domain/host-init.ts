@@ -11,9 +11,9 @@ import { exists, makeRequest, TLS_FILES, writeAtomic, writeEnrolState } from './
 import { addressProblem } from './x509.js';
 import { challengeFor, decodeToken, tokenProof, TokenRefusedError } from './token.js';
 
-export const DEFAULT_CONFIG = '/etc/ferry/agent.json';
-export const DEFAULT_TLS_DIR = '/etc/ferry/tls';
-export const DEFAULT_DATA_DIR = '/var/lib/ferry';
+import { DEFAULT_CONFIG, DEFAULT_DATA_DIR, DEFAULT_TLS_DIR } from './host-paths.js';
+
+export { DEFAULT_CONFIG, DEFAULT_DATA_DIR, DEFAULT_TLS_DIR };
 
 export interface HostInitOptions {
   name: string;

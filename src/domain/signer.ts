@@ -23,9 +23,9 @@ import {
 import { addressProblem, caFingerprint, normSerial, readCrl, readCsr, spkiSha256, type CsrInfo } from './x509.js';
 import { encodeToken, newSecret, newTokenId, parseChallenge, tokenProof, TokenRefusedError } from './token.js';
 
-export const DEFAULT_HOST_DAYS = 30;
-export const MAX_HOST_DAYS = 365;
-export const DEFAULT_ADMIN_DAYS = 365;
+import { DEFAULT_ADMIN_DAYS, DEFAULT_HOST_DAYS, MAX_HOST_DAYS } from './lifetimes.js';
+
+export { DEFAULT_ADMIN_DAYS, DEFAULT_HOST_DAYS, MAX_HOST_DAYS };
 /** How long a CRL is valid; `ferry domain renew` publishes a new one when less than CRL_REFRESH_DAYS are left. */
 export const CRL_DAYS = 365;
 export const CRL_REFRESH_DAYS = 60;

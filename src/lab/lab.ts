@@ -35,6 +35,9 @@ import { labCredentials, labEndpoint, labFile, readLab, type LabFile } from './f
 
 export { readLab, labCredentials, labEndpoint } from './file.js';
 
+/** The lab's agents' nice level: the package's unit's Nice= (packaging/ferry-agent.service). */
+export const AGENT_NICE = 5;
+
 export interface LabHostStatus {
   name: string;
   endpoint: string;
@@ -235,14 +238,18 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
       `${h.address ?? '127.0.0.1'}:${h.port}`,
       ...(h.migrationAddress ? ['--migration-address', h.migrationAddress] : []),
     ];
-    // `ip netns exec` execs the agent in place: the pid we get is the agent's.
+    // The agent yields to the guests as the package's unit makes it (Nice=): `nice` sets the
+    // level before node starts, so every thread of it has it (setpriority after the spawn
+    // would miss the threads node made already); QEMU is put back to 0 (qemu/scope.ts).
+    // `ip netns exec` and `nice` exec the agent in place: the pid we get is the agent's.
+    const niced = ['-n', String(AGENT_NICE), '--', node, ...agentArgs];
     const child = h.netns
-      ? spawn('ip', ['netns', 'exec', h.netns, node, ...agentArgs], {
+      ? spawn('ip', ['netns', 'exec', h.netns, 'nice', ...niced], {
           detached: true,
           stdio: ['ignore', fd, fd],
           env: { ...process.env },
         })
-      : spawn(node, agentArgs, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
+      : spawn('nice', niced, { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env } });
     fs.closeSync(fd);
     child.unref();
     h.agentPid = child.pid ?? null;

@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { FerryError, AbortedError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
@@ -75,7 +76,12 @@ export class QemuProcess {
     await fsp.rm(opts.pidFile, { force: true });
     const stderrPath = path.join(opts.runDir, 'qemu.stderr.log');
     const errFd = fs.openSync(stderrPath, 'w');
-    const launch = qemuLaunchCommand(QEMU_BINARY, argv, { vm: opts.vm, useScope: useScopes() });
+    const launch = qemuLaunchCommand(QEMU_BINARY, argv, {
+      vm: opts.vm,
+      useScope: useScopes(),
+      // Only root may raise a priority; `nice` would warn and run QEMU as niced as we are.
+      agentNice: process.getuid?.() === 0 ? Math.max(0, os.getPriority()) : 0,
+    });
     const child = spawn(launch.file, launch.args, { detached: true, stdio: ['ignore', errFd, errFd] });
     fs.closeSync(errFd);
     const exited = new Promise<ExitInfo>((resolve) => {

@@ -29,13 +29,21 @@ export interface LaunchCommand {
   scope: string | null;
 }
 
-/** The command that starts `qemu argv`: wrapped in a scope under machine.slice, or as is. */
+/**
+ * The command that starts `qemu argv`: wrapped in a scope under machine.slice, or as is.
+ * The agent runs at a lower CPU priority than its guests (Nice= in its unit, `nice` in a lab)
+ * and a child inherits its nice level, so QEMU is put back to 0: `--nice=0` in a scope, else
+ * `nice -n -N` when the caller may raise a priority (`agentNice`: the caller's level, as root).
+ */
 export function qemuLaunchCommand(
   qemu: string,
   argv: readonly string[],
-  o: { vm: string; useScope: boolean; unit?: string },
+  o: { vm: string; useScope: boolean; unit?: string; agentNice?: number },
 ): LaunchCommand {
-  if (!o.useScope) return { file: qemu, args: [...argv], scope: null };
+  if (!o.useScope)
+    return o.agentNice
+      ? { file: 'nice', args: ['-n', String(-o.agentNice), '--', qemu, ...argv], scope: null }
+      : { file: qemu, args: [...argv], scope: null };
   const unit = o.unit ?? scopeUnitName(o.vm);
   return {
     file: 'systemd-run',
@@ -47,6 +55,7 @@ export function qemuLaunchCommand(
       `--slice=${SCOPE_SLICE}`,
       `--unit=${unit}`,
       `--description=Ferry VM ${o.vm}`,
+      '--nice=0',
       '--',
       qemu,
       ...argv,

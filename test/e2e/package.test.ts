@@ -131,6 +131,7 @@ test('npm run package builds the .deb with the runtime, the units and the web ap
     '/usr/lib/ferry/proto/etcd3/rpc.proto',
     '/usr/lib/ferry/web/index.html',
     '/lib/systemd/system/ferry-agent.service',
+    '/lib/systemd/system/ferry.slice',
     '/usr/lib/tmpfiles.d/ferry.conf',
     '/usr/lib/sysusers.d/ferry.conf',
     '/usr/share/doc/ferry/install.md',
@@ -328,7 +329,7 @@ test(
     assert.match(u1.StatusText ?? '', /^serving on 127\.0\.0\.1:7443$/);
     // The unified (v2) line: on a hybrid host the v1 controllers are listed too, each at '/'.
     const unified = (text: string): string => text.split('\n').find((l) => l.startsWith('0::')) ?? text.trim();
-    assert.equal(unified(await m.ok(['cat', `/proc/${u1.MainPID}/cgroup`])), '0::/system.slice/ferry-agent.service');
+    assert.equal(unified(await m.ok(['cat', `/proc/${u1.MainPID}/cgroup`])), '0::/ferry.slice/ferry-agent.service');
 
     await fsp.writeFile(
       path.join(dir, 'sd-context.json'),

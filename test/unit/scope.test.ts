@@ -32,6 +32,16 @@ test('without systemd QEMU is spawned as is', () => {
   });
 });
 
+test('QEMU runs at nice 0 though the agent that starts it is niced (children inherit the level)', () => {
+  const scoped = qemuLaunchCommand('qemu-system-x86_64', argv, { vm: 'web1', useScope: true, agentNice: 5 });
+  assert.ok(scoped.args.slice(0, scoped.args.indexOf('--')).includes('--nice=0'));
+  assert.deepEqual(qemuLaunchCommand('qemu-system-x86_64', argv, { vm: 'web1', useScope: false, agentNice: 5 }), {
+    file: 'nice',
+    args: ['-n', '-5', '--', 'qemu-system-x86_64', ...argv],
+    scope: null,
+  });
+});
+
 test('scope names are valid unit names and unique per start', () => {
   const a = scopeUnitName('web-1.prod_a');
   assert.match(a, /^ferry-vm-web-1\.prod_a-[0-9a-f]{6}\.scope$/);

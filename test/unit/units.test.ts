@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { qemuLaunchCommand } from '../../src/qemu/scope.js';
+import { AGENT_NICE } from '../../src/lab/lab.js';
 
 type Unit = Record<string, Map<string, string[]>>;
 
@@ -66,6 +67,15 @@ test('a configuration error (exit 2) is not restarted; other failures are', () =
 });
 
 test('the agent yields CPU to the guests', () => {
-  assert.ok(Number(one('CPUWeight')) < 100, 'below a VM scope’s default weight of 100');
+  // Weights count between siblings: the agent's slice sits beside machine.slice (weight 100).
+  assert.equal(one('Slice'), 'ferry.slice');
+  const slice = parseUnit(fs.readFileSync(path.join(REPO_ROOT, 'packaging', 'ferry.slice'), 'utf8')).Slice;
+  assert.ok(Number(slice?.get('CPUWeight')?.at(-1)) < 100, 'below machine.slice’s default weight of 100');
+  assert.ok(Number(slice?.get('IOWeight')?.at(-1)) < 100);
   assert.ok(Number(one('Nice')) > 0);
+  // A child inherits its parent's nice level: QEMU, which the agent starts, is put back to 0.
+  const launch = qemuLaunchCommand('qemu-system-x86_64', ['-S'], { vm: 'v', useScope: true, agentNice: 5 });
+  assert.ok(launch.args.includes('--nice=0'));
+  // The lab's agents run at the unit's level.
+  assert.equal(AGENT_NICE, Number(one('Nice')));
 });

@@ -4,7 +4,7 @@ import type { Command } from '@commander-js/extra-typings';
 import { printJson, printTable } from '../output.js';
 import { name, positiveInt } from '../parse.js';
 import { FerryError, InvalidInputError } from '../../errors.js';
-import { HOST_CONFIG_FILE, loadHostConfig } from '../../agent/host-config.js';
+import { DEFAULT_CONFIG as HOST_CONFIG_FILE } from '../../domain/host-paths.js';
 import type { AgentFlags } from '../../agent/main.js';
 import type { GlobalOpts } from '../context.js';
 
@@ -41,6 +41,7 @@ export function registerAdmin(program: Command): void {
           throw new InvalidInputError(
             `Cannot start the agent: give either --config FILE or the --name, --data, --listen flags, not both`,
           );
+        const { loadHostConfig } = await import('../../agent/host-config.js');
         const c = await loadHostConfig(path.resolve(o.config));
         flags = {
           name: c.name,

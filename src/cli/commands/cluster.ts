@@ -2,16 +2,15 @@
 // cluster, so commands ask the hosts of the context in turn until one does.
 import { PRIORITIES } from '../../api/defaults.js';
 import { Option, type Command } from '@commander-js/extra-typings';
-import { actions } from '../../api/actions.js';
 import type { AgentClient } from '../../api/client.js';
 import type { BatchView, ClusterView } from '../../api/schemas.js';
 import { FerryError, InvalidInputError } from '../../errors.js';
-import { withClients, type Clients, type GlobalOpts } from '../context.js';
+import type { Clients, GlobalOpts } from '../context.js';
+import { loadActions, withHosts } from '../hosts.js';
 import { printJson, printTable } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
 import { EXIT } from '../exit.js';
-import { prepareJoin } from '../../cluster/auth.js';
-import { BatchLines, BatchWatch } from '../batch-follow.js';
+import type { BatchWatch } from '../batch-follow.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 const PRIORITY = PRIORITIES;
@@ -110,7 +109,7 @@ export function registerCluster(program: Command): void {
     .option('--json', 'JSON')
     .description('nodes, clustered VMs, the queue, drains')
     .action(async (o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 }));
         if (o.json) printJson(v);
         else printStatus(v);
@@ -125,7 +124,7 @@ export function registerCluster(program: Command): void {
     .option('--no-wait', 'return once the drain has started')
     .option('--json', 'JSON')
     .action(async (node, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), (c) =>
+      await withHosts((cmd as Cmd).optsWithGlobals(), (c, actions) =>
         watchingIf(c, !o.dryRun && o.wait, async (w) => {
           const r = await anyMember(c, (client) =>
             client.call(
@@ -190,7 +189,7 @@ export function registerCluster(program: Command): void {
     .option('--no-wait', 'return once the fail-back has started')
     .option('--json', 'JSON')
     .action(async (node, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), (c) =>
+      await withHosts((cmd as Cmd).optsWithGlobals(), (c, actions) =>
         watchingIf(c, Boolean(o.failback) && o.wait, async (w) => {
           const r = await anyMember(c, (client) =>
             client.call(
@@ -232,7 +231,7 @@ export function registerCluster(program: Command): void {
     .option('--anti-affinity <class>', 'keep apart from VMs of this class (repeatable)', collect)
     .option('--json', 'JSON')
     .action(async (vm, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vm);
         const pref = splitList(o.preferredOwner);
         const anti = splitList(o.antiAffinity);
@@ -259,7 +258,7 @@ export function registerCluster(program: Command): void {
     .description('take a VM out of the cluster (it keeps running where it is)')
     .option('--json', 'JSON')
     .action(async (vm, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vm);
         const v = await client.call(actions.clusterRemoveVm, { params: { name: vm } }, { timeoutMs: 30_000 });
         if (o.json) printJson(v);
@@ -279,7 +278,7 @@ export function registerCluster(program: Command): void {
         throw new InvalidInputError(
           'Cannot change the cluster limits: no limit given; use --max-outgoing, --max-incoming or --max-total',
         );
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const body = {
           ...(o.maxOutgoing !== undefined ? { maxOutgoing: o.maxOutgoing } : {}),
           ...(o.maxIncoming !== undefined ? { maxIncoming: o.maxIncoming } : {}),
@@ -307,7 +306,7 @@ export function registerCluster(program: Command): void {
       .option('--no-lead', 'the host may not lead (run again with --lead to change it)')
       .option('--json', 'JSON')
       .action(async (name, o, cmd) => {
-        await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
           const endpoints = splitList(o.etcd) ?? [];
           // A host already in another cluster is refused before anything changes in etcd.
           const cur = await c
@@ -325,6 +324,7 @@ export function registerCluster(program: Command): void {
               {},
             );
           // With the administrator's credential: etcd's access control, the host's etcd user and role.
+          const { prepareJoin } = await import('../../cluster/auth.js');
           await prepareJoin(endpoints, c.ctx.credentials, {
             cluster: name,
             host: o.host,
@@ -350,6 +350,7 @@ export function registerCluster(program: Command): void {
  */
 async function watchingIf<T>(c: Clients, wait: boolean, start: (w: BatchWatch | null) => Promise<T>): Promise<T> {
   if (!wait) return start(null);
+  const [{ BatchWatch }, actions] = await Promise.all([import('../batch-follow.js'), loadActions()]);
   const w = await BatchWatch.open({
     clients: c.all(),
     readCluster: () => anyMember(c, (client) => client.call(actions.clusterStatus, {}, { timeoutMs: 15_000 })),
@@ -362,7 +363,8 @@ async function watchingIf<T>(c: Clients, wait: boolean, start: (w: BatchWatch | 
 }
 
 /** Follows a drain or fail-back to its end, printing each VM's result as it comes. */
-function followBatch(w: BatchWatch, first: BatchView, json: boolean): Promise<BatchView> {
+async function followBatch(w: BatchWatch, first: BatchView, json: boolean): Promise<BatchView> {
+  const { BatchLines } = await import('../batch-follow.js');
   const lines = new BatchLines();
   return w.follow(first, (b) => {
     if (!json) lines.batch(b);

@@ -8,7 +8,7 @@ import { FerryError, InvalidInputError } from '../../errors.js';
 import type { GlobalOpts } from '../context.js';
 import { printJson, printTable } from '../output.js';
 import { name, positiveInt } from '../parse.js';
-import { CONSOLE_ROLES } from '../../console/roles.js';
+import { CONSOLE_ROLES } from '../../console/role-names.js';
 import { consoleStateDir, usersFile } from '../../console/state.js';
 
 type StateOpts = { users?: string; stateDir?: string };

@@ -5,43 +5,40 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { FerryError, InvalidInputError, messageOf } from '../../errors.js';
-import { actions } from '../../api/actions.js';
-import { AgentClient } from '../../api/client.js';
-import { initDomain, loadDomain, type DomainInfo } from '../../domain/ca.js';
-import {
-  createToken,
-  currentCrl,
-  DEFAULT_HOST_DAYS,
-  issueAdminCredential,
-  revokeHost,
-  signHostRequest,
-  type SignedHost,
-} from '../../domain/signer.js';
-import { readInventory } from '../../domain/store.js';
-import { caFingerprint, readCrl } from '../../domain/x509.js';
-import { parseTtl } from '../../domain/token.js';
-import {
-  contextFileOf,
-  defaultDomainDir,
-  loadContext,
-  readContextFile,
-  writeContextFile,
-  type Context,
-  type GlobalOpts,
-} from '../context.js';
+import type { DomainInfo } from '../../domain/ca.js';
+import type { SignedHost } from '../../domain/signer.js';
+import type { Context, GlobalOpts } from '../context.js';
 import { printJson, printTable } from '../output.js';
 import { name, positiveInt } from '../parse.js';
+import { DEFAULT_HOST_DAYS } from '../../domain/lifetimes.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
+/** The PKI, the context files and the agents' client: loaded when a domain command runs, not for --help. */
+async function pki() {
+  const [actions, client, ca, signer, store, x509, token, context] = await Promise.all([
+    import('../../api/actions.js'),
+    import('../../api/client.js'),
+    import('../../domain/ca.js'),
+    import('../../domain/signer.js'),
+    import('../../domain/store.js'),
+    import('../../domain/x509.js'),
+    import('../../domain/token.js'),
+    import('../context.js'),
+  ]);
+  return { ...actions, ...client, ...ca, ...signer, ...store, ...x509, ...token, ...context };
+}
+
 /** The context in use, if there is one (a lab, --context, FERRY_CONTEXT or the default file). */
 async function contextOrNull(g: GlobalOpts): Promise<Context | null> {
+  const { contextFileOf, loadContext } = await pki();
   if (g.context || g.lab || process.env.FERRY_LAB || fs.existsSync(contextFileOf(g))) return loadContext(g);
   return null;
 }
 
 /** The domain: --dir, else the context's domain folder, else ~/.config/ferry/domain. */
 async function domainOf(dir: string | undefined, g: GlobalOpts): Promise<{ domain: DomainInfo; ctx: Context | null }> {
+  const { defaultDomainDir, loadDomain } = await pki();
   const ctx = await contextOrNull(g);
   const d = dir ? path.resolve(dir) : (ctx?.domainDir ?? defaultDomainDir());
   return { domain: await loadDomain(d), ctx };
@@ -62,6 +59,7 @@ async function readRequest(file: string): Promise<string> {
 
 /** Records a signed host in the context file (the lab keeps its own list). */
 async function addToContext(ctx: Context | null, s: SignedHost): Promise<string | null> {
+  const { readContextFile, writeContextFile } = await pki();
   if (!ctx?.file) return null;
   const c = await readContextFile(ctx.file);
   c.hosts = [...c.hosts.filter((h) => h.name !== s.name), { name: s.name, endpoint: s.endpoint }].sort((a, b) =>
@@ -79,6 +77,7 @@ interface PushResult {
 
 /** Pushes the CRL to hosts; one failure does not stop the others. */
 async function pushCrl(ctx: Context, hosts: string[], crl: string): Promise<PushResult[]> {
+  const { actions, AgentClient } = await pki();
   return Promise.all(
     hosts.map(async (h) => {
       const ep = ctx.hosts.find((x) => x.name === h);
@@ -131,6 +130,15 @@ export function registerDomain(program: Command): void {
     .option('--json', 'JSON')
     .description('create a domain: CA, an admin credential, and the context the CLI uses by default')
     .action(async (bare, o, cmd) => {
+      const {
+        initDomain,
+        currentCrl,
+        issueAdminCredential,
+        caFingerprint,
+        contextFileOf,
+        defaultDomainDir,
+        writeContextFile,
+      } = await pki();
       if (bare) {
         const d = await initDomain(path.resolve(bare), { name: o.name });
         process.stdout.write(
@@ -184,6 +192,7 @@ export function registerDomain(program: Command): void {
     .option('--json', 'JSON')
     .description('the domain, its CA fingerprint and its enrolled hosts')
     .action(async (o, cmd) => {
+      const { readInventory, caFingerprint } = await pki();
       const { domain: d } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
       const inv = await readInventory(d.dir);
       const fp = caFingerprint(await fsp.readFile(d.caCert, 'utf8'));
@@ -212,6 +221,7 @@ export function registerDomain(program: Command): void {
     .option('--json', 'print the result as JSON (the certificate only with --out)')
     .description("sign a host's request: a short-lived certificate; the host joins the context")
     .action(async (file, o, cmd) => {
+      const { signHostRequest } = await pki();
       const { domain: d, ctx } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
       const csr = await readRequest(file);
       const out = o.out ? path.resolve(o.out) : null;
@@ -260,6 +270,7 @@ export function registerDomain(program: Command): void {
     .option('--json', 'JSON')
     .description("a one-time join token for 'ferry host join' (pins the CA, proves the request)")
     .action(async (n, o, cmd) => {
+      const { createToken, parseTtl } = await pki();
       const { domain: d } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
       const t = await createToken(d, { name: n, address: o.address, port: o.port, ttlMs: parseTtl(o.ttl) });
       if (o.json) {
@@ -282,6 +293,7 @@ export function registerDomain(program: Command): void {
     .option('--json', 'JSON')
     .description("revoke a host's certificate(s) and push the revocation list to every host at once")
     .action(async (h, o, cmd) => {
+      const { revokeHost, readContextFile, writeContextFile } = await pki();
       const g = (cmd as Cmd).optsWithGlobals();
       const { domain: d, ctx } = await domainOf(o.dir, g);
       const r = await revokeHost(d, h, { ...(o.serial ? { serial: o.serial } : {}) });
@@ -316,6 +328,7 @@ export function registerDomain(program: Command): void {
     .option('--dir <dir>', 'the domain folder')
     .description("push the domain's revocation list to every host of the context")
     .action(async (o, cmd) => {
+      const { currentCrl } = await pki();
       const { domain: d, ctx: c } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
       const ctx = needContext(c, 'push the revocation list');
       const hosts = o.host ? [o.host] : ctx.hosts.map((x) => x.name);
@@ -347,6 +360,7 @@ export function registerDomain(program: Command): void {
     .option('--json', 'JSON')
     .description("sign the hosts' pending renewal requests and push the certificates (run it from a timer)")
     .action(async (o, cmd) => {
+      const { actions, AgentClient, currentCrl, signHostRequest, readCrl } = await pki();
       const { domain: d, ctx: c } = await domainOf(o.dir, (cmd as Cmd).optsWithGlobals());
       const ctx = needContext(c, 'renew certificates');
       const hosts = o.host ? [o.host] : ctx.hosts.map((x) => x.name);
@@ -425,6 +439,7 @@ export function registerDomain(program: Command): void {
     .option('--days <n>', 'lifetime in days (default 365)', positiveInt('--days', 3650))
     .description('issue another admin credential (key made here, on the admin machine)')
     .action(async (role, n, o, cmd) => {
+      const { issueAdminCredential } = await pki();
       if (role === 'host')
         throw new InvalidInputError(
           `Cannot issue a host certificate here: a host's key is made on the host and never copied; ` +

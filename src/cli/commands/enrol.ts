@@ -4,16 +4,8 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { InvalidInputError, messageOf } from '../../errors.js';
-import {
-  DEFAULT_CONFIG,
-  DEFAULT_DATA_DIR,
-  DEFAULT_TLS_DIR,
-  initHost,
-  joinHost,
-  tlsDirOf,
-  type HostInitResult,
-} from '../../domain/host-init.js';
-import { installCertificate } from '../../domain/request.js';
+import type { HostInitResult } from '../../domain/host-init.js';
+import { DEFAULT_CONFIG, DEFAULT_DATA_DIR, DEFAULT_TLS_DIR } from '../../domain/host-paths.js';
 import { collect, name, positiveInt } from '../parse.js';
 import { printJson } from '../output.js';
 
@@ -51,6 +43,7 @@ export function registerEnrol(host: Command): void {
     .option('--json', 'JSON')
     .description("on a host: write the agent's configuration, make its key and print a certificate request")
     .action(async (n, o) => {
+      const { initHost } = await import('../../domain/host-init.js');
       const r = await initHost({
         name: n,
         address: o.address,
@@ -81,6 +74,7 @@ export function registerEnrol(host: Command): void {
     .option('--json', 'JSON')
     .description('on a host: set up with a one-time join token (CA pinned, request carries the proof)')
     .action(async (token, o) => {
+      const { joinHost } = await import('../../domain/host-init.js');
       const r = await joinHost(token, {
         config: path.resolve(o.config),
         tlsDir: path.resolve(o.tlsDir),
@@ -102,6 +96,10 @@ export function registerEnrol(host: Command): void {
     .option('--json', 'JSON')
     .description("on a host: install its signed certificate after checking it against its key and the domain's CA")
     .action(async (file, o) => {
+      const [{ tlsDirOf }, { installCertificate }] = await Promise.all([
+        import('../../domain/host-init.js'),
+        import('../../domain/request.js'),
+      ]);
       const tlsDir = path.resolve(o.tlsDir ?? (await tlsDirOf(path.resolve(o.config))) ?? DEFAULT_TLS_DIR);
       const bundle = await fsp.readFile(path.resolve(file), 'utf8').catch((err: unknown) => {
         throw new InvalidInputError(

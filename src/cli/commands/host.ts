@@ -1,9 +1,9 @@
 // `ferry host`, `ferry switch`, `ferry pool`: what each host offers.
 import { Option, type Command } from '@commander-js/extra-typings';
 import { InvalidArgumentError } from '@commander-js/extra-typings';
-import { actions } from '../../api/actions.js';
 import type { HostView } from '../../api/schemas.js';
-import { withClients, type GlobalOpts } from '../context.js';
+import type { GlobalOpts } from '../context.js';
+import { withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, name, nonNegativeInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
@@ -64,7 +64,7 @@ export function registerHost(program: Command): void {
     .option('--json', 'JSON')
     .description('capabilities, limits, migration networks, free memory')
     .action(async (h, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await c.host(h).call(actions.hostShow, {});
         if (o.json) printJson(v);
         else printHost(v);
@@ -93,7 +93,7 @@ export function registerHost(program: Command): void {
           'Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, ' +
             '--tls or --migrations',
         );
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await c.host(h).call(actions.hostSet, { body });
         if (o.json) printJson(v);
         else printHost(v);
@@ -111,7 +111,7 @@ export function registerHost(program: Command): void {
     .action(async (n, o, cmd) => {
       if (o.bridge && o.user)
         throw new InvalidInputError('Cannot create the switch: give --bridge BR or --user, not both');
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await c.host(o.host).call(actions.switchCreate, {
           body: o.bridge ? { name: n, kind: 'bridge', bridge: o.bridge } : { name: n, kind: 'user' },
         });
@@ -124,7 +124,7 @@ export function registerHost(program: Command): void {
     .option('--json', 'JSON')
     .description('switches of every host')
     .action(async (o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const clients = o.host ? [c.host(o.host)] : c.all();
         const rows = (
           await Promise.all(
@@ -144,7 +144,7 @@ export function registerHost(program: Command): void {
     .requiredOption('--host <host>', 'host')
     .description('remove a switch no VM uses')
     .action(async (n, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         await c.host(o.host).call(actions.switchRemove, { params: { name: n } });
         process.stdout.write(`switch ${n} removed from ${o.host}\n`);
       });
@@ -157,7 +157,7 @@ export function registerHost(program: Command): void {
     .option('--json', 'JSON')
     .description('pools of every host')
     .action(async (o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const clients = o.host ? [c.host(o.host)] : c.all();
         const rows = (
           await Promise.all(
@@ -189,7 +189,7 @@ export function registerHost(program: Command): void {
     .option('--json', 'JSON')
     .description('add a storage pool to a host')
     .action(async (p, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await c.host(o.host).call(actions.poolAdd, {
           body: { name: p, kind: o.shared ? 'shared' : 'local', path: path.resolve(o.path) },
         });
@@ -205,7 +205,7 @@ export function registerHost(program: Command): void {
       .option('--json', 'JSON')
       .description(verb === 'grant' ? 'let a host use a shared pool' : "take a host's access to a shared pool away")
       .action(async (p, o, cmd) => {
-        await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
           const target = c.host(o.host); // the host must exist in this context
           // Any agent that sees the pool can change its grants (they live on the share).
           const via = c.all()[0] ?? target;

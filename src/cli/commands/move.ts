@@ -3,16 +3,16 @@ import { DEFAULTS, PRIORITIES, type Priority } from '../../api/defaults.js';
 import path from 'node:path';
 import { Option, type Command, type CommandUnknownOpts } from '@commander-js/extra-typings';
 import { InvalidArgumentError } from '@commander-js/extra-typings';
-import { actions } from '../../api/actions.js';
 import { FerryError, InvalidInputError, NotFoundError } from '../../errors.js';
 import type { AgentClient } from '../../api/client.js';
 import type { Incompatibility, MigrationRecord, MoveOptions } from '../../migration/schemas.js';
-import { withClients, type Clients, type GlobalOpts } from '../context.js';
+import type { Clients, GlobalOpts } from '../context.js';
+import { loadActions, withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
 import { describe } from '../render/describe.js';
 import { progressRenderer, PROGRESS_MODES, type ProgressMode } from '../render/index.js';
-import { MigrationWatch, type FollowOptions, type FollowOutcome } from '../follow.js';
+import type { FollowOptions, FollowOutcome, MigrationWatch } from '../follow.js';
 import { Interrupts } from '../interrupt.js';
 import { EXIT } from '../exit.js';
 
@@ -98,6 +98,7 @@ function printRecord(r: MigrationRecord): void {
 
 /** Finds which host holds migration ID (the VM's source at the time). */
 async function locateMigration(c: Clients, id: string): Promise<{ client: AgentClient; record: MigrationRecord }> {
+  const actions = await loadActions();
   for (const client of c.all()) {
     try {
       return { client, record: await client.call(actions.migrationShow, { params: { id } }, { timeoutMs: 10_000 }) };
@@ -173,6 +174,7 @@ async function watching(client: AgentClient, fn: (w: Watching) => Promise<void>)
     process.stderr.write('Ctrl-C: acted on as soon as the move exists (Ctrl-C again to stop waiting for it)\n');
   });
   try {
+    const { MigrationWatch } = await import('../follow.js');
     const watch = await MigrationWatch.open(client);
     try {
       await fn({ watch, interrupts, following: early });
@@ -224,7 +226,7 @@ export function registerMove(program: Command): void {
       .requiredOption('--to <host>', 'destination host')
       .option('--json', 'JSON report'),
   ).action(async (vmName, o, cmd) => {
-    await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+    await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
       const to = destination(c, o.to);
       const { client } = await c.locate(vmName);
       const rep = await client.call(
@@ -267,7 +269,7 @@ export function registerMove(program: Command): void {
     .addOption(progressOption())
     .addHelpText('after', INTERRUPT_HELP)
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const to = destination(c, o.to);
         const { client } = await c.locate(vmName);
         await watchingIf(client, o.wait, async (w) => {
@@ -336,7 +338,7 @@ export function registerMove(program: Command): void {
             'or --config-path/--checkpoint-path/--paging-path',
         );
       }
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vmName);
         await watchingIf(client, o.wait, async (w) => {
           const rec = await client.call(
@@ -372,7 +374,7 @@ export function registerMove(program: Command): void {
     .option('--json', 'JSON array')
     .description('active and queued migrations of every host')
     .action(async (o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const lists = await Promise.all(
           c
             .all()
@@ -409,7 +411,7 @@ export function registerMove(program: Command): void {
     .option('--json', 'JSON')
     .description('one migration')
     .action(async (id, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { record } = await locateMigration(c, id);
         if (o.json) printJson(record);
         else {
@@ -427,7 +429,7 @@ export function registerMove(program: Command): void {
     .addHelpText('after', WAIT_INTERRUPT_HELP)
     .description('follow a migration until it ends')
     .action(async (id, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await locateMigration(c, id);
         // Subscribed first, then the record is read once: nothing between the two is missed.
         await watching(client, (w) =>
@@ -441,7 +443,7 @@ export function registerMove(program: Command): void {
     .option('--json', 'JSON')
     .description('cancel a migration before its switch-over')
     .action(async (id, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await locateMigration(c, id);
         const r = await client.call(actions.migrationCancel, { params: { id } }, { timeoutMs: 120_000 });
         if (o.json) printJson(r);

@@ -1,19 +1,15 @@
 // `ferry vm ...`: create and run VMs on the hosts of a lab or context.
 import { PRIORITIES } from '../../api/defaults.js';
 import { Option, type Command } from '@commander-js/extra-typings';
-import { actions } from '../../api/actions.js';
-import { peerActions } from '../../api/peer-actions.js';
-import { chooseBaseline, usableModelNames } from '../../qemu/cpu-models.js';
 import type { VmView } from '../../api/schemas.js';
-import { withClients, type GlobalOpts } from '../context.js';
+import type { GlobalOpts } from '../context.js';
+import { withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt, sizeFlag } from '../parse.js';
 import path from 'node:path';
 import fsp from 'node:fs/promises';
 import { InvalidInputError, messageOf } from '../../errors.js';
 import { DISPLAYS, FIRMWARES, IMAGE_FORMATS } from '../../api/common.js';
-import { interactiveConsole } from '../serial-console.js';
-import { MAX_DOMAIN_XML_BYTES, parseLibvirtDomain } from '../../vm/import-libvirt.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
 
@@ -167,9 +163,13 @@ export function registerVm(program: Command): void {
             }
           : {}),
       };
-      await withClients(g, async (c) => {
+      await withHosts(g, async (c, actions) => {
         if (o.cpu === 'compat') {
           // Processor compatibility: a baseline model usable on every host of the lab/cluster.
+          const [{ peerActions }, { chooseBaseline, usableModelNames }] = await Promise.all([
+            import('../../api/peer-actions.js'),
+            import('../../qemu/cpu-models.js'),
+          ]);
           const perHost = await Promise.all(
             c
               .all()
@@ -204,13 +204,14 @@ export function registerVm(program: Command): void {
     .option('--json', 'print {"vm": VM, "notes": [...]} as JSON')
     .action(async (file, o, cmd) => {
       const g = (cmd as Cmd).optsWithGlobals();
+      const { MAX_DOMAIN_XML_BYTES, parseLibvirtDomain } = await import('../../vm/import-libvirt.js');
       const st = await fsp.stat(file).catch((err: unknown) => {
         throw new InvalidInputError(`Cannot read ${file}: ${messageOf(err)}; give a domain XML file`);
       });
       if (st.size > MAX_DOMAIN_XML_BYTES)
         throw new InvalidInputError(`Cannot import ${file}: it is ${st.size} bytes, not a domain XML`);
       const plan = parseLibvirtDomain(await fsp.readFile(file, 'utf8'));
-      await withClients(g, async (c) => {
+      await withHosts(g, async (c, actions) => {
         const body = {
           plan,
           copy: o.copy,
@@ -235,7 +236,7 @@ export function registerVm(program: Command): void {
     .option('--host <host>', 'only this host')
     .option('--json', 'JSON array')
     .action(async (o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         let vms: VmView[];
         let unreachable: string[] = [];
         if (o.host) vms = await c.host(o.host).call(actions.vmList, {});
@@ -257,7 +258,7 @@ export function registerVm(program: Command): void {
     .argument('<name>')
     .option('--json', 'JSON')
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { vm: v } = await c.locate(vmName);
         if (o.json) printJson(v);
         else printVm(v);
@@ -270,7 +271,7 @@ export function registerVm(program: Command): void {
       .argument('<name>')
       .option('--json', 'print the VM as JSON')
       .action(async (vmName, o, cmd) => {
-        await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+        await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
           const { client } = await c.locate(vmName);
           const a = verb === 'start' ? actions.vmStart : verb === 'pause' ? actions.vmPause : actions.vmResume;
           const v = await client.call(a, { params: { name: vmName } }, { timeoutMs: 120_000 });
@@ -290,7 +291,7 @@ export function registerVm(program: Command): void {
     .option('--timeout <seconds>', 'how long the guest gets to shut down', positiveInt('--timeout', 600), 30)
     .option('--json', 'print the VM as JSON')
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vmName);
         const v = await client.call(
           actions.vmStop,
@@ -309,7 +310,7 @@ export function registerVm(program: Command): void {
     .option('--delete-disks', 'delete the images it did not make too (attached, imported in place)', false)
     .option('--json', 'print {"removed": NAME}')
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         if (o.keepDisks && o.deleteDisks)
           throw new InvalidInputError('Cannot use --keep-disks with --delete-disks: choose one');
         const { client } = await c.locate(vmName);
@@ -332,8 +333,9 @@ export function registerVm(program: Command): void {
     .option('--interactive', 'read-write: what you type goes to the guest; Ctrl-] detaches', false)
     .option('--tail <bytes>', 'show at most the last BYTES of the log', positiveInt('--tail', 64 * 1024 * 1024), 65536)
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         if (o.interactive) {
+          const { interactiveConsole } = await import('../serial-console.js');
           const ac = new AbortController();
           process.once('SIGTERM', () => ac.abort());
           const why = await interactiveConsole(c, vmName, {
@@ -363,7 +365,7 @@ export function registerVm(program: Command): void {
     .argument('<name>')
     .requiredOption('--out <file>', 'the PNG file to write')
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await c.locate(vmName);
         const png = await client.bytes(`/v1/vms/${encodeURIComponent(vmName)}/screenshot`, { timeoutMs: 30_000 });
         await fsp.writeFile(o.out, png);

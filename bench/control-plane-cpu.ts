@@ -1,0 +1,227 @@
+// What the control plane's own processes cost in CPU (issue 17, item 0: a move should cost at
+// most 0.1 s of CPU across the CLI and both agents). In a 2-host lab, the probe guest (256 MiB)
+// is moved back and forth with `ferry move-vm`; for each move the bench reads utime+stime from
+// /proc/PID/stat of both agents before and after, and the CLI's own from its parent shell's
+// cutime+cstime (the CLI is a child the shell waited for: bin/ferry's bash, its staleness
+// check and node). The agents' idle rate (CPU over a quiet spell, no move) is printed beside
+// it: a polling loop shows there. Also `ferry --help`, `ferry vm list` and `node -e 0`, wall
+// and CPU, and their ratios.
+//
+//   flock /work/wt/.heavy.lock npm run bench:cpu -- [--rounds N] [--startup-rounds N] [--idle-s S]
+//     [--baseline OLD_CLI.mjs]
+//
+// --baseline runs an older CLI bundle too (its --help, and every other move), for a before/after
+// of the CLI in one run; the agents are this checkout's in both.
+// The lab, its QEMUs and the temp folder are removed on every exit path.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { REPO_ROOT, probeGuestFiles } from '../guest/paths.js';
+import type { MigrationRecord } from '../src/migration/schemas.js';
+import { readLab } from '../src/lab/file.js';
+import { fmt, max, median, table } from './lib/stats.js';
+
+const { values: args } = parseArgs({
+  options: {
+    rounds: { type: 'string', default: '4' },
+    'startup-rounds': { type: 'string', default: '7' },
+    'idle-s': { type: 'string', default: '10' },
+    baseline: { type: 'string' },
+  },
+});
+const rounds = Number(args.rounds);
+const startupRounds = Number(args['startup-rounds']);
+const idleS = Number(args['idle-s']);
+const FERRY = path.join(REPO_ROOT, 'bin', 'ferry');
+const baseline = args.baseline ? [process.execPath, path.resolve(args.baseline)] : null;
+const clis: Array<[string, string[]]> = [
+  ['this', [FERRY]],
+  ...(baseline ? [['baseline', baseline] as [string, string[]]] : []),
+];
+const TICK_MS = 1000 / 100; // USER_HZ: /proc's CPU times are in 1/100 s on Linux
+
+/** utime+stime (own) and cutime+cstime (waited-for children) of PID, in ms. */
+async function cpuOf(pid: number | 'self'): Promise<{ own: number; children: number }> {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command (which may hold spaces): state is field 3, utime 14 … cstime 17.
+  const f = stat
+    .slice(stat.lastIndexOf(')') + 2)
+    .split(' ')
+    .map(Number);
+  const at = (field: number): number => f[field - 3] ?? NaN;
+  return { own: (at(14) + at(15)) * TICK_MS, children: (at(16) + at(17)) * TICK_MS };
+}
+
+interface Measured {
+  code: number;
+  stdout: string;
+  stderr: string;
+  wallMs: number;
+  cpuMs: number;
+}
+
+/**
+ * Runs argv under a shell that prints its own /proc stat after the command ended: its
+ * children's CPU is then exactly the command's (with everything the command waited for).
+ */
+function measured(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<Measured> {
+  const script = '"$@" 3>&-; s=$?; cat /proc/$$/stat >&3; exit $s';
+  const child = spawn('bash', ['-c', script, 'bash', ...argv], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    timeout: 600_000,
+  });
+  const t0 = performance.now();
+  const out = { stdout: '', stderr: '', stat: '' };
+  child.stdout?.on('data', (d: Buffer) => (out.stdout += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out.stderr += d.toString()));
+  child.stdio[3]?.on('data', (d: Buffer) => (out.stat += d.toString()));
+  return new Promise((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      const wallMs = performance.now() - t0;
+      const m = /\) \S+ (.*)$/m.exec(out.stat);
+      if (!m?.[1]) {
+        reject(new Error(`no /proc stat from the shell: ${out.stderr.trim()}`));
+        return;
+      }
+      const f = m[1].split(' ').map(Number);
+      // In the part after ") state ", field N is at N - 4: cutime (16) and cstime (17).
+      const cpuMs = ((f[12] ?? NaN) + (f[13] ?? NaN)) * TICK_MS;
+      resolve({ code: code ?? 1, stdout: out.stdout, stderr: out.stderr, wallMs, cpuMs });
+    });
+  });
+}
+
+async function ferryOk(a: string[], env: NodeJS.ProcessEnv, cli = [FERRY]): Promise<Measured> {
+  const r = await measured([...cli, ...a], env);
+  if (r.code !== 0) throw new Error(`ferry ${a.join(' ')} exited ${r.code}: ${r.stderr.trim().slice(0, 600)}`);
+  return r;
+}
+
+interface Move {
+  cli: string;
+  to: string;
+  cliMs: number;
+  cliWallMs: number;
+  agentMs: Record<string, number>;
+  totalMs: number;
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+if (!probeGuestFiles()) throw new Error('the probe guest is not built; run scripts/setup');
+const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ferry-cpu-'));
+const lab = path.join(dir, 'lab');
+const env = { FERRY_LAB: lab };
+const load = os.loadavg();
+const startup: Record<string, Array<{ wallMs: number; cpuMs: number }>> = {};
+const moves: Move[] = [];
+let idle: Record<string, number> = {};
+const vmList: Array<{ wallMs: number; cpuMs: number }> = [];
+try {
+  // Start-up first, while nothing else of ours runs. `node dist/cli.mjs` is the bundle alone,
+  // without bin/ferry's bash and its check that the bundle is newer than the sources.
+  const startups: Array<[string, string[]]> = [
+    ['node -e 0', [process.execPath, '-e', '0']],
+    ['ferry --help', [FERRY, '--help']],
+    ['node dist/cli.mjs --help', [process.execPath, path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help']],
+    ...(baseline ? [['baseline --help', [...baseline, '--help']] as [string, string[]]] : []),
+  ];
+  for (let i = 0; i < startupRounds; i++)
+    for (const [name, argv] of startups) {
+      const r = await measured(argv);
+      if (r.code !== 0) throw new Error(`${name} exited ${r.code}: ${r.stderr}`);
+      (startup[name] ??= []).push({ wallMs: r.wallMs, cpuMs: r.cpuMs });
+    }
+
+  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2'], {});
+  await ferryOk(
+    ['vm', 'new', 'p1', '--host', 'host-a', '--guest', 'probe', '--path', path.join(lab, 'shared', 'p1'), '--start'],
+    env,
+  );
+  const agents = (await readLab(lab)).hosts.map((h) => ({ name: h.name, pid: h.agentPid }));
+  for (const a of agents) if (!a.pid) throw new Error(`the lab has no agent pid for ${a.name}`);
+  const agentCpu = async (): Promise<Record<string, number>> =>
+    Object.fromEntries(await Promise.all(agents.map(async (a) => [a.name, (await cpuOf(a.pid ?? 0)).own] as const)));
+
+  // The agents with a running VM and nothing asked of them.
+  await sleep(3000);
+  const i0 = await agentCpu();
+  const t0 = performance.now();
+  await sleep(idleS * 1000);
+  const i1 = await agentCpu();
+  const idleSpan = (performance.now() - t0) / 1000;
+  idle = Object.fromEntries(agents.map((a) => [a.name, ((i1[a.name] ?? 0) - (i0[a.name] ?? 0)) / idleSpan]));
+
+  for (let i = 0; i < startupRounds; i++) vmList.push(await ferryOk(['vm', 'list'], env));
+
+  let to = 'host-b';
+  for (let i = 0; i < rounds * clis.length; i++) {
+    const [cli, argv] = clis[i % clis.length] ?? ['this', [FERRY]];
+    const before = await agentCpu();
+    const r = await ferryOk(['move-vm', 'p1', '--to', to, '--json', '--progress', 'none'], env, argv);
+    const after = await agentCpu();
+    const rec = JSON.parse(r.stdout) as MigrationRecord;
+    if (rec.state !== 'completed') throw new Error(`move ${i + 1} ended ${rec.state}: ${rec.error?.message ?? ''}`);
+    moves.push({
+      cli,
+      to,
+      cliMs: r.cpuMs,
+      cliWallMs: r.wallMs,
+      agentMs: Object.fromEntries(agents.map((a) => [a.name, (after[a.name] ?? 0) - (before[a.name] ?? 0)])),
+      totalMs: rec.totalMs ?? NaN,
+    });
+    process.stderr.write(`move ${i + 1} → ${to}: ${JSON.stringify(moves.at(-1))}\n`);
+    to = to === 'host-b' ? 'host-a' : 'host-b';
+    await sleep(1000);
+  }
+} finally {
+  await measured([FERRY, 'lab', 'down', '--dir', lab]).catch(() => undefined);
+  await fs.rm(dir, { recursive: true, force: true });
+}
+
+const ratio = (a: number | null, b: number | null): string => (a !== null && b ? (a / b).toFixed(2) : '-');
+const nodeCpu = median((startup['node -e 0'] ?? []).map((s) => s.cpuMs));
+const nodeWall = median((startup['node -e 0'] ?? []).map((s) => s.wallMs));
+const row = (name: string, s: Array<{ wallMs: number; cpuMs: number }>): string[] => {
+  const cpu = median(s.map((x) => x.cpuMs));
+  const wall = median(s.map((x) => x.wallMs));
+  return [name, fmt(wall), fmt(cpu), ratio(wall, nodeWall), ratio(cpu, nodeCpu)];
+};
+const rows = [...Object.entries(startup).map(([name, s]) => row(name, s)), row('ferry vm list (2 hosts)', vmList)];
+process.stdout.write(
+  `\nload before: ${load.map((x) => x.toFixed(2)).join(' ')}; ${os.cpus().length} cpus; ` +
+    'CPU from /proc (10 ms ticks)\n' +
+    `start-up, ${startupRounds} runs each, medians\n` +
+    table(['command', 'wall ms', 'CPU ms', 'wall ×node', 'CPU ×node'], rows) +
+    '\n',
+);
+const hosts = Object.keys(idle);
+const sumAgents = (mv: Move): number => hosts.reduce((sum, h) => sum + (mv.agentMs[h] ?? 0), 0);
+const stat = (f: (xs: number[]) => number | null, ms: Move[]): string[] => [
+  fmt(f(ms.map((x) => x.cliMs))),
+  ...hosts.map((h) => fmt(f(ms.map((x) => x.agentMs[h] ?? 0)))),
+  fmt(f(ms.map(sumAgents))),
+  fmt(f(ms.map((x) => x.cliMs + sumAgents(x)))),
+  fmt(f(ms.map((x) => x.cliWallMs))),
+  fmt(f(ms.map((x) => x.totalMs))),
+];
+process.stdout.write(
+  `\nmove-vm of the probe guest (256 MiB, TLS on), ${moves.length} moves back and forth: CPU ms per move\n` +
+    table(
+      ['CLI', '', 'CLI', ...hosts.map((h) => `agent ${h}`), 'agents', 'CLI+agents', 'CLI wall ms', 'record total ms'],
+      clis.flatMap(([cli]) => {
+        const ms = moves.filter((x) => x.cli === cli);
+        return [
+          [cli, 'median', ...stat(median, ms)],
+          [cli, 'worst', ...stat(max, ms)],
+        ];
+      }),
+    ) +
+    '\nagents idle (a running VM, no request), CPU ms per s: ' +
+    `${hosts.map((h) => `${h} ${fmt(idle[h] ?? null, 1)}`).join(', ')}\n`,
+);
