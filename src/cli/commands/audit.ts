@@ -1,10 +1,10 @@
 // `ferry audit`: who asked each host for which change, and what came of it (the agents'
 // audit trails, GET /v1/audit; only an admin certificate may read them).
 import { InvalidArgumentError, type Command } from '@commander-js/extra-typings';
-import { actions } from '../../api/actions.js';
 import type { AuditEntry } from '../../api/schemas.js';
 import { FerryError, messageOf } from '../../errors.js';
-import { withClients, type GlobalOpts } from '../context.js';
+import type { GlobalOpts } from '../context.js';
+import { withHosts } from '../hosts.js';
 import { printJson, printTable } from '../output.js';
 import { positiveInt } from '../parse.js';
 
@@ -43,7 +43,7 @@ export function registerAudit(program: Command): void {
         ...(o.who ? { who: o.who } : {}),
         ...(o.limit ? { limit: o.limit } : {}),
       };
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const hosts = o.host ? [c.host(o.host)] : c.all();
         const res = await Promise.all(
           hosts.map(async (h) => {

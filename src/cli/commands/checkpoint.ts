@@ -1,8 +1,8 @@
 // `ferry checkpoint ...`: a VM's checkpoints (disk and memory state at one instant) on its host.
 import type { Command } from '@commander-js/extra-typings';
-import { actions } from '../../api/actions.js';
 import type { CheckpointList } from '../../api/schemas.js';
-import { withClients, type GlobalOpts } from '../context.js';
+import type { GlobalOpts } from '../context.js';
+import { withHosts } from '../hosts.js';
 import { bytes, printJson, printTable } from '../output.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
@@ -39,7 +39,7 @@ export function registerCheckpoint(program: Command): void {
     .argument('<name>', 'checkpoint name')
     .option('--json', 'print the checkpoint as JSON')
     .action(async (vmName, ckName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vmName);
         const v = await client.call(
           actions.checkpointNew,
@@ -61,7 +61,7 @@ export function registerCheckpoint(program: Command): void {
     .argument('<vm>')
     .option('--json', 'JSON')
     .action(async (vmName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vmName);
         const l = await client.call(actions.checkpointList, { params: { name: vmName } });
         if (o.json) printJson(l);
@@ -76,7 +76,7 @@ export function registerCheckpoint(program: Command): void {
     .option('--discard', 'throw the present state away instead of keeping it', false)
     .option('--json', 'print the result as JSON')
     .action(async (vmName, ckName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vmName);
         const r = await client.call(
           actions.checkpointApply,
@@ -99,7 +99,7 @@ export function registerCheckpoint(program: Command): void {
     .argument('<name>', 'checkpoint name')
     .option('--json', 'print {"removed": NAME}')
     .action(async (vmName, ckName, o, cmd) => {
-      await withClients((cmd as Cmd).optsWithGlobals(), async (c) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client } = await c.locate(vmName);
         await client.call(
           actions.checkpointRemove,
