@@ -4,6 +4,9 @@ import { CommanderError } from 'commander';
 import { FerryError } from '../errors.js';
 import { buildProgram } from './program.js';
 import { exitCodeFor, EXIT } from './exit.js';
+import { dropGrpcIpServerNameWarning } from '../util/grpc-ip-warning.js';
+
+dropGrpcIpServerNameWarning();
 
 const program = buildProgram();
 try {

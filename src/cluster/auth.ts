@@ -26,6 +26,7 @@ import {
 import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { storeError } from './store.js';
 import * as K from './keys.js';
+import { sleep } from '../util/exec.js';
 
 export interface AuthTls {
   ca: string;
@@ -72,11 +73,29 @@ async function connectAdmin(endpoints: string[], tls: AuthTls): Promise<Etcd3> {
   }
 }
 
-/** Runs `fn` with an admin connection; etcd errors become E_STORE_* errors saying what was being done. */
+/**
+ * etcd's ErrAuthOldRevision: another change of the access rules was applied between the check
+ * of a request and its application (several hosts are let in at once). etcd's own Go client
+ * retries it; etcd3 has no error class for it, so it is known by etcd's fixed error text.
+ */
+const AUTH_OLD_REVISION = 'etcdserver: revision of auth store is old';
+
+/**
+ * Runs `fn` with an admin connection; etcd errors become E_STORE_* errors saying what was
+ * being done. Every `fn` here is idempotent, so a request that met a newer access rule is
+ * run again.
+ */
 async function asAdmin<T>(what: string, endpoints: string[], tls: AuthTls, fn: (c: Etcd3) => Promise<T>): Promise<T> {
   const client = await connectAdmin(endpoints, tls);
   try {
-    return await fn(client);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await fn(client);
+      } catch (err) {
+        if (attempt >= 5 || !messageOf(err).includes(AUTH_OLD_REVISION)) throw err;
+        await sleep(100 * attempt);
+      }
+    }
   } catch (err) {
     throw storeError(what, err, { endpoints });
   } finally {
