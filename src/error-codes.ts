@@ -82,6 +82,9 @@ export const ERROR_CODES = {
   E_LAB_EXISTS: conflict('a lab already runs in that folder'),
   E_LAB_NOT_FOUND: notFound('no lab in that folder'),
   E_LAB_NETWORK: input('the lab network cannot be set up'),
+  E_LAB_STATE: failed("the lab's file does not match what runs"),
+  E_PACKAGE: input('the .deb given to the lab is not a usable Ferry package'),
+  E_ENROL: failed('a packaged lab host could not be enrolled'),
   E_AGENT_START: failed('an agent did not start'),
   E_CONSOLE_UNREACHABLE: unavailable('the web console does not answer'),
 

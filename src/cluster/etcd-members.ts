@@ -50,6 +50,9 @@ const MemberRecord = z.object({
   dataDir: z.string(),
   logFile: z.string(),
   tls: z.object({ ca: z.string(), cert: z.string(), key: z.string() }),
+  // A member inside a lab host's network namespace listens on that host's address (2379/2380).
+  address: z.string().optional(),
+  netns: z.string().optional(),
 });
 type MemberRecord = z.infer<typeof MemberRecord>;
 const EtcdFile = z.object({ version: z.literal(1), token: z.string(), members: z.array(MemberRecord) });
@@ -57,13 +60,13 @@ type EtcdFile = z.infer<typeof EtcdFile>;
 
 export const etcdFile = (labDir: string): string => path.join(labDir, 'etcd.json');
 
-const url = (port: number): string => `https://127.0.0.1:${port}`;
+const url = (port: number, address = '127.0.0.1'): string => `https://${address}:${port}`;
 
 function toMember(r: MemberRecord): EtcdMember {
   return {
     name: r.name,
-    clientUrl: url(r.clientPort),
-    peerUrl: url(r.peerPort),
+    clientUrl: url(r.clientPort, r.address),
+    peerUrl: url(r.peerPort, r.address),
     pid: r.pid ?? 0,
     dataDir: r.dataDir,
     logFile: r.logFile,
@@ -171,13 +174,19 @@ async function logTail(file: string, lines = 3): Promise<string> {
 }
 
 /** Issues this host's etcd certificate into DIR/hosts/<name>/etcd/tls unless it is there. */
-async function ensureTls(labDir: string, domainDir: string, name: string, signal?: AbortSignal): Promise<MemberTls> {
+async function ensureTls(
+  labDir: string,
+  domainDir: string,
+  name: string,
+  address: string | undefined,
+  signal?: AbortSignal,
+): Promise<MemberTls> {
   const dir = path.join(labDir, 'hosts', name, 'etcd', 'tls');
   const tls = { ca: path.join(dir, 'ca.crt'), cert: path.join(dir, `${name}.crt`), key: path.join(dir, `${name}.key`) };
   if ((await exists(tls.cert)) && (await exists(tls.key)) && (await exists(tls.ca))) return tls;
   const domain = await loadDomain(domainDir);
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
-  const c = await issueCert(domain, 'host', name, { outDir: dir, signal });
+  const c = await issueCert(domain, 'host', name, { outDir: dir, signal, ...(address ? { ips: [address] } : {}) });
   await fsp.copyFile(c.ca, tls.ca);
   return tls;
 }
@@ -199,6 +208,11 @@ export interface StartMembersOptions {
    * etcd's access control is on (auth.ts) a host may not touch the health key: pass the admin's.
    */
   clientTls?: MemberTls;
+  /**
+   * Hosts whose member runs in their own network namespace (a `--netns` lab), on their
+   * management address; the others listen on loopback ports of this namespace.
+   */
+  placement?: Record<string, { address: string; netns: string }>;
 }
 
 /**
@@ -254,14 +268,17 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   const used = new Set(file.members.flatMap((m) => [m.clientPort, m.peerPort]));
   for (const h of added) {
     const dataDir = path.join(labDir, 'hosts', h, 'etcd');
+    const place = o.placement?.[h];
     file.members.push({
       name: h,
-      clientPort: await freePort(used),
-      peerPort: await freePort(used),
+      // In its own namespace a member has its host's address to itself: etcd's usual ports.
+      clientPort: place ? 2379 : await freePort(used),
+      peerPort: place ? 2380 : await freePort(used),
       pid: null,
       dataDir,
       logFile: path.join(labDir, 'hosts', h, 'etcd.log'),
       tls: { ca: '', cert: '', key: '' },
+      ...(place ? { address: place.address, netns: place.netns } : {}),
     });
   }
   const members = file.members.filter((m) => hosts.includes(m.name));
@@ -270,9 +287,9 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
   for (const m of members) {
     await fsp.mkdir(m.dataDir, { recursive: true, mode: 0o700 });
     await fsp.chmod(m.dataDir, 0o700); // etcd 3.4 warns about (and 3.5 refuses) a data dir other than 0700
-    m.tls = await ensureTls(labDir, o.domainDir, m.name, o.signal);
+    m.tls = await ensureTls(labDir, o.domainDir, m.name, m.address, o.signal);
   }
-  const initialCluster = file.members.map((m) => `${m.name}=${url(m.peerPort)}`).join(',');
+  const initialCluster = file.members.map((m) => `${m.name}=${url(m.peerPort, m.address)}`).join(',');
   const env: NodeJS.ProcessEnv = {};
   // ETCD_* would override our flags.
   for (const [k, v] of Object.entries(process.env)) if (!k.startsWith('ETCD_')) env[k] = v;
@@ -283,10 +300,10 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
     const args = [
       `--name=${m.name}`,
       `--data-dir=${m.dataDir}`,
-      `--listen-client-urls=${url(m.clientPort)}`,
-      `--advertise-client-urls=${url(m.clientPort)}`,
-      `--listen-peer-urls=${url(m.peerPort)}`,
-      `--initial-advertise-peer-urls=${url(m.peerPort)}`,
+      `--listen-client-urls=${url(m.clientPort, m.address)}`,
+      `--advertise-client-urls=${url(m.clientPort, m.address)}`,
+      `--listen-peer-urls=${url(m.peerPort, m.address)}`,
+      `--initial-advertise-peer-urls=${url(m.peerPort, m.address)}`,
       `--initial-cluster=${initialCluster}`,
       `--initial-cluster-token=${file.token}`,
       `--initial-cluster-state=${state}`,
@@ -310,7 +327,10 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
     ];
     const fd = fs.openSync(m.logFile, 'a');
     try {
-      const child = spawn(ETCD_BIN, args, { detached: true, stdio: ['ignore', fd, fd], env });
+      // `ip netns exec` execs etcd in place: the pid is the member's.
+      const child = m.netns
+        ? spawn('ip', ['netns', 'exec', m.netns, ETCD_BIN, ...args], { detached: true, stdio: ['ignore', fd, fd], env })
+        : spawn(ETCD_BIN, args, { detached: true, stdio: ['ignore', fd, fd], env });
       child.on('error', () => {
         /* reported through the health wait (the member is not alive) */
       });
@@ -319,7 +339,7 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
     } finally {
       fs.closeSync(fd);
     }
-    o.log?.(`started etcd member ${m.name} (pid ${m.pid}, ${state}) on ${url(m.clientPort)}`);
+    o.log?.(`started etcd member ${m.name} (pid ${m.pid}, ${state}) on ${url(m.clientPort, m.address)}`);
   }
   await writeEtcdFile(labDir, file);
   const out = members.map(toMember);

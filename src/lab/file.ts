@@ -16,6 +16,8 @@ const LabHost = z.object({
   netns: z.string().optional(),
   address: z.string().optional(),
   migrationAddress: z.string().optional(),
+  // --package: the host runs the unpacked .deb in its own namespaces (package-host.ts).
+  packaged: z.boolean().optional(),
 });
 export const LabFile = z.object({
   version: z.literal(1),
@@ -23,6 +25,8 @@ export const LabFile = z.object({
   hosts: z.array(LabHost),
   cluster: z.boolean().default(false),
   netns: z.object({ id: z.string(), subnet: z.number().int() }).nullable().default(null),
+  /** --package: the .deb the hosts run (unpacked in DIR/package). */
+  package: z.object({ deb: z.string(), sha256: z.string() }).nullable().default(null),
 });
 export type LabFile = z.infer<typeof LabFile>;
 

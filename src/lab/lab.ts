@@ -32,6 +32,18 @@ import {
   type LinkKind,
 } from './netns.js';
 import { labCredentials, labEndpoint, labFile, readLab, type LabFile } from './file.js';
+import {
+  enrolPackagedHost,
+  enterHost,
+  hostRoot,
+  inNetns,
+  insideRunDir,
+  netnsPids,
+  packagedConfig,
+  packagedDataDir,
+  unitCommand,
+  unpackPackage,
+} from './package-host.js';
 
 export { readLab, labCredentials, labEndpoint } from './file.js';
 
@@ -84,6 +96,21 @@ function cmdlineOf(pid: number): string {
   }
 }
 
+/**
+ * The namespace of a packaged host, found from its data folder (DIR/hosts/NAME/root/var/lib/ferry):
+ * its processes name their files by the paths inside the host, so the namespace tells them apart.
+ */
+function packagedNetns(dataDir: string): string | null {
+  const m = /^(.*)\/hosts\/([^/]+)\/root\/var\/lib\/ferry$/.exec(dataDir);
+  if (!m) return null;
+  try {
+    const lab = JSON.parse(fs.readFileSync(labFile(m[1] ?? ''), 'utf8')) as LabFile;
+    return lab.hosts.find((h) => h.name === m[2] && h.packaged)?.netns ?? null;
+  } catch {
+    return null;
+  }
+}
+
 /** Is `pid` still this host's agent (not a recycled pid)? */
 export function isLabAgent(pid: number | null, dataDir: string): boolean {
   if (!pid) return false;
@@ -93,18 +120,31 @@ export function isLabAgent(pid: number | null, dataDir: string): boolean {
     return false;
   }
   const cmd = cmdlineOf(pid);
-  return cmd.includes(' agent ') && cmd.includes(dataDir);
+  if (!cmd.includes(' agent ')) return false;
+  const ns = packagedNetns(dataDir);
+  return ns ? inNetns(pid, ns) : cmd.includes(dataDir);
 }
 
 /** QEMU processes of one lab host, from the pidfiles under its data folder. */
 export async function hostQemuPids(dataDir: string): Promise<number[]> {
   const runRoot = path.join(dataDir, 'run');
+  const ns = packagedNetns(dataDir);
   const out: number[] = [];
   for (const d of await fsp.readdir(runRoot).catch(() => [] as string[])) {
     const pid = Number((await fsp.readFile(path.join(runRoot, d, 'qemu.pid'), 'utf8').catch(() => '')).trim());
-    if (pid > 0 && isQemuAlive(pid) && cmdlineOf(pid).includes(runRoot)) out.push(pid);
+    if (!(pid > 0 && isQemuAlive(pid))) continue;
+    if (ns ? inNetns(pid, ns) && cmdlineOf(pid).includes(insideRunDir(d)) : cmdlineOf(pid).includes(runRoot))
+      out.push(pid);
   }
   return out;
+}
+
+/** A packaged host's fence (it names its data folder as the host sees it). */
+async function packagedFences(netns: string): Promise<number[]> {
+  return (await netnsPids(netns)).filter((p) => {
+    const argv = cmdlineOf(p);
+    return argv.includes(' fence ') && !argv.includes('qemu-system');
+  });
 }
 
 export interface UpOptions {
@@ -112,6 +152,8 @@ export interface UpOptions {
   hosts?: number;
   cluster?: boolean;
   netns?: boolean;
+  /** A .deb: every host runs it in namespaces of its own (implies netns); see package-host.ts. */
+  package?: string;
   signal?: AbortSignal;
   timeoutMs?: number;
   log?: (s: string) => void;
@@ -127,21 +169,23 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   try {
     lab = await readLab(dir);
   } catch {
-    lab = { version: 1, dir, hosts: [], cluster: false, netns: null };
+    lab = { version: 1, dir, hosts: [], cluster: false, netns: null, package: null };
+  }
+  if (o.package && !lab.package && lab.hosts.length) {
+    throw new FerryError(
+      'E_LAB_EXISTS',
+      `Cannot run the package in the lab in ${dir}: it was created from the checkout; use a new --dir`,
+      {},
+    );
+  }
+  if (o.package) {
+    lab.package = await unpackPackage(dir, o.package, o.signal);
+    o = { ...o, netns: true };
   }
   if (o.netns && !lab.netns && lab.hosts.length) {
     throw new FerryError(
       'E_LAB_EXISTS',
       `Cannot put the lab in ${dir} into network namespaces: it was created without --netns; use a new --dir`,
-      {},
-    );
-  }
-  // The etcd members listen on loopback in the root namespace, out of the hosts' reach.
-  if ((o.netns || lab.netns) && (o.cluster || lab.cluster)) {
-    throw new FerryError(
-      'E_UNSUPPORTED',
-      'Cannot start a lab with both --netns and --cluster: ' +
-        "etcd members do not run in the hosts' namespaces yet; use one of them",
       {},
     );
   }
@@ -162,8 +206,16 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   await fsp.mkdir(shared, { recursive: true });
   for (let i = lab.hosts.length; i < n; i++) {
     const name = hostName(i);
-    const dataDir = path.join(dir, 'hosts', name, 'data');
-    if (lab.netns) lab.hosts.push({ name, port: AGENT_PORT, dataDir, agentPid: null, ...netnsHost(lab.netns, i) });
+    const dataDir = lab.package ? packagedDataDir(dir, name) : path.join(dir, 'hosts', name, 'data');
+    if (lab.netns)
+      lab.hosts.push({
+        name,
+        port: AGENT_PORT,
+        dataDir,
+        agentPid: null,
+        ...netnsHost(lab.netns, i),
+        ...(lab.package ? { packaged: true } : {}),
+      });
     else lab.hosts.push({ name, port: await freePort(), dataDir, agentPid: null });
   }
   if (lab.netns) {
@@ -188,6 +240,17 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
         ...(o.signal ? { signal: o.signal } : {}),
         ...(o.log ? { log: o.log } : {}),
         clientTls: creds,
+        // In a --netns lab each member runs in its host's namespace, on its address: a host cut
+        // from the network is cut from etcd too.
+        ...(lab.netns
+          ? {
+              placement: Object.fromEntries(
+                lab.hosts.flatMap((h) =>
+                  h.netns && h.address ? [[h.name, { address: h.address, netns: h.netns }]] : [],
+                ),
+              ),
+            }
+          : {}),
       })
     : [];
   if (lab.cluster) {
@@ -197,32 +260,31 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     for (const h of lab.hosts) await grantHost(endpoints, creds, { cluster: 'lab', host: h.name });
   }
   for (const h of lab.hosts) {
+    const settings = {
+      pools: [{ name: 'shared', kind: 'shared', path: shared }],
+      switches: [{ name: 'lab', kind: 'user', bridge: null }],
+      // Each agent talks to its own host's etcd member (as a stacked control plane does), so
+      // a host cut from etcd is cut, and fences itself.
+      ...(lab.cluster
+        ? {
+            cluster: {
+              name: 'lab',
+              endpoints: (members.some((m) => m.name === h.name)
+                ? members.filter((m) => m.name === h.name)
+                : members
+              ).map((m) => m.clientUrl),
+            },
+          }
+        : {}),
+    };
+    if (h.packaged) {
+      if (isLabAgent(h.agentPid, h.dataDir)) continue;
+      await startPackagedAgent(dir, h, settings, o);
+      continue;
+    }
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) await enrolHost(domain, tls, h, o.signal);
-    await fsp.writeFile(
-      path.join(h.dataDir, 'agent.json'),
-      JSON.stringify(
-        {
-          pools: [{ name: 'shared', kind: 'shared', path: shared }],
-          switches: [{ name: 'lab', kind: 'user', bridge: null }],
-          // Each agent talks to its own host's etcd member (as a stacked control plane does), so
-          // a host cut from etcd is cut, and fences itself.
-          ...(lab.cluster
-            ? {
-                cluster: {
-                  name: 'lab',
-                  endpoints: (members.some((m) => m.name === h.name)
-                    ? members.filter((m) => m.name === h.name)
-                    : members
-                  ).map((m) => m.clientUrl),
-                },
-              }
-            : {}),
-        },
-        null,
-        2,
-      ) + '\n',
-    );
+    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify(settings, null, 2) + '\n');
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
     const fd = fs.openSync(logFile, 'a');
@@ -273,6 +335,44 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     }
   }
   return labStatus(dir);
+}
+
+/**
+ * A packaged host: enrolled with the package's commands unless it holds a certificate, the
+ * lab's settings written into its /etc/ferry/agent.json (as an admin would edit it), and the
+ * agent started inside the host with the unit's ExecStart and Nice=.
+ */
+async function startPackagedAgent(
+  dir: string,
+  h: LabFile['hosts'][number],
+  settings: Record<string, unknown>,
+  o: UpOptions,
+): Promise<void> {
+  if (!h.netns || !h.address || !h.migrationAddress)
+    throw new FerryError('E_LAB_STATE', `Cannot start packaged host ${h.name}: lab.json has no namespace for it`, {});
+  const host = { name: h.name, netns: h.netns, address: h.address, migrationAddress: h.migrationAddress, port: h.port };
+  if (!fs.existsSync(path.join(hostRoot(dir, h.name), 'etc', 'ferry', 'tls', 'host.crt')))
+    await enrolPackagedHost(dir, host, {
+      renew: await isEnrolled(await loadDomain(path.join(dir, 'domain')), h.name),
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
+  const cfgFile = packagedConfig(dir, h.name);
+  const cfg = JSON.parse(await fsp.readFile(cfgFile, 'utf8')) as Record<string, unknown>;
+  await fsp.writeFile(cfgFile, JSON.stringify({ ...cfg, ...settings }, null, 2) + '\n', { mode: 0o640 });
+  const unit = await unitCommand(dir);
+  const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
+  const fd = fs.openSync(logFile, 'a');
+  const args = await enterHost(dir, h.name, h.netns, ['nice', '-n', String(unit.nice), '--', ...unit.argv]);
+  // A clean environment, as systemd gives a unit: nothing of this checkout's (FERRY_*, NODE_*) leaks in.
+  const child = spawn('ip', args, {
+    detached: true,
+    stdio: ['ignore', fd, fd],
+    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
+  });
+  fs.closeSync(fd);
+  child.unref();
+  h.agentPid = child.pid ?? null;
+  o.log?.(`started packaged agent ${h.name} (pid ${h.agentPid}) on ${labEndpoint(h)}`);
 }
 
 /**
@@ -414,7 +514,16 @@ export async function labKill(dirIn: string, host: string): Promise<{ killed: nu
   const member = lab.cluster
     ? (await loadMembers(lab.dir).catch(() => [])).find((m) => m.name === host && isMemberAlive(m.pid, m.dataDir))
     : undefined;
-  await stopFence(h.dataDir, 'SIGKILL'); // the host's fence process dies with it
+  // The host's fence process dies with it.
+  const fences = h.packaged && h.netns ? await packagedFences(h.netns) : [];
+  for (const p of fences) {
+    try {
+      process.kill(p, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  if (!h.packaged) await stopFence(h.dataDir, 'SIGKILL');
   const pids = [
     ...(h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : []),
     ...(await hostQemuPids(h.dataDir)),
@@ -442,7 +551,21 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
     throw err;
   }
   // The fence processes first: with the agents gone they would kill the HA VMs before QEMU's clean exit.
-  for (const h of lab.hosts) await stopFence(h.dataDir);
+  for (const h of lab.hosts) {
+    if (!h.packaged || !h.netns) {
+      await stopFence(h.dataDir);
+      continue;
+    }
+    const fences = await packagedFences(h.netns);
+    for (const p of fences) {
+      try {
+        process.kill(p, 'SIGTERM');
+      } catch {
+        /* gone */
+      }
+    }
+    await waitGone(fences, 5000);
+  }
   const agents = lab.hosts.flatMap((h) =>
     h.agentPid !== null && isLabAgent(h.agentPid, h.dataDir) ? [h.agentPid] : [],
   );

@@ -119,6 +119,10 @@ export function registerAdmin(program: Command): void {
     .option('--hosts <n>', 'number of hosts', positiveInt('--hosts', 26), 2)
     .option('--cluster', 'also run etcd and join a cluster')
     .option('--netns', 'one network namespace per host')
+    .option(
+      '--package <deb>',
+      'run this .deb (npm run package) on every host, each in namespaces of its own, enrolled as real hosts are',
+    )
     .option('--json', 'print the status as JSON')
     .description('start the lab (idempotent: starts only what is not running)')
     .action(async (o, cmd) => {
@@ -129,6 +133,7 @@ export function registerAdmin(program: Command): void {
         hosts: o.hosts,
         cluster: !!o.cluster,
         netns: !!o.netns,
+        ...(o.package ? { package: o.package } : {}),
         log: (s) => process.stderr.write(s + '\n'),
       });
       if (o.json) printJson(st);
