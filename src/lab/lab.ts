@@ -19,7 +19,7 @@ import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
 import { enableAuth, grantHost } from '../cluster/auth.js';
 import { stopFence } from '../cluster/fence.js';
-import { cliCommand } from '../../guest/paths.js';
+import { cliCommand, guestCacheDir } from '../../guest/paths.js';
 import {
   AGENT_PORT,
   ensureNetns,
@@ -363,11 +363,16 @@ async function startPackagedAgent(
   const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
   const fd = fs.openSync(logFile, 'a');
   const args = await enterHost(dir, h.name, h.netns, ['nice', '-n', String(unit.nice), '--', ...unit.argv]);
-  // A clean environment, as systemd gives a unit: nothing of this checkout's (FERRY_*, NODE_*) leaks in.
+  // A clean environment, as systemd gives a unit; the one addition is the test rig's: where
+  // this checkout built the project's test guests (`vm new --guest probe`).
   const child = spawn('ip', args, {
     detached: true,
     stdio: ['ignore', fd, fd],
-    env: { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', LANG: 'C.UTF-8' },
+    env: {
+      PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
+      LANG: 'C.UTF-8',
+      FERRY_GUEST_CACHE: guestCacheDir(),
+    },
   });
   fs.closeSync(fd);
   child.unref();

@@ -111,6 +111,16 @@ test('each host runs the package in its own namespaces; its key exists only in i
       'the agent has a mount namespace of its own',
     );
   }
+  // Figures for the record: the package, unpacked, and an idle packaged agent's memory.
+  const rss = status.hosts.map((h) => {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${h.agentPid}/status`, 'utf8'));
+    return Math.round(Number(m?.[1] ?? 0) / 1024);
+  });
+  const du = (p: string): number => Number(execFileSync('du', ['-sk', p], { encoding: 'utf8' }).split('\t')[0]);
+  console.log(
+    `figures: unpacked package ${Math.round(du(path.join(lab, 'package')) / 1024)} MiB; ` +
+      `agent RSS after start-up ${rss.join(', ')} MiB`,
+  );
   // Nothing was installed on this machine.
   for (const p of ['/etc/ferry', '/var/lib/ferry', '/usr/lib/ferry']) assert.ok(!fs.existsSync(p), `${p} is absent`);
   // Each host's key: made inside its root (/etc/ferry/tls/host.key there); no copy of it anywhere
