@@ -1,7 +1,10 @@
 // The agent's own state that survives restarts (better-sqlite3): which VMs this host owns
 // and where their folders are, switches, pools, settings, migration records and the move
 // journal. A VM's config itself is its vm.json; QEMU's run state is read live, never stored.
-// With synchronous = FULL every write is on disk when the call returns.
+// With synchronous = FULL every write is on disk when the call returns, except the ones a
+// caller marks as not needing it (a record's progress, a journal entry that adds nothing for
+// recovery): those skip the fsync (5 ms here, on the move's path) and become durable with the
+// next durable write, as WAL commits are ordered.
 import Database from 'better-sqlite3';
 import type { PoolDef, PoolKind } from '../storage/pools.js';
 import type { SwitchView } from '../api/schemas.js';
@@ -17,6 +20,8 @@ export interface VmRecord {
 
 export class Registry {
   private db: Database.Database;
+  /** Prepared once: preparing a statement on every call cost more than running it. */
+  private stmts = new Map<string, Database.Statement>();
 
   constructor(file: string) {
     this.db = new Database(file);
@@ -39,80 +44,101 @@ export class Registry {
     this.db.close();
   }
 
+  private stmt(sql: string): Database.Statement {
+    let st = this.stmts.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.stmts.set(sql, st);
+    }
+    return st;
+  }
+
+  /** Runs a write without waiting for the disk: it becomes durable with the next (FULL) write. */
+  private lazily<T>(fn: () => T): T {
+    this.stmt('PRAGMA synchronous = NORMAL').run();
+    try {
+      return fn();
+    } finally {
+      this.stmt('PRAGMA synchronous = FULL').run();
+    }
+  }
+
   listVms(): VmRecord[] {
-    return this.db
-      .prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms ORDER BY name')
-      .all() as VmRecord[];
+    return this.stmt(
+      'SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms ORDER BY name',
+    ).all() as VmRecord[];
   }
   getVm(name: string): VmRecord | undefined {
-    return this.db
-      .prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE name = ?')
-      .get(name) as VmRecord | undefined;
+    return this.stmt('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE name = ?').get(
+      name,
+    ) as VmRecord | undefined;
   }
   getVmById(id: string): VmRecord | undefined {
-    return this.db
-      .prepare('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE id = ?')
-      .get(id) as VmRecord | undefined;
+    return this.stmt('SELECT name, id, config_path AS configPath, created_at AS createdAt FROM vms WHERE id = ?').get(
+      id,
+    ) as VmRecord | undefined;
   }
   addVm(r: VmRecord): void {
-    this.db
-      .prepare('INSERT INTO vms (name, id, config_path, created_at) VALUES (?, ?, ?, ?)')
-      .run(r.name, r.id, r.configPath, r.createdAt);
+    this.stmt('INSERT INTO vms (name, id, config_path, created_at) VALUES (?, ?, ?, ?)').run(
+      r.name,
+      r.id,
+      r.configPath,
+      r.createdAt,
+    );
   }
   updateVmPath(name: string, configPath: string): void {
-    this.db.prepare('UPDATE vms SET config_path = ? WHERE name = ?').run(configPath, name);
+    this.stmt('UPDATE vms SET config_path = ? WHERE name = ?').run(configPath, name);
   }
   removeVm(name: string): void {
-    this.db.prepare('DELETE FROM vms WHERE name = ?').run(name);
+    this.stmt('DELETE FROM vms WHERE name = ?').run(name);
   }
 
   listSwitches(): SwitchView[] {
-    return this.db.prepare('SELECT name, kind, bridge FROM switches ORDER BY name').all() as SwitchView[];
+    return this.stmt('SELECT name, kind, bridge FROM switches ORDER BY name').all() as SwitchView[];
   }
   addSwitch(s: SwitchView): void {
-    this.db.prepare('INSERT INTO switches (name, kind, bridge) VALUES (?, ?, ?)').run(s.name, s.kind, s.bridge);
+    this.stmt('INSERT INTO switches (name, kind, bridge) VALUES (?, ?, ?)').run(s.name, s.kind, s.bridge);
   }
   removeSwitch(name: string): void {
-    this.db.prepare('DELETE FROM switches WHERE name = ?').run(name);
+    this.stmt('DELETE FROM switches WHERE name = ?').run(name);
   }
 
   listPools(): PoolDef[] {
-    return this.db.prepare('SELECT name, kind, path FROM pools ORDER BY name').all() as PoolDef[];
+    return this.stmt('SELECT name, kind, path FROM pools ORDER BY name').all() as PoolDef[];
   }
   upsertPool(p: { name: string; kind: PoolKind; path: string }): void {
-    this.db
-      .prepare(
-        'INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ' +
-          'ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path',
-      )
-      .run(p.name, p.kind, p.path);
+    this.stmt(
+      'INSERT INTO pools (name, kind, path) VALUES (?, ?, ?) ' +
+        'ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, path = excluded.path',
+    ).run(p.name, p.kind, p.path);
   }
 
   getSetting<T>(key: string, fallback: T): T {
-    const row = this.db.prepare('SELECT value FROM settings WHERE key = ?').get(key) as { value: string } | undefined;
+    const row = this.stmt('SELECT value FROM settings WHERE key = ?').get(key) as { value: string } | undefined;
     return row ? (JSON.parse(row.value) as T) : fallback;
   }
   setSetting(key: string, value: unknown): void {
-    this.db
-      .prepare('INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value')
-      .run(key, JSON.stringify(value));
+    this.stmt(
+      'INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value',
+    ).run(key, JSON.stringify(value));
   }
 
+  /** Not fsynced: recovery reads the journal, and the record is durable with the move's next journal write. */
   saveMigration(r: MigrationRecord): void {
-    this.db
-      .prepare(
+    this.lazily(() =>
+      this.stmt(
         'INSERT INTO migrations (id, vm, state, record, created_at) VALUES (?, ?, ?, ?, ?) ' +
           'ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record',
-      )
-      .run(r.id, r.vm, r.state, JSON.stringify(r), r.createdAt);
+      ).run(r.id, r.vm, r.state, JSON.stringify(r), r.createdAt),
+    );
   }
   getMigration(id: string): MigrationRecord | undefined {
-    const row = this.db.prepare('SELECT record FROM migrations WHERE id = ?').get(id) as { record: string } | undefined;
+    const row = this.stmt('SELECT record FROM migrations WHERE id = ?').get(id) as { record: string } | undefined;
     return row ? (JSON.parse(row.record) as MigrationRecord) : undefined;
   }
   listMigrations(limit: number): MigrationRecord[] {
     return (
-      this.db.prepare('SELECT record FROM migrations ORDER BY created_at DESC LIMIT ?').all(limit) as Array<{
+      this.stmt('SELECT record FROM migrations ORDER BY created_at DESC LIMIT ?').all(limit) as Array<{
         record: string;
       }>
     )
@@ -120,25 +146,34 @@ export class Registry {
       .reverse();
   }
 
-  /** Appends one entry of a move's journal; a second entry with the same seq is refused (E_CONSTRAINT). */
-  journalAppend(moveId: string, entry: JournalEntry): void {
-    this.db
-      .prepare('INSERT INTO move_journal (move_id, seq, entry) VALUES (?, ?, ?)')
-      .run(moveId, entry.seq, JSON.stringify(entry));
+  /**
+   * Appends one entry of a move's journal; a second entry with the same seq is refused
+   * (E_CONSTRAINT). `durable: false` for an entry recovery can do without (see MoveStore).
+   */
+  journalAppend(moveId: string, entry: JournalEntry, opts: { durable?: boolean } = {}): void {
+    const insert = (): void => {
+      this.stmt('INSERT INTO move_journal (move_id, seq, entry) VALUES (?, ?, ?)').run(
+        moveId,
+        entry.seq,
+        JSON.stringify(entry),
+      );
+    };
+    if (opts.durable === false) this.lazily(insert);
+    else insert();
   }
   journalRead(moveId: string): JournalEntry[] {
-    const rows = this.db.prepare('SELECT entry FROM move_journal WHERE move_id = ? ORDER BY seq').all(moveId) as Array<{
+    const rows = this.stmt('SELECT entry FROM move_journal WHERE move_id = ? ORDER BY seq').all(moveId) as Array<{
       entry: string;
     }>;
     return rows.map((r) => JournalEntry.parse(JSON.parse(r.entry)));
   }
   journalMoves(): string[] {
-    const rows = this.db.prepare('SELECT DISTINCT move_id FROM move_journal ORDER BY move_id').all() as Array<{
+    const rows = this.stmt('SELECT DISTINCT move_id FROM move_journal ORDER BY move_id').all() as Array<{
       move_id: string;
     }>;
     return rows.map((r) => r.move_id);
   }
   journalDrop(moveId: string): void {
-    this.db.prepare('DELETE FROM move_journal WHERE move_id = ?').run(moveId);
+    this.stmt('DELETE FROM move_journal WHERE move_id = ?').run(moveId);
   }
 }

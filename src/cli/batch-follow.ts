@@ -72,6 +72,7 @@ export class BatchWatch {
   /** Opens `client`'s stream; null once it is subscribed, else why not. */
   private async subscribe(client: AgentClient): Promise<Error | null> {
     const stream = openEventStream(client, {
+      wants: (raw) => raw.type === 'cluster.batch',
       onEvent: (e) => {
         if (e.type !== 'cluster.batch') return;
         this.latest.set(e.batch.node, e.batch);

@@ -17,6 +17,12 @@ const BACKOFF_MS = [100, 250, 500, 1000, 2000, 5000];
 const GIVE_UP_MS = 5 * 60_000;
 
 export interface EventStreamHandlers {
+  /**
+   * Which events the caller wants, judged on the raw JSON before it is checked against the
+   * schema: a follower skips the rest unparsed (checking every event of a busy host cost the
+   * CLI ~0.1 s of CPU per move).
+   */
+  wants?(raw: { type?: unknown; migration?: { id?: unknown } }): boolean;
   onEvent(e: FerryEvent): void;
   /** Events may have been missed (a reconnect, or history lost): read the state once. */
   onGap(reason: string): void;
@@ -73,6 +79,7 @@ export function openEventStream(
     } catch {
       return;
     }
+    if (handlers.wants && !handlers.wants(raw ?? {})) return;
     const parsed = FerryEvent.safeParse(raw);
     if (parsed.success) handlers.onEvent(parsed.data);
     // A newer agent's migration event this CLI cannot read: read the record instead.

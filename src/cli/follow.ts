@@ -48,6 +48,7 @@ export class MigrationWatch {
 
   private constructor(readonly client: AgentClient) {
     this.stream = openEventStream(client, {
+      wants: (raw) => raw.type === 'migration' && (this.target === null || raw.migration?.id === this.target),
       onEvent: (e) => {
         if (e.type !== 'migration' || (this.target !== null && e.migration.id !== this.target)) return;
         const cur = this.latest.get(e.migration.id);

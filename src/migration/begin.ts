@@ -56,6 +56,14 @@ export async function gather(
   opts: { signal?: AbortSignal } = {},
 ): Promise<Gathered> {
   const spec = await host.vms.spec(vmName);
+  // Every question to the destination at once (one round trip, not two): only the options'
+  // defaults need its view. Their failures count only once it answered hostShow.
+  const later = Promise.all([
+    dest.call(peerActions.vms, {}, { signal: opts.signal, timeoutMs: 30_000 }),
+    dest.call(peerActions.cpuModels, {}, { signal: opts.signal, timeoutMs: 60_000 }),
+    host.hostView(),
+  ]);
+  later.catch(() => undefined);
   let destView: HostView;
   try {
     destView = await dest.call(actions.hostShow, {}, { signal: opts.signal, timeoutMs: 30_000 });
@@ -81,11 +89,7 @@ export async function gather(
     return { destView: null, options: optionsIn, report: report([inc]) };
   }
   const options = withDefaults(optionsIn, vmName, destView);
-  const [destVms, destCpuModels, source] = await Promise.all([
-    dest.call(peerActions.vms, {}, { signal: opts.signal, timeoutMs: 30_000 }),
-    dest.call(peerActions.cpuModels, {}, { signal: opts.signal, timeoutMs: 60_000 }),
-    host.hostView(),
-  ]);
+  const [destVms, destCpuModels, source] = await later;
   const diskSizes: Record<string, number> = {};
   if (options.includeStorage) {
     for (const d of spec.disks) {

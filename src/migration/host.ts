@@ -67,8 +67,12 @@ export interface MoveStore {
   saveMigration(r: MigrationRecord): void;
   getMigration(id: string): MigrationRecord | undefined;
   listMigrations(limit: number): MigrationRecord[];
-  /** Appends one journal entry of a move (synchronously durable: written before the step acts). */
-  journalAppend(moveId: string, entry: JournalEntry): void;
+  /**
+   * Appends one journal entry of a move (synchronously durable: written before the step acts).
+   * `durable: false` only for an entry that changes nothing recovery reads (a step's end with
+   * no new data): it becomes durable with the next durable write.
+   */
+  journalAppend(moveId: string, entry: JournalEntry, opts?: { durable?: boolean }): void;
   journalRead(moveId: string): JournalEntry[];
   /** Moves with a journal (unfinished or not yet cleaned), for recovery. */
   journalMoves(): string[];

@@ -308,8 +308,9 @@ class IncomingSink implements RunnerSink {
   log(): void {
     /* the destination's steps log nothing of their own; its events say what happened */
   }
-  journal(entry: Omit<JournalEntry, 'seq' | 'at'>): void {
-    this.host.store.journalAppend(journalId(this.id), { ...entry, seq: ++this.seq, at: new Date().toISOString() });
+  journal(entry: Omit<JournalEntry, 'seq' | 'at'>, opts?: { durable?: boolean }): void {
+    const e = { ...entry, seq: ++this.seq, at: new Date().toISOString() };
+    this.host.store.journalAppend(journalId(this.id), e, opts);
   }
 }
 
@@ -584,6 +585,7 @@ export class IncomingManager {
       // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
       const until = Date.now() + 30_000;
       for (;;) {
+        const mark = proc.qmp.eventMark;
         const st = await proc.qmp.execute('query-migrate', undefined, { signal: opts.signal, timeoutMs: 10_000 });
         if (st.status === 'completed') break;
         if (st.status === 'postcopy-active' || st.status === 'postcopy-paused' || st.status === 'postcopy-recover') {
@@ -603,7 +605,10 @@ export class IncomingManager {
               'within 30 s',
           );
         }
-        await sleep(20, opts.signal);
+        // Woken by QEMU's MIGRATION event (the 'events' capability is on), not a fixed sleep.
+        await proc.qmp
+          .waitEvent((ev) => ev.event === 'MIGRATION', { since: mark, timeoutMs: 250, signal: opts.signal })
+          .catch(() => undefined);
       }
       if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
       const run = await proc.qmp.execute('query-status', undefined, opts);

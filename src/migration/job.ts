@@ -37,7 +37,7 @@ export class Job implements RunnerSink {
     init: JobInit,
     private readonly emit: Emit,
     private readonly persist: (r: MigrationRecord) => void,
-    private readonly appendJournal: (id: string, e: JournalEntry) => void,
+    private readonly appendJournal: (id: string, e: JournalEntry, opts?: { durable?: boolean }) => void,
   ) {
     this.record = {
       id: init.id ?? randomUUID(),
@@ -135,9 +135,9 @@ export class Job implements RunnerSink {
     if (ev.length > KEEP_EVENTS) ev.splice(0, ev.length - KEEP_EVENTS);
   }
 
-  journal(entry: Omit<JournalEntry, 'seq' | 'at'>): void {
+  journal(entry: Omit<JournalEntry, 'seq' | 'at'>, opts?: { durable?: boolean }): void {
     if (entry.data) this.stepData.set(entry.step, entry.data);
-    this.appendJournal(this.id, { ...entry, seq: ++this.journalSeq, at: new Date().toISOString() });
+    this.appendJournal(this.id, { ...entry, seq: ++this.journalSeq, at: new Date().toISOString() }, opts);
   }
 
   /** What step `name` recorded last (empty when it did not run). */

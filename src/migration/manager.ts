@@ -25,7 +25,7 @@ import type {
   MoveRequest,
   StorageMoveRequest,
 } from './schemas.js';
-import { peerClient, type SourceCtx } from './source.js';
+import { PeerClients, type SourceCtx } from './source.js';
 import type { VmSpec } from '../vm/spec.js';
 
 const KINDS: Record<Exclude<MigrationRecord['kind'], 'storage'>, MoveKind<SourceCtx>> = {
@@ -41,11 +41,13 @@ export class MigrationManager {
   /** Storage-migration slots. */
   readonly storageSlots: SlotQueue;
   readonly incoming: IncomingManager;
+  private readonly peers: PeerClients;
 
   constructor(private readonly host: MoveHost) {
     this.slots = new SlotQueue(() => host.settings().maxLive);
     this.storageSlots = new SlotQueue(() => host.settings().maxStorage);
     this.incoming = new IncomingManager(host, this.slots);
+    this.peers = new PeerClients(host);
   }
 
   /** The limits changed: start what may start now. */
@@ -66,13 +68,12 @@ export class MigrationManager {
     options: MoveOptions,
     opts: { signal?: AbortSignal } = {},
   ): Promise<CompareReport> {
+    return (await this.gather(vm, to, options, opts)).report;
+  }
+
+  private gather(vm: string, to: Destination, options: MoveOptions, opts: { signal?: AbortSignal } = {}) {
     this.host.vms.record(vm);
-    const dest = peerClient(this.host, to);
-    try {
-      return (await gather(this.host, dest, vm, to, options, opts)).report;
-    } finally {
-      dest.close();
-    }
+    return gather(this.host, this.peers.get(to), vm, to, options, opts);
   }
 
   private newJob(init: JobInit): Job {
@@ -83,8 +84,8 @@ export class MigrationManager {
       (r) => {
         store.saveMigration(r);
       },
-      (id, e) => {
-        store.journalAppend(id, e);
+      (id, e, o) => {
+        store.journalAppend(id, e, o);
       },
     );
   }
@@ -94,8 +95,8 @@ export class MigrationManager {
     // Idempotent with a caller's id: asking again returns the move already made.
     if (req.id && (this.jobs.has(req.id) || host.store.getMigration(req.id))) return this.get(req.id);
     host.vms.record(req.vm);
-    const rep = await this.compare(req.vm, req.to, req.options);
-    if (!rep.compatible) throw incompatibleError(req.vm, req.to.name, rep);
+    const pre = await this.gather(req.vm, req.to, req.options);
+    if (!pre.report.compatible) throw incompatibleError(req.vm, req.to.name, pre.report);
     const running = host.vms.proc(req.vm) !== null;
     const kind = req.options.includeStorage ? 'shared-nothing' : running ? 'live' : 'offline';
     const job = this.newJob({
@@ -114,9 +115,8 @@ export class MigrationManager {
     job.log(`requested: move to ${req.to.name} (${kind})`);
     job.flush(true);
     const ctx = this.sourceCtx(job, req.to, req.batch);
-    void this.drive(job, KINDS[kind], ctx, `the VM stays on ${host.name}`, () => {
-      ctx.dest.close();
-    });
+    ctx.preflight = pre;
+    void this.drive(job, KINDS[kind], ctx, `the VM stays on ${host.name}`);
     return this.view(job);
   }
 
@@ -125,7 +125,7 @@ export class MigrationManager {
       host: this.host,
       job,
       to,
-      dest: peerClient(this.host, to),
+      dest: this.peers.get(to),
       slots: this.slots,
       spec: null,
       destView: null,
@@ -183,7 +183,7 @@ export class MigrationManager {
   }
 
   /** Runs a move's steps to its end and records the outcome; the VM's gate is released at the end. */
-  private async drive<C>(job: Job, kind: MoveKind<C>, ctx: C, stays: string, done?: () => void): Promise<void> {
+  private async drive<C>(job: Job, kind: MoveKind<C>, ctx: C, stays: string): Promise<void> {
     let out: RunOutcome;
     try {
       out = await new StepRunner(kind, ctx, job).run();
@@ -192,7 +192,6 @@ export class MigrationManager {
     }
     this.finish(job, out, stays);
     this.host.vms.release(job.record.vm, job.id);
-    done?.();
   }
 
   private finish(job: Job, out: RunOutcome, stays: string): void {
@@ -358,21 +357,17 @@ export class MigrationManager {
     }
     const to = { name: rec.destination, endpoint: rec.destinationEndpoint ?? '' };
     const ctx = this.sourceCtx(job, to, undefined);
-    try {
-      ctx.proc = this.host.vms.proc(rec.vm);
-      ctx.spec = await this.host.vms.spec(rec.vm).catch(() => null);
-      const compare = job.journalData('compare');
-      const files = compare.files as string[] | undefined;
-      if (ctx.spec && files) ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files };
-      const prep = job.journalData('prepare');
-      if (typeof prep.uri === 'string') {
-        const nbd = (prep.nbd as { host: string; port: number } | null | undefined) ?? null;
-        ctx.prep = { uri: prep.uri, nbd, tlsHostname: rec.destination };
-      }
-      return await this.applyRule(rule, KINDS[rec.kind], ctx, entries, restarted, scope);
-    } finally {
-      ctx.dest.close();
+    ctx.proc = this.host.vms.proc(rec.vm);
+    ctx.spec = await this.host.vms.spec(rec.vm).catch(() => null);
+    const compare = job.journalData('compare');
+    const files = compare.files as string[] | undefined;
+    if (ctx.spec && files) ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files };
+    const prep = job.journalData('prepare');
+    if (typeof prep.uri === 'string') {
+      const nbd = (prep.nbd as { host: string; port: number } | null | undefined) ?? null;
+      ctx.prep = { uri: prep.uri, nbd, tlsHostname: rec.destination };
     }
+    return await this.applyRule(rule, KINDS[rec.kind], ctx, entries, restarted, scope);
   }
 
   private async applyRule<C>(

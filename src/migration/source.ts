@@ -1,6 +1,7 @@
 // What the source's steps share: the move's context (host, job, VM, destination) and the
 // checks and calls several kinds use (is the destination reachable, did the source's QEMU
 // complete, why does the destination say it failed, drop a stalled stream's connections).
+import fs from 'node:fs';
 import net from 'node:net';
 import { FerryError, type ErrorCode } from '../errors.js';
 import { AgentClient } from '../api/client.js';
@@ -15,6 +16,7 @@ import type { SlotQueue } from './queue.js';
 import type { Destination, MoveOptions } from './schemas.js';
 import type { SharedNothingPlan } from './plan.js';
 import type { MirrorSpec } from './block.js';
+import type { Gathered } from './begin.js';
 
 export class MigrationFailedError extends FerryError {
   constructor(code: ErrorCode, message: string, cause?: unknown) {
@@ -30,6 +32,11 @@ export interface SourceCtx {
   dest: AgentClient;
   /** This host's live-migration slots (released while the destination keeps the move waiting). */
   slots: SlotQueue;
+  /**
+   * The pre-flight compare the request ran a moment ago: the compare step reuses it unless
+   * the move waited (in the cluster's queue, for a slot) and conditions may have changed.
+   */
+  preflight?: Gathered | null;
   /** Set by the compare step (Begin). */
   spec: VmSpec | null;
   destView: HostView | null;
@@ -50,6 +57,33 @@ export interface SourceCtx {
 
 export function peerClient(host: MoveHost, to: Destination): AgentClient {
   return new AgentClient({ endpoint: to.endpoint, host: to.name, credentials: host.tls });
+}
+
+/** When the certificate files last changed (a renewal or a new CRL): a client made before must not be reused. */
+function credentialStamp(t: MoveHost['tls']): string {
+  return [t.ca, t.cert, t.key, t.crl]
+    .map((f) => (f ? (fs.statSync(f, { throwIfNoEntry: false })?.mtimeMs ?? 0) : 0))
+    .join(':');
+}
+
+/**
+ * One client per destination, kept between moves: its keep-alive TLS connections are reused,
+ * where a client per move read the certificates again and paid a handshake for the compare,
+ * another for the move (issue 17). Never closed while the agent runs: a move may be using it.
+ */
+export class PeerClients {
+  private cache = new Map<string, { stamp: string; client: AgentClient }>();
+  constructor(private readonly host: MoveHost) {}
+
+  get(to: Destination): AgentClient {
+    const key = `${to.name} ${to.endpoint}`;
+    const stamp = credentialStamp(this.host.tls);
+    const c = this.cache.get(key);
+    if (c?.stamp === stamp) return c.client;
+    const client = peerClient(this.host, to);
+    this.cache.set(key, { stamp, client });
+    return client;
+  }
 }
 
 export function needSpec(ctx: SourceCtx): VmSpec {

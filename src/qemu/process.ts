@@ -49,6 +49,7 @@ export class QemuProcess {
   readonly stderrPath: string;
   private childExit: Promise<ExitInfo>;
   private exitInfo: ExitInfo | null = null;
+  private gone: Promise<ExitInfo> | null = null;
 
   private constructor(vm: string, pid: number, qmp: QmpClient, stderrPath: string, exited: Promise<ExitInfo>) {
     this.vm = vm;
@@ -187,13 +188,18 @@ export class QemuProcess {
    */
   private awaitGone(): Promise<ExitInfo> {
     if (this.exitInfo) return Promise.resolve(this.exitInfo);
-    return Promise.race([
+    // One watcher per process, and it polls only once the monitor closed (QEMU exits, or we
+    // let go of it): a running VM costs its agent nothing (issue 17: an idle agent polled
+    // /proc 40 times a second per VM). The open monitor socket keeps the event loop alive.
+    this.gone ??= Promise.race([
       this.childExit,
       (async (): Promise<ExitInfo> => {
+        await this.qmp.closed;
         while (isQemuAlive(this.pid)) await sleep(50);
         return this.exitInfo ?? { code: null, signal: null };
       })(),
     ]);
+    return this.gone;
   }
 
   /** Waits for the process to exit on its own (guest power-off). */

@@ -185,6 +185,29 @@ test('following a move: one event stream, every event rendered, no read of the r
   }
 });
 
+test("another move's events and other event types are skipped before the schema check", async () => {
+  const agent = new FakeAgent();
+  const watch = await MigrationWatch.open(agent.client);
+  try {
+    const r = new SpyRenderer();
+    const done = watch.follow('m1', { initial: rec('queued', 0, [0]), renderer: r, firstInterrupt: 'cancel' });
+    // Neither would pass the schema: checked, the first would make the follower read the record.
+    const frame = (seq: number, e: unknown): string => `id: ${seq}\nevent: ferry\ndata: ${JSON.stringify(e)}\n\n`;
+    agent.write(frame(100, { type: 'migration', migration: { id: 'other-move', state: 'from-a-newer-agent' } }));
+    agent.write(frame(101, { type: 'vm.state', vm: 'web1' }));
+    await tick(50);
+    agent.publish(rec('completed', 1, [0, 10]));
+    assert.equal((await done).record.state, 'completed');
+    assert.deepEqual(agent.calls, [], 'no read of the record for events of other moves');
+    assert.deepEqual(
+      r.records.map((x) => x.state),
+      ['queued', 'completed'],
+    );
+  } finally {
+    watch.close();
+  }
+});
+
 test('migration wait: the record is read once after subscribing, then only events', async () => {
   const agent = new FakeAgent();
   agent.show = () => rec('copying-memory', 0.4, [0, 5]);

@@ -41,3 +41,26 @@ test('journal entries persist in order per move, survive a reopen, and are dropp
   assert.deepEqual(again.journalMoves(), ['m2']);
   assert.deepEqual(again.journalRead('nothing'), []);
 });
+
+test('entries and records written without waiting for the disk read back like the others', (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-journal-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'ferry.db');
+  const reg = new Registry(file);
+  reg.journalAppend('m1', entry(1, 'prepare', 'begin'));
+  reg.journalAppend('m1', entry(2, 'prepare', 'done'), { durable: false });
+  reg.journalAppend('m1', entry(3, 'copy', 'begin'));
+  assert.throws(() => reg.journalAppend('m1', entry(3, 'copy', 'done'), { durable: false }), /UNIQUE|constraint/i);
+  assert.equal(reg.journalRead('m1').length, 3);
+  reg.close();
+  const again = new Registry(file);
+  t.after(() => again.close());
+  assert.deepEqual(
+    again.journalRead('m1').map((e) => [e.seq, e.event]),
+    [
+      [1, 'begin'],
+      [2, 'done'],
+      [3, 'begin'],
+    ],
+  );
+});

@@ -19,6 +19,7 @@ export const clusterQueueStep: Step<SourceCtx> = {
     const cluster = ctx.host.cluster();
     if (!cluster || !(await cluster.isMember(ctx.to.name).catch(() => false))) return { queued: false };
     const r = ctx.job.record;
+    ctx.preflight = null;
     s.record({ queued: true });
     ctx.job.enter(
       'queued',
@@ -55,6 +56,7 @@ export const slotStep: Step<SourceCtx> = {
   phase: 'queued',
   async run(ctx, s) {
     if (!ctx.slots.tryAcquire(ctx.job.id)) {
+      ctx.preflight = null;
       ctx.job.enter(
         'queued',
         `queued: ${ctx.host.name} runs ${ctx.host.settings().maxLive} live migrations (max live)`,
@@ -68,14 +70,18 @@ export const slotStep: Step<SourceCtx> = {
   },
 };
 
-/** Begin: compare again (conditions may have changed while queued); shared nothing: plan every file. */
+/**
+ * Begin: compare again if the move waited (conditions may have changed while queued), else use
+ * the request's pre-flight check; shared nothing: plan every file.
+ */
 export const compareStep: Step<SourceCtx> = {
   name: 'compare',
   phase: 'preparing',
   async run(ctx, s) {
     const r = ctx.job.record;
     ctx.job.enter('preparing', `checking ${ctx.to.name} (compare-vm)`);
-    const g = await gather(ctx.host, ctx.dest, r.vm, ctx.to, r.options, { signal: s.signal });
+    const g = ctx.preflight ?? (await gather(ctx.host, ctx.dest, r.vm, ctx.to, r.options, { signal: s.signal }));
+    ctx.preflight = null;
     r.options = g.options;
     ctx.options = g.options;
     ctx.destView = g.destView;

@@ -415,6 +415,7 @@ export const switchoverStep: Step<SourceCtx> = {
       const watchdog = new StallWatchdog(stallMs);
       watchdog.reset(Date.now());
       for (;;) {
+        const mark = qmp.eventMark;
         info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
         if (info.status === 'completed') break;
         // The source is paused here: give up as soon as the stream stops moving; `resolve`
@@ -435,23 +436,45 @@ export const switchoverStep: Step<SourceCtx> = {
             `Cannot move VM '${spec.name}': switch-over did not complete within 60 s`,
           );
         }
-        await sleep(10);
+        // Wake on QEMU's next MIGRATION event (device → completed), or sample again for the watchdog.
+        await qmp
+          .waitEvent((ev) => ev.event === 'MIGRATION', { since: mark, timeoutMs: POLL_MS })
+          .catch(() => undefined);
       }
     }
-    // 7.2 may report "completed" a moment before it fills in the times.
-    for (let i = 0; i < 20 && !info['total-time']; i++) {
-      await sleep(10);
-      info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
-    }
-    r.downtimeMs = info.downtime ?? null;
-    if (info.ram) {
-      r.bytesTransferred = storageBytesOf(r) + info.ram.transferred;
-      r.passes = info.ram['dirty-sync-count'];
-      r.remainingBytes = 0;
-    }
+    recordStats(r, info);
     return undefined;
   },
 };
+
+/** Downtime, bytes and passes from QEMU's completed stats (missing ones are read again after confirm). */
+function recordStats(r: SourceCtx['job']['record'], info: MigrationInfo): void {
+  r.downtimeMs = info['total-time'] ? (info.downtime ?? null) : null;
+  if (info.ram) {
+    r.bytesTransferred = storageBytesOf(r) + info.ram.transferred;
+    r.passes = info.ram['dirty-sync-count'];
+    r.remainingBytes = 0;
+  }
+}
+
+/**
+ * QEMU 7.2 may report "completed" a moment before it fills in the times: read them again
+ * once the guest runs on the destination, not while it waits for them.
+ */
+async function completeStats(ctx: SourceCtx): Promise<void> {
+  const r = ctx.job.record;
+  const qmp = ctx.proc?.qmp;
+  if (r.downtimeMs !== null || !qmp || ctx.proc?.hasExited) return;
+  for (let i = 0; i < 20; i++) {
+    const info = await qmp.execute('query-migrate', undefined, { timeoutMs: 5000 }).catch(() => null);
+    if (!info || info.status !== 'completed') return;
+    if (info['total-time']) {
+      recordStats(r, info);
+      return;
+    }
+    await sleep(10);
+  }
+}
 
 function storageBytesOf(r: SourceCtx['job']['record']): number {
   return r.disks.reduce((a, d) => a + d.bytesDone, 0);
@@ -473,6 +496,7 @@ export const releaseSourceStep: Step<SourceCtx> = {
   when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
   phase: 'switching-over',
   async run(ctx, s) {
+    await completeStats(ctx);
     await finishOnSource(ctx, s.log);
     return undefined;
   },
