@@ -35,6 +35,19 @@ export const AgentFile = z
       })
       .strict()
       .optional(),
+    /**
+     * QEMU's user: a name (ferry-qemu, made by scripts/setup and the package) runs every QEMU
+     * of this host as that user; absent or "root" keeps QEMU root (src/qemu/user.ts).
+     */
+    qemu: z
+      .object({
+        user: z
+          .string()
+          .regex(/^[a-z_][a-z0-9_-]{0,31}$/, 'a system user name such as ferry-qemu')
+          .optional(),
+      })
+      .strict()
+      .optional(),
     /** Switches created on first start. */
     switches: z
       .array(
@@ -59,6 +72,8 @@ export interface AgentConfig {
   pools: Array<{ name: string; kind: 'local' | 'shared'; path: string }>;
   switches: Array<{ name: string; kind: 'user' | 'bridge'; bridge: string | null }>;
   cluster?: { name: string; endpoints: string[]; leaseSeconds?: number; restartGraceSeconds?: number };
+  /** The user QEMU runs as; null: root. */
+  qemuUser: string | null;
 }
 
 export function parseListen(s: string): { host: string; port: number } {
@@ -129,6 +144,12 @@ export async function loadAgentConfig(flags: {
       ...file.pools,
     ],
     switches: [...(extra.switches ?? []), ...file.switches],
+    qemuUser: qemuUserOf(extra.qemu?.user ?? file.qemu?.user),
     ...((extra.cluster ?? file.cluster) ? { cluster: extra.cluster ?? file.cluster } : {}),
   };
+}
+
+/** `qemu.user`: absent or root keeps QEMU root. */
+function qemuUserOf(user: string | undefined): string | null {
+  return user === undefined || user === 'root' ? null : user;
 }

@@ -57,6 +57,7 @@ export const HostConfigFile = z
     pools: AgentFile.shape.pools,
     cluster: AgentFile.shape.cluster,
     switches: AgentFile.shape.switches,
+    qemu: AgentFile.shape.qemu,
   })
   .strict();
 export type HostConfig = z.infer<typeof HostConfigFile>;

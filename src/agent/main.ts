@@ -7,6 +7,7 @@ import pino from 'pino';
 import { FerryError, messageOf } from '../errors.js';
 import { domainIdOfCa } from '../domain/ca.js';
 import { loadAgentConfig } from './config.js';
+import { applyQemuUser } from './qemu-user.js';
 import { Engine } from './engine.js';
 import { buildServer } from './server.js';
 import { AuditLog } from './audit.js';
@@ -74,6 +75,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   await fsp.mkdir(cfg.dataDir, { recursive: true });
   const logger = pino({ level: opts.logLevel ?? process.env.FERRY_LOG_LEVEL ?? 'info', base: { host: cfg.name } });
   const tls = await HostTls.open(cfg.tls, { name: cfg.name, port: cfg.listen.port }, logger);
+  await applyQemuUser(cfg, logger);
   const engine = new Engine(cfg, domainId);
   await engine.init();
   const audit = new AuditLog(path.join(cfg.dataDir, 'audit.log'), {

@@ -8,6 +8,7 @@ import net from 'node:net';
 import { pipeline } from 'node:stream/promises';
 import { FerryError, messageOf } from '../errors.js';
 import type { QmpClient } from '../qemu/qmp.js';
+import { ownForQemu } from '../qemu/user.js';
 import type { MigrationInfo } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
 
@@ -60,6 +61,8 @@ export async function saveMemory(
     server.once('error', reject);
     server.listen(socketPath, resolve);
   });
+  // QEMU connects as its own user (qemu.user): connecting needs write access to the socket.
+  await ownForQemu(socketPath);
   const before = await qmp.execute('query-migrate-parameters', undefined, { signal: opts.signal });
   try {
     // A move may have left its settings on this QEMU (TLS, a pause before switch-over, post-copy):

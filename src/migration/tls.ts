@@ -8,6 +8,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { QmpClient } from '../qemu/qmp.js';
 import { run } from '../util/exec.js';
+import { letQemuRead, letQemuThrough, shareWithQemu } from '../qemu/user.js';
 
 interface TlsSource {
   ca: string;
@@ -30,6 +31,10 @@ export function qemuTlsDir(tls: TlsSource, dataDir: string): Promise<string> {
 
 async function layout(tls: TlsSource, dir: string): Promise<string> {
   await fsp.mkdir(dir, { recursive: true, mode: 0o700 });
+  // QEMU as its own user (qemu.user): it may pass through the folders (search bit only) and
+  // read the files through its group; the keys are root:GROUP 0640.
+  await letQemuThrough(path.dirname(dir));
+  await letQemuThrough(dir);
   const files: Array<[string, string]> = [
     [tls.ca, 'ca-cert.pem'],
     [tls.cert, 'server-cert.pem'],
@@ -55,14 +60,21 @@ async function layout(tls: TlsSource, dir: string): Promise<string> {
     });
     await fsp.rename(tmp, dh);
   }
+  await letQemuRead(dh);
   return dir;
 }
 
 async function replaceIfChanged(content: Buffer, file: string, mode: number): Promise<void> {
+  // For QEMU's user: a key root:GROUP 0640, the rest readable by GROUP (the umask may hide it).
+  const grant = mode === 0o600 ? shareWithQemu : letQemuRead;
   const cur = await fsp.readFile(file).catch(() => null);
-  if (cur?.equals(content)) return;
+  if (cur?.equals(content)) {
+    await grant(file);
+    return;
+  }
   const tmp = `${file}.tmp-${crypto.randomUUID()}`;
   await fsp.writeFile(tmp, content, { mode, flag: 'wx' });
+  await grant(tmp);
   await fsp.rename(tmp, file);
 }
 

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { spawn } from 'node:child_process';
 import { sleep } from '../util/exec.js';
 import { QEMU_BINARY } from './process.js';
+import { ensureSandbox, SANDBOX_ARGS } from './sandbox.js';
 import { writeBootblockImage } from '../../guest/bootblock.js';
 import { probeGuestFiles } from '../../guest/paths.js';
 
@@ -75,6 +76,7 @@ async function probeKvm(opts: { signal?: AbortSignal; timeoutMs?: number }): Pro
   } catch {
     return { ok: false, reason: '/dev/kvm is missing or not accessible' };
   }
+  await ensureSandbox({ signal: opts.signal });
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-accel-'));
   const serial = path.join(dir, 'serial.log');
   const guest = probeGuestFiles();
@@ -103,6 +105,7 @@ async function probeKvm(opts: { signal?: AbortSignal; timeoutMs?: number }): Pro
     [
       '-nodefaults',
       '-no-user-config',
+      ...SANDBOX_ARGS,
       '-display',
       'none',
       '-machine',

@@ -5,6 +5,7 @@ import type { VmSpec, DiskSpec } from '../vm/spec.js';
 import { resolveVmFile } from '../vm/spec.js';
 import type { Accelerator } from './accel.js';
 import { ovmfPaths, pflashArgs, type OvmfPaths } from './firmware.js';
+import { SANDBOX_ARGS } from './sandbox.js';
 
 export interface RuntimePaths {
   qmpSocket: string;
@@ -75,6 +76,8 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
     spec.id,
     '-nodefaults',
     '-no-user-config',
+    // Seccomp: no exec, no privilege or scheduling changes (src/qemu/sandbox.ts).
+    ...SANDBOX_ARGS,
     '-display',
     'none',
     '-machine',

@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { AbortedError, FerryError, asError, messageOf } from '../errors.js';
 import { QEMU_BINARY } from './process.js';
+import { ensureSandbox, SANDBOX_ARGS } from './sandbox.js';
 import { QmpClient } from './qmp.js';
 
 export interface CpuModelInfo {
@@ -116,11 +117,13 @@ function copyModels(v: CpuModelInfo[]): CpuModelInfo[] {
 
 async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeoutMs: number): Promise<CpuModelInfo[]> {
   const what = `list the CPU models of QEMU under ${accel}`;
+  await ensureSandbox({ signal });
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-cpu-models-'));
   const sock = path.join(dir, 'q.sock');
   const argv = [
     '-nodefaults',
     '-no-user-config',
+    ...SANDBOX_ARGS,
     '-display',
     'none',
     '-machine',

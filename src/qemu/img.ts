@@ -1,4 +1,5 @@
 // qemu-img wrapper: the four disk formats Ferry supports, all through QEMU's block layer.
+import { ownForQemu } from './user.js';
 import { run, type RunOptions } from '../util/exec.js';
 import { InvalidInputError } from '../errors.js';
 
@@ -48,6 +49,8 @@ export async function createImage(
   args.push(path);
   if (!opts.backing || sizeBytes > 0) args.push(String(sizeBytes));
   await run('qemu-img', args, opts);
+  // QEMU may open it at once (a mirror target, a checkpoint overlay): it must be QEMU's user's.
+  await ownForQemu(path);
 }
 
 /** Copies an overlay's data into its backing image (`qemu-img commit`); the overlay is left empty. */

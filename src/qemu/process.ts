@@ -10,6 +10,7 @@ import { FerryError, AbortedError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { QmpClient } from './qmp.js';
 import { qemuLaunchCommand, useScopes } from './scope.js';
+import { dropPrivilegesArgs, qemuUser } from './user.js';
 
 export const QEMU_BINARY = process.env.FERRY_QEMU ?? 'qemu-system-x86_64';
 
@@ -82,6 +83,7 @@ export class QemuProcess {
       useScope: useScopes(),
       // Only root may raise a priority; `nice` would warn and run QEMU as niced as we are.
       agentNice: process.getuid?.() === 0 ? Math.max(0, os.getPriority()) : 0,
+      runAs: runAsArgs(),
     });
     const child = spawn(launch.file, launch.args, { detached: true, stdio: ['ignore', errFd, errFd] });
     fs.closeSync(errFd);
@@ -226,6 +228,12 @@ export class QemuProcess {
   stderrText(): Promise<string> {
     return stderrReason(this.stderrPath);
   }
+}
+
+/** setpriv's prefix when QEMU runs as its own user (an agent that is root), else nothing. */
+function runAsArgs(): string[] {
+  const u = qemuUser();
+  return u && process.getuid?.() === 0 ? dropPrivilegesArgs(u) : [];
 }
 
 export function isQemuAlive(pid: number): boolean {

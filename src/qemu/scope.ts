@@ -38,12 +38,14 @@ export interface LaunchCommand {
 export function qemuLaunchCommand(
   qemu: string,
   argv: readonly string[],
-  o: { vm: string; useScope: boolean; unit?: string; agentNice?: number },
+  o: { vm: string; useScope: boolean; unit?: string; agentNice?: number; runAs?: readonly string[] },
 ): LaunchCommand {
+  // `runAs` (setpriv …) becomes QEMU's user last, after the scope and the priority are set.
+  const [file = qemu, ...rest] = [...(o.runAs ?? []), qemu, ...argv];
   if (!o.useScope)
     return o.agentNice
-      ? { file: 'nice', args: ['-n', String(-o.agentNice), '--', qemu, ...argv], scope: null }
-      : { file: qemu, args: [...argv], scope: null };
+      ? { file: 'nice', args: ['-n', String(-o.agentNice), '--', file, ...rest], scope: null }
+      : { file, args: rest, scope: null };
   const unit = o.unit ?? scopeUnitName(o.vm);
   return {
     file: 'systemd-run',
@@ -57,8 +59,8 @@ export function qemuLaunchCommand(
       `--description=Ferry VM ${o.vm}`,
       '--nice=0',
       '--',
-      qemu,
-      ...argv,
+      file,
+      ...rest,
     ],
     scope: unit,
   };

@@ -7,6 +7,8 @@ import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { buildArgv, type SwitchBackend } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
+import { ensureSandbox } from '../qemu/sandbox.js';
+import { assertQemuCanOpen, letQemuRead, letQemuThrough, ownForQemu, prepareRunDir } from '../qemu/user.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { RunState } from '../qemu/commands.js';
 import { parseVmSpec, resolveVmFile, type DiskSpec, type VmSpec } from './spec.js';
@@ -167,6 +169,36 @@ async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void>
   }
 }
 
+/**
+ * When QEMU runs as its own user: the images it writes become that user's (also images made
+ * or attached before the switch); it may pass through the VM's folder and the folders of its
+ * files, never write them (vm.json stays root's); files of the VM's folder it only reads
+ * (a copied kernel) become group-readable by it. Anything else it cannot reach is an error
+ * that names the path, before QEMU starts.
+ */
+async function grantQemuFiles(spec: VmSpec): Promise<void> {
+  const what = `start VM '${spec.name}'`;
+  const readOnly = [
+    ...spec.disks.filter((d) => d.readOnly).map((d) => d.path),
+    ...spec.cdroms.map((c) => resolveVmFile(spec, c.path)),
+    ...(spec.boot.kind === 'kernel'
+      ? [spec.boot.kernel, spec.boot.initrd].flatMap((f) => (f ? [resolveVmFile(spec, f)] : []))
+      : []),
+  ];
+  const writable = spec.disks.filter((d) => !d.readOnly).map((d) => d.path);
+  const own = (f: string): boolean => path.dirname(f) === spec.configPath;
+  for (const dir of new Set([spec.configPath, ...[...writable, ...readOnly].map((f) => path.dirname(f))]))
+    if (await exists(dir)) await letQemuThrough(dir);
+  for (const f of writable) {
+    await ownForQemu(f);
+    await assertQemuCanOpen(f, 'rw', what);
+  }
+  for (const f of readOnly) {
+    if (own(f)) await letQemuRead(f);
+    await assertQemuCanOpen(f, 'r', what);
+  }
+}
+
 /** Whether the file system under `file` accepts O_DIRECT (tmpfs does not). */
 export function supportsDirectIo(file: string): boolean {
   let fd: number | undefined;
@@ -203,8 +235,10 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
     }
   }
   await checkBootFiles(spec, new Set());
+  await ensureSandbox({ signal: opts.signal });
+  await grantQemuFiles(spec);
   const paths = runtimePaths(opts.runDir);
-  await fsp.mkdir(opts.runDir, { recursive: true });
+  await prepareRunDir(opts.runDir);
   // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
   if (!opts.incoming && (await exists(paths.serialLog))) await fsp.rename(paths.serialLog, paths.serialLog + '.1');
   const argv = buildArgv(spec, {

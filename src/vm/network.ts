@@ -3,6 +3,7 @@
 import { createHash } from 'node:crypto';
 import { run } from '../util/exec.js';
 import { FerryError, messageOf } from '../errors.js';
+import { qemuUser } from '../qemu/user.js';
 
 /**
  * Short (≤ 15 chars) tap name for NIC `index` of VM `vmId` on `host`: the host is part of it
@@ -33,7 +34,10 @@ export async function createTap(tap: string, bridge: string): Promise<void> {
   }
   await deleteTap(tap); // a stale one from a crash
   try {
-    await run('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap'], { timeoutMs: 5000 });
+    // QEMU attaches to the tap (TUNSETIFF) as its own user when it has one (qemu.user).
+    const u = qemuUser();
+    const owner = u ? ['user', String(u.uid), 'group', String(u.gid)] : [];
+    await run('ip', ['tuntap', 'add', 'dev', tap, 'mode', 'tap', ...owner], { timeoutMs: 5000 });
     await run('ip', ['link', 'set', 'dev', tap, 'master', bridge], { timeoutMs: 5000 });
     await run('ip', ['link', 'set', 'dev', tap, 'up'], { timeoutMs: 5000 });
   } catch (err) {

@@ -50,7 +50,12 @@ export function registerAdmin(program: Command): void {
           tlsDir: c.tlsDir,
           migrationPorts: c.migrationPorts,
           ...(c.migrationAddress ? { migrationAddress: c.migrationAddress } : {}),
-          settings: { pools: c.pools, switches: c.switches, ...(c.cluster ? { cluster: c.cluster } : {}) },
+          settings: {
+            pools: c.pools,
+            switches: c.switches,
+            ...(c.cluster ? { cluster: c.cluster } : {}),
+            ...(c.qemu ? { qemu: c.qemu } : {}),
+          },
         };
       } else {
         if (!o.name || !o.data || !o.listen)
