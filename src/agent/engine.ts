@@ -57,7 +57,11 @@ export class Engine {
       pools: this.pools,
       switches: this.switches,
       settings: this.settings,
-      cluster: { recordHa: (spec) => this.cluster.recordHa(spec), forgetVm: (vm) => this.cluster.forgetVm(vm) },
+      cluster: {
+        recordHa: (spec) => this.cluster.recordHa(spec),
+        forgetVm: (vm) => this.cluster.forgetVm(vm),
+        specChanged: (spec) => this.cluster.specChanged(spec),
+      },
     });
     this.cluster = new ClusterNode({
       name,

@@ -25,7 +25,9 @@ import { removeCheckpointFiles } from '../checkpoint/store.js';
 import type { Accelerator } from '../qemu/accel.js';
 import { imageInfo } from '../qemu/img.js';
 import { QemuProcess } from '../qemu/process.js';
-import { loadVm } from '../vm/folder.js';
+import { loadVm, saveVm } from '../vm/folder.js';
+import { assertStoppedForCpu, resolveCpuModel } from '../vm/cpu-setting.js';
+import { usableCpuModels } from '../qemu/cpu-models.js';
 import { createVm, pauseVm, removeVm, resumeVm, runtimePaths, startVm, stopVm, vmState } from '../vm/lifecycle.js';
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { hardwareView } from '../vm/real-guest.js';
@@ -44,6 +46,8 @@ export interface ClusterHooks {
   recordHa(spec: VmSpec): Promise<void>;
   /** A VM was stopped on purpose or removed: the cluster must not restart it elsewhere. */
   forgetVm(name: string): Promise<void>;
+  /** A stopped VM's spec changed (vm set): the cluster's record of it, if any, carries the new spec. */
+  specChanged(spec: VmSpec): Promise<void>;
 }
 
 export interface VmInventoryDeps {
@@ -395,6 +399,24 @@ export class VmInventory {
       this.d.registry.removeVm(name);
       if (spec?.ha) await this.d.cluster.forgetVm(name);
       this.d.emit('vm.removed', { vm: name });
+    });
+  }
+
+  /** `ferry vm set --cpu`: a stopped VM's CPU model, checked against this host's QEMU. */
+  setCpu(name: string, cpu: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
+    return this.gated(name, 'configure', async () => {
+      const spec = await this.spec(name);
+      assertStoppedForCpu(name, this.isRunning(name));
+      const accel = this.d.settings.accelerator();
+      const models = cpu === 'host' ? [] : await usableCpuModels(accel, opts);
+      const model = resolveCpuModel(name, cpu, { accel, models });
+      if (model !== spec.cpuModel) {
+        spec.cpuModel = model;
+        await saveVm(spec);
+        await this.d.cluster.specChanged(spec);
+        this.d.emit('vm.changed', { vm: name, ha: spec.ha });
+      }
+      return this.view(name);
     });
   }
 

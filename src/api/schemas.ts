@@ -2,6 +2,7 @@
 import { DEFAULTS, PRIORITIES } from './defaults.js';
 import { z } from 'zod';
 import { NAME_RE, IMAGE_FORMATS, FIRMWARES, DISPLAYS } from './common.js';
+import { failbackProblem } from '../cluster/failback.js';
 
 export const Name = z.string().regex(NAME_RE, {
   message: 'must be 1–63 letters, digits, dot, dash or underscore, starting with a letter or digit',
@@ -323,6 +324,12 @@ export const VmImportBody = z
   .strict();
 export type VmImportBody = z.infer<typeof VmImportBody>;
 
+/** `ferry vm set`: the CPU model of a stopped VM (a QEMU model name, or 'host'). */
+export const VmSetBody = z
+  .object({
+    cpu: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, { message: 'must be a CPU model name' }),
+  })
+  .strict();
 export const VmStopBody = z
   .object({ force: z.boolean().default(false), timeoutMs: z.number().int().min(0).max(600_000).default(30_000) })
   .strict();
@@ -479,11 +486,14 @@ export type EventView = z.infer<typeof EventView>;
 export const Ok = z.object({ ok: z.literal(true) });
 
 const Prio = z.enum(PRIORITIES);
+export const PauseView = z.object({ reason: z.enum(['drain', 'admin']), at: z.string() });
 export const NodeView = z.object({
   name: z.string(),
   endpoint: z.string(),
   state: z.enum(['up', 'paused', 'down']),
   since: z.string().nullable(),
+  /** Paused (a node that is down can be paused too): by a drain or by 'ferry cluster pause'. */
+  paused: PauseView.nullable(),
 });
 export type NodeView = z.infer<typeof NodeView>;
 export const BatchView = z.object({
@@ -520,6 +530,8 @@ export const ClusterView = z.object({
       priority: Prio,
       preferredOwners: z.array(z.string()),
       antiAffinity: z.array(z.string()),
+      /** Automatic fail-back: 'immediately', 'never' or 'HH:MM-HH:MM' (the leader's local time). */
+      failback: z.string(),
     }),
   ),
   /** The cluster-wide migration queue: admitted moves hold a slot, queued ones wait in position order. */
@@ -561,12 +573,22 @@ export const DrainPlanView = z.object({
   ),
 });
 export const DrainResult = z.object({ plan: DrainPlanView, batch: BatchView.nullable() });
+/** `ferry cluster pause NODE`: the node's pause as it is now; changed: false when it was paused already. */
+export const PauseResult = z.object({ node: z.string(), changed: z.boolean() }).extend(PauseView.shape);
 export const ResumeBody = z.object({ failback: z.boolean().default(false) }).strict();
 export const ClusterPolicyBody = z
   .object({
     priority: Prio.optional(),
     preferredOwners: z.array(Name).max(16).optional(),
     antiAffinity: z.array(Name).max(8).optional(),
+    /** Automatic fail-back to the first preferred owner: 'immediately', 'never' or 'HH:MM-HH:MM'. */
+    failback: z
+      .string()
+      .superRefine((v, c) => {
+        const bad = failbackProblem(v);
+        if (bad) c.addIssue({ code: 'custom', message: bad });
+      })
+      .optional(),
   })
   .strict();
 export const AddVmBody = z.object({ vm: Name }).extend(ClusterPolicyBody.shape).strict();

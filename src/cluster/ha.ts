@@ -13,6 +13,7 @@ import type { ClusterStore, Leadership } from './store.js';
 import type { EventBus } from '../events/bus.js';
 import { Scheduler } from './queue.js';
 import { BatchRunner } from './batches.js';
+import { FailbackRunner } from './failback-runner.js';
 import { placementNodes } from './context.js';
 import { place } from './placement.js';
 import { parseVmSpec } from '../vm/spec.js';
@@ -88,7 +89,7 @@ export class HaMonitor {
     }
   }
 
-  /** While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains. */
+  /** While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains and fail-backs. */
   private async lead(leadership: Leadership): Promise<void> {
     this.leadership = leadership;
     this.emit('cluster.leader', { node: this.host.name });
@@ -103,6 +104,11 @@ export class HaMonitor {
       leadership,
       this.emit,
     );
+    const failback = new FailbackRunner(
+      { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad },
+      leadership,
+      this.emit,
+    );
     this.current = { scheduler, batches };
     this.stopWatch = await this.store.watchPrefix(K.nodes.prefix, (ev) => {
       const dead = ev.type === 'delete' ? K.nodes.nameOf(ev.key) : null;
@@ -112,7 +118,7 @@ export class HaMonitor {
     });
     // Nodes that died while nobody was leader.
     this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
-    await Promise.all([scheduler.start(), batches.start()]).catch(() => undefined);
+    await Promise.all([scheduler.start(), batches.start(), failback.start()]).catch(() => undefined);
     await Promise.race([
       lost,
       new Promise<void>((resolve) => {
@@ -126,7 +132,7 @@ export class HaMonitor {
       }),
     ]);
     this.current = null;
-    await Promise.all([scheduler.stop(), batches.stop()]);
+    await Promise.all([scheduler.stop(), batches.stop(), failback.stop()]);
     await this.stopWatch().catch(() => undefined);
   }
 

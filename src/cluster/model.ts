@@ -13,21 +13,37 @@
 import { DEFAULTS, PRIORITIES } from '../api/defaults.js';
 import { BatchView } from '../api/schemas.js';
 import { z } from 'zod';
+import { failbackProblem } from './failback.js';
 
 export { PRIORITIES, PRIORITY_RANK as RANK, type Priority } from '../api/defaults.js';
 
 const Name = z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/);
 
-/** How the cluster treats one clustered VM (Hyper-V: priority, preferred owners, anti-affinity class names). */
+/** Automatic fail-back to the first preferred owner: 'immediately', 'never' or 'HH:MM-HH:MM' (failback.ts). */
+export const Failback = z.string().superRefine((s, c) => {
+  const bad = failbackProblem(s);
+  if (bad) c.addIssue({ code: 'custom', message: bad });
+});
+
+/**
+ * How the cluster treats one clustered VM (Hyper-V: priority, preferred owners, anti-affinity
+ * class names, fail-back).
+ */
 export const ClusterPolicy = z
   .object({
     priority: z.enum(PRIORITIES).default('normal'),
     preferredOwners: z.array(Name).max(16).default([]),
     antiAffinity: z.array(Name).max(8).default([]),
+    failback: Failback.default('never'),
   })
   .strict();
 export type ClusterPolicy = z.infer<typeof ClusterPolicy>;
-export const DEFAULT_POLICY: ClusterPolicy = { priority: 'normal', preferredOwners: [], antiAffinity: [] };
+export const DEFAULT_POLICY: ClusterPolicy = {
+  priority: 'normal',
+  preferredOwners: [],
+  antiAffinity: [],
+  failback: 'never',
+};
 
 export const Limits = z
   .object({

@@ -209,6 +209,25 @@ export class ClusterNode {
     }).catch((err: unknown) => this.d.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
   }
 
+  /**
+   * A stopped VM's spec changed (vm set): a record the cluster still keeps of it gets the new
+   * spec (and its generation); none is made, since a stopped VM is not restarted elsewhere.
+   */
+  async specChanged(spec: VmSpec): Promise<void> {
+    const store = this.member?.store;
+    if (!spec.ha || !store) return;
+    const cur = await K.readOne(store, K.vms, spec.name).catch(() => null);
+    if (!cur || cur.value.owner !== this.d.name) return;
+    await putHaRecord(store, {
+      name: spec.name,
+      id: spec.id,
+      configPath: spec.configPath,
+      owner: this.d.name,
+      memoryMiB: spec.memoryMiB,
+      spec,
+    }).catch((err: unknown) => this.d.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
+  }
+
   /** The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node restarts it. */
   async forgetVm(name: string): Promise<void> {
     await this.member?.store?.delete(K.vms.key(name)).catch(() => undefined);

@@ -59,7 +59,7 @@ export class ClusterQueue {
   ) {}
 
   async start(): Promise<void> {
-    for (const p of [K.queue.prefix, K.admits.prefix])
+    for (const p of [K.queue.prefix, K.admits.prefix, K.paused.prefix])
       this.stops.push(await this.store.watchPrefix(p, () => void this.refresh()));
     await this.refresh();
   }
@@ -137,6 +137,15 @@ export class ClusterQueue {
           );
       } else if (mine.state === 'admitted') {
         return;
+      } else if (await this.isPaused(item.to, opts.signal)) {
+        // The leader admits nothing into a paused node: the move is refused, not held forever.
+        throw new FerryError(
+          'E_NODE_PAUSED',
+          `Cannot move VM '${item.vm}' to '${item.to}': that node was paused in the cluster while the move ` +
+            `waited in the queue, and takes no VMs; run 'ferry cluster resume ${item.to}' and move it again, ` +
+            'or choose another node',
+          { context: { vm: item.vm, node: item.to } },
+        );
       }
       const p = this.position(item.id);
       if (p !== last) {
@@ -157,6 +166,11 @@ export class ClusterQueue {
         opts.signal.addEventListener('abort', done, { once: true });
       });
     }
+  }
+
+  private async isPaused(node: string, signal: AbortSignal): Promise<boolean> {
+    // etcd not answering is not a pause: the next round asks again.
+    return (await this.store.get(K.paused.key(node), { signal }).catch(() => null)) !== null;
   }
 
   /** The move ended (or never started): free its place (the leader then drops its admission). */
@@ -184,7 +198,7 @@ export class Scheduler {
   }
 
   async start(): Promise<void> {
-    for (const p of [K.queue.prefix, K.admits.prefix, K.config.key])
+    for (const p of [K.queue.prefix, K.admits.prefix, K.config.key, K.paused.prefix])
       this.stops.push(await this.store.watchPrefix(p, () => void this.pass()));
     // A missed watch event must not stall the queue.
     this.timer = setInterval(() => void this.pass(), 3000);
@@ -208,9 +222,10 @@ export class Scheduler {
 
   private async decide(): Promise<void> {
     const t0 = performance.now();
-    const [{ items, raw, admitted }, limits] = await Promise.all([
+    const [{ items, raw, admitted }, limits, paused] = await Promise.all([
       readQueueRaw(this.store, this.onBad),
       K.readLimits(this.store, this.onBad),
+      K.readAll(this.store, K.paused, this.onBad),
     ]);
     const fence = { key: this.leadership.key, value: this.leadership.candidateId };
     // Admissions of moves whose source went away (its lease took queue/<source>/<id> with it).
@@ -218,7 +233,7 @@ export class Scheduler {
       if (!raw.has(id))
         await this.store.txn({ compare: [fence], success: [{ type: 'delete', key: K.admits.key(id) }] });
     }
-    for (const id of schedule(items, limits)) {
+    for (const id of schedule(items, limits, new Set(paused.keys()))) {
       const item = items.find((i) => i.id === id);
       const entry = raw.get(id);
       if (!item || !entry) continue;

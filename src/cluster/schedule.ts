@@ -1,7 +1,8 @@
 // The cluster queue's decision: which queued moves may start now. Pure (the leader applies
 // it with etcd transactions). Limits per source node, per destination node and per cluster;
 // priority first, then first come first served; a move held back by its own nodes' limits
-// does not hold back moves between other nodes.
+// does not hold back moves between other nodes. A move into a paused node is never admitted
+// (its source sees the pause and fails the move, ClusterQueue.waitAdmitted).
 import { RANK, type Limits, type QueueItem } from './model.js';
 
 export function queueOrder(items: QueueItem[]): QueueItem[] {
@@ -15,7 +16,7 @@ export function positions(items: QueueItem[]): Map<string, number> {
   return new Map(queueOrder(items).map((i, n) => [i.id, n + 1]));
 }
 
-export function schedule(items: QueueItem[], limits: Limits): string[] {
+export function schedule(items: QueueItem[], limits: Limits, paused: ReadonlySet<string> = new Set()): string[] {
   const out = new Map<string, number>();
   const inc = new Map<string, number>();
   let total = 0;
@@ -28,6 +29,7 @@ export function schedule(items: QueueItem[], limits: Limits): string[] {
   const admit: string[] = [];
   for (const i of queueOrder(items)) {
     if (total >= limits.maxTotal) break;
+    if (paused.has(i.to)) continue;
     if ((out.get(i.from) ?? 0) >= limits.maxOutgoing || (inc.get(i.to) ?? 0) >= limits.maxIncoming) continue;
     admit.push(i.id);
     out.set(i.from, (out.get(i.from) ?? 0) + 1);

@@ -8,8 +8,9 @@ import { readQueue } from './queue.js';
 import { positions } from './schedule.js';
 
 export async function clusterView(store: ClusterStore, name: string, onBad: K.OnBad): Promise<ClusterView> {
-  const [nodes, vms, items, batches, limits, leader] = await Promise.all([
+  const [nodes, pauses, vms, items, batches, limits, leader] = await Promise.all([
     readNodes(store, onBad),
+    K.readAll(store, K.paused, onBad),
     K.readAll(store, K.vms, onBad),
     readQueue(store, onBad),
     K.readAll(store, K.batches, onBad),
@@ -19,7 +20,8 @@ export async function clusterView(store: ClusterStore, name: string, onBad: K.On
   const out: NodeView[] = Object.entries(nodes.members).map(([node, m]) => {
     const live = nodes.up[node];
     const state = !live ? 'down' : nodes.paused.has(node) ? 'paused' : 'up';
-    return { name: node, endpoint: m.endpoint, state, since: live?.since ?? null };
+    const p = pauses.get(node)?.value ?? null;
+    return { name: node, endpoint: m.endpoint, state, since: live?.since ?? null, paused: p };
   });
   const pos = positions(items);
   return {

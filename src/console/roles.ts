@@ -24,6 +24,8 @@ export const MIN_ROLE: { readonly [K in keyof Actions]: ConsoleRole } = {
   vmStop: 'operator',
   vmPause: 'operator',
   vmResume: 'operator',
+  // The CPU model decides where the VM may run: an admin's call, like creating one.
+  vmSet: 'admin',
   vmRemove: 'admin',
   // A guest's serial output can show what its users typed; viewers only see inventory.
   vmConsole: 'operator',
@@ -46,6 +48,7 @@ export const MIN_ROLE: { readonly [K in keyof Actions]: ConsoleRole } = {
   poolRevoke: 'admin',
   clusterStatus: 'viewer',
   clusterDrain: 'operator',
+  clusterPause: 'operator',
   clusterResume: 'operator',
   clusterAddVm: 'admin',
   clusterRemoveVm: 'admin',

@@ -120,7 +120,7 @@ export async function gather(
       field: 'destination',
       message:
         `Cannot move VM '${vmName}' to '${to.name}': that node is paused in cluster '${cluster.name}' ` +
-        `(drained for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
+        `(drained or paused for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
     });
   }
   return { report: report(incompatibilities), destView, options };

@@ -43,7 +43,11 @@ const rec: HaRecord = {
   owner: 'host-a',
   memoryMiB: 256,
   generation: 3,
-  spec: { name: 'web1', cluster: { priority: 'high', preferredOwners: [], antiAffinity: [] }, disks: [{ id: 'd0' }] },
+  spec: {
+    name: 'web1',
+    cluster: { priority: 'high', preferredOwners: [], antiAffinity: [], failback: 'never' },
+    disks: [{ id: 'd0' }],
+  },
 };
 
 test('keys: each family builds <prefix><name> and reads the name back; names with a slash are refused', () => {

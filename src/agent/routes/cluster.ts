@@ -5,6 +5,7 @@ import type { ClusterNode } from '../../cluster/node.js';
 import { planDrain, resumeNode, startDrain } from '../../cluster/drain.js';
 import { writeLimits } from '../../cluster/keys.js';
 import { decision } from '../../cluster/context.js';
+import { pauseNode } from '../../cluster/pause.js';
 
 export function clusterRoutes(app: FastifyInstance, cluster: ClusterNode): void {
   registerAction(app, actions.clusterStatus, () => cluster.need('show the cluster').view());
@@ -15,6 +16,10 @@ export function clusterRoutes(app: FastifyInstance, cluster: ClusterNode): void 
     if (body.dryRun) return { plan, batch: null };
     return { plan, batch: await startDrain(c, plan) };
   });
+
+  registerAction(app, actions.clusterPause, ({ params, signal }) =>
+    pauseNode(cluster.context(`pause node '${params.name}'`), params.name, { signal }),
+  );
 
   registerAction(app, actions.clusterResume, async ({ params, body, signal }) => ({
     batch: await resumeNode(cluster.context(`resume node '${params.name}'`), params.name, {

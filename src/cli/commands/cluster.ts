@@ -1,7 +1,8 @@
 // `ferry cluster ...`: the failover cluster (state in etcd). Any node answers for the whole
 // cluster, so commands ask the hosts of the context in turn until one does.
 import { PRIORITIES } from '../../api/defaults.js';
-import { Option, type Command } from '@commander-js/extra-typings';
+import { InvalidArgumentError, Option, type Command } from '@commander-js/extra-typings';
+import { failbackProblem } from '../../cluster/failback.js';
 import type { AgentClient } from '../../api/client.js';
 import type { BatchView, ClusterView } from '../../api/schemas.js';
 import { FerryError, InvalidInputError } from '../../errors.js';
@@ -13,6 +14,17 @@ import { EXIT } from '../exit.js';
 import type { BatchWatch } from '../batch-follow.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
+
+export const FAILBACK_HELP =
+  'move it back to its first preferred owner when that node returns: immediately, never (default) or ' +
+  "in a window HH:MM-HH:MM of the leader's local time (may cross midnight)";
+
+/** --failback: checked here, so a typo changes nothing anywhere. */
+export function failbackFlag(v: string): string {
+  const bad = failbackProblem(v);
+  if (bad) throw new InvalidArgumentError(`Cannot use --failback: ${bad}`);
+  return v;
+}
 const PRIORITY = PRIORITIES;
 
 /** Runs `fn` against the first host that answers as a cluster member. */
@@ -52,19 +64,26 @@ export function printStatus(v: ClusterView): void {
       `${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster\n\n`,
   );
   printTable(
-    ['NODE', 'STATE', 'SINCE', 'ENDPOINT'],
-    v.nodes.map((n) => [n.name, n.state, n.since, n.endpoint]),
+    ['NODE', 'STATE', 'SINCE', 'PAUSED', 'ENDPOINT'],
+    v.nodes.map((n) => [
+      n.name,
+      n.state,
+      n.since,
+      n.paused ? `${n.paused.reason === 'drain' ? 'drained' : 'by admin'} at ${n.paused.at}` : '-',
+      n.endpoint,
+    ]),
   );
   if (v.vms.length) {
     process.stdout.write('\n');
     printTable(
-      ['CLUSTERED VM', 'OWNER', 'PRIORITY', 'PREFERRED', 'ANTI-AFFINITY', 'GEN'],
+      ['CLUSTERED VM', 'OWNER', 'PRIORITY', 'PREFERRED', 'ANTI-AFFINITY', 'FAILBACK', 'GEN'],
       v.vms.map((m) => [
         m.name,
         m.owner,
         m.priority,
         m.preferredOwners.join(',') || '-',
         m.antiAffinity.join(',') || '-',
+        m.failback,
         m.generation,
       ]),
     );
@@ -182,9 +201,33 @@ export function registerCluster(program: Command): void {
     });
 
   cluster
+    .command('pause')
+    .argument('<node>')
+    .description(
+      'NODE takes no new VMs (placement, HA restarts, queued moves, fail-back, moves into it are refused); ' +
+        'its VMs keep running there. Undo with resume',
+    )
+    .option('--json', 'JSON')
+    .action(async (node, o, cmd) => {
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
+        const r = await anyMember(c, (client) =>
+          client.call(actions.clusterPause, { params: { name: node } }, { timeoutMs: 30_000 }),
+        );
+        if (o.json) printJson(r);
+        else
+          process.stdout.write(
+            (r.changed
+              ? `${node} paused: it takes no new VMs; its VMs keep running there`
+              : `${node} was already paused (${r.reason === 'drain' ? 'drained' : 'by an administrator'} at ${r.at})`) +
+              `. Undo with 'ferry cluster resume ${node}'\n`,
+          );
+      });
+    });
+
+  cluster
     .command('resume')
     .argument('<node>')
-    .description('take VMs on NODE again (cancels what its drain still has queued)')
+    .description('take VMs on NODE again after a pause or a drain (cancels what its drain still has queued)')
     .option('--failback', 'move back the VMs its drain moved away and those that prefer it')
     .option('--no-wait', 'return once the fail-back has started')
     .option('--json', 'JSON')
@@ -229,6 +272,7 @@ export function registerCluster(program: Command): void {
     .addOption(new Option('--priority <p>', 'start and drain order').choices(PRIORITY))
     .option('--preferred-owner <node>', 'preferred node, in order (repeatable or comma-separated)', collect)
     .option('--anti-affinity <class>', 'keep apart from VMs of this class (repeatable)', collect)
+    .option('--failback <when>', FAILBACK_HELP, failbackFlag)
     .option('--json', 'JSON')
     .action(async (vm, o, cmd) => {
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
@@ -243,6 +287,7 @@ export function registerCluster(program: Command): void {
               ...(o.priority ? { priority: o.priority } : {}),
               ...(pref ? { preferredOwners: pref } : {}),
               ...(anti ? { antiAffinity: anti } : {}),
+              ...(o.failback ? { failback: o.failback } : {}),
             },
           },
           { timeoutMs: 30_000 },

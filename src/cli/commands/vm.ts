@@ -2,7 +2,8 @@
 import { PRIORITIES } from '../../api/defaults.js';
 import { Option, type Command } from '@commander-js/extra-typings';
 import type { VmView } from '../../api/schemas.js';
-import type { GlobalOpts } from '../context.js';
+import type { Clients, GlobalOpts } from '../context.js';
+import { FAILBACK_HELP, failbackFlag } from './cluster.js';
 import { withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt, sizeFlag } from '../parse.js';
@@ -12,6 +13,25 @@ import { InvalidInputError, messageOf } from '../../errors.js';
 import { DISPLAYS, FIRMWARES, IMAGE_FORMATS } from '../../api/common.js';
 
 type Cmd = { optsWithGlobals(): GlobalOpts };
+
+/** Processor compatibility: the newest baseline model every host of the lab/context can give (said on stderr). */
+async function compatModel(c: Clients): Promise<string> {
+  const [{ peerActions }, { chooseBaseline, usableModelNames }] = await Promise.all([
+    import('../../api/peer-actions.js'),
+    import('../../qemu/cpu-models.js'),
+  ]);
+  const perHost = await Promise.all(
+    c.all().map(async (cl) => usableModelNames(await cl.call(peerActions.cpuModels, {}, { timeoutMs: 60_000 }))),
+  );
+  const model = chooseBaseline(perHost);
+  process.stderr.write(
+    `--cpu compat: ${model} (usable on ${c
+      .all()
+      .map((x) => x.host)
+      .join(', ')})\n`,
+  );
+  return model;
+}
 
 function printVm(v: VmView): void {
   const rows: Array<[string, string]> = [
@@ -164,25 +184,7 @@ export function registerVm(program: Command): void {
           : {}),
       };
       await withHosts(g, async (c, actions) => {
-        if (o.cpu === 'compat') {
-          // Processor compatibility: a baseline model usable on every host of the lab/cluster.
-          const [{ peerActions }, { chooseBaseline, usableModelNames }] = await Promise.all([
-            import('../../api/peer-actions.js'),
-            import('../../qemu/cpu-models.js'),
-          ]);
-          const perHost = await Promise.all(
-            c
-              .all()
-              .map(async (cl) => usableModelNames(await cl.call(peerActions.cpuModels, {}, { timeoutMs: 60_000 }))),
-          );
-          body.cpu = chooseBaseline(perHost);
-          process.stderr.write(
-            `--cpu compat: ${body.cpu} (usable on ${c
-              .all()
-              .map((x) => x.host)
-              .join(', ')})\n`,
-          );
-        }
+        if (o.cpu === 'compat') body.cpu = await compatModel(c);
         // Copying a large image takes as long as it takes; the agent rolls back if we give up.
         const timeoutMs = o.image ? 3600_000 : 180_000;
         const v = await c.host(o.host).call(actions.vmCreate, { body }, { timeoutMs });
@@ -283,6 +285,52 @@ export function registerVm(program: Command): void {
   simple('start', 'start a stopped VM');
   simple('pause', "pause a VM's vCPUs");
   simple('resume', "resume a paused VM's vCPUs");
+
+  vm.command('set')
+    .description(
+      "change a VM's settings: --cpu on a stopped VM (processor compatibility on with compat or a model, " +
+        'off with host); --failback on a clustered VM',
+    )
+    .argument('<name>')
+    .option(
+      '--cpu <model>',
+      "compat (the newest model every host supports), host (the host's CPU; KVM only) or a QEMU model name",
+    )
+    .option('--failback <when>', `clustered VM: ${FAILBACK_HELP}`, failbackFlag)
+    .option('--json', 'print the VM as JSON')
+    .action(async (vmName, o, cmd) => {
+      if (o.cpu === undefined && o.failback === undefined)
+        throw new InvalidInputError(`Cannot change VM '${vmName}': nothing to change; give --cpu or --failback`);
+      await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
+        const { client, vm: cur } = await c.locate(vmName);
+        if (o.failback !== undefined && !cur.ha)
+          throw new InvalidInputError(
+            `Cannot set the fail-back of VM '${vmName}': it is not clustered; ` +
+              `make it clustered with 'ferry cluster add-vm ${vmName} --failback ${o.failback}'`,
+          );
+        let v = cur;
+        if (o.cpu !== undefined) {
+          const cpu = o.cpu === 'compat' ? await compatModel(c) : o.cpu;
+          v = await client.call(actions.vmSet, { params: { name: vmName }, body: { cpu } }, { timeoutMs: 60_000 });
+        }
+        if (o.failback !== undefined)
+          v = await client.call(
+            actions.clusterAddVm,
+            { body: { vm: vmName, failback: o.failback } },
+            { timeoutMs: 30_000 },
+          );
+        if (o.json) printJson(v);
+        else
+          process.stdout.write(
+            `${v.name}: ` +
+              [
+                ...(o.cpu !== undefined ? [`CPU model ${v.cpuModel}`] : []),
+                ...(o.failback !== undefined ? [`fail-back ${o.failback}`] : []),
+              ].join(', ') +
+              '\n',
+          );
+      });
+    });
 
   vm.command('stop')
     .description('shut a VM down (ACPI; forced after --timeout), or power it off with --force')

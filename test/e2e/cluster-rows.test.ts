@@ -1,0 +1,137 @@
+// Issue 16.5 in a 3-host cluster lab: `cluster pause` keeps VMs off a node without draining
+// it (no explicit move, no HA restart lands there; its VMs keep running), `resume` undoes it;
+// a clustered VM with a fail-back window open now goes back to its preferred owner by itself when
+// that node returns; `vm set --cpu` changes a stopped VM's CPU model and refuses bad ones.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { ferry, ferryOk } from './cli.js';
+import { sleep } from '../../src/util/exec.js';
+import type { ClusterView, VmView } from '../../src/api/schemas.js';
+
+async function until<T>(what: string, ms: number, fn: () => Promise<T | null | undefined>): Promise<T> {
+  const end = Date.now() + ms;
+  while (Date.now() < end) {
+    const last = await fn().catch(() => null);
+    if (last) return last;
+    await sleep(500);
+  }
+  throw new Error(`${what}: not within ${ms} ms`);
+}
+
+test(
+  'cluster pause: no move or HA restart lands on a paused node, its VM keeps running; resume; ' +
+    'fail-back in a window brings an HA VM home; vm set --cpu',
+  { timeout: 900_000 },
+  async (t) => {
+    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'frows-'));
+    const lab = path.join(dir, 'lab');
+    t.after(async () => {
+      await ferry(['lab', 'down', '--dir', lab]);
+      await fsp.rm(dir, { recursive: true, force: true });
+    });
+    await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], { timeoutMs: 300_000 });
+    const status = (): Promise<ClusterView> => ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab });
+    const owner = async (vm: string): Promise<string | undefined> =>
+      (await status()).vms.find((v) => v.name === vm)?.owner;
+    const bootblock = (name: string, host: string, extra: string[]): Promise<VmView> =>
+      ferryOk<VmView>(
+        ['vm', 'new', name, '--host', host, '--guest', 'bootblock', '--memory', '64M', '--json', ...extra],
+        { lab },
+      );
+
+    // ha1 prefers host-a, then host-b (so only the pause keeps an HA restart off host-b), and
+    // fails back in a window open from a minute ago for an hour (local time: the agents' TZ is ours).
+    const hhmm = (d: Date): string =>
+      `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
+    const win = `${hhmm(new Date(Date.now() - 60_000))}-${hhmm(new Date(Date.now() + 3600_000))}`;
+    await bootblock('ha1', 'host-a', ['--ha', '--preferred-owner', 'host-a,host-b', '--path', `${lab}/shared/ha1`]);
+    await ferryOk(['vm', 'start', 'ha1'], { lab });
+    await bootblock('b1', 'host-b', ['--start']);
+    const set = await ferry(['vm', 'set', 'ha1', '--failback', win], { lab });
+    assert.equal(set.code, 0, set.stderr);
+    assert.match(set.stdout, new RegExp(`ha1: fail-back ${win}`));
+    assert.equal((await status()).vms.find((v) => v.name === 'ha1')?.failback, win);
+    const typo = await ferry(['vm', 'set', 'ha1', '--failback', '25:00-01:00'], { lab });
+    assert.equal(typo.code, 2);
+    assert.match(typo.stderr, /Cannot use --failback: '25:00-01:00' is not 'immediately', 'never' or a window/);
+
+    const p = await ferryOk<{ changed: boolean; reason: string }>(['cluster', 'pause', 'host-b', '--json'], { lab });
+    assert.deepEqual([p.changed, p.reason], [true, 'admin']);
+    const again = await ferryOk<{ changed: boolean }>(['cluster', 'pause', 'host-b', '--json'], { lab });
+    assert.equal(again.changed, false, 'pausing a paused node changes nothing');
+    const sb = (await status()).nodes.find((n) => n.name === 'host-b');
+    assert.ok(sb);
+    assert.equal(sb.state, 'paused');
+    assert.equal(sb.paused?.reason, 'admin');
+    assert.match(await ferryOk<string>(['cluster', 'status'], { lab }), /host-b\s+paused\s+\S+\s+by admin at/);
+    const b1 = await ferryOk<VmView>(['vm', 'show', 'b1', '--json'], { lab });
+    assert.deepEqual([b1.host, b1.state], ['host-b', 'running'], 'a pause moves nothing: b1 keeps running');
+
+    // An explicit move into the paused node is refused before anything happens.
+    const move = await ferry(['move-vm', 'ha1', '--to', 'host-b'], { lab });
+    assert.equal(move.code, 3, move.stderr);
+    assert.match(move.stderr + move.stdout, /host-b.*paused.*ferry cluster resume host-b/s);
+    assert.equal((await ferryOk<VmView>(['vm', 'show', 'ha1', '--json'], { lab })).host, 'host-a');
+
+    // host-a dies: ha1 restarts on host-c, never on the paused host-b.
+    await ferryOk(['lab', 'kill', 'host-a', '--dir', lab]);
+    const t0 = Date.now();
+    const to = await until('ha1 restarted elsewhere', 90_000, async () => {
+      const o = await owner('ha1');
+      return o && o !== 'host-a' ? o : null;
+    });
+    process.stderr.write(`pause: host-a killed → ha1 owned by ${to} after ${Date.now() - t0} ms\n`);
+    assert.equal(to, 'host-c');
+    await until('ha1 running on host-c', 60_000, async () => {
+      const v = await ferryOk<VmView>(['vm', 'show', 'ha1', '--json'], { lab });
+      return v.host === 'host-c' && v.state === 'running';
+    });
+
+    const r = await ferry(['cluster', 'resume', 'host-b'], { lab });
+    assert.equal(r.code, 0, r.stderr);
+    const nb = (await status()).nodes.find((n) => n.name === 'host-b');
+    assert.deepEqual([nb?.state, nb?.paused], ['up', null]);
+
+    // host-a returns: the leader moves ha1 home by itself (a fail-back batch through the queue).
+    await ferryOk(['lab', 'up', '--dir', lab], { timeoutMs: 300_000 });
+    const t1 = Date.now();
+    await until('ha1 failed back to host-a', 240_000, async () => {
+      const v = await ferryOk<VmView>(['vm', 'show', 'ha1', '--json'], { lab });
+      return v.host === 'host-a' && v.state === 'running' && (await owner('ha1')) === 'host-a';
+    });
+    process.stderr.write(`fail-back: host-a up → ha1 back on host-a after ${Date.now() - t1} ms\n`);
+    const fb = (await status()).batches.find((b) => b.node === 'host-a');
+    assert.ok(fb);
+    assert.equal(fb.kind, 'failback');
+    assert.deepEqual(
+      fb.items.map((i) => `${i.vm}:${i.from}→${i.to ?? ''}:${i.state}`),
+      ['ha1:host-c→host-a:moved'],
+    );
+
+    // vm set --cpu: a stopped VM only, a model QEMU knows and can give here.
+    await bootblock('c1', 'host-b', []);
+    const nehalem = await ferryOk<VmView>(['vm', 'set', 'c1', '--cpu', 'Nehalem', '--json'], { lab });
+    assert.equal(nehalem.cpuModel, 'Nehalem');
+    const compat = await ferry(['vm', 'set', 'c1', '--cpu', 'compat'], { lab });
+    assert.equal(compat.code, 0, compat.stderr);
+    assert.match(compat.stderr, /--cpu compat: \S+ \(usable on host-a, host-b, host-c\)/);
+    for (const [model, re] of [
+      ['Pentium9000', /knows no such CPU model; usable here under tcg: /],
+      ['host', /needs KVM/],
+      ['Skylake-Server', /cannot give this model under tcg here \(it lacks /],
+    ] as const) {
+      const bad = await ferry(['vm', 'set', 'c1', '--cpu', model], { lab });
+      assert.equal(bad.code, 2, `${model}: ${bad.stderr}`);
+      assert.match(bad.stderr, re);
+    }
+    const running = await ferry(['vm', 'set', 'b1', '--cpu', 'qemu64'], { lab });
+    assert.equal(running.code, 1);
+    assert.match(running.stderr, /Cannot change the CPU model of VM 'b1': it is running.*ferry vm stop b1/);
+    assert.equal((await ferryOk<VmView>(['vm', 'show', 'c1', '--json'], { lab })).state, 'stopped');
+    await ferryOk(['vm', 'start', 'c1'], { lab });
+    assert.equal((await ferryOk<VmView>(['vm', 'show', 'c1', '--json'], { lab })).state, 'running');
+  },
+);
