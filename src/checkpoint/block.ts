@@ -91,3 +91,26 @@ export async function commitInto(
   );
   await finishJob(qmp, jobId, what, { signal: opts.signal });
 }
+
+/**
+ * Closes the block nodes QEMU still has open on `files` (an old chain after the VM pivoted onto
+ * a moved copy), format nodes first. Nodes QEMU opened itself go with their parent; one that
+ * cannot be closed stays open read-only and harms nothing.
+ */
+export async function dropNodesOf(qmp: QmpClient, files: Set<string>): Promise<void> {
+  for (let round = 0; round < 8; round++) {
+    const nodes = (await qmp.execute('query-named-block-nodes', { flat: true }, { timeoutMs: 10_000 })).filter((n) =>
+      files.has(n.file),
+    );
+    if (nodes.length === 0) return;
+    let dropped = 0;
+    for (const n of [...nodes].sort((a, b) => Number(a.drv === 'file') - Number(b.drv === 'file'))) {
+      const ok = await qmp.execute('blockdev-del', { 'node-name': n['node-name'] }, { timeoutMs: 10_000 }).then(
+        () => true,
+        () => false,
+      );
+      if (ok) dropped++;
+    }
+    if (dropped === 0) return;
+  }
+}

@@ -52,6 +52,8 @@ export interface MirrorSpec {
   diskId: string;
   device: string;
   target: string;
+  /** 'top': only the active layer (the target's backing already holds the chain below it). */
+  sync?: 'full' | 'top';
 }
 
 export async function startMirror(
@@ -66,7 +68,7 @@ export async function startMirror(
       'job-id': m.jobId,
       device: m.device,
       target: m.target,
-      sync: 'full',
+      sync: m.sync ?? 'full',
       'auto-finalize': true,
       'auto-dismiss': false,
       ...(speedBps ? { speed: Math.round(speedBps) } : {}),

@@ -37,6 +37,8 @@ export interface CompareInput {
   options: CompareOptions;
   /** Virtual size of each disk by source path (shared-nothing space check; skipped without it). */
   diskSizes?: Record<string, number>;
+  /** Other files the VM needs where they are (the base images under its checkpoints): shared storage only. */
+  sharedFiles?: string[];
 }
 
 export const COMPARE_CODES = {
@@ -368,6 +370,10 @@ function checkSharedStorage(input: CompareInput, add: Add): void {
     path.resolve(spec.pagingPath) !== path.resolve(spec.checkpointPath)
   ) {
     items.push({ p: spec.pagingPath, field: 'pagingPath', label: 'its paging folder' });
+  }
+  for (const p of input.sharedFiles ?? []) {
+    if (!items.some((it) => path.resolve(it.p) === path.resolve(p)))
+      items.push({ p, field: 'checkpoints', label: 'the base image of its checkpoints' });
   }
 
   for (const it of items) {

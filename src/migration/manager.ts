@@ -5,7 +5,7 @@
 import { DEFAULTS } from '../api/defaults.js';
 import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
-import { checkpointsIncompatibility, gather, incompatibleError } from './begin.js';
+import { checkpointsIncompatibility, gather, incompatibleError, type CheckpointMove } from './begin.js';
 import type { MoveHost } from './host.js';
 import { IncomingManager } from './incoming.js';
 import { Job, type JobInit } from './job.js';
@@ -110,7 +110,12 @@ export class MigrationManager {
       options: req.options,
     });
     host.vms.hold(req.vm, job.id);
-    await this.refuseCheckpoints(req.vm, job.id, `move VM '${req.vm}' to '${req.to.name}'`);
+    await this.refuseCheckpoints(
+      req.vm,
+      job.id,
+      `move VM '${req.vm}' to '${req.to.name}'`,
+      kind === 'shared-nothing' ? 'shared-nothing' : 'shared',
+    );
     this.jobs.set(job.id, job);
     job.log(`requested: move to ${req.to.name} (${kind})`);
     job.flush(true);
@@ -159,7 +164,7 @@ export class MigrationManager {
       options: { includeStorage: true, retainSource: false },
     });
     host.vms.hold(req.vm, job.id);
-    await this.refuseCheckpoints(req.vm, job.id, `move the storage of VM '${req.vm}'`);
+    await this.refuseCheckpoints(req.vm, job.id, `move the storage of VM '${req.vm}'`, 'storage');
     this.jobs.set(job.id, job);
     job.log(`requested: move storage of ${req.vm}`);
     job.flush(true);
@@ -172,8 +177,8 @@ export class MigrationManager {
    * Checked again once the move holds the VM (no checkpoint can be taken from then on): a VM
    * with checkpoints is refused, the hold released, nothing changed.
    */
-  private async refuseCheckpoints(vm: string, jobId: string, what: string): Promise<void> {
-    const inc = await checkpointsIncompatibility(await this.host.vms.spec(vm), what).catch((err: unknown) => {
+  private async refuseCheckpoints(vm: string, jobId: string, what: string, kind: CheckpointMove): Promise<void> {
+    const inc = await checkpointsIncompatibility(await this.host.vms.spec(vm), what, kind).catch((err: unknown) => {
       this.host.vms.release(vm, jobId);
       throw err;
     });

@@ -12,6 +12,8 @@ import { assertInUsablePool, isInside, poolOf, poolStatus, type PoolDef } from '
 import { configFile, exists } from '../vm/folder.js';
 import type { VmSpec } from '../vm/spec.js';
 import { planDestPaths } from './compare.js';
+import { chainFileBytes, planChainMove, type ChainPlan } from '../checkpoint/relocate.js';
+import { hasCheckpoints } from '../checkpoint/store.js';
 import type { MoveOptions, StorageMoveRequest } from './schemas.js';
 
 const MiB = 1048576;
@@ -104,6 +106,8 @@ export interface StoragePlan {
   pagingPath: string;
   /** disk id → new path (only disks that move) */
   disks: Record<string, string>;
+  /** The checkpoint chain, when it moves with the checkpoint folder (its active layers are in `disks`). */
+  chain?: ChainPlan;
 }
 
 /** Destination of every item of a storage move, checked before anything starts. */
@@ -135,6 +139,7 @@ export async function storagePlan(
     const dest = req.vhd?.[d.path] ?? (req.path ? path.join(req.path, path.basename(d.path)) : undefined);
     if (dest && path.resolve(dest) !== path.resolve(d.path)) plan.disks[d.id] = path.resolve(dest);
   }
+  if (await hasCheckpoints(spec)) await planChain(spec, req, plan);
   const dests = Object.values(plan.disks);
   if (new Set(dests).size !== dests.length) {
     throw new InvalidInputError(
@@ -178,6 +183,15 @@ export async function storagePlan(
     const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
     need.set(pool, (need.get(pool) ?? 0) + size);
   }
+  for (const f of plan.chain?.files ?? []) {
+    const pool = await assertInUsablePool(pools, hostName, f.to, 'destination of a checkpoint file');
+    if (await exists(f.to))
+      throw new InvalidInputError(
+        `Cannot move the checkpoints of VM '${spec.name}': ${f.to} is already there; choose another path`,
+        { path: f.to },
+      );
+    need.set(pool, (need.get(pool) ?? 0) + (await chainFileBytes(f)));
+  }
   for (const dir of new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])) {
     await assertInUsablePool(pools, hostName, dir, 'destination folder');
   }
@@ -192,10 +206,43 @@ export async function storagePlan(
     if (bytes > st.freeBytes) {
       throw new FerryError(
         'E_DEST_SPACE',
-        `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / MiB).toFixed(0)} MiB ` +
-          `but pool '${pool.name}' has ${(st.freeBytes / MiB).toFixed(0)} MiB free; free space or choose another pool`,
+        `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / MiB).toFixed(0)} MiB` +
+          `${plan.chain ? ' with their checkpoints' : ''} but pool '${pool.name}' has ` +
+          `${(st.freeBytes / MiB).toFixed(0)} MiB free; free space or choose another pool`,
       );
     }
   }
   return plan;
+}
+
+/**
+ * A VM with checkpoints: its disks are a chain (base images, read-only overlays, the active
+ * overlays) held together by the checkpoint folder, so they move with it: the folder's files
+ * and active layers to the new folder, the base images to --path (or with the VM folder, or they stay).
+ */
+async function planChain(spec: VmSpec, req: StorageMoveRequest, plan: StoragePlan): Promise<void> {
+  const fixed = path.resolve(plan.checkpointPath) === path.resolve(spec.checkpointPath);
+  if (req.vhd || (fixed && Object.keys(plan.disks).length > 0))
+    throw new InvalidInputError(
+      `Cannot move the disks of VM '${spec.name}' ${req.vhd ? 'with --vhd' : 'without its checkpoint folder'}: ` +
+        'it has checkpoints, and its disks are a chain of images held together by its checkpoint folder; ' +
+        'move them together with --path, or the chain alone with --checkpoint-path',
+    );
+  if (fixed) return;
+  // Base images go where the VM's disks go (--path), or follow its folder when they are in it.
+  const rel = (p: string): string => path.relative(spec.configPath, p);
+  const chain = await planChainMove(spec, plan.checkpointPath, (p) =>
+    req.path
+      ? path.join(req.path, path.basename(p))
+      : isInside(path.resolve(p), path.resolve(spec.configPath))
+        ? path.join(plan.configPath, rel(p))
+        : p,
+  );
+  if (!chain) return;
+  plan.chain = chain;
+  plan.disks = {};
+  for (const d of spec.disks) {
+    const to = chain.actives[d.id]?.to;
+    if (to && path.resolve(to) !== path.resolve(d.path)) plan.disks[d.id] = to;
+  }
 }

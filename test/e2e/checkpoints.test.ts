@@ -10,6 +10,7 @@ import { ferry, ferryOk } from './cli.js';
 import { useLab, serialLog, waitProbe } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
+import { lastHb, logSize, restoredPart, waitMore } from './checkpoint-guest.js';
 import type { CheckpointList, CheckpointView, VmView } from '../../src/api/schemas.js';
 
 const L = useLab(2);
@@ -18,39 +19,6 @@ const list = (name: string): Promise<CheckpointList> =>
   ferryOk<CheckpointList>(['checkpoint', 'list', name, '--json'], { lab: L.lab });
 const tree = (l: CheckpointList): string[] =>
   l.checkpoints.map((c) => `${'.'.repeat(c.depth)}${c.name}${c.memory ? '+mem' : ''}${c.current ? '*' : ''}`);
-
-/** Waits until the serial log past `from` holds `n` heartbeats and acks; returns that part. */
-async function waitMore(file: string, from: number, n: number, timeoutMs = 60_000): Promise<string> {
-  const until = Date.now() + timeoutMs;
-  for (;;) {
-    const text = (await fsp.readFile(file, 'utf8')).slice(from);
-    const s = parseSerial(text);
-    if (s.heartbeats.length >= n && s.acks.length >= n) return text;
-    if (Date.now() > until) throw new Error(`fewer than ${n} heartbeats and acks in ${timeoutMs} ms:\n${text}`);
-    await sleep(200);
-  }
-}
-
-/**
- * The part of a serial log written by a guest restored from a checkpoint: from the first probe
- * line whose heartbeat or ack sequence goes back (before it, the guest that was replaced printed on).
- */
-function restoredPart(text: string): string {
-  const lines = text.split('\n');
-  const last = { hb: -1, ack: -1 };
-  for (const [i, line] of lines.entries()) {
-    const m = /ferry-(hb|ack) (\d+)/.exec(line);
-    if (!m) continue;
-    const kind = m[1] === 'hb' ? 'hb' : 'ack';
-    const seq = Number(m[2]);
-    if (seq < last[kind]) return lines.slice(i).join('\n');
-    last[kind] = seq;
-  }
-  return '';
-}
-
-const logSize = async (f: string): Promise<number> => (await fsp.stat(f)).size;
-const lastHb = (text: string): number => parseSerial(text).heartbeats.at(-1)?.seq ?? 0;
 
 test('memory checkpoints of a running probe VM: apply goes back to c1; live removal keeps acked records', async () => {
   const vm = await ferryOk<VmView>(
@@ -116,10 +84,9 @@ test('memory checkpoints of a running probe VM: apply goes back to c1; live remo
       /Cannot apply checkpoint 'nope' of VM 'ck1': it has no such checkpoint \(it has c1, c2\)/,
     ],
     [['checkpoint', 'rm', 'ck1', 'nope'], /Cannot remove checkpoint 'nope'/],
-    [['move-vm', 'ck1', '--to', 'host-b'], /it has checkpoints, which moves cannot carry yet; remove them first/],
     [
-      ['move-storage', 'ck1', '--path', path.join(L.lab, 'shared', 'ck1-moved')],
-      /it has checkpoints, which moves cannot carry yet/,
+      ['move-vm', 'ck1', '--to', 'host-b', '--include-storage'],
+      /it has checkpoints, which a shared-nothing move \(--include-storage\) cannot carry yet/,
     ],
   ];
   for (const [args, re] of bad) {

@@ -35,6 +35,9 @@ import { testHold } from '../policy.js';
 import { copyEta, foldMirrorProgress } from '../progress.js';
 import { claimFile, makeFolders, removeFolders } from '../claim.js';
 import type { SlotQueue } from '../queue.js';
+import { dropNodesOf } from '../../checkpoint/block.js';
+import { TREE_FILE } from '../../checkpoint/model.js';
+import { copyChainFile, saveMovedTree } from '../../checkpoint/relocate.js';
 import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
 
 export interface StorageCtx {
@@ -87,7 +90,13 @@ const dirs: Step<StorageCtx> = {
     const p = ctx.plan;
     // The plan and the spec as they were: recovery after a restart works from these.
     s.record({ plan: p, spec: ctx.spec, created: [] });
-    const dirs = [p.configPath, p.checkpointPath, p.pagingPath, ...m.map((d) => path.dirname(p.disks[d.id] ?? d.path))];
+    const dirs = [
+      p.configPath,
+      p.checkpointPath,
+      p.pagingPath,
+      ...m.map((d) => path.dirname(p.disks[d.id] ?? d.path)),
+      ...(p.chain ? [p.chain.to, ...p.chain.files.map((f) => path.dirname(f.to))] : []),
+    ];
     const created = await makeFolders(dirs, (c) => {
       s.record({ plan: p, spec: ctx.spec, created: c });
     });
@@ -123,6 +132,31 @@ async function removeCreated(data: StepData): Promise<void> {
   for (const f of (data.created as string[] | undefined) ?? []) await fsp.rm(f, { force: true });
 }
 
+/**
+ * The checkpoint chain's read-only layers and memory files, copied to the new folder (they never
+ * change, also while the VM runs) with their backing references rewritten onto the copies.
+ */
+const chain: Step<StorageCtx> = {
+  name: 'chain',
+  phase: 'copying-storage',
+  when: (ctx) => ctx.plan.chain !== undefined,
+  async run(ctx, s) {
+    const files = ctx.plan.chain?.files ?? [];
+    ctx.job.log(`copying the checkpoint chain: ${files.length} file(s) to ${ctx.plan.chain?.to ?? ''}`);
+    const created: string[] = [];
+    for (const f of files) {
+      await claimFile(f.to, 'a checkpoint file of the moved VM');
+      created.push(f.to);
+      s.record({ created });
+      await copyChainFile(f, s.signal);
+    }
+    return { created };
+  },
+  async undo(_ctx, data) {
+    await removeCreated(data);
+  },
+};
+
 const mirror: Step<StorageCtx> = {
   name: 'mirror',
   phase: 'copying-storage',
@@ -141,14 +175,25 @@ const mirror: Step<StorageCtx> = {
       await claimFile(dest, 'a disk of the moved VM');
       created.push(dest);
       s.record({ created, nodes, mirrors, olds });
-      const info = await imageInfo(d.path, { forceShare: true, format: d.format });
-      await createImage(dest, d.format, info.virtualSizeBytes, { signal: s.signal });
+      // An active layer over a checkpoint chain: a new overlay on the copied chain, only the top mirrored.
+      const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
+      if (backing) await createImage(dest, 'qcow2', 0, { backing, signal: s.signal });
+      else {
+        const info = await imageInfo(d.path, { forceShare: true, format: d.format });
+        await createImage(dest, d.format, info.virtualSizeBytes, { signal: s.signal });
+      }
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
       s.record({ created, nodes, mirrors, olds });
       await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal);
       olds[d.id] = await rootNode(proc.qmp, d.id, s.signal);
-      const m = { jobId: `copy-${d.id}`, diskId: d.id, device: olds[d.id] ?? '', target: base };
+      const m: MirrorSpec = {
+        jobId: `copy-${d.id}`,
+        diskId: d.id,
+        device: olds[d.id] ?? '',
+        target: base,
+        ...(backing ? { sync: 'top' as const } : {}),
+      };
       mirrors.push(m);
       s.record({ created, nodes, mirrors, olds });
       await startMirror(proc.qmp, m, bandwidth, s.signal);
@@ -190,11 +235,15 @@ const convert: Step<StorageCtx> = {
       await claimFile(dest, 'a disk of the moved VM');
       created.push(dest);
       s.record({ created });
-      await convertImage(d.path, dest, {
-        srcFormat: d.format,
-        dstFormat: d.format,
-        signal: s.signal,
-      });
+      const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
+      // An active layer over a checkpoint chain is copied as the overlay it is, onto the copied chain.
+      if (backing) await copyChainFile({ from: d.path, to: dest, format: 'qcow2', backing }, s.signal);
+      else
+        await convertImage(d.path, dest, {
+          srcFormat: d.format,
+          dstFormat: d.format,
+          signal: s.signal,
+        });
       const disk = r.disks[i];
       if (disk) {
         disk.bytesDone = disk.bytesTotal;
@@ -226,6 +275,8 @@ const pivot: Step<StorageCtx> = {
       await delNode(proc.qmp, old);
       await delNode(proc.qmp, `${old}-file`);
     }
+    const ch = ctx.plan.chain;
+    if (ch) await dropNodesOf(proc.qmp, new Set(ch.files.map((f) => f.from)));
     return undefined;
   },
 };
@@ -239,7 +290,10 @@ const commit: Step<StorageCtx> = {
     const next = nextSpec(ctx, new Set(moving(ctx).map((d) => d.id)));
     const copied: string[] = [];
     if (configMoves(ctx)) {
+      // Base images of checkpoints in the folder were copied with their chain.
+      const chained = new Set(ctx.plan.chain?.files.map((f) => path.resolve(f.from)) ?? []);
       for (const f of await folderFiles(ctx.spec)) {
+        if (chained.has(path.resolve(ctx.spec.configPath, f))) continue;
         const to = path.join(ctx.plan.configPath, f);
         copied.push(to);
         s.record({ copied });
@@ -251,6 +305,12 @@ const commit: Step<StorageCtx> = {
           `Cannot move the config of VM '${ctx.spec.name}': ${next.configPath} already holds a VM`,
         );
       }
+    }
+    if (ctx.plan.chain) {
+      // The tree first: once vm.json names the new folder, the tree must be there.
+      copied.push(path.join(ctx.plan.chain.to, TREE_FILE));
+      s.record({ copied });
+      await saveMovedTree(ctx.spec, ctx.plan.chain, ctx.plan.checkpointPath);
     }
     await saveVm(next);
     ctx.host.vms.configMoved(ctx.spec.name, next.configPath);
@@ -303,6 +363,11 @@ function nextSpec(ctx: StorageCtx, moved: Set<string>, folders = true): VmSpec {
 async function deleteOld(ctx: StorageCtx, moved: Set<string>): Promise<void> {
   const { spec, plan } = ctx;
   for (const d of spec.disks) if (moved.has(d.id)) await fsp.rm(d.path, { force: true });
+  if (plan.chain) {
+    // The old chain: the folder (tree, overlays, memory) and the base images that moved.
+    for (const f of plan.chain.files) await fsp.rm(f.from, { force: true });
+    await fsp.rm(plan.chain.from, { recursive: true, force: true });
+  }
   if (configMoves(ctx)) {
     await fsp.rm(configFile(spec.configPath), { force: true });
     for (const f of await folderFiles(spec)) await fsp.rm(resolveVmFile(spec, f), { force: true });
@@ -372,6 +437,6 @@ async function resolveStorage(ctx: StorageCtx, _err: unknown, s: UndoScope): Pro
 
 export const storageKind: MoveKind<StorageCtx> = {
   name: 'storage',
-  steps: [slot, dirs, check, mirror, convert, pivot, commit, cleanup],
+  steps: [slot, dirs, check, chain, mirror, convert, pivot, commit, cleanup],
   resolve: resolveStorage,
 };
