@@ -119,12 +119,23 @@ export async function loadMemory(
       sock.once('connect', resolve);
       sock.once('error', reject);
     });
+    // QEMU closes the socket as soon as it has read the stream's end marker, which can be before
+    // Node's side of the pipe has finished ('Premature close'). QEMU's own status decides: a
+    // send error matters only when the load did not complete.
+    let sendError: unknown = null;
     const sent = pipeline(fs.createReadStream(file), sock).catch((err: unknown) => {
-      throw new FerryError('E_CHECKPOINT_MEMORY', `Cannot load the memory state ${file}: ${messageOf(err)}`, {
-        cause: err,
-      });
+      sendError = err;
     });
-    await Promise.all([sent, waitMigration(qmp, `load the memory state ${file}`, opts)]);
+    try {
+      await waitMigration(qmp, `load the memory state ${file}`, opts);
+    } catch (err) {
+      if (sendError === null) throw err;
+      throw new FerryError('E_CHECKPOINT_MEMORY', `Cannot load the memory state ${file}: ${messageOf(sendError)}`, {
+        cause: sendError,
+      });
+    }
+    sock.destroy();
+    await sent;
   } finally {
     sock.destroy();
     await fsp.rm(socketPath, { force: true });
