@@ -63,6 +63,9 @@ export function relayScreen(page: Socket, s: Session, open: () => Promise<Socket
   open().then(
     (a) => {
       agent = a;
+      // The agent refused (the VM is not running there, or has no display): the page looks
+      // again. Closing a websocket still connecting emits 'error' too, so it is listened at once.
+      a.on('error', (err: Error) => end(4000, `host: ${err.message}`));
       if (ended) {
         a.close(1000);
         return;
@@ -77,8 +80,6 @@ export function relayScreen(page: Socket, s: Session, open: () => Promise<Socket
         else page.send(data);
       });
       a.on('close', (code: number, why: Buffer) => end(code, why.toString() || 'the screen closed'));
-      // The agent refused (the VM is not running there, or has no display): the page looks again.
-      a.on('error', (err: Error) => end(4000, `host: ${err.message}`));
     },
     (err: unknown) => end(4000, `host: ${err instanceof Error ? err.message : String(err)}`),
   );
