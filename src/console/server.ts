@@ -4,7 +4,8 @@
 // shows the console's own Origin (or Referer) and, once logged in, the session's CSRF token
 // in a header; the proxy forwards only the actions the user's role may call (roles.ts) and
 // tells the agent who asked (X-Ferry-Actor: console:NAME, X-Ferry-Actor-Role: ROLE). The app's files hold no data
-// and are served to anyone; nothing else is served without a session.
+// and are served to anyone; nothing else is served without a session. A VM's screen is a
+// websocket relayed to the agent's VNC websocket (screen.ts), its upgrade checked as a change.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
