@@ -14,7 +14,8 @@ export default defineConfig({
   root: here,
   base: './',
   plugins: [react()],
-  build: { outDir: 'dist', emptyOutDir: true, sourcemap: true },
+  // es2022: noVNC (@novnc/novnc) probes the browser's video decoders with a top-level await.
+  build: { outDir: 'dist', emptyOutDir: true, sourcemap: true, target: 'es2022' },
   server: {
     // The console imports the shared action definitions from ../src.
     fs: { allow: [repo] },

@@ -93,7 +93,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   migrationRoutes(app, engine.migrations);
   peerRoutes(app, engine);
   clusterRoutes(app, engine.cluster);
-  consoleRoutes(app, engine.vms);
+  consoleRoutes(app, engine.vms, audit);
   await app.listen({ host: cfg.listen.host, port: cfg.listen.port });
   // Cluster decisions and fencing go to the log too: they are what an operator reads after an incident.
   engine.events.subscribe((e) => {

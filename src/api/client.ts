@@ -221,10 +221,11 @@ export class AgentClient {
    * A websocket to the agent (a VM's serial console or display), over the same mutual TLS.
    * `ws` loads here, on first use: most commands never open one.
    */
-  async websocket(url: string): Promise<WebSocket> {
+  async websocket(url: string, headers: Record<string, string> = {}): Promise<WebSocket> {
     const { WebSocket } = await import('ws');
     return new WebSocket(this.endpoint.replace(/^https:/, 'wss:') + url, {
       agent: this.agent,
+      headers,
       handshakeTimeout: 15_000,
       maxPayload: 16 * 1024 * 1024,
     });

@@ -64,6 +64,9 @@ export const MIN_ROLE: { readonly [K in keyof Actions]: ConsoleRole } = {
   auditList: 'admin',
 };
 
+/** A VM's live screen (the agent's websocket /v1/vms/:name/vnc) follows its screenshot. */
+export const SCREEN_MIN_ROLE: ConsoleRole = MIN_ROLE.vmScreenshot;
+
 /** The agent's event stream: every role follows it (it is how pages stay current). */
 export const EVENTS_PATH = '/v1/events';
 

@@ -4,7 +4,8 @@
 // shows the console's own Origin (or Referer) and, once logged in, the session's CSRF token
 // in a header; the proxy forwards only the actions the user's role may call (roles.ts) and
 // tells the agent who asked (X-Ferry-Actor: console:NAME, X-Ferry-Actor-Role: ROLE). The app's files hold no data
-// and are served to anyone; nothing else is served without a session.
+// and are served to anyone; nothing else is served without a session. A VM's screen is a
+// websocket relayed to the agent's VNC websocket (screen.ts), its upgrade checked as a change.
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -12,16 +13,18 @@ import tls_ from 'node:tls';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import websocket from '@fastify/websocket';
 import { z } from 'zod';
 import { FerryError } from '../errors.js';
 import { Clients, type Context } from '../cli/context.js';
 import { REPO_ROOT } from '../../guest/paths.js';
-import { allowedActions, cleanAgentPath, decide } from './roles.js';
+import { allowedActions, cleanAgentPath, decide, SCREEN_MIN_ROLE, roleAtLeast } from './roles.js';
 import { DEFAULT_LIMITS, SessionStore, type Session, type SessionLimits } from './sessions.js';
 import { UserStore, verifyDecoy, verifyPassword, type ConsoleUser } from './users.js';
 import { allowedOrigins, hostAllowed, requestOrigin, setSecurityHeaders } from './guard.js';
 import type { ConsoleTls } from './tls.js';
-import { ACTOR_HEADER, ACTOR_ROLE_HEADER } from '../api/common.js';
+import { ACTOR_HEADER, ACTOR_ROLE_HEADER, NAME_RE } from '../api/common.js';
+import { relayScreen, csrfFromProtocols, SCREEN_PROTOCOL } from './screen.js';
 
 const TYPES: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -93,6 +96,14 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     bodyLimit: 1024 * 1024,
     ...(o.tls ? { https: { key: o.tls.key, cert: o.tls.cert, minVersion: 'TLSv1.2' as const } } : {}),
   });
+  // A VM's screen (noVNC) comes as a websocket; the browser's CSRF token rides in its
+  // subprotocols (a page cannot set headers on a websocket), the answer names only 'binary'.
+  await app.register(websocket, {
+    options: {
+      maxPayload: 64 * 1024,
+      handleProtocols: (protocols) => (protocols.has(SCREEN_PROTOCOL) ? SCREEN_PROTOCOL : false),
+    },
+  });
   app.addHook('onClose', (_app, done) => {
     sessions.close();
     clients.close();
@@ -139,7 +150,10 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
     const url = pathOf(req.url);
     if (!url.startsWith('/api/')) return;
     void reply.header('cache-control', 'no-store');
-    const unsafe = !SAFE_METHODS.has(req.method);
+    // A websocket upgrade is a GET, but it opens a channel that types into a VM: it is
+    // checked like a state-changing request (a cross-site page can open websockets too).
+    const upgrade = (req.headers.upgrade ?? '').toLowerCase() === 'websocket';
+    const unsafe = !SAFE_METHODS.has(req.method) || upgrade;
     if (unsafe) {
       const from = requestOrigin(req.headers);
       if (!from || !mine.has(from))
@@ -165,7 +179,9 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
       );
     }
     if (unsafe) {
-      const sent = Buffer.from(String(req.headers[CSRF_HEADER] ?? ''));
+      const sent = Buffer.from(
+        upgrade ? csrfFromProtocols(req.headers['sec-websocket-protocol']) : String(req.headers[CSRF_HEADER] ?? ''),
+      );
       const want = Buffer.from(s.csrf);
       if (sent.length !== want.length || !crypto.timingSafeEqual(sent, want))
         return apiError(
@@ -228,6 +244,50 @@ export async function buildConsole(o: ConsoleOptions): Promise<FastifyInstance> 
   app.get('/api/session', (req, reply) => {
     void reply.send(sessionView(sessionFor(req)));
   });
+
+  // A VM's screen: operators and admins (a viewer sees no screen, as no serial console or
+  // screenshot); the agent records who opened it from the actor headers.
+  app.get(
+    '/api/hosts/:host/v1/vms/:name/vnc',
+    {
+      websocket: true,
+      // Refused before the upgrade, so the page sees why.
+      preValidation: async (req, reply) => {
+        const s = sessionFor(req);
+        const { host } = req.params as { host: string };
+        if (!roleAtLeast(s.role, SCREEN_MIN_ROLE))
+          return apiError(
+            reply,
+            403,
+            'E_CONSOLE_FORBIDDEN',
+            `Cannot show a VM's screen: it needs the ${SCREEN_MIN_ROLE} role and you are ${s.role}; ` +
+              'ask a console admin for a role that may',
+          );
+        if (!o.context.hosts.some((h) => h.name === host))
+          return apiError(reply, 404, 'E_HOST_NOT_FOUND', `Cannot show a VM's screen: no host '${host}'`);
+        if (!NAME_RE.test((req.params as { name: string }).name))
+          return apiError(reply, 400, 'E_CONSOLE_BAD_PATH', `Cannot show a VM's screen: ${req.url} names no VM`);
+        if (s.closers.size >= STREAMS_PER_SESSION)
+          return apiError(
+            reply,
+            429,
+            'E_CONSOLE_STREAMS',
+            `Cannot open another screen: this session holds ${STREAMS_PER_SESSION} streams; close a console tab`,
+          );
+      },
+    },
+    (ws, req) => {
+      const s = sessionFor(req);
+      const { host, name } = req.params as { host: string; name: string };
+      const client = clients.host(host);
+      relayScreen(ws, s, () =>
+        client.websocket(`/v1/vms/${encodeURIComponent(name)}/vnc`, {
+          [ACTOR_HEADER]: `console:${s.user}`,
+          [ACTOR_ROLE_HEADER]: s.role,
+        }),
+      );
+    },
+  );
 
   app.all('/api/hosts/:host/*', async (req, reply) => {
     const s = sessionFor(req);

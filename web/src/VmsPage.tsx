@@ -1,4 +1,4 @@
-import { useState } from 'react';
+import { lazy, Suspense, useState } from 'react';
 import { actions } from '../../src/api/actions.js';
 import type { VmView } from '../../src/api/schemas.js';
 import { call, eachHost } from './client.js';
@@ -9,11 +9,17 @@ import { changesVms } from './liveRules.js';
 import { ErrorMessage } from './ErrorMessage.js';
 import { MoveWizard } from './wizard/MoveWizard.js';
 
+// noVNC is loaded with the first screen opened, not with every page.
+const ScreenView = lazy(() => import('./ScreenView.js').then((m) => ({ default: m.ScreenView })));
+
 export function VmsPage() {
   const { hosts } = useSession();
   const can = useCan();
   const mayMove = can(actions.migrationCreate) || can(actions.storageMove);
   const [moving, setMoving] = useState<VmView | null>(null);
+  const [watching, setWatching] = useState<VmView | null>(null);
+  // The live screen needs what a screenshot needs (the console server checks the same role).
+  const mayWatch = can(actions.vmScreenshot);
   const names = hosts.map((h) => h.name);
   const live = useLive(
     (signal) => eachHost(hosts, (h) => call(h.name, actions.vmList, {}, { signal })),
@@ -74,7 +80,12 @@ export function VmsPage() {
                     </div>
                   ))}
                 </td>
-                <td>
+                <td className="row-actions">
+                  {mayWatch && vm.display === 'vga' && (vm.state === 'running' || vm.state === 'paused') && (
+                    <button type="button" onClick={() => setWatching(vm)} data-testid={`screen-${vm.name}`}>
+                      Screen
+                    </button>
+                  )}
                   {mayMove && (
                     <button type="button" onClick={() => setMoving(vm)} data-testid={`move-${vm.name}`}>
                       Move…
@@ -85,6 +96,11 @@ export function VmsPage() {
             ))}
           </tbody>
         </table>
+      )}
+      {watching && (
+        <Suspense fallback={<p className="muted">Loading the screen…</p>}>
+          <ScreenView vm={watching} onClose={() => setWatching(null)} />
+        </Suspense>
       )}
       {moving && (
         <MoveWizard

@@ -27,6 +27,11 @@ export class ApiError extends Error {
 
 let unauthorized: () => void = () => {};
 let csrf = '';
+/** The session's CSRF token: a VM's screen sends it as a websocket subprotocol (no headers there). */
+export function csrfToken(): string {
+  return csrf;
+}
+
 /** Called when the console server says the session is gone (401). */
 export function onUnauthorized(fn: () => void): void {
   unauthorized = fn;

@@ -2,6 +2,8 @@
 // (`ferry vm console --interactive`), the VNC display (the web console's noVNC) as websockets
 // relaying QEMU's Unix sockets, and a PNG screenshot. A websocket closes with code 4000 when
 // the VM stops or leaves this host; the client then finds the VM's new host and reconnects.
+// An upgraded websocket never reaches the server's audit hook (a GET, and its reply is
+// hijacked), so each console session is recorded here: who opened which VM's console.
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import websocket from '@fastify/websocket';
 import type { WebSocket } from 'ws';
@@ -15,6 +17,8 @@ import { runtimePaths } from '../../vm/lifecycle.js';
 import { connectUnix, screendumpPng, SerialHub } from '../../vm/console.js';
 import { registerAction } from '../server.js';
 import type { VmInventory } from '../vms.js';
+import { actorOf, type AuditLog } from '../audit.js';
+import { ACTOR_HEADER, ACTOR_ROLE_HEADER } from '../../api/common.js';
 
 /** Close code of a console whose VM stopped or left this host. */
 export const CONSOLE_GONE = 4000;
@@ -23,8 +27,26 @@ const MAX_FRAME = 64 * 1024;
 /** A viewer this far behind is dropped rather than buffered without end. */
 const MAX_BUFFERED = 8 * 1024 * 1024;
 
-export function consoleRoutes(app: FastifyInstance, engine: VmInventory): void {
+export function consoleRoutes(app: FastifyInstance, engine: VmInventory, audit: AuditLog): void {
   const hubs = new Map<string, SerialHub>();
+
+  /** One audit line per console websocket: opened (101) or failed to reach QEMU's socket. */
+  const record = (req: FastifyRequest, action: string, started: number, failure: string | null): void => {
+    void audit.append({
+      time: new Date().toISOString(),
+      requestId: req.id,
+      host: engine.host,
+      ...actorOf(req.peer ?? null, req.headers[ACTOR_HEADER], req.headers[ACTOR_ROLE_HEADER]),
+      action,
+      method: 'GET',
+      path: (req.url.split('?')[0] ?? '').slice(0, 1000),
+      target: `vm:${(req.params as { name: string }).name}`,
+      outcome: failure ? 'failed' : 'ok',
+      status: 101,
+      code: failure,
+      ms: Date.now() - started,
+    });
+  };
 
   /** The VM's run folder, refusing (before the upgrade) a VM that is not running here. */
   const runningVm = async (req: FastifyRequest, needScreen: boolean): Promise<{ runDir: string }> => {
@@ -66,10 +88,12 @@ export function consoleRoutes(app: FastifyInstance, engine: VmInventory): void {
         },
       },
       async (ws, req) => {
+        const started = Date.now();
         const name = (req.params as { name: string }).name;
         const early = buffered(ws);
         const { runDir } = await runningVm(req, false).catch(() => ({ runDir: null }));
         if (!runDir) {
+          record(req, 'vm.serial', started, 'E_VM_NOT_RUNNING');
           ws.close(CONSOLE_GONE, 'the VM stopped');
           return;
         }
@@ -90,6 +114,7 @@ export function consoleRoutes(app: FastifyInstance, engine: VmInventory): void {
             ws.close(CONSOLE_GONE, truncate(err instanceof Error ? err.message : String(err)));
             return null;
           });
+        record(req, 'vm.serial', started, session ? null : 'E_QEMU_GONE');
         if (!session) return;
         early.drain((data) => session.write(data));
         ws.on('close', () => session.detach());
@@ -105,9 +130,11 @@ export function consoleRoutes(app: FastifyInstance, engine: VmInventory): void {
         },
       },
       async (ws, req) => {
+        const started = Date.now();
         const early = buffered(ws);
         const { runDir } = await runningVm(req, true).catch(() => ({ runDir: null }));
         if (!runDir) {
+          record(req, 'vm.vnc', started, 'E_VM_NOT_RUNNING');
           ws.close(CONSOLE_GONE, 'the VM stopped');
           return;
         }
@@ -115,6 +142,7 @@ export function consoleRoutes(app: FastifyInstance, engine: VmInventory): void {
           ws.close(CONSOLE_GONE, truncate(err instanceof Error ? err.message : String(err)));
           return null;
         });
+        record(req, 'vm.vnc', started, sock ? null : 'E_QEMU_GONE');
         if (!sock) return;
         sock.on('data', (b: Buffer) => send(ws, b));
         sock.on('error', () => undefined);
