@@ -163,6 +163,9 @@ export const ERROR_CODES = {
   E_CANNOT_CANCEL: conflict('the move is past the point where it can be cancelled'),
   E_MIGRATION_FAILED: failed('the move failed; the VM stays on the source', true),
   E_MIGRATION_STALLED: failed('no data moved for too long; the VM stays on the source', true),
+  E_MIGRATION_URI: failed(
+    'the destination answered a stream or disk address the source does not expect; the VM stays on the source',
+  ),
   E_NOT_CONVERGING: failed('the guest dirties memory faster than the link carries; the VM stays on the source'),
   E_MIRROR_FAILED: failed('a disk copy failed; the VM stays on the source', true),
   E_MIRROR_LEFTOVER: failed("an earlier move's disk copy is still being torn down; the VM stays on the source", true),

@@ -43,6 +43,7 @@ export class Engine {
       name,
       domainId,
       migrationAddress: cfg.migrationAddress,
+      migrationPorts: cfg.migrationPorts ? `${cfg.migrationPorts.from}-${cfg.migrationPorts.to}` : null,
       registry: this.registry,
       emit,
       pools: this.pools,

@@ -32,6 +32,8 @@ export interface HostSettingsDeps {
   domainId: string;
   /** The agent's --migration-address (used when no migration network is set). */
   migrationAddress: string;
+  /** The agent's migration port range (FROM-TO), published so a source can check what Prepare answers. */
+  migrationPorts: string | null;
   registry: Registry;
   emit: Emit;
   pools: Pools;
@@ -67,6 +69,7 @@ export class HostSettings {
       networks: s.networks ?? [],
       tls: s.tls ?? true,
       address: this.d.migrationAddress,
+      ports: this.d.migrationPorts,
     };
   }
 
@@ -84,7 +87,7 @@ export class HostSettings {
       ...(body.tls !== undefined ? { tls: body.tls } : {}),
       ...(body.enabled !== undefined ? { enabled: body.enabled } : {}),
     };
-    const { address: _address, ...stored } = next;
+    const { address: _address, ports: _ports, ...stored } = next;
     this.d.registry.setSetting('migration', stored);
     this.d.emit('host.changed', { migration: next });
     for (const fn of this.listeners) fn();

@@ -90,7 +90,7 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   poolRoutes(app, engine.pools);
   eventRoutes(app, engine.events);
   metaRoutes(app, engine);
-  migrationRoutes(app, engine.migrations);
+  migrationRoutes(app, engine.migrations, engine.cluster);
   peerRoutes(app, engine);
   clusterRoutes(app, engine.cluster);
   consoleRoutes(app, engine.vms, audit);

@@ -7,6 +7,20 @@ import { VmSpec } from './vm-spec.js';
 
 const peer = ['admin', 'host'] as const;
 
+/**
+ * Bounds of what a peer may send to be created here: the files of a VM folder (kernel,
+ * initrd, cloud-init seed) travel inside the request, so they set the route's body limit.
+ */
+export const INCOMING_LIMITS = {
+  disks: 64,
+  files: 16,
+  /** Decoded bytes of all files together (a distribution's kernel and initrd fit with room). */
+  fileBytes: 96 * 1024 * 1024,
+} as const;
+/** Base64 of the files plus the spec and the request's other fields. */
+const INCOMING_BODY_LIMIT = Math.ceil((INCOMING_LIMITS.fileBytes * 4) / 3) + 1024 * 1024;
+const b64Len = (bytes: number): number => Math.ceil(bytes / 3) * 4;
+
 export const IncomingRequest = z
   .object({
     jobId: z.string().regex(/^[A-Za-z0-9-]{1,64}$/),
@@ -20,19 +34,37 @@ export const IncomingRequest = z
     /** Shared nothing: create these here and receive their contents over NBD. */
     storage: z
       .object({
-        disks: z.array(
-          z
-            .object({
-              id: z.string(),
-              path: z.string(),
-              format: z.enum(['qcow2', 'raw', 'vhdx', 'vpc']),
-              virtualSizeBytes: z.number().int().positive(),
-              allocatedBytes: z.number().int().min(0),
-            })
-            .strict(),
-        ),
-        dirs: z.array(z.string()),
-        files: z.array(z.object({ path: z.string(), base64: z.string() }).strict()),
+        disks: z
+          .array(
+            z
+              .object({
+                id: z.string().regex(/^[a-z][a-z0-9]{0,15}$/),
+                path: z.string().max(4096),
+                format: z.enum(['qcow2', 'raw', 'vhdx', 'vpc']),
+                virtualSizeBytes: z.number().int().positive(),
+                allocatedBytes: z.number().int().min(0),
+              })
+              .strict(),
+          )
+          .max(INCOMING_LIMITS.disks),
+        /** The VM's folders (config, checkpoints, paging): at most these three. */
+        dirs: z.array(z.string().max(4096)).max(3),
+        files: z
+          .array(
+            z
+              .object({
+                path: z.string().max(4096),
+                base64: z
+                  .string()
+                  .max(b64Len(INCOMING_LIMITS.fileBytes))
+                  .regex(/^[A-Za-z0-9+/]*={0,2}$/, { message: 'must be base64' }),
+              })
+              .strict(),
+          )
+          .max(INCOMING_LIMITS.files)
+          .refine((fs) => fs.reduce((n, f) => n + f.base64.length, 0) <= b64Len(INCOMING_LIMITS.fileBytes), {
+            message: `must hold at most ${INCOMING_LIMITS.fileBytes / 1048576} MiB of files together`,
+          }),
       })
       .strict()
       .optional(),
@@ -82,7 +114,7 @@ export const peerActions = {
     body: IncomingRequest,
     response: IncomingView,
     roles: peer,
-    bodyLimit: 512 * 1024 * 1024,
+    bodyLimit: INCOMING_BODY_LIMIT,
   }),
   status: action({
     name: 'peer.incoming.status',

@@ -410,6 +410,8 @@ export const MigrationSettings = z.object({
   networks: z.array(z.string()),
   tls: z.boolean(),
   address: z.string(),
+  /** The migration port range its streams and NBD exports listen on (FROM-TO); null: any free port. */
+  ports: z.string().nullable().optional(),
 });
 export type MigrationSettings = z.infer<typeof MigrationSettings>;
 

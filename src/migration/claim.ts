@@ -1,6 +1,7 @@
 // Paths a move creates on a host: files claimed exclusively (O_EXCL), so a path another move
 // or VM took is never overwritten, and folders made one by one and reported as made, so an
 // undo removes only what this move made (issue 18.10: two moves into one folder).
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
@@ -17,6 +18,31 @@ export async function claimFile(file: string, what: string): Promise<void> {
       `Cannot write ${what} at ${file}: a file is already there (another move or VM?); choose another path`,
       { context: { path: file } },
     );
+  }
+}
+
+/**
+ * Writes `data` to a new `file`: created exclusively and never through a symbolic link
+ * (O_EXCL|O_NOFOLLOW). `claimed` runs once the file is this move's (to journal it).
+ */
+export async function writeNewFile(file: string, data: Uint8Array, what: string, claimed: () => void): Promise<void> {
+  const flags = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+  let fh: fsp.FileHandle;
+  try {
+    fh = await fsp.open(file, flags, 0o644);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST' && (err as NodeJS.ErrnoException).code !== 'ELOOP') throw err;
+    throw new FerryError(
+      'E_DEST_PATH',
+      `Cannot write ${what} at ${file}: something is already there (another move or VM?); choose another path`,
+      { context: { path: file } },
+    );
+  }
+  claimed();
+  try {
+    await fh.writeFile(data);
+  } finally {
+    await fh.close();
   }
 }
 

@@ -8,19 +8,19 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
-import { FerryError, messageOf } from '../errors.js';
+import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { createImage } from '../qemu/img.js';
 import { isQemuAlive, type QemuProcess } from '../qemu/process.js';
-import { assertInUsablePool, poolStatus } from '../storage/pools.js';
+import { assertInUsablePool, poolStatus, type PoolDef } from '../storage/pools.js';
 import { configFile, exists, saveVm } from '../vm/folder.js';
 import { startVm } from '../vm/lifecycle.js';
-import { parseVmSpec, type VmSpec } from '../vm/spec.js';
+import { parseVmSpec, resolveVmFile, type VmSpec } from '../vm/spec.js';
 import { arrivingSpec, decideArrival } from './arrival.js';
 import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
-import { claimFile, makeFolders, removeFolders } from './claim.js';
+import { claimFile, makeFolders, removeFolders, writeNewFile } from './claim.js';
 import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
@@ -118,13 +118,18 @@ const filesStep: Step<IncomingCtx> = {
   phase: 'preparing',
   when: (ctx) => ctx.item.req.storage !== undefined,
   async run(ctx, s) {
-    const st = ctx.item.req.storage as Storage;
+    const { item, host } = ctx;
+    const st = item.req.storage as Storage;
+    // Only plain names joined onto the VM folder, checked again now that it exists (real path
+    // inside a usable pool), each created exclusively without following a link.
+    const folder = await checkedFolder(host.pools(), host.name, item.spec.configPath);
     const created: string[] = [];
     for (const f of st.files) {
-      await claimFile(f.path, `a file of VM '${ctx.item.spec.name}'`);
-      created.push(f.path);
-      s.record({ created });
-      await fsp.writeFile(f.path, Buffer.from(f.base64, 'base64'));
+      const file = path.join(folder, fileName(item.spec, f.path));
+      await writeNewFile(file, Buffer.from(f.base64, 'base64'), `a file of VM '${item.spec.name}'`, () => {
+        created.push(file);
+        s.record({ created });
+      });
     }
     return { created };
   },
@@ -497,6 +502,7 @@ export class IncomingManager {
         spec.name,
       );
     }
+    await checkSpecPaths(host.pools(), host.name, spec, req.storage);
     if (req.storage) await this.checkStorage(spec, req.storage);
     await host.vms.checkStorage(spec);
     const item: Incoming = {
@@ -665,7 +671,7 @@ export class IncomingManager {
     }
     for (const dir of st.dirs) await assertInUsablePool(pools, host.name, dir, 'destination folder');
     for (const f of st.files) {
-      if (await exists(f.path)) {
+      if (await exists(path.join(spec.configPath, fileName(spec, f.path)))) {
         throw new FerryError(
           'E_DEST_PATH',
           `Cannot receive VM '${spec.name}' on host '${host.name}': ${f.path} already exists; ` +
@@ -698,4 +704,74 @@ export class IncomingManager {
 /** The distinguished name QEMU (gnutls) reads from a host certificate of our domain. */
 export function peerDn(host: string, domainId: string): string {
   return `O=ferry-domain-${domainId},OU=ferry-host,CN=${host}`;
+}
+
+/** The plain name of a file a peer sends for the VM folder; anything else is refused. */
+function fileName(spec: VmSpec, p: string): string {
+  const name = path.basename(p);
+  const bad =
+    p.includes('\0') ||
+    path.resolve(p) !== p ||
+    path.dirname(p) !== path.resolve(spec.configPath) ||
+    name === '' ||
+    name === '.' ||
+    name === '..' ||
+    name === 'vm.json' ||
+    name.startsWith('vm.json.tmp') ||
+    name.length > 255;
+  if (bad)
+    throw new InvalidInputError(
+      `Cannot receive VM '${spec.name}': file '${p.slice(0, 300)}' is not a plain file name inside its folder ` +
+        `${spec.configPath}; a move sends only the files of the VM folder`,
+      { path: p.slice(0, 300) },
+    );
+  return name;
+}
+
+/** The real path of a folder that must exist inside a usable pool (symlinks resolved). */
+async function checkedFolder(pools: PoolDef[], host: string, dir: string): Promise<string> {
+  const real = await fsp.realpath(dir);
+  await assertInUsablePool(pools, host, real, 'VM folder');
+  return real;
+}
+
+/**
+ * Every path of an arriving spec lies inside a pool this host may use (symbolic links
+ * resolved): its folders, CD-ROM images and kernel/initrd (absolute, or in its folder);
+ * with storage, the folders to make are exactly the VM's, each disk to create is the spec's
+ * disk of that id, and each file is a plain name in the VM folder.
+ */
+async function checkSpecPaths(pools: PoolDef[], host: string, spec: VmSpec, st: Storage | undefined): Promise<void> {
+  const of = `of arriving VM '${spec.name}'`;
+  await assertInUsablePool(pools, host, spec.configPath, `the folder ${of}`);
+  await assertInUsablePool(pools, host, spec.checkpointPath, `the checkpoint folder ${of}`);
+  await assertInUsablePool(pools, host, spec.pagingPath, `the paging folder ${of}`);
+  for (const c of spec.cdroms)
+    await assertInUsablePool(pools, host, resolveVmFile(spec, c.path), `CD-ROM ${c.id} ${of}`);
+  if (spec.boot.kind === 'kernel') {
+    await assertInUsablePool(pools, host, resolveVmFile(spec, spec.boot.kernel), `the kernel ${of}`);
+    if (spec.boot.initrd)
+      await assertInUsablePool(pools, host, resolveVmFile(spec, spec.boot.initrd), `the initrd ${of}`);
+  }
+  if (!st) return;
+  const folders = new Set([spec.configPath, spec.checkpointPath, spec.pagingPath].map((d) => path.resolve(d)));
+  for (const dir of st.dirs)
+    if (!folders.has(path.resolve(dir)) || dir.includes('\0'))
+      throw new InvalidInputError(
+        `Cannot receive VM '${spec.name}': folder '${dir.slice(0, 300)}' is none of its folders ` +
+          `(${[...folders].join(', ')}); a move creates only those`,
+        { path: dir.slice(0, 300) },
+      );
+  for (const d of st.disks) {
+    const own = spec.disks.find((x) => x.id === d.id);
+    if (!own || path.resolve(own.path) !== d.path)
+      throw new InvalidInputError(
+        `Cannot receive VM '${spec.name}': disk '${d.id}' at '${d.path.slice(0, 300)}' is not a disk of its spec; ` +
+          'a move creates only the disks the VM has',
+        { path: d.path.slice(0, 300) },
+      );
+  }
+  const names = st.files.map((f) => fileName(spec, f.path));
+  if (new Set(names).size !== names.length)
+    throw new InvalidInputError(`Cannot receive VM '${spec.name}': a file is sent twice`, {});
 }

@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, InvalidInputError } from '../errors.js';
 import type { HostView } from '../api/schemas.js';
-import type { IncomingRequest } from '../api/peer-actions.js';
+import { INCOMING_LIMITS, type IncomingRequest } from '../api/peer-actions.js';
 import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
 import { imageInfo } from '../qemu/img.js';
 import { assertInUsablePool, isInside, poolOf, poolStatus, type PoolDef } from '../storage/pools.js';
@@ -77,6 +77,7 @@ export async function sharedNothingPlan(
     });
   }
   const files = await folderFiles(spec);
+  await assertSendable(spec, files);
   const request = {
     disks,
     dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
@@ -88,6 +89,20 @@ export async function sharedNothingPlan(
     ),
   };
   return { destSpec, request, files };
+}
+
+/** The folder's files travel inside Prepare's request: within the destination's limits (peer-actions.ts). */
+async function assertSendable(spec: VmSpec, files: string[]): Promise<void> {
+  const sizes = await Promise.all(files.map(async (f) => (await fsp.stat(path.join(spec.configPath, f))).size));
+  const bytes = sizes.reduce((a, b) => a + b, 0);
+  const max = INCOMING_LIMITS.fileBytes;
+  if (files.length > INCOMING_LIMITS.files || bytes > max)
+    throw new InvalidInputError(
+      `Cannot move VM '${spec.name}' with its storage: its folder ${spec.configPath} holds ${files.length} files ` +
+        `of ${(bytes / MiB).toFixed(0)} MiB besides its disks and vm.json, more than a move carries ` +
+        `(${INCOMING_LIMITS.files} files, ${max / MiB} MiB); move the other files out of the folder`,
+      { files: files.length, bytes },
+    );
 }
 
 /** Deletes a VM's disks and the files of its folder (after it left with copies of them). */

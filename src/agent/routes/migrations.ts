@@ -10,12 +10,21 @@ import type { VmInventory } from '../vms.js';
 import { arrivingSpec, decideArrival } from '../../migration/arrival.js';
 import { saveVm } from '../../vm/folder.js';
 import { parseVmSpec } from '../../vm/spec.js';
+import { authorizedDestination } from '../move-authz.js';
 
-export function migrationRoutes(app: FastifyInstance, migrations: MigrationManager): void {
-  registerAction(app, actions.compare, ({ body, signal }) =>
-    migrations.compare(body.vm, body.to, body.options, { signal }),
-  );
-  registerAction(app, actions.migrationCreate, ({ body }) => migrations.create(body));
+export function migrationRoutes(app: FastifyInstance, migrations: MigrationManager, cluster: ClusterNode): void {
+  // A host certificate: the destination must be a cluster member, reached at its etcd endpoint.
+  registerAction(app, actions.compare, async ({ body, signal }, req) => {
+    const what = `compare VM '${body.vm}' with host '${body.to.name}'`;
+    const to = await authorizedDestination(cluster, req.peer, body.to, what, { leaderOnly: false, signal });
+    return migrations.compare(body.vm, to, body.options, { signal });
+  });
+  // …and only the cluster's leader may order a move (src/agent/move-authz.ts).
+  registerAction(app, actions.migrationCreate, async ({ body, signal }, req) => {
+    const what = `move VM '${body.vm}' to host '${body.to.name}'`;
+    const to = await authorizedDestination(cluster, req.peer, body.to, what, { leaderOnly: true, signal });
+    return migrations.create({ ...body, to });
+  });
   registerAction(app, actions.storageMove, ({ body }) => migrations.createStorageMove(body));
   registerAction(app, actions.migrationList, ({ query }) => Promise.resolve(migrations.list(query.all)));
   registerAction(app, actions.migrationShow, ({ params }) => Promise.resolve(migrations.get(params.id)));

@@ -8,6 +8,8 @@ import { gather, incompatibleError } from '../begin.js';
 import { sharedNothingPlan } from '../plan.js';
 import type { Step } from '../runner.js';
 import { abortDestination, type SourceCtx } from '../source.js';
+import { actions } from '../../api/actions.js';
+import { checkNbdAddress, checkStreamUri, checkTlsHostname, expectedTarget } from '../uri.js';
 
 type IncomingRequestInput = z.input<typeof IncomingRequest>;
 
@@ -132,6 +134,7 @@ export async function prepareDestination(
       const v = await ctx.dest.call(peerActions.prepare, { body }, { signal, timeoutMs: 120_000 });
       if (r.state === 'queued') ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
       if (v.haNote) ctx.job.log(`${ctx.to.name}: ${v.haNote}`);
+      await checkPrepared(ctx, v, signal);
       return v;
     } catch (err) {
       if (!(err instanceof FerryError) || err.code !== 'E_HOST_BUSY') throw err;
@@ -151,6 +154,22 @@ export async function prepareDestination(
       await ctx.slots.acquire(r.id, r.priority, signal);
     }
   }
+}
+
+/**
+ * What Prepare answered reaches QEMU (`migrate`, `blockdev-add`, qemu-img): only a stream and
+ * NBD address where the source expects this destination to listen (src/migration/uri.ts).
+ * Throwing here undoes Prepare, so the destination is aborted.
+ */
+async function checkPrepared(ctx: SourceCtx, v: IncomingView, signal: AbortSignal): Promise<void> {
+  const view = ctx.destView ?? (await ctx.dest.call(actions.hostShow, {}, { signal, timeoutMs: 30_000 }));
+  const spec = ctx.to.name === ctx.host.name ? ctx.spec : null;
+  const expect = await expectedTarget(ctx.to.name, ctx.to.endpoint, view.migration, {
+    ...(spec ? { runDir: ctx.host.runDir(spec.id) } : {}),
+  });
+  if (v.uri !== null) checkStreamUri(v.uri, expect);
+  if (v.nbd) checkNbdAddress(v.nbd, expect);
+  checkTlsHostname(v.tlsHostname, expect);
 }
 
 /** The destination's abort: the undo of every Prepare (it is idempotent on the destination). */
