@@ -21,7 +21,8 @@ type ScreenState =
 
 export function screenUrl(host: string, vm: string): string {
   const scheme = window.location.protocol === 'https:' ? 'wss' : 'ws';
-  return `${scheme}://${window.location.host}/api/hosts/${encodeURIComponent(host)}/v1/vms/${encodeURIComponent(vm)}/vnc`;
+  const route = `/api/hosts/${encodeURIComponent(host)}/v1/vms/${encodeURIComponent(vm)}/vnc`;
+  return `${scheme}://${window.location.host}${route}`;
 }
 
 export function ScreenView({ vm, onClose }: { vm: VmView; onClose: () => void }) {
