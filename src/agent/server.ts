@@ -156,7 +156,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
     // Unique across restarts: the audit trail and the log name requests by it.
     genReqId: () => crypto.randomUUID(),
     logController: new LogController({ disableRequestLogging: true }),
-    maxParamLength: 1000,
+    routerOptions: { maxParamLength: 1000 },
     // Errors the router raises before any route runs (too long a path, bad URL encoding).
     frameworkErrors: (err, _req, reply) => {
       void (reply as unknown as FastifyReply).code(400).send({

@@ -213,6 +213,8 @@ export interface StartMembersOptions {
    * management address; the others listen on loopback ports of this namespace.
    */
   placement?: Record<string, { address: string; netns: string }>;
+  /** Ports of this namespace already promised to others (the lab's agents): never given to a member. */
+  reservedPorts?: number[];
 }
 
 /**
@@ -265,7 +267,8 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
       { context: { added, existing } },
     );
   }
-  const used = new Set(file.members.flatMap((m) => [m.clientPort, m.peerPort]));
+  // A port probed free and closed again may be handed out twice: exclude every one already promised.
+  const used = new Set([...file.members.flatMap((m) => [m.clientPort, m.peerPort]), ...(o.reservedPorts ?? [])]);
   for (const h of added) {
     const dataDir = path.join(labDir, 'hosts', h, 'etcd');
     const place = o.placement?.[h];

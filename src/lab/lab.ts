@@ -77,15 +77,19 @@ async function writeLab(lab: LabFile): Promise<void> {
   await fsp.rename(tmp, labFile(lab.dir));
 }
 
-async function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const port = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(port));
+/** A loopback port free now and not in `taken` (a probed port is closed again, so it may come back). */
+async function freePort(taken: Set<number>): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = net.createServer();
+      s.once('error', reject);
+      s.listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
     });
-  });
+    if (!taken.has(port)) return port;
+  }
 }
 
 function cmdlineOf(pid: number): string {
@@ -216,7 +220,10 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
         ...netnsHost(lab.netns, i),
         ...(lab.package ? { packaged: true } : {}),
       });
-    else lab.hosts.push({ name, port: await freePort(), dataDir, agentPid: null });
+    else {
+      const port = await freePort(new Set(lab.hosts.map((h) => h.port)));
+      lab.hosts.push({ name, port, dataDir, agentPid: null });
+    }
   }
   if (lab.netns) {
     await writeLab(lab); // before the links exist, so `down` finds the lab whatever fails next
@@ -240,6 +247,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
         ...(o.signal ? { signal: o.signal } : {}),
         ...(o.log ? { log: o.log } : {}),
         clientTls: creds,
+        reservedPorts: lab.netns ? [] : lab.hosts.map((h) => h.port),
         // In a --netns lab each member runs in its host's namespace, on its address: a host cut
         // from the network is cut from etcd too.
         ...(lab.netns
