@@ -24,6 +24,9 @@ import { readNodes, swapHaRecord } from './records.js';
 export { putHaRecord } from './records.js';
 export type { HaRecord } from './model.js';
 
+/** How often the leader looks again for HA VMs owned by a node that is down. */
+const HA_SWEEP_MS = 5000;
+
 export interface HaHost {
   name: string;
   tls: { ca: string; cert: string; key: string };
@@ -40,6 +43,8 @@ export class HaMonitor {
   current: { scheduler: Scheduler; batches: BatchRunner } | null = null;
   private readonly emit: Emit;
   private readonly onBad: K.OnBad;
+  /** The last "cannot restart" said of each VM. */
+  private readonly refused = new Map<string, string>();
 
   constructor(
     private store: ClusterStore,
@@ -112,12 +117,18 @@ export class HaMonitor {
     this.current = { scheduler, batches };
     this.stopWatch = await this.store.watchPrefix(K.nodes.prefix, (ev) => {
       const dead = ev.type === 'delete' ? K.nodes.nameOf(ev.key) : null;
-      if (dead !== null) this.busy = this.busy.then(() => this.failover(dead)).catch(() => undefined);
+      if (dead !== null) this.queue(() => this.failover(dead));
       void scheduler.pass();
       void batches.pass();
     });
     // Nodes that died while nobody was leader.
-    this.busy = this.busy.then(() => this.sweep()).catch(() => undefined);
+    this.queue(() => this.sweep());
+    // And again now and then: a watch event lost (its etcd member died with the node), or a
+    // fail-over that failed half-way (etcd unreachable for a moment), must not leave an HA VM down
+    // until the next leader. Two range reads on the leader only.
+    const resweep = setInterval(() => {
+      this.queue(() => this.sweep());
+    }, HA_SWEEP_MS);
     await Promise.all([scheduler.start(), batches.start(), failback.start()]).catch(() => undefined);
     await Promise.race([
       lost,
@@ -131,9 +142,18 @@ export class HaMonitor {
         );
       }),
     ]);
+    clearInterval(resweep);
     this.current = null;
     await Promise.all([scheduler.stop(), batches.stop(), failback.stop()]);
     await this.stopWatch().catch(() => undefined);
+  }
+
+  /** One fail-over pass at a time; a failed one is said (an event), the next sweep tries again. */
+  private queue(pass: () => Promise<void>): void {
+    this.busy = this.busy.then(pass).catch((err: unknown) => {
+      if (!this.ac.signal.aborted && !this.leadership?.lost)
+        this.emit('cluster.error', { message: `Cannot fail VMs over: ${messageOf(err)}; the leader tries again` });
+    });
   }
 
   private async sweep(): Promise<void> {
@@ -175,7 +195,10 @@ export class HaMonitor {
       const entry = vms.find((e) => e.name === p.vm);
       if (!entry) continue;
       if (!p.to) {
-        this.emit('cluster.ha', { vm: entry.name, from: dead, result: `cannot restart: ${p.reason ?? 'no node'}` });
+        const result = `cannot restart: ${p.reason ?? 'no node'}`;
+        // The sweep asks again every few seconds: say it once, and again when the reason changes.
+        if (this.refused.get(entry.name) !== result) this.emit('cluster.ha', { vm: entry.name, from: dead, result });
+        this.refused.set(entry.name, result);
         continue;
       }
       await this.restart(leadership, entry, [dead, ...barred], p.to, nodes, pnodes);
@@ -224,6 +247,7 @@ export class HaMonitor {
           generation: next.generation,
           priority: pol.priority,
         });
+        this.refused.delete(cur.name);
         return;
       } catch (err) {
         this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation: next.generation, error: messageOf(err) });
