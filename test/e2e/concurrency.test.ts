@@ -13,6 +13,8 @@ import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
 const L = useLab(2);
+// Three rounds each way keep npm test under its time limit; FERRY_CONCURRENCY_ROUNDS=N runs more.
+const ROUNDS = Number(process.env.FERRY_CONCURRENCY_ROUNDS ?? 3);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
 async function newProbe(name: string, host: string, extra: string[] = [], where = path.join(L.lab, 'shared', name)) {
@@ -46,12 +48,12 @@ async function moveAll(pairs: Array<[string, string]>): Promise<MigrationRecord[
   return Promise.all(ids.map((id) => waitMigration(L, id, ['completed', 'failed', 'cancelled'], 240_000)));
 }
 
-test('four moves into one host at once, five rounds each way: every move completes the first time', async () => {
+test(`four moves into one host at once, ${ROUNDS} rounds each way: every move completes the first time`, async () => {
   for (const h of ['host-a', 'host-b']) await ferryOk(['host', 'set', h, '--max-live', '4'], { lab: L.lab });
   const names = ['c1', 'c2', 'c3', 'c4'];
   for (const n of names) await newProbe(n, 'host-a', ['--probe-no-writer']);
   await sleep(3000);
-  for (let round = 1; round <= 5; round++) {
+  for (let round = 1; round <= ROUNDS; round++) {
     for (const to of ['host-b', 'host-a']) {
       const recs = await moveAll(names.map((n) => [n, to]));
       for (const r of recs) {
