@@ -11,7 +11,7 @@ import * as K from './keys.js';
 import { mayLead, policyOf, type Batch } from './model.js';
 import type { ClusterCtx } from './context.js';
 import { readHaRecords, readNodes } from './records.js';
-import { AwayVms, FAILBACK_SETTLE_MS, localMinutes } from './failback.js';
+import { AwayVms, localMinutes } from './failback.js';
 import { coalesced } from '../util/coalesce.js';
 
 export class FailbackRunner {
@@ -67,7 +67,6 @@ export class FailbackRunner {
         paused: nodes.paused.has(name),
         mayHold: mayLead(nodes, name),
         busy: batches.get(name)?.value.state === 'running',
-        settling: upFor(nodes.up[name]?.since, this.now()) < FAILBACK_SETTLE_MS,
       })),
       localMinutes(this.now()),
     );
@@ -104,10 +103,4 @@ export class FailbackRunner {
       if (ok) for (const { vm } of vms) this.away.done(vm);
     }
   }
-}
-
-/** How long a node has been up by its record (0 when down or unreadable: not settled). */
-function upFor(since: string | undefined, now: Date): number {
-  const t = since === undefined ? NaN : Date.parse(since);
-  return Number.isNaN(t) ? 0 : now.getTime() - t;
 }

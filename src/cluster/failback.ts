@@ -74,16 +74,7 @@ export interface FailbackNode {
   mayHold: boolean;
   /** A drain or fail-back of it is running. */
   busy: boolean;
-  /**
-   * Up for less than FAILBACK_SETTLE_MS: a node that returns announces itself before it has
-   * forgotten the stale copies of the HA VMs restarted elsewhere meanwhile (ClusterNode.reconcile),
-   * and a move into it before then is refused ("already registered there").
-   */
-  settling?: boolean;
 }
-
-/** How long a returned node is left to settle before VMs fail back to it. */
-export const FAILBACK_SETTLE_MS = 10_000;
 
 /**
  * The leader's memory of which VMs are away from home: a VM becomes "away" when the leader
@@ -138,7 +129,7 @@ export class AwayVms {
         continue;
       }
       const from = byName.get(vm.owner);
-      if (h.busy || h.settling || !from?.up || !inWindow(w, minute)) continue; // still away: a later pass
+      if (h.busy || !from?.up || !inWindow(w, minute)) continue; // still away: a later pass
       const list = due.get(home) ?? [];
       list.push({ vm: vm.name, from: vm.owner });
       due.set(home, list);

@@ -35,6 +35,14 @@ export class Membership {
   ha: HaMonitor | null = null;
   /** Called when this node's lease is lost: stop HA VMs before the cluster restarts them elsewhere. */
   onFence: () => Promise<void> = () => Promise.resolve();
+  /**
+   * Called each time the node is about to announce itself (join, and rejoin after a lost lease),
+   * before its node key is put: it forgets here the HA VMs the cluster gave to other nodes
+   * meanwhile, so nothing decided once it is up (a fail-back into it) meets their stale copies.
+   * Only forgetting: whatever claims or starts a VM waits until the node is up (onRejoined), or
+   * the leader would see its owner down and start it elsewhere too.
+   */
+  beforeAnnounce: () => Promise<void> = () => Promise.resolve();
   /** Called after the node got a new lease following a loss (reconcile what the cluster decided meanwhile). */
   onRejoined: () => Promise<void> = () => Promise.resolve();
   /**
@@ -126,17 +134,20 @@ export class Membership {
         if (!this.stopped) void this.onFence().finally(() => this.rejoin());
       },
     });
-    await store.put(
-      K.nodes.key(this.node.name),
-      K.nodes.encode({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
-      { lease: this.lease },
-    );
     leaseId = this.lease.id;
     renewed(renewedAt);
     if (this.dataDir) {
       const fenced = await takeFenceReport(this.dataDir);
       if (fenced.length) this.onWatchdogFenced(fenced);
     }
+    await this.beforeAnnounce().catch((err: unknown) => {
+      this.events.emit('cluster.error', { message: `cannot reconcile before joining: ${messageOf(err)}` });
+    });
+    await store.put(
+      K.nodes.key(this.node.name),
+      K.nodes.encode({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
+      { lease: this.lease },
+    );
     this.events.emit('cluster.joined', { node: this.node.name, cluster: this.cfg.name });
   }
 

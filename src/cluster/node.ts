@@ -95,6 +95,7 @@ export class ClusterNode {
       this.d.events,
     );
     membership.onFence = () => this.fence();
+    membership.beforeAnnounce = () => this.forgetGivenAway();
     membership.onRejoined = () => this.reconcile();
     // The fence process (src/cluster/fence.ts) guards the HA VMs when this agent cannot.
     membership.dataDir = this.d.dataDir;
@@ -313,6 +314,21 @@ export class ClusterNode {
         this.d.events.emit('vm.fenced', { vm: rec.name });
       }),
     );
+  }
+
+  /** Before (re)announcing the node: HA VMs the cluster now gives to another node are forgotten here. */
+  async forgetGivenAway(): Promise<void> {
+    const store = this.member?.store;
+    if (!store) return;
+    for (const rec of this.d.vms.registered()) {
+      const spec = await this.specOf(rec.configPath);
+      if (!spec?.ha) continue;
+      const key = K.vms.key(spec.name);
+      const raw = await store.get(key);
+      const decoded = raw === null ? null : K.vms.decode(key, raw);
+      if (decoded?.ok && decoded.value.owner !== this.d.name)
+        await this.d.vms.forget(rec.name, `HA: now owned by ${decoded.value.owner}`);
+    }
   }
 
   /**
