@@ -8,7 +8,8 @@ import type { PeerIdentity } from '../domain/ca.js';
 import type { ClusterNode } from '../cluster/node.js';
 import * as K from '../cluster/keys.js';
 import { readNodes } from '../cluster/records.js';
-import type { Destination } from '../migration/schemas.js';
+import { mayLead } from '../cluster/model.js';
+import type { Destination, MigrationRecord } from '../migration/schemas.js';
 
 function forbidden(caller: PeerIdentity, what: string, why: string): FerryError {
   return new FerryError(
@@ -46,4 +47,37 @@ export async function authorizedDestination(
   if (!member)
     throw forbidden(caller, what, `destination '${to.name}' is not a member of cluster '${cluster.need(what).name}'`);
   return { name: to.name, endpoint: nodes.up[to.name]?.endpoint ?? member.endpoint };
+}
+
+/**
+ * May `caller` cancel `rec`, a move this host runs? An administrator may cancel any. A host only
+ * a move into itself, or, as a host that may lead this host's cluster, a move a host ordered (the
+ * cluster's drains and fail-backs, which `cluster resume` stops): never an administrator's move.
+ */
+export async function authorizeCancel(
+  cluster: ClusterNode,
+  caller: PeerIdentity | undefined,
+  rec: Pick<MigrationRecord, 'id' | 'kind' | 'destination' | 'requestedBy'>,
+  opts: { signal?: AbortSignal } = {},
+): Promise<void> {
+  const what = `cancel migration ${rec.id}`;
+  if (!caller) throw new FerryError('E_UNAUTHENTICATED', `Cannot ${what}: no certificate`);
+  if (caller.role === 'admin') return;
+  if (rec.kind !== 'storage' && rec.destination === caller.name) return;
+  const refuse = (why: string): FerryError =>
+    new FerryError(
+      'E_FORBIDDEN',
+      `Cannot ${what}: ${why}; a host certificate may cancel only moves into its host and, if it may lead ` +
+        'the cluster, the moves its hosts ordered; use an admin certificate',
+      { context: { caller: caller.name, migration: rec.id } },
+    );
+  if (rec.requestedBy?.role !== 'host') throw refuse(`host '${caller.name}' does not receive it`);
+  if (!cluster.joined) throw refuse(`this host is in no cluster`);
+  const ctx = cluster.context(what);
+  const nodes = await readNodes(ctx.store, ctx.onBad, {
+    timeoutMs: 10_000,
+    ...(opts.signal ? { signal: opts.signal } : {}),
+  });
+  if (!nodes.members[caller.name] || !mayLead(nodes, caller.name))
+    throw refuse(`host '${caller.name}' may not lead cluster '${cluster.need(what).name}'`);
 }

@@ -23,6 +23,7 @@ export interface JobInit {
   destinationEndpoint?: string;
   policy: PolicyInput;
   options: MoveOptions;
+  requestedBy?: MigrationRecord['requestedBy'];
 }
 
 export class Job implements RunnerSink {
@@ -69,6 +70,7 @@ export class Job implements RunnerSink {
       events: [],
       incompatibilities: [],
       disks: [],
+      requestedBy: init.requestedBy ?? null,
     };
   }
 

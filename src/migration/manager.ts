@@ -90,7 +90,7 @@ export class MigrationManager {
     );
   }
 
-  async create(req: MoveRequest): Promise<MigrationRecord> {
+  async create(req: MoveRequest, by?: MigrationRecord['requestedBy']): Promise<MigrationRecord> {
     const host = this.host;
     // Idempotent with a caller's id: asking again returns the move already made.
     if (req.id && (this.jobs.has(req.id) || host.store.getMigration(req.id))) return this.get(req.id);
@@ -108,6 +108,7 @@ export class MigrationManager {
       destinationEndpoint: req.to.endpoint,
       policy: req.policy,
       options: req.options,
+      requestedBy: by ?? null,
     });
     host.vms.hold(req.vm, job.id);
     await this.refuseCheckpoints(
@@ -145,7 +146,7 @@ export class MigrationManager {
   }
 
   /** `ferry move-storage`: a VM's files to new places on this host, running or stopped. */
-  async createStorageMove(req: StorageMoveRequest): Promise<MigrationRecord> {
+  async createStorageMove(req: StorageMoveRequest, by?: MigrationRecord['requestedBy']): Promise<MigrationRecord> {
     const host = this.host;
     host.vms.record(req.vm);
     const spec = await host.vms.spec(req.vm);
@@ -162,6 +163,7 @@ export class MigrationManager {
         ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}),
       },
       options: { includeStorage: true, retainSource: false },
+      requestedBy: by ?? null,
     });
     host.vms.hold(req.vm, job.id);
     await this.refuseCheckpoints(req.vm, job.id, `move the storage of VM '${req.vm}'`, 'storage');

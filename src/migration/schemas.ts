@@ -149,6 +149,11 @@ export const MigrationRecord = z.object({
     }),
   ),
   incompatibilities: z.array(Incompatibility),
+  /** Who asked for the move (certificate name and role); null for records older than the field. */
+  requestedBy: z
+    .object({ name: z.string(), role: z.enum(['host', 'admin']) })
+    .nullable()
+    .optional(),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecord>;
 

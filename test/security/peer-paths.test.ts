@@ -232,5 +232,30 @@ test('a host that is not the leader cannot order a move, nor compare toward a no
     [`v1@${R.victim}:stopped`],
   );
   for (const h of L.status.hosts) assert.deepEqual(await hostQemuPids(hostData(L, h.name)), [], `no QEMU on ${h.name}`);
+});
+
+test("a host cancels only moves into it: not an administrator's move on another host", async () => {
+  const third = L.status.hosts.map((h) => h.name).find((h) => h !== R.mallory && h !== R.victim)!;
+  const rec = await ferryOk<MigrationRecord>(['move-vm', 'v1', '--to', third, '--json'], { lab: L.lab });
+  assert.equal(rec.state, 'completed');
+  assert.deepEqual(rec.requestedBy, { name: 'admin', role: 'admin' });
+  const cancel = await post(R.agent, R.endpoint(R.victim), `/v1/migrations/${rec.id}/cancel`, {});
+  assert.equal(cancel.status, 403, cancel.body);
+  assert.match(cancel.body, new RegExp(`host '${R.mallory}' does not receive it`));
+  // Its destination may: the request passes, and is refused only because the move has ended.
+  const tls = path.join(hostData(L, third), 'tls');
+  const dest = new https.Agent({
+    ca: fs.readFileSync(path.join(tls, 'ca.crt')),
+    cert: fs.readFileSync(path.join(tls, 'host.crt')),
+    key: fs.readFileSync(path.join(tls, 'host.key')),
+  });
+  const own = await post(dest, R.endpoint(R.victim), `/v1/migrations/${rec.id}/cancel`, {});
+  dest.destroy();
+  assert.match(own.body, /E_MIGRATION_DONE/);
+  const vms = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab: L.lab });
+  assert.deepEqual(
+    vms.map((v) => `${v.name}@${v.host}:${v.state}`),
+    [`v1@${third}:stopped`],
+  );
   R.agent.destroy();
 });

@@ -10,7 +10,9 @@ import type { VmInventory } from '../vms.js';
 import { arrivingSpec, decideArrival } from '../../migration/arrival.js';
 import { saveVm } from '../../vm/folder.js';
 import { parseVmSpec } from '../../vm/spec.js';
-import { authorizedDestination } from '../move-authz.js';
+import { authorizeCancel, authorizedDestination } from '../move-authz.js';
+import type { PeerIdentity } from '../../domain/ca.js';
+import type { MigrationRecord } from '../../migration/schemas.js';
 
 export function migrationRoutes(app: FastifyInstance, migrations: MigrationManager, cluster: ClusterNode): void {
   // A host certificate: the destination must be a cluster member, reached at its etcd endpoint.
@@ -23,12 +25,20 @@ export function migrationRoutes(app: FastifyInstance, migrations: MigrationManag
   registerAction(app, actions.migrationCreate, async ({ body, signal }, req) => {
     const what = `move VM '${body.vm}' to host '${body.to.name}'`;
     const to = await authorizedDestination(cluster, req.peer, body.to, what, { leaderOnly: true, signal });
-    return migrations.create({ ...body, to });
+    return migrations.create({ ...body, to }, by(req.peer));
   });
-  registerAction(app, actions.storageMove, ({ body }) => migrations.createStorageMove(body));
+  registerAction(app, actions.storageMove, ({ body }, req) => migrations.createStorageMove(body, by(req.peer)));
   registerAction(app, actions.migrationList, ({ query }) => Promise.resolve(migrations.list(query.all)));
   registerAction(app, actions.migrationShow, ({ params }) => Promise.resolve(migrations.get(params.id)));
-  registerAction(app, actions.migrationCancel, ({ params }) => migrations.cancel(params.id));
+  // A host may cancel only a move into it, or as a possible leader the cluster's own moves.
+  registerAction(app, actions.migrationCancel, async ({ params, signal }, req) => {
+    await authorizeCancel(cluster, req.peer, migrations.get(params.id), { signal });
+    return migrations.cancel(params.id, { signal });
+  });
+}
+
+function by(peer: PeerIdentity | undefined): MigrationRecord['requestedBy'] {
+  return peer ? { name: peer.name, role: peer.role } : null;
 }
 
 export interface PeerParts {
