@@ -2,9 +2,10 @@
 // (re-attached when the agent starts: QEMU runs detached and never stops with the agent),
 // create/start/stop/pause/resume/remove, the views users see, and VMs leaving and arriving
 // by migration. Every operation on a VM passes through its phase gate (vm-gate.ts).
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { FerryError, NotFoundError } from '../errors.js';
+import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import type { Emit } from '../api/events.js';
 import type {
   CheckpointList,
@@ -32,6 +33,7 @@ import { createVm, pauseVm, removeVm, resumeVm, runtimePaths, startVm, stopVm, v
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { hardwareView } from '../vm/real-guest.js';
 import { importedVm } from '../vm/import.js';
+import { probeImage } from '../vm/image.js';
 import { qemuInfo } from './capabilities.js';
 import { assertInUsablePool } from '../storage/pools.js';
 import type { Pools } from './pools.js';
@@ -534,11 +536,33 @@ export class VmInventory {
 
   // ---- storage and NICs ----
 
-  /** Every disk of the VM is in a pool this host may use (a revoked grant stops a start). */
-  async checkStorage(spec: VmSpec): Promise<void> {
+  /**
+   * Every disk of the VM is in a pool this host may use (a revoked grant stops a start), and so
+   * is every file its image refers to: QEMU opens a qcow2's backing chain from the image's header,
+   * which whoever can write the pool can point at any file of this host (e.g. /dev/sda). Each
+   * existing non-raw image is probed (headers only, -U: a moving VM's source holds it) and must
+   * have the format its spec says. A disk not made yet (an arriving copy) has nothing to check.
+   */
+  async checkStorage(spec: VmSpec, opts: { signal?: AbortSignal } = {}): Promise<void> {
     const pools = this.d.pools.list();
-    for (const d of spec.disks)
-      await assertInUsablePool(pools, this.d.host, d.path, `disk ${d.id} of VM '${spec.name}'`);
+    for (const d of spec.disks) {
+      const what = `disk ${d.id} of VM '${spec.name}'`;
+      await assertInUsablePool(pools, this.d.host, d.path, what);
+      if (d.format === 'raw' || !fs.existsSync(d.path)) continue;
+      const { chain } = await probeImage(d.path, {
+        pools,
+        host: this.d.host,
+        what,
+        forceShare: true,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+      });
+      if (chain[0] && chain[0].format !== d.format)
+        throw new InvalidInputError(
+          `Cannot use ${what}: ${d.path} is a ${chain[0].format} image, not ${d.format} as its vm.json says; ` +
+            'fix the format in vm.json or convert the image',
+          { path: d.path },
+        );
+    }
   }
 
   prepareNics(spec: VmSpec): Promise<NicResolver> {

@@ -47,6 +47,8 @@ export interface ProbeOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
   host: string;
   /** Names the image in messages ("image", "disk vda"). */
   what?: string;
+  /** Read headers of images a running QEMU holds (qemu-img -U): a disk at start-up or arriving. */
+  forceShare?: boolean;
 }
 
 /**
@@ -112,7 +114,7 @@ function asFile(ref: string, from: string, label: string): string {
 }
 
 async function readInfo(file: string, label: string, format: string | undefined, opts: ProbeOptions): Promise<RawInfo> {
-  const args = ['info', '--output=json', ...(format ? ['-f', format] : []), file];
+  const args = ['info', '--output=json', ...(opts.forceShare ? ['-U'] : []), ...(format ? ['-f', format] : []), file];
   let stdout: string;
   try {
     ({ stdout } = await run('qemu-img', args, { signal: opts.signal, timeoutMs: opts.timeoutMs ?? 30_000 }));

@@ -1,9 +1,10 @@
 // A hostile host with only its own host certificate, against a 3-host cluster lab (real agents,
 // real etcd): it sends incoming moves whose files, folders and kernel lie outside the victim's
 // pools (outright, through '..' and through a symbolic link in the shared pool it can write),
-// and asks the victim to move its VM to the hostile host. Every attempt is refused with a 4xx
-// and a clear message, and nothing changed: no file written, no folder made, no QEMU started,
-// no move recorded, the VM where it was.
+// asks the victim to move its VM to the hostile host or to cancel an administrator's move, and
+// points a qcow2 header in the shared pool at a host file. Every attempt is refused with a 4xx
+// (or, for the image, a start that fails) and a clear message, and nothing changed: no file
+// written, no folder made, no QEMU started, no move recorded, the VM where it was.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -11,6 +12,8 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
 import os from 'node:os';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
 import path from 'node:path';
 import { ferry, ferryOk } from '../e2e/cli.js';
 import { hostData, type TestLab } from '../e2e/lab.js';
@@ -19,6 +22,7 @@ import { configFile } from '../../src/vm/folder.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
+const execFileP = promisify(execFile);
 const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
 /** Outside every pool: where a write would be a host file (a temp folder stands for /etc). */
 let outside = '';
@@ -258,4 +262,24 @@ test("a host cancels only moves into it: not an administrator's move on another 
     [`v1@${third}:stopped`],
   );
   R.agent.destroy();
+});
+
+test('a qcow2 header naming a backing file outside the pools: the VM does not start, QEMU never opens it', async () => {
+  // The hostile host can write the shared pool: it points v1's disk at a host file of the
+  // victim (a file of the outside folder stands for /dev/sda or /etc/shadow).
+  const vm = await ferryOk<VmView>(['vm', 'show', 'v1', '--json'], { lab: L.lab });
+  const disk = JSON.parse(await fsp.readFile(configFile(path.join(shared(), 'v1')), 'utf8')) as {
+    disks: Array<{ path: string }>;
+  };
+  const secret = path.join(outside, 'host-disk');
+  await fsp.writeFile(secret, Buffer.alloc(1024 * 1024, 7));
+  const image = disk.disks[0]!.path;
+  await execFileP('qemu-img', ['rebase', '-u', '-b', secret, '-F', 'raw', image]);
+  const r = await ferry(['vm', 'start', 'v1'], { lab: L.lab });
+  assert.notEqual(r.code, 0, r.stdout);
+  assert.match(r.stderr, new RegExp(`the backing file of ${image}`));
+  assert.match(r.stderr, /outside every storage pool/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  assert.deepEqual(await hostQemuPids(hostData(L, vm.host)), [], 'no QEMU started');
+  assert.equal((await ferryOk<VmView>(['vm', 'show', 'v1', '--json'], { lab: L.lab })).state, 'stopped');
 });
