@@ -4,6 +4,7 @@ import path from 'node:path';
 import { FerryError } from '../errors.js';
 import type { VmSpec } from '../vm/spec.js';
 import { CheckpointTree, emptyTree, TREE_DIR, TREE_FILE } from './model.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 
 /** The folder holding a VM's checkpoint tree and files. */
 export function treeFolder(spec: Pick<VmSpec, 'checkpointPath'>): string {
@@ -41,15 +42,7 @@ export async function saveTree(spec: Pick<VmSpec, 'checkpointPath'>, tree: Check
     return;
   }
   await fsp.mkdir(dir, { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fh = await fsp.open(tmp, 'w');
-  try {
-    await fh.writeFile(JSON.stringify(CheckpointTree.parse(tree), null, 2) + '\n');
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fsp.rename(tmp, file);
+  await writeFileAtomic(file, JSON.stringify(CheckpointTree.parse(tree), null, 2) + '\n', { sync: true });
 }
 
 /** Whether the VM has any checkpoint (a move that cannot carry them must refuse). */

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 
 export type PoolKind = 'local' | 'shared';
 export interface PoolDef {
@@ -40,9 +41,10 @@ export async function readGrants(pool: PoolDef): Promise<string[]> {
 
 async function writeGrants(pool: PoolDef, granted: string[]): Promise<void> {
   const file = path.join(pool.path, GRANTS_FILE);
-  const tmp = `${file}.tmp-${process.pid}-${Date.now()}`;
-  await fsp.writeFile(tmp, JSON.stringify({ name: pool.name, granted: [...new Set(granted)].sort() }, null, 2) + '\n');
-  await fsp.rename(tmp, file);
+  await writeFileAtomic(
+    file,
+    JSON.stringify({ name: pool.name, granted: [...new Set(granted)].sort() }, null, 2) + '\n',
+  );
 }
 
 export async function setGrant(pool: PoolDef, host: string, granted: boolean): Promise<string[]> {

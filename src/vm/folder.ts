@@ -3,6 +3,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, NotFoundError, messageOf } from '../errors.js';
 import { parseVmSpec, type VmSpec } from './spec.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 
 export const CONFIG_FILE = 'vm.json';
 
@@ -41,15 +42,7 @@ export async function loadVm(configPath: string): Promise<VmSpec> {
 /** Atomic replace, so a crash never leaves a half-written config. */
 export async function saveVm(spec: VmSpec): Promise<void> {
   const file = configFile(spec.configPath);
-  const tmp = `${file}.tmp-${process.pid}`;
-  const fh = await fsp.open(tmp, 'w');
-  try {
-    await fh.writeFile(JSON.stringify(spec, null, 2) + '\n');
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await fsp.rename(tmp, file);
+  await writeFileAtomic(file, JSON.stringify(spec, null, 2) + '\n', { sync: true });
 }
 
 export async function exists(p: string): Promise<boolean> {
