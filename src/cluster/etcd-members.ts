@@ -9,7 +9,6 @@ import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { z } from 'zod';
 import { Etcd3 } from 'etcd3';
@@ -19,6 +18,7 @@ import { NAME_RE } from '../api/common.js';
 import { deadline, sleep } from '../util/exec.js';
 import { tlsServerName } from '../util/tls-name.js';
 import { AbortedError } from '../errors.js';
+import { freeLoopbackPort } from '../util/free-port.js';
 
 export const ETCD_BIN = '/usr/bin/etcd';
 
@@ -102,23 +102,6 @@ async function writeEtcdFile(labDir: string, f: EtcdFile): Promise<void> {
 /** The members recorded for a lab (alive or not); [] when the lab has no cluster. */
 export async function loadMembers(labDir: string): Promise<EtcdMember[]> {
   return ((await readEtcdFile(path.resolve(labDir)))?.members ?? []).map(toMember);
-}
-
-async function freePort(exclude: Set<number>): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
-    if (!exclude.has(port)) {
-      exclude.add(port);
-      return port;
-    }
-  }
 }
 
 function argvOf(pid: number): string[] {
@@ -275,8 +258,8 @@ export async function startMembers(o: StartMembersOptions): Promise<EtcdMember[]
     file.members.push({
       name: h,
       // In its own namespace a member has its host's address to itself: etcd's usual ports.
-      clientPort: place ? 2379 : await freePort(used),
-      peerPort: place ? 2380 : await freePort(used),
+      clientPort: place ? 2379 : await freeLoopbackPort(used),
+      peerPort: place ? 2380 : await freeLoopbackPort(used),
       pid: null,
       dataDir,
       logFile: path.join(labDir, 'hosts', h, 'etcd.log'),

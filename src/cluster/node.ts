@@ -53,6 +53,10 @@ export interface ClusterNodeDeps {
 /** What the drain, resume and limits routes work with. */
 export type ClusterContext = ClusterCtx;
 
+/** The cluster's record of one HA VM, as this node reads it. */
+type HaRecordRead =
+  { kind: 'none' } | { kind: 'record'; raw: string; record: HaRecord } | { kind: 'bad'; bad: K.BadValue };
+
 export class ClusterNode {
   private member: Membership | null = null;
   private config: ClusterConfig | null = null;
@@ -318,17 +322,10 @@ export class ClusterNode {
 
   /** Before (re)announcing the node: HA VMs the cluster now gives to another node are forgotten here. */
   async forgetGivenAway(): Promise<void> {
-    const store = this.member?.store;
-    if (!store) return;
-    for (const rec of this.d.vms.registered()) {
-      const spec = await this.specOf(rec.configPath);
-      if (!spec?.ha) continue;
-      const key = K.vms.key(spec.name);
-      const raw = await store.get(key);
-      const decoded = raw === null ? null : K.vms.decode(key, raw);
-      if (decoded?.ok && decoded.value.owner !== this.d.name)
-        await this.d.vms.forget(rec.name, `HA: now owned by ${decoded.value.owner}`);
-    }
+    await this.eachHaVm(async (name, _spec, ha) => {
+      if (ha.kind === 'record' && ha.record.owner !== this.d.name)
+        await this.d.vms.forget(name, `HA: now owned by ${ha.record.owner}`);
+    });
   }
 
   /**
@@ -336,6 +333,28 @@ export class ClusterNode {
    * files stay: they are the VM's, on shared storage), and stopped if somehow running.
    */
   async reconcile(): Promise<void> {
+    await this.eachHaVm(async (name, spec, ha, store) => {
+      if (ha.kind === 'bad') {
+        // A record that does not read back is reported, never guessed at.
+        this.member?.onBad(ha.bad);
+        return;
+      }
+      if (ha.kind === 'record' && ha.record.owner !== this.d.name) {
+        await this.d.vms.forget(name, `HA: now owned by ${ha.record.owner}`);
+      } else if (ha.kind === 'none') {
+        // A running HA VM the cluster lost track of (a deliberately stopped one has no record).
+        if (this.d.vms.isRunning(name)) await this.recordHa(spec);
+      } else if (this.fenced.has(name) && !this.d.vms.isRunning(name)) {
+        await this.restartFenced(store, name, ha.raw, ha.record);
+      }
+      this.fenced.delete(name);
+    });
+  }
+
+  /** Each HA VM registered here with the cluster's record of it (read errors count as no record). */
+  private async eachHaVm(
+    fn: (name: string, spec: VmSpec, ha: HaRecordRead, store: ClusterStore) => Promise<void>,
+  ): Promise<void> {
     const store = this.member?.store;
     if (!store) return;
     for (const rec of this.d.vms.registered()) {
@@ -344,21 +363,13 @@ export class ClusterNode {
       const key = K.vms.key(spec.name);
       const raw = await store.get(key).catch(() => null);
       const decoded = raw === null ? null : K.vms.decode(key, raw);
-      if (decoded && !decoded.ok) {
-        // A record that does not read back is reported, never guessed at.
-        this.member?.onBad(decoded.bad);
-        continue;
-      }
-      const record = decoded?.value ?? null;
-      if (record && record.owner !== this.d.name) {
-        await this.d.vms.forget(rec.name, `HA: now owned by ${record.owner}`);
-      } else if (!record) {
-        // A running HA VM the cluster lost track of (a deliberately stopped one has no record).
-        if (this.d.vms.isRunning(rec.name)) await this.recordHa(spec);
-      } else if (raw !== null && this.fenced.has(rec.name) && !this.d.vms.isRunning(rec.name)) {
-        await this.restartFenced(store, rec.name, raw, record);
-      }
-      this.fenced.delete(rec.name);
+      const ha: HaRecordRead =
+        raw === null || !decoded
+          ? { kind: 'none' }
+          : decoded.ok
+            ? { kind: 'record', raw, record: decoded.value }
+            : { kind: 'bad', bad: decoded.bad };
+      await fn(rec.name, spec, ha, store);
     }
   }
 

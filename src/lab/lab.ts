@@ -6,7 +6,6 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { initDomain, loadDomain, type DomainInfo } from '../domain/ca.js';
@@ -31,6 +30,7 @@ import {
   setLink,
   type LinkKind,
 } from './netns.js';
+import { freeLoopbackPort } from '../util/free-port.js';
 import { labCredentials, labEndpoint, labFile, readLab, type LabFile } from './file.js';
 import {
   enrolPackagedHost,
@@ -75,21 +75,6 @@ async function writeLab(lab: LabFile): Promise<void> {
   const tmp = labFile(lab.dir) + '.tmp';
   await fsp.writeFile(tmp, JSON.stringify(lab, null, 2) + '\n');
   await fsp.rename(tmp, labFile(lab.dir));
-}
-
-/** A loopback port free now and not in `taken` (a probed port is closed again, so it may come back). */
-async function freePort(taken: Set<number>): Promise<number> {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const s = net.createServer();
-      s.once('error', reject);
-      s.listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
-    if (!taken.has(port)) return port;
-  }
 }
 
 function cmdlineOf(pid: number): string {
@@ -221,7 +206,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
         ...(lab.package ? { packaged: true } : {}),
       });
     else {
-      const port = await freePort(new Set(lab.hosts.map((h) => h.port)));
+      const port = await freeLoopbackPort(new Set(lab.hosts.map((h) => h.port)));
       lab.hosts.push({ name, port, dataDir, agentPid: null });
     }
   }
