@@ -94,7 +94,9 @@ export async function sharedNothingPlan(
       allocatedBytes: info.actualSizeBytes,
     });
   }
-  const files = await folderFiles(spec);
+  // The chain's files (a base image in the VM folder) travel with the chain, not inside the request.
+  const inChain = new Set(chainFiles.map((f) => path.resolve(f.from)));
+  const files = (await folderFiles(spec)).filter((f) => !inChain.has(path.join(path.resolve(spec.configPath), f)));
   await assertSendable(spec, files);
   const request: SharedNothingPlan['request'] = {
     disks,
@@ -137,8 +139,11 @@ async function planChainSend(
         'images held together by its checkpoint folder; move them together with --storage-path',
     );
   const sp = options.storagePath;
-  const plan = await planChainMove(spec, checkpointPath, (p) =>
-    sp !== undefined ? path.join(sp, path.basename(p)) : p,
+  const plan = await planChainMove(
+    spec,
+    checkpointPath,
+    (p) => (sp !== undefined ? path.join(sp, path.basename(p)) : p),
+    true,
   );
   if (!plan) return null;
   return { plan, tree: movedTree(await loadTree(spec), plan.bases) };
