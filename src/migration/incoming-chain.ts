@@ -204,6 +204,8 @@ export const chainServerStep: Step<ChainCtx> = {
   when: (ctx) => ctx.item.chainStage === 1,
   async run(ctx, s) {
     const { host, item } = ctx;
+    // The VM's run folder first (QEMU's user must pass through it), then the server's own in it.
+    await prepareRunDir(host.runDir(item.spec.id));
     const runDir = path.join(host.runDir(item.spec.id), 'chain');
     await prepareRunDir(runDir);
     s.record({ runDir });
