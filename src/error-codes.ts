@@ -121,7 +121,6 @@ export const ERROR_CODES = {
   E_CHECKPOINT_BRANCHES: conflict('the first checkpoint has several states built on it; remove all but one first'),
   E_CHECKPOINT_CORRUPT: failed("the VM's checkpoint tree (checkpoints.json) cannot be read"),
   E_CHECKPOINT_MEMORY: failed('the memory state of a checkpoint could not be saved or loaded'),
-  E_HAS_CHECKPOINTS: incompatible('the VM has checkpoints, which this move cannot carry yet'),
   E_DISK_NOT_FOUND: notFound('a disk image of the VM is missing'),
   E_QEMU_START: failed('QEMU did not start'),
   E_QEMU_GONE: failed('the QEMU process is gone'),

@@ -4,6 +4,7 @@ import { action } from './action.js';
 import { Name } from './schemas.js';
 import { IdParams } from '../migration/schemas.js';
 import { VmSpec } from './vm-spec.js';
+import { CheckpointTree } from '../checkpoint/model.js';
 
 const peer = ['admin', 'host'] as const;
 
@@ -16,6 +17,9 @@ export const INCOMING_LIMITS = {
   files: 16,
   /** Decoded bytes of all files together (a distribution's kernel and initrd fit with room). */
   fileBytes: 96 * 1024 * 1024,
+  /** Files of a checkpoint chain (read-only overlays, memory files, base images), and each one's size. */
+  chainFiles: 512,
+  chainFileBytes: 16 * 1024 ** 4,
 } as const;
 /** Base64 of the files plus the spec and the request's other fields. */
 const INCOMING_BODY_LIMIT = Math.ceil((INCOMING_LIMITS.fileBytes * 4) / 3) + 1024 * 1024;
@@ -65,6 +69,26 @@ export const IncomingRequest = z
           .refine((fs) => fs.reduce((n, f) => n + f.base64.length, 0) <= b64Len(INCOMING_LIMITS.fileBytes), {
             message: `must hold at most ${INCOMING_LIMITS.fileBytes / 1048576} MiB of files together`,
           }),
+        /**
+         * A VM with checkpoints: its tree as it reads here (base paths rewritten) and the chain's
+         * read-only files, created here and written by the source over NBD before the VM's QEMU starts.
+         */
+        chain: z
+          .object({
+            tree: CheckpointTree,
+            files: z
+              .array(
+                z
+                  .object({
+                    path: z.string().max(4096),
+                    bytes: z.number().int().min(0).max(INCOMING_LIMITS.chainFileBytes),
+                  })
+                  .strict(),
+              )
+              .max(INCOMING_LIMITS.chainFiles),
+          })
+          .strict()
+          .optional(),
       })
       .strict()
       .optional(),
@@ -80,6 +104,8 @@ export const IncomingView = z.object({
   tlsHostname: z.string(),
   reason: z.string().nullable(),
   nbd: z.object({ host: z.string(), port: z.number() }).nullable(),
+  /** A chain to receive first: the NBD server of its files (export `chain<N>` is file N of the request). */
+  chainNbd: z.object({ host: z.string(), port: z.number() }).nullable().optional(),
   /** The VM arrives not HA here (it left its cluster): why, for the move's log. */
   haNote: z.string().optional(),
 });
@@ -121,6 +147,15 @@ export const peerActions = {
     method: 'GET',
     path: '/v1/peer/incoming/:id',
     summary: 'State of an incoming VM',
+    params: IdParams,
+    response: IncomingView,
+    roles: peer,
+  }),
+  chain: action({
+    name: 'peer.incoming.chain',
+    method: 'POST',
+    path: '/v1/peer/incoming/:id/chain',
+    summary: 'The checkpoint chain is written: stop serving it, start QEMU waiting for the stream and the disks',
     params: IdParams,
     response: IncomingView,
     roles: peer,

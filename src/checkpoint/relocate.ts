@@ -40,12 +40,14 @@ export interface ChainPlan {
 
 /**
  * The plan of a chain that moves with the VM's checkpoint folder to `checkpointPath`; base
- * images move to `basePath(old)` (the same path: they stay). Null when the VM has no checkpoints.
+ * images move to `basePath(old)` (the same path: they stay, unless `otherHost`: the chain goes
+ * to another host, where even a base at the same path must be copied). Null without checkpoints.
  */
 export async function planChainMove(
   spec: VmSpec,
   checkpointPath: string,
   basePath: (old: string) => string,
+  otherHost = false,
 ): Promise<ChainPlan | null> {
   const tree = await loadTree(spec);
   if (tree.checkpoints.length === 0) return null;
@@ -59,7 +61,7 @@ export async function planChainMove(
   for (const [id, b] of Object.entries(tree.base)) {
     const nb = bases[id] ?? b.path;
     // A base that is still the VM's active layer (no checkpoint on top of it) moves as a disk.
-    if (nb !== path.resolve(b.path) && !activePaths.has(path.resolve(b.path)))
+    if ((otherHost || nb !== path.resolve(b.path)) && !activePaths.has(path.resolve(b.path)))
       files.push({ from: b.path, to: nb, format: b.format, backing: null });
   }
   for (const c of tree.checkpoints) {

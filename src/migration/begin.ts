@@ -7,7 +7,7 @@ import type { HostView } from '../api/schemas.js';
 import { FerryError, messageOf } from '../errors.js';
 import { imageInfo } from '../qemu/img.js';
 import { compareVm, type Incompatibility } from './compare.js';
-import { hasCheckpoints, loadTree } from '../checkpoint/store.js';
+import { loadTree } from '../checkpoint/store.js';
 import type { VmSpec } from '../vm/spec.js';
 import type { MoveHost } from './host.js';
 import { withDefaults } from './plan.js';
@@ -111,12 +111,6 @@ export async function gather(
     diskSizes,
     ...(options.includeStorage ? {} : { sharedFiles: await checkpointBases(spec) }),
   });
-  const withCheckpoints = await checkpointsIncompatibility(
-    spec,
-    `move VM '${vmName}' to '${to.name}'`,
-    options.includeStorage ? 'shared-nothing' : 'shared',
-  );
-  if (withCheckpoints) incompatibilities.push(withCheckpoints);
   // In a cluster, a paused (drained) node takes no VMs.
   const cluster = host.cluster();
   if (cluster && (await cluster.isPaused(to.name).catch(() => false))) {
@@ -129,41 +123,6 @@ export async function gather(
     });
   }
   return { report: report(incompatibilities), destView, options };
-}
-
-/** The kinds of move, as far as checkpoints are concerned. */
-export type CheckpointMove = 'shared' | 'storage' | 'shared-nothing';
-
-/** Which kinds of move carry checkpoints (the others refuse a VM that has any). */
-const CARRIES: Record<CheckpointMove, boolean> = { shared: true, storage: true, 'shared-nothing': false };
-
-const LABELS: Record<CheckpointMove, string> = {
-  shared: 'a move with shared storage',
-  storage: 'a storage move',
-  'shared-nothing': 'a shared-nothing move (--include-storage)',
-};
-
-/**
- * A move that cannot carry checkpoints refuses a VM that has any rather than moving it without
- * them (its overlays and memory files would be left behind or its disk chain broken). Moves with
- * shared storage carry them (the chain and the tree stay where both hosts see them), and so do
- * storage moves on one host (the files are copied and their backing references rewritten).
- */
-export async function checkpointsIncompatibility(
-  spec: VmSpec,
-  what: string,
-  kind: CheckpointMove,
-): Promise<Incompatibility | null> {
-  if (CARRIES[kind] || !(await hasCheckpoints(spec))) return null;
-  const carriers = (Object.keys(CARRIES) as CheckpointMove[]).filter((k) => CARRIES[k]).map((k) => LABELS[k]);
-  return {
-    code: 'E_HAS_CHECKPOINTS',
-    field: 'checkpoints',
-    message:
-      `Cannot ${what}: it has checkpoints, which ${LABELS[kind]} cannot carry yet ` +
-      `(${carriers.join(' and ')} carry them); move it that way, ` +
-      `or remove them first ('ferry checkpoint list ${spec.name}', 'ferry checkpoint rm ${spec.name} NAME')`,
-  };
 }
 
 /** The base images of a VM's checkpoints (its disks before the first): with shared storage they must be shared too. */

@@ -25,6 +25,17 @@ import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
+import {
+  chainDoneStep,
+  chainFilesStep,
+  chainServerStep,
+  checkChain,
+  peerDn,
+  type ChainRole,
+} from './incoming-chain.js';
+import { imageOf, TREE_DIR } from '../checkpoint/model.js';
+
+export { peerDn };
 
 type Storage = NonNullable<IncomingRequest['storage']>;
 
@@ -42,6 +53,11 @@ interface Incoming {
   disks: string[];
   /** Why the VM arrives not HA (it left its cluster); its vm.json is rewritten on arrival. */
   haNote: string | null;
+  /** A checkpoint chain: 0 none, 1 its files are being received, 2 received (incoming-chain.ts). */
+  chainStage: 0 | 1 | 2;
+  chainRoles: ChainRole[];
+  chainServer: QemuProcess | null;
+  chainNbd: { host: string; port: number } | null;
 }
 
 interface IncomingCtx {
@@ -58,9 +74,15 @@ const journalId = (jobId: string): string => `in-${jobId}`;
 
 const strings = (v: unknown): string[] => (Array.isArray(v) ? v.filter((x): x is string => typeof x === 'string') : []);
 
+/** Steps of Prepare's first part (a move with a checkpoint chain runs the rest once the chain is here). */
+const first = (ctx: IncomingCtx): boolean => ctx.item.chainStage !== 2;
+/** Steps that open the disks: not before the chain they sit on is here. */
+const second = (ctx: IncomingCtx): boolean => ctx.item.chainStage !== 1;
+
 const slotStep: Step<IncomingCtx> = {
   name: 'slot',
   phase: 'preparing',
+  when: first,
   run(ctx) {
     const { item, host } = ctx;
     if (!ctx.slots.tryAcquire(item.jobId)) {
@@ -81,6 +103,7 @@ const slotStep: Step<IncomingCtx> = {
 const runDirStep: Step<IncomingCtx> = {
   name: 'run-dir',
   phase: 'preparing',
+  when: first,
   async run(ctx, s) {
     const runDir = ctx.host.runDir(ctx.item.spec.id);
     const created = !(await exists(runDir));
@@ -100,7 +123,7 @@ const runDirStep: Step<IncomingCtx> = {
 const dirsStep: Step<IncomingCtx> = {
   name: 'dirs',
   phase: 'preparing',
-  when: (ctx) => ctx.item.req.storage !== undefined,
+  when: (ctx) => ctx.item.req.storage !== undefined && first(ctx),
   async run(ctx, s) {
     const st = ctx.item.req.storage as Storage;
     const created = await makeFolders([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))], (c) => {
@@ -116,7 +139,7 @@ const dirsStep: Step<IncomingCtx> = {
 const filesStep: Step<IncomingCtx> = {
   name: 'files',
   phase: 'preparing',
-  when: (ctx) => ctx.item.req.storage !== undefined,
+  when: (ctx) => ctx.item.req.storage !== undefined && first(ctx),
   async run(ctx, s) {
     const { item, host } = ctx;
     const st = item.req.storage as Storage;
@@ -141,7 +164,7 @@ const filesStep: Step<IncomingCtx> = {
 const disksStep: Step<IncomingCtx> = {
   name: 'disks',
   phase: 'preparing',
-  when: (ctx) => ctx.item.req.storage !== undefined,
+  when: (ctx) => ctx.item.req.storage !== undefined && second(ctx),
   async run(ctx, s) {
     const { item } = ctx;
     const st = item.req.storage as Storage;
@@ -151,7 +174,10 @@ const disksStep: Step<IncomingCtx> = {
       created.push(d.path);
       item.disks.push(d.path);
       s.record({ created });
-      await createImage(d.path, d.format, d.virtualSizeBytes, { ...(ctx.signal ? { signal: ctx.signal } : {}) });
+      await createImage(d.path, d.format, d.virtualSizeBytes, {
+        ...(ctx.signal ? { signal: ctx.signal } : {}),
+        ...chainBacking(item, d),
+      });
     }
     return { created };
   },
@@ -163,7 +189,7 @@ const disksStep: Step<IncomingCtx> = {
 const configStep: Step<IncomingCtx> = {
   name: 'config',
   phase: 'preparing',
-  when: (ctx) => ctx.item.req.storage !== undefined,
+  when: (ctx) => ctx.item.req.storage !== undefined && second(ctx),
   async run(ctx, s) {
     const file = configFile(ctx.item.spec.configPath);
     await claimFile(file, `the config of VM '${ctx.item.spec.name}'`);
@@ -179,6 +205,7 @@ const configStep: Step<IncomingCtx> = {
 const qemuStep: Step<IncomingCtx> = {
   name: 'qemu',
   phase: 'preparing',
+  when: second,
   async run(ctx, s) {
     const { host, item } = ctx;
     const spec = item.spec;
@@ -216,6 +243,7 @@ const qemuStep: Step<IncomingCtx> = {
 const listenStep: Step<IncomingCtx> = {
   name: 'listen',
   phase: 'preparing',
+  when: second,
   async run(ctx) {
     const { host, item } = ctx;
     const { req } = item;
@@ -291,8 +319,31 @@ const listenStep: Step<IncomingCtx> = {
 
 const prepareKind: MoveKind<IncomingCtx> = {
   name: 'incoming',
-  steps: [slotStep, runDirStep, dirsStep, filesStep, disksStep, configStep, qemuStep, listenStep],
+  steps: [
+    slotStep,
+    runDirStep,
+    dirsStep,
+    filesStep,
+    chainFilesStep,
+    chainServerStep,
+    chainDoneStep,
+    disksStep,
+    configStep,
+    qemuStep,
+    listenStep,
+  ],
 };
+
+/** A disk over a checkpoint chain: a new overlay on the copy of the current checkpoint's image (mirrored sync=top). */
+function chainBacking(
+  item: Incoming,
+  d: Storage['disks'][number],
+): { backing?: { path: string; format: 'qcow2' | 'raw' | 'vhdx' | 'vpc' } } {
+  const tree = item.req.storage?.chain?.tree;
+  const folder = path.join(path.resolve(item.spec.checkpointPath), TREE_DIR);
+  if (!tree || path.dirname(d.path) !== folder || !tree.base[d.id]) return {};
+  return { backing: imageOf(tree, folder, tree.current, d.id) };
+}
 
 /** The destination's bookkeeping of one incoming move, as the runner sees it (always preparing). */
 class IncomingSink implements RunnerSink {
@@ -388,6 +439,10 @@ export class IncomingManager {
       nbd: null,
       disks: [],
       haNote: null,
+      chainStage: 0,
+      chainRoles: [],
+      chainServer: null,
+      chainNbd: null,
     };
   }
 
@@ -433,6 +488,7 @@ export class IncomingManager {
       tlsHostname: name,
       reason: i.reason ?? this.diagnose(i),
       nbd: i.nbd,
+      chainNbd: i.chainNbd,
       ...(i.haNote ? { haNote: i.haNote } : {}),
     };
   }
@@ -504,6 +560,7 @@ export class IncomingManager {
     }
     await checkSpecPaths(host.pools(), host.name, spec, req.storage);
     if (req.storage) await this.checkStorage(spec, req.storage);
+    const chainRoles = req.storage ? await checkChain(host.pools(), host.name, spec, req.storage) : [];
     await host.vms.checkStorage(spec);
     const item: Incoming = {
       jobId: req.jobId,
@@ -517,6 +574,10 @@ export class IncomingManager {
       nbd: null,
       disks: [],
       haNote: arrival.note,
+      chainStage: chainRoles.length ? 1 : 0,
+      chainRoles,
+      chainServer: null,
+      chainNbd: null,
     };
     this.items.set(req.jobId, item);
     const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
@@ -544,7 +605,53 @@ export class IncomingManager {
       );
     }
     host.emit('migration.incoming', { vm: spec.name, jobId: req.jobId, state: 'prepared', source: req.source });
+    this.watchExit(item);
+    return this.view(req.jobId);
+  }
+
+  /**
+   * The source wrote the checkpoint chain: the rest of Prepare (the chain's server quits, the tree
+   * is written, the disks, the VM's QEMU). A failure removes everything, the chain too.
+   */
+  async chain(jobId: string, opts: { signal?: AbortSignal; localAddress?: string } = {}): Promise<IncomingView> {
+    const host = this.host;
+    const item = this.items.get(jobId);
+    if (!item || item.chainStage !== 1 || item.state !== 'prepared') {
+      throw new FerryError(
+        'E_INCOMING_NOT_FOUND',
+        `Cannot finish receiving the checkpoints of incoming move ${jobId} on host '${host.name}': ` +
+          (item ? 'it is not receiving a chain' : 'it is not here (aborted or never prepared)'),
+      );
+    }
+    item.chainStage = 2;
+    const id = journalId(jobId);
+    const sink = new IncomingSink(jobId, host, opts.signal ?? new AbortController().signal, host.store.journalRead(id));
+    const out = await new StepRunner(
+      prepareKind,
+      {
+        host,
+        slots: this.slots,
+        item,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
+      },
+      sink,
+    ).run();
+    if (out.result !== 'completed') {
+      await this.abort(jobId);
+      throw new FerryError(
+        'E_PREPARE',
+        `Cannot prepare host '${host.name}' to receive VM '${item.spec.name}': ${messageOf(out.error)}`,
+        { cause: out.error },
+      );
+    }
+    this.watchExit(item);
+    return this.view(jobId);
+  }
+
+  private watchExit(item: Incoming): void {
     const proc = item.proc;
+    const jobId = item.jobId;
     // A failed incoming migration makes QEMU exit: note why, from its stderr.
     void proc?.exited.then(async () => {
       if (item.state !== 'prepared') return;
@@ -556,10 +663,9 @@ export class IncomingManager {
       item.reason = lines.join('\n') || 'the destination QEMU exited';
       // The source normally aborts us; if it does not within a minute, clean up anyway.
       setTimeout(() => {
-        if (this.items.get(req.jobId) === item) void this.abort(req.jobId).catch(() => undefined);
+        if (this.items.get(jobId) === item) void this.abort(jobId).catch(() => undefined);
       }, 60_000).unref();
     });
-    return this.view(req.jobId);
   }
 
   /** The source completed and confirms: wait for the stream's end here, then run the VM. */
@@ -699,11 +805,6 @@ export class IncomingManager {
       }
     }
   }
-}
-
-/** The distinguished name QEMU (gnutls) reads from a host certificate of our domain. */
-export function peerDn(host: string, domainId: string): string {
-  return `O=ferry-domain-${domainId},OU=ferry-host,CN=${host}`;
 }
 
 /** The plain name of a file a peer sends for the VM folder; anything else is refused. */

@@ -5,7 +5,7 @@
 import { DEFAULTS } from '../api/defaults.js';
 import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
-import { checkpointsIncompatibility, gather, incompatibleError, type CheckpointMove } from './begin.js';
+import { gather, incompatibleError } from './begin.js';
 import type { MoveHost } from './host.js';
 import { IncomingManager } from './incoming.js';
 import { Job, type JobInit } from './job.js';
@@ -111,12 +111,6 @@ export class MigrationManager {
       requestedBy: by ?? null,
     });
     host.vms.hold(req.vm, job.id);
-    await this.refuseCheckpoints(
-      req.vm,
-      job.id,
-      `move VM '${req.vm}' to '${req.to.name}'`,
-      kind === 'shared-nothing' ? 'shared-nothing' : 'shared',
-    );
     this.jobs.set(job.id, job);
     job.log(`requested: move to ${req.to.name} (${kind})`);
     job.flush(true);
@@ -166,27 +160,12 @@ export class MigrationManager {
       requestedBy: by ?? null,
     });
     host.vms.hold(req.vm, job.id);
-    await this.refuseCheckpoints(req.vm, job.id, `move the storage of VM '${req.vm}'`, 'storage');
     this.jobs.set(job.id, job);
     job.log(`requested: move storage of ${req.vm}`);
     job.flush(true);
     const ctx: StorageCtx = { host, job, slots: this.storageSlots, plan, spec, proc: host.vms.proc(req.vm) };
     void this.drive(job, storageKind, ctx, 'the VM keeps its files where they were');
     return this.view(job);
-  }
-
-  /**
-   * Checked again once the move holds the VM (no checkpoint can be taken from then on): a VM
-   * with checkpoints is refused, the hold released, nothing changed.
-   */
-  private async refuseCheckpoints(vm: string, jobId: string, what: string, kind: CheckpointMove): Promise<void> {
-    const inc = await checkpointsIncompatibility(await this.host.vms.spec(vm), what, kind).catch((err: unknown) => {
-      this.host.vms.release(vm, jobId);
-      throw err;
-    });
-    if (!inc) return;
-    this.host.vms.release(vm, jobId);
-    throw new FerryError('E_HAS_CHECKPOINTS', inc.message, { context: { vm } });
   }
 
   /** Runs a move's steps to its end and records the outcome; the VM's gate is released at the end. */
@@ -368,8 +347,10 @@ export class MigrationManager {
     ctx.spec = await this.host.vms.spec(rec.vm).catch(() => null);
     const compare = job.journalData('compare');
     const files = compare.files as string[] | undefined;
-    if (ctx.spec && files) ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files };
-    const prep = job.journalData('prepare');
+    if (ctx.spec && files)
+      ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files, chain: null };
+    // A move with a checkpoint chain learns the stream's address only once the chain is there.
+    const prep = { ...job.journalData('prepare'), ...job.journalData('chain') };
     if (typeof prep.uri === 'string') {
       const nbd = (prep.nbd as { host: string; port: number } | null | undefined) ?? null;
       ctx.prep = { uri: prep.uri, nbd, tlsHostname: rec.destination };

@@ -12,8 +12,9 @@ import { assertInUsablePool, isInside, poolOf, poolStatus, type PoolDef } from '
 import { configFile, exists } from '../vm/folder.js';
 import type { VmSpec } from '../vm/spec.js';
 import { planDestPaths } from './compare.js';
-import { chainFileBytes, planChainMove, type ChainPlan } from '../checkpoint/relocate.js';
-import { hasCheckpoints } from '../checkpoint/store.js';
+import { chainFileBytes, movedTree, planChainMove, type ChainFile, type ChainPlan } from '../checkpoint/relocate.js';
+import { hasCheckpoints, loadTree, removeCheckpointFiles } from '../checkpoint/store.js';
+import type { CheckpointTree } from '../checkpoint/model.js';
 import type { MoveOptions, StorageMoveRequest } from './schemas.js';
 
 const MiB = 1048576;
@@ -25,6 +26,11 @@ export interface SharedNothingPlan {
   request: NonNullable<IncomingRequest['storage']>;
   /** Files of the VM folder besides vm.json and the disks (kernel, initrd, …), by name. */
   files: string[];
+  /**
+   * A VM with checkpoints: the chain's read-only files, copied once (file N is the destination's
+   * export `chain<N>`), and the disks mirrored with sync=top onto overlays over that copy.
+   */
+  chain: { files: ChainFile[]; topOnly: string[] } | null;
 }
 
 /** Shared nothing without paths: the VM goes to a folder named after it in the destination's local pool. */
@@ -52,6 +58,7 @@ export async function sharedNothingPlan(
   spec: VmSpec,
   options: MoveOptions,
   destView: HostView,
+  running: boolean,
 ): Promise<SharedNothingPlan> {
   const plan = planDestPaths(spec, options);
   const destPools = destView.pools.map((p) => ({ name: p.name, kind: p.kind, path: p.path }));
@@ -59,26 +66,39 @@ export async function sharedNothingPlan(
   destSpec.configPath = plan.configPath;
   destSpec.checkpointPath = plan.checkpointPath;
   destSpec.pagingPath = plan.pagingPath;
+  const chain = await planChainSend(spec, options, plan.checkpointPath);
+  const chainFiles = chain ? [...chain.plan.files] : [];
+  const topOnly: string[] = [];
   const disks: SharedNothingPlan['request']['disks'] = [];
   for (const pd of plan.disks) {
     const d = destSpec.disks[pd.index];
     if (!d) continue;
     const info = await imageInfo(d.path, { forceShare: true, format: d.format });
-    d.path = pd.dest;
-    const pool = poolOf(destPools, pd.dest);
+    const active = chain?.plan.actives[d.id];
+    const dest = active?.to ?? pd.dest;
+    d.path = dest;
+    const pool = poolOf(destPools, dest);
     if (pool) d.pool = pool.name;
     else delete d.pool;
+    if (active?.backing && !running) {
+      // A stopped VM's active layer is a read-only file like the rest of the chain: copied as it is.
+      chainFiles.push({ from: pd.source, to: dest, format: 'qcow2', backing: active.backing });
+      continue;
+    }
+    if (active?.backing) topOnly.push(d.id);
     disks.push({
       id: d.id,
-      path: pd.dest,
+      path: dest,
       format: d.format,
       virtualSizeBytes: info.virtualSizeBytes,
       allocatedBytes: info.actualSizeBytes,
     });
   }
-  const files = await folderFiles(spec);
+  // The chain's files (a base image in the VM folder) travel with the chain, not inside the request.
+  const inChain = new Set(chainFiles.map((f) => path.resolve(f.from)));
+  const files = (await folderFiles(spec)).filter((f) => !inChain.has(path.join(path.resolve(spec.configPath), f)));
   await assertSendable(spec, files);
-  const request = {
+  const request: SharedNothingPlan['request'] = {
     disks,
     dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
     files: await Promise.all(
@@ -88,7 +108,45 @@ export async function sharedNothingPlan(
       })),
     ),
   };
-  return { destSpec, request, files };
+  if (chain) {
+    if (chainFiles.length > INCOMING_LIMITS.chainFiles)
+      throw new InvalidInputError(
+        `Cannot move VM '${spec.name}' with its storage: its checkpoint chain has ${chainFiles.length} files, more ` +
+          `than a move carries (${INCOMING_LIMITS.chainFiles}); remove checkpoints first ('ferry checkpoint rm')`,
+      );
+    request.chain = {
+      tree: chain.tree,
+      files: await Promise.all(chainFiles.map(async (f) => ({ path: f.to, bytes: (await fsp.stat(f.from)).size }))),
+    };
+  }
+  return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null };
+}
+
+/**
+ * A VM with checkpoints moves with its chain: the checkpoint folder goes to the destination's,
+ * the base images where its disks go (--storage-path), and the tree is rewritten for those paths.
+ * Its disks are a chain held together by the folder: one disk elsewhere (--vhd) is refused.
+ */
+async function planChainSend(
+  spec: VmSpec,
+  options: MoveOptions,
+  checkpointPath: string,
+): Promise<{ plan: ChainPlan; tree: CheckpointTree } | null> {
+  if (!(await hasCheckpoints(spec))) return null;
+  if (options.vhd)
+    throw new InvalidInputError(
+      `Cannot move the disks of VM '${spec.name}' with --vhd: it has checkpoints, and its disks are a chain of ` +
+        'images held together by its checkpoint folder; move them together with --storage-path',
+    );
+  const sp = options.storagePath;
+  const plan = await planChainMove(
+    spec,
+    checkpointPath,
+    (p) => (sp !== undefined ? path.join(sp, path.basename(p)) : p),
+    true,
+  );
+  if (!plan) return null;
+  return { plan, tree: movedTree(await loadTree(spec), plan.bases) };
 }
 
 /** The folder's files travel inside Prepare's request: within the destination's limits (peer-actions.ts). */
@@ -105,8 +163,9 @@ async function assertSendable(spec: VmSpec, files: string[]): Promise<void> {
     );
 }
 
-/** Deletes a VM's disks and the files of its folder (after it left with copies of them). */
+/** Deletes a VM's disks and the files of its folder (after it left with copies of them), its checkpoints too. */
 export async function deleteVmFiles(spec: VmSpec, files: string[]): Promise<void> {
+  await removeCheckpointFiles(spec, { deleteExternal: true });
   for (const d of spec.disks) await fsp.rm(d.path, { force: true });
   await fsp.rm(configFile(spec.configPath), { force: true });
   for (const f of files) await fsp.rm(path.join(spec.configPath, f), { force: true });

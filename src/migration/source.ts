@@ -46,7 +46,13 @@ export interface SourceCtx {
   /** The VM's QEMU when it runs (live and shared-nothing of a running VM). */
   proc: QemuProcess | null;
   /** What the destination's Prepare answered. */
-  prep: { uri: string | null; nbd: { host: string; port: number } | null; tlsHostname: string } | null;
+  prep: {
+    uri: string | null;
+    nbd: { host: string; port: number } | null;
+    tlsHostname: string;
+    /** A checkpoint chain to send first: where the destination serves its files. */
+    chainNbd?: { host: string; port: number } | null;
+  } | null;
   /** The batch (drain, fail-back) this move belongs to. */
   batch?: string;
   /** Shared nothing: the disk mirrors, READY until switch-over finishes them. */

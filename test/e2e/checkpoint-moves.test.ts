@@ -2,7 +2,10 @@
 // a live move with shared storage keeps the tree (host-b lists it and applies a memory
 // checkpoint, the guest's heartbeat back at the checkpoint's and every acked record on disk);
 // storage moves carry the chain to --checkpoint-path (running: the active layer mirrored onto
-// the copied chain) and with everything to --path (stopped), and c1 still applies after each.
+// the copied chain) and with everything to --path (stopped), and c1 still applies after each;
+// shared nothing copies the chain once and mirrors only the active layer (running), or copies
+// the files as they are (stopped), refused with nothing changed where the chain does not fit.
+import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
@@ -163,4 +166,79 @@ test('storage moves carry the checkpoints: --checkpoint-path (running), then --p
   await filesIn(there, path.join(to, 'checkpoints'), path.join(ckPath, 'checkpoints'));
   await applyC1('ckm2', c1);
   await ferryOk(['vm', 'rm', 'ckm2'], { lab: L.lab });
+});
+
+/** The figures a shared-nothing move with a chain logs: its files' bytes and the time they took. */
+function chainFigures(m: MigrationRecord): string {
+  const e = m.events.find((x) => x.message.includes('checkpoint chain copied'));
+  assert.ok(e, 'the move logs the chain it copied');
+  const [, files, bytes, ms] = /(\d+) file\(s\), (\d+) bytes in (\d+) ms/.exec(e.message) ?? [];
+  return `${files} chain file(s), ${(Number(bytes) / 1048576).toFixed(0)} MiB in ${ms} ms`;
+}
+
+test('shared nothing carries the checkpoints (running, then stopped); refused where they cannot fit', async (t) => {
+  const vm = await ferryOk<VmView>(['vm', 'new', 'ckm3', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
+  await waitProbe(L, vm, 20);
+  const c1 = await twoCheckpoints(vm);
+  const before = await list('ckm3');
+  const same = (l: CheckpointList): unknown => l.checkpoints.map((c) => [c.id, c.name, c.parent, c.memory, c.files]);
+
+  // A destination pool too small for the chain (two memory files): refused, nothing changed anywhere.
+  const tiny = path.join(L.dir, 'tiny-ck');
+  await fsp.mkdir(tiny);
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64m', 'tmpfs', tiny]);
+  t.after(() => {
+    try {
+      execFileSync('umount', ['-l', tiny]);
+    } catch {
+      /* gone */
+    }
+  });
+  await ferryOk(['pool', 'add', 'tiny-ck', '--host', 'host-b', '--path', tiny], { lab: L.lab });
+  const args = ['move-vm', 'ckm3', '--to', 'host-b', '--include-storage'];
+  const r = await ferry([...args, '--storage-path', path.join(tiny, 'ckm3')], { lab: L.lab });
+  assert.notEqual(r.code, 0);
+  assert.match(r.stderr, /its disks and checkpoint chain need \d+ MiB in .* but it has \d+ MiB free; free space/);
+  assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+  assert.deepEqual(await fsp.readdir(tiny), [], 'nothing left on host-b');
+  assert.deepEqual(await list('ckm3'), before, 'the tree is unchanged');
+  assert.equal((await show('ckm3')).state, 'running');
+  assert.equal((await show('ckm3')).host, 'host-a');
+
+  // Running: the chain copied once, the active layer mirrored with sync=top, the tree there.
+  const m = await ferryOk<MigrationRecord>([...args, '--json'], { lab: L.lab });
+  assert.equal(m.state, 'completed', JSON.stringify(m.error));
+  assert.equal(m.kind, 'shared-nothing');
+  process.stdout.write(
+    `# shared-nothing move with 2 checkpoints (running): ${m.totalMs} ms, downtime ${m.downtimeMs} ms, ` +
+      `${chainFigures(m)}, active layer ${m.disks[0]?.bytesTotal ?? 0} bytes\n`,
+  );
+  const atB = await show('ckm3');
+  assert.equal(atB.host, 'host-b');
+  const there = await list('ckm3');
+  assert.deepEqual(shape(there), shape(before));
+  assert.deepEqual(same(there), same(before), 'host-b lists the same tree, ids and files');
+  assert.notEqual(there.folder, before.folder);
+  for (const c of there.checkpoints) for (const f of c.files) await fsp.access(path.join(there.folder, f));
+  await assert.rejects(fsp.access(before.folder), 'the source chain is deleted');
+  await waitProbe(L, atB, 5);
+  await applyC1('ckm3', c1);
+
+  // Stopped, back to host-a: every file of the chain copied as it is (the apply's branch too), c1 applies again.
+  const applied = await list('ckm3');
+  const back = await ferryOk<MigrationRecord>(['move-vm', 'ckm3', '--to', 'host-a', '--include-storage', '--json'], {
+    lab: L.lab,
+  });
+  assert.equal(back.state, 'completed', JSON.stringify(back.error));
+  process.stdout.write(
+    `# shared-nothing move with the checkpoints (stopped): ${back.totalMs} ms, ${chainFigures(back)}\n`,
+  );
+  const home = await list('ckm3');
+  assert.deepEqual(shape(home), shape(applied));
+  assert.deepEqual(same(home), same(applied));
+  assert.equal((await show('ckm3')).host, 'host-a');
+  await applyC1('ckm3', c1);
+  await ferryOk(['vm', 'rm', 'ckm3'], { lab: L.lab });
 });

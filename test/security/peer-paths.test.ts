@@ -1,10 +1,11 @@
 // A hostile host with only its own host certificate, against a 3-host cluster lab (real agents,
 // real etcd): it sends incoming moves whose files, folders and kernel lie outside the victim's
 // pools (outright, through '..' and through a symbolic link in the shared pool it can write),
-// asks the victim to move its VM to the hostile host or to cancel an administrator's move, and
-// points a qcow2 header in the shared pool at a host file. Every attempt is refused with a 4xx
-// (or, for the image, a start that fails) and a clear message, and nothing changed: no file
-// written, no folder made, no QEMU started, no move recorded, the VM where it was.
+// and checkpoint chains naming files their tree does not; asks the victim to move its VM to the
+// hostile host or to cancel an administrator's move; points a qcow2 header in the shared pool at
+// a host file. Every attempt is refused with a 4xx (or, for the image, a start that fails) and a
+// clear message, and nothing changed: no file written, no folder made, no QEMU started, no move
+// recorded, the VM where it was.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
@@ -210,6 +211,58 @@ test('incoming move: a kernel, CD-ROM or extra folder outside the pools is refus
   assert.match(r.body, /field 'storage\.files'/);
   assert.deepEqual(await fsp.readdir(outside), []);
   assert.equal(fs.existsSync(folder), false);
+  assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], 'no QEMU started');
+});
+
+test('incoming move: checkpoint files the tree does not name, or outside the pools, are refused', async () => {
+  const folder = path.join(shared(), 'evil');
+  const ck = path.join(folder, 'checkpoints');
+  const own = (spec.disks as Array<Record<string, unknown>>)[0]!;
+  const id = String(own.id);
+  const s = evilSpec(folder, { disks: [{ ...own, path: path.join(ck, `${id}-bbbb.qcow2`) }] });
+  const base = path.join(folder, 'base.qcow2');
+  const mem = path.join(ck, 'aaaa.mem');
+  const tree = (b: string, o: { vmId?: unknown; memory?: string } = {}): unknown => ({
+    version: 1,
+    vmId: o.vmId ?? s.id,
+    current: 'c1',
+    base: { [id]: { path: b, format: 'qcow2' } },
+    checkpoints: [
+      {
+        id: 'c1',
+        name: 'c1',
+        parent: null,
+        created: new Date().toISOString(),
+        disks: { [id]: null },
+        memory: o.memory ?? 'aaaa.mem',
+        running: true,
+        pauseMs: 1,
+        tookMs: 1,
+      },
+    ],
+  });
+  const send = (t: unknown, files: string[]): unknown =>
+    incoming(s, {
+      disks: [],
+      dirs: [folder],
+      files: [],
+      chain: { tree: t, files: files.map((f) => ({ path: f, bytes: 1 })) },
+    });
+  const hostFile = path.join(outside, 'shadow');
+  const attempts: Array<[string, unknown, RegExp]> = [
+    ['a base image outside the pools', send(tree(hostFile), [hostFile, mem]), /outside every storage pool/],
+    ['a file the tree does not name', send(tree(base), [base, mem, hostFile]), /is not a file of its tree/],
+    ['a name climbing out', send(tree(base, { memory: '../../../x' }), [base]), /must be inside the folder/],
+    ["another VM's tree", send(tree(base, { vmId: crypto.randomUUID() }), [base, mem]), /the tree belongs to VM/],
+    ['an incomplete chain', send(tree(base), [base]), /the chain is incomplete/],
+  ];
+  for (const [what, body, message] of attempts) {
+    const r = await post(R.agent, R.endpoint(R.victim), '/v1/peer/incoming', body);
+    assert.equal(r.status, 400, `${what}: ${r.body}`);
+    assert.match(r.body, message, what);
+  }
+  assert.deepEqual(await fsp.readdir(outside), [], 'no host file written');
+  assert.equal(fs.existsSync(folder), false, 'no folder made');
   assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], 'no QEMU started');
 });
 

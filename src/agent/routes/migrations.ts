@@ -68,6 +68,10 @@ export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
     incoming.assertSource(params.id, req.peer);
     return Promise.resolve(incoming.view(params.id));
   });
+  registerAction(app, peerActions.chain, ({ params, signal }, req) => {
+    incoming.assertSource(params.id, req.peer);
+    return incoming.chain(params.id, { signal, localAddress: req.socket.localAddress });
+  });
   registerAction(app, peerActions.finish, ({ params }, req) => {
     incoming.assertSource(params.id, req.peer);
     return incoming.finish(params.id);

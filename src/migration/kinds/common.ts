@@ -95,7 +95,7 @@ export const compareStep: Step<SourceCtx> = {
     ctx.proc = ctx.host.vms.proc(r.vm);
     if (r.kind === 'shared-nothing' && g.destView) {
       const spec = ctx.spec;
-      ctx.plan = await sharedNothingPlan(spec, g.options, g.destView);
+      ctx.plan = await sharedNothingPlan(spec, g.options, g.destView, ctx.proc !== null);
       r.disks = ctx.plan.request.disks.map((d) => ({
         id: d.id,
         source: spec.disks.find((x) => x.id === d.id)?.path ?? '',
@@ -104,7 +104,7 @@ export const compareStep: Step<SourceCtx> = {
         bytesTotal: d.allocatedBytes,
       }));
       // What deleting the source's copies needs, should this host restart mid-move.
-      return { files: ctx.plan.files };
+      return { files: ctx.plan.files, chain: ctx.plan.chain !== null };
     }
     return undefined;
   },
@@ -161,7 +161,7 @@ export async function prepareDestination(
  * NBD address where the source expects this destination to listen (src/migration/uri.ts).
  * Throwing here undoes Prepare, so the destination is aborted.
  */
-async function checkPrepared(ctx: SourceCtx, v: IncomingView, signal: AbortSignal): Promise<void> {
+export async function checkPrepared(ctx: SourceCtx, v: IncomingView, signal: AbortSignal): Promise<void> {
   const view = ctx.destView ?? (await ctx.dest.call(actions.hostShow, {}, { signal, timeoutMs: 30_000 }));
   const spec = ctx.to.name === ctx.host.name ? ctx.spec : null;
   const expect = await expectedTarget(ctx.to.name, ctx.to.endpoint, view.migration, {
@@ -169,6 +169,7 @@ async function checkPrepared(ctx: SourceCtx, v: IncomingView, signal: AbortSigna
   });
   if (v.uri !== null) checkStreamUri(v.uri, expect);
   if (v.nbd) checkNbdAddress(v.nbd, expect);
+  if (v.chainNbd) checkNbdAddress(v.chainNbd, expect);
   checkTlsHostname(v.tlsHostname, expect);
 }
 

@@ -99,7 +99,8 @@ export const prepareStep: Step<SourceCtx> = {
     );
     ctx.prep = prep;
     await testHold('preparing', s.log, s.signal);
-    if (!prep.uri) {
+    // With a checkpoint chain the stream's address comes once the chain is there (kinds/chain.ts).
+    if (!prep.uri && !prep.chainNbd) {
       throw new MigrationFailedError(
         'E_PREPARE',
         `Cannot move VM '${spec.name}': the destination gave no stream address`,
@@ -171,7 +172,14 @@ export const mirrorStep: Step<SourceCtx> = {
         },
         { signal: s.signal },
       );
-      const m = { jobId: `mirror-${d.id}`, diskId: d.id, device: await rootNode(qmp, d.id, s.signal), target: node };
+      const m: MirrorSpec = {
+        jobId: `mirror-${d.id}`,
+        diskId: d.id,
+        device: await rootNode(qmp, d.id, s.signal),
+        target: node,
+        // Over a checkpoint chain already copied there: only the active layer moves.
+        ...(ctx.plan?.chain?.topOnly.includes(d.id) ? { sync: 'top' as const } : {}),
+      };
       mirrors.push(m);
       s.record({ mirrors, nodes });
       await startMirror(qmp, m, speed, s.signal);

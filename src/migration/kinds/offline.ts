@@ -10,7 +10,7 @@ import { deleteVmFiles } from '../plan.js';
 import { stallTimeoutMs } from '../policy.js';
 import type { MoveKind, Resolution, Step, UndoScope } from '../runner.js';
 import { MigrationFailedError, needSpec, stalledError, type SourceCtx } from '../source.js';
-import { qemuTlsDir } from '../tls.js';
+import { nbdTargetArgs } from './chain.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
 import { leftCluster } from './live.js';
 
@@ -125,22 +125,13 @@ export const copyStep: Step<SourceCtx> = {
       );
     }
     ctx.job.enter('copying-storage', `copying ${disks.length} disk(s) to ${ctx.to.name}`);
-    const tlsDir = ctx.host.settings().tls ? await qemuTlsDir(ctx.host.tls, ctx.host.dataDir) : null;
     const total = disks.reduce((a, d) => a + d.allocatedBytes, 0) || 1;
     let before = 0;
     const t0 = Date.now();
     for (const d of disks) {
       const src = spec.disks.find((x) => x.id === d.id);
       if (!src) continue;
-      const target = [
-        'driver=nbd',
-        'server.type=inet',
-        `server.host=${nbd.host}`,
-        `server.port=${nbd.port}`,
-        `export=${d.id}`,
-        ...(tlsDir ? ['tls-creds=tls0', `tls-hostname=${ctx.prep?.tlsHostname ?? ctx.to.name}`] : []),
-      ].join(',');
-      const tlsObject = tlsDir ? ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${tlsDir}`] : [];
+      const { object: tlsObject, target } = await nbdTargetArgs(ctx, nbd, d.id);
       const args = ['convert', '-p', '-n', '--target-is-zero', '-f', src.format, ...tlsObject, src.path];
       // qemu-img reports whole percents only: allow a few watchdog periods between them.
       const stallMs = 4 * stallTimeoutMs();

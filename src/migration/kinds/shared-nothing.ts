@@ -1,6 +1,7 @@
 // Shared nothing: the VM's disks are copied to the destination. A running VM's disks are
 // mirrored over NBD, then its memory moves (kinds/live.ts's steps); a stopped VM's disks are
-// filled with qemu-img and the destination registers it (kinds/offline.ts's steps). Which steps
+// filled with qemu-img and the destination registers it (kinds/offline.ts's steps). A VM with
+// checkpoints sends its chain's read-only files first (kinds/chain.ts). Which steps
 // run is decided when Begin (compare) finds the VM running or stopped; each step says so (`when`).
 import type { MoveKind } from '../runner.js';
 import type { SourceCtx } from '../source.js';
@@ -16,6 +17,7 @@ import {
   switchoverStep,
   tlsStep,
 } from './live.js';
+import { chainStep } from './chain.js';
 import { confirmStoppedStep, copyStep, prepareStoppedStep, releaseStoppedStep, resolveStopped } from './offline.js';
 
 export const sharedNothingKind: MoveKind<SourceCtx> = {
@@ -27,6 +29,7 @@ export const sharedNothingKind: MoveKind<SourceCtx> = {
     tlsStep,
     prepareStep,
     prepareStoppedStep,
+    chainStep,
     reachNbdStep,
     mirrorStep,
     copyStep,
