@@ -32,6 +32,7 @@ import {
   type LinkKind,
 } from './netns.js';
 import { labCredentials, labEndpoint, labFile, readLab, type LabFile } from './file.js';
+import { labQemuUser, makeLabFolder } from './qemu-user.js';
 import {
   enrolPackagedHost,
   enterHost,
@@ -168,7 +169,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   if (!Number.isInteger(n) || n < 1 || n > 26)
     throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
   const dir = path.resolve(o.dir);
-  await fsp.mkdir(dir, { recursive: true });
+  await makeLabFolder(dir);
   let lab: LabFile;
   try {
     lab = await readLab(dir);
@@ -207,7 +208,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   const creds = labCredentials(dir);
   if (!fs.existsSync(creds.cert)) await issueAdminCredential(domain, 'admin');
   const shared = path.join(dir, 'shared');
-  await fsp.mkdir(shared, { recursive: true });
+  await makeLabFolder(shared);
   for (let i = lab.hosts.length; i < n; i++) {
     const name = hostName(i);
     const dataDir = lab.package ? packagedDataDir(dir, name) : path.join(dir, 'hosts', name, 'data');
@@ -267,6 +268,17 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     await enableAuth(endpoints, creds);
     for (const h of lab.hosts) await grantHost(endpoints, creds, { cluster: 'lab', host: h.name });
   }
+  // QEMU as ferry-qemu on every host started from the checkout (a packaged host's own
+  // agent.json says, as on a real host); the folders on the way to each host's data let it pass.
+  const hostDirs = lab.hosts.filter((h) => !h.packaged).map((h) => path.dirname(h.dataDir));
+  for (const d of hostDirs) await makeLabFolder(d);
+  const qemu = await labQemuUser(hostDirs, o.signal ? { signal: o.signal } : {});
+  if (hostDirs.length)
+    o.log?.(
+      qemu.user
+        ? `QEMU runs as '${qemu.user}' with its seccomp sandbox on`
+        : `QEMU runs as root (with its seccomp sandbox on): ${qemu.reason}`,
+    );
   for (const h of lab.hosts) {
     const settings = {
       pools: [{ name: 'shared', kind: 'shared', path: shared }],
@@ -292,7 +304,8 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     }
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) await enrolHost(domain, tls, h, o.signal);
-    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify(settings, null, 2) + '\n');
+    const own = { ...settings, ...(qemu.user ? { qemu: { user: qemu.user } } : {}) };
+    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify(own, null, 2) + '\n');
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
     const fd = fs.openSync(logFile, 'a');
