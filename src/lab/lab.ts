@@ -268,17 +268,16 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     await enableAuth(endpoints, creds);
     for (const h of lab.hosts) await grantHost(endpoints, creds, { cluster: 'lab', host: h.name });
   }
-  // QEMU as ferry-qemu on every host started from the checkout (a packaged host's own
-  // agent.json says, as on a real host); the folders on the way to each host's data let it pass.
-  const hostDirs = lab.hosts.filter((h) => !h.packaged).map((h) => path.dirname(h.dataDir));
+  // QEMU as ferry-qemu on every host, as on an installed host; the folders on the way to each
+  // host's folder and to the shared pool let it pass.
+  const hostDirs = lab.hosts.map((h) => path.join(dir, 'hosts', h.name));
   for (const d of hostDirs) await makeLabFolder(d);
-  const qemu = await labQemuUser(hostDirs, o.signal ? { signal: o.signal } : {});
-  if (hostDirs.length)
-    o.log?.(
-      qemu.user
-        ? `QEMU runs as '${qemu.user}' with its seccomp sandbox on`
-        : `QEMU runs as root (with its seccomp sandbox on): ${qemu.reason}`,
-    );
+  const qemu = await labQemuUser([...hostDirs, shared], o.signal ? { signal: o.signal } : {});
+  o.log?.(
+    qemu.user
+      ? `QEMU runs as '${qemu.user}' with its seccomp sandbox on`
+      : `QEMU runs as root (with its seccomp sandbox on): ${qemu.reason}`,
+  );
   for (const h of lab.hosts) {
     const settings = {
       pools: [{ name: 'shared', kind: 'shared', path: shared }],
@@ -299,7 +298,8 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     };
     if (h.packaged) {
       if (isLabAgent(h.agentPid, h.dataDir)) continue;
-      await startPackagedAgent(dir, h, settings, o);
+      // `ferry host init` made ferry-qemu the host's default; the lab's finding decides.
+      await startPackagedAgent(dir, h, { ...settings, qemu: { user: qemu.user ?? 'root' } }, o);
       continue;
     }
     const tls = path.join(h.dataDir, 'tls');

@@ -4,10 +4,7 @@
 // user, or the user does not exist, the lab's QEMUs run as root and the lab says so.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { blockedFolder, lookupQemuUser } from '../qemu/user.js';
-
-/** The user lab hosts run QEMU as (the package's default for qemu.user). */
-export const LAB_QEMU_USER = 'ferry-qemu';
+import { blockedFolder, DEFAULT_QEMU_USER as LAB_QEMU_USER, lookupQemuUser } from '../qemu/user.js';
 
 /** Makes `dir` and its missing parents; the folders it made become 0711 (mkdir's mode is masked by the umask). */
 export async function makeLabFolder(dir: string): Promise<void> {

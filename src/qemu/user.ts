@@ -12,6 +12,9 @@ import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { run } from '../util/exec.js';
 
+/** The user the package makes for QEMU: `ferry host init` and the lab make it qemu.user. */
+export const DEFAULT_QEMU_USER = 'ferry-qemu';
+
 export interface QemuUser {
   name: string;
   uid: number;
