@@ -267,9 +267,11 @@ async function assertRuns(l: FaultLab, v: VmView, guest: Guest): Promise<void> {
 }
 
 async function checkMemory(l: FaultLab, v: VmView): Promise<void> {
-  const qmp = await QmpClient.connect(path.join(hostData(l, v.host), 'run', v.id, 'qmp-admin.sock'), { vm: v.name });
+  const run = path.join(hostData(l, v.host), 'run', v.id);
+  const qmp = await QmpClient.connect(path.join(run, 'qmp-admin.sock'), { vm: v.name });
   try {
-    const rep = await verifyGuestMemory(qmp, path.join(l.dir, `${v.name}.dump`));
+    // QEMU (its user) writes the dump: into its run folder, the one folder it may write.
+    const rep = await verifyGuestMemory(qmp, path.join(run, `${v.name}.dump`));
     assert.equal(rep.ok, true, `memory pattern broken on ${v.host}: bad pages ${rep.badPages.slice(0, 10).join(',')}`);
   } finally {
     qmp.close();
