@@ -137,7 +137,7 @@ test('in a lab, QEMU runs as ferry-qemu, sandboxed, after a start, a live and a 
         assert.equal(st.seccomp, 2, `${when}: a seccomp filter is installed`);
         const argv = cmdline(pid);
         assert.equal(argv[argv.indexOf('-sandbox') + 1], SANDBOX, `${when}: -sandbox ${SANDBOX}`);
-        const ps = (await run('ps', ['-o', 'user=,args=', '-p', String(pid)])).stdout.trim();
+        const ps = (await run('ps', ['-o', 'user:32=,args=', '-p', String(pid)])).stdout.trim();
         assert.match(ps, new RegExp(`^ferry-qemu\\s.*-sandbox ${SANDBOX}`), `${when}: ps shows it`);
       }
     }
