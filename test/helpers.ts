@@ -14,6 +14,16 @@ export async function tempDir(t: TestContext, prefix = 'ferry-test-'): Promise<s
   return dir;
 }
 
+/**
+ * A temp folder to hold a lab: mkdtemp makes it 0700, and the lab's QEMUs (ferry-qemu) must
+ * pass through it (0711: enter, not list). The caller removes it.
+ */
+export async function labTempDir(prefix: string): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
+  await fsp.chmod(dir, 0o711);
+  return dir;
+}
+
 let accel: Promise<Accelerator> | null = null;
 export function testAccel(): Promise<Accelerator> {
   accel ??= detectAccelerator().then((r) => r.accel);

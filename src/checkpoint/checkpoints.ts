@@ -29,6 +29,7 @@ import {
   type CheckpointTree,
 } from './model.js';
 import { loadTree, saveTree, treeFolder } from './store.js';
+import { letQemuThrough, ownForQemu } from '../qemu/user.js';
 
 export interface CheckpointDeps {
   /** The VM's QEMU while it runs. */
@@ -132,6 +133,7 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
   assertNewName(tree, spec.name, name);
   const folder = treeFolder(spec);
   await fsp.mkdir(folder, { recursive: true });
+  await letQemuThrough(folder);
   const disks = checkpointDisks(spec);
   const id = randomUUID();
   const tag = id.slice(0, 8);
@@ -152,6 +154,12 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
       if (wasRunning) await qmp.execute('cont', undefined, { timeoutMs: 10_000 });
     };
     try {
+      // QEMU creates each overlay into an existing empty file (it truncates it): made here,
+      // QEMU's user's, so QEMU never needs to write the checkpoint folder itself.
+      for (const o of overlays) {
+        await fsp.writeFile(o.file, '', { flag: 'wx', mode: 0o600 });
+        await ownForQemu(o.file);
+      }
       // Disks first, all in one transaction (all or none), while the vCPUs are stopped.
       await qmp.execute(
         'transaction',

@@ -12,6 +12,7 @@ import { rebaseImage } from '../qemu/img.js';
 import type { VmSpec } from '../vm/spec.js';
 import { imageOf, TREE_DIR, type CheckpointTree } from './model.js';
 import { loadTree, saveTree } from './store.js';
+import { ownForQemu } from '../qemu/user.js';
 
 interface Image {
   path: string;
@@ -109,6 +110,8 @@ export async function chainFileBytes(f: ChainFile): Promise<number> {
  */
 export async function copyChainFile(f: ChainFile, signal?: AbortSignal): Promise<void> {
   await fsp.copyFile(f.from, f.to);
+  // QEMU opens the copy (the active layer read-write, a base when a commit writes into it).
+  await ownForQemu(f.to);
   if (f.backing && f.format)
     await rebaseImage(f.to, { format: f.format, backing: f.backing, unsafe: true, ...(signal ? { signal } : {}) });
 }

@@ -1,6 +1,7 @@
 // `ferry host init` / `ferry host join` on a host: the agent's configuration file
-// (/etc/ferry/agent.json: name, listen, dataDir, migrationAddress, tlsDir, as `ferry agent
-// --config` reads it) and the host's key and certificate request in its TLS folder.
+// (/etc/ferry/agent.json: name, listen, dataDir, migrationAddress, tlsDir, qemu.user when the
+// package's ferry-qemu exists, as `ferry agent --config` reads it) and the host's key and
+// certificate request in its TLS folder.
 // Everything is checked before anything is written, and a failure removes what was made.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -10,6 +11,7 @@ import { NAME_RE } from '../api/common.js';
 import { exists, makeRequest, TLS_FILES, writeAtomic, writeEnrolState } from './request.js';
 import { addressProblem } from './x509.js';
 import { challengeFor, decodeToken, tokenProof, TokenRefusedError } from './token.js';
+import { DEFAULT_QEMU_USER, lookupQemuUser } from '../qemu/user.js';
 
 import { DEFAULT_CONFIG, DEFAULT_DATA_DIR, DEFAULT_TLS_DIR } from './host-paths.js';
 
@@ -120,7 +122,12 @@ export async function initHost(o: HostInitOptions): Promise<HostInitResult> {
       caFingerprint: fp ?? null,
       createdAt: new Date().toISOString(),
     });
-    // Keep what an installer or admin put there (pools, cluster, port range); set ours.
+    // Keep what an installer or admin put there (pools, cluster, port range, QEMU's user); set
+    // ours. QEMU runs as the package's unprivileged user unless the file says otherwise.
+    const qemu =
+      existing?.qemu === undefined && (await lookupQemuUser(DEFAULT_QEMU_USER, o.signal ? { signal: o.signal } : {}))
+        ? { qemu: { user: DEFAULT_QEMU_USER } }
+        : {};
     const config = {
       ...(existing ?? {}),
       name: o.name,
@@ -128,6 +135,7 @@ export async function initHost(o: HostInitOptions): Promise<HostInitResult> {
       dataDir: o.dataDir,
       ...(migrationAddress ? { migrationAddress } : {}),
       tlsDir: o.tlsDir,
+      ...qemu,
     };
     await fsp.mkdir(path.dirname(o.config), { recursive: true });
     await writeAtomic(o.config, JSON.stringify(config, null, 2) + '\n', 0o644);

@@ -32,6 +32,7 @@ import {
 } from './netns.js';
 import { freeLoopbackPort } from '../util/free-port.js';
 import { labCredentials, labEndpoint, labFile, readLab, type LabFile } from './file.js';
+import { labQemuUser, makeLabFolder } from './qemu-user.js';
 import {
   enrolPackagedHost,
   enterHost,
@@ -153,7 +154,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   if (!Number.isInteger(n) || n < 1 || n > 26)
     throw new InvalidInputError(`Cannot start a lab of ${n} hosts: use 1 to 26`, { hosts: n });
   const dir = path.resolve(o.dir);
-  await fsp.mkdir(dir, { recursive: true });
+  await makeLabFolder(dir);
   let lab: LabFile;
   try {
     lab = await readLab(dir);
@@ -192,7 +193,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   const creds = labCredentials(dir);
   if (!fs.existsSync(creds.cert)) await issueAdminCredential(domain, 'admin');
   const shared = path.join(dir, 'shared');
-  await fsp.mkdir(shared, { recursive: true });
+  await makeLabFolder(shared);
   for (let i = lab.hosts.length; i < n; i++) {
     const name = hostName(i);
     const dataDir = lab.package ? packagedDataDir(dir, name) : path.join(dir, 'hosts', name, 'data');
@@ -252,6 +253,16 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     await enableAuth(endpoints, creds);
     for (const h of lab.hosts) await grantHost(endpoints, creds, { cluster: 'lab', host: h.name });
   }
+  // QEMU as ferry-qemu on every host, as on an installed host; the folders on the way to each
+  // host's folder and to the shared pool let it pass.
+  const hostDirs = lab.hosts.map((h) => path.join(dir, 'hosts', h.name));
+  for (const d of hostDirs) await makeLabFolder(d);
+  const qemu = await labQemuUser([...hostDirs, shared], o.signal ? { signal: o.signal } : {});
+  o.log?.(
+    qemu.user
+      ? `QEMU runs as '${qemu.user}' with its seccomp sandbox on`
+      : `QEMU runs as root (with its seccomp sandbox on): ${qemu.reason}`,
+  );
   for (const h of lab.hosts) {
     const settings = {
       pools: [{ name: 'shared', kind: 'shared', path: shared }],
@@ -272,12 +283,14 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     };
     if (h.packaged) {
       if (isLabAgent(h.agentPid, h.dataDir)) continue;
-      await startPackagedAgent(dir, h, settings, o);
+      // `ferry host init` made ferry-qemu the host's default; the lab's finding decides.
+      await startPackagedAgent(dir, h, { ...settings, qemu: { user: qemu.user ?? 'root' } }, o);
       continue;
     }
     const tls = path.join(h.dataDir, 'tls');
     if (!fs.existsSync(path.join(tls, 'host.crt'))) await enrolHost(domain, tls, h, o.signal);
-    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify(settings, null, 2) + '\n');
+    const own = { ...settings, ...(qemu.user ? { qemu: { user: qemu.user } } : {}) };
+    await fsp.writeFile(path.join(h.dataDir, 'agent.json'), JSON.stringify(own, null, 2) + '\n');
     if (isLabAgent(h.agentPid, h.dataDir)) continue;
     const logFile = path.join(dir, 'hosts', h.name, 'agent.log');
     const fd = fs.openSync(logFile, 'a');

@@ -6,6 +6,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { exists } from '../vm/folder.js';
+import { letQemuThrough } from '../qemu/user.js';
 
 /** Creates `file` only if nothing is there: the path is then this move's to fill. */
 export async function claimFile(file: string, what: string): Promise<void> {
@@ -65,6 +66,8 @@ export async function makeFolders(dirs: Iterable<string>, made: (created: string
         },
       );
       if (ours) {
+        // QEMU (qemu.user) passes through to the files made in it; the umask may hide the search bit.
+        await letQemuThrough(p);
         created.push(p);
         made([...created]);
       }

@@ -12,6 +12,9 @@ import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { run } from '../util/exec.js';
 
+/** The user the package makes for QEMU: `ferry host init` and the lab make it qemu.user. */
+export const DEFAULT_QEMU_USER = 'ferry-qemu';
+
 export interface QemuUser {
   name: string;
   uid: number;
@@ -84,6 +87,17 @@ function permits(st: fs.Stats, u: QemuUser, want: number): boolean {
   return (bits & want) === want;
 }
 
+/** The first folder from / down to `dir` (included) that `u` may not enter, or null. */
+export async function blockedFolder(dir: string, u: QemuUser): Promise<string | null> {
+  const dirs: string[] = [];
+  for (let d = path.resolve(dir); ; d = path.dirname(d)) {
+    dirs.unshift(d);
+    if (d === path.dirname(d)) break;
+  }
+  for (const d of dirs) if (!permits(await fsp.stat(d), u, 1)) return d;
+  return null;
+}
+
 /**
  * Checks that the QEMU user reaches `file` (every folder on the way searchable) and may read
  * it, or also write it. Throws E_QEMU_USER naming the first path that stops it.
@@ -92,20 +106,14 @@ export async function assertQemuCanOpen(file: string, access: 'r' | 'rw', what: 
   const u = current;
   if (!u) return;
   const abs = path.resolve(file);
-  const dirs: string[] = [];
-  for (let d = path.dirname(abs); ; d = path.dirname(d)) {
-    dirs.unshift(d);
-    if (d === path.dirname(d)) break;
-  }
-  for (const d of dirs) {
-    if (!permits(await fsp.stat(d), u, 1))
-      throw new QemuUserError(
-        what,
-        `QEMU runs as '${u.name}', which may not enter ${d}`,
-        `let it through (chmod o+x ${d}) or remove qemu.user to run QEMU as root`,
-        { path: d, user: u.name },
-      );
-  }
+  const d = await blockedFolder(path.dirname(abs), u);
+  if (d)
+    throw new QemuUserError(
+      what,
+      `QEMU runs as '${u.name}', which may not enter ${d}`,
+      `let it through (chmod o+x ${d}) or remove qemu.user to run QEMU as root`,
+      { path: d, user: u.name },
+    );
   if (!permits(await fsp.stat(abs), u, access === 'rw' ? 6 : 4))
     throw new QemuUserError(
       what,

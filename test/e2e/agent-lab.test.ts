@@ -6,7 +6,6 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
 import { execFileSync } from 'node:child_process';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { initDomain, issueCert, loadDomain } from '../../src/domain/ca.js';
@@ -14,13 +13,14 @@ import { parseSerial, heartbeatGaps, verifyDiskImage } from '../../guest/records
 import { sleep } from '../../src/util/exec.js';
 import type { VmView, HostView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
+import { labTempDir } from '../helpers.js';
 
 let dir = '';
 let lab = '';
 let status: LabStatus;
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-e2e-'));
+  dir = await labTempDir('ferry-e2e-');
   lab = path.join(dir, 'lab');
   status = await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);
 });

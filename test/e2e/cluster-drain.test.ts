@@ -6,7 +6,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { heartbeatContinuity } from './lab.js';
@@ -17,6 +16,7 @@ import type { BatchView, ClusterView, VmView } from '../../src/api/schemas.js';
 import { Clients, loadContext } from '../../src/cli/context.js';
 import { actions } from '../../src/api/actions.js';
 import { readRequestLog, requestLogEnv } from './request-log.js';
+import { labTempDir } from '../helpers.js';
 
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 let dir = '';
@@ -24,7 +24,7 @@ let lab = '';
 let holds = '';
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fdr-'));
+  dir = await labTempDir('fdr-');
   lab = path.join(dir, 'lab');
   holds = path.join(dir, 'holds');
   await fsp.mkdir(holds);

@@ -10,7 +10,6 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { sleep } from '../../src/util/exec.js';
@@ -19,13 +18,14 @@ import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { DEFAULT_GRACE_MS, Liveness, fenceFiles, runningFence } from '../../src/cluster/fence.js';
 import { isQemuAlive } from '../../src/qemu/process.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 let dir = '';
 let lab = '';
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ffc-'));
+  dir = await labTempDir('ffc-');
   lab = path.join(dir, 'lab');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster']);
 });

@@ -4,12 +4,12 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { startMembers, stopLabMembers } from '../../src/cluster/etcd-members.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView } from '../../src/api/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 let dir = '';
 after(async () => {
@@ -20,7 +20,7 @@ after(async () => {
 });
 
 test('cluster create on one host, join on another, with clear refusals', async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fjn-'));
+  dir = await labTempDir('fjn-');
   const lab = path.join(dir, 'lab');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2']);
   const [m] = await startMembers({

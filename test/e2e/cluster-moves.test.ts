@@ -5,12 +5,12 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { startMembers, stopLabMembers } from '../../src/cluster/etcd-members.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView } from '../../src/api/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 let dir = '';
 let lab = '';
@@ -45,7 +45,7 @@ async function waitNodes(n: number): Promise<void> {
 }
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fcm-'));
+  dir = await labTempDir('fcm-');
   lab = path.join(dir, 'lab');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '4']);
   const domainDir = path.join(lab, 'domain');

@@ -5,11 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 async function until<T>(what: string, ms: number, fn: () => Promise<T | null | undefined>): Promise<T> {
   const end = Date.now() + ms;
@@ -26,7 +26,7 @@ test(
     'fail-back in a window brings an HA VM home; vm set --cpu',
   { timeout: 900_000 },
   async (t) => {
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'frows-'));
+    const dir = await labTempDir('frows-');
     const lab = path.join(dir, 'lab');
     t.after(async () => {
       await ferry(['lab', 'down', '--dir', lab]);

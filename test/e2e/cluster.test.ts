@@ -7,8 +7,8 @@ import { ferry, ferryOk } from './cli.js';
 import { sleep } from '../../src/util/exec.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
+import { labTempDir } from '../helpers.js';
 
 interface ClusterView {
   name: string;
@@ -27,7 +27,7 @@ test(
   'lab up --cluster: 3 etcd members, every node up; a killed host is down within its lease, back ' +
     'after lab up; lab down stops etcd',
   async (t) => {
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fcl-'));
+    const dir = await labTempDir('fcl-');
     const lab = path.join(dir, 'lab');
     t.after(async () => {
       await ferry(['lab', 'down', '--dir', lab]);
@@ -81,7 +81,7 @@ test(
   async (t) => {
     const { parseSerial, verifyDiskImage } = await import('../../guest/records.js');
     const { hostQemuPids } = await import('../../src/lab/lab.js');
-    const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fha-'));
+    const dir = await labTempDir('fha-');
     const lab = path.join(dir, 'lab');
     t.after(async () => {
       await ferry(['lab', 'down', '--dir', lab]);

@@ -165,6 +165,7 @@ test('three commands enrol a host into a fresh domain; its agent answers the adm
     dataDir: h1.data,
     migrationAddress: '127.0.0.1',
     tlsDir: h1.tls,
+    qemu: { user: 'ferry-qemu' }, // made by scripts/setup, as the package makes it
   });
   const signed = JSON.parse(await ok(['domain', 'sign', csrFile, '--out', path.join(tmp, 'h1.crt'), '--json'])) as {
     serial: string;

@@ -9,7 +9,6 @@ import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
@@ -19,6 +18,7 @@ import { sleep } from '../../src/util/exec.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 const root = process.getuid?.() === 0;
 const skip = root ? false : 'needs root: namespaces, mounts and bridges';
@@ -77,7 +77,7 @@ async function* files(d: string): AsyncGenerator<string> {
 
 before(async () => {
   if (skip) return;
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-fleet-'));
+  dir = await labTempDir('ferry-fleet-');
   lab = path.join(dir, 'lab');
   const deb = await build(path.join(dir, 'dist'));
   status = await ferryOk<LabStatus>(

@@ -1,7 +1,6 @@
 // A lab for one e2e test file: up before, down and removed after, whatever happens.
 import fsp from 'node:fs/promises';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { before, after } from 'node:test';
 import { ferry, ferryOk } from './cli.js';
@@ -10,6 +9,7 @@ import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { parseSerial } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
+import { labTempDir } from '../helpers.js';
 
 export interface TestLab {
   dir: string;
@@ -20,7 +20,7 @@ export interface TestLab {
 export function useLab(hosts = 2): TestLab {
   const l: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
   before(async () => {
-    l.dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-e2e-'));
+    l.dir = await labTempDir('ferry-e2e-');
     l.lab = path.join(l.dir, 'lab');
     l.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', l.lab, '--hosts', String(hosts), '--json']);
   });

@@ -121,7 +121,8 @@ test('the bootblock memory pattern is intact on the destination', async () => {
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
   const qmp = await QmpClient.connect(path.join(hostData(L, 'host-b'), 'run', vm.id, 'qmp-admin.sock'), { vm: 'bb1' });
   try {
-    const rep = await verifyGuestMemory(qmp, path.join(L.dir, 'bb1.dump'));
+    // QEMU writes the dump: into its run folder, the one folder its user may write.
+    const rep = await verifyGuestMemory(qmp, path.join(hostData(L, 'host-b'), 'run', vm.id, 'bb1.dump'));
     assert.equal(rep.ok, true, `bad pages: ${rep.badPages.slice(0, 10).join(',')}`);
   } finally {
     qmp.close();
@@ -400,7 +401,10 @@ test(
       vm: 'hot1',
     });
     try {
-      assert.equal((await verifyGuestMemory(qmp, path.join(L.dir, 'hot1.dump'))).ok, true);
+      assert.equal(
+        (await verifyGuestMemory(qmp, path.join(hostData(L, 'host-b'), 'run', vm.id, 'hot1.dump'))).ok,
+        true,
+      );
     } finally {
       qmp.close();
     }

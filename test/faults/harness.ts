@@ -12,7 +12,6 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { before, after, type test } from 'node:test';
 import { ferry, ferryOk } from '../e2e/cli.js';
@@ -26,6 +25,7 @@ import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { expected, outcomeProblem, type Outcome } from './expect.js';
 import { readStreamCounters, startStreamCounters, stopStreamCounters, type StreamBytes } from './stream-counters.js';
+import { labTempDir } from '../helpers.js';
 
 export type Kind = 'live' | 'shared-nothing' | 'storage';
 export type Phase = 'preparing' | 'copying-storage' | 'copying-memory' | 'switching-over';
@@ -87,7 +87,7 @@ export interface FaultLab extends TestLab {
 export function useFaultLab(): FaultLab {
   const l: FaultLab = { dir: '', lab: '', holds: '', tiny: '', env: {}, status: { dir: '', hosts: [], etcd: [] } };
   before(async () => {
-    l.dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-e2e-faults-'));
+    l.dir = await labTempDir('ferry-e2e-faults-');
     l.lab = path.join(l.dir, 'lab');
     l.holds = path.join(l.dir, 'holds');
     l.tiny = path.join(l.dir, 'tiny');
@@ -267,9 +267,11 @@ async function assertRuns(l: FaultLab, v: VmView, guest: Guest): Promise<void> {
 }
 
 async function checkMemory(l: FaultLab, v: VmView): Promise<void> {
-  const qmp = await QmpClient.connect(path.join(hostData(l, v.host), 'run', v.id, 'qmp-admin.sock'), { vm: v.name });
+  const run = path.join(hostData(l, v.host), 'run', v.id);
+  const qmp = await QmpClient.connect(path.join(run, 'qmp-admin.sock'), { vm: v.name });
   try {
-    const rep = await verifyGuestMemory(qmp, path.join(l.dir, `${v.name}.dump`));
+    // QEMU (its user) writes the dump: into its run folder, the one folder it may write.
+    const rep = await verifyGuestMemory(qmp, path.join(run, `${v.name}.dump`));
     assert.equal(rep.ok, true, `memory pattern broken on ${v.host}: bad pages ${rep.badPages.slice(0, 10).join(',')}`);
   } finally {
     qmp.close();

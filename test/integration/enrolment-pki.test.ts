@@ -173,6 +173,8 @@ test('host init pins the CA: a certificate from another domain is refused', asyn
     dataDir: path.join(dir, 'data'),
     migrationAddress: '10.0.0.8',
     tlsDir: path.join(etc, 'tls'),
+    // scripts/setup (and the package) made the user QEMU runs as: an installed host's default.
+    qemu: { user: 'ferry-qemu' },
   });
   const before = await snapshot(path.join(etc, 'tls'));
   await assert.rejects(

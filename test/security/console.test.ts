@@ -12,7 +12,6 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
-import os from 'node:os';
 import tls from 'node:tls';
 import path from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -37,6 +36,7 @@ import { issueCert, loadDomain } from '../../src/domain/ca.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
+import { labTempDir } from '../helpers.js';
 
 const pw = (): string => 'pw-' + Math.random().toString(36).slice(2);
 const ADA: ConsoleUserSpec = { name: 'ada', role: 'admin', password: pw() };
@@ -133,7 +133,7 @@ const moveBody = (): { vm: string; to: { name: string; endpoint: string } } => (
 });
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fsc-'));
+  dir = await labTempDir('fsc-');
   lab = path.join(dir, 'lab');
   status = await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);
   await ferryOk(

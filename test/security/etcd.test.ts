@@ -7,7 +7,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { Etcd3, EtcdPermissionDeniedError, type Namespace } from 'etcd3';
 import { ferry, ferryOk } from '../e2e/cli.js';
@@ -15,6 +14,7 @@ import { sleep } from '../../src/util/exec.js';
 import type { ClusterView } from '../../src/api/schemas.js';
 import { labCredentials, type LabStatus } from '../../src/lab/lab.js';
 import * as K from '../../src/cluster/keys.js';
+import { labTempDir } from '../helpers.js';
 
 let dir = '';
 let lab = '';
@@ -46,7 +46,7 @@ let attacker: Etcd3;
 let evil: Namespace;
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fse-'));
+  dir = await labTempDir('fse-');
   lab = path.join(dir, 'lab');
   const st = await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--cluster', '--json']);
   endpoints = st.etcd.map((m) => m.endpoint);

@@ -7,7 +7,6 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
-import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from '../e2e/cli.js';
 import { hostData, type TestLab } from '../e2e/lab.js';
@@ -15,10 +14,11 @@ import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { configFile } from '../../src/vm/folder.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
 before(async () => {
-  L.dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-sec-ha-'));
+  L.dir = await labTempDir('ferry-sec-ha-');
   L.lab = path.join(L.dir, 'lab');
   L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--hosts', '3', '--cluster', '--json']);
 });

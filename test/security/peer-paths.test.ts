@@ -12,7 +12,6 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
-import os from 'node:os';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import path from 'node:path';
@@ -22,13 +21,14 @@ import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { configFile } from '../../src/vm/folder.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 const execFileP = promisify(execFile);
 const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
 /** Outside every pool: where a write would be a host file (a temp folder stands for /etc). */
 let outside = '';
 before(async () => {
-  L.dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-sec-paths-'));
+  L.dir = await labTempDir('ferry-sec-paths-');
   L.lab = path.join(L.dir, 'lab');
   outside = path.join(L.dir, 'host-files');
   await fsp.mkdir(outside);

@@ -4,13 +4,13 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { launchChromium, login, startConsole, stopAll, tid, watchCsp, type ConsoleUserSpec } from './harness.js';
 import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import type { VmView } from '../../src/api/schemas.js';
+import { labTempDir } from '../helpers.js';
 
 const ADMIN: ConsoleUserSpec = { name: 'ada', role: 'admin', password: 'pw-' + Math.random().toString(36).slice(2) };
 let shots = process.env.FERRY_SCREENSHOTS ? path.resolve(REPO_ROOT, process.env.FERRY_SCREENSHOTS) : '';
@@ -23,7 +23,7 @@ let csp: string[] = [];
 let url = '';
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fuc-'));
+  dir = await labTempDir('fuc-');
   lab = path.join(dir, 'lab');
   shots ||= path.join(dir, 'screenshots');
   await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '2', '--cluster']);

@@ -4,7 +4,6 @@ import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import {
@@ -23,6 +22,7 @@ import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
+import { labTempDir } from '../helpers.js';
 
 const ADMIN: ConsoleUserSpec = { name: 'ada', role: 'admin', password: 'pw-' + Math.random().toString(36).slice(2) };
 const VIEWER: ConsoleUserSpec = { name: 'vee', role: 'viewer', password: 'pw-' + Math.random().toString(36).slice(2) };
@@ -38,7 +38,7 @@ let con: RunningConsole;
 let csp: string[] = [];
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fui-'));
+  dir = await labTempDir('fui-');
   lab = path.join(dir, 'lab');
   shots ||= path.join(dir, 'screenshots');
   await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);

@@ -6,7 +6,6 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import zlib from 'node:zlib';
 import { WebSocket } from 'ws';
@@ -25,6 +24,7 @@ import { ferryOk } from '../e2e/cli.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import type { AuditEntry, VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
+import { labTempDir } from '../helpers.js';
 
 const pw = (): string => 'pw-' + Math.random().toString(36).slice(2);
 const OPERATOR: ConsoleUserSpec = { name: 'otto', role: 'operator', password: pw() };
@@ -40,7 +40,7 @@ let con: RunningConsole;
 let csp: string[] = [];
 
 before(async () => {
-  dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fscr-'));
+  dir = await labTempDir('fscr-');
   lab = path.join(dir, 'lab');
   await ferryOk<LabStatus>(['lab', 'up', '--dir', lab, '--hosts', '2', '--json']);
   // An empty disk in the shared pool: SeaBIOS finds nothing to boot and waits on its screen.
