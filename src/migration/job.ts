@@ -69,6 +69,7 @@ export class Job implements RunnerSink {
       events: [],
       incompatibilities: [],
       disks: [],
+      prediction: null,
     };
   }
 
