@@ -40,7 +40,7 @@ interface Row {
 const log = (m: string): void => void process.stderr.write(`[predict] ${m}\n`);
 
 async function main(): Promise<void> {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-bench-predict-'));
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fpred-'));
   const lab = new FerryLab(dir);
   const load0 = os.loadavg();
   const rows: Row[] = [];
@@ -54,8 +54,9 @@ async function main(): Promise<void> {
     process.once(sig, () => void cleanup().finally(() => process.exit(130)));
   try {
     log(`temp dir ${dir}; ${os.cpus().length} cpus; load ${load0.map((x) => x.toFixed(2)).join(' ')}`);
-    await lab.up();
+    // Down also after a failed up: it stops whichever agent did start.
     up = true;
+    await lab.up();
     // Warm-up: one idle move each way, so both hosts have a recent move to learn the link from.
     await lab.newProbe('warm', null);
     await sleep(8000);
