@@ -20,6 +20,7 @@ export async function measureDirtyRate(
   opts: { vm: string; calcTimeS?: number; signal?: AbortSignal },
 ): Promise<DirtyRate> {
   const calcTimeS = opts.calcTimeS ?? 1;
+  // Under TCG QEMU 7.2 dies (SIGSEGV) on mode dirty-bitmap, and dirty-ring needs KVM: sampling only.
   const mode = 'page-sampling';
   const call = { signal: opts.signal, timeoutMs: 10_000 };
   await qmp.execute('calc-dirty-rate', { 'calc-time': calcTimeS, 'sample-pages': SAMPLE_PAGES, mode }, call);
