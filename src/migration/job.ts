@@ -71,6 +71,7 @@ export class Job implements RunnerSink {
       incompatibilities: [],
       disks: [],
       requestedBy: init.requestedBy ?? null,
+      prediction: null,
     };
   }
 

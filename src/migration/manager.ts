@@ -3,6 +3,9 @@
 // allows, keep the history, and after an agent restart finish or undo what a previous life
 // left open, from the same journal with the same steps.
 import { DEFAULTS } from '../api/defaults.js';
+import { measureDirtyRate } from './dirty-rate.js';
+import { defaultFinishWithinMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
+import { describePrediction, linkFromHistory, predictMove } from './predict.js';
 import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { gather, incompatibleError } from './begin.js';
@@ -23,8 +26,10 @@ import type {
   MigrationRecord,
   MoveOptions,
   MoveRequest,
+  Prediction,
   StorageMoveRequest,
 } from './schemas.js';
+import { PolicyInput } from './schemas.js';
 import { PeerClients, type SourceCtx } from './source.js';
 import type { VmSpec } from '../vm/spec.js';
 
@@ -34,6 +39,12 @@ const KINDS: Record<Exclude<MigrationRecord['kind'], 'storage'>, MoveKind<Source
   offline: offlineKind,
 };
 
+const MiB = 1024 * 1024;
+/** A prediction older than this no longer describes the guest a move would copy. */
+const PREDICTION_TTL_MS = 10 * 60_000;
+const predictionKey = (vm: string, to: string): string => `${vm}\n${to}`;
+const round1 = (x: number): number => Math.round(x * 10) / 10;
+
 export class MigrationManager {
   private jobs = new Map<string, Job>();
   /** Live-migration slots of this host: outgoing and incoming count alike. */
@@ -42,6 +53,8 @@ export class MigrationManager {
   readonly storageSlots: SlotQueue;
   readonly incoming: IncomingManager;
   private readonly peers: PeerClients;
+  /** The last prediction per VM and destination: a move that follows it soon carries it in its record. */
+  private readonly predictions = new Map<string, Prediction>();
 
   constructor(private readonly host: MoveHost) {
     this.slots = new SlotQueue(() => host.settings().maxLive);
@@ -66,9 +79,68 @@ export class MigrationManager {
     vm: string,
     to: Destination,
     options: MoveOptions,
-    opts: { signal?: AbortSignal } = {},
+    opts: { signal?: AbortSignal; predict?: boolean; policy?: PolicyInput } = {},
   ): Promise<CompareReport> {
-    return (await this.gather(vm, to, options, opts)).report;
+    // Refused before anything is asked of the destination: bad input changes nothing.
+    if (opts.predict) this.runningForPrediction(vm);
+    const { report } = await this.gather(vm, to, options, opts);
+    if (!opts.predict) return report;
+    return { ...report, prediction: await this.predict(vm, to, opts.policy, opts.signal) };
+  }
+
+  private runningForPrediction(vm: string) {
+    this.host.vms.record(vm);
+    const proc = this.host.vms.proc(vm);
+    if (!proc)
+      throw new FerryError(
+        'E_VM_NOT_RUNNING',
+        `Cannot predict the move of VM '${vm}': it is not running on host '${this.host.name}', and only a ` +
+          `running guest has memory to copy live (a stopped VM moves by copying its files); start it ` +
+          `('ferry vm start ${vm}') or leave out --predict`,
+        { context: { vm } },
+      );
+    return proc;
+  }
+
+  /**
+   * Measures the guest's dirty rate (QEMU, about a second, no pause) and predicts the move from
+   * it, the link's rate learnt from earlier moves and the policy the move would run with.
+   */
+  private async predict(vm: string, to: Destination, input: PolicyInput | undefined, signal?: AbortSignal) {
+    const proc = this.runningForPrediction(vm);
+    const spec = await this.host.vms.spec(vm);
+    const policy = PolicyInput.parse(input ?? {});
+    const rate = await measureDirtyRate(proc.qmp, { vm, ...(signal ? { signal } : {}) });
+    const link = linkFromHistory(this.host.store.listMigrations(200), to.name, Date.now());
+    const cap = policy.bandwidthMiBps ? policy.bandwidthMiBps * MiB : Infinity;
+    const linkBps = Math.min(link.linkBps, cap);
+    const finishWithinMs = policy.finishWithinS ? policy.finishWithinS * 1000 : defaultFinishWithinMs(spec.memoryMiB);
+    const outcome = predictMove({
+      memoryMiB: spec.memoryMiB,
+      dirtyBps: rate.bytesPerSecond,
+      linkBps,
+      overheadMs: link.overheadMs,
+      maxDowntimeMs: policy.maxDowntimeMs,
+      startDowntimeMs: this.host.accelerator() === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
+      finishWithinMs,
+      allowPostcopy: policy.allowPostcopy,
+    });
+    const p: Omit<Prediction, 'summary'> = {
+      madeAt: new Date().toISOString(),
+      memoryMiB: spec.memoryMiB,
+      dirtyRateMiBps: round1(rate.bytesPerSecond / MiB),
+      dirtyMode: rate.mode,
+      dirtySampleMs: rate.sampleMs,
+      linkMiBps: round1(linkBps / MiB),
+      linkSource: cap < link.linkBps ? 'bandwidth' : link.source,
+      overheadMs: Math.round(link.overheadMs),
+      maxDowntimeMs: policy.maxDowntimeMs,
+      finishWithinMs,
+      ...outcome,
+    };
+    const prediction: Prediction = { ...p, summary: describePrediction(p) };
+    this.predictions.set(predictionKey(vm, to.name), prediction);
+    return prediction;
   }
 
   private gather(vm: string, to: Destination, options: MoveOptions, opts: { signal?: AbortSignal } = {}) {
@@ -110,6 +182,11 @@ export class MigrationManager {
       options: req.options,
       requestedBy: by ?? null,
     });
+    // A prediction made shortly before for this VM and host goes into the record, beside the outcome.
+    const predicted = this.predictions.get(predictionKey(req.vm, req.to.name));
+    this.predictions.delete(predictionKey(req.vm, req.to.name));
+    if (kind === 'live' && predicted && Date.now() - Date.parse(predicted.madeAt) <= PREDICTION_TTL_MS)
+      job.record.prediction = predicted;
     host.vms.hold(req.vm, job.id);
     this.jobs.set(job.id, job);
     job.log(`requested: move to ${req.to.name} (${kind})`);

@@ -21,7 +21,40 @@ export const TERMINAL: readonly MigrationState[] = ['completed', 'failed', 'canc
 
 export const Incompatibility = z.object({ code: z.string(), message: z.string(), field: z.string() });
 export type Incompatibility = z.infer<typeof Incompatibility>;
-export const CompareReport = z.object({ compatible: z.boolean(), incompatibilities: z.array(Incompatibility) });
+/** What a live move will do, predicted before it starts (`compare-vm --predict`); units in the names. */
+export const Prediction = z.object({
+  madeAt: z.string(),
+  memoryMiB: z.number(),
+  /** QEMU's calc-dirty-rate over `dirtySampleMs`. */
+  dirtyRateMiBps: z.number(),
+  dirtyMode: z.enum(['page-sampling', 'dirty-bitmap']),
+  dirtySampleMs: z.number(),
+  linkMiBps: z.number(),
+  /** history: QEMU's rate in recent moves to that host; bandwidth: the --bandwidth cap; assumed: neither. */
+  linkSource: z.enum(['history', 'bandwidth', 'assumed']),
+  /** Time of a move outside its memory copy (prepare, switch-over), from the same history or assumed. */
+  overheadMs: z.number(),
+  maxDowntimeMs: z.number(),
+  finishWithinMs: z.number(),
+  totalMs: z.number(),
+  /** null: the move would be given up before the guest pauses. */
+  downtimeMs: z.number().nullable(),
+  passes: z.number(),
+  /** Finishes in pre-copy within --max-downtime. */
+  converges: z.boolean(),
+  /** The convergence ladder's step it needs (policy.ts). */
+  step: z.enum(['pre-copy', 'raise-downtime', 'auto-converge', 'post-copy', 'abort']),
+  downtimeLimitMs: z.number(),
+  throttlePct: z.number(),
+  summary: z.string(),
+});
+export type Prediction = z.infer<typeof Prediction>;
+
+export const CompareReport = z.object({
+  compatible: z.boolean(),
+  incompatibilities: z.array(Incompatibility),
+  prediction: Prediction.optional(),
+});
 export type CompareReport = z.infer<typeof CompareReport>;
 
 const AbsPath = z
@@ -86,7 +119,12 @@ export const MoveRequest = z
   .strict();
 export type MoveRequest = z.infer<typeof MoveRequest>;
 
-export const CompareRequest = MoveRequest.pick({ vm: true, to: true, options: true });
+export const CompareRequest = MoveRequest.pick({ vm: true, to: true, options: true }).extend({
+  /** Measure the guest and predict the move (a running VM only; takes a few seconds). */
+  predict: z.boolean().default(false),
+  /** The policy the move would run with (the prediction's --max-downtime etc.). */
+  policy: PolicyInput.optional(),
+});
 
 export const StorageMoveRequest = z
   .object({
@@ -154,6 +192,8 @@ export const MigrationRecord = z.object({
     .object({ name: z.string(), role: z.enum(['host', 'admin']) })
     .nullable()
     .optional(),
+  /** The prediction made before the move (compare-vm --predict), beside the outcome above. */
+  prediction: Prediction.nullable().optional(),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecord>;
 

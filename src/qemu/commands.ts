@@ -244,6 +244,24 @@ export interface QmpCommands {
     ret: Record<string, never>;
   };
   'human-monitor-command': { args: { 'command-line': string }; ret: string };
+  'calc-dirty-rate': {
+    args: { 'calc-time': number; 'sample-pages'?: number; mode?: DirtyRateMode };
+    ret: Record<string, never>;
+  };
+  'query-dirty-rate': { args: NoArgs; ret: DirtyRateInfo };
+}
+
+/** QEMU 7.2's ways of measuring a guest's dirty rate (dirty-ring needs KVM's dirty ring). */
+export type DirtyRateMode = 'page-sampling' | 'dirty-bitmap' | 'dirty-ring';
+export interface DirtyRateInfo {
+  status: 'unstarted' | 'measuring' | 'measured';
+  /** MiB/s (QEMU says MB/s and computes it in MiB); absent until measured. */
+  'dirty-rate'?: number;
+  'start-time': number;
+  /** seconds */
+  'calc-time': number;
+  'sample-pages': number;
+  mode: DirtyRateMode;
 }
 
 export type QmpCommandName = keyof QmpCommands;

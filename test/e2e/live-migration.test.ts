@@ -15,7 +15,7 @@ import { QmpClient } from '../../src/qemu/qmp.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
-import type { MigrationRecord, CompareReport } from '../../src/migration/schemas.js';
+import type { MigrationRecord, CompareReport, Prediction } from '../../src/migration/schemas.js';
 
 const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
@@ -583,4 +583,76 @@ test('a stopped VM moves by registration only', async () => {
   assert.equal((await ferryOk<VmView>(['vm', 'start', 'off1', '--json'], { lab: L.lab })).state, 'running');
   await ferryOk(['vm', 'stop', 'off1', '--force'], { lab: L.lab });
   await ferryOk(['vm', 'rm', 'off1'], { lab: L.lab });
+});
+
+test('compare-vm --predict: an idle and a dirtying guest, a refusal when stopped, the record keeps it', async () => {
+  const vmNew = (name: string, guest: string, start: boolean) =>
+    ferryOk<VmView>(
+      [
+        'vm',
+        'new',
+        name,
+        '--host',
+        'host-a',
+        '--guest',
+        guest,
+        '--path',
+        path.join(L.lab, 'shared', name),
+        ...(start ? ['--start'] : []),
+        '--json',
+      ],
+      { lab: L.lab },
+    );
+  const predict = async (name: string, to: string, extra: string[] = []): Promise<Prediction> => {
+    const rep = await ferryOk<CompareReport>(['compare-vm', name, '--to', to, '--predict', ...extra, '--json'], {
+      lab: L.lab,
+    });
+    assert.equal(rep.compatible, true, JSON.stringify(rep.incompatibilities));
+    assert.ok(rep.prediction, 'a prediction in the report');
+    return rep.prediction;
+  };
+  const idle = await vmNew('pr1', 'probe', false);
+  const stopped = await ferry(['compare-vm', 'pr1', '--to', 'host-b', '--predict'], { lab: L.lab });
+  assert.notEqual(stopped.code, 0);
+  assert.match(stopped.stderr, /Cannot predict the move of VM 'pr1': it is not running .*start it/);
+  assert.doesNotMatch(stopped.stderr, /\n\s+at /, 'no stack trace');
+  await ferryOk(['vm', 'start', 'pr1'], { lab: L.lab });
+  await vmNew('pb1', 'bootblock', true);
+  await waitProbe(L, { ...idle, host: 'host-a' }, 10);
+
+  const pi = await predict('pr1', 'host-b');
+  assert.equal(pi.memoryMiB, idle.memoryMiB);
+  assert.ok(pi.dirtyRateMiBps >= 0 && pi.dirtyRateMiBps < 16, `idle dirties ${pi.dirtyRateMiBps} MiB/s`);
+  assert.equal(pi.converges, true);
+  assert.equal(pi.step, 'pre-copy');
+  assert.ok(pi.linkMiBps > 0 && pi.totalMs > 0 && pi.totalMs < 30_000, JSON.stringify(pi));
+  assert.ok(pi.downtimeMs !== null && pi.downtimeMs <= pi.downtimeLimitMs);
+
+  // The bootblock rewrites a byte of every page of 99 MiB in a tight loop.
+  const pb = await predict('pb1', 'host-b', ['--max-downtime', '5000']);
+  assert.ok(pb.dirtyRateMiBps > 20 && pb.dirtyRateMiBps > pi.dirtyRateMiBps * 4, `busy ${pb.dirtyRateMiBps} MiB/s`);
+  assert.equal(pb.maxDowntimeMs, 5000);
+  assert.ok(pb.totalMs >= pi.totalMs, 'a dirtying guest of the same link takes longer');
+
+  const ri = await ferryOk<MigrationRecord>(['move-vm', 'pr1', '--to', 'host-b', '--json'], { lab: L.lab });
+  assert.equal(ri.state, 'completed', JSON.stringify(ri.error));
+  assert.deepEqual(ri.prediction, pi, 'the record carries the prediction beside the outcome');
+  const rb = await ferryOk<MigrationRecord>(['move-vm', 'pb1', '--to', 'host-b', '--max-downtime', '5000', '--json'], {
+    lab: L.lab,
+  });
+  assert.equal(rb.state, 'completed', JSON.stringify(rb.error));
+  assert.deepEqual(rb.prediction, pb);
+
+  // Back: the link is now learnt from the moves above (host-b's own history has none to host-a).
+  const text = await ferryOk<string>(['compare-vm', 'pr1', '--to', 'host-a', '--predict'], { lab: L.lab });
+  assert.match(text, /^VM pr1 can move to host-a\n {2}prediction +\S.*\n {2}total +~\d+\.\d s\n/);
+  assert.match(text, /converges +yes at --max-downtime \d+ ms \(step: pre-copy\)/);
+  const plain = await ferry(['compare-vm', 'pr1', '--to', 'host-a', '--max-downtime', '100'], { lab: L.lab });
+  assert.notEqual(plain.code, 0);
+  assert.match(plain.stderr, /without --predict/);
+
+  for (const n of ['pr1', 'pb1']) {
+    await ferryOk(['vm', 'stop', n, '--force'], { lab: L.lab });
+    await ferryOk(['vm', 'rm', n], { lab: L.lab });
+  }
 });

@@ -19,7 +19,11 @@ export function migrationRoutes(app: FastifyInstance, migrations: MigrationManag
   registerAction(app, actions.compare, async ({ body, signal }, req) => {
     const what = `compare VM '${body.vm}' with host '${body.to.name}'`;
     const to = await authorizedDestination(cluster, req.peer, body.to, what, { leaderOnly: false, signal });
-    return migrations.compare(body.vm, to, body.options, { signal });
+    return migrations.compare(body.vm, to, body.options, {
+      signal,
+      predict: body.predict,
+      ...(body.policy ? { policy: body.policy } : {}),
+    });
   });
   // …and only the cluster's leader may order a move (src/agent/move-authz.ts).
   registerAction(app, actions.migrationCreate, async ({ body, signal }, req) => {

@@ -5,7 +5,7 @@ import { Option, type Command, type CommandUnknownOpts } from '@commander-js/ext
 import { InvalidArgumentError } from '@commander-js/extra-typings';
 import { FerryError, InvalidInputError, NotFoundError } from '../../errors.js';
 import type { AgentClient } from '../../api/client.js';
-import type { Incompatibility, MigrationRecord, MoveOptions } from '../../migration/schemas.js';
+import type { Incompatibility, MigrationRecord, MoveOptions, Prediction } from '../../migration/schemas.js';
 import type { Clients, GlobalOpts } from '../context.js';
 import { loadActions, withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
@@ -73,6 +73,41 @@ function destination(c: Clients, name: string): { name: string; endpoint: string
       { host: name },
     );
   return h;
+}
+
+interface PolicyFlags {
+  maxDowntime?: number;
+  finishWithin?: number;
+  bandwidth?: number;
+  allowPostcopy?: boolean;
+}
+
+function policyFlags(o: PolicyFlags) {
+  return {
+    ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}),
+    ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
+    ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+    allowPostcopy: Boolean(o.allowPostcopy),
+  };
+}
+
+function printPrediction(p: Prediction): void {
+  const link =
+    p.linkSource === 'history'
+      ? 'from recent moves there'
+      : p.linkSource === 'bandwidth'
+        ? 'the --bandwidth cap'
+        : 'assumed: no move there in the last day';
+  const rows: Array<[string, string]> = [
+    ['prediction', p.summary],
+    ['total', `~${(p.totalMs / 1000).toFixed(1)} s`],
+    ['downtime', p.downtimeMs === null ? '- (given up before the switch-over)' : `~${p.downtimeMs} ms`],
+    ['converges', `${p.converges ? 'yes' : 'no'} at --max-downtime ${p.maxDowntimeMs} ms (step: ${p.step})`],
+    ['dirty rate', `${p.dirtyRateMiBps} MiB/s (QEMU ${p.dirtyMode}, ${p.dirtySampleMs} ms)`],
+    ['link', `${p.linkMiBps} MiB/s (${link})`],
+  ];
+  const w = Math.max(...rows.map((x) => x[0].length));
+  for (const [k, v] of rows) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);
 }
 
 function printReport(incs: Incompatibility[]): void {
@@ -224,14 +259,39 @@ export function registerMove(program: Command): void {
       .description('check whether a VM can move to a host (exit 0 compatible, 3 not)')
       .argument('<name>')
       .requiredOption('--to <host>', 'destination host')
+      .option('--predict', 'measure the running guest (~1 s) and predict time, downtime and convergence')
+      .option(
+        '--max-downtime <ms>',
+        `with --predict: the move's longest acceptable pause (default ${DEFAULTS.maxDowntimeMs})`,
+        positiveInt('--max-downtime', 600_000),
+      )
+      .option(
+        '--finish-within <seconds>',
+        "with --predict: the move's time budget",
+        positiveInt('--finish-within', 86_400),
+      )
+      .option('--bandwidth <mibps>', 'with --predict: the rate cap of the move', positiveInt('--bandwidth', 1_000_000))
+      .option('--allow-postcopy', 'with --predict: the move may switch to post-copy')
       .option('--json', 'JSON report'),
   ).action(async (vmName, o, cmd) => {
+    if (!o.predict && (o.maxDowntime || o.finishWithin || o.bandwidth || o.allowPostcopy))
+      throw new InvalidInputError(
+        'Cannot use --max-downtime, --finish-within, --bandwidth or --allow-postcopy with compare-vm without ' +
+          '--predict: they describe the move to predict; add --predict',
+      );
     await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
       const to = destination(c, o.to);
       const { client } = await c.locate(vmName);
       const rep = await client.call(
         actions.compare,
-        { body: { vm: vmName, to, options: moveOptions(o as MoveFlags) } },
+        {
+          body: {
+            vm: vmName,
+            to,
+            options: moveOptions(o as MoveFlags),
+            ...(o.predict ? { predict: true, policy: policyFlags(o) } : {}),
+          },
+        },
         { timeoutMs: 120_000 },
       );
       if (o.json) printJson(rep);
@@ -240,6 +300,7 @@ export function registerMove(program: Command): void {
         process.stdout.write(`VM ${vmName} cannot move to ${o.to}:\n`);
         for (const i of rep.incompatibilities) process.stdout.write(`  ${i.code}  ${i.field}: ${i.message}\n`);
       }
+      if (rep.prediction && !o.json) printPrediction(rep.prediction);
       if (!rep.compatible) process.exitCode = EXIT.incompatible;
     });
   });
@@ -282,13 +343,7 @@ export function registerMove(program: Command): void {
                   vm: vmName,
                   to,
                   options: moveOptions(o as MoveFlags),
-                  policy: {
-                    ...(o.maxDowntime ? { maxDowntimeMs: o.maxDowntime } : {}),
-                    ...(o.finishWithin ? { finishWithinS: o.finishWithin } : {}),
-                    ...(o.priority ? { priority: o.priority } : {}),
-                    ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
-                    allowPostcopy: Boolean(o.allowPostcopy),
-                  },
+                  policy: { ...policyFlags(o), ...(o.priority ? { priority: o.priority } : {}) },
                 },
               },
               { timeoutMs: 180_000 },

@@ -1,4 +1,19 @@
-import type { CompareReport } from '../../../src/migration/schemas.js';
+import type { CompareReport, Prediction } from '../../../src/migration/schemas.js';
+
+const LINK: Record<Prediction['linkSource'], string> = {
+  history: 'learnt from recent moves there',
+  bandwidth: 'the bandwidth cap',
+  assumed: 'assumed: no recent move there',
+};
+
+function PredictionLine({ p }: { p: Prediction }) {
+  return (
+    <p data-testid="compat-prediction" data-step={p.step} data-converges={String(p.converges)}>
+      Prediction: {p.summary}. The guest dirties {p.dirtyRateMiBps} MiB/s; link {p.linkMiBps} MiB/s (
+      {LINK[p.linkSource]}).
+    </p>
+  );
+}
 
 export function CompatReport({ report }: { report: CompareReport }) {
   const n = report.incompatibilities.length;
@@ -13,6 +28,7 @@ export function CompatReport({ report }: { report: CompareReport }) {
           ? '✔ The VM can move: no incompatibility found.'
           : `✘ The VM cannot move: ${String(n)} incompatibilit${n === 1 ? 'y' : 'ies'}.`}
       </p>
+      {report.prediction && <PredictionLine p={report.prediction} />}
       {report.incompatibilities.length > 0 && (
         <table className="table compact">
           <thead>

@@ -49,7 +49,12 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
     const seq = ++compareSeq.current;
     setCompat({ loading: true });
     try {
-      const report = await call(vm.host, actions.compare, { body: { vm: vm.name, to, options: moveOptions(vm, c) } });
+      const options = moveOptions(vm, c);
+      // A running VM moved live (memory only): the agents also predict the move (QEMU samples ~1 s).
+      const predict = vm.state === 'running' && !options.includeStorage;
+      const report = await call(vm.host, actions.compare, {
+        body: { vm: vm.name, to, options, ...(predict ? { predict } : {}) },
+      });
       if (seq === compareSeq.current) setCompat({ report, loading: false });
     } catch (err) {
       if (seq === compareSeq.current) setCompat({ error: err, loading: false });

@@ -1,0 +1,193 @@
+// Predict a live move before it starts: pure logic over the guest's measured dirty rate, the
+// link's rate and the convergence policy. The pre-copy passes are simulated with the same
+// ConvergencePolicy and judge() the move itself uses, so the prediction names the ladder step
+// (policy.ts) the real move will reach, not a separate guess of it.
+import { ConvergencePolicy } from './policy.js';
+import { judge, type PassEnd } from './progress.js';
+import type { MigrationRecord, Prediction } from './schemas.js';
+
+const MiB = 1024 * 1024;
+
+export interface PredictInput {
+  memoryMiB: number;
+  /** bytes/s the guest dirties (QEMU's calc-dirty-rate). */
+  dirtyBps: number;
+  /** bytes/s the link carries for this move (history, --bandwidth or assumed). */
+  linkBps: number;
+  /** Time of a move outside its memory copy (prepare, switch-over), in ms. */
+  overheadMs: number;
+  maxDowntimeMs: number;
+  startDowntimeMs: number;
+  finishWithinMs: number;
+  allowPostcopy: boolean;
+}
+
+export type PredictedStep = Prediction['step'];
+
+export interface PredictOutcome {
+  totalMs: number;
+  /** null when the move gives up (abort): the guest never pauses. */
+  downtimeMs: number | null;
+  passes: number;
+  converges: boolean;
+  step: PredictedStep;
+  /** The downtime limit QEMU ends with, in ms. */
+  downtimeLimitMs: number;
+  /** Highest vCPU throttle (auto-converge), in percent. */
+  throttlePct: number;
+}
+
+/** QEMU's auto-converge in 7.2: once armed, the throttle starts at 20 % and grows 10 points per pass. */
+const THROTTLE_INITIAL = 20;
+const THROTTLE_STEP = 10;
+const THROTTLE_MAX = 99;
+/** Post-copy stops the guest only to send its device state and the pages it wants first. */
+const POSTCOPY_SWITCH_MS = 50;
+/** Enough passes for any guest: a move that has not ended by then is out of its --finish-within budget. */
+const MAX_PASSES = 10_000;
+
+/**
+ * Pre-copy pass by pass: pass 0 sends all memory, each later pass what the guest dirtied during
+ * the one before (never more than its memory). QEMU stops the guest as soon as what is left
+ * fits the downtime limit at the link's rate; at each pass end the policy may raise that limit,
+ * arm the throttle, switch to post-copy or give up.
+ */
+export function predictMove(input: PredictInput): PredictOutcome {
+  const mem = input.memoryMiB * MiB;
+  const link = Math.max(1, input.linkBps);
+  const policy = new ConvergencePolicy({
+    maxDowntimeMs: input.maxDowntimeMs,
+    finishWithinMs: input.finishWithinMs,
+    allowPostcopy: input.allowPostcopy,
+    startDowntimeMs: input.startDowntimeMs,
+  });
+  // At step 0 auto-converge is armed for a guest that dirties faster than the link (trigger 100 %).
+  let triggerPct = 100;
+  let throttle = 0;
+  let maxThrottle = 0;
+  let elapsedMs = 0;
+  let remaining = mem;
+  const ends: PassEnd[] = [];
+  const stepOf = (): PredictedStep =>
+    policy.postcopy ? 'post-copy' : maxThrottle > 0 ? 'auto-converge' : policy.step > 0 ? 'raise-downtime' : 'pre-copy';
+  const done = (downtimeMs: number | null, converges: boolean, step: PredictedStep, passes: number) => ({
+    totalMs: Math.round(input.overheadMs + elapsedMs + (downtimeMs ?? 0)),
+    downtimeMs: downtimeMs === null ? null : Math.round(downtimeMs),
+    passes,
+    converges,
+    step,
+    downtimeLimitMs: policy.downtimeMs,
+    throttlePct: maxThrottle,
+  });
+
+  for (let pass = 1; pass <= MAX_PASSES; pass++) {
+    const passMs = (remaining / link) * 1000;
+    elapsedMs += passMs;
+    const dirtyBps = input.dirtyBps * (1 - throttle / 100);
+    const dirtied = Math.min(mem, (dirtyBps * passMs) / 1000);
+    // QEMU's throttle check at the dirty sync: dirtied more than trigger % of what it sent.
+    if (dirtied > (remaining * triggerPct) / 100) {
+      throttle = throttle === 0 ? THROTTLE_INITIAL : Math.min(THROTTLE_MAX, throttle + THROTTLE_STEP);
+      maxThrottle = Math.max(maxThrottle, throttle);
+    }
+    remaining = dirtied;
+    const leftMs = (remaining / link) * 1000;
+    if (leftMs <= policy.downtimeMs) return done(leftMs, true, stepOf(), pass);
+
+    ends.push({ pass, remainingBytes: remaining, dirtyBps, bandwidthBps: link });
+    const sample = {
+      atMs: elapsedMs,
+      pass: pass + 1,
+      totalBytes: mem,
+      remainingBytes: remaining,
+      transferredBytes: 0,
+      bandwidthBps: link,
+      dirtyBps,
+      expectedDowntimeMs: leftMs,
+      throttlePct: throttle,
+    };
+    for (const d of policy.onSample(sample, judge(ends), elapsedMs)) {
+      if (d.kind === 'abort') return done(null, false, 'abort', pass);
+      if (d.kind === 'start-postcopy') {
+        // The guest runs on the destination; the rest arrives at the link's rate.
+        const restMs = (remaining / link) * 1000;
+        elapsedMs += restMs;
+        return done(POSTCOPY_SWITCH_MS, false, 'post-copy', pass);
+      }
+      if (d.params['throttle-trigger-threshold'] !== undefined) triggerPct = d.params['throttle-trigger-threshold'];
+    }
+  }
+  return done(null, false, 'abort', MAX_PASSES);
+}
+
+/** With no recent move to learn from: a 1 Gbit/s LAN and a second of preparation. */
+export const ASSUMED_LINK_BPS = 125_000_000;
+export const ASSUMED_OVERHEAD_MS = 1000;
+/** A move older than this says little about today's link. */
+export const HISTORY_MAX_AGE_MS = 24 * 3600_000;
+const HISTORY_MOVES = 5;
+
+export interface LinkEstimate {
+  linkBps: number;
+  overheadMs: number;
+  source: 'history' | 'assumed';
+}
+
+/**
+ * The link's rate and a move's fixed cost to `dest`, from the last few live moves there that
+ * completed within a day: the highest wire rate QEMU measured (an idle guest leaves the link
+ * underused, so the median would understate it) and the median time spent outside the memory
+ * copy. QEMU's own rate over the real path, TLS included, costs nothing to read; a synthetic
+ * test between the agents would measure Node's TLS and spend CPU on both hosts.
+ */
+export function linkFromHistory(records: readonly MigrationRecord[], dest: string, nowMs: number): LinkEstimate {
+  const recent = records
+    .filter(
+      (r) =>
+        r.kind === 'live' &&
+        r.state === 'completed' &&
+        r.destination === dest &&
+        r.finishedAt !== null &&
+        nowMs - Date.parse(r.finishedAt) <= HISTORY_MAX_AGE_MS &&
+        r.rate.transferBps > 0,
+    )
+    .sort((a, b) => Date.parse(b.finishedAt ?? '') - Date.parse(a.finishedAt ?? ''))
+    .slice(0, HISTORY_MOVES);
+  if (recent.length === 0) return { linkBps: ASSUMED_LINK_BPS, overheadMs: ASSUMED_OVERHEAD_MS, source: 'assumed' };
+  const overheads = recent.flatMap((r) => {
+    const at = (re: RegExp): number | null => {
+      const e = r.events.find((x) => re.test(x.message));
+      return e ? Date.parse(e.at) : null;
+    };
+    const copying = at(/^copying memory/);
+    const switching = at(/^switching over/);
+    if (copying === null || switching === null || r.totalMs === null) return [];
+    return [Math.max(0, r.totalMs - (switching - copying) - (r.downtimeMs ?? 0))];
+  });
+  return {
+    linkBps: Math.max(...recent.map((r) => r.rate.transferBps)),
+    overheadMs: overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS,
+    source: 'history',
+  };
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  const hi = s[m] ?? 0;
+  return s.length % 2 ? hi : ((s[m - 1] ?? hi) + hi) / 2;
+}
+
+/** One line for people: what the move will do and how long it will take. */
+export function describePrediction(p: Omit<Prediction, 'summary'>): string {
+  const s = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
+  const how: Record<PredictedStep, string> = {
+    'pre-copy': 'converges by plain pre-copy',
+    'raise-downtime': `converges once the downtime limit is raised to ${p.downtimeLimitMs} ms`,
+    'auto-converge': `converges only with the guest's vCPUs throttled (up to ${p.throttlePct} %)`,
+    'post-copy': 'does not converge in pre-copy; switches to post-copy',
+    abort: `does not converge within ${s(p.finishWithinMs)} and would be given up`,
+  };
+  const down = p.downtimeMs === null ? '' : `, downtime ~${p.downtimeMs} ms`;
+  return `${how[p.step]}: ~${s(p.totalMs)} in ${p.passes} pass(es)${down} (max ${p.maxDowntimeMs} ms)`;
+}

@@ -1,0 +1,143 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  ASSUMED_LINK_BPS,
+  ASSUMED_OVERHEAD_MS,
+  describePrediction,
+  linkFromHistory,
+  predictMove,
+  type PredictInput,
+} from '../../src/migration/predict.js';
+import type { MigrationRecord } from '../../src/migration/schemas.js';
+
+const MiB = 1024 * 1024;
+const base: PredictInput = {
+  memoryMiB: 1024,
+  dirtyBps: 0,
+  linkBps: 100 * MiB,
+  overheadMs: 500,
+  maxDowntimeMs: 500,
+  startDowntimeMs: 20,
+  finishWithinMs: 90_000,
+  allowPostcopy: false,
+};
+
+test('an idle guest: one pass of all its memory, no downtime to speak of, plain pre-copy', () => {
+  const p = predictMove(base);
+  assert.equal(p.step, 'pre-copy');
+  assert.equal(p.converges, true);
+  assert.equal(p.passes, 1);
+  assert.equal(p.downtimeMs, 0);
+  // 1024 MiB at 100 MiB/s, plus the fixed cost.
+  assert.equal(p.totalMs, 500 + 10_240);
+});
+
+test('a guest dirtying at a fifth of the link converges in a few passes at the first downtime limit', () => {
+  const p = predictMove({ ...base, dirtyBps: 20 * MiB });
+  assert.equal(p.step, 'pre-copy');
+  assert.equal(p.converges, true);
+  // Each pass sends a fifth of the one before: 10.24 s, 2.05 s, 0.41 s, 0.08 s, then ≤ 20 ms is left.
+  assert.equal(p.passes, 4);
+  assert.ok(p.downtimeMs! <= 20 && p.downtimeMs! > 0, `downtime ${p.downtimeMs}`);
+  assert.ok(Math.abs(p.totalMs - (500 + 10_240 * 1.25)) < 20, `total ${p.totalMs}`);
+});
+
+test('a guest dirtying at 95 % of the link stalls: the policy raises the downtime limit and then it converges', () => {
+  const p = predictMove({ ...base, memoryMiB: 64, dirtyBps: 95 * MiB, maxDowntimeMs: 1000 });
+  assert.equal(p.step, 'raise-downtime');
+  assert.equal(p.converges, true);
+  assert.ok(p.downtimeLimitMs > 20 && p.downtimeLimitMs <= 1000, `limit ${p.downtimeLimitMs}`);
+  assert.ok(p.downtimeMs! <= p.downtimeLimitMs);
+});
+
+test('a guest dirtying faster than the link needs the throttle (auto-converge) or is given up', () => {
+  const p = predictMove({ ...base, dirtyBps: 150 * MiB });
+  assert.ok(p.step === 'auto-converge' || p.step === 'abort', p.step);
+  assert.ok(p.throttlePct >= 20);
+  if (p.step === 'auto-converge') assert.ok(p.downtimeMs! <= 500);
+});
+
+test('a guest dirtying all its memory at several times the link: given up at --finish-within, or post-copy', () => {
+  const wild = { ...base, dirtyBps: 2000 * MiB, finishWithinMs: 30_000 };
+  const given = predictMove(wild);
+  assert.equal(given.step, 'abort');
+  assert.equal(given.converges, false);
+  assert.equal(given.downtimeMs, null);
+  assert.ok(given.totalMs >= 30_000 && given.totalMs < 45_000, `total ${given.totalMs}`);
+  const post = predictMove({ ...wild, allowPostcopy: true });
+  assert.equal(post.step, 'post-copy');
+  assert.equal(post.converges, false);
+  assert.ok(post.downtimeMs! > 0 && post.downtimeMs! < 500);
+  assert.ok(post.totalMs > given.totalMs, 'post-copy still sends the rest');
+});
+
+test('a longer allowed downtime never predicts a slower or less convergent move', () => {
+  for (const dirty of [0, 10, 50, 90, 99, 120]) {
+    const tight = predictMove({ ...base, dirtyBps: dirty * MiB, maxDowntimeMs: 50 });
+    const loose = predictMove({ ...base, dirtyBps: dirty * MiB, maxDowntimeMs: 2000 });
+    assert.ok(loose.totalMs <= tight.totalMs + 1, `dirty ${dirty}: ${loose.totalMs} > ${tight.totalMs}`);
+    if (tight.converges) assert.equal(loose.converges, true);
+  }
+});
+
+test('the summary says the step and the figures', () => {
+  const p = predictMove({ ...base, dirtyBps: 20 * MiB });
+  const line = describePrediction({
+    ...p,
+    madeAt: '2026-01-01T00:00:00Z',
+    memoryMiB: 1024,
+    dirtyRateMiBps: 20,
+    dirtyMode: 'page-sampling',
+    dirtySampleMs: 1000,
+    linkMiBps: 100,
+    linkSource: 'history',
+    overheadMs: 500,
+    maxDowntimeMs: 500,
+    finishWithinMs: 90_000,
+  });
+  assert.match(line, /^converges by plain pre-copy: ~13\.3 s in 4 pass\(es\), downtime ~\d+ ms \(max 500 ms\)$/);
+});
+
+function rec(over: Partial<MigrationRecord> & { copyMs?: number }): MigrationRecord {
+  const finished = over.finishedAt ?? '2026-01-01T11:00:00.000Z';
+  const copyStart = Date.parse(finished) - 1000;
+  return {
+    kind: 'live',
+    state: 'completed',
+    destination: 'host-b',
+    finishedAt: finished,
+    totalMs: 2000,
+    downtimeMs: 100,
+    rate: { transferBps: 50 * MiB, dirtyBps: 0 },
+    events: [
+      { at: new Date(copyStart).toISOString(), message: 'copying memory to host-b (TLS)' },
+      { at: new Date(copyStart + (over.copyMs ?? 600)).toISOString(), message: 'switching over (source paused)' },
+    ],
+    ...over,
+  } as MigrationRecord;
+}
+
+test('the link: the highest rate of recent moves there, the median time outside the copy', () => {
+  const now = Date.parse('2026-01-01T12:00:00Z');
+  const est = linkFromHistory(
+    [
+      rec({ rate: { transferBps: 40 * MiB, dirtyBps: 0 }, copyMs: 600 }),
+      rec({ rate: { transferBps: 90 * MiB, dirtyBps: 0 }, copyMs: 800 }),
+      rec({ rate: { transferBps: 60 * MiB, dirtyBps: 0 }, copyMs: 1000 }),
+      rec({ destination: 'host-c', rate: { transferBps: 900 * MiB, dirtyBps: 0 } }),
+      rec({ state: 'failed', rate: { transferBps: 900 * MiB, dirtyBps: 0 } }),
+      rec({ finishedAt: '2025-12-30T11:00:00.000Z', rate: { transferBps: 900 * MiB, dirtyBps: 0 } }),
+    ],
+    'host-b',
+    now,
+  );
+  assert.equal(est.source, 'history');
+  assert.equal(est.linkBps, 90 * MiB);
+  // 2000 total − 800 copy − 100 downtime.
+  assert.equal(est.overheadMs, 1100);
+});
+
+test('no recent move there: the link and the fixed cost are assumed, and say so', () => {
+  const est = linkFromHistory([rec({ destination: 'host-c' })], 'host-b', Date.parse('2026-01-01T12:00:00Z'));
+  assert.deepEqual(est, { linkBps: ASSUMED_LINK_BPS, overheadMs: ASSUMED_OVERHEAD_MS, source: 'assumed' });
+});
