@@ -21,7 +21,12 @@ export const TERMINAL: readonly MigrationState[] = ['completed', 'failed', 'canc
 
 export const Incompatibility = z.object({ code: z.string(), message: z.string(), field: z.string() });
 export type Incompatibility = z.infer<typeof Incompatibility>;
-export const CompareReport = z.object({ compatible: z.boolean(), incompatibilities: z.array(Incompatibility) });
+export const CompareReport = z.object({
+  compatible: z.boolean(),
+  incompatibilities: z.array(Incompatibility),
+  /** What the move will do that is not a blocker (e.g. a Smart Paging file on the destination). */
+  warnings: z.array(Incompatibility).default([]),
+});
 export type CompareReport = z.infer<typeof CompareReport>;
 
 const AbsPath = z
