@@ -636,10 +636,11 @@ export class VmInventory {
    * A VM that arrived by live migration runs here now: register it and track its QEMU. Not
    * gated: the incoming move reserved the name and id until now, and nothing can wait here.
    */
-  arrivedRunning(spec: VmSpec, proc: QemuProcess): void {
+  arrivedRunning(spec: VmSpec, proc: QemuProcess, pagingFile: string | null = null): void {
     void this.d.cluster.recordHa(spec);
     this.register(spec);
     this.track(spec.name, proc);
+    if (pagingFile) this.usePagingFile(spec.name, proc, pagingFile);
     this.d.emit('vm.arrived', { vm: spec.name, pid: proc.pid });
     this.d.emit('vm.state', { vm: spec.name, state: 'running', pid: proc.pid });
   }
@@ -682,7 +683,8 @@ export class VmInventory {
 async function pagingFileOf(runDir: string): Promise<string | null> {
   try {
     const argv = JSON.parse(await fsp.readFile(path.join(runDir, 'argv.json'), 'utf8')) as unknown;
-    const obj = Array.isArray(argv) ? argv.find((a) => typeof a === 'string' && a.startsWith('memory-backend-file,')) : null;
+    const args: unknown[] = Array.isArray(argv) ? argv : [];
+    const obj = args.find((a): a is string => typeof a === 'string' && a.startsWith('memory-backend-file,'));
     const m = typeof obj === 'string' ? /,mem-path=((?:[^,]|,,)+)/.exec(obj) : null;
     return m?.[1] ? m[1].replaceAll(',,', ',') : null;
   } catch {

@@ -48,7 +48,9 @@ export interface LaunchOptions {
  */
 export function memoryFileArgs(memoryMiB: number, file: string): { object: string; machineProp: string } {
   return {
-    object: `memory-backend-file,id=pc.ram,size=${memoryMiB}M,mem-path=${file.replaceAll(",", ",,")},share=on,prealloc=off`,
+    object:
+      `memory-backend-file,id=pc.ram,size=${memoryMiB}M,` +
+      `mem-path=${file.replaceAll(',', ',,')},share=on,prealloc=off`,
     machineProp: 'memory-backend=pc.ram',
   };
 }

@@ -235,6 +235,8 @@ export function registerHost(program: Command): void {
 function maxVmMemory(v: string): number | null {
   if (v === 'none') return null;
   if (!/^\d{1,10}$/.test(v))
-    throw new InvalidInputError(`Cannot use --max-vm-memory '${v}': give a whole number of MiB, or 'none' for no limit`);
+    throw new InvalidInputError(
+      `Cannot use --max-vm-memory '${v}': give a whole number of MiB, or 'none' for no limit`,
+    );
   return Number(v);
 }

@@ -62,10 +62,12 @@ function printVm(v: VmView): void {
     ['ha', v.ha ? 'yes' : 'no'],
     ['smart paging', v.smartPaging ? 'allowed' : 'not allowed'],
     ...(v.memoryBacking
-      ? [['memory backing', v.memoryBacking === 'paging-file' ? `Smart Paging file ${v.pagingFile ?? ''}` : 'RAM'] as [
-          string,
-          string,
-        ]]
+      ? [
+          ['memory backing', v.memoryBacking === 'paging-file' ? `Smart Paging file ${v.pagingFile ?? ''}` : 'RAM'] as [
+            string,
+            string,
+          ],
+        ]
       : []),
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
@@ -110,7 +112,11 @@ export function registerVm(program: Command): void {
     .addOption(new Option('--display <display>', 'vga (a screen over VNC, default) or none').choices(DISPLAYS))
     .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
     .option('--ha', 'highly available (clustered VM)', false)
-    .option('--smart-paging', "on a host without room for its memory, back its RAM with a file in its paging folder", false)
+    .option(
+      '--smart-paging',
+      'on a host without room for its memory, back its RAM with a file in its paging folder',
+      false,
+    )
     .addOption(new Option('--priority <p>', 'with --ha: restart and drain order').choices(PRIORITIES))
     .option('--preferred-owner <node>', 'with --ha: preferred node, in order (repeatable or comma-separated)', collect)
     .option('--anti-affinity <class>', 'with --ha: keep apart from VMs of this class (repeatable)', collect)
