@@ -25,7 +25,7 @@ export const CompareReport = z.object({
   compatible: z.boolean(),
   incompatibilities: z.array(Incompatibility),
   /** What the move will do that is not a blocker (e.g. a Smart Paging file on the destination). */
-  warnings: z.array(Incompatibility).default([]),
+  warnings: z.array(Incompatibility).optional(),
 });
 export type CompareReport = z.infer<typeof CompareReport>;
 

@@ -241,7 +241,7 @@ export function registerMove(program: Command): void {
         for (const i of rep.incompatibilities) process.stdout.write(`  ${i.code}  ${i.field}: ${i.message}\n`);
       }
       if (!o.json)
-        for (const w of rep.warnings) process.stdout.write(`  warning ${w.code}  ${w.field}: ${w.message}\n`);
+        for (const w of rep.warnings ?? []) process.stdout.write(`  warning ${w.code}  ${w.field}: ${w.message}\n`);
       if (!rep.compatible) process.exitCode = EXIT.incompatible;
     });
   });
