@@ -142,6 +142,9 @@ export const ERROR_CODES = {
   E_ACCELERATOR: incompatible('the accelerators (KVM, TCG) differ'),
   E_SWITCH_MISSING: incompatible('a switch the VM uses does not exist there'),
   E_MEMORY: incompatible('not enough free memory there'),
+  E_VM_MEMORY: conflict(
+    'the host lacks memory for the VM (free memory or --max-vm-memory) and it does not allow Smart Paging',
+  ),
   E_STORAGE_NOT_SHARED: incompatible('a file of the VM is not on storage the destination sees'),
   E_DOMAIN: incompatible('the destination is not in this domain'),
   E_NAME_EXISTS: incompatible('a VM with that name is already there'),

@@ -10,6 +10,7 @@ import type { HostSetBody, HostView, MigrationSettings } from '../api/schemas.js
 import { detectAccelerator, type AccelProbe, type Accelerator } from '../qemu/accel.js';
 import { usableCpuModels, type CpuModelInfo } from '../qemu/cpu-models.js';
 import { addressInNetworks } from '../util/cidr.js';
+import { roomForVms } from '../vm/memory-backing.js';
 import { cpuInfo, memoryInfo, qemuInfo } from './capabilities.js';
 import type { Registry } from './registry.js';
 import type { Pools } from './pools.js';
@@ -18,13 +19,16 @@ import type { Switches } from './switches.js';
 const AGENT_VERSION = '0.1.0';
 /** Memory kept for the host itself when counting what VMs may use. */
 const HOST_RESERVE_BYTES = 512 * 1024 * 1024;
+const MiB = 1024 * 1024;
 
 /** What the host view counts of the VMs here. */
 export interface VmUsage {
   /** VMs registered here. */
   count: number;
-  /** Memory assigned to the running ones. */
+  /** Memory assigned to the running ones in ordinary RAM. */
   runningBytes: number;
+  /** Memory of the running ones backed by a paging file (Smart Paging). */
+  pagingBytes: number;
 }
 
 export interface HostSettingsDeps {
@@ -73,6 +77,32 @@ export class HostSettings {
     };
   }
 
+  /** `ferry host set --max-vm-memory`: the total memory of the VMs this host runs in RAM (null: no limit). */
+  maxVmMemoryMiB(): number | null {
+    return this.d.registry.getSetting<{ maxVmMiB?: number | null }>('memory', {}).maxVmMiB ?? null;
+  }
+
+  /** MiB a VM starting or arriving now may take in ordinary memory (Smart Paging decides on it). */
+  async vmRoomMiB(): Promise<number> {
+    const [mem, usage] = await Promise.all([memoryInfo(), this.d.vmUsage()]);
+    return roomForVms({
+      freeMiB: this.freeBytes(mem, usage) / MiB,
+      maxVmMiB: this.maxVmMemoryMiB(),
+      vmMiB: usage.runningBytes / MiB,
+    });
+  }
+
+  /**
+   * Free for VMs: what the kernel has available, but never more than what is not already
+   * assigned to running VMs (QEMU allocates guest RAM lazily; a guest may touch all of it),
+   * nor than what --max-vm-memory leaves.
+   */
+  private freeBytes(mem: { totalBytes: number; freeBytes: number }, usage: VmUsage): number {
+    const max = this.maxVmMemoryMiB();
+    const limit = max === null ? Infinity : max * MiB - usage.runningBytes;
+    return Math.max(0, Math.min(mem.freeBytes, mem.totalBytes - HOST_RESERVE_BYTES - usage.runningBytes, limit));
+  }
+
   /** Called after every change of the settings (e.g. to start moves a higher limit now admits). */
   onChange(fn: () => void): void {
     this.listeners.push(fn);
@@ -89,6 +119,7 @@ export class HostSettings {
     };
     const { address: _address, ports: _ports, ...stored } = next;
     this.d.registry.setSetting('migration', stored);
+    if (body.maxVmMemoryMiB !== undefined) this.d.registry.setSetting('memory', { maxVmMiB: body.maxVmMemoryMiB });
     this.d.emit('host.changed', { migration: next });
     for (const fn of this.listeners) fn();
     return this.view();
@@ -102,6 +133,7 @@ export class HostSettings {
       this.d.vmUsage(),
       this.d.pools.views(),
     ]);
+    const maxVm = this.maxVmMemoryMiB();
     return {
       name: this.d.name,
       domainId: this.d.domainId,
@@ -109,12 +141,12 @@ export class HostSettings {
       cpu,
       accelerator: { name: this.accelerator(), reason: this.accel?.reason ?? 'not probed' },
       qemu,
-      // Free for VMs: what the kernel has available, but never more than what is not already
-      // assigned to running VMs (QEMU allocates guest RAM lazily; a guest may touch all of it).
       memory: {
         totalBytes: mem.totalBytes,
-        freeBytes: Math.max(0, Math.min(mem.freeBytes, mem.totalBytes - HOST_RESERVE_BYTES - usage.runningBytes)),
+        freeBytes: this.freeBytes(mem, usage),
         vmBytes: usage.runningBytes,
+        maxVmBytes: maxVm === null ? null : maxVm * MiB,
+        pagingBytes: usage.pagingBytes,
       },
       pools,
       switches: this.d.switches.list(),

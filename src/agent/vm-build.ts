@@ -82,6 +82,7 @@ export async function buildVm(body: VmCreateBody, ctx: BuildContext): Promise<Bu
   }
   built.spec.nics = body.switches.map((s, i) => ({ id: `nic${i}`, switch: s, mac: newMac() }));
   built.spec.ha = body.ha;
+  if (body.smartPaging) built.spec.smartPaging = true;
   if (body.ha) {
     assertHaStorage(
       haFiles({ disks: built.spec.disks ?? [], configPath: folder }),

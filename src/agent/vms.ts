@@ -40,6 +40,8 @@ import type { Pools } from './pools.js';
 import type { Registry, VmRecord } from './registry.js';
 import type { NicResolver, Switches } from './switches.js';
 import { buildVm } from './vm-build.js';
+import { decideBacking, noRoomError } from '../vm/memory-backing.js';
+import { createPagingFile, removePagingFile } from './paging-file.js';
 import { VmGate, type GatedOp } from './vm-gate.js';
 
 /** What the VM inventory tells the cluster (a no-op when the host is in none). */
@@ -59,13 +61,15 @@ export interface VmInventoryDeps {
   emit: Emit;
   pools: Pools;
   switches: Switches;
-  settings: { accelerator(): Accelerator; migration(): MigrationSettings };
+  settings: { accelerator(): Accelerator; migration(): MigrationSettings; vmRoomMiB(): Promise<number> };
   cluster: ClusterHooks;
 }
 
 export class VmInventory {
   private readonly gate = new VmGate();
   private readonly procs = new Map<string, QemuProcess>();
+  /** VM name → its Smart Paging file, while its QEMU runs from one. */
+  private readonly paging = new Map<string, string>();
 
   constructor(private readonly d: VmInventoryDeps) {}
 
@@ -99,6 +103,8 @@ export class VmInventory {
           timeoutMs: 5000,
         });
         this.track(rec.name, proc);
+        const file = await pagingFileOf(runDir);
+        if (file) this.usePagingFile(rec.name, proc, file);
         this.d.emit('vm.reattached', { vm: rec.name, pid: proc.pid });
       } catch {
         await fsp.rm(paths.pidFile, { force: true }); // stale: the VM stopped while the agent was down
@@ -171,19 +177,44 @@ export class VmInventory {
     return proc;
   }
 
-  /** For the host view: how many VMs, and the memory of the running ones. */
-  async usage(): Promise<{ count: number; runningBytes: number }> {
+  /** For the host view: how many VMs, and the memory of the running ones (in RAM, from paging files). */
+  async usage(): Promise<{ count: number; runningBytes: number; pagingBytes: number }> {
     const vms = this.registered();
     let runningBytes = 0;
+    let pagingBytes = 0;
     for (const rec of vms) {
       if (!this.procs.has(rec.name)) continue;
       try {
-        runningBytes += (await loadVm(rec.configPath)).memoryMiB * 1024 * 1024;
+        const bytes = (await loadVm(rec.configPath)).memoryMiB * 1024 * 1024;
+        if (this.paging.has(rec.name)) pagingBytes += bytes;
+        else runningBytes += bytes;
       } catch {
         /* config unreadable: not counted */
       }
     }
-    return { count: vms.length, runningBytes };
+    return { count: vms.length, runningBytes, pagingBytes };
+  }
+
+  /**
+   * Where a VM starting or arriving here gets its RAM: ordinary memory when the host has room
+   * (free memory minus the reserve, and --max-vm-memory), else — when it allows Smart Paging —
+   * a new paging file; else E_VM_MEMORY. Returns the file, or null for ordinary memory.
+   */
+  async memoryFor(spec: VmSpec, action: 'start' | 'move'): Promise<string | null> {
+    const room = await this.d.settings.vmRoomMiB();
+    const d = decideBacking(spec.memoryMiB, room, spec.smartPaging === true);
+    if (d.backing === null) throw noRoomError(action, spec.name, this.d.host, d.roomMiB, spec.memoryMiB);
+    if (d.backing === 'ram') return null;
+    return createPagingFile(spec, this.d.host, this.d.pools.list());
+  }
+
+  /** The VM's QEMU runs from `file`: counted as such, and the file goes when the QEMU exits. */
+  usePagingFile(name: string, proc: QemuProcess, file: string): void {
+    this.paging.set(name, file);
+    void proc.exited.then(async () => {
+      if (this.paging.get(name) === file && this.procs.get(name) !== proc) this.paging.delete(name);
+      await removePagingFile(file);
+    });
   }
 
   async list(): Promise<VmView[]> {
@@ -240,6 +271,9 @@ export class VmInventory {
       nics: spec.nics,
       switches: [...new Set(spec.nics.map((n) => n.switch))],
       ha: spec.ha,
+      smartPaging: spec.smartPaging === true,
+      memoryBacking: st.state === 'stopped' ? null : this.paging.has(name) ? 'paging-file' : 'ram',
+      pagingFile: st.state === 'stopped' ? null : (this.paging.get(name) ?? null),
       ...hardwareView(spec),
       checkpoints: (await listCheckpoints(spec).catch(() => null))?.checkpoints ?? [],
     };
@@ -305,21 +339,29 @@ export class VmInventory {
     }
     const spec = await loadVm(rec.configPath);
     await this.checkStorage(spec);
-    const switches = await this.prepareNics(spec);
+    const memoryFile = await this.memoryFor(spec, 'start');
     let proc: QemuProcess;
     try {
-      proc = await startVm(spec, {
-        runDir: this.runDir(spec.id),
-        accel: this.d.settings.accelerator(),
-        signal: opts.signal,
-        switches,
-      });
+      const switches = await this.prepareNics(spec);
+      try {
+        proc = await startVm(spec, {
+          runDir: this.runDir(spec.id),
+          accel: this.d.settings.accelerator(),
+          signal: opts.signal,
+          switches,
+          ...(memoryFile ? { memoryFile } : {}),
+        });
+      } catch (err) {
+        await this.releaseNics(spec);
+        throw err;
+      }
     } catch (err) {
-      await this.releaseNics(spec);
+      if (memoryFile) await removePagingFile(memoryFile);
       throw err;
     }
     void proc.exited.then(() => this.releaseNics(spec));
     this.track(name, proc);
+    if (memoryFile) this.usePagingFile(name, proc, memoryFile);
     this.d.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
     await this.d.cluster.recordHa(spec);
   }
@@ -404,16 +446,26 @@ export class VmInventory {
     });
   }
 
-  /** `ferry vm set --cpu`: a stopped VM's CPU model, checked against this host's QEMU. */
-  setCpu(name: string, cpu: string, opts: { signal?: AbortSignal } = {}): Promise<VmView> {
-    return this.gated(name, 'configure', async () => {
+  /**
+   * `ferry vm set`: a stopped VM's CPU model (--cpu), checked against this host's QEMU; whether
+   * it allows Smart Paging (--smart-paging, running or not: it counts at its next start or move).
+   */
+  set(name: string, body: { cpu?: string; smartPaging?: boolean }, opts: { signal?: AbortSignal } = {}) {
+    return this.gated(name, 'configure', async (): Promise<VmView> => {
       const spec = await this.spec(name);
-      assertStoppedForCpu(name, this.isRunning(name));
-      const accel = this.d.settings.accelerator();
-      const models = cpu === 'host' ? [] : await usableCpuModels(accel, opts);
-      const model = resolveCpuModel(name, cpu, { accel, models });
-      if (model !== spec.cpuModel) {
+      let model = spec.cpuModel;
+      if (body.cpu !== undefined) {
+        const cpu = body.cpu;
+        assertStoppedForCpu(name, this.isRunning(name));
+        const accel = this.d.settings.accelerator();
+        const models = cpu === 'host' ? [] : await usableCpuModels(accel, opts);
+        model = resolveCpuModel(name, cpu, { accel, models });
+      }
+      const paging = body.smartPaging ?? spec.smartPaging === true;
+      if (model !== spec.cpuModel || paging !== (spec.smartPaging === true)) {
         spec.cpuModel = model;
+        if (paging) spec.smartPaging = true;
+        else delete spec.smartPaging;
         await saveVm(spec);
         await this.d.cluster.specChanged(spec);
         this.d.emit('vm.changed', { vm: name, ha: spec.ha });
@@ -608,10 +660,11 @@ export class VmInventory {
    * A VM that arrived by live migration runs here now: register it and track its QEMU. Not
    * gated: the incoming move reserved the name and id until now, and nothing can wait here.
    */
-  arrivedRunning(spec: VmSpec, proc: QemuProcess): void {
+  arrivedRunning(spec: VmSpec, proc: QemuProcess, pagingFile: string | null = null): void {
     void this.d.cluster.recordHa(spec);
     this.register(spec);
     this.track(spec.name, proc);
+    if (pagingFile) this.usePagingFile(spec.name, proc, pagingFile);
     this.d.emit('vm.arrived', { vm: spec.name, pid: proc.pid });
     this.d.emit('vm.state', { vm: spec.name, state: 'running', pid: proc.pid });
   }
@@ -647,5 +700,18 @@ export class VmInventory {
       configPath: spec.configPath,
       createdAt: new Date().toISOString(),
     });
+  }
+}
+
+/** The paging file a running QEMU was started with (its argv.json), for an agent that re-attaches. */
+async function pagingFileOf(runDir: string): Promise<string | null> {
+  try {
+    const argv = JSON.parse(await fsp.readFile(path.join(runDir, 'argv.json'), 'utf8')) as unknown;
+    const args: unknown[] = Array.isArray(argv) ? argv : [];
+    const obj = args.find((a): a is string => typeof a === 'string' && a.startsWith('memory-backend-file,'));
+    const m = typeof obj === 'string' ? /,mem-path=((?:[^,]|,,)+)/.exec(obj) : null;
+    return m?.[1] ? m[1].replaceAll(',,', ',') : null;
+  } catch {
+    return null;
   }
 }

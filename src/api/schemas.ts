@@ -98,6 +98,12 @@ export const VmView = z.object({
   nics: z.array(z.object({ id: z.string(), switch: z.string(), mac: z.string() })),
   switches: z.array(z.string()),
   ha: z.boolean(),
+  /** May its RAM be backed by a file in its paging folder on a host without room (Smart Paging)? */
+  smartPaging: z.boolean().default(false),
+  /** Where its RAM is now: ordinary memory, or the paging file (Smart Paging); null while stopped. */
+  memoryBacking: z.enum(['ram', 'paging-file']).nullable().default(null),
+  /** The paging file while memoryBacking is 'paging-file'. */
+  pagingFile: z.string().nullable().default(null),
   /** Its checkpoints, depth first (`ferry checkpoint list`). */
   checkpoints: z.array(CheckpointView).default([]),
 });
@@ -201,6 +207,7 @@ export const VmCreateBody = z
     display: z.enum(DISPLAYS).optional(),
     switches: z.array(Name).max(8).default([]),
     ha: z.boolean().default(false),
+    smartPaging: z.boolean().default(false),
     /** How the cluster treats it (with ha). */
     cluster: z
       .object({
@@ -327,7 +334,11 @@ export type VmImportBody = z.infer<typeof VmImportBody>;
 /** `ferry vm set`: the CPU model of a stopped VM (a QEMU model name, or 'host'). */
 export const VmSetBody = z
   .object({
-    cpu: z.string().regex(/^[A-Za-z0-9._-]{1,64}$/, { message: 'must be a CPU model name' }),
+    cpu: z
+      .string()
+      .regex(/^[A-Za-z0-9._-]{1,64}$/, { message: 'must be a CPU model name' })
+      .optional(),
+    smartPaging: z.boolean().optional(),
   })
   .strict();
 export const VmStopBody = z
@@ -433,6 +444,14 @@ export const HostSetBody = z
     migrationNetworks: z.array(Cidr).max(16).optional(),
     tls: z.boolean().optional(),
     enabled: z.boolean().optional(),
+    /** The total memory of the VMs this host runs in ordinary RAM; null: no limit. */
+    maxVmMemoryMiB: z
+      .number()
+      .int()
+      .min(0)
+      .max(1024 * 1024 * 1024)
+      .nullable()
+      .optional(),
   })
   .strict();
 
@@ -471,7 +490,17 @@ export const HostView = z.object({
   cpu: z.object({ vendor: z.string(), model: z.string(), flags: z.array(z.string()), count: z.number() }),
   accelerator: z.object({ name: z.enum(['kvm', 'tcg']), reason: z.string() }),
   qemu: z.object({ version: z.string(), machineTypes: z.array(z.string()) }),
-  memory: z.object({ totalBytes: z.number(), freeBytes: z.number(), vmBytes: z.number() }),
+  memory: z.object({
+    totalBytes: z.number(),
+    /** Free for VMs: MemAvailable, capped by what running VMs may still touch and by maxVmBytes. */
+    freeBytes: z.number(),
+    /** Memory of the VMs running in ordinary RAM here. */
+    vmBytes: z.number(),
+    /** `ferry host set --max-vm-memory` (null: no limit). */
+    maxVmBytes: z.number().nullable().optional(),
+    /** Memory of the VMs running here from a paging file (Smart Paging). */
+    pagingBytes: z.number().optional(),
+  }),
   pools: z.array(PoolView),
   switches: z.array(SwitchView),
   migration: MigrationSettings,

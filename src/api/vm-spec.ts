@@ -151,6 +151,8 @@ export const VmSpec = z
     checkpointPath: absPath,
     pagingPath: absPath,
     ha: z.boolean().default(false),
+    /** Smart Paging: on a host without room for its memory, its RAM is backed by a file in pagingPath. */
+    smartPaging: z.boolean().optional(),
     /** Priority, preferred owners and anti-affinity classes in the failover cluster (with ha). */
     cluster: ClusterPolicy.optional(),
   })

@@ -189,6 +189,7 @@ export class HaMonitor {
         memoryMiB: r.memoryMiB,
         ...policyOf(r.spec),
         exclude: [dead, ...barred],
+        smartPaging: smartPagingOf(r.spec),
       })),
     );
     for (const p of plan) {
@@ -256,7 +257,16 @@ export class HaMonitor {
         const again = place(
           pnodes,
           [],
-          [{ name: cur.name, memoryMiB: cur.value.memoryMiB, ...pol, antiAffinity: [], exclude: tried }],
+          [
+            {
+              name: cur.name,
+              memoryMiB: cur.value.memoryMiB,
+              ...pol,
+              antiAffinity: [],
+              exclude: tried,
+              smartPaging: smartPagingOf(cur.value.spec),
+            },
+          ],
         );
         to = again[0]?.to ?? null;
       } finally {
@@ -264,4 +274,9 @@ export class HaMonitor {
       }
     }
   }
+}
+
+/** Does the VM of this record allow Smart Paging (its spec says so)? */
+function smartPagingOf(spec: unknown): boolean {
+  return typeof spec === 'object' && spec !== null && (spec as { smartPaging?: unknown }).smartPaging === true;
 }

@@ -3,7 +3,8 @@
 // up and not paused; the VM's memory fits in what is free there (minus what this plan already
 // put there); no VM with a shared anti-affinity class is there (soft, as in Hyper-V: when
 // every node conflicts the VM still goes, with a warning); then the VM's preferred owners in
-// their order; then the node with the most free memory.
+// their order; then the node with the most free memory. A VM that allows Smart Paging goes to
+// a node without room only when no node has room (its RAM then lives in a paging file there).
 import { RANK, type Priority } from './model.js';
 
 export interface PlacementNode {
@@ -25,6 +26,8 @@ export interface VmToPlace {
   antiAffinity: string[];
   /** Nodes it must not go to (its current node, nodes where the compatibility check failed). */
   exclude?: string[];
+  /** It may run from a paging file on a node without room for its memory (a last resort). */
+  smartPaging?: boolean;
 }
 export interface Placement {
   vm: string;
@@ -56,7 +59,9 @@ export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPla
       });
       continue;
     }
-    const fit = open.filter((n) => freeOn(n.name) >= vm.memoryMiB);
+    const roomy = open.filter((n) => freeOn(n.name) >= vm.memoryMiB);
+    const paged = !roomy.length && vm.smartPaging === true;
+    const fit = paged ? open : roomy;
     if (!fit.length) {
       const best = Math.max(...open.map((n) => freeOn(n.name)));
       out.push({
@@ -86,7 +91,13 @@ export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPla
             `anti-affinity (${vm.antiAffinity.join(', ')}) cannot be kept: ` +
               'every eligible node already runs a VM of that class',
           ];
-    free.set(to.name, freeOn(to.name) - vm.memoryMiB);
+    if (paged)
+      warnings.push(
+        `no node has ${vm.memoryMiB} MiB free (most: ${Math.floor(freeOn(to.name))} MiB on '${to.name}'): ` +
+          'its memory will be a Smart Paging file there',
+      );
+    // A paging-file VM takes no RAM from the node.
+    if (!paged) free.set(to.name, freeOn(to.name) - vm.memoryMiB);
     for (const c of vm.antiAffinity) classesOn(to.name).add(c);
     out.push({ vm: vm.name, to: to.name, reason: null, warnings });
   }

@@ -6,7 +6,7 @@ import { peerActions } from '../api/peer-actions.js';
 import type { HostView } from '../api/schemas.js';
 import { FerryError, messageOf } from '../errors.js';
 import { imageInfo } from '../qemu/img.js';
-import { compareVm, type Incompatibility } from './compare.js';
+import { compareVm, compareWarnings, type Incompatibility } from './compare.js';
 import { loadTree } from '../checkpoint/store.js';
 import type { VmSpec } from '../vm/spec.js';
 import type { MoveHost } from './host.js';
@@ -42,8 +42,8 @@ function isTlsTrustFailure(err: unknown): boolean {
   return false;
 }
 
-export function report(incompatibilities: Incompatibility[]): CompareReport {
-  return { compatible: incompatibilities.length === 0, incompatibilities };
+export function report(incompatibilities: Incompatibility[], warnings: Incompatibility[] = []): CompareReport {
+  return { compatible: incompatibilities.length === 0, incompatibilities, warnings };
 }
 
 /** The report, the destination's view and the options with defaults; never throws for an unreachable peer. */
@@ -100,7 +100,7 @@ export async function gather(
     }
   }
   const running = host.vms.proc(vmName) !== null;
-  const incompatibilities = compareVm({
+  const compareInput = {
     spec,
     running,
     source,
@@ -110,7 +110,8 @@ export async function gather(
     options,
     diskSizes,
     ...(options.includeStorage ? {} : { sharedFiles: await checkpointBases(spec) }),
-  });
+  };
+  const incompatibilities = compareVm(compareInput);
   // In a cluster, a paused (drained) node takes no VMs.
   const cluster = host.cluster();
   if (cluster && (await cluster.isPaused(to.name).catch(() => false))) {
@@ -122,7 +123,7 @@ export async function gather(
         `(drained or paused for maintenance); choose another node or run 'ferry cluster resume ${to.name}'`,
     });
   }
-  return { report: report(incompatibilities), destView, options };
+  return { report: report(incompatibilities, compareWarnings(compareInput)), destView, options };
 }
 
 /** The base images of a VM's checkpoints (its disks before the first): with shared storage they must be shared too. */

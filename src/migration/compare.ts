@@ -113,6 +113,28 @@ export function planDestPaths(spec: VmSpec, options: CompareOptions): DestPlan {
   return { configPath, checkpointPath: follow(spec.checkpointPath), pagingPath: follow(spec.pagingPath), disks };
 }
 
+/**
+ * What compare-vm reports without refusing: a running VM that allows Smart Paging and does not
+ * fit in the destination's free memory (free memory minus the reserve, --max-vm-memory) arrives
+ * with its RAM in a paging file there.
+ */
+export function compareWarnings(input: CompareInput): Incompatibility[] {
+  const { spec, dest } = input;
+  if (!input.running || !spec.smartPaging) return [];
+  const avail = dest.memory.freeBytes - MEMORY_RESERVE_BYTES;
+  if (spec.memoryMiB * MiB <= avail) return [];
+  return [
+    {
+      code: 'W_SMART_PAGING',
+      field: 'memoryMiB',
+      message:
+        `VM '${spec.name}' needs ${spec.memoryMiB} MiB of memory but '${dest.name}' has ` +
+        `${mib(Math.max(0, avail))} MiB for VMs: its RAM will be a Smart Paging file in ${spec.pagingPath} there ` +
+        `(slower) until a later move or restart finds room; free memory or raise --max-vm-memory on '${dest.name}'`,
+    },
+  ];
+}
+
 export function compareVm(input: CompareInput): Incompatibility[] {
   const { spec, source, dest, options } = input;
   const out: Incompatibility[] = [];
@@ -209,8 +231,8 @@ export function compareVm(input: CompareInput): Incompatibility[] {
 
   checkCpu(input, add);
 
-  // Memory (only a running VM needs it now).
-  if (input.running) {
+  // Memory (only a running VM needs it now; one that allows Smart Paging gets a warning instead).
+  if (input.running && !spec.smartPaging) {
     const need = spec.memoryMiB * MiB;
     const avail = dest.memory.freeBytes - MEMORY_RESERVE_BYTES;
     if (need > avail) {

@@ -50,7 +50,9 @@ export interface MoveVms {
   /** The VM now runs elsewhere: quit our QEMU (if any) and forget it. */
   movedAway(name: string, proc: QemuProcess | null): Promise<void>;
   /** A VM arrived by live migration and runs here now. */
-  arrivedRunning(spec: VmSpec, proc: QemuProcess): void;
+  arrivedRunning(spec: VmSpec, proc: QemuProcess, pagingFile?: string | null): void;
+  /** Smart Paging: null for ordinary memory, else the paging file made for it; E_VM_MEMORY when neither. */
+  memoryFor(spec: VmSpec, action: 'start' | 'move'): Promise<string | null>;
   /** A stopped VM whose files this host sees moves here: check (unless told not to) and register it. */
   arrivedStopped(spec: unknown, opts?: { skipStorageCheck?: boolean }): Promise<void>;
   /** Every file of the VM is inside a pool this host may use (throws the reason). */

@@ -58,6 +58,8 @@ interface Incoming {
   chainRoles: ChainRole[];
   chainServer: QemuProcess | null;
   chainNbd: { host: string; port: number } | null;
+  /** Smart Paging: the file its RAM arrives in (this host lacked the memory), else null. */
+  memoryFile?: string | null;
 }
 
 interface IncomingCtx {
@@ -211,19 +213,26 @@ const qemuStep: Step<IncomingCtx> = {
     const spec = item.spec;
     // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
     // devices, so the NBD exports may write them (a running -S QEMU's devices would not share).
+    // The destination decides where a running VM's RAM goes: ordinary memory, or (Smart
+    // Paging) a file in its paging folder; a VM without it is refused here when there is no room.
+    const memoryFile = item.req.stopped ? null : await host.vms.memoryFor(spec, 'move');
+    item.memoryFile = memoryFile;
+    const mem = memoryFile ? { memoryFile } : {};
+    s.record({ ...mem });
     const switches = await host.vms.prepareNics(spec);
-    s.record({ nics: true });
+    s.record({ nics: true, ...mem });
     const proc = await startVm(spec, {
       runDir: host.runDir(spec.id),
       accel: host.accelerator(),
       incoming: true,
       switches,
+      ...mem,
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
     item.proc = proc;
-    s.record({ nics: true, pid: proc.pid });
+    s.record({ nics: true, pid: proc.pid, ...mem });
     void proc.exited.then(() => host.vms.releaseNics(spec));
-    return { nics: true, pid: proc.pid };
+    return { nics: true, pid: proc.pid, ...mem };
   },
   async undo(ctx, data) {
     const proc = ctx.item.proc;
@@ -237,6 +246,7 @@ const qemuStep: Step<IncomingCtx> = {
       for (let k = 0; k < 50 && isQemuAlive(data.pid); k++) await sleep(100);
     }
     if (data.nics) await ctx.host.vms.releaseNics(ctx.item.spec);
+    if (typeof data.memoryFile === 'string') await fsp.rm(data.memoryFile, { force: true });
   },
 };
 
@@ -727,7 +737,7 @@ export class IncomingManager {
       if (!run.running) await proc.qmp.execute('cont', undefined, opts);
       i.state = 'running';
       await keepArrivalHa(i);
-      host.vms.arrivedRunning(i.spec, proc);
+      host.vms.arrivedRunning(i.spec, proc, i.memoryFile ?? null);
     }
     host.store.journalDrop(journalId(jobId));
     this.slots.release(jobId);

@@ -54,6 +54,8 @@ export const CompareReport = z.object({
   compatible: z.boolean(),
   incompatibilities: z.array(Incompatibility),
   prediction: Prediction.optional(),
+  /** What the move will do that is not a blocker (e.g. a Smart Paging file on the destination). */
+  warnings: z.array(Incompatibility).optional(),
 });
 export type CompareReport = z.infer<typeof CompareReport>;
 

@@ -36,6 +36,23 @@ export interface LaunchOptions {
   paused?: boolean;
   /** This host's OVMF files (default: Debian's); only read for UEFI VMs. */
   ovmf?: OvmfPaths;
+  /** Smart Paging: back the guest RAM with this file (created by the agent) instead of anonymous memory. */
+  memoryFile?: string;
+}
+
+/**
+ * The RAM of a VM backed by a file. The backend keeps the id of pc's and q35's default RAM
+ * (pc.ram), so its RAM block has the name a normal QEMU's has and a live migration between
+ * the two works. share=on: guest writes go to the file (with share=off they would land in
+ * private anonymous pages and the file would back nothing); prealloc=off keeps it sparse.
+ */
+export function memoryFileArgs(memoryMiB: number, file: string): { object: string; machineProp: string } {
+  return {
+    object:
+      `memory-backend-file,id=pc.ram,size=${memoryMiB}M,` +
+      `mem-path=${file.replaceAll(',', ',,')},share=on,prealloc=off`,
+    machineProp: 'memory-backend=pc.ram',
+  };
 }
 
 // Fixed PCI slots: disks from 0x04, NICs from 0x14, the VGA card at 0x02, a q35 VM's
@@ -69,6 +86,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
         direct: vars.cache === 'none' && (opts.directIo?.(vars) ?? true),
       })
     : null;
+  const ramFile = opts.memoryFile ? memoryFileArgs(spec.memoryMiB, opts.memoryFile) : null;
   const a: string[] = [
     '-name',
     `guest=${spec.name},debug-threads=on`,
@@ -81,13 +99,14 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
     '-display',
     'none',
     '-machine',
-    [spec.machine, ...(flash?.machineProps ?? [])].join(','),
+    [spec.machine, ...(flash?.machineProps ?? []), ...(ramFile ? [ramFile.machineProp] : [])].join(','),
     '-accel',
     opts.accel,
     '-cpu',
     spec.cpuModel,
     '-m',
     `${spec.memoryMiB}M`,
+    ...(ramFile ? ['-object', ramFile.object] : []),
     '-smp',
     String(spec.cpus),
     '-rtc',

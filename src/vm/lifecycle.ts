@@ -218,6 +218,8 @@ export interface StartVmOptions {
   incoming?: boolean;
   paused?: boolean;
   switches?: (nicId: string, switchName: string) => SwitchBackend;
+  /** Smart Paging: the guest RAM's file (src/agent/paging-file.ts made it). */
+  memoryFile?: string;
   signal?: AbortSignal;
   timeoutMs?: number;
 }
@@ -248,6 +250,7 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
     paused: opts.paused,
     switches: opts.switches,
     directIo: (d: DiskSpec) => supportsDirectIo(d.path),
+    ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
   });
   await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
   return QemuProcess.spawn(argv, {

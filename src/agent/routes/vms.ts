@@ -14,7 +14,7 @@ export function vmRoutes(app: FastifyInstance, vms: VmInventory): void {
   registerAction(app, actions.vmStop, ({ params, body }) => vms.stop(params.name, body));
   registerAction(app, actions.vmPause, ({ params }) => vms.pause(params.name));
   registerAction(app, actions.vmResume, ({ params }) => vms.resume(params.name));
-  registerAction(app, actions.vmSet, ({ params, body, signal }) => vms.setCpu(params.name, body.cpu, { signal }));
+  registerAction(app, actions.vmSet, ({ params, body, signal }) => vms.set(params.name, body, { signal }));
   registerAction(app, actions.checkpointList, ({ params }) => vms.checkpoints(params.name));
   registerAction(app, actions.checkpointNew, ({ params, body, signal }) =>
     vms.checkpointNew(params.name, body.name, { signal }),

@@ -21,7 +21,12 @@ function printHost(h: HostView): void {
     ['qemu', `${h.qemu.version} (${h.qemu.machineTypes.length} machine types)`],
     [
       'memory',
-      `${bytes(h.memory.freeBytes)} free of ${bytes(h.memory.totalBytes)}; running VMs use ${bytes(h.memory.vmBytes)}`,
+      `${bytes(h.memory.freeBytes)} free of ${bytes(h.memory.totalBytes)}; running VMs use ${bytes(h.memory.vmBytes)}` +
+        (h.memory.pagingBytes ? ` (and ${bytes(h.memory.pagingBytes)} from Smart Paging files)` : ''),
+    ],
+    [
+      'max vm memory',
+      h.memory.maxVmBytes === null || h.memory.maxVmBytes === undefined ? 'no limit' : bytes(h.memory.maxVmBytes),
     ],
     ['vms', String(h.vms)],
     [
@@ -78,6 +83,11 @@ export function registerHost(program: Command): void {
     .option('--max-storage <n>', 'simultaneous storage migrations', nonNegativeInt('--max-storage', 64))
     .option('--migration-network <cidr>', 'network for migration traffic (repeatable)', collect)
     .option('--tls <on|off>', 'TLS for migration streams', onOff)
+    .option(
+      '--max-vm-memory <mib|none>',
+      'total memory (MiB) of the VMs this host runs in RAM; beyond it: Smart Paging or refused',
+      maxVmMemory,
+    )
     .addOption(new Option('--migrations <on|off>', 'accept and send migrations at all').argParser(onOff))
     .option('--json', 'JSON')
     .action(async (h, o, cmd) => {
@@ -87,11 +97,12 @@ export function registerHost(program: Command): void {
         ...(o.migrationNetwork ? { migrationNetworks: o.migrationNetwork } : {}),
         ...(o.tls !== undefined ? { tls: o.tls } : {}),
         ...(o.migrations !== undefined ? { enabled: o.migrations } : {}),
+        ...(o.maxVmMemory !== undefined ? { maxVmMemoryMiB: o.maxVmMemory } : {}),
       };
       if (!Object.keys(body).length)
         throw new InvalidInputError(
           'Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, ' +
-            '--tls or --migrations',
+            '--tls, --migrations or --max-vm-memory',
         );
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await c.host(h).call(actions.hostSet, { body });
@@ -218,4 +229,14 @@ export function registerHost(program: Command): void {
         });
       });
   }
+}
+
+/** --max-vm-memory: MiB, or 'none' for no limit. */
+function maxVmMemory(v: string): number | null {
+  if (v === 'none') return null;
+  if (!/^\d{1,10}$/.test(v))
+    throw new InvalidInputError(
+      `Cannot use --max-vm-memory '${v}': give a whole number of MiB, or 'none' for no limit`,
+    );
+  return Number(v);
 }

@@ -300,6 +300,8 @@ export function registerMove(program: Command): void {
         process.stdout.write(`VM ${vmName} cannot move to ${o.to}:\n`);
         for (const i of rep.incompatibilities) process.stdout.write(`  ${i.code}  ${i.field}: ${i.message}\n`);
       }
+      if (!o.json)
+        for (const w of rep.warnings ?? []) process.stdout.write(`  warning ${w.code}  ${w.field}: ${w.message}\n`);
       if (rep.prediction && !o.json) printPrediction(rep.prediction);
       if (!rep.compatible) process.exitCode = EXIT.incompatible;
     });

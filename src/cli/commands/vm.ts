@@ -60,9 +60,24 @@ function printVm(v: VmView): void {
     ]),
     ...v.nics.map((n): [string, string] => [n.id, `switch ${n.switch}, ${n.mac}`]),
     ['ha', v.ha ? 'yes' : 'no'],
+    ['smart paging', v.smartPaging ? 'allowed' : 'not allowed'],
+    ...(v.memoryBacking
+      ? [
+          ['memory backing', v.memoryBacking === 'paging-file' ? `Smart Paging file ${v.pagingFile ?? ''}` : 'RAM'] as [
+            string,
+            string,
+          ],
+        ]
+      : []),
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, val] of rows) process.stdout.write(`${k.padEnd(w)}  ${val}\n`);
+}
+
+function onOff(s: string): boolean {
+  if (s === 'on') return true;
+  if (s === 'off') return false;
+  throw new InvalidInputError(`Cannot use --smart-paging '${s}': write on or off`);
 }
 
 export function registerVm(program: Command): void {
@@ -97,6 +112,11 @@ export function registerVm(program: Command): void {
     .addOption(new Option('--display <display>', 'vga (a screen over VNC, default) or none').choices(DISPLAYS))
     .option('--switch <name>', 'connect a NIC to this switch (repeatable)', collect)
     .option('--ha', 'highly available (clustered VM)', false)
+    .option(
+      '--smart-paging',
+      'on a host without room for its memory, back its RAM with a file in its paging folder',
+      false,
+    )
     .addOption(new Option('--priority <p>', 'with --ha: restart and drain order').choices(PRIORITIES))
     .option('--preferred-owner <node>', 'with --ha: preferred node, in order (repeatable or comma-separated)', collect)
     .option('--anti-affinity <class>', 'with --ha: keep apart from VMs of this class (repeatable)', collect)
@@ -170,6 +190,7 @@ export function registerVm(program: Command): void {
         ...(o.display ? { display: o.display } : {}),
         switches: o.switch ?? [],
         ha: o.ha,
+        smartPaging: o.smartPaging,
         start: o.start,
         ...(o.priority || pref || anti
           ? { cluster: { priority: o.priority ?? 'normal', preferredOwners: pref ?? [], antiAffinity: anti ?? [] } }
@@ -297,10 +318,13 @@ export function registerVm(program: Command): void {
       "compat (the newest model every host supports), host (the host's CPU; KVM only) or a QEMU model name",
     )
     .option('--failback <when>', `clustered VM: ${FAILBACK_HELP}`, failbackFlag)
+    .option('--smart-paging <on|off>', 'back its RAM with a paging file where a host lacks the memory', onOff)
     .option('--json', 'print the VM as JSON')
     .action(async (vmName, o, cmd) => {
-      if (o.cpu === undefined && o.failback === undefined)
-        throw new InvalidInputError(`Cannot change VM '${vmName}': nothing to change; give --cpu or --failback`);
+      if (o.cpu === undefined && o.failback === undefined && o.smartPaging === undefined)
+        throw new InvalidInputError(
+          `Cannot change VM '${vmName}': nothing to change; give --cpu, --failback or --smart-paging`,
+        );
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const { client, vm: cur } = await c.locate(vmName);
         if (o.failback !== undefined && !cur.ha)
@@ -309,9 +333,13 @@ export function registerVm(program: Command): void {
               `make it clustered with 'ferry cluster add-vm ${vmName} --failback ${o.failback}'`,
           );
         let v = cur;
-        if (o.cpu !== undefined) {
+        if (o.cpu !== undefined || o.smartPaging !== undefined) {
           const cpu = o.cpu === 'compat' ? await compatModel(c) : o.cpu;
-          v = await client.call(actions.vmSet, { params: { name: vmName }, body: { cpu } }, { timeoutMs: 60_000 });
+          const body = {
+            ...(cpu !== undefined ? { cpu } : {}),
+            ...(o.smartPaging !== undefined ? { smartPaging: o.smartPaging } : {}),
+          };
+          v = await client.call(actions.vmSet, { params: { name: vmName }, body }, { timeoutMs: 60_000 });
         }
         if (o.failback !== undefined)
           v = await client.call(
@@ -326,6 +354,7 @@ export function registerVm(program: Command): void {
               [
                 ...(o.cpu !== undefined ? [`CPU model ${v.cpuModel}`] : []),
                 ...(o.failback !== undefined ? [`fail-back ${o.failback}`] : []),
+                ...(o.smartPaging !== undefined ? [`Smart Paging ${v.smartPaging ? 'allowed' : 'not allowed'}`] : []),
               ].join(', ') +
               '\n',
           );
