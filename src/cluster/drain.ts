@@ -178,6 +178,8 @@ export async function planDrain(
     return {
       name: vm.name,
       memoryMiB: vm.state === 'stopped' ? 0 : vm.memoryMiB,
+      // Where no node has room, a Smart Paging VM still goes (its RAM in a file there).
+      smartPaging: vm.smartPaging,
       ...policyOf(byName.get(vm.name)?.spec),
       exclude: [node, ...bad],
     };
