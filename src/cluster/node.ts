@@ -204,6 +204,11 @@ export class ClusterNode {
   async recordHa(spec: VmSpec): Promise<void> {
     const store = this.member?.store;
     if (!spec.ha || !store) return;
+    await this.putOwnRecord(store, spec);
+  }
+
+  /** The cluster's record of `spec` owned by this node (errors become cluster.error events). */
+  private async putOwnRecord(store: ClusterStore, spec: VmSpec): Promise<void> {
     await putHaRecord(store, {
       name: spec.name,
       id: spec.id,
@@ -223,14 +228,7 @@ export class ClusterNode {
     if (!spec.ha || !store) return;
     const cur = await K.readOne(store, K.vms, spec.name).catch(() => null);
     if (!cur || cur.value.owner !== this.d.name) return;
-    await putHaRecord(store, {
-      name: spec.name,
-      id: spec.id,
-      configPath: spec.configPath,
-      owner: this.d.name,
-      memoryMiB: spec.memoryMiB,
-      spec,
-    }).catch((err: unknown) => this.d.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
+    await this.putOwnRecord(store, spec);
   }
 
   /** The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node restarts it. */

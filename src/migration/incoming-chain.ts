@@ -235,20 +235,7 @@ export const chainServerStep: Step<ChainCtx> = {
       );
     }
     const addr = host.migrationListenAddress(req.source, ctx.localAddress);
-    const lease = await host.migrationPort(addr, o);
-    const port = lease.port;
-    try {
-      await proc.qmp.execute(
-        'nbd-server-start',
-        {
-          addr: { type: 'inet', data: { host: addr, port: String(port) } },
-          ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
-        },
-        o,
-      );
-    } finally {
-      lease.release();
-    }
+    const port = await startNbdServer(host, proc, addr, req.tls, o);
     for (const [i, r] of item.chainRoles.entries()) {
       await proc.qmp.execute(
         'blockdev-add',
@@ -326,4 +313,31 @@ export const chainDoneStep: Step<ChainCtx> = {
 /** The distinguished name QEMU (gnutls) reads from a host certificate of our domain. */
 export function peerDn(host: string, domainId: string): string {
   return `O=ferry-domain-${domainId},OU=ferry-host,CN=${host}`;
+}
+
+/**
+ * Starts QEMU's NBD server on the migration address, on a port of the host's migration range
+ * held until QEMU listens on it; with TLS only the source's certificate is let in (ferry-authz).
+ */
+export async function startNbdServer(
+  host: MoveHost,
+  proc: QemuProcess,
+  addr: string,
+  tls: boolean,
+  o: { signal?: AbortSignal },
+): Promise<number> {
+  const lease = await host.migrationPort(addr, o);
+  try {
+    await proc.qmp.execute(
+      'nbd-server-start',
+      {
+        addr: { type: 'inet', data: { host: addr, port: String(lease.port) } },
+        ...(tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
+      },
+      o,
+    );
+  } finally {
+    lease.release();
+  }
+  return lease.port;
 }

@@ -31,6 +31,7 @@ import {
   chainServerStep,
   checkChain,
   peerDn,
+  startNbdServer,
   type ChainRole,
 } from './incoming-chain.js';
 import { imageOf, TREE_DIR } from '../checkpoint/model.js';
@@ -283,21 +284,7 @@ const listenStep: Step<IncomingCtx> = {
     const hostPart = addr.includes(':') ? `[${addr}]` : addr;
     if (req.storage) {
       // NBD exports of the new, empty disks on the migration address, for the source's mirrors.
-      // A port of the host's migration range, held until QEMU listens on it.
-      const lease = await host.migrationPort(addr, o);
-      const port = lease.port;
-      try {
-        await proc.qmp.execute(
-          'nbd-server-start',
-          {
-            addr: { type: 'inet', data: { host: addr, port: String(port) } },
-            ...(req.tls ? { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' } : {}),
-          },
-          o,
-        );
-      } finally {
-        lease.release();
-      }
+      const port = await startNbdServer(host, proc, addr, req.tls, o);
       for (const d of req.storage.disks) {
         await proc.qmp.execute(
           'block-export-add',
@@ -535,6 +522,25 @@ export class IncomingManager {
       .map((i) => ({ name: i.spec.name, id: i.spec.id }));
   }
 
+  /** Prepare's steps for `item`, from where its journal (in `sink`) left them. */
+  private runPrepare(
+    item: Incoming,
+    sink: IncomingSink,
+    opts: { signal?: AbortSignal; localAddress?: string },
+  ): ReturnType<StepRunner<IncomingCtx>['run']> {
+    return new StepRunner(
+      prepareKind,
+      {
+        host: this.host,
+        slots: this.slots,
+        item,
+        ...(opts.signal ? { signal: opts.signal } : {}),
+        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
+      },
+      sink,
+    ).run();
+  }
+
   async prepare(
     req: IncomingRequest,
     opts: { signal?: AbortSignal; localAddress?: string } = {},
@@ -591,17 +597,7 @@ export class IncomingManager {
     };
     this.items.set(req.jobId, item);
     const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
-    const out = await new StepRunner(
-      prepareKind,
-      {
-        host,
-        slots: this.slots,
-        item,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
-      },
-      sink,
-    ).run();
+    const out = await this.runPrepare(item, sink, opts);
     if (out.result !== 'completed') {
       this.items.delete(req.jobId);
       host.store.journalDrop(journalId(req.jobId));
@@ -636,17 +632,7 @@ export class IncomingManager {
     item.chainStage = 2;
     const id = journalId(jobId);
     const sink = new IncomingSink(jobId, host, opts.signal ?? new AbortController().signal, host.store.journalRead(id));
-    const out = await new StepRunner(
-      prepareKind,
-      {
-        host,
-        slots: this.slots,
-        item,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-        ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
-      },
-      sink,
-    ).run();
+    const out = await this.runPrepare(item, sink, opts);
     if (out.result !== 'completed') {
       await this.abort(jobId);
       throw new FerryError(
