@@ -4,9 +4,7 @@
 // starts, and the record and the inventory stay as they were. 3-host cluster lab, real etcd.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import https from 'node:https';
 import path from 'node:path';
 import { ferry, ferryOk } from '../e2e/cli.js';
 import { hostData, type TestLab } from '../e2e/lab.js';
@@ -15,6 +13,7 @@ import { configFile } from '../../src/vm/folder.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import { labTempDir } from '../helpers.js';
+import { hostAgent, post } from './host-client.js';
 
 const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
 before(async () => {
@@ -26,37 +25,6 @@ after(async () => {
   await ferry(['lab', 'down', '--dir', L.lab]);
   await fsp.rm(L.dir, { recursive: true, force: true });
 });
-
-function post(
-  agent: https.Agent,
-  endpoint: string,
-  url: string,
-  body: unknown,
-): Promise<{ status: number; body: string }> {
-  const u = new URL(endpoint);
-  const text = JSON.stringify(body);
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        host: u.hostname,
-        port: Number(u.port),
-        method: 'POST',
-        path: url,
-        agent,
-        timeout: 30_000,
-        headers: { 'content-type': 'application/json' },
-      },
-      (res) => {
-        let b = '';
-        res.on('data', (c: Buffer) => (b += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`POST ${url} timed out`)));
-    req.on('error', reject);
-    req.end(text);
-  });
-}
 
 test("a non-leader node cannot HA-start a VM the cluster's record does not give the target", async () => {
   const status = (): Promise<ClusterView> => ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab: L.lab });
@@ -79,12 +47,7 @@ test("a non-leader node cannot HA-start a VM the cluster's record does not give 
   assert.equal(before.owner, owner);
   const spec = JSON.parse(await fsp.readFile(configFile(folder), 'utf8')) as unknown;
 
-  const tls = path.join(hostData(L, mallory), 'tls');
-  const agent = new https.Agent({
-    ca: fs.readFileSync(path.join(tls, 'ca.crt')),
-    cert: fs.readFileSync(path.join(tls, 'host.crt')),
-    key: fs.readFileSync(path.join(tls, 'host.key')),
-  });
+  const agent = hostAgent(hostData(L, mallory));
   for (const target of [leader, mallory]) {
     const endpoint = L.status.hosts.find((h) => h.name === target)!.endpoint;
     // A forged fail-over: the next generation, as a leader's restart decision would carry.

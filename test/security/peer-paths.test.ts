@@ -22,6 +22,7 @@ import { configFile } from '../../src/vm/folder.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { labTempDir } from '../helpers.js';
+import { hostAgent, post } from './host-client.js';
 
 const execFileP = promisify(execFile);
 const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
@@ -39,36 +40,6 @@ after(async () => {
   await fsp.rm(L.dir, { recursive: true, force: true });
 });
 
-function post(
-  agent: https.Agent,
-  endpoint: string,
-  url: string,
-  body: unknown,
-): Promise<{ status: number; body: string }> {
-  const u = new URL(endpoint);
-  return new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        host: u.hostname,
-        port: Number(u.port),
-        method: 'POST',
-        path: url,
-        agent,
-        timeout: 60_000,
-        headers: { 'content-type': 'application/json' },
-      },
-      (res) => {
-        let b = '';
-        res.on('data', (c: Buffer) => (b += c.toString()));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
-      },
-    );
-    req.on('timeout', () => req.destroy(new Error(`POST ${url} timed out`)));
-    req.on('error', reject);
-    req.end(JSON.stringify(body));
-  });
-}
-
 interface Roles {
   mallory: string;
   victim: string;
@@ -80,12 +51,7 @@ async function roles(): Promise<Roles> {
   const view = await ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab: L.lab });
   assert.ok(view.leader, 'the cluster has a leader');
   const [mallory, victim] = L.status.hosts.map((h) => h.name).filter((h) => h !== view.leader) as [string, string];
-  const tls = path.join(hostData(L, mallory), 'tls');
-  const agent = new https.Agent({
-    ca: fs.readFileSync(path.join(tls, 'ca.crt')),
-    cert: fs.readFileSync(path.join(tls, 'host.crt')),
-    key: fs.readFileSync(path.join(tls, 'host.key')),
-  });
+  const agent = hostAgent(hostData(L, mallory));
   const endpoint = (h: string): string => L.status.hosts.find((x) => x.name === h)!.endpoint;
   return { mallory, victim, agent, endpoint };
 }
@@ -300,12 +266,7 @@ test("a host cancels only moves into it: not an administrator's move on another 
   assert.equal(cancel.status, 403, cancel.body);
   assert.match(cancel.body, new RegExp(`host '${R.mallory}' does not receive it`));
   // Its destination may: the request passes, and is refused only because the move has ended.
-  const tls = path.join(hostData(L, third), 'tls');
-  const dest = new https.Agent({
-    ca: fs.readFileSync(path.join(tls, 'ca.crt')),
-    cert: fs.readFileSync(path.join(tls, 'host.crt')),
-    key: fs.readFileSync(path.join(tls, 'host.key')),
-  });
+  const dest = hostAgent(hostData(L, third));
   const own = await post(dest, R.endpoint(R.victim), `/v1/migrations/${rec.id}/cancel`, {});
   dest.destroy();
   assert.match(own.body, /E_MIGRATION_DONE/);
