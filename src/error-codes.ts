@@ -79,6 +79,7 @@ export const ERROR_CODES = {
   E_IMAGE_UNREADABLE: input('a disk image cannot be read by qemu-img'),
   E_IMPORT: input('a libvirt domain cannot be imported as it is'),
   E_PATH_NOT_FOUND: notFound('a folder does not exist'),
+  E_PATH_LINK: input('a path inside a pool is, or passes through, a symbolic link'),
   E_LAB_EXISTS: conflict('a lab already runs in that folder'),
   E_LAB_NOT_FOUND: notFound('no lab in that folder'),
   E_LAB_NETWORK: input('the lab network cannot be set up'),

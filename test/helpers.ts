@@ -1,5 +1,6 @@
 // Shared test helpers: temp folders that are always removed, serial-log polling, the
 // accelerator every integration test uses.
+import type { PoolDef } from '../src/storage/pools.js';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -51,4 +52,12 @@ export async function waitForFile(
 
 export function count(text: string, re: RegExp): number {
   return (text.match(new RegExp(re.source, re.flags.includes('g') ? re.flags : re.flags + 'g')) ?? []).length;
+}
+
+/** A local pool at `dir` (and the guest cache a probe guest boots from): what startVm and removeVm check paths against. */
+export function testPools(dir: string): PoolDef[] {
+  return [
+    { name: 'test', kind: 'local', path: dir },
+    { name: 'guests', kind: 'local', path: path.resolve('.cache/guests') },
+  ];
 }

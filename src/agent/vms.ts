@@ -24,6 +24,7 @@ import {
 } from '../checkpoint/checkpoints.js';
 import { removeCheckpointFiles } from '../checkpoint/store.js';
 import type { Accelerator } from '../qemu/accel.js';
+import type { DiskChains } from '../qemu/argv.js';
 import { imageInfo } from '../qemu/img.js';
 import { QemuProcess } from '../qemu/process.js';
 import { loadVm, saveVm } from '../vm/folder.js';
@@ -33,7 +34,7 @@ import { createVm, pauseVm, removeVm, resumeVm, runtimePaths, startVm, stopVm, v
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { hardwareView } from '../vm/real-guest.js';
 import { importedVm } from '../vm/import.js';
-import { probeImage } from '../vm/image.js';
+import { probeImage, type ChainFile } from '../vm/image.js';
 import { qemuInfo } from './capabilities.js';
 import { assertInUsablePool } from '../storage/pools.js';
 import type { Pools } from './pools.js';
@@ -311,7 +312,7 @@ export class VmInventory {
       try {
         this.register(spec);
       } catch (err) {
-        await removeVm(spec, { deleteDisks: true });
+        await removeVm(spec, { deleteDisks: true, pools: this.d.pools.list() });
         throw err;
       }
       this.d.emit('vm.created', { vm: spec.name });
@@ -338,7 +339,7 @@ export class VmInventory {
       );
     }
     const spec = await loadVm(rec.configPath);
-    await this.checkStorage(spec);
+    const chains = await this.checkStorage(spec);
     const memoryFile = await this.memoryFor(spec, 'start');
     let proc: QemuProcess;
     try {
@@ -349,6 +350,8 @@ export class VmInventory {
           accel: this.d.settings.accelerator(),
           signal: opts.signal,
           switches,
+          chains,
+          pools: this.d.pools.list(),
           ...(memoryFile ? { memoryFile } : {}),
         });
       } catch (err) {
@@ -418,7 +421,7 @@ export class VmInventory {
       try {
         this.register(spec);
       } catch (err) {
-        await removeVm(spec, { deleteDisks: true });
+        await removeVm(spec, { deleteDisks: true, pools: this.d.pools.list() });
         throw err;
       }
       this.d.emit('vm.created', { vm: name });
@@ -438,7 +441,7 @@ export class VmInventory {
       }
       const spec = await loadVm(rec.configPath).catch(() => null);
       if (spec && opts.deleteDisks) await removeCheckpointFiles(spec, opts);
-      if (spec) await removeVm(spec, opts);
+      if (spec) await removeVm(spec, { ...opts, pools: this.d.pools.list() });
       await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
       this.d.registry.removeVm(name);
       if (spec?.ha) await this.d.cluster.forgetVm(name);
@@ -524,7 +527,7 @@ export class VmInventory {
       runDir: this.runDir(rec.id),
       ...(opts.signal ? { signal: opts.signal } : {}),
       startIncoming: async (spec) => {
-        await this.checkStorage(spec);
+        const chains = await this.checkStorage(spec);
         const switches = await this.prepareNics(spec);
         let proc: QemuProcess;
         try {
@@ -533,6 +536,8 @@ export class VmInventory {
             accel: this.d.settings.accelerator(),
             incoming: true,
             switches,
+            chains,
+            pools: this.d.pools.list(),
             ...(opts.signal ? { signal: opts.signal } : {}),
           });
         } catch (err) {
@@ -594,9 +599,11 @@ export class VmInventory {
    * which whoever can write the pool can point at any file of this host (e.g. /dev/sda). Each
    * existing non-raw image is probed (headers only, -U: a moving VM's source holds it) and must
    * have the format its spec says. A disk not made yet (an arriving copy) has nothing to check.
+   * Returns the chains checked, for startVm to pin (QEMU then reads no header's backing name).
    */
-  async checkStorage(spec: VmSpec, opts: { signal?: AbortSignal } = {}): Promise<void> {
+  async checkStorage(spec: VmSpec, opts: { signal?: AbortSignal } = {}): Promise<DiskChains> {
     const pools = this.d.pools.list();
+    const chains = new Map<string, ChainFile[]>();
     for (const d of spec.disks) {
       const what = `disk ${d.id} of VM '${spec.name}'`;
       await assertInUsablePool(pools, this.d.host, d.path, what);
@@ -614,7 +621,9 @@ export class VmInventory {
             'fix the format in vm.json or convert the image',
           { path: d.path },
         );
+      chains.set(d.id, chain);
     }
+    return chains;
   }
 
   prepareNics(spec: VmSpec): Promise<NicResolver> {

@@ -6,7 +6,7 @@ import type { HostView, MigrationSettings } from '../api/schemas.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { CpuModelInfo } from '../qemu/cpu-models.js';
 import type { QemuProcess } from '../qemu/process.js';
-import type { SwitchBackend } from '../qemu/argv.js';
+import type { DiskChains, SwitchBackend } from '../qemu/argv.js';
 import type { PoolDef } from '../storage/pools.js';
 import type { VmSpec } from '../vm/spec.js';
 import type { Priority } from '../api/defaults.js';
@@ -55,8 +55,8 @@ export interface MoveVms {
   memoryFor(spec: VmSpec, action: 'start' | 'move'): Promise<string | null>;
   /** A stopped VM whose files this host sees moves here: check (unless told not to) and register it. */
   arrivedStopped(spec: unknown, opts?: { skipStorageCheck?: boolean }): Promise<void>;
-  /** Every file of the VM is inside a pool this host may use (throws the reason). */
-  checkStorage(spec: VmSpec): Promise<void>;
+  /** Every file of the VM is inside a pool this host may use (throws the reason); returns the chains to pin. */
+  checkStorage(spec: VmSpec): Promise<DiskChains>;
   /** The VM's folder moved (storage move). */
   configMoved(name: string, configPath: string): void;
   /** Tap devices for the VM's NICs (incoming QEMU), and their removal. */

@@ -9,6 +9,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
 import { FerryError, InvalidInputError, messageOf } from '../errors.js';
+import type { DiskChains } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
 import { isQemuAlive, type QemuProcess } from '../qemu/process.js';
 import { assertInUsablePool, poolStatus, type PoolDef } from '../storage/pools.js';
@@ -61,6 +62,8 @@ interface Incoming {
   chainNbd: { host: string; port: number } | null;
   /** Smart Paging: the file its RAM arrives in (this host lacked the memory), else null. */
   memoryFile?: string | null;
+  /** The disks' chains checked at Prepare (shared storage: the files exist then), pinned into QEMU's nodes. */
+  chains: DiskChains;
 }
 
 interface IncomingCtx {
@@ -220,6 +223,8 @@ const qemuStep: Step<IncomingCtx> = {
     item.memoryFile = memoryFile;
     const mem = memoryFile ? { memoryFile } : {};
     s.record({ ...mem });
+    // Disks made by Prepare (a copy, an overlay on a received chain) did not exist at the first check.
+    const chains = item.req.storage ? await host.vms.checkStorage(spec) : item.chains;
     const switches = await host.vms.prepareNics(spec);
     s.record({ nics: true, ...mem });
     const proc = await startVm(spec, {
@@ -227,6 +232,8 @@ const qemuStep: Step<IncomingCtx> = {
       accel: host.accelerator(),
       incoming: true,
       switches,
+      chains,
+      pools: host.pools(),
       ...mem,
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
@@ -440,6 +447,7 @@ export class IncomingManager {
       chainRoles: [],
       chainServer: null,
       chainNbd: null,
+      chains: new Map(),
     };
   }
 
@@ -577,7 +585,7 @@ export class IncomingManager {
     await checkSpecPaths(host.pools(), host.name, spec, req.storage);
     if (req.storage) await this.checkStorage(spec, req.storage);
     const chainRoles = req.storage ? await checkChain(host.pools(), host.name, spec, req.storage) : [];
-    await host.vms.checkStorage(spec);
+    const chains = await host.vms.checkStorage(spec);
     const item: Incoming = {
       jobId: req.jobId,
       spec,
@@ -594,6 +602,7 @@ export class IncomingManager {
       chainRoles,
       chainServer: null,
       chainNbd: null,
+      chains,
     };
     this.items.set(req.jobId, item);
     const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);

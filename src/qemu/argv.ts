@@ -38,7 +38,19 @@ export interface LaunchOptions {
   ovmf?: OvmfPaths;
   /** Smart Paging: back the guest RAM with this file (created by the agent) instead of anonymous memory. */
   memoryFile?: string;
+  /**
+   * Each disk's checked backing chain (by disk id; the image itself first), pinned into the
+   * -blockdev nodes so QEMU never opens a backing file named by an image's header. A disk with
+   * a backing-capable format and no entry gets `backing: null`.
+   */
+  chains?: DiskChains;
 }
+
+/** A disk's image and the files below it, each with its probed format (src/vm/image.ts probes them). */
+export type DiskChains = ReadonlyMap<string, ReadonlyArray<{ path: string; format: string }>>;
+
+/** Formats with a backing-file field, where `backing: null` stops QEMU from opening one. */
+export const BACKING_FORMATS: ReadonlySet<string> = new Set(['qcow2', 'qcow', 'qed', 'vmdk']);
 
 /**
  * The RAM of a VM backed by a file. The backend keeps the id of pc's and q35's default RAM
@@ -161,9 +173,17 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
         'auto-read-only': false,
       }),
     );
+    const backing = backingArgs(a, d, opts.chains?.get(d.id) ?? [], cache);
     a.push(
       '-blockdev',
-      JSON.stringify({ driver: d.format, file: n.file, 'node-name': n.format, cache, 'read-only': d.readOnly }),
+      JSON.stringify({
+        driver: d.format,
+        file: n.file,
+        'node-name': n.format,
+        cache,
+        'read-only': d.readOnly,
+        ...backing,
+      }),
     );
     if (d.bus === 'ide') a.push('-device', `ide-hd,drive=${n.format},id=${d.id},${nextIde()}${boot(d.id)}`);
     else a.push('-device', `virtio-blk-pci,drive=${n.format},id=${d.id},${pciAt(DISK_SLOT_BASE + i)}${boot(d.id)}`);
@@ -205,6 +225,39 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
   if (opts.incoming) a.push('-S', '-incoming', 'defer');
   else if (opts.paused) a.push('-S');
   return a;
+}
+
+/**
+ * Pushes read-only nodes for the files below a disk's image, bottom first (`<id>-b<k>`, libvirt's
+ * shape: the file nodes reopen read-write by themselves when a checkpoint's commit needs it), and
+ * returns the `backing` option of the disk's own format node.
+ */
+function backingArgs(
+  a: string[],
+  d: DiskSpec,
+  chain: ReadonlyArray<{ path: string; format: string }>,
+  cache: { direct: boolean; 'no-flush': boolean },
+): { backing?: string | null } {
+  let below: string | null = null;
+  for (let k = chain.length - 1; k >= 1; k--) {
+    const c = chain[k]!;
+    const node = `${d.id}-b${k}`;
+    a.push(
+      '-blockdev',
+      JSON.stringify({ driver: 'file', filename: c.path, 'node-name': `${node}-file`, cache, 'auto-read-only': true }),
+      '-blockdev',
+      JSON.stringify({
+        driver: c.format,
+        file: `${node}-file`,
+        'node-name': node,
+        cache,
+        'read-only': true,
+        ...(BACKING_FORMATS.has(c.format) ? { backing: below } : {}),
+      }),
+    );
+    below = node;
+  }
+  return BACKING_FORMATS.has(d.format) ? { backing: below } : {};
 }
 
 /** Device id → bootindex: the spec's boot order, else (older VMs) the first disk when booting from disk. */

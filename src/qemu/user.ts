@@ -63,10 +63,14 @@ export function dropPrivilegesArgs(u: QemuUser): string[] {
   return ['setpriv', `--reuid=${u.uid}`, `--regid=${u.gid}`, '--init-groups', '--'];
 }
 
-/** Makes a file or folder QEMU writes the user's (no-op while QEMU runs as root). */
+/**
+ * Makes a file or folder QEMU writes the user's (no-op while QEMU runs as root). A link is never
+ * followed, except `/proc/self/fd/N` (a handle src/storage/beneath.ts opened without links).
+ */
 export async function ownForQemu(p: string): Promise<void> {
   if (!current) return;
-  await fsp.lchown(p, current.uid, current.gid);
+  if (p.startsWith('/proc/self/fd/')) await fsp.chown(p, current.uid, current.gid);
+  else await fsp.lchown(p, current.uid, current.gid);
 }
 
 /**

@@ -4,11 +4,13 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
-import { buildArgv, type SwitchBackend } from '../qemu/argv.js';
+import { buildArgv, type DiskChains, type SwitchBackend } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
 import { ensureSandbox } from '../qemu/sandbox.js';
-import { assertQemuCanOpen, letQemuRead, letQemuThrough, ownForQemu, prepareRunDir } from '../qemu/user.js';
+import { assertQemuCanOpen, letQemuRead, letQemuThrough, ownForQemu, prepareRunDir, qemuUser } from '../qemu/user.js';
+import { unlinkBeneath, withBeneath } from '../storage/beneath.js';
+import { poolOf, type PoolDef } from '../storage/pools.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { RunState } from '../qemu/commands.js';
 import { parseVmSpec, resolveVmFile, type DiskSpec, type VmSpec } from './spec.js';
@@ -176,7 +178,8 @@ async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void>
  * (a copied kernel) become group-readable by it. Anything else it cannot reach is an error
  * that names the path, before QEMU starts.
  */
-async function grantQemuFiles(spec: VmSpec): Promise<void> {
+async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[]): Promise<void> {
+  if (!qemuUser()) return;
   const what = `start VM '${spec.name}'`;
   const readOnly = [
     ...spec.disks.filter((d) => d.readOnly).map((d) => d.path),
@@ -187,14 +190,17 @@ async function grantQemuFiles(spec: VmSpec): Promise<void> {
   ];
   const writable = spec.disks.filter((d) => !d.readOnly).map((d) => d.path);
   const own = (f: string): boolean => path.dirname(f) === spec.configPath;
+  // Every change goes through a handle opened without links below a pool's root (beneath.ts).
+  const roots = pools.map((p) => p.path);
   for (const dir of new Set([spec.configPath, ...[...writable, ...readOnly].map((f) => path.dirname(f))]))
-    if (await exists(dir)) await letQemuThrough(dir);
+    if ((await exists(dir)) && poolOf([...pools], dir))
+      await withBeneath(roots, dir, 'dir', `the folder of VM '${spec.name}'`, letQemuThrough);
   for (const f of writable) {
-    await ownForQemu(f);
+    await withBeneath(roots, f, 'file', `a disk of VM '${spec.name}'`, ownForQemu);
     await assertQemuCanOpen(f, 'rw', what);
   }
   for (const f of readOnly) {
-    if (own(f)) await letQemuRead(f);
+    if (own(f)) await withBeneath(roots, f, 'file', `a file of VM '${spec.name}'`, letQemuRead);
     await assertQemuCanOpen(f, 'r', what);
   }
 }
@@ -220,6 +226,10 @@ export interface StartVmOptions {
   switches?: (nicId: string, switchName: string) => SwitchBackend;
   /** Smart Paging: the guest RAM's file (src/agent/paging-file.ts made it). */
   memoryFile?: string;
+  /** The disks' checked backing chains (the agent's checkStorage), pinned into QEMU's nodes. */
+  chains?: DiskChains;
+  /** This host's pools: the files QEMU gets are handed to its user without following links below them. */
+  pools: readonly PoolDef[];
   signal?: AbortSignal;
   timeoutMs?: number;
 }
@@ -238,7 +248,7 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
   }
   await checkBootFiles(spec, new Set());
   await ensureSandbox({ signal: opts.signal });
-  await grantQemuFiles(spec);
+  await grantQemuFiles(spec, opts.pools);
   const paths = runtimePaths(opts.runDir);
   await prepareRunDir(opts.runDir);
   // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
@@ -251,6 +261,7 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
     switches: opts.switches,
     directIo: (d: DiskSpec) => supportsDirectIo(d.path),
     ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
+    ...(opts.chains ? { chains: opts.chains } : {}),
   });
   await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
   return QemuProcess.spawn(argv, {
@@ -324,17 +335,20 @@ export async function vmState(
  */
 export async function removeVm(
   spec: VmSpec,
-  opts: { deleteDisks?: boolean; deleteExternal?: boolean } = {},
+  opts: { deleteDisks?: boolean; deleteExternal?: boolean; pools: readonly PoolDef[] },
 ): Promise<void> {
+  const roots = opts.pools.map((p) => p.path);
   for (const d of spec.disks) {
     // The variable store is the VM's own settings, never shared: it goes with the VM.
     const del = d.role === 'uefi-vars' || (d.external ? opts.deleteExternal : opts.deleteDisks);
-    if (del) await fsp.rm(d.path, { force: true });
+    // Through its folder's handle: a link planted above the image cannot redirect the delete.
+    if (del) await unlinkBeneath(roots, d.path, `disk ${d.id} of VM '${spec.name}'`);
   }
   const own = [...spec.cdroms.map((c) => c.path)];
   if (spec.boot.kind === 'kernel') own.push(...[spec.boot.kernel, spec.boot.initrd].flatMap((p) => (p ? [p] : [])));
-  for (const p of own) if (!path.isAbsolute(p)) await fsp.rm(resolveVmFile(spec, p), { force: true });
-  await fsp.rm(configFile(spec.configPath), { force: true });
+  for (const p of own)
+    if (!path.isAbsolute(p)) await unlinkBeneath(roots, resolveVmFile(spec, p), `a file of VM '${spec.name}'`);
+  await unlinkBeneath(roots, configFile(spec.configPath), `the configuration of VM '${spec.name}'`);
   for (const dir of new Set([spec.checkpointPath, spec.pagingPath, spec.configPath])) {
     try {
       await fsp.rmdir(dir);

@@ -5,14 +5,14 @@ import path from 'node:path';
 import { createVm, startVm, stopVm, runtimePaths } from '../../src/vm/lifecycle.js';
 import { bootblockVm } from '../../src/vm/guests.js';
 import { verifyGuestMemory, checkPattern, PATTERN_START, PATTERN_END, PAGE } from '../../guest/bootblock.js';
-import { tempDir, testAccel, waitForFile } from '../helpers.js';
+import { tempDir, testAccel, waitForFile, testPools } from '../helpers.js';
 
 test('bootblock guest: memory pattern verifies on a running guest, a corrupted dump fails', async (t) => {
   const dir = await tempDir(t);
   const g = bootblockVm({ name: 'bb', configPath: path.join(dir, 'bb') });
   const spec = await createVm(g.spec, g.create);
   const runDir = path.join(dir, 'run');
-  const proc = await startVm(spec, { runDir, accel: await testAccel() });
+  const proc = await startVm(spec, { runDir, accel: await testAccel(), pools: testPools(dir) });
   t.after(() => proc.kill());
   const serial = runtimePaths(runDir).serialLog;
   await waitForFile(serial, (s) => s.startsWith('A') && s.includes('B'), {

@@ -16,7 +16,7 @@ import { loadVm } from '../../src/vm/folder.js';
 import { probeVm } from '../../src/vm/guests.js';
 import { parseSerial, heartbeatGaps, verifyDiskImage } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
-import { tempDir, testAccel, waitForFile } from '../helpers.js';
+import { tempDir, testAccel, waitForFile, testPools } from '../helpers.js';
 
 test(
   'probe VM: heartbeat, pause stops it and resume continues the sequence, acked records intact ' + 'after power-off',
@@ -26,7 +26,7 @@ test(
     const spec = await createVm(g.spec, g.create);
     assert.deepEqual(await loadVm(spec.configPath), spec);
     const runDir = path.join(dir, 'run');
-    const proc = await startVm(spec, { runDir, accel: await testAccel() });
+    const proc = await startVm(spec, { runDir, accel: await testAccel(), pools: testPools(dir) });
     t.after(() => proc.kill());
     const log = runtimePaths(runDir).serialLog;
     await waitForFile(log, (s) => parseSerial(s).heartbeats.length >= 25 && parseSerial(s).acks.length >= 10, {
@@ -60,7 +60,7 @@ test(
     assert.equal(report.ok, true, report.problems.join('; '));
     assert.ok(report.highestContiguous >= serial.highestAck!);
 
-    await removeVm(spec, { deleteDisks: true });
+    await removeVm(spec, { deleteDisks: true, pools: testPools(dir) });
     await assert.rejects(fsp.access(spec.configPath));
   },
 );

@@ -5,7 +5,7 @@ import { createVm, startVm, pauseVm, resumeVm, vmState } from '../../src/vm/life
 import { bootblockVm } from '../../src/vm/guests.js';
 import { QemuProcess, QemuStartError } from '../../src/qemu/process.js';
 import { FerryError } from '../../src/errors.js';
-import { tempDir, testAccel } from '../helpers.js';
+import { tempDir, testAccel, testPools } from '../helpers.js';
 
 test(
   'QMP: typed calls, pause/resume state, a stopped QEMU times out, abort returns at once, a dead ' +
@@ -14,7 +14,11 @@ test(
     const dir = await tempDir(t);
     const g = bootblockVm({ name: 'qmp-vm', configPath: path.join(dir, 'vm') });
     const spec = await createVm(g.spec, g.create);
-    const proc = await startVm(spec, { runDir: path.join(dir, 'run'), accel: await testAccel() });
+    const proc = await startVm(spec, {
+      runDir: path.join(dir, 'run'),
+      accel: await testAccel(),
+      pools: testPools(dir),
+    });
     t.after(async () => {
       try {
         process.kill(proc.pid, 'SIGCONT');
@@ -109,10 +113,13 @@ test('starting a VM whose disk image is gone names the disk, before QEMU runs', 
   const spec = await createVm(g.spec, g.create);
   const { rm } = await import('node:fs/promises');
   await rm(spec.disks[0]!.path);
-  await assert.rejects(startVm(spec, { runDir: path.join(dir, 'run'), accel: await testAccel() }), (e: FerryError) => {
-    assert.equal(e.code, 'E_DISK_NOT_FOUND');
-    assert.match(e.message, /boot0/);
-    assert.match(e.message, /boot\.img/);
-    return true;
-  });
+  await assert.rejects(
+    startVm(spec, { runDir: path.join(dir, 'run'), accel: await testAccel(), pools: testPools(dir) }),
+    (e: FerryError) => {
+      assert.equal(e.code, 'E_DISK_NOT_FOUND');
+      assert.match(e.message, /boot0/);
+      assert.match(e.message, /boot\.img/);
+      return true;
+    },
+  );
 });

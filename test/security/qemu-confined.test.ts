@@ -17,7 +17,7 @@ import { createImage } from '../../src/qemu/img.js';
 import { saveMemory, loadMemory } from '../../src/checkpoint/memory.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { run } from '../../src/util/exec.js';
-import { tempDir, testAccel, waitForFile } from '../helpers.js';
+import { tempDir, testAccel, waitForFile, testPools } from '../helpers.js';
 import { ferryOk } from '../e2e/cli.js';
 import { hostData, serialLog, useLab, waitProbe } from '../e2e/lab.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
@@ -50,7 +50,7 @@ test('QEMU runs with its seccomp sandbox on (filter mode), as root while qemu.us
   const g = probeVm({ name: 'sbx1', configPath: path.join(dir, 'sbx1') });
   const spec = await createVm(g.spec, g.create);
   const runDir = path.join(dir, 'run');
-  const proc = await startVm(spec, { runDir, accel: await testAccel() });
+  const proc = await startVm(spec, { runDir, accel: await testAccel(), pools: testPools(dir) });
   t.after(() => proc.kill());
   const argv = cmdline(proc.pid);
   assert.equal(argv[argv.indexOf('-sandbox') + 1], SANDBOX);
@@ -72,7 +72,7 @@ test('QEMU runs as ferry-qemu: boots, saves and loads memory, opens new images, 
   const spec = await createVm(g.spec, g.create);
   const runDir = path.join(dir, 'run');
   const accel = await testAccel();
-  let proc = await startVm(spec, { runDir, accel });
+  let proc = await startVm(spec, { runDir, accel, pools: testPools(dir) });
   t.after(() => proc.kill());
 
   const st = status(proc.pid);
@@ -108,7 +108,7 @@ test('QEMU runs as ferry-qemu: boots, saves and loads memory, opens new images, 
   await saveMemory(proc.qmp, mem, path.join(runDir, 'checkpoint.sock'), { timeoutMs: 120_000 });
   const before = parseSerial(await fsp.readFile(log, 'utf8')).heartbeats.length;
   await proc.kill();
-  proc = await startVm(spec, { runDir, accel, incoming: true });
+  proc = await startVm(spec, { runDir, accel, incoming: true, pools: testPools(dir) });
   assert.equal(status(proc.pid).uids[0], u.uid);
   await loadMemory(proc.qmp, mem, path.join(runDir, 'checkpoint.sock'), { timeoutMs: 120_000 });
   await proc.qmp.execute('cont');

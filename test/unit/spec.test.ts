@@ -117,3 +117,51 @@ test('argv: the same spec gives the same device layout on every host; incoming a
   );
   assert.equal((blockdevs[2]!.cache as { direct: boolean }).direct, false);
 });
+
+test('a disk backing chain is pinned into -blockdev nodes: no header names a file QEMU opens', () => {
+  const spec = parseVmSpec(
+    base({
+      disks: [
+        { id: 'disk0', path: '/pool/web1/ck2.qcow2', format: 'qcow2' },
+        { id: 'disk1', path: '/pool/web1/data.qcow2', format: 'qcow2' },
+        { id: 'disk2', path: '/pool/web1/raw.img', format: 'raw' },
+      ],
+    }),
+  );
+  const paths = { qmpSocket: '/run/q.sock', serialLog: '/run/s.log', pidFile: '/run/p' };
+  const chains = new Map([
+    [
+      'disk0',
+      [
+        { path: '/pool/web1/ck2.qcow2', format: 'qcow2' },
+        { path: '/pool/web1/ck1.qcow2', format: 'qcow2' },
+        { path: '/pool/web1/base.img', format: 'raw' },
+      ],
+    ],
+  ]);
+  const a = buildArgv(spec, { accel: 'tcg', paths, chains });
+  const nodes = a.flatMap((x, i) => (a[i - 1] === '-blockdev' ? [JSON.parse(x) as Record<string, unknown>] : []));
+  const byName = new Map(nodes.map((n) => [n['node-name'], n]));
+  // Below the image, bottom first, read-only, each format pinned; the raw base has no backing option at all.
+  assert.deepEqual(
+    nodes.map((n) => n['node-name']),
+    ['disk0-file', 'disk0-b2-file', 'disk0-b2', 'disk0-b1-file', 'disk0-b1', 'disk0', 'disk1-file', 'disk1'].concat([
+      'disk2-file',
+      'disk2',
+    ]),
+  );
+  assert.deepEqual(byName.get('disk0-b2'), {
+    driver: 'raw',
+    file: 'disk0-b2-file',
+    'node-name': 'disk0-b2',
+    cache: { direct: true, 'no-flush': false },
+    'read-only': true,
+  });
+  assert.equal(byName.get('disk0-b2-file')!.filename, '/pool/web1/base.img');
+  assert.equal(byName.get('disk0-b1')!.backing, 'disk0-b2');
+  assert.equal(byName.get('disk0-b1')!['read-only'], true);
+  assert.equal(byName.get('disk0')!.backing, 'disk0-b1');
+  // A qcow2 disk without a checked chain opens no backing file, whatever its header says.
+  assert.equal(byName.get('disk1')!.backing, null);
+  assert.ok(!('backing' in byName.get('disk2')!));
+});
