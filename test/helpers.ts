@@ -54,7 +54,7 @@ export function count(text: string, re: RegExp): number {
   return (text.match(new RegExp(re.source, re.flags.includes('g') ? re.flags : re.flags + 'g')) ?? []).length;
 }
 
-/** A local pool at `dir` (and the guest cache a probe guest boots from): what startVm and removeVm check paths against. */
+/** A local pool at `dir`, and the guest cache a probe guest boots from: what startVm and removeVm check paths in. */
 export function testPools(dir: string): PoolDef[] {
   return [
     { name: 'test', kind: 'local', path: dir },

@@ -14,13 +14,13 @@ import { FerryError, InvalidInputError } from '../errors.js';
 import { rebaseImage } from '../qemu/img.js';
 import { isQemuAlive, QemuProcess } from '../qemu/process.js';
 import { SANDBOX_ARGS } from '../qemu/sandbox.js';
-import { ownForQemu, prepareRunDir } from '../qemu/user.js';
+import { prepareRunDir } from '../qemu/user.js';
 import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
 import { exists } from '../vm/folder.js';
 import type { VmSpec } from '../vm/spec.js';
 import { imageOf, TREE_DIR, TREE_FILE, type CheckpointTree } from '../checkpoint/model.js';
 import { sleep } from '../util/exec.js';
-import { makeFolders, removeFolders, writeNewFile } from './claim.js';
+import { makeFolders, poolRoots, removeFolders, writeNewFile } from './claim.js';
 import type { MoveHost } from './host.js';
 import type { Step } from './runner.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
@@ -174,26 +174,27 @@ export const chainFilesStep: Step<ChainCtx> = {
   when: (ctx) => ctx.item.chainStage === 1,
   async run(ctx, s) {
     const { item } = ctx;
+    const roots = poolRoots(ctx.host.pools());
     const folder = path.join(item.spec.checkpointPath, TREE_DIR);
     const dirs: string[] = [];
     const created: string[] = [];
-    await makeFolders([folder, ...item.chainRoles.map((r) => path.dirname(r.path))], (c) => {
+    await makeFolders(roots, [folder, ...item.chainRoles.map((r) => path.dirname(r.path))], (c) => {
       dirs.splice(0, dirs.length, ...c);
       s.record({ dirs, created });
     });
     for (const r of item.chainRoles) {
-      await writeNewFile(r.path, new Uint8Array(0), `a checkpoint file of VM '${item.spec.name}'`, () => {
+      const what = `a checkpoint file of VM '${item.spec.name}'`;
+      const claimed = (): void => {
         created.push(r.path);
         s.record({ dirs, created });
-      });
-      await fsp.truncate(r.path, r.bytes);
-      await ownForQemu(r.path);
+      };
+      await writeNewFile(roots, r.path, new Uint8Array(0), what, claimed, { sizeBytes: r.bytes, forQemu: true });
     }
     return { dirs, created };
   },
-  async undo(_ctx, data) {
+  async undo(ctx, data) {
     for (const f of strings(data.created)) await fsp.rm(f, { force: true });
-    await removeFolders(strings(data.dirs));
+    await removeFolders(poolRoots(ctx.host.pools()), strings(data.dirs));
   },
 };
 
@@ -300,7 +301,7 @@ export const chainDoneStep: Step<ChainCtx> = {
     const tree = item.req.storage?.chain?.tree;
     const file = path.join(item.spec.checkpointPath, TREE_DIR, TREE_FILE);
     const text = Buffer.from(JSON.stringify(tree, null, 2) + '\n');
-    await writeNewFile(file, text, `the checkpoint tree of VM '${item.spec.name}'`, () => {
+    await writeNewFile(poolRoots(ctx.host.pools()), file, text, `the checkpoint tree of VM '${item.spec.name}'`, () => {
       s.record({ file });
     });
     return { file };

@@ -21,7 +21,7 @@ import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
-import { claimFile, makeFolders, removeFolders, writeNewFile } from './claim.js';
+import { claimFile, makeFolders, poolRoots, removeFolders, withClaimedFile, writeNewFile } from './claim.js';
 import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
@@ -132,13 +132,17 @@ const dirsStep: Step<IncomingCtx> = {
   when: (ctx) => ctx.item.req.storage !== undefined && first(ctx),
   async run(ctx, s) {
     const st = ctx.item.req.storage as Storage;
-    const created = await makeFolders([...st.dirs, ...st.disks.map((d) => path.dirname(d.path))], (c) => {
-      s.record({ created: c });
-    });
+    const created = await makeFolders(
+      poolRoots(ctx.host.pools()),
+      [...st.dirs, ...st.disks.map((d) => path.dirname(d.path))],
+      (c) => {
+        s.record({ created: c });
+      },
+    );
     return { created };
   },
-  async undo(_ctx, data) {
-    await removeFolders(strings(data.created));
+  async undo(ctx, data) {
+    await removeFolders(poolRoots(ctx.host.pools()), strings(data.created));
   },
 };
 
@@ -155,10 +159,16 @@ const filesStep: Step<IncomingCtx> = {
     const created: string[] = [];
     for (const f of st.files) {
       const file = path.join(folder, fileName(item.spec, f.path));
-      await writeNewFile(file, Buffer.from(f.base64, 'base64'), `a file of VM '${item.spec.name}'`, () => {
-        created.push(file);
-        s.record({ created });
-      });
+      await writeNewFile(
+        poolRoots(host.pools()),
+        file,
+        Buffer.from(f.base64, 'base64'),
+        `a file of VM '${item.spec.name}'`,
+        () => {
+          created.push(file);
+          s.record({ created });
+        },
+      );
     }
     return { created };
   },
@@ -175,15 +185,20 @@ const disksStep: Step<IncomingCtx> = {
     const { item } = ctx;
     const st = item.req.storage as Storage;
     const created: string[] = [];
+    const roots = poolRoots(ctx.host.pools());
     for (const d of st.disks) {
-      await claimFile(d.path, `disk '${d.id}' of VM '${item.spec.name}'`);
+      const what = `disk '${d.id}' of VM '${item.spec.name}'`;
+      await claimFile(roots, d.path, what);
       created.push(d.path);
       item.disks.push(d.path);
       s.record({ created });
-      await createImage(d.path, d.format, d.virtualSizeBytes, {
-        ...(ctx.signal ? { signal: ctx.signal } : {}),
-        ...chainBacking(item, d),
-      });
+      await withClaimedFile(roots, d.path, what, (fd) =>
+        createImage(d.path, d.format, d.virtualSizeBytes, {
+          fd,
+          ...(ctx.signal ? { signal: ctx.signal } : {}),
+          ...chainBacking(item, d),
+        }),
+      );
     }
     return { created };
   },
@@ -198,7 +213,7 @@ const configStep: Step<IncomingCtx> = {
   when: (ctx) => ctx.item.req.storage !== undefined && second(ctx),
   async run(ctx, s) {
     const file = configFile(ctx.item.spec.configPath);
-    await claimFile(file, `the config of VM '${ctx.item.spec.name}'`);
+    await claimFile(poolRoots(ctx.host.pools()), file, `the config of VM '${ctx.item.spec.name}'`);
     s.record({ file });
     await saveVm(ctx.item.spec);
     return { file };

@@ -239,8 +239,8 @@ function backingArgs(
   cache: { direct: boolean; 'no-flush': boolean },
 ): { backing?: string | null } {
   let below: string | null = null;
-  for (let k = chain.length - 1; k >= 1; k--) {
-    const c = chain[k]!;
+  for (const [k, c] of [...chain.entries()].reverse()) {
+    if (k === 0) break; // the disk's own image: the caller's node
     const node = `${d.id}-b${k}`;
     a.push(
       '-blockdev',

@@ -1,6 +1,7 @@
 // qemu-img wrapper: the four disk formats Ferry supports, all through QEMU's block layer.
 import { ownForQemu } from './user.js';
-import { run, type RunOptions } from '../util/exec.js';
+import { FerryError } from '../errors.js';
+import { run, runWithFd, type RunOptions } from '../util/exec.js';
 import { InvalidInputError } from '../errors.js';
 
 import { IMAGE_FORMATS, type ImageFormat } from '../api/common.js';
@@ -38,19 +39,26 @@ export async function createImage(
   path: string,
   format: ImageFormat,
   sizeBytes: number,
-  opts: ImgOptions & { backing?: { path: string; format: ImageFormat } } = {},
+  opts: ImgOptions & { backing?: { path: string; format: ImageFormat }; fd?: number } = {},
 ): Promise<void> {
   const args = ['create', '-q', '-f', format];
   const o: string[] = [];
   if (format === 'vpc') o.push('force_size=on', 'subformat=dynamic');
   if (format === 'vhdx') o.push('subformat=dynamic');
   if (o.length) args.push('-o', o.join(','));
-  if (opts.backing) args.push('-b', opts.backing.path, '-F', opts.backing.format);
-  args.push(path);
+  if (opts.backing) {
+    // Beside /dev/fd/3 a relative backing name would point into /dev/fd.
+    if (opts.fd !== undefined && !opts.backing.path.startsWith('/'))
+      throw new FerryError('E_INTERNAL', `Cannot create ${path}: its backing ${opts.backing.path} is not absolute`);
+    args.push('-b', opts.backing.path, '-F', opts.backing.format);
+  }
+  // `fd`: the file the caller opened (claimed, without links), whatever `path` names by now.
+  args.push(opts.fd === undefined ? path : '/dev/fd/3');
   if (!opts.backing || sizeBytes > 0) args.push(String(sizeBytes));
-  await run('qemu-img', args, opts);
+  if (opts.fd === undefined) await run('qemu-img', args, opts);
+  else await runWithFd('qemu-img', args, opts.fd, opts);
   // QEMU may open it at once (a mirror target, a checkpoint overlay): it must be QEMU's user's.
-  await ownForQemu(path);
+  await ownForQemu(opts.fd === undefined ? path : `/proc/self/fd/${opts.fd}`);
 }
 
 /** Copies an overlay's data into its backing image (`qemu-img commit`); the overlay is left empty. */

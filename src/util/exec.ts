@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 
 export interface RunOptions {
@@ -66,6 +66,45 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
       },
     );
     child.stdin?.end(opts.input);
+  });
+}
+
+/**
+ * Runs a program with `fd` as its descriptor 3 (`/dev/fd/3` to it): a file opened here
+ * without links reaches the program as that very file, whatever its path becomes meanwhile.
+ */
+export function runWithFd(cmd: string, args: readonly string[], fd: number, opts: RunOptions = {}): Promise<RunResult> {
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  const what = `run ${cmd}`;
+  if (opts.signal?.aborted) return Promise.reject(new AbortedError(what, opts.signal.reason));
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd,
+      env: opts.env,
+      stdio: ['ignore', 'pipe', 'pipe', fd],
+      signal: opts.signal,
+      timeout: timeoutMs,
+      killSignal: 'SIGKILL',
+    });
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    child.on('error', (err: NodeJS.ErrnoException) => {
+      if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
+      else if (err.code === 'ENOENT')
+        reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
+      else reject(new CommandFailedError(cmd, args, err.message, err));
+    });
+    child.on('close', (code, sig) => {
+      if (code === 0) resolve({ stdout, stderr });
+      else if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
+      else if (sig === 'SIGKILL') reject(new TimeoutError(what, timeoutMs, { cmd, args }));
+      else {
+        const detail = (stderr || stdout || `exit ${code ?? sig}`).trim().split('\n').slice(-5).join(' / ');
+        reject(new CommandFailedError(cmd, args, detail, undefined, { exitCode: code, stderr }));
+      }
+    });
   });
 }
 

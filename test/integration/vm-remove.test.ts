@@ -58,7 +58,7 @@ test('vm rm --keep-disks keeps both; --delete-disks deletes the attached image t
   assert.equal(fs.existsSync(b.made) || fs.existsSync(b.attached), false, '--delete-disks deletes both');
 });
 
-test('vm rm follows no link planted in the pool: a folder swapped for a link to a host folder keeps its files', async (t) => {
+test('vm rm follows no link planted in the pool: a VM folder swapped for a link keeps the linked files', async (t) => {
   const dir = await tempDir(t);
   const pool = path.join(dir, 'pool');
   const host = path.join(dir, 'host-files'); // stands for a folder of the host outside every pool

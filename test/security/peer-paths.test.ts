@@ -1,6 +1,7 @@
 // A hostile host with only its own host certificate, against a 3-host cluster lab (real agents,
 // real etcd): it sends incoming moves whose files, folders and kernel lie outside the victim's
-// pools (outright, through '..' and through a symbolic link in the shared pool it can write),
+// pools (outright, through '..' and through a symbolic link in the shared pool it can write, also
+// one that stays inside the pool: no link below a pool's root is followed when files are made),
 // and checkpoint chains naming files their tree does not; asks the victim to move its VM to the
 // hostile host or to cancel an administrator's move; points a qcow2 header in the shared pool at
 // a host file. Every attempt is refused with a 4xx (or, for the image, a start that fails) and a
@@ -136,6 +137,35 @@ test('incoming move: a VM folder outside the pools, or reached by a symlink out 
     assert.deepEqual(await fsp.readdir(outside), [], 'nothing made through the link');
   } finally {
     await fsp.rm(link);
+  }
+});
+
+test('incoming move: a folder that is a link, even one inside the pool, is not followed when files are made', async () => {
+  // Stands for a folder swapped for a link after the path checks: the check passes (the link
+  // stays in the pool), and the folder is then made through a handle that follows no link.
+  const real = path.join(shared(), 'real');
+  const link = path.join(shared(), 'lnk2');
+  await fsp.mkdir(real);
+  await fsp.symlink(real, link);
+  try {
+    const folder = path.join(link, 'vm');
+    const r = await post(
+      R.agent,
+      R.endpoint(R.victim),
+      '/v1/peer/incoming',
+      incoming(evilSpec(folder), {
+        disks: [],
+        dirs: [folder],
+        files: [{ ...kernel, path: path.join(folder, 'vmlinuz') }],
+      }),
+    );
+    assert.equal(r.status, 400, r.body);
+    assert.match(r.body, /E_PATH_LINK/);
+    assert.match(r.body, /lnk2 is a symbolic link/);
+    assert.deepEqual(await fsp.readdir(real), [], 'nothing made through the link');
+  } finally {
+    await fsp.rm(link);
+    await fsp.rm(real, { recursive: true });
   }
 });
 

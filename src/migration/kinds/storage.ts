@@ -33,7 +33,7 @@ import type { Job } from '../job.js';
 import { folderFiles, type StoragePlan } from '../plan.js';
 import { testHold } from '../policy.js';
 import { copyEta, foldMirrorProgress } from '../progress.js';
-import { claimFile, makeFolders, removeFolders } from '../claim.js';
+import { claimFile, makeFolders, poolRoots, removeFolders, withClaimedFile } from '../claim.js';
 import type { SlotQueue } from '../queue.js';
 import { dropNodesOf } from '../../checkpoint/block.js';
 import { TREE_FILE } from '../../checkpoint/model.js';
@@ -97,13 +97,16 @@ const dirs: Step<StorageCtx> = {
       ...m.map((d) => path.dirname(p.disks[d.id] ?? d.path)),
       ...(p.chain ? [p.chain.to, ...p.chain.files.map((f) => path.dirname(f.to))] : []),
     ];
-    const created = await makeFolders(dirs, (c) => {
+    const created = await makeFolders(poolRoots(ctx.host.pools()), dirs, (c) => {
       s.record({ plan: p, spec: ctx.spec, created: c });
     });
     return { plan: p, spec: ctx.spec, created };
   },
-  async undo(_ctx, data) {
-    await removeFolders(Array.isArray(data.created) ? data.created.filter((x) => typeof x === 'string') : []);
+  async undo(ctx, data) {
+    await removeFolders(
+      poolRoots(ctx.host.pools()),
+      Array.isArray(data.created) ? data.created.filter((x) => typeof x === 'string') : [],
+    );
   },
 };
 
@@ -145,7 +148,7 @@ const chain: Step<StorageCtx> = {
     ctx.job.log(`copying the checkpoint chain: ${files.length} file(s) to ${ctx.plan.chain?.to ?? ''}`);
     const created: string[] = [];
     for (const f of files) {
-      await claimFile(f.to, 'a checkpoint file of the moved VM');
+      await claimFile(poolRoots(ctx.host.pools()), f.to, 'a checkpoint file of the moved VM');
       created.push(f.to);
       s.record({ created });
       await copyChainFile(f, s.signal);
@@ -172,16 +175,20 @@ const mirror: Step<StorageCtx> = {
     const bandwidth = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
     for (const d of moving(ctx)) {
       const dest = ctx.plan.disks[d.id] ?? d.path;
-      await claimFile(dest, 'a disk of the moved VM');
+      const roots = poolRoots(ctx.host.pools());
+      await claimFile(roots, dest, 'a disk of the moved VM');
       created.push(dest);
       s.record({ created, nodes, mirrors, olds });
       // An active layer over a checkpoint chain: a new overlay on the copied chain, only the top mirrored.
       const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
-      if (backing) await createImage(dest, 'qcow2', 0, { backing, signal: s.signal });
-      else {
-        const info = await imageInfo(d.path, { forceShare: true, format: d.format });
-        await createImage(dest, d.format, info.virtualSizeBytes, { signal: s.signal });
-      }
+      const size = backing ? 0 : (await imageInfo(d.path, { forceShare: true, format: d.format })).virtualSizeBytes;
+      await withClaimedFile(roots, dest, 'a disk of the moved VM', (fd) =>
+        createImage(dest, backing ? 'qcow2' : d.format, size, {
+          fd,
+          signal: s.signal,
+          ...(backing ? { backing } : {}),
+        }),
+      );
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
       s.record({ created, nodes, mirrors, olds });
@@ -232,7 +239,7 @@ const convert: Step<StorageCtx> = {
     const m = moving(ctx);
     for (const [i, d] of m.entries()) {
       const dest = ctx.plan.disks[d.id] ?? d.path;
-      await claimFile(dest, 'a disk of the moved VM');
+      await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM');
       created.push(dest);
       s.record({ created });
       const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
