@@ -140,7 +140,7 @@ test('incoming move: a VM folder outside the pools, or reached by a symlink out 
   }
 });
 
-test('incoming move: a folder that is a link, even one inside the pool, is not followed when files are made', async () => {
+test('incoming move: a folder that is a link, even inside the pool, is not followed when files are made', async () => {
   // Stands for a folder swapped for a link after the path checks: the check passes (the link
   // stays in the pool), and the folder is then made through a handle that follows no link.
   const real = path.join(shared(), 'real');
