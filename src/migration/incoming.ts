@@ -364,6 +364,9 @@ function chainBacking(
   return { backing: imageOf(tree, folder, tree.current, d.id) };
 }
 
+/** Errors of Prepare the source gets as they are (their status and code), not as E_PREPARE. */
+const PASSED_ON = new Set(['E_HOST_BUSY', 'E_PATH_LINK']);
+
 /** The destination's bookkeeping of one incoming move, as the runner sees it (always preparing). */
 class IncomingSink implements RunnerSink {
   readonly phase: MigrationState = 'preparing';
@@ -625,7 +628,8 @@ export class IncomingManager {
     if (out.result !== 'completed') {
       this.items.delete(req.jobId);
       host.store.journalDrop(journalId(req.jobId));
-      if (out.error instanceof FerryError && out.error.code === 'E_HOST_BUSY') throw out.error;
+      // Busy, or a path this host refuses (a link in a pool): the peer's answer, not a failure here.
+      if (out.error instanceof FerryError && PASSED_ON.has(out.error.code)) throw out.error;
       throw new FerryError(
         'E_PREPARE',
         `Cannot prepare host '${host.name}' to receive VM '${spec.name}': ${messageOf(out.error)}`,
