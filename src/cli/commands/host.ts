@@ -92,7 +92,7 @@ export function registerHost(program: Command): void {
         ...(o.migrationNetwork ? { migrationNetworks: o.migrationNetwork } : {}),
         ...(o.tls !== undefined ? { tls: o.tls } : {}),
         ...(o.migrations !== undefined ? { enabled: o.migrations } : {}),
-        ...(o.maxVmMemory !== undefined ? { maxVmMemoryMiB: o.maxVmMemory } : {}),
+        ...(o.maxVmMemory !== undefined ? { maxVmMemoryMiB: o.maxVmMemory === 'none' ? null : o.maxVmMemory } : {}),
       };
       if (!Object.keys(body).length)
         throw new InvalidInputError(
@@ -226,9 +226,9 @@ export function registerHost(program: Command): void {
   }
 }
 
-/** --max-vm-memory: MiB, or 'none' for no limit. */
-function maxVmMemory(v: string): number | null {
-  if (v === 'none') return null;
+/** --max-vm-memory: MiB, or 'none' for no limit (kept as 'none': commander turns a parser's null into ''). */
+function maxVmMemory(v: string): number | 'none' {
+  if (v === 'none') return 'none';
   if (!/^\d{1,10}$/.test(v))
     throw new InvalidInputError(
       `Cannot use --max-vm-memory '${v}': give a whole number of MiB, or 'none' for no limit`,
