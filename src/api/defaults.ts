@@ -16,7 +16,7 @@ export const DEFAULTS = {
   /** Per host: storage moves at once. */
   maxStorage: 2,
   /** Cluster queue: moves per node out, per node in, and in the whole cluster. */
-  cluster: { maxOutgoing: 2, maxIncoming: 2, maxTotal: 8 },
+  cluster: { maxOutgoing: 2, maxIncoming: 2, maxTotal: 8, adaptive: true },
   /** A copy that moves no data this long is cancelled (FERRY_MIGRATION_STALL_S overrides). */
   stallSeconds: 15,
   /** The agent's port. */

@@ -68,6 +68,15 @@ export const EventBody = z.discriminatedUnion('type', [
     migration: z.string().nullable().optional(),
   }),
   z.object({ type: z.literal('cluster.admitted'), migration: z.string(), vm, from: z.string(), to: z.string() }),
+  /** Adaptive concurrency changed how many moves may leave (or reach) a node at once. */
+  z.object({
+    type: z.literal('cluster.concurrency'),
+    node: z.string(),
+    direction: z.enum(['outgoing', 'incoming']),
+    from: z.number(),
+    to: z.number(),
+    reason: z.string(),
+  }),
 ]);
 export type EventBody = z.infer<typeof EventBody>;
 export type EventType = EventBody['type'];

@@ -545,6 +545,11 @@ export const BatchView = z.object({
       reason: z.string().nullable(),
     }),
   ),
+  /** Adaptive concurrency: each change of how many of its moves run at once, and why. */
+  concurrency: z
+    .array(z.object({ at: z.string(), node: z.string(), level: z.number(), reason: z.string() }))
+    .max(64)
+    .optional(),
 });
 export type BatchView = z.infer<typeof BatchView>;
 export const ClusterView = z.object({
@@ -578,7 +583,7 @@ export const ClusterView = z.object({
       batch: z.string().nullable(),
     }),
   ),
-  limits: z.object({ maxOutgoing: z.number(), maxIncoming: z.number(), maxTotal: z.number() }),
+  limits: z.object({ maxOutgoing: z.number(), maxIncoming: z.number(), maxTotal: z.number(), adaptive: z.boolean() }),
   /** The last drain or fail-back of each node. */
   batches: z.array(BatchView),
 });
@@ -628,9 +633,12 @@ export const LimitsBody = z
     maxOutgoing: z.number().int().min(1).max(64).optional(),
     maxIncoming: z.number().int().min(1).max(64).optional(),
     maxTotal: z.number().int().min(1).max(1024).optional(),
+    adaptive: z.boolean().optional(),
   })
   .strict()
-  .refine((b) => Object.keys(b).length > 0, { message: 'needs at least one of maxOutgoing, maxIncoming, maxTotal' });
+  .refine((b) => Object.keys(b).length > 0, {
+    message: 'needs at least one of maxOutgoing, maxIncoming, maxTotal, adaptive',
+  });
 export const ClusterJoinBody = z
   .object({
     name: Name,

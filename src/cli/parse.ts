@@ -35,6 +35,15 @@ export function positiveInt(flag: string, max = 1 << 20) {
   };
 }
 
+/** An on|off flag's parser, naming the flag in its error. */
+export function onOff(flag: string) {
+  return (s: string): boolean => {
+    if (s === 'on') return true;
+    if (s === 'off') return false;
+    throw new InvalidArgumentError(`Cannot use ${flag} '${s}': write on or off`);
+  };
+}
+
 export function nonNegativeInt(flag: string, max = 1 << 20) {
   return (s: string): number => {
     const n = Number(s);

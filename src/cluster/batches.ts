@@ -16,6 +16,13 @@ import { place, type PlacementNode } from './placement.js';
 import { placementNodes, withClient, type ClusterCtx } from './context.js';
 import { readHaRecord, readNodes } from './records.js';
 import { coalesced } from '../util/coalesce.js';
+import type { AdaptiveConcurrency } from './adaptive.js';
+
+/** Adaptive concurrency on the leader: the model the scheduler reads, and how to tell it the levels changed. */
+export interface Adaptive {
+  model: AdaptiveConcurrency;
+  changed: () => void;
+}
 
 const MAX_ATTEMPTS = 3;
 const TERMINAL = new Set(['completed', 'failed', 'cancelled']);
@@ -47,6 +54,7 @@ export class BatchRunner {
     private ctx: ClusterCtx,
     private leadership: Leadership,
     private onEvent: Emit,
+    private adaptive?: Adaptive,
   ) {}
 
   async start(): Promise<void> {
@@ -239,6 +247,7 @@ export class BatchRunner {
       return;
     }
     if (!TERMINAL.has(rec.state)) return;
+    await this.learn(b, rec);
     if (rec.state === 'completed') {
       it.state = 'moved';
       it.reason = rec.downtimeMs !== null ? `downtime ${rec.downtimeMs} ms` : null;
@@ -254,5 +263,40 @@ export class BatchRunner {
     it.state = retry ? 'pending' : 'failed';
     it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${rec.error?.message ?? 'failed'}`;
     if (retry && (!nodes.up[it.to ?? ''] || rec.error?.code === 'E_INCOMPATIBLE')) it.to = null;
+  }
+
+  /**
+   * A live move of the batch ended: adaptive concurrency learns from it (its rate at the level
+   * it ran at; a missed downtime limit or a move that could not converge). Its level changes
+   * are published as events and kept in the batch of the node they concern.
+   */
+  private async learn(b: Batch, rec: MigrationRecord): Promise<void> {
+    const a = this.adaptive;
+    if (!a || (rec.kind !== 'live' && rec.kind !== 'shared-nothing') || rec.state === 'cancelled') return;
+    if (rec.state === 'failed' && rec.error?.code !== 'E_NOT_CONVERGING') return; // not a sign of load
+    const limits = await K.readLimits(this.ctx.store, this.ctx.onBad);
+    if (!limits.adaptive) return;
+    const changes = a.model.observe(
+      {
+        from: rec.source,
+        to: rec.destination,
+        bytes: rec.bytesTransferred,
+        totalMs: rec.totalMs ?? 0,
+        completed: rec.state === 'completed',
+        downtimeMs: rec.downtimeMs,
+        maxDowntimeMs: rec.policy.maxDowntimeMs,
+      },
+      { outgoing: limits.maxOutgoing, incoming: limits.maxIncoming },
+    );
+    for (const c of changes) {
+      this.onEvent('cluster.concurrency', { ...c });
+      const mine = c.node === b.node && c.direction === (b.kind === 'drain' ? 'outgoing' : 'incoming');
+      if (mine)
+        b.concurrency = [
+          ...(b.concurrency ?? []),
+          { at: new Date().toISOString(), node: c.node, level: c.to, reason: c.reason },
+        ].slice(-64);
+    }
+    if (changes.length) a.changed();
   }
 }

@@ -12,6 +12,7 @@ import { sleep } from '../util/exec.js';
 import type { ClusterStore, Leadership } from './store.js';
 import type { EventBus } from '../events/bus.js';
 import { Scheduler } from './queue.js';
+import { AdaptiveConcurrency } from './adaptive.js';
 import { BatchRunner } from './batches.js';
 import { FailbackRunner } from './failback-runner.js';
 import { placementNodes } from './context.js';
@@ -103,11 +104,14 @@ export class HaMonitor {
         resolve();
       });
     });
-    const scheduler = new Scheduler(this.store, leadership, this.emit);
+    // Learnt afresh by each leader: how many moves a node's link and CPUs carry at once.
+    const adaptive = new AdaptiveConcurrency();
+    const scheduler = new Scheduler(this.store, leadership, this.emit, adaptive);
     const batches = new BatchRunner(
       { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad },
       leadership,
       this.emit,
+      { model: adaptive, changed: () => void scheduler.pass() },
     );
     const failback = new FailbackRunner(
       { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad },

@@ -227,6 +227,7 @@ export async function writeLimits(
     maxOutgoing: patch.maxOutgoing ?? cur.maxOutgoing,
     maxIncoming: patch.maxIncoming ?? cur.maxIncoming,
     maxTotal: patch.maxTotal ?? cur.maxTotal,
+    adaptive: patch.adaptive ?? cur.adaptive,
   };
   await store.put(config.key, config.codec.encode(next), opts);
   return next;

@@ -53,6 +53,8 @@ export const Limits = z
     maxIncoming: z.number().int().min(1).max(64),
     /** Moves in the whole cluster at once. */
     maxTotal: z.number().int().min(1).max(1024),
+    /** Drains and fail-backs learn how many moves to run at once, up to the limits (adaptive.ts). */
+    adaptive: z.boolean(),
   })
   .strict();
 export type Limits = z.infer<typeof Limits>;

@@ -9,6 +9,7 @@ import type { ClusterStore, Lease, Leadership } from './store.js';
 import * as K from './keys.js';
 import type { QueueEntry, QueueItem } from './model.js';
 import { positions, schedule } from './schedule.js';
+import type { AdaptiveConcurrency } from './adaptive.js';
 import { coalesced } from '../util/coalesce.js';
 
 interface QueueRead {
@@ -191,6 +192,8 @@ export class Scheduler {
     private store: ClusterStore,
     private leadership: Leadership,
     private onEvent: Emit,
+    /** Learnt per-node levels (drains and fail-backs), below the limits when `adaptive` is on. */
+    private adaptive?: AdaptiveConcurrency,
   ) {
     this.onBad = (bad) => {
       onEvent('cluster.bad-value', bad);
@@ -233,7 +236,12 @@ export class Scheduler {
       if (!raw.has(id))
         await this.store.txn({ compare: [fence], success: [{ type: 'delete', key: K.admits.key(id) }] });
     }
-    for (const id of schedule(items, limits, new Set(paused.keys()))) {
+    const a = limits.adaptive ? this.adaptive : undefined;
+    const per = a && {
+      outgoing: (n: string, max: number) => a.limit(n, 'outgoing', max),
+      incoming: (n: string, max: number) => a.limit(n, 'incoming', max),
+    };
+    for (const id of schedule(items, limits, new Set(paused.keys()), per)) {
       const item = items.find((i) => i.id === id);
       const entry = raw.get(id);
       if (!item || !entry) continue;

@@ -16,7 +16,20 @@ export function positions(items: QueueItem[]): Map<string, number> {
   return new Map(queueOrder(items).map((i, n) => [i.id, n + 1]));
 }
 
-export function schedule(items: QueueItem[], limits: Limits, paused: ReadonlySet<string> = new Set()): string[] {
+/** Per-node limits below the configured ones (adaptive concurrency), by node. */
+export interface NodeLimits {
+  outgoing(node: string, max: number): number;
+  incoming(node: string, max: number): number;
+}
+
+export function schedule(
+  items: QueueItem[],
+  limits: Pick<Limits, 'maxOutgoing' | 'maxIncoming' | 'maxTotal'>,
+  paused: ReadonlySet<string> = new Set(),
+  per?: NodeLimits,
+): string[] {
+  const maxOut = (n: string): number => (per ? per.outgoing(n, limits.maxOutgoing) : limits.maxOutgoing);
+  const maxIn = (n: string): number => (per ? per.incoming(n, limits.maxIncoming) : limits.maxIncoming);
   const out = new Map<string, number>();
   const inc = new Map<string, number>();
   let total = 0;
@@ -30,7 +43,7 @@ export function schedule(items: QueueItem[], limits: Limits, paused: ReadonlySet
   for (const i of queueOrder(items)) {
     if (total >= limits.maxTotal) break;
     if (paused.has(i.to)) continue;
-    if ((out.get(i.from) ?? 0) >= limits.maxOutgoing || (inc.get(i.to) ?? 0) >= limits.maxIncoming) continue;
+    if ((out.get(i.from) ?? 0) >= maxOut(i.from) || (inc.get(i.to) ?? 0) >= maxIn(i.to)) continue;
     admit.push(i.id);
     out.set(i.from, (out.get(i.from) ?? 0) + 1);
     inc.set(i.to, (inc.get(i.to) ?? 0) + 1);

@@ -210,7 +210,10 @@ test(
     assert.equal(b.state, 'completed', JSON.stringify(b.items));
     assert.ok(sawQueued, 'a queued move with position 1 was visible in cluster status');
     assert.ok(sawPosition, 'migration list showed a queued move with its position');
+    // Adaptive concurrency is on (the default): what it learns stays within the limits.
+    assert.equal((await status()).limits.adaptive, true);
     assert.ok(maxMoving <= 2, `never more than 2 moves out of host-c (saw ${maxMoving})`);
+    for (const c of b.concurrency ?? []) assert.ok(c.level >= 1 && c.level <= 2, JSON.stringify(c));
     const where = await placement();
     for (const n of ['w1', 'p2', 'p3', 'p4']) assert.match(where[n]!, /^host-[ab]$/, `${n} left host-c`);
     for (const v of await vms()) assert.equal(v.state, 'running', `${v.name} runs`);
@@ -245,6 +248,7 @@ test('resume --failback brings the drained VMs back to their node', async () => 
   const b = JSON.parse(r.stdout) as BatchView;
   assert.equal(b.kind, 'failback');
   assert.equal(b.state, 'completed', JSON.stringify(b.items));
+  for (const c of b.concurrency ?? []) assert.ok(c.level >= 1 && c.level <= 2, JSON.stringify(c));
   process.stderr.write(`fail-back of ${b.items.length} VMs: ${Date.now() - t0} ms\n`);
   const where = await placement();
   for (const n of ['w1', 'p2', 'p3', 'p4']) assert.equal(where[n], 'host-c', `${n} back on host-c`);

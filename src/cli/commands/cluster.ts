@@ -9,7 +9,7 @@ import { FerryError, InvalidInputError } from '../../errors.js';
 import type { Clients, GlobalOpts } from '../context.js';
 import { loadActions, withHosts } from '../hosts.js';
 import { printJson, printTable } from '../output.js';
-import { collect, positiveInt } from '../parse.js';
+import { collect, onOff, positiveInt } from '../parse.js';
 import { EXIT } from '../exit.js';
 import type { BatchWatch } from '../batch-follow.js';
 
@@ -61,7 +61,8 @@ function splitList(v: string[] | undefined): string[] | undefined {
 export function printStatus(v: ClusterView): void {
   process.stdout.write(
     `cluster ${v.name} · leader ${v.leader ?? '(none)'} · limits: ${v.limits.maxOutgoing} out / ` +
-      `${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster\n\n`,
+      `${v.limits.maxIncoming} in per node, ${v.limits.maxTotal} in the cluster` +
+      `${v.limits.adaptive ? ' (adaptive: drains and fail-backs learn how many run at once)' : ''}\n\n`,
   );
   printTable(
     ['NODE', 'STATE', 'SINCE', 'PAUSED', 'ENDPOINT'],
@@ -317,23 +318,36 @@ export function registerCluster(program: Command): void {
     .option('--max-outgoing <n>', 'moves leaving one node at once', positiveInt('--max-outgoing', 64))
     .option('--max-incoming <n>', 'moves arriving on one node at once', positiveInt('--max-incoming', 64))
     .option('--max-total <n>', 'moves in the cluster at once', positiveInt('--max-total', 1024))
+    .option(
+      '--adaptive <on|off>',
+      'drains and fail-backs learn how many moves to run at once, up to the limits (default on)',
+      onOff('--adaptive'),
+    )
     .option('--json', 'JSON')
     .action(async (o, cmd) => {
-      if (o.maxOutgoing === undefined && o.maxIncoming === undefined && o.maxTotal === undefined)
+      if (
+        o.maxOutgoing === undefined &&
+        o.maxIncoming === undefined &&
+        o.maxTotal === undefined &&
+        o.adaptive === undefined
+      )
         throw new InvalidInputError(
-          'Cannot change the cluster limits: no limit given; use --max-outgoing, --max-incoming or --max-total',
+          'Cannot change the cluster limits: no limit given; use --max-outgoing, --max-incoming, --max-total ' +
+            'or --adaptive',
         );
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const body = {
           ...(o.maxOutgoing !== undefined ? { maxOutgoing: o.maxOutgoing } : {}),
           ...(o.maxIncoming !== undefined ? { maxIncoming: o.maxIncoming } : {}),
           ...(o.maxTotal !== undefined ? { maxTotal: o.maxTotal } : {}),
+          ...(o.adaptive !== undefined ? { adaptive: o.adaptive } : {}),
         };
         const v = await anyMember(c, (client) => client.call(actions.clusterLimits, { body }, { timeoutMs: 15_000 }));
         if (o.json) printJson(v);
         else
           process.stdout.write(
-            `limits: ${v.maxOutgoing} out / ${v.maxIncoming} in per node, ${v.maxTotal} in the cluster\n`,
+            `limits: ${v.maxOutgoing} out / ${v.maxIncoming} in per node, ${v.maxTotal} in the cluster` +
+              `${v.adaptive ? ', adaptive' : ', fixed'}\n`,
           );
       });
     });

@@ -1,11 +1,10 @@
 // `ferry host`, `ferry switch`, `ferry pool`: what each host offers.
 import { Option, type Command } from '@commander-js/extra-typings';
-import { InvalidArgumentError } from '@commander-js/extra-typings';
 import type { HostView } from '../../api/schemas.js';
 import type { GlobalOpts } from '../context.js';
 import { withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
-import { collect, name, nonNegativeInt } from '../parse.js';
+import { collect, name, nonNegativeInt, onOff } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
 import path from 'node:path';
 import { registerEnrol } from './enrol.js';
@@ -54,12 +53,6 @@ function certificateRow(c: NonNullable<HostView['certificate']>): [string, strin
   return ['certificate', `serial ${c.serial}, valid until ${c.notAfter} (${days} days), ${renewal}`];
 }
 
-function onOff(s: string): boolean {
-  if (s === 'on') return true;
-  if (s === 'off') return false;
-  throw new InvalidArgumentError(`Cannot use --tls '${s}': write on or off`);
-}
-
 export function registerHost(program: Command): void {
   const host = program.command('host').description('hosts: capabilities, migration settings, enrolment');
   registerEnrol(host);
@@ -82,13 +75,15 @@ export function registerHost(program: Command): void {
     .option('--max-live <n>', 'simultaneous live migrations', nonNegativeInt('--max-live', 64))
     .option('--max-storage <n>', 'simultaneous storage migrations', nonNegativeInt('--max-storage', 64))
     .option('--migration-network <cidr>', 'network for migration traffic (repeatable)', collect)
-    .option('--tls <on|off>', 'TLS for migration streams', onOff)
+    .option('--tls <on|off>', 'TLS for migration streams', onOff('--tls'))
     .option(
       '--max-vm-memory <mib|none>',
       'total memory (MiB) of the VMs this host runs in RAM; beyond it: Smart Paging or refused',
       maxVmMemory,
     )
-    .addOption(new Option('--migrations <on|off>', 'accept and send migrations at all').argParser(onOff))
+    .addOption(
+      new Option('--migrations <on|off>', 'accept and send migrations at all').argParser(onOff('--migrations')),
+    )
     .option('--json', 'JSON')
     .action(async (h, o, cmd) => {
       const body = {
@@ -97,7 +92,7 @@ export function registerHost(program: Command): void {
         ...(o.migrationNetwork ? { migrationNetworks: o.migrationNetwork } : {}),
         ...(o.tls !== undefined ? { tls: o.tls } : {}),
         ...(o.migrations !== undefined ? { enabled: o.migrations } : {}),
-        ...(o.maxVmMemory !== undefined ? { maxVmMemoryMiB: o.maxVmMemory } : {}),
+        ...(o.maxVmMemory !== undefined ? { maxVmMemoryMiB: o.maxVmMemory === 'none' ? null : o.maxVmMemory } : {}),
       };
       if (!Object.keys(body).length)
         throw new InvalidInputError(
@@ -231,9 +226,9 @@ export function registerHost(program: Command): void {
   }
 }
 
-/** --max-vm-memory: MiB, or 'none' for no limit. */
-function maxVmMemory(v: string): number | null {
-  if (v === 'none') return null;
+/** --max-vm-memory: MiB, or 'none' for no limit (kept as 'none': commander turns a parser's null into ''). */
+function maxVmMemory(v: string): number | 'none' {
+  if (v === 'none') return 'none';
   if (!/^\d{1,10}$/.test(v))
     throw new InvalidInputError(
       `Cannot use --max-vm-memory '${v}': give a whole number of MiB, or 'none' for no limit`,

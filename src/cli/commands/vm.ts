@@ -6,7 +6,7 @@ import type { Clients, GlobalOpts } from '../context.js';
 import { FAILBACK_HELP, failbackFlag } from './cluster.js';
 import { withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
-import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt, sizeFlag } from '../parse.js';
+import { collect, diskFlag, dirtyFlag, memoryMiB, name, positiveInt, sizeFlag, onOff } from '../parse.js';
 import path from 'node:path';
 import fsp from 'node:fs/promises';
 import { InvalidInputError, messageOf } from '../../errors.js';
@@ -72,12 +72,6 @@ function printVm(v: VmView): void {
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, val] of rows) process.stdout.write(`${k.padEnd(w)}  ${val}\n`);
-}
-
-function onOff(s: string): boolean {
-  if (s === 'on') return true;
-  if (s === 'off') return false;
-  throw new InvalidInputError(`Cannot use --smart-paging '${s}': write on or off`);
 }
 
 export function registerVm(program: Command): void {
@@ -318,7 +312,11 @@ export function registerVm(program: Command): void {
       "compat (the newest model every host supports), host (the host's CPU; KVM only) or a QEMU model name",
     )
     .option('--failback <when>', `clustered VM: ${FAILBACK_HELP}`, failbackFlag)
-    .option('--smart-paging <on|off>', 'back its RAM with a paging file where a host lacks the memory', onOff)
+    .option(
+      '--smart-paging <on|off>',
+      'back its RAM with a paging file where a host lacks the memory',
+      onOff('--smart-paging'),
+    )
     .option('--json', 'print the VM as JSON')
     .action(async (vmName, o, cmd) => {
       if (o.cpu === undefined && o.failback === undefined && o.smartPaging === undefined)
