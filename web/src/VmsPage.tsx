@@ -89,6 +89,11 @@ export function VmsPage() {
                       </span>
                     </div>
                   ))}
+                  {vm.checkpoints.length > 0 && (
+                    <div className="small muted" data-testid={`vm-checkpoints-${vm.name}`}>
+                      {vm.checkpoints.length} checkpoint{vm.checkpoints.length === 1 ? '' : 's'}
+                    </div>
+                  )}
                 </td>
                 <td className="row-actions">
                   {mayWatch && vm.display === 'vga' && (vm.state === 'running' || vm.state === 'paused') && (
