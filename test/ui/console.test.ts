@@ -1,7 +1,7 @@
 // The web console in Debian's Chromium (playwright-core), against a real 2-host lab.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -20,7 +20,7 @@ import {
 import { ferryOk } from '../e2e/cli.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
-import type { VmView } from '../../src/api/schemas.js';
+import type { CheckpointList, VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import { labTempDir } from '../helpers.js';
 
@@ -234,5 +234,124 @@ test('a viewer sees the inventory but no Move, Drain or Cancel', async () => {
     await p.waitForSelector(tid('login-form'));
   } finally {
     await ctx.close();
+  }
+});
+
+/** The backing files of IMAGE's chain (qemu-img, shared lock: the image may be in use), absolute. */
+function backingChain(image: string): string[] {
+  const out = execFileSync('qemu-img', ['info', '-U', '--backing-chain', '--output=json', image], { encoding: 'utf8' });
+  const chain = JSON.parse(out) as Array<{ filename: string; 'full-backing-filename'?: string }>;
+  return chain.flatMap((i) =>
+    i['full-backing-filename'] ? [path.resolve(path.dirname(i.filename), i['full-backing-filename'])] : [],
+  );
+}
+
+test('the wizard places each item of a VM with checkpoints; a folder outside the pools is refused', async () => {
+  const shared = path.join(lab, 'shared');
+  const list = (): Promise<CheckpointList> => ferryOk<CheckpointList>(['checkpoint', 'list', 'ck1', '--json'], { lab });
+  await ferryOk(
+    ['vm', 'new', 'ck1', '--host', 'host-a', '--guest', 'probe', '--smart-paging'].concat([
+      '--path',
+      path.join(shared, 'ck1'),
+    ]),
+    {
+      lab,
+    },
+  );
+  await ferryOk(['checkpoint', 'new', 'ck1', 'c1'], { lab });
+  await ferryOk(['checkpoint', 'new', 'ck1', 'c2'], { lab });
+  const before = await list();
+  const vm = await ferryOk<VmView>(['vm', 'show', 'ck1', '--json'], { lab });
+  await page.click(tid('nav-vms'));
+  await page.waitForSelector(`${tid('vm-checkpoints-ck1')}:has-text("2 checkpoints")`, { timeout: 30_000 });
+  await openWizard('ck1');
+  await page.click(tid('move-type-storage'));
+  await page.click(tid('wizard-next'));
+  await page.click(tid('move-option-items'));
+  await page.click(tid('wizard-next'));
+  const nFiles = before.checkpoints.reduce((a, c) => a + c.files.length, 0);
+  assert.match(
+    (await page.textContent(tid('wizard-checkpoint-info'))) ?? '',
+    new RegExp(`^2 checkpoints, ${nFiles} files?, `),
+  );
+  assert.match((await page.textContent(tid('wizard-paging-info'))) ?? '', /Smart Paging allowed; it is not running/);
+
+  // A checkpoint folder outside every pool: the agent's refusal is shown, and nothing moves.
+  await page.fill(tid('wizard-path-checkpoint'), '/tmp/ferry-outside-pools');
+  await page.click(tid('wizard-next'));
+  await page.click(tid('wizard-finish'));
+  await page.waitForSelector(tid('wizard-error'), { timeout: 30_000 });
+  assert.match((await page.textContent(tid('wizard-error'))) ?? '', /outside every storage pool of host 'host-a'/);
+  assert.deepEqual(await list(), before, 'nothing moved');
+  await page.click(tid('wizard-back'));
+
+  // Configuration and paging typed in; the checkpoint folder picked with Browse… (a new folder in the shared pool).
+  const cfg = path.join(shared, 'ck1-cfg');
+  const ck = path.join(shared, 'ck1-ck');
+  const pg = path.join(shared, 'ck1-paging');
+  await page.fill(tid('wizard-path-config'), cfg);
+  await page.fill(tid('wizard-path-paging'), pg);
+  await page.fill(tid('wizard-path-checkpoint'), shared);
+  await page.click(tid('wizard-browse-checkpoint'));
+  await page.waitForSelector(`${tid('picker-current')}:text-is("${shared}")`, { timeout: 30_000 });
+  await page.fill(tid('picker-new-folder'), 'ck1-ck');
+  await page.click(tid('picker-use'));
+  assert.equal(await page.inputValue(tid('wizard-path-checkpoint')), ck);
+  // Its disk is a layer of the chain: it follows the checkpoint folder.
+  const active = vm.disks[0]!.path;
+  const activeTo = path.join(ck, path.relative(vm.checkpointPath, active));
+  assert.equal(await page.inputValue(tid('wizard-path-disk-0')), activeTo);
+  assert.equal(await page.getAttribute(tid('wizard-path-disk-0'), 'readonly'), '');
+  await page.click(tid('wizard-next'));
+  await page.waitForSelector(tid('wizard-summary'));
+  const said = async (id: string): Promise<string> => (await page.textContent(tid(id))) ?? '';
+  assert.ok((await said('summary-checkpoint')).endsWith(`→ ${ck} (2 checkpoints)`), await said('summary-checkpoint'));
+  assert.ok((await said('summary-paging')).endsWith(`→ ${pg}`), await said('summary-paging'));
+  assert.ok((await said('summary-config')).endsWith(`→ ${cfg}`), await said('summary-config'));
+  assert.ok((await said('summary-disk')).includes(`→ ${activeTo} `), await said('summary-disk'));
+  await page.screenshot({ path: path.join(shots, 'wizard-items-summary.png') });
+  await page.click(tid('wizard-finish'));
+  await page.waitForSelector(`${tid('migration-state')}:has-text("completed")`, { timeout: 90_000 });
+  await page.click(tid('wizard-close'));
+
+  const v = await ferryOk<VmView>(['vm', 'show', 'ck1', '--json'], { lab });
+  assert.deepEqual([v.configPath, v.checkpointPath, v.pagingPath], [cfg, ck, pg]);
+  assert.equal(v.disks[0]!.path, activeTo);
+  const moved = await list();
+  const folder = path.join(ck, 'checkpoints');
+  assert.equal(moved.folder, folder);
+  assert.deepEqual(
+    moved.checkpoints.map((c) => [c.id, c.name, c.parent, c.files]),
+    before.checkpoints.map((c) => [c.id, c.name, c.parent, c.files]),
+  );
+  for (const c of moved.checkpoints) for (const f of c.files) await fsp.access(path.join(folder, f));
+  assert.equal(fs.existsSync(before.folder), false, `${before.folder} removed`);
+  // Backing references rewritten: the active layer's chain runs through the new folders only.
+  const chain = backingChain(v.disks[0]!.path);
+  assert.ok(chain[0]!.startsWith(folder + '/'), `the active layer's backing ${chain[0]} is in ${folder}`);
+  assert.equal(chain.at(-1), path.join(cfg, path.basename(before.checkpoints[0]!.baseDisks[0]!)));
+  assert.ok(
+    chain.every((b) => b.startsWith(folder + '/') || b.startsWith(cfg + '/')),
+    chain.join(', '),
+  );
+  const applied = await ferryOk<{ checkpoint: string; vm: VmView }>(['checkpoint', 'apply', 'ck1', 'c1', '--json'], {
+    lab,
+  });
+  assert.equal(applied.checkpoint, 'c1');
+  assert.equal((await list()).current, 'c1', 'the VM is at c1 again');
+
+  // On a host without room for its RAM it starts from a file in the new paging folder, and the list says so.
+  await ferryOk(['host', 'set', 'host-a', '--max-vm-memory', '64'], { lab });
+  try {
+    await ferryOk(['vm', 'start', 'ck1'], { lab });
+    const r = await ferryOk<VmView>(['vm', 'show', 'ck1', '--json'], { lab });
+    assert.equal(r.memoryBacking, 'paging-file');
+    assert.equal(path.dirname(r.pagingFile ?? ''), pg);
+    await page.waitForSelector(tid('vm-paging-ck1'), { timeout: 15_000 });
+    await ferryOk(['vm', 'stop', 'ck1', '--force'], { lab });
+    await page.waitForSelector(tid('vm-paging-ck1'), { state: 'detached', timeout: 15_000 });
+  } finally {
+    // Room for every VM again (a limit far above the lab's memory).
+    await ferryOk(['host', 'set', 'host-a', '--max-vm-memory', '1048576'], { lab });
   }
 });

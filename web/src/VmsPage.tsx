@@ -66,6 +66,16 @@ export function VmsPage() {
                   <span className={`badge state-${vm.state}`} data-testid={`vm-state-${vm.name}`}>
                     {vm.state}
                   </span>
+                  {vm.memoryBacking === 'paging-file' && (
+                    // Its RAM is a file in its paging folder (Smart Paging), not ordinary memory.
+                    <span
+                      className="badge paging"
+                      title={`RAM backed by ${vm.pagingFile ?? 'a file in the Smart Paging folder'}`}
+                      data-testid={`vm-paging-${vm.name}`}
+                    >
+                      Smart Paging
+                    </span>
+                  )}
                 </td>
                 <td>{mib(vm.memoryMiB)}</td>
                 <td>{vm.cpus}</td>
@@ -79,6 +89,11 @@ export function VmsPage() {
                       </span>
                     </div>
                   ))}
+                  {vm.checkpoints.length > 0 && (
+                    <div className="small muted" data-testid={`vm-checkpoints-${vm.name}`}>
+                      {vm.checkpoints.length} checkpoint{vm.checkpoints.length === 1 ? '' : 's'}
+                    </div>
+                  )}
                 </td>
                 <td className="row-actions">
                   {mayWatch && vm.display === 'vga' && (vm.state === 'running' || vm.state === 'paused') && (

@@ -1,11 +1,61 @@
-// Where the VM's files go: one folder, or a place per disk and for the configuration.
-import { useState } from 'react';
+// Where the VM's files go: one folder, or a place per item: disks, configuration, checkpoints
+// and the Smart Paging folder.
+import { useState, type ReactNode } from 'react';
 import type { VmView } from '../../../src/api/schemas.js';
 import { basename, bytes, dirname, joinPath } from '../format.js';
 import { FolderPicker } from './FolderPicker.js';
-import type { Choices } from './state.js';
+import { chainDiskPath, disksFollowChain, type Choices } from './state.js';
 
-type Target = { kind: 'disk'; src: string; index: number } | { kind: 'config' };
+type Folder = 'configPath' | 'checkpointPath' | 'pagingPath';
+type Target = { kind: 'disk'; src: string; index: number } | { kind: 'folder'; key: Folder };
+
+const FOLDER_TITLE: Record<Folder, string> = {
+  configPath: 'Folder for the configuration',
+  checkpointPath: 'Folder for the checkpoints',
+  pagingPath: 'Folder for the Smart Paging file',
+};
+
+/** One folder item's row: what it holds, a path input and Browse…. */
+function FolderRow({
+  name,
+  testid,
+  label,
+  value,
+  onChange,
+  onBrowse,
+  children,
+}: {
+  name: string;
+  testid: string;
+  label: string;
+  value: string;
+  onChange: (v: string) => void;
+  onBrowse: () => void;
+  children: ReactNode;
+}) {
+  return (
+    <tr data-testid={`wizard-row-${testid}`}>
+      <td>
+        {name}
+        {children}
+      </td>
+      <td>
+        <input
+          className="path-input"
+          value={value}
+          aria-label={label}
+          onChange={(e) => onChange(e.target.value)}
+          data-testid={`wizard-path-${testid}`}
+        />
+      </td>
+      <td>
+        <button type="button" className="secondary" onClick={onBrowse} data-testid={`wizard-browse-${testid}`}>
+          Browse…
+        </button>
+      </td>
+    </tr>
+  );
+}
 
 export function StepLocations({
   vm,
@@ -44,9 +94,19 @@ export function StepLocations({
     );
   }
 
+  const chained = disksFollowChain(vm);
+  const ckBytes = vm.checkpoints.reduce((a, k) => a + k.sizeBytes, 0);
+  const ckFiles = vm.checkpoints.reduce((a, k) => a + k.files.length, 0);
+  const memory =
+    vm.memoryBacking === 'paging-file'
+      ? `its RAM is in the paging file ${vm.pagingFile ?? ''} now`
+      : vm.memoryBacking === 'ram'
+        ? 'its RAM is in ordinary memory now'
+        : 'it is not running';
+
   const pick = (p: string): void => {
     if (!target) return;
-    if (target.kind === 'config') update({ configPath: p });
+    if (target.kind === 'folder') update({ [target.key]: p });
     else update({ vhd: { ...c.vhd, [target.src]: joinPath(p, basename(target.src)) } });
     setTarget(null);
   };
@@ -70,61 +130,88 @@ export function StepLocations({
                 <div className="path small muted">
                   {d.path} ({d.format}, {bytes(d.virtualSizeBytes)})
                 </div>
+                {chained && (
+                  <div className="small muted" data-testid={`wizard-disk-chained-${i}`}>
+                    A layer of the checkpoint chain: it moves with the checkpoints.
+                  </div>
+                )}
               </td>
               <td>
                 <input
                   className="path-input"
-                  value={c.vhd[d.path] ?? ''}
+                  value={chained ? chainDiskPath(vm, c, d.path) : (c.vhd[d.path] ?? '')}
+                  readOnly={chained}
                   aria-label={`New path of disk ${d.id}`}
                   onChange={(e) => update({ vhd: { ...c.vhd, [d.path]: e.target.value } })}
                   data-testid={`wizard-path-disk-${i}`}
                 />
               </td>
               <td>
-                <button
-                  type="button"
-                  className="secondary"
-                  onClick={() => setTarget({ kind: 'disk', src: d.path, index: i })}
-                  data-testid={`wizard-browse-disk-${i}`}
-                >
-                  Browse…
-                </button>
+                {!chained && (
+                  <button
+                    type="button"
+                    className="secondary"
+                    onClick={() => setTarget({ kind: 'disk', src: d.path, index: i })}
+                    data-testid={`wizard-browse-disk-${i}`}
+                  >
+                    Browse…
+                  </button>
+                )}
               </td>
             </tr>
           ))}
-          <tr>
-            <td>
-              Configuration<div className="path small muted">{vm.configPath}</div>
-            </td>
-            <td>
-              <input
-                className="path-input"
-                value={c.configPath}
-                aria-label="New configuration folder"
-                onChange={(e) => update({ configPath: e.target.value })}
-                data-testid="wizard-path-config"
-              />
-            </td>
-            <td>
-              <button
-                type="button"
-                className="secondary"
-                onClick={() => setTarget({ kind: 'config' })}
-                data-testid="wizard-browse-config"
-              >
-                Browse…
-              </button>
-            </td>
-          </tr>
+          <FolderRow
+            name="Configuration"
+            testid="config"
+            label="New configuration folder"
+            value={c.configPath}
+            onChange={(v) => update({ configPath: v })}
+            onBrowse={() => setTarget({ kind: 'folder', key: 'configPath' })}
+          >
+            <div className="path small muted">{vm.configPath}</div>
+          </FolderRow>
+          {vm.checkpointPath && (
+            <FolderRow
+              name="Checkpoints"
+              testid="checkpoint"
+              label="New checkpoint folder"
+              value={c.checkpointPath}
+              onChange={(v) => update({ checkpointPath: v })}
+              onBrowse={() => setTarget({ kind: 'folder', key: 'checkpointPath' })}
+            >
+              <div className="path small muted">{vm.checkpointPath}</div>
+              <div className="small muted" data-testid="wizard-checkpoint-info">
+                {vm.checkpoints.length === 0
+                  ? 'no checkpoints (the folder moves all the same)'
+                  : `${vm.checkpoints.length} checkpoint${vm.checkpoints.length === 1 ? '' : 's'}, ` +
+                    `${ckFiles} file${ckFiles === 1 ? '' : 's'}, ${bytes(ckBytes)}`}
+              </div>
+            </FolderRow>
+          )}
+          {vm.pagingPath && (
+            <FolderRow
+              name="Smart Paging"
+              testid="paging"
+              label="New Smart Paging folder"
+              value={c.pagingPath}
+              onChange={(v) => update({ pagingPath: v })}
+              onBrowse={() => setTarget({ kind: 'folder', key: 'pagingPath' })}
+            >
+              <div className="path small muted">{vm.pagingPath}</div>
+              <div className="small muted" data-testid="wizard-paging-info">
+                {vm.smartPaging ? 'Smart Paging allowed' : 'Smart Paging not allowed'}; {memory}
+              </div>
+            </FolderRow>
+          )}
         </tbody>
       </table>
       {target && (
         <FolderPicker
-          key={target.kind === 'disk' ? target.src : 'config'}
+          key={target.kind === 'disk' ? target.src : target.key}
           host={host}
           onPick={pick}
-          start={target.kind === 'config' ? c.configPath : dirname(c.vhd[target.src] ?? '')}
-          title={target.kind === 'disk' ? `Folder for disk ${basename(target.src)}` : 'Folder for the configuration'}
+          start={target.kind === 'folder' ? c[target.key] : dirname(c.vhd[target.src] ?? '')}
+          title={target.kind === 'disk' ? `Folder for disk ${basename(target.src)}` : FOLDER_TITLE[target.key]}
         />
       )}
     </div>

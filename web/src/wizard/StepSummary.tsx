@@ -1,6 +1,6 @@
 import { Fragment } from 'react';
 import type { VmView } from '../../../src/api/schemas.js';
-import { changedItems, type Choices } from './state.js';
+import { chainDiskPath, changedItems, disksFollowChain, type Choices } from './state.js';
 
 const OPTION_LABEL = {
   single: "Move all the VM's data to a single location",
@@ -10,6 +10,10 @@ const OPTION_LABEL = {
 
 export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: Choices; request: unknown }) {
   const items = changedItems(vm, c);
+  // Disks that move with the checkpoint chain (their active layers are in its folder).
+  const chainDisks = disksFollowChain(vm)
+    ? vm.disks.map((d) => [d.path, chainDiskPath(vm, c, d.path)] as const).filter(([s, d]) => s !== d)
+    : [];
   const running = vm.state === 'running' || vm.state === 'paused';
   const to = c.type === 'storage' ? vm.host : c.dest;
   let what: string;
@@ -27,7 +31,7 @@ export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: 
       ? ' while the VM keeps running, then its memory moves and it switches over with a short pause'
       : '';
     what =
-      `The VM's disks and configuration are copied to ${to}${live}; ` +
+      `The VM's disks, configuration and checkpoints are copied to ${to}${live}; ` +
       `the source copies are deleted once it is on ${to}.`;
   }
   return (
@@ -66,15 +70,42 @@ export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: 
                 </dd>
               </Fragment>
             ))}
+            {chainDisks.map(([s, d]) => (
+              <Fragment key={s}>
+                <dt>Disk</dt>
+                <dd className="path" data-testid="summary-disk">
+                  {s} → {d} <span className="muted">(with the checkpoints)</span>
+                </dd>
+              </Fragment>
+            ))}
             {items.configPath && (
               <>
                 <dt>Configuration</dt>
-                <dd className="path">
+                <dd className="path" data-testid="summary-config">
                   {vm.configPath} → {items.configPath}
                 </dd>
               </>
             )}
-            {!items.vhd && !items.configPath && (
+            {items.checkpointPath && (
+              <>
+                <dt>Checkpoints</dt>
+                <dd className="path" data-testid="summary-checkpoint">
+                  {vm.checkpointPath} → {items.checkpointPath}{' '}
+                  <span className="muted">
+                    ({vm.checkpoints.length} checkpoint{vm.checkpoints.length === 1 ? '' : 's'})
+                  </span>
+                </dd>
+              </>
+            )}
+            {items.pagingPath && (
+              <>
+                <dt>Smart Paging</dt>
+                <dd className="path" data-testid="summary-paging">
+                  {vm.pagingPath} → {items.pagingPath}
+                </dd>
+              </>
+            )}
+            {!items.vhd && !items.configPath && !items.checkpointPath && !items.pagingPath && (
               <>
                 <dt>Items</dt>
                 <dd className="muted">

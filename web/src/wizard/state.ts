@@ -17,6 +17,9 @@ export interface Choices {
   /** Per disk: source path → destination path. */
   vhd: Record<string, string>;
   configPath: string;
+  /** The folder of the checkpoint tree and files, and the Smart Paging folder. */
+  checkpointPath: string;
+  pagingPath: string;
 }
 
 export const STEP_TITLES: Record<number, string> = {
@@ -37,7 +40,32 @@ export function initialChoices(vm: VmView): Choices {
     storagePath: '',
     vhd: Object.fromEntries(vm.disks.map((d) => [d.path, d.path])),
     configPath: vm.configPath,
+    checkpointPath: vm.checkpointPath,
+    pagingPath: vm.pagingPath,
   };
+}
+
+/** With checkpoints a VM's disks are a chain held by its checkpoint folder: they move with it, not one by one. */
+export const disksFollowChain = (vm: VmView): boolean => vm.checkpoints.length > 0;
+
+const inside = (p: string, dir: string): boolean => p === dir || p.startsWith(`${dir.replace(/\/+$/, '')}/`);
+
+/**
+ * Where a folder of the VM ends up (as the agent plans it): its new place when given, else with
+ * the configuration folder when it is inside it, else where it is.
+ */
+export function followed(vm: VmView, c: Choices, p: string, given?: string): string {
+  const g = given?.trim();
+  if (g && g !== p) return g;
+  const cfg = c.configPath.trim() || vm.configPath;
+  return inside(p, vm.configPath) ? cfg + p.slice(vm.configPath.replace(/\/+$/, '').length) : p;
+}
+
+/** Where a disk goes when it follows the checkpoint chain (its active layer is in the checkpoint folder). */
+export function chainDiskPath(vm: VmView, c: Choices, disk: string): string {
+  const ck = vm.checkpointPath.replace(/\/+$/, '');
+  if (!inside(disk, ck)) return followed(vm, c, disk);
+  return followed(vm, c, ck, c.checkpointPath) + disk.slice(ck.length);
 }
 
 /** The pages this move goes through, in order (fixed numbers: wizard-step-N). */
@@ -52,16 +80,27 @@ export function stepsFor(c: Choices): number[] {
 }
 
 /** Items the user gave a new place (unchanged ones are left out). */
-export function changedItems(vm: VmView, c: Choices): { vhd?: Record<string, string>; configPath?: string } {
+export function changedItems(
+  vm: VmView,
+  c: Choices,
+): { vhd?: Record<string, string>; configPath?: string; checkpointPath?: string; pagingPath?: string } {
   const vhd = Object.fromEntries(
-    Object.entries(c.vhd)
+    Object.entries(disksFollowChain(vm) ? {} : c.vhd)
       .map(([s, d]) => [s, d.trim()] as const)
       .filter(([s, d]) => d && d !== s),
   );
-  const cfg = c.configPath.trim();
+  const changed = (v: string, was: string): string | undefined => {
+    const t = v.trim();
+    return t && t !== was ? t : undefined;
+  };
+  const cfg = changed(c.configPath, vm.configPath);
+  const ck = changed(c.checkpointPath, vm.checkpointPath);
+  const pg = changed(c.pagingPath, vm.pagingPath);
   return {
     ...(Object.keys(vhd).length ? { vhd } : {}),
-    ...(cfg && cfg !== vm.configPath ? { configPath: cfg } : {}),
+    ...(cfg ? { configPath: cfg } : {}),
+    ...(ck ? { checkpointPath: ck } : {}),
+    ...(pg ? { pagingPath: pg } : {}),
   };
 }
 
