@@ -351,7 +351,11 @@ test('the wizard places each item of a VM with checkpoints; a folder outside the
     await ferryOk(['vm', 'stop', 'ck1', '--force'], { lab });
     await page.waitForSelector(tid('vm-paging-ck1'), { state: 'detached', timeout: 15_000 });
   } finally {
-    // Room for every VM again (a limit far above the lab's memory).
-    await ferryOk(['host', 'set', 'host-a', '--max-vm-memory', '1048576'], { lab });
+    // Room for every VM again: no limit.
+    const h = await ferryOk<{ memory: { maxVmBytes?: number | null } }>(
+      ['host', 'set', 'host-a', '--max-vm-memory', 'none', '--json'],
+      { lab },
+    );
+    assert.equal(h.memory.maxVmBytes ?? null, null);
   }
 });
