@@ -1,5 +1,6 @@
 // Begin (Compare-VM): can this VM move there now? Run by `compare-vm`, when a move is asked
 // for, and again when it leaves the queue (things change while a move waits).
+import fsp from 'node:fs/promises';
 import type { AgentClient } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { peerActions } from '../api/peer-actions.js';
@@ -8,6 +9,7 @@ import { FerryError, messageOf } from '../errors.js';
 import { imageInfo } from '../qemu/img.js';
 import { compareVm, compareWarnings, type Incompatibility } from './compare.js';
 import { loadTree } from '../checkpoint/store.js';
+import { listCheckpoints } from '../checkpoint/checkpoints.js';
 import type { VmSpec } from '../vm/spec.js';
 import type { MoveHost } from './host.js';
 import { withDefaults } from './plan.js';
@@ -100,6 +102,7 @@ export async function gather(
     }
   }
   const running = host.vms.proc(vmName) !== null;
+  const chainBytes = options.includeStorage ? await checkpointBytes(spec) : 0;
   const compareInput = {
     spec,
     running,
@@ -109,6 +112,7 @@ export async function gather(
     destCpuModels,
     options,
     diskSizes,
+    chainBytes,
     ...(options.includeStorage ? {} : { sharedFiles: await checkpointBases(spec) }),
   };
   const incompatibilities = compareVm(compareInput);
@@ -131,6 +135,19 @@ export async function checkpointBases(spec: VmSpec): Promise<string[]> {
   const tree = await loadTree(spec);
   if (tree.checkpoints.length === 0) return [];
   return Object.values(tree.base).map((b) => b.path);
+}
+
+/** What a VM's checkpoints take on disk: every checkpoint's files and the base images below them. */
+async function checkpointBytes(spec: VmSpec): Promise<number> {
+  const list = await listCheckpoints(spec);
+  if (list.checkpoints.length === 0) return 0;
+  let bytes = list.checkpoints.reduce((a, c) => a + c.sizeBytes, 0);
+  for (const b of await checkpointBases(spec))
+    bytes += await fsp.stat(b).then(
+      (s) => s.blocks * 512,
+      () => 0,
+    );
+  return bytes;
 }
 
 /** The refusal of a move whose report is not compatible. */

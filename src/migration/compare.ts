@@ -39,6 +39,8 @@ export interface CompareInput {
   diskSizes?: Record<string, number>;
   /** Other files the VM needs where they are (the base images under its checkpoints): shared storage only. */
   sharedFiles?: string[];
+  /** Bytes of its checkpoints' files and base images, copied with the VM (counted in the checkpoint folder's pool). */
+  chainBytes?: number;
 }
 
 export const COMPARE_CODES = {
@@ -544,6 +546,14 @@ function checkDestStorage(input: CompareInput, add: Add): void {
     }
   }
 
+  const chainBytes = input.chainBytes ?? 0;
+  const ckPool = chainBytes > 0 ? innermostPool(dest.pools, path.resolve(plan.checkpointPath)) : null;
+  if (ckPool?.usable) {
+    const acc = perPool.get(ckPool.name) ?? { pool: ckPool, bytes: 0, disks: [] };
+    acc.bytes += chainBytes;
+    acc.disks.push('its checkpoints');
+    perPool.set(ckPool.name, acc);
+  }
   for (const { pool, bytes, disks } of perPool.values()) {
     if (bytes > pool.freeBytes) {
       add(

@@ -548,6 +548,10 @@ test('E_DEST_SPACE: the sum of the disks going to one pool exceeds its free spac
   assert.match(r.message, /need 40\.0 GiB in pool 'local'.*30\.0 GiB free/);
   assert.deepEqual(compareVm(input({ spec, dest: d, options })), []);
   assert.deepEqual(compareVm(input({ spec, dest: d, options, diskSizes: { [`${local}/disk0.qcow2`]: 20 * GiB } })), []);
+  // The checkpoints' files and base images go too: counted in the checkpoint folder's pool.
+  const withChain = { spec, dest: d, options, diskSizes: { [`${local}/disk0.qcow2`]: 20 * GiB }, chainBytes: 15 * GiB };
+  const c = only(compareVm(input(withChain)), 'E_DEST_SPACE');
+  assert.match(c.message, /disk 'disk0', its checkpoints need 35\.0 GiB in pool 'local'/);
 });
 
 test('several problems are all reported, each with a field and a fix', () => {
