@@ -528,24 +528,33 @@ export class VmInventory {
       ...(opts.signal ? { signal: opts.signal } : {}),
       startIncoming: async (spec) => {
         const chains = await this.checkStorage(spec);
-        const switches = await this.prepareNics(spec);
+        // A checkpoint's memory comes back like a start: within the host's room, or Smart Paging.
+        const memoryFile = await this.memoryFor(spec, 'start');
         let proc: QemuProcess;
         try {
-          proc = await startVm(spec, {
-            runDir: this.runDir(spec.id),
-            accel: this.d.settings.accelerator(),
-            incoming: true,
-            switches,
-            chains,
-            pools: this.d.pools.list(),
-            ...(opts.signal ? { signal: opts.signal } : {}),
-          });
+          const switches = await this.prepareNics(spec);
+          try {
+            proc = await startVm(spec, {
+              runDir: this.runDir(spec.id),
+              accel: this.d.settings.accelerator(),
+              incoming: true,
+              switches,
+              chains,
+              pools: this.d.pools.list(),
+              ...(memoryFile ? { memoryFile } : {}),
+              ...(opts.signal ? { signal: opts.signal } : {}),
+            });
+          } catch (err) {
+            await this.releaseNics(spec);
+            throw err;
+          }
         } catch (err) {
-          await this.releaseNics(spec);
+          if (memoryFile) await removePagingFile(memoryFile);
           throw err;
         }
         void proc.exited.then(() => this.releaseNics(spec));
         this.track(name, proc);
+        if (memoryFile) this.usePagingFile(name, proc, memoryFile);
         return proc;
       },
       resumed: (proc) => {
