@@ -240,6 +240,15 @@ type Etcd3Lease = ReturnType<Namespace['lease']>;
  * counted from when the last successful one was *sent* (by then the server-side lease
  * has expired, unless an etcd leader change extended it).
  */
+/**
+ * How often a lease holder renews: every TTL/3, and at least every 500 ms, so that a short
+ * outage (an etcd leader election takes 1–2 s) right after one renewal still leaves attempts
+ * before the holder's loss margin runs out.
+ */
+export function keepalivePeriodMs(ttlMs: number): number {
+  return Math.min(ttlMs / 3, 500);
+}
+
 class LeaseKeeper {
   private lastOk: number;
   private timer: NodeJS.Timeout | undefined;
@@ -275,10 +284,11 @@ class LeaseKeeper {
           );
         }
       },
-      Math.min(250, Math.max(50, this.ttlMs / 8)),
+      // Checked often: a self-fence acts at most this late after its margin ran out.
+      Math.min(100, Math.max(50, this.ttlMs / 8)),
     );
     this.watchdog.unref();
-    this.schedule(this.ttlMs / 3);
+    this.schedule(keepalivePeriodMs(this.ttlMs));
   }
 
   get lost(): boolean {
@@ -304,7 +314,7 @@ class LeaseKeeper {
       ]);
       this.lastOk = Math.max(this.lastOk, sentAt);
       this.renewed(this.lastOk);
-      this.schedule(Math.max(0, this.ttlMs / 3 - (Date.now() - sentAt)));
+      this.schedule(Math.max(0, keepalivePeriodMs(this.ttlMs) - (Date.now() - sentAt)));
     } catch (err) {
       if (err instanceof EtcdLeaseInvalidError) {
         this.lose(storeError('keep the lease alive', err));
