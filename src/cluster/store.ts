@@ -37,8 +37,10 @@ import {
   EtcdPermissionDeniedError,
   ClientClosedError,
   castGrpcError,
+  isRecoverableError,
   type ILeaseKeepAliveResponse,
 } from 'etcd3';
+import { ConsecutiveBreaker, circuitBreaker, handleWhen } from 'cockatiel';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 
@@ -433,6 +435,16 @@ function backoffFrom(ms: number): WatchBackoff {
 }
 const watchBackoff = { duration: 0, next: () => backoffFrom(100) } as unknown as WatchBackoff;
 
+/**
+ * Each member's circuit breaker: open after 3 failures in a row (a dead member is skipped, not
+ * waited for), tried again after 1 s. etcd3's default waits 5 s: when a member dies with its
+ * host while it leads Raft, the others also fail every call until a new leader is elected
+ * (1–2 s), so all circuits opened and every call, the lease keepalives too, failed for 5 s —
+ * longer than a node's fence margin, and the surviving nodes fenced their own HA VMs.
+ */
+const memberBreaker = (): ReturnType<typeof circuitBreaker> =>
+  circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 1000, breaker: new ConsecutiveBreaker(3) });
+
 const ELECTION = 'election';
 
 export class EtcdStore implements ClusterStore {
@@ -492,7 +504,7 @@ export class EtcdStore implements ClusterStore {
       // Short enough that a frozen member costs one attempt, not the whole call.
       defaultCallOptions: (ctx) =>
         ctx.isStream ? {} : { deadline: Date.now() + Math.max(1000, Math.min(callTimeoutMs / 3, 3000)) },
-      faultHandling: { global: noRetry, watchBackoff },
+      faultHandling: { global: noRetry, host: memberBreaker, watchBackoff },
       // HTTP/2 pings find a frozen member under a watch or keepalive stream; etcd's server
       // refuses pings more often than every 5 s (--grpc-keepalive-min-time) and without a stream.
       grpcOptions: {
