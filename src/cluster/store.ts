@@ -437,11 +437,11 @@ const watchBackoff = { duration: 0, next: () => backoffFrom(100) } as unknown as
 
 /**
  * Each member's circuit breaker: open after 3 failures in a row (a dead member is skipped, not
- * waited for), tried again after 0.5 s (one call then waits for it: no more than one keepalive
- * in every few). etcd3's default waits 5 s: when a member dies with its
- * host while it leads Raft, the others also fail every call until a new leader is elected
- * (1–2 s), so all circuits opened and every call, the lease keepalives too, failed for 5 s —
- * longer than a node's fence margin, and the surviving nodes fenced their own HA VMs.
+ * waited for), tried again after 0.5 s (one call then waits for it). etcd3's default waits 5 s:
+ * when a member dies with its host while it leads Raft, the others also fail every call until
+ * a new leader is elected (1–2 s), so all circuits opened and every call, the lease keepalives
+ * too, failed for 5 s — longer than a node's fence margin: the surviving nodes fenced their
+ * own HA VMs.
  */
 const memberBreaker = (): ReturnType<typeof circuitBreaker> =>
   circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) });
