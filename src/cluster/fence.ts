@@ -6,7 +6,7 @@
 // The agent (its Membership) writes DATA/run/cluster-liveness.json each time its node lease
 // is renewed: the lease, when the last successful keepalive was sent, and the fence margin.
 // `ferry fence --data DATA` (started by the agent, detached, one per data folder) reads it
-// every 100 ms; when the lease has not been renewed for the margin (2 s of a 3 s lease, as
+// every 100 ms; when the lease has not been renewed for the margin (3 s of a 4 s lease, as
 // the agent's own self-fence) it kills, at once, the QEMU of every VM the cluster records as
 // this node's HA VM (read from etcd with the host's certificate while it can, the last list
 // otherwise), and notes them in DATA/run/fence-report.json so that the agent, back in time,

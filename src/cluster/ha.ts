@@ -30,7 +30,7 @@ const HA_SWEEP_MS = 5000;
  * The leader's election lease: as short as a node's (membership.ts NODE_TTL_S), so that when
  * the leader's host dies, its successor is elected about when the dead node's lease expires.
  */
-const LEADER_TTL_S = 3;
+const LEADER_TTL_S = 4;
 
 export interface HaHost {
   name: string;

@@ -21,7 +21,7 @@ export interface ClusterConfig {
 export type { ClusterView, NodeView };
 
 /** Failure detection: a node is down at most this long after its last renewal (plus etcd's own delays). */
-export const NODE_TTL_S = 3;
+export const NODE_TTL_S = 4;
 /**
  * The self-fence deadline stays this far below the lease's expiry. An agent that has not
  * renewed its lease for TTL − FENCE_MARGIN_MS stops its HA VMs (and so does its host's fence
@@ -32,7 +32,7 @@ export const NODE_TTL_S = 3;
  * few seconds); docs/performance.md § Fail-over has the whole argument.
  */
 export const FENCE_MARGIN_MS = 1000;
-/** The self-fence deadline of a node lease of `ttlS` seconds (2 s of the default 3 s lease). */
+/** The self-fence deadline of a node lease of `ttlS` seconds (3 s of the default 4 s lease). */
 export function fenceAfterMs(ttlS: number): number {
   return ttlS * 1000 - FENCE_MARGIN_MS;
 }
