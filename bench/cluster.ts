@@ -25,6 +25,7 @@ import { schedule } from '../src/cluster/schedule.js';
 import type { QueueItem } from '../src/cluster/model.js';
 import * as K from '../src/cluster/keys.js';
 import { hostQemuPids } from '../src/lab/lab.js';
+import { NODE_TTL_S } from '../src/cluster/membership.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
 
@@ -108,7 +109,7 @@ async function failover(dir: string): Promise<string> {
       `Failover (lab kill → first heartbeat on the new node), ${RUNS} runs:\n` +
       table(['run', 'killed', 'held leadership', 'restarted on', 'ms'], rows) +
       `\nmedian ${fmt(median(times))} ms, max ${fmt(max(times))} ms ` +
-      '(node lease TTL 5 s; the VM boots under TCG in ~2.5 s)\n'
+      `(node lease TTL ${NODE_TTL_S} s; the VM boots under TCG in ~2.5 s)\n`
     );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);

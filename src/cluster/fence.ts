@@ -6,7 +6,7 @@
 // The agent (its Membership) writes DATA/run/cluster-liveness.json each time its node lease
 // is renewed: the lease, when the last successful keepalive was sent, and the fence margin.
 // `ferry fence --data DATA` (started by the agent, detached, one per data folder) reads it
-// every 100 ms; when the lease has not been renewed for the margin (2.5 s of a 5 s lease, as
+// every 100 ms; when the lease has not been renewed for the margin (3 s of a 4 s lease, as
 // the agent's own self-fence) it kills, at once, the QEMU of every VM the cluster records as
 // this node's HA VM (read from etcd with the host's certificate while it can, the last list
 // otherwise), and notes them in DATA/run/fence-report.json so that the agent, back in time,
@@ -15,7 +15,7 @@
 // An agent restart (systemctl restart, a crash and Restart=on-failure) must not cost the
 // host its HA VMs: while the agent's process is gone (not merely hung: a stopped or wedged
 // agent still holds its pid and is fenced as above) and etcd answers, the fence keeps the
-// agent's node lease alive itself (one keepalive every TTL/3 from its own connection), for at
+// agent's node lease alive itself (one keepalive every TTL/3 or 500 ms, as the agent, from its own connection), for at
 // most a grace window (Liveness.graceMs, 60 s by default), and counts its own successful
 // keepalives as renewals. It stops as soon as a new agent writes another lease (the old one
 // then expires by itself) or the agent renews again; if it cannot renew (a partition) or the
@@ -29,7 +29,7 @@ import { cliCommand } from '../../guest/paths.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
-import { EtcdStore, type ClusterStore } from './store.js';
+import { EtcdStore, keepalivePeriodMs, type ClusterStore } from './store.js';
 import * as K from './keys.js';
 
 /** How long the fence keeps a gone agent's lease by default: room for a restart, not for an outage. */
@@ -430,12 +430,17 @@ class HaList {
   }
 
   /**
-   * Sends one keepalive for the gone agent's lease when one is due (every TTL/3; 100 ms after a
+   * Sends one keepalive for the gone agent's lease when one is due (as often as the agent's own; 100 ms after a
    * failure), without holding up the fence loop; notes in `k` when each successful one was sent.
    */
   keepAlive(k: Keeping, l: Liveness): void {
     const now = Date.now();
-    if (this.keeping || k.expired || (k.renewedAt && now - k.renewedAt < l.ttlMs / 3) || now - this.keepFailedAt < 100)
+    if (
+      this.keeping ||
+      k.expired ||
+      (k.renewedAt && now - k.renewedAt < keepalivePeriodMs(l.ttlMs)) ||
+      now - this.keepFailedAt < 100
+    )
       return;
     const store = this.store;
     if (!store) {

@@ -25,8 +25,13 @@ import { readNodes, swapHaRecord } from './records.js';
 export { putHaRecord } from './records.js';
 export type { HaRecord } from './model.js';
 
-/** How often the leader looks again for HA VMs owned by a node that is down. */
+/** How often the leader looks again for HA VMs owned by a node that is down (a backstop: the watch acts at once). */
 const HA_SWEEP_MS = 5000;
+/**
+ * The leader's election lease: as short as a node's (membership.ts NODE_TTL_S), so that when
+ * the leader's host dies, its successor is elected about when the dead node's lease expires.
+ */
+const LEADER_TTL_S = 4;
 
 export interface HaHost {
   name: string;
@@ -73,7 +78,10 @@ export class HaMonitor {
       try {
         await this.untilEligible();
         await this.lead(
-          await this.store.campaign(K.election.name, this.host.name, { signal: this.ac.signal, ttlSeconds: 5 }),
+          await this.store.campaign(K.election.name, this.host.name, {
+            signal: this.ac.signal,
+            ttlSeconds: LEADER_TTL_S,
+          }),
         );
       } catch {
         // Lost, or etcd unreachable: campaign again shortly (ends at once when stopping).
@@ -168,8 +176,9 @@ export class HaMonitor {
   }
 
   /**
-   * Restarts the HA VMs of a node that is down on the nodes that are up and not paused: high
-   * priority first, where memory fits, keeping anti-affinity classes apart when possible.
+   * Restarts the HA VMs of a node that is down on the nodes that are up and not paused: placed
+   * high priority first, where memory fits, keeping anti-affinity classes apart when possible,
+   * then all started at once.
    */
   private async failover(dead: string): Promise<void> {
     const leadership = this.leadership;
@@ -196,18 +205,22 @@ export class HaMonitor {
         smartPaging: smartPagingOf(r.spec),
       })),
     );
-    for (const p of plan) {
-      const entry = vms.find((e) => e.name === p.vm);
-      if (!entry) continue;
-      if (!p.to) {
-        const result = `cannot restart: ${p.reason ?? 'no node'}`;
-        // The sweep asks again every few seconds: say it once, and again when the reason changes.
-        if (this.refused.get(entry.name) !== result) this.emit('cluster.ha', { vm: entry.name, from: dead, result });
-        this.refused.set(entry.name, result);
-        continue;
-      }
-      await this.restart(leadership, entry, [dead, ...barred], p.to, nodes, pnodes);
-    }
+    // All at once: each VM is its own decision (its own record and generation), and the
+    // last of several must not wait for the boots of the others.
+    await Promise.all(
+      plan.map(async (p) => {
+        const entry = vms.find((e) => e.name === p.vm);
+        if (!entry) return;
+        if (!p.to) {
+          const result = `cannot restart: ${p.reason ?? 'no node'}`;
+          // The sweep asks again every few seconds: say it once, and again when the reason changes.
+          if (this.refused.get(entry.name) !== result) this.emit('cluster.ha', { vm: entry.name, from: dead, result });
+          this.refused.set(entry.name, result);
+          return;
+        }
+        await this.restart(leadership, entry, [dead, ...barred], p.to, nodes, pnodes);
+      }),
+    );
   }
 
   /** Restarts one VM on `to`, or on the next candidate when a node cannot start it (its agent fails, a lock…). */

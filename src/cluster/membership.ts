@@ -20,14 +20,22 @@ export interface ClusterConfig {
 }
 export type { ClusterView, NodeView };
 
-/** Failure detection: a node is down at most this long after it stops renewing. */
-export const NODE_TTL_S = 5;
+/** Failure detection: a node is down at most this long after its last renewal (plus etcd's own delays). */
+export const NODE_TTL_S = 4;
 /**
- * An agent that has not renewed its lease for this long stops its HA VMs: well before etcd
- * can expire the lease (NODE_TTL_S after the last renewal etcd saw) and the leader restarts
- * them elsewhere, so a VM never runs twice.
+ * The self-fence deadline stays this far below the lease's expiry. An agent that has not
+ * renewed its lease for TTL − FENCE_MARGIN_MS stops its HA VMs (and so does its host's fence
+ * process, on the same rule): before etcd can expire the lease — no earlier than TTL after the
+ * last keepalive it received, which was sent no earlier than the one the agent counts from —
+ * and so before the leader can restart them elsewhere. The margin covers the checks' periods
+ * (100 ms each), the kill itself, a stalled event loop and clock-rate error (≤ 0.1 % over a
+ * few seconds); docs/performance.md § Fail-over has the whole argument.
  */
-export const FENCE_AFTER_MS = 2500;
+export const FENCE_MARGIN_MS = 1000;
+/** The self-fence deadline of a node lease of `ttlS` seconds (3 s of the default 4 s lease). */
+export function fenceAfterMs(ttlS: number): number {
+  return ttlS * 1000 - FENCE_MARGIN_MS;
+}
 
 export class Membership {
   store: ClusterStore | null = null;
@@ -103,8 +111,7 @@ export class Membership {
   private async heartbeat(): Promise<void> {
     const store = this.need('renew the node lease');
     const ttl = this.cfg.leaseSeconds ?? NODE_TTL_S;
-    // Fence with a margin: 2.5 s of a 5 s lease (half), whatever the TTL.
-    const lossAfterMs = Math.round(ttl * 1000 * (FENCE_AFTER_MS / (NODE_TTL_S * 1000)));
+    const lossAfterMs = fenceAfterMs(ttl);
     const graceMs = this.cfg.restartGraceSeconds === undefined ? DEFAULT_GRACE_MS : this.cfg.restartGraceSeconds * 1000;
     let leaseId: string | null = null;
     let renewedAt = Date.now();

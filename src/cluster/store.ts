@@ -37,8 +37,10 @@ import {
   EtcdPermissionDeniedError,
   ClientClosedError,
   castGrpcError,
+  isRecoverableError,
   type ILeaseKeepAliveResponse,
 } from 'etcd3';
+import { ConsecutiveBreaker, circuitBreaker, handleWhen } from 'cockatiel';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 
@@ -240,6 +242,15 @@ type Etcd3Lease = ReturnType<Namespace['lease']>;
  * counted from when the last successful one was *sent* (by then the server-side lease
  * has expired, unless an etcd leader change extended it).
  */
+/**
+ * How often a lease holder renews: every TTL/3, and at least every 500 ms, so that a short
+ * outage (an etcd leader election takes 1–2 s) right after one renewal still leaves attempts
+ * before the holder's loss margin runs out.
+ */
+export function keepalivePeriodMs(ttlMs: number): number {
+  return Math.min(ttlMs / 3, 500);
+}
+
 class LeaseKeeper {
   private lastOk: number;
   private timer: NodeJS.Timeout | undefined;
@@ -275,10 +286,11 @@ class LeaseKeeper {
           );
         }
       },
-      Math.min(250, Math.max(50, this.ttlMs / 8)),
+      // Checked often: a self-fence acts at most this late after its margin ran out.
+      Math.min(100, Math.max(50, this.ttlMs / 8)),
     );
     this.watchdog.unref();
-    this.schedule(this.ttlMs / 3);
+    this.schedule(keepalivePeriodMs(this.ttlMs));
   }
 
   get lost(): boolean {
@@ -304,7 +316,7 @@ class LeaseKeeper {
       ]);
       this.lastOk = Math.max(this.lastOk, sentAt);
       this.renewed(this.lastOk);
-      this.schedule(Math.max(0, this.ttlMs / 3 - (Date.now() - sentAt)));
+      this.schedule(Math.max(0, keepalivePeriodMs(this.ttlMs) - (Date.now() - sentAt)));
     } catch (err) {
       if (err instanceof EtcdLeaseInvalidError) {
         this.lose(storeError('keep the lease alive', err));
@@ -423,6 +435,17 @@ function backoffFrom(ms: number): WatchBackoff {
 }
 const watchBackoff = { duration: 0, next: () => backoffFrom(100) } as unknown as WatchBackoff;
 
+/**
+ * Each member's circuit breaker: open after 3 failures in a row (a dead member is skipped, not
+ * waited for), tried again after 0.5 s (one call then waits for it). etcd3's default waits 5 s:
+ * when a member dies with its host while it leads Raft, the others also fail every call until
+ * a new leader is elected (1–2 s), so all circuits opened and every call, the lease keepalives
+ * too, failed for 5 s — longer than a node's fence margin: the surviving nodes fenced their
+ * own HA VMs.
+ */
+const memberBreaker = (): ReturnType<typeof circuitBreaker> =>
+  circuitBreaker(handleWhen(isRecoverableError), { halfOpenAfter: 500, breaker: new ConsecutiveBreaker(3) });
+
 const ELECTION = 'election';
 
 export class EtcdStore implements ClusterStore {
@@ -482,7 +505,7 @@ export class EtcdStore implements ClusterStore {
       // Short enough that a frozen member costs one attempt, not the whole call.
       defaultCallOptions: (ctx) =>
         ctx.isStream ? {} : { deadline: Date.now() + Math.max(1000, Math.min(callTimeoutMs / 3, 3000)) },
-      faultHandling: { global: noRetry, watchBackoff },
+      faultHandling: { global: noRetry, host: memberBreaker, watchBackoff },
       // HTTP/2 pings find a frozen member under a watch or keepalive stream; etcd's server
       // refuses pings more often than every 5 s (--grpc-keepalive-min-time) and without a stream.
       grpcOptions: {

@@ -17,6 +17,7 @@ import { heartbeatGaps, parseSerial, verifyDiskImage } from '../../guest/records
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { DEFAULT_GRACE_MS, Liveness, fenceFiles, runningFence } from '../../src/cluster/fence.js';
 import { isQemuAlive } from '../../src/qemu/process.js';
+import { NODE_TTL_S } from '../../src/cluster/membership.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import { labTempDir } from '../helpers.js';
 
@@ -110,7 +111,7 @@ async function failedOver(
   );
   assert.ok(fencedAt > 0, 'the fence stopped the HA VM');
   assert.ok(fencedAt >= graceMs, `…not before the grace was over (${fencedAt} ms)`);
-  assert.ok(fencedAt < graceMs + 5000, `…before the node's lease could expire (${fencedAt} ms)`);
+  assert.ok(fencedAt < graceMs + NODE_TTL_S * 1000, `…before the node's lease could expire (${fencedAt} ms)`);
   assert.ok(restartAt > fencedAt, 'the VM ran elsewhere only after it stopped here: never two copies');
   assert.deepEqual(await hostQemuPids(dataOf(host)), [], 'no QEMU left on the host whose agent is gone');
   const report = JSON.parse(await fsp.readFile(fenceFiles(dataOf(host)).report, 'utf8')) as { vms: string[] };
