@@ -511,7 +511,7 @@ function storageBytesOf(r: SourceCtx['job']['record']): number {
 /** Two-phase: the destination runs the VM only now, after the source completed. */
 export const confirmStep: Step<SourceCtx> = {
   name: 'confirm',
-  when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && !ctx.postcopy,
+  when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && ctx.job.record.state !== 'post-copy',
   phase: 'switching-over',
   async run(ctx) {
     await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
@@ -521,7 +521,7 @@ export const confirmStep: Step<SourceCtx> = {
 
 export const releaseSourceStep: Step<SourceCtx> = {
   name: 'release-source',
-  when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && !ctx.postcopy,
+  when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && ctx.job.record.state !== 'post-copy',
   phase: 'switching-over',
   async run(ctx, s) {
     await completeStats(ctx);
