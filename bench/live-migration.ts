@@ -2,8 +2,11 @@
 // and by a minimal raw-QMP script (QEMU-NOTES §A), alternating, several rounds, for an
 // idle probe and a dirtying one (64 MiB at 16 MiB/s). Reports wall time, QEMU's downtime
 // and the guest-observed heartbeat gap (host arrival times of `ferry-hb` serial lines).
+// Workload `postcopy` (Ferry only): the dirtying probe moved with a link cap below its dirty
+// rate and --allow-postcopy, so every move switches to post-copy; reports the record's
+// post-copy figures (QEMU's downtime, the guest's pause across both hosts) and the heartbeat gap.
 //
-//   npx tsx bench/live-migration.ts [--rounds N] [--workloads idle,dirty] [--raw-downtime-limit MS] [--keep]
+//   npx tsx bench/live-migration.ts [--rounds N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] [--keep]
 //
 // The raw path uses QEMU's default downtime limit (300 ms) unless --raw-downtime-limit;
 // Ferry's policy starts at 20 ms and raises it only when the copy does not converge.
@@ -66,6 +69,31 @@ const WORKLOADS: Record<Workload, { dirty: string | null; describe: string }> = 
   dirty: { dirty: '64@16', describe: 'probe, default disk writer, dirtier 64 MiB @ 16 MiB/s' },
 };
 
+/** 64 MiB dirtied at 16 MiB/s against an 8 MiB/s cap: pre-copy cannot converge at 50 ms. */
+const POSTCOPY = {
+  dirty: '64@16',
+  describe: 'probe, dirtier 64 MiB @ 16 MiB/s, --bandwidth 8 --max-downtime 50 --finish-within 5 --allow-postcopy',
+  args: ['--bandwidth', '8', '--max-downtime', '50', '--finish-within', '5', '--allow-postcopy'],
+};
+/** QEMU 7.2 runs as ferry-qemu and gets userfaultfd (post-copy) only with this sysctl. */
+const USERFAULTFD_SYSCTL = '/proc/sys/vm/unprivileged_userfaultfd';
+
+interface PostcopySample {
+  round: number;
+  direction: string;
+  ok: boolean;
+  error: string | null;
+  guestTrouble: string | null;
+  wallMs: number;
+  totalMs: number | null;
+  afterMs: number | null;
+  downtimeMs: number | null;
+  guestPauseMs: number | null;
+  postcopyMs: number | null;
+  postcopyMiB: number | null;
+  hbGapMs: number | null;
+}
+
 const GAP_BEFORE_MS = 300;
 /** How long to wait for a heartbeat: 15 s, or 3 s once a guest has been silent for 10 s (dead: don't stall the run). */
 const waitMs = (tail: HeartbeatTail): number =>
@@ -75,6 +103,7 @@ const GAP_AFTER_MS = 1000;
 function parseArgs(argv: string[]): {
   rounds: number;
   workloads: Workload[];
+  postcopy: boolean;
   keep: boolean;
   rawDowntimeLimitMs: number;
 } {
@@ -82,6 +111,7 @@ function parseArgs(argv: string[]): {
   let rawDowntimeLimitMs = RAW_DOWNTIME_LIMIT_MS;
   let workloads: Workload[] = ['idle', 'dirty'];
   let keep = false;
+  let postcopy = false;
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i]!;
     const val = (): string => {
@@ -98,9 +128,10 @@ function parseArgs(argv: string[]): {
         .split(',')
         .map((s) => s.trim())
         .filter(Boolean);
-      if (!w.length || w.some((x) => x !== 'idle' && x !== 'dirty'))
-        throw new Error('--workloads takes idle, dirty or idle,dirty');
-      workloads = w as Workload[];
+      if (!w.length || w.some((x) => x !== 'idle' && x !== 'dirty' && x !== 'postcopy'))
+        throw new Error('--workloads takes a list of idle, dirty and postcopy');
+      postcopy = w.includes('postcopy');
+      workloads = w.filter((x) => x !== 'postcopy') as Workload[];
     } else if (a === '--raw-downtime-limit' || a.startsWith('--raw-downtime-limit=')) {
       rawDowntimeLimitMs = Number(val());
       if (!Number.isInteger(rawDowntimeLimitMs) || rawDowntimeLimitMs < 1 || rawDowntimeLimitMs > 60_000)
@@ -109,15 +140,15 @@ function parseArgs(argv: string[]): {
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npx tsx bench/live-migration.ts ' +
-          '[--rounds N] [--workloads idle,dirty] [--raw-downtime-limit MS] [--keep]\n',
+          '[--rounds N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] [--keep]\n',
       );
       process.exit(0);
     } else
       throw new Error(
-        `unknown argument '${a}'; use --rounds N, --workloads idle,dirty, --raw-downtime-limit MS or --keep`,
+        `unknown argument '${a}'; use --rounds N, --workloads idle,dirty,postcopy, --raw-downtime-limit MS or --keep`,
       );
   }
-  return { rounds, workloads, keep, rawDowntimeLimitMs };
+  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -163,6 +194,7 @@ async function main(): Promise<void> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-bench-'));
   const lab = new FerryLab(dir);
   const samples: Sample[] = [];
+  const postcopySamples: PostcopySample[] = [];
   const notable: Array<{ workload: Workload; vm: string; line: string }> = [];
   const tails: HeartbeatTail[] = [];
   const cliFloor: Partial<Record<Workload, CliFloor>> = {};
@@ -203,8 +235,70 @@ async function main(): Promise<void> {
     for (const wl of opts.workloads) {
       await runWorkload(wl);
     }
+    if (opts.postcopy) await runPostcopy();
   } finally {
     await cleanup();
+  }
+
+  async function runPostcopy(): Promise<void> {
+    const name = 'bench-postcopy';
+    log(`workload postcopy: ${POSTCOPY.describe}`);
+    const tail = new HeartbeatTail(`ferry ${name}`);
+    tails.push(tail);
+    const was = await fsp.readFile(USERFAULTFD_SYSCTL, 'utf8').catch(() => null);
+    let created = false;
+    try {
+      if (was === null) throw new Error(`${USERFAULTFD_SYSCTL} is missing: QEMU cannot do post-copy here`);
+      await fsp.writeFile(USERFAULTFD_SYSCTL, '1');
+      const vm = await lab.newProbe(name, POSTCOPY.dirty);
+      created = true;
+      for (const h of ['host-a', 'host-b']) tail.add(lab.serialLog(h, vm.id), true);
+      tail.start();
+      await tail.waitBeats(0, 25, 60_000);
+      await sleep(6000); // the dirtier touches its whole working set
+      let host = vm.host;
+      for (let round = 1; round <= opts.rounds; round++) {
+        const to = host === 'host-a' ? 'host-b' : 'host-a';
+        const t0 = performance.now();
+        const r = await lab.move(name, to, POSTCOPY.args);
+        const t1 = performance.now();
+        const trouble = await settle(tail, t0, t1);
+        const gap = tail.gap(t0 - GAP_BEFORE_MS, t1 + GAP_AFTER_MS, t1 - 1);
+        const pc = r.record?.postcopy ?? null;
+        const s: PostcopySample = {
+          round,
+          direction: `${host}→${to}`,
+          ok: r.error === null && pc !== null,
+          error: r.error ?? (pc ? null : 'completed without post-copy'),
+          guestTrouble: trouble,
+          wallMs: r.cli.wallMs,
+          totalMs: r.record?.totalMs ?? null,
+          afterMs: pc?.afterMs ?? null,
+          downtimeMs: pc?.downtimeMs ?? null,
+          guestPauseMs: pc?.guestPauseMs ?? null,
+          postcopyMs: pc?.durationMs ?? null,
+          postcopyMiB: pc?.bytes != null ? pc.bytes / 1024 / 1024 : null,
+          hbGapMs: gap?.maxGapMs ?? null,
+        };
+        postcopySamples.push(s);
+        log(
+          `round ${round} postcopy ${s.direction}  wall ${fmt(s.wallMs)} ms  switched after ${fmt(s.afterMs)} ms  ` +
+            `downtime ${fmt(s.downtimeMs)} ms  guest pause ${fmt(s.guestPauseMs)} ms  ` +
+            `post-copy ${fmt(s.postcopyMs)} ms (${fmt(s.postcopyMiB)} MiB)  hb gap ${fmt(s.hbGapMs)} ms` +
+            (s.error ? `  FAILED: ${s.error}` : '') +
+            (trouble ? `  guest: ${trouble}` : ''),
+        );
+        if (r.error === null) host = to;
+        else host = (await lab.show(name).catch(() => ({ host }))).host;
+      }
+    } catch (e) {
+      log(`workload postcopy aborted: ${msg(e)}`);
+    } finally {
+      tail.stop();
+      for (const n of tail.notable) log(`postcopy guest: ${n.line}`);
+      if (created) await lab.remove(name).catch((e: unknown) => log(`removing ${name}: ${msg(e)}`));
+      if (was !== null) await fsp.writeFile(USERFAULTFD_SYSCTL, was).catch((e: unknown) => log(`sysctl: ${msg(e)}`));
+    }
   }
 
   async function runWorkload(wl: Workload): Promise<void> {
@@ -435,6 +529,7 @@ async function main(): Promise<void> {
     }
   }
 
+  if (opts.postcopy) reportPostcopy(postcopySamples);
   report(samples, notable, cliFloor, {
     rounds: opts.rounds,
     workloads: opts.workloads,
@@ -615,3 +710,49 @@ main().then(
     process.exit(1);
   },
 );
+
+function reportPostcopy(samples: PostcopySample[]): void {
+  const ok = samples.filter((s) => s.ok && !s.guestTrouble);
+  const vals = (f: (s: PostcopySample) => number | null): number[] =>
+    ok.map(f).filter((x): x is number => typeof x === 'number');
+  const rows = samples.map((s) => [
+    `${s.round} ${s.direction}`,
+    s.ok ? (s.guestTrouble ? `guest: ${s.guestTrouble}` : 'ok') : `FAILED: ${s.error ?? ''}`.slice(0, 60),
+    fmt(s.wallMs),
+    fmt(s.afterMs),
+    fmt(s.downtimeMs),
+    fmt(s.guestPauseMs),
+    fmt(s.hbGapMs),
+    fmt(s.postcopyMs),
+    fmt(s.postcopyMiB),
+  ]);
+  rows.push([
+    'median / max',
+    `${ok.length}/${samples.length} ok`,
+    medMax(vals((s) => s.wallMs)),
+    medMax(vals((s) => s.afterMs)),
+    medMax(vals((s) => s.downtimeMs)),
+    medMax(vals((s) => s.guestPauseMs)),
+    medMax(vals((s) => s.hbGapMs)),
+    medMax(vals((s) => s.postcopyMs)),
+    medMax(vals((s) => s.postcopyMiB)),
+  ]);
+  process.stdout.write(
+    `\n## Post-copy (${POSTCOPY.describe})\n\n` +
+      table(
+        [
+          'round',
+          'outcome',
+          'wall ms',
+          'switched after ms',
+          'downtime ms',
+          'guest pause ms',
+          'hb gap ms',
+          'post-copy ms',
+          'post-copy MiB',
+        ],
+        rows,
+      ) +
+      '\n',
+  );
+}

@@ -169,6 +169,11 @@ export const ERROR_CODES = {
   E_MIGRATION_URI: failed(
     'the destination answered a stream or disk address the source does not expect; the VM stays on the source',
   ),
+  E_POSTCOPY_LOST: failed(
+    "the move failed after it switched to post-copy: the guest is lost on both hosts (QEMU's rule); " +
+      'restart the VM from its disks',
+  ),
+  E_POSTCOPY_UNSUPPORTED: failed('the destination QEMU cannot do post-copy (userfaultfd); the VM stays on the source'),
   E_NOT_CONVERGING: failed('the guest dirties memory faster than the link carries; the VM stays on the source'),
   E_MIRROR_FAILED: failed('a disk copy failed; the VM stays on the source', true),
   E_MIRROR_LEFTOVER: failed("an earlier move's disk copy is still being torn down; the VM stays on the source", true),

@@ -155,12 +155,13 @@ export class FerryLab {
     await ferry(['vm', 'rm', name], { lab: this.lab, timeoutMs: 60_000 });
   }
 
-  /** `move-vm NAME --to HOST --json`: the record (also when the move failed) and the CLI timing. */
+  /** `move-vm NAME --to HOST [EXTRA…] --json`: the record (also when the move failed) and the CLI timing. */
   async move(
     name: string,
     to: string,
+    extra: string[] = [],
   ): Promise<{ cli: CliResult; record: MigrationRecord | null; error: string | null }> {
-    const cli = await ferry(['move-vm', name, '--to', to, '--json'], { lab: this.lab, timeoutMs: 180_000 });
+    const cli = await ferry(['move-vm', name, '--to', to, ...extra, '--json'], { lab: this.lab, timeoutMs: 180_000 });
     let record: MigrationRecord | null = null;
     try {
       record = JSON.parse(cli.stdout) as MigrationRecord;

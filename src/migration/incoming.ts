@@ -298,7 +298,17 @@ const listenStep: Step<IncomingCtx> = {
         { capability: 'late-block-activate' as const, state: true },
         ...(req.postcopy ? [{ capability: 'postcopy-ram' as const, state: true }] : []),
       ];
-      await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, o);
+      await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, o).catch((err: unknown) => {
+        if (!req.postcopy) throw err;
+        // QEMU 7.2 needs userfaultfd for post-copy: as an unprivileged user only with the sysctl.
+        throw new FerryError(
+          'E_POSTCOPY_UNSUPPORTED',
+          `Cannot receive VM '${item.spec.name}' with post-copy on host '${host.name}': its QEMU cannot use ` +
+            `userfaultfd (${messageOf(err)}); set 'sysctl vm.unprivileged_userfaultfd=1' on '${host.name}' ` +
+            'or move it without --allow-postcopy',
+          { cause: err },
+        );
+      });
       if (req.tls)
         await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' }, o);
     }
@@ -365,7 +375,7 @@ function chainBacking(
 }
 
 /** Errors of Prepare the source gets as they are (their status and code), not as E_PREPARE. */
-const PASSED_ON = new Set(['E_HOST_BUSY', 'E_PATH_LINK']);
+const PASSED_ON = new Set(['E_HOST_BUSY', 'E_PATH_LINK', 'E_POSTCOPY_UNSUPPORTED']);
 
 /** The destination's bookkeeping of one incoming move, as the runner sees it (always preparing). */
 class IncomingSink implements RunnerSink {
@@ -628,7 +638,7 @@ export class IncomingManager {
     if (out.result !== 'completed') {
       this.items.delete(req.jobId);
       host.store.journalDrop(journalId(req.jobId));
-      // Busy, or a path this host refuses (a link in a pool): the peer's answer, not a failure here.
+      // Busy, a path this host refuses (a link in a pool), or no post-copy here: each says what to do itself.
       if (out.error instanceof FerryError && PASSED_ON.has(out.error.code)) throw out.error;
       throw new FerryError(
         'E_PREPARE',
@@ -718,17 +728,22 @@ export class IncomingManager {
       await keepArrivalHa(i);
       await host.vms.arrivedStopped(i.spec, { skipStorageCheck: true });
     } else {
-      // Never `cont` before the incoming side has completed (QEMU would auto-run it later).
+      // Never `cont` before the incoming side has completed (QEMU would auto-run it later),
+      // except in post-copy: there the source has already stopped the guest and sent its
+      // device state, and this QEMU (started with -S) waits for `cont` to run it while its
+      // pages still arrive. (A `cont` that comes before QEMU handled the switch makes it run
+      // the guest as soon as it has: QEMU's autostart.)
       const until = Date.now() + 30_000;
+      let postcopy = false;
       for (;;) {
         const mark = proc.qmp.eventMark;
         const st = await proc.qmp.execute('query-migrate', undefined, { signal: opts.signal, timeoutMs: 10_000 });
         if (st.status === 'completed') break;
-        if (st.status === 'postcopy-active' || st.status === 'postcopy-paused' || st.status === 'postcopy-recover') {
-          const run = await proc.qmp.execute('query-status', undefined, opts);
-          if (run.running) break; // post-copy: the VM already runs here, pages still arrive
+        if (st.status === 'postcopy-active') {
+          postcopy = true;
+          break;
         }
-        if (st.status === 'failed') {
+        if (st.status === 'postcopy-paused' || st.status === 'postcopy-recover' || st.status === 'failed') {
           throw new FerryError(
             'E_INCOMING_FAILED',
             `Cannot finish incoming VM '${i.spec.name}': the stream failed on host '${host.name}'`,
@@ -747,8 +762,15 @@ export class IncomingManager {
           .catch(() => undefined);
       }
       if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
+      const mark = proc.qmp.eventMark;
       const run = await proc.qmp.execute('query-status', undefined, opts);
       if (!run.running) await proc.qmp.execute('cont', undefined, opts);
+      if (postcopy && !run.running) {
+        // Answer once the guest runs here (QEMU's RESUME), so the source's figure of the pause is true.
+        await proc.qmp
+          .waitEvent((ev) => ev.event === 'RESUME', { since: mark, timeoutMs: 10_000, signal: opts.signal })
+          .catch(() => undefined);
+      }
       i.state = 'running';
       await keepArrivalHa(i);
       host.vms.arrivedRunning(i.spec, proc, i.memoryFile ?? null);

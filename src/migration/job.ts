@@ -72,6 +72,7 @@ export class Job implements RunnerSink {
       disks: [],
       requestedBy: init.requestedBy ?? null,
       prediction: null,
+      postcopy: null,
     };
   }
 

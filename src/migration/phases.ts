@@ -42,8 +42,9 @@ export const PHASES: Record<MigrationState, PhaseRule> = {
     onFailure: 'undo',
   },
   // The guest runs on the destination while its pages arrive: no way back (QEMU's rule).
-  'post-copy': { next: ['switching-over', 'completed', 'failed'], cancel: false, onFailure: 'report' },
-  'switching-over': { next: ['completed', 'failed'], cancel: false, onFailure: 'resolve' },
+  'post-copy': { next: ['completed', 'failed'], cancel: false, onFailure: 'report' },
+  // After the switch to post-copy (switchover step) a failure is reported, never undone.
+  'switching-over': { next: ['post-copy', 'completed', 'failed'], cancel: false, onFailure: 'resolve' },
   completed: { next: [], cancel: false, onFailure: 'report' },
   failed: { next: [], cancel: false, onFailure: 'report' },
   cancelled: { next: [], cancel: false, onFailure: 'report' },

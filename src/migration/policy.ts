@@ -9,8 +9,9 @@
 //      or to QEMU's expected downtime) up to --max-downtime;
 //   2. at --max-downtime and still not converging → throttle the guest's vCPUs (auto-converge
 //      trigger down to 50 %, the throttle grows each pass);
-//   3. the --finish-within budget is spent → post-copy if --allow-postcopy, else abort and
-//      say why (dirty rate against bandwidth). Never cancel once post-copy has started.
+//   3. the --finish-within budget is spent → post-copy if --allow-postcopy and the link is
+//      healthy (linkProblem), else abort and say why (dirty rate against bandwidth). Never
+//      cancel once post-copy has started: a failure there loses the guest on both hosts.
 import { DEFAULTS } from '../api/defaults.js';
 import type { MigrationParameters } from '../qemu/commands.js';
 import type { Sample, Verdict } from './progress.js';
@@ -33,6 +34,14 @@ export const START_DOWNTIME_MS = 20;
  */
 export const TCG_START_DOWNTIME_MS = 300;
 
+/**
+ * Post-copy only over a healthy link: its byte counter moved within the last HEALTHY_GAP_MS
+ * and never stood still longer than that in the last HEALTHY_WINDOW_MS. In post-copy the
+ * guest's memory is split between the hosts, so a link that falters then loses the guest.
+ */
+export const HEALTHY_GAP_MS = 3000;
+export const HEALTHY_WINDOW_MS = 10_000;
+
 export function defaultFinishWithinMs(memoryMiB: number): number {
   // A minute, plus 30 s per GiB of RAM: generous for a LAN, bounded for a stuck guest.
   return Math.round(60_000 + (memoryMiB / 1024) * 30_000);
@@ -51,6 +60,11 @@ export class ConvergencePolicy {
   step = 0;
   private lastPassJudged = -1;
   private abortedOrPostcopy = false;
+  private lastBytes = -1;
+  private lastMoveAtMs = 0;
+  private lastStillAtMs = 0;
+  private lastGapEndMs = -Infinity;
+  private lastGapMs = 0;
 
   constructor(opts: PolicyOptions) {
     this.opts = opts;
@@ -72,11 +86,24 @@ export class ConvergencePolicy {
   /** One decision per pass end at most (passes are where a trend can be judged). */
   onSample(s: Sample, verdict: Verdict | null, elapsedMs: number): Decision[] {
     if (this.abortedOrPostcopy) return [];
+    this.watchLink(s);
     if (elapsedMs >= this.opts.finishWithinMs) {
       this.abortedOrPostcopy = true;
       const why =
         `the guest dirties memory at ${mib(s.dirtyBps)} MiB/s against ${mib(s.bandwidthBps)} MiB/s of bandwidth, ` +
         `${mib(s.remainingBytes)} MiB still to copy`;
+      const sick = this.opts.allowPostcopy ? this.linkProblem(s.atMs) : null;
+      if (sick) {
+        return [
+          {
+            kind: 'abort',
+            reason:
+              `it did not converge within ${Math.round(this.opts.finishWithinMs / 1000)} s (--finish-within): ` +
+              `${why}; post-copy was allowed but refused because the link is not healthy (${sick}): a failure ` +
+              'during post-copy loses the guest on both hosts; check the migration network and move it again',
+          },
+        ];
+      }
       if (this.opts.allowPostcopy) {
         this.postcopy = true;
         return [
@@ -123,6 +150,36 @@ export class ConvergencePolicy {
     }
     return [];
   }
+
+  /** Why the link is not healthy enough for post-copy at `nowMs` (the latest sample), or null when it is. */
+  linkProblem(nowMs: number): string | null {
+    if (this.lastBytes < 0) return 'no data moved yet';
+    const still = this.lastStillAtMs > this.lastMoveAtMs ? nowMs - this.lastMoveAtMs : 0;
+    if (still > HEALTHY_GAP_MS) return `no data moved for the last ${sec(still)} s`;
+    if (nowMs - this.lastGapEndMs < HEALTHY_WINDOW_MS) {
+      return `the stream stood still for ${sec(this.lastGapMs)} s in the last ${HEALTHY_WINDOW_MS / 1000} s`;
+    }
+    return null;
+  }
+
+  /** A stall is seen only between samples that show the same byte count (samples may be far apart). */
+  private watchLink(s: Sample): void {
+    if (s.transferredBytes === this.lastBytes) {
+      this.lastStillAtMs = s.atMs;
+      return;
+    }
+    const gap = this.lastStillAtMs > this.lastMoveAtMs ? this.lastStillAtMs - this.lastMoveAtMs : 0;
+    if (this.lastBytes >= 0 && gap > HEALTHY_GAP_MS) {
+      this.lastGapEndMs = s.atMs;
+      this.lastGapMs = gap;
+    }
+    this.lastBytes = s.transferredBytes;
+    this.lastMoveAtMs = s.atMs;
+  }
+}
+
+function sec(ms: number): string {
+  return (ms / 1000).toFixed(1);
 }
 
 function mib(bps: number): string {

@@ -67,6 +67,8 @@ export function predictMove(input: PredictInput): PredictOutcome {
   let maxThrottle = 0;
   let elapsedMs = 0;
   let remaining = mem;
+  // What the link carried so far: the policy allows post-copy only over a link that moves data.
+  let sent = 0;
   const ends: PassEnd[] = [];
   const stepOf = (): PredictedStep =>
     policy.postcopy ? 'post-copy' : maxThrottle > 0 ? 'auto-converge' : policy.step > 0 ? 'raise-downtime' : 'pre-copy';
@@ -83,6 +85,7 @@ export function predictMove(input: PredictInput): PredictOutcome {
   for (let pass = 1; pass <= MAX_PASSES; pass++) {
     const passMs = (remaining / link) * 1000;
     elapsedMs += passMs;
+    sent += remaining;
     const dirtyBps = input.dirtyBps * (1 - throttle / 100);
     const dirtied = Math.min(mem, (dirtyBps * passMs) / 1000);
     // QEMU's throttle check at the dirty sync: dirtied more than trigger % of what it sent.
@@ -100,7 +103,7 @@ export function predictMove(input: PredictInput): PredictOutcome {
       pass: pass + 1,
       totalBytes: mem,
       remainingBytes: remaining,
-      transferredBytes: 0,
+      transferredBytes: sent,
       bandwidthBps: link,
       dirtyBps,
       expectedDowntimeMs: leftMs,

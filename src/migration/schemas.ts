@@ -196,6 +196,24 @@ export const MigrationRecord = z.object({
     .optional(),
   /** The prediction made before the move (compare-vm --predict), beside the outcome above. */
   prediction: Prediction.nullable().optional(),
+  /** Set once the move switched to post-copy (--allow-postcopy): from then on there is no way back. */
+  postcopy: z
+    .object({
+      /** When the source stopped the guest to switch (ISO time) and how long after the copy began. */
+      switchedAt: z.string(),
+      afterMs: z.number(),
+      /** QEMU's downtime on the source: guest stopped until its device state was sent. */
+      downtimeMs: z.number().nullable(),
+      /** Guest stopped on the source until it ran on the destination, as the source saw it. */
+      guestPauseMs: z.number().nullable(),
+      /** The pages pulled after the switch (QEMU's postcopy-bytes) and how long that took. */
+      bytes: z.number().nullable(),
+      durationMs: z.number().nullable(),
+      /** A failure after the switch: the guest is lost on both hosts (QEMU's rule). */
+      lost: z.boolean(),
+    })
+    .nullable()
+    .optional(),
 });
 export type MigrationRecord = z.infer<typeof MigrationRecord>;
 

@@ -59,6 +59,25 @@ export interface SourceCtx {
   mirrors: MirrorSpec[];
   /** Where the memory copy sits on the progress bar (after the disks of a shared-nothing move). */
   memSpan: [number, number];
+  /** Set when the ladder asked QEMU for post-copy: when (Date.now()) and how long after the copy began. */
+  postcopy?: { askedAtMs: number; afterMs: number; eventMark: number };
+}
+
+/**
+ * A failure after the switch to post-copy. The guest's memory is split between the hosts:
+ * the destination ran it with the pages it had, the source holds the rest, and neither can
+ * run it again (QEMU's rule). The source is never resumed.
+ */
+export class PostcopyLostError extends FerryError {
+  constructor(vm: string, source: string, destination: string, why: string, cause?: unknown) {
+    super(
+      'E_POSTCOPY_LOST',
+      `Cannot finish moving VM '${vm}' to '${destination}': ${why} after it switched to post-copy; the guest ` +
+        `is lost on both hosts (its memory is split between them, QEMU's rule) and '${source}' does not resume ` +
+        `it. Restart it from its disks: 'ferry vm stop ${vm} --force', then 'ferry vm start ${vm}'`,
+      { cause, context: { vm, source, destination } },
+    );
+  }
 }
 
 export function peerClient(host: MoveHost, to: Destination): AgentClient {

@@ -297,6 +297,56 @@ test('budget: with allowPostcopy → start-postcopy instead of abort, once, then
   assert.deepEqual(p.onSample(at(32), 'stalled', 500_000), []);
 });
 
+/** A sample at `atMs` whose byte counter reads `bytes` (the link's health is judged from it). */
+function moved(atMs: number, bytes: number): Sample {
+  return { ...at(30), atMs, transferredBytes: bytes };
+}
+
+test('post-copy guard: a link that moves data now and did not stall lately → start-postcopy', () => {
+  const p = policy({ finishWithinMs: 60_000, allowPostcopy: true });
+  for (let t = 40_000; t < 60_000; t += 250) assert.deepEqual(p.onSample(moved(t, t * 1000), 'converging', t - 1), []);
+  assert.equal(p.linkProblem(59_750), null);
+  assert.equal(only(p.onSample(moved(60_000, 60_000_000), 'stalled', 60_000)).kind, 'start-postcopy');
+});
+
+test('post-copy guard: no data moved for more than HEALTHY_GAP_MS at the budget → abort, the guest stays', () => {
+  const p = policy({ finishWithinMs: 60_000, allowPostcopy: true });
+  assert.deepEqual(p.onSample(moved(50_000, 5), 'converging', 50_000), []);
+  assert.deepEqual(p.onSample(moved(55_000, 5), 'converging', 55_000), []);
+  assert.equal(p.linkProblem(55_000), 'no data moved for the last 5.0 s');
+  const d = only(p.onSample(moved(60_000, 5), 'stalled', 60_000));
+  assert.equal(d.kind, 'abort');
+  assert.match(
+    d.reason,
+    /post-copy was allowed but refused because the link is not healthy \(no data moved for the last 10\.0 s\)/,
+  );
+  assert.match(d.reason, /loses the guest on both hosts/);
+  assert.equal(p.postcopy, false);
+});
+
+test('post-copy guard: a stall that ended within HEALTHY_WINDOW_MS still refuses; an older one does not', () => {
+  const recent = policy({ finishWithinMs: 60_000, allowPostcopy: true });
+  recent.onSample(moved(50_000, 1), 'converging', 50_000);
+  recent.onSample(moved(54_000, 1), 'converging', 54_000);
+  recent.onSample(moved(54_250, 2), 'converging', 54_250);
+  const d = only(recent.onSample(moved(60_000, 3), 'stalled', 60_000));
+  assert.equal(d.kind, 'abort');
+  assert.match(d.reason, /stood still for 4\.0 s in the last 10 s/);
+
+  const old = policy({ finishWithinMs: 60_000, allowPostcopy: true });
+  old.onSample(moved(40_000, 1), 'converging', 40_000);
+  old.onSample(moved(44_000, 1), 'converging', 44_000);
+  old.onSample(moved(44_250, 2), 'converging', 44_250);
+  assert.equal(only(old.onSample(moved(60_000, 3), 'stalled', 60_000)).kind, 'start-postcopy');
+});
+
+test('post-copy guard: samples far apart whose counter moved are no stall', () => {
+  const p = policy({ finishWithinMs: 60_000, allowPostcopy: true });
+  p.onSample(moved(30_000, 1), 'converging', 30_000);
+  p.onSample(moved(45_000, 2), 'converging', 45_000);
+  assert.equal(only(p.onSample(moved(60_000, 3), 'stalled', 60_000)).kind, 'start-postcopy');
+});
+
 test('budget: applies exactly at finishWithinMs, not a millisecond before', () => {
   const before = policy({ finishWithinMs: 30_000 });
   assert.deepEqual(before.onSample(at(3), 'converging', 29_999), []);

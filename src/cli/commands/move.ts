@@ -326,7 +326,12 @@ export function registerMove(program: Command): void {
     )
     .addOption(new Option('--priority <p>', 'queue priority: high, normal or low').argParser(priority))
     .option('--bandwidth <mibps>', 'cap the transfer rate (MiB/s)', positiveInt('--bandwidth', 1_000_000))
-    .option('--allow-postcopy', 'switch to post-copy when pre-copy cannot finish in time')
+    .option(
+      '--allow-postcopy',
+      'when --finish-within is spent, run the guest on the destination and pull its remaining pages ' +
+        '(post-copy), only over a healthy link (no 3 s without data in the last 10 s); a failure after the ' +
+        'switch loses the guest on both hosts',
+    )
     .option('--no-wait', 'return the migration id at once')
     .option('--json', 'print the migration record as JSON')
     .addOption(progressOption())

@@ -3,11 +3,14 @@
 //   queued          cluster-queue → slot
 //   preparing       compare → tls → prepare
 //   copying-storage reach-nbd → mirror                       (shared nothing)
-//   copying-memory  migrate (the convergence ladder; may enter post-copy)
+//   copying-memory  migrate (the convergence ladder; may ask for post-copy)
 //   switching-over  switchover → confirm → release-source
+//   post-copy       (instead of confirm and release-source, once the ladder asked for it)
+//                   postcopy: the destination runs the guest, its pages follow, the source quits
 // Before switch-over a failure undoes the steps newest first: cancel the stream and resume the
 // source, cancel the mirrors, the destination removes what it made. In switch-over `resolve`
-// asks QEMU and the destination who runs the VM (two-phase: it never runs twice).
+// asks QEMU and the destination who runs the VM (two-phase: it never runs twice). After the
+// switch to post-copy nothing is undone: a failure there loses the guest on both hosts.
 import { peerActions } from '../../api/peer-actions.js';
 import { AbortedError, FerryError, codeOf, messageOf } from '../../errors.js';
 import type { MigrationInfo, MigrationStatus } from '../../qemu/commands.js';
@@ -43,6 +46,7 @@ import {
   MigrationFailedError,
   needProc,
   needSpec,
+  PostcopyLostError,
   reachable,
   sourceCompleted,
   stalledError,
@@ -312,7 +316,10 @@ export const migrateStep: Step<SourceCtx> = {
             r.downtimeLimitMs = policy.downtimeMs;
             s.log(d.reason);
           } else if (d.kind === 'start-postcopy') {
-            ctx.job.enter('post-copy', d.reason);
+            // QEMU stops the guest at the end of this pass and waits at pre-switchover: up to
+            // there it can still be undone like a pre-copy (the switchover step commits).
+            s.log(d.reason);
+            ctx.postcopy = { askedAtMs: Date.now(), afterMs: Date.now() - t0, eventMark: qmp.eventMark };
             await qmp.execute('migrate-start-postcopy', undefined, { timeoutMs: 10_000 });
           } else {
             throw new MigrationFailedError(
@@ -324,9 +331,8 @@ export const migrateStep: Step<SourceCtx> = {
         ctx.job.flush();
       }
       await checkMirrors(qmp, mirrors);
-      if (st === 'pre-switchover' || st === 'completed') return { wasRunning, started: true, status: st };
-      if (POSTCOPY.includes(st) && r.state !== 'post-copy')
-        ctx.job.enter('post-copy', 'post-copy: the guest runs on the destination');
+      if (st === 'pre-switchover' || st === 'completed' || POSTCOPY.includes(st))
+        return { wasRunning, started: true, status: st };
       if (st === 'failed') {
         throw new MigrationFailedError(
           'E_MIGRATION_FAILED',
@@ -353,6 +359,11 @@ export const migrateStep: Step<SourceCtx> = {
     if (data.started) await cancelStream(ctx, s);
     if (data.wasRunning !== false) {
       try {
+        const mig = await qmp.execute('query-migrate', undefined, { timeoutMs: 5000 });
+        if (POSTCOPY.includes(mig.status ?? 'none')) {
+          s.log('the source is in post-copy: its guest is not resumed (its memory is split between the hosts)');
+          return;
+        }
         const st = await qmp.execute('query-status', undefined, { timeoutMs: 5000 });
         if (!st.running) await qmp.execute('cont', undefined, { timeoutMs: 5000 });
       } catch (err) {
@@ -396,6 +407,10 @@ export const switchoverStep: Step<SourceCtx> = {
     await testHold('switching-over', s.log);
     let info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
     const stallMs = stallTimeoutMs();
+    if (ctx.postcopy && POSTCOPY.includes(info.status ?? 'none')) {
+      ctx.job.enter('post-copy', 'post-copy: the guest moves to the destination, its pages follow');
+      return undefined;
+    }
     if (info.status === 'pre-switchover') {
       // Completing holds QEMU's main lock while it writes the device state: over a dead link
       // that write blocks for the kernel's TCP timeout with the guest paused and QMP silent.
@@ -419,6 +434,11 @@ export const switchoverStep: Step<SourceCtx> = {
         for (const m of mirrors) await delNode(qmp, m.target);
       }
       await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
+      if (ctx.postcopy) {
+        // The point of no return: QEMU sends the device state and the destination may run it.
+        ctx.job.enter('post-copy', 'post-copy: the guest moves to the destination, its pages follow');
+        return undefined;
+      }
       const until = Date.now() + 60_000;
       const watchdog = new StallWatchdog(stallMs);
       watchdog.reset(Date.now());
@@ -491,7 +511,7 @@ function storageBytesOf(r: SourceCtx['job']['record']): number {
 /** Two-phase: the destination runs the VM only now, after the source completed. */
 export const confirmStep: Step<SourceCtx> = {
   name: 'confirm',
-  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && ctx.job.record.state !== 'post-copy',
   phase: 'switching-over',
   async run(ctx) {
     await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
@@ -501,10 +521,95 @@ export const confirmStep: Step<SourceCtx> = {
 
 export const releaseSourceStep: Step<SourceCtx> = {
   name: 'release-source',
-  when: (ctx) => ctx.proc !== null || ctx.job.record.kind === 'live',
+  when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && ctx.job.record.state !== 'post-copy',
   phase: 'switching-over',
   async run(ctx, s) {
     await completeStats(ctx);
+    await finishOnSource(ctx, s.log);
+    return undefined;
+  },
+};
+
+/**
+ * Post-copy after the switch: the destination's QEMU (started with -S) stays paused after
+ * the switch until told to run, so tell it as soon as the source says the device state went
+ * (postcopy-active); then the source serves the pages the guest asks for and pushes the rest
+ * until QEMU completes, and quits. No time cap and no cancel: there is nothing to go back to.
+ * A failure here is reported as PostcopyLostError and the source is never resumed.
+ */
+export const postcopyStep: Step<SourceCtx> = {
+  name: 'postcopy',
+  when: (ctx) => ctx.postcopy !== undefined && ctx.job.record.state === 'post-copy',
+  phase: 'post-copy',
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const qmp = needProc(ctx).qmp;
+    const r = ctx.job.record;
+    const asked = ctx.postcopy;
+    if (!asked) throw new MigrationFailedError('E_INTERNAL', `Cannot move VM '${spec.name}': post-copy was not asked`);
+    // The guest stopped on the source at QEMU's STOP event (its clock is this host's).
+    const stop = qmp.history.find((e) => e.index >= asked.eventMark && e.event === 'STOP')?.timestamp;
+    const stoppedAtMs = stop ? stop.seconds * 1000 + Math.round(stop.microseconds / 1000) : asked.askedAtMs;
+    const pc = {
+      switchedAt: new Date(stoppedAtMs).toISOString(),
+      afterMs: asked.afterMs,
+      downtimeMs: null as number | null,
+      guestPauseMs: null as number | null,
+      bytes: null as number | null,
+      durationMs: null as number | null,
+      lost: false,
+    };
+    r.postcopy = pc;
+    ctx.job.flush();
+    const lost = (why: string, cause?: unknown): PostcopyLostError => {
+      pc.lost = true;
+      ctx.job.flush();
+      return new PostcopyLostError(spec.name, ctx.host.name, ctx.to.name, why, cause);
+    };
+    const stallMs = stallTimeoutMs();
+    const watchdog = new StallWatchdog(stallMs);
+    watchdog.reset(Date.now());
+    let running = false;
+    let info: MigrationInfo;
+    for (;;) {
+      const mark = qmp.eventMark;
+      try {
+        info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
+      } catch (err) {
+        throw lost(`the source QEMU stopped answering (${messageOf(err)})`, err);
+      }
+      const st = info.status ?? 'none';
+      if (st === 'failed' || st === 'cancelled' || st === 'postcopy-paused' || st === 'postcopy-recover') {
+        throw lost(`the stream failed (${info['error-desc'] ?? st})${await destReason(ctx)}`);
+      }
+      if (!running && (st === 'postcopy-active' || st === 'completed')) {
+        try {
+          await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+        } catch (err) {
+          throw lost(`'${ctx.to.name}' could not run it (${messageOf(err)})`, err);
+        }
+        running = true;
+        pc.guestPauseMs = Date.now() - stoppedAtMs;
+        s.log(`the guest runs on ${ctx.to.name} (paused ${pc.guestPauseMs} ms in all); its remaining pages follow`);
+        ctx.job.flush();
+      }
+      if (st === 'completed') break;
+      if (watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {
+        throw lost(`no data moved for ${Math.round(stallMs / 1000)} s${await destReason(ctx)}`);
+      }
+      if (info.ram) {
+        r.bytesTransferred = storageBytesOf(r) + info.ram.transferred;
+        r.remainingBytes = info.ram.remaining;
+        ctx.job.flush();
+      }
+      await qmp.waitEvent((ev) => ev.event === 'MIGRATION', { since: mark, timeoutMs: POLL_MS }).catch(() => undefined);
+    }
+    pc.durationMs = Date.now() - stoppedAtMs;
+    recordStats(r, info);
+    await completeStats(ctx);
+    pc.downtimeMs = r.downtimeMs;
+    pc.bytes = info.ram?.['postcopy-bytes'] ?? null;
+    ctx.job.flush();
     await finishOnSource(ctx, s.log);
     return undefined;
   },
@@ -622,6 +727,7 @@ export const liveKind: MoveKind<SourceCtx> = {
     mirrorStep,
     migrateStep,
     switchoverStep,
+    postcopyStep,
     confirmStep,
     releaseSourceStep,
   ],
