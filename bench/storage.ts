@@ -9,8 +9,10 @@
 // to a bootblock VM. Per round: qemu-img convert (default cache modes) → shared-nothing A→B
 // with TLS → qemu-img convert with -t none -T none (O_DIRECT both ends, as Ferry's disks) →
 // move-storage on B → shared-nothing B→A with TLS off on both hosts.
-// Sparse case: a 10 GiB qcow2 with 100 MiB written at 1 GiB: qemu-img convert, shared
-// nothing, move-storage; elapsed and the allocated size (actual-size) of each copy.
+// Sparse case (as many rounds): a 10 GiB qcow2 with 100 MiB written at 1 GiB: qemu-img convert
+// (both cache modes), shared nothing with TLS, move-storage, shared nothing without TLS;
+// elapsed and the allocated size (actual-size) of each copy. The summary gives each Ferry
+// path's copy ratio against qemu-img convert of the same round, median and worst, and the load.
 //
 // MiB/s = data written in the image / elapsed. For Ferry, "copy" is the disk-copy phase from
 // the record's events ("copying N disk(s)" → "every disk is mirrored" / "all copies ready";
@@ -366,18 +368,23 @@ async function main(): Promise<void> {
       log(`sparse image: ${args.sparseGiB} GiB, ${w} MiB written at 1 GiB`);
       await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', sparse, `${args.sparseGiB}G`], 30_000);
       await runOk('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 1G ${w}M`, sparse], IMG_TIMEOUT_MS);
-      await convert('sparse', 1, w, sparse, false);
-      await convert('sparse', 1, w, sparse, true);
-      const planned = (['shared-nothing-tls', 'move-storage'] as const).map((p) => ({
-        case: 'sparse' as const,
-        round: 1,
-        path: p,
-        dataMiB: w,
-      }));
-      await withVm('sparse1', sparse, 'sparse1.qcow2', planned, async () => {
-        await sharedNothing('sparse', 1, w, 'sparse1', 'sparse1.qcow2', true);
-        await moveStorage('sparse', 1, w, 'sparse1', 'sparse1.qcow2');
-      });
+      for (let r = 1; r <= args.rounds; r++) {
+        await convert('sparse', r, w, sparse, false);
+        await convert('sparse', r, w, sparse, true);
+        const vm = `sparse${r}`;
+        const file = `sparse${r}.qcow2`;
+        const planned = (['shared-nothing-tls', 'move-storage', 'shared-nothing-notls'] as const).map((p) => ({
+          case: 'sparse' as const,
+          round: r,
+          path: p,
+          dataMiB: w,
+        }));
+        await withVm(vm, sparse, file, planned, async () => {
+          await sharedNothing('sparse', r, w, vm, file, true);
+          await moveStorage('sparse', r, w, vm, file);
+          await sharedNothing('sparse', r, w, vm, file, false);
+        });
+      }
       await fsp.rm(sparse, { force: true });
     }
   } catch (err) {
@@ -479,6 +486,7 @@ function report(args: Args, samples: Sample[], notes: string[], elapsedMs: numbe
     out.push(
       table(
         [
+          'round',
           'path',
           'direction',
           'copy s',
@@ -489,6 +497,7 @@ function report(args: Args, samples: Sample[], notes: string[], elapsedMs: numbe
           'error',
         ],
         sparse.map((s) => [
+          String(s.round),
           s.path,
           s.direction ?? '',
           fmt(s.copyMs && s.copyMs / 1000, 2),
@@ -501,6 +510,49 @@ function report(args: Args, samples: Sample[], notes: string[], elapsedMs: numbe
       ),
     );
   }
+  // The acceptance figure: Ferry's copy time against qemu-img convert's on the same image in
+  // the same round (ratio = convert s ÷ Ferry copy s; ≥ 1 is faster), median and worst.
+  const ratios = (c: CaseName, p: PathName, base: PathName): number[] =>
+    samples
+      .filter((s) => s.case === c && s.path === p && s.ok && s.copyMs)
+      .map((s) => {
+        const b = samples.find((x) => x.case === c && x.round === s.round && x.path === base && x.ok);
+        return b?.copyMs ? b.copyMs / s.copyMs! : null;
+      })
+      .filter((x): x is number => x !== null);
+  const x = (v: number | null | undefined): string => (v == null ? '—' : `${v.toFixed(2)}×`);
+  const worst = (xs: number[], pick: (...v: number[]) => number): number | null => (xs.length ? pick(...xs) : null);
+  const ferryPaths: PathName[] = ['shared-nothing-tls', 'shared-nothing-notls', 'move-storage'];
+  const loads = samples.map((s) => s.load1);
+  out.push(
+    `\nCopy ratio vs qemu-img convert (convert s ÷ Ferry copy s, same round), median (worst) over rounds; ` +
+      `load1 during the run: median ${fmt(median(loads), 2)}, max ${fmt(worst(loads, Math.max), 2)}\n`,
+  );
+  out.push(
+    table(
+      ['case', 'path', 'vs img', 'vs direct', 'copy s median (worst)', 'ok/runs'],
+      (['dense', 'sparse'] as const).flatMap((c) =>
+        ferryPaths
+          .filter((p) => samples.some((s) => s.case === c && s.path === p))
+          .map((p) => {
+            const img = ratios(c, p, 'qemu-img');
+            const dir = ratios(c, p, 'qemu-img-direct');
+            const copies = samples
+              .filter((s) => s.case === c && s.path === p && s.ok && s.copyMs)
+              .map((s) => s.copyMs!);
+            const runs = samples.filter((s) => s.case === c && s.path === p);
+            return [
+              c,
+              p,
+              `${x(median(img))} (${x(worst(img, Math.min))})`,
+              `${x(median(dir))} (${x(worst(dir, Math.min))})`,
+              `${fmt((median(copies) ?? NaN) / 1000, 2)} (${fmt((worst(copies, Math.max) ?? NaN) / 1000, 2)})`,
+              `${runs.filter((s) => s.ok).length}/${runs.length}`,
+            ];
+          }),
+      ),
+    ),
+  );
   const load = samples.map((s) => s.foreignQemus);
   if (load.some((n) => n > 0))
     out.push(

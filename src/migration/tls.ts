@@ -85,6 +85,14 @@ async function exists(p: string): Promise<boolean> {
   );
 }
 
+/**
+ * GnuTLS priority for the migration stream and the disks' NBD connections. GnuTLS's NORMAL
+ * puts AES-256-GCM first; on x86 with AES-NI, AES-128-GCM encrypts about twice as fast (here
+ * 2.9 against 1.6 GB/s per core, `openssl speed -evp`), and under TLS the copy is CPU-bound in
+ * QEMU's main thread on both ends. Only AEAD suites; both ends are QEMU with this setting.
+ */
+export const TLS_PRIORITY = 'NORMAL:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305';
+
 /** Adds a tls-creds-x509 object (server on the destination, client on the source). */
 export async function addTlsCreds(
   qmp: QmpClient,
@@ -93,5 +101,9 @@ export async function addTlsCreds(
   dir: string,
   signal?: AbortSignal,
 ): Promise<void> {
-  await qmp.execute('object-add', { 'qom-type': 'tls-creds-x509', id, endpoint, dir, 'verify-peer': true }, { signal });
+  await qmp.execute(
+    'object-add',
+    { 'qom-type': 'tls-creds-x509', id, endpoint, dir, 'verify-peer': true, priority: TLS_PRIORITY },
+    { signal },
+  );
 }

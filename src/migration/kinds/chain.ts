@@ -9,7 +9,7 @@ import { qemuImgWithProgress } from '../../qemu/img-progress.js';
 import { stallTimeoutMs } from '../policy.js';
 import type { Step } from '../runner.js';
 import { MigrationFailedError, needSpec, stalledError, type SourceCtx } from '../source.js';
-import { qemuTlsDir } from '../tls.js';
+import { TLS_PRIORITY, qemuTlsDir } from '../tls.js';
 import { checkPrepared, undoPrepare } from './common.js';
 
 const MiB = 1048576;
@@ -29,7 +29,9 @@ export async function nbdTargetArgs(
     `export=${name}`,
     ...(tlsDir ? ['tls-creds=tls0', `tls-hostname=${ctx.prep?.tlsHostname ?? ctx.to.name}`] : []),
   ].join(',');
-  const object = tlsDir ? ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${tlsDir}`] : [];
+  const object = tlsDir
+    ? ['--object', `tls-creds-x509,id=tls0,endpoint=client,dir=${tlsDir},priority=${TLS_PRIORITY}`]
+    : [];
   return { object, target };
 }
 
