@@ -1,7 +1,8 @@
 // Drain time by concurrency (issue #17.5): `ferry cluster drain` of N probe VMs from host-c
 // (3-node cluster lab, real etcd and QEMU, TLS on) with fixed limits 1, 2 and 4 moves out of
 // a node at once, then adaptive (up to 4) twice: the leader learns from the first drain's
-// moves, the second shows what it learnt. Between drains the VMs are moved back (not timed).
+// moves, the second shows what it learnt; fixed 2 again at the end is the control for order
+// effects. Between drains the VMs are moved back (not timed).
 // Each drain's levels and reasons come from its batch (`concurrency`).
 //
 //   npx tsx bench/drain-concurrency.ts [--vms N] [--memory MIB] [--keep]
@@ -106,6 +107,8 @@ try {
     ['fixed 4', 4, false],
     ['adaptive ≤4, 1st drain', 4, true],
     ['adaptive ≤4, 2nd drain', 4, true],
+    // The same fixed limit again last: shows how much of a later drain's figure is its order.
+    ['fixed 2, again', 2, false],
   ];
   const byName = new Map<string, number>();
   for (const [name, limit, adaptive] of runs) {
