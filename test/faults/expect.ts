@@ -48,7 +48,8 @@ export function expected(_kind: Kind, phase: Phase, fault: Fault): Expectation {
         streamOnMigrationNetOnly: true,
       };
     case 'dest-disk-full':
-      return { outcomes: ['failed'], message: /no space|not enough space|full/i };
+      // Found while copying (ENOSPC), or already at Prepare by the pool's space check (E_DEST_SPACE).
+      return { outcomes: ['failed'], message: /no space|not enough space|full|has \d+ MiB free/i };
     case 'source-agent-killed':
       // The restarted agent finds the move unfinished and rolls it back.
       return { outcomes: ['failed'], code: /^(E_AGENT_RESTARTED|E_RECOVERY)$/ };
