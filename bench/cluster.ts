@@ -14,7 +14,6 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { spawnSync } from 'node:child_process';
 import { parseSerial } from '../guest/records.js';
 import { initDomain } from '../src/domain/ca.js';
 import { startMembers, stopLabMembers } from '../src/cluster/etcd-members.js';
@@ -28,47 +27,19 @@ import { hostQemuPids } from '../src/lab/lab.js';
 import { NODE_TTL_S } from '../src/cluster/membership.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
+import { ferry, flag, json, newProbe, opt } from './lib/lab-cli.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string): string => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1]! : def;
-};
 const RUNS = Number(opt('runs', '3'));
 const NVMS = Number(opt('vms', '10'));
 const ONLY = new Set(opt('only', 'failover,drain,queue').split(','));
-const KEEP = args.includes('--keep');
-const BIN = path.join(import.meta.dirname, '..', 'bin', 'ferry');
+const KEEP = flag('keep');
 const HOSTS = ['host-a', 'host-b', 'host-c'];
-
-function ferry(a: string[], lab: string): string {
-  const r = spawnSync(BIN, a, { env: { ...process.env, FERRY_LAB: lab }, encoding: 'utf8', timeout: 900_000 });
-  if (r.status !== 0) throw new Error(`ferry ${a.join(' ')}: ${r.stderr || r.stdout}`);
-  return r.stdout;
-}
-const json = (a: string[], lab: string): unknown => JSON.parse(ferry([...a, '--json'], lab));
 
 async function failover(dir: string): Promise<string> {
   const lab = path.join(dir, 'fo');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
-    const vm = json(
-      [
-        'vm',
-        'new',
-        'ha1',
-        '--host',
-        'host-a',
-        '--guest',
-        'probe',
-        '--probe-no-writer',
-        '--ha',
-        '--path',
-        path.join(lab, 'shared', 'ha1'),
-        '--start',
-      ],
-      lab,
-    ) as { id: string; host: string };
+    const vm = newProbe(lab, 'ha1', 'host-a', ['--probe-no-writer', '--ha']);
     const log = (h: string): string => path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log');
     const rows: string[][] = [];
     const times: number[] = [];
@@ -121,25 +92,7 @@ async function drain(dir: string): Promise<string> {
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   try {
     const names = Array.from({ length: NVMS }, (_, i) => `d${i + 1}`);
-    for (const n of names)
-      ferry(
-        [
-          'vm',
-          'new',
-          n,
-          '--host',
-          'host-c',
-          '--guest',
-          'probe',
-          '--probe-no-writer',
-          '--memory',
-          '96',
-          '--path',
-          path.join(lab, 'shared', n),
-          '--start',
-        ],
-        lab,
-      );
+    for (const n of names) newProbe(lab, n, 'host-c', ['--probe-no-writer', '--memory', '96']);
     await sleep(15_000); // let them boot
     const limit = (json(['cluster', 'status'], lab) as { limits: { maxOutgoing: number } }).limits.maxOutgoing;
     // Baseline: each VM moved alone (host-c → host-a and back), one after the other.

@@ -16,23 +16,12 @@ import { spawnSync } from 'node:child_process';
 import { sleep } from '../src/util/exec.js';
 import type { BatchView, VmView } from '../src/api/schemas.js';
 import { fmt, table } from './lib/stats.js';
+import { ferry, flag, json, newProbe, opt } from './lib/lab-cli.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string): string => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? (args[i + 1] ?? def) : def;
-};
 const NVMS = Number(opt('vms', '10'));
 const MEMORY = opt('memory', '96');
-const KEEP = args.includes('--keep');
+const KEEP = flag('keep');
 const BIN = path.join(import.meta.dirname, '..', 'bin', 'ferry');
-
-function ferry(a: string[], lab: string): string {
-  const r = spawnSync(BIN, a, { env: { ...process.env, FERRY_LAB: lab }, encoding: 'utf8', timeout: 900_000 });
-  if (r.status !== 0) throw new Error(`ferry ${a.join(' ')}: ${r.stderr || r.stdout}`);
-  return r.stdout;
-}
-const json = (a: string[], lab: string): unknown => JSON.parse(ferry([...a, '--json'], lab));
 
 /** One drain of host-c with the given limits; the VMs are back on host-c afterwards. */
 function drainOnce(
@@ -80,25 +69,7 @@ try {
   );
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
   const names = Array.from({ length: NVMS }, (_, i) => `d${i + 1}`);
-  for (const n of names)
-    ferry(
-      [
-        'vm',
-        'new',
-        n,
-        '--host',
-        'host-c',
-        '--guest',
-        'probe',
-        '--probe-no-writer',
-        '--memory',
-        MEMORY,
-        '--path',
-        path.join(lab, 'shared', n),
-        '--start',
-      ],
-      lab,
-    );
+  for (const n of names) newProbe(lab, n, 'host-c', ['--probe-no-writer', '--memory', MEMORY]);
   await sleep(15_000); // let them boot
   const rows: string[][] = [];
   const runs: Array<[string, number, boolean]> = [

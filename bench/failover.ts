@@ -18,50 +18,21 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { parseSerial } from '../guest/records.js';
 import { hostQemuPids, labKill } from '../src/lab/lab.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
+import { ferry, flag, json, newProbe, opt } from './lib/lab-cli.js';
 
-const args = process.argv.slice(2);
-const opt = (name: string, def: string): string => {
-  const i = args.indexOf(`--${name}`);
-  return i >= 0 ? args[i + 1]! : def;
-};
 const RUNS = Number(opt('runs', '5'));
 const LOAD_MIN = Number(opt('load-minutes', '3'));
 const ONLY = new Set(opt('only', 'rounds,load').split(','));
-const KEEP = args.includes('--keep');
-const BIN = path.join(import.meta.dirname, '..', 'bin', 'ferry');
+const KEEP = flag('keep');
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 
-function ferry(a: string[], lab: string): string {
-  const r = spawnSync(BIN, a, { env: { ...process.env, FERRY_LAB: lab }, encoding: 'utf8', timeout: 900_000 });
-  if (r.status !== 0) throw new Error(`ferry ${a.join(' ')}: ${r.stderr || r.stdout}`);
-  return r.stdout;
-}
-const json = (a: string[], lab: string): unknown => JSON.parse(ferry([...a, '--json'], lab));
-
-function newHaProbe(lab: string, name: string, host: string): { id: string } {
-  return json(
-    [
-      'vm',
-      'new',
-      name,
-      '--host',
-      host,
-      '--guest',
-      'probe',
-      '--probe-no-writer',
-      '--ha',
-      '--path',
-      path.join(lab, 'shared', name),
-      '--start',
-    ],
-    lab,
-  ) as { id: string };
-}
+const newHaProbe = (lab: string, name: string, host: string): { id: string } =>
+  newProbe(lab, name, host, ['--probe-no-writer', '--ha']);
 
 interface LogLine {
   at: number; // ms since the epoch

@@ -115,22 +115,27 @@ test('incoming move: a file path outside the VM folder is refused, nothing is wr
   assert.equal(fs.existsSync(folder), false, 'no folder made');
 });
 
+/** An incoming move of a VM whose folder (and its one file, a kernel) is `folder`. */
+function intoFolder(folder: string): ReturnType<typeof post> {
+  return post(
+    R.agent,
+    R.endpoint(R.victim),
+    '/v1/peer/incoming',
+    incoming(evilSpec(folder), {
+      disks: [],
+      dirs: [folder],
+      files: [{ ...kernel, path: path.join(folder, 'vmlinuz') }],
+    }),
+  );
+}
+
 test('incoming move: a VM folder outside the pools, or reached by a symlink out of one, is refused', async () => {
   // The hostile host writes the shared pool too: a link from it to a host folder.
   const link = path.join(shared(), 'lnk');
   await fsp.symlink(outside, link);
   try {
     for (const folder of [path.join(outside, 'vm'), path.join(link, 'vm'), link]) {
-      const r = await post(
-        R.agent,
-        R.endpoint(R.victim),
-        '/v1/peer/incoming',
-        incoming(evilSpec(folder), {
-          disks: [],
-          dirs: [folder],
-          files: [{ ...kernel, path: path.join(folder, 'vmlinuz') }],
-        }),
-      );
+      const r = await intoFolder(folder);
       assert.equal(r.status, 400, `${folder}: ${r.body}`);
       assert.match(r.body, /it is outside every storage pool of host/);
     }
@@ -149,16 +154,7 @@ test('incoming move: a folder that is a link, even inside the pool, is not follo
   await fsp.symlink(real, link);
   try {
     const folder = path.join(link, 'vm');
-    const r = await post(
-      R.agent,
-      R.endpoint(R.victim),
-      '/v1/peer/incoming',
-      incoming(evilSpec(folder), {
-        disks: [],
-        dirs: [folder],
-        files: [{ ...kernel, path: path.join(folder, 'vmlinuz') }],
-      }),
-    );
+    const r = await intoFolder(folder);
     assert.equal(r.status, 400, r.body);
     assert.match(r.body, /E_PATH_LINK/);
     assert.match(r.body, /lnk2 is a symbolic link/);
