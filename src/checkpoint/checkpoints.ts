@@ -65,7 +65,8 @@ function must<T>(v: T | undefined, what: string): T {
   return v;
 }
 
-async function fileSize(file: string): Promise<number> {
+/** Bytes a file takes on disk (its allocated blocks; 0 if it is gone). */
+export async function allocatedBytes(file: string): Promise<number> {
   return fsp.stat(file).then(
     (s) => s.blocks * 512,
     () => 0,
@@ -81,7 +82,7 @@ export async function listCheckpoints(spec: VmSpec): Promise<CheckpointList> {
     const c = byId(tree, n.id);
     const files = filesOf(c);
     let sizeBytes = 0;
-    for (const f of files) sizeBytes += await fileSize(path.join(folder, f));
+    for (const f of files) sizeBytes += await allocatedBytes(path.join(folder, f));
     out.push({
       ...n,
       parentName: n.parent ? (names.get(n.parent) ?? null) : null,

@@ -1,6 +1,5 @@
 // Begin (Compare-VM): can this VM move there now? Run by `compare-vm`, when a move is asked
 // for, and again when it leaves the queue (things change while a move waits).
-import fsp from 'node:fs/promises';
 import type { AgentClient } from '../api/client.js';
 import { actions } from '../api/actions.js';
 import { peerActions } from '../api/peer-actions.js';
@@ -9,7 +8,7 @@ import { FerryError, messageOf } from '../errors.js';
 import { imageInfo } from '../qemu/img.js';
 import { compareVm, compareWarnings, type Incompatibility } from './compare.js';
 import { loadTree } from '../checkpoint/store.js';
-import { listCheckpoints } from '../checkpoint/checkpoints.js';
+import { allocatedBytes, listCheckpoints } from '../checkpoint/checkpoints.js';
 import type { VmSpec } from '../vm/spec.js';
 import type { MoveHost } from './host.js';
 import { withDefaults } from './plan.js';
@@ -142,11 +141,7 @@ async function checkpointBytes(spec: VmSpec): Promise<number> {
   const list = await listCheckpoints(spec);
   if (list.checkpoints.length === 0) return 0;
   let bytes = list.checkpoints.reduce((a, c) => a + c.sizeBytes, 0);
-  for (const b of await checkpointBases(spec))
-    bytes += await fsp.stat(b).then(
-      (s) => s.blocks * 512,
-      () => 0,
-    );
+  for (const b of await checkpointBases(spec)) bytes += await allocatedBytes(b);
   return bytes;
 }
 

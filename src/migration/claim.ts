@@ -8,33 +8,24 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError } from '../errors.js';
 import { exists } from '../vm/folder.js';
-import { letQemuThrough, ownForQemu } from '../qemu/user.js';
+import { letQemuThrough, ownHandleForQemu } from '../qemu/user.js';
 import { withBeneath } from '../storage/beneath.js';
 
 const CREATE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
 
-/** Creates `file` only if nothing is there: the path is then this move's to fill. */
-export async function claimFile(roots: readonly string[], file: string, what: string): Promise<void> {
-  await writeNewFile(roots, file, new Uint8Array(0), what, () => undefined);
-}
-
 /**
- * Runs `fn` with a read-write descriptor of the claimed `file`, reached without links below a
- * pool's root: a program given it (createImage's `fd`) writes that file, wherever the path points now.
+ * Creates `file` only if nothing is there: the path is then this move's to fill. `claimed`
+ * runs as soon as it is (to journal it); `fill` then gets its descriptor (createImage's `fd`),
+ * which names that very file whatever its path points to by then.
  */
-export async function withClaimedFile(
+export async function claimFile(
   roots: readonly string[],
   file: string,
   what: string,
-  fn: (fd: number) => Promise<void>,
+  opts: { claimed?: () => void; fill?: (fd: number) => Promise<void> } = {},
 ): Promise<void> {
-  await withBeneath(roots, file, 'file', what, async (h) => {
-    const fh = await fsp.open(h, 'r+');
-    try {
-      await fn(fh.fd);
-    } finally {
-      await fh.close();
-    }
+  await writeNewFile(roots, file, new Uint8Array(0), what, opts.claimed ?? (() => undefined), {
+    ...(opts.fill ? { fill: opts.fill } : {}),
   });
 }
 
@@ -46,7 +37,8 @@ export function poolRoots(pools: readonly { path: string }[]): string[] {
 /**
  * Writes `data` to a new `file`: created exclusively and never through a symbolic link
  * (O_EXCL|O_NOFOLLOW). `claimed` runs once the file is this move's (to journal it). Through
- * the same handle, `sizeBytes` sizes it (sparse) and `forQemu` makes it QEMU's user's.
+ * the same handle, `sizeBytes` sizes it (sparse), `forQemu` makes it QEMU's user's and `fill`
+ * writes it (its descriptor).
  */
 export async function writeNewFile(
   roots: readonly string[],
@@ -54,7 +46,7 @@ export async function writeNewFile(
   data: Uint8Array,
   what: string,
   claimed: () => void,
-  opts: { sizeBytes?: number; forQemu?: boolean } = {},
+  opts: { sizeBytes?: number; forQemu?: boolean; fill?: (fd: number) => Promise<void> } = {},
 ): Promise<void> {
   await withBeneath(roots, path.dirname(file), 'dir', `the folder of ${what}`, async (dir) => {
     let fh: fsp.FileHandle;
@@ -73,7 +65,8 @@ export async function writeNewFile(
     try {
       await fh.writeFile(data);
       if (opts.sizeBytes !== undefined) await fh.truncate(opts.sizeBytes);
-      if (opts.forQemu) await ownForQemu(`/proc/self/fd/${fh.fd}`);
+      if (opts.forQemu) await ownHandleForQemu(`/proc/self/fd/${fh.fd}`);
+      await opts.fill?.(fh.fd);
     } finally {
       await fh.close();
     }

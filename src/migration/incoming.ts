@@ -21,7 +21,7 @@ import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.
 import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
-import { claimFile, makeFolders, poolRoots, removeFolders, withClaimedFile, writeNewFile } from './claim.js';
+import { claimFile, makeFolders, poolRoots, removeFolders, writeNewFile } from './claim.js';
 import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
@@ -188,17 +188,19 @@ const disksStep: Step<IncomingCtx> = {
     const roots = poolRoots(ctx.host.pools());
     for (const d of st.disks) {
       const what = `disk '${d.id}' of VM '${item.spec.name}'`;
-      await claimFile(roots, d.path, what);
-      created.push(d.path);
-      item.disks.push(d.path);
-      s.record({ created });
-      await withClaimedFile(roots, d.path, what, (fd) =>
-        createImage(d.path, d.format, d.virtualSizeBytes, {
-          fd,
-          ...(ctx.signal ? { signal: ctx.signal } : {}),
-          ...chainBacking(item, d),
-        }),
-      );
+      await claimFile(roots, d.path, what, {
+        claimed: () => {
+          created.push(d.path);
+          item.disks.push(d.path);
+          s.record({ created });
+        },
+        fill: (fd) =>
+          createImage(d.path, d.format, d.virtualSizeBytes, {
+            fd,
+            ...(ctx.signal ? { signal: ctx.signal } : {}),
+            ...chainBacking(item, d),
+          }),
+      });
     }
     return { created };
   },

@@ -1,5 +1,5 @@
 // qemu-img wrapper: the four disk formats Ferry supports, all through QEMU's block layer.
-import { ownForQemu } from './user.js';
+import { ownForQemu, ownHandleForQemu } from './user.js';
 import { FerryError } from '../errors.js';
 import { run, runWithFd, type RunOptions } from '../util/exec.js';
 import { InvalidInputError } from '../errors.js';
@@ -58,7 +58,8 @@ export async function createImage(
   if (opts.fd === undefined) await run('qemu-img', args, opts);
   else await runWithFd('qemu-img', args, opts.fd, opts);
   // QEMU may open it at once (a mirror target, a checkpoint overlay): it must be QEMU's user's.
-  await ownForQemu(opts.fd === undefined ? path : `/proc/self/fd/${opts.fd}`);
+  if (opts.fd === undefined) await ownForQemu(path);
+  else await ownHandleForQemu(`/proc/self/fd/${opts.fd}`);
 }
 
 /** Copies an overlay's data into its backing image (`qemu-img commit`); the overlay is left empty. */

@@ -63,14 +63,16 @@ export function dropPrivilegesArgs(u: QemuUser): string[] {
   return ['setpriv', `--reuid=${u.uid}`, `--regid=${u.gid}`, '--init-groups', '--'];
 }
 
-/**
- * Makes a file or folder QEMU writes the user's (no-op while QEMU runs as root). A link is never
- * followed, except `/proc/self/fd/N` (a handle src/storage/beneath.ts opened without links).
- */
+/** Makes a file or folder QEMU writes the user's (no-op while QEMU runs as root); a link is not followed. */
 export async function ownForQemu(p: string): Promise<void> {
   if (!current) return;
-  if (p.startsWith('/proc/self/fd/')) await fsp.chown(p, current.uid, current.gid);
-  else await fsp.lchown(p, current.uid, current.gid);
+  await fsp.lchown(p, current.uid, current.gid);
+}
+
+/** ownForQemu through an open handle (`/proc/self/fd/N`, e.g. src/storage/beneath.ts's): that very file. */
+export async function ownHandleForQemu(procPath: string): Promise<void> {
+  if (!current) return;
+  await fsp.chown(procPath, current.uid, current.gid);
 }
 
 /**

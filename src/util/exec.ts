@@ -55,18 +55,31 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
           return;
         }
         const e = err as NodeJS.ErrnoException & { killed?: boolean; code?: unknown };
-        if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
-        else if (e.killed) reject(new TimeoutError(what, timeoutMs, { cmd, args }));
-        else if (e.code === 'ENOENT')
-          reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
-        else {
-          const detail = (stderr || stdout || e.message).trim().split('\n').slice(-5).join(' / ');
-          reject(new CommandFailedError(cmd, args, detail, err, { exitCode: e.code, stderr }));
-        }
+        reject(failure(cmd, args, opts, { killed: e.killed === true, code: e.code, stdout, stderr, err }));
       },
     );
     child.stdin?.end(opts.input);
   });
+}
+
+/** Why a command failed, as run's callers see it: aborted, timed out, not installed, or its own message. */
+function failure(
+  cmd: string,
+  args: readonly string[],
+  opts: RunOptions,
+  f: { killed: boolean; code: unknown; stdout: string; stderr: string; err?: Error },
+): FerryError {
+  const what = `run ${cmd}`;
+  if (opts.signal?.aborted) return new AbortedError(what, opts.signal.reason);
+  if (f.killed) return new TimeoutError(what, opts.timeoutMs ?? 60_000, { cmd, args });
+  if (f.code === 'ENOENT')
+    return new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, f.err);
+  const detail = (f.stderr || f.stdout || f.err?.message || `exit ${String(f.code)}`)
+    .trim()
+    .split('\n')
+    .slice(-5)
+    .join(' / ');
+  return new CommandFailedError(cmd, args, detail, f.err, { exitCode: f.code, stderr: f.stderr });
 }
 
 /**
@@ -91,19 +104,11 @@ export function runWithFd(cmd: string, args: readonly string[], fd: number, opts
     child.stdout?.setEncoding('utf8').on('data', (d: string) => (stdout += d));
     child.stderr?.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     child.on('error', (err: NodeJS.ErrnoException) => {
-      if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
-      else if (err.code === 'ENOENT')
-        reject(new CommandFailedError(cmd, args, `${cmd} is not installed; run scripts/setup`, err));
-      else reject(new CommandFailedError(cmd, args, err.message, err));
+      reject(failure(cmd, args, opts, { killed: false, code: err.code, stdout, stderr, err }));
     });
     child.on('close', (code, sig) => {
       if (code === 0) resolve({ stdout, stderr });
-      else if (opts.signal?.aborted) reject(new AbortedError(what, opts.signal.reason));
-      else if (sig === 'SIGKILL') reject(new TimeoutError(what, timeoutMs, { cmd, args }));
-      else {
-        const detail = (stderr || stdout || `exit ${code ?? sig}`).trim().split('\n').slice(-5).join(' / ');
-        reject(new CommandFailedError(cmd, args, detail, undefined, { exitCode: code, stderr }));
-      }
+      else reject(failure(cmd, args, opts, { killed: sig === 'SIGKILL', code: code ?? sig, stdout, stderr }));
     });
   });
 }

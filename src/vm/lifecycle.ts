@@ -8,7 +8,14 @@ import { buildArgv, type DiskChains, type SwitchBackend } from '../qemu/argv.js'
 import { createImage } from '../qemu/img.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
 import { ensureSandbox } from '../qemu/sandbox.js';
-import { assertQemuCanOpen, letQemuRead, letQemuThrough, ownForQemu, prepareRunDir, qemuUser } from '../qemu/user.js';
+import {
+  assertQemuCanOpen,
+  letQemuRead,
+  letQemuThrough,
+  ownHandleForQemu,
+  prepareRunDir,
+  qemuUser,
+} from '../qemu/user.js';
 import { unlinkBeneath, withBeneath } from '../storage/beneath.js';
 import { poolOf, type PoolDef } from '../storage/pools.js';
 import type { Accelerator } from '../qemu/accel.js';
@@ -196,7 +203,7 @@ async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[]): Promise<
     if ((await exists(dir)) && poolOf([...pools], dir))
       await withBeneath(roots, dir, 'dir', `the folder of VM '${spec.name}'`, letQemuThrough);
   for (const f of writable) {
-    await withBeneath(roots, f, 'file', `a disk of VM '${spec.name}'`, ownForQemu);
+    await withBeneath(roots, f, 'file', `a disk of VM '${spec.name}'`, ownHandleForQemu);
     await assertQemuCanOpen(f, 'rw', what);
   }
   for (const f of readOnly) {

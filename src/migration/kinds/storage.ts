@@ -33,7 +33,7 @@ import type { Job } from '../job.js';
 import { folderFiles, type StoragePlan } from '../plan.js';
 import { testHold } from '../policy.js';
 import { copyEta, foldMirrorProgress } from '../progress.js';
-import { claimFile, makeFolders, poolRoots, removeFolders, withClaimedFile } from '../claim.js';
+import { claimFile, makeFolders, poolRoots, removeFolders } from '../claim.js';
 import type { SlotQueue } from '../queue.js';
 import { dropNodesOf } from '../../checkpoint/block.js';
 import { TREE_FILE } from '../../checkpoint/model.js';
@@ -175,20 +175,21 @@ const mirror: Step<StorageCtx> = {
     const bandwidth = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
     for (const d of moving(ctx)) {
       const dest = ctx.plan.disks[d.id] ?? d.path;
-      const roots = poolRoots(ctx.host.pools());
-      await claimFile(roots, dest, 'a disk of the moved VM');
-      created.push(dest);
-      s.record({ created, nodes, mirrors, olds });
       // An active layer over a checkpoint chain: a new overlay on the copied chain, only the top mirrored.
       const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
       const size = backing ? 0 : (await imageInfo(d.path, { forceShare: true, format: d.format })).virtualSizeBytes;
-      await withClaimedFile(roots, dest, 'a disk of the moved VM', (fd) =>
-        createImage(dest, backing ? 'qcow2' : d.format, size, {
-          fd,
-          signal: s.signal,
-          ...(backing ? { backing } : {}),
-        }),
-      );
+      await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
+        claimed: () => {
+          created.push(dest);
+          s.record({ created, nodes, mirrors, olds });
+        },
+        fill: (fd) =>
+          createImage(dest, backing ? 'qcow2' : d.format, size, {
+            fd,
+            signal: s.signal,
+            ...(backing ? { backing } : {}),
+          }),
+      });
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
       s.record({ created, nodes, mirrors, olds });
