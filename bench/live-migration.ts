@@ -372,6 +372,22 @@ async function main(): Promise<void> {
         await t.waitBeats(t.count, 25, waitMs(t)).catch((e: unknown) => log(`after resume: ${msg(e)}`));
       };
 
+      // A guest that died in a move (QEMU 7.2's TCG race, QEMU-NOTES §E) is started again, so
+      // every move of the run is one more survival sample, not a move of a dead guest.
+      const reviveFerry = async (): Promise<void> => {
+        const from = ferryTail.count;
+        await lab.restart(name).catch((e: unknown) => log(`restarting ${name}: ${msg(e)}`));
+        ferryPaused = false;
+        await ferryTail.waitBeats(from, 25, 60_000).catch((e: unknown) => log(`after restart: ${msg(e)}`));
+        await sleep(wl === 'dirty' ? 6000 : 2000);
+      };
+      const reviveRaw = async (): Promise<void> => {
+        await raw!.shutdown().catch(() => undefined);
+        rawPaused = false;
+        await raw!.boot().catch((e: unknown) => log(`raw reboot failed: ${msg(e)}`));
+        await sleep(wl === 'dirty' ? 6000 : 2000);
+      };
+
       const base = (): Pick<Sample, 'load1' | 'foreignQemus'> => ({
         load1: os.loadavg()[0]!,
         foreignQemus: foreignQemuCount(dir),
@@ -419,7 +435,10 @@ async function main(): Promise<void> {
             log(`vm show: ${msg(e)}`);
           }
         }
-        if (stall) log(`ferry ${s.direction}: ${stall}`);
+        if (stall) {
+          log(`ferry ${s.direction}: ${stall}`);
+          await reviveFerry();
+        }
         log(
           `round ${round} ${s.path.padEnd(11)} ${s.direction}  wall ${fmt(s.wallMs)} ms  ` +
             `total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  ` +
@@ -467,7 +486,10 @@ async function main(): Promise<void> {
             await raw!.boot().catch((e: unknown) => log(`raw reboot failed: ${msg(e)}`));
           }
         }
-        if (stall) log(`raw ${dirLabel}: ${stall}`);
+        if (stall) {
+          log(`raw ${dirLabel}: ${stall}`);
+          await reviveRaw();
+        }
         log(
           `round ${round} raw         ${dirLabel}      ` +
             `wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  ` +

@@ -150,6 +150,12 @@ export class FerryLab {
     return ferryOk<VmView>(['vm', 'resume', name, '--json'], { lab: this.lab });
   }
 
+  /** Stops a VM at once and starts it again where it is (a guest that died in a move). */
+  async restart(name: string): Promise<void> {
+    await ferry(['vm', 'stop', name, '--force'], { lab: this.lab, timeoutMs: 60_000 });
+    await ferryOk(['vm', 'start', name, '--json'], { lab: this.lab, timeoutMs: 120_000 });
+  }
+
   async remove(name: string): Promise<void> {
     await ferry(['vm', 'stop', name, '--force'], { lab: this.lab, timeoutMs: 60_000 });
     await ferry(['vm', 'rm', name], { lab: this.lab, timeoutMs: 60_000 });
