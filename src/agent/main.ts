@@ -99,6 +99,8 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   engine.events.subscribe((e) => {
     if (e.type.startsWith('cluster.') || e.type === 'vm.fenced' || e.type === 'vm.ha-started')
       logger.info({ event: e }, e.type);
+    // A guest that died right after a move is explained where an operator looks first.
+    if (e.type === 'vm.guest-trouble') logger.warn({ event: e }, e.message);
   });
   if (cfg.cluster)
     void engine.cluster.enable(cfg.cluster, {

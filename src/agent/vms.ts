@@ -2,6 +2,7 @@
 // (re-attached when the agent starts: QEMU runs detached and never stops with the agent),
 // create/start/stop/pause/resume/remove, the views users see, and VMs leaving and arriving
 // by migration. Every operation on a VM passes through its phase gate (vm-gate.ts).
+import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -71,6 +72,8 @@ export class VmInventory {
   private readonly procs = new Map<string, QemuProcess>();
   /** VM name → its Smart Paging file, while its QEMU runs from one. */
   private readonly paging = new Map<string, string>();
+  /** VM name → its last arrival by a live move (and what its guest did right after). */
+  private readonly arrivals = new Map<string, AfterArrival>();
 
   constructor(private readonly d: VmInventoryDeps) {}
 
@@ -277,6 +280,17 @@ export class VmInventory {
       pagingFile: st.state === 'stopped' ? null : (this.paging.get(name) ?? null),
       ...hardwareView(spec),
       checkpoints: (await listCheckpoints(spec).catch(() => null))?.checkpoints ?? [],
+      arrival: this.arrivalView(name),
+    };
+  }
+
+  private arrivalView(name: string): VmView['arrival'] {
+    const a = this.arrivals.get(name);
+    if (!a) return null;
+    return {
+      ...a,
+      trouble: a.trouble ? { ...a.trouble } : null,
+      message: describeTrouble(name, a, this.d.settings.accelerator()),
     };
   }
 
@@ -656,6 +670,7 @@ export class VmInventory {
 
   /** The VM now runs elsewhere (the move holding it says so): quit our QEMU, forget the VM. */
   async movedAway(name: string, proc: QemuProcess | null): Promise<void> {
+    this.arrivals.delete(name);
     const rec = this.d.registry.getVm(name);
     if (proc) {
       this.procs.delete(name);
@@ -678,11 +693,37 @@ export class VmInventory {
    * A VM that arrived by live migration runs here now: register it and track its QEMU. Not
    * gated: the incoming move reserved the name and id until now, and nothing can wait here.
    */
-  arrivedRunning(spec: VmSpec, proc: QemuProcess, pagingFile: string | null = null): void {
+  arrivedRunning(
+    spec: VmSpec,
+    proc: QemuProcess,
+    pagingFile: string | null = null,
+    arrival?: { from: string; migration: string; since: number },
+  ): void {
     void this.d.cluster.recordHa(spec);
     this.register(spec);
     this.track(spec.name, proc);
     if (pagingFile) this.usePagingFile(spec.name, proc, pagingFile);
+    if (arrival) {
+      const a: AfterArrival = {
+        from: arrival.from,
+        migration: arrival.migration,
+        arrivedAt: new Date().toISOString(),
+        trouble: null,
+      };
+      this.arrivals.set(spec.name, a);
+      watchAfterArrival(proc, a, arrival.since, (t) => {
+        if (this.arrivals.get(spec.name) !== t || !t.trouble) return;
+        const message = describeTrouble(spec.name, t, this.d.settings.accelerator());
+        this.d.emit('vm.guest-trouble', {
+          vm: spec.name,
+          what: t.trouble.what,
+          afterMs: t.trouble.afterMs,
+          from: t.from,
+          migration: t.migration,
+          message,
+        });
+      });
+    }
     this.d.emit('vm.arrived', { vm: spec.name, pid: proc.pid });
     this.d.emit('vm.state', { vm: spec.name, state: 'running', pid: proc.pid });
   }

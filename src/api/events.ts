@@ -29,6 +29,16 @@ export const EventBody = z.discriminatedUnion('type', [
     tookMs: z.number().optional(),
   }),
   z.object({ type: z.literal('vm.ha-started'), vm, generation: z.number(), reason: z.string().optional() }),
+  /** The guest restarted, panicked or powered off by itself soon after it arrived here (migration/after-arrival.ts). */
+  z.object({
+    type: z.literal('vm.guest-trouble'),
+    vm,
+    what: z.enum(['reset', 'panic', 'shutdown']),
+    afterMs: z.number(),
+    from: z.string(),
+    migration: z.string(),
+    message: z.string(),
+  }),
   z.object({ type: z.literal('host.changed'), migration: MigrationSettings }),
   z.object({ type: z.enum(['switch.created', 'switch.removed']), switch: z.string() }),
   z.object({ type: z.literal('pool.changed'), pool: z.string() }),

@@ -106,6 +106,19 @@ export const VmView = z.object({
   pagingFile: z.string().nullable().default(null),
   /** Its checkpoints, depth first (`ferry checkpoint list`). */
   checkpoints: z.array(CheckpointView).default([]),
+  /** Its last arrival here by a live move, and what the guest did by itself within a minute of it. */
+  arrival: z
+    .object({
+      from: z.string(),
+      migration: z.string(),
+      arrivedAt: z.string(),
+      trouble: z
+        .object({ what: z.enum(['reset', 'panic', 'shutdown']), reason: z.string(), afterMs: z.number() })
+        .nullable(),
+      message: z.string(),
+    })
+    .nullable()
+    .default(null),
 });
 export type VmView = z.infer<typeof VmView>;
 

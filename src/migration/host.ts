@@ -49,8 +49,16 @@ export interface MoveVms {
   release(name: string, jobId: string): void;
   /** The VM now runs elsewhere: quit our QEMU (if any) and forget it. */
   movedAway(name: string, proc: QemuProcess | null): Promise<void>;
-  /** A VM arrived by live migration and runs here now. */
-  arrivedRunning(spec: VmSpec, proc: QemuProcess, pagingFile?: string | null): void;
+  /**
+   * A VM arrived by live migration and runs here now; `arrival` says from where, and the QMP
+   * event mark taken before it ran (its guest is watched for a while from there).
+   */
+  arrivedRunning(
+    spec: VmSpec,
+    proc: QemuProcess,
+    pagingFile?: string | null,
+    arrival?: { from: string; migration: string; since: number },
+  ): void;
   /** Smart Paging: null for ordinary memory, else the paging file made for it; E_VM_MEMORY when neither. */
   memoryFor(spec: VmSpec, action: 'start' | 'move'): Promise<string | null>;
   /** A stopped VM whose files this host sees moves here: check (unless told not to) and register it. */

@@ -775,7 +775,7 @@ export class IncomingManager {
       }
       i.state = 'running';
       await keepArrivalHa(i);
-      host.vms.arrivedRunning(i.spec, proc, i.memoryFile ?? null);
+      host.vms.arrivedRunning(i.spec, proc, i.memoryFile ?? null, { from: i.source, migration: jobId, since: mark });
     }
     host.store.journalDrop(journalId(jobId));
     this.slots.release(jobId);

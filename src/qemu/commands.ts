@@ -239,6 +239,11 @@ export interface QmpCommands {
   'block-export-del': { args: { id: string; mode?: 'safe' | 'hard' }; ret: Record<string, never> };
   'object-add': { args: Record<string, unknown> & { 'qom-type': string; id: string }; ret: Record<string, never> };
   'object-del': { args: { id: string }; ret: Record<string, never> };
+  /** Keys pressed together, as a keyboard would (tests: a guest's own sysrq). */
+  'send-key': {
+    args: { keys: Array<{ type: 'qcode'; data: string }>; 'hold-time'?: number };
+    ret: Record<string, never>;
+  };
   screendump: {
     args: { filename: string; device?: string; head?: number; format?: 'ppm' | 'png' };
     ret: Record<string, never>;

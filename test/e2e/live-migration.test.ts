@@ -97,6 +97,60 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
   await ferryOk(['vm', 'rm', 'web1'], { lab: L.lab });
 });
 
+test('a guest that restarts itself right after a move is reported: vm show, the event, the agent log', async () => {
+  const vm = await ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      'rb1',
+      '--host',
+      'host-a',
+      '--guest',
+      'probe',
+      '--memory',
+      '128M',
+      '--path',
+      path.join(L.lab, 'shared', 'rb1'),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
+  await waitProbe(L, vm, 10);
+  const r = await ferryOk<MigrationRecord>(['move-vm', 'rb1', '--to', 'host-b', '--json'], { lab: L.lab });
+  assert.equal(r.state, 'completed', JSON.stringify(r.error));
+  const atB = await show('rb1');
+  assert.ok(atB.arrival, 'vm show says where it came from');
+  assert.equal(atB.arrival.from, 'host-a');
+  assert.equal(atB.arrival.migration, r.id);
+  assert.equal(atB.arrival.trouble, null, 'a guest that runs on has no trouble');
+
+  // The guest resets itself as a crashing kernel with panic=N does: sysrq-b, from its own keyboard.
+  const qmp = await QmpClient.connect(path.join(hostData(L, 'host-b'), 'run', vm.id, 'qmp-admin.sock'), { vm: 'rb1' });
+  try {
+    await qmp.execute('send-key', {
+      keys: ['alt', 'sysrq', 'b'].map((k) => ({ type: 'qcode' as const, data: k })),
+    });
+  } finally {
+    qmp.close();
+  }
+  let v = atB;
+  for (let i = 0; i < 100 && !v.arrival?.trouble; i++) {
+    await sleep(200);
+    v = await show('rb1');
+  }
+  const t = v.arrival?.trouble;
+  assert.equal(t?.what, 'reset', JSON.stringify(v.arrival));
+  assert.ok(t.afterMs > 0 && t.afterMs < 60_000, `after ${t.afterMs} ms`);
+  assert.match(v.arrival!.message, /rb1' restarted itself [\d.]+ s after arriving from 'host-a'/);
+  const text = await ferryOk<string>(['vm', 'show', 'rb1'], { lab: L.lab });
+  assert.match(text, /last arrival +VM 'rb1' restarted itself/);
+  const log = await fsp.readFile(path.join(L.lab, 'hosts', 'host-b', 'agent.log'), 'utf8');
+  assert.match(log, /"type":"vm.guest-trouble".*restarted itself/);
+  await ferryOk(['vm', 'stop', 'rb1', '--force'], { lab: L.lab });
+  await ferryOk(['vm', 'rm', 'rb1'], { lab: L.lab });
+});
+
 test('the bootblock memory pattern is intact on the destination', async () => {
   const vm = await ferryOk<VmView>(
     [

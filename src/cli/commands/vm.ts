@@ -69,6 +69,7 @@ function printVm(v: VmView): void {
           ],
         ]
       : []),
+    ...(v.arrival ? [['last arrival', v.arrival.message] as [string, string]] : []),
   ];
   const w = Math.max(...rows.map((r) => r[0].length));
   for (const [k, val] of rows) process.stdout.write(`${k.padEnd(w)}  ${val}\n`);
