@@ -76,6 +76,16 @@ export function VmsPage() {
                       Smart Paging
                     </span>
                   )}
+                  {vm.arrival?.trouble && (
+                    // The guest restarted, panicked or powered off by itself right after a move.
+                    <span className="badge trouble" title={vm.arrival.message} data-testid={`vm-trouble-${vm.name}`}>
+                      {vm.arrival.trouble.what === 'reset'
+                        ? 'restarted after move'
+                        : vm.arrival.trouble.what === 'panic'
+                          ? 'panicked after move'
+                          : 'powered off after move'}
+                    </span>
+                  )}
                 </td>
                 <td>{mib(vm.memoryMiB)}</td>
                 <td>{vm.cpus}</td>
