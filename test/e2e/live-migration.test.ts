@@ -21,6 +21,26 @@ const L = useLab(2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const size = (f: string): number => fs.statSync(f).size;
 
+/** `vm new NAME --host host-a --guest GUEST [EXTRA…] --path <shared>/NAME --start`. */
+const newOnA = (name: string, guest: 'probe' | 'bootblock', extra: string[] = []): Promise<VmView> =>
+  ferryOk<VmView>(
+    [
+      'vm',
+      'new',
+      name,
+      '--host',
+      'host-a',
+      '--guest',
+      guest,
+      ...extra,
+      '--path',
+      path.join(L.lab, 'shared', name),
+      '--start',
+      '--json',
+    ],
+    { lab: L.lab },
+  );
+
 const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> =>
   waitMigration(L, id, states, timeoutMs);
 
@@ -32,22 +52,7 @@ async function assertGoneFrom(host: string, vm: VmView): Promise<void> {
 }
 
 test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every acked record intact', async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'web1',
-      '--host',
-      'host-a',
-      '--guest',
-      'probe',
-      '--path',
-      path.join(L.lab, 'shared', 'web1'),
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
+  const vm = await newOnA('web1', 'probe');
   await waitProbe(L, vm, 30);
   const logA = serialLog(L, 'host-a', vm.id);
   const logB = serialLog(L, 'host-b', vm.id);
@@ -98,24 +103,7 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
 });
 
 test('a guest that restarts itself right after a move is reported: vm show, the event, the agent log', async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'rb1',
-      '--host',
-      'host-a',
-      '--guest',
-      'probe',
-      '--memory',
-      '128M',
-      '--path',
-      path.join(L.lab, 'shared', 'rb1'),
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
+  const vm = await newOnA('rb1', 'probe', ['--memory', '128M']);
   await waitProbe(L, vm, 10);
   const r = await ferryOk<MigrationRecord>(['move-vm', 'rb1', '--to', 'host-b', '--json'], { lab: L.lab });
   assert.equal(r.state, 'completed', JSON.stringify(r.error));
@@ -152,22 +140,7 @@ test('a guest that restarts itself right after a move is reported: vm show, the 
 });
 
 test('the bootblock memory pattern is intact on the destination', async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'bb1',
-      '--host',
-      'host-a',
-      '--guest',
-      'bootblock',
-      '--path',
-      path.join(L.lab, 'shared', 'bb1'),
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
+  const vm = await newOnA('bb1', 'bootblock');
   await sleep(2000);
   const r = await ferryOk<MigrationRecord>(['move-vm', 'bb1', '--to', 'host-b', '--max-downtime', '5000', '--json'], {
     lab: L.lab,
@@ -186,24 +159,7 @@ test('the bootblock memory pattern is intact on the destination', async () => {
 });
 
 test('move-vm follows through the event stream (no polling); Ctrl-C cancels the move and exits 5', async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'ev1',
-      '--host',
-      'host-a',
-      '--guest',
-      'bootblock',
-      '--memory',
-      '64M',
-      '--path',
-      path.join(L.lab, 'shared', 'ev1'),
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
+  const vm = await newOnA('ev1', 'bootblock', ['--memory', '64M']);
   await sleep(1000);
   // A move of some seconds (32 MiB/s), followed to its end: its progress comes from the one
   // event stream; the migration record is never fetched (that was a GET every 300 ms).
@@ -261,22 +217,7 @@ test('move-vm follows through the event stream (no polling); Ctrl-C cancels the 
 });
 
 test('cancel during copying-memory: the VM keeps running on A, nothing is left on B', async () => {
-  const vm = await ferryOk<VmView>(
-    [
-      'vm',
-      'new',
-      'slow1',
-      '--host',
-      'host-a',
-      '--guest',
-      'probe',
-      '--path',
-      path.join(L.lab, 'shared', 'slow1'),
-      '--start',
-      '--json',
-    ],
-    { lab: L.lab },
-  );
+  const vm = await newOnA('slow1', 'probe');
   await waitProbe(L, vm, 10);
   const id = (
     await ferryOk<string>(['move-vm', 'slow1', '--to', 'host-b', '--bandwidth', '2', '--no-wait'], { lab: L.lab })
@@ -383,22 +324,7 @@ test(
   'a guest dirtying faster than --bandwidth: the ladder completes it, or a too-small ' +
     '--finish-within aborts cleanly',
   async () => {
-    const vm = await ferryOk<VmView>(
-      [
-        'vm',
-        'new',
-        'hot1',
-        '--host',
-        'host-a',
-        '--guest',
-        'bootblock',
-        '--path',
-        path.join(L.lab, 'shared', 'hot1'),
-        '--start',
-        '--json',
-      ],
-      { lab: L.lab },
-    );
+    const vm = await newOnA('hot1', 'bootblock');
     await sleep(1500);
     const fail = await ferry(
       [
@@ -473,22 +399,7 @@ test(
   '--allow-postcopy: a guest dirtying faster than --bandwidth switches to post-copy and runs on the ' +
     'destination, memory intact, source QEMU gone; a host whose QEMU cannot do post-copy refuses cleanly',
   async (t) => {
-    const vm = await ferryOk<VmView>(
-      [
-        'vm',
-        'new',
-        'pc1',
-        '--host',
-        'host-a',
-        '--guest',
-        'bootblock',
-        '--path',
-        path.join(L.lab, 'shared', 'pc1'),
-        '--start',
-        '--json',
-      ],
-      { lab: L.lab },
-    );
+    const vm = await newOnA('pc1', 'bootblock');
     const move = [
       'move-vm',
       'pc1',
