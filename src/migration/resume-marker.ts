@@ -9,36 +9,51 @@
 // Why the destination's export writes through: measured on QEMU 7.2, a SIGKILLed destination
 // QEMU exporting a qcow2 without it lost acknowledged clusters (qemu-img compare: mismatch);
 // with `writethrough: true` the resumed image compared identical.
+import { z } from 'zod';
 import type { BitmapState } from './resume-copy.js';
 
 /** Kept images expire: a day-old partial copy is worth less than the space it holds. */
 export const RESUME_MAX_AGE_MS = 24 * 3600_000;
 
-export interface ResumeMarker {
-  /** The move key the source's bitmap is named after (stable across retries of one move). */
-  moveKey: string;
-  vmId: string;
-  source: string;
-  diskId: string;
-  path: string;
-  virtualSizeBytes: number;
-  format: string;
-  /** When the image was kept, and how the file looked then. */
-  keptAt: string;
-  fileSize: number;
-  fileMtimeMs: number;
-}
+const Key = z
+  .string()
+  .min(1)
+  .max(128)
+  .regex(/^[A-Za-z0-9._-]+$/);
+const AbsPath = z
+  .string()
+  .min(2)
+  .max(4096)
+  .refine((p) => p.startsWith('/') && !p.includes('\0'), { message: 'must be an absolute path' });
+const Bytes = z
+  .number()
+  .int()
+  .min(0)
+  .max(2 ** 53);
 
-/** What a retry asks of the destination for one disk. */
-export interface ResumeOffer {
-  moveKey: string;
-  vmId: string;
-  source: string;
-  diskId: string;
-  path: string;
-  virtualSizeBytes: number;
-  format: string;
-}
+/** What a retry asks of the destination for one disk (bounded: it arrives over the peer API). */
+export const ResumeOffer = z
+  .object({
+    /** The move key the source's bitmap is named after (stable across retries of one move). */
+    moveKey: Key,
+    vmId: Key,
+    source: Key,
+    diskId: Key,
+    path: AbsPath,
+    virtualSizeBytes: Bytes,
+    format: z.enum(['qcow2', 'raw']),
+  })
+  .strict();
+export type ResumeOffer = z.infer<typeof ResumeOffer>;
+
+/** Kept beside a cut move's partial image on the destination. */
+export const ResumeMarker = ResumeOffer.extend({
+  /** When the image was kept, and how the file looked then. */
+  keptAt: z.string().max(64),
+  fileSize: Bytes,
+  fileMtimeMs: z.number().min(0),
+}).strict();
+export type ResumeMarker = z.infer<typeof ResumeMarker>;
 
 export type Verdict = { resume: true } | { resume: false; why: string };
 
