@@ -138,3 +138,46 @@ export async function waitBackup(
       .catch(() => undefined);
   }
 }
+
+/**
+ * Incremental passes while the guest runs, until the bitmap owes at most `smallBytes` (or
+ * `maxPasses` ran): what is left is the last pass's work, done with the guest paused. Each
+ * pass runs to a fresh target node made by `addTarget` and deleted after it.
+ */
+export async function catchUp(
+  qmp: QmpClient,
+  b: Omit<BackupSpec, 'sync'>,
+  opts: {
+    smallBytes: number;
+    maxPasses: number;
+    speedBps?: number;
+    addTarget: () => Promise<void>;
+    delTarget: () => Promise<void>;
+    signal?: AbortSignal;
+    timeoutMs: number;
+  },
+): Promise<{ passes: number; copied: number; owed: number }> {
+  let copied = 0;
+  let passes = 0;
+  for (;;) {
+    const st = await bitmapState(qmp, b.device, b.bitmap, opts);
+    if (st.state !== 'ready')
+      throw new FerryError(
+        'E_MIRROR_FAILED',
+        `Cannot copy disk '${b.diskId}': its record of what was copied is ${st.state}` +
+          (st.state === 'unusable' ? ` (${st.why})` : '') +
+          '; retry the move (it copies the disk again)',
+        { context: { disk: b.diskId } },
+      );
+    if (st.dirtyBytes <= opts.smallBytes || passes >= opts.maxPasses) return { passes, copied, owed: st.dirtyBytes };
+    await opts.addTarget();
+    try {
+      const spec: BackupSpec = { ...b, sync: 'bitmap' };
+      await startBackup(qmp, spec, opts.speedBps, opts);
+      copied += (await waitBackup(qmp, spec, () => undefined, opts)).copied;
+    } finally {
+      await opts.delTarget();
+    }
+    passes++;
+  }
+}

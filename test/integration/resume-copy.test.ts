@@ -13,6 +13,7 @@ import { QEMU_BINARY } from '../../src/qemu/process.js';
 import {
   addResumeBitmap,
   bitmapState,
+  catchUp,
   removeResumeBitmap,
   resumeBitmapName,
   startBackup,
@@ -146,7 +147,25 @@ test('a disk copy cut at ~55 % resumes from the bitmap: less than half re-sent, 
     `cut after ${(cutAtBytes / MiB).toFixed(1)} MiB of ${SIZE / MiB} MiB: the resumed copy re-sent ` +
       `${(resumed.copied / MiB).toFixed(1)} MiB (the bitmap owed ${(owed / MiB).toFixed(1)} MiB)`,
   );
-  // Catch up with a write made after the resumed pass, with the guest paused (the switch-over pass).
+  // Writes after the resumed pass: incremental passes while the guest runs, then the last one
+  // with the guest paused (the switch-over pass).
+  await write(3 * MiB, 0x5a);
+  await write(90 * MiB, 0x5b);
+  const addTarget = async (): Promise<void> => {
+    await sq.execute('blockdev-add', {
+      driver: 'nbd',
+      'node-name': 'mig-disk0',
+      export: 'disk0',
+      server: { type: 'unix', path: sock },
+    });
+  };
+  const delTarget = () => sq.execute('blockdev-del', { 'node-name': 'mig-disk0' }).then(() => undefined);
+  const caught = await catchUp(
+    sq,
+    { jobId: 'copy-disk0', diskId: 'disk0', device: 'disk0', target: 'mig-disk0', bitmap },
+    { smallBytes: 0, maxPasses: 3, addTarget, delTarget, timeoutMs: 60_000 },
+  );
+  assert.deepEqual(caught, { passes: 1, copied: 128 * 1024, owed: 0 });
   await write(7 * MiB, 0x99);
   await sq.execute('stop');
   const last = await pass('bitmap', undefined);
