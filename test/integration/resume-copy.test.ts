@@ -54,7 +54,7 @@ test('a disk copy cut at ~55 % resumes from the bitmap: less than half re-sent, 
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', dst, String(SIZE)]);
   const procs: ChildProcess[] = [];
   t.after(() => {
-    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
   });
 
   const startDest = async (): Promise<{ proc: ChildProcess; qmp: QmpClient }> => {
@@ -176,7 +176,8 @@ test('a disk copy cut at ~55 % resumes from the bitmap: less than half re-sent, 
 
   await dest.qmp.execute('quit').catch(() => undefined);
   await sq.execute('quit').catch(() => undefined);
-  for (const p of procs) if (p.exitCode === null) await new Promise((r) => p.once('exit', r));
+  // A process killed by a signal has exitCode null too: ask signalCode as well.
+  for (const p of procs) if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
   const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', src, dst]);
   assert.match(cmp.stdout, /identical/);
   for (const [offset, pattern] of written) {
