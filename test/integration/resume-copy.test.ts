@@ -150,7 +150,7 @@ test('a disk copy cut at ~55 % resumes from the bitmap: less than half re-sent, 
   // Writes after the resumed pass: incremental passes while the guest runs, then the last one
   // with the guest paused (the switch-over pass).
   await write(3 * MiB, 0x5a);
-  await write(90 * MiB, 0x5b);
+  await write(50 * MiB, 0x5b);
   const addTarget = async (): Promise<void> => {
     await sq.execute('blockdev-add', {
       driver: 'nbd',
