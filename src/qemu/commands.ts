@@ -126,7 +126,20 @@ export interface BlockInfo {
     drv: string;
     ro: boolean;
     image: { filename: string; format: string; 'virtual-size': number };
+    /** QEMU 7.2: the root node's dirty bitmaps (count = dirty bytes). */
+    'dirty-bitmaps'?: DirtyBitmapInfo[];
   };
+}
+
+export interface DirtyBitmapInfo {
+  name?: string;
+  count: number;
+  granularity: number;
+  recording: boolean;
+  busy: boolean;
+  persistent: boolean;
+  /** A persistent bitmap QEMU could not save (or load) completely: unusable. */
+  inconsistent?: boolean;
 }
 
 type NoArgs = Record<string, never> | undefined;
@@ -223,6 +236,25 @@ export interface QmpCommands {
     };
     ret: Record<string, never>;
   };
+  'blockdev-backup': {
+    args: {
+      'job-id': string;
+      device: string;
+      target: string;
+      sync: 'full' | 'bitmap' | 'incremental' | 'top' | 'none';
+      bitmap?: string;
+      'bitmap-mode'?: 'on-success' | 'never' | 'always';
+      speed?: number;
+      'auto-finalize'?: boolean;
+      'auto-dismiss'?: boolean;
+    };
+    ret: Record<string, never>;
+  };
+  'block-dirty-bitmap-add': {
+    args: { node: string; name: string; persistent?: boolean; granularity?: number; disabled?: boolean };
+    ret: Record<string, never>;
+  };
+  'block-dirty-bitmap-remove': { args: { node: string; name: string }; ret: Record<string, never> };
   'block-job-cancel': { args: { device: string; force?: boolean }; ret: Record<string, never> };
   'block-job-complete': { args: { device: string }; ret: Record<string, never> };
   'block-job-set-speed': { args: { device: string; speed: number }; ret: Record<string, never> };
@@ -233,7 +265,15 @@ export interface QmpCommands {
   };
   'nbd-server-stop': { args: NoArgs; ret: Record<string, never> };
   'block-export-add': {
-    args: { type: 'nbd'; id: string; 'node-name': string; name?: string; writable?: boolean };
+    args: {
+      type: 'nbd';
+      id: string;
+      'node-name': string;
+      name?: string;
+      writable?: boolean;
+      /** Flush after every write before acknowledging it (a killed QEMU then loses no acknowledged write). */
+      writethrough?: boolean;
+    };
     ret: Record<string, never>;
   };
   'block-export-del': { args: { id: string; mode?: 'safe' | 'hard' }; ret: Record<string, never> };

@@ -1,0 +1,187 @@
+// Issue 17 item 6 at the QMP level: a running VM's disk copy over NBD is cut at about half
+// (the destination QEMU is killed), the source keeps running and keeps writing, a new
+// destination QEMU reopens the kept partial image, and the copy resumes from the source's
+// bitmap: it re-sends less than half the disk, and the copy is then identical to the source
+// (every write the guest made before, during and after the cut is there).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, execFile, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
+import path from 'node:path';
+import { QmpClient } from '../../src/qemu/qmp.js';
+import { QEMU_BINARY } from '../../src/qemu/process.js';
+import {
+  addResumeBitmap,
+  bitmapState,
+  catchUp,
+  removeResumeBitmap,
+  resumeBitmapName,
+  startBackup,
+  waitBackup,
+  type BackupSpec,
+} from '../../src/migration/resume-copy.js';
+import { FerryError } from '../../src/errors.js';
+import { tempDir } from '../helpers.js';
+
+const run = promisify(execFile);
+const MiB = 1048576;
+const SIZE = 128 * MiB;
+// "About half": the bitmap then owes the other ~45 % plus what the guest wrote since the start.
+const CUT = 0.55;
+
+function qemu(dir: string, name: string, image: string, extra: string[]): ChildProcess {
+  return spawn(
+    QEMU_BINARY,
+    [
+      ...['-nodefaults', '-display', 'none', '-machine', 'pc-i440fx-7.2', '-accel', 'tcg', '-m', '32M', '-S'],
+      ...['-qmp', `unix:${path.join(dir, `${name}.qmp`)},server=on,wait=off`],
+      ...['-blockdev', JSON.stringify({ driver: 'file', filename: image, 'node-name': 'disk0-file' })],
+      ...['-blockdev', JSON.stringify({ driver: 'qcow2', file: 'disk0-file', 'node-name': 'disk0' })],
+      ...['-device', 'ide-hd,drive=disk0,id=ide0'],
+      ...extra,
+    ],
+    { stdio: 'ignore' },
+  );
+}
+
+test('a disk copy cut at ~55 % resumes from the bitmap: less than half re-sent, the copy identical', async (t) => {
+  const dir = await tempDir(t);
+  const src = path.join(dir, 'src.qcow2');
+  const dst = path.join(dir, 'dst.qcow2');
+  const sock = path.join(dir, 'nbd.sock');
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', src, String(SIZE)]);
+  await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x11 0 ${SIZE}`, src]);
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', dst, String(SIZE)]);
+  const procs: ChildProcess[] = [];
+  t.after(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+
+  const startDest = async (): Promise<{ proc: ChildProcess; qmp: QmpClient }> => {
+    const proc = qemu(dir, 'dst', dst, ['-incoming', 'defer']);
+    procs.push(proc);
+    const qmp = await QmpClient.connect(path.join(dir, 'dst.qmp'), { vm: 'dst' });
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
+    await qmp.execute('block-export-add', {
+      type: 'nbd',
+      id: 'exp-disk0',
+      'node-name': 'disk0',
+      name: 'disk0',
+      writable: true,
+      writethrough: true,
+    });
+    return { proc, qmp };
+  };
+  const sp = qemu(dir, 'src', src, []);
+  procs.push(sp);
+  const sq = await QmpClient.connect(path.join(dir, 'src.qmp'), { vm: 'src' });
+  await sq.execute('cont');
+  // The guest's writes, each a checked pattern at its own offset.
+  const written = new Map<number, number>();
+  const write = async (offset: number, pattern: number): Promise<void> => {
+    await sq.execute('human-monitor-command', {
+      'command-line': `qemu-io -d ide0 "write -P ${pattern} ${offset} 64k"`,
+    });
+    written.set(offset, pattern);
+  };
+  const bitmap = resumeBitmapName('test-move');
+  const pass = async (sync: BackupSpec['sync'], speed: number | undefined, cutAt?: () => void) => {
+    await sq.execute('blockdev-add', {
+      driver: 'nbd',
+      'node-name': 'mig-disk0',
+      export: 'disk0',
+      server: { type: 'unix', path: sock },
+    });
+    const b: BackupSpec = { jobId: 'copy-disk0', diskId: 'disk0', device: 'disk0', target: 'mig-disk0', bitmap, sync };
+    await startBackup(sq, b, speed);
+    let cut = false;
+    try {
+      return await waitBackup(
+        sq,
+        b,
+        (j) => {
+          if (cutAt && !cut && j['current-progress'] >= j['total-progress'] * CUT) {
+            cut = true;
+            cutAt();
+          }
+        },
+        { timeoutMs: 120_000 },
+      );
+    } finally {
+      await sq.execute('blockdev-del', { 'node-name': 'mig-disk0' }).catch(() => undefined);
+    }
+  };
+
+  let dest = await startDest();
+  await addResumeBitmap(sq, 'disk0', bitmap, 'qcow2');
+  // First attempt at 32 MiB/s; the guest writes during it; the destination dies at half.
+  const writer = (async () => {
+    for (let i = 0; i < 8; i++) {
+      await write(i * 15 * MiB + 4096 * i, 0x30 + i);
+      await new Promise((r) => setTimeout(r, 150));
+    }
+  })();
+  const first = dest;
+  let cutAtBytes = 0;
+  await assert.rejects(
+    pass('full', 32 * MiB, () => first.proc.kill('SIGKILL')),
+    (e: FerryError) => {
+      cutAtBytes = Number(e.context.copied);
+      return e.code === 'E_MIRROR_FAILED' && /resumes/.test(e.message);
+    },
+  );
+  await writer;
+  // The source VM still runs, and keeps writing while no destination is there.
+  assert.equal((await sq.execute('query-status')).running, true);
+  await write(SIZE - MiB, 0x77);
+  const left = await bitmapState(sq, 'disk0', bitmap);
+  if (left.state !== 'ready') assert.fail(`the bitmap is ${left.state} after the cut`);
+  const owed = left.dirtyBytes;
+  assert.ok(owed < SIZE, `the bitmap owes ${owed} of ${SIZE} bytes`);
+
+  // Retry to a new destination QEMU on the kept image: only the bitmap moves.
+  dest = await startDest();
+  const resumed = await pass('bitmap', undefined);
+  assert.ok(resumed.copied < SIZE / 2, `resumed copy re-sent ${resumed.copied} bytes of ${SIZE}`);
+  t.diagnostic(
+    `cut after ${(cutAtBytes / MiB).toFixed(1)} MiB of ${SIZE / MiB} MiB: the resumed copy re-sent ` +
+      `${(resumed.copied / MiB).toFixed(1)} MiB (the bitmap owed ${(owed / MiB).toFixed(1)} MiB)`,
+  );
+  // Writes after the resumed pass: incremental passes while the guest runs, then the last one
+  // with the guest paused (the switch-over pass).
+  await write(3 * MiB, 0x5a);
+  await write(50 * MiB, 0x5b);
+  const addTarget = async (): Promise<void> => {
+    await sq.execute('blockdev-add', {
+      driver: 'nbd',
+      'node-name': 'mig-disk0',
+      export: 'disk0',
+      server: { type: 'unix', path: sock },
+    });
+  };
+  const delTarget = () => sq.execute('blockdev-del', { 'node-name': 'mig-disk0' }).then(() => undefined);
+  const caught = await catchUp(
+    sq,
+    { jobId: 'copy-disk0', diskId: 'disk0', device: 'disk0', target: 'mig-disk0', bitmap },
+    { smallBytes: 0, maxPasses: 3, addTarget, delTarget, timeoutMs: 60_000 },
+  );
+  assert.deepEqual(caught, { passes: 1, copied: 128 * 1024, owed: 0 });
+  await write(7 * MiB, 0x99);
+  await sq.execute('stop');
+  const last = await pass('bitmap', undefined);
+  assert.equal(last.copied, 64 * 1024);
+  assert.deepEqual(await bitmapState(sq, 'disk0', bitmap), { state: 'ready', dirtyBytes: 0, persistent: true });
+  await removeResumeBitmap(sq, 'disk0', bitmap);
+  assert.deepEqual(await bitmapState(sq, 'disk0', bitmap), { state: 'absent' });
+
+  await dest.qmp.execute('quit').catch(() => undefined);
+  await sq.execute('quit').catch(() => undefined);
+  // A process killed by a signal has exitCode null too: ask signalCode as well.
+  for (const p of procs) if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
+  const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', src, dst]);
+  assert.match(cmp.stdout, /identical/);
+  for (const [offset, pattern] of written) {
+    const r = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', `read -P ${pattern} ${offset} 64k`, dst]);
+    assert.doesNotMatch(r.stdout, /Pattern verification failed/, `offset ${offset}`);
+  }
+});
