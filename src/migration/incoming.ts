@@ -487,14 +487,17 @@ export class IncomingManager {
    */
   assertSource(jobId: string, caller: { role: string; name: string } | undefined, source?: string): void {
     if (caller?.role === 'admin') return;
-    const owner = source ?? this.items.get(jobId)?.source;
-    if (owner === undefined) return; // unknown job: the action itself says so
-    if (caller?.name !== owner)
-      throw new FerryError(
-        'E_FORBIDDEN',
-        `Cannot act on incoming move ${jobId}: host '${caller?.name ?? '?'}' is not its source '${owner}'; ` +
-          'a host may act only on the moves it sends',
-      );
+    // A move already here belongs to its source, whatever a new request claims (a Prepare that
+    // reuses another host's job id and names itself as the source is refused too).
+    for (const owner of [this.items.get(jobId)?.source, source]) {
+      if (owner === undefined) continue; // unknown job: the action itself says so
+      if (caller?.name !== owner)
+        throw new FerryError(
+          'E_FORBIDDEN',
+          `Cannot act on incoming move ${jobId}: host '${caller?.name ?? '?'}' is not its source '${owner}'; ` +
+            'a host may act only on the moves it sends',
+        );
+    }
   }
 
   view(jobId: string): IncomingView {

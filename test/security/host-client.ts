@@ -14,6 +14,16 @@ export function hostAgent(dataDir: string): https.Agent {
   });
 }
 
+/** GETs `url`; resolves with the status and the raw body, whatever the status. */
+export function get(
+  agent: https.Agent,
+  endpoint: string,
+  url: string,
+  timeoutMs = 60_000,
+): Promise<{ status: number; body: string }> {
+  return send(agent, endpoint, 'GET', url, undefined, timeoutMs);
+}
+
 /** POSTs `body` as JSON; resolves with the status and the raw body, whatever the status. */
 export function post(
   agent: https.Agent,
@@ -22,17 +32,28 @@ export function post(
   body: unknown,
   timeoutMs = 60_000,
 ): Promise<{ status: number; body: string }> {
+  return send(agent, endpoint, 'POST', url, body, timeoutMs);
+}
+
+function send(
+  agent: https.Agent,
+  endpoint: string,
+  method: 'GET' | 'POST',
+  url: string,
+  body: unknown,
+  timeoutMs: number,
+): Promise<{ status: number; body: string }> {
   const u = new URL(endpoint);
   return new Promise((resolve, reject) => {
     const req = https.request(
       {
         host: u.hostname,
         port: Number(u.port),
-        method: 'POST',
+        method,
         path: url,
         agent,
         timeout: timeoutMs,
-        headers: { 'content-type': 'application/json' },
+        headers: method === 'POST' ? { 'content-type': 'application/json' } : {},
       },
       (res) => {
         let b = '';
@@ -40,8 +61,8 @@ export function post(
         res.on('end', () => resolve({ status: res.statusCode ?? 0, body: b }));
       },
     );
-    req.on('timeout', () => req.destroy(new Error(`POST ${url} timed out`)));
+    req.on('timeout', () => req.destroy(new Error(`${method} ${url} timed out`)));
     req.on('error', reject);
-    req.end(JSON.stringify(body));
+    req.end(method === 'POST' ? JSON.stringify(body) : undefined);
   });
 }
