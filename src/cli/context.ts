@@ -13,7 +13,6 @@ import { actions } from '../api/actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
 import { writeAtomic } from '../domain/request.js';
 import type { VmView } from '../api/schemas.js';
-import { VmHosts, vmHostsFile } from './vm-hosts.js';
 
 export interface GlobalOpts {
   lab?: string;
@@ -125,11 +124,7 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
 
 export class Clients {
   private cache = new Map<string, AgentClient>();
-  /** Where each VM was last seen: `locate` asks that host first. */
-  readonly vmHosts: VmHosts;
-  constructor(readonly ctx: Context) {
-    this.vmHosts = new VmHosts(vmHostsFile(ctx));
-  }
+  constructor(readonly ctx: Context) {}
 
   host(name: string): AgentClient {
     const h = this.ctx.hosts.find((x) => x.name === name);
@@ -165,29 +160,14 @@ export class Clients {
         }
       }),
     );
-    const vms = res.flatMap((r) => r.vms);
-    for (const v of vms) this.vmHosts.set(v.name, v.host);
-    return { vms, unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
+    return { vms: res.flatMap((r) => r.vms), unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
   }
 
-  /** The client of the host VM was last seen on, if that host is still in the context. */
-  hinted(vm: string): AgentClient | null {
-    const h = this.vmHosts.get(vm);
-    return h !== undefined && this.ctx.hosts.some((x) => x.name === h) ? this.host(h) : null;
-  }
-
-  /** The host a VM is on: the one it was last seen on if it is still there, else asks every host. */
+  /** The host a VM is on. */
   async locate(name: string): Promise<{ client: AgentClient; vm: VmView }> {
-    const client = this.hinted(name);
-    if (client) {
-      // Not there (moved by someone else, deleted) or not answering: every host is asked below.
-      const vm = await client.call(actions.vmShow, { params: { name } }, { timeoutMs: 30_000 }).catch(() => null);
-      if (vm?.host === client.host) return { client, vm };
-    }
     const { vms, unreachable } = await this.allVms();
     const vm = vms.find((v) => v.name === name);
     if (!vm) {
-      if (!unreachable.length) this.vmHosts.set(name, null);
       const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
       throw new NotFoundError(
         'E_VM_NOT_FOUND',
@@ -210,6 +190,5 @@ export async function withClients<T>(o: GlobalOpts, fn: (c: Clients) => Promise<
     return await fn(clients);
   } finally {
     clients.close();
-    await clients.vmHosts.save();
   }
 }

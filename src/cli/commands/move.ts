@@ -158,7 +158,7 @@ async function followAndReport(
   id: string,
   o: { json: boolean; progress: ProgressMode; initial?: MigrationRecord },
   firstInterrupt: FollowOptions['firstInterrupt'],
-): Promise<MigrationRecord> {
+): Promise<void> {
   w.following();
   const renderer = await progressRenderer(o.progress);
   let out: FollowOutcome;
@@ -184,12 +184,11 @@ async function followAndReport(
     else process.stdout.write(`${r.id}\n`);
     // As before events: a detached wait did not see the move end, so it does not exit 0.
     process.exitCode = EXIT.cancelled;
-    return r;
+    return;
   }
   if (o.json) printJson(r);
   else printRecord(r);
   exitFor(r);
-  return r;
 }
 
 interface Watching {
@@ -202,67 +201,30 @@ interface Watching {
 /**
  * Opens the host's event stream before a move starts (so no event of it is missed), and
  * counts Ctrl-C from then on: a press while the move is still being created is acted on as
- * soon as it exists. `early` is a stream opened while the VM was being located, on the host
- * it was last seen on: used when that is `client`'s host, closed otherwise.
+ * soon as it exists.
  */
-async function watching(
-  client: AgentClient,
-  fn: (w: Watching) => Promise<void>,
-  early?: Promise<MigrationWatch>,
-): Promise<void> {
+async function watching(client: AgentClient, fn: (w: Watching) => Promise<void>): Promise<void> {
   const interrupts = new Interrupts();
-  const stopEarly = interrupts.listen(() => {
+  const early = interrupts.listen(() => {
     process.stderr.write('Ctrl-C: acted on as soon as the move exists (Ctrl-C again to stop waiting for it)\n');
   });
   try {
-    const watch = await adoptOrOpen(client, early);
+    const { MigrationWatch } = await import('../follow.js');
+    const watch = await MigrationWatch.open(client);
     try {
-      await fn({ watch, interrupts, following: stopEarly });
+      await fn({ watch, interrupts, following: early });
     } finally {
       watch.close();
     }
   } finally {
-    stopEarly();
+    early();
     interrupts.dispose();
   }
 }
 
-/** The early stream when it is `client`'s and opened; else a new one (a failed early one is tried again). */
-async function adoptOrOpen(client: AgentClient, early?: Promise<MigrationWatch>): Promise<MigrationWatch> {
-  const pre = await early?.catch(() => null);
-  if (pre?.client === client) return pre;
-  pre?.close();
-  const { MigrationWatch } = await import('../follow.js');
-  return MigrationWatch.open(client);
-}
-
-/**
- * Locates VM and, when the command waits for the move, opens the event stream of the host
- * it was last seen on at the same time: still subscribed before the move is asked for, one
- * round trip sooner. `run` gets the VM's client and, with wait, the watch.
- */
-async function locateWatching(
-  c: Clients,
-  vmName: string,
-  wait: boolean,
-  run: (client: AgentClient, w: Watching | null) => Promise<void>,
-): Promise<void> {
-  const hinted = wait ? c.hinted(vmName) : null;
-  const early = hinted ? import('../follow.js').then(({ MigrationWatch }) => MigrationWatch.open(hinted)) : undefined;
-  early?.catch(() => undefined); // awaited (or closed) below: never an unhandled rejection
-  let client: AgentClient;
-  try {
-    ({ client } = await c.locate(vmName));
-  } catch (err) {
-    early?.then(
-      (w) => w.close(),
-      () => undefined,
-    );
-    throw err;
-  }
-  if (!wait) return run(client, null);
-  return watching(client, (w) => run(client, w), early);
-}
+/** `watching` when the command waits for the move (no --no-wait); else nothing to watch. */
+const watchingIf = (client: AgentClient, wait: boolean, fn: (w: Watching | null) => Promise<void>): Promise<void> =>
+  wait ? watching(client, fn) : fn(null);
 
 const progressOption = (): Option<'--progress <mode>', undefined, 'auto', ProgressMode> =>
   new Option('--progress <mode>', 'progress on stderr: auto (a bar on a terminal, else lines), bar, lines, json, none')
@@ -377,7 +339,8 @@ export function registerMove(program: Command): void {
     .action(async (vmName, o, cmd) => {
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const to = destination(c, o.to);
-        await locateWatching(c, vmName, o.wait, async (client, w) => {
+        const { client } = await c.locate(vmName);
+        await watchingIf(client, o.wait, async (w) => {
           let rec: MigrationRecord;
           try {
             rec = await client.call(
@@ -409,13 +372,7 @@ export function registerMove(program: Command): void {
             else process.stdout.write(`${rec.id}\n`);
             return;
           }
-          const end = await followAndReport(
-            w,
-            rec.id,
-            { json: Boolean(o.json), progress: o.progress, initial: rec },
-            'cancel',
-          );
-          if (end.state === 'completed') c.vmHosts.set(vmName, to.name);
+          await followAndReport(w, rec.id, { json: Boolean(o.json), progress: o.progress, initial: rec }, 'cancel');
         });
       });
     });
@@ -444,7 +401,8 @@ export function registerMove(program: Command): void {
         );
       }
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
-        await locateWatching(c, vmName, o.wait, async (client, w) => {
+        const { client } = await c.locate(vmName);
+        await watchingIf(client, o.wait, async (w) => {
           const rec = await client.call(
             actions.storageMove,
             {
@@ -536,9 +494,9 @@ export function registerMove(program: Command): void {
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await locateMigration(c, id);
         // Subscribed first, then the record is read once: nothing between the two is missed.
-        await watching(client, async (w) => {
-          await followAndReport(w, id, { json: Boolean(o.json), progress: o.progress }, 'detach');
-        });
+        await watching(client, (w) =>
+          followAndReport(w, id, { json: Boolean(o.json), progress: o.progress }, 'detach'),
+        );
       });
     });
   mig
