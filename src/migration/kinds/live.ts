@@ -561,32 +561,48 @@ export const postcopyStep: Step<SourceCtx> = {
     };
     r.postcopy = pc;
     ctx.job.flush();
-    const lost = (why: string, cause?: unknown): PostcopyLostError => {
+    let running = false;
+    // Lost: the guest cannot run anywhere, but the VM must stay registered on exactly one host,
+    // the one whose disks are current: the destination once the guest ran there (it wrote to
+    // them), else this host (its guest stopped at the switch). The other side lets it go.
+    const lost = async (why: string, cause?: unknown): Promise<PostcopyLostError> => {
       pc.lost = true;
       ctx.job.flush();
-      return new PostcopyLostError(spec.name, ctx.host.name, ctx.to.name, why, cause);
+      if (!running) {
+        const v = await ctx.dest
+          .call(peerActions.status, { params: { id: ctx.job.id } }, { timeoutMs: 5000 })
+          .catch(() => null);
+        running = v?.state === 'running';
+      }
+      if (running) {
+        await finishOnSource(ctx, s.log).catch((e: unknown) => s.log(`letting the VM go here: ${messageOf(e)}`));
+      } else {
+        await abortDestination(ctx, s.log);
+      }
+      const home = running ? ctx.to.name : ctx.host.name;
+      s.log(`post-copy lost: VM '${spec.name}' stays registered on ${home}`);
+      return new PostcopyLostError(spec.name, ctx.host.name, ctx.to.name, home, why, cause);
     };
     const stallMs = stallTimeoutMs();
     const watchdog = new StallWatchdog(stallMs);
     watchdog.reset(Date.now());
-    let running = false;
     let info: MigrationInfo;
     for (;;) {
       const mark = qmp.eventMark;
       try {
         info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
       } catch (err) {
-        throw lost(`the source QEMU stopped answering (${messageOf(err)})`, err);
+        throw await lost(`the source QEMU stopped answering (${messageOf(err)})`, err);
       }
       const st = info.status ?? 'none';
       if (st === 'failed' || st === 'cancelled' || st === 'postcopy-paused' || st === 'postcopy-recover') {
-        throw lost(`the stream failed (${info['error-desc'] ?? st})${await destReason(ctx)}`);
+        throw await lost(`the stream failed (${info['error-desc'] ?? st})${await destReason(ctx)}`);
       }
       if (!running && (st === 'postcopy-active' || st === 'completed')) {
         try {
           await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
         } catch (err) {
-          throw lost(`'${ctx.to.name}' could not run it (${messageOf(err)})`, err);
+          throw await lost(`'${ctx.to.name}' could not run it (${messageOf(err)})`, err);
         }
         running = true;
         pc.guestPauseMs = Date.now() - stoppedAtMs;
@@ -595,7 +611,7 @@ export const postcopyStep: Step<SourceCtx> = {
       }
       if (st === 'completed') break;
       if (watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {
-        throw lost(`no data moved for ${Math.round(stallMs / 1000)} s${await destReason(ctx)}`);
+        throw await lost(`no data moved for ${Math.round(stallMs / 1000)} s${await destReason(ctx)}`);
       }
       if (info.ram) {
         r.bytesTransferred = storageBytesOf(r) + info.ram.transferred;
