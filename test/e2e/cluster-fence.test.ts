@@ -92,9 +92,13 @@ async function failedOver(
   let fencedAt = 0;
   let restartAt = 0;
   let newHost = '';
+  let reported: string | null = null;
   while (Date.now() - t0 < 60_000 + graceMs && !restartAt) {
     // isQemuAlive: a QEMU killed under a stopped agent stays a zombie until the agent reaps it.
     if (!fencedAt && !isQemuAlive(qemuPid)) fencedAt = Date.now() - t0;
+    // Read as soon as the fence wrote it: an agent woken by whenRestarted takes (deletes) it.
+    if (fencedAt && reported === null)
+      reported = await fsp.readFile(fenceFiles(dataOf(host)).report, 'utf8').catch(() => null);
     for (const h of HOSTS) {
       if (h === host || restartAt) continue;
       if ((await mtime(logOf(h, vm.id))) > since && (await serial(h, vm.id)).heartbeats.length > 0) {
@@ -114,7 +118,8 @@ async function failedOver(
   assert.ok(fencedAt < graceMs + NODE_TTL_S * 1000, `…before the node's lease could expire (${fencedAt} ms)`);
   assert.ok(restartAt > fencedAt, 'the VM ran elsewhere only after it stopped here: never two copies');
   assert.deepEqual(await hostQemuPids(dataOf(host)), [], 'no QEMU left on the host whose agent is gone');
-  const report = JSON.parse(await fsp.readFile(fenceFiles(dataOf(host)).report, 'utf8')) as { vms: string[] };
+  reported ??= await fsp.readFile(fenceFiles(dataOf(host)).report, 'utf8');
+  const report = JSON.parse(reported) as { vms: string[] };
   assert.deepEqual(report.vms, [name], 'the fence noted what it stopped, for the agent');
   // Exactly once: the record names the new node with a new fencing generation, no third node ran it.
   let rec: ClusterView['vms'][number] | undefined;

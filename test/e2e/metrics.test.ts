@@ -47,7 +47,10 @@ test('after a live move and a storage move, the agents count them in /metrics', 
     { lab: L.lab },
   );
   await ferryOk(['vm', 'start', 'm1'], { lab: L.lab });
-  const moved = await ferryOk<MigrationRecord>(['move-vm', 'm1', '--to', 'host-b', '--json'], { lab: L.lab });
+  const moved = await ferryOk<MigrationRecord>(
+    ['move-vm', 'm1', '--to', 'host-b', '--max-downtime', '5000', '--json'],
+    { lab: L.lab },
+  );
   assert.equal(moved.state, 'completed', JSON.stringify(moved.error));
   const stored = await ferryOk<MigrationRecord>(
     ['move-storage', 'm1', '--path', path.join(L.lab, 'shared', 'm1-moved'), '--json'],
