@@ -2,7 +2,6 @@
 // (re-attached when the agent starts: QEMU runs detached and never stops with the agent),
 // create/start/stop/pause/resume/remove, the views users see, and VMs leaving and arriving
 // by migration. Every operation on a VM passes through its phase gate (vm-gate.ts).
-import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -45,6 +44,7 @@ import { buildVm } from './vm-build.js';
 import { decideBacking, noRoomError } from '../vm/memory-backing.js';
 import { createPagingFile, removePagingFile } from './paging-file.js';
 import { VmGate, type GatedOp } from './vm-gate.js';
+import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 
 /** What the VM inventory tells the cluster (a no-op when the host is in none). */
 export interface ClusterHooks {

@@ -69,13 +69,21 @@ export interface SourceCtx {
  * run it again (QEMU's rule). The source is never resumed.
  */
 export class PostcopyLostError extends FerryError {
-  constructor(vm: string, source: string, destination: string, home: string, why: string, cause?: unknown) {
+  constructor(
+    vm: string,
+    source: string,
+    destination: string,
+    home: string,
+    why: string,
+    cause?: unknown,
+    caveat = '',
+  ) {
     super(
       'E_POSTCOPY_LOST',
       `Cannot finish moving VM '${vm}' to '${destination}': ${why} after it switched to post-copy; the guest ` +
         `is lost on both hosts (its memory is split between them, QEMU's rule) and '${source}' does not resume ` +
-        `it. It stays on '${home}', whose disks are current: restart it from them with ` +
-        `'ferry vm stop ${vm} --force', then 'ferry vm start ${vm}'`,
+        `it. It stays on '${home}'${caveat ? ` (${caveat})` : ''}, whose disks are current: restart it from ` +
+        `them with 'ferry vm stop ${vm} --force', then 'ferry vm start ${vm}'`,
       { cause, context: { vm, source, destination, home } },
     );
   }

@@ -562,17 +562,21 @@ export const postcopyStep: Step<SourceCtx> = {
     r.postcopy = pc;
     ctx.job.flush();
     let running = false;
+    let finishAsked = false;
     // Lost: the guest cannot run anywhere, but the VM must stay registered on exactly one host,
     // the one whose disks are current: the destination once the guest ran there (it wrote to
     // them), else this host (its guest stopped at the switch). The other side lets it go.
     const lost = async (why: string, cause?: unknown): Promise<PostcopyLostError> => {
       pc.lost = true;
       ctx.job.flush();
+      let unsure = false;
       if (!running) {
         const v = await ctx.dest
           .call(peerActions.status, { params: { id: ctx.job.id } }, { timeoutMs: 5000 })
           .catch(() => null);
         running = v?.state === 'running';
+        // No answer after finish was asked: the destination may run it (an abort is refused there then).
+        unsure = v === null && finishAsked;
       }
       if (running) {
         await finishOnSource(ctx, s.log).catch((e: unknown) => s.log(`letting the VM go here: ${messageOf(e)}`));
@@ -580,8 +584,9 @@ export const postcopyStep: Step<SourceCtx> = {
         await abortDestination(ctx, s.log);
       }
       const home = running ? ctx.to.name : ctx.host.name;
+      const caveat = unsure ? `'${ctx.to.name}' did not answer: check it does not run it first` : '';
       s.log(`post-copy lost: VM '${spec.name}' stays registered on ${home}`);
-      return new PostcopyLostError(spec.name, ctx.host.name, ctx.to.name, home, why, cause);
+      return new PostcopyLostError(spec.name, ctx.host.name, ctx.to.name, home, why, cause, caveat);
     };
     const stallMs = stallTimeoutMs();
     const watchdog = new StallWatchdog(stallMs);
@@ -599,6 +604,7 @@ export const postcopyStep: Step<SourceCtx> = {
         throw await lost(`the stream failed (${info['error-desc'] ?? st})${await destReason(ctx)}`);
       }
       if (!running && (st === 'postcopy-active' || st === 'completed')) {
+        finishAsked = true;
         try {
           await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
         } catch (err) {
