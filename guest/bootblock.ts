@@ -2,21 +2,31 @@
 // shared/QEMU-NOTES.md §D), assembled here byte by byte so no assembler is needed.
 //
 // It enters 32-bit protected mode with a flat GDT, writes 'A' to COM1, then sweeps forever
-// incrementing the first byte of every 4 KiB page in [1 MiB, 100 MiB), writing 'B' every
-// 256 sweeps. After a move, every page must hold the same byte except at most one step
-// where it is exactly one lower (where the sweep was when the guest stopped).
+// incrementing the first byte of every 4 KiB page in [1 MiB, end), writing 'B' every 256
+// sweeps; `end` is 100 MiB in a guest of 128 MiB or more, else 2 MiB below its RAM's top (a
+// smaller guest dirties less, so a move converges at a short downtime also on a busy host).
+// After a move, every page must hold the same byte except at most one step where it is
+// exactly one lower (where the sweep was when the guest stopped).
 import fsp from 'node:fs/promises';
 import type { QmpClient } from '../src/qemu/qmp.js';
 
 export const PATTERN_START = 1 << 20;
 export const PATTERN_END = 100 << 20;
 export const PAGE = 4096;
-/** Guest RAM must cover the pattern range. */
-export const BOOTBLOCK_MIN_MEMORY_MIB = 128;
+/** The default guest RAM (the whole 99 MiB pattern fits). */
+export const BOOTBLOCK_DEFAULT_MEMORY_MIB = 128;
+/** The smallest guest RAM: a pattern of at least 5 MiB. */
+export const BOOTBLOCK_MIN_MEMORY_MIB = 8;
+
+/** Where the pattern ends in a guest of `memoryMiB` (the top 2 MiB are left alone). */
+export function patternEndFor(memoryMiB: number): number {
+  if (memoryMiB < BOOTBLOCK_MIN_MEMORY_MIB) throw new RangeError(`bootblock: ${memoryMiB} MiB is below the minimum`);
+  return Math.min(PATTERN_END, (memoryMiB - 2) << 20);
+}
 
 const ORG = 0x7c00;
 
-export function bootblockBytes(): Buffer {
+export function bootblockBytes(patternEnd: number = PATTERN_END): Buffer {
   const b = Buffer.alloc(512, 0);
   let pc = 0;
   const emit = (...bytes: number[]): void => {
@@ -55,7 +65,7 @@ export function bootblockBytes(): Buffer {
   const inner = pc;
   emit(0xfe, 0x00); // inc byte [eax]
   emit(0x05, ...u32(PAGE)); // add eax, 4096
-  emit(0x3d, ...u32(PATTERN_END)); // cmp eax, 100 MiB
+  emit(0x3d, ...u32(patternEnd)); // cmp eax, end
   emit(0x7c);
   emit(rel8(inner)); // jl inner
   emit(0xfe, 0xc3); // inc bl
@@ -97,7 +107,7 @@ export interface PatternReport {
   value: number;
 }
 
-/** Checks a dump of guest memory [1 MiB, 100 MiB): the QEMU migration-test rule. */
+/** Checks a dump of guest memory [1 MiB, end): the QEMU migration-test rule. */
 export function checkPattern(dump: Buffer): PatternReport {
   const pages = Math.floor(dump.length / PAGE);
   const badPages: number[] = [];
@@ -116,19 +126,21 @@ export function checkPattern(dump: Buffer): PatternReport {
 
 /**
  * Stops the guest, dumps the pattern range with pmemsave and checks it. The guest is left
- * stopped when `resume` is false (the caller decides).
+ * stopped when `resume` is false (the caller decides). The range follows the guest's RAM size.
  */
 export async function verifyGuestMemory(
   qmp: QmpClient,
   dumpFile: string,
   opts: { signal?: AbortSignal; resume?: boolean } = {},
 ): Promise<PatternReport> {
+  const mem = await qmp.execute('query-memory-size-summary', undefined, { signal: opts.signal });
+  const end = patternEndFor(Math.floor(mem['base-memory'] / (1 << 20)));
   const st = await qmp.execute('query-status', undefined, { signal: opts.signal });
   if (st.running) await qmp.execute('stop', undefined, { signal: opts.signal });
   try {
     await qmp.execute(
       'pmemsave',
-      { val: PATTERN_START, size: PATTERN_END - PATTERN_START, filename: dumpFile },
+      { val: PATTERN_START, size: end - PATTERN_START, filename: dumpFile },
       { signal: opts.signal, timeoutMs: 60_000 },
     );
     const dump = await fsp.readFile(dumpFile);

@@ -156,6 +156,7 @@ export interface QmpCommands {
   system_powerdown: { args: NoArgs; ret: Record<string, never> };
   system_reset: { args: NoArgs; ret: Record<string, never> };
   quit: { args: NoArgs; ret: Record<string, never> };
+  'query-memory-size-summary': { args: NoArgs; ret: { 'base-memory': number; 'plugged-memory'?: number } };
   pmemsave: { args: { val: number; size: number; filename: string; 'cpu-index'?: number }; ret: Record<string, never> };
   'query-migrate': { args: NoArgs; ret: MigrationInfo };
   'query-migrate-parameters': { args: NoArgs; ret: MigrationParameters };

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { NotFoundError } from '../errors.js';
 import type { ImageFormat } from '../qemu/img.js';
 import { probeGuestFiles } from '../../guest/paths.js';
-import { bootblockBytes, BOOTBLOCK_MIN_MEMORY_MIB } from '../../guest/bootblock.js';
+import { bootblockBytes, BOOTBLOCK_DEFAULT_MEMORY_MIB, patternEndFor } from '../../guest/bootblock.js';
 import { newVmId, type VmSpecInput } from './spec.js';
 import type { CreateVmOptions } from './lifecycle.js';
 
@@ -69,13 +69,14 @@ export function probeVm(input: GuestVmInput): { spec: VmSpecInput; create: Creat
 
 /** The 512-byte memory-pattern guest, booted from a raw image in its folder. */
 export function bootblockVm(input: GuestVmInput): { spec: VmSpecInput; create: CreateVmOptions } {
+  const memoryMiB = input.memoryMiB ?? BOOTBLOCK_DEFAULT_MEMORY_MIB;
   const img = Buffer.alloc(1 << 20);
-  bootblockBytes().copy(img);
+  bootblockBytes(patternEndFor(memoryMiB)).copy(img);
   return {
     spec: {
       name: input.name,
       id: newVmId(),
-      memoryMiB: Math.max(input.memoryMiB ?? BOOTBLOCK_MIN_MEMORY_MIB, BOOTBLOCK_MIN_MEMORY_MIB),
+      memoryMiB,
       cpus: input.cpus ?? 1,
       disks: [{ id: 'boot0', path: path.join(input.configPath, 'boot.img'), format: 'raw' }],
       boot: { kind: 'disk' },
