@@ -13,6 +13,7 @@ import { actions } from '../api/actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
 import { writeAtomic } from '../domain/request.js';
 import type { VmView } from '../api/schemas.js';
+import { VmHosts, vmHostsFile } from './vm-hosts.js';
 
 export interface GlobalOpts {
   lab?: string;
@@ -124,7 +125,11 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
 
 export class Clients {
   private cache = new Map<string, AgentClient>();
-  constructor(readonly ctx: Context) {}
+  /** Where each VM was last seen: `locate` asks that host first. */
+  readonly vmHosts: VmHosts;
+  constructor(readonly ctx: Context) {
+    this.vmHosts = new VmHosts(vmHostsFile(ctx));
+  }
 
   host(name: string): AgentClient {
     const h = this.ctx.hosts.find((x) => x.name === name);
@@ -160,14 +165,29 @@ export class Clients {
         }
       }),
     );
-    return { vms: res.flatMap((r) => r.vms), unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
+    const vms = res.flatMap((r) => r.vms);
+    for (const v of vms) this.vmHosts.set(v.name, v.host);
+    return { vms, unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
   }
 
-  /** The host a VM is on. */
+  /** The client of the host VM was last seen on, if that host is still in the context. */
+  hinted(vm: string): AgentClient | null {
+    const h = this.vmHosts.get(vm);
+    return h !== undefined && this.ctx.hosts.some((x) => x.name === h) ? this.host(h) : null;
+  }
+
+  /** The host a VM is on: the one it was last seen on if it is still there, else asks every host. */
   async locate(name: string): Promise<{ client: AgentClient; vm: VmView }> {
+    const client = this.hinted(name);
+    if (client) {
+      // Not there (moved by someone else, deleted) or not answering: every host is asked below.
+      const vm = await client.call(actions.vmShow, { params: { name } }, { timeoutMs: 30_000 }).catch(() => null);
+      if (vm?.host === client.host) return { client, vm };
+    }
     const { vms, unreachable } = await this.allVms();
     const vm = vms.find((v) => v.name === name);
     if (!vm) {
+      if (!unreachable.length) this.vmHosts.set(name, null);
       const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
       throw new NotFoundError(
         'E_VM_NOT_FOUND',
@@ -190,5 +210,6 @@ export async function withClients<T>(o: GlobalOpts, fn: (c: Clients) => Promise<
     return await fn(clients);
   } finally {
     clients.close();
+    await clients.vmHosts.save();
   }
 }
