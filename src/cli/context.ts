@@ -123,6 +123,9 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
   return fromFile(file);
 }
 
+/** How long the host a VM was last seen on may take to answer before every host is asked too. */
+const HINT_GRACE_MS = 1_000;
+
 export class Clients {
   private cache = new Map<string, AgentClient>();
   /** Where each VM was last seen: `locate` asks that host first. */
@@ -176,26 +179,76 @@ export class Clients {
     return h !== undefined && this.ctx.hosts.some((x) => x.name === h) ? this.host(h) : null;
   }
 
-  /** The host a VM is on: the one it was last seen on if it is still there, else asks every host. */
+  /**
+   * The host a VM is on: the one it was last seen on if it says so, else the first host that
+   * lists it. A hint never decides against the hosts' answers: a hinted host that does not
+   * have the VM (moved by someone else, deleted), refuses or fails sends the question to every
+   * host at once; one that has not answered within HINT_GRACE_MS (down, unreachable) does not
+   * hold the command up: every host is asked beside it, and the first answer that finds the VM
+   * wins.
+   */
   async locate(name: string): Promise<{ client: AgentClient; vm: VmView }> {
     const client = this.hinted(name);
-    if (client) {
-      // Not there (moved by someone else, deleted) or not answering: every host is asked below.
-      const vm = await client.call(actions.vmShow, { params: { name } }, { timeoutMs: 30_000 }).catch(() => null);
-      if (vm?.host === client.host) return { client, vm };
+    if (!client) return this.locateEverywhere(name);
+    const ac = new AbortController();
+    const hinted = client.call(actions.vmShow, { params: { name } }, { timeoutMs: 30_000, signal: ac.signal }).then(
+      (vm) => (vm.host === client.host ? { client, vm } : null),
+      () => null,
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<'grace'>((resolve) => {
+      timer = setTimeout(() => resolve('grace'), HINT_GRACE_MS);
+    });
+    const first = await Promise.race([hinted, grace]);
+    clearTimeout(timer);
+    if (first !== 'grace' && first !== null) return first;
+    const everywhere = this.locateEverywhere(name);
+    if (first === null) return everywhere;
+    everywhere.catch(() => undefined); // the race below may end on the hinted answer
+    try {
+      return await Promise.race([hinted.then((h) => h ?? everywhere), everywhere]);
+    } finally {
+      ac.abort();
     }
-    const { vms, unreachable } = await this.allVms();
-    const vm = vms.find((v) => v.name === name);
-    if (!vm) {
-      if (!unreachable.length) this.vmHosts.set(name, null);
-      const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
-      throw new NotFoundError(
-        'E_VM_NOT_FOUND',
-        `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
-        { vm: name },
-      );
-    }
-    return { client: this.host(vm.host), vm };
+  }
+
+  /** Asks every host; resolves with the first that lists the VM, without waiting for slower hosts. */
+  private locateEverywhere(name: string): Promise<{ client: AgentClient; vm: VmView }> {
+    return new Promise((resolve, reject) => {
+      const unreachable: string[] = [];
+      let pending = this.ctx.hosts.length;
+      let found = false;
+      const done = (): void => {
+        if (found || --pending > 0) return;
+        if (!unreachable.length) this.vmHosts.set(name, null);
+        const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
+        reject(
+          new NotFoundError(
+            'E_VM_NOT_FOUND',
+            `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
+            { vm: name },
+          ),
+        );
+      };
+      pending++; // held until every request is out: no host at all still ends in `done`
+      for (const c of this.all())
+        c.call(actions.vmList, {}, { timeoutMs: 30_000 }).then(
+          (vms) => {
+            for (const v of vms) this.vmHosts.set(v.name, v.host);
+            const vm = vms.find((v) => v.name === name);
+            if (vm && !found) {
+              found = true;
+              resolve({ client: c, vm }); // the host that answered: the one it is on
+            }
+            done();
+          },
+          () => {
+            unreachable.push(c.host);
+            done();
+          },
+        );
+      done();
+    });
   }
 
   close(): void {

@@ -66,9 +66,13 @@ export class MigrationWatch {
     });
   }
 
-  /** Resolves once the agent has subscribed the stream. */
-  static async open(client: AgentClient): Promise<MigrationWatch> {
+  /** Resolves once the agent has subscribed the stream; `signal` gives up an opening (a rejection). */
+  static async open(client: AgentClient, o: { signal?: AbortSignal } = {}): Promise<MigrationWatch> {
     const w = new MigrationWatch(client);
+    const stop = (): void => {
+      w.close();
+    };
+    o.signal?.addEventListener('abort', stop, { once: true });
     try {
       await w.stream.ready;
     } catch (err) {
@@ -79,6 +83,8 @@ export class MigrationWatch {
           'check its agent, or use --no-wait',
         { context: { host: client.host }, cause: err },
       );
+    } finally {
+      o.signal?.removeEventListener('abort', stop);
     }
     return w;
   }

@@ -199,17 +199,20 @@ interface Watching {
   following(): void;
 }
 
+/** A stream opened while the VM was being located, on the host it was last seen on. */
+interface EarlyWatch {
+  client: AgentClient;
+  watch: Promise<MigrationWatch>;
+  /** Gives up the opening (a host that is not the VM's, or does not answer). */
+  abort: AbortController;
+}
+
 /**
  * Opens the host's event stream before a move starts (so no event of it is missed), and
  * counts Ctrl-C from then on: a press while the move is still being created is acted on as
- * soon as it exists. `early` is a stream opened while the VM was being located, on the host
- * it was last seen on: used when that is `client`'s host, closed otherwise.
+ * soon as it exists. `early` is used when it is `client`'s host, given up otherwise.
  */
-async function watching(
-  client: AgentClient,
-  fn: (w: Watching) => Promise<void>,
-  early?: Promise<MigrationWatch>,
-): Promise<void> {
+async function watching(client: AgentClient, fn: (w: Watching) => Promise<void>, early?: EarlyWatch): Promise<void> {
   const interrupts = new Interrupts();
   const stopEarly = interrupts.listen(() => {
     process.stderr.write('Ctrl-C: acted on as soon as the move exists (Ctrl-C again to stop waiting for it)\n');
@@ -227,13 +230,25 @@ async function watching(
   }
 }
 
-/** The early stream when it is `client`'s and opened; else a new one (a failed early one is tried again). */
-async function adoptOrOpen(client: AgentClient, early?: Promise<MigrationWatch>): Promise<MigrationWatch> {
-  const pre = await early?.catch(() => null);
-  if (pre?.client === client) return pre;
-  pre?.close();
+/**
+ * The early stream when it is `client`'s and opened; else a new one (a failed early one is
+ * tried again). Another host's early stream is given up without waiting for it to open.
+ */
+async function adoptOrOpen(client: AgentClient, early?: EarlyWatch): Promise<MigrationWatch> {
+  if (early?.client === client) {
+    const pre = await early.watch.catch(() => null);
+    if (pre) return pre;
+  } else giveUp(early);
   const { MigrationWatch } = await import('../follow.js');
   return MigrationWatch.open(client);
+}
+
+function giveUp(early?: EarlyWatch): void {
+  early?.abort.abort();
+  early?.watch.then(
+    (w) => w.close(),
+    () => undefined,
+  );
 }
 
 /**
@@ -248,16 +263,20 @@ async function locateWatching(
   run: (client: AgentClient, w: Watching | null) => Promise<void>,
 ): Promise<void> {
   const hinted = wait ? c.hinted(vmName) : null;
-  const early = hinted ? import('../follow.js').then(({ MigrationWatch }) => MigrationWatch.open(hinted)) : undefined;
-  early?.catch(() => undefined); // awaited (or closed) below: never an unhandled rejection
+  let early: EarlyWatch | undefined;
+  if (hinted) {
+    const abort = new AbortController();
+    const watch = import('../follow.js').then(({ MigrationWatch }) =>
+      MigrationWatch.open(hinted, { signal: abort.signal }),
+    );
+    watch.catch(() => undefined); // awaited (or given up) below: never an unhandled rejection
+    early = { client: hinted, watch, abort };
+  }
   let client: AgentClient;
   try {
     ({ client } = await c.locate(vmName));
   } catch (err) {
-    early?.then(
-      (w) => w.close(),
-      () => undefined,
-    );
+    giveUp(early);
     throw err;
   }
   if (!wait) return run(client, null);
