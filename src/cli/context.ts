@@ -9,7 +9,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { FerryError, NotFoundError } from '../errors.js';
 import { AgentClient, type Credentials } from '../api/client.js';
-import { actions } from '../api/actions.js';
+import { actions } from './actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
 import { writeAtomic } from '../domain/request.js';
 import type { VmView } from '../api/schemas.js';
@@ -123,6 +123,18 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
   return fromFile(file);
 }
 
+function notFound(name: string, unreachable: string[]): NotFoundError {
+  const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
+  return new NotFoundError(
+    'E_VM_NOT_FOUND',
+    `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
+    { vm: name, unreachable },
+  );
+}
+
+const unreachableOf = (err: NotFoundError): string[] =>
+  (err.context as { unreachable?: string[] } | undefined)?.unreachable ?? [];
+
 /** How long the host a VM was last seen on may take to answer before every host is asked too. */
 const HINT_GRACE_MS = 1_000;
 
@@ -168,8 +180,8 @@ export class Clients {
         }
       }),
     );
+    this.learn(res.map((r) => r.vms));
     const vms = res.flatMap((r) => r.vms);
-    for (const v of vms) this.vmHosts.set(v.name, v.host);
     return { vms, unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
   }
 
@@ -192,8 +204,8 @@ export class Clients {
     if (!client) return this.locateEverywhere(name);
     const ac = new AbortController();
     const hinted = client.call(actions.vmShow, { params: { name } }, { timeoutMs: 30_000, signal: ac.signal }).then(
-      (vm) => (vm.host === client.host ? { client, vm } : null),
-      () => null,
+      (vm) => (vm.host === client.host ? { client, vm } : ('absent' as const)),
+      (err: unknown) => ((err as FerryError).code === 'E_VM_NOT_FOUND' ? ('absent' as const) : ('down' as const)),
     );
     let timer: NodeJS.Timeout | undefined;
     const grace = new Promise<'grace'>((resolve) => {
@@ -201,54 +213,85 @@ export class Clients {
     });
     const first = await Promise.race([hinted, grace]);
     clearTimeout(timer);
-    if (first !== 'grace' && first !== null) return first;
-    const everywhere = this.locateEverywhere(name);
-    if (first === null) return everywhere;
-    everywhere.catch(() => undefined); // the race below may end on the hinted answer
+    if (typeof first === 'object') return first;
+    if (first !== 'grace') return this.locateEverywhere(name);
+    // Slow or silent: the other hosts are asked (in order, as without hints); the hinted one
+    // still answers through `hinted`, and its yes wins.
+    const others = this.locateEverywhere(name, client);
+    others.catch(() => undefined);
     try {
-      return await Promise.race([hinted.then((h) => h ?? everywhere), everywhere]);
+      return await Promise.race([
+        hinted.then((h) => (typeof h === 'object' ? h : others)),
+        others.catch(async (err: unknown) => {
+          const h = await hinted;
+          if (typeof h === 'object') return h;
+          throw h === 'down' && err instanceof NotFoundError
+            ? notFound(name, [client.host, ...unreachableOf(err)])
+            : err;
+        }),
+      ]);
     } finally {
       ac.abort();
     }
   }
 
-  /** Asks every host; resolves with the first that lists the VM, without waiting for slower hosts. */
-  private locateEverywhere(name: string): Promise<{ client: AgentClient; vm: VmView }> {
+  /**
+   * Asks every host; resolves with the first host in the context's order that lists the VM (a
+   * name may be on several hosts: the same answer as `vm list` order gives), without waiting
+   * for later hosts once an earlier one has it.
+   */
+  private locateEverywhere(name: string, skip?: AgentClient): Promise<{ client: AgentClient; vm: VmView }> {
+    const hosts = this.all().filter((c) => c.host !== skip?.host);
+    // Per host: undefined until it answers, then its VM of that name, or null (not there, or down).
+    const seen: Array<VmView | null | undefined> = hosts.map(() => undefined);
+    const lists: Array<VmView[] | null> = hosts.map(() => null);
+    const unreachable: string[] = [];
     return new Promise((resolve, reject) => {
-      const unreachable: string[] = [];
-      let pending = this.ctx.hosts.length;
-      let found = false;
-      const done = (): void => {
-        if (found || --pending > 0) return;
-        if (!unreachable.length) this.vmHosts.set(name, null);
-        const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
-        reject(
-          new NotFoundError(
-            'E_VM_NOT_FOUND',
-            `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
-            { vm: name },
-          ),
-        );
+      let settled = false;
+      const settle = (): void => {
+        for (const [i, v] of seen.entries()) {
+          if (v === undefined) return; // an earlier host decides first
+          if (v) {
+            settled = true;
+            this.vmHosts.set(name, v.host);
+            resolve({ client: hosts[i] ?? this.host(v.host), vm: v });
+            return;
+          }
+        }
+        settled = true;
+        if (!unreachable.length && !skip) this.vmHosts.set(name, null);
+        reject(notFound(name, unreachable));
       };
-      pending++; // held until every request is out: no host at all still ends in `done`
-      for (const c of this.all())
+      const decide = (): void => {
+        if (!settled) settle();
+        // Every host answered (the process may end before the slow ones): hints from all lists.
+        if (!seen.includes(undefined)) this.learn(lists.flatMap((l) => (l ? [l] : [])));
+      };
+      for (const [i, c] of hosts.entries())
         c.call(actions.vmList, {}, { timeoutMs: 30_000 }).then(
           (vms) => {
-            for (const v of vms) this.vmHosts.set(v.name, v.host);
-            const vm = vms.find((v) => v.name === name);
-            if (vm && !found) {
-              found = true;
-              resolve({ client: c, vm }); // the host that answered: the one it is on
-            }
-            done();
+            lists[i] = vms;
+            seen[i] = vms.find((v) => v.name === name) ?? null;
+            decide();
           },
           () => {
             unreachable.push(c.host);
-            done();
+            seen[i] = null;
+            decide();
           },
         );
-      done();
+      if (!hosts.length) decide();
     });
+  }
+
+  /**
+   * Hints from every answering host's list: a name on one host is hinted there; a name on
+   * several is not hinted (it is found in the context's order, as without hints).
+   */
+  private learn(lists: VmView[][]): void {
+    const where = new Map<string, string[]>();
+    for (const v of lists.flat()) where.set(v.name, [...(where.get(v.name) ?? []), v.host]);
+    for (const [vm, on] of where) this.vmHosts.set(vm, on.length === 1 ? (on[0] ?? null) : null);
   }
 
   close(): void {

@@ -138,3 +138,10 @@ test('locate: a VM on no host is not found, and its hint is forgotten', async (t
   await assert.rejects(down.locate('web'), { code: 'E_VM_NOT_FOUND', message: /hosts not answering: a/ });
   assert.equal(down.vmHosts.get('web'), 'a'); // a host did not answer: the hint may still be right
 });
+
+test('locate: a name on several hosts is found on the first of the context, as without hints', async (t) => {
+  const c = await clientsWith(t, {}, { a: { vms: ['dupe'] }, b: { vms: ['dupe'] } });
+  assert.equal((await c.locate('dupe')).client.host, 'a');
+  await c.allVms();
+  assert.equal(c.vmHosts.get('dupe'), undefined, 'no hint for a name on two hosts');
+});
