@@ -6,6 +6,7 @@
 import type { AgentClient } from '../api/client.js';
 import type { BatchView, ClusterView } from '../api/schemas.js';
 import { FerryError, messageOf } from '../errors.js';
+import { FerryEvent } from '../api/events.js';
 import { openEventStream, type EventStream } from './event-stream.js';
 
 /** What following needs: the hosts (their streams), and one read of the cluster (any member). */
@@ -73,6 +74,10 @@ export class BatchWatch {
   private async subscribe(client: AgentClient): Promise<Error | null> {
     const stream = openEventStream(client, {
       wants: (raw) => raw.type === 'cluster.batch',
+      check: (raw) => {
+        const r = FerryEvent.safeParse(raw);
+        return r.success ? r.data : null;
+      },
       onEvent: (e) => {
         if (e.type !== 'cluster.batch') return;
         this.latest.set(e.batch.node, e.batch);

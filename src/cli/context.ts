@@ -9,10 +9,11 @@ import path from 'node:path';
 import { z } from 'zod';
 import { FerryError, NotFoundError } from '../errors.js';
 import { AgentClient, type Credentials } from '../api/client.js';
-import { actions } from '../api/actions.js';
+import { actions } from './actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
 import { writeAtomic } from '../domain/request.js';
 import type { VmView } from '../api/schemas.js';
+import { VmHosts, vmHostsFile } from './vm-hosts.js';
 
 export interface GlobalOpts {
   lab?: string;
@@ -122,9 +123,28 @@ export async function loadContext(o: GlobalOpts): Promise<Context> {
   return fromFile(file);
 }
 
+function notFound(name: string, unreachable: string[]): NotFoundError {
+  const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
+  return new NotFoundError(
+    'E_VM_NOT_FOUND',
+    `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
+    { vm: name, unreachable },
+  );
+}
+
+const unreachableOf = (err: NotFoundError): string[] =>
+  (err.context as { unreachable?: string[] } | undefined)?.unreachable ?? [];
+
+/** How long the host a VM was last seen on may take to answer before every host is asked too. */
+const HINT_GRACE_MS = 1_000;
+
 export class Clients {
   private cache = new Map<string, AgentClient>();
-  constructor(readonly ctx: Context) {}
+  /** Where each VM was last seen: `locate` asks that host first. */
+  readonly vmHosts: VmHosts;
+  constructor(readonly ctx: Context) {
+    this.vmHosts = new VmHosts(vmHostsFile(ctx));
+  }
 
   host(name: string): AgentClient {
     const h = this.ctx.hosts.find((x) => x.name === name);
@@ -160,22 +180,118 @@ export class Clients {
         }
       }),
     );
-    return { vms: res.flatMap((r) => r.vms), unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
+    this.learn(res.map((r) => r.vms));
+    const vms = res.flatMap((r) => r.vms);
+    return { vms, unreachable: res.flatMap((r) => (r.down ? [r.down] : [])) };
   }
 
-  /** The host a VM is on. */
+  /** The client of the host VM was last seen on, if that host is still in the context. */
+  hinted(vm: string): AgentClient | null {
+    const h = this.vmHosts.get(vm);
+    return h !== undefined && this.ctx.hosts.some((x) => x.name === h) ? this.host(h) : null;
+  }
+
+  /**
+   * The host a VM is on: the one it was last seen on if it says so, else the first host that
+   * lists it. A hint never decides against the hosts' answers: a hinted host that does not
+   * have the VM (moved by someone else, deleted), refuses or fails sends the question to every
+   * host at once; one that has not answered within HINT_GRACE_MS (down, unreachable) does not
+   * hold the command up: every host is asked beside it, and the first answer that finds the VM
+   * wins.
+   */
   async locate(name: string): Promise<{ client: AgentClient; vm: VmView }> {
-    const { vms, unreachable } = await this.allVms();
-    const vm = vms.find((v) => v.name === name);
-    if (!vm) {
-      const also = unreachable.length ? ` (hosts not answering: ${unreachable.join(', ')})` : '';
-      throw new NotFoundError(
-        'E_VM_NOT_FOUND',
-        `Cannot find VM '${name}' on any host${also}; 'ferry vm list' shows the VMs`,
-        { vm: name },
-      );
+    const client = this.hinted(name);
+    if (!client) return this.locateEverywhere(name);
+    const ac = new AbortController();
+    const hinted = client.call(actions.vmShow, { params: { name } }, { timeoutMs: 30_000, signal: ac.signal }).then(
+      (vm) => (vm.host === client.host ? { client, vm } : ('absent' as const)),
+      (err: unknown) => ((err as FerryError).code === 'E_VM_NOT_FOUND' ? ('absent' as const) : ('down' as const)),
+    );
+    let timer: NodeJS.Timeout | undefined;
+    const grace = new Promise<'grace'>((resolve) => {
+      timer = setTimeout(() => resolve('grace'), HINT_GRACE_MS);
+    });
+    const first = await Promise.race([hinted, grace]);
+    clearTimeout(timer);
+    if (typeof first === 'object') return first;
+    if (first !== 'grace') return this.locateEverywhere(name);
+    // Slow or silent: the other hosts are asked (in order, as without hints); the hinted one
+    // still answers through `hinted`, and its yes wins.
+    const others = this.locateEverywhere(name, client);
+    others.catch(() => undefined);
+    try {
+      return await Promise.race([
+        hinted.then((h) => (typeof h === 'object' ? h : others)),
+        others.catch(async (err: unknown) => {
+          const h = await hinted;
+          if (typeof h === 'object') return h;
+          throw h === 'down' && err instanceof NotFoundError
+            ? notFound(name, [client.host, ...unreachableOf(err)])
+            : err;
+        }),
+      ]);
+    } finally {
+      ac.abort();
     }
-    return { client: this.host(vm.host), vm };
+  }
+
+  /**
+   * Asks every host; resolves with the first host in the context's order that lists the VM (a
+   * name may be on several hosts: the same answer as `vm list` order gives), without waiting
+   * for later hosts once an earlier one has it.
+   */
+  private locateEverywhere(name: string, skip?: AgentClient): Promise<{ client: AgentClient; vm: VmView }> {
+    const hosts = this.all().filter((c) => c.host !== skip?.host);
+    // Per host: undefined until it answers, then its VM of that name, or null (not there, or down).
+    const seen: Array<VmView | null | undefined> = hosts.map(() => undefined);
+    const lists: Array<VmView[] | null> = hosts.map(() => null);
+    const unreachable: string[] = [];
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const settle = (): void => {
+        for (const [i, v] of seen.entries()) {
+          if (v === undefined) return; // an earlier host decides first
+          if (v) {
+            settled = true;
+            this.vmHosts.set(name, v.host);
+            resolve({ client: hosts[i] ?? this.host(v.host), vm: v });
+            return;
+          }
+        }
+        settled = true;
+        if (!unreachable.length && !skip) this.vmHosts.set(name, null);
+        reject(notFound(name, unreachable));
+      };
+      const decide = (): void => {
+        if (!settled) settle();
+        // Every host answered (the process may end before the slow ones): hints from all lists.
+        if (!seen.includes(undefined)) this.learn(lists.flatMap((l) => (l ? [l] : [])));
+      };
+      for (const [i, c] of hosts.entries())
+        c.call(actions.vmList, {}, { timeoutMs: 30_000 }).then(
+          (vms) => {
+            lists[i] = vms;
+            seen[i] = vms.find((v) => v.name === name) ?? null;
+            decide();
+          },
+          () => {
+            unreachable.push(c.host);
+            seen[i] = null;
+            decide();
+          },
+        );
+      if (!hosts.length) decide();
+    });
+  }
+
+  /**
+   * Hints from every answering host's list: a name on one host is hinted there; a name on
+   * several is not hinted (it is found in the context's order, as without hints).
+   */
+  private learn(lists: VmView[][]): void {
+    const where = new Map<string, string[]>();
+    for (const v of lists.flat()) where.set(v.name, [...(where.get(v.name) ?? []), v.host]);
+    for (const [vm, on] of where) this.vmHosts.set(vm, on.length === 1 ? (on[0] ?? null) : null);
   }
 
   close(): void {
@@ -190,5 +306,6 @@ export async function withClients<T>(o: GlobalOpts, fn: (c: Clients) => Promise<
     return await fn(clients);
   } finally {
     clients.close();
+    await clients.vmHosts.save();
   }
 }

@@ -3,11 +3,13 @@
 // reconnect or a reset, and end when the record does. Ctrl-C: the first press cancels the move
 // when its phase allows it (and waits for the rollback) or says why it cannot; the next one
 // stops following and leaves the move running (`ferry migration wait ID` follows it again).
-import { actions } from '../api/actions.js';
+import { actions } from './actions.js';
 import type { AgentClient } from '../api/client.js';
 import { FerryError, messageOf } from '../errors.js';
 import { isCancellable } from '../migration/phases.js';
-import { TERMINAL, type MigrationRecord } from '../migration/schemas.js';
+import type { MigrationRecord } from '../migration/schemas.js';
+import { TERMINAL } from '../migration/states.js';
+import { RecordProgress } from './record-progress.js';
 import { openEventStream, type EventStream } from './event-stream.js';
 import type { InterruptSource } from './interrupt.js';
 import type { MoveRenderer } from './render/index.js';
@@ -26,10 +28,10 @@ export interface FollowOptions {
   firstInterrupt: 'cancel' | 'detach';
 }
 
-const isDone = (r: MigrationRecord): boolean => TERMINAL.includes(r.state);
+const isDone = (r: RecordProgress): boolean => TERMINAL.includes(r.state);
 
 /** Is `a` a later state of the record than `b`? (Log entries only grow; an end is final.) */
-export function isNewer(a: MigrationRecord, b: MigrationRecord): boolean {
+export function isNewer(a: RecordProgress, b: RecordProgress): boolean {
   if (isDone(b)) return false;
   if (isDone(a)) return true;
   const la = a.events.at(-1)?.at ?? '';
@@ -39,7 +41,10 @@ export function isNewer(a: MigrationRecord, b: MigrationRecord): boolean {
 
 /** One host's migration events, subscribed before a move starts so that none is missed. */
 export class MigrationWatch {
-  private readonly latest = new Map<string, MigrationRecord>();
+  /** Each migration's newest state: a record read from the agent, or an event's (checked as RecordProgress). */
+  private readonly latest = new Map<string, RecordProgress>();
+  /** Records read from the agent (not from events): whole records, as the agent sent them. */
+  private readonly fromAgent = new WeakSet<RecordProgress>();
   private target: string | null = null;
   private gap = false;
   private lost: FerryError | null = null;
@@ -49,10 +54,14 @@ export class MigrationWatch {
   private constructor(readonly client: AgentClient) {
     this.stream = openEventStream(client, {
       wants: (raw) => raw.type === 'migration' && (this.target === null || raw.migration?.id === this.target),
-      onEvent: (e) => {
-        if (e.type !== 'migration' || (this.target !== null && e.migration.id !== this.target)) return;
-        const cur = this.latest.get(e.migration.id);
-        if (!cur || isNewer(e.migration, cur)) this.latest.set(e.migration.id, e.migration);
+      check: (raw) => {
+        const r = RecordProgress.safeParse((raw as { migration?: unknown }).migration);
+        return r.success ? r.data : null;
+      },
+      onEvent: (m) => {
+        if (this.target !== null && m.id !== this.target) return;
+        const cur = this.latest.get(m.id);
+        if (!cur || isNewer(m, cur)) this.latest.set(m.id, m);
         this.wake();
       },
       onGap: () => {
@@ -66,9 +75,13 @@ export class MigrationWatch {
     });
   }
 
-  /** Resolves once the agent has subscribed the stream. */
-  static async open(client: AgentClient): Promise<MigrationWatch> {
+  /** Resolves once the agent has subscribed the stream; `signal` gives up an opening (a rejection). */
+  static async open(client: AgentClient, o: { signal?: AbortSignal } = {}): Promise<MigrationWatch> {
     const w = new MigrationWatch(client);
+    const stop = (): void => {
+      w.close();
+    };
+    o.signal?.addEventListener('abort', stop, { once: true });
     try {
       await w.stream.ready;
     } catch (err) {
@@ -79,6 +92,8 @@ export class MigrationWatch {
           'check its agent, or use --no-wait',
         { context: { host: client.host }, cause: err },
       );
+    } finally {
+      o.signal?.removeEventListener('abort', stop);
     }
     return w;
   }
@@ -87,22 +102,36 @@ export class MigrationWatch {
     this.stream.close();
   }
 
+  /**
+   * The whole record of a state that was followed: as read from the agent, or an event's record
+   * checked once against the record's whole schema (built only now); one that does not match
+   * (a newer agent's) is read from the agent instead, as a mismatched event was before.
+   */
+  private async whole(r: RecordProgress, id: string): Promise<MigrationRecord> {
+    if (this.fromAgent.has(r)) return r as MigrationRecord;
+    const { MigrationRecord } = await import('../migration/schemas.js');
+    const checked = MigrationRecord.safeParse(r);
+    if (checked.success) return checked.data;
+    return this.client.call(actions.migrationShow, { params: { id } }, { timeoutMs: 30_000 });
+  }
+
   async follow(id: string, o: FollowOptions): Promise<FollowOutcome> {
     this.target = id;
     for (const k of [...this.latest.keys()]) if (k !== id) this.latest.delete(k);
     // Changed from callbacks: kept in an object so that the loop reads current values.
     const st: {
-      current: MigrationRecord | null;
+      current: RecordProgress | null;
       reading: boolean;
       readError: FerryError | null;
       cancelRequested: boolean;
       detach: boolean;
     } = { current: null, reading: false, readError: null, cancelRequested: false, detach: false };
-    const accept = (r: MigrationRecord | undefined): void => {
+    const accept = (r: RecordProgress | undefined): void => {
       if (!r || (st.current && !isNewer(r, st.current))) return;
       st.current = r;
       o.renderer.record(r);
     };
+    if (o.initial) this.fromAgent.add(o.initial);
     accept(o.initial);
 
     // A read of the record (at the start without one, after a gap): one at a time, again if
@@ -115,6 +144,7 @@ export class MigrationWatch {
         .call(actions.migrationShow, { params: { id } }, { timeoutMs: 30_000 })
         .then(
           (r) => {
+            this.fromAgent.add(r);
             this.latest.set(id, r);
           },
           (err: unknown) => {
@@ -137,7 +167,7 @@ export class MigrationWatch {
     for (let n = 1; n <= (o.interrupts?.presses ?? 0); n++) presses.push(n);
     const cancel = new AbortController();
 
-    const onPress = (n: number, r: MigrationRecord | null): void => {
+    const onPress = (n: number, r: RecordProgress | null): void => {
       if (o.firstInterrupt === 'detach' || n > 1) {
         st.detach = true;
         return;
@@ -156,6 +186,7 @@ export class MigrationWatch {
         .call(actions.migrationCancel, { params: { id } }, { timeoutMs: 120_000, signal: cancel.signal })
         .then(
           (rec) => {
+            this.fromAgent.add(rec);
             this.latest.set(id, rec);
           },
           (err: unknown) => {
@@ -177,13 +208,13 @@ export class MigrationWatch {
     try {
       for (;;) {
         accept(this.latest.get(id));
-        if (st.current && isDone(st.current)) return { kind: 'ended', record: st.current };
+        if (st.current && isDone(st.current)) return { kind: 'ended', record: await this.whole(st.current, id) };
         if (st.readError) throw st.readError;
         if (this.lost) throw this.lost;
         for (const n of presses.splice(0)) onPress(n, st.current);
         if (st.detach) {
           if (!st.current) throw new FerryError('E_ABORTED', `Cannot follow migration ${id}: interrupted`);
-          return { kind: 'detached', record: st.current, cancelRequested: st.cancelRequested };
+          return { kind: 'detached', record: await this.whole(st.current, id), cancelRequested: st.cancelRequested };
         }
         if (this.gap) read();
         await new Promise<void>((resolve) => {

@@ -1,15 +1,15 @@
 // What a command needs to talk to hosts (the context reader, the mutual-TLS client and the
-// API's zod schemas) is loaded when the command runs, not when the program is built: it is
-// most of the CLI's start-up cost, and `ferry --help` or a command that talks to no host
-// needs none of it. test/unit/cli-imports.test.ts guards which modules each command loads.
-import type { actions } from '../api/actions.js';
+// routes of the API's actions) is loaded when the command runs, not when the program is built:
+// `ferry --help` or a command that talks to no host needs none of it.
+// test/unit/cli-imports.test.ts guards which modules each command loads.
+import type { Actions } from './actions.js';
 import type { Clients, GlobalOpts } from './context.js';
 
-export type Actions = typeof actions;
+export type { Actions } from './actions.js';
 
-/** The API's actions (their zod schemas), loaded on first use. */
+/** The API's actions as the CLI calls them (their routes: src/cli/actions.ts), loaded on first use. */
 export async function loadActions(): Promise<Actions> {
-  return (await import('../api/actions.js')).actions;
+  return (await import('./actions.js')).actions;
 }
 
 /** Runs a command body with clients for the hosts and the API's actions, always closing the clients. */

@@ -2,22 +2,9 @@
 import { DEFAULTS, PRIORITIES } from '../api/defaults.js';
 import { z } from 'zod';
 import { Name } from '../api/schemas.js';
+import { MIGRATION_STATES } from './states.js';
 
-export const MIGRATION_STATES = [
-  'queued',
-  'preparing',
-  'copying-storage',
-  'copying-memory',
-  /** The guest runs on the destination while the rest of its memory arrives (cannot be cancelled). */
-  'post-copy',
-  'switching-over',
-  'completed',
-  'failed',
-  'cancelled',
-] as const;
-export type MigrationState = (typeof MIGRATION_STATES)[number];
-/** States a move ends in (phases.ts has the whole state machine). */
-export const TERMINAL: readonly MigrationState[] = ['completed', 'failed', 'cancelled'];
+export { MIGRATION_STATES, TERMINAL, type MigrationState } from './states.js';
 
 export const Incompatibility = z.object({ code: z.string(), message: z.string(), field: z.string() });
 export type Incompatibility = z.infer<typeof Incompatibility>;

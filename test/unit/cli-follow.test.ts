@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
-import { actions } from '../../src/api/actions.js';
+import { actions } from '../../src/cli/actions.js'; // what the CLI calls: the actions' routes
 import type { Action } from '../../src/api/action.js';
 import type { AgentClient } from '../../src/api/client.js';
 import { FerryError } from '../../src/errors.js';

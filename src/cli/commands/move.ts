@@ -158,7 +158,7 @@ async function followAndReport(
   id: string,
   o: { json: boolean; progress: ProgressMode; initial?: MigrationRecord },
   firstInterrupt: FollowOptions['firstInterrupt'],
-): Promise<void> {
+): Promise<MigrationRecord> {
   w.following();
   const renderer = await progressRenderer(o.progress);
   let out: FollowOutcome;
@@ -184,11 +184,12 @@ async function followAndReport(
     else process.stdout.write(`${r.id}\n`);
     // As before events: a detached wait did not see the move end, so it does not exit 0.
     process.exitCode = EXIT.cancelled;
-    return;
+    return r;
   }
   if (o.json) printJson(r);
   else printRecord(r);
   exitFor(r);
+  return r;
 }
 
 interface Watching {
@@ -198,33 +199,89 @@ interface Watching {
   following(): void;
 }
 
+/** A stream opened while the VM was being located, on the host it was last seen on. */
+interface EarlyWatch {
+  client: AgentClient;
+  watch: Promise<MigrationWatch>;
+  /** Gives up the opening (a host that is not the VM's, or does not answer). */
+  abort: AbortController;
+}
+
 /**
  * Opens the host's event stream before a move starts (so no event of it is missed), and
  * counts Ctrl-C from then on: a press while the move is still being created is acted on as
- * soon as it exists.
+ * soon as it exists. `early` is used when it is `client`'s host, given up otherwise.
  */
-async function watching(client: AgentClient, fn: (w: Watching) => Promise<void>): Promise<void> {
+async function watching(client: AgentClient, fn: (w: Watching) => Promise<void>, early?: EarlyWatch): Promise<void> {
   const interrupts = new Interrupts();
-  const early = interrupts.listen(() => {
+  const stopEarly = interrupts.listen(() => {
     process.stderr.write('Ctrl-C: acted on as soon as the move exists (Ctrl-C again to stop waiting for it)\n');
   });
   try {
-    const { MigrationWatch } = await import('../follow.js');
-    const watch = await MigrationWatch.open(client);
+    const watch = await adoptOrOpen(client, early);
     try {
-      await fn({ watch, interrupts, following: early });
+      await fn({ watch, interrupts, following: stopEarly });
     } finally {
       watch.close();
     }
   } finally {
-    early();
+    stopEarly();
     interrupts.dispose();
   }
 }
 
-/** `watching` when the command waits for the move (no --no-wait); else nothing to watch. */
-const watchingIf = (client: AgentClient, wait: boolean, fn: (w: Watching | null) => Promise<void>): Promise<void> =>
-  wait ? watching(client, fn) : fn(null);
+/**
+ * The early stream when it is `client`'s and opened; else a new one (a failed early one is
+ * tried again). Another host's early stream is given up without waiting for it to open.
+ */
+async function adoptOrOpen(client: AgentClient, early?: EarlyWatch): Promise<MigrationWatch> {
+  if (early?.client === client) {
+    const pre = await early.watch.catch(() => null);
+    if (pre) return pre;
+  } else giveUp(early);
+  const { MigrationWatch } = await import('../follow.js');
+  return MigrationWatch.open(client);
+}
+
+function giveUp(early?: EarlyWatch): void {
+  early?.abort.abort();
+  early?.watch.then(
+    (w) => w.close(),
+    () => undefined,
+  );
+}
+
+/**
+ * Locates VM and, when the command waits for the move, opens the event stream of the host
+ * it was last seen on at the same time: still subscribed before the move is asked for, one
+ * round trip sooner. `run` gets the VM's client and, with wait, the watch.
+ */
+async function locateWatching(
+  c: Clients,
+  vmName: string,
+  wait: boolean,
+  run: (client: AgentClient, w: Watching | null) => Promise<void>,
+): Promise<void> {
+  const hinted = wait ? c.hinted(vmName) : null;
+  let early: EarlyWatch | undefined;
+  if (hinted) {
+    const abort = new AbortController();
+    const watch = import('../follow.js').then(({ MigrationWatch }) =>
+      MigrationWatch.open(hinted, { signal: abort.signal }),
+    );
+    watch.catch(() => undefined); // awaited (or given up) below: never an unhandled rejection
+    early = { client: hinted, watch, abort };
+  }
+  let client: AgentClient;
+  try {
+    ({ client } = await c.locate(vmName));
+  } catch (err) {
+    giveUp(early);
+    throw err;
+  }
+  if (!wait) return run(client, null);
+  return watching(client, (w) => run(client, w), early);
+}
 
 const progressOption = (): Option<'--progress <mode>', undefined, 'auto', ProgressMode> =>
   new Option('--progress <mode>', 'progress on stderr: auto (a bar on a terminal, else lines), bar, lines, json, none')
@@ -339,8 +396,7 @@ export function registerMove(program: Command): void {
     .action(async (vmName, o, cmd) => {
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const to = destination(c, o.to);
-        const { client } = await c.locate(vmName);
-        await watchingIf(client, o.wait, async (w) => {
+        await locateWatching(c, vmName, o.wait, async (client, w) => {
           let rec: MigrationRecord;
           try {
             rec = await client.call(
@@ -372,7 +428,13 @@ export function registerMove(program: Command): void {
             else process.stdout.write(`${rec.id}\n`);
             return;
           }
-          await followAndReport(w, rec.id, { json: Boolean(o.json), progress: o.progress, initial: rec }, 'cancel');
+          const end = await followAndReport(
+            w,
+            rec.id,
+            { json: Boolean(o.json), progress: o.progress, initial: rec },
+            'cancel',
+          );
+          if (end.state === 'completed') c.vmHosts.set(vmName, to.name);
         });
       });
     });
@@ -401,8 +463,7 @@ export function registerMove(program: Command): void {
         );
       }
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
-        const { client } = await c.locate(vmName);
-        await watchingIf(client, o.wait, async (w) => {
+        await locateWatching(c, vmName, o.wait, async (client, w) => {
           const rec = await client.call(
             actions.storageMove,
             {
@@ -494,9 +555,9 @@ export function registerMove(program: Command): void {
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c) => {
         const { client } = await locateMigration(c, id);
         // Subscribed first, then the record is read once: nothing between the two is missed.
-        await watching(client, (w) =>
-          followAndReport(w, id, { json: Boolean(o.json), progress: o.progress }, 'detach'),
-        );
+        await watching(client, async (w) => {
+          await followAndReport(w, id, { json: Boolean(o.json), progress: o.progress }, 'detach');
+        });
       });
     });
   mig

@@ -1,7 +1,7 @@
 // A progress bar on a terminal (stderr): phase, %, rates, ETA and verdict, redrawn in place;
 // notes are printed above it.
 import cliProgress from 'cli-progress';
-import type { MigrationRecord } from '../../migration/schemas.js';
+import type { RecordProgress } from '../record-progress.js';
 import { describe } from './describe.js';
 import type { MoveRenderer } from './types.js';
 
@@ -10,7 +10,7 @@ const FATAL: NodeJS.Signals[] = ['SIGTERM', 'SIGHUP'];
 
 export class BarRenderer implements MoveRenderer {
   private bar: cliProgress.SingleBar | null = null;
-  private last: MigrationRecord | null = null;
+  private last: RecordProgress | null = null;
   /** Shows the cursor again, then dies of the signal as it would have without us. */
   private readonly onFatal = (sig: NodeJS.Signals): void => {
     this.stop();
@@ -19,7 +19,7 @@ export class BarRenderer implements MoveRenderer {
 
   constructor(private readonly out: NodeJS.WriteStream = process.stderr) {}
 
-  record(r: MigrationRecord): void {
+  record(r: RecordProgress): void {
     this.last = r;
     if (!this.bar) {
       this.bar = new cliProgress.SingleBar(

@@ -1,9 +1,9 @@
 // One line about a migration record: phase, %, rates, ETA and verdict (every renderer's words).
-import type { MigrationRecord } from '../../migration/schemas.js';
+import type { RecordProgress } from '../record-progress.js';
 
 const mibs = (bps: number): string => `${(bps / 1024 / 1024).toFixed(1)} MiB/s`;
 
-export function describe(r: MigrationRecord): string {
+export function describe(r: RecordProgress): string {
   const parts = [
     `${r.state}${r.state === 'queued' && r.queuePosition ? ` #${r.queuePosition}` : ''}`,
     `${Math.floor(r.progress * 100)}%`,
@@ -22,9 +22,9 @@ export function describe(r: MigrationRecord): string {
 
 /** The record's log entries after `last` (the newest one already shown); all when it left the log. */
 export function newLogEntries(
-  r: MigrationRecord,
+  r: RecordProgress,
   last: { at: string; message: string } | null,
-): MigrationRecord['events'] {
+): RecordProgress['events'] {
   if (!last) return r.events;
   for (let i = r.events.length - 1; i >= 0; i--) {
     const e = r.events[i];

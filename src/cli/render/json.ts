@@ -1,7 +1,7 @@
 // --progress json: one JSON object per line on stderr (stdout keeps the one final document):
 // {"at","type":"migration","id","vm","state","progress","etaSeconds","verdict",...,"log":[..]}
 // when the record changes, {"at","type":"note","message"} for what the CLI itself says.
-import type { MigrationRecord } from '../../migration/schemas.js';
+import type { RecordProgress } from '../record-progress.js';
 import { newLogEntries } from './describe.js';
 import type { MoveRenderer } from './types.js';
 
@@ -11,7 +11,7 @@ export class JsonRenderer implements MoveRenderer {
 
   constructor(private readonly out: NodeJS.WritableStream = process.stderr) {}
 
-  record(r: MigrationRecord): void {
+  record(r: RecordProgress): void {
     const log = newLogEntries(r, this.lastEntry).map((e) => e.message);
     this.lastEntry = r.events.at(-1) ?? this.lastEntry;
     const summary = JSON.stringify({

@@ -1,6 +1,6 @@
 // Plain lines on stderr (not a terminal, or --progress lines): each entry of the record's log
 // as it appears, and the progress line when the phase changes or at most every 2 s.
-import type { MigrationRecord } from '../../migration/schemas.js';
+import type { RecordProgress } from '../record-progress.js';
 import { clock, describe, newLogEntries } from './describe.js';
 import type { MoveRenderer } from './types.js';
 
@@ -14,7 +14,7 @@ export class LinesRenderer implements MoveRenderer {
 
   constructor(private readonly out: NodeJS.WritableStream = process.stderr) {}
 
-  record(r: MigrationRecord): void {
+  record(r: RecordProgress): void {
     for (const e of newLogEntries(r, this.lastEntry)) this.out.write(`${clock(e.at)} ${e.message}\n`);
     this.lastEntry = r.events.at(-1) ?? this.lastEntry;
     const line = describe(r);
