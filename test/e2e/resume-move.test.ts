@@ -1,4 +1,4 @@
-// Issue 17 item 6 end to end: a shared-nothing `move-vm` whose disk copy is cut at ~55 % (the
+// Issue 17 item 6 end to end: a shared-nothing `move-vm` whose disk copy is cut at ~60 % (the
 // destination's QEMU killed) is retried with the same command; the retry finds the partial copy
 // kept on the destination and the source's bitmap, and re-sends less than half the disks. The
 // probe guest writes checked records all along: every acknowledged one is on the moved disk,
@@ -13,13 +13,15 @@ import { ferry, ferryOk } from './cli.js';
 import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
 const L = useLab(2);
 const MiB = 1048576;
-const CUT = 0.55;
+// Past half: the bitmap owes the rest plus the guest's writes (64 KiB granules), see docs/performance.md.
+const CUT = 0.6;
 
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
@@ -42,7 +44,7 @@ const markers = (host: string): string[] => {
 };
 
 test(
-  'a shared-nothing move cut at ~55 % resumes on retry: less than half the disks re-sent, data intact',
+  'a shared-nothing move cut at ~60 % resumes on retry: less than half the disks re-sent, data intact',
   {
     timeout: 240_000,
   },
@@ -71,16 +73,30 @@ test(
     );
     await waitProbe(L, vm, 10, 90_000);
     // Slowed so the cut lands inside the copy; the retry is the same command.
-    const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--bandwidth', '8'];
+    const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--bandwidth', '4'];
     const id = (await ferryOk<string>([...move, '--no-wait'], { lab: L.lab })).trim();
-    let at: { done: number; total: number };
-    for (let i = 0; ; i++) {
-      const r = await ferryOk<MigrationRecord>(['migration', 'show', id, '--json'], { lab: L.lab });
-      assert.ok(!['completed', 'failed', 'cancelled'].includes(r.state), `the move ended ${r.state} before the cut`);
-      at = { done: r.disks.reduce((a, d) => a + d.bytesDone, 0), total: r.disks.reduce((a, d) => a + d.bytesTotal, 0) };
-      if (r.state === 'copying-storage' && at.total > 0 && at.done >= at.total * CUT) break;
-      assert.ok(i < 1200, 'the copy reached the cut');
-      await sleep(50);
+    // The copy's progress straight from the source's QEMU (its jobs' counters), so the cut lands
+    // at the mark and not a CLI round trip later.
+    const qmp = await QmpClient.connect(path.join(hostData(L, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
+      vm: name,
+    });
+    const at = { done: 0, total: 0 };
+    try {
+      for (let i = 0; ; i++) {
+        const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('mirror-'));
+        at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
+        at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
+        // Each disk past the mark: the disks' copies run side by side, at their own pace.
+        if (
+          jobs.length === 2 &&
+          jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * CUT)
+        )
+          break;
+        assert.ok(i < 3000, 'the copy reached the cut');
+        await sleep(20);
+      }
+    } finally {
+      qmp.close();
     }
     const killed = await vmPids('host-b', vm.id);
     assert.ok(killed.length, "the destination's QEMU runs");
