@@ -5,6 +5,7 @@ import { Name } from './schemas.js';
 import { IdParams } from '../migration/schemas.js';
 import { VmSpec } from './vm-spec.js';
 import { CheckpointTree } from '../checkpoint/model.js';
+import { ResumeKey, ResumeOffer } from '../migration/resume-marker.js';
 
 const peer = ['admin', 'host'] as const;
 
@@ -89,6 +90,13 @@ export const IncomingRequest = z
           })
           .strict()
           .optional(),
+        /**
+         * The source copies by backup passes with a bitmap of this key (resume-copy.ts): the
+         * destination writes its exports through and keeps a cut move's images for a retry.
+         */
+        resumeKey: ResumeKey.optional(),
+        /** A retry: the disks whose kept image the source can resume (resume-marker.ts). */
+        resume: z.array(ResumeOffer).max(INCOMING_LIMITS.disks).optional(),
       })
       .strict()
       .optional(),
@@ -108,6 +116,11 @@ export const IncomingView = z.object({
   chainNbd: z.object({ host: z.string(), port: z.number() }).nullable().optional(),
   /** The VM arrives not HA here (it left its cluster): why, for the move's log. */
   haNote: z.string().optional(),
+  /** Per disk of a resumable copy: whether its kept image is written on from the cut, or why not. */
+  resume: z
+    .array(z.object({ diskId: z.string(), resume: z.boolean(), why: z.string().max(300).optional() }))
+    .max(INCOMING_LIMITS.disks)
+    .optional(),
 });
 export type IncomingView = z.infer<typeof IncomingView>;
 

@@ -86,6 +86,33 @@ export interface MirrorProgress {
 }
 
 /**
+ * The one job-wait loop of the block layer: asks QEMU for its jobs, hands them to `step` until
+ * it says done (it throws to fail), woken by block-job events or every 250 ms.
+ */
+export async function pollJobs(
+  qmp: QmpClient,
+  what: string,
+  step: (jobs: JobInfo[]) => boolean | Promise<boolean>,
+  opts: { signal?: AbortSignal; timeoutMs: number },
+): Promise<void> {
+  const until = Date.now() + opts.timeoutMs;
+  for (;;) {
+    if (opts.signal?.aborted)
+      throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('E_ABORTED', 'cancelled');
+    const jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
+    if (await step(jobs)) return;
+    if (Date.now() > until)
+      throw new FerryError('E_TIMEOUT', `Cannot ${what} within ${Math.round(opts.timeoutMs / 1000)} s`);
+    await qmp
+      .waitEvent(
+        (e) => e.event === 'BLOCK_JOB_READY' || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_ERROR',
+        { since: qmp.eventMark, timeoutMs: 250 },
+      )
+      .catch(() => undefined);
+  }
+}
+
+/**
  * Waits until every mirror is READY (from then on every guest write goes to both copies),
  * reporting progress; throws naming the disk if a job fails.
  */
@@ -95,34 +122,27 @@ export async function waitMirrorsReady(
   onProgress: (p: MirrorProgress[]) => void,
   opts: { signal?: AbortSignal; timeoutMs: number },
 ): Promise<void> {
-  const until = Date.now() + opts.timeoutMs;
-  for (;;) {
-    if (opts.signal?.aborted)
-      throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('E_ABORTED', 'cancelled');
-    const jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
-    const ps = mirrors.map((m) => {
-      const j = jobs.find((x) => x.id === m.jobId);
-      if (!j) throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${m.diskId}': its mirror job vanished`);
-      failIfBroken(j, m);
-      return {
-        jobId: m.jobId,
-        diskId: m.diskId,
-        done: j['current-progress'],
-        total: j['total-progress'],
-        ready: j.status === 'ready',
-      };
-    });
-    onProgress(ps);
-    if (ps.every((p) => p.ready)) return;
-    if (Date.now() > until)
-      throw new FerryError('E_TIMEOUT', `Cannot copy the disks within ${Math.round(opts.timeoutMs / 1000)} s`);
-    await qmp
-      .waitEvent(
-        (e) => e.event === 'BLOCK_JOB_READY' || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_ERROR',
-        { since: qmp.eventMark, timeoutMs: 250 },
-      )
-      .catch(() => undefined);
-  }
+  await pollJobs(
+    qmp,
+    'copy the disks',
+    (jobs) => {
+      const ps = mirrors.map((m) => {
+        const j = jobs.find((x) => x.id === m.jobId);
+        if (!j) throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${m.diskId}': its mirror job vanished`);
+        failIfBroken(j, m);
+        return {
+          jobId: m.jobId,
+          diskId: m.diskId,
+          done: j['current-progress'],
+          total: j['total-progress'],
+          ready: j.status === 'ready',
+        };
+      });
+      onProgress(ps);
+      return ps.every((p) => p.ready);
+    },
+    opts,
+  );
 }
 
 export function failIfBroken(j: JobInfo, m: MirrorSpec): void {

@@ -22,6 +22,15 @@ import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
 import { claimFile, makeFolders, poolRoots, removeFolders, writeNewFile } from './claim.js';
+import {
+  answerOffers,
+  keepEntries,
+  keepImages,
+  sweepKeptImages,
+  takeOver,
+  type KeptAnswer,
+} from './incoming-resume.js';
+import { ResumeOffer } from './resume-marker.js';
 import type { SlotQueue } from './queue.js';
 import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
 import type { MigrationState } from './schemas.js';
@@ -64,6 +73,8 @@ interface Incoming {
   memoryFile?: string | null;
   /** The disks' chains checked at Prepare (shared storage: the files exist then), pinned into QEMU's nodes. */
   chains: DiskChains;
+  /** A resumable copy: per disk with a kept image or an offer, whether it is taken over (incoming-resume.ts). */
+  resume?: KeptAnswer[];
 }
 
 interface IncomingCtx {
@@ -186,13 +197,22 @@ const disksStep: Step<IncomingCtx> = {
     const st = item.req.storage as Storage;
     const created: string[] = [];
     const roots = poolRoots(ctx.host.pools());
+    // A resumable copy's images are kept by the undo (with a marker), not deleted.
+    const keep = keepEntries(st, item.spec.id, item.source);
+    if (keep) s.record({ created, keep });
     for (const d of st.disks) {
+      if (item.resume?.some((a) => a.diskId === d.id && a.resume)) {
+        // A kept image taken over: written on from the cut, not created.
+        await takeOver(ctx.host.dataDir, item.spec.id, d.id);
+        item.disks.push(d.path);
+        continue;
+      }
       const what = `disk '${d.id}' of VM '${item.spec.name}'`;
       await claimFile(roots, d.path, what, {
         claimed: () => {
           created.push(d.path);
           item.disks.push(d.path);
-          s.record({ created });
+          s.record({ created, ...(keep ? { keep } : {}) });
         },
         fill: (fd) =>
           createImage(d.path, d.format, d.virtualSizeBytes, {
@@ -202,10 +222,15 @@ const disksStep: Step<IncomingCtx> = {
           }),
       });
     }
-    return { created };
+    return { created, ...(keep ? { keep } : {}) };
   },
-  async undo(_ctx, data) {
-    for (const f of strings(data.created)) await fsp.rm(f, { force: true });
+  async undo(ctx, data) {
+    const keep = (Array.isArray(data.keep) ? data.keep : []).flatMap((k) => {
+      const r = ResumeOffer.safeParse(k);
+      return r.success ? [r.data] : [];
+    });
+    await keepImages(ctx.host.dataDir, keep);
+    for (const f of strings(data.created)) if (!keep.some((k) => k.path === f)) await fsp.rm(f, { force: true });
   },
 };
 
@@ -322,7 +347,15 @@ const listenStep: Step<IncomingCtx> = {
       for (const d of req.storage.disks) {
         await proc.qmp.execute(
           'block-export-add',
-          { type: 'nbd', id: `exp-${d.id}`, 'node-name': d.id, name: d.id, writable: true },
+          {
+            type: 'nbd',
+            id: `exp-${d.id}`,
+            'node-name': d.id,
+            name: d.id,
+            writable: true,
+            // A resumable copy: a killed QEMU must not lose writes it acknowledged (resume-marker.ts).
+            ...(req.storage.resumeKey ? { writethrough: true } : {}),
+          },
           o,
         );
       }
@@ -426,6 +459,7 @@ export class IncomingManager {
    */
   async recover(): Promise<string[]> {
     const done: string[] = [];
+    await sweepKeptImages(this.host.dataDir, new Set(this.host.vms.ids().map((v) => v.id))).catch(() => 0);
     for (const id of this.host.store.journalMoves().filter((x) => x.startsWith('in-'))) {
       const entries = this.host.store.journalRead(id);
       const jobId = id.slice(3);
@@ -528,6 +562,7 @@ export class IncomingManager {
       nbd: i.nbd,
       chainNbd: i.chainNbd,
       ...(i.haNote ? { haNote: i.haNote } : {}),
+      ...(i.resume?.length ? { resume: i.resume } : {}),
     };
   }
 
@@ -616,7 +651,9 @@ export class IncomingManager {
       );
     }
     await checkSpecPaths(host.pools(), host.name, spec, req.storage);
-    if (req.storage) await this.checkStorage(spec, req.storage);
+    const resume = req.storage ? await this.keptImages(spec, req.source, req.storage) : [];
+    const reused = new Set(resume.filter((a) => a.resume).map((a) => a.diskId));
+    if (req.storage) await this.checkStorage(spec, req.storage, reused);
     const chainRoles = req.storage ? await checkChain(host.pools(), host.name, spec, req.storage) : [];
     const chains = await host.vms.checkStorage(spec);
     const item: Incoming = {
@@ -636,6 +673,7 @@ export class IncomingManager {
       chainServer: null,
       chainNbd: null,
       chains,
+      resume,
     };
     this.items.set(req.jobId, item);
     const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
@@ -810,13 +848,24 @@ export class IncomingManager {
     host.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'aborted' });
   }
 
+  /**
+   * Kept images of earlier cut moves: expired ones deleted, this VM's disks' ones taken over or
+   * deleted (incoming-resume.ts). Only a move that copies by resumable passes (resumeKey) offers.
+   */
+  private async keptImages(spec: VmSpec, source: string, st: Storage): Promise<KeptAnswer[]> {
+    const host = this.host;
+    await sweepKeptImages(host.dataDir, new Set(host.vms.ids().map((v) => v.id)));
+    return answerOffers(host.dataDir, spec.id, source, st);
+  }
+
   /** Every destination path inside a pool this host may use, not taken, with room for the data. */
-  private async checkStorage(spec: VmSpec, st: Storage): Promise<void> {
+  private async checkStorage(spec: VmSpec, st: Storage, reused: ReadonlySet<string>): Promise<void> {
     const host = this.host;
     const pools = host.pools();
     const need = new Map<string, number>();
     for (const d of st.disks) {
       const pool = await assertInUsablePool(pools, host.name, d.path, `destination of disk ${d.id}`);
+      if (reused.has(d.id)) continue; // a kept image taken over (its data is there already)
       if (await exists(d.path)) {
         throw new FerryError(
           'E_DEST_PATH',

@@ -9,6 +9,7 @@
 import { FerryError } from '../errors.js';
 import type { DirtyBitmapInfo, JobInfo } from '../qemu/commands.js';
 import type { QmpClient } from '../qemu/qmp.js';
+import { pollJobs } from './block.js';
 
 /** The persistent bitmap of one move's disk copy (kept across retries of the same move). */
 export function resumeBitmapName(moveKey: string): string {
@@ -108,35 +109,46 @@ export async function waitBackup(
   onProgress: (j: JobInfo) => void,
   opts: { signal?: AbortSignal; timeoutMs: number },
 ): Promise<BackupResult> {
-  const until = Date.now() + opts.timeoutMs;
-  for (;;) {
-    if (opts.signal?.aborted)
-      throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('E_ABORTED', 'cancelled');
-    const jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
-    const j = jobs.find((x) => x.id === b.jobId);
-    if (!j) throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${b.diskId}': its copy job vanished`);
-    onProgress(j);
-    if (j.status === 'concluded') {
-      await qmp.execute('job-dismiss', { id: b.jobId }, { timeoutMs: 10_000 }).catch(() => undefined);
-      if (j.error) {
-        throw new FerryError(
-          'E_MIRROR_FAILED',
-          `Cannot copy disk '${b.diskId}': its copy stopped at ${j['current-progress']} of ` +
-            `${j['total-progress']} bytes (${j.error}); a retry to the same host resumes from there`,
-          { context: { disk: b.diskId, error: j.error, copied: j['current-progress'] } },
-        );
+  const [r] = await waitBackups(qmp, [b], (js) => onProgress(js[0] as JobInfo), opts);
+  return r as BackupResult;
+}
+
+/** Waits for passes running side by side (one per disk); the first that fails throws. */
+export async function waitBackups(
+  qmp: QmpClient,
+  bs: BackupSpec[],
+  onProgress: (js: JobInfo[]) => void,
+  opts: { signal?: AbortSignal; timeoutMs: number },
+): Promise<BackupResult[]> {
+  const done = new Map<string, BackupResult>();
+  const last = new Map<string, JobInfo>();
+  await pollJobs(
+    qmp,
+    `copy disk ${bs.map((b) => `'${b.diskId}'`).join(', ')}`,
+    async (jobs) => {
+      for (const b of bs) {
+        if (done.has(b.jobId)) continue;
+        const j = jobs.find((x) => x.id === b.jobId);
+        if (!j) throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${b.diskId}': its copy job vanished`);
+        last.set(b.jobId, j);
+        if (j.status !== 'concluded') continue;
+        await qmp.execute('job-dismiss', { id: b.jobId }, { timeoutMs: 10_000 }).catch(() => undefined);
+        if (j.error) {
+          throw new FerryError(
+            'E_MIRROR_FAILED',
+            `Cannot copy disk '${b.diskId}': its copy stopped at ${j['current-progress']} of ` +
+              `${j['total-progress']} bytes (${j.error}); a retry to the same host resumes from there`,
+            { context: { disk: b.diskId, error: j.error, copied: j['current-progress'] } },
+          );
+        }
+        done.set(b.jobId, { copied: j['current-progress'], total: j['total-progress'] });
       }
-      return { copied: j['current-progress'], total: j['total-progress'] };
-    }
-    if (Date.now() > until)
-      throw new FerryError('E_TIMEOUT', `Cannot copy disk '${b.diskId}' within ${Math.round(opts.timeoutMs / 1000)} s`);
-    await qmp
-      .waitEvent((e) => e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_ERROR', {
-        since: qmp.eventMark,
-        timeoutMs: 250,
-      })
-      .catch(() => undefined);
-  }
+      onProgress(bs.map((b) => last.get(b.jobId)).filter((j): j is JobInfo => j !== undefined));
+      return done.size === bs.length;
+    },
+    opts,
+  );
+  return bs.map((b) => done.get(b.jobId) as BackupResult);
 }
 
 /**

@@ -9,6 +9,7 @@
 // Why the destination's export writes through: measured on QEMU 7.2, a SIGKILLed destination
 // QEMU exporting a qcow2 without it lost acknowledged clusters (qemu-img compare: mismatch);
 // with `writethrough: true` the resumed image compared identical.
+import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import type { BitmapState } from './resume-copy.js';
 
@@ -20,6 +21,17 @@ const Key = z
   .min(1)
   .max(128)
   .regex(/^[A-Za-z0-9._-]+$/);
+/** A move key: names the source's bitmap and the destination's markers. */
+export const ResumeKey = Key;
+
+/**
+ * The key of a copy: the VM, its source and its destination. Not the job id: a plain retry
+ * (the same `ferry move-vm VM --to H --include-storage`) is a new job and must find the copy.
+ * The disk's path is checked by the marker itself.
+ */
+export function moveKeyOf(vmId: string, source: string, destination: string): string {
+  return createHash('sha256').update(`${vmId}\0${source}\0${destination}`).digest('hex').slice(0, 16);
+}
 const AbsPath = z
   .string()
   .min(2)

@@ -173,6 +173,8 @@ export const MigrationRecord = z.object({
       destination: z.string(),
       bytesDone: z.number(),
       bytesTotal: z.number(),
+      /** A retry that resumed a cut copy: the bytes it sent again, of the disk's size. */
+      resumed: z.object({ resentBytes: z.number(), diskBytes: z.number() }).optional(),
     }),
   ),
   incompatibilities: z.array(Incompatibility),

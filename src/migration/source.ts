@@ -16,6 +16,7 @@ import type { SlotQueue } from './queue.js';
 import type { Destination, MoveOptions } from './schemas.js';
 import type { SharedNothingPlan } from './plan.js';
 import type { MirrorSpec } from './block.js';
+import type { BackupSpec } from './resume-copy.js';
 import type { Gathered } from './begin.js';
 
 export class MigrationFailedError extends FerryError {
@@ -52,11 +53,15 @@ export interface SourceCtx {
     tlsHostname: string;
     /** A checkpoint chain to send first: where the destination serves its files. */
     chainNbd?: { host: string; port: number } | null;
+    /** A resumable copy's retry: per disk, whether the destination took its kept image over. */
+    resume?: Array<{ diskId: string; resume: boolean; why?: string | undefined }> | undefined;
   } | null;
   /** The batch (drain, fail-back) this move belongs to. */
   batch?: string;
   /** Shared nothing: the disk mirrors, READY until switch-over finishes them. */
   mirrors: MirrorSpec[];
+  /** Shared nothing by backup passes (kinds/backup-copy.ts): the disks' last pass runs at switch-over. */
+  backups?: BackupSpec[];
   /** Where the memory copy sits on the progress bar (after the disks of a shared-nothing move). */
   memSpan: [number, number];
   /** Set when the ladder asked QEMU for post-copy: when (Date.now()) and how long after the copy began. */

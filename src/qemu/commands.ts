@@ -256,6 +256,7 @@ export interface QmpCommands {
     ret: Record<string, never>;
   };
   'block-dirty-bitmap-remove': { args: { node: string; name: string }; ret: Record<string, never> };
+  'block-dirty-bitmap-clear': { args: { node: string; name: string }; ret: Record<string, never> };
   'block-job-cancel': { args: { device: string; force?: boolean }; ret: Record<string, never> };
   'block-job-complete': { args: { device: string }; ret: Record<string, never> };
   'block-job-set-speed': { args: { device: string; speed: number }; ret: Record<string, never> };

@@ -126,6 +126,13 @@ function printRecord(r: MigrationRecord): void {
     ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
     ['transferred', `${bytes(r.bytesTransferred)}${r.passes ? ` in ${r.passes} pass(es)` : ''}`],
   ];
+  // A retry that resumed a cut disk copy: what it sent again.
+  const resumed = r.disks.filter((d) => d.resumed);
+  if (resumed.length) {
+    const sent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);
+    const of = resumed.reduce((a, d) => a + (d.resumed?.diskBytes ?? 0), 0);
+    rows.push(['disk copy', `resumed, ${bytes(sent)} of ${bytes(of)} re-sent (${resumed.length} disk(s))`]);
+  }
   if (r.error) rows.push(['error', `${r.error.code}: ${r.error.message}`]);
   const w = Math.max(...rows.map((x) => x[0].length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);

@@ -55,6 +55,7 @@ import {
 } from '../source.js';
 import { addTlsCreds, qemuTlsDir } from '../tls.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
+import { backupCopy, lastPass, resumableRequest } from './backup-copy.js';
 
 const POLL_MS = 250;
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
@@ -97,7 +98,7 @@ export const prepareStep: Step<SourceCtx> = {
         spec: ctx.plan?.destSpec ?? spec,
         tls: ctx.host.settings().tls,
         postcopy: r.policy.allowPostcopy,
-        ...(ctx.plan ? { storage: ctx.plan.request } : {}),
+        ...(ctx.plan ? { storage: await resumableRequest(ctx, ctx.plan.request, s.signal) } : {}),
       },
       s.signal,
     );
@@ -146,7 +147,7 @@ class StallSignal extends Error {}
 export const mirrorStep: Step<SourceCtx> = {
   name: 'mirror',
   phase: 'copying-storage',
-  when: (ctx) => ctx.plan !== null && ctx.proc !== null,
+  when: (ctx) => ctx.plan !== null && ctx.proc !== null && !backupCopy(ctx),
   async run(ctx, s) {
     const spec = needSpec(ctx);
     const qmp = needProc(ctx).qmp;
@@ -433,6 +434,7 @@ export const switchoverStep: Step<SourceCtx> = {
         ctx.mirrors = [];
         for (const m of mirrors) await delNode(qmp, m.target);
       }
+      await lastPass(ctx, s);
       await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
       if (ctx.postcopy) {
         // The point of no return: QEMU sends the device state and the destination may run it.

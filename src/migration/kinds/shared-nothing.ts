@@ -19,6 +19,7 @@ import {
   tlsStep,
 } from './live.js';
 import { chainStep } from './chain.js';
+import { backupStep } from './backup-copy.js';
 import { confirmStoppedStep, copyStep, prepareStoppedStep, releaseStoppedStep, resolveStopped } from './offline.js';
 
 export const sharedNothingKind: MoveKind<SourceCtx> = {
@@ -33,6 +34,7 @@ export const sharedNothingKind: MoveKind<SourceCtx> = {
     chainStep,
     reachNbdStep,
     mirrorStep,
+    backupStep,
     copyStep,
     migrateStep,
     switchoverStep,

@@ -1,0 +1,245 @@
+// A running VM's disks copied so that a cut copy resumes (issue 17 item 6), source side: backup
+// passes with a dirty bitmap instead of a mirror (QEMU 7.2 cannot mirror and back up one disk,
+// resume-copy.ts). The first pass is full (or, on a retry that finds its kept copy, only what
+// the bitmap owes), catch-up passes run while the guest runs, and the last pass runs at
+// switch-over with the guest paused. The bitmap is named after the move's key (VM, source,
+// destination), so a plain retry of the same `move-vm` finds it; it is removed once the copy
+// is complete. Used for every shared-nothing move of a running VM whose disks are qcow2 or raw
+// and that does not sit on a checkpoint chain (those keep the mirror: docs/moves.md).
+import type { IncomingRequest } from '../../api/peer-actions.js';
+import { FerryError } from '../../errors.js';
+import type { QmpClient } from '../../qemu/qmp.js';
+import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
+import { StallWatchdog, stallTimeoutMs } from '../policy.js';
+import { foldMirrorProgress } from '../progress.js';
+import {
+  addResumeBitmap,
+  bitmapState,
+  catchUp,
+  removeResumeBitmap,
+  resumeBitmapName,
+  startBackup,
+  waitBackups,
+  type BackupSpec,
+} from '../resume-copy.js';
+import { decideResume, moveKeyOf, resumeLine, type ResumeOffer, type Verdict } from '../resume-marker.js';
+import type { Step, StepScope } from '../runner.js';
+import { destReason, MigrationFailedError, needProc, needSpec, stalledError, type SourceCtx } from '../source.js';
+
+type Storage = NonNullable<IncomingRequest['storage']>;
+
+/** Catch-up passes stop once a disk owes this little: the rest is the paused last pass's. */
+const SMALL_BYTES = 2 * 1024 * 1024;
+const MAX_CATCH_UP = 4;
+
+/** Whether this move copies its disks by resumable backup passes (else the mirror of live.ts). */
+export function backupCopy(ctx: SourceCtx): boolean {
+  const plan = ctx.plan;
+  if (!plan || !ctx.proc) return false;
+  if (plan.chain?.topOnly.length) return false; // over a copied chain: the mirror's sync=top
+  return plan.request.disks.every((d) => d.format === 'qcow2' || d.format === 'raw');
+}
+
+const keyOf = (ctx: SourceCtx): string => moveKeyOf(needSpec(ctx).id, ctx.host.name, ctx.to.name);
+
+/** Prepare's storage request: the key, and the disks whose bitmap can resume a kept copy. */
+export async function resumableRequest(ctx: SourceCtx, st: Storage, signal: AbortSignal): Promise<Storage> {
+  if (!backupCopy(ctx)) return st;
+  const spec = needSpec(ctx);
+  const qmp = needProc(ctx).qmp;
+  const key = keyOf(ctx);
+  const offers: ResumeOffer[] = [];
+  for (const d of st.disks) {
+    if (d.format !== 'qcow2' && d.format !== 'raw') continue;
+    const bm = await bitmapState(qmp, await rootNode(qmp, d.id, signal), resumeBitmapName(key), { signal });
+    if (bm.state !== 'ready') continue;
+    offers.push({
+      moveKey: key,
+      vmId: spec.id,
+      source: ctx.host.name,
+      diskId: d.id,
+      path: d.path,
+      virtualSizeBytes: d.virtualSizeBytes,
+      format: d.format,
+    });
+  }
+  return { ...st, resumeKey: key, ...(offers.length ? { resume: offers } : {}) };
+}
+
+/** Bitmaps of copies to other destinations (or older keys): their copies cannot be resumed from here any more. */
+async function dropOtherBitmaps(qmp: QmpClient, node: string, keep: string, signal: AbortSignal): Promise<void> {
+  const blocks = await qmp.execute('query-block', undefined, { signal, timeoutMs: 10_000 });
+  const b = blocks.find((x) => x.inserted?.['node-name'] === node);
+  for (const bm of b?.inserted?.['dirty-bitmaps'] ?? [])
+    if (bm.name?.startsWith('ferry-resume-') && bm.name !== keep) await removeResumeBitmap(qmp, node, bm.name);
+}
+
+class StallSignal extends Error {}
+
+export const backupStep: Step<SourceCtx> = {
+  name: 'backup',
+  phase: 'copying-storage',
+  when: backupCopy,
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const qmp = needProc(ctx).qmp;
+    const r = ctx.job.record;
+    const nbd = ctx.prep?.nbd;
+    const disks = ctx.plan?.request.disks ?? [];
+    if (!nbd) throw new MigrationFailedError('E_PREPARE', `Cannot move the disks of VM '${spec.name}': no NBD address`);
+    const tls = ctx.host.settings().tls;
+    const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
+    const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
+    const bitmap = resumeBitmapName(keyOf(ctx));
+    await sweepMirrorLeftovers(qmp, spec.name, s.signal);
+    const backups: BackupSpec[] = [];
+    const nodes: string[] = [];
+    const verdicts = new Map<string, Verdict | null>();
+    const save = (): void => s.record({ mirrors: backups, nodes });
+    for (const d of disks) {
+      const node = `mig-${d.id}`;
+      nodes.push(node);
+      save();
+      await qmp.execute(
+        'blockdev-add',
+        {
+          driver: 'nbd',
+          'node-name': node,
+          export: d.id,
+          'read-only': false,
+          server: { type: 'inet', host: nbd.host, port: String(nbd.port) },
+          ...(tls ? { 'tls-creds': tlsId, 'tls-hostname': ctx.prep?.tlsHostname ?? ctx.to.name } : {}),
+        },
+        { signal: s.signal },
+      );
+      const device = await rootNode(qmp, d.id, s.signal);
+      await dropOtherBitmaps(qmp, device, bitmap, s.signal);
+      const bm = await bitmapState(qmp, device, bitmap, { signal: s.signal });
+      const answer = ctx.prep?.resume?.find((a) => a.diskId === d.id);
+      // No bitmap and no kept copy: a first attempt, nothing to explain.
+      const v: Verdict | null =
+        !answer && bm.state === 'absent'
+          ? null
+          : decideResume(
+              bm,
+              answer?.resume
+                ? { resume: true }
+                : { resume: false, why: answer?.why ?? 'no partial copy was kept there' },
+            );
+      verdicts.set(d.id, v);
+      if (!v?.resume) {
+        // A full copy starts from an empty bitmap: it records the guest's writes from now on.
+        if (bm.state !== 'absent') await removeResumeBitmap(qmp, device, bitmap);
+        await addResumeBitmap(qmp, device, bitmap, d.format, { signal: s.signal });
+      }
+      backups.push({
+        jobId: `mirror-${d.id}`,
+        diskId: d.id,
+        device,
+        target: node,
+        bitmap,
+        sync: v?.resume ? 'bitmap' : 'full',
+      });
+      save();
+      await startBackup(qmp, backups[backups.length - 1] as BackupSpec, speed, { signal: s.signal });
+    }
+    const memBytes = spec.memoryMiB * 1024 * 1024;
+    const stallMs = stallTimeoutMs();
+    const watchdog = new StallWatchdog(stallMs);
+    const t0 = Date.now();
+    let split = 0.5;
+    let stalled = false;
+    watchdog.reset(t0);
+    const results = await waitBackups(
+      qmp,
+      backups,
+      (js) => {
+        const ps = js.map((j) => ({
+          diskId: backups.find((b) => b.jobId === j.id)?.diskId ?? '',
+          done: j['current-progress'],
+          total: j['total-progress'],
+        }));
+        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
+        if (watchdog.feed(done, Date.now())) stalled = true;
+        split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
+        r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
+        r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;
+        ctx.job.flush();
+        if (stalled) throw new StallSignal();
+      },
+      { signal: s.signal, timeoutMs: 6 * 3600_000 },
+    ).catch(async (err: unknown) => {
+      if (!(err instanceof StallSignal)) throw err;
+      const stuck = r.disks.filter((d) => d.bytesDone < d.bytesTotal).map((d) => `'${d.id}'`);
+      const what = stuck.length ? `no data of disk ${stuck.join(', ')} moved` : 'no disk data moved';
+      throw stalledError(spec.name, ctx.to.name, stallMs, what, await destReason(ctx));
+    });
+    for (const [i, d] of disks.entries()) {
+      const v = verdicts.get(d.id);
+      if (!v) continue;
+      const res = results[i];
+      const rd = r.disks.find((x) => x.id === d.id);
+      if (v.resume && res && rd) {
+        rd.resumed = { resentBytes: res.copied, diskBytes: d.virtualSizeBytes };
+        s.log(resumeLine(d.id, v, { bytes: res.copied, of: d.virtualSizeBytes }));
+      } else s.log(resumeLine(d.id, v));
+    }
+    // Catch up with what the guest wrote meanwhile, so the paused last pass is short.
+    for (const b of backups) {
+      await catchUp(qmp, b, {
+        smallBytes: SMALL_BYTES,
+        maxPasses: MAX_CATCH_UP,
+        ...(speed ? { speedBps: speed } : {}),
+        addTarget: () => Promise.resolve(),
+        delTarget: () => Promise.resolve(),
+        signal: s.signal,
+        timeoutMs: 3600_000,
+      });
+    }
+    ctx.memSpan = [split, 0.97];
+    ctx.backups = backups;
+    s.log('every disk is copied (what the guest writes from now on follows at switch-over)');
+    return { mirrors: backups, nodes };
+  },
+  async undo(ctx, data, _s) {
+    // The bitmap stays: a retry to the same host resumes from it.
+    const proc = ctx.proc;
+    ctx.backups = [];
+    if (!proc || proc.hasExited) return;
+    await abandonMirrors(
+      proc.qmp,
+      (data.mirrors as MirrorSpec[] | undefined) ?? [],
+      (data.nodes as string[] | undefined) ?? [],
+    );
+  },
+};
+
+/**
+ * Switch-over with the guest paused: the last pass copies what the bitmap still owes, then the
+ * copy is complete and identical; the bitmap and the NBD nodes go. Throws naming the disk.
+ */
+export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promise<void> {
+  const backups = ctx.backups ?? [];
+  if (!backups.length) return;
+  const qmp = needProc(ctx).qmp;
+  const passes = backups.map((b): BackupSpec => ({ ...b, sync: 'bitmap' }));
+  for (const b of passes) await startBackup(qmp, b, undefined);
+  const res = await waitBackups(qmp, passes, () => undefined, { timeoutMs: 120_000 });
+  const bytes = res.reduce((a, x) => a + x.copied, 0);
+  for (const b of passes) {
+    const st = await bitmapState(qmp, b.device, b.bitmap);
+    if (st.state !== 'ready' || st.dirtyBytes !== 0)
+      throw new FerryError(
+        'E_MIRROR_FAILED',
+        `Cannot finish copying disk '${b.diskId}': the guest is paused but its copy still owes ` +
+          `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
+        { context: { disk: b.diskId } },
+      );
+  }
+  for (const b of passes) {
+    await removeResumeBitmap(qmp, b.device, b.bitmap);
+    await delNode(qmp, b.target);
+  }
+  ctx.backups = [];
+  s.log(`the disks' last writes are copied (${(bytes / 1048576).toFixed(1)} MiB with the guest paused)`);
+}
