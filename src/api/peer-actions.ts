@@ -188,6 +188,15 @@ export const peerActions = {
     path: '/v1/peer/incoming/:id/abort',
     summary: 'Abandon an incoming VM: kill its QEMU, remove what was created',
     params: IdParams,
+    // discard=true (a cancelled move): no partial copy is kept for a retry to resume from.
+    query: z
+      .object({
+        discard: z
+          .enum(['true', 'false'])
+          .default('false')
+          .transform((v) => v === 'true'),
+      })
+      .strict(),
     response: z.object({ ok: z.literal(true) }),
     roles: peer,
   }),

@@ -62,6 +62,8 @@ interface Incoming {
   nbd: { host: string; port: number } | null;
   /** Disk files Prepare created (for the full-pool diagnosis). */
   disks: string[];
+  /** The source cancelled the move: its undo keeps no partial copy for a retry. */
+  discard?: boolean;
   /** Why the VM arrives not HA (it left its cluster); its vm.json is rewritten on arrival. */
   haNote: string | null;
   /** A checkpoint chain: 0 none, 1 its files are being received, 2 received (incoming-chain.ts). */
@@ -225,7 +227,8 @@ const disksStep: Step<IncomingCtx> = {
     return { created, ...(keep ? { keep } : {}) };
   },
   async undo(ctx, data) {
-    const keep = (Array.isArray(data.keep) ? data.keep : []).flatMap((k) => {
+    const kept = ctx.item.discard ? [] : Array.isArray(data.keep) ? data.keep : [];
+    const keep = kept.flatMap((k) => {
       const r = ResumeOffer.safeParse(k);
       return r.success ? [r.data] : [];
     });
@@ -825,11 +828,15 @@ export class IncomingManager {
     return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: host.name, reason: null, nbd: null };
   }
 
-  /** Kills the incoming QEMU and removes what Prepare created (its journal says what). Idempotent. */
-  async abort(jobId: string): Promise<void> {
+  /**
+   * Kills the incoming QEMU and removes what Prepare created (its journal says what), but a
+   * resumable copy's images, which stay with a marker unless `discard` (a cancelled move). Idempotent.
+   */
+  async abort(jobId: string, opts: { discard?: boolean } = {}): Promise<void> {
     const host = this.host;
     const i = this.items.get(jobId);
     if (!i) return;
+    if (opts.discard) i.discard = true;
     if (i.state === 'running') {
       throw new FerryError(
         'E_INCOMING_RUNNING',

@@ -225,10 +225,19 @@ export async function sourceCompleted(proc: QemuProcess | null): Promise<boolean
   }
 }
 
-/** Tells the destination to abandon its side (kill its QEMU, remove what it created). Never throws. */
+/**
+ * Tells the destination to abandon its side (kill its QEMU, remove what it created). A move
+ * that was cancelled keeps no partial copy there (the administrator asked for nothing to stay);
+ * one that failed keeps it for a retry to resume. Never throws.
+ */
 export async function abortDestination(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
+  const discard = ctx.job.signal.aborted;
   try {
-    await ctx.dest.call(peerActions.abort, { params: { id: ctx.job.id } }, { timeoutMs: 30_000 });
+    await ctx.dest.call(
+      peerActions.abort,
+      { params: { id: ctx.job.id }, query: { discard: discard ? 'true' : 'false' } },
+      { timeoutMs: 30_000 },
+    );
   } catch (err) {
     log(`cleaning up ${ctx.to.name}: ${(err as Error).message}`);
   }

@@ -285,14 +285,18 @@ test(
     });
     await waitProbe(L, vm, 10);
     const destDir = local('host-b', 'f1');
-    const assertClean = async (): Promise<void> => {
+    const assertClean = async (how: 'cancelled' | 'failed'): Promise<void> => {
       const v = await show('f1');
       assert.equal(v.host, 'host-a');
       assert.equal(v.state, 'running');
       assert.equal(v.disks[0]!.path, vm.disks[0]!.path);
       assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
-      // A cut or cancelled copy keeps its partial disk images for a retry (docs/moves.md,
-      // "Resumable disk copy"): each named by a marker, nothing else left (no vm.json, no VM).
+      // A cancelled move leaves nothing there; a failed copy keeps its partial disk images for
+      // a retry (docs/moves.md, "Resumable disk copy"): each named by a marker, nothing else.
+      if (how === 'cancelled') {
+        assert.equal(fs.existsSync(destDir), false, 'a cancelled move leaves no destination files');
+        return;
+      }
       const markers = path.join(hostData(L, 'host-b'), 'resume');
       const kept = new Set(
         (fs.existsSync(markers) ? fs.readdirSync(markers) : [])
@@ -312,7 +316,7 @@ test(
     await waitState(id, ['copying-storage']);
     let r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
     assert.equal(r.state, 'cancelled');
-    await assertClean();
+    await assertClean('cancelled');
 
     // Cancel during the memory copy (storage copied fast, memory slow).
     id = (
@@ -323,7 +327,7 @@ test(
     await waitState(id, ['copying-memory'], 120_000);
     r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
     assert.equal(r.state, 'cancelled');
-    await assertClean();
+    await assertClean('cancelled');
 
     // The destination QEMU dies during the mirror.
     id = (
@@ -337,7 +341,7 @@ test(
     r = await waitState(id, ['failed', 'completed', 'cancelled']);
     assert.equal(r.state, 'failed');
     assert.match(r.error!.message, /disk 'disk0'|while copying storage/);
-    await assertClean();
+    await assertClean('failed');
 
     // The destination pool fills up mid-copy.
     const tiny = path.join(L.dir, 'tiny');

@@ -80,9 +80,9 @@ export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
     incoming.assertSource(params.id, req.peer);
     return incoming.finish(params.id);
   });
-  registerAction(app, peerActions.abort, async ({ params }, req) => {
+  registerAction(app, peerActions.abort, async ({ params, query }, req) => {
     incoming.assertSource(params.id, req.peer);
-    await incoming.abort(params.id);
+    await incoming.abort(params.id, { discard: query.discard });
     return { ok: true as const };
   });
   registerAction(app, peerActions.haStart, async ({ body }) => {

@@ -10,8 +10,6 @@ import type { IncomingRequest } from '../../api/peer-actions.js';
 import { FerryError } from '../../errors.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
-import { StallWatchdog, stallTimeoutMs } from '../policy.js';
-import { foldMirrorProgress } from '../progress.js';
 import {
   addResumeBitmap,
   bitmapState,
@@ -24,7 +22,8 @@ import {
 } from '../resume-copy.js';
 import { decideResume, moveKeyOf, resumeLine, type ResumeOffer, type Verdict } from '../resume-marker.js';
 import type { Step, StepScope } from '../runner.js';
-import { destReason, MigrationFailedError, needProc, needSpec, stalledError, type SourceCtx } from '../source.js';
+import { MigrationFailedError, needProc, needSpec, type SourceCtx } from '../source.js';
+import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 
 type Storage = NonNullable<IncomingRequest['storage']>;
 
@@ -74,8 +73,6 @@ async function dropOtherBitmaps(qmp: QmpClient, node: string, keep: string, sign
     if (bm.name?.startsWith('ferry-resume-') && bm.name !== keep) await removeResumeBitmap(qmp, node, bm.name);
 }
 
-class StallSignal extends Error {}
-
 export const backupStep: Step<SourceCtx> = {
   name: 'backup',
   phase: 'copying-storage',
@@ -87,8 +84,6 @@ export const backupStep: Step<SourceCtx> = {
     const nbd = ctx.prep?.nbd;
     const disks = ctx.plan?.request.disks ?? [];
     if (!nbd) throw new MigrationFailedError('E_PREPARE', `Cannot move the disks of VM '${spec.name}': no NBD address`);
-    const tls = ctx.host.settings().tls;
-    const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
     const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
     const bitmap = resumeBitmapName(keyOf(ctx));
     await sweepMirrorLeftovers(qmp, spec.name, s.signal);
@@ -100,18 +95,7 @@ export const backupStep: Step<SourceCtx> = {
       const node = `mig-${d.id}`;
       nodes.push(node);
       save();
-      await qmp.execute(
-        'blockdev-add',
-        {
-          driver: 'nbd',
-          'node-name': node,
-          export: d.id,
-          'read-only': false,
-          server: { type: 'inet', host: nbd.host, port: String(nbd.port) },
-          ...(tls ? { 'tls-creds': tlsId, 'tls-hostname': ctx.prep?.tlsHostname ?? ctx.to.name } : {}),
-        },
-        { signal: s.signal },
-      );
+      await addNbdTarget(ctx, qmp, nbd, d.id, node, s.signal);
       const device = await rootNode(qmp, d.id, s.signal);
       await dropOtherBitmaps(qmp, device, bitmap, s.signal);
       const bm = await bitmapState(qmp, device, bitmap, { signal: s.signal });
@@ -143,37 +127,20 @@ export const backupStep: Step<SourceCtx> = {
       save();
       await startBackup(qmp, backups[backups.length - 1] as BackupSpec, speed, { signal: s.signal });
     }
-    const memBytes = spec.memoryMiB * 1024 * 1024;
-    const stallMs = stallTimeoutMs();
-    const watchdog = new StallWatchdog(stallMs);
-    const t0 = Date.now();
-    let split = 0.5;
-    let stalled = false;
-    watchdog.reset(t0);
+    const watch = new DiskCopyWatch(ctx, spec.memoryMiB * 1024 * 1024);
     const results = await waitBackups(
       qmp,
       backups,
-      (js) => {
-        const ps = js.map((j) => ({
-          diskId: backups.find((b) => b.jobId === j.id)?.diskId ?? '',
-          done: j['current-progress'],
-          total: j['total-progress'],
-        }));
-        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
-        if (watchdog.feed(done, Date.now())) stalled = true;
-        split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
-        r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
-        r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;
-        ctx.job.flush();
-        if (stalled) throw new StallSignal();
-      },
+      (js) =>
+        watch.sample(
+          js.map((j) => ({
+            diskId: backups.find((b) => b.jobId === j.id)?.diskId ?? '',
+            done: j['current-progress'],
+            total: j['total-progress'],
+          })),
+        ),
       { signal: s.signal, timeoutMs: 6 * 3600_000 },
-    ).catch(async (err: unknown) => {
-      if (!(err instanceof StallSignal)) throw err;
-      const stuck = r.disks.filter((d) => d.bytesDone < d.bytesTotal).map((d) => `'${d.id}'`);
-      const what = stuck.length ? `no data of disk ${stuck.join(', ')} moved` : 'no disk data moved';
-      throw stalledError(spec.name, ctx.to.name, stallMs, what, await destReason(ctx));
-    });
+    ).catch((err: unknown) => watch.failed(err, spec.name));
     for (const [i, d] of disks.entries()) {
       const v = verdicts.get(d.id);
       if (!v) continue;
@@ -196,7 +163,7 @@ export const backupStep: Step<SourceCtx> = {
         timeoutMs: 3600_000,
       });
     }
-    ctx.memSpan = [split, 0.97];
+    ctx.memSpan = [watch.split, 0.97];
     ctx.backups = backups;
     s.log('every disk is copied (what the guest writes from now on follows at switch-over)');
     return { mirrors: backups, nodes };

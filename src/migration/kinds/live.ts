@@ -37,7 +37,7 @@ import {
   START_DOWNTIME_MS,
   TCG_START_DOWNTIME_MS,
 } from '../policy.js';
-import { foldMirrorProgress, newProgress, sampleFrom, update } from '../progress.js';
+import { newProgress, sampleFrom, update } from '../progress.js';
 import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
 import {
   abortDestination,
@@ -56,6 +56,7 @@ import {
 import { addTlsCreds, qemuTlsDir } from '../tls.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
 import { backupCopy, lastPass, resumableRequest } from './backup-copy.js';
+import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 
 const POLL_MS = 250;
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
@@ -142,8 +143,6 @@ export const reachNbdStep: Step<SourceCtx> = {
   },
 };
 
-class StallSignal extends Error {}
-
 export const mirrorStep: Step<SourceCtx> = {
   name: 'mirror',
   phase: 'copying-storage',
@@ -155,8 +154,6 @@ export const mirrorStep: Step<SourceCtx> = {
     const nbd = ctx.prep?.nbd;
     const disks = ctx.plan?.request.disks ?? [];
     if (!nbd) throw new MigrationFailedError('E_PREPARE', `Cannot move the disks of VM '${spec.name}': no NBD address`);
-    const tls = ctx.host.settings().tls;
-    const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
     const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
     await sweepMirrorLeftovers(qmp, spec.name, s.signal);
     const mirrors: MirrorSpec[] = [];
@@ -165,18 +162,7 @@ export const mirrorStep: Step<SourceCtx> = {
       const node = `mig-${d.id}`;
       nodes.push(node);
       s.record({ mirrors, nodes });
-      await qmp.execute(
-        'blockdev-add',
-        {
-          driver: 'nbd',
-          'node-name': node,
-          export: d.id,
-          'read-only': false,
-          server: { type: 'inet', host: nbd.host, port: String(nbd.port) },
-          ...(tls ? { 'tls-creds': tlsId, 'tls-hostname': ctx.prep?.tlsHostname ?? ctx.to.name } : {}),
-        },
-        { signal: s.signal },
-      );
+      await addNbdTarget(ctx, qmp, nbd, d.id, node, s.signal);
       const m: MirrorSpec = {
         jobId: `mirror-${d.id}`,
         diskId: d.id,
@@ -189,34 +175,11 @@ export const mirrorStep: Step<SourceCtx> = {
       s.record({ mirrors, nodes });
       await startMirror(qmp, m, speed, s.signal);
     }
-    const memBytes = spec.memoryMiB * 1024 * 1024;
-    const stallMs = stallTimeoutMs();
-    const watchdog = new StallWatchdog(stallMs);
-    const t0 = Date.now();
-    let split = 0.5;
-    let stalled = false;
-    watchdog.reset(t0);
-    await waitMirrorsReady(
-      qmp,
-      mirrors,
-      (ps) => {
-        const { done, total, rate } = foldMirrorProgress(r, ps, t0);
-        if (watchdog.feed(done, Date.now())) stalled = true;
-        split = 0.02 + 0.95 * (total / Math.max(1, total + memBytes));
-        r.progress = Math.max(r.progress, 0.02 + (split - 0.02) * (total ? done / total : 0));
-        // One ETA across the phases: the rest of the disks, then memory, at the rate seen.
-        r.etaSeconds = rate > 0 ? Math.round(((total - done + memBytes) / rate) * 10) / 10 : null;
-        ctx.job.flush();
-        if (stalled) throw new StallSignal();
-      },
-      { signal: s.signal, timeoutMs: 6 * 3600_000 },
-    ).catch(async (err: unknown) => {
-      if (!(err instanceof StallSignal)) throw err;
-      const stuck = r.disks.filter((d) => d.bytesDone < d.bytesTotal).map((d) => `'${d.id}'`);
-      const what = stuck.length ? `no data of disk ${stuck.join(', ')} moved` : 'no disk data moved';
-      throw stalledError(spec.name, ctx.to.name, stallMs, what, await destReason(ctx));
-    });
-    ctx.memSpan = [split, 0.97];
+    const watch = new DiskCopyWatch(ctx, spec.memoryMiB * 1024 * 1024);
+    await waitMirrorsReady(qmp, mirrors, (ps) => watch.sample(ps), { signal: s.signal, timeoutMs: 6 * 3600_000 }).catch(
+      (err: unknown) => watch.failed(err, spec.name),
+    );
+    ctx.memSpan = [watch.split, 0.97];
     ctx.mirrors = mirrors;
     s.log('every disk is mirrored (writes now go to both copies)');
     return { mirrors, nodes };
