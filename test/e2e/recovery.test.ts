@@ -61,7 +61,17 @@ test('the source agent killed during the memory copy: after its restart the move
   assert.equal(r.error?.code, 'E_AGENT_RESTARTED');
   assert.match(r.error.message, /rolled back/);
   await assertOnAOnly(vm);
-  assert.equal(fs.existsSync(`${hostData(L, 'host-b')}/pools/local/r1`), false, "host-b's half-written copy is gone");
+  // host-b keeps only the half-written disk images, each named by a marker, for the retry to
+  // resume from (docs/moves.md, "Resumable disk copy"): no vm.json, nothing else.
+  const folder = `${hostData(L, 'host-b')}/pools/local/r1`;
+  const markers = `${hostData(L, 'host-b')}/resume`;
+  const kept = new Set(
+    (fs.existsSync(markers) ? fs.readdirSync(markers) : [])
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => (JSON.parse(fs.readFileSync(`${markers}/${f}`, 'utf8')) as { path: string }).path),
+  );
+  for (const f of fs.existsSync(folder) ? fs.readdirSync(folder) : [])
+    assert.ok(kept.has(`${folder}/${f}`), `host-b's ${f} is a kept image with a marker, or gone`);
   // A retry succeeds.
   const ok = await ferryOk<MigrationRecord>(['move-vm', 'r1', '--to', 'host-b', '--include-storage', '--json'], {
     lab: L.lab,
