@@ -66,7 +66,9 @@ export async function answerOffers(
     )
       v = { resume: false, why: 'the offer does not match the disk the move creates' };
     else v = checkKeptImage(marker, offer, await statOf(d.path), nowMs);
-    if (!v.resume && marker) {
+    // Only the copy's own source may have it deleted: another host's Prepare naming this VM
+    // (it may be hostile) leaves it to its source's retry or the 24 h sweep.
+    if (!v.resume && marker && marker.source === source) {
       await fsp.rm(marker.path, { force: true });
       await dropMarker(dataDir, vmId, d.id);
     }

@@ -63,6 +63,17 @@ test('a kept image that cannot be resumed is deleted with its marker (never reus
   assert.equal(await readMarker(data, 'vm-1', 'disk0'), null);
 });
 
+test("another host's Prepare for the same VM neither takes nor deletes the kept image", async (t) => {
+  const { data, img, st } = await setup(t);
+  const keep = keepEntries(st, 'vm-1', 'host-a') ?? [];
+  await keepImages(data, keep);
+  const forged = keep.map((k) => ({ ...k, source: 'host-c' }));
+  const answers = await answerOffers(data, 'vm-1', 'host-c', { ...st, resume: forged });
+  assert.equal(answers[0]?.resume, false);
+  assert.ok(fs.existsSync(img), "host-a's kept image stays");
+  assert.notEqual(await readMarker(data, 'vm-1', 'disk0'), null);
+});
+
 test('a kept image written on since the cut is not reused', async (t) => {
   const { data, img, st } = await setup(t);
   const keep = keepEntries(st, 'vm-1', 'host-a') ?? [];
