@@ -2,7 +2,7 @@
 import fsp from 'node:fs/promises';
 import fs from 'node:fs';
 import path from 'node:path';
-import { before, after } from 'node:test';
+import { before, after, afterEach } from 'node:test';
 import { ferry, ferryOk } from './cli.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import type { VmView } from '../../src/api/schemas.js';
@@ -17,13 +17,36 @@ export interface TestLab {
   status: LabStatus;
 }
 
-export function useLab(hosts = 2): TestLab {
+/**
+ * `vmsPerTest`: every test of the file makes and removes its own VMs, so a VM still there after a
+ * test is a failed test's; it is stopped and removed, so that a guest left spinning (say, one that
+ * died of QEMU-NOTES §E) does not load the machine for the tests after it and fail them too.
+ */
+export function useLab(hosts = 2, o: { vmsPerTest?: boolean } = {}): TestLab {
   const l: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
   before(async () => {
     l.dir = await labTempDir('ferry-e2e-');
     l.lab = path.join(l.dir, 'lab');
     l.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', l.lab, '--hosts', String(hosts), '--json']);
   });
+  if (o.vmsPerTest)
+    afterEach(async () => {
+      // Moves still running first (a VM being moved refuses a stop), then the VMs.
+      const m = await ferry(['migration', 'list', '--json'], { lab: l.lab });
+      if (m.code === 0)
+        for (const rec of JSON.parse(m.stdout) as MigrationRecord[]) {
+          process.stderr.write(`# cancelling move ${rec.id} of ${rec.vm} (${rec.state}), left by a failed test\n`);
+          await ferry(['migration', 'cancel', rec.id], { lab: l.lab });
+          await waitMigration(l, rec.id, ['completed', 'failed', 'cancelled'], 120_000).catch(() => undefined);
+        }
+      const r = await ferry(['vm', 'list', '--json'], { lab: l.lab });
+      if (r.code !== 0) return;
+      for (const v of JSON.parse(r.stdout) as VmView[]) {
+        process.stderr.write(`# removing VM ${v.name} on ${v.host}, left by a failed test\n`);
+        await ferry(['vm', 'stop', v.name, '--force'], { lab: l.lab });
+        await ferry(['vm', 'rm', v.name], { lab: l.lab });
+      }
+    });
   after(async () => {
     await ferry(['lab', 'down', '--dir', l.lab]);
     await fsp.rm(l.dir, { recursive: true, force: true });
@@ -52,13 +75,22 @@ export async function readLogs(l: TestLab, vmId: string): Promise<string[]> {
 /** Waits until a probe VM has printed `n` heartbeats and acks on its current host. */
 export async function waitProbe(l: TestLab, vm: VmView, n = 20, timeoutMs = 60_000): Promise<void> {
   const until = Date.now() + timeoutMs;
+  let text = '';
+  let s = parseSerial(text);
   while (Date.now() < until) {
-    const text = await fsp.readFile(serialLog(l, vm.host, vm.id), 'utf8').catch(() => '');
-    const s = parseSerial(text);
+    text = await fsp.readFile(serialLog(l, vm.host, vm.id), 'utf8').catch(() => '');
+    s = parseSerial(text);
     if (s.heartbeats.length >= n && s.acks.length >= Math.min(n, 10)) return;
     await sleep(200);
   }
-  throw new Error(`probe VM ${vm.name} printed fewer than ${n} heartbeats in ${timeoutMs} ms`);
+  // Say what the guest did, so a failure in CI is explained (a kernel oops after a move under
+  // TCG is QEMU-NOTES §E; a writer without acks is a disk problem; silence is a hung guest).
+  const shown = await ferry(['vm', 'show', vm.name, '--json'], { lab: l.lab });
+  throw new Error(
+    `probe VM ${vm.name} printed fewer than ${n} heartbeats (or ${Math.min(n, 10)} acks) in ${timeoutMs} ms ` +
+      `on ${vm.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks; vm show: ${shown.stdout.trim()}; ` +
+      `serial log ends:\n${text.split('\n').slice(-25).join('\n')}`,
+  );
 }
 
 /** Every heartbeat seq from the first to the last, across all hosts' logs: none lost, none repeated out of order. */

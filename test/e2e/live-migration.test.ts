@@ -17,7 +17,7 @@ import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord, CompareReport, Prediction } from '../../src/migration/schemas.js';
 
-const L = useLab(2);
+const L = useLab(2, { vmsPerTest: true });
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const size = (f: string): number => fs.statSync(f).size;
 
@@ -300,13 +300,19 @@ test('three moves with max-live 2: one waits in the queue, then all complete', a
     );
   await sleep(3000);
   const ids: string[] = [];
+  // The first two copy slowly (an idle 128 MiB guest sends ~30 MiB: ~15 s at 2 MiB/s), so they
+  // still run when the third is asked for, however long a loaded machine takes to start the CLI.
   for (const n of names)
     ids.push(
-      (await ferryOk<string>(['move-vm', n, '--to', 'host-b', '--bandwidth', '8', '--no-wait'], { lab: L.lab })).trim(),
+      (
+        await ferryOk<string>(['move-vm', n, '--to', 'host-b', '--bandwidth', n === 'q3' ? '8' : '2', '--no-wait'], {
+          lab: L.lab,
+        })
+      ).trim(),
     );
-  const list = await ferryOk<MigrationRecord[]>(['migration', 'list', '--json'], { lab: L.lab });
+  const list = await ferryOk<MigrationRecord[]>(['migration', 'list', '--all', '--json'], { lab: L.lab });
   const queued = list.filter((r) => r.state === 'queued');
-  assert.equal(queued.length, 1, `states: ${list.map((r) => r.state).join(',')}`);
+  assert.equal(queued.length, 1, `states: ${list.map((r) => `${r.vm}:${r.state} ${r.error?.code ?? ''}`).join(', ')}`);
   assert.equal(queued[0]!.queuePosition, 1);
   assert.equal(queued[0]!.vm, 'q3');
   for (const id of ids) {
