@@ -18,7 +18,7 @@ import type { CheckpointList, CheckpointView, VmView } from '../../src/api/schem
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { lastHb, logSize, restoredPart, waitMore } from './checkpoint-guest.js';
 
-const L = useLab(2);
+const L = useLab(2, { vmsPerTest: true });
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const list = (name: string): Promise<CheckpointList> =>
   ferryOk<CheckpointList>(['checkpoint', 'list', name, '--json'], { lab: L.lab });

@@ -13,7 +13,7 @@ import { sleep } from '../../src/util/exec.js';
 import { lastHb, logSize, restoredPart, waitMore } from './checkpoint-guest.js';
 import type { CheckpointList, CheckpointView, VmView } from '../../src/api/schemas.js';
 
-const L = useLab(1);
+const L = useLab(1, { vmsPerTest: true });
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const list = (name: string): Promise<CheckpointList> =>
   ferryOk<CheckpointList>(['checkpoint', 'list', name, '--json'], { lab: L.lab });

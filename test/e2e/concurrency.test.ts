@@ -12,9 +12,9 @@ import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
-const L = useLab(2);
-// Three rounds each way keep npm test under its time limit; FERRY_CONCURRENCY_ROUNDS=N runs more.
-const ROUNDS = Number(process.env.FERRY_CONCURRENCY_ROUNDS ?? 3);
+const L = useLab(2, { vmsPerTest: true });
+// Two rounds each way (16 moves) keep npm test under its time limit; FERRY_CONCURRENCY_ROUNDS=N runs more.
+const ROUNDS = Number(process.env.FERRY_CONCURRENCY_ROUNDS ?? 2);
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
 async function newProbe(name: string, host: string, extra: string[] = [], where = path.join(L.lab, 'shared', name)) {

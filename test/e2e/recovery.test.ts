@@ -12,7 +12,7 @@ import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
-const L = useLab(2);
+const L = useLab(2, { vmsPerTest: true });
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
 const waitState = (id: string, states: string[], timeoutMs = 60_000): Promise<MigrationRecord> =>

@@ -14,7 +14,7 @@ import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
-const L = useLab(2);
+const L = useLab(2, { vmsPerTest: true });
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const local = (host: string, ...p: string[]): string => path.join(hostData(L, host), 'pools', 'local', ...p);
 
