@@ -7,6 +7,10 @@ export type Priority = (typeof PRIORITIES)[number];
 /** Lower ranks start first. */
 export const PRIORITY_RANK: Record<Priority, number> = { high: 0, normal: 1, low: 2 };
 
+/** move-vm --resumable: how a running VM's disks are copied (docs/moves.md, "Resumable disk copy"). */
+export const RESUMABLE_MODES = ['auto', 'always', 'never'] as const;
+export type ResumableMode = (typeof RESUMABLE_MODES)[number];
+
 export const DEFAULTS = {
   /** --max-downtime: the longest acceptable pause at switch-over. */
   maxDowntimeMs: 300,

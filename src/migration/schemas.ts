@@ -1,5 +1,5 @@
 // Migration records and requests: the contract of shared/CLI.md ("A migration record").
-import { DEFAULTS, PRIORITIES } from '../api/defaults.js';
+import { DEFAULTS, PRIORITIES, RESUMABLE_MODES } from '../api/defaults.js';
 import { z } from 'zod';
 import { Name } from '../api/schemas.js';
 import { MIGRATION_STATES } from './states.js';
@@ -61,6 +61,12 @@ export const MoveOptions = z
     checkpointPath: AbsPath.optional(),
     pagingPath: AbsPath.optional(),
     retainSource: z.boolean().default(false),
+    /**
+     * How a running VM's disks are copied (shared nothing): `auto` (absent) copies by resumable
+     * backup passes only when the disks hold at least RESUMABLE_MIN_BYTES, else by the mirror;
+     * `always` / `never` force one (docs/moves.md, "Resumable disk copy").
+     */
+    resumable: z.enum(RESUMABLE_MODES).optional(),
   })
   .strict();
 export type MoveOptions = z.infer<typeof MoveOptions>;
@@ -177,6 +183,11 @@ export const MigrationRecord = z.object({
       resumed: z.object({ resentBytes: z.number(), diskBytes: z.number() }).optional(),
     }),
   ),
+  /**
+   * How the disks were copied: `mirror` (drive-mirror), `resumable` (backup passes with a dirty
+   * bitmap), `offline` (a stopped VM's qemu-img copy); absent when no disk was copied.
+   */
+  diskCopy: z.enum(['mirror', 'resumable', 'offline']).optional(),
   incompatibilities: z.array(Incompatibility),
   /** Who asked for the move (certificate name and role); null for records older than the field. */
   requestedBy: z

@@ -67,6 +67,11 @@ export async function commitImage(path: string, opts: ImgOptions & { format: Ima
   await run('qemu-img', ['commit', '-q', '-f', opts.format, path], { timeoutMs: 30 * 60_000, ...opts });
 }
 
+/** Removes persistent dirty bitmap `name` from a qcow2 image no QEMU has open. */
+export async function removeBitmap(path: string, name: string, opts: ImgOptions = {}): Promise<void> {
+  await run('qemu-img', ['bitmap', '-f', 'qcow2', '--remove', path, name], { timeoutMs: 60_000, ...opts });
+}
+
 /**
  * Gives an image a new backing file (`qemu-img rebase`). Safe mode (default) first copies into
  * the image every cluster that differs between the old and the new backing, so what the image

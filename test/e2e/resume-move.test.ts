@@ -72,8 +72,9 @@ test(
       { lab: L.lab },
     );
     await waitProbe(L, vm, 10, 90_000);
-    // Slowed so the cut lands inside the copy; the retry is the same command.
-    const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--bandwidth', '4'];
+    // Slowed so the cut lands inside the copy; the retry is the same command. The disks are far
+    // under --resumable auto's 1 GiB (a short test): `always` asks for the resumable copy.
+    const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'always', '--bandwidth', '4'];
     const id = (await ferryOk<string>([...move, '--no-wait'], { lab: L.lab })).trim();
     // The copy's progress straight from the source's QEMU (its jobs' counters), so the cut lands
     // at the mark and not a CLI round trip later.
@@ -103,6 +104,7 @@ test(
     for (const p of killed) process.kill(p, 'SIGKILL');
     const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
     assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+    assert.equal(cut.diskCopy, 'resumable');
     assert.equal((await show(name)).host, 'host-a');
     // The partial copy is kept on host-b for a retry (one marker per disk), no VM registered there.
     for (let i = 0; markers('host-b').length < 2 && i < 100; i++) await sleep(200);
@@ -112,6 +114,7 @@ test(
     assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
     const rr = JSON.parse(retry.stdout) as MigrationRecord;
     assert.equal(rr.state, 'completed', `retry: ${JSON.stringify(rr.error)}`);
+    assert.equal(rr.diskCopy, 'resumable');
     const resumed = rr.disks.filter((d) => d.resumed);
     assert.equal(resumed.length, 2, `both disks resumed: ${JSON.stringify(rr.events.map((e) => e.message))}`);
     const resent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);

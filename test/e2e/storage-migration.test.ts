@@ -10,6 +10,7 @@ import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigrat
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
 import { createImage, imageInfo } from '../../src/qemu/img.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
@@ -51,6 +52,9 @@ test(
     });
     assert.equal(r.state, 'completed', JSON.stringify(r.error));
     assert.equal(r.kind, 'shared-nothing');
+    // A disk under --resumable auto's 1 GiB: the plain mirror (docs/moves.md).
+    assert.equal(r.diskCopy, 'mirror');
+    assert.ok(r.events.some((e) => /disks copied by the mirror: .* under 1\.00 GiB/.test(e.message)));
     assert.equal(r.disks.length, 1);
     assert.equal(r.disks[0]!.destination, local('host-b', 'sn1', 'data.qcow2'));
     const atB = await show('sn1');
@@ -102,6 +106,8 @@ test('--retain-source keeps the source files; per-item placement puts each file 
       'host-b',
       '--include-storage',
       '--retain-source',
+      '--resumable',
+      'always',
       '--config-path',
       cfg,
       '--vhd',
@@ -124,6 +130,14 @@ test('--retain-source keeps the source files; per-item placement puts each file 
   );
   assert.ok(fs.existsSync(path.join(cfg, 'vm.json')) && fs.existsSync(path.join(cfg, 'vmlinuz')));
   assert.ok(fs.existsSync(d0!.path) && fs.existsSync(d1!.path), 'source disks kept');
+  // The resumable copy's bitmap lived until the move completed, then left the kept qcow2 too.
+  assert.equal(r.diskCopy, 'resumable');
+  const info = JSON.parse(
+    execFileSync('qemu-img', ['info', '-U', '--output=json', d0!.path], { encoding: 'utf8' }),
+  ) as {
+    'format-specific'?: { data?: { bitmaps?: unknown[] } };
+  };
+  assert.deepEqual(info['format-specific']?.data?.bitmaps ?? [], [], 'no bitmap left in the kept source image');
   await stopAndVerify(v);
   await ferryOk(['vm', 'rm', 'sn2'], { lab: L.lab });
   await fsp.rm(vm.configPath, { recursive: true, force: true });
@@ -295,6 +309,20 @@ test(
       // a retry (docs/moves.md, "Resumable disk copy"): each named by a marker, nothing else.
       if (how === 'cancelled') {
         assert.equal(fs.existsSync(destDir), false, 'a cancelled move leaves no destination files');
+        // …and no bitmap on the source: nothing is left to resume.
+        const qmp = await QmpClient.connect(path.join(hostData(L, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
+          vm: 'f1',
+        });
+        try {
+          const bitmaps = (await qmp.execute('query-block')).flatMap((b) => b.inserted?.['dirty-bitmaps'] ?? []);
+          assert.deepEqual(
+            bitmaps.map((x) => x.name),
+            [],
+            'a cancelled move drops its bitmap',
+          );
+        } finally {
+          qmp.close();
+        }
         return;
       }
       const markers = path.join(hostData(L, 'host-b'), 'resume');
@@ -309,9 +337,23 @@ test(
 
     // Cancel during the storage copy.
     let id = (
-      await ferryOk<string>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
-        lab: L.lab,
-      })
+      await ferryOk<string>(
+        [
+          'move-vm',
+          'f1',
+          '--to',
+          'host-b',
+          '--include-storage',
+          '--resumable',
+          'always',
+          '--bandwidth',
+          '1',
+          '--no-wait',
+        ],
+        {
+          lab: L.lab,
+        },
+      )
     ).trim();
     await waitState(id, ['copying-storage']);
     let r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
@@ -320,9 +362,23 @@ test(
 
     // Cancel during the memory copy (storage copied fast, memory slow).
     id = (
-      await ferryOk<string>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--no-wait', '--bandwidth', '3'], {
-        lab: L.lab,
-      })
+      await ferryOk<string>(
+        [
+          'move-vm',
+          'f1',
+          '--to',
+          'host-b',
+          '--include-storage',
+          '--resumable',
+          'always',
+          '--no-wait',
+          '--bandwidth',
+          '3',
+        ],
+        {
+          lab: L.lab,
+        },
+      )
     ).trim();
     await waitState(id, ['copying-memory'], 120_000);
     r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
@@ -331,9 +387,23 @@ test(
 
     // The destination QEMU dies during the mirror.
     id = (
-      await ferryOk<string>(['move-vm', 'f1', '--to', 'host-b', '--include-storage', '--bandwidth', '1', '--no-wait'], {
-        lab: L.lab,
-      })
+      await ferryOk<string>(
+        [
+          'move-vm',
+          'f1',
+          '--to',
+          'host-b',
+          '--include-storage',
+          '--resumable',
+          'always',
+          '--bandwidth',
+          '1',
+          '--no-wait',
+        ],
+        {
+          lab: L.lab,
+        },
+      )
     ).trim();
     await waitState(id, ['copying-storage']);
     const [pid] = await hostQemuPids(hostData(L, 'host-b'));
@@ -363,6 +433,8 @@ test(
           '--to',
           'host-b',
           '--include-storage',
+          '--resumable',
+          'always',
           '--storage-path',
           path.join(tiny, 'f1'),
           '--bandwidth',

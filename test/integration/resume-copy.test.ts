@@ -21,6 +21,7 @@ import {
   type BackupSpec,
 } from '../../src/migration/resume-copy.js';
 import { FerryError } from '../../src/errors.js';
+import { removeBitmap } from '../../src/qemu/img.js';
 import { tempDir } from '../helpers.js';
 
 const run = promisify(execFile);
@@ -184,4 +185,132 @@ test('a disk copy cut at ~55 % resumes from the bitmap: less than half re-sent, 
     const r = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', `read -P ${pattern} ${offset} 64k`, dst]);
     assert.doesNotMatch(r.stdout, /Pattern verification failed/, `offset ${offset}`);
   }
+});
+
+// The bitmap stays through switch-over (backup-copy.ts lastPass): a stream that fails after the
+// last pass (the destination gone while the device state is sent) leaves the source running
+// with a bitmap that records its writes from then on, so a retry re-sends only those. A move
+// that completes can still remove the bitmap from the source's (by then inactive) image.
+test('a stream that fails after the last pass still resumes; a completed one drops the bitmap', async (t) => {
+  const dir = await tempDir(t);
+  const src = path.join(dir, 'src.qcow2');
+  const dst = path.join(dir, 'dst.qcow2');
+  const sock = path.join(dir, 'nbd.sock');
+  const size = 32 * MiB;
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', src, String(size)]);
+  await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x21 0 ${8 * MiB}`, src]);
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', dst, String(size)]);
+  const procs: ChildProcess[] = [];
+  t.after(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+  let n = 0;
+  const startDest = async (): Promise<{ proc: ChildProcess; qmp: QmpClient; mig: string }> => {
+    const id = `dst${n++}`;
+    const proc = qemu(dir, id, dst, ['-incoming', 'defer']);
+    procs.push(proc);
+    const qmp = await QmpClient.connect(path.join(dir, `${id}.qmp`), { vm: id });
+    await qmp.execute('nbd-server-start', { addr: { type: 'unix', data: { path: sock } } });
+    await qmp.execute('block-export-add', {
+      type: 'nbd',
+      id: 'exp-disk0',
+      'node-name': 'disk0',
+      name: 'disk0',
+      writable: true,
+      writethrough: true,
+    });
+    const mig = path.join(dir, `${id}.mig`);
+    await qmp.execute('migrate-incoming', { uri: `unix:${mig}` });
+    return { proc, qmp, mig };
+  };
+  const sp = qemu(dir, 'src', src, []);
+  procs.push(sp);
+  const sq = await QmpClient.connect(path.join(dir, 'src.qmp'), { vm: 'src' });
+  await sq.execute('cont');
+  const write = (offset: number, pattern: number) =>
+    sq.execute('human-monitor-command', { 'command-line': `qemu-io -d ide0 "write -P ${pattern} ${offset} 64k"` });
+  const bitmap = resumeBitmapName('test-switch');
+  const b: BackupSpec = {
+    jobId: 'copy-disk0',
+    diskId: 'disk0',
+    device: 'disk0',
+    target: 'mig-disk0',
+    bitmap,
+    sync: 'full',
+  };
+  const pass = async (sync: BackupSpec['sync']) => {
+    await sq.execute('blockdev-add', {
+      driver: 'nbd',
+      'node-name': 'mig-disk0',
+      export: 'disk0',
+      server: { type: 'unix', path: sock },
+    });
+    try {
+      await startBackup(sq, { ...b, sync }, undefined);
+      return await waitBackup(sq, { ...b, sync }, () => undefined, { timeoutMs: 60_000 });
+    } finally {
+      await sq.execute('blockdev-del', { 'node-name': 'mig-disk0' }).catch(() => undefined);
+    }
+  };
+  const status = async (want: string[]): Promise<string> => {
+    for (let i = 0; i < 600; i++) {
+      const st = (await sq.execute('query-migrate')).status ?? 'none';
+      if (want.includes(st)) return st;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.fail(`the stream never reached ${want.join('/')}`);
+  };
+  await sq.execute('migrate-set-capabilities', {
+    capabilities: [
+      { capability: 'events', state: true },
+      { capability: 'pause-before-switchover', state: true },
+    ],
+  });
+
+  // The first move: full pass, the guest writes, memory copy, the last pass with the guest paused.
+  let dest = await startDest();
+  await addResumeBitmap(sq, 'disk0', bitmap, 'qcow2');
+  await pass('full');
+  await write(2 * MiB, 0x31);
+  await sq.execute('migrate', { uri: `unix:${dest.mig}` });
+  await status(['pre-switchover']);
+  assert.equal((await pass('bitmap')).copied, 64 * 1024, 'the last pass sends the write');
+  assert.deepEqual(await bitmapState(sq, 'disk0', bitmap), { state: 'ready', dirtyBytes: 0, persistent: true });
+  // The destination dies before the device state is through: the stream fails after the last pass.
+  dest.proc.kill('SIGKILL');
+  await new Promise((r) => dest.proc.once('exit', r));
+  await sq.execute('migrate-continue', { state: 'pre-switchover' });
+  assert.equal(await status(['failed', 'completed', 'cancelled']), 'failed');
+  await sq.execute('cont');
+  assert.equal((await sq.execute('query-status')).running, true);
+  await write(20 * MiB, 0x32);
+  const left = await bitmapState(sq, 'disk0', bitmap);
+  assert.deepEqual(left, { state: 'ready', dirtyBytes: 64 * 1024, persistent: true }, 'the bitmap owes the new write');
+
+  // The retry on the kept image re-sends only that write, and this time the stream completes.
+  dest = await startDest();
+  assert.equal((await pass('bitmap')).copied, 64 * 1024);
+  await sq.execute('migrate', { uri: `unix:${dest.mig}` });
+  await status(['pre-switchover']);
+  assert.equal((await pass('bitmap')).copied, 0);
+  await sq.execute('migrate-continue', { state: 'pre-switchover' });
+  assert.equal(await status(['failed', 'completed', 'cancelled']), 'completed');
+  // Completed: the source's node is inactive, QEMU stored the bitmap in the image and let go of
+  // it (so removing it in QEMU is a no-op); once QEMU quit it is removed from the file
+  // (dropStoredBitmaps, for a --retain-source image).
+  assert.deepEqual(await bitmapState(sq, 'disk0', bitmap), { state: 'absent' });
+  await dest.qmp.execute('quit').catch(() => undefined);
+  await sq.execute('quit').catch(() => undefined);
+  for (const p of procs) if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
+  const stored = async (): Promise<string[]> => {
+    const info = JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', src])).stdout) as {
+      'format-specific'?: { data?: { bitmaps?: Array<{ name: string }> } };
+    };
+    return (info['format-specific']?.data?.bitmaps ?? []).map((x) => x.name);
+  };
+  assert.deepEqual(await stored(), [bitmap]);
+  await removeBitmap(src, bitmap);
+  assert.deepEqual(await stored(), [], 'no bitmap left in the source image');
+  const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', src, dst]);
+  assert.match(cmp.stdout, /identical/);
 });

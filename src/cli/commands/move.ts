@@ -1,5 +1,5 @@
 // `ferry compare-vm`, `ferry move-vm`, `ferry migration ...`.
-import { DEFAULTS, PRIORITIES, type Priority } from '../../api/defaults.js';
+import { DEFAULTS, PRIORITIES, RESUMABLE_MODES, type Priority, type ResumableMode } from '../../api/defaults.js';
 import path from 'node:path';
 import { Option, type Command, type CommandUnknownOpts } from '@commander-js/extra-typings';
 import { InvalidArgumentError } from '@commander-js/extra-typings';
@@ -26,7 +26,14 @@ interface MoveFlags {
   checkpointPath?: string;
   pagingPath?: string;
   retainSource?: boolean;
+  resumable?: ResumableMode;
 }
+
+const resumable = (s: string): ResumableMode => {
+  const m = RESUMABLE_MODES.find((x) => x === s);
+  if (m) return m;
+  throw new InvalidArgumentError(`Cannot use --resumable '${s}': write ${RESUMABLE_MODES.join(', ')}`);
+};
 
 function addMoveOptions<C extends CommandUnknownOpts>(c: C): C {
   return c
@@ -36,7 +43,13 @@ function addMoveOptions<C extends CommandUnknownOpts>(c: C): C {
     .option('--config-path <dir>', "destination folder for the VM's config")
     .option('--checkpoint-path <dir>', 'destination folder for checkpoints')
     .option('--paging-path <dir>', 'destination folder for paging files')
-    .option('--retain-source', 'keep the source copies of the disks') as C;
+    .option('--retain-source', 'keep the source copies of the disks')
+    .addOption(
+      new Option(
+        '--resumable <mode>',
+        "a running VM's disk copy that can resume after a cut: auto (disks of 1 GiB or more), always or never",
+      ).argParser(resumable),
+    ) as C;
 }
 
 function moveOptions(f: MoveFlags): MoveOptions {
@@ -53,6 +66,10 @@ function moveOptions(f: MoveFlags): MoveOptions {
       'Cannot use --storage-path, --vhd or --*-path without --include-storage: they say where copied files go; ' +
         'add --include-storage',
     );
+  if (f.resumable && !f.includeStorage)
+    throw new InvalidInputError(
+      'Cannot use --resumable without --include-storage: it says how copied disks go; add --include-storage',
+    );
   return {
     includeStorage: Boolean(f.includeStorage),
     ...(f.storagePath ? { storagePath: path.resolve(f.storagePath) } : {}),
@@ -61,6 +78,7 @@ function moveOptions(f: MoveFlags): MoveOptions {
     ...(f.checkpointPath ? { checkpointPath: path.resolve(f.checkpointPath) } : {}),
     ...(f.pagingPath ? { pagingPath: path.resolve(f.pagingPath) } : {}),
     retainSource: Boolean(f.retainSource),
+    ...(f.resumable ? { resumable: f.resumable } : {}),
   };
 }
 
@@ -126,13 +144,14 @@ function printRecord(r: MigrationRecord): void {
     ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
     ['transferred', `${bytes(r.bytesTransferred)}${r.passes ? ` in ${r.passes} pass(es)` : ''}`],
   ];
-  // A retry that resumed a cut disk copy: what it sent again.
+  // How the disks were copied, and for a retry that resumed a cut copy what it sent again.
   const resumed = r.disks.filter((d) => d.resumed);
+  const method = r.diskCopy === 'resumable' ? 'resumable (backup passes)' : r.diskCopy;
   if (resumed.length) {
     const sent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);
     const of = resumed.reduce((a, d) => a + (d.resumed?.diskBytes ?? 0), 0);
     rows.push(['disk copy', `resumed, ${bytes(sent)} of ${bytes(of)} re-sent (${resumed.length} disk(s))`]);
-  }
+  } else if (method) rows.push(['disk copy', method]);
   if (r.error) rows.push(['error', `${r.error.code}: ${r.error.message}`]);
   const w = Math.max(...rows.map((x) => x[0].length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);

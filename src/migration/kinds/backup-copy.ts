@@ -3,11 +3,13 @@
 // resume-copy.ts). The first pass is full (or, on a retry that finds its kept copy, only what
 // the bitmap owes), catch-up passes run while the guest runs, and the last pass runs at
 // switch-over with the guest paused. The bitmap is named after the move's key (VM, source,
-// destination), so a plain retry of the same `move-vm` finds it; it is removed once the copy
-// is complete. Used for every shared-nothing move of a running VM whose disks are qcow2 or raw
-// and that does not sit on a checkpoint chain (those keep the mirror: docs/moves.md).
+// destination), so a plain retry of the same `move-vm` finds it; it is removed once the move
+// completes or is cancelled. Used for shared-nothing moves of a running VM whose disks are qcow2
+// or raw and do not sit on a checkpoint chain, when `--resumable` and the disks' size say so
+// (copyChoice); the others keep the mirror (docs/moves.md).
 import type { IncomingRequest } from '../../api/peer-actions.js';
-import { FerryError } from '../../errors.js';
+import { FerryError, messageOf } from '../../errors.js';
+import { removeBitmap } from '../../qemu/img.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
 import {
@@ -22,6 +24,7 @@ import {
 } from '../resume-copy.js';
 import { decideResume, moveKeyOf, resumeLine, type ResumeOffer, type Verdict } from '../resume-marker.js';
 import type { Step, StepScope } from '../runner.js';
+import type { ResumableMode } from '../../api/defaults.js';
 import { MigrationFailedError, needProc, needSpec, type SourceCtx } from '../source.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 
@@ -31,12 +34,51 @@ type Storage = NonNullable<IncomingRequest['storage']>;
 const SMALL_BYTES = 2 * 1024 * 1024;
 const MAX_CATCH_UP = 4;
 
+/**
+ * `--resumable auto` copies by backup passes only when the disks hold at least this much
+ * (allocated, what a full copy really sends): below it a cut costs little to redo, while the
+ * passes' extra downtime (docs/performance.md) is paid on every move.
+ */
+export const RESUMABLE_MIN_BYTES = 1024 ** 3;
+
+export interface CopyChoice {
+  resumable: boolean;
+  why: string;
+}
+
+const gib = (n: number): string => `${(n / 1024 ** 3).toFixed(2)} GiB`;
+
+/** How a running VM's disks are copied, and why (null: no running VM's disks to copy). Pure: steps ask it again. */
+export function copyChoice(ctx: SourceCtx): CopyChoice | null {
+  const plan = ctx.plan;
+  if (!plan || !ctx.proc) return null;
+  return chooseCopy(
+    ctx.job.record.options.resumable ?? 'auto',
+    plan.request.disks,
+    Boolean(plan.chain?.topOnly.length),
+  );
+}
+
+/** copyChoice's rule: `onChain` is a VM over a copied checkpoint chain (the mirror's sync=top). */
+export function chooseCopy(
+  mode: ResumableMode,
+  disks: ReadonlyArray<{ id: string; format: string; allocatedBytes: number }>,
+  onChain: boolean,
+): CopyChoice {
+  if (mode === 'never') return { resumable: false, why: '--resumable never' };
+  if (onChain) return { resumable: false, why: 'it sits on a checkpoint chain' };
+  const odd = disks.find((d) => d.format !== 'qcow2' && d.format !== 'raw');
+  if (odd) return { resumable: false, why: `disk '${odd.id}' is ${odd.format} (only qcow2 and raw resume)` };
+  if (mode === 'always') return { resumable: true, why: '--resumable always' };
+  const bytes = disks.reduce((a, d) => a + d.allocatedBytes, 0);
+  return bytes >= RESUMABLE_MIN_BYTES
+    ? { resumable: true, why: `the disks hold ${gib(bytes)}, at least ${gib(RESUMABLE_MIN_BYTES)}` }
+    : { resumable: false, why: `the disks hold ${gib(bytes)}, under ${gib(RESUMABLE_MIN_BYTES)} (--resumable auto)` };
+}
+
 /** Whether this move copies its disks by resumable backup passes (else the mirror of live.ts). */
 export function backupCopy(ctx: SourceCtx): boolean {
-  const plan = ctx.plan;
-  if (!plan || !ctx.proc) return false;
-  if (plan.chain?.topOnly.length) return false; // over a copied chain: the mirror's sync=top
-  return plan.request.disks.every((d) => d.format === 'qcow2' || d.format === 'raw');
+  return copyChoice(ctx)?.resumable === true;
 }
 
 const keyOf = (ctx: SourceCtx): string => moveKeyOf(needSpec(ctx).id, ctx.host.name, ctx.to.name);
@@ -169,7 +211,8 @@ export const backupStep: Step<SourceCtx> = {
     return { mirrors: backups, nodes };
   },
   async undo(ctx, data, _s) {
-    // The bitmap stays: a retry to the same host resumes from it.
+    // The bitmap stays: a retry to the same host resumes from it. Not after a cancel: the
+    // destination deletes its copy then (abortDestination's discard), so nothing could resume.
     const proc = ctx.proc;
     ctx.backups = [];
     if (!proc || proc.hasExited) return;
@@ -178,12 +221,15 @@ export const backupStep: Step<SourceCtx> = {
       (data.mirrors as MirrorSpec[] | undefined) ?? [],
       (data.nodes as string[] | undefined) ?? [],
     );
+    if (ctx.job.signal.aborted) await dropResumeBitmaps(ctx);
   },
 };
 
 /**
  * Switch-over with the guest paused: the last pass copies what the bitmap still owes, then the
- * copy is complete and identical; the bitmap and the NBD nodes go. Throws naming the disk.
+ * copy is complete and identical; the NBD nodes go. The bitmap stays until the move completes
+ * (dropResumeBitmaps): if the stream fails after this pass the source runs on, the bitmap
+ * records its writes, and a retry resumes. Throws naming the disk.
  */
 export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promise<void> {
   const backups = ctx.backups ?? [];
@@ -203,10 +249,35 @@ export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promi
         { context: { disk: b.diskId } },
       );
   }
-  for (const b of passes) {
-    await removeResumeBitmap(qmp, b.device, b.bitmap);
-    await delNode(qmp, b.target);
-  }
+  for (const b of passes) await delNode(qmp, b.target);
   ctx.backups = [];
   s.log(`the disks' last writes are copied (${(bytes / 1048576).toFixed(1)} MiB with the guest paused)`);
 }
+
+/**
+ * The move's bitmaps go once nothing can resume from them: the move completed (the VM runs on
+ * the destination) or was cancelled. Read from the backup step's journal, so a source agent
+ * restarted since finds them too. After a completed stream QEMU has stored a qcow2's bitmap in
+ * the image and let go of it (the node is inactive): dropStoredBitmaps removes it there once
+ * QEMU quit. Never throws.
+ */
+export async function dropResumeBitmaps(ctx: SourceCtx): Promise<void> {
+  const proc = ctx.proc;
+  if (!proc || proc.hasExited) return;
+  for (const b of journalBackups(ctx)) await removeResumeBitmap(proc.qmp, b.device, b.bitmap);
+}
+
+/** A kept source image (--retain-source) of a completed move: its stored bitmap removed, QEMU gone. */
+export async function dropStoredBitmaps(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
+  for (const b of journalBackups(ctx)) {
+    const d = ctx.spec?.disks.find((x) => x.id === b.diskId);
+    if (d?.format !== 'qcow2') continue;
+    await removeBitmap(d.path, b.bitmap).catch((err: unknown) => {
+      // Absent is fine: QEMU never stored it (it was removed while the node was active).
+      if (!/not found/i.test(messageOf(err))) log(`removing the copy's bitmap from ${d.path}: ${messageOf(err)}`);
+    });
+  }
+}
+
+const journalBackups = (ctx: SourceCtx): BackupSpec[] =>
+  (ctx.job.journalData('backup').mirrors as BackupSpec[] | undefined) ?? [];

@@ -55,7 +55,14 @@ import {
 } from '../source.js';
 import { addTlsCreds, qemuTlsDir } from '../tls.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
-import { backupCopy, lastPass, resumableRequest } from './backup-copy.js';
+import {
+  backupCopy,
+  copyChoice,
+  dropResumeBitmaps,
+  dropStoredBitmaps,
+  lastPass,
+  resumableRequest,
+} from './backup-copy.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 
 const POLL_MS = 250;
@@ -90,6 +97,11 @@ export const prepareStep: Step<SourceCtx> = {
     const spec = needSpec(ctx);
     const r = ctx.job.record;
     ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
+    const choice = copyChoice(ctx);
+    if (choice) {
+      r.diskCopy = choice.resumable ? 'resumable' : 'mirror';
+      s.log(`disks copied by ${choice.resumable ? 'resumable backup passes' : 'the mirror'}: ${choice.why}`);
+    }
     s.record({ incoming: ctx.job.id });
     const prep = await prepareDestination(
       ctx,
@@ -606,10 +618,13 @@ export const postcopyStep: Step<SourceCtx> = {
 async function finishOnSource(ctx: SourceCtx, log: (m: string) => void): Promise<void> {
   const spec = needSpec(ctx);
   const r = ctx.job.record;
+  await dropResumeBitmaps(ctx);
   await ctx.host.vms.movedAway(r.vm, ctx.proc);
   if (ctx.plan) {
-    if (r.options.retainSource) log('source files kept (--retain-source)');
-    else {
+    if (r.options.retainSource) {
+      await dropStoredBitmaps(ctx, log);
+      log('source files kept (--retain-source)');
+    } else {
       await deleteVmFiles(spec, ctx.plan.files);
       log('source files deleted');
     }
