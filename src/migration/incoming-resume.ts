@@ -82,12 +82,23 @@ export async function takeOver(dataDir: string, vmId: string, diskId: string): P
   await dropMarker(dataDir, vmId, diskId);
 }
 
-/** The undo of a resumable move's disks: each image still there is kept with a fresh marker. */
-export async function keepImages(dataDir: string, keep: readonly KeepEntry[]): Promise<void> {
+/**
+ * The undo of a resumable move's disks: each image still there is kept with a fresh marker;
+ * returns those kept (the undo deletes the others it created). Never over another copy's marker
+ * of the same VM disk: markers are per VM disk, and a host naming another host's VM in a move of
+ * its own (it may be hostile) would orphan that host's kept copy (no marker names it, so no
+ * retry resumes it and no sweep deletes it; the retry meets a file at its path and fails).
+ */
+export async function keepImages(dataDir: string, keep: readonly KeepEntry[]): Promise<KeepEntry[]> {
+  const kept: KeepEntry[] = [];
   for (const k of keep) {
     if (!(await statOf(k.path))) continue;
+    const other = await readMarker(dataDir, k.vmId, k.diskId);
+    if (other && (other.source !== k.source || other.path !== k.path)) continue;
     await keepImage(dataDir, k);
+    kept.push(k);
   }
+  return kept;
 }
 
 /** What the disks step records for a resumable move (null: the move is not resumable). */

@@ -232,8 +232,8 @@ const disksStep: Step<IncomingCtx> = {
       const r = ResumeOffer.safeParse(k);
       return r.success ? [r.data] : [];
     });
-    await keepImages(ctx.host.dataDir, keep);
-    for (const f of strings(data.created)) if (!keep.some((k) => k.path === f)) await fsp.rm(f, { force: true });
+    const stays = await keepImages(ctx.host.dataDir, keep);
+    for (const f of strings(data.created)) if (!stays.some((k) => k.path === f)) await fsp.rm(f, { force: true });
   },
 };
 

@@ -96,3 +96,28 @@ test('expired kept images are deleted, except where their VM is registered', asy
   assert.ok(!fs.existsSync(img));
   assert.equal(await readMarker(data, 'vm-1', 'disk0'), null);
 });
+
+test("another host's own cut move of the same VM disk does not replace the kept copy's marker", async (t) => {
+  const { data, img, st } = await setup(t);
+  await keepImages(data, keepEntries(st, 'vm-1', 'host-a') ?? []);
+  const before = await readMarker(data, 'vm-1', 'disk0');
+  // host-c names the same VM and disk id at a path of its own, then aborts its move: its undo
+  // must not write its marker over host-a's (that would orphan host-a's image, and host-a's
+  // retry would find a file at its path that no marker names).
+  const mine = path.join(path.dirname(img), 'mine.qcow2');
+  await fsp.writeFile(mine, 'host-c');
+  const ours: Storage = {
+    ...st,
+    disks: [{ ...st.disks[0]!, path: mine }],
+    resumeKey: moveKeyOf('vm-1', 'host-c', 'host-b'),
+  };
+  const kept = await keepImages(data, keepEntries(ours, 'vm-1', 'host-c') ?? []);
+  assert.deepEqual(kept, [], "host-c's image is not kept (its undo deletes it)");
+  assert.deepEqual(await readMarker(data, 'vm-1', 'disk0'), before, "host-a's marker is unchanged");
+  assert.ok(fs.existsSync(img));
+  // host-a's retry still resumes.
+  const offer = keepEntries(st, 'vm-1', 'host-a') ?? [];
+  assert.deepEqual(await answerOffers(data, 'vm-1', 'host-a', { ...st, resume: offer }), [
+    { diskId: 'disk0', resume: true },
+  ]);
+});
