@@ -93,7 +93,8 @@ test("setup: host-a's shared-nothing move to host-b is cut at ~60 %; host-b keep
   );
   spec = JSON.parse(await fsp.readFile(configFile(vm.configPath), 'utf8')) as Record<string, unknown>;
   await waitProbe(L, vm, 10, 90_000);
-  moveCmd = ['move-vm', NAME, '--to', 'host-b', '--include-storage', '--bandwidth', '4'];
+  // The disks are under --resumable auto's 1 GiB (a short test): `always` asks for the resumable copy.
+  moveCmd = ['move-vm', NAME, '--to', 'host-b', '--include-storage', '--resumable', 'always', '--bandwidth', '4'];
   const id = (await ferryOk<string>([...moveCmd, '--no-wait'], { lab: L.lab })).trim();
   // As resume-move.test.ts: the cut lands at the mark, read from the source QEMU's jobs.
   const qmp = await QmpClient.connect(path.join(hostData(L, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
