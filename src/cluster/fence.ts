@@ -20,6 +20,10 @@
 // keepalives as renewals. It stops as soon as a new agent writes another lease (the old one
 // then expires by itself) or the agent renews again; if it cannot renew (a partition) or the
 // grace ends, the margin runs out and it fences, before etcd can expire the lease.
+//
+// Beats (beats.ts): the agent's "last renewal" is the older of its last keepalive and its last
+// beat, so the fence also fences a node that cannot write its beat; while keeping a gone agent's
+// lease it writes the beats as well (the leader counts a node without them down).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -31,6 +35,7 @@ import { FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { EtcdStore, keepalivePeriodMs, type ClusterStore } from './store.js';
 import * as K from './keys.js';
+import { beatLossMs, nextBeat, renewedAt } from './beats.js';
 
 /** How long the fence keeps a gone agent's lease by default: room for a restart, not for an outage. */
 export const DEFAULT_GRACE_MS = 60_000; // as long as Proxmox's watchdog waits for its HA manager
@@ -51,6 +56,11 @@ export const Liveness = z.object({
   agentPid: z.number().int(),
   /** How long the fence keeps the lease of an agent whose process is gone (0: never). */
   graceMs: z.number().int().nonnegative().default(DEFAULT_GRACE_MS),
+  /**
+   * The node's member record: while the fence keeps the lease it also writes the node's beats
+   * (beats.ts), which the leader needs as well. Absent (an agent before beats): keepalives only.
+   */
+  member: z.object({ endpoint: z.string(), joinedAt: z.string().optional() }).optional(),
 });
 export type Liveness = z.infer<typeof Liveness>;
 
@@ -386,6 +396,8 @@ class HaList {
   private keeping: Promise<void> | null = null;
   private keepFailing = false;
   private keepFailedAt = 0;
+  /** The last beat this fence wrote for the gone agent. */
+  private beat = 0;
 
   constructor(private readonly log: (s: string) => void) {}
 
@@ -451,10 +463,19 @@ class HaList {
     }
     // Each attempt short (as the agent's own keepalives): a frozen member costs one attempt, not the margin.
     const timeoutMs = Math.max(500, Math.min(l.ttlMs / 4, 2000));
+    const member = l.member;
     this.keeping = store
       .keepAliveOnce(k.leaseId, { timeoutMs })
-      .then((ttl) => {
-        k.renewedAt = Math.max(k.renewedAt, now);
+      .then(async (ttl) => {
+        // A renewal is the keepalive and the beat: the leader counts the node down without either.
+        let at = now;
+        if (member) {
+          this.beat = nextBeat(this.beat, now);
+          await store.put(K.members.key(l.node), K.members.encode({ ...member, beat: this.beat }), { timeoutMs });
+          // Due after the beat's own loss (the window less the agent's margin), if sooner than the lease's.
+          at = renewedAt(now, now, l.lossAfterMs, beatLossMs(l.ttlMs - l.lossAfterMs));
+        }
+        k.renewedAt = Math.max(k.renewedAt, at);
         this.keepFailing = false;
         this.log(`kept lease ${k.leaseId} alive (etcd: TTL ${ttl} s)`);
       })

@@ -65,8 +65,15 @@ export const ConfigRecord = Limits.partial();
 const Endpoint = z.string().regex(/^https?:\/\/\S+$/);
 const Iso = z.string().min(1);
 
-/** members/<node>: the node belongs to the cluster. */
-export const MemberRecord = z.object({ endpoint: Endpoint, joinedAt: Iso.optional() });
+/**
+ * members/<node>: a member of the cluster. `beat` changes once a second while the node's agent (or
+ * its fence) lives: the leader's proof of life that another host cannot forge (beats.ts).
+ */
+export const MemberRecord = z.object({
+  endpoint: Endpoint,
+  joinedAt: Iso.optional(),
+  beat: z.number().int().nonnegative().optional(),
+});
 export type MemberRecord = z.infer<typeof MemberRecord>;
 
 /** nodes/<node>: the node is up (on its lease). */
