@@ -201,20 +201,46 @@ function cmdline(pid: number): string[] {
   }
 }
 
+/**
+ * What a fence does, versioned: a fence of another version is replaced when the agent starts
+ * (an upgrade must not leave a fence that keeps a restarting agent's lease without writing its
+ * beats: the leader would count the node down while its VMs run). 2: beats (beats.ts).
+ */
+export const FENCE_PROTOCOL = 2;
+
+/** The protocol in a fence's pid file (second line; a fence from before it wrote none: 1). */
+export function fenceProtocol(dataDir: string): number {
+  const v = Number(readText(fenceFiles(dataDir).pid)?.split('\n')[1]?.trim());
+  return Number.isInteger(v) && v > 0 ? v : 1;
+}
+
 /** The fence process of `dataDir`, if one runs (its pid file names a live `ferry fence --data DIR`). */
 export function runningFence(dataDir: string): number | null {
-  const pid = Number(readText(fenceFiles(dataDir).pid)?.trim());
+  const pid = Number(readText(fenceFiles(dataDir).pid)?.split('\n')[0]?.trim());
   if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return null;
   const argv = cmdline(pid);
   const i = argv.indexOf('--data');
   return argv.includes('fence') && i >= 0 && path.resolve(argv[i + 1] ?? '') === path.resolve(dataDir) ? pid : null;
 }
 
-/** Starts the fence of `dataDir` unless it runs: detached, so it outlives the agent. */
-export function ensureFence(dataDir: string): number | null {
+/**
+ * Starts the fence of `dataDir` unless it runs: detached, so it outlives the agent. A fence of
+ * another protocol (an upgrade) is stopped first; the agent, alive and renewing while it does
+ * this, fences itself meanwhile.
+ */
+export async function ensureFence(dataDir: string): Promise<number | null> {
   fs.mkdirSync(path.join(dataDir, 'run'), { recursive: true });
   const running = runningFence(dataDir);
-  if (running) return running;
+  if (running && fenceProtocol(dataDir) === FENCE_PROTOCOL) return running;
+  if (running) {
+    await stopFence(dataDir);
+    if (runningFence(dataDir) === running)
+      throw new FerryError(
+        'E_FENCE',
+        `Cannot replace the fence process of ${dataDir} (pid ${running}, an older version): it did not stop; ` +
+          `stop it (kill ${running}) and restart the agent`,
+      );
+  }
   const [node, ...cli] = cliCommand();
   const fd = fs.openSync(fenceFiles(dataDir).log, 'a');
   try {
@@ -281,7 +307,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
     log(`a fence already runs for ${o.dataDir} (pid ${other})`);
     return;
   }
-  await writeAtomic(files.pid, `${process.pid}\n`);
+  await writeAtomic(files.pid, `${process.pid}\n${FENCE_PROTOCOL}\n`);
   log(`fence for ${o.dataDir} (pid ${process.pid})`);
   const ha = new HaList(log);
   let fencedLease: string | null = null;

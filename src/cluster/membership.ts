@@ -90,7 +90,7 @@ export class Membership {
     if (this.stopped) throw new FerryError('E_STORE_CLOSED', 'Cannot join the cluster: the agent is stopping');
     if (this.dataDir && !this.liveness) {
       try {
-        ensureFence(this.dataDir);
+        await ensureFence(this.dataDir);
       } catch (err) {
         this.events.emit('cluster.error', { message: `cannot start the fence process: ${messageOf(err)}` });
       }
