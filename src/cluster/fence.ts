@@ -35,7 +35,7 @@ import { FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { EtcdStore, keepalivePeriodMs, type ClusterStore } from './store.js';
 import * as K from './keys.js';
-import { beatLossMs, nextBeat, renewedAt } from './beats.js';
+import { BEAT_WINDOW_MS, beatLossMs, nextBeat, renewedAt } from './beats.js';
 
 /** How long the fence keeps a gone agent's lease by default: room for a restart, not for an outage. */
 export const DEFAULT_GRACE_MS = 60_000; // as long as Proxmox's watchdog waits for its HA manager
@@ -204,9 +204,10 @@ function cmdline(pid: number): string[] {
 /**
  * What a fence does, versioned: a fence of another version is replaced when the agent starts
  * (an upgrade must not leave a fence that keeps a restarting agent's lease without writing its
- * beats: the leader would count the node down while its VMs run). 2: beats (beats.ts).
+ * beats: the leader would count the node down while its VMs run). 2: beats (beats.ts); 3: each
+ * beat declares the window the fence counts by.
  */
-export const FENCE_PROTOCOL = 2;
+export const FENCE_PROTOCOL = 3;
 
 /** The protocol in a fence's pid file (second line; a fence from before it wrote none: 1). */
 export function fenceProtocol(dataDir: string): number {
@@ -497,7 +498,9 @@ class HaList {
         let at = now;
         if (member) {
           this.beat = nextBeat(this.beat, now);
-          await store.put(K.members.key(l.node), K.members.encode({ ...member, beat: this.beat }), { timeoutMs });
+          // The window this fence fences by (its own version's), which the leader then counts.
+          const record = { ...member, beat: this.beat, beatWindowMs: BEAT_WINDOW_MS };
+          await store.put(K.members.key(l.node), K.members.encode(record), { timeoutMs });
           // Due after the beat's own loss (the window less the agent's margin), if sooner than the lease's.
           at = renewedAt(now, now, l.lossAfterMs, beatLossMs(l.ttlMs - l.lossAfterMs));
         }

@@ -21,7 +21,7 @@ import { parseVmSpec } from '../vm/spec.js';
 import * as K from './keys.js';
 import { mayLead, policyOf, type HaRecord } from './model.js';
 import { readNodes, swapHaRecord } from './records.js';
-import { BEAT_PERIOD_MS, BeatTracker } from './beats.js';
+import { BEAT_PERIOD_MS, BeatTracker, beatOf } from './beats.js';
 
 export { putHaRecord } from './records.js';
 export type { HaRecord } from './model.js';
@@ -78,6 +78,8 @@ export class HaMonitor {
 
   private async campaignLoop(): Promise<void> {
     // A leader whose beat stands still loses its election key (another host may keep its lease).
+    // The same sightings serve this node once it leads: a dead leader's node is then already
+    // counted out, not a whole window after the new leader's first read.
     const leaderBeats = new BeatTracker();
     let deposing = false;
     const depose = setInterval(() => {
@@ -96,6 +98,7 @@ export class HaMonitor {
             signal: this.ac.signal,
             ttlSeconds: LEADER_TTL_S,
           }),
+          leaderBeats,
         );
       } catch {
         // Lost, or etcd unreachable: campaign again shortly (ends at once when stopping).
@@ -117,8 +120,11 @@ export class HaMonitor {
     }
   }
 
-  /** While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains and fail-backs. */
-  private async lead(leadership: Leadership): Promise<void> {
+  /**
+   * While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains and
+   * fail-backs. `beats`: this node's sightings of the beats so far (beats.ts: any observer's count).
+   */
+  private async lead(leadership: Leadership, beats: BeatTracker): Promise<void> {
     this.leadership = leadership;
     this.emit('cluster.leader', { node: this.host.name });
     const lost = new Promise<void>((resolve) => {
@@ -149,8 +155,7 @@ export class HaMonitor {
     });
     // Nodes that died while nobody was leader.
     this.queue(() => this.sweep());
-    // Beats, counted afresh by each leader (a node's beat counts from when this leader saw it).
-    const beats = new BeatTracker();
+    // Beats, counted from when this node first saw each (also before it led).
     this.stale = new Set();
     let reading = false;
     const beatCheck = setInterval(() => {
@@ -213,7 +218,7 @@ export class HaMonitor {
     const sentAt = Date.now();
     const members = await K.readAll(this.store, K.members, this.onBad);
     const stale = new Set(
-      beats.observe(new Map([...members].map(([name, e]) => [name, e.value.beat])), sentAt, Date.now()),
+      beats.observe(new Map([...members].map(([name, e]) => [name, beatOf(e.value)])), sentAt, Date.now()),
     );
     stale.delete(this.host.name);
     if (!stale.size) return;
@@ -233,7 +238,8 @@ export class HaMonitor {
   private async checkBeats(beats: BeatTracker): Promise<void> {
     const sentAt = Date.now();
     const members = await K.readAll(this.store, K.members, this.onBad);
-    const stale = beats.observe(new Map([...members].map(([name, e]) => [name, e.value.beat])), sentAt, Date.now());
+    const seen = new Map([...members].map(([name, e]) => [name, beatOf(e.value)]));
+    const stale = beats.observe(seen, sentAt, Date.now());
     const up = stale.length ? await K.readAll(this.store, K.nodes, this.onBad) : new Map();
     const now = new Set(stale.filter((n) => up.has(n)));
     for (const n of now)

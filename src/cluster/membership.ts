@@ -10,7 +10,7 @@ import { ClusterQueue } from './queue.js';
 import * as K from './keys.js';
 import { clusterView } from './view.js';
 import { DEFAULT_GRACE_MS, LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
-import { BEAT_PERIOD_MS, beatLossMs, nextBeat, renewedAt } from './beats.js';
+import { BEAT_PERIOD_MS, BEAT_WINDOW_MS, beatLossMs, nextBeat, renewedAt } from './beats.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
 export interface ClusterConfig {
@@ -131,7 +131,8 @@ export class Membership {
     this.beat = nextBeat(this.beat, sentAt);
     // Each attempt short (as a keepalive): a frozen etcd member costs one attempt, not the margin.
     const timeoutMs = 1000;
-    await store.put(K.members.key(this.node.name), K.members.encode({ ...member, beat: this.beat }), { timeoutMs });
+    const record = { ...member, beat: this.beat, beatWindowMs: BEAT_WINDOW_MS };
+    await store.put(K.members.key(this.node.name), K.members.encode(record), { timeoutMs });
     this.beatAt = Math.max(this.beatAt, sentAt);
     this.writeLiveness();
   }
