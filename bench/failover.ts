@@ -4,11 +4,14 @@
 //     and the guest's first heartbeat there.
 //     Per round, from the agents' and etcd's logs: whether the dead node's etcd member led Raft
 //     (a new Raft leader extends every lease by its election timeout), when the leader's decision
-//     and the target's ha-start were done, and lease losses of the *surviving* nodes (a survivor
-//     that cannot renew during the Raft election fences its own HA VMs: a false fence).
+//     and the target's ha-start were done, whether the dead node was seen down by its stopped
+//     beat (cluster.node-stale) before its lease expired, and lease or beat losses of the
+//     *surviving* nodes (a survivor that cannot renew or write its beat during the Raft election
+//     fences its own HA VMs: a false fence), and survivors the leader counted stale (a false
+//     fail-over).
 //  2. false fail-overs: the same cluster with two HA probe guests under TCG and two busy loops
-//     on the 2 cores for --load-minutes, no host killed: every lease loss, fence, HA restart
-//     and leader change counted (all must be zero).
+//     on the 2 cores for --load-minutes, no host killed: every lease or beat loss, stale node,
+//     fence, HA restart and leader change counted (all must be zero).
 //
 //   npx tsx bench/failover.ts [--runs N] [--load-minutes M] [--only rounds,load] [--keep]
 //
@@ -20,6 +23,7 @@ import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { parseSerial } from '../guest/records.js';
+import { BEAT_PERIOD_MS, BEAT_WINDOW_MS } from '../src/cluster/beats.js';
 import { hostQemuPids, labKill } from '../src/lab/lab.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
@@ -87,6 +91,7 @@ async function rounds(dir: string): Promise<string> {
     const qemuMs: number[] = [];
     const hbMs: number[] = [];
     let falseFences = 0;
+    let falseStale = 0;
     let host = 'host-a';
     for (let run = 1; run <= RUNS; run++) {
       for (
@@ -133,7 +138,11 @@ async function rounds(dir: string): Promise<string> {
       const since = (e: LogLine | undefined): string => fmt(e ? e.at - wall0 : null);
       const lost = ev.filter((e) => e.what === 'cluster.lease-lost' && e.host !== host);
       const fenced = ev.filter((e) => e.what === 'vm.fenced');
+      const stale = ev.filter((e) => e.what === 'cluster.node-stale');
+      const staleDead = stale.find((e) => e.fields.node === host);
+      const staleLive = stale.filter((e) => e.fields.node !== host);
       falseFences += lost.length;
+      falseStale += staleLive.length;
       if (next) hbMs.push(ms);
       if (qemuAt !== null) qemuMs.push(qemuAt);
       rows.push([
@@ -142,11 +151,13 @@ async function rounds(dir: string): Promise<string> {
         leader === host ? 'yes' : 'no',
         raft.length ? `yes (+${since(raft[0])})` : 'no',
         since(ev.find((e) => e.what === 'cluster.leader')),
+        since(staleDead),
         since(ev.find((e) => e.what === 'vm.ha-started')),
         fmt(qemuAt),
         next || 'none',
         fmt(next ? ms : null),
         `${lost.length}/${fenced.length}`,
+        String(staleLive.length),
       ]);
       ferry(['lab', 'up', '--dir', lab], lab); // the killed node comes back (and forgets the VM)
       host = next || host;
@@ -160,17 +171,19 @@ async function rounds(dir: string): Promise<string> {
           'ferry leader',
           'raft leader (new one at)',
           'new ferry leader',
+          'beat stale',
           'ha-started',
           'QEMU running',
           'on',
           'heartbeat',
-          'survivor lease losses/fences',
+          'survivor lease/beat losses/fences',
+          'survivors counted stale',
         ],
         rows,
       ) +
       `\nQEMU running: median ${fmt(median(qemuMs))} ms, worst ${fmt(max(qemuMs))} ms; ` +
       `first heartbeat: median ${fmt(median(hbMs))} ms, worst ${fmt(max(hbMs))} ms; ` +
-      `survivors' lease losses ${falseFences}\n`
+      `survivors' lease/beat losses ${falseFences}, survivors counted stale ${falseStale}\n`
     );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);
@@ -213,7 +226,8 @@ async function load(dir: string): Promise<string> {
     const raft = (await raftElections(lab)).filter((e) => e.at >= wall0).length;
     const load1 = os.loadavg()[0]!;
     const rows = [
-      ['node lease losses (cluster.lease-lost)', String(count('cluster.lease-lost'))],
+      ['node lease or beat losses (cluster.lease-lost)', String(count('cluster.lease-lost'))],
+      ['nodes counted stale by their beat (cluster.node-stale)', String(count('cluster.node-stale'))],
       ['VMs fenced (vm.fenced)', String(count('vm.fenced'))],
       ['HA restarts decided (cluster.ha)', String(count('cluster.ha'))],
       ['HA starts done (vm.ha-started)', String(count('vm.ha-started'))],
@@ -236,7 +250,10 @@ async function load(dir: string): Promise<string> {
 const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fbf-'));
 let failed = false;
 try {
-  process.stdout.write(`bench/failover on ${os.cpus().length} CPUs (TCG guests), ${new Date().toISOString()}\n\n`);
+  process.stdout.write(
+    `bench/failover on ${os.cpus().length} CPUs (TCG guests), ${new Date().toISOString()}; ` +
+      `beat every ${BEAT_PERIOD_MS} ms, window ${BEAT_WINDOW_MS} ms\n\n`,
+  );
   if (ONLY.has('rounds')) process.stdout.write((await rounds(dir)) + '\n');
   if (ONLY.has('load')) process.stdout.write((await load(dir)) + '\n');
 } catch (err) {
