@@ -13,10 +13,15 @@
 //     on the 2 cores for --load-minutes, no host killed: every lease or beat loss, stale node,
 //     fence, HA restart and leader change counted (all must be zero).
 //
-//   npx tsx bench/failover.ts [--runs N] [--load-minutes M] [--only rounds,load] [--keep]
+//   npx tsx bench/failover.ts [--runs N] [--load-minutes M] [--only rounds,load] [--raft-leader] [--keep]
+//
+// --raft-leader: before each kill, etcd's Raft leadership is moved to the host running the VM
+// (MoveLeader, as the administrator), so every round is the slow case (a Raft election, every
+// lease extended) and the one where survivors may fail to renew or beat.
 //
 // Everything it starts is stopped on every exit path; the temp folder is removed unless --keep.
 import fs from 'node:fs';
+import { Etcd3 } from 'etcd3';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -25,6 +30,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { parseSerial } from '../guest/records.js';
 import { BEAT_PERIOD_MS, BEAT_WINDOW_MS } from '../src/cluster/beats.js';
 import { hostQemuPids, labKill } from '../src/lab/lab.js';
+import { labCredentials } from '../src/lab/file.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
 import { ferry, flag, json, newProbe, opt } from './lib/lab-cli.js';
@@ -33,6 +39,7 @@ const RUNS = Number(opt('runs', '5'));
 const LOAD_MIN = Number(opt('load-minutes', '3'));
 const ONLY = new Set(opt('only', 'rounds,load').split(','));
 const KEEP = flag('keep');
+const RAFT_LEADER = flag('raft-leader');
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 
 const newHaProbe = (lab: string, name: string, host: string): { id: string } =>
@@ -81,6 +88,44 @@ async function raftElections(lab: string): Promise<LogLine[]> {
   return out.sort((a, b) => a.at - b.at);
 }
 
+/** Moves etcd's Raft leadership to `host`'s member (sent to the current leader, as the administrator). */
+async function moveRaftLeader(lab: string, host: string): Promise<void> {
+  const st = json(['lab', 'status', '--dir', lab], lab) as { etcd: Array<{ name: string; endpoint: string }> };
+  const creds = labCredentials(lab);
+  const open = (endpoint: string): Etcd3 =>
+    new Etcd3({
+      hosts: [endpoint],
+      credentials: {
+        rootCertificate: fs.readFileSync(creds.ca),
+        certChain: fs.readFileSync(creds.cert),
+        privateKey: fs.readFileSync(creds.key),
+      },
+      defaultCallOptions: () => ({ deadline: Date.now() + 5000 }),
+    });
+  const ids = new Map<string, { endpoint: string; id: string; leader: string }>();
+  for (const m of st.etcd) {
+    const c = open(m.endpoint);
+    try {
+      const s = await c.maintenance.status();
+      ids.set(m.name, { endpoint: m.endpoint, id: s.header.member_id, leader: s.leader });
+    } finally {
+      c.close();
+    }
+  }
+  const target = ids.get(host);
+  if (!target) throw new Error(`no etcd member for ${host}`);
+  if (target.leader === target.id) return;
+  const leader = [...ids.values()].find((m) => m.id === target.leader);
+  if (!leader) throw new Error('no etcd leader found');
+  const c = open(leader.endpoint);
+  try {
+    await c.maintenance.moveLeader({ targetID: target.id });
+  } finally {
+    c.close();
+  }
+  await sleep(2000); // the cluster settles (leases renewed through the new leader)
+}
+
 async function rounds(dir: string): Promise<string> {
   const lab = path.join(dir, 'fo');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
@@ -101,6 +146,7 @@ async function rounds(dir: string): Promise<string> {
       )
         await sleep(200);
       await sleep(2000); // the returned node settles (its lease renewed a few times)
+      if (RAFT_LEADER) await moveRaftLeader(lab, host);
       const leader = (json(['cluster', 'status'], lab) as { leader: string | null }).leader;
       const sizes = Object.fromEntries(
         await Promise.all(
