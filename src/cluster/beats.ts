@@ -17,9 +17,9 @@
  * after a beat must still leave attempts (docs/performance.md, the measured gaps). A node that
  * dies is seen down by whichever comes first, its lease expiring or its beat's window.
  */
-export const BEAT_WINDOW_MS = 6000;
+export const BEAT_WINDOW_MS = 4000;
 /** How often a node writes its beat (one small put per node each time). */
-export const BEAT_PERIOD_MS = 1000;
+export const BEAT_PERIOD_MS = 500;
 /** The window of a beat that declares none: written by a node of the first version with beats. */
 export const LEGACY_BEAT_WINDOW_MS = 6000;
 

@@ -1,5 +1,5 @@
 // Cluster membership of one agent: it registers as a member (persistent key, rewritten with a
-// beat once a second: beats.ts) and keeps a node key alive with an etcd lease; a node whose
+// beat every 0.5 s: beats.ts) and keeps a node key alive with an etcd lease; a node whose
 // lease expires, or whose beat stands still, is down. Other agents, the
 // CLI and later the leader read the same keys.
 import { EtcdStore, type ClusterStore, type Lease } from './store.js';
@@ -138,8 +138,8 @@ export class Membership {
   }
 
   /**
-   * A beat every second keepalive period while the agent runs (100 ms after a failure), and the
-   * rule of the lease for it: none taken for TTL − margin, and the node fences itself.
+   * A beat every BEAT_PERIOD_MS while the agent runs (100 ms after a failure), and the
+   * rule of the lease for it: none taken for the beat window less the margin, and the node fences itself.
    */
   private beatLoop(): void {
     if (this.beatTimer) return;
