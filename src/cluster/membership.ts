@@ -73,6 +73,12 @@ export class Membership {
   private beatTimer: NodeJS.Timeout | null = null;
   /** Fencing for a lost lease or beat, until the node has joined again. */
   private fencing = false;
+  /**
+   * The node key is on the current lease: only then is the lease handed to the fence (the
+   * liveness file). Until then the fence keeps guarding the lease that still holds the key (a
+   * restarted agent's predecessor's, which it keeps alive and beats for).
+   */
+  private announced = false;
   stopped = false;
   /** A value in etcd that does not parse: reported, and left out of every decision. */
   readonly onBad: K.OnBad = (bad) => {
@@ -104,8 +110,10 @@ export class Membership {
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
     this.member ??= { endpoint: this.node.endpoint, joinedAt: new Date().toISOString() };
-    await this.heartbeat();
+    // Beats from the start, not once joined: joining (reconciling, the node key) can take
+    // seconds on a loaded host, and the beat may not stand still meanwhile (docs/cluster.md).
     this.beatLoop();
+    await this.heartbeat();
     if (!this.queue) {
       this.queue = new ClusterQueue(this.store, this.node.name, () => this.lease, this.onBad);
       await this.queue.start();
@@ -172,13 +180,17 @@ export class Membership {
     this.fencing = true;
     // No more keepalives: its node key goes with the lease, and a new lease is granted on rejoining.
     if (this.lease && !this.lease.lost) this.lease.release();
+    this.announced = false;
     void this.onFence().finally(() => this.rejoin());
   }
 
-  /** For the host's fence: the lease, and the older of the last keepalive and the last beat (both are needed). */
+  /**
+   * For the host's fence: the lease, and the older of the last keepalive and the last beat
+   * (both are needed); only once the node key is on that lease (`announced`).
+   */
   private writeLiveness(): void {
     const lease = this.lease;
-    if (!lease || this.fencing) return;
+    if (!lease || this.fencing || !this.announced) return;
     const ttl = this.ttlS;
     void this.liveness?.write({
       version: 1,
@@ -201,6 +213,7 @@ export class Membership {
     const store = this.need('renew the node lease');
     const ttl = this.ttlS;
     const lossAfterMs = fenceAfterMs(ttl);
+    this.announced = false;
     // A fresh beat first: the node counts its beat window from one etcd took, as the leader does.
     await this.putBeat();
     const grantedAt = Date.now();
@@ -218,7 +231,6 @@ export class Membership {
     });
     this.fencing = false;
     this.keptAt = Math.max(this.keptAt, grantedAt);
-    this.writeLiveness();
     if (this.dataDir) {
       const fenced = await takeFenceReport(this.dataDir);
       if (fenced.length) this.onWatchdogFenced(fenced);
@@ -231,6 +243,9 @@ export class Membership {
       K.nodes.encode({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
       { lease: this.lease },
     );
+    // The key is on this lease now: the fence guards it from here, by this agent's own renewals.
+    this.announced = true;
+    this.writeLiveness();
     this.events.emit('cluster.joined', { node: this.node.name, cluster: this.cfg.name });
   }
 
