@@ -4,23 +4,33 @@
 //     and the guest's first heartbeat there.
 //     Per round, from the agents' and etcd's logs: whether the dead node's etcd member led Raft
 //     (a new Raft leader extends every lease by its election timeout), when the leader's decision
-//     and the target's ha-start were done, and lease losses of the *surviving* nodes (a survivor
-//     that cannot renew during the Raft election fences its own HA VMs: a false fence).
+//     and the target's ha-start were done, whether the dead node was seen down by its stopped
+//     beat (cluster.node-stale) before its lease expired, and lease or beat losses of the
+//     *surviving* nodes (a survivor that cannot renew or write its beat during the Raft election
+//     fences its own HA VMs: a false fence), and survivors the leader counted stale (a false
+//     fail-over).
 //  2. false fail-overs: the same cluster with two HA probe guests under TCG and two busy loops
-//     on the 2 cores for --load-minutes, no host killed: every lease loss, fence, HA restart
-//     and leader change counted (all must be zero).
+//     on the 2 cores for --load-minutes, no host killed: every lease or beat loss, stale node,
+//     fence, HA restart and leader change counted (all must be zero).
 //
-//   npx tsx bench/failover.ts [--runs N] [--load-minutes M] [--only rounds,load] [--keep]
+//   npx tsx bench/failover.ts [--runs N] [--load-minutes M] [--only rounds,load] [--raft-leader] [--keep]
+//
+// --raft-leader: before each kill, etcd's Raft leadership is moved to the host running the VM
+// (MoveLeader, as the administrator), so every round is the slow case (a Raft election, every
+// lease extended) and the one where survivors may fail to renew or beat.
 //
 // Everything it starts is stopped on every exit path; the temp folder is removed unless --keep.
 import fs from 'node:fs';
+import { Etcd3 } from 'etcd3';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { parseSerial } from '../guest/records.js';
+import { BEAT_PERIOD_MS, BEAT_WINDOW_MS } from '../src/cluster/beats.js';
 import { hostQemuPids, labKill } from '../src/lab/lab.js';
+import { labCredentials } from '../src/lab/file.js';
 import { sleep } from '../src/util/exec.js';
 import { fmt, median, max, table } from './lib/stats.js';
 import { ferry, flag, json, newProbe, opt } from './lib/lab-cli.js';
@@ -29,6 +39,7 @@ const RUNS = Number(opt('runs', '5'));
 const LOAD_MIN = Number(opt('load-minutes', '3'));
 const ONLY = new Set(opt('only', 'rounds,load').split(','));
 const KEEP = flag('keep');
+const RAFT_LEADER = flag('raft-leader');
 const HOSTS = ['host-a', 'host-b', 'host-c'];
 
 const newHaProbe = (lab: string, name: string, host: string): { id: string } =>
@@ -77,6 +88,44 @@ async function raftElections(lab: string): Promise<LogLine[]> {
   return out.sort((a, b) => a.at - b.at);
 }
 
+/** Moves etcd's Raft leadership to `host`'s member (sent to the current leader, as the administrator). */
+async function moveRaftLeader(lab: string, host: string): Promise<void> {
+  const st = json(['lab', 'status', '--dir', lab], lab) as { etcd: Array<{ name: string; endpoint: string }> };
+  const creds = labCredentials(lab);
+  const open = (endpoint: string): Etcd3 =>
+    new Etcd3({
+      hosts: [endpoint],
+      credentials: {
+        rootCertificate: fs.readFileSync(creds.ca),
+        certChain: fs.readFileSync(creds.cert),
+        privateKey: fs.readFileSync(creds.key),
+      },
+      defaultCallOptions: () => ({ deadline: Date.now() + 5000 }),
+    });
+  const ids = new Map<string, { endpoint: string; id: string; leader: string }>();
+  for (const m of st.etcd) {
+    const c = open(m.endpoint);
+    try {
+      const s = await c.maintenance.status();
+      ids.set(m.name, { endpoint: m.endpoint, id: s.header.member_id, leader: s.leader });
+    } finally {
+      c.close();
+    }
+  }
+  const target = ids.get(host);
+  if (!target) throw new Error(`no etcd member for ${host}`);
+  if (target.leader === target.id) return;
+  const leader = [...ids.values()].find((m) => m.id === target.leader);
+  if (!leader) throw new Error('no etcd leader found');
+  const c = open(leader.endpoint);
+  try {
+    await c.maintenance.moveLeader({ targetID: target.id });
+  } finally {
+    c.close();
+  }
+  await sleep(2000); // the cluster settles (leases renewed through the new leader)
+}
+
 async function rounds(dir: string): Promise<string> {
   const lab = path.join(dir, 'fo');
   ferry(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster'], lab);
@@ -87,6 +136,7 @@ async function rounds(dir: string): Promise<string> {
     const qemuMs: number[] = [];
     const hbMs: number[] = [];
     let falseFences = 0;
+    let falseStale = 0;
     let host = 'host-a';
     for (let run = 1; run <= RUNS; run++) {
       for (
@@ -96,6 +146,7 @@ async function rounds(dir: string): Promise<string> {
       )
         await sleep(200);
       await sleep(2000); // the returned node settles (its lease renewed a few times)
+      if (RAFT_LEADER) await moveRaftLeader(lab, host);
       const leader = (json(['cluster', 'status'], lab) as { leader: string | null }).leader;
       const sizes = Object.fromEntries(
         await Promise.all(
@@ -133,7 +184,11 @@ async function rounds(dir: string): Promise<string> {
       const since = (e: LogLine | undefined): string => fmt(e ? e.at - wall0 : null);
       const lost = ev.filter((e) => e.what === 'cluster.lease-lost' && e.host !== host);
       const fenced = ev.filter((e) => e.what === 'vm.fenced');
+      const stale = ev.filter((e) => e.what === 'cluster.node-stale');
+      const staleDead = stale.find((e) => e.fields.node === host);
+      const staleLive = stale.filter((e) => e.fields.node !== host);
       falseFences += lost.length;
+      falseStale += staleLive.length;
       if (next) hbMs.push(ms);
       if (qemuAt !== null) qemuMs.push(qemuAt);
       rows.push([
@@ -142,11 +197,13 @@ async function rounds(dir: string): Promise<string> {
         leader === host ? 'yes' : 'no',
         raft.length ? `yes (+${since(raft[0])})` : 'no',
         since(ev.find((e) => e.what === 'cluster.leader')),
+        since(staleDead),
         since(ev.find((e) => e.what === 'vm.ha-started')),
         fmt(qemuAt),
         next || 'none',
         fmt(next ? ms : null),
         `${lost.length}/${fenced.length}`,
+        String(staleLive.length),
       ]);
       ferry(['lab', 'up', '--dir', lab], lab); // the killed node comes back (and forgets the VM)
       host = next || host;
@@ -160,17 +217,19 @@ async function rounds(dir: string): Promise<string> {
           'ferry leader',
           'raft leader (new one at)',
           'new ferry leader',
+          'beat stale',
           'ha-started',
           'QEMU running',
           'on',
           'heartbeat',
-          'survivor lease losses/fences',
+          'survivor lease/beat losses/fences',
+          'survivors counted stale',
         ],
         rows,
       ) +
       `\nQEMU running: median ${fmt(median(qemuMs))} ms, worst ${fmt(max(qemuMs))} ms; ` +
       `first heartbeat: median ${fmt(median(hbMs))} ms, worst ${fmt(max(hbMs))} ms; ` +
-      `survivors' lease losses ${falseFences}\n`
+      `survivors' lease/beat losses ${falseFences}, survivors counted stale ${falseStale}\n`
     );
   } finally {
     ferry(['lab', 'down', '--dir', lab], lab);
@@ -213,7 +272,8 @@ async function load(dir: string): Promise<string> {
     const raft = (await raftElections(lab)).filter((e) => e.at >= wall0).length;
     const load1 = os.loadavg()[0]!;
     const rows = [
-      ['node lease losses (cluster.lease-lost)', String(count('cluster.lease-lost'))],
+      ['node lease or beat losses (cluster.lease-lost)', String(count('cluster.lease-lost'))],
+      ['nodes counted stale by their beat (cluster.node-stale)', String(count('cluster.node-stale'))],
       ['VMs fenced (vm.fenced)', String(count('vm.fenced'))],
       ['HA restarts decided (cluster.ha)', String(count('cluster.ha'))],
       ['HA starts done (vm.ha-started)', String(count('vm.ha-started'))],
@@ -236,7 +296,10 @@ async function load(dir: string): Promise<string> {
 const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'fbf-'));
 let failed = false;
 try {
-  process.stdout.write(`bench/failover on ${os.cpus().length} CPUs (TCG guests), ${new Date().toISOString()}\n\n`);
+  process.stdout.write(
+    `bench/failover on ${os.cpus().length} CPUs (TCG guests), ${new Date().toISOString()}; ` +
+      `beat every ${BEAT_PERIOD_MS} ms, window ${BEAT_WINDOW_MS} ms\n\n`,
+  );
   if (ONLY.has('rounds')) process.stdout.write((await rounds(dir)) + '\n');
   if (ONLY.has('load')) process.stdout.write((await load(dir)) + '\n');
 } catch (err) {

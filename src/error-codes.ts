@@ -187,6 +187,7 @@ export const ERROR_CODES = {
   E_RECOVERY: failed('a move interrupted by an agent restart could not be recovered cleanly'),
 
   // Cluster
+  E_FENCE: failed("the host's fence process could not be started or replaced"),
   E_CLUSTER_NOT_FOUND: notFound('the host is not in a cluster, or no such cluster'),
   E_CLUSTER_EXISTS: conflict('the host or name already belongs to a cluster'),
   E_CLUSTER_JOINING: unavailable('the host is still joining its cluster'),

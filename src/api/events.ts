@@ -55,6 +55,8 @@ export const EventBody = z.discriminatedUnion('type', [
   z.object({ type: z.literal('cluster.leader'), node: z.string() }),
   z.object({ type: z.literal('cluster.joined'), node: z.string(), cluster: z.string() }),
   z.object({ type: z.literal('cluster.lease-lost'), node: z.string(), reason: z.string() }),
+  /** The leader: a node's lease lives but its beat stood still for the window (someone else keeps its lease). */
+  z.object({ type: z.literal('cluster.node-stale'), node: z.string(), silentMs: z.number() }),
   /** A value in etcd that does not parse: left out of every decision until it is fixed. */
   z.object({ type: z.literal('cluster.bad-value'), key: z.string(), issue: z.string() }),
   z.object({

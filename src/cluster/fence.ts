@@ -20,6 +20,10 @@
 // keepalives as renewals. It stops as soon as a new agent writes another lease (the old one
 // then expires by itself) or the agent renews again; if it cannot renew (a partition) or the
 // grace ends, the margin runs out and it fences, before etcd can expire the lease.
+//
+// Beats (beats.ts): the agent's "last renewal" is the older of its last keepalive and its last
+// beat, so the fence also fences a node that cannot write its beat; while keeping a gone agent's
+// lease it writes the beats as well (the leader counts a node without them down).
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -31,6 +35,7 @@ import { FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { EtcdStore, keepalivePeriodMs, type ClusterStore } from './store.js';
 import * as K from './keys.js';
+import { BEAT_WINDOW_MS, beatLossMs, nextBeat, renewedAt } from './beats.js';
 
 /** How long the fence keeps a gone agent's lease by default: room for a restart, not for an outage. */
 export const DEFAULT_GRACE_MS = 60_000; // as long as Proxmox's watchdog waits for its HA manager
@@ -51,6 +56,11 @@ export const Liveness = z.object({
   agentPid: z.number().int(),
   /** How long the fence keeps the lease of an agent whose process is gone (0: never). */
   graceMs: z.number().int().nonnegative().default(DEFAULT_GRACE_MS),
+  /**
+   * The node's member record: while the fence keeps the lease it also writes the node's beats
+   * (beats.ts), which the leader needs as well. Absent (an agent before beats): keepalives only.
+   */
+  member: z.object({ endpoint: z.string(), joinedAt: z.string().optional() }).optional(),
 });
 export type Liveness = z.infer<typeof Liveness>;
 
@@ -191,20 +201,47 @@ function cmdline(pid: number): string[] {
   }
 }
 
+/**
+ * What a fence does, versioned: a fence of another version is replaced when the agent starts
+ * (an upgrade must not leave a fence that keeps a restarting agent's lease without writing its
+ * beats: the leader would count the node down while its VMs run). 2: beats (beats.ts); 3: each
+ * beat declares the window the fence counts by.
+ */
+export const FENCE_PROTOCOL = 3;
+
+/** The protocol in a fence's pid file (second line; a fence from before it wrote none: 1). */
+export function fenceProtocol(dataDir: string): number {
+  const v = Number(readText(fenceFiles(dataDir).pid)?.split('\n')[1]?.trim());
+  return Number.isInteger(v) && v > 0 ? v : 1;
+}
+
 /** The fence process of `dataDir`, if one runs (its pid file names a live `ferry fence --data DIR`). */
 export function runningFence(dataDir: string): number | null {
-  const pid = Number(readText(fenceFiles(dataDir).pid)?.trim());
+  const pid = Number(readText(fenceFiles(dataDir).pid)?.split('\n')[0]?.trim());
   if (!Number.isInteger(pid) || pid <= 0 || pid === process.pid) return null;
   const argv = cmdline(pid);
   const i = argv.indexOf('--data');
   return argv.includes('fence') && i >= 0 && path.resolve(argv[i + 1] ?? '') === path.resolve(dataDir) ? pid : null;
 }
 
-/** Starts the fence of `dataDir` unless it runs: detached, so it outlives the agent. */
-export function ensureFence(dataDir: string): number | null {
+/**
+ * Starts the fence of `dataDir` unless it runs: detached, so it outlives the agent. A fence of
+ * another protocol (an upgrade) is stopped first; the agent, alive and renewing while it does
+ * this, fences itself meanwhile.
+ */
+export async function ensureFence(dataDir: string): Promise<number | null> {
   fs.mkdirSync(path.join(dataDir, 'run'), { recursive: true });
   const running = runningFence(dataDir);
-  if (running) return running;
+  if (running && fenceProtocol(dataDir) === FENCE_PROTOCOL) return running;
+  if (running) {
+    await stopFence(dataDir);
+    if (runningFence(dataDir) === running)
+      throw new FerryError(
+        'E_FENCE',
+        `Cannot replace the fence process of ${dataDir} (pid ${running}, an older version): it did not stop; ` +
+          `stop it (kill ${running}) and restart the agent`,
+      );
+  }
   const [node, ...cli] = cliCommand();
   const fd = fs.openSync(fenceFiles(dataDir).log, 'a');
   try {
@@ -271,7 +308,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
     log(`a fence already runs for ${o.dataDir} (pid ${other})`);
     return;
   }
-  await writeAtomic(files.pid, `${process.pid}\n`);
+  await writeAtomic(files.pid, `${process.pid}\n${FENCE_PROTOCOL}\n`);
   log(`fence for ${o.dataDir} (pid ${process.pid})`);
   const ha = new HaList(log);
   let fencedLease: string | null = null;
@@ -386,6 +423,8 @@ class HaList {
   private keeping: Promise<void> | null = null;
   private keepFailing = false;
   private keepFailedAt = 0;
+  /** The last beat this fence wrote for the gone agent. */
+  private beat = 0;
 
   constructor(private readonly log: (s: string) => void) {}
 
@@ -451,10 +490,21 @@ class HaList {
     }
     // Each attempt short (as the agent's own keepalives): a frozen member costs one attempt, not the margin.
     const timeoutMs = Math.max(500, Math.min(l.ttlMs / 4, 2000));
+    const member = l.member;
     this.keeping = store
       .keepAliveOnce(k.leaseId, { timeoutMs })
-      .then((ttl) => {
-        k.renewedAt = Math.max(k.renewedAt, now);
+      .then(async (ttl) => {
+        // A renewal is the keepalive and the beat: the leader counts the node down without either.
+        let at = now;
+        if (member) {
+          this.beat = nextBeat(this.beat, now);
+          // The window this fence fences by (its own version's), which the leader then counts.
+          const record = { ...member, beat: this.beat, beatWindowMs: BEAT_WINDOW_MS };
+          await store.put(K.members.key(l.node), K.members.encode(record), { timeoutMs });
+          // Due after the beat's own loss (the window less the agent's margin), if sooner than the lease's.
+          at = renewedAt(now, now, l.lossAfterMs, beatLossMs(l.ttlMs - l.lossAfterMs));
+        }
+        k.renewedAt = Math.max(k.renewedAt, at);
         this.keepFailing = false;
         this.log(`kept lease ${k.leaseId} alive (etcd: TTL ${ttl} s)`);
       })

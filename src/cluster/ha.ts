@@ -21,6 +21,7 @@ import { parseVmSpec } from '../vm/spec.js';
 import * as K from './keys.js';
 import { mayLead, policyOf, type HaRecord } from './model.js';
 import { readNodes, swapHaRecord } from './records.js';
+import { BEAT_PERIOD_MS, BeatTracker, beatOf } from './beats.js';
 
 export { putHaRecord } from './records.js';
 export type { HaRecord } from './model.js';
@@ -51,6 +52,8 @@ export class HaMonitor {
   private readonly onBad: K.OnBad;
   /** The last "cannot restart" said of each VM. */
   private readonly refused = new Map<string, string>();
+  /** Nodes whose lease lives but whose beat stood still for the window: down for fail-over (beats.ts). */
+  private stale = new Set<string>();
 
   constructor(
     private store: ClusterStore,
@@ -74,6 +77,19 @@ export class HaMonitor {
   }
 
   private async campaignLoop(): Promise<void> {
+    // A leader whose beat stands still loses its election key (another host may keep its lease).
+    // The same sightings serve this node once it leads: a dead leader's node is then already
+    // counted out, not a whole window after the new leader's first read.
+    const leaderBeats = new BeatTracker();
+    let deposing = false;
+    const depose = setInterval(() => {
+      if (deposing || this.ac.signal.aborted) return;
+      deposing = true;
+      void this.deposeStaleLeader(leaderBeats)
+        .catch(() => undefined) // not eligible (etcd refuses), or unreachable: the next read counts
+        .finally(() => (deposing = false));
+    }, BEAT_PERIOD_MS);
+    this.ac.signal.addEventListener('abort', () => clearInterval(depose), { once: true });
     while (!this.ac.signal.aborted) {
       try {
         await this.untilEligible();
@@ -82,6 +98,7 @@ export class HaMonitor {
             signal: this.ac.signal,
             ttlSeconds: LEADER_TTL_S,
           }),
+          leaderBeats,
         );
       } catch {
         // Lost, or etcd unreachable: campaign again shortly (ends at once when stopping).
@@ -103,8 +120,11 @@ export class HaMonitor {
     }
   }
 
-  /** While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains and fail-backs. */
-  private async lead(leadership: Leadership): Promise<void> {
+  /**
+   * While `leadership` holds: fail dead nodes' VMs over, schedule the queue, run the drains and
+   * fail-backs. `beats`: this node's sightings of the beats so far (beats.ts: any observer's count).
+   */
+  private async lead(leadership: Leadership, beats: BeatTracker): Promise<void> {
     this.leadership = leadership;
     this.emit('cluster.leader', { node: this.host.name });
     const lost = new Promise<void>((resolve) => {
@@ -135,6 +155,16 @@ export class HaMonitor {
     });
     // Nodes that died while nobody was leader.
     this.queue(() => this.sweep());
+    // Beats, counted from when this node first saw each (also before it led).
+    this.stale = new Set();
+    let reading = false;
+    const beatCheck = setInterval(() => {
+      if (reading) return;
+      reading = true;
+      void this.checkBeats(beats)
+        .catch(() => undefined) // etcd unreachable: nothing is learnt, the next read counts
+        .finally(() => (reading = false));
+    }, BEAT_PERIOD_MS / 2);
     // And again now and then: a watch event lost (its etcd member died with the node), or a
     // fail-over that failed half-way (etcd unreachable for a moment), must not leave an HA VM down
     // until the next leader. Two range reads on the leader only.
@@ -155,6 +185,8 @@ export class HaMonitor {
       }),
     ]);
     clearInterval(resweep);
+    clearInterval(beatCheck);
+    this.stale = new Set();
     this.current = null;
     await Promise.all([scheduler.stop(), batches.stop(), failback.stop()]);
     await this.stopWatch().catch(() => undefined);
@@ -172,7 +204,50 @@ export class HaMonitor {
     const up = await K.readAll(this.store, K.nodes, this.onBad);
     const vms = await K.readAll(this.store, K.vms, this.onBad);
     const owners = new Set([...vms.values()].map((e) => e.value.owner));
-    for (const o of owners) if (!up.has(o)) await this.failover(o);
+    for (const o of owners) if (!up.has(o) || this.stale.has(o)) await this.failover(o);
+  }
+
+  /**
+   * While another node leads: when its beat stood still for the window (beats.ts), delete its
+   * election key, as if its election lease had expired — which a hostile host can stop by keeping
+   * that lease alive. Its decisions are fenced by that key (swapHaRecord), so they end with it,
+   * and a node without beats has fenced its own HA VMs by then. Only leader-eligible nodes may.
+   */
+  private async deposeStaleLeader(beats: BeatTracker): Promise<void> {
+    if (this.leadership && !this.leadership.lost) return;
+    const sentAt = Date.now();
+    const members = await K.readAll(this.store, K.members, this.onBad);
+    const stale = new Set(
+      beats.observe(new Map([...members].map(([name, e]) => [name, beatOf(e.value)])), sentAt, Date.now()),
+    );
+    stale.delete(this.host.name);
+    if (!stale.size) return;
+    const held = await this.store.getPrefix(`${K.election.prefix}${K.election.name}/`);
+    for (const [key, holder] of Object.entries(held)) {
+      if (!stale.has(holder)) continue;
+      if (await this.store.txn({ compare: [{ key, value: holder }], success: [{ type: 'delete', key }] }))
+        this.emit('cluster.node-stale', { node: holder, silentMs: beats.silentMs(holder, Date.now()) ?? 0 });
+    }
+  }
+
+  /**
+   * One read of the member keys: a node whose lease lives (its node key is there) but whose beat
+   * stood still for the window is down, as if its lease had expired — another host may be keeping
+   * that lease alive (beats.ts). A stale node's beat moving again makes it up again.
+   */
+  private async checkBeats(beats: BeatTracker): Promise<void> {
+    const sentAt = Date.now();
+    const members = await K.readAll(this.store, K.members, this.onBad);
+    const seen = new Map([...members].map(([name, e]) => [name, beatOf(e.value)]));
+    const stale = beats.observe(seen, sentAt, Date.now());
+    const up = stale.length ? await K.readAll(this.store, K.nodes, this.onBad) : new Map();
+    const now = new Set(stale.filter((n) => up.has(n)));
+    for (const n of now)
+      if (!this.stale.has(n)) {
+        this.emit('cluster.node-stale', { node: n, silentMs: beats.silentMs(n, Date.now()) ?? 0 });
+        this.queue(() => this.failover(n));
+      }
+    this.stale = now;
   }
 
   /**
@@ -183,7 +258,9 @@ export class HaMonitor {
   private async failover(dead: string): Promise<void> {
     const leadership = this.leadership;
     if (!leadership || leadership.lost) return;
-    const nodes = await readNodes(this.store, this.onBad);
+    const read = await readNodes(this.store, this.onBad);
+    // A node whose beat stands still is down whatever its lease says: never a target either.
+    const nodes = { ...read, up: Object.fromEntries(Object.entries(read.up).filter(([n]) => !this.stale.has(n))) };
     if (nodes.up[dead]) return; // it came back
     const all = [...(await K.readAll(this.store, K.vms, this.onBad)).values()];
     const vms = all.filter((e) => e.value.owner === dead);

@@ -1,5 +1,6 @@
-// Cluster membership of one agent: it registers as a member (persistent key) and keeps a
-// node key alive with an etcd lease; a node whose lease expires is down. Other agents, the
+// Cluster membership of one agent: it registers as a member (persistent key, rewritten with a
+// beat every 0.5 s: beats.ts) and keeps a node key alive with an etcd lease; a node whose
+// lease expires, or whose beat stands still, is down. Other agents, the
 // CLI and later the leader read the same keys.
 import { EtcdStore, type ClusterStore, type Lease } from './store.js';
 import { FerryError, messageOf } from '../errors.js';
@@ -9,6 +10,7 @@ import { ClusterQueue } from './queue.js';
 import * as K from './keys.js';
 import { clusterView } from './view.js';
 import { DEFAULT_GRACE_MS, LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
+import { BEAT_PERIOD_MS, BEAT_WINDOW_MS, beatLossMs, nextBeat, renewedAt } from './beats.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
 export interface ClusterConfig {
@@ -62,6 +64,21 @@ export class Membership {
   onWatchdogFenced: (vms: string[]) => void = () => undefined;
   private lease: Lease | null = null;
   private liveness: LivenessWriter | null = null;
+  /** This node's member record, rewritten with each beat (beats.ts). */
+  private member: { endpoint: string; joinedAt: string } | null = null;
+  private beat = 0;
+  /** When the last beat that etcd took, and the last successful keepalive, were sent (ms). */
+  private beatAt = 0;
+  private keptAt = 0;
+  private beatTimer: NodeJS.Timeout | null = null;
+  /** Fencing for a lost lease or beat, until the node has joined again. */
+  private fencing = false;
+  /**
+   * The node key is on the current lease: only then is the lease handed to the fence (the
+   * liveness file). Until then the fence keeps guarding the lease that still holds the key (a
+   * restarted agent's predecessor's, which it keeps alive and beats for).
+   */
+  private announced = false;
   stopped = false;
   /** A value in etcd that does not parse: reported, and left out of every decision. */
   readonly onBad: K.OnBad = (bad) => {
@@ -79,7 +96,7 @@ export class Membership {
     if (this.stopped) throw new FerryError('E_STORE_CLOSED', 'Cannot join the cluster: the agent is stopping');
     if (this.dataDir && !this.liveness) {
       try {
-        ensureFence(this.dataDir);
+        await ensureFence(this.dataDir);
       } catch (err) {
         this.events.emit('cluster.error', { message: `cannot start the fence process: ${messageOf(err)}` });
       }
@@ -92,10 +109,10 @@ export class Membership {
       dialTimeoutMs: 15_000,
       ...(opts.signal ? { signal: opts.signal } : {}),
     });
-    await this.store.put(
-      K.members.key(this.node.name),
-      K.members.encode({ endpoint: this.node.endpoint, joinedAt: new Date().toISOString() }),
-    );
+    this.member ??= { endpoint: this.node.endpoint, joinedAt: new Date().toISOString() };
+    // Beats from the start, not once joined: joining (reconciling, the node key) can take
+    // seconds on a loaded host, and the beat may not stand still meanwhile (docs/cluster.md).
+    this.beatLoop();
     await this.heartbeat();
     if (!this.queue) {
       this.queue = new ClusterQueue(this.store, this.node.name, () => this.lease, this.onBad);
@@ -107,42 +124,113 @@ export class Membership {
     }
   }
 
+  private get ttlS(): number {
+    return this.cfg.leaseSeconds ?? NODE_TTL_S;
+  }
+
+  /**
+   * Writes the next beat into this node's member key (beats.ts). Its send time counts only once
+   * etcd took it: the leader may count the beat window from no earlier than that.
+   */
+  private async putBeat(): Promise<void> {
+    const store = this.need('write the node beat');
+    const member = this.member ?? { endpoint: this.node.endpoint, joinedAt: new Date().toISOString() };
+    const sentAt = Date.now();
+    this.beat = nextBeat(this.beat, sentAt);
+    // Each attempt short (as a keepalive): a frozen etcd member costs one attempt, not the margin.
+    const timeoutMs = 1000;
+    const record = { ...member, beat: this.beat, beatWindowMs: BEAT_WINDOW_MS };
+    await store.put(K.members.key(this.node.name), K.members.encode(record), { timeoutMs });
+    this.beatAt = Math.max(this.beatAt, sentAt);
+    this.writeLiveness();
+  }
+
+  /**
+   * A beat every BEAT_PERIOD_MS while the agent runs (100 ms after a failure), and the
+   * rule of the lease for it: none taken for the beat window less the margin, and the node fences itself.
+   */
+  private beatLoop(): void {
+    if (this.beatTimer) return;
+    const period = BEAT_PERIOD_MS;
+    const lossAfterMs = beatLossMs(FENCE_MARGIN_MS);
+    let next = Date.now() + period;
+    let inFlight = false;
+    this.beatTimer = setInterval(() => {
+      const now = Date.now();
+      if (this.stopped) return;
+      if (!this.fencing && this.lease && now - this.beatAt > lossAfterMs) {
+        this.lost(`no beat was written for ${now - this.beatAt} ms (limit ${lossAfterMs} ms)`);
+        return;
+      }
+      if (inFlight || now < next) return;
+      inFlight = true;
+      this.putBeat()
+        .then(() => (next = Date.now() + period))
+        .catch(() => (next = Date.now() + 100))
+        .finally(() => (inFlight = false));
+    }, 100);
+    this.beatTimer.unref();
+  }
+
+  /** The lease, or the beat, is lost: stop the HA VMs before the cluster restarts them elsewhere, then join again. */
+  private lost(reason: string): void {
+    if (this.fencing) return;
+    this.events.emit('cluster.lease-lost', { node: this.node.name, reason });
+    if (this.stopped) return;
+    this.fencing = true;
+    // No more keepalives: its node key goes with the lease, and a new lease is granted on rejoining.
+    if (this.lease && !this.lease.lost) this.lease.release();
+    this.announced = false;
+    void this.onFence().finally(() => this.rejoin());
+  }
+
+  /**
+   * For the host's fence: the lease, and the older of the last keepalive and the last beat
+   * (both are needed); only once the node key is on that lease (`announced`).
+   */
+  private writeLiveness(): void {
+    const lease = this.lease;
+    if (!lease || this.fencing || !this.announced) return;
+    const ttl = this.ttlS;
+    void this.liveness?.write({
+      version: 1,
+      node: this.node.name,
+      cluster: this.cfg.name,
+      endpoints: this.cfg.endpoints,
+      tls: this.tls,
+      leaseId: lease.id,
+      ttlMs: ttl * 1000,
+      lossAfterMs: fenceAfterMs(ttl),
+      renewedAt: renewedAt(this.keptAt, this.beatAt, fenceAfterMs(ttl), beatLossMs(FENCE_MARGIN_MS)),
+      agentPid: process.pid,
+      graceMs: this.cfg.restartGraceSeconds === undefined ? DEFAULT_GRACE_MS : this.cfg.restartGraceSeconds * 1000,
+      ...(this.member ? { member: this.member } : {}),
+    });
+  }
+
   /** (Re)grants the node's lease and puts its node key; retried while the agent runs. */
   private async heartbeat(): Promise<void> {
     const store = this.need('renew the node lease');
-    const ttl = this.cfg.leaseSeconds ?? NODE_TTL_S;
+    const ttl = this.ttlS;
     const lossAfterMs = fenceAfterMs(ttl);
-    const graceMs = this.cfg.restartGraceSeconds === undefined ? DEFAULT_GRACE_MS : this.cfg.restartGraceSeconds * 1000;
-    let leaseId: string | null = null;
-    let renewedAt = Date.now();
-    const renewed = (at: number): void => {
-      renewedAt = at;
-      if (leaseId !== null)
-        void this.liveness?.write({
-          version: 1,
-          node: this.node.name,
-          cluster: this.cfg.name,
-          endpoints: this.cfg.endpoints,
-          tls: this.tls,
-          leaseId,
-          ttlMs: ttl * 1000,
-          lossAfterMs,
-          renewedAt: at,
-          agentPid: process.pid,
-          graceMs,
-        });
-    };
+    this.announced = false;
+    // A fresh beat first: the node counts its beat window from one etcd took, as the leader does.
+    await this.putBeat();
+    const grantedAt = Date.now();
+    this.keptAt = grantedAt;
     this.lease = await store.grantLease(ttl, {
       lossAfterMs,
-      onRenewed: renewed,
+      onRenewed: (at) => {
+        this.keptAt = at;
+        this.writeLiveness();
+      },
       onLost: (err) => {
-        this.events.emit('cluster.lease-lost', { node: this.node.name, reason: err.message });
         // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
-        if (!this.stopped) void this.onFence().finally(() => this.rejoin());
+        this.lost(err.message);
       },
     });
-    leaseId = this.lease.id;
-    renewed(renewedAt);
+    this.fencing = false;
+    this.keptAt = Math.max(this.keptAt, grantedAt);
     if (this.dataDir) {
       const fenced = await takeFenceReport(this.dataDir);
       if (fenced.length) this.onWatchdogFenced(fenced);
@@ -155,6 +243,9 @@ export class Membership {
       K.nodes.encode({ endpoint: this.node.endpoint, since: new Date().toISOString() }),
       { lease: this.lease },
     );
+    // The key is on this lease now: the fence guards it from here, by this agent's own renewals.
+    this.announced = true;
+    this.writeLiveness();
     this.events.emit('cluster.joined', { node: this.node.name, cluster: this.cfg.name });
   }
 
@@ -201,6 +292,7 @@ export class Membership {
 
   async stop(): Promise<void> {
     this.stopped = true;
+    if (this.beatTimer) clearInterval(this.beatTimer);
     await this.queue?.stop();
     await this.ha?.stop();
     await this.store?.close();

@@ -65,8 +65,18 @@ export const ConfigRecord = Limits.partial();
 const Endpoint = z.string().regex(/^https?:\/\/\S+$/);
 const Iso = z.string().min(1);
 
-/** members/<node>: the node belongs to the cluster. */
-export const MemberRecord = z.object({ endpoint: Endpoint, joinedAt: Iso.optional() });
+/**
+ * members/<node>: a member of the cluster. `beat` changes every beat period while the node's agent
+ * (or its fence) lives: the leader's proof of life that another host cannot forge (beats.ts).
+ * `beatWindowMs`: how long after its last beat the writer has fenced itself, less its margin
+ * (absent: the first version's 6 s).
+ */
+export const MemberRecord = z.object({
+  endpoint: Endpoint,
+  joinedAt: Iso.optional(),
+  beat: z.number().int().nonnegative().optional(),
+  beatWindowMs: z.number().int().positive().optional(),
+});
 export type MemberRecord = z.infer<typeof MemberRecord>;
 
 /** nodes/<node>: the node is up (on its lease). */
