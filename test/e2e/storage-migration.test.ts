@@ -335,26 +335,10 @@ test(
       for (const f of left) assert.ok(kept.has(f), `half-written destination file ${f} removed or kept with a marker`);
     };
 
+    // A slow resumable copy (1 MiB/s), for faults that must hit it mid-copy.
+    const slowMove = 'move-vm f1 --to host-b --include-storage --resumable always --bandwidth 1 --no-wait'.split(' ');
     // Cancel during the storage copy.
-    let id = (
-      await ferryOk<string>(
-        [
-          'move-vm',
-          'f1',
-          '--to',
-          'host-b',
-          '--include-storage',
-          '--resumable',
-          'always',
-          '--bandwidth',
-          '1',
-          '--no-wait',
-        ],
-        {
-          lab: L.lab,
-        },
-      )
-    ).trim();
+    let id = (await ferryOk<string>(slowMove, { lab: L.lab })).trim();
     await waitState(id, ['copying-storage']);
     let r = await ferryOk<MigrationRecord>(['migration', 'cancel', id, '--json'], { lab: L.lab });
     assert.equal(r.state, 'cancelled');
@@ -386,25 +370,7 @@ test(
     await assertClean('cancelled');
 
     // The destination QEMU dies during the mirror.
-    id = (
-      await ferryOk<string>(
-        [
-          'move-vm',
-          'f1',
-          '--to',
-          'host-b',
-          '--include-storage',
-          '--resumable',
-          'always',
-          '--bandwidth',
-          '1',
-          '--no-wait',
-        ],
-        {
-          lab: L.lab,
-        },
-      )
-    ).trim();
+    id = (await ferryOk<string>(slowMove, { lab: L.lab })).trim();
     await waitState(id, ['copying-storage']);
     const [pid] = await hostQemuPids(hostData(L, 'host-b'));
     process.kill(pid!, 'SIGKILL');

@@ -11,15 +11,13 @@
 // guest acknowledged is on the moved disk.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type https from 'node:https';
 import { ferry, ferryOk } from '../e2e/cli.js';
-import { useLab, hostData, serialLog, waitProbe, waitMigration } from '../e2e/lab.js';
-import { parseSerial, verifyDiskImage } from '../../guest/records.js';
+import { useLab, hostData, waitProbe, waitMigration } from '../e2e/lab.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import { configFile } from '../../src/vm/folder.js';
@@ -28,6 +26,7 @@ import { moveKeyOf, type ResumeMarker } from '../../src/migration/resume-marker.
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { get, hostAgent, post } from './host-client.js';
+import { assertMovedIntact, makeFillDisk, vmPids as vmPidsOf } from '../e2e/resume-check.js';
 
 const L = useLab(3);
 const MiB = 1048576;
@@ -41,15 +40,7 @@ const endpoint = (h: string): string => L.status.hosts.find((x) => x.name === h)
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 const resumeDir = (): string => path.join(hostData(L, 'host-b'), 'resume');
 
-async function vmPids(host: string, vmId: string): Promise<number[]> {
-  return (await hostQemuPids(hostData(L, host))).filter((p) => {
-    try {
-      return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(vmId);
-    } catch {
-      return false;
-    }
-  });
-}
+const vmPids = (host: string, vmId: string): Promise<number[]> => vmPidsOf(L, host, vmId);
 
 /** Every file under `dir`, with its size and mtime (what an attack must leave as it was). */
 async function tree(dir: string): Promise<string[]> {
@@ -85,8 +76,7 @@ let mallory: https.Agent;
 
 test("setup: host-a's shared-nothing move to host-b is cut at ~60 %; host-b keeps both disks", async () => {
   const fill = path.join(hostData(L, 'host-a'), 'pools', 'local', `${NAME}-fill.qcow2`);
-  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', fill, '48M']);
-  execFileSync('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 0 40M', fill], { stdio: 'ignore' });
+  makeFillDisk(fill);
   vm = await ferryOk<VmView>(
     ['vm', 'new', NAME, '--host', 'host-a', '--guest', 'probe', '--disk', '64M', '--attach', fill, '--start', '--json'],
     { lab: L.lab },
@@ -300,29 +290,7 @@ test("host-a's retry of the same move resumes the kept copy; every acknowledged 
     [],
     'the kept copies were taken over',
   );
-  const v2 = await show(NAME);
-  assert.equal(v2.host, 'host-b');
-  for (let i = 0; (await vmPids('host-a', vm.id)).length && i < 100; i++) await sleep(200);
-  assert.deepEqual(await vmPids('host-a', vm.id), [], 'no QEMU left on host-a');
-  assert.equal((await vmPids('host-b', vm.id)).length, 1, 'one QEMU on host-b');
   assert.deepEqual(await hostQemuPids(hostData(L, 'host-c')), [], 'none on host-c');
-
-  await waitProbe(L, v2, 10, 60_000);
-  await ferryOk(['vm', 'stop', NAME, '--force'], { lab: L.lab, timeoutMs: 120_000 });
-  const logs = await Promise.all(
-    ['host-a', 'host-b'].map((h) => fsp.readFile(serialLog(L, h, vm.id), 'utf8').catch(() => '')),
-  );
-  const ack = Math.max(...logs.map((x) => parseSerial(x).highestAck ?? 0));
-  assert.ok(ack > 0, 'the guest acknowledged records');
-  const disks = (await show(NAME)).disks;
-  const own = disks[0]!;
-  const rep = await verifyDiskImage(own.path, { format: own.format as 'qcow2', highestAck: ack });
-  assert.equal(rep.ok, true, `records: ${rep.problems.slice(0, 3).join('; ')}`);
-  const moved = disks[1];
-  assert.ok(moved, 'the second disk moved');
-  const read = execFileSync('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x5a 0 40M', moved.path], {
-    encoding: 'utf8',
-  });
-  assert.doesNotMatch(read, /Pattern verification failed/);
+  await assertMovedIntact(L, NAME, vm.id);
   await ferryOk(['vm', 'rm', NAME], { lab: L.lab });
 });
