@@ -4,10 +4,11 @@
 // unrenewed and kills the HA VM before the lease can expire; the cluster then restarts it on
 // another node: exactly once, every acknowledged record on its disk. The agent, back or woken,
 // never runs it again. While the agent is alive the fence never touches a VM. A dead agent
-// (a restart, issue 13) is not cut off: its fence keeps the node lease for the grace (60 s),
-// so an agent back within it finds its HA VMs untouched; one that is not back is fenced then.
+// (a restart, issue 13) is not cut off: its fence keeps the node lease for the grace (60 s by
+// default, GRACE_MS here), so an agent back within it finds its HA VMs untouched; one that is
+// not back is fenced then.
 // 3-host cluster lab, real etcd and QEMU, the probe guest's own records.
-import { test, before, after } from 'node:test';
+import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
@@ -15,20 +16,44 @@ import { ferry, ferryOk } from './cli.js';
 import { sleep } from '../../src/util/exec.js';
 import { heartbeatGaps, parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
-import { DEFAULT_GRACE_MS, Liveness, fenceFiles, runningFence } from '../../src/cluster/fence.js';
+import { FENCE_NICE, Liveness, fenceFiles, runningFence } from '../../src/cluster/fence.js';
 import { isQemuAlive } from '../../src/qemu/process.js';
 import { NODE_TTL_S } from '../../src/cluster/membership.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import { labTempDir } from '../helpers.js';
 
 const HOSTS = ['host-a', 'host-b', 'host-c'];
+/** The agents' restart grace: longer than test 1's restart takes on a loaded machine, shorter than the default. */
+const GRACE_MS = 25_000;
 let dir = '';
 let lab = '';
 
 before(async () => {
   dir = await labTempDir('ffc-');
   lab = path.join(dir, 'lab');
-  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster']);
+  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster', '--restart-grace', String(GRACE_MS / 1000)]);
+});
+/**
+ * A failed test must not fail the next ones (its HA VM, restarted somewhere, would be fenced with
+ * theirs): every agent runs again, and every VM is stopped and removed. A VM left means the test
+ * failed: the hosts' fence logs and agents' last lines say why (a fence decision, a lost lease).
+ */
+afterEach(async () => {
+  const r = await ferry(['vm', 'list', '--json'], { lab });
+  const left = r.code === 0 ? (JSON.parse(r.stdout) as VmView[]) : [];
+  if (!left.length) return;
+  for (const h of HOSTS) {
+    const tail = async (file: string, n: number): Promise<string> =>
+      (await fsp.readFile(file, 'utf8').catch(() => '')).split('\n').slice(-n).join('\n# ');
+    process.stderr.write(`# ${h} fence.log:\n# ${await tail(fenceFiles(dataOf(h)).log, 25)}\n`);
+    process.stderr.write(`# ${h} agent.log:\n# ${await tail(path.join(lab, 'hosts', h, 'agent.log'), 15)}\n`);
+  }
+  await ferry(['lab', 'up', '--dir', lab]);
+  for (const v of left) {
+    process.stderr.write(`# removing VM ${v.name} on ${v.host}, left by a failed test\n`);
+    await ferry(['vm', 'stop', v.name, '--force'], { lab });
+    await ferry(['vm', 'rm', v.name], { lab });
+  }
 });
 after(async () => {
   await ferry(['lab', 'down', '--dir', lab]);
@@ -164,6 +189,7 @@ async function intact(name: string, host: string, newHost: string, vm: VmView): 
   assert.ok(disk);
   const rep = await verifyDiskImage(disk.path, { format: 'qcow2', highestAck: acked });
   assert.equal(rep.ok, true, rep.problems.join('; '));
+  await ferryOk(['vm', 'rm', name], { lab });
 }
 
 test(
@@ -221,6 +247,7 @@ test(
     assert.match(log, new RegExp(`no longer keeping lease ${lease0}: an agent process runs again`));
     assert.doesNotMatch(log, /killing [1-9]/);
     await ferryOk(['vm', 'stop', 'f0'], { lab });
+    await ferryOk(['vm', 'rm', 'f0'], { lab });
   },
 );
 
@@ -235,6 +262,9 @@ test(
     const agentPid = st.hosts.find((h) => h.name === host)?.agentPid ?? 0;
     const fencePid = runningFence(dataOf(host));
     assert.ok(agentPid > 0 && fencePid && fencePid !== agentPid, `a fence process runs for ${host} (pid ${fencePid})`);
+    // Above its guests (nice 0) and its agent (5): fields after the command are the stat's 3rd onwards, nice the 19th.
+    const stat = await fsp.readFile(`/proc/${fencePid}/stat`, 'utf8');
+    assert.equal(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]), FENCE_NICE, 'the fence runs at nice -5');
     const hb0 = (await serial(host, vm.id)).heartbeats.length;
     await sleep(6000);
     assert.ok(isQemuAlive(vm.pid ?? 0), 'the VM runs on while its agent is healthy');
@@ -243,7 +273,7 @@ test(
 
     const since = Date.now();
     process.kill(agentPid, 'SIGKILL');
-    const { newHost } = await failedOver('f1', host, vm, gen0, since, undefined, DEFAULT_GRACE_MS);
+    const { newHost } = await failedOver('f1', host, vm, gen0, since, undefined, GRACE_MS);
     assert.ok(alive(fencePid), 'the fence outlives the agent');
     assert.match(await fsp.readFile(fenceFiles(dataOf(host)).log, 'utf8'), /the grace is over/);
     // systemd would restart the agent: the cluster gave f1 to another node meanwhile.
