@@ -310,7 +310,8 @@ export async function runFence(o: FenceOptions): Promise<void> {
     return;
   }
   await writeAtomic(files.pid, `${process.pid}\n${FENCE_PROTOCOL}\n`);
-  log(`fence for ${o.dataDir} (pid ${process.pid}, ${raisePriority()})`);
+  log(`fence for ${o.dataDir} (pid ${process.pid}, nice ${os.getPriority()})`);
+  const priority = new Priority(log);
   const ha = new HaList(log);
   let fencedLease: string | null = null;
   let keeping: Keeping | null = null;
@@ -333,6 +334,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
           );
         if (!v.keep && keeping) log(`no longer keeping lease ${keeping.leaseId}: ${STOP_REASON[v.why]}`);
         keeping = v.keep;
+        priority.set(keeping !== null);
         if (keeping && l) ha.keepAlive(keeping, l);
         if (fenceDue(l, now, fencedLease, keeping) && l) {
           fencedLease = l.leaseId;
@@ -352,24 +354,38 @@ export async function runFence(o: FenceOptions): Promise<void> {
       await sleep(o.periodMs ?? 100, o.signal).catch(() => undefined);
     }
   } finally {
+    priority.set(false);
     await ha.close();
     if (runningFence(o.dataDir) === null) await fsp.rm(files.pid, { force: true });
   }
 }
 
 /**
- * The fence must act within the lease's margin however busy the host: it is started by the agent,
- * which runs below its guests (Nice=5), so it moves itself above them (it sleeps 100 ms between
- * checks of a few microseconds; it takes nothing from them). Needs root (CAP_SYS_NICE): else it stays.
+ * While the fence keeps a gone agent's lease it is the only one renewing it, and must renew within
+ * the lease's margin however busy the host: it runs above the guests then (it was started by the
+ * agent, which runs below them, Nice=5, and inherited that). Otherwise it keeps the agent's level,
+ * so that it judges the agent's renewals no sooner than the agent can make them: a guard running
+ * ahead of a starved agent would kill HA VMs whose agent renews late, yet within the lease's TTL.
+ * Raising needs root (CAP_SYS_NICE).
  */
 export const FENCE_NICE = -5;
-function raisePriority(): string {
-  try {
-    os.setPriority(FENCE_NICE);
-  } catch (err) {
-    return `nice ${os.getPriority()}: cannot raise its priority (${messageOf(err)})`;
+class Priority {
+  private readonly base = os.getPriority();
+  private raised = false;
+
+  constructor(private readonly log: (s: string) => void) {}
+
+  set(raise: boolean): void {
+    if (raise === this.raised) return;
+    try {
+      os.setPriority(raise ? Math.min(FENCE_NICE, this.base) : this.base);
+      this.raised = raise;
+      this.log(`now at nice ${os.getPriority()}`);
+    } catch (err) {
+      if (raise) this.log(`cannot raise the fence's priority to nice ${FENCE_NICE} (${messageOf(err)}); going on`);
+      this.raised = raise; // tried once; the check goes on at the inherited level
+    }
   }
-  return `nice ${os.getPriority()}`;
 }
 
 const STOP_REASON: Record<Exclude<KeepVerdict, { keep: Keeping }>['why'], string> = {

@@ -27,8 +27,6 @@ export const LabFile = z.object({
   netns: z.object({ id: z.string(), subnet: z.number().int() }).nullable().default(null),
   /** --package: the .deb the hosts run (unpacked in DIR/package). */
   package: z.object({ deb: z.string(), sha256: z.string() }).nullable().default(null),
-  /** --restart-grace: how long a cluster host's fence keeps a dead agent's lease (null: the agent's default). */
-  restartGraceSeconds: z.number().int().min(0).max(3600).nullable().default(null),
 });
 export type LabFile = z.infer<typeof LabFile>;
 

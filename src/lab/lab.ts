@@ -144,8 +144,6 @@ export interface UpOptions {
   netns?: boolean;
   /** A .deb: every host runs it in namespaces of its own (implies netns); see package-host.ts. */
   package?: string;
-  /** With cluster: the agents' restart grace (agent config `cluster.restartGraceSeconds`), kept in lab.json. */
-  restartGraceSeconds?: number;
   signal?: AbortSignal;
   timeoutMs?: number;
   log?: (s: string) => void;
@@ -161,7 +159,7 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
   try {
     lab = await readLab(dir);
   } catch {
-    lab = { version: 1, dir, hosts: [], cluster: false, netns: null, package: null, restartGraceSeconds: null };
+    lab = { version: 1, dir, hosts: [], cluster: false, netns: null, package: null };
   }
   if (o.package && !lab.package && lab.hosts.length) {
     throw new FerryError(
@@ -190,13 +188,6 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
     );
   }
   lab.cluster = lab.cluster || Boolean(o.cluster);
-  if (o.restartGraceSeconds !== undefined) {
-    if (!lab.cluster)
-      throw new InvalidInputError('Cannot set --restart-grace: the lab is not a cluster; add --cluster', {
-        restartGraceSeconds: o.restartGraceSeconds,
-      });
-    lab.restartGraceSeconds = o.restartGraceSeconds;
-  }
   const domainDir = path.join(dir, 'domain');
   const domain = await loadDomain(domainDir).catch(() => initDomain(domainDir, { name: 'lab' }));
   const creds = labCredentials(dir);
@@ -286,7 +277,6 @@ export async function labUp(o: UpOptions): Promise<LabStatus> {
                 ? members.filter((m) => m.name === h.name)
                 : members
               ).map((m) => m.clientUrl),
-              ...(lab.restartGraceSeconds === null ? {} : { restartGraceSeconds: lab.restartGraceSeconds }),
             },
           }
         : {}),

@@ -4,34 +4,32 @@
 // unrenewed and kills the HA VM before the lease can expire; the cluster then restarts it on
 // another node: exactly once, every acknowledged record on its disk. The agent, back or woken,
 // never runs it again. While the agent is alive the fence never touches a VM. A dead agent
-// (a restart, issue 13) is not cut off: its fence keeps the node lease for the grace (60 s by
-// default, GRACE_MS here), so an agent back within it finds its HA VMs untouched; one that is
-// not back is fenced then.
+// (a restart, issue 13) is not cut off: its fence keeps the node lease for the grace (60 s),
+// so an agent back within it finds its HA VMs untouched; one that is not back is fenced then.
 // 3-host cluster lab, real etcd and QEMU, the probe guest's own records.
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { sleep } from '../../src/util/exec.js';
 import { heartbeatGaps, parseSerial, verifyDiskImage } from '../../guest/records.js';
-import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
-import { FENCE_NICE, Liveness, fenceFiles, runningFence } from '../../src/cluster/fence.js';
+import { AGENT_NICE, hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
+import { DEFAULT_GRACE_MS, FENCE_NICE, Liveness, fenceFiles, runningFence } from '../../src/cluster/fence.js';
 import { isQemuAlive } from '../../src/qemu/process.js';
 import { NODE_TTL_S } from '../../src/cluster/membership.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import { labTempDir } from '../helpers.js';
 
 const HOSTS = ['host-a', 'host-b', 'host-c'];
-/** The agents' restart grace: longer than test 1's restart takes on a loaded machine, shorter than the default. */
-const GRACE_MS = 25_000;
 let dir = '';
 let lab = '';
 
 before(async () => {
   dir = await labTempDir('ffc-');
   lab = path.join(dir, 'lab');
-  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster', '--restart-grace', String(GRACE_MS / 1000)]);
+  await ferryOk(['lab', 'up', '--dir', lab, '--hosts', '3', '--cluster']);
 });
 /**
  * A failed test must not fail the next ones (its HA VM, restarted somewhere, would be fenced with
@@ -70,6 +68,11 @@ const mtime = (file: string): Promise<number> =>
     (s) => s.mtimeMs,
     () => 0,
   );
+/** A process's nice level: the 19th field of its stat, the 17th after the command's closing parenthesis. */
+const niceOf = (pid: number): number => {
+  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]);
+};
 const alive = (pid: number): boolean => {
   try {
     process.kill(pid, 0);
@@ -216,9 +219,14 @@ test(
         await sleep(300);
       }
     };
+    const fencePid = runningFence(dataOf(host));
+    assert.ok(fencePid);
     const t0 = Date.now();
     process.kill(agentPid, 'SIGKILL');
-    await watch(8000);
+    await watch(3000);
+    // The only one renewing the lease now: above the guests, whatever they take.
+    assert.equal(niceOf(fencePid), FENCE_NICE, 'while it keeps the lease the fence runs at nice -5');
+    await watch(5000);
     await ferryOk(['lab', 'up', '--dir', lab]);
     let l = await liveness();
     for (let i = 0; i < 100 && l.leaseId === lease0; i++) {
@@ -262,9 +270,7 @@ test(
     const agentPid = st.hosts.find((h) => h.name === host)?.agentPid ?? 0;
     const fencePid = runningFence(dataOf(host));
     assert.ok(agentPid > 0 && fencePid && fencePid !== agentPid, `a fence process runs for ${host} (pid ${fencePid})`);
-    // Above its guests (nice 0) and its agent (5): fields after the command are the stat's 3rd onwards, nice the 19th.
-    const stat = await fsp.readFile(`/proc/${fencePid}/stat`, 'utf8');
-    assert.equal(Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16]), FENCE_NICE, 'the fence runs at nice -5');
+    assert.equal(niceOf(fencePid), AGENT_NICE, "while the agent runs the fence keeps the agent's priority");
     const hb0 = (await serial(host, vm.id)).heartbeats.length;
     await sleep(6000);
     assert.ok(isQemuAlive(vm.pid ?? 0), 'the VM runs on while its agent is healthy');
@@ -273,7 +279,7 @@ test(
 
     const since = Date.now();
     process.kill(agentPid, 'SIGKILL');
-    const { newHost } = await failedOver('f1', host, vm, gen0, since, undefined, GRACE_MS);
+    const { newHost } = await failedOver('f1', host, vm, gen0, since, undefined, DEFAULT_GRACE_MS);
     assert.ok(alive(fencePid), 'the fence outlives the agent');
     assert.match(await fsp.readFile(fenceFiles(dataOf(host)).log, 'utf8'), /the grace is over/);
     // systemd would restart the agent: the cluster gave f1 to another node meanwhile.

@@ -2,7 +2,7 @@
 import path from 'node:path';
 import type { Command } from '@commander-js/extra-typings';
 import { printJson, printTable } from '../output.js';
-import { name, nonNegativeInt, positiveInt } from '../parse.js';
+import { name, positiveInt } from '../parse.js';
 import { FerryError, InvalidInputError } from '../../errors.js';
 import { DEFAULT_CONFIG as HOST_CONFIG_FILE } from '../../domain/host-paths.js';
 import type { AgentFlags } from '../../agent/main.js';
@@ -123,11 +123,6 @@ export function registerAdmin(program: Command): void {
     .option('--dir <dir>', 'lab folder')
     .option('--hosts <n>', 'number of hosts', positiveInt('--hosts', 26), 2)
     .option('--cluster', 'also run etcd and join a cluster')
-    .option(
-      '--restart-grace <seconds>',
-      "with --cluster: how long a host's fence keeps a dead agent's node lease (default 60)",
-      nonNegativeInt('--restart-grace', 3600),
-    )
     .option('--netns', 'one network namespace per host')
     .option(
       '--package <deb>',
@@ -143,7 +138,6 @@ export function registerAdmin(program: Command): void {
         hosts: o.hosts,
         cluster: !!o.cluster,
         netns: !!o.netns,
-        ...(o.restartGrace === undefined ? {} : { restartGraceSeconds: o.restartGrace }),
         ...(o.package ? { package: o.package } : {}),
         log: (s) => process.stderr.write(s + '\n'),
       });
