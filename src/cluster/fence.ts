@@ -62,19 +62,40 @@ export const Liveness = z.object({
    * (beats.ts), which the leader needs as well. Absent (an agent before beats): keepalives only.
    */
   member: z.object({ endpoint: z.string(), joinedAt: z.string().optional() }).optional(),
+  /** The agent gave this lease up (it fenced itself and will join with another): never kept for it. */
+  released: z.boolean().optional(),
 });
 export type Liveness = z.infer<typeof Liveness>;
 
+/**
+ * A running agent whose renewals are this late (half the margin) is bridged: the fence renews its
+ * lease too, until the agent's next renewal lands. A busy host delays the agent's renewals (it runs
+ * below its guests, Nice=5, and a burst of its own work holds its event loop), not the lease's
+ * truth: etcd still holds it, and the fence's own keepalive proves so before it counts.
+ */
+export function bridgeAfterMs(lossAfterMs: number): number {
+  return lossAfterMs / 2;
+}
+/** A running agent with no renewal of its own for this long is wedged: no more bridging, fenced. */
+export const BRIDGE_MAX_MS = 10_000;
+
+/** The agent's process: gone (or a zombie), stopped (SIGSTOP, traced: it cannot renew), or running. */
+export type AgentState = 'gone' | 'stopped' | 'running';
+
 const Report = z.object({ leaseId: z.string(), at: z.string(), vms: z.array(z.string()) });
 
-export const fenceFiles = (dataDir: string): { liveness: string; report: string; pid: string; log: string } => ({
+export const fenceFiles = (
+  dataDir: string,
+): { liveness: string; report: string; pid: string; log: string; renewed: string } => ({
   liveness: path.join(dataDir, 'run', 'cluster-liveness.json'),
+  /** The fence's last successful renewal (keepalive and beat) of the agent's lease, for the agent. */
+  renewed: path.join(dataDir, 'run', 'fence-renewed.json'),
   report: path.join(dataDir, 'run', 'fence-report.json'),
   pid: path.join(dataDir, 'run', 'fence.pid'),
   log: path.join(dataDir, 'fence.log'),
 });
 
-/** The fence keeping the lease of a gone agent. */
+/** The fence keeping the lease of a gone agent, or bridging a late one's. */
 export interface Keeping {
   leaseId: string;
   /** When the fence began (the grace counts from here). */
@@ -107,29 +128,58 @@ export function fenceDue(
 
 export type KeepVerdict =
   | { keep: Keeping }
-  | { keep: null; why: 'no-agent-yet' | 'fenced' | 'agent-alive' | 'renewed' | 'grace-over' | 'overdue' | 'no-grace' };
+  | {
+      keep: null;
+      why:
+        | 'no-agent-yet'
+        | 'fenced'
+        | 'released'
+        | 'agent-alive'
+        | 'agent-stopped'
+        | 'agent-wedged'
+        | 'renewed'
+        | 'grace-over'
+        | 'overdue'
+        | 'no-grace';
+    };
 
 /**
- * Should the fence keep the agent's lease alive now? Pure. Only while the agent's process is
- * gone, the lease is not overdue, and within the grace; a new lease in the file (a new agent
- * joined) starts over, so the old lease is dropped and expires by itself.
+ * Should the fence keep the agent's lease alive now? Pure. While the agent's process is gone
+ * (a restart), within the grace; while it runs but its renewals are late (bridgeAfterMs), until
+ * its next renewal lands or for BRIDGE_MAX_MS at most; never for a stopped agent (hung: fenced
+ * by the margin) or a lease the agent gave up. Only while the lease is not overdue. A new lease
+ * in the file (a new agent joined) starts over: the old one is dropped and expires by itself.
  */
 export function keepVerdict(
   l: Liveness | null,
   now: number,
-  agentAlive: boolean,
+  agent: AgentState,
   fencedLease: string | null,
   keeping: Keeping | null,
 ): KeepVerdict {
   if (l === null) return { keep: null, why: 'no-agent-yet' };
   if (l.leaseId === fencedLease) return { keep: null, why: 'fenced' };
-  if (agentAlive) return { keep: null, why: 'agent-alive' };
+  if (l.released) return { keep: null, why: 'released' };
+  if (agent === 'stopped') return { keep: null, why: 'agent-stopped' };
   const mine = keeping?.leaseId === l.leaseId ? keeping : null;
   if (mine && l.renewedAt > mine.since) return { keep: null, why: 'renewed' };
+  if (agent === 'running') {
+    if (now - l.renewedAt > BRIDGE_MAX_MS) return { keep: null, why: 'agent-wedged' };
+    if (!mine && now - l.renewedAt <= bridgeAfterMs(l.lossAfterMs)) return { keep: null, why: 'agent-alive' };
+  }
   if (fenceDue(l, now, fencedLease, mine)) return { keep: null, why: 'overdue' };
-  if (l.graceMs <= 0) return { keep: null, why: 'no-grace' };
-  if (mine && now - mine.since >= l.graceMs) return { keep: null, why: 'grace-over' };
+  if (agent === 'gone') {
+    if (l.graceMs <= 0) return { keep: null, why: 'no-grace' };
+    if (mine && now - mine.since >= l.graceMs) return { keep: null, why: 'grace-over' };
+  }
   return { keep: mine ?? { leaseId: l.leaseId, since: now, renewedAt: 0, expired: false } };
+}
+
+/** The agent's process as the fence sees it (a zombie is gone; SIGSTOP or a tracer stops it). */
+export function agentState(pid: number): AgentState {
+  if (!processAlive(pid)) return 'gone';
+  const state = /\) (\S) /.exec(readText(`/proc/${pid}/stat`) ?? '')?.[1];
+  return state === 'T' || state === 't' ? 'stopped' : 'running';
 }
 
 /** Is the agent's process there (a zombie is gone; a stopped or hung one is there)? */
@@ -173,6 +223,16 @@ export class LivenessWriter {
   }
 }
 
+/** When the host's fence last renewed `leaseId` (ms since the epoch; 0: never). Synchronous: read by a watchdog. */
+export function fenceRenewedAt(dataDir: string, leaseId: string): number {
+  try {
+    const r = JSON.parse(fs.readFileSync(fenceFiles(dataDir).renewed, 'utf8')) as { leaseId?: unknown; at?: unknown };
+    return r.leaseId === leaseId && typeof r.at === 'number' ? r.at : 0;
+  } catch {
+    return 0;
+  }
+}
+
 /** The VMs the fence killed while the agent was away (read once: the file is removed). */
 export async function takeFenceReport(dataDir: string): Promise<string[]> {
   const file = fenceFiles(dataDir).report;
@@ -206,9 +266,10 @@ function cmdline(pid: number): string[] {
  * What a fence does, versioned: a fence of another version is replaced when the agent starts
  * (an upgrade must not leave a fence that keeps a restarting agent's lease without writing its
  * beats: the leader would count the node down while its VMs run). 2: beats (beats.ts); 3: each
- * beat declares the window the fence counts by.
+ * beat declares the window the fence counts by; 4: it bridges a running agent's late renewals
+ * (keepVerdict) and honours a lease the agent released.
  */
-export const FENCE_PROTOCOL = 3;
+export const FENCE_PROTOCOL = 4;
 
 /** The protocol in a fence's pid file (second line; a fence from before it wrote none: 1). */
 export function fenceProtocol(dataDir: string): number {
@@ -312,7 +373,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
   await writeAtomic(files.pid, `${process.pid}\n${FENCE_PROTOCOL}\n`);
   log(`fence for ${o.dataDir} (pid ${process.pid}, nice ${os.getPriority()})`);
   const priority = new Priority(log);
-  const ha = new HaList(log);
+  const ha = new HaList(log, files.renewed);
   let fencedLease: string | null = null;
   let keeping: Keeping | null = null;
   let last: Liveness | null = null;
@@ -326,11 +387,16 @@ export async function runFence(o: FenceOptions): Promise<void> {
         last = l;
         if (l) ha.follow(l);
         const now = Date.now();
-        const v = keepVerdict(l, now, l ? processAlive(l.agentPid) : true, fencedLease, keeping);
+        const agent = l ? agentState(l.agentPid) : 'running';
+        const v = keepVerdict(l, now, agent, fencedLease, keeping);
         if (v.keep && v.keep !== keeping && l)
           log(
-            `agent ${l.agentPid} of ${l.node} is gone: keeping its lease ${l.leaseId} alive for it ` +
-              `(for at most ${l.graceMs} ms, until a new agent joins)`,
+            agent === 'gone'
+              ? `agent ${l.agentPid} of ${l.node} is gone: keeping its lease ${l.leaseId} alive for it ` +
+                  `(for at most ${l.graceMs} ms, until a new agent joins)`
+              : `agent ${l.agentPid} of ${l.node} runs but last renewed its lease ${l.leaseId} ` +
+                  `${now - l.renewedAt} ms ago: renewing it too until the agent's next renewal ` +
+                  `(for at most ${BRIDGE_MAX_MS} ms since its last)`,
           );
         if (!v.keep && keeping) log(`no longer keeping lease ${keeping.leaseId}: ${STOP_REASON[v.why]}`);
         keeping = v.keep;
@@ -391,7 +457,10 @@ class Priority {
 const STOP_REASON: Record<Exclude<KeepVerdict, { keep: Keeping }>['why'], string> = {
   'no-agent-yet': 'no agent wrote its lease yet',
   fenced: 'it was fenced',
+  released: 'the agent gave it up',
   'agent-alive': 'an agent process runs again',
+  'agent-stopped': 'the agent process is stopped (hung)',
+  'agent-wedged': `the agent has not renewed it for over ${BRIDGE_MAX_MS} ms (wedged); fencing`,
   renewed: 'the agent renewed it again',
   'grace-over': 'the grace is over and the agent did not come back; fencing now',
   overdue: 'the fence could not renew it within the margin (etcd unreachable?)',
@@ -458,7 +527,10 @@ class HaList {
   /** The last beat this fence wrote for the gone agent. */
   private beat = 0;
 
-  constructor(private readonly log: (s: string) => void) {}
+  constructor(
+    private readonly log: (s: string) => void,
+    private readonly renewedFile: string,
+  ) {}
 
   /** VM id → name. */
   ids(): Map<string, string> {
@@ -539,6 +611,10 @@ class HaList {
         const at = member ? renewedAt(now, now, l.lossAfterMs, beatLossMs(l.ttlMs - l.lossAfterMs)) : now;
         k.renewedAt = Math.max(k.renewedAt, at);
         this.keepFailing = false;
+        // A busy agent that wakes up then finds its lease renewed, and does not fence itself.
+        void writeAtomic(this.renewedFile, JSON.stringify({ leaseId: k.leaseId, at: k.renewedAt }) + '\n').catch(
+          () => undefined,
+        );
         this.log(`kept lease ${k.leaseId} alive (etcd: TTL ${ttl} s)`);
       })
       .catch((err: unknown) => {

@@ -9,7 +9,7 @@ import { HaMonitor } from './ha.js';
 import { ClusterQueue } from './queue.js';
 import * as K from './keys.js';
 import { clusterView } from './view.js';
-import { DEFAULT_GRACE_MS, LivenessWriter, ensureFence, takeFenceReport } from './fence.js';
+import { DEFAULT_GRACE_MS, LivenessWriter, ensureFence, fenceRenewedAt, takeFenceReport } from './fence.js';
 import { BEAT_PERIOD_MS, BEAT_WINDOW_MS, beatLossMs, nextBeat, renewedAt } from './beats.js';
 import type { ClusterView, NodeView } from '../api/schemas.js';
 
@@ -159,8 +159,12 @@ export class Membership {
       const now = Date.now();
       if (this.stopped) return;
       if (!this.fencing && this.lease && now - this.beatAt > lossAfterMs) {
-        this.lost(`no beat was written for ${now - this.beatAt} ms (limit ${lossAfterMs} ms)`);
-        return;
+        // The host's fence writes the beat too while it bridges this agent's late renewals.
+        const at = Math.max(this.beatAt, this.renewedByFence());
+        if (now - at > lossAfterMs) {
+          this.lost(`no beat was written for ${now - at} ms (limit ${lossAfterMs} ms)`);
+          return;
+        }
       }
       if (inFlight || now < next) return;
       inFlight = true;
@@ -172,11 +176,18 @@ export class Membership {
     this.beatTimer.unref();
   }
 
+  /** When the host's fence last renewed this agent's lease and beat for it (0: never). */
+  private renewedByFence(): number {
+    return this.dataDir && this.lease ? fenceRenewedAt(this.dataDir, this.lease.id) : 0;
+  }
+
   /** The lease, or the beat, is lost: stop the HA VMs before the cluster restarts them elsewhere, then join again. */
   private lost(reason: string): void {
     if (this.fencing) return;
     this.events.emit('cluster.lease-lost', { node: this.node.name, reason });
     if (this.stopped) return;
+    // The host's fence must not renew a lease given up (it bridges a running agent's late renewals).
+    this.writeLiveness(true);
     this.fencing = true;
     // No more keepalives: its node key goes with the lease, and a new lease is granted on rejoining.
     if (this.lease && !this.lease.lost) this.lease.release();
@@ -186,9 +197,10 @@ export class Membership {
 
   /**
    * For the host's fence: the lease, and the older of the last keepalive and the last beat
-   * (both are needed); only once the node key is on that lease (`announced`).
+   * (both are needed); only once the node key is on that lease (`announced`). `released`: the
+   * agent gives the lease up (it fences itself).
    */
-  private writeLiveness(): void {
+  private writeLiveness(released = false): void {
     const lease = this.lease;
     if (!lease || this.fencing || !this.announced) return;
     const ttl = this.ttlS;
@@ -205,6 +217,7 @@ export class Membership {
       agentPid: process.pid,
       graceMs: this.cfg.restartGraceSeconds === undefined ? DEFAULT_GRACE_MS : this.cfg.restartGraceSeconds * 1000,
       ...(this.member ? { member: this.member } : {}),
+      ...(released ? { released: true } : {}),
     });
   }
 
@@ -224,6 +237,7 @@ export class Membership {
         this.keptAt = at;
         this.writeLiveness();
       },
+      renewedElsewhere: () => this.renewedByFence(),
       onLost: (err) => {
         // Self-fence: the leader will restart our HA VMs elsewhere once the lease expires.
         this.lost(err.message);

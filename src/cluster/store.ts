@@ -81,6 +81,12 @@ export interface LeaseWatch {
   lossAfterMs?: number;
   /** Called with the time (ms) the grant, then each successful keepalive, was sent. */
   onRenewed?: (sentAtMs: number) => void;
+  /**
+   * When another holder last renewed this lease successfully (ms; 0: never), asked only when the
+   * holder's own keepalives fell silent for the loss margin: the host's fence bridges a busy
+   * agent's late renewals (fence.ts), and the lease is then not lost.
+   */
+  renewedElsewhere?: () => number;
 }
 
 export interface TxnRequest {
@@ -269,13 +275,15 @@ class LeaseKeeper {
     private readonly onLoss: (err: FerryError) => void,
     lossAfterMs = ttlMs,
     private readonly onRenewed: (sentAtMs: number) => void = () => undefined,
+    private readonly renewedElsewhere: () => number = () => 0,
   ) {
     this.lastOk = grantedAt;
     this.renewed(grantedAt);
     inner.on('lost', (err) => this.lose(storeError('keep the lease alive', err)));
     this.watchdog = setInterval(
       () => {
-        const silent = Date.now() - this.lastOk;
+        const now = Date.now();
+        const silent = now - this.lastOk > lossAfterMs ? now - Math.max(this.lastOk, this.renewedElsewhere()) : 0;
         if (silent > lossAfterMs) {
           this.lose(
             new FerryError(
@@ -377,6 +385,7 @@ class EtcdLease implements Lease {
       },
       w.lossAfterMs,
       w.onRenewed,
+      w.renewedElsewhere,
     );
   }
 

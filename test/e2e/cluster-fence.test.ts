@@ -313,3 +313,100 @@ test(
     }
   },
 );
+
+/**
+ * Starves a process of CPU as a loaded host does, without stopping it (it stays runnable): a
+ * CPU cgroup (v1 or v2) with a quota of `permille`/1000 of a core. Returns the undo.
+ */
+async function starve(pid: number, permille: number): Promise<() => Promise<void>> {
+  const name = `ferry-test-starve-${process.pid}`;
+  const v1 = '/sys/fs/cgroup/cpu';
+  const v2 = '/sys/fs/cgroup';
+  const isV1 = fs.existsSync(path.join(v1, 'cpu.cfs_quota_us'));
+  const root = isV1 ? v1 : v2;
+  assert.ok(
+    isV1 || fs.existsSync(path.join(v2, 'cgroup.subtree_control')),
+    'a CPU cgroup hierarchy is mounted at /sys/fs/cgroup',
+  );
+  const dir = path.join(root, name);
+  await fsp.mkdir(dir, { recursive: true });
+  if (isV1) {
+    await fsp.writeFile(path.join(dir, 'cpu.cfs_period_us'), '100000');
+    await fsp.writeFile(path.join(dir, 'cpu.cfs_quota_us'), String(permille * 100));
+  } else {
+    await fsp.writeFile(path.join(v2, 'cgroup.subtree_control'), '+cpu').catch(() => undefined);
+    await fsp.writeFile(path.join(dir, 'cpu.max'), `${permille * 100} 100000`);
+  }
+  // Every thread of the process (v1 moves one task per write; cgroup.procs moves them all).
+  await fsp.writeFile(path.join(dir, 'cgroup.procs'), String(pid));
+  return async () => {
+    await fsp.writeFile(path.join(root, 'cgroup.procs'), String(pid)).catch(() => undefined);
+    for (let i = 0; i < 50; i++) {
+      try {
+        await fsp.rmdir(dir);
+        return;
+      } catch {
+        await sleep(100);
+      }
+    }
+  };
+}
+
+test(
+  'an agent starved of CPU (1% of a core for 8 s, as on a loaded host): its fence renews the lease beside it; ' +
+    'the HA VM runs on untouched, the agent does not fence itself, the node never goes down',
+  async () => {
+    const { host, vm, gen0 } = await haVm('f3');
+    const qemuPid = vm.pid ?? 0;
+    const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
+    const agentPid = st.hosts.find((h) => h.name === host)?.agentPid ?? 0;
+    assert.ok(qemuPid > 0 && agentPid > 0);
+    const hb0 = (await serial(host, vm.id)).heartbeats.length;
+    const since = new Date().toISOString();
+    const seen: string[] = [];
+    const watch = async (ms: number): Promise<void> => {
+      for (const t = Date.now(); Date.now() - t < ms;) {
+        const s = await ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab });
+        seen.push(s.nodes.find((n) => n.name === host)?.state ?? 'missing');
+        assert.ok(isQemuAlive(qemuPid), `the QEMU of f3 runs (${Date.now() - t} ms)`);
+        await sleep(300);
+      }
+    };
+    const undo = await starve(agentPid, 10);
+    try {
+      await watch(8000);
+    } finally {
+      await undo();
+    }
+    await watch(4000);
+    const fenceLog = await fsp.readFile(fenceFiles(dataOf(host)).log, 'utf8');
+    const agentLog = await fsp.readFile(path.join(lab, 'hosts', host, 'agent.log'), 'utf8');
+    const lostSince = agentLog
+      .split('\n')
+      .filter((l) => l.includes('cluster.lease-lost'))
+      .filter((l) => new Date((JSON.parse(l) as { time: number }).time).toISOString() > since);
+    const after = fenceLog.split('\n').filter((l) => l > since);
+    const bridged = after.filter((l) => /renewing it too/.test(l));
+    process.stderr.write(
+      `f3: agent of ${host} starved 8 s; node seen as ${[...new Set(seen)].join(', ')}; ` +
+        `the fence bridged ${bridged.length} time(s)\n`,
+    );
+    assert.ok(bridged.length > 0, `the fence bridged the late renewals:\n${after.slice(-15).join('\n')}`);
+    assert.deepEqual(
+      after.filter((l) => /killing [1-9]/.test(l)),
+      [],
+      'the fence killed nothing',
+    );
+    assert.deepEqual(lostSince, [], 'the agent did not fence itself');
+    assert.deepEqual([...new Set(seen)], ['up'], "the node never went down in the cluster's view");
+    const rec = (await status()).vms.find((v) => v.name === 'f3');
+    assert.deepEqual([rec?.owner, rec?.generation], [host, gen0], 'never restarted: same node, same generation');
+    const s = await serial(host, vm.id);
+    assert.equal(heartbeatGaps(s.heartbeats).resets, 0, 'the guest never restarted');
+    assert.ok(s.heartbeats.length > hb0 + 10, 'and it kept beating');
+    const shown = await ferryOk<VmView>(['vm', 'show', 'f3', '--json'], { lab });
+    assert.deepEqual([shown.host, shown.state, shown.pid], [host, 'running', qemuPid], 'the same QEMU');
+    await ferryOk(['vm', 'stop', 'f3'], { lab });
+    await ferryOk(['vm', 'rm', 'f3'], { lab });
+  },
+);

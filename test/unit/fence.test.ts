@@ -1,6 +1,7 @@
 // The fence's rule and files (src/cluster/fence.ts): it fences only when the node lease went
 // unrenewed for the margin, once per lease; it keeps a gone agent's lease (a restart) only while
-// it renews it itself, within the grace, until a new agent joins; the agent's liveness file is written whole, newest
+// it renews it itself, within the grace, until a new agent joins; it bridges a running agent's
+// late renewals, never a stopped one's; the agent's liveness file is written whole, newest
 // last; the fence report is read once. (The fence killing real QEMUs: test/e2e/cluster-fence.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -8,8 +9,11 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
+  BRIDGE_MAX_MS,
   Liveness,
   LivenessWriter,
+  agentState,
+  bridgeAfterMs,
   fenceDue,
   fenceFiles,
   keepVerdict,
@@ -42,12 +46,18 @@ test('fenceDue: only once the lease went unrenewed for the margin, and once per 
   assert.equal(fenceDue(live(t - 9000, '8'), t, '7'), true, 'a later lease is fenced again');
 });
 
-test('keepVerdict: the fence keeps the lease only while the agent process is gone, within the grace', () => {
+test("keepVerdict: a gone agent's lease is kept within the grace; a stopped (hung) agent's never", () => {
   const t = 1_000_000;
   const l = live(t - 1000);
-  const dead = false;
+  const dead = 'gone';
   assert.deepEqual(keepVerdict(null, t, dead, null, null), { keep: null, why: 'no-agent-yet' });
-  assert.deepEqual(keepVerdict(l, t, true, null, null), { keep: null, why: 'agent-alive' }, 'a hung agent is fenced');
+  assert.deepEqual(keepVerdict(l, t, 'running', null, null), { keep: null, why: 'agent-alive' }, 'renewing on time');
+  for (const age of [1000, 2400, 9000])
+    assert.deepEqual(
+      keepVerdict(live(t - age), t, 'stopped', null, null),
+      { keep: null, why: 'agent-stopped' },
+      `a hung agent is fenced by the margin (${age} ms)`,
+    );
   const k = keepVerdict(l, t, dead, null, null).keep;
   assert.deepEqual(k, { leaseId: '7', since: t, renewedAt: 0, expired: false }, 'a gone agent: keep its lease');
   assert.ok(k);
@@ -55,9 +65,45 @@ test('keepVerdict: the fence keeps the lease only while the agent process is gon
   assert.deepEqual(keepVerdict(live(t - 2600), t, dead, null, null), { keep: null, why: 'overdue' }, 'too late');
   assert.deepEqual(keepVerdict({ ...l, graceMs: 0 }, t, dead, null, null), { keep: null, why: 'no-grace' });
   assert.deepEqual(keepVerdict(l, t, dead, '7', null), { keep: null, why: 'fenced' });
+  assert.deepEqual(keepVerdict({ ...l, released: true }, t, dead, null, k), { keep: null, why: 'released' });
   // The agent renews again (after the fence began), or a new agent wrote its own lease.
   assert.deepEqual(keepVerdict(live(t + 100), t + 200, dead, null, k), { keep: null, why: 'renewed' });
-  assert.deepEqual(keepVerdict(live(t + 100, '8'), t + 200, true, null, k), { keep: null, why: 'agent-alive' });
+  assert.deepEqual(keepVerdict(live(t + 100, '8'), t + 200, 'running', null, k), { keep: null, why: 'agent-alive' });
+});
+
+test('keepVerdict: a running agent whose renewals are late is bridged until its next renewal, 10 s at most', () => {
+  const t = 1_000_000;
+  const l = live(t); // margin 2500 ms: bridged from 1250 ms
+  assert.equal(bridgeAfterMs(l.lossAfterMs), 1250);
+  assert.deepEqual(keepVerdict(l, t + 1250, 'running', null, null), { keep: null, why: 'agent-alive' });
+  const k = keepVerdict(l, t + 1251, 'running', null, null).keep;
+  assert.deepEqual(k, { leaseId: '7', since: t + 1251, renewedAt: 0, expired: false }, 'late: the fence renews too');
+  assert.ok(k);
+  // Its keepalives count: not due while they succeed, though the agent's own renewal is older than the margin.
+  k.renewedAt = t + 1300;
+  assert.equal(fenceDue(l, t + 3000, null, k), false);
+  assert.equal(keepVerdict(l, t + 3000, 'running', null, k).keep, k);
+  // The agent's next renewal lands: the fence lets go.
+  assert.deepEqual(keepVerdict(live(t + 1400), t + 3100, 'running', null, k), { keep: null, why: 'renewed' });
+  // No keepalive of the fence succeeded within the margin: fenced as before.
+  const k2 = { ...k, renewedAt: 0 };
+  assert.deepEqual(keepVerdict(l, t + 2501, 'running', null, k2), { keep: null, why: 'overdue' });
+  assert.equal(fenceDue(l, t + 2501, null, k2), true);
+  // An agent that never renews again is wedged: no more bridging, fenced at once (its lease is overdue).
+  const k3 = { ...k, renewedAt: t + BRIDGE_MAX_MS };
+  assert.deepEqual(keepVerdict(l, t + BRIDGE_MAX_MS + 1, 'running', null, k3), { keep: null, why: 'agent-wedged' });
+  assert.equal(fenceDue(l, t + BRIDGE_MAX_MS + 1, null, null), true);
+  // A stopped agent is never bridged, nor a lease the agent gave up.
+  assert.deepEqual(keepVerdict(l, t + 1300, 'stopped', null, k), { keep: null, why: 'agent-stopped' });
+  assert.deepEqual(keepVerdict({ ...l, released: true }, t + 1300, 'running', null, null), {
+    keep: null,
+    why: 'released',
+  });
+});
+
+test('agentState: this process runs; a pid that does not exist is gone', () => {
+  assert.equal(agentState(process.pid), 'running');
+  assert.equal(agentState(2 ** 22 + 1), 'gone');
 });
 
 test('fenceDue while the fence keeps the lease: its keepalives count; no renewal, grace over or expired: fence', () => {
@@ -69,16 +115,16 @@ test('fenceDue while the fence keeps the lease: its keepalives count; no renewal
   for (let at = t + 100; at < t + 60_000; at += 1667) {
     k.renewedAt = at;
     assert.equal(fenceDue(l, at + 2400, null, k), false, `${at - t} ms`);
-    assert.equal(keepVerdict(l, at + 2400, false, null, k).keep, k);
+    assert.equal(keepVerdict(l, at + 2400, 'gone', null, k).keep, k);
   }
   // A partition: the last keepalive that succeeded was sent more than the margin ago.
   assert.equal(fenceDue(l, k.renewedAt + 2501, null, k), true);
-  assert.deepEqual(keepVerdict(l, k.renewedAt + 2501, false, null, k), { keep: null, why: 'overdue' });
+  assert.deepEqual(keepVerdict(l, k.renewedAt + 2501, 'gone', null, k), { keep: null, why: 'overdue' });
   // A keepalive of another lease does not count.
   assert.equal(fenceDue(live(t, '8'), t + 2501, null, { ...k, renewedAt: t + 2000 }), true);
   // The grace ends: the fence stops keeping, and with its keeping gone the lease is overdue at once.
   const late = { ...k, renewedAt: t + 120_000 };
-  assert.deepEqual(keepVerdict(l, t + 120_100, false, null, late), { keep: null, why: 'grace-over' });
+  assert.deepEqual(keepVerdict(l, t + 120_100, 'gone', null, late), { keep: null, why: 'grace-over' });
   assert.equal(fenceDue(l, t + 120_100, null, null), true);
   // etcd answered that the lease expired: fence now, once.
   assert.equal(fenceDue(l, t + 200, null, { ...k, renewedAt: t + 150, expired: true }), true);
