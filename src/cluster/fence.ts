@@ -55,7 +55,10 @@ export const Liveness = z.object({
   /** When the grant, then the last successful keepalive, was sent (ms since the epoch). */
   renewedAt: z.number(),
   agentPid: z.number().int(),
-  /** How long the fence keeps the lease of an agent whose process is gone (0: never). */
+  /**
+   * How long the fence keeps the lease of an agent whose process is gone, or bridges a running
+   * one's late renewals (0: never).
+   */
   graceMs: z.number().int().nonnegative().default(DEFAULT_GRACE_MS),
   /**
    * The node's member record: while the fence keeps the lease it also writes the node's beats
@@ -76,9 +79,6 @@ export type Liveness = z.infer<typeof Liveness>;
 export function bridgeAfterMs(lossAfterMs: number): number {
   return lossAfterMs / 2;
 }
-/** A running agent with no renewal of its own for this long is wedged: no more bridging, fenced. */
-export const BRIDGE_MAX_MS = 10_000;
-
 /** The agent's process: gone (or a zombie), stopped (SIGSTOP, traced: it cannot renew), or running. */
 export type AgentState = 'gone' | 'stopped' | 'running';
 
@@ -145,10 +145,11 @@ export type KeepVerdict =
 
 /**
  * Should the fence keep the agent's lease alive now? Pure. While the agent's process is gone
- * (a restart), within the grace; while it runs but its renewals are late (bridgeAfterMs), until
- * its next renewal lands or for BRIDGE_MAX_MS at most; never for a stopped agent (hung: fenced
- * by the margin) or a lease the agent gave up. Only while the lease is not overdue. A new lease
- * in the file (a new agent joined) starts over: the old one is dropped and expires by itself.
+ * (a restart), for the grace; while it runs but its renewals are late (bridgeAfterMs), until its
+ * next renewal lands, for the grace since its last at most (then it is wedged); never for a
+ * stopped agent (hung: fenced by the margin) or a lease the agent gave up. Only while the lease
+ * is not overdue. A new lease in the file (a new agent joined) starts over: the old one is
+ * dropped and expires by itself.
  */
 export function keepVerdict(
   l: Liveness | null,
@@ -163,15 +164,13 @@ export function keepVerdict(
   if (agent === 'stopped') return { keep: null, why: 'agent-stopped' };
   const mine = keeping?.leaseId === l.leaseId ? keeping : null;
   if (mine && l.renewedAt > mine.since) return { keep: null, why: 'renewed' };
-  if (agent === 'running') {
-    if (now - l.renewedAt > BRIDGE_MAX_MS) return { keep: null, why: 'agent-wedged' };
-    if (!mine && now - l.renewedAt <= bridgeAfterMs(l.lossAfterMs)) return { keep: null, why: 'agent-alive' };
-  }
+  if (agent === 'running' && !mine && now - l.renewedAt <= bridgeAfterMs(l.lossAfterMs))
+    return { keep: null, why: 'agent-alive' };
   if (fenceDue(l, now, fencedLease, mine)) return { keep: null, why: 'overdue' };
-  if (agent === 'gone') {
-    if (l.graceMs <= 0) return { keep: null, why: 'no-grace' };
-    if (mine && now - mine.since >= l.graceMs) return { keep: null, why: 'grace-over' };
-  }
+  if (l.graceMs <= 0) return { keep: null, why: 'no-grace' };
+  // A gone agent gets the grace from when the fence began; a running one, from its own last renewal.
+  if (agent === 'running' && now - l.renewedAt > l.graceMs) return { keep: null, why: 'agent-wedged' };
+  if (agent === 'gone' && mine && now - mine.since >= l.graceMs) return { keep: null, why: 'grace-over' };
   return { keep: mine ?? { leaseId: l.leaseId, since: now, renewedAt: 0, expired: false } };
 }
 
@@ -396,7 +395,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
                   `(for at most ${l.graceMs} ms, until a new agent joins)`
               : `agent ${l.agentPid} of ${l.node} runs but last renewed its lease ${l.leaseId} ` +
                   `${now - l.renewedAt} ms ago: renewing it too until the agent's next renewal ` +
-                  `(for at most ${BRIDGE_MAX_MS} ms since its last)`,
+                  `(for at most ${l.graceMs} ms since its last)`,
           );
         if (!v.keep && keeping) log(`no longer keeping lease ${keeping.leaseId}: ${STOP_REASON[v.why]}`);
         keeping = v.keep;
@@ -460,7 +459,7 @@ const STOP_REASON: Record<Exclude<KeepVerdict, { keep: Keeping }>['why'], string
   released: 'the agent gave it up',
   'agent-alive': 'an agent process runs again',
   'agent-stopped': 'the agent process is stopped (hung)',
-  'agent-wedged': `the agent has not renewed it for over ${BRIDGE_MAX_MS} ms (wedged); fencing`,
+  'agent-wedged': 'the agent has not renewed it itself for the whole grace (wedged); fencing',
   renewed: 'the agent renewed it again',
   'grace-over': 'the grace is over and the agent did not come back; fencing now',
   overdue: 'the fence could not renew it within the margin (etcd unreachable?)',

@@ -353,7 +353,7 @@ async function starve(pid: number, permille: number): Promise<() => Promise<void
 }
 
 test(
-  'an agent starved of CPU (1% of a core for 8 s, as on a loaded host): its fence renews the lease beside it; ' +
+  'an agent starved of CPU (2% of a core for 8 s, as on a loaded host): its fence renews the lease beside it; ' +
     'the HA VM runs on untouched, the agent does not fence itself, the node never goes down',
   async () => {
     const { host, vm, gen0 } = await haVm('f3');
@@ -372,7 +372,7 @@ test(
         await sleep(300);
       }
     };
-    const undo = await starve(agentPid, 10);
+    const undo = await starve(agentPid, 20);
     try {
       await watch(8000);
     } finally {

@@ -9,7 +9,6 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import {
-  BRIDGE_MAX_MS,
   Liveness,
   LivenessWriter,
   agentState,
@@ -71,7 +70,7 @@ test("keepVerdict: a gone agent's lease is kept within the grace; a stopped (hun
   assert.deepEqual(keepVerdict(live(t + 100, '8'), t + 200, 'running', null, k), { keep: null, why: 'agent-alive' });
 });
 
-test('keepVerdict: a running agent whose renewals are late is bridged until its next renewal, 10 s at most', () => {
+test('keepVerdict: a running agent whose renewals are late is bridged until its next renewal, for the grace', () => {
   const t = 1_000_000;
   const l = live(t); // margin 2500 ms: bridged from 1250 ms
   assert.equal(bridgeAfterMs(l.lossAfterMs), 1250);
@@ -89,10 +88,16 @@ test('keepVerdict: a running agent whose renewals are late is bridged until its 
   const k2 = { ...k, renewedAt: 0 };
   assert.deepEqual(keepVerdict(l, t + 2501, 'running', null, k2), { keep: null, why: 'overdue' });
   assert.equal(fenceDue(l, t + 2501, null, k2), true);
-  // An agent that never renews again is wedged: no more bridging, fenced at once (its lease is overdue).
-  const k3 = { ...k, renewedAt: t + BRIDGE_MAX_MS };
-  assert.deepEqual(keepVerdict(l, t + BRIDGE_MAX_MS + 1, 'running', null, k3), { keep: null, why: 'agent-wedged' });
-  assert.equal(fenceDue(l, t + BRIDGE_MAX_MS + 1, null, null), true);
+  // An agent that does not renew itself for the grace is wedged: no more bridging, fenced at once.
+  const k3 = { ...k, renewedAt: t + l.graceMs };
+  assert.equal(keepVerdict(l, t + l.graceMs, 'running', null, k3).keep, k3);
+  assert.deepEqual(keepVerdict(l, t + l.graceMs + 1, 'running', null, k3), { keep: null, why: 'agent-wedged' });
+  assert.equal(fenceDue(l, t + l.graceMs + 1, null, null), true);
+  // No grace configured: nothing is kept, late renewals are fenced by the margin as before.
+  assert.deepEqual(keepVerdict({ ...l, graceMs: 0 }, t + 1300, 'running', null, null), {
+    keep: null,
+    why: 'no-grace',
+  });
   // A stopped agent is never bridged, nor a lease the agent gave up.
   assert.deepEqual(keepVerdict(l, t + 1300, 'stopped', null, k), { keep: null, why: 'agent-stopped' });
   assert.deepEqual(keepVerdict({ ...l, released: true }, t + 1300, 'running', null, null), {
