@@ -426,12 +426,11 @@ export async function runFence(o: FenceOptions): Promise<void> {
 }
 
 /**
- * While the fence keeps a gone agent's lease it is the only one renewing it, and must renew within
- * the lease's margin however busy the host: it runs above the guests then (it was started by the
- * agent, which runs below them, Nice=5, and inherited that). Otherwise it keeps the agent's level,
- * so that it judges the agent's renewals no sooner than the agent can make them: a guard running
- * ahead of a starved agent would kill HA VMs whose agent renews late, yet within the lease's TTL.
- * Raising needs root (CAP_SYS_NICE).
+ * While the fence keeps a gone agent's lease, or bridges a late one's, it must renew within the
+ * lease's margin however busy the host: it runs above the guests then (it was started by the
+ * agent, which runs below them, Nice=5, and inherited that). Otherwise it stays at the agent's
+ * level: its check every 100 ms costs little, but a guard should not take more from the guests
+ * than the agent it watches. Raising needs root (CAP_SYS_NICE).
  */
 export const FENCE_NICE = -5;
 class Priority {
