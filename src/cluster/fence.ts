@@ -28,7 +28,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { cliCommand } from '../../guest/paths.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { FerryError, messageOf } from '../errors.js';
