@@ -2,7 +2,7 @@
 // writes once (extra pools). Everything else the agent keeps in its registry.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { InvalidInputError } from '../errors.js';
 import { Name } from '../api/schemas.js';
 import { assertExcludes, parsePortRange, type PortRange } from './ports.js';

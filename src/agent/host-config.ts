@@ -5,7 +5,7 @@
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { InvalidInputError } from '../errors.js';
 import { Name } from '../api/schemas.js';
 import { AgentFile, parseListen } from './config.js';

@@ -1,7 +1,7 @@
 // Every action of the agent's API. Admins may call all of them; hosts only those that
 // list 'host' (what a peer needs during a migration, and what the cluster's leader needs to
 // run drains and fail-backs: list VMs, compare, start, follow and cancel moves).
-import { z } from 'zod';
+import * as z from 'zod';
 import { action } from './action.js';
 import {
   AddVmBody,

@@ -3,6 +3,8 @@
 // stable code and message.
 import https from 'node:https';
 import fs from 'node:fs';
+import tls from 'node:tls';
+import type { Duplex } from 'node:stream';
 import type { WebSocket } from 'ws';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
@@ -36,6 +38,49 @@ export class AgentUnreachableError extends FerryError {
   }
 }
 
+interface TlsFiles {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+  crl?: Buffer;
+}
+
+/**
+ * TLS parameters parsed once for every connection of every client holding the same files'
+ * contents: given as `ca`/`cert`/`key`, Node parses them again for each connection (~2 ms of
+ * CPU each). Made at the first connection, as Node did: unreadable PEM fails the request, not
+ * the client's construction. A renewed certificate or CRL has other contents: a new context.
+ */
+const contexts = new Map<string, tls.SecureContext>();
+function secureContextOf(f: TlsFiles): tls.SecureContext {
+  const id = [f.ca, f.cert, f.key, f.crl ?? ''].map((b) => b.toString('base64')).join(' ');
+  let ctx = contexts.get(id);
+  if (!ctx) {
+    ctx = tls.createSecureContext(f);
+    // Credentials change rarely (a renewal, a new CRL): the newest few are enough.
+    if (contexts.size >= 8) contexts.delete(contexts.keys().next().value ?? '');
+    contexts.set(id, ctx);
+  }
+  return ctx;
+}
+
+/** An https.Agent whose connections use the shared context of its files (its sessions kept as before). */
+class SharedContextAgent extends https.Agent {
+  constructor(
+    private readonly files: TlsFiles,
+    o: https.AgentOptions,
+  ) {
+    super({ ...o, ...files });
+  }
+
+  override createConnection(
+    options: https.RequestOptions,
+    callback?: (err: Error | null, stream: Duplex) => void,
+  ): Duplex | null | undefined {
+    return super.createConnection(Object.assign({}, options, { secureContext: secureContextOf(this.files) }), callback);
+  }
+}
+
 export class AgentClient {
   readonly host: string;
   readonly endpoint: string;
@@ -44,11 +89,13 @@ export class AgentClient {
   constructor(o: ClientOptions) {
     this.host = o.host;
     this.endpoint = o.endpoint.replace(/\/$/, '');
-    this.agent = new https.Agent({
+    const files: TlsFiles = {
       ca: fs.readFileSync(o.credentials.ca),
       cert: fs.readFileSync(o.credentials.cert),
       key: fs.readFileSync(o.credentials.key),
       ...(o.credentials.crl && fs.existsSync(o.credentials.crl) ? { crl: fs.readFileSync(o.credentials.crl) } : {}),
+    };
+    this.agent = new SharedContextAgent(files, {
       keepAlive: true,
       // An idle kept connection is closed by us after 30 s, before the agent's server closes
       // it (fastify: 72 s): a request never goes out on a socket the server is just closing.

@@ -1,7 +1,7 @@
 // Every event an agent publishes (the engine's stream, `/v1/events`), as one typed union. The
 // CLI's progress, the web console and the logs all read these; no Node imports (the web app
 // bundles this file).
-import { z } from 'zod';
+import * as z from 'zod';
 import { MigrationRecord } from '../migration/schemas.js';
 import { BatchView, MigrationSettings } from './schemas.js';
 

@@ -1,5 +1,5 @@
 // Host-to-host actions of the migration protocol (a host certificate may call these).
-import { z } from 'zod';
+import * as z from 'zod';
 import { action } from './action.js';
 import { Name } from './schemas.js';
 import { IdParams } from '../migration/schemas.js';

@@ -1,6 +1,6 @@
 // Request and response schemas of the agent's API (shared by routes, client and OpenAPI).
 import { DEFAULTS, PRIORITIES } from './defaults.js';
-import { z } from 'zod';
+import * as z from 'zod';
 import { NAME_RE, IMAGE_FORMATS, FIRMWARES, DISPLAYS } from './common.js';
 import { failbackProblem } from '../cluster/failback.js';
 

@@ -3,7 +3,7 @@
 // the device layout, so everything that shapes the guest's hardware lives here. No Node
 // imports: the peer protocol, the CLI and the web console share it (src/vm/spec.ts adds the
 // host-side helpers).
-import { z } from 'zod';
+import * as z from 'zod';
 import { ClusterPolicy } from '../cluster/model.js';
 import { CDROM_ROLES, DISK_ROLES, DISPLAYS, FIRMWARES, IMAGE_FORMATS, NAME_RE } from './common.js';
 

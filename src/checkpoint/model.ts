@@ -8,7 +8,7 @@
 // active layer (its disk path in vm.json) is an overlay whose backing is the image of
 // `current`, the checkpoint the VM's present state derives from.
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { NAME_RE, IMAGE_FORMATS } from '../api/common.js';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 

@@ -6,12 +6,12 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { FerryError, NotFoundError } from '../errors.js';
 import { AgentClient, type Credentials } from '../api/client.js';
 import { actions } from './actions.js';
 import { labCredentials, labEndpoint, readLab } from '../lab/file.js';
-import { writeAtomic } from '../domain/request.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 import type { VmView } from '../api/schemas.js';
 import { VmHosts, vmHostsFile } from './vm-hosts.js';
 
@@ -67,7 +67,7 @@ export async function readContextFile(file: string): Promise<ContextFile> {
       { file },
     );
   }
-  const r = ContextFile.safeParse(raw);
+  const r = ContextFile.safeParse(raw, { jitless: true }); // read once: compiling a fast check costs more
   if (!r.success)
     throw new FerryError(
       'E_INVALID_INPUT',
@@ -79,7 +79,7 @@ export async function readContextFile(file: string): Promise<ContextFile> {
 
 export async function writeContextFile(file: string, c: ContextFile): Promise<void> {
   await fsp.mkdir(path.dirname(file), { recursive: true, mode: 0o700 });
-  await writeAtomic(file, JSON.stringify(c, null, 2) + '\n', 0o600);
+  await writeFileAtomic(file, JSON.stringify(c, null, 2) + '\n', { mode: 0o600 });
 }
 
 /** Which context file a command means: --context, else FERRY_CONTEXT, else the default. */

@@ -5,7 +5,7 @@
 // context (a lab's folder, or next to the context file); unreadable or unwritable is no error.
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeAtomic } from '../domain/request.js';
+import { writeFileAtomic } from '../util/atomic-file.js';
 
 /** Entries kept (the most recent ones): the file stays small. */
 const MAX_ENTRIES = 1000;
@@ -54,7 +54,7 @@ export class VmHosts {
     this.dirty = false;
     const entries = [...this.map].slice(-MAX_ENTRIES);
     try {
-      await writeAtomic(this.file, JSON.stringify(Object.fromEntries(entries)) + '\n', 0o600);
+      await writeFileAtomic(this.file, JSON.stringify(Object.fromEntries(entries)) + '\n', { mode: 0o600 });
     } catch {
       /* a read-only context folder: the next command asks every host, as before */
     }

@@ -10,7 +10,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { Etcd3 } from 'etcd3';
 import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { issueCert, loadDomain } from '../domain/ca.js';

@@ -29,7 +29,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { cliCommand } from '../../guest/paths.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { FerryError, messageOf } from '../errors.js';

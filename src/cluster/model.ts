@@ -12,7 +12,7 @@
 //   leaders/<node>         written by the administrator only: the node may lead (auth.ts)
 import { DEFAULTS, PRIORITIES } from '../api/defaults.js';
 import { BatchView } from '../api/schemas.js';
-import { z } from 'zod';
+import * as z from 'zod';
 import { failbackProblem } from './failback.js';
 
 export { PRIORITIES, PRIORITY_RANK as RANK, type Priority } from '../api/defaults.js';

@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { NAME_RE } from '../api/common.js';
 import { CONSOLE_ROLES, type ConsoleRole } from './roles.js';

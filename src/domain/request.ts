@@ -4,7 +4,7 @@
 import crypto, { type KeyObject } from 'node:crypto';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { FerryError, InvalidInputError } from '../errors.js';
 import { NAME_RE } from '../api/common.js';
 import { run } from '../util/exec.js';

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { FerryError } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { writeAtomic } from './request.js';

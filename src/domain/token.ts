@@ -5,7 +5,7 @@
 // `ferry domain sign` checks it (known token, not used, not expired, same name and
 // address) and uses the token up. The secret never appears in the certificate.
 import crypto, { type KeyObject } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod';
 import { FerryError, InvalidInputError } from '../errors.js';
 import { NAME_RE } from '../api/common.js';
 import { addressProblem } from './x509.js';

@@ -2,7 +2,7 @@
 // it acts, as it records what its undo will need, and when it is done or undone. The runner
 // undoes a failed move from it; recovery after an agent restart reads the same entries and runs
 // the same undo and resolve code (runner.ts), so the rules exist once. docs/moves.md has the format.
-import { z } from 'zod';
+import * as z from 'zod';
 
 export const JournalEntry = z.object({
   /** Order within the move (1, 2, …). */

@@ -10,7 +10,7 @@
 // QEMU exporting a qcow2 without it lost acknowledged clusters (qemu-img compare: mismatch);
 // with `writethrough: true` the resumed image compared identical.
 import { createHash } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod';
 import type { BitmapState } from './resume-copy.js';
 
 /** Kept images expire: a day-old partial copy is worth less than the space it holds. */

@@ -1,6 +1,6 @@
 // Migration records and requests: the contract of shared/CLI.md ("A migration record").
 import { DEFAULTS, PRIORITIES, RESUMABLE_MODES } from '../api/defaults.js';
-import { z } from 'zod';
+import * as z from 'zod';
 import { Name } from '../api/schemas.js';
 import { MIGRATION_STATES } from './states.js';
 

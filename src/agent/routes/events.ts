@@ -4,7 +4,7 @@
 // a stream whose socket stays full for MAX_BACKLOG events is closed (the client reconnects
 // with its last id), and each certificate identity holds at most MAX_STREAMS streams.
 import type { FastifyInstance } from 'fastify';
-import { z } from 'zod';
+import * as z from 'zod';
 import { FerryError } from '../../errors.js';
 import type { EventBus } from '../../events/bus.js';
 import type { FerryEvent } from '../../api/events.js';
