@@ -97,7 +97,10 @@ export class Engine {
     return this.cfg.name;
   }
 
-  /** Prepares pools and switches, probes the accelerator, re-attaches to running QEMUs, recovers moves. */
+  /**
+   * Prepares pools and switches, probes the accelerator, re-attaches to running QEMUs, recovers moves,
+   * sweeps expired bitmaps of cut disk copies.
+   */
   async init(opts: { signal?: AbortSignal } = {}): Promise<void> {
     await this.pools.init(this.cfg.pools);
     this.switches.init(this.cfg.switches);
@@ -105,6 +108,8 @@ export class Engine {
     await this.vms.reattach(opts);
     // Moves a previous life of this agent left unfinished: finish or roll back.
     await this.migrations.recover();
+    // After recovery: a move it undid has marked the bitmap it kept (resume-bitmaps.ts).
+    await this.vms.sweepResumeBitmaps();
   }
 
   /** Detaches from every QEMU (they keep running) and closes the registry. */

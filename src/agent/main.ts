@@ -77,6 +77,10 @@ export async function startAgent(flags: AgentFlags, opts: { logLevel?: string } 
   const tls = await HostTls.open(cfg.tls, { name: cfg.name, port: cfg.listen.port }, logger);
   await applyQemuUser(cfg, logger);
   const engine = new Engine(cfg, domainId);
+  // Before init: its sweep of cut copies' bitmaps reports what it removed.
+  engine.events.subscribe((e) => {
+    if (e.type === 'vm.bitmaps') logger.info({ event: e }, e.message);
+  });
   await engine.init();
   const audit = new AuditLog(path.join(cfg.dataDir, 'audit.log'), {
     onError: (err) => logger.error({ err: messageOf(err) }, 'cannot append to the audit log'),

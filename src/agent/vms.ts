@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
+import { FerryError, InvalidInputError, NotFoundError, messageOf } from '../errors.js';
 import type { Emit } from '../api/events.js';
 import type {
   CheckpointList,
@@ -45,6 +45,7 @@ import { decideBacking, noRoomError } from '../vm/memory-backing.js';
 import { createPagingFile, removePagingFile } from './paging-file.js';
 import { VmGate, type GatedOp } from './vm-gate.js';
 import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
+import { droppedLine, expireMarks, SWEEP_WHY, sweepBitmaps } from '../migration/resume-bitmaps.js';
 
 /** What the VM inventory tells the cluster (a no-op when the host is in none). */
 export interface ClusterHooks {
@@ -380,7 +381,30 @@ export class VmInventory {
     this.track(name, proc);
     if (memoryFile) this.usePagingFile(name, proc, memoryFile);
     this.d.emit('vm.state', { vm: name, state: 'running', pid: proc.pid });
+    await this.sweepBitmaps(name, spec.id, proc);
     await this.d.cluster.recordHa(spec);
+  }
+
+  /**
+   * Agent start: the expired bitmaps of cut disk copies on every running VM, then the marks past
+   * their age (resume-bitmaps.ts). A stopped VM's are swept when it starts or moves.
+   */
+  async sweepResumeBitmaps(): Promise<void> {
+    for (const rec of this.d.registry.listVms()) {
+      const proc = this.procs.get(rec.name);
+      if (proc && !this.gate.movingJob(rec.name)) await this.sweepBitmaps(rec.name, rec.id, proc);
+    }
+    await expireMarks(this.d.dataDir).catch(() => 0);
+  }
+
+  /** A VM's expired bitmaps of cut disk copies go; never fails its start (a bitmap left costs writes, no more). */
+  private async sweepBitmaps(name: string, vmId: string, proc: QemuProcess): Promise<void> {
+    try {
+      const gone = await sweepBitmaps(proc.qmp, this.d.dataDir, vmId);
+      if (gone.length) this.d.emit('vm.bitmaps', { vm: name, removed: gone, message: droppedLine(gone, SWEEP_WHY) });
+    } catch (err) {
+      this.d.emit('vm.bitmaps', { vm: name, removed: [], message: `sweeping its bitmaps: ${messageOf(err)}` });
+    }
   }
 
   stop(name: string, opts: { force: boolean; timeoutMs: number; signal?: AbortSignal }): Promise<VmView> {

@@ -39,6 +39,8 @@ export const EventBody = z.discriminatedUnion('type', [
     migration: z.string(),
     message: z.string(),
   }),
+  /** Bitmaps of cut disk copies removed from a VM's disks at its start or the agent's (migration/resume-bitmaps.ts). */
+  z.object({ type: z.literal('vm.bitmaps'), vm, removed: z.array(z.string()), message: z.string() }),
   z.object({ type: z.literal('host.changed'), migration: MigrationSettings }),
   z.object({ type: z.enum(['switch.created', 'switch.removed']), switch: z.string() }),
   z.object({ type: z.literal('pool.changed'), pool: z.string() }),

@@ -424,8 +424,10 @@ export class MigrationManager {
     ctx.spec = await this.host.vms.spec(rec.vm).catch(() => null);
     const compare = job.journalData('compare');
     const files = compare.files as string[] | undefined;
+    // The copy chosen at Begin is in the record (copy-choice.ts).
+    const copy = { method: rec.diskCopy ?? (ctx.proc ? 'mirror' : 'offline'), why: 'as the record says' } as const;
     if (ctx.spec && files)
-      ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files, chain: null };
+      ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files, chain: null, copy };
     // A move with a checkpoint chain learns the stream's address only once the chain is there.
     const prep = { ...job.journalData('prepare'), ...job.journalData('chain') };
     if (typeof prep.uri === 'string') {

@@ -16,6 +16,7 @@ import { chainFileBytes, movedTree, planChainMove, type ChainFile, type ChainPla
 import { hasCheckpoints, loadTree, removeCheckpointFiles } from '../checkpoint/store.js';
 import type { CheckpointTree } from '../checkpoint/model.js';
 import type { MoveOptions, StorageMoveRequest } from './schemas.js';
+import { moveCopy, type CopyChoice } from './copy-choice.js';
 
 const MiB = 1048576;
 
@@ -31,6 +32,8 @@ export interface SharedNothingPlan {
    * export `chain<N>`), and the disks mirrored with sync=top onto overlays over that copy.
    */
   chain: { files: ChainFile[]; topOnly: string[] } | null;
+  /** How the disks are copied and why, decided here once (copy-choice.ts). */
+  copy: CopyChoice;
 }
 
 /** Shared nothing without paths: the VM goes to a folder named after it in the destination's local pool. */
@@ -119,7 +122,8 @@ export async function sharedNothingPlan(
       files: await Promise.all(chainFiles.map(async (f) => ({ path: f.to, bytes: (await fsp.stat(f.from)).size }))),
     };
   }
-  return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null };
+  const copy = moveCopy(running, options.resumable, disks, topOnly.length > 0);
+  return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null, copy };
 }
 
 /**

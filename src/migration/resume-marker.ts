@@ -13,8 +13,18 @@ import { createHash } from 'node:crypto';
 import * as z from 'zod';
 import type { BitmapState } from './resume-copy.js';
 
-/** Kept images expire: a day-old partial copy is worth less than the space it holds. */
+/**
+ * Kept images expire: a day-old partial copy is worth less than the space it holds. The
+ * source's bitmaps of cut copies expire by the same rule (resume-bitmaps.ts): neither half of
+ * a copy outlives the other.
+ */
 export const RESUME_MAX_AGE_MS = 24 * 3600_000;
+
+/** Past RESUME_MAX_AGE_MS since `keptAt` (an ISO time; one that does not parse is expired too). */
+export function keptExpired(keptAt: string, nowMs: number): boolean {
+  const kept = Date.parse(keptAt);
+  return !Number.isFinite(kept) || nowMs - kept > RESUME_MAX_AGE_MS;
+}
 
 const Key = z
   .string()
@@ -92,8 +102,7 @@ export function checkKeptImage(
     ] as const
   ).find(([, a, b]) => a !== b);
   if (mismatch) return { resume: false, why: `the kept copy is of another ${mismatch[0]}` };
-  const kept = Date.parse(marker.keptAt);
-  if (!Number.isFinite(kept) || nowMs - kept > RESUME_MAX_AGE_MS || kept > nowMs + 60_000)
+  if (keptExpired(marker.keptAt, nowMs) || Date.parse(marker.keptAt) > nowMs + 60_000)
     return { resume: false, why: 'the kept copy expired (older than 24 h)' };
   if (!file) return { resume: false, why: 'the kept copy is gone' };
   if (file.size !== marker.fileSize || file.mtimeMs !== marker.fileMtimeMs)

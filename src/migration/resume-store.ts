@@ -5,7 +5,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from '../util/atomic-file.js';
-import { RESUME_MAX_AGE_MS, ResumeMarker } from './resume-marker.js';
+import { keptExpired, ResumeMarker } from './resume-marker.js';
 
 const DIR = 'resume';
 
@@ -49,8 +49,7 @@ export async function expiredMarkers(dataDir: string, nowMs = Date.now()): Promi
   for (const n of names.filter((x) => x.endsWith('.json'))) {
     const file = path.join(dir, n);
     const r = ResumeMarker.safeParse(JSON.parse(await fsp.readFile(file, 'utf8').catch(() => 'null')) as unknown);
-    const kept = r.success ? Date.parse(r.data.keptAt) : NaN;
-    if (!r.success || !Number.isFinite(kept) || nowMs - kept > RESUME_MAX_AGE_MS) {
+    if (!r.success || keptExpired(r.data.keptAt, nowMs)) {
       if (r.success) out.push(r.data);
       await fsp.rm(file, { force: true });
     }

@@ -67,6 +67,13 @@ export async function commitImage(path: string, opts: ImgOptions & { format: Ima
   await run('qemu-img', ['commit', '-q', '-f', opts.format, path], { timeoutMs: 30 * 60_000, ...opts });
 }
 
+/** The persistent dirty bitmaps stored in a qcow2 image no QEMU has open (their names). */
+export async function listBitmaps(path: string, opts: ImgOptions = {}): Promise<string[]> {
+  const { stdout } = await run('qemu-img', ['info', '--output=json', '-f', 'qcow2', path], opts);
+  const j = JSON.parse(stdout) as { 'format-specific'?: { data?: { bitmaps?: Array<{ name?: unknown }> } } };
+  return (j['format-specific']?.data?.bitmaps ?? []).flatMap((b) => (typeof b.name === 'string' ? [b.name] : []));
+}
+
 /** Removes persistent dirty bitmap `name` from a qcow2 image no QEMU has open. */
 export async function removeBitmap(path: string, name: string, opts: ImgOptions = {}): Promise<void> {
   await run('qemu-img', ['bitmap', '-f', 'qcow2', '--remove', path, name], { timeoutMs: 60_000, ...opts });

@@ -2,14 +2,23 @@
 // destination's QEMU killed) is retried with the same command; the retry finds the partial copy
 // kept on the destination and the source's bitmap, and re-sends less than half the disks. The
 // probe guest writes checked records all along: every acknowledged one is on the moved disk,
-// the second disk's data is intact, and exactly one QEMU runs the VM afterwards.
+// the second disk's data is intact, and exactly one QEMU runs the VM afterwards. A cut copy
+// that is not retried leaves no bitmap behind: the next move or the sweep removes it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
+import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
 import { assertMovedIntact, makeFillDisk, vmPids as vmPidsOf } from './resume-check.js';
+import { parseSerial, verifyDiskImage } from '../../guest/records.js';
+import type { LabStatus } from '../../src/lab/lab.js';
+import { rootNode } from '../../src/migration/block.js';
+import { markBitmap } from '../../src/migration/resume-bitmaps.js';
+import { addResumeBitmap, resumeBitmapName } from '../../src/migration/resume-copy.js';
+import { moveKeyOf, RESUME_MAX_AGE_MS } from '../../src/migration/resume-marker.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
@@ -24,6 +33,39 @@ const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', n
 
 const vmPids = (host: string, vmId: string): Promise<number[]> => vmPidsOf(L, host, vmId);
 
+const qmpOf = (host: string, vm: VmView): Promise<QmpClient> =>
+  QmpClient.connect(path.join(hostData(L, host), 'run', vm.id, 'qmp-admin.sock'), { vm: vm.name });
+
+/** The bitmaps of Ferry's naming on a running VM's disks (the source's half of a cut copy). */
+const ferryBitmaps = async (host: string, vm: VmView): Promise<string[]> => {
+  const qmp = await qmpOf(host, vm);
+  try {
+    return (await qmp.execute('query-block'))
+      .flatMap((b) => b.inserted?.['dirty-bitmaps'] ?? [])
+      .map((b) => b.name ?? '')
+      .filter((n) => n.startsWith('ferry-resume-'));
+  } finally {
+    qmp.close();
+  }
+};
+
+/** The same of a disk no QEMU has open (qemu-img info), or of one a QEMU holds (-U). */
+const storedBitmaps = (file: string): string[] => {
+  const info = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', file], { encoding: 'utf8' })) as {
+    'format-specific'?: { data?: { bitmaps?: Array<{ name: string }> } };
+  };
+  return (info['format-specific']?.data?.bitmaps ?? []).map((b) => b.name).filter((n) => n.startsWith('ferry-resume-'));
+};
+
+/** host-a's marks of the bitmaps it keeps (resume-bitmaps.ts). */
+const sourceMarks = (): string[] => {
+  try {
+    return fs.readdirSync(path.join(hostData(L, 'host-a'), 'resume-bitmaps')).filter((f) => f.endsWith('.json'));
+  } catch {
+    return [];
+  }
+};
+
 const markers = (host: string): string[] => {
   try {
     return fs.readdirSync(path.join(hostData(L, host), 'resume')).filter((f) => f.endsWith('.json'));
@@ -32,6 +74,63 @@ const markers = (host: string): string[] => {
   }
 };
 
+/** A running VM `name` on host-a: the probe guest on its own disk, and makeFillDisk's disk second. */
+async function newVm(name: string): Promise<VmView> {
+  const fill = path.join(hostData(L, 'host-a'), 'pools', 'local', `${name}-fill.qcow2`);
+  makeFillDisk(fill);
+  const vm = await ferryOk<VmView>(
+    ['vm', 'new', name, '--host', 'host-a', '--guest', 'probe', '--disk', '64M', '--attach', fill, '--start', '--json'],
+    { lab: L.lab },
+  );
+  await waitProbe(L, vm, 10, 90_000);
+  return vm;
+}
+
+/**
+ * A VM `name` (the probe guest, its disk and a filled second disk) on host-a, and its move to
+ * host-b by resumable passes cut at CUT (host-b's QEMU killed): the move failed, the VM runs on
+ * host-a, host-b keeps both partial disks. Returns the VM, the move's command and where it was cut.
+ */
+async function cutMove(name: string): Promise<{ vm: VmView; move: string[]; at: { done: number; total: number } }> {
+  const vm = await newVm(name);
+  // Slowed so the cut lands inside the copy; the retry is the same command. The disks are far
+  // under --resumable auto's 1 GiB (a short test): `always` asks for the resumable copy.
+  const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'always', '--bandwidth', '4'];
+  const id = (await ferryOk<string>([...move, '--no-wait'], { lab: L.lab })).trim();
+  // The copy's progress straight from the source's QEMU (its jobs' counters), so the cut lands
+  // at the mark and not a CLI round trip later.
+  const qmp = await qmpOf('host-a', vm);
+  const at = { done: 0, total: 0 };
+  try {
+    for (let i = 0; ; i++) {
+      const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('mirror-'));
+      at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
+      at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
+      // Each disk past the mark: the disks' copies run side by side, at their own pace.
+      if (
+        jobs.length === 2 &&
+        jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * CUT)
+      )
+        break;
+      assert.ok(i < 3000, 'the copy reached the cut');
+      await sleep(20);
+    }
+  } finally {
+    qmp.close();
+  }
+  const killed = await vmPids('host-b', vm.id);
+  assert.ok(killed.length, "the destination's QEMU runs");
+  for (const p of killed) process.kill(p, 'SIGKILL');
+  const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
+  assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+  assert.equal(cut.diskCopy, 'resumable');
+  assert.equal((await show(name)).host, 'host-a');
+  // The partial copy is kept on host-b for a retry (one marker per disk), no VM registered there.
+  for (let i = 0; markers('host-b').length < 2 && i < 100; i++) await sleep(200);
+  assert.equal(markers('host-b').length, 2, 'host-b keeps both partial disks');
+  return { vm, move, at };
+}
+
 test(
   'a shared-nothing move cut at ~60 % resumes on retry: less than half the disks re-sent, data intact',
   {
@@ -39,65 +138,7 @@ test(
   },
   async (t) => {
     const name = 'resume1';
-    const fill = path.join(hostData(L, 'host-a'), 'pools', 'local', `${name}-fill.qcow2`);
-    makeFillDisk(fill);
-    const vm = await ferryOk<VmView>(
-      [
-        'vm',
-        'new',
-        name,
-        '--host',
-        'host-a',
-        '--guest',
-        'probe',
-        '--disk',
-        '64M',
-        '--attach',
-        fill,
-        '--start',
-        '--json',
-      ],
-      { lab: L.lab },
-    );
-    await waitProbe(L, vm, 10, 90_000);
-    // Slowed so the cut lands inside the copy; the retry is the same command. The disks are far
-    // under --resumable auto's 1 GiB (a short test): `always` asks for the resumable copy.
-    const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'always', '--bandwidth', '4'];
-    const id = (await ferryOk<string>([...move, '--no-wait'], { lab: L.lab })).trim();
-    // The copy's progress straight from the source's QEMU (its jobs' counters), so the cut lands
-    // at the mark and not a CLI round trip later.
-    const qmp = await QmpClient.connect(path.join(hostData(L, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
-      vm: name,
-    });
-    const at = { done: 0, total: 0 };
-    try {
-      for (let i = 0; ; i++) {
-        const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('mirror-'));
-        at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
-        at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
-        // Each disk past the mark: the disks' copies run side by side, at their own pace.
-        if (
-          jobs.length === 2 &&
-          jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * CUT)
-        )
-          break;
-        assert.ok(i < 3000, 'the copy reached the cut');
-        await sleep(20);
-      }
-    } finally {
-      qmp.close();
-    }
-    const killed = await vmPids('host-b', vm.id);
-    assert.ok(killed.length, "the destination's QEMU runs");
-    for (const p of killed) process.kill(p, 'SIGKILL');
-    const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
-    assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
-    assert.equal(cut.diskCopy, 'resumable');
-    assert.equal((await show(name)).host, 'host-a');
-    // The partial copy is kept on host-b for a retry (one marker per disk), no VM registered there.
-    for (let i = 0; markers('host-b').length < 2 && i < 100; i++) await sleep(200);
-    assert.equal(markers('host-b').length, 2, 'host-b keeps both partial disks');
-
+    const { vm, move, at } = await cutMove(name);
     const retry = await ferry([...move, '--json'], { lab: L.lab, timeoutMs: 180_000 });
     assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
     const rr = JSON.parse(retry.stdout) as MigrationRecord;
@@ -129,6 +170,110 @@ test(
     // second disk intact.
     const logs = await assertMovedIntact(L, name, vm.id);
     assert.ok(heartbeatContinuity(logs).missing.length <= 1, 'no heartbeat lost');
+    await ferryOk(['vm', 'rm', name], { lab: L.lab });
+  },
+);
+
+// A cut copy that no retry resumes must not leave its bitmap on the source's disks (every guest
+// write pays for it): the VM's next move that does not resume it removes it at its Begin
+// (resume-bitmaps.ts). Here the next move copies by the mirror to the same host and keeps the
+// source's files (--retain-source) so they can be read afterwards; a move to another host
+// drops it the same way (the rule is "every Ferry bitmap but the one this move resumes").
+test(
+  'a cut copy no retry resumes: the next move (not resuming) removes its bitmap from the source disks, data intact',
+  { timeout: 240_000 },
+  async () => {
+    const name = 'resume2';
+    const { vm } = await cutMove(name);
+    const left = await ferryBitmaps('host-a', vm);
+    assert.equal(left.length, 2, `the cut left its bitmap on both disks: ${left.join(', ')}`);
+    assert.equal(sourceMarks().length, 1, 'and marked it');
+    const files = (await show(name)).disks.map((d) => d.path);
+    const next = await ferry(
+      ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'never', '--retain-source', '--json'],
+      { lab: L.lab, timeoutMs: 180_000 },
+    );
+    assert.equal(next.code, 0, `next move: ${next.stderr}`);
+    const rec = JSON.parse(next.stdout) as MigrationRecord;
+    assert.equal(rec.state, 'completed', `next move: ${JSON.stringify(rec.error)}`);
+    assert.equal(rec.diskCopy, 'mirror');
+    assert.ok(
+      rec.events.some((e) =>
+        /removed the bitmap ferry-resume-\w+ of a cut copy: this move does not resume a copy \(mirror\)/.test(
+          e.message,
+        ),
+      ),
+      `the record says the bitmap went: ${JSON.stringify(rec.events.map((e) => e.message))}`,
+    );
+    assert.ok(!rec.disks.some((d) => d.resumed), 'nothing resumed');
+    for (const f of files) assert.deepEqual(storedBitmaps(f), [], `no Ferry bitmap left in ${f}`);
+    assert.deepEqual(sourceMarks(), [], "host-a's mark went with it");
+    assert.deepEqual(markers('host-b'), [], 'host-b deleted its partial copies (nothing offered them)');
+    await assertMovedIntact(L, name, vm.id);
+    await ferryOk(['vm', 'rm', name], { lab: L.lab });
+  },
+);
+
+// The sweep (resume-bitmaps.ts): at agent start and at VM start, bitmaps of Ferry's naming
+// older than the destination's kept copies live (24 h, RESUME_MAX_AGE_MS), or without a mark,
+// go; a young one stays (a retry may still resume it), also stored over a VM stop. Last in the
+// file: it restarts host-a's agent.
+test(
+  'the sweep at agent start and at VM start removes expired bitmaps of cut copies and keeps young ones, data intact',
+  { timeout: 180_000 },
+  async () => {
+    const name = 'resume3';
+    const vm = await newVm(name);
+    const data = hostData(L, 'host-a');
+    const old = resumeBitmapName(moveKeyOf(vm.id, 'host-a', 'host-x'));
+    const young = resumeBitmapName(moveKeyOf(vm.id, 'host-a', 'host-b'));
+    // As cut copies leave them: persistent on every disk, marked when kept.
+    const qmp = await qmpOf('host-a', vm);
+    try {
+      for (const d of vm.disks) {
+        const node = await rootNode(qmp, d.id);
+        for (const b of [old, young]) await addResumeBitmap(qmp, node, b, 'qcow2');
+      }
+    } finally {
+      qmp.close();
+    }
+    await markBitmap(data, vm.id, old, new Date(Date.now() - RESUME_MAX_AGE_MS - 60_000));
+    await markBitmap(data, vm.id, young);
+
+    // Agent start: the VM keeps running, the agent re-attaches and sweeps.
+    const host = L.status.hosts.find((h) => h.name === 'host-a');
+    assert.ok(host?.agentPid);
+    process.kill(host.agentPid, 'SIGKILL');
+    await sleep(1000);
+    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
+    assert.equal((await show(name)).pid, vm.pid, 'the same QEMU runs the VM');
+    assert.deepEqual(await ferryBitmaps('host-a', vm), [young, young], 'the expired one went, the young one stays');
+    assert.deepEqual(sourceMarks(), [`${vm.id}--${young}.json`]);
+
+    // Stopped, the young one is stored in the images; the records the guest acknowledged are there.
+    await waitProbe(L, vm, 10, 60_000);
+    await ferryOk(['vm', 'stop', name, '--force'], { lab: L.lab, timeoutMs: 120_000 });
+    for (const d of vm.disks) assert.deepEqual(storedBitmaps(d.path), [young], d.id);
+    const serial = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'));
+    assert.ok(serial.highestAck);
+    const rep = await verifyDiskImage(vm.disks[0]!.path, { format: 'qcow2', highestAck: serial.highestAck });
+    assert.equal(rep.ok, true, `records: ${rep.problems.slice(0, 3).join('; ')}`);
+
+    // A day later (its mark aged): the VM's start sweeps it.
+    await markBitmap(data, vm.id, young, new Date(Date.now() - RESUME_MAX_AGE_MS - 60_000));
+    await ferryOk(['vm', 'start', name], { lab: L.lab });
+    const started = await show(name);
+    assert.deepEqual(await ferryBitmaps('host-a', started), [], 'swept at VM start');
+    assert.deepEqual(sourceMarks(), []);
+    await ferryOk(['vm', 'stop', name, '--force'], { lab: L.lab, timeoutMs: 120_000 });
+    for (const d of vm.disks) {
+      assert.deepEqual(storedBitmaps(d.path), [], `no Ferry bitmap left in ${d.path}`);
+      execFileSync('qemu-img', ['check', '-q', d.path]);
+    }
+    const read = execFileSync('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x5a 0 40M', vm.disks[1]!.path], {
+      encoding: 'utf8',
+    });
+    assert.doesNotMatch(read, /Pattern verification failed/);
     await ferryOk(['vm', 'rm', name], { lab: L.lab });
   },
 );

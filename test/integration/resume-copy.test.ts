@@ -21,7 +21,15 @@ import {
   type BackupSpec,
 } from '../../src/migration/resume-copy.js';
 import { FerryError } from '../../src/errors.js';
-import { removeBitmap } from '../../src/qemu/img.js';
+import { listBitmaps, removeBitmap } from '../../src/qemu/img.js';
+import {
+  bitmapMarks,
+  dropLeftBehind,
+  dropStoredLeftBehind,
+  markBitmap,
+  sweepBitmaps,
+} from '../../src/migration/resume-bitmaps.js';
+import { moveKeyOf, RESUME_MAX_AGE_MS } from '../../src/migration/resume-marker.js';
 import { tempDir } from '../helpers.js';
 
 const run = promisify(execFile);
@@ -313,4 +321,99 @@ test('a stream that fails after the last pass still resumes; a completed one dro
   assert.deepEqual(await stored(), [], 'no bitmap left in the source image');
   const cmp = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', 'qcow2', src, dst]);
   assert.match(cmp.stdout, /identical/);
+});
+
+// A cut copy that no retry resumes must not leave its bitmap on the source's disk (every guest
+// write updates it): resume-bitmaps.ts drops it at the Begin of the VM's next move unless that
+// move resumes it, and sweeps it at VM or agent start once it is as old as the destination's
+// kept copy may be (24 h), has no mark, or is inconsistent. An operator's own bitmap is never
+// touched, and the disk's data stays as it was.
+test('bitmaps of cut copies: dropped by the next move and the sweep, live and stored; the data intact', async (t) => {
+  const dir = await tempDir(t);
+  const data = path.join(dir, 'data');
+  const src = path.join(dir, 'src.qcow2');
+  const size = 32 * MiB;
+  const vmId = 'vm-sweep';
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', src, String(size)]);
+  await run('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x41 0 ${8 * MiB}`, src]);
+  const procs: ChildProcess[] = [];
+  t.after(() => {
+    for (const p of procs) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
+  });
+  let n = 0;
+  const start = async (): Promise<QmpClient> => {
+    const id = `src${n++}`;
+    const p = qemu(dir, id, src, []);
+    procs.push(p);
+    const qmp = await QmpClient.connect(path.join(dir, `${id}.qmp`), { vm: id });
+    await qmp.execute('cont');
+    return qmp;
+  };
+  const quit = async (qmp: QmpClient): Promise<void> => {
+    await qmp.execute('quit').catch(() => undefined);
+    for (const p of procs)
+      if (p.exitCode === null && p.signalCode === null) await new Promise((r) => p.once('exit', r));
+  };
+  const live = async (qmp: QmpClient): Promise<string[]> =>
+    (await qmp.execute('query-block'))
+      .flatMap((b) => b.inserted?.['dirty-bitmaps'] ?? [])
+      .map((b) => b.name ?? '')
+      .sort();
+  const stored = async (): Promise<string[]> => (await listBitmaps(src)).sort();
+  const toB = resumeBitmapName(moveKeyOf(vmId, 'host-a', 'host-b'));
+  const toC = resumeBitmapName(moveKeyOf(vmId, 'host-a', 'host-c'));
+  const theirs = 'operator-incremental';
+  const write = (qmp: QmpClient, offset: number, pattern: number) =>
+    qmp.execute('human-monitor-command', { 'command-line': `qemu-io -d ide0 "write -P ${pattern} ${offset} 64k"` });
+
+  // Two cut copies' bitmaps (to B a moment ago, to C a day and a minute ago) and an operator's.
+  let sq = await start();
+  for (const name of [toB, toC, theirs]) await addResumeBitmap(sq, 'disk0', name, 'qcow2');
+  await markBitmap(data, vmId, toB);
+  await markBitmap(data, vmId, toC, new Date(Date.now() - RESUME_MAX_AGE_MS - 60_000));
+  await write(sq, 16 * MiB, 0x42);
+  // The sweep: the one to C is past the destination markers' age; B's may still be resumed.
+  const ms = (t0: number): string => `${(performance.now() - t0).toFixed(1)} ms`;
+  let t0 = performance.now();
+  assert.deepEqual(await sweepBitmaps(sq, data, vmId), [toC]);
+  const tSweep = ms(t0);
+  assert.deepEqual(await live(sq), [theirs, toB].sort());
+  // A resumable retry to B keeps its own; the next move that resumes nothing drops it.
+  t0 = performance.now();
+  assert.deepEqual(await dropLeftBehind(sq, data, vmId, toB), [], 'nothing to drop');
+  const tNone = ms(t0);
+  t0 = performance.now();
+  assert.deepEqual(await dropLeftBehind(sq, data, vmId, null), [toB]);
+  const tLive = ms(t0);
+  assert.deepEqual(await live(sq), [theirs]);
+  assert.deepEqual([...(await bitmapMarks(data, vmId)).keys()], [], 'their marks went with them');
+
+  // Stored in the image over a restart: a bitmap without a mark is swept when the VM starts.
+  await addResumeBitmap(sq, 'disk0', toC, 'qcow2');
+  await quit(sq);
+  assert.deepEqual(await stored(), [theirs, toC].sort());
+  sq = await start();
+  assert.deepEqual(await sweepBitmaps(sq, data, vmId), [toC]);
+  await write(sq, 20 * MiB, 0x43);
+  // A stopped VM's move: dropped from the image with qemu-img.
+  await addResumeBitmap(sq, 'disk0', toB, 'qcow2');
+  await quit(sq);
+  assert.deepEqual(await stored(), [theirs, toB].sort());
+  t0 = performance.now();
+  assert.deepEqual(await dropStoredLeftBehind([{ path: src, format: 'qcow2' }], data, vmId), [toB]);
+  t.diagnostic(
+    `sweep (one removed) ${tSweep}; a move's Begin: nothing to drop ${tNone}, one over QMP ${tLive}, ` +
+      `one from a stopped VM's image ${ms(t0)}`,
+  );
+  assert.deepEqual(await stored(), [theirs], 'no Ferry bitmap left on the disk');
+
+  await run('qemu-img', ['check', '-q', src]);
+  for (const [offset, pattern, len] of [
+    [0, 0x41, 8 * MiB],
+    [16 * MiB, 0x42, 64 * 1024],
+    [20 * MiB, 0x43, 64 * 1024],
+  ] as const) {
+    const r = await run('qemu-io', ['-f', 'qcow2', '-r', '-c', `read -P ${pattern} ${offset} ${len}`, src]);
+    assert.doesNotMatch(r.stdout, /Pattern verification failed/, `offset ${offset}`);
+  }
 });

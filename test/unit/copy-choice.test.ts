@@ -1,7 +1,11 @@
-// `--resumable auto|always|never` (backup-copy.ts chooseCopy): which way a running VM's disks copy.
+// `--resumable auto|always|never` (copy-choice.ts): which way a move copies its disks, decided
+// once when the move is planned (plan.ts) and read by the prepare, mirror and backup steps.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { chooseCopy, RESUMABLE_MIN_BYTES } from '../../src/migration/kinds/backup-copy.js';
+import { chooseCopy, moveCopy, RESUMABLE_MIN_BYTES } from '../../src/migration/copy-choice.js';
+import { backupCopy } from '../../src/migration/kinds/backup-copy.js';
+import { mirrorStep } from '../../src/migration/kinds/live.js';
+import type { SourceCtx } from '../../src/migration/source.js';
 
 const GiB = 1024 ** 3;
 const disk = (id: string, allocatedBytes: number, format = 'qcow2') => ({ id, format, allocatedBytes });
@@ -9,23 +13,51 @@ const disk = (id: string, allocatedBytes: number, format = 'qcow2') => ({ id, fo
 test('auto: resumable from 1 GiB allocated across the disks, the mirror below', () => {
   assert.equal(RESUMABLE_MIN_BYTES, GiB);
   const small = chooseCopy('auto', [disk('disk0', 600 * 1024 ** 2), disk('disk1', 300 * 1024 ** 2, 'raw')], false);
-  assert.deepEqual(small, { resumable: false, why: 'the disks hold 0.88 GiB, under 1.00 GiB (--resumable auto)' });
+  assert.deepEqual(small, { method: 'mirror', why: 'the disks hold 0.88 GiB, under 1.00 GiB (--resumable auto)' });
   const big = chooseCopy('auto', [disk('disk0', 700 * 1024 ** 2), disk('disk1', 324 * 1024 ** 2, 'raw')], false);
-  assert.deepEqual(big, { resumable: true, why: 'the disks hold 1.00 GiB, at least 1.00 GiB' });
+  assert.deepEqual(big, { method: 'resumable', why: 'the disks hold 1.00 GiB, at least 1.00 GiB' });
 });
 
 test('always and never win over the size; always still needs qcow2 or raw and no chain', () => {
-  assert.equal(chooseCopy('always', [disk('disk0', 1)], false).resumable, true);
+  assert.equal(chooseCopy('always', [disk('disk0', 1)], false).method, 'resumable');
   assert.deepEqual(chooseCopy('never', [disk('disk0', 8 * GiB)], false), {
-    resumable: false,
+    method: 'mirror',
     why: '--resumable never',
   });
   assert.deepEqual(chooseCopy('always', [disk('disk0', 1), disk('disk1', 1, 'vhdx')], false), {
-    resumable: false,
+    method: 'mirror',
     why: "disk 'disk1' is vhdx (only qcow2 and raw resume)",
   });
   assert.deepEqual(chooseCopy('auto', [disk('disk0', 8 * GiB)], true), {
-    resumable: false,
+    method: 'mirror',
     why: 'it sits on a checkpoint chain',
   });
+});
+
+test("a move's copy: a stopped VM's is offline whatever --resumable says; absent is auto", () => {
+  assert.equal(moveCopy(false, 'always', [disk('disk0', 8 * GiB)], false).method, 'offline');
+  assert.equal(moveCopy(true, undefined, [disk('disk0', 8 * GiB)], false).method, 'resumable');
+  assert.equal(moveCopy(true, undefined, [disk('disk0', 1)], false).method, 'mirror');
+});
+
+test('the steps read the choice the plan holds: it is not computed again', () => {
+  // A plan whose disks would say "mirror" by size but whose recorded choice is resumable: the
+  // steps follow the record, so a choice made once cannot differ between prepare and the copy.
+  const ctx = (method: 'mirror' | 'resumable' | 'offline', running = true): SourceCtx =>
+    ({
+      proc: running ? {} : null,
+      plan: {
+        request: { disks: [{ id: 'disk0', format: 'qcow2', allocatedBytes: 1 }] },
+        chain: null,
+        copy: { method, why: 'test' },
+      },
+      job: { record: { options: { resumable: 'auto' } } },
+    }) as unknown as SourceCtx;
+  const when = (c: SourceCtx): boolean | undefined => mirrorStep.when && mirrorStep.when(c);
+  assert.equal(backupCopy(ctx('resumable')), true);
+  assert.equal(when(ctx('resumable')), false);
+  assert.equal(backupCopy(ctx('mirror')), false);
+  assert.equal(when(ctx('mirror')), true);
+  assert.equal(backupCopy(ctx('offline', false)), false);
+  assert.equal(when(ctx('offline', false)), false);
 });

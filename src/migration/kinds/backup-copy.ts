@@ -4,13 +4,14 @@
 // the bitmap owes), catch-up passes run while the guest runs, and the last pass runs at
 // switch-over with the guest paused. The bitmap is named after the move's key (VM, source,
 // destination), so a plain retry of the same `move-vm` finds it; it is removed once the move
-// completes or is cancelled. Used for shared-nothing moves of a running VM whose disks are qcow2
-// or raw and do not sit on a checkpoint chain, when `--resumable` and the disks' size say so
-// (copyChoice); the others keep the mirror (docs/moves.md).
+// completes or is cancelled, at the Begin of the VM's next move unless that one resumes it, or
+// by the sweep once it expires (resume-bitmaps.ts). Used for shared-nothing moves of a running
+// VM whose disks are qcow2 or raw and do not sit on a checkpoint chain, when `--resumable` and
+// the disks' size say so (copy-choice.ts, decided once in the plan); the others keep the mirror
+// (docs/moves.md).
 import type { IncomingRequest } from '../../api/peer-actions.js';
 import { FerryError, messageOf } from '../../errors.js';
 import { removeBitmap } from '../../qemu/img.js';
-import type { QmpClient } from '../../qemu/qmp.js';
 import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
 import {
   addResumeBitmap,
@@ -24,9 +25,9 @@ import {
 } from '../resume-copy.js';
 import { decideResume, moveKeyOf, resumeLine, type ResumeOffer, type Verdict } from '../resume-marker.js';
 import type { Step, StepScope } from '../runner.js';
-import type { ResumableMode } from '../../api/defaults.js';
 import { MigrationFailedError, needProc, needSpec, type SourceCtx } from '../source.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
+import { dropLeftBehind, dropStoredLeftBehind, droppedLine, markBitmap, unmarkBitmap } from '../resume-bitmaps.js';
 
 type Storage = NonNullable<IncomingRequest['storage']>;
 
@@ -34,51 +35,9 @@ type Storage = NonNullable<IncomingRequest['storage']>;
 const SMALL_BYTES = 2 * 1024 * 1024;
 const MAX_CATCH_UP = 4;
 
-/**
- * `--resumable auto` copies by backup passes only when the disks hold at least this much
- * (allocated, what a full copy really sends): below it a cut costs little to redo, while the
- * passes' extra downtime (docs/performance.md) is paid on every move.
- */
-export const RESUMABLE_MIN_BYTES = 1024 ** 3;
-
-export interface CopyChoice {
-  resumable: boolean;
-  why: string;
-}
-
-const gib = (n: number): string => `${(n / 1024 ** 3).toFixed(2)} GiB`;
-
-/** How a running VM's disks are copied, and why (null: no running VM's disks to copy). Pure: steps ask it again. */
-export function copyChoice(ctx: SourceCtx): CopyChoice | null {
-  const plan = ctx.plan;
-  if (!plan || !ctx.proc) return null;
-  return chooseCopy(
-    ctx.job.record.options.resumable ?? 'auto',
-    plan.request.disks,
-    Boolean(plan.chain?.topOnly.length),
-  );
-}
-
-/** copyChoice's rule: `onChain` is a VM over a copied checkpoint chain (the mirror's sync=top). */
-export function chooseCopy(
-  mode: ResumableMode,
-  disks: ReadonlyArray<{ id: string; format: string; allocatedBytes: number }>,
-  onChain: boolean,
-): CopyChoice {
-  if (mode === 'never') return { resumable: false, why: '--resumable never' };
-  if (onChain) return { resumable: false, why: 'it sits on a checkpoint chain' };
-  const odd = disks.find((d) => d.format !== 'qcow2' && d.format !== 'raw');
-  if (odd) return { resumable: false, why: `disk '${odd.id}' is ${odd.format} (only qcow2 and raw resume)` };
-  if (mode === 'always') return { resumable: true, why: '--resumable always' };
-  const bytes = disks.reduce((a, d) => a + d.allocatedBytes, 0);
-  return bytes >= RESUMABLE_MIN_BYTES
-    ? { resumable: true, why: `the disks hold ${gib(bytes)}, at least ${gib(RESUMABLE_MIN_BYTES)}` }
-    : { resumable: false, why: `the disks hold ${gib(bytes)}, under ${gib(RESUMABLE_MIN_BYTES)} (--resumable auto)` };
-}
-
-/** Whether this move copies its disks by resumable backup passes (else the mirror of live.ts). */
+/** Whether this move copies its disks by resumable backup passes (decided once, in the plan: copy-choice.ts). */
 export function backupCopy(ctx: SourceCtx): boolean {
-  return copyChoice(ctx)?.resumable === true;
+  return ctx.plan?.copy.method === 'resumable' && ctx.proc !== null;
 }
 
 const keyOf = (ctx: SourceCtx): string => moveKeyOf(needSpec(ctx).id, ctx.host.name, ctx.to.name);
@@ -107,12 +66,26 @@ export async function resumableRequest(ctx: SourceCtx, st: Storage, signal: Abor
   return { ...st, resumeKey: key, ...(offers.length ? { resume: offers } : {}) };
 }
 
-/** Bitmaps of copies to other destinations (or older keys): their copies cannot be resumed from here any more. */
-async function dropOtherBitmaps(qmp: QmpClient, node: string, keep: string, signal: AbortSignal): Promise<void> {
-  const blocks = await qmp.execute('query-block', undefined, { signal, timeoutMs: 10_000 });
-  const b = blocks.find((x) => x.inserted?.['node-name'] === node);
-  for (const bm of b?.inserted?.['dirty-bitmaps'] ?? [])
-    if (bm.name?.startsWith('ferry-resume-') && bm.name !== keep) await removeResumeBitmap(qmp, node, bm.name);
+/**
+ * Begin (the compare step) of any move of the VM from here: the bitmaps of cut copies this move
+ * does not resume go (resume-bitmaps.ts): all of them unless it copies by backup passes, then
+ * all but its own key's. Never fails the move: a bitmap left is only a cost (the sweep gets it).
+ */
+export async function dropEarlierBitmaps(ctx: SourceCtx, log: (m: string) => void, signal: AbortSignal): Promise<void> {
+  const spec = ctx.spec;
+  if (!spec) return;
+  const keep = backupCopy(ctx) ? resumeBitmapName(keyOf(ctx)) : null;
+  const why = keep
+    ? `a copy to '${ctx.to.name}' resumes only its own`
+    : `this move does not resume a copy (${ctx.plan ? ctx.plan.copy.method : 'its disks stay'})`;
+  try {
+    const dropped = ctx.proc
+      ? await dropLeftBehind(ctx.proc.qmp, ctx.host.dataDir, spec.id, keep, { signal })
+      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, { signal });
+    if (dropped.length) log(droppedLine(dropped, why));
+  } catch (err) {
+    log(`removing the bitmaps of earlier cut copies: ${messageOf(err)}`);
+  }
 }
 
 export const backupStep: Step<SourceCtx> = {
@@ -129,6 +102,8 @@ export const backupStep: Step<SourceCtx> = {
     const speed = r.policy.bandwidthMiBps ? r.policy.bandwidthMiBps * 1024 * 1024 : undefined;
     const bitmap = resumeBitmapName(keyOf(ctx));
     await sweepMirrorLeftovers(qmp, spec.name, s.signal);
+    // Marked before it exists: a sweep (an agent restarted mid-move) never finds it without a mark.
+    await markBitmap(ctx.host.dataDir, spec.id, bitmap);
     const backups: BackupSpec[] = [];
     const nodes: string[] = [];
     const verdicts = new Map<string, Verdict | null>();
@@ -139,7 +114,6 @@ export const backupStep: Step<SourceCtx> = {
       save();
       await addNbdTarget(ctx, qmp, nbd, d.id, node, s.signal);
       const device = await rootNode(qmp, d.id, s.signal);
-      await dropOtherBitmaps(qmp, device, bitmap, s.signal);
       const bm = await bitmapState(qmp, device, bitmap, { signal: s.signal });
       const answer = ctx.prep?.resume?.find((a) => a.diskId === d.id);
       // No bitmap and no kept copy: a first attempt, nothing to explain.
@@ -215,6 +189,9 @@ export const backupStep: Step<SourceCtx> = {
     // destination deletes its copy then (abortDestination's discard), so nothing could resume.
     const proc = ctx.proc;
     ctx.backups = [];
+    // Kept from now: it expires with the destination's kept copy (resume-bitmaps.ts).
+    if (!ctx.job.signal.aborted && ctx.spec && ((data.mirrors as BackupSpec[] | undefined) ?? []).length)
+      await markBitmap(ctx.host.dataDir, ctx.spec.id, resumeBitmapName(keyOf(ctx))).catch(() => undefined);
     if (!proc || proc.hasExited) return;
     await abandonMirrors(
       proc.qmp,
@@ -263,8 +240,12 @@ export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promi
  */
 export async function dropResumeBitmaps(ctx: SourceCtx): Promise<void> {
   const proc = ctx.proc;
-  if (!proc || proc.hasExited) return;
-  for (const b of journalBackups(ctx)) await removeResumeBitmap(proc.qmp, b.device, b.bitmap);
+  const backups = journalBackups(ctx);
+  if (proc && !proc.hasExited) for (const b of backups) await removeResumeBitmap(proc.qmp, b.device, b.bitmap);
+  const vmId = ctx.spec?.id;
+  if (vmId)
+    for (const name of new Set(backups.map((b) => b.bitmap)))
+      await unmarkBitmap(ctx.host.dataDir, vmId, name).catch(() => undefined);
 }
 
 /** A kept source image (--retain-source) of a completed move: its stored bitmap removed, QEMU gone. */

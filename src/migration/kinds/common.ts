@@ -6,6 +6,7 @@ import { sleep } from '../../util/exec.js';
 import type { z } from 'zod';
 import { gather, incompatibleError } from '../begin.js';
 import { sharedNothingPlan } from '../plan.js';
+import { dropEarlierBitmaps } from './backup-copy.js';
 import type { Step } from '../runner.js';
 import { abortDestination, type SourceCtx } from '../source.js';
 import { actions } from '../../api/actions.js';
@@ -103,9 +104,12 @@ export const compareStep: Step<SourceCtx> = {
         bytesDone: 0,
         bytesTotal: d.allocatedBytes,
       }));
+      r.diskCopy = ctx.plan.copy.method;
+      await dropEarlierBitmaps(ctx, s.log, s.signal);
       // What deleting the source's copies needs, should this host restart mid-move.
       return { files: ctx.plan.files, chain: ctx.plan.chain !== null };
     }
+    await dropEarlierBitmaps(ctx, s.log, s.signal);
     return undefined;
   },
 };

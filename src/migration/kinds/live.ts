@@ -55,14 +55,7 @@ import {
 } from '../source.js';
 import { addTlsCreds, qemuTlsDir } from '../tls.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
-import {
-  backupCopy,
-  copyChoice,
-  dropResumeBitmaps,
-  dropStoredBitmaps,
-  lastPass,
-  resumableRequest,
-} from './backup-copy.js';
+import { dropResumeBitmaps, dropStoredBitmaps, lastPass, resumableRequest } from './backup-copy.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 
 const POLL_MS = 250;
@@ -97,10 +90,11 @@ export const prepareStep: Step<SourceCtx> = {
     const spec = needSpec(ctx);
     const r = ctx.job.record;
     ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
-    const choice = copyChoice(ctx);
-    if (choice) {
-      r.diskCopy = choice.resumable ? 'resumable' : 'mirror';
-      s.log(`disks copied by ${choice.resumable ? 'resumable backup passes' : 'the mirror'}: ${choice.why}`);
+    // Decided once, when the compare step planned the move (copy-choice.ts); the record has it.
+    const choice = ctx.plan?.copy;
+    if (choice && choice.method !== 'offline') {
+      const how = choice.method === 'resumable' ? 'resumable backup passes' : 'the mirror';
+      s.log(`disks copied by ${how}: ${choice.why}`);
     }
     s.record({ incoming: ctx.job.id });
     const prep = await prepareDestination(
@@ -158,7 +152,7 @@ export const reachNbdStep: Step<SourceCtx> = {
 export const mirrorStep: Step<SourceCtx> = {
   name: 'mirror',
   phase: 'copying-storage',
-  when: (ctx) => ctx.plan !== null && ctx.proc !== null && !backupCopy(ctx),
+  when: (ctx) => ctx.plan?.copy.method === 'mirror' && ctx.proc !== null,
   async run(ctx, s) {
     const spec = needSpec(ctx);
     const qmp = needProc(ctx).qmp;

@@ -125,7 +125,6 @@ export const copyStep: Step<SourceCtx> = {
       );
     }
     ctx.job.enter('copying-storage', `copying ${disks.length} disk(s) to ${ctx.to.name}`);
-    r.diskCopy = 'offline';
     const total = disks.reduce((a, d) => a + d.allocatedBytes, 0) || 1;
     let before = 0;
     const t0 = Date.now();
