@@ -157,21 +157,27 @@ export function keepVerdict(
   agent: AgentState,
   fencedLease: string | null,
   keeping: Keeping | null,
+  /**
+   * The bridge that ended because the agent renewed again: its renewals still count (a late
+   * agent's renewal is judged by its send time, which can be older than the fence's last one).
+   */
+  carried: Keeping | null = null,
 ): KeepVerdict {
   if (l === null) return { keep: null, why: 'no-agent-yet' };
   if (l.leaseId === fencedLease) return { keep: null, why: 'fenced' };
   if (l.released) return { keep: null, why: 'released' };
   if (agent === 'stopped') return { keep: null, why: 'agent-stopped' };
   const mine = keeping?.leaseId === l.leaseId ? keeping : null;
+  const before = carried?.leaseId === l.leaseId ? carried : null;
   if (mine && l.renewedAt > mine.since) return { keep: null, why: 'renewed' };
   if (agent === 'running' && !mine && now - l.renewedAt <= bridgeAfterMs(l.lossAfterMs))
     return { keep: null, why: 'agent-alive' };
-  if (fenceDue(l, now, fencedLease, mine)) return { keep: null, why: 'overdue' };
+  if (fenceDue(l, now, fencedLease, mine ?? before)) return { keep: null, why: 'overdue' };
   if (l.graceMs <= 0) return { keep: null, why: 'no-grace' };
   // A gone agent gets the grace from when the fence began; a running one, from its own last renewal.
   if (agent === 'running' && now - l.renewedAt > l.graceMs) return { keep: null, why: 'agent-wedged' };
   if (agent === 'gone' && mine && now - mine.since >= l.graceMs) return { keep: null, why: 'grace-over' };
-  return { keep: mine ?? { leaseId: l.leaseId, since: now, renewedAt: 0, expired: false } };
+  return { keep: mine ?? { leaseId: l.leaseId, since: now, renewedAt: before?.renewedAt ?? 0, expired: false } };
 }
 
 /** The agent's process as the fence sees it (a zombie is gone; SIGSTOP or a tracer stops it). */
@@ -375,6 +381,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
   const ha = new HaList(log, files.renewed);
   let fencedLease: string | null = null;
   let keeping: Keeping | null = null;
+  let carried: Keeping | null = null;
   let last: Liveness | null = null;
   let fencedAt = 0;
   try {
@@ -387,7 +394,7 @@ export async function runFence(o: FenceOptions): Promise<void> {
         if (l) ha.follow(l);
         const now = Date.now();
         const agent = l ? agentState(l.agentPid) : 'running';
-        const v = keepVerdict(l, now, agent, fencedLease, keeping);
+        const v = keepVerdict(l, now, agent, fencedLease, keeping, carried);
         if (v.keep && v.keep !== keeping && l)
           log(
             agent === 'gone'
@@ -397,14 +404,21 @@ export async function runFence(o: FenceOptions): Promise<void> {
                   `${now - l.renewedAt} ms ago: renewing it too until the agent's next renewal ` +
                   `(for at most ${l.graceMs} ms since its last)`,
           );
-        if (!v.keep && keeping) log(`no longer keeping lease ${keeping.leaseId}: ${STOP_REASON[v.why]}`);
+        if (keeping && (!v.keep || v.keep.leaseId !== keeping.leaseId))
+          log(
+            `no longer keeping lease ${keeping.leaseId}: ` +
+              (v.keep ? `${STOP_REASON['agent-alive']} (lease ${v.keep.leaseId})` : STOP_REASON[v.why]),
+          );
+        // Carried only while the agent that renewed again goes on; any other end fences by the agent's renewals.
+        if (!v.keep && v.why === 'renewed') carried = keeping;
+        else if (v.keep || (v.why !== 'agent-alive' && v.why !== 'overdue')) carried = null;
         keeping = v.keep;
         priority.set(keeping !== null);
         if (keeping && l) ha.keepAlive(keeping, l);
-        if (fenceDue(l, now, fencedLease, keeping) && l) {
+        if (fenceDue(l, now, fencedLease, keeping ?? carried) && l) {
           fencedLease = l.leaseId;
           fencedAt = now;
-          await fence(o.dataDir, l, ha, now, lastRenewal(l, keeping), log);
+          await fence(o.dataDir, l, ha, now, lastRenewal(l, keeping ?? carried), log);
           keeping = null;
         }
         // From the last renewal or fencing: after a grace that ended, the agent still has a minute to come back.

@@ -84,6 +84,20 @@ test('keepVerdict: a running agent whose renewals are late is bridged until its 
   assert.equal(keepVerdict(l, t + 3000, 'running', null, k).keep, k);
   // The agent's next renewal lands: the fence lets go.
   assert.deepEqual(keepVerdict(live(t + 1400), t + 3100, 'running', null, k), { keep: null, why: 'renewed' });
+  // The renewal that ends a bridge can be older (its send time) than the fence's last: the bridge's
+  // renewals still count, carried, so that the lease is judged by the newest of both.
+  const kc: Keeping = { leaseId: '7', since: t + 1300, renewedAt: t + 3500, expired: false };
+  const slow = live(t + 1400); // sent at +1.4 s, answered (and written) at +4.4 s
+  assert.deepEqual(keepVerdict(slow, t + 4450, 'running', null, kc), { keep: null, why: 'renewed' });
+  assert.equal(fenceDue(slow, t + 4450, null, null), true, 'alone, the agent renewal is older than the margin');
+  assert.equal(fenceDue(slow, t + 4450, null, kc), false, 'with the carried bridge it is not');
+  assert.deepEqual(keepVerdict(slow, t + 4500, 'running', null, null, kc).keep, {
+    leaseId: '7',
+    since: t + 4500,
+    renewedAt: t + 3500,
+    expired: false,
+  });
+  assert.deepEqual(keepVerdict(slow, t + 6001, 'running', null, null, kc), { keep: null, why: 'overdue' });
   // No keepalive of the fence succeeded within the margin: fenced as before.
   const k2 = { ...k, renewedAt: 0 };
   assert.deepEqual(keepVerdict(l, t + 2501, 'running', null, k2), { keep: null, why: 'overdue' });
