@@ -1,13 +1,17 @@
 // What the resumable-copy tests (e2e resume-move, security peer-resume) share: the second disk
-// they fill with a pattern, the VM's QEMUs on a host, and the check after a resumed move.
+// they fill with a pattern, the VM's QEMUs on a host, the cut of a copy at a mark, and the check
+// after a resumed move.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import path from 'node:path';
 import { ferryOk } from './cli.js';
-import { hostData, serialLog, waitProbe, type TestLab } from './lab.js';
+import { hostData, serialLog, waitMigration, waitProbe, type TestLab } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
+import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 
@@ -26,6 +30,47 @@ export async function vmPids(l: TestLab, host: string, vmId: string): Promise<nu
       return false;
     }
   });
+}
+
+/**
+ * Cuts move `id` of `vm` (two disks, host-a → host-b) once each disk's copy passed `mark` (0–1):
+ * the progress read straight from the source QEMU's jobs, so the cut lands at the mark and not
+ * a CLI round trip later; then the destination's QEMU is killed. Returns the copy's progress at
+ * the cut and the failed move's record.
+ */
+export async function cutCopyAt(
+  l: TestLab,
+  vm: VmView,
+  id: string,
+  mark: number,
+): Promise<{ done: number; total: number; cut: MigrationRecord }> {
+  const qmp = await QmpClient.connect(path.join(hostData(l, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
+    vm: vm.name,
+  });
+  const at = { done: 0, total: 0 };
+  try {
+    for (let i = 0; ; i++) {
+      const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('mirror-'));
+      at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
+      at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
+      // Each disk past the mark: the disks' copies run side by side, at their own pace.
+      if (
+        jobs.length === 2 &&
+        jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * mark)
+      )
+        break;
+      assert.ok(i < 3000, 'the copy reached the cut');
+      await sleep(20);
+    }
+  } finally {
+    qmp.close();
+  }
+  const killed = await vmPids(l, 'host-b', vm.id);
+  assert.ok(killed.length, "the destination's QEMU runs");
+  for (const p of killed) process.kill(p, 'SIGKILL');
+  const cut = await waitMigration(l, id, ['failed', 'cancelled', 'completed'], 90_000);
+  assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+  return { ...at, cut };
 }
 
 /**

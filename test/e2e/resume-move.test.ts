@@ -11,8 +11,8 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
-import { assertMovedIntact, makeFillDisk, vmPids as vmPidsOf } from './resume-check.js';
+import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity } from './lab.js';
+import { assertMovedIntact, cutCopyAt, makeFillDisk } from './resume-check.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import { rootNode } from '../../src/migration/block.js';
@@ -30,8 +30,6 @@ const MiB = 1048576;
 const CUT = 0.6;
 
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
-
-const vmPids = (host: string, vmId: string): Promise<number[]> => vmPidsOf(L, host, vmId);
 
 const qmpOf = (host: string, vm: VmView): Promise<QmpClient> =>
   QmpClient.connect(path.join(hostData(L, host), 'run', vm.id, 'qmp-admin.sock'), { vm: vm.name });
@@ -97,32 +95,7 @@ async function cutMove(name: string): Promise<{ vm: VmView; move: string[]; at: 
   // under --resumable auto's 1 GiB (a short test): `always` asks for the resumable copy.
   const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'always', '--bandwidth', '4'];
   const id = (await ferryOk<string>([...move, '--no-wait'], { lab: L.lab })).trim();
-  // The copy's progress straight from the source's QEMU (its jobs' counters), so the cut lands
-  // at the mark and not a CLI round trip later.
-  const qmp = await qmpOf('host-a', vm);
-  const at = { done: 0, total: 0 };
-  try {
-    for (let i = 0; ; i++) {
-      const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('mirror-'));
-      at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
-      at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
-      // Each disk past the mark: the disks' copies run side by side, at their own pace.
-      if (
-        jobs.length === 2 &&
-        jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * CUT)
-      )
-        break;
-      assert.ok(i < 3000, 'the copy reached the cut');
-      await sleep(20);
-    }
-  } finally {
-    qmp.close();
-  }
-  const killed = await vmPids('host-b', vm.id);
-  assert.ok(killed.length, "the destination's QEMU runs");
-  for (const p of killed) process.kill(p, 'SIGKILL');
-  const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
-  assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+  const { cut, ...at } = await cutCopyAt(L, vm, id, CUT);
   assert.equal(cut.diskCopy, 'resumable');
   assert.equal((await show(name)).host, 'host-a');
   // The partial copy is kept on host-b for a retry (one marker per disk), no VM registered there.
