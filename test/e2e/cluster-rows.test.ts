@@ -96,6 +96,19 @@ test(
     const to = await until('ha1 restarted elsewhere', 90_000, async () => {
       const o = await owner('ha1');
       return o && o !== 'host-a' ? o : null;
+    }).catch(async (err: unknown) => {
+      // Say why: the cluster's view, and what the living agents logged of leadership and HA.
+      const st = await status().catch((e: unknown) => String(e));
+      const logs = await Promise.all(
+        ['host-b', 'host-c'].map(async (h) =>
+          (await fsp.readFile(path.join(lab, 'hosts', h, 'agent.log'), 'utf8').catch(() => ''))
+            .split('\n')
+            .filter((l) => /cluster\.|"ha|leader|error/i.test(l))
+            .slice(-12)
+            .map((l) => `${h}: ${l.slice(0, 400)}`),
+        ),
+      );
+      throw new Error(`${(err as Error).message}\n${JSON.stringify(st)}\n${logs.flat().join('\n')}`);
     });
     process.stderr.write(`pause: host-a killed → ha1 owned by ${to} after ${Date.now() - t0} ms\n`);
     assert.equal(to, 'host-c');
