@@ -129,6 +129,17 @@ export async function hostQemuPids(dataDir: string): Promise<number[]> {
   return out;
 }
 
+/** QEMUs started from a checkout host's run folders, found by their command line. */
+async function strayQemus(lab: LabFile): Promise<number[]> {
+  const roots = lab.hosts.filter((h) => !h.packaged).map((h) => path.join(h.dataDir, 'run') + '/');
+  if (!roots.length) return [];
+  const pids = (await fsp.readdir('/proc').catch(() => [] as string[])).filter((d) => /^\d+$/.test(d)).map(Number);
+  return pids.filter((p) => {
+    const argv = cmdlineOf(p);
+    return (argv.split(' ')[0] ?? '').includes('qemu-system') && isQemuAlive(p) && roots.some((r) => argv.includes(r));
+  });
+}
+
 /** A packaged host's fence (it names its data folder as the host sees it). */
 async function packagedFences(netns: string): Promise<number[]> {
   return (await netnsPids(netns)).filter((p) => {
@@ -595,7 +606,10 @@ export async function labDown(dirIn: string): Promise<{ stopped: number[] }> {
       /* gone */
     }
   }
-  const qemus = (await Promise.all(lab.hosts.map((h) => hostQemuPids(h.dataDir)))).flat();
+  const tracked = (await Promise.all(lab.hosts.map((h) => hostQemuPids(h.dataDir)))).flat();
+  // Also a QEMU whose pid file no longer names it (a second one of the VM's run folder wrote over
+  // it): whatever runs from this lab's folders stops with it.
+  const qemus = [...new Set([...tracked, ...(await strayQemus(lab))])];
   for (const p of qemus) {
     try {
       process.kill(p, 'SIGTERM');
