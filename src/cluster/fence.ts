@@ -180,22 +180,22 @@ export function keepVerdict(
   return { keep: mine ?? { leaseId: l.leaseId, since: now, renewedAt: before?.renewedAt ?? 0, expired: false } };
 }
 
-/** The agent's process as the fence sees it (a zombie is gone; SIGSTOP or a tracer stops it). */
+/** The agent's process as the fence sees it (a zombie is gone; SIGSTOP or a tracer stops it): one read of its stat. */
 export function agentState(pid: number): AgentState {
-  if (!processAlive(pid)) return 'gone';
+  if (!Number.isInteger(pid) || pid <= 0) return 'gone';
+  try {
+    process.kill(pid, 0);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'EPERM') return 'gone';
+  }
   const state = /\) (\S) /.exec(readText(`/proc/${pid}/stat`) ?? '')?.[1];
+  if (state === 'Z') return 'gone';
   return state === 'T' || state === 't' ? 'stopped' : 'running';
 }
 
 /** Is the agent's process there (a zombie is gone; a stopped or hung one is there)? */
 export function processAlive(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-  return !/\) Z /.test(readText(`/proc/${pid}/stat`) ?? '');
+  return agentState(pid) !== 'gone';
 }
 
 async function writeAtomic(file: string, text: string): Promise<void> {
