@@ -264,10 +264,18 @@ const HB_RE = /^ferry-hb (\d+) (\d+)$/;
 const ACK_RE = /^ferry-ack (\d+)$/;
 const START_RE = /^ferry-writer start=(\d+) slots=\d+$/;
 
+/** A line's text before its first `ferry-`, and each piece from one `ferry-` to the next or the line's end. */
+function pieces(rawLine: string): { before: string; probe: string[] } {
+  const line = rawLine.replace(/\r/g, '');
+  const [before = '', ...rest] = line.split('ferry-');
+  return { before, probe: rest.map((p) => 'ferry-' + p.trimEnd()) };
+}
+
 /**
  * Reads the probe's lines from a serial log. Other lines (kernel messages) are ignored, a
  * probe line may follow other text on its line, and an unterminated last line is dropped
- * (it may be cut short).
+ * (it may be cut short). A piece cut short and followed by another probe line on the same
+ * line (a log that ended mid-line and was appended to later) does not hide that line.
  */
 export function parseSerial(text: string): SerialSummary {
   const lines = text.split('\n');
@@ -278,23 +286,56 @@ export function parseSerial(text: string): SerialSummary {
   let writerStart: number | null = null;
   let ready = false;
   for (const rawLine of lines) {
-    const at = rawLine.indexOf('ferry-');
-    if (at < 0) continue;
-    const line = rawLine.slice(at).replace(/\r/g, '').trimEnd();
-    let m: RegExpExecArray | null;
-    if ((m = HB_RE.exec(line))) {
-      heartbeats.push({ seq: Number(m[1]), guestMs: Number(m[2]) });
-    } else if ((m = ACK_RE.exec(line))) {
-      const a = Number(m[1]);
-      acks.push(a);
-      if (highestAck === null || a > highestAck) highestAck = a;
-    } else if ((m = START_RE.exec(line))) {
-      writerStart = Number(m[1]);
-    } else if (line === 'ferry-probe-ready') {
-      ready = true;
+    for (const line of pieces(rawLine).probe) {
+      let m: RegExpExecArray | null;
+      if ((m = HB_RE.exec(line))) {
+        heartbeats.push({ seq: Number(m[1]), guestMs: Number(m[2]) });
+      } else if ((m = ACK_RE.exec(line))) {
+        const a = Number(m[1]);
+        acks.push(a);
+        if (highestAck === null || a > highestAck) highestAck = a;
+      } else if ((m = START_RE.exec(line))) {
+        writerStart = Number(m[1]);
+      } else if (line === 'ferry-probe-ready') {
+        ready = true;
+      }
     }
   }
   return { heartbeats, acks, highestAck, writerStart, ready };
+}
+
+/**
+ * The heartbeats among `seqs` whose line was cut in two by a switch-over: the UART moves with
+ * the VM, so a line being printed when the source stopped begins in the source's console log
+ * and ends in the destination's, unparseable in each. One log's unfinished piece and another's
+ * unfinished start must join into exactly `ferry-hb SEQ MS` for the seq to count as printed.
+ */
+export function splitHeartbeats(texts: readonly string[], seqs: readonly number[]): number[] {
+  if (!seqs.length) return [];
+  // Heads: what a log printed last before a switch-over (its unterminated end, or a piece that
+  // runs into the next probe line). Tails: what a log printed first after one (a line's text
+  // before any probe piece). A head can be any text, even one without `ferry-` ("fer").
+  const heads: { log: number; text: string }[] = [];
+  const tails: { log: number; text: string }[] = [];
+  texts.forEach((text, log) => {
+    for (const rawLine of text.split('\n')) {
+      const { before, probe } = pieces(rawLine);
+      if (before) tails.push({ log, text: before });
+      heads.push({ log, text: before }, ...probe.map((p) => ({ log, text: p })));
+    }
+  });
+  const found: number[] = [];
+  for (const seq of seqs) {
+    const want = `ferry-hb ${seq} `;
+    const joined = heads.some(
+      (h) =>
+        h.text &&
+        (want.startsWith(h.text) || h.text.startsWith(want)) &&
+        tails.some((t) => t.log !== h.log && HB_RE.exec((h.text + t.text).trimEnd())?.[1] === String(seq)),
+    );
+    if (joined) found.push(seq);
+  }
+  return found;
 }
 
 /**

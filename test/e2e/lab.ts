@@ -7,7 +7,7 @@ import { ferry, ferryOk } from './cli.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
-import { parseSerial } from '../../guest/records.js';
+import { parseSerial, splitHeartbeats } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
 import { labTempDir } from '../helpers.js';
 
@@ -93,16 +93,28 @@ export async function waitProbe(l: TestLab, vm: VmView, n = 20, timeoutMs = 60_0
   );
 }
 
-/** Every heartbeat seq from the first to the last, across all hosts' logs: none lost, none repeated out of order. */
-export function heartbeatContinuity(logs: string[]): { first: number; last: number; missing: number[]; total: number } {
+/**
+ * Every heartbeat seq from the first to the last, across all hosts' logs: none lost. `split`:
+ * seqs whose line a switch-over cut between two hosts' logs (both halves found, so printed);
+ * `missing`: seqs printed nowhere.
+ */
+export function heartbeatContinuity(logs: string[]): {
+  first: number;
+  last: number;
+  missing: number[];
+  split: number[];
+  total: number;
+} {
   const seqs = new Set<number>();
   for (const t of logs) for (const h of parseSerial(t).heartbeats) seqs.add(h.seq);
   const sorted = [...seqs].sort((a, b) => a - b);
   const first = sorted[0] ?? 0;
   const last = sorted.at(-1) ?? 0;
-  const missing: number[] = [];
-  for (let s = first; s <= last && missing.length < 50; s++) if (!seqs.has(s)) missing.push(s);
-  return { first, last, missing, total: sorted.length };
+  const absent: number[] = [];
+  for (let s = first; s <= last && absent.length < 50; s++) if (!seqs.has(s)) absent.push(s);
+  const split = splitHeartbeats(logs, absent);
+  const missing = absent.filter((s) => !split.includes(s));
+  return { first, last, missing, split, total: sorted.length };
 }
 
 /** Polls a migration record until it reaches one of `states`. */

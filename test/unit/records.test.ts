@@ -9,6 +9,7 @@ import {
   verifyLog,
   parseSerial,
   heartbeatGaps,
+  splitHeartbeats,
   highestAckIn,
 } from '../../guest/records.js';
 
@@ -219,6 +220,31 @@ test('parseSerial: kernel noise, \\r and a partial last line', () => {
 
   const empty = parseSerial('SeaBIOS\r\nbooting\r\n');
   assert.deepEqual(empty, { heartbeats: [], acks: [], highestAck: null, writerStart: null, ready: false });
+});
+
+test('parseSerial: a piece cut short does not hide the probe line appended after it', () => {
+  // A log that ended mid-line when the VM left, appended to when it came back.
+  const s = parseSerial('ferry-hb 1 100\nferry-hb 35ferry-hb 90 5000\r\nferry-ack 7\n');
+  assert.deepEqual(
+    s.heartbeats.map((h) => h.seq),
+    [1, 90],
+  );
+  assert.deepEqual(s.acks, [7]);
+});
+
+test('splitHeartbeats: a line cut by a switch-over is joined from both logs, nothing else is', () => {
+  const source = 'ferry-hb 3555 100\r\nferry-hb 3556 120\r\nferry-hb 35';
+  const dest = 'old boot\n57 140\r\nferry-hb 3558 160\r\n';
+  assert.deepEqual(splitHeartbeats([source, dest], [3557]), [3557]);
+  // Cut inside the word itself.
+  assert.deepEqual(splitHeartbeats(['ferry-hb 8 1\nferr', 'y-hb 9 2\nferry-hb 10 3\n'], [9]), [9]);
+  assert.deepEqual(splitHeartbeats(['ferry-hb 9 2', 'ferry-ack 3\n'], [9]), []);
+  // Halves of another seq, halves in one log only, and nothing missing.
+  assert.deepEqual(splitHeartbeats([source, dest], [3559]), []);
+  assert.deepEqual(splitHeartbeats([source + '\n57 140\n'], [3557]), []);
+  assert.deepEqual(splitHeartbeats([source, dest], []), []);
+  // The halves must make the whole line: a tail with more than the guest's clock is not one.
+  assert.deepEqual(splitHeartbeats([source, '57 140 extra\n'], [3557]), []);
 });
 
 test('heartbeatGaps', () => {
