@@ -8,17 +8,16 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
-import { FerryError, InvalidInputError, messageOf } from '../errors.js';
+import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import type { DiskChains } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
-import { isQemuAlive, type QemuProcess } from '../qemu/process.js';
+import { killQemus, qemusOfRunDir, type QemuProcess } from '../qemu/process.js';
 import { assertInUsablePool, poolStatus, type PoolDef } from '../storage/pools.js';
 import { configFile, exists, saveVm } from '../vm/folder.js';
 import { startVm } from '../vm/lifecycle.js';
 import { parseVmSpec, resolveVmFile, type VmSpec } from '../vm/spec.js';
 import { arrivingSpec, decideArrival } from './arrival.js';
 import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.js';
-import { sleep } from '../util/exec.js';
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
 import { claimFile, makeFolders, poolRoots, removeFolders, writeNewFile } from './claim.js';
@@ -30,9 +29,18 @@ import {
   takeOver,
   type KeptAnswer,
 } from './incoming-resume.js';
+import { testHold } from './policy.js';
 import { ResumeOffer } from './resume-marker.js';
 import type { SlotQueue } from './queue.js';
-import { StepRunner, startedFromJournal, undoSteps, type MoveKind, type RunnerSink, type Step } from './runner.js';
+import {
+  StepRunner,
+  startedFromJournal,
+  undoSteps,
+  type MoveKind,
+  type RunOutcome,
+  type RunnerSink,
+  type Step,
+} from './runner.js';
 import type { MigrationState } from './schemas.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import {
@@ -77,6 +85,8 @@ interface Incoming {
   chains: DiskChains;
   /** A resumable copy: per disk with a kept image or an offer, whether it is taken over (incoming-resume.ts). */
   resume?: KeptAnswer[];
+  /** Prepare's steps while they run: abort() stops them and waits, so none starts a QEMU after it. */
+  running?: { ac: AbortController; done: Promise<RunOutcome> };
 }
 
 interface IncomingCtx {
@@ -258,6 +268,7 @@ const qemuStep: Step<IncomingCtx> = {
   phase: 'preparing',
   when: second,
   async run(ctx, s) {
+    ctx.signal?.throwIfAborted();
     const { host, item } = ctx;
     const spec = item.spec;
     // Incoming mode also for a stopped VM's disks: its images stay inactive for the guest
@@ -272,6 +283,7 @@ const qemuStep: Step<IncomingCtx> = {
     const chains = item.req.storage ? await host.vms.checkStorage(spec) : item.chains;
     const switches = await host.vms.prepareNics(spec);
     s.record({ nics: true, ...mem });
+    await testHold('incoming-qemu', s.log, ctx.signal);
     const proc = await startVm(spec, {
       runDir: host.runDir(spec.id),
       accel: host.accelerator(),
@@ -282,6 +294,7 @@ const qemuStep: Step<IncomingCtx> = {
       ...mem,
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });
+    await testHold('incoming-spawned', s.log);
     item.proc = proc;
     s.record({ nics: true, pid: proc.pid, ...mem });
     void proc.exited.then(() => host.vms.releaseNics(spec));
@@ -290,13 +303,12 @@ const qemuStep: Step<IncomingCtx> = {
   async undo(ctx, data) {
     const proc = ctx.item.proc;
     if (proc) await proc.kill();
-    else if (typeof data.pid === 'number' && isQemuAlive(data.pid)) {
-      try {
-        process.kill(data.pid, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-      for (let k = 0; k < 50 && isQemuAlive(data.pid); k++) await sleep(100);
+    else {
+      // An agent killed between the spawn and the record of its pid left a QEMU no journal
+      // names: its command line names this VM's run folder (the VM is not ours, so none else does).
+      const pids = new Set(qemusOfRunDir(ctx.host.runDir(ctx.item.spec.id)));
+      if (typeof data.pid === 'number') pids.add(data.pid);
+      await killQemus([...pids]);
     }
     if (data.nics) await ctx.host.vms.releaseNics(ctx.item.spec);
     if (typeof data.memoryFile === 'string') await fsp.rm(data.memoryFile, { force: true });
@@ -308,6 +320,7 @@ const listenStep: Step<IncomingCtx> = {
   phase: 'preparing',
   when: second,
   async run(ctx) {
+    ctx.signal?.throwIfAborted();
     const { host, item } = ctx;
     const { req } = item;
     const proc = item.proc;
@@ -601,23 +614,33 @@ export class IncomingManager {
       .map((i) => ({ name: i.spec.name, id: i.spec.id }));
   }
 
-  /** Prepare's steps for `item`, from where its journal (in `sink`) left them. */
+  /**
+   * Prepare's steps for `item`, from where its journal left them. abort() may stop them: it
+   * aborts their signal and waits for their own undo, so no step runs after it returns.
+   */
   private runPrepare(
     item: Incoming,
-    sink: IncomingSink,
+    journal: JournalEntry[],
     opts: { signal?: AbortSignal; localAddress?: string },
-  ): ReturnType<StepRunner<IncomingCtx>['run']> {
-    return new StepRunner(
+  ): Promise<RunOutcome> {
+    const ac = new AbortController();
+    const signal = opts.signal ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal;
+    const sink = new IncomingSink(item.jobId, this.host, signal, journal);
+    const done = new StepRunner(
       prepareKind,
       {
         host: this.host,
         slots: this.slots,
         item,
-        ...(opts.signal ? { signal: opts.signal } : {}),
+        signal,
         ...(opts.localAddress ? { localAddress: opts.localAddress } : {}),
       },
       sink,
     ).run();
+    item.running = { ac, done };
+    return done.finally(() => {
+      if (item.running?.done === done) delete item.running;
+    });
   }
 
   async prepare(
@@ -679,8 +702,7 @@ export class IncomingManager {
       resume,
     };
     this.items.set(req.jobId, item);
-    const sink = new IncomingSink(req.jobId, host, opts.signal ?? new AbortController().signal);
-    const out = await this.runPrepare(item, sink, opts);
+    const out = await this.runPrepare(item, [], opts);
     if (out.result !== 'completed') {
       this.items.delete(req.jobId);
       host.store.journalDrop(journalId(req.jobId));
@@ -714,9 +736,7 @@ export class IncomingManager {
       );
     }
     item.chainStage = 2;
-    const id = journalId(jobId);
-    const sink = new IncomingSink(jobId, host, opts.signal ?? new AbortController().signal, host.store.journalRead(id));
-    const out = await this.runPrepare(item, sink, opts);
+    const out = await this.runPrepare(item, host.store.journalRead(journalId(jobId)), opts);
     if (out.result !== 'completed') {
       await this.abort(jobId);
       throw new FerryError(
@@ -837,6 +857,14 @@ export class IncomingManager {
     const i = this.items.get(jobId);
     if (!i) return;
     if (opts.discard) i.discard = true;
+    if (i.running) {
+      // Prepare still runs (the source gave up waiting for it): stop it and let it undo itself,
+      // or its next step would start a QEMU that nothing stops.
+      const why = 'the source aborted the move';
+      i.running.ac.abort(new AbortedError(`prepare host '${host.name}' for VM '${i.spec.name}'`, why));
+      // Undone by its runner (prepare() then forgets it), or it had just completed: undo it here.
+      if ((await i.running.done).result !== 'completed') return;
+    }
     if (i.state === 'running') {
       throw new FerryError(
         'E_INCOMING_RUNNING',

@@ -221,7 +221,9 @@ export class StallWatchdog {
  * Test hook for the fault matrix (test/faults): with FERRY_TEST_HOLD_DIR set in the agent's
  * environment, a move waits at the start of `phase` while the file DIR/<phase> exists
  * (at most 2 min), so a test can inject a fault in a phase that otherwise lasts
- * milliseconds. Without the variable this returns at once.
+ * milliseconds. `phase` may also name a point of the destination's Prepare ('incoming-qemu'
+ * before its QEMU starts, 'incoming-spawned' after, before the journal has its pid). Without
+ * the variable this returns at once.
  */
 export async function testHold(phase: string, log: (m: string) => void, signal?: AbortSignal): Promise<void> {
   const dir = process.env.FERRY_TEST_HOLD_DIR;
@@ -230,9 +232,16 @@ export async function testHold(phase: string, log: (m: string) => void, signal?:
   const file = `${dir}/${phase}`;
   if (!existsSync(file)) return;
   log(`test hold in ${phase}`);
-  const until = Date.now() + 120_000;
-  while (existsSync(file) && Date.now() < until) {
-    if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('aborted');
-    await new Promise((r) => setTimeout(r, 100));
+  // DIR/<phase>.held says a move waits here (a test acts then, not after a guessed delay).
+  const { writeFileSync, rmSync } = await import('node:fs');
+  writeFileSync(`${file}.held`, '');
+  try {
+    const until = Date.now() + 120_000;
+    while (existsSync(file) && Date.now() < until) {
+      if (signal?.aborted) throw signal.reason instanceof Error ? signal.reason : new Error('aborted');
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  } finally {
+    rmSync(`${file}.held`, { force: true });
   }
 }

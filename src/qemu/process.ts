@@ -236,6 +236,38 @@ function runAsArgs(): string[] {
   return u && process.getuid?.() === 0 ? dropPrivilegesArgs(u) : [];
 }
 
+/**
+ * QEMUs whose command line names a file in `runDir` (its pid file, QMP socket): also one an
+ * agent killed during the spawn started but never recorded, which no pid file may name yet.
+ */
+export function qemusOfRunDir(runDir: string): number[] {
+  const dir = path.resolve(runDir) + '/';
+  const out: number[] = [];
+  for (const e of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(e) || Number(e) === process.pid) continue;
+    try {
+      const args = fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0');
+      if (args.some((a) => a.includes('qemu-system')) && args.some((a) => a.includes(dir)) && isQemuAlive(Number(e)))
+        out.push(Number(e));
+    } catch {
+      /* gone meanwhile */
+    }
+  }
+  return out;
+}
+
+/** SIGKILLs each pid that is still a QEMU and waits (up to 5 s) until they are gone. */
+export async function killQemus(pids: readonly number[]): Promise<void> {
+  for (const pid of pids) {
+    try {
+      if (isQemuAlive(pid)) process.kill(pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+  }
+  for (let k = 0; k < 50 && pids.some((p) => isQemuAlive(p)); k++) await sleep(100);
+}
+
 export function isQemuAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);

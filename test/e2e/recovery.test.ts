@@ -1,17 +1,26 @@
 // An agent killed in the middle of a move: after it restarts, the move is finished or rolled
-// back by itself, the VM runs on exactly one host, and nothing is left behind.
-import { test } from 'node:test';
+// back by itself, the VM runs on exactly one host, and nothing is left behind. Also a move
+// cancelled while the destination prepares. The agents' test hook (FERRY_TEST_HOLD_DIR,
+// src/migration/policy.ts) holds the destination's Prepare at its QEMU's start.
+import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { ferryOk } from './cli.js';
 import { useLab, hostData, serialLog, waitProbe, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
+import { qemusOfRunDir } from '../../src/qemu/process.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 
+// Before the lab starts: every agent it starts (also those `lab up` restarts) gets the hook.
+const holds = fs.mkdtempSync(path.join(os.tmpdir(), 'ferry-holds-'));
+process.env.FERRY_TEST_HOLD_DIR = holds;
+after(() => fs.rmSync(holds, { recursive: true, force: true }));
 const L = useLab(2, { vmsPerTest: true });
 const show = (name: string): Promise<VmView> => ferryOk<VmView>(['vm', 'show', name, '--json'], { lab: L.lab });
 
@@ -30,6 +39,8 @@ async function assertOnAOnly(vm: VmView): Promise<void> {
   assert.equal(v.state, 'running');
   assert.equal((await hostQemuPids(hostData(L, 'host-a'))).length, 1);
   assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), [], 'no QEMU left on host-b');
+  // Also none that no pid file names (one a killed agent started but never recorded).
+  assert.deepEqual(qemusOfRunDir(path.join(hostData(L, 'host-b'), 'run')), [], 'no QEMU of host-b at all');
   assert.deepEqual(
     (await ferryOk<VmView[]>(['vm', 'list', '--host', 'host-b', '--json'], { lab: L.lab })).map((x) => x.name),
     [],
@@ -113,5 +124,74 @@ test(
     assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
     await ferryOk(['vm', 'stop', 'r2', '--force'], { lab: L.lab });
     await ferryOk(['vm', 'rm', 'r2'], { lab: L.lab });
+  },
+);
+
+/** Holds the destination's Prepare at `point` until the returned function is called. */
+async function holdAt(point: string): Promise<{ held: () => Promise<void>; release: () => Promise<void> }> {
+  await fsp.writeFile(path.join(holds, point), '');
+  return {
+    held: async () => {
+      for (let i = 0; i < 600 && !fs.existsSync(path.join(holds, `${point}.held`)); i++) await sleep(100);
+      assert.ok(fs.existsSync(path.join(holds, `${point}.held`)), `the destination reached ${point}`);
+    },
+    release: () => fsp.rm(path.join(holds, point), { force: true }),
+  };
+}
+
+test('a move cancelled while the destination prepares: its Prepare stops, no QEMU starts there later', async () => {
+  const vm = await ferryOk<VmView>(
+    ['vm', 'new', 'r3', '--host', 'host-a', '--guest', 'probe', '--path', `${L.lab}/shared/r3`, '--start', '--json'],
+    { lab: L.lab },
+  );
+  await waitProbe(L, vm, 10);
+  const h = await holdAt('incoming-qemu');
+  try {
+    const id = (await ferryOk<string>(['move-vm', 'r3', '--to', 'host-b', '--no-wait'], { lab: L.lab })).trim();
+    await h.held();
+    await ferryOk(['migration', 'cancel', id], { lab: L.lab });
+    const r = await waitState(id, ['failed', 'cancelled', 'completed']);
+    assert.equal(r.state, 'cancelled', JSON.stringify(r));
+  } finally {
+    await h.release();
+  }
+  // Had the abort not stopped Prepare, it would start the VM's QEMU now, on nobody's behalf.
+  await sleep(3000);
+  await assertOnAOnly(vm);
+  assert.equal(fs.existsSync(path.join(hostData(L, 'host-b'), 'run', vm.id)), false, 'host-b has no run folder of r3');
+  const ok = await ferryOk<MigrationRecord>(['move-vm', 'r3', '--to', 'host-b', '--json'], { lab: L.lab });
+  assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
+  await ferryOk(['vm', 'stop', 'r3', '--force'], { lab: L.lab });
+  await ferryOk(['vm', 'rm', 'r3'], { lab: L.lab });
+});
+
+test(
+  'the destination agent killed after it started the incoming QEMU, before its journal named it: ' +
+    'its restart stops that QEMU',
+  async () => {
+    const vm = await ferryOk<VmView>(
+      ['vm', 'new', 'r4', '--host', 'host-a', '--guest', 'probe', '--path', `${L.lab}/shared/r4`, '--start', '--json'],
+      { lab: L.lab },
+    );
+    await waitProbe(L, vm, 10);
+    const h = await holdAt('incoming-spawned');
+    let id: string;
+    try {
+      id = (await ferryOk<string>(['move-vm', 'r4', '--to', 'host-b', '--no-wait'], { lab: L.lab })).trim();
+      await h.held();
+      const started = qemusOfRunDir(path.join(hostData(L, 'host-b'), 'run', vm.id));
+      assert.equal(started.length, 1, 'the incoming QEMU runs');
+      await killAgent('host-b');
+    } finally {
+      await h.release();
+    }
+    const r = await waitState(id, ['failed', 'cancelled', 'completed'], 120_000);
+    assert.equal(r.state, 'failed', JSON.stringify(r));
+    await ferryOk(['lab', 'up', '--dir', L.lab]);
+    await assertOnAOnly(vm);
+    const ok = await ferryOk<MigrationRecord>(['move-vm', 'r4', '--to', 'host-b', '--json'], { lab: L.lab });
+    assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
+    await ferryOk(['vm', 'stop', 'r4', '--force'], { lab: L.lab });
+    await ferryOk(['vm', 'rm', 'r4'], { lab: L.lab });
   },
 );
