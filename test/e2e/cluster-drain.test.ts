@@ -12,6 +12,7 @@ import { heartbeatContinuity } from './lab.js';
 import { sleep } from '../../src/util/exec.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
+import { qemusOfRunDir } from '../../src/qemu/process.js';
 import type { BatchView, ClusterView, VmView } from '../../src/api/schemas.js';
 import { Clients, loadContext } from '../../src/cli/context.js';
 import { actions } from '../../src/api/actions.js';
@@ -348,6 +349,23 @@ test(LEADER_KILLED, async () => {
   }
   assert.deepEqual(heartbeatContinuity(await logs(w1.id)).missing, []);
   await allRun();
+  // No QEMU but the VMs' own: none of the rolled-back moves' incoming ones is left (also none that
+  // an agent killed during its spawn never recorded).
+  const running = await vms();
+  for (const h of HOSTS) {
+    const own = running.filter((v) => v.host === h).map((v) => v.pid);
+    let extra: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      extra = qemusOfRunDir(path.join(lab, 'hosts', h, 'data', 'run')).filter((p) => !own.includes(p));
+      if (!extra.length) break;
+      await sleep(200);
+    }
+    assert.deepEqual(
+      extra,
+      [],
+      `${h} runs no QEMU but its VMs' (${running.map((v) => `${v.name}:${v.pid}`).join(', ')})`,
+    );
+  }
   await ferryOk(['cluster', 'resume', 'host-c'], { lab });
   await ferryOk(['cluster', 'set', '--max-outgoing', '2'], { lab });
 });
