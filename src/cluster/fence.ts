@@ -384,12 +384,13 @@ export async function runFence(o: FenceOptions): Promise<void> {
   let carried: Keeping | null = null;
   let last: Liveness | null = null;
   let fencedAt = 0;
+  const liveness = new LivenessFile(files.liveness);
   try {
     while (!o.signal?.aborted) {
       if (!fs.existsSync(o.dataDir)) return;
       try {
         // A file that does not parse changes nothing: the last good one stands (a dead agent writes no other).
-        const l: Liveness | null = (await readLiveness(files.liveness)) ?? last;
+        const l: Liveness | null = (await liveness.read()) ?? last;
         last = l;
         if (l) ha.follow(l);
         const now = Date.now();
@@ -478,6 +479,29 @@ const STOP_REASON: Record<Exclude<KeepVerdict, { keep: Keeping }>['why'], string
   overdue: 'the fence could not renew it within the margin (etcd unreachable?)',
   'no-grace': 'no grace is configured',
 };
+
+/**
+ * The agent's liveness file, parsed again only when it changed (the agent replaces it at each
+ * renewal, about once a second): the fence looks every 100 ms, and a stat is far cheaper than a
+ * read and a schema check.
+ */
+export class LivenessFile {
+  private key = '';
+  private value: Liveness | null = null;
+  constructor(private readonly file: string) {}
+
+  async read(): Promise<Liveness | null> {
+    const st = await fsp.stat(this.file).catch(() => null);
+    if (!st) return null;
+    const key = `${st.ino}:${st.mtimeMs}:${st.size}`;
+    if (key === this.key) return this.value;
+    const l = await readLiveness(this.file);
+    // A torn read is not remembered: the next look reads the file again.
+    this.key = l ? key : '';
+    this.value = l;
+    return l;
+  }
+}
 
 async function readLiveness(file: string): Promise<Liveness | null> {
   const text = await fsp.readFile(file, 'utf8').catch(() => null);

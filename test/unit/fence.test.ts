@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import {
   Liveness,
+  LivenessFile,
   LivenessWriter,
   agentState,
   bridgeAfterMs,
@@ -175,6 +176,25 @@ test('liveness file: written whole and read back; the last write wins', async (t
     [],
     'no temp file left',
   );
+});
+
+test("liveness file: the fence's reader parses it again only once replaced; a torn one is re-read", async (t) => {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ffn-'));
+  t.after(() => fsp.rm(dir, { recursive: true, force: true }));
+  const file = fenceFiles(dir).liveness;
+  const r = new LivenessFile(file);
+  assert.equal(await r.read(), null, 'no file yet');
+  const w = new LivenessWriter(dir);
+  await w.write(live(1));
+  const a = await r.read();
+  assert.equal(a?.renewedAt, 1);
+  assert.equal(await r.read(), a, 'unchanged: the same parsed value');
+  await w.write(live(2));
+  assert.equal((await r.read())?.renewedAt, 2, 'replaced: read again');
+  await fsp.writeFile(file, '{"version":1,"no');
+  assert.equal(await r.read(), null, 'torn: nothing (the fence keeps its last good one)');
+  await fsp.writeFile(file, JSON.stringify(live(3)));
+  assert.equal((await r.read())?.renewedAt, 3, 'completed in place: read again');
 });
 
 test('fence report: the VMs the fence stopped, read once; a bad report counts as none', async (t) => {
