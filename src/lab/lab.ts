@@ -17,7 +17,7 @@ import { sleep } from '../util/exec.js';
 import { isQemuAlive } from '../qemu/process.js';
 import { isMemberAlive, loadMembers, startMembers, stopLabMembers } from '../cluster/etcd-members.js';
 import { enableAuth, grantHost } from '../cluster/auth.js';
-import { stopFence } from '../cluster/fence.js';
+import { processAlive, stopFence } from '../cluster/fence.js';
 import { cliCommand, guestCacheDir } from '../../guest/paths.js';
 import {
   AGENT_PORT,
@@ -441,7 +441,9 @@ async function waitAgents(lab: LabFile, creds: Credentials, timeoutMs: number, s
           }
           break;
         } catch (err) {
-          if (!isLabAgent(h.agentPid, h.dataDir)) {
+          // Gone, not "not yet ours": a just-spawned agent is `ip netns exec` until that enters the
+          // namespace and execs nice and node, and a loaded machine may take a while to get there.
+          if (!processAlive(h.agentPid ?? 0)) {
             const log = await fsp.readFile(path.join(lab.dir, 'hosts', h.name, 'agent.log'), 'utf8').catch(() => '');
             throw new FerryError(
               'E_AGENT_START',
