@@ -171,8 +171,8 @@ export class HostSettings {
     throw new FerryError(
       'E_MIGRATION_NETWORK',
       `Cannot receive a migration on host '${this.d.name}': ` +
-        `none of its addresses is in its migration networks (${nets.join(', ')}); ` +
-        `fix them with 'ferry host set ${this.d.name} --migration-network CIDR'`,
+        `none of its addresses is in its migration networks (${nets.join(', ')}); its migration link may be ` +
+        `down: check it, or fix the networks with 'ferry host set ${this.d.name} --migration-network CIDR'`,
       {},
     );
   }

@@ -426,7 +426,7 @@ function chainBacking(
 }
 
 /** Errors of Prepare the source gets as they are (their status and code), not as E_PREPARE. */
-const PASSED_ON = new Set(['E_HOST_BUSY', 'E_PATH_LINK', 'E_POSTCOPY_UNSUPPORTED']);
+const PASSED_ON = new Set(['E_HOST_BUSY', 'E_PATH_LINK', 'E_POSTCOPY_UNSUPPORTED', 'E_MIGRATION_NETWORK']);
 
 /** The destination's bookkeeping of one incoming move, as the runner sees it (always preparing). */
 class IncomingSink implements RunnerSink {

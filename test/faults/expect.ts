@@ -42,9 +42,10 @@ export function expected(_kind: Kind, phase: Phase, fault: Fault): Expectation {
       // cannot finish, and must not find another way to the destination.
       return {
         outcomes: ['failed'],
-        // A stall, or (no stream yet) a connection the kernel gives up on: both name the network.
-        code: /^E_MIGRATION_STALLED$/,
-        message: /no route to host|unreachable|timed out/i,
+        // A stall, (no stream yet) a connection the kernel gives up on, or (the destination's
+        // listen after the cut) no address on the migration network: each names the network.
+        code: /^(E_MIGRATION_STALLED|E_MIGRATION_NETWORK)$/,
+        message: /no route to host|unreachable|timed out|migration link may be down/i,
         streamOnMigrationNetOnly: true,
       };
     case 'dest-disk-full':
