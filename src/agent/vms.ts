@@ -46,6 +46,7 @@ import { createPagingFile, removePagingFile } from './paging-file.js';
 import { VmGate, type GatedOp } from './vm-gate.js';
 import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 import { droppedLine, expireMarks, SWEEP_WHY, sweepBitmaps } from '../migration/resume-bitmaps.js';
+import { sweepKeptCopies } from '../migration/kinds/storage-resume.js';
 
 /** What the VM inventory tells the cluster (a no-op when the host is in none). */
 export interface ClusterHooks {
@@ -387,7 +388,8 @@ export class VmInventory {
 
   /**
    * Agent start: the expired bitmaps of cut disk copies on every running VM, then the marks past
-   * their age (resume-bitmaps.ts). A stopped VM's are swept when it starts or moves.
+   * their age (resume-bitmaps.ts), then storage moves' expired kept copies (storage-resume.ts).
+   * A stopped VM's bitmaps are swept when it starts or moves.
    */
   async sweepResumeBitmaps(): Promise<void> {
     for (const rec of this.d.registry.listVms()) {
@@ -395,6 +397,11 @@ export class VmInventory {
       if (proc && !this.gate.movingJob(rec.name)) await this.sweepBitmaps(rec.name, rec.id, proc);
     }
     await expireMarks(this.d.dataDir).catch(() => 0);
+    // Cut storage moves' kept copies past their age; never a file a VM here uses as its disk.
+    const inUse = new Set<string>();
+    for (const rec of this.d.registry.listVms())
+      for (const d of (await this.spec(rec.name).catch(() => null))?.disks ?? []) inUse.add(d.path);
+    await sweepKeptCopies(this.d.dataDir, (p) => inUse.has(p)).catch(() => 0);
   }
 
   /** A VM's expired bitmaps of cut disk copies go; never fails its start (a bitmap left costs writes, no more). */

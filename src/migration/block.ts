@@ -52,8 +52,12 @@ export interface MirrorSpec {
   diskId: string;
   device: string;
   target: string;
-  /** 'top': only the active layer (the target's backing already holds the chain below it). */
-  sync?: 'full' | 'top';
+  /**
+   * 'top': only the active layer (the target's backing already holds the chain below it);
+   * 'none': only what the guest writes from now on (the target holds the rest: a storage move's
+   * resumable copy uses it to switch the guest onto its copy, kinds/storage-resume.ts).
+   */
+  sync?: 'full' | 'top' | 'none';
 }
 
 export async function startMirror(

@@ -15,7 +15,8 @@ export type KeptAnswer = { diskId: string } & ({ resume: true } | { resume: fals
 /** What a kept image's marker records, saved in Prepare's journal so an undo (or a recovery) can keep it. */
 export type KeepEntry = ResumeOffer;
 
-const statOf = async (p: string): Promise<{ size: number; mtimeMs: number } | null> => {
+/** A kept image as its marker records it (size, mtime), or null when it is gone or not a file. */
+export const statOf = async (p: string): Promise<{ size: number; mtimeMs: number } | null> => {
   try {
     const st = await fsp.stat(p);
     return st.isFile() ? { size: st.size, mtimeMs: st.mtimeMs } : null;

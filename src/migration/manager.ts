@@ -16,6 +16,7 @@ import { liveKind } from './kinds/live.js';
 import { offlineKind } from './kinds/offline.js';
 import { sharedNothingKind } from './kinds/shared-nothing.js';
 import { storageKind, type StorageCtx } from './kinds/storage.js';
+import { keptCopyAt } from './kinds/storage-resume.js';
 import { isTerminal, PHASES } from './phases.js';
 import { storagePlan, type StoragePlan } from './plan.js';
 import { SlotQueue } from './queue.js';
@@ -221,7 +222,11 @@ export class MigrationManager {
     const host = this.host;
     host.vms.record(req.vm);
     const spec = await host.vms.spec(req.vm);
-    const plan = await storagePlan(host.pools(), host.name, spec, req);
+    const running = host.vms.proc(req.vm) !== null;
+    const plan = await storagePlan(host.pools(), host.name, spec, req, {
+      running,
+      kept: keptCopyAt(host.dataDir, spec.id),
+    });
     const job = this.newJob({
       vm: req.vm,
       kind: 'storage',
@@ -233,12 +238,17 @@ export class MigrationManager {
         allowPostcopy: false,
         ...(req.bandwidthMiBps ? { bandwidthMiBps: req.bandwidthMiBps } : {}),
       },
-      options: { includeStorage: true, retainSource: false },
+      options: { includeStorage: true, retainSource: false, ...(req.resumable ? { resumable: req.resumable } : {}) },
       requestedBy: by ?? null,
     });
     host.vms.hold(req.vm, job.id);
     this.jobs.set(job.id, job);
     job.log(`requested: move storage of ${req.vm}`);
+    if (plan.copy && Object.keys(plan.disks).length) {
+      job.record.diskCopy = plan.copy.method;
+      const how = { mirror: 'the mirror', resumable: 'resumable backup passes', offline: 'qemu-img' }[plan.copy.method];
+      job.log(`disks copied by ${how}: ${plan.copy.why}`);
+    }
     job.flush(true);
     const ctx: StorageCtx = { host, job, slots: this.storageSlots, plan, spec, proc: host.vms.proc(req.vm) };
     void this.drive(job, storageKind, ctx, 'the VM keeps its files where they were');

@@ -186,7 +186,16 @@ export interface StoragePlan {
   disks: Record<string, string>;
   /** The checkpoint chain, when it moves with the checkpoint folder (its active layers are in `disks`). */
   chain?: ChainPlan;
+  /**
+   * How the disks are copied (copy-choice.ts): a running VM's by the mirror or by resumable
+   * backup passes (kinds/storage-resume.ts), a stopped VM's by qemu-img. Absent in the journals
+   * of agents before it: the mirror or qemu-img, as before.
+   */
+  copy?: CopyChoice;
 }
+
+/** Whether a storage move's new path holds a cut copy of this disk kept for a retry (kinds/storage-resume.ts). */
+export type KeptCopyAt = (diskId: string, dest: string) => Promise<boolean>;
 
 /** Destination of every item of a storage move, checked before anything starts. */
 export async function storagePlan(
@@ -194,6 +203,7 @@ export async function storagePlan(
   hostName: string,
   spec: VmSpec,
   req: StorageMoveRequest,
+  at: { running: boolean; kept: KeptCopyAt } = { running: false, kept: () => Promise.resolve(false) },
 ): Promise<StoragePlan> {
   const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
   const configPath = req.configPath ?? req.path ?? spec.configPath;
@@ -248,9 +258,12 @@ export async function storagePlan(
     );
   }
   const need = new Map<PoolDef, number>();
+  const sized: Array<{ id: string; format: string; allocatedBytes: number }> = [];
   for (const [id, dest] of Object.entries(plan.disks)) {
     const pool = await assertInUsablePool(pools, hostName, dest, `destination of disk ${id}`);
-    if (await exists(dest)) {
+    // A cut copy of this very disk kept there is this move's to resume or replace.
+    const kept = (await exists(dest)) && (await at.kept(id, dest));
+    if (!kept && (await exists(dest))) {
       throw new InvalidInputError(
         `Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`,
         { path: dest },
@@ -259,8 +272,12 @@ export async function storagePlan(
     const d = spec.disks.find((x) => x.id === id);
     if (!d) continue;
     const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
-    need.set(pool, (need.get(pool) ?? 0) + size);
+    sized.push({ id, format: d.format, allocatedBytes: size });
+    // The kept copy already holds its share of the pool.
+    const held = kept ? (await fsp.stat(dest)).blocks * 512 : 0;
+    need.set(pool, (need.get(pool) ?? 0) + Math.max(0, size - held));
   }
+  plan.copy = moveCopy(at.running, req.resumable, sized, plan.chain !== undefined);
   for (const f of plan.chain?.files ?? []) {
     const pool = await assertInUsablePool(pools, hostName, f.to, 'destination of a checkpoint file');
     if (await exists(f.to))

@@ -133,6 +133,8 @@ export const StorageMoveRequest = z
     pagingPath: AbsPath.optional(),
     priority: z.enum(PRIORITIES).default(DEFAULTS.priority),
     bandwidthMiBps: z.number().int().min(1).max(1_000_000).optional(),
+    /** How a running VM's disks are copied: as for move-vm (docs/moves.md, "Resumable disk copy"). */
+    resumable: z.enum(RESUMABLE_MODES).optional(),
   })
   .strict()
   .refine((r) => r.path || r.vhd || r.configPath || r.checkpointPath || r.pagingPath, {

@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity } from './lab.js';
+import { useLab, hostData, serialLog, waitMigration, waitProbe, heartbeatContinuity } from './lab.js';
 import { assertMovedIntact, cutCopyAt, makeFillDisk } from './resume-check.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import type { LabStatus } from '../../src/lab/lab.js';
@@ -183,6 +183,109 @@ test(
     assert.deepEqual(sourceMarks(), [], "host-a's mark went with it");
     assert.deepEqual(markers('host-b'), [], 'host-b deleted its partial copies (nothing offered them)');
     await assertMovedIntact(L, name, vm.id);
+    await ferryOk(['vm', 'rm', name], { lab: L.lab });
+  },
+);
+
+const storageMarkers = (): string[] => {
+  try {
+    return fs.readdirSync(path.join(hostData(L, 'host-a'), 'resume-storage')).filter((f) => f.endsWith('.json'));
+  } catch {
+    return [];
+  }
+};
+
+// A storage move's resumable copy (kinds/storage-resume.ts): cut at ~60 % by the agent's death
+// (its QEMU runs on), undone by the restarted agent with both partial copies kept; the same
+// move-storage then copies only what the bitmap owes, the guest pauses once for its last
+// writes and the switch, and every acknowledged record is on the moved disk.
+test(
+  'a storage move cut at ~60 % by an agent restart resumes on retry: less than half the disks re-copied, data intact',
+  { timeout: 240_000 },
+  async (t) => {
+    const name = 'resume4';
+    const vm = await newVm(name);
+    const to = path.join(hostData(L, 'host-a'), 'pools', 'local', `${name}-moved`);
+    const move = ['move-storage', name, '--path', to, '--resumable', 'always'];
+    const id = (await ferryOk<string>([...move, '--bandwidth', '2', '--no-wait'], { lab: L.lab })).trim();
+    const qmp = await qmpOf('host-a', vm);
+    const at = { done: 0, total: 0 };
+    try {
+      for (let i = 0; ; i++) {
+        const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('copy-'));
+        at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
+        at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
+        if (
+          jobs.length === 2 &&
+          jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * CUT)
+        )
+          break;
+        assert.ok(i < 3000, 'the copy reached the cut');
+        await sleep(20);
+      }
+    } finally {
+      qmp.close();
+    }
+    const agent = L.status.hosts.find((h) => h.name === 'host-a');
+    assert.ok(agent?.agentPid);
+    process.kill(agent.agentPid, 'SIGKILL');
+    await sleep(500);
+    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
+    const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
+    assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+    assert.equal(cut.diskCopy, 'resumable');
+    const still = await show(name);
+    assert.equal(still.pid, vm.pid, 'the same QEMU runs the VM');
+    assert.deepEqual(
+      still.disks.map((d) => d.path),
+      vm.disks.map((d) => d.path),
+      'the VM keeps its disks where they were',
+    );
+    assert.equal(storageMarkers().length, 2, 'both partial copies are kept');
+
+    const retry = await ferry([...move, '--json'], { lab: L.lab, timeoutMs: 180_000 });
+    assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
+    const rr = JSON.parse(retry.stdout) as MigrationRecord;
+    assert.equal(rr.state, 'completed', `retry: ${JSON.stringify(rr.error)}`);
+    assert.equal(rr.diskCopy, 'resumable');
+    const resumed = rr.disks.filter((d) => d.resumed);
+    assert.equal(resumed.length, 2, `both disks resumed: ${JSON.stringify(rr.events.map((e) => e.message))}`);
+    for (const d of resumed)
+      assert.ok(
+        (d.resumed?.resentBytes ?? 0) < (d.resumed?.diskBytes ?? 0) / 2,
+        `disk '${d.id}': ${JSON.stringify(d.resumed)}`,
+      );
+    const resent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);
+    const size = resumed.reduce((a, d) => a + (d.resumed?.diskBytes ?? 0), 0);
+    t.diagnostic(
+      `cut at ${((at.done / at.total) * 100).toFixed(0)} % (${(at.done / MiB).toFixed(1)} of ` +
+        `${(at.total / MiB).toFixed(1)} MiB); the retry re-copied ${(resent / MiB).toFixed(1)} MiB of ` +
+        `${(size / MiB).toFixed(1)} MiB; guest paused ${rr.downtimeMs} ms`,
+    );
+    assert.deepEqual(storageMarkers(), [], 'the kept copies were taken over');
+    assert.deepEqual(sourceMarks(), [], 'the bitmap went with the move');
+    const moved = await show(name);
+    assert.equal(moved.pid, vm.pid, 'the same QEMU runs the VM, on its new files');
+    for (const d of moved.disks) assert.equal(path.dirname(d.path), to, d.id);
+    for (const d of vm.disks) assert.equal(fs.existsSync(d.path), false, `${d.path} is deleted`);
+    assert.deepEqual(await ferryBitmaps('host-a', moved), [], 'no Ferry bitmap on the disks');
+
+    await waitProbe(L, moved, 10, 60_000);
+    await ferryOk(['vm', 'stop', name, '--force'], { lab: L.lab, timeoutMs: 120_000 });
+    const serial = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'));
+    assert.ok(serial.highestAck, 'the guest acknowledged records');
+    const [own, fill] = moved.disks;
+    assert.ok(own && fill);
+    const rep = await verifyDiskImage(own.path, { format: 'qcow2', highestAck: serial.highestAck });
+    assert.equal(rep.ok, true, `records: ${rep.problems.slice(0, 3).join('; ')}`);
+    const read = execFileSync('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x5a 0 40M', fill.path], {
+      encoding: 'utf8',
+    });
+    assert.doesNotMatch(read, /Pattern verification failed/);
+    for (const d of moved.disks) {
+      assert.deepEqual(storedBitmaps(d.path), [], `no Ferry bitmap stored in ${d.path}`);
+      execFileSync('qemu-img', ['check', '-q', d.path]);
+    }
     await ferryOk(['vm', 'rm', name], { lab: L.lab });
   },
 );

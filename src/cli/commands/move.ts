@@ -476,6 +476,12 @@ export function registerMove(program: Command): void {
     .option('--paging-path <dir>', 'new folder for paging files')
     .addOption(new Option('--priority <p>', 'queue priority: high, normal or low').argParser(priority))
     .option('--bandwidth <mibps>', 'cap the copy rate (MiB/s)', positiveInt('--bandwidth', 1_000_000))
+    .addOption(
+      new Option(
+        '--resumable <mode>',
+        "a running VM's disk copy that a retry resumes after a cut: auto (disks of 1 GiB or more), always or never",
+      ).argParser(resumable),
+    )
     .option('--no-wait', 'return the migration id at once')
     .option('--json', 'print the migration record as JSON')
     .addOption(progressOption())
@@ -502,6 +508,7 @@ export function registerMove(program: Command): void {
                 ...(o.pagingPath ? { pagingPath: path.resolve(o.pagingPath) } : {}),
                 ...(o.priority ? { priority: o.priority } : {}),
                 ...(o.bandwidth ? { bandwidthMiBps: o.bandwidth } : {}),
+                ...(o.resumable ? { resumable: o.resumable } : {}),
               },
             },
             { timeoutMs: 120_000 },

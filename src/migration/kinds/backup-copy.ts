@@ -27,6 +27,7 @@ import { decideResume, moveKeyOf, resumeLine, type ResumeOffer, type Verdict } f
 import type { Step, StepScope } from '../runner.js';
 import { MigrationFailedError, needProc, needSpec, type SourceCtx } from '../source.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
+import { dropKeptCopies } from './storage-resume.js';
 import { dropLeftBehind, dropStoredLeftBehind, droppedLine, markBitmap, unmarkBitmap } from '../resume-bitmaps.js';
 
 type Storage = NonNullable<IncomingRequest['storage']>;
@@ -83,6 +84,9 @@ export async function dropEarlierBitmaps(ctx: SourceCtx, log: (m: string) => voi
       ? await dropLeftBehind(ctx.proc.qmp, ctx.host.dataDir, spec.id, keep, { signal })
       : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, { signal });
     if (dropped.length) log(droppedLine(dropped, why));
+    // A storage move's cut copy on this host: no move from here resumes it any more.
+    for (const f of await dropKeptCopies(ctx.host.dataDir, spec))
+      log(`removed the partial copy ${f} of a cut storage move`);
   } catch (err) {
     log(`removing the bitmaps of earlier cut copies: ${messageOf(err)}`);
   }

@@ -3,17 +3,17 @@
 // old files deleted. The config, checkpoint and paging folders move too. Steps:
 //   queued          slot
 //   preparing       dirs → check
-//   copying-storage mirror (running) | convert (stopped)
-//   switching-over  pivot (running) → commit → cleanup
+//   copying-storage mirror (running) | backup (running, resumable) | convert (stopped)
+//   switching-over  pivot (running) | switch (running, resumable) → commit → cleanup
+// The resumable copy (`--resumable`, storage-resume.ts) keeps a cut copy for a retry.
 // Destination files are created exclusively (O_EXCL) and only what this move created is ever
 // removed, so two moves into one folder cannot delete each other's files. A failure before
 // switch-over removes the new files; in switch-over `resolve` keeps, per disk, the file the
 // VM really uses (QEMU says which) and makes vm.json say the same.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { FerryError } from '../../errors.js';
+import { FerryError, messageOf } from '../../errors.js';
 import { convertImage, createImage, imageInfo } from '../../qemu/img.js';
-import type { QemuProcess } from '../../qemu/process.js';
 import { poolOf } from '../../storage/pools.js';
 import { configFile, exists, loadVm, saveVm } from '../../vm/folder.js';
 import { supportsDirectIo } from '../../vm/lifecycle.js';
@@ -28,26 +28,28 @@ import {
   waitMirrorsReady,
   type MirrorSpec,
 } from '../block.js';
-import type { MoveHost } from '../host.js';
-import type { Job } from '../job.js';
-import { folderFiles, type StoragePlan } from '../plan.js';
+import { folderFiles } from '../plan.js';
 import { testHold } from '../policy.js';
 import { copyEta, foldMirrorProgress } from '../progress.js';
 import { claimFile, makeFolders, poolRoots, removeFolders } from '../claim.js';
-import type { SlotQueue } from '../queue.js';
 import { dropNodesOf } from '../../checkpoint/block.js';
 import { TREE_FILE } from '../../checkpoint/model.js';
 import { copyChainFile, saveMovedTree } from '../../checkpoint/relocate.js';
 import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
+import type { StorageCtx } from './storage-ctx.js';
+import { dropLeftBehind, dropStoredLeftBehind, droppedLine } from '../resume-bitmaps.js';
+import {
+  dropKeptCopies,
+  dropStorageBitmap,
+  resumableJournal,
+  resumableStorage,
+  resumePaused,
+  storageBackup,
+  storageBitmapOf,
+  storageSwitch,
+} from './storage-resume.js';
 
-export interface StorageCtx {
-  host: MoveHost;
-  job: Job;
-  slots: SlotQueue;
-  plan: StoragePlan;
-  spec: VmSpec;
-  proc: QemuProcess | null;
-}
+export type { StorageCtx } from './storage-ctx.js';
 
 const moving = (ctx: StorageCtx): VmSpec['disks'] =>
   ctx.spec.disks.filter((d) => {
@@ -113,8 +115,9 @@ const dirs: Step<StorageCtx> = {
 const check: Step<StorageCtx> = {
   name: 'check',
   phase: 'preparing',
-  async run(ctx) {
+  async run(ctx, s) {
     const r = ctx.job.record;
+    await dropEarlier(ctx, s.log, s.signal);
     r.disks = [];
     for (const d of moving(ctx)) {
       const info = await imageInfo(d.path, { forceShare: true, format: d.format });
@@ -160,10 +163,40 @@ const chain: Step<StorageCtx> = {
   },
 };
 
+/**
+ * Begin: what cut copies of earlier moves left that this move does not resume goes — bitmaps
+ * of Ferry's naming but this move's own (resume-bitmaps.ts), and kept copies unless this move
+ * may take them over. Never fails the move: what is left is only a cost (the sweeps get it).
+ */
+async function dropEarlier(ctx: StorageCtx, log: (m: string) => void, signal: AbortSignal): Promise<void> {
+  const { spec } = ctx;
+  const resumable = resumableStorage(ctx);
+  const why = resumable
+    ? 'a storage move resumes only its own'
+    : `this move does not resume a copy (${ctx.plan.copy?.method ?? 'mirror'})`;
+  try {
+    const dropped = ctx.proc
+      ? await dropLeftBehind(
+          ctx.proc.qmp,
+          ctx.host.dataDir,
+          spec.id,
+          resumable ? storageBitmapOf(spec.id, ctx.host.name) : null,
+          { signal },
+        )
+      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, { signal });
+    if (dropped.length) log(droppedLine(dropped, why));
+    if (!resumable)
+      for (const f of await dropKeptCopies(ctx.host.dataDir, spec))
+        log(`removed the partial copy ${f} of a cut move: ${why}`);
+  } catch (err) {
+    log(`removing what earlier cut copies left: ${messageOf(err)}`);
+  }
+}
+
 const mirror: Step<StorageCtx> = {
   name: 'mirror',
   phase: 'copying-storage',
-  when: (ctx) => ctx.proc !== null,
+  when: (ctx) => ctx.proc !== null && !resumableStorage(ctx),
   async run(ctx, s) {
     const proc = ctx.proc;
     if (!proc) throw new FerryError('E_VM_NOT_RUNNING', `Cannot mirror the disks of VM '${ctx.spec.name}': it stopped`);
@@ -271,7 +304,7 @@ const convert: Step<StorageCtx> = {
 const pivot: Step<StorageCtx> = {
   name: 'pivot',
   phase: 'switching-over',
-  when: (ctx) => ctx.proc !== null,
+  when: (ctx) => ctx.proc !== null && !resumableStorage(ctx),
   async run(ctx, s) {
     const proc = ctx.proc;
     if (!proc) return undefined;
@@ -394,9 +427,11 @@ async function deleteOld(ctx: StorageCtx, moved: Set<string>): Promise<void> {
 async function resolveStorage(ctx: StorageCtx, _err: unknown, s: UndoScope): Promise<Resolution> {
   const m = moving(ctx);
   const pivoted = new Set<string>();
+  const resumable = resumableStorage(ctx);
   if (ctx.proc && !ctx.proc.hasExited) {
     const qmp = ctx.proc.qmp;
-    const started = ctx.job.journalData('mirror');
+    await resumePaused(ctx, s.log);
+    const started = resumable ? resumableJournal(ctx) : ctx.job.journalData('mirror');
     // Mirrors still READY (not pivoted) are cancelled; pivoted ones are concluded and dismissed.
     await abandonMirrors(qmp, (started.mirrors as MirrorSpec[] | undefined) ?? [], []).catch(() => undefined);
     for (const b of await qmp.execute('query-block', undefined, { timeoutMs: 5000 })) {
@@ -423,10 +458,13 @@ async function resolveStorage(ctx: StorageCtx, _err: unknown, s: UndoScope): Pro
   const committed = ctx.job.journalData('commit').committed === true;
   if (pivoted.size === m.length && committed) {
     await deleteOld(ctx, pivoted);
+    if (resumable) await dropStorageBitmap(ctx);
     s.log('every disk had switched and the config was saved: the move completed');
     return 'completed';
   }
   if (pivoted.size === 0) return 'undo';
+  // Nothing resumes a copy some of whose disks switched.
+  if (resumable) await dropStorageBitmap(ctx);
   // Some disks switched: they keep their new place (the guest writes there), the rest stay.
   const next = nextSpec(ctx, pivoted, false);
   await saveVm(next);
@@ -445,6 +483,6 @@ async function resolveStorage(ctx: StorageCtx, _err: unknown, s: UndoScope): Pro
 
 export const storageKind: MoveKind<StorageCtx> = {
   name: 'storage',
-  steps: [slot, dirs, check, chain, mirror, convert, pivot, commit, cleanup],
+  steps: [slot, dirs, check, chain, mirror, storageBackup, convert, pivot, storageSwitch, commit, cleanup],
   resolve: resolveStorage,
 };

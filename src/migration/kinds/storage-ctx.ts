@@ -1,0 +1,16 @@
+// What a storage move's steps share (storage.ts, and the resumable copy's storage-resume.ts).
+import type { QemuProcess } from '../../qemu/process.js';
+import type { VmSpec } from '../../vm/spec.js';
+import type { MoveHost } from '../host.js';
+import type { Job } from '../job.js';
+import type { StoragePlan } from '../plan.js';
+import type { SlotQueue } from '../queue.js';
+
+export interface StorageCtx {
+  host: MoveHost;
+  job: Job;
+  slots: SlotQueue;
+  plan: StoragePlan;
+  spec: VmSpec;
+  proc: QemuProcess | null;
+}
