@@ -222,8 +222,9 @@ export class StallWatchdog {
  * environment, a move waits at the start of `phase` while the file DIR/<phase> exists
  * (at most 2 min), so a test can inject a fault in a phase that otherwise lasts
  * milliseconds. `phase` may also name a point of the destination's Prepare ('incoming-qemu'
- * before its QEMU starts, 'incoming-spawned' after, before the journal has its pid). Without
- * the variable this returns at once.
+ * before its QEMU starts, 'incoming-spawned' after, before the journal has its pid) or of a
+ * resumable storage move ('storage-paused': its guest paused for the switch). Without the
+ * variable this returns at once.
  */
 export async function testHold(phase: string, log: (m: string) => void, signal?: AbortSignal): Promise<void> {
   const dir = process.env.FERRY_TEST_HOLD_DIR;

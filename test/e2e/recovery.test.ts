@@ -13,6 +13,7 @@ import { useLab, hostData, serialLog, waitProbe, waitMigration } from './lab.js'
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { qemusOfRunDir } from '../../src/qemu/process.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
 import { sleep } from '../../src/util/exec.js';
 import type { VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
@@ -195,3 +196,58 @@ test(
     await ferryOk(['vm', 'rm', 'r4'], { lab: L.lab });
   },
 );
+
+// A resumable storage move pauses its guest for the last pass and the switch
+// (kinds/storage-resume.ts): an agent killed then must not leave the guest paused. The
+// restarted agent resumes it, rolls the move back keeping the copy, and the retry resumes it.
+test('the agent killed while a storage move holds the guest paused for its switch: a restart resumes it', async () => {
+  const vm = await ferryOk<VmView>(['vm', 'new', 'r5', '--host', 'host-a', '--guest', 'probe', '--start', '--json'], {
+    lab: L.lab,
+  });
+  await waitProbe(L, vm, 10);
+  const to = path.join(hostData(L, 'host-a'), 'pools', 'local', 'r5-moved');
+  const move = ['move-storage', 'r5', '--path', to, '--resumable', 'always'];
+  const h = await holdAt('storage-paused');
+  let id: string;
+  try {
+    id = (await ferryOk<string>([...move, '--no-wait'], { lab: L.lab })).trim();
+    await h.held();
+    const qmp = await QmpClient.connect(path.join(hostData(L, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
+      vm: 'r5',
+    });
+    try {
+      assert.equal((await qmp.execute('query-status')).status, 'paused', 'the switch paused the guest');
+    } finally {
+      qmp.close();
+    }
+    await killAgent('host-a');
+  } finally {
+    await h.release();
+  }
+  await ferryOk(['lab', 'up', '--dir', L.lab]);
+  const r = await waitState(id, ['failed', 'cancelled', 'completed'], 120_000);
+  assert.equal(r.state, 'failed', JSON.stringify(r));
+  assert.equal(r.error?.code, 'E_AGENT_RESTARTED');
+  assert.ok(
+    r.events.some((e) => /paused for the switch, runs again/.test(e.message)),
+    JSON.stringify(r.events.map((e) => e.message)),
+  );
+  await assertOnAOnly(vm);
+  assert.deepEqual(
+    (await show('r5')).disks.map((d) => d.path),
+    vm.disks.map((d) => d.path),
+    'the disks stay where they were',
+  );
+  // The retry resumes the kept copy: only what the guest wrote since is copied again.
+  const ok = await ferryOk<MigrationRecord>([...move, '--json'], { lab: L.lab, timeoutMs: 120_000 });
+  assert.equal(ok.state, 'completed', JSON.stringify(ok.error));
+  const resumed = ok.disks.filter((d) => d.resumed);
+  assert.equal(resumed.length, vm.disks.length, JSON.stringify(ok.events.map((e) => e.message)));
+  await ferryOk(['vm', 'stop', 'r5', '--force'], { lab: L.lab });
+  const v = await show('r5');
+  assert.equal(path.dirname(v.disks[0]!.path), to);
+  const ack = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8')).highestAck ?? 0;
+  assert.ok(ack > 0);
+  assert.equal((await verifyDiskImage(v.disks[0]!.path, { format: 'qcow2', highestAck: ack })).ok, true);
+  await ferryOk(['vm', 'rm', 'r5'], { lab: L.lab });
+});

@@ -198,6 +198,9 @@ export interface CellResult {
  */
 const UNSENT_SLACK = 8 * 1024 * 1024;
 
+/** How moves that copy disks copy them (`--resumable`), when set; else the default (`auto`: the mirror here). */
+const RESUMABLE = process.env.FERRY_FAULTS_RESUMABLE ?? '';
+
 /** Where the cell results go (one JSON line each; scripts/test faults sets it), for docs/fault-matrix.md. */
 export const RESULTS = process.env.FERRY_FAULTS_RESULTS ?? '';
 
@@ -212,6 +215,8 @@ function moveArgs(
 ): string[] {
   const extra = [
     ...(o.bandwidth ? ['--bandwidth', String(o.bandwidth)] : []),
+    // FERRY_FAULTS_RESUMABLE=always|never: the copies by backup passes (or the mirror) whatever the size.
+    ...(RESUMABLE && kind !== 'live' ? ['--resumable', RESUMABLE] : []),
     ...(o.guest === 'bootblock' && kind !== 'storage' ? ['--max-downtime', '5000'] : []),
   ];
   if (kind === 'live') return ['move-vm', vm, '--to', to, ...extra];

@@ -149,6 +149,9 @@ export const storageBackup: Step<StorageCtx> = {
     const kept: KeepEntry[] = [];
     const verdicts = new Map<string, { v: Verdict | null; size: number }>();
     const save = (): void => s.record({ created, taken, nodes, mirrors: backups, olds, kept });
+    const ids = moving(ctx).map((d) => d.id);
+    // Kept copies of disks this move leaves where they are: nothing will resume them.
+    await dropKeptCopies(dataDir, ctx.spec, new Set(ids));
     for (const d of moving(ctx)) {
       if (d.format !== 'qcow2' && d.format !== 'raw')
         throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${d.id}' by backup passes: it is ${d.format}`);
@@ -178,7 +181,7 @@ export const storageBackup: Step<StorageCtx> = {
         save();
         await dropMarker(dataDir, vmId, d.id, STORAGE_DIR);
       } else {
-        if (marker) await dropKeptCopies(dataDir, ctx.spec);
+        if (marker) await dropKeptCopies(dataDir, ctx.spec, new Set(ids.filter((x) => x !== d.id)));
         // A full copy starts from an empty bitmap: it records the guest's writes from now on.
         if (bm.state !== 'absent') await removeResumeBitmap(qmp, device, bitmap);
         await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
@@ -311,6 +314,7 @@ export const storageSwitch: Step<StorageCtx> = {
     if (running) await qmp.execute('stop', undefined, { signal: s.signal, timeoutMs: 10_000 });
     let bytes: number;
     try {
+      await testHold('storage-paused', s.log, s.signal);
       const passes = backups.map((b): BackupSpec => ({ ...b, sync: 'bitmap' }));
       for (const b of passes) await startBackup(qmp, b, undefined, { signal: s.signal });
       const res = await waitBackups(qmp, passes, () => undefined, { signal: s.signal, timeoutMs: 120_000 });
