@@ -22,6 +22,7 @@ import { REPO_ROOT } from '../../guest/paths.js';
 import { sleep } from '../../src/util/exec.js';
 import type { CheckpointList, VmView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
+import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { labTempDir } from '../helpers.js';
 
 const ADMIN: ConsoleUserSpec = { name: 'ada', role: 'admin', password: 'pw-' + Math.random().toString(36).slice(2) };
@@ -131,11 +132,14 @@ test('a compare failure is shown in the wizard (VM on local storage, move only t
   await page.click(tid('wizard-close'));
 });
 
-test('the wizard moves storage (all to one folder) while the VM runs', async () => {
+test('the wizard moves storage (all to one folder, a resumable copy) while the VM runs', async () => {
   await openWizard('local1');
   await page.click(tid('move-type-storage'));
   await page.click(tid('wizard-next'));
   await page.click(tid('move-option-single'));
+  // A running VM's disks are copied: the page asks how (`--resumable`).
+  assert.equal(await page.inputValue(tid('wizard-resumable')), 'auto');
+  await page.selectOption(tid('wizard-resumable'), 'always');
   await page.click(tid('wizard-next'));
   // The folder picker opens at a pool's root on the VM's host; "Use this folder" fills the path in.
   await page.waitForFunction((sel) => document.querySelector(sel)?.textContent.startsWith('/'), tid('picker-current'), {
@@ -148,9 +152,13 @@ test('the wizard moves storage (all to one folder) while the VM runs', async () 
   await page.fill(tid('wizard-path-storage'), to);
   await page.click(tid('wizard-next'));
   await page.waitForSelector(tid('wizard-summary'));
+  assert.match((await page.textContent(tid('summary-copy'))) ?? '', /Resumable/);
   await page.click(tid('wizard-finish'));
   await page.waitForSelector(`${tid('migration-state')}:has-text("completed")`, { timeout: 90_000 });
   await page.click(tid('wizard-close'));
+  const moves = await ferryOk<MigrationRecord[]>(['migration', 'list', '--all', '--json'], { lab });
+  const last = moves.filter((m) => m.vm === 'local1' && m.kind === 'storage').at(-1);
+  assert.equal(last?.diskCopy, 'resumable', 'the move copied by resumable backup passes, as chosen');
   const v = await ferryOk<VmView>(['vm', 'show', 'local1', '--json'], { lab });
   assert.equal(v.configPath, to);
   assert.equal(v.disks[0]!.path, path.join(to, 'data.qcow2'));

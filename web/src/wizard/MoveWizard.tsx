@@ -16,7 +16,15 @@ import { StepLocations } from './StepLocations.js';
 import { StepCompatibility, type CompatState } from './StepCompatibility.js';
 import { StepSummary } from './StepSummary.js';
 import { StepProgress } from './StepProgress.js';
-import { STEP_TITLES, initialChoices, moveOptions, stepsFor, storageMoveBody, type Choices } from './state.js';
+import {
+  STEP_TITLES,
+  copiesRunningDisks,
+  initialChoices,
+  moveOptions,
+  stepsFor,
+  storageMoveBody,
+  type Choices,
+} from './state.js';
 
 export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void }) {
   const { hosts } = useSession();
@@ -148,7 +156,16 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
             {step === 2 && (
               <StepDestination hosts={hosts} current={vm.host} value={c.dest} onChange={(d) => update({ dest: d })} />
             )}
-            {step === 3 && <StepOptions type={c.type} value={c.option} onChange={(option) => update({ option })} />}
+            {step === 3 && (
+              <StepOptions
+                type={c.type}
+                value={c.option}
+                onChange={(option) => update({ option })}
+                copying={copiesRunningDisks(vm, c)}
+                resumable={c.resumable}
+                onResumable={(resumable) => update({ resumable })}
+              />
+            )}
             {step === 4 && browseHost && <StepLocations vm={vm} host={browseHost} choices={c} update={update} />}
             {step === 5 && <StepCompatibility state={compat} dest={c.dest} onCheckAgain={() => void runCompare()} />}
             {step === 6 && (

@@ -1,4 +1,18 @@
+import type { ResumableMode } from '../../../src/api/defaults.js';
 import type { MoveOption, MoveType } from './state.js';
+
+const COPY: Record<ResumableMode, string> = {
+  auto: 'Automatic: resumable when the disks hold 1 GiB or more',
+  always: 'Resumable: after a cut, a retry copies only what is left',
+  never: 'Mirror: the shortest switch; a cut copy starts over',
+};
+const COPY_HELP: Record<ResumableMode, string> = {
+  auto: 'Small disks are mirrored (a cut costs little to redo); larger ones are copied so that a retry resumes.',
+  always:
+    'The copy is kept if the move is cut (an agent restart, a full pool, a broken link); the same move resumes it. ' +
+    'It costs a short pause of the VM at the switch.',
+  never: 'The disks are mirrored: no extra pause, but a move cut mid-copy copies everything again.',
+};
 
 const CHOICES: Array<{ value: MoveOption; label: string; help: string; vmOnly?: boolean }> = [
   {
@@ -20,6 +34,47 @@ const CHOICES: Array<{ value: MoveOption; label: string; help: string; vmOnly?: 
 ];
 
 export function StepOptions({
+  type,
+  value,
+  onChange,
+  copying,
+  resumable,
+  onResumable,
+}: {
+  type: MoveType | null;
+  value: MoveOption | null;
+  onChange: (v: MoveOption) => void;
+  /** The move copies a running VM's disks: how is asked too. */
+  copying: boolean;
+  resumable: ResumableMode;
+  onResumable: (v: ResumableMode) => void;
+}) {
+  return (
+    <>
+      <Choices type={type} value={value} onChange={onChange} />
+      {copying && (
+        <div className="field">
+          <label htmlFor="wizard-resumable">Disk copy</label>
+          <select
+            id="wizard-resumable"
+            value={resumable}
+            onChange={(e) => onResumable(e.target.value as ResumableMode)}
+            data-testid="wizard-resumable"
+          >
+            {(Object.keys(COPY) as ResumableMode[]).map((m) => (
+              <option key={m} value={m}>
+                {COPY[m]}
+              </option>
+            ))}
+          </select>
+          <p className="muted small">{COPY_HELP[resumable]}</p>
+        </div>
+      )}
+    </>
+  );
+}
+
+function Choices({
   type,
   value,
   onChange,

@@ -1,6 +1,12 @@
 import { Fragment } from 'react';
 import type { VmView } from '../../../src/api/schemas.js';
-import { chainDiskPath, changedItems, disksFollowChain, type Choices } from './state.js';
+import { chainDiskPath, changedItems, copiesRunningDisks, disksFollowChain, type Choices } from './state.js';
+
+const COPY_LABEL = {
+  auto: 'Automatic (resumable for disks of 1 GiB or more)',
+  always: 'Resumable after a cut',
+  never: 'Mirror',
+} as const;
 
 const OPTION_LABEL = {
   single: "Move all the VM's data to a single location",
@@ -52,6 +58,12 @@ export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: 
         <dd data-testid="summary-destination">{to}</dd>
         <dt>Option</dt>
         <dd data-testid="summary-option">{c.option ? OPTION_LABEL[c.option] : '–'}</dd>
+        {copiesRunningDisks(vm, c) && (
+          <>
+            <dt>Disk copy</dt>
+            <dd data-testid="summary-copy">{COPY_LABEL[c.resumable]}</dd>
+          </>
+        )}
         {c.option === 'single' && (
           <>
             <dt>Folder</dt>

@@ -2,6 +2,7 @@
 // user's choices into a request; the agents judge them (compare-vm, path checks).
 import type { z } from 'zod';
 import type { VmView } from '../../../src/api/schemas.js';
+import type { ResumableMode } from '../../../src/api/defaults.js';
 import type { MoveOptions, StorageMoveRequest } from '../../../src/migration/schemas.js';
 
 export type MoveType = 'vm' | 'storage';
@@ -20,6 +21,8 @@ export interface Choices {
   /** The folder of the checkpoint tree and files, and the Smart Paging folder. */
   checkpointPath: string;
   pagingPath: string;
+  /** How a running VM's disks are copied (`--resumable`): only asked when disks are copied. */
+  resumable: ResumableMode;
 }
 
 export const STEP_TITLES: Record<number, string> = {
@@ -42,8 +45,17 @@ export function initialChoices(vm: VmView): Choices {
     configPath: vm.configPath,
     checkpointPath: vm.checkpointPath,
     pagingPath: vm.pagingPath,
+    resumable: 'auto',
   };
 }
+
+/** Whether the move copies a running VM's disks (so how they are copied is the user's to choose). */
+export const copiesRunningDisks = (vm: VmView, c: Pick<Choices, 'option'>): boolean =>
+  (vm.state === 'running' || vm.state === 'paused') && c.option !== null && c.option !== 'vmonly';
+
+/** `--resumable` as the request says it: left out for the default. */
+const resumableOf = (c: Choices): { resumable?: ResumableMode } =>
+  c.resumable === 'auto' ? {} : { resumable: c.resumable };
 
 /** With checkpoints a VM's disks are a chain held by its checkpoint folder: they move with it, not one by one. */
 export const disksFollowChain = (vm: VmView): boolean => vm.checkpoints.length > 0;
@@ -106,11 +118,11 @@ export function changedItems(
 
 export function moveOptions(vm: VmView, c: Choices): z.input<typeof MoveOptions> {
   if (c.option === 'vmonly' || c.option === null) return { includeStorage: false };
-  if (c.option === 'single') return { includeStorage: true, storagePath: c.storagePath.trim() };
-  return { includeStorage: true, ...changedItems(vm, c) };
+  if (c.option === 'single') return { includeStorage: true, storagePath: c.storagePath.trim(), ...resumableOf(c) };
+  return { includeStorage: true, ...changedItems(vm, c), ...resumableOf(c) };
 }
 
 export function storageMoveBody(vm: VmView, c: Choices): z.input<typeof StorageMoveRequest> {
-  if (c.option === 'single') return { vm: vm.name, path: c.storagePath.trim() };
-  return { vm: vm.name, ...changedItems(vm, c) };
+  if (c.option === 'single') return { vm: vm.name, path: c.storagePath.trim(), ...resumableOf(c) };
+  return { vm: vm.name, ...changedItems(vm, c), ...resumableOf(c) };
 }
