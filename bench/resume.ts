@@ -22,7 +22,18 @@ import type { LabStatus } from '../src/lab/lab.js';
 import { hostQemuPids } from '../src/lab/lab.js';
 import type { MigrationRecord } from '../src/migration/schemas.js';
 import { QmpClient } from '../src/qemu/qmp.js';
-import { FerryCli, MiB, fmt, machineLoad, median, oneLine, pidsUnder, runOk, table } from './lib/storage-util.js';
+import {
+  FerryCli,
+  MiB,
+  fmt,
+  machineLoad,
+  median,
+  oneLine,
+  pidsUnder,
+  runOk,
+  stopOnSignals,
+  table,
+} from './lib/storage-util.js';
 
 type PathName = 'shared-nothing' | 'move-storage';
 
@@ -87,12 +98,7 @@ async function main(): Promise<void> {
     if (keep) log(`kept ${root}`);
     else await fsp.rm(root, { recursive: true, force: true });
   };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: stopping`);
-    void teardown().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  stopOnSignals(teardown, log);
 
   try {
     const up = async (): Promise<LabStatus> =>

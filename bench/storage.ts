@@ -39,6 +39,7 @@ import {
   phasesOf,
   pidsUnder,
   runOk,
+  stopOnSignals,
   table,
 } from './lib/storage-util.js';
 
@@ -166,12 +167,7 @@ async function main(): Promise<void> {
         .rm(root, { recursive: true, force: true })
         .catch((err: unknown) => log(`cannot remove ${root}: ${String(err)}`));
   };
-  const onSignal = (sig: NodeJS.Signals): void => {
-    log(`${sig}: stopping`);
-    void teardown().finally(() => process.exit(130));
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  const unlisten = stopOnSignals(teardown, log);
 
   try {
     log(`lab up in ${labDir}`);
@@ -393,8 +389,7 @@ async function main(): Promise<void> {
     process.exitCode = 1;
   } finally {
     await teardown();
-    process.removeListener('SIGINT', onSignal);
-    process.removeListener('SIGTERM', onSignal);
+    unlisten();
   }
 
   report(args, samples, notes, performance.now() - t0);

@@ -177,3 +177,17 @@ export function table(head: string[], rows: string[][]): string {
   const line = (r: string[]): string => r.map((c, i) => (i === 0 ? c.padEnd(w[i]!) : c.padStart(w[i]!))).join('  ');
   return [line(head), w.map((n) => '-'.repeat(n)).join('  '), ...rows.map(line)].join('\n');
 }
+
+/** On SIGINT or SIGTERM: `teardown` (lab down, leftovers), then exit 130. Returns the way to stop listening. */
+export function stopOnSignals(teardown: () => Promise<void>, log: (s: string) => void): () => void {
+  const onSignal = (sig: NodeJS.Signals): void => {
+    log(`${sig}: stopping`);
+    void teardown().finally(() => process.exit(130));
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  return () => {
+    process.removeListener('SIGINT', onSignal);
+    process.removeListener('SIGTERM', onSignal);
+  };
+}

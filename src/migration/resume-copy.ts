@@ -193,3 +193,50 @@ export async function catchUp(
     passes++;
   }
 }
+
+/** Catch-up passes stop once a disk owes this little: the rest is the paused last pass's. */
+const SMALL_BYTES = 2 * 1024 * 1024;
+const MAX_CATCH_UP = 4;
+
+/** After every disk's first pass: catch-up passes with the guest running, so the paused last pass is short. */
+export async function catchUpAll(
+  qmp: QmpClient,
+  backups: readonly BackupSpec[],
+  opts: { speedBps?: number; signal?: AbortSignal },
+): Promise<void> {
+  for (const b of backups)
+    await catchUp(qmp, b, {
+      smallBytes: SMALL_BYTES,
+      maxPasses: MAX_CATCH_UP,
+      ...(opts.speedBps ? { speedBps: opts.speedBps } : {}),
+      addTarget: () => Promise.resolve(),
+      delTarget: () => Promise.resolve(),
+      ...(opts.signal ? { signal: opts.signal } : {}),
+      timeoutMs: 3600_000,
+    });
+}
+
+/**
+ * The last pass of every disk, with the guest paused: what the bitmap still owes. Throws
+ * naming the disk unless each owes nothing after it; returns the bytes it copied.
+ */
+export async function lastPasses(
+  qmp: QmpClient,
+  backups: readonly BackupSpec[],
+  opts: { signal?: AbortSignal } = {},
+): Promise<number> {
+  const passes = backups.map((b): BackupSpec => ({ ...b, sync: 'bitmap' }));
+  for (const b of passes) await startBackup(qmp, b, undefined, opts);
+  const res = await waitBackups(qmp, passes, () => undefined, { ...opts, timeoutMs: 120_000 });
+  for (const b of passes) {
+    const st = await bitmapState(qmp, b.device, b.bitmap, opts);
+    if (st.state !== 'ready' || st.dirtyBytes !== 0)
+      throw new FerryError(
+        'E_MIRROR_FAILED',
+        `Cannot finish copying disk '${b.diskId}': the guest is paused but its copy still owes ` +
+          `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
+        { context: { disk: b.diskId } },
+      );
+  }
+  return res.reduce((a, x) => a + x.copied, 0);
+}

@@ -127,3 +127,23 @@ export function resumeLine(diskId: string, v: Verdict, sent?: { bytes: number; o
     ? `disk '${diskId}': copy resumed, ${mib(sent.bytes)} MiB re-sent of ${mib(sent.of)} MiB`
     : `disk '${diskId}': copy resumes from the cut`;
 }
+
+/**
+ * After the first passes: per disk that had something to explain (`verdicts`, null: a first
+ * attempt), the log line, and for a resumed one the record's `resumed` figures.
+ */
+export function reportResumed(
+  disks: ReadonlyArray<{ id: string; resumed?: { resentBytes: number; diskBytes: number } }>,
+  log: (m: string) => void,
+  copies: ReadonlyArray<{ diskId: string; copied: number | undefined; diskBytes: number; verdict: Verdict | null }>,
+): void {
+  for (const c of copies) {
+    const v = c.verdict;
+    if (!v) continue;
+    const rd = disks.find((x) => x.id === c.diskId);
+    if (v.resume && c.copied !== undefined && rd) {
+      rd.resumed = { resentBytes: c.copied, diskBytes: c.diskBytes };
+      log(resumeLine(c.diskId, v, { bytes: c.copied, of: c.diskBytes }));
+    } else log(resumeLine(c.diskId, v));
+  }
+}

@@ -33,10 +33,44 @@ export async function vmPids(l: TestLab, host: string, vmId: string): Promise<nu
 }
 
 /**
- * Cuts move `id` of `vm` (two disks, host-a → host-b) once each disk's copy passed `mark` (0–1):
- * the progress read straight from the source QEMU's jobs, so the cut lands at the mark and not
- * a CLI round trip later; then the destination's QEMU is killed. Returns the copy's progress at
- * the cut and the failed move's record.
+ * Waits until each of the two disks' copy jobs (ids starting with `prefix`) on host-a passed
+ * `mark` (0–1), read straight from the source QEMU so the cut lands at the mark and not a CLI
+ * round trip later; returns both jobs' progress then.
+ */
+export async function copiesPast(
+  l: TestLab,
+  vm: VmView,
+  prefix: string,
+  mark: number,
+): Promise<{ done: number; total: number }> {
+  const qmp = await QmpClient.connect(path.join(hostData(l, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
+    vm: vm.name,
+  });
+  try {
+    for (let i = 0; ; i++) {
+      const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith(prefix));
+      const at = {
+        done: jobs.reduce((a, j) => a + j['current-progress'], 0),
+        total: jobs.reduce((a, j) => a + j['total-progress'], 0),
+      };
+      // Each disk past the mark: the disks' copies run side by side, at their own pace.
+      if (
+        jobs.length === 2 &&
+        jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * mark)
+      )
+        return at;
+      assert.ok(i < 3000, 'the copy reached the cut');
+      await sleep(20);
+    }
+  } finally {
+    qmp.close();
+  }
+}
+
+/**
+ * Cuts move `id` of `vm` (two disks, host-a → host-b) once each disk's copy passed `mark` (0–1,
+ * copiesPast): the destination's QEMU is killed. Returns the copy's progress at the cut and the
+ * failed move's record.
  */
 export async function cutCopyAt(
   l: TestLab,
@@ -44,27 +78,7 @@ export async function cutCopyAt(
   id: string,
   mark: number,
 ): Promise<{ done: number; total: number; cut: MigrationRecord }> {
-  const qmp = await QmpClient.connect(path.join(hostData(l, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
-    vm: vm.name,
-  });
-  const at = { done: 0, total: 0 };
-  try {
-    for (let i = 0; ; i++) {
-      const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('mirror-'));
-      at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
-      at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
-      // Each disk past the mark: the disks' copies run side by side, at their own pace.
-      if (
-        jobs.length === 2 &&
-        jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * mark)
-      )
-        break;
-      assert.ok(i < 3000, 'the copy reached the cut');
-      await sleep(20);
-    }
-  } finally {
-    qmp.close();
-  }
+  const at = await copiesPast(l, vm, 'mirror-', mark);
   const killed = await vmPids(l, 'host-b', vm.id);
   assert.ok(killed.length, "the destination's QEMU runs");
   for (const p of killed) process.kill(p, 'SIGKILL');

@@ -12,7 +12,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { useLab, hostData, serialLog, waitMigration, waitProbe, heartbeatContinuity } from './lab.js';
-import { assertMovedIntact, cutCopyAt, makeFillDisk } from './resume-check.js';
+import { assertMovedIntact, copiesPast, cutCopyAt, makeFillDisk } from './resume-check.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import { rootNode } from '../../src/migration/block.js';
@@ -208,24 +208,7 @@ test(
     const to = path.join(hostData(L, 'host-a'), 'pools', 'local', `${name}-moved`);
     const move = ['move-storage', name, '--path', to, '--resumable', 'always'];
     const id = (await ferryOk<string>([...move, '--bandwidth', '2', '--no-wait'], { lab: L.lab })).trim();
-    const qmp = await qmpOf('host-a', vm);
-    const at = { done: 0, total: 0 };
-    try {
-      for (let i = 0; ; i++) {
-        const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith('copy-'));
-        at.done = jobs.reduce((a, j) => a + j['current-progress'], 0);
-        at.total = jobs.reduce((a, j) => a + j['total-progress'], 0);
-        if (
-          jobs.length === 2 &&
-          jobs.every((j) => j['total-progress'] > 0 && j['current-progress'] >= j['total-progress'] * CUT)
-        )
-          break;
-        assert.ok(i < 3000, 'the copy reached the cut');
-        await sleep(20);
-      }
-    } finally {
-      qmp.close();
-    }
+    const at = await copiesPast(L, vm, 'copy-', CUT);
     const agent = L.status.hosts.find((h) => h.name === 'host-a');
     assert.ok(agent?.agentPid);
     process.kill(agent.agentPid, 'SIGKILL');

@@ -267,7 +267,21 @@ async function assertRuns(l: FaultLab, v: VmView, guest: Guest): Promise<void> {
   if (guest === 'probe') {
     const n0 = parseSerial(await fsp.readFile(f, 'utf8')).heartbeats.length;
     await sleep(1500);
-    assert.ok(parseSerial(await fsp.readFile(f, 'utf8')).heartbeats.length > n0 + 10, `the guest runs on ${v.host}`);
+    const text = await fsp.readFile(f, 'utf8');
+    if (parseSerial(text).heartbeats.length > n0 + 10) return;
+    // A guest that stopped must be explained: what its kernel printed last (an oops after a
+    // move under TCG is QEMU-NOTES §E), not only that it stopped.
+    const said = text
+      .split('\n')
+      .filter((x) => x.trim() && !x.includes('ferry-'))
+      .slice(-6)
+      .join(' | ');
+    const oops = /Oops|BUG:|panic|general protection|invalid opcode/.test(text);
+    assert.fail(
+      `the guest runs on ${v.host}: its console stopped` +
+        (oops ? ' with a kernel oops (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '') +
+        `; its last other lines: ${said.slice(-600) || '(none)'}`,
+    );
   }
 }
 

@@ -10,20 +10,21 @@
 // the disks' size say so (copy-choice.ts, decided once in the plan); the others keep the mirror
 // (docs/moves.md).
 import type { IncomingRequest } from '../../api/peer-actions.js';
-import { FerryError, messageOf } from '../../errors.js';
+import { messageOf } from '../../errors.js';
 import { removeBitmap } from '../../qemu/img.js';
 import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
 import {
   addResumeBitmap,
   bitmapState,
-  catchUp,
+  catchUpAll,
+  lastPasses,
   removeResumeBitmap,
   resumeBitmapName,
   startBackup,
   waitBackups,
   type BackupSpec,
 } from '../resume-copy.js';
-import { decideResume, moveKeyOf, resumeLine, type ResumeOffer, type Verdict } from '../resume-marker.js';
+import { decideResume, moveKeyOf, reportResumed, type ResumeOffer, type Verdict } from '../resume-marker.js';
 import type { Step, StepScope } from '../runner.js';
 import { MigrationFailedError, needProc, needSpec, type SourceCtx } from '../source.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
@@ -31,10 +32,6 @@ import { dropKeptCopies } from './storage-resume.js';
 import { dropLeftBehind, dropStoredLeftBehind, droppedLine, markBitmap, unmarkBitmap } from '../resume-bitmaps.js';
 
 type Storage = NonNullable<IncomingRequest['storage']>;
-
-/** Catch-up passes stop once a disk owes this little: the rest is the paused last pass's. */
-const SMALL_BYTES = 2 * 1024 * 1024;
-const MAX_CATCH_UP = 4;
 
 /** Whether this move copies its disks by resumable backup passes (decided once, in the plan: copy-choice.ts). */
 export function backupCopy(ctx: SourceCtx): boolean {
@@ -161,28 +158,17 @@ export const backupStep: Step<SourceCtx> = {
         ),
       { signal: s.signal, timeoutMs: 6 * 3600_000 },
     ).catch((err: unknown) => watch.failed(err, spec.name));
-    for (const [i, d] of disks.entries()) {
-      const v = verdicts.get(d.id);
-      if (!v) continue;
-      const res = results[i];
-      const rd = r.disks.find((x) => x.id === d.id);
-      if (v.resume && res && rd) {
-        rd.resumed = { resentBytes: res.copied, diskBytes: d.virtualSizeBytes };
-        s.log(resumeLine(d.id, v, { bytes: res.copied, of: d.virtualSizeBytes }));
-      } else s.log(resumeLine(d.id, v));
-    }
-    // Catch up with what the guest wrote meanwhile, so the paused last pass is short.
-    for (const b of backups) {
-      await catchUp(qmp, b, {
-        smallBytes: SMALL_BYTES,
-        maxPasses: MAX_CATCH_UP,
-        ...(speed ? { speedBps: speed } : {}),
-        addTarget: () => Promise.resolve(),
-        delTarget: () => Promise.resolve(),
-        signal: s.signal,
-        timeoutMs: 3600_000,
-      });
-    }
+    reportResumed(
+      r.disks,
+      s.log,
+      disks.map((d, i) => ({
+        diskId: d.id,
+        copied: results[i]?.copied,
+        diskBytes: d.virtualSizeBytes,
+        verdict: verdicts.get(d.id) ?? null,
+      })),
+    );
+    await catchUpAll(qmp, backups, { ...(speed ? { speedBps: speed } : {}), signal: s.signal });
     ctx.memSpan = [watch.split, 0.97];
     ctx.backups = backups;
     s.log('every disk is copied (what the guest writes from now on follows at switch-over)');
@@ -216,21 +202,8 @@ export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promi
   const backups = ctx.backups ?? [];
   if (!backups.length) return;
   const qmp = needProc(ctx).qmp;
-  const passes = backups.map((b): BackupSpec => ({ ...b, sync: 'bitmap' }));
-  for (const b of passes) await startBackup(qmp, b, undefined);
-  const res = await waitBackups(qmp, passes, () => undefined, { timeoutMs: 120_000 });
-  const bytes = res.reduce((a, x) => a + x.copied, 0);
-  for (const b of passes) {
-    const st = await bitmapState(qmp, b.device, b.bitmap);
-    if (st.state !== 'ready' || st.dirtyBytes !== 0)
-      throw new FerryError(
-        'E_MIRROR_FAILED',
-        `Cannot finish copying disk '${b.diskId}': the guest is paused but its copy still owes ` +
-          `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
-        { context: { disk: b.diskId } },
-      );
-  }
-  for (const b of passes) await delNode(qmp, b.target);
+  const bytes = await lastPasses(qmp, backups);
+  for (const b of backups) await delNode(qmp, b.target);
   ctx.backups = [];
   s.log(`the disks' last writes are copied (${(bytes / 1048576).toFixed(1)} MiB with the guest paused)`);
 }

@@ -40,21 +40,18 @@ import { markBitmap, unmarkBitmap } from '../resume-bitmaps.js';
 import {
   addResumeBitmap,
   bitmapState,
-  catchUp,
+  catchUpAll,
+  lastPasses,
   removeResumeBitmap,
   resumeBitmapName,
   startBackup,
   waitBackups,
   type BackupSpec,
 } from '../resume-copy.js';
-import { checkKeptImage, decideResume, moveKeyOf, resumeLine, type Verdict } from '../resume-marker.js';
+import { checkKeptImage, decideResume, moveKeyOf, reportResumed, type Verdict } from '../resume-marker.js';
 import { dropMarker, expiredMarkers, keepImage, markersOf, readMarker, STORAGE_DIR } from '../resume-store.js';
 import type { Step, StepData } from '../runner.js';
 import type { StorageCtx } from './storage-ctx.js';
-
-/** Catch-up passes stop once a disk owes this little: the rest is the paused last pass's (backup-copy.ts). */
-const SMALL_BYTES = 2 * 1024 * 1024;
-const MAX_CATCH_UP = 4;
 
 /** Whether this storage move copies by resumable backup passes (decided once, in the plan). */
 export function resumableStorage(ctx: Pick<StorageCtx, 'proc' | 'plan'>): boolean {
@@ -227,26 +224,17 @@ export const storageBackup: Step<StorageCtx> = {
       },
       { signal: s.signal, timeoutMs: 6 * 3600_000 },
     );
-    for (const [i, b] of backups.entries()) {
-      const { v, size } = verdicts.get(b.diskId) ?? { v: null, size: 0 };
-      if (!v) continue;
-      const res = results[i];
-      const rd = r.disks.find((x) => x.id === b.diskId);
-      if (v.resume && res && rd) {
-        rd.resumed = { resentBytes: res.copied, diskBytes: size };
-        s.log(resumeLine(b.diskId, v, { bytes: res.copied, of: size }));
-      } else s.log(resumeLine(b.diskId, v));
-    }
-    for (const b of backups)
-      await catchUp(qmp, b, {
-        smallBytes: SMALL_BYTES,
-        maxPasses: MAX_CATCH_UP,
-        ...(speed ? { speedBps: speed } : {}),
-        addTarget: () => Promise.resolve(),
-        delTarget: () => Promise.resolve(),
-        signal: s.signal,
-        timeoutMs: 3600_000,
-      });
+    reportResumed(
+      r.disks,
+      s.log,
+      backups.map((b, i) => ({
+        diskId: b.diskId,
+        copied: results[i]?.copied,
+        diskBytes: verdicts.get(b.diskId)?.size ?? 0,
+        verdict: verdicts.get(b.diskId)?.v ?? null,
+      })),
+    );
+    await catchUpAll(qmp, backups, { ...(speed ? { speedBps: speed } : {}), signal: s.signal });
     s.log('every disk is copied (what the guest writes from now on follows at the switch)');
     return { created, taken, nodes, mirrors: backups, olds, kept };
   },
@@ -315,20 +303,7 @@ export const storageSwitch: Step<StorageCtx> = {
     let bytes: number;
     try {
       await testHold('storage-paused', s.log, s.signal);
-      const passes = backups.map((b): BackupSpec => ({ ...b, sync: 'bitmap' }));
-      for (const b of passes) await startBackup(qmp, b, undefined, { signal: s.signal });
-      const res = await waitBackups(qmp, passes, () => undefined, { signal: s.signal, timeoutMs: 120_000 });
-      bytes = res.reduce((a, x) => a + x.copied, 0);
-      for (const b of passes) {
-        const st = await bitmapState(qmp, b.device, b.bitmap, { signal: s.signal });
-        if (st.state !== 'ready' || st.dirtyBytes !== 0)
-          throw new FerryError(
-            'E_MIRROR_FAILED',
-            `Cannot finish copying disk '${b.diskId}': the guest is paused but its copy still owes ` +
-              `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
-            { context: { disk: b.diskId } },
-          );
-      }
+      bytes = await lastPasses(qmp, backups, { signal: s.signal });
       for (const m of pivots) await startMirror(qmp, m, undefined, s.signal);
       await waitMirrorsReady(qmp, pivots, () => undefined, { signal: s.signal, timeoutMs: 60_000 });
       await finishMirrors(qmp, pivots, true);
