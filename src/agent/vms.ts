@@ -46,7 +46,7 @@ import { createPagingFile, removePagingFile } from './paging-file.js';
 import { VmGate, type GatedOp } from './vm-gate.js';
 import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 import { droppedLine, expireMarks, SWEEP_WHY, sweepBitmaps } from '../migration/resume-bitmaps.js';
-import { sweepKeptCopies } from '../migration/kinds/storage-resume.js';
+import { dropKeptCopies, sweepKeptCopies } from '../migration/kinds/storage-resume.js';
 
 /** What the VM inventory tells the cluster (a no-op when the host is in none). */
 export interface ClusterHooks {
@@ -487,6 +487,8 @@ export class VmInventory {
       const spec = await loadVm(rec.configPath).catch(() => null);
       if (spec && opts.deleteDisks) await removeCheckpointFiles(spec, opts);
       if (spec) await removeVm(spec, { ...opts, pools: this.d.pools.list() });
+      // A cut storage move's kept copies are the VM's files too (storage-resume.ts).
+      if (spec) await dropKeptCopies(this.d.dataDir, spec).catch(() => []);
       await fsp.rm(this.runDir(rec.id), { recursive: true, force: true });
       this.d.registry.removeVm(name);
       if (spec?.ha) await this.d.cluster.forgetVm(name);
