@@ -262,8 +262,9 @@ export async function storagePlan(
   for (const [id, dest] of Object.entries(plan.disks)) {
     const pool = await assertInUsablePool(pools, hostName, dest, `destination of disk ${id}`);
     // A cut copy of this very disk kept there is this move's to resume or replace.
-    const kept = (await exists(dest)) && (await at.kept(id, dest));
-    if (!kept && (await exists(dest))) {
+    const taken = await exists(dest);
+    const kept = taken && (await at.kept(id, dest));
+    if (taken && !kept) {
       throw new InvalidInputError(
         `Cannot move disk '${id}' of VM '${spec.name}' to ${dest}: a file is already there; choose another path`,
         { path: dest },

@@ -85,6 +85,34 @@ async function newVm(name: string): Promise<VmView> {
 }
 
 /**
+ * The retry of a cut move (the same command): it completes by resumable passes, both disks
+ * resumed, each and all of them re-sending less than half, and the record says so. Returns the
+ * record and the bytes re-sent of the disks' size.
+ */
+async function retryResumes(move: string[]): Promise<{ rr: MigrationRecord; resent: number; size: number }> {
+  const retry = await ferry([...move, '--json'], { lab: L.lab, timeoutMs: 180_000 });
+  assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
+  const rr = JSON.parse(retry.stdout) as MigrationRecord;
+  assert.equal(rr.state, 'completed', `retry: ${JSON.stringify(rr.error)}`);
+  assert.equal(rr.diskCopy, 'resumable');
+  const resumed = rr.disks.filter((d) => d.resumed);
+  assert.equal(resumed.length, 2, `both disks resumed: ${JSON.stringify(rr.events.map((e) => e.message))}`);
+  const resent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);
+  const size = resumed.reduce((a, d) => a + (d.resumed?.diskBytes ?? 0), 0);
+  for (const d of resumed)
+    assert.ok(
+      (d.resumed?.resentBytes ?? 0) < (d.resumed?.diskBytes ?? 0) / 2,
+      `disk '${d.id}': ${JSON.stringify(d.resumed)}`,
+    );
+  assert.ok(resent < size / 2, `re-sent ${resent} of ${size} bytes`);
+  assert.ok(
+    rr.events.some((e) => /copy resumed, [\d.]+ MiB re-sent of [\d.]+ MiB/.test(e.message)),
+    'the record says the copy resumed',
+  );
+  return { rr, resent, size };
+}
+
+/**
  * A VM `name` (the probe guest, its disk and a filled second disk) on host-a, and its move to
  * host-b by resumable passes cut at CUT (host-b's QEMU killed): the move failed, the VM runs on
  * host-a, host-b keeps both partial disks. Returns the VM, the move's command and where it was cut.
@@ -112,25 +140,7 @@ test(
   async (t) => {
     const name = 'resume1';
     const { vm, move, at } = await cutMove(name);
-    const retry = await ferry([...move, '--json'], { lab: L.lab, timeoutMs: 180_000 });
-    assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
-    const rr = JSON.parse(retry.stdout) as MigrationRecord;
-    assert.equal(rr.state, 'completed', `retry: ${JSON.stringify(rr.error)}`);
-    assert.equal(rr.diskCopy, 'resumable');
-    const resumed = rr.disks.filter((d) => d.resumed);
-    assert.equal(resumed.length, 2, `both disks resumed: ${JSON.stringify(rr.events.map((e) => e.message))}`);
-    const resent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);
-    const size = resumed.reduce((a, d) => a + (d.resumed?.diskBytes ?? 0), 0);
-    for (const d of resumed)
-      assert.ok(
-        (d.resumed?.resentBytes ?? 0) < (d.resumed?.diskBytes ?? 0) / 2,
-        `disk '${d.id}': ${JSON.stringify(d.resumed)}`,
-      );
-    assert.ok(resent < size / 2, `re-sent ${resent} of ${size} bytes`);
-    assert.ok(
-      rr.events.some((e) => /copy resumed, [\d.]+ MiB re-sent of [\d.]+ MiB/.test(e.message)),
-      'the record says the copy resumed',
-    );
+    const { rr, resent, size } = await retryResumes(move);
     t.diagnostic(
       `cut at ${((at.done / at.total) * 100).toFixed(0)} % ` +
         `(${(at.done / MiB).toFixed(1)} of ${(at.total / MiB).toFixed(1)} MiB); ` +
@@ -226,20 +236,7 @@ test(
     );
     assert.equal(storageMarkers().length, 2, 'both partial copies are kept');
 
-    const retry = await ferry([...move, '--json'], { lab: L.lab, timeoutMs: 180_000 });
-    assert.equal(retry.code, 0, `retry: ${retry.stderr}`);
-    const rr = JSON.parse(retry.stdout) as MigrationRecord;
-    assert.equal(rr.state, 'completed', `retry: ${JSON.stringify(rr.error)}`);
-    assert.equal(rr.diskCopy, 'resumable');
-    const resumed = rr.disks.filter((d) => d.resumed);
-    assert.equal(resumed.length, 2, `both disks resumed: ${JSON.stringify(rr.events.map((e) => e.message))}`);
-    for (const d of resumed)
-      assert.ok(
-        (d.resumed?.resentBytes ?? 0) < (d.resumed?.diskBytes ?? 0) / 2,
-        `disk '${d.id}': ${JSON.stringify(d.resumed)}`,
-      );
-    const resent = resumed.reduce((a, d) => a + (d.resumed?.resentBytes ?? 0), 0);
-    const size = resumed.reduce((a, d) => a + (d.resumed?.diskBytes ?? 0), 0);
+    const { rr, resent, size } = await retryResumes(move);
     t.diagnostic(
       `cut at ${((at.done / at.total) * 100).toFixed(0)} % (${(at.done / MiB).toFixed(1)} of ` +
         `${(at.total / MiB).toFixed(1)} MiB); the retry re-copied ${(resent / MiB).toFixed(1)} MiB of ` +

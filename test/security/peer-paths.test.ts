@@ -258,7 +258,7 @@ test('incoming move: checkpoint files the tree does not name, or outside the poo
   assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], 'no QEMU started');
 });
 
-test('a host that is not the leader cannot order a move, nor compare toward a non-member', async () => {
+test('a host that is not the leader cannot order a move or storage move, nor compare toward a non-member', async () => {
   const order = await post(R.agent, R.endpoint(R.victim), '/v1/migrations', {
     vm: 'v1',
     to: { name: R.mallory, endpoint: R.endpoint(R.mallory) },
@@ -272,6 +272,17 @@ test('a host that is not the leader cannot order a move, nor compare toward a no
   });
   assert.equal(compare.status, 403, compare.body);
   assert.match(compare.body, /destination 'outsider' is not a member of cluster/);
+  // Nor a storage move on another host (administrators only), a resumable one neither: such a
+  // move takes a file already at its new path only when the victim's own marker names it.
+  const stolen = path.join(shared(), 'v1-stolen');
+  const storage = await post(R.agent, R.endpoint(R.victim), '/v1/storage-moves', {
+    vm: 'v1',
+    path: stolen,
+    resumable: 'always',
+  });
+  assert.equal(storage.status, 403, storage.body);
+  assert.match(storage.body, new RegExp(`the host certificate of '${R.mallory}' may not call it`));
+  assert.equal(fs.existsSync(stolen), false, 'no folder made');
 
   const moves = await ferryOk<MigrationRecord[]>(['migration', 'list', '--all', '--json'], { lab: L.lab });
   assert.deepEqual(moves, [], 'no move recorded');

@@ -1,4 +1,5 @@
 // What a storage move's steps share (storage.ts, and the resumable copy's storage-resume.ts).
+import path from 'node:path';
 import type { QemuProcess } from '../../qemu/process.js';
 import type { VmSpec } from '../../vm/spec.js';
 import type { MoveHost } from '../host.js';
@@ -14,3 +15,10 @@ export interface StorageCtx {
   spec: VmSpec;
   proc: QemuProcess | null;
 }
+
+/** The VM's disks this move gives a new place (the others stay where they are). */
+export const moving = (ctx: Pick<StorageCtx, 'spec' | 'plan'>): VmSpec['disks'] =>
+  ctx.spec.disks.filter((d) => {
+    const dest = ctx.plan.disks[d.id];
+    return dest !== undefined && path.resolve(dest) !== path.resolve(d.path);
+  });

@@ -15,12 +15,10 @@
 // path when its marker and the bitmap still agree, else deleted; any other move of the VM, and
 // the 24 h sweep at agent start, delete it.
 import fsp from 'node:fs/promises';
-import path from 'node:path';
 import { FerryError, messageOf } from '../../errors.js';
 import { createImage, imageInfo } from '../../qemu/img.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { supportsDirectIo } from '../../vm/lifecycle.js';
-import type { VmSpec } from '../../vm/spec.js';
 import {
   abandonMirrors,
   addImageNode,
@@ -51,7 +49,7 @@ import {
 import { checkKeptImage, decideResume, moveKeyOf, reportResumed, type Verdict } from '../resume-marker.js';
 import { dropMarker, expiredMarkers, keepImage, markersOf, readMarker, STORAGE_DIR } from '../resume-store.js';
 import type { Step, StepData } from '../runner.js';
-import type { StorageCtx } from './storage-ctx.js';
+import { moving, type StorageCtx } from './storage-ctx.js';
 
 /** Whether this storage move copies by resumable backup passes (decided once, in the plan). */
 export function resumableStorage(ctx: Pick<StorageCtx, 'proc' | 'plan'>): boolean {
@@ -104,12 +102,6 @@ export async function sweepKeptCopies(dataDir: string, inUse: (p: string) => boo
   }
   return n;
 }
-
-const moving = (ctx: StorageCtx): VmSpec['disks'] =>
-  ctx.spec.disks.filter((d) => {
-    const dest = ctx.plan.disks[d.id];
-    return dest !== undefined && path.resolve(dest) !== path.resolve(d.path);
-  });
 
 const needQmp = (ctx: StorageCtx, what: string): QmpClient => {
   const proc = ctx.proc;

@@ -36,7 +36,7 @@ import { dropNodesOf } from '../../checkpoint/block.js';
 import { TREE_FILE } from '../../checkpoint/model.js';
 import { copyChainFile, saveMovedTree } from '../../checkpoint/relocate.js';
 import type { MoveKind, Resolution, Step, StepData, UndoScope } from '../runner.js';
-import type { StorageCtx } from './storage-ctx.js';
+import { moving, type StorageCtx } from './storage-ctx.js';
 import { dropLeftBehind, dropStoredLeftBehind, droppedLine } from '../resume-bitmaps.js';
 import {
   dropKeptCopies,
@@ -50,12 +50,6 @@ import {
 } from './storage-resume.js';
 
 export type { StorageCtx } from './storage-ctx.js';
-
-const moving = (ctx: StorageCtx): VmSpec['disks'] =>
-  ctx.spec.disks.filter((d) => {
-    const dest = ctx.plan.disks[d.id];
-    return dest !== undefined && path.resolve(dest) !== path.resolve(d.path);
-  });
 
 const configMoves = (ctx: StorageCtx): boolean =>
   path.resolve(ctx.plan.configPath) !== path.resolve(ctx.spec.configPath);
