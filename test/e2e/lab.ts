@@ -72,6 +72,10 @@ export async function readLogs(l: TestLab, vmId: string): Promise<string[]> {
   return out;
 }
 
+/** A Linux console that shows a kernel oops or panic (after a move under TCG: QEMU-NOTES §E). */
+export const kernelOopsed = (console: string): boolean =>
+  /Oops|BUG:|panic|general protection|invalid opcode/.test(console);
+
 /** Waits until a probe VM has printed `n` heartbeats and acks on its current host. */
 export async function waitProbe(l: TestLab, vm: VmView, n = 20, timeoutMs = 60_000): Promise<void> {
   const until = Date.now() + timeoutMs;
@@ -85,11 +89,21 @@ export async function waitProbe(l: TestLab, vm: VmView, n = 20, timeoutMs = 60_0
   }
   // Say what the guest did, so a failure in CI is explained (a kernel oops after a move under
   // TCG is QEMU-NOTES §E; a writer without acks is a disk problem; silence is a hung guest).
+  // CI keeps only the first lines of a failure: the verdict and the console first, then a short
+  // view of the VM (the whole `vm show` pushed the console out of CI's excerpt once).
   const shown = await ferry(['vm', 'show', vm.name, '--json'], { lab: l.lab });
+  let view = shown.stdout.trim();
+  try {
+    const v = JSON.parse(view) as Record<string, unknown>;
+    view = JSON.stringify({ host: v.host, state: v.state, qemuState: v.qemuState, pid: v.pid });
+  } catch {
+    // not JSON: shown as printed
+  }
+  const oops = kernelOopsed(text) ? ' — its kernel oopsed (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '';
   throw new Error(
     `probe VM ${vm.name} printed fewer than ${n} heartbeats (or ${Math.min(n, 10)} acks) in ${timeoutMs} ms ` +
-      `on ${vm.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks; vm show: ${shown.stdout.trim()}; ` +
-      `serial log ends:\n${text.split('\n').slice(-25).join('\n')}`,
+      `on ${vm.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks${oops}; ` +
+      `serial log ends:\n${text.split('\n').slice(-25).join('\n')}\nvm show: ${view}`,
   );
 }
 

@@ -15,7 +15,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { before, after, type test } from 'node:test';
 import { ferry, ferryOk } from '../e2e/cli.js';
-import { hostData, serialLog, waitProbe, heartbeatContinuity, type TestLab } from '../e2e/lab.js';
+import { hostData, serialLog, waitProbe, heartbeatContinuity, kernelOopsed, type TestLab } from '../e2e/lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { verifyGuestMemory } from '../../guest/bootblock.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
@@ -276,7 +276,7 @@ async function assertRuns(l: FaultLab, v: VmView, guest: Guest): Promise<void> {
       .filter((x) => x.trim() && !x.includes('ferry-'))
       .slice(-6)
       .join(' | ');
-    const oops = /Oops|BUG:|panic|general protection|invalid opcode/.test(text);
+    const oops = kernelOopsed(text);
     assert.fail(
       `the guest runs on ${v.host}: its console stopped` +
         (oops ? ' with a kernel oops (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '') +
