@@ -125,6 +125,7 @@ export const ERROR_CODES = {
   E_DISK_NOT_FOUND: notFound('a disk image of the VM is missing'),
   E_QEMU_START: failed('QEMU did not start'),
   E_QEMU_GONE: failed('the QEMU process is gone'),
+  E_STORAGE_DAEMON: failed("qemu-storage-daemon could not open a stopped VM's disks for a resumable copy"),
   E_QEMU_SANDBOX: failed("this host's QEMU cannot run with its seccomp sandbox on"),
   E_QEMU_USER: failed('the user QEMU runs as does not exist or cannot reach a file of the VM'),
   E_QMP: failed('QEMU refused a QMP command'),

@@ -122,7 +122,8 @@ export async function sharedNothingPlan(
       files: await Promise.all(chainFiles.map(async (f) => ({ path: f.to, bytes: (await fsp.stat(f.from)).size }))),
     };
   }
-  const copy = moveCopy(running, options.resumable, disks, topOnly.length > 0);
+  // A stopped VM with checkpoints sends its chain's files as they are (kinds/chain.ts): no resume.
+  const copy = moveCopy(running, options.resumable, disks, topOnly.length > 0 || (!running && chain !== null), true);
   return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null, copy };
 }
 

@@ -162,6 +162,7 @@ export async function dropStoredLeftBehind(
   disks: ReadonlyArray<{ path: string; format: string }>,
   dataDir: string,
   vmId: string,
+  keep: string | null,
   opts: { signal?: AbortSignal } = {},
 ): Promise<string[]> {
   const dropped = new Set<string>();
@@ -169,7 +170,7 @@ export async function dropStoredLeftBehind(
     if (d.format !== 'qcow2') continue;
     const names = bitmapsLeftBehind(
       (await listBitmaps(d.path, opts)).map((name) => ({ name })),
-      null,
+      keep,
     );
     for (const n of names) {
       await removeBitmap(d.path, n, opts);

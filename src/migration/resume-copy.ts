@@ -30,7 +30,13 @@ export async function bitmapState(
 ): Promise<BitmapState> {
   const blocks = await qmp.execute('query-block', undefined, { signal: opts.signal, timeoutMs: 10_000 });
   const b = blocks.find((x) => x.inserted?.['node-name'] === node);
-  const bm: DirtyBitmapInfo | undefined = b?.inserted?.['dirty-bitmaps']?.find((x) => x.name === name);
+  // qemu-storage-daemon (a stopped VM's copy) has no devices: query-block lists none of its nodes.
+  const bitmaps = b
+    ? b.inserted?.['dirty-bitmaps']
+    : (await qmp.execute('query-named-block-nodes', { flat: true }, { signal: opts.signal, timeoutMs: 10_000 })).find(
+        (n) => n['node-name'] === node,
+      )?.['dirty-bitmaps'];
+  const bm: DirtyBitmapInfo | undefined = bitmaps?.find((x) => x.name === name);
   if (!bm) return { state: 'absent' };
   if (bm.inconsistent) return { state: 'unusable', why: 'QEMU marks it inconsistent' };
   if (bm.busy) return { state: 'unusable', why: 'a job still uses it' };

@@ -7,6 +7,7 @@ import { FerryError, type ErrorCode } from '../errors.js';
 import { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
 import type { HostView } from '../api/schemas.js';
+import type { StorageDaemon } from '../qemu/storage-daemon.js';
 import type { QemuProcess } from '../qemu/process.js';
 import type { VmSpec } from '../vm/spec.js';
 import { run } from '../util/exec.js';
@@ -46,6 +47,8 @@ export interface SourceCtx {
   plan: SharedNothingPlan | null;
   /** The VM's QEMU when it runs (live and shared-nothing of a running VM). */
   proc: QemuProcess | null;
+  /** A stopped VM's disks opened for a resumable copy (kinds/stopped-copy.ts). */
+  daemon?: StorageDaemon | null;
   /** What the destination's Prepare answered. */
   prep: {
     uri: string | null;

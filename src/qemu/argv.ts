@@ -161,30 +161,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
     if (d.role === 'uefi-vars') return;
     const n = nodeNames(d);
     const direct = d.cache === 'none' && (opts.directIo?.(d) ?? true);
-    const cache = { direct, 'no-flush': false };
-    a.push(
-      '-blockdev',
-      JSON.stringify({
-        driver: 'file',
-        filename: d.path,
-        'node-name': n.file,
-        cache,
-        'read-only': d.readOnly,
-        'auto-read-only': false,
-      }),
-    );
-    const backing = backingArgs(a, d, opts.chains?.get(d.id) ?? [], cache);
-    a.push(
-      '-blockdev',
-      JSON.stringify({
-        driver: d.format,
-        file: n.file,
-        'node-name': n.format,
-        cache,
-        'read-only': d.readOnly,
-        ...backing,
-      }),
-    );
+    for (const b of diskBlockdevs(d, opts.chains?.get(d.id) ?? [], direct)) a.push('-blockdev', b);
     if (d.bus === 'ide') a.push('-device', `ide-hd,drive=${n.format},id=${d.id},${nextIde()}${boot(d.id)}`);
     else a.push('-device', `virtio-blk-pci,drive=${n.format},id=${d.id},${pciAt(DISK_SLOT_BASE + i)}${boot(d.id)}`);
   });
@@ -228,7 +205,44 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
 }
 
 /**
- * Pushes read-only nodes for the files below a disk's image, bottom first (`<id>-b<k>`, libvirt's
+ * The -blockdev values (JSON) of a disk: its file node, the read-only nodes of the checked
+ * chain below it (pinned: QEMU reads no backing name from a header), then its format node
+ * (`nodeNames`). Also what qemu-storage-daemon opens for a stopped VM's copy (storage-daemon.ts).
+ */
+export function diskBlockdevs(
+  d: DiskSpec,
+  chain: ReadonlyArray<{ path: string; format: string }>,
+  direct: boolean,
+): string[] {
+  const n = nodeNames(d);
+  const cache = { direct, 'no-flush': false };
+  const a: string[] = [];
+  a.push(
+    JSON.stringify({
+      driver: 'file',
+      filename: d.path,
+      'node-name': n.file,
+      cache,
+      'read-only': d.readOnly,
+      'auto-read-only': false,
+    }),
+  );
+  const backing = backingArgs(a, d, chain, cache);
+  a.push(
+    JSON.stringify({
+      driver: d.format,
+      file: n.file,
+      'node-name': n.format,
+      cache,
+      'read-only': d.readOnly,
+      ...backing,
+    }),
+  );
+  return a;
+}
+
+/**
+ * Pushes (JSON) read-only nodes for the files below a disk's image, bottom first (`<id>-b<k>`, libvirt's
  * shape: the file nodes reopen read-write by themselves when a checkpoint's commit needs it), and
  * returns the `backing` option of the disk's own format node.
  */
@@ -243,9 +257,7 @@ function backingArgs(
     if (k === 0) break; // the disk's own image: the caller's node
     const node = `${d.id}-b${k}`;
     a.push(
-      '-blockdev',
       JSON.stringify({ driver: 'file', filename: c.path, 'node-name': `${node}-file`, cache, 'auto-read-only': true }),
-      '-blockdev',
       JSON.stringify({
         driver: c.format,
         file: `${node}-file`,

@@ -175,7 +175,13 @@ export interface QmpCommands {
   'query-block': { args: NoArgs; ret: BlockInfo[] };
   'query-named-block-nodes': {
     args: { flat?: boolean } | undefined;
-    ret: Array<{ 'node-name': string; file: string; drv: string; ro: boolean }>;
+    ret: Array<{
+      'node-name': string;
+      file: string;
+      drv: string;
+      ro: boolean;
+      'dirty-bitmaps'?: DirtyBitmapInfo[];
+    }>;
   };
   'query-jobs': { args: NoArgs; ret: JobInfo[] };
   'blockdev-add': {

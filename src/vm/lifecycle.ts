@@ -4,10 +4,11 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
-import { buildArgv, type DiskChains, type SwitchBackend } from '../qemu/argv.js';
+import { buildArgv, diskBlockdevs, type DiskChains, type SwitchBackend } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
 import { ensureSandbox } from '../qemu/sandbox.js';
+import { StorageDaemon } from '../qemu/storage-daemon.js';
 import {
   assertQemuCanOpen,
   letQemuRead,
@@ -210,6 +211,22 @@ async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[]): Promise<
     if (own(f)) await withBeneath(roots, f, 'file', `a file of VM '${spec.name}'`, letQemuRead);
     await assertQemuCanOpen(f, 'r', what);
   }
+}
+
+/**
+ * A stopped VM's disks `diskIds` opened by qemu-storage-daemon for a copy (storage-daemon.ts):
+ * the files handed to QEMU's user as for a start, the nodes QEMU's own (checked chains pinned).
+ */
+export async function openDisksForCopy(
+  spec: VmSpec,
+  diskIds: readonly string[],
+  opts: { dir: string; chains: DiskChains; pools: readonly PoolDef[]; signal?: AbortSignal },
+): Promise<StorageDaemon> {
+  await grantQemuFiles(spec, opts.pools);
+  const blockdevs = spec.disks
+    .filter((d) => diskIds.includes(d.id))
+    .flatMap((d) => diskBlockdevs(d, opts.chains.get(d.id) ?? [], d.cache === 'none' && supportsDirectIo(d.path)));
+  return StorageDaemon.start(spec.name, blockdevs, opts.dir, opts.signal ? { signal: opts.signal } : {});
 }
 
 /** Whether the file system under `file` accepts O_DIRECT (tmpfs does not). */

@@ -42,10 +42,10 @@ export async function copiesPast(
   vm: VmView,
   prefix: string,
   mark: number,
+  monitor = path.join(hostData(l, 'host-a'), 'run', vm.id, 'qmp-admin.sock'),
 ): Promise<{ done: number; total: number }> {
-  const qmp = await QmpClient.connect(path.join(hostData(l, 'host-a'), 'run', vm.id, 'qmp-admin.sock'), {
-    vm: vm.name,
-  });
+  // A stopped VM's copy runs in qemu-storage-daemon, whose socket appears once the move opened the disks.
+  const qmp = await QmpClient.connect(monitor, { vm: vm.name, timeoutMs: 60_000 });
   try {
     for (let i = 0; ; i++) {
       const jobs = (await qmp.execute('query-jobs')).filter((j) => j.id.startsWith(prefix));
@@ -69,16 +69,17 @@ export async function copiesPast(
 
 /**
  * Cuts move `id` of `vm` (two disks, host-a → host-b) once each disk's copy passed `mark` (0–1,
- * copiesPast): the destination's QEMU is killed. Returns the copy's progress at the cut and the
- * failed move's record.
+ * copiesPast, read on `monitor`): the destination's QEMU is killed. Returns the copy's progress
+ * at the cut and the failed move's record.
  */
 export async function cutCopyAt(
   l: TestLab,
   vm: VmView,
   id: string,
   mark: number,
+  monitor?: string,
 ): Promise<{ done: number; total: number; cut: MigrationRecord }> {
-  const at = await copiesPast(l, vm, 'mirror-', mark);
+  const at = await copiesPast(l, vm, 'mirror-', mark, monitor);
   const killed = await vmPids(l, 'host-b', vm.id);
   assert.ok(killed.length, "the destination's QEMU runs");
   for (const p of killed) process.kill(p, 'SIGKILL');

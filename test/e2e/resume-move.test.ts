@@ -272,6 +272,125 @@ test(
   },
 );
 
+// A stopped VM's shared-nothing copy (kinds/stopped-copy.ts): qemu-storage-daemon opens its
+// disks and runs the same backup passes. Cut, the daemon closes cleanly (QMP quit, or SIGTERM
+// from the restarted agent's undo) and stores each disk's bitmap in its qcow2; the same command
+// resumes from it. The VM then starts on host-b and its guest carries on from the last record
+// it acknowledged before the stop.
+interface StoppedMove {
+  vm: VmView;
+  /** Its console before the stop (the acknowledged records). */
+  before: ReturnType<typeof parseSerial>;
+  move: string[];
+  id: string;
+  /** The daemon's folder on host-a. */
+  dir: string;
+}
+
+/** A VM `name` with records written, stopped, its resumable move to host-b started (slowed). */
+async function stoppedMove(name: string): Promise<StoppedMove> {
+  const vm = await newVm(name);
+  await ferryOk(['vm', 'stop', name, '--force'], { lab: L.lab, timeoutMs: 120_000 });
+  const before = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'));
+  assert.ok(before.highestAck, 'the guest acknowledged records before the stop');
+  const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'always'];
+  const id = (await ferryOk<string>([...move, '--bandwidth', '4', '--no-wait'], { lab: L.lab })).trim();
+  return { vm, before, move, id, dir: path.join(hostData(L, 'host-a'), 'run', `copy-${id.slice(0, 8)}`) };
+}
+
+/** The flags of Ferry's bitmaps stored in an image ('in-use': not closed cleanly, unusable). */
+const storedFlags = (file: string): string[][] => {
+  const info = JSON.parse(execFileSync('qemu-img', ['info', '-U', '--output=json', file], { encoding: 'utf8' })) as {
+    'format-specific'?: { data?: { bitmaps?: Array<{ name: string; flags: string[] }> } };
+  };
+  return (info['format-specific']?.data?.bitmaps ?? [])
+    .filter((b) => b.name.startsWith('ferry-resume-'))
+    .map((b) => b.flags);
+};
+
+/** After the cut: the VM stopped on host-a, no daemon left, each bitmap stored whole, host-b keeps both copies. */
+async function assertStoppedCut(m: StoppedMove, cut: MigrationRecord): Promise<void> {
+  assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+  assert.equal(cut.diskCopy, 'resumable');
+  const still = await show(m.vm.name);
+  assert.equal(still.host, 'host-a');
+  assert.equal(still.state, 'stopped');
+  const left = execFileSync('ps', ['-eo', 'args'], { encoding: 'utf8' })
+    .split('\n')
+    .filter((l) => l.includes('qemu-storage-daemon') && l.includes(m.dir));
+  assert.deepEqual(left, [], 'no daemon left');
+  assert.equal(fs.existsSync(m.dir), false, "the daemon's folder is gone");
+  for (const d of m.vm.disks)
+    assert.deepEqual(storedFlags(d.path), [['auto']], `the cut's bitmap is stored whole (not in use) in ${d.path}`);
+  for (let i = 0; markers('host-b').length < 2 && i < 100; i++) await sleep(200);
+  assert.equal(markers('host-b').length, 2, 'host-b keeps both partial disks');
+}
+
+/** The retry resumes (retryResumes); the VM, stopped on host-b, starts there with every acknowledged record. */
+async function retryStopped(m: StoppedMove, at: { done: number; total: number }): Promise<string> {
+  const { rr, resent, size } = await retryResumes(m.move);
+  assert.deepEqual(markers('host-b'), [], 'the kept copies were taken over');
+  assert.deepEqual(sourceMarks(), [], "host-a's mark went with the move");
+  const moved = await show(m.vm.name);
+  assert.equal(moved.host, 'host-b');
+  assert.equal(moved.state, 'stopped');
+  for (const d of m.vm.disks) assert.equal(fs.existsSync(d.path), false, `${d.path} is deleted`);
+  for (const d of moved.disks) {
+    assert.deepEqual(storedBitmaps(d.path), [], `no Ferry bitmap in ${d.path}`);
+    execFileSync('qemu-img', ['check', '-q', d.path]);
+  }
+  // Every record acknowledged before the stop is on the moved disk, and the guest resumes its
+  // log after the last of them (the writer scans the disk at boot).
+  const ack = m.before.highestAck ?? 0;
+  const rep = await verifyDiskImage(moved.disks[0]!.path, { format: 'qcow2', highestAck: ack });
+  assert.equal(rep.ok, true, `records: ${rep.problems.slice(0, 3).join('; ')}`);
+  await ferryOk(['vm', 'start', m.vm.name], { lab: L.lab });
+  const logs = await assertMovedIntact(L, m.vm.name, m.vm.id);
+  const after = parseSerial(logs[1] ?? '');
+  assert.ok((after.writerStart ?? 0) > ack, `the guest went on after record ${ack}: ${after.writerStart}`);
+  await ferryOk(['vm', 'rm', m.vm.name], { lab: L.lab });
+  return (
+    `cut at ${((at.done / at.total) * 100).toFixed(0)} % (${(at.done / MiB).toFixed(1)} of ` +
+    `${(at.total / MiB).toFixed(1)} MiB); the retry re-sent ${(resent / MiB).toFixed(1)} MiB of ` +
+    `${(size / MiB).toFixed(1)} MiB (${((resent / size) * 100).toFixed(0)} %) in ${rr.totalMs ?? '?'} ms`
+  );
+}
+
+test(
+  "a stopped VM's shared-nothing move cut at ~60 % resumes on retry through qemu-storage-daemon, data intact",
+  { timeout: 240_000 },
+  async (t) => {
+    const m = await stoppedMove('resume5');
+    const { cut, ...at } = await cutCopyAt(L, m.vm, m.id, CUT, path.join(m.dir, 'qmp-admin.sock'));
+    assert.ok(
+      cut.events.some((e) => /qemu-storage-daemon \(pid \d+\) opened 2 disk/.test(e.message)),
+      `the daemon read the disks: ${JSON.stringify(cut.events.map((e) => e.message))}`,
+    );
+    await assertStoppedCut(m, cut);
+    t.diagnostic(await retryStopped(m, at));
+  },
+);
+
+// The source agent killed mid-copy: the daemon (detached, so it outlives the agent) goes on
+// copying until the restarted agent's undo stops it with SIGTERM, which closes the images
+// cleanly: the bitmap is stored whole and the retry resumes from it.
+test(
+  "a stopped VM's copy cut by the source agent's death: the restart stops the daemon cleanly, the retry resumes",
+  { timeout: 240_000 },
+  async (t) => {
+    const m = await stoppedMove('resume6');
+    const at = await copiesPast(L, m.vm, 'mirror-', 0.3, path.join(m.dir, 'qmp-admin.sock'));
+    const agent = L.status.hosts.find((h) => h.name === 'host-a');
+    assert.ok(agent?.agentPid);
+    process.kill(agent.agentPid, 'SIGKILL');
+    await sleep(500);
+    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
+    const cut = await waitMigration(L, m.id, ['failed', 'cancelled', 'completed'], 90_000);
+    await assertStoppedCut(m, cut);
+    t.diagnostic(await retryStopped(m, at));
+  },
+);
+
 // The sweep (resume-bitmaps.ts): at agent start and at VM start, bitmaps of Ferry's naming
 // older than the destination's kept copies live (24 h, RESUME_MAX_AGE_MS), or without a mark,
 // go; a young one stays (a retry may still resume it), also stored over a VM stop. Last in the

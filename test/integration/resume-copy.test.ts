@@ -400,7 +400,7 @@ test('bitmaps of cut copies: dropped by the next move and the sweep, live and st
   await quit(sq);
   assert.deepEqual(await stored(), [theirs, toB].sort());
   t0 = performance.now();
-  assert.deepEqual(await dropStoredLeftBehind([{ path: src, format: 'qcow2' }], data, vmId), [toB]);
+  assert.deepEqual(await dropStoredLeftBehind([{ path: src, format: 'qcow2' }], data, vmId, null), [toB]);
   t.diagnostic(
     `sweep (one removed) ${tSweep}; a move's Begin: nothing to drop ${tNone}, one over QMP ${tLive}, ` +
       `one from a stopped VM's image ${ms(t0)}`,

@@ -34,10 +34,30 @@ test('always and never win over the size; always still needs qcow2 or raw and no
   });
 });
 
-test("a move's copy: a stopped VM's is offline whatever --resumable says; absent is auto", () => {
+test("a move's copy: a storage move of a stopped VM is offline whatever --resumable says; absent is auto", () => {
   assert.equal(moveCopy(false, 'always', [disk('disk0', 8 * GiB)], false).method, 'offline');
   assert.equal(moveCopy(true, undefined, [disk('disk0', 8 * GiB)], false).method, 'resumable');
   assert.equal(moveCopy(true, undefined, [disk('disk0', 1)], false).method, 'mirror');
+});
+
+test("a stopped VM's shared-nothing move resumes as a running one's, qcow2 only (the image stores the bitmap)", () => {
+  const sn = (mode: 'auto' | 'always' | 'never' | undefined, disks: ReturnType<typeof disk>[], onChain = false) =>
+    moveCopy(false, mode, disks, onChain, true);
+  assert.deepEqual(sn(undefined, [disk('disk0', 8 * GiB)]), {
+    method: 'resumable',
+    why: "the disks hold 8.00 GiB, at least 1.00 GiB; qemu-storage-daemon reads the stopped VM's disks",
+  });
+  assert.equal(sn('always', [disk('disk0', 1)]).method, 'resumable');
+  assert.deepEqual(sn(undefined, [disk('disk0', 1)]), {
+    method: 'offline',
+    why: 'the VM is stopped (qemu-img copies its disks: the disks hold 0.00 GiB, under 1.00 GiB (--resumable auto))',
+  });
+  assert.equal(sn('never', [disk('disk0', 8 * GiB)]).method, 'offline');
+  assert.deepEqual(sn('always', [disk('disk0', 1), disk('disk1', 1, 'raw')]), {
+    method: 'offline',
+    why: "the VM is stopped (qemu-img copies its disks: disk 'disk1' is raw, only qcow2 stores the bitmap)",
+  });
+  assert.equal(sn('always', [disk('disk0', 1)], true).method, 'offline');
 });
 
 test('the steps read the choice the plan holds: it is not computed again', () => {
@@ -60,4 +80,9 @@ test('the steps read the choice the plan holds: it is not computed again', () =>
   assert.equal(when(ctx('mirror')), true);
   assert.equal(backupCopy(ctx('offline', false)), false);
   assert.equal(when(ctx('offline', false)), false);
+  // A stopped VM's resumable copy runs once its daemon has the disks open (stopped-copy.ts).
+  const stopped = ctx('resumable', false);
+  assert.equal(backupCopy(stopped), false);
+  assert.equal(backupCopy({ ...stopped, daemon: {} } as unknown as SourceCtx), true);
+  assert.equal(when({ ...stopped, daemon: {} } as unknown as SourceCtx), false);
 });

@@ -12,6 +12,8 @@
 import type { IncomingRequest } from '../../api/peer-actions.js';
 import { messageOf } from '../../errors.js';
 import { removeBitmap } from '../../qemu/img.js';
+import { nodeNames } from '../../qemu/argv.js';
+import type { QmpClient } from '../../qemu/qmp.js';
 import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
 import {
   addResumeBitmap,
@@ -34,9 +36,33 @@ import { dropLeftBehind, dropStoredLeftBehind, droppedLine, markBitmap, unmarkBi
 type Storage = NonNullable<IncomingRequest['storage']>;
 
 /** Whether this move copies its disks by resumable backup passes (decided once, in the plan: copy-choice.ts). */
-export function backupCopy(ctx: SourceCtx): boolean {
-  return ctx.plan?.copy.method === 'resumable' && ctx.proc !== null;
+export function resumes(ctx: SourceCtx): boolean {
+  return ctx.plan?.copy.method === 'resumable';
 }
+
+/** The passes run now: in the running VM's QEMU, or in the daemon that opened a stopped VM's disks. */
+export function backupCopy(ctx: SourceCtx): boolean {
+  return resumes(ctx) && (ctx.proc !== null || (ctx.daemon ?? null) !== null);
+}
+
+/** The QMP of what reads the disks: the VM's QEMU, or a stopped VM's storage daemon (stopped-copy.ts). */
+export function copyQmp(ctx: SourceCtx): QmpClient {
+  const qmp = ctx.proc?.qmp ?? ctx.daemon?.qmp;
+  if (!qmp)
+    throw new MigrationFailedError(
+      'E_INTERNAL',
+      `Cannot copy the disks of VM '${needSpec(ctx).name}': nothing has them open`,
+    );
+  return qmp;
+}
+
+/** The same when it is still there to talk to (an undo), else null. */
+const openQmp = (ctx: SourceCtx): QmpClient | null =>
+  ctx.proc ? (ctx.proc.hasExited ? null : ctx.proc.qmp) : (ctx.daemon?.qmp ?? null);
+
+/** A disk's format node: found by its device in a VM's QEMU; named after the disk in the daemon. */
+const diskNode = (ctx: SourceCtx, qmp: QmpClient, diskId: string, signal: AbortSignal): Promise<string> =>
+  ctx.proc ? rootNode(qmp, diskId, signal) : Promise.resolve(nodeNames({ id: diskId }).format);
 
 const keyOf = (ctx: SourceCtx): string => moveKeyOf(needSpec(ctx).id, ctx.host.name, ctx.to.name);
 
@@ -44,12 +70,12 @@ const keyOf = (ctx: SourceCtx): string => moveKeyOf(needSpec(ctx).id, ctx.host.n
 export async function resumableRequest(ctx: SourceCtx, st: Storage, signal: AbortSignal): Promise<Storage> {
   if (!backupCopy(ctx)) return st;
   const spec = needSpec(ctx);
-  const qmp = needProc(ctx).qmp;
+  const qmp = copyQmp(ctx);
   const key = keyOf(ctx);
   const offers: ResumeOffer[] = [];
   for (const d of st.disks) {
     if (d.format !== 'qcow2' && d.format !== 'raw') continue;
-    const bm = await bitmapState(qmp, await rootNode(qmp, d.id, signal), resumeBitmapName(key), { signal });
+    const bm = await bitmapState(qmp, await diskNode(ctx, qmp, d.id, signal), resumeBitmapName(key), { signal });
     if (bm.state !== 'ready') continue;
     offers.push({
       moveKey: key,
@@ -72,14 +98,14 @@ export async function resumableRequest(ctx: SourceCtx, st: Storage, signal: Abor
 export async function dropEarlierBitmaps(ctx: SourceCtx, log: (m: string) => void, signal: AbortSignal): Promise<void> {
   const spec = ctx.spec;
   if (!spec) return;
-  const keep = backupCopy(ctx) ? resumeBitmapName(keyOf(ctx)) : null;
+  const keep = resumes(ctx) ? resumeBitmapName(keyOf(ctx)) : null;
   const why = keep
     ? `a copy to '${ctx.to.name}' resumes only its own`
     : `this move does not resume a copy (${ctx.plan ? ctx.plan.copy.method : 'its disks stay'})`;
   try {
     const dropped = ctx.proc
       ? await dropLeftBehind(ctx.proc.qmp, ctx.host.dataDir, spec.id, keep, { signal })
-      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, { signal });
+      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, keep, { signal });
     if (dropped.length) log(droppedLine(dropped, why));
     // A storage move's cut copy on this host: no move from here resumes it any more.
     for (const f of await dropKeptCopies(ctx.host.dataDir, spec))
@@ -95,7 +121,7 @@ export const backupStep: Step<SourceCtx> = {
   when: backupCopy,
   async run(ctx, s) {
     const spec = needSpec(ctx);
-    const qmp = needProc(ctx).qmp;
+    const qmp = copyQmp(ctx);
     const r = ctx.job.record;
     const nbd = ctx.prep?.nbd;
     const disks = ctx.plan?.request.disks ?? [];
@@ -114,7 +140,7 @@ export const backupStep: Step<SourceCtx> = {
       nodes.push(node);
       save();
       await addNbdTarget(ctx, qmp, nbd, d.id, node, s.signal);
-      const device = await rootNode(qmp, d.id, s.signal);
+      const device = await diskNode(ctx, qmp, d.id, s.signal);
       const bm = await bitmapState(qmp, device, bitmap, { signal: s.signal });
       const answer = ctx.prep?.resume?.find((a) => a.diskId === d.id);
       // No bitmap and no kept copy: a first attempt, nothing to explain.
@@ -144,7 +170,8 @@ export const backupStep: Step<SourceCtx> = {
       save();
       await startBackup(qmp, backups[backups.length - 1] as BackupSpec, speed, { signal: s.signal });
     }
-    const watch = new DiskCopyWatch(ctx, spec.memoryMiB * 1024 * 1024);
+    // A stopped VM's move has no memory to copy after its disks.
+    const watch = new DiskCopyWatch(ctx, ctx.proc ? spec.memoryMiB * 1024 * 1024 : 0);
     const results = await waitBackups(
       qmp,
       backups,
@@ -177,14 +204,16 @@ export const backupStep: Step<SourceCtx> = {
   async undo(ctx, data, _s) {
     // The bitmap stays: a retry to the same host resumes from it. Not after a cancel: the
     // destination deletes its copy then (abortDestination's discard), so nothing could resume.
-    const proc = ctx.proc;
+    const qmp = openQmp(ctx);
     ctx.backups = [];
     // Kept from now: it expires with the destination's kept copy (resume-bitmaps.ts).
     if (!ctx.job.signal.aborted && ctx.spec && ((data.mirrors as BackupSpec[] | undefined) ?? []).length)
       await markBitmap(ctx.host.dataDir, ctx.spec.id, resumeBitmapName(keyOf(ctx))).catch(() => undefined);
-    if (!proc || proc.hasExited) return;
+    // After an agent restart a stopped VM's daemon is not reattached: its undo stops it cleanly
+    // (SIGTERM), which cancels the passes and stores the bitmap (stopped-copy.ts).
+    if (!qmp) return;
     await abandonMirrors(
-      proc.qmp,
+      qmp,
       (data.mirrors as MirrorSpec[] | undefined) ?? [],
       (data.nodes as string[] | undefined) ?? [],
     );
@@ -216,9 +245,9 @@ export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promi
  * QEMU quit. Never throws.
  */
 export async function dropResumeBitmaps(ctx: SourceCtx): Promise<void> {
-  const proc = ctx.proc;
+  const qmp = openQmp(ctx);
   const backups = journalBackups(ctx);
-  if (proc && !proc.hasExited) for (const b of backups) await removeResumeBitmap(proc.qmp, b.device, b.bitmap);
+  if (qmp) for (const b of backups) await removeResumeBitmap(qmp, b.device, b.bitmap);
   const vmId = ctx.spec?.id;
   if (vmId)
     for (const name of new Set(backups.map((b) => b.bitmap)))

@@ -55,7 +55,7 @@ import {
 } from '../source.js';
 import { addTlsCreds, qemuTlsDir } from '../tls.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
-import { dropResumeBitmaps, dropStoredBitmaps, lastPass, resumableRequest } from './backup-copy.js';
+import { copyQmp, dropResumeBitmaps, dropStoredBitmaps, lastPass, resumableRequest } from './backup-copy.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 
 const POLL_MS = 250;
@@ -65,19 +65,19 @@ const POSTCOPY: MigrationStatus[] = ['postcopy-active', 'postcopy-paused', 'post
 export const tlsStep: Step<SourceCtx> = {
   name: 'tls',
   phase: 'preparing',
-  when: (ctx) => ctx.proc !== null && ctx.host.settings().tls,
+  // The VM's QEMU, or the daemon that opened a stopped VM's disks (kinds/stopped-copy.ts).
+  when: (ctx) => (ctx.proc !== null || (ctx.daemon ?? null) !== null) && ctx.host.settings().tls,
   async run(ctx, s) {
     const id = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
     s.record({ id });
-    await addTlsCreds(needProc(ctx).qmp, id, 'client', await qemuTlsDir(ctx.host.tls, ctx.host.dataDir), s.signal);
+    await addTlsCreds(copyQmp(ctx), id, 'client', await qemuTlsDir(ctx.host.tls, ctx.host.dataDir), s.signal);
     return { id };
   },
   async undo(ctx, data, s) {
     const proc = ctx.proc;
-    if (proc && !proc.hasExited && typeof data.id === 'string') {
-      await proc.qmp
-        .execute('object-del', { id: data.id }, { signal: s.signal, timeoutMs: 5000 })
-        .catch(() => undefined);
+    const qmp = proc ? (proc.hasExited ? null : proc.qmp) : (ctx.daemon?.qmp ?? null);
+    if (qmp && typeof data.id === 'string') {
+      await qmp.execute('object-del', { id: data.id }, { signal: s.signal, timeoutMs: 5000 }).catch(() => undefined);
     }
   },
 };

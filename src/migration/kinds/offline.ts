@@ -10,6 +10,7 @@ import { deleteVmFiles } from '../plan.js';
 import { stallTimeoutMs } from '../policy.js';
 import type { MoveKind, Resolution, Step, UndoScope } from '../runner.js';
 import { MigrationFailedError, needSpec, stalledError, type SourceCtx } from '../source.js';
+import { dropResumeBitmaps, dropStoredBitmaps, resumableRequest, resumes } from './backup-copy.js';
 import { nbdTargetArgs } from './chain.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
 import { leftCluster } from './live.js';
@@ -52,8 +53,12 @@ async function releaseStopped(ctx: SourceCtx, log: (m: string) => void): Promise
   const spec = needSpec(ctx);
   await ctx.host.vms.movedAway(spec.name, null);
   if (ctx.plan) {
-    if (ctx.job.record.options.retainSource) log('source files kept (--retain-source)');
-    else {
+    // A resumable copy's bitmaps: unmarked, and removed from images that stay (the daemon stored them).
+    await dropResumeBitmaps(ctx);
+    if (ctx.job.record.options.retainSource) {
+      await dropStoredBitmaps(ctx, log);
+      log('source files kept (--retain-source)');
+    } else {
       await deleteVmFiles(spec, ctx.plan.files);
       log('source files deleted');
     }
@@ -88,6 +93,7 @@ export const prepareStoppedStep: Step<SourceCtx> = {
     const spec = needSpec(ctx);
     if (!plan) throw new MigrationFailedError('E_INTERNAL', `Cannot copy the disks of VM '${spec.name}': no plan`);
     ctx.job.enter('preparing', `preparing ${ctx.to.name} to receive the disks`);
+    if (resumes(ctx)) s.log(`disks copied by resumable backup passes: ${plan.copy.why}`);
     s.record({ incoming: ctx.job.id });
     ctx.prep = await prepareDestination(
       ctx,
@@ -98,7 +104,7 @@ export const prepareStoppedStep: Step<SourceCtx> = {
         tls: ctx.host.settings().tls,
         postcopy: false,
         stopped: true,
-        storage: plan.request,
+        storage: await resumableRequest(ctx, plan.request, s.signal),
       },
       s.signal,
     );
@@ -112,7 +118,8 @@ export const prepareStoppedStep: Step<SourceCtx> = {
 export const copyStep: Step<SourceCtx> = {
   name: 'copy',
   phase: 'copying-storage',
-  when: (ctx) => ctx.proc === null,
+  // A resumable copy runs the backup step through qemu-storage-daemon instead (stopped-copy.ts).
+  when: (ctx) => ctx.proc === null && !resumes(ctx),
   async run(ctx, s) {
     const spec = needSpec(ctx);
     const r = ctx.job.record;

@@ -1,6 +1,7 @@
 // Shared nothing: the VM's disks are copied to the destination. A running VM's disks are
 // mirrored over NBD, then its memory moves (kinds/live.ts's steps); a stopped VM's disks are
-// filled with qemu-img and the destination registers it (kinds/offline.ts's steps). A VM with
+// filled with qemu-img and the destination registers it (kinds/offline.ts's steps), or, when the
+// copy is resumable, copied by backup passes through qemu-storage-daemon (kinds/stopped-copy.ts). A VM with
 // checkpoints sends its chain's read-only files first (kinds/chain.ts). Which steps
 // run is decided when Begin (compare) finds the VM running or stopped; each step says so (`when`).
 import type { MoveKind } from '../runner.js';
@@ -20,6 +21,7 @@ import {
 } from './live.js';
 import { chainStep } from './chain.js';
 import { backupStep } from './backup-copy.js';
+import { closeDisksStep, openDisksStep } from './stopped-copy.js';
 import { confirmStoppedStep, copyStep, prepareStoppedStep, releaseStoppedStep, resolveStopped } from './offline.js';
 
 export const sharedNothingKind: MoveKind<SourceCtx> = {
@@ -28,6 +30,7 @@ export const sharedNothingKind: MoveKind<SourceCtx> = {
     clusterQueueStep,
     slotStep,
     compareStep,
+    openDisksStep,
     tlsStep,
     prepareStep,
     prepareStoppedStep,
@@ -35,6 +38,7 @@ export const sharedNothingKind: MoveKind<SourceCtx> = {
     reachNbdStep,
     mirrorStep,
     backupStep,
+    closeDisksStep,
     copyStep,
     migrateStep,
     switchoverStep,

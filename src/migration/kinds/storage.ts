@@ -177,7 +177,7 @@ async function dropEarlier(ctx: StorageCtx, log: (m: string) => void, signal: Ab
           resumable ? storageBitmapOf(spec.id, ctx.host.name) : null,
           { signal },
         )
-      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, { signal });
+      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, null, { signal });
     if (dropped.length) log(droppedLine(dropped, why));
     if (!resumable)
       for (const f of await dropKeptCopies(ctx.host.dataDir, spec))

@@ -1,0 +1,79 @@
+// A stopped VM's resumable disk copy (issue 17 item 6), source side: qemu-storage-daemon opens
+// the disks (storage-daemon.ts) and the backup step runs the same passes through it as through
+// a running VM's QEMU (backup-copy.ts). Nothing writes the disks while the move holds the VM,
+// so the first pass leaves the bitmap empty; closing the daemon stores it in each qcow2, where
+// a retry finds it (or the VM's QEMU does, should it start before the retry, and records the
+// guest's writes in it). A cut copy's daemon is closed by the undo, cleanly (QMP quit or
+// SIGTERM), so its bitmap is stored right; a daemon that could only be killed leaves the bitmap
+// inconsistent and the retry copies the disk whole.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { stopDaemonsOf } from '../../qemu/storage-daemon.js';
+import { openDisksForCopy } from '../../vm/lifecycle.js';
+import { delNode } from '../block.js';
+import { bitmapState } from '../resume-copy.js';
+import type { Step } from '../runner.js';
+import { MigrationFailedError, needSpec, type SourceCtx } from '../source.js';
+import { resumes } from './backup-copy.js';
+
+const stoppedResumable = (ctx: SourceCtx): boolean => ctx.proc === null && resumes(ctx);
+
+/** Opens the stopped VM's disks in a storage daemon, in a folder of the move's own. */
+export const openDisksStep: Step<SourceCtx> = {
+  name: 'open-disks',
+  phase: 'preparing',
+  when: stoppedResumable,
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const dir = path.join(ctx.host.dataDir, 'run', `copy-${ctx.job.id.slice(0, 8)}`);
+    // Recorded before the spawn: a restarted agent finds the daemon by its folder.
+    s.record({ dir });
+    const chains = await ctx.host.vms.checkStorage(spec);
+    const ids = ctx.plan?.request.disks.map((d) => d.id) ?? [];
+    const daemon = await openDisksForCopy(spec, ids, { dir, chains, pools: ctx.host.pools(), signal: s.signal });
+    ctx.daemon = daemon;
+    s.log(`qemu-storage-daemon (pid ${daemon.pid}) opened ${ids.length} disk(s) of the stopped VM`);
+    return { dir, pid: daemon.pid };
+  },
+  async undo(ctx, data) {
+    const daemon = ctx.daemon ?? null;
+    ctx.daemon = null;
+    if (daemon) await daemon.quit();
+    if (typeof data.dir !== 'string') return;
+    // After a restart (or a spawn the agent did not see return): found by its folder.
+    await stopDaemonsOf(data.dir);
+    await fsp.rm(data.dir, { recursive: true, force: true });
+  },
+};
+
+/**
+ * The first pass copied every disk whole: the bitmaps must owe nothing (nothing writes a
+ * stopped VM's disks). The NBD nodes go, the daemon quits (storing the bitmaps, which the
+ * release removes once the move completed), and the destination may register the VM.
+ */
+export const closeDisksStep: Step<SourceCtx> = {
+  name: 'close-disks',
+  phase: 'copying-storage',
+  when: stoppedResumable,
+  async run(ctx, s) {
+    const spec = needSpec(ctx);
+    const daemon = ctx.daemon ?? null;
+    if (!daemon) throw new MigrationFailedError('E_INTERNAL', `Cannot copy the disks of VM '${spec.name}': no daemon`);
+    for (const b of ctx.backups ?? []) {
+      const st = await bitmapState(daemon.qmp, b.device, b.bitmap, { signal: s.signal });
+      if (st.state !== 'ready' || st.dirtyBytes !== 0)
+        throw new MigrationFailedError(
+          'E_MIRROR_FAILED',
+          `Cannot finish copying disk '${b.diskId}' of VM '${spec.name}': its copy still owes ` +
+            `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
+        );
+      await delNode(daemon.qmp, b.target);
+    }
+    ctx.backups = [];
+    ctx.daemon = null;
+    await daemon.quit();
+    await fsp.rm(daemon.dir, { recursive: true, force: true });
+    s.log('the disks are copied; qemu-storage-daemon closed them');
+    return undefined;
+  },
+};
