@@ -1,17 +1,20 @@
 // Resumable disk copy benchmark (issue 17 item 6): what a retry re-copies after a cut, for a
-// shared-nothing move (`move-vm --include-storage`, the destination's QEMU killed) and a
-// storage move (`move-storage`, the agent killed), against a full copy of the same disk in the
-// same round.
+// shared-nothing move (`move-vm --include-storage`, the destination's QEMU killed), the same
+// of a stopped VM (its disks read by qemu-storage-daemon) and a storage move (`move-storage`,
+// the agent killed), against a full copy of the same disk in the same round.
 //
-//   npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS] [--keep]
+//   npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS]
+//                           [--paths shared-nothing,stopped,move-storage] [--keep]
 //
-// Per round and path: a bootblock VM on host-a with a qcow2 of N MiB (default 256) fully
-// written attached. First a full copy (`--resumable always`, no limit): its wall time is the
-// baseline. Then the same move of a fresh VM, slowed to --bandwidth MiB/s (default 16) so the cut
-// lands at --cut % (default 50) of the data disk's copy, read from the source QEMU's job; the
-// cut; the same command without the limit as the retry. Printed per round: where the cut landed,
-// what the retry re-copied (the record's `disks[].resumed`: the resumed job's own counter),
-// the retry's wall time and its ratio to the full copy's; then medians and worst.
+// Per round and path: a bootblock VM on host-a (stopped for `stopped`) with a qcow2 of N MiB
+// (default 256) fully written attached. First a full copy (`--resumable always`, no limit): its
+// wall time is the baseline (for `stopped` the round also times the stopped VM's usual copy,
+// `--resumable never`: qemu-img convert). Then the same move of a fresh VM, slowed to
+// --bandwidth MiB/s (default 16) so the cut lands at --cut % (default 50) of the data disk's
+// copy, read from the source QEMU's (or daemon's) job; the cut; the same command without the
+// limit as the retry. Printed per round: where the cut landed, what the retry re-copied (the
+// record's `disks[].resumed`: the resumed job's own counter), the retry's wall time and its
+// ratio to the full copy's; then medians and worst.
 //
 // Everything it starts is stopped on every exit path and its folder removed, unless --keep.
 import fsp from 'node:fs/promises';
@@ -35,7 +38,8 @@ import {
   table,
 } from './lib/storage-util.js';
 
-type PathName = 'shared-nothing' | 'move-storage';
+const PATHS = ['shared-nothing', 'stopped', 'move-storage'] as const;
+type PathName = (typeof PATHS)[number];
 
 interface Row {
   round: number;
@@ -46,6 +50,8 @@ interface Row {
   diskMiB: number;
   retryWallMs: number;
   downtimeMs: number | null;
+  /** `stopped` only: the same full copy by qemu-img convert (--resumable never). */
+  convertWallMs: number | null;
   load1: number;
 }
 
@@ -66,7 +72,8 @@ const MOVE_MS = 300_000;
 async function main(): Promise<void> {
   if (process.argv.includes('--help')) {
     process.stdout.write(
-      'npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS] [--keep]\n',
+      'npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS] ' +
+        '[--paths shared-nothing,stopped,move-storage] [--keep]\n',
     );
     return;
   }
@@ -75,6 +82,10 @@ async function main(): Promise<void> {
   const cut = num('cut', 50) / 100;
   const bandwidth = num('bandwidth', 16);
   const keep = process.argv.includes('--keep');
+  const pathsAt = process.argv.indexOf('--paths');
+  const paths = pathsAt < 0 ? [...PATHS] : (process.argv[pathsAt + 1] ?? '').split(',');
+  const bad = paths.find((p) => !(PATHS as readonly string[]).includes(p));
+  if (bad !== undefined) throw new Error(`--paths: '${bad}' is not one of ${PATHS.join(', ')}`);
   // Short: QEMU's QMP socket paths under the lab must stay within the 108-byte limit.
   const root = await fsp.mkdtemp(path.join(os.tmpdir(), 'fbrs-'));
   const labDir = path.join(root, 'lab');
@@ -110,28 +121,44 @@ async function main(): Promise<void> {
     await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', master, `${sizeMiB}M`], 60_000);
     await runOk('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${sizeMiB}M`, master], 300_000);
 
-    /** A running bootblock VM on host-a with a copy of the master disk attached. */
-    const newVm = async (name: string): Promise<VmView> => {
+    /** A bootblock VM on host-a with a copy of the master disk attached, running unless `stopped`. */
+    const newVm = async (name: string, stopped = false): Promise<VmView> => {
       const img = local('host-a', `${name}-data.qcow2`);
       await fsp.copyFile(master, img);
       return cli.json<VmView>(
-        ['vm', 'new', name, '--host', 'host-a', '--guest', 'bootblock', '--attach', img, '--start'],
+        [
+          'vm',
+          'new',
+          name,
+          '--host',
+          'host-a',
+          '--guest',
+          'bootblock',
+          '--attach',
+          img,
+          ...(stopped ? [] : ['--start']),
+        ],
         90_000,
       );
     };
-    const moveArgs = (p: PathName, name: string, tag: string): string[] =>
-      p === 'shared-nothing'
-        ? ['move-vm', name, '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--resumable', 'always']
-        : ['move-storage', name, '--path', local('host-a', `${name}-${tag}`), '--resumable', 'always'];
+    const moveArgs = (p: PathName, name: string, tag: string, mode = 'always'): string[] =>
+      p === 'move-storage'
+        ? ['move-storage', name, '--path', local('host-a', `${name}-${tag}`), '--resumable', mode]
+        : ['move-vm', name, '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--resumable', mode];
     const remove = async (name: string): Promise<void> => {
       await cli.run(['vm', 'stop', name, '--force'], 60_000);
       await cli.run(['vm', 'rm', name], 60_000);
     };
 
-    /** Waits until the data disk's copy job passed the cut; returns where it was. */
-    const awaitCut = async (vm: VmView): Promise<number> => {
-      const qmp = await QmpClient.connect(path.join(dataDir('host-a'), 'run', vm.id, 'qmp-admin.sock'), {
+    /**
+     * Waits until the data disk's copy job passed the cut; returns where it was. Read on the VM's
+     * QEMU, or for a stopped VM on the daemon of move `id` (its socket appears once it opened the disks).
+     */
+    const awaitCut = async (vm: VmView, id: string): Promise<number> => {
+      const run = vm.state === 'stopped' ? `copy-${id.slice(0, 8)}` : vm.id;
+      const qmp = await QmpClient.connect(path.join(dataDir('host-a'), 'run', run, 'qmp-admin.sock'), {
         vm: vm.name,
+        timeoutMs: 60_000,
       });
       const data = vm.disks[1]?.id ?? 'disk1';
       try {
@@ -150,20 +177,28 @@ async function main(): Promise<void> {
     };
 
     for (let round = 1; round <= rounds; round++) {
-      for (const p of ['shared-nothing', 'move-storage'] as const) {
-        const tag = `${p === 'shared-nothing' ? 'sn' : 'st'}${round}`;
+      for (const p of paths as PathName[]) {
+        const tag = `${{ 'shared-nothing': 'sn', stopped: 'so', 'move-storage': 'st' }[p]}${round}`;
+        const stopped = p === 'stopped';
         log(`round ${round} ${p}: full copy`);
-        const full = await newVm(`f${tag}`);
+        const full = await newVm(`f${tag}`, stopped);
         const f = await cli.move(moveArgs(p, full.name, 'full'), MOVE_MS);
         await remove(full.name);
+        let convertWallMs: number | null = null;
+        if (stopped) {
+          log(`round ${round} ${p}: full copy by qemu-img convert (--resumable never)`);
+          const plain = await newVm(`n${tag}`, true);
+          convertWallMs = (await cli.move(moveArgs(p, plain.name, 'full', 'never'), MOVE_MS)).wallMs;
+          await remove(plain.name);
+        }
 
         log(`round ${round} ${p}: cut at ${cut * 100} %`);
-        const vm = await newVm(`c${tag}`);
+        const vm = await newVm(`c${tag}`, stopped);
         const id = (
           await cli.ok([...moveArgs(p, vm.name, 'cut'), '--bandwidth', String(bandwidth), '--no-wait'], 60_000)
         ).stdout.trim();
-        const at = await awaitCut(vm);
-        if (p === 'shared-nothing') {
+        const at = await awaitCut(vm, id);
+        if (p !== 'move-storage') {
           for (const pid of await hostQemuPids(dataDir('host-b')))
             if ((await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(vm.id) && pid !== vm.pid)
               process.kill(pid, 'SIGKILL');
@@ -198,12 +233,14 @@ async function main(): Promise<void> {
           diskMiB: d.resumed.diskBytes / MiB,
           retryWallMs: retry.wallMs,
           downtimeMs: retry.record.downtimeMs,
+          convertWallMs,
           load1: machineLoad(root).load1,
         });
         const r = rows.at(-1)!;
         log(
           `  cut at ${fmt(r.cutPct, 0)} %: re-copied ${fmt(r.resentMiB)} of ${fmt(r.diskMiB)} MiB, ` +
-            `retry ${fmt(r.retryWallMs / 1000, 2)} s against ${fmt(r.fullWallMs / 1000, 2)} s for a full copy`,
+            `retry ${fmt(r.retryWallMs / 1000, 2)} s against ${fmt(r.fullWallMs / 1000, 2)} s for a full copy` +
+            (r.convertWallMs !== null ? ` (${fmt(r.convertWallMs / 1000, 2)} s by qemu-img convert)` : ''),
         );
         await remove(vm.name);
       }
@@ -225,6 +262,7 @@ async function main(): Promise<void> {
           'retry s',
           'full copy s',
           'ratio',
+          'convert s',
           'load',
         ],
         rows.map((r) => [
@@ -237,17 +275,25 @@ async function main(): Promise<void> {
           fmt(r.retryWallMs / 1000, 2),
           fmt(r.fullWallMs / 1000, 2),
           fmt(r.retryWallMs / r.fullWallMs, 2),
+          r.convertWallMs !== null ? fmt(r.convertWallMs / 1000, 2) : '—',
           fmt(r.load1, 2),
         ]),
       ) + '\n\n',
     );
-    for (const p of ['shared-nothing', 'move-storage'] as const) {
+    for (const p of paths as PathName[]) {
       const rs = rows.filter((r) => r.path === p);
       const pct = rs.map((r) => (r.resentMiB / r.diskMiB) * 100);
       const ratio = rs.map((r) => r.retryWallMs / r.fullWallMs);
       process.stdout.write(
         `${p}: re-copied median ${fmt(median(pct), 0)} %, worst ${fmt(Math.max(...pct), 0)} %; ` +
-          `retry / full copy wall median ${fmt(median(ratio), 2)}, worst ${fmt(Math.max(...ratio), 2)}\n`,
+          `retry / full copy wall median ${fmt(median(ratio), 2)}, worst ${fmt(Math.max(...ratio), 2)}` +
+          (p === 'stopped'
+            ? `; full resumable copy / qemu-img convert wall median ${fmt(
+                median(rs.map((r) => r.fullWallMs / (r.convertWallMs ?? r.fullWallMs))),
+                2,
+              )}`
+            : '') +
+          '\n',
       );
     }
   } finally {

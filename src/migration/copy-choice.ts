@@ -37,24 +37,25 @@ export function chooseCopy(mode: ResumableMode, disks: ReadonlyArray<Disk>, onCh
 }
 
 /**
- * The move's copy. A stopped VM's disks are read by qemu-img, unless `stoppedResumes` (a
- * shared-nothing move) and `--resumable` chooses the resumable copy and every disk is qcow2:
- * then qemu-storage-daemon runs the same backup passes, and the bitmap of a cut copy lives on
- * in the image (a raw disk has nowhere to store it once the daemon quits).
+ * The move's copy. A stopped VM's disks are read by qemu-img, unless `--resumable` chooses the
+ * resumable copy and every disk is qcow2: then qemu-storage-daemon runs the same backup passes
+ * (kinds/stopped-copy.ts), and the bitmap of a cut copy lives on in the image (a raw disk has
+ * nowhere to store it once the daemon quits).
  */
 export function moveCopy(
   running: boolean,
   mode: ResumableMode | undefined,
   disks: ReadonlyArray<Disk>,
   onChain: boolean,
-  stoppedResumes = false,
 ): CopyChoice {
-  const offline = (why: string): CopyChoice => ({ method: 'offline', why: `the VM is stopped (${why})` });
-  if (running) return chooseCopy(mode ?? 'auto', disks, onChain);
-  if (!stoppedResumes) return offline('qemu-img copies its disks');
   const c = chooseCopy(mode ?? 'auto', disks, onChain);
-  if (c.method !== 'resumable') return offline(`qemu-img copies its disks: ${c.why}`);
+  if (running) return c;
+  const offline = (why: string): CopyChoice => ({
+    method: 'offline',
+    why: `the VM is stopped (qemu-img copies its disks: ${why})`,
+  });
+  if (c.method !== 'resumable') return offline(c.why);
   const raw = disks.find((d) => d.format !== 'qcow2');
-  if (raw) return offline(`qemu-img copies its disks: disk '${raw.id}' is ${raw.format}, only qcow2 stores the bitmap`);
+  if (raw) return offline(`disk '${raw.id}' is ${raw.format}, only qcow2 stores the bitmap`);
   return { method: 'resumable', why: `${c.why}; qemu-storage-daemon reads the stopped VM's disks` };
 }

@@ -123,7 +123,7 @@ export async function sharedNothingPlan(
     };
   }
   // A stopped VM with checkpoints sends its chain's files as they are (kinds/chain.ts): no resume.
-  const copy = moveCopy(running, options.resumable, disks, topOnly.length > 0 || (!running && chain !== null), true);
+  const copy = moveCopy(running, options.resumable, disks, topOnly.length > 0 || (!running && chain !== null));
   return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null, copy };
 }
 

@@ -379,7 +379,7 @@ test(
   { timeout: 240_000 },
   async (t) => {
     const m = await stoppedMove('resume6');
-    const at = await copiesPast(L, m.vm, 'mirror-', 0.3, path.join(m.dir, 'qmp-admin.sock'));
+    const at = await copiesPast(L, m.vm, 'mirror-', CUT, path.join(m.dir, 'qmp-admin.sock'));
     const agent = L.status.hosts.find((h) => h.name === 'host-a');
     assert.ok(agent?.agentPid);
     process.kill(agent.agentPid, 'SIGKILL');
@@ -388,6 +388,78 @@ test(
     const cut = await waitMigration(L, m.id, ['failed', 'cancelled', 'completed'], 90_000);
     await assertStoppedCut(m, cut);
     t.diagnostic(await retryStopped(m, at));
+  },
+);
+
+// A stopped VM's storage move (storage-resume.ts through the daemon): cut by the agent's death,
+// the restart stops the daemon cleanly and keeps both copies; the same move-storage resumes
+// them, and the VM starts from its new files with every record it acknowledged before the stop.
+test(
+  "a stopped VM's storage move cut by an agent restart resumes on retry through qemu-storage-daemon, data intact",
+  { timeout: 240_000 },
+  async (t) => {
+    const name = 'resume7';
+    const vm = await newVm(name);
+    await ferryOk(['vm', 'stop', name, '--force'], { lab: L.lab, timeoutMs: 120_000 });
+    const before = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'));
+    const ack = before.highestAck ?? 0;
+    assert.ok(ack, 'the guest acknowledged records before the stop');
+    const to = path.join(hostData(L, 'host-a'), 'pools', 'local', `${name}-moved`);
+    const move = ['move-storage', name, '--path', to, '--resumable', 'always'];
+    const id = (await ferryOk<string>([...move, '--bandwidth', '4', '--no-wait'], { lab: L.lab })).trim();
+    const dir = path.join(hostData(L, 'host-a'), 'run', `copy-${id.slice(0, 8)}`);
+    const at = await copiesPast(L, vm, 'copy-', CUT, path.join(dir, 'qmp-admin.sock'));
+    const agent = L.status.hosts.find((h) => h.name === 'host-a');
+    assert.ok(agent?.agentPid);
+    process.kill(agent.agentPid, 'SIGKILL');
+    await sleep(500);
+    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
+    const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
+    assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
+    assert.equal(cut.diskCopy, 'resumable');
+    const still = await show(name);
+    assert.equal(still.state, 'stopped');
+    assert.deepEqual(
+      still.disks.map((d) => d.path),
+      vm.disks.map((d) => d.path),
+      'the VM keeps its disks where they were',
+    );
+    assert.equal(fs.existsSync(dir), false, "the daemon's folder is gone");
+    for (const d of vm.disks)
+      assert.deepEqual(storedFlags(d.path), [['auto']], `the cut's bitmap is stored whole in ${d.path}`);
+    assert.equal(storageMarkers().length, 2, 'both partial copies are kept');
+
+    const { rr, resent, size } = await retryResumes(move);
+    t.diagnostic(
+      `cut at ${((at.done / at.total) * 100).toFixed(0)} % (${(at.done / MiB).toFixed(1)} of ` +
+        `${(at.total / MiB).toFixed(1)} MiB); the retry re-copied ${(resent / MiB).toFixed(1)} MiB of ` +
+        `${(size / MiB).toFixed(1)} MiB in ${rr.totalMs ?? '?'} ms`,
+    );
+    assert.deepEqual(storageMarkers(), [], 'the kept copies were taken over');
+    assert.deepEqual(sourceMarks(), [], 'the bitmap went with the move');
+    const moved = await show(name);
+    for (const d of moved.disks) {
+      assert.equal(path.dirname(d.path), to, d.id);
+      assert.deepEqual(storedBitmaps(d.path), [], `no Ferry bitmap in ${d.path}`);
+      execFileSync('qemu-img', ['check', '-q', d.path]);
+    }
+    for (const d of vm.disks) assert.equal(fs.existsSync(d.path), false, `${d.path} is deleted`);
+    const [own, fill] = moved.disks;
+    assert.ok(own && fill);
+    const rep = await verifyDiskImage(own.path, { format: 'qcow2', highestAck: ack });
+    assert.equal(rep.ok, true, `records: ${rep.problems.slice(0, 3).join('; ')}`);
+    const read = execFileSync('qemu-io', ['-f', 'qcow2', '-r', '-c', 'read -P 0x5a 0 40M', fill.path], {
+      encoding: 'utf8',
+    });
+    assert.doesNotMatch(read, /Pattern verification failed/);
+    // It starts from its new files, its guest going on after the last record acknowledged.
+    await ferryOk(['vm', 'start', name], { lab: L.lab });
+    const started = await show(name);
+    await waitProbe(L, started, 5, 60_000);
+    const after = parseSerial(await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8'));
+    assert.ok((after.writerStart ?? 0) > ack, `the guest went on after record ${ack}: ${after.writerStart}`);
+    await ferryOk(['vm', 'stop', name, '--force'], { lab: L.lab, timeoutMs: 120_000 });
+    await ferryOk(['vm', 'rm', name], { lab: L.lab });
   },
 );
 

@@ -34,15 +34,14 @@ test('always and never win over the size; always still needs qcow2 or raw and no
   });
 });
 
-test("a move's copy: a storage move of a stopped VM is offline whatever --resumable says; absent is auto", () => {
-  assert.equal(moveCopy(false, 'always', [disk('disk0', 8 * GiB)], false).method, 'offline');
+test("a move's copy: a running VM's by chooseCopy; absent is auto", () => {
   assert.equal(moveCopy(true, undefined, [disk('disk0', 8 * GiB)], false).method, 'resumable');
   assert.equal(moveCopy(true, undefined, [disk('disk0', 1)], false).method, 'mirror');
 });
 
-test("a stopped VM's shared-nothing move resumes as a running one's, qcow2 only (the image stores the bitmap)", () => {
+test("a stopped VM's move resumes as a running one's, qcow2 only (the image stores the bitmap)", () => {
   const sn = (mode: 'auto' | 'always' | 'never' | undefined, disks: ReturnType<typeof disk>[], onChain = false) =>
-    moveCopy(false, mode, disks, onChain, true);
+    moveCopy(false, mode, disks, onChain);
   assert.deepEqual(sn(undefined, [disk('disk0', 8 * GiB)]), {
     method: 'resumable',
     why: "the disks hold 8.00 GiB, at least 1.00 GiB; qemu-storage-daemon reads the stopped VM's disks",
@@ -52,7 +51,10 @@ test("a stopped VM's shared-nothing move resumes as a running one's, qcow2 only 
     method: 'offline',
     why: 'the VM is stopped (qemu-img copies its disks: the disks hold 0.00 GiB, under 1.00 GiB (--resumable auto))',
   });
-  assert.equal(sn('never', [disk('disk0', 8 * GiB)]).method, 'offline');
+  assert.deepEqual(sn('never', [disk('disk0', 8 * GiB)]), {
+    method: 'offline',
+    why: 'the VM is stopped (qemu-img copies its disks: --resumable never)',
+  });
   assert.deepEqual(sn('always', [disk('disk0', 1), disk('disk1', 1, 'raw')]), {
     method: 'offline',
     why: "the VM is stopped (qemu-img copies its disks: disk 'disk1' is raw, only qcow2 stores the bitmap)",

@@ -8,43 +8,111 @@
 // inconsistent and the retry copies the disk whole.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { stopDaemonsOf } from '../../qemu/storage-daemon.js';
+import { stopDaemonsOf, type StorageDaemon } from '../../qemu/storage-daemon.js';
 import { openDisksForCopy } from '../../vm/lifecycle.js';
+import type { VmSpec } from '../../vm/spec.js';
 import { delNode } from '../block.js';
-import { bitmapState } from '../resume-copy.js';
+import type { MoveHost } from '../host.js';
+import type { Job } from '../job.js';
+import { bitmapState, removeResumeBitmap, type BackupSpec } from '../resume-copy.js';
 import type { Step } from '../runner.js';
 import { MigrationFailedError, needSpec, type SourceCtx } from '../source.js';
 import { resumes } from './backup-copy.js';
 
 const stoppedResumable = (ctx: SourceCtx): boolean => ctx.proc === null && resumes(ctx);
 
-/** Opens the stopped VM's disks in a storage daemon, in a folder of the move's own. */
-export const openDisksStep: Step<SourceCtx> = {
-  name: 'open-disks',
-  phase: 'preparing',
-  when: stoppedResumable,
-  async run(ctx, s) {
-    const spec = needSpec(ctx);
-    const dir = path.join(ctx.host.dataDir, 'run', `copy-${ctx.job.id.slice(0, 8)}`);
-    // Recorded before the spawn: a restarted agent finds the daemon by its folder.
-    s.record({ dir });
-    const chains = await ctx.host.vms.checkStorage(spec);
-    const ids = ctx.plan?.request.disks.map((d) => d.id) ?? [];
-    const daemon = await openDisksForCopy(spec, ids, { dir, chains, pools: ctx.host.pools(), signal: s.signal });
-    ctx.daemon = daemon;
-    s.log(`qemu-storage-daemon (pid ${daemon.pid}) opened ${ids.length} disk(s) of the stopped VM`);
-    return { dir, pid: daemon.pid };
-  },
-  async undo(ctx, data) {
-    const daemon = ctx.daemon ?? null;
-    ctx.daemon = null;
-    if (daemon) await daemon.quit();
-    if (typeof data.dir !== 'string') return;
-    // After a restart (or a spawn the agent did not see return): found by its folder.
-    await stopDaemonsOf(data.dir);
-    await fsp.rm(data.dir, { recursive: true, force: true });
-  },
-};
+/** What a move that opens a stopped VM's disks has (a shared-nothing or a storage move's context). */
+interface DisksCtx {
+  host: MoveHost;
+  job: Job;
+  daemon?: StorageDaemon | null;
+}
+
+/**
+ * The step that opens the disks `what` names in a storage daemon, in a folder of the move's own;
+ * in `phase` (where the kind's steps around it are: a storage move is copying by then).
+ */
+export function openDisksStepFor<C extends DisksCtx>(
+  phase: Step<C>['phase'],
+  when: (ctx: C) => boolean,
+  what: (ctx: C) => { spec: VmSpec; ids: string[] },
+): Step<C> {
+  return {
+    name: 'open-disks',
+    phase,
+    when,
+    async run(ctx, s) {
+      const { spec, ids } = what(ctx);
+      const dir = path.join(ctx.host.dataDir, 'run', `copy-${ctx.job.id.slice(0, 8)}`);
+      // Recorded before the spawn: a restarted agent finds the daemon by its folder.
+      s.record({ dir });
+      const chains = await ctx.host.vms.checkStorage(spec);
+      const daemon = await openDisksForCopy(spec, ids, { dir, chains, pools: ctx.host.pools(), signal: s.signal });
+      ctx.daemon = daemon;
+      s.log(`qemu-storage-daemon (pid ${daemon.pid}) opened ${ids.length} disk(s) of the stopped VM`);
+      return { dir, pid: daemon.pid };
+    },
+    async undo(ctx, data) {
+      const daemon = ctx.daemon ?? null;
+      ctx.daemon = null;
+      if (daemon) await daemon.quit();
+      if (typeof data.dir !== 'string') return;
+      // After a restart (or a spawn the agent did not see return): found by its folder.
+      await stopDaemonsOf(data.dir);
+      await fsp.rm(data.dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/**
+ * After an agent restart: stops the daemon this move left running (SIGTERM: it closes the images
+ * cleanly), so nothing writes a copy any more before it is kept. No-op when none runs.
+ */
+export async function stopLeftDaemon(ctx: Pick<DisksCtx, 'job'>): Promise<void> {
+  const dir = ctx.job.journalData('open-disks').dir;
+  if (typeof dir === 'string') await stopDaemonsOf(dir);
+}
+
+/** Whether this move opened a stopped VM's disks in a daemon (its journal says, also after a restart). */
+export const openedDisks = (ctx: Pick<DisksCtx, 'job'>): boolean =>
+  typeof ctx.job.journalData('open-disks').dir === 'string';
+
+/**
+ * The daemon's work is done: each bitmap must owe nothing (nothing writes a stopped VM's disks,
+ * so the first pass copied them whole), the copy's target nodes go, the daemon quits (storing
+ * the bitmaps, unless `dropBitmaps` removes them first) and its folder is removed. Throws
+ * naming the disk otherwise.
+ */
+export async function closeDisks(
+  ctx: DisksCtx,
+  vm: string,
+  backups: readonly BackupSpec[],
+  opts: { dropBitmaps: boolean; signal: AbortSignal },
+): Promise<void> {
+  const daemon = ctx.daemon ?? null;
+  if (!daemon) throw new MigrationFailedError('E_INTERNAL', `Cannot copy the disks of VM '${vm}': no daemon`);
+  for (const b of backups) {
+    const st = await bitmapState(daemon.qmp, b.device, b.bitmap, { signal: opts.signal });
+    if (st.state !== 'ready' || st.dirtyBytes !== 0)
+      throw new MigrationFailedError(
+        'E_MIRROR_FAILED',
+        `Cannot finish copying disk '${b.diskId}' of VM '${vm}': its copy still owes ` +
+          `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
+      );
+    await delNode(daemon.qmp, b.target);
+    await delNode(daemon.qmp, `${b.target}-file`);
+    if (opts.dropBitmaps) await removeResumeBitmap(daemon.qmp, b.device, b.bitmap);
+  }
+  ctx.daemon = null;
+  await daemon.quit();
+  await fsp.rm(daemon.dir, { recursive: true, force: true });
+}
+
+/** Opens the stopped VM's disks that a shared-nothing move copies. */
+export const openDisksStep: Step<SourceCtx> = openDisksStepFor('preparing', stoppedResumable, (ctx) => ({
+  spec: needSpec(ctx),
+  ids: ctx.plan?.request.disks.map((d) => d.id) ?? [],
+}));
 
 /**
  * The first pass copied every disk whole: the bitmaps must owe nothing (nothing writes a
@@ -56,23 +124,9 @@ export const closeDisksStep: Step<SourceCtx> = {
   phase: 'copying-storage',
   when: stoppedResumable,
   async run(ctx, s) {
-    const spec = needSpec(ctx);
-    const daemon = ctx.daemon ?? null;
-    if (!daemon) throw new MigrationFailedError('E_INTERNAL', `Cannot copy the disks of VM '${spec.name}': no daemon`);
-    for (const b of ctx.backups ?? []) {
-      const st = await bitmapState(daemon.qmp, b.device, b.bitmap, { signal: s.signal });
-      if (st.state !== 'ready' || st.dirtyBytes !== 0)
-        throw new MigrationFailedError(
-          'E_MIRROR_FAILED',
-          `Cannot finish copying disk '${b.diskId}' of VM '${spec.name}': its copy still owes ` +
-            `${st.state === 'ready' ? st.dirtyBytes : '?'} bytes; retry the move`,
-        );
-      await delNode(daemon.qmp, b.target);
-    }
+    // The bitmaps stay (stored in the images) until the move completed: the release removes them.
+    await closeDisks(ctx, needSpec(ctx).name, ctx.backups ?? [], { dropBitmaps: false, signal: s.signal });
     ctx.backups = [];
-    ctx.daemon = null;
-    await daemon.quit();
-    await fsp.rm(daemon.dir, { recursive: true, force: true });
     s.log('the disks are copied; qemu-storage-daemon closed them');
     return undefined;
   },

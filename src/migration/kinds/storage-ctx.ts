@@ -1,6 +1,7 @@
 // What a storage move's steps share (storage.ts, and the resumable copy's storage-resume.ts).
 import path from 'node:path';
 import type { QemuProcess } from '../../qemu/process.js';
+import type { StorageDaemon } from '../../qemu/storage-daemon.js';
 import type { VmSpec } from '../../vm/spec.js';
 import type { MoveHost } from '../host.js';
 import type { Job } from '../job.js';
@@ -14,6 +15,8 @@ export interface StorageCtx {
   plan: StoragePlan;
   spec: VmSpec;
   proc: QemuProcess | null;
+  /** A stopped VM's disks opened for a resumable copy (stopped-copy.ts). */
+  daemon?: StorageDaemon | null;
 }
 
 /** The VM's disks this move gives a new place (the others stay where they are). */

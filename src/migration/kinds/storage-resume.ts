@@ -17,6 +17,7 @@
 import fsp from 'node:fs/promises';
 import { FerryError, messageOf } from '../../errors.js';
 import { createImage, imageInfo } from '../../qemu/img.js';
+import { nodeNames } from '../../qemu/argv.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { supportsDirectIo } from '../../vm/lifecycle.js';
 import {
@@ -50,11 +51,46 @@ import { checkKeptImage, decideResume, moveKeyOf, reportResumed, type Verdict } 
 import { dropMarker, expiredMarkers, keepImage, markersOf, readMarker, STORAGE_DIR } from '../resume-store.js';
 import type { Step, StepData } from '../runner.js';
 import { moving, type StorageCtx } from './storage-ctx.js';
+import { closeDisks, openDisksStepFor, openedDisks, stopLeftDaemon } from './stopped-copy.js';
 
 /** Whether this storage move copies by resumable backup passes (decided once, in the plan). */
-export function resumableStorage(ctx: Pick<StorageCtx, 'proc' | 'plan'>): boolean {
-  return ctx.proc !== null && ctx.plan.copy?.method === 'resumable';
+export function plannedResumable(ctx: Pick<StorageCtx, 'plan'>): boolean {
+  return ctx.plan.copy?.method === 'resumable';
 }
+
+/** The passes run now: in the running VM's QEMU, or in the daemon that opened a stopped VM's disks. */
+export function resumableStorage(ctx: Pick<StorageCtx, 'proc' | 'plan' | 'daemon'>): boolean {
+  return plannedResumable(ctx) && (ctx.proc !== null || (ctx.daemon ?? null) !== null);
+}
+
+/** A stopped VM's resumable storage move: its disks are read by qemu-storage-daemon (stopped-copy.ts). */
+const stoppedResumable = (ctx: StorageCtx): boolean => ctx.proc === null && plannedResumable(ctx);
+
+/** Opens the stopped VM's disks the move copies. */
+export const storageOpenDisks: Step<StorageCtx> = openDisksStepFor('copying-storage', stoppedResumable, (ctx) => ({
+  spec: ctx.spec,
+  ids: moving(ctx).map((d) => d.id),
+}));
+
+/**
+ * A stopped VM's copies are whole (nothing wrote its disks): the daemon quits, the bitmap goes
+ * (the commit makes the copies the VM's disks next; a failure there keeps the copies, and the
+ * retry, finding no bitmap, copies again), its mark too.
+ */
+export const storageCloseDisks: Step<StorageCtx> = {
+  name: 'close-disks',
+  phase: 'copying-storage',
+  when: stoppedResumable,
+  async run(ctx, s) {
+    const backups = (ctx.job.journalData('backup').mirrors as BackupSpec[] | undefined) ?? [];
+    await closeDisks(ctx, ctx.spec.name, backups, { dropBitmaps: true, signal: s.signal });
+    await unmarkBitmap(ctx.host.dataDir, ctx.spec.id, storageBitmapOf(ctx.spec.id, ctx.host.name)).catch(
+      () => undefined,
+    );
+    s.log('the disks are copied; qemu-storage-daemon closed them');
+    return undefined;
+  },
+};
 
 /** A storage move's key: source and destination are this host (no shared-nothing move has that). */
 export const storageKeyOf = (vmId: string, host: string): string => moveKeyOf(vmId, host, host);
@@ -105,6 +141,7 @@ export async function sweepKeptCopies(dataDir: string, inUse: (p: string) => boo
 
 const needQmp = (ctx: StorageCtx, what: string): QmpClient => {
   const proc = ctx.proc;
+  if (!proc && ctx.daemon) return ctx.daemon.qmp;
   if (!proc || proc.hasExited)
     throw new FerryError('E_VM_NOT_RUNNING', `Cannot ${what} of VM '${ctx.spec.name}': it stopped`);
   return proc.qmp;
@@ -155,7 +192,8 @@ export const storageBackup: Step<StorageCtx> = {
         virtualSizeBytes: size,
         format: d.format,
       };
-      const device = await rootNode(qmp, d.id, s.signal);
+      // The daemon names a disk's format node after the disk (argv.ts nodeNames).
+      const device = ctx.proc ? await rootNode(qmp, d.id, s.signal) : nodeNames(d).format;
       olds[d.id] = device;
       const bm = await bitmapState(qmp, device, bitmap, { signal: s.signal });
       const marker = await readMarker(dataDir, vmId, d.id, STORAGE_DIR);
@@ -232,11 +270,18 @@ export const storageBackup: Step<StorageCtx> = {
   },
   async undo(ctx, data, s) {
     const proc = ctx.proc;
-    const alive = proc !== null && !proc.hasExited;
+    // The VM's QEMU, or the daemon of a stopped VM's copy. After an agent restart that daemon
+    // is not reattached but still runs: the open-disks undo (next) stops it cleanly, which
+    // stores its bitmap whole, so its copies are kept as a live QEMU's are.
+    const qmp = proc ? (proc.hasExited ? null : proc.qmp) : (ctx.daemon?.qmp ?? null);
+    const alive = qmp !== null || (proc === null && openedDisks(ctx));
+    // That daemon's passes still write the copies: stopped before they are kept (their marker
+    // records the file as it is, and a kept copy that changed after is not resumed).
+    if (!qmp && alive) await stopLeftDaemon(ctx);
     const backups = (data.mirrors as BackupSpec[] | undefined) ?? [];
     // Only the jobs' ids count there: the backup passes are cancelled like mirrors.
     const jobs = backups.map(({ jobId, diskId, device, target }): MirrorSpec => ({ jobId, diskId, device, target }));
-    if (alive) await abandonMirrors(proc.qmp, jobs, [...strings(data.nodes)].reverse());
+    if (qmp) await abandonMirrors(qmp, jobs, [...strings(data.nodes)].reverse());
     const files = [...strings(data.created), ...strings(data.taken)];
     const { dataDir } = ctx.host;
     const vmId = ctx.spec.id;
@@ -245,7 +290,7 @@ export const storageBackup: Step<StorageCtx> = {
     // it inconsistent), so no retry could resume either.
     if (ctx.job.signal.aborted || !alive) {
       for (const f of files) await fsp.rm(f, { force: true });
-      if (alive) for (const b of backups) await removeResumeBitmap(proc.qmp, b.device, b.bitmap);
+      if (qmp) for (const b of backups) await removeResumeBitmap(qmp, b.device, b.bitmap);
       await unmarkBitmap(dataDir, vmId, bitmap).catch(() => undefined);
       return;
     }
@@ -273,7 +318,7 @@ export const storageBackup: Step<StorageCtx> = {
 export const storageSwitch: Step<StorageCtx> = {
   name: 'switch',
   phase: 'switching-over',
-  when: resumableStorage,
+  when: (ctx) => ctx.proc !== null && resumableStorage(ctx),
   async run(ctx, s) {
     const qmp = needQmp(ctx, 'switch the disks');
     ctx.job.enter('switching-over', 'all copies made: pausing the guest for its last writes and the switch');

@@ -41,11 +41,14 @@ import { dropLeftBehind, dropStoredLeftBehind, droppedLine } from '../resume-bit
 import {
   dropKeptCopies,
   dropStorageBitmap,
+  plannedResumable,
   resumableJournal,
   resumableStorage,
   resumePaused,
   storageBackup,
   storageBitmapOf,
+  storageCloseDisks,
+  storageOpenDisks,
   storageSwitch,
 } from './storage-resume.js';
 
@@ -164,7 +167,8 @@ const chain: Step<StorageCtx> = {
  */
 async function dropEarlier(ctx: StorageCtx, log: (m: string) => void, signal: AbortSignal): Promise<void> {
   const { spec } = ctx;
-  const resumable = resumableStorage(ctx);
+  // Planned, not running yet: a stopped VM's daemon opens its disks after this.
+  const resumable = plannedResumable(ctx);
   const why = resumable
     ? 'a storage move resumes only its own'
     : `this move does not resume a copy (${ctx.plan.copy?.method ?? 'mirror'})`;
@@ -177,7 +181,13 @@ async function dropEarlier(ctx: StorageCtx, log: (m: string) => void, signal: Ab
           resumable ? storageBitmapOf(spec.id, ctx.host.name) : null,
           { signal },
         )
-      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, null, { signal });
+      : await dropStoredLeftBehind(
+          spec.disks,
+          ctx.host.dataDir,
+          spec.id,
+          resumable ? storageBitmapOf(spec.id, ctx.host.name) : null,
+          { signal },
+        );
     if (dropped.length) log(droppedLine(dropped, why));
     if (!resumable)
       for (const f of await dropKeptCopies(ctx.host.dataDir, spec))
@@ -260,7 +270,8 @@ const mirror: Step<StorageCtx> = {
 const convert: Step<StorageCtx> = {
   name: 'convert',
   phase: 'copying-storage',
-  when: (ctx) => ctx.proc === null,
+  // A stopped VM's resumable copy runs the backup step through qemu-storage-daemon instead.
+  when: (ctx) => ctx.proc === null && !plannedResumable(ctx),
   async run(ctx, s) {
     const r = ctx.job.record;
     const created: string[] = [];
@@ -477,6 +488,20 @@ async function resolveStorage(ctx: StorageCtx, _err: unknown, s: UndoScope): Pro
 
 export const storageKind: MoveKind<StorageCtx> = {
   name: 'storage',
-  steps: [slot, dirs, check, chain, mirror, storageBackup, convert, pivot, storageSwitch, commit, cleanup],
+  steps: [
+    slot,
+    dirs,
+    check,
+    storageOpenDisks,
+    chain,
+    mirror,
+    storageBackup,
+    storageCloseDisks,
+    convert,
+    pivot,
+    storageSwitch,
+    commit,
+    cleanup,
+  ],
   resolve: resolveStorage,
 };

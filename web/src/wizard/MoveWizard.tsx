@@ -18,7 +18,7 @@ import { StepSummary } from './StepSummary.js';
 import { StepProgress } from './StepProgress.js';
 import {
   STEP_TITLES,
-  copiesRunningDisks,
+  copiesDisks,
   initialChoices,
   moveOptions,
   stepsFor,
@@ -161,7 +161,7 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
                 type={c.type}
                 value={c.option}
                 onChange={(option) => update({ option })}
-                copying={copiesRunningDisks(vm, c)}
+                copying={copiesDisks(vm, c)}
                 resumable={c.resumable}
                 onResumable={(resumable) => update({ resumable })}
               />

@@ -4,14 +4,17 @@ import type { MoveOption, MoveType } from './state.js';
 const COPY: Record<ResumableMode, string> = {
   auto: 'Automatic: resumable when the disks hold 1 GiB or more',
   always: 'Resumable: after a cut, a retry copies only what is left',
-  never: 'Mirror: the shortest switch; a cut copy starts over',
+  never: 'Plain: the shortest switch; a cut copy starts over',
 };
 const COPY_HELP: Record<ResumableMode, string> = {
-  auto: 'Small disks are mirrored (a cut costs little to redo); larger ones are copied so that a retry resumes.',
+  auto: 'Small disks are copied plainly (a cut costs little to redo); larger ones so that a retry resumes.',
   always:
     'The copy is kept if the move is cut (an agent restart, a full pool, a broken link); the same move resumes it. ' +
-    'It costs a short pause of the VM at the switch.',
-  never: 'The disks are mirrored: no extra pause, but a move cut mid-copy copies everything again.',
+    "It costs a running VM a short pause at the switch; a stopped VM's disks must be qcow2 " +
+    '(others are copied plainly).',
+  never:
+    "A running VM's disks are mirrored (no extra pause), a stopped VM's copied by qemu-img; a move cut mid-copy " +
+    'copies everything again.',
 };
 
 const CHOICES: Array<{ value: MoveOption; label: string; help: string; vmOnly?: boolean }> = [
@@ -44,7 +47,7 @@ export function StepOptions({
   type: MoveType | null;
   value: MoveOption | null;
   onChange: (v: MoveOption) => void;
-  /** The move copies a running VM's disks: how is asked too. */
+  /** The move copies the VM's disks: how is asked too. */
   copying: boolean;
   resumable: ResumableMode;
   onResumable: (v: ResumableMode) => void;

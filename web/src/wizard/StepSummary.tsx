@@ -1,11 +1,11 @@
 import { Fragment } from 'react';
 import type { VmView } from '../../../src/api/schemas.js';
-import { chainDiskPath, changedItems, copiesRunningDisks, disksFollowChain, type Choices } from './state.js';
+import { chainDiskPath, changedItems, copiesDisks, disksFollowChain, type Choices } from './state.js';
 
 const COPY_LABEL = {
   auto: 'Automatic (resumable for disks of 1 GiB or more)',
   always: 'Resumable after a cut',
-  never: 'Mirror',
+  never: 'Plain (not resumable)',
 } as const;
 
 const OPTION_LABEL = {
@@ -58,7 +58,7 @@ export function StepSummary({ vm, choices: c, request }: { vm: VmView; choices: 
         <dd data-testid="summary-destination">{to}</dd>
         <dt>Option</dt>
         <dd data-testid="summary-option">{c.option ? OPTION_LABEL[c.option] : '–'}</dd>
-        {copiesRunningDisks(vm, c) && (
+        {copiesDisks(vm, c) && (
           <>
             <dt>Disk copy</dt>
             <dd data-testid="summary-copy">{COPY_LABEL[c.resumable]}</dd>

@@ -21,7 +21,7 @@ export interface Choices {
   /** The folder of the checkpoint tree and files, and the Smart Paging folder. */
   checkpointPath: string;
   pagingPath: string;
-  /** How a running VM's disks are copied (`--resumable`): only asked when disks are copied. */
+  /** How the VM's disks are copied (`--resumable`): only asked when disks are copied. */
   resumable: ResumableMode;
 }
 
@@ -49,9 +49,12 @@ export function initialChoices(vm: VmView): Choices {
   };
 }
 
-/** Whether the move copies a running VM's disks (so how they are copied is the user's to choose). */
-export const copiesRunningDisks = (vm: VmView, c: Pick<Choices, 'option'>): boolean =>
-  (vm.state === 'running' || vm.state === 'paused') && c.option !== null && c.option !== 'vmonly';
+/**
+ * Whether the move copies the VM's disks (so how they are copied is the user's to choose): a
+ * running VM's by the mirror or resumable passes, a stopped VM's by qemu-img or the same passes.
+ */
+export const copiesDisks = (_vm: VmView, c: Pick<Choices, 'option'>): boolean =>
+  c.option !== null && c.option !== 'vmonly';
 
 /** `--resumable` as the request says it: left out for the default. */
 const resumableOf = (c: Choices): { resumable?: ResumableMode } =>
