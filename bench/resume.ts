@@ -1,15 +1,15 @@
 // Resumable disk copy benchmark (issue 17 item 6): what a retry re-copies after a cut, for a
-// shared-nothing move (`move-vm --include-storage`, the destination's QEMU killed), the same
-// of a stopped VM (its disks read by qemu-storage-daemon) and a storage move (`move-storage`,
-// the agent killed), against a full copy of the same disk in the same round.
+// shared-nothing move (`move-vm --include-storage`, the destination's QEMU killed) and a
+// storage move (`move-storage`, the agent killed), each of a running and of a stopped VM (whose
+// disks qemu-storage-daemon reads), against a full copy of the same disk in the same round.
 //
 //   npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS]
-//                           [--paths shared-nothing,stopped,move-storage] [--keep]
+//                           [--paths shared-nothing,stopped,move-storage,stopped-storage] [--keep]
 //
-// Per round and path: a bootblock VM on host-a (stopped for `stopped`) with a qcow2 of N MiB
-// (default 256) fully written attached. First a full copy (`--resumable always`, no limit): its
-// wall time is the baseline (for `stopped` the round also times the stopped VM's usual copy,
-// `--resumable never`: qemu-img convert). Then the same move of a fresh VM, slowed to
+// Per round and path: a bootblock VM on host-a (stopped for the stopped paths) with a qcow2 of N
+// MiB (default 256) fully written attached. First a full copy (`--resumable always`, no limit):
+// its wall time is the baseline (for the stopped paths the round also times the stopped VM's
+// usual copy, `--resumable never`: qemu-img convert). Then the same move of a fresh VM, slowed to
 // --bandwidth MiB/s (default 16) so the cut lands at --cut % (default 50) of the data disk's
 // copy, read from the source QEMU's (or daemon's) job; the cut; the same command without the
 // limit as the retry. Printed per round: where the cut landed, what the retry re-copied (the
@@ -38,7 +38,7 @@ import {
   table,
 } from './lib/storage-util.js';
 
-const PATHS = ['shared-nothing', 'stopped', 'move-storage'] as const;
+const PATHS = ['shared-nothing', 'stopped', 'move-storage', 'stopped-storage'] as const;
 type PathName = (typeof PATHS)[number];
 
 interface Row {
@@ -50,7 +50,7 @@ interface Row {
   diskMiB: number;
   retryWallMs: number;
   downtimeMs: number | null;
-  /** `stopped` only: the same full copy by qemu-img convert (--resumable never). */
+  /** The stopped paths only: the same full copy by qemu-img convert (--resumable never). */
   convertWallMs: number | null;
   load1: number;
 }
@@ -73,7 +73,7 @@ async function main(): Promise<void> {
   if (process.argv.includes('--help')) {
     process.stdout.write(
       'npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS] ' +
-        '[--paths shared-nothing,stopped,move-storage] [--keep]\n',
+        '[--paths shared-nothing,stopped,move-storage,stopped-storage] [--keep]\n',
     );
     return;
   }
@@ -142,7 +142,7 @@ async function main(): Promise<void> {
       );
     };
     const moveArgs = (p: PathName, name: string, tag: string, mode = 'always'): string[] =>
-      p === 'move-storage'
+      p === 'move-storage' || p === 'stopped-storage'
         ? ['move-storage', name, '--path', local('host-a', `${name}-${tag}`), '--resumable', mode]
         : ['move-vm', name, '--to', 'host-b', '--include-storage', '--max-downtime', '5000', '--resumable', mode];
     const remove = async (name: string): Promise<void> => {
@@ -178,8 +178,9 @@ async function main(): Promise<void> {
 
     for (let round = 1; round <= rounds; round++) {
       for (const p of paths as PathName[]) {
-        const tag = `${{ 'shared-nothing': 'sn', stopped: 'so', 'move-storage': 'st' }[p]}${round}`;
-        const stopped = p === 'stopped';
+        const short = { 'shared-nothing': 'sn', stopped: 'so', 'move-storage': 'st', 'stopped-storage': 'ss' };
+        const tag = `${short[p]}${round}`;
+        const stopped = p === 'stopped' || p === 'stopped-storage';
         log(`round ${round} ${p}: full copy`);
         const full = await newVm(`f${tag}`, stopped);
         const f = await cli.move(moveArgs(p, full.name, 'full'), MOVE_MS);
@@ -198,7 +199,7 @@ async function main(): Promise<void> {
           await cli.ok([...moveArgs(p, vm.name, 'cut'), '--bandwidth', String(bandwidth), '--no-wait'], 60_000)
         ).stdout.trim();
         const at = await awaitCut(vm, id);
-        if (p !== 'move-storage') {
+        if (p === 'shared-nothing' || p === 'stopped') {
           for (const pid of await hostQemuPids(dataDir('host-b')))
             if ((await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).includes(vm.id) && pid !== vm.pid)
               process.kill(pid, 'SIGKILL');
@@ -287,7 +288,7 @@ async function main(): Promise<void> {
       process.stdout.write(
         `${p}: re-copied median ${fmt(median(pct), 0)} %, worst ${fmt(Math.max(...pct), 0)} %; ` +
           `retry / full copy wall median ${fmt(median(ratio), 2)}, worst ${fmt(Math.max(...ratio), 2)}` +
-          (p === 'stopped'
+          (p === 'stopped' || p === 'stopped-storage'
             ? `; full resumable copy / qemu-img convert wall median ${fmt(
                 median(rs.map((r) => r.fullWallMs / (r.convertWallMs ?? r.fullWallMs))),
                 2,

@@ -16,7 +16,7 @@ import { liveKind } from './kinds/live.js';
 import { offlineKind } from './kinds/offline.js';
 import { sharedNothingKind } from './kinds/shared-nothing.js';
 import { storageKind, type StorageCtx } from './kinds/storage.js';
-import { keptCopyAt } from './kinds/storage-resume.js';
+import { keptCopiesOf, keptCopyAt } from './kinds/storage-resume.js';
 import { isTerminal, PHASES } from './phases.js';
 import { storagePlan, type StoragePlan } from './plan.js';
 import { SlotQueue } from './queue.js';
@@ -226,6 +226,7 @@ export class MigrationManager {
     const plan = await storagePlan(host.pools(), host.name, spec, req, {
       running,
       kept: keptCopyAt(host.dataDir, spec.id),
+      others: keptCopiesOf(host.dataDir, spec.id),
     });
     const job = this.newJob({
       vm: req.vm,

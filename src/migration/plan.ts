@@ -198,13 +198,19 @@ export interface StoragePlan {
 /** Whether a storage move's new path holds a cut copy of this disk kept for a retry (kinds/storage-resume.ts). */
 export type KeptCopyAt = (diskId: string, dest: string) => Promise<boolean>;
 
+/** The VM's kept cut copies of earlier storage moves (storage-resume.ts), by disk. */
+export type KeptCopies = () => Promise<Array<{ diskId: string; path: string }>>;
+
 /** Destination of every item of a storage move, checked before anything starts. */
 export async function storagePlan(
   pools: PoolDef[],
   hostName: string,
   spec: VmSpec,
   req: StorageMoveRequest,
-  at: { running: boolean; kept: KeptCopyAt } = { running: false, kept: () => Promise.resolve(false) },
+  at: { running: boolean; kept: KeptCopyAt; others?: KeptCopies } = {
+    running: false,
+    kept: () => Promise.resolve(false),
+  },
 ): Promise<StoragePlan> {
   const inFolder = (p: string): boolean => isInside(path.resolve(p), path.resolve(spec.configPath));
   const configPath = req.configPath ?? req.path ?? spec.configPath;
@@ -298,18 +304,42 @@ export async function storagePlan(
         'choose another --config-path',
     );
   }
+  const freed = await freedByBegin(pools, spec, plan, at.others);
   for (const [pool, bytes] of need) {
     const st = await poolStatus(pool, hostName);
-    if (bytes > st.freeBytes) {
+    const free = st.freeBytes + (freed.get(pool.name) ?? 0);
+    if (bytes > free) {
       throw new FerryError(
         'E_DEST_SPACE',
         `Cannot move the disks of VM '${spec.name}': they hold ${(bytes / MiB).toFixed(0)} MiB` +
           `${plan.chain ? ' with their checkpoints' : ''} but pool '${pool.name}' has ` +
-          `${(st.freeBytes / MiB).toFixed(0)} MiB free; free space or choose another pool`,
+          `${(free / MiB).toFixed(0)} MiB free; free space or choose another pool`,
       );
     }
   }
   return plan;
+}
+
+/**
+ * Per pool, the room the move's Begin frees: the VM's kept cut copies it does not take over
+ * (another path, a disk that stays) are deleted there (storage-resume.ts), so a retry to another
+ * path in a pool nearly full of its own kept copy is not refused. Never a file the VM uses.
+ */
+async function freedByBegin(
+  pools: PoolDef[],
+  spec: VmSpec,
+  plan: StoragePlan,
+  others: KeptCopies | undefined,
+): Promise<Map<string, number>> {
+  const freed = new Map<string, number>();
+  for (const k of (await others?.()) ?? []) {
+    const p = path.resolve(k.path);
+    if (plan.disks[k.diskId] === p || spec.disks.some((d) => path.resolve(d.path) === p)) continue;
+    const pool = poolOf(pools, p);
+    const st = await fsp.lstat(p).catch(() => null);
+    if (pool && st?.isFile()) freed.set(pool.name, (freed.get(pool.name) ?? 0) + st.blocks * 512);
+  }
+  return freed;
 }
 
 /**

@@ -17,9 +17,9 @@ import type { Job } from '../job.js';
 import { bitmapState, removeResumeBitmap, type BackupSpec } from '../resume-copy.js';
 import type { Step } from '../runner.js';
 import { MigrationFailedError, needSpec, type SourceCtx } from '../source.js';
-import { resumes } from './backup-copy.js';
 
-const stoppedResumable = (ctx: SourceCtx): boolean => ctx.proc === null && resumes(ctx);
+// As backup-copy.ts's `resumes` (not imported: backup-copy.ts imports this file's users).
+const stoppedResumable = (ctx: SourceCtx): boolean => ctx.proc === null && ctx.plan?.copy.method === 'resumable';
 
 /** What a move that opens a stopped VM's disks has (a shared-nothing or a storage move's context). */
 interface DisksCtx {

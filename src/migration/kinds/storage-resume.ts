@@ -32,7 +32,7 @@ import {
 import type { MirrorSpec } from '../block.js';
 import { claimFile, poolRoots } from '../claim.js';
 import { statOf, type KeepEntry } from '../incoming-resume.js';
-import type { KeptCopyAt } from '../plan.js';
+import type { KeptCopies, KeptCopyAt } from '../plan.js';
 import { testHold } from '../policy.js';
 import { copyEta, foldMirrorProgress } from '../progress.js';
 import { markBitmap, unmarkBitmap } from '../resume-bitmaps.js';
@@ -101,6 +101,11 @@ export const storageBitmapOf = (vmId: string, host: string): string => resumeBit
 /** For the plan: `dest` holds this VM disk's kept cut copy (so the file there is the move's to take or replace). */
 export function keptCopyAt(dataDir: string, vmId: string): KeptCopyAt {
   return async (diskId, dest) => (await readMarker(dataDir, vmId, diskId, STORAGE_DIR))?.path === dest;
+}
+
+/** For the plan: the VM's kept copies, whose room its Begin frees unless it takes them over. */
+export function keptCopiesOf(dataDir: string, vmId: string): KeptCopies {
+  return async () => (await markersOf(dataDir, vmId, STORAGE_DIR)).map((m) => ({ diskId: m.diskId, path: m.path }));
 }
 
 /** A kept copy is never one of the VM's own disks (a marker could outlive a move that made it so). */
