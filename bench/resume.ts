@@ -6,8 +6,8 @@
 //   npx tsx bench/resume.ts [--rounds N] [--size-mib N] [--cut PCT] [--bandwidth MIBPS]
 //                           [--paths shared-nothing,stopped,move-storage,stopped-storage] [--keep]
 //
-// Per round and path: a bootblock VM on host-a (stopped for the stopped paths) with a qcow2 of N
-// MiB (default 256) fully written attached. First a full copy (`--resumable always`, no limit):
+// Per round and path: a bootblock VM on host-a (a stopped probe VM for the stopped paths) with a
+// qcow2 of N MiB (default 256) fully written attached. First a full copy (`--resumable always`, no limit):
 // its wall time is the baseline (for the stopped paths the round also times the stopped VM's
 // usual copy, `--resumable never`: qemu-img convert). Then the same move of a fresh VM, slowed to
 // --bandwidth MiB/s (default 16) so the cut lands at --cut % (default 50) of the data disk's
@@ -121,25 +121,16 @@ async function main(): Promise<void> {
     await runOk('qemu-img', ['create', '-q', '-f', 'qcow2', master, `${sizeMiB}M`], 60_000);
     await runOk('qemu-io', ['-f', 'qcow2', '-c', `write -P 0x5a 0 ${sizeMiB}M`, master], 300_000);
 
-    /** A bootblock VM on host-a with a copy of the master disk attached, running unless `stopped`. */
+    /**
+     * A VM on host-a with a copy of the master disk attached: a running bootblock guest, or a
+     * stopped probe VM (never started: its own small qcow2 disk, where the bootblock's is raw
+     * and a raw disk makes a stopped VM's copy qemu-img's).
+     */
     const newVm = async (name: string, stopped = false): Promise<VmView> => {
       const img = local('host-a', `${name}-data.qcow2`);
       await fsp.copyFile(master, img);
-      return cli.json<VmView>(
-        [
-          'vm',
-          'new',
-          name,
-          '--host',
-          'host-a',
-          '--guest',
-          'bootblock',
-          '--attach',
-          img,
-          ...(stopped ? [] : ['--start']),
-        ],
-        90_000,
-      );
+      const guest = stopped ? ['--guest', 'probe', '--disk', '16M'] : ['--guest', 'bootblock', '--start'];
+      return cli.json<VmView>(['vm', 'new', name, '--host', 'host-a', ...guest, '--attach', img], 90_000);
     };
     const moveArgs = (p: PathName, name: string, tag: string, mode = 'always'): string[] =>
       p === 'move-storage' || p === 'stopped-storage'

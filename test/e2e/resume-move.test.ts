@@ -124,7 +124,7 @@ async function cutMove(name: string): Promise<{ vm: VmView; move: string[]; at: 
   // otherwise the same command, copies memory at full speed, because a Linux guest whose memory
   // moves for a minute at 4 MiB/s under TCG can die of QEMU-NOTES §E (CI saw it once).
   const move = ['move-vm', name, '--to', 'host-b', '--include-storage', '--resumable', 'always'];
-  const id = (await ferryOk<string>([...move, '--bandwidth', '4', '--no-wait'], { lab: L.lab })).trim();
+  const id = (await ferryOk<string>([...move, '--bandwidth', '8', '--no-wait'], { lab: L.lab })).trim();
   const { cut, ...at } = await cutCopyAt(L, vm, id, CUT);
   assert.equal(cut.diskCopy, 'resumable');
   assert.equal((await show(name)).host, 'host-a');

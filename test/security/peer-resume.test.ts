@@ -84,7 +84,7 @@ test("setup: host-a's shared-nothing move to host-b is cut at ~60 %; host-b keep
   // copy. Only the cut move is slowed: the retry's memory copy runs at full speed (QEMU-NOTES §E,
   // as resume-move.test.ts).
   moveCmd = ['move-vm', NAME, '--to', 'host-b', '--include-storage', '--resumable', 'always'];
-  const id = (await ferryOk<string>([...moveCmd, '--bandwidth', '4', '--no-wait'], { lab: L.lab })).trim();
+  const id = (await ferryOk<string>([...moveCmd, '--bandwidth', '8', '--no-wait'], { lab: L.lab })).trim();
   // As resume-move.test.ts: cut at the mark.
   await cutCopyAt(L, vm, id, CUT);
   assert.equal((await show(NAME)).host, 'host-a');
