@@ -84,6 +84,16 @@ async function newVm(name: string): Promise<VmView> {
   return vm;
 }
 
+/** Cuts move `id` by host-a's agent's death (SIGKILL, then `lab up`); returns its record once it ended. */
+async function cutByAgentRestart(id: string): Promise<MigrationRecord> {
+  const agent = L.status.hosts.find((h) => h.name === 'host-a');
+  assert.ok(agent?.agentPid);
+  process.kill(agent.agentPid, 'SIGKILL');
+  await sleep(500);
+  L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
+  return waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
+}
+
 /**
  * The retry of a cut move (the same command): it completes by resumable passes, both disks
  * resumed, each and all of them re-sending less than half, and the record says so. Returns the
@@ -221,12 +231,7 @@ test(
     const move = ['move-storage', name, '--path', to, '--resumable', 'always'];
     const id = (await ferryOk<string>([...move, '--bandwidth', '2', '--no-wait'], { lab: L.lab })).trim();
     const at = await copiesPast(L, vm, 'copy-', CUT);
-    const agent = L.status.hosts.find((h) => h.name === 'host-a');
-    assert.ok(agent?.agentPid);
-    process.kill(agent.agentPid, 'SIGKILL');
-    await sleep(500);
-    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
-    const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
+    const cut = await cutByAgentRestart(id);
     assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
     assert.equal(cut.diskCopy, 'resumable');
     const still = await show(name);
@@ -380,12 +385,7 @@ test(
   async (t) => {
     const m = await stoppedMove('resume6');
     const at = await copiesPast(L, m.vm, 'mirror-', CUT, path.join(m.dir, 'qmp-admin.sock'));
-    const agent = L.status.hosts.find((h) => h.name === 'host-a');
-    assert.ok(agent?.agentPid);
-    process.kill(agent.agentPid, 'SIGKILL');
-    await sleep(500);
-    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
-    const cut = await waitMigration(L, m.id, ['failed', 'cancelled', 'completed'], 90_000);
+    const cut = await cutByAgentRestart(m.id);
     await assertStoppedCut(m, cut);
     t.diagnostic(await retryStopped(m, at));
   },
@@ -409,12 +409,7 @@ test(
     const id = (await ferryOk<string>([...move, '--bandwidth', '4', '--no-wait'], { lab: L.lab })).trim();
     const dir = path.join(hostData(L, 'host-a'), 'run', `copy-${id.slice(0, 8)}`);
     const at = await copiesPast(L, vm, 'copy-', CUT, path.join(dir, 'qmp-admin.sock'));
-    const agent = L.status.hosts.find((h) => h.name === 'host-a');
-    assert.ok(agent?.agentPid);
-    process.kill(agent.agentPid, 'SIGKILL');
-    await sleep(500);
-    L.status = await ferryOk<LabStatus>(['lab', 'up', '--dir', L.lab, '--json']);
-    const cut = await waitMigration(L, id, ['failed', 'cancelled', 'completed'], 90_000);
+    const cut = await cutByAgentRestart(id);
     assert.equal(cut.state, 'failed', `the cut move: ${JSON.stringify(cut.error)}`);
     assert.equal(cut.diskCopy, 'resumable');
     const still = await show(name);
