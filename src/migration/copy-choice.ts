@@ -20,7 +20,7 @@ export const RESUMABLE_MIN_BYTES = 1024 ** 3;
 
 const gib = (n: number): string => `${(n / 1024 ** 3).toFixed(2)} GiB`;
 
-type Disk = { id: string; format: string; allocatedBytes: number };
+type Disk = { id: string; format: string; allocatedBytes: number; readOnly?: boolean };
 
 /** A running VM's copy; `onChain` is a VM over a copied checkpoint chain (the mirror's sync=top). */
 export function chooseCopy(mode: ResumableMode, disks: ReadonlyArray<Disk>, onChain: boolean): CopyChoice {
@@ -40,7 +40,7 @@ export function chooseCopy(mode: ResumableMode, disks: ReadonlyArray<Disk>, onCh
  * The move's copy. A stopped VM's disks are read by qemu-img, unless `--resumable` chooses the
  * resumable copy and every disk is qcow2: then qemu-storage-daemon runs the same backup passes
  * (kinds/stopped-copy.ts), and the bitmap of a cut copy lives on in the image (a raw disk has
- * nowhere to store it once the daemon quits).
+ * nowhere to store it once the daemon quits, a read-only one cannot be written).
  */
 export function moveCopy(
   running: boolean,
@@ -57,5 +57,8 @@ export function moveCopy(
   if (c.method !== 'resumable') return offline(c.why);
   const raw = disks.find((d) => d.format !== 'qcow2');
   if (raw) return offline(`disk '${raw.id}' is ${raw.format}, only qcow2 stores the bitmap`);
+  // QEMU accepts the bitmap on a read-only node but cannot store it ("Lost persistent bitmaps").
+  const ro = disks.find((d) => d.readOnly);
+  if (ro) return offline(`disk '${ro.id}' is read-only, so its bitmap cannot be stored`);
   return { method: 'resumable', why: `${c.why}; qemu-storage-daemon reads the stopped VM's disks` };
 }

@@ -123,7 +123,13 @@ export async function sharedNothingPlan(
     };
   }
   // A stopped VM with checkpoints sends its chain's files as they are (kinds/chain.ts): no resume.
-  const copy = moveCopy(running, options.resumable, disks, topOnly.length > 0 || (!running && chain !== null));
+  const readOnly = (id: string): boolean => spec.disks.find((x) => x.id === id)?.readOnly ?? false;
+  const copy = moveCopy(
+    running,
+    options.resumable,
+    disks.map((d) => ({ ...d, readOnly: readOnly(d.id) })),
+    topOnly.length > 0 || (!running && chain !== null),
+  );
   return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null, copy };
 }
 
@@ -265,7 +271,7 @@ export async function storagePlan(
     );
   }
   const need = new Map<PoolDef, number>();
-  const sized: Array<{ id: string; format: string; allocatedBytes: number }> = [];
+  const sized: Array<{ id: string; format: string; allocatedBytes: number; readOnly: boolean }> = [];
   for (const [id, dest] of Object.entries(plan.disks)) {
     const pool = await assertInUsablePool(pools, hostName, dest, `destination of disk ${id}`);
     // A cut copy of this very disk kept there is this move's to resume or replace.
@@ -280,7 +286,7 @@ export async function storagePlan(
     const d = spec.disks.find((x) => x.id === id);
     if (!d) continue;
     const size = await imageInfo(d.path, { forceShare: true, format: d.format }).then((i) => i.actualSizeBytes);
-    sized.push({ id, format: d.format, allocatedBytes: size });
+    sized.push({ id, format: d.format, allocatedBytes: size, readOnly: d.readOnly });
     // The kept copy already holds its share of the pool.
     const held = kept ? (await fsp.stat(dest)).blocks * 512 : 0;
     need.set(pool, (need.get(pool) ?? 0) + Math.max(0, size - held));

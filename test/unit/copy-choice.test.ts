@@ -8,7 +8,12 @@ import { mirrorStep } from '../../src/migration/kinds/live.js';
 import type { SourceCtx } from '../../src/migration/source.js';
 
 const GiB = 1024 ** 3;
-const disk = (id: string, allocatedBytes: number, format = 'qcow2') => ({ id, format, allocatedBytes });
+const disk = (id: string, allocatedBytes: number, format = 'qcow2') => ({
+  id,
+  format,
+  allocatedBytes,
+  readOnly: false,
+});
 
 test('auto: resumable from 1 GiB allocated across the disks, the mirror below', () => {
   assert.equal(RESUMABLE_MIN_BYTES, GiB);
@@ -60,6 +65,12 @@ test("a stopped VM's move resumes as a running one's, qcow2 only (the image stor
     why: "the VM is stopped (qemu-img copies its disks: disk 'disk1' is raw, only qcow2 stores the bitmap)",
   });
   assert.equal(sn('always', [disk('disk0', 1)], true).method, 'offline');
+  assert.deepEqual(sn('always', [disk('disk0', 1), { ...disk('disk1', 1), readOnly: true }]), {
+    method: 'offline',
+    why: "the VM is stopped (qemu-img copies its disks: disk 'disk1' is read-only, so its bitmap cannot be stored)",
+  });
+  // A running VM's bitmap lives in its QEMU: a read-only disk resumes while that QEMU runs.
+  assert.equal(moveCopy(true, 'always', [{ ...disk('disk0', 1), readOnly: true }], false).method, 'resumable');
 });
 
 test('the steps read the choice the plan holds: it is not computed again', () => {
