@@ -1,8 +1,9 @@
-// A storage move's resumable copy (issue 17 item 6): a running VM's disks copied to their new
-// place by backup passes with a dirty bitmap (as a shared-nothing move's, backup-copy.ts)
-// instead of a mirror, so a copy cut mid-way (the agent restarted, the pool filled up, an I/O
-// error) is resumed by a retry of the same `move-storage`: only what the bitmap says the copy
-// still owes is copied again. Chosen once in the plan (`--resumable`, copy-choice.ts).
+// A storage move's resumable copy (issue 17 item 6): a VM's disks copied to their new place by
+// backup passes with a dirty bitmap (as a shared-nothing move's, backup-copy.ts; a stopped VM's
+// through qemu-storage-daemon, stopped-copy.ts, with no pause and no switch)
+// instead of a mirror or qemu-img, so a copy cut mid-way (the agent restarted, the pool filled
+// up, an I/O error) is resumed by a retry of the same `move-storage`: only what the bitmap says
+// the copy still owes is copied again. Chosen once in the plan (`--resumable`, copy-choice.ts).
 //
 // QEMU 7.2 cannot swap a backup's target in for the guest's disk, so the switch is: guest
 // paused, the last pass (what it wrote since the catch-up passes), a `sync: none` mirror onto
