@@ -1,10 +1,10 @@
 // qemu-storage-daemon for a stopped VM's disks: QEMU's block layer without a guest, driven over
-// QMP like a VM's QEMU. A stopped VM's shared-nothing copy runs the same resumable backup
-// passes through it as a running VM's (kinds/backup-copy.ts), so its persistent dirty bitmap
-// is stored in the qcow2 when the daemon quits and a retry resumes from it (issue 17 item 6).
-// It runs as QEMU's user and opens the disks with the nodes QEMU would (argv.ts diskBlockdevs:
-// the checked backing chain pinned), detached so an agent restart does not kill it mid-write;
-// the move's undo (or its recovery after a restart) stops it by the pid it recorded.
+// QMP like a VM's QEMU. A stopped VM's shared-nothing or storage move runs the same resumable
+// backup passes through it as a running VM's (kinds/stopped-copy.ts), so its persistent dirty
+// bitmap is stored in the qcow2 when the daemon quits and a retry resumes from it (issue 17
+// item 6). It runs as QEMU's user and opens the disks with the nodes QEMU would (argv.ts
+// diskBlockdevs: the checked backing chain pinned), detached so an agent restart does not kill
+// it mid-write; the move's undo (or its recovery after a restart) stops it, found by its folder.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';

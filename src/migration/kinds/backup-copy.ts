@@ -32,6 +32,7 @@ import type { Step, StepScope } from '../runner.js';
 import { MigrationFailedError, needProc, needSpec, type SourceCtx } from '../source.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
 import { dropKeptCopies } from './storage-resume.js';
+import { openQmpOf, readsDisks } from './stopped-copy.js';
 import { dropLeftBehind, dropStoredLeftBehind, droppedLine, markBitmap, unmarkBitmap } from '../resume-bitmaps.js';
 
 type Storage = NonNullable<IncomingRequest['storage']>;
@@ -43,23 +44,19 @@ export function resumes(ctx: SourceCtx): boolean {
 
 /** The passes run now: in the running VM's QEMU, or in the daemon that opened a stopped VM's disks. */
 export function backupCopy(ctx: SourceCtx): boolean {
-  return resumes(ctx) && (ctx.proc !== null || (ctx.daemon ?? null) !== null);
+  return resumes(ctx) && readsDisks(ctx);
 }
 
 /** The QMP of what reads the disks: the VM's QEMU, or a stopped VM's storage daemon (stopped-copy.ts). */
 export function copyQmp(ctx: SourceCtx): QmpClient {
-  const qmp = ctx.proc?.qmp ?? ctx.daemon?.qmp;
+  const qmp = openQmpOf(ctx);
   if (!qmp)
     throw new MigrationFailedError(
       'E_INTERNAL',
-      `Cannot copy the disks of VM '${needSpec(ctx).name}': nothing has them open`,
+      `Cannot copy the disks of VM '${needSpec(ctx).name}': nothing has them open (its QEMU stopped)`,
     );
   return qmp;
 }
-
-/** The same when it is still there to talk to (an undo), else null. */
-const openQmp = (ctx: SourceCtx): QmpClient | null =>
-  ctx.proc ? (ctx.proc.hasExited ? null : ctx.proc.qmp) : (ctx.daemon?.qmp ?? null);
 
 /** A disk's format node: found by its device in a VM's QEMU; named after the disk in the daemon. */
 const diskNode = (ctx: SourceCtx, qmp: QmpClient, diskId: string, signal: AbortSignal): Promise<string> =>
@@ -205,7 +202,7 @@ export const backupStep: Step<SourceCtx> = {
   async undo(ctx, data, _s) {
     // The bitmap stays: a retry to the same host resumes from it. Not after a cancel: the
     // destination deletes its copy then (abortDestination's discard), so nothing could resume.
-    const qmp = openQmp(ctx);
+    const qmp = openQmpOf(ctx);
     ctx.backups = [];
     // Kept from now: it expires with the destination's kept copy (resume-bitmaps.ts).
     if (!ctx.job.signal.aborted && ctx.spec && ((data.mirrors as BackupSpec[] | undefined) ?? []).length)
@@ -246,7 +243,7 @@ export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promi
  * QEMU quit. Never throws.
  */
 export async function dropResumeBitmaps(ctx: SourceCtx): Promise<void> {
-  const qmp = openQmp(ctx);
+  const qmp = openQmpOf(ctx);
   const backups = journalBackups(ctx);
   if (qmp) for (const b of backups) await removeResumeBitmap(qmp, b.device, b.bitmap);
   const vmId = ctx.spec?.id;

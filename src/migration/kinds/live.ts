@@ -57,6 +57,7 @@ import { addTlsCreds, qemuTlsDir } from '../tls.js';
 import { clusterQueueStep, compareStep, prepareDestination, slotStep, undoPrepare } from './common.js';
 import { copyQmp, dropResumeBitmaps, dropStoredBitmaps, lastPass, resumableRequest } from './backup-copy.js';
 import { addNbdTarget, DiskCopyWatch } from './disk-copy.js';
+import { openQmpOf, readsDisks } from './stopped-copy.js';
 
 const POLL_MS = 250;
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
@@ -66,7 +67,7 @@ export const tlsStep: Step<SourceCtx> = {
   name: 'tls',
   phase: 'preparing',
   // The VM's QEMU, or the daemon that opened a stopped VM's disks (kinds/stopped-copy.ts).
-  when: (ctx) => (ctx.proc !== null || (ctx.daemon ?? null) !== null) && ctx.host.settings().tls,
+  when: (ctx) => readsDisks(ctx) && ctx.host.settings().tls,
   async run(ctx, s) {
     const id = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
     s.record({ id });
@@ -74,8 +75,7 @@ export const tlsStep: Step<SourceCtx> = {
     return { id };
   },
   async undo(ctx, data, s) {
-    const proc = ctx.proc;
-    const qmp = proc ? (proc.hasExited ? null : proc.qmp) : (ctx.daemon?.qmp ?? null);
+    const qmp = openQmpOf(ctx);
     if (qmp && typeof data.id === 'string') {
       await qmp.execute('object-del', { id: data.id }, { signal: s.signal, timeoutMs: 5000 }).catch(() => undefined);
     }

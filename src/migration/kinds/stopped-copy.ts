@@ -8,6 +8,8 @@
 // inconsistent and the retry copies the disk whole.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
+import type { QemuProcess } from '../../qemu/process.js';
+import type { QmpClient } from '../../qemu/qmp.js';
 import { stopDaemonsOf, type StorageDaemon } from '../../qemu/storage-daemon.js';
 import { openDisksForCopy } from '../../vm/lifecycle.js';
 import type { VmSpec } from '../../vm/spec.js';
@@ -27,6 +29,19 @@ interface DisksCtx {
   job: Job;
   daemon?: StorageDaemon | null;
 }
+
+/** What reads a move's disks: the running VM's QEMU, or the daemon that opened a stopped VM's. */
+type Readers = { proc: QemuProcess | null; daemon?: StorageDaemon | null };
+
+/** Something reads the disks now (a running VM's QEMU, or this move's daemon). */
+export const readsDisks = (ctx: Readers): boolean => ctx.proc !== null || (ctx.daemon ?? null) !== null;
+
+/**
+ * The QMP of what reads the disks while it is there to talk to, else null: a VM's QEMU that
+ * exited, or a daemon not reattached after an agent restart (its folder finds it: stopLeftDaemon).
+ */
+export const openQmpOf = (ctx: Readers): QmpClient | null =>
+  ctx.proc ? (ctx.proc.hasExited ? null : ctx.proc.qmp) : (ctx.daemon?.qmp ?? null);
 
 /**
  * The step that opens the disks `what` names in a storage daemon, in a folder of the move's own;

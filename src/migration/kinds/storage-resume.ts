@@ -52,7 +52,7 @@ import { checkKeptImage, decideResume, moveKeyOf, reportResumed, type Verdict } 
 import { dropMarker, expiredMarkers, keepImage, markersOf, readMarker, STORAGE_DIR } from '../resume-store.js';
 import type { Step, StepData } from '../runner.js';
 import { moving, type StorageCtx } from './storage-ctx.js';
-import { closeDisks, openDisksStepFor, openedDisks, stopLeftDaemon } from './stopped-copy.js';
+import { closeDisks, openDisksStepFor, openedDisks, openQmpOf, readsDisks, stopLeftDaemon } from './stopped-copy.js';
 
 /** Whether this storage move copies by resumable backup passes (decided once, in the plan). */
 export function plannedResumable(ctx: Pick<StorageCtx, 'plan'>): boolean {
@@ -61,7 +61,7 @@ export function plannedResumable(ctx: Pick<StorageCtx, 'plan'>): boolean {
 
 /** The passes run now: in the running VM's QEMU, or in the daemon that opened a stopped VM's disks. */
 export function resumableStorage(ctx: Pick<StorageCtx, 'proc' | 'plan' | 'daemon'>): boolean {
-  return plannedResumable(ctx) && (ctx.proc !== null || (ctx.daemon ?? null) !== null);
+  return plannedResumable(ctx) && readsDisks(ctx);
 }
 
 /** A stopped VM's resumable storage move: its disks are read by qemu-storage-daemon (stopped-copy.ts). */
@@ -146,11 +146,9 @@ export async function sweepKeptCopies(dataDir: string, inUse: (p: string) => boo
 }
 
 const needQmp = (ctx: StorageCtx, what: string): QmpClient => {
-  const proc = ctx.proc;
-  if (!proc && ctx.daemon) return ctx.daemon.qmp;
-  if (!proc || proc.hasExited)
-    throw new FerryError('E_VM_NOT_RUNNING', `Cannot ${what} of VM '${ctx.spec.name}': it stopped`);
-  return proc.qmp;
+  const qmp = openQmpOf(ctx);
+  if (!qmp) throw new FerryError('E_VM_NOT_RUNNING', `Cannot ${what} of VM '${ctx.spec.name}': it stopped`);
+  return qmp;
 };
 
 const strings = (x: unknown): string[] => (Array.isArray(x) ? x.filter((s): s is string => typeof s === 'string') : []);
@@ -275,14 +273,12 @@ export const storageBackup: Step<StorageCtx> = {
     return { created, taken, nodes, mirrors: backups, olds, kept };
   },
   async undo(ctx, data, s) {
-    const proc = ctx.proc;
     // The VM's QEMU, or the daemon of a stopped VM's copy. After an agent restart that daemon
-    // is not reattached but still runs: the open-disks undo (next) stops it cleanly, which
-    // stores its bitmap whole, so its copies are kept as a live QEMU's are.
-    const qmp = proc ? (proc.hasExited ? null : proc.qmp) : (ctx.daemon?.qmp ?? null);
-    const alive = qmp !== null || (proc === null && openedDisks(ctx));
-    // That daemon's passes still write the copies: stopped before they are kept (their marker
-    // records the file as it is, and a kept copy that changed after is not resumed).
+    // is not reattached but still runs, its passes still writing the copies: it is stopped
+    // here, cleanly (SIGTERM: its bitmap is stored whole), before the copies are kept (their
+    // marker records each file as it stays; one that changed after is not resumed).
+    const qmp = openQmpOf(ctx);
+    const alive = qmp !== null || (ctx.proc === null && openedDisks(ctx));
     if (!qmp && alive) await stopLeftDaemon(ctx);
     const backups = (data.mirrors as BackupSpec[] | undefined) ?? [];
     // Only the jobs' ids count there: the backup passes are cancelled like mirrors.
