@@ -8,6 +8,15 @@ import { dropGrpcIpServerNameWarning } from '../util/grpc-ip-warning.js';
 
 dropGrpcIpServerNameWarning();
 
+// `ferry vm list | head -1`: the reader left, so there is nobody to tell anything; stop quietly
+// instead of a Node stack trace. The daemons (agent, fence, console) only lose that output.
+const DAEMONS = new Set(['agent', 'fence', 'console']);
+for (const stream of [process.stdout, process.stderr])
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+    if (!DAEMONS.has(process.argv[2] ?? '')) process.exit(0);
+  });
+
 const program = buildProgram();
 try {
   await program.parseAsync(process.argv);

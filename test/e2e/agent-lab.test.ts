@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import https from 'node:https';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
 import { initDomain, issueCert, loadDomain } from '../../src/domain/ca.js';
@@ -14,6 +14,7 @@ import { sleep } from '../../src/util/exec.js';
 import type { VmView, HostView } from '../../src/api/schemas.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import { labTempDir } from '../helpers.js';
+import { REPO_ROOT } from '../../guest/paths.js';
 
 let dir = '';
 let lab = '';
@@ -81,6 +82,20 @@ test('lab status and host show give the contract JSON', async () => {
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /CIDR/);
   assert.doesNotMatch(bad.stderr, /\n\s+at /, 'no stack trace');
+});
+
+test('a reader that leaves early (`ferry host show … | head -1`) ends the command quietly', async () => {
+  // The pipe's reading end is closed before the command writes: its write fails with EPIPE.
+  const child = spawn(path.join(REPO_ROOT, 'bin', 'ferry'), ['host', 'show', 'host-a'], {
+    env: { ...process.env, FERRY_LAB: lab },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  child.stdout.destroy();
+  let stderr = '';
+  child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
+  assert.equal(stderr, '', 'nothing on stderr (no EPIPE stack trace)');
+  assert.equal(code, 0);
 });
 
 test('switches and pools', async () => {
