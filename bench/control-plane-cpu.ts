@@ -8,7 +8,11 @@
 // and CPU, and their ratios.
 //
 //   flock /work/wt/.heavy.lock npm run bench:cpu -- [--rounds N] [--startup-rounds N] [--idle-s S]
-//     [--baseline OLD_CLI.mjs]
+//     [--cluster-idle-s S] [--baseline OLD_CLI.mjs]
+//
+// Then (--cluster-idle-s, default 30; 0 skips it) an idle 3-node cluster lab with one HA VM:
+// each host's agent, fence and etcd member in CPU ms per s, and the etcd calls per s by method
+// (bench/lib/cluster-idle.ts).
 //
 // --baseline runs an older CLI bundle too (its --help, and every other move), for a before/after
 // of the CLI in one run; the agents are this checkout's in both.
@@ -23,18 +27,21 @@ import { REPO_ROOT, probeGuestFiles } from '../guest/paths.js';
 import type { MigrationRecord } from '../src/migration/schemas.js';
 import { readLab } from '../src/lab/file.js';
 import { fmt, max, median, table } from './lib/stats.js';
+import { clusterIdleReport, clusterLabDir } from './lib/cluster-idle.js';
 
 const { values: args } = parseArgs({
   options: {
     rounds: { type: 'string', default: '4' },
     'startup-rounds': { type: 'string', default: '7' },
     'idle-s': { type: 'string', default: '10' },
+    'cluster-idle-s': { type: 'string', default: '30' },
     baseline: { type: 'string' },
   },
 });
 const rounds = Number(args.rounds);
 const startupRounds = Number(args['startup-rounds']);
 const idleS = Number(args['idle-s']);
+const clusterIdleS = Number(args['cluster-idle-s']);
 const FERRY = path.join(REPO_ROOT, 'bin', 'ferry');
 const baseline = args.baseline ? [process.execPath, path.resolve(args.baseline)] : null;
 const clis: Array<[string, string[]]> = [
@@ -181,6 +188,39 @@ try {
   }
 } finally {
   await measured([FERRY, 'lab', 'down', '--dir', lab]).catch(() => undefined);
+}
+
+// An idle cluster: each host's agent, fence and etcd member, after a warm-up (the first minute
+// of a new cluster has its own work: joins, the first leader's sweep).
+let clusterIdle = '';
+try {
+  if (clusterIdleS > 0) {
+    const cl = clusterLabDir(dir);
+    const cenv = { FERRY_LAB: cl };
+    await ferryOk(['lab', 'up', '--dir', cl, '--hosts', '3', '--cluster'], {});
+    const status = JSON.parse((await ferryOk(['cluster', 'status', '--json'], cenv)).stdout) as { leader?: string };
+    const leader = status.leader ?? '';
+    const vmHost = ['host-a', 'host-b', 'host-c'].find((h) => h !== leader) ?? 'host-a';
+    await ferryOk(
+      [
+        'vm',
+        'new',
+        'ha1',
+        '--host',
+        vmHost,
+        '--guest',
+        'probe',
+        '--ha',
+        '--path',
+        path.join(cl, 'shared', 'ha1'),
+      ].concat('--start'),
+      cenv,
+    );
+    await sleep(30_000);
+    clusterIdle = await clusterIdleReport(cl, clusterIdleS, leader, vmHost);
+  }
+} finally {
+  await measured([FERRY, 'lab', 'down', '--dir', clusterLabDir(dir)]).catch(() => undefined);
   await fs.rm(dir, { recursive: true, force: true });
 }
 
@@ -223,5 +263,6 @@ process.stdout.write(
       }),
     ) +
     '\nagents idle (a running VM, no request), CPU ms per s: ' +
-    `${hosts.map((h) => `${h} ${fmt(idle[h] ?? null, 1)}`).join(', ')}\n`,
+    `${hosts.map((h) => `${h} ${fmt(idle[h] ?? null, 1)}`).join(', ')}\n` +
+    clusterIdle,
 );
