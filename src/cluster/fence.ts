@@ -546,6 +546,9 @@ async function fence(
   log(`fenced: ${names.join(', ') || 'nothing to stop'}`);
 }
 
+/** However quiet the watch, the HA records are read again this often. */
+const HA_REREAD_MS = 10_000;
+
 /**
  * This node's HA VMs as the cluster records them (vms/ owned by the node), kept fresh while etcd
  * answers; its connection also keeps a gone agent's lease alive.
@@ -557,6 +560,11 @@ class HaList {
   private refreshing: Promise<void> | null = null;
   private lastRead = 0;
   private failing = false;
+  /** Cancels the watch on `vms/` (null: none runs). */
+  private watching: (() => Promise<void>) | null = null;
+  private watchFailing = false;
+  /** The watch saw a change since the last read. */
+  private changed = false;
   private keeping: Promise<void> | null = null;
   private keepFailing = false;
   private keepFailedAt = 0;
@@ -573,9 +581,19 @@ class HaList {
     return this.list;
   }
 
-  /** Re-reads the list about every second, without ever holding up the fence loop. */
+  /**
+   * Reads the list again when it may have changed, without ever holding up the fence loop: when
+   * the watch on `vms/` saw a change, every second while there is no watch (not connected yet,
+   * ended) or the last read failed, and every HA_REREAD_MS anyway (a watch can go quiet without
+   * an error: its member cut off from the others). A read a second of every record, over gRPC
+   * and TLS, was most of an idle fence's CPU.
+   */
   follow(l: Liveness): void {
-    if (this.refreshing || Date.now() - this.lastRead < 1000) return;
+    if (this.refreshing) return;
+    const since = Date.now() - this.lastRead;
+    const due =
+      this.changed || !this.watching || this.failing ? since >= 1000 || this.lastRead === 0 : since >= HA_REREAD_MS;
+    if (!due) return;
     this.refreshing = this.refresh(l).finally(() => {
       this.refreshing = null;
       this.lastRead = Date.now();
@@ -586,6 +604,7 @@ class HaList {
     try {
       const target = `${l.cluster} ${l.endpoints.join(',')} ${l.tls.cert}`;
       if (!this.store || target !== this.target) {
+        await this.unwatch();
         await this.store?.close();
         this.store = null;
         this.target = target;
@@ -597,6 +616,9 @@ class HaList {
           callTimeoutMs: 2000,
         });
       }
+      if (!this.watching) await this.watch(this.store);
+      // Cleared before the read: a change during it is read again.
+      this.changed = false;
       const vms = await K.readAll(this.store, K.vms, (bad) => {
         this.log(`ignoring ${bad.key}: ${bad.issue}`);
       });
@@ -606,6 +628,38 @@ class HaList {
       if (!this.failing) this.log(`cannot read the cluster's HA records (${messageOf(err)}); keeping the last list`);
       this.failing = true;
     }
+  }
+
+  /** Watches `vms/` (a failure to start is logged once: the list is then read every second, as before). */
+  private async watch(store: ClusterStore): Promise<void> {
+    try {
+      this.watching = await store.watchPrefix(
+        K.vms.prefix,
+        () => {
+          this.changed = true;
+        },
+        {
+          timeoutMs: 2000,
+          onError: (err) => {
+            this.log(`the watch on the HA records ended (${messageOf(err)}); reading them every second`);
+            this.watching = null;
+            this.changed = true;
+          },
+        },
+      );
+      if (this.watchFailing) this.log('watching the HA records again');
+      this.watchFailing = false;
+    } catch (err) {
+      if (!this.watchFailing)
+        this.log(`cannot watch the HA records (${messageOf(err)}); reading them every second meanwhile`);
+      this.watchFailing = true;
+    }
+  }
+
+  private async unwatch(): Promise<void> {
+    const cancel = this.watching;
+    this.watching = null;
+    await cancel?.().catch(() => undefined);
   }
 
   /**
@@ -671,6 +725,7 @@ class HaList {
   async close(): Promise<void> {
     await this.keeping;
     await this.refreshing;
+    await this.unwatch();
     await this.store?.close().catch(() => undefined);
   }
 }

@@ -87,6 +87,12 @@ export interface LeaseWatch {
    * agent's late renewals (fence.ts), and the lease is then not lost.
    */
   renewedElsewhere?: () => number;
+  /**
+   * Keepalives this far apart (default keepalivePeriodMs: 0.5 s). An election candidate that
+   * waits renews every third of the TTL: its lease only keeps its place in the queue, and it
+   * speeds up once elected (a leader's lease decides how long a dead leader holds on).
+   */
+  periodMs?: number;
 }
 
 export interface TxnRequest {
@@ -260,6 +266,8 @@ export function keepalivePeriodMs(ttlMs: number): number {
 class LeaseKeeper {
   private lastOk: number;
   private timer: NodeJS.Timeout | undefined;
+  /** A keepalive is on its way. */
+  private sending = false;
   private watchdog: NodeJS.Timeout;
   private done = false;
 
@@ -276,6 +284,7 @@ class LeaseKeeper {
     lossAfterMs = ttlMs,
     private readonly onRenewed: (sentAtMs: number) => void = () => undefined,
     private readonly renewedElsewhere: () => number = () => 0,
+    private periodMs = keepalivePeriodMs(ttlMs),
   ) {
     this.lastOk = grantedAt;
     this.renewed(grantedAt);
@@ -298,7 +307,16 @@ class LeaseKeeper {
       Math.min(100, Math.max(50, this.ttlMs / 8)),
     );
     this.watchdog.unref();
-    this.schedule(keepalivePeriodMs(this.ttlMs));
+    this.schedule(this.periodMs);
+  }
+
+  /** Renews every `ms` from now on, the first at once (unless one is on its way). */
+  every(ms: number): void {
+    if (this.done || ms === this.periodMs) return;
+    this.periodMs = ms;
+    if (this.sending) return; // it schedules the next by the new period
+    clearTimeout(this.timer);
+    this.schedule(0);
   }
 
   get lost(): boolean {
@@ -312,6 +330,15 @@ class LeaseKeeper {
   }
 
   private async beat(): Promise<void> {
+    this.sending = true;
+    try {
+      await this.renew();
+    } finally {
+      this.sending = false;
+    }
+  }
+
+  private async renew(): Promise<void> {
     const sentAt = Date.now();
     const attemptMs = Math.max(500, Math.min(this.ttlMs / 4, 2000));
     try {
@@ -324,7 +351,7 @@ class LeaseKeeper {
       ]);
       this.lastOk = Math.max(this.lastOk, sentAt);
       this.renewed(this.lastOk);
-      this.schedule(Math.max(0, keepalivePeriodMs(this.ttlMs) - (Date.now() - sentAt)));
+      this.schedule(Math.max(0, this.periodMs - (Date.now() - sentAt)));
     } catch (err) {
       if (err instanceof EtcdLeaseInvalidError) {
         this.lose(storeError('keep the lease alive', err));
@@ -386,7 +413,13 @@ class EtcdLease implements Lease {
       w.lossAfterMs,
       w.onRenewed,
       w.renewedElsewhere,
+      w.periodMs,
     );
+  }
+
+  /** @internal Keepalives every `ms` from now on (an elected candidate's: as often as a leader needs). */
+  renewEvery(ms: number): void {
+    this.guard.every(ms);
   }
 
   get lost(): boolean {
@@ -808,7 +841,11 @@ export class EtcdStore implements ClusterStore {
     if (opts.signal?.aborted) throw new AbortedError(what, opts.signal.reason);
     const pfx = `${ELECTION}/${election}/`;
     const leadership = new EtcdLeadership(this, election, candidateId, opts.onLost);
-    const { lease } = await this.newLease(ttl, { signal: opts.signal }, { onLost: (err) => leadership.fail(err) });
+    const { lease } = await this.newLease(
+      ttl,
+      { signal: opts.signal },
+      { onLost: (err) => leadership.fail(err), periodMs: (ttl * 1000) / 3 },
+    );
     leadership.attach(lease, `${pfx}${lease.id}`);
     const key = leadership.key;
     const stop = new AbortController();
@@ -856,6 +893,7 @@ export class EtcdStore implements ClusterStore {
         await this.waitDeleted(kv.key.toString(), BigInt(prev.header.revision) + 1n, stop.signal, what);
       }
       if (stop.signal.aborted) throw stop.signal.reason;
+      lease.renewEvery(keepalivePeriodMs(ttl * 1000));
       await leadership.elected(stop.signal);
       return leadership;
     } catch (err) {

@@ -269,8 +269,10 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
       const ac = new AbortController();
       const cP = s.campaign('scheduler', 'host-c', { ttlSeconds: 2, signal: ac.signal });
       await until('host-c to queue', async () => Object.keys(await s.getPrefix('election/scheduler/')).length === 3);
-      await sleep(500);
+      // Two TTLs: the waiting candidates renew every third of the TTL only, and keep their places.
+      await sleep(4500);
       assert.equal(bLeader, null, 'host-b waits while host-a leads');
+      assert.equal(Object.keys(await s.getPrefix('election/scheduler/')).length, 3, 'the waiting keep their places');
       // A decision fenced on leadership: only the leader's transaction passes.
       assert.equal(
         await s.txn({
