@@ -582,18 +582,17 @@ class HaList {
   }
 
   /**
-   * Reads the list again when it may have changed, without ever holding up the fence loop: when
-   * the watch on `vms/` saw a change, every second while there is no watch (not connected yet,
+   * Reads the list again when it may have changed, without ever holding up the fence loop: soon
+   * after the watch on `vms/` saw a change, every second while there is no watch (not connected yet,
    * ended) or the last read failed, and every HA_REREAD_MS anyway (a watch can go quiet without
-   * an error: its member cut off from the others). A read a second of every record, over gRPC
-   * and TLS, was most of an idle fence's CPU.
+   * an error: its member cut off from the others). Reading every record each second was a poll:
+   * an etcd call a second per host for a list that rarely changes.
    */
   follow(l: Liveness): void {
     if (this.refreshing) return;
-    const since = Date.now() - this.lastRead;
-    const due =
-      this.changed || !this.watching || this.failing ? since >= 1000 || this.lastRead === 0 : since >= HA_REREAD_MS;
-    if (!due) return;
+    // A change is read soon (at most 5 reads a second in a burst of them, a drain's).
+    const gap = this.changed ? 200 : !this.watching || this.failing ? 1000 : HA_REREAD_MS;
+    if (this.lastRead !== 0 && Date.now() - this.lastRead < gap) return;
     this.refreshing = this.refresh(l).finally(() => {
       this.refreshing = null;
       this.lastRead = Date.now();
