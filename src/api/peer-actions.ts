@@ -34,6 +34,8 @@ export const IncomingRequest = z
     spec: VmSpec,
     tls: z.boolean(),
     postcopy: z.boolean(),
+    /** The memory comes over this many parallel streams (QEMU's multifd; 0: one stream). */
+    multifdChannels: z.number().int().min(0).max(8).default(0),
     /** A stopped VM: only its disks are received (QEMU runs paused, just to serve NBD). */
     stopped: z.boolean().default(false),
     /** Shared nothing: create these here and receive their contents over NBD. */

@@ -340,6 +340,7 @@ const listenStep: Step<IncomingCtx> = {
         { capability: 'events' as const, state: true },
         { capability: 'late-block-activate' as const, state: true },
         ...(req.postcopy ? [{ capability: 'postcopy-ram' as const, state: true }] : []),
+        ...(req.multifdChannels > 0 ? [{ capability: 'multifd' as const, state: true }] : []),
       ];
       await proc.qmp.execute('migrate-set-capabilities', { capabilities: caps }, o).catch((err: unknown) => {
         if (!req.postcopy) throw err;
@@ -354,6 +355,9 @@ const listenStep: Step<IncomingCtx> = {
       });
       if (req.tls)
         await proc.qmp.execute('migrate-set-parameters', { 'tls-creds': 'ferry-tls', 'tls-authz': 'ferry-authz' }, o);
+      // Both sides, before migrate-incoming (QEMU-NOTES §A).
+      if (req.multifdChannels > 0)
+        await proc.qmp.execute('migrate-set-parameters', { 'multifd-channels': req.multifdChannels }, o);
     }
     const addr = host.migrationListenAddress(req.source, ctx.localAddress);
     const hostPart = addr.includes(':') ? `[${addr}]` : addr;

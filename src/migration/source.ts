@@ -69,6 +69,8 @@ export interface SourceCtx {
   memSpan: [number, number];
   /** Set when the ladder asked QEMU for post-copy: when (Date.now()) and how long after the copy began. */
   postcopy?: { askedAtMs: number; afterMs: number; eventMark: number };
+  /** The memory streams' multifd channels, as asked of the destination at Prepare (0: one stream). */
+  multifdChannels?: number;
 }
 
 /**

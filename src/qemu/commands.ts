@@ -55,6 +55,9 @@ export interface MigrationRamStats {
   'postcopy-bytes'?: number;
 }
 
+export type YankInstance =
+  { type: 'migration' } | { type: 'chardev'; id: string } | { type: 'block-node'; 'node-name': string };
+
 export interface MigrationInfo {
   status?: MigrationStatus;
   'setup-time'?: number;
@@ -168,6 +171,13 @@ export interface QmpCommands {
   migrate: { args: { uri: string; resume?: boolean; detach?: boolean }; ret: Record<string, never> };
   'migrate-incoming': { args: { uri: string }; ret: Record<string, never> };
   migrate_cancel: { args: NoArgs; ret: Record<string, never> };
+  /** Shuts down an instance's connections at once (QEMU 6.0+): a stream blocked on a dead link. */
+  yank: {
+    args: { instances: YankInstance[] };
+    ret: Record<string, never>;
+  };
+  /** The instances whose connections can be shut down: a migration's, until its clean-up is done. */
+  'query-yank': { args: NoArgs; ret: YankInstance[] };
   'migrate-continue': { args: { state: MigrationStatus }; ret: Record<string, never> };
   'migrate-start-postcopy': { args: NoArgs; ret: Record<string, never> };
   'migrate-pause': { args: NoArgs; ret: Record<string, never> };

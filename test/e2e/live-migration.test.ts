@@ -66,6 +66,10 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
     `downtime ${there.downtimeMs}`,
   );
   assert.ok(there.bytesTransferred > 0 && there.totalMs! > 0);
+  // TLS is on in the lab: the memory came over QEMU's multifd streams.
+  const streams = there.events.map((e) => e.message).find((m) => m.includes('multifd streams')) ?? '';
+  assert.match(streams, /^memory: [\d.]+ MiB sent, [\d.]+ MiB of it over the 2 multifd streams$/);
+  assert.ok(Number(/, ([\d.]+) MiB of it/.exec(streams)?.[1]) > 0, streams);
   const atB = await show('web1');
   assert.equal(atB.host, 'host-b');
   assert.equal(atB.state, 'running');
