@@ -72,6 +72,7 @@ export class HostSettings {
       maxStorage: s.maxStorage ?? DEFAULTS.maxStorage,
       networks: s.networks ?? [],
       tls: s.tls ?? true,
+      memoryStreams: s.memoryStreams ?? 1,
       address: this.d.migrationAddress,
       ports: this.d.migrationPorts,
     };
@@ -115,6 +116,7 @@ export class HostSettings {
       ...(body.maxStorage !== undefined ? { maxStorage: body.maxStorage } : {}),
       ...(body.migrationNetworks !== undefined ? { networks: body.migrationNetworks } : {}),
       ...(body.tls !== undefined ? { tls: body.tls } : {}),
+      ...(body.memoryStreams !== undefined ? { memoryStreams: body.memoryStreams } : {}),
       ...(body.enabled !== undefined ? { enabled: body.enabled } : {}),
     };
     const { address: _address, ports: _ports, ...stored } = next;

@@ -433,6 +433,11 @@ export const MigrationSettings = z.object({
   maxStorage: z.number().int(),
   networks: z.array(z.string()),
   tls: z.boolean(),
+  /**
+   * With TLS, a move's memory goes over this many parallel streams (QEMU's multifd; 1: one
+   * stream, the default). Absent: 1 (an agent from before it).
+   */
+  memoryStreams: z.number().int().min(1).optional(),
   address: z.string(),
   /** The migration port range its streams and NBD exports listen on (FROM-TO); null: any free port. */
   ports: z.string().nullable().optional(),
@@ -456,6 +461,7 @@ export const HostSetBody = z
     maxStorage: z.number().int().min(0).max(64).optional(),
     migrationNetworks: z.array(Cidr).max(16).optional(),
     tls: z.boolean().optional(),
+    memoryStreams: z.number().int().min(1).max(8).optional(),
     enabled: z.boolean().optional(),
     /** The total memory of the VMs this host runs in ordinary RAM; null: no limit. */
     maxVmMemoryMiB: z

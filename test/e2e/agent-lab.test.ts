@@ -82,6 +82,12 @@ test('lab status and host show give the contract JSON', async () => {
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /CIDR/);
   assert.doesNotMatch(bad.stderr, /\n\s+at /, 'no stack trace');
+  const streams = await ferryOk<HostView>(['host', 'set', 'host-a', '--memory-streams', '4', '--json'], { lab });
+  assert.equal(streams.migration.memoryStreams, 4);
+  const noStreams = await ferry(['host', 'set', 'host-a', '--memory-streams', '0'], { lab });
+  assert.equal(noStreams.code, 2);
+  assert.match(noStreams.stderr, /--memory-streams '0': give a whole number from 1 to 8/);
+  assert.equal((await ferryOk<HostView>(['host', 'show', 'host-a', '--json'], { lab })).migration.memoryStreams, 4);
 });
 
 test('a reader that leaves early (`ferry host show … | head -1`) ends the command quietly', async () => {

@@ -256,9 +256,28 @@ async function assertOnOneHost(l: FaultLab, vm: VmView): Promise<VmView> {
               ? `${herePids.length} QEMUs on ${v.host}`
               : '';
     if (!problem) return v;
-    if (Date.now() > until) assert.fail(`the VM is not on exactly one host: ${problem}`);
+    if (Date.now() > until) assert.fail(`the VM is not on exactly one host: ${problem}${await whyNotRunning(l, v)}`);
     await sleep(500);
   }
+}
+
+/**
+ * Why a VM is not running, for the failure message: its QEMU's last words (the run folder's
+ * stderr log, if the agent kept it) and what each agent logged about it last.
+ */
+async function whyNotRunning(l: FaultLab, v: VmView): Promise<string> {
+  if (v.state === 'running') return '';
+  const parts: string[] = [];
+  for (const h of ['host-a', 'host-b']) {
+    const stderr = await fsp
+      .readFile(path.join(hostData(l, h), 'run', v.id, 'qemu.stderr.log'), 'utf8')
+      .catch(() => '');
+    if (stderr.trim()) parts.push(`QEMU's stderr on ${h}:\n${stderr.trim().split('\n').slice(-10).join('\n')}`);
+    const log = await fsp.readFile(path.join(path.dirname(hostData(l, h)), 'agent.log'), 'utf8').catch(() => '');
+    const lines = log.split('\n').filter((x) => x.includes(v.id) || x.includes(v.name));
+    if (lines.length) parts.push(`${h}'s agent log about it:\n${lines.slice(-12).join('\n')}`);
+  }
+  return parts.length ? `\n${parts.join('\n')}` : '';
 }
 
 /** The guest runs: its console on `host` grows. */

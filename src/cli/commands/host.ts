@@ -4,7 +4,7 @@ import type { HostView } from '../../api/schemas.js';
 import type { GlobalOpts } from '../context.js';
 import { withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
-import { collect, name, nonNegativeInt, onOff } from '../parse.js';
+import { collect, name, nonNegativeInt, onOff, positiveInt } from '../parse.js';
 import { InvalidInputError } from '../../errors.js';
 import path from 'node:path';
 import { registerEnrol } from './enrol.js';
@@ -31,7 +31,8 @@ function printHost(h: HostView): void {
     [
       'migration',
       `${m.enabled ? 'enabled' : 'disabled'}, max live ${m.maxLive}, max storage ${m.maxStorage}, tls ` +
-        `${m.tls ? 'on' : 'off'}, address ${m.address}, networks ${m.networks.join(' ') || 'any'}`,
+        `${m.tls ? 'on' : 'off'}${(m.memoryStreams ?? 1) > 1 ? ` (memory over ${m.memoryStreams} streams)` : ''}, ` +
+        `address ${m.address}, networks ${m.networks.join(' ') || 'any'}`,
     ],
     ...h.pools.map((p): [string, string] => [
       `pool ${p.name}`,
@@ -77,6 +78,11 @@ export function registerHost(program: Command): void {
     .option('--migration-network <cidr>', 'network for migration traffic (repeatable)', collect)
     .option('--tls <on|off>', 'TLS for migration streams', onOff('--tls'))
     .option(
+      '--memory-streams <n>',
+      "with TLS, send a move's memory over N parallel streams (QEMU multifd; 1: one stream)",
+      positiveInt('--memory-streams', 8),
+    )
+    .option(
       '--max-vm-memory <mib|none>',
       'total memory (MiB) of the VMs this host runs in RAM; beyond it: Smart Paging or refused',
       maxVmMemory,
@@ -91,13 +97,14 @@ export function registerHost(program: Command): void {
         ...(o.maxStorage !== undefined ? { maxStorage: o.maxStorage } : {}),
         ...(o.migrationNetwork ? { migrationNetworks: o.migrationNetwork } : {}),
         ...(o.tls !== undefined ? { tls: o.tls } : {}),
+        ...(o.memoryStreams !== undefined ? { memoryStreams: o.memoryStreams } : {}),
         ...(o.migrations !== undefined ? { enabled: o.migrations } : {}),
         ...(o.maxVmMemory !== undefined ? { maxVmMemoryMiB: o.maxVmMemory === 'none' ? null : o.maxVmMemory } : {}),
       };
       if (!Object.keys(body).length)
         throw new InvalidInputError(
           'Cannot change host settings: no setting given; use --max-live, --max-storage, --migration-network, ' +
-            '--tls, --migrations or --max-vm-memory',
+            '--tls, --memory-streams, --migrations or --max-vm-memory',
         );
       await withHosts((cmd as Cmd).optsWithGlobals(), async (c, actions) => {
         const v = await c.host(h).call(actions.hostSet, { body });

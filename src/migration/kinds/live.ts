@@ -63,13 +63,13 @@ const POLL_MS = 250;
 
 /**
  * With TLS, one memory stream is bound by one thread's encryption; QEMU's multifd spreads it over
- * this many (bench:live, TLS pre-copy against the plain stream's: 2.2–2.4× with one, 1.4–1.6×
- * with two). Not without TLS (one plain stream fills the link here), nor with post-copy (QEMU 7.2
- * does not combine them).
+ * several (`ferry host set --memory-streams N` on the source). Off by default: on this project's
+ * 2-core TCG machine it gained nothing measurable (docs/performance.md); it is for large guests on
+ * fast links. Not without TLS (one plain stream fills a link), nor with post-copy (QEMU 7.2 does
+ * not combine them).
  */
-export const MULTIFD_TLS_CHANNELS = 2;
-export const multifdChannels = (tls: boolean, postcopy: boolean): number =>
-  tls && !postcopy ? MULTIFD_TLS_CHANNELS : 0;
+export const multifdChannels = (tls: boolean, postcopy: boolean, streams: number): number =>
+  tls && !postcopy && streams > 1 ? streams : 0;
 const ACTIVE: MigrationStatus[] = ['setup', 'active', 'device', 'wait-unplug'];
 const POSTCOPY: MigrationStatus[] = ['postcopy-active', 'postcopy-paused', 'postcopy-recover'];
 
@@ -107,8 +107,8 @@ export const prepareStep: Step<SourceCtx> = {
       s.log(`disks copied by ${how}: ${choice.why}`);
     }
     s.record({ incoming: ctx.job.id });
-    const tls = ctx.host.settings().tls;
-    ctx.multifdChannels = multifdChannels(tls, r.policy.allowPostcopy);
+    const { tls, memoryStreams } = ctx.host.settings();
+    ctx.multifdChannels = multifdChannels(tls, r.policy.allowPostcopy, memoryStreams ?? 1);
     const prep = await prepareDestination(
       ctx,
       {
