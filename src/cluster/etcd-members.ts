@@ -130,7 +130,11 @@ export function isMemberAlive(pid: number | null | undefined, dataDir: string): 
     return false;
   }
   const argv = argvOf(pid);
-  if (!argv[0] || path.basename(argv[0]) !== 'etcd') return false;
+  // In a --netns lab the pid is `ip netns exec NS etcd …` until ip execs etcd in place: under
+  // load that moment can outlast the first health check, which took it for a member that exited.
+  const bin =
+    argv[0] && path.basename(argv[0]) === 'ip' && argv[1] === 'netns' && argv[2] === 'exec' ? argv[4] : argv[0];
+  if (!bin || path.basename(bin) !== 'etcd') return false;
   if (!argv.includes(`--data-dir=${dataDir}`)) return false;
   return !isZombie(pid);
 }
