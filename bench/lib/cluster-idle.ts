@@ -11,19 +11,14 @@ import { readLab } from '../../src/lab/file.js';
 import { loadMembers, type EtcdMember } from '../../src/cluster/etcd-members.js';
 import { fenceFiles } from '../../src/cluster/fence.js';
 import { fmt, table } from './stats.js';
-
-const TICK_MS = 1000 / 100; // USER_HZ
+import { cpuOf } from './proc-cpu.js';
 
 /** utime+stime of PID in ms (NaN once it is gone). */
-export async function procCpuMs(pid: number): Promise<number> {
-  const stat = await fs.readFile(`/proc/${pid}/stat`, 'utf8').catch(() => null);
-  if (stat === null) return NaN;
-  const f = stat
-    .slice(stat.lastIndexOf(')') + 2)
-    .split(' ')
-    .map(Number);
-  return ((f[11] ?? NaN) + (f[12] ?? NaN)) * TICK_MS;
-}
+const procCpuMs = (pid: number): Promise<number> =>
+  cpuOf(pid).then(
+    (c) => c.own,
+    () => NaN,
+  );
 
 /** grpc_server_handled_total by method, summed over the members. */
 async function grpcCalls(members: EtcdMember[]): Promise<Map<string, number>> {
