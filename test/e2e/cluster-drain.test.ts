@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
-import { heartbeatContinuity } from './lab.js';
+import { heartbeatContinuity, waitSerial } from './lab.js';
 import { sleep } from '../../src/util/exec.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
@@ -104,12 +104,8 @@ async function newProbe(name: string, host: string, extra: string[] = []): Promi
 }
 
 async function waitAcks(id: string, host: string, n: number): Promise<void> {
-  for (
-    let i = 0;
-    i < 300 && parseSerial(await fsp.readFile(logOf(host, id), 'utf8').catch(() => '')).acks.length < n;
-    i++
-  )
-    await sleep(200);
+  const name = (await vms()).find((v) => v.id === id)?.name ?? id;
+  await waitSerial(logOf(host, id), { acks: n, lab, vm: name, host });
 }
 
 /** Every VM on exactly one host, as every host's inventory says. */

@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
+import { waitSerial } from './lab.js';
 import { sleep } from '../../src/util/exec.js';
 import { heartbeatGaps, parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { AGENT_NICE, hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
@@ -93,7 +94,7 @@ async function haVm(name: string): Promise<{ host: string; vm: VmView; gen0: num
     ]),
     { lab },
   );
-  for (let i = 0; i < 300 && (await serial(host, vm.id)).acks.length < 15; i++) await sleep(200);
+  await waitSerial(logOf(host, vm.id), { acks: 15, lab, vm: name, host });
   const gen0 = (await status()).vms.find((v) => v.name === name)?.generation ?? -1;
   return { host, vm, gen0 };
 }

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
+import { waitSerial } from './lab.js';
 import { startMembers, stopLabMembers } from '../../src/cluster/etcd-members.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView } from '../../src/api/schemas.js';
@@ -195,13 +196,14 @@ test(
     );
     const serial = (h: string): Promise<string> =>
       fsp.readFile(path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log'), 'utf8').catch(() => '');
-    for (let i = 0; i < 300 && parseSerial(await serial('host-a')).acks.length < 10; i++) await sleep(200);
+    const serialFile = (h: string): string => path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log');
+    await waitSerial(serialFile('host-a'), { acks: 10, lab, vm: 'sm1', host: 'host-a' });
     const sm = await ferryOk<Move>(['move-storage', 'sm1', '--path', to, '--json'], { lab, timeoutMs: 300_000 });
     assert.equal(sm.state, 'completed', logOf(sm));
     const moved = await show('sm1');
     assert.equal(moved.configPath, to);
     await assert.rejects(fsp.access(path.join(from, 'vm.json')), 'the old folder is gone');
-    for (let i = 0; i < 100 && parseSerial(await serial('host-a')).acks.length < 20; i++) await sleep(200);
+    await waitSerial(serialFile('host-a'), { acks: 20, lab, vm: 'sm1', host: 'host-a' });
 
     await ferryOk(['lab', 'kill', 'host-a', '--dir', lab]);
     const ackA = parseSerial(await serial('host-a')).highestAck ?? 0;

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import { ferry, ferryOk } from './cli.js';
+import { waitSerial } from './lab.js';
 import { sleep } from '../../src/util/exec.js';
 import type { LabStatus } from '../../src/lab/lab.js';
 import fsp from 'node:fs/promises';
@@ -106,12 +107,7 @@ test(
       { lab },
     );
     const logOf = (h: string): string => path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log');
-    for (
-      let i = 0;
-      i < 100 && parseSerial(await fsp.readFile(logOf('host-a'), 'utf8').catch(() => '')).acks.length < 20;
-      i++
-    )
-      await sleep(200);
+    await waitSerial(logOf('host-a'), { acks: 20, lab, vm: 'ha1', host: 'host-a' });
     await ferryOk(['lab', 'kill', 'host-a', '--dir', lab]);
     const ackA = parseSerial(await fsp.readFile(logOf('host-a'), 'utf8')).highestAck ?? 0;
     assert.ok(ackA > 0);

@@ -78,21 +78,41 @@ export const kernelOopsed = (console: string): boolean =>
 
 /** Waits until a probe VM has printed `n` heartbeats and acks on its current host. */
 export async function waitProbe(l: TestLab, vm: VmView, n = 20, timeoutMs = 60_000): Promise<void> {
+  await waitSerial(serialLog(l, vm.host, vm.id), {
+    heartbeats: n,
+    acks: Math.min(n, 10),
+    timeoutMs,
+    lab: l.lab,
+    vm: vm.name,
+    host: vm.host,
+  });
+}
+
+/**
+ * Waits until a probe guest's serial log `file` shows `heartbeats` heartbeats and `acks` acks. A
+ * guest that does not get there fails the test with what it printed: a test that went on with a
+ * guest still booting (under load in CI) failed on "no acks" with nothing to explain it.
+ */
+export async function waitSerial(
+  file: string,
+  o: { heartbeats?: number; acks: number; timeoutMs?: number; lab: string; vm: string; host: string },
+): Promise<void> {
+  const timeoutMs = o.timeoutMs ?? 60_000;
   const until = Date.now() + timeoutMs;
   let text = '';
   let s = parseSerial(text);
   while (Date.now() < until) {
-    text = await fsp.readFile(serialLog(l, vm.host, vm.id), 'utf8').catch(() => '');
+    text = await fsp.readFile(file, 'utf8').catch(() => '');
     s = parseSerial(text);
-    if (s.heartbeats.length >= n && s.acks.length >= Math.min(n, 10)) return;
+    if (s.heartbeats.length >= (o.heartbeats ?? 0) && s.acks.length >= o.acks) return;
     await sleep(200);
   }
   // Say what the guest did, so a failure in CI is explained (a kernel oops after a move under
   // TCG is QEMU-NOTES §E; a writer without acks is a disk problem; silence is a hung guest).
   // CI keeps only the first lines of a failure: the verdict and the console first, then a short
   // view of the VM (the whole `vm show` pushed the console out of CI's excerpt once).
-  const shown = await ferry(['vm', 'show', vm.name, '--json'], { lab: l.lab });
-  let view = shown.stdout.trim();
+  const shown = await ferry(['vm', 'show', o.vm, '--json'], { lab: o.lab });
+  let view = shown.stdout.trim() || shown.stderr.trim();
   try {
     const v = JSON.parse(view) as Record<string, unknown>;
     view = JSON.stringify({ host: v.host, state: v.state, qemuState: v.qemuState, pid: v.pid });
@@ -100,10 +120,19 @@ export async function waitProbe(l: TestLab, vm: VmView, n = 20, timeoutMs = 60_0
     // not JSON: shown as printed
   }
   const oops = kernelOopsed(text) ? ' — its kernel oopsed (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '';
+  // The host's own words about the VM (a fence that killed it, a QEMU that exited), last.
+  const hostDir = path.join(o.lab, 'hosts', o.host);
+  const hbs = o.heartbeats ? ` and ${o.heartbeats} heartbeats` : '';
+  const said: string[] = [];
+  for (const f of [path.join(hostDir, 'agent.log'), path.join(hostDir, 'data', 'fence.log')]) {
+    const lines = (await fsp.readFile(f, 'utf8').catch(() => '')).split('\n');
+    said.push(...lines.filter((x) => x.includes(o.vm) || /kill|fenc|exit/i.test(x)).slice(-4));
+  }
   throw new Error(
-    `probe VM ${vm.name} printed fewer than ${n} heartbeats (or ${Math.min(n, 10)} acks) in ${timeoutMs} ms ` +
-      `on ${vm.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks${oops}; ` +
-      `serial log ends:\n${text.split('\n').slice(-25).join('\n')}\nvm show: ${view}`,
+    `probe VM ${o.vm} did not print ${o.acks} acks${hbs} in ${timeoutMs} ms ` +
+      `on ${o.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks${oops}; ` +
+      `serial log ends:\n${text.split('\n').slice(-25).join('\n')}\nvm show: ${view}\n` +
+      `${o.host} logged:\n${said.join('\n')}`,
   );
 }
 

@@ -9,6 +9,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { ferry, ferryOk } from './cli.js';
+import { waitSerial } from './lab.js';
 import { sleep } from '../../src/util/exec.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
@@ -58,12 +59,7 @@ test(
     );
 
     const logOf = (h: string): string => path.join(lab, 'hosts', h, 'data', 'run', vm.id, 'serial.log');
-    for (
-      let i = 0;
-      i < 150 && parseSerial(await fsp.readFile(logOf('host-a'), 'utf8').catch(() => '')).acks.length < 10;
-      i++
-    )
-      await sleep(200);
+    await waitSerial(logOf('host-a'), { acks: 10, lab, vm: vm.name, host: 'host-a' });
     await ferryOk(['lab', 'kill', 'host-a', '--dir', lab]);
     const ackA = parseSerial(await fsp.readFile(logOf('host-a'), 'utf8')).highestAck ?? 0;
     assert.ok(ackA > 0);
