@@ -103,7 +103,13 @@ export const IncomingRequest = z
       .strict()
       .optional(),
   })
-  .strict();
+  .strict()
+  // QEMU 7.2 refuses multifd with post-copy, and a stopped VM sends no memory: say so here, not
+  // as a QEMU error half-way through setting up the destination.
+  .refine((r) => r.multifdChannels === 0 || (!r.postcopy && !r.stopped), {
+    message: 'memory streams (multifdChannels > 0) go only with a running VM moved without post-copy; send 0',
+    path: ['multifdChannels'],
+  });
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
 export const IncomingView = z.object({

@@ -206,6 +206,36 @@ test('incoming move: a kernel, CD-ROM or extra folder outside the pools is refus
   assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], 'no QEMU started');
 });
 
+test('incoming move: a memory stream count out of bounds, or with post-copy or a stopped VM, is refused', async () => {
+  // The one number a sender chooses for the QEMU the victim starts (QEMU's multifd-channels).
+  const folder = path.join(shared(), 'evil');
+  const withStreams = (n: unknown, extra: Record<string, unknown> = {}): unknown => ({
+    ...(incoming(evilSpec(folder)) as Record<string, unknown>),
+    multifdChannels: n,
+    ...extra,
+  });
+  const attempts: Array<[string, unknown, RegExp]> = [
+    ['9 streams', withStreams(9), /field 'multifdChannels'/],
+    ['-1 streams', withStreams(-1), /field 'multifdChannels'/],
+    ['2.5 streams', withStreams(2.5), /field 'multifdChannels'/],
+    ['"4" streams', withStreams('4'), /field 'multifdChannels'/],
+    ['streams with post-copy', withStreams(2, { postcopy: true }), /go only with a running VM moved without post-copy/],
+    [
+      'streams for a stopped VM',
+      withStreams(2, { stopped: true }),
+      /go only with a running VM moved without post-copy/,
+    ],
+  ];
+  for (const [what, body, message] of attempts) {
+    const r = await post(R.agent, R.endpoint(R.victim), '/v1/peer/incoming', body);
+    assert.equal(r.status, 400, `${what}: ${r.body}`);
+    assert.match(r.body, /E_INVALID_INPUT/, what);
+    assert.match(r.body, message, what);
+  }
+  assert.equal(fs.existsSync(folder), false, 'no folder made');
+  assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], 'no QEMU started');
+});
+
 test('incoming move: checkpoint files the tree does not name, or outside the pools, are refused', async () => {
   const folder = path.join(shared(), 'evil');
   const ck = path.join(folder, 'checkpoints');
