@@ -368,6 +368,7 @@ export class VmInventory {
           switches,
           chains,
           pools: this.d.pools.list(),
+          host: this.d.host,
           ...(memoryFile ? { memoryFile } : {}),
         });
       } catch (err) {
@@ -588,6 +589,7 @@ export class VmInventory {
               switches,
               chains,
               pools: this.d.pools.list(),
+              host: this.d.host,
               ...(memoryFile ? { memoryFile } : {}),
               ...(opts.signal ? { signal: opts.signal } : {}),
             });

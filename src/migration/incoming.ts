@@ -291,6 +291,7 @@ const qemuStep: Step<IncomingCtx> = {
       switches,
       chains,
       pools: host.pools(),
+      host: host.name,
       ...mem,
       ...(ctx.signal ? { signal: ctx.signal } : {}),
     });

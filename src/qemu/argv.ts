@@ -44,6 +44,11 @@ export interface LaunchOptions {
    * a backing-capable format and no entry gets `backing: null`.
    */
   chains?: DiskChains;
+  /**
+   * QEMU's name for a kernel, initrd or CD-ROM image (its absolute path): the descriptor the
+   * agent opened for it (src/vm/boot-files.ts). Without it, the path itself.
+   */
+  fileAs?: (abs: string) => string;
 }
 
 /** A disk's image and the files below it, each with its probed format (src/vm/image.ts probes them). */
@@ -91,6 +96,7 @@ export function isQ35(machine: string): boolean {
 
 export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
   const q35 = isQ35(spec.machine);
+  const fileAs = opts.fileAs ?? ((abs: string): string => abs);
   const vars = spec.firmware === 'uefi' ? spec.disks.find((d) => d.role === 'uefi-vars') : undefined;
   const flash = vars
     ? pflashArgs(vars.path, opts.ovmf ?? ovmfPaths(), {
@@ -167,7 +173,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
   });
   for (const c of spec.cdroms) {
     const n = nodeNames(c);
-    const file = resolveVmFile(spec, c.path);
+    const file = fileAs(resolveVmFile(spec, c.path));
     a.push(
       '-blockdev',
       JSON.stringify({ driver: 'file', filename: file, 'node-name': n.file, 'read-only': true }),
@@ -195,8 +201,8 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
   });
   if (spec.display === 'vga' && opts.paths.vncSocket) a.push('-vnc', `unix:${opts.paths.vncSocket}`);
   if (spec.boot.kind === 'kernel') {
-    a.push('-kernel', resolveVmFile(spec, spec.boot.kernel));
-    if (spec.boot.initrd) a.push('-initrd', resolveVmFile(spec, spec.boot.initrd));
+    a.push('-kernel', fileAs(resolveVmFile(spec, spec.boot.kernel)));
+    if (spec.boot.initrd) a.push('-initrd', fileAs(resolveVmFile(spec, spec.boot.initrd)));
     if (spec.boot.append) a.push('-append', spec.boot.append);
   }
   if (opts.incoming) a.push('-S', '-incoming', 'defer');

@@ -41,6 +41,8 @@ export interface SpawnOptions {
   signal?: AbortSignal;
   /** How long QEMU may take to open its monitor (default 20 s). */
   timeoutMs?: number;
+  /** Descriptors QEMU inherits as its fds 3, 4, … (the boot files the agent opened: vm/boot-files.ts). */
+  passFds?: readonly number[];
 }
 
 export class QemuProcess {
@@ -85,7 +87,10 @@ export class QemuProcess {
       agentNice: process.getuid?.() === 0 ? Math.max(0, os.getPriority()) : 0,
       runAs: runAsArgs(),
     });
-    const child = spawn(launch.file, launch.args, { detached: true, stdio: ['ignore', errFd, errFd] });
+    const child = spawn(launch.file, launch.args, {
+      detached: true,
+      stdio: ['ignore', errFd, errFd, ...(opts.passFds ?? [])],
+    });
     fs.closeSync(errFd);
     const exited = new Promise<ExitInfo>((resolve) => {
       child.once('exit', (code, signal) => resolve({ code, signal }));

@@ -15,10 +15,19 @@ const O_PATH = 0o10000000;
 const STEP = O_PATH | fs.constants.O_NOFOLLOW;
 
 export class PathLinkError extends FerryError {
-  constructor(what: string, p: string, why: string, fix = 'replace the link by the real file or folder') {
-    super('E_PATH_LINK', `Cannot change ${what} ${p}: ${why}; ${fix}`, { context: { path: p } });
+  constructor(
+    what: string,
+    p: string,
+    why: string,
+    fix = 'replace the link by the real file or folder',
+    verb: Verb = 'change',
+  ) {
+    super('E_PATH_LINK', `Cannot ${verb} ${what} ${p}: ${why}; ${fix}`, { context: { path: p } });
   }
 }
+
+/** What the caller does with the handle, for the messages: changes the file, or only opens it for a reader. */
+export type Verb = 'change' | 'open';
 
 /** What a handle opened beneath a root may be: the caller says which it expects. */
 export type Kind = 'file' | 'dir';
@@ -34,6 +43,7 @@ export async function withBeneath<T>(
   kind: Kind,
   what: string,
   fn: (procPath: string) => Promise<T>,
+  verb: Verb = 'change',
 ): Promise<T> {
   const abs = path.resolve(p);
   const root = rootOf(roots, abs);
@@ -43,6 +53,7 @@ export async function withBeneath<T>(
       p,
       'it is not inside a storage pool of this host',
       "add its pool ('ferry pool add') or change the file by hand",
+      verb,
     );
   const rest = path.relative(root.given, abs);
   const parts = rest === '' ? [] : rest.split(path.sep);
@@ -50,7 +61,7 @@ export async function withBeneath<T>(
   try {
     for (const part of parts) {
       const next = await fsp.open(`/proc/self/fd/${fh.fd}/${part}`, STEP).catch((err: unknown) => {
-        throw new FerryError('E_FILE_NOT_FOUND', `Cannot change ${what} ${p}: ${(err as Error).message}`, {
+        throw new FerryError('E_FILE_NOT_FOUND', `Cannot ${verb} ${what} ${p}: ${(err as Error).message}`, {
           cause: err,
           context: { path: p },
         });
@@ -58,13 +69,19 @@ export async function withBeneath<T>(
       await fh.close();
       fh = next;
       const st = await fh.stat();
-      if (st.isSymbolicLink()) throw new PathLinkError(what, p, `${part} is a symbolic link`);
+      if (st.isSymbolicLink()) throw new PathLinkError(what, p, `${part} is a symbolic link`, undefined, verb);
       if (part !== parts[parts.length - 1] && !st.isDirectory())
-        throw new PathLinkError(what, p, `${part} is not a folder`);
+        throw new PathLinkError(what, p, `${part} is not a folder`, undefined, verb);
     }
     const st = await fh.stat();
     if (kind === 'dir' ? !st.isDirectory() : !st.isFile())
-      throw new PathLinkError(what, p, `it is not a ${kind === 'dir' ? 'folder' : 'regular file'}`);
+      throw new PathLinkError(
+        what,
+        p,
+        `it is not a ${kind === 'dir' ? 'folder' : 'regular file'}`,
+        kind === 'dir' ? undefined : 'give the path of the file itself',
+        verb,
+      );
     return await fn(`/proc/self/fd/${fh.fd}`);
   } finally {
     await fh.close();

@@ -21,6 +21,7 @@ import { unlinkBeneath, withBeneath } from '../storage/beneath.js';
 import { poolOf, type PoolDef } from '../storage/pools.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { RunState } from '../qemu/commands.js';
+import { openBootFiles } from './boot-files.js';
 import { parseVmSpec, resolveVmFile, type DiskSpec, type VmSpec } from './spec.js';
 import { configFile, exists, saveVm } from './folder.js';
 import { copyImage, type ProbedImage } from './image.js';
@@ -254,6 +255,8 @@ export interface StartVmOptions {
   chains?: DiskChains;
   /** This host's pools: the files QEMU gets are handed to its user without following links below them. */
   pools: readonly PoolDef[];
+  /** This host's name, for the messages. */
+  host?: string;
   signal?: AbortSignal;
   timeoutMs?: number;
 }
@@ -277,25 +280,32 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
   await prepareRunDir(opts.runDir);
   // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
   if (!opts.incoming && (await exists(paths.serialLog))) await fsp.rename(paths.serialLog, paths.serialLog + '.1');
-  const argv = buildArgv(spec, {
-    accel: opts.accel,
-    paths,
-    incoming: opts.incoming,
-    paused: opts.paused,
-    switches: opts.switches,
-    directIo: (d: DiskSpec) => supportsDirectIo(d.path),
-    ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
-    ...(opts.chains ? { chains: opts.chains } : {}),
-  });
-  await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
-  return QemuProcess.spawn(argv, {
-    vm: spec.name,
-    runDir: opts.runDir,
-    qmpSocket: paths.qmpSocket,
-    pidFile: paths.pidFile,
-    signal: opts.signal,
-    timeoutMs: opts.timeoutMs,
-  });
+  const boot = await openBootFiles(spec, opts.pools, opts.host ?? 'this host', { signal: opts.signal });
+  try {
+    const argv = buildArgv(spec, {
+      accel: opts.accel,
+      paths,
+      incoming: opts.incoming,
+      paused: opts.paused,
+      switches: opts.switches,
+      directIo: (d: DiskSpec) => supportsDirectIo(d.path),
+      fileAs: boot.nameOf,
+      ...(opts.memoryFile ? { memoryFile: opts.memoryFile } : {}),
+      ...(opts.chains ? { chains: opts.chains } : {}),
+    });
+    await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
+    return await QemuProcess.spawn(argv, {
+      vm: spec.name,
+      runDir: opts.runDir,
+      qmpSocket: paths.qmpSocket,
+      pidFile: paths.pidFile,
+      signal: opts.signal,
+      timeoutMs: opts.timeoutMs,
+      passFds: boot.fds,
+    });
+  } finally {
+    await boot.close(); // QEMU holds its own copies
+  }
 }
 
 export interface StopVmOptions {

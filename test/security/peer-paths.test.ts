@@ -288,6 +288,69 @@ test('incoming move: checkpoint files the tree does not name, or outside the poo
   assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], 'no QEMU started');
 });
 
+test('a VM whose shared vm.json names a host file, or whose initrd became a link, does not start', async () => {
+  // Whoever writes the shared pool (the hostile host) edits the victim's VM there; the
+  // administrator then starts it on the victim. QEMU gets its boot files from the agent, opened
+  // inside the pools without links (src/vm/boot-files.ts), or does not start.
+  const folder = path.join(shared(), 'v1');
+  const file = configFile(folder);
+  const saved = await fsp.readFile(file, 'utf8');
+  const initrd = path.join(folder, 'initrd.img');
+  const hostFile = path.join(outside, 'shadow');
+  await fsp.writeFile(hostFile, 'root:secret:\n');
+  const start = (): ReturnType<typeof ferry> => ferry(['vm', 'start', 'v1'], { lab: L.lab });
+  try {
+    const s = JSON.parse(saved) as { boot: Record<string, unknown>; cdroms: unknown[] };
+    const tampered: Array<[string, unknown, RegExp]> = [
+      ['initrd', { ...s, boot: { ...s.boot, initrd: hostFile } }, /the initrd of VM 'v1'.*outside every storage pool/],
+      [
+        'cdrom',
+        { ...s, cdroms: [{ id: 'cd0', path: hostFile, role: 'media' }] },
+        /CD-ROM cd0 of VM 'v1'.*outside every storage pool/,
+      ],
+    ];
+    for (const [what, spec, message] of tampered) {
+      await fsp.writeFile(file, JSON.stringify(spec));
+      const r = await start();
+      assert.notEqual(r.code, 0, `${what}: ${r.stdout}`);
+      assert.match(r.stderr, message, what);
+      assert.doesNotMatch(r.stderr, /\n\s+at /, `${what}: no stack trace`);
+      assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], `${what}: no QEMU started`);
+    }
+    await fsp.writeFile(file, saved);
+    // The initrd replaced by a link: to the host file, or to a file inside the pool (what a
+    // link swapped in after a path's check would pass): no link below a pool's root is followed.
+    const real = `${initrd}.real`;
+    await fsp.rename(initrd, real);
+    try {
+      for (const target of [hostFile, real]) {
+        await fsp.symlink(target, initrd);
+        const r = await start();
+        await fsp.rm(initrd);
+        assert.notEqual(r.code, 0, r.stdout);
+        assert.match(r.stderr, /Cannot open the initrd of VM 'v1' .*initrd\.img is a symbolic link/, target);
+        assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [], `${target}: no QEMU started`);
+      }
+    } finally {
+      await fsp.rm(initrd, { force: true });
+      await fsp.rename(real, initrd);
+    }
+  } finally {
+    await fsp.writeFile(file, saved);
+    await fsp.rm(hostFile, { force: true });
+  }
+  // Untouched again, it starts, with the boot files as descriptors the agent opened.
+  await ferryOk(['vm', 'start', 'v1'], { lab: L.lab });
+  const [pid] = await hostQemuPids(hostData(L, R.victim));
+  assert.ok(pid, 'QEMU runs');
+  const argv = (await fsp.readFile(`/proc/${pid}/cmdline`, 'utf8')).split('\0');
+  const named = argv[argv.indexOf('-initrd') + 1] ?? '';
+  assert.match(named, /^\/proc\/self\/fd\/\d+$/);
+  const fd = named.split('/').pop()!;
+  assert.equal(await fsp.readlink(`/proc/${pid}/fd/${fd}`), initrd, "QEMU's descriptor is the VM's own initrd");
+  await ferryOk(['vm', 'stop', 'v1', '--force'], { lab: L.lab });
+});
+
 test('a host that is not the leader cannot order a move or storage move, nor compare toward a non-member', async () => {
   const order = await post(R.agent, R.endpoint(R.victim), '/v1/migrations', {
     vm: 'v1',
