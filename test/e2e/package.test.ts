@@ -13,7 +13,7 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { REPO_ROOT } from '../../guest/paths.js';
+import { REPO_ROOT, probeGuestFiles } from '../../guest/paths.js';
 import { initDomain, issueCert } from '../../src/domain/ca.js';
 import { sleep } from '../../src/util/exec.js';
 import { bootSystemdMachine } from './systemd-machine.js';
@@ -349,6 +349,29 @@ test(
     const cgroup = unified(await m.ok(['cat', `/proc/${qemu}/cgroup`]));
     assert.match(cgroup, /^0::\/machine\.slice\/ferry-vm-v1-[0-9a-f]{6}\.scope$/, 'QEMU runs in its own scope');
     const scope = cgroup.split('/').at(-1)!;
+    // A kernel-booted VM: QEMU gets its kernel and initrd as descriptors the agent opened
+    // (src/vm/boot-files.ts), through systemd-run's scope and exec, not as paths.
+    const probe = probeGuestFiles();
+    assert.ok(probe, 'the probe guest is built (scripts/setup)');
+    await fsp.copyFile(probe.kernel, path.join(dir, 'vmlinuz'));
+    await fsp.copyFile(probe.initrd, path.join(dir, 'initrd.img'));
+    await ferry(
+      ...['vm', 'new', 'k1', '--host', 'sd-a', '--memory', '128M', '--start'],
+      ...['--kernel', inside(path.join(dir, 'vmlinuz')), '--initrd', inside(path.join(dir, 'initrd.img'))],
+    );
+    const k1 = JSON.parse(await ferry('vm', 'show', 'k1', '--json')) as { id: string; state: string };
+    assert.equal(k1.state, 'running');
+    const k1Pid = (await m.ok(['cat', `/var/lib/ferry/run/${k1.id}/qemu.pid`])).trim();
+    const k1Argv = (await m.ok(['cat', `/proc/${k1Pid}/cmdline`])).split('\0');
+    const kernelFd = k1Argv[k1Argv.indexOf('-kernel') + 1] ?? '';
+    assert.match(kernelFd, /^\/proc\/self\/fd\/\d+$/, 'the kernel is a descriptor');
+    assert.match(
+      (await m.ok(['readlink', `/proc/${k1Pid}/fd/${kernelFd.split('/').pop()}`])).trim(),
+      /\/vmlinuz$/,
+      "QEMU's descriptor is the VM's kernel",
+    );
+    await ferry('vm', 'stop', 'k1', '--force');
+    await ferry('vm', 'rm', 'k1');
     const alive = async (what: string): Promise<void> => {
       assert.equal((await m.run(['kill', '-0', qemu])).code, 0, `QEMU survives ${what}`);
       assert.equal((await m.ok(['systemctl', 'is-active', scope])).trim(), 'active');
