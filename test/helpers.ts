@@ -1,6 +1,8 @@
 // Shared test helpers: temp folders that are always removed, serial-log polling, the
 // accelerator every integration test uses.
+import assert from 'node:assert/strict';
 import type { PoolDef } from '../src/storage/pools.js';
+import type { FerryError } from '../src/errors.js';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -60,4 +62,13 @@ export function testPools(dir: string): PoolDef[] {
     { name: 'test', kind: 'local', path: dir },
     { name: 'guests', kind: 'local', path: path.resolve('.cache/guests') },
   ];
+}
+
+/** For assert.throws/rejects: a FerryError with this code and a message matching `re`. */
+export function refusedWith(code: string, re: RegExp): (e: FerryError) => true {
+  return (e) => {
+    assert.equal(e.code, code);
+    assert.match(e.message, re);
+    return true;
+  };
 }

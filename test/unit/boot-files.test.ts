@@ -8,8 +8,7 @@ import path from 'node:path';
 import { openBootFiles } from '../../src/vm/boot-files.js';
 import { parseVmSpec, newVmId, type VmSpec } from '../../src/vm/spec.js';
 import type { PoolDef } from '../../src/storage/pools.js';
-import type { FerryError } from '../../src/errors.js';
-import { tempDir } from '../helpers.js';
+import { refusedWith, tempDir } from '../helpers.js';
 
 function spec(folder: string, over: Record<string, unknown> = {}): VmSpec {
   return parseVmSpec({
@@ -36,12 +35,6 @@ async function layout(dir: string): Promise<{ pools: PoolDef[]; folder: string; 
   return { pools: [{ name: 'local', kind: 'local', path: path.join(dir, 'pool') }], folder, secret };
 }
 
-const refused = (code: string, re: RegExp) => (e: FerryError) => {
-  assert.equal(e.code, code);
-  assert.match(e.message, re);
-  return true;
-};
-
 test('the boot files are opened in the pool and named /proc/self/fd/3, 4, … in order', async (t) => {
   const { pools, folder } = await layout(await tempDir(t));
   const files = await openBootFiles(spec(folder), pools, 'host-a');
@@ -52,7 +45,7 @@ test('the boot files are opened in the pool and named /proc/self/fd/3, 4, … in
     assert.equal(files.fds.length, 3);
     // Each descriptor is the file itself (what QEMU inherits as fd 3, 4, 5).
     assert.equal(fs.readlinkSync(`/proc/self/fd/${files.fds[1]}`), path.join(folder, 'initrd.img'));
-    assert.throws(() => files.nameOf('/etc/shadow'), refused('E_INTERNAL', /was not opened for QEMU/));
+    assert.throws(() => files.nameOf('/etc/shadow'), refusedWith('E_INTERNAL', /was not opened for QEMU/));
   } finally {
     await files.close();
   }
@@ -67,14 +60,14 @@ test('a boot file outside the pools, or reached by a link in the pool, is refuse
       pools,
       'h',
     ),
-    refused('E_INVALID_INPUT', /the initrd of VM 'k1' '.*secret': it is outside every storage pool of host 'h'/),
+    refusedWith('E_INVALID_INPUT', /the initrd of VM 'k1' '.*secret': it is outside every storage pool of host 'h'/),
   );
   for (const target of [secret, path.join(folder, 'vmlinuz')]) {
     await fsp.rm(path.join(folder, 'media.iso'), { force: true });
     await fsp.symlink(target, path.join(folder, 'media.iso'));
     await assert.rejects(
       openBootFiles(spec(folder), pools, 'h'),
-      refused('E_PATH_LINK', /Cannot open CD-ROM cd0 of VM 'k1' .*media\.iso is a symbolic link/),
+      refusedWith('E_PATH_LINK', /Cannot open CD-ROM cd0 of VM 'k1' .*media\.iso is a symbolic link/),
     );
   }
   assert.equal(fs.readdirSync('/proc/self/fd').length, fdsBefore, 'the kernel and initrd opened first were closed');
