@@ -160,6 +160,21 @@ export function heartbeatContinuity(logs: string[]): {
   return { first, last, missing, split, total: sorted.length };
 }
 
+/**
+ * Where heartbeat `seq` should be, in each log: the lines around its neighbours (seq − 1 and
+ * seq + 1), quoted so a cut line or a stray byte shows. For the message of a lost heartbeat.
+ */
+export function linesAround(logs: readonly string[], seq: number, names: readonly string[] = []): string {
+  const out: string[] = [];
+  logs.forEach((text, i) => {
+    const lines = text.split('\n');
+    const at = lines.findIndex((l) => l.includes(`ferry-hb ${seq - 1} `) || l.includes(`ferry-hb ${seq + 1} `));
+    const where = at < 0 ? 'neither neighbour' : lines.slice(Math.max(0, at - 2), at + 4).map((l) => JSON.stringify(l));
+    out.push(`${names[i] ?? `log ${i}`}: ${Array.isArray(where) ? where.join(' | ') : where}`);
+  });
+  return out.join('\n');
+}
+
 /** Polls a migration record until it reaches one of `states`. */
 export async function waitMigration(
   l: TestLab,
