@@ -274,14 +274,16 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
     }
   }
   await checkBootFiles(spec, new Set());
-  await ensureSandbox({ signal: opts.signal });
-  await grantQemuFiles(spec, opts.pools);
-  const paths = runtimePaths(opts.runDir);
-  await prepareRunDir(opts.runDir);
-  // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
-  if (!opts.incoming && (await exists(paths.serialLog))) await fsp.rename(paths.serialLog, paths.serialLog + '.1');
+  // Before anything is changed for the start (files handed to QEMU's user, the console rotated):
+  // a refused boot file leaves everything as it was.
   const boot = await openBootFiles(spec, opts.pools, opts.host ?? 'this host', { signal: opts.signal });
   try {
+    await ensureSandbox({ signal: opts.signal });
+    await grantQemuFiles(spec, opts.pools);
+    const paths = runtimePaths(opts.runDir);
+    await prepareRunDir(opts.runDir);
+    // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.
+    if (!opts.incoming && (await exists(paths.serialLog))) await fsp.rename(paths.serialLog, paths.serialLog + '.1');
     const argv = buildArgv(spec, {
       accel: opts.accel,
       paths,

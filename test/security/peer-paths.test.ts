@@ -348,10 +348,32 @@ test('a VM whose shared vm.json names a host file, or whose initrd became a link
   assert.match(named, /^\/proc\/self\/fd\/\d+$/);
   const fd = named.split('/').pop()!;
   assert.equal(await fsp.readlink(`/proc/${pid}/fd/${fd}`), initrd, "QEMU's descriptor is the VM's own initrd");
+  // Swapped for a link while it runs: a move's destination refuses to start it, and the VM runs
+  // on where it was, the same QEMU, nothing started on the destination.
+  const third = L.status.hosts.map((h) => h.name).find((h) => h !== R.mallory && h !== R.victim)!;
+  const real = `${initrd}.real`;
+  await fsp.rename(initrd, real);
+  await fsp.symlink(real, initrd);
+  try {
+    const move = await ferry(['move-vm', 'v1', '--to', third, '--json'], { lab: L.lab, timeoutMs: 180_000 });
+    assert.notEqual(move.code, 0, move.stdout);
+    assert.match(move.stdout + move.stderr, /initrd\.img is a symbolic link/);
+  } finally {
+    await fsp.rm(initrd);
+    await fsp.rename(real, initrd);
+  }
+  const after = await ferryOk<VmView>(['vm', 'show', 'v1', '--json'], { lab: L.lab });
+  assert.equal(`${after.host}:${after.state}`, `${R.victim}:running`);
+  assert.deepEqual(await hostQemuPids(hostData(L, R.victim)), [pid], 'the same QEMU runs on');
+  assert.deepEqual(await hostQemuPids(hostData(L, third)), [], 'no QEMU on the destination');
   await ferryOk(['vm', 'stop', 'v1', '--force'], { lab: L.lab });
 });
 
 test('a host that is not the leader cannot order a move or storage move, nor compare toward a non-member', async () => {
+  // The moves an earlier test recorded (an administrator's, refused by the destination).
+  const listMoves = (): Promise<MigrationRecord[]> =>
+    ferryOk<MigrationRecord[]>(['migration', 'list', '--all', '--json'], { lab: L.lab });
+  const before = new Set((await listMoves()).map((m) => m.id));
   const order = await post(R.agent, R.endpoint(R.victim), '/v1/migrations', {
     vm: 'v1',
     to: { name: R.mallory, endpoint: R.endpoint(R.mallory) },
@@ -377,7 +399,7 @@ test('a host that is not the leader cannot order a move or storage move, nor com
   assert.match(storage.body, new RegExp(`the host certificate of '${R.mallory}' may not call it`));
   assert.equal(fs.existsSync(stolen), false, 'no folder made');
 
-  const moves = await ferryOk<MigrationRecord[]>(['migration', 'list', '--all', '--json'], { lab: L.lab });
+  const moves = (await listMoves()).filter((m) => !before.has(m.id));
   assert.deepEqual(moves, [], 'no move recorded');
   const vms = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab: L.lab });
   assert.deepEqual(
