@@ -80,6 +80,7 @@ export const ERROR_CODES = {
   E_IMPORT: input('a libvirt domain cannot be imported as it is'),
   E_PATH_NOT_FOUND: notFound('a folder does not exist'),
   E_PATH_LINK: input('a path inside a pool is, or passes through, a symbolic link'),
+  E_PATH_SWAPPED: conflict('a disk image was replaced while QEMU opened it; QEMU was stopped before the guest ran'),
   E_LAB_EXISTS: conflict('a lab already runs in that folder'),
   E_LAB_NOT_FOUND: notFound('no lab in that folder'),
   E_LAB_NETWORK: input('the lab network cannot be set up'),
@@ -125,7 +126,9 @@ export const ERROR_CODES = {
   E_DISK_NOT_FOUND: notFound('a disk image of the VM is missing'),
   E_QEMU_START: failed('QEMU did not start'),
   E_QEMU_GONE: failed('the QEMU process is gone'),
-  E_STORAGE_DAEMON: failed("qemu-storage-daemon could not open a stopped VM's disks for a resumable copy"),
+  E_STORAGE_DAEMON: failed(
+    "the disk daemon (QEMU without a guest) could not open a stopped VM's disks for a resumable copy",
+  ),
   E_QEMU_SANDBOX: failed("this host's QEMU cannot run with its seccomp sandbox on"),
   E_QEMU_USER: failed('the user QEMU runs as does not exist or cannot reach a file of the VM'),
   E_QMP: failed('QEMU refused a QMP command'),

@@ -38,7 +38,7 @@ export function chooseCopy(mode: ResumableMode, disks: ReadonlyArray<Disk>, onCh
 
 /**
  * The move's copy. A stopped VM's disks are read by qemu-img, unless `--resumable` chooses the
- * resumable copy and every disk is qcow2: then qemu-storage-daemon runs the same backup passes
+ * resumable copy and every disk is qcow2: then a disk daemon runs the same backup passes
  * (kinds/stopped-copy.ts), and the bitmap of a cut copy lives on in the image (a raw disk has
  * nowhere to store it once the daemon quits, a read-only one cannot be written).
  */
@@ -60,5 +60,5 @@ export function moveCopy(
   // QEMU accepts the bitmap on a read-only node but cannot store it ("Lost persistent bitmaps").
   const ro = disks.find((d) => d.readOnly);
   if (ro) return offline(`disk '${ro.id}' is read-only, so its bitmap cannot be stored`);
-  return { method: 'resumable', why: `${c.why}; qemu-storage-daemon reads the stopped VM's disks` };
+  return { method: 'resumable', why: `${c.why}; a disk daemon reads the stopped VM's disks` };
 }

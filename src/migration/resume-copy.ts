@@ -30,7 +30,7 @@ export async function bitmapState(
 ): Promise<BitmapState> {
   const blocks = await qmp.execute('query-block', undefined, { signal: opts.signal, timeoutMs: 10_000 });
   const b = blocks.find((x) => x.inserted?.['node-name'] === node);
-  // qemu-storage-daemon (a stopped VM's copy) has no devices: query-block lists none of its nodes.
+  // The disk daemon (a stopped VM's copy) has no devices: query-block lists none of its nodes.
   const bitmaps = b
     ? b.inserted?.['dirty-bitmaps']
     : (await qmp.execute('query-named-block-nodes', { flat: true }, { signal: opts.signal, timeoutMs: 10_000 })).find(

@@ -213,7 +213,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
 /**
  * The -blockdev values (JSON) of a disk: its file node, the read-only nodes of the checked
  * chain below it (pinned: QEMU reads no backing name from a header), then its format node
- * (`nodeNames`). Also what qemu-storage-daemon opens for a stopped VM's copy (storage-daemon.ts).
+ * (`nodeNames`). Also what the disk daemon opens for a stopped VM's copy (storage-daemon.ts).
  */
 export function diskBlockdevs(
   d: DiskSpec,

@@ -1,37 +1,48 @@
-// qemu-storage-daemon for a stopped VM's disks: QEMU's block layer without a guest, driven over
-// QMP like a VM's QEMU. A stopped VM's shared-nothing or storage move runs the same resumable
-// backup passes through it as a running VM's (kinds/stopped-copy.ts), so its persistent dirty
-// bitmap is stored in the qcow2 when the daemon quits and a retry resumes from it (issue 17
-// item 6). It runs as QEMU's user and opens the disks with the nodes QEMU would (argv.ts
-// diskBlockdevs: the checked backing chain pinned), detached so an agent restart does not kill
-// it mid-write; the move's undo (or its recovery after a restart) stops it, found by its folder.
+// A disk daemon for a stopped VM's disks: QEMU's block layer without a guest, driven over QMP
+// like a VM's QEMU. A stopped VM's shared-nothing or storage move runs the same resumable backup
+// passes through it as a running VM's (kinds/stopped-copy.ts), so its persistent dirty bitmap is
+// stored in the qcow2 when the daemon quits and a retry resumes from it (issue 17 item 6). It is
+// the VM's own QEMU binary with no machine (`-machine none`), not qemu-storage-daemon: that one
+// has no `-sandbox` in 7.2, and these disks may sit on a pool another host writes (issue 14).
+// It runs as QEMU's user, sandboxed as a VM's QEMU is, and opens the disks with the nodes QEMU
+// would (argv.ts diskBlockdevs: the checked backing chain pinned), detached so an agent restart
+// does not kill it mid-write; the move's undo (or its recovery after a restart) stops it, found
+// by its folder.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AbortedError, FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
+import { QEMU_BINARY } from './process.js';
 import { QmpClient } from './qmp.js';
+import { SANDBOX_ARGS } from './sandbox.js';
 import { dropPrivilegesArgs, prepareRunDir, qemuUser } from './user.js';
 
-export const STORAGE_DAEMON_BINARY = process.env.FERRY_QEMU_STORAGE_DAEMON ?? 'qemu-storage-daemon';
+/** What marks a disk daemon's command line (with its folder): a VM's QEMU always has a machine. */
+const NO_MACHINE = ['-machine', 'none'];
 
 export class StorageDaemonError extends FerryError {
   constructor(vm: string, reason: string, cause?: unknown) {
     super(
       'E_STORAGE_DAEMON',
-      `Cannot open the disks of VM '${vm}' for copying: qemu-storage-daemon ${reason}; ` +
-        'install qemu-system-common (it ships the daemon) or move the VM with --resumable never',
+      `Cannot open the disks of VM '${vm}' for copying: the disk daemon (QEMU without a guest) ${reason}; ` +
+        "check the daemon's log (daemon.stderr.log in the move's run folder), or move the VM with --resumable never",
       { context: { vm }, cause },
     );
   }
 }
 
-/** Is `pid` still the daemon that runs in `dir` (a reused pid is someone else's)? */
+/**
+ * Is `pid` still the daemon that runs in `dir` (a reused pid is someone else's)? A QEMU with no
+ * machine, or a qemu-storage-daemon that a Ferry before this one left running mid-copy.
+ */
 export function isDaemonOf(pid: number, dir: string): boolean {
   try {
     const args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    return args.some((a) => a.endsWith('qemu-storage-daemon')) && args.some((a) => a.includes(path.resolve(dir) + '/'));
+    const m = args.indexOf(NO_MACHINE[0] ?? '');
+    const daemon = args.some((a) => a.endsWith('qemu-storage-daemon')) || (m >= 0 && args[m + 1] === NO_MACHINE[1]);
+    return daemon && args.some((a) => a.includes(path.resolve(dir) + '/'));
   } catch {
     return false;
   }
@@ -96,22 +107,23 @@ export class StorageDaemon {
     const errFd = fs.openSync(log, 'w');
     const u = qemuUser();
     const runAs = u && process.getuid?.() === 0 ? dropPrivilegesArgs(u) : [];
-    const [file = STORAGE_DAEMON_BINARY, ...args] = [
+    const [file = QEMU_BINARY, ...args] = [
       ...runAs,
-      STORAGE_DAEMON_BINARY,
-      '--chardev',
+      QEMU_BINARY,
+      ...['-nodefaults', '-no-user-config', '-display', 'none', ...NO_MACHINE, ...SANDBOX_ARGS],
+      '-chardev',
       `socket,id=qmp,path=${sock},server=on,wait=off`,
-      '--monitor',
-      'chardev=qmp',
+      '-mon',
+      'chardev=qmp,mode=control',
       // A second monitor for an administrator (and the tests), as a VM's QEMU has: a monitor
       // socket serves one client at a time and the agent holds the first.
-      '--chardev',
+      '-chardev',
       `socket,id=qmp-admin,path=${path.join(dir, 'qmp-admin.sock')},server=on,wait=off`,
-      '--monitor',
-      'chardev=qmp-admin',
-      '--pidfile',
+      '-mon',
+      'chardev=qmp-admin,mode=control',
+      '-pidfile',
       pidFile,
-      ...blockdevs.flatMap((b) => ['--blockdev', b]),
+      ...blockdevs.flatMap((b) => ['-blockdev', b]),
     ];
     const child = spawn(file, args, { detached: true, stdio: ['ignore', errFd, errFd] });
     fs.closeSync(errFd);
@@ -140,6 +152,17 @@ export class StorageDaemon {
       if (opts.signal?.aborted) throw new AbortedError(`open the disks of VM '${vm}'`, opts.signal.reason);
       throw new StorageDaemonError(vm, `failed at start-up: ${gone.exited ? await reason() : messageOf(err)}`, err);
     }
+  }
+
+  /** SIGKILL, before any copy began (its images were not what the agent checked). */
+  async kill(): Promise<void> {
+    this.qmp.close();
+    try {
+      process.kill(this.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
+    await waitGone(this.pid, this.dir, 5000);
   }
 
   /**

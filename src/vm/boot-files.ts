@@ -9,7 +9,8 @@
 //
 // Disks are still opened by QEMU by path: QEMU writes a node's file name into image headers
 // (checkpoints' overlays, block-stream and block-commit), and the agent cannot hand a running
-// QEMU a descriptor (QMP's add-fd needs SCM_RIGHTS, which Node's sockets cannot send).
+// QEMU a descriptor (QMP's add-fd needs SCM_RIGHTS, which Node's sockets cannot send). Instead
+// the agent checks, before the guest runs, that QEMU holds the disks it checked (qemu/opened-files.ts).
 import fsp, { type FileHandle } from 'node:fs/promises';
 import { FerryError } from '../errors.js';
 import { assertInUsablePool, isInside, realPathLoose, type PoolDef } from '../storage/pools.js';

@@ -9,6 +9,7 @@ import { createImage } from '../qemu/img.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
 import { ensureSandbox } from '../qemu/sandbox.js';
 import { StorageDaemon } from '../qemu/storage-daemon.js';
+import { blockdevFiles, checkOpenedFiles } from '../qemu/opened-files.js';
 import {
   assertQemuCanOpen,
   letQemuRead,
@@ -215,19 +216,28 @@ async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[]): Promise<
 }
 
 /**
- * A stopped VM's disks `diskIds` opened by qemu-storage-daemon for a copy (storage-daemon.ts):
+ * A stopped VM's disks `diskIds` opened by a disk daemon (QEMU without a guest) for a copy (storage-daemon.ts):
  * the files handed to QEMU's user as for a start, the nodes QEMU's own (checked chains pinned).
  */
 export async function openDisksForCopy(
   spec: VmSpec,
   diskIds: readonly string[],
-  opts: { dir: string; chains: DiskChains; pools: readonly PoolDef[]; signal?: AbortSignal },
+  opts: { dir: string; chains: DiskChains; pools: readonly PoolDef[]; host?: string; signal?: AbortSignal },
 ): Promise<StorageDaemon> {
   await grantQemuFiles(spec, opts.pools);
   const blockdevs = spec.disks
     .filter((d) => diskIds.includes(d.id))
     .flatMap((d) => diskBlockdevs(d, opts.chains.get(d.id) ?? [], d.cache === 'none' && supportsDirectIo(d.path)));
-  return StorageDaemon.start(spec.name, blockdevs, opts.dir, opts.signal ? { signal: opts.signal } : {});
+  const daemon = await StorageDaemon.start(spec.name, blockdevs, opts.dir, opts.signal ? { signal: opts.signal } : {});
+  try {
+    // As for a start (qemu/opened-files.ts): a copy must not read a file swapped in while the daemon opened it.
+    const who = { vm: spec.name, host: opts.host ?? 'this host', signal: opts.signal };
+    await checkOpenedFiles(daemon.pid, blockdevFiles(blockdevs), opts.pools, who);
+  } catch (err) {
+    await daemon.kill();
+    throw err;
+  }
+  return daemon;
 }
 
 /** Whether the file system under `file` accepts O_DIRECT (tmpfs does not). */
@@ -288,7 +298,8 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
       accel: opts.accel,
       paths,
       incoming: opts.incoming,
-      paused: opts.paused,
+      // Always paused at first: the guest runs only once QEMU's disks are the files checked.
+      paused: true,
       switches: opts.switches,
       directIo: (d: DiskSpec) => supportsDirectIo(d.path),
       fileAs: boot.nameOf,
@@ -296,7 +307,7 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
       ...(opts.chains ? { chains: opts.chains } : {}),
     });
     await fsp.writeFile(path.join(opts.runDir, 'argv.json'), JSON.stringify(argv));
-    return await QemuProcess.spawn(argv, {
+    const proc = await QemuProcess.spawn(argv, {
       vm: spec.name,
       runDir: opts.runDir,
       qmpSocket: paths.qmpSocket,
@@ -305,6 +316,16 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
       timeoutMs: opts.timeoutMs,
       passFds: boot.fds,
     });
+    try {
+      const who = { vm: spec.name, host: opts.host ?? 'this host', signal: opts.signal };
+      await checkOpenedFiles(proc.pid, blockdevFiles(argv), opts.pools, who);
+      if (!opts.incoming && !opts.paused)
+        await proc.qmp.execute('cont', undefined, { signal: opts.signal, timeoutMs: 5000 });
+    } catch (err) {
+      await proc.kill();
+      throw err;
+    }
+    return proc;
   } finally {
     await boot.close(); // QEMU holds its own copies
   }

@@ -44,7 +44,7 @@ export async function copiesPast(
   mark: number,
   monitor = path.join(hostData(l, 'host-a'), 'run', vm.id, 'qmp-admin.sock'),
 ): Promise<{ done: number; total: number }> {
-  // A stopped VM's copy runs in qemu-storage-daemon, whose socket appears once the move opened the disks.
+  // A stopped VM's copy runs in a disk daemon (QEMU, no guest), whose socket appears once the move opened the disks.
   const qmp = await QmpClient.connect(monitor, { vm: vm.name, timeoutMs: 60_000 });
   try {
     for (let i = 0; ; i++) {

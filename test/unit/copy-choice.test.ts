@@ -49,7 +49,7 @@ test("a stopped VM's move resumes as a running one's, qcow2 only (the image stor
     moveCopy(false, mode, disks, onChain);
   assert.deepEqual(sn(undefined, [disk('disk0', 8 * GiB)]), {
     method: 'resumable',
-    why: "the disks hold 8.00 GiB, at least 1.00 GiB; qemu-storage-daemon reads the stopped VM's disks",
+    why: "the disks hold 8.00 GiB, at least 1.00 GiB; a disk daemon reads the stopped VM's disks",
   });
   assert.equal(sn('always', [disk('disk0', 1)]).method, 'resumable');
   assert.deepEqual(sn(undefined, [disk('disk0', 1)]), {

@@ -9,7 +9,7 @@
 // VM whose disks are qcow2 or raw and do not sit on a checkpoint chain, when `--resumable` and
 // the disks' size say so (copy-choice.ts, decided once in the plan); the others keep the mirror
 // (docs/moves.md). A stopped VM's writable qcow2 disks take the same passes through
-// qemu-storage-daemon (stopped-copy.ts); the others keep qemu-img.
+// a disk daemon (stopped-copy.ts); the others keep qemu-img.
 import type { IncomingRequest } from '../../api/peer-actions.js';
 import { messageOf } from '../../errors.js';
 import { removeBitmap } from '../../qemu/img.js';

@@ -118,7 +118,7 @@ export const prepareStoppedStep: Step<SourceCtx> = {
 export const copyStep: Step<SourceCtx> = {
   name: 'copy',
   phase: 'copying-storage',
-  // A resumable copy runs the backup step through qemu-storage-daemon instead (stopped-copy.ts).
+  // A resumable copy runs the backup step through a disk daemon instead (stopped-copy.ts).
   when: (ctx) => ctx.proc === null && !resumes(ctx),
   async run(ctx, s) {
     const spec = needSpec(ctx);

@@ -1,7 +1,7 @@
 // Shared nothing: the VM's disks are copied to the destination. A running VM's disks are
 // mirrored over NBD, then its memory moves (kinds/live.ts's steps); a stopped VM's disks are
 // filled with qemu-img and the destination registers it (kinds/offline.ts's steps), or, when the
-// copy is resumable, copied by backup passes through qemu-storage-daemon (kinds/stopped-copy.ts). A VM with
+// copy is resumable, copied by backup passes through a disk daemon (kinds/stopped-copy.ts). A VM with
 // checkpoints sends its chain's read-only files first (kinds/chain.ts). Which steps
 // run is decided when Begin (compare) finds the VM running or stopped; each step says so (`when`).
 import type { MoveKind } from '../runner.js';

@@ -1,4 +1,4 @@
-// A stopped VM's resumable disk copy (issue 17 item 6), source side: qemu-storage-daemon opens
+// A stopped VM's resumable disk copy (issue 17 item 6), source side: a disk daemon opens
 // the disks (storage-daemon.ts) and the backup step runs the same passes through it as through
 // a running VM's QEMU (backup-copy.ts). Nothing writes the disks while the move holds the VM,
 // so the first pass leaves the bitmap empty; closing the daemon stores it in each qcow2, where
@@ -62,9 +62,16 @@ export function openDisksStepFor<C extends DisksCtx>(
       // Recorded before the spawn: a restarted agent finds the daemon by its folder.
       s.record({ dir });
       const chains = await ctx.host.vms.checkStorage(spec);
-      const daemon = await openDisksForCopy(spec, ids, { dir, chains, pools: ctx.host.pools(), signal: s.signal });
+      const daemon = await openDisksForCopy(spec, ids, {
+        dir,
+        chains,
+        pools: ctx.host.pools(),
+        host: ctx.host.name,
+        signal: s.signal,
+      });
       ctx.daemon = daemon;
-      s.log(`qemu-storage-daemon (pid ${daemon.pid}) opened ${ids.length} disk(s) of the stopped VM`);
+      const opened = `${ids.length} disk(s) of the stopped VM`;
+      s.log(`a disk daemon (QEMU without a guest, sandboxed; pid ${daemon.pid}) opened ${opened}`);
       return { dir, pid: daemon.pid };
     },
     async undo(ctx, data) {
@@ -142,7 +149,7 @@ export const closeDisksStep: Step<SourceCtx> = {
     // The bitmaps stay (stored in the images) until the move completed: the release removes them.
     await closeDisks(ctx, needSpec(ctx).name, ctx.backups ?? [], { dropBitmaps: false, signal: s.signal });
     ctx.backups = [];
-    s.log('the disks are copied; qemu-storage-daemon closed them');
+    s.log('the disks are copied; the disk daemon closed them');
     return undefined;
   },
 };

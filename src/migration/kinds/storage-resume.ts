@@ -1,6 +1,6 @@
 // A storage move's resumable copy (issue 17 item 6): a VM's disks copied to their new place by
 // backup passes with a dirty bitmap (as a shared-nothing move's, backup-copy.ts; a stopped VM's
-// through qemu-storage-daemon, stopped-copy.ts, with no pause and no switch)
+// through a disk daemon, stopped-copy.ts, with no pause and no switch)
 // instead of a mirror or qemu-img, so a copy cut mid-way (the agent restarted, the pool filled
 // up, an I/O error) is resumed by a retry of the same `move-storage`: only what the bitmap says
 // the copy still owes is copied again. Chosen once in the plan (`--resumable`, copy-choice.ts).
@@ -64,7 +64,7 @@ export function resumableStorage(ctx: Pick<StorageCtx, 'proc' | 'plan' | 'daemon
   return plannedResumable(ctx) && readsDisks(ctx);
 }
 
-/** A stopped VM's resumable storage move: its disks are read by qemu-storage-daemon (stopped-copy.ts). */
+/** A stopped VM's resumable storage move: its disks are read by a disk daemon (stopped-copy.ts). */
 const stoppedResumable = (ctx: StorageCtx): boolean => ctx.proc === null && plannedResumable(ctx);
 
 /** Opens the stopped VM's disks the move copies. */
@@ -88,7 +88,7 @@ export const storageCloseDisks: Step<StorageCtx> = {
     await unmarkBitmap(ctx.host.dataDir, ctx.spec.id, storageBitmapOf(ctx.spec.id, ctx.host.name)).catch(
       () => undefined,
     );
-    s.log('the disks are copied; qemu-storage-daemon closed them');
+    s.log('the disks are copied; the disk daemon closed them');
     return undefined;
   },
 };

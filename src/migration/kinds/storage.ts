@@ -270,7 +270,7 @@ const mirror: Step<StorageCtx> = {
 const convert: Step<StorageCtx> = {
   name: 'convert',
   phase: 'copying-storage',
-  // A stopped VM's resumable copy runs the backup step through qemu-storage-daemon instead.
+  // A stopped VM's resumable copy runs the backup step through a disk daemon instead.
   when: (ctx) => ctx.proc === null && !plannedResumable(ctx),
   async run(ctx, s) {
     const r = ctx.job.record;

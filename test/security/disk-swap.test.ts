@@ -1,0 +1,123 @@
+// A disk swapped while QEMU opens it (issue #14, symlink races on shared pools): whoever writes a
+// pool can put a link to another file (here another VM's disk on this host) in place of a disk
+// after the agent checked it and before QEMU opened it, and put the disk back after. The race is
+// won here on purpose: the test swaps the file around the agent's spawn of QEMU (after every
+// check the agent makes before it), so QEMU opens the other VM's disk. The start, and a stopped
+// VM's disk daemon, must then refuse: QEMU stopped before the guest ran, the other disk untouched.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { createVm, openDisksForCopy, runtimePaths, startVm } from '../../src/vm/lifecycle.js';
+import { probeVm } from '../../src/vm/guests.js';
+import { QemuProcess, isQemuAlive } from '../../src/qemu/process.js';
+import { StorageDaemon } from '../../src/qemu/storage-daemon.js';
+import { blockdevFiles, checkOpenedFiles } from '../../src/qemu/opened-files.js';
+import { setQemuUser } from '../../src/qemu/user.js';
+import { refusedWith, tempDir, testAccel, testPools } from '../helpers.js';
+import type { VmSpec } from '../../src/vm/spec.js';
+
+const sha = async (file: string): Promise<string> => {
+  const { createHash } = await import('node:crypto');
+  return createHash('sha256')
+    .update(await fsp.readFile(file))
+    .digest('hex');
+};
+
+/** Two probe VMs in one pool: `vm` whose disk gets swapped, `other` whose disk the link names. */
+async function twoVms(dir: string, tag: string): Promise<{ vm: VmSpec; other: VmSpec }> {
+  const a = probeVm({ name: `${tag}a`, configPath: path.join(dir, `${tag}a`) });
+  const b = probeVm({ name: `${tag}b`, configPath: path.join(dir, `${tag}b`) });
+  return { vm: await createVm(a.spec, a.create), other: await createVm(b.spec, b.create) };
+}
+
+/** Makes `disk` a link to `target` for the duration of `during`, then puts the disk back. */
+async function swappedDuring<T>(disk: string, target: string, during: () => Promise<T>): Promise<T> {
+  const aside = `${disk}.aside`;
+  await fsp.rename(disk, aside);
+  await fsp.symlink(target, disk);
+  try {
+    return await during();
+  } finally {
+    await fsp.rm(disk, { force: true });
+    await fsp.rename(aside, disk);
+  }
+}
+
+const SWAP_START =
+  "a disk swapped for a link to another VM's disk while QEMU opened it: the start is refused, the guest never ran";
+test(SWAP_START, async (t) => {
+  setQemuUser(null);
+  const dir = await tempDir(t, 'ferry-sec-swap-');
+  const { vm, other } = await twoVms(dir, 'sw1');
+  const disk = vm.disks[0]!.path;
+  const victim = other.disks[0]!.path;
+  const victimSum = await sha(victim);
+  const runDir = path.join(dir, 'run');
+  let pid = 0;
+  const spawn = QemuProcess.spawn.bind(QemuProcess);
+  QemuProcess.spawn = (argv, o) =>
+    swappedDuring(disk, victim, async () => {
+      const p = await spawn(argv, o);
+      pid = p.pid;
+      return p;
+    });
+  t.after(() => {
+    QemuProcess.spawn = spawn;
+  });
+  await assert.rejects(
+    startVm(vm, { runDir, accel: await testAccel(), pools: testPools(dir), host: 'host-a' }),
+    refusedWith('E_PATH_SWAPPED', new RegExp(`QEMU opened ${disk} but it is not the file the agent checked`)),
+  );
+  assert.ok(pid > 0, 'QEMU was started (the race was won)');
+  assert.equal(isQemuAlive(pid), false, 'and is gone');
+  const serial = await fsp.readFile(runtimePaths(runDir).serialLog, 'utf8').catch(() => '');
+  assert.equal(serial, '', 'the guest printed nothing: it never ran');
+  assert.equal(await sha(victim), victimSum, "the other VM's disk is unchanged");
+  assert.equal(fs.lstatSync(disk).isFile(), true);
+
+  // Without the swap the same VM starts, and QEMU holds its own disk.
+  QemuProcess.spawn = spawn;
+  const proc = await startVm(vm, { runDir, accel: await testAccel(), pools: testPools(dir), host: 'host-a' });
+  t.after(() => proc.kill());
+  const argv = JSON.parse(await fsp.readFile(path.join(runDir, 'argv.json'), 'utf8')) as string[];
+  await checkOpenedFiles(proc.pid, blockdevFiles(argv), testPools(dir), { vm: vm.name, host: 'host-a' });
+  const st = await proc.qmp.execute('query-status');
+  assert.equal(st.running, true, 'started paused, then run once its disks were checked');
+  await proc.kill();
+});
+
+test("a stopped VM's disk daemon that opened a swapped disk is stopped before it copies anything", async (t) => {
+  setQemuUser(null);
+  const dir = await tempDir(t, 'ferry-sec-swap-');
+  const { vm, other } = await twoVms(dir, 'sw2');
+  const disk = vm.disks[0]!.path;
+  const victim = other.disks[0]!.path;
+  const copyDir = path.join(dir, 'copy-1');
+  let pid = 0;
+  const start = StorageDaemon.start.bind(StorageDaemon);
+  StorageDaemon.start = (name, blockdevs, d, o) =>
+    swappedDuring(disk, victim, async () => {
+      const daemon = await start(name, blockdevs, d, o);
+      pid = daemon.pid;
+      return daemon;
+    });
+  t.after(() => {
+    StorageDaemon.start = start;
+  });
+  const open = (): Promise<StorageDaemon> =>
+    openDisksForCopy(vm, [vm.disks[0]!.id], { dir: copyDir, chains: new Map(), pools: testPools(dir), host: 'host-a' });
+  await assert.rejects(
+    open(),
+    refusedWith('E_PATH_SWAPPED', /QEMU opened .* but it is not the file the agent checked/),
+  );
+  assert.ok(pid > 0);
+  assert.equal(isQemuAlive(pid), false, 'the daemon is gone');
+
+  StorageDaemon.start = start;
+  const daemon = await open();
+  t.after(() => daemon.quit());
+  assert.ok(isQemuAlive(daemon.pid), 'without the swap the daemon opens the disk');
+  await daemon.quit();
+});
