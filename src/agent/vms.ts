@@ -573,6 +573,8 @@ export class VmInventory {
     return {
       proc: this.proc(name),
       runDir: this.runDir(rec.id),
+      pools: this.d.pools.list(),
+      host: this.d.host,
       ...(opts.signal ? { signal: opts.signal } : {}),
       startIncoming: async (spec) => {
         const chains = await this.checkStorage(spec);

@@ -8,6 +8,8 @@ import path from 'node:path';
 import type { CheckpointList, CheckpointView } from '../api/schemas.js';
 import { FerryError } from '../errors.js';
 import { commitImage, createImage, rebaseImage } from '../qemu/img.js';
+import { checkOpenedFiles } from '../qemu/opened-files.js';
+import type { PoolDef } from '../storage/pools.js';
 import type { QemuProcess } from '../qemu/process.js';
 import { rootNode } from '../migration/block.js';
 import { saveVm } from '../vm/folder.js';
@@ -29,7 +31,7 @@ import {
   type CheckpointTree,
 } from './model.js';
 import { loadTree, saveTree, treeFolder } from './store.js';
-import { letQemuThrough, ownForQemu } from '../qemu/user.js';
+import { letQemuThrough } from '../qemu/user.js';
 
 export interface CheckpointDeps {
   /** The VM's QEMU while it runs. */
@@ -42,6 +44,9 @@ export interface CheckpointDeps {
   resumed(proc: QemuProcess): void;
   /** Quits the VM's QEMU (QEMU flushes its images first). */
   quit(proc: QemuProcess): Promise<void>;
+  /** This host's pools and name: a running VM's new overlays must be the files the agent made (opened-files.ts). */
+  pools: readonly PoolDef[];
+  host: string;
   signal?: AbortSignal;
 }
 
@@ -123,6 +128,22 @@ function present(
   };
 }
 
+/** A disk's active layer in QEMU: its node, size, and whether its file is opened with O_DIRECT. */
+async function activeLayer<T extends { d: DiskSpec }>(
+  qmp: QemuProcess['qmp'],
+  o: T,
+  signal?: AbortSignal,
+): Promise<T & { node: string; size: number; direct: boolean }> {
+  const node = await rootNode(qmp, o.d.id, signal);
+  const all = await qmp.execute('query-named-block-nodes', { flat: true }, { signal, timeoutMs: 10_000 });
+  const n = all.find((x) => x['node-name'] === node);
+  if (!n)
+    throw new FerryError('E_BLOCK', `Cannot take a checkpoint of disk '${o.d.id}': QEMU has no node ${node}`, {
+      context: { disk: o.d.id, node },
+    });
+  return { ...o, node, size: n.image['virtual-size'], direct: n.cache.direct };
+}
+
 /**
  * Takes checkpoint `name`. Running VM: vCPUs stopped → memory saved to a file → every disk
  * gets a new external overlay (one transaction) → vCPUs resumed; the guest is paused only
@@ -146,41 +167,74 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
     const qmp = proc.qmp;
     const memory = `${tag}.mem`;
     const wasRunning = (await qmp.execute('query-status', undefined, { signal: deps.signal })).running;
-    const nodes = await Promise.all(
-      overlays.map(async (o) => ({ ...o, node: await rootNode(qmp, o.d.id, deps.signal) })),
-    );
+    const nodes = await Promise.all(overlays.map(async (o) => activeLayer(qmp, o, deps.signal)));
+    const made: string[] = [];
+    const added: string[] = [];
+    const dropPrepared = async (): Promise<void> => {
+      // Not on top of any disk (the transaction is all or none): the nodes and files only go.
+      for (const node of added) await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
+      for (const f of made) await fsp.rm(f, { force: true });
+    };
+    try {
+      // While the guest runs on: each overlay is made by the agent in a file it created itself
+      // (exclusively: no link is followed), backed by the active layer (the spec's file, as the
+      // stopped VM's overlays below), and QEMU's user's; QEMU opens it as a node of its own,
+      // which must be that very file (qemu/opened-files.ts), and only the snapshot below puts it
+      // on top. A file swapped in a shared pool meanwhile never becomes the VM's disk (had QEMU
+      // created the overlay by path, it would have truncated whatever a link there named).
+      for (const o of nodes) {
+        const fh = await fsp.open(o.file, 'wx', 0o600);
+        made.push(o.file);
+        try {
+          await createImage(o.file, 'qcow2', o.size, {
+            fd: fh.fd,
+            backing: { path: o.d.path, format: o.d.format },
+            unsafeBacking: true,
+            signal: deps.signal,
+          });
+        } finally {
+          await fh.close();
+        }
+        const node = `ck-${o.d.id}-${tag}`;
+        const cache = { direct: o.direct, 'no-flush': false };
+        await qmp.execute(
+          'blockdev-add',
+          {
+            driver: 'qcow2',
+            'node-name': node,
+            file: { driver: 'file', filename: o.file, 'node-name': `${node}-file`, cache },
+            cache,
+            backing: null,
+          },
+          { signal: deps.signal, timeoutMs: 30_000 },
+        );
+        added.push(node);
+        await checkOpenedFiles(proc.pid, [o.file], deps.pools, { vm: spec.name, host: deps.host, signal: deps.signal });
+      }
+    } catch (err) {
+      await dropPrepared();
+      throw err;
+    }
     const paused = Date.now();
     if (wasRunning) await qmp.execute('stop', undefined, { signal: deps.signal, timeoutMs: 10_000 });
     const resume = async (): Promise<void> => {
       if (wasRunning) await qmp.execute('cont', undefined, { timeoutMs: 10_000 });
     };
     try {
-      // QEMU creates each overlay into an existing empty file (it truncates it): made here,
-      // QEMU's user's, so QEMU never needs to write the checkpoint folder itself.
-      for (const o of overlays) {
-        await fsp.writeFile(o.file, '', { flag: 'wx', mode: 0o600 });
-        await ownForQemu(o.file);
-      }
       // Disks first, all in one transaction (all or none), while the vCPUs are stopped.
       await qmp.execute(
         'transaction',
         {
           actions: nodes.map((o) => ({
-            type: 'blockdev-snapshot-sync' as const,
-            data: {
-              'node-name': o.node,
-              'snapshot-file': o.file,
-              'snapshot-node-name': `ck-${o.d.id}-${tag}`,
-              format: 'qcow2',
-              mode: 'absolute-paths' as const,
-            },
+            type: 'blockdev-snapshot' as const,
+            data: { node: o.node, overlay: `ck-${o.d.id}-${tag}` },
           })),
         },
         { signal: deps.signal, timeoutMs: 30_000 },
       );
     } catch (err) {
       await resume().catch(() => undefined);
-      for (const o of overlays) await fsp.rm(o.file, { force: true });
+      await dropPrepared();
       throw err;
     }
     try {
@@ -194,7 +248,7 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
           () => undefined,
         );
       await resume().catch(() => undefined);
-      for (const o of overlays) await fsp.rm(o.file, { force: true });
+      await dropPrepared(); // the committed overlays' nodes are the monitor's (blockdev-add) until deleted
       throw err;
     }
     // The end of a migration leaves QEMU's images inactive: `cont` activates them again (a

@@ -6,6 +6,8 @@ import type { QmpClient } from '../qemu/qmp.js';
 import type { JobInfo } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
 import { isVarsQdev } from '../qemu/argv.js';
+import { checkOpenedFiles } from '../qemu/opened-files.js';
+import type { PoolDef } from '../storage/pools.js';
 import { VARS_DISK_ID } from '../vm/spec.js';
 
 /** The node a guest disk currently reads and writes (it changes after a storage move's pivot). */
@@ -24,7 +26,11 @@ export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSig
   return node;
 }
 
-/** Adds file + format nodes for an image (`<base>-file`, `<base>`). */
+/**
+ * Adds file + format nodes for an image (`<base>-file`, `<base>`). With `held`, QEMU (its pid)
+ * must then hold the very file the agent finds at `file` through no-link handles
+ * (qemu/opened-files.ts): a target made in a shared pool could be swapped before QEMU opened it.
+ */
 export async function addImageNode(
   qmp: QmpClient,
   base: string,
@@ -32,9 +38,16 @@ export async function addImageNode(
   format: string,
   direct: boolean,
   signal?: AbortSignal,
+  held?: { pid: number; pools: readonly PoolDef[]; vm: string; host: string },
 ): Promise<void> {
   const cache = { direct, 'no-flush': false };
   await qmp.execute('blockdev-add', { driver: 'file', filename: file, 'node-name': `${base}-file`, cache }, { signal });
+  try {
+    if (held) await checkOpenedFiles(held.pid, [file], held.pools, { vm: held.vm, host: held.host, signal });
+  } catch (err) {
+    await qmp.execute('blockdev-del', { 'node-name': `${base}-file` }).catch(() => undefined);
+    throw err;
+  }
   try {
     await qmp.execute('blockdev-add', { driver: format, file: `${base}-file`, 'node-name': base, cache }, { signal });
   } catch (err) {

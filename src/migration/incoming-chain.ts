@@ -14,6 +14,7 @@ import { FerryError, InvalidInputError } from '../errors.js';
 import { rebaseImage } from '../qemu/img.js';
 import { isQemuAlive, QemuProcess } from '../qemu/process.js';
 import { SANDBOX_ARGS } from '../qemu/sandbox.js';
+import { checkOpenedFiles } from '../qemu/opened-files.js';
 import { prepareRunDir } from '../qemu/user.js';
 import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
 import { exists } from '../vm/folder.js';
@@ -243,6 +244,8 @@ export const chainServerStep: Step<ChainCtx> = {
         { driver: 'raw', 'node-name': `chain${i}`, file: { driver: 'file', filename: r.path } },
         o,
       );
+      // The source writes into it: it must be the file made above, not a link swapped in since.
+      await checkOpenedFiles(proc.pid, [r.path], host.pools(), { vm: item.spec.name, host: host.name, ...o });
       await proc.qmp.execute(
         'block-export-add',
         { type: 'nbd', id: `exp-chain${i}`, 'node-name': `chain${i}`, name: `chain${i}`, writable: true },

@@ -191,6 +191,8 @@ export interface QmpCommands {
       drv: string;
       ro: boolean;
       'dirty-bitmaps'?: DirtyBitmapInfo[];
+      image: { filename: string; format: string; 'virtual-size': number };
+      cache: { direct: boolean; 'no-flush': boolean; writeback: boolean };
     }>;
   };
   'query-jobs': { args: NoArgs; ret: JobInfo[] };
@@ -217,16 +219,19 @@ export interface QmpCommands {
   };
   transaction: {
     args: {
-      actions: Array<{
-        type: 'blockdev-snapshot-sync';
-        data: {
-          'node-name': string;
-          'snapshot-file': string;
-          'snapshot-node-name'?: string;
-          format?: string;
-          mode?: 'existing' | 'absolute-paths';
-        };
-      }>;
+      actions: Array<
+        | {
+            type: 'blockdev-snapshot-sync';
+            data: {
+              'node-name': string;
+              'snapshot-file': string;
+              'snapshot-node-name'?: string;
+              format?: string;
+              mode?: 'existing' | 'absolute-paths';
+            };
+          }
+        | { type: 'blockdev-snapshot'; data: { node: string; overlay: string } }
+      >;
     };
     ret: Record<string, never>;
   };

@@ -39,9 +39,15 @@ export async function createImage(
   path: string,
   format: ImageFormat,
   sizeBytes: number,
-  opts: ImgOptions & { backing?: { path: string; format: ImageFormat }; fd?: number } = {},
+  opts: ImgOptions & {
+    backing?: { path: string; format: ImageFormat };
+    fd?: number;
+    /** Name the backing without opening it (a running QEMU holds it locked); needs `sizeBytes`. */
+    unsafeBacking?: boolean;
+  } = {},
 ): Promise<void> {
   const args = ['create', '-q', '-f', format];
+  if (opts.unsafeBacking) args.push('-u');
   const o: string[] = [];
   if (format === 'vpc') o.push('force_size=on', 'subformat=dynamic');
   if (format === 'vhdx') o.push('subformat=dynamic');

@@ -6,9 +6,9 @@
 // device and inode among QEMU's descriptors). QEMU holding something else is stopped before the
 // guest ran a single instruction or a copy read a block.
 //
-// Left open: QEMU reopens a backing file by path when a commit makes it writable, and files added
-// while QEMU runs (mirror and copy targets, checkpoint overlays: files the agent has just made)
-// are opened by path over QMP without this check.
+// Images QEMU adds while it runs (a storage move's targets, an arriving checkpoint chain, a
+// checkpoint's overlays) are checked the same way right after. Left open: QEMU reopens a backing
+// file by path when a commit makes it writable.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';

@@ -4,6 +4,7 @@
 // won here on purpose: the test swaps the file around the agent's spawn of QEMU (after every
 // check the agent makes before it), so QEMU opens the other VM's disk. The start, and a stopped
 // VM's disk daemon, must then refuse: QEMU stopped before the guest ran, the other disk untouched.
+// An image QEMU adds while it runs (a storage move's target, a checkpoint's overlay) is checked as well.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -15,7 +16,11 @@ import { QemuProcess, isQemuAlive } from '../../src/qemu/process.js';
 import { StorageDaemon } from '../../src/qemu/storage-daemon.js';
 import { blockdevFiles, checkOpenedFiles } from '../../src/qemu/opened-files.js';
 import { setQemuUser } from '../../src/qemu/user.js';
-import { refusedWith, tempDir, testAccel, testPools } from '../helpers.js';
+import { addImageNode } from '../../src/migration/block.js';
+import { listCheckpoints, takeCheckpoint } from '../../src/checkpoint/checkpoints.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
+import { parseSerial } from '../../guest/records.js';
+import { refusedWith, tempDir, testAccel, testPools, waitForFile } from '../helpers.js';
 import type { VmSpec } from '../../src/vm/spec.js';
 
 const sha = async (file: string): Promise<string> => {
@@ -120,4 +125,96 @@ test("a stopped VM's disk daemon that opened a swapped disk is stopped before it
   t.after(() => daemon.quit());
   assert.ok(isQemuAlive(daemon.pid), 'without the swap the daemon opens the disk');
   await daemon.quit();
+});
+
+test('an image QEMU adds while it runs (a storage move target) that is a link is dropped again, refused', async (t) => {
+  setQemuUser(null);
+  const dir = await tempDir(t, 'ferry-sec-swap-');
+  const { other } = await twoVms(dir, 'sw3');
+  const daemon = await StorageDaemon.start('sw3', [], path.join(dir, 'qemu'));
+  t.after(() => daemon.quit());
+  const target = path.join(dir, 'target.raw');
+  await fsp.symlink(other.disks[0]!.path, target);
+  const held = { pid: daemon.pid, pools: testPools(dir), vm: 'sw3a', host: 'host-a' };
+  await assert.rejects(
+    addImageNode(daemon.qmp, 'tgt', target, 'raw', false, undefined, held),
+    refusedWith('E_PATH_LINK', /target\.raw: target\.raw is a symbolic link/),
+  );
+  const nodes = await daemon.qmp.execute('query-named-block-nodes', { flat: true });
+  assert.deepEqual(
+    nodes.map((n) => n['node-name']),
+    [],
+    'QEMU let go of the file',
+  );
+  // The file itself, made by the agent: added and kept.
+  await fsp.rm(target);
+  await fsp.writeFile(target, Buffer.alloc(1 << 20));
+  await addImageNode(daemon.qmp, 'tgt', target, 'raw', false, undefined, held);
+  assert.equal((await daemon.qmp.execute('query-named-block-nodes', { flat: true })).length, 2);
+});
+
+const SWAP_OVERLAY =
+  "a running VM's checkpoint overlay swapped for a link as QEMU opened it: no checkpoint, the guest runs on its disk";
+test(SWAP_OVERLAY, async (t) => {
+  setQemuUser(null);
+  const dir = await tempDir(t, 'ferry-sec-swap-');
+  const { vm, other } = await twoVms(dir, 'sw4');
+  const victim = other.disks[0]!.path;
+  const victimSum = await sha(victim);
+  const runDir = path.join(dir, 'run');
+  const pools = testPools(dir);
+  const proc = await startVm(vm, { runDir, accel: await testAccel(), pools, host: 'host-a' });
+  t.after(() => proc.kill());
+  let swapped = '';
+  const proto = QmpClient.prototype;
+  const execute = Object.getOwnPropertyDescriptor(proto, 'executeRaw')?.value as QmpClient['executeRaw'];
+  // Between the agent's making of the overlay and QEMU's open of it: a link to the other disk.
+  QmpClient.prototype.executeRaw = async function (this: QmpClient, command, args, opts) {
+    const file = (args?.file as { filename?: string } | undefined)?.filename;
+    if (command !== 'blockdev-add' || !file?.endsWith('.qcow2') || !file.includes('checkpoints')) {
+      return execute.call(this, command, args, opts);
+    }
+    swapped = file;
+    return swappedDuring(file, victim, () => execute.call(this, command, args, opts));
+  };
+  t.after(() => {
+    QmpClient.prototype.executeRaw = execute;
+  });
+  const deps = {
+    proc,
+    runDir,
+    pools,
+    host: 'host-a',
+    startIncoming: () => Promise.reject(new Error('not used')),
+    resumed: () => undefined,
+    quit: () => Promise.resolve(),
+  };
+  await assert.rejects(
+    takeCheckpoint(vm, 'c1', deps),
+    refusedWith('E_PATH_SWAPPED', /QEMU opened .*checkpoints.* but it is not the file the agent checked/),
+  );
+  QmpClient.prototype.executeRaw = execute;
+  assert.ok(swapped, 'the overlay was swapped while QEMU opened it');
+  assert.equal(fs.existsSync(swapped), false, 'the overlay file is gone');
+  assert.deepEqual((await listCheckpoints(vm)).checkpoints, [], 'no checkpoint');
+  const nodes = await proc.qmp.execute('query-named-block-nodes', { flat: true });
+  assert.deepEqual(
+    nodes.filter((n) => n.file.includes('checkpoints') || n.file === victim),
+    [],
+    'QEMU holds neither the overlay nor the other disk',
+  );
+  assert.equal((await proc.qmp.execute('query-status')).running, true, 'the guest runs on');
+  const log = runtimePaths(runDir).serialLog;
+  const beats = parseSerial(await fsp.readFile(log, 'utf8')).heartbeats.length;
+  await waitForFile(log, (s) => parseSerial(s).heartbeats.length > beats + 3, {
+    timeoutMs: 60_000,
+    what: 'heartbeats',
+  });
+  assert.equal(await sha(victim), victimSum, "the other VM's disk is unchanged");
+  // Untouched, the same checkpoint is taken.
+  await takeCheckpoint(vm, 'c1', deps);
+  assert.deepEqual(
+    (await listCheckpoints(vm)).checkpoints.map((c) => c.name),
+    ['c1'],
+  );
 });

@@ -228,7 +228,9 @@ export const storageBackup: Step<StorageCtx> = {
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
       save();
-      await addImageNode(qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal);
+      const pid = ctx.proc?.pid ?? ctx.daemon?.pid;
+      const held = pid ? { pid, pools: ctx.host.pools(), vm: ctx.spec.name, host: ctx.host.name } : undefined;
+      await addImageNode(qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal, held);
       const b: BackupSpec = {
         jobId: `copy-${d.id}`,
         diskId: d.id,

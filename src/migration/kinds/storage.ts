@@ -230,7 +230,8 @@ const mirror: Step<StorageCtx> = {
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
       s.record({ created, nodes, mirrors, olds });
-      await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal);
+      const held = { pid: proc.pid, pools: ctx.host.pools(), vm: ctx.spec.name, host: ctx.host.name };
+      await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal, held);
       olds[d.id] = await rootNode(proc.qmp, d.id, s.signal);
       const m: MirrorSpec = {
         jobId: `copy-${d.id}`,
