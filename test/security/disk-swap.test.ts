@@ -5,7 +5,7 @@
 // check the agent makes before it), so QEMU opens the other VM's disk. The start, and a stopped
 // VM's disk daemon, must then refuse: QEMU stopped before the guest ran, the other disk untouched.
 // An image QEMU adds while it runs (a storage move's target, a checkpoint's overlay) is checked as well.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -21,7 +21,6 @@ import { listCheckpoints, takeCheckpoint } from '../../src/checkpoint/checkpoint
 import { QmpClient } from '../../src/qemu/qmp.js';
 import { parseSerial } from '../../guest/records.js';
 import { refusedWith, tempDir, testAccel, testPools, waitForFile } from '../helpers.js';
-import type { VmSpec } from '../../src/vm/spec.js';
 
 const sha = async (file: string): Promise<string> => {
   const { createHash } = await import('node:crypto');
@@ -30,11 +29,16 @@ const sha = async (file: string): Promise<string> => {
     .digest('hex');
 };
 
-/** Two probe VMs in one pool: `vm` whose disk gets swapped, `other` whose disk the link names. */
-async function twoVms(dir: string, tag: string): Promise<{ vm: VmSpec; other: VmSpec }> {
+/** Two probe VMs in one pool, QEMU as root: `vm` whose file gets swapped, `other` whose disk the link names. */
+async function twoVms(t: TestContext, tag: string) {
+  setQemuUser(null);
+  const dir = await tempDir(t, 'ferry-sec-swap-');
   const a = probeVm({ name: `${tag}a`, configPath: path.join(dir, `${tag}a`) });
   const b = probeVm({ name: `${tag}b`, configPath: path.join(dir, `${tag}b`) });
-  return { vm: await createVm(a.spec, a.create), other: await createVm(b.spec, b.create) };
+  const vm = await createVm(a.spec, a.create);
+  const other = await createVm(b.spec, b.create);
+  const victim = other.disks[0]!.path;
+  return { dir, vm, other, victim, victimSum: await sha(victim), runDir: path.join(dir, 'run'), pools: testPools(dir) };
 }
 
 /** Makes `disk` a link to `target` for the duration of `during`, then puts the disk back. */
@@ -53,13 +57,8 @@ async function swappedDuring<T>(disk: string, target: string, during: () => Prom
 const SWAP_START =
   "a disk swapped for a link to another VM's disk while QEMU opened it: the start is refused, the guest never ran";
 test(SWAP_START, async (t) => {
-  setQemuUser(null);
-  const dir = await tempDir(t, 'ferry-sec-swap-');
-  const { vm, other } = await twoVms(dir, 'sw1');
+  const { dir, vm, victim, victimSum, runDir } = await twoVms(t, 'sw1');
   const disk = vm.disks[0]!.path;
-  const victim = other.disks[0]!.path;
-  const victimSum = await sha(victim);
-  const runDir = path.join(dir, 'run');
   let pid = 0;
   const spawn = QemuProcess.spawn.bind(QemuProcess);
   QemuProcess.spawn = (argv, o) =>
@@ -94,11 +93,8 @@ test(SWAP_START, async (t) => {
 });
 
 test("a stopped VM's disk daemon that opened a swapped disk is stopped before it copies anything", async (t) => {
-  setQemuUser(null);
-  const dir = await tempDir(t, 'ferry-sec-swap-');
-  const { vm, other } = await twoVms(dir, 'sw2');
+  const { dir, vm, victim } = await twoVms(t, 'sw2');
   const disk = vm.disks[0]!.path;
-  const victim = other.disks[0]!.path;
   const copyDir = path.join(dir, 'copy-1');
   let pid = 0;
   const start = StorageDaemon.start.bind(StorageDaemon);
@@ -128,9 +124,7 @@ test("a stopped VM's disk daemon that opened a swapped disk is stopped before it
 });
 
 test('an image QEMU adds while it runs (a storage move target) that is a link is dropped again, refused', async (t) => {
-  setQemuUser(null);
-  const dir = await tempDir(t, 'ferry-sec-swap-');
-  const { other } = await twoVms(dir, 'sw3');
+  const { dir, other } = await twoVms(t, 'sw3');
   const daemon = await StorageDaemon.start('sw3', [], path.join(dir, 'qemu'));
   t.after(() => daemon.quit());
   const target = path.join(dir, 'target.raw');
@@ -156,13 +150,7 @@ test('an image QEMU adds while it runs (a storage move target) that is a link is
 const SWAP_OVERLAY =
   "a running VM's checkpoint overlay swapped for a link as QEMU opened it: no checkpoint, the guest runs on its disk";
 test(SWAP_OVERLAY, async (t) => {
-  setQemuUser(null);
-  const dir = await tempDir(t, 'ferry-sec-swap-');
-  const { vm, other } = await twoVms(dir, 'sw4');
-  const victim = other.disks[0]!.path;
-  const victimSum = await sha(victim);
-  const runDir = path.join(dir, 'run');
-  const pools = testPools(dir);
+  const { vm, victim, victimSum, runDir, pools } = await twoVms(t, 'sw4');
   const proc = await startVm(vm, { runDir, accel: await testAccel(), pools, host: 'host-a' });
   t.after(() => proc.kill());
   let swapped = '';
