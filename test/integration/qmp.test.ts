@@ -31,13 +31,16 @@ test(
     const v = await proc.qmp.execute('query-version');
     assert.equal(v.qemu.major >= 7, true);
     assert.deepEqual(await vmState(proc), { state: 'running', qemu: 'running' });
+    // (A VM starts paused and runs once its disks are checked: its history begins with a RESUME.)
+    const beforePause = proc.qmp.eventMark;
     await pauseVm(proc);
-    await proc.qmp.waitEvent((e) => e.event === 'STOP', { timeoutMs: 5000 });
+    await proc.qmp.waitEvent((e) => e.event === 'STOP', { since: beforePause, timeoutMs: 5000 });
     assert.equal((await vmState(proc)).state, 'paused');
+    const beforeResume = proc.qmp.eventMark;
     await resumeVm(proc);
     // RESUME arrived before we asked: the history still has it.
-    const resumed = await proc.qmp.waitEvent((e) => e.event === 'RESUME', { timeoutMs: 5000 });
-    assert.ok(resumed.index >= 1);
+    const resumed = await proc.qmp.waitEvent((e) => e.event === 'RESUME', { since: beforeResume, timeoutMs: 5000 });
+    assert.ok(resumed.index >= beforeResume && beforeResume >= 1);
     assert.equal((await vmState(proc)).state, 'running');
 
     // A QMP error carries the command, the VM and QEMU's class.
