@@ -65,6 +65,7 @@ test(SWAP_START, async (t) => {
     swappedDuring(disk, victim, async () => {
       const p = await spawn(argv, o);
       pid = p.pid;
+      t.after(() => p.kill()); // should the check ever let it through
       return p;
     });
   t.after(() => {
@@ -102,6 +103,7 @@ test("a stopped VM's disk daemon that opened a swapped disk is stopped before it
     swappedDuring(disk, victim, async () => {
       const daemon = await start(name, blockdevs, d, o);
       pid = daemon.pid;
+      t.after(() => daemon.kill()); // should the check ever let it through
       return daemon;
     });
   t.after(() => {
