@@ -128,20 +128,24 @@ function present(
   };
 }
 
-/** A disk's active layer in QEMU: its node, size, and whether its file is opened with O_DIRECT. */
-async function activeLayer<T extends { d: DiskSpec }>(
+/** Each disk's active layer in QEMU: its node, size, and whether its file is opened with O_DIRECT. */
+async function activeLayers<T extends { d: DiskSpec }>(
   qmp: QemuProcess['qmp'],
-  o: T,
+  overlays: readonly T[],
   signal?: AbortSignal,
-): Promise<T & { node: string; size: number; direct: boolean }> {
-  const node = await rootNode(qmp, o.d.id, signal);
+): Promise<Array<T & { node: string; size: number; direct: boolean }>> {
   const all = await qmp.execute('query-named-block-nodes', { flat: true }, { signal, timeoutMs: 10_000 });
-  const n = all.find((x) => x['node-name'] === node);
-  if (!n)
-    throw new FerryError('E_BLOCK', `Cannot take a checkpoint of disk '${o.d.id}': QEMU has no node ${node}`, {
-      context: { disk: o.d.id, node },
-    });
-  return { ...o, node, size: n.image['virtual-size'], direct: n.cache.direct };
+  return Promise.all(
+    overlays.map(async (o) => {
+      const node = await rootNode(qmp, o.d.id, signal);
+      const n = all.find((x) => x['node-name'] === node);
+      if (!n)
+        throw new FerryError('E_BLOCK', `Cannot take a checkpoint of disk '${o.d.id}': QEMU has no node ${node}`, {
+          context: { disk: o.d.id, node },
+        });
+      return { ...o, node, size: n.image['virtual-size'], direct: n.cache.direct };
+    }),
+  );
 }
 
 /**
@@ -167,13 +171,22 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
     const qmp = proc.qmp;
     const memory = `${tag}.mem`;
     const wasRunning = (await qmp.execute('query-status', undefined, { signal: deps.signal })).running;
-    const nodes = await Promise.all(overlays.map(async (o) => activeLayer(qmp, o, deps.signal)));
+    const nodes = await activeLayers(qmp, overlays, deps.signal);
     const made: string[] = [];
-    const added: string[] = [];
+    const added = new Map<string, string>(); // overlay file → its node
     const dropPrepared = async (): Promise<void> => {
-      // Not on top of any disk (the transaction is all or none): the nodes and files only go.
-      for (const node of added) await qmp.execute('blockdev-del', { 'node-name': node }).catch(() => undefined);
-      for (const f of made) await fsp.rm(f, { force: true });
+      // Nodes no disk uses (before the transaction, or committed back) go with their files; a
+      // node QEMU still writes (a commit back that failed) keeps its file: it holds the guest's writes.
+      for (const f of made) {
+        const node = added.get(f);
+        const free =
+          node === undefined ||
+          (await qmp.execute('blockdev-del', { 'node-name': node }).then(
+            () => true,
+            () => false,
+          ));
+        if (free) await fsp.rm(f, { force: true });
+      }
     };
     try {
       // While the guest runs on: each overlay is made by the agent in a file it created itself
@@ -208,7 +221,7 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
           },
           { signal: deps.signal, timeoutMs: 30_000 },
         );
-        added.push(node);
+        added.set(o.file, node);
         await checkOpenedFiles(proc.pid, [o.file], deps.pools, { vm: spec.name, host: deps.host, signal: deps.signal });
       }
     } catch (err) {
@@ -248,7 +261,7 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
           () => undefined,
         );
       await resume().catch(() => undefined);
-      await dropPrepared(); // the committed overlays' nodes are the monitor's (blockdev-add) until deleted
+      await dropPrepared(); // the committed-back overlays' nodes stay the monitor's (blockdev-add) until deleted
       throw err;
     }
     // The end of a migration leaves QEMU's images inactive: `cont` activates them again (a

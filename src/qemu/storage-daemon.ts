@@ -40,8 +40,8 @@ export class StorageDaemonError extends FerryError {
 export function isDaemonOf(pid: number, dir: string): boolean {
   try {
     const args = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    const m = args.indexOf(NO_MACHINE[0] ?? '');
-    const daemon = args.some((a) => a.endsWith('qemu-storage-daemon')) || (m >= 0 && args[m + 1] === NO_MACHINE[1]);
+    const noMachine = args.some((a, i) => a === NO_MACHINE[0] && args[i + 1] === NO_MACHINE[1]);
+    const daemon = noMachine || args.some((a) => a.endsWith('qemu-storage-daemon'));
     return daemon && args.some((a) => a.includes(path.resolve(dir) + '/'));
   } catch {
     return false;
