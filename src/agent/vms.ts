@@ -2,10 +2,9 @@
 // (re-attached when the agent starts: QEMU runs detached and never stops with the agent),
 // create/start/stop/pause/resume/remove, the views users see, and VMs leaving and arriving
 // by migration. Every operation on a VM passes through its phase gate (vm-gate.ts).
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { FerryError, InvalidInputError, NotFoundError, messageOf } from '../errors.js';
+import { FerryError, NotFoundError, messageOf } from '../errors.js';
 import type { Emit } from '../api/events.js';
 import type {
   CheckpointList,
@@ -23,6 +22,7 @@ import {
   type CheckpointDeps,
 } from '../checkpoint/checkpoints.js';
 import { removeCheckpointFiles } from '../checkpoint/store.js';
+import { checkDiskChains } from '../vm/disk-chains.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { DiskChains } from '../qemu/argv.js';
 import { imageInfo } from '../qemu/img.js';
@@ -34,9 +34,7 @@ import { createVm, pauseVm, removeVm, resumeVm, runtimePaths, startVm, stopVm, v
 import { parseVmSpec, type VmSpec } from '../vm/spec.js';
 import { hardwareView } from '../vm/real-guest.js';
 import { importedVm } from '../vm/import.js';
-import { probeImage, type ChainFile } from '../vm/image.js';
 import { qemuInfo } from './capabilities.js';
-import { assertInUsablePool } from '../storage/pools.js';
 import type { Pools } from './pools.js';
 import type { Registry, VmRecord } from './registry.js';
 import type { NicResolver, Switches } from './switches.js';
@@ -653,37 +651,9 @@ export class VmInventory {
 
   // ---- storage and NICs ----
 
-  /**
-   * Every disk of the VM is in a pool this host may use (a revoked grant stops a start), and so
-   * is every file its image refers to: QEMU opens a qcow2's backing chain from the image's header,
-   * which whoever can write the pool can point at any file of this host (e.g. /dev/sda). Each
-   * existing non-raw image is probed (headers only, -U: a moving VM's source holds it) and must
-   * have the format its spec says. A disk not made yet (an arriving copy) has nothing to check.
-   * Returns the chains checked, for startVm to pin (QEMU then reads no header's backing name).
-   */
-  async checkStorage(spec: VmSpec, opts: { signal?: AbortSignal } = {}): Promise<DiskChains> {
-    const pools = this.d.pools.list();
-    const chains = new Map<string, ChainFile[]>();
-    for (const d of spec.disks) {
-      const what = `disk ${d.id} of VM '${spec.name}'`;
-      await assertInUsablePool(pools, this.d.host, d.path, what);
-      if (d.format === 'raw' || !fs.existsSync(d.path)) continue;
-      const { chain } = await probeImage(d.path, {
-        pools,
-        host: this.d.host,
-        what,
-        forceShare: true,
-        ...(opts.signal ? { signal: opts.signal } : {}),
-      });
-      if (chain[0] && chain[0].format !== d.format)
-        throw new InvalidInputError(
-          `Cannot use ${what}: ${d.path} is a ${chain[0].format} image, not ${d.format} as its vm.json says; ` +
-            'fix the format in vm.json or convert the image',
-          { path: d.path },
-        );
-      chains.set(d.id, chain);
-    }
-    return chains;
+  /** The disks' checked backing chains (vm/disk-chains.ts), for a start to pin. */
+  checkStorage(spec: VmSpec, opts: { signal?: AbortSignal } = {}): Promise<DiskChains> {
+    return checkDiskChains(spec, this.d.pools.list(), this.d.host, opts);
   }
 
   prepareNics(spec: VmSpec): Promise<NicResolver> {

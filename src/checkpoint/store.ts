@@ -63,3 +63,18 @@ export async function removeCheckpointFiles(spec: VmSpec, opts: { deleteExternal
   }
   await fsp.rm(treeFolder(spec), { recursive: true, force: true });
 }
+
+/**
+ * The images a checkpoint's removal may write into while the VM runs (commit into a base disk,
+ * stream into a layer): every checkpoint's images and the base disks, as absolute paths. A tree
+ * that cannot be read names none (the start goes on; removing a checkpoint then fails anyway).
+ */
+export async function writableLayers(spec: Pick<VmSpec, 'checkpointPath' | 'id' | 'name'>): Promise<Set<string>> {
+  const tree = await loadTree(spec).catch(() => null);
+  const out = new Set<string>();
+  if (!tree) return out;
+  for (const b of Object.values(tree.base)) out.add(path.resolve(b.path));
+  for (const c of tree.checkpoints)
+    for (const f of Object.values(c.disks)) if (f) out.add(path.join(treeFolder(spec), f));
+  return out;
+}

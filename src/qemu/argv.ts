@@ -51,8 +51,17 @@ export interface LaunchOptions {
   fileAs?: (abs: string) => string;
 }
 
-/** A disk's image and the files below it, each with its probed format (src/vm/image.ts probes them). */
-export type DiskChains = ReadonlyMap<string, ReadonlyArray<{ path: string; format: string }>>;
+/**
+ * A disk's image and the files below it, each with its probed format (src/vm/image.ts probes them).
+ * `writable`: a layer of the VM's own checkpoints (or the disk under its first one), which a
+ * checkpoint's removal commits or streams into while the VM runs.
+ */
+export type DiskChains = ReadonlyMap<string, ReadonlyArray<ChainLayer>>;
+export interface ChainLayer {
+  path: string;
+  format: string;
+  writable?: boolean;
+}
 
 /** Formats with a backing-file field, where `backing: null` stops QEMU from opening one. */
 export const BACKING_FORMATS: ReadonlySet<string> = new Set(['qcow2', 'qcow', 'qed', 'vmdk']);
@@ -215,11 +224,7 @@ export function buildArgv(spec: VmSpec, opts: LaunchOptions): string[] {
  * chain below it (pinned: QEMU reads no backing name from a header), then its format node
  * (`nodeNames`). Also what the disk daemon opens for a stopped VM's copy (storage-daemon.ts).
  */
-export function diskBlockdevs(
-  d: DiskSpec,
-  chain: ReadonlyArray<{ path: string; format: string }>,
-  direct: boolean,
-): string[] {
+export function diskBlockdevs(d: DiskSpec, chain: ReadonlyArray<ChainLayer>, direct: boolean): string[] {
   const n = nodeNames(d);
   const cache = { direct, 'no-flush': false };
   const a: string[] = [];
@@ -248,14 +253,17 @@ export function diskBlockdevs(
 }
 
 /**
- * Pushes (JSON) read-only nodes for the files below a disk's image, bottom first (`<id>-b<k>`, libvirt's
- * shape: the file nodes reopen read-write by themselves when a checkpoint's commit needs it), and
- * returns the `backing` option of the disk's own format node.
+ * Pushes (JSON) read-only nodes for the files below a disk's image, bottom first (`<id>-b<k>`), and
+ * returns the `backing` option of the disk's own format node. A writable layer's file is opened
+ * read-write from the start: QEMU would otherwise reopen it by path when a commit or stream
+ * writes into it, and whoever writes the pool could have swapped a link in by then (the agent
+ * checked the file QEMU opened at start, qemu/opened-files.ts). Other layers (a template
+ * another VM may share, a read-only file) stay read-only until something needs to write them.
  */
 function backingArgs(
   a: string[],
   d: DiskSpec,
-  chain: ReadonlyArray<{ path: string; format: string }>,
+  chain: ReadonlyArray<ChainLayer>,
   cache: { direct: boolean; 'no-flush': boolean },
 ): { backing?: string | null } {
   let below: string | null = null;
@@ -263,7 +271,13 @@ function backingArgs(
     if (k === 0) break; // the disk's own image: the caller's node
     const node = `${d.id}-b${k}`;
     a.push(
-      JSON.stringify({ driver: 'file', filename: c.path, 'node-name': `${node}-file`, cache, 'auto-read-only': true }),
+      JSON.stringify({
+        driver: 'file',
+        filename: c.path,
+        'node-name': `${node}-file`,
+        cache,
+        ...(c.writable ? { 'read-only': false, 'auto-read-only': false } : { 'auto-read-only': true }),
+      }),
       JSON.stringify({
         driver: c.format,
         file: `${node}-file`,

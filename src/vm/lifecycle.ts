@@ -188,7 +188,7 @@ async function checkBootFiles(spec: VmSpec, planned: Set<string>): Promise<void>
  * (a copied kernel) become group-readable by it. Anything else it cannot reach is an error
  * that names the path, before QEMU starts.
  */
-async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[]): Promise<void> {
+async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[], chains?: DiskChains): Promise<void> {
   if (!qemuUser()) return;
   const what = `start VM '${spec.name}'`;
   const readOnly = [
@@ -199,6 +199,8 @@ async function grantQemuFiles(spec: VmSpec, pools: readonly PoolDef[]): Promise<
       : []),
   ];
   const writable = spec.disks.filter((d) => !d.readOnly).map((d) => d.path);
+  // The checkpoint layers QEMU opens read-write (a commit writes into them; argv.ts backingArgs).
+  for (const layers of chains?.values() ?? []) writable.push(...layers.filter((c) => c.writable).map((c) => c.path));
   const own = (f: string): boolean => path.dirname(f) === spec.configPath;
   // Every change goes through a handle opened without links below a pool's root (beneath.ts).
   const roots = pools.map((p) => p.path);
@@ -224,7 +226,7 @@ export async function openDisksForCopy(
   diskIds: readonly string[],
   opts: { dir: string; chains: DiskChains; pools: readonly PoolDef[]; host?: string; signal?: AbortSignal },
 ): Promise<StorageDaemon> {
-  await grantQemuFiles(spec, opts.pools);
+  await grantQemuFiles(spec, opts.pools, opts.chains);
   const blockdevs = spec.disks
     .filter((d) => diskIds.includes(d.id))
     .flatMap((d) => diskBlockdevs(d, opts.chains.get(d.id) ?? [], d.cache === 'none' && supportsDirectIo(d.path)));
@@ -289,7 +291,7 @@ export async function startVm(spec: VmSpec, opts: StartVmOptions): Promise<QemuP
   const boot = await openBootFiles(spec, opts.pools, opts.host ?? 'this host', { signal: opts.signal });
   try {
     await ensureSandbox({ signal: opts.signal });
-    await grantQemuFiles(spec, opts.pools);
+    await grantQemuFiles(spec, opts.pools, opts.chains);
     const paths = runtimePaths(opts.runDir);
     await prepareRunDir(opts.runDir);
     // Keep the previous boot's console as serial.log.1; a migration target appends to a fresh log.

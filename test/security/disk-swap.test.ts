@@ -4,7 +4,8 @@
 // won here on purpose: the test swaps the file around the agent's spawn of QEMU (after every
 // check the agent makes before it), so QEMU opens the other VM's disk. The start, and a stopped
 // VM's disk daemon, must then refuse: QEMU stopped before the guest ran, the other disk untouched.
-// An image QEMU adds while it runs (a storage move's target, a checkpoint's overlay) is checked as well.
+// An image QEMU adds while it runs (a storage move's target, a checkpoint's overlay) is checked as well,
+// and a checkpoint's commit writes into the file QEMU opened at start, not into what its path names by then.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -17,9 +18,10 @@ import { StorageDaemon } from '../../src/qemu/storage-daemon.js';
 import { blockdevFiles, checkOpenedFiles } from '../../src/qemu/opened-files.js';
 import { setQemuUser } from '../../src/qemu/user.js';
 import { addImageNode } from '../../src/migration/block.js';
-import { listCheckpoints, takeCheckpoint } from '../../src/checkpoint/checkpoints.js';
+import { listCheckpoints, removeCheckpoint, takeCheckpoint } from '../../src/checkpoint/checkpoints.js';
+import { checkDiskChains } from '../../src/vm/disk-chains.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
-import { parseSerial } from '../../guest/records.js';
+import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { refusedWith, tempDir, testAccel, testPools, waitForFile } from '../helpers.js';
 
 const sha = async (file: string): Promise<string> => {
@@ -149,6 +151,16 @@ test('an image QEMU adds while it runs (a storage move target) that is a link is
   assert.equal((await daemon.qmp.execute('query-named-block-nodes', { flat: true })).length, 2);
 });
 
+const checkpointDeps = (proc: QemuProcess, runDir: string, pools: ReturnType<typeof testPools>) => ({
+  proc,
+  runDir,
+  pools,
+  host: 'host-a',
+  startIncoming: () => Promise.reject(new Error('not used')),
+  resumed: () => undefined,
+  quit: () => Promise.resolve(),
+});
+
 const SWAP_OVERLAY =
   "a running VM's checkpoint overlay swapped for a link as QEMU opened it: no checkpoint, the guest runs on its disk";
 test(SWAP_OVERLAY, async (t) => {
@@ -170,15 +182,7 @@ test(SWAP_OVERLAY, async (t) => {
   t.after(() => {
     QmpClient.prototype.executeRaw = execute;
   });
-  const deps = {
-    proc,
-    runDir,
-    pools,
-    host: 'host-a',
-    startIncoming: () => Promise.reject(new Error('not used')),
-    resumed: () => undefined,
-    quit: () => Promise.resolve(),
-  };
+  const deps = checkpointDeps(proc, runDir, pools);
   await assert.rejects(
     takeCheckpoint(vm, 'c1', deps),
     refusedWith('E_PATH_SWAPPED', /QEMU opened .*checkpoints.* but it is not the file the agent checked/),
@@ -207,4 +211,65 @@ test(SWAP_OVERLAY, async (t) => {
     (await listCheckpoints(vm)).checkpoints.map((c) => c.name),
     ['c1'],
   );
+});
+
+const SWAP_COMMIT =
+  "a checkpoint's base disk swapped for a link as its removal commits into it: the commit writes the VM's own disk";
+test(SWAP_COMMIT, async (t) => {
+  const { vm, victim, victimSum, runDir, pools } = await twoVms(t, 'sw5');
+  const base = vm.disks[0]!.path;
+  const first = await startVm(vm, { runDir, accel: await testAccel(), pools, host: 'host-a' });
+  t.after(() => first.kill());
+  await takeCheckpoint(vm, 'c1', checkpointDeps(first, runDir, pools));
+  await first.quit({ timeoutMs: 10_000 });
+  // Started again as the agent starts it: the base disk is now a layer below the overlay.
+  const chains = await checkDiskChains(vm, pools, 'host-a');
+  assert.deepEqual(
+    chains.get(vm.disks[0]!.id)?.map((c) => [c.path, c.writable ?? false]),
+    [
+      [vm.disks[0]!.path, false],
+      [base, true],
+    ],
+    'the base disk is a writable layer',
+  );
+  const proc = await startVm(vm, { runDir, accel: await testAccel(), pools, host: 'host-a', chains });
+  t.after(() => proc.kill());
+  const log = runtimePaths(runDir).serialLog;
+  await waitForFile(log, (s) => parseSerial(s).heartbeats.length > 2, { timeoutMs: 60_000, what: 'heartbeats' });
+  let swapped = false;
+  const proto = QmpClient.prototype;
+  const execute = Object.getOwnPropertyDescriptor(proto, 'executeRaw')?.value as QmpClient['executeRaw'];
+  // QEMU makes the commit's base writable as it takes the command: the base is a link right then.
+  QmpClient.prototype.executeRaw = async function (this: QmpClient, command, args, opts) {
+    if (command !== 'block-commit') return execute.call(this, command, args, opts);
+    swapped = true;
+    return swappedDuring(base, victim, () => execute.call(this, command, args, opts));
+  };
+  t.after(() => {
+    QmpClient.prototype.executeRaw = execute;
+  });
+  await removeCheckpoint(vm, 'c1', checkpointDeps(proc, runDir, pools));
+  QmpClient.prototype.executeRaw = execute;
+  assert.ok(swapped, 'the base was a link while QEMU started the commit');
+  assert.equal(await sha(victim), victimSum, "the other VM's disk is unchanged");
+  assert.deepEqual((await listCheckpoints(vm)).checkpoints, [], 'no checkpoint');
+  assert.equal(vm.disks[0]!.path, base, 'the VM runs on its base disk again');
+  const nodes = await proc.qmp.execute('query-named-block-nodes', { flat: true });
+  assert.ok(
+    nodes.some((n) => n.file === base),
+    'QEMU holds the base disk',
+  );
+  await checkOpenedFiles(proc.pid, [base], pools, { vm: vm.name, host: 'host-a' });
+  const beats = parseSerial(await fsp.readFile(log, 'utf8')).heartbeats.length;
+  await waitForFile(log, (s) => parseSerial(s).heartbeats.length > beats + 3, {
+    timeoutMs: 60_000,
+    what: 'heartbeats after the commit',
+  });
+  await proc.quit({ timeoutMs: 10_000 });
+  assert.equal(await sha(victim), victimSum, "the other VM's disk is still unchanged");
+  // Every write the guest acknowledged, before and after the commit, is on its base disk.
+  const ack = parseSerial(await fsp.readFile(log, 'utf8')).highestAck;
+  assert.ok(ack !== null && ack > 0, 'the guest acknowledged writes');
+  const rep = await verifyDiskImage(base, { format: vm.disks[0]!.format as 'qcow2', highestAck: ack });
+  assert.equal(rep.ok, true, rep.problems.join('; '));
 });

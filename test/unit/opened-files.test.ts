@@ -76,3 +76,34 @@ test('checkOpenedFiles: a file the process holds passes; one replaced since, or 
   await fsp.symlink(`${file}.old`, file);
   await assert.rejects(checkOpenedFiles(process.pid, [file], pools, who), refusedWith('E_PATH_LINK', /symbolic link/));
 });
+
+test("a pinned chain: the VM's own checkpoint layers open read-write from the start, others read-only", () => {
+  const spec = parseVmSpec({
+    name: 'of2',
+    id: newVmId(),
+    memoryMiB: 256,
+    cpus: 1,
+    disks: [{ id: 'disk0', path: '/pool/of2/checkpoints/active.qcow2', format: 'qcow2' }],
+    boot: { kind: 'disk' },
+    configPath: '/pool/of2',
+    checkpointPath: '/pool/of2',
+    pagingPath: '/pool/of2',
+  });
+  const chain = [
+    { path: '/pool/of2/checkpoints/active.qcow2', format: 'qcow2' },
+    { path: '/pool/of2/disk0.qcow2', format: 'qcow2', writable: true },
+    { path: '/pool/templates/debian.qcow2', format: 'qcow2' },
+  ];
+  const argv = buildArgv(spec, { accel: 'tcg', paths, chains: new Map([['disk0', chain]]) });
+  const nodes = argv
+    .flatMap((a, i) => (argv[i - 1] === '-blockdev' ? [JSON.parse(a) as Record<string, unknown>] : []))
+    .filter((n) => n.driver === 'file');
+  const opts = (f: string) => {
+    const n = nodes.find((x) => x.filename === f)!;
+    return [n['read-only'], n['auto-read-only']];
+  };
+  // Read-write without a reopen by path later (a commit into it); the template only when asked.
+  assert.deepEqual(opts('/pool/of2/disk0.qcow2'), [false, false]);
+  assert.deepEqual(opts('/pool/templates/debian.qcow2'), [undefined, true]);
+  assert.deepEqual(blockdevFiles(argv).sort(), chain.map((c) => c.path).sort());
+});
