@@ -322,7 +322,7 @@ export class VmInventory {
         machineTypes: async () => (await qemuInfo()).machineTypes,
         ...(opts.signal ? { signal: opts.signal } : {}),
       });
-      const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
+      const spec = await createVm(built.spec, { ...built.create, pools: this.d.pools.list(), signal: opts.signal });
       try {
         this.register(spec);
       } catch (err) {
@@ -461,7 +461,7 @@ export class VmInventory {
             'remove it first, or import under another --name',
           { context: { vm: name } },
         );
-      const spec = await createVm(built.spec, { ...built.create, signal: opts.signal });
+      const spec = await createVm(built.spec, { ...built.create, pools: this.d.pools.list(), signal: opts.signal });
       try {
         this.register(spec);
       } catch (err) {

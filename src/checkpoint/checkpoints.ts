@@ -7,7 +7,9 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { CheckpointList, CheckpointView } from '../api/schemas.js';
 import { FerryError } from '../errors.js';
-import { commitImage, createImage, rebaseImage } from '../qemu/img.js';
+import { createImage } from '../qemu/img.js';
+import { commitHeld, rebaseHeld, type Layer } from '../qemu/img-files.js';
+import { probeImage } from '../vm/image.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
 import type { PoolDef } from '../storage/pools.js';
 import type { QemuProcess } from '../qemu/process.js';
@@ -404,6 +406,10 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
     abs(must(c.disks[diskId] ?? undefined, `the image of ${diskId} in ${c.name}`));
   const label = (c: CheckpointRecord | 'active'): string => (c === 'active' ? 'the present state' : c.name);
   const what = `remove checkpoint '${x.name}' of VM '${spec.name}'`;
+  // A stopped VM's images are changed by qemu-img through handles, each chain as checked (img-files.ts).
+  const held = { pools: deps.pools, what: `an image of VM '${spec.name}'`, signal: deps.signal };
+  const chainOf = async (f: string): Promise<Layer[]> =>
+    (await probeImage(f, { pools: [...deps.pools], host: deps.host, what: held.what, signal: deps.signal })).chain;
   let next: CheckpointTree;
   if (x.parent === null) {
     if (deps_.length !== 1)
@@ -427,7 +433,7 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
             await nodeOfImage(qmp, base.path),
             what,
           );
-        else await commitImage(top, { format: 'qcow2', signal: deps.signal });
+        else await commitHeld(await chainOf(top), held);
         Object.assign(d, { path: base.path, format: base.format });
         await fsp.rm(top, { force: true });
         continue;
@@ -438,11 +444,11 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
           topNode: await nodeOfImage(qmp, img),
         });
       } else {
-        await commitImage(img, { format: 'qcow2', signal: deps.signal });
+        await commitHeld(await chainOf(img), held);
         // What was layered on the committed image sees the same data in the base disk now.
         for (const g of dependents(tree, child.id)) {
           const f = g === 'active' ? d.path : imageFile(g, d.id);
-          await rebaseImage(f, { format: 'qcow2', backing: base, unsafe: true, signal: deps.signal });
+          await rebaseHeld([{ path: f, format: 'qcow2' }], [base], { ...held, unsafe: true });
         }
       }
       await fsp.rm(img, { force: true });
@@ -461,7 +467,7 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
           const topNode = dep === 'active' ? await rootNode(qmp, d.id) : await nodeOfImage(qmp, top);
           await streamInto(qmp, `ck-stream-${d.id}`, topNode, await nodeOfImage(qmp, newBase.path), what, deps.signal);
         } else {
-          await rebaseImage(top, { format: 'qcow2', backing: newBase, signal: deps.signal });
+          await rebaseHeld(await chainOf(top), await chainOf(newBase.path), held);
         }
       }
     }

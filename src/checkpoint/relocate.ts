@@ -8,11 +8,13 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { ImageFormat } from '../api/common.js';
 import { FerryError } from '../errors.js';
-import { rebaseImage } from '../qemu/img.js';
+import { chainFilename, withHeldFiles } from '../qemu/img-files.js';
+import type { PoolDef } from '../storage/pools.js';
+import { runWithFd } from '../util/exec.js';
 import type { VmSpec } from '../vm/spec.js';
 import { imageOf, TREE_DIR, type CheckpointTree } from './model.js';
 import { loadTree, saveTree } from './store.js';
-import { ownForQemu } from '../qemu/user.js';
+import { ownHandleForQemu } from '../qemu/user.js';
 
 interface Image {
   path: string;
@@ -105,15 +107,25 @@ export async function chainFileBytes(f: ChainFile): Promise<number> {
 }
 
 /**
- * Copies one read-only file of the chain to its claimed (empty) destination and points the
- * copy at its new backing. The source is read with plain reads: QEMU has it open read-only.
+ * Copies one read-only file of the chain into its claimed (empty) destination, open as `fd`
+ * (migration/claim.ts), and points the copy at its new backing. The source is read through a
+ * handle opened without links (QEMU has it open read-only); the copy is changed only through `fd`.
  */
-export async function copyChainFile(f: ChainFile, signal?: AbortSignal): Promise<void> {
-  await fsp.copyFile(f.from, f.to);
+export async function copyChainFile(
+  f: ChainFile,
+  fd: number,
+  opts: { pools: readonly PoolDef[]; signal?: AbortSignal },
+): Promise<void> {
+  const what = 'a checkpoint file of the moved VM';
+  const to = `/proc/self/fd/${fd}`;
+  await withHeldFiles(opts.pools, [f.from], what, (_n, _fds, localOf) => fsp.copyFile(localOf(f.from), to));
   // QEMU opens the copy (the active layer read-write, a base when a commit writes into it).
-  await ownForQemu(f.to);
-  if (f.backing && f.format)
-    await rebaseImage(f.to, { format: f.format, backing: f.backing, unsafe: true, ...(signal ? { signal } : {}) });
+  await ownHandleForQemu(to);
+  if (f.backing && f.format) {
+    const only = chainFilename([{ path: '/dev/fd/3', format: f.format }]);
+    const args = ['rebase', '-q', '-u', '-b', f.backing.path, '-F', f.backing.format, only];
+    await runWithFd('qemu-img', args, fd, { timeoutMs: 60_000, ...(opts.signal ? { signal: opts.signal } : {}) });
+  }
 }
 
 /** Writes the tree into the new folder, base paths rewritten (before vm.json names the new folder). */

@@ -11,7 +11,7 @@ import path from 'node:path';
 import type { IncomingRequest } from '../api/peer-actions.js';
 import type { ImageFormat } from '../api/common.js';
 import { FerryError, InvalidInputError } from '../errors.js';
-import { rebaseImage } from '../qemu/img.js';
+import { rebaseHeld } from '../qemu/img-files.js';
 import { isQemuAlive, QemuProcess } from '../qemu/process.js';
 import { SANDBOX_ARGS } from '../qemu/sandbox.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
@@ -294,9 +294,9 @@ export const chainDoneStep: Step<ChainCtx> = {
     await stopChainServer(ctx, null);
     for (const r of item.chainRoles) {
       if (!r.backing) continue;
-      await rebaseImage(r.path, {
-        format: 'qcow2',
-        backing: r.backing,
+      await rebaseHeld([{ path: r.path, format: 'qcow2' }], [r.backing], {
+        pools: ctx.host.pools(),
+        what: `a checkpoint file of VM '${item.spec.name}'`,
         unsafe: true,
         ...(ctx.signal ? { signal: ctx.signal } : {}),
       });

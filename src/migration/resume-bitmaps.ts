@@ -12,7 +12,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { listBitmaps, removeBitmap } from '../qemu/img.js';
+import { listBitmapsHeld, removeBitmapHeld } from '../qemu/img-files.js';
+import type { PoolDef } from '../storage/pools.js';
 import type { QmpClient } from '../qemu/qmp.js';
 import { writeFileAtomic } from '../util/atomic-file.js';
 import { keptExpired, ResumeKey } from './resume-marker.js';
@@ -163,17 +164,19 @@ export async function dropStoredLeftBehind(
   dataDir: string,
   vmId: string,
   keep: string | null,
-  opts: { signal?: AbortSignal } = {},
+  opts: { pools: readonly PoolDef[]; signal?: AbortSignal },
 ): Promise<string[]> {
   const dropped = new Set<string>();
+  // Through a handle (qemu/img-files.ts): a disk of a shared pool swapped for a link is refused.
+  const held = { ...opts, what: 'a disk of the VM' };
   for (const d of disks) {
     if (d.format !== 'qcow2') continue;
     const names = bitmapsLeftBehind(
-      (await listBitmaps(d.path, opts)).map((name) => ({ name })),
+      (await listBitmapsHeld(d.path, held)).map((name) => ({ name })),
       keep,
     );
     for (const n of names) {
-      await removeBitmap(d.path, n, opts);
+      await removeBitmapHeld(d.path, n, held);
       dropped.add(n);
     }
   }

@@ -10,9 +10,11 @@ export function qemuImgWithProgress(
   stallMs: number,
   stalled: () => Error,
   onPct: (pct: number) => void,
+  fds: readonly number[] = [],
 ): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('qemu-img', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    // `fds`: files opened by the caller, /dev/fd/3, 4, ... to qemu-img (qemu/img-files.ts).
+    const child = spawn('qemu-img', args, { stdio: ['ignore', 'pipe', 'pipe', ...fds] });
     let err = '';
     // Over a cut link qemu-img waits on TCP for many minutes: kill it when the percentage stops.
     let stalledErr: Error | null = null;
@@ -21,7 +23,7 @@ export function qemuImgWithProgress(
       stalledErr = stalled();
       child.kill('SIGKILL');
     }, stallMs);
-    child.stdout.on('data', (b: Buffer) => {
+    child.stdout?.on('data', (b: Buffer) => {
       const m = [...b.toString().matchAll(/\((\d+(?:\.\d+)?)\/100%\)/g)].at(-1);
       if (m && Number(m[1]) !== lastPct) {
         lastPct = Number(m[1]);
@@ -33,7 +35,7 @@ export function qemuImgWithProgress(
       }
       if (m) onPct(Number(m[1]));
     });
-    child.stderr.on('data', (b: Buffer) => {
+    child.stderr?.on('data', (b: Buffer) => {
       err += b.toString();
     });
     const onAbort = (): void => {

@@ -68,11 +68,6 @@ export async function createImage(
   else await ownHandleForQemu(`/proc/self/fd/${opts.fd}`);
 }
 
-/** Copies an overlay's data into its backing image (`qemu-img commit`); the overlay is left empty. */
-export async function commitImage(path: string, opts: ImgOptions & { format: ImageFormat }): Promise<void> {
-  await run('qemu-img', ['commit', '-q', '-f', opts.format, path], { timeoutMs: 30 * 60_000, ...opts });
-}
-
 /** The persistent dirty bitmaps stored in a qcow2 image no QEMU has open (their names). */
 export async function listBitmaps(path: string, opts: ImgOptions = {}): Promise<string[]> {
   const { stdout } = await run('qemu-img', ['info', '--output=json', '-f', 'qcow2', path], opts);
@@ -83,20 +78,6 @@ export async function listBitmaps(path: string, opts: ImgOptions = {}): Promise<
 /** Removes persistent dirty bitmap `name` from a qcow2 image no QEMU has open. */
 export async function removeBitmap(path: string, name: string, opts: ImgOptions = {}): Promise<void> {
   await run('qemu-img', ['bitmap', '-f', 'qcow2', '--remove', path, name], { timeoutMs: 60_000, ...opts });
-}
-
-/**
- * Gives an image a new backing file (`qemu-img rebase`). Safe mode (default) first copies into
- * the image every cluster that differs between the old and the new backing, so what the image
- * shows stays the same; `unsafe` only rewrites the reference (the two backings hold the same data).
- */
-export async function rebaseImage(
-  path: string,
-  opts: ImgOptions & { format: ImageFormat; backing: { path: string; format: ImageFormat }; unsafe?: boolean },
-): Promise<void> {
-  const args = ['rebase', '-q', '-f', opts.format, ...(opts.unsafe ? ['-u'] : [])];
-  args.push('-b', opts.backing.path, '-F', opts.backing.format, path);
-  await run('qemu-img', args, { timeoutMs: 30 * 60_000, ...opts });
 }
 
 interface RawInfo {

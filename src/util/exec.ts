@@ -83,10 +83,15 @@ function failure(
 }
 
 /**
- * Runs a program with `fd` as its descriptor 3 (`/dev/fd/3` to it): a file opened here
- * without links reaches the program as that very file, whatever its path becomes meanwhile.
+ * Runs a program with `fd` as its descriptor 3 (`/dev/fd/3` to it; several: 3, 4, ...): a file
+ * opened here without links reaches the program as that very file, whatever its path becomes meanwhile.
  */
-export function runWithFd(cmd: string, args: readonly string[], fd: number, opts: RunOptions = {}): Promise<RunResult> {
+export function runWithFd(
+  cmd: string,
+  args: readonly string[],
+  fd: number | readonly number[],
+  opts: RunOptions = {},
+): Promise<RunResult> {
   const timeoutMs = opts.timeoutMs ?? 60_000;
   const what = `run ${cmd}`;
   if (opts.signal?.aborted) return Promise.reject(new AbortedError(what, opts.signal.reason));
@@ -94,7 +99,7 @@ export function runWithFd(cmd: string, args: readonly string[], fd: number, opts
     const child = spawn(cmd, args, {
       cwd: opts.cwd,
       env: opts.env,
-      stdio: ['ignore', 'pipe', 'pipe', fd],
+      stdio: ['ignore', 'pipe', 'pipe', ...(typeof fd === 'number' ? [fd] : fd)],
       signal: opts.signal,
       timeout: timeoutMs,
       killSignal: 'SIGKILL',

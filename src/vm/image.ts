@@ -8,6 +8,8 @@ import path from 'node:path';
 import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { run, type RunOptions } from '../util/exec.js';
 import type { ImageFormat } from '../qemu/img.js';
+import { convertHeld } from '../qemu/img-files.js';
+import fsp from 'node:fs/promises';
 import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
 
 /** Longest backing chain accepted (QEMU's own limit is 16 too, in its probe of chains). */
@@ -135,36 +137,48 @@ async function readInfo(file: string, label: string, format: string | undefined,
   return JSON.parse(stdout) as RawInfo;
 }
 
-/** The checked chain as one JSON filename: formats pinned, nothing beyond the last file opened. */
-export function chainFilename(chain: ChainFile[]): string {
-  let below: Record<string, unknown> | null = null;
-  for (const c of [...chain].reverse()) {
-    const n: Record<string, unknown> = { driver: c.format, file: { driver: 'file', filename: c.path } };
-    if (below) n.backing = below;
-    else if (BACKING_FORMATS.has(c.format)) n.backing = null;
-    below = n;
-  }
-  return `json:${JSON.stringify(below)}`;
-}
-/** Formats with a backing-file field, where `backing: null` stops QEMU from opening one. */
-const BACKING_FORMATS = new Set(['qcow2', 'qcow', 'qed', 'vmdk']);
-
 export interface CopyOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
   format: ImageFormat;
   /** Grow the copy to this virtual size (at least the image's). */
   sizeBytes?: number;
+  /** The pools the image lies in: its files are read through handles opened without links (qemu/img-files.ts). */
+  pools?: readonly PoolDef[];
 }
 
-/** Copies a probed image into `dest` as a standalone file (the chain flattened), grown if asked. */
+/**
+ * Copies a probed image into `dest` as a standalone file (the chain flattened), grown if asked.
+ * `dest` is created here, never through a link found at its path, and qemu-img reads exactly
+ * the files of the chain that was checked.
+ */
 export async function copyImage(img: ProbedImage, dest: string, opts: CopyOptions): Promise<void> {
-  const args = ['convert', '-q', '-O', opts.format];
-  if (opts.format === 'vpc') args.push('-o', 'force_size=on,subformat=dynamic');
-  if (opts.format === 'vhdx') args.push('-o', 'subformat=dynamic');
-  args.push(chainFilename(img.chain), dest);
-  const t = { signal: opts.signal, timeoutMs: opts.timeoutMs ?? 3600_000 };
-  await run('qemu-img', args, t);
-  if (opts.sizeBytes !== undefined && opts.sizeBytes > img.virtualSizeBytes)
-    await run('qemu-img', ['resize', '-q', '-f', opts.format, dest, String(opts.sizeBytes)], t);
+  const fh = await fsp.open(dest, 'wx').catch((err: unknown) => {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw new InvalidInputError(
+      `Cannot copy the image into ${dest}: it already exists; remove it or choose another path`,
+      {
+        path: dest,
+      },
+    );
+  });
+  let done = false;
+  try {
+    const size = Math.max(opts.sizeBytes ?? 0, img.virtualSizeBytes);
+    await convertHeld(
+      img.chain,
+      fh.fd,
+      { path: dest, format: opts.format, sizeBytes: size },
+      {
+        pools: opts.pools ?? [],
+        what: 'an image file',
+        signal: opts.signal,
+        timeoutMs: opts.timeoutMs ?? 3600_000,
+      },
+    );
+    done = true;
+  } finally {
+    await fh.close();
+    if (!done) await fsp.rm(dest, { force: true });
+  }
 }
 
 /** Checks a requested size against the image before anything is copied. */

@@ -61,8 +61,21 @@ export interface CreateVmOptions {
   writeIn?: Record<string, Buffer>;
   /** Disks made as copies of probed images (`--image`): disk id → image, grown to sizeBytes. */
   importDisks?: Record<string, { image: ProbedImage; sizeBytes?: number }>;
+  /** This host's pools: an imported image's files are read through handles opened without links. */
+  pools?: readonly PoolDef[];
   signal?: AbortSignal;
 }
+
+/** A file createVm makes that is already there (or a link is): named, nothing overwritten. */
+const taken =
+  (spec: VmSpec, file: string) =>
+  (err: unknown): never => {
+    if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+    throw new InvalidInputError(
+      `Cannot create the VM '${spec.name}': ${file} already exists; remove it or choose another folder`,
+      { path: file },
+    );
+  };
 
 /**
  * Creates a VM: its folder, vm.json, and any new disks. Everything is checked before the
@@ -131,12 +144,13 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
     if (!folderExisted) created.push(spec.configPath);
     for (const c of opts.copyIn ?? []) {
       const to = resolveVmFile(spec, c.to);
-      await fsp.copyFile(c.from, to);
+      // Exclusive (O_EXCL): nothing is written through a link someone left in the folder.
+      await fsp.copyFile(c.from, to, fs.constants.COPYFILE_EXCL).catch(taken(spec, to));
       created.push(to);
     }
     for (const [name, data] of Object.entries(opts.writeIn ?? {})) {
       const to = resolveVmFile(spec, name);
-      await fsp.writeFile(to, data);
+      await fsp.writeFile(to, data, { flag: 'wx' }).catch(taken(spec, to));
       created.push(to);
     }
     for (const d of spec.disks) {
@@ -144,10 +158,20 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
       const from = imported[d.id];
       if (size === undefined && !from) continue;
       await fsp.mkdir(path.dirname(d.path), { recursive: true });
-      created.push(d.path);
-      if (from)
-        await copyImage(from.image, d.path, { format: d.format, sizeBytes: from.sizeBytes, signal: opts.signal });
-      else if (size !== undefined) await createImage(d.path, d.format, size, { signal: opts.signal });
+      if (from) {
+        const copy = { format: d.format, sizeBytes: from.sizeBytes, signal: opts.signal, pools: opts.pools ?? [] };
+        await copyImage(from.image, d.path, copy);
+        created.push(d.path);
+      } else if (size !== undefined) {
+        // Made here (O_EXCL): qemu-img never truncates what a link left at the path names.
+        const fh = await fsp.open(d.path, 'wx').catch(taken(spec, d.path));
+        created.push(d.path);
+        try {
+          await createImage(d.path, d.format, size, { fd: fh.fd, signal: opts.signal });
+        } finally {
+          await fh.close();
+        }
+      }
     }
     await saveVm(spec);
     return spec;

@@ -30,7 +30,7 @@ import {
   sweepBitmaps,
 } from '../../src/migration/resume-bitmaps.js';
 import { moveKeyOf, RESUME_MAX_AGE_MS } from '../../src/migration/resume-marker.js';
-import { tempDir } from '../helpers.js';
+import { tempDir, testPools } from '../helpers.js';
 
 const run = promisify(execFile);
 const MiB = 1048576;
@@ -400,7 +400,10 @@ test('bitmaps of cut copies: dropped by the next move and the sweep, live and st
   await quit(sq);
   assert.deepEqual(await stored(), [theirs, toB].sort());
   t0 = performance.now();
-  assert.deepEqual(await dropStoredLeftBehind([{ path: src, format: 'qcow2' }], data, vmId, null), [toB]);
+  assert.deepEqual(
+    await dropStoredLeftBehind([{ path: src, format: 'qcow2' }], data, vmId, null, { pools: testPools(dir) }),
+    [toB],
+  );
   t.diagnostic(
     `sweep (one removed) ${tSweep}; a move's Begin: nothing to drop ${tNone}, one over QMP ${tLive}, ` +
       `one from a stopped VM's image ${ms(t0)}`,

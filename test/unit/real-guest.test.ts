@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseVmSpec, newVmId } from '../../src/vm/spec.js';
 import { buildArgv, isVarsQdev } from '../../src/qemu/argv.js';
-import { chainFilename } from '../../src/vm/image.js';
+import { chainFilename } from '../../src/qemu/img-files.js';
 import { resolveBootOrder, resolveMachine } from '../../src/vm/real-guest.js';
 
 const ovmf = { code: '/fw/OVMF_CODE_4M.fd', vars: '/fw/OVMF_VARS_4M.fd' };
@@ -121,8 +121,8 @@ test('spec: UEFI needs exactly one raw variable store; boot order names bootable
 
 test('image copy reads exactly the checked chain, formats pinned, nothing below it', () => {
   const f = chainFilename([
-    { path: '/p/top.qcow2', format: 'qcow2', virtualSizeBytes: 1, actualSizeBytes: 1 },
-    { path: '/p/base.vmdk', format: 'vmdk', virtualSizeBytes: 1, actualSizeBytes: 1 },
+    { path: '/p/top.qcow2', format: 'qcow2' },
+    { path: '/p/base.vmdk', format: 'vmdk' },
   ]);
   assert.ok(f.startsWith('json:'));
   assert.deepEqual(JSON.parse(f.slice(5)), {
@@ -130,10 +130,13 @@ test('image copy reads exactly the checked chain, formats pinned, nothing below 
     file: { driver: 'file', filename: '/p/top.qcow2' },
     backing: { driver: 'vmdk', file: { driver: 'file', filename: '/p/base.vmdk' }, backing: null },
   });
-  const raw = JSON.parse(
-    chainFilename([{ path: '/p/a.img', format: 'raw', virtualSizeBytes: 1, actualSizeBytes: 1 }]).slice(5),
-  ) as Record<string, unknown>;
+  const raw = JSON.parse(chainFilename([{ path: '/p/a.img', format: 'raw' }]).slice(5)) as Record<string, unknown>;
   assert.equal('backing' in raw, false, 'raw has no backing field');
+  // Through descriptors: each file by the name the agent gave it (qemu/img-files.ts).
+  const held = chainFilename([{ path: '/p/top.qcow2', format: 'qcow2' }], (p) =>
+    p === '/p/top.qcow2' ? '/dev/fd/3' : p,
+  );
+  assert.match(held, /"filename":"\/dev\/fd\/3"/);
 });
 
 test('boot order and machine type from the flags', () => {

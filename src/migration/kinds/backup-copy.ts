@@ -12,7 +12,7 @@
 // a disk daemon (stopped-copy.ts); the others keep qemu-img.
 import type { IncomingRequest } from '../../api/peer-actions.js';
 import { messageOf } from '../../errors.js';
-import { removeBitmap } from '../../qemu/img.js';
+import { removeBitmapHeld } from '../../qemu/img-files.js';
 import { nodeNames } from '../../qemu/argv.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { abandonMirrors, delNode, rootNode, sweepMirrorLeftovers, type MirrorSpec } from '../block.js';
@@ -103,7 +103,7 @@ export async function dropEarlierBitmaps(ctx: SourceCtx, log: (m: string) => voi
   try {
     const dropped = ctx.proc
       ? await dropLeftBehind(ctx.proc.qmp, ctx.host.dataDir, spec.id, keep, { signal })
-      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, keep, { signal });
+      : await dropStoredLeftBehind(spec.disks, ctx.host.dataDir, spec.id, keep, { pools: ctx.host.pools(), signal });
     if (dropped.length) log(droppedLine(dropped, why));
     // A storage move's cut copy on this host: no move from here resumes it any more.
     for (const f of await dropKeptCopies(ctx.host.dataDir, spec))
@@ -257,7 +257,8 @@ export async function dropStoredBitmaps(ctx: SourceCtx, log: (m: string) => void
   for (const b of journalBackups(ctx)) {
     const d = ctx.spec?.disks.find((x) => x.id === b.diskId);
     if (d?.format !== 'qcow2') continue;
-    await removeBitmap(d.path, b.bitmap).catch((err: unknown) => {
+    const held = { pools: ctx.host.pools(), what: `a disk of VM '${ctx.spec?.name ?? ''}'` };
+    await removeBitmapHeld(d.path, b.bitmap, held).catch((err: unknown) => {
       // Absent is fine: QEMU never stored it (it was removed while the node was active).
       if (!/not found/i.test(messageOf(err))) log(`removing the copy's bitmap from ${d.path}: ${messageOf(err)}`);
     });

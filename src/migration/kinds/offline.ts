@@ -6,6 +6,8 @@
 //    runs), qemu-img fills them, the destination registers the VM, the source deletes its copies.
 import { peerActions } from '../../api/peer-actions.js';
 import { qemuImgWithProgress } from '../../qemu/img-progress.js';
+import { chainFilename, withHeldFiles } from '../../qemu/img-files.js';
+import { probeImage } from '../../vm/image.js';
 import { deleteVmFiles } from '../plan.js';
 import { stallTimeoutMs } from '../policy.js';
 import type { MoveKind, Resolution, Step, UndoScope } from '../runner.js';
@@ -139,25 +141,44 @@ export const copyStep: Step<SourceCtx> = {
       const src = spec.disks.find((x) => x.id === d.id);
       if (!src) continue;
       const { object: tlsObject, target } = await nbdTargetArgs(ctx, nbd, d.id);
-      const args = ['convert', '-p', '-n', '--target-is-zero', '-f', src.format, ...tlsObject, src.path];
+      // Read as checked: the disk's chain pinned, each file through a handle (qemu/img-files.ts).
+      const pools = ctx.host.pools();
+      const what = `a disk of VM '${spec.name}'`;
+      const { chain } = await probeImage(src.path, { pools, host: ctx.host.name, what, signal: s.signal });
       // qemu-img reports whole percents only: allow a few watchdog periods between them.
       const stallMs = 4 * stallTimeoutMs();
-      await qemuImgWithProgress(
-        [...args, '--target-image-opts', target],
-        s.signal,
-        stallMs,
-        () => stalledError(spec.name, ctx.to.name, stallMs, 'no disk data moved'),
-        (pct) => {
-          const disk = r.disks.find((x) => x.id === d.id);
-          if (disk) disk.bytesDone = Math.round((pct / 100) * disk.bytesTotal);
-          const done = before + (pct / 100) * d.allocatedBytes;
-          r.bytesTransferred = Math.round(done);
-          const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
-          r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
-          r.progress = Math.max(r.progress, 0.02 + 0.93 * (done / total));
-          r.etaSeconds = rate > 0 ? Math.round(((total - done) / rate) * 10) / 10 : null;
-          ctx.job.flush();
-        },
+      await withHeldFiles(
+        pools,
+        chain.map((c) => c.path),
+        what,
+        (nameOf, fds) =>
+          qemuImgWithProgress(
+            [
+              'convert',
+              '-p',
+              '-n',
+              '--target-is-zero',
+              ...tlsObject,
+              chainFilename(chain, nameOf),
+              '--target-image-opts',
+              target,
+            ],
+            s.signal,
+            stallMs,
+            () => stalledError(spec.name, ctx.to.name, stallMs, 'no disk data moved'),
+            (pct) => {
+              const disk = r.disks.find((x) => x.id === d.id);
+              if (disk) disk.bytesDone = Math.round((pct / 100) * disk.bytesTotal);
+              const done = before + (pct / 100) * d.allocatedBytes;
+              r.bytesTransferred = Math.round(done);
+              const rate = done / Math.max(0.001, (Date.now() - t0) / 1000);
+              r.rate = { transferBps: Math.round(rate), dirtyBps: 0 };
+              r.progress = Math.max(r.progress, 0.02 + 0.93 * (done / total));
+              r.etaSeconds = rate > 0 ? Math.round(((total - done) / rate) * 10) / 10 : null;
+              ctx.job.flush();
+            },
+            fds,
+          ),
       );
       before += d.allocatedBytes;
     }

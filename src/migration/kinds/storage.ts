@@ -13,7 +13,9 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, messageOf } from '../../errors.js';
-import { convertImage, createImage, imageInfo } from '../../qemu/img.js';
+import { createImage, imageInfo } from '../../qemu/img.js';
+import { convertHeld } from '../../qemu/img-files.js';
+import { probeImage } from '../../vm/image.js';
 import { poolOf } from '../../storage/pools.js';
 import { configFile, exists, loadVm, saveVm } from '../../vm/folder.js';
 import { supportsDirectIo } from '../../vm/lifecycle.js';
@@ -147,11 +149,15 @@ const chain: Step<StorageCtx> = {
     const files = ctx.plan.chain?.files ?? [];
     ctx.job.log(`copying the checkpoint chain: ${files.length} file(s) to ${ctx.plan.chain?.to ?? ''}`);
     const created: string[] = [];
+    const pools = ctx.host.pools();
     for (const f of files) {
-      await claimFile(poolRoots(ctx.host.pools()), f.to, 'a checkpoint file of the moved VM');
-      created.push(f.to);
-      s.record({ created });
-      await copyChainFile(f, s.signal);
+      await claimFile(poolRoots(pools), f.to, 'a checkpoint file of the moved VM', {
+        claimed: () => {
+          created.push(f.to);
+          s.record({ created });
+        },
+        fill: (fd) => copyChainFile(f, fd, { pools, signal: s.signal }),
+      });
     }
     return { created };
   },
@@ -186,7 +192,7 @@ async function dropEarlier(ctx: StorageCtx, log: (m: string) => void, signal: Ab
           ctx.host.dataDir,
           spec.id,
           resumable ? storageBitmapOf(spec.id, ctx.host.name) : null,
-          { signal },
+          { pools: ctx.host.pools(), signal },
         );
     if (dropped.length) log(droppedLine(dropped, why));
     if (!resumable)
@@ -279,18 +285,33 @@ const convert: Step<StorageCtx> = {
     const m = moving(ctx);
     for (const [i, d] of m.entries()) {
       const dest = ctx.plan.disks[d.id] ?? d.path;
-      await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM');
-      created.push(dest);
-      s.record({ created });
+      const pools = ctx.host.pools();
       const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
-      // An active layer over a checkpoint chain is copied as the overlay it is, onto the copied chain.
-      if (backing) await copyChainFile({ from: d.path, to: dest, format: 'qcow2', backing }, s.signal);
-      else
-        await convertImage(d.path, dest, {
-          srcFormat: d.format,
-          dstFormat: d.format,
-          signal: s.signal,
-        });
+      const what = `a disk of VM '${ctx.spec.name}'`;
+      // Read as checked: the disk's chain pinned, each file through a handle (qemu/img-files.ts).
+      const chain = backing
+        ? null
+        : (await probeImage(d.path, { pools, host: ctx.host.name, what, signal: s.signal })).chain;
+      await claimFile(poolRoots(pools), dest, 'a disk of the moved VM', {
+        claimed: () => {
+          created.push(dest);
+          s.record({ created });
+        },
+        fill: (fd) =>
+          chain
+            ? convertHeld(
+                chain,
+                fd,
+                { path: dest, format: d.format, sizeBytes: chain[0]?.virtualSizeBytes ?? 0 },
+                {
+                  pools,
+                  what,
+                  signal: s.signal,
+                },
+              )
+            : // An active layer over a checkpoint chain is copied as the overlay it is, onto the copied chain.
+              copyChainFile({ from: d.path, to: dest, format: 'qcow2', backing }, fd, { pools, signal: s.signal }),
+      });
       const disk = r.disks[i];
       if (disk) {
         disk.bytesDone = disk.bytesTotal;
