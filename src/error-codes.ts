@@ -77,6 +77,10 @@ export const ERROR_CODES = {
   E_SEED_FAILED: failed('the cloud-init seed image could not be made'),
   E_FILE_NOT_FOUND: notFound('a file does not exist'),
   E_IMAGE_UNREADABLE: input('a disk image cannot be read by qemu-img'),
+  E_CHAIN_TOO_LONG: conflict(
+    "a stopped VM's checkpoint chain is too long to rebase with qemu-img; remove it while the VM runs",
+  ),
+  E_IMAGE_HEADER: failed('qemu-img copied the data but could not write the backing name; the message says the command'),
   E_IMPORT: input('a libvirt domain cannot be imported as it is'),
   E_PATH_NOT_FOUND: notFound('a folder does not exist'),
   E_PATH_LINK: input('a path inside a pool is, or passes through, a symbolic link'),

@@ -7,7 +7,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { CheckpointList, CheckpointView } from '../api/schemas.js';
 import { FerryError } from '../errors.js';
-import { createImage } from '../qemu/img.js';
+import { createImage, type ImageFormat } from '../qemu/img.js';
 import { commitHeld, rebaseHeld, type Layer } from '../qemu/img-files.js';
 import { probeImage } from '../vm/image.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
@@ -50,6 +50,30 @@ export interface CheckpointDeps {
   pools: readonly PoolDef[];
   host: string;
   signal?: AbortSignal;
+}
+
+/**
+ * A stopped VM's new overlay on `backing`: made in a file created here (exclusively: no link is
+ * followed), its size from the backing's checked probe, so qemu-img opens no file by path.
+ */
+async function newOverlay(
+  file: string,
+  backing: { path: string; format: ImageFormat },
+  spec: VmSpec,
+  deps: CheckpointDeps,
+): Promise<void> {
+  const what = `an image of VM '${spec.name}'`;
+  const probe = { pools: [...deps.pools], host: deps.host, what, format: backing.format, signal: deps.signal };
+  const size = (await probeImage(backing.path, probe)).virtualSizeBytes;
+  const fh = await fsp.open(file, 'wx', 0o600);
+  let done = false;
+  try {
+    await createImage(file, 'qcow2', size, { fd: fh.fd, backing, unsafeBacking: true, signal: deps.signal });
+    done = true;
+  } finally {
+    await fh.close();
+    if (!done) await fsp.rm(file, { force: true });
+  }
 }
 
 /** The disks a checkpoint covers: every writable disk but the UEFI variable store. */
@@ -273,11 +297,7 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
     const pauseMs = Date.now() - paused;
     ck = present(tree, folder, disks, name, { id, memory, running: wasRunning, pauseMs, tookMs: Date.now() - t0 });
   } else {
-    for (const o of overlays)
-      await createImage(o.file, 'qcow2', 0, {
-        backing: { path: o.d.path, format: o.d.format },
-        signal: deps.signal,
-      });
+    for (const o of overlays) await newOverlay(o.file, { path: o.d.path, format: o.d.format }, spec, deps);
     ck = present(tree, folder, disks, name, {
       id,
       memory: null,
@@ -354,7 +374,7 @@ export async function applyCheckpoint(
   const next = tagOf();
   for (const d of disks) {
     const file = path.join(folder, `${d.id}-${next}.qcow2`);
-    await createImage(file, 'qcow2', 0, { backing: imageOf(tree, folder, target.id, d.id), signal: deps.signal });
+    await newOverlay(file, imageOf(tree, folder, target.id, d.id), spec, deps);
     Object.assign(d, { path: file, format: 'qcow2' });
   }
   if (branch) tree.checkpoints.push(branch);
@@ -408,8 +428,9 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
   const what = `remove checkpoint '${x.name}' of VM '${spec.name}'`;
   // A stopped VM's images are changed by qemu-img through handles, each chain as checked (img-files.ts).
   const held = { pools: deps.pools, what: `an image of VM '${spec.name}'`, signal: deps.signal };
-  const chainOf = async (f: string): Promise<Layer[]> =>
-    (await probeImage(f, { pools: [...deps.pools], host: deps.host, what: held.what, signal: deps.signal })).chain;
+  const chainOf = async (f: string, format: string): Promise<Layer[]> =>
+    (await probeImage(f, { pools: [...deps.pools], host: deps.host, what: held.what, format, signal: deps.signal }))
+      .chain;
   let next: CheckpointTree;
   if (x.parent === null) {
     if (deps_.length !== 1)
@@ -433,7 +454,7 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
             await nodeOfImage(qmp, base.path),
             what,
           );
-        else await commitHeld(await chainOf(top), held);
+        else await commitHeld(await chainOf(top, 'qcow2'), held);
         Object.assign(d, { path: base.path, format: base.format });
         await fsp.rm(top, { force: true });
         continue;
@@ -444,7 +465,7 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
           topNode: await nodeOfImage(qmp, img),
         });
       } else {
-        await commitHeld(await chainOf(img), held);
+        await commitHeld(await chainOf(img, 'qcow2'), held);
         // What was layered on the committed image sees the same data in the base disk now.
         for (const g of dependents(tree, child.id)) {
           const f = g === 'active' ? d.path : imageFile(g, d.id);
@@ -467,7 +488,7 @@ export async function removeCheckpoint(spec: VmSpec, name: string, deps: Checkpo
           const topNode = dep === 'active' ? await rootNode(qmp, d.id) : await nodeOfImage(qmp, top);
           await streamInto(qmp, `ck-stream-${d.id}`, topNode, await nodeOfImage(qmp, newBase.path), what, deps.signal);
         } else {
-          await rebaseHeld(await chainOf(top), await chainOf(newBase.path), held);
+          await rebaseHeld(await chainOf(top, 'qcow2'), await chainOf(newBase.path, newBase.format), held);
         }
       }
     }

@@ -7,15 +7,25 @@ import { withBeneath } from '../storage/beneath.js';
 import { isInside, realPathLoose, type PoolDef } from '../storage/pools.js';
 import { run, runWithFd, type RunOptions } from '../util/exec.js';
 import { createImage, type ImageFormat } from './img.js';
+import { BACKING_FORMATS } from './argv.js';
+import { FerryError } from '../errors.js';
 
 /** One file of a backing chain with its format. */
 export interface Layer {
   path: string;
   format: string;
+  /**
+   * It names other files (vmdk extents, a qcow2 data file: vm/image.ts probeImage checked them
+   * against the pools), which QEMU opens beside the image's own path: it keeps its path.
+   */
+  external?: boolean;
 }
 
-/** Formats with a backing-file field, where `backing: null` stops QEMU from opening one. */
-const BACKING_FORMATS = new Set(['qcow2', 'qcow', 'qed', 'vmdk']);
+/** The files of a chain that go to qemu-img as descriptors. */
+const heldPaths = (chain: readonly Layer[]): string[] => chain.filter((c) => !c.external).map((c) => c.path);
+
+/** The longest backing file name a qcow2 header takes (QEMU's limit). */
+const MAX_BACKING_NAME = 1023;
 
 /**
  * A chain (its top first) as one `json:` filename: formats pinned, each file named by
@@ -86,11 +96,8 @@ export interface HeldOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
 
 /** Copies `chain[0]`'s data into `chain[1]` (`qemu-img commit`); the top is left empty. */
 export async function commitHeld(chain: readonly Layer[], opts: HeldOptions): Promise<void> {
-  await withHeldFiles(
-    opts.pools,
-    chain.map((c) => c.path),
-    opts.what,
-    (nameOf, fds) => qemuImg(['commit', '-q', chainFilename(chain, nameOf)], fds, { timeoutMs: 30 * 60_000, ...opts }),
+  await withHeldFiles(opts.pools, heldPaths(chain), opts.what, (nameOf, fds) =>
+    qemuImg(['commit', '-q', chainFilename(chain, nameOf)], fds, { timeoutMs: 30 * 60_000, ...opts }),
   );
 }
 
@@ -109,15 +116,35 @@ export async function rebaseHeld(
   const top = chain[0];
   const backing = newChain[0];
   if (!top || !backing) return;
-  const files = [...chain, ...newChain].map((c) => c.path);
+  // Unsafe: only the image's header is written, no backing read.
+  const files = opts.unsafe ? heldPaths([top]) : heldPaths([...chain, ...newChain]);
   const t = { timeoutMs: 30 * 60_000, ...opts };
   await withHeldFiles(opts.pools, files, opts.what, async (nameOf, fds) => {
+    const only = chainFilename([top], nameOf);
+    const named = ['rebase', '-q', '-u', '-b', backing.path, '-F', backing.format, only];
     if (!opts.unsafe) {
       const to = chainFilename(newChain, nameOf);
+      if (to.length > MAX_BACKING_NAME)
+        throw new FerryError(
+          'E_CHAIN_TOO_LONG',
+          `Cannot change the backing file of ${top.path} while its VM is stopped: the chain below it has ` +
+            `${newChain.length} files, too many to name in its header during the copy; start the VM and remove ` +
+            'the checkpoint while it runs',
+          { context: { path: top.path, files: newChain.length } },
+        );
       await qemuImg(['rebase', '-q', '-b', to, '-F', backing.format, chainFilename(chain, nameOf)], fds, t);
+      // The header now names descriptors: put the path back, or say how (the data is all there).
+      await qemuImg(named, fds, t).catch((err: unknown) => {
+        throw new FerryError(
+          'E_IMAGE_HEADER',
+          `Cannot name ${backing.path} as the backing file of ${top.path}: qemu-img failed after the data was ` +
+            `copied; run 'qemu-img rebase -u -b ${backing.path} -F ${backing.format} ${top.path}'`,
+          { context: { path: top.path }, cause: err },
+        );
+      });
+      return;
     }
-    const only = chainFilename([top], nameOf);
-    await qemuImg(['rebase', '-q', '-u', '-b', backing.path, '-F', backing.format, only], fds, t);
+    await qemuImg(named, fds, t);
   });
 }
 
@@ -134,15 +161,10 @@ export async function convertHeld(
 ): Promise<void> {
   const t = { timeoutMs: 3600_000, ...opts };
   await createImage(dest.path, dest.format, dest.sizeBytes, { fd, ...t });
-  await withHeldFiles(
-    opts.pools,
-    chain.map((c) => c.path),
-    opts.what,
-    async (nameOf, fds) => {
-      const args = ['convert', '-q', '-n', '--target-is-zero', chainFilename(chain, nameOf), '-O', dest.format];
-      await runWithFd('qemu-img', [...args, `/dev/fd/${3 + fds.length}`], [...fds, fd], t);
-    },
-  );
+  await withHeldFiles(opts.pools, heldPaths(chain), opts.what, async (nameOf, fds) => {
+    const args = ['convert', '-q', '-n', '--target-is-zero', chainFilename(chain, nameOf), '-O', dest.format];
+    await runWithFd('qemu-img', [...args, `/dev/fd/${3 + fds.length}`], [...fds, fd], t);
+  });
 }
 
 /** The persistent dirty bitmaps stored in a qcow2 image no QEMU has open (their names), read through a handle. */

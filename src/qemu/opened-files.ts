@@ -7,8 +7,10 @@
 // guest ran a single instruction or a copy read a block.
 //
 // Images QEMU adds while it runs (a storage move's targets, an arriving checkpoint chain, a
-// checkpoint's overlays) are checked the same way right after. Left open: QEMU reopens a backing
-// file by path when a commit makes it writable.
+// checkpoint's overlays) are checked the same way right after. A checkpoint layer a commit
+// writes into is opened read-write at the start (argv.ts backingArgs), so QEMU never reopens it
+// by path. Left open: a live storage move's copied chain, opened by QEMU from its headers, is
+// reopened by path if a commit writes into it before the VM's next start.
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';

@@ -23,6 +23,8 @@ export interface ChainFile {
   format: string;
   virtualSizeBytes: number;
   actualSizeBytes: number;
+  /** It names other files (vmdk extents, a qcow2 data file), which QEMU opens by their paths. */
+  external?: boolean;
 }
 
 export interface ProbedImage {
@@ -51,6 +53,11 @@ export interface ProbeOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
   what?: string;
   /** Read headers of images a running QEMU holds (qemu-img -U): a disk at start-up or arriving. */
   forceShare?: boolean;
+  /**
+   * The image's own format, when it is known (a VM's disk: its vm.json's). Never guessed then:
+   * a raw disk's first bytes are the guest's, which could write a qcow2 header naming a backing.
+   */
+  format?: string;
 }
 
 /**
@@ -61,7 +68,7 @@ export async function probeImage(file: string, opts: ProbeOptions): Promise<Prob
   const what = opts.what ?? 'image';
   const chain: ChainFile[] = [];
   let cur: string | null = path.resolve(file);
-  let pinned: string | undefined;
+  let pinned: string | undefined = opts.format;
   while (cur) {
     if (chain.length >= MAX_CHAIN)
       throw new InvalidInputError(
@@ -90,6 +97,8 @@ export async function probeImage(file: string, opts: ProbeOptions): Promise<Prob
       format: info.format,
       virtualSizeBytes: info['virtual-size'],
       actualSizeBytes: info['actual-size'] ?? 0,
+      // QEMU finds these files beside the image's own path: it cannot be handed over as a descriptor.
+      ...(refs.some((r) => path.resolve(r) !== cur) ? { external: true } : {}),
     });
     const backing = info['full-backing-filename'] ?? info['backing-filename'];
     cur = backing ? asFile(backing, cur, label) : null;
@@ -143,6 +152,8 @@ export interface CopyOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
   sizeBytes?: number;
   /** The pools the image lies in: its files are read through handles opened without links (qemu/img-files.ts). */
   pools?: readonly PoolDef[];
+  /** `dest` as the caller created it (migration/claim.ts); else it is created here, O_EXCL. */
+  fd?: number;
 }
 
 /**
@@ -151,6 +162,19 @@ export interface CopyOptions extends Pick<RunOptions, 'signal' | 'timeoutMs'> {
  * the files of the chain that was checked.
  */
 export async function copyImage(img: ProbedImage, dest: string, opts: CopyOptions): Promise<void> {
+  const size = Math.max(opts.sizeBytes ?? 0, img.virtualSizeBytes);
+  const held = { pools: opts.pools ?? [], what: 'an image file', signal: opts.signal };
+  const fill = (fd: number): Promise<void> =>
+    convertHeld(
+      img.chain,
+      fd,
+      { path: dest, format: opts.format, sizeBytes: size },
+      {
+        ...held,
+        timeoutMs: opts.timeoutMs ?? 3600_000,
+      },
+    );
+  if (opts.fd !== undefined) return fill(opts.fd);
   const fh = await fsp.open(dest, 'wx').catch((err: unknown) => {
     if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
     throw new InvalidInputError(
@@ -162,18 +186,7 @@ export async function copyImage(img: ProbedImage, dest: string, opts: CopyOption
   });
   let done = false;
   try {
-    const size = Math.max(opts.sizeBytes ?? 0, img.virtualSizeBytes);
-    await convertHeld(
-      img.chain,
-      fh.fd,
-      { path: dest, format: opts.format, sizeBytes: size },
-      {
-        pools: opts.pools ?? [],
-        what: 'an image file',
-        signal: opts.signal,
-        timeoutMs: opts.timeoutMs ?? 3600_000,
-      },
-    );
+    await fill(fh.fd);
     done = true;
   } finally {
     await fh.close();

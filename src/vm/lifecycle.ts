@@ -6,6 +6,7 @@ import path from 'node:path';
 import { FerryError, InvalidInputError, NotFoundError } from '../errors.js';
 import { buildArgv, diskBlockdevs, type DiskChains, type SwitchBackend } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
+import { claimFile, poolRoots } from '../migration/claim.js';
 import { QemuProcess, type ExitInfo } from '../qemu/process.js';
 import { ensureSandbox } from '../qemu/sandbox.js';
 import { StorageDaemon } from '../qemu/storage-daemon.js';
@@ -158,16 +159,22 @@ export async function createVm(input: unknown, opts: CreateVmOptions = {}): Prom
       const from = imported[d.id];
       if (size === undefined && !from) continue;
       await fsp.mkdir(path.dirname(d.path), { recursive: true });
-      if (from) {
-        const copy = { format: d.format, sizeBytes: from.sizeBytes, signal: opts.signal, pools: opts.pools ?? [] };
-        await copyImage(from.image, d.path, copy);
-        created.push(d.path);
-      } else if (size !== undefined) {
+      const copyOpts = { format: d.format, signal: opts.signal, pools: opts.pools ?? [] };
+      const fill = from
+        ? (fd: number) => copyImage(from.image, d.path, { ...copyOpts, sizeBytes: from.sizeBytes, fd })
+        : (fd: number) => createImage(d.path, d.format, size ?? 0, { fd, signal: opts.signal });
+      if (opts.pools?.length)
+        // Through its folder's handle, no link below the pool's root followed (migration/claim.ts).
+        await claimFile(poolRoots(opts.pools), d.path, `disk '${d.id}' of VM '${spec.name}'`, {
+          claimed: () => created.push(d.path),
+          fill,
+        });
+      else {
         // Made here (O_EXCL): qemu-img never truncates what a link left at the path names.
         const fh = await fsp.open(d.path, 'wx').catch(taken(spec, d.path));
         created.push(d.path);
         try {
-          await createImage(d.path, d.format, size, { fd: fh.fd, signal: opts.signal });
+          await fill(fh.fd);
         } finally {
           await fh.close();
         }

@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { copyImage, probeImage } from '../../src/vm/image.js';
-import { chainFilename, commitHeld, rebaseHeld, withHeldFiles } from '../../src/qemu/img-files.js';
+import { chainFilename, commitHeld, convertHeld, rebaseHeld, withHeldFiles } from '../../src/qemu/img-files.js';
 import { run, runWithFd } from '../../src/util/exec.js';
 import { refusedWith, tempDir, testPools } from '../helpers.js';
 
@@ -96,8 +96,9 @@ test("a stopped VM's checkpoint commit and rebase, a layer swapped for a link: r
     commitHeld(chain, { pools, what }),
     refusedWith('E_PATH_LINK', /base\.qcow2 is a symbolic link/),
   );
+  // A safe rebase reads the old and the new backing (here the same base, a link now).
   await assert.rejects(
-    rebaseHeld(chain, [{ path: base, format: 'qcow2' }], { pools, what, unsafe: true }),
+    rebaseHeld(chain, [{ path: base, format: 'qcow2' }], { pools, what }),
     refusedWith('E_PATH_LINK', /base\.qcow2 is a symbolic link/),
   );
   assert.deepEqual(await fsp.readFile(other), otherBytes, "the other VM's disk is unchanged");
@@ -132,4 +133,40 @@ test('a file swapped while qemu-img runs: qemu-img reads the file the agent open
     await runWithFd('qemu-img', ['convert', '-q', src, '-O', 'raw', out], fds);
   });
   assert.deepEqual(await fsp.readFile(out), Buffer.alloc(MiB, 0x63), 'the disk, not the host file');
+});
+
+test("a raw disk whose guest wrote a qcow2 header naming another VM's disk is copied as its raw bytes", async (t) => {
+  const dir = await tempDir(t, 'ferry-sec-img-');
+  const pools = testPools(dir);
+  const other = path.join(dir, 'other-vm.raw');
+  await fsp.writeFile(other, Buffer.alloc(4 * MiB, 0x77));
+  // The guest's own bytes: a qcow2 header at sector 0 with the other disk as its backing.
+  const disk = path.join(dir, 'disk0.raw');
+  await run('qemu-img', ['create', '-q', '-f', 'qcow2', '-b', other, '-F', 'raw', disk, String(4 * MiB)]);
+  const guessed = await probeImage(disk, { pools, host: 'host-a' });
+  assert.equal(guessed.chain.length, 2, 'guessed, the format would follow the guest-written backing');
+  const probed = await probeImage(disk, { pools, host: 'host-a', format: 'raw' });
+  assert.deepEqual(
+    probed.chain.map((c) => [c.path, c.format]),
+    [[disk, 'raw']],
+  );
+  const dest = path.join(dir, 'copy.raw');
+  const fh = await fsp.open(dest, 'wx');
+  try {
+    await convertHeld(
+      probed.chain,
+      fh.fd,
+      { path: dest, format: 'raw', sizeBytes: probed.virtualSizeBytes },
+      {
+        pools,
+        what: 'a disk',
+      },
+    );
+  } finally {
+    await fh.close();
+  }
+  const src = await fsp.readFile(disk);
+  const copy = await fsp.readFile(dest);
+  assert.deepEqual(copy.subarray(0, src.length), src, 'the raw bytes, header and all');
+  assert.equal(copy.includes(Buffer.alloc(65536, 0x77)), false, "none of the other VM's data");
 });

@@ -6,6 +6,7 @@
 // overlays over the copy, and the disks are mirrored with sync=top: only their active layers move.
 import { peerActions } from '../../api/peer-actions.js';
 import { qemuImgWithProgress } from '../../qemu/img-progress.js';
+import { chainFilename, withHeldFiles } from '../../qemu/img-files.js';
 import { stallTimeoutMs } from '../policy.js';
 import type { Step } from '../runner.js';
 import { MigrationFailedError, needSpec, stalledError, type SourceCtx } from '../source.js';
@@ -58,17 +59,31 @@ export const chainStep: Step<SourceCtx> = {
       const { object, target } = await nbdTargetArgs(ctx, nbd, `chain${i}`);
       const stallMs = 4 * stallTimeoutMs();
       const bytes = sizes[i] ?? 0;
-      // Raw on both ends: the file's own bytes (a qcow2 overlay's header and clusters as they are).
-      await qemuImgWithProgress(
-        ['convert', '-p', '-n', '--target-is-zero', '-f', 'raw', ...object, f.from, '--target-image-opts', target],
-        s.signal,
-        stallMs,
-        () => stalledError(spec.name, ctx.to.name, stallMs, 'no checkpoint data moved'),
-        (pct) => {
-          const done = before + (pct / 100) * bytes;
-          r.progress = Math.max(r.progress, 0.02 + 0.1 * (done / Math.max(1, total)));
-          ctx.job.flush();
-        },
+      // Raw on both ends: the file's own bytes (a qcow2 overlay's header and clusters as they are),
+      // read through a handle opened without links (qemu/img-files.ts).
+      const what = `a checkpoint file of VM '${spec.name}'`;
+      await withHeldFiles(ctx.host.pools(), [f.from], what, (nameOf, fds) =>
+        qemuImgWithProgress(
+          [
+            'convert',
+            '-p',
+            '-n',
+            '--target-is-zero',
+            ...object,
+            chainFilename([{ path: f.from, format: 'raw' }], nameOf),
+            '--target-image-opts',
+            target,
+          ],
+          s.signal,
+          stallMs,
+          () => stalledError(spec.name, ctx.to.name, stallMs, 'no checkpoint data moved'),
+          (pct) => {
+            const done = before + (pct / 100) * bytes;
+            r.progress = Math.max(r.progress, 0.02 + 0.1 * (done / Math.max(1, total)));
+            ctx.job.flush();
+          },
+          fds,
+        ),
       );
       before += bytes;
     }

@@ -144,7 +144,8 @@ export const copyStep: Step<SourceCtx> = {
       // Read as checked: the disk's chain pinned, each file through a handle (qemu/img-files.ts).
       const pools = ctx.host.pools();
       const what = `a disk of VM '${spec.name}'`;
-      const { chain } = await probeImage(src.path, { pools, host: ctx.host.name, what, signal: s.signal });
+      const probe = { pools, host: ctx.host.name, what, format: src.format, signal: s.signal };
+      const { chain } = await probeImage(src.path, probe);
       // qemu-img reports whole percents only: allow a few watchdog periods between them.
       const stallMs = 4 * stallTimeoutMs();
       await withHeldFiles(

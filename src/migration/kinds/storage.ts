@@ -15,6 +15,7 @@ import path from 'node:path';
 import { FerryError, messageOf } from '../../errors.js';
 import { createImage, imageInfo } from '../../qemu/img.js';
 import { convertHeld } from '../../qemu/img-files.js';
+import { checkOpenedFiles } from '../../qemu/opened-files.js';
 import { probeImage } from '../../vm/image.js';
 import { poolOf } from '../../storage/pools.js';
 import { configFile, exists, loadVm, saveVm } from '../../vm/folder.js';
@@ -220,7 +221,8 @@ const mirror: Step<StorageCtx> = {
       const dest = ctx.plan.disks[d.id] ?? d.path;
       // An active layer over a checkpoint chain: a new overlay on the copied chain, only the top mirrored.
       const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
-      const size = backing ? 0 : (await imageInfo(d.path, { forceShare: true, format: d.format })).virtualSizeBytes;
+      // The backing is named, not opened (qemu-img would read it by path): the size is the disk's.
+      const size = (await imageInfo(d.path, { forceShare: true, format: d.format })).virtualSizeBytes;
       await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
         claimed: () => {
           created.push(dest);
@@ -230,7 +232,7 @@ const mirror: Step<StorageCtx> = {
           createImage(dest, backing ? 'qcow2' : d.format, size, {
             fd,
             signal: s.signal,
-            ...(backing ? { backing } : {}),
+            ...(backing ? { backing, unsafeBacking: true } : {}),
           }),
       });
       const base = `${d.id}-m${Date.now().toString(36)}`;
@@ -238,6 +240,13 @@ const mirror: Step<StorageCtx> = {
       s.record({ created, nodes, mirrors, olds });
       const held = { pid: proc.pid, pools: ctx.host.pools(), vm: ctx.spec.name, host: ctx.host.name };
       await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal, held);
+      // QEMU opened the copied chain under the new overlay from its headers: the files the agent made, or refused.
+      const chainTo = ctx.plan.chain?.to;
+      if (backing && chainTo) {
+        const all = await proc.qmp.execute('query-named-block-nodes', { flat: true }, { signal: s.signal });
+        const copies = all.map((n) => n.file).filter((f) => f.startsWith(chainTo + path.sep));
+        await checkOpenedFiles(proc.pid, [...new Set(copies)], held.pools, { ...held, signal: s.signal });
+      }
       olds[d.id] = await rootNode(proc.qmp, d.id, s.signal);
       const m: MirrorSpec = {
         jobId: `copy-${d.id}`,
@@ -291,7 +300,7 @@ const convert: Step<StorageCtx> = {
       // Read as checked: the disk's chain pinned, each file through a handle (qemu/img-files.ts).
       const chain = backing
         ? null
-        : (await probeImage(d.path, { pools, host: ctx.host.name, what, signal: s.signal })).chain;
+        : (await probeImage(d.path, { pools, host: ctx.host.name, what, format: d.format, signal: s.signal })).chain;
       await claimFile(poolRoots(pools), dest, 'a disk of the moved VM', {
         claimed: () => {
           created.push(dest);
