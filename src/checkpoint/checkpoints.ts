@@ -64,11 +64,23 @@ async function newOverlay(
 ): Promise<void> {
   const what = `an image of VM '${spec.name}'`;
   const probe = { pools: [...deps.pools], host: deps.host, what, format: backing.format, signal: deps.signal };
-  const size = (await probeImage(backing.path, probe)).virtualSizeBytes;
+  await overlayFile(file, backing, (await probeImage(backing.path, probe)).virtualSizeBytes, deps.signal);
+}
+
+/**
+ * An overlay on `backing` (named, not opened), `size` big, in a file created here exclusively
+ * (no link followed) and QEMU's user's; gone again if it could not be made.
+ */
+async function overlayFile(
+  file: string,
+  backing: { path: string; format: ImageFormat },
+  size: number,
+  signal?: AbortSignal,
+): Promise<void> {
   const fh = await fsp.open(file, 'wx', 0o600);
   let done = false;
   try {
-    await createImage(file, 'qcow2', size, { fd: fh.fd, backing, unsafeBacking: true, signal: deps.signal });
+    await createImage(file, 'qcow2', size, { fd: fh.fd, backing, unsafeBacking: true, signal });
     done = true;
   } finally {
     await fh.close();
@@ -222,18 +234,8 @@ export async function takeCheckpoint(spec: VmSpec, name: string, deps: Checkpoin
       // on top. A file swapped in a shared pool meanwhile never becomes the VM's disk (had QEMU
       // created the overlay by path, it would have truncated whatever a link there named).
       for (const o of nodes) {
-        const fh = await fsp.open(o.file, 'wx', 0o600);
+        await overlayFile(o.file, { path: o.d.path, format: o.d.format }, o.size, deps.signal);
         made.push(o.file);
-        try {
-          await createImage(o.file, 'qcow2', o.size, {
-            fd: fh.fd,
-            backing: { path: o.d.path, format: o.d.format },
-            unsafeBacking: true,
-            signal: deps.signal,
-          });
-        } finally {
-          await fh.close();
-        }
         const node = `ck-${o.d.id}-${tag}`;
         const cache = { direct: o.direct, 'no-flush': false };
         await qmp.execute(
