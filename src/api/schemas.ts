@@ -587,6 +587,8 @@ export const ClusterView = z.object({
       antiAffinity: z.array(z.string()),
       /** Automatic fail-back: 'immediately', 'never' or 'HH:MM-HH:MM' (the leader's local time). */
       failback: z.string(),
+      /** The preferred owner it had to leave and fails back to when that node returns, or null. */
+      away: z.string().nullable(),
     }),
   ),
   /** The cluster-wide migration queue: admitted moves hold a slot, queued ones wait in position order. */

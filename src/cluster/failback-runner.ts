@@ -2,22 +2,22 @@
 // is paused or resumed) it reads the nodes, the clustered VMs and the batches, lets the pure
 // decision (failback.ts) say which VMs go home now, and records one fail-back batch per home
 // node; the BatchRunner then moves them live through the cluster queue, as for
-// 'ferry cluster resume NODE --failback'. Which VMs are away is this leader's memory: a new
-// leader learns it again from what it sees (a VM whose home is down or paused).
+// 'ferry cluster resume NODE --failback'. Which VMs are away is kept in their cluster records
+// (an HA restart off a dead home marks it in the same write), so a new leader goes on where the
+// last one stopped.
 import type { Emit } from '../api/events.js';
 import { messageOf } from '../errors.js';
 import type { Leadership } from './store.js';
 import * as K from './keys.js';
 import { mayLead, policyOf, type Batch } from './model.js';
 import type { ClusterCtx } from './context.js';
-import { readHaRecords, readNodes } from './records.js';
-import { AwayVms, localMinutes } from './failback.js';
+import { readNodes, swapHaRecord } from './records.js';
+import { AwayVms, localMinutes, withAway } from './failback.js';
 import { coalesced } from '../util/coalesce.js';
 
 export class FailbackRunner {
   private stops: Array<() => Promise<void>> = [];
   private timer: NodeJS.Timeout | null = null;
-  readonly away = new AwayVms();
 
   constructor(
     private ctx: ClusterCtx,
@@ -51,13 +51,16 @@ export class FailbackRunner {
   });
 
   private async decide(): Promise<void> {
-    const [nodes, records, batches] = await Promise.all([
-      readNodes(this.ctx.store, this.ctx.onBad),
-      readHaRecords(this.ctx.store, this.ctx.onBad),
-      K.readAll(this.ctx.store, K.batches, this.ctx.onBad),
+    const { store, onBad } = this.ctx;
+    const [nodes, vms, batches] = await Promise.all([
+      readNodes(store, onBad),
+      K.readAll(store, K.vms, onBad),
+      K.readAll(store, K.batches, onBad),
     ]);
-    const due = this.away.decide(
-      records.map((r) => {
+    const records = [...vms.values()];
+    const away = new AwayVms(records.flatMap((e) => (e.value.away ? [[e.name, e.value.away] as const] : [])));
+    const due = away.decide(
+      records.map(({ value: r }) => {
         const pol = policyOf(r.spec);
         return { name: r.name, owner: r.owner, preferredOwners: pol.preferredOwners, failback: pol.failback };
       }),
@@ -70,7 +73,10 @@ export class FailbackRunner {
       })),
       localMinutes(this.now()),
     );
-    for (const [node, vms] of due) {
+    // Every write is fenced by this leadership: a deposed leader changes nothing.
+    const fence = { key: this.leadership.key, value: this.leadership.candidateId };
+    const started = new Set<string>();
+    for (const [node, list] of due) {
       const cur = batches.get(node);
       const now = this.now().toISOString();
       const batch: Batch = {
@@ -79,10 +85,10 @@ export class FailbackRunner {
         state: 'running',
         startedAt: now,
         finishedAt: null,
-        items: vms.map(({ vm, from }) => ({
+        items: list.map(({ vm, from }) => ({
           vm,
           from,
-          priority: policyOf(records.find((r) => r.name === vm)?.spec).priority,
+          priority: policyOf(vms.get(vm)?.value.spec).priority,
           to: node,
           state: 'pending' as const,
           migrationId: null,
@@ -90,17 +96,29 @@ export class FailbackRunner {
           reason: 'automatic fail-back',
         })),
       };
+      const recs = list.flatMap(({ vm }) => vms.get(vm) ?? []);
       const key = K.batches.key(node);
-      const ok = await this.ctx.store.txn({
+      // The batch and the end of its VMs' away marks in one write: at most once per return,
+      // whatever the moves' result. Not written (a record or the batch changed meanwhile): the
+      // next pass decides again.
+      const ok = await store.txn({
         compare: [
-          { key: this.leadership.key, value: this.leadership.candidateId },
+          fence,
           cur ? { key, value: cur.raw } : { key, version: 0 },
+          ...recs.map((e) => ({ key: e.key, value: e.raw })),
         ],
-        success: [{ type: 'put', key, value: K.batches.encode(batch) }],
+        success: [
+          { type: 'put', key, value: K.batches.encode(batch) },
+          ...recs.map((e) => ({ type: 'put' as const, key: e.key, value: K.vms.encode(withAway(e.value, undefined)) })),
+        ],
       });
-      // Recorded: at most once per return, whatever the moves' result. Not recorded (the batch
-      // changed meanwhile): the next pass decides again.
-      if (ok) for (const { vm } of vms) this.away.done(vm);
+      if (ok) for (const { vm } of list) started.add(vm);
+    }
+    // The marks this pass set (home unavailable) or ended (home again, or 'never').
+    for (const e of records) {
+      const want = away.get(e.name);
+      if (started.has(e.name) || want === e.value.away) continue;
+      await swapHaRecord(store, e, withAway(e.value, want), fence);
     }
   }
 }

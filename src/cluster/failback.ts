@@ -77,17 +77,27 @@ export interface FailbackNode {
 }
 
 /**
- * The leader's memory of which VMs are away from home: a VM becomes "away" when the leader
- * sees its first preferred owner unavailable (down or paused) while the VM runs elsewhere;
- * the fail-back of an away VM is started at most once, then it is home again (whatever the
- * move's result). A VM an administrator moves off a healthy preferred owner is not away, so it
- * is not pulled back.
+ * Which VMs are away from home, for one pass of the leader: a VM becomes "away" when the leader
+ * sees its first preferred owner unavailable (down or paused) while the VM runs elsewhere (an
+ * HA restart off a dead home marks it at once); the fail-back of an away VM is started at most
+ * once, then it is home again (whatever the move's result). A VM an administrator moves off a
+ * healthy preferred owner is not away, so it is not pulled back. The marks live in the VMs'
+ * cluster records (`away`): the runner seeds this from them and writes back what changed.
  */
 export class AwayVms {
-  private readonly away = new Map<string, string>();
+  private readonly away: Map<string, string>;
+
+  constructor(marks: Iterable<[string, string]> = []) {
+    this.away = new Map(marks);
+  }
 
   has(vm: string): boolean {
     return this.away.has(vm);
+  }
+
+  /** The node `vm` waits to go back to, if it is away. */
+  get(vm: string): string | undefined {
+    return this.away.get(vm);
   }
 
   /** VM → the node it waits to go back to. */
@@ -136,6 +146,13 @@ export class AwayVms {
     }
     return due;
   }
+}
+
+/** `r` (a VM's cluster record) with its away mark set to `home`, or without one. */
+export function withAway<T extends { away?: string | undefined }>(r: T, home: string | undefined): T {
+  const next = { ...r };
+  delete next.away;
+  return home ? { ...next, away: home } : next;
 }
 
 /** A record written by a peer is parsed by its schema; anything else counts as 'never'. */

@@ -21,6 +21,7 @@ import { parseVmSpec } from '../vm/spec.js';
 import * as K from './keys.js';
 import { mayLead, policyOf, type HaRecord } from './model.js';
 import { readNodes, swapHaRecord } from './records.js';
+import { withAway } from './failback.js';
 import { BEAT_PERIOD_MS, BeatTracker, beatOf } from './beats.js';
 
 export { putHaRecord } from './records.js';
@@ -317,7 +318,10 @@ export class HaMonitor {
     while (to) {
       const endpoint = nodes.up[to]?.endpoint;
       if (!endpoint) break;
-      const next: HaRecord = { ...cur.value, owner: to, generation: cur.value.generation + 1 };
+      // Restarted off its dead home: marked away in the same write, for fail-back (failback.ts).
+      const home = pol.preferredOwners[0];
+      const away = to === cur.value.away ? undefined : dead && dead === home ? dead : cur.value.away;
+      const next: HaRecord = { ...withAway(cur.value, away), owner: to, generation: cur.value.generation + 1 };
       // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
       const fence = { key: leadership.key, value: this.host.name };
       if (!(await swapHaRecord(this.store, cur, next, fence))) return;

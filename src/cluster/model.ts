@@ -103,6 +103,12 @@ export const HaRecord = z.object({
   memoryMiB: z.number().int().min(0),
   generation: z.number().int().min(0),
   spec: HaSpec,
+  /**
+   * The first preferred owner this VM had to leave (it died, or was paused or drained) and
+   * goes back to by automatic fail-back. Kept here, not in the leader's memory, so a fail-back
+   * survives a change of leader while its home is away.
+   */
+  away: Name.optional(),
 });
 export type HaRecord = z.infer<typeof HaRecord>;
 

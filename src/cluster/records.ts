@@ -65,8 +65,10 @@ export async function putHaRecord(
   const d = cur === null ? null : K.vms.decode(key, cur);
   // A record that does not parse is replaced: this node runs the VM and knows its spec.
   const generation = d?.ok ? d.value.generation : 0;
+  // Still away from its home unless it now runs there (fail-back, or an administrator's move).
+  const away = d?.ok && d.value.away !== rec.owner ? d.value.away : undefined;
   await decision(rec.owner, `record HA VM '${rec.name}' in the cluster`, () =>
-    store.put(key, K.vms.encode({ ...rec, spec: spec.data, generation }), opts),
+    store.put(key, K.vms.encode({ ...rec, spec: spec.data, generation, ...(away ? { away } : {}) }), opts),
   );
 }
 

@@ -35,6 +35,7 @@ export async function clusterView(store: ClusterStore, name: string, onBad: K.On
         generation: r.generation,
         memoryMiB: r.memoryMiB,
         ...policyOf(r.spec),
+        away: r.away ?? null,
       }))
       .sort((a, b) => a.name.localeCompare(b.name)),
     queue: items

@@ -10,6 +10,9 @@ import { ferry, ferryOk } from './cli.js';
 import { sleep } from '../../src/util/exec.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import { labTempDir } from '../helpers.js';
+import { Etcd3 } from 'etcd3';
+import { labCredentials, type LabStatus } from '../../src/lab/lab.js';
+import * as K from '../../src/cluster/keys.js';
 
 async function until<T>(what: string, ms: number, fn: () => Promise<T | null | undefined>): Promise<T> {
   const end = Date.now() + ms;
@@ -122,12 +125,56 @@ test(
     const nb = (await status()).nodes.find((n) => n.name === 'host-b');
     assert.deepEqual([nb?.state, nb?.paused], ['up', null]);
 
-    // host-a returns: the leader moves ha1 home by itself (a fail-back batch through the queue).
+    // The HA restart marked ha1 away from host-a in its cluster record, so any leader fails it back.
+    assert.equal((await status()).vms.find((v) => v.name === 'ha1')?.away, 'host-a');
+
+    // host-a returns while ha1's window is closed: ha1 stays on host-c, still away.
+    const shut = `${hhmm(new Date(Date.now() + 3 * 3600_000))}-${hhmm(new Date(Date.now() + 4 * 3600_000))}`;
+    await ferryOk(['vm', 'set', 'ha1', '--failback', shut], { lab });
     await ferryOk(['lab', 'up', '--dir', lab], { timeoutMs: 300_000 });
+    const stateOf = async (n: string): Promise<string | undefined> =>
+      (await status()).nodes.find((x) => x.name === n)?.state;
+    await until('host-a up', 60_000, async () => (await stateOf('host-a')) === 'up');
+    // A new leadership, which never saw host-a down (the fail-back once lived in the leader's
+    // memory and was lost with it): the administrator deletes the election keys.
+    const creds = labCredentials(lab);
+    const etcd = new Etcd3({
+      hosts: (await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json'])).etcd.map((m) => m.endpoint),
+      credentials: {
+        rootCertificate: await fsp.readFile(creds.ca),
+        certChain: await fsp.readFile(creds.cert),
+        privateKey: await fsp.readFile(creds.key),
+      },
+    });
+    try {
+      await etcd.namespace('/ferry/clusters/lab/').delete().prefix(K.election.prefix);
+    } finally {
+      etcd.close();
+    }
+    await until('a new leader', 60_000, async () => (await status()).leader);
+    await sleep(6000); // a few fail-back passes: the window is still shut
+    const still = (await status()).vms.find((v) => v.name === 'ha1');
+    assert.deepEqual([still?.owner, still?.away], ['host-c', 'host-a']);
+
+    // The window opens: the new leader moves ha1 home by itself (a fail-back batch through the queue).
+    await ferryOk(['vm', 'set', 'ha1', '--failback', win], { lab });
     const t1 = Date.now();
     await until('ha1 failed back to host-a', 240_000, async () => {
       const v = await ferryOk<VmView>(['vm', 'show', 'ha1', '--json'], { lab });
       return v.host === 'host-a' && v.state === 'running' && (await owner('ha1')) === 'host-a';
+    }).catch(async (err: unknown) => {
+      // Say why: the cluster's view (batches, queue, marks) and what the agents logged of it.
+      const st = await status().catch((e: unknown) => String(e));
+      const logs = await Promise.all(
+        ['host-a', 'host-b', 'host-c'].map(async (h) =>
+          (await fsp.readFile(path.join(lab, 'hosts', h, 'agent.log'), 'utf8').catch(() => ''))
+            .split('\n')
+            .filter((l) => /cluster\.|migration\.|leader|error/i.test(l))
+            .slice(-15)
+            .map((l) => `${h}: ${l.slice(0, 400)}`),
+        ),
+      );
+      throw new Error(`${(err as Error).message}\n${JSON.stringify(st)}\n${logs.flat().join('\n')}`);
     });
     process.stderr.write(`fail-back: host-a up → ha1 back on host-a after ${Date.now() - t1} ms\n`);
     const fb = (await status()).batches.find((b) => b.node === 'host-a');

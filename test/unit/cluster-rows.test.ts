@@ -10,6 +10,7 @@ import {
   parseFailback,
   type FailbackNode,
   type FailbackVm,
+  withAway,
 } from '../../src/cluster/failback.js';
 import { ClusterPolicy } from '../../src/cluster/model.js';
 import { schedule } from '../../src/cluster/schedule.js';
@@ -129,6 +130,25 @@ test('fail-back decision: waits for the window and a busy or ineligible home; ne
   // A VM no longer clustered is forgotten.
   away.decide([], [node('a'), node('b')], hm('01:30'));
   assert.deepEqual(away.entries(), []);
+});
+
+test('fail-back decision: the away marks come from the records, so a new leader goes on', () => {
+  // A new leader that never saw home down: the record's mark is enough.
+  const seeded = new AwayVms([['v', 'a']]);
+  assert.deepEqual(
+    [...seeded.decide([vm('v', 'b', 'immediately')], [node('a'), node('b')], hm('12:00'))],
+    [['a', [{ vm: 'v', from: 'b' }]]],
+  );
+  // Without a mark it is an administrator's move: left where it is.
+  assert.equal(new AwayVms().decide([vm('v', 'b', 'immediately')], [node('a'), node('b')], hm('12:00')).size, 0);
+  // A mark for a VM now at home ends.
+  const home = new AwayVms([['v', 'a']]);
+  home.decide([vm('v', 'a', 'immediately')], [node('a'), node('b')], hm('12:00'));
+  assert.equal(home.get('v'), undefined);
+  // withAway sets or drops the mark and keeps the rest of the record.
+  const rec: { name: string; owner: string; away?: string } = { name: 'v', owner: 'b' };
+  assert.deepEqual(withAway(rec, 'a'), { name: 'v', owner: 'b', away: 'a' });
+  assert.deepEqual(withAway({ ...rec, away: 'a' }, undefined), { name: 'v', owner: 'b' });
 });
 
 const item = (id: string, from: string, to: string): QueueItem => ({

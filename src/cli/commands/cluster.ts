@@ -84,7 +84,7 @@ export function printStatus(v: ClusterView): void {
         m.priority,
         m.preferredOwners.join(',') || '-',
         m.antiAffinity.join(',') || '-',
-        m.failback,
+        m.away ? `${m.failback} (away from ${m.away})` : m.failback,
         m.generation,
       ]),
     );
