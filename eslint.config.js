@@ -29,6 +29,15 @@ export default tseslint.config(
       ],
       '@typescript-eslint/no-confusing-void-expression': ['error', { ignoreArrowShorthand: true }],
       'max-len': ['error', { code: 120, ignoreUrls: true, ignoreRegExpLiterals: true }],
+      // `{ z }` is a namespace object holding all of zod, its 64 locales too, which the bundler
+      // cannot trim: one such import doubled the CLI's zod chunk (docs/performance.md, item 10).
+      'no-restricted-syntax': [
+        'error',
+        {
+          selector: "ImportDeclaration[source.value='zod'][importKind!='type'] > ImportSpecifier[imported.name='z']",
+          message: "Use `import * as z from 'zod'`: the bundler then keeps only what is used.",
+        },
+      ],
     },
   },
   {

@@ -11,7 +11,7 @@
 // halves of a copy expire together; the destination's kept image is swept at the same age.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { z } from 'zod';
+import * as z from 'zod';
 import { listBitmapsHeld, removeBitmapHeld } from '../qemu/img-files.js';
 import type { PoolDef } from '../storage/pools.js';
 import type { QmpClient } from '../qemu/qmp.js';
