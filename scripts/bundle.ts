@@ -3,6 +3,7 @@
 // import(): the entry holds what builds the program, and a command loads the chunks it uses
 // (`ferry --help` does not parse the agent, etcd or the API's schemas: 5.9 MB in one file).
 // Usage: tsx scripts/bundle.ts OUT_DIR  → OUT_DIR/cli.mjs and its chunks OUT_DIR/cli-*.mjs,
+// OUT_DIR/cli.cjs and OUT_DIR/launch.cjs (the command's entry),
 // OUT_DIR/proto/etcd3/*.proto, and on stdout JSON naming the native, optional (absent) and
 // bundled packages (for licences).
 import fs from 'node:fs';
@@ -60,6 +61,39 @@ const result = await build({
       "const __ferryDir = __ferryFileURLToPath(new URL('.', import.meta.url));",
     ].join('\n'),
   },
+});
+
+// The same CLI as one CommonJS file (import() made require()), and the entry that runs a
+// command from it with V8's code cache (src/cli/code-cache.ts); the agent keeps the ESM bundle.
+await build({
+  entryPoints: [path.join(root, 'src/cli/main.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  outfile: path.join(out, 'cli.cjs'),
+  external: NATIVE,
+  plugins: [etcdProto],
+  supported: { 'dynamic-import': false },
+  define: { 'import.meta.url': '__ferryUrl' },
+  legalComments: 'none',
+  logLevel: 'warning',
+  banner: {
+    js: [
+      "const __ferryUrl = require('node:url').pathToFileURL(__filename).href;",
+      'const __ferryDir = __dirname;',
+    ].join('\n'),
+  },
+});
+await build({
+  entryPoints: [path.join(root, 'src/cli/launch.ts')],
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  outfile: path.join(out, 'launch.cjs'),
+  legalComments: 'none',
+  logLevel: 'warning',
 });
 
 const protoDir = path.join(out, 'proto', 'etcd3');

@@ -17,19 +17,24 @@ for (const stream of [process.stdout, process.stderr])
     if (!DAEMONS.has(process.argv[2] ?? '')) process.exit(0);
   });
 
-const program = buildProgram();
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  if (err instanceof CommanderError) {
-    process.exitCode = err.exitCode === 0 ? 0 : EXIT.usage;
-  } else if (err instanceof FerryError) {
-    process.stderr.write(`ferry: ${err.message}\n`);
-    if (process.env.FERRY_DEBUG && !err.userError) process.stderr.write(`${err.stack}\n`);
-    process.exitCode = exitCodeFor(err);
-  } else {
-    process.stderr.write(`ferry: internal error: ${err instanceof Error ? err.message : String(err)}\n`);
-    if (process.env.FERRY_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
-    process.exitCode = EXIT.failed;
+async function main(): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? 0 : EXIT.usage;
+    } else if (err instanceof FerryError) {
+      process.stderr.write(`ferry: ${err.message}\n`);
+      if (process.env.FERRY_DEBUG && !err.userError) process.stderr.write(`${err.stack}\n`);
+      process.exitCode = exitCodeFor(err);
+    } else {
+      process.stderr.write(`ferry: internal error: ${err instanceof Error ? err.message : String(err)}\n`);
+      if (process.env.FERRY_DEBUG) process.stderr.write(`${(err as Error).stack}\n`);
+      process.exitCode = EXIT.failed;
+    }
   }
 }
+
+// No top-level await: the same file is also bundled as CommonJS (dist/cli.cjs, see launch.ts).
+void main();

@@ -127,6 +127,8 @@ test('npm run package builds the .deb with the runtime, the units and the web ap
     '/usr/bin/ferry',
     '/usr/lib/ferry/node',
     '/usr/lib/ferry/cli.mjs',
+    '/usr/lib/ferry/cli.cjs',
+    '/usr/lib/ferry/launch.cjs',
     '/usr/lib/ferry/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
     '/usr/lib/ferry/proto/etcd3/rpc.proto',
     '/usr/lib/ferry/web/index.html',
@@ -487,7 +489,7 @@ test(
       string
     >;
     assert.equal(rt.execPath, '/usr/lib/ferry/node', 'the packaged runtime, not the system Node');
-    assert.equal(rt.script, '/usr/lib/ferry/cli.mjs');
+    assert.equal(rt.script, '/usr/lib/ferry/launch.cjs', 'a command starts through the code-cache entry');
     assert.equal(rt.node, process.version);
     assert.equal(rt.webDir, '/usr/lib/ferry/web', 'the console finds the installed web app');
     assert.match(rt.sqlite ?? '', /^3\./, 'the native module loads');
