@@ -35,12 +35,20 @@ const etcdProto: Plugin = {
   },
 };
 
-const result = await build({
-  entryPoints: [path.join(root, 'src/cli/main.ts')],
+/** What every build here shares: Node 20, every pure-JS dependency inside. */
+const base = {
   bundle: true,
   platform: 'node',
-  format: 'esm',
   target: 'node20',
+  legalComments: 'none',
+  logLevel: 'warning',
+} as const;
+const cli = path.join(root, 'src/cli/main.ts');
+
+const result = await build({
+  ...base,
+  entryPoints: [cli],
+  format: 'esm',
   outdir: out,
   splitting: true,
   entryNames: 'cli',
@@ -49,8 +57,6 @@ const result = await build({
   external: NATIVE,
   plugins: [etcdProto],
   metafile: true,
-  legalComments: 'none',
-  logLevel: 'warning',
   // Bundled CommonJS calls require() for Node's own modules; ESM has none, so make one (in
   // every chunk: each is a module of its own).
   banner: {
@@ -66,18 +72,14 @@ const result = await build({
 // The same CLI as one CommonJS file (import() made require()), and the entry that runs a
 // command from it with V8's code cache (src/cli/code-cache.ts); the agent keeps the ESM bundle.
 await build({
-  entryPoints: [path.join(root, 'src/cli/main.ts')],
-  bundle: true,
-  platform: 'node',
+  ...base,
+  entryPoints: [cli],
   format: 'cjs',
-  target: 'node20',
   outfile: path.join(out, 'cli.cjs'),
   external: NATIVE,
   plugins: [etcdProto],
   supported: { 'dynamic-import': false },
   define: { 'import.meta.url': '__ferryUrl' },
-  legalComments: 'none',
-  logLevel: 'warning',
   banner: {
     js: [
       "const __ferryUrl = require('node:url').pathToFileURL(__filename).href;",
@@ -86,14 +88,10 @@ await build({
   },
 });
 await build({
+  ...base,
   entryPoints: [path.join(root, 'src/cli/launch.ts')],
-  bundle: true,
-  platform: 'node',
   format: 'cjs',
-  target: 'node20',
   outfile: path.join(out, 'launch.cjs'),
-  legalComments: 'none',
-  logLevel: 'warning',
 });
 
 const protoDir = path.join(out, 'proto', 'etcd3');
