@@ -26,18 +26,52 @@ export function commandWord(args: string[]): string {
   return args.find((a) => WORD.test(a)) ?? 'help';
 }
 
-/** The cache folder, made 0700 if missing; null when off or not safely ours. */
+/**
+ * Is `dir` a folder only this user (or root) can change, reached through such folders? Each
+ * level up to `/` is checked without following links: owned by root or by us, and not writable
+ * by others unless sticky (/tmp: others cannot rename what we own there). Under `sudo -E` a
+ * HOME of another user fails here, and root uses no cache.
+ */
+export function safeFolder(dir: string): boolean {
+  const me = typeof process.geteuid === 'function' ? process.geteuid() : 0;
+  let cur = path.resolve(dir);
+  for (;;) {
+    const st = fs.lstatSync(cur);
+    if (!st.isDirectory() || (st.uid !== me && st.uid !== 0)) return false;
+    if (cur === path.resolve(dir) ? (st.mode & 0o077) !== 0 : (st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0)
+      return false;
+    const up = path.dirname(cur);
+    if (up === cur) return true;
+    cur = up;
+  }
+}
+
+/** The cache folder, made 0700 if missing; null when off or not safely ours (safeFolder). */
 export function cacheDir(env: NodeJS.ProcessEnv = process.env): string | null {
   const set = env.FERRY_CODE_CACHE;
   if (set === 'off') return null;
   const dir = set || path.join(env.XDG_CACHE_HOME || path.join(os.homedir(), '.cache'), 'ferry');
   try {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const st = fs.lstatSync(dir);
-    const mine = typeof process.getuid !== 'function' || st.uid === process.getuid();
-    return st.isDirectory() && mine && (st.mode & 0o022) === 0 ? dir : null;
+    return safeFolder(dir) ? dir : null;
   } catch {
     return null;
+  }
+}
+
+/** The cache file's bytes, read through a descriptor opened without links and checked as ours. */
+function readCache(file: string): Buffer | undefined {
+  let fd: number | null = null;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const st = fs.fstatSync(fd);
+    const me = typeof process.geteuid === 'function' ? process.geteuid() : st.uid;
+    if (!st.isFile() || st.uid !== me || (st.mode & 0o077) !== 0) return undefined;
+    return fs.readFileSync(fd);
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== null) fs.closeSync(fd);
   }
 }
 
@@ -46,18 +80,17 @@ export function runCached(bundle: string, word: string): void {
   const source = fs.readFileSync(bundle, 'utf8');
   const dir = cacheDir();
   const st = fs.statSync(bundle);
-  // Per bundle (two checkouts keep their own), then per build of it and runtime.
+  // Per bundle (two checkouts keep their own), then per build of it and runtime. V8 checks
+  // only the source's length: the inode and change time tell a rebuilt or reinstalled bundle
+  // of the same size and (a package's clamped) modification time.
   const hash = (s: string): string => crypto.createHash('sha256').update(s).digest('hex').slice(0, 12);
   const where = hash(bundle);
-  const key = `${where}-${hash(`${st.size}:${st.mtimeMs}:${process.version}:${process.arch}`)}`;
+  const build = `${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.ino}:${process.version}:${process.arch}`;
+  const key = `${where}-${hash(build)}`;
   const file = dir ? path.join(dir, `code-${key}-${word}.bin`) : null;
-  let cachedData: Buffer | undefined;
-  try {
-    if (file) cachedData = fs.readFileSync(file);
-  } catch {
-    cachedData = undefined;
-  }
-  const wrapped = `(function (exports, require, module, __filename, __dirname) {${source}\n})`;
+  const cachedData = file ? readCache(file) : undefined;
+  // Strict, as the ES module bundle is: esbuild's own "use strict" comes after the banner.
+  const wrapped = `(function (exports, require, module, __filename, __dirname) {"use strict";${source}\n})`;
   const script = new vm.Script(wrapped, { filename: bundle, cachedData });
   if (dir && file && (!cachedData || script.cachedDataRejected))
     // At exit: the cache then holds every function the command compiled, not only the top level.
@@ -70,11 +103,21 @@ export function runCached(bundle: string, word: string): void {
 function saveCache(script: vm.Script, dir: string, file: string, where: string, key: string): void {
   try {
     const mine = `code-${key}-`;
-    const files = fs.readdirSync(dir).filter((f) => f.startsWith('code-'));
-    // The caches of this bundle's older builds go; this build's are bounded.
-    for (const f of files)
-      if (f.startsWith(`code-${where}-`) && !f.startsWith(mine)) fs.rmSync(path.join(dir, f), { force: true });
-    if (files.length >= MAX_FILES) return;
+    const now = Date.now();
+    const files = fs
+      .readdirSync(dir)
+      .filter((f) => f.startsWith('code-'))
+      .map((f) => ({ f, at: fs.lstatSync(path.join(dir, f)).mtimeMs }));
+    const gone = (f: string): void => fs.rmSync(path.join(dir, f), { force: true });
+    // This bundle's older builds, and temp files a crash left, go.
+    const keep = files.filter(({ f, at }) => {
+      const old = (f.startsWith(`code-${where}-`) && !f.startsWith(mine)) || (f.endsWith('.tmp') && now - at > 60_000);
+      if (old) gone(f);
+      return !old;
+    });
+    // Bounded: the least recently written go first (other checkouts, words seldom used).
+    keep.sort((a, b) => a.at - b.at);
+    for (const old of keep.slice(0, Math.max(0, keep.length - MAX_FILES + 1))) gone(old.f);
     const tmp = `${file}.${process.pid}.tmp`;
     fs.writeFileSync(tmp, script.createCachedData(), { mode: 0o600, flag: 'wx' });
     fs.renameSync(tmp, file);

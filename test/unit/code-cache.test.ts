@@ -28,6 +28,14 @@ test('code cache: the folder is made private; off, or one others may write, is n
   await fs.symlink(dir, path.join(dir, 'link'));
   assert.equal(cacheDir({ FERRY_CODE_CACHE: path.join(dir, 'link') }), null, 'a link');
   assert.equal(cacheDir({ XDG_CACHE_HOME: path.join(dir, 'xdg') }), path.join(dir, 'xdg', 'ferry'));
+  // A private folder under one others may write (a HOME kept by `sudo -E`, say): not used.
+  const open = path.join(dir, 'open');
+  await fs.mkdir(open);
+  await fs.chmod(open, 0o777);
+  assert.equal(cacheDir({ FERRY_CODE_CACHE: path.join(open, 'c') }), null);
+  // Sticky, as /tmp: others cannot rename what is ours there.
+  await fs.chmod(open, 0o1777);
+  assert.equal(cacheDir({ FERRY_CODE_CACHE: path.join(open, 'c') }), path.join(open, 'c'));
 });
 
 test('code cache: a bundle runs the same with no cache, its cache, and a broken one', async (t) => {
@@ -37,7 +45,8 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
     bundle,
     'const os = require("node:os");\n' +
       'function work(n) { let s = 0; for (let i = 0; i < n; i++) s += i; return s; }\n' +
-      'console.log(JSON.stringify([work(1000), typeof os.cpus, path(), module === require.main]));\n' +
+      'const strict = (function () { return this; })() === undefined;\n' +
+      'console.log(JSON.stringify([work(1000), typeof os.cpus, path(), module === require.main, strict]));\n' +
       'function path() { return __filename + "|" + __dirname; }\n',
   );
   const cache = path.join(dir, 'cache');
@@ -52,7 +61,7 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
         (err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout)),
       ),
     );
-  const want = `${JSON.stringify([499500, 'function', `${bundle}|${dir}`, false])}\n`;
+  const want = `${JSON.stringify([499500, 'function', `${bundle}|${dir}`, false, true])}\n`;
   assert.equal(await run(), want);
   const files = await fs.readdir(cache);
   assert.equal(files.length, 1);
