@@ -125,6 +125,9 @@ export class AwayVms {
         this.away.delete(vm.name);
         continue;
       }
+      // A mark for a node that is no longer its home (its preferred owners changed) ends.
+      const marked = this.away.get(vm.name);
+      if (marked !== undefined && marked !== home) this.away.delete(vm.name);
       const h = byName.get(home);
       const available = !!h && h.up && !h.paused && h.mayHold;
       if (!available) {

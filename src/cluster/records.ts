@@ -4,7 +4,7 @@
 import type { ClusterStore, StoreCallOptions } from './store.js';
 import * as K from './keys.js';
 import { HaSpec, type ClusterNodes, type HaRecord } from './model.js';
-import { InvalidInputError } from '../errors.js';
+import { FerryError, InvalidInputError } from '../errors.js';
 import { decision } from './context.js';
 
 export async function readNodes(
@@ -61,15 +61,33 @@ export async function putHaRecord(
       { vm: rec.name },
     );
   const key = K.vms.key(rec.name);
-  const cur = await store.get(key, opts);
-  const d = cur === null ? null : K.vms.decode(key, cur);
-  // A record that does not parse is replaced: this node runs the VM and knows its spec.
-  const generation = d?.ok ? d.value.generation : 0;
-  // Still away from its home unless it now runs there (fail-back, or an administrator's move).
-  const away = d?.ok && d.value.away !== rec.owner ? d.value.away : undefined;
-  await decision(rec.owner, `record HA VM '${rec.name}' in the cluster`, () =>
-    store.put(key, K.vms.encode({ ...rec, spec: spec.data, generation, ...(away ? { away } : {}) }), opts),
-  );
+  // Compare-and-swap, so a leader's write in between (an away mark set or ended, a fencing
+  // generation) is read again rather than overwritten.
+  for (let attempt = 0; ; attempt++) {
+    const cur = await store.get(key, opts);
+    const d = cur === null ? null : K.vms.decode(key, cur);
+    // A record that does not parse is replaced: this node runs the VM and knows its spec.
+    const generation = d?.ok ? d.value.generation : 0;
+    // Still away from its home unless it now runs there (fail-back, or an administrator's move).
+    const away = d?.ok && d.value.away !== rec.owner ? d.value.away : undefined;
+    const value = K.vms.encode({ ...rec, spec: spec.data, generation, ...(away ? { away } : {}) });
+    const done = await decision(rec.owner, `record HA VM '${rec.name}' in the cluster`, () =>
+      store.txn(
+        {
+          compare: [cur === null ? { key, version: 0 } : { key, value: cur }],
+          success: [{ type: 'put', key, value }],
+        },
+        opts,
+      ),
+    );
+    if (done) return;
+    if (attempt >= 4)
+      throw new FerryError(
+        'E_CLUSTER_BUSY',
+        `Cannot record HA VM '${rec.name}' in the cluster: its record kept changing; try again`,
+        { context: { vm: rec.name } },
+      );
+  }
 }
 
 /** The VM is no longer clustered (stopped on purpose, removed, or left the cluster). */

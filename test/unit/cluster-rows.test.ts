@@ -145,6 +145,10 @@ test('fail-back decision: the away marks come from the records, so a new leader 
   const home = new AwayVms([['v', 'a']]);
   home.decide([vm('v', 'a', 'immediately')], [node('a'), node('b')], hm('12:00'));
   assert.equal(home.get('v'), undefined);
+  // A mark for a node that is no longer the VM's home (preferred owners changed) ends.
+  const moved = new AwayVms([['v', 'x']]);
+  assert.equal(moved.decide([vm('v', 'b', 'immediately')], [node('a'), node('b')], hm('12:00')).size, 0);
+  assert.equal(moved.get('v'), undefined);
   // withAway sets or drops the mark and keeps the rest of the record.
   const rec: { name: string; owner: string; away?: string } = { name: 'v', owner: 'b' };
   assert.deepEqual(withAway(rec, 'a'), { name: 'v', owner: 'b', away: 'a' });
