@@ -6,6 +6,7 @@ import * as K from './keys.js';
 import { HaSpec, type ClusterNodes, type HaRecord } from './model.js';
 import { FerryError, InvalidInputError } from '../errors.js';
 import { decision } from './context.js';
+import { withAway } from './failback.js';
 
 export async function readNodes(
   store: ClusterStore,
@@ -70,7 +71,7 @@ export async function putHaRecord(
     const generation = d?.ok ? d.value.generation : 0;
     // Still away from its home unless it now runs there (fail-back, or an administrator's move).
     const away = d?.ok && d.value.away !== rec.owner ? d.value.away : undefined;
-    const value = K.vms.encode({ ...rec, spec: spec.data, generation, ...(away ? { away } : {}) });
+    const value = K.vms.encode(withAway({ ...rec, spec: spec.data, generation }, away));
     const done = await decision(rec.owner, `record HA VM '${rec.name}' in the cluster`, () =>
       store.txn(
         {
