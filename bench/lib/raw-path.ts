@@ -10,6 +10,8 @@ import type { MigrationInfo } from '../../src/qemu/commands.js';
 import { supportsDirectIo } from '../../src/vm/lifecycle.js';
 import type { VmSpec } from '../../src/vm/spec.js';
 import type { HeartbeatTail } from './heartbeat-tail.js';
+import { RAW_TLS_HOSTNAME } from './raw-tls.js';
+import { TLS_PRIORITY } from '../../src/migration/tls.js';
 
 /** Same value Ferry's policy uses for "unlimited" (QEMU-NOTES: always set it; the default is 128 MiB/s). */
 export const RAW_MAX_BANDWIDTH = 100 * 1024 ** 3;
@@ -104,8 +106,12 @@ export class RawVm {
     await this.current?.qmp.execute('cont', undefined, { timeoutMs: 10_000 });
   }
 
-  /** One move to a fresh destination process: QEMU-NOTES §A, polled every 10 ms. */
-  async move(): Promise<RawMoveResult> {
+  /**
+   * One move to a fresh destination process: QEMU-NOTES §A, polled every 10 ms. With `tlsDir`
+   * (see raw-tls.ts) the stream runs over TLS as Ferry's does: a tls-creds-x509 object on each
+   * side made inside the timed sequence (Ferry makes them per move too), the same priority.
+   */
+  async move(tlsDir?: string): Promise<RawMoveResult> {
     const src = this.current;
     const res: RawMoveResult = {
       ok: false,
@@ -138,6 +144,20 @@ export class RawVm {
     let started = false;
     try {
       res.t0 = performance.now();
+      const tlsObject = (
+        endpoint: 'server' | 'client',
+      ): Record<string, unknown> & { 'qom-type': string; id: string } => ({
+        'qom-type': 'tls-creds-x509',
+        id: `raw-tls-${endpoint}`,
+        endpoint,
+        dir: tlsDir,
+        'verify-peer': true,
+        priority: TLS_PRIORITY,
+      });
+      if (tlsDir) {
+        await dst.qmp.execute('object-add', tlsObject('server'), o);
+        await dst.qmp.execute('migrate-set-parameters', { 'tls-creds': 'raw-tls-server' }, o);
+      }
       await dst.qmp.execute(
         'migrate-set-capabilities',
         {
@@ -152,9 +172,16 @@ export class RawVm {
       const port = (await dst.qmp.execute('query-migrate', undefined, o))['socket-address']?.[0]?.port;
       if (!port) throw new Error('the destination did not report its listening port');
       await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, o);
+      // The source may have been a TLS destination: its tls-creds are set either way.
+      if (tlsDir) await src.qmp.execute('object-add', tlsObject('client'), o);
       await src.qmp.execute(
         'migrate-set-parameters',
-        { 'max-bandwidth': RAW_MAX_BANDWIDTH, 'downtime-limit': this.downtimeLimitMs },
+        {
+          'max-bandwidth': RAW_MAX_BANDWIDTH,
+          'downtime-limit': this.downtimeLimitMs,
+          'tls-creds': tlsDir ? 'raw-tls-client' : '',
+          'tls-hostname': tlsDir ? RAW_TLS_HOSTNAME : '',
+        },
         o,
       );
       await src.qmp.execute('migrate', { uri: `tcp:127.0.0.1:${port}` }, o);
