@@ -25,7 +25,7 @@ import { removeCheckpointFiles } from '../checkpoint/store.js';
 import { checkDiskChains } from '../vm/disk-chains.js';
 import type { Accelerator } from '../qemu/accel.js';
 import type { DiskChains } from '../qemu/argv.js';
-import { imageInfo } from '../qemu/img.js';
+import { virtualSize } from '../qemu/virtual-size.js';
 import { QemuProcess } from '../qemu/process.js';
 import { loadVm, saveVm } from '../vm/folder.js';
 import { assertStoppedForCpu, resolveCpuModel } from '../vm/cpu-setting.js';
@@ -250,10 +250,7 @@ export class VmInventory {
         format: d.format,
         pool: d.pool ?? null,
         role: d.role ?? 'data',
-        virtualSizeBytes: await imageInfo(d.path, { forceShare: true, format: d.format, timeoutMs: 10_000 }).then(
-          (i) => i.virtualSizeBytes,
-          () => 0,
-        ),
+        virtualSizeBytes: await virtualSize(d.path, d.format, { timeoutMs: 10_000 }).catch(() => 0),
       })),
     );
     return {
