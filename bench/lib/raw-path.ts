@@ -173,7 +173,11 @@ export class RawVm {
       if (!port) throw new Error('the destination did not report its listening port');
       await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, o);
       // The source may have been a TLS destination: its tls-creds are set either way.
-      if (tlsDir) await src.qmp.execute('object-add', tlsObject('client'), o);
+      if (tlsDir) {
+        // A source whose earlier TLS move failed still holds its client object.
+        await src.qmp.execute('object-del', { id: 'raw-tls-client' }, o).catch(() => undefined);
+        await src.qmp.execute('object-add', tlsObject('client'), o);
+      }
       await src.qmp.execute(
         'migrate-set-parameters',
         {
