@@ -634,7 +634,7 @@ function report(
         fmt((median(vals(ok, (s) => s.bytesTransferred)) ?? NaN) / 1048576),
         p === rawOf[p] ? '1.00' : wall !== null && rawWall ? (wall / rawWall).toFixed(2) : '-',
         wall !== null && rawWallSpawn ? (wall / rawWallSpawn).toFixed(2) : '-',
-        // The agents' and QEMU's part alone (the record's total: request → completed, no CLI).
+        // The agents' and QEMU's part (the record's total: first step → completed; no CLI, no pre-flight).
         p !== rawOf[p] && total !== null && rawWallSpawn ? (total / rawWallSpawn).toFixed(2) : '',
       ]);
     }

@@ -173,11 +173,7 @@ export class RawVm {
       if (!port) throw new Error('the destination did not report its listening port');
       await src.qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] }, o);
       // The source may have been a TLS destination: its tls-creds are set either way.
-      if (tlsDir) {
-        // A source whose earlier TLS move failed still holds its client object.
-        await src.qmp.execute('object-del', { id: 'raw-tls-client' }, o).catch(() => undefined);
-        await src.qmp.execute('object-add', tlsObject('client'), o);
-      }
+      if (tlsDir) await src.qmp.execute('object-add', tlsObject('client'), o);
       await src.qmp.execute(
         'migrate-set-parameters',
         {
@@ -238,6 +234,9 @@ export class RawVm {
         }
         const run = await src.qmp.execute('query-status', undefined, { timeoutMs: 5000 });
         if (!run.running) await src.qmp.execute('cont', undefined, { timeoutMs: 5000 });
+        // Its next TLS move adds its client object again.
+        if (tlsDir)
+          await src.qmp.execute('object-del', { id: 'raw-tls-client' }, { timeoutMs: 5000 }).catch(() => undefined);
       } catch (e) {
         res.error += `; resuming the source: ${(e as Error).message}`;
       }

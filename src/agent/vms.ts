@@ -243,6 +243,7 @@ export class VmInventory {
       /* monitor busy or gone: report stopped/unknown below */
     }
     if (this.gate.movingJob(name) !== null && st.state !== 'stopped') st = { ...st, state: 'migrating' };
+    const roots = this.d.pools.list().map((p) => p.path);
     const disks = await Promise.all(
       spec.disks.map(async (d) => ({
         id: d.id,
@@ -250,7 +251,7 @@ export class VmInventory {
         format: d.format,
         pool: d.pool ?? null,
         role: d.role ?? 'data',
-        virtualSizeBytes: await virtualSize(d.path, d.format, { timeoutMs: 10_000 }).catch(() => 0),
+        virtualSizeBytes: await virtualSize(d.path, d.format, { roots, timeoutMs: 10_000 }).catch(() => 0),
       })),
     );
     return {

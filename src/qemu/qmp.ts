@@ -157,7 +157,7 @@ export class QmpClient {
             },
           );
         }
-        // QEMU makes the socket within ~0.1 s of its start (the greeting then comes by itself):
+        // QEMU makes the socket ~35 ms after its start here (the greeting then comes by itself):
         // ask often at first, a VM's start and a move's destination wait on it.
         await sleep(Date.now() - started < 2000 ? 5 : 50, opts.signal);
       }
