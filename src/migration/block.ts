@@ -12,6 +12,15 @@ import { VARS_DISK_ID } from '../vm/spec.js';
 
 /** The node a guest disk currently reads and writes (it changes after a storage move's pivot). */
 export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSignal): Promise<string> {
+  return (await diskRoot(qmp, diskId, signal)).node;
+}
+
+/** A guest disk's root node, and how many backing images lie under it (0: none). */
+export async function diskRoot(
+  qmp: QmpClient,
+  diskId: string,
+  signal?: AbortSignal,
+): Promise<{ node: string; backingDepth: number | null }> {
   const blocks = await qmp.execute('query-block', undefined, { signal });
   const b = blocks.find(
     (x) =>
@@ -23,7 +32,24 @@ export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSig
   const node = b?.inserted?.['node-name'];
   if (!node)
     throw new FerryError('E_BLOCK', `Cannot find the block node of disk '${diskId}' in QEMU`, { context: { diskId } });
-  return node;
+  const depth = b.inserted?.backing_file_depth;
+  return { node, backingDepth: typeof depth === 'number' ? depth : null };
+}
+
+/** Image formats a new image of reads as zeros everywhere (what `qemu-img create` makes of them). */
+const ZERO_ON_CREATE = new Set(['qcow2', 'raw']);
+
+/**
+ * The sync of a mirror onto an image made for it (empty, so it reads as zeros): 'top' when the
+ * disk has no backing image, else 'full' (the chain flattened into the target). Both copy the
+ * same data then, but QEMU 7.2's 'full' first writes zeroes over the whole target
+ * (`zero_target`; the skip for a target already zero came in 10.1): a 10 GiB disk holding
+ * 100 MiB sent 10 GiB of write-zeroes requests over NBD before its data. 'top' with no backing
+ * marks only what the disk holds (for raw, its whole length: QEMU then writes zeroes for holes,
+ * as 'full' does).
+ */
+export function syncOntoNew(backingDepth: number | null, targetFormat: string): 'full' | 'top' {
+  return backingDepth === 0 && ZERO_ON_CREATE.has(targetFormat) ? 'top' : 'full';
 }
 
 /**

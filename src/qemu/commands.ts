@@ -129,6 +129,8 @@ export interface BlockInfo {
     drv: string;
     ro: boolean;
     image: { filename: string; format: string; 'virtual-size': number };
+    /** How many backing images lie under the root node (0: none). */
+    backing_file_depth?: number;
     /** QEMU 7.2: the root node's dirty bitmaps (count = dirty bytes). */
     'dirty-bitmaps'?: DirtyBitmapInfo[];
   };

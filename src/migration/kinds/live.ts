@@ -22,7 +22,8 @@ import {
   checkMirrors,
   delNode,
   finishMirrors,
-  rootNode,
+  diskRoot,
+  syncOntoNew,
   startMirror,
   waitMirrorsReady,
   type MirrorSpec,
@@ -183,13 +184,15 @@ export const mirrorStep: Step<SourceCtx> = {
       nodes.push(node);
       s.record({ mirrors, nodes });
       await addNbdTarget(ctx, qmp, nbd, d.id, node, s.signal);
+      const root = await diskRoot(qmp, d.id, s.signal);
       const m: MirrorSpec = {
         jobId: `mirror-${d.id}`,
         diskId: d.id,
-        device: await rootNode(qmp, d.id, s.signal),
+        device: root.node,
         target: node,
-        // Over a checkpoint chain already copied there: only the active layer moves.
-        ...(ctx.plan?.chain?.topOnly.includes(d.id) ? { sync: 'top' as const } : {}),
+        // Over a checkpoint chain already copied there: only the active layer moves. Else the
+        // destination's disks step made the image just now (the mirror never writes onto a kept one).
+        sync: ctx.plan?.chain?.topOnly.includes(d.id) ? 'top' : syncOntoNew(root.backingDepth, d.format),
       };
       mirrors.push(m);
       s.record({ mirrors, nodes });

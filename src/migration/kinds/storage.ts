@@ -26,7 +26,8 @@ import {
   addImageNode,
   delNode,
   finishMirrors,
-  rootNode,
+  diskRoot,
+  syncOntoNew,
   startMirror,
   waitMirrorsReady,
   type MirrorSpec,
@@ -247,13 +248,15 @@ const mirror: Step<StorageCtx> = {
         const copies = all.map((n) => n.file).filter((f) => f.startsWith(chainTo + path.sep));
         await checkOpenedFiles(proc.pid, [...new Set(copies)], held.pools, { ...held, signal: s.signal });
       }
-      olds[d.id] = await rootNode(proc.qmp, d.id, s.signal);
+      const root = await diskRoot(proc.qmp, d.id, s.signal);
+      olds[d.id] = root.node;
       const m: MirrorSpec = {
         jobId: `copy-${d.id}`,
         diskId: d.id,
-        device: olds[d.id] ?? '',
+        device: root.node,
         target: base,
-        ...(backing ? { sync: 'top' as const } : {}),
+        // The image was made just now (claimFile: exclusively, never over an existing one).
+        sync: backing ? 'top' : syncOntoNew(root.backingDepth, d.format),
       };
       mirrors.push(m);
       s.record({ created, nodes, mirrors, olds });
