@@ -25,6 +25,11 @@ export class FailbackRunner {
     private onEvent: Emit,
     /** The clock (a test sets it); windows are read in this process's local time. */
     private now: () => Date = () => new Date(),
+    /**
+     * A node whose lease lives but whose beat stood still (beats.ts): down for fail-over, so not
+     * back for fail-back either (a move into it would fail and use up the VM's one return).
+     */
+    private stale: (node: string) => boolean = () => false,
   ) {}
 
   async start(): Promise<void> {
@@ -64,13 +69,18 @@ export class FailbackRunner {
         const pol = policyOf(r.spec);
         return { name: r.name, owner: r.owner, preferredOwners: pol.preferredOwners, failback: pol.failback };
       }),
-      Object.keys(nodes.members).map((name) => ({
-        name,
-        up: !!nodes.up[name],
-        paused: nodes.paused.has(name),
-        mayHold: mayLead(nodes, name),
-        busy: batches.get(name)?.value.state === 'running',
-      })),
+      Object.keys(nodes.members).map((name) => {
+        const batch = batches.get(name)?.value;
+        const moved = batch?.kind === 'drain' ? batch.items.filter((i) => i.state === 'moved') : [];
+        return {
+          name,
+          up: !!nodes.up[name] && !this.stale(name),
+          paused: nodes.paused.has(name),
+          mayHold: mayLead(nodes, name),
+          busy: batch?.state === 'running',
+          drained: moved.map((i) => i.vm),
+        };
+      }),
       localMinutes(this.now()),
     );
     // Every write is fenced by this leadership: a deposed leader changes nothing.

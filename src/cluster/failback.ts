@@ -74,15 +74,19 @@ export interface FailbackNode {
   mayHold: boolean;
   /** A drain or fail-back of it is running. */
   busy: boolean;
+  /** The VMs its last drain moved away (its batch's items that were moved). */
+  drained?: readonly string[];
 }
 
 /**
- * Which VMs are away from home, for one pass of the leader: a VM becomes "away" when the leader
- * sees its first preferred owner unavailable (down or paused) while the VM runs elsewhere (an
- * HA restart off a dead home marks it at once); the fail-back of an away VM is started at most
- * once, then it is home again (whatever the move's result). A VM an administrator moves off a
- * healthy preferred owner is not away, so it is not pulled back. The marks live in the VMs'
- * cluster records (`away`): the runner seeds this from them and writes back what changed.
+ * Which VMs are away from home, for one pass of the leader: a VM becomes "away" when it left its
+ * first preferred owner because that node went: an HA restart off it (marked in the same write,
+ * ha.ts), or a drain of it (marked by the pass that sees the node unavailable and the VM among
+ * what its drain moved). The fail-back of an away VM is started at most once, then it is home
+ * again (whatever the move's result). A VM an administrator moved off its home, before or while
+ * home was away, is not away, so it is not pulled back (as in Hyper-V, where only roles that
+ * failed over or were drained fail back). The marks live in the VMs' cluster records (`away`):
+ * the runner seeds this from them and writes back what changed.
  */
 export class AwayVms {
   private readonly away: Map<string, string>;
@@ -131,7 +135,7 @@ export class AwayVms {
       const h = byName.get(home);
       const available = !!h && h.up && !h.paused && h.mayHold;
       if (!available) {
-        this.away.set(vm.name, home);
+        if (h?.drained?.includes(vm.name)) this.away.set(vm.name, home);
         continue;
       }
       if (this.away.get(vm.name) !== home) continue;

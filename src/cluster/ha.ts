@@ -146,6 +146,8 @@ export class HaMonitor {
       { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad },
       leadership,
       this.emit,
+      undefined,
+      (node) => this.stale.has(node),
     );
     this.current = { scheduler, batches };
     this.stopWatch = await this.store.watchPrefix(K.nodes.prefix, (ev) => {

@@ -125,7 +125,9 @@ test(
     'of 2, the queue shows positions, heartbeats continue, the node stays paused',
   async () => {
     await ferryOk(['cluster', 'set', '--max-outgoing', '2', '--max-incoming', '2'], { lab });
-    w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high']);
+    w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high', '--preferred-owner', 'host-c']);
+    // Its home is host-c too, but an administrator placed it on host-a: the drain does not make it away.
+    await newProbe('a5', 'host-a', ['--probe-no-writer', '--memory', '128', '--ha', '--preferred-owner', 'host-c']);
     for (const n of ['p2', 'p3']) await newProbe(n, 'host-c', ['--probe-no-writer', '--memory', '128']);
     await newProbe('p4', 'host-c', [
       '--probe-no-writer',
@@ -238,6 +240,16 @@ test(
     await waitAcks(w1.id, where.w1!, 5);
     const hb = heartbeatContinuity(await logs(w1.id));
     assert.deepEqual(hb.missing, [], 'no heartbeat lost across the drain');
+    // The leader marks what the drain moved as away from its home (for automatic fail-back),
+    // within a pass (5 s); a5, placed off its home by an administrator, stays unmarked.
+    let marks: Record<string, string | null | undefined> = {};
+    for (const until = Date.now() + 30_000; Date.now() < until && marks.w1 !== 'host-c';) {
+      marks = Object.fromEntries((await status()).vms.map((v) => [v.name, v.away]));
+      if (marks.w1 !== 'host-c') await sleep(500);
+    }
+    assert.deepEqual([marks.w1, marks.a5], ['host-c', null], JSON.stringify(marks));
+    await ferryOk(['vm', 'stop', 'a5'], { lab });
+    await ferryOk(['vm', 'rm', 'a5'], { lab });
   },
 );
 
