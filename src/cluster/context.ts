@@ -6,7 +6,7 @@ import type { ClusterStore } from './store.js';
 import type { OnBad } from './keys.js';
 import type { ClusterNodes } from './model.js';
 import type { PlacementNode } from './placement.js';
-import { FerryError } from '../errors.js';
+import { FerryError, messageOf } from '../errors.js';
 
 export interface ClusterCtx {
   store: ClusterStore;
@@ -46,14 +46,14 @@ export async function placementNodes(
       .map(async (name) => {
         const up = nodes.up[name];
         if (!up) return { name, up: false, paused: nodes.paused.has(name), freeMiB: 0 };
-        const freeMiB = await withClient(ctx, name, up.endpoint, (c) =>
+        const paused = nodes.paused.has(name);
+        // A node that does not answer is not a place to go.
+        return withClient(ctx, name, up.endpoint, (c) =>
           c.call(actions.hostShow, {}, { timeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) }),
         ).then(
-          (h) => Math.floor(h.memory.freeBytes / 1048576),
-          () => -1,
+          (h) => ({ name, up: true, paused, freeMiB: Math.max(0, Math.floor(h.memory.freeBytes / 1048576)) }),
+          (err: unknown) => ({ name, up: false, paused, freeMiB: 0, unreachable: messageOf(err) }),
         );
-        // A node that does not answer is not a place to go.
-        return { name, up: freeMiB >= 0, paused: nodes.paused.has(name), freeMiB: Math.max(0, freeMiB) };
       }),
   );
 }

@@ -16,7 +16,7 @@ import { AdaptiveConcurrency } from './adaptive.js';
 import { BatchRunner } from './batches.js';
 import { FailbackRunner } from './failback-runner.js';
 import { placementNodes } from './context.js';
-import { place } from './placement.js';
+import { place, whyNot } from './placement.js';
 import { parseVmSpec } from '../vm/spec.js';
 import * as K from './keys.js';
 import { mayLead, policyOf, type HaRecord } from './model.js';
@@ -292,7 +292,7 @@ export class HaMonitor {
         const entry = vms.find((e) => e.name === p.vm);
         if (!entry) return;
         if (!p.to) {
-          const result = `cannot restart: ${p.reason ?? 'no node'}`;
+          const result = `cannot restart: ${p.reason ?? 'no node'} (${whyNot(read, this.stale, barred, pnodes, dead)})`;
           // The sweep asks again every few seconds: say it once, and again when the reason changes.
           if (this.refused.get(entry.name) !== result) this.emit('cluster.ha', { vm: entry.name, from: dead, result });
           this.refused.set(entry.name, result);

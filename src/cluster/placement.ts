@@ -12,6 +12,8 @@ export interface PlacementNode {
   up: boolean;
   paused: boolean;
   freeMiB: number;
+  /** Why a node whose lease lives counts as not up (its agent did not answer: the error). */
+  unreachable?: string;
 }
 export interface PlacedVm {
   vm: string;
@@ -102,4 +104,31 @@ export function place(nodes: PlacementNode[], existing: PlacedVm[], vms: VmToPla
     out.push({ vm: vm.name, to: to.name, reason: null, warnings });
   }
   return out;
+}
+
+/**
+ * What kept each other node from taking a dead node's VMs, for the refusal an operator reads
+ * (a node can look up in `cluster status` and still be no place to go).
+ */
+export function whyNot(
+  /** The nodes as read (members, live leases, pauses), before any beat was counted. */
+  read: { members: Record<string, unknown>; up: Record<string, unknown>; paused: ReadonlySet<string> },
+  stale: ReadonlySet<string>,
+  barred: readonly string[],
+  pnodes: readonly PlacementNode[],
+  dead: string,
+): string {
+  const one = (n: string): string => {
+    if (!read.up[n]) return 'down';
+    if (stale.has(n)) return 'its beat stood still';
+    if (barred.includes(n)) return 'may not hold HA VMs';
+    if (read.paused.has(n)) return 'paused';
+    const p = pnodes.find((x) => x.name === n);
+    return p?.unreachable === undefined ? 'up' : `its agent did not answer: ${p.unreachable}`;
+  };
+  return Object.keys(read.members)
+    .filter((n) => n !== dead)
+    .sort()
+    .map((n) => `${n}: ${one(n)}`)
+    .join('; ');
 }

@@ -1,7 +1,7 @@
 // Placement and the cluster queue's scheduling decision (pure logic).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { place, type PlacementNode } from '../../src/cluster/placement.js';
+import { place, whyNot, type PlacementNode } from '../../src/cluster/placement.js';
 import { positions, schedule } from '../../src/cluster/schedule.js';
 import type { QueueItem } from '../../src/cluster/model.js';
 
@@ -129,4 +129,21 @@ test('coalesced: calls during a run ask for one more run, not one each', async (
   assert.equal(runs, 2);
   await f();
   assert.equal(runs, 3);
+});
+
+test("a fail-over with nowhere to go says why, node by node (a node 'up' in cluster status may not answer)", () => {
+  const members = Object.fromEntries(['a', 'b', 'c', 'd', 'e', 'f'].map((n) => [n, {}]));
+  const up = Object.fromEntries(['b', 'c', 'd', 'e', 'f'].map((n) => [n, {}]));
+  const why = whyNot(
+    { members, up, paused: new Set(['e']) },
+    new Set(['b']),
+    ['c'],
+    nodes(['d', 0, { up: false, unreachable: 'connect ECONNREFUSED 127.0.0.1:4100' }], ['e', 0], ['f', 512]),
+    'a',
+  );
+  assert.equal(
+    why,
+    'b: its beat stood still; c: may not hold HA VMs; d: its agent did not answer: connect ECONNREFUSED ' +
+      '127.0.0.1:4100; e: paused; f: up',
+  );
 });
