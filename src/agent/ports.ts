@@ -2,8 +2,8 @@
 // ports taken from one configured range (agent.json "migrationPorts", or
 // `ferry agent --migration-ports`), so an administrator opens exactly that range. Without a
 // range (labs on one machine) any free port will do.
-import net from 'node:net';
-import { AbortedError, FerryError, InvalidInputError } from '../errors.js';
+import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
+import { probePort } from '../util/free-port.js';
 
 export interface PortRange {
   from: number;
@@ -87,24 +87,13 @@ export class PortAllocator {
 
 /** Binds `host:port` for a moment: the port it got, or null when something else holds it. */
 function probe(host: string, port: number): Promise<number | null> {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'EADDRINUSE' || err.code === 'EACCES') resolve(null);
-      else
-        reject(
-          new FerryError(
-            'E_MIGRATION_ADDRESS',
-            `Cannot listen for migrations on ${host}: ${err.message}; ` +
-              "set the migration address to one of this host's addresses",
-            { cause: err },
-          ),
-        );
-    });
-    s.listen({ host, port, exclusive: true }, () => {
-      const got = (s.address() as net.AddressInfo).port;
-      s.close(() => resolve(got));
-    });
+  return probePort(host, port).catch((err: unknown) => {
+    throw new FerryError(
+      'E_MIGRATION_ADDRESS',
+      `Cannot listen for migrations on ${host}: ${messageOf(err)}; ` +
+        "set the migration address to one of this host's addresses",
+      { cause: err },
+    );
   });
 }
 

@@ -52,7 +52,8 @@ export async function placementNodes(
           c.call(actions.hostShow, {}, { timeoutMs: 15_000, ...(opts.signal ? { signal: opts.signal } : {}) }),
         ).then(
           (h) => ({ name, up: true, paused, freeMiB: Math.max(0, Math.floor(h.memory.freeBytes / 1048576)) }),
-          (err: unknown) => ({ name, up: false, paused, freeMiB: 0, unreachable: messageOf(err) }),
+          // A peer's error text, bounded: it goes into the leader's events and log.
+          (err: unknown) => ({ name, up: false, paused, freeMiB: 0, unreachable: messageOf(err).slice(0, 300) }),
         );
       }),
   );

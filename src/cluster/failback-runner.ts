@@ -23,13 +23,13 @@ export class FailbackRunner {
     private ctx: ClusterCtx,
     private leadership: Leadership,
     private onEvent: Emit,
-    /** The clock (a test sets it); windows are read in this process's local time. */
-    private now: () => Date = () => new Date(),
     /**
      * A node whose lease lives but whose beat stood still (beats.ts): down for fail-over, so not
      * back for fail-back either (a move into it would fail and use up the VM's one return).
      */
-    private stale: (node: string) => boolean = () => false,
+    private stale: (node: string) => boolean,
+    /** The clock (a test sets it); windows are read in this process's local time. */
+    private now: () => Date = () => new Date(),
   ) {}
 
   async start(): Promise<void> {

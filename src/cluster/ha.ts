@@ -146,7 +146,6 @@ export class HaMonitor {
       { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad },
       leadership,
       this.emit,
-      undefined,
       (node) => this.stale.has(node),
     );
     this.current = { scheduler, batches };

@@ -18,18 +18,21 @@ export async function ephemeralRange(): Promise<[number, number]> {
   return lo && hi && lo <= hi ? [lo, hi] : [32768, 60999];
 }
 
-/** Listens on `port` (0: any) at 127.0.0.1 and closes again: the port it got, or null if it is in use. */
-function probe(port: number): Promise<number | null> {
+/**
+ * Binds `host:port` for a moment (0: any port): the port it got, or null when something else
+ * holds it or it is not ours to bind. Other errors (no such address here) reject.
+ */
+export function probePort(host: string, port: number): Promise<number | null> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
     s.once('error', (err: NodeJS.ErrnoException) => {
       if (err.code === 'EADDRINUSE' || err.code === 'EACCES') resolve(null);
       else reject(err);
     });
-    s.listen(port, '127.0.0.1', () => {
-      const p = (s.address() as net.AddressInfo).port;
+    s.listen({ host, port, exclusive: true }, () => {
+      const got = (s.address() as net.AddressInfo).port;
       s.close(() => {
-        resolve(p);
+        resolve(got);
       });
     });
   });
@@ -42,13 +45,13 @@ export async function freeLoopbackPort(taken: Set<number>): Promise<number> {
   for (let i = 0; below >= 1000 && i < 200; i++) {
     const port = LOWEST + Math.floor(Math.random() * below);
     if (taken.has(port)) continue;
-    if ((await probe(port)) !== null) {
+    if ((await probePort('127.0.0.1', port)) !== null) {
       taken.add(port);
       return port;
     }
   }
   for (;;) {
-    const port = await probe(0);
+    const port = await probePort('127.0.0.1', 0);
     if (port !== null && !taken.has(port)) {
       taken.add(port);
       return port;
