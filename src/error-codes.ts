@@ -210,6 +210,7 @@ export const ERROR_CODES = {
   },
   E_CLUSTER_BAD_VALUE: failed('a value in etcd is not valid (written by a broken or hostile node)'),
   E_NOT_CLUSTERED: conflict('the VM is not clustered'),
+  E_HA_OWNED_ELSEWHERE: conflict("the cluster's record gives the HA VM to another node"),
   E_NODE_NOT_FOUND: notFound('no such cluster node'),
   E_NODE_DOWN: conflict('the cluster node is down'),
   E_DRAIN_RUNNING: conflict('a drain already runs on that node'),

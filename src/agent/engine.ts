@@ -60,6 +60,7 @@ export class Engine {
       settings: this.settings,
       cluster: {
         recordHa: (spec) => this.cluster.recordHa(spec),
+        mayBoot: (spec, opts) => this.cluster.mayBoot(spec, opts),
         forgetVm: (vm) => this.cluster.forgetVm(vm),
         specChanged: (spec) => this.cluster.specChanged(spec),
       },

@@ -50,6 +50,8 @@ import { dropKeptCopies, sweepKeptCopies } from '../migration/kinds/storage-resu
 export interface ClusterHooks {
   /** A VM started or arrived here: the cluster's record of an HA VM points at this node. */
   recordHa(spec: VmSpec): Promise<void>;
+  /** Before an HA VM boots here: refused when the cluster's record gives it to another node. */
+  mayBoot(spec: VmSpec, opts?: { signal?: AbortSignal }): Promise<void>;
   /** A VM was stopped on purpose or removed: the cluster must not restart it elsewhere. */
   forgetVm(name: string): Promise<void>;
   /** A stopped VM's spec changed (vm set): the cluster's record of it, if any, carries the new spec. */
@@ -351,6 +353,7 @@ export class VmInventory {
       );
     }
     const spec = await loadVm(rec.configPath);
+    await this.d.cluster.mayBoot(spec, opts);
     const chains = await this.checkStorage(spec);
     const memoryFile = await this.memoryFor(spec, 'start');
     let proc: QemuProcess;
@@ -704,7 +707,7 @@ export class VmInventory {
     pagingFile: string | null = null,
     arrival?: { from: string; migration: string; since: number },
   ): void {
-    void this.d.cluster.recordHa(spec);
+    // Its HA record passed to this node before the guest ran here (the incoming side's claim).
     this.register(spec);
     this.track(spec.name, proc);
     if (pagingFile) this.usePagingFile(spec.name, proc, pagingFile);

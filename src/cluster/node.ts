@@ -20,7 +20,8 @@ import { assertHaStorage, haFiles, sharedPoolHint } from './ha-storage.js';
 import { DEFAULT_POLICY, type ClusterPolicy } from './model.js';
 import * as K from './keys.js';
 import type { ClusterCtx } from './context.js';
-import { EtcdStore, type ClusterStore } from './store.js';
+import { EtcdStore, type ClusterStore, type StoreCallOptions } from './store.js';
+import { testHold } from '../migration/policy.js';
 
 /** What the cluster node needs from the host's VM inventory. */
 export interface NodeVms {
@@ -209,14 +210,66 @@ export class ClusterNode {
 
   /** The cluster's record of `spec` owned by this node (errors become cluster.error events). */
   private async putOwnRecord(store: ClusterStore, spec: VmSpec): Promise<void> {
-    await putHaRecord(store, {
-      name: spec.name,
-      id: spec.id,
-      configPath: spec.configPath,
-      owner: this.d.name,
-      memoryMiB: spec.memoryMiB,
-      spec,
-    }).catch((err: unknown) => this.d.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }));
+    await this.ownRecord(store, spec).catch((err: unknown) =>
+      this.d.events.emit('cluster.error', { vm: spec.name, message: messageOf(err) }),
+    );
+  }
+
+  private ownRecord(store: ClusterStore, spec: VmSpec, opts: StoreCallOptions & { takeFrom?: string } = {}) {
+    return putHaRecord(
+      store,
+      {
+        name: spec.name,
+        id: spec.id,
+        configPath: spec.configPath,
+        owner: this.d.name,
+        memoryMiB: spec.memoryMiB,
+        spec,
+      },
+      opts,
+    );
+  }
+
+  /**
+   * A live move's destination, before its guest runs: the HA VM's record passes from the source
+   * to this node in one compare-and-swap. It fails (and the guest must not run here) when a
+   * leader gave the VM to a third node meanwhile (the source was found down and its VMs
+   * restarted elsewhere), or when etcd does not answer: then nobody can say the VM runs nowhere else.
+   */
+  async claimArrival(spec: VmSpec, source: string, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const store = this.member?.store;
+    if (!spec.ha || !store) return;
+    await this.ownRecord(store, spec, { ...opts, takeFrom: source, timeoutMs: 5_000 });
+  }
+
+  /**
+   * Before an HA VM boots here: the cluster's record must not give it to another node (it would
+   * run twice; only a move or an HA restart changes where an HA VM runs). Without an answer from
+   * etcd that cannot be known, so the start is refused.
+   */
+  async mayBoot(spec: VmSpec, opts: { signal?: AbortSignal } = {}): Promise<void> {
+    const store = this.member?.store;
+    if (!spec.ha || !store) return;
+    const what = `start HA VM '${spec.name}' on host '${this.d.name}'`;
+    const key = K.vms.key(spec.name);
+    const raw = await store.get(key, { ...opts, timeoutMs: 5_000 }).catch((err: unknown) => {
+      throw new FerryError(
+        'E_CLUSTER_UNAVAILABLE',
+        `Cannot ${what}: the cluster's record of it cannot be read (${messageOf(err)}), so it may run on ` +
+          'another node; try again when etcd answers',
+        { cause: err, context: { vm: spec.name } },
+      );
+    });
+    // A record that does not parse is replaced once the VM runs, as putHaRecord does.
+    const cur = raw === null ? null : K.vms.decode(key, raw);
+    if (cur?.ok && cur.value.owner !== this.d.name)
+      throw new FerryError(
+        'E_HA_OWNED_ELSEWHERE',
+        `Cannot ${what}: the cluster runs it on host '${cur.value.owner}' (generation ` +
+          `${String(cur.value.generation)}); start or stop it there, or move it here with ` +
+          `'ferry move-vm ${spec.name} --to ${this.d.name}'`,
+        { context: { vm: spec.name, owner: cur.value.owner } },
+      );
   }
 
   /**
@@ -290,7 +343,8 @@ export class ClusterNode {
     // gives a VM to this node, under this generation. The spec run is the record's.
     const what = `restart HA VM '${asked.name}'`;
     const key = K.vms.key(asked.name);
-    const raw = await this.need(what).need(what).get(key);
+    const store = this.need(what).need(what);
+    const raw = await store.get(key);
     const rec = raw === null ? null : K.vms.decode(key, raw);
     if (!rec?.ok || rec.value.owner !== this.d.name || rec.value.generation !== generation || rec.value.id !== asked.id)
       throw new FerryError(
@@ -299,7 +353,20 @@ export class ClusterNode {
           `under generation ${String(generation)}; only a leader's decision starts an HA VM`,
       );
     const spec = parseVmSpec(rec.value.spec, what);
+    await testHold('ha-start', () => undefined);
     await this.d.vms.haStart(spec);
+    // The leader gives the VM to another node only once this one answered that it did not start
+    // it; read again anyway, and never keep a guest whose record went elsewhere meanwhile.
+    const now = await K.readOne(store, K.vms, spec.name).catch(() => null);
+    if (now && (now.value.owner !== this.d.name || now.value.generation !== generation)) {
+      await this.d.vms.kill(spec.name);
+      throw new FerryError(
+        'E_HA_OWNED_ELSEWHERE',
+        `Cannot ${what} on host '${this.d.name}': while it started, the cluster gave it to host ` +
+          `'${now.value.owner}' (generation ${String(now.value.generation)}); it was stopped here`,
+        { context: { vm: spec.name, owner: now.value.owner } },
+      );
+    }
     this.d.events.emit('vm.ha-started', { vm: spec.name, generation });
   }
 

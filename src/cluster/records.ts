@@ -52,7 +52,7 @@ export async function readHaRecord(
 export async function putHaRecord(
   store: ClusterStore,
   rec: Omit<HaRecord, 'generation' | 'spec'> & { spec: Record<string, unknown> },
-  opts: StoreCallOptions = {},
+  opts: StoreCallOptions & { takeFrom?: string } = {},
 ): Promise<void> {
   const spec = HaSpec.safeParse(rec.spec);
   if (!spec.success)
@@ -61,13 +61,24 @@ export async function putHaRecord(
         `(${spec.error.issues[0]?.message ?? 'no details'})`,
       { vm: rec.name },
     );
+  const { takeFrom, ...call } = opts;
   const key = K.vms.key(rec.name);
   // Compare-and-swap, so a leader's write in between (an away mark set or ended, a fencing
   // generation) is read again rather than overwritten.
   for (let attempt = 0; ; attempt++) {
-    const cur = await store.get(key, opts);
+    const cur = await store.get(key, call);
     const d = cur === null ? null : K.vms.decode(key, cur);
     // A record that does not parse is replaced: this node runs the VM and knows its spec.
+    // A node writes only a record that is its own, or that of the node it takes the VM from
+    // (a move's source): a record giving the VM to a third node is a leader's decision (an HA
+    // restart elsewhere), and overwriting it would leave the VM running twice.
+    if (d?.ok && d.value.owner !== rec.owner && d.value.owner !== takeFrom)
+      throw new FerryError(
+        'E_HA_OWNED_ELSEWHERE',
+        `Cannot record HA VM '${rec.name}' as running on host '${rec.owner}': the cluster gives it to ` +
+          `host '${d.value.owner}' (generation ${String(d.value.generation)}); it must not run here too`,
+        { context: { vm: rec.name, owner: d.value.owner, generation: d.value.generation } },
+      );
     const generation = d?.ok ? d.value.generation : 0;
     // Still away from its home unless it now runs there (fail-back, or an administrator's move).
     const away = d?.ok && d.value.away !== rec.owner ? d.value.away : undefined;
@@ -78,7 +89,7 @@ export async function putHaRecord(
           compare: [cur === null ? { key, version: 0 } : { key, value: cur }],
           success: [{ type: 'put', key, value }],
         },
-        opts,
+        call,
       ),
     );
     if (done) return;

@@ -105,6 +105,11 @@ export interface MoveCluster {
   position(id: string): number | null;
   /** Keeps the cluster's record of an HA VM pointing at this node and its current files. */
   recordHa(spec: VmSpec): Promise<void>;
+  /**
+   * Before an arriving HA VM's guest runs here: its record passes from `source` to this node, or
+   * this throws (a leader gave it to a third node, or etcd does not answer).
+   */
+  claimArrival(spec: VmSpec, source: string, opts?: { signal?: AbortSignal }): Promise<void>;
   /** The VM left the cluster (moved to a host outside it): delete its record. */
   forgetVm(name: string): Promise<void>;
 }

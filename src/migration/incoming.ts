@@ -833,6 +833,10 @@ export class IncomingManager {
           .catch(() => undefined);
       }
       if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
+      // An HA VM runs here only once the cluster's record says so (a compare-and-swap from the
+      // source): if a leader restarted it elsewhere meanwhile, it must not run twice. (In
+      // post-copy the guest is then lost here, as on any failure after the switch.)
+      await host.cluster()?.claimArrival(i.spec, i.source, opts);
       const mark = proc.qmp.eventMark;
       const run = await proc.qmp.execute('query-status', undefined, opts);
       if (!run.running) await proc.qmp.execute('cont', undefined, opts);

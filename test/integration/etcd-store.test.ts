@@ -17,6 +17,7 @@ import {
 } from '../../src/cluster/etcd-members.js';
 import { EtcdStore, type WatchEvent, type Leadership } from '../../src/cluster/store.js';
 import { FerryError } from '../../src/errors.js';
+import { deleteHaRecord, putHaRecord, readHaRecord, swapHaRecord } from '../../src/cluster/records.js';
 import { sleep } from '../../src/util/exec.js';
 
 const HOSTS = ['host-a', 'host-b', 'host-c'];
@@ -191,6 +192,44 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
       s.txn({ compare: [{ key: 'k' }], success: [] }),
       (e: FerryError) => e.code === 'E_INVALID_INPUT',
     );
+  });
+
+  test("an HA record: a node writes its own or takes it from a move's source, never a third node's", async () => {
+    const s = await connect();
+    const rec = (owner: string) => ({
+      name: 'ha1',
+      id: 'id-ha1',
+      configPath: '/pool/ha1/vm.json',
+      owner,
+      memoryMiB: 64,
+      spec: { name: 'ha1' },
+    });
+    const read = async () => (await readHaRecord(s, 'ha1'))?.value;
+    await putHaRecord(s, rec('host-a'));
+    assert.equal((await read())?.owner, 'host-a', 'no record: made');
+    await putHaRecord(s, rec('host-a'));
+    await putHaRecord(s, rec('host-b'), { takeFrom: 'host-a' });
+    assert.equal((await read())?.owner, 'host-b', "a move's destination takes it from the source");
+    // A leader's HA restart gives it to host-c under a new generation.
+    const cur = (await readHaRecord(s, 'ha1'))!;
+    assert.equal(
+      await swapHaRecord(s, cur, { ...cur.value, owner: 'host-c', generation: cur.value.generation + 1 }),
+      true,
+    );
+    // host-a's start, or host-b's late arrival from host-a, must not take it back.
+    for (const [owner, takeFrom] of [
+      ['host-a', undefined],
+      ['host-b', 'host-a'],
+    ] as const)
+      await assert.rejects(
+        putHaRecord(s, rec(owner), takeFrom ? { takeFrom } : {}),
+        (e: FerryError) =>
+          e.code === 'E_HA_OWNED_ELSEWHERE' && /gives it to host 'host-c' \(generation 1\)/.test(e.message),
+      );
+    assert.deepEqual([(await read())?.owner, (await read())?.generation], ['host-c', 1], 'unchanged');
+    await putHaRecord(s, rec('host-c'));
+    assert.equal((await read())?.generation, 1, 'its owner keeps the generation');
+    await deleteHaRecord(s, 'ha1');
   });
 
   test('watchPrefix: put and delete events in order, nothing after cancel', async () => {

@@ -737,6 +737,20 @@ export async function resolveLive(ctx: SourceCtx, err: unknown, s: UndoScope): P
   if (code === 'E_MIGRATION_STALLED' || code === 'E_TIMEOUT') await dropConnections(ctx.prep);
   if (!(await sourceCompleted(ctx.proc))) return 'undo';
   const r = ctx.job.record;
+  if (code === 'E_HA_OWNED_ELSEWHERE') {
+    // A leader restarted the HA VM on a third node while it moved (this host was found down):
+    // it runs there, from its disks. Neither side may run it: the destination drops its QEMU,
+    // this host lets the VM go (the node that runs it keeps its files).
+    await abortDestination(ctx, s.log);
+    await ctx.host.vms.movedAway(r.vm, ctx.proc);
+    s.log(`the cluster runs ${r.vm} on another node now: it was let go here and on ${r.destination}`);
+    throw new MigrationFailedError(
+      'E_HA_OWNED_ELSEWHERE',
+      `Cannot move VM '${r.vm}': while it moved, the cluster restarted it on another node (${messageOf(err)}); ` +
+        `it runs there now, and neither '${r.source}' nor '${r.destination}' runs it; see 'ferry cluster status'`,
+      err,
+    );
+  }
   const tries = ctx.plan ? 60 : 5;
   let answered = false;
   for (let i = 0; i < tries; i++) {
