@@ -7,7 +7,7 @@
 import type { Emit } from '../api/events.js';
 import { AgentClient } from '../api/client.js';
 import { peerActions } from '../api/peer-actions.js';
-import { messageOf } from '../errors.js';
+import { FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import type { ClusterStore, Leadership } from './store.js';
 import type { EventBus } from '../events/bus.js';
@@ -34,6 +34,11 @@ const HA_SWEEP_MS = 5000;
  * the leader's host dies, its successor is elected about when the dead node's lease expires.
  */
 const LEADER_TTL_S = 4;
+/**
+ * How long the leader waits for a node to boot an HA VM it gave it. Tests shorten it
+ * (FERRY_TEST_HA_START_TIMEOUT_MS) to see a node that does not answer in time.
+ */
+const HA_START_TIMEOUT_MS = Number(process.env.FERRY_TEST_HA_START_TIMEOUT_MS) || 60_000;
 
 export interface HaHost {
   name: string;
@@ -53,6 +58,13 @@ export class HaMonitor {
   private readonly onBad: K.OnBad;
   /** The last "cannot restart" said of each VM. */
   private readonly refused = new Map<string, string>();
+  /**
+   * HA restarts whose node gave no answer (a timeout, a broken connection): it may be booting
+   * the VM, so the record keeps giving it to that node, which is asked again each sweep while it
+   * is up; were it down, its VMs fail over as any down node's, its fence having stopped them.
+   */
+  private readonly unanswered = new Map<string, { to: string; generation: number; from: string }>();
+  private readonly asking = new Set<string>();
   /** Nodes whose lease lives but whose beat stood still for the window: down for fail-over (beats.ts). */
   private stale = new Set<string>();
 
@@ -207,6 +219,21 @@ export class HaMonitor {
     const vms = await K.readAll(this.store, K.vms, this.onBad);
     const owners = new Set([...vms.values()].map((e) => e.value.owner));
     for (const o of owners) if (!up.has(o) || this.stale.has(o)) await this.failover(o);
+    for (const [name, u] of this.unanswered) {
+      const cur = vms.get(name);
+      const node = up.get(u.to);
+      // Its record moved on (a move, a stop, another restart): nothing is pending any more.
+      if (!cur || cur.value.owner !== u.to || cur.value.generation !== u.generation) this.unanswered.delete(name);
+      else if (node && !this.stale.has(u.to) && !this.asking.has(name)) {
+        // Not awaited: a node that hangs must not hold up the next passes.
+        this.asking.add(name);
+        void this.askStart(cur, u.to, node.value.endpoint, u.from, { quiet: true })
+          .then((answer) => {
+            if (answer === 'refused') this.queue(() => this.failover(u.from, { vm: name, by: u.to }));
+          })
+          .finally(() => this.asking.delete(name));
+      }
+    }
   }
 
   /**
@@ -257,15 +284,17 @@ export class HaMonitor {
    * high priority first, where memory fits, keeping anti-affinity classes apart when possible,
    * then all started at once.
    */
-  private async failover(dead: string): Promise<void> {
+  private async failover(dead: string, refused?: { vm: string; by: string }): Promise<void> {
     const leadership = this.leadership;
     if (!leadership || leadership.lost) return;
     const read = await readNodes(this.store, this.onBad);
     // A node whose beat stands still is down whatever its lease says: never a target either.
     const nodes = { ...read, up: Object.fromEntries(Object.entries(read.up).filter(([n]) => !this.stale.has(n))) };
-    if (nodes.up[dead]) return; // it came back
+    if (!refused && nodes.up[dead]) return; // it came back
     const all = [...(await K.readAll(this.store, K.vms, this.onBad)).values()];
-    const vms = all.filter((e) => e.value.owner === dead);
+    // `refused`: the node the VM was given to answered, late, that it did not start it.
+    const owner = refused?.by ?? dead;
+    const vms = all.filter((e) => e.value.owner === owner && (!refused || e.name === refused.vm));
     if (!vms.length) return;
     const ctx = { store: this.store, self: this.host.name, tls: this.host.tls, onBad: this.onBad };
     const pnodes = await placementNodes(ctx, nodes);
@@ -274,13 +303,13 @@ export class HaMonitor {
     const plan = place(
       pnodes,
       all
-        .filter((e) => e.value.owner !== dead)
+        .filter((e) => !vms.includes(e))
         .map(({ value: r }) => ({ vm: r.name, node: r.owner, antiAffinity: policyOf(r.spec).antiAffinity })),
       vms.map(({ value: r }) => ({
         name: r.name,
         memoryMiB: r.memoryMiB,
         ...policyOf(r.spec),
-        exclude: [dead, ...barred],
+        exclude: [dead, owner, ...barred],
         smartPaging: smartPagingOf(r.spec),
       })),
     );
@@ -297,7 +326,7 @@ export class HaMonitor {
           this.refused.set(entry.name, result);
           return;
         }
-        await this.restart(leadership, entry, [dead, ...barred], p.to, nodes, pnodes);
+        await this.restart(leadership, entry, [dead, owner, ...barred], p.to, nodes, pnodes);
       }),
     );
   }
@@ -326,53 +355,93 @@ export class HaMonitor {
       // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
       const fence = { key: leadership.key, value: this.host.name };
       if (!(await swapHaRecord(this.store, cur, next, fence))) return;
-      const client = new AgentClient({ endpoint, host: to, credentials: this.host.tls });
-      try {
-        await client.call(
-          peerActions.haStart,
+      cur = { ...cur, raw: K.vms.encode(next), value: next };
+      const answer = await this.askStart(cur, to, endpoint, dead);
+      if (answer !== 'refused') return;
+      tried.push(to);
+      const again = place(
+        pnodes,
+        [],
+        [
           {
-            body: {
-              // The peer protocol checks the whole spec; a bad one fails this attempt here, named.
-              spec: parseVmSpec(cur.value.spec, `restart VM '${cur.name}' on '${to}'`),
-              generation: next.generation,
-              from: dead,
-            },
+            name: cur.name,
+            memoryMiB: cur.value.memoryMiB,
+            ...pol,
+            antiAffinity: [],
+            exclude: tried,
+            smartPaging: smartPagingOf(cur.value.spec),
           },
-          { timeoutMs: 60_000 },
-        );
-        this.emit('cluster.ha', {
-          vm: cur.name,
-          from: dead,
-          to,
-          generation: next.generation,
-          priority: pol.priority,
-        });
-        this.refused.delete(cur.name);
-        return;
-      } catch (err) {
-        this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation: next.generation, error: messageOf(err) });
-        tried.push(to);
-        cur = { ...cur, raw: K.vms.encode(next), value: next };
-        const again = place(
-          pnodes,
-          [],
-          [
-            {
-              name: cur.name,
-              memoryMiB: cur.value.memoryMiB,
-              ...pol,
-              antiAffinity: [],
-              exclude: tried,
-              smartPaging: smartPagingOf(cur.value.spec),
-            },
-          ],
-        );
-        to = again[0]?.to ?? null;
-      } finally {
-        client.close();
-      }
+        ],
+      );
+      to = again[0]?.to ?? null;
     }
   }
+
+  /**
+   * Asks `to` to boot the VM its record now gives it. 'refused': the node answered that it did
+   * not (it never keeps a guest it failed to start), so another node may be tried. 'unanswered':
+   * it may be booting it, so no other node may, until it answers or is found down.
+   */
+  private async askStart(
+    cur: K.Entry<HaRecord>,
+    to: string,
+    endpoint: string,
+    dead: string,
+    opts: { quiet?: boolean } = {},
+  ): Promise<'started' | 'refused' | 'unanswered'> {
+    const { generation } = cur.value;
+    const client = new AgentClient({ endpoint, host: to, credentials: this.host.tls });
+    try {
+      await client.call(
+        peerActions.haStart,
+        {
+          body: {
+            // The peer protocol checks the whole spec; a bad one fails this attempt here, named.
+            spec: parseVmSpec(cur.value.spec, `restart VM '${cur.name}' on '${to}'`),
+            generation,
+            from: dead,
+          },
+        },
+        { timeoutMs: HA_START_TIMEOUT_MS },
+      );
+      this.unanswered.delete(cur.name);
+      this.emit('cluster.ha', {
+        vm: cur.name,
+        from: dead,
+        to,
+        generation,
+        priority: policyOf(cur.value.spec).priority,
+      });
+      this.refused.delete(cur.name);
+      return 'started';
+    } catch (err) {
+      const answered = peerRefused(err);
+      const error = answered ? messageOf(err) : `${messageOf(err)}; it stays given to ${to}, which is asked again`;
+      // Asked again each sweep: an unanswered retry is said once, when it first happened.
+      if (answered || !opts.quiet) this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation, error });
+      if (answered) {
+        this.unanswered.delete(cur.name);
+        return 'refused';
+      }
+      this.unanswered.set(cur.name, { to, generation, from: dead });
+      return 'unanswered';
+    } finally {
+      client.close();
+    }
+  }
+}
+
+/** Answers that do not say the node will not run the VM: it may still be booting it. */
+const UNSURE = new Set(['E_INTERNAL', 'E_HTTP', 'E_TIMEOUT', 'E_VM_BUSY']);
+
+/**
+ * Did the peer refuse (an HTTP error with a Ferry code: it never keeps a guest it failed to
+ * start)? A timeout, a broken connection, an internal error, or "busy" (an earlier ask of the
+ * same restart still boots it) say nothing of whether its QEMU runs.
+ */
+export function peerRefused(err: unknown): boolean {
+  if (!(err instanceof FerryError)) return false;
+  return typeof err.context.status === 'number' && !UNSURE.has(err.code);
 }
 
 /** Does the VM of this record allow Smart Paging (its spec says so)? */

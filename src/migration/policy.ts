@@ -223,7 +223,8 @@ export class StallWatchdog {
  * (at most 2 min), so a test can inject a fault in a phase that otherwise lasts
  * milliseconds. `phase` may also name a point of the destination's Prepare ('incoming-qemu'
  * before its QEMU starts, 'incoming-spawned' after, before the journal has its pid) or of a
- * resumable storage move ('storage-paused': its guest paused for the switch). Without the
+ * resumable storage move ('storage-paused': its guest paused for the switch), or a node's HA
+ * restart ('ha-start', before it boots the VM the leader gave it). Without the
  * variable this returns at once.
  */
 export async function testHold(phase: string, log: (m: string) => void, signal?: AbortSignal): Promise<void> {
