@@ -375,6 +375,35 @@ export class HaMonitor {
       );
       to = again[0]?.to ?? null;
     }
+    // Every node it was given to refused: back to the down node it came from (a new generation),
+    // so the next pass (this leader's or the next one's) tries again, rather than the record
+    // naming a node that does not run it, which no pass would look at.
+    if (cur !== first && !nodes.up[dead]) {
+      const back: HaRecord = {
+        ...withAway(cur.value, first.value.away),
+        owner: dead,
+        generation: cur.value.generation + 1,
+      };
+      const refusedBy = tried.filter((n) => !exclude.includes(n)).join(', ');
+      if (await swapHaRecord(this.store, cur, back, { key: leadership.key, value: this.host.name }))
+        this.say({
+          vm: cur.name,
+          from: dead,
+          result: `cannot restart: every node refused (${refusedBy}); tried again every ${HA_SWEEP_MS / 1000} s`,
+        });
+    }
+  }
+
+  /**
+   * An HA refusal said once per VM and node, and again when its text changes: the sweep asks
+   * again every 5 s.
+   */
+  private say(fields: { vm: string; from: string; to?: string; generation?: number; result?: string; error?: string }) {
+    const key = `${fields.vm}\0${fields.to ?? ''}`;
+    const text = fields.result ?? fields.error ?? '';
+    if (this.refused.get(key) === text) return;
+    this.refused.set(key, text);
+    this.emit('cluster.ha', fields);
   }
 
   /**
@@ -412,13 +441,15 @@ export class HaMonitor {
         generation,
         priority: policyOf(cur.value.spec).priority,
       });
-      this.refused.delete(cur.name);
+      for (const k of [...this.refused.keys()])
+        if (k === cur.name || k.startsWith(`${cur.name}\0`)) this.refused.delete(k);
       return 'started';
     } catch (err) {
       const answered = peerRefused(err);
       const error = answered ? messageOf(err) : `${messageOf(err)}; it stays given to ${to}, which is asked again`;
       // Asked again each sweep: an unanswered retry is said once, when it first happened.
-      if (answered || !opts.quiet) this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation, error });
+      if (answered) this.say({ vm: cur.name, from: dead, to, generation, error });
+      else if (!opts.quiet) this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation, error });
       if (answered) {
         this.unanswered.delete(cur.name);
         return 'refused';

@@ -21,7 +21,7 @@ import { DEFAULT_POLICY, type ClusterPolicy } from './model.js';
 import * as K from './keys.js';
 import type { ClusterCtx } from './context.js';
 import { EtcdStore, type ClusterStore, type StoreCallOptions } from './store.js';
-import { testHold } from '../migration/policy.js';
+import { testFault, testHold } from '../migration/policy.js';
 
 /** What the cluster node needs from the host's VM inventory. */
 export interface NodeVms {
@@ -354,6 +354,8 @@ export class ClusterNode {
       );
     const spec = parseVmSpec(rec.value.spec, what);
     await testHold('ha-start', () => undefined);
+    if (testFault('ha-start-refuse'))
+      throw new FerryError('E_QEMU_START', `Cannot ${what} on host '${this.d.name}': refused by a test hook`);
     await this.d.vms.haStart(spec);
     // The leader gives the VM to another node only once this one answered that it did not start
     // it; read again anyway, and never keep a guest whose record went elsewhere meanwhile.

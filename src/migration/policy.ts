@@ -12,6 +12,7 @@
 //   3. the --finish-within budget is spent → post-copy if --allow-postcopy and the link is
 //      healthy (linkProblem), else abort and say why (dirty rate against bandwidth). Never
 //      cancel once post-copy has started: a failure there loses the guest on both hosts.
+import { existsSync } from 'node:fs';
 import { DEFAULTS } from '../api/defaults.js';
 import type { MigrationParameters } from '../qemu/commands.js';
 import type { Sample, Verdict } from './progress.js';
@@ -246,4 +247,13 @@ export async function testHold(phase: string, log: (m: string) => void, signal?:
   } finally {
     rmSync(`${file}.held`, { force: true });
   }
+}
+
+/**
+ * Test hook (as testHold): true while the file FERRY_TEST_HOLD_DIR/<name> exists, for a fault
+ * a test cannot cause from outside ('ha-start-refuse': a node refuses the HA restarts given to it).
+ */
+export function testFault(name: string): boolean {
+  const dir = process.env.FERRY_TEST_HOLD_DIR;
+  return !!dir && existsSync(`${dir}/${name}`);
 }

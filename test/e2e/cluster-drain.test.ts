@@ -539,3 +539,61 @@ test(
     assert.equal(rep.ok, true, rep.problems.join('; '));
   },
 );
+
+test(
+  'an HA VM every node refuses is given back to its down node and tried again: it runs once the ' +
+    'refusals end, on one node',
+  async () => {
+    const u2 = await newProbe('u2', 'host-a', ['--ha']);
+    await waitAcks(u2.id, 'host-a', 5);
+    const gen0 = (await status()).vms.find((v) => v.name === 'u2')!.generation;
+    const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
+    const member = st.etcd.find((m) => m.name === 'host-a')!;
+    const refuse = path.join(holds, 'ha-start-refuse');
+    await fsp.writeFile(refuse, '');
+    process.kill(member.pid, 'SIGSTOP');
+    try {
+      // host-b and host-c refuse it in turn (two generations); the leader gives it back to host-a
+      // (a third), and the next pass tries again (a fourth and more): before, the record stayed
+      // with the last node that refused, and nothing tried again.
+      let rec: ClusterView['vms'][number] | undefined;
+      for (let i = 0; i < 300; i++) {
+        rec = (await status().catch(() => null))?.vms.find((v) => v.name === 'u2');
+        if (rec && rec.generation >= gen0 + 4) break;
+        await sleep(200);
+      }
+      assert.ok(rec && rec.generation >= gen0 + 4, JSON.stringify(rec));
+      assert.deepEqual(
+        (await vms()).filter((v) => v.name === 'u2' && v.state === 'running'),
+        [],
+        'u2 runs nowhere while every node refuses',
+      );
+    } finally {
+      await fsp.rm(refuse, { force: true });
+    }
+    // The refusals end: a pass restarts it, on one node.
+    let owners: string[] = [];
+    try {
+      for (let i = 0; i < 240; i++) {
+        owners = (await vms()).filter((v) => v.name === 'u2' && v.state === 'running').map((v) => v.host);
+        if (owners.length === 1) break;
+        await sleep(250);
+      }
+    } finally {
+      process.kill(member.pid, 'SIGCONT');
+    }
+    assert.equal(owners.length, 1, JSON.stringify(owners));
+    assert.notEqual(owners[0], 'host-a');
+    await waitAcks(u2.id, owners[0]!, 3);
+    await sleep(3000);
+    assert.deepEqual(
+      (await vms()).filter((v) => v.name === 'u2' && v.state === 'running').map((v) => v.host),
+      owners,
+      'still once, host-a back',
+    );
+    await ferryOk(['vm', 'stop', 'u2'], { lab });
+    const acked = Math.max(...(await logs(u2.id)).map((t) => parseSerial(t).highestAck ?? 0));
+    const rep = await verifyDiskImage(u2.disks[0]!.path, { format: 'qcow2', highestAck: acked });
+    assert.equal(rep.ok, true, rep.problems.join('; '));
+  },
+);
