@@ -61,6 +61,7 @@ export class Engine {
       cluster: {
         recordHa: (spec) => this.cluster.recordHa(spec),
         mayBoot: (spec, opts) => this.cluster.mayBoot(spec, opts),
+        guestStopped: (vm) => this.cluster.guestStopped(vm),
         forgetVm: (vm) => this.cluster.forgetVm(vm),
         specChanged: (spec) => this.cluster.specChanged(spec),
       },

@@ -50,6 +50,8 @@ import { dropKeptCopies, sweepKeptCopies } from '../migration/kinds/storage-resu
 export interface ClusterHooks {
   /** A VM started or arrived here: the cluster's record of an HA VM points at this node. */
   recordHa(spec: VmSpec): Promise<void>;
+  /** A VM's guest powered it off: its HA record, if this node's, goes (errors become events). */
+  guestStopped(name: string): Promise<void>;
   /** Before an HA VM boots here: refused when the cluster's record gives it to another node. */
   mayBoot(spec: VmSpec, opts?: { signal?: AbortSignal }): Promise<void>;
   /** A VM was stopped on purpose or removed: the cluster must not restart it elsewhere. */
@@ -129,7 +131,18 @@ export class VmInventory {
     void proc.exited.then(() => {
       if (this.procs.get(name) === proc) {
         this.procs.delete(name);
-        this.d.emit('vm.state', { vm: name, state: 'stopped' });
+        // Powered off from inside (its OS, or the ACPI button): stopped on purpose, as by
+        // `vm stop`, so no node restarts it should this host die later. (Ferry's own ends of a
+        // QEMU — a kill, a move, a checkpoint — forget the process first and do not come here.)
+        const off = [...proc.qmp.history].reverse().find((e) => e.event === 'SHUTDOWN');
+        // (A `vm stop` powers the guest off through its ACPI button too: that stop says it, not this.)
+        const byGuest = off?.data?.guest === true && this.gate.phase(name) !== 'stopping';
+        this.d.emit('vm.state', {
+          vm: name,
+          state: 'stopped',
+          ...(byGuest ? { reason: 'powered off by its guest' } : {}),
+        });
+        if (byGuest) void this.d.cluster.guestStopped(name);
       }
     });
   }

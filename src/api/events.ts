@@ -14,6 +14,8 @@ export const EventBody = z.discriminatedUnion('type', [
     state: z.enum(['running', 'paused', 'stopping', 'stopped']),
     pid: z.number().optional(),
     force: z.boolean().optional(),
+    /** Why it stopped when Ferry did not stop it ('powered off by its guest'). */
+    reason: z.string().optional(),
   }),
   z.object({ type: z.enum(['vm.created', 'vm.removed', 'vm.fenced']), vm }),
   z.object({ type: z.enum(['vm.reattached', 'vm.arrived']), vm, pid: z.number().optional() }),

@@ -284,6 +284,22 @@ export class ClusterNode {
     await this.putOwnRecord(store, spec);
   }
 
+  /**
+   * Its guest powered the VM off here: stopped on purpose, so its record goes — only if it still
+   * names this node (a record a leader gave elsewhere is that node's).
+   */
+  async guestStopped(name: string): Promise<void> {
+    const store = this.member?.store;
+    if (!store) return;
+    try {
+      const cur = await K.readOne(store, K.vms, name);
+      if (!cur || cur.value.owner !== this.d.name) return;
+      await store.txn({ compare: [{ key: cur.key, value: cur.raw }], success: [{ type: 'delete', key: cur.key }] });
+    } catch (err) {
+      this.d.events.emit('cluster.error', { vm: name, message: `cannot forget its HA record: ${messageOf(err)}` });
+    }
+  }
+
   /** The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node restarts it. */
   async forgetVm(name: string): Promise<void> {
     await this.member?.store?.delete(K.vms.key(name)).catch(() => undefined);

@@ -13,6 +13,7 @@ import { sleep } from '../../src/util/exec.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids, type LabStatus } from '../../src/lab/lab.js';
 import { qemusOfRunDir } from '../../src/qemu/process.js';
+import { QmpClient } from '../../src/qemu/qmp.js';
 import type { BatchView, ClusterView, VmView } from '../../src/api/schemas.js';
 import { Clients, loadContext } from '../../src/cli/context.js';
 import { actions } from '../../src/api/actions.js';
@@ -597,3 +598,33 @@ test(
     assert.equal(rep.ok, true, rep.problems.join('; '));
   },
 );
+
+test('an HA VM powered off by its guest is stopped on purpose: its record goes, no node restarts it', async () => {
+  const g1 = await newProbe('g1', 'host-b', ['--ha', '--probe-no-writer', '--memory', '128']);
+  let rec: ClusterView['vms'][number] | undefined;
+  for (let i = 0; i < 60 && !rec; i++) {
+    rec = (await status()).vms.find((v) => v.name === 'g1');
+    if (!rec) await sleep(250);
+  }
+  assert.equal(rec?.owner, 'host-b', 'g1 has its record while it runs');
+  await waitSerial(logOf('host-b', g1.id), { heartbeats: 2, acks: 0, lab, vm: 'g1', host: 'host-b' });
+  // The power button from inside: as the guest's own `poweroff` (the probe guest powers off on it).
+  const qmp = await QmpClient.connect(path.join(lab, 'hosts', 'host-b', 'data', 'run', g1.id, 'qmp-admin.sock'), {
+    vm: 'g1',
+  });
+  try {
+    await qmp.execute('system_powerdown');
+  } finally {
+    qmp.close();
+  }
+  let state = '';
+  let left = true;
+  for (let i = 0; i < 240 && (state !== 'stopped' || left); i++) {
+    state = (await vms()).find((v) => v.name === 'g1')?.state ?? '';
+    left = (await status()).vms.some((v) => v.name === 'g1');
+    if (state !== 'stopped' || left) await sleep(250);
+  }
+  assert.equal(state, 'stopped');
+  assert.equal(left, false, 'no HA record is left for a leader to restart it from');
+  await ferryOk(['vm', 'rm', 'g1'], { lab });
+});
