@@ -589,6 +589,8 @@ export const ClusterView = z.object({
       failback: z.string(),
       /** The preferred owner it had to leave and fails back to when that node returns, or null. */
       away: z.string().nullable(),
+      /** An HA restart its owner has not confirmed yet: the node it was restarted from, else null. */
+      restartFrom: z.string().nullable().optional(),
     }),
   ),
   /** The cluster-wide migration queue: admitted moves hold a slot, queued ones wait in position order. */

@@ -58,12 +58,7 @@ export class HaMonitor {
   private readonly onBad: K.OnBad;
   /** The last "cannot restart" said of each VM. */
   private readonly refused = new Map<string, string>();
-  /**
-   * HA restarts whose node gave no answer (a timeout, a broken connection): it may be booting
-   * the VM, so the record keeps giving it to that node, which is asked again each sweep while it
-   * is up; were it down, its VMs fail over as any down node's, its fence having stopped them.
-   */
-  private readonly unanswered = new Map<string, { to: string; generation: number; from: string }>();
+  /** VMs whose `ha-start` is being asked now (a pass does not ask again meanwhile). */
   private readonly asking = new Set<string>();
   /** Nodes whose lease lives but whose beat stood still for the window: down for fail-over (beats.ts). */
   private stale = new Set<string>();
@@ -219,20 +214,18 @@ export class HaMonitor {
     const vms = await K.readAll(this.store, K.vms, this.onBad);
     const owners = new Set([...vms.values()].map((e) => e.value.owner));
     for (const o of owners) if (!up.has(o) || this.stale.has(o)) await this.failover(o);
-    for (const [name, u] of this.unanswered) {
-      const cur = vms.get(name);
-      const node = up.get(u.to);
-      // Its record moved on (a move, a stop, another restart): nothing is pending any more.
-      if (!cur || cur.value.owner !== u.to || cur.value.generation !== u.generation) this.unanswered.delete(name);
-      else if (node && !this.stale.has(u.to) && !this.asking.has(name)) {
-        // Not awaited: a node that hangs must not hold up the next passes.
-        this.asking.add(name);
-        void this.askStart(cur, u.to, node.value.endpoint, u.from, { quiet: true })
-          .then((answer) => {
-            if (answer === 'refused') this.queue(() => this.failover(u.from, { vm: name, by: u.to }));
-          })
-          .finally(() => this.asking.delete(name));
-      }
+    // Restarts the owner has not confirmed (by booting the VM, which rewrites the record): it
+    // may not have answered, so it is asked again while up; were it down, its VMs fail over
+    // above as any down node's, its fence having stopped them. Kept in the record, so a new
+    // leader asks too.
+    for (const [name, cur] of vms) {
+      const { owner, restartFrom: from } = cur.value;
+      const node = up.get(owner);
+      if (from === undefined || !node || this.stale.has(owner) || this.asking.has(name)) continue;
+      // Not awaited: a node that hangs must not hold up the next passes.
+      void this.askStart(cur, owner, node.value.endpoint, from, { quiet: true }).then((answer) => {
+        if (answer === 'refused') this.queue(() => this.failover(from, { vm: name, by: owner }));
+      });
     }
   }
 
@@ -351,7 +344,12 @@ export class HaMonitor {
       // Restarted off its dead home: marked away in the same write, for fail-back (failback.ts).
       const home = pol.preferredOwners[0];
       const away = to === cur.value.away ? undefined : dead && dead === home ? dead : cur.value.away;
-      const next: HaRecord = { ...withAway(cur.value, away), owner: to, generation: cur.value.generation + 1 };
+      const next: HaRecord = {
+        ...withAway(cur.value, away),
+        owner: to,
+        generation: cur.value.generation + 1,
+        restartFrom: dead,
+      };
       // Decide only while still leader, and only if nobody changed the VM's record meanwhile.
       const fence = { key: leadership.key, value: this.host.name };
       if (!(await swapHaRecord(this.store, cur, next, fence))) return;
@@ -384,6 +382,7 @@ export class HaMonitor {
         owner: dead,
         generation: cur.value.generation + 1,
       };
+      delete back.restartFrom;
       const refusedBy = tried.filter((n) => !exclude.includes(n)).join(', ');
       if (await swapHaRecord(this.store, cur, back, { key: leadership.key, value: this.host.name }))
         this.say({
@@ -419,6 +418,7 @@ export class HaMonitor {
     opts: { quiet?: boolean } = {},
   ): Promise<'started' | 'refused' | 'unanswered'> {
     const { generation } = cur.value;
+    this.asking.add(cur.name);
     const client = new AgentClient({ endpoint, host: to, credentials: this.host.tls });
     try {
       await client.call(
@@ -433,7 +433,6 @@ export class HaMonitor {
         },
         { timeoutMs: HA_START_TIMEOUT_MS },
       );
-      this.unanswered.delete(cur.name);
       this.emit('cluster.ha', {
         vm: cur.name,
         from: dead,
@@ -443,22 +442,33 @@ export class HaMonitor {
       });
       for (const k of [...this.refused.keys()])
         if (k === cur.name || k.startsWith(`${cur.name}\0`)) this.refused.delete(k);
+      await this.confirmed(cur.name, to, generation);
       return 'started';
     } catch (err) {
       const answered = peerRefused(err);
       const error = answered ? messageOf(err) : `${messageOf(err)}; it stays given to ${to}, which is asked again`;
-      // Asked again each sweep: an unanswered retry is said once, when it first happened.
+      // Asked again each pass: an unanswered ask is said once, when it first happened.
       if (answered) this.say({ vm: cur.name, from: dead, to, generation, error });
       else if (!opts.quiet) this.emit('cluster.ha', { vm: cur.name, from: dead, to, generation, error });
-      if (answered) {
-        this.unanswered.delete(cur.name);
-        return 'refused';
-      }
-      this.unanswered.set(cur.name, { to, generation, from: dead });
-      return 'unanswered';
+      return answered ? 'refused' : 'unanswered';
     } finally {
       client.close();
+      this.asking.delete(cur.name);
     }
+  }
+
+  /**
+   * The owner said it runs the VM: its restart is no longer pending. Its boot rewrote the
+   * record already (dropping `restartFrom`); this covers a boot whose write failed.
+   */
+  private async confirmed(vm: string, owner: string, generation: number): Promise<void> {
+    const leadership = this.leadership;
+    if (!leadership || leadership.lost) return;
+    const cur = await K.readOne(this.store, K.vms, vm).catch(() => null);
+    if (!cur || cur.value.owner !== owner || cur.value.generation !== generation || !cur.value.restartFrom) return;
+    const next = { ...cur.value };
+    delete next.restartFrom;
+    await swapHaRecord(this.store, cur, next, { key: leadership.key, value: this.host.name }).catch(() => false);
   }
 }
 

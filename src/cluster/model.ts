@@ -109,6 +109,12 @@ export const HaRecord = z.object({
    * survives a change of leader while its home is away.
    */
   away: Name.optional(),
+  /**
+   * Set by a leader's HA restart (the node the VM was restarted from) until the owner boots it:
+   * its own write of the record then drops it. While it is set and the owner is up, every
+   * leader's pass asks the owner again (it may not have answered), a new leader too.
+   */
+  restartFrom: Name.optional(),
 });
 export type HaRecord = z.infer<typeof HaRecord>;
 

@@ -36,6 +36,7 @@ export async function clusterView(store: ClusterStore, name: string, onBad: K.On
         memoryMiB: r.memoryMiB,
         ...policyOf(r.spec),
         away: r.away ?? null,
+        restartFrom: r.restartFrom ?? null,
       }))
       .sort((a, b) => a.name.localeCompare(b.name)),
     queue: items

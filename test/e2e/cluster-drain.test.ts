@@ -510,7 +510,11 @@ test(
       // Past the leader's 8 s wait and two of its 5 s passes: the record still gives it to `to`.
       await sleep(15_000);
       const rec = (await status()).vms.find((v) => v.name === 'u1')!;
-      assert.deepEqual([rec.owner, rec.generation], [to, gen0 + 1], 'still given to the node that did not answer');
+      assert.deepEqual(
+        [rec.owner, rec.generation, rec.restartFrom],
+        [to, gen0 + 1, 'host-a'],
+        'still given to the node that did not answer, the restart pending in its record',
+      );
     } finally {
       await fsp.rm(heldFile, { force: true });
       process.kill(member.pid, 'SIGCONT');
@@ -532,8 +536,12 @@ test(
       );
       assert.ok(m <= since, `${h} never ran u1`);
     }
-    const rec = (await status()).vms.find((v) => v.name === 'u1')!;
-    assert.deepEqual([rec.owner, rec.generation], [to, gen0 + 1]);
+    let rec = (await status()).vms.find((v) => v.name === 'u1')!;
+    for (let i = 0; i < 40 && rec.restartFrom; i++) {
+      await sleep(250);
+      rec = (await status()).vms.find((v) => v.name === 'u1')!;
+    }
+    assert.deepEqual([rec.owner, rec.generation, rec.restartFrom], [to, gen0 + 1, null], 'confirmed by its boot');
     await ferryOk(['vm', 'stop', 'u1'], { lab });
     const acked = Math.max(...(await logs(u1.id)).map((t) => parseSerial(t).highestAck ?? 0));
     const rep = await verifyDiskImage(u1.disks[0]!.path, { format: 'qcow2', highestAck: acked });

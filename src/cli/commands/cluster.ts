@@ -80,7 +80,7 @@ export function printStatus(v: ClusterView): void {
       ['CLUSTERED VM', 'OWNER', 'PRIORITY', 'PREFERRED', 'ANTI-AFFINITY', 'FAILBACK', 'GEN'],
       v.vms.map((m) => [
         m.name,
-        m.owner,
+        m.restartFrom ? `${m.owner} (restarting, from ${m.restartFrom})` : m.owner,
         m.priority,
         m.preferredOwners.join(',') || '-',
         m.antiAffinity.join(',') || '-',
