@@ -121,6 +121,23 @@ async function placement(): Promise<Record<string, string>> {
   return out;
 }
 
+/** Stops the VM and checks its disk holds every record its guest acknowledged, on any host. */
+async function stopVerified(v: VmView): Promise<void> {
+  await ferryOk(['vm', 'stop', v.name], { lab });
+  const acked = Math.max(...(await logs(v.id)).map((t) => parseSerial(t).highestAck ?? 0));
+  const rep = await verifyDiskImage(v.disks[0]!.path, { format: 'qcow2', highestAck: acked });
+  assert.equal(rep.ok, true, rep.problems.join('; '));
+}
+
+/** An HA probe VM writing on host-a, its record's generation, and host-a's etcd member (to cut). */
+async function haProbeOnA(name: string): Promise<{ vm: VmView; gen0: number; member: LabStatus['etcd'][number] }> {
+  const vm = await newProbe(name, 'host-a', ['--ha']);
+  await waitAcks(vm.id, 'host-a', 5);
+  const gen0 = (await status()).vms.find((v) => v.name === name)!.generation;
+  const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
+  return { vm, gen0, member: st.etcd.find((m) => m.name === 'host-a')! };
+}
+
 let w1: VmView;
 
 test(
@@ -474,10 +491,7 @@ test(
       (s2.writerStart ?? 0) > ackedBefore,
       'the writer continues after every record acknowledged before the cut',
     );
-    await ferryOk(['vm', 'stop', 'w1'], { lab });
-    const acked = Math.max(...(await logs(w1.id)).map((t) => parseSerial(t).highestAck ?? 0));
-    const rep = await verifyDiskImage(w1.disks[0]!.path, { format: 'qcow2', highestAck: acked });
-    assert.equal(rep.ok, true, rep.problems.join('; '));
+    await stopVerified(w1);
   },
 );
 
@@ -485,11 +499,7 @@ test(
   'an HA restart whose node does not answer in time stays given to that node: the VM boots there, ' +
     'once, never also on another node',
   async () => {
-    const u1 = await newProbe('u1', 'host-a', ['--ha']);
-    await waitAcks(u1.id, 'host-a', 5);
-    const gen0 = (await status()).vms.find((v) => v.name === 'u1')!.generation;
-    const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
-    const member = st.etcd.find((m) => m.name === 'host-a')!;
+    const { vm: u1, gen0, member } = await haProbeOnA('u1');
     const heldFile = path.join(holds, 'ha-start');
     await fsp.writeFile(heldFile, '');
     const since = Date.now();
@@ -542,10 +552,7 @@ test(
       rec = (await status()).vms.find((v) => v.name === 'u1')!;
     }
     assert.deepEqual([rec.owner, rec.generation, rec.restartFrom], [to, gen0 + 1, null], 'confirmed by its boot');
-    await ferryOk(['vm', 'stop', 'u1'], { lab });
-    const acked = Math.max(...(await logs(u1.id)).map((t) => parseSerial(t).highestAck ?? 0));
-    const rep = await verifyDiskImage(u1.disks[0]!.path, { format: 'qcow2', highestAck: acked });
-    assert.equal(rep.ok, true, rep.problems.join('; '));
+    await stopVerified(u1);
   },
 );
 
@@ -553,11 +560,7 @@ test(
   'an HA VM every node refuses is given back to its down node and tried again: it runs once the ' +
     'refusals end, on one node',
   async () => {
-    const u2 = await newProbe('u2', 'host-a', ['--ha']);
-    await waitAcks(u2.id, 'host-a', 5);
-    const gen0 = (await status()).vms.find((v) => v.name === 'u2')!.generation;
-    const st = await ferryOk<LabStatus>(['lab', 'status', '--dir', lab, '--json']);
-    const member = st.etcd.find((m) => m.name === 'host-a')!;
+    const { vm: u2, gen0, member } = await haProbeOnA('u2');
     const refuse = path.join(holds, 'ha-start-refuse');
     await fsp.writeFile(refuse, '');
     process.kill(member.pid, 'SIGSTOP');
@@ -600,10 +603,7 @@ test(
       owners,
       'still once, host-a back',
     );
-    await ferryOk(['vm', 'stop', 'u2'], { lab });
-    const acked = Math.max(...(await logs(u2.id)).map((t) => parseSerial(t).highestAck ?? 0));
-    const rep = await verifyDiskImage(u2.disks[0]!.path, { format: 'qcow2', highestAck: acked });
-    assert.equal(rep.ok, true, rep.problems.join('; '));
+    await stopVerified(u2);
   },
 );
 
