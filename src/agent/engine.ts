@@ -62,6 +62,7 @@ export class Engine {
         recordHa: (spec) => this.cluster.recordHa(spec),
         mayBoot: (spec, opts) => this.cluster.mayBoot(spec, opts),
         guestStopped: (vm) => this.cluster.guestStopped(vm),
+        crashed: (vm) => this.cluster.crashed(vm),
         forgetVm: (vm) => this.cluster.forgetVm(vm),
         specChanged: (spec) => this.cluster.specChanged(spec),
       },

@@ -42,6 +42,7 @@ import { buildVm } from './vm-build.js';
 import { decideBacking, noRoomError } from '../vm/memory-backing.js';
 import { createPagingFile, removePagingFile } from './paging-file.js';
 import { VmGate, type GatedOp } from './vm-gate.js';
+import { sleep } from '../util/exec.js';
 import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 import { droppedLine, expireMarks, SWEEP_WHY, sweepBitmaps } from '../migration/resume-bitmaps.js';
 import { dropKeptCopies, sweepKeptCopies } from '../migration/kinds/storage-resume.js';
@@ -52,6 +53,8 @@ export interface ClusterHooks {
   recordHa(spec: VmSpec): Promise<void>;
   /** A VM's guest powered it off: its HA record, if this node's, goes (errors become events). */
   guestStopped(name: string): Promise<void>;
+  /** A VM's QEMU died on its own: an HA VM is restarted here, within limits (errors become events). */
+  crashed(name: string): Promise<void>;
   /** Before an HA VM boots here: refused when the cluster's record gives it to another node. */
   mayBoot(spec: VmSpec, opts?: { signal?: AbortSignal }): Promise<void>;
   /** A VM was stopped on purpose or removed: the cluster must not restart it elsewhere. */
@@ -128,22 +131,26 @@ export class VmInventory {
 
   private track(name: string, proc: QemuProcess): void {
     this.procs.set(name, proc);
-    void proc.exited.then(() => {
-      if (this.procs.get(name) === proc) {
-        this.procs.delete(name);
-        // Powered off from inside (its OS, or the ACPI button): stopped on purpose, as by
-        // `vm stop`, so no node restarts it should this host die later. (Ferry's own ends of a
-        // QEMU — a kill, a move, a checkpoint — forget the process first and do not come here.)
-        const off = [...proc.qmp.history].reverse().find((e) => e.event === 'SHUTDOWN');
-        // (A `vm stop` powers the guest off through its ACPI button too: that stop says it, not this.)
-        const byGuest = off?.data?.guest === true && this.gate.phase(name) !== 'stopping';
-        this.d.emit('vm.state', {
-          vm: name,
-          state: 'stopped',
-          ...(byGuest ? { reason: 'powered off by its guest' } : {}),
-        });
-        if (byGuest) void this.d.cluster.guestStopped(name);
-      }
+    void proc.exited.then(async () => {
+      if (this.procs.get(name) !== proc) return; // Ferry ended it (a kill, a move, a checkpoint)
+      this.procs.delete(name);
+      const phase = this.gate.phase(name);
+      // Its monitor's last event (SHUTDOWN, and why) is read before the socket's end: wait for that.
+      await Promise.race([proc.qmp.closed, sleep(2000)]);
+      const off = [...proc.qmp.history].reverse().find((e) => e.event === 'SHUTDOWN');
+      // Powered off from inside (its OS, or the ACPI button): stopped on purpose, as by `vm stop`
+      // (which goes through the ACPI button too, and says so itself), so no node restarts it
+      // should this host die later.
+      const byGuest = off?.data?.guest === true && phase !== 'stopping';
+      this.d.emit('vm.state', {
+        vm: name,
+        state: 'stopped',
+        ...(byGuest ? { reason: 'powered off by its guest' } : !off ? { reason: 'its QEMU exited on its own' } : {}),
+      });
+      if (byGuest) void this.d.cluster.guestStopped(name);
+      // No SHUTDOWN at all, and no operation on it: QEMU died (a crash, the OOM killer, kill -9).
+      // A SIGTERM (systemd stopping the host) or a QMP quit says SHUTDOWN, and is on purpose.
+      else if (!off && phase === 'idle') void this.d.cluster.crashed(name);
     });
   }
 

@@ -124,6 +124,11 @@ export class Membership {
     }
   }
 
+  /** Joined, its node key on a lease it renews (not fencing, not rejoining, not stopping). */
+  get up(): boolean {
+    return this.announced && !this.fencing && !this.stopped && !!this.lease && !this.lease.lost;
+  }
+
   private get ttlS(): number {
     return this.cfg.leaseSeconds ?? NODE_TTL_S;
   }

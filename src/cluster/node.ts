@@ -58,11 +58,16 @@ export type ClusterContext = ClusterCtx;
 type HaRecordRead =
   { kind: 'none' } | { kind: 'record'; raw: string; record: HaRecord } | { kind: 'bad'; bad: K.BadValue };
 
+/** An HA VM whose QEMU dies on its own is restarted on its node once in this window (Hyper-V: 1 in 15 min). */
+const CRASH_WINDOW_MS = 15 * 60_000;
+
 export class ClusterNode {
   private member: Membership | null = null;
   private config: ClusterConfig | null = null;
   /** HA VMs this node stopped because it lost its cluster lease (self-fence). */
   private fenced = new Set<string>();
+  /** When each HA VM was last restarted here after its QEMU died on its own. */
+  private readonly crashRestarts = new Map<string, number>();
 
   constructor(private readonly d: ClusterNodeDeps) {}
 
@@ -460,7 +465,50 @@ export class ClusterNode {
    * Fenced, but the cluster did not give the VM to another node (we were back before our
    * lease expired): run it here again, claiming it with a new fencing generation.
    */
-  private async restartFenced(store: ClusterStore, name: string, raw: string, record: HaRecord): Promise<void> {
+  private restartFenced(store: ClusterStore, name: string, raw: string, record: HaRecord): Promise<void> {
+    return this.claimAndStart(store, name, raw, record, 'restarted after self-fence');
+  }
+
+  /**
+   * An HA VM's QEMU died on its own here (a crash, the OOM killer): restarted here, as Hyper-V
+   * restarts a failed VM on its node, once per CRASH_WINDOW_MS and only while this node is up; a
+   * second death within the window leaves it stopped, said. Claimed under a new generation
+   * first, so a leader failing this node over cannot also run it.
+   */
+  async crashed(name: string): Promise<void> {
+    // A moment first: an agent that was hung (its QEMUs killed by the host's fence) learns that it
+    // lost its lease from its timers, which may run after the exit it is told of on waking.
+    await sleep(1000);
+    const store = this.member?.store;
+    if (!store || !this.member?.up) return;
+    const rec = this.d.vms.registered().find((r) => r.name === name);
+    const spec = rec ? await this.specOf(rec.configPath) : null;
+    if (!spec?.ha) return;
+    const last = this.crashRestarts.get(name);
+    if (last !== undefined && Date.now() - last < CRASH_WINDOW_MS) {
+      this.d.events.emit('cluster.error', {
+        vm: name,
+        message:
+          `its QEMU exited on its own again within ${CRASH_WINDOW_MS / 60_000} min of its restart here: left ` +
+          `stopped; see why in ${path.join(this.d.dataDir, 'run', spec.id, 'qemu.stderr.log')} and its ` +
+          `console, then run 'ferry vm start ${name}'`,
+      });
+      return;
+    }
+    const cur = await K.readOne(store, K.vms, name).catch(() => null);
+    if (!cur || cur.value.owner !== this.d.name) return;
+    this.crashRestarts.set(name, Date.now());
+    await this.claimAndStart(store, name, cur.raw, cur.value, 'restarted after its QEMU exited on its own');
+  }
+
+  /** Claims the VM's record under a new generation (compare-and-swap on `raw`), then boots it here. */
+  private async claimAndStart(
+    store: ClusterStore,
+    name: string,
+    raw: string,
+    record: HaRecord,
+    reason: string,
+  ): Promise<void> {
     const next = { ...record, generation: record.generation + 1 };
     const claimed = await store
       .txn({
@@ -469,17 +517,24 @@ export class ClusterNode {
       })
       .catch(() => false);
     if (!claimed) return;
-    await this.d.vms.start(name).catch((err: unknown) =>
+    try {
+      await this.d.vms.start(name);
+    } catch (err) {
+      this.d.events.emit('cluster.error', { vm: name, message: `cannot start it (${reason}): ${messageOf(err)}` });
+      return;
+    }
+    // As after an HA start: no guest whose record went elsewhere meanwhile, nor on a node that
+    // lost its lease during the boot (its fence may have run before this QEMU was there to kill).
+    const now = await K.readOne(store, K.vms, name).catch(() => null);
+    if (!this.member?.up || (now && (now.value.owner !== this.d.name || now.value.generation !== next.generation))) {
+      await this.d.vms.kill(name);
       this.d.events.emit('cluster.error', {
         vm: name,
-        message: `cannot restart after fencing: ${messageOf(err)}`,
-      }),
-    );
-    this.d.events.emit('vm.ha-started', {
-      vm: name,
-      generation: next.generation,
-      reason: 'restarted after self-fence',
-    });
+        message: `stopped again (${reason}): the node lost its lease, or the cluster gave the VM elsewhere, meanwhile`,
+      });
+      return;
+    }
+    this.d.events.emit('vm.ha-started', { vm: name, generation: next.generation, reason });
   }
 
   private specOf(configPath: string): Promise<VmSpec | null> {

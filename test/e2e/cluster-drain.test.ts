@@ -636,3 +636,35 @@ test('an HA VM powered off by its guest is stopped on purpose: its record goes, 
   assert.equal(left, false, 'no HA record is left for a leader to restart it from');
   await ferryOk(['vm', 'rm', 'g1'], { lab });
 });
+
+test('an HA VM whose QEMU dies on its own runs again on its node, once in 15 min; then it stays stopped', async () => {
+  const c1 = await newProbe('c1', 'host-c', ['--ha']);
+  await waitAcks(c1.id, 'host-c', 5);
+  const gen0 = (await status()).vms.find((v) => v.name === 'c1')!.generation;
+  const show = (): Promise<VmView> => ferryOk<VmView>(['vm', 'show', 'c1', '--json'], { lab });
+  const pid0 = (await show()).pid!;
+  process.kill(pid0, 'SIGKILL'); // as a crash or the OOM killer: no SHUTDOWN event
+  let v = await show();
+  for (let i = 0; i < 240 && !(v.state === 'running' && v.pid !== pid0); i++) {
+    await sleep(250);
+    v = await show();
+  }
+  assert.deepEqual([v.host, v.state], ['host-c', 'running'], 'restarted on its node');
+  assert.notEqual(v.pid, pid0);
+  const rec = (await status()).vms.find((x) => x.name === 'c1')!;
+  assert.deepEqual([rec.owner, rec.generation], ['host-c', gen0 + 1], 'claimed under a new generation');
+  await waitAcks(c1.id, 'host-c', 3);
+  // A second death within the window: left stopped (a VM that keeps crashing is not restarted in a loop).
+  process.kill(v.pid!, 'SIGKILL');
+  await sleep(6000);
+  v = await show();
+  assert.deepEqual([v.host, v.state], ['host-c', 'stopped']);
+  assert.deepEqual(
+    (await vms()).filter((x) => x.name === 'c1').map((x) => x.host),
+    ['host-c'],
+    'not restarted anywhere else either (its node is up)',
+  );
+  await ferryOk(['vm', 'start', 'c1'], { lab });
+  await waitAcks(c1.id, 'host-c', 3);
+  await stopVerified(c1);
+});
