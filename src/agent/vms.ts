@@ -41,11 +41,25 @@ import type { NicResolver, Switches } from './switches.js';
 import { buildVm } from './vm-build.js';
 import { decideBacking, noRoomError } from '../vm/memory-backing.js';
 import { createPagingFile, removePagingFile } from './paging-file.js';
-import { VmGate, type GatedOp } from './vm-gate.js';
+import { VmGate, type GatedOp, type VmPhase } from './vm-gate.js';
+import type { QmpEvent } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
 import { describeTrouble, watchAfterArrival, type AfterArrival } from '../migration/after-arrival.js';
 import { droppedLine, expireMarks, SWEEP_WHY, sweepBitmaps } from '../migration/resume-bitmaps.js';
 import { dropKeptCopies, sweepKeptCopies } from '../migration/kinds/storage-resume.js';
+
+/**
+ * Why a QEMU Ferry was not ending went away, from its monitor's events and the VM's phase then.
+ * 'guest': powered off from inside (its OS, or the ACPI button), stopped on purpose as by
+ * `vm stop` — which goes through the ACPI button too, and says so itself. 'died': no SHUTDOWN
+ * at all, and no operation on the VM (a crash, the OOM killer, kill -9). 'other': on purpose
+ * from the host (a SIGTERM from systemd stopping the host, a QMP quit: SHUTDOWN, not the guest's).
+ */
+export function exitCause(history: readonly QmpEvent[], phase: VmPhase): 'guest' | 'died' | 'other' {
+  const off = [...history].reverse().find((e) => e.event === 'SHUTDOWN');
+  if (off?.data?.guest === true) return phase === 'stopping' ? 'other' : 'guest';
+  return !off && phase === 'idle' ? 'died' : 'other';
+}
 
 /** What the VM inventory tells the cluster (a no-op when the host is in none). */
 export interface ClusterHooks {
@@ -137,20 +151,18 @@ export class VmInventory {
       const phase = this.gate.phase(name);
       // Its monitor's last event (SHUTDOWN, and why) is read before the socket's end: wait for that.
       await Promise.race([proc.qmp.closed, sleep(2000)]);
-      const off = [...proc.qmp.history].reverse().find((e) => e.event === 'SHUTDOWN');
-      // Powered off from inside (its OS, or the ACPI button): stopped on purpose, as by `vm stop`
-      // (which goes through the ACPI button too, and says so itself), so no node restarts it
-      // should this host die later.
-      const byGuest = off?.data?.guest === true && phase !== 'stopping';
+      const why = exitCause(proc.qmp.history, phase);
       this.d.emit('vm.state', {
         vm: name,
         state: 'stopped',
-        ...(byGuest ? { reason: 'powered off by its guest' } : !off ? { reason: 'its QEMU exited on its own' } : {}),
+        ...(why === 'guest'
+          ? { reason: 'powered off by its guest' }
+          : why === 'died'
+            ? { reason: 'its QEMU exited on its own' }
+            : {}),
       });
-      if (byGuest) void this.d.cluster.guestStopped(name);
-      // No SHUTDOWN at all, and no operation on it: QEMU died (a crash, the OOM killer, kill -9).
-      // A SIGTERM (systemd stopping the host) or a QMP quit says SHUTDOWN, and is on purpose.
-      else if (!off && phase === 'idle') void this.d.cluster.crashed(name);
+      if (why === 'guest') void this.d.cluster.guestStopped(name);
+      else if (why === 'died') void this.d.cluster.crashed(name);
     });
   }
 
