@@ -56,7 +56,7 @@ export class HaMonitor {
   current: { scheduler: Scheduler; batches: BatchRunner } | null = null;
   private readonly emit: Emit;
   private readonly onBad: K.OnBad;
-  /** The last "cannot restart" said of each VM. */
+  /** The last refusal said of each VM (and node it was given to), by say(). */
   private readonly refused = new Map<string, string>();
   /** VMs whose `ha-start` is being asked now (a pass does not ask again meanwhile). */
   private readonly asking = new Set<string>();
@@ -313,10 +313,8 @@ export class HaMonitor {
         const entry = vms.find((e) => e.name === p.vm);
         if (!entry) return;
         if (!p.to) {
-          const result = `cannot restart: ${p.reason ?? 'no node'} (${whyNot(read, this.stale, barred, pnodes, dead)})`;
-          // The sweep asks again every few seconds: say it once, and again when the reason changes.
-          if (this.refused.get(entry.name) !== result) this.emit('cluster.ha', { vm: entry.name, from: dead, result });
-          this.refused.set(entry.name, result);
+          const why = whyNot(read, this.stale, barred, pnodes, dead);
+          this.say({ vm: entry.name, from: dead, result: `cannot restart: ${p.reason ?? 'no node'} (${why})` });
           return;
         }
         await this.restart(leadership, entry, [dead, owner, ...barred], p.to, nodes, pnodes);
@@ -394,7 +392,7 @@ export class HaMonitor {
   }
 
   /**
-   * An HA refusal said once per VM and node, and again when its text changes: the sweep asks
+   * An HA refusal said once per VM and node, and again when its text changes: the passes ask
    * again every 5 s.
    */
   private say(fields: { vm: string; from: string; to?: string; generation?: number; result?: string; error?: string }) {
@@ -440,8 +438,7 @@ export class HaMonitor {
         generation,
         priority: policyOf(cur.value.spec).priority,
       });
-      for (const k of [...this.refused.keys()])
-        if (k === cur.name || k.startsWith(`${cur.name}\0`)) this.refused.delete(k);
+      for (const k of [...this.refused.keys()]) if (k.startsWith(`${cur.name}\0`)) this.refused.delete(k);
       await this.confirmed(cur.name, to, generation);
       return 'started';
     } catch (err) {

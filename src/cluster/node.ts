@@ -289,25 +289,29 @@ export class ClusterNode {
     await this.putOwnRecord(store, spec);
   }
 
+  /** Its guest powered the VM off here: stopped on purpose, as by `vm stop`. */
+  guestStopped(name: string): Promise<void> {
+    return this.forgetVm(name);
+  }
+
   /**
-   * Its guest powered the VM off here: stopped on purpose, so its record goes — only if it still
-   * names this node (a record a leader gave elsewhere is that node's).
+   * The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node
+   * restarts it. Only a record naming this node, or one that does not parse: one a leader gave
+   * to another node is that node's, which runs the VM (errors become cluster.error events).
    */
-  async guestStopped(name: string): Promise<void> {
+  async forgetVm(name: string): Promise<void> {
     const store = this.member?.store;
     if (!store) return;
     try {
-      const cur = await K.readOne(store, K.vms, name);
-      if (!cur || cur.value.owner !== this.d.name) return;
-      await store.txn({ compare: [{ key: cur.key, value: cur.raw }], success: [{ type: 'delete', key: cur.key }] });
+      const key = K.vms.key(name);
+      const raw = await store.get(key);
+      if (raw === null) return;
+      const d = K.vms.decode(key, raw);
+      if (d.ok && d.value.owner !== this.d.name) return;
+      await store.txn({ compare: [{ key, value: raw }], success: [{ type: 'delete', key }] });
     } catch (err) {
       this.d.events.emit('cluster.error', { vm: name, message: `cannot forget its HA record: ${messageOf(err)}` });
     }
-  }
-
-  /** The VM's record goes (stopped on purpose, removed, or gone from the cluster): no node restarts it. */
-  async forgetVm(name: string): Promise<void> {
-    await this.member?.store?.delete(K.vms.key(name)).catch(() => undefined);
   }
 
   /**

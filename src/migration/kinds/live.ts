@@ -740,10 +740,11 @@ export async function resolveLive(ctx: SourceCtx, err: unknown, s: UndoScope): P
   if (code === 'E_HA_OWNED_ELSEWHERE') {
     // A leader restarted the HA VM on a third node while it moved (this host was found down):
     // it runs there, from its disks. Neither side may run it: the destination drops its QEMU,
-    // this host lets the VM go (the node that runs it keeps its files).
+    // this host stops its own and keeps the VM registered, stopped (its start is refused while
+    // the record names the other node; this host forgets it when it rejoins the cluster).
     await abortDestination(ctx, s.log);
-    await ctx.host.vms.movedAway(r.vm, ctx.proc);
-    s.log(`the cluster runs ${r.vm} on another node now: it was let go here and on ${r.destination}`);
+    await ctx.proc?.quit({ timeoutMs: 10_000 });
+    s.log(`the cluster runs ${r.vm} on another node now: it was stopped here and dropped on ${r.destination}`);
     throw new MigrationFailedError(
       'E_HA_OWNED_ELSEWHERE',
       `Cannot move VM '${r.vm}': while it moved, the cluster restarted it on another node (${messageOf(err)}); ` +
