@@ -49,6 +49,7 @@ const clis: Array<[string, string[]]> = [
   ['this', [FERRY]],
   ...(baseline ? [['baseline', baseline] as [string, string[]]] : []),
 ];
+const NODE_AS_FERRY = 'node -e 0, started as bin/ferry starts it';
 const TICK_MS = 1000 / 100; // USER_HZ: /proc's CPU times are in 1/100 s on Linux
 
 interface Measured {
@@ -121,15 +122,23 @@ const vmList: Array<{ wallMs: number; cpuMs: number }> = [];
 try {
   // Start-up first, while nothing else of ours runs. `node dist/cli.mjs` is the bundle alone,
   // without bin/ferry's bash and its check that the bundle is newer than the sources.
-  const startups: Array<[string, string[]]> = [
+  // `node -e 0` as this shell starts it, and as bin/ferry does (without NODE_EXTRA_CA_CERTS,
+  // with --use-openssl-ca): when the environment names extra CAs, Node parses them at every start.
+  const asFerry = { NODE_EXTRA_CA_CERTS: undefined };
+  const startups: Array<[string, string[], NodeJS.ProcessEnv?]> = [
     ['node -e 0', [process.execPath, '-e', '0']],
+    [NODE_AS_FERRY, [process.execPath, '--use-openssl-ca', '-e', '0'], asFerry],
     ['ferry --help', [FERRY, '--help']],
-    ['node dist/cli.mjs --help', [process.execPath, path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help']],
+    [
+      'node dist/cli.mjs --help',
+      [process.execPath, '--use-openssl-ca', path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help'],
+      asFerry,
+    ],
     ...(baseline ? [['baseline --help', [...baseline, '--help']] as [string, string[]]] : []),
   ];
   for (let i = 0; i < startupRounds; i++)
-    for (const [name, argv] of startups) {
-      const r = await measured(argv);
+    for (const [name, argv, startEnv] of startups) {
+      const r = await measured(argv, startEnv);
       if (r.code !== 0) throw new Error(`${name} exited ${r.code}: ${r.stderr}`);
       (startup[name] ??= []).push({ wallMs: r.wallMs, cpuMs: r.cpuMs });
     }
@@ -214,19 +223,27 @@ try {
 }
 
 const ratio = (a: number | null, b: number | null): string => (a !== null && b ? (a / b).toFixed(2) : '-');
-const nodeCpu = median((startup['node -e 0'] ?? []).map((s) => s.cpuMs));
-const nodeWall = median((startup['node -e 0'] ?? []).map((s) => s.wallMs));
+const medianOf = (name: string, k: 'cpuMs' | 'wallMs'): number | null => median((startup[name] ?? []).map((s) => s[k]));
 const row = (name: string, s: Array<{ wallMs: number; cpuMs: number }>): string[] => {
   const cpu = median(s.map((x) => x.cpuMs));
   const wall = median(s.map((x) => x.wallMs));
-  return [name, fmt(wall), fmt(cpu), ratio(wall, nodeWall), ratio(cpu, nodeCpu)];
+  return [
+    name,
+    fmt(wall),
+    fmt(cpu),
+    ...['node -e 0', NODE_AS_FERRY].flatMap((n) => [
+      ratio(wall, medianOf(n, 'wallMs')),
+      ratio(cpu, medianOf(n, 'cpuMs')),
+    ]),
+  ];
 };
 const rows = [...Object.entries(startup).map(([name, s]) => row(name, s)), row('ferry vm list (2 hosts)', vmList)];
 process.stdout.write(
   `\nload before: ${load.map((x) => x.toFixed(2)).join(' ')}; ${os.cpus().length} cpus; ` +
     'CPU from /proc (10 ms ticks)\n' +
     `start-up, ${startupRounds} runs each, medians\n` +
-    table(['command', 'wall ms', 'CPU ms', 'wall ×node', 'CPU ×node'], rows) +
+    table(['command', 'wall ms', 'CPU ms', 'wall ×node', 'CPU ×node', 'wall ×node²', 'CPU ×node²'], rows) +
+    `\n(×node: against \`node -e 0\`; ×node²: against \`${NODE_AS_FERRY}\`)\n` +
     '\n',
 );
 const hosts = Object.keys(idle);

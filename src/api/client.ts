@@ -9,6 +9,7 @@ import type { WebSocket } from 'ws';
 import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
 import { tlsServerName } from '../util/tls-name.js';
+import { emptyDefaultRootStore } from '../util/root-store.js';
 
 export interface Credentials {
   ca: string;
@@ -56,6 +57,7 @@ function secureContextOf(f: TlsFiles): tls.SecureContext {
   const id = [f.ca, f.cert, f.key, f.crl ?? ''].map((b) => b.toString('base64')).join(' ');
   let ctx = contexts.get(id);
   if (!ctx) {
+    emptyDefaultRootStore();
     ctx = tls.createSecureContext(f);
     // Credentials change rarely (a renewal, a new CRL): the newest few are enough.
     if (contexts.size >= 8) contexts.delete(contexts.keys().next().value ?? '');
