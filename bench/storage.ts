@@ -3,11 +3,12 @@
 // of the same image, alternating in one run, on a 2-host lab on this machine.
 //
 //   npx tsx bench/storage.ts [--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N]
-//                            [--no-sparse] [--keep]
+//                            [--no-sparse] [--keep] [--guest bootblock|probe]
 //
 // Dense case: a qcow2 of N MiB (default 512) fully written (qemu-io pattern 0x5a), attached
-// to a bootblock VM. Per round: qemu-img convert (default cache modes) → shared-nothing A→B
-// with TLS → qemu-img convert with -t none -T none (O_DIRECT both ends, as Ferry's disks) →
+// to a bootblock VM (its vCPU always busy; --guest probe: an idle Linux guest instead). Per
+// round: qemu-img convert (default cache modes) → shared-nothing A→B with TLS → qemu-img
+// convert with -t none -T none (O_DIRECT both ends, as Ferry's disks) →
 // move-storage on B → shared-nothing B→A with TLS off on both hosts.
 // Sparse case (as many rounds): a 10 GiB qcow2 with 100 MiB written at 1 GiB: qemu-img convert
 // (both cache modes), shared nothing with TLS, move-storage, shared nothing without TLS;
@@ -83,10 +84,20 @@ interface Args {
   sparseWrittenMiB: number;
   sparse: boolean;
   keep: boolean;
+  /** The VM the disk is attached to: bootblock (its vCPU always busy) or probe (an idle Linux). */
+  guest: 'bootblock' | 'probe';
 }
 
 function parseArgs(argv: string[]): Args {
-  const a: Args = { sizeMiB: 512, rounds: 2, sparseGiB: 10, sparseWrittenMiB: 100, sparse: true, keep: false };
+  const a: Args = {
+    sizeMiB: 512,
+    rounds: 2,
+    sparseGiB: 10,
+    sparseWrittenMiB: 100,
+    sparse: true,
+    keep: false,
+    guest: 'bootblock',
+  };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i]!;
     const name = arg.includes('=') ? arg.slice(0, arg.indexOf('=')) : arg;
@@ -102,10 +113,15 @@ function parseArgs(argv: string[]): Args {
     else if (name === '--sparse-written-mib') a.sparseWrittenMiB = val();
     else if (name === '--no-sparse') a.sparse = false;
     else if (name === '--keep') a.keep = true;
-    else if (name === '--help' || name === '-h') {
+    else if (name === '--guest') {
+      const g = arg.includes('=') ? arg.slice(arg.indexOf('=') + 1) : argv[++i];
+      if (g !== 'bootblock' && g !== 'probe') throw new Error('--guest is bootblock or probe');
+      a.guest = g;
+    } else if (name === '--help' || name === '-h') {
       process.stdout.write(
         'npx tsx bench/storage.ts ' +
-          '[--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep]\n',
+          '[--size-mib N] [--rounds N] [--sparse-gib N] [--sparse-written-mib N] [--no-sparse] [--keep] ' +
+          '[--guest bootblock|probe]\n',
       );
       process.exit(0);
     } else throw new Error(`unknown argument ${arg}`);
@@ -301,7 +317,7 @@ async function main(): Promise<void> {
         await fromRecord(s, record, wallMs, file);
       });
 
-    /** A bootblock VM on host-a with a copy of `master` attached; removed (with its disks) after `fn`. */
+    /** A VM (--guest) on host-a with a copy of `master` attached; removed (with its disks) after `fn`. */
     /** (If the VM cannot be made, each of `planned` is recorded as failed with the reason.) */
     const withVm = async (
       vm: string,
@@ -314,7 +330,7 @@ async function main(): Promise<void> {
       try {
         await fsp.copyFile(master, img);
         await cli.json<VmView>(
-          ['vm', 'new', vm, '--host', 'host-a', '--guest', 'bootblock', '--attach', img, '--start'],
+          ['vm', 'new', vm, '--host', 'host-a', '--guest', args.guest, '--attach', img, '--start'],
           90_000,
         );
       } catch (err) {
@@ -405,7 +421,9 @@ function report(args: Args, samples: Sample[], notes: string[], elapsedMs: numbe
 
   out.push(
     `\nDense: ${args.sizeMiB} MiB qcow2, fully written; ${args.rounds} round(s); ` +
-      `${os.cpus().length} cores, QEMU TCG; MiB/s = ${args.sizeMiB} MiB / elapsed`,
+      `${os.cpus().length} cores, QEMU TCG; the disk attached to a ${args.guest} guest ` +
+      `(${args.guest === 'bootblock' ? 'its vCPU always busy' : 'an idle Linux'}); ` +
+      `MiB/s = ${args.sizeMiB} MiB / elapsed`,
   );
   out.push(
     'copy = disk-copy phase (Ferry: from the record events; qemu-img: its run time); ' +
