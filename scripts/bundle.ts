@@ -76,7 +76,8 @@ await build({
   entryPoints: [cli],
   format: 'cjs',
   outfile: path.join(out, 'cli.cjs'),
-  external: NATIVE,
+  // The daemons run from the ES module bundle (src/cli/launch.ts): their code is left out here.
+  external: [...NATIVE, '../../agent/main.js', '../../console/main.js', '../../cluster/fence.js'],
   plugins: [etcdProto],
   supported: { 'dynamic-import': false },
   define: { 'import.meta.url': '__ferryUrl' },

@@ -5,16 +5,16 @@ import { FerryError } from '../errors.js';
 import { buildProgram } from './program.js';
 import { exitCodeFor, EXIT } from './exit.js';
 import { dropGrpcIpServerNameWarning } from '../util/grpc-ip-warning.js';
+import { DAEMON_COMMANDS, commandOf } from './command-of.js';
 
 dropGrpcIpServerNameWarning();
 
 // `ferry vm list | head -1`: the reader left, so there is nobody to tell anything; stop quietly
 // instead of a Node stack trace. The daemons (agent, fence, console) only lose that output.
-const DAEMONS = new Set(['agent', 'fence', 'console']);
 for (const stream of [process.stdout, process.stderr])
   stream.on('error', (err: NodeJS.ErrnoException) => {
     if (err.code !== 'EPIPE') throw err;
-    if (!DAEMONS.has(process.argv[2] ?? '')) process.exit(0);
+    if (!DAEMON_COMMANDS.has(commandOf(process.argv.slice(2)))) process.exit(0);
   });
 
 async function main(): Promise<void> {
