@@ -8,6 +8,9 @@ import type { EventBus } from '../events/bus.js';
 import type { MigrationRecord } from '../migration/schemas.js';
 import { TERMINAL } from '../migration/schemas.js';
 
+/** How often the event-loop lag metric samples (prom-client's default is 10 ms). */
+export const EVENT_LOOP_SAMPLE_MS = 100;
+
 /** What the scrape-time gauges read. */
 export interface MetricSources {
   events: EventBus;
@@ -43,7 +46,15 @@ export class AgentMetrics {
 
   constructor(parts: MetricSources, opts: { defaultMetrics?: boolean } = {}) {
     const registers = [this.registry];
-    if (opts.defaultMetrics ?? true) client.collectDefaultMetrics({ register: this.registry, prefix: 'ferry_agent_' });
+    // The event-loop lag is sampled by a timer: prom-client's default (every 10 ms) was almost all
+    // of an idle agent's CPU (~4.7 of ~5-6 ms/s); every 100 ms costs ~0.6 ms/s and still sees
+    // every stall of 100 ms or more (docs/performance.md, "An idle agent's timer").
+    if (opts.defaultMetrics ?? true)
+      client.collectDefaultMetrics({
+        register: this.registry,
+        prefix: 'ferry_agent_',
+        eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS,
+      });
     new client.Gauge({ name: 'ferry_agent_up', help: 'The agent serves (always 1 when scraped)', registers }).set(1);
     new client.Gauge({
       name: 'ferry_vms',
