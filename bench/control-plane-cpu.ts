@@ -1,11 +1,11 @@
 // What the control plane's own processes cost in CPU (issue 17, item 0: a move should cost at
 // most 0.1 s of CPU across the CLI and both agents). In a 2-host lab, the probe guest (256 MiB)
 // is moved back and forth with `ferry move-vm`; for each move the bench reads utime+stime from
-// /proc/PID/stat of both agents before and after, and the CLI's own from its parent shell's
-// cutime+cstime (the CLI is a child the shell waited for: bin/ferry's bash, its staleness
-// check and node). The agents' idle rate (CPU over a quiet spell, no move) is printed beside
-// it: a polling loop shows there. Also `ferry --help`, `ferry vm list` and `node -e 0`, wall
-// and CPU, and their ratios.
+// /proc/PID/stat of both agents before and after (10 ms ticks), and the CLI's own from its parent
+// shell's `times` (its children's user+system time in ms, from getrusage: the CLI is a child the
+// shell waited for: bin/ferry's bash, its staleness check and node). The agents' idle rate (CPU
+// over a quiet spell, no move) is printed beside it: a polling loop shows there. Also `ferry
+// --help`, `ferry vm list` and `node -e 0`, wall and CPU, and their ratios.
 //
 //   flock /work/wt/.heavy.lock npm run bench:cpu -- [--rounds N] [--startup-rounds N] [--idle-s S]
 //     [--cluster-idle-s S] [--baseline OLD_CLI.mjs]
@@ -50,7 +50,6 @@ const clis: Array<[string, string[]]> = [
   ...(baseline ? [['baseline', baseline] as [string, string[]]] : []),
 ];
 const NODE_AS_FERRY = 'node -e 0, started as bin/ferry starts it';
-const TICK_MS = 1000 / 100; // USER_HZ: /proc's CPU times are in 1/100 s on Linux
 
 interface Measured {
   code: number;
@@ -61,11 +60,12 @@ interface Measured {
 }
 
 /**
- * Runs argv under a shell that prints its own /proc stat after the command ended: its
- * children's CPU is then exactly the command's (with everything the command waited for).
+ * Runs argv under a shell that prints its children's CPU (`times`, from getrusage: ms, where
+ * /proc's ticks are 10 ms, too coarse for a 20 ms start) after the command ended: it is then
+ * exactly the command's, with everything the command waited for.
  */
 function measured(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<Measured> {
-  const script = '"$@" 3>&-; s=$?; cat /proc/$$/stat >&3; exit $s';
+  const script = '"$@" 3>&-; s=$?; times >&3; exit $s';
   const child = spawn('bash', ['-c', script, 'bash', ...argv], {
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
@@ -80,14 +80,14 @@ function measured(argv: string[], env: NodeJS.ProcessEnv = {}): Promise<Measured
     child.once('error', reject);
     child.once('close', (code) => {
       const wallMs = performance.now() - t0;
-      const m = /\) \S+ (.*)$/m.exec(out.stat);
-      if (!m?.[1]) {
-        reject(new Error(`no /proc stat from the shell: ${out.stderr.trim()}`));
+      // `times` prints the shell's own user and system time, then its children's: "0m0.072s 0m0.016s".
+      const m = /^(\d+)m([\d.]+)s (\d+)m([\d.]+)s$/.exec(out.stat.trim().split('\n')[1] ?? '');
+      if (!m) {
+        reject(new Error(`no CPU times from the shell: ${out.stat.trim()} ${out.stderr.trim()}`));
         return;
       }
-      const f = m[1].split(' ').map(Number);
-      // In the part after ") state ", field N is at N - 4: cutime (16) and cstime (17).
-      const cpuMs = ((f[12] ?? NaN) + (f[13] ?? NaN)) * TICK_MS;
+      const sec = (min?: string, s?: string): number => Number(min) * 60 + Number(s);
+      const cpuMs = (sec(m[1], m[2]) + sec(m[3], m[4])) * 1000;
       resolve({ code: code ?? 1, stdout: out.stdout, stderr: out.stderr, wallMs, cpuMs });
     });
   });
@@ -240,7 +240,7 @@ const row = (name: string, s: Array<{ wallMs: number; cpuMs: number }>): string[
 const rows = [...Object.entries(startup).map(([name, s]) => row(name, s)), row('ferry vm list (2 hosts)', vmList)];
 process.stdout.write(
   `\nload before: ${load.map((x) => x.toFixed(2)).join(' ')}; ${os.cpus().length} cpus; ` +
-    'CPU from /proc (10 ms ticks)\n' +
+    "commands' CPU from getrusage (ms), the agents' from /proc (10 ms ticks)\n" +
     `start-up, ${startupRounds} runs each, medians\n` +
     table(['command', 'wall ms', 'CPU ms', 'wall ×node', 'CPU ×node', 'wall ×node²', 'CPU ×node²'], rows) +
     `\n(×node: against \`node -e 0\`; ×node²: against \`${NODE_AS_FERRY}\`)\n` +

@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs/promises';
 import path from 'node:path';
-import { cacheDir, commandWord } from '../../src/cli/code-cache.js';
+import { cacheDir, commandWord, nameHash } from '../../src/cli/code-cache.js';
 import { REPO_ROOT } from '../../guest/paths.js';
 import { tempDir } from '../helpers.js';
 
@@ -82,4 +82,12 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
   const after = await fs.readdir(cache);
   assert.equal(after.length, 1);
   assert.notEqual(after[0], files[0]);
+});
+
+test('code cache: a file name hash is 12 hex digits, the same for the same text, another for a changed one', () => {
+  const a = nameHash('/usr/lib/ferry/cli.cjs');
+  assert.match(a, /^[0-9a-f]{12}$/);
+  assert.equal(nameHash('/usr/lib/ferry/cli.cjs'), a);
+  const builds = ['898860:1:2:3:v20.20.2:x64', '898861:1:2:3:v20.20.2:x64', '898860:1:2:4:v20.20.2:x64', ''];
+  assert.equal(new Set(builds.map(nameHash)).size, builds.length);
 });
