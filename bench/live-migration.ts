@@ -8,7 +8,9 @@
 // rate and --allow-postcopy, so every move switches to post-copy; reports the record's
 // post-copy figures (QEMU's downtime, the guest's pause across both hosts) and the heartbeat gap.
 //
-//   npx tsx bench/live-migration.ts [--rounds N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] [--keep]
+//   npx tsx bench/live-migration.ts [--rounds N] [--warmup N] [--workloads idle,dirty,postcopy]
+//     [--raw-downtime-limit MS] [--keep]
+// (--warmup, default 1: rounds of the same moves first, on both paths, left out of the figures.)
 //
 // The raw path uses QEMU's default downtime limit (300 ms) unless --raw-downtime-limit;
 // Ferry's policy starts at 20 ms and raises it only when the copy does not converge.
@@ -109,8 +111,10 @@ function parseArgs(argv: string[]): {
   postcopy: boolean;
   keep: boolean;
   rawDowntimeLimitMs: number;
+  warmup: number;
 } {
   let rounds = 3;
+  let warmup = 1;
   let rawDowntimeLimitMs = RAW_DOWNTIME_LIMIT_MS;
   let workloads: Workload[] = ['idle', 'dirty'];
   let keep = false;
@@ -139,19 +143,24 @@ function parseArgs(argv: string[]): {
       rawDowntimeLimitMs = Number(val());
       if (!Number.isInteger(rawDowntimeLimitMs) || rawDowntimeLimitMs < 1 || rawDowntimeLimitMs > 60_000)
         throw new Error('--raw-downtime-limit must be an integer number of ms from 1 to 60000');
+    } else if (a === '--warmup' || a.startsWith('--warmup=')) {
+      warmup = Number(val());
+      if (!Number.isInteger(warmup) || warmup < 0 || warmup > 10)
+        throw new Error('--warmup must be an integer from 0 to 10');
     } else if (a === '--keep') keep = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npx tsx bench/live-migration.ts ' +
-          '[--rounds N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] [--keep]\n',
+          '[--rounds N] [--warmup N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] [--keep]\n',
       );
       process.exit(0);
     } else
       throw new Error(
-        `unknown argument '${a}'; use --rounds N, --workloads idle,dirty,postcopy, --raw-downtime-limit MS or --keep`,
+        `unknown argument '${a}'; use --rounds N, --warmup N, --workloads idle,dirty,postcopy, ` +
+          '--raw-downtime-limit MS or --keep',
       );
   }
-  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs };
+  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs, warmup };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -197,6 +206,8 @@ async function main(): Promise<void> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-bench-'));
   const lab = new FerryLab(dir);
   const samples: Sample[] = [];
+  /** Moves of the warm-up rounds (round ≤ 0): logged, left out of every figure. */
+  const warmups: Sample[] = [];
   const postcopySamples: PostcopySample[] = [];
   const notable: Array<{ workload: Workload; vm: string; line: string }> = [];
   const tails: HeartbeatTail[] = [];
@@ -431,7 +442,7 @@ async function main(): Promise<void> {
           phases: rec && r.error === null ? phasesOf(rec, r.cli) : null,
           ...b,
         };
-        samples.push(s);
+        (round > 0 ? samples : warmups).push(s);
         if (r.error === null) ferryHost = to;
         else {
           log(`ferry move ${s.direction} FAILED: ${r.error}`);
@@ -446,7 +457,8 @@ async function main(): Promise<void> {
           await reviveFerry();
         }
         log(
-          `round ${round} ${s.path.padEnd(11)} ${s.direction}  wall ${fmt(s.wallMs)} ms  ` +
+          `${round > 0 ? `round ${round}` : `warm-up ${1 - round}`} ${s.path.padEnd(11)} ${s.direction}  ` +
+            `wall ${fmt(s.wallMs)} ms  ` +
             `total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  ` +
             `hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
         );
@@ -483,7 +495,7 @@ async function main(): Promise<void> {
           sourceQuitMs: r.sourceQuitMs,
           ...b,
         };
-        samples.push(s);
+        (round > 0 ? samples : warmups).push(s);
         if (!r.ok) {
           log(`raw move ${dirLabel} FAILED: ${r.error}`);
           if (!raw!.current || raw!.current.hasExited) {
@@ -497,14 +509,17 @@ async function main(): Promise<void> {
           await reviveRaw();
         }
         log(
-          `round ${round} ${s.path.padEnd(11)} ${dirLabel}      ` +
+          `${round > 0 ? `round ${round}` : `warm-up ${1 - round}`} ${s.path.padEnd(11)} ${dirLabel}      ` +
             `wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  ` +
             `qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms  ` +
             `hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
         );
       };
 
-      for (let round = 1; round <= opts.rounds; round++) {
+      // Warm-up rounds first (numbered from 1 - warmup to 0), the same moves on both paths, left
+      // out of the figures: a fresh lab's first moves (cold agents, caches, the first QEMUs)
+      // are slower on both paths and say nothing about the steady state.
+      for (let round = 1 - opts.warmup; round <= opts.rounds; round++) {
         for (const tls of [true, false]) {
           try {
             await lab.setTls(tls);
@@ -560,6 +575,8 @@ async function main(): Promise<void> {
   if (opts.postcopy) reportPostcopy(postcopySamples);
   report(samples, notable, cliFloor, {
     rounds: opts.rounds,
+    warmup: opts.warmup,
+    warmupMoves: warmups.length,
     workloads: opts.workloads,
     rawDowntimeLimitMs: opts.rawDowntimeLimitMs,
     loadStart,
@@ -580,6 +597,8 @@ function report(
   cliFloor: Partial<Record<Workload, CliFloor>>,
   meta: {
     rounds: number;
+    warmup: number;
+    warmupMoves: number;
     workloads: Workload[];
     rawDowntimeLimitMs: number;
     loadStart: number[];
@@ -654,7 +673,10 @@ function report(
         '1.00',
         '',
       ]);
-    out.push(`\n== workload ${wl}: ${WORKLOADS[wl].describe}; ${meta.rounds} round(s) ==`);
+    out.push(
+      `\n== workload ${wl}: ${WORKLOADS[wl].describe}; ${meta.rounds} round(s) ` +
+        `after ${meta.warmup} warm-up round(s), left out ==`,
+    );
     out.push(
       '(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; ' +
         '"hb gap" only over moves after which the guest ran on ("guest ok"))',
