@@ -484,7 +484,8 @@ export class ClusterNode {
     // lost its lease from its timers, which may run after the exit it is told of on waking.
     await sleep(1000);
     const store = this.member?.store;
-    if (!store || !this.member?.up) return;
+    // Started again meanwhile (`vm start`, which checked the record first): nothing to restart.
+    if (!store || !this.member?.up || this.d.vms.isRunning(name)) return;
     const rec = this.d.vms.registered().find((r) => r.name === name);
     const spec = rec ? await this.specOf(rec.configPath) : null;
     if (!spec?.ha) return;

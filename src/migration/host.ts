@@ -110,6 +110,11 @@ export interface MoveCluster {
    * this throws (a leader gave it to a third node, or etcd does not answer).
    */
   claimArrival(spec: VmSpec, source: string, opts?: { signal?: AbortSignal }): Promise<void>;
+  /**
+   * An HA VM may run here: the record names this node or none. Throws E_HA_OWNED_ELSEWHERE when
+   * it names another, E_CLUSTER_UNAVAILABLE when etcd does not answer.
+   */
+  mayBoot(spec: VmSpec, opts?: { signal?: AbortSignal }): Promise<void>;
   /** The VM left the cluster (moved to a host outside it): delete its record. */
   forgetVm(name: string): Promise<void>;
 }

@@ -726,6 +726,33 @@ export async function leftCluster(ctx: SourceCtx, log: (m: string) => void): Pro
 }
 
 /**
+ * The destination says the cluster gave the VM to a third node: true only when the cluster's
+ * record, read here, says so too. A destination that says it falsely (a hostile or confused
+ * peer) gets the usual resolution: the source runs the VM again when the destination does not.
+ * Without an answer from etcd neither can be known: the VM stays paused here, and this says so.
+ */
+export async function ownedElsewhere(ctx: SourceCtx, err: unknown): Promise<boolean> {
+  const cluster = ctx.host.cluster();
+  const spec = ctx.spec;
+  if (!cluster || !spec?.ha) return false;
+  try {
+    await cluster.mayBoot(spec);
+    return false;
+  } catch (check) {
+    if (codeOf(check) === 'E_HA_OWNED_ELSEWHERE') return true;
+    const r = ctx.job.record;
+    throw new MigrationFailedError(
+      'E_SWITCHOVER',
+      `Cannot move VM '${r.vm}': '${r.destination}' says the cluster restarted it on another node ` +
+        `(${messageOf(err)}), and the cluster's record cannot be read here (${messageOf(check)}); the VM ` +
+        `stays paused on '${r.source}' so it never runs twice; see 'ferry cluster status', and run ` +
+        `'ferry vm resume ${r.vm}' only if no other node runs it`,
+      err,
+    );
+  }
+}
+
+/**
  * A failure in switch-over. If the source's QEMU did not complete, the destination cannot run
  * an unfinished stream: undo (resume the source). If it completed, ask the destination; if it
  * does not know, try to run the source again: with shared images QEMU's lock refuses that while
@@ -737,7 +764,7 @@ export async function resolveLive(ctx: SourceCtx, err: unknown, s: UndoScope): P
   if (code === 'E_MIGRATION_STALLED' || code === 'E_TIMEOUT') await dropConnections(ctx.prep);
   if (!(await sourceCompleted(ctx.proc))) return 'undo';
   const r = ctx.job.record;
-  if (code === 'E_HA_OWNED_ELSEWHERE') {
+  if (code === 'E_HA_OWNED_ELSEWHERE' && (await ownedElsewhere(ctx, err))) {
     // A leader restarted the HA VM on a third node while it moved (this host was found down):
     // it runs there, from its disks. Neither side may run it: the destination drops its QEMU,
     // this host stops its own and keeps the VM registered, stopped (its start is refused while
