@@ -120,20 +120,24 @@ export async function waitSerial(
     // not JSON: shown as printed
   }
   const oops = kernelOopsed(text) ? ' — its kernel oopsed (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '';
-  // The host's own words about the VM (a fence that killed it, a QEMU that exited), last.
-  const hostDir = path.join(o.lab, 'hosts', o.host);
   const hbs = o.heartbeats ? ` and ${o.heartbeats} heartbeats` : '';
-  const said: string[] = [];
-  for (const f of [path.join(hostDir, 'agent.log'), path.join(hostDir, 'data', 'fence.log')]) {
-    const lines = (await fsp.readFile(f, 'utf8').catch(() => '')).split('\n');
-    said.push(...lines.filter((x) => x.includes(o.vm) || /kill|fenc|exit/i.test(x)).slice(-4));
-  }
   throw new Error(
     `probe VM ${o.vm} did not print ${o.acks} acks${hbs} in ${timeoutMs} ms ` +
       `on ${o.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks${oops}; ` +
       `serial log ends:\n${text.split('\n').slice(-25).join('\n')}\nvm show: ${view}\n` +
-      `${o.host} logged:\n${said.join('\n')}`,
+      (await hostSaid(o.lab, o.host, o.vm)),
   );
+}
+
+/** The host's own words about a VM (a fence that killed it, a QEMU that exited): its last lines. */
+export async function hostSaid(lab: string, host: string, vm: string): Promise<string> {
+  const hostDir = path.join(lab, 'hosts', host);
+  const said: string[] = [];
+  for (const f of [path.join(hostDir, 'agent.log'), path.join(hostDir, 'data', 'fence.log')]) {
+    const lines = (await fsp.readFile(f, 'utf8').catch(() => '')).split('\n');
+    said.push(...lines.filter((x) => x.includes(vm) || /kill|fenc|exit/i.test(x)).slice(-4));
+  }
+  return `${host} logged:\n${said.join('\n')}`;
 }
 
 /**

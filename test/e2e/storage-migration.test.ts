@@ -6,7 +6,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { ferry, ferryOk } from './cli.js';
-import { useLab, hostData, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
+import { useLab, hostData, hostSaid, serialLog, waitProbe, heartbeatContinuity, waitMigration } from './lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { hostQemuPids } from '../../src/lab/lab.js';
 import { createImage, imageInfo } from '../../src/qemu/img.js';
@@ -302,7 +302,13 @@ test(
     const assertClean = async (how: 'cancelled' | 'failed'): Promise<void> => {
       const v = await show('f1');
       assert.equal(v.host, 'host-a');
-      assert.equal(v.state, 'running');
+      if (v.state !== 'running') {
+        // Say why, so a recurrence in CI explains itself (a guest that oopsed: QEMU-NOTES §E).
+        const console = await fsp.readFile(serialLog(L, 'host-a', vm.id), 'utf8').catch(() => '');
+        const tail = console.split('\n').slice(-15).join('\n');
+        const why = `serial log ends:\n${tail}\n${await hostSaid(L.lab, 'host-a', 'f1')}`;
+        assert.equal(v.state, 'running', `f1 is ${v.state} on host-a after the ${how} move; ${why}`);
+      }
       assert.equal(v.disks[0]!.path, vm.disks[0]!.path);
       assert.deepEqual(await hostQemuPids(hostData(L, 'host-b')), []);
       // A cancelled move leaves nothing there; a failed copy keeps its partial disk images for
