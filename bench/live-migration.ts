@@ -28,7 +28,7 @@ import { probeVm } from '../src/vm/guests.js';
 import { parseVmSpec, type VmSpec } from '../src/vm/spec.js';
 import { probeGuestFiles } from '../guest/paths.js';
 import { HeartbeatTail } from './lib/heartbeat-tail.js';
-import { FerryLab, ferry, phasesOf, type FerryPhases } from './lib/ferry-path.js';
+import { FerryLab, ferry, phasesOf, stepsOf, type FerryPhases } from './lib/ferry-path.js';
 import { RawVm, killAllRaw, RAW_DOWNTIME_LIMIT_MS } from './lib/raw-path.js';
 import { makeRawTlsDir } from './lib/raw-tls.js';
 import { fmt, max, median, medMax, table } from './lib/stats.js';
@@ -60,6 +60,8 @@ interface Sample {
   destSpawnMs?: number;
   sourceQuitMs?: number;
   phases?: FerryPhases | null;
+  /** Ferry: each step's time from the record (`source:compare`, `destination:qemu`, ...), ms. */
+  steps?: Record<string, number> | null;
   /** Ferry: the record said downtimeMs 0, read before QEMU 7.2 filled it in (counted as unknown). */
   downtimeZeroInRecord?: boolean;
   /** raw: the first `completed` reply had total-time/downtime 0 and was asked again. */
@@ -440,6 +442,7 @@ async function main(): Promise<void> {
           passes: rec?.passes ?? null,
           bytesTransferred: rec?.bytesTransferred ?? null,
           phases: rec && r.error === null ? phasesOf(rec, r.cli) : null,
+          steps: rec && r.error === null ? stepsOf(rec) : null,
           ...b,
         };
         (round > 0 ? samples : warmups).push(s);
@@ -740,6 +743,26 @@ function report(
         table(
           ['path', 'CLI+preflight', 're-check', 'prepare dest', 'pre-copy', 'switch-over+confirm', 'poll+exit'],
           phaseRows,
+        ),
+      );
+    }
+    // The record's own step times (both hosts): what each phase above is made of.
+    const stepPaths = (['ferry-tls', 'ferry-notls'] as PathName[]).filter((p) => okOf(p).some((s) => s.steps));
+    const stepNames = [...new Set(stepPaths.flatMap((p) => okOf(p).flatMap((s) => Object.keys(s.steps ?? {}))))];
+    if (stepNames.length) {
+      out.push("\neach step's time (medians, ms; from the record's steps, source and destination):");
+      out.push(
+        table(
+          ['step', ...stepPaths.map((p) => label[p])],
+          stepNames.map((n) => [
+            n,
+            ...stepPaths.map((p) => {
+              const xs = okOf(p)
+                .map((s) => s.steps?.[n])
+                .filter((x): x is number => x !== undefined);
+              return xs.length ? fmt(median(xs), 1) : '-';
+            }),
+          ]),
         ),
       );
     }

@@ -92,6 +92,17 @@ export function phasesOf(rec: MigrationRecord, cli: CliResult): FerryPhases | nu
   };
 }
 
+/** Each step's time from the record, keyed `source:NAME` / `destination:NAME` (a step run twice: summed). */
+export function stepsOf(rec: MigrationRecord): Record<string, number> | null {
+  if (!rec.steps?.length) return null;
+  const out: Record<string, number> = {};
+  for (const s of [...rec.steps].sort((a, b) => a.atMs - b.atMs)) {
+    const k = `${s.on}:${s.name}`;
+    out[k] = (out[k] ?? 0) + s.ms;
+  }
+  return out;
+}
+
 export class FerryLab {
   readonly lab: string;
   constructor(readonly dir: string) {

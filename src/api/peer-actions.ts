@@ -124,6 +124,11 @@ export const IncomingView = z.object({
   chainNbd: z.object({ host: z.string(), port: z.number() }).nullable().optional(),
   /** The VM arrives not HA here (it left its cluster): why, for the move's log. */
   haNote: z.string().optional(),
+  /** Prepare's steps here: ms after the request arrived, and how long each took (the source's record shows them). */
+  steps: z
+    .array(z.object({ name: z.string().max(40), atMs: z.number(), ms: z.number(), failed: z.boolean().optional() }))
+    .max(32)
+    .optional(),
   /** Per disk of a resumable copy: whether its kept image is written on from the cut, or why not. */
   resume: z
     .array(z.object({ diskId: z.string(), resume: z.boolean(), why: z.string().max(300).optional() }))

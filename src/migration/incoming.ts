@@ -85,6 +85,10 @@ interface Incoming {
   chains: DiskChains;
   /** A resumable copy: per disk with a kept image or an offer, whether it is taken over (incoming-resume.ts). */
   resume?: KeptAnswer[];
+  /** Prepare's steps and their times (ms after the request arrived), for the source's record. */
+  steps?: NonNullable<IncomingView['steps']>;
+  /** When the Prepare request arrived (performance.now()). */
+  receivedAt?: number;
   /** Prepare's steps while they run: abort() stops them and waits, so none starts a QEMU after it. */
   running?: { ac: AbortController; done: Promise<RunOutcome> };
 }
@@ -443,8 +447,12 @@ class IncomingSink implements RunnerSink {
     private readonly host: MoveHost,
     readonly signal: AbortSignal,
     after: JournalEntry[] = [],
+    private readonly item?: Incoming,
   ) {
     this.seq = after.reduce((m, e) => Math.max(m, e.seq), 0);
+  }
+  timed(step: string, startedAt: number, ms: number, failed: boolean): void {
+    if (this.item) stepTime(this.item, step, startedAt, ms, failed);
   }
   enter(): void {
     /* the destination's side has one phase */
@@ -456,6 +464,14 @@ class IncomingSink implements RunnerSink {
     const e = { ...entry, seq: ++this.seq, at: new Date().toISOString() };
     this.host.store.journalAppend(journalId(this.id), e, opts);
   }
+}
+
+/** Notes how long a step of Prepare took (at most 32: the view's limit). */
+function stepTime(item: Incoming, name: string, startedAt: number, ms: number, failed = false): void {
+  const steps = (item.steps ??= []);
+  if (item.receivedAt === undefined || steps.length >= 32) return;
+  const tenth = (x: number): number => Math.round(x * 10) / 10;
+  steps.push({ name, atMs: tenth(startedAt - item.receivedAt), ms: tenth(ms), ...(failed ? { failed } : {}) });
 }
 
 /**
@@ -584,6 +600,7 @@ export class IncomingManager {
       chainNbd: i.chainNbd,
       ...(i.haNote ? { haNote: i.haNote } : {}),
       ...(i.resume?.length ? { resume: i.resume } : {}),
+      ...(i.steps?.length ? { steps: i.steps } : {}),
     };
   }
 
@@ -630,7 +647,7 @@ export class IncomingManager {
   ): Promise<RunOutcome> {
     const ac = new AbortController();
     const signal = opts.signal ? AbortSignal.any([opts.signal, ac.signal]) : ac.signal;
-    const sink = new IncomingSink(item.jobId, this.host, signal, journal);
+    const sink = new IncomingSink(item.jobId, this.host, signal, journal, item);
     const done = new StepRunner(
       prepareKind,
       {
@@ -653,6 +670,7 @@ export class IncomingManager {
     opts: { signal?: AbortSignal; localAddress?: string } = {},
   ): Promise<IncomingView> {
     const host = this.host;
+    const receivedAt = performance.now();
     const sent = parseVmSpec(req.spec, 'accept the incoming VM');
     const arrival = await decideArrival(host.cluster(), sent, req.source);
     const spec = arrivingSpec(sent, arrival);
@@ -705,7 +723,10 @@ export class IncomingManager {
       chainNbd: null,
       chains,
       resume,
+      receivedAt,
     };
+    // The request's checks (paths inside pools, the disks' chains probed): before the first step.
+    stepTime(item, 'checks', receivedAt, performance.now() - receivedAt);
     this.items.set(req.jobId, item);
     const out = await this.runPrepare(item, [], opts);
     if (out.result !== 'completed') {
@@ -805,6 +826,7 @@ export class IncomingManager {
       // pages still arrive. (A `cont` that comes before QEMU handled the switch makes it run
       // the guest as soon as it has: QEMU's autostart.)
       const until = Date.now() + 30_000;
+      const t0 = performance.now();
       let postcopy = false;
       for (;;) {
         const mark = proc.qmp.eventMark;
@@ -832,6 +854,9 @@ export class IncomingManager {
           .waitEvent((ev) => ev.event === 'MIGRATION', { since: mark, timeoutMs: 250, signal: opts.signal })
           .catch(() => undefined);
       }
+      // QEMU here loading what the source sent last (the guest is paused on both hosts meanwhile).
+      const t1 = performance.now();
+      stepTime(i, 'finish-incoming', t0, t1 - t0);
       if (i.nbd) await proc.qmp.execute('nbd-server-stop', undefined, opts).catch(() => undefined);
       // An HA VM runs here only once the cluster's record says so (a compare-and-swap from the
       // source): if a leader restarted it elsewhere meanwhile, it must not run twice. (In
@@ -846,6 +871,8 @@ export class IncomingManager {
           .waitEvent((ev) => ev.event === 'RESUME', { since: mark, timeoutMs: 10_000, signal: opts.signal })
           .catch(() => undefined);
       }
+      // The HA claim and the guest run here (the guest's pause ends at `cont`).
+      stepTime(i, 'finish-run', t1, performance.now() - t1);
       i.state = 'running';
       await keepArrivalHa(i);
       host.vms.arrivedRunning(i.spec, proc, i.memoryFile ?? null, { from: i.source, migration: jobId, since: mark });
@@ -854,7 +881,16 @@ export class IncomingManager {
     this.slots.release(jobId);
     host.emit('migration.incoming', { vm: i.spec.name, jobId, state: 'running' });
     this.items.delete(jobId);
-    return { jobId, vm: i.spec.name, state: 'running', uri: i.uri, tlsHostname: host.name, reason: null, nbd: null };
+    return {
+      jobId,
+      vm: i.spec.name,
+      state: 'running',
+      uri: i.uri,
+      tlsHostname: host.name,
+      reason: null,
+      nbd: null,
+      ...(i.steps?.length ? { steps: i.steps } : {}),
+    };
   }
 
   /**

@@ -8,7 +8,15 @@ import { FerryError } from '../errors.js';
 import { canTransition, isCancellable, isTerminal } from './phases.js';
 import type { RunnerSink } from './runner.js';
 import type { JournalEntry } from './journal.js';
-import type { MigrationRecord, MigrationState, MoveOptions, PolicyInput } from './schemas.js';
+import type { IncomingView } from '../api/peer-actions.js';
+import {
+  MAX_STEP_TIMES,
+  type MigrationRecord,
+  type MigrationState,
+  type MoveOptions,
+  type PolicyInput,
+  type StepTime,
+} from './schemas.js';
 
 /** Publishes at most this often while copying (progress samples are coalesced). */
 const EMIT_EVERY_MS = 250;
@@ -33,6 +41,10 @@ export class Job implements RunnerSink {
   private journalSeq = 0;
   /** The latest data each step recorded (what its undo, or a later step, needs). */
   private stepData = new Map<string, Record<string, unknown>>();
+  /** The destination's steps: where they start on our clock, and how many are in the record. */
+  private dest: { base: number; seen: number } | null = null;
+  /** The record's createdAt as a performance.now() of this process. */
+  private createdPerf: number | undefined;
 
   constructor(
     init: JobInit,
@@ -139,6 +151,39 @@ export class Job implements RunnerSink {
     if (ev.length > KEEP_EVENTS) ev.splice(0, ev.length - KEEP_EVENTS);
   }
 
+  timed(step: string, startedAt: number, ms: number, failed: boolean): void {
+    this.addStep({ name: step, on: 'source', atMs: this.sinceCreated(startedAt), ms, ...(failed ? { failed } : {}) });
+  }
+
+  /**
+   * The destination's steps not yet seen (its answers to Prepare and to finish list them all), placed
+   * from when this host sent the Prepare (`sentAt`: performance.now()); the destination times them
+   * from that request's arrival.
+   */
+  destinationSteps(steps: IncomingView['steps'], sentAt?: number): void {
+    if (sentAt !== undefined && !this.dest) this.dest = { base: this.sinceCreated(sentAt), seen: 0 };
+    if (!this.dest || !steps) return;
+    for (const t of steps.slice(this.dest.seen)) {
+      const { name, ms, failed } = t;
+      this.addStep({ name, on: 'destination', atMs: this.dest.base + t.atMs, ms, ...(failed ? { failed } : {}) });
+    }
+    this.dest.seen = Math.max(this.dest.seen, steps.length);
+  }
+
+  /** ms from the record's creation to `perfAt` (a performance.now() of this process). */
+  private sinceCreated(perfAt: number): number {
+    // One reading of the wall clock per job: later ones would jitter by its millisecond.
+    this.createdPerf ??= performance.now() - (Date.now() - Date.parse(this.record.createdAt));
+    return perfAt - this.createdPerf;
+  }
+
+  private addStep(t: StepTime): void {
+    const steps = (this.record.steps ??= []);
+    if (steps.length >= MAX_STEP_TIMES) return;
+    // createdAt has whole milliseconds: a first step may seem to start a fraction before it.
+    steps.push({ ...t, atMs: tenth(Math.max(0, t.atMs)), ms: tenth(t.ms) });
+  }
+
   journal(entry: Omit<JournalEntry, 'seq' | 'at'>, opts?: { durable?: boolean }): void {
     if (entry.data) this.stepData.set(entry.step, entry.data);
     this.appendJournal(this.id, { ...entry, seq: ++this.journalSeq, at: new Date().toISOString() }, opts);
@@ -170,3 +215,5 @@ export class Job implements RunnerSink {
     return structuredClone(this.record);
   }
 }
+
+const tenth = (x: number): number => Math.round(x * 10) / 10;

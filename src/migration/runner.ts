@@ -55,6 +55,8 @@ export interface RunnerSink {
   /** Moves the state machine (validated against the table); no-op when already there. */
   enter(phase: MigrationState, message?: string): void;
   log(message: string): void;
+  /** A step ended: its start (`performance.now()` then) and length, for the record's `steps`. */
+  timed?(step: string, startedAt: number, ms: number, failed: boolean): void;
   /** `durable: false`: an entry recovery can do without (MoveStore.journalAppend). */
   journal(entry: Omit<JournalEntry, 'seq' | 'at'>, opts?: { durable?: boolean }): void;
   readonly signal: AbortSignal;
@@ -96,6 +98,9 @@ export class StepRunner<C> {
 
   private async runStep(step: Step<C>): Promise<void> {
     const entry = { step, data: {} as StepData };
+    // Timed from its journal entry to its end's: the durable writes are part of what a step costs.
+    const t0 = performance.now();
+    let failed = true;
     this.sink.journal({ step: step.name, event: 'begin' });
     this.started.push(entry);
     const scope: StepScope = {
@@ -113,9 +118,12 @@ export class StepRunner<C> {
       // next step's begin to reach the disk (one fsync less per step on the move's path).
       const news = out !== undefined && Object.keys(out).length > 0;
       this.sink.journal({ step: step.name, event: 'done', data: entry.data }, { durable: news });
+      failed = false;
     } catch (err) {
       this.sink.journal({ step: step.name, event: 'failed', message: messageOf(err) });
       throw err;
+    } finally {
+      this.sink.timed?.(step.name, t0, performance.now() - t0, failed);
     }
   }
 

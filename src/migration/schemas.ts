@@ -144,6 +144,24 @@ export type StorageMoveRequest = z.infer<typeof StorageMoveRequest>;
 
 export const MigrationEvent = z.object({ at: z.string(), message: z.string() });
 
+/**
+ * One step of a move and how long it took (the runner's steps, on each end): where a move's time
+ * went, kept in its record. `atMs` counts from the record's `createdAt` on the source's clock; a
+ * destination's steps are placed from when the source sent its Prepare (its clock is not ours).
+ */
+export const StepTime = z.object({
+  name: z.string().max(40),
+  on: z.enum(['source', 'destination']),
+  atMs: z.number(),
+  ms: z.number(),
+  /** The step threw (the move then undid, resolved or reported, as its phase says). */
+  failed: z.boolean().optional(),
+});
+export type StepTime = z.infer<typeof StepTime>;
+
+/** At most this many steps are kept in a record (a move has about 15; a retry loop must not grow it). */
+export const MAX_STEP_TIMES = 64;
+
 export const MigrationRecord = z.object({
   id: z.string(),
   vm: z.string(),
@@ -198,6 +216,8 @@ export const MigrationRecord = z.object({
     .optional(),
   /** The prediction made before the move (compare-vm --predict), beside the outcome above. */
   prediction: Prediction.nullable().optional(),
+  /** Each step's time, in the order they ended (absent in records older than the field). */
+  steps: z.array(StepTime).max(MAX_STEP_TIMES).optional(),
   /** Set once the move switched to post-copy (--allow-postcopy): from then on there is no way back. */
   postcopy: z
     .object({

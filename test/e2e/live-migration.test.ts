@@ -81,6 +81,19 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
   const back = await ferryOk<MigrationRecord>(['move-vm', 'web1', '--to', 'host-a', '--json'], { lab: L.lab });
   assert.equal(back.state, 'completed', JSON.stringify(back.error));
   assert.ok(!back.events.some((e) => e.message.includes('multifd')), 'one stream by default');
+  // Where its time went: every step on both hosts, timed, and `migration show` prints them.
+  const steps = (back.steps ?? []).map((x) => `${x.on} ${x.name}`);
+  for (const want of ['source compare', 'source prepare', 'destination checks', 'destination qemu'])
+    assert.ok(steps.includes(want), `${want} in ${steps.join(', ')}`);
+  for (const want of ['destination listen', 'source migrate', 'source switchover', 'destination finish-run'])
+    assert.ok(steps.includes(want), `${want} in ${steps.join(', ')}`);
+  for (const x of back.steps ?? []) assert.ok(x.ms >= 0 && x.atMs >= 0 && !x.failed, JSON.stringify(x));
+  const qemu = back.steps?.find((x) => x.name === 'qemu');
+  const prepare = back.steps?.find((x) => x.name === 'prepare');
+  assert.ok(qemu && prepare && qemu.ms <= prepare.ms, 'the destination starts its QEMU inside the Prepare');
+  const shown = await ferryOk<string>(['migration', 'show', back.id], { lab: L.lab });
+  assert.match(shown, /^steps \(ms after the request, host, step, time\):$/m);
+  assert.match(shown, /^ +\+[\d.]+ +host-a +qemu +[\d.]+ ms$/m);
   assert.equal((await show('web1')).host, 'host-a');
   const endB = size(logB);
   await sleep(1000);

@@ -281,3 +281,38 @@ test('undo runs every step even when the journal cannot be written (no QEMU, fil
   assert.deepEqual(ctx.calls, ['undo migrate migrate', 'undo copy copy', 'undo prepare prepare', 'undo queue queue']);
   assert.ok(logged.some((m) => m.includes('cannot journal')));
 });
+
+test("each step's time goes into the record, a failure marked; the destination's placed from its Prepare", async () => {
+  const { job } = await runWith(new Map([['migrate', 'after-record']]));
+  const steps = job.record.steps ?? [];
+  assert.deepEqual(
+    steps.map((s) => [s.name, s.on, s.failed ?? false]),
+    [
+      ['queue', 'source', false],
+      ['compare', 'source', false],
+      ['prepare', 'source', false],
+      ['copy', 'source', false],
+      ['migrate', 'source', true],
+    ],
+  );
+  for (const s of steps) assert.ok(s.ms >= 0 && s.atMs >= 0, JSON.stringify(s));
+  for (let i = 1; i < steps.length; i++) assert.ok(steps[i]!.atMs >= steps[i - 1]!.atMs, 'in the order they ran');
+
+  // The destination times its steps from its request's arrival; later answers list them all again.
+  const j = newJob([]);
+  const sentAt = performance.now() + 100; // the Prepare went out 100 ms after the record was made
+  j.destinationSteps([{ name: 'qemu', atMs: 5, ms: 50 }], sentAt);
+  j.destinationSteps([
+    { name: 'qemu', atMs: 5, ms: 50 },
+    { name: 'finish-run', atMs: 400, ms: 3.04 },
+  ]);
+  const d = (j.record.steps ?? []).map((s) => ({ ...s, atMs: Math.round(s.atMs / 50) * 50 }));
+  assert.deepEqual(d, [
+    { name: 'qemu', on: 'destination', atMs: 100, ms: 50 },
+    { name: 'finish-run', on: 'destination', atMs: 500, ms: 3 },
+  ]);
+  // Without a Prepare seen (a recovered job), a destination's steps cannot be placed: none added.
+  const k = newJob([]);
+  k.destinationSteps([{ name: 'finish-run', atMs: 1, ms: 1 }]);
+  assert.equal(k.record.steps, undefined);
+});

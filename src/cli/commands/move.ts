@@ -11,6 +11,7 @@ import { loadActions, withHosts } from '../hosts.js';
 import { printJson, printTable, bytes } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
 import { describe } from '../render/describe.js';
+import { stepLines } from '../render/steps.js';
 import { progressRenderer, PROGRESS_MODES, type ProgressMode } from '../render/index.js';
 import type { FollowOptions, FollowOutcome, MigrationWatch } from '../follow.js';
 import { Interrupts } from '../interrupt.js';
@@ -574,6 +575,8 @@ export function registerMove(program: Command): void {
           printRecord(record);
           process.stdout.write(`\n${describe(record)}\n`);
           for (const e of record.events) process.stdout.write(`  ${e.at}  ${e.message}\n`);
+          const steps = stepLines(record.steps, record);
+          if (steps.length) process.stdout.write(`\n${steps.join('\n')}\n`);
         }
       });
     });

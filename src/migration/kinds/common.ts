@@ -135,7 +135,9 @@ export async function prepareDestination(
   const until = Date.now() + queueBudgetMs(ctx);
   for (let attempt = 0; ; attempt++) {
     try {
+      const sentAt = performance.now();
       const v = await ctx.dest.call(peerActions.prepare, { body }, { signal, timeoutMs: 120_000 });
+      ctx.job.destinationSteps(v.steps, sentAt);
       if (r.state === 'queued') ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
       if (v.haNote) ctx.job.log(`${ctx.to.name}: ${v.haNote}`);
       await checkPrepared(ctx, v, signal);

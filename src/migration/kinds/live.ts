@@ -572,7 +572,8 @@ export const confirmStep: Step<SourceCtx> = {
   when: (ctx) => (ctx.proc !== null || ctx.job.record.kind === 'live') && ctx.job.record.state !== 'post-copy',
   phase: 'switching-over',
   async run(ctx) {
-    await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+    const v = await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+    ctx.job.destinationSteps(v.steps);
     return undefined;
   },
 };
@@ -664,7 +665,8 @@ export const postcopyStep: Step<SourceCtx> = {
       if (!running && (st === 'postcopy-active' || st === 'completed')) {
         finishAsked = true;
         try {
-          await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+          const v = await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+          ctx.job.destinationSteps(v.steps);
         } catch (err) {
           throw await lost(`'${ctx.to.name}' could not run it (${messageOf(err)})`, err);
         }

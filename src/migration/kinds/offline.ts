@@ -194,7 +194,8 @@ export const confirmStoppedStep: Step<SourceCtx> = {
   when: (ctx) => ctx.proc === null,
   async run(ctx) {
     ctx.job.enter('switching-over', `disks copied: ${ctx.to.name} registers the VM`);
-    await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+    const v = await ctx.dest.call(peerActions.finish, { params: { id: ctx.job.id } }, { timeoutMs: 60_000 });
+    ctx.job.destinationSteps(v.steps);
     return undefined;
   },
 };
