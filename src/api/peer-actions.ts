@@ -112,6 +112,15 @@ export const IncomingRequest = z
   });
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
+const STEP_NAME = z.string().regex(/^[a-z][a-z0-9-]{0,39}$/, 'a step name: lower-case letters, digits and dashes');
+const STEP_MS = z
+  .number()
+  .min(0)
+  .max(7 * 86_400_000);
+
+/** One of Prepare's or finish's steps on the destination (IncomingView.steps). */
+export const IncomingStep = z.object({ name: STEP_NAME, atMs: STEP_MS, ms: STEP_MS, failed: z.boolean().optional() });
+
 export const IncomingView = z.object({
   jobId: z.string(),
   vm: z.string(),
@@ -124,11 +133,11 @@ export const IncomingView = z.object({
   chainNbd: z.object({ host: z.string(), port: z.number() }).nullable().optional(),
   /** The VM arrives not HA here (it left its cluster): why, for the move's log. */
   haNote: z.string().optional(),
-  /** Prepare's steps here: ms after the request arrived, and how long each took (the source's record shows them). */
-  steps: z
-    .array(z.object({ name: z.string().max(40), atMs: z.number(), ms: z.number(), failed: z.boolean().optional() }))
-    .max(32)
-    .optional(),
+  /**
+   * Prepare's steps here: ms after the request arrived, and how long each took (the source's record
+   * shows them, and `migration show` prints them: a step's name is a plain word, never a terminal's escape).
+   */
+  steps: z.array(IncomingStep).max(32).optional(),
   /** Per disk of a resumable copy: whether its kept image is written on from the cut, or why not. */
   resume: z
     .array(z.object({ diskId: z.string(), resume: z.boolean(), why: z.string().max(300).optional() }))

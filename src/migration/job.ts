@@ -8,7 +8,7 @@ import { FerryError } from '../errors.js';
 import { canTransition, isCancellable, isTerminal } from './phases.js';
 import type { RunnerSink } from './runner.js';
 import type { JournalEntry } from './journal.js';
-import type { IncomingView } from '../api/peer-actions.js';
+import { IncomingStep, type IncomingView } from '../api/peer-actions.js';
 import {
   MAX_STEP_TIMES,
   type MigrationRecord,
@@ -162,8 +162,12 @@ export class Job implements RunnerSink {
    */
   destinationSteps(steps: IncomingView['steps'], sentAt?: number): void {
     if (sentAt !== undefined && !this.dest) this.dest = { base: this.sinceCreated(sentAt), seen: 0 };
-    if (!this.dest || !steps) return;
-    for (const t of steps.slice(this.dest.seen)) {
+    // What a peer sent, unchecked until here (the client checks no answer): only well-formed steps.
+    if (!this.dest || !Array.isArray(steps)) return;
+    for (const raw of steps.slice(this.dest.seen, 32)) {
+      const p = IncomingStep.safeParse(raw, { jitless: true });
+      if (!p.success) continue;
+      const t = p.data;
       const { name, ms, failed } = t;
       this.addStep({ name, on: 'destination', atMs: this.dest.base + t.atMs, ms, ...(failed ? { failed } : {}) });
     }

@@ -150,7 +150,7 @@ export const MigrationEvent = z.object({ at: z.string(), message: z.string() });
  * destination's steps are placed from when the source sent its Prepare (its clock is not ours).
  */
 export const StepTime = z.object({
-  name: z.string().max(40),
+  name: z.string().regex(/^[a-z][a-z0-9-]{0,39}$/),
   on: z.enum(['source', 'destination']),
   atMs: z.number(),
   ms: z.number(),

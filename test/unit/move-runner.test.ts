@@ -311,6 +311,21 @@ test("each step's time goes into the record, a failure marked; the destination's
     { name: 'qemu', on: 'destination', atMs: 100, ms: 50 },
     { name: 'finish-run', on: 'destination', atMs: 500, ms: 3 },
   ]);
+  // A peer's answer is checked nowhere else: a malformed step is left out, the others kept.
+  const h = newJob([]);
+  h.destinationSteps(
+    [
+      { name: '\u001b[2Jqemu', atMs: 1, ms: 1 },
+      { name: 'qemu', atMs: 1, ms: -5 },
+      'junk',
+      { name: 'listen', atMs: 2, ms: 3 },
+    ] as unknown as Parameters<Job['destinationSteps']>[0],
+    performance.now(),
+  );
+  assert.deepEqual(
+    (h.record.steps ?? []).map((x) => x.name),
+    ['listen'],
+  );
   // Without a Prepare seen (a recovered job), a destination's steps cannot be placed: none added.
   const k = newJob([]);
   k.destinationSteps([{ name: 'finish-run', atMs: 1, ms: 1 }]);

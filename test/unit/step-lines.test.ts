@@ -1,6 +1,7 @@
 // `migration show`'s table of a move's steps: in the order they began, each named by its host.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { IncomingView } from '../../src/api/peer-actions.js';
 import { stepLines } from '../../src/cli/render/steps.js';
 
 test('steps print in the order they began, with the host that ran each, and a failure marked', () => {
@@ -21,4 +22,22 @@ test('steps print in the order they began, with the host that ran each, and a fa
     '  +141  host-a  migrate  437 ms (failed)',
   ]);
   assert.deepEqual(stepLines(undefined, { source: 'a', destination: 'b' }), []);
+});
+
+test("a destination's step times are checked: a plain name, a bounded time (they reach the admin's terminal)", () => {
+  const view = (name: string, ms = 1) => ({
+    jobId: 'j',
+    vm: 'v',
+    state: 'prepared',
+    uri: null,
+    tlsHostname: 'b',
+    reason: null,
+    nbd: null,
+    steps: [{ name, atMs: 0, ms }],
+  });
+  assert.equal(IncomingView.safeParse(view('finish-run')).success, true);
+  for (const bad of ['\u001b]0;owned\u0007', 'Qemu', 'a b', '', 'x'.repeat(41)])
+    assert.equal(IncomingView.safeParse(view(bad)).success, false, JSON.stringify(bad));
+  assert.equal(IncomingView.safeParse(view('qemu', -1)).success, false);
+  assert.equal(IncomingView.safeParse(view('qemu', 1e12)).success, false);
 });
