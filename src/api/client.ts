@@ -10,6 +10,7 @@ import { FerryError, TimeoutError, AbortedError } from '../errors.js';
 import { actionUrl, type Action, type ActionOutput, type CallInput } from './action.js';
 import { tlsServerName } from '../util/tls-name.js';
 import { emptyDefaultRootStore } from '../util/root-store.js';
+import { parsePlain } from '../util/plain-text.js';
 
 export interface Credentials {
   ca: string;
@@ -172,7 +173,7 @@ export class AgentClient {
             let data: unknown = text;
             if (isJson) {
               try {
-                data = JSON.parse(text);
+                data = parsePlain(text);
               } catch {
                 /* leave as text */
               }
@@ -299,7 +300,7 @@ export class AgentClient {
             }
             let e: { code?: string; message?: string } | undefined;
             try {
-              e = (JSON.parse(body.toString('utf8')) as { error?: typeof e }).error;
+              e = (parsePlain(body.toString('utf8')) as { error?: typeof e }).error;
             } catch {
               /* not JSON */
             }
@@ -344,7 +345,7 @@ export class AgentClient {
             res.on('end', () => {
               let e: { code?: string; message?: string } | undefined;
               try {
-                e = (JSON.parse(Buffer.concat(chunks).toString()) as { error?: typeof e }).error;
+                e = (parsePlain(Buffer.concat(chunks).toString()) as { error?: typeof e }).error;
               } catch {
                 /* text */
               }

@@ -5,6 +5,7 @@
 import { createParser, type EventSourceMessage } from 'eventsource-parser';
 import type { AgentClient } from '../api/client.js';
 import { FerryError } from '../errors.js';
+import { parsePlain } from '../util/plain-text.js';
 
 /** The agent pings every 15 s: a stream silent for longer than this is dead, reopen it. */
 const IDLE_MS = 45_000;
@@ -79,7 +80,7 @@ export function openEventStream<E>(
     if (m.event !== 'ferry') return;
     let raw: unknown;
     try {
-      raw = JSON.parse(m.data);
+      raw = parsePlain(m.data);
     } catch {
       return;
     }
