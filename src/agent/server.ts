@@ -22,6 +22,7 @@ import type { AgentConfig } from './config.js';
 import type { HostTls } from './tls.js';
 import { actorOf, outcomeOf, targetOf, type AuditLog } from './audit.js';
 import type pino from 'pino';
+import { SERVER_KEEPALIVE_MS } from '../api/keep-alive.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -153,6 +154,7 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
       minVersion: 'TLSv1.2',
     },
     bodyLimit: 1024 * 1024,
+    keepAliveTimeout: SERVER_KEEPALIVE_MS,
     // Unique across restarts: the audit trail and the log name requests by it.
     genReqId: () => crypto.randomUUID(),
     logController: new LogController({ disableRequestLogging: true }),

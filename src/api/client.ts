@@ -11,6 +11,7 @@ import { actionUrl, type Action, type ActionOutput, type CallInput } from './act
 import { tlsServerName } from '../util/tls-name.js';
 import { emptyDefaultRootStore } from '../util/root-store.js';
 import { parsePlain } from '../util/plain-text.js';
+import { CLIENT_IDLE_MS } from './keep-alive.js';
 
 export interface Credentials {
   ca: string;
@@ -100,10 +101,9 @@ export class AgentClient {
     };
     this.agent = new SharedContextAgent(files, {
       keepAlive: true,
-      // An idle kept connection is closed by us after 30 s, before the agent's server closes
-      // it (fastify: 72 s): a request never goes out on a socket the server is just closing.
+      // An idle kept connection is closed by us before the agent's server closes it (keep-alive.ts).
       // (The timeout only destroys free sockets; a request in progress is not cut by it.)
-      timeout: 30_000,
+      timeout: CLIENT_IDLE_MS,
       maxSockets: 8,
       servername: tlsServerName(new URL(this.endpoint).hostname),
       // The address may be anything (lab: 127.0.0.1); the certificate must name the host we meant.

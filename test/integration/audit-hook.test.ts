@@ -20,6 +20,8 @@ import { auditRoutes } from '../../src/agent/routes/audit.js';
 import { actions } from '../../src/api/actions.js';
 import type { AgentConfig } from '../../src/agent/config.js';
 import type { AuditEntry } from '../../src/api/schemas.js';
+import { AgentClient } from '../../src/api/client.js';
+import { CLIENT_IDLE_MS, SERVER_KEEPALIVE_MS } from '../../src/api/keep-alive.js';
 
 let dir = '';
 let app: FastifyInstance | null = null;
@@ -143,4 +145,32 @@ test('one line per state-changing request, with who, role, action, target and ou
   const text = await fsp.readFile(audit.file, 'utf8');
   assert.equal(text.trim().split('\n').length, 5);
   assert.ok(!text.includes('"kind"'), 'no request body in the trail');
+});
+
+test("an agent keeps a client's idle connection for minutes, and the client reuses it", async () => {
+  const server = app?.server;
+  assert.ok(server);
+  // Longer than the client keeps it: a request never goes out on a socket the server just closed.
+  assert.equal(server.keepAliveTimeout, SERVER_KEEPALIVE_MS);
+  assert.ok(SERVER_KEEPALIVE_MS > CLIENT_IDLE_MS, 'the server outlasts the client');
+  let handshakes = 0;
+  const count = (): void => {
+    handshakes++;
+  };
+  server.on('secureConnection', count);
+  const client = new AgentClient({
+    endpoint: `https://127.0.0.1:${port}`,
+    host: 'agent1',
+    credentials: { ca: admin.ca, cert: admin.cert, key: admin.key },
+  });
+  try {
+    for (let i = 0; i < 3; i++) {
+      await client.request('GET', '/v1/audit?limit=1', undefined, { timeoutMs: 10_000 });
+      await new Promise((r) => setTimeout(r, 200));
+    }
+  } finally {
+    client.close();
+    server.off('secureConnection', count);
+  }
+  assert.equal(handshakes, 1, 'three requests, one TLS connection');
 });

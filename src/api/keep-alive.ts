@@ -1,0 +1,15 @@
+// How long an idle connection to an agent is kept. A move's first requests to its destination
+// (the pre-flight asks three things at once) open new TLS connections when none is kept: ~30 ms
+// against ~11 on kept ones (docs/performance.md, "Every step timed"). Moves come minutes apart
+// for an administrator, so agents keep their peers' connections for minutes, not seconds. An
+// idle connection costs a socket and a TLS session's memory; a revoked peer's is cut at once
+// when the CRL arrives (agent/tls.ts), kept or not.
+
+/** The client closes an idle connection after this long (https.Agent `timeout`). */
+export const CLIENT_IDLE_MS = 300_000;
+
+/**
+ * The agent's server keeps an idle connection this long (fastify `keepAliveTimeout`): longer
+ * than the client, so a request never goes out on a socket the server is just closing.
+ */
+export const SERVER_KEEPALIVE_MS = CLIENT_IDLE_MS + 15_000;
