@@ -116,6 +116,11 @@ test('the Move wizard live-migrates a VM (move only the VM) and shows it complet
   await page.click(tid('wizard-finish'));
   await page.waitForSelector(`${tid('migration-state')}:has-text("completed")`, { timeout: 90_000 });
   await page.screenshot({ path: path.join(shots, 'wizard-progress.png') });
+  // Where its time went: each step, on the host that ran it.
+  await page.click(`${tid('migration-steps')} summary`);
+  const qemu = await page.textContent(tid('migration-step-destination-qemu'));
+  assert.match(qemu ?? '', /^\+[\d.]+ m?shost-bqemu[\d.]+ m?s$/);
+  assert.match((await page.textContent(tid('migration-step-source-migrate'))) ?? '', /host-amigrate/);
   await page.click(tid('wizard-close'));
   const v = await ferryOk<VmView>(['vm', 'show', 'web1', '--json'], { lab });
   assert.equal(v.host, 'host-b');

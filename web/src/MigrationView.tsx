@@ -1,5 +1,6 @@
 // One migration record: phase, progress, ETA, verdict, queue position, live chart, per-disk
-// progress, log, and Cancel (the agent decides whether it may; its refusal is shown as is).
+// progress, each step's time on both hosts, log, and Cancel (the agent decides whether it may;
+// its refusal is shown as is).
 import { useState } from 'react';
 import { actions } from '../../src/api/actions.js';
 import { TERMINAL, type MigrationRecord } from '../../src/migration/schemas.js';
@@ -127,6 +128,36 @@ export function MigrationView({
             ))}
           </tbody>
         </table>
+      )}
+      {r.steps && r.steps.length > 0 && (
+        <details className="events" data-testid="migration-steps">
+          <summary>Time by step ({r.steps.length})</summary>
+          <table className="table compact">
+            <thead>
+              <tr>
+                <th>At</th>
+                <th>Host</th>
+                <th>Step</th>
+                <th>Took</th>
+              </tr>
+            </thead>
+            <tbody>
+              {[...r.steps]
+                .sort((a, b) => a.atMs - b.atMs)
+                .map((s, n) => (
+                  <tr key={n} data-testid={`migration-step-${s.on}-${s.name}`}>
+                    <td className="muted">+{ms(s.atMs)}</td>
+                    <td>{s.on === 'source' ? r.source : r.destination}</td>
+                    <td>{s.name}</td>
+                    <td>
+                      {ms(s.ms)}
+                      {s.failed ? ' (failed)' : ''}
+                    </td>
+                  </tr>
+                ))}
+            </tbody>
+          </table>
+        </details>
       )}
       {r.error && (
         <div className="error" role="alert" data-testid="migration-error">
