@@ -34,7 +34,14 @@ export function plainReviver(this: unknown, _key: string, value: unknown): unkno
   return Object.fromEntries(Object.entries(value).map(([k, v]) => [plainText(k), v]));
 }
 
-/** `JSON.parse(text)` with plainReviver. */
+/**
+ * Could `text` (JSON) hold a control character? JSON writes one below 0x20 only as an escape
+ * (`\u00XX`, `\b`, `\f`, `\r`, ...), DEL and C1 as themselves. A false yes (an escaped backslash
+ * before an `r`) only costs the slower parse.
+ */
+const MAYBE_CONTROL = /\\(?:u00[0189]|u007f|[bfr])|[\x7f-\x9f]/i;
+
+/** `JSON.parse(text)`, with plainReviver when the text may hold a control character (4× slower). */
 export function parsePlain(text: string): unknown {
-  return JSON.parse(text, plainReviver) as unknown;
+  return MAYBE_CONTROL.test(text) ? (JSON.parse(text, plainReviver) as unknown) : (JSON.parse(text) as unknown);
 }

@@ -25,6 +25,13 @@ test('plainText replaces C0 (but tab and newline), DEL and C1 controls, and leav
   assert.deepEqual(parsePlain(JSON.stringify({ [`k${ESC}`]: [`v${ESC}[31m`, 1, null, { x: ESC }] })), {
     'k\ufffd': ['v\ufffd[31m', 1, null, { x: '\ufffd' }],
   });
+  // Each way JSON carries a control character: an escape (any case), `\r`, a raw DEL or C1.
+  for (const bad of ['a\rb', 'a\u001Bb', 'a\u007fb', 'a\u009bb', 'a\bb'])
+    assert.deepEqual(parsePlain(JSON.stringify({ m: bad }).replace('u001b', 'u001B')), { m: plainText(bad) });
+  assert.deepEqual(parsePlain('{"m":"a\\u001B"}'), { m: 'a\ufffd' });
+  // Clean text (an escaped backslash, a tab, a newline) comes back as JSON.parse gives it.
+  const clean = JSON.stringify({ p: 'C:\\raw\\bin', t: 'a\tb\nc', u: 'ünï → ok' });
+  assert.deepEqual(parsePlain(clean), JSON.parse(clean));
 });
 
 function pki(dir: string): void {
