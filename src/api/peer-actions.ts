@@ -2,7 +2,7 @@
 import * as z from 'zod';
 import { action } from './action.js';
 import { Name } from './schemas.js';
-import { IdParams } from '../migration/schemas.js';
+import { IdParams, StepMs, StepName } from '../migration/schemas.js';
 import { VmSpec } from './vm-spec.js';
 import { CheckpointTree } from '../checkpoint/model.js';
 import { ResumeKey, ResumeOffer } from '../migration/resume-marker.js';
@@ -112,14 +112,10 @@ export const IncomingRequest = z
   });
 export type IncomingRequest = z.infer<typeof IncomingRequest>;
 
-const STEP_NAME = z.string().regex(/^[a-z][a-z0-9-]{0,39}$/, 'a step name: lower-case letters, digits and dashes');
-const STEP_MS = z
-  .number()
-  .min(0)
-  .max(7 * 86_400_000);
-
 /** One of Prepare's or finish's steps on the destination (IncomingView.steps). */
-export const IncomingStep = z.object({ name: STEP_NAME, atMs: STEP_MS, ms: STEP_MS, failed: z.boolean().optional() });
+export const IncomingStep = z.object({ name: StepName, atMs: StepMs, ms: StepMs, failed: z.boolean().optional() });
+/** At most this many of them in an answer. */
+export const MAX_INCOMING_STEPS = 32;
 
 export const IncomingView = z.object({
   jobId: z.string(),
@@ -137,7 +133,7 @@ export const IncomingView = z.object({
    * Prepare's steps here: ms after the request arrived, and how long each took (the source's record
    * shows them, and `migration show` prints them: a step's name is a plain word, never a terminal's escape).
    */
-  steps: z.array(IncomingStep).max(32).optional(),
+  steps: z.array(IncomingStep).max(MAX_INCOMING_STEPS).optional(),
   /** Per disk of a resumable copy: whether its kept image is written on from the cut, or why not. */
   resume: z
     .array(z.object({ diskId: z.string(), resume: z.boolean(), why: z.string().max(300).optional() }))

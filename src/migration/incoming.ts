@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import type { IncomingRequest, IncomingView } from '../api/peer-actions.js';
+import { MAX_INCOMING_STEPS, type IncomingRequest, type IncomingView } from '../api/peer-actions.js';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import type { DiskChains } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
@@ -41,7 +41,7 @@ import {
   type RunnerSink,
   type Step,
 } from './runner.js';
-import type { MigrationState } from './schemas.js';
+import { tenthMs, type MigrationState } from './schemas.js';
 import { addTlsCreds, qemuTlsDir } from './tls.js';
 import {
   chainDoneStep,
@@ -466,12 +466,11 @@ class IncomingSink implements RunnerSink {
   }
 }
 
-/** Notes how long a step of Prepare took (at most 32: the view's limit). */
+/** Notes how long a step of Prepare or finish took (at most the view's limit). */
 function stepTime(item: Incoming, name: string, startedAt: number, ms: number, failed = false): void {
   const steps = (item.steps ??= []);
-  if (item.receivedAt === undefined || steps.length >= 32) return;
-  const tenth = (x: number): number => Math.round(x * 10) / 10;
-  steps.push({ name, atMs: tenth(startedAt - item.receivedAt), ms: tenth(ms), ...(failed ? { failed } : {}) });
+  if (item.receivedAt === undefined || steps.length >= MAX_INCOMING_STEPS) return;
+  steps.push({ name, atMs: tenthMs(startedAt - item.receivedAt), ms: tenthMs(ms), ...(failed ? { failed } : {}) });
 }
 
 /**

@@ -8,7 +8,7 @@ import { FerryError } from '../errors.js';
 import { canTransition, isCancellable, isTerminal } from './phases.js';
 import type { RunnerSink } from './runner.js';
 import type { JournalEntry } from './journal.js';
-import { IncomingStep, type IncomingView } from '../api/peer-actions.js';
+import { IncomingStep, MAX_INCOMING_STEPS, type IncomingView } from '../api/peer-actions.js';
 import {
   MAX_STEP_TIMES,
   type MigrationRecord,
@@ -16,6 +16,7 @@ import {
   type MoveOptions,
   type PolicyInput,
   type StepTime,
+  tenthMs,
 } from './schemas.js';
 
 /** Publishes at most this often while copying (progress samples are coalesced). */
@@ -164,7 +165,7 @@ export class Job implements RunnerSink {
     if (sentAt !== undefined && !this.dest) this.dest = { base: this.sinceCreated(sentAt), seen: 0 };
     // What a peer sent, unchecked until here (the client checks no answer): only well-formed steps.
     if (!this.dest || !Array.isArray(steps)) return;
-    for (const raw of steps.slice(this.dest.seen, 32)) {
+    for (const raw of steps.slice(this.dest.seen, MAX_INCOMING_STEPS)) {
       const p = IncomingStep.safeParse(raw, { jitless: true });
       if (!p.success) continue;
       const t = p.data;
@@ -185,7 +186,7 @@ export class Job implements RunnerSink {
     const steps = (this.record.steps ??= []);
     if (steps.length >= MAX_STEP_TIMES) return;
     // createdAt has whole milliseconds: a first step may seem to start a fraction before it.
-    steps.push({ ...t, atMs: tenth(Math.max(0, t.atMs)), ms: tenth(t.ms) });
+    steps.push({ ...t, atMs: tenthMs(Math.max(0, t.atMs)), ms: tenthMs(t.ms) });
   }
 
   journal(entry: Omit<JournalEntry, 'seq' | 'at'>, opts?: { durable?: boolean }): void {
@@ -219,5 +220,3 @@ export class Job implements RunnerSink {
     return structuredClone(this.record);
   }
 }
-
-const tenth = (x: number): number => Math.round(x * 10) / 10;

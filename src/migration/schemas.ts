@@ -149,8 +149,21 @@ export const MigrationEvent = z.object({ at: z.string(), message: z.string() });
  * went, kept in its record. `atMs` counts from the record's `createdAt` on the source's clock; a
  * destination's steps are placed from when the source sent its Prepare (its clock is not ours).
  */
+/** A step's name: a plain word (it is printed on terminals, and a peer's passes through here). */
+export const StepName = z
+  .string()
+  .regex(/^[a-z][a-z0-9-]{0,39}$/, 'a step name: lower-case letters, digits and dashes');
+/** A step's start or length, ms: never negative, at most a week. */
+export const StepMs = z
+  .number()
+  .min(0)
+  .max(7 * 86_400_000);
+
+/** Step times are kept to a tenth of a millisecond. */
+export const tenthMs = (x: number): number => Math.round(x * 10) / 10;
+
 export const StepTime = z.object({
-  name: z.string().regex(/^[a-z][a-z0-9-]{0,39}$/),
+  name: StepName,
   on: z.enum(['source', 'destination']),
   atMs: z.number(),
   ms: z.number(),
