@@ -12,7 +12,7 @@ import path from 'node:path';
 import { build, type Plugin } from 'esbuild';
 
 /** Native modules: loaded from OUT_DIR/node_modules at run time. */
-const NATIVE = ['better-sqlite3'];
+const NATIVE = ['better-sqlite3', 'koffi'];
 
 const out = process.argv[2];
 if (!out) {

@@ -14,6 +14,7 @@ import { FerryError, InvalidInputError } from '../errors.js';
 import { rebaseHeld } from '../qemu/img-files.js';
 import { isQemuAlive, QemuProcess } from '../qemu/process.js';
 import { SANDBOX_ARGS } from '../qemu/sandbox.js';
+import { noDelayOnListener } from '../qemu/tcp-nodelay.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
 import { prepareRunDir } from '../qemu/user.js';
 import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
@@ -322,6 +323,7 @@ export function peerDn(host: string, domainId: string): string {
 /**
  * Starts QEMU's NBD server on the migration address, on a port of the host's migration range
  * held until QEMU listens on it; with TLS only the source's certificate is let in (ferry-authz).
+ * Its connections send each reply at once (qemu/tcp-nodelay.ts: QEMU 7.2 leaves Nagle on).
  */
 export async function startNbdServer(
   host: MoveHost,
@@ -343,5 +345,14 @@ export async function startNbdServer(
   } finally {
     lease.release();
   }
+  const why = await noDelayOnListener(proc.pid, lease.port, o);
+  if (why && !warnedNoDelay) {
+    warnedNoDelay = true;
+    process.emitWarning(`NBD copies may be slower: cannot set TCP_NODELAY on QEMU's NBD server: ${why}`, {
+      code: 'FERRY_NBD_NODELAY',
+    });
+  }
   return lease.port;
 }
+
+let warnedNoDelay = false;

@@ -130,6 +130,7 @@ test('npm run package builds the .deb with the runtime, the units and the web ap
     '/usr/lib/ferry/cli.cjs',
     '/usr/lib/ferry/launch.cjs',
     '/usr/lib/ferry/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
+    '/usr/lib/ferry/node_modules/koffi/build/koffi/linux_x64/koffi.node',
     '/usr/lib/ferry/proto/etcd3/rpc.proto',
     '/usr/lib/ferry/web/index.html',
     '/lib/systemd/system/ferry-agent.service',
@@ -149,7 +150,8 @@ test('npm run package builds the .deb with the runtime, the units and the web ap
   const modules = new Set(
     [...files.keys()].map((f) => /^\/usr\/lib\/ferry\/node_modules\/([^/]+)\//.exec(f)?.[1]).filter(Boolean),
   );
-  assert.deepEqual([...modules].sort(), ['better-sqlite3', 'bindings', 'file-uri-to-path'], 'only runtime modules');
+  const runtime = ['better-sqlite3', 'bindings', 'file-uri-to-path', 'koffi'];
+  assert.deepEqual([...modules].sort(), runtime, 'only runtime modules');
   assert.ok(![...files.keys()].some((f) => f.startsWith('/etc/')), 'no configuration shipped: nothing to overwrite');
 
   const field = async (f: string): Promise<string> => (await ok('dpkg-deb', ['-f', deb, f])).trim();
@@ -165,6 +167,7 @@ test('npm run package builds the .deb with the runtime, the units and the web ap
   for (const elf of [
     'usr/lib/ferry/node',
     'usr/lib/ferry/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
+    'usr/lib/ferry/node_modules/koffi/build/koffi/linux_x64/koffi.node',
   ])
     assert.doesNotMatch(await ok('ldd', [path.join(x, elf)]), /not found/, elf);
 

@@ -55,7 +55,10 @@ async function packagesLoaded(dir: string, args: string[]): Promise<Set<string>>
   return new Set(pkgs);
 }
 
-const NEVER = ['etcd3', '@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs', 'fastify', 'pino', 'better-sqlite3'];
+const NEVER = [
+  ...['etcd3', '@grpc/grpc-js', '@grpc/proto-loader', 'protobufjs', 'fastify', 'pino'],
+  ...['better-sqlite3', 'koffi'],
+];
 const none = (loaded: Set<string>, bad: string[], what: string): void => {
   const hit = [...loaded].filter(
     (p) => bad.includes(p) || p.startsWith('@opentelemetry/') || p.startsWith('@fastify/'),
