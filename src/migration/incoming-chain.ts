@@ -320,6 +320,9 @@ export function peerDn(host: string, domainId: string): string {
   return `O=ferry-domain-${domainId},OU=ferry-host,CN=${host}`;
 }
 
+/** Whether the agent already warned that it could not set TCP_NODELAY (once per process). */
+let warnedNoDelay = false;
+
 /**
  * Starts QEMU's NBD server on the migration address, on a port of the host's migration range
  * held until QEMU listens on it; with TLS only the source's certificate is let in (ferry-authz).
@@ -354,5 +357,3 @@ export async function startNbdServer(
   }
   return lease.port;
 }
-
-let warnedNoDelay = false;

@@ -8,10 +8,12 @@
 // socket, which every connection accepted afterwards inherits. Best effort: a copy is only
 // slower without it, so nothing fails on it.
 import fsp from 'node:fs/promises';
+import { messageOf } from '../errors.js';
 
 /** What the agent calls in libc; loaded once, on the first disk copy (the CLI never loads it). */
 interface Libc {
-  syscall: (nr: number, a: number, b: number, c: number) => number;
+  /** syscall(2) with two long arguments (the C function is variadic: each argument's type is given). */
+  syscall2: (nr: number, a: number, b: number) => number;
   setsockopt: (fd: number, level: number, name: number, value: Buffer, len: number) => number;
   getsockopt: (fd: number, level: number, name: number, value: Buffer, len: Buffer) => number;
   close: (fd: number) => number;
@@ -24,14 +26,16 @@ const SYS_PIDFD_GETFD = 438;
 const IPPROTO_TCP = 6;
 const TCP_NODELAY = 1;
 const TCP_LISTEN = '0A';
+const TCP_ESTABLISHED = '01';
 
 let libc: Promise<Libc> | undefined;
 
 function loadLibc(): Promise<Libc> {
   libc ??= import('koffi').then(({ default: koffi }) => {
     const lib = koffi.load('libc.so.6');
+    const syscall = lib.func('long syscall(long, ...)') as (...args: unknown[]) => number;
     return {
-      syscall: lib.func('long syscall(long, long, long, long)') as Libc['syscall'],
+      syscall2: (nr: number, a: number, b: number): number => syscall(nr, 'long', a, 'long', b),
       setsockopt: lib.func('int setsockopt(int, int, int, const void *, uint32_t)') as Libc['setsockopt'],
       getsockopt: lib.func('int getsockopt(int, int, int, _Out_ void *, _Inout_ uint32_t *)') as Libc['getsockopt'],
       close: lib.func('int close(int)') as Libc['close'],
@@ -41,21 +45,32 @@ function loadLibc(): Promise<Libc> {
   return libc;
 }
 
-/**
- * The inode of the socket `pid` listens on at TCP `port` (IPv4 or IPv6), as its own network
- * namespace sees it; null when there is none. Pure over the two tables' text.
- */
-export function listenerInode(tables: readonly string[], port: number): string | null {
-  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
+/** A row of /proc/PID/net/tcp{,6}: the local port, the state (0A listening, 01 established), the inode. */
+interface TcpRow {
+  port: number;
+  state: string;
+  inode: string;
+}
+
+function tcpRows(tables: readonly string[]): TcpRow[] {
+  const rows: TcpRow[] = [];
   for (const table of tables) {
     for (const line of table.split('\n').slice(1)) {
       // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
       const f = line.trim().split(/\s+/);
-      if (f.length < 10) continue;
-      if (f[3] === TCP_LISTEN && f[1]?.endsWith(`:${hexPort}`)) return f[9] ?? null;
+      const port = parseInt(f[1]?.split(':').pop() ?? '', 16);
+      if (f.length >= 10 && f[3] && f[9] && Number.isInteger(port)) rows.push({ port, state: f[3], inode: f[9] });
     }
   }
-  return null;
+  return rows;
+}
+
+/**
+ * The inode of the socket listening on TCP `port` (IPv4 or IPv6) in a process's tables (its own
+ * network namespace's); null when there is none. Pure.
+ */
+export function listenerInode(tables: readonly string[], port: number): string | null {
+  return tcpRows(tables).find((r) => r.state === TCP_LISTEN && r.port === port)?.inode ?? null;
 }
 
 /** The descriptor number `pid` holds the socket `inode` under, or null. */
@@ -76,10 +91,10 @@ async function readTables(pid: number): Promise<string[]> {
 /** Runs `fn` on a copy of descriptor `fd` of process `pid`, closed afterwards. */
 async function withBorrowedFd<T>(pid: number, fd: number, fn: (c: Libc, local: number) => T): Promise<T> {
   const c = await loadLibc();
-  const pidfd = c.syscall(SYS_PIDFD_OPEN, pid, 0, 0);
+  const pidfd = c.syscall2(SYS_PIDFD_OPEN, pid, 0);
   if (pidfd < 0) throw new Error(`pidfd_open failed (errno ${c.errno()})`);
   try {
-    const local = c.syscall(SYS_PIDFD_GETFD, pidfd, fd, 0);
+    const local = c.syscall2(SYS_PIDFD_GETFD, pidfd, fd);
     if (local < 0) throw new Error(`pidfd_getfd failed (errno ${c.errno()})`);
     try {
       return fn(c, local);
@@ -118,7 +133,7 @@ export async function noDelayOnListener(
       c.setsockopt(local, IPPROTO_TCP, TCP_NODELAY, one, 4) === 0 ? null : `setsockopt failed (errno ${c.errno()})`,
     );
   } catch (err) {
-    return err instanceof Error ? err.message : String(err);
+    return messageOf(err);
   }
 }
 
@@ -136,17 +151,10 @@ export async function tcpNoDelayOf(pid: number, fd: number): Promise<boolean> {
 
 /** The descriptors of `pid` that are TCP sockets connected to its local `port` (accepted connections). */
 export async function acceptedFds(pid: number, port: number): Promise<number[]> {
-  const hexPort = port.toString(16).toUpperCase().padStart(4, '0');
-  const inodes = new Set<string>();
-  for (const table of await readTables(pid)) {
-    for (const line of table.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      if (f.length >= 10 && f[3] === '01' && f[1]?.endsWith(`:${hexPort}`) && f[9]) inodes.add(f[9]);
-    }
-  }
   const out: number[] = [];
-  for (const inode of inodes) {
-    const fd = await fdOfSocket(pid, inode);
+  for (const r of tcpRows(await readTables(pid))) {
+    if (r.state !== TCP_ESTABLISHED || r.port !== port) continue;
+    const fd = await fdOfSocket(pid, r.inode);
     if (fd !== null) out.push(fd);
   }
   return out;
