@@ -50,6 +50,8 @@ interface Sample {
   /** Ferry: the record's totalMs. */
   totalMs: number | null;
   downtimeMs: number | null;
+  /** Ferry: the bytes sent with the guest paused (the record's pausedBytes): what the downtime was spent on. */
+  pausedBytes?: number | null;
   downtimeLimitMs: number | null;
   hbGapMs: number | null;
   hbGapSeqs: string | null;
@@ -435,6 +437,7 @@ async function main(): Promise<void> {
           totalMs: rec?.totalMs ?? null,
           downtimeMs: zero ? null : (rec?.downtimeMs ?? null),
           downtimeZeroInRecord: zero,
+          pausedBytes: rec?.pausedBytes ?? null,
           downtimeLimitMs: rec?.downtimeLimitMs ?? null,
           hbGapMs: gap?.maxGapMs ?? null,
           hbGapSeqs: gap ? `${gap.fromSeq}→${gap.toSeq}` : null,
@@ -462,7 +465,8 @@ async function main(): Promise<void> {
         log(
           `${round > 0 ? `round ${round}` : `warm-up ${1 - round}`} ${s.path.padEnd(11)} ${s.direction}  ` +
             `wall ${fmt(s.wallMs)} ms  ` +
-            `total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)})  ` +
+            `total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms (limit ${fmt(s.downtimeLimitMs)}, ` +
+            `${fmt((s.pausedBytes ?? NaN) / 1048576, 1)} MiB sent paused)  ` +
             `hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
         );
       };
@@ -644,6 +648,7 @@ function report(
         medMax(vals(ok, (s) => s.wallMs)),
         medMax(vals(ok, (s) => s.totalMs)),
         medMax(vals(ok, (s) => s.downtimeMs)),
+        medMax(vals(ok, (s) => (s.pausedBytes == null ? null : Math.round(s.pausedBytes / 1048576)))),
         fmt(median(vals(ok, (s) => s.downtimeLimitMs))),
         medMax(
           vals(
@@ -673,6 +678,7 @@ function report(
         '',
         '',
         '',
+        '',
         '1.00',
         '',
       ]);
@@ -692,6 +698,7 @@ function report(
           'wall',
           'total',
           'QEMU downtime',
+          'MiB paused',
           'dt limit',
           'hb gap',
           'guest ok',

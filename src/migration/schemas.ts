@@ -190,6 +190,13 @@ export const MigrationRecord = z.object({
   etaSeconds: z.number().nullable(),
   verdict: z.enum(['converging', 'stalled', 'not-converging']).nullable(),
   downtimeMs: z.number().nullable(),
+  /**
+   * What the downtime was spent on: the bytes sent with the guest paused for the switch-over
+   * (QEMU's last memory pass and device state as its `ram.transferred` counts them, and the
+   * disks' last writes of a resumable copy). Absent for post-copy, a mirror's storage move (no
+   * pause) and records older than the field.
+   */
+  pausedBytes: z.number().nullable().optional(),
   totalMs: z.number().nullable(),
   bytesTransferred: z.number(),
   passes: z.number(),

@@ -69,6 +69,11 @@ test('a probe VM on the shared pool moves A→B→A: heartbeat continuous, every
     `downtime ${there.downtimeMs}`,
   );
   assert.ok(there.bytesTransferred > 0 && there.totalMs! > 0);
+  // What the downtime was spent on: QEMU's last pass and the device state (never nothing).
+  assert.ok(
+    typeof there.pausedBytes === 'number' && there.pausedBytes > 0 && there.pausedBytes < there.bytesTransferred,
+    `sent paused: ${there.pausedBytes}`,
+  );
   const streams = there.events.map((e) => e.message).find((m) => m.includes('multifd streams')) ?? '';
   assert.match(streams, /^memory: [\d.]+ MiB sent, [\d.]+ MiB of it over the 2 multifd streams$/);
   assert.ok(Number(/, ([\d.]+) MiB of it/.exec(streams)?.[1]) > 0, streams);

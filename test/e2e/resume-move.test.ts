@@ -158,8 +158,10 @@ test(
       `cut at ${((at.done / at.total) * 100).toFixed(0)} % ` +
         `(${(at.done / MiB).toFixed(1)} of ${(at.total / MiB).toFixed(1)} MiB); ` +
         `the retry re-sent ${(resent / MiB).toFixed(1)} MiB of ${(size / MiB).toFixed(1)} MiB ` +
-        `(${((resent / size) * 100).toFixed(0)} %); downtime ${rr.downtimeMs} ms`,
+        `(${((resent / size) * 100).toFixed(0)} %); downtime ${rr.downtimeMs} ms, ` +
+        `${((rr.pausedBytes ?? NaN) / MiB).toFixed(1)} MiB sent paused`,
     );
+    assert.ok((rr.pausedBytes ?? 0) > 0, 'the record says what the downtime was spent on');
     assert.deepEqual(markers('host-b'), [], 'the kept copies were taken over');
 
     // Exactly one QEMU runs the VM, on host-b; every acknowledged record on the moved disk, the
@@ -248,8 +250,10 @@ test(
     t.diagnostic(
       `cut at ${((at.done / at.total) * 100).toFixed(0)} % (${(at.done / MiB).toFixed(1)} of ` +
         `${(at.total / MiB).toFixed(1)} MiB); the retry re-copied ${(resent / MiB).toFixed(1)} MiB of ` +
-        `${(size / MiB).toFixed(1)} MiB; guest paused ${rr.downtimeMs} ms`,
+        `${(size / MiB).toFixed(1)} MiB; guest paused ${rr.downtimeMs} ms for ` +
+        `${((rr.pausedBytes ?? NaN) / MiB).toFixed(1)} MiB`,
     );
+    assert.equal(typeof rr.pausedBytes, 'number', "the disks' last pass, copied with the guest paused");
     assert.deepEqual(storageMarkers(), [], 'the kept copies were taken over');
     assert.deepEqual(sourceMarks(), [], 'the bitmap went with the move');
     const moved = await show(name);

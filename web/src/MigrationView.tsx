@@ -92,7 +92,10 @@ export function MigrationView({
         {r.downtimeMs !== null && (
           <>
             <dt>Downtime</dt>
-            <dd data-testid="migration-downtime">{ms(r.downtimeMs)}</dd>
+            <dd data-testid="migration-downtime">
+              {ms(r.downtimeMs)}
+              {r.pausedBytes != null && <span className="small"> ({bytes(r.pausedBytes)} sent paused)</span>}
+            </dd>
           </>
         )}
         {r.totalMs !== null && (

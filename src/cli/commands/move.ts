@@ -133,6 +133,11 @@ function printReport(incs: Incompatibility[]): void {
   for (const i of incs) process.stderr.write(`  ${i.code}  ${i.field}: ${i.message}\n`);
 }
 
+/** What a downtime was spent on, when the record knows. */
+function paused(b: number | null | undefined): string {
+  return b === null || b === undefined ? '' : ` (${bytes(b)} sent with the guest paused)`;
+}
+
 function printRecord(r: MigrationRecord): void {
   const rows: Array<[string, string]> = [
     ['migration', r.id],
@@ -141,7 +146,7 @@ function printRecord(r: MigrationRecord): void {
     ['from → to', `${r.source} → ${r.destination}`],
     ['state', r.state],
     ['progress', `${Math.floor(r.progress * 100)}%`],
-    ['downtime', r.downtimeMs === null ? '-' : `${r.downtimeMs} ms`],
+    ['downtime', r.downtimeMs === null ? '-' : `${r.downtimeMs} ms${paused(r.pausedBytes)}`],
     ['total', r.totalMs === null ? '-' : `${(r.totalMs / 1000).toFixed(1)} s`],
     ['transferred', `${bytes(r.bytesTransferred)}${r.passes ? ` in ${r.passes} pass(es)` : ''}`],
   ];

@@ -221,18 +221,19 @@ export const backupStep: Step<SourceCtx> = {
 
 /**
  * Switch-over with the guest paused: the last pass copies what the bitmap still owes, then the
- * copy is complete and identical; the NBD nodes go. The bitmap stays until the move completes
- * (dropResumeBitmaps): if the stream fails after this pass the source runs on, the bitmap
- * records its writes, and a retry resumes. Throws naming the disk.
+ * copy is complete and identical; the NBD nodes go. Returns the bytes it copied. The bitmap
+ * stays until the move completes (dropResumeBitmaps): if the stream fails after this pass the
+ * source runs on, the bitmap records its writes, and a retry resumes. Throws naming the disk.
  */
-export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promise<void> {
+export async function lastPass(ctx: SourceCtx, s: Pick<StepScope, 'log'>): Promise<number> {
   const backups = ctx.backups ?? [];
-  if (!backups.length) return;
+  if (!backups.length) return 0;
   const qmp = needProc(ctx).qmp;
   const bytes = await lastPasses(qmp, backups);
   for (const b of backups) await delNode(qmp, b.target);
   ctx.backups = [];
   s.log(`the disks' last writes are copied (${(bytes / 1048576).toFixed(1)} MiB with the guest paused)`);
+  return bytes;
 }
 
 /**

@@ -483,6 +483,8 @@ export const switchoverStep: Step<SourceCtx> = {
           `'${ctx.to.name}' did not answer on the migration network before switch-over`,
         );
       }
+      // What QEMU sends from here on goes with the guest paused: the downtime is made of it.
+      const ramAtPause = info.ram?.transferred ?? null;
       const mirrors = ctx.mirrors;
       if (mirrors.length) {
         // The guest is paused: finish the copies (identical now) before device state moves.
@@ -490,7 +492,7 @@ export const switchoverStep: Step<SourceCtx> = {
         ctx.mirrors = [];
         for (const m of mirrors) await delNode(qmp, m.target);
       }
-      await lastPass(ctx, s);
+      const diskBytes = await lastPass(ctx, s);
       await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
       if (ctx.postcopy) {
         // The point of no return: QEMU sends the device state and the destination may run it.
@@ -503,7 +505,10 @@ export const switchoverStep: Step<SourceCtx> = {
       for (;;) {
         const mark = qmp.eventMark;
         info = await qmp.execute('query-migrate', undefined, { timeoutMs: 10_000 });
-        if (info.status === 'completed') break;
+        if (info.status === 'completed') {
+          r.pausedBytes = ramAtPause !== null && info.ram ? info.ram.transferred - ramAtPause + diskBytes : null;
+          break;
+        }
         // The source is paused here: give up as soon as the stream stops moving; `resolve`
         // resumes the source only if QEMU did not complete.
         if (watchdog.feed(info.ram?.transferred ?? 0, Date.now())) {

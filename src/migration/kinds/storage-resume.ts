@@ -352,7 +352,10 @@ export const storageSwitch: Step<StorageCtx> = {
       if (running) await qmp.execute('cont', undefined, { timeoutMs: 10_000 }).catch(() => undefined);
     }
     const pausedMs = Date.now() - t0;
-    if (running) ctx.job.record.downtimeMs = pausedMs;
+    if (running) {
+      ctx.job.record.downtimeMs = pausedMs;
+      ctx.job.record.pausedBytes = bytes;
+    }
     for (const b of backups) {
       // The old node stores a persistent bitmap into its file as it goes: removed first.
       await removeResumeBitmap(qmp, b.device, b.bitmap);
