@@ -17,6 +17,7 @@ export const RecordProgress = z.looseObject({
   etaSeconds: z.number().nullable(),
   verdict: z.enum(['converging', 'stalled', 'not-converging']).nullable(),
   downtimeMs: z.number().nullable(),
+  pausedBytes: z.number().nullable().optional(),
   bytesTransferred: z.number(),
   passes: z.number(),
   rate: z.object({ transferBps: z.number(), dirtyBps: z.number() }),

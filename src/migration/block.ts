@@ -199,26 +199,29 @@ export function failIfBroken(j: JobInfo, m: MirrorSpec): void {
 }
 
 /** Throws if any mirror broke (checked while memory is copied). */
-export async function checkMirrors(qmp: QmpClient, mirrors: MirrorSpec[]): Promise<void> {
-  if (!mirrors.length) return;
+export async function checkMirrors(qmp: QmpClient, mirrors: MirrorSpec[]): Promise<JobInfo[]> {
+  if (!mirrors.length) return [];
   const jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
   for (const m of mirrors) {
     const j = jobs.find((x) => x.id === m.jobId);
     if (!j) throw new FerryError('E_MIRROR_FAILED', `Cannot copy disk '${m.diskId}': its mirror job vanished`);
     failIfBroken(j, m);
   }
+  return jobs;
 }
 
 /**
  * Ends READY mirrors. `pivot`: the guest switches to the copy (storage move,
  * block-job-complete); else the copy is finished without a switch (block-job-cancel on a
- * READY mirror: shared-nothing at pre-switchover). Waits for each to conclude cleanly.
+ * READY mirror: shared-nothing at pre-switchover). Waits for each to conclude cleanly and
+ * returns the bytes they copied meanwhile (what the disks still owed).
  */
-export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot: boolean): Promise<void> {
+export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot: boolean): Promise<number> {
   // A mirror that broke since READY (e.g. its target filled up) must say so, not fail
   // later with QEMU's "cannot accept command verb".
-  await checkMirrors(qmp, mirrors);
+  const jobs = await checkMirrors(qmp, mirrors);
   const mark = qmp.eventMark;
+  let copied = 0;
   for (const m of mirrors) {
     if (pivot) await qmp.execute('block-job-complete', { device: m.jobId }, { timeoutMs: 10_000 });
     else await qmp.execute('block-job-cancel', { device: m.jobId, force: false }, { timeoutMs: 10_000 });
@@ -234,8 +237,12 @@ export async function finishMirrors(qmp: QmpClient, mirrors: MirrorSpec[], pivot
         context: { disk: m.diskId },
       });
     }
+    const before = jobs.find((x) => x.id === m.jobId)?.['current-progress'];
+    const after = e.data?.offset;
+    if (typeof before === 'number' && typeof after === 'number') copied += Math.max(0, after - before);
     await qmp.execute('job-dismiss', { id: m.jobId }, { timeoutMs: 10_000 }).catch(() => undefined);
   }
+  return copied;
 }
 
 /** Abort path: force-cancel whatever is left of the jobs, dismiss them, delete target nodes. */

@@ -192,9 +192,9 @@ export const MigrationRecord = z.object({
   downtimeMs: z.number().nullable(),
   /**
    * What the downtime was spent on: the bytes sent with the guest paused for the switch-over
-   * (QEMU's last memory pass and device state as its `ram.transferred` counts them, and the
-   * disks' last writes of a resumable copy). Absent for post-copy, a mirror's storage move (no
-   * pause) and records older than the field.
+   * (QEMU's last memory pass as its `ram.transferred` counts it, without the device state in
+   * 7.2, and what the disks still owed: a mirror's last writes, a resumable copy's last pass).
+   * Absent for post-copy, a mirror's storage move (no pause) and records older than the field.
    */
   pausedBytes: z.number().nullable().optional(),
   totalMs: z.number().nullable(),

@@ -57,6 +57,8 @@ test(
     assert.ok(r.events.some((e) => /disks copied by the mirror: .* under 1\.00 GiB/.test(e.message)));
     assert.equal(r.disks.length, 1);
     assert.equal(r.disks[0]!.destination, local('host-b', 'sn1', 'data.qcow2'));
+    // The memory's last pass and the mirror's last writes, with the guest paused.
+    assert.ok(typeof r.pausedBytes === 'number' && r.pausedBytes > 0, `sent paused: ${r.pausedBytes}`);
     const atB = await show('sn1');
     assert.equal(atB.host, 'host-b');
     assert.equal(atB.configPath, local('host-b', 'sn1'));

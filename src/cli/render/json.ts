@@ -31,6 +31,7 @@ export class JsonRenderer implements MoveRenderer {
       transferBps: r.rate.transferBps,
       dirtyBps: r.rate.dirtyBps,
       downtimeMs: r.downtimeMs,
+      pausedBytes: r.pausedBytes ?? null,
       error: r.error,
     });
     if (summary === this.last && !log.length) return;

@@ -486,13 +486,14 @@ export const switchoverStep: Step<SourceCtx> = {
       // What QEMU sends from here on goes with the guest paused: the downtime is made of it.
       const ramAtPause = info.ram?.transferred ?? null;
       const mirrors = ctx.mirrors;
+      let mirrorBytes = 0;
       if (mirrors.length) {
         // The guest is paused: finish the copies (identical now) before device state moves.
-        await finishMirrors(qmp, mirrors, false);
+        mirrorBytes = await finishMirrors(qmp, mirrors, false);
         ctx.mirrors = [];
         for (const m of mirrors) await delNode(qmp, m.target);
       }
-      const diskBytes = await lastPass(ctx, s);
+      const diskBytes = mirrorBytes + (await lastPass(ctx, s));
       await qmp.execute('migrate-continue', { state: 'pre-switchover' }, { timeoutMs: 10_000 });
       if (ctx.postcopy) {
         // The point of no return: QEMU sends the device state and the destination may run it.
