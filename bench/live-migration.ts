@@ -50,7 +50,10 @@ interface Sample {
   /** Ferry: the record's totalMs. */
   totalMs: number | null;
   downtimeMs: number | null;
-  /** Ferry: the bytes sent with the guest paused (the record's pausedBytes): what the downtime was spent on. */
+  /**
+   * The bytes sent with the guest paused, what the downtime was spent on: Ferry's record's
+   * pausedBytes; raw, QEMU's `ram.downtime-bytes` (the same count without multifd).
+   */
   pausedBytes?: number | null;
   downtimeLimitMs: number | null;
   hbGapMs: number | null;
@@ -491,6 +494,7 @@ async function main(): Promise<void> {
           wallMs: r.ok ? r.wallMs : null,
           totalMs: r.qemuTotalMs,
           downtimeMs: r.downtimeMs,
+          pausedBytes: r.pausedBytes,
           downtimeLimitMs: raw!.downtimeLimitMs,
           statsRequeried: r.statsRequeried,
           hbGapMs: gap?.maxGapMs ?? null,
@@ -518,7 +522,8 @@ async function main(): Promise<void> {
         log(
           `${round > 0 ? `round ${round}` : `warm-up ${1 - round}`} ${s.path.padEnd(11)} ${dirLabel}      ` +
             `wall ${fmt(s.wallMs)} ms (+ dest spawn ${fmt(r.destSpawnMs)})  ` +
-            `qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms  ` +
+            `qemu total ${fmt(s.totalMs)} ms  downtime ${fmt(s.downtimeMs)} ms ` +
+            `(${fmt((s.pausedBytes ?? NaN) / 1048576, 1)} MiB sent paused)  ` +
             `hb gap ${fmt(s.hbGapMs)} ms  passes ${fmt(s.passes)}`,
         );
       };

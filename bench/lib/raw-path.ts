@@ -27,6 +27,8 @@ export interface RawMoveResult {
   /** Quitting the source afterwards (not in wallMs). */
   sourceQuitMs: number;
   downtimeMs: number | null;
+  /** QEMU's `ram.downtime-bytes`: what it sent with the guest paused (its last pass). */
+  pausedBytes: number | null;
   qemuTotalMs: number | null;
   bytesTransferred: number | null;
   passes: number | null;
@@ -120,6 +122,7 @@ export class RawVm {
       destSpawnMs: NaN,
       sourceQuitMs: NaN,
       downtimeMs: null,
+      pausedBytes: null,
       qemuTotalMs: null,
       bytesTransferred: null,
       passes: null,
@@ -219,6 +222,7 @@ export class RawVm {
         res.statsRequeried = true;
       }
       res.downtimeMs = info.downtime ?? null;
+      res.pausedBytes = info.ram?.['downtime-bytes'] ?? null;
       res.qemuTotalMs = info['total-time'] ?? null;
       res.bytesTransferred = info.ram?.transferred ?? null;
       res.passes = info.ram?.['dirty-sync-count'] ?? null;
