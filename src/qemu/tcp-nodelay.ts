@@ -4,7 +4,8 @@
 // and a 512 MiB disk copied over NBD here took 1.9 s instead of 0.8 (docs/performance.md, "Nagle
 // on the NBD server"). QMP takes a socket only by SCM_RIGHTS (`getfd`), which Node cannot send, so
 // the agent sets TCP_NODELAY on the listening socket QEMU made: it borrows QEMU's descriptor with
-// pidfd_getfd (Linux 5.6; the root agent may, QEMU being its child) and sets the option on that
+// pidfd_getfd (Linux 5.6; the root agent may, by CAP_SYS_PTRACE: under systemd QEMU runs as
+// ferry-qemu in a scope of its own, not as the agent's child) and sets the option on that
 // socket, which every connection accepted afterwards inherits. Best effort: a copy is only
 // slower without it, so nothing fails on it.
 import fsp from 'node:fs/promises';
