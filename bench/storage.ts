@@ -6,10 +6,11 @@
 //                            [--no-sparse] [--keep] [--guest bootblock|probe]
 //
 // Dense case: a qcow2 of N MiB (default 512) fully written (qemu-io pattern 0x5a), attached
-// to a bootblock VM (its vCPU always busy; --guest probe: an idle Linux guest instead). Per
-// round: qemu-img convert (default cache modes) → shared-nothing A→B with TLS → qemu-img
-// convert with -t none -T none (O_DIRECT both ends, as Ferry's disks) →
-// move-storage on B → shared-nothing B→A with TLS off on both hosts.
+// to a bootblock VM (its vCPU always busy; --guest probe: an idle Linux guest instead, moved
+// once its workload beats, after its boot). Per round: qemu-img convert (default cache modes)
+// → shared-nothing A→B with TLS → qemu-img convert with -t none -T none (O_DIRECT both ends,
+// as Ferry's disks) → move-storage on B → shared-nothing B→A with TLS off on both hosts (even
+// rounds: without TLS A→B, with TLS B→A).
 // Sparse case (as many rounds): a 10 GiB qcow2 with 100 MiB written at 1 GiB: qemu-img convert
 // (both cache modes), shared nothing with TLS, move-storage, shared nothing without TLS;
 // elapsed and the allocated size (actual-size) of each copy. The summary gives each Ferry
@@ -43,6 +44,7 @@ import {
   stopOnSignals,
   table,
 } from './lib/storage-util.js';
+import { HeartbeatTail } from './lib/heartbeat-tail.js';
 
 type PathName = 'qemu-img' | 'qemu-img-direct' | 'shared-nothing-tls' | 'shared-nothing-notls' | 'move-storage';
 type CaseName = 'dense' | 'sparse';
@@ -317,6 +319,24 @@ async function main(): Promise<void> {
         await fromRecord(s, record, wallMs, file);
       });
 
+    /**
+     * Waits for a probe guest's workload to beat for a second: a Linux boot under TCG takes a
+     * core for seconds, and a copy measured beside it measures the boot (the first path of every
+     * round did, until 2026-12-05).
+     */
+    const bootedProbe = async (view: VmView): Promise<void> => {
+      const tail = new HeartbeatTail(view.name, 50);
+      tail.add(path.join(dataDir(view.host), 'run', view.id, 'serial.log'), true);
+      tail.start();
+      try {
+        await tail.waitBeats(0, 50, 120_000);
+      } finally {
+        tail.stop();
+      }
+    };
+    /** Odd rounds move with TLS first, even rounds without first: neither setting always goes first. */
+    const tlsOrder = (round: number): [boolean, boolean] => (round % 2 === 1 ? [true, false] : [false, true]);
+
     /** A VM (--guest) on host-a with a copy of `master` attached; removed (with its disks) after `fn`. */
     /** (If the VM cannot be made, each of `planned` is recorded as failed with the reason.) */
     const withVm = async (
@@ -329,10 +349,11 @@ async function main(): Promise<void> {
       const img = local('host-a', file);
       try {
         await fsp.copyFile(master, img);
-        await cli.json<VmView>(
+        const view = await cli.json<VmView>(
           ['vm', 'new', vm, '--host', 'host-a', '--guest', args.guest, '--attach', img, '--start'],
           90_000,
         );
+        if (args.guest === 'probe') await bootedProbe(view);
       } catch (err) {
         const msg = oneLine(err instanceof Error ? err.message : String(err));
         log(`cannot create VM ${vm}: ${msg}`);
@@ -364,11 +385,12 @@ async function main(): Promise<void> {
       const planned = (['shared-nothing-tls', 'qemu-img-direct', 'move-storage', 'shared-nothing-notls'] as const).map(
         (p) => ({ case: 'dense' as const, round: r, path: p, dataMiB: args.sizeMiB }),
       );
+      const [first, second] = tlsOrder(r);
       await withVm(vm, dense, file, planned, async () => {
-        await sharedNothing('dense', r, args.sizeMiB, vm, file, true);
+        await sharedNothing('dense', r, args.sizeMiB, vm, file, first);
         await convert('dense', r, args.sizeMiB, dense, true);
         await moveStorage('dense', r, args.sizeMiB, vm, file);
-        await sharedNothing('dense', r, args.sizeMiB, vm, file, false);
+        await sharedNothing('dense', r, args.sizeMiB, vm, file, second);
       });
     }
     await fsp.rm(dense, { force: true });
@@ -391,10 +413,11 @@ async function main(): Promise<void> {
           path: p,
           dataMiB: w,
         }));
+        const [first, second] = tlsOrder(r);
         await withVm(vm, sparse, file, planned, async () => {
-          await sharedNothing('sparse', r, w, vm, file, true);
+          await sharedNothing('sparse', r, w, vm, file, first);
           await moveStorage('sparse', r, w, vm, file);
-          await sharedNothing('sparse', r, w, vm, file, false);
+          await sharedNothing('sparse', r, w, vm, file, second);
         });
       }
       await fsp.rm(sparse, { force: true });
