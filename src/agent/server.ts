@@ -23,6 +23,7 @@ import type { HostTls } from './tls.js';
 import { actorOf, outcomeOf, targetOf, type AuditLog } from './audit.js';
 import type pino from 'pino';
 import { SERVER_KEEPALIVE_MS } from '../api/keep-alive.js';
+import { decodeIncoming, INCOMING_CONTENT_TYPE } from '../api/incoming-body.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -45,6 +46,13 @@ export type Handler<A> =
     : never;
 
 /** Registers one typed action as a route. */
+const sentFiles = new WeakMap<FastifyRequest, Buffer[]>();
+
+/** The files' bytes that came after a request's JSON (INCOMING_CONTENT_TYPE); none for a JSON body. */
+export function sentFilesOf(req: FastifyRequest): Buffer[] | undefined {
+  return sentFiles.get(req);
+}
+
 export function registerAction<A extends Action>(app: FastifyInstance, a: A, handler: Handler<A>): void {
   app.withTypeProvider<ZodTypeProvider>().route({
     method: a.method,
@@ -169,6 +177,17 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   // CRLs and certificate bundles travel as PEM documents, not JSON.
   app.addContentTypeParser('application/x-pem-file', { parseAs: 'string' }, (_req, body, done) => {
     done(null, body);
+  });
+  // Prepare's request with the VM folder's files as bytes (api/incoming-body.ts): the JSON goes on
+  // to the route's schema, the bytes wait beside the request for its handler.
+  app.addContentTypeParser(INCOMING_CONTENT_TYPE, { parseAs: 'buffer' }, (req, body, done) => {
+    try {
+      const { request, files } = decodeIncoming(body as Buffer);
+      sentFiles.set(req, files);
+      done(null, request);
+    } catch (err) {
+      done(err as Error, undefined);
+    }
   });
   o.tls.attach(app.server);
   app.setValidatorCompiler(validatorCompiler);

@@ -148,10 +148,15 @@ export class AgentClient {
         reject(new AbortedError(what, opts.signal.reason));
         return;
       }
-      // A caller-given content type applies to a string body sent as it is; anything else is JSON.
-      const rawType = typeof body === 'string' ? opts.contentType : undefined;
-      const text = typeof body === 'string' && rawType !== undefined ? body : JSON.stringify(body);
-      const payload = body === undefined ? undefined : Buffer.from(text);
+      // A caller-given content type applies to a string or bytes sent as they are; anything else is JSON.
+      const raw = typeof body === 'string' || Buffer.isBuffer(body);
+      const rawType = raw ? opts.contentType : undefined;
+      const payload =
+        body === undefined
+          ? undefined
+          : Buffer.isBuffer(body) && rawType !== undefined
+            ? body
+            : Buffer.from(typeof body === 'string' && rawType !== undefined ? body : JSON.stringify(body));
       const req = https.request(
         this.endpoint + url,
         {

@@ -25,6 +25,9 @@ export const INCOMING_LIMITS = {
 /** Base64 of the files plus the spec and the request's other fields. */
 const INCOMING_BODY_LIMIT = Math.ceil((INCOMING_LIMITS.fileBytes * 4) / 3) + 1024 * 1024;
 const b64Len = (bytes: number): number => Math.ceil(bytes / 3) * 4;
+/** A sent file's decoded size (base64: at most this many bytes). */
+const fileBytes = (f: { size?: number | undefined; base64?: string | undefined }): number =>
+  f.size ?? Math.floor(((f.base64 ?? '').length * 3) / 4);
 
 export const IncomingRequest = z
   .object({
@@ -56,20 +59,29 @@ export const IncomingRequest = z
           .max(INCOMING_LIMITS.disks),
         /** The VM's folders (config, checkpoints, paging): at most these three. */
         dirs: z.array(z.string().max(4096)).max(3),
+        /**
+         * The VM folder's files: their bytes after the JSON (`size`, incoming-body.ts), or inside it
+         * as `base64` (a source of an older version).
+         */
         files: z
           .array(
             z
               .object({
                 path: z.string().max(4096),
+                size: z.number().int().min(0).max(INCOMING_LIMITS.fileBytes).optional(),
                 base64: z
                   .string()
                   .max(b64Len(INCOMING_LIMITS.fileBytes))
-                  .regex(/^[A-Za-z0-9+/]*={0,2}$/, { message: 'must be base64' }),
+                  .regex(/^[A-Za-z0-9+/]*={0,2}$/, { message: 'must be base64' })
+                  .optional(),
               })
-              .strict(),
+              .strict()
+              .refine((f) => (f.size === undefined) !== (f.base64 === undefined), {
+                message: "needs either 'size' (its bytes after the JSON) or 'base64', not both",
+              }),
           )
           .max(INCOMING_LIMITS.files)
-          .refine((fs) => fs.reduce((n, f) => n + f.base64.length, 0) <= b64Len(INCOMING_LIMITS.fileBytes), {
+          .refine((fs) => fs.reduce((n, f) => n + fileBytes(f), 0) <= INCOMING_LIMITS.fileBytes, {
             message: `must hold at most ${INCOMING_LIMITS.fileBytes / 1048576} MiB of files together`,
           }),
         /**

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { MAX_INCOMING_STEPS, type IncomingRequest, type IncomingView } from '../api/peer-actions.js';
+import { INCOMING_CONTENT_TYPE } from '../api/incoming-body.js';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import type { DiskChains } from '../qemu/argv.js';
 import { createImage } from '../qemu/img.js';
@@ -89,6 +90,8 @@ interface Incoming {
   steps?: NonNullable<IncomingView['steps']>;
   /** When the Prepare request arrived (performance.now()). */
   receivedAt?: number;
+  /** The VM folder's files to create (storage.files with their bytes), until the files step wrote them. */
+  files?: SentFile[];
   /** Prepare's steps while they run: abort() stops them and waits, so none starts a QEMU after it. */
   running?: { ac: AbortController; done: Promise<RunOutcome> };
 }
@@ -100,6 +103,33 @@ interface IncomingCtx {
   signal?: AbortSignal;
   /** This host's end of the source's request (the address to advertise on a 0.0.0.0 agent). */
   localAddress?: string;
+}
+
+/** A file of the VM folder as Prepare received it. */
+interface SentFile {
+  path: string;
+  data: Buffer;
+}
+
+/**
+ * The folder's files with their bytes: after the request's JSON (`size`), or inside it (`base64`,
+ * an older source). The request keeps only their names and sizes from here on.
+ */
+function takeFiles(req: IncomingRequest, sent: Buffer[] | undefined): SentFile[] {
+  const st = req.storage;
+  if (!st) return [];
+  const out = st.files.map((f, i): SentFile => {
+    if (f.base64 !== undefined) return { path: f.path, data: Buffer.from(f.base64, 'base64') };
+    const data = sent?.[i];
+    if (!data || data.length !== f.size)
+      throw new InvalidInputError(
+        `Cannot receive the files of VM '${req.spec.name}': file ${i + 1} (${f.path.slice(0, 300)}) came ` +
+          `without its ${f.size ?? 0} bytes; send the request as ${INCOMING_CONTENT_TYPE}, the bytes after the JSON`,
+      );
+    return { path: f.path, data };
+  });
+  st.files = out.map((f) => ({ path: f.path, size: f.data.length }));
+  return out;
 }
 
 const MiB = 1048576;
@@ -179,24 +209,18 @@ const filesStep: Step<IncomingCtx> = {
   when: (ctx) => ctx.item.req.storage !== undefined && first(ctx),
   async run(ctx, s) {
     const { item, host } = ctx;
-    const st = item.req.storage as Storage;
     // Only plain names joined onto the VM folder, checked again now that it exists (real path
     // inside a usable pool), each created exclusively without following a link.
     const folder = await checkedFolder(host.pools(), host.name, item.spec.configPath);
     const created: string[] = [];
-    for (const f of st.files) {
+    for (const f of item.files ?? []) {
       const file = path.join(folder, fileName(item.spec, f.path));
-      await writeNewFile(
-        poolRoots(host.pools()),
-        file,
-        Buffer.from(f.base64, 'base64'),
-        `a file of VM '${item.spec.name}'`,
-        () => {
-          created.push(file);
-          s.record({ created });
-        },
-      );
+      await writeNewFile(poolRoots(host.pools()), file, f.data, `a file of VM '${item.spec.name}'`, () => {
+        created.push(file);
+        s.record({ created });
+      });
     }
+    delete item.files;
     return { created };
   },
   async undo(_ctx, data) {
@@ -664,12 +688,14 @@ export class IncomingManager {
     });
   }
 
+  /** `files`: the folder's files' bytes that came after the request's JSON (api/incoming-body.ts). */
   async prepare(
     req: IncomingRequest,
-    opts: { signal?: AbortSignal; localAddress?: string } = {},
+    opts: { signal?: AbortSignal; localAddress?: string; files?: Buffer[] } = {},
   ): Promise<IncomingView> {
     const host = this.host;
     const receivedAt = performance.now();
+    const files = takeFiles(req, opts.files);
     const sent = parseVmSpec(req.spec, 'accept the incoming VM');
     const arrival = await decideArrival(host.cluster(), sent, req.source);
     const spec = arrivingSpec(sent, arrival);
@@ -723,6 +749,7 @@ export class IncomingManager {
       chains,
       resume,
       receivedAt,
+      files,
     };
     // The request's checks (paths inside pools, the disks' chains probed): before the first step.
     stepTime(item, 'checks', receivedAt, performance.now() - receivedAt);

@@ -438,7 +438,14 @@ export class MigrationManager {
     // The copy chosen at Begin is in the record (copy-choice.ts).
     const copy = { method: rec.diskCopy ?? (ctx.proc ? 'mirror' : 'offline'), why: 'as the record says' } as const;
     if (ctx.spec && files)
-      ctx.plan = { destSpec: ctx.spec, request: { disks: [], dirs: [], files: [] }, files, chain: null, copy };
+      ctx.plan = {
+        destSpec: ctx.spec,
+        request: { disks: [], dirs: [], files: [] },
+        files,
+        fileData: [],
+        chain: null,
+        copy,
+      };
     // A move with a checkpoint chain learns the stream's address only once the chain is there.
     const prep = { ...job.journalData('prepare'), ...job.journalData('chain') };
     if (typeof prep.uri === 'string') {

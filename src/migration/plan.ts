@@ -27,6 +27,8 @@ export interface SharedNothingPlan {
   request: NonNullable<IncomingRequest['storage']>;
   /** Files of the VM folder besides vm.json and the disks (kernel, initrd, …), by name. */
   files: string[];
+  /** Their bytes, in the order `request.files` names them (sent after Prepare's JSON, api/incoming-body.ts). */
+  fileData: Buffer[];
   /**
    * A VM with checkpoints: the chain's read-only files, copied once (file N is the destination's
    * export `chain<N>`), and the disks mirrored with sync=top onto overlays over that copy.
@@ -101,15 +103,11 @@ export async function sharedNothingPlan(
   const inChain = new Set(chainFiles.map((f) => path.resolve(f.from)));
   const files = (await folderFiles(spec)).filter((f) => !inChain.has(path.join(path.resolve(spec.configPath), f)));
   await assertSendable(spec, files);
+  const fileData = await Promise.all(files.map((f) => fsp.readFile(path.join(spec.configPath, f))));
   const request: SharedNothingPlan['request'] = {
     disks,
     dirs: [...new Set([plan.configPath, plan.checkpointPath, plan.pagingPath])],
-    files: await Promise.all(
-      files.map(async (f) => ({
-        path: path.join(plan.configPath, f),
-        base64: (await fsp.readFile(path.join(spec.configPath, f))).toString('base64'),
-      })),
-    ),
+    files: files.map((f, i) => ({ path: path.join(plan.configPath, f), size: fileData[i]?.length ?? 0 })),
   };
   if (chain) {
     if (chainFiles.length > INCOMING_LIMITS.chainFiles)
@@ -130,7 +128,7 @@ export async function sharedNothingPlan(
     disks.map((d) => ({ ...d, readOnly: readOnly(d.id) })),
     topOnly.length > 0 || (!running && chain !== null),
   );
-  return { destSpec, request, files, chain: chain ? { files: chainFiles, topOnly } : null, copy };
+  return { destSpec, request, files, fileData, chain: chain ? { files: chainFiles, topOnly } : null, copy };
 }
 
 /**

@@ -35,6 +35,18 @@ export function post(
   return send(agent, endpoint, 'POST', url, body, timeoutMs);
 }
 
+/** POSTs `bytes` as they are, with `contentType`; resolves with the status and the raw body. */
+export function postBytes(
+  agent: https.Agent,
+  endpoint: string,
+  url: string,
+  bytes: Buffer,
+  contentType: string,
+  timeoutMs = 60_000,
+): Promise<{ status: number; body: string }> {
+  return send(agent, endpoint, 'POST', url, bytes, timeoutMs, contentType);
+}
+
 function send(
   agent: https.Agent,
   endpoint: string,
@@ -42,6 +54,7 @@ function send(
   url: string,
   body: unknown,
   timeoutMs: number,
+  contentType = 'application/json',
 ): Promise<{ status: number; body: string }> {
   const u = new URL(endpoint);
   return new Promise((resolve, reject) => {
@@ -53,7 +66,7 @@ function send(
         path: url,
         agent,
         timeout: timeoutMs,
-        headers: method === 'POST' ? { 'content-type': 'application/json' } : {},
+        headers: method === 'POST' ? { 'content-type': contentType } : {},
       },
       (res) => {
         let b = '';
@@ -63,6 +76,6 @@ function send(
     );
     req.on('timeout', () => req.destroy(new Error(`${method} ${url} timed out`)));
     req.on('error', reject);
-    req.end(method === 'POST' ? JSON.stringify(body) : undefined);
+    req.end(method !== 'POST' ? undefined : Buffer.isBuffer(body) ? body : JSON.stringify(body));
   });
 }

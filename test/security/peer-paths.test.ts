@@ -23,7 +23,8 @@ import { configFile } from '../../src/vm/folder.js';
 import type { ClusterView, VmView } from '../../src/api/schemas.js';
 import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { labTempDir } from '../helpers.js';
-import { hostAgent, post } from './host-client.js';
+import { hostAgent, post, postBytes } from './host-client.js';
+import { encodeIncoming, INCOMING_CONTENT_TYPE } from '../../src/api/incoming-body.js';
 
 const execFileP = promisify(execFile);
 const L: TestLab = { dir: '', lab: '', status: { dir: '', hosts: [], etcd: [] } };
@@ -110,7 +111,39 @@ test('incoming move: a file path outside the VM folder is refused, nothing is wr
     assert.equal(r.status, 400, `${p}: ${r.body}`);
     assert.match(r.body, /E_INVALID_INPUT/);
     assert.match(r.body, /is not a plain file name inside its folder/);
+    // The same with the file's bytes after the JSON (what Ferry's own source sends).
+    const bytes = Buffer.from('not a kernel');
+    const b = await postBytes(
+      R.agent,
+      R.endpoint(R.victim),
+      '/v1/peer/incoming',
+      encodeIncoming(
+        incoming(evilSpec(folder), { disks: [], dirs: [folder], files: [{ path: p, size: bytes.length }] }),
+        [bytes],
+      ),
+      INCOMING_CONTENT_TYPE,
+    );
+    assert.equal(b.status, 400, `${p}: ${b.body}`);
+    assert.match(b.body, /is not a plain file name inside its folder/);
   }
+  // Bytes that are not the files the JSON names, or sizes without bytes: refused before any step.
+  const named = incoming(evilSpec(folder), {
+    disks: [],
+    dirs: [folder],
+    files: [{ path: path.join(folder, 'vmlinuz'), size: 100 }],
+  });
+  const short = await postBytes(
+    R.agent,
+    R.endpoint(R.victim),
+    '/v1/peer/incoming',
+    encodeIncoming(named, [Buffer.alloc(10)]),
+    INCOMING_CONTENT_TYPE,
+  );
+  assert.equal(short.status, 400, short.body);
+  assert.match(short.body, /sizes add up to 100 bytes but 10 follow/);
+  const noBytes = await post(R.agent, R.endpoint(R.victim), '/v1/peer/incoming', named);
+  assert.equal(noBytes.status, 400, noBytes.body);
+  assert.match(noBytes.body, /came without its 100 bytes/);
   assert.deepEqual(await fsp.readdir(outside), [], 'no host file written');
   assert.equal(fs.existsSync(folder), false, 'no folder made');
 });

@@ -119,7 +119,7 @@ test("expectedTarget: the agent's address, the configured migration address unle
 });
 
 test('an incoming request carries at most 16 files of 96 MiB together, and the body limit follows', () => {
-  const storage = (files: Array<{ path: string; base64: string }>): unknown => ({
+  const storage = (files: Array<{ path: string; base64?: string; size?: number }>): unknown => ({
     jobId: 'job-1',
     source: 'host-a',
     spec: {},
@@ -134,6 +134,13 @@ test('an incoming request carries at most 16 files of 96 MiB together, and the b
   const many = Array.from({ length: INCOMING_LIMITS.files + 1 }, (_, i) => ({ path: `/p/f${i}`, base64: '' }));
   assert.ok(issues(storage(many)).includes('storage.files'));
   assert.ok(issues(storage([{ path: '/p/f', base64: 'not base64!' }])).includes('storage.files.0.base64'));
+  // Bytes after the JSON (api/incoming-body.ts): each file by its size, the same limit together.
+  const files = (v: unknown): string[] => issues(v).filter((p) => p.startsWith('storage'));
+  assert.deepEqual(files(storage([{ path: '/p/f', size: 15 * 1048576 }])), []);
+  const big = Array.from({ length: 2 }, (_, i) => ({ path: `/p/f${i}`, size: INCOMING_LIMITS.fileBytes / 2 + 1 }));
+  assert.ok(issues(storage(big)).includes('storage.files'));
+  assert.ok(issues(storage([{ path: '/p/f', size: 3, base64: 'YWJj' }])).includes('storage.files.0'));
+  assert.ok(issues(storage([{ path: '/p/f' }])).includes('storage.files.0'));
   const limit = peerActions.prepare.bodyLimit ?? Infinity;
   assert.ok(limit <= 130 * 1048576, `body limit ${limit}`);
   assert.ok(limit >= (INCOMING_LIMITS.fileBytes * 4) / 3, 'the files fit');

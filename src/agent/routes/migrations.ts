@@ -1,7 +1,7 @@
 import type { FastifyInstance } from 'fastify';
 import { actions } from '../../api/actions.js';
 import { peerActions } from '../../api/peer-actions.js';
-import { registerAction } from '../server.js';
+import { registerAction, sentFilesOf } from '../server.js';
 import { FerryError } from '../../errors.js';
 import type { ClusterNode } from '../../cluster/node.js';
 import type { MigrationManager } from '../../migration/manager.js';
@@ -66,7 +66,8 @@ export function peerRoutes(app: FastifyInstance, p: PeerParts): void {
   const incoming = p.migrations.incoming;
   registerAction(app, peerActions.prepare, ({ body, signal }, req) => {
     incoming.assertSource(body.jobId, req.peer, body.source);
-    return incoming.prepare(body, { signal, localAddress: req.socket.localAddress });
+    const files = sentFilesOf(req);
+    return incoming.prepare(body, { signal, localAddress: req.socket.localAddress, ...(files ? { files } : {}) });
   });
   registerAction(app, peerActions.status, ({ params }, req) => {
     incoming.assertSource(params.id, req.peer);

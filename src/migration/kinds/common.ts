@@ -1,11 +1,12 @@
 // Steps several kinds of move share: waiting in the cluster's queue and for a slot, Begin
 // (compare again once the move may start), and Prepare on the destination.
-import { peerActions, type IncomingRequest, type IncomingView } from '../../api/peer-actions.js';
+import { type IncomingRequest, type IncomingView } from '../../api/peer-actions.js';
 import { AbortedError, FerryError } from '../../errors.js';
 import { sleep } from '../../util/exec.js';
 import type { z } from 'zod';
 import { gather, incompatibleError } from '../begin.js';
 import { sharedNothingPlan } from '../plan.js';
+import { sendPrepare } from '../prepare-request.js';
 import { dropEarlierBitmaps } from './backup-copy.js';
 import type { Step } from '../runner.js';
 import { abortDestination, type SourceCtx } from '../source.js';
@@ -136,7 +137,7 @@ export async function prepareDestination(
   for (let attempt = 0; ; attempt++) {
     try {
       const sentAt = performance.now();
-      const v = await ctx.dest.call(peerActions.prepare, { body }, { signal, timeoutMs: 120_000 });
+      const v = await sendPrepare(ctx.dest, body, ctx.plan?.fileData, { signal, timeoutMs: 120_000 });
       ctx.job.destinationSteps(v.steps, sentAt);
       if (r.state === 'queued') ctx.job.enter('preparing', `preparing ${ctx.to.name}`);
       if (v.haNote) ctx.job.log(`${ctx.to.name}: ${v.haNote}`);
