@@ -8,9 +8,12 @@
 // rate and --allow-postcopy, so every move switches to post-copy; reports the record's
 // post-copy figures (QEMU's downtime, the guest's pause across both hosts) and the heartbeat gap.
 //
-//   npx tsx bench/live-migration.ts [--rounds N] [--warmup N] [--workloads idle,dirty,postcopy]
+//   npx tsx bench/live-migration.ts [--rounds N] [--warmup N] [--boots N] [--workloads idle,dirty,postcopy]
 //     [--raw-downtime-limit MS] [--keep]
-// (--warmup, default 1: rounds of the same moves first, on both paths, left out of the figures.)
+// (--warmup, default 1: rounds of the same moves first, on both paths, left out of the figures.
+// --boots, default 1: both guests are booted this many times, each boot followed by the warm-up
+// and --rounds rounds; a guest's last pass depends on where its boot put its memory, so one boot
+// per path compares two layouts as much as two paths: docs/performance.md.)
 //
 // The raw path uses QEMU's default downtime limit (300 ms) unless --raw-downtime-limit;
 // Ferry's policy starts at 20 ms and raises it only when the copy does not converge.
@@ -119,9 +122,11 @@ function parseArgs(argv: string[]): {
   keep: boolean;
   rawDowntimeLimitMs: number;
   warmup: number;
+  boots: number;
 } {
   let rounds = 3;
   let warmup = 1;
+  let boots = 1;
   let rawDowntimeLimitMs = RAW_DOWNTIME_LIMIT_MS;
   let workloads: Workload[] = ['idle', 'dirty'];
   let keep = false;
@@ -154,20 +159,25 @@ function parseArgs(argv: string[]): {
       warmup = Number(val());
       if (!Number.isInteger(warmup) || warmup < 0 || warmup > 10)
         throw new Error('--warmup must be an integer from 0 to 10');
+    } else if (a === '--boots' || a.startsWith('--boots=')) {
+      boots = Number(val());
+      if (!Number.isInteger(boots) || boots < 1 || boots > 10)
+        throw new Error('--boots must be an integer from 1 to 10');
     } else if (a === '--keep') keep = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npx tsx bench/live-migration.ts ' +
-          '[--rounds N] [--warmup N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] [--keep]\n',
+          '[--rounds N] [--warmup N] [--boots N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] ' +
+          '[--keep]\n',
       );
       process.exit(0);
     } else
       throw new Error(
-        `unknown argument '${a}'; use --rounds N, --warmup N, --workloads idle,dirty,postcopy, ` +
+        `unknown argument '${a}'; use --rounds N, --warmup N, --boots N, --workloads idle,dirty,postcopy, ` +
           '--raw-downtime-limit MS or --keep',
       );
   }
-  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs, warmup };
+  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs, warmup, boots };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -528,26 +538,35 @@ async function main(): Promise<void> {
         );
       };
 
-      // Warm-up rounds first (numbered from 1 - warmup to 0), the same moves on both paths, left
-      // out of the figures: a fresh lab's first moves (cold agents, caches, the first QEMUs)
-      // are slower on both paths and say nothing about the steady state.
-      for (let round = 1 - opts.warmup; round <= opts.rounds; round++) {
-        for (const tls of [true, false]) {
-          try {
-            await lab.setTls(tls);
-          } catch (e) {
-            log(`host set --tls: ${msg(e)}`);
-          }
-          for (let leg = 0; leg < 2; leg++) {
+      // Per boot of both guests: warm-up rounds first (numbered from 1 - warmup to 0), the same
+      // moves on both paths, left out of the figures: a fresh lab's first moves (cold agents,
+      // caches, the first QEMUs) and a guest's first moves after its boot are slower on both
+      // paths and say nothing about the steady state. Measured rounds go on numbering across boots.
+      for (let boot = 1; boot <= opts.boots; boot++) {
+        if (boot > 1) {
+          log(`${name}: booting both guests again (boot ${boot} of ${opts.boots})`);
+          await reviveFerry();
+          await reviveRaw();
+        }
+        for (let w = 1 - opts.warmup; w <= opts.rounds; w++) {
+          const round = w > 0 ? (boot - 1) * opts.rounds + w : w;
+          for (const tls of [true, false]) {
             try {
-              await ferryMove(round, tls);
+              await lab.setTls(tls);
             } catch (e) {
-              log(`ferry move: ${msg(e)}`);
+              log(`host set --tls: ${msg(e)}`);
             }
-            try {
-              await rawMove(round, tls);
-            } catch (e) {
-              log(`raw move: ${msg(e)}`);
+            for (let leg = 0; leg < 2; leg++) {
+              try {
+                await ferryMove(round, tls);
+              } catch (e) {
+                log(`ferry move: ${msg(e)}`);
+              }
+              try {
+                await rawMove(round, tls);
+              } catch (e) {
+                log(`raw move: ${msg(e)}`);
+              }
             }
           }
         }
@@ -588,6 +607,7 @@ async function main(): Promise<void> {
   report(samples, notable, cliFloor, {
     rounds: opts.rounds,
     warmup: opts.warmup,
+    boots: opts.boots,
     warmupMoves: warmups.length,
     workloads: opts.workloads,
     rawDowntimeLimitMs: opts.rawDowntimeLimitMs,
@@ -610,6 +630,7 @@ function report(
   meta: {
     rounds: number;
     warmup: number;
+    boots: number;
     warmupMoves: number;
     workloads: Workload[];
     rawDowntimeLimitMs: number;
@@ -689,7 +710,8 @@ function report(
       ]);
     out.push(
       `\n== workload ${wl}: ${WORKLOADS[wl].describe}; ${meta.rounds} round(s) ` +
-        `after ${meta.warmup} warm-up round(s), left out ==`,
+        `after ${meta.warmup} warm-up round(s), left out, ` +
+        `${meta.boots === 1 ? 'one boot' : `on each of ${meta.boots} boots of both guests`} ==`,
     );
     out.push(
       '(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; ' +
