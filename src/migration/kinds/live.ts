@@ -389,10 +389,13 @@ async function endLeftoverStream(qmp: QmpClient, s: StepScope, vm: string): Prom
     );
   s.log(`an earlier stream of this VM is still '${st}': ending it`);
   if (!ENDED.includes(st) && st !== 'cancelling') await qmp.execute('migrate_cancel', undefined, { signal: s.signal });
-  if (!(await streamEnds(qmp, s, 15_000)))
+  // A connection QEMU was still opening over a cut link is not yet one `yank` can shut down: it ends
+  // at TCP's next retransmission once the link is back, which backs off to tens of seconds.
+  if (!(await streamEnds(qmp, s, LEFTOVER_WAIT_MS)))
     throw new MigrationFailedError(
       'E_MIGRATION_FAILED',
-      `Cannot move VM '${vm}': an earlier move's stream has not ended after 15 s; retry in a minute`,
+      `Cannot move VM '${vm}': an earlier move's stream has not ended after ${LEFTOVER_WAIT_MS / 1000} s ` +
+        `(its link may still be down); check the migration network, then retry`,
     );
 }
 
@@ -420,6 +423,8 @@ async function streamGone(qmp: QmpClient): Promise<boolean> {
   const yank = await qmp.execute('query-yank', undefined, { timeoutMs: 5000 });
   return !yank.some((i) => i.type === 'migration');
 }
+/** How long a new move waits for an earlier move's stream to end before it gives up. */
+const LEFTOVER_WAIT_MS = 90_000;
 /** How long a cancelled stream may take to end before its connections are shut down. */
 const YANK_AFTER_MS = 3000;
 
