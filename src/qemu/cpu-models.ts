@@ -60,7 +60,7 @@ export function usableCpuModels(
   let entry = cache.get(accel);
   if (!entry) {
     const controller = new AbortController();
-    const promise = probeCpuModels(accel, controller.signal, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const promise = probeAgainIfSilent(accel, controller.signal, opts.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     const e: CacheEntry = { promise, controller, waiters: 0 };
     cache.set(accel, e);
     promise.catch(() => {
@@ -113,6 +113,25 @@ export function usableModelNames(models: readonly CpuModelInfo[]): string[] {
 
 function copyModels(v: CpuModelInfo[]): CpuModelInfo[] {
   return v.map((m) => ({ ...m, unavailableFeatures: [...m.unavailableFeatures] }));
+}
+
+/**
+ * A probe whose QEMU stayed silent (no answer before the deadline) is tried once more with a new
+ * QEMU: seen once in CI on a loaded machine, a QEMU answered the QMP greeting and then not
+ * `qmp_capabilities` for 20 s, and the move that asked failed. A QEMU that exits is not retried.
+ */
+async function probeAgainIfSilent(
+  accel: 'kvm' | 'tcg',
+  signal: AbortSignal,
+  timeoutMs: number,
+): Promise<CpuModelInfo[]> {
+  try {
+    return await probeCpuModels(accel, signal, timeoutMs);
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (signal.aborted || (code !== 'E_TIMEOUT' && code !== 'E_ABORTED')) throw err;
+    return probeCpuModels(accel, signal, timeoutMs);
+  }
 }
 
 async function probeCpuModels(accel: 'kvm' | 'tcg', signal: AbortSignal, timeoutMs: number): Promise<CpuModelInfo[]> {
