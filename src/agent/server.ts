@@ -45,7 +45,6 @@ export type Handler<A> =
       ) => Promise<z.input<R> | undefined>
     : never;
 
-/** Registers one typed action as a route. */
 const sentFiles = new WeakMap<FastifyRequest, Buffer[]>();
 
 /** The files' bytes that came after a request's JSON (INCOMING_CONTENT_TYPE); none for a JSON body. */
@@ -53,6 +52,7 @@ export function sentFilesOf(req: FastifyRequest): Buffer[] | undefined {
   return sentFiles.get(req);
 }
 
+/** Registers one typed action as a route. */
 export function registerAction<A extends Action>(app: FastifyInstance, a: A, handler: Handler<A>): void {
   app.withTypeProvider<ZodTypeProvider>().route({
     method: a.method,
@@ -180,9 +180,22 @@ export async function buildServer(o: ServerOptions): Promise<FastifyInstance> {
   });
   // Prepare's request with the VM folder's files as bytes (api/incoming-body.ts): the JSON goes on
   // to the route's schema, the bytes wait beside the request for its handler.
+  const jsonParser = app.getDefaultJsonParser('error', 'error');
   app.addContentTypeParser(INCOMING_CONTENT_TYPE, { parseAs: 'buffer' }, (req, body, done) => {
+    // The JSON line goes through the parser every JSON body does (it refuses prototype keys); that
+    // parser answers before it returns.
+    const parseJson = (text: string): unknown => {
+      let out: { err: Error | null; value?: unknown } | null = null;
+      void jsonParser(req, text, (err, value) => {
+        out = { err, value };
+      });
+      const got = out as { err: Error | null; value?: unknown } | null;
+      if (!got) throw new Error('the JSON parser did not answer at once');
+      if (got.err) throw got.err;
+      return got.value;
+    };
     try {
-      const { request, files } = decodeIncoming(body as Buffer);
+      const { request, files } = decodeIncoming(body as Buffer, parseJson);
       sentFiles.set(req, files);
       done(null, request);
     } catch (err) {

@@ -54,6 +54,15 @@ interface TlsFiles {
  * CPU each). Made at the first connection, as Node did: unreadable PEM fails the request, not
  * the client's construction. A renewed certificate or CRL has other contents: a new context.
  */
+/** A caller-given content type applies to a string or bytes sent as they are; anything else is JSON. */
+function payloadOf(body: unknown, contentType: string | undefined): { payload?: Buffer; rawType?: string } {
+  if (body === undefined) return {};
+  if (contentType !== undefined && Buffer.isBuffer(body)) return { payload: body, rawType: contentType };
+  if (contentType !== undefined && typeof body === 'string')
+    return { payload: Buffer.from(body), rawType: contentType };
+  return { payload: Buffer.from(JSON.stringify(body)) };
+}
+
 const contexts = new Map<string, tls.SecureContext>();
 function secureContextOf(f: TlsFiles): tls.SecureContext {
   const id = [f.ca, f.cert, f.key, f.crl ?? ''].map((b) => b.toString('base64')).join(' ');
@@ -148,15 +157,7 @@ export class AgentClient {
         reject(new AbortedError(what, opts.signal.reason));
         return;
       }
-      // A caller-given content type applies to a string or bytes sent as they are; anything else is JSON.
-      const raw = typeof body === 'string' || Buffer.isBuffer(body);
-      const rawType = raw ? opts.contentType : undefined;
-      const payload =
-        body === undefined
-          ? undefined
-          : Buffer.isBuffer(body) && rawType !== undefined
-            ? body
-            : Buffer.from(typeof body === 'string' && rawType !== undefined ? body : JSON.stringify(body));
+      const { payload, rawType } = payloadOf(body, opts.contentType);
       const req = https.request(
         this.endpoint + url,
         {

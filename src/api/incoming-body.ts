@@ -16,18 +16,27 @@ export function encodeIncoming(request: unknown, files: readonly Buffer[]): Buff
 }
 
 /**
- * Splits a body made by encodeIncoming. The JSON is returned unchecked (the route's schema checks
- * it); what is checked here is that the bytes after it are exactly the files it names.
+ * Splits a body made by encodeIncoming. `parseJson` reads its first line (the agent passes its
+ * server's JSON parser, which refuses `__proto__` and `constructor.prototype` keys as it does for
+ * any JSON body). The JSON is returned unchecked (the route's schema checks it); what is checked
+ * here is that the bytes after it are exactly the files it names.
  */
-export function decodeIncoming(body: Buffer): { request: unknown; files: Buffer[] } {
+export function decodeIncoming(
+  body: Buffer,
+  parseJson: (text: string) => unknown,
+): { request: unknown; files: Buffer[] } {
   const fix = `send the request as JSON, then a newline, then each file's bytes in order`;
   const end = body.indexOf(NEWLINE);
   if (end < 0) throw new InvalidInputError(`Cannot accept the request: it has no newline after its JSON; ${fix}`);
   let request: unknown;
   try {
-    request = JSON.parse(body.subarray(0, end).toString('utf8'));
-  } catch (err) {
-    throw new InvalidInputError(`Cannot accept the request: its first line is not JSON (${String(err)}); ${fix}`);
+    request = parseJson(body.subarray(0, end).toString('utf8'));
+  } catch {
+    // The agent's parser does not say which (a prototype key or bad syntax): both are named.
+    throw new InvalidInputError(
+      `Cannot accept the request: its first line is not JSON, or names a prototype key ('__proto__', ` +
+        `'constructor.prototype'); ${fix}`,
+    );
   }
   const sizes = fileSizes(request);
   const files: Buffer[] = [];

@@ -141,6 +141,16 @@ test('incoming move: a file path outside the VM folder is refused, nothing is wr
   );
   assert.equal(short.status, 400, short.body);
   assert.match(short.body, /sizes add up to 100 bytes but 10 follow/);
+  // Its JSON line is parsed as every JSON body is: a prototype key is refused.
+  const poisoned = await postBytes(
+    R.agent,
+    R.endpoint(R.victim),
+    '/v1/peer/incoming',
+    Buffer.from(`${JSON.stringify(named).replace(/^\{/, '{"__proto__":{"admin":true},')}\n`),
+    INCOMING_CONTENT_TYPE,
+  );
+  assert.equal(poisoned.status, 400, poisoned.body);
+  assert.match(poisoned.body, /names a prototype key/);
   const noBytes = await post(R.agent, R.endpoint(R.victim), '/v1/peer/incoming', named);
   assert.equal(noBytes.status, 400, noBytes.body);
   assert.match(noBytes.body, /came without its 100 bytes/);

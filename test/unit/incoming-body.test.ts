@@ -15,14 +15,14 @@ test("Prepare's body: the JSON, a newline, then each file's bytes; split back ex
   const files = [Buffer.from('kernel\n\nbytes'), Buffer.alloc(0), Buffer.from([0, 10, 255, 10])];
   const req = request(files.map((f) => f.length));
   const body = encodeIncoming(req, files);
-  const out = decodeIncoming(body);
+  const out = decodeIncoming(body, JSON.parse);
   assert.deepEqual(out.request, req);
   assert.deepEqual(
     out.files.map((f) => [...f]),
     files.map((f) => [...f]),
   );
   // A request without storage carries no bytes.
-  assert.deepEqual(decodeIncoming(encodeIncoming({ jobId: 'x' }, [])).files, []);
+  assert.deepEqual(decodeIncoming(encodeIncoming({ jobId: 'x' }, []), JSON.parse).files, []);
 });
 
 test("Prepare's body: bytes that do not match the sizes, or no JSON, are refused with the fix", () => {
@@ -31,17 +31,17 @@ test("Prepare's body: bytes that do not match the sizes, or no JSON, are refused
   const long = encodeIncoming(request([2]), files);
   for (const body of [short, long]) {
     assert.throws(
-      () => decodeIncoming(body),
+      () => decodeIncoming(body, JSON.parse),
       (e: unknown) =>
         e instanceof FerryError &&
         e.code === 'E_INVALID_INPUT' &&
         /sizes add up to \d+ bytes but 3 follow/.test(e.message),
     );
   }
-  assert.throws(() => decodeIncoming(Buffer.from('{"a":1}')), /no newline after its JSON/);
-  assert.throws(() => decodeIncoming(Buffer.from('{nope\nxx')), /first line is not JSON/);
+  assert.throws(() => decodeIncoming(Buffer.from('{"a":1}'), JSON.parse), /no newline after its JSON/);
+  assert.throws(() => decodeIncoming(Buffer.from('{nope\nxx'), JSON.parse), /first line is not JSON/);
   const neg = Buffer.from(JSON.stringify({ storage: { files: [{ path: 'a', size: -1 }] } }) + '\n');
-  assert.throws(() => decodeIncoming(neg), /not a whole number of bytes/);
+  assert.throws(() => decodeIncoming(neg, JSON.parse), /not a whole number of bytes/);
 });
 
 test('sendPrepare sends the bytes after the JSON, and JSON with base64 to a destination that answers 415', async () => {
@@ -77,7 +77,7 @@ test('sendPrepare sends the bytes after the JSON, and JSON with base64 to a dest
   assert.equal(sent.length, 1);
   assert.equal(sent[0]?.type, INCOMING_CONTENT_TYPE);
   assert.deepEqual(
-    decodeIncoming(sent.at(0)?.body as Buffer).files.map((f) => f.toString()),
+    decodeIncoming(sent.at(0)?.body as Buffer, JSON.parse).files.map((f) => f.toString()),
     ['kernel', 'initrd'],
   );
   sent.length = 0;
