@@ -9,11 +9,17 @@
 // post-copy figures (QEMU's downtime, the guest's pause across both hosts) and the heartbeat gap.
 //
 //   npx tsx bench/live-migration.ts [--rounds N] [--warmup N] [--boots N] [--workloads idle,dirty,postcopy]
-//     [--raw-downtime-limit MS] [--keep]
+//     [--raw-downtime-limit MS] [--settle-ms MS] [--keep]
 // (--warmup, default 1: rounds of the same moves first, on both paths, left out of the figures.
 // --boots, default 1: both guests are booted this many times, each boot followed by the warm-up
 // and --rounds rounds; a guest's last pass depends on where its boot put its memory, so one boot
-// per path compares two layouts as much as two paths: docs/performance.md.)
+// per path compares two layouts as much as two paths: docs/performance.md.
+// --settle-ms, default 2500: every move starts at least this long after the previous one ended
+// (its source QEMU gone). On a host that is itself a VM with free page reporting, memory freed
+// ~2 s earlier has gone back to the hypervisor, and a destination QEMU faulting it in again
+// receives several times slower; a move right after another gets the memory its source freed.
+// Moving ~2 s apart, the two paths got one or the other by the order of the run, not by what
+// they do: docs/performance.md § The destination's memory.)
 //
 // The raw path uses QEMU's default downtime limit (300 ms) unless --raw-downtime-limit;
 // Ferry's policy starts at 20 ms and raises it only when the copy does not converge.
@@ -74,6 +80,8 @@ interface Sample {
   downtimeZeroInRecord?: boolean;
   /** raw: the first `completed` reply had total-time/downtime 0 and was asked again. */
   statsRequeried?: boolean;
+  /** From the end of the previous move (of either path; its source QEMU gone) to this move's start. */
+  idleBeforeMs: number | null;
   /** Machine load at the start of the move: 1-min load average, QEMUs not started by this run. */
   load1: number;
   foreignQemus: number;
@@ -114,6 +122,8 @@ const GAP_BEFORE_MS = 300;
 const waitMs = (tail: HeartbeatTail): number =>
   performance.now() - (tail.beats.at(-1)?.t ?? performance.now()) > 10_000 ? 3000 : 15_000;
 const GAP_AFTER_MS = 1000;
+/** Beyond free page reporting's 2 s delay (Linux's PAGE_REPORTING_DELAY): see --settle-ms above. */
+const DEFAULT_SETTLE_MS = 2500;
 
 function parseArgs(argv: string[]): {
   rounds: number;
@@ -123,10 +133,12 @@ function parseArgs(argv: string[]): {
   rawDowntimeLimitMs: number;
   warmup: number;
   boots: number;
+  settleMs: number;
 } {
   let rounds = 3;
   let warmup = 1;
   let boots = 1;
+  let settleMs = DEFAULT_SETTLE_MS;
   let rawDowntimeLimitMs = RAW_DOWNTIME_LIMIT_MS;
   let workloads: Workload[] = ['idle', 'dirty'];
   let keep = false;
@@ -163,21 +175,25 @@ function parseArgs(argv: string[]): {
       boots = Number(val());
       if (!Number.isInteger(boots) || boots < 1 || boots > 10)
         throw new Error('--boots must be an integer from 1 to 10');
+    } else if (a === '--settle-ms' || a.startsWith('--settle-ms=')) {
+      settleMs = Number(val());
+      if (!Number.isInteger(settleMs) || settleMs < 0 || settleMs > 60_000)
+        throw new Error('--settle-ms must be an integer number of ms from 0 to 60000');
     } else if (a === '--keep') keep = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npx tsx bench/live-migration.ts ' +
           '[--rounds N] [--warmup N] [--boots N] [--workloads idle,dirty,postcopy] [--raw-downtime-limit MS] ' +
-          '[--keep]\n',
+          '[--settle-ms MS] [--keep]\n',
       );
       process.exit(0);
     } else
       throw new Error(
         `unknown argument '${a}'; use --rounds N, --warmup N, --boots N, --workloads idle,dirty,postcopy, ` +
-          '--raw-downtime-limit MS or --keep',
+          '--raw-downtime-limit MS, --settle-ms MS or --keep',
       );
   }
-  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs, warmup, boots };
+  return { rounds, workloads, postcopy, keep, rawDowntimeLimitMs, warmup, boots, settleMs };
 }
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -422,18 +438,29 @@ async function main(): Promise<void> {
         await sleep(wl === 'dirty' ? 6000 : 2000);
       };
 
-      const base = (): Pick<Sample, 'load1' | 'foreignQemus'> => ({
-        load1: os.loadavg()[0]!,
-        foreignQemus: foreignQemuCount(dir),
-      });
+      /** When the last move (either path) ended, its source QEMU gone: --settle-ms counts from here. */
+      let lastEnd: number | null = null;
+      const base = async (): Promise<Pick<Sample, 'load1' | 'foreignQemus' | 'idleBeforeMs'>> => {
+        if (lastEnd !== null) {
+          const left = lastEnd + opts.settleMs - performance.now();
+          if (left > 0) await sleep(left);
+        }
+        return {
+          idleBeforeMs: lastEnd === null ? null : Math.round(performance.now() - lastEnd),
+          load1: os.loadavg()[0]!,
+          foreignQemus: foreignQemuCount(dir),
+        };
+      };
 
       const ferryMove = async (round: number, tls: boolean): Promise<void> => {
         await activate('ferry');
         const to = ferryHost === 'host-a' ? 'host-b' : 'host-a';
-        const b = base();
+        const b = await base();
         const t0 = performance.now();
         const r = await lab.move(name, to);
         const t1 = performance.now();
+        // The CLI returns after the source's release (its QEMU has quit).
+        lastEnd = t1;
         const stall = await settle(ferryTail, t0, t1);
         const gap = ferryTail.gap(t0 - GAP_BEFORE_MS, t1 + GAP_AFTER_MS, t1 - 1);
         const rec = r.record;
@@ -486,10 +513,12 @@ async function main(): Promise<void> {
 
       const rawMove = async (round: number, tls: boolean): Promise<void> => {
         await activate('raw');
-        const b = base();
+        const b = await base();
         const dirLabel = raw!.side === 'A' ? 'A→B' : 'B→A';
         const tStart = performance.now();
         const r = await raw!.move(tls ? rawTlsDir : undefined);
+        // move() returns once the source has quit.
+        lastEnd = performance.now();
         const tEnd = Number.isFinite(r.t1) ? r.t1 : performance.now();
         const stall = await settle(rawTail, tStart, tEnd);
         const gap = r.ok ? rawTail.gap(r.t0 - GAP_BEFORE_MS, r.t1 + GAP_AFTER_MS, r.t1 - 1) : null;
@@ -608,6 +637,7 @@ async function main(): Promise<void> {
     rounds: opts.rounds,
     warmup: opts.warmup,
     boots: opts.boots,
+    settleMs: opts.settleMs,
     warmupMoves: warmups.length,
     workloads: opts.workloads,
     rawDowntimeLimitMs: opts.rawDowntimeLimitMs,
@@ -631,6 +661,7 @@ function report(
     rounds: number;
     warmup: number;
     boots: number;
+    settleMs: number;
     warmupMoves: number;
     workloads: Workload[];
     rawDowntimeLimitMs: number;
@@ -711,7 +742,8 @@ function report(
     out.push(
       `\n== workload ${wl}: ${WORKLOADS[wl].describe}; ${meta.rounds} round(s) ` +
         `after ${meta.warmup} warm-up round(s), left out, ` +
-        `${meta.boots === 1 ? 'one boot' : `on each of ${meta.boots} boots of both guests`} ==`,
+        `${meta.boots === 1 ? 'one boot' : `on each of ${meta.boots} boots of both guests`}, ` +
+        `each move ≥ ${meta.settleMs} ms after the previous one ended ==`,
     );
     out.push(
       '(ms, median / max over successful moves; "total" = Ferry record totalMs, raw = QEMU total-time; ' +
