@@ -24,6 +24,7 @@ const { values: args } = parseArgs({
     keep: { type: 'boolean', default: false },
   },
 });
+const MiB = 1024 * 1024;
 const rounds = Number(args.rounds);
 /** Dirtier per workload: working set MiB @ MiB/s (the probe's ferry.dirty). */
 const DIRTY: Record<string, string | null> = { idle: null, '16': '64@16', '64': '64@64', '128': '128@128' };
@@ -102,6 +103,8 @@ async function main(): Promise<void> {
     String(round),
     fmt(p.dirtyRateMiBps, 1),
     fmt(p.linkMiBps),
+    // The first pass's share of memory on the wire, predicted (the guest RAM its QEMU held) and actual (bytes sent).
+    `${p.wireShare === undefined ? '-' : fmt(p.wireShare, 2)} / ${fmt(r.bytesTransferred / (p.memoryMiB * MiB), 2)}`,
     p.step,
     `${r.state}/${r.throttlePct ? 'throttled' : r.passes > 1 ? `${r.passes} passes` : '1 pass'}`,
     fmt(p.totalMs),
@@ -117,6 +120,7 @@ async function main(): Promise<void> {
         'round',
         'dirty MiB/s',
         'link MiB/s',
+        'wire share pred / sent',
         'predicted step',
         'actual',
         'pred ms',

@@ -4,6 +4,7 @@
 // left open, from the same journal with the same steps.
 import { DEFAULTS } from '../api/defaults.js';
 import { measureDirtyRate } from './dirty-rate.js';
+import { guestRamResident } from '../qemu/guest-ram.js';
 import { defaultFinishWithinMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { describePrediction, linkFromHistory, predictMove } from './predict.js';
 import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
@@ -112,6 +113,8 @@ export class MigrationManager {
     const spec = await this.host.vms.spec(vm);
     const policy = PolicyInput.parse(input ?? {});
     const rate = await measureDirtyRate(proc.qmp, { vm, ...(signal ? { signal } : {}) });
+    const resident = await guestRamResident(proc.pid, spec.memoryMiB, signal ? { signal } : {});
+    const wireShare = resident.bytes === null ? undefined : Math.min(1, resident.bytes / (spec.memoryMiB * MiB));
     const link = linkFromHistory(this.host.store.listMigrations(200), to.name, Date.now());
     const cap = policy.bandwidthMiBps ? policy.bandwidthMiBps * MiB : Infinity;
     const linkBps = Math.min(link.linkBps, cap);
@@ -125,6 +128,7 @@ export class MigrationManager {
       startDowntimeMs: this.host.accelerator() === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
       finishWithinMs,
       allowPostcopy: policy.allowPostcopy,
+      ...(wireShare === undefined ? {} : { wireShare }),
     });
     const p: Omit<Prediction, 'summary'> = {
       madeAt: new Date().toISOString(),
@@ -135,6 +139,7 @@ export class MigrationManager {
       linkMiBps: round1(linkBps / MiB),
       linkSource: cap < link.linkBps ? 'bandwidth' : link.source,
       overheadMs: Math.round(link.overheadMs),
+      ...(wireShare === undefined ? {} : { wireShare: Math.round(wireShare * 1000) / 1000 }),
       maxDowntimeMs: policy.maxDowntimeMs,
       finishWithinMs,
       ...outcome,

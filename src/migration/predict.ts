@@ -20,6 +20,12 @@ export interface PredictInput {
   startDowntimeMs: number;
   finishWithinMs: number;
   allowPostcopy: boolean;
+  /**
+   * The share of its memory the first pass puts on the wire (0–1): QEMU sends a zero page as a
+   * few bytes. Measured as the guest RAM its QEMU holds (qemu/guest-ram.ts); 1, every page,
+   * when unknown.
+   */
+  wireShare?: number;
 }
 
 export type PredictedStep = Prediction['step'];
@@ -45,6 +51,8 @@ const THROTTLE_MAX = 99;
 const POSTCOPY_SWITCH_MS = 50;
 /** Enough passes for any guest: a move that has not ended by then is out of its --finish-within budget. */
 const MAX_PASSES = 10_000;
+/** A floor for the measured share: QEMU still reads every page to find the zero ones. */
+const MIN_WIRE_SHARE = 0.05;
 
 /**
  * Pre-copy pass by pass: pass 0 sends all memory, each later pass what the guest dirtied during
@@ -55,6 +63,7 @@ const MAX_PASSES = 10_000;
 export function predictMove(input: PredictInput): PredictOutcome {
   const mem = input.memoryMiB * MiB;
   const link = Math.max(1, input.linkBps);
+  const share = Math.min(1, Math.max(MIN_WIRE_SHARE, input.wireShare ?? 1));
   const policy = new ConvergencePolicy({
     maxDowntimeMs: input.maxDowntimeMs,
     finishWithinMs: input.finishWithinMs,
@@ -83,13 +92,15 @@ export function predictMove(input: PredictInput): PredictOutcome {
   });
 
   for (let pass = 1; pass <= MAX_PASSES; pass++) {
-    const passMs = (remaining / link) * 1000;
+    // Later passes send the pages the guest wrote meanwhile: those are data.
+    const wire = pass === 1 ? remaining * share : remaining;
+    const passMs = (wire / link) * 1000;
     elapsedMs += passMs;
-    sent += remaining;
+    sent += wire;
     const dirtyBps = input.dirtyBps * (1 - throttle / 100);
     const dirtied = Math.min(mem, (dirtyBps * passMs) / 1000);
     // QEMU's throttle check at the dirty sync: dirtied more than trigger % of what it sent.
-    if (dirtied > (remaining * triggerPct) / 100) {
+    if (dirtied > (wire * triggerPct) / 100) {
       throttle = throttle === 0 ? THROTTLE_INITIAL : Math.min(THROTTLE_MAX, throttle + THROTTLE_STEP);
       maxThrottle = Math.max(maxThrottle, throttle);
     }

@@ -21,6 +21,8 @@ export const Prediction = z.object({
   linkSource: z.enum(['history', 'bandwidth', 'assumed']),
   /** Time of a move outside its memory copy (prepare, switch-over), from the same history or assumed. */
   overheadMs: z.number(),
+  /** The share of its memory the first pass puts on the wire: the guest RAM its QEMU holds (absent: every page). */
+  wireShare: z.number().min(0).max(1).optional(),
   maxDowntimeMs: z.number(),
   finishWithinMs: z.number(),
   totalMs: z.number(),

@@ -707,6 +707,8 @@ test('compare-vm --predict: an idle and a dirtying guest, a refusal when stopped
   assert.equal(pi.step, 'pre-copy');
   assert.ok(pi.linkMiBps > 0 && pi.totalMs > 0 && pi.totalMs < 30_000, JSON.stringify(pi));
   assert.ok(pi.downtimeMs !== null && pi.downtimeMs <= pi.downtimeLimitMs);
+  // The first pass is priced by the guest RAM its QEMU holds: some, never more than all of it.
+  assert.ok(pi.wireShare !== undefined && pi.wireShare > 0 && pi.wireShare <= 1, `wire share ${pi.wireShare}`);
 
   // The bootblock rewrites a byte of every page of 99 MiB in a tight loop.
   const pb = await predict('pb1', 'host-b', ['--max-downtime', '5000']);
@@ -727,6 +729,7 @@ test('compare-vm --predict: an idle and a dirtying guest, a refusal when stopped
   const text = await ferryOk<string>(['compare-vm', 'pr1', '--to', 'host-a', '--predict'], { lab: L.lab });
   assert.match(text, /^VM pr1 can move to host-a\n {2}prediction +\S.*\n {2}total +~\d+\.\d s\n/);
   assert.match(text, /converges +yes at --max-downtime \d+ ms \(step: pre-copy\)/);
+  assert.match(text, /first pass +at most \d+ of \d+ MiB on the wire/);
   const plain = await ferry(['compare-vm', 'pr1', '--to', 'host-a', '--max-downtime', '100'], { lab: L.lab });
   assert.notEqual(plain.code, 0);
   assert.match(plain.stderr, /without --predict/);

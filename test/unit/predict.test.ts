@@ -32,6 +32,25 @@ test('an idle guest: one pass of all its memory, no downtime to speak of, plain 
   assert.equal(p.totalMs, 500 + 10_240);
 });
 
+test("an idle guest's first pass costs only what it puts on the wire (zero pages are a few bytes)", () => {
+  const p = predictMove({ ...base, wireShare: 0.25 });
+  assert.equal(p.passes, 1);
+  // A quarter of 1024 MiB at 100 MiB/s, plus the fixed cost.
+  assert.equal(p.totalMs, 500 + 2560);
+  // An all-zero guest still costs the floor's share (QEMU reads every page), and more than 1 is 1.
+  assert.equal(predictMove({ ...base, wireShare: 0 }).totalMs, 500 + 512);
+  assert.equal(predictMove({ ...base, wireShare: 3 }).totalMs, predictMove(base).totalMs);
+});
+
+test('the wire share only shortens the first pass: what the guest writes meanwhile is data', () => {
+  const full = predictMove({ ...base, dirtyBps: 20 * MiB });
+  const half = predictMove({ ...base, dirtyBps: 20 * MiB, wireShare: 0.5 });
+  // The first pass takes 5.12 s instead of 10.24, so the guest dirties half as much during it.
+  assert.ok(half.totalMs < full.totalMs, `${half.totalMs} < ${full.totalMs}`);
+  assert.ok(Math.abs(half.totalMs - (500 + 5120 * 1.25)) < 20, `total ${half.totalMs}`);
+  assert.ok(half.passes <= full.passes);
+});
+
 test('a guest dirtying at a fifth of the link converges in a few passes at the first downtime limit', () => {
   const p = predictMove({ ...base, dirtyBps: 20 * MiB });
   assert.equal(p.step, 'pre-copy');

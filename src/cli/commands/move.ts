@@ -124,6 +124,13 @@ function printPrediction(p: Prediction): void {
     ['converges', `${p.converges ? 'yes' : 'no'} at --max-downtime ${p.maxDowntimeMs} ms (step: ${p.step})`],
     ['dirty rate', `${p.dirtyRateMiBps} MiB/s (QEMU ${p.dirtyMode}, ${p.dirtySampleMs} ms)`],
     ['link', `${p.linkMiBps} MiB/s (${link})`],
+    [
+      'first pass',
+      p.wireShare === undefined
+        ? `${p.memoryMiB} MiB (every page: its QEMU's memory map could not be read)`
+        : `at most ${Math.round(p.memoryMiB * p.wireShare)} of ${p.memoryMiB} MiB on the wire ` +
+          '(the pages its QEMU holds; the rest are zero pages)',
+    ],
   ];
   const w = Math.max(...rows.map((x) => x[0].length));
   for (const [k, v] of rows) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);
