@@ -150,11 +150,16 @@ function parseArgs(argv: string[]): {
       if (v === undefined) throw new Error(`${a} needs a value`);
       return v;
     };
-    if (a === '--rounds' || a.startsWith('--rounds=')) {
-      rounds = Number(val());
-      if (!Number.isInteger(rounds) || rounds < 1 || rounds > 50)
-        throw new Error('--rounds must be an integer from 1 to 50');
-    } else if (a === '--workloads' || a.startsWith('--workloads=')) {
+    const is = (name: string): boolean => a === name || a.startsWith(`${name}=`);
+    /** The option's value as a whole number from `lo` to `hi` (`unit` names it in the error). */
+    const int = (name: string, lo: number, hi: number, unit = ''): number => {
+      const n = Number(val());
+      if (!Number.isInteger(n) || n < lo || n > hi)
+        throw new Error(`${name} must be an integer${unit ? ` number of ${unit}` : ''} from ${lo} to ${hi}`);
+      return n;
+    };
+    if (is('--rounds')) rounds = int('--rounds', 1, 50);
+    else if (is('--workloads')) {
       const w = val()
         .split(',')
         .map((s) => s.trim())
@@ -163,23 +168,11 @@ function parseArgs(argv: string[]): {
         throw new Error('--workloads takes a list of idle, dirty and postcopy');
       postcopy = w.includes('postcopy');
       workloads = w.filter((x) => x !== 'postcopy') as Workload[];
-    } else if (a === '--raw-downtime-limit' || a.startsWith('--raw-downtime-limit=')) {
-      rawDowntimeLimitMs = Number(val());
-      if (!Number.isInteger(rawDowntimeLimitMs) || rawDowntimeLimitMs < 1 || rawDowntimeLimitMs > 60_000)
-        throw new Error('--raw-downtime-limit must be an integer number of ms from 1 to 60000');
-    } else if (a === '--warmup' || a.startsWith('--warmup=')) {
-      warmup = Number(val());
-      if (!Number.isInteger(warmup) || warmup < 0 || warmup > 10)
-        throw new Error('--warmup must be an integer from 0 to 10');
-    } else if (a === '--boots' || a.startsWith('--boots=')) {
-      boots = Number(val());
-      if (!Number.isInteger(boots) || boots < 1 || boots > 10)
-        throw new Error('--boots must be an integer from 1 to 10');
-    } else if (a === '--settle-ms' || a.startsWith('--settle-ms=')) {
-      settleMs = Number(val());
-      if (!Number.isInteger(settleMs) || settleMs < 0 || settleMs > 60_000)
-        throw new Error('--settle-ms must be an integer number of ms from 0 to 60000');
-    } else if (a === '--keep') keep = true;
+    } else if (is('--raw-downtime-limit')) rawDowntimeLimitMs = int('--raw-downtime-limit', 1, 60_000, 'ms');
+    else if (is('--warmup')) warmup = int('--warmup', 0, 10);
+    else if (is('--boots')) boots = int('--boots', 1, 10);
+    else if (is('--settle-ms')) settleMs = int('--settle-ms', 0, 60_000, 'ms');
+    else if (a === '--keep') keep = true;
     else if (a === '--help' || a === '-h') {
       process.stdout.write(
         'usage: npx tsx bench/live-migration.ts ' +

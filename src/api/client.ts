@@ -48,12 +48,6 @@ interface TlsFiles {
   crl?: Buffer;
 }
 
-/**
- * TLS parameters parsed once for every connection of every client holding the same files'
- * contents: given as `ca`/`cert`/`key`, Node parses them again for each connection (~2 ms of
- * CPU each). Made at the first connection, as Node did: unreadable PEM fails the request, not
- * the client's construction. A renewed certificate or CRL has other contents: a new context.
- */
 /** A caller-given content type applies to a string or bytes sent as they are; anything else is JSON. */
 function payloadOf(body: unknown, contentType: string | undefined): { payload?: Buffer; rawType?: string } {
   if (body === undefined) return {};
@@ -63,6 +57,12 @@ function payloadOf(body: unknown, contentType: string | undefined): { payload?: 
   return { payload: Buffer.from(JSON.stringify(body)) };
 }
 
+/**
+ * TLS parameters parsed once for every connection of every client holding the same files'
+ * contents: given as `ca`/`cert`/`key`, Node parses them again for each connection (~2 ms of
+ * CPU each). Made at the first connection, as Node did: unreadable PEM fails the request, not
+ * the client's construction. A renewed certificate or CRL has other contents: a new context.
+ */
 const contexts = new Map<string, tls.SecureContext>();
 function secureContextOf(f: TlsFiles): tls.SecureContext {
   const id = [f.ca, f.cert, f.key, f.crl ?? ''].map((b) => b.toString('base64')).join(' ');

@@ -114,7 +114,7 @@ export class MigrationManager {
     const policy = PolicyInput.parse(input ?? {});
     const rate = await measureDirtyRate(proc.qmp, { vm, ...(signal ? { signal } : {}) });
     const resident = await guestRamResident(proc.pid, spec.memoryMiB, signal ? { signal } : {});
-    const wireShare = resident.bytes === null ? undefined : Math.min(1, resident.bytes / (spec.memoryMiB * MiB));
+    const wireShare = resident === null ? undefined : Math.min(1, resident / (spec.memoryMiB * MiB));
     const link = linkFromHistory(this.host.store.listMigrations(200), to.name, Date.now());
     const cap = policy.bandwidthMiBps ? policy.bandwidthMiBps * MiB : Infinity;
     const linkBps = Math.min(link.linkBps, cap);

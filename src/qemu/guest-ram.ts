@@ -7,7 +7,6 @@
 // whole; the TCG code buffer and QEMU's heaps have other sizes). Pages zeroed by the guest stay
 // resident, so the bound is high, never low.
 import fsp from 'node:fs/promises';
-import { messageOf } from '../errors.js';
 
 /**
  * The `Rss` (bytes) of the read-write mapping of `memoryMiB` in an smaps text, or null when no
@@ -34,21 +33,19 @@ export function guestRamRss(smaps: string, memoryMiB: number): number | null {
 }
 
 /**
- * The guest RAM that QEMU `pid` holds in host memory, in bytes; null when it cannot be read
- * (the process is gone, or the agent may not read its memory map). Best effort: a prediction
- * without it prices every page.
+ * The guest RAM that QEMU `pid` holds in host memory, in bytes; null when it gives no figure (the
+ * process is gone, the agent may not read its memory map, or no mapping has the memory's size).
+ * Best effort: a prediction without it prices every page.
  */
 export async function guestRamResident(
   pid: number,
   memoryMiB: number,
   o: { signal?: AbortSignal; timeoutMs?: number } = {},
-): Promise<{ bytes: number } | { bytes: null; why: string }> {
+): Promise<number | null> {
   const signal = AbortSignal.any([AbortSignal.timeout(o.timeoutMs ?? 5000), ...(o.signal ? [o.signal] : [])]);
   try {
-    const text = await fsp.readFile(`/proc/${pid}/smaps`, { encoding: 'utf8', signal });
-    const bytes = guestRamRss(text, memoryMiB);
-    return bytes === null ? { bytes: null, why: `no mapping of ${memoryMiB} MiB in its memory map` } : { bytes };
-  } catch (err) {
-    return { bytes: null, why: messageOf(err) };
+    return guestRamRss(await fsp.readFile(`/proc/${pid}/smaps`, { encoding: 'utf8', signal }), memoryMiB);
+  } catch {
+    return null;
   }
 }

@@ -127,7 +127,7 @@ function printPrediction(p: Prediction): void {
     [
       'first pass',
       p.wireShare === undefined
-        ? `${p.memoryMiB} MiB (every page: its QEMU's memory map could not be read)`
+        ? `${p.memoryMiB} MiB (every page: its QEMU's memory map gave no figure for the guest's RAM)`
         : `at most ${Math.round(p.memoryMiB * p.wireShare)} of ${p.memoryMiB} MiB on the wire ` +
           '(the pages its QEMU holds; the rest are zero pages)',
     ],
