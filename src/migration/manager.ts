@@ -4,7 +4,7 @@
 // left open, from the same journal with the same steps.
 import { DEFAULTS } from '../api/defaults.js';
 import { measureDirtyRate } from './dirty-rate.js';
-import { guestRamResident } from '../qemu/guest-ram.js';
+import { guestRamInUse } from '../qemu/guest-ram.js';
 import { defaultFinishWithinMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { describePrediction, linkFromHistory, predictMove } from './predict.js';
 import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
@@ -113,8 +113,8 @@ export class MigrationManager {
     const spec = await this.host.vms.spec(vm);
     const policy = PolicyInput.parse(input ?? {});
     const rate = await measureDirtyRate(proc.qmp, { vm, ...(signal ? { signal } : {}) });
-    const resident = await guestRamResident(proc.pid, spec.memoryMiB, signal ? { signal } : {});
-    const wireShare = resident === null ? undefined : Math.min(1, resident / (spec.memoryMiB * MiB));
+    const inUse = await guestRamInUse(proc.pid, spec.memoryMiB, signal ? { signal } : {});
+    const wireShare = inUse === null ? undefined : Math.min(1, inUse.bytes / (spec.memoryMiB * MiB));
     const link = linkFromHistory(this.host.store.listMigrations(200), to.name, Date.now());
     const cap = policy.bandwidthMiBps ? policy.bandwidthMiBps * MiB : Infinity;
     const linkBps = Math.min(link.linkBps, cap);
@@ -139,7 +139,9 @@ export class MigrationManager {
       linkMiBps: round1(linkBps / MiB),
       linkSource: cap < link.linkBps ? 'bandwidth' : link.source,
       overheadMs: Math.round(link.overheadMs),
-      ...(wireShare === undefined ? {} : { wireShare: Math.round(wireShare * 1000) / 1000 }),
+      ...(wireShare === undefined || inUse === null
+        ? {}
+        : { wireShare: Math.round(wireShare * 1000) / 1000, wireShareFrom: inUse.from }),
       maxDowntimeMs: policy.maxDowntimeMs,
       finishWithinMs,
       ...outcome,

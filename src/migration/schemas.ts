@@ -21,8 +21,10 @@ export const Prediction = z.object({
   linkSource: z.enum(['history', 'bandwidth', 'assumed']),
   /** Time of a move outside its memory copy (prepare, switch-over), from the same history or assumed. */
   overheadMs: z.number(),
-  /** The share of its memory the first pass puts on the wire: the guest RAM its QEMU holds (absent: every page). */
+  /** The share of its memory the first pass puts on the wire (absent: every page), and how it was measured. */
   wireShare: z.number().min(0).max(1).optional(),
+  /** sampled: pages of guest RAM read and checked for zeroes; resident: the RAM its QEMU holds (an upper bound). */
+  wireShareFrom: z.enum(['sampled', 'resident']).optional(),
   maxDowntimeMs: z.number(),
   finishWithinMs: z.number(),
   totalMs: z.number(),

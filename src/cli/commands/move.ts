@@ -128,8 +128,11 @@ function printPrediction(p: Prediction): void {
       'first pass',
       p.wireShare === undefined
         ? `${p.memoryMiB} MiB (every page: its QEMU's memory map gave no figure for the guest's RAM)`
-        : `at most ${Math.round(p.memoryMiB * p.wireShare)} of ${p.memoryMiB} MiB on the wire ` +
-          '(the pages its QEMU holds; the rest are zero pages)',
+        : p.wireShareFrom === 'sampled'
+          ? `~${Math.round(p.memoryMiB * p.wireShare)} of ${p.memoryMiB} MiB on the wire ` +
+            '(pages of its RAM sampled for data; QEMU sends a zero page as a few bytes)'
+          : `at most ${Math.round(p.memoryMiB * p.wireShare)} of ${p.memoryMiB} MiB on the wire ` +
+            '(the pages its QEMU holds; the rest are zero pages)',
     ],
   ];
   const w = Math.max(...rows.map((x) => x[0].length));
