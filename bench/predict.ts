@@ -102,8 +102,8 @@ async function main(): Promise<void> {
     workload,
     String(round),
     fmt(p.dirtyRateMiBps, 1),
-    fmt(p.linkMiBps),
-    // The first pass's share of memory on the wire, predicted (the guest RAM its QEMU held) and actual (bytes sent).
+    `${fmt(p.linkMiBps)} / ${p.zeroMiBps === undefined ? '-' : fmt(p.zeroMiBps)}`,
+    // The first pass's share of memory on the wire, predicted (sampled from the guest's RAM) and actual (bytes sent).
     `${p.wireShare === undefined ? '-' : fmt(p.wireShare, 2)} / ${fmt(r.bytesTransferred / (p.memoryMiB * MiB), 2)}`,
     p.step,
     `${r.state}/${r.throttlePct ? 'throttled' : r.passes > 1 ? `${r.passes} passes` : '1 pass'}`,
@@ -119,7 +119,7 @@ async function main(): Promise<void> {
         'workload MiB/s',
         'round',
         'dirty MiB/s',
-        'link MiB/s',
+        'link MiB/s data / zero',
         'wire share pred / sent',
         'predicted step',
         'actual',

@@ -129,6 +129,7 @@ export class MigrationManager {
       finishWithinMs,
       allowPostcopy: policy.allowPostcopy,
       ...(wireShare === undefined ? {} : { wireShare }),
+      ...(link.zeroBps ? { zeroBps: link.zeroBps } : {}),
     });
     const p: Omit<Prediction, 'summary'> = {
       madeAt: new Date().toISOString(),
@@ -138,6 +139,7 @@ export class MigrationManager {
       dirtySampleMs: rate.sampleMs,
       linkMiBps: round1(linkBps / MiB),
       linkSource: cap < link.linkBps ? 'bandwidth' : link.source,
+      ...(link.zeroBps ? { zeroMiBps: round1(link.zeroBps / MiB) } : {}),
       overheadMs: Math.round(link.overheadMs),
       ...(wireShare === undefined || inUse === null
         ? {}

@@ -7,6 +7,7 @@ import { judge, type PassEnd } from './progress.js';
 import type { MigrationRecord, Prediction } from './schemas.js';
 
 const MiB = 1024 * 1024;
+const PAGE = 4096;
 
 export interface PredictInput {
   memoryMiB: number;
@@ -22,10 +23,14 @@ export interface PredictInput {
   allowPostcopy: boolean;
   /**
    * The share of its memory the first pass puts on the wire (0–1): QEMU sends a zero page as a
-   * few bytes. Measured as the guest RAM its QEMU holds (qemu/guest-ram.ts); 1, every page,
-   * when unknown.
+   * few bytes. Sampled from the guest's RAM (qemu/guest-ram.ts); 1, every page, when unknown.
    */
   wireShare?: number;
+  /**
+   * bytes/s of zero pages the first pass gets through (both QEMUs read and handle each one);
+   * absent: learnt from no move, and then a zero page costs the floor's share of the link.
+   */
+  zeroBps?: number;
 }
 
 export type PredictedStep = Prediction['step'];
@@ -63,7 +68,9 @@ const MIN_WIRE_SHARE = 0.05;
 export function predictMove(input: PredictInput): PredictOutcome {
   const mem = input.memoryMiB * MiB;
   const link = Math.max(1, input.linkBps);
-  const share = Math.min(1, Math.max(MIN_WIRE_SHARE, input.wireShare ?? 1));
+  const zeroBps = input.zeroBps !== undefined && input.zeroBps > 0 ? input.zeroBps : null;
+  // With no rate for zero pages learnt, the floor stands for QEMU reading every page.
+  const share = Math.min(1, Math.max(zeroBps === null ? MIN_WIRE_SHARE : 0, input.wireShare ?? 1));
   const policy = new ConvergencePolicy({
     maxDowntimeMs: input.maxDowntimeMs,
     finishWithinMs: input.finishWithinMs,
@@ -94,7 +101,8 @@ export function predictMove(input: PredictInput): PredictOutcome {
   for (let pass = 1; pass <= MAX_PASSES; pass++) {
     // Later passes send the pages the guest wrote meanwhile: those are data.
     const wire = pass === 1 ? remaining * share : remaining;
-    const passMs = (wire / link) * 1000;
+    const zeroMs = pass === 1 && zeroBps !== null ? ((remaining - wire) / zeroBps) * 1000 : 0;
+    const passMs = (wire / link) * 1000 + zeroMs;
     elapsedMs += passMs;
     sent += wire;
     const dirtyBps = input.dirtyBps * (1 - throttle / 100);
@@ -143,16 +151,24 @@ const HISTORY_MOVES = 5;
 
 export interface LinkEstimate {
   linkBps: number;
+  /** bytes/s of zero pages, when the history tells it apart from the data's rate. */
+  zeroBps?: number;
   overheadMs: number;
   source: 'history' | 'assumed';
 }
 
 /**
- * The link's rate and a move's fixed cost to `dest`, from the last few live moves there that
- * completed within a day: the highest wire rate QEMU measured (an idle guest leaves the link
- * underused, so the median would understate it) and the median time spent outside the memory
- * copy. QEMU's own rate over the real path, TLS included, costs nothing to read; a synthetic
- * test between the agents would measure Node's TLS and spend CPU on both hosts.
+ * The link's rates and a move's fixed cost to `dest`, from the last few live moves there that
+ * completed within a day, each timed from its memory copy's start to the guest running again:
+ * - with QEMU's page counts in the records (`memoryPages`), the rate of data and the rate of zero
+ *   pages that best explain those times (fitCopyRates): a zero page is a few bytes on the wire,
+ *   but both QEMUs read and handle it, which here cost an idle 1 GiB guest 1.1–2.5 s more than
+ *   an idle 256 MiB one for 14 MiB more data;
+ * - else the median rate at which each move carried its bytes.
+ * And the median time spent outside the copy. QEMU's own last bandwidth sample (the fallback for
+ * a record without the copy's events) is one window of the last pass: 150–300 MiB/s here for
+ * moves whose bytes went at 80–200. Costs nothing to read; a synthetic test between the agents
+ * would measure Node's TLS and spend CPU on both hosts.
  */
 export function linkFromHistory(records: readonly MigrationRecord[], dest: string, nowMs: number): LinkEstimate {
   const recent = records
@@ -168,21 +184,73 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
     .sort((a, b) => Date.parse(b.finishedAt ?? '') - Date.parse(a.finishedAt ?? ''))
     .slice(0, HISTORY_MOVES);
   if (recent.length === 0) return { linkBps: ASSUMED_LINK_BPS, overheadMs: ASSUMED_OVERHEAD_MS, source: 'assumed' };
-  const overheads = recent.flatMap((r) => {
+  const moves = recent.map((r) => {
     const at = (re: RegExp): number | null => {
       const e = r.events.find((x) => re.test(x.message));
       return e ? Date.parse(e.at) : null;
     };
     const copying = at(/^copying memory/);
     const switching = at(/^switching over/);
-    if (copying === null || switching === null || r.totalMs === null) return [];
-    return [Math.max(0, r.totalMs - (switching - copying) - (r.downtimeMs ?? 0))];
+    if (copying === null || switching === null || r.totalMs === null) return { copyMs: null, r };
+    return { copyMs: Math.max(0, switching - copying) + (r.downtimeMs ?? 0), r };
   });
-  return {
-    linkBps: Math.max(...recent.map((r) => r.rate.transferBps)),
-    overheadMs: overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS,
-    source: 'history',
-  };
+  const overheads = moves.flatMap(({ copyMs, r }) => (copyMs === null ? [] : [Math.max(0, (r.totalMs ?? 0) - copyMs)]));
+  const overheadMs = overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS;
+  const points = moves.flatMap(({ copyMs, r }) =>
+    copyMs && r.memoryPages
+      ? [{ ms: copyMs, dataBytes: r.memoryPages.dataBytes, zeroBytes: r.memoryPages.zeroPages * PAGE }]
+      : [],
+  );
+  const fit = fitCopyRates(points);
+  if (fit)
+    return { linkBps: fit.dataBps, ...(fit.zeroBps ? { zeroBps: fit.zeroBps } : {}), overheadMs, source: 'history' };
+  const rates = moves.map(({ copyMs, r }) =>
+    copyMs && r.bytesTransferred > 0 ? (r.bytesTransferred * 1000) / copyMs : r.rate.transferBps,
+  );
+  return { linkBps: median(rates), overheadMs, source: 'history' };
+}
+
+export interface CopyPoint {
+  ms: number;
+  dataBytes: number;
+  zeroBytes: number;
+}
+
+/**
+ * The rates of data and of zero pages that best explain copy times (least squares of
+ * ms = data / dataBps + zero / zeroBps, both rates positive). The two are told apart only when the
+ * moves mixed them differently (guests of other sizes or use); else, and when the fit would make
+ * a rate negative, one rate for data alone (zero pages free). A zero page never costs more than
+ * a data page. Null without a usable point. Pure.
+ */
+export function fitCopyRates(points: readonly CopyPoint[]): { dataBps: number; zeroBps?: number } | null {
+  const ps = points.filter((p) => p.ms > 0 && p.dataBytes > 0);
+  if (ps.length === 0) return null;
+  // In seconds and MiB, so that the sums stay well inside a double's precision.
+  const t = ps.map((p) => p.ms / 1000);
+  const d = ps.map((p) => p.dataBytes / MiB);
+  const z = ps.map((p) => p.zeroBytes / MiB);
+  const sum = (f: (i: number) => number): number => ps.reduce((a, _, i) => a + f(i), 0);
+  const sdd = sum((i) => (d[i] ?? 0) ** 2);
+  const szz = sum((i) => (z[i] ?? 0) ** 2);
+  const sdz = sum((i) => (d[i] ?? 0) * (z[i] ?? 0));
+  const std = sum((i) => (t[i] ?? 0) * (d[i] ?? 0));
+  const stz = sum((i) => (t[i] ?? 0) * (z[i] ?? 0));
+  const rate = (secPerMiB: number): number => MiB / secPerMiB;
+  const det = sdd * szz - sdz * sdz;
+  // Told apart only when the data-to-zero mix varied: the two columns' correlation² under 0.98.
+  if (szz > 0 && det > 0.02 * sdd * szz) {
+    const a = (std * szz - stz * sdz) / det;
+    const c = (stz * sdd - std * sdz) / det;
+    if (a > 0 && c > 0 && c <= a) return { dataBps: rate(a), zeroBps: rate(c) };
+    if (a > 0 && c > a) {
+      // Zero pages as dear as data: one rate for both.
+      const b = sum((i) => (t[i] ?? 0) * ((d[i] ?? 0) + (z[i] ?? 0))) / sum((i) => ((d[i] ?? 0) + (z[i] ?? 0)) ** 2);
+      return { dataBps: rate(b), zeroBps: rate(b) };
+    }
+  }
+  const a = std / sdd;
+  return a > 0 ? { dataBps: rate(a) } : null;
 }
 
 function median(xs: number[]): number {

@@ -19,6 +19,11 @@ export const Prediction = z.object({
   linkMiBps: z.number(),
   /** history: QEMU's rate in recent moves to that host; bandwidth: the --bandwidth cap; assumed: neither. */
   linkSource: z.enum(['history', 'bandwidth', 'assumed']),
+  /**
+   * MiB/s of guest memory whose pages are zero that the first pass gets through, learnt from the
+   * same history (absent: not learnt, and priced as free).
+   */
+  zeroMiBps: z.number().optional(),
   /** Time of a move outside its memory copy (prepare, switch-over), from the same history or assumed. */
   overheadMs: z.number(),
   /** The share of its memory the first pass puts on the wire (absent: every page), and how it was measured. */
@@ -203,6 +208,13 @@ export const MigrationRecord = z.object({
   pausedBytes: z.number().nullable().optional(),
   totalMs: z.number().nullable(),
   bytesTransferred: z.number(),
+  /**
+   * The guest memory a live move sent, as QEMU counts it when done: bytes of pages sent whole
+   * (`normal-bytes`) and pages sent as zero (`duplicate`, a few bytes each on the wire but read and
+   * handled on both hosts). Predictions learn the link's two rates from these. Absent: not a live
+   * move, or a record older than the field.
+   */
+  memoryPages: z.object({ dataBytes: z.number(), zeroPages: z.number() }).nullable().optional(),
   passes: z.number(),
   rate: z.object({ transferBps: z.number(), dirtyBps: z.number() }),
   remainingBytes: z.number().nullable(),

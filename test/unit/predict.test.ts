@@ -4,6 +4,7 @@ import {
   ASSUMED_LINK_BPS,
   ASSUMED_OVERHEAD_MS,
   describePrediction,
+  fitCopyRates,
   linkFromHistory,
   predictMove,
   type PredictInput,
@@ -136,24 +137,83 @@ function rec(over: Partial<MigrationRecord> & { copyMs?: number }): MigrationRec
   } as MigrationRecord;
 }
 
-test('the link: the highest rate of recent moves there, the median time outside the copy', () => {
+test('the link: the median rate recent moves there carried their bytes at, the median time outside the copy', () => {
   const now = Date.parse('2026-01-01T12:00:00Z');
   const est = linkFromHistory(
     [
-      rec({ rate: { transferBps: 40 * MiB, dirtyBps: 0 }, copyMs: 600 }),
-      rec({ rate: { transferBps: 90 * MiB, dirtyBps: 0 }, copyMs: 800 }),
-      rec({ rate: { transferBps: 60 * MiB, dirtyBps: 0 }, copyMs: 1000 }),
-      rec({ destination: 'host-c', rate: { transferBps: 900 * MiB, dirtyBps: 0 } }),
-      rec({ state: 'failed', rate: { transferBps: 900 * MiB, dirtyBps: 0 } }),
-      rec({ finishedAt: '2025-12-30T11:00:00.000Z', rate: { transferBps: 900 * MiB, dirtyBps: 0 } }),
+      // Bytes over the copy and the downtime (100 ms): 50, 100 and 80 MiB/s; QEMU's last sample is not used.
+      rec({ bytesTransferred: 35 * MiB, rate: { transferBps: 400 * MiB, dirtyBps: 0 }, copyMs: 600 }),
+      rec({ bytesTransferred: 90 * MiB, copyMs: 800 }),
+      rec({ bytesTransferred: 88 * MiB, copyMs: 1000 }),
+      // A record without the copy's events: QEMU's rate, and no fixed cost to learn.
+      rec({ bytesTransferred: 1 * MiB, rate: { transferBps: 60 * MiB, dirtyBps: 0 }, events: [] }),
+      rec({ destination: 'host-c', bytesTransferred: 900 * MiB }),
+      rec({ state: 'failed', bytesTransferred: 900 * MiB }),
+      rec({ finishedAt: '2025-12-30T11:00:00.000Z', bytesTransferred: 900 * MiB }),
     ],
     'host-b',
     now,
   );
   assert.equal(est.source, 'history');
-  assert.equal(est.linkBps, 90 * MiB);
-  // 2000 total − 800 copy − 100 downtime.
+  assert.equal(est.linkBps, 70 * MiB);
+  // 2000 total − (copy + 100 downtime): 1300, 1100, 900.
   assert.equal(est.overheadMs, 1100);
+});
+
+test('zero pages priced at their own rate when it is known: the floor then no longer applies', () => {
+  // A quarter of 1024 MiB of data at 100 MiB/s, three quarters of zero pages at 400 MiB/s.
+  assert.equal(predictMove({ ...base, wireShare: 0.25, zeroBps: 400 * MiB }).totalMs, 500 + 2560 + 1920);
+  assert.equal(predictMove({ ...base, wireShare: 0, zeroBps: 400 * MiB }).totalMs, 500 + 2560);
+});
+
+test('the rates of data and of zero pages are told apart by moves that mixed them differently', () => {
+  const ms = (d: number, z: number): number => ((d / 200 + z / 500) * 1000) | 0;
+  // Idle 256 MiB, idle 1 GiB, a busy 256 MiB guest (MiB of data, MiB of zero pages).
+  const mixes = [
+    [91, 165],
+    [106, 918],
+    [230, 26],
+  ] as const;
+  const fit = fitCopyRates(mixes.map(([d, z]) => ({ ms: ms(d, z), dataBytes: d * MiB, zeroBytes: z * MiB })));
+  assert.ok(fit?.zeroBps !== undefined, JSON.stringify(fit));
+  assert.ok(Math.abs(fit.dataBps / MiB - 200) < 1, `data ${fit.dataBps / MiB}`);
+  assert.ok(Math.abs(fit.zeroBps / MiB - 500) < 5, `zero ${fit.zeroBps / MiB}`);
+});
+
+test('moves that all mixed data and zero pages alike give one rate, for data', () => {
+  const same = [1000, 1200].map((ms) => ({ ms, dataBytes: 100 * MiB, zeroBytes: 150 * MiB }));
+  // Least squares through the origin: 100 MiB in 1.1 s.
+  const fit = fitCopyRates(same);
+  assert.equal(fit?.zeroBps, undefined);
+  assert.ok(fit && Math.abs(fit.dataBps / MiB - 100 / 1.1) < 0.01, JSON.stringify(fit));
+  // Noise that would make zero pages speed a move up is not believed either.
+  const odd = fitCopyRates([
+    { ms: 2000, dataBytes: 200 * MiB, zeroBytes: 0 },
+    { ms: 900, dataBytes: 100 * MiB, zeroBytes: 900 * MiB },
+  ]);
+  assert.equal(odd?.zeroBps, undefined);
+  // A zero page never dearer than a data page: then one rate for both.
+  const dear = fitCopyRates([
+    { ms: 1000, dataBytes: 100 * MiB, zeroBytes: 0 },
+    { ms: 11_000, dataBytes: 100 * MiB, zeroBytes: 500 * MiB },
+  ]);
+  assert.ok(dear?.zeroBps !== undefined && dear.zeroBps === dear.dataBps, JSON.stringify(dear));
+  assert.equal(fitCopyRates([]), null);
+  assert.equal(fitCopyRates([{ ms: 0, dataBytes: MiB, zeroBytes: 0 }]), null);
+});
+
+test("the history's page counts teach the link both rates", () => {
+  const now = Date.parse('2026-01-01T12:00:00Z');
+  // copy + 100 ms downtime = data / 200 MiB/s + zero / 500 MiB/s.
+  const mk = (d: number, z: number) =>
+    rec({
+      bytesTransferred: d * MiB,
+      memoryPages: { dataBytes: d * MiB, zeroPages: (z * MiB) / 4096 },
+      copyMs: Math.round((d / 200 + z / 500) * 1000) - 100,
+    });
+  const est = linkFromHistory([mk(91, 165), mk(106, 918), mk(230, 26)], 'host-b', now);
+  assert.ok(Math.abs(est.linkBps / MiB - 200) < 2, `data ${est.linkBps / MiB}`);
+  assert.ok(est.zeroBps !== undefined && Math.abs(est.zeroBps / MiB - 500) < 10, `zero ${est.zeroBps}`);
 });
 
 test('no recent move there: the link and the fixed cost are assumed, and say so', () => {

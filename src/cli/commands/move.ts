@@ -123,7 +123,12 @@ function printPrediction(p: Prediction): void {
     ['downtime', p.downtimeMs === null ? '- (given up before the switch-over)' : `~${p.downtimeMs} ms`],
     ['converges', `${p.converges ? 'yes' : 'no'} at --max-downtime ${p.maxDowntimeMs} ms (step: ${p.step})`],
     ['dirty rate', `${p.dirtyRateMiBps} MiB/s (QEMU ${p.dirtyMode}, ${p.dirtySampleMs} ms)`],
-    ['link', `${p.linkMiBps} MiB/s (${link})`],
+    [
+      'link',
+      `${p.linkMiBps} MiB/s of data` +
+        (p.zeroMiBps === undefined ? '' : `, ${p.zeroMiBps} MiB/s of zero pages`) +
+        ` (${link})`,
+    ],
     [
       'first pass',
       p.wireShare === undefined

@@ -551,6 +551,7 @@ function recordStats(r: SourceCtx['job']['record'], info: MigrationInfo): void {
     r.bytesTransferred = storageBytesOf(r) + info.ram.transferred;
     r.passes = info.ram['dirty-sync-count'];
     r.remainingBytes = 0;
+    r.memoryPages = { dataBytes: info.ram['normal-bytes'], zeroPages: info.ram.duplicate };
   }
 }
 
