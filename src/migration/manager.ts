@@ -130,6 +130,7 @@ export class MigrationManager {
       allowPostcopy: policy.allowPostcopy,
       ...(wireShare === undefined ? {} : { wireShare }),
       ...(link.zeroBps ? { zeroBps: link.zeroBps } : {}),
+      ...(link.switchMs !== undefined ? { switchMs: link.switchMs } : {}),
     });
     const p: Omit<Prediction, 'summary'> = {
       madeAt: new Date().toISOString(),
@@ -140,6 +141,7 @@ export class MigrationManager {
       linkMiBps: round1(linkBps / MiB),
       linkSource: cap < link.linkBps ? 'bandwidth' : link.source,
       ...(link.zeroBps ? { zeroMiBps: round1(link.zeroBps / MiB) } : {}),
+      ...(link.switchMs !== undefined ? { switchMs: Math.round(link.switchMs) } : {}),
       overheadMs: Math.round(link.overheadMs),
       ...(wireShare === undefined || inUse === null
         ? {}

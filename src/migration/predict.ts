@@ -31,6 +31,11 @@ export interface PredictInput {
    * absent: learnt from no move, and then a zero page costs the floor's share of the link.
    */
   zeroBps?: number;
+  /**
+   * What a switch-over costs beyond sending its last pages, in ms (the device state, stopping
+   * and starting the vCPUs, the hosts' handshake): learnt from the same history; absent: 0.
+   */
+  switchMs?: number;
 }
 
 export type PredictedStep = Prediction['step'];
@@ -114,7 +119,8 @@ export function predictMove(input: PredictInput): PredictOutcome {
     }
     remaining = dirtied;
     const leftMs = (remaining / link) * 1000;
-    if (leftMs <= policy.downtimeMs) return done(leftMs, true, stepOf(), pass);
+    // QEMU decides on the pages left alone; the guest's pause also holds the switch-over's own cost.
+    if (leftMs <= policy.downtimeMs) return done(leftMs + (input.switchMs ?? 0), true, stepOf(), pass);
 
     ends.push({ pass, remainingBytes: remaining, dirtyBps, bandwidthBps: link });
     const sample = {
@@ -153,22 +159,26 @@ export interface LinkEstimate {
   linkBps: number;
   /** bytes/s of zero pages, when the history tells it apart from the data's rate. */
   zeroBps?: number;
+  /** A switch-over's cost beyond its last pages, when the records tell it. */
+  switchMs?: number;
   overheadMs: number;
   source: 'history' | 'assumed';
 }
 
 /**
- * The link's rates and a move's fixed cost to `dest`, from the last few live moves there that
- * completed within a day, each timed from its memory copy's start to the guest running again:
+ * The link's rates and a move's fixed costs to `dest`, from the last few live moves there that
+ * completed within a day:
  * - with QEMU's page counts in the records (`memoryPages`), the rate of data and the rate of zero
- *   pages that best explain those times (fitCopyRates): a zero page is a few bytes on the wire,
- *   but both QEMUs read and handle it, which here cost an idle 1 GiB guest 1.1–2.5 s more than
- *   an idle 256 MiB one for 14 MiB more data;
- * - else the median rate at which each move carried its bytes.
- * And the median time spent outside the copy. QEMU's own last bandwidth sample (the fallback for
- * a record without the copy's events) is one window of the last pass: 150–300 MiB/s here for
- * moves whose bytes went at 80–200. Costs nothing to read; a synthetic test between the agents
- * would measure Node's TLS and spend CPU on both hosts.
+ *   pages that best explain each move's pre-copy time by the pages it sent before the pause
+ *   (fitCopyRates): a zero page is a few bytes on the wire, but both QEMUs read and handle it,
+ *   which here cost an idle 1 GiB guest 1.1–2.5 s more than an idle 256 MiB one for 14 MiB more
+ *   data; and the median switch-over cost beyond its last pages (`switchMs`: the downtime less
+ *   the bytes sent in it at the data's rate);
+ * - else the median rate at which each move carried its bytes through its copy and pause.
+ * And the median time spent outside the copy and the pause. QEMU's own last bandwidth sample
+ * (the fallback for a record without the copy's events) is one window of the last pass:
+ * 150–300 MiB/s here for moves whose bytes went at 80–200. Costs nothing to read; a synthetic
+ * test between the agents would measure Node's TLS and spend CPU on both hosts.
  */
 export function linkFromHistory(records: readonly MigrationRecord[], dest: string, nowMs: number): LinkEstimate {
   const recent = records
@@ -191,22 +201,46 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
     };
     const copying = at(/^copying memory/);
     const switching = at(/^switching over/);
-    if (copying === null || switching === null || r.totalMs === null) return { copyMs: null, r };
-    return { copyMs: Math.max(0, switching - copying) + (r.downtimeMs ?? 0), r };
+    // The pre-copy's time, up to the guest's pause; the pause itself is the downtime.
+    return { precopyMs: copying === null || switching === null ? null : Math.max(0, switching - copying), r };
   });
-  const overheads = moves.flatMap(({ copyMs, r }) => (copyMs === null ? [] : [Math.max(0, (r.totalMs ?? 0) - copyMs)]));
+  const timed = moves.flatMap(({ precopyMs, r }) =>
+    precopyMs === null || r.totalMs === null ? [] : [{ precopyMs, downMs: r.downtimeMs ?? 0, r }],
+  );
+  const overheads = timed.map(({ precopyMs, downMs, r }) => Math.max(0, (r.totalMs ?? 0) - precopyMs - downMs));
   const overheadMs = overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS;
-  const points = moves.flatMap(({ copyMs, r }) =>
-    copyMs && r.memoryPages
-      ? [{ ms: copyMs, dataBytes: r.memoryPages.dataBytes, zeroBytes: r.memoryPages.zeroPages * PAGE }]
+  // Each move's pre-copy against the pages it sent before the pause (what went in the pause is the downtime's).
+  const points = timed.flatMap(({ precopyMs, r }) =>
+    r.memoryPages
+      ? [
+          {
+            ms: precopyMs,
+            dataBytes: Math.max(0, r.memoryPages.dataBytes - (r.pausedBytes ?? 0)),
+            zeroBytes: r.memoryPages.zeroPages * PAGE,
+          },
+        ]
       : [],
   );
   const fit = fitCopyRates(points);
-  if (fit)
-    return { linkBps: fit.dataBps, ...(fit.zeroBps ? { zeroBps: fit.zeroBps } : {}), overheadMs, source: 'history' };
-  const rates = moves.map(({ copyMs, r }) =>
-    copyMs && r.bytesTransferred > 0 ? (r.bytesTransferred * 1000) / copyMs : r.rate.transferBps,
-  );
+  if (fit) {
+    // The pause beyond its last pages at the data's rate: device state, the vCPUs, the handshake.
+    const switches = timed.flatMap(({ downMs, r }) =>
+      r.downtimeMs === null || r.pausedBytes === null || r.pausedBytes === undefined
+        ? []
+        : [Math.max(0, downMs - (r.pausedBytes / fit.dataBps) * 1000)],
+    );
+    return {
+      linkBps: fit.dataBps,
+      ...(fit.zeroBps ? { zeroBps: fit.zeroBps } : {}),
+      ...(switches.length ? { switchMs: median(switches) } : {}),
+      overheadMs,
+      source: 'history',
+    };
+  }
+  const rates = moves.map(({ precopyMs, r }) => {
+    const ms = precopyMs === null ? 0 : precopyMs + (r.downtimeMs ?? 0);
+    return ms > 0 && r.bytesTransferred > 0 ? (r.bytesTransferred * 1000) / ms : r.rate.transferBps;
+  });
   return { linkBps: median(rates), overheadMs, source: 'history' };
 }
 

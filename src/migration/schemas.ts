@@ -24,6 +24,8 @@ export const Prediction = z.object({
    * same history (absent: not learnt, and priced as free).
    */
   zeroMiBps: z.number().optional(),
+  /** A switch-over's cost beyond its last pages (device state, vCPUs, handshake), learnt likewise; in downtimeMs. */
+  switchMs: z.number().optional(),
   /** Time of a move outside its memory copy (prepare, switch-over), from the same history or assumed. */
   overheadMs: z.number(),
   /** The share of its memory the first pass puts on the wire (absent: every page), and how it was measured. */

@@ -202,18 +202,25 @@ test('moves that all mixed data and zero pages alike give one rate, for data', (
   assert.equal(fitCopyRates([{ ms: 0, dataBytes: MiB, zeroBytes: 0 }]), null);
 });
 
-test("the history's page counts teach the link both rates", () => {
+test("the history's page counts teach the link both rates, and the switch-over's own cost", () => {
   const now = Date.parse('2026-01-01T12:00:00Z');
-  // copy + 100 ms downtime = data / 200 MiB/s + zero / 500 MiB/s.
+  // Pre-copy = data sent before the pause / 200 MiB/s + zero / 500 MiB/s; 2 MiB in the 100 ms pause.
   const mk = (d: number, z: number) =>
     rec({
-      bytesTransferred: d * MiB,
-      memoryPages: { dataBytes: d * MiB, zeroPages: (z * MiB) / 4096 },
-      copyMs: Math.round((d / 200 + z / 500) * 1000) - 100,
+      bytesTransferred: (d + 2) * MiB,
+      pausedBytes: 2 * MiB,
+      memoryPages: { dataBytes: (d + 2) * MiB, zeroPages: (z * MiB) / 4096 },
+      copyMs: Math.round((d / 200 + z / 500) * 1000),
     });
   const est = linkFromHistory([mk(91, 165), mk(106, 918), mk(230, 26)], 'host-b', now);
   assert.ok(Math.abs(est.linkBps / MiB - 200) < 2, `data ${est.linkBps / MiB}`);
   assert.ok(est.zeroBps !== undefined && Math.abs(est.zeroBps / MiB - 500) < 10, `zero ${est.zeroBps}`);
+  // 100 ms of downtime, 10 of them the 2 MiB at 200 MiB/s.
+  assert.ok(est.switchMs !== undefined && Math.abs(est.switchMs - 90) < 1, `switch ${est.switchMs}`);
+  // The pause holds it: a predicted downtime is the last pages plus the switch-over's own cost.
+  const idle = predictMove({ ...base, switchMs: 90 });
+  assert.equal(idle.downtimeMs, 90);
+  assert.equal(idle.totalMs, predictMove(base).totalMs + 90);
 });
 
 test('no recent move there: the link and the fixed cost are assumed, and say so', () => {

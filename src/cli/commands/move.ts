@@ -120,7 +120,13 @@ function printPrediction(p: Prediction): void {
   const rows: Array<[string, string]> = [
     ['prediction', p.summary],
     ['total', `~${(p.totalMs / 1000).toFixed(1)} s`],
-    ['downtime', p.downtimeMs === null ? '- (given up before the switch-over)' : `~${p.downtimeMs} ms`],
+    [
+      'downtime',
+      p.downtimeMs === null
+        ? '- (given up before the switch-over)'
+        : `~${p.downtimeMs} ms` +
+          (p.switchMs ? ` (~${p.switchMs} ms of it the switch-over's own, from recent moves)` : ''),
+    ],
     ['converges', `${p.converges ? 'yes' : 'no'} at --max-downtime ${p.maxDowntimeMs} ms (step: ${p.step})`],
     ['dirty rate', `${p.dirtyRateMiBps} MiB/s (QEMU ${p.dirtyMode}, ${p.dirtySampleMs} ms)`],
     [
