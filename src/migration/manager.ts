@@ -131,6 +131,7 @@ export class MigrationManager {
       ...(wireShare === undefined ? {} : { wireShare }),
       ...(link.zeroBps ? { zeroBps: link.zeroBps } : {}),
       ...(link.switchMs !== undefined ? { switchMs: link.switchMs } : {}),
+      ...(rate.workingSetBytes !== undefined ? { workingSetBytes: rate.workingSetBytes } : {}),
     });
     const p: Omit<Prediction, 'summary'> = {
       madeAt: new Date().toISOString(),
@@ -138,9 +139,12 @@ export class MigrationManager {
       dirtyRateMiBps: round1(rate.bytesPerSecond / MiB),
       dirtyMode: rate.mode,
       dirtySampleMs: rate.sampleMs,
+      ...(rate.workingSetBytes !== undefined ? { workingSetMiB: round1(rate.workingSetBytes / MiB) } : {}),
       linkMiBps: round1(linkBps / MiB),
       linkSource: cap < link.linkBps ? 'bandwidth' : link.source,
-      ...(link.zeroBps ? { zeroMiBps: round1(link.zeroBps / MiB) } : {}),
+      ...(link.zeroBps && link.zeroSource
+        ? { zeroMiBps: round1(link.zeroBps / MiB), zeroSource: link.zeroSource }
+        : {}),
       ...(link.switchMs !== undefined ? { switchMs: Math.round(link.switchMs) } : {}),
       overheadMs: Math.round(link.overheadMs),
       ...(wireShare === undefined || inUse === null

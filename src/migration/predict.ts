@@ -31,6 +31,8 @@ export interface PredictInput {
    * absent: learnt from no move, and then a zero page costs the floor's share of the link.
    */
   zeroBps?: number;
+  /** The memory the guest keeps rewriting (dirty-rate.ts): a pass dirties no more; absent: all of it. */
+  workingSetBytes?: number;
   /**
    * What a switch-over costs beyond sending its last pages, in ms (the device state, stopping
    * and starting the vCPUs, the hosts' handshake): learnt from the same history; absent: 0.
@@ -111,7 +113,7 @@ export function predictMove(input: PredictInput): PredictOutcome {
     elapsedMs += passMs;
     sent += wire;
     const dirtyBps = input.dirtyBps * (1 - throttle / 100);
-    const dirtied = Math.min(mem, (dirtyBps * passMs) / 1000);
+    const dirtied = Math.min(mem, input.workingSetBytes ?? mem, (dirtyBps * passMs) / 1000);
     // QEMU's throttle check at the dirty sync: dirtied more than trigger % of what it sent.
     if (dirtied > (wire * triggerPct) / 100) {
       throttle = throttle === 0 ? THROTTLE_INITIAL : Math.min(THROTTLE_MAX, throttle + THROTTLE_STEP);
@@ -157,8 +159,9 @@ const HISTORY_MOVES = 5;
 
 export interface LinkEstimate {
   linkBps: number;
-  /** bytes/s of zero pages, when the history tells it apart from the data's rate. */
+  /** bytes/s of zero pages, fitted or at the prior's share of the data's rate (zeroSource). */
   zeroBps?: number;
+  zeroSource?: CopyRates['zeroSource'];
   /** A switch-over's cost beyond its last pages, when the records tell it. */
   switchMs?: number;
   overheadMs: number;
@@ -231,7 +234,8 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
     );
     return {
       linkBps: fit.dataBps,
-      ...(fit.zeroBps ? { zeroBps: fit.zeroBps } : {}),
+      zeroBps: fit.zeroBps,
+      zeroSource: fit.zeroSource,
       ...(switches.length ? { switchMs: median(switches) } : {}),
       overheadMs,
       source: 'history',
@@ -251,13 +255,28 @@ export interface CopyPoint {
 }
 
 /**
+ * A zero page's time as a share of a data page's, when the history cannot tell the two apart:
+ * measured on the development machine (QEMU 7.2, TCG, TLS; idle 256 MiB and 1 GiB guests and a
+ * busy 256 MiB one: ~0.3, docs/performance.md § Sampled data pages and the link's two rates).
+ * Free zero pages (0) had a guest with more data than the history's priced several times too slow.
+ */
+export const ZERO_PAGE_COST_PRIOR = 0.3;
+
+export interface CopyRates {
+  dataBps: number;
+  zeroBps: number;
+  /** history: both rates fitted; assumed: one rate fitted, zero pages at the prior's share of it. */
+  zeroSource: 'history' | 'assumed';
+}
+
+/**
  * The rates of data and of zero pages that best explain copy times (least squares of
  * ms = data / dataBps + zero / zeroBps, both rates positive). The two are told apart only when the
- * moves mixed them differently (guests of other sizes or use); else, and when the fit would make
- * a rate negative, one rate for data alone (zero pages free). A zero page never costs more than
- * a data page. Null without a usable point. Pure.
+ * moves mixed them differently (guests of other sizes or use) and the fit is sane (both rates
+ * positive, a zero page no dearer than a data page); else one rate is fitted with a zero page at
+ * ZERO_PAGE_COST_PRIOR of a data page's time. Null without a usable point. Pure.
  */
-export function fitCopyRates(points: readonly CopyPoint[]): { dataBps: number; zeroBps?: number } | null {
+export function fitCopyRates(points: readonly CopyPoint[]): CopyRates | null {
   const ps = points.filter((p) => p.ms > 0 && p.dataBytes > 0);
   if (ps.length === 0) return null;
   // In seconds and MiB, so that the sums stay well inside a double's precision.
@@ -276,15 +295,12 @@ export function fitCopyRates(points: readonly CopyPoint[]): { dataBps: number; z
   if (szz > 0 && det > 0.02 * sdd * szz) {
     const a = (std * szz - stz * sdz) / det;
     const c = (stz * sdd - std * sdz) / det;
-    if (a > 0 && c > 0 && c <= a) return { dataBps: rate(a), zeroBps: rate(c) };
-    if (a > 0 && c > a) {
-      // Zero pages as dear as data: one rate for both.
-      const b = sum((i) => (t[i] ?? 0) * ((d[i] ?? 0) + (z[i] ?? 0))) / sum((i) => ((d[i] ?? 0) + (z[i] ?? 0)) ** 2);
-      return { dataBps: rate(b), zeroBps: rate(b) };
-    }
+    if (a > 0 && c > 0 && c <= a) return { dataBps: rate(a), zeroBps: rate(c), zeroSource: 'history' };
   }
-  const a = std / sdd;
-  return a > 0 ? { dataBps: rate(a) } : null;
+  // One rate: each move's pages weighed as data + prior × zero.
+  const w = (i: number): number => (d[i] ?? 0) + ZERO_PAGE_COST_PRIOR * (z[i] ?? 0);
+  const b = sum((i) => (t[i] ?? 0) * w(i)) / sum((i) => w(i) ** 2);
+  return b > 0 ? { dataBps: rate(b), zeroBps: rate(b * ZERO_PAGE_COST_PRIOR), zeroSource: 'assumed' } : null;
 }
 
 function median(xs: number[]): number {

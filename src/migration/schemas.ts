@@ -16,14 +16,18 @@ export const Prediction = z.object({
   dirtyRateMiBps: z.number(),
   dirtyMode: z.enum(['page-sampling', 'dirty-bitmap']),
   dirtySampleMs: z.number(),
+  /** The memory the guest keeps rewriting, when a second, longer sample showed it (absent: not seen). */
+  workingSetMiB: z.number().optional(),
   linkMiBps: z.number(),
   /** history: QEMU's rate in recent moves to that host; bandwidth: the --bandwidth cap; assumed: neither. */
   linkSource: z.enum(['history', 'bandwidth', 'assumed']),
   /**
-   * MiB/s of guest memory whose pages are zero that the first pass gets through, learnt from the
-   * same history (absent: not learnt, and priced as free).
+   * MiB/s of guest memory whose pages are zero that the first pass gets through, from the same
+   * history (absent: no history, and priced as free).
    */
   zeroMiBps: z.number().optional(),
+  /** history: fitted apart from the data's rate; assumed: a fixed share of a data page's time (predict.ts). */
+  zeroSource: z.enum(['history', 'assumed']).optional(),
   /** A switch-over's cost beyond its last pages (device state, vCPUs, handshake), learnt likewise; in downtimeMs. */
   switchMs: z.number().optional(),
   /** Time of a move outside its memory copy (prepare, switch-over), from the same history or assumed. */

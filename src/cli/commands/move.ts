@@ -128,13 +128,12 @@ function printPrediction(p: Prediction): void {
           (p.switchMs ? ` (~${p.switchMs} ms of it the switch-over's own, from recent moves)` : ''),
     ],
     ['converges', `${p.converges ? 'yes' : 'no'} at --max-downtime ${p.maxDowntimeMs} ms (step: ${p.step})`],
-    ['dirty rate', `${p.dirtyRateMiBps} MiB/s (QEMU ${p.dirtyMode}, ${p.dirtySampleMs} ms)`],
     [
-      'link',
-      `${p.linkMiBps} MiB/s of data` +
-        (p.zeroMiBps === undefined ? '' : `, ${p.zeroMiBps} MiB/s of zero pages`) +
-        ` (${link})`,
+      'dirty rate',
+      `${p.dirtyRateMiBps} MiB/s (QEMU ${p.dirtyMode}, ${p.dirtySampleMs} ms)` +
+        (p.workingSetMiB === undefined ? '' : `, rewriting the same ~${p.workingSetMiB} MiB`),
     ],
+    ['link', `${p.linkMiBps} MiB/s of data` + (p.zeroMiBps === undefined ? '' : `, ${zeroPages(p)}`) + ` (${link})`],
     [
       'first pass',
       p.wireShare === undefined
@@ -148,6 +147,13 @@ function printPrediction(p: Prediction): void {
   ];
   const w = Math.max(...rows.map((x) => x[0].length));
   for (const [k, v] of rows) process.stdout.write(`  ${k.padEnd(w)}  ${v}\n`);
+}
+
+/** The zero pages' rate, and whether recent moves told it apart from the data's. */
+function zeroPages(p: Prediction): string {
+  return p.zeroSource === 'assumed'
+    ? `${p.zeroMiBps} MiB/s of zero pages (assumed: recent moves were too alike to tell it apart)`
+    : `${p.zeroMiBps} MiB/s of zero pages`;
 }
 
 function printReport(incs: Incompatibility[]): void {
