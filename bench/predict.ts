@@ -1,10 +1,12 @@
-// How good `compare-vm --predict` is (issue 17, item 4): in a 2-host lab, probe guests (256 MiB)
+// How good `compare-vm --predict` is (issue 17, item 4): in a 2-host lab, probe guests (256 MiB,
+// or --memory MIB: a larger guest's longer first pass is where a working set shows)
 // that are idle or dirty memory at 16, 64 and 128 MiB/s are predicted and then moved with
 // `ferry move-vm`, back and forth; the prediction (kept in the move's record) is set against
 // the record's outcome: total time, downtime, and the ladder step against what the move did.
 // A warm-up move of an idle guest first gives each host a recent move to learn the link from.
 //
-//   flock /work/wt/.heavy.lock npm run bench:predict -- [--rounds N] [--workloads idle,16,64,128] [--keep]
+//   flock /work/wt/.heavy.lock npm run bench:predict -- [--rounds N] [--workloads idle,16,64,128]
+//     [--memory MIB] [--keep]
 //
 // Under TCG a Linux guest dirtying ≥ 64 MiB/s may oops after a move (shared/QEMU-NOTES §E): the
 // move itself completes, which is all this measures. The lab and its QEMUs go on every exit path.
@@ -21,11 +23,14 @@ const { values: args } = parseArgs({
   options: {
     rounds: { type: 'string', default: '2' },
     workloads: { type: 'string', default: 'idle,16,64,128' },
+    memory: { type: 'string', default: '256' },
     keep: { type: 'boolean', default: false },
   },
 });
 const MiB = 1024 * 1024;
 const rounds = Number(args.rounds);
+const memoryMiB = Number(args.memory);
+if (!Number.isInteger(memoryMiB) || memoryMiB < 128) throw new Error(`--memory ${args.memory}: use a whole MiB ≥ 128`);
 /** Dirtier per workload: working set MiB @ MiB/s (the probe's ferry.dirty). */
 const DIRTY: Record<string, string | null> = { idle: null, '16': '64@16', '64': '64@64', '128': '128@128' };
 const workloads = args.workloads.split(',');
@@ -54,7 +59,8 @@ async function main(): Promise<void> {
   for (const sig of ['SIGINT', 'SIGTERM'] as const)
     process.once(sig, () => void cleanup().finally(() => process.exit(130)));
   try {
-    log(`temp dir ${dir}; ${os.cpus().length} cpus; load ${load0.map((x) => x.toFixed(2)).join(' ')}`);
+    const load = load0.map((x) => x.toFixed(2)).join(' ');
+    log(`temp dir ${dir}; guests of ${memoryMiB} MiB; ${os.cpus().length} cpus; load ${load}`);
     // Down also after a failed up: it stops whichever agent did start.
     up = true;
     await lab.up();
@@ -69,7 +75,7 @@ async function main(): Promise<void> {
 
     for (const w of workloads) {
       const name = `p-${w}`;
-      await lab.newProbe(name, DIRTY[w] ?? null);
+      await lab.newProbe(name, DIRTY[w] ?? null, memoryMiB);
       // Boot, then let the dirtier run through its working set.
       await sleep(12_000);
       let at = 'host-a';
@@ -101,7 +107,8 @@ async function main(): Promise<void> {
   const out = rows.map(({ workload, round, p, r }) => [
     workload,
     String(round),
-    fmt(p.dirtyRateMiBps, 1),
+    // The dirty rate, and the working set when a second sample found one.
+    `${fmt(p.dirtyRateMiBps, 1)}${p.workingSetMiB === undefined ? '' : ` / ${fmt(p.workingSetMiB)}`}`,
     `${fmt(p.linkMiBps)} / ${p.zeroMiBps === undefined ? '-' : fmt(p.zeroMiBps)}`,
     // The first pass's share of memory on the wire, predicted (sampled from the guest's RAM) and actual (bytes sent).
     `${p.wireShare === undefined ? '-' : fmt(p.wireShare, 2)} / ${fmt(r.bytesTransferred / (p.memoryMiB * MiB), 2)}`,
@@ -118,7 +125,7 @@ async function main(): Promise<void> {
       [
         'workload MiB/s',
         'round',
-        'dirty MiB/s',
+        'dirty MiB/s / set MiB',
         'link MiB/s data / zero',
         'wire share pred / sent',
         'predicted step',

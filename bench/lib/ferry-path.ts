@@ -131,7 +131,7 @@ export class FerryLab {
       await ferryOk(['host', 'set', h, '--tls', on ? 'on' : 'off', '--json'], { lab: this.lab });
   }
 
-  async newProbe(name: string, dirty: string | null): Promise<VmView> {
+  async newProbe(name: string, dirty: string | null, memoryMiB?: number): Promise<VmView> {
     return ferryOk<VmView>(
       [
         'vm',
@@ -145,6 +145,7 @@ export class FerryLab {
         path.join(this.shared, name),
         '--start',
         ...(dirty ? ['--probe-dirty', dirty] : []),
+        ...(memoryMiB ? ['--memory', `${memoryMiB}M`] : []),
         '--json',
       ],
       { lab: this.lab, timeoutMs: 180_000 },
