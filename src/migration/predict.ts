@@ -212,8 +212,10 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
   );
   const overheads = timed.map(({ precopyMs, downMs, r }) => Math.max(0, (r.totalMs ?? 0) - precopyMs - downMs));
   const overheadMs = overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS;
-  // Each move's pre-copy against the pages it sent before the pause (what went in the pause is the downtime's).
-  const points = timed.flatMap(({ precopyMs, r }) =>
+  // Each move's pre-copy against the pages it sent before the pause (what went in the pause is the
+  // downtime's). Not a post-copy move's: most of its pages came after the switch.
+  const precopied = timed.filter(({ r }) => !r.postcopy);
+  const points = precopied.flatMap(({ precopyMs, r }) =>
     r.memoryPages
       ? [
           {
@@ -227,7 +229,7 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
   const fit = fitCopyRates(points);
   if (fit) {
     // The pause beyond its last pages at the data's rate: device state, the vCPUs, the handshake.
-    const switches = timed.flatMap(({ downMs, r }) =>
+    const switches = precopied.flatMap(({ downMs, r }) =>
       r.downtimeMs === null || r.pausedBytes === null || r.pausedBytes === undefined
         ? []
         : [Math.max(0, downMs - (r.pausedBytes / fit.dataBps) * 1000)],

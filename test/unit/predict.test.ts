@@ -227,7 +227,23 @@ test("the history's page counts teach the link both rates, and the switch-over's
       memoryPages: { dataBytes: (d + 2) * MiB, zeroPages: (z * MiB) / 4096 },
       copyMs: Math.round((d / 200 + z / 500) * 1000),
     });
-  const est = linkFromHistory([mk(91, 165), mk(106, 918), mk(230, 26)], 'host-b', now);
+  // A post-copy move's pages mostly came after its switch: it says nothing of the pre-copy's rates.
+  const postcopy = rec({
+    bytesTransferred: 1000 * MiB,
+    pausedBytes: 0,
+    memoryPages: { dataBytes: 1000 * MiB, zeroPages: 0 },
+    copyMs: 500,
+    postcopy: {
+      switchedAt: '2026-01-01T10:59:59.500Z',
+      afterMs: 500,
+      downtimeMs: 50,
+      guestPauseMs: 60,
+      bytes: 900 * MiB,
+      durationMs: 4000,
+      lost: false,
+    },
+  });
+  const est = linkFromHistory([mk(91, 165), mk(106, 918), postcopy, mk(230, 26)], 'host-b', now);
   assert.ok(Math.abs(est.linkBps / MiB - 200) < 2, `data ${est.linkBps / MiB}`);
   assert.ok(est.zeroBps !== undefined && Math.abs(est.zeroBps / MiB - 500) < 10, `zero ${est.zeroBps}`);
   // 100 ms of downtime, 10 of them the 2 MiB at 200 MiB/s.
