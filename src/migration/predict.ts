@@ -170,7 +170,7 @@ export interface LinkEstimate {
 
 /**
  * The link's rates and a move's fixed costs to `dest`, from the last few live moves there that
- * completed within a day:
+ * completed within a day without a --bandwidth cap:
  * - with QEMU's page counts in the records (`memoryPages`), the rate of data and the rate of zero
  *   pages that best explain each move's pre-copy time by the pages it sent before the pause
  *   (fitCopyRates): a zero page is a few bytes on the wire, but both QEMUs read and handle it,
@@ -192,7 +192,9 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
         r.destination === dest &&
         r.finishedAt !== null &&
         nowMs - Date.parse(r.finishedAt) <= HISTORY_MAX_AGE_MS &&
-        r.rate.transferBps > 0,
+        r.rate.transferBps > 0 &&
+        // A move held to --bandwidth measured its cap, not the link (a test's 4.5 MiB/s, once).
+        !r.policy.bandwidthMiBps,
     )
     .sort((a, b) => Date.parse(b.finishedAt ?? '') - Date.parse(a.finishedAt ?? ''))
     .slice(0, HISTORY_MOVES);

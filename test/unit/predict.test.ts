@@ -130,6 +130,7 @@ function rec(over: Partial<MigrationRecord> & { copyMs?: number }): MigrationRec
     totalMs: 2000,
     downtimeMs: 100,
     rate: { transferBps: 50 * MiB, dirtyBps: 0 },
+    policy: {} as MigrationRecord['policy'],
     events: [
       { at: new Date(copyStart).toISOString(), message: 'copying memory to host-b (TLS)' },
       { at: new Date(copyStart + (over.copyMs ?? 600)).toISOString(), message: 'switching over (source paused)' },
@@ -151,6 +152,8 @@ test('the link: the median rate recent moves there carried their bytes at, the m
       rec({ destination: 'host-c', bytesTransferred: 900 * MiB }),
       rec({ state: 'failed', bytesTransferred: 900 * MiB }),
       rec({ finishedAt: '2025-12-30T11:00:00.000Z', bytesTransferred: 900 * MiB }),
+      // Held to --bandwidth: its rate is the cap's.
+      rec({ bytesTransferred: 1 * MiB, policy: { bandwidthMiBps: 1 } as MigrationRecord['policy'], copyMs: 1000 }),
     ],
     'host-b',
     now,
