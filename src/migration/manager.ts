@@ -114,7 +114,7 @@ export class MigrationManager {
     const policy = PolicyInput.parse(input ?? {});
     const rate = await measureDirtyRate(proc.qmp, { vm, ...(signal ? { signal } : {}) });
     const inUse = await guestRamInUse(proc.pid, spec.memoryMiB, signal ? { signal } : {});
-    const wireShare = inUse === null ? undefined : Math.min(1, inUse.bytes / (spec.memoryMiB * MiB));
+    const wire = inUse && { share: Math.min(1, inUse.bytes / (spec.memoryMiB * MiB)), from: inUse.from };
     const link = linkFromHistory(this.host.store.listMigrations(200), to.name, Date.now());
     const cap = policy.bandwidthMiBps ? policy.bandwidthMiBps * MiB : Infinity;
     const linkBps = Math.min(link.linkBps, cap);
@@ -128,7 +128,7 @@ export class MigrationManager {
       startDowntimeMs: this.host.accelerator() === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
       finishWithinMs,
       allowPostcopy: policy.allowPostcopy,
-      ...(wireShare === undefined ? {} : { wireShare }),
+      ...(wire ? { wireShare: wire.share } : {}),
       ...(link.zeroBps ? { zeroBps: link.zeroBps } : {}),
       ...(link.switchMs !== undefined ? { switchMs: link.switchMs } : {}),
       ...(rate.workingSetBytes !== undefined ? { workingSetBytes: rate.workingSetBytes } : {}),
@@ -147,9 +147,7 @@ export class MigrationManager {
         : {}),
       ...(link.switchMs !== undefined ? { switchMs: Math.round(link.switchMs) } : {}),
       overheadMs: Math.round(link.overheadMs),
-      ...(wireShare === undefined || inUse === null
-        ? {}
-        : { wireShare: Math.round(wireShare * 1000) / 1000, wireShareFrom: inUse.from }),
+      ...(wire ? { wireShare: Math.round(wire.share * 1000) / 1000, wireShareFrom: wire.from } : {}),
       maxDowntimeMs: policy.maxDowntimeMs,
       finishWithinMs,
       ...outcome,

@@ -281,18 +281,17 @@ export interface CopyRates {
  * ZERO_PAGE_COST_PRIOR of a data page's time. Null without a usable point. Pure.
  */
 export function fitCopyRates(points: readonly CopyPoint[]): CopyRates | null {
-  const ps = points.filter((p) => p.ms > 0 && p.dataBytes > 0);
-  if (ps.length === 0) return null;
   // In seconds and MiB, so that the sums stay well inside a double's precision.
-  const t = ps.map((p) => p.ms / 1000);
-  const d = ps.map((p) => p.dataBytes / MiB);
-  const z = ps.map((p) => p.zeroBytes / MiB);
-  const sum = (f: (i: number) => number): number => ps.reduce((a, _, i) => a + f(i), 0);
-  const sdd = sum((i) => (d[i] ?? 0) ** 2);
-  const szz = sum((i) => (z[i] ?? 0) ** 2);
-  const sdz = sum((i) => (d[i] ?? 0) * (z[i] ?? 0));
-  const std = sum((i) => (t[i] ?? 0) * (d[i] ?? 0));
-  const stz = sum((i) => (t[i] ?? 0) * (z[i] ?? 0));
+  const ps = points
+    .filter((p) => p.ms > 0 && p.dataBytes > 0)
+    .map((p) => ({ t: p.ms / 1000, d: p.dataBytes / MiB, z: p.zeroBytes / MiB }));
+  if (ps.length === 0) return null;
+  const sum = (f: (p: { t: number; d: number; z: number }) => number): number => ps.reduce((a, p) => a + f(p), 0);
+  const sdd = sum((p) => p.d * p.d);
+  const szz = sum((p) => p.z * p.z);
+  const sdz = sum((p) => p.d * p.z);
+  const std = sum((p) => p.t * p.d);
+  const stz = sum((p) => p.t * p.z);
   const rate = (secPerMiB: number): number => MiB / secPerMiB;
   const det = sdd * szz - sdz * sdz;
   // Told apart only when the data-to-zero mix varied: the two columns' correlation² under 0.98.
@@ -302,8 +301,8 @@ export function fitCopyRates(points: readonly CopyPoint[]): CopyRates | null {
     if (a > 0 && c > 0 && c <= a) return { dataBps: rate(a), zeroBps: rate(c), zeroSource: 'history' };
   }
   // One rate: each move's pages weighed as data + prior × zero.
-  const w = (i: number): number => (d[i] ?? 0) + ZERO_PAGE_COST_PRIOR * (z[i] ?? 0);
-  const b = sum((i) => (t[i] ?? 0) * w(i)) / sum((i) => w(i) ** 2);
+  const w = (p: { d: number; z: number }): number => p.d + ZERO_PAGE_COST_PRIOR * p.z;
+  const b = sum((p) => p.t * w(p)) / sum((p) => w(p) ** 2);
   return b > 0 ? { dataBps: rate(b), zeroBps: rate(b * ZERO_PAGE_COST_PRIOR), zeroSource: 'assumed' } : null;
 }
 

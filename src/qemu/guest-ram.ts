@@ -77,8 +77,6 @@ export interface GuestRamUse {
   /** Bytes of guest RAM that hold data (sampled), or that QEMU holds (resident: an upper bound). */
   bytes: number;
   from: 'sampled' | 'resident';
-  /** Pages read, when sampled. */
-  sampledPages?: number;
 }
 
 /**
@@ -117,8 +115,7 @@ export async function guestRamInUse(
     }
     if (read === 0) return resident;
     // Never above what QEMU holds: a page it does not hold reads as zeroes anyway.
-    const bytes = Math.min(resident.bytes, Math.round((data / read) * memBytes));
-    return { bytes, from: 'sampled', sampledPages: read };
+    return { bytes: Math.min(resident.bytes, Math.round((data / read) * memBytes)), from: 'sampled' };
   } catch {
     return signal.aborted ? null : resident;
   } finally {

@@ -1,7 +1,9 @@
 // A hostile cluster node with only its own host certificate: it neither leads nor owns the
 // HA VM, and asks the leader's agent and its own to HA-start that VM with the record's own
 // spec and generation. Both refuse (the cluster's record gives the VM to its owner), no QEMU
-// starts, and the record and the inventory stay as they were. 3-host cluster lab, real etcd.
+// starts, and the record and the inventory stay as they were. Then it asks the owner to predict
+// that VM's move (which would sample the guest's memory): refused, while the plain compare a
+// drain needs is still answered. 3-host cluster lab, real etcd.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
@@ -67,4 +69,29 @@ test("a non-leader node cannot HA-start a VM the cluster's record does not give 
   );
   const after = (await status()).vms.find((v) => v.name === 'ha1');
   assert.deepEqual([after?.owner, after?.generation], [owner, before.generation], 'the record is unchanged');
+});
+
+test("a node may compare another's VM for a move, but not have its memory measured for a prediction", async () => {
+  const leader = (await ferryOk<ClusterView>(['cluster', 'status', '--json'], { lab: L.lab })).leader;
+  assert.ok(leader, 'the cluster has a leader');
+  const vm = (await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab: L.lab })).find((v) => v.name === 'ha1');
+  assert.ok(vm, 'ha1 from the test before');
+  const mallory = L.status.hosts.map((h) => h.name).find((h) => h !== leader && h !== vm.host);
+  assert.ok(mallory, 'a node that neither leads nor runs ha1');
+  const at = (h: string): string => L.status.hosts.find((x) => x.name === h)!.endpoint;
+  const agent = hostAgent(hostData(L, mallory));
+  const body = { vm: 'ha1', to: { name: leader, endpoint: at(leader) }, options: {} };
+  const refused = await post(agent, at(vm.host), '/v1/compare', { ...body, predict: true });
+  assert.equal(refused.status, 403, refused.body);
+  assert.match(refused.body, /E_FORBIDDEN/);
+  assert.match(refused.body, /Cannot predict the move of VM 'ha1': .*only an administrator may ask for/);
+  const plain = await post(agent, at(vm.host), '/v1/compare', body);
+  assert.equal(plain.status, 200, plain.body);
+  assert.equal((JSON.parse(plain.body) as { prediction?: unknown }).prediction ?? null, null);
+  agent.destroy();
+  const after = await ferryOk<VmView[]>(['vm', 'list', '--json'], { lab: L.lab });
+  assert.deepEqual(
+    after.filter((v) => v.name === 'ha1').map((v) => `${v.host}:${v.state}`),
+    [`${vm.host}:running`],
+  );
 });

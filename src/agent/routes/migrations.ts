@@ -16,8 +16,17 @@ import type { MigrationRecord } from '../../migration/schemas.js';
 
 export function migrationRoutes(app: FastifyInstance, migrations: MigrationManager, cluster: ClusterNode): void {
   // A host certificate: the destination must be a cluster member, reached at its etcd endpoint.
+  // A prediction measures the guest (QEMU samples its pages for seconds, the agent reads pages of its
+  // RAM for zeroes): an administrator's question; no host's drain or fail-back asks it.
   registerAction(app, actions.compare, async ({ body, signal }, req) => {
     const what = `compare VM '${body.vm}' with host '${body.to.name}'`;
+    if (body.predict && req.peer?.role !== 'admin')
+      throw new FerryError(
+        'E_FORBIDDEN',
+        `Cannot predict the move of VM '${body.vm}': a prediction measures the guest's memory, which only an ` +
+          `administrator may ask for; use an admin certificate, or leave out predict`,
+        { context: { caller: req.peer?.name ?? null } },
+      );
     const to = await authorizedDestination(cluster, req.peer, body.to, what, { leaderOnly: false, signal });
     return migrations.compare(body.vm, to, body.options, {
       signal,

@@ -58,7 +58,7 @@ export function MoveWizard({ vm, onClose }: { vm: VmView; onClose: () => void })
     setCompat({ loading: true });
     try {
       const options = moveOptions(vm, c);
-      // A running VM moved live (memory only): the agents also predict the move (QEMU samples ~1 s).
+      // A running VM moved live (memory only): the agents also predict the move (QEMU samples 1–5 s).
       const predict = vm.state === 'running' && !options.includeStorage;
       const report = await call(vm.host, actions.compare, {
         body: { vm: vm.name, to, options, ...(predict ? { predict } : {}) },
