@@ -47,7 +47,10 @@ BIOS_START=2048 BIOS_SECTORS=2048 # 1 MiB at 1 MiB
 ESP_START=4096 ESP_SECTORS=65536  # 32 MiB at 2 MiB
 ROOT_START=69632                  # 34 MiB; the root ends 1 MiB before the disk's end
 HOSTNAME_=ferry-debian
-CMDLINE="console=tty0 console=ttyS0,115200n8"
+# pti=on: the tests move this guest under TCG, where QEMU 7.2 loses writes made through TLB
+# entries that stayed writable across a dirty-bitmap sync; a CR3 switch at every kernel entry
+# flushes them (docs/tcg-moves.md).
+CMDLINE="console=tty0 console=ttyS0,115200n8 pti=on"
 
 ((CHECK)) || mkdir -p "$OUT"
 log() { echo "debian-build: $*" >&2; }

@@ -41,8 +41,9 @@ export function describeTrouble(vm: string, a: AfterArrival, accelerator: string
   const secs = (t.afterMs / 1000).toFixed(1);
   const cause =
     accelerator === 'tcg'
-      ? 'this host runs guests without KVM (TCG), where QEMU 7.2 can corrupt a guest during a move when ' +
-        "the host's CPU is busy; read the guest's console log (ferry vm console), and move it on a quieter host"
+      ? "this host runs guests without KVM (TCG), where QEMU 7.2 can lose a Linux guest's writes during a " +
+        "move when the host's CPU is busy; read the guest's console log (ferry vm console), and boot the " +
+        'guest with pti=on on its kernel command line (docs/tcg-moves.md) or move it on a quieter host'
       : "read the guest's console log (ferry vm console) for the reason";
   const when = `${secs} s after arriving from '${a.from}'`;
   return `VM '${vm}' ${did} ${when} (move ${a.migration}, QEMU: ${t.reason}); ${cause}`;

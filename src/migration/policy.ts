@@ -30,8 +30,9 @@ export interface PolicyOptions {
 export const UNLIMITED_BANDWIDTH = 100 * 1024 ** 3; // QEMU caps at its own maximum
 export const START_DOWNTIME_MS = 20;
 /**
- * Under TCG, QEMU 7.2 corrupts a busy Linux guest's kernel after long multi-pass moves
- * (shared/QEMU-NOTES §E); fewer, longer passes avoid it, so TCG starts at QEMU's 300 ms.
+ * Under TCG, QEMU 7.2 loses writes a Linux guest makes between a pass's bitmap sync and its next
+ * TLB flush (docs/tcg-moves.md); fewer passes leave fewer such windows, so TCG starts at QEMU's
+ * 300 ms.
  */
 export const TCG_START_DOWNTIME_MS = 300;
 

@@ -25,7 +25,10 @@ export interface GuestVmInput {
 }
 
 export function probeAppend(p: ProbeOptions = {}): string {
-  const a = ['console=ttyS0', 'quiet', 'panic=-1'];
+  // pti=on: a CR3 switch at every kernel entry, and each one flushes QEMU's TCG TLB. Without it,
+  // QEMU 7.2 under TCG loses the guest's writes made through TLB entries that stayed writable
+  // across a dirty-bitmap sync, and a busy guest's kernel oopses after a move (docs/tcg-moves.md).
+  const a = ['console=ttyS0', 'quiet', 'panic=-1', 'pti=on'];
   if (p.noWriter) a.push('ferry.nowriter');
   if (p.dirty) a.push(`ferry.dirty=${p.dirty.mib}${p.dirty.mibps ? `@${p.dirty.mibps}` : ''}`);
   if (p.writerIntervalMs !== undefined) a.push(`ferry.wint=${p.writerIntervalMs}`);

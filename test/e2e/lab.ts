@@ -119,7 +119,7 @@ export async function waitSerial(
   } catch {
     // not JSON: shown as printed
   }
-  const oops = kernelOopsed(text) ? ' — its kernel oopsed (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '';
+  const oops = kernelOopsed(text) ? ' — its kernel oopsed (QEMU 7.2 under TCG after a move: docs/tcg-moves.md)' : '';
   const hbs = o.heartbeats ? ` and ${o.heartbeats} heartbeats` : '';
   throw new Error(
     `probe VM ${o.vm} did not print ${o.acks} acks${hbs} in ${timeoutMs} ms ` +

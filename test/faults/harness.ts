@@ -306,7 +306,7 @@ async function assertRuns(l: FaultLab, v: VmView, guest: Guest): Promise<void> {
     const oops = kernelOopsed(text);
     assert.fail(
       `the guest runs on ${v.host}: its console stopped` +
-        (oops ? ' with a kernel oops (QEMU-NOTES §E: QEMU 7.2 under TCG after a move)' : '') +
+        (oops ? ' with a kernel oops (QEMU 7.2 under TCG after a move: docs/tcg-moves.md)' : '') +
         `; its last other lines: ${said.slice(-600) || '(none)'}`,
     );
   }

@@ -28,6 +28,7 @@ test('the message names what happened, when, from where, and the likely cause un
   const tcg = describeTrouble('web1', a, 'tcg');
   assert.match(tcg, /^VM 'web1' restarted itself 1\.2 s after arriving from 'host-a' \(move m1, QEMU: guest-reset\)/);
   assert.match(tcg, /TCG/);
+  assert.match(tcg, /pti=on on its kernel command line/, 'the remedy is named');
   assert.doesNotMatch(describeTrouble('web1', a, 'kvm'), /TCG/);
   assert.match(describeTrouble('web1', { ...a, trouble: null }, 'kvm'), /arrived from 'host-a' at 2026-12-02T10:00/);
 });
