@@ -115,12 +115,39 @@ export function planDestPaths(spec: VmSpec, options: CompareOptions): DestPlan {
   return { configPath, checkpointPath: follow(spec.checkpointPath), pagingPath: follow(spec.pagingPath), disks };
 }
 
-/**
- * What compare-vm reports without refusing: a running VM that allows Smart Paging and does not
- * fit in the destination's free memory (free memory minus the reserve, --max-vm-memory) arrives
- * with its RAM in a paging file there.
- */
+/** What compare-vm reports without refusing the move. */
 export function compareWarnings(input: CompareInput): Incompatibility[] {
+  return [...smartPagingWarning(input), ...tcgWarning(input)];
+}
+
+/**
+ * A live move under TCG of a guest that may be Linux without `pti=on`: QEMU 7.2 can lose its
+ * writes when the host is busy (docs/tcg-moves.md). Said before the move, not only after a death.
+ * The bootblock guest has no paging; a kernel Ferry boots shows its command line; a guest that
+ * boots from its disk may be Linux without it.
+ */
+function tcgWarning(input: CompareInput): Incompatibility[] {
+  const { spec, source } = input;
+  if (!input.running || source.accelerator.name !== 'tcg' || spec.guest === 'bootblock') return [];
+  if (spec.boot.kind === 'kernel' && /(^|\s)pti=on(\s|$)/.test(spec.boot.append)) return [];
+  const where = spec.boot.kind === 'kernel' ? 'its kernel command line has no pti=on' : 'if it is Linux';
+  return [
+    {
+      code: 'W_TCG_GUEST_WRITES',
+      field: 'accelerator',
+      message:
+        `VM '${spec.name}' runs without KVM (TCG) on '${source.name}', where QEMU 7.2 can lose a Linux ` +
+        `guest's writes during a live move when the host's CPU is busy (docs/tcg-moves.md); ${where}, boot it ` +
+        'with pti=on on its kernel command line, or move it while the host is quiet',
+    },
+  ];
+}
+
+/**
+ * A running VM that allows Smart Paging and does not fit in the destination's free memory (free
+ * memory minus the reserve, --max-vm-memory) arrives with its RAM in a paging file there.
+ */
+function smartPagingWarning(input: CompareInput): Incompatibility[] {
   const { spec, dest } = input;
   if (!input.running || !spec.smartPaging) return [];
   const avail = dest.memory.freeBytes - MEMORY_RESERVE_BYTES;

@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   compareVm,
+  compareWarnings,
   planDestPaths,
   COMPARE_CODES,
   MEMORY_RESERVE_BYTES,
@@ -622,4 +623,20 @@ test('chooseBaseline: the newest model usable on every host, else qemu64', () =>
   assert.equal(new Set(CPU_BASELINE_PREFERENCE).size, CPU_BASELINE_PREFERENCE.length);
   assert.ok(CPU_BASELINE_PREFERENCE.indexOf('Skylake-Server') < CPU_BASELINE_PREFERENCE.indexOf('Haswell'));
   assert.ok(CPU_BASELINE_PREFERENCE.indexOf('EPYC-Milan') < CPU_BASELINE_PREFERENCE.indexOf('EPYC'));
+});
+
+test('W_TCG_GUEST_WRITES: a live move under TCG of a guest that may be Linux without pti=on is warned of', () => {
+  const codes = (over: Partial<CompareInput>): string[] => compareWarnings(input(over)).map((w) => w.code);
+  const w = compareWarnings(input())[0];
+  assert.ok(w);
+  assert.equal(w.code, 'W_TCG_GUEST_WRITES');
+  assert.match(w.message, /^VM 'web1' runs without KVM \(TCG\) on 'host-a'.*if it is Linux, boot it with pti=on/);
+  const kernel = (append: string): VmSpec => vm({ boot: { kind: 'kernel', kernel: 'vmlinuz', append } });
+  assert.match(compareWarnings(input({ spec: kernel('console=ttyS0') }))[0]?.message ?? '', /has no pti=on/);
+  assert.deepEqual(codes({ spec: kernel('console=ttyS0 pti=on quiet') }), []);
+  assert.deepEqual(codes({ spec: kernel('console=ttyS0 nopti=on') }), ['W_TCG_GUEST_WRITES']);
+  assert.deepEqual(codes({ spec: vm({ guest: 'bootblock' }) }), [], 'the bootblock guest has no paging');
+  assert.deepEqual(codes({ running: false }), [], 'a stopped VM moves no memory');
+  const kvm = { accelerator: { name: 'kvm' as const, reason: 'KVM ran a guest' } };
+  assert.deepEqual(codes({ source: host('host-a', kvm), dest: host('host-b', kvm) }), []);
 });

@@ -29,6 +29,11 @@ export function CompatReport({ report }: { report: CompareReport }) {
           : `✘ The VM cannot move: ${String(n)} incompatibilit${n === 1 ? 'y' : 'ies'}.`}
       </p>
       {report.prediction && <PredictionLine p={report.prediction} />}
+      {(report.warnings ?? []).map((w, n) => (
+        <p key={n} className="warning" data-testid="compat-warning" data-code={w.code}>
+          ⚠ {w.message}
+        </p>
+      ))}
       {report.incompatibilities.length > 0 && (
         <table className="table compact">
           <thead>
