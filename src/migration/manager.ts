@@ -5,7 +5,7 @@
 import { DEFAULTS } from '../api/defaults.js';
 import { measureDirtyRate } from './dirty-rate.js';
 import { guestRamInUse } from '../qemu/guest-ram.js';
-import { defaultFinishWithinMs, START_DOWNTIME_MS } from './policy.js';
+import { defaultFinishWithinMs, START_DOWNTIME_MS, TCG_START_DOWNTIME_MS } from './policy.js';
 import { describePrediction, linkFromHistory, predictMove } from './predict.js';
 import { FerryError, NotFoundError, codeOf, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
@@ -125,7 +125,7 @@ export class MigrationManager {
       linkBps,
       overheadMs: link.overheadMs,
       maxDowntimeMs: policy.maxDowntimeMs,
-      startDowntimeMs: START_DOWNTIME_MS,
+      startDowntimeMs: this.host.accelerator() === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
       finishWithinMs,
       allowPostcopy: policy.allowPostcopy,
       ...(wire ? { wireShare: wire.share } : {}),

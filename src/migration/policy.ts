@@ -28,12 +28,13 @@ export interface PolicyOptions {
 }
 
 export const UNLIMITED_BANDWIDTH = 100 * 1024 ** 3; // QEMU caps at its own maximum
-/**
- * Under KVM and TCG alike. TCG once started at QEMU's 300 ms, for fewer passes, against guests
- * that died after a move; their cause was QEMU 7.2 losing writes between a pass's bitmap sync and
- * the next TLB flush, which fewer passes did not prevent (docs/tcg-moves.md).
- */
 export const START_DOWNTIME_MS = 20;
+/**
+ * Under TCG, QEMU 7.2 loses writes a Linux guest makes between a pass's bitmap sync and its next
+ * TLB flush (docs/tcg-moves.md); fewer passes leave fewer such windows, so TCG starts at QEMU's
+ * 300 ms.
+ */
+export const TCG_START_DOWNTIME_MS = 300;
 
 /**
  * Post-copy only over a healthy link: its byte counter moved within the last HEALTHY_GAP_MS

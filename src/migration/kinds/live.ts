@@ -36,6 +36,7 @@ import {
   stallTimeoutMs,
   testHold,
   START_DOWNTIME_MS,
+  TCG_START_DOWNTIME_MS,
 } from '../policy.js';
 import { newProgress, sampleFrom, update } from '../progress.js';
 import type { MoveKind, Resolution, Step, StepData, StepScope, UndoScope } from '../runner.js';
@@ -237,7 +238,7 @@ export const migrateStep: Step<SourceCtx> = {
       finishWithinMs: (r.policy.finishWithinS ?? defaultFinishWithinMs(spec.memoryMiB) / 1000) * 1000,
       ...(r.policy.bandwidthMiBps ? { bandwidthBps: r.policy.bandwidthMiBps * 1024 * 1024 } : {}),
       allowPostcopy: r.policy.allowPostcopy,
-      startDowntimeMs: START_DOWNTIME_MS,
+      startDowntimeMs: ctx.host.accelerator() === 'tcg' ? TCG_START_DOWNTIME_MS : START_DOWNTIME_MS,
     });
     r.downtimeLimitMs = policy.downtimeMs;
     await endLeftoverStream(qmp, s, spec.name);
