@@ -2,10 +2,11 @@
 // and QMP only, no Ferry: the probe guest (256 MiB, 1 vCPU, qemu64) dirtying memory is moved
 // twice per trial over a Unix socket while busy loops load every core; a move counts as alive
 // when the guest still prints heartbeats 2.5 s after it and its console shows no oops. Each
-// variant adds words to the guest's kernel command line ('-' adds none).
+// variant adds words to the guest's kernel command line ('-' adds none). --writer: the probe's
+// disk writer runs too (a synced 4 KiB record every 10 ms), on a raw disk both QEMUs share.
 //
 //   flock /work/wt/.heavy.lock npm run bench:tcg-moves -- [--variants '-;pti=on'] [--trials N]
-//     [--dirty MIB@MIBPS] [--busy N] [--bandwidth MIBPS]
+//     [--dirty MIB@MIBPS] [--busy N] [--bandwidth MIBPS] [--downtime MS] [--writer]
 //
 // Every QEMU and busy loop it starts is killed, and its temp dir removed, on every exit path.
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -27,6 +28,8 @@ const { values: args } = parseArgs({
     dirty: { type: 'string', default: '64@16' },
     busy: { type: 'string', default: String(os.cpus().length) },
     bandwidth: { type: 'string', default: '128' },
+    writer: { type: 'boolean', default: false },
+    downtime: { type: 'string', default: '300' },
   },
 });
 const trials = Number(args.trials);
@@ -37,6 +40,7 @@ for (const [flag, n] of [
   ['--trials', trials],
   ['--busy', busyLoops],
   ['--bandwidth', bandwidthMiBps],
+  ['--downtime', Number(args.downtime)],
 ] as const)
   if (!Number.isInteger(n) || n < 0) throw new Error(`${flag}: use a whole number`);
 const files = probeGuestFiles();
@@ -54,6 +58,7 @@ interface Vm {
 }
 
 let seq = 0;
+const writer = args.writer ? '' : 'ferry.nowriter';
 function startQemu(dir: string, append: string, incoming: string | null): Vm {
   seq += 1;
   const serial = path.join(dir, `serial-${seq}.log`);
@@ -63,7 +68,9 @@ function startQemu(dir: string, append: string, incoming: string | null): Vm {
     [
       ...['-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc-i440fx-7.2', '-accel', 'tcg'],
       ...['-cpu', 'qemu64', '-m', '256', '-kernel', guest.kernel, '-initrd', guest.initrd],
-      ...['-append', `console=ttyS0 panic=-1 ferry.nowriter ferry.dirty=${args.dirty} ${append}`.trim()],
+      ...['-append', `console=ttyS0 panic=-1 ${writer} ferry.dirty=${args.dirty} ${append}`.trim()],
+      // The writer's disk, shared by both QEMUs of a move as on shared storage.
+      ...(args.writer ? ['-drive', `file=${path.join(dir, 'data.raw')},if=virtio,format=raw,cache=none`] : []),
       ...['-serial', `file:${serial}`, '-qmp', `unix:${qmp},server=on,wait=off`],
       ...(incoming ? ['-incoming', incoming] : []),
     ],
@@ -101,7 +108,11 @@ async function move(dir: string, src: Vm, append: string): Promise<Vm> {
   const qd = await connect(dest);
   const qs = await connect(src);
   try {
-    await qs.execute('migrate-set-parameters', { 'max-bandwidth': bandwidthMiBps * 1024 * 1024 }, { timeoutMs: 5000 });
+    await qs.execute(
+      'migrate-set-parameters',
+      { 'max-bandwidth': bandwidthMiBps * 1024 * 1024, 'downtime-limit': Number(args.downtime) },
+      { timeoutMs: 5000 },
+    );
     await qs.execute('migrate', { uri }, { timeoutMs: 5000 });
     const until = Date.now() + 300_000;
     for (;;) {
@@ -173,6 +184,8 @@ async function main(): Promise<void> {
     });
   const results: Result[] = [];
   try {
+    // The probe's writer keeps a circular log of synced records on its first virtio disk.
+    if (args.writer) await fsp.writeFile(path.join(dir, 'data.raw'), Buffer.alloc(64 * 1024 * 1024));
     log(`${os.cpus().length} cpus, ${busyLoops} busy loops, dirtier ${args.dirty} MiB/s, ${bandwidthMiBps} MiB/s`);
     const variants = args.variants.split(';').map((v) => v.trim());
     // Variants alternate trial by trial, so a change in the machine's load hits them alike.
