@@ -48,7 +48,7 @@ ESP_START=4096 ESP_SECTORS=65536  # 32 MiB at 2 MiB
 ROOT_START=69632                  # 34 MiB; the root ends 1 MiB before the disk's end
 HOSTNAME_=ferry-debian
 # pti=on: the tests move this guest under TCG, where QEMU 7.2 loses writes made through TLB
-# entries that stayed writable across a dirty-bitmap sync; a CR3 switch at every kernel entry
+# entries that stayed writable across a dirty-bitmap sync; a CR3 switch at every entry from user mode
 # flushes them (docs/tcg-moves.md).
 CMDLINE="console=tty0 console=ttyS0,115200n8 pti=on"
 

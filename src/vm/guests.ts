@@ -25,7 +25,7 @@ export interface GuestVmInput {
 }
 
 export function probeAppend(p: ProbeOptions = {}): string {
-  // pti=on: a CR3 switch at every kernel entry, and each one flushes QEMU's TCG TLB. Without it,
+  // pti=on: a CR3 switch at every entry from user mode, and each one flushes QEMU's TCG TLB. Without it,
   // QEMU 7.2 under TCG loses the guest's writes made through TLB entries that stayed writable
   // across a dirty-bitmap sync, and a busy guest's kernel oopses after a move (docs/tcg-moves.md).
   const a = ['console=ttyS0', 'quiet', 'panic=-1', 'pti=on'];
