@@ -15,8 +15,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { QmpClient } from '../src/qemu/qmp.js';
-import { QEMU_BINARY } from '../src/qemu/process.js';
+import { QemuProcess } from '../src/qemu/process.js';
 import { sleep } from '../src/util/exec.js';
 import { probeGuestFiles } from '../guest/paths.js';
 import { table } from './lib/stats.js';
@@ -49,36 +48,40 @@ const guest = files;
 
 const log = (m: string): void => void process.stderr.write(`[tcg-moves] ${m}\n`);
 const OOPS_RE = /Oops|BUG:|panic|general protection|invalid opcode|soft lockup/;
-const children = new Set<ChildProcess>();
+const qemus = new Set<QemuProcess>();
+const loops = new Set<ChildProcess>();
 
 interface Vm {
-  proc: ChildProcess;
+  proc: QemuProcess;
   serial: string;
-  qmp: string;
 }
 
 let seq = 0;
 const writer = args.writer ? '' : 'ferry.nowriter';
-function startQemu(dir: string, append: string, incoming: string | null): Vm {
+/** A QEMU of the probe guest, its monitor connected (QemuProcess: an early exit says why). */
+async function startQemu(dir: string, append: string, incoming: string | null): Promise<Vm> {
   seq += 1;
-  const serial = path.join(dir, `serial-${seq}.log`);
-  const qmp = path.join(dir, `qmp-${seq}.sock`);
-  const proc = spawn(
-    QEMU_BINARY,
-    [
-      ...['-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc-i440fx-7.2', '-accel', 'tcg'],
-      ...['-cpu', 'qemu64', '-m', '256', '-kernel', guest.kernel, '-initrd', guest.initrd],
-      ...['-append', `console=ttyS0 panic=-1 ${writer} ferry.dirty=${args.dirty} ${append}`.trim()],
-      // The writer's disk, shared by both QEMUs of a move as on shared storage.
-      ...(args.writer ? ['-drive', `file=${path.join(dir, 'data.raw')},if=virtio,format=raw,cache=none`] : []),
-      ...['-serial', `file:${serial}`, '-qmp', `unix:${qmp},server=on,wait=off`],
-      ...(incoming ? ['-incoming', incoming] : []),
-    ],
-    { stdio: 'ignore' },
-  );
-  children.add(proc);
-  proc.once('exit', () => children.delete(proc));
-  return { proc, serial, qmp };
+  const runDir = path.join(dir, `qemu-${seq}`);
+  const serial = path.join(runDir, 'serial.log');
+  const qmpSocket = path.join(runDir, 'qmp.sock');
+  const argv = [
+    ...['-nodefaults', '-no-user-config', '-display', 'none', '-machine', 'pc-i440fx-7.2', '-accel', 'tcg'],
+    ...['-cpu', 'qemu64', '-m', '256', '-kernel', guest.kernel, '-initrd', guest.initrd],
+    ...['-append', `console=ttyS0 panic=-1 ${writer} ferry.dirty=${args.dirty} ${append}`.trim()],
+    // The writer's disk, shared by both QEMUs of a move as on shared storage.
+    ...(args.writer ? ['-drive', `file=${path.join(dir, 'data.raw')},if=virtio,format=raw,cache=none`] : []),
+    ...['-serial', `file:${serial}`, '-qmp', `unix:${qmpSocket},server=on,wait=off`],
+    ...(incoming ? ['-incoming', incoming] : []),
+  ];
+  const proc = await QemuProcess.spawn(argv, {
+    vm: `tcg-moves#${seq}`,
+    runDir,
+    qmpSocket,
+    pidFile: path.join(runDir, 'qemu.pid'),
+  });
+  qemus.add(proc);
+  void proc.exited.then(() => qemus.delete(proc));
+  return { proc, serial };
 }
 
 const console_ = (vm: Vm): string => {
@@ -90,45 +93,28 @@ const console_ = (vm: Vm): string => {
 };
 const heartbeats = (vm: Vm): number => (console_(vm).match(/ferry-hb /g) ?? []).length;
 
-async function connect(vm: Vm): Promise<QmpClient> {
-  for (let i = 0; ; i++) {
-    try {
-      return await QmpClient.connect(vm.qmp, { timeoutMs: 5000 });
-    } catch (e) {
-      if (i >= 100 || vm.proc.exitCode !== null) throw e;
-      await sleep(100);
-    }
-  }
-}
-
-/** Moves `src` to a new QEMU and quits the source; the destination runs when it returns. */
+/** Moves `src` to a new QEMU and kills the source; the destination runs when it returns. */
 async function move(dir: string, src: Vm, append: string): Promise<Vm> {
   const uri = `unix:${path.join(dir, `migrate-${seq + 1}.sock`)}`;
-  const dest = startQemu(dir, append, uri);
-  const qd = await connect(dest);
-  const qs = await connect(src);
-  try {
-    await qs.execute(
-      'migrate-set-parameters',
-      { 'max-bandwidth': bandwidthMiBps * 1024 * 1024, 'downtime-limit': Number(args.downtime) },
-      { timeoutMs: 5000 },
-    );
-    await qs.execute('migrate', { uri }, { timeoutMs: 5000 });
-    const until = Date.now() + 300_000;
-    for (;;) {
-      if (Date.now() > until) throw new Error('the move did not end in 300 s');
-      const s = await qs.execute('query-migrate', undefined, { timeoutMs: 5000 });
-      if (s.status === 'completed') break;
-      if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`the move ${s.status}`);
-      await sleep(100);
-    }
-    const st = await qd.execute('query-status', undefined, { timeoutMs: 5000 });
-    if (st.status !== 'running') await qd.execute('cont', undefined, { timeoutMs: 5000 });
-  } finally {
-    qs.close();
-    qd.close();
+  const dest = await startQemu(dir, append, uri);
+  const qs = src.proc.qmp;
+  await qs.execute(
+    'migrate-set-parameters',
+    { 'max-bandwidth': bandwidthMiBps * 1024 * 1024, 'downtime-limit': Number(args.downtime) },
+    { timeoutMs: 5000 },
+  );
+  await qs.execute('migrate', { uri }, { timeoutMs: 5000 });
+  const until = Date.now() + 300_000;
+  for (;;) {
+    if (Date.now() > until) throw new Error('the move did not end in 300 s');
+    const s = await qs.execute('query-migrate', undefined, { timeoutMs: 5000 });
+    if (s.status === 'completed') break;
+    if (s.status === 'failed' || s.status === 'cancelled') throw new Error(`the move ${s.status}`);
+    await sleep(100);
   }
-  src.proc.kill('SIGKILL');
+  const st = await dest.proc.qmp.execute('query-status', undefined, { timeoutMs: 5000 });
+  if (st.status !== 'running') await dest.proc.qmp.execute('cont', undefined, { timeoutMs: 5000 });
+  await src.proc.kill();
   return dest;
 }
 
@@ -140,7 +126,7 @@ interface Result {
 }
 
 async function trial(dir: string, append: string, r: Result): Promise<void> {
-  let vm = startQemu(dir, append, null);
+  let vm = await startQemu(dir, append, null);
   const busy: ChildProcess[] = [];
   try {
     for (let i = 0; i < 600 && !console_(vm).includes('ferry-dirty '); i++) await sleep(100);
@@ -148,7 +134,8 @@ async function trial(dir: string, append: string, r: Result): Promise<void> {
     await sleep(2000);
     for (let i = 0; i < busyLoops; i++) {
       const b = spawn('sh', ['-c', 'while :; do :; done'], { stdio: 'ignore' });
-      children.add(b);
+      loops.add(b);
+      b.once('exit', () => loops.delete(b));
       busy.push(b);
     }
     for (let m = 0; m < 2; m++) {
@@ -167,14 +154,22 @@ async function trial(dir: string, append: string, r: Result): Promise<void> {
     }
   } finally {
     for (const b of busy) b.kill('SIGKILL');
-    vm.proc.kill('SIGKILL');
+    await vm.proc.kill();
   }
 }
 
 async function main(): Promise<void> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ftcg-'));
   const cleanup = (): void => {
-    for (const c of children) c.kill('SIGKILL');
+    // Synchronous: it also runs from a signal handler.
+    for (const b of loops) b.kill('SIGKILL');
+    for (const q of qemus) {
+      try {
+        process.kill(q.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
     fs.rmSync(dir, { recursive: true, force: true });
   };
   for (const sig of ['SIGINT', 'SIGTERM'] as const)
