@@ -15,6 +15,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import { sleep } from '../src/util/exec.js';
+import { moveTimes } from '../src/migration/predict.js';
 import type { CompareReport, MigrationRecord, Prediction } from '../src/migration/schemas.js';
 import { FerryLab, ferryOk } from './lib/ferry-path.js';
 import { fmt, median, max, table } from './lib/stats.js';
@@ -104,22 +105,31 @@ async function main(): Promise<void> {
   const load1 = os.loadavg();
   const err = (pred: number | null, act: number | null): number =>
     pred === null || act === null || act <= 0 ? NaN : ((pred - act) / act) * 100;
-  const out = rows.map(({ workload, round, p, r }) => [
-    workload,
-    String(round),
-    // The dirty rate, and the working set when a second sample found one.
-    `${fmt(p.dirtyRateMiBps, 1)}${p.workingSetMiB === undefined ? '' : ` / ${fmt(p.workingSetMiB)}`}`,
-    `${fmt(p.linkMiBps)} / ${p.zeroMiBps === undefined ? '-' : fmt(p.zeroMiBps)}`,
-    // The first pass's share of memory on the wire, predicted (sampled from the guest's RAM) and actual (bytes sent).
-    `${p.wireShare === undefined ? '-' : fmt(p.wireShare, 2)} / ${fmt(r.bytesTransferred / (p.memoryMiB * MiB), 2)}`,
-    p.step,
-    `${r.state}/${r.throttlePct ? 'throttled' : r.passes > 1 ? `${r.passes} passes` : '1 pass'}`,
-    fmt(p.totalMs),
-    fmt(r.totalMs),
-    fmt(err(p.totalMs, r.totalMs)),
-    fmt(p.downtimeMs),
-    fmt(r.downtimeMs),
-  ]);
+  const out = rows.map(({ workload, round, p, r }) => {
+    const t = moveTimes(r);
+    // The prediction's parts against the move's: the copy before the pause, and the rest.
+    const copyPred = p.totalMs - p.overheadMs - (p.downtimeMs ?? 0);
+    return [
+      workload,
+      String(round),
+      // The dirty rate, and the working set when a second sample found one.
+      `${fmt(p.dirtyRateMiBps, 1)}${p.workingSetMiB === undefined ? '' : ` / ${fmt(p.workingSetMiB)}`}`,
+      `${fmt(p.linkMiBps)} / ${p.zeroMiBps === undefined ? '-' : fmt(p.zeroMiBps)}`,
+      // The first pass's share of memory on the wire, predicted (sampled from the guest's RAM) and actual (bytes sent).
+      `${p.wireShare === undefined ? '-' : fmt(p.wireShare, 2)} / ${fmt(r.bytesTransferred / (p.memoryMiB * MiB), 2)}`,
+      p.step,
+      `${r.state}/${r.throttlePct ? 'throttled' : r.passes > 1 ? `${r.passes} passes` : '1 pass'}`,
+      fmt(p.totalMs),
+      fmt(r.totalMs),
+      fmt(err(p.totalMs, r.totalMs)),
+      fmt(p.downtimeMs),
+      fmt(r.downtimeMs),
+      `${fmt(copyPred)} / ${t ? fmt(t.precopyMs) : '-'}`,
+      `${fmt(p.overheadMs)} / ${t ? fmt(t.overheadMs) : '-'}`,
+      `${fmt(p.passes)} / ${fmt(r.passes)}`,
+      r.pausedBytes == null ? '-' : fmt(r.pausedBytes / MiB, 1),
+    ];
+  });
   process.stdout.write(
     `${table(
       [
@@ -135,6 +145,10 @@ async function main(): Promise<void> {
         'err %',
         'pred down ms',
         'down ms',
+        'copy ms pred / actual',
+        'rest ms pred / actual',
+        'passes pred / QEMU syncs',
+        'paused MiB',
       ],
       out,
     )}\n\n`,

@@ -199,20 +199,12 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
     .sort((a, b) => Date.parse(b.finishedAt ?? '') - Date.parse(a.finishedAt ?? ''))
     .slice(0, HISTORY_MOVES);
   if (recent.length === 0) return { linkBps: ASSUMED_LINK_BPS, overheadMs: ASSUMED_OVERHEAD_MS, source: 'assumed' };
-  const moves = recent.map((r) => {
-    const at = (re: RegExp): number | null => {
-      const e = r.events.find((x) => re.test(x.message));
-      return e ? Date.parse(e.at) : null;
-    };
-    const copying = at(/^copying memory/);
-    const switching = at(/^switching over/);
-    // The pre-copy's time, up to the guest's pause; the pause itself is the downtime.
-    return { precopyMs: copying === null || switching === null ? null : Math.max(0, switching - copying), r };
+  const moves = recent.map((r) => ({ precopyMs: moveTimes(r)?.precopyMs ?? null, r }));
+  const timed = recent.flatMap((r) => {
+    const t = moveTimes(r);
+    return t ? [{ ...t, r }] : [];
   });
-  const timed = moves.flatMap(({ precopyMs, r }) =>
-    precopyMs === null || r.totalMs === null ? [] : [{ precopyMs, downMs: r.downtimeMs ?? 0, r }],
-  );
-  const overheads = timed.map(({ precopyMs, downMs, r }) => Math.max(0, (r.totalMs ?? 0) - precopyMs - downMs));
+  const overheads = timed.map(({ overheadMs }) => overheadMs);
   const overheadMs = overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS;
   // Each move's pre-copy against the pages it sent before the pause (what went in the pause is the
   // downtime's). Not a post-copy move's: most of its pages came after the switch.
@@ -250,6 +242,30 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
     return ms > 0 && r.bytesTransferred > 0 ? (r.bytesTransferred * 1000) / ms : r.rate.transferBps;
   });
   return { linkBps: median(rates), overheadMs, source: 'history' };
+}
+
+/** Where a finished live move's time went, from its record: what a prediction's parts are set against. */
+export interface MoveTimes {
+  /** The pre-copy, from the copy's start to the guest's pause. */
+  precopyMs: number;
+  /** The guest paused (the record's downtime). */
+  downMs: number;
+  /** The rest of the move's total: prepare, the hosts' handshakes, confirm, release. */
+  overheadMs: number;
+}
+
+/** Null when the record lacks the copy's events or its total. Pure. */
+export function moveTimes(r: MigrationRecord): MoveTimes | null {
+  const at = (re: RegExp): number | null => {
+    const e = r.events.find((x) => re.test(x.message));
+    return e ? Date.parse(e.at) : null;
+  };
+  const copying = at(/^copying memory/);
+  const switching = at(/^switching over/);
+  if (copying === null || switching === null || r.totalMs === null) return null;
+  const precopyMs = Math.max(0, switching - copying);
+  const downMs = r.downtimeMs ?? 0;
+  return { precopyMs, downMs, overheadMs: Math.max(0, r.totalMs - precopyMs - downMs) };
 }
 
 export interface CopyPoint {
