@@ -729,6 +729,13 @@ test('compare-vm --predict: an idle and a dirtying guest, a refusal when stopped
   // (the resident bound alone said 1.0 here once khugepaged had filled the guest's huge pages).
   const sent = ri.bytesTransferred / (idle.memoryMiB * 1024 * 1024);
   assert.ok(Math.abs((pi.wireShare ?? 1) - sent) < 0.12, `wire share predicted ${pi.wireShare}, sent ${sent}`);
+  // `migration show` sets the prediction against what the move did.
+  const shown = await ferryOk<string>(['migration', 'show', ri.id], { lab: L.lab });
+  assert.match(shown, /^predicted +converges by plain pre-copy: ~\d+\.\d s/m);
+  assert.match(
+    shown,
+    /^outcome +took \d+\.\d s, predicted ~\d+\.\d s \([+−±]\d+ %\), downtime \d+ ms, predicted ~\d+ ms, (pre-copy as predicted|reached \S+ where pre-copy was predicted)$/m,
+  );
   const rb = await ferryOk<MigrationRecord>(['move-vm', 'pb1', '--to', 'host-b', '--max-downtime', '5000', '--json'], {
     lab: L.lab,
   });

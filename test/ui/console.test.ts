@@ -110,12 +110,16 @@ test('the Move wizard live-migrates a VM (move only the VM) and shows it complet
   await wizardToCompatibility('web1', 'host-b');
   const report = await page.waitForSelector(`${tid('compat-report')}[data-compatible="true"]`, { timeout: 60_000 });
   assert.ok(report);
+  // A running VM moved live is predicted on the compatibility page (QEMU samples its dirty rate).
+  assert.match((await page.textContent(tid('compat-prediction'))) ?? '', /^Prediction: (converges|does not)/);
   await page.click(tid('wizard-next'));
   await page.waitForSelector(tid('wizard-summary'));
   await page.screenshot({ path: path.join(shots, 'wizard-summary.png') });
   await page.click(tid('wizard-finish'));
   await page.waitForSelector(`${tid('migration-state')}:has-text("completed")`, { timeout: 90_000 });
   await page.screenshot({ path: path.join(shots, 'wizard-progress.png') });
+  // The move carried the wizard's prediction, and sets it against what it did.
+  assert.match((await page.textContent(tid('migration-prediction-outcome'))) ?? '', /took \d+\.\d s, predicted ~/);
   // Where its time went: each step, on the host that ran it.
   await page.click(`${tid('migration-steps')} summary`);
   const qemu = await page.textContent(tid('migration-step-destination-qemu'));

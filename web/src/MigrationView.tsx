@@ -4,6 +4,7 @@
 import { useState } from 'react';
 import { actions } from '../../src/api/actions.js';
 import { TERMINAL, type MigrationRecord } from '../../src/migration/schemas.js';
+import { describeOutcome } from '../../src/migration/prediction-outcome.js';
 import { call } from './client.js';
 import { bytes, ms, percent, rate, seconds, time } from './format.js';
 import { samplesFor } from './samples.js';
@@ -24,6 +25,8 @@ export function MigrationView({
   const [cancelling, setCancelling] = useState(false);
   const done = TERMINAL.includes(r.state);
   const can = useCan();
+  // The prediction the move carried (compare-vm --predict, the wizard), against what it did.
+  const outcome = r.prediction ? describeOutcome(r.prediction, r) : null;
 
   const cancel = async (): Promise<void> => {
     setCancelling(true);
@@ -102,6 +105,20 @@ export function MigrationView({
           <>
             <dt>Total time</dt>
             <dd data-testid="migration-total">{ms(r.totalMs)}</dd>
+          </>
+        )}
+        {r.prediction && (
+          <>
+            <dt>Predicted</dt>
+            <dd data-testid="migration-predicted" data-step={r.prediction.step}>
+              {r.prediction.summary}
+              {outcome && (
+                <span className="small" data-testid="migration-prediction-outcome">
+                  {' '}
+                  — {outcome}
+                </span>
+              )}
+            </dd>
           </>
         )}
         <dt>Id</dt>

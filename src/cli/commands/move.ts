@@ -12,6 +12,7 @@ import { printJson, printTable, bytes } from '../output.js';
 import { collect, positiveInt } from '../parse.js';
 import { describe } from '../render/describe.js';
 import { stepLines } from '../render/steps.js';
+import { describeOutcome } from '../../migration/prediction-outcome.js';
 import { progressRenderer, PROGRESS_MODES, type ProgressMode } from '../render/index.js';
 import type { FollowOptions, FollowOutcome, MigrationWatch } from '../follow.js';
 import { Interrupts } from '../interrupt.js';
@@ -186,6 +187,12 @@ function printRecord(r: MigrationRecord): void {
     rows.push(['disk copy', `resumed, ${bytes(sent)} of ${bytes(of)} re-sent (${resumed.length} disk(s))`]);
   } else if (method) rows.push(['disk copy', method]);
   if (r.error) rows.push(['error', `${r.error.code}: ${r.error.message}`]);
+  // The prediction made before the move (compare-vm --predict), and how the move bore it out.
+  if (r.prediction) {
+    rows.push(['predicted', r.prediction.summary]);
+    const against = describeOutcome(r.prediction, r);
+    if (against) rows.push(['outcome', against]);
+  }
   const w = Math.max(...rows.map((x) => x[0].length));
   for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
 }
