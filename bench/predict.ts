@@ -147,7 +147,7 @@ async function main(): Promise<void> {
         'down ms',
         'copy ms pred / actual',
         'rest ms pred / actual',
-        'passes pred / QEMU syncs',
+        'passes pred / actual',
         'paused MiB',
       ],
       out,

@@ -46,6 +46,10 @@ export interface PredictOutcome {
   totalMs: number;
   /** null when the move gives up (abort): the guest never pauses. */
   downtimeMs: number | null;
+  /**
+   * QEMU's dirty-bitmap syncs, as the move's record counts them (its `passes`): the setup's, one
+   * at each pass's end, and the switch-over's (none for a move given up).
+   */
   passes: number;
   converges: boolean;
   step: PredictedStep;
@@ -98,7 +102,7 @@ export function predictMove(input: PredictInput): PredictOutcome {
   const done = (downtimeMs: number | null, converges: boolean, step: PredictedStep, passes: number) => ({
     totalMs: Math.round(input.overheadMs + elapsedMs + (downtimeMs ?? 0)),
     downtimeMs: downtimeMs === null ? null : Math.round(downtimeMs),
-    passes,
+    passes: passes + (step === 'abort' ? 1 : 2),
     converges,
     step,
     downtimeLimitMs: policy.downtimeMs,

@@ -41,6 +41,7 @@ export const Prediction = z.object({
   totalMs: z.number(),
   /** null: the move would be given up before the guest pauses. */
   downtimeMs: z.number().nullable(),
+  /** QEMU's dirty-bitmap syncs, as the record's `passes` counts them (setup, each pass end, switch-over). */
   passes: z.number(),
   /** Finishes in pre-copy within --max-downtime. */
   converges: z.boolean(),

@@ -7,7 +7,7 @@ const p = {
   totalMs: 1300,
   downtimeMs: 80,
   step: 'pre-copy',
-  summary: 'converges by plain pre-copy: ~1.3 s in 1 pass(es), downtime ~80 ms (max 300 ms)',
+  summary: 'converges by plain pre-copy: ~1.3 s in 3 pass(es), downtime ~80 ms (max 300 ms)',
 } as Prediction;
 
 function rec(over: Partial<MigrationRecord>): MigrationRecord {
