@@ -129,6 +129,7 @@ export class MigrationManager {
       finishWithinMs,
       allowPostcopy: policy.allowPostcopy,
       ...(wire ? { wireShare: wire.share } : {}),
+      ...(inUse?.byPart ? { wireByPart: inUse.byPart } : {}),
       ...(link.zeroBps ? { zeroBps: link.zeroBps } : {}),
       ...(link.switchMs !== undefined ? { switchMs: link.switchMs } : {}),
       ...(rate.workingSetBytes !== undefined ? { workingSetBytes: rate.workingSetBytes } : {}),

@@ -31,6 +31,13 @@ export interface PredictInput {
    * absent: learnt from no move, and then a zero page costs the floor's share of the link.
    */
   zeroBps?: number;
+  /**
+   * The share of data pages in each of equal consecutive parts of the guest's RAM, in the order
+   * the first pass sends them (qemu/guest-ram.ts): where the data lies decides how much of the
+   * first pass is left when QEMU pauses the guest (firstPassSweep). Absent: the first pass is
+   * priced whole.
+   */
+  wireByPart?: readonly number[];
   /** The memory the guest keeps rewriting (dirty-rate.ts): a pass dirties no more; absent: all of it. */
   workingSetBytes?: number;
   /**
@@ -109,11 +116,15 @@ export function predictMove(input: PredictInput): PredictOutcome {
     throttlePct: maxThrottle,
   });
 
+  // Where the data lies in the guest's RAM, when sampled: the first pass ends where QEMU syncs.
+  const sweep = input.wireByPart?.length
+    ? firstPassSweep(mem, input.wireByPart, link, zeroBps, policy.downtimeMs)
+    : null;
   for (let pass = 1; pass <= MAX_PASSES; pass++) {
     // Later passes send the pages the guest wrote meanwhile: those are data.
-    const wire = pass === 1 ? remaining * share : remaining;
-    const zeroMs = pass === 1 && zeroBps !== null ? ((remaining - wire) / zeroBps) * 1000 : 0;
-    const passMs = (wire / link) * 1000 + zeroMs;
+    const wire = pass === 1 ? (sweep ? sweep.sentWire : remaining * share) : remaining;
+    const zeroMs = pass === 1 && zeroBps !== null && !sweep ? ((remaining - wire) / zeroBps) * 1000 : 0;
+    const passMs = pass === 1 && sweep ? sweep.ms : (wire / link) * 1000 + zeroMs;
     elapsedMs += passMs;
     sent += wire;
     const dirtyBps = input.dirtyBps * (1 - throttle / 100);
@@ -123,7 +134,14 @@ export function predictMove(input: PredictInput): PredictOutcome {
       throttle = throttle === 0 ? THROTTLE_INITIAL : Math.min(THROTTLE_MAX, throttle + THROTTLE_STEP);
       maxThrottle = Math.max(maxThrottle, throttle);
     }
-    remaining = dirtied;
+    if (pass === 1 && sweep) {
+      // QEMU's sync near the first pass's end: it pauses the guest when the pages left of the
+      // pass and those dirtied since fit its threshold, and sends them paused.
+      if (sweep.leftBytes + dirtied < sweep.thresholdBytes)
+        return done(sweep.leftMs + (dirtied / link) * 1000 + (input.switchMs ?? 0), true, stepOf(), pass);
+      // Else the pass's tail goes on with what the guest dirtied (priced as data).
+      remaining = Math.min(mem, sweep.leftWire + dirtied);
+    } else remaining = dirtied;
     const leftMs = (remaining / link) * 1000;
     // QEMU decides on the pages left alone; the guest's pause also holds the switch-over's own cost.
     if (leftMs <= policy.downtimeMs) return done(leftMs + (input.switchMs ?? 0), true, stepOf(), pass);
@@ -152,6 +170,78 @@ export function predictMove(input: PredictInput): PredictOutcome {
     }
   }
   return done(null, false, 'abort', MAX_PASSES);
+}
+
+/** QEMU 7.2 measures the bandwidth its threshold comes from over windows of ~100 ms (BUFFER_DELAY). */
+const BANDWIDTH_WINDOW_MS = 100;
+
+export interface FirstPass {
+  /** Time from the pass's start to QEMU's sync near its end, and the wire bytes sent by then. */
+  ms: number;
+  sentWire: number;
+  /** QEMU's threshold there: the bytes it put on the wire over its last window, times the downtime limit. */
+  thresholdBytes: number;
+  /** The pass's pages left then (counted whole, as QEMU counts them), their wire bytes and sending time. */
+  leftBytes: number;
+  leftWire: number;
+  leftMs: number;
+}
+
+/**
+ * The first pass part by part, in address order, as QEMU 7.2 sends it: after each part, when the
+ * pages left (whole pages, zero ones too) are under the bytes sent over the last window times the
+ * downtime limit, QEMU syncs, and with nothing dirtied pauses the guest and sends the rest paused.
+ * So an idle guest whose last-sent memory is zero pages pauses with little left (a window of zero
+ * pages is a few bytes on the wire), and one whose memory ends with data pauses with up to a
+ * downtime limit's worth of it (measured: 4–5 MiB sent paused against 20–32, docs/performance.md
+ * § Where a prediction's error sits). Pure.
+ */
+export function firstPassSweep(
+  memBytes: number,
+  byPart: readonly number[],
+  linkBps: number,
+  zeroBps: number | null,
+  limitMs: number,
+): FirstPass {
+  const n = byPart.length;
+  const part = memBytes / n;
+  const share = (i: number): number => Math.min(1, Math.max(0, byPart[i] ?? 0));
+  // As predictMove prices the first pass: zero pages at their own rate, else at the floor's share.
+  const costMs = (s: number): number =>
+    zeroBps === null
+      ? ((part * Math.max(s, MIN_WIRE_SHARE)) / linkBps) * 1000
+      : ((part * s) / linkBps + (part * (1 - s)) / zeroBps) * 1000;
+  const win: Array<{ ms: number; wire: number }> = [];
+  let winMs = 0;
+  let winWire = 0;
+  let ms = 0;
+  let sentWire = 0;
+  for (let i = 0; i < n; i++) {
+    const c = costMs(share(i));
+    const w = part * share(i);
+    ms += c;
+    sentWire += w;
+    win.push({ ms: c, wire: w });
+    winMs += c;
+    winWire += w;
+    for (let first = win[0]; first && win.length > 1 && winMs - first.ms >= BANDWIDTH_WINDOW_MS; first = win[0]) {
+      win.shift();
+      winMs -= first.ms;
+      winWire -= first.wire;
+    }
+    const thresholdBytes = winMs > 0 ? (winWire / winMs) * limitMs : 0;
+    const leftBytes = part * (n - 1 - i);
+    if (leftBytes < thresholdBytes) {
+      let leftWire = 0;
+      let leftMs = 0;
+      for (let j = i + 1; j < n; j++) {
+        leftWire += part * share(j);
+        leftMs += costMs(share(j));
+      }
+      return { ms, sentWire, thresholdBytes, leftBytes, leftWire, leftMs };
+    }
+  }
+  return { ms, sentWire, thresholdBytes: 0, leftBytes: 0, leftWire: 0, leftMs: 0 };
 }
 
 /** With no recent move to learn from: a 1 Gbit/s LAN and a second of preparation. */

@@ -77,6 +77,12 @@ export interface GuestRamUse {
   /** Bytes of guest RAM that hold data (sampled), or that QEMU holds (resident: an upper bound). */
   bytes: number;
   from: 'sampled' | 'resident';
+  /**
+   * Sampled only: the share of data pages in each of equal consecutive parts of the guest's RAM,
+   * lowest address first (the order QEMU's first pass sends them): where the data lies decides
+   * how much is left when QEMU pauses the guest (predict.ts).
+   */
+  byPart?: number[];
 }
 
 /**
@@ -106,16 +112,21 @@ export async function guestRamInUse(
     const buf = Buffer.alloc(RUN * PAGE);
     let read = 0;
     let data = 0;
+    const byPart: number[] = [];
+    // samplePlan gives one place per part, in address order.
     for (const page of samplePlan(memBytes / PAGE, STRATA, RUN)) {
       signal.throwIfAborted();
       // A number, not a bigint: Node 20's FileHandle.read fails a bigint position with EIO here.
       const { bytesRead } = await fh.read(buf, 0, buf.length, map.start + page * PAGE);
-      read += Math.floor(bytesRead / PAGE);
-      data += dataPages(buf, bytesRead);
+      const pages = Math.floor(bytesRead / PAGE);
+      const here = dataPages(buf, bytesRead);
+      read += pages;
+      data += here;
+      byPart.push(pages ? here / pages : 0);
     }
     if (read === 0) return resident;
     // Never above what QEMU holds: a page it does not hold reads as zeroes anyway.
-    return { bytes: Math.min(resident.bytes, Math.round((data / read) * memBytes)), from: 'sampled' };
+    return { bytes: Math.min(resident.bytes, Math.round((data / read) * memBytes)), from: 'sampled', byPart };
   } catch {
     return signal.aborted ? null : resident;
   } finally {

@@ -706,7 +706,8 @@ test('compare-vm --predict: an idle and a dirtying guest, a refusal when stopped
   assert.equal(pi.converges, true);
   assert.equal(pi.step, 'pre-copy');
   assert.ok(pi.linkMiBps > 0 && pi.totalMs > 0 && pi.totalMs < 30_000, JSON.stringify(pi));
-  assert.ok(pi.downtimeMs !== null && pi.downtimeMs <= pi.downtimeLimitMs);
+  // QEMU's limit bounds what is left when it pauses the guest; the switch-over's own cost comes on top.
+  assert.ok(pi.downtimeMs !== null && pi.downtimeMs <= pi.downtimeLimitMs + (pi.switchMs ?? 0), JSON.stringify(pi));
   // The first pass is priced by the share of its pages that hold data, sampled from its RAM.
   assert.equal(pi.wireShareFrom, 'sampled');
   assert.ok(pi.wireShare !== undefined && pi.wireShare > 0 && pi.wireShare <= 1, `wire share ${pi.wireShare}`);

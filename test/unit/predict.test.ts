@@ -5,6 +5,7 @@ import {
   ASSUMED_OVERHEAD_MS,
   describePrediction,
   fitCopyRates,
+  firstPassSweep,
   linkFromHistory,
   ZERO_PAGE_COST_PRIOR,
   predictMove,
@@ -262,4 +263,37 @@ test("the history's page counts teach the link both rates, and the switch-over's
 test('no recent move there: the link and the fixed cost are assumed, and say so', () => {
   const est = linkFromHistory([rec({ destination: 'host-c' })], 'host-b', Date.parse('2026-01-01T12:00:00Z'));
   assert.deepEqual(est, { linkBps: ASSUMED_LINK_BPS, overheadMs: ASSUMED_OVERHEAD_MS, source: 'assumed' });
+});
+
+test("an idle guest's downtime follows where its data lies: QEMU pauses it with what is left of the first pass", () => {
+  // 256 parts of a 1024 MiB guest, a third of them data; QEMU's downtime limit 500 ms here.
+  const idle = { ...base, startDowntimeMs: 500, zeroBps: 400 * MiB };
+  const dataFirst = Array.from({ length: 256 }, (_, i) => (i < 85 ? 1 : 0));
+  const dataLast = [...dataFirst].reverse();
+  const early = predictMove({ ...idle, wireShare: 85 / 256, wireByPart: dataFirst });
+  const late = predictMove({ ...idle, wireShare: 85 / 256, wireByPart: dataLast });
+  // The last window was zero pages (a few bytes on the wire): the threshold is ~0, nothing is left.
+  assert.equal(early.downtimeMs, 0);
+  // Data at the end: 100 MiB/s of data × 500 ms = 50 MiB, so 12 whole parts of 4 MiB are left,
+  // sent paused at the link's rate.
+  assert.equal(late.downtimeMs, 480);
+  // The whole move takes as long either way: the tail is sent paused instead of live.
+  assert.ok(Math.abs(late.totalMs - early.totalMs) < 15, `${late.totalMs} against ${early.totalMs}`);
+  assert.equal(late.passes, 3);
+  // Without the parts, the first pass is priced whole, as before.
+  assert.equal(predictMove({ ...idle, wireShare: 85 / 256 }).downtimeMs, 0);
+});
+
+test('the first pass swept part by part: QEMU syncs once the pages left are under its last window × the limit', () => {
+  const mem = 256 * MiB;
+  // Evenly half data: each 1 MiB part costs 5 ms of data and 1.25 ms of zero pages.
+  const half = firstPassSweep(mem, new Array<number>(256).fill(0.5), 100 * MiB, 400 * MiB, 300);
+  // The window carries 0.5 MiB per 6.25 ms: 80 MiB/s × 300 ms = 24 MiB; 23 whole parts are under it.
+  assert.equal(half.leftBytes, 23 * MiB);
+  assert.ok(Math.abs(half.thresholdBytes / MiB - 24) < 0.01, `threshold ${half.thresholdBytes / MiB}`);
+  assert.ok(Math.abs(half.leftMs - 23 * 6.25) < 0.01, `left ${half.leftMs} ms`);
+  assert.ok(Math.abs(half.ms + half.leftMs - 256 * 6.25) < 0.01);
+  // All zero: never under a threshold of zero; the pass ends with nothing left.
+  const zero = firstPassSweep(mem, new Array<number>(256).fill(0), 100 * MiB, 400 * MiB, 300);
+  assert.deepEqual([zero.leftBytes, zero.leftMs], [0, 0]);
 });
