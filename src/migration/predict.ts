@@ -293,11 +293,8 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
     .sort((a, b) => Date.parse(b.finishedAt ?? '') - Date.parse(a.finishedAt ?? ''))
     .slice(0, HISTORY_MOVES);
   if (recent.length === 0) return { linkBps: ASSUMED_LINK_BPS, overheadMs: ASSUMED_OVERHEAD_MS, source: 'assumed' };
-  const moves = recent.map((r) => ({ precopyMs: moveTimes(r)?.precopyMs ?? null, r }));
-  const timed = recent.flatMap((r) => {
-    const t = moveTimes(r);
-    return t ? [{ ...t, r }] : [];
-  });
+  const moves = recent.map((r) => ({ t: moveTimes(r), r }));
+  const timed = moves.flatMap(({ t, r }) => (t ? [{ ...t, r }] : []));
   const overheads = timed.map(({ overheadMs }) => overheadMs);
   const overheadMs = overheads.length ? median(overheads) : ASSUMED_OVERHEAD_MS;
   // Each move's pre-copy against the pages it sent before the pause (what went in the pause is the
@@ -331,8 +328,8 @@ export function linkFromHistory(records: readonly MigrationRecord[], dest: strin
       source: 'history',
     };
   }
-  const rates = moves.map(({ precopyMs, r }) => {
-    const ms = precopyMs === null ? 0 : precopyMs + (r.downtimeMs ?? 0);
+  const rates = moves.map(({ t, r }) => {
+    const ms = t ? t.precopyMs + t.downMs : 0;
     return ms > 0 && r.bytesTransferred > 0 ? (r.bytesTransferred * 1000) / ms : r.rate.transferBps;
   });
   return { linkBps: median(rates), overheadMs, source: 'history' };
