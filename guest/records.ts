@@ -314,15 +314,18 @@ export function splitHeartbeats(texts: readonly string[], seqs: readonly number[
   if (!seqs.length) return [];
   // Heads: what a log printed last before a switch-over (its unterminated end, or a piece that
   // runs into the next probe line). Tails: what a log printed first after one (a line's text
-  // before any probe piece). A head can be any text, even one without `ferry-` ("fer").
+  // before any probe piece). A head can be any text, even one without `ferry-` ("fer"). A cut
+  // just before the line's end leaves the whole text as the head and an empty line as the tail
+  // (the probe prints no empty line of its own); the text after a log's last newline is not a line.
   const heads: { log: number; text: string }[] = [];
   const tails: { log: number; text: string }[] = [];
   texts.forEach((text, log) => {
-    for (const rawLine of text.split('\n')) {
+    const lines = text.split('\n');
+    lines.forEach((rawLine, i) => {
       const { before, probe } = pieces(rawLine);
-      if (before) tails.push({ log, text: before });
+      if (before || (probe.length === 0 && i < lines.length - 1)) tails.push({ log, text: before });
       heads.push({ log, text: before }, ...probe.map((p) => ({ log, text: p })));
-    }
+    });
   });
   const found: number[] = [];
   for (const seq of seqs) {

@@ -1,4 +1,5 @@
 // A lab for one e2e test file: up before, down and removed after, whatever happens.
+import assert from 'node:assert/strict';
 import fsp from 'node:fs/promises';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -145,7 +146,7 @@ export async function hostSaid(lab: string, host: string, vm: string): Promise<s
  * seqs whose line a switch-over cut between two hosts' logs (both halves found, so printed);
  * `missing`: seqs printed nowhere.
  */
-export function heartbeatContinuity(logs: string[]): {
+export function heartbeatContinuity(logs: readonly string[]): {
   first: number;
   last: number;
   missing: number[];
@@ -162,6 +163,26 @@ export function heartbeatContinuity(logs: string[]): {
   const split = splitHeartbeats(logs, absent);
   const missing = absent.filter((s) => !split.includes(s));
   return { first, last, missing, split, total: sorted.length };
+}
+
+/**
+ * Asserts that no heartbeat is missing from `logs` (a VM's console logs, in any order); the
+ * message quotes the lines around the first one lost in each log, so a failure in CI says what
+ * took its place (a cut line, a kernel message, nothing).
+ */
+export function assertHeartbeatsContinue(
+  logs: readonly string[],
+  names: readonly string[] = [],
+  what = 'no heartbeat lost',
+): ReturnType<typeof heartbeatContinuity> {
+  const c = heartbeatContinuity(logs);
+  assert.deepEqual(
+    c.missing,
+    [],
+    `${what}: ${c.missing.join(',')} missing of ${c.first}..${c.last}; around the first:\n` +
+      linesAround(logs, c.missing[0] ?? 0, names),
+  );
+  return c;
 }
 
 /**

@@ -15,15 +15,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { before, after, type test } from 'node:test';
 import { ferry, ferryOk } from '../e2e/cli.js';
-import {
-  hostData,
-  serialLog,
-  waitProbe,
-  heartbeatContinuity,
-  kernelOopsed,
-  linesAround,
-  type TestLab,
-} from '../e2e/lab.js';
+import { hostData, serialLog, waitProbe, assertHeartbeatsContinue, kernelOopsed, type TestLab } from '../e2e/lab.js';
 import { parseSerial, verifyDiskImage } from '../../guest/records.js';
 import { verifyGuestMemory } from '../../guest/bootblock.js';
 import { QmpClient } from '../../src/qemu/qmp.js';
@@ -545,13 +537,7 @@ export async function runCell(
       assert.equal(rep.ok, true, `records: ${rep.problems.slice(0, 3).join('; ')}`);
       if (kind !== 'storage') {
         // A line cut by a switch-over is found joined from its two halves (splitHeartbeats).
-        const c = heartbeatContinuity(logs);
-        assert.deepEqual(
-          c.missing,
-          [],
-          `heartbeats lost: ${c.missing.join(',')}; around the first:\n` +
-            linesAround(logs, c.missing[0] ?? 0, ['host-a', 'host-b']),
-        );
+        const c = assertHeartbeatsContinue(logs, ['host-a', 'host-b'], 'heartbeats lost');
         res.splitLines = c.split.length;
       }
     }

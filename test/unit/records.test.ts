@@ -245,6 +245,14 @@ test('splitHeartbeats: a line cut by a switch-over is joined from both logs, not
   assert.deepEqual(splitHeartbeats([source, dest], []), []);
   // The halves must make the whole line: a tail with more than the guest's clock is not one.
   assert.deepEqual(splitHeartbeats([source, '57 140 extra\n'], [3557]), []);
+  // Cut just before the line's end ("\r\n" or "\n"): the whole text in the source, an empty line
+  // first in the destination (or after an older boot's lines); not the text after a last newline.
+  const whole = 'ferry-hb 3556 120\r\nferry-hb 3557 140';
+  assert.deepEqual(splitHeartbeats([whole + '\r', '\nferry-hb 3558 160\r\n'], [3557]), [3557]);
+  assert.deepEqual(splitHeartbeats([whole, '\r\nferry-hb 3558 160\r\n'], [3557]), [3557]);
+  assert.deepEqual(splitHeartbeats([whole, 'old boot\n\r\nferry-hb 3558 160\r\n'], [3557]), [3557]);
+  assert.deepEqual(splitHeartbeats([whole, 'ferry-hb 3558 160\r\n'], [3557]), []);
+  assert.deepEqual(splitHeartbeats([whole, whole + '\n'], [3557]), []);
 });
 
 test('heartbeatGaps', () => {
