@@ -3,10 +3,13 @@
 import assert from 'node:assert/strict';
 import type { PoolDef } from '../src/storage/pools.js';
 import type { FerryError } from '../src/errors.js';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { TestContext } from 'node:test';
+import { fileURLToPath } from 'node:url';
 import { detectAccelerator, type Accelerator } from '../src/qemu/accel.js';
 import { sleep } from '../src/util/exec.js';
 
@@ -24,7 +27,39 @@ export async function tempDir(t: TestContext, prefix = 'ferry-test-'): Promise<s
 export async function labTempDir(prefix: string): Promise<string> {
   const dir = await fsp.mkdtemp(path.join(os.tmpdir(), prefix));
   await fsp.chmod(dir, 0o711);
+  labDirs.add(dir);
+  downOnSignal();
   return dir;
+}
+
+/**
+ * The labs made in this process, brought down when the process is told to stop (a runner's
+ * timeout, ^C): no after() hook runs then, and a lab's agents, etcd members and QEMUs run
+ * detached, so they would outlive the test and load every run after it (one such lab, left by a
+ * `timeout 60` run, failed three fence tests of a later full suite at load 11).
+ */
+const labDirs = new Set<string>();
+let signalsHooked = false;
+function downOnSignal(): void {
+  if (signalsHooked) return;
+  signalsHooked = true;
+  const ferryBin = fileURLToPath(new URL('../bin/ferry', import.meta.url));
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
+    process.once(sig, () => {
+      for (const dir of labDirs) {
+        let subs: string[];
+        try {
+          subs = fs.readdirSync(dir);
+        } catch {
+          continue; // removed by its test
+        }
+        // `lab down` of a folder that holds no lab fails at once and changes nothing.
+        for (const sub of subs)
+          spawnSync(ferryBin, ['lab', 'down', '--dir', path.join(dir, sub)], { stdio: 'ignore', timeout: 60_000 });
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+      process.exit(128 + os.constants.signals[sig]);
+    });
 }
 
 let accel: Promise<Accelerator> | null = null;
