@@ -141,6 +141,35 @@ test('a compare failure is shown in the wizard (VM on local storage, move only t
   await page.click(tid('wizard-close'));
 });
 
+test('the wizard warns of a live move under TCG of a guest booting from its disk (Linux without pti=on?)', async () => {
+  // A blank disk: SeaBIOS finds nothing to boot and waits; QEMU runs it all the same.
+  const img = path.join(lab, 'shared', 'blank.qcow2');
+  execFileSync('qemu-img', ['create', '-q', '-f', 'qcow2', img, '64M']);
+  const folder = path.join(lab, 'shared', 'disk1');
+  await ferryOk(['vm', 'new', 'disk1', '--host', 'host-a', '--image', img, '--path', folder, '--start', '--json'], {
+    lab,
+  });
+  try {
+    await wizardToCompatibility('disk1', 'host-b');
+    await page.waitForSelector(`${tid('compat-report')}[data-compatible="true"]`, { timeout: 60_000 });
+    const warnings = await page.$$eval(tid('compat-warning'), (els) =>
+      els.map((e) => ({ code: e.getAttribute('data-code'), text: e.textContent })),
+    );
+    assert.deepEqual(
+      warnings.map((w) => w.code),
+      ['W_TCG_GUEST_WRITES'],
+    );
+    assert.match(warnings[0]?.text ?? '', /without KVM \(TCG\).*if it is Linux, boot it with pti=on/);
+    // A warning does not stop the move.
+    assert.equal(await page.isDisabled(tid('wizard-next')), false);
+    await page.click(tid('wizard-close'));
+  } finally {
+    await ferryOk(['vm', 'stop', 'disk1', '--force'], { lab });
+    await ferryOk(['vm', 'rm', 'disk1'], { lab });
+    await fsp.rm(img, { force: true });
+  }
+});
+
 test('the wizard moves storage (all to one folder, a resumable copy) while the VM runs', async () => {
   await openWizard('local1');
   await page.click(tid('move-type-storage'));
