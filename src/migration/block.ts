@@ -15,12 +15,12 @@ export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSig
   return (await diskRoot(qmp, diskId, signal)).node;
 }
 
-/** A guest disk's root node, and how many backing images lie under it (0: none). */
+/** A guest disk's root node, how many backing images lie under it (0: none), its size as QEMU has it. */
 export async function diskRoot(
   qmp: QmpClient,
   diskId: string,
   signal?: AbortSignal,
-): Promise<{ node: string; backingDepth: number | null }> {
+): Promise<{ node: string; backingDepth: number | null; virtualSizeBytes: number }> {
   const blocks = await qmp.execute('query-block', undefined, { signal });
   const b = blocks.find(
     (x) =>
@@ -29,11 +29,16 @@ export async function diskRoot(
       x.qdev?.startsWith(`/machine/peripheral/${diskId}/`) ||
       (diskId === VARS_DISK_ID && isVarsQdev(x.qdev)),
   );
-  const node = b?.inserted?.['node-name'];
-  if (!node)
+  const inserted = b?.inserted;
+  const node = inserted?.['node-name'];
+  if (!inserted || !node)
     throw new FerryError('E_BLOCK', `Cannot find the block node of disk '${diskId}' in QEMU`, { context: { diskId } });
-  const depth = b.inserted?.backing_file_depth;
-  return { node, backingDepth: typeof depth === 'number' ? depth : null };
+  const depth = inserted.backing_file_depth;
+  return {
+    node,
+    backingDepth: typeof depth === 'number' ? depth : null,
+    virtualSizeBytes: inserted.image['virtual-size'],
+  };
 }
 
 /** Image formats a new image of reads as zeros everywhere (what `qemu-img create` makes of them). */
@@ -130,18 +135,21 @@ export interface MirrorProgress {
 
 /**
  * The one job-wait loop of the block layer: asks QEMU for its jobs, hands them to `step` until
- * it says done (it throws to fail), woken by block-job events or every 250 ms.
+ * it says done (it throws to fail), woken by block-job events or every `wakeMs` (250 ms).
  */
 export async function pollJobs(
   qmp: QmpClient,
   what: string,
   step: (jobs: JobInfo[]) => boolean | Promise<boolean>,
-  opts: { signal?: AbortSignal; timeoutMs: number },
+  opts: { signal?: AbortSignal; timeoutMs: number; wakeMs?: number },
 ): Promise<void> {
   const until = Date.now() + opts.timeoutMs;
   for (;;) {
     if (opts.signal?.aborted)
       throw opts.signal.reason instanceof Error ? opts.signal.reason : new FerryError('E_ABORTED', 'cancelled');
+    // Marked before asking: an event read in the same chunk as the answer (a job ready just
+    // after QEMU answered) is then still seen, instead of costing a whole wake interval.
+    const mark = qmp.eventMark;
     const jobs = await qmp.execute('query-jobs', undefined, { timeoutMs: 10_000 });
     if (await step(jobs)) return;
     if (Date.now() > until)
@@ -149,7 +157,7 @@ export async function pollJobs(
     await qmp
       .waitEvent(
         (e) => e.event === 'BLOCK_JOB_READY' || e.event === 'BLOCK_JOB_COMPLETED' || e.event === 'BLOCK_JOB_ERROR',
-        { since: qmp.eventMark, timeoutMs: 250 },
+        { since: mark, timeoutMs: opts.wakeMs ?? 250 },
       )
       .catch(() => undefined);
   }
@@ -163,7 +171,7 @@ export async function waitMirrorsReady(
   qmp: QmpClient,
   mirrors: MirrorSpec[],
   onProgress: (p: MirrorProgress[]) => void,
-  opts: { signal?: AbortSignal; timeoutMs: number },
+  opts: { signal?: AbortSignal; timeoutMs: number; wakeMs?: number },
 ): Promise<void> {
   await pollJobs(
     qmp,

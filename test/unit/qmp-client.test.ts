@@ -2,46 +2,9 @@
 // test/integration/qmp.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import net from 'node:net';
-import fsp from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { QmpClient } from '../../src/qemu/qmp.js';
 import { FerryError } from '../../src/errors.js';
-
-async function fakeQemu(
-  t: import('node:test').TestContext,
-  onCommand: (msg: { execute: string; id: string }, send: (o: unknown) => void) => void,
-): Promise<string> {
-  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'ferry-qmp-'));
-  const sock = path.join(dir, 'qmp.sock');
-  const conns: net.Socket[] = [];
-  const server = net.createServer((c) => {
-    conns.push(c);
-    const send = (o: unknown): void => {
-      c.write(JSON.stringify(o) + '\r\n');
-    };
-    send({ QMP: { version: {}, capabilities: [] } });
-    let buf = '';
-    c.on('data', (d) => {
-      buf += d.toString();
-      let nl: number;
-      while ((nl = buf.indexOf('\n')) >= 0) {
-        const msg = JSON.parse(buf.slice(0, nl)) as { execute: string; id: string };
-        buf = buf.slice(nl + 1);
-        if (msg.execute === 'qmp_capabilities') send({ return: {}, id: msg.id });
-        else onCommand(msg, send);
-      }
-    });
-  });
-  await new Promise<void>((r) => server.listen(sock, r));
-  t.after(async () => {
-    for (const c of conns) c.destroy();
-    server.close();
-    await fsp.rm(dir, { recursive: true, force: true });
-  });
-  return sock;
-}
+import { fakeQemu } from './fake-qmp.js';
 
 test('replies are matched by id even out of order; events before a wait are found in history', async (t) => {
   const held: Array<() => void> = [];

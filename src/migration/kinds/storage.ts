@@ -222,8 +222,10 @@ const mirror: Step<StorageCtx> = {
       const dest = ctx.plan.disks[d.id] ?? d.path;
       // An active layer over a checkpoint chain: a new overlay on the copied chain, only the top mirrored.
       const backing = ctx.plan.chain?.actives[d.id]?.backing ?? null;
-      // The backing is named, not opened (qemu-img would read it by path): the size is the disk's.
-      const size = (await imageInfo(d.path, { forceShare: true, format: d.format })).virtualSizeBytes;
+      // The backing is named, not opened (qemu-img would read it by path): the size is the disk's,
+      // as the guest's QEMU has it open (no qemu-img spawned: ~10 ms of a sparse disk's ~0.2 s copy).
+      const root = await diskRoot(proc.qmp, d.id, s.signal);
+      const size = root.virtualSizeBytes;
       await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
         claimed: () => {
           created.push(dest);
@@ -248,7 +250,6 @@ const mirror: Step<StorageCtx> = {
         const copies = all.map((n) => n.file).filter((f) => f.startsWith(chainTo + path.sep));
         await checkOpenedFiles(proc.pid, [...new Set(copies)], held.pools, { ...held, signal: s.signal });
       }
-      const root = await diskRoot(proc.qmp, d.id, s.signal);
       olds[d.id] = root.node;
       const m: MirrorSpec = {
         jobId: `copy-${d.id}`,
