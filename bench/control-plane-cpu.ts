@@ -8,14 +8,14 @@
 // --help`, `ferry vm list` and `node -e 0`, wall and CPU, and their ratios.
 //
 //   flock /work/wt/.heavy.lock npm run bench:cpu -- [--rounds N] [--startup-rounds N] [--idle-s S]
-//     [--cluster-idle-s S] [--baseline OLD_CLI.mjs]
+//     [--cluster-idle-s S] [--baseline OLD_CLI.mjs|OLD_CHECKOUT/bin/ferry]
 //
 // Then (--cluster-idle-s, default 30; 0 skips it) an idle 3-node cluster lab with one HA VM:
 // each host's agent, fence and etcd member in CPU ms per s, and the etcd calls per s by method
 // (bench/lib/cluster-idle.ts).
 //
-// --baseline runs an older CLI bundle too (its --help, and every other move), for a before/after
-// of the CLI in one run; the agents are this checkout's in both.
+// --baseline runs an older CLI too (its --help, and every other move), for a before/after of the
+// CLI in one run: a bundle, or another checkout's bin/ferry; the agents are this checkout's in both.
 // The lab, its QEMUs and the temp folder are removed on every exit path.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -44,7 +44,13 @@ const startupRounds = Number(args['startup-rounds']);
 const idleS = Number(args['idle-s']);
 const clusterIdleS = Number(args['cluster-idle-s']);
 const FERRY = path.join(REPO_ROOT, 'bin', 'ferry');
-const baseline = args.baseline ? [process.execPath, path.resolve(args.baseline)] : null;
+// A bundle is run by this Node; an executable (another checkout's bin/ferry) as it is, so both
+// CLIs start alike (its sh, its staleness check, Node's flags).
+const baseline = args.baseline
+  ? /\.[cm]?js$/.test(args.baseline)
+    ? [process.execPath, path.resolve(args.baseline)]
+    : [path.resolve(args.baseline)]
+  : null;
 const clis: Array<[string, string[]]> = [
   ['this', [FERRY]],
   ...(baseline ? [['baseline', baseline] as [string, string[]]] : []),
@@ -166,7 +172,9 @@ try {
 
   let to = 'host-b';
   for (let i = 0; i < rounds * clis.length; i++) {
-    const [cli, argv] = clis[i % clis.length] ?? ['this', [FERRY]];
+    // With two CLIs, in the order A B B A…: each moves in both directions (host-a → host-b and
+    // back differ by more than the CLIs do), not always the same one.
+    const [cli, argv] = clis[(i + (clis.length === 2 ? Math.floor(i / 2) : 0)) % clis.length] ?? ['this', [FERRY]];
     const before = await agentCpu();
     const r = await ferryOk(['move-vm', 'p1', '--to', to, '--json', '--progress', 'none'], env, argv);
     const after = await agentCpu();

@@ -306,6 +306,6 @@ export async function withClients<T>(o: GlobalOpts, fn: (c: Clients) => Promise<
     return await fn(clients);
   } finally {
     clients.close();
-    await clients.vmHosts.save();
+    clients.vmHosts.save();
   }
 }

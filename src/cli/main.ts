@@ -3,7 +3,7 @@
 import { CommanderError } from 'commander';
 import { FerryError } from '../errors.js';
 import { buildProgram } from './program.js';
-import { exitCodeFor, EXIT } from './exit.js';
+import { exitCodeFor, exitWhenWritten, EXIT } from './exit.js';
 import { dropGrpcIpServerNameWarning } from '../util/grpc-ip-warning.js';
 import { DAEMON_COMMANDS, commandOf } from './command-of.js';
 
@@ -37,4 +37,11 @@ async function main(): Promise<void> {
 }
 
 // No top-level await: the same file is also bundled as CommonJS (dist/cli.cjs, see launch.ts).
-void main();
+// A command's action awaited all its work: exit once its output is written, instead of waiting
+// for Node to close the sockets' last handles and tear its heap down (~20 ms of CPU and of a
+// `move-vm`'s wall, measured). The daemons keep running after their action.
+void main().then(() =>
+  DAEMON_COMMANDS.has(commandOf(process.argv.slice(2)))
+    ? undefined
+    : exitWhenWritten([process.stdout, process.stderr], () => process.exit()),
+);

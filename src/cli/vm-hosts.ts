@@ -5,7 +5,7 @@
 // context (a lab's folder, or next to the context file); unreadable or unwritable is no error.
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeFileAtomic } from '../util/atomic-file.js';
+import { writeSmallFileAtomicSync } from '../util/atomic-file.js';
 
 /** Entries kept (the most recent ones): the file stays small. */
 const MAX_ENTRIES = 1000;
@@ -49,12 +49,12 @@ export class VmHosts {
   }
 
   /** Writes the hints if they changed; failures are ignored (a hint is not worth an error). */
-  async save(): Promise<void> {
+  save(): void {
     if (!this.dirty || !this.map) return;
     this.dirty = false;
     const entries = [...this.map].slice(-MAX_ENTRIES);
     try {
-      await writeFileAtomic(this.file, JSON.stringify(Object.fromEntries(entries)) + '\n', { mode: 0o600 });
+      writeSmallFileAtomicSync(this.file, JSON.stringify(Object.fromEntries(entries)) + '\n', 0o600);
     } catch {
       /* a read-only context folder: the next command asks every host, as before */
     }

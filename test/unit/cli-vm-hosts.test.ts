@@ -22,12 +22,12 @@ test('a hint set by one command is read by the next; a VM gone is forgotten', as
   assert.equal(a.get('web'), undefined);
   a.set('web', 'host-a');
   a.set('db', 'host-b');
-  await a.save();
+  a.save();
   const b = new VmHosts(file);
   assert.equal(b.get('web'), 'host-a');
   b.set('web', 'host-b');
   b.set('db', null);
-  await b.save();
+  b.save();
   assert.deepEqual(JSON.parse(await fs.readFile(file, 'utf8')), { web: 'host-b' });
 });
 
@@ -37,14 +37,14 @@ test('nothing changed, nothing written; a damaged or unwritable file is no error
   await fs.writeFile(file, '{not json');
   const h = new VmHosts(file);
   assert.equal(h.get('web'), undefined);
-  await h.save();
+  h.save();
   assert.equal(await fs.readFile(file, 'utf8'), '{not json');
   h.set('web', 'host-a');
-  await h.save();
+  h.save();
   assert.deepEqual(JSON.parse(await fs.readFile(file, 'utf8')), { web: 'host-a' });
   const missing = new VmHosts(path.join(dir, 'no-such-folder', 'vm-hosts.json'));
   missing.set('web', 'host-a');
-  await missing.save();
+  missing.save();
   assert.equal(missing.get('web'), 'host-a');
 });
 
@@ -53,7 +53,7 @@ test('the newest 1000 hints are kept', async (t) => {
   const h = new VmHosts(file);
   for (let i = 0; i < 1005; i++) h.set(`vm${i}`, 'host-a');
   h.set('vm0', 'host-b'); // seen again: newest
-  await h.save();
+  h.save();
   const kept = JSON.parse(await fs.readFile(file, 'utf8')) as Record<string, string>;
   assert.equal(Object.keys(kept).length, 1000);
   assert.equal(kept.vm0, 'host-b');
