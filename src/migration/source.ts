@@ -71,6 +71,8 @@ export interface SourceCtx {
   postcopy?: { askedAtMs: number; afterMs: number; eventMark: number };
   /** The memory streams' multifd channels, as asked of the destination at Prepare (0: one stream). */
   multifdChannels?: number;
+  /** The source QEMU's TLS object, being made while the destination prepares (kinds/live.ts tlsStep). */
+  tlsReady?: Promise<void>;
 }
 
 /**

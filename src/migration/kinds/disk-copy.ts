@@ -16,6 +16,7 @@ export async function addNbdTarget(
   signal: AbortSignal,
 ): Promise<void> {
   const tls = ctx.host.settings().tls;
+  await ctx.tlsReady;
   await qmp.execute(
     'blockdev-add',
     {

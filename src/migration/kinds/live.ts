@@ -82,7 +82,13 @@ export const tlsStep: Step<SourceCtx> = {
   async run(ctx, s) {
     const id = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
     s.record({ id });
-    await addTlsCreds(copyQmp(ctx), id, 'client', await qemuTlsDir(ctx.host.tls, ctx.host.dataDir), s.signal);
+    const dir = await qemuTlsDir(ctx.host.tls, ctx.host.dataDir);
+    // QEMU makes it (~8 ms of its own time, loading the files) while the destination prepares:
+    // the steps that name it await it first. QMP runs a monitor's commands in order, so an undo's
+    // object-del still comes after it.
+    const ready = addTlsCreds(copyQmp(ctx), id, 'client', dir, s.signal);
+    ready.catch(() => undefined); // awaited by the steps that use it; a move that fails before them never needs it
+    ctx.tlsReady = ready;
     return { id };
   },
   async undo(ctx, data, s) {
@@ -231,6 +237,7 @@ export const migrateStep: Step<SourceCtx> = {
     if (!prep?.uri) throw new MigrationFailedError('E_PREPARE', `Cannot move VM '${spec.name}': no stream address`);
     const tls = ctx.host.settings().tls;
     const tlsId = `ferry-tls-${ctx.job.id.slice(0, 8)}`;
+    await ctx.tlsReady;
     const wasRunning = (await qmp.execute('query-status', undefined, { signal: s.signal })).running;
     s.record({ wasRunning, started: false });
     const policy = new ConvergencePolicy({
