@@ -135,6 +135,19 @@ try {
     ['node -e 0', [process.execPath, '-e', '0']],
     [NODE_AS_FERRY, [process.execPath, '--use-openssl-ca', '-e', '0'], asFerry],
     ['ferry --help', [FERRY, '--help']],
+    // As the package's /usr/bin/ferry runs it (packaging/ferry.sh): sh, then the CommonJS bundle
+    // with its code cache; no check that the bundle is newer than the sources.
+    [
+      'ferry --help, as the package runs it',
+      [
+        'sh',
+        '-c',
+        'exec "$0" --use-openssl-ca "$1" --help',
+        process.execPath,
+        path.join(REPO_ROOT, 'dist', 'launch.cjs'),
+      ],
+      asFerry,
+    ],
     [
       'node dist/cli.mjs --help',
       [process.execPath, '--use-openssl-ca', path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help'],
