@@ -30,7 +30,7 @@ export function qemuTlsDir(tls: TlsSource, dataDir: string): Promise<string> {
     .catch(() => dir)
     .then(async () => {
       // Every move asks on both hosts; laying the folder out reads and compares each file (~60
-      // calls through the thread pool, ~2 ms of the agent's CPU): five stats tell nothing changed.
+      // calls through the thread pool, ~2 ms of the agent's CPU): twelve stats tell nothing changed.
       if (laidOut.get(dir) === (await stampOf(tls, dir))) return dir;
       laidOut.delete(dir);
       await layout(tls, dir);
@@ -41,14 +41,25 @@ export function qemuTlsDir(tls: TlsSource, dataDir: string): Promise<string> {
   return next;
 }
 
+/** The files QEMU reads from the folder (`layout`). */
+const LAID_OUT = [
+  'ca-cert.pem',
+  'server-cert.pem',
+  'server-key.pem',
+  'client-cert.pem',
+  'client-key.pem',
+  'ca-crl.pem',
+  'dh-params.pem',
+];
+
 /**
- * The source files (a renewed certificate, a new CRL: a new file, renamed in) and the folder
- * itself (a file of it added, removed or replaced changes its mtime), as stat sees them.
+ * The source files (a renewed certificate, a new CRL), the folder (a file added, removed or
+ * renamed in) and each of its files (one rewritten in place is laid out again, as before the
+ * cache), as stat sees them.
  */
 async function stampOf(tls: TlsSource, dir: string): Promise<string> {
-  const stats = await Promise.all(
-    [tls.ca, tls.cert, tls.key, tls.crl, dir].map((f) => (f ? fsp.stat(f).catch(() => null) : Promise.resolve(null))),
-  );
+  const files = [tls.ca, tls.cert, tls.key, tls.crl, dir, ...LAID_OUT.map((f) => path.join(dir, f))];
+  const stats = await Promise.all(files.map((f) => (f ? fsp.stat(f).catch(() => null) : Promise.resolve(null))));
   return stats.map((s) => (s ? `${s.dev}:${s.ino}:${s.size}:${s.mtimeMs}:${s.ctimeMs}` : '-')).join('|');
 }
 

@@ -1,5 +1,6 @@
 // The folder of TLS files QEMU reads (migration/tls.ts): laid out once, and again only when a
-// source file or the folder changed (a renewed certificate, a CRL pushed, a file removed).
+// source file, the folder or one of its files changed (a renewed certificate, a CRL pushed, a
+// file damaged or removed).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
@@ -49,6 +50,11 @@ test('the layout follows its sources: a renewed certificate, a CRL, a file remov
   assert.equal(await read('ca-crl.pem'), await fsp.readFile(crl, 'utf8'));
   await qemuTlsDir(tls, data);
   await assert.rejects(fsp.access(path.join(out, 'ca-crl.pem')));
+
+  // A file of the layout rewritten in place (the folder's mtime unchanged): laid out again.
+  await fsp.writeFile(path.join(out, 'client-key.pem'), 'damaged');
+  await qemuTlsDir(tls, data);
+  assert.equal(await read('client-key.pem'), await fsp.readFile(host.key, 'utf8'));
 
   // A file of the layout removed: made again.
   await fsp.rm(path.join(out, 'ca-cert.pem'));
