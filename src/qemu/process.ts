@@ -9,6 +9,7 @@ import path from 'node:path';
 import { FerryError, AbortedError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
 import { QmpClient } from './qmp.js';
+import { qemuEnv } from './malloc-tunables.js';
 import { qemuLaunchCommand, useScopes } from './scope.js';
 import { dropPrivilegesArgs, qemuUser } from './user.js';
 
@@ -89,6 +90,7 @@ export class QemuProcess {
     });
     const child = spawn(launch.file, launch.args, {
       detached: true,
+      env: qemuEnv(),
       stdio: ['ignore', errFd, errFd, ...(opts.passFds ?? [])],
     });
     fs.closeSync(errFd);

@@ -14,6 +14,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { AbortedError, FerryError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
+import { qemuEnv } from './malloc-tunables.js';
 import { QEMU_BINARY } from './process.js';
 import { QmpClient } from './qmp.js';
 import { SANDBOX_ARGS } from './sandbox.js';
@@ -125,7 +126,7 @@ export class StorageDaemon {
       pidFile,
       ...blockdevs.flatMap((b) => ['-blockdev', b]),
     ];
-    const child = spawn(file, args, { detached: true, stdio: ['ignore', errFd, errFd] });
+    const child = spawn(file, args, { detached: true, env: qemuEnv(), stdio: ['ignore', errFd, errFd] });
     fs.closeSync(errFd);
     child.unref();
     const gone = { exited: false };
