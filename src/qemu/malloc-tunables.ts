@@ -12,7 +12,7 @@
 //
 // glibc's older variables, not GLIBC_TUNABLES: glibc 2.36 (Debian 12) passes on only the first
 // tunable it knows of that string to the programs it runs (nice, setpriv, systemd-run sit
-// between the agent and QEMU), and a tunable an administrator set there still wins over these.
+// between the agent and QEMU); a value the administrator set in the agent's environment is kept.
 
 const MIB = 1024 * 1024;
 
