@@ -61,8 +61,9 @@ export async function writeNewFile(
         { context: { path: file } },
       );
     }
-    claimed();
     try {
+      // Inside the try: a journal write that fails still closes the file.
+      claimed();
       await fh.writeFile(data);
       if (opts.sizeBytes !== undefined) await fh.truncate(opts.sizeBytes);
       if (opts.forQemu) await ownHandleForQemu(`/proc/self/fd/${fh.fd}`);

@@ -241,8 +241,9 @@ const disksStep: Step<IncomingCtx> = {
     const keep = keepEntries(st, item.spec.id, item.source);
     if (keep) s.record({ created, keep });
     // The disks at once: each image is a `qemu-img create` (~30 ms here). Every one is
-    // journaled as claimed before it is written, and all are settled before the step ends, so
-    // an undo never races a create still running.
+    // journaled as claimed before it is written, and all are settled before the step ends (an
+    // abort may settle one before its qemu-img exits: it writes through the claimed descriptor,
+    // to a file the undo then unlinks).
     const made = await Promise.allSettled(
       st.disks.map(async (d) => {
         if (item.resume?.some((a) => a.diskId === d.id && a.resume)) {

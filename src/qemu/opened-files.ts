@@ -55,17 +55,29 @@ export function blockdevFiles(args: readonly string[]): string[] {
 const key = (st: fs.BigIntStats): string => `${st.dev}:${st.ino}`;
 
 /**
- * The files process `pid` holds open: device and inode of each descriptor. All at once: one
- * after the other, a new QEMU's ~20 descriptors took 20-40 ms of a move's Prepare on a loaded
- * host (each `stat` a trip through libuv's thread pool). Not synchronous: a descriptor on a
- * hung NFS mount would block the agent's event loop (its cluster beats among the rest).
+ * The files process `pid` holds open: device and inode of each descriptor that names a file.
+ * Each descriptor's link is read first (procfs builds the name without touching the file's
+ * filesystem, so synchronously), and only those naming a path are `stat`ed: sockets, pipes and
+ * event descriptors are most of a QEMU's ~20, and one `stat` after another (each a trip through
+ * libuv's thread pool) took 20-40 ms of a move's Prepare on a loaded host. The rest stay one at a
+ * time: a file on a hung NFS mount then holds one of the pool's four threads, not all of them.
  */
 export async function heldFiles(pid: number): Promise<Set<string>> {
   const dir = `/proc/${pid}/fd`;
-  const stats = await Promise.all(
-    (await fsp.readdir(dir)).map((fd) => fsp.stat(path.join(dir, fd), { bigint: true }).catch(() => null)),
-  );
-  return new Set(stats.flatMap((st) => (st ? [key(st)] : [])));
+  const out = new Set<string>();
+  for (const fd of await fsp.readdir(dir)) {
+    const entry = path.join(dir, fd);
+    let target: string;
+    try {
+      target = fs.readlinkSync(entry);
+    } catch {
+      continue; // closed since the listing
+    }
+    if (!target.startsWith('/')) continue; // socket:[…], pipe:[…], anon_inode:[…]
+    const st = await fsp.stat(entry, { bigint: true }).catch(() => null);
+    if (st) out.add(key(st));
+  }
+  return out;
 }
 
 /**
