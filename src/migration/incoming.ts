@@ -240,36 +240,28 @@ const disksStep: Step<IncomingCtx> = {
     // A resumable copy's images are kept by the undo (with a marker), not deleted.
     const keep = keepEntries(st, item.spec.id, item.source);
     if (keep) s.record({ created, keep });
-    // The disks at once: each image is a `qemu-img create` (~30 ms here). Every one is
-    // journaled as claimed before it is written, and all are settled before the step ends (an
-    // abort may settle one before its qemu-img exits: it writes through the claimed descriptor,
-    // to a file the undo then unlinks).
-    const made = await Promise.allSettled(
-      st.disks.map(async (d) => {
-        if (item.resume?.some((a) => a.diskId === d.id && a.resume)) {
-          // A kept image taken over: written on from the cut, not created.
-          await takeOver(ctx.host.dataDir, item.spec.id, d.id);
+    for (const d of st.disks) {
+      if (item.resume?.some((a) => a.diskId === d.id && a.resume)) {
+        // A kept image taken over: written on from the cut, not created.
+        await takeOver(ctx.host.dataDir, item.spec.id, d.id);
+        item.disks.push(d.path);
+        continue;
+      }
+      const what = `disk '${d.id}' of VM '${item.spec.name}'`;
+      await claimFile(roots, d.path, what, {
+        claimed: () => {
+          created.push(d.path);
           item.disks.push(d.path);
-          return;
-        }
-        const what = `disk '${d.id}' of VM '${item.spec.name}'`;
-        await claimFile(roots, d.path, what, {
-          claimed: () => {
-            created.push(d.path);
-            item.disks.push(d.path);
-            s.record({ created, ...(keep ? { keep } : {}) });
-          },
-          fill: (fd) =>
-            createImage(d.path, d.format, d.virtualSizeBytes, {
-              fd,
-              ...(ctx.signal ? { signal: ctx.signal } : {}),
-              ...chainBacking(item, d),
-            }),
-        });
-      }),
-    );
-    const failed = made.find((r) => r.status === 'rejected');
-    if (failed) throw failed.reason;
+          s.record({ created, ...(keep ? { keep } : {}) });
+        },
+        fill: (fd) =>
+          createImage(d.path, d.format, d.virtualSizeBytes, {
+            fd,
+            ...(ctx.signal ? { signal: ctx.signal } : {}),
+            ...chainBacking(item, d),
+          }),
+      });
+    }
     return { created, ...(keep ? { keep } : {}) };
   },
   async undo(ctx, data) {
