@@ -11,6 +11,7 @@ import type { MigrationRecord } from '../../src/migration/schemas.js';
 import { parseSerial, splitHeartbeats } from '../../guest/records.js';
 import { sleep } from '../../src/util/exec.js';
 import { labTempDir } from '../helpers.js';
+import { silentGuestFacts } from './silent-guest.js';
 
 export interface TestLab {
   dir: string;
@@ -114,17 +115,20 @@ export async function waitSerial(
   // view of the VM (the whole `vm show` pushed the console out of CI's excerpt once).
   const shown = await ferry(['vm', 'show', o.vm, '--json'], { lab: o.lab });
   let view = shown.stdout.trim() || shown.stderr.trim();
+  let disk: { path: string; format: string } | undefined;
   try {
-    const v = JSON.parse(view) as Record<string, unknown>;
+    const v = JSON.parse(view) as Partial<VmView>;
     view = JSON.stringify({ host: v.host, state: v.state, qemuState: v.qemuState, pid: v.pid });
+    disk = v.disks?.[0];
   } catch {
     // not JSON: shown as printed
   }
   const oops = kernelOopsed(text) ? ' — its kernel oopsed (QEMU 7.2 under TCG after a move: docs/tcg-moves.md)' : '';
   const hbs = o.heartbeats ? ` and ${o.heartbeats} heartbeats` : '';
+  const facts = await silentGuestFacts({ lab: o.lab, vmId: path.basename(path.dirname(file)), host: o.host, disk });
   throw new Error(
     `probe VM ${o.vm} did not print ${o.acks} acks${hbs} in ${timeoutMs} ms ` +
-      `on ${o.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks${oops}; ` +
+      `on ${o.host}: ${s.heartbeats.length} heartbeats, ${s.acks.length} acks${oops}\n${facts}\n` +
       `serial log ends:\n${text.split('\n').slice(-25).join('\n')}\nvm show: ${view}\n` +
       (await hostSaid(o.lab, o.host, o.vm)),
   );
