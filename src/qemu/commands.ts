@@ -284,6 +284,7 @@ export interface QmpCommands {
   'block-job-complete': { args: { device: string }; ret: Record<string, never> };
   'block-job-set-speed': { args: { device: string; speed: number }; ret: Record<string, never> };
   'job-dismiss': { args: { id: string }; ret: Record<string, never> };
+  'job-cancel': { args: { id: string }; ret: Record<string, never> };
   'nbd-server-start': {
     args: { addr: Record<string, unknown>; 'tls-creds'?: string; 'tls-authz'?: string };
     ret: Record<string, never>;

@@ -135,7 +135,7 @@ test('an image QEMU adds while it runs (a storage move target) that is a link is
   await fsp.symlink(other.disks[0]!.path, target);
   const held = { pid: daemon.pid, pools: testPools(dir), vm: 'sw3a', host: 'host-a' };
   await assert.rejects(
-    addImageNode(daemon.qmp, 'tgt', target, 'raw', false, undefined, held),
+    addImageNode(daemon.qmp, 'tgt', target, 'raw', false, { held }),
     refusedWith('E_PATH_LINK', /target\.raw: target\.raw is a symbolic link/),
   );
   const nodes = await daemon.qmp.execute('query-named-block-nodes', { flat: true });
@@ -147,7 +147,7 @@ test('an image QEMU adds while it runs (a storage move target) that is a link is
   // The file itself, made by the agent: added and kept.
   await fsp.rm(target);
   await fsp.writeFile(target, Buffer.alloc(1 << 20));
-  await addImageNode(daemon.qmp, 'tgt', target, 'raw', false, undefined, held);
+  await addImageNode(daemon.qmp, 'tgt', target, 'raw', false, { held });
   assert.equal((await daemon.qmp.execute('query-named-block-nodes', { flat: true })).length, 2);
 });
 

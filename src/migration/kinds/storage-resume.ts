@@ -24,6 +24,7 @@ import { supportsDirectIo } from '../../vm/lifecycle.js';
 import {
   abandonMirrors,
   addImageNode,
+  madeInQemu,
   delNode,
   finishMirrors,
   rootNode,
@@ -220,7 +221,9 @@ export const storageBackup: Step<StorageCtx> = {
             created.push(dest);
             save();
           },
-          fill: (fd) => createImage(dest, d.format, size, { fd, signal: s.signal }),
+          ...(madeInQemu(d.format, false)
+            ? { forQemu: true, ...(d.format === 'raw' ? { sizeBytes: size } : {}) }
+            : { fill: (fd: number) => createImage(dest, d.format, size, { fd, signal: s.signal }) }),
         });
         await addResumeBitmap(qmp, device, bitmap, d.format, { signal: s.signal });
       }
@@ -230,7 +233,12 @@ export const storageBackup: Step<StorageCtx> = {
       save();
       const pid = ctx.proc?.pid ?? ctx.daemon?.pid;
       const held = pid ? { pid, pools: ctx.host.pools(), vm: ctx.spec.name, host: ctx.host.name } : undefined;
-      await addImageNode(qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal, held);
+      await addImageNode(qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), {
+        signal: s.signal,
+        held,
+        // A new image (not a kept one resumed) is still empty: QEMU formats a qcow2 one.
+        createQcow2Bytes: !v?.resume && d.format === 'qcow2' ? size : undefined,
+      });
       const b: BackupSpec = {
         jobId: `copy-${d.id}`,
         diskId: d.id,

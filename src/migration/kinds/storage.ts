@@ -24,6 +24,7 @@ import { resolveVmFile, type VmSpec } from '../../vm/spec.js';
 import {
   abandonMirrors,
   addImageNode,
+  madeInQemu,
   delNode,
   finishMirrors,
   diskRoot,
@@ -226,23 +227,32 @@ const mirror: Step<StorageCtx> = {
       // as the guest's QEMU has it open (no qemu-img spawned: ~10 ms of a sparse disk's ~0.2 s copy).
       const root = await diskRoot(proc.qmp, d.id, s.signal);
       const size = root.virtualSizeBytes;
+      const inQemu = madeInQemu(d.format, backing !== null);
       await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
         claimed: () => {
           created.push(dest);
           s.record({ created, nodes, mirrors, olds });
         },
-        fill: (fd) =>
-          createImage(dest, backing ? 'qcow2' : d.format, size, {
-            fd,
-            signal: s.signal,
-            ...(backing ? { backing, unsafeBacking: true } : {}),
-          }),
+        ...(inQemu
+          ? { forQemu: true, ...(d.format === 'raw' ? { sizeBytes: size } : {}) }
+          : {
+              fill: (fd: number) =>
+                createImage(dest, backing ? 'qcow2' : d.format, size, {
+                  fd,
+                  signal: s.signal,
+                  ...(backing ? { backing, unsafeBacking: true } : {}),
+                }),
+            }),
       });
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
       s.record({ created, nodes, mirrors, olds });
       const held = { pid: proc.pid, pools: ctx.host.pools(), vm: ctx.spec.name, host: ctx.host.name };
-      await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), s.signal, held);
+      await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), {
+        signal: s.signal,
+        held,
+        createQcow2Bytes: inQemu && d.format === 'qcow2' ? size : undefined,
+      });
       // QEMU opened the copied chain under the new overlay from its headers: the files the agent made, or refused.
       const chainTo = ctx.plan.chain?.to;
       if (backing && chainTo) {

@@ -1,0 +1,87 @@
+// A storage move's new image made without qemu-img (issue 17 item 2): the agent claims the
+// file and sizes a raw one; QEMU formats a qcow2 one on the node it opens (blockdev-create).
+// The result is the image `qemu-img create` makes, and a failed format leaves no node or job.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import { StorageDaemon } from '../../src/qemu/storage-daemon.js';
+import { addImageNode, madeInQemu } from '../../src/migration/block.js';
+import { claimFile } from '../../src/migration/claim.js';
+import { createImage } from '../../src/qemu/img.js';
+import { tempDir, testPools } from '../helpers.js';
+
+const run = promisify(execFile);
+const GiB = 1024 ** 3;
+
+type Info = Record<string, unknown> & { 'format-specific'?: { data?: Record<string, unknown> } };
+const info = async (file: string): Promise<Info> =>
+  JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', file])).stdout) as Info;
+
+test('which new images QEMU or the agent make, and which qemu-img still does', () => {
+  assert.equal(madeInQemu('qcow2', false), true);
+  assert.equal(madeInQemu('raw', false), true);
+  assert.equal(madeInQemu('qcow2', true), false, 'an overlay names its backing: qemu-img');
+  assert.equal(madeInQemu('vmdk', false), false);
+});
+
+test('a claimed empty file formatted by QEMU is the qcow2 image qemu-img creates; a raw one is sized', async (t) => {
+  const dir = await tempDir(t, 'ferry-newimg-');
+  const pools = testPools(dir);
+  const roots = pools.map((p) => p.path);
+  const daemon = await StorageDaemon.start('newimg', [], path.join(dir, 'qemu'));
+  t.after(() => daemon.quit());
+  const held = { pid: daemon.pid, pools, vm: 'newimg', host: 'host-a' };
+
+  const byQemu = path.join(roots[0]!, 'by-qemu.qcow2');
+  await claimFile(roots, byQemu, 'a test disk', { forQemu: true });
+  assert.equal((await fsp.stat(byQemu)).size, 0);
+  await addImageNode(daemon.qmp, 'q', byQemu, 'qcow2', false, { held, createQcow2Bytes: 10 * GiB });
+  const byImg = path.join(roots[0]!, 'by-img.qcow2');
+  await createImage(byImg, 'qcow2', 10 * GiB);
+  const [a, b] = [await info(byQemu), await info(byImg)];
+  assert.equal(a.format, 'qcow2');
+  assert.equal(a['virtual-size'], 10 * GiB);
+  assert.equal(a['cluster-size'], b['cluster-size']);
+  assert.deepEqual(a['format-specific']?.data, b['format-specific']?.data, 'same qcow2 options as qemu-img create');
+  assert.deepEqual(await daemon.qmp.execute('query-jobs'), [], 'the create job was dismissed');
+
+  // The node is the image: what QEMU writes through it reads back, and the image checks clean.
+  const nodes = (await daemon.qmp.execute('query-named-block-nodes', { flat: true })).map((n) => n['node-name']);
+  assert.deepEqual(nodes.sort(), ['q', 'q-file']);
+  await daemon.qmp.execute('blockdev-del', { 'node-name': 'q' });
+  await daemon.qmp.execute('blockdev-del', { 'node-name': 'q-file' });
+  await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x5a 1G 1M', byQemu]);
+  const read = await run('qemu-io', ['-f', 'qcow2', '-c', 'read -P 0x5a 1G 1M', '-c', 'read -P 0 0 1M', byQemu]);
+  assert.doesNotMatch(read.stdout, /Pattern verification failed/);
+  await run('qemu-img', ['check', '-f', 'qcow2', byQemu]);
+
+  const raw = path.join(roots[0]!, 'sized.raw');
+  await claimFile(roots, raw, 'a test disk', { forQemu: true, sizeBytes: 2 * GiB });
+  await addImageNode(daemon.qmp, 'r', raw, 'raw', false, { held });
+  const st = await fsp.stat(raw);
+  assert.equal(st.size, 2 * GiB);
+  assert.equal(st.blocks, 0, 'sparse, as qemu-img create makes it');
+});
+
+test('a format QEMU refuses fails with its reason and leaves no node and no job', async (t) => {
+  const dir = await tempDir(t, 'ferry-newimg-');
+  const pools = testPools(dir);
+  const roots = pools.map((p) => p.path);
+  const daemon = await StorageDaemon.start('newimg2', [], path.join(dir, 'qemu'));
+  t.after(() => daemon.quit());
+  const file = path.join(roots[0]!, 'odd.qcow2');
+  await claimFile(roots, file, 'a test disk', { forQemu: true });
+  await assert.rejects(
+    addImageNode(daemon.qmp, 'o', file, 'qcow2', false, { createQcow2Bytes: 1000 }),
+    (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'E_BLOCK');
+      assert.match(err.message, /^Cannot create the image .*odd\.qcow2: QEMU says .*512/);
+      return true;
+    },
+  );
+  assert.deepEqual(await daemon.qmp.execute('query-named-block-nodes', { flat: true }), []);
+  assert.deepEqual(await daemon.qmp.execute('query-jobs'), []);
+});
