@@ -15,15 +15,15 @@ const CREATE = fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXC
 
 /**
  * Creates `file` only if nothing is there: the path is then this move's to fill. `claimed`
- * runs as soon as it is (to journal it); through the same descriptor `sizeBytes` sizes it
- * (sparse), `forQemu` makes it QEMU's user's, and `fill` gets it (createImage's `fd`), which
- * names that very file whatever its path points to by then.
+ * runs as soon as it is (to journal it); through the same descriptor `forQemu` makes it QEMU's
+ * user's, and `fill` gets it (createImage's `fd`), which names that very file whatever its path
+ * points to by then.
  */
 export async function claimFile(
   roots: readonly string[],
   file: string,
   what: string,
-  opts: { claimed?: () => void; fill?: (fd: number) => Promise<void>; sizeBytes?: number; forQemu?: boolean } = {},
+  opts: { claimed?: () => void; fill?: (fd: number) => Promise<void>; forQemu?: boolean } = {},
 ): Promise<void> {
   const { claimed, ...rest } = opts;
   await writeNewFile(roots, file, new Uint8Array(0), what, claimed ?? (() => undefined), rest);

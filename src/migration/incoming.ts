@@ -11,7 +11,7 @@ import { MAX_INCOMING_STEPS, type IncomingRequest, type IncomingView } from '../
 import { INCOMING_CONTENT_TYPE } from '../api/incoming-body.js';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import type { DiskChains } from '../qemu/argv.js';
-import { createImage } from '../qemu/img.js';
+import { createImage, sizeRawImage } from '../qemu/img.js';
 import { killQemus, qemusOfRunDir, type QemuProcess } from '../qemu/process.js';
 import { assertInUsablePool, poolStatus, type PoolDef } from '../storage/pools.js';
 import { configFile, exists, saveVm } from '../vm/folder.js';
@@ -248,18 +248,24 @@ const disksStep: Step<IncomingCtx> = {
         continue;
       }
       const what = `disk '${d.id}' of VM '${item.spec.name}'`;
+      const backing = chainBacking(item, d);
       await claimFile(roots, d.path, what, {
         claimed: () => {
           created.push(d.path);
           item.disks.push(d.path);
           s.record({ created, ...(keep ? { keep } : {}) });
         },
-        fill: (fd) =>
-          createImage(d.path, d.format, d.virtualSizeBytes, {
-            fd,
-            ...(ctx.signal ? { signal: ctx.signal } : {}),
-            ...chainBacking(item, d),
-          }),
+        // A raw image needs no qemu-img process (sizeRawImage).
+        ...(d.format === 'raw' && !backing.backing
+          ? { forQemu: true, fill: (fd: number) => sizeRawImage(fd, d.virtualSizeBytes) }
+          : {
+              fill: (fd: number) =>
+                createImage(d.path, d.format, d.virtualSizeBytes, {
+                  fd,
+                  ...(ctx.signal ? { signal: ctx.signal } : {}),
+                  ...backing,
+                }),
+            }),
       });
     }
     return { created, ...(keep ? { keep } : {}) };

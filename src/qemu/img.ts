@@ -1,4 +1,6 @@
 // qemu-img wrapper: the four disk formats Ferry supports, all through QEMU's block layer.
+import fs from 'node:fs';
+import { promisify } from 'node:util';
 import { ownForQemu, ownHandleForQemu } from './user.js';
 import { FerryError } from '../errors.js';
 import { run, runWithFd, type RunOptions } from '../util/exec.js';
@@ -66,6 +68,22 @@ export async function createImage(
   // QEMU may open it at once (a mirror target, a checkpoint overlay): it must be QEMU's user's.
   if (opts.fd === undefined) await ownForQemu(path);
   else await ownHandleForQemu(`/proc/self/fd/${opts.fd}`);
+}
+
+const ftruncate = promisify(fs.ftruncate);
+const pwrite = promisify(fs.write);
+
+/**
+ * A new raw image through the caller's descriptor, as `qemu-img create -f raw` makes it, without
+ * its process: the size rounded up to 512 bytes, sparse but for its first block, which is written
+ * (QEMU probes a disk's O_DIRECT alignment by reading it, and a hole on some filesystems accepts
+ * any alignment: QEMU's own `allocate_first_block`).
+ */
+export async function sizeRawImage(fd: number, sizeBytes: number): Promise<void> {
+  const size = Math.ceil(sizeBytes / 512) * 512;
+  await ftruncate(fd, size);
+  const first = Math.min(size, 4096);
+  if (first > 0) await pwrite(fd, Buffer.alloc(first), 0, first, 0);
 }
 
 /** The persistent dirty bitmaps stored in a qcow2 image no QEMU has open (their names). */

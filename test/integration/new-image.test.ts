@@ -1,5 +1,5 @@
 // A storage move's new image made without qemu-img (issue 17 item 2): the agent claims the
-// file and sizes a raw one; QEMU formats a qcow2 one on the node it opens (blockdev-create).
+// file and sizes a raw one (its first block written); QEMU formats a qcow2 one on the node it opens (blockdev-create).
 // The result is the image `qemu-img create` makes, and a failed format leaves no node or job.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -10,7 +10,7 @@ import path from 'node:path';
 import { StorageDaemon } from '../../src/qemu/storage-daemon.js';
 import { addImageNode, madeInQemu } from '../../src/migration/block.js';
 import { claimFile } from '../../src/migration/claim.js';
-import { createImage } from '../../src/qemu/img.js';
+import { createImage, sizeRawImage } from '../../src/qemu/img.js';
 import { tempDir, testPools } from '../helpers.js';
 
 const run = promisify(execFile);
@@ -59,11 +59,24 @@ test('a claimed empty file formatted by QEMU is the qcow2 image qemu-img creates
   await run('qemu-img', ['check', '-f', 'qcow2', byQemu]);
 
   const raw = path.join(roots[0]!, 'sized.raw');
-  await claimFile(roots, raw, 'a test disk', { forQemu: true, sizeBytes: 2 * GiB });
+  await claimFile(roots, raw, 'a test disk', { forQemu: true, fill: (fd) => sizeRawImage(fd, 2 * GiB) });
   await addImageNode(daemon.qmp, 'r', raw, 'raw', false, { held });
-  const st = await fsp.stat(raw);
+  const rawByImg = path.join(roots[0]!, 'by-img.raw');
+  await createImage(rawByImg, 'raw', 2 * GiB);
+  const [st, ref] = [await fsp.stat(raw), await fsp.stat(rawByImg)];
   assert.equal(st.size, 2 * GiB);
-  assert.equal(st.blocks, 0, 'sparse, as qemu-img create makes it');
+  assert.equal(st.blocks, ref.blocks, 'sparse but for the first block, as qemu-img create makes it');
+  for (const [size, want] of [
+    [1000, 1024],
+    [512, 512],
+  ] as const) {
+    const f = path.join(roots[0]!, `odd-${size}.raw`);
+    await claimFile(roots, f, 'a test disk', { fill: (fd) => sizeRawImage(fd, size) });
+    const g = path.join(roots[0]!, `odd-${size}-img.raw`);
+    await createImage(g, 'raw', size);
+    assert.equal((await fsp.stat(f)).size, want, `${size} bytes rounded as qemu-img does`);
+    assert.equal((await fsp.stat(g)).size, want);
+  }
 });
 
 test('a format QEMU refuses fails with its reason and leaves no node and no job', async (t) => {

@@ -17,7 +17,7 @@
 // the 24 h sweep at agent start, delete it.
 import fsp from 'node:fs/promises';
 import { FerryError, messageOf } from '../../errors.js';
-import { createImage, imageInfo } from '../../qemu/img.js';
+import { createImage, sizeRawImage, imageInfo } from '../../qemu/img.js';
 import { nodeNames } from '../../qemu/argv.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { supportsDirectIo } from '../../vm/lifecycle.js';
@@ -222,7 +222,7 @@ export const storageBackup: Step<StorageCtx> = {
             save();
           },
           ...(madeInQemu(d.format, false)
-            ? { forQemu: true, ...(d.format === 'raw' ? { sizeBytes: size } : {}) }
+            ? { forQemu: true, ...(d.format === 'raw' ? { fill: (fd: number) => sizeRawImage(fd, size) } : {}) }
             : { fill: (fd: number) => createImage(dest, d.format, size, { fd, signal: s.signal }) }),
         });
         await addResumeBitmap(qmp, device, bitmap, d.format, { signal: s.signal });

@@ -13,7 +13,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, messageOf } from '../../errors.js';
-import { createImage, imageInfo } from '../../qemu/img.js';
+import { createImage, sizeRawImage, imageInfo } from '../../qemu/img.js';
 import { convertHeld } from '../../qemu/img-files.js';
 import { checkOpenedFiles } from '../../qemu/opened-files.js';
 import { probeImage } from '../../vm/image.js';
@@ -234,7 +234,7 @@ const mirror: Step<StorageCtx> = {
           s.record({ created, nodes, mirrors, olds });
         },
         ...(inQemu
-          ? { forQemu: true, ...(d.format === 'raw' ? { sizeBytes: size } : {}) }
+          ? { forQemu: true, ...(d.format === 'raw' ? { fill: (fd: number) => sizeRawImage(fd, size) } : {}) }
           : {
               fill: (fd: number) =>
                 createImage(dest, backing ? 'qcow2' : d.format, size, {
