@@ -3,7 +3,7 @@
 // complete or cancel them, and always clean up jobs and nodes.
 import { FerryError, messageOf } from '../errors.js';
 import type { QmpClient } from '../qemu/qmp.js';
-import type { JobInfo } from '../qemu/commands.js';
+import type { JobInfo, QmpEvent } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
 import { isVarsQdev } from '../qemu/argv.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
@@ -115,19 +115,14 @@ export async function formatQcow2(
 ): Promise<void> {
   const id = `${fileNode}-create`;
   const mark = qmp.eventMark;
-  await qmp.execute(
-    'blockdev-create',
-    { 'job-id': id, options: { driver: 'qcow2', file: fileNode, size: sizeBytes } },
-    { signal },
-  );
+  const concludedEvent = (e: QmpEvent): boolean =>
+    e.event === 'JOB_STATUS_CHANGE' && e.data?.id === id && e.data.status === 'concluded';
+  // Sent without the signal: an abort while QEMU already has the command would leave its job
+  // unseen; the wait below takes the signal, and its clean-up runs whatever happens.
+  await qmp.execute('blockdev-create', { 'job-id': id, options: { driver: 'qcow2', file: fileNode, size: sizeBytes } });
   let concluded = false;
   try {
-    await qmp.waitEvent((e) => e.event === 'JOB_STATUS_CHANGE' && e.data?.id === id && e.data.status === 'concluded', {
-      since: mark,
-      signal,
-      timeoutMs: 60_000,
-      what: `create the image ${file}`,
-    });
+    await qmp.waitEvent(concludedEvent, { since: mark, signal, timeoutMs: 60_000, what: `create the image ${file}` });
     concluded = true;
     const job = (await qmp.execute('query-jobs', undefined, { signal, timeoutMs: 10_000 })).find((j) => j.id === id);
     if (job?.error)
@@ -137,7 +132,11 @@ export async function formatQcow2(
         { context: { file } },
       );
   } finally {
-    if (!concluded) await qmp.execute('job-cancel', { id }, { timeoutMs: 10_000 }).catch(() => undefined);
+    if (!concluded) {
+      // A job still running holds the file node: cancelled and waited for, so the node can go.
+      await qmp.execute('job-cancel', { id }, { timeoutMs: 10_000 }).catch(() => undefined);
+      await qmp.waitEvent(concludedEvent, { since: mark, timeoutMs: 10_000 }).catch(() => undefined);
+    }
     await qmp.execute('job-dismiss', { id }, { timeoutMs: 10_000 }).catch(() => undefined);
   }
 }

@@ -98,3 +98,27 @@ test('a format QEMU refuses fails with its reason and leaves no node and no job'
   assert.deepEqual(await daemon.qmp.execute('query-named-block-nodes', { flat: true }), []);
   assert.deepEqual(await daemon.qmp.execute('query-jobs'), []);
 });
+
+test('a format cancelled while QEMU runs it leaves no job, and the file node goes with it', async (t) => {
+  const dir = await tempDir(t, 'ferry-newimg-');
+  const roots = testPools(dir).map((p) => p.path);
+  const daemon = await StorageDaemon.start('newimg3', [], path.join(dir, 'qemu'));
+  t.after(() => daemon.quit());
+  const file = path.join(roots[0]!, 'cut.qcow2');
+  await claimFile(roots, file, 'a test disk', { forQemu: true });
+  const ac = new AbortController();
+  const adding = addImageNode(daemon.qmp, 'c', file, 'qcow2', false, {
+    signal: ac.signal,
+    createQcow2Bytes: 64 * GiB,
+  });
+  // Aborted as soon as QEMU has the create job (its first status change): here it is then still
+  // running, and is cancelled (created, running, aborting, concluded); had it concluded first,
+  // the node is removed all the same.
+  await daemon.qmp.waitEvent((e) => e.event === 'JOB_STATUS_CHANGE' && e.data?.id === 'c-file-create', {
+    timeoutMs: 10_000,
+  });
+  ac.abort(new Error('cancelled by the test'));
+  await assert.rejects(adding);
+  assert.deepEqual(await daemon.qmp.execute('query-jobs'), [], 'no job left');
+  assert.deepEqual(await daemon.qmp.execute('query-named-block-nodes', { flat: true }), [], 'no node left');
+});
