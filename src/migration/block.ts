@@ -7,6 +7,9 @@ import type { JobInfo, QmpEvent } from '../qemu/commands.js';
 import { sleep } from '../util/exec.js';
 import { isVarsQdev } from '../qemu/argv.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
+import { createImage, sizeRawImage, type ImageFormat } from '../qemu/img.js';
+
+type CreateBacking = { path: string; format: ImageFormat };
 import type { PoolDef } from '../storage/pools.js';
 import { VARS_DISK_ID } from '../vm/spec.js';
 
@@ -57,14 +60,44 @@ export function syncOntoNew(backingDepth: number | null, targetFormat: string): 
   return backingDepth === 0 && ZERO_ON_CREATE.has(targetFormat) ? 'top' : 'full';
 }
 
+/** How a move makes a new image (newImage). */
+export interface NewImage {
+  /** What claimFile does through the claimed file's handle. */
+  claim: { forQemu?: boolean; fill?: (fd: number) => Promise<void> };
+  /** For addImageNode once QEMU opened the file: the size of the qcow2 QEMU formats (none: undefined). */
+  createQcow2Bytes: number | undefined;
+}
+
 /**
- * Whether a new image of `format` is made without `qemu-img` (a process start, ~35–50 ms of a
- * storage move's copy here): a raw file is only sized, a qcow2 one is formatted by the QEMU that
- * opens it (`createQcow2Bytes` of addImageNode). One over a backing image still goes through
- * `qemu-img create` (it names the backing without opening it).
+ * How a move makes a new image at `file` (claimed exclusively), with as few processes as it can:
+ * a raw one is sized through the claimed handle (sizeRawImage); a qcow2 one with no backing is
+ * formatted by the QEMU that then opens it when there is one (`inQemu`: a running VM's, or the
+ * disk daemon's; not an arriving VM's, whose QEMU opens its disks when it starts); anything else
+ * by `qemu-img create` through the handle (an overlay names its backing without opening it). A
+ * `qemu-img create` costs a process start: ~35–50 ms of a storage move's copy here.
  */
-export function madeInQemu(format: string, backing: boolean): boolean {
-  return !backing && (format === 'qcow2' || format === 'raw');
+export function newImage(
+  file: string,
+  format: ImageFormat,
+  sizeBytes: number,
+  o: {
+    inQemu: boolean;
+    signal?: AbortSignal | undefined;
+    backing?: CreateBacking | undefined;
+    unsafeBacking?: boolean;
+  },
+): NewImage {
+  if (!o.backing && format === 'raw')
+    return { claim: { forQemu: true, fill: (fd) => sizeRawImage(fd, sizeBytes) }, createQcow2Bytes: undefined };
+  if (!o.backing && format === 'qcow2' && o.inQemu) return { claim: { forQemu: true }, createQcow2Bytes: sizeBytes };
+  const { backing, signal } = o;
+  const fill = (fd: number): Promise<void> =>
+    createImage(file, format, sizeBytes, {
+      fd,
+      ...(signal ? { signal } : {}),
+      ...(backing ? { backing, ...(o.unsafeBacking ? { unsafeBacking: true } : {}) } : {}),
+    });
+  return { claim: { fill }, createQcow2Bytes: undefined };
 }
 
 export interface ImageNodeOptions {

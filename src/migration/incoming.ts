@@ -11,7 +11,6 @@ import { MAX_INCOMING_STEPS, type IncomingRequest, type IncomingView } from '../
 import { INCOMING_CONTENT_TYPE } from '../api/incoming-body.js';
 import { AbortedError, FerryError, InvalidInputError, messageOf } from '../errors.js';
 import type { DiskChains } from '../qemu/argv.js';
-import { createImage, sizeRawImage } from '../qemu/img.js';
 import { killQemus, qemusOfRunDir, type QemuProcess } from '../qemu/process.js';
 import { assertInUsablePool, poolStatus, type PoolDef } from '../storage/pools.js';
 import { configFile, exists, saveVm } from '../vm/folder.js';
@@ -22,6 +21,7 @@ import { assertHaStorage, haFiles, sharedPoolHint } from '../cluster/ha-storage.
 import type { MoveHost } from './host.js';
 import type { JournalEntry } from './journal.js';
 import { claimFile, makeFolders, poolRoots, removeFolders, writeNewFile } from './claim.js';
+import { newImage } from './block.js';
 import {
   answerOffers,
   keepEntries,
@@ -248,24 +248,19 @@ const disksStep: Step<IncomingCtx> = {
         continue;
       }
       const what = `disk '${d.id}' of VM '${item.spec.name}'`;
-      const backing = chainBacking(item, d);
+      // Its QEMU opens the disks when it starts: QEMU cannot format them (newImage's inQemu).
+      const img = newImage(d.path, d.format, d.virtualSizeBytes, {
+        inQemu: false,
+        signal: ctx.signal,
+        ...chainBacking(item, d),
+      });
       await claimFile(roots, d.path, what, {
         claimed: () => {
           created.push(d.path);
           item.disks.push(d.path);
           s.record({ created, ...(keep ? { keep } : {}) });
         },
-        // A raw image needs no qemu-img process (sizeRawImage).
-        ...(d.format === 'raw' && !backing.backing
-          ? { forQemu: true, fill: (fd: number) => sizeRawImage(fd, d.virtualSizeBytes) }
-          : {
-              fill: (fd: number) =>
-                createImage(d.path, d.format, d.virtualSizeBytes, {
-                  fd,
-                  ...(ctx.signal ? { signal: ctx.signal } : {}),
-                  ...backing,
-                }),
-            }),
+        ...img.claim,
       });
     }
     return { created, ...(keep ? { keep } : {}) };

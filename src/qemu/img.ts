@@ -81,6 +81,11 @@ const pwrite = promisify(fs.write);
  */
 export async function sizeRawImage(fd: number, sizeBytes: number): Promise<void> {
   const size = Math.ceil(sizeBytes / 512) * 512;
+  // A size from a peer's request: past 2^53 it is no longer an exact byte count.
+  if (!Number.isSafeInteger(size) || size < 0)
+    throw new InvalidInputError(`Cannot size a raw image at ${sizeBytes} bytes: not a byte count; give its real size`, {
+      sizeBytes,
+    });
   await ftruncate(fd, size);
   const first = Math.min(size, 4096);
   if (first > 0) await pwrite(fd, Buffer.alloc(first), 0, first, 0);

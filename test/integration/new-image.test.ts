@@ -1,16 +1,17 @@
-// A storage move's new image made without qemu-img (issue 17 item 2): the agent claims the
-// file and sizes a raw one (its first block written); QEMU formats a qcow2 one on the node it opens (blockdev-create).
+// A move's new image made without qemu-img (issue 17 item 2): the agent claims the file and
+// sizes a raw one (its first block written); QEMU formats a qcow2 one on the node it opens
+// (blockdev-create).
 // The result is the image `qemu-img create` makes, and a failed format leaves no node or job.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { StorageDaemon } from '../../src/qemu/storage-daemon.js';
-import { addImageNode, madeInQemu } from '../../src/migration/block.js';
+import { addImageNode, newImage } from '../../src/migration/block.js';
 import { claimFile } from '../../src/migration/claim.js';
-import { createImage, sizeRawImage } from '../../src/qemu/img.js';
+import { createImage, sizeRawImage, type ImageFormat } from '../../src/qemu/img.js';
 import { tempDir, testPools } from '../helpers.js';
 
 const run = promisify(execFile);
@@ -21,18 +22,34 @@ const info = async (file: string): Promise<Info> =>
   JSON.parse((await run('qemu-img', ['info', '-U', '--output=json', file])).stdout) as Info;
 
 test('which new images QEMU or the agent make, and which qemu-img still does', () => {
-  assert.equal(madeInQemu('qcow2', false), true);
-  assert.equal(madeInQemu('raw', false), true);
-  assert.equal(madeInQemu('qcow2', true), false, 'an overlay names its backing: qemu-img');
-  assert.equal(madeInQemu('vmdk', false), false);
+  const made = (format: ImageFormat, o: Parameters<typeof newImage>[3]) => {
+    const m = newImage('/x', format, GiB, o);
+    return { fill: m.claim.fill !== undefined, forQemu: m.claim.forQemu === true, qcow2: m.createQcow2Bytes };
+  };
+  // raw: sized through the handle (a fill, no process), wherever it is made
+  assert.deepEqual(made('raw', { inQemu: true }), { fill: true, forQemu: true, qcow2: undefined });
+  assert.deepEqual(made('raw', { inQemu: false }), { fill: true, forQemu: true, qcow2: undefined });
+  // qcow2: left empty for the QEMU that opens it to format
+  assert.deepEqual(made('qcow2', { inQemu: true }), { fill: false, forQemu: true, qcow2: GiB });
+  // qemu-img: an arriving VM's qcow2 (its QEMU is not started yet), an overlay, other formats
+  assert.deepEqual(made('qcow2', { inQemu: false }), { fill: true, forQemu: false, qcow2: undefined });
+  const backing = { path: '/base.qcow2', format: 'qcow2' as const };
+  assert.deepEqual(made('qcow2', { inQemu: true, backing }), { fill: true, forQemu: false, qcow2: undefined });
+  assert.deepEqual(made('vhdx', { inQemu: true }), { fill: true, forQemu: false, qcow2: undefined });
 });
 
-test('a claimed empty file formatted by QEMU is the qcow2 image qemu-img creates; a raw one is sized', async (t) => {
+/** A disk daemon (QEMU without a guest, as a stopped VM's copy runs) and the pool it may open files in. */
+async function daemonIn(t: TestContext, tag: string) {
   const dir = await tempDir(t, 'ferry-newimg-');
   const pools = testPools(dir);
   const roots = pools.map((p) => p.path);
-  const daemon = await StorageDaemon.start('newimg', [], path.join(dir, 'qemu'));
+  const daemon = await StorageDaemon.start(tag, [], path.join(dir, 'qemu'));
   t.after(() => daemon.quit());
+  return { pools, roots, daemon };
+}
+
+test('a claimed empty file formatted by QEMU is the qcow2 image qemu-img creates; a raw one is sized', async (t) => {
+  const { pools, roots, daemon } = await daemonIn(t, 'newimg');
   const held = { pid: daemon.pid, pools, vm: 'newimg', host: 'host-a' };
 
   const byQemu = path.join(roots[0]!, 'by-qemu.qcow2');
@@ -80,11 +97,7 @@ test('a claimed empty file formatted by QEMU is the qcow2 image qemu-img creates
 });
 
 test('a format QEMU refuses fails with its reason and leaves no node and no job', async (t) => {
-  const dir = await tempDir(t, 'ferry-newimg-');
-  const pools = testPools(dir);
-  const roots = pools.map((p) => p.path);
-  const daemon = await StorageDaemon.start('newimg2', [], path.join(dir, 'qemu'));
-  t.after(() => daemon.quit());
+  const { roots, daemon } = await daemonIn(t, 'newimg2');
   const file = path.join(roots[0]!, 'odd.qcow2');
   await claimFile(roots, file, 'a test disk', { forQemu: true });
   await assert.rejects(
@@ -100,10 +113,7 @@ test('a format QEMU refuses fails with its reason and leaves no node and no job'
 });
 
 test('a format cancelled while QEMU runs it leaves no job, and the file node goes with it', async (t) => {
-  const dir = await tempDir(t, 'ferry-newimg-');
-  const roots = testPools(dir).map((p) => p.path);
-  const daemon = await StorageDaemon.start('newimg3', [], path.join(dir, 'qemu'));
-  t.after(() => daemon.quit());
+  const { roots, daemon } = await daemonIn(t, 'newimg3');
   const file = path.join(roots[0]!, 'cut.qcow2');
   await claimFile(roots, file, 'a test disk', { forQemu: true });
   const ac = new AbortController();
@@ -121,4 +131,18 @@ test('a format cancelled while QEMU runs it leaves no job, and the file node goe
   await assert.rejects(adding);
   assert.deepEqual(await daemon.qmp.execute('query-jobs'), [], 'no job left');
   assert.deepEqual(await daemon.qmp.execute('query-named-block-nodes', { flat: true }), [], 'no node left');
+});
+
+test('a raw size past an exact byte count is refused, and the file stays empty', async (t) => {
+  const dir = await tempDir(t, 'ferry-newimg-');
+  const file = path.join(dir, 'huge.raw');
+  await assert.rejects(
+    claimFile([dir], file, 'a test disk', { fill: (fd) => sizeRawImage(fd, Number.MAX_SAFE_INTEGER) }),
+    (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'E_INVALID_INPUT');
+      assert.match(err.message, /^Cannot size a raw image at 9007199254740991 bytes: not a byte count/);
+      return true;
+    },
+  );
+  assert.equal((await fsp.stat(file)).size, 0);
 });

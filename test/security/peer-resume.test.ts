@@ -113,10 +113,17 @@ function prepare(o: {
   folder?: string;
   resumeKey?: string;
   resume?: unknown[];
+  /** Every disk raw, of this many bytes (what the source says; the destination makes them so). */
+  rawBytes?: number;
 }): Promise<{ status: number; body: string }> {
   const folder = o.folder ?? path.join(hostData(L, 'host-b'), 'pools', 'local', `evil-${crypto.randomUUID()}`);
   const paths = o.paths ?? Object.fromEntries(kept.map((m) => [m.diskId, m.path]));
-  const disks = (spec.disks as Array<Record<string, unknown>>).map((d) => ({ ...d, path: paths[String(d.id)] }));
+  const raw = o.rawBytes === undefined ? {} : { format: 'raw' };
+  const disks = (spec.disks as Array<Record<string, unknown>>).map((d) => ({
+    ...d,
+    ...raw,
+    path: paths[String(d.id)],
+  }));
   return post(mallory, endpoint('host-b'), '/v1/peer/incoming', {
     jobId: crypto.randomUUID(),
     source: o.source,
@@ -135,8 +142,9 @@ function prepare(o: {
         id: m.diskId,
         path: paths[m.diskId],
         format: m.format,
-        virtualSizeBytes: m.virtualSizeBytes,
+        virtualSizeBytes: o.rawBytes ?? m.virtualSizeBytes,
         allocatedBytes: 0,
+        ...raw,
       })),
       dirs: [folder],
       files: [],
@@ -220,6 +228,22 @@ test('host-c cannot point a disk or an offer outside the pools', async () => {
   assert.match(c.body, /a file is already there/);
   assert.deepEqual(await fsp.readdir(outside), [], 'nothing made outside the pools');
   await untouched('outside the pools');
+});
+
+test('host-c asking for raw disks of a size past a byte count gets a refusal; nothing is made', async () => {
+  const folder = path.join(hostData(L, 'host-b'), 'pools', 'local', 'evil-raw');
+  const paths = Object.fromEntries(kept.map((m) => [m.diskId, path.join(folder, `${m.diskId}.raw`)]));
+  const r = await prepare({
+    source: 'host-c',
+    folder,
+    paths,
+    resumeKey: moveKeyOf(vm.id, 'host-c', 'host-b'),
+    rawBytes: Number.MAX_SAFE_INTEGER,
+  });
+  assert.notEqual(r.status, 200, r.body);
+  assert.match(r.body, /Cannot size a raw image at 9007199254740991 bytes: not a byte count/);
+  assert.equal(fs.existsSync(folder), false, 'its folder and disks are removed');
+  await untouched('raw disks too large');
 });
 
 test("host-c's own move of the same VM and disk ids, cut, does not replace the kept copy's markers", async () => {

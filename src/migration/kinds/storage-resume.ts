@@ -17,14 +17,14 @@
 // the 24 h sweep at agent start, delete it.
 import fsp from 'node:fs/promises';
 import { FerryError, messageOf } from '../../errors.js';
-import { createImage, sizeRawImage, imageInfo } from '../../qemu/img.js';
+import { imageInfo } from '../../qemu/img.js';
 import { nodeNames } from '../../qemu/argv.js';
 import type { QmpClient } from '../../qemu/qmp.js';
 import { supportsDirectIo } from '../../vm/lifecycle.js';
 import {
   abandonMirrors,
   addImageNode,
-  madeInQemu,
+  newImage,
   delNode,
   finishMirrors,
   rootNode,
@@ -208,6 +208,8 @@ export const storageBackup: Step<StorageCtx> = {
           ? null
           : decideResume(bm, checkKeptImage(marker, entry, await statOf(dest), Date.now()));
       verdicts.set(d.id, { v, size });
+      // A kept image resumed is opened as it is; a new one may still be QEMU's to format.
+      let createQcow2Bytes: number | undefined;
       if (v?.resume) {
         taken.push(dest);
         save();
@@ -216,14 +218,14 @@ export const storageBackup: Step<StorageCtx> = {
         if (marker) await dropKeptCopies(dataDir, ctx.spec, new Set(ids.filter((x) => x !== d.id)));
         // A full copy starts from an empty bitmap: it records the guest's writes from now on.
         if (bm.state !== 'absent') await removeResumeBitmap(qmp, device, bitmap);
+        const img = newImage(dest, d.format, size, { inQemu: true, signal: s.signal });
+        createQcow2Bytes = img.createQcow2Bytes;
         await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
           claimed: () => {
             created.push(dest);
             save();
           },
-          ...(madeInQemu(d.format, false)
-            ? { forQemu: true, ...(d.format === 'raw' ? { fill: (fd: number) => sizeRawImage(fd, size) } : {}) }
-            : { fill: (fd: number) => createImage(dest, d.format, size, { fd, signal: s.signal }) }),
+          ...img.claim,
         });
         await addResumeBitmap(qmp, device, bitmap, d.format, { signal: s.signal });
       }
@@ -236,8 +238,7 @@ export const storageBackup: Step<StorageCtx> = {
       await addImageNode(qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), {
         signal: s.signal,
         held,
-        // A new image (not a kept one resumed) is still empty: QEMU formats a qcow2 one.
-        createQcow2Bytes: !v?.resume && d.format === 'qcow2' ? size : undefined,
+        createQcow2Bytes,
       });
       const b: BackupSpec = {
         jobId: `copy-${d.id}`,

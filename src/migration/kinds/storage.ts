@@ -13,7 +13,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { FerryError, messageOf } from '../../errors.js';
-import { createImage, sizeRawImage, imageInfo } from '../../qemu/img.js';
+import { imageInfo } from '../../qemu/img.js';
 import { convertHeld } from '../../qemu/img-files.js';
 import { checkOpenedFiles } from '../../qemu/opened-files.js';
 import { probeImage } from '../../vm/image.js';
@@ -24,7 +24,7 @@ import { resolveVmFile, type VmSpec } from '../../vm/spec.js';
 import {
   abandonMirrors,
   addImageNode,
-  madeInQemu,
+  newImage,
   delNode,
   finishMirrors,
   diskRoot,
@@ -227,22 +227,17 @@ const mirror: Step<StorageCtx> = {
       // as the guest's QEMU has it open (no qemu-img spawned: ~10 ms of a sparse disk's ~0.2 s copy).
       const root = await diskRoot(proc.qmp, d.id, s.signal);
       const size = root.virtualSizeBytes;
-      const inQemu = madeInQemu(d.format, backing !== null);
+      const img = newImage(dest, backing ? 'qcow2' : d.format, size, {
+        inQemu: true,
+        signal: s.signal,
+        ...(backing ? { backing, unsafeBacking: true } : {}),
+      });
       await claimFile(poolRoots(ctx.host.pools()), dest, 'a disk of the moved VM', {
         claimed: () => {
           created.push(dest);
           s.record({ created, nodes, mirrors, olds });
         },
-        ...(inQemu
-          ? { forQemu: true, ...(d.format === 'raw' ? { fill: (fd: number) => sizeRawImage(fd, size) } : {}) }
-          : {
-              fill: (fd: number) =>
-                createImage(dest, backing ? 'qcow2' : d.format, size, {
-                  fd,
-                  signal: s.signal,
-                  ...(backing ? { backing, unsafeBacking: true } : {}),
-                }),
-            }),
+        ...img.claim,
       });
       const base = `${d.id}-m${Date.now().toString(36)}`;
       nodes.push(`${base}-file`, base);
@@ -251,7 +246,7 @@ const mirror: Step<StorageCtx> = {
       await addImageNode(proc.qmp, base, dest, d.format, d.cache === 'none' && supportsDirectIo(dest), {
         signal: s.signal,
         held,
-        createQcow2Bytes: inQemu && d.format === 'qcow2' ? size : undefined,
+        createQcow2Bytes: img.createQcow2Bytes,
       });
       // QEMU opened the copied chain under the new overlay from its headers: the files the agent made, or refused.
       const chainTo = ctx.plan.chain?.to;
