@@ -101,13 +101,18 @@ export class HaMonitor {
     while (!this.ac.signal.aborted) {
       try {
         await this.untilEligible();
-        await this.lead(
-          await this.store.campaign(K.election.name, this.host.name, {
-            signal: this.ac.signal,
-            ttlSeconds: LEADER_TTL_S,
-          }),
-          leaderBeats,
-        );
+        const leadership = await this.store.campaign(K.election.name, this.host.name, {
+          signal: this.ac.signal,
+          ttlSeconds: LEADER_TTL_S,
+        });
+        try {
+          await this.lead(leadership, leaderBeats);
+        } catch (err) {
+          // A leader that could not set itself up gives the key up: kept alive, it would hold
+          // every candidate (this node's next campaign too) behind a leader that does nothing.
+          await leadership.resign({ timeoutMs: 2000 }).catch(() => undefined);
+          throw err;
+        }
       } catch {
         // Lost, or etcd unreachable: campaign again shortly (ends at once when stopping).
         await sleep(1000, this.ac.signal).catch(() => undefined);
@@ -155,50 +160,69 @@ export class HaMonitor {
       this.emit,
       (node) => this.stale.has(node),
     );
-    this.current = { scheduler, batches };
-    this.stopWatch = await this.store.watchPrefix(K.nodes.prefix, (ev) => {
-      const dead = ev.type === 'delete' ? K.nodes.nameOf(ev.key) : null;
-      if (dead !== null) this.queue(() => this.failover(dead));
-      void scheduler.pass();
-      void batches.pass();
-    });
-    // Nodes that died while nobody was leader.
-    this.queue(() => this.sweep());
-    // Beats, counted from when this node first saw each (also before it led).
-    this.stale = new Set();
-    let reading = false;
-    const beatCheck = setInterval(() => {
-      if (reading) return;
-      reading = true;
-      void this.checkBeats(beats)
-        .catch(() => undefined) // etcd unreachable: nothing is learnt, the next read counts
-        .finally(() => (reading = false));
-    }, BEAT_PERIOD_MS / 2);
-    // And again now and then: a watch event lost (its etcd member died with the node), or a
-    // fail-over that failed half-way (etcd unreachable for a moment), must not leave an HA VM down
-    // until the next leader. Two range reads on the leader only.
-    const resweep = setInterval(() => {
+    const timers: NodeJS.Timeout[] = [];
+    let stopWatch: (() => Promise<void>) | null = null;
+    try {
+      this.current = { scheduler, batches };
+      stopWatch = this.stopWatch = await this.store.watchPrefix(K.nodes.prefix, (ev) => {
+        const dead = ev.type === 'delete' ? K.nodes.nameOf(ev.key) : null;
+        if (dead !== null) this.queue(() => this.failover(dead));
+        void scheduler.pass();
+        void batches.pass();
+      });
+      // Nodes that died while nobody was leader.
       this.queue(() => this.sweep());
-    }, HA_SWEEP_MS);
-    await Promise.all([scheduler.start(), batches.start(), failback.start()]).catch(() => undefined);
-    await Promise.race([
-      lost,
-      new Promise<void>((resolve) => {
-        this.ac.signal.addEventListener(
-          'abort',
-          () => {
-            resolve();
-          },
-          { once: true },
-        );
-      }),
-    ]);
-    clearInterval(resweep);
-    clearInterval(beatCheck);
-    this.stale = new Set();
-    this.current = null;
-    await Promise.all([scheduler.stop(), batches.stop(), failback.stop()]);
-    await this.stopWatch().catch(() => undefined);
+      // Beats, counted from when this node first saw each (also before it led).
+      this.stale = new Set();
+      let reading = false;
+      timers.push(
+        setInterval(() => {
+          if (reading) return;
+          reading = true;
+          void this.checkBeats(beats)
+            .catch(() => undefined) // etcd unreachable: nothing is learnt, the next read counts
+            .finally(() => (reading = false));
+        }, BEAT_PERIOD_MS / 2),
+      );
+      // And again now and then: a watch event lost (its etcd member died with the node), or a
+      // fail-over that failed half-way (etcd unreachable for a moment), must not leave an HA VM
+      // down until the next leader. Two range reads on the leader only.
+      timers.push(
+        setInterval(() => {
+          this.queue(() => this.sweep());
+        }, HA_SWEEP_MS),
+      );
+      // Each service must be running: one whose watch could not be set up (etcd slow to answer)
+      // would otherwise leave a leader that never schedules, drains or fails back. All settle
+      // before any is stopped, so no watch is set up after its stop.
+      const started = await Promise.allSettled([scheduler.start(), batches.start(), failback.start()]);
+      const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
+      await Promise.race([
+        lost,
+        new Promise<void>((resolve) => {
+          this.ac.signal.addEventListener(
+            'abort',
+            () => {
+              resolve();
+            },
+            { once: true },
+          );
+        }),
+      ]);
+    } catch (err) {
+      if (!this.ac.signal.aborted && !leadership.lost)
+        this.emit('cluster.error', {
+          message: `Cannot lead the cluster: ${messageOf(err)}; this node gives leadership up and campaigns again`,
+        });
+      throw err;
+    } finally {
+      for (const t of timers) clearInterval(t);
+      this.stale = new Set();
+      this.current = null;
+      await Promise.all([scheduler.stop(), batches.stop(), failback.stop()]);
+      await stopWatch?.().catch(() => undefined);
+    }
   }
 
   /** One fail-over pass at a time; a failed one is said (an event), the next sweep tries again. */
