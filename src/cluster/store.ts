@@ -895,6 +895,10 @@ export class EtcdStore implements ClusterStore {
       if (stop.signal.aborted) throw stop.signal.reason;
       lease.renewEvery(keepalivePeriodMs(ttl * 1000));
       await leadership.elected(stop.signal);
+      // Its own key deleted with the one it waited for (an administrator clearing the election):
+      // not leader, however the wait ended; before, it returned a leadership already lost.
+      if (leadership.lost)
+        throw new FerryError('E_STORE_LEADERSHIP_LOST', `Cannot ${what}: its election key was deleted; campaign again`);
       return leadership;
     } catch (err) {
       const reason: unknown = stop.signal.aborted ? stop.signal.reason : err;

@@ -408,6 +408,25 @@ describe('etcd cluster store (3 members, mutual TLS)', { timeout: 180_000 }, () 
     },
   );
 
+  test("campaign: a candidate whose own key goes with the leader's (the election cleared) is not elected", async () => {
+    const s = await connect();
+    const a = await s.campaign('cleared', 'host-a', { ttlSeconds: 2 });
+    let lostA = false;
+    a.onLost(() => (lostA = true));
+    const bP = s.campaign('cleared', 'host-b', { ttlSeconds: 2 });
+    await until('host-b to queue', async () => Object.keys(await s.getPrefix('election/cleared/')).length === 2);
+    // Both keys in one request, as `etcdctl del --prefix` clears an election: host-b's wait for
+    // host-a's key ends, but its own key is gone too. Before, it was handed a leadership already lost.
+    const keys = Object.keys(await s.getPrefix('election/cleared/'));
+    assert.equal(await s.txn({ compare: [], success: keys.map((key) => ({ type: 'delete' as const, key })) }), true);
+    await assert.rejects(
+      within(10_000, bP, 'host-b to give up'),
+      (e: FerryError) => e.code === 'E_STORE_LEADERSHIP_LOST',
+    );
+    await until('host-a to learn it lost', () => lostA, 5000);
+    assert.equal(await s.leader('cleared'), null);
+  });
+
   test(
     'quorum: the store keeps working when one of three members is SIGKILLed; a restarted member ' + 'keeps its data',
     async (t) => {
