@@ -74,6 +74,8 @@ export const EventBody = z.discriminatedUnion('type', [
     error: z.string().optional(),
   }),
   z.object({ type: z.enum(['cluster.batch-error', 'cluster.scheduler-error']), message: z.string() }),
+  /** The leader: why a VM away from its first preferred owner does not fail back yet (said when it changes). */
+  z.object({ type: z.literal('cluster.failback-waiting'), vm, home: z.string(), reason: z.string() }),
   /** A drain or fail-back as the leader read it from etcd: at each change, and all when it starts leading. */
   z.object({ type: z.literal('cluster.batch'), batch: BatchView }),
   z.object({

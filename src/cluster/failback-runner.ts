@@ -17,6 +17,8 @@ import { coalesced } from '../util/coalesce.js';
 
 export class FailbackRunner {
   private stops: Array<() => Promise<void>> = [];
+  /** What was last said of each VM still away (an event only when it changes). */
+  private said = new Map<string, string>();
   private timer: NodeJS.Timeout | null = null;
 
   constructor(
@@ -64,6 +66,7 @@ export class FailbackRunner {
     ]);
     const records = [...vms.values()];
     const away = new AwayVms(records.flatMap((e) => (e.value.away ? [[e.name, e.value.away] as const] : [])));
+    const waiting = new Map<string, string>();
     const due = away.decide(
       records.map(({ value: r }) => {
         const pol = policyOf(r.spec);
@@ -82,6 +85,7 @@ export class FailbackRunner {
         };
       }),
       localMinutes(this.now()),
+      waiting,
     );
     // Every write is fenced by this leadership: a deposed leader changes nothing.
     const fence = { key: this.leadership.key, value: this.leadership.candidateId };
@@ -123,12 +127,27 @@ export class FailbackRunner {
         ],
       });
       if (ok) for (const { vm } of list) started.add(vm);
+      else
+        for (const { vm } of list)
+          waiting.set(vm, 'the cluster changed while its batch was written; the next pass decides again');
     }
+    this.say(waiting, away);
     // The marks this pass set (home unavailable) or ended (home again, or 'never').
     for (const e of records) {
       const want = away.get(e.name);
       if (started.has(e.name) || want === e.value.away) continue;
       await swapHaRecord(store, e, withAway(e.value, want), fence);
+    }
+  }
+
+  /** Says why each VM still away waits (once per reason); a VM that left the list is forgotten. */
+  private say(waiting: Map<string, string>, away: AwayVms): void {
+    for (const vm of [...this.said.keys()]) if (!waiting.has(vm)) this.said.delete(vm);
+    for (const [vm, reason] of waiting) {
+      const home = away.get(vm);
+      if (home === undefined || this.said.get(vm) === reason) continue;
+      this.said.set(vm, reason);
+      this.onEvent('cluster.failback-waiting', { vm, home, reason });
     }
   }
 }

@@ -118,7 +118,13 @@ export class AwayVms {
    * One decision: marks VMs away, forgets those home or gone, and returns the moves to start
    * now (VM → its preferred owner), grouped by that node.
    */
-  decide(vms: FailbackVm[], nodes: FailbackNode[], minute: number): Map<string, Array<{ vm: string; from: string }>> {
+  decide(
+    vms: FailbackVm[],
+    nodes: FailbackNode[],
+    minute: number,
+    /** Filled with why each VM still away does not go home in this pass. */
+    waiting?: Map<string, string>,
+  ): Map<string, Array<{ vm: string; from: string }>> {
     const byName = new Map(nodes.map((n) => [n.name, n]));
     const names = new Set(vms.map((v) => v.name));
     for (const vm of this.away.keys()) if (!names.has(vm)) this.away.delete(vm);
@@ -136,6 +142,17 @@ export class AwayVms {
       const available = !!h && h.up && !h.paused && h.mayHold;
       if (!available) {
         if (h?.drained?.includes(vm.name)) this.away.set(vm.name, home);
+        if (this.away.get(vm.name) === home)
+          waiting?.set(
+            vm.name,
+            !h
+              ? `${home} is not a member`
+              : !h.up
+                ? `${home} is down`
+                : h.paused
+                  ? `${home} is paused`
+                  : `${home} may not hold HA VMs`,
+          );
         continue;
       }
       if (this.away.get(vm.name) !== home) continue;
@@ -146,7 +163,11 @@ export class AwayVms {
         continue;
       }
       const from = byName.get(vm.owner);
-      if (h.busy || !from?.up || !inWindow(w, minute)) continue; // still away: a later pass
+      // Still away: a later pass.
+      if (h.busy) waiting?.set(vm.name, `a drain or fail-back of ${home} runs`);
+      else if (!from?.up) waiting?.set(vm.name, `the VM's node ${vm.owner} is down`);
+      else if (!inWindow(w, minute)) waiting?.set(vm.name, `outside the VM's fail-back window ${vm.failback}`);
+      if (h.busy || !from?.up || !inWindow(w, minute)) continue;
       const list = due.get(home) ?? [];
       list.push({ vm: vm.name, from: vm.owner });
       due.set(home, list);

@@ -155,6 +155,19 @@ test(
     await sleep(6000); // a few fail-back passes: the window is still shut
     const still = (await status()).vms.find((v) => v.name === 'ha1');
     assert.deepEqual([still?.owner, still?.away], ['host-c', 'host-a']);
+    // The leader said why ha1 waits (an event, in its log).
+    const said = await Promise.all(
+      ['host-a', 'host-b', 'host-c'].map((h) =>
+        fsp.readFile(path.join(lab, 'hosts', h, 'agent.log'), 'utf8').catch(() => ''),
+      ),
+    );
+    assert.ok(
+      said
+        .join('\n')
+        .split('\n')
+        .some((l) => l.includes('cluster.failback-waiting') && l.includes(`outside the VM's fail-back window ${shut}`)),
+      'the leader says ha1 waits for its window',
+    );
 
     // The window opens: the new leader moves ha1 home by itself (a fail-back batch through the queue).
     await ferryOk(['vm', 'set', 'ha1', '--failback', win], { lab });

@@ -143,6 +143,23 @@ test('fail-back decision: waits for the window and a busy or ineligible home; ne
   assert.deepEqual(away.entries(), []);
 });
 
+test('fail-back decision: why a VM still away waits, for the leader to say', () => {
+  const vms = [vm('w', 'b', '22:00-02:00'), vm('h', 'a', 'immediately')];
+  const why = (nodes: FailbackNode[], at: string): Array<[string, string]> => {
+    const waiting = new Map<string, string>();
+    new AwayVms([['w', 'a']]).decide(vms, nodes, hm(at), waiting);
+    return [...waiting];
+  };
+  assert.deepEqual(why([node('a', { up: false }), node('b')], '23:00'), [['w', 'a is down']]);
+  assert.deepEqual(why([node('a', { paused: true }), node('b')], '23:00'), [['w', 'a is paused']]);
+  assert.deepEqual(why([node('a', { mayHold: false }), node('b')], '23:00'), [['w', 'a may not hold HA VMs']]);
+  assert.deepEqual(why([node('b')], '23:00'), [['w', 'a is not a member']]);
+  assert.deepEqual(why([node('a', { busy: true }), node('b')], '23:00'), [['w', 'a drain or fail-back of a runs']]);
+  assert.deepEqual(why([node('a'), node('b', { up: false })], '23:00'), [['w', "the VM's node b is down"]]);
+  assert.deepEqual(why([node('a'), node('b')], '12:00'), [['w', "outside the VM's fail-back window 22:00-02:00"]]);
+  assert.deepEqual(why([node('a'), node('b')], '23:00'), [], 'due: nothing to wait for');
+});
+
 test('fail-back decision: the away marks come from the records, so a new leader goes on', () => {
   // A new leader that never saw home down: the record's mark is enough.
   const seeded = new AwayVms([['v', 'a']]);
