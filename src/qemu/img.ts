@@ -5,6 +5,7 @@ import { ownForQemu, ownHandleForQemu } from './user.js';
 import { FerryError } from '../errors.js';
 import { run, runWithFd, type RunOptions } from '../util/exec.js';
 import { InvalidInputError } from '../errors.js';
+import { readQcow2Info, readRawInfo } from './qcow2-header.js';
 
 import { IMAGE_FORMATS, type ImageFormat } from '../api/common.js';
 export { IMAGE_FORMATS, type ImageFormat };
@@ -118,6 +119,25 @@ export async function imageInfo(
   path: string,
   opts: ImgOptions & { forceShare?: boolean; format?: ImageFormat } = {},
 ): Promise<ImageInfo> {
+  // A held image's plain qcow2 or raw file is read in-process (qcow2-header.ts): a qemu-img
+  // process per disk was on a shared-nothing move's pre-flight. Without -U, qemu-img's lock
+  // check is the caller's point, so it is asked.
+  const own =
+    opts.forceShare && opts.format === 'qcow2'
+      ? await readQcow2Info(path, opts)
+      : opts.forceShare && opts.format === 'raw'
+        ? await readRawInfo(path)
+        : null;
+  if (own)
+    return {
+      filename: path,
+      format: own.format,
+      virtualSizeBytes: own['virtual-size'],
+      actualSizeBytes: own['actual-size'],
+      ...(own['backing-filename'] ? { backingFile: own['backing-filename'] } : {}),
+      ...(own['backing-filename-format'] ? { backingFormat: own['backing-filename-format'] } : {}),
+      dirty: own.dirty,
+    };
   const args = ['info', '--output=json'];
   if (opts.forceShare) args.push('-U');
   if (opts.format) args.push('-f', opts.format);

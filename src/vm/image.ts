@@ -9,6 +9,7 @@ import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { run, type RunOptions } from '../util/exec.js';
 import type { ImageFormat } from '../qemu/img.js';
 import { convertHeld } from '../qemu/img-files.js';
+import { readQcow2Info, readRawInfo } from '../qemu/qcow2-header.js';
 import fsp from 'node:fs/promises';
 import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
 
@@ -125,6 +126,14 @@ function asFile(ref: string, from: string, label: string): string {
 }
 
 async function readInfo(file: string, label: string, format: string | undefined, opts: ProbeOptions): Promise<RawInfo> {
+  // The ordinary cases in-process (qemu/qcow2-header.ts); anything else is qemu-img's to say.
+  const own =
+    format === 'qcow2'
+      ? await readQcow2Info(file, { signal: opts.signal })
+      : format === 'raw'
+        ? await readRawInfo(file)
+        : null;
+  if (own) return own;
   const args = ['info', '--output=json', ...(opts.forceShare ? ['-U'] : []), ...(format ? ['-f', format] : []), file];
   let stdout: string;
   try {
