@@ -127,8 +127,10 @@ function asFile(ref: string, from: string, label: string): string {
 
 async function readInfo(file: string, label: string, format: string | undefined, opts: ProbeOptions): Promise<RawInfo> {
   // The ordinary cases in-process (qemu/qcow2-header.ts); anything else is qemu-img's to say.
+  // Unpinned too: qemu-img's probe takes a file with a valid qcow2 header for qcow2 (no format
+  // scores higher), and a VM's raw disk is never probed unpinned (checkDiskChains skips it).
   const own =
-    format === 'qcow2'
+    format === 'qcow2' || format === undefined
       ? await readQcow2Info(file, { signal: opts.signal })
       : format === 'raw'
         ? await readRawInfo(file)

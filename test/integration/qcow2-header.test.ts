@@ -148,6 +148,16 @@ test("a VM disk's chain probed from the headers is the chain qemu-img's probe fi
       [a, 'qcow2'],
     ],
   );
+  // Unpinned (a VM's qcow2 disk is checked so; an image brought in): the same chain, and a raw
+  // file is still qemu-img's to name.
+  const unpinned = await probeImage(c, { pools, host: 'h', forceShare: true });
+  assert.deepEqual(unpinned, probed);
+  const r = path.join(dir, 'cr.raw');
+  await fsp.writeFile(r, Buffer.alloc(1 << 20));
+  assert.deepEqual(
+    (await probeImage(r, { pools, host: 'h' })).chain.map((f) => f.format),
+    ['raw'],
+  );
   // Outside every pool: refused before any header is read, as before.
   await assert.rejects(
     probeImage(c, { pools: [{ name: 'q', kind: 'local', path: '/nonexistent' }], host: 'h', format: 'qcow2' }),
