@@ -58,7 +58,8 @@ export async function readQcow2Info(file: string, opts: { signal?: AbortSignal }
     if (!parsed) return null;
     const info: HeaderInfo = {
       format: 'qcow2',
-      'virtual-size': parsed.size,
+      // QEMU counts whole sectors: a size that is not a multiple of 512 is rounded down.
+      'virtual-size': Math.floor(parsed.size / 512) * 512,
       'actual-size': st.blocks * 512,
       dirty: parsed.dirty,
     };
@@ -71,6 +72,8 @@ export async function readQcow2Info(file: string, opts: { signal?: AbortSignal }
       if ((await fh.read(name, 0, length, offset)).bytesRead !== length) return null;
     }
     const backing = name.toString('utf8');
+    // Bytes that are not UTF-8 read back as other bytes (qemu-img's JSON writer and QEMU differ too).
+    if (!Buffer.from(backing, 'utf8').equals(name)) return null;
     // A name QEMU reads differently (a NUL ends it there) or that is no file name: qemu-img says.
     if (!backing || backing.includes('\0') || parsed.backingFormat === undefined) return null;
     return { ...info, 'backing-filename': backing, 'backing-filename-format': parsed.backingFormat };
@@ -82,7 +85,14 @@ export async function readQcow2Info(file: string, opts: { signal?: AbortSignal }
 /** What `qemu-img info -f raw` says of a regular file (its length; no header to read), or null. */
 export async function readRawInfo(file: string): Promise<HeaderInfo | null> {
   const st = await fsp.lstat(file).catch(() => null);
-  return st?.isFile() ? { format: 'raw', 'virtual-size': st.size, 'actual-size': st.blocks * 512, dirty: false } : null;
+  if (!st?.isFile()) return null;
+  // QEMU counts whole sectors: a raw file's last partial one counts (rounded up).
+  return {
+    format: 'raw',
+    'virtual-size': Math.ceil(st.size / 512) * 512,
+    'actual-size': st.blocks * 512,
+    dirty: false,
+  };
 }
 
 export interface Qcow2Header {
@@ -116,6 +126,13 @@ export function parseQcow2Header(b: Buffer): Qcow2Header | null {
     dirty = (incompatible & 1n) !== 0n;
     headerLength = b.readUInt32BE(100);
     if (headerLength < 104 || headerLength > cluster || headerLength % 8 !== 0) return null;
+    // What QEMU refuses at open (block/qcow2.c), refused here too rather than answered for:
+    // refcounts wider than 64 bits; subclusters under 512 bytes (extended L2 needs 16 KiB
+    // clusters); a compression type QEMU does not know, or one its feature bit contradicts.
+    if (b.readUInt32BE(96) > 6) return null;
+    if ((incompatible & (1n << 4n)) !== 0n && clusterBits < 14) return null;
+    const compression = headerLength > 104 ? b.readUInt8(104) : 0;
+    if (compression > 1 || (compression !== 0) !== ((incompatible & (1n << 3n)) !== 0n)) return null;
   }
   let backing: Qcow2Header['backing'] = null;
   if (backingOffset !== 0n) {

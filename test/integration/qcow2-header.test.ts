@@ -83,6 +83,18 @@ test('the header says what qemu-img info says, for the qcow2 images qemu-img mak
     );
   }
   assert.deepEqual(await readRawInfo(raw), await qemuInfo(raw, 'raw'), 'raw');
+  // Sizes that are not whole sectors, as QEMU counts them: a raw file's rounded up, a qcow2's down.
+  const odd = path.join(dir, 'odd.raw');
+  await fsp.writeFile(odd, Buffer.alloc(1000, 1));
+  assert.deepEqual(await readRawInfo(odd), await qemuInfo(odd, 'raw'), 'a 1000-byte raw file');
+  const oddQ = path.join(dir, 'odd.qcow2');
+  await img('create', '-q', '-f', 'qcow2', oddQ, '1M');
+  const oh = await fsp.open(oddQ, 'r+');
+  const size = Buffer.alloc(8);
+  size.writeBigUInt64BE(1000n);
+  await oh.write(size, 0, 8, 24);
+  await oh.close();
+  assert.deepEqual(await readQcow2Info(oddQ), await qemuInfo(oddQ, 'qcow2'), 'a qcow2 of 1000 bytes');
   assert.deepEqual(await imageInfo(raw, { forceShare: true, format: 'raw' }), await imageInfo(raw, { format: 'raw' }));
 });
 
@@ -120,6 +132,20 @@ test('left to qemu-img: encryption, an external data file, no backing format, no
   await nf.close();
   assert.equal((await qemuInfo(noFmt, 'qcow2'))['backing-filename'], base);
   assert.equal(await readQcow2Info(noFmt), null, 'no backing format');
+  // A backing name that is not UTF-8: qemu-img's JSON and QEMU read it differently.
+  const bad = path.join(dir, 'badname.qcow2');
+  await img('create', '-q', '-u', '-f', 'qcow2', '-b', path.join(dir, 'bXaXXseXXX.raw'), '-F', 'raw', bad, '16M');
+  const bh = await fsp.open(bad, 'r+');
+  const bb = Buffer.alloc(4096);
+  await bh.read(bb, 0, 4096, 0);
+  const at = Number(bb.readBigUInt64BE(8));
+  const len = bb.readUInt32BE(16);
+  const nameBytes = Buffer.from(bb.subarray(at, at + len));
+  const x = nameBytes.indexOf('bXaXXseXXX');
+  Buffer.from([0x62, 0xff, 0x61, 0xc0, 0x80, 0x73, 0x65, 0xed, 0xa0, 0x80]).copy(nameBytes, x);
+  await bh.write(nameBytes, 0, len, at);
+  await bh.close();
+  assert.equal(await readQcow2Info(bad), null, 'a backing name that is not UTF-8');
   const raw = path.join(dir, 'r.raw');
   await fsp.writeFile(raw, Buffer.alloc(65536));
   assert.equal(await readQcow2Info(raw), null, 'a raw file');
@@ -196,6 +222,24 @@ function header(o: {
   return b;
 }
 
+function refcountOrder(b: Buffer, order: number): Buffer {
+  b.writeUInt32BE(order, 96);
+  return b;
+}
+
+function clusterBits(b: Buffer, bits: number): Buffer {
+  b.writeUInt32BE(bits, 20);
+  return b;
+}
+
+/** A 112-byte header whose compression type byte is `type`, with the incompatible bits `bits`. */
+function compression(b: Buffer, type: number, bits: bigint): Buffer {
+  b.writeUInt32BE(112, 100);
+  b.writeUInt8(type, 104);
+  b.writeBigUInt64BE(bits, 72);
+  return b;
+}
+
 function ext(type: number, data: Buffer, declared = data.length): Buffer {
   const e = Buffer.alloc(8 + Math.ceil(data.length / 8) * 8);
   e.writeUInt32BE(type, 0);
@@ -231,8 +275,15 @@ test('a crafted header: read only as QEMU reads it, anything odd left to qemu-im
     ],
     ['too short', header({}).subarray(0, 100)],
     ['not qcow2', Buffer.alloc(4096)],
+    ['refcounts wider than 64 bits', refcountOrder(header({}), 7)],
+    ['extended L2 in 8 KiB clusters', clusterBits(header({ incompatible: 1n << 4n }), 13)],
+    ['the compression type bit with zlib', header({ incompatible: 1n << 3n })],
+    ['an unknown compression type', compression(header({}), 2, 0n)],
+    ['zstd without its feature bit', compression(header({}), 1, 0n)],
   ];
   for (const [what, b] of odd) assert.equal(parseQcow2Header(b), null, what);
+  assert.notEqual(parseQcow2Header(compression(header({}), 1, 1n << 3n)), null, 'zstd with its bit');
+  assert.notEqual(parseQcow2Header(clusterBits(header({ incompatible: 1n << 4n }), 14)), null, 'extended L2, 16 KiB');
   const bad = header({});
   bad.writeUInt32BE(30, 20); // cluster bits past QEMU's 2 MiB
   assert.equal(parseQcow2Header(bad), null, 'cluster bits');
