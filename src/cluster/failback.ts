@@ -163,11 +163,17 @@ export class AwayVms {
         continue;
       }
       const from = byName.get(vm.owner);
-      // Still away: a later pass.
-      if (h.busy) waiting?.set(vm.name, `a drain or fail-back of ${home} runs`);
-      else if (!from?.up) waiting?.set(vm.name, `the VM's node ${vm.owner} is down`);
-      else if (!inWindow(w, minute)) waiting?.set(vm.name, `outside the VM's fail-back window ${vm.failback}`);
-      if (h.busy || !from?.up || !inWindow(w, minute)) continue;
+      const wait = h.busy
+        ? `a drain or fail-back of ${home} runs`
+        : !from?.up
+          ? `the VM's node ${vm.owner} is down`
+          : !inWindow(w, minute)
+            ? `outside the VM's fail-back window ${vm.failback}`
+            : null;
+      if (wait !== null) {
+        waiting?.set(vm.name, wait); // still away: a later pass
+        continue;
+      }
       const list = due.get(home) ?? [];
       list.push({ vm: vm.name, from: vm.owner });
       due.set(home, list);

@@ -8,10 +8,10 @@ import { sleep } from '../util/exec.js';
 import { isVarsQdev } from '../qemu/argv.js';
 import { checkOpenedFiles } from '../qemu/opened-files.js';
 import { createImage, sizeRawImage, type ImageFormat } from '../qemu/img.js';
-
-type CreateBacking = { path: string; format: ImageFormat };
 import type { PoolDef } from '../storage/pools.js';
 import { VARS_DISK_ID } from '../vm/spec.js';
+
+type CreateBacking = { path: string; format: ImageFormat };
 
 /** The node a guest disk currently reads and writes (it changes after a storage move's pivot). */
 export async function rootNode(qmp: QmpClient, diskId: string, signal?: AbortSignal): Promise<string> {

@@ -5,7 +5,7 @@ import { ownForQemu, ownHandleForQemu } from './user.js';
 import { FerryError } from '../errors.js';
 import { run, runWithFd, type RunOptions } from '../util/exec.js';
 import { InvalidInputError } from '../errors.js';
-import { readQcow2Info, readRawInfo } from './qcow2-header.js';
+import { readHeaderInfo } from './qcow2-header.js';
 
 import { IMAGE_FORMATS, type ImageFormat } from '../api/common.js';
 export { IMAGE_FORMATS, type ImageFormat };
@@ -122,12 +122,7 @@ export async function imageInfo(
   // A held image's plain qcow2 or raw file is read in-process (qcow2-header.ts): a qemu-img
   // process per disk was on a shared-nothing move's pre-flight. Without -U, qemu-img's lock
   // check is the caller's point, so it is asked.
-  const own =
-    opts.forceShare && opts.format === 'qcow2'
-      ? await readQcow2Info(path, opts)
-      : opts.forceShare && opts.format === 'raw'
-        ? await readRawInfo(path)
-        : null;
+  const own = opts.forceShare && opts.format ? await readHeaderInfo(path, opts.format, opts) : null;
   if (own)
     return {
       filename: path,

@@ -95,6 +95,21 @@ export async function readRawInfo(file: string): Promise<HeaderInfo | null> {
   };
 }
 
+/**
+ * The in-process answer for `file` read as `format` (undefined: unpinned, as qemu-img's probe
+ * would take a file with a valid qcow2 header for qcow2, no format scoring higher), or null
+ * when qemu-img must be asked.
+ */
+export function readHeaderInfo(
+  file: string,
+  format: string | undefined,
+  opts: { signal?: AbortSignal | undefined } = {},
+): Promise<HeaderInfo | null> {
+  if (format === 'qcow2' || format === undefined)
+    return readQcow2Info(file, opts.signal ? { signal: opts.signal } : {});
+  return format === 'raw' ? readRawInfo(file) : Promise.resolve(null);
+}
+
 export interface Qcow2Header {
   size: number;
   dirty: boolean;

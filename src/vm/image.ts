@@ -9,7 +9,7 @@ import { FerryError, InvalidInputError, messageOf } from '../errors.js';
 import { run, type RunOptions } from '../util/exec.js';
 import type { ImageFormat } from '../qemu/img.js';
 import { convertHeld } from '../qemu/img-files.js';
-import { readQcow2Info, readRawInfo } from '../qemu/qcow2-header.js';
+import { readHeaderInfo } from '../qemu/qcow2-header.js';
 import fsp from 'node:fs/promises';
 import { assertInUsablePool, type PoolDef } from '../storage/pools.js';
 
@@ -126,15 +126,9 @@ function asFile(ref: string, from: string, label: string): string {
 }
 
 async function readInfo(file: string, label: string, format: string | undefined, opts: ProbeOptions): Promise<RawInfo> {
-  // The ordinary cases in-process (qemu/qcow2-header.ts); anything else is qemu-img's to say.
-  // Unpinned too: qemu-img's probe takes a file with a valid qcow2 header for qcow2 (no format
-  // scores higher), and a VM's raw disk is never probed unpinned (checkDiskChains skips it).
-  const own =
-    format === 'qcow2' || format === undefined
-      ? await readQcow2Info(file, { signal: opts.signal })
-      : format === 'raw'
-        ? await readRawInfo(file)
-        : null;
+  // The ordinary cases in-process (qemu/qcow2-header.ts), unpinned too (a VM's raw disk is never
+  // probed unpinned: checkDiskChains skips it); anything else is qemu-img's to say.
+  const own = await readHeaderInfo(file, format, { signal: opts.signal });
   if (own) return own;
   const args = ['info', '--output=json', ...(opts.forceShare ? ['-U'] : []), ...(format ? ['-f', format] : []), file];
   let stdout: string;
