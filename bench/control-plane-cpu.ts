@@ -14,8 +14,10 @@
 // each host's agent, fence and etcd member in CPU ms per s, and the etcd calls per s by method
 // (bench/lib/cluster-idle.ts).
 //
-// --baseline runs an older CLI too (its --help, and every other move), for a before/after of the
-// CLI in one run: a bundle, or another checkout's bin/ferry; the agents are this checkout's in both.
+// Every other move is made by this checkout's package bundle as /usr/bin/ferry runs it (built into
+// the temp folder with scripts/bundle.ts), or with --baseline by an older CLI (its --help too), for
+// a before/after of the CLI in one run: a bundle, or another checkout's bin/ferry; the agents are
+// this checkout's in both.
 // The lab, its QEMUs and the temp folder are removed on every exit path.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
@@ -51,9 +53,18 @@ const baseline = args.baseline
     ? [process.execPath, path.resolve(args.baseline)]
     : [path.resolve(args.baseline)]
   : null;
-const clis: Array<[string, string[]]> = [
-  ['this', [FERRY]],
-  ...(baseline ? [['baseline', baseline] as [string, string[]]] : []),
+// The package's bundle (scripts/bundle.ts, as `npm run package` makes it: every pure-JS
+// dependency inside, where a checkout's dist/ leaves the heavy ones in node_modules), built into
+// the temp folder below; run as /usr/bin/ferry runs it (packaging/ferry.sh: sh, then the
+// CommonJS bundle with its code cache, no check that the bundle is newer than the sources).
+// Without a baseline it makes every other move: what a move's CLI costs an installed host.
+const packageCli = (pkg: string, ...args: string[]): string[] => [
+  'sh',
+  '-c',
+  'unset NODE_EXTRA_CA_CERTS; exec "$0" --use-openssl-ca "$@"',
+  process.execPath,
+  path.join(pkg, 'launch.cjs'),
+  ...args,
 ];
 const NODE_AS_FERRY = 'node -e 0, started as bin/ferry starts it';
 
@@ -118,6 +129,17 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 
 if (!probeGuestFiles()) throw new Error('the probe guest is not built; run scripts/setup');
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ferry-cpu-'));
+const pkg = path.join(dir, 'package');
+await new Promise<void>((resolve, reject) =>
+  spawn(process.execPath, ['--import', 'tsx', 'scripts/bundle.ts', pkg], { cwd: REPO_ROOT, stdio: 'ignore' }).on(
+    'exit',
+    (code) => (code === 0 ? resolve() : reject(new Error(`scripts/bundle.ts exited ${code}`))),
+  ),
+);
+const clis: Array<[string, string[]]> = [
+  ['this', [FERRY]],
+  baseline ? ['baseline', baseline] : ['package', packageCli(pkg)],
+];
 const lab = path.join(dir, 'lab');
 const env = { FERRY_LAB: lab };
 const load = os.loadavg();
@@ -135,19 +157,8 @@ try {
     ['node -e 0', [process.execPath, '-e', '0']],
     [NODE_AS_FERRY, [process.execPath, '--use-openssl-ca', '-e', '0'], asFerry],
     ['ferry --help', [FERRY, '--help']],
-    // As the package's /usr/bin/ferry runs it (packaging/ferry.sh): sh, then the CommonJS bundle
-    // with its code cache; no check that the bundle is newer than the sources.
-    [
-      'ferry --help, as the package runs it',
-      [
-        'sh',
-        '-c',
-        'exec "$0" --use-openssl-ca "$1" --help',
-        process.execPath,
-        path.join(REPO_ROOT, 'dist', 'launch.cjs'),
-      ],
-      asFerry,
-    ],
+    // The package's bundle as /usr/bin/ferry runs it (packageCli).
+    ['ferry --help, the package', packageCli(pkg, '--help')],
     [
       'node dist/cli.mjs --help',
       [process.execPath, '--use-openssl-ca', path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help'],

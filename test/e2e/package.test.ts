@@ -129,6 +129,7 @@ test('npm run package builds the .deb with the runtime, the units and the web ap
     '/usr/lib/ferry/cli.mjs',
     '/usr/lib/ferry/cli.cjs',
     '/usr/lib/ferry/launch.cjs',
+    '/usr/lib/ferry/heavy.cjs',
     '/usr/lib/ferry/node_modules/better-sqlite3/build/Release/better_sqlite3.node',
     '/usr/lib/ferry/node_modules/koffi/build/koffi/linux_x64/koffi.node',
     '/usr/lib/ferry/proto/etcd3/rpc.proto',
