@@ -52,11 +52,11 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
   const cache = path.join(dir, 'cache');
   const mod = JSON.stringify(path.join(REPO_ROOT, 'src/cli/code-cache.ts'));
   const script = `import(${mod}).then((m) => m.runCached(${JSON.stringify(bundle)}, 'vm'))`;
-  const run = (): Promise<string> =>
+  const run = (nodeOptions: string[] = []): Promise<string> =>
     new Promise((resolve, reject) =>
       execFile(
         process.execPath,
-        ['--import', 'tsx', '-e', script],
+        [...nodeOptions, '--import', 'tsx', '-e', script],
         { cwd: REPO_ROOT, env: { ...process.env, FERRY_CODE_CACHE: cache } },
         (err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout)),
       ),
@@ -82,6 +82,18 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
   const after = await fs.readdir(cache);
   assert.equal(after.length, 1);
   assert.notEqual(after[0], files[0]);
+  // Other Node options (V8's flags are part of its check): a file of their own, and neither
+  // launcher's cache is rewritten by the other's runs.
+  const other = ['--min-semi-space-size=16'];
+  assert.equal(await run(other), want);
+  const both = await fs.readdir(cache);
+  assert.equal(both.length, 2);
+  const times = async (): Promise<number[]> =>
+    Promise.all(both.map(async (f) => (await fs.stat(path.join(cache, f))).mtimeMs));
+  const before = await times();
+  assert.equal(await run(), want);
+  assert.equal(await run(other), want);
+  assert.deepEqual(await times(), before);
 });
 
 test('code cache: a file name hash is 12 hex digits, the same for the same text, another for a changed one', () => {
