@@ -11,16 +11,35 @@ export interface CpuInfo {
   count: number;
 }
 
-export async function cpuInfo(): Promise<CpuInfo> {
-  const text = await fsp.readFile('/proc/cpuinfo', 'utf8').catch(() => '');
+/** The first processor's vendor, model and flags, and how many processors /proc/cpuinfo lists. */
+export function parseCpuInfo(text: string): CpuInfo {
   const first = text.split('\n\n')[0] ?? '';
   const field = (k: string): string => new RegExp(`^${k}\\s*:\\s*(.*)$`, 'm').exec(first)?.[1]?.trim() ?? '';
+  const listed = text.match(/^processor\s*:/gm)?.length ?? 0;
   return {
     vendor: field('vendor_id') || 'unknown',
     model: field('model name') || 'unknown',
     flags: field('flags').split(/\s+/).filter(Boolean),
-    count: os.cpus().length,
+    count: listed || os.cpus().length,
   };
+}
+
+/**
+ * How long a reading of /proc/cpuinfo is used. Every compare and pre-flight asks for the host's
+ * view; the processor changes only with a hot-plug or a late microcode update, and reading it
+ * (with os.cpus(), which also reads each processor's frequency) cost ~2 ms of a move's CPU.
+ */
+export const CPU_INFO_TTL_MS = 60_000;
+let cpuCache: { at: number; info: Promise<CpuInfo> } | null = null;
+
+/** This host's processor (read at most once per CPU_INFO_TTL_MS); a copy the caller may change. */
+export async function cpuInfo(now = Date.now()): Promise<CpuInfo> {
+  if (!cpuCache || now - cpuCache.at >= CPU_INFO_TTL_MS || now < cpuCache.at) {
+    const info = fsp.readFile('/proc/cpuinfo', 'utf8').then(parseCpuInfo, () => parseCpuInfo(''));
+    cpuCache = { at: now, info };
+  }
+  const info = await cpuCache.info;
+  return { ...info, flags: [...info.flags] };
 }
 
 export async function memoryInfo(): Promise<{ totalBytes: number; freeBytes: number }> {
