@@ -4,6 +4,7 @@
 import net from 'node:net';
 import { FerryError, AbortedError, TimeoutError, asError, messageOf } from '../errors.js';
 import { sleep } from '../util/exec.js';
+import { pathAppears } from '../util/path-appears.js';
 import type { QmpArgs, QmpCommandName, QmpEvent, QmpReturn } from './commands.js';
 
 export interface CallOptions {
@@ -157,9 +158,11 @@ export class QmpClient {
             },
           );
         }
-        // QEMU makes the socket ~35 ms after its start here (the greeting then comes by itself):
-        // ask often at first, a VM's start and a move's destination wait on it.
-        await sleep(Date.now() - started < 2000 ? 5 : 50, opts.signal);
+        // QEMU makes the socket 40-200 ms after its start here (the greeting then comes by itself),
+        // and a VM's start and a move's destination wait on it: woken by inotify when it is made;
+        // one made but not yet listening is asked again soon.
+        if (code === 'ENOENT') await pathAppears(path, Math.min(250, Math.max(1, until - Date.now())), opts.signal);
+        else await sleep(Date.now() - started < 2000 ? 5 : 50, opts.signal);
       }
     }
   }
