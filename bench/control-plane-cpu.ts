@@ -130,18 +130,31 @@ const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms
 if (!probeGuestFiles()) throw new Error('the probe guest is not built; run scripts/setup');
 const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'ferry-cpu-'));
 const pkg = path.join(dir, 'package');
-await new Promise<void>((resolve, reject) =>
-  spawn(process.execPath, ['--import', 'tsx', 'scripts/bundle.ts', pkg], { cwd: REPO_ROOT, stdio: 'ignore' }).on(
-    'exit',
-    (code) => (code === 0 ? resolve() : reject(new Error(`scripts/bundle.ts exited ${code}`))),
-  ),
-);
+try {
+  const err: Buffer[] = [];
+  await new Promise<void>((resolve, reject) => {
+    const b = spawn(process.execPath, ['--import', 'tsx', 'scripts/bundle.ts', pkg], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    b.stderr.on('data', (d: Buffer) => err.push(d));
+    b.on('exit', (code) =>
+      code === 0 ? resolve() : reject(new Error(`scripts/bundle.ts exited ${code}: ${Buffer.concat(err).toString()}`)),
+    );
+  });
+} catch (e) {
+  await fs.rm(dir, { recursive: true, force: true });
+  throw e;
+}
 const clis: Array<[string, string[]]> = [
   ['this', [FERRY]],
   baseline ? ['baseline', baseline] : ['package', packageCli(pkg)],
 ];
 const lab = path.join(dir, 'lab');
-const env = { FERRY_LAB: lab };
+// Every CLI's code cache in the temp folder (none is left in ~/.cache/ferry for a bundle that is
+// gone), each warmed by a move before the measured ones.
+const codeCache = path.join(dir, 'code-cache');
+const env = { FERRY_LAB: lab, FERRY_CODE_CACHE: codeCache };
 const load = os.loadavg();
 const startup: Record<string, Array<{ wallMs: number; cpuMs: number }>> = {};
 const moves: Move[] = [];
@@ -152,13 +165,13 @@ try {
   // without bin/ferry's bash and its check that the bundle is newer than the sources.
   // `node -e 0` as this shell starts it, and as bin/ferry does (without NODE_EXTRA_CA_CERTS,
   // with --use-openssl-ca): when the environment names extra CAs, Node parses them at every start.
-  const asFerry = { NODE_EXTRA_CA_CERTS: undefined };
+  const asFerry = { NODE_EXTRA_CA_CERTS: undefined, FERRY_CODE_CACHE: codeCache };
   const startups: Array<[string, string[], NodeJS.ProcessEnv?]> = [
     ['node -e 0', [process.execPath, '-e', '0']],
     [NODE_AS_FERRY, [process.execPath, '--use-openssl-ca', '-e', '0'], asFerry],
-    ['ferry --help', [FERRY, '--help']],
+    ['ferry --help', [FERRY, '--help'], { FERRY_CODE_CACHE: codeCache }],
     // The package's bundle as /usr/bin/ferry runs it (packageCli).
-    ['ferry --help, the package', packageCli(pkg, '--help')],
+    ['ferry --help, the package', packageCli(pkg, '--help'), { FERRY_CODE_CACHE: codeCache }],
     [
       'node dist/cli.mjs --help',
       [process.execPath, '--use-openssl-ca', path.join(REPO_ROOT, 'dist', 'cli.mjs'), '--help'],
@@ -195,6 +208,11 @@ try {
   for (let i = 0; i < startupRounds; i++) vmList.push(await ferryOk(['vm', 'list'], env));
 
   let to = 'host-b';
+  for (const [, argv] of clis) {
+    await ferryOk(['move-vm', 'p1', '--to', to, '--json', '--progress', 'none'], env, argv);
+    to = to === 'host-b' ? 'host-a' : 'host-b';
+    await sleep(1000);
+  }
   for (let i = 0; i < rounds * clis.length; i++) {
     // With two CLIs, in the order A B B A…: each moves in both directions (host-a → host-b and
     // back differ by more than the CLIs do), not always the same one.

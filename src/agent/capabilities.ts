@@ -30,13 +30,30 @@ export function parseCpuInfo(text: string): CpuInfo {
  * (with os.cpus(), which also reads each processor's frequency) cost ~2 ms of a move's CPU.
  */
 export const CPU_INFO_TTL_MS = 60_000;
-let cpuCache: { at: number; info: Promise<CpuInfo> } | null = null;
+interface CpuReading {
+  at: number;
+  info: Promise<CpuInfo>;
+}
+let cpuCache: CpuReading | null = null;
 
-/** This host's processor (read at most once per CPU_INFO_TTL_MS); a copy the caller may change. */
-export async function cpuInfo(now = Date.now()): Promise<CpuInfo> {
+/**
+ * This host's processor (read at most once per CPU_INFO_TTL_MS); a copy the caller may change.
+ * `read` is /proc/cpuinfo's text (a test gives its own).
+ */
+export async function cpuInfo(
+  now = Date.now(),
+  read: () => Promise<string> = () => fsp.readFile('/proc/cpuinfo', 'utf8'),
+): Promise<CpuInfo> {
   if (!cpuCache || now - cpuCache.at >= CPU_INFO_TTL_MS || now < cpuCache.at) {
-    const info = fsp.readFile('/proc/cpuinfo', 'utf8').then(parseCpuInfo, () => parseCpuInfo(''));
-    cpuCache = { at: now, info };
+    const entry: CpuReading = {
+      at: now,
+      // A failed read is answered (no flags, vendor unknown) but not kept: the next call reads again.
+      info: read().then(parseCpuInfo, () => {
+        if (cpuCache === entry) cpuCache = null;
+        return parseCpuInfo('');
+      }),
+    };
+    cpuCache = entry;
   }
   const info = await cpuCache.info;
   return { ...info, flags: [...info.flags] };

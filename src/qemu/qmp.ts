@@ -161,8 +161,13 @@ export class QmpClient {
         // QEMU makes the socket 40-200 ms after its start here (the greeting then comes by itself),
         // and a VM's start and a move's destination wait on it: woken by inotify when it is made;
         // one made but not yet listening is asked again soon.
-        if (code === 'ENOENT') await pathAppears(path, Math.min(250, Math.max(1, until - Date.now())), opts.signal);
-        else await sleep(Date.now() - started < 2000 ? 5 : 50, opts.signal);
+        const soon = Date.now() - started < 2000 ? 5 : 50;
+        if (code === 'ENOENT')
+          await pathAppears(path, Math.min(250, Math.max(1, until - Date.now())), {
+            unwatchedMs: soon,
+            ...(opts.signal ? { signal: opts.signal } : {}),
+          });
+        else await sleep(soon, opts.signal);
       }
     }
   }

@@ -5,11 +5,17 @@ import path from 'node:path';
 import { sleep } from './exec.js';
 
 /**
- * Resolves when `file` exists, or after `maxMs` (the caller then looks again: a folder that
- * cannot be watched, or an event lost, costs at most that). Never rejects on its own; an abort
- * of `signal` ends the wait early.
+ * Resolves when `file` exists, or after `maxMs` (the caller then looks again: an event lost costs
+ * at most that), or after `unwatchedMs` when its folder cannot be watched (missing, or no inotify
+ * watch left). Never rejects on its own; an abort of `signal` ends the wait.
  */
-export async function pathAppears(file: string, maxMs: number, signal?: AbortSignal): Promise<void> {
+export async function pathAppears(
+  file: string,
+  maxMs: number,
+  opts: { unwatchedMs?: number; signal?: AbortSignal } = {},
+): Promise<void> {
+  const { signal } = opts;
+  if (signal?.aborted) return;
   const name = path.basename(file);
   let watcher: fs.FSWatcher | null = null;
   let wake: () => void = () => undefined;
@@ -20,7 +26,7 @@ export async function pathAppears(file: string, maxMs: number, signal?: AbortSig
     });
     watcher.on('error', wake);
   } catch {
-    // The folder is not there yet, or cannot be watched: wait the whole time.
+    // Not watchable: the caller asks again after unwatchedMs.
   }
   try {
     // Made between the caller's look and the watch: no event would come for it.
@@ -29,7 +35,8 @@ export async function pathAppears(file: string, maxMs: number, signal?: AbortSig
     const onAbort = (): void => abort.abort();
     signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      await Promise.race([woken, sleep(maxMs, abort.signal).catch(() => undefined)]);
+      const ms = watcher ? maxMs : Math.min(maxMs, opts.unwatchedMs ?? maxMs);
+      await Promise.race([woken, sleep(ms, abort.signal).catch(() => undefined)]);
     } finally {
       abort.abort();
       signal?.removeEventListener('abort', onAbort);

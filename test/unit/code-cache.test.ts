@@ -52,12 +52,12 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
   const cache = path.join(dir, 'cache');
   const mod = JSON.stringify(path.join(REPO_ROOT, 'src/cli/code-cache.ts'));
   const script = `import(${mod}).then((m) => m.runCached(${JSON.stringify(bundle)}, 'vm'))`;
-  const run = (nodeOptions: string[] = []): Promise<string> =>
+  const run = (nodeOptions: string[] = [], env: NodeJS.ProcessEnv = {}): Promise<string> =>
     new Promise((resolve, reject) =>
       execFile(
         process.execPath,
         [...nodeOptions, '--import', 'tsx', '-e', script],
-        { cwd: REPO_ROOT, env: { ...process.env, FERRY_CODE_CACHE: cache } },
+        { cwd: REPO_ROOT, env: { ...process.env, FERRY_CODE_CACHE: cache, ...env } },
         (err, stdout, stderr) => (err ? reject(new Error(stderr)) : resolve(stdout)),
       ),
     );
@@ -82,17 +82,20 @@ test('code cache: a bundle runs the same with no cache, its cache, and a broken 
   const after = await fs.readdir(cache);
   assert.equal(after.length, 1);
   assert.notEqual(after[0], files[0]);
-  // Other Node options (V8's flags are part of its check): a file of their own, and neither
-  // launcher's cache is rewritten by the other's runs.
+  // Other Node options, on the command line or in NODE_OPTIONS (V8's flags are part of its
+  // check): a file of their own, and no launcher's cache is rewritten by another's runs.
   const other = ['--min-semi-space-size=16'];
+  const otherEnv = { NODE_OPTIONS: `${process.env.NODE_OPTIONS ?? ''} --max-old-space-size=3000` };
   assert.equal(await run(other), want);
-  const both = await fs.readdir(cache);
-  assert.equal(both.length, 2);
+  assert.equal(await run([], otherEnv), want);
+  const all = await fs.readdir(cache);
+  assert.equal(all.length, 3);
   const times = async (): Promise<number[]> =>
-    Promise.all(both.map(async (f) => (await fs.stat(path.join(cache, f))).mtimeMs));
+    Promise.all(all.map(async (f) => (await fs.stat(path.join(cache, f))).mtimeMs));
   const before = await times();
   assert.equal(await run(), want);
   assert.equal(await run(other), want);
+  assert.equal(await run([], otherEnv), want);
   assert.deepEqual(await times(), before);
 });
 

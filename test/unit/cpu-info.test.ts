@@ -37,3 +37,17 @@ test("cpuInfo: this host's reading, kept for a while, and a copy each time", asy
   assert.notEqual(a.flags, b.flags);
   assert.deepEqual(await cpuInfo(t + CPU_INFO_TTL_MS), expected, 'read again after the TTL');
 });
+
+test('cpuInfo: a failed read is answered but not kept', async () => {
+  const t = Date.now() + 10 * CPU_INFO_TTL_MS; // past any reading an earlier test kept
+  const failed = await cpuInfo(t, () => Promise.reject(new Error('EMFILE')));
+  assert.deepEqual([failed.vendor, failed.flags], ['unknown', []]);
+  let reads = 0;
+  const again = await cpuInfo(t + 1, () => {
+    reads++;
+    return Promise.resolve(TWO);
+  });
+  assert.equal(reads, 1, 'read again at once');
+  assert.equal(again.vendor, 'GenuineIntel');
+  assert.equal((await cpuInfo(t + 2, () => Promise.reject(new Error('not read')))).count, 2, 'then kept');
+});
