@@ -94,11 +94,11 @@ export function runCached(bundle: string, word: string): void {
   const source = fs.readFileSync(bundle, 'utf8');
   const dir = cacheDir();
   const st = fs.statSync(bundle);
-  // Per bundle (two checkouts keep their own) and Node's options, NODE_OPTIONS too (V8's are part of what it checks:
-  // a launcher with other options keeps its own files instead of rejecting another's at every
-  // start), then per build of it and runtime. V8 checks only the source's length: the inode and
-  // change time tell a rebuilt or reinstalled bundle of the same size and (a package's clamped)
-  // modification time.
+  // Per bundle (two checkouts keep their own) and Node's options, NODE_OPTIONS's too (V8's are
+  // part of what it checks: a launcher with other options keeps its own files instead of
+  // rejecting another's at every start), then per build of it and runtime. V8 checks only the
+  // source's length: the inode and change time tell a rebuilt or reinstalled bundle of the same
+  // size and (a package's clamped) modification time.
   const where = nameHash(`${bundle}\0${process.execArgv.join(' ')}\0${process.env.NODE_OPTIONS ?? ''}`);
   const build = `${st.size}:${st.mtimeMs}:${st.ctimeMs}:${st.ino}:${process.version}:${process.arch}`;
   const key = `${where}-${nameHash(build)}`;
