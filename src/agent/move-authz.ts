@@ -34,6 +34,14 @@ export async function authorizedDestination(
 ): Promise<Destination> {
   if (!caller) throw new FerryError('E_UNAUTHENTICATED', `Cannot ${what}: no certificate`);
   if (caller.role === 'admin') return to;
+  // A member still (re)joining (its agent restarted while its fence kept the node up) refuses
+  // for now: the leader asks again, where a host in no cluster is refused for good.
+  if (!cluster.joined && cluster.membership)
+    throw new FerryError(
+      'E_CLUSTER_JOINING',
+      `Cannot ${what}: this host is still joining its cluster; ask again once it has joined`,
+      { context: { caller: caller.name } },
+    );
   if (!cluster.joined) throw forbidden(caller, what, `this host is in no cluster`);
   const ctx = cluster.context(what);
   const call = { timeoutMs: 10_000, ...(opts.signal ? { signal: opts.signal } : {}) };

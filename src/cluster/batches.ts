@@ -44,6 +44,33 @@ function codeOf(err: unknown): string | undefined {
   return err instanceof FerryError ? err.code : undefined;
 }
 
+/**
+ * What a refused or failed start of `it`'s move (attempt `it.attempts`) does to the item: moved
+ * (the VM left already), pending again (a retry, or not an attempt: its host is rejoining the
+ * cluster after an agent restart, its fence keeping the node up), or failed.
+ */
+export function startFailed(it: BatchItem, err: unknown): void {
+  const code = codeOf(err);
+  if (code === 'E_VM_NOT_FOUND') {
+    it.state = 'moved';
+    it.reason = `not on ${it.from} any more`;
+    return;
+  }
+  it.migrationId = null;
+  if (code === 'E_CLUSTER_JOINING') {
+    it.attempts--;
+    it.state = 'pending';
+    it.reason = `waiting for ${it.from} to rejoin the cluster: ${messageOf(err)}`;
+    return;
+  }
+  const ctx = err instanceof FerryError ? err.context : {};
+  const incompat = (ctx as { incompatibilities?: Array<{ code: string }> }).incompatibilities;
+  const retry = it.attempts < MAX_ATTEMPTS && passing(code, incompat);
+  it.state = retry ? 'pending' : 'failed';
+  it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${messageOf(err)}`;
+  if (retry && code === 'E_INCOMPATIBLE') it.to = null; // placed again
+}
+
 export class BatchRunner {
   private stopWatch: (() => Promise<void>) | null = null;
   private timer: NodeJS.Timeout | null = null;
@@ -212,19 +239,7 @@ export class BatchRunner {
       );
       this.onEvent('cluster.batch-move', { node: b.node, vm: it.vm, to: it.to, migration: id });
     } catch (err) {
-      const code = codeOf(err);
-      if (code === 'E_VM_NOT_FOUND') {
-        it.state = 'moved';
-        it.reason = `not on ${it.from} any more`;
-        return;
-      }
-      const ctx = err instanceof FerryError ? err.context : {};
-      const incompat = (ctx as { incompatibilities?: Array<{ code: string }> }).incompatibilities;
-      const retry = it.attempts < MAX_ATTEMPTS && passing(code, incompat);
-      it.state = retry ? 'pending' : 'failed';
-      it.reason = `${retry ? `attempt ${it.attempts} failed, retrying: ` : ''}${messageOf(err)}`;
-      it.migrationId = null;
-      if (retry && code === 'E_INCOMPATIBLE') it.to = null; // placed again
+      startFailed(it, err);
     }
   }
 
